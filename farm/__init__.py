@@ -1,0 +1,3 @@
+"""farm: a plugin-based distributed render farm."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""One hierarchy of errors under `FarmError`.
+
+The CLI catches `FarmError` once, prints it and exits 1; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FarmError(Exception):
+    """Root of every error farm raises on purpose."""
+
+
+class ProjectError(FarmError):
+    """A project (its `farm.toml` or its assets) is malformed.
+
+    Carries the place: the file, the table and key, and the line where known,
+    so the message reads like a compiler's: ``farm.toml:7: [maptiles] zoom: ...``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = self.file or ""
+        if self.file and self.line:
+            where += f":{self.line}"
+        parts = [p for p in (where, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+
+class UnknownMediaType(ProjectError):
+    """The project names a media type no installed plugin provides."""
+
+
+class PluginError(FarmError):
+    """A plugin failed to load or broke its contract."""
+
+
+class RenderError(FarmError):
+    """A job failed in a way the plugin understands (raise it for a clean message)."""
+
+
+class RendererMissing(FarmError):
+    """A media type's renderer (Mapnik, Blender, ffmpeg) is not installed here."""
+
+
+class ProtocolError(FarmError):
+    """A network message is malformed, oversized or of the wrong shape."""
+
+
+class ConnectionLost(FarmError):
+    """The other end stopped answering."""

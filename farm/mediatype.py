@@ -1,0 +1,115 @@
+"""What a media type is: the one class a plugin author writes.
+
+A media type splits a project into jobs (on the controller), renders one job (on an
+agent, in a child worker process, in a scratch folder), collates each job's outputs
+as they come back (on the controller, in any order), and finalizes once all are in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from farm.project import Project
+    from farm.settings import SettingsReader
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work.
+
+    :param key: stable across runs of the same project (same project, same keys), so
+        a resumed or re-submitted project can skip work already done. Unique per project.
+    :param params: what `render` needs; msgpack-able (str, int, float, bool, None, list, dict).
+    :param inputs: the project assets this job reads (relative paths); None means all.
+    :param deps: keys of jobs yielded earlier that must finish first; their results
+        reach `render` as `ctx.deps`.
+    """
+
+    key: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] | None = None
+    deps: tuple[str, ...] = ()
+
+
+@dataclass
+class RenderContext:
+    """What `render` gets on the agent, besides the job."""
+
+    project_dir: Path  # the project's assets (read-only)
+    output_dir: Path  # write outputs here; every file here goes back to the controller
+    work_dir: Path  # scratch, also the current directory; emptied after the job
+    settings: Mapping[str, Any]  # the media type's normalised settings
+    threads: int  # this slot's share of the node's cores
+    cache: dict[str, Any]  # lives as long as the worker process, per project
+    deps: Mapping[str, Any]  # results of the jobs this one depends on
+    progress: Callable[[float], None] = lambda fraction: None
+    log: logging.Logger = logging.getLogger("farm.job")
+
+
+@dataclass
+class CollateContext:
+    """What `collate` and `finalize` get on the controller, for one project run."""
+
+    project: Project
+    output_dir: Path
+    state: dict[str, Any]  # the media type's own per-run state (open files, counters)
+    log: logging.Logger = logging.getLogger("farm.collate")
+
+
+class MediaType:
+    """Base class for a media type. Subclass it and register it (see `farm.hookspecs`)."""
+
+    #: the name projects use in ``[project] media_type``; also the settings table name
+    name: ClassVar[str] = ""
+    #: one line for ``farm plugins``
+    description: ClassVar[str] = ""
+    #: capabilities an agent must advertise to get this media type's jobs
+    requirements: ClassVar[tuple[str, ...]] = ()
+    #: seconds before a job is killed and retried (``[jobs] timeout`` overrides)
+    default_timeout: ClassVar[float] = 600.0
+
+    def available(self) -> str | None:
+        """None if this machine can render this media type, else why not (shown to users)."""
+        return None
+
+    def configure(self, settings: SettingsReader) -> dict[str, Any]:
+        """Validate the project's ``[<name>]`` table and return normalised, msgpack-able settings.
+
+        Raise through ``settings.error(key, message)`` so the error names file, line and key.
+        """
+        settings.finish()
+        return {}
+
+    def count(self, project: Project) -> int | None:
+        """A cheap total number of jobs (for progress and ETA), or None if unknown."""
+        return None
+
+    def split(self, project: Project) -> Iterator[Job]:
+        """Yield the project's jobs lazily; the controller pulls as agents free up."""
+        raise NotImplementedError
+
+    def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
+        """Render one job, writing files into ``ctx.output_dir``.
+
+        Return a small msgpack-able result (or None); it reaches `collate` and the
+        `render` of jobs that depend on this one. Raise to fail the job.
+        """
+        raise NotImplementedError
+
+    def collate(
+        self,
+        job: Job,
+        result: Mapping[str, Any] | None,
+        outputs: Mapping[str, Path],
+        ctx: CollateContext,
+    ) -> None:
+        """Take in one finished job's outputs (name -> staged file; move or copy them)."""
+
+    def finalize(self, ctx: CollateContext) -> list[Path]:
+        """Called once after every job is collated; returns the final output files."""
+        return []

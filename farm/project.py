@@ -1,0 +1,208 @@
+"""A render project: a folder with a `farm.toml`, loaded and validated in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from farm.errors import FarmError, ProjectError, UnknownMediaType
+from farm.paths import UnsafePath, safe_relpath
+from farm.settings import SettingsReader, line_of
+
+PROJECT_FILE = "farm.toml"
+STATE_DIR = ".farm"
+DEFAULT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded, validated project. Everything in it is plain data that can travel."""
+
+    root: Path
+    name: str
+    media_type: str
+    settings: dict[str, Any]  # the media type's normalised table
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    output: str = "output"
+    timeout: float | None = None  # None: the media type's default
+    max_attempts: int = DEFAULT_ATTEMPTS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / self.output
+
+    def assets(self) -> Iterator[str]:
+        """Relative POSIX paths of the project's source assets, sorted."""
+        yield from list_assets(self.root, self.include, self.exclude + (f"{self.output}/**",))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "name": self.name,
+            "media_type": self.media_type,
+            "settings": self.settings,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "output": self.output,
+            "timeout": self.timeout,
+            "max_attempts": self.max_attempts,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Project:
+        return cls(
+            root=Path(data["root"]),
+            name=data["name"],
+            media_type=data["media_type"],
+            settings=data["settings"],
+            include=tuple(data["include"]),
+            exclude=tuple(data["exclude"]),
+            output=data["output"],
+            timeout=data["timeout"],
+            max_attempts=data["max_attempts"],
+        )
+
+
+def load_project(path: Path | str, *, output: str | None = None) -> Project:
+    """Read and validate ``path/farm.toml`` and the media type's own table.
+
+    Raises `ProjectError` naming the file, line and key of the first problem.
+    """
+    from farm.plugins import get_media_type
+
+    root = Path(path).resolve()
+    file = root / PROJECT_FILE
+    if not root.is_dir():
+        raise ProjectError(f"project folder {path} does not exist")
+    if not file.is_file():
+        raise ProjectError(f"no {PROJECT_FILE} in {root}: a project is a folder with a {PROJECT_FILE}", file=file)
+    text = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _toml_error_line(str(exc))
+        raise ProjectError(f"invalid TOML: {exc}", file=file, line=line) from None
+
+    def reader(table: str, required: bool = False) -> SettingsReader:
+        value = data.get(table, {})
+        if required and table not in data:
+            raise ProjectError(f"missing [{table}] table", file=file)
+        if not isinstance(value, dict):
+            raise ProjectError(f"{table} must be a table", file=file, key=table, line=line_of(text, "", table))
+        return SettingsReader(value, table=table, file=file, text=text, root=root)
+
+    proj = reader("project", required=True)
+    name = proj.str("name", root.name)
+    media_type = proj.str("media_type")
+    proj.finish()
+
+    assets = reader("assets")
+    include = assets.str_list("include", ["**"])
+    exclude = assets.str_list("exclude", [])
+    assets.finish()
+
+    out = reader("output")
+    out_dir = out.str("directory", "output")
+    out.finish()
+    if output is not None:
+        out_dir = output
+    try:
+        out_dir = safe_relpath(out_dir)
+    except UnsafePath as exc:
+        raise out.error("directory", str(exc)) from None
+
+    jobs = reader("jobs")
+    timeout = jobs.number("timeout", None, min=0.001)
+    attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
+    jobs.finish()
+
+    try:
+        media = get_media_type(media_type)
+    except UnknownMediaType as exc:
+        raise UnknownMediaType(
+            exc.message, file=file, key="[project] media_type", line=line_of(text, "project", "media_type")
+        ) from None
+    known = {"project", "assets", "output", "jobs", media.name}
+    for table in data:
+        if table not in known:
+            raise ProjectError(
+                f"unknown table (expected {', '.join(sorted(known))})",
+                file=file, key=f"[{table}]", line=line_of(text, table),
+            )
+    try:
+        settings = media.configure(reader(media.name))
+    except FarmError:
+        raise
+    except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
+        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}", file=file) from exc
+    return Project(
+        root=root,
+        name=name,
+        media_type=media.name,
+        settings=settings,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        output=out_dir,
+        timeout=timeout,
+        max_attempts=attempts,
+    )
+
+
+def _toml_error_line(message: str) -> int | None:
+    found = re.search(r"line (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
+@lru_cache(maxsize=256)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A compiled regex for a POSIX glob where ``**`` spans folders and ``*`` does not."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def matches(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(glob_regex(p).match(path) for p in patterns)
+
+
+def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> Iterator[str]:
+    """Walk ``root`` for files matching include and not exclude; dot-folders are skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+        rel_folder = "" if rel_folder == "." else rel_folder + "/"
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not matches(rel_folder + d + "/x", exclude))
+        for name in files:
+            rel = rel_folder + name
+            if name.startswith("."):
+                continue
+            if matches(rel, include) and not matches(rel, exclude):
+                found.append(rel)
+    yield from sorted(found)

@@ -1,0 +1,148 @@
+"""Typed, located reading of a `farm.toml` table.
+
+Media types read their own table through a `SettingsReader`, so every bad value
+is reported the same way: the file, the line, ``[table] key`` and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ProjectError
+from farm.paths import UnsafePath, safe_relpath
+
+_MISSING = object()
+
+
+def line_of(text: str, table: str, key: str | None = None) -> int | None:
+    """The 1-based line of ``key`` inside ``[table]`` (or of the table header)."""
+    current = None
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+\s*(#.*)?$")
+    assign = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
+    for number, raw in enumerate(text.splitlines(), start=1):
+        found = header.match(raw)
+        if found:
+            current = found.group(1).strip()
+            if key is None and current == table:
+                return number
+            continue
+        if key is not None and current == table:
+            m = assign.match(raw)
+            if m and m.group(1).strip("\"'") == key:
+                return number
+    return None
+
+
+class SettingsReader:
+    """Reads one table of a project file, remembering which keys were used."""
+
+    def __init__(self, values: dict[str, Any], *, table: str, file: Path, text: str, root: Path):
+        self.values = dict(values)
+        self.table = table
+        self.file = file
+        self.text = text
+        self.root = root
+        self._used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ProjectError:
+        line = line_of(self.text, self.table, key) or line_of(self.text, self.table)
+        where = f"[{self.table}] {key}" if key else f"[{self.table}]"
+        return ProjectError(message, file=self.file, key=where, line=line)
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        if key in self.values:
+            return self.values[key]
+        if default is _MISSING:
+            raise self.error(key, "is required")
+        return default
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, default)
+
+    def str(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {value!r}")
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        integer: bool = False,
+        min: float | None = None,
+        max: float | None = None,
+    ) -> Any:
+        value = self._get(key, default)
+        if value is default:
+            return value
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise self.error(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        if min is not None and value < min:
+            raise self.error(key, f"must be at least {min}, got {value!r}")
+        if max is not None and value > max:
+            raise self.error(key, f"must be at most {max}, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, **limits: float) -> Any:
+        return self.number(key, default, integer=True, **limits)
+
+    def boolean(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and value not in choices:
+            raise self.error(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is default:
+            return value
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {value!r}")
+        return value
+
+    def table_value(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {value!r}")
+        return value
+
+    def asset(self, key: str, default: Any = _MISSING, *, suffixes: Sequence[str] = ()) -> Any:
+        """A path to a file inside the project: relative, inside the root, existing.
+
+        Returns the normalised relative POSIX path (a string, so it travels in messages).
+        """
+        value = self.str(key, default)
+        if value is default:
+            return value
+        try:
+            rel = safe_relpath(value)
+        except UnsafePath as exc:
+            raise self.error(key, str(exc)) from None
+        full = self.root / rel
+        if not full.is_file():
+            raise self.error(key, f"file {value!r} does not exist in the project ({self.root})")
+        if suffixes and full.suffix.lower() not in suffixes:
+            raise self.error(key, f"expected a file ending in {' or '.join(suffixes)}, got {value!r}")
+        return rel
+
+    def finish(self) -> None:
+        """Fail on keys nobody read: most often a typo."""
+        unknown = sorted(set(self.values) - self._used)
+        if unknown:
+            known = ", ".join(sorted(self._used)) or "none"
+            raise self.error(unknown[0], f"unknown key (known keys: {known})")

@@ -1,0 +1,100 @@
+"""The `synthetic` media type: jobs that sleep, write a small file, fail or crash on demand.
+
+For benchmarking dispatch and for testing the scheduler with real processes and
+sockets; it never stands in for a real media type's own tests. Try a farm with it:
+``[synthetic] jobs = 1000, sleep = 0.01``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from farm.errors import RenderError
+from farm.hookspecs import hookimpl
+from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.project import Project
+from farm.settings import SettingsReader
+
+__version__ = "1.0.0"
+
+
+def job_key(index: int) -> str:
+    return f"job-{index:07d}"
+
+
+def payload(key: str, size: int) -> bytes:
+    """Deterministic bytes for a job, so outputs can be compared between runs."""
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+class Synthetic(MediaType):
+    name = "synthetic"
+    description = "Synthetic jobs for benchmarks and scheduler tests"
+    default_timeout = 60.0
+
+    def configure(self, s: SettingsReader) -> dict[str, Any]:
+        settings = {
+            "jobs": s.integer("jobs", 10, min=0),
+            "sleep": s.number("sleep", 0.0, min=0),
+            "output_bytes": s.integer("output_bytes", 0, min=0),
+            "fail": s.str_list("fail", []),  # keys that always raise
+            "crash": s.str_list("crash", []),  # keys that kill their worker process
+            "hang": s.str_list("hang", []),  # keys that never finish
+            "log_collations": s.boolean("log_collations", False),
+        }
+        s.finish()
+        return settings
+
+    def count(self, project: Project) -> int:
+        return project.settings["jobs"]
+
+    def split(self, project: Project) -> Iterator[Job]:
+        for i in range(project.settings["jobs"]):
+            yield Job(job_key(i), {"i": i})
+
+    def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
+        settings = ctx.settings
+        if job.key in settings["fail"]:
+            raise RenderError(f"{job.key} is set to fail")
+        if job.key in settings["crash"]:
+            os._exit(17)
+        if job.key in settings["hang"]:
+            while True:
+                time.sleep(3600)
+        if settings["sleep"]:
+            time.sleep(settings["sleep"])
+        if settings["output_bytes"]:
+            (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
+        return None
+
+    def collate(self, job: Job, result: Any, outputs: Mapping[str, Path], ctx: CollateContext) -> None:
+        if outputs:
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            for name, staged in outputs.items():
+                shutil.move(staged, ctx.output_dir / name)
+        if ctx.project.settings["log_collations"]:
+            log = ctx.state.get("log")
+            if log is None:
+                ctx.output_dir.mkdir(parents=True, exist_ok=True)
+                log = ctx.state["log"] = open(ctx.output_dir / "collated.log", "a")  # noqa: SIM115
+            log.write(job.key + "\n")
+            log.flush()
+
+    def finalize(self, ctx: CollateContext) -> list[Path]:
+        log = ctx.state.pop("log", None)
+        if log is not None:
+            log.close()
+            return [ctx.output_dir / "collated.log"]
+        return []
+
+
+@hookimpl
+def farm_register_media_types(register):
+    register(Synthetic)
