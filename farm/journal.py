@@ -1,0 +1,436 @@
+"""The controller's durable state: projects and the jobs that have started or finished.
+
+One SQLite file in WAL mode. A job gets a row when it starts or finishes, never merely
+for existing, so a project of a million jobs that has done ten holds ten rows.
+
+Job writes are batched: the first write of a batch opens a transaction, later writes go
+into it, and it commits when `tick` finds it older than ``commit_interval`` or when it
+holds ``max_batch`` writes, whichever comes first (or on `flush`/`close`). Reads go
+through the same connection, so they see the open batch: the controller never
+re-dispatches a job it has just finished. A crash (even SIGKILL) loses at most the
+open batch; WAL keeps the file consistent. ``synchronous=NORMAL`` is durable across
+process crashes; only a power cut may lose the last commits.
+
+After a restart, a job recorded as running is simply not done: it goes back to
+pending. Done jobs are skipped, permanently failed ones are listed by `failed_jobs`.
+
+Plain data in and out: project definitions, results and summaries are msgpack-able
+values (tuples come back as lists). Single-threaded, like the controller's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from farm.errors import FarmError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
+PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
+
+_SCHEMA = """
+CREATE TABLE projects (
+    project_id   TEXT PRIMARY KEY,
+    wire         BLOB NOT NULL,     -- msgpack of the project definition
+    priority     INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    status       TEXT,              -- NULL while unfinished
+    finished_at  REAL,
+    summary      BLOB               -- msgpack
+);
+CREATE TABLE jobs (
+    project_id TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    lease      TEXT,
+    agent      TEXT,
+    result     BLOB,                -- msgpack, done jobs only
+    cache_key  TEXT,                -- done jobs only
+    error      TEXT,                -- failed jobs only
+    log        TEXT,
+    attempts   INTEGER,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project_id, key)
+) WITHOUT ROWID;
+-- done_keys and counts read only this index (it carries the key as part of the primary key).
+CREATE INDEX jobs_by_state ON jobs (project_id, state);
+CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
+"""
+
+# One statement per transition. A later state overwrites an earlier one of the same job;
+# lease and agent survive into done/failed so the row still says who ran it.
+_STARTED = """
+INSERT INTO jobs (project_id, key, state, lease, agent, updated_at) VALUES (?, ?, 'running', ?, ?, ?)
+ON CONFLICT (project_id, key) DO UPDATE SET state = 'running', lease = excluded.lease,
+    agent = excluded.agent, result = NULL, cache_key = NULL, error = NULL, log = NULL,
+    updated_at = excluded.updated_at
+"""
+_DONE = """
+INSERT INTO jobs (project_id, key, state, result, cache_key, updated_at) VALUES (?, ?, 'done', ?, ?, ?)
+ON CONFLICT (project_id, key) DO UPDATE SET state = 'done', result = excluded.result,
+    cache_key = excluded.cache_key, error = NULL, log = NULL, updated_at = excluded.updated_at
+"""
+_FAILED = """
+INSERT INTO jobs (project_id, key, state, error, log, attempts, updated_at) VALUES (?, ?, 'failed', ?, ?, ?, ?)
+ON CONFLICT (project_id, key) DO UPDATE SET state = 'failed', result = NULL, cache_key = NULL,
+    error = excluded.error, log = excluded.log, attempts = excluded.attempts,
+    updated_at = excluded.updated_at
+"""
+
+
+class JournalError(FarmError):
+    """The journal file cannot be opened, is not a farm journal, or cannot be written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    """A submitted project as the journal keeps it; `status` is None while unfinished."""
+
+    project_id: str
+    wire: dict[str, Any]
+    priority: int
+    submitted_at: float
+    status: str | None = None
+    summary: dict[str, Any] | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A job that failed for good (after its last attempt)."""
+
+    key: str
+    error: str
+    log: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A finished job whose result can stand in for a new job with the same cache key."""
+
+    project_id: str
+    key: str
+    result: Any
+
+
+def _pack(value: Any, what: str) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} cannot be stored in the journal (not msgpack-able): {exc}") from None
+
+
+def _unpack(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+class Journal:
+    """Durable controller state in one SQLite file; see the module docstring.
+
+    :param path: the database file; created with its parent folders if missing.
+    :param commit_interval: seconds an open batch may wait before `tick` commits it.
+    :param max_batch: job writes after which the batch commits at once.
+    :param clock: monotonic clock in seconds that `tick` compares against (for tests).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        commit_interval: float = 0.05,
+        max_batch: int = 2000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if commit_interval < 0 or max_batch < 1:
+            raise ValueError("commit_interval must be >= 0 and max_batch >= 1")
+        self.path = Path(path)
+        self.commit_interval = commit_interval
+        self.max_batch = max_batch
+        self._clock = clock
+        self._unflushed = 0  # job writes in the open transaction
+        self._batch_started = 0.0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we open and commit transactions ourselves.
+            self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
+        try:
+            self._setup()
+        except sqlite3.Error as exc:
+            self._db.close()
+            self._db = None
+            raise JournalError(
+                f"journal {self.path}: cannot use this file ({exc}); "
+                "is it a farm journal? Move it away to start afresh"
+            ) from None
+        except JournalError:
+            self._db.close()
+            self._db = None
+            raise
+
+    def _setup(self) -> None:
+        db = self._conn
+        # Read the identity before any PRAGMA that writes, so a foreign file is left untouched.
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == 0 and version == 0:
+            self._create_schema()
+        elif app_id != APPLICATION_ID:
+            raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
+        elif version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path}: schema version {version} is newer than this farm's "
+                f"({SCHEMA_VERSION}); upgrade farm or move the file away"
+            )
+        elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
+            raise JournalError(f"journal {self.path}: schema version {version} is not supported")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous=NORMAL")
+
+    def _create_schema(self) -> None:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have created it meanwhile.
+            if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+                db.execute("COMMIT")
+                return
+            if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+                raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.debug("journal %s: created (schema %d)", self.path, SCHEMA_VERSION)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalError(f"journal {self.path}: used after close()")
+        return self._db
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> JournalError:
+        return JournalError(f"journal {self.path}: cannot {doing}: {exc}")
+
+    # -- projects (committed at once, together with any open batch) ----------------------
+
+    def add_project(self, project_id: str, wire: dict[str, Any], priority: int, submitted_at: float) -> None:
+        """Record a submitted project and commit.
+
+        Adding an id that exists replaces its definition and makes it unfinished again;
+        its done jobs stay done, so a re-submitted project skips work already done.
+        """
+        if not isinstance(wire, dict):
+            raise TypeError(f"project {project_id!r}: wire must be a dict, got {type(wire).__name__}")
+        blob = _pack(wire, f"project {project_id!r} definition")
+        self._write(
+            "INSERT INTO projects (project_id, wire, priority, submitted_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (project_id) DO UPDATE SET wire = excluded.wire, priority = excluded.priority, "
+            "submitted_at = excluded.submitted_at, status = NULL, finished_at = NULL, summary = NULL",
+            (project_id, blob, int(priority), float(submitted_at)),
+            "record project",
+        )
+        self.flush()
+
+    def finish_project(self, project_id: str, status: str, summary: dict[str, Any]) -> None:
+        """Mark a project 'done', 'failed' or 'cancelled' with its summary, and commit."""
+        if status not in PROJECT_STATUSES:
+            raise ValueError(f"project status must be one of {sorted(PROJECT_STATUSES)}, got {status!r}")
+        blob = _pack(summary, f"project {project_id!r} summary")
+        cursor = self._write(
+            "UPDATE projects SET status = ?, finished_at = ?, summary = ? WHERE project_id = ?",
+            (status, time.time(), blob, project_id),
+            "finish project",
+        )
+        if cursor.rowcount == 0:
+            raise KeyError(f"journal {self.path}: no project {project_id!r}")
+        self.flush()
+
+    def project_record(self, project_id: str) -> ProjectRecord | None:
+        """The project's record, finished or not; None if it was never added."""
+        row = self._read(
+            "SELECT project_id, wire, priority, submitted_at, status, summary, finished_at "
+            "FROM projects WHERE project_id = ?",
+            (project_id,),
+        ).fetchone()
+        return None if row is None else self._project(row)
+
+    def unfinished_projects(self) -> list[ProjectRecord]:
+        """Projects to resume after a restart, oldest submission first."""
+        rows = self._read(
+            "SELECT project_id, wire, priority, submitted_at, status, summary, finished_at "
+            "FROM projects WHERE status IS NULL ORDER BY submitted_at, project_id"
+        )
+        return [self._project(row) for row in rows]
+
+    @staticmethod
+    def _project(row: tuple[Any, ...]) -> ProjectRecord:
+        pid, wire, priority, submitted_at, status, summary, finished_at = row
+        return ProjectRecord(pid, _unpack(wire), priority, submitted_at, status, _unpack(summary), finished_at)
+
+    # -- jobs (batched) ------------------------------------------------------------------
+
+    def job_started(self, project_id: str, key: str, lease: str, agent: str) -> None:
+        """A job was leased to an agent. Until it is done it counts as pending after a restart."""
+        self._job_write(_STARTED, (project_id, key, lease, agent, time.time()))
+
+    def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None) -> None:
+        """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable."""
+        blob = _pack(result, f"job {project_id!r}/{key!r} result")
+        self._job_write(_DONE, (project_id, key, blob, cache_key, time.time()))
+
+    def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
+        """A job failed for good, after `attempts` tries."""
+        self._job_write(_FAILED, (project_id, key, error, log, int(attempts), time.time()))
+
+    def _job_write(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._write(sql, params, "record job")
+        self._unflushed += 1
+        if self._unflushed >= self.max_batch:
+            self.flush()
+
+    def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> sqlite3.Cursor:
+        db = self._conn
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+                self._batch_started = self._clock()
+            return db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from None
+
+    # -- reads (they see the open batch) -------------------------------------------------
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "read") from None
+
+    def is_done(self, project_id: str, key: str) -> bool:
+        row = self._read(
+            "SELECT 1 FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'", (project_id, key)
+        ).fetchone()
+        return row is not None
+
+    def done_keys(self, project_id: str) -> set[str]:
+        """Keys of the project's done jobs: the ones a resumed run skips."""
+        rows = self._read("SELECT key FROM jobs WHERE project_id = ? AND state = 'done'", (project_id,))
+        return {key for (key,) in rows}
+
+    def result(self, project_id: str, key: str) -> Any:
+        """A done job's result; KeyError if the job is not done."""
+        row = self._read(
+            "SELECT result FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'", (project_id, key)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"journal {self.path}: job {project_id!r}/{key!r} is not done")
+        return _unpack(row[0])
+
+    def failed_jobs(self, project_id: str) -> list[FailedJob]:
+        """The project's permanently failed jobs, by key."""
+        rows = self._read(
+            "SELECT key, error, log, attempts FROM jobs WHERE project_id = ? AND state = 'failed' ORDER BY key",
+            (project_id,),
+        )
+        return [FailedJob(key, error or "", log or "", attempts or 0) for key, error, log, attempts in rows]
+
+    def counts(self, project_id: str) -> dict[str, int]:
+        """{"done": n, "failed": n} for the project."""
+        counts = {"done": 0, "failed": 0}
+        rows = self._read(
+            "SELECT state, count(*) FROM jobs WHERE project_id = ? AND state != 'running' GROUP BY state",
+            (project_id,),
+        )
+        counts.update(dict(rows.fetchall()))
+        return counts
+
+    def lookup_cache(self, cache_key: str) -> CacheHit | None:
+        """The most recent done job, in any project, recorded with this cache key."""
+        row = self._read(
+            "SELECT project_id, key, result FROM jobs WHERE cache_key = ? AND state = 'done' "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (cache_key,),
+        ).fetchone()
+        return None if row is None else CacheHit(row[0], row[1], _unpack(row[2]))
+
+    # -- commits -------------------------------------------------------------------------
+
+    @property
+    def unflushed(self) -> int:
+        """Job writes in the open batch: what a crash now would lose."""
+        return self._unflushed
+
+    def flush_due_in(self, now: float | None = None) -> float | None:
+        """Seconds until `tick` will commit the open batch (0 if due); None if nothing is open.
+
+        A poll loop can use it as its timeout so a batch never waits much past its interval.
+        """
+        if self._db is None or not self._db.in_transaction:
+            return None
+        now = self._clock() if now is None else now
+        return max(0.0, self._batch_started + self.commit_interval - now)
+
+    def tick(self, now: float | None = None) -> bool:
+        """Commit the open batch if it is older than `commit_interval`; True if it committed.
+
+        Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
+        """
+        due = self.flush_due_in(now)
+        if due is None or due > 0:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Commit everything written so far."""
+        db = self._conn
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error(exc, "commit") from None
+        log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
+        self._unflushed = 0
+
+    def close(self) -> None:
+        """Commit and close; closing twice is harmless."""
+        if self._db is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
