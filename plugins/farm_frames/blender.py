@@ -1,0 +1,115 @@
+"""Finding Blender on a render node and building its command line for one chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm_frames.framerange import Runs, format_runs
+from farm_frames.images import FORMATS
+
+#: a node's own Blender, when it is not the ``blender`` on PATH
+BLENDER_ENV = "FARM_BLENDER"
+#: the in-Blender script that applies a project's settings to the scene
+SETUP_SCRIPT = Path(__file__).with_name("blender_setup.py")
+#: how the setup script receives the settings (JSON); an env var keeps the command line short
+SETUP_ENV = "FARM_FRAMES_SETUP"
+#: engines that render headless without a GPU: setting name -> Blender's engine id
+ENGINES = {"cycles": "CYCLES", "eevee": "BLENDER_EEVEE", "workbench": "BLENDER_WORKBENCH"}
+
+
+@dataclass(frozen=True)
+class Blender:
+    path: str
+    version: str  # "3.4.1"
+
+
+class BlenderNotFound(Exception):
+    """No usable Blender here; the message says where we looked."""
+
+
+def find_blender(configured: str | None = None) -> str:
+    """The Blender executable: ``configured`` (a project's ``blender`` setting), else
+    ``$FARM_BLENDER``, else ``blender`` on PATH. Raises `BlenderNotFound` with the reason."""
+    candidates = (
+        ("the project's blender setting", configured),
+        (f"${BLENDER_ENV}", os.environ.get(BLENDER_ENV)),
+    )
+    for source, value in candidates:
+        if value:
+            found = shutil.which(value)
+            if found is None:
+                raise BlenderNotFound(f"Blender {value!r} from {source} is not an executable file")
+            return found
+    found = shutil.which("blender")
+    if found is None:
+        raise BlenderNotFound(f"Blender is not installed: no 'blender' on PATH and ${BLENDER_ENV} is not set")
+    return found
+
+
+def blender_version(path: str, timeout: float = 60.0) -> str:
+    """Run ``blender --version`` (a second or so); raises `BlenderNotFound` if it does not run."""
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True, text=True, errors="replace", timeout=timeout, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BlenderNotFound(f"{path} --version failed: {exc}") from None
+    first = done.stdout.strip().splitlines()[:1]
+    if done.returncode != 0 or not first or not first[0].startswith("Blender "):
+        tail = (done.stdout + done.stderr).strip()[-500:]
+        raise BlenderNotFound(f"{path} --version exited {done.returncode}: {tail}")
+    return first[0].split()[1]
+
+
+def output_pattern(frames_dir: Path) -> str:
+    """Blender's ``-o`` for ``frames/frame_000012.png``: ``#`` is a frame digit."""
+    return str(frames_dir / "frame_######")
+
+
+def setup_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a project's settings the in-Blender setup script applies."""
+    keys = ("resolution", "samples", "seed", "denoise", "format")
+    return {"engine": ENGINES[settings["engine"]], **{k: settings[k] for k in keys}}
+
+
+def command_line(
+    blender: str,
+    *,
+    scene: Path,
+    runs: Runs,
+    frames_dir: Path,
+    threads: int,
+    fmt: str,
+) -> list[str]:
+    """The headless command for one chunk. Order matters: Blender acts on its arguments
+    in turn, so the scene loads first, then settings, output and threads, and ``-a``
+    or ``-f`` (which render on the spot) come last."""
+    cmd = [blender, "-b"]
+    if scene.suffix.lower() == ".blend":
+        cmd.append(str(scene))
+    else:
+        cmd.append("--factory-startup")  # a script builds on a known, empty-ish default
+    cmd += ["--python-exit-code", "1"]
+    if scene.suffix.lower() == ".py":
+        cmd += ["--python", str(scene)]
+    cmd += ["--python", str(SETUP_SCRIPT)]
+    cmd += ["-o", output_pattern(frames_dir), "-F", FORMATS[fmt][0], "-t", str(threads)]
+    if len(runs) == 1:
+        first, last = runs[0]
+        cmd += ["-s", str(first), "-e", str(last), "-a"]
+    else:
+        cmd += ["-f", format_runs(runs, sep="..")]
+    return cmd
+
+
+def setup_env(settings: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    env[SETUP_ENV] = json.dumps(setup_settings(settings))
+    return env

@@ -1,0 +1,204 @@
+"""The ``frames`` media type: Blender renders chunks of frames on agents; the
+controller gathers them into ``frames/`` and encodes a video and a contact sheet."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from farm.errors import RenderError
+from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.project import Project
+from farm.settings import SettingsReader
+from farm_frames.blender import BlenderNotFound, blender_version, command_line, find_blender, setup_env
+from farm_frames.config import read_settings
+from farm_frames.framerange import Runs, chunk_runs, format_runs, frame_count, iter_frames, runs_of
+from farm_frames.images import FORMATS, BadImage, check_image
+from farm_frames.process import run_streaming
+from farm_frames.progress import ChunkProgress, log_tail
+from farm_frames.video import CODECS, contact_sheet, encode_video
+
+log = logging.getLogger(__name__)
+
+FRAMES_DIR = "frames"
+
+
+def frame_name(frame: int, fmt: str) -> str:
+    """The project's frame file name: ``frame_000012.png``."""
+    return f"frame_{frame:06d}{FORMATS[fmt][1]}"
+
+
+def output_stem(project_name: str) -> str:
+    """The project name, made safe as a file name for the video and contact sheet."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", project_name).strip("._") or "frames"
+
+
+def job_key(runs: Runs) -> str:
+    return f"frames-{runs[0][0]:06d}-{runs[-1][1]:06d}"
+
+
+class Frames(MediaType):
+    name = "frames"
+    description = "Video frames rendered by Blender, encoded into a video with ffmpeg"
+    requirements = ("blender",)
+    default_timeout = 3600.0
+
+    def __init__(self) -> None:
+        self._available: str | None = None
+        self._checked = False
+
+    def available(self) -> str | None:
+        if not self._checked:
+            try:
+                path = find_blender()
+                log.debug("found Blender %s at %s", blender_version(path), path)
+                self._available = None
+            except BlenderNotFound as exc:
+                self._available = str(exc)
+            self._checked = True
+        return self._available
+
+    def configure(self, settings: SettingsReader) -> dict[str, Any]:
+        return read_settings(settings)
+
+    def count(self, project: Project) -> int:
+        settings = project.settings
+        return math.ceil(frame_count(settings["frames"]) / settings["chunk"])
+
+    def split(self, project: Project) -> Iterator[Job]:
+        for runs in chunk_runs(project.settings["frames"], project.settings["chunk"]):
+            yield Job(job_key(runs), {"runs": runs})
+
+    # -- on the agent --------------------------------------------------------------
+
+    def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any]:
+        settings = ctx.settings
+        runs: Runs = job.params["runs"]
+        blender, version = self._blender(ctx)
+        frames_dir = ctx.output_dir / FRAMES_DIR
+        cmd = command_line(
+            blender,
+            scene=ctx.project_dir / settings["scene"],
+            runs=runs,
+            frames_dir=frames_dir,
+            threads=max(1, ctx.threads),
+            fmt=settings["format"],
+        )
+        progress = ChunkProgress(frame_count(runs), ctx.progress)
+        started = time.monotonic()
+        finished = run_streaming(
+            cmd, env=setup_env(dict(settings)), cwd=ctx.work_dir,
+            log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
+        )
+        seconds = time.monotonic() - started
+        where = f"frames {format_runs(runs)}"
+        if finished.returncode != 0:
+            message = f"Blender exited with code {finished.returncode} rendering {where}"
+            raise _render_error(message, finished.tail)
+        problems, size = self._check_frames(runs, frames_dir, settings)
+        if problems:
+            raise _render_error(f"Blender exited 0 but {where} are not all there: {problems}", finished.tail)
+        ctx.progress(1.0)
+        ctx.log.info("rendered %s in %.2f s with Blender %s", where, seconds, version)
+        return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": version, "size": size}
+
+    def _blender(self, ctx: RenderContext) -> tuple[str, str]:
+        """Blender's path and version, looked up once per worker process."""
+        key = f"frames.blender:{ctx.settings['blender']}"
+        if key not in ctx.cache:
+            try:
+                path = find_blender(ctx.settings["blender"])
+                ctx.cache[key] = (path, blender_version(path))
+            except BlenderNotFound as exc:
+                raise RenderError(str(exc)) from None
+        return ctx.cache[key]
+
+    @staticmethod
+    def _check_frames(
+        runs: Runs, frames_dir: Path, settings: Mapping[str, Any]
+    ) -> tuple[str, list[int] | None]:
+        """Every expected frame must be a whole image of the expected size; extras are dropped."""
+        fmt = settings["format"]
+        expected = {frame_name(n, fmt) for n in iter_frames(runs)}
+        problems: list[str] = []
+        sizes = set()
+        for name in sorted(expected):
+            try:
+                info = check_image(frames_dir / name, fmt)
+                sizes.add((info.width, info.height))
+            except BadImage as exc:
+                problems.append(str(exc))
+        if settings["resolution"] is not None and sizes - {tuple(settings["resolution"])}:
+            problems.append(f"frames are {sorted(sizes)}, expected {tuple(settings['resolution'])}")
+        elif len(sizes) > 1:
+            problems.append(f"frames differ in size: {sorted(sizes)}")
+        if frames_dir.is_dir():
+            for extra in sorted(frames_dir.iterdir()):
+                if extra.name not in expected:  # e.g. a scene script that writes its own files
+                    log.warning("dropping unexpected output %s", extra.name)
+                    if extra.is_dir():
+                        shutil.rmtree(extra)
+                    else:
+                        extra.unlink()
+        if len(problems) > 5:
+            problems = [*problems[:5], f"and {len(problems) - 5} more"]
+        size = list(next(iter(sizes))) if len(sizes) == 1 else None
+        return "; ".join(problems), size
+
+    # -- on the controller ---------------------------------------------------------
+
+    def collate(
+        self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
+    ) -> None:
+        fmt = ctx.project.settings["format"]
+        expected = {f"{FRAMES_DIR}/{frame_name(n, fmt)}" for n in iter_frames(job.params["runs"])}
+        missing = expected - set(outputs)
+        if missing:
+            raise RenderError(f"job {job.key} came back without {', '.join(sorted(missing)[:5])}")
+        target = ctx.output_dir / FRAMES_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        for name, staged in outputs.items():
+            if name in expected:
+                shutil.move(staged, ctx.output_dir / name)
+            else:
+                ctx.log.warning("job %s: ignoring unexpected output %s", job.key, name)
+        ctx.state["collated"] = ctx.state.get("collated", 0) + len(expected)
+
+    def finalize(self, ctx: CollateContext) -> list[Path]:
+        settings = ctx.project.settings
+        fmt, video = settings["format"], settings["video"]
+        frames_dir = ctx.output_dir / FRAMES_DIR
+        frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
+        bad = []
+        for number, path in zip(iter_frames(settings["frames"]), frames):
+            try:
+                check_image(path, fmt)
+            except BadImage:
+                bad.append(number)
+        if bad:
+            raise RenderError(
+                f"the frame sequence in {frames_dir} is incomplete: frames {format_runs(runs_of(bad))} "
+                "are missing or damaged"
+            )
+        stem = output_stem(ctx.project.name)
+        out = ctx.output_dir / f"{stem}{CODECS[video['codec']].suffix}"
+        info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
+        ctx.log.info(
+            "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
+            info.duration, video["fps"],
+        )
+        sheet = contact_sheet(frames, ctx.output_dir / f"{stem}-contact.png")
+        return [out, sheet]
+
+
+def _render_error(message: str, tail: Any) -> RenderError:
+    text = log_tail(tail)
+    error = RenderError(f"{message}\n--- Blender log (last lines) ---\n{text}")
+    error.log = text  # type: ignore[attr-defined]  # for a core that ships logs separately
+    return error
