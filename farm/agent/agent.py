@@ -1,0 +1,381 @@
+"""The agent: one per render node.
+
+It introduces itself to the controller (slots, capabilities), takes up to its credit
+of jobs, runs each in one of its long-lived child worker processes (one per slot),
+and returns results. It watches the controller's heartbeats and reconnects with
+backoff when they stop, so it outlives controller restarts; it watches its workers
+and restarts one that dies or overruns its job's timeout, failing only that job.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from farm import __version__
+from farm.agent.capabilities import detect
+from farm.errors import ProtocolError
+from farm.protocol import MAX_FRAMES, T, pack, unpack
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 32.0
+MAX_RESULTS_PER_MESSAGE = 512
+MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
+FAST_JOB_S = 0.002  # below this, jobs go to a worker in batches
+
+
+@dataclass
+class Slot:
+    """One child worker process and the jobs it is running."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    running: list[dict[str, Any]] = field(default_factory=list)
+    deadline: float = 0.0
+    projects: set[str] = field(default_factory=set)
+
+
+class Agent:
+    def __init__(
+        self,
+        controller: str,
+        *,
+        slots: int | None = None,
+        prefetch: int = 32,
+        tags: list[str] | None = None,
+        agent_id: str | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        scratch: Path | None = None,
+        parent_pid: int | None = None,
+        socket_setup: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
+        self.controller = controller
+        self.nslots = slots or os.cpu_count() or 1
+        self.prefetch = prefetch
+        self.tags = tags or []
+        self.id = agent_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.parent_pid = parent_pid
+        self.socket_setup = socket_setup
+        self.scratch = Path(scratch or tempfile.mkdtemp(prefix="farm-agent-"))
+        self.zctx = zmq.Context()
+        self.ctrl: zmq.Socket | None = None
+        self.workers: zmq.Socket | None = None
+        self.slots = [Slot(i) for i in range(self.nslots)]
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.projects: dict[str, dict[str, Any]] = {}
+        self.held: set[str] = set()
+        self.outgoing: list[tuple[dict[str, Any], list[bytes]]] = []
+        self.avg_job_s = 1.0
+        self.connected = False
+        self.stopping = False
+        self.last_recv = self.last_send = 0.0
+        self.backoff = BACKOFF_START_S
+        self.reconnect_at = 0.0
+        self.bad_messages = 0
+        self.caps, self.missing = detect(self.tags)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def run(self) -> None:
+        self._install_signals()
+        endpoint = f"ipc://{self.scratch}/workers.sock"
+        self.workers = self.zctx.socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.LINGER, 0)
+        self.workers.bind(endpoint)
+        for slot in self.slots:
+            self._start_worker(slot, endpoint)
+        self._connect()
+        log.info("agent %s: %d slots, capabilities %s", self.id, self.nslots, ", ".join(self.caps) or "none")
+        try:
+            self._loop(endpoint)
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _install_signals(self) -> None:
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        except ValueError:  # not the main thread (tests run agents in threads)
+            pass
+
+    def _loop(self, endpoint: str) -> None:
+        poller = zmq.Poller()
+        poller.register(self.workers, zmq.POLLIN)
+        registered = None
+        while not self.stopping:
+            if registered is not self.ctrl:
+                if registered is not None:
+                    poller.unregister(registered)
+                if self.ctrl is not None:
+                    poller.register(self.ctrl, zmq.POLLIN)
+                registered = self.ctrl
+            events = dict(poller.poll(100))
+            if self.ctrl is not None and events.get(self.ctrl):
+                self._drain(self.ctrl, self._on_controller)
+            if events.get(self.workers):
+                self._drain(self.workers, self._on_worker)
+            now = time.monotonic()
+            self._check_workers(now, endpoint)
+            self._feed_workers(now)
+            self._flush_results()
+            self._check_controller(now)
+            if self.parent_pid and os.getppid() != self.parent_pid:
+                log.warning("parent process %d is gone; stopping", self.parent_pid)
+                break
+
+    def _close(self) -> None:
+        if self.ctrl is not None and self.connected:
+            self._send(T.BYE)  # the controller requeues what we held, at no cost to the jobs
+        for slot in self.slots:
+            self._kill_worker(slot)
+        if self.ctrl is not None:
+            self.ctrl.close(linger=500)
+        if self.workers is not None:
+            self.workers.close(linger=0)
+        self.zctx.term()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:
+        for _ in range(10000):  # bounded, so one busy socket cannot starve the other
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    # -- controller side -------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.ctrl is not None:
+            self.ctrl.close(linger=0)
+        self.ctrl = self.zctx.socket(zmq.DEALER)
+        self.ctrl.setsockopt(zmq.LINGER, 0)
+        self.ctrl.setsockopt(zmq.IDENTITY, self.id.encode())
+        self.ctrl.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        if self.socket_setup:
+            self.socket_setup(self.ctrl)
+        self.ctrl.connect(self.controller)
+        self.connected = False
+        now = time.monotonic()
+        self.last_recv = now
+        self._send(
+            T.HELLO,
+            {
+                "agent": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "slots": self.nslots,
+                "prefetch": self.prefetch,
+                "caps": self.caps,
+                "missing": self.missing,
+                "held": sorted(self.held),
+                "version": __version__,
+            },
+        )
+
+    def _send(self, kind: T, body: dict[str, Any] | None = None, payloads: list[bytes] | None = None) -> bool:
+        assert self.ctrl is not None
+        try:
+            self.ctrl.send_multipart(pack(kind, body, payloads or ()), zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # controller unreachable and queue full: liveness will reconnect
+            return False
+        self.last_send = time.monotonic()
+        return True
+
+    def _check_controller(self, now: float) -> None:
+        if now - self.last_recv > self.heartbeat * self.liveness:
+            if self.reconnect_at == 0.0:
+                self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)
+                log.warning("controller silent for %.1fs; reconnecting in %.1fs",
+                            now - self.last_recv, self.reconnect_at - now)
+                self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            elif now >= self.reconnect_at:
+                self.reconnect_at = 0.0
+                self._connect()
+        elif now - self.last_send >= self.heartbeat:
+            self._send(T.HEARTBEAT)
+
+    def _on_controller(self, frames: list[bytes]) -> None:
+        try:
+            msg = unpack(frames)
+        except ProtocolError as exc:
+            self.bad_messages += 1
+            log.warning("dropping bad message from controller: %s", exc)
+            return
+        self.last_recv = time.monotonic()
+        if msg.type is T.WELCOME:
+            self.connected = True
+            self.backoff = BACKOFF_START_S
+            self.heartbeat = float(msg.body["heartbeat"])
+            self.liveness = int(msg.body["liveness"])
+            log.info("connected to controller %s", self.controller)
+        elif msg.type is T.JOBS:
+            projects = msg.body["projects"]
+            if isinstance(projects, dict):
+                self.projects.update(projects)
+            for job in msg.body["jobs"]:
+                if job["project"] not in self.projects:
+                    self._fail(job, "controller sent a job for a project it never described")
+                    continue
+                self.queue.append(job)
+                self.held.add(job["lease"])
+        elif msg.type is T.CANCEL:
+            self._cancel(set(msg.body["leases"]))
+        elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves
+            log.info("controller says: %s", msg.body["message"])
+            self._connect()
+        elif msg.type is T.SHUTDOWN:
+            log.info("controller asked us to shut down")
+            self.connected = False  # no BYE needed
+            self.stopping = True
+
+    def _cancel(self, leases: set[str]) -> None:
+        self.queue = collections.deque(j for j in self.queue if j["lease"] not in leases)
+        for slot in self.slots:
+            if any(j["lease"] in leases for j in slot.running):
+                self._kill_worker(slot)  # restarted by _check_workers; no result is sent
+                for job in slot.running:
+                    if job["lease"] not in leases:
+                        self._fail(job, "cancelled alongside another job in the same batch")
+                slot.running = []
+        self.held -= leases
+
+    def _flush_results(self) -> None:
+        if not self.outgoing or self.ctrl is None:
+            return
+        while self.outgoing:
+            batch, payloads, size = [], [], 0
+            while self.outgoing and len(batch) < MAX_RESULTS_PER_MESSAGE:
+                result, files = self.outgoing[0]
+                if batch and (size + sum(map(len, files)) > MAX_PAYLOAD_PER_MESSAGE
+                              or len(payloads) + len(files) > MAX_FRAMES - 4):
+                    break
+                self.outgoing.pop(0)
+                batch.append(result)
+                payloads.extend(files)
+                size += sum(map(len, files))
+            if not self._send(T.RESULTS, {"results": batch}, payloads):
+                self.outgoing[:0] = list(zip(batch, _split_payloads(batch, payloads), strict=True))
+                return
+
+    def _fail(self, job: dict[str, Any], error: str, log_text: str = "") -> None:
+        self.held.discard(job["lease"])
+        self.outgoing.append(({"lease": job["lease"], "ok": False, "result": None, "files": [],
+                               "error": error, "log": log_text, "duration": 0.0}, []))
+
+    # -- worker side -----------------------------------------------------------------
+
+    def _start_worker(self, slot: Slot, endpoint: str) -> None:
+        folder = self.scratch / f"slot{slot.index}"
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "farm.agent.worker", endpoint, str(slot.index), str(folder)],
+            start_new_session=True,  # its own process group: a timeout kills the whole tree it started
+        )
+        slot.ready = False
+        slot.running = []
+        slot.projects = set()
+
+    def _kill_worker(self, slot: Slot) -> None:
+        if slot.proc is not None and slot.proc.poll() is None:
+            try:
+                os.killpg(slot.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            slot.proc.wait()
+        slot.ready = False
+
+    def _check_workers(self, now: float, endpoint: str) -> None:
+        for slot in self.slots:
+            assert slot.proc is not None
+            code = slot.proc.poll()
+            if code is None and slot.running and now > slot.deadline:
+                timeout = max(j["timeout"] for j in slot.running)
+                log.warning("job %s overran its %.0fs timeout; killing its worker", slot.running[0]["key"], timeout)
+                self._kill_worker(slot)
+                for job in slot.running:
+                    self._fail(job, f"timed out after {job['timeout']:g}s; its worker and children were killed")
+                slot.running = []
+                code = slot.proc.poll()
+            if code is not None:
+                for job in slot.running:
+                    self._fail(job, f"worker process died (exit code {code}) while running this job")
+                if slot.running or not self.stopping:
+                    log.warning("worker %d exited with code %s; restarting it", slot.index, code)
+                self._start_worker(slot, endpoint)
+
+    def _feed_workers(self, now: float) -> None:
+        for slot in self.slots:
+            if not self.queue:
+                return
+            if not slot.ready or slot.running:
+                continue
+            size = 1 if self.avg_job_s > FAST_JOB_S else 64
+            batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+            threads = max(1, (os.cpu_count() or 1) // self.nslots)
+            for job in batch:
+                job["threads"] = threads
+            new = {p for p in {j["project"] for j in batch} if p not in slot.projects}
+            body = {"jobs": batch, "projects": {p: self.projects[p] for p in new}}
+            slot.projects |= new
+            slot.running = batch
+            slot.deadline = now + max(j["timeout"] for j in batch)
+            assert self.workers is not None
+            self.workers.send_multipart([f"w{slot.index}".encode(), msgpack.packb(["jobs", body])])
+
+    def _on_worker(self, frames: list[bytes]) -> None:
+        ident, raw, *payloads = frames
+        slot = self.slots[int(ident[1:])]
+        kind, body = msgpack.unpackb(raw, raw=False)
+        if kind == "ready":
+            slot.ready = True
+        elif kind == "progress":
+            if self.ctrl is not None:
+                self._send(T.PROGRESS, {"lease": body[0], "fraction": body[1]})
+        elif kind == "results":
+            by_lease = {j["lease"]: j for j in slot.running}
+            offset = 0
+            for result in body:
+                files = payloads[offset:offset + len(result["files"])]
+                offset += len(result["files"])
+                if by_lease.pop(result["lease"], None) is None:
+                    continue  # cancelled meanwhile
+                self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * result["duration"]
+                self.held.discard(result["lease"])
+                self.outgoing.append((result, files))
+            slot.running = [j for j in slot.running if j["lease"] in by_lease]
+
+
+def _split_payloads(results: list[dict[str, Any]], payloads: list[bytes]) -> list[list[bytes]]:
+    out, offset = [], 0
+    for result in results:
+        n = len(result["files"])
+        out.append(payloads[offset:offset + n])
+        offset += n
+    return out

@@ -1,0 +1,26 @@
+"""What this node can render: media types whose renderer is installed, plus user tags."""
+
+from __future__ import annotations
+
+import logging
+
+from farm.plugins import get_plugins
+
+log = logging.getLogger(__name__)
+
+
+def detect(tags: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(capabilities, {media type: why it is unavailable})."""
+    caps: list[str] = []
+    missing: dict[str, str] = {}
+    for name, media in sorted(get_plugins().media_types.items()):
+        try:
+            reason = media.available()
+        except Exception as exc:  # a crashing check means we cannot render it
+            reason = f"availability check failed: {exc!r}"
+        if reason is None:
+            caps.append(name)
+        else:
+            missing[name] = reason
+            log.warning("media type %s unavailable on this node: %s", name, reason)
+    return caps + [t for t in tags if t not in caps], missing

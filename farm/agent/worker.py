@@ -1,0 +1,169 @@
+"""A long-lived child worker process: runs one job at a time for its agent.
+
+Started once per slot by the agent (``python -m farm.agent.worker ENDPOINT SLOT DIR``)
+and restarted if it dies, so no process is started per job and a crash or hang in a
+job only ever costs this process. Talks to its agent over a local ZeroMQ socket with
+plain msgpack (the agent is its parent: trusted, unlike the network).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from farm.mediatype import Job, RenderContext
+from farm.plugins import get_media_type
+from farm.project import Project
+
+LOG_TAIL_LINES = 60
+FLUSH_EVERY_S = 0.01  # fast jobs are reported in batches; slow ones one by one
+PROGRESS_EVERY_S = 0.25
+
+
+class _TailHandler(logging.Handler):
+    """Keeps the last log lines of the job running now, for its failure report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class Worker:
+    def __init__(self, endpoint: str, slot: int, scratch: Path) -> None:
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
+        self.sock.connect(endpoint)
+        self.scratch = scratch
+        self.caches: dict[str, dict[str, Any]] = {}
+        self.projects: dict[str, Project] = {}
+        self.tail = _TailHandler()
+        logging.getLogger().addHandler(self.tail)
+        logging.getLogger().setLevel(logging.INFO)
+
+    def send(self, kind: str, body: Any, payloads: list[bytes] | None = None) -> None:
+        self.sock.send_multipart([msgpack.packb([kind, body], use_bin_type=True), *(payloads or [])])
+
+    def serve(self) -> None:
+        parent = os.getppid()
+        self.send("ready", os.getpid())
+        while True:
+            if not self.sock.poll(1000):
+                if os.getppid() != parent:  # our agent is gone: nobody will read our results
+                    return
+                continue
+            kind, body = msgpack.unpackb(self.sock.recv(), raw=False)
+            if kind == "stop":
+                return
+            for pid, wire in body.get("projects", {}).items():
+                self.projects[pid] = Project.from_wire(wire)
+            self.run_batch(body["jobs"])
+
+    def run_batch(self, jobs: list[dict[str, Any]]) -> None:
+        pending: list[dict[str, Any]] = []
+        payloads: list[bytes] = []
+        last_flush = time.monotonic()
+        for spec in jobs:
+            result, files = self.run_one(spec)
+            pending.append(result)
+            payloads.extend(files)
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_EVERY_S or payloads:
+                self.send("results", pending, payloads)
+                pending, payloads, last_flush = [], [], now
+        if pending:
+            self.send("results", pending, payloads)
+
+    def run_one(self, spec: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        started = time.monotonic()
+        lease = spec["lease"]
+        out_dir, work_dir = self.scratch / "out", self.scratch / "work"
+        _empty_dir(out_dir)
+        _empty_dir(work_dir)
+        self.tail.lines.clear()
+        last_progress = [0.0]
+
+        def progress(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last_progress[0] >= PROGRESS_EVERY_S:
+                last_progress[0] = now
+                self.send("progress", [lease, float(fraction)])
+
+        try:
+            project = self.projects[spec["project"]]
+            media = get_media_type(project.media_type)
+            job = Job(spec["key"], spec["params"], deps=tuple(spec["deps"] or ()))
+            ctx = RenderContext(
+                project_dir=Path(spec.get("project_dir") or project.root),
+                output_dir=out_dir,
+                work_dir=work_dir,
+                settings=project.settings,
+                threads=int(spec.get("threads", 1)),
+                cache=self.caches.setdefault(spec["project"], {}),
+                deps=spec["deps"] or {},
+                progress=progress,
+                log=logging.getLogger(f"farm.job.{project.media_type}"),
+            )
+            os.chdir(work_dir)
+            result = media.render(job, ctx)
+            files = _files_in(out_dir)
+            names = [[p.relative_to(out_dir).as_posix(), p.stat().st_size] for p in files]
+            payloads = [p.read_bytes() for p in files]
+            reply = {"lease": lease, "ok": True, "result": result, "files": names}
+        except BaseException as exc:  # any failure fails this job only
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            log = "\n".join([*self.tail.lines, traceback.format_exc()])
+            reply = {"lease": lease, "ok": False, "result": None, "files": [],
+                     "error": f"{type(exc).__name__}: {exc}", "log": log[-16000:]}
+            payloads = []
+        finally:
+            os.chdir(self.scratch)
+        reply["duration"] = time.monotonic() - started
+        return reply, payloads
+
+
+def _empty_dir(path: Path) -> None:
+    """Make `path` an empty folder; cheap when it already is one (the common case)."""
+    try:
+        with os.scandir(path) as entries:
+            if next(entries, None) is None:
+                return
+    except FileNotFoundError:
+        path.mkdir(parents=True)
+        return
+    shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def _files_in(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        if next(entries, None) is None:
+            return []
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def main(argv: list[str]) -> None:
+    endpoint, slot, scratch = argv[0], int(argv[1]), Path(argv[2])
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.chdir(scratch)
+    Worker(endpoint, slot, scratch).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

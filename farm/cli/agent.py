@@ -1,0 +1,25 @@
+"""`farm agent`: a render node."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from farm.agent.agent import Agent
+from farm.cli.errors import reported
+
+
+def agent(
+    controller: Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
+                                            help="The controller to serve.")] = "tcp://127.0.0.1:5555",
+    slots: Annotated[Optional[int], typer.Option(min=1, help="Jobs run at once (default: the number of cores).")] = None,
+    prefetch: Annotated[int, typer.Option(min=0, help="Most queued jobs beyond the slots (fast jobs).")] = 32,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Extra capability to advertise.")] = None,
+    agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
+    parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+) -> None:
+    """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
+    with reported():
+        Agent(controller, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
+              parent_pid=parent_pid).run()

@@ -1,0 +1,31 @@
+"""`farm plugins`: what is installed."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from farm.plugins import get_plugins
+
+
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List plugins, their versions and the media types they provide."""
+    loaded = get_plugins()
+    rows = []
+    for info in loaded.infos:
+        media = [{"name": n, "description": loaded.media_types[n].description,
+                  "unavailable": loaded.media_types[n].available()} for n in info.media_types]
+        rows.append({"name": info.name, "version": info.version, "module": info.module,
+                     "media_types": media, "hooks": info.hooks, "error": info.error})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['name']} {row['version'] or ''} ({row['module']})".rstrip())
+        if row["error"]:
+            typer.echo(f"  failed to load: {row['error']}")
+        for media in row["media_types"]:
+            note = f"  [unavailable: {media['unavailable']}]" if media["unavailable"] else ""
+            typer.echo(f"  {media['name']}: {media['description']}{note}")

@@ -1,0 +1,145 @@
+"""The submitting client: sends a project to a controller and follows it to the end.
+
+The embedded run and ``--controller URL`` both go through here: one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from farm.errors import ConnectionLost, FarmError, ProtocolError
+from farm.project import Project
+from farm.protocol import T, Message, pack, unpack
+
+log = logging.getLogger(__name__)
+
+SILENCE_LIMIT_S = 15.0  # the controller sends updates every 0.2 s while a project runs
+
+
+@dataclass
+class Summary:
+    """The end of a run, as `farm submit --json` prints it."""
+
+    project: str
+    media_type: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    reused: int
+    elapsed_s: float
+    outputs: list[str]
+    output_dir: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done" and not self.failed and not self.error
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Summary:
+        jobs = data["jobs"]
+        return cls(project=data["project"], media_type=data["media_type"], state=data["state"],
+                   total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
+                   elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
+                   failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "media_type": self.media_type,
+            "state": self.state,
+            "jobs": {"total": self.total, "done": self.done, "failed": self.failed, "reused": self.reused},
+            "elapsed_s": self.elapsed_s,
+            "outputs": self.outputs,
+            "failures": self.failures,
+            "error": self.error,
+        }
+
+
+class Client:
+    """A DEALER connection to a controller."""
+
+    def __init__(self, url: str, *, socket_setup: Callable[[zmq.Socket], None] | None = None,
+                 timeout: float = SILENCE_LIMIT_S) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.zctx = zmq.Context.instance()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        if socket_setup:
+            socket_setup(self.sock)
+        self.sock.connect(url)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, kind: T, body: dict[str, Any] | None = None) -> None:
+        self.sock.send_multipart(pack(kind, body))
+
+    def receive(self, timeout: float | None = None) -> Message:
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise ConnectionLost(f"no answer from the controller at {self.url} for {limit:.0f}s")
+            try:
+                msg = unpack(self.sock.recv_multipart())
+            except ProtocolError as exc:
+                log.warning("dropping a bad message from the controller: %s", exc)
+                continue
+            if msg.type is T.ERROR:
+                raise FarmError(f"controller: {msg.body['message']}")
+            return msg
+
+    def request(self, kind: T, body: dict[str, Any] | None = None) -> Message:
+        self.send(kind, body)
+        return self.receive()
+
+    def submit(self, project: Project, *, priority: int = 0) -> str:
+        reply = self.request(T.SUBMIT, {"project": project.to_wire(), "priority": priority})
+        if reply.type is not T.ACCEPTED:
+            raise ProtocolError(f"expected ACCEPTED, got {reply.type.name}")
+        return reply.body["project"]
+
+    def follow(self, run_id: str, on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
+        """Receive updates until the run finishes; returns its summary."""
+        while True:
+            msg = self.receive()
+            if msg.type is T.UPDATE and msg.body.get("id") == run_id:
+                if on_update:
+                    on_update(msg.body)
+            elif msg.type is T.FINISHED and msg.body["summary"].get("id") == run_id:
+                return Summary.from_wire(msg.body["summary"])
+
+    def status(self) -> dict[str, Any]:
+        return self.request(T.STATUS).body
+
+    def cancel(self, project: str) -> Summary:
+        reply = self.request(T.CANCEL_PROJECT, {"project": project})
+        return Summary.from_wire(reply.body["summary"])
+
+
+def submit(url: str, project: Project, *, priority: int = 0,
+           on_update: Callable[[dict[str, Any]], None] | None = None,
+           socket_setup: Callable[[zmq.Socket], None] | None = None) -> Summary:
+    """Submit a project and follow it to the end."""
+    with Client(url, socket_setup=socket_setup) as client:
+        run_id = client.submit(project, priority=priority)
+        return client.follow(run_id, on_update)

@@ -1,0 +1,1 @@
+"""The controller: hands jobs to agents, keeps leases, collates results."""

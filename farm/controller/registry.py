@@ -1,0 +1,84 @@
+"""Connected agents: who they are, what they hold, when we last heard from them."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+LOOKAHEAD_S = 0.02  # how much queued work beyond its slots an agent may hold
+
+
+@dataclass
+class AgentState:
+    identity: bytes  # ZeroMQ routing id
+    id: str  # the id it claims, or its authenticated key when CURVE is on
+    host: str
+    slots: int
+    prefetch: int
+    caps: set[str]
+    missing: dict[str, str]
+    held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
+    known_projects: set[str] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+    joined: float = field(default_factory=time.time)
+    avg_job_s: float | None = None
+    done: int = 0
+    failed: int = 0
+
+    def capacity(self) -> int:
+        """Jobs it may hold now: its slots plus a prefetch sized to cover LOOKAHEAD_S of work."""
+        if self.avg_job_s is None:
+            extra = 1
+        else:
+            extra = math.ceil(self.slots * LOOKAHEAD_S / max(self.avg_job_s, 1e-6))
+        return self.slots + min(self.prefetch, extra)
+
+    def free(self) -> int:
+        return self.capacity() - len(self.held)
+
+    def observe(self, duration: float) -> None:
+        self.avg_job_s = duration if self.avg_job_s is None else 0.8 * self.avg_job_s + 0.2 * duration
+
+    def can_run(self, media_type: str, requirements: tuple[str, ...]) -> bool:
+        return media_type in self.caps and all(r in self.caps for r in requirements)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "slots": self.slots,
+            "capabilities": sorted(self.caps),
+            "unavailable": self.missing,
+            "jobs": len(self.held),
+            "done": self.done,
+            "failed": self.failed,
+            "last_heartbeat_s": round(now - self.last_seen, 2),
+        }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.agents: dict[bytes, AgentState] = {}
+
+    def __iter__(self):
+        return iter(list(self.agents.values()))
+
+    def __len__(self) -> int:
+        return len(self.agents)
+
+    def get(self, identity: bytes) -> AgentState | None:
+        return self.agents.get(identity)
+
+    def add(self, agent: AgentState) -> AgentState | None:
+        """Register an agent; returns the state it replaces (a reconnect), if any."""
+        old = self.agents.get(agent.identity)
+        self.agents[agent.identity] = agent
+        return old
+
+    def remove(self, identity: bytes) -> AgentState | None:
+        return self.agents.pop(identity, None)
+
+    def expired(self, now: float, timeout: float) -> list[AgentState]:
+        return [a for a in self.agents.values() if now - a.last_seen > timeout]

@@ -1,0 +1,299 @@
+"""One project being rendered: its job stream, leases, retries, dependencies and collation.
+
+Jobs are pulled lazily from the media type's generator, so memory holds only the jobs
+in flight, waiting for a retry, or waiting on a dependency, however many jobs exist.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.controller.registry import AgentState
+from farm.mediatype import CollateContext, Job, MediaType
+from farm.project import Project
+
+log = logging.getLogger(__name__)
+
+BLOCKLIST_AFTER = 3  # failures of one agent within one project
+LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
+RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not tried
+
+
+@dataclass
+class Lease:
+    id: str
+    run: ProjectRun
+    job: Job
+    agent: bytes
+    agent_id: str
+    started: float
+    deadline: float
+
+
+@dataclass
+class Failure:
+    key: str
+    error: str
+    log: str
+    attempts: int
+
+
+class ProjectRun:
+    def __init__(self, run_id: str, project: Project, media: MediaType, *, priority: int = 0) -> None:
+        self.id = run_id
+        self.project = project
+        self.media = media
+        self.priority = priority
+        self.timeout = project.timeout or media.default_timeout
+        self.state = "running"
+        self.error: str | None = None
+        self.submitted = time.time()
+        self.started_mono = time.monotonic()
+        self.finished_mono: float | None = None
+        self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
+        try:
+            self.total: int | None = media.count(project)
+        except Exception as exc:
+            log.warning("%s: count() failed: %r; progress will have no total", project.name, exc)
+            self.total = None
+        self._jobs: Iterator[Job] = iter(())
+        try:
+            self._jobs = iter(media.split(project))
+        except Exception as exc:
+            self._fail_project(f"split() failed: {type(exc).__name__}: {exc}")
+        self.exhausted = False
+        self.ready: collections.deque[Job] = collections.deque()
+        self.waiting: dict[str, list[Job]] = {}  # dependency key -> jobs waiting on it
+        self.unmet: dict[str, set[str]] = {}  # job key -> dependencies not done yet
+        self.leases: dict[str, Lease] = {}  # job key -> current lease
+        self.done_keys: set[str] = set()
+        self.results: dict[str, Any] = {}  # non-None results, for dependants
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.lost: collections.Counter[str] = collections.Counter()
+        self.tried_on: dict[str, set[str]] = {}
+        self.agent_failures: collections.Counter[str] = collections.Counter()
+        self.blocklist: set[str] = set()
+        self.failures: dict[str, Failure] = {}
+        self.progress: dict[str, float] = {}
+        self.done = 0
+        self.reused = 0
+        self.outputs: list[str] = []
+
+    # -- what to run next ---------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    def eligible(self, agent: AgentState) -> bool:
+        return agent.id not in self.blocklist and agent.can_run(self.media.name, self.media.requirements)
+
+    def take(self, agent: AgentState, n: int, others: int, now: float) -> list[Lease]:
+        """Lease up to n jobs to this agent: retries first (preferring ones it has not tried), then new.
+
+        Each job is leased as soon as it is pulled, so a later job can depend on it.
+        """
+        jobs: list[Lease] = []
+        if self.ready:
+            skipped = []
+            for _ in range(min(len(self.ready), RETRY_SCAN)):
+                if len(jobs) >= n:
+                    break
+                job = self.ready.popleft()
+                tried = self.tried_on.get(job.key, ())
+                if agent.id in tried and others > len(tried):
+                    skipped.append(job)  # leave it for an agent that has not failed it
+                else:
+                    jobs.append(self.lease(job, agent, now))
+            self.ready.extendleft(reversed(skipped))
+        while len(jobs) < n and not self.exhausted and self.active:
+            job = self._pull()
+            if job is not None:
+                jobs.append(self.lease(job, agent, now))
+        return jobs
+
+    def _pull(self) -> Job | None:
+        try:
+            job = next(self._jobs)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        except Exception as exc:
+            self._fail_project(f"split() failed: {type(exc).__name__}: {exc}")
+            return None
+        if not isinstance(job, Job):
+            self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
+            return None
+        if job.key in self.done_keys:
+            return None
+        unmet = set()
+        for dep in job.deps:
+            if dep in self.failures:
+                self._fail_for_good(job.key, f"dependency {dep!r} failed", "")
+                return None
+            if dep not in self.done_keys:
+                if dep not in self.leases and dep not in self.unmet and not any(j.key == dep for j in self.ready):
+                    self._fail_project(f"job {job.key!r} depends on {dep!r}, which was not yielded before it")
+                    return None
+                unmet.add(dep)
+        if unmet:
+            self.unmet[job.key] = unmet
+            for dep in unmet:
+                self.waiting.setdefault(dep, []).append(job)
+            return None
+        return job
+
+    def lease(self, job: Job, agent: AgentState, now: float) -> Lease:
+        lease = Lease(uuid.uuid4().hex[:16], self, job, agent.identity, agent.id, now, now + self.timeout)
+        self.leases[job.key] = lease
+        self.tried_on.setdefault(job.key, set()).add(agent.id)
+        return lease
+
+    def deps_for(self, job: Job) -> dict[str, Any]:
+        return {d: self.results.get(d) for d in job.deps}
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def is_current(self, lease: Lease) -> bool:
+        return self.leases.get(lease.job.key) is lease
+
+    def succeeded(self, lease: Lease, result: Any, outputs: dict[str, Path]) -> None:
+        """Collate a current lease's outputs; raises what collate raises (the caller retries)."""
+        self.media.collate(lease.job, result, outputs, self.ctx)
+        key = lease.job.key
+        del self.leases[key]
+        self.progress.pop(key, None)
+        self.done_keys.add(key)
+        if result is not None:
+            self.results[key] = result
+        self.done += 1
+        for job in self.waiting.pop(key, []):
+            unmet = self.unmet[job.key]
+            unmet.discard(key)
+            if not unmet:
+                del self.unmet[job.key]
+                self.ready.append(job)
+
+    def failed(self, lease: Lease, error: str, log_text: str) -> None:
+        key = lease.job.key
+        del self.leases[key]
+        self.progress.pop(key, None)
+        self.attempts[key] += 1
+        self.agent_failures[lease.agent_id] += 1
+        if self.agent_failures[lease.agent_id] >= BLOCKLIST_AFTER and lease.agent_id not in self.blocklist:
+            self.blocklist.add(lease.agent_id)
+            log.warning("%s: agent %s failed %d jobs; no more jobs of this project go to it",
+                        self.project.name, lease.agent_id, BLOCKLIST_AFTER)
+        if self.attempts[key] >= self.project.max_attempts:
+            self._fail_for_good(key, error, log_text)
+        else:
+            log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
+                     self.attempts[key], self.project.max_attempts, error)
+            self.ready.append(lease.job)
+
+    def lost_lease(self, lease: Lease, reason: str) -> None:
+        """The agent went away: run the job again elsewhere, without counting an attempt."""
+        key = lease.job.key
+        del self.leases[key]
+        self.progress.pop(key, None)
+        self.lost[key] += 1
+        if self.lost[key] >= self.project.max_attempts * LOST_LIMIT_FACTOR:
+            self._fail_for_good(key, f"lost {self.lost[key]} times with its agent ({reason})", "")
+        else:
+            self.ready.appendleft(lease.job)
+
+    def _fail_for_good(self, key: str, error: str, log_text: str) -> None:
+        self.failures[key] = Failure(key, error, log_text, self.attempts[key])
+        log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
+        for job in self.waiting.pop(key, []):
+            self.unmet.pop(job.key, None)
+            self._fail_for_good(job.key, f"dependency {key!r} failed", "")
+
+    def _fail_project(self, error: str) -> None:
+        log.error("%s: %s", self.project.name, error)
+        self.error = error
+        self.exhausted = True
+
+    def cancel(self) -> list[Lease]:
+        self.state = "cancelled"
+        self.finished_mono = time.monotonic()
+        leases = list(self.leases.values())
+        self.leases.clear()
+        return leases
+
+    # -- completion -----------------------------------------------------------------
+
+    def all_in(self) -> bool:
+        return self.exhausted and not self.leases and not self.ready and not self.unmet
+
+    def finalize(self) -> list[str]:
+        """Run the media type's finalize (in a thread of the controller: it may be slow)."""
+        if self.error or self.failures:
+            return [str(p) for p in self._close_quietly()]
+        return [str(p) for p in self.media.finalize(self.ctx)]
+
+    def _close_quietly(self) -> list[Path]:
+        # Partial runs still finalize, so outputs that did succeed are kept and readable.
+        try:
+            return self.media.finalize(self.ctx)
+        except Exception as exc:
+            log.warning("%s: finalize of a partial run failed: %r", self.project.name, exc)
+            return []
+
+    def finished(self, outputs: list[str], error: str | None) -> None:
+        self.outputs = outputs
+        if error:
+            self.error = self.error or error
+        self.state = "failed" if (self.error or self.failures) else "done"
+        self.finished_mono = time.monotonic()
+
+    # -- reporting ------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        end = self.finished_mono or time.monotonic()
+        return end - self.started_mono
+
+    def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
+        running_fraction = sum(self.progress.values())
+        return {
+            "id": self.id,
+            "project": self.project.name,
+            "media_type": self.media.name,
+            "state": self.state,
+            "priority": self.priority,
+            "total": self.total if self.total is not None else (self.done + len(self.failures)
+                                                                  if self.exhausted else None),
+            "done": self.done,
+            "failed": len(self.failures),
+            "reused": self.reused,
+            "running": len(self.leases),
+            "partial": round(running_fraction, 3),
+            "retrying": len(self.ready),
+            "elapsed_s": round(self.elapsed(), 3),
+            "stalled": stalled,
+            "error": self.error,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        return {
+            "id": self.id,
+            "project": self.project.name,
+            "media_type": self.media.name,
+            "state": self.state,
+            "jobs": {"total": snap["total"] if snap["total"] is not None else self.done + len(self.failures),
+                     "done": self.done, "failed": len(self.failures), "reused": self.reused},
+            "elapsed_s": snap["elapsed_s"],
+            "outputs": self.outputs,
+            "output_dir": str(self.project.output_dir),
+            "failures": [{"job": f.key, "error": f.error, "log": f.log, "attempts": f.attempts}
+                         for f in self.failures.values()],
+            "error": self.error,
+        }

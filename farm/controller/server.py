@@ -1,0 +1,471 @@
+"""The controller's event loop: one ROUTER socket for agents and submitting clients.
+
+Single-threaded by design: every piece of scheduling state is touched by this loop
+alone, so there are no locks. Only `finalize` (which may encode a video for minutes)
+runs in a helper thread, so heartbeats never wait on it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from farm.controller.registry import AgentState, Registry
+from farm.controller.run import Lease, ProjectRun
+from farm.errors import FarmError, ProtocolError
+from farm.paths import UnsafePath, safe_relpath
+from farm.plugins import get_media_type
+from farm.project import load_project
+from farm.protocol import T, Message, pack, unpack
+
+log = logging.getLogger(__name__)
+
+AGENT_MESSAGES = {T.HELLO, T.RESULTS, T.PROGRESS, T.HEARTBEAT, T.BYE}
+CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW}
+UPDATE_EVERY_S = 0.2
+LEASE_CHECK_EVERY_S = 1.0
+MAX_MESSAGE = 512 * 1024 * 1024
+BAD_MESSAGES_BEFORE_IGNORING = 20
+KEEP_FINISHED_RUNS = 50
+
+
+class Controller:
+    def __init__(
+        self,
+        bind: str = "tcp://127.0.0.1:5555",
+        *,
+        state_dir: Path,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        socket_setup: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
+        self.bind = bind
+        self.state_dir = Path(state_dir)
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.socket_setup = socket_setup
+        self.url: str | None = None
+        self.registry = Registry()
+        self.runs: dict[str, ProjectRun] = {}
+        self.leases: dict[str, Lease] = {}  # lease id -> lease, across runs
+        self.followers: dict[str, set[bytes]] = {}
+        self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
+        self.last_sent: dict[bytes, float] = {}
+        self.bad_senders: dict[bytes, int] = {}
+        self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0}
+        self._stop = threading.Event()
+        self._shutdown_agents = False
+        self._bound = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-finalize")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> Controller:
+        """Run the loop in a background thread (the embedded controller); returns once bound."""
+        self._thread = threading.Thread(target=self._run_guarded, name="farm-controller", daemon=True)
+        self._thread.start()
+        self._bound.wait(30)
+        if self._error:
+            raise self._error
+        return self
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self._error = exc
+            self._bound.set()
+            log.exception("controller loop crashed")
+
+    def stop(self, timeout: float = 10.0, *, shutdown_agents: bool = False) -> None:
+        """Stop the loop; with shutdown_agents, tell connected agents to exit too (embedded runs)."""
+        self._shutdown_agents = shutdown_agents
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """The loop; returns after `stop()`, telling connected agents to shut down only if asked."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        zctx = zmq.Context.instance()
+        self.sock = zctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting agent takes its identity back
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        if self.socket_setup:
+            self.socket_setup(self.sock)
+        self.url = _bind(self.sock, self.bind)
+        log.info("controller listening on %s", self.url)
+        self._bound.set()
+        last_updates = last_lease_check = 0.0
+        try:
+            while not self._stop.is_set():
+                if self.sock.poll(50):
+                    self._drain()
+                now = time.monotonic()
+                self._dispatch(now)
+                self._check_agents(now)
+                if now - last_lease_check >= LEASE_CHECK_EVERY_S:
+                    last_lease_check = now
+                    self._check_leases(now)
+                self._check_finalizing()
+                if now - last_updates >= UPDATE_EVERY_S:
+                    last_updates = now
+                    self._send_updates()
+        finally:
+            if self._shutdown_agents:
+                for agent in self.registry:
+                    self._send(agent.identity, T.SHUTDOWN)
+            self.sock.close(linger=500 if self._shutdown_agents else 0)
+
+    # -- messages ------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        for _ in range(10000):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, *rest = frames
+            try:
+                msg = unpack(rest)
+            except ProtocolError as exc:
+                self._bad(identity, str(exc))
+                continue
+            try:
+                self._handle(identity, msg)
+            except ProtocolError as exc:
+                self._bad(identity, str(exc))
+
+    def _bad(self, identity: bytes, why: str) -> None:
+        self.stats["bad_messages"] += 1
+        count = self.bad_senders.get(identity, 0) + 1
+        self.bad_senders[identity] = count
+        if count <= BAD_MESSAGES_BEFORE_IGNORING:
+            log.warning("dropping bad message from %r: %s", identity[:32], why)
+        if count == BAD_MESSAGES_BEFORE_IGNORING:
+            log.warning("%r keeps sending bad messages; disconnecting it", identity[:32])
+            agent = self.registry.get(identity)
+            if agent is not None:
+                self._drop_agent(agent, "sent too many bad messages")
+
+    def _send(self, identity: bytes, kind: T, body: dict[str, Any] | None = None) -> bool:
+        try:
+            self.sock.send_multipart([identity, *pack(kind, body)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (not reading)
+            log.debug("cannot send %s to %r: %s", kind.name, identity[:32], exc)
+            return False
+        self.last_sent[identity] = time.monotonic()
+        return True
+
+    def _handle(self, identity: bytes, msg: Message) -> None:
+        if msg.type in CLIENT_MESSAGES:
+            self._handle_client(identity, msg)
+            return
+        if msg.type not in AGENT_MESSAGES:
+            raise ProtocolError(f"{msg.type.name} is not a message a controller accepts")
+        if msg.type is T.HELLO:
+            self._hello(identity, msg.body)
+            return
+        agent = self.registry.get(identity)
+        if agent is None:  # e.g. we restarted under a running agent: make it introduce itself
+            self._send(identity, T.ERROR, {"message": "unknown agent: say HELLO"})
+            return
+        agent.last_seen = time.monotonic()
+        if msg.type is T.RESULTS:
+            self._results(agent, msg)
+        elif msg.type is T.PROGRESS:
+            lease = self.leases.get(msg.body["lease"])
+            if lease is not None and lease.agent == identity:
+                lease.run.progress[lease.job.key] = min(max(float(msg.body["fraction"]), 0.0), 1.0)
+        elif msg.type is T.BYE:
+            self._drop_agent(agent, "agent left")
+
+    def _hello(self, identity: bytes, body: dict[str, Any]) -> None:
+        agent = AgentState(
+            identity=identity,
+            id=body["agent"],
+            host=body["host"],
+            slots=max(1, min(body["slots"], 4096)),
+            prefetch=max(0, min(body["prefetch"], 4096)),
+            caps=set(body["caps"]),
+            missing=body.get("missing") if isinstance(body.get("missing"), dict) else {},
+            held=set(body["held"]),
+        )
+        old = self.registry.add(agent)
+        if old is not None:  # a reconnect: keep the leases it still holds, requeue the rest
+            for lease in [lease for lease in self.leases.values() if lease.agent == identity]:
+                if lease.id not in agent.held:
+                    self._lose(lease, "agent reconnected without it")
+        log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
+                 ", ".join(sorted(agent.caps)) or "no capabilities")
+        self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+
+    def _results(self, agent: AgentState, msg: Message) -> None:
+        offset = 0
+        for result in msg.body["results"]:
+            files = msg.payloads[offset:offset + len(result["files"])]
+            offset += len(result["files"])
+            agent.held.discard(result["lease"])
+            lease = self.leases.get(result["lease"])
+            if lease is None or lease.agent != agent.identity or not lease.run.is_current(lease):
+                self.stats["stale"] += 1
+                log.info("dropping a result for lease %s from %s: not the current lease", result["lease"], agent.id)
+                continue
+            del self.leases[lease.id]
+            agent.observe(float(result["duration"]))
+            if result["ok"]:
+                self._collate(agent, lease, result, files)
+            else:
+                agent.failed += 1
+                lease.run.failed(lease, result.get("error") or "failed", result.get("log") or "")
+
+    def _collate(self, agent: AgentState, lease: Lease, result: dict[str, Any], files: list[bytes]) -> None:
+        staging = self.state_dir / "staging" / lease.id
+        try:
+            outputs = _stage(staging, result["files"], files)
+            lease.run.succeeded(lease, result["result"], outputs)
+            agent.done += 1
+            self.stats["collated"] += 1
+        except Exception as exc:
+            agent.failed += 1
+            lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _handle_client(self, identity: bytes, msg: Message) -> None:
+        if msg.type is T.SUBMIT:
+            self._submit(identity, msg.body)
+        elif msg.type is T.FOLLOW:
+            run = self.runs.get(msg.body["project"])
+            if run is None:
+                self._send(identity, T.ERROR, {"message": f"no project {msg.body['project']!r}"})
+                return
+            self.followers.setdefault(run.id, set()).add(identity)
+            self._send_update(run)
+        elif msg.type is T.STATUS:
+            self._send(identity, T.STATUS_REPLY, self.status())
+        elif msg.type is T.CANCEL_PROJECT:
+            self._cancel(identity, msg.body["project"])
+
+    def _submit(self, identity: bytes, body: dict[str, Any]) -> None:
+        wire = body["project"]
+        try:
+            if not isinstance(wire, dict) or not isinstance(wire.get("root"), str):
+                raise FarmError("SUBMIT needs a project with a root folder")
+            project = load_project(wire["root"], output=wire.get("output"))
+            media = get_media_type(project.media_type)
+        except FarmError as exc:
+            self._send(identity, T.ERROR, {"message": str(exc)})
+            return
+        run_id = f"{project.name}-{uuid.uuid4().hex[:8]}"
+        run = ProjectRun(run_id, project, media, priority=body["priority"])
+        self.runs[run_id] = run
+        self.followers.setdefault(run_id, set()).add(identity)
+        log.info("accepted project %s (%s, %s jobs)", run_id, media.name, run.total)
+        self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
+
+    def _cancel(self, identity: bytes, ref: str) -> None:
+        run = self.runs.get(ref) or next((r for r in self.runs.values() if r.project.name == ref and r.active), None)
+        if run is None:
+            self._send(identity, T.ERROR, {"message": f"no project {ref!r}"})
+            return
+        for lease in run.cancel():
+            self.leases.pop(lease.id, None)
+            self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
+            agent = self.registry.get(lease.agent)
+            if agent:
+                agent.held.discard(lease.id)
+        log.info("cancelled project %s", run.id)
+        self._send(identity, T.FINISHED, {"summary": run.summary()})
+        self._notify_finished(run)
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        active = [r for r in self.runs.values() if r.active]
+        if not active:
+            return
+        for agent in self.registry:
+            free = agent.free()
+            if free <= 0:
+                continue
+            leases: list[Lease] = []
+            for run in sorted(active, key=lambda r: (-r.priority, len(r.leases))):
+                if len(leases) >= free:
+                    break
+                if not run.eligible(agent):
+                    continue
+                others = sum(1 for a in self.registry if run.eligible(a))
+                leases += run.take(agent, free - len(leases), others, now)
+            if leases:
+                self._send_jobs(agent, leases)
+
+    def _send_jobs(self, agent: AgentState, leases: list[Lease]) -> None:
+        projects = {}
+        jobs = []
+        for lease in leases:
+            run = lease.run
+            if run.id not in agent.known_projects:
+                projects[run.id] = run.project.to_wire()
+                agent.known_projects.add(run.id)
+            jobs.append({"lease": lease.id, "key": lease.job.key, "project": run.id, "params": lease.job.params,
+                         "deps": run.deps_for(lease.job), "timeout": run.timeout})
+            self.leases[lease.id] = lease
+            agent.held.add(lease.id)
+        self.stats["dispatched"] += len(jobs)
+        if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
+            self._drop_agent(agent, "unreachable")
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        self.leases.pop(lease.id, None)
+        if lease.run.is_current(lease):
+            lease.run.lost_lease(lease, reason)
+
+    def _drop_agent(self, agent: AgentState, reason: str) -> None:
+        if self.registry.get(agent.identity) is not agent:
+            return
+        self.registry.remove(agent.identity)
+        lost = [lease for lease in self.leases.values() if lease.agent == agent.identity]
+        for lease in lost:
+            self._lose(lease, reason)
+        log.warning("agent %s removed (%s); %d jobs requeued", agent.id, reason, len(lost))
+
+    def _check_agents(self, now: float) -> None:
+        for agent in self.registry.expired(now, self.heartbeat * self.liveness):
+            self._drop_agent(agent, f"silent for {now - agent.last_seen:.1f}s")
+        for agent in self.registry:
+            if now - self.last_sent.get(agent.identity, 0.0) >= self.heartbeat:
+                self._send(agent.identity, T.HEARTBEAT)
+
+    def _check_leases(self, now: float) -> None:
+        # The agent enforces job timeouts; this backstop catches an agent that cannot.
+        for lease in list(self.leases.values()):
+            if now > lease.deadline + max(10.0, lease.run.timeout * 0.5):
+                self.leases.pop(lease.id)
+                self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
+                agent = self.registry.get(lease.agent)
+                if agent:
+                    agent.held.discard(lease.id)
+                if lease.run.is_current(lease):
+                    lease.run.failed(lease, f"no result within its {lease.run.timeout:g}s timeout", "")
+
+    def _check_finalizing(self) -> None:
+        for run in self.runs.values():
+            if run.active and run.all_in():
+                run.state = "finalizing"
+                self.finalizing[run.id] = self._executor.submit(run.finalize)
+        for run_id, future in list(self.finalizing.items()):
+            if future.done():
+                del self.finalizing[run_id]
+                run = self.runs[run_id]
+                try:
+                    run.finished(future.result(), None)
+                except Exception as exc:
+                    log.exception("%s: finalize failed", run_id)
+                    run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+                log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
+                self._notify_finished(run)
+                self._prune()
+
+    def _prune(self) -> None:
+        finished = [r for r in self.runs.values() if r.state in ("done", "failed", "cancelled")]
+        for run in finished[:-KEEP_FINISHED_RUNS]:
+            del self.runs[run.id]
+            self.followers.pop(run.id, None)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def stalled(self, run: ProjectRun) -> str | None:
+        if not run.active or run.all_in():
+            return None
+        if run.leases:
+            return None
+        if not len(self.registry):
+            return "no agents connected"
+        if any(run.eligible(a) for a in self.registry):
+            return None
+        reasons = []
+        for a in self.registry:
+            if a.id in run.blocklist:
+                reasons.append(f"{a.id}: blocklisted after failing jobs of this project")
+            elif run.media.name not in a.caps:
+                reasons.append(f"{a.id}: {a.missing.get(run.media.name, 'does not have this media type')}")
+            else:
+                needs = [r for r in run.media.requirements if r not in a.caps]
+                reasons.append(f"{a.id}: lacks {', '.join(needs)}")
+        return f"no connected agent can render {run.media.name!r} ({'; '.join(reasons)})"
+
+    def _send_update(self, run: ProjectRun) -> None:
+        snap = run.snapshot(self.stalled(run))
+        for identity in list(self.followers.get(run.id, ())):
+            if not self._send(identity, T.UPDATE, snap):
+                self.followers[run.id].discard(identity)
+
+    def _send_updates(self) -> None:
+        for run in self.runs.values():
+            if run.state in ("running", "finalizing") and self.followers.get(run.id):
+                self._send_update(run)
+
+    def _notify_finished(self, run: ProjectRun) -> None:
+        summary = run.summary()
+        for identity in self.followers.pop(run.id, set()):
+            self._send(identity, T.FINISHED, {"summary": summary})
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "controller": self.url,
+            "agents": [a.describe(now) for a in self.registry],
+            "projects": [r.snapshot(self.stalled(r)) for r in self.runs.values()],
+            "stats": dict(self.stats),
+        }
+
+
+def _bind(sock: zmq.Socket, url: str) -> str:
+    """Bind, resolving port 0 to a free port; returns the address clients should use."""
+    if url.startswith("tcp://") and url.rsplit(":", 1)[-1] in ("0", "*"):
+        host = url[len("tcp://"):].rsplit(":", 1)[0]
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{'127.0.0.1' if host in ('*', '0.0.0.0') else host}:{port}"
+    sock.bind(url)
+    return url
+
+
+def _stage(folder: Path, names: list[list[Any]], payloads: list[bytes]) -> dict[str, Path]:
+    """Write a result's files to a staging folder, refusing names that leave it."""
+    if len(names) != len(payloads):
+        raise ProtocolError(f"result lists {len(names)} files but carries {len(payloads)}")
+    outputs: dict[str, Path] = {}
+    for entry, data in zip(names, payloads, strict=True):
+        if len(entry) != 2 or not isinstance(entry[0], str) or entry[1] != len(data):
+            raise ProtocolError(f"bad file entry {entry!r} (or size mismatch)")
+        try:
+            rel = safe_relpath(entry[0])
+        except UnsafePath as exc:
+            raise ProtocolError(str(exc)) from None
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        outputs[rel] = path
+    return outputs

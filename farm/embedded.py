@@ -1,0 +1,64 @@
+"""The embedded farm: a controller in this process and local agent processes, for one project.
+
+This is what ``farm submit DIR`` runs when no controller is given: the same controller,
+agents and client as a farm of many machines, on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from farm.client import Summary, submit
+from farm.controller.server import Controller
+from farm.project import STATE_DIR, load_project
+
+log = logging.getLogger(__name__)
+
+
+def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str = "WARNING",
+                       extra: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start agent processes that exit when this process does."""
+    cmd = [sys.executable, "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
+           "--slots", str(slots), "--parent-pid", str(os.getpid()), *(extra or [])]
+    return [subprocess.Popen([*cmd, "--id", f"local-{i + 1}"]) for i in range(count)]
+
+
+def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def submit_embedded(
+    project_dir: Path | str,
+    *,
+    agents: int | None = None,
+    output: str | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    priority: int = 0,
+) -> Summary:
+    """Render a project on an in-process controller with `agents` local agents (default: cores)."""
+    project = load_project(project_dir, output=output)
+    count = agents or os.cpu_count() or 1
+    controller = Controller("tcp://127.0.0.1:0", state_dir=project.root / STATE_DIR)
+    controller.start()
+    assert controller.url is not None
+    procs = start_local_agents(controller.url, count,
+                               log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+    try:
+        return submit(controller.url, project, priority=priority, on_update=on_update)
+    finally:
+        controller.stop(shutdown_agents=True)
+        stop_agents(procs)

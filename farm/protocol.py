@@ -1,0 +1,195 @@
+"""Wire format shared by the controller, agents, clients and the file synchroniser.
+
+A message is a list of ZeroMQ frames: ``[version, type][msgpack body][raw payload ...]``.
+File bytes travel as raw payload frames, never through msgpack. Everything from the
+network is unpacked with limits and checked against the type's shape before use;
+a bad message raises `ProtocolError`, which receivers log and drop.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from farm.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_BODY = 4 * 1024 * 1024  # a msgpack body; file bytes go in payload frames
+MAX_FRAMES = 4096
+
+
+class T(enum.IntEnum):
+    """Message types. Agents and clients speak to the controller's ROUTER socket."""
+
+    # agent -> controller
+    HELLO = 1
+    RESULTS = 2
+    PROGRESS = 3
+    BYE = 4
+    # controller -> agent
+    WELCOME = 10
+    JOBS = 11
+    CANCEL = 12
+    SHUTDOWN = 13
+    # both ways
+    HEARTBEAT = 20
+    # client <-> controller
+    SUBMIT = 30
+    ACCEPTED = 31
+    UPDATE = 32
+    FINISHED = 33
+    STATUS = 34
+    STATUS_REPLY = 35
+    CANCEL_PROJECT = 36
+    FOLLOW = 37
+    ERROR = 39
+    # file synchroniser (its own socket)
+    FS_REQUEST = 50
+    FS_REPLY = 51
+
+
+class _Any:
+    """Shape marker: any msgpack value."""
+
+
+ANY = _Any()
+NUM = (int, float)
+
+
+def opt(spec: Any) -> tuple[str, Any]:
+    return ("optional", spec)
+
+
+JOB = {"lease": str, "key": str, "project": str, "params": ANY, "deps": ANY, "timeout": NUM}
+RESULT = {
+    "lease": str,
+    "ok": bool,
+    "result": ANY,
+    "files": [[ANY]],
+    "error": opt(str),
+    "log": opt(str),
+    "duration": NUM,
+}
+
+SHAPES: dict[T, dict[str, Any]] = {
+    T.HELLO: {
+        "agent": str,
+        "host": str,
+        "pid": int,
+        "slots": int,
+        "prefetch": int,
+        "caps": [str],
+        "held": [str],
+        "version": str,
+        "missing": opt(ANY),
+    },
+    T.RESULTS: {"results": [RESULT]},
+    T.PROGRESS: {"lease": str, "fraction": NUM},
+    T.BYE: {},
+    T.WELCOME: {"heartbeat": NUM, "liveness": int},
+    T.JOBS: {"jobs": [JOB], "projects": ANY},
+    T.CANCEL: {"leases": [str]},
+    T.SHUTDOWN: {},
+    T.HEARTBEAT: {},
+    T.SUBMIT: {"project": ANY, "priority": int},
+    T.ACCEPTED: {"project": str, "total": opt(int)},
+    T.UPDATE: ANY,
+    T.FINISHED: ANY,
+    T.STATUS: {},
+    T.STATUS_REPLY: ANY,
+    T.CANCEL_PROJECT: {"project": str},
+    T.FOLLOW: {"project": str},
+    T.ERROR: {"message": str},
+    T.FS_REQUEST: ANY,
+    T.FS_REPLY: ANY,
+}
+
+
+@dataclass
+class Message:
+    type: T
+    body: dict[str, Any]
+    payloads: list[bytes] = field(default_factory=list)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def pack(type: T, body: dict[str, Any] | None = None, payloads: Sequence[bytes] = ()) -> list[bytes]:
+    """Frames for one message."""
+    return [bytes((PROTOCOL_VERSION, type)), msgpack.packb(body or {}, use_bin_type=True), *payloads]
+
+
+def unpack(frames: Sequence[bytes]) -> Message:
+    """Parse and check one message's frames; raises `ProtocolError` on anything off."""
+    if len(frames) < 2:
+        raise ProtocolError(f"expected at least 2 frames, got {len(frames)}")
+    if len(frames) > MAX_FRAMES:
+        raise ProtocolError(f"too many frames ({len(frames)} > {MAX_FRAMES})")
+    head = bytes(frames[0])
+    if len(head) != 2:
+        raise ProtocolError(f"bad header frame of {len(head)} bytes")
+    if head[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {head[0]} is not supported (this side speaks {PROTOCOL_VERSION})")
+    try:
+        kind = T(head[1])
+    except ValueError:
+        raise ProtocolError(f"unknown message type {head[1]}") from None
+    raw = bytes(frames[1])
+    if len(raw) > MAX_BODY:
+        raise ProtocolError(f"message body of {len(raw)} bytes exceeds {MAX_BODY}")
+    try:
+        body = msgpack.unpackb(
+            raw, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"undecodable {kind.name} body: {type(exc).__name__}: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
+    check_shape(body, SHAPES[kind], kind.name)
+    return Message(kind, body, [bytes(f) for f in frames[2:]])
+
+
+def check_shape(value: Any, spec: Any, where: str) -> None:
+    """Raise `ProtocolError` unless ``value`` has the shape ``spec`` describes.
+
+    A spec is a type (or tuple of types), ``ANY``, ``[item_spec]`` for a list, or a dict
+    of key -> spec (keys wrapped in `opt` may be missing or None).
+    """
+    if spec is ANY:
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected a map, got {type(value).__name__}")
+        for key, sub in spec.items():
+            optional = isinstance(sub, tuple) and len(sub) == 2 and sub[0] == "optional"
+            if optional:
+                sub = sub[1]
+            if key not in value or (optional and value[key] is None):
+                if optional:
+                    continue
+                raise ProtocolError(f"{where}: missing field {key!r}")
+            check_shape(value[key], sub, f"{where}.{key}")
+        return
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            check_shape(item, spec[0], f"{where}[{i}]")
+        return
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if isinstance(value, bool) and bool not in types:
+        raise ProtocolError(f"{where}: expected {_names(types)}, got a boolean")
+    if not isinstance(value, types):
+        raise ProtocolError(f"{where}: expected {_names(types)}, got {type(value).__name__}")
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
