@@ -6,11 +6,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.errors import FarmError
 from farm.journal import CacheHit, FailedJob, Journal, JournalError, ProjectRecord
@@ -123,14 +126,49 @@ def test_job_round_trip(journal: Journal) -> None:
     ) == [("done", "L1", "agent-a")]
 
 
-def test_a_later_state_replaces_an_earlier_one(journal: Journal) -> None:
+@pytest.mark.parametrize("commit_between", [False, True], ids=["one-batch", "separate-commits"])
+def test_a_later_state_replaces_an_earlier_one(journal: Journal, db_path: Path, commit_between: bool) -> None:
+    def step() -> None:
+        if commit_between:
+            journal.flush()
+
+    journal.job_started("p", "k", "L1", "agent-a")
+    step()
     journal.job_failed("p", "k", "boom", "log", 1)
+    step()
+    assert journal.failed_jobs("p") == [FailedJob("k", "boom", "log", 1)]
     journal.job_done("p", "k", 7, cache_key="c")
-    assert journal.failed_jobs("p") == [] and journal.is_done("p", "k")
-    journal.job_started("p", "k", "L2", "a")  # rendered again (e.g. --watch): no longer done
+    step()
+    assert journal.failed_jobs("p") == [] and journal.is_done("p", "k") and journal.result("p", "k") == 7
+    assert journal.lookup_cache("c") == CacheHit("p", "k", 7)
+    journal.job_started("p", "k", "L2", "agent-b")  # rendered again (e.g. --watch): no longer done
+    step()
     assert not journal.is_done("p", "k")
+    with pytest.raises(KeyError):
+        journal.result("p", "k")
     assert journal.lookup_cache("c") is None
     assert journal.counts("p") == {"done": 0, "failed": 0}
+    journal.job_done("p", "k", 8)
+    journal.flush()
+    # one row; lease and agent come from the last start, attempts from the failure
+    assert committed(db_path, "SELECT state, lease, agent, attempts, error FROM jobs") == [
+        ("done", "L2", "agent-b", 1, None)
+    ]
+
+
+def test_reads_see_the_batch_without_committing_it(journal: Journal, db_path: Path) -> None:
+    journal.job_done("p", "a", {"v": 1}, cache_key="h")
+    journal.job_failed("p", "b", "e", "l", 2)
+    assert journal.is_done("p", "a") and journal.result("p", "a") == {"v": 1}
+    assert journal.done_keys("p") == {"a"}
+    assert journal.counts("p") == {"done": 1, "failed": 1}
+    assert journal.lookup_cache("h") == CacheHit("p", "a", {"v": 1})
+    journal.job_done("p", "c", None)  # after the batch went into the open transaction
+    assert journal.done_keys("p") == {"a", "c"}
+    assert journal.unflushed == 3
+    assert committed_jobs(db_path) == 0
+    journal.flush()
+    assert committed_jobs(db_path) == 3
 
 
 def test_cache_lookup_across_projects(journal: Journal, clock: FakeClock) -> None:
@@ -269,6 +307,7 @@ CHILD = textwrap.dedent(
         for i in range(300, 400):
             j.job_done("p", f"k{i:06d}", {"i": i})
         j.job_started("p", "k000000", "L2", "b")  # re-leased but never committed
+        assert len(j.done_keys("p")) == 399  # the read puts the batch in the open transaction
         print("ready", flush=True)
         sys.stdin.read()
     else:
@@ -328,6 +367,69 @@ def test_sigkill_while_committing_never_corrupts(db_path: Path) -> None:
     # commits land whole and in order: a prefix of the writes, in multiples of the batch
     assert n >= 2000 and n % 50 == 0
     assert done == [f"k{i:07d}" for i in range(n)]
+
+
+# -- against a model -------------------------------------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("started"), KEYS, st.integers(0, 9)),
+        st.tuples(st.just("done"), KEYS, st.integers(0, 9)),
+        st.tuples(st.just("failed"), KEYS, st.integers(1, 3)),
+        st.tuples(st.just("flush"), st.just(""), st.just(0)),
+        st.tuples(st.just("reopen"), st.just(""), st.just(0)),
+        st.tuples(st.just("crash"), st.just(""), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS, st.integers(1, 4))
+def test_journal_matches_a_model(ops: list[tuple[str, str, int]], max_batch: int) -> None:
+    """Any sequence of writes, commits, clean reopens and crashes ends as the model says."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "j.db")
+        j = Journal(path, max_batch=max_batch)
+        model: dict[str, tuple[str, int]] = {}  # key -> (state, value), as of the last commit or now
+        committed_model: dict[str, tuple[str, int]] = {}
+        writes = 0
+        for op, key, value in ops:
+            if op in ("started", "done", "failed"):
+                getattr(j, f"job_{op}")(
+                    *{
+                        "started": ("p", key, f"L{value}", "agent"),
+                        "done": ("p", key, {"v": value}),
+                        "failed": ("p", key, "err", "log", value),
+                    }[op]
+                )
+                model[key] = (op, value)
+                writes += 1
+                if writes % max_batch == 0:
+                    committed_model = dict(model)
+            elif op == "flush":
+                j.flush()
+                committed_model, writes = dict(model), 0
+            elif op == "reopen":
+                j.close()
+                j = Journal(path, max_batch=max_batch)
+                committed_model, writes = dict(model), 0
+            else:  # crash: drop the connection without committing, as SIGKILL would
+                j._pending.clear()
+                j._conn.close()
+                j = Journal(path, max_batch=max_batch)
+                model, writes = dict(committed_model), 0
+            done = {k: v for k, (state, v) in model.items() if state == "done"}
+            failed = {k: v for k, (state, v) in model.items() if state == "failed"}
+            # the point lookups first: the other reads move the batch into the transaction
+            assert all(j.is_done("p", k) == (k in done) for k in "abcd")
+            assert all(j.result("p", k) == {"v": v} for k, v in done.items())
+            assert j.done_keys("p") == set(done)
+            assert [(f.key, f.attempts) for f in j.failed_jobs("p")] == sorted(failed.items())
+            assert j.counts("p") == {"done": len(done), "failed": len(failed)}
+        j.close()
+        assert committed(path, "SELECT count(*) FROM jobs") == [(len(model),)]
 
 
 # -- bad files -------------------------------------------------------------------------
