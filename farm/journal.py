@@ -162,20 +162,21 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open and commit transactions ourselves.
-            self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
+        self._db: sqlite3.Connection | None = db
         try:
             self._setup()
         except sqlite3.Error as exc:
-            self._db.close()
+            db.close()
             self._db = None
             raise JournalError(
                 f"journal {self.path}: cannot use this file ({exc}); "
                 "is it a farm journal? Move it away to start afresh"
             ) from None
         except JournalError:
-            self._db.close()
+            db.close()
             self._db = None
             raise
 
@@ -427,7 +428,7 @@ class Journal:
 
     @property
     def unflushed(self) -> int:
-        """Job writes in the open batch: what a crash now would lose."""
+        """Job writes not yet committed: what a crash now would lose."""
         return self._unflushed
 
     def flush_due_in(self, now: float | None = None) -> float | None:
@@ -455,13 +456,12 @@ class Journal:
         """Commit everything written so far."""
         db = self._conn
         self._spill()
-        if not db.in_transaction:
-            return
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._error(exc, "commit") from None
-        log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
+        if db.in_transaction:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc, "commit") from None
+            log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
         self._unflushed = 0
 
     def close(self) -> None:
