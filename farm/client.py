@@ -6,6 +6,7 @@ The embedded run and ``--controller URL`` both go through here: one code path.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from farm.protocol import T, Message, pack, unpack
 
 log = logging.getLogger(__name__)
 
-SILENCE_LIMIT_S = 15.0  # the controller sends updates every 0.2 s while a project runs
+# The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
+SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
 
 
 @dataclass

@@ -61,7 +61,7 @@ class Controller:
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
         self.last_sent: dict[bytes, float] = {}
         self.bad_senders: dict[bytes, int] = {}
-        self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0}
+        self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0}
         self._stop = threading.Event()
         self._shutdown_agents = False
         self._bound = threading.Event()
@@ -334,6 +334,7 @@ class Controller:
             self.leases[lease.id] = lease
             agent.held.add(lease.id)
         self.stats["dispatched"] += len(jobs)
+        self.stats["max_held"] = max(self.stats["max_held"], len(agent.held))
         if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
             self._drop_agent(agent, "unreachable")
 
@@ -433,6 +434,7 @@ class Controller:
             self._send(identity, T.FINISHED, {"summary": summary})
 
     def status(self) -> dict[str, Any]:
+        """A snapshot for `farm status` (also read by tests from another thread: copies only)."""
         now = time.monotonic()
         return {
             "controller": self.url,

@@ -48,6 +48,8 @@ class Synthetic(MediaType):
             "crash": s.str_list("crash", []),  # keys that kill their worker process
             "hang": s.str_list("hang", []),  # keys that never finish
             "log_collations": s.boolean("log_collations", False),
+            # job 0 becomes an "analysis" job that every other job depends on
+            "depend_on_first": s.boolean("depend_on_first", False),
         }
         s.finish()
         return settings
@@ -56,8 +58,9 @@ class Synthetic(MediaType):
         return project.settings["jobs"]
 
     def split(self, project: Project) -> Iterator[Job]:
+        first = (job_key(0),) if project.settings["depend_on_first"] else ()
         for i in range(project.settings["jobs"]):
-            yield Job(job_key(i), {"i": i})
+            yield Job(job_key(i), {"i": i}, deps=first if i else ())
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         settings = ctx.settings
@@ -68,11 +71,13 @@ class Synthetic(MediaType):
         if job.key in settings["hang"]:
             while True:
                 time.sleep(3600)
+        if job.deps and ctx.deps.get(job.deps[0]) != {"token": job.deps[0]}:
+            raise RenderError(f"{job.key} ran without its dependency's result: {dict(ctx.deps)!r}")
         if settings["sleep"]:
             time.sleep(settings["sleep"])
         if settings["output_bytes"]:
             (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
-        return None
+        return {"token": job.key} if settings["depend_on_first"] and not job.deps else None
 
     def collate(self, job: Job, result: Any, outputs: Mapping[str, Path], ctx: CollateContext) -> None:
         if outputs:

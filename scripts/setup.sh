@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything farm's tests need on a fresh Debian machine: the renderers
+# (Debian's blender; Mapnik and ffmpeg come from PyPI), tools the tests use
+# (rsync, iproute2 for network namespaces), farm itself with its test extras, and the
+# example third-party plugin (tests exercise it through the entry-point group).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v blender >/dev/null 2>&1 || missing+=(blender)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q -e ".[test]" -e examples/farm-mandelbrot

@@ -1,0 +1,90 @@
+"""Shared fixtures: real controllers, real agent processes, projects in temp folders.
+
+Tests wait on conditions (`wait_for`), never on sleeps, so they hold on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.controller.server import Controller
+from farm.embedded import stop_agents
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
+    """Poll `condition` until it is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def write_project(folder: Path, media_type: str, table: str = "", extra: str = "", name: str = "test") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "farm.toml").write_text(
+        f'[project]\nname = "{name}"\nmedia_type = "{media_type}"\n{textwrap.dedent(extra)}\n'
+        f"[{media_type}]\n{textwrap.dedent(table)}\n"
+    )
+    return folder
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Callable[..., Path]:
+    """Write a synthetic project: synthetic(jobs=10, sleep=0.0, ...) -> its folder."""
+    counter = iter(range(1000))
+
+    def make(extra: str = "", name: str = "synth", **settings: object) -> Path:
+        lines = []
+        for key, value in settings.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, list):
+                lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+            else:
+                lines.append(f"{key} = {value}")
+        return write_project(tmp_path / f"project{next(counter)}", "synthetic", "\n".join(lines), extra, name)
+
+    return make
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[Controller]:
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "controller-state", heartbeat=0.5, liveness=4)
+    ctl.start()
+    yield ctl
+    ctl.stop(shutdown_agents=True)
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[..., list[subprocess.Popen[bytes]]]]:
+    """Start real agent processes: agents(url, count, extra=[...], env={...})."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, count: int = 1, *, slots: int = 1, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
+        procs = []
+        for _ in range(count):
+            cmd = [sys.executable, "-m", "farm", "--log-level", "warning", "agent", "--controller", url,
+                   "--slots", str(slots), "--parent-pid", str(os.getpid()), "--id",
+                   f"agent-{len(started)}", *(extra or [])]
+            started.append(subprocess.Popen(cmd, env={**os.environ, **(env or {})}))
+            procs.append(started[-1])
+        return procs
+
+    yield start
+    stop_agents(started)
