@@ -1,0 +1,279 @@
+"""Assemble files from verified blocks in partial files: resume, reuse local blocks, accept remote ones.
+
+The same machinery serves every direction: an agent fetching into its cache, and the
+controller receiving uploads (job outputs, a submitted project). A block is written to
+its place as its chunks arrive and hashed on the way; it counts as done only once its
+hash matches. Nothing reads a partial file until it is complete, so a bad block is
+simply written again.
+
+A partial file is self-describing: on resume, each block already holding data is
+hashed and kept if it matches (holes are skipped with SEEK_DATA), so no progress
+journal is needed and an interrupted transfer resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import blake3
+
+from farm.filesync.errors import ManifestError
+from farm.filesync.hashing import hash_block
+from farm.filesync.manifest import FileEntry
+
+log = logging.getLogger(__name__)
+
+
+class BlockSource(Protocol):
+    """Somewhere blocks may already be on this machine (the cache, published trees)."""
+
+    def find_block(self, block_hash: bytes) -> Iterable[tuple[Path, int, int]]:
+        """Candidate (file, offset, length) places; the caller verifies what it reads."""
+        ...
+
+
+class Outcome(enum.Enum):
+    PARTIAL = "partial"  # more chunks of the block are due
+    DONE = "done"  # the block is complete and verified
+    BAD = "bad"  # the block failed verification (or arrived out of order): send it again
+    IGNORED = "ignored"  # not needed (already done, or never asked for)
+
+
+@dataclass(eq=False)
+class Partial:
+    entry: FileEntry
+    path: Path
+    remaining: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Incoming:
+    hasher: blake3.blake3
+    received: int
+    length: int
+
+
+class Assembly:
+    """Builds the given files (one per digest) inside ``partial_dir``.
+
+    Call `prepare` once, then feed `accept` with remote chunks of the `missing` blocks;
+    completed files come out of `take_ready` as (entry, path) for the caller to move
+    into place. Counters: ``resumed`` (blocks found verified in partial files),
+    ``reused`` (blocks copied from local sources), ``received``, ``rejected``.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[FileEntry],
+        partial_dir: Path,
+        sources: Sequence[BlockSource] = (),
+        *,
+        max_open: int = 32,
+    ) -> None:
+        self.partial_dir = partial_dir
+        self.sources = sources
+        self._files = {e.digest: e for e in files}
+        self._need: dict[bytes, list[tuple[Partial, int]]] = {}
+        self._incoming: dict[bytes, _Incoming] = {}
+        self._ready: list[Partial] = []
+        self._open: OrderedDict[Path, int] = OrderedDict()
+        self._max_open = max_open
+        self.resumed = self.reused = self.received = self.rejected = 0
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Open or resume each partial file, then fill what local sources can give."""
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self._files.values():
+            part = Partial(
+                entry, self.partial_dir / f"{entry.digest.hex()}.part", set(range(entry.block_count))
+            )
+            fd = self._fd(part.path, create=True)
+            if os.fstat(fd).st_size:
+                self._resume(part, fd)
+            os.ftruncate(fd, entry.size)
+            for index in sorted(part.remaining):
+                block_hash = entry.block_hash(index)
+                places = self._need.setdefault(block_hash, [])
+                if places and places[0][0].entry.block_length(places[0][1]) != entry.block_length(index):
+                    raise ManifestError(
+                        f"{entry.path}: block {index} shares a hash with a block of another length"
+                    )
+                places.append((part, index))
+            if not part.remaining:
+                self._finish(part)
+        if self.sources:
+            self._reuse_local()
+
+    def _resume(self, part: Partial, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        before = len(part.remaining)
+        for index, block_hash, offset, length in part.entry.blocks():
+            if offset + length > size:
+                break
+            if not _has_data(fd, offset, length):
+                continue
+            if hash_block(os.pread(fd, length, offset)) == block_hash:
+                part.remaining.discard(index)
+                self.resumed += 1
+        if len(part.remaining) < before:
+            log.debug("resuming %s: %d blocks already here", part.entry.path, before - len(part.remaining))
+
+    def _reuse_local(self) -> None:
+        source_fds: OrderedDict[Path, int] = OrderedDict()  # consecutive blocks often share a file
+        try:
+            for block_hash in list(self._need):
+                length = self._length(block_hash)
+                for source in self.sources:
+                    data = _read_verified(source, block_hash, length, source_fds)
+                    if data is not None:
+                        self._write_all(block_hash, data)
+                        self.reused += 1
+                        break
+        finally:
+            for fd in source_fds.values():
+                os.close(fd)
+
+    # -- remote blocks --------------------------------------------------------------
+
+    def missing(self) -> list[tuple[bytes, int]]:
+        """(hash, length) of each block still needed, in file order."""
+        return [(h, self._length(h)) for h in self._need]
+
+    def accept(self, block_hash: bytes, offset: int, data: bytes | memoryview) -> Outcome:
+        """Take one chunk of a block; chunks of a block must come in order from offset 0."""
+        places = self._need.get(block_hash)
+        if places is None:
+            return Outcome.IGNORED
+        length = self._length(block_hash)
+        inc = self._incoming.get(block_hash)
+        if offset == 0:
+            inc = self._incoming[block_hash] = _Incoming(blake3.blake3(), 0, length)
+        if inc is None or inc.received != offset or offset + len(data) > length:
+            self._incoming.pop(block_hash, None)
+            self.rejected += 1
+            return Outcome.BAD
+        part, index = places[0]
+        os.pwrite(self._fd(part.path), data, index * part.entry.block_size + offset)
+        inc.hasher.update(data)
+        inc.received += len(data)
+        if inc.received < length:
+            return Outcome.PARTIAL
+        del self._incoming[block_hash]
+        if inc.hasher.digest() != block_hash:
+            self.rejected += 1
+            log.warning(
+                "block %s of %s failed verification; asking again", block_hash.hex()[:16], part.entry.path
+            )
+            return Outcome.BAD
+        self.received += 1
+        copies = places[1:]
+        if copies:
+            data_all = os.pread(self._fd(part.path), length, index * part.entry.block_size)
+            for other, other_index in copies:
+                os.pwrite(self._fd(other.path), data_all, other_index * other.entry.block_size)
+        self._mark_done(block_hash)
+        return Outcome.DONE
+
+    # -- results --------------------------------------------------------------------
+
+    def take_ready(self) -> list[tuple[FileEntry, Path]]:
+        """Files completed since the last call; their partial files are closed and complete."""
+        ready, self._ready = self._ready, []
+        return [(p.entry, p.path) for p in ready]
+
+    @property
+    def complete(self) -> bool:
+        return not self._need
+
+    def incomplete(self) -> list[FileEntry]:
+        seen: dict[bytes, FileEntry] = {}
+        for places in self._need.values():
+            for part, _ in places:
+                seen.setdefault(part.entry.digest, part.entry)
+        return list(seen.values())
+
+    def close(self) -> None:
+        """Close files; partial files stay on disk to be resumed."""
+        while self._open:
+            os.close(self._open.popitem()[1])
+
+    def __enter__(self) -> Assembly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _length(self, block_hash: bytes) -> int:
+        part, index = self._need[block_hash][0]
+        return part.entry.block_length(index)
+
+    def _write_all(self, block_hash: bytes, data: bytes) -> None:
+        for part, index in self._need[block_hash]:
+            os.pwrite(self._fd(part.path), data, index * part.entry.block_size)
+        self._mark_done(block_hash)
+
+    def _mark_done(self, block_hash: bytes) -> None:
+        for part, index in self._need.pop(block_hash):
+            part.remaining.discard(index)
+            if not part.remaining:
+                self._finish(part)
+
+    def _finish(self, part: Partial) -> None:
+        fd = self._open.pop(part.path, None)
+        if fd is not None:
+            os.close(fd)
+        self._ready.append(part)
+
+    def _fd(self, path: Path, create: bool = False) -> int:
+        fd = self._open.get(path)
+        if fd is not None:
+            self._open.move_to_end(path)
+            return fd
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        fd = os.open(path, flags, 0o600)
+        self._open[path] = fd
+        if len(self._open) > self._max_open:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
+
+
+def _has_data(fd: int, offset: int, length: int) -> bool:
+    """False if the range is a hole (never written) in a sparse file."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) < offset + length
+    except OSError as exc:  # ENXIO: only holes from here on; anything else: cannot tell, so read
+        return exc.errno != errno.ENXIO
+
+
+def _read_verified(
+    source: BlockSource, block_hash: bytes, length: int, fds: OrderedDict[Path, int]
+) -> bytes | None:
+    for path, offset, found_length in source.find_block(block_hash):
+        if found_length != length:
+            continue
+        fd = fds.get(path)
+        if fd is None:
+            try:
+                fd = fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            if len(fds) > 16:
+                os.close(fds.popitem(last=False)[1])
+        with contextlib.suppress(OSError):
+            data = os.pread(fd, length, offset)
+            if len(data) == length and hash_block(data) == block_hash:
+                return data
+    return None

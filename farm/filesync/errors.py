@@ -1,0 +1,30 @@
+"""Errors of the file synchroniser, all under `SyncError` (a `FarmError`)."""
+
+from __future__ import annotations
+
+from farm.errors import FarmError, ProtocolError
+from farm.paths import UnsafePath
+
+
+class SyncError(FarmError):
+    """A tree could not be scanned, stored, sent or received."""
+
+
+class ManifestError(SyncError, ProtocolError):
+    """A manifest is malformed, inconsistent or over its limits."""
+
+
+class UnsafeFile(SyncError, UnsafePath):
+    """A path or file that must not be synchronised.
+
+    Absolute paths, ``..``, symlinks leading out of their root, device files, sockets
+    and fifos. Also an `UnsafePath`, so one ``except UnsafePath`` catches both.
+    """
+
+
+class VerifyError(SyncError):
+    """Bytes did not match their hash, again and again: the file is reported as failed."""
+
+
+class TransferError(SyncError):
+    """The other side refused a request, broke the protocol or stopped answering."""

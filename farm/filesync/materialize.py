@@ -1,0 +1,135 @@
+"""Give a job folder a tree's files from the cache: hard links where possible, copies otherwise.
+
+Each file is linked (or copied) to a temporary name beside its target and renamed over
+it, so a reader never sees a half-written file. Hard-linked files are read-only (they
+share their inode with the cache); a job that must modify an asset copies it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from farm.filesync.errors import SyncError, UnsafeFile
+from farm.filesync.manifest import Manifest
+from farm.paths import UnsafePath, resolve_inside
+
+if TYPE_CHECKING:
+    from farm.filesync.store import Store
+
+log = logging.getLogger(__name__)
+
+_NO_LINK = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP}
+
+
+@dataclass
+class MaterializeStats:
+    linked: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    pruned: int = 0
+
+
+class MissingFromCache(SyncError):
+    """Files of a manifest are not (or no longer) in the cache: fetch them first."""
+
+
+def materialize(
+    store: Store,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    copy: bool = False,
+    prune: bool = False,
+    verify: bool = False,
+) -> MaterializeStats:
+    """Make ``dest`` hold ``manifest``'s files, taken from ``store``.
+
+    ``copy`` forces copies (writable files) instead of hard links; ``prune`` removes
+    files under ``dest`` that the manifest does not list (only for folders that hold
+    nothing else); ``verify`` hashes every cached file in full before using it.
+    Raises `MissingFromCache` if the cache lacks a file, `UnsafeFile` if a target would
+    land outside ``dest`` (through a symlink already there).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    unique = manifest.unique_files()
+    if verify:
+        for entry in unique:
+            store.verify(entry.digest)
+    sources = store.check(e.digest for e in unique)
+    missing = [e.path for e in unique if e.digest not in sources]
+    if missing:
+        raise MissingFromCache(
+            f"{len(missing)} files are not in the cache {store.root} (first: {missing[0]})"
+        )
+    stats = MaterializeStats()
+    made: set[Path] = set()
+    for entry in manifest:
+        src = sources[entry.digest]
+        try:
+            target = resolve_inside(dest, entry.path)
+        except UnsafePath as exc:
+            raise UnsafeFile(f"{entry.path}: {exc}") from None
+        src_st = os.stat(src)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if (st.st_ino, st.st_dev) == (src_st.st_ino, src_st.st_dev):
+                stats.unchanged += 1
+                continue
+            if os.path.isdir(target) and not os.path.islink(target):
+                raise SyncError(f"{entry.path}: a folder is in the way in {dest}")
+        if target.parent not in made:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SyncError(f"{entry.path}: cannot create its folder in {dest}: {exc.strerror}") from None
+            made.add(target.parent)
+        tmp = target.with_name(f".{target.name}.farm-{os.getpid()}.tmp")
+        linkable = not copy and bool(src_st.st_mode & 0o111) == entry.executable
+        if linkable and _link(src, tmp):
+            stats.linked += 1
+        else:
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, entry.mode)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+            stats.copied += 1
+        os.replace(tmp, target)
+    if prune:
+        stats.pruned = _prune(dest, {e.path for e in manifest})
+    return stats
+
+
+def _link(src: Path, tmp: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            log.debug("cannot hard-link %s (%s); copying", src, exc.strerror)
+            return False
+        raise
+    return True
+
+
+def _prune(dest: Path, keep: set[str]) -> int:
+    removed = 0
+    for folder, dirs, files in os.walk(dest, topdown=False):
+        rel_folder = os.path.relpath(folder, dest).replace(os.sep, "/")
+        prefix = "" if rel_folder == "." else rel_folder + "/"
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            if prefix + name not in keep:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+        if prefix and not os.listdir(folder):
+            os.rmdir(folder)
+    return removed

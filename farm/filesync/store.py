@@ -1,0 +1,418 @@
+"""The agent's content-addressed cache: whole files addressed by digest, indexed down to blocks.
+
+Layout under the cache folder (shared by every project, and by agents on one host)::
+
+    files/ab/<digest>      complete, verified files, read-only; job folders hard-link them
+    partial/<session>/     files being assembled by one live Store (flock on .lock);
+                           a dead session's partials are adopted and resumed
+    manifests/<id>         manifests seen, so an unchanged tree re-syncs in one exchange
+    index.sqlite           files (size, quick-check stat, last use), blocks -> file, trees
+
+A stored file is used only while its size, mtime and inode still match what was
+recorded when it was verified; otherwise it is dropped and fetched again. Blocks reused
+from stored files are hashed again before use (see `farm.filesync.assembly`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from farm.filesync.errors import ManifestError
+from farm.filesync.hashing import block_length
+from farm.filesync.limits import GiB
+from farm.filesync.manifest import FileEntry, Manifest
+from farm.filesync.materialize import MaterializeStats, materialize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 20 * GiB
+STALE_PARTIAL_S = 7 * 24 * 3600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    digest BLOB PRIMARY KEY, size INTEGER NOT NULL, block_size INTEGER NOT NULL, mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, used REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_used ON files(used);
+CREATE TABLE IF NOT EXISTS blocks (hash BLOB NOT NULL, digest BLOB NOT NULL, idx INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS blocks_hash ON blocks(hash);
+CREATE INDEX IF NOT EXISTS blocks_digest ON blocks(digest);
+CREATE TABLE IF NOT EXISTS trees (key TEXT PRIMARY KEY, manifest TEXT NOT NULL);
+"""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "farm"
+
+
+class Store:
+    """A content-addressed file cache with a size limit and least-recently-used eviction.
+
+    Safe to share between threads (one SQLite connection each) and between processes
+    on one host (SQLite locking; files are renamed into place atomically).
+    """
+
+    def __init__(self, root: Path | str | None = None, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.max_bytes = max_bytes
+        self.files_dir = self.root / "files"
+        self.partial_root = self.root / "partial"
+        self.manifests_dir = self.root / "manifests"
+        for folder in (self.files_dir, self.partial_root, self.manifests_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.RLock()
+        self._pending: list[tuple[FileEntry, os.stat_result]] = []
+        self._pins: Counter[bytes] = Counter()
+        self._session: Path | None = None
+        self._session_fd: int | None = None
+        self._db().executescript(_SCHEMA)
+
+    # -- database -------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # one connection per thread; check_same_thread=False only so close() works from any thread
+            conn = sqlite3.connect(
+                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- files ----------------------------------------------------------------------
+
+    def file_path(self, digest: bytes) -> Path:
+        name = digest.hex()
+        return self.files_dir / name[:2] / name
+
+    def check(self, digests: Iterable[bytes], *, touch: bool = True) -> dict[bytes, Path]:
+        """The stored files among ``digests`` that pass the quick check, by digest.
+
+        A file whose size, mtime or inode moved since it was verified (a job wrote
+        through its hard link, someone edited the cache) is dropped, so it is fetched again.
+        """
+        self.flush()
+        wanted = list(dict.fromkeys(digests))
+        rows = []
+        db = self._db()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows += db.execute(
+                f"SELECT digest, size, mtime_ns, ino FROM files WHERE digest IN ({marks})", part
+            ).fetchall()
+        good: dict[bytes, Path] = {}
+        for digest, size, mtime_ns, ino in rows:
+            path = self.file_path(digest)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, ino):
+                good[bytes(digest)] = path
+            else:
+                log.warning("cache file %s was modified or removed; it will be fetched again", path)
+                self._drop(bytes(digest))
+        if touch and good:
+            self.touch(good)
+        return good
+
+    def add(self, entry: FileEntry, partial: Path) -> Path:
+        """Move a fully verified partial file into the cache; returns its cache path."""
+        target = self.file_path(entry.digest)
+        os.chmod(partial, 0o555 if entry.executable else 0o444)  # a job must not write through its link
+        os.utime(partial, ns=(entry.mtime_ns, entry.mtime_ns))
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(partial, target)  # never clobber a file another process has recorded
+        except FileExistsError:
+            if entry.digest in self.check([entry.digest], touch=False):
+                os.unlink(partial)
+                return target
+            os.replace(partial, target)
+        else:
+            os.unlink(partial)
+        st = os.stat(target)
+        with self._lock:
+            self._pending.append((entry, st))
+            flush = len(self._pending) >= 256
+        if flush:
+            self.flush()
+        return target
+
+    def flush(self) -> None:
+        """Write recorded additions to the index (batched: one transaction for many files)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        now = time.time()
+        with self._txn() as db:
+            for entry, st in pending:
+                db.execute("DELETE FROM blocks WHERE digest = ?", (entry.digest,))
+                db.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.digest,
+                        entry.size,
+                        entry.block_size,
+                        st.st_mode & 0o777,
+                        st.st_mtime_ns,
+                        st.st_ino,
+                        now,
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO blocks VALUES (?, ?, ?)",
+                    ((h, entry.digest, i) for i, h, _, _ in entry.blocks()),
+                )
+
+    def find_block(self, block_hash: bytes) -> list[tuple[Path, int, int]]:
+        """Where a block with this hash may be read: (file, offset, length); callers verify."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT f.digest, b.idx, f.size, f.block_size FROM blocks b "
+                "JOIN files f ON f.digest = b.digest WHERE b.hash = ? LIMIT 4",
+                (block_hash,),
+            )
+            .fetchall()
+        )
+        return [
+            (self.file_path(bytes(d)), idx * bs, block_length(size, bs, idx)) for d, idx, size, bs in rows
+        ]
+
+    def touch(self, digests: Iterable[bytes]) -> None:
+        now = time.time()
+        with self._txn() as db:
+            db.executemany("UPDATE files SET used = ? WHERE digest = ?", ((now, d) for d in digests))
+
+    def size(self) -> int:
+        self.flush()
+        return int(self._db().execute("SELECT COALESCE(SUM(size), 0) FROM files").fetchone()[0])
+
+    def __contains__(self, digest: bytes) -> bool:
+        return bool(self.check([digest], touch=False))
+
+    def _drop(self, digest: bytes) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM files WHERE digest = ?", (digest,))
+            db.execute("DELETE FROM blocks WHERE digest = ?", (digest,))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file_path(digest))
+
+    def verify(self, digest: bytes) -> bool:
+        """Hash a stored file in full; drop it if it no longer matches. For scrubs after a crash."""
+        from farm.filesync.hashing import hash_fd
+
+        self.flush()
+        row = self._db().execute("SELECT size, block_size FROM files WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return False
+        blocks = (
+            self._db().execute("SELECT hash FROM blocks WHERE digest = ? ORDER BY idx", (digest,)).fetchall()
+        )
+        expected = b"".join(bytes(h) for (h,) in blocks)
+        try:
+            fd = os.open(self.file_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ok = hash_fd(fd, row[0], row[1]) == expected
+            finally:
+                os.close(fd)
+        except OSError:
+            ok = False
+        if not ok:
+            log.warning("cache file %s failed verification; dropped", self.file_path(digest))
+            self._drop(digest)
+        return ok
+
+    # -- eviction -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned(self, digests: Iterable[bytes]) -> Iterator[None]:
+        """Keep these files from eviction (by this Store object) while the block runs."""
+        held = list(digests)
+        with self._lock:
+            self._pins.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins.subtract(held)
+                self._pins += Counter()  # drop zero counts
+
+    def evict(self, keep: Iterable[bytes] = ()) -> int:
+        """Remove least recently used files until the cache fits ``max_bytes``; returns bytes freed."""
+        self._clean_stale_partials()
+        if self.max_bytes is None:
+            return 0
+        total = self.size()
+        if total <= self.max_bytes:
+            return 0
+        with self._lock:
+            protected = set(keep) | set(self._pins)
+        freed = 0
+        rows = self._db().execute("SELECT digest, size FROM files ORDER BY used ASC").fetchall()
+        for digest, size in rows:
+            if total <= self.max_bytes:
+                break
+            if bytes(digest) in protected:
+                continue
+            self._drop(bytes(digest))
+            total -= size
+            freed += size
+        if total > self.max_bytes:
+            log.warning(
+                "cache %s holds %d bytes, over its limit of %d: the files in use need that much",
+                self.root,
+                total,
+                self.max_bytes,
+            )
+        return freed
+
+    # -- partial files --------------------------------------------------------------
+
+    def session_dir(self) -> Path:
+        """This Store's own folder for partial files, locked for as long as the Store is open."""
+        with self._lock:
+            if self._session is None:
+                path = self.partial_root / f"{os.getpid()}-{secrets.token_hex(4)}"
+                path.mkdir()
+                fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._session, self._session_fd = path, fd
+            return self._session
+
+    def adopt_partials(self, digests: Iterable[bytes]) -> int:
+        """Move partial files of ``digests`` left by dead sessions into ours, so they resume."""
+        wanted = {d.hex() + ".part" for d in digests}
+        own = self.session_dir()
+        adopted = 0
+        for folder in self.partial_root.iterdir():
+            with self._orphan(folder) as names:
+                for name in names:
+                    if name in wanted and not (own / name).exists():
+                        os.replace(folder / name, own / name)
+                        adopted += 1
+        return adopted
+
+    @contextlib.contextmanager
+    def _orphan(self, folder: Path) -> Iterator[list[str]]:
+        """The file names in a partial folder whose owner is gone (none if it is alive or ours).
+
+        Holds the folder's lock meanwhile, and removes the folder after if no partials are left.
+        """
+        if folder == self._session or not folder.is_dir():
+            yield []
+            return
+        try:
+            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            yield []
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live session owns it
+                yield []
+                return
+            yield os.listdir(folder)
+            if not any(name.endswith(".part") for name in os.listdir(folder)):
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+    def _clean_stale_partials(self) -> None:
+        cutoff = time.time() - STALE_PARTIAL_S
+        for folder in self.partial_root.iterdir():
+            with self._orphan(folder) as names:
+                for name in names:
+                    path = folder / name
+                    if name.endswith(".part") and path.stat().st_mtime < cutoff:
+                        path.unlink()
+
+    # -- manifests ------------------------------------------------------------------
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        path = self.manifests_dir / manifest.id
+        if path.exists():
+            return
+        tmp = path.with_name(f".{manifest.id}.{os.getpid()}.tmp")
+        tmp.write_bytes(manifest.to_bytes())
+        os.replace(tmp, path)
+
+    def load_manifest(self, manifest_id: str) -> Manifest | None:
+        if not manifest_id.isalnum():
+            return None
+        try:
+            raw = (self.manifests_dir / manifest_id).read_bytes()
+            manifest = Manifest.from_bytes(raw)
+        except (OSError, ManifestError):
+            return None
+        return manifest if manifest.id == manifest_id else None
+
+    def remember_tree(self, key: str, manifest: Manifest) -> None:
+        self.save_manifest(manifest)
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO trees VALUES (?, ?)", (key, manifest.id))
+
+    def tree_manifest(self, key: str) -> Manifest | None:
+        row = self._db().execute("SELECT manifest FROM trees WHERE key = ?", (key,)).fetchone()
+        return self.load_manifest(row[0]) if row else None
+
+    # -- job folders ----------------------------------------------------------------
+
+    def materialize(self, manifest: Manifest, dest: Path | str, **options: bool) -> MaterializeStats:
+        """Give ``dest`` the manifest's files from the cache (see `farm.filesync.materialize`)."""
+        return materialize(self, manifest, Path(dest), **options)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            if self._session is not None and self._session_fd is not None:
+                if not any(n.endswith(".part") for n in os.listdir(self._session)):
+                    shutil.rmtree(self._session, ignore_errors=True)
+                os.close(self._session_fd)
+                self._session = self._session_fd = None
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
