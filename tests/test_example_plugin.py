@@ -218,6 +218,7 @@ def test_farm_load_plugins_selects_plugins_by_name(monkeypatch: pytest.MonkeyPat
     assert sorted(plugins.media_types) == ["mandelbrot"]
 
 
+@pytest.mark.slow  # starts a controller and two agent processes: a few seconds
 def test_submit_embedded_gives_the_same_png_as_run_local(
     media: MediaType, project_dir: Path, tmp_path: Path
 ) -> None:
