@@ -161,34 +161,83 @@ def check_shape(value: Any, spec: Any, where: str) -> None:
     """Raise `ProtocolError` unless ``value`` has the shape ``spec`` describes.
 
     A spec is a type (or tuple of types), ``ANY``, ``[item_spec]`` for a list, or a dict
-    of key -> spec (keys wrapped in `opt` may be missing or None).
+    of key -> spec (keys wrapped in `opt` may be missing or None). Specs are compiled
+    once into checker functions: this runs for every message on the hot path.
     """
+    try:
+        _compiled(spec)(value)
+    except _ShapeError as exc:
+        raise ProtocolError(f"{where}{''.join(reversed(exc.path))}: {exc.message}") from None
+
+
+class _ShapeError(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []
+
+
+_CACHE: dict[int, Any] = {}
+
+
+def _compiled(spec: Any) -> Any:
+    checker = _CACHE.get(id(spec))
+    if checker is None:
+        checker = _CACHE[id(spec)] = _compile(spec)
+    return checker
+
+
+def _compile(spec: Any) -> Any:
     if spec is ANY:
-        return
+        return lambda value: None
     if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected a map, got {type(value).__name__}")
+        fields = []
         for key, sub in spec.items():
             optional = isinstance(sub, tuple) and len(sub) == 2 and sub[0] == "optional"
-            if optional:
-                sub = sub[1]
-            if key not in value or (optional and value[key] is None):
-                if optional:
-                    continue
-                raise ProtocolError(f"{where}: missing field {key!r}")
-            check_shape(value[key], sub, f"{where}.{key}")
-        return
+            fields.append((key, optional, _compile(sub[1] if optional else sub)))
+
+        def check_map(value: Any) -> None:
+            if value.__class__ is not dict:
+                raise _ShapeError(f"expected a map, got {type(value).__name__}")
+            for key, optional, check in fields:
+                item = value.get(key, _MISSING)
+                if item is _MISSING or (optional and item is None):
+                    if optional:
+                        continue
+                    error = _ShapeError(f"missing field {key!r}")
+                    raise error
+                try:
+                    check(item)
+                except _ShapeError as exc:
+                    exc.path.append(f".{key}")
+                    raise
+
+        return check_map
     if isinstance(spec, list):
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
-        for i, item in enumerate(value):
-            check_shape(item, spec[0], f"{where}[{i}]")
-        return
+        check_item = _compile(spec[0])
+
+        def check_list(value: Any) -> None:
+            if value.__class__ is not list:
+                raise _ShapeError(f"expected a list, got {type(value).__name__}")
+            for i, item in enumerate(value):
+                try:
+                    check_item(item)
+                except _ShapeError as exc:
+                    exc.path.append(f"[{i}]")
+                    raise
+
+        return check_list
     types = spec if isinstance(spec, tuple) else (spec,)
-    if isinstance(value, bool) and bool not in types:
-        raise ProtocolError(f"{where}: expected {_names(types)}, got a boolean")
-    if not isinstance(value, types):
-        raise ProtocolError(f"{where}: expected {_names(types)}, got {type(value).__name__}")
+    allow_bool = bool in types
+
+    def check_type(value: Any) -> None:
+        if not isinstance(value, types) or (value.__class__ is bool and not allow_bool):
+            got = "a boolean" if value.__class__ is bool else type(value).__name__
+            raise _ShapeError(f"expected {_names(types)}, got {got}")
+
+    return check_type
+
+
+_MISSING = object()
 
 
 def _names(types: tuple[type, ...]) -> str:

@@ -40,7 +40,7 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
 MAX_RESULTS_PER_MESSAGE = 512
 MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
-FAST_JOB_S = 0.002  # below this, jobs go to a worker in batches
+WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Agent:
         controller: str,
         *,
         slots: int | None = None,
-        prefetch: int = 32,
+        prefetch: int = 256,
         tags: list[str] | None = None,
         agent_id: str | None = None,
         heartbeat: float = 1.0,
@@ -336,7 +336,7 @@ class Agent:
                 return
             if not slot.ready or slot.running:
                 continue
-            size = 1 if self.avg_job_s > FAST_JOB_S else 64
+            size = max(1, min(256, int(WORKER_BATCH_S / max(self.avg_job_s, 1e-6))))
             batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
             threads = max(1, (os.cpu_count() or 1) // self.nslots)
             for job in batch:

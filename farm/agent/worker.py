@@ -26,7 +26,7 @@ from farm.plugins import get_media_type
 from farm.project import Project
 
 LOG_TAIL_LINES = 60
-FLUSH_EVERY_S = 0.01  # fast jobs are reported in batches; slow ones one by one
+FLUSH_EVERY_S = 0.002  # fast jobs are reported in batches; slow ones one by one
 PROGRESS_EVERY_S = 0.25
 
 
@@ -52,6 +52,8 @@ class Worker:
         self.scratch = scratch
         self.caches: dict[str, dict[str, Any]] = {}
         self.projects: dict[str, Project] = {}
+        self.out_dir, self.work_dir = scratch / "out", scratch / "work"
+        self.out_dirty = True  # unknown until the first job has run
         self.tail = _TailHandler()
         logging.getLogger().addHandler(self.tail)
         logging.getLogger().setLevel(logging.INFO)
@@ -92,9 +94,11 @@ class Worker:
     def run_one(self, spec: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         started = time.monotonic()
         lease = spec["lease"]
-        out_dir, work_dir = self.scratch / "out", self.scratch / "work"
-        _empty_dir(out_dir)
+        out_dir, work_dir = self.out_dir, self.work_dir
+        if self.out_dirty:
+            _empty_dir(out_dir)
         _empty_dir(work_dir)
+        self.out_dirty = True
         self.tail.lines.clear()
         last_progress = [0.0]
 
@@ -109,7 +113,7 @@ class Worker:
             media = get_media_type(project.media_type)
             job = Job(spec["key"], spec["params"], deps=tuple(spec["deps"] or ()))
             ctx = RenderContext(
-                project_dir=Path(spec.get("project_dir") or project.root),
+                project_dir=project.root,
                 output_dir=out_dir,
                 work_dir=work_dir,
                 settings=project.settings,
@@ -122,6 +126,7 @@ class Worker:
             os.chdir(work_dir)
             result = media.render(job, ctx)
             files = _files_in(out_dir)
+            self.out_dirty = bool(files)
             names = [[p.relative_to(out_dir).as_posix(), p.stat().st_size] for p in files]
             payloads = [p.read_bytes() for p in files]
             reply = {"lease": lease, "ok": True, "result": result, "files": names}
@@ -132,8 +137,6 @@ class Worker:
             reply = {"lease": lease, "ok": False, "result": None, "files": [],
                      "error": f"{type(exc).__name__}: {exc}", "log": log[-16000:]}
             payloads = []
-        finally:
-            os.chdir(self.scratch)
         reply["duration"] = time.monotonic() - started
         return reply, payloads
 

@@ -14,7 +14,8 @@ def agent(
     controller: Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
                                             help="The controller to serve.")] = "tcp://127.0.0.1:5555",
     slots: Annotated[Optional[int], typer.Option(min=1, help="Jobs run at once (default: the number of cores).")] = None,
-    prefetch: Annotated[int, typer.Option(min=0, help="Most queued jobs beyond the slots (fast jobs).")] = 32,
+    prefetch: Annotated[int, typer.Option(
+        min=0, help="Most jobs queued beyond the slots; the controller sends at most ~20 ms of work.")] = 256,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Extra capability to advertise.")] = None,
     agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-LOOKAHEAD_S = 0.02  # how much queued work beyond its slots an agent may hold
+LOOKAHEAD_S = 0.02  # how much queued work beyond its slots an agent may hold (fast jobs only)
 
 
 @dataclass

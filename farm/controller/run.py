@@ -7,6 +7,7 @@ in flight, waiting for a retry, or waiting on a dependency, however many jobs ex
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 import uuid
@@ -81,6 +82,9 @@ class ProjectRun:
         self.agent_failures: collections.Counter[str] = collections.Counter()
         self.blocklist: set[str] = set()
         self.failures: dict[str, Failure] = {}
+        # lease ids: unique across runs and controller restarts, cheap to make
+        self._lease_prefix = uuid.uuid4().hex[:8]
+        self._lease_numbers = itertools.count()
         self.progress: dict[str, float] = {}
         self.done = 0
         self.reused = 0
@@ -151,9 +155,9 @@ class ProjectRun:
         return job
 
     def lease(self, job: Job, agent: AgentState, now: float) -> Lease:
-        lease = Lease(uuid.uuid4().hex[:16], self, job, agent.identity, agent.id, now, now + self.timeout)
+        lease_id = f"{self._lease_prefix}{next(self._lease_numbers):x}"
+        lease = Lease(lease_id, self, job, agent.identity, agent.id, now, now + self.timeout)
         self.leases[job.key] = lease
-        self.tried_on.setdefault(job.key, set()).add(agent.id)
         return lease
 
     def deps_for(self, job: Job) -> dict[str, Any]:
@@ -171,6 +175,7 @@ class ProjectRun:
         del self.leases[key]
         self.progress.pop(key, None)
         self.done_keys.add(key)
+        self.tried_on.pop(key, None)
         if result is not None:
             self.results[key] = result
         self.done += 1
@@ -186,6 +191,7 @@ class ProjectRun:
         del self.leases[key]
         self.progress.pop(key, None)
         self.attempts[key] += 1
+        self.tried_on.setdefault(key, set()).add(lease.agent_id)
         self.agent_failures[lease.agent_id] += 1
         if self.agent_failures[lease.agent_id] >= BLOCKLIST_AFTER and lease.agent_id not in self.blocklist:
             self.blocklist.add(lease.agent_id)

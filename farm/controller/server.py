@@ -240,9 +240,9 @@ class Controller:
                 lease.run.failed(lease, result.get("error") or "failed", result.get("log") or "")
 
     def _collate(self, agent: AgentState, lease: Lease, result: dict[str, Any], files: list[bytes]) -> None:
-        staging = self.state_dir / "staging" / lease.id
+        staging = self.state_dir / "staging" / lease.id if result["files"] or files else None
         try:
-            outputs = _stage(staging, result["files"], files)
+            outputs = _stage(staging, result["files"], files) if staging else {}
             lease.run.succeeded(lease, result["result"], outputs)
             agent.done += 1
             self.stats["collated"] += 1
@@ -250,7 +250,7 @@ class Controller:
             agent.failed += 1
             lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
     def _handle_client(self, identity: bytes, msg: Message) -> None:
