@@ -1,0 +1,22 @@
+"""The built-in ``maptiles`` media type: Mapnik styles rendered to XYZ tiles and MBTiles.
+
+Modules: `tilemath` (Web Mercator tile and metatile arithmetic), `config` (the
+``[maptiles]`` table), `mapstyle` (loading a style into a Map), `metatile` (render
+once, cut into tiles), `mbtiles` (the MBTiles writer), `mediatype` (the MediaType).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from farm.hookspecs import hookimpl
+from farm.mediatype import MediaType
+from farm_maptiles.mediatype import MapTiles
+
+__version__ = "1.0.0"
+__all__ = ["MapTiles"]
+
+
+@hookimpl
+def farm_register_media_types(register: Callable[[type[MediaType]], None]) -> None:
+    register(MapTiles)

@@ -1,0 +1,64 @@
+"""An MBTiles 1.3 writer (https://github.com/mapbox/mbtiles-spec/blob/master/1.3/spec.md).
+
+Tiles go in as XYZ and are stored with TMS rows. Writes are INSERT OR REPLACE, so a
+re-run or a resumed run over an existing file just overwrites what it renders again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from farm_maptiles.tilemath import tms_row
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metadata (name TEXT, value TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS metadata_name ON metadata (name);
+CREATE TABLE IF NOT EXISTS tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB);
+CREATE UNIQUE INDEX IF NOT EXISTS tile_index ON tiles (zoom_level, tile_column, tile_row);
+"""
+
+
+class MBTilesWriter:
+    """One open MBTiles file. `add_tiles` commits per call: one transaction per collated job,
+    so a job the controller counts as collated is on disk even if the controller dies next.
+
+    The controller may collate and finalize on different threads (one at a time), so the
+    connection is not tied to its thread and a lock keeps calls from overlapping.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        # WAL while writing (cheap commits); switched back on close so the file is one plain file.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.db.commit()
+
+    def add_tiles(self, tiles: Iterable[tuple[int, int, int, bytes]]) -> int:
+        """Store XYZ tiles (z, x, y, data) in one transaction; returns how many."""
+        rows = [(z, x, tms_row(z, y), sqlite3.Binary(data)) for z, x, y, data in tiles]
+        with self.lock, self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO tiles (zoom_level, tile_column, tile_row, tile_data)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def set_metadata(self, values: Mapping[str, str]) -> None:
+        with self.lock, self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO metadata (name, value) VALUES (?, ?)",
+                [(k, str(v)) for k, v in values.items()],
+            )
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=DELETE")
+            self.db.close()

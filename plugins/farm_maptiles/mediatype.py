@@ -1,0 +1,164 @@
+"""The ``maptiles`` media type: a Mapnik style rendered to XYZ PNG tiles and one MBTiles file.
+
+Each job is one aligned metatile (key ``"z/x/y"`` of its north-west tile); the agent
+renders it once and cuts the tiles inside the project's bbox; the controller moves
+the tiles into ``<output>/tiles/{z}/{x}/{y}.png`` and stores them in
+``<output>/<project name>.mbtiles`` as each job comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from farm.errors import RenderError
+from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.project import Project
+from farm.settings import SettingsReader
+from farm_maptiles import config, mapstyle
+from farm_maptiles.mbtiles import MBTilesWriter
+from farm_maptiles.metatile import render_metatile
+from farm_maptiles.tilemath import TileRange, metatile_count, metatiles
+
+log = logging.getLogger(__name__)
+
+_CACHE_KEY = "farm_maptiles.map"
+_STATE_KEY = "mbtiles"
+_TILE_NAME = re.compile(r"^tiles/(\d+)/(\d+)/(\d+)\.png$")
+
+
+def mapnik_missing() -> str | None:
+    """None when Mapnik imports, else why not."""
+    try:
+        import mapnik  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken native library (OSError)
+        return f"Python package 'mapnik' does not import ({type(exc).__name__}: {exc}); pip install mapnik"
+    return None
+
+
+def mbtiles_path(ctx: CollateContext) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ctx.project.name).strip("._") or "tiles"
+    return ctx.output_dir / f"{safe}.mbtiles"
+
+
+class MapTiles(MediaType):
+    name = "maptiles"
+    description = "Map tiles rendered with Mapnik: XYZ PNG tiles and an MBTiles file"
+    # No extra tags: an agent advertises "maptiles" only where `available()` found Mapnik.
+    requirements = ()
+    default_timeout = 600.0
+
+    def available(self) -> str | None:
+        return mapnik_missing()
+
+    def configure(self, settings: SettingsReader) -> dict[str, Any]:
+        values = config.read_settings(settings)
+        if mapnik_missing() is None:
+            style = settings.root / values["style"]
+            try:
+                mapstyle.check_style(style, settings.root)
+            except (mapstyle.StyleError, UnicodeDecodeError) as exc:
+                raise settings.error("style", f"Mapnik cannot load {values['style']!r}: {exc}") from None
+        return values
+
+    def count(self, project: Project) -> int:
+        s = project.settings
+        return sum(metatile_count(s["bbox"], z, s["metatile"]) for z in range(s["minzoom"], s["maxzoom"] + 1))
+
+    def split(self, project: Project) -> Iterator[Job]:
+        s = project.settings
+        for z in range(s["minzoom"], s["maxzoom"] + 1):
+            for meta in metatiles(s["bbox"], z, s["metatile"]):
+                w = meta.wanted
+                yield Job(meta.key, {"z": z, "x": meta.x, "y": meta.y, "size": meta.size,
+                                     "tiles": [w.x0, w.y0, w.x1, w.y1]})
+
+    def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
+        s = ctx.settings
+        p = job.params
+        m, solid = self._map(ctx)
+        x0, y0, x1, y1 = p["tiles"]
+        try:
+            names = render_metatile(
+                m, p["z"], p["x"], p["y"], p["size"], TileRange(p["z"], x0, y0, x1, y1),
+                s["tile_size"], s["format"], ctx.output_dir, solid,
+            )
+        except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
+            raise RenderError(f"Mapnik failed to render metatile {job.key}: {exc}") from None
+        return {"tiles": len(names)}
+
+    def _map(self, ctx: RenderContext) -> tuple[Any, dict]:
+        """The worker's one `mapnik.Map` for the style, loaded on first use and again if the style changes."""
+        style = ctx.project_dir / ctx.settings["style"]
+        try:
+            stat = style.stat()
+        except OSError as exc:
+            raise RenderError(f"style {ctx.settings['style']!r} is missing on this agent: {exc}") from None
+        signature = (str(style), stat.st_mtime_ns, stat.st_size)
+        cached = ctx.cache.get(_CACHE_KEY)
+        if cached is None or cached[0] != signature:
+            missing = mapnik_missing()
+            if missing:
+                raise RenderError(missing)
+            mapstyle.register_fonts()
+            try:
+                xml = style.read_text(encoding="utf-8")
+                m = mapstyle.load_map(xml, ctx.project_dir, ctx.settings["tile_size"])
+            except mapstyle.StyleError as exc:
+                raise RenderError(f"Mapnik cannot load {ctx.settings['style']!r}: {exc}") from None
+            log.debug("loaded style %s (buffer %d px)", style, m.buffer_size)
+            cached = ctx.cache[_CACHE_KEY] = (signature, m, {})
+        return cached[1], cached[2]
+
+    def _writer(self, ctx: CollateContext) -> MBTilesWriter:
+        writer = ctx.state.get(_STATE_KEY)
+        if writer is None:
+            writer = ctx.state[_STATE_KEY] = MBTilesWriter(mbtiles_path(ctx))
+        return writer
+
+    def collate(
+        self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
+    ) -> None:
+        rows = []
+        for name, staged in sorted(outputs.items()):
+            found = _TILE_NAME.match(name)
+            if not found:
+                ctx.log.warning("maptiles job %s returned an unexpected file %r; ignored", job.key, name)
+                continue
+            z, x, y = (int(v) for v in found.groups())
+            final = ctx.output_dir / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staged, final)
+            rows.append((z, x, y, final.read_bytes()))
+        self._writer(ctx).add_tiles(rows)
+
+    def finalize(self, ctx: CollateContext) -> list[Path]:
+        s = ctx.project.settings
+        writer = self._writer(ctx)
+        west, south, east, north = s["bbox"]
+        metadata = {
+            "name": ctx.project.name,
+            "format": "png",
+            "bounds": f"{west:.6f},{south:.6f},{east:.6f},{north:.6f}",
+            "center": f"{(west + east) / 2:.6f},{(south + north) / 2:.6f},{s['minzoom']}",
+            "minzoom": str(s["minzoom"]),
+            "maxzoom": str(s["maxzoom"]),
+            "type": "baselayer",
+            "version": "1",
+        }
+        if s["attribution"]:
+            metadata["attribution"] = s["attribution"]
+        if s["description"]:
+            metadata["description"] = s["description"]
+        writer.set_metadata(metadata)
+        writer.close()
+        del ctx.state[_STATE_KEY]
+        outputs = [writer.path]
+        tiles = ctx.output_dir / "tiles"
+        if tiles.is_dir():
+            outputs.append(tiles)
+        return outputs

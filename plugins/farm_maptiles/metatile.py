@@ -1,0 +1,77 @@
+"""Render one metatile with Mapnik and cut it into tile files.
+
+One render of an aligned block of tiles (with the map's buffer around it) costs far
+less than one render per tile, and labels across tile edges inside the block match.
+PNG encoding costs more than rendering, so a tile of one flat colour (open ocean) is
+encoded once per colour and its bytes reused: the encoder is deterministic, so the
+bytes are the same as encoding it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from farm_maptiles.tilemath import TileRange, tile_bounds
+
+#: Mapnik encoder strings for the ``format`` setting
+ENCODINGS = {"png": "png32", "png8": "png8"}
+
+
+def tile_name(z: int, x: int, y: int) -> str:
+    """The relative output path of a tile (the same under the job's and the project's output folder)."""
+    return f"tiles/{z}/{x}/{y}.png"
+
+
+def render_block(m: Any, z: int, x: int, y: int, size: int, tile_size: int) -> Any:
+    """Render the ``size`` x ``size`` tile block at (x, y) into a new `mapnik.Image`."""
+    import mapnik
+
+    pixels = size * tile_size
+    if m.width != pixels or m.height != pixels:
+        m.resize(pixels, pixels)
+    m.zoom_to_box(mapnik.Box2d(*tile_bounds(z, x, y, size)))
+    image = mapnik.Image(pixels, pixels)
+    mapnik.render(m, image)
+    return image
+
+
+def render_metatile(
+    m: Any,
+    z: int,
+    x: int,
+    y: int,
+    size: int,
+    wanted: TileRange,
+    tile_size: int,
+    fmt: str,
+    output_dir: Path,
+    solid_cache: dict[tuple[int, int, str], bytes] | None = None,
+) -> list[str]:
+    """Render the metatile at (x, y) once and write the ``wanted`` tiles of it; returns their names.
+
+    ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes; pass one that
+    lives as long as the process to share it between metatiles.
+    """
+    image = render_block(m, z, x, y, size, tile_size)
+    encoding = ENCODINGS[fmt]
+    solid = solid_cache if solid_cache is not None else {}
+    names = []
+    # `image` stays referenced until every view is encoded: a view does not keep its parent alive.
+    for tx, ty in wanted.tiles():
+        left, top = (tx - x) * tile_size, (ty - y) * tile_size
+        view = image.view(left, top, tile_size, tile_size)
+        if view.is_solid():
+            key = (image.get_pixel(left, top), tile_size, encoding)
+            data = solid.get(key)
+            if data is None:
+                data = solid[key] = view.to_string(encoding)
+        else:
+            data = view.to_string(encoding)
+        name = tile_name(z, tx, ty)
+        path = output_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        names.append(name)
+    del image
+    return names
