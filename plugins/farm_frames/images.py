@@ -55,8 +55,10 @@ def _check_png(path: Path, size: int) -> ImageInfo:
         tail = f.read()
     if head[:8] != PNG_SIGNATURE:
         raise BadImage(f"{path.name} is not a PNG (bad signature)")
+    if len(head) < 33:
+        raise BadImage(f"{path.name} is truncated ({size} bytes)")
     length, kind = struct.unpack(">I4s", head[8:16])
-    if kind != b"IHDR" or length != 13 or len(head) < 33:
+    if kind != b"IHDR" or length != 13:
         raise BadImage(f"{path.name} is not a valid PNG (no IHDR header)")
     width, height = struct.unpack(">II", head[16:24])
     if width == 0 or height == 0:

@@ -66,6 +66,7 @@ def run_streaming(
     cwd: Path,
     log_file: Path,
     on_line: Callable[[str], None],
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
 ) -> Finished:
     """Run ``cmd`` with stdout and stderr merged, feeding each line to ``on_line`` and
     writing it to ``log_file``. Any exception (including KeyboardInterrupt) kills the
@@ -87,6 +88,8 @@ def run_streaming(
             preexec_fn=_death_signal(),  # noqa: PLW1509 - only calls prctl, looked up before fork
         )
         try:
+            if on_start is not None:
+                on_start(proc)
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.rstrip("\n")
