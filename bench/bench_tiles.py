@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--no-breakdown", action="store_true")
     args = parser.parse_args()
 
-    print(f"mapnik {mapnik.mapnik_version() if hasattr(mapnik, 'mapnik_version') else ''}".strip(),
+    print(f"mapnik {mapnik.version_string()}",
           f"| {os.cpu_count()} cores | load average {load()} | zoom {args.zoom} | format {args.format}")
     with tempfile.TemporaryDirectory(prefix="bench-tiles-") as tmp:
         root = Path(tmp)
