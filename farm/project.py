@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tomllib
@@ -46,6 +48,11 @@ class Project:
     def assets(self) -> Iterator[str]:
         """Relative POSIX paths of the project's source assets, sorted."""
         yield from list_assets(self.root, self.include, self.exclude + (f"{self.output}/**",))
+
+    def identity(self) -> str:
+        """Same folder, media type, settings and output: the same project (a re-submit resumes it)."""
+        blob = json.dumps([str(self.root), self.media_type, self.settings, self.output], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ Tests wait on conditions (`wait_for`), never on sleeps, so they hold on a loaded
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,8 +54,8 @@ def synthetic(tmp_path: Path) -> Callable[..., Path]:
         for key, value in settings.items():
             if isinstance(value, bool):
                 lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, list):
-                lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+            elif isinstance(value, list | str):
+                lines.append(f"{key} = {json.dumps(value)}")
             else:
                 lines.append(f"{key} = {value}")
         return write_project(tmp_path / f"project{next(counter)}", "synthetic", "\n".join(lines), extra, name)

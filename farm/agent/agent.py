@@ -95,6 +95,7 @@ class Agent:
         self.backoff = BACKOFF_START_S
         self.reconnect_at = 0.0
         self.bad_messages = 0
+        self.reintroduce = False
         self.caps, self.missing = detect(self.tags)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -138,6 +139,9 @@ class Agent:
             events = dict(poller.poll(100))
             if self.ctrl is not None and events.get(self.ctrl):
                 self._drain(self.ctrl, self._on_controller)
+            if self.reintroduce:
+                self.reintroduce = False
+                self._connect()
             if events.get(self.workers):
                 self._drain(self.workers, self._on_worker)
             now = time.monotonic()
@@ -250,7 +254,7 @@ class Agent:
             self._cancel(set(msg.body["leases"]))
         elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves
             log.info("controller says: %s", msg.body["message"])
-            self._connect()
+            self.reintroduce = True
         elif msg.type is T.SHUTDOWN:
             log.info("controller asked us to shut down")
             self.connected = False  # no BYE needed

@@ -18,9 +18,9 @@ def detect(tags: list[str]) -> tuple[list[str], dict[str, str]]:
             reason = media.available()
         except Exception as exc:  # a crashing check means we cannot render it
             reason = f"availability check failed: {exc!r}"
-        if reason is None:
-            caps.append(name)
+        if reason is None:  # available() checked its renderer, so it meets its own requirements
+            caps += [name, *media.requirements]
         else:
             missing[name] = reason
             log.warning("media type %s unavailable on this node: %s", name, reason)
-    return caps + [t for t in tags if t not in caps], missing
+    return sorted(set(caps) | set(tags)), missing

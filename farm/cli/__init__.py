@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from farm import __version__
-from farm.cli import agent, controller, plugins, submit
+from farm.cli import agent, controller, plugins, status, submit
 
 app = typer.Typer(
     name="farm",
@@ -47,6 +47,8 @@ app.command("submit")(submit.submit)
 app.command("controller")(controller.controller)
 app.command("agent")(agent.agent)
 app.command("plugins")(plugins.plugins)
+app.command("status")(status.status)
+app.command("cancel")(status.cancel)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.controller.registry import AgentState
+from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.project import Project
 
@@ -47,8 +48,11 @@ class Failure:
 
 
 class ProjectRun:
-    def __init__(self, run_id: str, project: Project, media: MediaType, *, priority: int = 0) -> None:
+    def __init__(self, run_id: str, project: Project, media: MediaType, journal: Journal, *,
+                 priority: int = 0) -> None:
         self.id = run_id
+        self.journal = journal
+        self.identity = project.identity()
         self.project = project
         self.media = media
         self.priority = priority
@@ -74,8 +78,8 @@ class ProjectRun:
         self.waiting: dict[str, list[Job]] = {}  # dependency key -> jobs waiting on it
         self.unmet: dict[str, set[str]] = {}  # job key -> dependencies not done yet
         self.leases: dict[str, Lease] = {}  # job key -> current lease
-        self.done_keys: set[str] = set()
-        self.results: dict[str, Any] = {}  # non-None results, for dependants
+        # Done jobs live in the journal; only a resumed run keeps their keys in memory, to skip them.
+        self.done_keys: set[str] = journal.done_keys(run_id) if journal.counts(run_id)["done"] else set()
         self.attempts: collections.Counter[str] = collections.Counter()
         self.lost: collections.Counter[str] = collections.Counter()
         self.tried_on: dict[str, set[str]] = {}
@@ -86,7 +90,8 @@ class ProjectRun:
         self._lease_prefix = uuid.uuid4().hex[:8]
         self._lease_numbers = itertools.count()
         self.progress: dict[str, float] = {}
-        self.done = 0
+        self.done = len(self.done_keys)
+        self.resumed = self.done
         self.reused = 0
         self.outputs: list[str] = []
 
@@ -142,7 +147,7 @@ class ProjectRun:
             if dep in self.failures:
                 self._fail_for_good(job.key, f"dependency {dep!r} failed", "")
                 return None
-            if dep not in self.done_keys:
+            if not self.journal.is_done(self.id, dep):
                 if dep not in self.leases and dep not in self.unmet and not any(j.key == dep for j in self.ready):
                     self._fail_project(f"job {job.key!r} depends on {dep!r}, which was not yielded before it")
                     return None
@@ -158,10 +163,11 @@ class ProjectRun:
         lease_id = f"{self._lease_prefix}{next(self._lease_numbers):x}"
         lease = Lease(lease_id, self, job, agent.identity, agent.id, now, now + self.timeout)
         self.leases[job.key] = lease
+        self.journal.job_started(self.id, job.key, lease_id, agent.id)
         return lease
 
     def deps_for(self, job: Job) -> dict[str, Any]:
-        return {d: self.results.get(d) for d in job.deps}
+        return {d: self.journal.result(self.id, d) for d in job.deps}
 
     # -- outcomes ---------------------------------------------------------------------
 
@@ -174,10 +180,8 @@ class ProjectRun:
         key = lease.job.key
         del self.leases[key]
         self.progress.pop(key, None)
-        self.done_keys.add(key)
+        self.journal.job_done(self.id, key, result)
         self.tried_on.pop(key, None)
-        if result is not None:
-            self.results[key] = result
         self.done += 1
         for job in self.waiting.pop(key, []):
             unmet = self.unmet[job.key]
@@ -217,6 +221,7 @@ class ProjectRun:
 
     def _fail_for_good(self, key: str, error: str, log_text: str) -> None:
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
+        self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
@@ -268,6 +273,9 @@ class ProjectRun:
 
     def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
         running_fraction = sum(self.progress.values())
+        elapsed = self.elapsed()
+        rate = (self.done - self.resumed + len(self.failures) + running_fraction) / elapsed if elapsed > 0.5 else None
+        left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
         return {
             "id": self.id,
             "project": self.project.name,
@@ -279,10 +287,13 @@ class ProjectRun:
             "done": self.done,
             "failed": len(self.failures),
             "reused": self.reused,
+            "resumed": self.resumed,
             "running": len(self.leases),
             "partial": round(running_fraction, 3),
             "retrying": len(self.ready),
-            "elapsed_s": round(self.elapsed(), 3),
+            "elapsed_s": round(elapsed, 3),
+            "rate": round(rate, 3) if rate else None,
+            "eta_s": round(left / rate, 1) if rate and left is not None and self.active else None,
             "stalled": stalled,
             "error": self.error,
         }

@@ -22,6 +22,7 @@ import zmq
 from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
+from farm.journal import Journal
 from farm.paths import UnsafePath, safe_relpath
 from farm.plugins import get_media_type
 from farm.project import load_project
@@ -36,6 +37,7 @@ LEASE_CHECK_EVERY_S = 1.0
 MAX_MESSAGE = 512 * 1024 * 1024
 BAD_MESSAGES_BEFORE_IGNORING = 20
 KEEP_FINISHED_RUNS = 50
+JOURNAL_FILE = "journal.sqlite"
 
 
 class Controller:
@@ -113,15 +115,24 @@ class Controller:
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.socket_setup:
             self.socket_setup(self.sock)
-        self.url = _bind(self.sock, self.bind)
+        self.journal = Journal(self.state_dir / JOURNAL_FILE)
+        try:
+            self.url = _bind(self.sock, self.bind)
+        except zmq.ZMQError as exc:
+            self.sock.close(linger=0)
+            self.journal.close()
+            raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
+        self._resume()
         log.info("controller listening on %s", self.url)
         self._bound.set()
         last_updates = last_lease_check = 0.0
         try:
             while not self._stop.is_set():
-                if self.sock.poll(50):
+                due = self.journal.flush_due_in()
+                if self.sock.poll(50 if due is None else min(50, max(1, int(due * 1000)))):
                     self._drain()
                 now = time.monotonic()
+                self.journal.tick(now)
                 self._dispatch(now)
                 self._check_agents(now)
                 if now - last_lease_check >= LEASE_CHECK_EVERY_S:
@@ -136,6 +147,22 @@ class Controller:
                 for agent in self.registry:
                     self._send(agent.identity, T.SHUTDOWN)
             self.sock.close(linger=500 if self._shutdown_agents else 0)
+            self.journal.close()
+
+    def _resume(self) -> None:
+        """Take up the projects a previous incarnation left unfinished (after a crash or kill)."""
+        for record in self.journal.unfinished_projects():
+            wire = record.wire
+            try:
+                project = load_project(wire["root"], output=wire.get("output"))
+                media = get_media_type(project.media_type)
+            except (FarmError, KeyError, TypeError) as exc:
+                log.error("cannot resume project %s: %s", record.project_id, exc)
+                self.journal.finish_project(record.project_id, "failed", {"error": f"cannot resume: {exc}"})
+                continue
+            run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority)
+            self.runs[run.id] = run
+            log.info("resumed project %s: %d jobs already done", run.id, run.done)
 
     # -- messages ------------------------------------------------------------------
 
@@ -278,8 +305,16 @@ class Controller:
         except FarmError as exc:
             self._send(identity, T.ERROR, {"message": str(exc)})
             return
+        same = next((r for r in self.runs.values()
+                     if r.identity == project.identity() and r.state in ("running", "finalizing")), None)
+        if same is not None:  # a re-submit of a project in progress (or resumed after a crash): follow it
+            log.info("project %s is already running; following it", same.id)
+            self.followers.setdefault(same.id, set()).add(identity)
+            self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
+            return
         run_id = f"{project.name}-{uuid.uuid4().hex[:8]}"
-        run = ProjectRun(run_id, project, media, priority=body["priority"])
+        self.journal.add_project(run_id, project.to_wire(), body["priority"], time.time())
+        run = ProjectRun(run_id, project, media, self.journal, priority=body["priority"])
         self.runs[run_id] = run
         self.followers.setdefault(run_id, set()).add(identity)
         log.info("accepted project %s (%s, %s jobs)", run_id, media.name, run.total)
@@ -290,6 +325,9 @@ class Controller:
         if run is None:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r}"})
             return
+        if not run.active:
+            self._send(identity, T.ERROR, {"message": f"project {run.id} is already {run.state}"})
+            return
         for lease in run.cancel():
             self.leases.pop(lease.id, None)
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
@@ -297,6 +335,7 @@ class Controller:
             if agent:
                 agent.held.discard(lease.id)
         log.info("cancelled project %s", run.id)
+        self.journal.finish_project(run.id, "cancelled", run.summary())
         self._send(identity, T.FINISHED, {"summary": run.summary()})
         self._notify_finished(run)
 
@@ -386,6 +425,7 @@ class Controller:
                     log.exception("%s: finalize failed", run_id)
                     run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
                 log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
+                self.journal.finish_project(run.id, run.state, run.summary())
                 self._notify_finished(run)
                 self._prune()
 

@@ -48,6 +48,8 @@ class Synthetic(MediaType):
             "crash": s.str_list("crash", []),  # keys that kill their worker process
             "hang": s.str_list("hang", []),  # keys that never finish
             "log_collations": s.boolean("log_collations", False),
+            # append each rendered key to this file (absolute path): lets tests count renders
+            "render_log": s.str("render_log", ""),
             # job 0 becomes an "analysis" job that every other job depends on
             "depend_on_first": s.boolean("depend_on_first", False),
         }
@@ -71,6 +73,9 @@ class Synthetic(MediaType):
         if job.key in settings["hang"]:
             while True:
                 time.sleep(3600)
+        if settings["render_log"]:
+            with open(settings["render_log"], "a") as log:
+                log.write(job.key + "\n")
         if job.deps and ctx.deps.get(job.deps[0]) != {"token": job.deps[0]}:
             raise RenderError(f"{job.key} ran without its dependency's result: {dict(ctx.deps)!r}")
         if settings["sleep"]:

@@ -1,0 +1,61 @@
+"""`farm status` and `farm cancel`: look at and steer a running controller."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from farm.cli.errors import reported
+from farm.client import Client
+from farm.progress import format_duration, summary_text
+
+ControllerOption = Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
+                                               help="The controller to ask.")]
+
+
+def status(
+    controller: ControllerOption = "tcp://127.0.0.1:5555",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the controller's agents and projects."""
+    with reported(), Client(controller) as client:
+        report = client.status()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(status_text(report))
+
+
+def status_text(report: dict[str, Any]) -> str:
+    lines = [f"controller {report['controller']}", f"agents ({len(report['agents'])}):"]
+    for a in report["agents"]:
+        lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
+                     f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
+                     f"  [{', '.join(a['capabilities'])}]")
+    lines.append(f"projects ({len(report['projects'])}):")
+    for p in report["projects"]:
+        total = p["total"] if p["total"] is not None else "?"
+        line = (f"  {p['id']:<28} {p['media_type']:<10} {p['state']:<10} {p['done']}/{total} done"
+                f"  {p['failed']} failed  {p['running']} running")
+        if p.get("rate"):
+            line += f"  {p['rate']:.1f} jobs/s"
+        if p.get("eta_s") is not None:
+            line += f"  ETA {format_duration(p['eta_s'])}"
+        lines.append(line)
+        if p.get("stalled"):
+            lines.append(f"    waiting: {p['stalled']}")
+        if p.get("error"):
+            lines.append(f"    error: {p['error']}")
+    return "\n".join(lines)
+
+
+def cancel(
+    project: Annotated[str, typer.Argument(help="The project's id (see farm status) or name.")],
+    controller: ControllerOption = "tcp://127.0.0.1:5555",
+) -> None:
+    """Cancel a project: its jobs are withdrawn from agents; outputs collated so far stay."""
+    with reported(), Client(controller) as client:
+        summary = client.cancel(project)
+    typer.echo(summary_text(summary))
