@@ -1,0 +1,22 @@
+"""The ``audio`` media type (ffmpeg): filter chains rendered in sample-exact segments, encoded once.
+
+Modules, one job each: `ffmpeg` (finding and running it), `probe` (stream format and
+exact length), `chain` (reading a filter chain, sizing lead-ins), `validate` (running
+a chain on a generated signal), `config` (the ``[audio]`` table), `segments` (sample
+ranges), `source` (the input decoded once per worker), `render` (one segment's PCM,
+loudnorm's analysis), `join` (segments into one PCM file as they arrive), `encode`
+(output formats), `media` (the MediaType).
+"""
+
+from __future__ import annotations
+
+from farm.hookspecs import hookimpl
+from farm_audio.media import AudioSegments
+
+__version__ = "1.0.0"
+__all__ = ["AudioSegments"]
+
+
+@hookimpl
+def farm_register_media_types(register):  # type: ignore[no-untyped-def]
+    register(AudioSegments)

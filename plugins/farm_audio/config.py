@@ -1,0 +1,196 @@
+"""Reading and checking the ``[audio]`` table; the result is the plain settings every job gets.
+
+Cheap checks (types, outputs, unknown keys) come first; then ffmpeg reads the input's
+header, runs the chain on a generated signal, and decodes the input once to count its
+samples exactly, so a bad project fails here and not in the middle of a render.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from farm.settings import SettingsReader
+from farm_audio import encode, ffmpeg, probe
+from farm_audio.chain import (
+    DOUBLE,
+    WHOLE_FILE,
+    ChainSyntaxError,
+    Filter,
+    chain_text,
+    default_lead_in,
+    default_lead_out,
+    parse_chain,
+    pinned_text,
+)
+from farm_audio.validate import ChainError, check_chain, check_runs
+
+DEFAULT_SEGMENT_S = 30.0
+DEFAULT_OUTPUTS = ("flac",)
+#: channel count -> ffmpeg's default layout for it
+LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+#: loudnorm options the farm sets itself for its two passes
+LOUDNORM_OWN = (
+    "measured_i", "measured_lra", "measured_tp", "measured_thresh", "offset", "linear", "print_format",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+
+
+def read_settings(s: SettingsReader) -> dict[str, Any]:
+    input_rel = s.asset("input")
+    rate_setting = s.integer("sample_rate", None, min=8000, max=384000)
+    channels_setting = s.get("channels", None)
+    filters_text = s.str("filters", "")
+    segment_s = s.number("segment", DEFAULT_SEGMENT_S, min=0.001)
+    lead_in_setting = s.number("lead_in", None, min=0)
+    lead_out_setting = s.number("lead_out", None, min=0)
+    keep_tail = s.boolean("tail", True)
+    output_specs = s.str_list("outputs", list(DEFAULT_OUTPUTS))
+    name = s.str("name", Path(input_rel).stem)
+    s.finish()
+
+    if not _NAME.match(name):
+        raise s.error("name", f"{name!r} is not a plain file name (letters, digits, '.', '_', '-', spaces)")
+    try:
+        filters = parse_chain(filters_text)
+    except ChainSyntaxError as exc:
+        raise s.error("filters", f"not a filter chain: {exc}") from None
+    loudnorm = _loudnorm_index(s, filters)
+
+    path = s.root / input_rel
+    try:
+        info = probe.probe_stream(path)
+    except probe.ProbeError as exc:
+        raise s.error("input", f"cannot read {input_rel!r}: {exc}") from None
+    sample_rate = rate_setting or info.sample_rate
+    layout = probe.raw_layout(info.layout) if channels_setting is None else _layout(s, channels_setting)
+    try:
+        outputs = encode.parse_outputs(output_specs, sample_rate)
+    except encode.OutputSpecError as exc:
+        raise s.error("outputs", str(exc)) from None
+
+    # The source every job reads: the decoded input, converted once if the project asks for
+    # another rate or layout (conversion is stateful, so it runs over the whole file).
+    converts = sample_rate != info.sample_rate or layout != probe.raw_layout(info.layout)
+    convert = f"{DOUBLE}:sample_rates={sample_rate}:channel_layouts={layout}" if converts else ""
+    raw = "f64le" if converts else probe.RAW_FORMATS.get(info.sample_fmt, "f64le")
+
+    shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
+    try:
+        measured = probe.measure(path, convert)
+    except probe.ProbeError as exc:
+        raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
+    if measured.samples == 0:
+        raise s.error("input", f"{input_rel!r} holds no audio (zero samples)")
+
+    tail_s = shape.tail / sample_rate
+    lead_in_s = default_lead_in(filters, tail_s) if lead_in_setting is None else lead_in_setting
+    lead_out_s = default_lead_out(filters) if lead_out_setting is None else lead_out_setting
+    stat = path.stat()
+    return {
+        "input": input_rel,
+        "input_size": stat.st_size,
+        "codec": info.codec,
+        "samples": measured.samples,
+        "sample_rate": sample_rate,
+        "layout": layout,
+        "channels": probe.layout_channels(layout),
+        "convert": convert,
+        "raw": raw,
+        "filters": chain_text(filters),
+        "loudnorm": loudnorm,
+        "out_layout": probe.raw_layout(shape.layout),
+        "out_channels": shape.channels,
+        "segment": max(1, round(segment_s * sample_rate)),
+        "lead_in": math.ceil(lead_in_s * sample_rate),
+        "lead_out": math.ceil(lead_out_s * sample_rate),
+        "lead_in_s": lead_in_s,
+        "lead_out_s": lead_out_s,
+        "tail": keep_tail,
+        "pcm": encode.segment_pcm(outputs),
+        "outputs": [o.to_wire() for o in outputs],
+        "name": name,
+    }
+
+
+def _layout(s: SettingsReader, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value not in LAYOUTS:
+            raise s.error("channels", f"expected 1 to 8 channels, got {value}")
+        return LAYOUTS[value]
+    if isinstance(value, str):
+        try:
+            probe.layout_channels(value)
+        except probe.ProbeError:
+            raise s.error("channels", f"unknown channel layout {value!r} (try a count)") from None
+        return value
+    raise s.error("channels", f"expected a channel count or a layout name, got {value!r}")
+
+
+def _loudnorm_index(s: SettingsReader, filters: list[Filter]) -> int | None:
+    found = [i for i, f in enumerate(filters) if f.name == "loudnorm"]
+    if len(found) > 1:
+        raise s.error("filters", "only one loudnorm per chain: its two passes measure the whole file once")
+    known = ffmpeg.audio_filters()
+    for f in filters:
+        if f.name not in known:
+            raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
+        if f.name in WHOLE_FILE:
+            raise s.error("filters", f"{f.name} cannot run on segments: {WHOLE_FILE[f.name]}")
+    if not found:
+        return None
+    try:
+        named = filters[found[0]].named()
+    except ChainSyntaxError as exc:
+        raise s.error("filters", str(exc)) from None
+    own = sorted(k for k in named if k in LOUDNORM_OWN)
+    if own:
+        raise s.error("filters", f"loudnorm: leave out {', '.join(own)}; the farm measures and sets them")
+    return found[0]
+
+
+def _check_filters(
+    s: SettingsReader, filters: list[Filter], loudnorm: int | None, sample_rate: int, layout: str
+) -> Any:
+    """Run the chain (segment form) through ffmpeg; loudnorm also in its analysis form."""
+    if loudnorm is None:
+        segment_form = pinned_text(filters)
+    else:  # its linear second pass is a constant gain: anull has the same shape
+        segment_form = pinned_text([*filters[:loudnorm], Filter("anull"), *filters[loudnorm + 1 :]])
+    try:
+        if loudnorm is not None:
+            check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
+        return check_chain(segment_form, sample_rate, layout)
+    except ChainError as exc:
+        raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
+
+
+def analysis_chain(filters: list[Filter], loudnorm: int) -> str:
+    """The chain up to loudnorm, loudnorm printing its measurements (the first pass)."""
+    first = filters[loudnorm]
+    options = ":".join(f"{k}={v}" for k, v in first.named().items())
+    measure = Filter("loudnorm", raw_args=":".join(filter(None, (options, "print_format=json"))))
+    return ",".join(filter(None, (pinned_text(filters[:loudnorm]), measure.text())))
+
+
+def linear_loudnorm(first: Filter, measured: dict[str, str], print_format: str = "none") -> Filter:
+    """loudnorm's linear second pass: the user's targets plus the first pass's measurements."""
+    own = {
+        "measured_I": measured["input_i"],
+        "measured_LRA": measured["input_lra"],
+        "measured_TP": measured["input_tp"],
+        "measured_thresh": measured["input_thresh"],
+        "offset": measured["target_offset"],
+        "linear": "true",
+        "print_format": print_format,
+    }
+    options = [f"{k}={v}" for k, v in first.named().items()] + [f"{k}={v}" for k, v in own.items()]
+    return Filter("loudnorm", label=first.label, raw_args=":".join(options))
+
+
+def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str]) -> str:
+    """The whole chain with loudnorm as its linear second pass."""
+    second = linear_loudnorm(filters[loudnorm], measured)
+    return chain_text([*filters[:loudnorm], second, *filters[loudnorm + 1 :]])

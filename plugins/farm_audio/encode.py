@@ -1,0 +1,149 @@
+"""Output formats: parsing ``outputs``, choosing the segments' PCM, encoding the joined PCM once.
+
+An output is ``"format"`` or ``"format:option"``; the option is a bitrate for lossy
+formats (``"mp3:192k"``) and a sample format for lossless ones (``"flac:24"``,
+``"wav:f32"``). Encoding runs with ffmpeg's bit-exact flags, so the same PCM always
+gives the same bytes, and they equal an encode of a whole-file render.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm_audio import ffmpeg
+
+log = logging.getLogger(__name__)
+
+LOSSLESS = {
+    # format: {option: (codec, sample_fmt)}, first option is the default
+    "flac": {"16": ("flac", "s16"), "24": ("flac", "s32")},
+    "wav": {
+        "16": ("pcm_s16le", "s16"), "24": ("pcm_s24le", "s32"), "32": ("pcm_s32le", "s32"),
+        "f32": ("pcm_f32le", "flt"), "f64": ("pcm_f64le", "dbl"),
+    },
+}
+_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+LOSSY = {
+    # format: (codec, sample_fmt, default bitrate, muxer, extension, sample rates it takes (None: any))
+    "mp3": ("libmp3lame", "fltp", "192k", "mp3", "mp3", _MP3_RATES),
+    "aac": ("aac", "fltp", "160k", "adts", "aac", _AAC_RATES),
+    "m4a": ("aac", "fltp", "160k", "ipod", "m4a", _AAC_RATES),
+    "opus": ("libopus", "flt", "96k", "opus", "opus", (8000, 12000, 16000, 24000, 48000)),
+}
+FORMATS = (*LOSSLESS, *LOSSY)
+#: FLAC otherwise picks its block size from the frames it is fed, which depend on the source
+_FIXED_FRAMES = {"flac": ("-frame_size", "4096")}
+_BITRATE = re.compile(r"^(\d{1,3})k$")
+#: raw PCM format that holds an encoder's input sample format exactly
+_RAW_OF = {"s16": "s16le", "s32": "s32le", "flt": "f32le", "fltp": "f32le", "dbl": "f64le"}
+
+
+class OutputSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Output:
+    spec: str  # as written in farm.toml
+    format: str
+    extension: str
+    args: tuple[str, ...]  # ffmpeg output options, muxer included
+    sample_fmt: str  # what the encoder consumes
+    resamples: bool  # the encoder needs another sample rate, so ffmpeg resamples before it
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "spec": self.spec, "format": self.format, "extension": self.extension, "args": list(self.args),
+            "sample_fmt": self.sample_fmt, "resamples": self.resamples,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, object]) -> Output:
+        return cls(**{**data, "args": tuple(data["args"])})  # type: ignore[arg-type]
+
+
+def parse_output(spec: str, sample_rate: int) -> Output:
+    fmt, _, option = spec.strip().lower().partition(":")
+    if fmt in LOSSLESS:
+        choices = LOSSLESS[fmt]
+        option = option or next(iter(choices))
+        if option not in choices:
+            raise OutputSpecError(f"{spec!r}: {fmt} takes one of {', '.join(choices)} (bits, sample format)")
+        codec, sample_fmt = choices[option]
+        args = ("-c:a", codec, "-sample_fmt", sample_fmt, *_FIXED_FRAMES.get(fmt, ()), "-f", fmt)
+        return Output(spec, fmt, fmt, args, sample_fmt, resamples=False)
+    if fmt in LOSSY:
+        codec, sample_fmt, default_rate, muxer, ext, rates = LOSSY[fmt]
+        bitrate = option or default_rate
+        found = _BITRATE.match(bitrate)
+        if not found or not 6 <= int(found.group(1)) <= 512:
+            raise OutputSpecError(f"{spec!r}: expected a bitrate like {default_rate} (6k to 512k)")
+        args = ("-c:a", codec, "-b:a", bitrate, "-sample_fmt", sample_fmt, "-f", muxer)
+        resamples = rates is not None and sample_rate not in rates
+        return Output(spec, fmt, ext, args, sample_fmt, resamples=resamples)
+    raise OutputSpecError(f"{spec!r}: unknown format (expected one of {', '.join(FORMATS)})")
+
+
+def parse_outputs(specs: Sequence[str], sample_rate: int) -> list[Output]:
+    outputs = [parse_output(s, sample_rate) for s in specs]
+    seen: dict[str, str] = {}
+    for out in outputs:
+        if out.extension in seen:
+            first = seen[out.extension]
+            raise OutputSpecError(f"{first!r} and {out.spec!r} would both write a .{out.extension} file")
+        seen[out.extension] = out.spec
+    if not outputs:
+        raise OutputSpecError("give at least one output format")
+    return outputs
+
+
+def segment_pcm(outputs: Sequence[Output]) -> str:
+    """The raw PCM format segments are rendered in: the narrowest that is exact for every output.
+
+    Converting the chain's double-precision output to an encoder's sample format is
+    per sample, so it can happen in the segment job when every output takes the same
+    format; otherwise (or when an encoder must resample) segments stay in doubles.
+    """
+    formats = {_RAW_OF[o.sample_fmt] for o in outputs}
+    if len(formats) == 1 and not any(o.resamples for o in outputs):
+        return formats.pop()
+    return "f64le"
+
+
+def input_args(raw: str, sample_rate: int, layout: str) -> list[str]:
+    """ffmpeg input options for raw PCM."""
+    return ["-f", raw, "-ar", str(sample_rate), "-ch_layout", layout]
+
+
+def encode_all(pcm: Path, raw: str, sample_rate: int, layout: str, outputs: Sequence[Output],
+               directory: Path, name: str) -> list[Path]:
+    """Encode the joined PCM into every output, in parallel; each written under a temporary name first."""
+    running: list[tuple[Output, Path, Path, subprocess.Popen[bytes]]] = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for out in outputs:
+        final = directory / f"{name}.{out.extension}"
+        temp = directory / f".{name}.{out.extension}.part"
+        cmd = [
+            ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout), "-i", str(pcm),
+            *out.args, *ffmpeg.BITEXACT, str(temp),
+        ]
+        log.debug("encoding %s: %s", out.spec, " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        running.append((out, temp, final, proc))
+    failed = []
+    for out, temp, final, proc in running:
+        _, err = proc.communicate()
+        if proc.returncode == 0:
+            temp.replace(final)
+        else:
+            temp.unlink(missing_ok=True)
+            failed.append(f"{out.spec}: {ffmpeg.last_lines(err.decode('utf-8', 'replace'), 3)}")
+    if failed:
+        raise ffmpeg.FfmpegFailed(["encode"], 1, "\n".join(failed))
+    return [directory / f"{name}.{o.extension}" for o in outputs]

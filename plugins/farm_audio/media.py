@@ -1,0 +1,117 @@
+"""The ``audio`` media type: an input file through an ffmpeg filter chain, in sample-exact segments.
+
+split: one job per segment (plus loudnorm's analysis first, which the segments depend on).
+render: the segment's PCM, on a render node. collate: written into one raw PCM file at its
+offset, as it arrives. finalize: every range checked, then each output encoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from farm.errors import RenderError
+from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.project import Project
+from farm.settings import SettingsReader
+from farm_audio import encode, ffmpeg
+from farm_audio.config import read_settings
+from farm_audio.join import JoinError, PcmJoin
+from farm_audio.probe import RAW_BYTES
+from farm_audio.render import ANALYSIS_KEY, analyse_loudness, render_segment
+from farm_audio.segments import Segment, count_segments, plan
+from farm_audio.source import decoded_source
+
+_JOIN_KEY = "join"
+
+
+def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
+    return plan(settings["samples"], settings["segment"], settings["lead_in"], settings["lead_out"])
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class AudioSegments(MediaType):
+    name = "audio"
+    description = "Audio through an ffmpeg filter chain, rendered in sample-exact segments and encoded once"
+    default_timeout = 600.0
+
+    def available(self) -> str | None:
+        try:
+            ffmpeg.run(["-version"])
+        except (ffmpeg.FfmpegMissing, ffmpeg.FfmpegFailed, OSError) as exc:
+            return f"ffmpeg is not usable: {exc}"
+        return None
+
+    def configure(self, settings: SettingsReader) -> dict[str, Any]:
+        return read_settings(settings)
+
+    def count(self, project: Project) -> int:
+        s = project.settings
+        return count_segments(s["samples"], s["segment"]) + (s["loudnorm"] is not None)
+
+    def split(self, project: Project) -> Iterator[Job]:
+        s = project.settings
+        inputs = (s["input"],)
+        deps: tuple[str, ...] = ()
+        if s["loudnorm"] is not None:
+            yield Job(ANALYSIS_KEY, {"kind": "loudnorm"}, inputs=inputs)
+            deps = (ANALYSIS_KEY,)
+        for seg in segments_of(s):
+            yield Job(seg.key, {"kind": "segment", **seg.to_params()}, inputs=inputs, deps=deps)
+
+    def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
+        s = ctx.settings
+        source = decoded_source(ctx.project_dir, s, ctx.cache)
+        if job.params["kind"] == "loudnorm":
+            return analyse_loudness(s, source, ctx.work_dir)
+        seg = Segment.from_params(job.params)
+        out = ctx.output_dir / f"{seg.key}.{s['pcm']}"
+        return render_segment(s, seg, source, out, ctx.work_dir, ctx.deps)
+
+    def collate(
+        self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
+    ) -> None:
+        s = ctx.project.settings
+        if job.params["kind"] == "loudnorm":
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            (ctx.output_dir / f"{s['name']}.loudnorm.json").write_text(json.dumps(result, indent=2) + "\n")
+            return
+        if result is None or len(outputs) != 1:
+            raise RenderError(f"{job.key}: expected one PCM file and a result, got {sorted(outputs)}")
+        join = self._join(ctx)
+        got = join.add(job.params["start"], next(iter(outputs.values())))
+        ctx.log.debug("joined %s: %d samples at %d", job.key, got, job.params["start"])
+
+    def _join(self, ctx: CollateContext) -> PcmJoin:
+        join = ctx.state.get(_JOIN_KEY)
+        if join is None:
+            s = ctx.project.settings
+            frame = RAW_BYTES[s["pcm"]] * s["out_channels"]
+            path = ctx.output_dir / f".{s['name']}.join.{s['pcm']}"
+            join = ctx.state[_JOIN_KEY] = PcmJoin(path, frame, fingerprint(s), s["samples"])
+        return join
+
+    def finalize(self, ctx: CollateContext) -> list[Path]:
+        s = ctx.project.settings
+        join = self._join(ctx)
+        expected = [(seg.start, seg.samples, seg.last and s["tail"]) for seg in segments_of(s)]
+        try:
+            total = join.check(expected)
+        except JoinError as exc:
+            raise RenderError(f"cannot finish {s['name']}: {exc}") from None
+        ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
+        outputs = [encode.Output.from_wire(o) for o in s["outputs"]]
+        try:
+            paths = encode.encode_all(join.path, s["pcm"], s["sample_rate"], s["out_layout"], outputs,
+                                      ctx.output_dir, s["name"])
+        except ffmpeg.FfmpegFailed as exc:
+            raise RenderError(f"encoding failed: {exc.message}") from None
+        join.remove()
+        ctx.state.pop(_JOIN_KEY, None)
+        return paths

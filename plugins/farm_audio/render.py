@@ -1,0 +1,164 @@
+"""What a job does on a render node: one segment of PCM, or the loudness analysis.
+
+A segment job feeds its sample range plus lead-in (and lead-out) of the decoded
+source to ffmpeg, runs ``aformat=sample_fmts=dbl`` and the chain, and keeps exactly
+its own range with ``atrim`` counted in samples. Timestamps are shifted to the
+range's true position first, so filters that look at time (afade, volume
+expressions) behave as they would over the whole file. Nothing is encoded here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from farm.errors import RenderError
+from farm_audio import ffmpeg
+from farm_audio.chain import DOUBLE, parse_chain, pinned_text
+from farm_audio.config import analysis_chain, linear_chain, linear_loudnorm
+from farm_audio.probe import RAW_BYTES
+from farm_audio.segments import Segment
+from farm_audio.source import Source
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_KEY = "loudnorm-analysis"
+#: raw PCM format -> the sample format name aformat takes
+_SAMPLE_FMT = {"u8": "u8", "s16le": "s16", "s32le": "s32", "f32le": "flt", "f64le": "dbl"}
+#: loudnorm's first-pass figures its second pass takes
+MEASURED = ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset")
+#: loudnorm treats an input shorter than 3 s as linear whatever it measured, so probe longer
+_PROBE_SECONDS = 4
+_JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
+
+
+def segment_filter(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any]) -> str:
+    """The filter a segment job runs over its read range."""
+    keep_tail = seg.last and settings["tail"]
+    trim = f"atrim=start_sample={seg.start - seg.read_start}"
+    if not keep_tail:
+        trim += f":end_sample={seg.end - seg.read_start}"
+    parts = [
+        DOUBLE,
+        f"asetpts=PTS+{seg.read_start}/(SR*TB)",
+        chain_for_segments(settings, deps),
+        trim,
+        f"aformat=sample_fmts={_SAMPLE_FMT[settings['pcm']]}",
+    ]
+    return ",".join(p for p in parts if p)
+
+
+def chain_for_segments(settings: Mapping[str, Any], deps: Mapping[str, Any]) -> str:
+    """The project's chain, pinned to doubles, with loudnorm (if any) as its linear second pass."""
+    filters = parse_chain(settings["filters"])
+    index = settings["loudnorm"]
+    if index is not None:
+        measured = deps.get(ANALYSIS_KEY)
+        if not measured:
+            raise RenderError("this segment needs the loudness analysis, and its result did not arrive")
+        filters = parse_chain(linear_chain(filters, index, measured))
+    return pinned_text(filters)
+
+
+def whole_file_filter(settings: Mapping[str, Any], measured: Mapping[str, str] | None = None) -> str:
+    """The ``-af`` of the single whole-file ffmpeg run whose output the farm reproduces."""
+    chain = chain_for_segments(settings, {ANALYSIS_KEY: measured} if measured else {})
+    return ",".join(p for p in (settings["convert"] or DOUBLE, chain) if p)
+
+
+def run_fed(
+    args: list[str], source: Source, start: int, end: int, log_path: Path, loglevel: str = "error"
+) -> None:
+    """Run ffmpeg reading raw PCM samples ``[start, end)`` of ``source`` on its stdin."""
+    cmd = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y",
+           *source.input_args(), "-i", "pipe:0", *args]
+    log.debug("running %s", " ".join(cmd))
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        try:
+            for chunk in source.read(start, end):
+                proc.stdin.write(chunk)
+        except BrokenPipeError:  # ffmpeg stopped reading: its exit code and log say why
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        code = proc.wait()
+    if code != 0:
+        text = log_path.read_text("utf-8", "replace")
+        raise RenderError(f"ffmpeg failed: {ffmpeg.last_lines(text)}")
+
+
+def render_segment(
+    settings: Mapping[str, Any], seg: Segment, source: Source, out_path: Path, work_dir: Path,
+    deps: Mapping[str, Any],
+) -> dict[str, int]:
+    """Render one segment to raw PCM at ``out_path``; returns where it goes and its length."""
+    graph = segment_filter(settings, seg, deps)
+    run_fed(["-af", graph, "-f", settings["pcm"], str(out_path)], source, seg.read_start, seg.read_end,
+            work_dir / "ffmpeg.log")
+    frame = RAW_BYTES[settings["pcm"]] * settings["out_channels"]
+    size = out_path.stat().st_size if out_path.exists() else 0
+    samples, rest = divmod(size, frame)
+    open_end = seg.last and settings["tail"]
+    if rest or samples < seg.samples or (samples != seg.samples and not open_end):
+        raise RenderError(
+            f"{seg.key}: ffmpeg produced {size} bytes ({samples} samples), expected {seg.samples} samples "
+            f"({seg.start}-{seg.end}); the chain does not keep time on this input"
+        )
+    return {"index": seg.index, "start": seg.start, "samples": samples}
+
+
+def analyse_loudness(settings: Mapping[str, Any], source: Source, work_dir: Path) -> dict[str, str]:
+    """loudnorm's first pass over the whole file (through the chain before it): its measurements."""
+    chain = analysis_chain(parse_chain(settings["filters"]), settings["loudnorm"])
+    log_path = work_dir / "loudnorm.log"
+    cmd_args = ["-af", f"{DOUBLE},{chain}", "-f", "null", "-"]
+    run_fed(cmd_args, source, 0, source.samples, log_path, loglevel="info")  # loudnorm prints at info
+    blocks = _JSON_BLOCK.findall(log_path.read_text("utf-8", "replace"))
+    if not blocks:
+        raise RenderError("loudnorm printed no measurements")
+    first_pass = json.loads(blocks[-1])
+    # Only what the second pass needs; the first pass's own output figures describe its dynamic mode.
+    measured = {k: str(first_pass[k]) for k in MEASURED}
+    check_linear(settings, measured)
+    return {**measured, "second_pass": "linear"}
+
+
+def check_linear(settings: Mapping[str, Any], measured: Mapping[str, str]) -> None:
+    """The second pass must be loudnorm's linear mode (a constant gain), or it cannot run on segments.
+
+    loudnorm picks linear mode when it starts, from the measurements and the targets
+    alone (the true peak after the gain must stay under TP, the loudness range under
+    LRA); otherwise it silently runs its dynamic mode. One run on a few seconds of
+    silence tells which this ffmpeg picks.
+    """
+    first = parse_chain(settings["filters"])[settings["loudnorm"]]
+    probe_filter = linear_loudnorm(first, dict(measured), print_format="json").text()
+    rate = settings["sample_rate"]
+    try:
+        proc = ffmpeg.run(
+            ["-nostats", "-loglevel", "info", "-f", "lavfi",
+             "-i", f"anullsrc=r={rate}:cl=mono:d={_PROBE_SECONDS}",
+             "-af", f"{DOUBLE},{probe_filter}", "-f", "null", "-"],
+            quiet=False,
+        )
+    except ffmpeg.FfmpegFailed as exc:
+        raise RenderError(f"loudnorm's second pass does not start: {exc.message}") from None
+    blocks = _JSON_BLOCK.findall(proc.stderr.decode("utf-8", "replace"))
+    kind = json.loads(blocks[-1]).get("normalization_type") if blocks else None
+    if kind != "linear":
+        raise RenderError(
+            "loudnorm cannot use its linear mode (a constant gain) for this audio: measured "
+            f"{measured['input_i']} LUFS, true peak {measured['input_tp']} dBTP, loudness range "
+            f"{measured['input_lra']} LU, so the gain to reach I would push the true peak over TP, or the "
+            "range is over LRA. Its dynamic mode needs the whole file in one run: lower I, raise TP or LRA, "
+            "or put a limiter before loudnorm in [audio] filters"
+        )
