@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str = "WARNING",
-                       extra: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
-    """Start agent processes that exit when this process does."""
+                       extra: list[str] | None = None, first: int = 1) -> list[subprocess.Popen[bytes]]:
+    """Start agent processes named local-<first>, ... that exit when this process does."""
     cmd = [sys.executable, "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
            "--slots", str(slots), "--parent-pid", str(os.getpid()), *(extra or [])]
-    return [subprocess.Popen([*cmd, "--id", f"local-{i + 1}"]) for i in range(count)]
+    return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"]) for i in range(count)]
 
 
 def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:

@@ -62,6 +62,7 @@ class ProjectRun:
         self.submitted = time.time()
         self.started_mono = time.monotonic()
         self.finished_mono: float | None = None
+        self.first_dispatch_s: float | None = None
         self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
         try:
             self.total: int | None = media.count(project)
@@ -160,6 +161,8 @@ class ProjectRun:
         return job
 
     def lease(self, job: Job, agent: AgentState, now: float) -> Lease:
+        if self.first_dispatch_s is None:
+            self.first_dispatch_s = now - self.started_mono
         lease_id = f"{self._lease_prefix}{next(self._lease_numbers):x}"
         lease = Lease(lease_id, self, job, agent.identity, agent.id, now, now + self.timeout)
         self.leases[job.key] = lease
@@ -292,6 +295,7 @@ class ProjectRun:
             "partial": round(running_fraction, 3),
             "retrying": len(self.ready),
             "elapsed_s": round(elapsed, 3),
+            "first_dispatch_s": self.first_dispatch_s,
             "rate": round(rate, 3) if rate else None,
             "eta_s": round(left / rate, 1) if rate and left is not None and self.active else None,
             "stalled": stalled,

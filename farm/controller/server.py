@@ -66,6 +66,7 @@ class Controller:
         self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0}
         self._stop = threading.Event()
         self._shutdown_agents = False
+        self._probes: list[float] = []
         self._bound = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -126,12 +127,27 @@ class Controller:
         log.info("controller listening on %s", self.url)
         self._bound.set()
         last_updates = last_lease_check = 0.0
+        # A closed connection (an agent process that died) is noticed at once through the
+        # socket monitor; heartbeats remain the rule for peers that go silent.
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
-                if self.sock.poll(50 if due is None else min(50, max(1, int(due * 1000)))):
+                events = dict(poller.poll(50 if due is None else min(50, max(1, int(due * 1000)))))
+                if events.get(self.sock):
                     self._drain()
                 now = time.monotonic()
+                if events.get(monitor):
+                    while monitor.poll(0):
+                        monitor.recv_multipart()
+                    # the pipe may close a moment after the event: probe now and twice more
+                    self._probes = [now, now + 0.05, now + 0.5]
+                if self._probes and now >= self._probes[0]:
+                    self._probes.pop(0)
+                    self._probe_agents()
                 self.journal.tick(now)
                 self._dispatch(now)
                 self._check_agents(now)
@@ -146,6 +162,8 @@ class Controller:
             if self._shutdown_agents:
                 for agent in self.registry:
                     self._send(agent.identity, T.SHUTDOWN)
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.journal.close()
 
@@ -194,6 +212,15 @@ class Controller:
             agent = self.registry.get(identity)
             if agent is not None:
                 self._drop_agent(agent, "sent too many bad messages")
+
+    def _probe_agents(self) -> None:
+        """After a connection closed: drop agents that are no longer routable (the event names no one)."""
+        for agent in self.registry:
+            try:
+                self.sock.send_multipart([agent.identity, *pack(T.HEARTBEAT)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    self._drop_agent(agent, "its connection closed")
 
     def _send(self, identity: bytes, kind: T, body: dict[str, Any] | None = None) -> bool:
         try:
