@@ -533,6 +533,36 @@ class ClientSecurity:
         sock.curve_serverkey = self.server_key
 
 
+def server_security_for(bind: str, keys_dir: Path | str | None = None, *, name: str = DEFAULT_SERVER_NAME,
+                        insecure: bool = False) -> ServerSecurity | None:
+    """The controller's policy: keys when `bind` reaches beyond loopback or a keys folder is given.
+
+    `insecure` turns security off, loudly when the address is not local.
+    """
+    if insecure:
+        if requires_security(bind):
+            log.warning("listening on %s WITHOUT authentication or encryption (--insecure): "
+                        "anyone who can reach it can submit projects and take jobs", bind)
+        return None
+    if keys_dir is None and not requires_security(bind):
+        return None
+    try:
+        return ServerSecurity(keys_dir, name)
+    except KeyFileError as exc:
+        raise SecurityError(f"{bind} is reachable from other machines, so the controller needs keys: {exc} "
+                            "(or pass --insecure to run without authentication or encryption)"
+                            if keys_dir is None else str(exc)) from None
+
+
+def client_security_for(url: str, keys_dir: Path | str | None = None, *, name: str = DEFAULT_CLIENT_NAME,
+                        server_key: str | bytes | Path = DEFAULT_SERVER_NAME,
+                        insecure: bool = False) -> ClientSecurity | None:
+    """The agent's and submit client's policy, the mirror of `server_security_for`."""
+    if insecure or (keys_dir is None and not requires_security(url)):
+        return None
+    return ClientSecurity(keys_dir, name, server_key)
+
+
 def authenticated_id(frame: zmq.Frame) -> str | None:
     """The Z85 public key the peer authenticated with (every frame of its messages carries it).
 

@@ -32,8 +32,10 @@ from farm.security import (
     SecurityError,
     ServerSecurity,
     authenticated_id,
+    client_security_for,
     default_keys_dir,
     requires_security,
+    server_security_for,
 )
 
 TIMEOUT_MS = 10_000  # generous: the machine is loaded; nothing waits this long unless it fails
@@ -274,6 +276,28 @@ def test_a_plain_socket_has_no_authenticated_id(sockets):
 )
 def test_requires_security(url, needed):
     assert requires_security(url) is needed
+
+
+def test_the_policy_keys_beyond_loopback_unless_insecure(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("FARM_KEYS", str(tmp_path / "no-keys-here"))
+    assert server_security_for("tcp://127.0.0.1:0") is None
+    assert server_security_for("tcp://0.0.0.0:0", insecure=True) is None
+    expected = (r"tcp://0.0.0.0:0 is reachable from other machines, so the controller needs keys: "
+                r".*no-keys-here/controller.key_secret: no secret key 'controller'; "
+                r"create one with `farm keys create controller` \(or pass --insecure")
+    with pytest.raises(SecurityError, match=expected):
+        server_security_for("tcp://0.0.0.0:0")
+    secured = server_security_for("tcp://127.0.0.1:0", store.root)  # keys asked for on loopback: used
+    assert secured is not None
+    secured.stop()
+
+    assert client_security_for("tcp://localhost:5555") is None
+    assert client_security_for("tcp://ctl-host:5555", insecure=True) is None
+    with pytest.raises(KeyFileError, match="no secret key 'node'"):
+        client_security_for("tcp://ctl-host:5555")
+    monkeypatch.setenv("FARM_KEYS", str(store.root))
+    client = client_security_for("tcp://ctl-host:5555", name="agent")
+    assert client is not None and client.server_key == store.load("controller").public
 
 
 # -- the keys folder ------------------------------------------------------------------
