@@ -79,7 +79,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
 
     shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
     try:
-        measured = probe.measure(path, convert)
+        measured = probe.measure(path, convert, info.codec)
     except probe.ProbeError as exc:
         raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
     if measured.samples == 0:

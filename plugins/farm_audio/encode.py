@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ _FIXED_FRAMES = {"flac": ("-frame_size", "4096")}
 _BITRATE = re.compile(r"^(\d{1,3})k$")
 #: raw PCM format that holds an encoder's input sample format exactly
 _RAW_OF = {"s16": "s16le", "s32": "s32le", "flt": "f32le", "fltp": "f32le", "dbl": "f64le"}
+
+
+#: encoders run on the controller's machine: below its priority, so it keeps answering agents
+_NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
 
 
 class OutputSpecError(ValueError):
@@ -130,8 +135,8 @@ def encode_all(pcm: Path, raw: str, sample_rate: int, layout: str, outputs: Sequ
         final = directory / f"{name}.{out.extension}"
         temp = directory / f".{name}.{out.extension}.part"
         cmd = [
-            ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout), "-i", str(pcm),
-            *out.args, *ffmpeg.BITEXACT, str(temp),
+            *_NICE, ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y",
+            *input_args(raw, sample_rate, layout), "-i", str(pcm), *out.args, *ffmpeg.BITEXACT, str(temp),
         ]
         log.debug("encoding %s: %s", out.spec, " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -104,8 +104,17 @@ def _parse_stream(stderr: str) -> StreamInfo:
     raise ProbeError(f"ffmpeg cannot read it: {ffmpeg.last_lines(stderr, 2)}")
 
 
-def measure(path: Path, audio_filter: str = "") -> Measured:
-    """Decode the first audio stream (through ``audio_filter``) and count its samples exactly."""
+def measure(path: Path, audio_filter: str = "", codec: str = "") -> Measured:
+    """Count the first audio stream's samples exactly (after ``audio_filter``, if any).
+
+    FLAC and PCM packets carry exact sample counts, so for them (with no filter) the
+    packets are counted without decoding, several times faster; everything else is decoded.
+    """
+    name = codec.split(" ")[0]
+    if not audio_filter and (name == "flac" or name.startswith("pcm_")):
+        counted = _count_packets(path)
+        if counted is not None:
+            return counted
     args = ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
     if audio_filter:
         args += ["-af", audio_filter]
@@ -114,6 +123,20 @@ def measure(path: Path, audio_filter: str = "") -> Measured:
     except ffmpeg.FfmpegFailed as exc:
         raise ProbeError(f"ffmpeg cannot decode it: {exc.message}") from None
     return parse_framecrc(proc.stdout.decode("ascii", "replace"))
+
+
+def _count_packets(path: Path) -> Measured | None:
+    """Sum the packets' durations, when the stream counts time in samples; None if it does not."""
+    try:
+        proc = ffmpeg.run(["-i", str(path), "-map", "0:a:0", "-c:a", "copy", "-f", "framecrc", "-"])
+    except ffmpeg.FfmpegFailed as exc:
+        raise ProbeError(f"ffmpeg cannot read it: {exc.message}") from None
+    text = proc.stdout.decode("ascii", "replace")
+    found = re.search(r"^#tb 0: 1/(\d+)$", text, re.M)
+    measured = parse_framecrc(text)
+    if not found or int(found.group(1)) != measured.sample_rate:
+        return None
+    return measured
 
 
 def parse_framecrc(text: str) -> Measured:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Source:
     layout: str
     channels: int
     samples: int
+    scratch: ScratchDir | None = field(default=None, compare=False, repr=False)  # keeps the file alive
 
     @property
     def frame_bytes(self) -> int:
@@ -94,7 +95,7 @@ def decoded_source(project_dir: Path, settings: Mapping[str, Any], cache: dict[s
         raise RenderError(f"ffmpeg cannot decode {settings['input']}: {exc.message}") from None
     source = Source(
         target, settings["raw"], settings["sample_rate"], settings["layout"], settings["channels"],
-        settings["samples"],
+        settings["samples"], scratch,
     )
     got = target.stat().st_size // source.frame_bytes
     if got != settings["samples"]:

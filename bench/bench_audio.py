@@ -1,0 +1,143 @@
+"""Benchmark the audio media type: a 30-minute input through the podcast chain, farm vs one ffmpeg.
+
+    python bench/bench_audio.py [--minutes 30] [--agents 2] [--segment 10] [--format flac]
+                                [--variants sample,no-loudnorm]
+
+The input is made at bench time in a temporary folder: the podcast sample's three
+minutes, looped (nothing is downloaded, nothing is left behind). Baseline, measured in
+the same run: the same chain over the whole file with ffmpeg itself, the way one would
+without a farm: loudnorm's first pass, then one run of the whole chain encoding every
+output. The farm runs through ``farm.embedded.submit_embedded`` (controller in-process,
+real agent processes); its time includes loading the project (which decodes the input
+once to count its samples), every agent decoding the input once, the segments, the
+join and the encodes. Prints both times, the ratio and whether the outputs are
+byte-identical; asserts nothing. The second variant drops loudnorm, whose analysis is
+one serial whole-file pass that every segment waits for, to show the parallel part alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from common import machine, report
+from farm_audio import ffmpeg
+from farm_audio.chain import chain_text, parse_chain
+from farm_audio.config import analysis_chain
+from farm_audio.encode import Output
+from farm_audio.render import MEASURED, whole_file_filter
+
+from farm.project import load_project
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_projects" / "podcast"
+
+
+def make_input(folder: Path, minutes: float, fmt: str) -> Path:
+    """The sample's source looped to ``minutes`` minutes, encoded as ``fmt``."""
+    codec = {  # as a typical file of each kind: 16-bit FLAC in 4096-sample blocks, speech-rate Opus
+        "flac": ["-c:a", "flac", "-sample_fmt", "s16", "-frame_size", "4096"],
+        "opus": ["-c:a", "libopus", "-b:a", "20k"],
+        "wav": ["-c:a", "pcm_s16le"],
+    }
+    target = folder / f"source.{fmt}"
+    loops = int(minutes * 60 / 180) + 1
+    ffmpeg.run(["-y", "-stream_loop", str(loops), "-i", str(SAMPLE / "source.opus"), "-t", f"{minutes * 60}",
+                *codec[fmt], *ffmpeg.BITEXACT, str(target)])
+    return target
+
+
+def make_project(folder: Path, source: Path, segment: float, loudnorm: bool) -> Path:
+    """The podcast sample's settings on ``source``; without its loudnorm if asked."""
+    audio = tomllib.loads((SAMPLE / "farm.toml").read_text())["audio"]
+    filters = parse_chain(audio["filters"])
+    if not loudnorm:
+        filters = [f for f in filters if f.name != "loudnorm"]
+    folder.mkdir()
+    shutil.copy(source, folder / source.name)
+    (folder / "farm.toml").write_text(
+        f'[project]\nname = "bench"\nmedia_type = "audio"\n\n[audio]\ninput = "{source.name}"\n'
+        f"filters = {json.dumps(chain_text(filters))}\nsegment = {segment}\n"
+        f"outputs = {json.dumps(audio['outputs'])}\nname = {json.dumps(audio['name'])}\n"
+    )
+    return folder
+
+
+def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, dict[str, str] | None]:
+    """One ffmpeg over the whole file (two for loudnorm's two passes); returns (seconds, measurements)."""
+    settings = load_project(project_dir).settings
+    source = str(project_dir / settings["input"])
+    out.mkdir()
+    started = time.perf_counter()
+    measured = None
+    if settings["loudnorm"] is not None:
+        chain = analysis_chain(parse_chain(settings["filters"]), settings["loudnorm"])
+        proc = ffmpeg.run(["-nostats", "-loglevel", "info", "-i", source, "-map", "0:a:0",
+                           "-af", f"aformat=sample_fmts=dbl,{chain}", "-f", "null", "-"], quiet=False)
+        text = proc.stderr.decode()
+        found = re.findall(r"\{[^{}]*\"input_i\"[^{}]*\}", text)
+        first = json.loads(found[-1])
+        measured = {k: first[k] for k in MEASURED}
+    outputs = [Output.from_wire(o) for o in settings["outputs"]]
+    labels = "".join(f"[o{i}]" for i in range(len(outputs)))
+    graph = f"[0:a:0]{whole_file_filter(settings, measured)},asplit={len(outputs)}{labels}"
+    args = ["-y", "-i", source, "-filter_complex", graph]
+    for i, o in enumerate(outputs):
+        args += ["-map", f"[o{i}]", *o.args, *ffmpeg.BITEXACT, str(out / f"{settings['name']}.{o.extension}")]
+    ffmpeg.run(args)
+    return time.perf_counter() - started, measured
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--segment", type=float, default=10.0, help="seconds per job")
+    parser.add_argument("--format", choices=("flac", "opus", "wav"), default="flac")
+    parser.add_argument("--variants", default="sample,no-loudnorm",
+                        help="sample: the podcast chain; no-loudnorm: without its serial analysis pass")
+    args = parser.parse_args()
+    try:
+        from farm.embedded import submit_embedded
+    except ImportError:
+        sys.exit("farm.embedded is not available: this benchmark needs the embedded farm")
+
+    print(f"# audio: {args.minutes:g} min podcast chain, {args.agents} agents, {args.segment:g} s segments; "
+          f"{machine()}")
+    with tempfile.TemporaryDirectory(prefix="bench-audio-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        source = make_input(root, args.minutes, args.format)
+        print(f"# input: {source.name}, {source.stat().st_size / 1e6:.1f} MB, made in "
+              f"{time.perf_counter() - started:.1f} s")
+        for variant in args.variants.split(","):
+            project = make_project(root / variant, source, args.segment, loudnorm=variant == "sample")
+            single_s, _ = single_ffmpeg(project, root / f"{variant}-single")
+            started = time.perf_counter()
+            summary = submit_embedded(project, agents=args.agents)
+            farm_s = time.perf_counter() - started
+            if not summary.ok:
+                print(f"# {variant}: the farm failed: {summary.failures[:3] or summary.error}")
+                return 1
+            settings = load_project(project).settings
+            names = [f"{settings['name']}.{o['extension']}" for o in settings["outputs"]]
+            single = root / f"{variant}-single"
+            same = all((project / "output" / n).read_bytes() == (single / n).read_bytes() for n in names)
+            what = "podcast chain" if variant == "sample" else "chain without loudnorm"
+            report(f"{what}, wall", f"{farm_s:.1f} s ({summary.total} jobs, run {summary.elapsed_s:.1f} s)",
+                   f"{single_s:.1f} s (one ffmpeg)", ratio=single_s / farm_s)
+            print(f"#   outputs byte-identical to the single ffmpeg run: {'yes' if same else 'NO'} "
+                  f"({', '.join(names)}); farm {args.minutes * 60 / farm_s:.0f}x real time, "
+                  f"ffmpeg {args.minutes * 60 / single_s:.0f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
