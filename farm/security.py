@@ -108,7 +108,7 @@ def read_certificate(path: Path, *, secret: bool = False) -> tuple[bytes, bytes 
         except OSError as exc:
             raise KeyFileError(path, f"cannot read it: {exc.strerror}") from None
         if stat.S_ISREG(mode) and mode & 0o077:
-            raise KeyFileError(path, f"secret key file is readable by group or others (mode "
+            raise KeyFileError(path, f"secret key file is open to group or others (mode "
                                      f"{stat.S_IMODE(mode):04o}); run `chmod 600 {path}`")
     try:
         public, secret_key = zmq.auth.load_certificate(path)

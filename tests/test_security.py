@@ -332,7 +332,7 @@ def test_default_keys_dir(monkeypatch, tmp_path):
 def test_a_secret_readable_by_others_is_refused(store):
     path = store.secret_path("agent")
     path.chmod(0o640)
-    with pytest.raises(KeyFileError, match=rf"{path}: secret key file is readable by group or others "
+    with pytest.raises(KeyFileError, match=rf"{path}: secret key file is open to group or others "
                                            rf"\(mode 0640\); run `chmod 600 {path}`"):
         ClientSecurity(store.root, "agent")
 
@@ -441,7 +441,7 @@ def test_keys_cli_refuses_a_secret_file_others_can_read(tmp_path):
     (tmp_path / "node.key_secret").chmod(0o644)
     code, _, err = keys("list", root=tmp_path)
     secret = tmp_path / "node.key_secret"
-    assert code == 1 and f"{secret}: secret key file is readable by group or others" in err
+    assert code == 1 and f"{secret}: secret key file is open to group or others" in err
 
 
 # -- a real secured farm --------------------------------------------------------------
