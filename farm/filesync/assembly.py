@@ -185,6 +185,14 @@ class Assembly:
         self._mark_done(block_hash)
         return Outcome.DONE
 
+    def describe(self, block_hash: bytes) -> str:
+        """A block as people know it: its file and index."""
+        places = self._need.get(block_hash)
+        if not places:
+            return f"block {block_hash.hex()[:16]}"
+        part, index = places[0]
+        return f"{part.entry.path}: block {index}"
+
     # -- results --------------------------------------------------------------------
 
     def take_ready(self) -> list[tuple[FileEntry, Path]]:

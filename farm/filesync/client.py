@@ -24,7 +24,7 @@ import zmq
 from farm.errors import ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import Assembly, Outcome
-from farm.filesync.errors import SyncError, TransferError, VerifyError
+from farm.filesync.errors import ManifestError, SyncError, TransferError, UnsafeFile, VerifyError
 from farm.filesync.hashcache import HashCache
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.limits import DEFAULT_LIMITS, Limits, MiB
@@ -392,13 +392,21 @@ class FileClient:
         except ProtocolError as exc:
             raise TransferError(f"malformed reply from {self.endpoint}: {exc}") from None
         if not body["ok"]:
-            raise TransferError(f"file server refused {op}: {body.get('error')}")
+            error = _ERRORS.get(body.get("code") or "", TransferError)
+            raise error(f"file server refused {op}: {body.get('error')}")
         return body, payloads
 
     def _need_store(self) -> Store:
         if self.store is None:
             raise SyncError("this FileClient has no store to fetch into")
         return self.store
+
+
+_ERRORS: dict[str, type[SyncError]] = {
+    wire.VERIFY: VerifyError,
+    wire.UNSAFE: UnsafeFile,
+    wire.BAD_MANIFEST: ManifestError,
+}
 
 
 class _TreeReader:

@@ -75,7 +75,6 @@ class FileEntry:
         if not isinstance(path, str):
             raise ManifestError(f"entry path must be a string, got {type(path).__name__}")
         where = f"manifest entry {path[:200]!r}"
-        check_path(path, limits)
         for name, value in (
             ("size", size),
             ("mtime_ns", mtime_ns),
@@ -118,7 +117,11 @@ def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
 
 
 class Manifest:
-    """An immutable, sorted set of `FileEntry` with a stable ``id`` (hash of its entries)."""
+    """An immutable, sorted set of `FileEntry` with a stable ``id`` (hash of its entries).
+
+    Paths are checked on construction, so no manifest with an unsafe path exists, whether
+    it was scanned here or decoded from the network.
+    """
 
     __slots__ = ("_by_path", "entries", "id", "total_size")
 
@@ -133,6 +136,7 @@ class Manifest:
             )
             raise ManifestError(f"path {dup!r} appears twice in the manifest")
         for entry in self.entries:
+            check_path(entry.path, limits)
             parent = entry.path.rpartition("/")[0]
             while parent:
                 if parent in self._by_path:

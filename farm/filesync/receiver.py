@@ -104,7 +104,8 @@ class Upload:
             if self._assembly.accept(block_hash, offset, view(data)) is Outcome.BAD:
                 self._bad[block_hash] += 1
                 if self._bad[block_hash] >= MAX_BAD:
-                    raise VerifyError(f"block {block_hash.hex()[:16]} failed verification {MAX_BAD} times")
+                    where = self._assembly.describe(block_hash)
+                    raise VerifyError(f"{where} failed verification {MAX_BAD} times")
                 bad.append(block_hash)
         self._collect()
         return bad

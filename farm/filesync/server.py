@@ -26,7 +26,7 @@ import zmq
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import BlockSource
-from farm.filesync.errors import SyncError
+from farm.filesync.errors import ManifestError, SyncError, VerifyError
 from farm.filesync.fairqueue import FairQueue
 from farm.filesync.limits import DEFAULT_LIMITS, Limits
 from farm.filesync.manifest import Manifest
@@ -237,7 +237,8 @@ class FileServer:
             cost = sum(wire.frame_len(f) for f in request.payloads)
             if request.op == wire.GET:
                 cost += sum(i[2] for i in request.body["items"] if len(i) == 3 and isinstance(i[2], int))
-            if not self._queue.push(client, request, max(cost, _SMALL_COST)):
+            cost = min(max(cost, _SMALL_COST), self.limits.max_chunk)  # an oversized ask is refused later
+            if not self._queue.push(client, request, cost):
                 self._drop(f"client {client.hex()[:12]} has too many requests queued; dropping one")
 
     def _drop(self, why: str) -> None:
@@ -251,7 +252,7 @@ class FileServer:
         except (FarmError, UnsafePath) as exc:
             self.counters.errors += 1
             log.info("file-sync %s refused: %s", request.op, exc)
-            frames = wire.error_frames(request.rid, str(exc))
+            frames = wire.error_frames(request.rid, str(exc), _code(exc))
         except Exception as exc:  # a bug must not take the controller's file service down
             self.counters.errors += 1
             log.exception("file-sync %s failed", request.op)
@@ -385,6 +386,16 @@ class FileServer:
             self._uploads.pop(upload.token, None)
         self.counters.uploads_failed += 1
         return upload.fail(error)
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, VerifyError):
+        return wire.VERIFY
+    if isinstance(exc, UnsafePath):
+        return wire.UNSAFE
+    if isinstance(exc, ManifestError):
+        return wire.BAD_MANIFEST
+    return wire.REFUSED
 
 
 class _IndexSource:

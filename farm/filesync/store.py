@@ -199,6 +199,7 @@ class Store:
 
     def find_block(self, block_hash: bytes) -> list[tuple[Path, int, int]]:
         """Where a block with this hash may be read: (file, offset, length); callers verify."""
+        self.flush()
         rows = (
             self._db()
             .execute(

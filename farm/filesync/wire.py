@@ -37,7 +37,9 @@ REQUESTS: dict[str, dict[str, Any]] = {
     COMMIT: {"op": str, "rid": int, "token": str},
     ABORT: {"op": str, "rid": int, "token": str, "error": str},
 }
-REPLY: dict[str, Any] = {"rid": int, "ok": bool, "error": opt(str)}
+REPLY: dict[str, Any] = {"rid": int, "ok": bool, "error": opt(str), "code": opt(str)}
+# error codes, so the sender raises the matching error
+VERIFY, UNSAFE, BAD_MANIFEST, REFUSED = "verify", "unsafe", "manifest", "refused"
 REPLIES: dict[str, dict[str, Any]] = {
     MANIFEST: {**REPLY, "id": str, "same": bool},
     GET: REPLY,
@@ -115,8 +117,8 @@ def reply_frames(rid: int, fields: dict[str, Any] | None = None, payloads: Seque
     return [*pack(T.FS_REPLY, {"rid": rid, "ok": True, **(fields or {})}), *payloads]
 
 
-def error_frames(rid: int, error: str) -> list[Any]:
-    return pack(T.FS_REPLY, {"rid": rid, "ok": False, "error": error[:2000]})
+def error_frames(rid: int, error: str, code: str = REFUSED) -> list[Any]:
+    return pack(T.FS_REPLY, {"rid": rid, "ok": False, "error": error[:2000], "code": code})
 
 
 def check_hash(value: Any, where: str) -> bytes:
