@@ -551,7 +551,7 @@ def server_security_for(bind: str, keys_dir: Path | str | None = None, *, name: 
     except KeyFileError as exc:
         raise SecurityError(f"{bind} is reachable from other machines, so the controller needs keys: {exc} "
                             "(or pass --insecure to run without authentication or encryption)"
-                            if keys_dir is None else str(exc)) from None
+                            if requires_security(bind) else str(exc)) from None
 
 
 def client_security_for(url: str, keys_dir: Path | str | None = None, *, name: str = DEFAULT_CLIENT_NAME,

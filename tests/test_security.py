@@ -465,7 +465,7 @@ class AgentThread:
 def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_path, synthetic):
     server = ServerSecurity(store.root)
     controller = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4,
-                            socket_setup=server.socket_setup)
+                            security=server)
     agents: list[AgentThread] = []
     try:
         controller.start()
@@ -483,7 +483,8 @@ def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_
         assert summary.ok, summary
         assert (summary.total, summary.done) == (20, 20)
         assert len(list((project / "output").glob("*.bin"))) == 20
-        assert [a["id"] for a in controller.status()["agents"]] == ["good"]
+        # its identity is the key it proved (allowed as "agent"), not the id it claimed ("good")
+        assert [a["id"] for a in controller.status()["agents"]] == ["agent"]
         assert not agents[0].agent.connected and not agents[0].agent.held
         assert server.refusals >= 1
     finally:

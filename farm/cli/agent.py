@@ -8,6 +8,7 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.cli.errors import reported
+from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
 
 
 def agent(
@@ -19,8 +20,13 @@ def agent(
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Extra capability to advertise.")] = None,
     agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+    keys_dir: KeysDir = None,
+    key: Annotated[str, typer.Option("--key", help="This node's key pair name.")] = "node",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
     with reported():
+        security = client_security(controller, keys_dir, key, server_key, insecure)
         Agent(controller, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
-              parent_pid=parent_pid).run()
+              parent_pid=parent_pid, socket_setup=security.socket_setup if security else None).run()

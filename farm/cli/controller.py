@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.options import Insecure, KeysDir
 from farm.controller.server import Controller
+from farm.security import server_security_for
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,23 @@ def controller(
     state_dir: Annotated[Optional[Path], typer.Option(help="Where the controller keeps its state.")] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before an agent is declared dead.")] = 3,
+    keys_dir: KeysDir = None,
+    key: Annotated[str, typer.Option("--key", help="This controller's key pair name.")] = "controller",
+    insecure: Insecure = False,
 ) -> None:
-    """Run a controller until interrupted (Ctrl-C or SIGTERM)."""
+    """Run a controller until interrupted (Ctrl-C or SIGTERM).
+
+    Beyond loopback it requires CURVE keys (`farm keys`) unless --insecure is given.
+    """
     with reported():
-        ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat, liveness=liveness)
+        security = server_security_for(bind, keys_dir, name=key, insecure=insecure)
+        ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
+                         liveness=liveness, security=security)
         signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
         try:
             ctl.start()
+            if security:
+                typer.echo(f"controller public key {security.public_key}", err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
             while ctl._thread is not None and ctl._thread.is_alive():
                 ctl._thread.join(0.5)
@@ -41,3 +53,5 @@ def controller(
             pass
         finally:
             ctl.stop()
+            if security:
+                security.stop()  # after the sockets it authenticates for

@@ -8,19 +8,30 @@ from typing import Annotated, Any
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
 from farm.client import Client
 from farm.progress import format_duration, summary_text
 
 ControllerOption = Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
                                                help="The controller to ask.")]
+KeyName = Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")]
+
+
+def connect(url: str, keys_dir, key: str, server_key: str, insecure: bool) -> Client:
+    security = client_security(url, keys_dir, key, server_key, insecure)
+    return Client(url, socket_setup=security.socket_setup if security else None)
 
 
 def status(
     controller: ControllerOption = "tcp://127.0.0.1:5555",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    keys_dir: KeysDir = None,
+    key: KeyName = "client",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
 ) -> None:
     """Show the controller's agents and projects."""
-    with reported(), Client(controller) as client:
+    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
         report = client.status()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -54,8 +65,12 @@ def status_text(report: dict[str, Any]) -> str:
 def cancel(
     project: Annotated[str, typer.Argument(help="The project's id (see farm status) or name.")],
     controller: ControllerOption = "tcp://127.0.0.1:5555",
+    keys_dir: KeysDir = None,
+    key: KeyName = "client",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
 ) -> None:
     """Cancel a project: its jobs are withdrawn from agents; outputs collated so far stay."""
-    with reported(), Client(controller) as client:
+    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
         summary = client.cancel(project)
     typer.echo(summary_text(summary))

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
 from farm.client import submit as submit_remote
 from farm.embedded import submit_embedded
 from farm.progress import ProgressBar, summary_text
@@ -26,14 +27,20 @@ def submit(
         "--output", "-o", help="Output folder, relative to the project (default: [output] directory).")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first on a shared controller.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary object at the end.")] = False,
+    keys_dir: KeysDir = None,
+    key: Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")] = "client",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     bar = ProgressBar(enabled=None if not as_json else False)
     with reported():
         try:
             if controller:
+                security = client_security(controller, keys_dir, key, server_key, insecure)
                 summary = submit_remote(controller, load_project(project_dir, output=output),
-                                        priority=priority, on_update=bar.update)
+                                        priority=priority, on_update=bar.update,
+                                        socket_setup=security.socket_setup if security else None)
             else:
                 summary = submit_embedded(project_dir, agents=agents, output=output,
                                           on_update=bar.update, priority=priority)

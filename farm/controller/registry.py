@@ -19,6 +19,7 @@ class AgentState:
     prefetch: int
     caps: set[str]
     missing: dict[str, str]
+    key: str | None = None  # its authenticated public key, when CURVE is on
     held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
     known_projects: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)

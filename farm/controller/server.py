@@ -13,7 +13,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from farm.paths import UnsafePath, safe_relpath
 from farm.plugins import get_media_type
 from farm.project import load_project
 from farm.protocol import T, Message, pack, unpack
+from farm.security import ServerSecurity, authenticated_id
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,13 @@ class Controller:
         state_dir: Path,
         heartbeat: float = 1.0,
         liveness: int = 3,
-        socket_setup: Callable[[zmq.Socket], None] | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.bind = bind
         self.state_dir = Path(state_dir)
         self.heartbeat = heartbeat
         self.liveness = liveness
-        self.socket_setup = socket_setup
+        self.security = security
         self.url: str | None = None
         self.registry = Registry()
         self.runs: dict[str, ProjectRun] = {}
@@ -114,8 +114,8 @@ class Controller:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting agent takes its identity back
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        if self.socket_setup:
-            self.socket_setup(self.sock)
+        if self.security:
+            self.security.socket_setup(self.sock)
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
@@ -185,11 +185,20 @@ class Controller:
     # -- messages ------------------------------------------------------------------
 
     def _drain(self) -> None:
+        secured = self.security is not None
         for _ in range(10000):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
                 return
+            key = None
+            if secured:
+                assert self.security is not None
+                key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
+                frames = [f.bytes for f in frames]
+                if not self.security.allows(key):
+                    self._bad(frames[0], "its key is not (or no longer) allowed")
+                    continue
             identity, *rest = frames
             try:
                 msg = unpack(rest)
@@ -197,7 +206,7 @@ class Controller:
                 self._bad(identity, str(exc))
                 continue
             try:
-                self._handle(identity, msg)
+                self._handle(identity, msg, key)
             except ProtocolError as exc:
                 self._bad(identity, str(exc))
 
@@ -231,19 +240,21 @@ class Controller:
         self.last_sent[identity] = time.monotonic()
         return True
 
-    def _handle(self, identity: bytes, msg: Message) -> None:
+    def _handle(self, identity: bytes, msg: Message, key: str | None = None) -> None:
         if msg.type in CLIENT_MESSAGES:
             self._handle_client(identity, msg)
             return
         if msg.type not in AGENT_MESSAGES:
             raise ProtocolError(f"{msg.type.name} is not a message a controller accepts")
         if msg.type is T.HELLO:
-            self._hello(identity, msg.body)
+            self._hello(identity, msg.body, key)
             return
         agent = self.registry.get(identity)
         if agent is None:  # e.g. we restarted under a running agent: make it introduce itself
             self._send(identity, T.ERROR, {"message": "unknown agent: say HELLO"})
             return
+        if agent.key != key:
+            raise ProtocolError(f"message for agent {agent.id} signed by another key")
         agent.last_seen = time.monotonic()
         if msg.type is T.RESULTS:
             self._results(agent, msg)
@@ -254,10 +265,18 @@ class Controller:
         elif msg.type is T.BYE:
             self._drop_agent(agent, "agent left")
 
-    def _hello(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _hello(self, identity: bytes, body: dict[str, Any], key: str | None) -> None:
+        known = self.registry.get(identity)
+        if known is not None and known.key != key:  # ROUTER_HANDOVER must not let one key take another's place
+            raise ProtocolError(f"HELLO reusing agent {known.id}'s routing id with another key")
+        claimed = body["agent"]
+        if key is not None:
+            assert self.security is not None
+            claimed = self.security.name_of(key) or key[:16]
         agent = AgentState(
             identity=identity,
-            id=body["agent"],
+            id=claimed,
+            key=key,
             host=body["host"],
             slots=max(1, min(body["slots"], 4096)),
             prefetch=max(0, min(body["prefetch"], 4096)),
