@@ -108,7 +108,12 @@ class MediaType:
         outputs: Mapping[str, Path],
         ctx: CollateContext,
     ) -> None:
-        """Take in one finished job's outputs (name -> staged file; move or copy them)."""
+        """Take in one finished job's outputs (name -> staged file; move or copy them).
+
+        Runs in the controller's loop: keep it quick. It must be durable when it returns (the
+        job is then journaled as done) and idempotent (after a controller crash a job may be
+        collated again). Never at the same time as `finalize`, but on another thread.
+        """
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         """Called once after every job is collated; returns the final output files."""
