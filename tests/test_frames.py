@@ -409,6 +409,24 @@ def test_finalize_refuses_an_incomplete_sequence(tmp_path):
     assert not list((root / "output").glob("*.mp4"))
 
 
+def test_collating_a_job_again_replaces_its_frames(tmp_path):
+    """After a controller restart a job may be rendered and collated twice."""
+    root = write_project(tmp_path / "p", frames="1-2", frames_extra="chunk = 2")
+    project = load_project(root)
+    job = next(iter(media().split(project)))
+    ctx = CollateContext(project, project.output_dir, {})
+    first = synthetic_frames(tmp_path / "first", [1, 2])
+    media().collate(job, None, {f"frames/{p.name}": p for p in first}, ctx)
+    again = synthetic_frames(tmp_path / "again", [7, 8])  # other pixels, under the same names
+    expected = [p.read_bytes() for p in again]
+    again = [p.rename(p.with_name(f"frame_00000{n}.png")) for n, p in zip((1, 2), again)]
+    media().collate(job, None, {f"frames/{p.name}": p for p in again}, ctx)
+    placed = sorted((root / "output" / "frames").iterdir())
+    assert [p.read_bytes() for p in placed] == expected
+    assert [p.name for p in placed] == ["frame_000001.png", "frame_000002.png"]
+    assert probe_video(media().finalize(ctx)[0]).frames == 2
+
+
 def test_collate_refuses_a_job_without_its_frames(tmp_path):
     root = write_project(tmp_path / "p", frames="1-4", frames_extra="chunk = 2")
     project = load_project(root)

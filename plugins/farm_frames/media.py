@@ -3,8 +3,10 @@ controller gathers them into ``frames/`` and encodes a video and a contact sheet
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -161,14 +163,12 @@ class Frames(MediaType):
         missing = expected - set(outputs)
         if missing:
             raise RenderError(f"job {job.key} came back without {', '.join(sorted(missing)[:5])}")
-        target = ctx.output_dir / FRAMES_DIR
-        target.mkdir(parents=True, exist_ok=True)
+        (ctx.output_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
         for name, staged in outputs.items():
             if name in expected:
-                shutil.move(staged, ctx.output_dir / name)
+                _place(staged, ctx.output_dir / name)
             else:
                 ctx.log.warning("job %s: ignoring unexpected output %s", job.key, name)
-        ctx.state["collated"] = ctx.state.get("collated", 0) + len(expected)
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         settings = ctx.project.settings
@@ -195,6 +195,18 @@ class Frames(MediaType):
         )
         sheet = contact_sheet(frames, ctx.output_dir / f"{stem}-contact.png")
         return [out, sheet]
+
+
+def _place(staged: Path, dest: Path) -> None:
+    """Put a frame in place whole or not at all, replacing an earlier copy (a re-collated job)."""
+    try:
+        os.replace(staged, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = dest.with_name(f".{dest.name}.partial")  # another file system: copy, then rename
+        shutil.copyfile(staged, partial)
+        os.replace(partial, dest)
 
 
 def _render_error(message: str, tail: Any) -> RenderError:
