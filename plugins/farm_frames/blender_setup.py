@@ -46,4 +46,5 @@ def main():
     apply(json.loads(raw))
 
 
-main()
+if __name__ == "__main__":  # Blender runs --python scripts as __main__
+    main()
