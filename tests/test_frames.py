@@ -501,6 +501,22 @@ def test_exr_frames(blender, tmp_path):
 
 
 @pytest.mark.slow
+def test_blend_file_scene_keeps_its_own_settings(blender, tmp_path):
+    """A .blend loads as saved; settings the project leaves out (here: resolution) stay the file's."""
+    root = write_project(tmp_path / "p", frames="5-6")
+    save = ("import bpy; s = bpy.context.scene; s.render.resolution_x, s.render.resolution_y = 40, 30; "
+            f"bpy.ops.wm.save_as_mainfile(filepath={str(root / 'scene.blend')!r})")
+    subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1",
+                    "--python", str(root / "scene.py"), "--python-expr", save], capture_output=True, check=True)
+    toml = root / "farm.toml"
+    toml.write_text(toml.read_text().replace('scene = "scene.py"', 'scene = "scene.blend"')
+                    .replace(f"resolution = [{WIDTH}, {HEIGHT}]\n", ""))
+    result, out = render_chunk(root, [[5, 6]], tmp_path / "scratch")
+    assert result["size"] == [40, 30]
+    assert [p.name for p in sorted((out / "frames").iterdir())] == ["frame_000005.png", "frame_000006.png"]
+
+
+@pytest.mark.slow
 def test_blender_crash_fails_with_its_log(blender, tmp_path):
     crash = """
         import os
