@@ -507,7 +507,8 @@ def test_blend_file_scene_keeps_its_own_settings(blender, tmp_path):
     save = ("import bpy; s = bpy.context.scene; s.render.resolution_x, s.render.resolution_y = 40, 30; "
             f"bpy.ops.wm.save_as_mainfile(filepath={str(root / 'scene.blend')!r})")
     subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1",
-                    "--python", str(root / "scene.py"), "--python-expr", save], capture_output=True, check=True)
+                    "--python", str(root / "scene.py"), "--python-expr", save],
+                   capture_output=True, check=True)
     toml = root / "farm.toml"
     toml.write_text(toml.read_text().replace('scene = "scene.py"', 'scene = "scene.blend"')
                     .replace(f"resolution = [{WIDTH}, {HEIGHT}]\n", ""))
