@@ -85,7 +85,7 @@ def run_streaming(
             cwd=cwd,
             env=env,
             start_new_session=True,
-            preexec_fn=_death_signal(),  # noqa: PLW1509 - only calls prctl, looked up before fork
+            preexec_fn=_death_signal(),  # only calls prctl, looked up before the fork
         )
         try:
             if on_start is not None:
