@@ -229,6 +229,16 @@ def test_every_input_format_joins_exactly(tmp_path: Path, sources: Path, source:
     assert decode(run.outputs[0]) == decode(ref)
 
 
+def test_an_input_whose_name_has_a_colon(tmp_path: Path, sources: Path) -> None:
+    """ffmpeg reads "take:1.flac" as protocol "take" unless told it is a file."""
+    shutil.copy(sources / "source.flac", sources / "take:1.flac")
+    root = make_project(tmp_path, sources, 'filters = "volume=0.5"\nsegment = 1\noutputs = ["wav"]\n',
+                        source="take:1.flac")
+    run = run_local(root)
+    assert [p.name for p in run.outputs] == ["take_1.wav"]  # output names stay portable
+    assert len(decode(run.outputs[0], "s16le")) == run.project.settings["samples"] * 2
+
+
 def test_rate_and_channels_are_converted_once_over_the_whole_file(tmp_path: Path, sources: Path) -> None:
     root = make_project(tmp_path, sources, 'filters = "lowpass=f=3000"\nsegment = 0.5\nsample_rate = 22050\n'
                                            'channels = 1\noutputs = ["wav"]\n')

@@ -48,10 +48,12 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     lead_out_setting = s.number("lead_out", None, min=0)
     keep_tail = s.boolean("tail", True)
     output_specs = s.str_list("outputs", list(DEFAULT_OUTPUTS))
-    name = s.str("name", Path(input_rel).stem)
+    name = s.str("name", None)
     s.finish()
 
-    if not _NAME.match(name):
+    if name is None:  # the input's stem, made safe for any file system
+        name = re.sub(r"[^A-Za-z0-9._ -]", "_", Path(input_rel).stem).lstrip("._ -") or "audio"
+    elif not _NAME.match(name):
         raise s.error("name", f"{name!r} is not a plain file name (letters, digits, '.', '_', '-', spaces)")
     try:
         filters = parse_chain(filters_text)

@@ -136,7 +136,8 @@ def encode_all(pcm: Path, raw: str, sample_rate: int, layout: str, outputs: Sequ
         temp = directory / f".{name}.{out.extension}.part"
         cmd = [
             *_NICE, ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y",
-            *input_args(raw, sample_rate, layout), "-i", str(pcm), *out.args, *ffmpeg.BITEXACT, str(temp),
+            *input_args(raw, sample_rate, layout), "-i", ffmpeg.file_arg(pcm),
+            *out.args, *ffmpeg.BITEXACT, ffmpeg.file_arg(temp),
         ]
         log.debug("encoding %s: %s", out.spec, " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -66,6 +66,11 @@ _GENERIC = (
 )
 
 
+def file_arg(path: os.PathLike[str] | str) -> str:
+    """A path as an ffmpeg URL: ``file:`` first, so a name with a colon is never read as a protocol."""
+    return f"file:{os.fspath(path)}"
+
+
 def last_lines(text: str, count: int = 4) -> str:
     """The last meaningful lines of ffmpeg's stderr: usually the real error.
 

@@ -84,7 +84,7 @@ def probe_stream(path: Path) -> StreamInfo:
     if not path.is_file():
         raise ProbeError(f"{path} does not exist")
     try:
-        ffmpeg.run(["-i", str(path)], quiet=False)
+        ffmpeg.run(["-i", ffmpeg.file_arg(path)], quiet=False)
     except ffmpeg.FfmpegFailed as exc:  # ffmpeg with only an input always exits 1
         return _parse_stream(exc.stderr)
     raise ProbeError("ffmpeg gave no stream information")  # pragma: no cover
@@ -115,7 +115,7 @@ def measure(path: Path, audio_filter: str = "", codec: str = "") -> Measured:
         counted = _count_packets(path)
         if counted is not None:
             return counted
-    args = ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    args = ["-i", ffmpeg.file_arg(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
     if audio_filter:
         args += ["-af", audio_filter]
     try:
@@ -128,7 +128,8 @@ def measure(path: Path, audio_filter: str = "", codec: str = "") -> Measured:
 def _count_packets(path: Path) -> Measured | None:
     """Sum the packets' durations, when the stream counts time in samples; None if it does not."""
     try:
-        proc = ffmpeg.run(["-i", str(path), "-map", "0:a:0", "-c:a", "copy", "-f", "framecrc", "-"])
+        args = ["-i", ffmpeg.file_arg(path), "-map", "0:a:0", "-c:a", "copy", "-f", "framecrc", "-"]
+        proc = ffmpeg.run(args)
     except ffmpeg.FfmpegFailed as exc:
         raise ProbeError(f"ffmpeg cannot read it: {exc.message}") from None
     text = proc.stdout.decode("ascii", "replace")

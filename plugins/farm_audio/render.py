@@ -102,8 +102,8 @@ def render_segment(
 ) -> dict[str, int]:
     """Render one segment to raw PCM at ``out_path``; returns where it goes and its length."""
     graph = segment_filter(settings, seg, deps)
-    run_fed(["-af", graph, "-f", settings["pcm"], str(out_path)], source, seg.read_start, seg.read_end,
-            work_dir / "ffmpeg.log")
+    args = ["-af", graph, "-f", settings["pcm"], ffmpeg.file_arg(out_path)]
+    run_fed(args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log")
     frame = RAW_BYTES[settings["pcm"]] * settings["out_channels"]
     size = out_path.stat().st_size if out_path.exists() else 0
     samples, rest = divmod(size, frame)

@@ -85,12 +85,12 @@ def decoded_source(project_dir: Path, settings: Mapping[str, Any], cache: dict[s
     if scratch is None:
         scratch = cache[_TEMP_KEY] = ScratchDir()
     target = scratch.path / f"source-{len(sources)}.{settings['raw']}"
-    args = ["-y", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    args = ["-y", "-i", ffmpeg.file_arg(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
     if settings["convert"]:
         args += ["-af", settings["convert"]]
     log.info("decoding %s once for this worker", settings["input"])
     try:
-        ffmpeg.run([*args, "-f", settings["raw"], str(target)])
+        ffmpeg.run([*args, "-f", settings["raw"], ffmpeg.file_arg(target)])
     except ffmpeg.FfmpegFailed as exc:
         raise RenderError(f"ffmpeg cannot decode {settings['input']}: {exc.message}") from None
     source = Source(
