@@ -229,6 +229,13 @@ def test_every_input_format_joins_exactly(tmp_path: Path, sources: Path, source:
     assert decode(run.outputs[0]) == decode(ref)
 
 
+def test_no_filters_is_an_exact_transcode(tmp_path: Path, sources: Path) -> None:
+    root = make_project(tmp_path, sources, 'segment = 0.7\noutputs = ["wav:24"]\n', source="source.wav")
+    run = run_local(root)
+    assert run.project.settings["filters"] == ""
+    assert decode(run.outputs[0], "s16le") == decode(root / "source.wav", "s16le")
+
+
 def test_an_input_whose_name_has_a_colon(tmp_path: Path, sources: Path) -> None:
     """ffmpeg reads "take:1.flac" as protocol "take" unless told it is a file."""
     shutil.copy(sources / "source.flac", sources / "take:1.flac")

@@ -59,6 +59,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         filters = parse_chain(filters_text)
     except ChainSyntaxError as exc:
         raise s.error("filters", f"not a filter chain: {exc}") from None
+    _check_names(s, filters)
     loudnorm = _loudnorm_index(s, filters)
 
     path = s.root / input_rel
@@ -131,16 +132,21 @@ def _layout(s: SettingsReader, value: Any) -> str:
     raise s.error("channels", f"expected a channel count or a layout name, got {value!r}")
 
 
-def _loudnorm_index(s: SettingsReader, filters: list[Filter]) -> int | None:
-    found = [i for i, f in enumerate(filters) if f.name == "loudnorm"]
-    if len(found) > 1:
-        raise s.error("filters", "only one loudnorm per chain: its two passes measure the whole file once")
+def _check_names(s: SettingsReader, filters: list[Filter]) -> None:
+    """Every filter exists in this ffmpeg and can run on segments."""
     known = ffmpeg.audio_filters()
     for f in filters:
         if f.name not in known:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
         if f.name in WHOLE_FILE:
             raise s.error("filters", f"{f.name} cannot run on segments: {WHOLE_FILE[f.name]}")
+
+
+def _loudnorm_index(s: SettingsReader, filters: list[Filter]) -> int | None:
+    """Where loudnorm is in the chain (None if it is not), checking its options."""
+    found = [i for i, f in enumerate(filters) if f.name == "loudnorm"]
+    if len(found) > 1:
+        raise s.error("filters", "only one loudnorm per chain: its two passes measure the whole file once")
     if not found:
         return None
     try:

@@ -39,7 +39,8 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 class AudioSegments(MediaType):
     name = "audio"
     description = "Audio through an ffmpeg filter chain, rendered in sample-exact segments and encoded once"
-    default_timeout = 600.0
+    #: loudnorm's analysis reads the whole file in one job: ~40 s for 30 minutes on one core
+    default_timeout = 1800.0
 
     def available(self) -> str | None:
         try:
@@ -69,10 +70,10 @@ class AudioSegments(MediaType):
         s = ctx.settings
         source = decoded_source(ctx.project_dir, s, ctx.cache)
         if job.params["kind"] == "loudnorm":
-            return analyse_loudness(s, source, ctx.work_dir)
+            return analyse_loudness(s, source, ctx.work_dir, ctx.progress)
         seg = Segment.from_params(job.params)
         out = ctx.output_dir / f"{seg.key}.{s['pcm']}"
-        return render_segment(s, seg, source, out, ctx.work_dir, ctx.deps)
+        return render_segment(s, seg, source, out, ctx.work_dir, ctx.deps, ctx.progress)
 
     def collate(
         self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,18 +73,27 @@ def whole_file_filter(settings: Mapping[str, Any], measured: Mapping[str, str] |
 
 
 def run_fed(
-    args: list[str], source: Source, start: int, end: int, log_path: Path, loglevel: str = "error"
+    args: list[str], source: Source, start: int, end: int, log_path: Path, loglevel: str = "error",
+    progress: Callable[[float], None] | None = None,
 ) -> None:
-    """Run ffmpeg reading raw PCM samples ``[start, end)`` of ``source`` on its stdin."""
+    """Run ffmpeg reading raw PCM samples ``[start, end)`` of ``source`` on its stdin.
+
+    ``progress`` hears the fraction fed so far (ffmpeg reads as fast as it filters).
+    """
     cmd = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y",
            *source.input_args(), "-i", "pipe:0", *args]
     log.debug("running %s", " ".join(cmd))
     with open(log_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         assert proc.stdin is not None
+        total = max(1, (end - start) * source.frame_bytes)
+        fed = 0
         try:
             for chunk in source.read(start, end):
                 proc.stdin.write(chunk)
+                fed += len(chunk)
+                if progress is not None:
+                    progress(fed / total)
         except BrokenPipeError:  # ffmpeg stopped reading: its exit code and log say why
             pass
         finally:
@@ -98,12 +107,12 @@ def run_fed(
 
 def render_segment(
     settings: Mapping[str, Any], seg: Segment, source: Source, out_path: Path, work_dir: Path,
-    deps: Mapping[str, Any],
+    deps: Mapping[str, Any], progress: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
     """Render one segment to raw PCM at ``out_path``; returns where it goes and its length."""
     graph = segment_filter(settings, seg, deps)
     args = ["-af", graph, "-f", settings["pcm"], ffmpeg.file_arg(out_path)]
-    run_fed(args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log")
+    run_fed(args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log", progress=progress)
     frame = RAW_BYTES[settings["pcm"]] * settings["out_channels"]
     size = out_path.stat().st_size if out_path.exists() else 0
     samples, rest = divmod(size, frame)
@@ -116,12 +125,16 @@ def render_segment(
     return {"index": seg.index, "start": seg.start, "samples": samples}
 
 
-def analyse_loudness(settings: Mapping[str, Any], source: Source, work_dir: Path) -> dict[str, str]:
+def analyse_loudness(
+    settings: Mapping[str, Any], source: Source, work_dir: Path,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, str]:
     """loudnorm's first pass over the whole file (through the chain before it): its measurements."""
     chain = analysis_chain(parse_chain(settings["filters"]), settings["loudnorm"])
     log_path = work_dir / "loudnorm.log"
     cmd_args = ["-af", f"{DOUBLE},{chain}", "-f", "null", "-"]
-    run_fed(cmd_args, source, 0, source.samples, log_path, loglevel="info")  # loudnorm prints at info
+    # loudnorm prints its measurements at the info level
+    run_fed(cmd_args, source, 0, source.samples, log_path, loglevel="info", progress=progress)
     blocks = _JSON_BLOCK.findall(log_path.read_text("utf-8", "replace"))
     if not blocks:
         raise RenderError("loudnorm printed no measurements")
