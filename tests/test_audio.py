@@ -366,6 +366,17 @@ def test_a_missing_segment_fails_finalize_naming_its_samples(tmp_path: Path, sou
     assert not (root / "output" / "source.wav").exists()
 
 
+def test_a_truncated_segment_is_refused_at_collate(tmp_path: Path, sources: Path) -> None:
+    root = make_project(tmp_path, sources, 'filters = "volume=2"\nsegment = 1\noutputs = ["wav"]\n')
+    project, rendered = render_all(root, tmp_path)
+    job, result, outputs = rendered[1]
+    staged = next(iter(outputs.values()))
+    staged.write_bytes(staged.read_bytes()[:-4])
+    ctx = CollateContext(project, project.output_dir, {})
+    with pytest.raises(RenderError, match=f"{job.key}: .* not the {RATE} samples the job rendered"):
+        get_plugins().get("audio").collate(job, result, outputs, ctx)
+
+
 # -- bad projects ---------------------------------------------------------------------
 
 

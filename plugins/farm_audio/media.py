@@ -85,9 +85,13 @@ class AudioSegments(MediaType):
             return
         if result is None or len(outputs) != 1:
             raise RenderError(f"{job.key}: expected one PCM file and a result, got {sorted(outputs)}")
-        join = self._join(ctx)
-        got = join.add(job.params["start"], next(iter(outputs.values())))
-        ctx.log.debug("joined %s: %d samples at %d", job.key, got, job.params["start"])
+        staged = next(iter(outputs.values()))
+        frame = RAW_BYTES[s["pcm"]] * s["out_channels"]
+        if staged.stat().st_size != result["samples"] * frame:
+            raise RenderError(f"{job.key}: {staged.name} is {staged.stat().st_size} bytes, "
+                              f"not the {result['samples']} samples the job rendered")
+        self._join(ctx).add(job.params["start"], staged)
+        ctx.log.debug("joined %s: %d samples at %d", job.key, result["samples"], job.params["start"])
 
     def _join(self, ctx: CollateContext) -> PcmJoin:
         join = ctx.state.get(_JOIN_KEY)
@@ -115,4 +119,5 @@ class AudioSegments(MediaType):
             raise RenderError(f"encoding failed: {exc.message}") from None
         join.remove()
         ctx.state.pop(_JOIN_KEY, None)
-        return paths
+        analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
+        return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
