@@ -33,14 +33,13 @@ _ALIASES = {
     "I": "i", "LRA": "lra", "TP": "tp", "measured_I": "measured_i", "measured_LRA": "measured_lra",
     "measured_TP": "measured_tp",
 }
-#: default centre/corner frequency of ffmpeg's biquad filters, and whether their
-#: default width is a Q (else we assume Q = 1)
 #: filters that need the whole file at once, and why they cannot run on segments
 WHOLE_FILE = {
     "areverse": "it reverses the whole file",
     "aloop": "it loops the whole file",
     "silenceremove": "it removes silence, moving everything after it",
 }
+#: ffmpeg's biquad filters and their default centre or corner frequency
 _BIQUADS = {
     "highpass": 3000.0, "lowpass": 500.0, "bandpass": 3000.0, "bandreject": 3000.0, "allpass": 3000.0,
     "equalizer": 1000.0, "bass": 100.0, "lowshelf": 100.0, "treble": 3000.0, "highshelf": 3000.0,
