@@ -68,7 +68,8 @@ class AudioSegments(MediaType):
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         s = ctx.settings
-        source = decoded_source(ctx.project_dir, s, ctx.cache)
+        # next to the work folder, not in it (it is emptied after every job)
+        source = decoded_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
         if job.params["kind"] == "loudnorm":
             return analyse_loudness(s, source, ctx.work_dir, ctx.progress)
         seg = Segment.from_params(job.params)

@@ -29,10 +29,15 @@ READ_CHUNK = 1 << 20
 
 
 class ScratchDir:
-    """A temporary folder removed when this object goes (with the worker's cache, or at exit)."""
+    """A temporary folder removed when this object goes (with the worker's cache, or at exit).
 
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="farm-audio-"))
+    It is made inside ``parent``: on an agent, the slot's own folder, which the agent
+    removes when it stops, so a worker killed without running its exit handlers leaves
+    nothing behind either.
+    """
+
+    def __init__(self, parent: Path | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="farm-audio-", dir=parent))
         self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
@@ -67,8 +72,13 @@ class Source:
                 yield chunk
 
 
-def decoded_source(project_dir: Path, settings: Mapping[str, Any], cache: dict[str, Any]) -> Source:
-    """The project's input decoded to raw PCM, decoding it on first use in this worker."""
+def decoded_source(
+    project_dir: Path, settings: Mapping[str, Any], cache: dict[str, Any], scratch_parent: Path | None = None
+) -> Source:
+    """The project's input decoded to raw PCM, decoding it on first use in this worker.
+
+    ``scratch_parent`` is where its temporary folder goes (the job's work folder's parent).
+    """
     path = project_dir / settings["input"]
     stat = path.stat()
     if stat.st_size != settings["input_size"]:
@@ -83,7 +93,7 @@ def decoded_source(project_dir: Path, settings: Mapping[str, Any], cache: dict[s
         return found
     scratch = cache.get(_TEMP_KEY)
     if scratch is None:
-        scratch = cache[_TEMP_KEY] = ScratchDir()
+        scratch = cache[_TEMP_KEY] = ScratchDir(scratch_parent)
     target = scratch.path / f"source-{len(sources)}.{settings['raw']}"
     args = ["-y", "-i", ffmpeg.file_arg(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
     if settings["convert"]:
