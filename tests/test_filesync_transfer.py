@@ -533,3 +533,14 @@ def test_socket_setup_carries_curve_encryption(context: zmq.Context, src: Path, 
         with plain, pytest.raises(TransferError, match="no answer"):  # a client without keys gets nothing
             plain.fetch_manifest("assets")
     assert_same_tree(manifest, src, tmp_path / "job")
+
+
+def test_symlinks_inside_a_published_tree_are_served_as_files(
+    server: FileServer, open_client: Callable[..., FileClient], src: Path, tmp_path: Path
+) -> None:
+    os.symlink("small/03.txt", src / "alias.txt")
+    server.publish("assets", src, build_manifest(src))
+    manifest = open_client().sync("assets", tmp_path / "job")
+    assert not (tmp_path / "job" / "alias.txt").is_symlink()
+    assert (tmp_path / "job" / "alias.txt").read_bytes() == (src / "small/03.txt").read_bytes()
+    assert_same_tree(manifest, src, tmp_path / "job")

@@ -53,6 +53,7 @@ class Partial:
     entry: FileEntry
     path: Path
     remaining: set[int] = field(default_factory=set)
+    created: bool = False  # created lazily: most files of a fresh fetch need no resume scan
 
 
 @dataclass
@@ -98,10 +99,11 @@ class Assembly:
             part = Partial(
                 entry, self.partial_dir / f"{entry.digest.hex()}.part", set(range(entry.block_count))
             )
-            fd = self._fd(part.path, create=True)
-            if os.fstat(fd).st_size:
+            if os.path.exists(part.path):
+                part.created = True
+                fd = self._fd(part)
                 self._resume(part, fd)
-            os.ftruncate(fd, entry.size)
+                os.ftruncate(fd, entry.size)
             for index in sorted(part.remaining):
                 block_hash = entry.block_hash(index)
                 places = self._need.setdefault(block_hash, [])
@@ -164,7 +166,7 @@ class Assembly:
             self.rejected += 1
             return Outcome.BAD
         part, index = places[0]
-        os.pwrite(self._fd(part.path), data, index * part.entry.block_size + offset)
+        os.pwrite(self._fd(part), data, index * part.entry.block_size + offset)
         inc.hasher.update(data)
         inc.received += len(data)
         if inc.received < length:
@@ -179,9 +181,9 @@ class Assembly:
         self.received += 1
         copies = places[1:]
         if copies:
-            data_all = os.pread(self._fd(part.path), length, index * part.entry.block_size)
+            data_all = os.pread(self._fd(part), length, index * part.entry.block_size)
             for other, other_index in copies:
-                os.pwrite(self._fd(other.path), data_all, other_index * other.entry.block_size)
+                os.pwrite(self._fd(other), data_all, other_index * other.entry.block_size)
         self._mark_done(block_hash)
         return Outcome.DONE
 
@@ -230,7 +232,7 @@ class Assembly:
 
     def _write_all(self, block_hash: bytes, data: bytes) -> None:
         for part, index in self._need[block_hash]:
-            os.pwrite(self._fd(part.path), data, index * part.entry.block_size)
+            os.pwrite(self._fd(part), data, index * part.entry.block_size)
         self._mark_done(block_hash)
 
     def _mark_done(self, block_hash: bytes) -> None:
@@ -240,19 +242,27 @@ class Assembly:
                 self._finish(part)
 
     def _finish(self, part: Partial) -> None:
+        if not part.created:  # an empty file: nothing was ever written
+            self._fd(part)
         fd = self._open.pop(part.path, None)
         if fd is not None:
             os.close(fd)
         self._ready.append(part)
 
-    def _fd(self, path: Path, create: bool = False) -> int:
-        fd = self._open.get(path)
+    def _fd(self, part: Partial) -> int:
+        fd = self._open.get(part.path)
         if fd is not None:
-            self._open.move_to_end(path)
+            self._open.move_to_end(part.path)
             return fd
-        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
-        fd = os.open(path, flags, 0o600)
-        self._open[path] = fd
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        if not part.created:
+            fd = os.open(part.path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+            if part.entry.block_count > 1:
+                os.ftruncate(fd, part.entry.size)  # sparse: blocks land anywhere, holes read as not done
+            part.created = True
+        else:
+            fd = os.open(part.path, flags)
+        self._open[part.path] = fd
         if len(self._open) > self._max_open:
             os.close(self._open.popitem(last=False)[1])
         return fd

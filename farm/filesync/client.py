@@ -30,9 +30,9 @@ from farm.filesync.hashing import HASH_LEN
 from farm.filesync.limits import DEFAULT_LIMITS, Limits, MiB
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.materialize import MaterializeStats, MissingFromCache
+from farm.filesync.resolve import Resolver
 from farm.filesync.scan import build_manifest
 from farm.filesync.store import Store
-from farm.paths import UnsafePath, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -413,16 +413,15 @@ class _TreeReader:
     """Reads upload data from the local tree, refusing paths that lead out of it."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.resolver = Resolver(root)
         self._fds: OrderedDict[str, int] = OrderedDict()
 
     def read(self, entry: FileEntry, index: int, offset: int, length: int) -> bytes:
         fd = self._fds.get(entry.path)
         if fd is None:
             try:
-                real = resolve_inside(self.root, entry.path)
-                fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except (OSError, UnsafePath) as exc:
+                fd = os.open(self.resolver.path(entry.path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except (OSError, UnsafeFile) as exc:
                 raise SyncError(f"{entry.path}: cannot be read for upload: {exc}") from None
             self._fds[entry.path] = fd
             if len(self._fds) > 32:

@@ -12,13 +12,14 @@ import errno
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.filesync.errors import SyncError, UnsafeFile
+from farm.filesync.errors import SyncError
 from farm.filesync.manifest import Manifest
-from farm.paths import UnsafePath, resolve_inside
+from farm.filesync.resolve import Resolver
 
 if TYPE_CHECKING:
     from farm.filesync.store import Store
@@ -62,21 +63,18 @@ def materialize(
     if verify:
         for entry in unique:
             store.verify(entry.digest)
-    sources = store.check(e.digest for e in unique)
+    sources = store.check_stat(e.digest for e in unique)
     missing = [e.path for e in unique if e.digest not in sources]
     if missing:
         raise MissingFromCache(
             f"{len(missing)} files are not in the cache {store.root} (first: {missing[0]})"
         )
     stats = MaterializeStats()
-    made: set[Path] = set()
+    resolver = Resolver(dest)
+    made: set[str] = set()
     for entry in manifest:
-        src = sources[entry.digest]
-        try:
-            target = resolve_inside(dest, entry.path)
-        except UnsafePath as exc:
-            raise UnsafeFile(f"{entry.path}: {exc}") from None
-        src_st = os.stat(src)
+        src, src_st = sources[entry.digest]
+        target = resolver.path(entry.path, follow=False)  # a rename replaces a link, never follows it
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -85,15 +83,16 @@ def materialize(
             if (st.st_ino, st.st_dev) == (src_st.st_ino, src_st.st_dev):
                 stats.unchanged += 1
                 continue
-            if os.path.isdir(target) and not os.path.islink(target):
+            if stat.S_ISDIR(st.st_mode):
                 raise SyncError(f"{entry.path}: a folder is in the way in {dest}")
-        if target.parent not in made:
+        folder, _, name = target.rpartition("/")
+        if folder not in made:
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(folder, exist_ok=True)
             except OSError as exc:
                 raise SyncError(f"{entry.path}: cannot create its folder in {dest}: {exc.strerror}") from None
-            made.add(target.parent)
-        tmp = target.with_name(f".{target.name}.farm-{os.getpid()}.tmp")
+            made.add(folder)
+        tmp = f"{folder}/.{name}.farm-{os.getpid()}.tmp"
         linkable = not copy and bool(src_st.st_mode & 0o111) == entry.executable
         if linkable and _link(src, tmp):
             stats.linked += 1
@@ -108,7 +107,7 @@ def materialize(
     return stats
 
 
-def _link(src: Path, tmp: Path) -> bool:
+def _link(src: str, tmp: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:

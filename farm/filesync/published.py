@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.filesync.manifest import FileEntry, Manifest
+from farm.filesync.resolve import Resolver
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TreeIndex:
     def __init__(self, trees: dict[str, tuple[Path, Manifest, bytes]] | None = None) -> None:
         self.trees = dict(trees or {})
         self.blocks: dict[bytes, Place] = {}
+        self.resolvers = {root: Resolver(root) for root, _, _ in self.trees.values()}
         for root, manifest, _ in self.trees.values():
             for entry in manifest:
                 for index in range(entry.block_count):

@@ -22,9 +22,9 @@ from pathlib import Path
 from farm.filesync.assembly import Assembly, BlockSource, Outcome
 from farm.filesync.errors import SyncError, UnsafeFile, VerifyError
 from farm.filesync.limits import Limits
-from farm.filesync.manifest import FileEntry, Manifest
+from farm.filesync.manifest import Manifest
+from farm.filesync.resolve import Resolver
 from farm.filesync.wire import Frame, view
-from farm.paths import UnsafePath, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,11 @@ class Upload:
             raise SyncError(
                 f"upload holds {manifest.total_size} bytes, more than the {self.max_bytes} allowed"
             )
+        resolver = Resolver(self.dest)
         for entry in manifest:
             if entry.path.startswith(".farm-upload-"):
                 raise UnsafeFile(f"{entry.path}: names starting with .farm-upload- are reserved")
-            self._target(entry)
+            resolver.path(entry.path, follow=False)
         self.close()
         self.manifest = manifest
         self._ready = {}
@@ -118,10 +119,11 @@ class Upload:
         """Move the complete files into ``dest`` (check `missing` is 0 first)."""
         assert self._assembly is not None and self.manifest is not None and self._assembly.complete
         self._assembly.close()
-        placed: dict[bytes, Path] = {}
+        placed: dict[bytes, str] = {}
+        resolver = Resolver(self.dest)  # afresh: the folder may have changed since the offer
         for entry in self.manifest:
-            target = self._target(entry)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = resolver.path(entry.path, follow=False)  # a rename replaces a link, never follows it
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             if entry.digest in placed:  # same content twice: a copy, so editing one leaves the other
                 tmp = self.work_dir / f"copy-{entry.digest.hex()}"
                 shutil.copyfile(placed[entry.digest], tmp)
@@ -129,7 +131,7 @@ class Upload:
                 tmp = self._ready[entry.digest]
             os.chmod(tmp, entry.mode)
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            if target.is_dir() and not target.is_symlink():
+            if os.path.isdir(target) and not os.path.islink(target):
                 raise SyncError(f"{entry.path}: a folder is in the way in {self.dest}")
             os.replace(tmp, target)
             placed.setdefault(entry.digest, target)
@@ -159,9 +161,3 @@ class Upload:
         assert self._assembly is not None
         for entry, path in self._assembly.take_ready():
             self._ready[entry.digest] = path
-
-    def _target(self, entry: FileEntry) -> Path:
-        try:
-            return resolve_inside(self.dest, entry.path)
-        except UnsafePath as exc:
-            raise UnsafeFile(f"{entry.path}: {exc}") from None

@@ -14,7 +14,8 @@ from farm.filesync.hashcache import HashCache, now_ns
 from farm.filesync.hashing import block_size_for, hash_fd
 from farm.filesync.limits import DEFAULT_LIMITS, Limits
 from farm.filesync.manifest import FileEntry, Manifest, check_path, regular_mode
-from farm.paths import UnsafePath, resolve_inside, safe_relpath
+from farm.filesync.resolve import Resolver
+from farm.paths import UnsafePath, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def build_manifest(
     root = Path(root)
     if not root.is_dir():
         raise SyncError(f"cannot scan {root}: not a folder")
-    real_root = os.path.realpath(root)
+    resolver = Resolver(root)
     rels = sorted(set(_checked(p) for p in paths)) if paths is not None else list(walk_files(root))
     if len(rels) > limits.max_files:
         raise ManifestError(f"{root} holds {len(rels)} files, more than the limit of {limits.max_files}")
@@ -45,7 +46,7 @@ def build_manifest(
     total = 0
     try:
         for rel in rels:
-            entry = _scan_file(root, real_root, rel, hash_cache, limits)
+            entry = _scan_file(root, resolver, rel, hash_cache, limits)
             total += entry.size
             if total > limits.max_total_size:
                 raise ManifestError(f"{root} holds more than the limit of {limits.max_total_size} bytes")
@@ -87,17 +88,14 @@ def _check_link_inside(real_root: str, full: str, rel: str) -> None:
         raise UnsafeFile(f"{rel}: symlink leads outside the tree (to {target})")
 
 
-def _scan_file(root: Path, real_root: str, rel: str, cache: HashCache | None, limits: Limits) -> FileEntry:
+def _scan_file(
+    root: Path, resolver: Resolver, rel: str, cache: HashCache | None, limits: Limits
+) -> FileEntry:
     try:
         check_path(rel, limits)
     except ManifestError as exc:
         raise UnsafeFile(str(exc)) from None
-    try:
-        real = resolve_inside(Path(real_root), rel)
-    except UnsafePath:
-        target = os.path.realpath(os.path.join(real_root, rel))
-        raise UnsafeFile(f"{rel}: symlink leads outside {root} (to {target})") from None
-    real_path = os.path.realpath(real)
+    real_path = resolver.path(rel)
     try:
         pre = os.stat(real_path)  # refuse device files before opening them: an open can have effects
         if not stat.S_ISREG(pre.st_mode) and not stat.S_ISDIR(pre.st_mode):

@@ -33,7 +33,7 @@ from farm.filesync.manifest import Manifest
 from farm.filesync.published import Place, TreeIndex
 from farm.filesync.receiver import OnDone, Upload, UploadResult
 from farm.filesync.store import Store
-from farm.paths import UnsafePath, resolve_inside
+from farm.paths import UnsafePath
 
 log = logging.getLogger(__name__)
 
@@ -318,10 +318,10 @@ class FileServer:
             self._fds.move_to_end(place.path)
             return fd
         try:
-            real = resolve_inside(place.root, place.entry.path)
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except UnsafePath as exc:
-            raise SyncError(f"{place.entry.path}: {exc}") from None
+            fd = os.open(
+                self._index.resolvers[place.root].path(place.entry.path),
+                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+            )
         except OSError as exc:
             raise SyncError(f"{place.entry.path}: cannot be read: {exc.strerror}") from None
         self._fds[place.path] = fd

@@ -80,6 +80,7 @@ class Store:
         self._pins: Counter[bytes] = Counter()
         self._session: Path | None = None
         self._session_fd: int | None = None
+        self._fanout: set[str] = set()  # files/ab/ folders known to exist
         self._db().executescript(_SCHEMA)
 
     # -- database -------------------------------------------------------------------
@@ -112,8 +113,11 @@ class Store:
     # -- files ----------------------------------------------------------------------
 
     def file_path(self, digest: bytes) -> Path:
+        return Path(self._file(digest))
+
+    def _file(self, digest: bytes) -> str:  # plain strings: this runs per file of every sync
         name = digest.hex()
-        return self.files_dir / name[:2] / name
+        return f"{self.files_dir}/{name[:2]}/{name}"
 
     def check(self, digests: Iterable[bytes], *, touch: bool = True) -> dict[bytes, Path]:
         """The stored files among ``digests`` that pass the quick check, by digest.
@@ -121,6 +125,12 @@ class Store:
         A file whose size, mtime or inode moved since it was verified (a job wrote
         through its hard link, someone edited the cache) is dropped, so it is fetched again.
         """
+        return {digest: Path(path) for digest, (path, _) in self.check_stat(digests, touch=touch).items()}
+
+    def check_stat(
+        self, digests: Iterable[bytes], *, touch: bool = True
+    ) -> dict[bytes, tuple[str, os.stat_result]]:
+        """`check`, with the stat of each good file (taken for the check anyway)."""
         self.flush()
         wanted = list(dict.fromkeys(digests))
         rows = []
@@ -131,15 +141,15 @@ class Store:
             rows += db.execute(
                 f"SELECT digest, size, mtime_ns, ino FROM files WHERE digest IN ({marks})", part
             ).fetchall()
-        good: dict[bytes, Path] = {}
+        good: dict[bytes, tuple[str, os.stat_result]] = {}
         for digest, size, mtime_ns, ino in rows:
-            path = self.file_path(digest)
+            path = self._file(digest)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, ino):
-                good[bytes(digest)] = path
+                good[bytes(digest)] = (path, st)
             else:
                 log.warning("cache file %s was modified or removed; it will be fetched again", path)
                 self._drop(bytes(digest))
@@ -147,12 +157,15 @@ class Store:
             self.touch(good)
         return good
 
-    def add(self, entry: FileEntry, partial: Path) -> Path:
+    def add(self, entry: FileEntry, partial: Path | str) -> str:
         """Move a fully verified partial file into the cache; returns its cache path."""
-        target = self.file_path(entry.digest)
+        target = self._file(entry.digest)
         os.chmod(partial, 0o555 if entry.executable else 0o444)  # a job must not write through its link
         os.utime(partial, ns=(entry.mtime_ns, entry.mtime_ns))
-        target.parent.mkdir(exist_ok=True)
+        fanout = os.path.dirname(target)
+        if fanout not in self._fanout:
+            os.makedirs(fanout, exist_ok=True)
+            self._fanout.add(fanout)
         try:
             os.link(partial, target)  # never clobber a file another process has recorded
         except FileExistsError:
