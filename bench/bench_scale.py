@@ -80,7 +80,7 @@ def scale(jobs: int, tmp: Path) -> None:
         stop_agents(procs)
 
 
-def recovery(tmp: Path, heartbeat: float = 1.0, liveness: int = 3) -> None:
+def recovery(tmp: Path, heartbeat: float = 1.0, liveness: int = 5) -> None:
     ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp / "r", heartbeat=heartbeat, liveness=liveness).start()
     (victim,) = start_local_agents(ctl.url, 1, slots=2)
     procs = [victim]

@@ -65,7 +65,7 @@ class Agent:
         tags: list[str] | None = None,
         agent_id: str | None = None,
         heartbeat: float = 1.0,
-        liveness: int = 3,
+        liveness: int = 5,
         scratch: Path | None = None,
         parent_pid: int | None = None,
         socket_setup: Callable[[zmq.Socket], None] | None = None,

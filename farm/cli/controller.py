@@ -28,7 +28,7 @@ def controller(
     bind: Annotated[str, typer.Option(help="Where agents and clients connect.")] = "tcp://127.0.0.1:5555",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where the controller keeps its state.")] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
-    liveness: Annotated[int, typer.Option(help="Missed heartbeats before an agent is declared dead.")] = 3,
+    liveness: Annotated[int, typer.Option(help="Missed heartbeats before an agent is declared dead.")] = 5,
     keys_dir: KeysDir = None,
     key: Annotated[str, typer.Option("--key", help="This controller's key pair name.")] = "controller",
     insecure: Insecure = False,

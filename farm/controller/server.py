@@ -47,7 +47,7 @@ class Controller:
         *,
         state_dir: Path,
         heartbeat: float = 1.0,
-        liveness: int = 3,
+        liveness: int = 5,
         security: ServerSecurity | None = None,
     ) -> None:
         self.bind = bind
