@@ -29,11 +29,14 @@ class AgentState:
     failed: int = 0
 
     def capacity(self) -> int:
-        """Jobs it may hold now: its slots plus a prefetch sized to cover LOOKAHEAD_S of work."""
+        """Jobs it may hold now: its slots, plus a prefetch covering LOOKAHEAD_S of work.
+
+        Jobs longer than the lookahead (and jobs of unknown length) get no prefetch, so a long
+        job never waits queued on a busy agent while another agent is idle.
+        """
         if self.avg_job_s is None:
-            extra = 1
-        else:
-            extra = math.ceil(self.slots * LOOKAHEAD_S / max(self.avg_job_s, 1e-6))
+            return self.slots
+        extra = math.floor(self.slots * LOOKAHEAD_S / max(self.avg_job_s, 1e-6))
         return self.slots + min(self.prefetch, extra)
 
     def free(self) -> int:
