@@ -122,7 +122,9 @@ class CacheHit:
     result: Any
 
 
-def _pack(value: Any, what: str) -> bytes:
+def _pack(value: Any, what: str) -> bytes | None:
+    if value is None:  # most jobs return nothing: store NULL, skip the packer
+        return None
     try:
         return msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -73,6 +73,7 @@ RESULT = {
     "error": opt(str),
     "log": opt(str),
     "duration": NUM,
+    "requeue": opt(bool),  # the job never started: run it again without counting an attempt
 }
 
 SHAPES: dict[T, dict[str, Any]] = {

@@ -50,8 +50,10 @@ class Slot:
     index: int
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    # Jobs sent to the worker, in the order it runs them: the head is running, the rest wait in
+    # its socket, so the worker goes from one job to the next without waiting for us.
     running: list[dict[str, Any]] = field(default_factory=list)
-    deadline: float = 0.0
+    head_since: float = 0.0  # when the head job started, as far as we can tell
     projects: set[str] = field(default_factory=set)
 
 
@@ -267,7 +269,7 @@ class Agent:
                 self._kill_worker(slot)  # restarted by _check_workers; no result is sent
                 for job in slot.running:
                     if job["lease"] not in leases:
-                        self._fail(job, "cancelled alongside another job in the same batch")
+                        self._hand_back(job, "its worker was stopped to cancel another job")
                 slot.running = []
         self.held -= leases
 
@@ -289,10 +291,14 @@ class Agent:
                 self.outgoing[:0] = list(zip(batch, _split_payloads(batch, payloads), strict=True))
                 return
 
-    def _fail(self, job: dict[str, Any], error: str, log_text: str = "") -> None:
+    def _fail(self, job: dict[str, Any], error: str, log_text: str = "", *, requeue: bool = False) -> None:
         self.held.discard(job["lease"])
         self.outgoing.append(({"lease": job["lease"], "ok": False, "result": None, "files": [],
-                               "error": error, "log": log_text, "duration": 0.0}, []))
+                               "error": error, "log": log_text, "duration": 0.0, "requeue": requeue}, []))
+
+    def _hand_back(self, job: dict[str, Any], why: str) -> None:
+        """A job that never started here: the controller runs it again without counting an attempt."""
+        self._fail(job, f"not started: {why}", requeue=True)
 
     # -- worker side -----------------------------------------------------------------
 
@@ -319,17 +325,21 @@ class Agent:
         for slot in self.slots:
             assert slot.proc is not None
             code = slot.proc.poll()
-            if code is None and slot.running and now > slot.deadline:
-                timeout = max(j["timeout"] for j in slot.running)
-                log.warning("job %s overran its %.0fs timeout; killing its worker", slot.running[0]["key"], timeout)
+            if code is None and slot.running and now > slot.head_since + slot.running[0]["timeout"]:
+                head, *rest = slot.running
+                log.warning("job %s overran its %gs timeout; killing its worker", head["key"], head["timeout"])
                 self._kill_worker(slot)
-                for job in slot.running:
-                    self._fail(job, f"timed out after {job['timeout']:g}s; its worker and children were killed")
+                self._fail(head, f"timed out after {head['timeout']:g}s; its worker and children were killed")
+                for job in rest:
+                    self._hand_back(job, "its worker was killed for another job's timeout")
                 slot.running = []
                 code = slot.proc.poll()
             if code is not None:
-                for job in slot.running:
-                    self._fail(job, f"worker process died (exit code {code}) while running this job")
+                if slot.running:
+                    head, *rest = slot.running
+                    self._fail(head, f"worker process died (exit code {code}) while running this job")
+                    for job in rest:
+                        self._hand_back(job, "its worker died running another job")
                 if slot.running or not self.stopping:
                     log.warning("worker %d exited with code %s; restarting it", slot.index, code)
                 self._start_worker(slot, endpoint)
@@ -338,9 +348,9 @@ class Agent:
         for slot in self.slots:
             if not self.queue:
                 return
-            if not slot.ready or slot.running:
-                continue
             size = max(1, min(256, int(WORKER_BATCH_S / max(self.avg_job_s, 1e-6))))
+            if not slot.ready or len(slot.running) > size:
+                continue  # it has a batch queued behind the one it is running: enough
             batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
             threads = max(1, (os.cpu_count() or 1) // self.nslots)
             for job in batch:
@@ -348,8 +358,9 @@ class Agent:
             new = {p for p in {j["project"] for j in batch} if p not in slot.projects}
             body = {"jobs": batch, "projects": {p: self.projects[p] for p in new}}
             slot.projects |= new
-            slot.running = batch
-            slot.deadline = now + max(j["timeout"] for j in batch)
+            if not slot.running:
+                slot.head_since = now
+            slot.running += batch
             assert self.workers is not None
             self.workers.send_multipart([f"w{slot.index}".encode(), msgpack.packb(["jobs", body])])
 
@@ -373,7 +384,10 @@ class Agent:
                 self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * result["duration"]
                 self.held.discard(result["lease"])
                 self.outgoing.append((result, files))
+            head = slot.running[0]["lease"] if slot.running else None
             slot.running = [j for j in slot.running if j["lease"] in by_lease]
+            if slot.running and slot.running[0]["lease"] != head:
+                slot.head_since = time.monotonic()  # the worker moved on to the next job
 
 
 def _split_payloads(results: list[dict[str, Any]], payloads: list[bytes]) -> list[list[bytes]]:

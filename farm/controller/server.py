@@ -308,6 +308,8 @@ class Controller:
             agent.observe(float(result["duration"]))
             if result["ok"]:
                 self._collate(agent, lease, result, files)
+            elif result.get("requeue"):
+                lease.run.lost_lease(lease, result.get("error") or "handed back")
             else:
                 agent.failed += 1
                 lease.run.failed(lease, result.get("error") or "failed", result.get("log") or "")
