@@ -1,8 +1,8 @@
 """Benchmark the file synchroniser: an asset tree to agent caches over loopback, farm vs rsync.
 
-    python bench/bench_filesync.py [--size-mb 1024] [--agents 2] [--curve] [--keep]
+    python bench/bench_filesync.py [--size-mb 1024] [--agents 2] [--curve] [--tmp /tmp] [--keep]
 
-The tree is made at bench time in a temporary folder under /tmp (removed after): half
+The tree is made at bench time in a temporary folder under ``--tmp`` (removed after): half
 of ``--size-mb`` as many small files (1 KiB to 256 KiB), half as one large file,
 random bytes. A `FileServer` runs in this process; each agent is a real process with
 its own `Store` and job folder, syncing over tcp://127.0.0.1 at the same time.
@@ -11,6 +11,9 @@ its own `Store` and job folder, syncing over tcp://127.0.0.1 at the same time.
 Baselines, measured in the same run with the same number of destinations at once:
 ``rsync -a`` between local folders, and ``rsync -a`` from an rsync daemon on a loopback
 port (the fair "over loopback" comparison: it runs its delta algorithm, as farm does).
+
+Run it on a quiet filesystem: on ext4, file creation right after many deletions (the
+previous run's clean-up, other test runs) is several times slower for a while.
 
 Prints, for each phase (first sync, re-sync of the unchanged tree, one byte changed in
 the large file): wall time, GiB/s, bytes on the wire, blocks fetched; and the agents'
@@ -92,11 +95,15 @@ def agent_main(
         if command == "stop":
             break
         before = dict(vars(client.counters))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         client.sync("assets", Path(folder) / "job")
         elapsed = time.perf_counter() - start
         delta = {k: v - before[k] for k, v in vars(client.counters).items()}
         delta["elapsed"] = elapsed
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        delta["user_s"] = after.ru_utime - usage.ru_utime
+        delta["sys_s"] = after.ru_stime - usage.ru_stime
         delta["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         results.put(("done", index, delta))
     client.close()
@@ -240,15 +247,16 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--curve", action="store_true", help="encrypt with CURVE (zmq.auth keys, ZAP)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--tmp", default="/tmp", help="where the temporary folder goes (its filesystem matters)"
+    )
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="farm-bench-filesync-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="farm-bench-filesync-", dir=args.tmp))
     src = base / "src"
-    print(f"machine: {machine()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine()}, load average {os.getloadavg()[0]:.1f}, folder {base}")
     try:
         files, size = make_tree(src, args.size_mb * MiB)
-        print(
-            f"tree: {files} files, {size / GiB:.2f} GiB (half in one large file), {args.agents} agents"
-        )
+        print(f"tree: {files} files, {size / GiB:.2f} GiB (half in one large file), {args.agents} agents")
 
         # rsync baselines first, so the tree's files are old enough for the hash cache
         dests = [base / f"rsync-local{i}" for i in range(args.agents)]
@@ -257,8 +265,8 @@ def main() -> None:
         ddests = [base / f"rsync-daemon{i}" for i in range(args.agents)]
         rsync_first, rsync_first_wire = rsync_many(daemon.url, ddests)
         rsync_again, rsync_again_wire = rsync_many(daemon.url, ddests)
-        for d in dests:
-            shutil.rmtree(d)
+        # nothing is deleted until the end: on ext4, creating files next to recently deleted
+        # inodes is slow (ext4_create -> recently_deleted), which would skew the next phase
 
         setup, keys, auth = curve_setup(base) if args.curve else (None, None, None)
         state = base / "controller-state"
@@ -346,6 +354,9 @@ def main() -> None:
         )
         memory = ", ".join(f"{s['maxrss_mb']:.0f} MB" for s in changed_stats)
         print(f"agent peak memory (RSS): {memory}")
+        for name, stats in (("first", first_stats), ("re-sync", again_stats), ("one byte", changed_stats)):
+            cpu = ", ".join(f"{s['user_s']:.2f} user + {s['sys_s']:.2f} sys" for s in stats)
+            print(f"agent CPU, {name}: {cpu}")
         print(
             "targets: first sync >= 1 GiB/s and faster than rsync; re-sync < 0.5 s and < 1 MB on the wire;"
             " one byte changed: at most one block re-sent"

@@ -33,11 +33,15 @@ from farm.filesync.manifest import FileEntry
 log = logging.getLogger(__name__)
 
 
+Places = dict[bytes, list[tuple[str, int, int]]]
+
+
 class BlockSource(Protocol):
     """Somewhere blocks may already be on this machine (the cache, published trees)."""
 
-    def find_block(self, block_hash: bytes) -> Iterable[tuple[Path, int, int]]:
-        """Candidate (file, offset, length) places; the caller verifies what it reads."""
+    def find_blocks(self, hashes: Sequence[bytes]) -> Places:
+        """Candidate (file, offset, length) places of the blocks it knows of, by hash (one
+        lookup for many: a fresh fetch asks about thousands). The caller verifies what it reads."""
         ...
 
 
@@ -132,16 +136,23 @@ class Assembly:
             log.debug("resuming %s: %d blocks already here", part.entry.path, before - len(part.remaining))
 
     def _reuse_local(self) -> None:
-        source_fds: OrderedDict[Path, int] = OrderedDict()  # consecutive blocks often share a file
+        source_fds: OrderedDict[str, int] = OrderedDict()  # consecutive blocks often share a file
+        pending = list(self._need)
         try:
-            for block_hash in list(self._need):
-                length = self._length(block_hash)
-                for source in self.sources:
-                    data = _read_verified(source, block_hash, length, source_fds)
-                    if data is not None:
+            for source in self.sources:
+                if not pending:
+                    break
+                found = source.find_blocks(pending)
+                still = []
+                for block_hash in pending:
+                    places = found.get(block_hash)
+                    data = places and _read_verified(places, block_hash, self._length(block_hash), source_fds)
+                    if data:
                         self._write_all(block_hash, data)
                         self.reused += 1
-                        break
+                    else:
+                        still.append(block_hash)
+                pending = still
         finally:
             for fd in source_fds.values():
                 os.close(fd)
@@ -277,9 +288,9 @@ def _has_data(fd: int, offset: int, length: int) -> bool:
 
 
 def _read_verified(
-    source: BlockSource, block_hash: bytes, length: int, fds: OrderedDict[Path, int]
+    places: list[tuple[str, int, int]], block_hash: bytes, length: int, fds: OrderedDict[str, int]
 ) -> bytes | None:
-    for path, offset, found_length in source.find_block(block_hash):
+    for path, offset, found_length in places:
         if found_length != length:
             continue
         fd = fds.get(path)

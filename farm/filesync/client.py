@@ -29,7 +29,8 @@ from farm.filesync.hashcache import HashCache
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.limits import DEFAULT_LIMITS, Limits, MiB
 from farm.filesync.manifest import FileEntry, Manifest
-from farm.filesync.materialize import MaterializeStats, MissingFromCache
+from farm.filesync.materialize import MaterializeStats, MissingFromCache, Sources
+from farm.filesync.materialize import materialize as materialize_tree
 from farm.filesync.resolve import Resolver
 from farm.filesync.scan import build_manifest
 from farm.filesync.store import Store
@@ -147,11 +148,15 @@ class FileClient:
 
     def fetch(self, manifest: Manifest, *, progress: ProgressFn | None = None) -> None:
         """Bring every file of ``manifest`` into the store, fetching only blocks it lacks."""
+        self._fetch(manifest, progress)
+
+    def _fetch(self, manifest: Manifest, progress: ProgressFn | None) -> Sources | None:
+        """`fetch`; returns the cache's files (checked) when all were there already."""
         store = self._need_store()
         unique = manifest.unique_files()
         digests = [e.digest for e in unique]
         with store.pinned(digests):
-            have = store.check(digests)
+            have = store.check_stat(digests)
             todo = [e for e in unique if e.digest not in have]
             if todo:
                 store.adopt_partials(e.digest for e in todo)
@@ -168,6 +173,7 @@ class FileClient:
                     assembly.close()
                     store.flush()
             store.evict(keep=digests)
+        return None if todo else have
 
     def sync(
         self, tree: str, dest: Path | str, *, progress: ProgressFn | None = None, **materialize: bool
@@ -176,9 +182,11 @@ class FileClient:
         store = self._need_store()
         manifest = self.fetch_manifest(tree)
         for attempt in (1, 2):
-            self.fetch(manifest, progress=progress)
+            have = self._fetch(manifest, progress)
             try:
-                self.last_materialize = store.materialize(manifest, Path(dest), **materialize)
+                self.last_materialize = materialize_tree(
+                    store, manifest, Path(dest), sources=have, **materialize
+                )
                 break
             except MissingFromCache:
                 if attempt == 2:

@@ -112,7 +112,7 @@ def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
         raise ManifestError(f"path {path[:200]!r} is not valid UTF-8") from None
     if len(encoded) > limits.max_path_bytes:
         raise ManifestError(f"path {path[:200]!r}... is longer than {limits.max_path_bytes} bytes")
-    if any(len(part.encode("utf-8")) > 255 for part in path.split("/")):
+    if len(encoded) > 255 and any(len(part.encode("utf-8")) > 255 for part in path.split("/")):
         raise ManifestError(f"path {path[:200]!r} has a name longer than 255 bytes")
 
 

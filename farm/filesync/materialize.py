@@ -7,7 +7,6 @@ share their inode with the cache); a job that must modify an asset copies it fir
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -27,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NO_LINK = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP}
+
+
+Sources = dict[bytes, tuple[str, os.stat_result]]  # digest -> (cache file, its stat)
 
 
 @dataclass
@@ -49,21 +51,25 @@ def materialize(
     copy: bool = False,
     prune: bool = False,
     verify: bool = False,
+    sources: Sources | None = None,
 ) -> MaterializeStats:
     """Make ``dest`` hold ``manifest``'s files, taken from ``store``.
 
     ``copy`` forces copies (writable files) instead of hard links; ``prune`` removes
     files under ``dest`` that the manifest does not list (only for folders that hold
     nothing else); ``verify`` hashes every cached file in full before using it.
+    ``sources`` is the result of a `Store.check_stat` just made, to skip making it twice.
     Raises `MissingFromCache` if the cache lacks a file, `UnsafeFile` if a target would
     land outside ``dest`` (through a symlink already there).
     """
     dest.mkdir(parents=True, exist_ok=True)
     unique = manifest.unique_files()
     if verify:
+        sources = None
         for entry in unique:
             store.verify(entry.digest)
-    sources = store.check_stat(e.digest for e in unique)
+    if sources is None:
+        sources = store.check_stat(e.digest for e in unique)
     missing = [e.path for e in unique if e.digest not in sources]
     if missing:
         raise MissingFromCache(
@@ -74,7 +80,7 @@ def materialize(
     made: set[str] = set()
     for entry in manifest:
         src, src_st = sources[entry.digest]
-        target = resolver.path(entry.path, follow=False)  # a rename replaces a link, never follows it
+        target = resolver.path(entry.path, follow=False, checked=True)  # a rename replaces a link
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -92,8 +98,11 @@ def materialize(
             except OSError as exc:
                 raise SyncError(f"{entry.path}: cannot create its folder in {dest}: {exc.strerror}") from None
             made.add(folder)
-        tmp = f"{folder}/.{name}.farm-{os.getpid()}.tmp"
         linkable = not copy and bool(src_st.st_mode & 0o111) == entry.executable
+        if linkable and st is None and _link(src, target):  # a new link appears whole: no temp name
+            stats.linked += 1
+            continue
+        tmp = f"{folder}/.{name}.farm-{os.getpid()}.tmp"
         if linkable and _link(src, tmp):
             stats.linked += 1
         else:
@@ -107,11 +116,13 @@ def materialize(
     return stats
 
 
-def _link(src: str, tmp: str) -> bool:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+def _link(src: str, dst: str) -> bool:
+    """Hard-link ``src`` as ``dst`` (replacing a stale temporary); False where links cannot be made."""
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
+    except FileExistsError:
+        os.unlink(dst)
+        os.link(src, dst)
     except OSError as exc:
         if exc.errno in _NO_LINK:
             log.debug("cannot hard-link %s (%s); copying", src, exc.strerror)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.filesync.errors import UnsafeFile
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.resolve import Resolver
 
@@ -53,6 +55,14 @@ class TreeIndex:
         trees.pop(tree, None)
         return TreeIndex(trees)
 
-    def find_block(self, block_hash: bytes) -> list[tuple[Path, int, int]]:
-        place = self.blocks.get(block_hash)
-        return [(place.path, place.offset, place.length)] if place else []
+    def find_blocks(self, hashes: Sequence[bytes]) -> dict[bytes, list[tuple[str, int, int]]]:
+        found = {}
+        for block_hash in hashes:
+            place = self.blocks.get(block_hash)
+            if place is not None:
+                try:
+                    path = self.resolvers[place.root].path(place.entry.path, checked=True)
+                except UnsafeFile:
+                    continue
+                found[block_hash] = [(path, place.offset, place.length)]
+        return found

@@ -35,17 +35,19 @@ class Resolver:
             self._folders[rel] = found
         return found
 
-    def path(self, rel: str, *, follow: bool = True) -> str:
+    def path(self, rel: str, *, follow: bool = True, checked: bool = False) -> str:
         """The real path of ``rel``.
 
         ``follow`` (reading): a final symlink is followed if it stays inside the root.
         Not ``follow`` (writing): the path of the entry itself, which a rename replaces
         without following; a final symlink leading outside is refused all the same.
+        ``checked``: ``rel`` comes from a `Manifest`, whose paths are already safe and normal.
         """
-        try:
-            rel = safe_relpath(rel)
-        except UnsafePath as exc:
-            raise UnsafeFile(str(exc)) from None
+        if not checked:
+            try:
+                rel = safe_relpath(rel)
+            except UnsafePath as exc:
+                raise UnsafeFile(str(exc)) from None
         head, _, name = rel.rpartition("/")
         full = os.path.join(self.folder(head), name)
         if os.path.islink(full):

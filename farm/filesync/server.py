@@ -404,5 +404,5 @@ class _IndexSource:
     def __init__(self, server: FileServer) -> None:
         self._server = server
 
-    def find_block(self, block_hash: bytes) -> Sequence[tuple[Path, int, int]]:
-        return self._server._index.find_block(block_hash)
+    def find_blocks(self, hashes: Sequence[bytes]) -> dict[bytes, list[tuple[str, int, int]]]:
+        return self._server._index.find_blocks(hashes)

@@ -24,8 +24,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from farm.filesync.errors import ManifestError
@@ -81,6 +81,7 @@ class Store:
         self._session: Path | None = None
         self._session_fd: int | None = None
         self._fanout: set[str] = set()  # files/ab/ folders known to exist
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._db().executescript(_SCHEMA)
 
     # -- database -------------------------------------------------------------------
@@ -166,15 +167,10 @@ class Store:
         if fanout not in self._fanout:
             os.makedirs(fanout, exist_ok=True)
             self._fanout.add(fanout)
-        try:
-            os.link(partial, target)  # never clobber a file another process has recorded
-        except FileExistsError:
-            if entry.digest in self.check([entry.digest], touch=False):
-                os.unlink(partial)
-                return target
-            os.replace(partial, target)
-        else:
-            os.unlink(partial)
+        if os.path.exists(target) and entry.digest in self.check([entry.digest], touch=False):
+            os.unlink(partial)  # another agent on this host stored it meanwhile: keep its recorded file
+            return target
+        os.replace(partial, target)
         st = os.stat(target)
         with self._lock:
             self._pending.append((entry, st))
@@ -210,21 +206,24 @@ class Store:
                     ((h, entry.digest, i) for i, h, _, _ in entry.blocks()),
                 )
 
-    def find_block(self, block_hash: bytes) -> list[tuple[Path, int, int]]:
-        """Where a block with this hash may be read: (file, offset, length); callers verify."""
+    def find_blocks(self, hashes: Sequence[bytes]) -> dict[bytes, list[tuple[str, int, int]]]:
+        """Where blocks with these hashes may be read: (file, offset, length); callers verify."""
         self.flush()
-        rows = (
-            self._db()
-            .execute(
-                "SELECT f.digest, b.idx, f.size, f.block_size FROM blocks b "
-                "JOIN files f ON f.digest = b.digest WHERE b.hash = ? LIMIT 4",
-                (block_hash,),
-            )
-            .fetchall()
-        )
-        return [
-            (self.file_path(bytes(d)), idx * bs, block_length(size, bs, idx)) for d, idx, size, bs in rows
-        ]
+        found: dict[bytes, list[tuple[str, int, int]]] = {}
+        db = self._db()
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = db.execute(
+                "SELECT b.hash, f.digest, b.idx, f.size, f.block_size FROM blocks b "
+                f"JOIN files f ON f.digest = b.digest WHERE b.hash IN ({marks})",
+                part,
+            ).fetchall()
+            for h, d, idx, size, bs in rows:
+                places = found.setdefault(bytes(h), [])
+                if len(places) < 4:
+                    places.append((self._file(bytes(d)), idx * bs, block_length(size, bs, idx)))
+        return found
 
     def touch(self, digests: Iterable[bytes]) -> None:
         now = time.time()
@@ -378,6 +377,7 @@ class Store:
     # -- manifests ------------------------------------------------------------------
 
     def save_manifest(self, manifest: Manifest) -> None:
+        self._remember(manifest)
         path = self.manifests_dir / manifest.id
         if path.exists():
             return
@@ -386,6 +386,10 @@ class Store:
         os.replace(tmp, path)
 
     def load_manifest(self, manifest_id: str) -> Manifest | None:
+        with self._lock:
+            known = self._manifests.get(manifest_id)
+        if known is not None:
+            return known
         if not manifest_id.isalnum():
             return None
         try:
@@ -393,7 +397,18 @@ class Store:
             manifest = Manifest.from_bytes(raw)
         except (OSError, ManifestError):
             return None
-        return manifest if manifest.id == manifest_id else None
+        if manifest.id != manifest_id:
+            return None
+        self._remember(manifest)
+        return manifest
+
+    def _remember(self, manifest: Manifest) -> None:
+        """Keep recent manifests parsed: an unchanged re-sync then decodes nothing."""
+        with self._lock:
+            self._manifests[manifest.id] = manifest
+            self._manifests.move_to_end(manifest.id)
+            while len(self._manifests) > 8:
+                self._manifests.popitem(last=False)
 
     def remember_tree(self, key: str, manifest: Manifest) -> None:
         self.save_manifest(manifest)
