@@ -14,7 +14,9 @@ from typing import Any
 
 import zmq
 
+from farm.endpoints import reachable
 from farm.errors import ConnectionLost, FarmError, ProtocolError
+from farm.filesync import FileClient, Store
 from farm.project import Project
 from farm.protocol import T, Message, pack, unpack
 
@@ -41,6 +43,7 @@ class Summary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     id: str = ""
+    download: str | None = None  # the controller serves the outputs as this tree (remote submits)
 
     @property
     def ok(self) -> bool:
@@ -52,7 +55,8 @@ class Summary:
         return cls(project=data["project"], media_type=data["media_type"], state=data["state"],
                    total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
                    elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
-                   failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""))
+                   failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
+                   download=data.get("download"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class Client:
                  timeout: float = SILENCE_LIMIT_S) -> None:
         self.url = url
         self.timeout = timeout
+        self.socket_setup = socket_setup
         self.zctx = zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -114,8 +119,19 @@ class Client:
         self.send(kind, body)
         return self.receive()
 
-    def submit(self, project: Project, *, priority: int = 0) -> str:
-        reply = self.request(T.SUBMIT, {"project": project.to_wire(), "priority": priority})
+    def submit(self, project: Project, *, priority: int = 0, upload: bool = False) -> str:
+        """Hand a project to the controller; returns its run id.
+
+        With `upload`, the project's files go to the controller through the file synchroniser
+        (only what it does not have already), for a controller that does not share our disk.
+        """
+        reply = self.request(T.SUBMIT, {"project": project.to_wire(), "priority": priority, "upload": upload})
+        if reply.type is T.UPLOAD:
+            endpoint = reachable(reply.body["files"], self.url)
+            with FileClient(endpoint, socket_setup=self.socket_setup, timeout=self.timeout) as files:
+                files.upload(reply.body["token"], project.root, paths=list(project.assets()))
+                log.info("uploaded %s: %d blocks sent", project.name, files.counters.blocks_sent)
+            reply = self.receive()
         if reply.type is not T.ACCEPTED:
             raise ProtocolError(f"expected ACCEPTED, got {reply.type.name}")
         return reply.body["project"]
@@ -130,6 +146,23 @@ class Client:
             elif msg.type is T.FINISHED and msg.body["summary"].get("id") == run_id:
                 return Summary.from_wire(msg.body["summary"])
 
+    def download(self, summary: Summary, project: Project) -> Summary:
+        """Bring a remote run's outputs into the local project's output folder."""
+        if not summary.download:
+            return summary
+        with self.files() as files:
+            files.sync(summary.download, project.output_dir, copy=True)
+        remote = summary.output_dir.rstrip("/") + "/"
+        local = str(project.output_dir) + "/"
+        summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
+        summary.output_dir = str(project.output_dir)
+        return summary
+
+    def files(self) -> FileClient:
+        """A file-synchroniser client for this controller (its endpoint comes from a STATUS)."""
+        endpoint = reachable(self.status()["files"], self.url)
+        return FileClient(endpoint, Store(), socket_setup=self.socket_setup, timeout=self.timeout)
+
     def status(self) -> dict[str, Any]:
         return self.request(T.STATUS).body
 
@@ -140,8 +173,9 @@ class Client:
 
 def submit(url: str, project: Project, *, priority: int = 0,
            on_update: Callable[[dict[str, Any]], None] | None = None,
-           socket_setup: Callable[[zmq.Socket], None] | None = None) -> Summary:
-    """Submit a project and follow it to the end."""
+           socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False) -> Summary:
+    """Submit a project and follow it to the end (uploading it and downloading its outputs if asked)."""
     with Client(url, socket_setup=socket_setup) as client:
-        run_id = client.submit(project, priority=priority)
-        return client.follow(run_id, on_update)
+        run_id = client.submit(project, priority=priority, upload=upload)
+        summary = client.follow(run_id, on_update)
+        return client.download(summary, project) if upload else summary

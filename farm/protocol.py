@@ -46,6 +46,7 @@ class T(enum.IntEnum):
     STATUS_REPLY = 35
     CANCEL_PROJECT = 36
     FOLLOW = 37
+    UPLOAD = 38
     ERROR = 39
     # file synchroniser (its own socket)
     FS_REQUEST = 50
@@ -91,12 +92,13 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
-    T.WELCOME: {"heartbeat": NUM, "liveness": int},
+    T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str)},
     T.JOBS: {"jobs": [JOB], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},
     T.HEARTBEAT: {},
-    T.SUBMIT: {"project": ANY, "priority": int},
+    T.SUBMIT: {"project": ANY, "priority": int, "upload": opt(bool)},
+    T.UPLOAD: {"token": str, "files": str},
     T.ACCEPTED: {"project": str, "total": opt(int)},
     T.UPDATE: ANY,
     T.FINISHED: ANY,

@@ -31,6 +31,8 @@ import zmq
 
 from farm import __version__
 from farm.agent.capabilities import detect
+from farm.agent.sync import AssetSync
+from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.protocol import MAX_FRAMES, T, pack, unpack
 
@@ -71,6 +73,8 @@ class Agent:
         scratch: Path | None = None,
         parent_pid: int | None = None,
         socket_setup: Callable[[zmq.Socket], None] | None = None,
+        cache_dir: Path | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.controller = controller
         self.nslots = slots or os.cpu_count() or 1
@@ -88,6 +92,9 @@ class Agent:
         self.slots = [Slot(i) for i in range(self.nslots)]
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
         self.projects: dict[str, dict[str, Any]] = {}
+        self.ready: set[str] = set()  # projects whose assets are here
+        self.files_endpoint: str | None = None
+        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup)
         self.held: set[str] = set()
         self.outgoing: list[tuple[dict[str, Any], list[bytes]]] = []
         self.avg_job_s = 1.0
@@ -138,7 +145,7 @@ class Agent:
                 if self.ctrl is not None:
                     poller.register(self.ctrl, zmq.POLLIN)
                 registered = self.ctrl
-            events = dict(poller.poll(100))
+            events = dict(poller.poll(20 if self.sync.busy else 100))
             if self.ctrl is not None and events.get(self.ctrl):
                 self._drain(self.ctrl, self._on_controller)
             if self.reintroduce:
@@ -146,6 +153,8 @@ class Agent:
                 self._connect()
             if events.get(self.workers):
                 self._drain(self.workers, self._on_worker)
+            for synced in self.sync.finished():
+                self._synced(synced.project, synced.folder, synced.error)
             now = time.monotonic()
             self._check_workers(now, endpoint)
             self._feed_workers(now)
@@ -241,6 +250,8 @@ class Agent:
             self.backoff = BACKOFF_START_S
             self.heartbeat = float(msg.body["heartbeat"])
             self.liveness = int(msg.body["liveness"])
+            if msg.body.get("files"):
+                self.files_endpoint = reachable(msg.body["files"], self.controller)
             log.info("connected to controller %s", self.controller)
         elif msg.type is T.JOBS:
             projects = msg.body["projects"]
@@ -252,6 +263,7 @@ class Agent:
                     continue
                 self.queue.append(job)
                 self.held.add(job["lease"])
+                self._fetch_assets(job["project"])
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
         elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves
@@ -261,6 +273,31 @@ class Agent:
             log.info("controller asked us to shut down")
             self.connected = False  # no BYE needed
             self.stopping = True
+
+    def _fetch_assets(self, project: str) -> None:
+        """Start bringing a project's files here, unless they are here or on their way."""
+        if project in self.ready or project in self.sync.busy:
+            return
+        assets = self.projects[project].get("assets")
+        if not assets:  # a controller that shares our filesystem: use its folder as it is
+            self.ready.add(project)
+        elif self.files_endpoint is None:
+            self._synced(project, None, "the controller did not say where its file service is")
+        else:
+            self.sync.start(project, self.files_endpoint, assets["tree"])
+
+    def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
+        if folder is not None:
+            self.projects[project] = {**self.projects[project], "root": str(folder)}
+            self.ready.add(project)
+            return
+        kept = collections.deque()
+        for job in self.queue:  # the controller will try these again, here or elsewhere
+            if job["project"] == project:
+                self._fail(job, f"cannot fetch the project's files: {error}")
+            else:
+                kept.append(job)
+        self.queue = kept
 
     def _cancel(self, leases: set[str]) -> None:
         self.queue = collections.deque(j for j in self.queue if j["lease"] not in leases)
@@ -351,7 +388,9 @@ class Agent:
             size = max(1, min(256, int(WORKER_BATCH_S / max(self.avg_job_s, 1e-6))))
             if not slot.ready or len(slot.running) > size:
                 continue  # it has a batch queued behind the one it is running: enough
-            batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+            batch = self._take(size)
+            if not batch:
+                return
             threads = max(1, (os.cpu_count() or 1) // self.nslots)
             for job in batch:
                 job["threads"] = threads
@@ -363,6 +402,15 @@ class Agent:
             slot.running += batch
             assert self.workers is not None
             self.workers.send_multipart([f"w{slot.index}".encode(), msgpack.packb(["jobs", body])])
+
+    def _take(self, count: int) -> list[dict[str, Any]]:
+        """Up to `count` queued jobs whose project's files are here, in order."""
+        batch, waiting = [], []
+        while self.queue and len(batch) < count:
+            job = self.queue.popleft()
+            (batch if job["project"] in self.ready else waiting).append(job)
+        self.queue.extendleft(reversed(waiting))
+        return batch
 
     def _on_worker(self, frames: list[bytes]) -> None:
         ident, raw, *payloads = frames

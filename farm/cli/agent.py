@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -24,9 +25,13 @@ def agent(
     key: Annotated[str, typer.Option("--key", help="This node's key pair name.")] = "node",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Where project files are cached, shared across projects (default: the user's cache dir).")] = None,
+    cache_size: Annotated[float, typer.Option(help="Cache size limit in GiB (least recently used go first).")] = 20,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
     with reported():
         security = client_security(controller, keys_dir, key, server_key, insecure)
         Agent(controller, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
-              parent_pid=parent_pid, socket_setup=security.socket_setup if security else None).run()
+              parent_pid=parent_pid, socket_setup=security.socket_setup if security else None,
+              cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30)).run()

@@ -31,6 +31,8 @@ def submit(
     key: Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")] = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
+    shared: Annotated[bool, typer.Option(
+        "--shared-fs", help="The controller reads the project from this same path: skip the upload.")] = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     bar = ProgressBar(enabled=None if not as_json else False)
@@ -40,7 +42,8 @@ def submit(
                 security = client_security(controller, keys_dir, key, server_key, insecure)
                 summary = submit_remote(controller, load_project(project_dir, output=output),
                                         priority=priority, on_update=bar.update,
-                                        socket_setup=security.socket_setup if security else None)
+                                        socket_setup=security.socket_setup if security else None,
+                                        upload=not shared)
             else:
                 summary = submit_embedded(project_dir, agents=agents, output=output,
                                           on_update=bar.update, priority=priority)

@@ -95,6 +95,9 @@ class ProjectRun:
         self.resumed = self.done
         self.reused = 0
         self.outputs: list[str] = []
+        self.assets: dict[str, Any] = {}  # where agents fetch the project's files (file synchroniser)
+        self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
+        self.download: str | None = None
 
     # -- what to run next ---------------------------------------------------------------
 
@@ -317,4 +320,5 @@ class ProjectRun:
             "failures": [{"job": f.key, "error": f.error, "log": f.log, "attempts": f.attempts}
                          for f in self.failures.values()],
             "error": self.error,
+            "download": self.download,
         }

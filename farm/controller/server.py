@@ -18,9 +18,11 @@ from typing import Any
 
 import zmq
 
+from farm.controller.assets import AssetService
 from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
+from farm.filesync import SyncError, UploadResult
 from farm.journal import Journal
 from farm.paths import UnsafePath, safe_relpath
 from farm.plugins import get_media_type
@@ -123,6 +125,9 @@ class Controller:
             self.sock.close(linger=0)
             self.journal.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
+        self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
+                                   socket_setup=self.security.socket_setup if self.security else None)
+        self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self._resume()
         log.info("controller listening on %s", self.url)
         self._bound.set()
@@ -149,6 +154,8 @@ class Controller:
                     self._probes.pop(0)
                     self._probe_agents()
                 self.journal.tick(now)
+                for upload in self.assets.finished_uploads():
+                    self._uploaded(upload)
                 self._dispatch(now)
                 self._check_agents(now)
                 if now - last_lease_check >= LEASE_CHECK_EVERY_S:
@@ -165,6 +172,7 @@ class Controller:
             self.sock.disable_monitor()
             monitor.close(linger=0)
             self.sock.close(linger=500 if self._shutdown_agents else 0)
+            self.assets.close()
             self.journal.close()
 
     def _resume(self) -> None:
@@ -179,6 +187,13 @@ class Controller:
                 self.journal.finish_project(record.project_id, "failed", {"error": f"cannot resume: {exc}"})
                 continue
             run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority)
+            try:
+                run.assets = self.assets.publish_project(run.id, project)
+            except SyncError as exc:
+                run.finished([], f"cannot publish its assets: {exc}")
+                self.journal.finish_project(run.id, run.state, run.summary())
+                continue
+            run.uploaded = bool(wire.get("uploaded"))
             self.runs[run.id] = run
             log.info("resumed project %s: %d jobs already done", run.id, run.done)
 
@@ -291,7 +306,8 @@ class Controller:
                     self._lose(lease, "agent reconnected without it")
         log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
                  ", ".join(sorted(agent.caps)) or "no capabilities")
-        self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+        self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
+                                         "files": self.assets.endpoint})
 
     def _results(self, agent: AgentState, msg: Message) -> None:
         offset = 0
@@ -345,10 +361,32 @@ class Controller:
 
     def _submit(self, identity: bytes, body: dict[str, Any]) -> None:
         wire = body["project"]
+        if not isinstance(wire, dict) or not isinstance(wire.get("root"), str):
+            self._send(identity, T.ERROR, {"message": "SUBMIT needs a project with a root folder"})
+            return
+        if body.get("upload"):  # a remote submitter: its project comes through the file synchroniser
+            token = uuid.uuid4().hex
+            folder = self.state_dir / "uploads" / token
+            self.assets.expect_project(token, folder)
+            self.uploads[token] = (identity, body, folder)
+            self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
+            return
+        self._start_run(identity, Path(wire["root"]), wire.get("output"), body["priority"], uploaded=False)
+
+    def _uploaded(self, upload: UploadResult) -> None:
+        found = self.uploads.pop(upload.token, None)
+        if found is None:
+            return
+        identity, body, folder = found
+        if not upload.ok:
+            self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
+            return
+        self._start_run(identity, folder, body["project"].get("output"), body["priority"], uploaded=True)
+
+    def _start_run(self, identity: bytes, root: Path, output: str | None, priority: int, *,
+                   uploaded: bool) -> None:
         try:
-            if not isinstance(wire, dict) or not isinstance(wire.get("root"), str):
-                raise FarmError("SUBMIT needs a project with a root folder")
-            project = load_project(wire["root"], output=wire.get("output"))
+            project = load_project(root, output=output)
             media = get_media_type(project.media_type)
         except FarmError as exc:
             self._send(identity, T.ERROR, {"message": str(exc)})
@@ -361,11 +399,17 @@ class Controller:
             self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
             return
         run_id = f"{project.name}-{uuid.uuid4().hex[:8]}"
-        self.journal.add_project(run_id, project.to_wire(), body["priority"], time.time())
-        run = ProjectRun(run_id, project, media, self.journal, priority=body["priority"])
+        try:
+            assets = self.assets.publish_project(run_id, project)
+        except (SyncError, OSError) as exc:
+            self._send(identity, T.ERROR, {"message": f"{project.root}: {exc}"})
+            return
+        self.journal.add_project(run_id, {**project.to_wire(), "uploaded": uploaded}, priority, time.time())
+        run = ProjectRun(run_id, project, media, self.journal, priority=priority)
+        run.assets, run.uploaded = assets, uploaded
         self.runs[run_id] = run
         self.followers.setdefault(run_id, set()).add(identity)
-        log.info("accepted project %s (%s, %s jobs)", run_id, media.name, run.total)
+        log.info("accepted project %s (%s, %s jobs, %d asset files)", run_id, media.name, run.total, assets["files"])
         self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
 
     def _cancel(self, identity: bytes, ref: str) -> None:
@@ -414,7 +458,7 @@ class Controller:
         for lease in leases:
             run = lease.run
             if run.id not in agent.known_projects:
-                projects[run.id] = run.project.to_wire()
+                projects[run.id] = {**run.project.to_wire(), "assets": run.assets}
                 agent.known_projects.add(run.id)
             jobs.append({"lease": lease.id, "key": lease.job.key, "project": run.id, "params": lease.job.params,
                          "deps": run.deps_for(lease.job), "timeout": run.timeout})
@@ -473,6 +517,9 @@ class Controller:
                     log.exception("%s: finalize failed", run_id)
                     run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
                 log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
+                if run.uploaded:  # the submitter is elsewhere: let it download the outputs
+                    run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
+                self.assets.unpublish(run.id)
                 self.journal.finish_project(run.id, run.state, run.summary())
                 self._notify_finished(run)
                 self._prune()
@@ -526,6 +573,7 @@ class Controller:
         now = time.monotonic()
         return {
             "controller": self.url,
+            "files": self.assets.endpoint,
             "agents": [a.describe(now) for a in self.registry],
             "projects": [r.snapshot(self.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),

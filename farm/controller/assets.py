@@ -1,0 +1,69 @@
+"""The controller's side of the file synchroniser: publish projects, receive uploads, serve outputs.
+
+Bulk data has its own socket and thread (`farm.filesync.FileServer`), so it never delays
+heartbeats or dispatch on the job socket. Upload results arrive from that thread through
+a queue the controller's loop drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from farm.endpoints import files_bind
+from farm.filesync import FileServer, HashCache, UploadResult, build_manifest
+from farm.project import Project
+
+log = logging.getLogger(__name__)
+
+
+class AssetService:
+    def __init__(self, job_bind: str, state_dir: Path,
+                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
+        self.server = FileServer(files_bind(job_bind), socket_setup=socket_setup).start()
+        self.hashes = HashCache(state_dir / "hashes.sqlite")
+        self.uploads: queue.Queue[UploadResult] = queue.Queue()
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    def publish_project(self, tree: str, project: Project) -> dict[str, Any]:
+        """Serve the project's assets as `tree`; returns what agents need to fetch them.
+
+        Raises `farm.filesync.SyncError` (e.g. a symlink leading out of the project).
+        """
+        manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
+        self.server.publish(tree, project.root, manifest)
+        return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
+                "bytes": manifest.total_size}
+
+    def publish_outputs(self, tree: str, folder: Path) -> str | None:
+        """Serve a finished run's output folder, for a remote submitter to download."""
+        if not folder.is_dir():
+            return None
+        self.server.publish(tree, folder, build_manifest(folder, hash_cache=self.hashes))
+        return tree
+
+    def unpublish(self, tree: str) -> None:
+        self.server.unpublish(tree)
+
+    def expect_project(self, token: str, dest: Path) -> None:
+        self.server.expect_upload(token, dest, on_done=self.uploads.put)
+
+    def finished_uploads(self) -> list[UploadResult]:
+        done = []
+        while True:
+            try:
+                done.append(self.uploads.get_nowait())
+            except queue.Empty:
+                return done
+
+    def close(self) -> None:
+        self.server.close()
+        self.hashes.close()

@@ -1,0 +1,26 @@
+"""ZeroMQ endpoint arithmetic: where the file service listens, and how a peer reaches it."""
+
+from __future__ import annotations
+
+
+def files_bind(job_bind: str) -> str:
+    """The file synchroniser's bind address, beside the controller's job socket."""
+    scheme, _, rest = job_bind.partition("://")
+    if scheme == "tcp":
+        host = rest.rsplit(":", 1)[0]
+        return f"tcp://{host}:*"
+    return f"{job_bind}-files"  # ipc:// and inproc:// paths
+
+
+def reachable(advertised: str, controller_url: str) -> str:
+    """The file endpoint as a peer should dial it: the controller's host, the advertised port.
+
+    A controller bound to 0.0.0.0 advertises an address nobody can dial; the peer already
+    knows a host that reaches the controller: the one it dialled for the job socket.
+    """
+    scheme, _, rest = advertised.partition("://")
+    if scheme != "tcp" or not controller_url.startswith("tcp://"):
+        return advertised
+    port = rest.rsplit(":", 1)[1]
+    host = controller_url[len("tcp://"):].rsplit(":", 1)[0]
+    return f"tcp://{host}:{port}"
