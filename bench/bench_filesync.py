@@ -113,6 +113,7 @@ def agent_main(
 class Agents:
     def __init__(self, count: int, endpoint: str, base: Path, keys: dict[str, str] | None) -> None:
         ctx = mp.get_context("spawn")
+        self.server_cpu: list[float] = []
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(count)]
         self.procs = [
@@ -129,6 +130,7 @@ class Agents:
 
     def sync(self) -> tuple[float, list[dict[str, Any]]]:
         os.sync()
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # this process runs the FileServer thread
         start = time.perf_counter()
         for q in self.commands:
             q.put("sync")
@@ -136,7 +138,10 @@ class Agents:
         for _ in self.procs:
             _, index, delta = self.results.get(timeout=1800)
             out[index] = delta
-        return time.perf_counter() - start, out
+        elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        self.server_cpu.append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+        return elapsed, out
 
     def stop(self) -> None:
         for q in self.commands:
@@ -357,6 +362,10 @@ def main() -> None:
         for name, stats in (("first", first_stats), ("re-sync", again_stats), ("one byte", changed_stats)):
             cpu = ", ".join(f"{s['user_s']:.2f} user + {s['sys_s']:.2f} sys" for s in stats)
             print(f"agent CPU, {name}: {cpu}")
+        print(
+            "controller (file server thread) CPU, per phase: "
+            + ", ".join(f"{c:.2f} s" for c in agents.server_cpu)
+        )
         print(
             "targets: first sync >= 1 GiB/s and faster than rsync; re-sync < 0.5 s and < 1 MB on the wire;"
             " one byte changed: at most one block re-sent"

@@ -544,3 +544,57 @@ def test_symlinks_inside_a_published_tree_are_served_as_files(
     assert not (tmp_path / "job" / "alias.txt").is_symlink()
     assert (tmp_path / "job" / "alias.txt").read_bytes() == (src / "small/03.txt").read_bytes()
     assert_same_tree(manifest, src, tmp_path / "job")
+
+
+def test_agents_sharing_one_cache_folder_fetch_at_once(
+    context: zmq.Context, server: FileServer, src: Path, tmp_path: Path
+) -> None:
+    """Agents on one host share the user's cache: concurrent fetches of the same files stay correct."""
+    stores = [Store(tmp_path / "shared-cache") for _ in range(3)]
+    clients = [FileClient(server.endpoint, s, context=context, chunk_size=64 * 1024) for s in stores]
+    errors: queue.Queue[BaseException] = queue.Queue()
+
+    def run(i: int) -> None:
+        try:
+            clients[i].sync("assets", tmp_path / f"job{i}")
+        except BaseException as exc:
+            errors.put(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for client, store in zip(clients, stores, strict=True):
+        client.close()
+        store.close()
+    assert errors.empty(), errors.get()
+    manifest = server.published("assets")
+    assert manifest is not None
+    for i in range(3):
+        assert_same_tree(manifest, src, tmp_path / f"job{i}")
+    with Store(tmp_path / "shared-cache") as store:  # the shared cache is consistent afterwards
+        assert len(store.check(e.digest for e in manifest)) == len(manifest.unique_files())
+        assert store.size() == sum(e.size for e in manifest.unique_files())
+
+
+def test_a_client_over_its_request_bound_gets_an_answer_not_silence(
+    context: zmq.Context, server: FileServer
+) -> None:
+    manifest = server.published("assets")
+    assert manifest is not None
+    block = manifest.get("run.sh").block_hash(0)  # type: ignore[union-attr]
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(server.endpoint)
+    for rid in range(100):
+        dealer.send_multipart(pack(T.FS_REQUEST, {"op": "get", "rid": rid, "items": [[block, 0, 18]]}))
+    answers = {}
+    for _ in range(100):
+        assert dealer.poll(30_000)
+        frames = dealer.recv_multipart()
+        body = msgpack.unpackb(frames[1])
+        answers[body["rid"]] = frames[2] if body["ok"] else body["error"]
+    dealer.close()
+    assert sorted(answers) == list(range(100))
+    assert all(a == b"#!/bin/sh\necho hi\n" or "too many requests" in a for a in answers.values())

@@ -1,7 +1,7 @@
 """`FileClient`: fetches trees into a `Store` and uploads local trees, over one DEALER socket.
 
-Flow control is by byte credit: at most ``window`` bytes of requests are outstanding, in
-requests of at most ``chunk_size`` bytes (small blocks are batched into one request,
+Flow control is by byte credit: at most ``window`` bytes (16 MiB) of requests are outstanding, in
+requests of at most ``chunk_size`` bytes (4 MiB; small blocks are batched into one request,
 large ones split), so memory stays bounded whatever the file sizes. Every block is
 verified as it lands; a bad one is asked for again, up to ``retries`` times. Blocks
 already in the cache, in a partial file from an interrupted transfer, or elsewhere in
@@ -38,6 +38,7 @@ from farm.filesync.store import Store
 log = logging.getLogger(__name__)
 
 SocketSetup = Callable[[zmq.Socket], None]
+MAX_IN_FLIGHT = 32  # requests; a server queues at most 64 per client (FileServer max_queue)
 
 
 @dataclass
@@ -89,8 +90,8 @@ class FileClient:
         context: zmq.Context | None = None,
         socket_setup: SocketSetup | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        chunk_size: int = 1 * MiB,
-        window: int = 8 * MiB,
+        chunk_size: int = 4 * MiB,
+        window: int = 16 * MiB,
         timeout: float = 60.0,
         retries: int = 3,
     ) -> None:
@@ -354,7 +355,9 @@ class FileClient:
         inflight: dict[int, tuple[str, _Request]] = {}
         outstanding = 0
         while queue or inflight:
-            while queue and (not inflight or outstanding + queue[0].cost <= self.window):
+            while queue and (
+                not inflight or (outstanding + queue[0].cost <= self.window and len(inflight) < MAX_IN_FLIGHT)
+            ):
                 request = queue.popleft()
                 op, fields, payloads = make(request)
                 inflight[self._send(op, fields, payloads)] = (op, request)

@@ -209,10 +209,15 @@ class FileServer:
                 events = dict(poller.poll(0 if self._queue else None))
                 if wake in events:
                     break
-                if sock in events:
-                    self._drain(sock)
-                for client, request in self._queue.pop_round():
-                    self._serve(sock, client, request)
+                try:
+                    if sock in events:
+                        self._drain(sock)
+                    for client, request in self._queue.pop_round():
+                        self._serve(sock, client, request)
+                except zmq.ContextTerminated:
+                    break
+                except Exception:  # a bug must not end the controller's file service
+                    log.exception("file server loop error; carrying on")
         finally:
             for fd in self._fds.values():
                 os.close(fd)
@@ -239,7 +244,9 @@ class FileServer:
                 cost += sum(i[2] for i in request.body["items"] if len(i) == 3 and isinstance(i[2], int))
             cost = min(max(cost, _SMALL_COST), self.limits.max_chunk)  # an oversized ask is refused later
             if not self._queue.push(client, request, cost):
-                self._drop(f"client {client.hex()[:12]} has too many requests queued; dropping one")
+                self.counters.errors += 1
+                error = f"too many requests in flight (at most {self._queue.max_items} per client)"
+                self._send(sock, client, wire.error_frames(request.rid, error))
 
     def _drop(self, why: str) -> None:
         self.counters.dropped += 1
@@ -257,15 +264,19 @@ class FileServer:
             self.counters.errors += 1
             log.exception("file-sync %s failed", request.op)
             frames = wire.error_frames(request.rid, f"internal error: {type(exc).__name__}")
+        self._send(sock, client, frames)
+
+    def _send(self, sock: zmq.Socket, client: bytes, frames: list[Any]) -> None:
         try:
             sock.send_multipart([client, *frames], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._drop(f"client {client.hex()[:12]} is not reading its replies")
             return
         except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
-            self._queue.drop(client)  # gone: forget what it asked for
+            if exc.errno == errno.EHOSTUNREACH:
+                self._queue.drop(client)  # gone: forget what it asked for
+            else:
+                self._drop(f"cannot reply to {client.hex()[:12]}: {exc}")
             return
         self.counters.bytes_out += sum(len(f) for f in frames)
 

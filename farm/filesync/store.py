@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from farm.filesync.errors import ManifestError
-from farm.filesync.hashing import block_length
+from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.materialize import MaterializeStats, materialize
@@ -50,6 +50,23 @@ CREATE INDEX IF NOT EXISTS blocks_hash ON blocks(hash);
 CREATE INDEX IF NOT EXISTS blocks_digest ON blocks(digest);
 CREATE TABLE IF NOT EXISTS trees (key TEXT PRIMARY KEY, manifest TEXT NOT NULL);
 """
+
+
+def _stat_if_content(path: str, entry: FileEntry) -> os.stat_result | None:
+    """The stat of ``path`` if it holds exactly ``entry``'s content (hashed in full), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_size == entry.size and hash_fd(fd, entry.size, entry.block_size) == entry.hashes:
+            return st
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return None
 
 
 def default_cache_dir() -> Path:
@@ -167,11 +184,17 @@ class Store:
         if fanout not in self._fanout:
             os.makedirs(fanout, exist_ok=True)
             self._fanout.add(fanout)
-        if os.path.exists(target) and entry.digest in self.check([entry.digest], touch=False):
-            os.unlink(partial)  # another agent on this host stored it meanwhile: keep its recorded file
-            return target
-        os.replace(partial, target)
-        st = os.stat(target)
+        st = None
+        if os.path.exists(target):  # another agent on this host stored it meanwhile: keep its file
+            if entry.digest in self.check([entry.digest], touch=False):
+                os.unlink(partial)
+                return target
+            st = _stat_if_content(target, entry)  # stored but not yet recorded by its owner
+        if st is None:
+            os.replace(partial, target)
+            st = os.stat(target)
+        else:
+            os.unlink(partial)
         with self._lock:
             self._pending.append((entry, st))
             flush = len(self._pending) >= 256
@@ -246,8 +269,6 @@ class Store:
 
     def verify(self, digest: bytes) -> bool:
         """Hash a stored file in full; drop it if it no longer matches. For scrubs after a crash."""
-        from farm.filesync.hashing import hash_fd
-
         self.flush()
         row = self._db().execute("SELECT size, block_size FROM files WHERE digest = ?", (digest,)).fetchone()
         if row is None:
@@ -319,10 +340,15 @@ class Store:
         """This Store's own folder for partial files, locked for as long as the Store is open."""
         with self._lock:
             if self._session is None:
-                path = self.partial_root / f"{os.getpid()}-{secrets.token_hex(4)}"
-                path.mkdir()
-                fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                # made under a hidden name and renamed once locked: no other Store may see it
+                # unlocked and take it for a dead session's folder
+                name = f"{os.getpid()}-{secrets.token_hex(4)}"
+                hidden = self.partial_root / f".new-{name}"
+                hidden.mkdir()
+                fd = os.open(hidden / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                path = self.partial_root / name
+                os.rename(hidden, path)
                 self._session, self._session_fd = path, fd
             return self._session
 
@@ -345,7 +371,7 @@ class Store:
 
         Holds the folder's lock meanwhile, and removes the folder after if no partials are left.
         """
-        if folder == self._session or not folder.is_dir():
+        if folder == self._session or folder.name.startswith(".") or not folder.is_dir():
             yield []
             return
         try:
@@ -381,7 +407,7 @@ class Store:
         path = self.manifests_dir / manifest.id
         if path.exists():
             return
-        tmp = path.with_name(f".{manifest.id}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{manifest.id}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         tmp.write_bytes(manifest.to_bytes())
         os.replace(tmp, path)
 
