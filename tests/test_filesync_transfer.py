@@ -598,3 +598,50 @@ def test_a_client_over_its_request_bound_gets_an_answer_not_silence(
     dealer.close()
     assert sorted(answers) == list(range(100))
     assert all(a == b"#!/bin/sh\necho hi\n" or "too many requests" in a for a in answers.values())
+
+
+def test_a_file_replaced_by_rename_and_republished_is_served_anew(
+    server: FileServer, open_client: Callable[..., FileClient], src: Path, tmp_path: Path
+) -> None:
+    client = open_client()
+    client.sync("assets", tmp_path / "job")  # the server now holds big.bin open
+    (src / "big.tmp").write_bytes(os.urandom(BIG))
+    os.replace(src / "big.tmp", src / "big.bin")  # how editors save
+    server.publish("assets", src, build_manifest(src))
+    manifest = client.sync("assets", tmp_path / "job")
+    assert_same_tree(manifest, src, tmp_path / "job")
+
+
+def test_a_file_changed_after_publishing_is_refused_not_served(
+    server: FileServer, open_client: Callable[..., FileClient], src: Path, tmp_path: Path
+) -> None:
+    with open(src / "big.bin", "r+b") as f:
+        f.write(b"changed behind the server's back")
+    with pytest.raises(TransferError, match=r"big\.bin changed since it was published"):
+        open_client().sync("assets", tmp_path / "job")
+
+
+def test_an_interrupted_upload_resumes_where_it_stopped(
+    context: zmq.Context, server: FileServer, tmp_path: Path
+) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_five(progress: object) -> None:
+        if getattr(progress, "blocks_done", 0) >= 5:
+            raise Stop
+
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    (outputs / "render.exr").write_bytes(os.urandom(12 * MIN_BLOCK))
+    results: queue.Queue[UploadResult] = queue.Queue()
+    server.expect_upload("lease-11", tmp_path / "staged", on_done=results.put)
+    with FileClient(server.endpoint, context=context, chunk_size=MIN_BLOCK, window=MIN_BLOCK) as client:
+        with pytest.raises(Stop):
+            client.upload("lease-11", outputs, progress=stop_after_five)
+        assert client.counters.blocks_sent == 5
+    with FileClient(server.endpoint, context=context) as again:  # a restarted agent
+        manifest = again.upload("lease-11", outputs)
+        assert again.counters.blocks_sent == 7
+    assert results.get(timeout=30).ok
+    assert_same_tree(manifest, outputs, tmp_path / "staged")

@@ -312,12 +312,15 @@ class FileServer:
 
     def read_chunk(self, place: Place, offset: int, length: int) -> bytes:
         """Bytes of a published block, read from the controller's disk (a hook for tests)."""
+        expected = (place.entry.size, place.entry.mtime_ns)
         fd = self._open(place)
         st = os.fstat(fd)
-        if (st.st_size, st.st_mtime_ns) != (place.entry.size, place.entry.mtime_ns):
-            self._fds.pop(place.path, None)
-            os.close(fd)
-            raise SyncError(f"{place.entry.path} changed since it was published; publish the tree again")
+        if (st.st_size, st.st_mtime_ns) != expected:  # perhaps an old file, replaced by a rename since
+            os.close(self._fds.pop(place.path))
+            fd = self._open(place)
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != expected:
+                raise SyncError(f"{place.entry.path} changed since it was published; publish the tree again")
         data = os.pread(fd, length, place.offset + offset)
         if len(data) != length:
             raise SyncError(f"{place.entry.path} is shorter than published")
