@@ -1,7 +1,8 @@
-"""The embedded farm: a controller in this process and local agent processes, for one project.
+"""The embedded farm: a controller in this process and local agent processes.
 
 This is what ``farm submit DIR`` runs when no controller is given: the same controller,
-agents and client as a farm of many machines, on loopback.
+agents and client as a farm of many machines, on loopback. It lives as long as the
+`EmbeddedFarm` context, so ``--watch`` renders round after round on the same agents.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from farm.client import Summary, submit
 from farm.controller.server import Controller
-from farm.project import STATE_DIR, load_project
+from farm.project import STATE_DIR, Project, load_project
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,31 @@ def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> 
             proc.wait()
 
 
+class EmbeddedFarm:
+    """A controller (state in ``state_dir``) and ``agents`` local agent processes."""
+
+    def __init__(self, state_dir: Path, agents: int | None = None) -> None:
+        self.controller = Controller("tcp://127.0.0.1:0", state_dir=state_dir)
+        self.count = agents or os.cpu_count() or 1
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> EmbeddedFarm:
+        self.controller.start()
+        assert self.controller.url is not None
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop(shutdown_agents=True)
+        stop_agents(self.procs)
+
+    def submit(self, project: Project, *, priority: int = 0,
+               on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
+        assert self.controller.url is not None
+        return submit(self.controller.url, project, priority=priority, on_update=on_update)
+
+
 def submit_embedded(
     project_dir: Path | str,
     *,
@@ -51,14 +77,5 @@ def submit_embedded(
 ) -> Summary:
     """Render a project on an in-process controller with `agents` local agents (default: cores)."""
     project = load_project(project_dir, output=output)
-    count = agents or os.cpu_count() or 1
-    controller = Controller("tcp://127.0.0.1:0", state_dir=project.root / STATE_DIR)
-    controller.start()
-    assert controller.url is not None
-    procs = start_local_agents(controller.url, count,
-                               log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
-    try:
-        return submit(controller.url, project, priority=priority, on_update=on_update)
-    finally:
-        controller.stop(shutdown_agents=True)
-        stop_agents(procs)
+    with EmbeddedFarm(project.root / STATE_DIR, agents) as farm:
+        return farm.submit(project, priority=priority, on_update=on_update)

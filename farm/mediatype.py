@@ -85,6 +85,16 @@ class MediaType:
         settings.finish()
         return {}
 
+    def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The settings a job's outputs depend on, for its cache key; None: never reuse results.
+
+        A job whose cache key (media type and plugin version, these settings, the job's key and
+        params, and the digests of the assets it reads) matches a finished job's is not
+        rendered again: its stored outputs are collated instead. Leave out settings that
+        only choose *which* jobs exist (a zoom range), so widening them reuses the rest.
+        """
+        return settings
+
     def count(self, project: Project) -> int | None:
         """A cheap total number of jobs (for progress and ETA), or None if unknown."""
         return None

@@ -89,7 +89,8 @@ class ProgressBar:
 def summary_text(summary: Summary) -> str:
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total} jobs done,"
-        f" {summary.failed} failed" + (f", {summary.reused} reused" if summary.reused else "")
+        f" {summary.failed} failed"
+        + (f" ({summary.done - summary.reused} rendered, {summary.reused} reused)" if summary.reused else "")
         + f" in {format_duration(summary.elapsed_s)} ({summary.elapsed_s:.1f}s)",
     ]
     if summary.error:

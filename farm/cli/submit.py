@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,10 +14,13 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
+from farm.client import Summary
 from farm.client import submit as submit_remote
-from farm.embedded import submit_embedded
+from farm.embedded import EmbeddedFarm
+from farm.errors import FarmError
 from farm.progress import ProgressBar, summary_text
-from farm.project import load_project
+from farm.project import STATE_DIR, Project, load_project
+from farm.watch import watch
 
 
 def submit(
@@ -26,7 +33,10 @@ def submit(
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Output folder, relative to the project (default: [output] directory).")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first on a shared controller.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary object at the end.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON summary object at the end (with --watch: one per round).")] = False,
+    watch_project: Annotated[bool, typer.Option(
+        "--watch", help="Stay up and render again when the project's files change (Ctrl-C ends).")] = False,
     keys_dir: KeysDir = None,
     key: Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")] = "client",
     server_key: ServerKey = "controller",
@@ -35,25 +45,54 @@ def submit(
         "--shared-fs", help="The controller reads the project from this same path: skip the upload.")] = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
-    bar = ProgressBar(enabled=None if not as_json else False)
     with reported():
-        try:
-            if controller:
-                security = client_security(controller, keys_dir, key, server_key, insecure)
-                summary = submit_remote(controller, load_project(project_dir, output=output),
-                                        priority=priority, on_update=bar.update,
-                                        socket_setup=security.socket_setup if security else None,
-                                        upload=not shared)
-            else:
-                summary = submit_embedded(project_dir, agents=agents, output=output,
-                                          on_update=bar.update, priority=priority)
-        finally:
-            bar.close()
-    if as_json:
-        typer.echo(json.dumps(summary.to_json()))
-    else:
-        typer.echo(summary_text(summary))
-    if not summary.ok:
-        raise typer.Exit(1)
+        project = load_project(project_dir, output=output)
+        with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
+            if not watch_project:
+                summary = _round(render, project_dir, output, as_json)
+                if not summary.ok:
+                    raise typer.Exit(1)
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+            def round_() -> None:
+                try:
+                    _round(render, project_dir, output, as_json)
+                except FarmError as exc:  # a bad edit: say so and wait for the next one
+                    typer.echo(f"error: {exc}", err=True)
+                if not as_json:
+                    typer.echo("watching for changes (Ctrl-C to stop)", err=True)
+
+            try:
+                watch(project.root, project.output, round_, stop=stop)
+            except KeyboardInterrupt:
+                pass
 
 
+Render = Callable[[Project, Callable[[dict], None]], Summary]
+
+
+@contextlib.contextmanager
+def _farm(project: Project, controller: str | None, agents: int | None, keys_dir: Path | None, key: str,
+          server_key: str, insecure: bool, shared: bool, priority: int) -> Iterator[Render]:
+    """How to render a round: a running controller, or an embedded farm kept up between rounds."""
+    if controller:
+        security = client_security(controller, keys_dir, key, server_key, insecure)
+        setup = security.socket_setup if security else None
+        yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
+                                                 socket_setup=setup, upload=not shared)
+        return
+    with EmbeddedFarm(project.root / STATE_DIR, agents) as farm:
+        yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
+
+
+def _round(render: Render, project_dir: Path, output: str | None, as_json: bool) -> Summary:
+    project = load_project(project_dir, output=output)
+    bar = ProgressBar(enabled=None if not as_json else False)
+    try:
+        summary = render(project, bar.update)
+    finally:
+        bar.close()
+    typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary))
+    return summary

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from farm.endpoints import files_bind
-from farm.filesync import FileServer, HashCache, UploadResult, build_manifest
+from farm.filesync import FileServer, HashCache, Manifest, UploadResult, build_manifest
 from farm.project import Project
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,15 @@ class AssetService:
     def endpoint(self) -> str:
         return self.server.endpoint
 
-    def publish_project(self, tree: str, project: Project) -> dict[str, Any]:
-        """Serve the project's assets as `tree`; returns what agents need to fetch them.
+    def publish_project(self, tree: str, project: Project) -> tuple[dict[str, Any], Manifest]:
+        """Serve the project's assets as `tree`; returns what agents need to fetch them, and the manifest.
 
         Raises `farm.filesync.SyncError` (e.g. a symlink leading out of the project).
         """
         manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
         self.server.publish(tree, project.root, manifest)
         return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
-                "bytes": manifest.total_size}
+                "bytes": manifest.total_size}, manifest
 
     def publish_outputs(self, tree: str, folder: Path) -> str | None:
         """Serve a finished run's output folder, for a remote submitter to download."""

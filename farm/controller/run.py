@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.registry import AgentState
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 
 BLOCKLIST_AFTER = 3  # failures of one agent within one project
 LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
-RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not tried
+RETRY_SCAN = 64
+MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats  # how deep to look in the retry queue for a job this agent has not tried
 
 
 @dataclass
@@ -96,6 +99,11 @@ class ProjectRun:
         self.reused = 0
         self.outputs: list[str] = []
         self.assets: dict[str, Any] = {}  # where agents fetch the project's files (file synchroniser)
+        self.manifest: Any = None  # the assets' `farm.filesync.Manifest`, for cache keys
+        self.assets_digest: str | None = None
+        self.cache: JobCache | None = None
+        self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
+        self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
         self.download: str | None = None
 
@@ -123,14 +131,44 @@ class ProjectRun:
                 tried = self.tried_on.get(job.key, ())
                 if agent.id in tried and others > len(tried):
                     skipped.append(job)  # leave it for an agent that has not failed it
-                else:
+                elif not self._reuse(job):
                     jobs.append(self.lease(job, agent, now))
             self.ready.extendleft(reversed(skipped))
-        while len(jobs) < n and not self.exhausted and self.active:
+        reused = 0
+        while len(jobs) < n and not self.exhausted and self.active and reused < MAX_REUSE_PER_TURN:
             job = self._pull()
-            if job is not None:
+            if job is None:
+                continue
+            if self._reuse(job):
+                reused += 1
+            else:
                 jobs.append(self.lease(job, agent, now))
         return jobs
+
+    def _reuse(self, job: Job) -> bool:
+        """Collate a finished identical job's stored outputs instead of rendering this one."""
+        if self.cache is None:
+            return False
+        key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
+                        self.assets_digest)
+        if key is None:
+            return False
+        self.cache_keys[job.key] = key
+        staging = self.cache.folder / "staging" / uuid.uuid4().hex
+        try:
+            hit = self.cache.restore(key, staging)
+            if hit is None:
+                return False
+            result, outputs = hit
+            self.media.collate(job, result, outputs, self.ctx)
+        except Exception as exc:  # a cache that fails us is only a missed shortcut
+            log.warning("%s: could not reuse %s: %r; rendering it", self.project.name, job.key, exc)
+            return False
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.reused += 1
+        self._done(job.key, result)
+        return True
 
     def _pull(self) -> Job | None:
         try:
@@ -182,12 +220,17 @@ class ProjectRun:
 
     def succeeded(self, lease: Lease, result: Any, outputs: dict[str, Path]) -> None:
         """Collate a current lease's outputs; raises what collate raises (the caller retries)."""
-        self.media.collate(lease.job, result, outputs, self.ctx)
         key = lease.job.key
+        if self.cache is not None and key in self.cache_keys:
+            self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
+        self.media.collate(lease.job, result, outputs, self.ctx)
         del self.leases[key]
         self.progress.pop(key, None)
-        self.journal.job_done(self.id, key, result)
         self.tried_on.pop(key, None)
+        self._done(key, result)
+
+    def _done(self, key: str, result: Any) -> None:
+        self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None))
         self.done += 1
         for job in self.waiting.pop(key, []):
             unmet = self.unmet[job.key]
@@ -226,6 +269,7 @@ class ProjectRun:
             self.ready.appendleft(lease.job)
 
     def _fail_for_good(self, key: str, error: str, log_text: str) -> None:
+        self.cache_keys.pop(key, None)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)

@@ -19,13 +19,14 @@ from typing import Any
 import zmq
 
 from farm.controller.assets import AssetService
+from farm.controller.jobcache import JobCache, assets_digest
 from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError, UploadResult
 from farm.journal import Journal
 from farm.paths import UnsafePath, safe_relpath
-from farm.plugins import get_media_type
+from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
 from farm.protocol import T, Message, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
@@ -128,6 +129,7 @@ class Controller:
         self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
                                    socket_setup=self.security.socket_setup if self.security else None)
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
+        self.cache = JobCache(self.state_dir / "cache", self.journal)
         self._resume()
         log.info("controller listening on %s", self.url)
         self._bound.set()
@@ -188,7 +190,7 @@ class Controller:
                 continue
             run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority)
             try:
-                run.assets = self.assets.publish_project(run.id, project)
+                self._prepare(run)
             except SyncError as exc:
                 run.finished([], f"cannot publish its assets: {exc}")
                 self.journal.finish_project(run.id, run.state, run.summary())
@@ -373,6 +375,13 @@ class Controller:
             return
         self._start_run(identity, Path(wire["root"]), wire.get("output"), body["priority"], uploaded=False)
 
+    def _prepare(self, run: ProjectRun) -> None:
+        """Publish a run's assets for agents, and let it reuse finished identical jobs."""
+        run.assets, run.manifest = self.assets.publish_project(run.id, run.project)
+        run.assets_digest = assets_digest(run.manifest)
+        run.cache = self.cache
+        run.plugin_version = get_plugins().owner(run.media.name).version
+
     def _uploaded(self, upload: UploadResult) -> None:
         found = self.uploads.pop(upload.token, None)
         if found is None:
@@ -399,17 +408,18 @@ class Controller:
             self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
             return
         run_id = f"{project.name}-{uuid.uuid4().hex[:8]}"
+        run = ProjectRun(run_id, project, media, self.journal, priority=priority)
         try:
-            assets = self.assets.publish_project(run_id, project)
+            self._prepare(run)
         except (SyncError, OSError) as exc:
             self._send(identity, T.ERROR, {"message": f"{project.root}: {exc}"})
             return
         self.journal.add_project(run_id, {**project.to_wire(), "uploaded": uploaded}, priority, time.time())
-        run = ProjectRun(run_id, project, media, self.journal, priority=priority)
-        run.assets, run.uploaded = assets, uploaded
+        run.uploaded = uploaded
         self.runs[run_id] = run
         self.followers.setdefault(run_id, set()).add(identity)
-        log.info("accepted project %s (%s, %s jobs, %d asset files)", run_id, media.name, run.total, assets["files"])
+        log.info("accepted project %s (%s, %s jobs, %d asset files)", run_id, media.name, run.total,
+                 run.assets["files"])
         self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
 
     def _cancel(self, identity: bytes, ref: str) -> None:

@@ -65,6 +65,11 @@ class MapTiles(MediaType):
                 raise settings.error("style", f"Mapnik cannot load {values['style']!r}: {exc}") from None
         return values
 
+    def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        # zoom and bbox only choose which metatiles exist (the params carry the tiles to cut);
+        # the metadata keys only reach the MBTiles header: widening a zoom range reuses the rest
+        return {k: settings[k] for k in ("style", "tile_size", "metatile", "format")}
+
     def count(self, project: Project) -> int:
         s = project.settings
         return sum(metatile_count(s["bbox"], z, s["metatile"]) for z in range(s["minzoom"], s["maxzoom"] + 1))

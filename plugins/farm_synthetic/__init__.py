@@ -52,17 +52,27 @@ class Synthetic(MediaType):
             "render_log": s.str("render_log", ""),
             # job 0 becomes an "analysis" job that every other job depends on
             "depend_on_first": s.boolean("depend_on_first", False),
+            # results may be reused across runs (off: benchmarks and scheduler tests count renders)
+            "cache": s.boolean("cache", False),
+            # a folder of the project: job i reads <folder>/<key>.txt and outputs its bytes
+            "inputs": s.str("inputs", ""),
         }
         s.finish()
         return settings
+
+    def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return settings if settings["cache"] else None
 
     def count(self, project: Project) -> int:
         return project.settings["jobs"]
 
     def split(self, project: Project) -> Iterator[Job]:
         first = (job_key(0),) if project.settings["depend_on_first"] else ()
+        folder = project.settings["inputs"]
         for i in range(project.settings["jobs"]):
-            yield Job(job_key(i), {"i": i}, deps=first if i else ())
+            key = job_key(i)
+            inputs = (f"{folder}/{key}.txt",) if folder else None
+            yield Job(key, {"i": i}, inputs=inputs, deps=first if i else ())
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         settings = ctx.settings
@@ -80,6 +90,9 @@ class Synthetic(MediaType):
             raise RenderError(f"{job.key} ran without its dependency's result: {dict(ctx.deps)!r}")
         if settings["sleep"]:
             time.sleep(settings["sleep"])
+        if settings["inputs"]:
+            source = ctx.project_dir / settings["inputs"] / f"{job.key}.txt"
+            (ctx.output_dir / f"{job.key}.txt").write_bytes(source.read_bytes() if source.exists() else b"")
         if settings["output_bytes"]:
             (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
         return {"token": job.key} if settings["depend_on_first"] and not job.deps else None

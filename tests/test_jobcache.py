@@ -1,0 +1,89 @@
+"""Reusing finished jobs: re-submits, edits, `--watch`, and a wider zoom range."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT
+
+from farm.client import submit
+from farm.project import load_project
+
+FARM = [sys.executable, "-m", "farm"]
+
+
+def inputs_project(synthetic, tmp_path, n: int = 10):
+    renders = tmp_path / "renders.log"
+    project = synthetic(jobs=n, inputs="in", cache=True, render_log=str(renders))
+    (project / "in").mkdir()
+    for i in range(n):
+        (project / "in" / f"job-{i:07d}.txt").write_text(f"input {i}")
+    return project, renders
+
+
+def test_only_jobs_whose_inputs_changed_render_again(controller, agents, synthetic, tmp_path):
+    project, renders = inputs_project(synthetic, tmp_path)
+    agents(controller.url, 2)
+    first = submit(controller.url, load_project(project))
+    assert (first.done, first.reused) == (10, 0)
+    (project / "in" / "job-0000003.txt").write_text("edited 3")
+    (project / "in" / "job-0000007.txt").write_text("edited 7")
+    second = submit(controller.url, load_project(project))
+    assert second.ok and (second.done, second.reused) == (10, 8)
+    rendered = renders.read_text().split()
+    assert sorted(rendered[10:]) == ["job-0000003", "job-0000007"]
+    assert (project / "output" / "job-0000003.txt").read_text() == "edited 3"
+    assert (project / "output" / "job-0000004.txt").read_text() == "input 4"
+
+
+def test_a_resubmit_restores_deleted_outputs_without_rendering(controller, agents, synthetic, tmp_path):
+    project, renders = inputs_project(synthetic, tmp_path, 6)
+    agents(controller.url, 1)
+    submit(controller.url, load_project(project))
+    shutil.rmtree(project / "output")
+    again = submit(controller.url, load_project(project))
+    assert (again.done, again.reused) == (6, 6)
+    assert len(renders.read_text().split()) == 6
+    assert (project / "output" / "job-0000005.txt").read_text() == "input 5"
+
+
+def test_watch_renders_exactly_the_jobs_an_edit_touched(synthetic, tmp_path):
+    project, renders = inputs_project(synthetic, tmp_path, 8)
+    proc = subprocess.Popen([*FARM, "submit", "--watch", "--json", "--agents", "1", str(project)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["jobs"]["done"] == 8 and first["jobs"]["reused"] == 0
+        (project / "in" / "job-0000002.txt").write_text("changed")
+        second = json.loads(proc.stdout.readline())
+        assert second["jobs"] == {"total": 8, "done": 8, "failed": 0, "reused": 7}
+        assert renders.read_text().split()[8:] == ["job-0000002"]
+        assert (project / "output" / "job-0000002.txt").read_text() == "changed"
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+        proc.stdout.close()
+
+
+def test_a_wider_zoom_range_renders_only_the_new_zooms(controller, agents, tmp_path):
+    project = tmp_path / "world_map"
+    shutil.copytree(ROOT / "sample_projects" / "world_map", project, ignore=shutil.ignore_patterns("output", ".farm"))
+    toml = project / "farm.toml"
+    text = toml.read_text()
+    zoom_line = next(line for line in text.splitlines() if line.startswith("zoom"))
+    toml.write_text(text.replace(zoom_line, 'zoom = "0-2"'))
+    agents(controller.url, 2)
+    narrow = submit(controller.url, load_project(project))
+    assert narrow.ok and narrow.reused == 0
+    toml.write_text(text.replace(zoom_line, 'zoom = "0-3"'))
+    wide = submit(controller.url, load_project(project))
+    assert wide.ok and wide.reused == narrow.done and wide.done > narrow.done
+    assert (project / "output" / "tiles" / "3" / "7" / "3.png").is_file()
+    import sqlite3
+
+    with sqlite3.connect(next((project / "output").glob("*.mbtiles"))) as db:
+        assert db.execute("SELECT count(*) FROM tiles").fetchone()[0] == 1 + 4 + 16 + 64
