@@ -116,3 +116,23 @@ def test_a_project_with_no_agents_says_why_it_waits(controller, synthetic):
         client.submit(load_project(synthetic(jobs=3)))
         update = wait_for(lambda: client.receive().body, what="an update")
         assert update["stalled"] == "no agents connected"
+
+
+def test_staged_outputs_are_verified_and_kept_inside_their_folder(tmp_path):
+    import pytest
+    from blake3 import blake3
+
+    from farm.controller.server import _stage
+    from farm.errors import ProtocolError
+
+    data = b"tile bytes"
+    good = ["t/0.png", len(data), blake3(data).digest()]
+    assert _stage(tmp_path, [good], [data])["t/0.png"].read_bytes() == data
+    with pytest.raises(ProtocolError, match="failed verification"):
+        _stage(tmp_path, [["t/1.png", len(data), blake3(b"other").digest()]], [data])
+    with pytest.raises(ProtocolError, match="size mismatch"):
+        _stage(tmp_path, [["t/2.png", 3, blake3(data).digest()]], [data])
+    for name in ("../escape.png", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ProtocolError, match="outside|absolute"):
+            _stage(tmp_path / "s", [[name, len(data), blake3(data).digest()]], [data])
+    assert not (tmp_path / "escape.png").exists()

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import zmq
+from blake3 import blake3
 
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
@@ -127,8 +128,10 @@ class Worker:
             result = media.render(job, ctx)
             files = _files_in(out_dir)
             self.out_dirty = bool(files)
-            names = [[p.relative_to(out_dir).as_posix(), p.stat().st_size] for p in files]
             payloads = [p.read_bytes() for p in files]
+            # name, size and digest: the controller verifies every file before the job counts as done
+            names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
+                     for p, data in zip(files, payloads, strict=True)]
             reply = {"lease": lease, "ok": True, "result": result, "files": names}
         except BaseException as exc:  # any failure fails this job only
             if isinstance(exc, KeyboardInterrupt | SystemExit):

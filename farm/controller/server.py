@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from blake3 import blake3
 
 from farm.controller.assets import AssetService
 from farm.controller.jobcache import JobCache, assets_digest
@@ -601,13 +602,15 @@ def _bind(sock: zmq.Socket, url: str) -> str:
 
 
 def _stage(folder: Path, names: list[list[Any]], payloads: list[bytes]) -> dict[str, Path]:
-    """Write a result's files to a staging folder, refusing names that leave it."""
+    """Write a result's files to a staging folder, verified, refusing names that leave it."""
     if len(names) != len(payloads):
         raise ProtocolError(f"result lists {len(names)} files but carries {len(payloads)}")
     outputs: dict[str, Path] = {}
     for entry, data in zip(names, payloads, strict=True):
-        if len(entry) != 2 or not isinstance(entry[0], str) or entry[1] != len(data):
-            raise ProtocolError(f"bad file entry {entry!r} (or size mismatch)")
+        if len(entry) != 3 or not isinstance(entry[0], str) or entry[1] != len(data):
+            raise ProtocolError(f"bad file entry {str(entry)[:80]} (or size mismatch)")
+        if blake3(data).digest() != entry[2]:
+            raise ProtocolError(f"output {entry[0]!r} failed verification (its digest does not match)")
         try:
             rel = safe_relpath(entry[0])
         except UnsafePath as exc:
