@@ -645,3 +645,30 @@ def test_an_interrupted_upload_resumes_where_it_stopped(
         assert again.counters.blocks_sent == 7
     assert results.get(timeout=30).ok
     assert_same_tree(manifest, outputs, tmp_path / "staged")
+
+
+def test_farm_security_plugs_in_through_socket_setup(context: zmq.Context, src: Path, tmp_path: Path) -> None:
+    """The controller's CURVE keys and ZAP allow list (farm.security) on the file socket."""
+    from farm.security import ClientSecurity, KeyStore, ServerSecurity
+
+    keys = KeyStore(tmp_path / "keys")
+    for name in ("controller", "node", "stranger"):
+        keys.create(name)
+    keys.allow("node")
+    security = ServerSecurity(keys.root, context=context)
+    try:
+        with (
+            FileServer(context=context, socket_setup=security.socket_setup) as srv,
+            Store(tmp_path / "store") as store,
+        ):
+            srv.publish("assets", src, build_manifest(src))
+            node = ClientSecurity(keys.root, "node").socket_setup
+            with FileClient(srv.endpoint, store, context=context, socket_setup=node) as client:
+                manifest = client.sync("assets", tmp_path / "job")
+            stranger = ClientSecurity(keys.root, "stranger").socket_setup
+            refused = FileClient(srv.endpoint, store, context=context, socket_setup=stranger, timeout=0.5)
+            with refused, pytest.raises(TransferError, match="no answer"):
+                refused.fetch_manifest("assets")
+    finally:
+        security.stop()
+    assert_same_tree(manifest, src, tmp_path / "job")
