@@ -83,15 +83,28 @@ def test_controller_and_agents_on_separate_hosts_over_curve(hosts, tmp_path, syn
 
     controller, url = start_controller(on_controller, "--bind", f"tcp://{ip}:0", "--keys-dir", keys,
                                        "--state-dir", str(tmp_path / "state"))
+    caches = [tmp_path / f"cache-n{i}" for i in range(2)]
     agents = [subprocess.Popen([*on_node, *FARM, "agent", "--controller", url, "--keys-dir", keys, "--key", "node",
-                                "--slots", "1", "--id", f"n{i}"]) for i in range(2)]
+                                "--slots", "1", "--id", f"n{i}", "--cache-dir", str(caches[i])]) for i in range(2)]
     try:
-        project = synthetic(jobs=60, output_bytes=32)
+        # The project travels: uploaded by the client, fetched by each agent into its own cache,
+        # outputs downloaded back; nobody reads another host's folders.
+        project = synthetic(jobs=60, inputs="in", output_bytes=32)
+        (project / "in").mkdir()
+        for i in range(60):
+            (project / "in" / f"job-{i:07d}.txt").write_text(f"asset {i}")
         done = subprocess.run([*on_node, *FARM, "submit", "--controller", url, "--keys-dir", keys, "--key", "client",
                                "--json", str(project)], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["jobs"]["done"] == 60
+        summary = json.loads(done.stdout)
+        assert summary["jobs"]["done"] == 60
+        assert all(o.startswith(str(project)) for o in summary["outputs"])
         assert len(list(Path(project, "output").glob("*.bin"))) == 60
+        assert Path(project, "output", "job-0000042.txt").read_text() == "asset 42"
+        uploaded = list((tmp_path / "state" / "uploads").iterdir())
+        assert len(uploaded) == 1 and (uploaded[0] / "in" / "job-0000042.txt").is_file()
+        for cache in caches:  # each agent fetched into its own cache
+            assert any(p.is_file() for p in (cache / "files").rglob("*")), cache
 
         # A client without an allowed key gets nowhere.
         run(*FARM, "keys", "create", "stranger", "--keys-dir", keys)
