@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, report  # noqa: E402
+from common import machine, report, synthetic_project, wait_for_agents  # noqa: E402
 
-from farm.client import Client, submit  # noqa: E402
+from farm.client import submit  # noqa: E402
 from farm.controller.server import Controller  # noqa: E402
 from farm.embedded import start_local_agents, stop_agents  # noqa: E402
 from farm.project import load_project  # noqa: E402
@@ -44,13 +44,6 @@ def pool_seconds(jobs: int, fn, arg) -> float:
         return time.perf_counter() - start
 
 
-def project(folder: Path, jobs: int, sleep: float = 0.0) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "farm.toml").write_text(
-        f'[project]\nname = "bench"\nmedia_type = "synthetic"\n[synthetic]\njobs = {jobs}\nsleep = {sleep}\n')
-    return folder
-
-
 def farm_seconds(url: str, folder: Path) -> float:
     proj = load_project(folder)
     start = time.perf_counter()
@@ -71,17 +64,15 @@ def main() -> None:
         ctl.start()
         procs = start_local_agents(ctl.url, args.agents)
         try:
-            with Client(ctl.url) as client:
-                while len(client.status()["agents"]) < args.agents:
-                    time.sleep(0.05)
-            farm_seconds(ctl.url, project(Path(tmp, "warm"), 2000))  # workers started and warm
-            farm_s = farm_seconds(ctl.url, project(Path(tmp, "noop"), args.jobs))
+            wait_for_agents(ctl.url, args.agents)
+            farm_seconds(ctl.url, synthetic_project(Path(tmp, "warm"), 2000))  # workers started and warm
+            farm_s = farm_seconds(ctl.url, synthetic_project(Path(tmp, "noop"), args.jobs))
             pool_s = pool_seconds(args.jobs, noop, int)
             report("no-op dispatch", f"{args.jobs / farm_s:,.0f} jobs/s", f"Pool(2) {args.jobs / pool_s:,.0f} jobs/s",
                    ratio=pool_s / farm_s, target=">= 20,000 jobs/s")
 
             ideal = 1000 * 0.010 / args.agents
-            sleep_s = farm_seconds(ctl.url, project(Path(tmp, "sleep"), 1000, 0.010))
+            sleep_s = farm_seconds(ctl.url, synthetic_project(Path(tmp, "sleep"), 1000, 0.010))
             pool_sleep = pool_seconds(1000, sleeper, lambda i: 0.010)
             report("1,000 x 10 ms makespan", f"{sleep_s:.3f} s ({(sleep_s / ideal - 1) * 100:+.1f} % vs ideal "
                    f"{ideal:.1f} s)", f"Pool(2) {pool_sleep:.3f} s ({(pool_sleep / ideal - 1) * 100:+.1f} %)",

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, report  # noqa: E402
+from common import machine, report, synthetic_project, wait_for_agents  # noqa: E402
 
 from farm.client import Client  # noqa: E402
 from farm.controller.server import Controller  # noqa: E402
@@ -35,30 +35,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def project(folder: Path, jobs: int, sleep: float = 0.0) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "farm.toml").write_text(
-        f'[project]\nname = "scale"\nmedia_type = "synthetic"\n[synthetic]\njobs = {jobs}\nsleep = {sleep}\n')
-    return folder
-
-
-def wait_agents(url: str, count: int) -> None:
-    with Client(url) as client:
-        while len(client.status()["agents"]) < count:
-            time.sleep(0.05)
-
-
 def scale(jobs: int, tmp: Path) -> None:
     url = f"ipc://{tmp}/ctl.sock"
     ctl = subprocess.Popen([sys.executable, "-m", "farm", "controller", "--bind", url, "--state-dir", str(tmp / "s")])
     procs = start_local_agents(url, 2)
     try:
-        wait_agents(url, 2)
+        wait_for_agents(url, 2)
         idle = rss_mb(ctl.pid)
         samples = []
         with Client(url, timeout=60) as client:
             start = time.perf_counter()
-            run_id = client.submit(load_project(project(tmp / "p", jobs)))
+            run_id = client.submit(load_project(synthetic_project(tmp / "p", jobs)))
             first = None
             while True:
                 msg = client.receive()
@@ -85,13 +72,13 @@ def recovery(tmp: Path, heartbeat: float = 1.0, liveness: int = 5) -> None:
     (victim,) = start_local_agents(ctl.url, 1, slots=2)
     procs = [victim]
     try:
-        wait_agents(ctl.url, 1)
+        wait_for_agents(ctl.url, 1)
         with Client(ctl.url, timeout=60) as client:
-            client.submit(load_project(project(tmp / "slow", 2, sleep=60.0)))
+            client.submit(load_project(synthetic_project(tmp / "slow", 2, sleep=60.0)))
             while len(ctl.leases) < 2:  # the victim holds both jobs
                 time.sleep(0.01)
             procs += start_local_agents(ctl.url, 1, slots=2, first=2)  # an idle agent with room for them
-            wait_agents(ctl.url, 2)
+            wait_for_agents(ctl.url, 2)
             victim.kill()
             killed = time.perf_counter()
             while not (len(ctl.leases) == 2 and all(lease.agent_id == "local-2" for lease in ctl.leases.values())):
