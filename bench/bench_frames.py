@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.project import load_project
 from farm_frames.blender import blender_version, command_line, find_blender, setup_env
 from farm_frames.framerange import frame_count, iter_frames
 from farm_frames.media import frame_name
 from farm_frames.video import contact_sheet, encode_video
+
+from farm.project import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_projects" / "turntable"

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, report, synthetic_project, wait_for_agents  # noqa: E402
+from common import machine, report, synthetic_project, wait_for_agents
 
-from farm.client import Client  # noqa: E402
-from farm.controller.server import Controller  # noqa: E402
-from farm.embedded import start_local_agents, stop_agents  # noqa: E402
-from farm.project import load_project  # noqa: E402
+from farm.client import Client
+from farm.controller.server import Controller
+from farm.embedded import start_local_agents, stop_agents
+from farm.project import load_project
 
 
 def rss_mb(pid: int) -> float:

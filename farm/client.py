@@ -18,7 +18,7 @@ from farm.endpoints import reachable
 from farm.errors import ConnectionLost, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.project import Project
-from farm.protocol import T, Message, pack, unpack
+from farm.protocol import Message, T, pack, unpack
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ group; built-in media types are plugins of exactly the same kind.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

@@ -21,14 +21,6 @@ from pathlib import Path
 
 import mapnik
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from farm.errors import ProjectError, RenderError
-from farm.mediatype import CollateContext, Job, RenderContext
-from farm.plugins import get_plugins
-from farm.project import load_project
-from farm.testing import run_local
 from farm_frames.blender import BLENDER_ENV, command_line, find_blender, setup_env
 from farm_frames.ffmpeg import ffmpeg_exe, probe_video
 from farm_frames.framerange import (
@@ -43,6 +35,14 @@ from farm_frames.images import BadImage, check_image
 from farm_frames.media import Frames, job_key
 from farm_frames.process import run_streaming
 from farm_frames.progress import ChunkProgress, log_tail
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farm.errors import ProjectError, RenderError
+from farm.mediatype import CollateContext, Job, RenderContext
+from farm.plugins import get_plugins
+from farm.project import load_project
+from farm.testing import run_local
 
 REPO = Path(__file__).resolve().parents[1]
 TURNTABLE = REPO / "sample_projects" / "turntable"

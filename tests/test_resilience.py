@@ -16,12 +16,12 @@ from pathlib import Path
 import msgpack
 import zmq
 from conftest import wait_for
+from farm_synthetic import payload
 
 from farm.client import Client, submit
 from farm.controller.server import Controller
 from farm.project import load_project
 from farm.protocol import PROTOCOL_VERSION, T, pack
-from farm_synthetic import payload
 
 FARM = [sys.executable, "-m", "farm"]
 

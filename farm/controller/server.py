@@ -29,7 +29,7 @@ from farm.journal import Journal
 from farm.paths import UnsafePath, safe_relpath
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
-from farm.protocol import T, Message, pack, unpack
+from farm.protocol import Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
 log = logging.getLogger(__name__)

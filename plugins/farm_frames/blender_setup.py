@@ -11,6 +11,7 @@ import sys
 
 import bpy
 
+
 def apply(settings):
     scene = bpy.context.scene
     render = scene.render

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.errors import RenderError, RendererMissing
+from farm.errors import RendererMissing, RenderError
 
 log = logging.getLogger(__name__)
 
