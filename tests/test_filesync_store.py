@@ -182,6 +182,17 @@ def test_materialize_refuses_to_write_through_a_symlink_out(store: Store, tmp_pa
     with pytest.raises(UnsafeFile, match="outside"):
         store.materialize(Manifest([entry]), job)
     assert not (tmp_path / "outside" / "a.txt").exists()
+    os.unlink(job / "data")
+    (job / "data").mkdir()
+    (tmp_path / "outside" / "secret").write_bytes(b"keep")
+    os.symlink(tmp_path / "outside" / "secret", job / "data" / "a.txt")  # the file itself a link out
+    with pytest.raises(UnsafeFile, match="outside"):
+        store.materialize(Manifest([entry]), job)
+    assert (tmp_path / "outside" / "secret").read_bytes() == b"keep"
+    os.unlink(job / "data" / "a.txt")
+    os.symlink("b.txt", job / "data" / "a.txt")  # a link inside is replaced, not followed
+    store.materialize(Manifest([entry]), job)
+    assert not (job / "data" / "a.txt").is_symlink() and (job / "data" / "a.txt").read_bytes() == b"a"
 
 
 def test_materialize_needs_the_files_in_the_cache(store: Store, tmp_path: Path) -> None:

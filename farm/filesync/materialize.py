@@ -80,11 +80,14 @@ def materialize(
     made: set[str] = set()
     for entry in manifest:
         src, src_st = sources[entry.digest]
-        target = resolver.path(entry.path, follow=False, checked=True)  # a rename replaces a link
+        head, _, name = entry.path.rpartition("/")
+        target = f"{resolver.folder(head)}/{name}"  # folders resolved once, refused if they lead out
         try:
             st = os.lstat(target)
         except FileNotFoundError:
             st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            resolver.path(entry.path, follow=False, checked=True)  # refuses a link leading out
         if st is not None:
             if (st.st_ino, st.st_dev) == (src_st.st_ino, src_st.st_dev):
                 stats.unchanged += 1

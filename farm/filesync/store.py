@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * GiB
 STALE_PARTIAL_S = 7 * 24 * 3600
+TOUCH_EVERY_S = 60.0  # LRU resolution: enough to tell a tree in use from one that is not
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -99,6 +100,7 @@ class Store:
         self._session_fd: int | None = None
         self._fanout: set[str] = set()  # files/ab/ folders known to exist
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._touched: dict[bytes, float] = {}  # digest -> when this Store last marked it used
         self._db().executescript(_SCHEMA)
 
     # -- database -------------------------------------------------------------------
@@ -249,9 +251,16 @@ class Store:
         return found
 
     def touch(self, digests: Iterable[bytes]) -> None:
+        """Mark files used now (for LRU eviction); a file touched in the last minute is skipped,
+        so an unchanged re-sync writes nothing to the index."""
         now = time.time()
-        with self._txn() as db:
-            db.executemany("UPDATE files SET used = ? WHERE digest = ?", ((now, d) for d in digests))
+        with self._lock:
+            stale = [d for d in digests if now - self._touched.get(d, 0.0) > TOUCH_EVERY_S]
+            for d in stale:
+                self._touched[d] = now
+        if stale:
+            with self._txn() as db:
+                db.executemany("UPDATE files SET used = ? WHERE digest = ?", ((now, d) for d in stale))
 
     def size(self) -> int:
         self.flush()
