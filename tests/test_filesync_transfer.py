@@ -672,3 +672,9 @@ def test_farm_security_plugs_in_through_socket_setup(context: zmq.Context, src: 
     finally:
         security.stop()
     assert_same_tree(manifest, src, tmp_path / "job")
+
+
+def test_a_server_that_cannot_bind_says_so(context: zmq.Context, server: FileServer) -> None:
+    taken = FileServer(server.endpoint, context=context)
+    with pytest.raises(SyncError, match="cannot bind"):
+        taken.start()

@@ -184,19 +184,20 @@ class FileServer:
     # -- the server thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        sock = self.context.socket(zmq.ROUTER)
+        wake = self.context.socket(zmq.PAIR)
         try:
-            sock = self.context.socket(zmq.ROUTER)
-            sock.linger = 0
+            sock.linger = wake.linger = 0
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_manifest_bytes + 65536)
             if self.socket_setup is not None:
                 self.socket_setup(sock)
             sock.bind(self.bind)
             self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            wake = self.context.socket(zmq.PAIR)
-            wake.linger = 0
             wake.bind(self._wake_addr)
         except Exception as exc:
+            sock.close(linger=0)
+            wake.close(linger=0)
             self._startup_error = exc
             self._ready.set()
             return
