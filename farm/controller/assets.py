@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import zmq
 
 from farm.endpoints import files_bind
 from farm.filesync import FileServer, HashCache, Manifest, UploadResult, build_manifest
 from farm.project import Project
+from farm.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
 
 class AssetService:
-    def __init__(self, job_bind: str, state_dir: Path,
-                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
-        self.server = FileServer(files_bind(job_bind), socket_setup=socket_setup).start()
+    def __init__(self, job_bind: str, state_dir: Path, security: ServerSecurity | None = None) -> None:
+        # CURVE applies here too; ZAP runs per ZeroMQ context, so use the authenticator's
+        self.server = FileServer(files_bind(job_bind), context=security.context if security else None,
+                                 socket_setup=security.socket_setup if security else None).start()
         self.hashes = HashCache(state_dir / "hashes.sqlite")
         self.uploads: queue.Queue[UploadResult] = queue.Queue()
 

@@ -128,7 +128,7 @@ class Controller:
             self.journal.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
         self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
-                                   socket_setup=self.security.socket_setup if self.security else None)
+                                   self.security)
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
         self._resume()
