@@ -156,8 +156,28 @@ def unpack(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"undecodable {kind.name} body: {type(exc).__name__}: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
-    check_shape(body, SHAPES[kind], kind.name)
+    if kind is T.RESULTS:
+        _check_results(body)  # the hot path: same rules as the RESULT shape, written out
+    else:
+        check_shape(body, SHAPES[kind], kind.name)
     return Message(kind, body, [bytes(f) for f in frames[2:]])
+
+
+_RESULT_OPTIONAL = {"error": str, "log": str, "requeue": bool}
+
+
+def _check_results(body: dict[str, Any]) -> None:
+    results = body.get("results")
+    if results.__class__ is not list:
+        check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # for its error message
+    for r in results:
+        if (r.__class__ is not dict or r.get("lease").__class__ is not str or r.get("ok").__class__ is not bool
+                or r.get("files").__class__ is not list or r.get("duration").__class__ not in (int, float)
+                or "result" not in r
+                or any(f.__class__ is not list for f in r["files"])
+                or any(r.get(k) is not None and r[k].__class__ is not t for k, t in _RESULT_OPTIONAL.items())):
+            check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # slow path: says what is wrong
+            raise ProtocolError("RESULTS: malformed result")  # a shape the generic check allows but we do not
 
 
 def check_shape(value: Any, spec: Any, where: str) -> None:

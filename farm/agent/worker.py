@@ -51,7 +51,7 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
         self.sock.connect(endpoint)
         self.scratch = scratch
-        self.caches: dict[str, dict[str, Any]] = {}
+        self.contexts: dict[str, tuple[Any, RenderContext]] = {}
         self.projects: dict[str, Project] = {}
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
         self.out_dirty = True  # unknown until the first job has run
@@ -75,6 +75,7 @@ class Worker:
                 return
             for pid, wire in body.get("projects", {}).items():
                 self.projects[pid] = Project.from_wire(wire)
+                self.contexts.pop(pid, None)
             self.run_batch(body["jobs"])
 
     def run_batch(self, jobs: list[dict[str, Any]]) -> None:
@@ -91,6 +92,19 @@ class Worker:
                 pending, payloads, last_flush = [], [], now
         if pending:
             self.send("results", pending, payloads)
+
+    def _context(self, project_id: str) -> tuple[Any, RenderContext]:
+        """The media type and a render context for a project, made once per worker."""
+        found = self.contexts.get(project_id)
+        if found is None:
+            project = self.projects[project_id]
+            ctx = RenderContext(
+                project_dir=project.root, output_dir=self.out_dir, work_dir=self.work_dir,
+                settings=project.settings, threads=1, cache={}, deps={},
+                log=logging.getLogger(f"farm.job.{project.media_type}"),
+            )
+            found = self.contexts[project_id] = (get_media_type(project.media_type), ctx)
+        return found
 
     def run_one(self, spec: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         started = time.monotonic()
@@ -110,20 +124,11 @@ class Worker:
                 self.send("progress", [lease, float(fraction)])
 
         try:
-            project = self.projects[spec["project"]]
-            media = get_media_type(project.media_type)
+            media, ctx = self._context(spec["project"])
             job = Job(spec["key"], spec["params"], deps=tuple(spec["deps"] or ()))
-            ctx = RenderContext(
-                project_dir=project.root,
-                output_dir=out_dir,
-                work_dir=work_dir,
-                settings=project.settings,
-                threads=int(spec.get("threads", 1)),
-                cache=self.caches.setdefault(spec["project"], {}),
-                deps=spec["deps"] or {},
-                progress=progress,
-                log=logging.getLogger(f"farm.job.{project.media_type}"),
-            )
+            ctx.threads = int(spec.get("threads", 1))
+            ctx.deps = spec["deps"] or {}
+            ctx.progress = progress
             os.chdir(work_dir)
             result = media.render(job, ctx)
             files = _files_in(out_dir)
