@@ -115,7 +115,7 @@ def test_a_project_with_no_agents_says_why_it_waits(controller, synthetic):
     with Client(controller.url) as client:
         client.submit(load_project(synthetic(jobs=3)))
         update = wait_for(lambda: client.receive().body, what="an update")
-        assert update["stalled"] == "no agents connected"
+        assert update["stalled"] == "no agents connected yet"
 
 
 def test_staged_outputs_are_verified_and_kept_inside_their_folder(tmp_path):

@@ -549,7 +549,7 @@ class Controller:
         if run.leases:
             return None
         if not len(self.registry):
-            return "no agents connected"
+            return "no agents connected yet"
         if any(run.eligible(a) for a in self.registry):
             return None
         reasons = []
