@@ -87,3 +87,19 @@ def test_a_wider_zoom_range_renders_only_the_new_zooms(controller, agents, tmp_p
 
     with sqlite3.connect(next((project / "output").glob("*.mbtiles"))) as db:
         assert db.execute("SELECT count(*) FROM tiles").fetchone()[0] == 1 + 4 + 16 + 64
+
+
+def test_extending_a_frame_range_renders_only_the_new_frames(controller, agents, tmp_path):
+    from conftest import write_project
+
+    project = write_project(tmp_path / "frames", "frames", 'scene = "scene.py"\nframes = "1-4"\nchunk = 4\n'
+                            "resolution = [32, 18]\nsamples = 1\n")
+    (project / "scene.py").write_text("import bpy\n")  # the default scene
+    agents(controller.url, 2)
+    short = submit(controller.url, load_project(project))
+    assert short.ok and (short.done, short.reused) == (1, 0)
+    toml = project / "farm.toml"
+    toml.write_text(toml.read_text().replace('frames = "1-4"', 'frames = "1-8"'))
+    longer = submit(controller.url, load_project(project))
+    assert longer.ok and (longer.done, longer.reused) == (2, 1), longer.failures
+    assert len(list((project / "output" / "frames").glob("frame_*.png"))) == 8

@@ -36,7 +36,11 @@ def assets_digest(manifest: Manifest) -> str:
 
 
 def cache_key(media: MediaType, version: str | None, settings: dict[str, Any], job: Job,
-              manifest: Manifest | None, all_assets: str | None) -> str | None:
+              manifest: Manifest | None, all_assets: str | None, deps: dict[str, Any]) -> str | None:
+    """The job's cache key, or None if its media type never reuses results.
+
+    `deps` are the results of the jobs it depends on: what they tell it is an input too.
+    """
     relevant = media.cache_settings(settings)
     if relevant is None or manifest is None:
         return None
@@ -44,7 +48,7 @@ def cache_key(media: MediaType, version: str | None, settings: dict[str, Any], j
         inputs: Any = all_assets
     else:
         inputs = [[p, e.digest.hex() if (e := manifest.get(p)) else None] for p in sorted(job.inputs)]
-    blob = msgpack.packb([media.name, version, relevant, job.key, job.params, inputs], use_bin_type=True,
+    blob = msgpack.packb([media.name, version, relevant, job.key, job.params, inputs, deps], use_bin_type=True,
                          default=str)
     return hashlib.sha256(blob).hexdigest()
 

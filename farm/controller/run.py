@@ -150,7 +150,7 @@ class ProjectRun:
         if self.cache is None:
             return False
         key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
-                        self.assets_digest)
+                        self.assets_digest, self.deps_for(job))
         if key is None:
             return False
         self.cache_keys[job.key] = key

@@ -73,6 +73,11 @@ class Frames(MediaType):
         settings = project.settings
         return math.ceil(frame_count(settings["frames"]) / settings["chunk"])
 
+    def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        # The frame list and chunking only choose which jobs exist (each job's params name its
+        # frames) and the video settings only reach the encode: extending a range reuses the rest.
+        return {k: v for k, v in settings.items() if k not in ("frames", "chunk", "video")}
+
     def split(self, project: Project) -> Iterator[Job]:
         for runs in chunk_runs(project.settings["frames"], project.settings["chunk"]):
             yield Job(job_key(runs), {"runs": runs})
