@@ -47,8 +47,8 @@ def controller(
             if security:
                 typer.echo(f"controller public key {security.public_key}", err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
-            while ctl._thread is not None and ctl._thread.is_alive():
-                ctl._thread.join(0.5)
+            while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
+                pass
         except KeyboardInterrupt:
             pass
         finally:

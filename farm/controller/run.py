@@ -295,16 +295,16 @@ class ProjectRun:
         return self.exhausted and not self.leases and not self.ready and not self.unmet
 
     def finalize(self) -> list[str]:
-        """Run the media type's finalize (in a thread of the controller: it may be slow)."""
-        if self.error or self.failures:
-            return [str(p) for p in self._close_quietly()]
-        return [str(p) for p in self.media.finalize(self.ctx)]
+        """Run the media type's finalize (in a thread of the controller: it may be slow).
 
-    def _close_quietly(self) -> list[Path]:
-        # Partial runs still finalize, so outputs that did succeed are kept and readable.
+        A partial run finalizes too, so the outputs that did succeed are kept and readable;
+        there a failing finalize is only logged, the run has failed already.
+        """
         try:
-            return self.media.finalize(self.ctx)
+            return [str(p) for p in self.media.finalize(self.ctx)]
         except Exception as exc:
+            if not (self.error or self.failures):
+                raise
             log.warning("%s: finalize of a partial run failed: %r", self.project.name, exc)
             return []
 

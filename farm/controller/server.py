@@ -103,6 +103,13 @@ class Controller:
             self._thread.join(timeout)
         self._executor.shutdown(wait=True, cancel_futures=False)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the loop to end (a stop, or a crash); True if it is still running."""
+        if self._thread is None:
+            return False
+        self._thread.join(timeout)
+        return self._thread.is_alive()
+
     def __enter__(self) -> Controller:
         return self.start()
 
