@@ -12,6 +12,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.options import Insecure, KeysDir
 from farm.controller.server import Controller
+from farm.errors import FarmError
 from farm.security import server_security_for
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def controller(
             typer.echo(f"controller listening on {ctl.url}", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
                 pass
+            if ctl.crash is not None:
+                raise FarmError(f"the controller stopped: {ctl.crash!r}")
         except KeyboardInterrupt:
             pass
         finally:

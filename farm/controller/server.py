@@ -103,6 +103,11 @@ class Controller:
             self._thread.join(timeout)
         self._executor.shutdown(wait=True, cancel_futures=False)
 
+    @property
+    def crash(self) -> BaseException | None:
+        """What ended the loop, if it did not end by `stop()`."""
+        return self._error
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the loop to end (a stop, or a crash); True if it is still running."""
         if self._thread is None:
