@@ -18,6 +18,7 @@ one serial whole-file pass that every segment waits for, to show the parallel pa
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import re
 import shutil
@@ -95,6 +96,19 @@ def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, dict[str, str] |
     return time.perf_counter() - started, measured
 
 
+def difference(farm: Path, single: Path, rate: int) -> str:
+    """How two encodes differ once decoded: samples that differ and where (bytes alone say little)."""
+    a, b = (array.array("f", ffmpeg.run(["-i", str(p), "-f", "f32le", "-"]).stdout) for p in (farm, single))
+    if len(a) != len(b):
+        return f"{farm.name}: {len(a)} vs {len(b)} samples"
+    where = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if not where:
+        return f"{farm.name}: bytes differ, decoded samples equal"
+    largest = max(abs(a[i] - b[i]) for i in where)
+    return (f"{farm.name}: {len(where)} decoded samples differ (max {largest:.1e}), "
+            f"{where[0] / rate:.2f}-{where[-1] / rate:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -119,7 +133,7 @@ def main() -> int:
               f"{time.perf_counter() - started:.1f} s")
         for variant in args.variants.split(","):
             project = make_project(root / variant, source, args.segment, loudnorm=variant == "sample")
-            single_s, _ = single_ffmpeg(project, root / f"{variant}-single")
+            single_s, measured = single_ffmpeg(project, root / f"{variant}-single")
             started = time.perf_counter()
             summary = submit_embedded(project, agents=args.agents)
             farm_s = time.perf_counter() - started
@@ -129,13 +143,22 @@ def main() -> int:
             settings = load_project(project).settings
             names = [f"{settings['name']}.{o['extension']}" for o in settings["outputs"]]
             single = root / f"{variant}-single"
-            same = all((project / "output" / n).read_bytes() == (single / n).read_bytes() for n in names)
+            differ = [n for n in names if (project / "output" / n).read_bytes() != (single / n).read_bytes()]
             what = "podcast chain" if variant == "sample" else "chain without loudnorm"
             report(f"{what}, wall", f"{farm_s:.1f} s ({summary.total} jobs, run {summary.elapsed_s:.1f} s)",
                    f"{single_s:.1f} s (one ffmpeg)", ratio=single_s / farm_s)
-            print(f"#   outputs byte-identical to the single ffmpeg run: {'yes' if same else 'NO'} "
-                  f"({', '.join(names)}); farm {args.minutes * 60 / farm_s:.0f}x real time, "
-                  f"ffmpeg {args.minutes * 60 / single_s:.0f}x")
+            verdict = f"NO ({', '.join(differ)})" if differ else "yes"
+            seconds = args.minutes * 60
+            print(f"#   outputs byte-identical to the single ffmpeg run: {verdict} of {', '.join(names)}; "
+                  f"farm {seconds / farm_s:.0f}x real time, ffmpeg {seconds / single_s:.0f}x")
+            for n in differ:
+                rate = 48000 if n.endswith(".opus") else settings["sample_rate"]
+                print(f"#     {difference(project / 'output' / n, single / n, rate)}")
+            if measured is not None:
+                analysis = json.loads((project / "output" / f"{settings['name']}.loudnorm.json").read_text())
+                same = {k: analysis[k] for k in MEASURED} == measured
+                print(f"#   loudnorm analysis equals the single run's first pass: {'yes' if same else 'NO'} "
+                      f"({measured})")
     return 0
 
 
