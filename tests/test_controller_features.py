@@ -73,3 +73,17 @@ def test_an_agent_without_blender_never_receives_frame_jobs(controller, agents, 
     assert summary.ok, summary.failures
     by_id = {a["id"]: a for a in controller.status()["agents"]}
     assert by_id["agent-0"]["done"] == 0 and by_id["agent-1"]["done"] == 2
+
+
+def test_a_second_controller_on_the_same_state_folder_is_refused(controller, tmp_path):
+    import pytest
+
+    from farm.controller.server import Controller
+    from farm.errors import FarmError
+
+    second = Controller("tcp://127.0.0.1:0", state_dir=controller.state_dir)
+    with pytest.raises(FarmError, match="another controller is using the state folder"):
+        second.start()
+    second.stop()
+    # the first one is unharmed
+    assert controller.wait(0) and controller.status()["agents"] == []

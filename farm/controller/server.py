@@ -8,13 +8,14 @@ runs in a helper thread, so heartbeats never wait on it.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import logging
 import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zmq
 from blake3 import blake3
@@ -124,6 +125,7 @@ class Controller:
     def run(self) -> None:
         """The loop; returns after `stop()`, telling connected agents to shut down only if asked."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_state_dir(self.state_dir)
         zctx = zmq.Context.instance()
         self.sock = zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -138,6 +140,7 @@ class Controller:
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
             self.journal.close()
+            lock.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
         self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
                                    self.security)
@@ -189,6 +192,7 @@ class Controller:
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.assets.close()
             self.journal.close()
+            lock.close()
 
     def _resume(self) -> None:
         """Take up the projects a previous incarnation left unfinished (after a crash or kill)."""
@@ -601,6 +605,18 @@ class Controller:
             "projects": [r.snapshot(self.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
         }
+
+
+def _lock_state_dir(folder: Path) -> IO[bytes]:
+    """Hold the state folder for this controller alone: two journals in one file would corrupt each other."""
+    handle = open(folder / "controller.lock", "wb")  # noqa: SIM115 (held for the controller's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FarmError(f"another controller is using the state folder {folder}; "
+                        "stop it, or give this one its own --state-dir") from None
+    return handle
 
 
 def _bind(sock: zmq.Socket, url: str) -> str:
