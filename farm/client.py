@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 @dataclass
@@ -83,11 +85,17 @@ class Client:
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        self.monitor: zmq.Socket | None = None
         if socket_setup:
             socket_setup(self.sock)
+            # a refused CURVE handshake is otherwise just silence: watch for it to say why
+            self.monitor = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
         self.sock.connect(url)
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
     def __enter__(self) -> Client:
@@ -102,9 +110,19 @@ class Client:
     def receive(self, timeout: float | None = None) -> Message:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
+            events = dict(poller.poll(int(left * 1000))) if left > 0 else {}
+            if self.monitor is not None and events.get(self.monitor):
+                self.monitor.recv_multipart()
+                raise ConnectionLost(
+                    f"the controller at {self.url} refused the secure handshake: is our public key in its "
+                    "allowed list (farm keys allow), and do we hold the controller's right key (--server-key)?")
+            if not events.get(self.sock):
                 raise ConnectionLost(f"no answer from the controller at {self.url} for {limit:.0f}s")
             try:
                 msg = unpack(self.sock.recv_multipart())
