@@ -462,7 +462,7 @@ class AgentThread:
         assert not self.thread.is_alive()
 
 
-def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_path, synthetic):
+def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_path, synthetic, caplog):
     server = ServerSecurity(store.root)
     controller = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4,
                             security=server)
@@ -473,6 +473,8 @@ def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_
         assert url is not None
         agents.append(AgentThread(url, client_of(store, "stranger"), "stranger", tmp_path))
         wait_for(lambda: server.refusals >= 1, TIMEOUT_MS / 1000, "the unlisted agent to be refused")
+        # and the refused agent says why, instead of waiting in silence
+        wait_for(lambda: "refused the secure handshake" in caplog.text, TIMEOUT_MS / 1000, "the agent's log line")
         assert controller.status()["agents"] == []
 
         agents.append(AgentThread(url, client_of(store, "agent"), "good", tmp_path))

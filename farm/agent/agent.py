@@ -32,6 +32,7 @@ import zmq
 from farm import __version__
 from farm.agent.capabilities import detect
 from farm.agent.sync import AssetSync
+from farm.client import HANDSHAKE_FAILED
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.protocol import MAX_FRAMES, T, pack, unpack
@@ -105,6 +106,8 @@ class Agent:
         self.reconnect_at = 0.0
         self.bad_messages = 0
         self.reintroduce = False
+        self.monitor: zmq.Socket | None = None
+        self.refusal_logged = False
         self.caps, self.missing = detect(self.tags)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -169,8 +172,7 @@ class Agent:
             self._send(T.BYE)  # the controller requeues what we held, at no cost to the jobs
         for slot in self.slots:
             self._kill_worker(slot)
-        if self.ctrl is not None:
-            self.ctrl.close(linger=500)
+        self._close_ctrl(linger=500)
         if self.workers is not None:
             self.workers.close(linger=0)
         self.zctx.term()
@@ -188,14 +190,15 @@ class Agent:
     # -- controller side -------------------------------------------------------------
 
     def _connect(self) -> None:
-        if self.ctrl is not None:
-            self.ctrl.close(linger=0)
+        self._close_ctrl(linger=0)
         self.ctrl = self.zctx.socket(zmq.DEALER)
         self.ctrl.setsockopt(zmq.LINGER, 0)
         self.ctrl.setsockopt(zmq.IDENTITY, self.id.encode())
         self.ctrl.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
         if self.socket_setup:
             self.socket_setup(self.ctrl)
+            self.monitor = self.ctrl.get_monitor_socket(HANDSHAKE_FAILED)
+            self.refusal_logged = False
         self.ctrl.connect(self.controller)
         self.connected = False
         now = time.monotonic()
@@ -224,7 +227,28 @@ class Agent:
         self.last_send = time.monotonic()
         return True
 
+    def _close_ctrl(self, linger: int) -> None:
+        if self.monitor is not None:
+            assert self.ctrl is not None
+            self.ctrl.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        if self.ctrl is not None:
+            self.ctrl.close(linger=linger)
+
+    def _check_refusal(self) -> None:
+        """Say once per connection when the controller refuses our key (else it is just silence)."""
+        if self.monitor is None or not self.monitor.poll(0):
+            return
+        while self.monitor.poll(0):
+            self.monitor.recv_multipart()
+        if not self.refusal_logged:
+            self.refusal_logged = True
+            log.error("the controller at %s refused the secure handshake: is this node's public key in its "
+                      "allowed list (farm keys allow), and is --server-key the controller's key?", self.controller)
+
     def _check_controller(self, now: float) -> None:
+        self._check_refusal()
         if now - self.last_recv > self.heartbeat * self.liveness:
             if self.reconnect_at == 0.0:
                 self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)
