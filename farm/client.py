@@ -133,9 +133,13 @@ class Client:
                 raise FarmError(f"controller: {msg.body['message']}")
             return msg
 
-    def request(self, kind: T, body: dict[str, Any] | None = None) -> Message:
+    def request(self, kind: T, body: dict[str, Any] | None = None, *, expect: tuple[T, ...]) -> Message:
+        """Send and wait for a reply of the expected types, passing over progress updates meanwhile."""
         self.send(kind, body)
-        return self.receive()
+        while True:
+            msg = self.receive()
+            if msg.type in expect:
+                return msg
 
     def submit(self, project: Project, *, priority: int = 0, upload: bool = False) -> str:
         """Hand a project to the controller; returns its run id.
@@ -143,7 +147,8 @@ class Client:
         With `upload`, the project's files go to the controller through the file synchroniser
         (only what it does not have already), for a controller that does not share our disk.
         """
-        reply = self.request(T.SUBMIT, {"project": project.to_wire(), "priority": priority, "upload": upload})
+        reply = self.request(T.SUBMIT, {"project": project.to_wire(), "priority": priority, "upload": upload},
+                             expect=(T.ACCEPTED, T.UPLOAD))
         if reply.type is T.UPLOAD:
             endpoint = reachable(reply.body["files"], self.url)
             with FileClient(endpoint, socket_setup=self.socket_setup, timeout=self.timeout) as files:
@@ -182,11 +187,16 @@ class Client:
         return FileClient(endpoint, Store(), socket_setup=self.socket_setup, timeout=self.timeout)
 
     def status(self) -> dict[str, Any]:
-        return self.request(T.STATUS).body
+        return self.request(T.STATUS, expect=(T.STATUS_REPLY,)).body
 
     def cancel(self, project: str) -> Summary:
-        reply = self.request(T.CANCEL_PROJECT, {"project": project})
-        return Summary.from_wire(reply.body["summary"])
+        self.send(T.CANCEL_PROJECT, {"project": project})
+        while True:  # a FINISHED for another run this client follows is not the answer
+            reply = self.receive()
+            if reply.type is T.FINISHED:
+                summary = Summary.from_wire(reply.body["summary"])
+                if project in (summary.id, summary.project):
+                    return summary
 
 
 def submit(url: str, project: Project, *, priority: int = 0,

@@ -87,3 +87,11 @@ def test_a_second_controller_on_the_same_state_folder_is_refused(controller, tmp
     second.stop()
     # the first one is unharmed
     assert controller.wait(0) and controller.status()["agents"] == []
+
+
+def test_status_shows_what_each_agent_is_running(controller, agents, synthetic):
+    agents(controller.url, 1)
+    with Client(controller.url) as client:
+        client.submit(load_project(synthetic(jobs=3, sleep=30, name="long")))
+        (agent,) = wait_for(lambda: [a for a in client.status()["agents"] if a["current"]], 60, "a running job")
+    assert agent["current"] == ["long/job-0000000"]

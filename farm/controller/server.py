@@ -595,13 +595,18 @@ class Controller:
         for identity in self.followers.pop(run.id, set()):
             self._send(identity, T.FINISHED, {"summary": summary})
 
+    def _current_jobs(self, agent: AgentState, limit: int = 20) -> list[str]:
+        """What an agent holds now, as project/job keys (a few of them, for people)."""
+        held = [self.leases[lease] for lease in list(agent.held)[:limit] if lease in self.leases]
+        return sorted(f"{lease.run.project.name}/{lease.job.key}" for lease in held)
+
     def status(self) -> dict[str, Any]:
         """A snapshot for `farm status` (also read by tests from another thread: copies only)."""
         now = time.monotonic()
         return {
             "controller": self.url,
             "files": self.assets.endpoint,
-            "agents": [a.describe(now) for a in self.registry],
+            "agents": [{**a.describe(now), "current": self._current_jobs(a)} for a in self.registry],
             "projects": [r.snapshot(self.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
         }
