@@ -136,3 +136,17 @@ def test_staged_outputs_are_verified_and_kept_inside_their_folder(tmp_path):
         with pytest.raises(ProtocolError, match="outside|absolute"):
             _stage(tmp_path / "s", [[name, len(data), blake3(data).digest()]], [data])
     assert not (tmp_path / "escape.png").exists()
+
+
+def test_worker_scratch_folders_are_emptied_between_jobs(tmp_path):
+    from farm.agent.worker import _Folder
+
+    folder = _Folder(tmp_path / "work")
+    assert folder.is_empty() and folder.files() == []
+    (folder.path / "deep").mkdir()
+    (folder.path / "deep" / "left.txt").write_text("from the last job")
+    assert folder.files() == [folder.path / "deep" / "left.txt"]
+    folder.clear()
+    assert folder.is_empty() and not (folder.path / "deep").exists()
+    (folder.path / "again.txt").write_text("x")  # the reopened folder is watched too
+    assert not folder.is_empty()
