@@ -102,6 +102,7 @@ class ProjectRun:
         self.manifest: Any = None  # the assets' `farm.filesync.Manifest`, for cache keys
         self.assets_digest: str | None = None
         self.cache: JobCache | None = None
+        self.cacheable = media.cache_settings(project.settings) is not None
         self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
@@ -147,7 +148,7 @@ class ProjectRun:
 
     def _reuse(self, job: Job) -> bool:
         """Collate a finished identical job's stored outputs instead of rendering this one."""
-        if self.cache is None:
+        if self.cache is None or not self.cacheable:
             return False
         key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
                         self.assets_digest, self.deps_for(job))
