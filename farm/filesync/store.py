@@ -33,6 +33,7 @@ from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.materialize import MaterializeStats, materialize
+from farm.filesync.placement import spread_subfolders
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         for folder in (self.files_dir, self.partial_root, self.manifests_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        # partial files are made in a session folder under partial/, the fan-out folders
+        # under files/: spread both away from the crowded block groups of a busy parent
+        spread_subfolders(self.partial_root)
+        spread_subfolders(self.files_dir)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.RLock()
