@@ -419,7 +419,7 @@ def test_collating_a_job_again_replaces_its_frames(tmp_path):
     media().collate(job, None, {f"frames/{p.name}": p for p in first}, ctx)
     again = synthetic_frames(tmp_path / "again", [7, 8])  # other pixels, under the same names
     expected = [p.read_bytes() for p in again]
-    again = [p.rename(p.with_name(f"frame_00000{n}.png")) for n, p in zip((1, 2), again)]
+    again = [p.rename(p.with_name(f"frame_00000{n}.png")) for n, p in zip((1, 2), again, strict=True)]
     media().collate(job, None, {f"frames/{p.name}": p for p in again}, ctx)
     placed = sorted((root / "output" / "frames").iterdir())
     assert [p.read_bytes() for p in placed] == expected

@@ -64,7 +64,7 @@ def test_chaos_agents_killed_over_and_over_every_job_collated_once(controller, a
     while not run.done():
         mark = controller.stats["collated"]
         # let some work land, then kill an agent that is busy right now and start a fresh one
-        if not wait_for(lambda: run.done() or controller.stats["collated"] >= mark + 60, 120, "progress"):
+        if not wait_for(lambda mark=mark: run.done() or controller.stats["collated"] >= mark + 60, 120, "progress"):
             break
         if run.done():
             break

@@ -6,6 +6,7 @@ two numbers in every message; helpers expand, count and chunk them lazily.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -46,7 +47,7 @@ def parse_frames(text: str | int) -> Runs:
             raise FrameRangeError(f"frame {last} in {item!r} is above the highest frame, {MAX_FRAME}")
         runs.append([first, last])
     runs.sort()
-    for (_, prev_last), (first, last) in zip(runs, runs[1:]):
+    for (_, prev_last), (first, _) in itertools.pairwise(runs):
         if first <= prev_last:
             raise FrameRangeError(f"frame {first} is listed twice in {text!r}")
     return merge_runs(runs)

@@ -181,7 +181,7 @@ class Frames(MediaType):
         frames_dir = ctx.output_dir / FRAMES_DIR
         frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
         bad = []
-        for number, path in zip(iter_frames(settings["frames"]), frames):
+        for number, path in zip(iter_frames(settings["frames"]), frames, strict=True):
             try:
                 check_image(path, fmt)
             except BadImage:
