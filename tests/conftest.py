@@ -10,14 +10,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from farm.client import submit
 from farm.controller.server import Controller
 from farm.embedded import stop_agents
+from farm.project import load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
@@ -42,6 +45,25 @@ def write_project(folder: Path, media_type: str, table: str = "", extra: str = "
         f"[{media_type}]\n{textwrap.dedent(table)}\n"
     )
     return folder
+
+
+class Background:
+    """Run `submit` in a thread so the test can make trouble meanwhile."""
+
+    def __init__(self, url: str, project: Path) -> None:
+        self.summary = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(url, project), daemon=True)
+        self.thread.start()
+
+    def _run(self, url: str, project: Path) -> None:
+        try:
+            self.summary = submit(url, load_project(project))
+        except BaseException as exc:
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
 
 
 @pytest.fixture

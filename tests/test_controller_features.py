@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import wait_for, write_project
-from test_resilience import Background
+from conftest import Background, wait_for, write_project
 
 from farm.client import Client, submit
 from farm.project import load_project

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
+from conftest import wait_for
 
 from farm.filesync import (
     FileClient,
@@ -32,12 +32,22 @@ from farm.protocol import T, pack
 BIG = 40 * MIN_BLOCK  # 5 MiB: 40 blocks of 128 KiB
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for a condition")
-        time.sleep(0.01)
+def sync_concurrently(clients: list[FileClient], tmp_path: Path) -> list[BaseException]:
+    """Each client syncs "assets" into tmp_path/job<i>, all at once; returns what they raised."""
+    errors: queue.Queue[BaseException] = queue.Queue()
+
+    def run(i: int) -> None:
+        try:
+            clients[i].sync("assets", tmp_path / f"job{i}")
+        except BaseException as exc:
+            errors.put(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return list(errors.queue)
 
 
 def make_tree(root: Path, seed: int = 0) -> Path:
@@ -289,20 +299,8 @@ def test_two_agents_fetching_at_once_both_complete(
     server: FileServer, open_client: Callable[..., FileClient], src: Path, tmp_path: Path
 ) -> None:
     clients = [open_client(f"store{i}", chunk_size=64 * 1024, window=256 * 1024) for i in range(2)]
-    errors: queue.Queue[BaseException] = queue.Queue()
-
-    def run(i: int) -> None:
-        try:
-            clients[i].sync("assets", tmp_path / f"job{i}")
-        except BaseException as exc:
-            errors.put(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors.empty(), errors.get()
+    errors = sync_concurrently(clients, tmp_path)
+    assert not errors, errors[0]
     manifest = server.published("assets")
     assert manifest is not None
     for i in range(2):
@@ -552,23 +550,11 @@ def test_agents_sharing_one_cache_folder_fetch_at_once(
     """Agents on one host share the user's cache: concurrent fetches of the same files stay correct."""
     stores = [Store(tmp_path / "shared-cache") for _ in range(3)]
     clients = [FileClient(server.endpoint, s, context=context, chunk_size=64 * 1024) for s in stores]
-    errors: queue.Queue[BaseException] = queue.Queue()
-
-    def run(i: int) -> None:
-        try:
-            clients[i].sync("assets", tmp_path / f"job{i}")
-        except BaseException as exc:
-            errors.put(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = sync_concurrently(clients, tmp_path)
     for client, store in zip(clients, stores, strict=True):
         client.close()
         store.close()
-    assert errors.empty(), errors.get()
+    assert not errors, errors[0]
     manifest = server.published("assets")
     assert manifest is not None
     for i in range(3):

@@ -10,12 +10,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import msgpack
 import zmq
-from conftest import wait_for
+from conftest import Background, wait_for
 from farm_synthetic import payload
 
 from farm.client import Client, submit
@@ -33,25 +32,6 @@ def keys(n: int) -> list[str]:
 def assert_outputs_complete(project: Path, n: int, size: int) -> None:
     for key in keys(n):
         assert (project / "output" / f"{key}.bin").read_bytes() == payload(key, size), key
-
-
-class Background:
-    """Run `submit` in a thread so the test can make trouble meanwhile."""
-
-    def __init__(self, url: str, project: Path) -> None:
-        self.summary = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(url, project), daemon=True)
-        self.thread.start()
-
-    def _run(self, url: str, project: Path) -> None:
-        try:
-            self.summary = submit(url, load_project(project))
-        except BaseException as exc:
-            self.error = exc
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
 
 
 def test_chaos_agents_killed_over_and_over_every_job_collated_once(controller, agents, synthetic):

@@ -9,7 +9,7 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.cli.errors import reported
-from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
+from farm.cli.options import Insecure, KeysDir, ServerKey, socket_setup_for
 
 
 def agent(
@@ -31,7 +31,7 @@ def agent(
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
     with reported():
-        security = client_security(controller, keys_dir, key, server_key, insecure)
+        setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
         Agent(controller, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
-              parent_pid=parent_pid, socket_setup=security.socket_setup if security else None,
+              parent_pid=parent_pid, socket_setup=setup,
               cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30)).run()

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from farm.cli.errors import reported
-from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
+from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.client import Client
 from farm.progress import format_duration, summary_text
 
-ControllerOption = Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
-                                               help="The controller to ask.")]
-KeyName = Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")]
 
-
-def connect(url: str, keys_dir, key: str, server_key: str, insecure: bool) -> Client:
-    security = client_security(url, keys_dir, key, server_key, insecure)
-    return Client(url, socket_setup=security.socket_setup if security else None)
+def connect(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
+    return Client(url, socket_setup=socket_setup_for(url, keys_dir, key, server_key, insecure))
 
 
 def status(
-    controller: ControllerOption = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = "tcp://127.0.0.1:5555",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     keys_dir: KeysDir = None,
-    key: KeyName = "client",
+    key: ClientKey = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
 ) -> None:
@@ -66,9 +62,9 @@ def status_text(report: dict[str, Any]) -> str:
 
 def cancel(
     project: Annotated[str, typer.Argument(help="The project's id (see farm status) or name.")],
-    controller: ControllerOption = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = "tcp://127.0.0.1:5555",
     keys_dir: KeysDir = None,
-    key: KeyName = "client",
+    key: ClientKey = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
-from farm.cli.options import Insecure, KeysDir, ServerKey, client_security
+from farm.cli.options import ClientKey, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
@@ -38,7 +38,7 @@ def submit(
     watch_project: Annotated[bool, typer.Option(
         "--watch", help="Stay up and render again when the project's files change (Ctrl-C ends).")] = False,
     keys_dir: KeysDir = None,
-    key: Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")] = "client",
+    key: ClientKey = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
     shared: Annotated[bool, typer.Option(
@@ -78,8 +78,7 @@ def _farm(project: Project, controller: str | None, agents: int | None, keys_dir
           server_key: str, insecure: bool, shared: bool, priority: int) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
-        security = client_security(controller, keys_dir, key, server_key, insecure)
-        setup = security.socket_setup if security else None
+        setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
         yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
                                                  socket_setup=setup, upload=not shared)
         return
