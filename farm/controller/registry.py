@@ -23,6 +23,7 @@ class AgentState:
     held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
     known_projects: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
+    last_sent: float = 0.0  # when we last sent it anything (a heartbeat is due a second later)
     joined: float = field(default_factory=time.time)
     avg_job_s: float | None = None
     done: int = 0

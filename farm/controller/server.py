@@ -42,6 +42,7 @@ LEASE_CHECK_EVERY_S = 1.0
 MAX_MESSAGE = 512 * 1024 * 1024
 BAD_MESSAGES_BEFORE_IGNORING = 20
 KEEP_FINISHED_RUNS = 50
+MAX_TRACKED_BAD_SENDERS = 4096
 JOURNAL_FILE = "journal.sqlite"
 
 
@@ -66,7 +67,6 @@ class Controller:
         self.leases: dict[str, Lease] = {}  # lease id -> lease, across runs
         self.followers: dict[str, set[bytes]] = {}
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
-        self.last_sent: dict[bytes, float] = {}
         self.bad_senders: dict[bytes, int] = {}
         self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0}
         self._stop = threading.Event()
@@ -246,6 +246,8 @@ class Controller:
 
     def _bad(self, identity: bytes, why: str) -> None:
         self.stats["bad_messages"] += 1
+        if len(self.bad_senders) >= MAX_TRACKED_BAD_SENDERS:  # strangers may cycle identities: stay bounded
+            self.bad_senders.clear()
         count = self.bad_senders.get(identity, 0) + 1
         self.bad_senders[identity] = count
         if count <= BAD_MESSAGES_BEFORE_IGNORING:
@@ -271,7 +273,9 @@ class Controller:
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (not reading)
             log.debug("cannot send %s to %r: %s", kind.name, identity[:32], exc)
             return False
-        self.last_sent[identity] = time.monotonic()
+        agent = self.registry.get(identity)
+        if agent is not None:  # whatever we send an agent is a heartbeat too
+            agent.last_sent = time.monotonic()
         return True
 
     def _handle(self, identity: bytes, msg: Message, key: str | None = None) -> None:
@@ -464,7 +468,9 @@ class Controller:
         active = [r for r in self.runs.values() if r.active]
         if not active:
             return
-        for agent in self.registry:
+        agents = list(self.registry)
+        eligible = {run.id: sum(1 for a in agents if run.eligible(a)) for run in active}  # once per turn
+        for agent in agents:
             free = agent.free()
             if free <= 0:
                 continue
@@ -472,10 +478,8 @@ class Controller:
             for run in sorted(active, key=lambda r: (-r.priority, len(r.leases))):
                 if len(leases) >= free:
                     break
-                if not run.eligible(agent):
-                    continue
-                others = sum(1 for a in self.registry if run.eligible(a))
-                leases += run.take(agent, free - len(leases), others, now)
+                if run.eligible(agent):
+                    leases += run.take(agent, free - len(leases), eligible[run.id], now)
             if leases:
                 self._send_jobs(agent, leases)
 
@@ -514,7 +518,7 @@ class Controller:
         for agent in self.registry.expired(now, self.heartbeat * self.liveness):
             self._drop_agent(agent, f"silent for {now - agent.last_seen:.1f}s")
         for agent in self.registry:
-            if now - self.last_sent.get(agent.identity, 0.0) >= self.heartbeat:
+            if now - agent.last_sent >= self.heartbeat:
                 self._send(agent.identity, T.HEARTBEAT)
 
     def _check_leases(self, now: float) -> None:
