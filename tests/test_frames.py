@@ -15,12 +15,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 
 import mapnik
 import pytest
+from conftest import wait_for
 from farm_frames.blender import BLENDER_ENV, command_line, find_blender, setup_env
 from farm_frames.ffmpeg import ffmpeg_exe, probe_video
 from farm_frames.framerange import (
@@ -565,21 +565,13 @@ def test_scene_script_error_fails_with_the_traceback(blender, tmp_path):
         render_chunk(root, [[1, 1]], tmp_path / "scratch")
 
 
-def _blender_gone(pid: int, timeout: float = 30.0) -> bool:
-    """Wait (on the condition, with a deadline) until process ``pid`` no longer exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # a zombie is gone for our purposes
-            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer exists (a zombie is gone for our purposes)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return True
 
 
 @pytest.mark.slow
@@ -601,7 +593,7 @@ def test_interrupted_job_kills_blender(blender, tmp_path):
         run_streaming(cmd, env=setup_env(project.settings), cwd=tmp_path, log_file=tmp_path / "log",
                       on_line=interrupt, on_start=started.append)
     assert started[0].returncode == -signal.SIGKILL
-    assert _blender_gone(started[0].pid)
+    wait_for(lambda: _gone(started[0].pid), 30, "Blender to exit")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
@@ -633,7 +625,7 @@ def test_blender_dies_with_a_killed_worker(blender, tmp_path):
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         worker.stdout.close()
-    assert _blender_gone(pid), f"Blender {pid} outlived its worker"
+    wait_for(lambda: _gone(pid), 30, f"Blender {pid} to die with its worker")
 
 
 @pytest.mark.slow
