@@ -400,8 +400,8 @@ def test_allow_from_a_file_a_name_or_a_bare_key(store, tmp_path):
 # -- `farm keys` ----------------------------------------------------------------------
 
 
-def keys(*args: str, root: Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(keys_app, [*args, "--keys-dir", str(root)])
+def keys(command: str, *args: str, root: Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(keys_app, [command, "--keys-dir", str(root), *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -414,9 +414,10 @@ def test_keys_cli_from_create_to_revoke(tmp_path):
     assert keys("create", "controller", root=ctl)[0] == 1
 
     assert keys("create", "node", root=node)[0] == 0
-    assert keys("import", "controller", controller_key, root=node)[0] == 0
+    # a Z85 key may begin with "-": after "--" it is never read as an option (1 key in 85 would be)
+    assert keys("import", "--", "controller", controller_key, root=node)[0] == 0
     node_key = keys("show", "node", root=node)[1].strip()
-    assert keys("allow", node_key, "--name", "render-07", root=ctl)[0] == 0
+    assert keys("allow", "--name", "render-07", "--", node_key, root=ctl)[0] == 0
 
     code, out, _ = keys("list", "--json", root=ctl)
     assert code == 0
@@ -506,3 +507,12 @@ def test_a_permissive_umask_does_not_leak_the_secret(tmp_path):
         os.umask(old)
     assert mode(keys.secret_path("node")) == 0o600
     assert mode(keys.root) == 0o700
+
+
+def test_keys_cli_takes_a_key_that_begins_with_a_dash(tmp_path):
+    import zmq
+
+    public = next(p for p, _ in iter(zmq.curve_keypair, None) if p.startswith(b"-")).decode()
+    assert keys("allow", "--name", "dashed", "--", public, root=tmp_path)[0] == 0
+    code, out, _ = keys("list", "--json", root=tmp_path)
+    assert code == 0 and {"name": "dashed", "public_key": public, "secret": False, "allowed": True} in json.loads(out)
