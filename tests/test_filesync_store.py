@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,8 @@ def assemble(store: Store, entries: list[FileEntry], blobs: dict[str, bytes]) ->
     by_hash = {e.block_hash(i): blobs[e.path][o : o + n] for e in entries for i, _, o, n in e.blocks()}
     for block_hash, _ in assembly.missing():
         assert assembly.accept(block_hash, 0, by_hash[block_hash]) is Outcome.DONE
-    for entry, path in assembly.take_ready():
-        store.add(entry, path)
+    for entry, path, _ in assembly.take_ready():
+        store.add(entry, path)  # no stat given: add sets the mode and mtime itself
     assembly.close()
     return assembly
 
@@ -101,7 +102,8 @@ def test_assembly_rejects_bad_and_out_of_order_chunks(store: Store) -> None:
         assert assembly.accept(block, 0, data[:100]) is Outcome.PARTIAL
         assert assembly.accept(block, 100, data[100:]) is Outcome.DONE
         assert assembly.accept(block, 0, data) is Outcome.IGNORED
-        [(done, path)] = assembly.take_ready()
+        [(done, path, st)] = assembly.take_ready()
+        assert st is None  # no mode_for: the file is left as written
         assert done == entry and path.read_bytes() == data
 
 
@@ -115,7 +117,7 @@ def test_identical_blocks_are_fetched_once(store: Store) -> None:
         assert len(assembly.missing()) == 2  # the repeated block and g's tail
         assert assembly.accept(hash_block(block), 0, block) is Outcome.DONE
         assert assembly.accept(hash_block(b"!"), 0, b"!") is Outcome.DONE
-        ready = dict((e.path, p.read_bytes()) for e, p in assembly.take_ready())
+        ready = dict((e.path, p.read_bytes()) for e, p, _ in assembly.take_ready())
         assert ready == {"f": data, "g": data + b"!"}
 
 
@@ -218,6 +220,34 @@ def test_partials_of_a_dead_session_are_adopted(tmp_path: Path) -> None:
             assert len(resumed.missing()) == 3
 
 
+def test_a_partial_left_read_only_by_a_crash_is_resumed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between finishing a file (mode 0444) and moving it into the cache leaves a
+    read-only partial; resuming must make it writable again, not fail on it."""
+    data = os.urandom(2 * MIN_BLOCK)
+    entry = entry_for("f", data)
+    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as first:
+        first.prepare()
+        first.accept(entry.block_hash(0), 0, data[:MIN_BLOCK])
+    part = store.session_dir() / f"{entry.digest.hex()}.part"
+    os.chmod(part, 0o444)
+    real_open = os.open
+
+    def open_as_non_root(path, flags, *args):  # root ignores modes; a normal user does not
+        if flags & os.O_RDWR and os.path.exists(path) and not os.stat(path).st_mode & 0o200:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_non_root)
+    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as resumed:
+        resumed.prepare()
+        assert resumed.resumed == 1 and len(resumed.missing()) == 1
+        assert resumed.accept(entry.block_hash(1), 0, data[MIN_BLOCK:]) is Outcome.DONE
+        [(_, path, st)] = resumed.take_ready()
+    assert path.read_bytes() == data and stat.S_IMODE(st.st_mode) == 0o444
+
+
 def test_build_and_cache_a_real_tree(tmp_path: Path, store: Store) -> None:
     root = tmp_path / "tree"
     (root / "x").mkdir(parents=True)
@@ -262,3 +292,20 @@ def test_fair_queue_bounds_each_client() -> None:
     assert len(queue) == 2
     queue.drop("c")
     assert not queue
+
+
+def test_mode_for_sets_mode_and_mtime_through_the_open_file(store: Store) -> None:
+    data = os.urandom(3 * MIN_BLOCK + 5)
+    entry = entry_for("tool", data, mode=0o755)
+    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as assembly:
+        assembly.prepare()
+        for block_hash, length in assembly.missing():
+            index = next(i for i, h, _, _ in entry.blocks() if h == block_hash)
+            start = index * entry.block_size
+            assert assembly.accept(block_hash, 0, data[start : start + length]) is Outcome.DONE
+        [(done, path, st)] = assembly.take_ready()
+    assert st is not None and st == os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime_ns == entry.mtime_ns
+    target = store.add(done, path, st)
+    assert os.stat(target).st_ino == st.st_ino
+    assert store.check([entry.digest]) == {entry.digest: Path(target)}  # the recorded stat matches

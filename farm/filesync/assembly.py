@@ -19,10 +19,10 @@ import errno
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import blake3
 
@@ -58,6 +58,15 @@ class Partial:
     path: Path
     remaining: set[int] = field(default_factory=set)
     created: bool = False  # created lazily: most files of a fresh fetch need no resume scan
+    stat: os.stat_result | None = None  # once finished with a mode (see `Assembly`)
+
+
+class Finished(NamedTuple):
+    """A complete, verified file: its entry, where it is, and its stat if the mode was set."""
+
+    entry: FileEntry
+    path: Path
+    stat: os.stat_result | None
 
 
 @dataclass
@@ -71,8 +80,10 @@ class Assembly:
     """Builds the given files (one per digest) inside ``partial_dir``.
 
     Call `prepare` once, then feed `accept` with remote chunks of the `missing` blocks;
-    completed files come out of `take_ready` as (entry, path) for the caller to move
-    into place. Counters: ``resumed`` (blocks found verified in partial files),
+    completed files come out of `take_ready` for the caller to move into place. With
+    ``mode_for``, each finished file gets that mode and its entry's mtime through the
+    descriptor still open (no path lookups per file) and `Finished.stat` is its stat
+    after. Counters: ``resumed`` (blocks found verified in partial files),
     ``reused`` (blocks copied from local sources), ``received``, ``rejected``.
     """
 
@@ -82,10 +93,12 @@ class Assembly:
         partial_dir: Path,
         sources: Sequence[BlockSource] = (),
         *,
+        mode_for: Callable[[FileEntry], int] | None = None,
         max_open: int = 32,
     ) -> None:
         self.partial_dir = partial_dir
         self.sources = sources
+        self.mode_for = mode_for
         self._files = {e.digest: e for e in files}
         self._need: dict[bytes, list[tuple[Partial, int]]] = {}
         self._incoming: dict[bytes, _Incoming] = {}
@@ -99,11 +112,11 @@ class Assembly:
     def prepare(self) -> None:
         """Open or resume each partial file, then fill what local sources can give."""
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        present = set(os.listdir(self.partial_dir))  # one listing, not a stat per file
         for entry in self._files.values():
-            part = Partial(
-                entry, self.partial_dir / f"{entry.digest.hex()}.part", set(range(entry.block_count))
-            )
-            if os.path.exists(part.path):
+            name = f"{entry.digest.hex()}.part"
+            part = Partial(entry, self.partial_dir / name, set(range(entry.block_count)))
+            if name in present:
                 part.created = True
                 fd = self._fd(part)
                 self._resume(part, fd)
@@ -208,10 +221,10 @@ class Assembly:
 
     # -- results --------------------------------------------------------------------
 
-    def take_ready(self) -> list[tuple[FileEntry, Path]]:
+    def take_ready(self) -> list[Finished]:
         """Files completed since the last call; their partial files are closed and complete."""
         ready, self._ready = self._ready, []
-        return [(p.entry, p.path) for p in ready]
+        return [Finished(p.entry, p.path, p.stat) for p in ready]
 
     @property
     def complete(self) -> bool:
@@ -253,8 +266,12 @@ class Assembly:
                 self._finish(part)
 
     def _finish(self, part: Partial) -> None:
-        if not part.created:  # an empty file: nothing was ever written
-            self._fd(part)
+        if not part.created or self.mode_for is not None:  # not created: an empty file
+            fd = self._fd(part)
+            if self.mode_for is not None:
+                os.chmod(fd, self.mode_for(part.entry))
+                os.utime(fd, ns=(part.entry.mtime_ns, part.entry.mtime_ns))
+                part.stat = os.fstat(fd)
         fd = self._open.pop(part.path, None)
         if fd is not None:
             os.close(fd)
@@ -272,7 +289,11 @@ class Assembly:
                 os.ftruncate(fd, part.entry.size)  # sparse: blocks land anywhere, holes read as not done
             part.created = True
         else:
-            fd = os.open(part.path, flags)
+            try:
+                fd = os.open(part.path, flags)
+            except PermissionError:  # made read-only when finished, then left by a crash: ours to write
+                os.chmod(part.path, 0o600)
+                fd = os.open(part.path, flags)
         self._open[part.path] = fd
         if len(self._open) > self._max_open:
             os.close(self._open.popitem(last=False)[1])

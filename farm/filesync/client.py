@@ -161,7 +161,7 @@ class FileClient:
             todo = [e for e in unique if e.digest not in have]
             if todo:
                 store.adopt_partials(e.digest for e in todo)
-                assembly = Assembly(todo, store.session_dir(), [store])
+                assembly = Assembly(todo, store.session_dir(), [store], mode_for=store.file_mode)
                 try:
                     assembly.prepare()
                     self.counters.blocks_resumed += assembly.resumed
@@ -236,8 +236,8 @@ class FileClient:
 
     def _store_ready(self, assembly: Assembly) -> None:
         store = self._need_store()
-        for entry, path in assembly.take_ready():
-            store.add(entry, path)
+        for entry, path, st in assembly.take_ready():
+            store.add(entry, path, st)
             self.counters.files_stored += 1
 
     # -- upload ---------------------------------------------------------------------
@@ -378,7 +378,7 @@ class FileClient:
     def _send(self, op: str, fields: dict[str, Any], payloads: Sequence[Any]) -> int:
         self._rid += 1
         frames = wire.request_frames(op, self._rid, fields, payloads)
-        self._sock.send_multipart(frames, copy=False)
+        self._sock.send_multipart(frames, copy=True)  # cheaper than pyzmq's zero-copy (see FileServer._send)
         self.counters.requests += 1
         self.counters.bytes_sent += sum(len(f) for f in frames)
         return self._rid

@@ -16,13 +16,10 @@ from farm.filesync.resolve import Resolver
 class Place:
     """Where one block of a published tree lives on the controller's disk."""
 
-    root: Path
+    resolver: Resolver  # the tree's root: opens its files, refusing links that lead out
+    key: str  # root and path as one plain string, shared by the file's blocks (hashed per block served)
     entry: FileEntry
     index: int
-
-    @property
-    def path(self) -> Path:
-        return self.root / self.entry.path
 
     @property
     def offset(self) -> int:
@@ -39,11 +36,12 @@ class TreeIndex:
     def __init__(self, trees: dict[str, tuple[Path, Manifest, bytes]] | None = None) -> None:
         self.trees = dict(trees or {})
         self.blocks: dict[bytes, Place] = {}
-        self.resolvers = {root: Resolver(root) for root, _, _ in self.trees.values()}
         for root, manifest, _ in self.trees.values():
+            resolver = Resolver(root)
             for entry in manifest:
+                key = f"{root}/{entry.path}"
                 for index in range(entry.block_count):
-                    self.blocks.setdefault(entry.block_hash(index), Place(root, entry, index))
+                    self.blocks.setdefault(entry.block_hash(index), Place(resolver, key, entry, index))
 
     def with_tree(self, tree: str, root: Path, manifest: Manifest) -> TreeIndex:
         trees = dict(self.trees)
@@ -61,7 +59,7 @@ class TreeIndex:
             place = self.blocks.get(block_hash)
             if place is not None:
                 try:
-                    path = self.resolvers[place.root].path(place.entry.path, checked=True)
+                    path = place.resolver.path(place.entry.path, checked=True)
                 except UnsafeFile:
                     continue
                 found[block_hash] = [(path, place.offset, place.length)]

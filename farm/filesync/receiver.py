@@ -159,5 +159,5 @@ class Upload:
 
     def _collect(self) -> None:
         assert self._assembly is not None
-        for entry, path in self._assembly.take_ready():
+        for entry, path, _ in self._assembly.take_ready():
             self._ready[entry.digest] = path
