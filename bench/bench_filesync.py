@@ -9,8 +9,11 @@ its own `Store` and job folder, syncing over tcp://127.0.0.1 at the same time.
 ``--curve`` adds CURVE encryption with zmq.auth certificates and a ZAP authenticator.
 
 Baselines, measured in the same run with the same number of destinations at once:
-``rsync -a`` between local folders, and ``rsync -a`` from an rsync daemon on a loopback
-port (the fair "over loopback" comparison: it runs its delta algorithm, as farm does).
+``rsync -a`` between local folders, ``rsync -a`` from an rsync daemon on a loopback
+port (the fair "over loopback" comparison: it runs its delta algorithm, as farm does),
+and ``cp -a`` (no network, no hashing: the floor of writing the bytes on this machine).
+Whole-machine CPU-seconds (/proc/stat) per first sync compare the tools' cost however
+they split their work between processes and the kernel.
 
 Run it on a quiet filesystem: on ext4, file creation right after many deletions (the
 previous run's clean-up, other test runs) is several times slower for a while.
@@ -154,6 +157,29 @@ class Agents:
             p.join(timeout=60)
 
 
+# -- whole-machine CPU ------------------------------------------------------------------------
+
+
+def machine_cpu() -> float:
+    """CPU-seconds every process has used so far, kernel work included (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuLog:
+    """Whole-machine CPU-seconds per phase: a fair count across tools that split work differently."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, float] = {}
+
+    def run(self, name: str, phase: Any, *args: Any) -> Any:
+        before = machine_cpu()
+        result = phase(*args)
+        self.used[name] = machine_cpu() - before
+        return result
+
+
 # -- rsync baselines -----------------------------------------------------------------------
 
 
@@ -199,6 +225,16 @@ class RsyncDaemon:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def copy_many(source: Path, dests: list[Path]) -> float:
+    """``cp -a`` to every destination at once: what merely writing the bytes costs on this machine."""
+    os.sync()
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["cp", "-a", str(source), str(d)]) for d in dests]
+    for p in procs:
+        p.wait()
+    return time.perf_counter() - start
 
 
 def rsync_many(source: str, dests: list[Path]) -> tuple[float, int]:
@@ -267,6 +303,8 @@ def main() -> None:
         files, size = make_tree(src, args.size_mb * MiB)
         print(f"tree: {files} files, {size / GiB:.2f} GiB (half in one large file), {args.agents} agents")
 
+        cpu = CpuLog()
+        copy_a = cpu.run("cp -a", copy_many, src, [base / f"cp-a{i}" for i in range(args.agents)])
         dests = [base / f"rsync-local{i}" for i in range(args.agents)]
         local_first, _ = rsync_many(f"{src}/", dests)
         daemon = RsyncDaemon(base, src)
@@ -285,10 +323,10 @@ def main() -> None:
         server.publish("assets", src, manifest)
         agents = Agents(args.agents, server.endpoint, base, keys)
         try:
-            rsync_a, rsync_first_wire = rsync_many(daemon.url, ddests["a"])
-            first_a, _ = agents.sync("a")
-            first_b, first_stats = agents.sync("b")
-            rsync_b, _ = rsync_many(daemon.url, ddests["b"])
+            rsync_a, rsync_first_wire = cpu.run("rsyncd 1", rsync_many, daemon.url, ddests["a"])
+            first_a, _ = cpu.run("farm 1", agents.sync, "a")
+            first_b, first_stats = cpu.run("farm 2", agents.sync, "b")
+            rsync_b, _ = cpu.run("rsyncd 2", rsync_many, daemon.url, ddests["b"])
             first, rsync_first = (first_a + first_b) / 2, (rsync_a + rsync_b) / 2
             again, again_stats = agents.sync("b")
             rsync_again, rsync_again_wire = rsync_many(daemon.url, ddests["b"])
@@ -307,6 +345,7 @@ def main() -> None:
             server.publish("assets", src, manifest2)
             changed, changed_stats = agents.sync("b")
             rsync_changed, rsync_changed_wire = rsync_many(daemon.url, ddests["b"])
+            copy_b = cpu.run("cp -a again", copy_many, src, [base / f"cp-b{i}" for i in range(args.agents)])
         finally:
             agents.stop()
             server.close()
@@ -328,8 +367,17 @@ def main() -> None:
             f"\nfarm ({mode}) vs rsync -a, {n} destinations at once; GiB/s = tree size x destinations / time"
         )
         print(f"controller scan (cold, hashes {size / GiB:.2f} GiB): {scan:.2f} s ({gib_s(size, scan)})")
+        copy = (copy_a + copy_b) / 2
+        print(
+            f"cp -a, no network, no hashing (the floor): {copy:6.2f} s  {gib_s(n * size, copy)}"
+            f" (first {copy_a:.2f} s, last {copy_b:.2f} s); farm takes {first / copy:.2f}x as long"
+        )
         print(
             f"rsync -a local folders, first copy:      {local_first:6.2f} s  {gib_s(n * size, local_first)}"
+        )
+        print(
+            "whole-machine CPU-seconds per GiB delivered, first syncs: "
+            + ", ".join(f"{name} {used / (n * size / GiB):.2f}" for name, used in cpu.used.items())
         )
         print(
             f"first syncs in turn: rsyncd {rsync_a:.2f} s, farm {first_a:.2f} s, farm {first_b:.2f} s,"
