@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from farm.filesync.assembly import Assembly, Outcome
 from farm.filesync.fairqueue import FairQueue
 from farm.filesync.hashing import MIN_BLOCK, block_size_for, hash_block
 from farm.filesync.store import default_cache_dir
+
+NOBODY = 65534
 
 
 def entry_for(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
@@ -24,13 +30,14 @@ def entry_for(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
 
 def assemble(store: Store, entries: list[FileEntry], blobs: dict[str, bytes]) -> Assembly:
     """Build files in the store from in-memory data, as a transfer would."""
-    assembly = Assembly(entries, store.session_dir(), [store])
+    assembly = store.assembly(entries)
     assembly.prepare()
     by_hash = {e.block_hash(i): blobs[e.path][o : o + n] for e in entries for i, _, o, n in e.blocks()}
     for block_hash, _ in assembly.missing():
         assert assembly.accept(block_hash, 0, by_hash[block_hash]) is Outcome.DONE
-    for entry, path, _ in assembly.take_ready():
-        store.add(entry, path)  # no stat given: add sets the mode and mtime itself
+    for entry, path, st in assembly.take_ready():
+        assert st is not None
+        store.add(entry, path, st)
     assembly.close()
     return assembly
 
@@ -65,7 +72,7 @@ def test_blocks_of_stored_files_are_reused_not_fetched(store: Store) -> None:
     first = entry_for("f", old)
     assemble(store, [first], {"f": old})
     second = entry_for("f", new)
-    assembly = Assembly([second], store.session_dir(), [store])
+    assembly = store.assembly([second])
     assembly.prepare()
     assert assembly.reused == 7
     assert [h for h, _ in assembly.missing()] == [second.block_hash(3)]
@@ -81,7 +88,7 @@ def test_a_corrupt_source_block_is_not_reused(store: Store) -> None:
     with open(cached, "r+b") as f:
         f.write(b"rot")
     other = entry_for("g", data + b"tail")  # shares the first three blocks... one of them now rotten
-    assembly = Assembly([other], store.session_dir(), [store])
+    assembly = store.assembly([other])
     assembly.prepare()
     assert other.block_hash(0) in {h for h, _ in assembly.missing()}
     assert assembly.reused == 3
@@ -220,32 +227,54 @@ def test_partials_of_a_dead_session_are_adopted(tmp_path: Path) -> None:
             assert len(resumed.missing()) == 3
 
 
-def test_a_partial_left_read_only_by_a_crash_is_resumed(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def unprivileged(scenario: Callable[[Path], None]) -> None:
+    """Run ``scenario(folder)`` where file modes apply: as is for a normal user; for root
+    (which ignores them) in a child process that becomes the user nobody, in a folder it owns."""
+    if os.geteuid() != 0:
+        with tempfile.TemporaryDirectory() as folder:
+            scenario(Path(folder))
+        return
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # not under pytest's root-only tmp folders
+    try:
+        os.chown(folder, NOBODY, NOBODY)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                scenario(folder)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the scenario failed as nobody (see stderr)"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_partial_left_read_only_by_a_crash_is_resumed() -> None:
     """A crash between finishing a file (mode 0444) and moving it into the cache leaves a
     read-only partial; resuming must make it writable again, not fail on it."""
     data = os.urandom(2 * MIN_BLOCK)
     entry = entry_for("f", data)
-    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as first:
-        first.prepare()
-        first.accept(entry.block_hash(0), 0, data[:MIN_BLOCK])
-    part = store.session_dir() / f"{entry.digest.hex()}.part"
-    os.chmod(part, 0o444)
-    real_open = os.open
 
-    def open_as_non_root(path, flags, *args):  # root ignores modes; a normal user does not
-        if flags & os.O_RDWR and os.path.exists(path) and not os.stat(path).st_mode & 0o200:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *args)
+    def scenario(folder: Path) -> None:
+        with Store(folder / "cache") as store:
+            with store.assembly([entry]) as first:
+                first.prepare()
+                first.accept(entry.block_hash(0), 0, data[:MIN_BLOCK])
+            os.chmod(store.session_dir() / f"{entry.digest.hex()}.part", 0o444)
+            with store.assembly([entry]) as resumed:
+                resumed.prepare()
+                assert resumed.resumed == 1 and len(resumed.missing()) == 1
+                assert resumed.accept(entry.block_hash(1), 0, data[MIN_BLOCK:]) is Outcome.DONE
+                [(_, path, st)] = resumed.take_ready()
+            assert path.read_bytes() == data and st is not None and stat.S_IMODE(st.st_mode) == 0o444
 
-    monkeypatch.setattr(os, "open", open_as_non_root)
-    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as resumed:
-        resumed.prepare()
-        assert resumed.resumed == 1 and len(resumed.missing()) == 1
-        assert resumed.accept(entry.block_hash(1), 0, data[MIN_BLOCK:]) is Outcome.DONE
-        [(_, path, st)] = resumed.take_ready()
-    assert path.read_bytes() == data and stat.S_IMODE(st.st_mode) == 0o444
+    unprivileged(scenario)
 
 
 def test_build_and_cache_a_real_tree(tmp_path: Path, store: Store) -> None:
@@ -297,7 +326,7 @@ def test_fair_queue_bounds_each_client() -> None:
 def test_mode_for_sets_mode_and_mtime_through_the_open_file(store: Store) -> None:
     data = os.urandom(3 * MIN_BLOCK + 5)
     entry = entry_for("tool", data, mode=0o755)
-    with Assembly([entry], store.session_dir(), mode_for=store.file_mode) as assembly:
+    with store.assembly([entry]) as assembly:
         assembly.prepare()
         for block_hash, length in assembly.missing():
             index = next(i for i, h, _, _ in entry.blocks() if h == block_hash)

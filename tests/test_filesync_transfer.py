@@ -213,17 +213,28 @@ def test_a_block_always_corrupted_fails_and_is_never_used(
         assert not (tmp_path / "job" / "big.bin").exists()
 
 
+def sync_then_corrupt_the_cache(
+    client: FileClient, tmp_path: Path, offset: int, garbage: bytes
+) -> tuple[Manifest, Path, os.stat_result]:
+    """Sync into ``job``, then overwrite bytes of big.bin's cache file (made writable for it);
+    returns the manifest, the cache file and its stat from before."""
+    manifest = client.sync("assets", tmp_path / "job")
+    assert client.store is not None
+    cached = client.store.file_path(manifest.get("big.bin").digest)  # type: ignore[union-attr]
+    st = os.stat(cached)
+    os.chmod(cached, 0o644)
+    with open(cached, "r+b") as f:
+        f.seek(offset)
+        f.write(garbage)
+    return manifest, cached, st
+
+
 def test_a_block_corrupted_in_the_cache_is_fetched_again(
     open_client: Callable[..., FileClient], src: Path, tmp_path: Path
 ) -> None:
     client = open_client()
-    manifest = client.sync("assets", tmp_path / "job")
-    assert client.store is not None
-    cached = client.store.file_path(manifest.get("big.bin").digest)  # type: ignore[union-attr]
-    os.chmod(cached, 0o644)
-    with open(cached, "r+b") as f:  # bit rot, or a job writing through its hard link
-        f.seek(5 * MIN_BLOCK)
-        f.write(b"\0garbage\0")
+    # bit rot, or a job writing through its hard link
+    manifest, _, _ = sync_then_corrupt_the_cache(client, tmp_path, 5 * MIN_BLOCK, b"\0garbage\0")
     fetched = client.counters.blocks_fetched
     client.sync("assets", tmp_path / "job2")
     assert client.counters.blocks_fetched - fetched == 40
@@ -234,13 +245,8 @@ def test_cache_corruption_hidden_from_the_quick_check_is_caught_by_verify(
     open_client: Callable[..., FileClient], src: Path, tmp_path: Path
 ) -> None:
     client = open_client()
-    manifest = client.sync("assets", tmp_path / "job")
+    manifest, cached, st = sync_then_corrupt_the_cache(client, tmp_path, 0, b"X")
     assert client.store is not None
-    cached = client.store.file_path(manifest.get("big.bin").digest)  # type: ignore[union-attr]
-    st = os.stat(cached)
-    os.chmod(cached, 0o644)
-    with open(cached, "r+b") as f:
-        f.write(b"X")
     os.chmod(cached, st.st_mode)
     os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))  # deliberately hide the change
     with pytest.raises(SyncError, match="not in the cache"):

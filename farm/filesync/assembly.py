@@ -266,7 +266,7 @@ class Assembly:
                 self._finish(part)
 
     def _finish(self, part: Partial) -> None:
-        if not part.created or self.mode_for is not None:  # not created: an empty file
+        if not part.created or self.mode_for is not None:  # never created: an empty file, made now
             fd = self._fd(part)
             if self.mode_for is not None:
                 os.chmod(fd, self.mode_for(part.entry))

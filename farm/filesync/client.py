@@ -161,7 +161,7 @@ class FileClient:
             todo = [e for e in unique if e.digest not in have]
             if todo:
                 store.adopt_partials(e.digest for e in todo)
-                assembly = Assembly(todo, store.session_dir(), [store], mode_for=store.file_mode)
+                assembly = store.assembly(todo)
                 try:
                     assembly.prepare()
                     self.counters.blocks_resumed += assembly.resumed
@@ -237,6 +237,7 @@ class FileClient:
     def _store_ready(self, assembly: Assembly) -> None:
         store = self._need_store()
         for entry, path, st in assembly.take_ready():
+            assert st is not None  # the store's assemblies finish every file with its stat
             store.add(entry, path, st)
             self.counters.files_stored += 1
 

@@ -28,6 +28,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from farm.filesync.assembly import Assembly
 from farm.filesync.errors import ManifestError
 from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
@@ -187,16 +188,15 @@ class Store:
         """The mode of a stored file: read-only, so a job cannot write through its link."""
         return 0o555 if entry.executable else 0o444
 
-    def add(self, entry: FileEntry, partial: Path | str, st: os.stat_result | None = None) -> str:
-        """Move a fully verified partial file into the cache; returns its cache path.
+    def assembly(self, files: Iterable[FileEntry]) -> Assembly:
+        """An `Assembly` of ``files`` for this cache: in its session folder, reusing the blocks
+        it holds, each file finished read-only with its mtime, ready for `add`."""
+        return Assembly(files, self.session_dir(), [self], mode_for=self.file_mode)
 
-        ``st``: the partial file already has its `file_mode` and the entry's mtime, and
-        this is its stat (`Assembly` with ``mode_for=Store.file_mode``): saves three lookups.
-        """
+    def add(self, entry: FileEntry, partial: Path | str, st: os.stat_result) -> str:
+        """Move a fully verified partial file, finished by `assembly` (``st`` is its stat),
+        into the cache; returns its cache path."""
         target = self._file(entry.digest)
-        if st is None:
-            os.chmod(partial, self.file_mode(entry))
-            os.utime(partial, ns=(entry.mtime_ns, entry.mtime_ns))
         fanout = os.path.dirname(target)
         if fanout not in self._fanout:
             os.makedirs(fanout, exist_ok=True)
@@ -211,9 +211,7 @@ class Store:
             os.unlink(partial)
             st = kept
         else:
-            os.replace(partial, target)
-            if st is None:  # (a rename keeps the inode, size and mtime of a given stat)
-                st = os.stat(target)
+            os.replace(partial, target)  # keeps the inode, size and mtime that ``st`` recorded
         with self._lock:
             self._pending.append((entry, st))
             flush = len(self._pending) >= 256
