@@ -237,9 +237,11 @@ def copy_many(source: Path, dests: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def rsync_many(source: str, dests: list[Path]) -> tuple[float, int]:
-    """rsync -a to every destination at once; returns (seconds, bytes on the wire summed)."""
+def rsync_many(source: str, dests: list[Path]) -> tuple[float, int, tuple[float, float]]:
+    """rsync -a to every destination at once; returns (seconds, bytes on the wire summed,
+    (user, system) CPU-seconds of the receiving rsync processes, to set beside farm's agents)."""
     os.sync()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     procs = [
         subprocess.Popen(["rsync", "-a", "--stats", source, f"{d}/"], stdout=subprocess.PIPE, text=True)
@@ -247,12 +249,13 @@ def rsync_many(source: str, dests: list[Path]) -> tuple[float, int]:
     ]
     outs = [p.communicate()[0] for p in procs]
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wire = 0
     for out in outs:
         for key in ("Total bytes sent", "Total bytes received"):
             found = re.search(rf"{key}: ([\d,.]+)", out)
             wire += int(found.group(1).replace(",", "").replace(".", "")) if found else 0
-    return elapsed, wire
+    return elapsed, wire, (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
 
 
 # -- CURVE -------------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def main() -> None:
         cpu = CpuLog()
         copy_a = cpu.run("cp -a", copy_many, src, [base / f"cp-a{i}" for i in range(args.agents)])
         dests = [base / f"rsync-local{i}" for i in range(args.agents)]
-        local_first, _ = rsync_many(f"{src}/", dests)
+        local_first, _, _ = rsync_many(f"{src}/", dests)
         daemon = RsyncDaemon(base, src)
         ddests = {r: [base / f"rsync-daemon-{r}{i}" for i in range(args.agents)] for r in "ab"}
         # Nothing is deleted until the end (on ext4, creating files near recently deleted inodes
@@ -323,13 +326,13 @@ def main() -> None:
         server.publish("assets", src, manifest)
         agents = Agents(args.agents, server.endpoint, base, keys)
         try:
-            rsync_a, rsync_first_wire = cpu.run("rsyncd 1", rsync_many, daemon.url, ddests["a"])
-            first_a, _ = cpu.run("farm 1", agents.sync, "a")
+            rsync_a, rsync_first_wire, rsync_cpu_a = cpu.run("rsyncd 1", rsync_many, daemon.url, ddests["a"])
+            first_a, first_stats_a = cpu.run("farm 1", agents.sync, "a")
             first_b, first_stats = cpu.run("farm 2", agents.sync, "b")
-            rsync_b, _ = cpu.run("rsyncd 2", rsync_many, daemon.url, ddests["b"])
+            rsync_b, _, rsync_cpu_b = cpu.run("rsyncd 2", rsync_many, daemon.url, ddests["b"])
             first, rsync_first = (first_a + first_b) / 2, (rsync_a + rsync_b) / 2
             again, again_stats = agents.sync("b")
-            rsync_again, rsync_again_wire = rsync_many(daemon.url, ddests["b"])
+            rsync_again, rsync_again_wire, _ = rsync_many(daemon.url, ddests["b"])
 
             # one byte changed in the large file: rescan (the hash cache skips the rest), republish, sync
             with open(src / "large.bin", "r+b") as f:
@@ -344,7 +347,7 @@ def main() -> None:
             rescan = time.perf_counter() - start
             server.publish("assets", src, manifest2)
             changed, changed_stats = agents.sync("b")
-            rsync_changed, rsync_changed_wire = rsync_many(daemon.url, ddests["b"])
+            rsync_changed, rsync_changed_wire, _ = rsync_many(daemon.url, ddests["b"])
             copy_b = cpu.run("cp -a again", copy_many, src, [base / f"cp-b{i}" for i in range(args.agents)])
         finally:
             agents.stop()
@@ -419,8 +422,18 @@ def main() -> None:
         memory = ", ".join(f"{s['maxrss_mb']:.0f} MB" for s in changed_stats)
         print(f"agent peak memory (RSS): {memory}")
         for name, stats in (("first", first_stats), ("re-sync", again_stats), ("one byte", changed_stats)):
-            cpu = ", ".join(f"{s['user_s']:.2f} user + {s['sys_s']:.2f} sys" for s in stats)
-            print(f"agent CPU, {name}: {cpu}")
+            usage = ", ".join(f"{s['user_s']:.2f} user + {s['sys_s']:.2f} sys" for s in stats)
+            print(f"agent CPU, {name}: {usage}")
+        receivers = ", ".join(f"{u:.2f} user + {s:.2f} sys" for u, s in (rsync_cpu_a, rsync_cpu_b))
+        print(f"rsync receivers' CPU (all {n} together), first syncs: {receivers}")
+        # what the receivers did not use: the sending side, the kernel's network work, anything else
+        farm_agents = [sum(a["user_s"] + a["sys_s"] for a in st) for st in (first_stats_a, first_stats)]
+        rest = [cpu.used[f"farm {i}"] - used for i, used in enumerate(farm_agents, 1)]
+        rest += [cpu.used[f"rsyncd {i}"] - sum(c) for i, c in enumerate((rsync_cpu_a, rsync_cpu_b), 1)]
+        print(
+            "first syncs, whole-machine CPU-s beyond the receivers (sender, network, the rest):"
+            f" farm {rest[0]:.2f} and {rest[1]:.2f}, rsyncd {rest[2]:.2f} and {rest[3]:.2f}"
+        )
         print(
             "controller (file server thread) CPU, per farm phase in order: "
             + ", ".join(f"{c:.2f} s" for c in agents.server_cpu)
