@@ -255,20 +255,27 @@ def test_cache_corruption_hidden_from_the_quick_check_is_caught_by_verify(
     assert_same_tree(manifest, src, tmp_path / "job2")
 
 
+class Stopped(Exception):
+    """Raised by a `stop_after` progress callback: the transfer is cut off there."""
+
+
+def stop_after(blocks: int) -> Callable[[object], None]:
+    """A progress callback that interrupts a transfer once ``blocks`` blocks are done."""
+
+    def check(progress: object) -> None:
+        if getattr(progress, "blocks_done", 0) >= blocks:
+            raise Stopped
+
+    return check
+
+
 def test_an_interrupted_transfer_resumes_where_it_stopped(
     open_client: Callable[..., FileClient], src: Path, tmp_path: Path
 ) -> None:
-    class Stop(Exception):
-        pass
-
-    def stop_after_ten(progress: object) -> None:
-        if getattr(progress, "blocks_done", 0) >= 10:
-            raise Stop
-
     # one 128 KiB block per request and one request in flight: the stop point is exact
     first = open_client(chunk_size=MIN_BLOCK, window=MIN_BLOCK)
-    with pytest.raises(Stop):
-        first.sync("assets", tmp_path / "job", progress=stop_after_ten)
+    with pytest.raises(Stopped):
+        first.sync("assets", tmp_path / "job", progress=stop_after(10))
     assert first.counters.blocks_fetched == 10
     first.close()
     assert first.store is not None
@@ -616,21 +623,14 @@ def test_a_file_changed_after_publishing_is_refused_not_served(
 def test_an_interrupted_upload_resumes_where_it_stopped(
     context: zmq.Context, server: FileServer, tmp_path: Path
 ) -> None:
-    class Stop(Exception):
-        pass
-
-    def stop_after_five(progress: object) -> None:
-        if getattr(progress, "blocks_done", 0) >= 5:
-            raise Stop
-
     outputs = tmp_path / "out"
     outputs.mkdir()
     (outputs / "render.exr").write_bytes(os.urandom(12 * MIN_BLOCK))
     results: queue.Queue[UploadResult] = queue.Queue()
     server.expect_upload("lease-11", tmp_path / "staged", on_done=results.put)
     with FileClient(server.endpoint, context=context, chunk_size=MIN_BLOCK, window=MIN_BLOCK) as client:
-        with pytest.raises(Stop):
-            client.upload("lease-11", outputs, progress=stop_after_five)
+        with pytest.raises(Stopped):
+            client.upload("lease-11", outputs, progress=stop_after(5))
         assert client.counters.blocks_sent == 5
     with FileClient(server.endpoint, context=context) as again:  # a restarted agent
         manifest = again.upload("lease-11", outputs)
