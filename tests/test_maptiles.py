@@ -150,7 +150,7 @@ def test_metatiles_cover_the_bbox_tiles_once(west, width, south, height, z, meta
         ('style = "world.xml"\nzoom = true', "zoom", "expected a zoom"),
         ('style = "missing.xml"', "style", "does not exist"),
         ('style = "farm.toml"', "style", ".xml"),
-        ('style = "broken.xml"', "style", "Mapnik cannot load"),
+        ('style = "broken.xml"', "style", "not well-formed XML"),
         ('style = "nodata.xml"', "style", "does not exist"),
         ('style = "world.xml"\nbbox = [10, 0, 5, 5]', "bbox", "west < east"),
         ('style = "world.xml"\nbbox = [0, 0, 10]', "bbox", "[west, south, east, north]"),

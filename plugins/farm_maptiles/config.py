@@ -17,6 +17,8 @@ FORMATS = ("png", "png8")
 DEFAULT_ZOOM = "0-5"
 DEFAULT_TILE_SIZE = 256
 DEFAULT_METATILE = 8
+#: pixels around a metatile; more than this costs far more than the labels it saves
+MAX_BUFFER = 2048
 
 _ZOOM_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -80,6 +82,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     metatile = s.integer("metatile", DEFAULT_METATILE, min=1, max=64)
     if metatile & (metatile - 1):
         raise s.error("metatile", f"must be a power of two (1, 2, 4, 8, 16, 32 or 64), got {metatile}")
+    buffer = s.integer("buffer", None, min=0, max=MAX_BUFFER)
     fmt = s.choice("format", FORMATS, "png")
     attribution = s.str("attribution", "")
     description = s.str("description", "")
@@ -92,6 +95,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "tile_size": tile_size,
         "metatile": metatile,
         "format": fmt,
+        "buffer": buffer,
         "attribution": attribution,
         "description": description,
     }

@@ -1,62 +1,149 @@
 """Loading a Mapnik XML style into a `mapnik.Map` ready to render Web Mercator tiles.
 
-Mapnik is imported inside the functions, so the plugin loads (and says why it cannot
-render) on a machine without it.
+Before Mapnik sees a style, farm reads it itself (`stylexml`) and checks what it refers to:
+files confined to the project and resolved against the style's folder (`references`),
+faces that exist (`fonts`). Mapnik then loads it with the style's folder as base path, as
+``mapnik.load_map`` and renderd do. The same checks run on the controller at load and on
+each agent before it renders. Mapnik is imported inside the functions, so the plugin loads
+(and says why it cannot render) on a machine without it.
 """
 
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from farm_maptiles import fonts, labels, references
+from farm_maptiles.stylexml import Element, StyleSyntaxError, parse_style
 
 log = logging.getLogger(__name__)
 
 #: tiles are always rendered in spherical mercator, whatever the style's own srs says
 MERCATOR_SRS = "epsg:3857"
-#: pixels rendered around a metatile so labels and symbols across its edges come out whole
+#: pixels rendered around a metatile when neither the project nor the style says (renderd's default)
 DEFAULT_BUFFER = 128
+_LAYER = re.compile(r"layer '([^']*)'")
 
 
 class StyleError(ValueError):
-    """Mapnik could not load a style; the message is Mapnik's own."""
+    """A style farm will not render: the message names the style file and line where known."""
 
 
-def style_buffer(xml: str) -> int | None:
-    """The ``buffer-size`` the style's <Map> sets, or None when it sets none."""
+@dataclass
+class Style:
+    """A checked style: its element tree, its folder (the base of its relative paths), its datasources."""
+
+    path: Path
+    root: Path
+    tree: Element
+    datasources: list[references.Datasource]
+    font_dir: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+    def error(self, message: str, line: int | None) -> StyleError:
+        return StyleError(f"{self.name}:{line}: {message}" if line else f"{self.name}: {message}")
+
+
+def read_style(path: Path, root: Path) -> Style:
+    """Parse the style at ``path`` (inside project ``root``) and check everything it refers to.
+
+    Raises `StyleError` for XML farm cannot check, a path leaving the project, a missing file,
+    a datasource type not allowed here, or a ``face-name`` Mapnik cannot open.
+    """
+    name = path.relative_to(root).as_posix()
     try:
-        value = ET.fromstring(xml).get("buffer-size")
-    except ET.ParseError:
-        return None  # Mapnik reports the syntax error itself, with a better message
+        tree = parse_style(path.read_bytes())
+    except StyleSyntaxError as exc:
+        raise StyleError(f"{name}:{exc.line}: {exc}" if exc.line else f"{name}: {exc}") from None
+    except OSError as exc:
+        raise StyleError(f"{name}: cannot read the style ({exc.strerror})") from None
+    folder = path.parent
+    style = Style(path, root, tree, [], None)
     try:
-        return max(int(float(value)), 0) if value is not None else None
-    except ValueError:
-        return None
+        style.font_dir = references.font_directory(tree, folder, root)
+        references.symbolizer_files(tree, folder, root)
+        style.datasources = references.datasources(tree, folder, root)
+        fonts.check_fonts(tree, style.font_dir)
+    except (references.StyleReferenceError, fonts.MissingFont) as exc:
+        raise style.error(str(exc), exc.line) from None
+    return style
 
 
-def load_map(xml: str, base_path: Path, size: int = 256) -> Any:
-    """A square ``size`` px `mapnik.Map` of the style, in EPSG:3857, with a buffer.
+def _mapnik_error(style: Style, exc: RuntimeError) -> StyleError:
+    """Mapnik's error, unless it comes from a datasource: those can quote the data file, so they
+    are replaced by one naming the layer and the file only."""
+    text = str(exc).strip()
+    found = _LAYER.search(text)
+    if found is None and "layer" not in text.lower():
+        return style.error(f"Mapnik cannot load the style: {text}", None)
+    ds = next((d for d in style.datasources if found and d.layer == found.group(1)), None)
+    if ds is None:
+        return style.error("Mapnik cannot open a layer's datasource (its message is withheld: it can quote "
+                           "the data)", None)
+    return style.error(f"{ds.describe()}: Mapnik cannot read it as {ds.type!r} data (its message is "
+                       "withheld: it can quote the file)", ds.line)
 
-    Relative datasource paths (shapefiles) resolve against ``base_path``.
-    Raises `StyleError` when Mapnik rejects the style or cannot open its data.
+
+def load_map(style: Style, size: int = 256, buffer: int | None = None) -> Any:
+    """A square ``size`` px `mapnik.Map` of a checked style, in EPSG:3857.
+
+    ``buffer`` px are rendered around the map; None: the style's ``buffer-size``, else
+    `DEFAULT_BUFFER`. Raises `StyleError` when Mapnik rejects the style or its data.
     """
     import mapnik
 
     m = mapnik.Map(size, size)
     try:
-        mapnik.load_map_from_string(m, xml, False, str(base_path))
+        mapnik.load_map_from_string(m, style.path.read_text(encoding="utf-8"), False, str(style.path.parent))
     except RuntimeError as exc:
-        raise StyleError(str(exc).strip()) from None
+        raise _mapnik_error(style, exc) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise style.error(f"cannot read the style: {exc}", None) from None
     m.srs = MERCATOR_SRS
-    buffer = style_buffer(xml)
-    m.buffer_size = DEFAULT_BUFFER if buffer is None else buffer
+    m.buffer_size = style_buffer(style) if buffer is None else buffer
     return m
 
 
-def check_style(path: Path, base_path: Path) -> None:
-    """Raise `StyleError` if Mapnik cannot load the style file (its data included)."""
-    load_map(path.read_text(encoding="utf-8"), base_path)
+def style_buffer(style: Style) -> int:
+    """The Map's ``buffer-size``, else `DEFAULT_BUFFER`."""
+    value = style.tree.attrib.get("buffer-size")
+    try:
+        return max(int(float(value)), 0) if value is not None else DEFAULT_BUFFER
+    except ValueError:
+        return DEFAULT_BUFFER
+
+
+def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
+    """The metatile buffer: ``setting`` ([maptiles] buffer) if given, else the style's
+    ``buffer-size`` if it sets one, else one derived from the widest label (at least 128 px).
+
+    Logs a warning when a set buffer is narrower than the labels need.
+    """
+    widest = labels.widest_label(style.tree, m)
+    needed = labels.buffer_for(widest, 0)
+    if setting is not None:
+        chosen, source = setting, "[maptiles] buffer"
+    elif "buffer-size" in style.tree.attrib:
+        chosen, source = style_buffer(style), f"buffer-size in {style.name}"
+    else:
+        return max(DEFAULT_BUFFER, needed)
+    if chosen < needed:
+        log.warning("%s: labels up to about %d px wide may be cut where metatiles meet: %s is %d px; "
+                    "set [maptiles] buffer = %d (or remove the setting to derive it)",
+                    style.name, widest, source, chosen, needed)
+    return chosen
+
+
+def check_style(path: Path, root: Path, buffer: int | None = None) -> int:
+    """Check the style fully (as `read_style`, then Mapnik's load with its data); returns the buffer to render with."""
+    style = read_style(path, root)
+    return choose_buffer(style, load_map(style), buffer)
 
 
 def register_fonts() -> None:

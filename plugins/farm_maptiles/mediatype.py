@@ -60,15 +60,15 @@ class MapTiles(MediaType):
         if mapnik_missing() is None:
             style = settings.root / values["style"]
             try:
-                mapstyle.check_style(style, settings.root)
-            except (mapstyle.StyleError, UnicodeDecodeError) as exc:
-                raise settings.error("style", f"Mapnik cannot load {values['style']!r}: {exc}") from None
+                values["buffer"] = mapstyle.check_style(style, settings.root, values["buffer"])
+            except mapstyle.StyleError as exc:
+                raise settings.error("style", f"cannot use style {values['style']!r}: {exc}") from None
         return values
 
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
         # zoom and bbox only choose which metatiles exist (the params carry the tiles to cut);
         # the metadata keys only reach the MBTiles header: widening a zoom range reuses the rest
-        return {k: settings[k] for k in ("style", "tile_size", "metatile", "format")}
+        return {k: settings[k] for k in ("style", "tile_size", "metatile", "format", "buffer")}
 
     def count(self, project: Project) -> int:
         s = project.settings
@@ -93,7 +93,9 @@ class MapTiles(MediaType):
                 s["tile_size"], s["format"], ctx.output_dir, solid,
             )
         except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
-            raise RenderError(f"Mapnik failed to render metatile {job.key}: {exc}") from None
+            # only the first line: what follows can be a quoted line of a data file
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise RenderError(f"Mapnik failed to render metatile {job.key}: {reason}") from None
         return {"tiles": len(names)}
 
     def _map(self, ctx: RenderContext) -> tuple[Any, dict]:
@@ -110,11 +112,11 @@ class MapTiles(MediaType):
             if missing:
                 raise RenderError(missing)
             mapstyle.register_fonts()
-            try:
-                xml = style.read_text(encoding="utf-8")
-                m = mapstyle.load_map(xml, ctx.project_dir, ctx.settings["tile_size"])
+            try:  # the controller's checks again, on this agent's copy: its fonts, its files
+                checked = mapstyle.read_style(style, ctx.project_dir)
+                m = mapstyle.load_map(checked, ctx.settings["tile_size"], ctx.settings.get("buffer"))
             except mapstyle.StyleError as exc:
-                raise RenderError(f"Mapnik cannot load {ctx.settings['style']!r}: {exc}") from None
+                raise RenderError(f"cannot use style {ctx.settings['style']!r} on this agent: {exc}") from None
             log.debug("loaded style %s (buffer %d px)", style, m.buffer_size)
             cached = ctx.cache[_CACHE_KEY] = (signature, m, {})
         return cached[1], cached[2]
