@@ -14,15 +14,11 @@ import difflib
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from farm_maptiles.stylexml import Element
+from farm_maptiles.stylexml import Element, StyleProblem
 
 
-class MissingFont(ValueError):
-    """A face-name nobody installed; ``line`` is its line in the style."""
-
-    def __init__(self, message: str, line: int) -> None:
-        super().__init__(message)
-        self.line = line
+class MissingFont(StyleProblem):
+    """A face-name nobody installed."""
 
 
 def face_available(face: str, font_dir: Path | None) -> bool:
@@ -30,8 +26,8 @@ def face_available(face: str, font_dir: Path | None) -> bool:
     import mapnik
 
     directory = f" font-directory={quoteattr(str(font_dir))}" if font_dir is not None else ""
-    probe = (f"<Map{directory}><Style name='probe'><Rule><TextSymbolizer face-name={quoteattr(face)} size='10'>"
-             "'x'</TextSymbolizer></Rule></Style></Map>")
+    symbolizer = f"<TextSymbolizer face-name={quoteattr(face)} size='10'>'x'</TextSymbolizer>"
+    probe = f"<Map{directory}><Style name='probe'><Rule>{symbolizer}</Rule></Style></Map>"
     try:
         mapnik.load_map_from_string(mapnik.Map(8, 8), probe, True, "")
     except RuntimeError:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from farm_maptiles import fonts, labels, references
-from farm_maptiles.stylexml import Element, StyleSyntaxError, parse_style
+from farm_maptiles.stylexml import Element, StyleProblem, parse_style
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Style:
     tree: Element
     datasources: list[references.Datasource]
     font_dir: Path | None
+    files: list[Path]  # every file it reads (data, images), so a change to one can be noticed
 
     @property
     def name(self) -> str:
@@ -59,18 +60,19 @@ def read_style(path: Path, root: Path) -> Style:
     name = path.relative_to(root).as_posix()
     try:
         tree = parse_style(path.read_bytes())
-    except StyleSyntaxError as exc:
-        raise StyleError(f"{name}:{exc.line}: {exc}" if exc.line else f"{name}: {exc}") from None
     except OSError as exc:
         raise StyleError(f"{name}: cannot read the style ({exc.strerror})") from None
+    except StyleProblem as exc:
+        raise StyleError(f"{name}:{exc.line}: {exc}" if exc.line else f"{name}: {exc}") from None
     folder = path.parent
-    style = Style(path, root, tree, [], None)
+    style = Style(path, root, tree, [], None, [])
     try:
         style.font_dir = references.font_directory(tree, folder, root)
-        references.symbolizer_files(tree, folder, root)
+        style.files = references.symbolizer_files(tree, folder, root)
         style.datasources = references.datasources(tree, folder, root)
+        style.files += [f for ds in style.datasources for f in ds.files]
         fonts.check_fonts(tree, style.font_dir)
-    except (references.StyleReferenceError, fonts.MissingFont) as exc:
+    except StyleProblem as exc:
         raise style.error(str(exc), exc.line) from None
     return style
 
@@ -141,7 +143,7 @@ def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
 
 
 def check_style(path: Path, root: Path, buffer: int | None = None) -> int:
-    """Check the style fully (as `read_style`, then Mapnik's load with its data); returns the buffer to render with."""
+    """Check the style fully (`read_style`, then Mapnik loads it with its data); returns the buffer to use."""
     style = read_style(path, root)
     return choose_buffer(style, load_map(style), buffer)
 

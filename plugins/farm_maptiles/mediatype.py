@@ -17,6 +17,7 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
 from farm.settings import SettingsReader
 from farm_maptiles import config, mapstyle
@@ -38,6 +39,19 @@ def mapnik_missing() -> str | None:
     except Exception as exc:  # ImportError, or a broken native library (OSError)
         return f"Python package 'mapnik' does not import ({type(exc).__name__}: {exc}); pip install mapnik"
     return None
+
+
+def _signature(paths: list[Path]) -> list[tuple[str, int, int]]:
+    """Path, mtime and size of each file (a vanished file counts as changed)."""
+    found = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            found.append((str(path), -1, -1))
+        else:
+            found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return found
 
 
 def mbtiles_path(ctx: CollateContext) -> Path:
@@ -99,15 +113,14 @@ class MapTiles(MediaType):
         return {"tiles": len(names)}
 
     def _map(self, ctx: RenderContext) -> tuple[Any, dict]:
-        """The worker's one `mapnik.Map` for the style, loaded on first use and again if the style changes."""
-        style = ctx.project_dir / ctx.settings["style"]
+        """The worker's one `mapnik.Map` of the style, loaded on first use and again when the style
+        or a file it reads changed (Mapnik reads a CSV or GeoJSON file once, at load)."""
         try:
-            stat = style.stat()
-        except OSError as exc:
-            raise RenderError(f"style {ctx.settings['style']!r} is missing on this agent: {exc}") from None
-        signature = (str(style), stat.st_mtime_ns, stat.st_size)
+            style = resolve_inside(ctx.project_dir, ctx.settings["style"])
+        except UnsafePath as exc:
+            raise RenderError(f"[maptiles] style: {exc}") from None
         cached = ctx.cache.get(_CACHE_KEY)
-        if cached is None or cached[0] != signature:
+        if cached is None or cached[0] != _signature([style, *cached[3]]):
             missing = mapnik_missing()
             if missing:
                 raise RenderError(missing)
@@ -116,9 +129,9 @@ class MapTiles(MediaType):
                 checked = mapstyle.read_style(style, ctx.project_dir)
                 m = mapstyle.load_map(checked, ctx.settings["tile_size"], ctx.settings.get("buffer"))
             except mapstyle.StyleError as exc:
-                raise RenderError(f"cannot use style {ctx.settings['style']!r} on this agent: {exc}") from None
+                raise RenderError(f"cannot use style {ctx.settings['style']!r} here: {exc}") from None
             log.debug("loaded style %s (buffer %d px)", style, m.buffer_size)
-            cached = ctx.cache[_CACHE_KEY] = (signature, m, {})
+            cached = ctx.cache[_CACHE_KEY] = (_signature([style, *checked.files]), m, {}, checked.files)
         return cached[1], cached[2]
 
     def _writer(self, ctx: CollateContext) -> MBTilesWriter:

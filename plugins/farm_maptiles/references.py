@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm_maptiles.stylexml import Element
+from farm_maptiles.stylexml import Element, StyleProblem
 
 #: types that read only the one file they are given (a shapefile: its .shp/.shx/.dbf siblings)
 FILE_DATASOURCES = frozenset({"csv", "shape", "geojson", "topojson", "geobuf", "raster"})
@@ -29,12 +29,8 @@ _UNSAFE_PARAMS = {"sqlite": ("attachdb", "initdb")}
 _SHAPE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".index")
 
 
-class StyleReferenceError(ValueError):
-    """A reference the project may not use; ``line`` is its line in the style."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.line = line
+class BadReference(StyleProblem):
+    """A file or datasource the style may not use."""
 
 
 @dataclass
@@ -64,27 +60,27 @@ def allowed_datasources() -> frozenset[str]:
 def confine(value: str, style_dir: Path, root: Path, what: str, line: int) -> Path:
     """``value`` resolved against the style's folder; refuses paths that leave ``root``.
 
-    Returns the absolute path (inside ``root``). Raises `StyleReferenceError` naming ``what``.
+    Returns the absolute path (inside ``root``). Raises `BadReference` naming ``what``.
     """
     if not value or "\x00" in value:
-        raise StyleReferenceError(f"{what}: empty or invalid path {value!r}", line)
+        raise BadReference(f"{what}: empty or invalid path {value!r}", line)
     if "[" in value or "]" in value:
-        raise StyleReferenceError(
+        raise BadReference(
             f"{what}: path {value!r} is built from feature data, so it cannot be checked to stay inside "
             "the project; name each file in its own rule", line)
     if "://" in value:
-        raise StyleReferenceError(f"{what}: {value!r} is a URL; styles may only read files inside the project", line)
+        raise BadReference(f"{what}: {value!r} is a URL; styles may only read files inside the project", line)
     if os.path.isabs(value):
-        raise StyleReferenceError(
-            f"{what}: {value!r} is an absolute path; use a path relative to the style's folder, inside the project",
-            line)
+        raise BadReference(
+            f"{what}: {value!r} is an absolute path; use a path relative to the style's folder, inside "
+            "the project", line)
     full = Path(os.path.normpath(style_dir / value))
     real_root = Path(os.path.realpath(root))
     real = Path(os.path.realpath(full))
     for path, base in ((full, Path(os.path.normpath(root))), (real, real_root)):
         if path != base and base not in path.parents:
             how = "" if path is full else " through a symlink"
-            raise StyleReferenceError(f"{what}: {value!r} leads outside the project{how}", line)
+            raise BadReference(f"{what}: {value!r} leads outside the project{how}", line)
     return full
 
 
@@ -110,8 +106,8 @@ def symbolizer_files(map_node: Element, style_dir: Path, root: Path) -> list[Pat
         what = f"{node.tag} in {_style_name(node)}: file" if node.tag != "Map" else "Map background-image"
         path = confine(value, style_dir, root, what, node.line)
         if not path.is_file():
-            raise StyleReferenceError(f"{what}: {value!r} does not exist (looked for {path.relative_to(root)})",
-                                  node.line)
+            raise BadReference(f"{what}: {value!r} does not exist (looked for {path.relative_to(root)})",
+                               node.line)
         found.append(path)
     return found
 
@@ -123,14 +119,14 @@ def font_directory(map_node: Element, style_dir: Path, root: Path) -> Path | Non
         return None
     path = confine(value, style_dir, root, "Map font-directory", map_node.line)
     if not path.is_dir():
-        raise StyleReferenceError(f"Map font-directory: {value!r} is not a folder in the project", map_node.line)
+        raise BadReference(f"Map font-directory: {value!r} is not a folder in the project", map_node.line)
     return path
 
 
 def datasources(map_node: Element, style_dir: Path, root: Path) -> list[Datasource]:
     """Every layer's datasource with its parameters merged as Mapnik merges them, checked.
 
-    Raises `StyleReferenceError` for a type not allowed here, a parameter that reads other
+    Raises `BadReference` for a type not allowed here, a parameter that reads other
     files, or a file that leaves the project or does not exist.
     """
     templates: dict[str, dict[str, str]] = {}
@@ -159,28 +155,28 @@ def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path)
     if ds.type not in allowed:
         reason = ("it reads data from outside the project" if ds.type not in ("gdal", "ogr", "sqlite")
                   else "its files can name further files, outside the project")
-        raise StyleReferenceError(
+        raise BadReference(
             f"{ds.describe()}: datasource type {ds.type!r} is not allowed here ({reason}); allowed: "
             f"{', '.join(sorted(allowed))}. The operator can allow more types with {ALLOW_ENV}", ds.line)
     for name in _UNSAFE_PARAMS.get(ds.type, ()):
         if name in ds.params:
-            raise StyleReferenceError(f"{ds.describe()}: parameter {name!r} is not allowed (it opens other files)",
-                                  ds.line)
+            raise BadReference(f"{ds.describe()}: parameter {name!r} is not allowed (it opens other files)",
+                               ds.line)
     folder = style_dir
     if "base" in ds.params:
         folder = confine(ds.params["base"], style_dir, root, f"{ds.describe()}: base", ds.line)
     if "file" not in ds.params:
         return
     path = confine(ds.params["file"], folder, root, f"{ds.describe()}: file", ds.line)
-    if ds.type == "shape":
+    main = path
+    if ds.type == "shape":  # Mapnik adds .shp, .shx, .dbf to the name, with or without .shp
         stem = path.with_suffix("") if path.suffix.lower() == ".shp" else path
+        main = Path(f"{stem}.shp")
         ds.files = [p for p in (Path(f"{stem}{ext}") for ext in _SHAPE_PARTS) if os.path.lexists(p)]
         for part in ds.files:  # each sibling may be a symlink of its own
             confine(os.path.relpath(part, folder), folder, root, f"{ds.describe()}: file", ds.line)
-        missing = not Path(f"{stem}.shp").is_file()
     else:
         ds.files = [path]
-        missing = not path.is_file()
-    if missing:
-        raise StyleReferenceError(f"{ds.describe()}: the file does not exist (looked for {path.relative_to(root)}"
-                              f"{'.shp' if ds.type == 'shape' and path.suffix.lower() != '.shp' else ''})", ds.line)
+    if not main.is_file():
+        raise BadReference(f"{ds.describe()}: the file does not exist (looked for {main.relative_to(root)})",
+                           ds.line)

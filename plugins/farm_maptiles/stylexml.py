@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from xml.parsers import expat
 
 
-class StyleSyntaxError(ValueError):
-    """The style is not XML farm can check; ``line`` is 1-based or None."""
+class StyleProblem(ValueError):
+    """Something wrong in a style, at ``line`` (1-based, or None when not one line)."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(message)
         self.line = line
+
+
+class StyleSyntaxError(StyleProblem):
+    """The style is not XML farm can check."""
 
 
 @dataclass
@@ -73,7 +77,7 @@ def parse_style(data: bytes) -> Element:
 
     def entity(name: str, *_: object) -> None:
         raise StyleSyntaxError(
-            f"entity declaration {name!r}: entities are not supported in styles (Mapnik does not expand them)",
+            f"entity declaration {name!r}: styles may not declare entities (Mapnik does not expand them)",
             parser.CurrentLineNumber,
         )
 
@@ -87,5 +91,6 @@ def parse_style(data: bytes) -> Element:
     except expat.ExpatError as exc:
         raise StyleSyntaxError(f"not well-formed XML: {expat.ErrorString(exc.code)}", exc.lineno) from None
     if not root or root[0].tag != "Map":
-        raise StyleSyntaxError("not a Mapnik style: the root element must be <Map>", root[0].line if root else None)
+        line = root[0].line if root else None
+        raise StyleSyntaxError("not a Mapnik style: the root element must be <Map>", line)
     return root[0]

@@ -1,0 +1,57 @@
+"""Helpers for the maptiles tests: case folders, a font of our own, a secret outside the project."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import textwrap
+from pathlib import Path
+
+import mapnik
+
+CASES = Path(__file__).resolve().parent / "cases"
+#: the face the renamed font is registered under (its family renamed, its style kept)
+SHIPPED_FACE = "FarmTT Sans Mono Oblique"
+
+
+def copy_case(name: str, dest: Path) -> Path:
+    """A writable copy of ``tests/cases/<name>``."""
+    shutil.copytree(CASES / name, dest)
+    for path in (dest, *dest.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def write_project(folder: Path, style: str, files: dict[str, str] | None = None,
+                  table: str = 'style = "style.xml"\nzoom = "0-1"', name: str = "mt") -> Path:
+    """A maptiles project: ``farm.toml``, the style (at ``table``'s ``style`` path) and small text files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "farm.toml").write_text(
+        f'[project]\nname = "{name}"\nmedia_type = "maptiles"\n\n[maptiles]\n{textwrap.dedent(table)}\n')
+    style_path = table.split('style = "', 1)[1].split('"', 1)[0]
+    for rel, text in {style_path: textwrap.dedent(style).strip() + "\n", **(files or {})}.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return folder
+
+
+def write_renamed_font(dest: Path) -> Path:
+    """A copy of Mapnik's bundled DejaVu Sans Mono Oblique whose family reads "FarmTT Sans Mono".
+
+    No face of that name is installed anywhere, so a style can only use it through its
+    font-directory. The name table's strings are rewritten in place (same length), in the
+    Macintosh (one byte) and Windows (UTF-16BE) records alike.
+    """
+    source = Path(mapnik.paths.fontscollectionpath) / "DejaVuSansMono-Oblique.ttf"
+    data = bytearray(source.read_bytes())
+    tables = struct.unpack(">H", data[4:6])[0]
+    for i in range(tables):
+        tag, _, offset, length = struct.unpack(">4sIII", data[12 + 16 * i: 28 + 16 * i])
+        if tag == b"name":
+            block = bytes(data[offset: offset + length])
+            for old, new in ((b"DejaVu", b"FarmTT"), ("DejaVu".encode("utf-16-be"), "FarmTT".encode("utf-16-be"))):
+                block = block.replace(old, new)
+            data[offset: offset + length] = block
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(bytes(data))
+    return dest
