@@ -49,8 +49,8 @@ def write_renamed_font(dest: Path) -> Path:
         tag, _, offset, length = struct.unpack(">4sIII", data[12 + 16 * i: 28 + 16 * i])
         if tag == b"name":
             block = bytes(data[offset: offset + length])
-            for old, new in ((b"DejaVu", b"FarmTT"), ("DejaVu".encode("utf-16-be"), "FarmTT".encode("utf-16-be"))):
-                block = block.replace(old, new)
+            block = block.replace(b"DejaVu", b"FarmTT")
+            block = block.replace("DejaVu".encode("utf-16-be"), "FarmTT".encode("utf-16-be"))
             data[offset: offset + length] = block
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(bytes(data))
