@@ -52,22 +52,26 @@ def refused(project: Path) -> str:
     [
         ('<TextSymbolizer face-name="Nowhere Sans Book" size="20">[name]</TextSymbolizer>', "",
          "in style 'labels', TextSymbolizer"),
-        ('<ShieldSymbolizer file="pin.svg" face-name="Nowhere Sans Book" size="10">[name]</ShieldSymbolizer>', "",
-         "in style 'labels', ShieldSymbolizer"),
-        ('<TextSymbolizer face-name="DejaVu Sans Book" size="20"><Format face-name="Nowhere Sans Book">[name]'
-         "</Format></TextSymbolizer>", "", "in style 'labels', TextSymbolizer"),
+        ('<ShieldSymbolizer file="pin.svg" face-name="Nowhere Sans Book" size="10">[name]'
+         "</ShieldSymbolizer>", "", "in style 'labels', ShieldSymbolizer"),
+        ('<TextSymbolizer face-name="DejaVu Sans Book" size="20">'
+         '<Format face-name="Nowhere Sans Book">[name]</Format></TextSymbolizer>', "",
+         "in style 'labels', TextSymbolizer"),
         ('<TextSymbolizer fontset-name="fallback" size="20">[name]</TextSymbolizer>',
-         '<FontSet name="fallback"><Font face-name="DejaVu Sans Book"/>\n<Font face-name="Nowhere Sans Book"/>'
-         "</FontSet>", "in FontSet 'fallback', <Font>"),
+         '<FontSet name="fallback"><Font face-name="DejaVu Sans Book"/>\n'
+         '<Font face-name="Nowhere Sans Book"/></FontSet>', "in FontSet 'fallback', <Font>"),
     ],
     ids=["text", "shield", "format", "fontset-member"],
 )
-def test_a_missing_face_anywhere_is_refused_naming_it(tmp_path: Path, symbolizer: str, head: str, where: str) -> None:
+def test_a_missing_face_anywhere_is_refused_naming_it(
+    tmp_path: Path, symbolizer: str, head: str, where: str
+) -> None:
     style = label_style(symbolizer, head)
     project = write_project(tmp_path / "p", style, {"places.csv": POINTS, "pin.svg": PIN})
     message = refused(project)
-    line = next(n for n, text in enumerate(style.strip().splitlines(), 1) if "face-name=\"Nowhere" in text)
-    assert message.startswith(f"cannot use style 'style.xml': style.xml:{line}: face-name 'Nowhere Sans Book' ")
+    lines = style.strip().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if 'face-name="Nowhere' in text)
+    assert message.startswith(f"cannot use style 'style.xml': style.xml:{line}: face-name 'Nowhere Sans ")
     assert where in message and "is not installed" in message
 
 
@@ -79,7 +83,7 @@ def test_a_near_miss_is_answered_with_the_installed_face(tmp_path: Path) -> None
 
 def test_a_font_shipped_in_the_project_renders_on_the_agent(tmp_path: Path) -> None:
     """font-directory is relative to the style file (here in a subfolder), and the agent registers it too."""
-    text = f'<TextSymbolizer face-name="{SHIPPED_FACE}" size="30" allow-overlap="true">[name]</TextSymbolizer>'
+    text = f'<TextSymbolizer face-name="{SHIPPED_FACE}" size="30">[name]</TextSymbolizer>'
     shipped = write_project(tmp_path / "shipped", label_style(text, map_attrs=' font-directory="fonts"'),
                             {"style/places.csv": POINTS}, table='style = "style/map.xml"\nzoom = 0')
     write_renamed_font(shipped / "style/fonts/mono.ttf")
@@ -115,10 +119,14 @@ def test_a_shipped_font_is_only_for_the_style_that_ships_it(tmp_path: Path) -> N
         ("missing", "is not a folder in the project"),
     ],
 )
-def test_a_font_directory_must_be_a_folder_inside_the_project(tmp_path: Path, folder: str, words: str) -> None:
+def test_a_font_directory_must_be_a_folder_inside_the_project(
+    tmp_path: Path, folder: str, words: str
+) -> None:
     outside = tmp_path / "elsewhere"
     write_renamed_font(outside / "mono.ttf")
     text = f'<TextSymbolizer face-name="{SHIPPED_FACE}" size="30">[name]</TextSymbolizer>'
     attrs = f' font-directory="{folder.format(outside=outside)}"'
-    message = refused(write_project(tmp_path / "p", label_style(text, map_attrs=attrs), {"places.csv": POINTS}))
-    assert message.startswith("cannot use style 'style.xml': style.xml:2: Map font-directory: ") and words in message
+    project = write_project(tmp_path / "p", label_style(text, map_attrs=attrs), {"places.csv": POINTS})
+    message = refused(project)
+    assert message.startswith("cannot use style 'style.xml': style.xml:2: Map font-directory: ")
+    assert words in message
