@@ -46,8 +46,9 @@ class Datasource:
     def type(self) -> str:
         return self.params.get("type", "")
 
-    def describe(self) -> str:
-        where = f", file {self.params['file']!r}" if "file" in self.params else ""
+    def describe(self, with_file: bool = False) -> str:
+        """``layer 'roads' (datasource type 'shape')``, with its ``file`` parameter if asked."""
+        where = f", file {self.params['file']!r}" if with_file and "file" in self.params else ""
         return f"layer {self.layer!r} (datasource type {self.type!r}{where})"
 
 
