@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 import textwrap
@@ -10,6 +11,8 @@ from pathlib import Path
 import mapnik
 
 CASES = Path(__file__).resolve().parent / "cases"
+TILE = 256
+HALF_WORLD = math.pi * 6378137.0
 #: the face the renamed font is registered under (its family renamed, its style kept)
 SHIPPED_FACE = "FarmTT Sans Mono Oblique"
 
@@ -55,3 +58,27 @@ def write_renamed_font(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(bytes(data))
     return dest
+
+
+def mosaic(output: Path, z: int) -> mapnik.Image:
+    """The project's tiles at zoom ``z`` put back together into one image."""
+    n = 1 << z
+    image = mapnik.Image(n * TILE, n * TILE)
+    for x in range(n):
+        for y in range(n):
+            tile = mapnik.Image.open(str(output / f"tiles/{z}/{x}/{y}.png"))
+            image.composite(tile, mapnik.CompositeOp.src_over, 1.0, x * TILE, y * TILE)
+    return image
+
+
+def seamless(style: Path, z: int) -> mapnik.Image:
+    """The whole world at zoom ``z`` in one render: no metatile edges, so no seams (the case's check.py)."""
+    n = 1 << z
+    m = mapnik.Map(n * TILE, n * TILE)
+    mapnik.load_map(m, str(style))
+    m.srs = "epsg:3857"
+    m.buffer_size = 128
+    m.zoom_to_box(mapnik.Box2d(-HALF_WORLD, -HALF_WORLD, HALF_WORLD, HALF_WORLD))
+    image = mapnik.Image(n * TILE, n * TILE)
+    mapnik.render(m, image)
+    return image

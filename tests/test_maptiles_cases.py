@@ -8,22 +8,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import mapnik
 import pytest
-from maptiles_helpers import copy_case, write_project
+from maptiles_helpers import copy_case, mosaic, seamless, write_project
 
 from farm.embedded import submit_embedded
 from farm.errors import ProjectError
 from farm.project import load_project
 
 FARM = [sys.executable, "-m", "farm"]
-TILE = 256
-HALF = math.pi * 6378137.0
 
 
 def farm_submit(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -84,30 +81,6 @@ def test_a_style_two_folders_deep_reads_files_beside_it_and_above_it(tmp_path: P
 
 
 # -- maptiles-label-seam ---------------------------------------------------------------------
-
-
-def mosaic(output: Path, z: int) -> mapnik.Image:
-    """The project's tiles at zoom ``z`` put back together into one image."""
-    n = 1 << z
-    image = mapnik.Image(n * TILE, n * TILE)
-    for x in range(n):
-        for y in range(n):
-            tile = mapnik.Image.open(str(output / f"tiles/{z}/{x}/{y}.png"))
-            image.composite(tile, mapnik.CompositeOp.src_over, 1.0, x * TILE, y * TILE)
-    return image
-
-
-def seamless(style: Path, z: int) -> mapnik.Image:
-    """The whole world at zoom ``z`` in one render: no metatile edges, so no seams (the case's check.py)."""
-    n = 1 << z
-    m = mapnik.Map(n * TILE, n * TILE)
-    mapnik.load_map(m, str(style))
-    m.srs = "epsg:3857"
-    m.buffer_size = 128
-    m.zoom_to_box(mapnik.Box2d(-HALF, -HALF, HALF, HALF))
-    image = mapnik.Image(n * TILE, n * TILE)
-    mapnik.render(m, image)
-    return image
 
 
 def test_label_seam_case_matches_one_seamless_render(tmp_path: Path) -> None:

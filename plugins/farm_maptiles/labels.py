@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from farm_maptiles.stylexml import Element
@@ -35,9 +36,20 @@ def _number(node: Element, name: str, default: float) -> float:
     return value if math.isfinite(value) else default
 
 
-def _label_texts(map_node: Element) -> dict[str, list[tuple[str, float, float]]]:
-    """Style name -> (text expression, font size, pixels added to the width) per text symbolizer."""
-    found: dict[str, list[tuple[str, float, float]]] = {}
+@dataclass(frozen=True)
+class Label:
+    """One text symbolizer: its text expression, font size and wrap width (px), and the pixels
+    its halo, margin and horizontal offset add on each side."""
+
+    text: str
+    size: float
+    wrap: float
+    extra: float
+
+
+def _label_texts(map_node: Element) -> dict[str, list[Label]]:
+    """Style name -> the labels its text and shield symbolizers draw."""
+    found: dict[str, list[Label]] = {}
     for style in map_node.iter("Style"):
         for tag in _TEXT_SYMBOLIZERS:
             for node in style.iter(tag):
@@ -45,12 +57,14 @@ def _label_texts(map_node: Element) -> dict[str, list[tuple[str, float, float]]]
                 extra = (abs(_number(node, "dx", 0.0)) + _number(node, "halo-radius", 0.0)
                          + _number(node, "margin", 0.0))
                 text = node.all_text().strip() or node.attrib.get("name", "")
-                found.setdefault(style.attrib.get("name", ""), []).append((text, size, extra))
+                label = Label(text, size, _number(node, "wrap-width", 0.0), extra)
+                found.setdefault(style.attrib.get("name", ""), []).append(label)
     return found
 
 
-def _longest(datasource: Any, expression: str) -> int:
-    """Characters in the longest value of ``expression`` over the datasource's features."""
+def _longest(datasource: Any, expression: str) -> tuple[int, int]:
+    """Characters in the longest value of ``expression`` over the datasource's features, and in
+    the longest word of any value (a wrapped label is at least that wide)."""
     import mapnik
 
     try:
@@ -60,7 +74,7 @@ def _longest(datasource: Any, expression: str) -> int:
     query = mapnik.Query(datasource.envelope())
     for field in _FIELD.findall(expression):
         query.add_property_name(field)
-    longest = 0
+    longest = word = 0
     for number, feature in enumerate(datasource.features(query)):
         if number >= MAX_FEATURES:
             break
@@ -68,8 +82,10 @@ def _longest(datasource: Any, expression: str) -> int:
             value = compiled.evaluate(feature)
         else:
             value = "".join(str(feature[f]) for f in _FIELD.findall(expression) if f in feature)
-        longest = max(longest, len(str(value)))
-    return longest
+        text = str(value)
+        longest = max(longest, len(text))
+        word = max(word, *(len(w) for w in text.split()), 0)
+    return longest, word
 
 
 def widest_label(map_node: Element, m: Any) -> int:
@@ -80,13 +96,16 @@ def widest_label(map_node: Element, m: Any) -> int:
         styles = [texts[name] for name in layer.styles if name in texts]
         if not styles or layer.datasource is None:
             continue
-        for text, size, extra in (item for group in styles for item in group):
+        for label in (item for group in styles for item in group):
             try:
-                chars = _longest(layer.datasource, text)
+                chars, word = _longest(layer.datasource, label.text)
             except RuntimeError as exc:  # data Mapnik cannot read now fails the render anyway
-                log.debug("could not read labels of layer %s: %s", layer.name, exc)
+                log.debug("could not read the labels of layer %s: %s", layer.name, exc)
                 continue
-            widest = max(widest, chars * size * EM_WIDTH + 2 * extra)
+            width = chars * label.size * EM_WIDTH
+            if label.wrap > 0:
+                width = min(width, max(label.wrap, word * label.size * EM_WIDTH))
+            widest = max(widest, width + 2 * label.extra)
     return math.ceil(widest)
 
 

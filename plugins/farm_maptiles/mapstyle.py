@@ -88,8 +88,8 @@ def _mapnik_error(style: Style, exc: RuntimeError) -> StyleError:
     if ds is None:
         return style.error("Mapnik cannot open a layer's datasource (its message is withheld: it can quote "
                            "the data)", None)
-    return style.error(f"{ds.describe(with_file=True)}: Mapnik cannot read it as {ds.type!r} data (its message is "
-                       "withheld: it can quote the file)", ds.line)
+    return style.error(f"{ds.describe(with_file=True)}: Mapnik cannot read it as {ds.type!r} data "
+                       "(its message is withheld: it can quote the file)", ds.line)
 
 
 def load_map(style: Style, size: int = 256, buffer: int | None = None) -> Any:
