@@ -25,6 +25,31 @@ def copy_case(name: str, dest: Path) -> Path:
     return dest
 
 
+def csv_source(file: str, extra: str = "", tag: str = "<Datasource>") -> str:
+    """A CSV ``<Datasource>`` reading ``file``, with ``extra`` parameters."""
+    params = f'<Parameter name="type">csv</Parameter><Parameter name="file">{file}</Parameter>{extra}'
+    return f"{tag}{params}</Datasource>"
+
+
+def style_xml(rule: str, datasource: str = "", head: str = "", map_attrs: str = "") -> str:
+    """A style of one layer ``places`` drawn by style ``labels``, whose one rule holds ``rule``.
+
+    ``head`` goes before the style (fontsets, datasource templates); the Map element is line 2.
+    The datasource is ``places.csv`` beside the style unless given.
+    """
+    datasource = datasource or csv_source("places.csv")
+    return f"""
+        <?xml version="1.0" encoding="utf-8"?>
+        <Map srs="epsg:3857" background-color="#ffffff"{map_attrs}>
+          {head}
+          <Style name="labels"><Rule>{rule}</Rule></Style>
+          <Layer name="places" srs="epsg:4326">
+            <StyleName>labels</StyleName>
+            {datasource}
+          </Layer>
+        </Map>"""
+
+
 def write_project(folder: Path, style: str, files: dict[str, str] | None = None,
                   table: str = 'style = "style.xml"\nzoom = "0-1"', name: str = "mt") -> Path:
     """A maptiles project: ``farm.toml``, the style (at ``table``'s ``style`` path) and small text files."""

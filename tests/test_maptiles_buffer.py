@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from maptiles_helpers import mosaic, seamless, write_project
+from maptiles_helpers import mosaic, seamless, style_xml, write_project
 
 from farm.plugins import get_media_type
 from farm.project import load_project
@@ -15,20 +15,8 @@ from farm.testing import run_local
 
 
 def label_style(size: int = 14, attrs: str = "", map_attrs: str = "") -> str:
-    return f"""
-        <?xml version="1.0" encoding="utf-8"?>
-        <Map srs="epsg:3857" background-color="#ffffff"{map_attrs}>
-          <Style name="labels"><Rule>
-            <TextSymbolizer face-name="DejaVu Sans Book" size="{size}"{attrs}>[name]</TextSymbolizer>
-          </Rule></Style>
-          <Layer name="labels" srs="epsg:4326">
-            <StyleName>labels</StyleName>
-            <Datasource>
-              <Parameter name="type">csv</Parameter>
-              <Parameter name="file">places.csv</Parameter>
-            </Datasource>
-          </Layer>
-        </Map>"""
+    text = f'<TextSymbolizer face-name="DejaVu Sans Book" size="{size}"{attrs}>[name]</TextSymbolizer>'
+    return style_xml(text, map_attrs=map_attrs)
 
 
 def places(names: list[str], lons: list[float]) -> str:

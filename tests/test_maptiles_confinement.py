@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from farm_maptiles.references import ALLOW_ENV
-from maptiles_helpers import write_project
+from maptiles_helpers import csv_source, style_xml, write_project
 
 from farm.errors import ProjectError, RenderError
 from farm.mediatype import RenderContext
@@ -43,21 +43,7 @@ def secret(tmp_path: Path) -> Path:
 
 def layer_style(datasource: str, symbolizer: str = '<MarkersSymbolizer allow-overlap="true"/>',
                 head: str = "", map_attrs: str = "") -> str:
-    return f"""
-        <?xml version="1.0" encoding="utf-8"?>
-        <Map srs="epsg:3857" background-color="#ffffff"{map_attrs}>
-          {head}
-          <Style name="points"><Rule>{symbolizer}</Rule></Style>
-          <Layer name="places" srs="epsg:4326">
-            <StyleName>points</StyleName>
-            {datasource}
-          </Layer>
-        </Map>"""
-
-
-def csv_source(file: str, extra: str = "", tag: str = "<Datasource>") -> str:
-    params = f'<Parameter name="type">csv</Parameter><Parameter name="file">{file}</Parameter>{extra}'
-    return f"{tag}{params}</Datasource>"
+    return style_xml(symbolizer, datasource, head, map_attrs)
 
 
 def refused(project: Path) -> str:
@@ -175,8 +161,8 @@ def test_the_operator_can_allow_a_database_type(tmp_path: Path, monkeypatch: pyt
     ("symbolizer", "head", "map_attrs", "words"),
     [
         ('<MarkersSymbolizer file="{secret_dir}/pin.svg"/>', "", "",
-         "MarkersSymbolizer in style 'points': file"),
-        ('<PointSymbolizer file="../secret/pin.svg"/>', "", "", "PointSymbolizer in style 'points': file"),
+         "MarkersSymbolizer in style 'labels': file"),
+        ('<PointSymbolizer file="../secret/pin.svg"/>', "", "", "PointSymbolizer in style 'labels': file"),
         ('<PolygonPatternSymbolizer file="icons/../../secret/pin.svg"/>', "", "",
          "leads outside the project"),
         ('<PointSymbolizer file="pin.svg" base="out"/>', '<FileSource name="out">{secret_dir}</FileSource>',

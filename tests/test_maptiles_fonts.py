@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mapnik
 import pytest
-from maptiles_helpers import SHIPPED_FACE, write_project, write_renamed_font
+from maptiles_helpers import SHIPPED_FACE, style_xml, write_project, write_renamed_font
 
 from farm.embedded import submit_embedded
 from farm.errors import ProjectError
@@ -21,23 +21,7 @@ PIN = '<svg xmlns="http://www.w3.org/2000/svg" width="20" height="20"><rect widt
 
 
 def label_style(symbolizer: str, head: str = "", map_attrs: str = "") -> str:
-    return f"""
-        <?xml version="1.0" encoding="utf-8"?>
-        <Map srs="epsg:3857" background-color="#ffffff"{map_attrs}>
-          {head}
-          <Style name="labels">
-            <Rule>
-              {symbolizer}
-            </Rule>
-          </Style>
-          <Layer name="places" srs="epsg:4326">
-            <StyleName>labels</StyleName>
-            <Datasource>
-              <Parameter name="type">csv</Parameter>
-              <Parameter name="file">places.csv</Parameter>
-            </Datasource>
-          </Layer>
-        </Map>"""
+    return style_xml(symbolizer, head=head, map_attrs=map_attrs)
 
 
 def refused(project: Path) -> str:
