@@ -340,6 +340,25 @@ def test_a_changed_style_is_reloaded_by_a_warm_worker(tmp_path: Path) -> None:
     assert before != after
 
 
+def test_a_changed_data_file_is_read_again_by_a_warm_worker(tmp_path: Path) -> None:
+    """Mapnik reads a CSV once, at load: the worker must notice the file changed, not only the style."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "cases/maptiles-style-in-subfolder/style/map.xml", folder / "map.xml")
+    shutil.copytree(Path(__file__).parent / "cases/maptiles-style-in-subfolder/style/icons", folder / "icons")
+    (folder / "points.csv").write_text('wkt,name\n"POINT(0 0)",origin\n')
+    (folder / "farm.toml").write_text('[project]\nname = "pins"\nmedia_type = "maptiles"\n\n'
+                                      '[maptiles]\nstyle = "map.xml"\nzoom = 0\n')
+    project = load_project(folder)
+    media = get_media_type("maptiles")
+    job = next(iter(media.split(project)))
+    cache: dict = {}
+    before = render_job(media, project, job, tmp_path / "a", cache)
+    (folder / "points.csv").write_text('wkt,name\n"POINT(90 45)",elsewhere\n')
+    after = render_job(media, project, job, tmp_path / "b", cache)
+    assert before != after == render_job(media, project, job, tmp_path / "c", {})
+
+
 def test_submit_embedded_on_two_agents(tmp_path: Path) -> None:
     from farm.embedded import submit_embedded
 
