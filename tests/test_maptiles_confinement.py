@@ -73,6 +73,7 @@ def test_the_mapnik_outside_case_is_refused_by_farm_submit(tmp_path: Path, secre
     ("datasource", "words"),
     [
         (csv_source("../secret/secret.csv"), "leads outside the project"),
+        (csv_source("\n    {secret_dir}/secret.csv  \n"), "is an absolute path"),
         (csv_source("data/../../secret/secret.csv"), "leads outside the project"),
         (csv_source("link.csv"), "leads outside the project through a symlink"),
         (csv_source("linked/secret.csv"), "leads outside the project through a symlink"),
@@ -84,7 +85,7 @@ def test_the_mapnik_outside_case_is_refused_by_farm_submit(tmp_path: Path, secre
         ('<Datasource><Parameter name="type">shape</Parameter><Parameter name="file">data/world</Parameter>'
          "</Datasource>", "through a symlink"),
     ],
-    ids=["dotdot", "inner-dotdot", "file-symlink", "folder-symlink", "abs-base", "dotdot-base",
+    ids=["dotdot", "abs-in-whitespace", "inner-dotdot", "file-symlink", "folder-symlink", "abs-base", "dotdot-base",
          "symlinked-base", "template", "shapefile-part-symlink"],
 )
 def test_every_way_out_of_the_project_is_refused(
@@ -230,5 +231,6 @@ def test_an_agent_checks_the_style_again_before_it_renders(tmp_path: Path, secre
     assert "layer 'places'" in message and "is an absolute path" in message and SECRET not in message
     message = render({**loaded.settings, "style": "../secret/x.xml"})
     assert "[maptiles] style" in message and "outside" in message
+    assert "[maptiles] buffer" in render({**loaded.settings, "buffer": "wide"})
     assert not any(out.iterdir())
     assert os.stat(secret).st_mode & 0o777 == 0o600

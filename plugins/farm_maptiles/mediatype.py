@@ -119,6 +119,9 @@ class MapTiles(MediaType):
             style = resolve_inside(ctx.project_dir, ctx.settings["style"])
         except UnsafePath as exc:
             raise RenderError(f"[maptiles] style: {exc}") from None
+        buffer = ctx.settings.get("buffer")
+        if buffer is not None and (type(buffer) is not int or not 0 <= buffer <= config.MAX_BUFFER):
+            raise RenderError(f"[maptiles] buffer: expected pixels 0..{config.MAX_BUFFER}, got {buffer!r}")
         cached = ctx.cache.get(_CACHE_KEY)
         if cached is None or cached[0] != _signature([style, *cached[3]]):
             missing = mapnik_missing()
@@ -127,7 +130,7 @@ class MapTiles(MediaType):
             mapstyle.register_fonts()
             try:  # the controller's checks again, on this agent's copy: its fonts, its files
                 checked = mapstyle.read_style(style, ctx.project_dir)
-                m = mapstyle.load_map(checked, ctx.settings["tile_size"], ctx.settings.get("buffer"))
+                m = mapstyle.load_map(checked, ctx.settings["tile_size"], buffer)
             except mapstyle.StyleError as exc:
                 raise RenderError(f"cannot use style {ctx.settings['style']!r} here: {exc}") from None
             log.debug("loaded style %s (buffer %d px)", style, m.buffer_size)

@@ -94,7 +94,7 @@ def _style_name(node: Element) -> str:
 
 def symbolizer_files(map_node: Element, style_dir: Path, root: Path) -> list[Path]:
     """Every symbolizer ``file`` and the Map's ``background-image``, confined; they must exist."""
-    sources = {n.attrib.get("name", ""): n.text for n in map_node.iter("FileSource")}
+    sources = {n.attrib.get("name", ""): _text(n) for n in map_node.iter("FileSource")}
     found = []
     for node in map_node.iter():
         value = node.attrib.get("file") if node.tag != "Map" else node.attrib.get("background-image")
@@ -148,8 +148,13 @@ def datasources(map_node: Element, style_dir: Path, root: Path) -> list[Datasour
     return found
 
 
+def _text(node: Element) -> str:
+    """An element's text as Mapnik reads it: trimmed of ASCII whitespace at both ends."""
+    return node.text.strip(" \t\n\v\f\r")
+
+
 def _params(node: Element) -> dict[str, str]:
-    return {p.attrib.get("name", ""): p.text for p in node.children if p.tag == "Parameter"}
+    return {p.attrib.get("name", ""): _text(p) for p in node.children if p.tag == "Parameter"}
 
 
 def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path) -> None:
