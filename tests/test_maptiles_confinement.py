@@ -85,8 +85,8 @@ def test_the_mapnik_outside_case_is_refused_by_farm_submit(tmp_path: Path, secre
         ('<Datasource><Parameter name="type">shape</Parameter><Parameter name="file">data/world</Parameter>'
          "</Datasource>", "through a symlink"),
     ],
-    ids=["dotdot", "abs-in-whitespace", "inner-dotdot", "file-symlink", "folder-symlink", "abs-base", "dotdot-base",
-         "symlinked-base", "template", "shapefile-part-symlink"],
+    ids=["dotdot", "abs-in-whitespace", "inner-dotdot", "file-symlink", "folder-symlink", "abs-base",
+         "dotdot-base", "symlinked-base", "template", "shapefile-part-symlink"],
 )
 def test_every_way_out_of_the_project_is_refused(
     tmp_path: Path, secret: Path, datasource: str, words: str
