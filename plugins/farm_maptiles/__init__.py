@@ -1,8 +1,11 @@
 """The built-in ``maptiles`` media type: Mapnik styles rendered to XYZ tiles and MBTiles.
 
 Modules: `tilemath` (Web Mercator tile and metatile arithmetic), `config` (the
-``[maptiles]`` table), `mapstyle` (loading a style into a Map), `metatile` (render
-once, cut into tiles), `mbtiles` (the MBTiles writer), `mediatype` (the MediaType).
+``[maptiles]`` table), `mapstyle` (checking a style and loading it into a Map), with
+`stylexml` (the style read with line numbers), `references` (the files and datasources
+it reads, confined to the project), `fonts` (its faces must exist) and `labels` (the buffer
+its labels need); `metatile` (render once, cut into tiles), `mbtiles` (the MBTiles writer),
+`mediatype` (the MediaType). Users' view: docs/media-maptiles.md.
 """
 
 from __future__ import annotations
