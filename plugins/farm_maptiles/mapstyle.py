@@ -39,6 +39,7 @@ class Style:
     path: Path
     root: Path
     tree: Element
+    xml: bytes  # what was checked is what Mapnik loads (the file could change in between)
     datasources: list[references.Datasource]
     font_dir: Path | None
     files: list[Path]  # every file it reads (data, images), so a change to one can be noticed
@@ -59,13 +60,14 @@ def read_style(path: Path, root: Path) -> Style:
     """
     name = path.relative_to(root).as_posix()
     try:
-        tree = parse_style(path.read_bytes())
+        xml = path.read_bytes()
+        tree = parse_style(xml)
     except OSError as exc:
         raise StyleError(f"{name}: cannot read the style ({exc.strerror})") from None
     except StyleProblem as exc:
         raise StyleError(f"{name}:{exc.line}: {exc}" if exc.line else f"{name}: {exc}") from None
     folder = path.parent
-    style = Style(path, root, tree, [], None, [])
+    style = Style(path, root, tree, xml, [], None, [])
     try:
         style.font_dir = references.font_directory(tree, folder, root)
         style.files = references.symbolizer_files(tree, folder, root)
@@ -102,11 +104,11 @@ def load_map(style: Style, size: int = 256, buffer: int | None = None) -> Any:
 
     m = mapnik.Map(size, size)
     try:
-        mapnik.load_map_from_string(m, style.path.read_text(encoding="utf-8"), False, str(style.path.parent))
+        mapnik.load_map_from_string(m, style.xml.decode("utf-8"), False, str(style.path.parent))
     except RuntimeError as exc:
         raise _mapnik_error(style, exc) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise style.error(f"cannot read the style: {exc}", None) from None
+    except UnicodeDecodeError as exc:
+        raise style.error(f"the style is not UTF-8 (byte {exc.start}), which Mapnik needs", None) from None
     m.srs = MERCATOR_SRS
     m.buffer_size = style_buffer(style) if buffer is None else buffer
     return m
