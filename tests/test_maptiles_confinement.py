@@ -195,6 +195,16 @@ def test_built_in_markers_and_paths_that_stay_inside_are_allowed(tmp_path: Path)
     assert load_project(project).settings["style"] == "style/map.xml"
 
 
+def test_a_style_file_symlinked_out_of_the_project_is_refused(tmp_path: Path, secret: Path) -> None:
+    (secret.parent / "style.xml").write_text(layer_style(csv_source("secret.csv")).strip())
+    project = write_project(tmp_path / "p", "<Map/>")
+    (project / "style.xml").unlink()
+    (project / "style.xml").symlink_to(secret.parent / "style.xml")
+    message = refused(project)
+    assert message == ("cannot use style 'style.xml': style.xml: the style file: 'style.xml' leads outside "
+                       "the project through a symlink")
+
+
 def test_entity_declarations_are_refused(tmp_path: Path, secret: Path) -> None:
     style = layer_style(csv_source("&x;")).replace(
         '<?xml version="1.0" encoding="utf-8"?>',

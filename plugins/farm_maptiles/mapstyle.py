@@ -60,6 +60,7 @@ def read_style(path: Path, root: Path) -> Style:
     """
     name = path.relative_to(root).as_posix()
     try:
+        references.confine(name, root, root, "the style file", 0)  # a symlink out, too
         xml = path.read_bytes()
         tree = parse_style(xml)
     except OSError as exc:
