@@ -26,6 +26,8 @@ MERCATOR_SRS = "epsg:3857"
 #: pixels rendered around a metatile when neither the project nor the style says (renderd's default)
 DEFAULT_BUFFER = 128
 _LAYER = re.compile(r"layer '([^']*)'")
+#: narrow-buffer warnings already given in this process
+_warned: set[tuple[str, int, int]] = set()
 
 
 class StyleError(ValueError):
@@ -138,7 +140,9 @@ def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
         chosen, source = style_buffer(style), f"buffer-size in {style.name}"
     else:
         return max(DEFAULT_BUFFER, needed)
-    if chosen < needed:
+    warning = (str(style.path), chosen, needed)
+    if chosen < needed and warning not in _warned:  # the controller loads a project more than once
+        _warned.add(warning)
         log.warning("%s: labels up to about %d px wide may be cut where metatiles meet: %s is %d px; "
                     "set [maptiles] buffer = %d (or remove the setting to derive it)",
                     style.name, widest, source, chosen, needed)
@@ -147,6 +151,7 @@ def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
 
 def check_style(path: Path, root: Path, buffer: int | None = None) -> int:
     """Check the style fully (`read_style`, then Mapnik loads it with its data); returns the buffer to use."""
+    register_fonts()
     style = read_style(path, root)
     return choose_buffer(style, load_map(style), buffer)
 
