@@ -590,7 +590,7 @@ def test_interrupted_job_kills_blender(blender, tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        run_streaming(cmd, env=setup_env(project.settings), cwd=tmp_path, log_file=tmp_path / "log",
+        run_streaming(cmd, env=setup_env(project.settings, root), cwd=tmp_path, log_file=tmp_path / "log",
                       on_line=interrupt, on_start=started.append)
     assert started[0].returncode == -signal.SIGKILL
     wait_for(lambda: _gone(started[0].pid), 30, "Blender to exit")
@@ -612,7 +612,7 @@ def test_blender_dies_with_a_killed_worker(blender, tmp_path):
                            frames_dir=Path({str(tmp_path / "f")!r}), threads=1, fmt="png")
         def started(proc):
             print(proc.pid, flush=True)
-        run_streaming(cmd, env=setup_env(project.settings), cwd=Path({str(tmp_path)!r}),
+        run_streaming(cmd, env=setup_env(project.settings, Path({str(root)!r})), cwd=Path({str(tmp_path)!r}),
                       log_file=Path({str(tmp_path / "log")!r}), on_line=lambda line: None, on_start=started)
         """
     )
