@@ -166,11 +166,13 @@ def synthetic_frames(folder: Path, frames: list[int]) -> list[Path]:
     return paths
 
 
-def tiny_png(width: int, height: int) -> bytes:
+def tiny_png(width: int, height: int, rgb: tuple[int, int, int] = (128, 128, 128)) -> bytes:
+    """A whole PNG of one colour, written by hand (no image library needed)."""
+
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
-    raw = b"".join(b"\0" + b"\x80" * (width * 3) for _ in range(height))
+    raw = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + body

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,23 @@ def trace_blend(blend: Path) -> list[Reference]:
                     resolved=Path(os.path.abspath(usage.__fspath__())),
                     sequence=bool(usage.is_sequence),
                 ))
-        except (BlendFileError, OSError, ValueError, KeyError, IndexError, EOFError) as exc:
-            raise SceneFileError(f"cannot read {blend.name} as a .blend file: {exc}") from None
+        except Exception as exc:  # any fault of a third-party parser on a user's file
+            _close_half_open(exc.__traceback__, blendfile.BlendFile)
+            reason = exc if isinstance(exc, (BlendFileError, OSError)) else f"{type(exc).__name__}: {exc}"
+            raise SceneFileError(f"cannot read {blend.name} as a .blend file: {reason}") from None
         finally:
             blendfile.close_all_cached()
     return refs
+
+
+def _close_half_open(tb: TracebackType | None, kind: type) -> None:
+    """BAT's BlendFile leaves its file open when its constructor fails (a damaged file): close it."""
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        fileobj = getattr(obj, "fileobj", None)
+        if isinstance(obj, kind) and fileobj is not None:
+            fileobj.close()
+        tb = tb.tb_next
 
 
 #: what to do about each kind of problem, said once after the list
@@ -111,7 +124,8 @@ def check_blend(root: Path, scene: str) -> str | None:
     if not problems:
         return None
     hints = [HINTS[kind] for kind in HINTS if kind in problems.values()]
-    return f"{scene} reads files the agents will not have: {summarise(sorted(problems))}. To fix: {'; '.join(hints)}"
+    listed = summarise(sorted(problems))
+    return f"{scene} reads files the agents will not have: {listed}. To fix: {'; '.join(hints)}"
 
 
 def reference_problem(ref: Reference, root: Path) -> tuple[str, str] | None:
