@@ -59,8 +59,9 @@ def frames_toml(scene: str, *, extra: str = "") -> str:
 def centre_rgb(image: Path) -> tuple[int, int, int]:
     """The centre pixel of an image or a video's first frame, decoded by ffmpeg as 8-bit RGB."""
     done = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", str(image), "-frames:v", "1", "-vf", "format=rgb24,crop=1:1:iw/2:ih/2",
-         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True,
+        [ffmpeg_exe(), "-v", "error", "-i", str(image), "-frames:v", "1",
+         "-vf", "format=rgb24,crop=1:1:iw/2:ih/2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True,
     )
     r, g, b = done.stdout
     return r, g, b
@@ -193,9 +194,11 @@ def test_files_inside_the_project_travel_and_render(scenes, kind, tmp_path):
 # -- at render time, on the agent: scene scripts, and files gone since load -----------------
 
 
+# A path held in a variable: reading the script does not show it, so only the agent can catch it.
 OUTSIDE_IMAGE = """
     import bpy
-    bpy.data.images.load({path!r}, check_existing=False)
+    TEXTURE = {path!r}
+    bpy.data.images.load(TEXTURE, check_existing=False)
 """
 
 
@@ -213,6 +216,44 @@ def test_scene_script_reading_a_file_outside_fails_the_job_naming_it(blender, tm
     assert "the scene reads files that are not in the project on this agent" in error, error
     assert f"image 'blue.png' reads {outside}, which is outside the project folder" in error
     assert not (root / "output" / "tiny_turntable.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ('bpy.data.images.load("/home/me/wood.png")',
+         "scene.py:{line}: bpy.data.images.load() reads '/home/me/wood.png', an absolute path"),
+        ('bpy.data.images.load(filepath="tex/wood.png")',
+         "reads 'tex/wood.png', relative to the current folder, which on an agent is the job's scratch"),
+        ('bpy.ops.wm.append(directory="../lib.blend/Object/", filename="Cube")',
+         "bpy.ops.wm.append() reads '../lib.blend/Object/', a path out of the project folder"),
+        ('with bpy.data.libraries.load("/srv/lib.blend") as (src, dst):\n    pass',
+         "bpy.data.libraries.load() reads '/srv/lib.blend', an absolute path"),
+        ('bpy.data.sounds.load("../../music/tone.wav")', "a path out of the project folder"),
+        ("x = (", "scene.py:{line}: invalid Python: '(' was never closed"),
+    ],
+)
+def test_paths_a_scene_script_spells_out_are_checked_at_load(tmp_path, code, expected):
+    root = write_project(tmp_path / "p", scene_extra="\n" + code + "\n")
+    (root / "tex").mkdir()
+    (root / "tex" / "wood.png").write_bytes(blue_png())
+    line = (root / "scene.py").read_text().splitlines().index(code.splitlines()[0]) + 1
+    with pytest.raises(ProjectError) as raised:
+        load_project(root)
+    assert raised.value.key == "[frames] scene"
+    assert expected.format(line=line) in raised.value.message, raised.value.message
+    if "invalid" not in expected:
+        assert "os.path.dirname(__file__)" in raised.value.message  # what to write instead
+
+
+def test_paths_a_scene_script_builds_or_writes_are_left_to_the_agent(tmp_path):
+    code = """
+        import os
+        bpy.data.images.load(os.path.join(os.path.dirname(__file__), "tex", "wood.png"))
+        bpy.data.images.load("baked.png")  # not in the project: perhaps the script writes it first
+        bpy.data.images.load("//tex/wood.png")  # relative to a .blend the script opened
+    """
+    load_project(write_project(tmp_path / "p", scene_extra=code))
 
 
 @pytest.mark.slow

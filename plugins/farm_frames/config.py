@@ -11,6 +11,7 @@ from farm_frames.blender import BLENDER_ENV, ENGINES
 from farm_frames.framerange import FrameRangeError, frame_count, parse_frames
 from farm_frames.images import FORMATS
 from farm_frames.scenefiles import SceneFileError, check_blend
+from farm_frames.scriptfiles import check_script
 from farm_frames.video import CODECS
 
 #: the most frames one job renders when the project does not say
@@ -60,11 +61,11 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
 
 
 def _check_scene_files(s: SettingsReader, scene: str) -> None:
-    """A ``.blend`` must read only files that travel with the project (see `scenefiles`)."""
-    if not scene.lower().endswith(".blend"):
-        return  # a script names its files only by running: checked on the agent
+    """A scene must read only files that travel with the project: all of a ``.blend``'s
+    (see `scenefiles`); what a script spells out (`scriptfiles`; the agent checks the rest)."""
     try:
-        problem = check_blend(s.root, scene)
+        check = check_blend if scene.lower().endswith(".blend") else check_script
+        problem = check(s.root, scene)
     except SceneFileError as exc:
         raise s.error("scene", str(exc)) from None
     if problem:
