@@ -31,14 +31,13 @@ def default_chunk(frames: int) -> int:
 
 def read_settings(s: SettingsReader) -> dict[str, Any]:
     scene = s.asset("scene", suffixes=(".blend", ".py"))
-    if s.get("blender", None) is not None:
+    if "blender" in s.values:  # looked at, not read: it stays out of the known keys
         # An executable named by a project would run on every agent with the agent's rights.
         raise s.error(
             "blender",
             "a project cannot choose the Blender executable: each agent uses its own; remove this "
             f"key and, on the agents, set ${BLENDER_ENV} to Blender's path or put blender on PATH",
         )
-    _check_scene_files(s, scene)
     try:
         runs = parse_frames(s.get("frames"))
     except FrameRangeError as exc:
@@ -57,6 +56,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "video": _video(s),
     }
     s.finish()
+    _check_scene_files(s, scene)  # last: reading a large .blend costs more than a typo check
     return settings
 
 
