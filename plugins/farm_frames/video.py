@@ -51,14 +51,17 @@ def encode_video(frames: Sequence[Path], out: Path, *, fps: float, codec: str, c
     vf = ",".join([*_input_filters(frames), _EVEN_PAD, "format=yuv420p"])
     with _partial(out) as partial, tempfile.TemporaryDirectory(prefix="farm-frames-") as tmp:
         source = sequence_input(frames, link_dir=Path(tmp))
-        run_ffmpeg(
+        report = run_ffmpeg(
             ["-y", "-framerate", f"{fps:g}", *source, "-vf", vf, "-c:v", spec.encoder,
              "-pix_fmt", "yuv420p", "-crf", str(crf), *spec.extra, "-an", str(partial)],
             what=f"encode {out.name}",
         )
         info = probe_video(partial)
         if info.frames != len(frames):
-            raise RenderError(f"{out.name}: ffmpeg wrote {info.frames} frames, expected {len(frames)}")
+            # ffmpeg skips a frame it cannot decode and exits 0: say why, in its words
+            errors = [line for line in report.splitlines() if "error" in line.lower()][-5:]
+            why = ("; ffmpeg said:\n" + "\n".join(errors)) if errors else ""
+            raise RenderError(f"{out.name}: ffmpeg wrote {info.frames} frames, expected {len(frames)}{why}")
     return info
 
 
