@@ -72,7 +72,7 @@ def scenes(blender, tmp_path_factory) -> Path:  # noqa: F811
     """The projects make_scenes.py builds, one per kind of external file (see there)."""
     root = tmp_path_factory.mktemp("scenes")
     for folder in ("shared", "shared/tex", "inside/tex", "missing/tex", "absolute/tex", "linked/lib/tex",
-                   "linked-missing/lib/tex", "sound-outside/tex", "font-outside/tex"):
+                   "linked-missing/lib/tex", "sound-outside/tex", "font-outside/tex", "cache-outside/tex"):
         (root / folder).mkdir(parents=True, exist_ok=True)
         if folder.endswith("tex") or folder == "shared":
             (root / folder / "blue.png").write_bytes(blue_png())
@@ -146,6 +146,7 @@ def test_case_texture_outside_the_project_is_refused_at_load_by_name(blender, tm
         ("linked-missing", "image 'blue.png' in lib/lib.blend reads '//tex/blue.png', which does not exist"),
         ("sound-outside", "sound 'tone.wav' reads '//../shared/tone.wav', which is outside the project"),
         ("font-outside", "reads '//../shared/font.ttf', which is outside the project folder"),
+        ("cache-outside", "object 'Domain.modifiers[0]' reads '//../"),
     ],
 )
 def test_each_kind_of_external_file_is_found_at_load(scenes, kind, expected):
@@ -156,6 +157,8 @@ def test_each_kind_of_external_file_is_found_at_load(scenes, kind, expected):
     assert err.key == "[frames] scene" and err.line == 6
     assert expected.format(root=root) in err.message, err.message
     assert "To fix:" in err.message
+    if kind == "cache-outside":
+        assert "which is outside the project folder" in err.message and "bake simulations" in err.message
 
 
 @pytest.mark.slow

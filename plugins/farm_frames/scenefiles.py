@@ -106,6 +106,9 @@ HINTS = {
     "outside": "move the files into the project folder (only it travels to the agents) and relink "
     "them, or pack them into the .blend (File > External Data > Pack Resources)",
     "missing": "restore the files, or relink them (File > External Data > Find Missing Files)",
+    "cache": "bake simulations into a cache folder inside the project (the modifier's Cache > "
+    "Directory, e.g. //cache_fluid): a farm renders chunks of frames in separate processes, so an "
+    "unbaked simulation would not match across them",
 }
 
 
@@ -120,6 +123,8 @@ def check_blend(root: Path, scene: str) -> str | None:
         found = reference_problem(ref, root)
         if found:
             kind, why = found
+            if ref.sequence and ref.owner.startswith(("object", "mesh")):
+                kind = "cache"  # a modifier's or particle system's cache folder
             problems[f"{ref.owner} reads {ref.stored!r}, {why}"] = kind
     if not problems:
         return None

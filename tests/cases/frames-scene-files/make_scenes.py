@@ -99,4 +99,11 @@ text = bpy.data.curves.new("Title", "FONT")
 text.font = bpy.data.fonts.load(os.path.join(SHARED, "font.ttf"), check_existing=False)
 scene.collection.objects.link(bpy.data.objects.new("Title", text))
 save("font-outside")
+# An unbaked fluid simulation: its cache folder is left in Blender's temporary folder.
+scene = empty()
+textured_plane(inside("cache-outside"))
+bpy.ops.mesh.primitive_cube_add()
+bpy.context.active_object.name = "Domain"
+bpy.context.active_object.modifiers.new("Fluid", "FLUID").fluid_type = "DOMAIN"
+save("cache-outside")
 print("made scenes in", ROOT)
