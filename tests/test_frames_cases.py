@@ -147,6 +147,7 @@ def test_case_texture_outside_the_project_is_refused_at_load_by_name(blender, tm
         ("sound-outside", "sound 'tone.wav' reads '//../shared/tone.wav', which is outside the project"),
         ("font-outside", "reads '//../shared/font.ttf', which is outside the project folder"),
         ("cache-outside", "object 'Domain.modifiers[0]' reads '//../"),
+        ("compressed", "image 'blue.png' reads '//../shared/blue.png', which is outside the project folder"),
     ],
 )
 def test_each_kind_of_external_file_is_found_at_load(scenes, kind, expected):

@@ -42,10 +42,10 @@ def textured_plane(image_path):
     return tex.image
 
 
-def save(project, name="shot.blend", relative=True):
+def save(project, name="shot.blend", relative=True, compress=False):
     path = os.path.join(ROOT, project, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    bpy.ops.wm.save_as_mainfile(filepath=path, relative_remap=relative)
+    bpy.ops.wm.save_as_mainfile(filepath=path, relative_remap=relative, compress=compress)
 
 
 def inside(project):
@@ -64,6 +64,10 @@ save("missing")
 empty()
 textured_plane(inside("absolute"))
 save("absolute", relative=False)
+# Outside the project, in a compressed .blend (zstd since Blender 3.0).
+empty()
+textured_plane(os.path.join(SHARED, "blue.png"))
+save("compressed", compress=True)
 # Outside the project, packed into the .blend: travels inside the file.
 empty()
 textured_plane(os.path.join(SHARED, "blue.png")).pack()
