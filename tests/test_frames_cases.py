@@ -394,6 +394,17 @@ def test_settings_from_a_controller_naming_an_executable_do_not_run_it(blender, 
     assert result["blender"] != "9.9.9" and (out / "frame_000001.png").is_file()
 
 
+@pytest.mark.parametrize("scene", ["../evil.py", "/tmp/evil.py", "link/evil.py", "farm.toml", None])
+def test_settings_from_a_controller_naming_a_scene_outside_the_project_are_refused(tmp_path, scene):
+    """Blender runs whatever script the settings name: on the agent it must be the project's."""
+    root = write_project(tmp_path / "p", frames="1")
+    (tmp_path / "evil.py").write_text("import os; os.system('touch it-ran')\n")
+    (root / "link").symlink_to(tmp_path)
+    settings = {**load_project(root).settings, "scene": scene}
+    with pytest.raises(RenderError, match="refusing to render: the scene"):
+        render_loaded(root, settings, tmp_path)
+
+
 # -- the probe every agent makes at start ------------------------------------------------------
 
 

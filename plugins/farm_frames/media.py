@@ -16,6 +16,7 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
 from farm.settings import SettingsReader
 from farm_frames.blender import BlenderNotFound, blender_version, command_line, find_blender, setup_env
@@ -82,11 +83,12 @@ class Frames(MediaType):
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any]:
         settings = ctx.settings
         runs: Runs = job.params["runs"]
+        scene = _scene_on_agent(ctx)
         blender, version = self._blender(ctx)  # the node's own: a project never chooses it
         frames_dir = ctx.output_dir / FRAMES_DIR
         cmd = command_line(
             blender,
-            scene=ctx.project_dir / settings["scene"],
+            scene=scene,
             runs=runs,
             frames_dir=frames_dir,
             threads=max(1, ctx.threads),
@@ -216,6 +218,19 @@ def _place(staged: Path, dest: Path) -> None:
         partial = dest.with_name(f".{dest.name}.partial")  # another file system: copy, then rename
         shutil.copyfile(staged, partial)
         os.replace(partial, dest)
+
+
+def _scene_on_agent(ctx: RenderContext) -> Path:
+    """The scene file, which must be a .blend or .py inside the project folder: the settings
+    come from the controller, and Blender runs whatever file they name."""
+    name = ctx.settings.get("scene")
+    try:  # no component may lead out, symlinks included
+        scene = resolve_inside(ctx.project_dir, name)
+    except UnsafePath as exc:
+        raise RenderError(f"refusing to render: the scene is not a file in the project ({exc})") from None
+    if scene.suffix.lower() not in (".blend", ".py") or not scene.is_file():
+        raise RenderError(f"refusing to render: the scene {name!r} is not a project's .blend or .py file")
+    return scene
 
 
 def _render_error(message: str, tail: Any) -> RenderError:
