@@ -7,10 +7,11 @@ which resolves on every agent), and lie inside the project. Anything else is ref
 
 Load-time tracing uses Blender Asset Tracer (what Flamenco uses): it reads the ``.blend``
 itself, follows linked libraries, needs no Blender on the submitting machine or the
-controller, runs no code from the file, and takes milliseconds. A scene *script* names its
-files only by running, so it is checked where it runs: on the agent, once Blender has built
-the scene (`blender_setup.py` checks Blender's own list, ``bpy.utils.blend_paths``, and prints
-`MISSING_MARKER` lines that `missing_from_log` reads back).
+controller, runs no code from the file, and takes milliseconds. A scene *script* names most
+files only by running (`scriptfiles` checks what its text spells out), so every scene is also
+checked where it runs: on the agent, once Blender has built or loaded it (`blender_setup.py`
+checks Blender's own list, ``bpy.utils.blend_paths``, and prints `MISSING_MARKER` lines that
+`missing_from_log` reads back).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-log = logging.getLogger(__name__)
 
 #: what blender_setup.py prints, one line per file it refuses: the marker, then JSON
 MISSING_MARKER = "farm: external file refused: "
