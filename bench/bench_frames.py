@@ -54,7 +54,7 @@ def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
     cmd = command_line(find_blender(), scene=project_dir / settings["scene"], runs=[[first, last]],
                        frames_dir=out, threads=threads, fmt=settings["format"])
     started = time.perf_counter()
-    done = subprocess.run(cmd, env=setup_env(settings), capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, env=setup_env(settings, project_dir), capture_output=True, text=True, check=False)
     render_s = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"the single Blender process failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")

@@ -166,11 +166,13 @@ def synthetic_frames(folder: Path, frames: list[int]) -> list[Path]:
     return paths
 
 
-def tiny_png(width: int, height: int) -> bytes:
+def tiny_png(width: int, height: int, rgb: tuple[int, int, int] = (128, 128, 128)) -> bytes:
+    """A whole PNG of one colour, written by hand (no image library needed)."""
+
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
-    raw = b"".join(b"\0" + b"\x80" * (width * 3) for _ in range(height))
+    raw = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + body
@@ -590,7 +592,7 @@ def test_interrupted_job_kills_blender(blender, tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        run_streaming(cmd, env=setup_env(project.settings), cwd=tmp_path, log_file=tmp_path / "log",
+        run_streaming(cmd, env=setup_env(project.settings, root), cwd=tmp_path, log_file=tmp_path / "log",
                       on_line=interrupt, on_start=started.append)
     assert started[0].returncode == -signal.SIGKILL
     wait_for(lambda: _gone(started[0].pid), 30, "Blender to exit")
@@ -612,7 +614,7 @@ def test_blender_dies_with_a_killed_worker(blender, tmp_path):
                            frames_dir=Path({str(tmp_path / "f")!r}), threads=1, fmt="png")
         def started(proc):
             print(proc.pid, flush=True)
-        run_streaming(cmd, env=setup_env(project.settings), cwd=Path({str(tmp_path)!r}),
+        run_streaming(cmd, env=setup_env(project.settings, Path({str(root)!r})), cwd=Path({str(tmp_path)!r}),
                       log_file=Path({str(tmp_path / "log")!r}), on_line=lambda line: None, on_start=started)
         """
     )

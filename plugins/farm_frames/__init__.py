@@ -1,7 +1,8 @@
 """The ``frames`` media type: video frames rendered by Blender on the farm's agents.
 
-Modules: `framerange` (frame lists), `config` (the ``[frames]`` table), `blender`
-(finding Blender, its command line), `blender_setup` (runs inside Blender),
+Modules: `framerange` (frame lists), `config` (the ``[frames]`` table), `scenefiles`
+(the files a ``.blend`` reads) and `scriptfiles` (the paths a scene script spells out),
+`blender` (finding Blender, its command line), `blender_setup` (runs inside Blender),
 `process` (running it), `progress` (reading its log), `images` (checking frames),
 `ffmpeg` and `video` (the video and contact sheet), `media` (the MediaType).
 """

@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm_frames.framerange import Runs, format_runs
 from farm_frames.images import FORMATS
+from farm_frames.scenefiles import MISSING_MARKER
 
 #: a node's own Blender, when it is not the ``blender`` on PATH
 BLENDER_ENV = "FARM_BLENDER"
@@ -23,29 +23,22 @@ SETUP_ENV = "FARM_FRAMES_SETUP"
 ENGINES = {"cycles": "CYCLES", "eevee": "BLENDER_EEVEE", "workbench": "BLENDER_WORKBENCH"}
 
 
-@dataclass(frozen=True)
-class Blender:
-    path: str
-    version: str  # "3.4.1"
-
-
 class BlenderNotFound(Exception):
     """No usable Blender here; the message says where we looked."""
 
 
-def find_blender(configured: str | None = None) -> str:
-    """The Blender executable: ``configured`` (a project's ``blender`` setting), else
-    ``$FARM_BLENDER``, else ``blender`` on PATH. Raises `BlenderNotFound` with the reason."""
-    candidates = (
-        ("the project's blender setting", configured),
-        (f"${BLENDER_ENV}", os.environ.get(BLENDER_ENV)),
-    )
-    for source, value in candidates:
-        if value:
-            found = shutil.which(value)
-            if found is None:
-                raise BlenderNotFound(f"Blender {value!r} from {source} is not an executable file")
-            return found
+def find_blender() -> str:
+    """This node's Blender: ``$FARM_BLENDER``, else ``blender`` on PATH. Never a project's
+    choice: a project's setting would run an executable of its choosing on every agent.
+
+    Cheap (no process is started). Raises `BlenderNotFound` with the reason.
+    """
+    configured = os.environ.get(BLENDER_ENV)
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise BlenderNotFound(f"Blender {configured!r} from ${BLENDER_ENV} is not an executable file")
+        return found
     found = shutil.which("blender")
     if found is None:
         raise BlenderNotFound(f"Blender is not installed: no 'blender' on PATH and ${BLENDER_ENV} is not set")
@@ -73,10 +66,16 @@ def output_pattern(frames_dir: Path) -> str:
     return str(frames_dir / "frame_######")
 
 
-def setup_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The part of a project's settings the in-Blender setup script applies."""
+def setup_settings(settings: dict[str, Any], project_dir: Path) -> dict[str, Any]:
+    """What the in-Blender setup script needs: the settings it applies, and the project
+    folder that every external file the scene reads must be in."""
     keys = ("resolution", "samples", "seed", "denoise", "format")
-    return {"engine": ENGINES[settings["engine"]], **{k: settings[k] for k in keys}}
+    return {
+        "engine": ENGINES[settings["engine"]],
+        **{k: settings[k] for k in keys},
+        "project_dir": os.path.realpath(project_dir),
+        "marker": MISSING_MARKER,
+    }
 
 
 def command_line(
@@ -109,7 +108,7 @@ def command_line(
     return cmd
 
 
-def setup_env(settings: dict[str, Any]) -> dict[str, str]:
+def setup_env(settings: dict[str, Any], project_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env[SETUP_ENV] = json.dumps(setup_settings(settings))
+    env[SETUP_ENV] = json.dumps(setup_settings(settings, project_dir))
     return env

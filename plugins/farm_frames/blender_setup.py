@@ -1,15 +1,24 @@
 """Runs inside Blender (``--python``), after the scene is loaded or built: applies the
-project's settings so every chunk renders the same scene the same way.
+project's settings so every chunk renders the same scene the same way, and checks that
+every external file the scene reads is here and inside the project.
 
 It reads JSON from $FARM_FRAMES_SETUP and must import nothing but Blender's own
-modules. A failure here exits Blender with code 1 (``--python-exit-code 1``).
+modules and the standard library. A failure here exits Blender with code 1
+(``--python-exit-code 1``).
 """
 
+import glob
 import json
 import os
 import sys
 
 import bpy
+
+#: data-block collections whose members read a file, and what users call them
+_FILE_OWNERS = (
+    ("images", "image"), ("libraries", "linked library"), ("sounds", "sound"), ("fonts", "font"),
+    ("movieclips", "movie clip"), ("cache_files", "cache file"), ("volumes", "volume"),
+)
 
 
 def apply(settings):
@@ -40,11 +49,56 @@ def apply(settings):
     print("farm: settings applied:", json.dumps(settings), flush=True)
 
 
+def _owners():
+    """{absolute path: "image 'blue.png'"} for the data-blocks that read a file."""
+    owners = {}
+    for attr, kind in _FILE_OWNERS:
+        for block in getattr(bpy.data, attr, ()):
+            path = getattr(block, "filepath", "")
+            if path and not path.startswith("<") and getattr(block, "packed_file", None) is None:
+                full = os.path.normpath(bpy.path.abspath(path, library=block.library))
+                owners.setdefault(full, f"{kind} {block.name!r}")
+    return owners
+
+
+def _inside(path, roots):
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def check_external_files(project_dir, marker):
+    """Fail if the scene reads a file that is missing here or lies outside the project.
+
+    Blender's own list (``bpy.utils.blend_paths``) covers every kind of data-block it reads
+    from disk, linked libraries included. Allowed: the project folder, the job's scratch
+    folder (the current directory, where a scene script may write a file it then loads) and
+    Blender's own bundled files, which every agent has.
+    """
+    roots = [os.path.realpath(project_dir), os.path.realpath(os.getcwd())]
+    roots += [os.path.realpath(bpy.utils.resource_path(kind)) for kind in ("LOCAL", "SYSTEM")]
+    owners = _owners()
+    refused = []
+    for path in sorted(set(bpy.utils.blend_paths(absolute=True, packed=False, local=False))):
+        full = os.path.normpath(path)
+        owner = owners.get(full, "a data-block")
+        pattern = full.replace("<UDIM>", "[0-9][0-9][0-9][0-9]").replace("<UVTILE>", "u*_v*")
+        if not (os.path.exists(full) if pattern == full else glob.glob(pattern)):
+            refused.append(f"{owner} reads {full}, which does not exist on this agent")
+        elif not _inside(full, roots):
+            refused.append(f"{owner} reads {full}, which is outside the project folder")
+    for line in refused:
+        print(marker + json.dumps(line), flush=True)
+    if refused:
+        raise RuntimeError(f"the scene reads {len(refused)} file(s) it cannot have on the farm")
+
+
 def main():
     raw = os.environ.get("FARM_FRAMES_SETUP")
     if raw is None:
         sys.exit("farm: FARM_FRAMES_SETUP is not set; this script is run by the frames media type")
-    apply(json.loads(raw))
+    settings = json.loads(raw)
+    apply(settings)
+    check_external_files(settings["project_dir"], settings["marker"])
 
 
 if __name__ == "__main__":  # Blender runs --python scripts as __main__

@@ -7,9 +7,11 @@ from typing import Any
 
 from farm.errors import ProjectError
 from farm.settings import SettingsReader, line_of
-from farm_frames.blender import ENGINES
+from farm_frames.blender import BLENDER_ENV, ENGINES
 from farm_frames.framerange import FrameRangeError, frame_count, parse_frames
 from farm_frames.images import FORMATS
+from farm_frames.scenefiles import SceneFileError, check_blend
+from farm_frames.scriptfiles import check_script
 from farm_frames.video import CODECS
 
 #: the most frames one job renders when the project does not say
@@ -29,6 +31,13 @@ def default_chunk(frames: int) -> int:
 
 def read_settings(s: SettingsReader) -> dict[str, Any]:
     scene = s.asset("scene", suffixes=(".blend", ".py"))
+    if "blender" in s.values:  # looked at, not read: it stays out of the known keys
+        # An executable named by a project would run on every agent with the agent's rights.
+        raise s.error(
+            "blender",
+            "a project cannot choose the Blender executable: each agent uses its own; remove this "
+            f"key and, on the agents, set ${BLENDER_ENV} to Blender's path or put blender on PATH",
+        )
     try:
         runs = parse_frames(s.get("frames"))
     except FrameRangeError as exc:
@@ -44,11 +53,23 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "seed": s.integer("seed", None, min=0, max=(1 << 31) - 1),
         "denoise": s.boolean("denoise", False),
         "format": s.choice("format", sorted(FORMATS), "png"),
-        "blender": s.str("blender", None),
         "video": _video(s),
     }
     s.finish()
+    _check_scene_files(s, scene)  # last: reading a large .blend costs more than a typo check
     return settings
+
+
+def _check_scene_files(s: SettingsReader, scene: str) -> None:
+    """A scene must read only files that travel with the project: all of a ``.blend``'s
+    (see `scenefiles`); what a script spells out (`scriptfiles`; the agent checks the rest)."""
+    try:
+        check = check_blend if scene.lower().endswith(".blend") else check_script
+        problem = check(s.root, scene)
+    except SceneFileError as exc:
+        raise s.error("scene", str(exc)) from None
+    if problem:
+        raise s.error("scene", problem)
 
 
 def _resolution(s: SettingsReader) -> list[int] | None:

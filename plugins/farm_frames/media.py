@@ -16,6 +16,7 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
 from farm.settings import SettingsReader
 from farm_frames.blender import BlenderNotFound, blender_version, command_line, find_blender, setup_env
@@ -24,6 +25,7 @@ from farm_frames.framerange import Runs, chunk_runs, format_runs, frame_count, i
 from farm_frames.images import FORMATS, BadImage, check_image
 from farm_frames.process import run_streaming
 from farm_frames.progress import ChunkProgress, log_tail
+from farm_frames.scenefiles import missing_from_log, summarise
 from farm_frames.video import CODECS, contact_sheet, encode_video
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,14 @@ class Frames(MediaType):
     requirements = ("blender",)
     default_timeout = 3600.0
 
-    def __init__(self) -> None:
-        self._available: str | None = None
-        self._checked = False
-
     def available(self) -> str | None:
-        if not self._checked:
-            try:
-                path = find_blender()
-                log.debug("found Blender %s at %s", blender_version(path), path)
-                self._available = None
-            except BlenderNotFound as exc:
-                self._available = str(exc)
-            self._checked = True
-        return self._available
+        # Cheap and quiet: every agent asks at start, whatever it will render, so no Blender is
+        # started here (its version is read at the first job, which fails if it does not run).
+        try:
+            find_blender()
+        except BlenderNotFound as exc:
+            return str(exc)
+        return None
 
     def configure(self, settings: SettingsReader) -> dict[str, Any]:
         return read_settings(settings)
@@ -87,11 +83,12 @@ class Frames(MediaType):
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any]:
         settings = ctx.settings
         runs: Runs = job.params["runs"]
-        blender, version = self._blender(ctx)
+        scene = _scene_on_agent(ctx)
+        blender, version = self._blender(ctx)  # the node's own: a project never chooses it
         frames_dir = ctx.output_dir / FRAMES_DIR
         cmd = command_line(
             blender,
-            scene=ctx.project_dir / settings["scene"],
+            scene=scene,
             runs=runs,
             frames_dir=frames_dir,
             threads=max(1, ctx.threads),
@@ -100,11 +97,15 @@ class Frames(MediaType):
         progress = ChunkProgress(frame_count(runs), ctx.progress)
         started = time.monotonic()
         finished = run_streaming(
-            cmd, env=setup_env(dict(settings)), cwd=ctx.work_dir,
+            cmd, env=setup_env(dict(settings), ctx.project_dir), cwd=ctx.work_dir,
             log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
         )
         seconds = time.monotonic() - started
         where = f"frames {format_runs(runs)}"
+        refused = missing_from_log(finished.tail)
+        if refused:
+            message = f"the scene reads files that are not in the project on this agent: {summarise(refused)}"
+            raise _render_error(message, finished.tail)
         if finished.returncode != 0:
             message = f"Blender exited with code {finished.returncode} rendering {where}"
             raise _render_error(message, finished.tail)
@@ -116,11 +117,11 @@ class Frames(MediaType):
         return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": version, "size": size}
 
     def _blender(self, ctx: RenderContext) -> tuple[str, str]:
-        """Blender's path and version, looked up once per worker process."""
-        key = f"frames.blender:{ctx.settings['blender']}"
+        """This node's Blender (never from the settings) and its version, once per worker process."""
+        key = "frames.blender"
         if key not in ctx.cache:
             try:
-                path = find_blender(ctx.settings["blender"])
+                path = find_blender()
                 ctx.cache[key] = (path, blender_version(path))
             except BlenderNotFound as exc:
                 raise RenderError(str(exc)) from None
@@ -193,12 +194,17 @@ class Frames(MediaType):
             )
         stem = output_stem(ctx.project.name)
         out = ctx.output_dir / f"{stem}{CODECS[video['codec']].suffix}"
-        info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
-        ctx.log.info(
-            "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
-            info.duration, video["fps"],
-        )
-        sheet = contact_sheet(frames, ctx.output_dir / f"{stem}-contact.png")
+        # Each output is written under a temporary name and renamed only when whole (see
+        # `video`); errors are RenderErrors, which the controller reports as one line.
+        try:
+            info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
+            ctx.log.info(
+                "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
+                info.duration, video["fps"],
+            )
+            sheet = contact_sheet(frames, ctx.output_dir / f"{stem}-contact.png")
+        except OSError as exc:  # a full disk, a read-only output folder
+            raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
         return [out, sheet]
 
 
@@ -212,6 +218,19 @@ def _place(staged: Path, dest: Path) -> None:
         partial = dest.with_name(f".{dest.name}.partial")  # another file system: copy, then rename
         shutil.copyfile(staged, partial)
         os.replace(partial, dest)
+
+
+def _scene_on_agent(ctx: RenderContext) -> Path:
+    """The scene file, which must be a .blend or .py inside the project folder: the settings
+    come from the controller, and Blender runs whatever file they name."""
+    name = ctx.settings.get("scene")
+    try:  # no component may lead out, symlinks included
+        scene = resolve_inside(ctx.project_dir, name)
+    except UnsafePath as exc:
+        raise RenderError(f"refusing to render: the scene is not a file in the project ({exc})") from None
+    if scene.suffix.lower() not in (".blend", ".py") or not scene.is_file():
+        raise RenderError(f"refusing to render: the scene {name!r} is not a project's .blend or .py file")
+    return scene
 
 
 def _render_error(message: str, tail: Any) -> RenderError:

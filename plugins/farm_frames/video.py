@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,14 @@ CODECS: dict[str, Codec] = {
     "vp9": Codec("libvpx-vp9", ".webm", 31, 63, ("-b:v", "0", "-row-mt", "1")),
 }
 
-#: EXR frames are scene-linear; the video is a preview, so a plain sRGB transfer will do
-_EXR_TO_SRGB = "zscale=transferin=linear:transfer=iec61966-2-1:primariesin=bt709:primaries=bt709"
+#: EXR frames are scene-linear; the video is a preview, so a plain sRGB transfer will do. zscale
+#: is pinned to planar float RGB on both sides: left free it negotiates a subsampled YUV output,
+#: which it cannot make for an odd width or height (the pad to even sizes only comes after it).
+_EXR_TO_SRGB = (
+    "format=gbrpf32le,"
+    "zscale=transferin=linear:transfer=iec61966-2-1:primariesin=bt709:primaries=bt709,"
+    "format=gbrpf32le"
+)
 #: yuv420p needs even sizes: pad odd ones by a pixel rather than fail
 _EVEN_PAD = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
 
@@ -42,18 +49,19 @@ def encode_video(frames: Sequence[Path], out: Path, *, fps: float, codec: str, c
     """Encode ``frames`` in order into ``out`` and check it holds exactly that many frames."""
     spec = CODECS[codec]
     vf = ",".join([*_input_filters(frames), _EVEN_PAD, "format=yuv420p"])
-    partial = out.with_name(out.stem + ".partial" + out.suffix)
-    with tempfile.TemporaryDirectory(prefix="farm-frames-") as tmp:
+    with _partial(out) as partial, tempfile.TemporaryDirectory(prefix="farm-frames-") as tmp:
         source = sequence_input(frames, link_dir=Path(tmp))
-        run_ffmpeg(
+        report = run_ffmpeg(
             ["-y", "-framerate", f"{fps:g}", *source, "-vf", vf, "-c:v", spec.encoder,
              "-pix_fmt", "yuv420p", "-crf", str(crf), *spec.extra, "-an", str(partial)],
             what=f"encode {out.name}",
         )
-    info = probe_video(partial)
-    if info.frames != len(frames):
-        raise RenderError(f"{out.name}: ffmpeg wrote {info.frames} frames, expected {len(frames)}")
-    partial.replace(out)  # only a checked video gets the final name
+        info = probe_video(partial)
+        if info.frames != len(frames):
+            # ffmpeg skips a frame it cannot decode and exits 0: say why, in its words
+            errors = [line for line in report.splitlines() if "error" in line.lower()][-5:]
+            why = ("; ffmpeg said:\n" + "\n".join(errors)) if errors else ""
+            raise RenderError(f"{out.name}: ffmpeg wrote {info.frames} frames, expected {len(frames)}{why}")
     return info
 
 
@@ -67,15 +75,28 @@ def contact_sheet(frames: Sequence[Path], out: Path, *, count: int = 16, thumb_w
         f"scale='min({thumb_width},iw)':-2",
         f"tile={columns}x{rows}:padding=2:margin=2:color=white",
     ]
-    partial = out.with_name(out.stem + ".partial" + out.suffix)
-    with tempfile.TemporaryDirectory(prefix="farm-frames-") as tmp:
+    with _partial(out) as partial, tempfile.TemporaryDirectory(prefix="farm-frames-") as tmp:
         source = sequence_input(picked, link_dir=Path(tmp))
         run_ffmpeg(
             ["-y", *source, "-vf", ",".join(filters), "-frames:v", "1", "-update", "1", str(partial)],
             what=f"make the contact sheet {out.name}",
         )
-    partial.replace(out)
     return out
+
+
+@contextmanager
+def _partial(out: Path) -> Iterator[Path]:
+    """A hidden temporary name beside ``out`` (same file system, so the rename is atomic).
+
+    ``out`` gets the file only if the block succeeds; on any failure the partial file is
+    removed, so a failed finalize leaves no half-written video behind.
+    """
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        yield partial
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def pick_evenly(items: Sequence[Path], count: int) -> list[Path]:
