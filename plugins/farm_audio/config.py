@@ -14,6 +14,7 @@ from typing import Any
 
 from farm.settings import SettingsReader
 from farm_audio import encode, ffmpeg, probe
+from farm_audio.allow import REFUSED, NotAllowed, check_allowed
 from farm_audio.chain import (
     DOUBLE,
     WHOLE_FILE,
@@ -133,11 +134,19 @@ def _layout(s: SettingsReader, value: Any) -> str:
 
 
 def _check_names(s: SettingsReader, filters: list[Filter]) -> None:
-    """Every filter exists in this ffmpeg and can run on segments."""
+    """Every filter exists in this ffmpeg, is allowed, and can run on segments.
+
+    Nothing of the chain reaches ffmpeg before this passed (``ffmpeg -filters`` only lists).
+    """
     known = ffmpeg.audio_filters()
     for f in filters:
-        if f.name not in known:
+        if f.name not in known and f.name not in REFUSED:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
+    try:
+        check_allowed(filters)
+    except NotAllowed as exc:
+        raise s.error("filters", str(exc)) from None
+    for f in filters:
         if f.name in WHOLE_FILE:
             raise s.error("filters", f"{f.name} cannot run on segments: {WHOLE_FILE[f.name]}")
 
@@ -178,8 +187,7 @@ def _check_filters(
 def analysis_chain(filters: list[Filter], loudnorm: int) -> str:
     """The chain up to loudnorm, loudnorm printing its measurements (the first pass)."""
     first = filters[loudnorm]
-    options = ":".join(f"{k}={v}" for k, v in first.named().items())
-    measure = Filter("loudnorm", raw_args=":".join(filter(None, (options, "print_format=json"))))
+    measure = Filter("loudnorm", args=[*first.named().items(), ("print_format", "json")])
     return ",".join(filter(None, (pinned_text(filters[:loudnorm]), measure.text())))
 
 
@@ -194,8 +202,7 @@ def linear_loudnorm(first: Filter, measured: dict[str, str], print_format: str =
         "linear": "true",
         "print_format": print_format,
     }
-    options = [f"{k}={v}" for k, v in first.named().items()] + [f"{k}={v}" for k, v in own.items()]
-    return Filter("loudnorm", label=first.label, raw_args=":".join(options))
+    return Filter("loudnorm", label=first.label, args=[*first.named().items(), *own.items()])
 
 
 def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str]) -> str:
