@@ -189,7 +189,9 @@ def _parse_args(name: str, args: str) -> list[tuple[str | None, str]]:
         if is_named and _KEY.fullmatch(key):
             parsed.append((key, _unquote(value)))
         elif any(k is not None for k, _ in parsed):
-            raise ChainSyntaxError(f"{name}: {arg.strip()!r} has no option name (positional values come first)")
+            raise ChainSyntaxError(
+                f"{name}: {arg.strip()!r} has no option name (positional values come first)"
+            )
         else:
             parsed.append((None, _unquote(arg)))
     return parsed
@@ -210,7 +212,7 @@ def parse_chain(text: str) -> list[Filter]:
             raise ChainSyntaxError("empty filter (two commas in a row, or a trailing comma)")
         if part.startswith("[") or part.endswith("]"):
             raise ChainSyntaxError("link labels ([a]) make a graph; give one chain of filters")
-        head, eq, args = part.partition("=")
+        head, _, args = part.partition("=")
         name, _, label = head.strip().partition("@")
         name, label = name.strip(), label.strip()
         if not _NAME.fullmatch(name):

@@ -26,16 +26,13 @@ from farm_audio.chain import (
     parse_chain,
     pinned_text,
 )
+from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
 from farm_audio.validate import ChainError, check_chain, check_runs
 
 DEFAULT_SEGMENT_S = 30.0
 DEFAULT_OUTPUTS = ("flac",)
 #: channel count -> ffmpeg's default layout for it
 LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-#: loudnorm options the farm sets itself for its two passes
-LOUDNORM_OWN = (
-    "measured_i", "measured_lra", "measured_tp", "measured_thresh", "offset", "linear", "print_format",
-)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
@@ -182,30 +179,3 @@ def _check_filters(
         return check_chain(segment_form, sample_rate, layout)
     except ChainError as exc:
         raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
-
-
-def analysis_chain(filters: list[Filter], loudnorm: int) -> str:
-    """The chain up to loudnorm, loudnorm printing its measurements (the first pass)."""
-    first = filters[loudnorm]
-    measure = Filter("loudnorm", args=[*first.named().items(), ("print_format", "json")])
-    return ",".join(filter(None, (pinned_text(filters[:loudnorm]), measure.text())))
-
-
-def linear_loudnorm(first: Filter, measured: dict[str, str], print_format: str = "none") -> Filter:
-    """loudnorm's linear second pass: the user's targets plus the first pass's measurements."""
-    own = {
-        "measured_I": measured["input_i"],
-        "measured_LRA": measured["input_lra"],
-        "measured_TP": measured["input_tp"],
-        "measured_thresh": measured["input_thresh"],
-        "offset": measured["target_offset"],
-        "linear": "true",
-        "print_format": print_format,
-    }
-    return Filter("loudnorm", label=first.label, args=[*first.named().items(), *own.items()])
-
-
-def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str]) -> str:
-    """The whole chain with loudnorm as its linear second pass."""
-    second = linear_loudnorm(filters[loudnorm], measured)
-    return chain_text([*filters[:loudnorm], second, *filters[loudnorm + 1 :]])

@@ -21,7 +21,7 @@ from typing import Any
 from farm.errors import RenderError
 from farm_audio import ffmpeg
 from farm_audio.chain import DOUBLE, parse_chain, pinned_text
-from farm_audio.config import analysis_chain, linear_chain, linear_loudnorm
+from farm_audio.loudnorm import MEASURED, analysis_chain, linear_chain, linear_loudnorm, measurement_problem
 from farm_audio.probe import RAW_BYTES
 from farm_audio.segments import Segment
 from farm_audio.source import Source
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 ANALYSIS_KEY = "loudnorm-analysis"
 #: raw PCM format -> the sample format name aformat takes
 _SAMPLE_FMT = {"u8": "u8", "s16le": "s16", "s32le": "s32", "f32le": "flt", "f64le": "dbl"}
-#: loudnorm's first-pass figures its second pass takes
-MEASURED = ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset")
 #: loudnorm treats an input shorter than 3 s as linear whatever it measured, so probe longer
 _PROBE_SECONDS = 4
 _JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
@@ -141,6 +139,9 @@ def analyse_loudness(
     first_pass = json.loads(blocks[-1])
     # Only what the second pass needs; the first pass's own output figures describe its dynamic mode.
     measured = {k: str(first_pass[k]) for k in MEASURED}
+    problem = measurement_problem(measured, parse_chain(settings["filters"]), settings["loudnorm"])
+    if problem:
+        raise RenderError(problem)
     check_linear(settings, measured)
     return {**measured, "second_pass": "linear"}
 
