@@ -7,6 +7,7 @@ samples exactly, so a bad project fails here and not in the middle of a render.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -27,12 +28,15 @@ from farm_audio.chain import (
     pinned_text,
 )
 from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
+from farm_audio.segments import count_segments
+from farm_audio.splitcheck import check_split
 from farm_audio.validate import ChainError, check_chain, check_runs
 
 DEFAULT_SEGMENT_S = 30.0
 DEFAULT_OUTPUTS = ("flac",)
 #: channel count -> ffmpeg's default layout for it
 LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
@@ -89,6 +93,21 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     tail_s = shape.tail / sample_rate
     lead_in_s = default_lead_in(filters, tail_s) if lead_in_setting is None else lead_in_setting
     lead_out_s = default_lead_out(filters) if lead_out_setting is None else lead_out_setting
+    split = {
+        "sample_rate": sample_rate, "layout": layout, "channels": probe.layout_channels(layout), "raw": raw,
+        "out_channels": shape.channels, "segment": max(1, round(segment_s * sample_rate)),
+        "lead_in": math.ceil(lead_in_s * sample_rate), "lead_out": math.ceil(lead_out_s * sample_rate),
+    }
+    whole_file = ""
+    if filters and count_segments(measured.samples, split["segment"]) > 1:
+        verdict, cached = check_split(split, chain_text(segment_form(filters, loudnorm)))
+        if not verdict.splits:
+            whole_file = f"{chain_text(filters)!r} does not split into segments: {verdict.reason}"
+            # said once per process and chain: a project is loaded more than once per run
+            log.log(logging.INFO if cached else logging.WARNING, "%s: %s; running the whole file as one job",
+                    s.file, whole_file)
+            split.update(segment=measured.samples, lead_in=0, lead_out=0)
+            lead_in_s = lead_out_s = 0.0
     stat = path.stat()
     return {
         "input": input_rel,
@@ -104,9 +123,10 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "loudnorm": loudnorm,
         "out_layout": probe.raw_layout(shape.layout),
         "out_channels": shape.channels,
-        "segment": max(1, round(segment_s * sample_rate)),
-        "lead_in": math.ceil(lead_in_s * sample_rate),
-        "lead_out": math.ceil(lead_out_s * sample_rate),
+        "segment": split["segment"],
+        "lead_in": split["lead_in"],
+        "lead_out": split["lead_out"],
+        "whole_file": whole_file,
         "lead_in_s": lead_in_s,
         "lead_out_s": lead_out_s,
         "tail": keep_tail,
@@ -169,13 +189,17 @@ def _check_filters(
     s: SettingsReader, filters: list[Filter], loudnorm: int | None, sample_rate: int, layout: str
 ) -> Any:
     """Run the chain (segment form) through ffmpeg; loudnorm also in its analysis form."""
-    if loudnorm is None:
-        segment_form = pinned_text(filters)
-    else:  # its linear second pass is a constant gain: anull has the same shape
-        segment_form = pinned_text([*filters[:loudnorm], Filter("anull"), *filters[loudnorm + 1 :]])
     try:
         if loudnorm is not None:
             check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
-        return check_chain(segment_form, sample_rate, layout)
+        return check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
     except ChainError as exc:
         raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
+
+
+def segment_form(filters: list[Filter], loudnorm: int | None) -> list[Filter]:
+    """The chain as segments run it, for checks: loudnorm's linear second pass is a constant
+    gain, so ``anull`` has its shape and its (lack of) memory."""
+    if loudnorm is None:
+        return filters
+    return [*filters[:loudnorm], Filter("anull"), *filters[loudnorm + 1 :]]
