@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from farm.paths import UnsafePath, resolve_inside
 from farm.settings import SettingsReader
 from farm_audio import encode, ffmpeg, probe
 from farm_audio.allow import REFUSED, NotAllowed, check_allowed
@@ -64,7 +65,10 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     _check_names(s, filters)
     loudnorm = _loudnorm_index(s, filters)
 
-    path = s.root / input_rel
+    try:  # ffmpeg reads it here, with the controller's rights: never through a link out of the project
+        path = resolve_inside(s.root, input_rel)
+    except UnsafePath as exc:
+        raise s.error("input", str(exc)) from None
     try:
         info = probe.probe_stream(path)
     except probe.ProbeError as exc:

@@ -57,11 +57,18 @@ def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str])
     return chain_text([*filters[:loudnorm], second, *filters[loudnorm + 1 :]])
 
 
-def _figure(value: str) -> float:
+def figure(value: str) -> float:
+    """A figure loudnorm printed ("-23.24", "-inf") as a float; NaN if it is not one."""
     try:
         return float(value)
     except ValueError:
         return math.nan
+
+
+def constant_gain(first: Filter, measured: Mapping[str, str]) -> Filter:
+    """The ``volume`` that takes the measured loudness to loudnorm's target ``I`` (default -24 LUFS)."""
+    gain = figure(first.named().get("i", "-24")) - figure(measured["input_i"])
+    return Filter("volume", args=[(None, f"{gain:.2f}dB")])
 
 
 def _signed(value: str) -> str:
@@ -76,7 +83,7 @@ def measurement_problem(measured: Mapping[str, str], filters: list[Filter], loud
     """
     before = chain_text(filters[:loudnorm])
     what = f"the audio reaching loudnorm (the input after {before!r})" if before else "the input"
-    loudness = _figure(measured["input_i"])
+    loudness = figure(measured["input_i"])
     if not math.isfinite(loudness) or loudness < _RANGES["input_i"][1]:
         return (
             f"{what} is silent: loudnorm measured no loudness ({measured['input_i']} LUFS; it ignores "
@@ -84,15 +91,19 @@ def measurement_problem(measured: Mapping[str, str], filters: list[Filter], loud
             "file you meant, or take loudnorm out of [audio] filters for it"
         )
     if loudness > _RANGES["input_i"][2]:
-        # 6 dB under 0 LUFS leaves loudnorm's linear mode room for the true peak
+        said = (f"{what} measures {_signed(measured['input_i'])} LUFS (true peak "
+                f"{_signed(measured['input_tp'])} dBTP): louder than 0 LUFS, the most loudnorm accepts as a "
+                "measured input.")
+        if figure(measured["input_lra"]) == 0:  # loudnorm would not run linear even once lowered
+            same = [*filters[:loudnorm], constant_gain(filters[loudnorm], measured), *filters[loudnorm + 1 :]]
+            return (f"{said} Its loudness range is 0 LU too, so loudnorm could not run linear anyway; "
+                    f"the same constant gain: filters = \"{chain_text(same)}\"")
+        # 6 dB under 0 LUFS: in range, and the gain to I is the same constant either way
         lower = Filter("volume", args=[(None, f"-{math.ceil(loudness) + 6}dB")])
-        return (
-            f"{what} measures {_signed(measured['input_i'])} LUFS (true peak {_signed(measured['input_tp'])} "
-            "dBTP): louder than 0 LUFS, the most loudnorm accepts as a measured input. Lower it before "
-            f"loudnorm, e.g. filters = \"{chain_text([*filters[:loudnorm], lower, *filters[loudnorm:]])}\""
-        )
+        return (f"{said} Lower it before loudnorm, e.g. "
+                f"filters = \"{chain_text([*filters[:loudnorm], lower, *filters[loudnorm:]])}\"")
     for key, (option, low, high) in _RANGES.items():
-        value = _figure(measured[key])
+        value = figure(measured[key])
         if not low <= value <= high:
             return (
                 f"{what} measures {key.replace('input_', '')} = {measured[key]}, outside what loudnorm "
