@@ -26,7 +26,7 @@ import zmq
 from farm_audio import ffmpeg
 from farm_audio.allow import FILE_OPTIONS, REFUSED, SAFE
 
-from farm.errors import ProjectError
+from farm.errors import ProjectError, RenderError
 from farm.project import load_project
 from farm.protocol import T, pack, unpack
 
@@ -238,3 +238,42 @@ def test_readme_attacks_from_nobody_against_a_root_controller(
         assert created == set()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("filters", "ametadata=mode=print:file={outside}/x", "ametadata: option 'file'"),
+        ("filters", "asendcmd=f={secret}", "asendcmd is not allowed"),
+        ("convert", "aformat=sample_fmts=dbl,ametadata=mode=print:file={outside}/x",
+         "is not a format conversion"),
+        ("input", "../secret.txt", "leads outside"),
+        ("layout", "mono -f null /x", "is not a channel layout"),
+        ("pcm", "wav", "unknown PCM format"),
+    ],
+)
+def test_a_render_node_refuses_settings_no_farm_toml_could_give(
+    tmp_path: Path, scene: dict[str, Path | str], key: str, value: str, words: str
+) -> None:
+    """A rogue controller's job: the agent checks the settings with the same rules before ffmpeg runs."""
+    from farm.mediatype import RenderContext
+    from farm.plugins import get_media_type
+
+    project = scene["project"]
+    assert isinstance(project, Path)
+    write_toml(project, "volume=0.5")
+    loaded = load_project(project)
+    settings = {**loaded.settings, key: fill(value, scene)}
+    media = get_media_type("audio")
+    job = next(iter(media.split(loaded)))
+    work = tmp_path / "agent"
+    (work / "out").mkdir(parents=True)
+    (work / "work").mkdir()
+    before = files_under(tmp_path)
+    ctx = RenderContext(project_dir=project, output_dir=work / "out", work_dir=work / "work",
+                        settings=settings, threads=1, cache={}, deps={})
+    with pytest.raises(RenderError) as caught:
+        media.render(job, ctx)
+    assert words in str(caught.value)
+    assert scene["secret_text"] not in str(caught.value)
+    assert files_under(tmp_path) == before

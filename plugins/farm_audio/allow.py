@@ -10,7 +10,13 @@ socket or the clock. A filter missing here is refused by name, whatever ffmpeg o
 
 from __future__ import annotations
 
-from farm_audio.chain import Filter
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from farm.paths import UnsafePath, safe_relpath
+from farm_audio.chain import DOUBLE, ChainSyntaxError, Filter, parse_chain
+from farm_audio.probe import RAW_BYTES
 
 #: audio -> audio filters with no option that opens a file, a socket or waits on the clock
 SAFE = frozenset({
@@ -90,3 +96,33 @@ def check_allowed(filters: list[Filter]) -> None:
                     f"{f.name}: give its options by name after the first {before} "
                     f"(a value in {names[0]!r}'s place would name a file)"
                 )
+
+
+_LAYOUT = re.compile(r"[A-Za-z0-9.()+_-]{1,64}")
+_CONVERT = re.compile(rf"{re.escape(DOUBLE)}:sample_rates=\d{{4,6}}:channel_layouts={_LAYOUT.pattern}")
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """On a render node: the settings a job came with are ones `read_settings` could have made.
+
+    A controller is trusted only this far: what reaches ffmpeg's command line (the chain,
+    the conversion, formats, the input's path) is checked again here, with the same rules.
+    Raises `NotAllowed` naming the setting.
+    """
+    try:
+        safe_relpath(settings["input"])
+        if settings["raw"] not in RAW_BYTES or settings["pcm"] not in RAW_BYTES:
+            raise NotAllowed(f"unknown PCM format {settings['raw']!r} or {settings['pcm']!r}")
+        if not _LAYOUT.fullmatch(settings["layout"]):
+            raise NotAllowed(f"layout {settings['layout']!r} is not a channel layout name")
+        if settings["convert"] and not _CONVERT.fullmatch(settings["convert"]):
+            raise NotAllowed(f"convert {settings['convert']!r} is not a format conversion")
+        for key in ("sample_rate", "channels", "samples", "segment", "lead_in", "lead_out", "out_channels"):
+            if type(settings[key]) is not int or settings[key] < 0:
+                raise NotAllowed(f"{key} {settings[key]!r} is not a count")
+        filters = parse_chain(settings["filters"])
+    except (KeyError, TypeError) as exc:
+        raise NotAllowed(f"malformed audio settings ({type(exc).__name__}: {exc})") from None
+    except (UnsafePath, ChainSyntaxError) as exc:
+        raise NotAllowed(str(exc)) from None
+    check_allowed(filters)
