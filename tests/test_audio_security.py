@@ -37,6 +37,12 @@ def files_under(folder: Path) -> set[Path]:
     return set(folder.rglob("*"))
 
 
+def assert_nothing_written(tmp_path: Path, scene: dict[str, Path | str]) -> None:
+    """No file in the root-only folder, and none of the names the attacks write, anywhere."""
+    assert list(Path(scene["outside"]).iterdir()) == []
+    assert not [p for p in tmp_path.rglob("*") if p.name in ("x", "relative.txt")]
+
+
 @pytest.fixture
 def scene(tmp_path: Path) -> dict[str, Path | str]:
     """A project with a real input, a root-only folder outside it, and a root-only secret."""
@@ -99,14 +105,15 @@ def test_file_and_socket_filters_are_refused_by_farm_submit(
     project = scene["project"]
     assert isinstance(project, Path)
     write_toml(project, fill(chain, scene))
-    before = files_under(tmp_path)
+    before = files_under(project)
     done = subprocess.run([sys.executable, "-m", "farm", "submit", str(project), "-n", "1"],
                           capture_output=True, text=True, timeout=120, cwd=project)
     assert done.returncode != 0
     assert words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert scene["secret_text"] not in done.stdout + done.stderr
-    assert files_under(tmp_path) == before  # nothing created, in the root-only folder or anywhere
+    assert_nothing_written(tmp_path, scene)
+    assert files_under(project) == before
 
 
 def test_an_input_that_links_to_a_file_outside_the_project_is_refused_unread(
@@ -210,7 +217,6 @@ def test_readme_attacks_from_nobody_against_a_root_controller(
         controller = subprocess.Popen(
             [sys.executable, "-m", "farm", "controller", "--bind", url, "--state-dir", str(state),
              "--insecure"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        before = files_under(tmp_path)
         try:
             pid = os.fork()
             if pid == 0:
@@ -233,9 +239,8 @@ def test_readme_attacks_from_nobody_against_a_root_controller(
             assert answer["type"] == "ERROR", answer  # refused, whatever the reason
             assert scene["secret_text"] not in answer["body"]
         assert scene["secret_text"] not in log
-        assert list(Path(scene["outside"]).iterdir()) == []
-        created = {p for p in files_under(tmp_path) - before if state not in p.parents and p != state}
-        assert created == set()
+        assert_nothing_written(tmp_path, scene)
+        assert not [p for p in home.rglob("*") if p.name in ("x", "relative.txt")]
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -269,11 +274,12 @@ def test_a_render_node_refuses_settings_no_farm_toml_could_give(
     work = tmp_path / "agent"
     (work / "out").mkdir(parents=True)
     (work / "work").mkdir()
-    before = files_under(tmp_path)
+    before = files_under(project)
     ctx = RenderContext(project_dir=project, output_dir=work / "out", work_dir=work / "work",
                         settings=settings, threads=1, cache={}, deps={})
     with pytest.raises(RenderError) as caught:
         media.render(job, ctx)
     assert words in str(caught.value)
     assert scene["secret_text"] not in str(caught.value)
-    assert files_under(tmp_path) == before
+    assert_nothing_written(tmp_path, scene)
+    assert files_under(project) == before and list((work / "out").iterdir()) == []
