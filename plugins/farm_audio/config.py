@@ -102,16 +102,10 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "out_channels": shape.channels, "segment": max(1, round(segment_s * sample_rate)),
         "lead_in": math.ceil(lead_in_s * sample_rate), "lead_out": math.ceil(lead_out_s * sample_rate),
     }
-    whole_file = ""
-    if filters and count_segments(measured.samples, split["segment"]) > 1:
-        verdict, cached = check_split(split, chain_text(segment_form(filters, loudnorm)))
-        if not verdict.splits:
-            whole_file = f"{chain_text(filters)!r} does not split into segments: {verdict.reason}"
-            # said once per process and chain: a project is loaded more than once per run
-            log.log(logging.INFO if cached else logging.WARNING, "%s: %s; running the whole file as one job",
-                    s.file, whole_file)
-            split.update(segment=measured.samples, lead_in=0, lead_out=0)
-            lead_in_s = lead_out_s = 0.0
+    whole_file = _whole_file_reason(s, filters, loudnorm, split, measured.samples)
+    if whole_file:
+        split.update(segment=measured.samples, lead_in=0, lead_out=0)
+        lead_in_s = lead_out_s = 0.0
     stat = path.stat()
     return {
         "input": input_rel,
@@ -138,6 +132,22 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
     }
+
+
+def _whole_file_reason(
+    s: SettingsReader, filters: list[Filter], loudnorm: int | None, split: dict[str, Any], samples: int
+) -> str:
+    """Why the chain must run whole-file ("" when its segments equal a whole run, or there is one)."""
+    if not filters or count_segments(samples, split["segment"]) == 1:
+        return ""
+    verdict, cached = check_split(split, chain_text(segment_form(filters, loudnorm)))
+    if verdict.splits:
+        return ""
+    reason = f"{chain_text(filters)!r} does not split into segments: {verdict.reason}"
+    # warned once per process and chain: a project is loaded more than once per run
+    log.log(logging.INFO if cached else logging.WARNING, "%s: %s; running the whole file as one job",
+            s.file, reason)
+    return reason
 
 
 def _layout(s: SettingsReader, value: Any) -> str:
