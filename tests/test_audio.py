@@ -187,13 +187,17 @@ def test_iir_chains_stay_within_a_fraction_of_one_lsb_and_joins_are_no_worse(
     assert max(abs(a - b) for a, b in zip(farm24, ref24, strict=True)) <= 256  # one 24-bit LSB
 
 
-def test_a_short_lead_in_shows_at_the_joins(tmp_path: Path, sources: Path) -> None:
-    """The lead-in matters: a compressor restarted with none differs from the whole-file run."""
+def test_a_short_lead_in_is_caught_at_load_and_the_file_runs_whole(tmp_path: Path, sources: Path) -> None:
+    """The lead-in matters: a compressor restarted with none would differ at the joins, so the
+    split check at load sends the whole file to one job, which equals the whole-file run."""
     root = make_project(tmp_path, sources, 'filters = "acompressor=threshold=0.05:ratio=6:release=400"\n'
                                            'segment = 0.4\nlead_in = 0\noutputs = ["wav"]\n')
     run = run_local(root)
-    ref = whole_file(run.project, run.project.settings["outputs"][0], tmp_path / "ref.wav")
-    assert run.outputs[0].read_bytes() != ref.read_bytes()
+    settings = run.project.settings
+    assert "does not split" in settings["whole_file"] and "lead-in 0 s" in settings["whole_file"]
+    assert settings["segment"] == settings["samples"] and len(run.results) == 1
+    ref = whole_file(run.project, settings["outputs"][0], tmp_path / "ref.wav")
+    assert run.outputs[0].read_bytes() == ref.read_bytes()
 
 
 @pytest.mark.parametrize("keep", [True, False])

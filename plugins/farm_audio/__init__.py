@@ -1,11 +1,13 @@
 """The ``audio`` media type (ffmpeg): filter chains rendered in sample-exact segments, encoded once.
 
 Modules, one job each: `ffmpeg` (finding and running it), `probe` (stream format and
-exact length), `chain` (reading a filter chain, sizing lead-ins), `validate` (running
-a chain on a generated signal), `config` (the ``[audio]`` table), `segments` (sample
-ranges), `source` (the input decoded once per worker), `render` (one segment's PCM,
-loudnorm's analysis), `join` (segments into one PCM file as they arrive), `encode`
-(output formats), `media` (the MediaType).
+exact length), `chain` (reading a filter chain, writing it for ffmpeg, sizing lead-ins),
+`allow` (the filters and options allowed to run), `validate` (running a chain on a
+generated signal), `splitcheck` (does it split: segments against a whole run),
+`loudnorm` (its two passes and what a measurement means), `config` (the ``[audio]``
+table), `segments` (sample ranges), `source` (the input decoded once per worker),
+`render` (one segment's PCM, loudnorm's analysis), `join` (segments into one PCM file as
+they arrive), `encode` (output formats), `media` (the MediaType).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ ffmpeg itself validates the chain (see `farm_audio.validate`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 #: the pre-roll every chain gets: IIR filters above ~100 Hz settle well within it
@@ -51,15 +52,51 @@ class ChainSyntaxError(ValueError):
     pass
 
 
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WHITESPACE = " \t\r\n"
+#: characters that end or split a value at ffmpeg's option level or in farm's one-level form
+_SPECIAL = set("\\':=,;[]")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as one option token: bare when that is unambiguous, else single-quoted."""
+    if value and not (set(value) & _SPECIAL) and value.strip(_WHITESPACE) == value:
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _graph_escaped(text: str) -> str:
+    """Escape what ffmpeg's graph level reads before handing a filter its arguments."""
+    return re.sub(r"([\\'\[\],;])", r"\\\1", text)
+
+
 @dataclass
 class Filter:
-    """One filter of a chain: ``name[@id][=args]``."""
+    """One filter of a chain: ``name[@id][=args]``.
+
+    ``args`` holds each argument as written: ``(key, value)``, or ``(None, value)`` for a
+    positional one, values unquoted. farm reads a chain with one level of quoting
+    (``'...'`` and backslashes); `text` escapes it for ffmpeg's two levels (graph, then
+    options), so ffmpeg receives exactly the arguments farm checked.
+    """
 
     name: str
     label: str = ""  # the ``@id`` part, kept when written back
-    positional: list[str] = field(default_factory=list)
-    options: dict[str, str] = field(default_factory=dict)
-    raw_args: str | None = None
+    args: list[tuple[str | None, str]] = field(default_factory=list)
+
+    @property
+    def positional(self) -> list[str]:
+        return [v for k, v in self.args if k is None]
+
+    @property
+    def options(self) -> dict[str, str]:
+        """Named options, with the aliases the lead-in code knows folded to one name."""
+        out = {}
+        for key, value in self.args:
+            if key is not None:
+                out[_ALIASES.get(key, key.lower() if self.name == "loudnorm" else key)] = value
+        return out
 
     def option(self, key: str) -> str | None:
         """A named option, or the positional argument in its place."""
@@ -77,11 +114,18 @@ class Filter:
             raise ChainSyntaxError(f"{self.name}: cannot name its positional options {self.positional}")
         return {**dict(zip(order, self.positional, strict=False)), **self.options}
 
-    def text(self) -> str:
+    def _args_text(self) -> str:
+        return ":".join(_quoted(v) if k is None else f"{k}={_quoted(v)}" for k, v in self.args)
+
+    def source(self) -> str:
+        """farm's one-level form (what `parse_chain` reads back to the same filter)."""
         head = self.name + (f"@{self.label}" if self.label else "")
-        if self.raw_args is None:
-            return head
-        return f"{head}={self.raw_args}"
+        return f"{head}={self._args_text()}" if self.args else head
+
+    def text(self) -> str:
+        """The filter as ffmpeg's ``-af`` must read it to see the same arguments."""
+        head = self.name + (f"@{self.label}" if self.label else "")
+        return f"{head}={_graph_escaped(self._args_text())}" if self.args else head
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -89,7 +133,7 @@ def _split_top(text: str, sep: str) -> list[str]:
     parts, cur, quoted, i = [], [], False, 0
     while i < len(text):
         ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
+        if ch == "\\" and i + 1 < len(text) and not quoted:
             cur.append(text[i : i + 2])
             i += 2
             continue
@@ -108,23 +152,57 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 
 def _unquote(value: str) -> str:
-    out, i = [], 0
+    """One token as ffmpeg's ``av_get_token`` reads it: quotes and backslashes removed,
+    outer whitespace dropped unless quoted or escaped."""
+    out: list[str] = []
+    keep = 0  # output up to here is quoted or escaped: never stripped
+    i = len(value) - len(value.lstrip(_WHITESPACE))
     while i < len(value):
-        if value[i] == "\\" and i + 1 < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
             out.append(value[i + 1])
             i += 2
-        elif value[i] == "'":
-            i += 1
+            keep = len(out)
+        elif ch == "'":
+            close = value.find("'", i + 1)
+            close = len(value) if close < 0 else close
+            out.append(value[i + 1 : close])
+            i = close + 1
+            keep = len(out)
         else:
-            out.append(value[i])
+            out.append(ch)
             i += 1
-    return "".join(out).strip()
+    return "".join(out[:keep]) + "".join(out[keep:]).rstrip(_WHITESPACE)
+
+
+def _parse_args(name: str, args: str) -> list[tuple[str | None, str]]:
+    parsed: list[tuple[str | None, str]] = []
+    for arg in _split_top(args, ":"):
+        if not arg.strip(_WHITESPACE):
+            raise ChainSyntaxError(f"{name}: empty option (two ':' in a row, or a trailing ':')")
+        key, is_named, value = arg.partition("=")
+        key = key.strip(_WHITESPACE)
+        if is_named and key.startswith("/"):
+            raise ChainSyntaxError(
+                f"{name}: {key}=...: loading an option's value from a file ('/option=path') is not allowed"
+            )
+        if is_named and _KEY.fullmatch(key):
+            parsed.append((key, _unquote(value)))
+        elif any(k is not None for k, _ in parsed):
+            raise ChainSyntaxError(
+                f"{name}: {arg.strip()!r} has no option name (positional values come first)"
+            )
+        else:
+            parsed.append((None, _unquote(arg)))
+    return parsed
 
 
 def parse_chain(text: str) -> list[Filter]:
     """The filters of a single linear chain (``a=1:b=2,c,d=x``); an empty chain is []."""
     if not text.strip():
         return []
+    if any(ord(ch) < 32 and ch not in " \t" for ch in text) or "\x7f" in text:
+        raise ChainSyntaxError("control characters (newlines, NUL) are not allowed in a filter chain")
     if len(_split_top(text, ";")) > 1:
         raise ChainSyntaxError("';' joins filter chains into a graph; give one chain of filters")
     filters = []
@@ -134,27 +212,20 @@ def parse_chain(text: str) -> list[Filter]:
             raise ChainSyntaxError("empty filter (two commas in a row, or a trailing comma)")
         if part.startswith("[") or part.endswith("]"):
             raise ChainSyntaxError("link labels ([a]) make a graph; give one chain of filters")
-        head, eq, args = part.partition("=")
+        head, _, args = part.partition("=")
         name, _, label = head.strip().partition("@")
-        filt = Filter(name=name.strip(), label=label.strip(), raw_args=args if eq else None)
-        if not filt.name.replace("_", "").isalnum():
-            raise ChainSyntaxError(f"{filt.name!r} is not a filter name")
-        if eq:
-            for arg in _split_top(args, ":"):
-                key, is_named, value = arg.partition("=")
-                if is_named and key.strip().replace("_", "").isalnum():
-                    key = key.strip()
-                    filt.options[_ALIASES.get(key, key.lower() if filt.name == "loudnorm" else key)] = (
-                        _unquote(value)
-                    )
-                else:
-                    filt.positional.append(_unquote(arg))
-        filters.append(filt)
+        name, label = name.strip(), label.strip()
+        if not _NAME.fullmatch(name):
+            raise ChainSyntaxError(f"{name!r} is not a filter name")
+        if label and not _NAME.fullmatch(label):
+            raise ChainSyntaxError(f"{name}@{label}: an instance name is letters, digits and '_'")
+        filters.append(Filter(name=name, label=label, args=_parse_args(name, args) if args.strip() else []))
     return filters
 
 
 def chain_text(filters: list[Filter]) -> str:
-    return ",".join(f.text() for f in filters)
+    """The chain in farm's one-level form, as settings carry it and messages quote it."""
+    return ",".join(f.source() for f in filters)
 
 
 #: pins a link to double precision

@@ -7,13 +7,16 @@ samples exactly, so a bad project fails here and not in the middle of a render.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+from farm.paths import UnsafePath, resolve_inside
 from farm.settings import SettingsReader
 from farm_audio import encode, ffmpeg, probe
+from farm_audio.allow import REFUSED, NotAllowed, check_allowed
 from farm_audio.chain import (
     DOUBLE,
     WHOLE_FILE,
@@ -25,16 +28,16 @@ from farm_audio.chain import (
     parse_chain,
     pinned_text,
 )
+from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
+from farm_audio.segments import count_segments
+from farm_audio.splitcheck import check_split
 from farm_audio.validate import ChainError, check_chain, check_runs
 
 DEFAULT_SEGMENT_S = 30.0
 DEFAULT_OUTPUTS = ("flac",)
 #: channel count -> ffmpeg's default layout for it
 LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-#: loudnorm options the farm sets itself for its two passes
-LOUDNORM_OWN = (
-    "measured_i", "measured_lra", "measured_tp", "measured_thresh", "offset", "linear", "print_format",
-)
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
@@ -62,7 +65,10 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     _check_names(s, filters)
     loudnorm = _loudnorm_index(s, filters)
 
-    path = s.root / input_rel
+    try:  # ffmpeg reads it here, with the controller's rights: never through a link out of the project
+        path = resolve_inside(s.root, input_rel)
+    except UnsafePath as exc:
+        raise s.error("input", str(exc)) from None
     try:
         info = probe.probe_stream(path)
     except probe.ProbeError as exc:
@@ -91,6 +97,15 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     tail_s = shape.tail / sample_rate
     lead_in_s = default_lead_in(filters, tail_s) if lead_in_setting is None else lead_in_setting
     lead_out_s = default_lead_out(filters) if lead_out_setting is None else lead_out_setting
+    split = {
+        "sample_rate": sample_rate, "layout": layout, "channels": probe.layout_channels(layout), "raw": raw,
+        "out_channels": shape.channels, "segment": max(1, round(segment_s * sample_rate)),
+        "lead_in": math.ceil(lead_in_s * sample_rate), "lead_out": math.ceil(lead_out_s * sample_rate),
+    }
+    whole_file = _whole_file_reason(s, filters, loudnorm, split, measured.samples)
+    if whole_file:
+        split.update(segment=measured.samples, lead_in=0, lead_out=0)
+        lead_in_s = lead_out_s = 0.0
     stat = path.stat()
     return {
         "input": input_rel,
@@ -106,9 +121,10 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "loudnorm": loudnorm,
         "out_layout": probe.raw_layout(shape.layout),
         "out_channels": shape.channels,
-        "segment": max(1, round(segment_s * sample_rate)),
-        "lead_in": math.ceil(lead_in_s * sample_rate),
-        "lead_out": math.ceil(lead_out_s * sample_rate),
+        "segment": split["segment"],
+        "lead_in": split["lead_in"],
+        "lead_out": split["lead_out"],
+        "whole_file": whole_file,
         "lead_in_s": lead_in_s,
         "lead_out_s": lead_out_s,
         "tail": keep_tail,
@@ -116,6 +132,22 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
     }
+
+
+def _whole_file_reason(
+    s: SettingsReader, filters: list[Filter], loudnorm: int | None, split: dict[str, Any], samples: int
+) -> str:
+    """Why the chain must run whole-file ("" when its segments equal a whole run, or there is one)."""
+    if not filters or count_segments(samples, split["segment"]) == 1:
+        return ""
+    verdict, cached = check_split(split, chain_text(segment_form(filters, loudnorm)))
+    if verdict.splits:
+        return ""
+    reason = f"{chain_text(filters)!r} does not split into segments: {verdict.reason}"
+    # warned once per process and chain: a project is loaded more than once per run
+    log.log(logging.INFO if cached else logging.WARNING, "%s: %s; running the whole file as one job",
+            s.file, reason)
+    return reason
 
 
 def _layout(s: SettingsReader, value: Any) -> str:
@@ -133,11 +165,19 @@ def _layout(s: SettingsReader, value: Any) -> str:
 
 
 def _check_names(s: SettingsReader, filters: list[Filter]) -> None:
-    """Every filter exists in this ffmpeg and can run on segments."""
+    """Every filter exists in this ffmpeg, is allowed, and can run on segments.
+
+    Nothing of the chain reaches ffmpeg before this passed (``ffmpeg -filters`` only lists).
+    """
     known = ffmpeg.audio_filters()
     for f in filters:
-        if f.name not in known:
+        if f.name not in known and f.name not in REFUSED:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
+    try:
+        check_allowed(filters)
+    except NotAllowed as exc:
+        raise s.error("filters", str(exc)) from None
+    for f in filters:
         if f.name in WHOLE_FILE:
             raise s.error("filters", f"{f.name} cannot run on segments: {WHOLE_FILE[f.name]}")
 
@@ -163,42 +203,17 @@ def _check_filters(
     s: SettingsReader, filters: list[Filter], loudnorm: int | None, sample_rate: int, layout: str
 ) -> Any:
     """Run the chain (segment form) through ffmpeg; loudnorm also in its analysis form."""
-    if loudnorm is None:
-        segment_form = pinned_text(filters)
-    else:  # its linear second pass is a constant gain: anull has the same shape
-        segment_form = pinned_text([*filters[:loudnorm], Filter("anull"), *filters[loudnorm + 1 :]])
     try:
         if loudnorm is not None:
             check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
-        return check_chain(segment_form, sample_rate, layout)
+        return check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
     except ChainError as exc:
         raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
 
 
-def analysis_chain(filters: list[Filter], loudnorm: int) -> str:
-    """The chain up to loudnorm, loudnorm printing its measurements (the first pass)."""
-    first = filters[loudnorm]
-    options = ":".join(f"{k}={v}" for k, v in first.named().items())
-    measure = Filter("loudnorm", raw_args=":".join(filter(None, (options, "print_format=json"))))
-    return ",".join(filter(None, (pinned_text(filters[:loudnorm]), measure.text())))
-
-
-def linear_loudnorm(first: Filter, measured: dict[str, str], print_format: str = "none") -> Filter:
-    """loudnorm's linear second pass: the user's targets plus the first pass's measurements."""
-    own = {
-        "measured_I": measured["input_i"],
-        "measured_LRA": measured["input_lra"],
-        "measured_TP": measured["input_tp"],
-        "measured_thresh": measured["input_thresh"],
-        "offset": measured["target_offset"],
-        "linear": "true",
-        "print_format": print_format,
-    }
-    options = [f"{k}={v}" for k, v in first.named().items()] + [f"{k}={v}" for k, v in own.items()]
-    return Filter("loudnorm", label=first.label, raw_args=":".join(options))
-
-
-def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str]) -> str:
-    """The whole chain with loudnorm as its linear second pass."""
-    second = linear_loudnorm(filters[loudnorm], measured)
-    return chain_text([*filters[:loudnorm], second, *filters[loudnorm + 1 :]])
+def segment_form(filters: list[Filter], loudnorm: int | None) -> list[Filter]:
+    """The chain as segments run it, for checks: loudnorm's linear second pass is a constant
+    gain, so ``anull`` has its shape and its (lack of) memory."""
+    if loudnorm is None:
+        return filters
+    return [*filters[:loudnorm], Filter("anull"), *filters[loudnorm + 1 :]]

@@ -18,6 +18,7 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.project import Project
 from farm.settings import SettingsReader
 from farm_audio import encode, ffmpeg
+from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
 from farm_audio.probe import RAW_BYTES
@@ -68,6 +69,10 @@ class AudioSegments(MediaType):
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         s = ctx.settings
+        try:  # a controller is trusted no further than a farm.toml: same allowlist, same formats
+            check_settings(s)
+        except NotAllowed as exc:
+            raise RenderError(f"refusing this job's audio settings: {exc}") from None
         # next to the work folder, not in it (it is emptied after every job)
         source = decoded_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
         if job.params["kind"] == "loudnorm":

@@ -21,7 +21,15 @@ from typing import Any
 from farm.errors import RenderError
 from farm_audio import ffmpeg
 from farm_audio.chain import DOUBLE, parse_chain, pinned_text
-from farm_audio.config import analysis_chain, linear_chain, linear_loudnorm
+from farm_audio.loudnorm import (
+    MEASURED,
+    analysis_chain,
+    constant_gain,
+    figure,
+    linear_chain,
+    linear_loudnorm,
+    measurement_problem,
+)
 from farm_audio.probe import RAW_BYTES
 from farm_audio.segments import Segment
 from farm_audio.source import Source
@@ -31,8 +39,6 @@ log = logging.getLogger(__name__)
 ANALYSIS_KEY = "loudnorm-analysis"
 #: raw PCM format -> the sample format name aformat takes
 _SAMPLE_FMT = {"u8": "u8", "s16le": "s16", "s32le": "s32", "f32le": "flt", "f64le": "dbl"}
-#: loudnorm's first-pass figures its second pass takes
-MEASURED = ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset")
 #: loudnorm treats an input shorter than 3 s as linear whatever it measured, so probe longer
 _PROBE_SECONDS = 4
 _JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
@@ -141,6 +147,9 @@ def analyse_loudness(
     first_pass = json.loads(blocks[-1])
     # Only what the second pass needs; the first pass's own output figures describe its dynamic mode.
     measured = {k: str(first_pass[k]) for k in MEASURED}
+    problem = measurement_problem(measured, parse_chain(settings["filters"]), settings["loudnorm"])
+    if problem:
+        raise RenderError(problem)
     check_linear(settings, measured)
     return {**measured, "second_pass": "linear"}
 
@@ -167,11 +176,20 @@ def check_linear(settings: Mapping[str, Any], measured: Mapping[str, str]) -> No
         raise RenderError(f"loudnorm's second pass does not start: {exc.message}") from None
     blocks = _JSON_BLOCK.findall(proc.stderr.decode("utf-8", "replace"))
     kind = json.loads(blocks[-1]).get("normalization_type") if blocks else None
-    if kind != "linear":
+    if kind == "linear":
+        return
+    if figure(measured["input_lra"]) == 0:  # loudnorm reads a range of 0 as "not measured"
         raise RenderError(
-            "loudnorm cannot use its linear mode (a constant gain) for this audio: measured "
-            f"{measured['input_i']} LUFS, true peak {measured['input_tp']} dBTP, loudness range "
-            f"{measured['input_lra']} LU, so the gain to reach I would push the true peak over TP, or the "
-            "range is over LRA. Its dynamic mode needs the whole file in one run: lower I, raise TP or LRA, "
-            "or put a limiter before loudnorm in [audio] filters"
+            f"loudnorm cannot use its linear mode (a constant gain) for this audio: it measures "
+            f"{measured['input_i']} LUFS with a loudness range of 0 LU (shorter than loudnorm's 3 s "
+            "window, or of constant loudness); loudnorm takes a range of 0 as not measured and then "
+            "always runs its dynamic mode, which needs the whole file in one run. The same constant "
+            f"gain: {constant_gain(first, measured).source()} in place of loudnorm in [audio] filters"
         )
+    raise RenderError(
+        "loudnorm cannot use its linear mode (a constant gain) for this audio: measured "
+        f"{measured['input_i']} LUFS, true peak {measured['input_tp']} dBTP, loudness range "
+        f"{measured['input_lra']} LU, so the gain to reach I would push the true peak over TP, or the "
+        "range is over LRA. Its dynamic mode needs the whole file in one run: lower I, raise TP or LRA, "
+        "or put a limiter before loudnorm in [audio] filters"
+    )
