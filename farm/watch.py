@@ -59,7 +59,8 @@ class ProjectInputs:
     size, mtime, ctime or inode changed, so a quiet project costs one ``stat`` per file.
     """
 
-    def __init__(self, project_dir: Path | str, output: str | None = None, skip: set[FileId] | None = None) -> None:
+    def __init__(self, project_dir: Path | str, output: str | None = None,
+                 skip: set[FileId] | None = None) -> None:
         self.root = Path(project_dir)
         self.output = output
         self.skip = skip or set()
@@ -118,7 +119,9 @@ class _Wake(FileSystemEventHandler):
                 rel = Path(os.fsdecode(raw)).relative_to(self.root).as_posix()
             except ValueError:
                 continue
-            if rel.split("/", 1)[0].startswith(".") or any(rel == i or rel.startswith(i + "/") for i in self.ignore):
+            if rel.split("/", 1)[0].startswith("."):
+                continue
+            if any(rel == i or rel.startswith(i + "/") for i in self.ignore):
                 continue
             self.changed.set()
 

@@ -64,7 +64,8 @@ def test_malformed_projects_fail_with_a_clear_error(tmp_path, toml, message):
     assert "Traceback" not in done.stderr
 
 
-def test_remote_controller_and_agents_over_tcp(tmp_path, synthetic):
+def test_remote_controller_and_agents_over_tcp(tmp_path, synthetic, monkeypatch):
+    monkeypatch.setenv("FARM_KEYS", str(tmp_path / "keys"))  # it makes keys on loopback; not in our home
     controller = subprocess.Popen([*FARM, "controller", "--bind", "tcp://127.0.0.1:0",
                                    "--state-dir", str(tmp_path / "state")],
                                   stderr=subprocess.PIPE, text=True)

@@ -35,15 +35,21 @@ def test_case_redirected_json_log_and_touches_start_no_round(tmp_path: Path) -> 
     toml.write_text(toml.read_text().replace("[maptiles]", '[assets]\nexclude = ["*.tmp"]\n\n[maptiles]'))
     log, err = project / "log", tmp_path / "err"
     with open(log, "w") as out, open(err, "w") as errors:  # `> ./log`, as the case's run_loop.sh does
-        proc = subprocess.Popen([*FARM, "--log-level", "debug", "submit", "--agents", "1", "--json", "--watch", "."],
-                                cwd=project, stdout=out, stderr=errors)
+        proc = subprocess.Popen(
+            [*FARM, "--log-level", "debug", "submit", "--agents", "1", "--json", "--watch", "."],
+            cwd=project,
+            stdout=out,
+            stderr=errors,
+        )
     try:
+
         def checks() -> int:
             return err.read_text().count(NO_ROUND)
 
         wait_for(lambda: rounds_in(log), 120, "the first round")
         # the first round's JSON line in ./log wakes the watcher once; it must find nothing changed
         wait_for(lambda: checks() >= 1, 60, "the check after the first round's own log line")
+
         def append_to_log() -> None:
             with log.open("a") as f:
                 f.write("a redirect-like writer appends\n" * 100)
@@ -52,13 +58,18 @@ def test_case_redirected_json_log_and_touches_start_no_round(tmp_path: Path) -> 
             (project / "output" / "extra.txt").write_text("in the output folder")  # wakes nothing
             (project / "points.csv").touch()
 
-        for step, act in enumerate([
-            append_to_log,                                                           # ./log, by inode
-            lambda: os.utime(project / "style.xml"),                                 # mtime only
-            lambda: (project / "notes.tmp").write_text("matches [assets] exclude"),
-            lambda: (project / "style.xml").write_bytes((project / "style.xml").read_bytes()),  # same bytes
-            output_and_touch,
-        ], start=2):
+        for step, act in enumerate(
+            [
+                append_to_log,  # ./log, by inode
+                lambda: os.utime(project / "style.xml"),  # mtime only
+                lambda: (project / "notes.tmp").write_text("matches [assets] exclude"),
+                lambda: (project / "style.xml").write_bytes(
+                    (project / "style.xml").read_bytes()
+                ),  # same bytes
+                output_and_touch,
+            ],
+            start=2,
+        ):
             act()
             wait_for(lambda step=step: checks() >= step, 60, f"the watcher's check after change {step}")
         assert len(rounds_in(log)) == 1, log.read_text()
@@ -71,11 +82,13 @@ def test_case_redirected_json_log_and_touches_start_no_round(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, err.read_text()[-2000:]
     assert len(rounds_in(log)) == 2
-    assert "add \"log\" to [assets] exclude" in err.read_text()  # and the user is told what to do
+    assert 'add "log" to [assets] exclude' in err.read_text()  # and the user is told what to do
 
 
 def test_project_inputs_change_only_with_content(tmp_path: Path) -> None:
-    project = write_project(tmp_path / "p", "synthetic", "jobs = 2", extra='[assets]\nexclude = ["scratch/**"]')
+    project = write_project(
+        tmp_path / "p", "synthetic", "jobs = 2", extra='[assets]\nexclude = ["scratch/**"]'
+    )
     (project / "data.txt").write_text("one")
     (project / "scratch").mkdir()
     log = project / "run.log"
@@ -84,22 +97,22 @@ def test_project_inputs_change_only_with_content(tmp_path: Path) -> None:
     inputs = ProjectInputs(project, skip={(st.st_dev, st.st_ino)})
     first = inputs.fingerprint()
 
-    os.utime(project / "data.txt", ns=(1, 1))                # mtime only
-    (project / "scratch" / "x").write_text("excluded")       # [assets] exclude
-    log.write_text("a log line\n")                           # a redirect target
+    os.utime(project / "data.txt", ns=(1, 1))  # mtime only
+    (project / "scratch" / "x").write_text("excluded")  # [assets] exclude
+    log.write_text("a log line\n")  # a redirect target
     (project / "output").mkdir()
     (project / "output" / "tile.png").write_text("an output")  # the run's outputs
     (project / ".farm").mkdir()
-    (project / ".farm" / "journal").write_text("state")     # the run's state
+    (project / ".farm" / "journal").write_text("state")  # the run's state
     assert inputs.fingerprint() == first
 
     data = project / "data.txt"
     before = data.stat()
-    data.write_text("two")                                   # same size, same mtime: still a change
+    data.write_text("two")  # same size, same mtime: still a change
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
     changed = inputs.fingerprint()
     assert changed != first
-    (project / "new.txt").write_text("")                     # a new asset
+    (project / "new.txt").write_text("")  # a new asset
     assert inputs.fingerprint() != changed
 
     good = (project / "farm.toml").read_text()
@@ -150,8 +163,11 @@ def test_watch_ignores_a_writer_appending_all_along(tmp_path: Path) -> None:
             threading.Thread(target=writer, daemon=True).start()
             writing.wait()
 
-    watcher = threading.Thread(target=watch, args=(project, "output", run_round),
-                               kwargs={"fingerprint": fingerprint, "stop": stop, "debounce": 0.05})
+    watcher = threading.Thread(
+        target=watch,
+        args=(project, "output", run_round),
+        kwargs={"fingerprint": fingerprint, "stop": stop, "debounce": 0.05},
+    )
     watcher.start()
     try:
         wait_for(lambda: len(checks) >= 6, 60, "five checks while the log grows")
