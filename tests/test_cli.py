@@ -65,7 +65,8 @@ def test_malformed_projects_fail_with_a_clear_error(tmp_path, toml, message):
 
 
 def test_remote_controller_and_agents_over_tcp(tmp_path, synthetic, monkeypatch):
-    monkeypatch.setenv("FARM_KEYS", str(tmp_path / "keys"))  # it makes keys on loopback; not in our home
+    monkeypatch.delenv("FARM_KEYS", raising=False)  # it makes keys on loopback: in a config folder of its own
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     controller = subprocess.Popen([*FARM, "controller", "--bind", "tcp://127.0.0.1:0",
                                    "--state-dir", str(tmp_path / "state")],
                                   stderr=subprocess.PIPE, text=True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-FARM = [sys.executable, "-m", "farm"]
+from cli_helpers import FARM, cli_controller
 
 
 def submit_json(*args: str, home: Path, **env: str) -> tuple[int, dict, str]:
@@ -61,21 +59,10 @@ def test_an_unreachable_controller_is_one_failed_object(tmp_path: Path, syntheti
 
 
 def test_a_controller_that_wants_keys_we_lack_is_one_failed_object(tmp_path: Path, synthetic) -> None:
-    env = {**os.environ, "FARM_KEYS": str(tmp_path / "keys")}
-    ctl = subprocess.Popen(
-        [*FARM, "controller", "--bind", "tcp://127.0.0.1:0", "--state-dir", str(tmp_path / "s")],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert ctl.stderr is not None
-    try:
-        url = next(line for line in ctl.stderr if "listening on" in line).split("listening on ")[1].strip()
-        code, obj, _ = submit_json("--controller", url, str(synthetic(jobs=1)), home=tmp_path / "stranger")
-    finally:
-        ctl.terminate()
-        ctl.wait(30)
-        ctl.stderr.close()
+    with cli_controller(tmp_path) as ctl:
+        code, obj, _ = submit_json(
+            "--controller", ctl.url, str(synthetic(jobs=1)), home=tmp_path / "stranger"
+        )
     assert code == 1 and obj["state"] == "failed" and "requires keys" in obj["error"]
 
 

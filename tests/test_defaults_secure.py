@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import zmq
+from cli_helpers import FARM, Running, cli_controller
 from conftest import write_project
 from zmq.utils.monitor import recv_monitor_message
 
@@ -30,7 +30,6 @@ from farm.embedded import EmbeddedFarm
 from farm.project import load_project
 from farm.protocol import T, pack, unpack
 
-FARM = [sys.executable, "-m", "farm"]
 NOBODY = 65534
 LISTEN_S = 3.0  # how long an attacker listens for an answer that must not come
 
@@ -152,35 +151,20 @@ def test_embedded_farm_sockets_are_closed_to_other_users(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def keyed_controller(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
-    """A default `farm controller` on loopback with its keys folder in tmp: (url, env, public key)."""
-    env = {**os.environ, "FARM_KEYS": str(tmp_path / "keys")}
-    proc = subprocess.Popen(
-        [*FARM, "controller", "--bind", "tcp://127.0.0.1:0", "--state-dir", str(tmp_path / "state")],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    url = key = ""
-    for line in proc.stderr:
-        if "public key" in line:
-            key = line.split("public key ")[1].split(" ")[0]
-        if "listening on" in line:
-            url = line.split("listening on ")[1].strip()
-            break
-    try:
-        assert url.startswith("tcp://127.0.0.1:") and len(key) == 40
-        yield url, env, key
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stderr.close()
+def keyed_controller(tmp_path: Path) -> Iterator[Running]:
+    """A default `farm controller` on loopback, its user's config folder in tmp."""
+    with cli_controller(tmp_path) as ctl:
+        assert ctl.url.startswith("tcp://127.0.0.1:") and len(ctl.public_key) == 40
+        yield ctl
 
 
 def test_default_loopback_controller_refuses_other_users_and_serves_ours(keyed_controller, tmp_path) -> None:
-    url, env, key = keyed_controller
-    keys = Path(env["FARM_KEYS"])
+    url, env, key, keys = (
+        keyed_controller.url,
+        keyed_controller.env,
+        keyed_controller.public_key,
+        keyed_controller.keys,
+    )
     assert (keys / "controller.key_secret").stat().st_mode & 0o777 == 0o600
     assert keys.stat().st_mode & 0o777 == 0o700
 
@@ -230,18 +214,8 @@ def test_default_loopback_controller_refuses_other_users_and_serves_ours(keyed_c
 def test_a_port_squatter_gets_no_agent(tmp_path: Path) -> None:
     """Our controller stopped and nobody took its port, as a CURVE server with keys of its own:
     our agent, started with the defaults, completes no handshake and says nothing to it."""
-    env = {**os.environ, "FARM_KEYS": str(tmp_path / "keys")}
-    proc = subprocess.Popen(
-        [*FARM, "controller", "--bind", "tcp://127.0.0.1:0", "--state-dir", str(tmp_path / "state")],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    url = next(line for line in proc.stderr if "listening on" in line).split("listening on ")[1].strip()
-    proc.terminate()
-    proc.wait(30)
-    proc.stderr.close()
+    with cli_controller(tmp_path) as ctl:
+        url, env = ctl.url, ctl.env
     bound_r, bound_w = os.pipe()
 
     def squat() -> dict[str, Any]:
@@ -283,44 +257,21 @@ def test_a_port_squatter_gets_no_agent(tmp_path: Path) -> None:
 
 
 def test_insecure_controller_on_loopback_forgets_its_record(tmp_path: Path) -> None:
-    """--insecure: no keys, and the same user's clients then dial it in plain text by default."""
-    env = {**os.environ, "FARM_KEYS": str(tmp_path / "keys")}
-    proc = subprocess.Popen(
-        [
-            *FARM,
-            "controller",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--insecure",
-            "--state-dir",
-            str(tmp_path / "state"),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    try:
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "listening on" in line:
-                break
-        assert not any("public key" in line for line in lines)
-        url = lines[-1].split("listening on ")[1].strip()
+    """--insecure on an address a keyed controller used: no keys, and the same user's clients then
+    dial it in plain text by default."""
+    with cli_controller(tmp_path) as keyed:
+        assert keyed.public_key
+    with cli_controller(tmp_path, "--insecure", bind=keyed.url) as plain:
+        assert not plain.public_key
         status = subprocess.run(
-            [*FARM, "status", "--json", "--controller", url],
+            [*FARM, "status", "--json", "--controller", plain.url],
             capture_output=True,
             text=True,
             timeout=60,
-            env=env,
+            env=plain.env,
         )
-        assert status.returncode == 0, status.stderr
-        assert not (tmp_path / "keys" / "controller.key_secret").exists()
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stderr.close()
+    assert status.returncode == 0, status.stderr
+    assert not list((plain.keys / "local").iterdir())
 
 
 def test_library_submit_to_embedded_url_is_ipc(tmp_path: Path) -> None:
