@@ -27,7 +27,8 @@ def cli_controller(folder: Path, *args: str, bind: str = "tcp://127.0.0.1:0") ->
 
     The keys folder is the default one ($XDG_CONFIG_HOME/farm/keys), as for a user who set nothing.
     """
-    env = {k: v for k, v in os.environ.items() if k != "FARM_KEYS"} | {"XDG_CONFIG_HOME": str(folder / "config")}
+    env = {k: v for k, v in os.environ.items() if k != "FARM_KEYS"}
+    env["XDG_CONFIG_HOME"] = str(folder / "config")
     command = [*FARM, "controller", "--bind", bind, "--state-dir", str(folder / "state"), *args]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
