@@ -28,6 +28,7 @@ def submit_json(*args: str, home: Path, **env: str) -> tuple[int, dict, str]:
     ("toml", "message"),
     [
         (None, "no farm.toml"),
+        ("absent", "does not exist"),
         ('[project]\nmedia_type = "synthetic"\n[synthetic]\njobs = [1\n', "invalid TOML"),
         ('[project]\nmedia_type = "hologram"\n', "unknown media type 'hologram'"),
         (
@@ -41,8 +42,9 @@ def test_a_project_that_does_not_load_is_one_invalid_object(
     tmp_path: Path, toml: str | None, message: str
 ) -> None:
     project = tmp_path / "p"
-    project.mkdir()
-    if toml is not None:
+    if toml != "absent":
+        project.mkdir()
+    if toml not in (None, "absent"):
         (project / "farm.toml").write_text(toml)
     code, obj, stderr = submit_json(str(project), home=tmp_path)
     assert code == 1
