@@ -25,6 +25,7 @@ from cli_helpers import FARM, Running, cli_controller
 from conftest import write_project
 from zmq.utils.monitor import recv_monitor_message
 
+from farm.cli.security import client_security, controller_security, remember_controller
 from farm.client import submit
 from farm.embedded import EmbeddedFarm
 from farm.project import load_project
@@ -281,3 +282,26 @@ def test_library_submit_to_embedded_url_is_ipc(tmp_path: Path) -> None:
         assert farm.controller.url is not None
         summary = submit(farm.controller.url, load_project(project))
     assert summary.ok and summary.done == 3
+
+
+def test_clients_find_a_local_controller_by_its_record(tmp_path: Path, monkeypatch) -> None:
+    """The lookup itself: by address (localhost or 127.0.0.1), with our identity or the controller's."""
+    monkeypatch.delenv("FARM_KEYS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    server = controller_security("tcp://127.0.0.1:5999", None, "controller", False)
+    assert server is not None
+    try:
+        remember_controller(server.store, "tcp://127.0.0.1:5999", server)
+        for url in ("tcp://127.0.0.1:5999", "tcp://localhost:5999"):
+            client = client_security(url, None, "node", "controller", False)
+            assert client is not None and client.server_key == server.keys.public
+            assert client.keys.name == "controller"  # no "node" identity here: the controller's own pair
+        server.store.create("node")
+        client = client_security("tcp://127.0.0.1:5999", None, "node", "controller", False)
+        assert client is not None and client.keys.name == "node"
+        assert client_security("tcp://127.0.0.1:6000", None, "node", "controller", False) is None  # no record
+        assert client_security("tcp://127.0.0.1:5999", None, "node", "controller", True) is None  # --insecure
+        remember_controller(server.store, "tcp://127.0.0.1:5999", None)  # a plain controller took over
+        assert client_security("tcp://127.0.0.1:5999", None, "node", "controller", False) is None
+    finally:
+        server.stop()

@@ -54,8 +54,12 @@ curve
 
 
 def record_path(store: KeyStore, url: str) -> Path:
-    """Where the record for a loopback address lives: ``local/tcp-127.0.0.1-5555.key``."""
-    return store.root / LOCAL / (re.sub(r"[^A-Za-z0-9.]+", "-", url).strip("-") + PUBLIC_SUFFIX)
+    """Where the record for a loopback address lives: ``local/tcp-127.0.0.1-5555.key``.
+
+    ``localhost`` is recorded as 127.0.0.1, so a client may name the controller either way.
+    """
+    url = url.lower().replace("://localhost:", "://127.0.0.1:")
+    return store.root / LOCAL / (re.sub(r"[^a-z0-9.]+", "-", url).strip("-") + PUBLIC_SUFFIX)
 
 
 def remember_controller(store: KeyStore, url: str, security: ServerSecurity | None) -> None:
