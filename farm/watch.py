@@ -127,13 +127,14 @@ class _Wake(FileSystemEventHandler):
 
 
 def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint: Callable[[], Hashable],
-          stop: threading.Event | None = None, debounce: float = DEBOUNCE_S) -> int:
+          stop: threading.Event | None = None, debounce: float = DEBOUNCE_S,
+          settle_limit: float = SETTLE_LIMIT_S) -> int:
     """Call `run_round` now, then again whenever `fingerprint()` changes, until `stop` is set.
 
     File-system events under `root` (outside `output` and dot-folders such as ``.farm``) wake
     the watcher; after they settle for `debounce` seconds it compares `fingerprint()` with
-    the value taken before the last round (waiting at most `SETTLE_LIMIT_S` for a file that
-    is written without pause) and starts a round only if they differ. Returns the
+    the value taken before the last round (waiting at most `settle_limit` seconds for a file
+    that is written without pause) and starts a round only if they differ. Returns the
     number of rounds run.
     """
     stop = stop or threading.Event()
@@ -150,7 +151,7 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
             while not stop.is_set():
                 while not stop.is_set() and not wake.changed.wait(0.2):
                     pass
-                settle_until = time.monotonic() + max(SETTLE_LIMIT_S, 4 * debounce)
+                settle_until = time.monotonic() + max(settle_limit, debounce)
                 while wake.changed.wait(debounce) and time.monotonic() < settle_until:  # let edits settle
                     wake.changed.clear()
                 wake.changed.clear()

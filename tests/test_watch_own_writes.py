@@ -166,7 +166,7 @@ def test_watch_ignores_a_writer_appending_all_along(tmp_path: Path) -> None:
     watcher = threading.Thread(
         target=watch,
         args=(project, "output", run_round),
-        kwargs={"fingerprint": fingerprint, "stop": stop, "debounce": 0.05},
+        kwargs={"fingerprint": fingerprint, "stop": stop, "debounce": 0.05, "settle_limit": 0.3},
     )
     watcher.start()
     try:
