@@ -178,3 +178,25 @@ def test_watch_ignores_a_writer_appending_all_along(tmp_path: Path) -> None:
         stop.set()
         watcher.join(30)
     assert not watcher.is_alive()
+
+
+def test_json_watch_prints_one_object_per_round_bad_edits_included(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", "synthetic", "jobs = 2")
+    out, err = tmp_path / "out.jsonl", tmp_path / "err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([*FARM, "submit", "--agents", "1", "--json", "--watch", str(project)],
+                                stdout=stdout, stderr=stderr)
+    try:
+        wait_for(lambda: rounds_in(out), 120, "the first round")
+        good = (project / "farm.toml").read_text()
+        (project / "farm.toml").write_text(good.replace("jobs = 2", 'jobs = "two"'))
+        wait_for(lambda: len(rounds_in(out)) >= 2, 60, "the round of the bad edit")
+        (project / "farm.toml").write_text(good.replace("jobs = 2", "jobs = 3"))
+        wait_for(lambda: len(rounds_in(out)) >= 3, 120, "the round after the fix")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, err.read_text()[-2000:]
+    first, bad, fixed = rounds_in(out)
+    assert first["state"] == "done" and fixed["state"] == "done" and fixed["jobs"]["total"] == 3
+    assert bad["state"] == "invalid" and "[synthetic] jobs" in bad["error"]
+    assert len(out.read_text().splitlines()) == 3  # nothing else on standard output
