@@ -85,11 +85,10 @@ class Client:
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
-        self.monitor: zmq.Socket | None = None
         if socket_setup:
             socket_setup(self.sock)
-            # a refused CURVE handshake is otherwise just silence: watch for it to say why
-            self.monitor = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
+        # a refused handshake is otherwise just silence: watch for it to say why
+        self.monitor: zmq.Socket | None = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
         self.sock.connect(url)
 
     def close(self) -> None:
@@ -119,9 +118,14 @@ class Client:
             events = dict(poller.poll(int(left * 1000))) if left > 0 else {}
             if self.monitor is not None and events.get(self.monitor):
                 self.monitor.recv_multipart()
+                if self.socket_setup is None:
+                    raise ConnectionLost(
+                        f"the controller at {self.url} requires keys and we have none: give --keys-dir "
+                        "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
                 raise ConnectionLost(
                     f"the controller at {self.url} refused the secure handshake: is our public key in its "
-                    "allowed list (farm keys allow), and do we hold the controller's right key (--server-key)?")
+                    "allowed list (farm keys allow), and do we hold the controller's right key "
+                    "(--server-key)? A controller started with --insecure needs --insecure here too.")
             if not events.get(self.sock):
                 raise ConnectionLost(f"no answer from the controller at {self.url} for {limit:.0f}s")
             try:

@@ -1,16 +1,23 @@
 """The embedded farm: a controller in this process and local agent processes.
 
 This is what ``farm submit DIR`` runs when no controller is given: the same controller,
-agents and client as a farm of many machines, on loopback. It lives as long as the
+agents and client as a farm of many machines, on this machine. It lives as long as the
 `EmbeddedFarm` context, so ``--watch`` renders round after round on the same agents.
+
+Its sockets are private: the controller's job socket and its file service are ``ipc://``
+paths in a fresh folder of mode 0700, so only this user (and root) can reach them, and the
+kernel checks that at ``connect``, before any byte is read. A loopback TCP port would be
+open to every local user (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,24 +49,48 @@ def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> 
             proc.wait()
 
 
+# AF_UNIX paths hold 107 bytes; the file service's socket is the job socket's path + "-files"
+_SOCKET_PATH_MAX = 100
+
+
+def private_socket_dir() -> Path:
+    """A new folder only this user can enter (mode 0700), short enough for ``ipc://`` paths."""
+    folder = Path(tempfile.mkdtemp(prefix="farm-"))  # mkdtemp makes it 0700, atomically
+    if len(str(folder / "jobs-files")) > _SOCKET_PATH_MAX:  # a long $TMPDIR
+        folder.rmdir()
+        folder = Path(tempfile.mkdtemp(prefix="farm-", dir="/tmp"))
+    return folder
+
+
 class EmbeddedFarm:
-    """A controller (state in ``state_dir``) and ``agents`` local agent processes."""
+    """A controller (state in ``state_dir``) and ``agents`` local agent processes.
+
+    They talk over ``ipc://`` sockets in a private folder (`private_socket_dir`), removed on exit.
+    """
 
     def __init__(self, state_dir: Path, agents: int | None = None) -> None:
-        self.controller = Controller("tcp://127.0.0.1:0", state_dir=state_dir)
+        self.sockets = private_socket_dir()
+        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir)
         self.count = agents or os.cpu_count() or 1
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> EmbeddedFarm:
-        self.controller.start()
+        try:
+            self.controller.start()
+        except BaseException:
+            shutil.rmtree(self.sockets, ignore_errors=True)
+            raise
         assert self.controller.url is not None
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.controller.stop(shutdown_agents=True)
-        stop_agents(self.procs)
+        try:
+            self.controller.stop(shutdown_agents=True)
+            stop_agents(self.procs)
+        finally:
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
     def submit(self, project: Project, *, priority: int = 0,
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:

@@ -311,9 +311,10 @@ class KeyStore:
 class _AllowList:
     """The keys a ServerSecurity accepts: asked by the ZAP thread at every handshake."""
 
-    def __init__(self, store: KeyStore, own: KeyPair) -> None:
+    def __init__(self, store: KeyStore, own: KeyPair, *, local: bool = False) -> None:
         self.store = store
         self.own = own
+        self.local = local
         self.names: dict[bytes, str] = {}
         self.stamp: frozenset[tuple[str, int, int, int]] | None = None
         self.refused: set[bytes] = set()
@@ -337,9 +338,10 @@ class _AllowList:
             names.setdefault(self.own.public, self.own.name)  # whoever holds our secret is us
             self.names, self.stamp = names, stamp
             self.refused.clear()
-        if not allowed:
-            log.warning("no keys in %s: only holders of this controller's own key can connect",
-                        self.store.allowed_dir)
+        if not allowed:  # expected on loopback, where local clients hold the controller's own key
+            log.log(logging.INFO if self.local else logging.WARNING,
+                    "no keys in %s: only holders of this controller's own key can connect",
+                    self.store.allowed_dir)
         return sorted(allowed)
 
     def allows(self, key: bytes, *, max_age: float = 0.0) -> bool:
@@ -445,15 +447,16 @@ class ServerSecurity:
 
     One per ZeroMQ context (ZAP listens on a fixed inproc address); it must outlive the
     sockets it set up. Sockets enforce the ZAP domain, so if the authenticator stops they
-    refuse every handshake rather than accept every one.
+    refuse every handshake rather than accept every one. `local`: a loopback controller, whose
+    clients use its own key, so an empty allow list is expected, not worth a warning.
     """
 
     def __init__(self, keys_dir: Path | str | None = None, name: str = DEFAULT_SERVER_NAME, *,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, local: bool = False) -> None:
         self.store = KeyStore(keys_dir)
         self.keys = self.store.load(name)
         self.context = context or zmq.Context.instance()
-        self._allow = _AllowList(self.store, self.keys)
+        self._allow = _AllowList(self.store, self.keys, local=local)
         self._allow.reload()
         self._zap: _ZapHandler | None = _ZapHandler(self.context, self._allow)
         self._refusals_at_stop = 0

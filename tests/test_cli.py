@@ -64,7 +64,9 @@ def test_malformed_projects_fail_with_a_clear_error(tmp_path, toml, message):
     assert "Traceback" not in done.stderr
 
 
-def test_remote_controller_and_agents_over_tcp(tmp_path, synthetic):
+def test_remote_controller_and_agents_over_tcp(tmp_path, synthetic, monkeypatch):
+    monkeypatch.delenv("FARM_KEYS", raising=False)  # it makes keys on loopback: in a config folder of its own
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     controller = subprocess.Popen([*FARM, "controller", "--bind", "tcp://127.0.0.1:0",
                                    "--state-dir", str(tmp_path / "state")],
                                   stderr=subprocess.PIPE, text=True)

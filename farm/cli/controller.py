@@ -11,9 +11,10 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.options import Insecure, KeysDir
+from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
 from farm.errors import FarmError
-from farm.security import server_security_for
+from farm.security import KeyStore, requires_security
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,23 @@ def controller(
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
-    Beyond loopback it requires CURVE keys (`farm keys`) unless --insecure is given.
+    It uses CURVE keys unless --insecure: beyond loopback they must exist (`farm keys`); on
+    loopback its key pair is made if missing, and local agents and clients of the same user
+    find it in the keys folder. An ipc:// address is guarded by its folder's permissions.
     """
     with reported():
-        security = server_security_for(bind, keys_dir, name=key, insecure=insecure)
+        security = controller_security(bind, keys_dir, key, insecure)
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security)
         signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
         try:
             ctl.start()
+            assert ctl.url is not None
+            if not requires_security(ctl.url) and not is_file_guarded(ctl.url):
+                remember_controller(KeyStore(keys_dir), ctl.url, security)  # local clients find our key
             if security:
-                typer.echo(f"controller public key {security.public_key}", err=True)
+                typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
+                           err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
                 pass

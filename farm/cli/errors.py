@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 
-from farm.errors import FarmError
+from farm.errors import FarmError, ProjectError
+
+
+def error_json(exc: BaseException) -> dict[str, Any]:
+    """The one JSON object `--json` prints for an error: a project that does not load is "invalid"."""
+    return {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed"}
 
 
 @contextlib.contextmanager
-def reported() -> Iterator[None]:
+def reported(*, as_json: bool = False) -> Iterator[None]:
+    """Print a `FarmError` (or an OS error, e.g. a folder we may not write) and exit 1.
+
+    With `as_json`, standard output also gets `error_json(exc)`, so a script reading it finds
+    exactly one object whatever went wrong.
+    """
     try:
         yield
-    except FarmError as exc:
+    except (FarmError, OSError) as exc:
+        if as_json:
+            typer.echo(json.dumps(error_json(exc)))
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

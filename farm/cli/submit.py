@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from farm.cli.errors import reported
+from farm.cli.errors import error_json, reported
 from farm.cli.options import ClientKey, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.client import Summary
 from farm.client import submit as submit_remote
@@ -20,7 +20,7 @@ from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
 from farm.progress import ProgressBar, summary_text
 from farm.project import STATE_DIR, Project, load_project
-from farm.watch import watch
+from farm.watch import ProjectInputs, redirect_targets, watch
 
 
 def submit(
@@ -31,7 +31,7 @@ def submit(
     agents: Annotated[Optional[int], typer.Option(
         "--agents", "-n", min=1, help="Local agents for an embedded run (default: the number of cores).")] = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Output folder, relative to the project (default: [output] directory).")] = None,
+        "--output", "-o", help="Output folder, relative to the project (default: farm.toml's output directory, else 'output').")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first on a shared controller.")] = 0,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON summary object at the end (with --watch: one per round).")] = False,
@@ -45,8 +45,10 @@ def submit(
         "--shared-fs", help="The controller reads the project from this same path: skip the upload.")] = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
-    with reported():
+    with reported(as_json=as_json):
         project = load_project(project_dir, output=output)
+        skip = redirect_targets()
+        _warn_about_redirects(project, skip)
         with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
             if not watch_project:
                 summary = _round(render, project_dir, output, as_json)
@@ -60,14 +62,30 @@ def submit(
                 try:
                     _round(render, project_dir, output, as_json)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
+                    if as_json:
+                        typer.echo(json.dumps(error_json(exc)))
                     typer.echo(f"error: {exc}", err=True)
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
 
+            inputs = ProjectInputs(project_dir, output, skip)
             try:
-                watch(project.root, project.output, round_, stop=stop)
+                watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
             except KeyboardInterrupt:
                 pass
+
+
+def _warn_about_redirects(project: Project, targets: set[tuple[int, int]]) -> None:
+    """Our output redirected into an asset: not watched, but every job would depend on it."""
+    for rel in project.assets():
+        try:
+            st = (project.root / rel).stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in targets:
+            typer.echo(f"warning: this command's output goes to {rel}, one of the project's assets: --watch "
+                       f"ignores it, but jobs that read every asset render again when it changes; add "
+                       f'"{rel}" to [assets] exclude in farm.toml', err=True)
 
 
 Render = Callable[[Project, Callable[[dict], None]], Summary]

@@ -1,0 +1,87 @@
+"""`farm submit --json`: exactly one JSON object on standard output, whatever happens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli_helpers import FARM, cli_controller
+
+
+def submit_json(*args: str, home: Path, **env: str) -> tuple[int, dict, str]:
+    """Run `farm submit --json ...` as a user with no keys; (exit code, the one object, stderr)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("FARM_KEYS", "FARM_CONTROLLER")}
+    clean |= {"HOME": str(home), "XDG_CONFIG_HOME": str(home), **env}
+    done = subprocess.run(
+        [*FARM, "submit", "--json", *args], capture_output=True, text=True, timeout=300, env=clean
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout  # one object, on one line
+    assert "Traceback" not in done.stderr
+    return done.returncode, json.loads(lines[0]), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (None, "no farm.toml"),
+        ("absent", "does not exist"),
+        ('[project]\nmedia_type = "synthetic"\n[synthetic]\njobs = [1\n', "invalid TOML"),
+        ('[project]\nmedia_type = "hologram"\n', "unknown media type 'hologram'"),
+        (
+            '[project]\nmedia_type = "synthetic"\n[synthetic]\nsleep = "long"\n',
+            "[synthetic] sleep: expected a number",
+        ),
+        ('[project]\nmedia_type = "synthetic"\n[synthetic]\nrenders = 3\n', "renders"),
+    ],
+)
+def test_a_project_that_does_not_load_is_one_invalid_object(
+    tmp_path: Path, toml: str | None, message: str
+) -> None:
+    project = tmp_path / "p"
+    if toml != "absent":
+        project.mkdir()
+    if toml not in (None, "absent"):
+        (project / "farm.toml").write_text(toml)
+    code, obj, stderr = submit_json(str(project), home=tmp_path)
+    assert code == 1
+    assert set(obj) == {"error", "state"} and obj["state"] == "invalid"
+    assert message in obj["error"] and message in stderr
+
+
+def test_an_unreachable_controller_is_one_failed_object(tmp_path: Path, synthetic) -> None:
+    code, obj, _ = submit_json(
+        "--controller", "tcp://127.0.0.1:9", str(synthetic(jobs=1)), home=tmp_path, FARM_CLIENT_TIMEOUT="2"
+    )
+    assert code == 1
+    assert obj == {"error": "no answer from the controller at tcp://127.0.0.1:9 for 2s", "state": "failed"}
+
+
+def test_a_controller_that_wants_keys_we_lack_is_one_failed_object(tmp_path: Path, synthetic) -> None:
+    with cli_controller(tmp_path) as ctl:
+        code, obj, _ = submit_json(
+            "--controller", ctl.url, str(synthetic(jobs=1)), home=tmp_path / "stranger"
+        )
+    assert code == 1 and obj["state"] == "failed" and "requires keys" in obj["error"]
+
+
+def test_a_failed_run_is_its_summary_and_exit_1(tmp_path: Path, synthetic) -> None:
+    project = synthetic(jobs=3, fail=["job-0000001"], extra="[jobs]\nmax_attempts = 1\n")
+    code, obj, _ = submit_json("--agents", "1", str(project), home=tmp_path)
+    assert code == 1
+    assert obj["jobs"]["failed"] == 1 and "job-0000001" in json.dumps(obj["failures"])
+
+
+def test_help_names_the_output_setting() -> None:
+    done = subprocess.run(
+        [*FARM, "submit", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "farm.toml's output directory, else 'output'" in done.stdout
+    assert "(default:  directory)" not in done.stdout
