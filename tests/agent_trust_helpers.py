@@ -57,6 +57,7 @@ class RogueController:
         self.zctx = zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # an agent that reconnects keeps its routing id
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.url = f"tcp://127.0.0.1:{port}"
         self.files = FileServer("tcp://127.0.0.1:*").start()
@@ -66,7 +67,6 @@ class RogueController:
         self.results: dict[str, dict[str, Any]] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.last_sent = 0.0
-        self.described: set[str] = set()
 
     def start_agent(self, *extra: str, cache: Path | None = None, env: dict[str, str] | None = None) -> None:
         """A real `farm agent` process dialling this controller; returns once it said HELLO."""
@@ -90,7 +90,6 @@ class RogueController:
             msg = unpack(frames)
             if msg.type is T.HELLO:
                 self.agent, self.hello = identity, msg.body
-                self.described.clear()  # a fresh connection: it forgets nothing, but re-describe
                 self.send(T.WELCOME, {"heartbeat": 0.5, "liveness": 20, "files": self.files.endpoint})
             elif msg.type is T.RESULTS:
                 offset = 0

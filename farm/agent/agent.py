@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import random
 import shutil
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
+BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
 MAX_RESULTS_PER_MESSAGE = 512
 MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
@@ -272,17 +274,23 @@ class Agent:
             self.last_recv = time.monotonic()
             self._on_message(msg)
         except ProtocolError as exc:
-            self.bad_messages += 1
-            log.warning("dropping bad message from controller: %s", exc)
-        except Exception:  # whatever a controller sends, the agent stays up
-            self.bad_messages += 1
-            log.exception("dropping a message from the controller that could not be handled")
+            self._bad_message(str(exc))
+        except Exception as exc:  # whatever a controller sends, the agent stays up
+            self._bad_message(f"could not be handled: {type(exc).__name__}: {exc}", exc)
+
+    def _bad_message(self, why: str, exc: Exception | None = None) -> None:
+        self.bad_messages += 1
+        if self.bad_messages <= BAD_MESSAGES_LOGGED or self.bad_messages % 1000 == 0:  # a flood stays quiet
+            log.warning("dropping bad message %d from controller: %s", self.bad_messages, why[:500],
+                        exc_info=exc is not None and log.isEnabledFor(logging.DEBUG))
 
     def _on_message(self, msg: Any) -> None:
         if msg.type is T.WELCOME:
             self.connected = True
             self.backoff = BACKOFF_START_S
-            self.heartbeat = min(max(float(msg.body["heartbeat"]), 0.05), 60.0)  # a controller's whim, bounded
+            heartbeat = float(msg.body["heartbeat"])  # a controller's whim, bounded
+            if math.isfinite(heartbeat):
+                self.heartbeat = min(max(heartbeat, 0.05), 60.0)
             self.liveness = min(max(int(msg.body["liveness"]), 1), 1000)
             if msg.body.get("files"):
                 self.files_endpoint = reachable(msg.body["files"], self.controller)
