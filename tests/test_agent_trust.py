@@ -176,3 +176,23 @@ def test_the_agent_cache_is_private_at_rest(tmp_path, rogue, agent_tmp):
     assert seen["files"] >= 4  # index, manifest, and the three assets
     modes = sorted(stat.S_IMODE(p.stat().st_mode) for p in (cache / "files").rglob("*") if p.is_file())
     assert modes == [0o400, 0o400, 0o500]
+
+
+def test_a_project_withdrawn_while_its_files_arrive_leaves_the_agent_up(rogue, honest):
+    rogue.send_jobs([rogue.job("first", "job-0000001", "flip")], {"flip": honest})
+    rogue.send_jobs([rogue.job("second", "job-0000002", "flip")], {"flip": {**honest, "media_type": "evil"}})
+    assert "not one this agent advertised" in refused(rogue, "second")
+    first = rogue.result("first")
+    assert first["ok"] or "advertised" in first["error"] or "withdrew" in first["error"]
+    assert_honest_job_works(rogue, honest)
+
+
+def test_a_ready_project_described_again_as_unacceptable_fails_its_queued_jobs(rogue, honest):
+    slow = {**honest, "table": {**honest["table"], "sleep": 0.5}}
+    rogue.send_jobs([rogue.job("warm", "job-0000000", "slow")], {"slow": slow})
+    assert rogue.result("warm")["ok"]  # its files are here now; slow jobs go to the worker one by one
+    rogue.send_jobs([rogue.job(f"q{i}", f"job-000000{i}", "slow") for i in range(4)])
+    rogue.send_jobs([], {"slow": {**honest, "media_type": "evil"}})
+    results = [rogue.result(f"q{i}") for i in range(4)]
+    assert any("not one this agent advertised" in (r.get("error") or "") for r in results)
+    assert_honest_job_works(rogue, honest, "after")

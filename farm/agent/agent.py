@@ -327,7 +327,9 @@ class Agent:
             if len(self.refused) >= MAX_REFUSED_PROJECTS:
                 self.refused.clear()
             self.refused[project_id] = why
-            self.projects.pop(project_id, None)
+            if self.projects.pop(project_id, None) is not None:  # known until now: its queued jobs go too
+                self.ready.discard(project_id)
+                self._synced(project_id, None, why)
             return
         self.refused.pop(project_id, None)
         known = self.projects.get(project_id)
@@ -348,10 +350,11 @@ class Agent:
             self.sync.start(project, self.files_endpoint, assets["tree"])
 
     def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
-        if folder is not None:
+        if folder is not None and project in self.projects:
             self.projects[project] = {**self.projects[project], "root": str(folder)}
             self.ready.add(project)
             return
+        error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
         kept = collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
             if job["project"] == project:
