@@ -7,7 +7,7 @@ Everything that arrives from a `farm.toml` or from the network goes through `che
 or a control character, or exceed what a file system takes.
 
 A name is 1..`MAX_NAME` characters (at most 255 bytes of UTF-8), NFKC-normal (so no
-fullwidth ``／`` or ``．`` that a later normalisation would turn into a separator), with no
+fullwidth solidus or full stop that a later normalisation would turn into a separator), with no
 ``/``, ``\\``, control, format (zero-width, bidi), private-use, surrogate or unassigned
 characters, no separator but the plain space, not ``.`` or ``..``, not starting with ``-``
 (it would read as an option) and without spaces at either end.

@@ -81,7 +81,8 @@ class Project:
         if not isinstance(data, dict):
             raise ProtocolError(f"a project must be a map, got {type(data).__name__}")
         for key, kind in _WIRE_FIELDS.items():
-            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool) and kind is not bool:
+            value = data.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
                 raise ProtocolError(f"project field {key!r} is missing or not {_kind_name(kind)}")
         try:
             name = check_name(data["name"], "project name")
@@ -211,7 +212,8 @@ def _configure(media: Any, reader: SettingsReader, file: Path) -> dict[str, Any]
     except FarmError:
         raise
     except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
-        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}", file=file) from exc
+        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}",
+                           file=file) from exc
 
 
 _WIRE_FIELDS: dict[str, Any] = {

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,20 +139,7 @@ class RogueController:
 
 def synthetic_project(folder: Path, table: str, name: str = "honest") -> Project:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "farm.toml").write_text(f'[project]\nname = "{name}"\nmedia_type = "synthetic"\n\n[synthetic]\n{table}\n')
+    (folder / "farm.toml").write_text(
+        f'[project]\nname = "{name}"\nmedia_type = "synthetic"\n\n[synthetic]\n{table}\n')
     return load_project(folder)
 
-
-def files_outside(roots: list[Path], since: float, skip: Callable[[Path], bool]) -> list[Path]:
-    """Files under ``roots`` modified after ``since`` that ``skip`` does not excuse."""
-    found = []
-    for root in roots:
-        for folder, dirs, names in os.walk(root):
-            for name in names:
-                path = Path(folder) / name
-                try:
-                    if path.lstat().st_mtime >= since and not skip(path):
-                        found.append(path)
-                except OSError:
-                    continue
-    return found

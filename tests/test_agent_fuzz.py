@@ -23,8 +23,8 @@ HONEST = "honest-run"
 ROUNDS = 8
 PER_ROUND = 60
 
-STRINGS = ["", ".", "..", "../../x", "/etc/passwd", "a\x00b", "\u202e", "x" * 5000, "job-0000001", "synthetic",
-           "frames", "tcp://127.0.0.1:1", "tcp://nohost", "ipc:///tmp/nope", "é"]
+STRINGS = ["", ".", "..", "../../x", "/etc/passwd", "a\x00b", "\u202e", "x" * 5000, "job-0000001",
+           "synthetic",           "frames", "tcp://127.0.0.1:1", "tcp://nohost", "ipc:///tmp/nope", "é"]
 NUMBERS = [0, -1, 1, 2**63 - 1, -(2**63), 0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e308, 1e-308]
 
 
@@ -38,7 +38,9 @@ def value(rng: random.Random, depth: int = 0) -> Any:
     if pick == 2:
         return rng.choice(NUMBERS)
     if pick == 3:
-        return rng.choice(STRINGS) if rng.random() < 0.7 else rng.randbytes(rng.randrange(8)).decode("latin-1")
+        if rng.random() < 0.7:
+            return rng.choice(STRINGS)
+        return rng.randbytes(rng.randrange(8)).decode("latin-1")
     if pick == 4:
         return rng.randbytes(rng.randrange(16))
     if pick == 5:
@@ -86,8 +88,8 @@ def hostile_jobs(rng: random.Random, description: dict[str, Any]) -> dict[str, A
              "params": value(rng),
              "deps": rng.choice([None, {}, {"../x": 1}, value(rng)]), "timeout": rng.choice(NUMBERS)}
             for _ in range(rng.randrange(1, 4))]
-    projects = rng.choice([{project: mutated}, {project: mutated}, {project: description}, {project: value(rng)},
-                           value(rng), {}])
+    projects = rng.choice([{project: mutated}, {project: mutated}, {project: description},
+                           {project: value(rng)}, value(rng), {}])
     return {"jobs": jobs, "projects": projects}
 
 

@@ -304,7 +304,8 @@ class Agent:
                 if why is None and job["project"] not in self.projects:
                     why = "controller sent a job for a project it never described"
                 if why is not None:
-                    log.warning("refusing job %r of project %r: %s", job["key"][:80], job["project"][:80], why)
+                    log.warning("refusing job %r of project %r: %s", job["key"][:80], job["project"][:80],
+                                why)
                     self._fail(job, f"refused by the agent: {why}")
                     continue
                 self.queue.append(job)

@@ -35,7 +35,8 @@ def project_refusal(project_id: Any, description: Any, media_types: Collection[s
                 f"({', '.join(sorted(media_types)) or 'none'})")
     assets = description.get("assets")
     if not isinstance(assets, dict) or not isinstance(assets.get("tree"), str) or not assets["tree"]:
-        return "the controller did not publish the project's files; an agent renders only files it fetched itself"
+        return ("the controller did not publish the project's files; "
+                "an agent renders only files it fetched itself")
     return None
 
 

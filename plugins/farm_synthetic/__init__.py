@@ -49,7 +49,7 @@ class Synthetic(MediaType):
             "crash": s.str_list("crash", []),  # keys that kill their worker process
             "hang": s.str_list("hang", []),  # keys that never finish
             "log_collations": s.boolean("log_collations", False),
-            # append each rendered key to this file of the agent's copy of the project: lets tests count renders
+            # append each rendered key to this file in the agent's copy of the project (tests count renders)
             "render_log": _project_path(s, "render_log"),
             # job 0 becomes an "analysis" job that every other job depends on
             "depend_on_first": s.boolean("depend_on_first", False),
