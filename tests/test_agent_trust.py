@@ -78,7 +78,8 @@ def test_job_keys_that_could_name_a_path_outside_are_refused(rogue, honest, agen
     rogue.send_jobs([deps, rogue.job("bad-timeout", "job-0000002", "honest-run", timeout=float("nan"))])
     assert "dependency key '../../x'" in refused(rogue, "bad-dep")
     assert "timeout nan" in refused(rogue, "bad-timeout")
-    leaked = [*agent_tmp.dir.glob(f"**/*{PWNED}*"), *tmp_path.glob(f"**/*{PWNED}*"), *Path("/tmp").glob(f"*{PWNED}*")]
+    leaked = [*agent_tmp.dir.glob(f"**/*{PWNED}*"), *tmp_path.glob(f"**/*{PWNED}*"),
+              *Path("/tmp").glob(f"*{PWNED}*")]
     assert not leaked
 
 
