@@ -4,6 +4,7 @@ cache-limit, the agent cache at rest). The agent does only what it advertised, i
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from agent_trust_helpers import AgentTmp, RogueController, synthetic_project
+from conftest import ROOT
 from farm_synthetic import payload
+
+from farm.project import load_project
 
 SIZE = 16
 
@@ -201,3 +205,21 @@ def test_a_ready_project_described_again_as_unacceptable_fails_its_queued_jobs(r
     results = [rogue.result(f"q{i}") for i in range(4)]
     assert any("not one this agent advertised" in (r.get("error") or "") for r in results)
     assert_honest_job_works(rogue, honest, "after")
+
+
+@pytest.mark.parametrize("style", ["/etc/hostname", "../../../etc/hostname"])
+def test_a_map_style_outside_the_project_is_refused_by_the_maptiles_checks_on_the_agent(
+        tmp_path, rogue, agent_tmp, style):
+    pytest.importorskip("mapnik")
+    folder = tmp_path / "world_map"
+    shutil.copytree(ROOT / "sample_projects" / "world_map", folder,
+                    ignore=shutil.ignore_patterns("output", ".farm"))
+    rogue.start_agent(env=agent_tmp.env)
+    if "maptiles" not in rogue.hello["caps"]:
+        pytest.skip("this node cannot render maptiles")
+    description = rogue.publish(load_project(folder), "map-tree")
+    forged = {**description, "table": {**description["table"], "style": style}}
+    rogue.send_jobs([rogue.job("map", "0/0/0", "map-run", params={"z": 0, "x": 0, "y": 0, "size": 1})],
+                    {"map-run": forged})
+    error = refused(rogue, "map")
+    assert "[maptiles] style" in error and ("absolute" in error or "leads outside" in error), error
