@@ -223,3 +223,15 @@ def test_a_map_style_outside_the_project_is_refused_by_the_maptiles_checks_on_th
                     {"map-run": forged})
     error = refused(rogue, "map")
     assert "[maptiles] style" in error and ("absolute" in error or "leads outside" in error), error
+
+
+def test_synthetic_inputs_outside_the_project_are_refused_so_no_private_file_returns(rogue, honest, tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "job-0000001.txt").write_text("private")
+    for lease, inputs in (("abs", str(secret)), ("up", "../../../../../../../" + str(secret))):
+        forged = {**honest, "table": {**honest["table"], "inputs": inputs}}
+        rogue.send_jobs([rogue.job(lease, "job-0000001", f"run-{lease}")], {f"run-{lease}": forged})
+        error = refused(rogue, lease)
+        assert "[synthetic] inputs" in error, error
+    assert all(b"private" not in p for r in rogue.results.values() for p in r.get("payloads", []))

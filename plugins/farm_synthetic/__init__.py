@@ -56,7 +56,7 @@ class Synthetic(MediaType):
             # results may be reused across runs (off: benchmarks and scheduler tests count renders)
             "cache": s.boolean("cache", False),
             # a folder of the project: job i reads <folder>/<key>.txt and outputs its bytes
-            "inputs": s.str("inputs", ""),
+            "inputs": _project_path(s, "inputs"),
         }
         s.finish()
         return settings
@@ -91,7 +91,7 @@ class Synthetic(MediaType):
         if settings["sleep"]:
             time.sleep(settings["sleep"])
         if settings["inputs"]:
-            source = ctx.project_dir / settings["inputs"] / f"{job.key}.txt"
+            source = resolve_inside(ctx.project_dir, f"{settings['inputs']}/{job.key}.txt")
             (ctx.output_dir / f"{job.key}.txt").write_bytes(source.read_bytes() if source.exists() else b"")
         if settings["output_bytes"]:
             (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
