@@ -15,6 +15,9 @@ from agent_trust_helpers import AgentTmp, RogueController, synthetic_project
 from conftest import ROOT
 from farm_synthetic import payload
 
+from farm.filesync import Manifest, Store, build_manifest
+from farm.filesync import store as store_module
+from farm.filesync.store import CacheFull
 from farm.project import load_project
 
 SIZE = 16
@@ -235,3 +238,42 @@ def test_synthetic_inputs_outside_the_project_are_refused_so_no_private_file_ret
         error = refused(rogue, lease)
         assert "[synthetic] inputs" in error, error
     assert all(b"private" not in p for r in rogue.results.values() for p in r.get("payloads", []))
+
+
+# -- the cache limit, at the store ----------------------------------------------------------
+
+
+def random_tree(folder: Path, sizes: dict[str, int]) -> Manifest:
+    folder.mkdir(parents=True)
+    for name, size in sizes.items():
+        (folder / name).write_bytes(os.urandom(size))
+    return build_manifest(folder)
+
+
+def test_a_tree_over_the_limit_fetches_nothing(tmp_path):
+    manifest = random_tree(tmp_path / "t", {"a": 3 * MiB, "b": 3 * MiB})
+    with Store(tmp_path / "cache", max_bytes=5 * MiB) as store:
+        with pytest.raises(CacheFull, match=r"the files need 6.0 MiB, more than this cache's limit of 5.0 MiB"):
+            store.reserve(manifest.unique_files(), 6 * MiB)
+        assert store.size() == 0
+
+
+def test_over_the_limit_dead_sessions_partials_go_but_this_trees_stay(tmp_path):
+    manifest = random_tree(tmp_path / "t", {"a": 4 * MiB})
+    [entry] = manifest.unique_files()
+    with Store(tmp_path / "cache", max_bytes=10 * MiB) as dead:
+        session = dead.session_dir()
+        (session / ("ab" * 32 + ".part")).write_bytes(os.urandom(8 * MiB))  # another tree's, abandoned
+        (session / f"{entry.digest.hex()}.part").write_bytes(os.urandom(MiB))  # this tree's: resumable
+    with Store(tmp_path / "cache", max_bytes=10 * MiB) as store:
+        store.reserve([entry], entry.size)
+        left = sorted(p.name for p in (tmp_path / "cache" / "partial").rglob("*.part"))
+        assert left == [f"{entry.digest.hex()}.part"]
+
+
+def test_a_store_keeps_a_bounded_number_of_manifests(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_MANIFESTS", 3)
+    with Store(tmp_path / "cache") as store:
+        for i in range(6):
+            store.save_manifest(random_tree(tmp_path / f"t{i}", {"f": 10 + i}))
+        assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 3

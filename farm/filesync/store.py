@@ -19,7 +19,6 @@ from stored files are hashed again before use (see `farm.filesync.assembly`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -37,12 +36,13 @@ from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.materialize import MaterializeStats, materialize
+from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * GiB
-STALE_PARTIAL_S = 7 * 24 * 3600
+MAX_MANIFESTS = 256
 TOUCH_EVERY_S = 60.0  # LRU resolution: enough to tell a tree in use from one that is not
 
 _SCHEMA = """
@@ -89,7 +89,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "farm"
 
 
-class Store:
+class Store(PartialSessions):
     """A content-addressed file cache with a size limit and least-recently-used eviction.
 
     Safe to share between threads (one SQLite connection each) and between processes
@@ -337,9 +337,13 @@ class Store:
                             f"{_mib(self.max_bytes)} ({self.root})")
         keep = {e.digest for e in files}
         self.evict(keep=keep, room=new_bytes)
-        if self.size() + new_bytes > self.max_bytes:
+        used = self.size() + new_bytes
+        if used > self.max_bytes:
             raise CacheFull(f"{_mib(new_bytes)} more would not fit under this cache's limit of "
                             f"{_mib(self.max_bytes)} beside the files in use ({self.root})")
+        if used + self._partial_bytes() > self.max_bytes:
+            # other trees' partial files left by dead sessions only save a resume: over the limit, they go
+            self._clean_stale_partials(older_than=0, keep={d.hex() + ".part" for d in keep})
 
     @contextlib.contextmanager
     def pinned(self, digests: Iterable[bytes]) -> Iterator[None]:
@@ -385,72 +389,6 @@ class Store:
             )
         return freed
 
-    # -- partial files --------------------------------------------------------------
-
-    def session_dir(self) -> Path:
-        """This Store's own folder for partial files, locked for as long as the Store is open."""
-        with self._lock:
-            if self._session is None:
-                # made under a hidden name and renamed once locked: no other Store may see it
-                # unlocked and take it for a dead session's folder
-                name = f"{os.getpid()}-{secrets.token_hex(4)}"
-                hidden = self.partial_root / f".new-{name}"
-                hidden.mkdir(mode=0o700)
-                fd = os.open(hidden / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                path = self.partial_root / name
-                os.rename(hidden, path)
-                self._session, self._session_fd = path, fd
-            return self._session
-
-    def adopt_partials(self, digests: Iterable[bytes]) -> int:
-        """Move partial files of ``digests`` left by dead sessions into ours, so they resume."""
-        wanted = {d.hex() + ".part" for d in digests}
-        own = self.session_dir()
-        adopted = 0
-        for folder in self.partial_root.iterdir():
-            with self._orphan(folder) as names:
-                for name in names:
-                    if name in wanted and not (own / name).exists():
-                        os.replace(folder / name, own / name)
-                        adopted += 1
-        return adopted
-
-    @contextlib.contextmanager
-    def _orphan(self, folder: Path) -> Iterator[list[str]]:
-        """The file names in a partial folder whose owner is gone (none if it is alive or ours).
-
-        Holds the folder's lock meanwhile, and removes the folder after if no partials are left.
-        """
-        if folder == self._session or folder.name.startswith(".") or not folder.is_dir():
-            yield []
-            return
-        try:
-            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            yield []
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live session owns it
-                yield []
-                return
-            yield os.listdir(folder)
-            if not any(name.endswith(".part") for name in os.listdir(folder)):
-                shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
-
-    def _clean_stale_partials(self) -> None:
-        cutoff = time.time() - STALE_PARTIAL_S
-        for folder in self.partial_root.iterdir():
-            with self._orphan(folder) as names:
-                for name in names:
-                    path = folder / name
-                    if name.endswith(".part") and path.stat().st_mtime < cutoff:
-                        path.unlink()
-
     # -- manifests ------------------------------------------------------------------
 
     def save_manifest(self, manifest: Manifest) -> None:
@@ -463,6 +401,18 @@ class Store:
         with os.fdopen(fd, "wb") as out:
             out.write(manifest.to_bytes())
         os.replace(tmp, path)
+        self._prune_manifests()
+
+    def _prune_manifests(self) -> None:
+        """Keep the newest `MAX_MANIFESTS`: a peer sending ever new trees cannot fill the disk.
+        A pruned manifest costs one full manifest transfer on the next sync of its tree."""
+        entries = list(os.scandir(self.manifests_dir))
+        if len(entries) <= MAX_MANIFESTS:
+            return
+        entries.sort(key=lambda e: e.stat().st_mtime_ns)
+        for entry in entries[: len(entries) - MAX_MANIFESTS]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
     def load_manifest(self, manifest_id: str) -> Manifest | None:
         with self._lock:
