@@ -337,6 +337,8 @@ class Agent:
         if known is not None and {**known, "root": None} == {**description, "root": None}:
             return  # described again after a reconnect: the files here still serve
         self.ready.discard(project_id)
+        for slot in self.slots:  # workers get the new description with their next job of it
+            slot.projects.discard(project_id)
         # root is the agent's own folder once the files are here; never the controller's word
         self.projects[project_id] = {**description, "root": None}
 
