@@ -277,3 +277,20 @@ def test_a_store_keeps_a_bounded_number_of_manifests(tmp_path, monkeypatch):
         for i in range(6):
             store.save_manifest(random_tree(tmp_path / f"t{i}", {"f": 10 + i}))
         assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 3
+
+
+def test_a_cache_an_older_farm_left_open_is_made_private_and_a_foreign_folder_is_not_touched(tmp_path):
+    old = tmp_path / "old-cache"
+    Store(old).close()
+    for path in (old, old / "files", old / "manifests"):
+        path.chmod(0o755)
+    (old / "index.sqlite").chmod(0o644)
+    Store(old).close()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (old, old / "files", old / "manifests")} == {0o700}
+    assert stat.S_IMODE((old / "index.sqlite").stat().st_mode) == 0o600
+    foreign = tmp_path / "home"
+    foreign.mkdir(mode=0o755)
+    foreign.chmod(0o755)
+    Store(foreign).close()
+    assert stat.S_IMODE(foreign.stat().st_mode) == 0o755
+    assert stat.S_IMODE((foreign / "files").stat().st_mode) == 0o700

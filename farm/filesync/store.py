@@ -102,9 +102,12 @@ class Store(PartialSessions):
         self.files_dir = self.root / "files"
         self.partial_root = self.root / "partial"
         self.manifests_dir = self.root / "manifests"
-        for folder in (self.root, self.files_dir, self.partial_root, self.manifests_dir):
+        if not self.root.exists() or (self.root / "index.sqlite").exists():  # never tighten a folder not ours
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)  # also when an older farm made it 0755
+        for folder in (self.files_dir, self.partial_root, self.manifests_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)  # ours alone, also when an older farm made it 0755
+            os.chmod(folder, 0o700)
         # partial files are made in a session folder under partial/, the fan-out folders
         # under files/: spread both away from the crowded block groups of a busy parent
         spread_subfolders(self.partial_root)
@@ -127,7 +130,9 @@ class Store(PartialSessions):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # one connection per thread; check_same_thread=False only so close() works from any thread
-            os.close(os.open(self.root / "index.sqlite", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            fd = os.open(self.root / "index.sqlite", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)  # also one an older farm made 0644
+            os.close(fd)
             conn = sqlite3.connect(
                 self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
             )
