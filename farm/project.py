@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from farm.errors import FarmError, ProjectError, UnknownMediaType
+from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
+from farm.ids import BadIdentifier, check_name
 from farm.paths import UnsafePath, safe_relpath
 from farm.settings import SettingsReader, line_of
 
@@ -36,6 +38,8 @@ class Project:
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
     extra: dict[str, Any] = field(default_factory=dict)
+    # the media type's table as written, so an agent can run the plugin's own checks on it
+    table: dict[str, Any] = field(default_factory=dict)
 
     @property
     def file(self) -> Path:
@@ -65,21 +69,54 @@ class Project:
             "output": self.output,
             "timeout": self.timeout,
             "max_attempts": self.max_attempts,
+            "table": _plain(self.table),
         }
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Project:
+    def from_wire(cls, data: Any) -> Project:
+        """A project as a controller described it. Raises `ProtocolError` naming the first bad field.
+
+        Checks shapes and identifiers only; `reconfigure` runs the media type's own checks.
+        """
+        if not isinstance(data, dict):
+            raise ProtocolError(f"a project must be a map, got {type(data).__name__}")
+        for key, kind in _WIRE_FIELDS.items():
+            value = data.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ProtocolError(f"project field {key!r} is missing or not {_kind_name(kind)}")
+        try:
+            name = check_name(data["name"], "project name")
+            media_type = check_name(data["media_type"], "media type")
+        except BadIdentifier as exc:
+            raise ProtocolError(str(exc)) from None
+        for key in ("include", "exclude"):
+            if not all(isinstance(p, str) for p in data[key]):
+                raise ProtocolError(f"project field {key!r} must be a list of strings")
         return cls(
             root=Path(data["root"]),
-            name=data["name"],
-            media_type=data["media_type"],
+            name=name,
+            media_type=media_type,
             settings=data["settings"],
             include=tuple(data["include"]),
             exclude=tuple(data["exclude"]),
             output=data["output"],
             timeout=data["timeout"],
             max_attempts=data["max_attempts"],
+            table=data.get("table") if isinstance(data.get("table"), dict) else {},
         )
+
+    def reconfigure(self, root: Path) -> Project:
+        """This project rooted at ``root`` (an agent's own copy), its settings made afresh by the
+        media type's `configure` from the table as written: the plugin's own checks, run where
+        the files are used. Raises `ProjectError` as `load_project` does.
+        """
+        from farm.plugins import get_media_type
+
+        media = get_media_type(self.media_type)
+        file = root / PROJECT_FILE
+        reader = SettingsReader(self.table, table=media.name, file=file, text="", root=root)
+        settings = _configure(media, reader, file)
+        return replace(self, root=root, settings=settings)
 
 
 def load_project(path: Path | str, *, output: str | None = None) -> Project:
@@ -111,7 +148,12 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
         return SettingsReader(value, table=table, file=file, text=text, root=root)
 
     proj = reader("project", required=True)
-    name = proj.str("name", root.name)
+    name = proj.str("name", None)
+    what = "project name" if name is not None else "project name (the folder's name; set [project] name)"
+    try:  # the name becomes part of folder names on every node: checked here, where it has a line
+        name = check_name(root.name if name is None else name, what)
+    except BadIdentifier as exc:
+        raise proj.error("name", str(exc)) from None
     media_type = proj.str("media_type")
     proj.finish()
 
@@ -148,12 +190,8 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
                 f"unknown table (expected {', '.join(sorted(known))})",
                 file=file, key=f"[{table}]", line=line_of(text, table),
             )
-    try:
-        settings = media.configure(reader(media.name))
-    except FarmError:
-        raise
-    except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
-        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}", file=file) from exc
+    table = reader(media.name)
+    settings = _configure(media, table, file)
     return Project(
         root=root,
         name=name,
@@ -164,7 +202,40 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
         output=out_dir,
         timeout=timeout,
         max_attempts=attempts,
+        table=dict(table.values),
     )
+
+
+def _configure(media: Any, reader: SettingsReader, file: Path) -> dict[str, Any]:
+    try:
+        return media.configure(reader)
+    except FarmError:
+        raise
+    except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
+        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}",
+                           file=file) from exc
+
+
+_WIRE_FIELDS: dict[str, Any] = {
+    "root": str, "name": str, "media_type": str, "settings": dict, "include": list, "exclude": list,
+    "output": str, "timeout": (int, float, type(None)), "max_attempts": int,
+}
+
+
+def _kind_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _plain(value: Any) -> Any:
+    """A TOML value as msgpack can carry it: dates and times become their TOML text."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return value
 
 
 def _toml_error_line(message: str) -> int | None:

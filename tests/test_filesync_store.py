@@ -256,7 +256,7 @@ def unprivileged(scenario: Callable[[Path], None]) -> None:
 
 
 def test_a_partial_left_read_only_by_a_crash_is_resumed() -> None:
-    """A crash between finishing a file (mode 0444) and moving it into the cache leaves a
+    """A crash between finishing a file (mode 0400) and moving it into the cache leaves a
     read-only partial; resuming must make it writable again, not fail on it."""
     data = os.urandom(2 * MIN_BLOCK)
     entry = entry_for("f", data)
@@ -272,7 +272,7 @@ def test_a_partial_left_read_only_by_a_crash_is_resumed() -> None:
                 assert resumed.resumed == 1 and len(resumed.missing()) == 1
                 assert resumed.accept(entry.block_hash(1), 0, data[MIN_BLOCK:]) is Outcome.DONE
                 [(_, path, st)] = resumed.take_ready()
-            assert path.read_bytes() == data and st is not None and stat.S_IMODE(st.st_mode) == 0o444
+            assert path.read_bytes() == data and st is not None and stat.S_IMODE(st.st_mode) == 0o400
 
     unprivileged(scenario)
 
@@ -334,7 +334,7 @@ def test_mode_for_sets_mode_and_mtime_through_the_open_file(store: Store) -> Non
             assert assembly.accept(block_hash, 0, data[start : start + length]) is Outcome.DONE
         [(done, path, st)] = assembly.take_ready()
     assert st is not None and st == os.stat(path)
-    assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime_ns == entry.mtime_ns
+    assert stat.S_IMODE(st.st_mode) == 0o500 and st.st_mtime_ns == entry.mtime_ns
     target = store.add(done, path, st)
     assert os.stat(target).st_ino == st.st_ino
     assert store.check([entry.digest]) == {entry.digest: Path(target)}  # the recorded stat matches

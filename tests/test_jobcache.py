@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterator
 
+import pytest
+from agent_trust_helpers import AgentTmp
 from conftest import ROOT
 
 from farm.client import submit
@@ -15,53 +20,61 @@ from farm.project import load_project
 FARM = [sys.executable, "-m", "farm"]
 
 
-def inputs_project(synthetic, tmp_path, n: int = 10):
-    renders = tmp_path / "renders.log"
-    project = synthetic(jobs=n, inputs="in", cache=True, render_log=str(renders))
+@pytest.fixture
+def agent_tmp() -> Iterator[AgentTmp]:
+    """Where agents keep their copies of projects: each render is logged in the agent's copy."""
+    tmp = AgentTmp()
+    yield tmp
+    tmp.close()
+
+
+def inputs_project(synthetic, n: int = 10):
+    project = synthetic(jobs=n, inputs="in", cache=True, render_log="renders.log")
     (project / "in").mkdir()
     for i in range(n):
         (project / "in" / f"job-{i:07d}.txt").write_text(f"input {i}")
-    return project, renders
+    return project
 
 
-def test_only_jobs_whose_inputs_changed_render_again(controller, agents, synthetic, tmp_path):
-    project, renders = inputs_project(synthetic, tmp_path)
-    agents(controller.url, 2)
+def test_only_jobs_whose_inputs_changed_render_again(controller, agents, synthetic, agent_tmp):
+    project = inputs_project(synthetic)
+    agents(controller.url, 2, env=agent_tmp.env)
     first = submit(controller.url, load_project(project))
     assert (first.done, first.reused) == (10, 0)
+    before = Counter(agent_tmp.lines("renders.log"))
     (project / "in" / "job-0000003.txt").write_text("edited 3")
     (project / "in" / "job-0000007.txt").write_text("edited 7")
     second = submit(controller.url, load_project(project))
     assert second.ok and (second.done, second.reused) == (10, 8)
-    rendered = renders.read_text().split()
-    assert sorted(rendered[10:]) == ["job-0000003", "job-0000007"]
+    assert sorted((Counter(agent_tmp.lines("renders.log")) - before).elements()) == ["job-0000003", "job-0000007"]
     assert (project / "output" / "job-0000003.txt").read_text() == "edited 3"
     assert (project / "output" / "job-0000004.txt").read_text() == "input 4"
 
 
-def test_a_resubmit_restores_deleted_outputs_without_rendering(controller, agents, synthetic, tmp_path):
-    project, renders = inputs_project(synthetic, tmp_path, 6)
-    agents(controller.url, 1)
+def test_a_resubmit_restores_deleted_outputs_without_rendering(controller, agents, synthetic, agent_tmp):
+    project = inputs_project(synthetic, 6)
+    agents(controller.url, 1, env=agent_tmp.env)
     submit(controller.url, load_project(project))
     shutil.rmtree(project / "output")
     again = submit(controller.url, load_project(project))
     assert (again.done, again.reused) == (6, 6)
-    assert len(renders.read_text().split()) == 6
+    assert len(agent_tmp.lines("renders.log")) == 6
     assert (project / "output" / "job-0000005.txt").read_text() == "input 5"
 
 
-def test_watch_renders_exactly_the_jobs_an_edit_touched(synthetic, tmp_path):
-    project, renders = inputs_project(synthetic, tmp_path, 8)
+def test_watch_renders_exactly_the_jobs_an_edit_touched(synthetic, agent_tmp):
+    project = inputs_project(synthetic, 8)
     proc = subprocess.Popen([*FARM, "submit", "--watch", "--json", "--agents", "1", str(project)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, **agent_tmp.env})
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first["jobs"]["done"] == 8 and first["jobs"]["reused"] == 0
+        before = Counter(agent_tmp.lines("renders.log"))
         (project / "in" / "job-0000002.txt").write_text("changed")
         second = json.loads(proc.stdout.readline())
         assert second["jobs"] == {"total": 8, "done": 8, "failed": 0, "reused": 7}
-        assert renders.read_text().split()[8:] == ["job-0000002"]
+        assert list((Counter(agent_tmp.lines("renders.log")) - before).elements()) == ["job-0000002"]
         assert (project / "output" / "job-0000002.txt").read_text() == "changed"
     finally:
         proc.terminate()

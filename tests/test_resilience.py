@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from agent_trust_helpers import AgentTmp
 from conftest import Background, wait_for
 from farm_synthetic import payload
 
@@ -63,8 +64,8 @@ def test_chaos_agents_killed_over_and_over_every_job_collated_once(controller, a
 
 def test_controller_killed_mid_run_resumes_without_rendering_done_jobs_again(tmp_path, agents, synthetic):
     jobs, size = 300, 16
-    renders = tmp_path / "renders.log"
-    project = synthetic(jobs=jobs, sleep=0.02, output_bytes=size, render_log=str(renders))
+    agent_tmp = AgentTmp()  # each render is logged in the agent's copy of the project
+    project = synthetic(jobs=jobs, sleep=0.02, output_bytes=size, render_log="renders.log")
     url = f"ipc://{tmp_path}/controller.sock"
     state = tmp_path / "state"
 
@@ -73,7 +74,7 @@ def test_controller_killed_mid_run_resumes_without_rendering_done_jobs_again(tmp
                                  "--heartbeat", "0.5", "--liveness", "4"])
 
     ctl = start_controller()
-    agents(url, 2)
+    agents(url, 2, env=agent_tmp.env)
     with Client(url, timeout=60) as client:
         run_id = client.submit(load_project(project))
         wait_for(lambda: client.receive().body.get("done", 0) >= 80, 120, "80 jobs done")
@@ -92,7 +93,8 @@ def test_controller_killed_mid_run_resumes_without_rendering_done_jobs_again(tmp
         ctl.terminate()
         ctl.wait()
     assert summary.ok and summary.done == jobs, summary
-    rendered = renders.read_text().split()
+    rendered = agent_tmp.lines("renders.log")
+    agent_tmp.close()
     again = [k for k in done_before if rendered.count(k) != 1]
     assert not again, f"{len(again)} jobs that were done were rendered again, e.g. {again[:3]}"
     assert_outputs_complete(project, jobs, size)

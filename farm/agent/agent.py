@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import random
 import shutil
@@ -32,15 +33,19 @@ import zmq
 from farm import __version__
 from farm.agent.capabilities import detect
 from farm.agent.sync import AssetSync
+from farm.agent.trust import job_refusal, project_refusal
 from farm.client import HANDSHAKE_FAILED
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
+from farm.ids import check_name
 from farm.protocol import MAX_FRAMES, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
+BAD_MESSAGES_LOGGED = 20  # then one line per 1000
+MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
 MAX_RESULTS_PER_MESSAGE = 512
 MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
 WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
@@ -81,7 +86,8 @@ class Agent:
         self.nslots = slots or os.cpu_count() or 1
         self.prefetch = prefetch
         self.tags = tags or []
-        self.id = agent_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = check_name(agent_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                             "agent id")
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.parent_pid = parent_pid
@@ -93,6 +99,7 @@ class Agent:
         self.slots = [Slot(i) for i in range(self.nslots)]
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
         self.projects: dict[str, dict[str, Any]] = {}
+        self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup)
@@ -108,7 +115,7 @@ class Agent:
         self.reintroduce = False
         self.monitor: zmq.Socket | None = None
         self.refusal_logged = False
-        self.caps, self.missing = detect(self.tags)
+        self.caps, self.missing, self.media_types = detect(self.tags)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -264,26 +271,42 @@ class Agent:
     def _on_controller(self, frames: list[bytes]) -> None:
         try:
             msg = unpack(frames)
+            self.last_recv = time.monotonic()
+            self._on_message(msg)
         except ProtocolError as exc:
-            self.bad_messages += 1
-            log.warning("dropping bad message from controller: %s", exc)
-            return
-        self.last_recv = time.monotonic()
+            self._bad_message(str(exc))
+        except Exception as exc:  # whatever a controller sends, the agent stays up
+            self._bad_message(f"could not be handled: {type(exc).__name__}: {exc}", exc)
+
+    def _bad_message(self, why: str, exc: Exception | None = None) -> None:
+        self.bad_messages += 1
+        if self.bad_messages <= BAD_MESSAGES_LOGGED or self.bad_messages % 1000 == 0:  # a flood stays quiet
+            log.warning("dropping bad message %d from controller: %s", self.bad_messages, why[:500],
+                        exc_info=exc is not None and log.isEnabledFor(logging.DEBUG))
+
+    def _on_message(self, msg: Any) -> None:
         if msg.type is T.WELCOME:
             self.connected = True
             self.backoff = BACKOFF_START_S
-            self.heartbeat = float(msg.body["heartbeat"])
-            self.liveness = int(msg.body["liveness"])
+            heartbeat = float(msg.body["heartbeat"])  # a controller's whim, bounded
+            if math.isfinite(heartbeat):
+                self.heartbeat = min(max(heartbeat, 0.05), 60.0)
+            self.liveness = min(max(int(msg.body["liveness"]), 1), 1000)
             if msg.body.get("files"):
                 self.files_endpoint = reachable(msg.body["files"], self.controller)
             log.info("connected to controller %s", self.controller)
         elif msg.type is T.JOBS:
             projects = msg.body["projects"]
-            if isinstance(projects, dict):
-                self.projects.update(projects)
+            for project_id, description in (projects.items() if isinstance(projects, dict) else ()):
+                self._describe(project_id, description)
             for job in msg.body["jobs"]:
-                if job["project"] not in self.projects:
-                    self._fail(job, "controller sent a job for a project it never described")
+                why = self.refused.get(job["project"]) or job_refusal(job)
+                if why is None and job["project"] not in self.projects:
+                    why = "controller sent a job for a project it never described"
+                if why is not None:
+                    log.warning("refusing job %r of project %r: %s", job["key"][:80], job["project"][:80],
+                                why)
+                    self._fail(job, f"refused by the agent: {why}")
                     continue
                 self.queue.append(job)
                 self.held.add(job["lease"])
@@ -298,23 +321,43 @@ class Agent:
             self.connected = False  # no BYE needed
             self.stopping = True
 
+    def _describe(self, project_id: str, description: Any) -> None:
+        """Take in (or refuse) a project as the controller describes it; ids and shapes are checked."""
+        why = project_refusal(project_id, description, self.media_types)
+        if why is not None:
+            if len(self.refused) >= MAX_REFUSED_PROJECTS:
+                self.refused.clear()
+            self.refused[project_id] = why
+            if self.projects.pop(project_id, None) is not None:  # known until now: its queued jobs go too
+                self.ready.discard(project_id)
+                self._synced(project_id, None, why)
+            return
+        self.refused.pop(project_id, None)
+        known = self.projects.get(project_id)
+        if known is not None and {**known, "root": None} == {**description, "root": None}:
+            return  # described again after a reconnect: the files here still serve
+        self.ready.discard(project_id)
+        for slot in self.slots:  # workers get the new description with their next job of it
+            slot.projects.discard(project_id)
+        # root is the agent's own folder once the files are here; never the controller's word
+        self.projects[project_id] = {**description, "root": None}
+
     def _fetch_assets(self, project: str) -> None:
         """Start bringing a project's files here, unless they are here or on their way."""
         if project in self.ready or project in self.sync.busy:
             return
-        assets = self.projects[project].get("assets")
-        if not assets:  # a controller that shares our filesystem: use its folder as it is
-            self.ready.add(project)
-        elif self.files_endpoint is None:
+        assets = self.projects[project]["assets"]
+        if self.files_endpoint is None:
             self._synced(project, None, "the controller did not say where its file service is")
         else:
             self.sync.start(project, self.files_endpoint, assets["tree"])
 
     def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
-        if folder is not None:
+        if folder is not None and project in self.projects:
             self.projects[project] = {**self.projects[project], "root": str(folder)}
             self.ready.add(project)
             return
+        error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
         kept = collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
             if job["project"] == project:

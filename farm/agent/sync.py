@@ -17,6 +17,7 @@ from pathlib import Path
 
 import zmq
 
+from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class AssetSync:
         if project in self.busy:
             return
         self.busy.add(project)
-        folder = self.scratch / "projects" / project
+        folder = project_folder(self.scratch, project)
         threading.Thread(target=self._fetch, args=(project, endpoint, tree, folder),
                          name=f"farm-sync-{project}", daemon=True).start()
 

@@ -52,7 +52,7 @@ class Worker:
         self.sock.connect(endpoint)
         self.scratch = scratch
         self.contexts: dict[str, tuple[Any, RenderContext]] = {}
-        self.projects: dict[str, Project] = {}
+        self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
         self.out_dirty = True  # unknown until the first job has run
         self.out, self.work = _Folder(self.out_dir), _Folder(self.work_dir)
@@ -75,7 +75,7 @@ class Worker:
             if kind == "stop":
                 return
             for pid, wire in body.get("projects", {}).items():
-                self.projects[pid] = Project.from_wire(wire)
+                self.projects[pid] = wire
                 self.contexts.pop(pid, None)
             self.run_batch(body["jobs"])
 
@@ -98,7 +98,9 @@ class Worker:
         """The media type and a render context for a project, made once per worker."""
         found = self.contexts.get(project_id)
         if found is None:
-            project = self.projects[project_id]
+            # the settings are made here afresh by the plugin's own checks, on the agent's copy
+            wire = self.projects[project_id]
+            project = Project.from_wire(wire).reconfigure(Path(wire["root"]))
             ctx = RenderContext(
                 project_dir=project.root, output_dir=self.out_dir, work_dir=self.work_dir,
                 settings=project.settings, threads=1, cache={}, deps={},

@@ -27,7 +27,8 @@ def agent(
     insecure: Insecure = False,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="Where project files are cached, shared across projects (default: the user's cache dir).")] = None,
-    cache_size: Annotated[float, typer.Option(help="Cache size limit in GiB (least recently used go first).")] = 20,
+    cache_size: Annotated[float, typer.Option(
+        min=1 / 1024, help="Cache size limit in GiB (least recently used go first; a project larger fails).")] = 20,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
     with reported():

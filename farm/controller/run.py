@@ -19,6 +19,7 @@ from typing import Any
 
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.registry import AgentState
+from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.project import Project
@@ -182,6 +183,12 @@ class ProjectRun:
             return None
         if not isinstance(job, Job):
             self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
+            return None
+        try:  # keys travel to agents, which may name files after them
+            for key in (job.key, *job.deps):
+                check_key(key)
+        except BadIdentifier as exc:
+            self._fail_project(f"split() yielded a bad job: {exc}")
             return None
         if job.key in self.done_keys:
             return None

@@ -26,6 +26,7 @@ from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError, UploadResult
+from farm.ids import BadIdentifier, check_name
 from farm.journal import Journal
 from farm.paths import UnsafePath, safe_relpath
 from farm.plugins import get_media_type, get_plugins
@@ -308,6 +309,10 @@ class Controller:
         if known is not None and known.key != key:  # ROUTER_HANDOVER must not let one key take another's place
             raise ProtocolError(f"HELLO reusing agent {known.id}'s routing id with another key")
         claimed = body["agent"]
+        try:  # ids are shown to people and may name files: a stranger's claim is checked
+            check_name(claimed, "agent id")
+        except BadIdentifier as exc:
+            raise ProtocolError(f"HELLO: {exc}") from None
         if key is not None:
             assert self.security is not None
             claimed = self.security.name_of(key) or key[:16]

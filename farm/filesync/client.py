@@ -159,6 +159,7 @@ class FileClient:
         with store.pinned(digests):
             have = store.check_stat(digests)
             todo = [e for e in unique if e.digest not in have]
+            store.reserve(unique, sum(e.size for e in todo))  # the size limit holds during the fetch too
             if todo:
                 store.adopt_partials(e.digest for e in todo)
                 assembly = store.assembly(todo)

@@ -8,6 +8,9 @@ Layout under the cache folder (shared by every project, and by agents on one hos
     manifests/<id>         manifests seen, so an unchanged tree re-syncs in one exchange
     index.sqlite           files (size, quick-check stat, last use), blocks -> file, trees
 
+The cache is private to its owner at rest: folders 0700, files owner-only (0400, or 0500
+for executables; read-only so a job cannot write through its link), the index 0600.
+
 A stored file is used only while its size, mtime and inode still match what was
 recorded when it was verified; otherwise it is dropped and fetched again. Blocks reused
 from stored files are hashed again before use (see `farm.filesync.assembly`).
@@ -16,7 +19,6 @@ from stored files are hashed again before use (see `farm.filesync.assembly`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -29,17 +31,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from farm.filesync.assembly import Assembly
-from farm.filesync.errors import ManifestError
+from farm.filesync.errors import ManifestError, SyncError
 from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.materialize import MaterializeStats, materialize
+from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * GiB
-STALE_PARTIAL_S = 7 * 24 * 3600
+MAX_MANIFESTS = 256
 TOUCH_EVERY_S = 60.0  # LRU resolution: enough to tell a tree in use from one that is not
 
 _SCHEMA = """
@@ -72,13 +75,21 @@ def _stat_if_content(path: str, entry: FileEntry) -> os.stat_result | None:
     return None
 
 
+class CacheFull(SyncError):
+    """What a sync needs cannot fit under the cache's size limit."""
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "farm"
 
 
-class Store:
+class Store(PartialSessions):
     """A content-addressed file cache with a size limit and least-recently-used eviction.
 
     Safe to share between threads (one SQLite connection each) and between processes
@@ -91,8 +102,12 @@ class Store:
         self.files_dir = self.root / "files"
         self.partial_root = self.root / "partial"
         self.manifests_dir = self.root / "manifests"
+        if not self.root.exists() or (self.root / "index.sqlite").exists():  # never tighten a folder not ours
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)  # also when an older farm made it 0755
         for folder in (self.files_dir, self.partial_root, self.manifests_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
         # partial files are made in a session folder under partial/, the fan-out folders
         # under files/: spread both away from the crowded block groups of a busy parent
         spread_subfolders(self.partial_root)
@@ -115,6 +130,9 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # one connection per thread; check_same_thread=False only so close() works from any thread
+            fd = os.open(self.root / "index.sqlite", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)  # also one an older farm made 0644
+            os.close(fd)
             conn = sqlite3.connect(
                 self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
             )
@@ -186,7 +204,7 @@ class Store:
     @staticmethod
     def file_mode(entry: FileEntry) -> int:
         """The mode of a stored file: read-only, so a job cannot write through its link."""
-        return 0o555 if entry.executable else 0o444
+        return 0o500 if entry.executable else 0o400
 
     def assembly(self, files: Iterable[FileEntry]) -> Assembly:
         """An `Assembly` of ``files`` for this cache: in its session folder, reusing the blocks
@@ -199,7 +217,7 @@ class Store:
         target = self._file(entry.digest)
         fanout = os.path.dirname(target)
         if fanout not in self._fanout:
-            os.makedirs(fanout, exist_ok=True)
+            os.makedirs(fanout, mode=0o700, exist_ok=True)
             self._fanout.add(fanout)
         kept = None
         if os.path.exists(target):  # another agent on this host stored it meanwhile: keep its file
@@ -311,6 +329,27 @@ class Store:
 
     # -- eviction -------------------------------------------------------------------
 
+    def reserve(self, files: Sequence[FileEntry], new_bytes: int) -> None:
+        """Make room for ``new_bytes`` more of ``files`` (a tree's unique files), evicting the least
+        recently used others; raises `CacheFull` when the tree, or it beside the files in use, cannot
+        fit under ``max_bytes``. Called before a fetch, so the limit holds while it runs.
+        """
+        if self.max_bytes is None:
+            return
+        whole = sum(e.size for e in files)
+        if whole > self.max_bytes:
+            raise CacheFull(f"the files need {_mib(whole)}, more than this cache's limit of "
+                            f"{_mib(self.max_bytes)} ({self.root})")
+        keep = {e.digest for e in files}
+        self.evict(keep=keep, room=new_bytes)
+        used = self.size() + new_bytes
+        if used > self.max_bytes:
+            raise CacheFull(f"{_mib(new_bytes)} more would not fit under this cache's limit of "
+                            f"{_mib(self.max_bytes)} beside the files in use ({self.root})")
+        if used + self._partial_bytes() > self.max_bytes:
+            # other trees' partial files left by dead sessions only save a resume: over the limit, they go
+            self._clean_stale_partials(older_than=0, keep={d.hex() + ".part" for d in keep})
+
     @contextlib.contextmanager
     def pinned(self, digests: Iterable[bytes]) -> Iterator[None]:
         """Keep these files from eviction (by this Store object) while the block runs."""
@@ -324,27 +363,29 @@ class Store:
                 self._pins.subtract(held)
                 self._pins += Counter()  # drop zero counts
 
-    def evict(self, keep: Iterable[bytes] = ()) -> int:
-        """Remove least recently used files until the cache fits ``max_bytes``; returns bytes freed."""
+    def evict(self, keep: Iterable[bytes] = (), *, room: int = 0) -> int:
+        """Remove least recently used files until the cache fits ``max_bytes`` with ``room`` bytes to
+        spare; returns bytes freed."""
         self._clean_stale_partials()
         if self.max_bytes is None:
             return 0
+        limit = self.max_bytes - room
         total = self.size()
-        if total <= self.max_bytes:
+        if total <= limit:
             return 0
         with self._lock:
             protected = set(keep) | set(self._pins)
         freed = 0
         rows = self._db().execute("SELECT digest, size FROM files ORDER BY used ASC").fetchall()
         for digest, size in rows:
-            if total <= self.max_bytes:
+            if total <= limit:
                 break
             if bytes(digest) in protected:
                 continue
             self._drop(bytes(digest))
             total -= size
             freed += size
-        if total > self.max_bytes:
+        if total > self.max_bytes:  # (short of room only: the caller says so)
             log.warning(
                 "cache %s holds %d bytes, over its limit of %d: the files in use need that much",
                 self.root,
@@ -352,72 +393,6 @@ class Store:
                 self.max_bytes,
             )
         return freed
-
-    # -- partial files --------------------------------------------------------------
-
-    def session_dir(self) -> Path:
-        """This Store's own folder for partial files, locked for as long as the Store is open."""
-        with self._lock:
-            if self._session is None:
-                # made under a hidden name and renamed once locked: no other Store may see it
-                # unlocked and take it for a dead session's folder
-                name = f"{os.getpid()}-{secrets.token_hex(4)}"
-                hidden = self.partial_root / f".new-{name}"
-                hidden.mkdir()
-                fd = os.open(hidden / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                path = self.partial_root / name
-                os.rename(hidden, path)
-                self._session, self._session_fd = path, fd
-            return self._session
-
-    def adopt_partials(self, digests: Iterable[bytes]) -> int:
-        """Move partial files of ``digests`` left by dead sessions into ours, so they resume."""
-        wanted = {d.hex() + ".part" for d in digests}
-        own = self.session_dir()
-        adopted = 0
-        for folder in self.partial_root.iterdir():
-            with self._orphan(folder) as names:
-                for name in names:
-                    if name in wanted and not (own / name).exists():
-                        os.replace(folder / name, own / name)
-                        adopted += 1
-        return adopted
-
-    @contextlib.contextmanager
-    def _orphan(self, folder: Path) -> Iterator[list[str]]:
-        """The file names in a partial folder whose owner is gone (none if it is alive or ours).
-
-        Holds the folder's lock meanwhile, and removes the folder after if no partials are left.
-        """
-        if folder == self._session or folder.name.startswith(".") or not folder.is_dir():
-            yield []
-            return
-        try:
-            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            yield []
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live session owns it
-                yield []
-                return
-            yield os.listdir(folder)
-            if not any(name.endswith(".part") for name in os.listdir(folder)):
-                shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
-
-    def _clean_stale_partials(self) -> None:
-        cutoff = time.time() - STALE_PARTIAL_S
-        for folder in self.partial_root.iterdir():
-            with self._orphan(folder) as names:
-                for name in names:
-                    path = folder / name
-                    if name.endswith(".part") and path.stat().st_mtime < cutoff:
-                        path.unlink()
 
     # -- manifests ------------------------------------------------------------------
 
@@ -427,8 +402,22 @@ class Store:
         if path.exists():
             return
         tmp = path.with_name(f".{manifest.id}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(manifest.to_bytes())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(manifest.to_bytes())
         os.replace(tmp, path)
+        self._prune_manifests()
+
+    def _prune_manifests(self) -> None:
+        """Keep the newest `MAX_MANIFESTS`: a peer sending ever new trees cannot fill the disk.
+        A pruned manifest costs one full manifest transfer on the next sync of its tree."""
+        entries = list(os.scandir(self.manifests_dir))
+        if len(entries) <= MAX_MANIFESTS:
+            return
+        entries.sort(key=lambda e: e.stat().st_mtime_ns)
+        for entry in entries[: len(entries) - MAX_MANIFESTS]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
     def load_manifest(self, manifest_id: str) -> Manifest | None:
         with self._lock:

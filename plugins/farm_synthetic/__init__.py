@@ -18,6 +18,7 @@ from typing import Any
 from farm.errors import RenderError
 from farm.hookspecs import hookimpl
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.paths import UnsafePath, resolve_inside, safe_relpath
 from farm.project import Project
 from farm.settings import SettingsReader
 
@@ -48,14 +49,14 @@ class Synthetic(MediaType):
             "crash": s.str_list("crash", []),  # keys that kill their worker process
             "hang": s.str_list("hang", []),  # keys that never finish
             "log_collations": s.boolean("log_collations", False),
-            # append each rendered key to this file (absolute path): lets tests count renders
-            "render_log": s.str("render_log", ""),
+            # append each rendered key to this file in the agent's copy of the project (tests count renders)
+            "render_log": _project_path(s, "render_log"),
             # job 0 becomes an "analysis" job that every other job depends on
             "depend_on_first": s.boolean("depend_on_first", False),
             # results may be reused across runs (off: benchmarks and scheduler tests count renders)
             "cache": s.boolean("cache", False),
             # a folder of the project: job i reads <folder>/<key>.txt and outputs its bytes
-            "inputs": s.str("inputs", ""),
+            "inputs": _project_path(s, "inputs"),
         }
         s.finish()
         return settings
@@ -84,14 +85,13 @@ class Synthetic(MediaType):
             while True:
                 time.sleep(3600)
         if settings["render_log"]:
-            with open(settings["render_log"], "a") as log:
-                log.write(job.key + "\n")
+            _append_line(ctx.project_dir, settings["render_log"], job.key)
         if job.deps and ctx.deps.get(job.deps[0]) != {"token": job.deps[0]}:
             raise RenderError(f"{job.key} ran without its dependency's result: {dict(ctx.deps)!r}")
         if settings["sleep"]:
             time.sleep(settings["sleep"])
         if settings["inputs"]:
-            source = ctx.project_dir / settings["inputs"] / f"{job.key}.txt"
+            source = resolve_inside(ctx.project_dir, f"{settings['inputs']}/{job.key}.txt")
             (ctx.output_dir / f"{job.key}.txt").write_bytes(source.read_bytes() if source.exists() else b"")
         if settings["output_bytes"]:
             (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
@@ -116,6 +116,32 @@ class Synthetic(MediaType):
             log.close()
             return [ctx.output_dir / "collated.log"]
         return []
+
+
+def _project_path(s: SettingsReader, key: str) -> str:
+    """A path inside the project ("" when unset): relative, not leaving it, not through a link."""
+    value = s.str(key, "")
+    if not value:
+        return ""
+    try:
+        rel = safe_relpath(value)
+        resolve_inside(s.root, rel)
+    except UnsafePath as exc:
+        raise s.error(key, str(exc)) from None
+    return rel
+
+
+def _append_line(root: Path, rel: str, line: str) -> None:
+    """Append to ``root/rel`` without following a link, nor writing through a hard-linked asset."""
+    path = resolve_inside(root, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_nlink > 1:  # a project asset shares its inode with the node's cache
+            raise RenderError(f"render_log {rel!r} is one of the project's files; name a new file")
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 @hookimpl
