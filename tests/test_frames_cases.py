@@ -421,8 +421,6 @@ def test_probing_for_blender_starts_nothing_and_logs_nothing(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs farm/agent/capabilities.py to log an unavailable media "
-                   "type below warning level (the reason still reaches runs that need it)")
 def test_a_map_render_prints_nothing_about_a_missing_blender(tmp_path):
     shutil.copytree(Path(__file__).resolve().parents[1] / "sample_projects" / "world_map", tmp_path / "map",
                     ignore=shutil.ignore_patterns("output"))

@@ -28,5 +28,5 @@ def detect(tags: list[str]) -> tuple[list[str], dict[str, str], frozenset[str]]:
             available.add(name)
         else:
             missing[name] = reason
-            log.warning("media type %s unavailable on this node: %s", name, reason)
+            log.info("media type %s unavailable on this node: %s", name, reason)
     return sorted(set(caps) | set(tags)), missing, frozenset(available)

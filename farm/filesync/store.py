@@ -195,7 +195,7 @@ class Store(PartialSessions):
             if st is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, ino):
                 good[bytes(digest)] = (path, st)
             else:
-                log.warning("cache file %s was modified or removed; it will be fetched again", path)
+                log.info("cache file %s was modified or removed; it will be fetched again", path)
                 self._drop(bytes(digest))
         if touch and good:
             self.touch(good)
@@ -323,7 +323,7 @@ class Store(PartialSessions):
         except OSError:
             ok = False
         if not ok:
-            log.warning("cache file %s failed verification; dropped", self.file_path(digest))
+            log.info("cache file %s failed verification; dropped", self.file_path(digest))
             self._drop(digest)
         return ok
 
