@@ -20,6 +20,7 @@ from farm.settings import SettingsReader, line_of
 PROJECT_FILE = "farm.toml"
 STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
+DEFAULT_MAX_OUTPUT_MIB = 256  # a job's outputs together; [jobs] max_output_mib overrides
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Project:
     output: str = "output"
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
+    max_output: int = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes one job may return
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +67,7 @@ class Project:
             "output": self.output,
             "timeout": self.timeout,
             "max_attempts": self.max_attempts,
+            "max_output": self.max_output,
         }
 
     @classmethod
@@ -79,6 +82,7 @@ class Project:
             output=data["output"],
             timeout=data["timeout"],
             max_attempts=data["max_attempts"],
+            max_output=data.get("max_output", DEFAULT_MAX_OUTPUT_MIB * 2**20),
         )
 
 
@@ -133,6 +137,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
     jobs = reader("jobs")
     timeout = jobs.number("timeout", None, min=0.001)
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
+    max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=4096)
     jobs.finish()
 
     try:
@@ -164,6 +169,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
         output=out_dir,
         timeout=timeout,
         max_attempts=attempts,
+        max_output=int(max_output * 2**20),
     )
 
 
