@@ -335,6 +335,10 @@ class Controller:
             missing=body.get("missing") if isinstance(body.get("missing"), dict) else {},
             held=set(body["held"]),
         )
+        # a lease another agent holds is not this one's, whatever it says (unknown ones may be from
+        # before a controller restart: their results will be dropped as stale)
+        mine = {identity, previous.identity if previous is not None else identity}
+        agent.held = {lease for lease in agent.held if lease not in self.leases or self.leases[lease].agent in mine}
         if previous is not None:  # the same agent again: keep the leases it still holds, requeue the rest
             agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
             self.registry.remove(previous.identity)
