@@ -21,6 +21,7 @@ PROJECT_FILE = "farm.toml"
 STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
 DEFAULT_MAX_OUTPUT_MIB = 256  # a job's outputs together; [jobs] max_output_mib overrides
+MAX_OUTPUT_MIB = 480  # outputs ride in one message of at most 512 MiB (controller's MAX_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
     jobs = reader("jobs")
     timeout = jobs.number("timeout", None, min=0.001)
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
-    max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=4096)
+    max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=MAX_OUTPUT_MIB)
     jobs.finish()
 
     try:

@@ -327,6 +327,8 @@ def test_the_output_limit_has_a_default_and_is_checked_at_load(tmp_path, synthet
     assert load_project(synthetic()).max_output == DEFAULT_MAX_OUTPUT_MIB * 2**20
     with pytest.raises(ProjectError, match=r"farm.toml:\d+: \[jobs\] max_output_mib: must be at least"):
         load_project(synthetic(extra="[jobs]\nmax_output_mib = 0\n"))
+    with pytest.raises(ProjectError, match=r"max_output_mib: must be at most 480"):  # one message carries them
+        load_project(synthetic(extra="[jobs]\nmax_output_mib = 1024\n"))
 
 
 def test_a_hand_written_agent_cannot_answer_for_a_lease_it_does_not_hold(controller, agents, synthetic):
