@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from blake3 import blake3
 
 from farm.protocol import T, pack, unpack
 
@@ -116,3 +117,18 @@ class HandWrittenAgent:
         self._stop.set()
         self.thread.join(5)
         self.sock.close(0)
+
+
+def requeue(job: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+    """An answer handing the job back unstarted."""
+    return ({"lease": job["lease"], "ok": False, "result": None, "files": [], "error": "not started: busy",
+             "duration": 0.0, "requeue": True}, [])
+
+
+def oversized(size: int) -> Any:
+    """An answer with one verified output of `size` bytes, whatever the job asked for."""
+    def answer(job: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        data = b"x" * size
+        return ({"lease": job["lease"], "ok": True, "result": None,
+                 "files": [[f"{job['key']}.bin", size, blake3(data).digest()]], "duration": 0.0}, [data])
+    return answer

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from conftest import Background, wait_for
 from farm_synthetic import payload
-from sched_helpers import HandWrittenAgent, failing_interpreter, farm_cli, install_plugin
+from sched_helpers import HandWrittenAgent, failing_interpreter, farm_cli, install_plugin, oversized, requeue
 
 from farm.client import Client, submit
 from farm.controller.server import Controller
@@ -253,7 +253,8 @@ def test_a_reconnect_keeps_its_id_and_jobs_only_with_its_session(controller, syn
                        for lease in controller.leases.values())
         else:
             assert second.welcome["agent"] == "node-2" and len(controller.registry) == 2
-            assert {lease.agent_id for lease in controller.leases.values()} == {"node"}  # none moved
+            wait_for(lambda: controller.stats["stale"] >= 3, 30, "its answers for the first's jobs, refused")
+            assert {controller.leases[lease].agent_id for lease in first.leases} == {"node"}  # none moved
         first.close()  # now gone: its jobs, if it still has any, run elsewhere
         wait_for(run.done, 120, "the run")
         assert run.summary.ok and run.summary.done == 6
@@ -264,11 +265,6 @@ def test_a_reconnect_keeps_its_id_and_jobs_only_with_its_session(controller, syn
 
 
 # -- misbehaving agents are contained ------------------------------------------------------------
-
-
-def requeue(job):
-    return ({"lease": job["lease"], "ok": False, "result": None, "files": [], "error": "not started: busy",
-             "duration": 0.0, "requeue": True}, [])
 
 
 def test_an_agent_that_hands_every_job_back_is_blocklisted_and_the_jobs_finish(controller, agents, synthetic):
@@ -286,16 +282,6 @@ def test_an_agent_that_hands_every_job_back_is_blocklisted_and_the_jobs_finish(c
         assert sorted((project / "output" / "collated.log").read_text().split()) == keys(200)
     finally:
         saboteur.close()
-
-
-def oversized(size: int):
-    def answer(job):
-        data = b"x" * size
-        from blake3 import blake3
-        return ({"lease": job["lease"], "ok": True, "result": None, "files": [[f"{job['key']}.bin", size,
-                                                                              blake3(data).digest()]],
-                 "duration": 0.0}, [data])
-    return answer
 
 
 def test_outputs_over_the_jobs_limit_fail_that_attempt(controller, agents, synthetic):
