@@ -31,14 +31,17 @@ def farm_cli(*args: str, cwd: Path, python: str = sys.executable, env: dict[str,
     return done.returncode, json.loads(lines[-1]) if lines else None, done.stderr
 
 
-def failing_interpreter(folder: Path, fails: str, how: str) -> Path:
+def failing_interpreter(folder: Path, fails: str, how: str, *, while_exists: Path | None = None) -> Path:
     """A python that runs everything but what matches `fails` (a module name in argv).
 
     `how`: "message" exits 3 after an error on stderr; "signal" is killed with nothing said.
+    With `while_exists`, it fails only while that file exists (a node that gets mended).
     """
     folder.mkdir(parents=True, exist_ok=True)
     action = {"message": "echo \"ImportError: cannot import name 'Worker' (a broken install)\" >&2; exit 3",
               "signal": "kill -9 $$"}[how]
+    if while_exists is not None:
+        action = f"if [ -e '{while_exists}' ]; then {action}; fi"
     wrapper = folder / "python"
     wrapper.write_text(textwrap.dedent(f"""\
         #!/bin/bash

@@ -19,8 +19,8 @@ from conftest import Background, wait_for
 from farm_synthetic import payload
 from sched_helpers import HandWrittenAgent, failing_interpreter, farm_cli, install_plugin, oversized, requeue
 
-from farm.client import Client, submit
-from farm.controller.server import Controller
+from farm.cli.status import status_text
+from farm.client import submit
 from farm.embedded import stop_agents
 from farm.errors import ProjectError
 from farm.project import DEFAULT_MAX_OUTPUT_MIB, load_project
@@ -86,6 +86,20 @@ def test_an_agent_whose_workers_die_at_start_is_broken_and_a_submit_fails_fast(
     assert "node1: its workers die at start" in summary.error and expected in summary.error
     text = log.read_text()
     assert "this node is broken" in text and expected in text
+    assert "broken, takes no jobs: its workers die at start" in status_text(controller.status())
+
+
+def test_a_mended_node_takes_jobs_again(tmp_path, controller, logged_agents, synthetic):
+    marker = tmp_path / "broken-install"
+    marker.touch()
+    python = failing_interpreter(tmp_path / "bin", "farm.agent.worker", "message", while_exists=marker)
+    log = logged_agents(controller.url, "node1", python=str(python))
+    wait_for(lambda: any(a["broken"] for a in controller.status()["agents"]), 60, "the agent to say it is broken")
+    marker.unlink()  # the install is repaired: its next try at a worker succeeds
+    wait_for(lambda: not controller.status()["agents"][0]["broken"], 60, "the agent to say it is mended")
+    summary = submit(controller.url, load_project(synthetic(jobs=5)))
+    assert summary.ok and summary.done == 5
+    assert "takes jobs again" in log.read_text()
 
 
 def test_a_broken_agent_takes_no_jobs_while_a_healthy_one_does_them(tmp_path, controller, logged_agents,
