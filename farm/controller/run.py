@@ -264,9 +264,7 @@ class ProjectRun:
         self.progress.pop(key, None)
         self.attempts[key] += 1
         self.conduct.failed(key, lease.agent_id)
-        if not retry:
-            self._fail_for_good(key, error, log_text)
-        elif self.attempts[key] >= self.project.max_attempts:
+        if not retry or self.attempts[key] >= self.project.max_attempts:
             self._fail_for_good(key, error, log_text)
         else:
             log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
