@@ -95,7 +95,8 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
-    T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str), "agent": opt(str)},  # agent: its id here
+    T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
+                "agent": opt(str)},  # the id the controller knows the agent by
     T.JOBS: {"jobs": [JOB], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},

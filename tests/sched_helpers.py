@@ -97,7 +97,8 @@ class HandWrittenAgent:
                 msg = unpack(self.sock.recv_multipart())
                 if msg.type is T.WELCOME:
                     self.welcome = msg.body
-                    answers = [self.answer({"lease": lease}) for lease in self.hello["held"]]  # jobs it still has
+                    # answer the jobs it says it still has
+                    answers = [self.answer({"lease": lease}) for lease in self.hello["held"]]
                     results = [a[0] for a in answers if a is not None]
                     if results:
                         self.sock.send_multipart(pack(T.RESULTS, {"results": results}))

@@ -42,8 +42,8 @@ def logged_agents(tmp_path):
         log = tmp_path / f"agent-{len(procs)}.log"
         with open(log, "wb") as out:
             procs.append(subprocess.Popen(
-                [python, "-P", "-m", "farm", "--log-level", "info", "agent", "--controller", url, "--id", agent_id,
-                 "--slots", str(slots), "--parent-pid", str(os.getpid()),
+                [python, "-P", "-m", "farm", "--log-level", "info", "agent", "--controller", url,
+                 "--id", agent_id, "--slots", str(slots), "--parent-pid", str(os.getpid()),
                  "--cache-dir", str(tmp_path / f"cache-{len(procs)}")], stdout=out, stderr=out))
         return log
 
@@ -58,7 +58,8 @@ def shadowing_folder(folder: Path) -> Path:
     """A folder a user might run farm from: a checkout named farm, a stray msgpack.py, a plugin's name."""
     for package in ("farm", "farm_synthetic"):
         (folder / package).mkdir(parents=True)
-        (folder / package / "__init__.py").write_text(f'raise ImportError("the {package} in the current folder")\n')
+        shadow = f'raise ImportError("the {package} in the current folder")\n'
+        (folder / package / "__init__.py").write_text(shadow)
     (folder / "msgpack.py").write_text('raise ImportError("the msgpack.py in the current folder")\n')
     return folder
 
@@ -77,7 +78,7 @@ def test_an_agent_whose_workers_die_at_start_is_broken_and_a_submit_fails_fast(
         tmp_path, controller, logged_agents, synthetic, how):
     python = failing_interpreter(tmp_path / "bin", "farm.agent.worker", how)
     log = logged_agents(controller.url, "node1", python=str(python))
-    wait_for(lambda: any(a["broken"] for a in controller.status()["agents"]), 60, "the agent to say it is broken")
+    wait_for(lambda: any(a["broken"] for a in controller.status()["agents"]), 60, "the agent to say so")
     agent = controller.status()["agents"][0]
     expected = "a broken install" if how == "message" else "exit code -9"
     assert agent["id"] == "node1" and expected in agent["broken"]
@@ -94,7 +95,7 @@ def test_a_mended_node_takes_jobs_again(tmp_path, controller, logged_agents, syn
     marker.touch()
     python = failing_interpreter(tmp_path / "bin", "farm.agent.worker", "message", while_exists=marker)
     log = logged_agents(controller.url, "node1", python=str(python))
-    wait_for(lambda: any(a["broken"] for a in controller.status()["agents"]), 60, "the agent to say it is broken")
+    wait_for(lambda: any(a["broken"] for a in controller.status()["agents"]), 60, "the agent to say so")
     marker.unlink()  # the install is repaired: its next try at a worker succeeds
     wait_for(lambda: not controller.status()["agents"][0]["broken"], 60, "the agent to say it is mended")
     summary = submit(controller.url, load_project(synthetic(jobs=5)))
@@ -140,7 +141,8 @@ def test_jobs_that_fail_everywhere_fail_for_good_and_the_rest_finish(tmp_path, a
     project = tmp_path / "project"
     project.mkdir()
     (project / "farm.toml").write_text(
-        f'[project]\nname = "bad"\nmedia_type = "synthetic"\n[synthetic]\njobs = 12\noutput_bytes = 4\n{bad}\n')
+        f'[project]\nname = "bad"\nmedia_type = "synthetic"\n'
+        f'[synthetic]\njobs = 12\noutput_bytes = 4\n{bad}\n')
     failing = sorted(bad.split("=", 1)[1].strip(' []').replace('"', "").split(", "))
     rc, summary, err = farm_cli("submit", str(project), "--agents", str(agents_n), "--json", cwd=tmp_path)
     assert rc == 1, err
@@ -194,7 +196,8 @@ def test_a_plugin_fails_a_job_for_good_at_once(tmp_path, agents_n):
     (project / "farm.toml").write_text('[project]\nname = "inputs"\nmedia_type = "inputs"\n'
                                        '[inputs]\njobs = 6\ncorrupt = ["in-2"]\nflaky = ["in-4"]\n')
     env = {"PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
-    rc, summary, err = farm_cli("submit", str(project), "--agents", str(agents_n), "--json", cwd=tmp_path, env=env)
+    rc, summary, err = farm_cli("submit", str(project), "--agents", str(agents_n), "--json",
+                                cwd=tmp_path, env=env)
     assert rc == 1, err
     failures = {f["job"]: f for f in summary["failures"]}
     assert failures["in-2"]["attempts"] == 1 and "JobFailedForGood: in-2: the input is corrupt" in \
@@ -278,6 +281,21 @@ def test_a_reconnect_keeps_its_id_and_jobs_only_with_its_session(controller, syn
             second.close()
 
 
+def test_a_renamed_agent_that_reconnects_keeps_the_id_it_was_given(controller):
+    peers = [HandWrittenAgent(controller.url, "node", hold, caps=(), session=s) for s in ("s1", "s2")]
+    try:
+        wait_for(lambda: all(p.welcome for p in peers), 30, "both welcomes")
+        assert [p.welcome["agent"] for p in peers] == ["node", "node-2"]
+        # the second again, on a new connection
+        peers.append(HandWrittenAgent(controller.url, "node", hold, caps=(), session="s2"))
+        wait_for(lambda: peers[2].welcome, 30, "the reconnect's welcome")
+        assert peers[2].welcome["agent"] == "node-2"
+        assert sorted(a.id for a in controller.registry) == ["node", "node-2"]
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 # -- misbehaving agents are contained ------------------------------------------------------------
 
 
@@ -317,7 +335,8 @@ def test_outputs_over_the_jobs_limit_fail_that_attempt(controller, agents, synth
 
 def test_a_job_writing_more_than_its_limit_fails_on_the_agent(controller, agents, synthetic):
     agents(controller.url, 1)
-    project = synthetic(jobs=3, output_bytes=2 * 2**20, extra="[jobs]\nmax_output_mib = 1\nmax_attempts = 1\n")
+    limits = "[jobs]\nmax_output_mib = 1\nmax_attempts = 1\n"
+    project = synthetic(jobs=3, output_bytes=2 * 2**20, extra=limits)
     summary = submit(controller.url, load_project(project))
     assert summary.failed == 3
     assert "over its limit of 1.0 MiB ([jobs] max_output_mib)" in summary.failures[0]["error"]
@@ -327,7 +346,8 @@ def test_the_output_limit_has_a_default_and_is_checked_at_load(tmp_path, synthet
     assert load_project(synthetic()).max_output == DEFAULT_MAX_OUTPUT_MIB * 2**20
     with pytest.raises(ProjectError, match=r"farm.toml:\d+: \[jobs\] max_output_mib: must be at least"):
         load_project(synthetic(extra="[jobs]\nmax_output_mib = 0\n"))
-    with pytest.raises(ProjectError, match=r"max_output_mib: must be at most 480"):  # one message carries them
+    # one message carries a job's outputs
+    with pytest.raises(ProjectError, match=r"max_output_mib: must be at most 480"):
         load_project(synthetic(extra="[jobs]\nmax_output_mib = 1024\n"))
 
 

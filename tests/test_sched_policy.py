@@ -53,7 +53,8 @@ def test_an_agent_that_completes_work_may_hand_some_back():
     conduct = Conduct()
     for i in range(100):
         conduct.succeeded(f"done{i}", "honest")
-    assert all(conduct.handed_back(f"j{i}", "honest") is None for i in range(50))  # e.g. a worker died mid-batch
+    # e.g. a worker died with a batch queued behind its job
+    assert all(conduct.handed_back(f"j{i}", "honest") is None for i in range(50))
     assert not conduct.blocklist
 
 

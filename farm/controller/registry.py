@@ -93,6 +93,10 @@ class Registry:
         """The connected agent known by this id, if any."""
         return next((a for a in self.agents.values() if a.id == agent_id), None)
 
+    def by_session(self, session: str) -> AgentState | None:
+        """The connected agent that showed this (secret) session token, if any."""
+        return next((a for a in self.agents.values() if session and a.session == session), None)
+
     def free_id(self, wanted: str) -> str:
         """`wanted`, or `wanted-2`, `wanted-3`, ...: the first id no connected agent uses."""
         taken = {a.id for a in self.agents.values()}

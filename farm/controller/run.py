@@ -126,7 +126,8 @@ class ProjectRun:
 
         Call when no connected agent is eligible; returns how many are eligible afterwards.
         """
-        blocked = [a for a in agents if a.id in self.blocklist and a.can_run(self.media.name, self.media.requirements)]
+        needs = (self.media.name, self.media.requirements)
+        blocked = [a for a in agents if a.id in self.blocklist and a.can_run(*needs)]
         for agent in blocked:
             log.warning("%s: lifting the blocklist of agent %s (%s): no other connected agent can run this "
                         "project", self.project.name, agent.id, self.blocklist[agent.id])

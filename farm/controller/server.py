@@ -338,7 +338,8 @@ class Controller:
         # a lease another agent holds is not this one's, whatever it says (unknown ones may be from
         # before a controller restart: their results will be dropped as stale)
         mine = {identity, previous.identity if previous is not None else identity}
-        agent.held = {lease for lease in agent.held if lease not in self.leases or self.leases[lease].agent in mine}
+        agent.held = {lease for lease in agent.held
+                      if lease not in self.leases or self.leases[lease].agent in mine}
         if previous is not None:  # the same agent again: keep the leases it still holds, requeue the rest
             agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
             self.registry.remove(previous.identity)
@@ -361,17 +362,18 @@ class Controller:
         """The id this HELLO's agent gets, and the registry entry it continues (if any).
 
         A HELLO on a known connection updates that agent; one that shows the secret session of
-        the live agent with its id is that agent reconnecting; anyone else claiming a live id
+        a live agent is that agent reconnecting (it keeps the id it has here); anyone else claiming a live id
         (a second node started with the same --id, or an impostor) gets a free id of its own
         and none of the first one's routing or jobs.
         """
         if known is not None:
             return known.id, known
+        again = self.registry.by_session(session)
+        if again is not None and again.key == key:  # under the id it was given, if it was renamed
+            return again.id, again
         live = self.registry.by_id(claimed)
         if live is None:
             return claimed, None
-        if session and live.session == session and live.key == key:
-            return claimed, live
         agent_id = self.registry.free_id(claimed)
         log.warning("agent id %r is in use by a live agent on %s; the new agent is known as %r (give each "
                     "agent its own --id)", claimed, live.host, agent_id)
