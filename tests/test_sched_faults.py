@@ -206,6 +206,17 @@ def test_a_plugin_fails_a_job_for_good_at_once(tmp_path, agents_n):
     assert summary["jobs"]["done"] == 4
 
 
+def test_a_relative_pythonpath_means_the_same_to_workers_in_their_own_folder(tmp_path):
+    install_plugin(tmp_path / "site", "farm_inputs_test", FOR_GOOD_PLUGIN, "inputs")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "farm.toml").write_text('[project]\nname = "inputs"\nmedia_type = "inputs"\n[inputs]\njobs = 4\n')
+    env = {"PYTHONPATH": os.pathsep.join(["site", os.environ.get("PYTHONPATH", "")])}  # relative to cwd
+    rc, summary, err = farm_cli("submit", "project", "--agents", "1", "--json", cwd=tmp_path, env=env)
+    assert rc == 0, err
+    assert summary["jobs"]["done"] == 4
+
+
 # -- two nodes that claim one name -------------------------------------------------------------
 
 
