@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str = "WARNING",
                        extra: list[str] | None = None, first: int = 1) -> list[subprocess.Popen[bytes]]:
     """Start agent processes named local-<first>, ... that exit when this process does."""
-    cmd = [sys.executable, "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
+    # -P: a folder named `farm` in the current folder must not shadow the installed package
+    cmd = [sys.executable, "-P", "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
            "--slots", str(slots), "--parent-pid", str(os.getpid()), *(extra or [])]
     return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"]) for i in range(count)]
 
@@ -83,6 +84,8 @@ class EmbeddedFarm:
         assert self.controller.url is not None
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
+        # a closed farm: once these have all joined or exited, no other agent can come
+        self.controller.local_agents = lambda: [proc.poll() for proc in self.procs]
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,7 +50,18 @@ class PluginError(FarmError):
 
 
 class RenderError(FarmError):
-    """A job failed in a way the plugin understands (raise it for a clean message)."""
+    """A job failed in a way the plugin understands (raise it for a clean message).
+
+    The job is tried again, on another agent where there is one, up to ``[jobs] max_attempts``.
+    """
+
+
+class JobFailedForGood(RenderError):
+    """A job that no retry can fix (a corrupt or unreadable input): it fails at once, not retried.
+
+    Raise it from `render`; the message reaches the user as the job's error. Use `RenderError`
+    when another attempt, or another node, might succeed.
+    """
 
 
 class RendererMissing(FarmError):

@@ -107,7 +107,9 @@ class MediaType:
         """Render one job, writing files into ``ctx.output_dir``.
 
         Return a small msgpack-able result (or None); it reaches `collate` and the
-        `render` of jobs that depend on this one. Raise to fail the job.
+        `render` of jobs that depend on this one. Raise to fail the job: it is retried, up to
+        ``[jobs] max_attempts``, unless you raise `farm.errors.JobFailedForGood` (a corrupt
+        input, which no retry can fix). Outputs over ``[jobs] max_output_mib`` fail the job.
         """
         raise NotImplementedError
 

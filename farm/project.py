@@ -22,6 +22,8 @@ from farm.settings import SettingsReader, line_of
 PROJECT_FILE = "farm.toml"
 STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
+DEFAULT_MAX_OUTPUT_MIB = 256  # a job's outputs together; [jobs] max_output_mib overrides
+MAX_OUTPUT_MIB = 480  # outputs ride in one message of at most 512 MiB (controller's MAX_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Project:
     output: str = "output"
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
+    max_output: int = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes one job may return
     extra: dict[str, Any] = field(default_factory=dict)
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +73,7 @@ class Project:
             "timeout": self.timeout,
             "max_attempts": self.max_attempts,
             "table": _plain(self.table),
+            "max_output": self.max_output,
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class Project:
             timeout=data["timeout"],
             max_attempts=data["max_attempts"],
             table=data.get("table") if isinstance(data.get("table"), dict) else {},
+            max_output=data.get("max_output", DEFAULT_MAX_OUTPUT_MIB * 2**20),
         )
 
     def reconfigure(self, root: Path) -> Project:
@@ -175,6 +180,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
     jobs = reader("jobs")
     timeout = jobs.number("timeout", None, min=0.001)
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
+    max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=MAX_OUTPUT_MIB)
     jobs.finish()
 
     try:
@@ -203,6 +209,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
         timeout=timeout,
         max_attempts=attempts,
         table=dict(table.values),
+        max_output=int(max_output * 2**20),
     )
 
 

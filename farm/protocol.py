@@ -75,6 +75,7 @@ RESULT = {
     "log": opt(str),
     "duration": NUM,
     "requeue": opt(bool),  # the job never started: run it again without counting an attempt
+    "retry": opt(bool),  # False: the plugin failed the job for good (farm.errors.JobFailedForGood)
 }
 
 SHAPES: dict[T, dict[str, Any]] = {
@@ -88,11 +89,14 @@ SHAPES: dict[T, dict[str, Any]] = {
         "held": [str],
         "version": str,
         "missing": opt(ANY),
+        "session": opt(str),  # a secret per agent process: a reconnect shows it, an impostor cannot
+        "broken": opt(str),  # why this agent cannot run anything (its workers die at start)
     },
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
-    T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str)},
+    T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
+                "agent": opt(str)},  # the id the controller knows the agent by
     T.JOBS: {"jobs": [JOB], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},
@@ -163,7 +167,7 @@ def unpack(frames: Sequence[bytes]) -> Message:
     return Message(kind, body, [bytes(f) for f in frames[2:]])
 
 
-_RESULT_OPTIONAL = {"error": str, "log": str, "requeue": bool}
+_RESULT_OPTIONAL = {"error": str, "log": str, "requeue": bool, "retry": bool}
 
 
 def _check_results(body: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +31,7 @@ import zmq
 
 from farm import __version__
 from farm.agent.capabilities import detect
+from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
 from farm.client import HANDSHAKE_FAILED
@@ -63,6 +63,9 @@ class Slot:
     running: list[dict[str, Any]] = field(default_factory=list)
     head_since: float = 0.0  # when the head job started, as far as we can tell
     projects: set[str] = field(default_factory=set)
+    greeted: bool = False  # it said "ready" once: a later exit is a crash, not a failure to start
+    stderr: StderrTail | None = None
+    restart_at: float = 0.0  # when a broken node starts this slot's worker again (proc is None meanwhile)
 
 
 class Agent:
@@ -116,6 +119,8 @@ class Agent:
         self.monitor: zmq.Socket | None = None
         self.refusal_logged = False
         self.caps, self.missing, self.media_types = detect(self.tags)
+        self.session = uuid.uuid4().hex  # shown only to the controller: proves a reconnect is us
+        self.starts = StartWatch()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -200,7 +205,8 @@ class Agent:
         self._close_ctrl(linger=0)
         self.ctrl = self.zctx.socket(zmq.DEALER)
         self.ctrl.setsockopt(zmq.LINGER, 0)
-        self.ctrl.setsockopt(zmq.IDENTITY, self.id.encode())
+        # a fresh routing id per connection; the controller knows us by our id and session instead
+        self.ctrl.setsockopt(zmq.IDENTITY, self.id.encode()[:64] + b"/" + uuid.uuid4().hex.encode())
         self.ctrl.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
         if self.socket_setup:
             self.socket_setup(self.ctrl)
@@ -210,20 +216,24 @@ class Agent:
         self.connected = False
         now = time.monotonic()
         self.last_recv = now
-        self._send(
-            T.HELLO,
-            {
-                "agent": self.id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "slots": self.nslots,
-                "prefetch": self.prefetch,
-                "caps": self.caps,
-                "missing": self.missing,
-                "held": sorted(self.held),
-                "version": __version__,
-            },
-        )
+        self._send(T.HELLO, self._hello_body())
+
+    def _hello_body(self) -> dict[str, Any]:
+        body = {
+            "agent": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slots": self.nslots,
+            "prefetch": self.prefetch,
+            "caps": self.caps,
+            "missing": self.missing,
+            "held": sorted(self.held),
+            "version": __version__,
+            "session": self.session,
+        }
+        if self.starts.broken:
+            body["broken"] = self.starts.broken
+        return body
 
     def _send(self, kind: T, body: dict[str, Any] | None = None, payloads: list[bytes] | None = None) -> bool:
         assert self.ctrl is not None
@@ -295,6 +305,9 @@ class Agent:
             if msg.body.get("files"):
                 self.files_endpoint = reachable(msg.body["files"], self.controller)
             log.info("connected to controller %s", self.controller)
+            if msg.body.get("agent") not in (None, self.id):
+                log.warning("another live agent already uses the id %r at %s; this one is known there as %r "
+                            "(give each agent its own --id)", self.id, self.controller, msg.body["agent"])
         elif msg.type is T.JOBS:
             projects = msg.body["projects"]
             for project_id, description in (projects.items() if isinstance(projects, dict) else ()):
@@ -409,10 +422,13 @@ class Agent:
     def _start_worker(self, slot: Slot, endpoint: str) -> None:
         folder = self.scratch / f"slot{slot.index}"
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "farm.agent.worker", endpoint, str(slot.index), str(folder)],
+            worker_command(endpoint, slot.index, folder), cwd=self.scratch, env=worker_env(),
+            stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: a timeout kills the whole tree it started
         )
-        slot.ready = False
+        assert slot.proc.stderr is not None
+        slot.stderr = StderrTail(slot.proc.stderr)
+        slot.ready = slot.greeted = False
         slot.running = []
         slot.projects = set()
 
@@ -427,7 +443,10 @@ class Agent:
 
     def _check_workers(self, now: float, endpoint: str) -> None:
         for slot in self.slots:
-            assert slot.proc is not None
+            if slot.proc is None:  # a broken node waits before trying this worker again
+                if now >= slot.restart_at:
+                    self._start_worker(slot, endpoint)
+                continue
             code = slot.proc.poll()
             if code is None and slot.running and now > slot.head_since + slot.running[0]["timeout"]:
                 head, *rest = slot.running
@@ -444,9 +463,35 @@ class Agent:
                     self._fail(head, f"worker process died (exit code {code}) while running this job")
                     for job in rest:
                         self._hand_back(job, "its worker died running another job")
-                if slot.running or not self.stopping:
+                if not slot.greeted and not self.stopping:
+                    self._died_at_start(slot, code)
+                elif slot.running or not self.stopping:
                     log.warning("worker %d exited with code %s; restarting it", slot.index, code)
-                self._start_worker(slot, endpoint)
+                if self.starts.delay():
+                    slot.proc, slot.ready, slot.restart_at = None, False, now + self.starts.delay()
+                else:
+                    self._start_worker(slot, endpoint)
+        if self.starts.broken and self.queue:  # jobs sent before the controller heard: give them back
+            self._report_state()
+
+    def _died_at_start(self, slot: Slot, code: int) -> None:
+        stderr = slot.stderr.text() if slot.stderr is not None else ""
+        log.warning("worker %d died before it was ready (exit code %s)", slot.index, code)
+        if self.starts.died_at_start(code, stderr):
+            log.error("this node is broken and takes no jobs until a worker starts: %s", self.starts.broken)
+            self._report_state()
+
+    def _report_state(self) -> None:
+        """Tell the controller whether we are broken, holding only the jobs that are running.
+
+        Jobs still queued here are dropped from what we hold; the controller runs them elsewhere
+        without counting an attempt or a hand-back against anyone.
+        """
+        for job in self.queue:
+            self.held.discard(job["lease"])
+        self.queue.clear()
+        if self.ctrl is not None:
+            self._send(T.HELLO, self._hello_body())
 
     def _feed_workers(self, now: float) -> None:
         for slot in self.slots:
@@ -484,7 +529,10 @@ class Agent:
         slot = self.slots[int(ident[1:])]
         kind, body = msgpack.unpackb(raw, raw=False)
         if kind == "ready":
-            slot.ready = True
+            slot.ready = slot.greeted = True
+            if self.starts.started():
+                log.warning("a worker started again: this node takes jobs again")
+                self._report_state()
         elif kind == "progress":
             if self.ctrl is not None:
                 self._send(T.PROGRESS, {"lease": body[0], "fraction": body[1]})

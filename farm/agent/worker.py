@@ -22,6 +22,7 @@ import msgpack
 import zmq
 from blake3 import blake3
 
+from farm.errors import JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.project import Project
@@ -136,6 +137,7 @@ class Worker:
             result = media.render(job, ctx)
             files = self.out.files()
             self.out_dirty = bool(files)
+            _check_size(files, self.projects[spec["project"]].max_output)  # before reading them in
             payloads = [p.read_bytes() for p in files]
             # name, size and digest: the controller verifies every file before the job counts as done
             names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
@@ -147,6 +149,8 @@ class Worker:
             log = "\n".join([*self.tail.lines, traceback.format_exc()])
             reply = {"lease": lease, "ok": False, "result": None, "files": [],
                      "error": f"{type(exc).__name__}: {exc}", "log": log[-16000:]}
+            if isinstance(exc, JobFailedForGood):
+                reply["retry"] = False
             payloads = []
         reply["duration"] = time.monotonic() - started
         return reply, payloads
@@ -180,6 +184,13 @@ class _Folder:
         if self.is_empty():
             return []
         return sorted(p for p in self.path.rglob("*") if p.is_file())
+
+
+def _check_size(files: list[Path], limit: int) -> None:
+    size = sum(p.stat().st_size for p in files)
+    if size > limit:
+        raise RenderError(f"the job wrote {size / 2**20:.1f} MiB of outputs, over its limit of "
+                          f"{limit / 2**20:.1f} MiB ([jobs] max_output_mib)")
 
 
 def main(argv: list[str]) -> None:

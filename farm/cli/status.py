@@ -41,6 +41,8 @@ def status_text(report: dict[str, Any]) -> str:
         lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
                      f"  [{', '.join(a['capabilities'])}]")
+        if a.get("broken"):
+            lines.append(f"    broken, takes no jobs: {a['broken']}")
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
     lines.append(f"projects ({len(report['projects'])}):")

@@ -20,6 +20,8 @@ class AgentState:
     caps: set[str]
     missing: dict[str, str]
     key: str | None = None  # its authenticated public key, when CURVE is on
+    session: str = ""  # the agent process's secret token: a reconnect shows it, an impostor cannot
+    broken: str | None = None  # why it cannot run anything (its workers die at start), if so
     held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
     known_projects: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
@@ -47,6 +49,10 @@ class AgentState:
         self.avg_job_s = duration if self.avg_job_s is None else 0.8 * self.avg_job_s + 0.2 * duration
 
     def can_run(self, media_type: str, requirements: tuple[str, ...]) -> bool:
+        return self.broken is None and self.able(media_type, requirements)
+
+    def able(self, media_type: str, requirements: tuple[str, ...]) -> bool:
+        """It has what the media type needs (whether or not it is broken now)."""
         return media_type in self.caps and all(r in self.caps for r in requirements)
 
     def describe(self, now: float) -> dict[str, Any]:
@@ -60,6 +66,7 @@ class AgentState:
             "done": self.done,
             "failed": self.failed,
             "last_heartbeat_s": round(now - self.last_seen, 2),
+            "broken": self.broken,
         }
 
 
@@ -81,6 +88,21 @@ class Registry:
         old = self.agents.get(agent.identity)
         self.agents[agent.identity] = agent
         return old
+
+    def by_id(self, agent_id: str) -> AgentState | None:
+        """The connected agent known by this id, if any."""
+        return next((a for a in self.agents.values() if a.id == agent_id), None)
+
+    def by_session(self, session: str) -> AgentState | None:
+        """The connected agent that showed this (secret) session token, if any."""
+        return next((a for a in self.agents.values() if session and a.session == session), None)
+
+    def free_id(self, wanted: str) -> str:
+        """`wanted`, or `wanted-2`, `wanted-3`, ...: the first id no connected agent uses."""
+        taken = {a.id for a in self.agents.values()}
+        if wanted not in taken:
+            return wanted
+        return next(f"{wanted}-{n}" for n in range(2, len(taken) + 3) if f"{wanted}-{n}" not in taken)
 
     def remove(self, identity: bytes) -> AgentState | None:
         return self.agents.pop(identity, None)

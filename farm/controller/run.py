@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.controller.jobcache import JobCache, cache_key
+from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
@@ -26,10 +27,9 @@ from farm.project import Project
 
 log = logging.getLogger(__name__)
 
-BLOCKLIST_AFTER = 3  # failures of one agent within one project
 LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
-RETRY_SCAN = 64
-MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats  # how deep to look in the retry queue for a job this agent has not tried
+RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not had
+MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats
 
 
 @dataclass
@@ -87,9 +87,8 @@ class ProjectRun:
         self.done_keys: set[str] = journal.done_keys(run_id) if journal.counts(run_id)["done"] else set()
         self.attempts: collections.Counter[str] = collections.Counter()
         self.lost: collections.Counter[str] = collections.Counter()
-        self.tried_on: dict[str, set[str]] = {}
-        self.agent_failures: collections.Counter[str] = collections.Counter()
-        self.blocklist: set[str] = set()
+        self.conduct = Conduct()  # strikes, hand-backs, blocklist: farm.controller.policy
+        self.stuck_since: float | None = None  # since when no agent can make progress on it
         self.failures: dict[str, Failure] = {}
         # lease ids: unique across runs and controller restarts, cheap to make
         self._lease_prefix = uuid.uuid4().hex[:8]
@@ -115,8 +114,26 @@ class ProjectRun:
     def active(self) -> bool:
         return self.state == "running"
 
+    @property
+    def blocklist(self) -> dict[str, str]:
+        """Agent id -> why it gets no more of this run's jobs."""
+        return self.conduct.blocklist
+
     def eligible(self, agent: AgentState) -> bool:
         return agent.id not in self.blocklist and agent.can_run(self.media.name, self.media.requirements)
+
+    def lift_blocklist(self, agents: list[AgentState]) -> int:
+        """Never leave a run without an agent: unblock the able ones when no one else can run it.
+
+        Call when no connected agent is eligible; returns how many are eligible afterwards.
+        """
+        needs = (self.media.name, self.media.requirements)
+        blocked = [a for a in agents if a.id in self.blocklist and a.can_run(*needs)]
+        for agent in blocked:
+            log.warning("%s: lifting the blocklist of agent %s (%s): no other connected agent can run this "
+                        "project", self.project.name, agent.id, self.blocklist[agent.id])
+        self.conduct.lift([a.id for a in blocked])
+        return len(blocked)
 
     def take(self, agent: AgentState, n: int, others: int, now: float) -> list[Lease]:
         """Lease up to n jobs to this agent: retries first (preferring ones it has not tried), then new.
@@ -130,9 +147,8 @@ class ProjectRun:
                 if len(jobs) >= n:
                     break
                 job = self.ready.popleft()
-                tried = self.tried_on.get(job.key, ())
-                if agent.id in tried and others > len(tried):
-                    skipped.append(job)  # leave it for an agent that has not failed it
+                if self.conduct.skip(job.key, agent.id, others):
+                    skipped.append(job)  # leave it for an agent that has not had it
                 elif not self._reuse(job):
                     jobs.append(self.lease(job, agent, now))
             self.ready.extendleft(reversed(skipped))
@@ -234,7 +250,9 @@ class ProjectRun:
         self.media.collate(lease.job, result, outputs, self.ctx)
         del self.leases[key]
         self.progress.pop(key, None)
-        self.tried_on.pop(key, None)
+        for agent in self.conduct.succeeded(key, lease.agent_id):
+            log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent,
+                        self.blocklist[agent])
         self._done(key, result)
 
     def _done(self, key: str, result: Any) -> None:
@@ -247,18 +265,14 @@ class ProjectRun:
                 del self.unmet[job.key]
                 self.ready.append(job)
 
-    def failed(self, lease: Lease, error: str, log_text: str) -> None:
+    def failed(self, lease: Lease, error: str, log_text: str, *, retry: bool = True) -> None:
+        """An attempt failed; retried up to max_attempts, unless `retry` is False (the plugin's verdict)."""
         key = lease.job.key
         del self.leases[key]
         self.progress.pop(key, None)
         self.attempts[key] += 1
-        self.tried_on.setdefault(key, set()).add(lease.agent_id)
-        self.agent_failures[lease.agent_id] += 1
-        if self.agent_failures[lease.agent_id] >= BLOCKLIST_AFTER and lease.agent_id not in self.blocklist:
-            self.blocklist.add(lease.agent_id)
-            log.warning("%s: agent %s failed %d jobs; no more jobs of this project go to it",
-                        self.project.name, lease.agent_id, BLOCKLIST_AFTER)
-        if self.attempts[key] >= self.project.max_attempts:
+        self.conduct.failed(key, lease.agent_id)
+        if not retry or self.attempts[key] >= self.project.max_attempts:
             self._fail_for_good(key, error, log_text)
         else:
             log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
@@ -267,6 +281,18 @@ class ProjectRun:
 
     def lost_lease(self, lease: Lease, reason: str) -> None:
         """The agent went away: run the job again elsewhere, without counting an attempt."""
+        self.conduct.lost(lease.job.key, lease.agent_id)
+        self._requeue(lease, reason)
+
+    def handed_back(self, lease: Lease, reason: str) -> None:
+        """The agent returned the job unstarted: again elsewhere, at no attempt, but at the agent's cost."""
+        blocked = self.conduct.handed_back(lease.job.key, lease.agent_id)
+        if blocked:
+            log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name,
+                        lease.agent_id, blocked)
+        self._requeue(lease, reason)
+
+    def _requeue(self, lease: Lease, reason: str) -> None:
         key = lease.job.key
         del self.leases[key]
         self.progress.pop(key, None)
@@ -278,6 +304,7 @@ class ProjectRun:
 
     def _fail_for_good(self, key: str, error: str, log_text: str) -> None:
         self.cache_keys.pop(key, None)
+        self.conduct.failed_for_good(key)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
@@ -289,6 +316,13 @@ class ProjectRun:
         log.error("%s: %s", self.project.name, error)
         self.error = error
         self.exhausted = True
+
+    def abort(self, error: str) -> None:
+        """End a run no agent can make progress on: it fails with `error` once nothing is in flight."""
+        self._fail_project(error)
+        self.ready.clear()
+        self.waiting.clear()
+        self.unmet.clear()
 
     def cancel(self) -> list[Lease]:
         self.state = "cancelled"

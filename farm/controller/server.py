@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +23,7 @@ from blake3 import blake3
 
 from farm.controller.assets import AssetService
 from farm.controller.jobcache import JobCache, assets_digest
+from farm.controller.policy import STUCK_GRACE_S, cannot_arrive
 from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
@@ -45,9 +47,14 @@ BAD_MESSAGES_BEFORE_IGNORING = 20
 KEEP_FINISHED_RUNS = 50
 MAX_TRACKED_BAD_SENDERS = 4096
 JOURNAL_FILE = "journal.sqlite"
+MAX_BROKEN_TEXT = 4000  # characters of a broken agent's error kept and shown
 
 
 class Controller:
+    #: for a farm whose agents are all known (the embedded one): their exit codes, None while running;
+    #: None for an open farm, where an agent may join at any time
+    local_agents: Callable[[], list[int | None]] | None = None
+
     def __init__(
         self,
         bind: str = "tcp://127.0.0.1:5555",
@@ -131,7 +138,8 @@ class Controller:
         self.sock = zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting agent takes its identity back
+        # No ROUTER_HANDOVER: a peer that connects with a live routing id is refused, never handed
+        # that peer's traffic; agents take a fresh random routing id per connection instead.
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.security:
             self.security.socket_setup(self.sock)
@@ -306,7 +314,7 @@ class Controller:
 
     def _hello(self, identity: bytes, body: dict[str, Any], key: str | None) -> None:
         known = self.registry.get(identity)
-        if known is not None and known.key != key:  # ROUTER_HANDOVER must not let one key take another's place
+        if known is not None and known.key != key:  # one connection, one key
             raise ProtocolError(f"HELLO reusing agent {known.id}'s routing id with another key")
         claimed = body["agent"]
         try:  # ids are shown to people and may name files: a stranger's claim is checked
@@ -316,10 +324,15 @@ class Controller:
         if key is not None:
             assert self.security is not None
             claimed = self.security.name_of(key) or key[:16]
+        session = body.get("session") or ""
+        agent_id, previous = self._identify(identity, known, claimed, session, key)
+        broken = body.get("broken")
         agent = AgentState(
             identity=identity,
-            id=claimed,
+            id=agent_id,
             key=key,
+            session=session,
+            broken=broken[:MAX_BROKEN_TEXT] if isinstance(broken, str) and broken else None,
             host=body["host"],
             slots=max(1, min(body["slots"], 4096)),
             prefetch=max(0, min(body["prefetch"], 4096)),
@@ -327,15 +340,49 @@ class Controller:
             missing=body.get("missing") if isinstance(body.get("missing"), dict) else {},
             held=set(body["held"]),
         )
-        old = self.registry.add(agent)
-        if old is not None:  # a reconnect: keep the leases it still holds, requeue the rest
-            for lease in [lease for lease in self.leases.values() if lease.agent == identity]:
-                if lease.id not in agent.held:
+        # a lease another agent holds is not this one's, whatever it says (unknown ones may be from
+        # before a controller restart: their results will be dropped as stale)
+        mine = {identity, previous.identity if previous is not None else identity}
+        agent.held = {lease for lease in agent.held
+                      if lease not in self.leases or self.leases[lease].agent in mine}
+        if previous is not None:  # the same agent again: keep the leases it still holds, requeue the rest
+            agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
+            self.registry.remove(previous.identity)
+            for lease in [lease for lease in self.leases.values() if lease.agent == previous.identity]:
+                if lease.id in agent.held:
+                    lease.agent = identity
+                else:
                     self._lose(lease, "agent reconnected without it")
-        log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
-                 ", ".join(sorted(agent.caps)) or "no capabilities")
+        self.registry.add(agent)
+        if agent.broken:
+            log.warning("agent %s on %s is broken and takes no jobs: %s", agent.id, agent.host, agent.broken)
+        elif previous is None or previous.broken:
+            log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
+                     ", ".join(sorted(agent.caps)) or "no capabilities")
         self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
-                                         "files": self.assets.endpoint})
+                                         "files": self.assets.endpoint, "agent": agent.id})
+
+    def _identify(self, identity: bytes, known: AgentState | None, claimed: str, session: str,
+                  key: str | None) -> tuple[str, AgentState | None]:
+        """The id this HELLO's agent gets, and the registry entry it continues (if any).
+
+        A HELLO on a known connection updates that agent; one that shows the secret session of
+        a live agent is that agent reconnecting (it keeps the id it has here); anyone else claiming a live id
+        (a second node started with the same --id, or an impostor) gets a free id of its own
+        and none of the first one's routing or jobs.
+        """
+        if known is not None:
+            return known.id, known
+        again = self.registry.by_session(session)
+        if again is not None and again.key == key:  # under the id it was given, if it was renamed
+            return again.id, again
+        live = self.registry.by_id(claimed)
+        if live is None:
+            return claimed, None
+        agent_id = self.registry.free_id(claimed)
+        log.warning("agent id %r is in use by a live agent on %s; the new agent is known as %r (give each "
+                    "agent its own --id)", claimed, live.host, agent_id)
+        return agent_id, None
 
     def _results(self, agent: AgentState, msg: Message) -> None:
         offset = 0
@@ -350,13 +397,18 @@ class Controller:
                 continue
             del self.leases[lease.id]
             agent.observe(float(result["duration"]))
-            if result["ok"]:
+            oversize = _oversize(result["files"], files, lease.run.project.max_output)
+            if result["ok"] and oversize:
+                agent.failed += 1
+                lease.run.failed(lease, oversize, "")
+            elif result["ok"]:
                 self._collate(agent, lease, result, files)
             elif result.get("requeue"):
-                lease.run.lost_lease(lease, result.get("error") or "handed back")
+                lease.run.handed_back(lease, result.get("error") or "handed back")
             else:
                 agent.failed += 1
-                lease.run.failed(lease, result.get("error") or "failed", result.get("log") or "")
+                lease.run.failed(lease, result.get("error") or "failed", result.get("log") or "",
+                                 retry=result.get("retry") is not False)
 
     def _collate(self, agent: AgentState, lease: Lease, result: dict[str, Any], files: list[bytes]) -> None:
         staging = self.state_dir / "staging" / lease.id if result["files"] or files else None
@@ -474,7 +526,9 @@ class Controller:
         if not active:
             return
         agents = list(self.registry)
-        eligible = {run.id: sum(1 for a in agents if run.eligible(a)) for run in active}  # once per turn
+        eligible = {}  # once per turn
+        for run in active:
+            eligible[run.id] = sum(1 for a in agents if run.eligible(a)) or run.lift_blocklist(agents)
         for agent in agents:
             free = agent.free()
             if free <= 0:
@@ -527,6 +581,7 @@ class Controller:
                 self._send(agent.identity, T.HEARTBEAT)
 
     def _check_leases(self, now: float) -> None:
+        self._check_stuck(now)
         # The agent enforces job timeouts; this backstop catches an agent that cannot.
         for lease in list(self.leases.values()):
             if now > lease.deadline + max(10.0, lease.run.timeout * 0.5):
@@ -560,6 +615,19 @@ class Controller:
                 self._notify_finished(run)
                 self._prune()
 
+    def _check_stuck(self, now: float) -> None:
+        """Fail runs no agent can make progress on and none can come to (see `policy.cannot_arrive`)."""
+        local = self.local_agents() if self.local_agents is not None else None
+        for run in self.runs.values():
+            reason = self.stalled(run)
+            if reason is None:
+                run.stuck_since = None
+                continue
+            run.stuck_since = run.stuck_since or now
+            verdict = cannot_arrive(run, list(self.registry), reason, local)
+            if verdict and now - run.stuck_since >= STUCK_GRACE_S:
+                run.abort(verdict)
+
     def _prune(self) -> None:
         finished = [r for r in self.runs.values() if r.state in ("done", "failed", "cancelled")]
         for run in finished[:-KEEP_FINISHED_RUNS]:
@@ -579,8 +647,10 @@ class Controller:
             return None
         reasons = []
         for a in self.registry:
-            if a.id in run.blocklist:
-                reasons.append(f"{a.id}: blocklisted after failing jobs of this project")
+            if a.broken:
+                reasons.append(f"{a.id}: broken: {a.broken}")
+            elif a.id in run.blocklist:
+                reasons.append(f"{a.id}: blocklisted ({run.blocklist[a.id]})")
             elif run.media.name not in a.caps:
                 reasons.append(f"{a.id}: {a.missing.get(run.media.name, 'does not have this media type')}")
             else:
@@ -662,3 +732,13 @@ def _stage(folder: Path, names: list[list[Any]], payloads: list[bytes]) -> dict[
         path.write_bytes(data)
         outputs[rel] = path
     return outputs
+
+
+def _oversize(names: list[list[Any]], payloads: list[bytes], limit: int) -> str | None:
+    """Why a result's outputs are over its job's limit, if they are (checked before staging)."""
+    declared = sum(max(e[1], 0) for e in names if len(e) > 1 and isinstance(e[1], int))
+    declared = max(declared, sum(map(len, payloads)))
+    if declared <= limit:
+        return None
+    return (f"its outputs are {declared / 2**20:.1f} MiB, over the job's limit of {limit / 2**20:.1f} MiB "
+            "([jobs] max_output_mib)")

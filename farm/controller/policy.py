@@ -1,0 +1,131 @@
+"""Whose fault a job that did not come back is, and which agents a run stops using.
+
+The rules (also in docs/architecture.md, "Retries and blocklisting"):
+
+- A failure is the job's until shown otherwise. It counts against the agent (a *strike*) only
+  when the same job later succeeds on another agent. A job that fails on every agent it ran on
+  fails for good after ``max_attempts`` and costs no agent anything, so one bad input never
+  takes an agent away from the rest of a project.
+- A hand-back (the agent returns a job it did not start) counts against the agent that made
+  it: one that hands back more than ``HANDBACK_ALLOWANCE`` jobs beyond those it completed in
+  the run is blocklisted. Honest hand-backs are rare and come with completions (the jobs queued
+  behind one that crashed its worker); a node that hands back everything is sabotage or broken.
+- An agent with ``BLOCKLIST_AFTER`` strikes in a run gets no more of that run's jobs.
+- A job is not given again to an agent it failed on, was lost with or was handed back by, while
+  an eligible agent that has not had it exists.
+- A run nobody can make progress on fails with the reason instead of waiting forever when no
+  agent able to run it can come: every able agent is broken, or the farm is closed (the embedded
+  one: its local agents are all here, or all gone). An open farm waits for agents to join.
+- A blocklist never leaves a run without an agent: when every connected agent able to run it is
+  blocklisted, the blocklist is lifted for them, with a warning (see `ProjectRun.lift_blocklist`).
+
+Pure bookkeeping, no sockets: the scheduler's tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from farm.controller.registry import AgentState
+    from farm.controller.run import ProjectRun
+
+STUCK_GRACE_S = 2.0  # how long a run may have no agent able to run it before it fails (see cannot_arrive)
+BLOCKLIST_AFTER = 3  # strikes (failures of jobs that then succeeded elsewhere) within one run
+HANDBACK_ALLOWANCE = 16  # hand-backs beyond the jobs it completed, within one run
+
+
+@dataclass
+class Conduct:
+    """One run's record of its agents: strikes, hand-backs, and where each job should not go."""
+
+    strikes_limit: int = BLOCKLIST_AFTER
+    handback_allowance: int = HANDBACK_ALLOWANCE
+    blocklist: dict[str, str] = field(default_factory=dict)  # agent id -> why
+    failed_on: dict[str, set[str]] = field(default_factory=dict)  # job key -> agents it failed on
+    avoid: dict[str, set[str]] = field(default_factory=dict)  # job key -> agents not to give it again
+    strikes: collections.Counter[str] = field(default_factory=collections.Counter)
+    handbacks: collections.Counter[str] = field(default_factory=collections.Counter)
+    completed: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def failed(self, key: str, agent: str) -> None:
+        """An attempt failed on `agent`: not its fault yet, but try the job elsewhere next."""
+        self.failed_on.setdefault(key, set()).add(agent)
+        self.avoid.setdefault(key, set()).add(agent)
+
+    def lost(self, key: str, agent: str) -> None:
+        """The job went away with its agent (it left or dropped): prefer another one next time."""
+        self.avoid.setdefault(key, set()).add(agent)
+
+    def handed_back(self, key: str, agent: str) -> str | None:
+        """`agent` returned the job unstarted; returns why it is now blocklisted, if it is."""
+        self.avoid.setdefault(key, set()).add(agent)
+        self.handbacks[agent] += 1
+        excess = self.handbacks[agent] - self.completed[agent]
+        if excess > self.handback_allowance and agent not in self.blocklist:
+            return self._block(agent, f"handed back {self.handbacks[agent]} jobs and completed "
+                                      f"{self.completed[agent]}")
+        return None
+
+    def succeeded(self, key: str, agent: str) -> list[str]:
+        """The job is done on `agent`; the agents it failed on before get a strike each.
+
+        Returns the agents blocklisted by this (each with its reason logged by the caller).
+        """
+        self.completed[agent] += 1
+        self.avoid.pop(key, None)
+        blocked = []
+        for other in sorted(self.failed_on.pop(key, set()) - {agent}):
+            self.strikes[other] += 1
+            if self.strikes[other] >= self.strikes_limit and other not in self.blocklist:
+                self._block(other, f"failed {self.strikes[other]} jobs that then succeeded on other agents")
+                blocked.append(other)
+        return blocked
+
+    def failed_for_good(self, key: str) -> None:
+        """The job failed everywhere it ran (or its plugin said so): nobody's strike."""
+        self.failed_on.pop(key, None)
+        self.avoid.pop(key, None)
+
+    def skip(self, key: str, agent: str, eligible: int) -> bool:
+        """Leave this job for another agent? Only while an eligible agent has not had it."""
+        had = self.avoid.get(key)
+        return bool(had) and agent in had and eligible > len(had)
+
+    def lift(self, agents: list[str]) -> None:
+        """Take agents off the blocklist with a clean record (the run has no one else)."""
+        for agent in agents:
+            self.blocklist.pop(agent, None)
+            self.strikes.pop(agent, None)
+            self.handbacks.pop(agent, None)
+            self.completed.pop(agent, None)
+
+    def _block(self, agent: str, why: str) -> str:
+        self.blocklist[agent] = why
+        return why
+
+
+def cannot_arrive(run: ProjectRun, agents: Sequence[AgentState], stalled: str,
+                  local: list[int | None] | None) -> str | None:
+    """Why no agent able to run a stalled run can come, or None while one may.
+
+    :param stalled: why no connected agent can run it now (the controller's `stalled`).
+    :param local: exit codes of a closed farm's agent processes (None: still running), or None for
+        an open farm that any agent may join.
+    """
+    able = [a for a in agents if a.able(run.media.name, run.media.requirements)]
+    if able and all(a.broken for a in able):
+        return (f"every agent that can render {run.media.name!r} is broken: "
+                + "; ".join(f"{a.id}: {a.broken}" for a in able))
+    if local is None:
+        return None
+    running = sum(1 for code in local if code is None)
+    if not running:
+        codes = ", ".join(str(code) for code in local) or "none started"
+        return f"every local agent has exited (exit codes: {codes}); {stalled}"
+    if len(agents) >= running:  # all of them are here, and none can run it
+        return stalled
+    return None
