@@ -52,7 +52,7 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
         self.sock.connect(endpoint)
         self.scratch = scratch
-        self.contexts: dict[str, tuple[Any, RenderContext]] = {}
+        self.contexts: dict[str, tuple[Any, RenderContext, Project]] = {}
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
         self.out_dirty = True  # unknown until the first job has run
@@ -95,8 +95,8 @@ class Worker:
         if pending:
             self.send("results", pending, payloads)
 
-    def _context(self, project_id: str) -> tuple[Any, RenderContext]:
-        """The media type and a render context for a project, made once per worker."""
+    def _context(self, project_id: str) -> tuple[Any, RenderContext, Project]:
+        """The media type, a render context and the checked project, made once per worker."""
         found = self.contexts.get(project_id)
         if found is None:
             # the settings are made here afresh by the plugin's own checks, on the agent's copy
@@ -107,7 +107,7 @@ class Worker:
                 settings=project.settings, threads=1, cache={}, deps={},
                 log=logging.getLogger(f"farm.job.{project.media_type}"),
             )
-            found = self.contexts[project_id] = (get_media_type(project.media_type), ctx)
+            found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 
     def run_one(self, spec: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
@@ -128,7 +128,7 @@ class Worker:
                 self.send("progress", [lease, float(fraction)])
 
         try:
-            media, ctx = self._context(spec["project"])
+            media, ctx, project = self._context(spec["project"])
             job = Job(spec["key"], spec["params"], deps=tuple(spec["deps"] or ()))
             ctx.threads = int(spec.get("threads", 1))
             ctx.deps = spec["deps"] or {}
@@ -137,7 +137,7 @@ class Worker:
             result = media.render(job, ctx)
             files = self.out.files()
             self.out_dirty = bool(files)
-            _check_size(files, self.projects[spec["project"]].max_output)  # before reading them in
+            _check_size(files, project.max_output)  # before reading them in
             payloads = [p.read_bytes() for p in files]
             # name, size and digest: the controller verifies every file before the job counts as done
             names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
