@@ -343,8 +343,6 @@ bpy.app.handlers.render_write.append(_damage)
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason="needs farm/controller/server.py to log a FarmError from finalize "
-                   "as one line, without a traceback")
 def test_a_failed_finalize_through_the_cli_says_why_in_one_line_and_leaves_no_file(blender, tmp_path):  # noqa: F811
     root = tmp_path / "broken"
     shutil.copytree(CASES / "frames-exr-video", root)

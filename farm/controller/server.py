@@ -604,7 +604,10 @@ class Controller:
                 run = self.runs[run_id]
                 try:
                     run.finished(future.result(), None)
-                except Exception as exc:
+                except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
+                    log.error("%s: finalize failed: %s", run_id, exc)
+                    run.finished([], f"finalize failed: {exc}")
+                except Exception as exc:  # a bug in the plugin: keep the traceback for its author
                     log.exception("%s: finalize failed", run_id)
                     run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
                 log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
