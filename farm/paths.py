@@ -35,3 +35,27 @@ def resolve_inside(root: Path, rel: str) -> Path:
     if full != root_real and root_real not in full.parents:
         raise UnsafePath(f"path {rel!r} leads outside {root} (through a symlink)")
     return root_real / rel
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and missing parents) and keep it to its owner: mode 0700, also if it existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path, siblings: tuple[str, ...] = ("-wal", "-shm", "-journal")) -> Path:
+    """Create ``path`` empty if missing and make it (and existing ``siblings``, SQLite's) mode 0600.
+
+    SQLite gives the files it creates beside a database the database's own mode, so
+    creating the database private keeps its write-ahead log private too.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    for name in ("", *siblings):
+        try:
+            os.chmod(f"{path}{name}", 0o600, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        except NotImplementedError:  # no lchmod: the file is ours and not a link (O_NOFOLLOW above)
+            os.chmod(f"{path}{name}", 0o600)
+    return path

@@ -1,0 +1,67 @@
+"""Per-peer budgets on the controller's socket, so one noisy peer cannot starve the others.
+
+The loop reads at most `PER_TURN` messages per turn, then dispatches, checks leases and
+sends updates; within a turn each peer may have `PER_PEER` messages handled (agents
+more: a busy agent's results are the farm's work). Past its budget a peer's message is
+dropped unread, which costs one receive. A peer that keeps sending malformed messages
+is ignored for a while, also unread.
+"""
+
+from __future__ import annotations
+
+import time
+
+PER_TURN = 512  # messages read per loop turn, all peers together
+PER_PEER = 16  # messages handled per loop turn from one client or stranger
+PER_AGENT = 256  # ... from a registered agent
+BAD_BEFORE_IGNORING = 20  # malformed messages before a peer is ignored
+IGNORE_FOR_S = 10.0
+MAX_TRACKED = 4096  # peers remembered; strangers may cycle identities, so stay bounded
+
+
+class PeerBudgets:
+    """What each peer may still send this turn, and who is being ignored for sending garbage."""
+
+    def __init__(self) -> None:
+        self._used: dict[bytes, int] = {}
+        self.bad: dict[bytes, int] = {}
+        self._ignored: dict[bytes, float] = {}
+        self.dropped = 0  # messages dropped unread (over budget, or from an ignored peer)
+
+    def new_turn(self) -> None:
+        self._used.clear()
+
+    def admit(self, identity: bytes, is_agent: bool, now: float | None = None) -> bool:
+        """Whether to read this message from ``identity``; counts it against the peer's budget."""
+        if self._ignored:
+            until = self._ignored.get(identity)
+            if until is not None:
+                if (now if now is not None else time.monotonic()) < until:
+                    self.dropped += 1
+                    return False
+                del self._ignored[identity]
+                self.bad.pop(identity, None)
+        used = self._used.get(identity, 0) + 1
+        self._used[identity] = used
+        if used > (PER_AGENT if is_agent else PER_PEER):
+            self.dropped += 1
+            return False
+        return True
+
+    def strike(self, identity: bytes) -> int:
+        """Count a malformed message from ``identity``; returns its count (ignored from `BAD_BEFORE_IGNORING`)."""
+        if len(self.bad) >= MAX_TRACKED:
+            self.bad.clear()
+        count = self.bad.get(identity, 0) + 1
+        self.bad[identity] = count
+        if count >= BAD_BEFORE_IGNORING:
+            if len(self._ignored) >= MAX_TRACKED:
+                self._ignored.clear()
+            self._ignored[identity] = time.monotonic() + IGNORE_FOR_S
+        return count
+
+# The largest message the controller's socket takes (ZMQ_MAXMSGSIZE): a peer that starts a
+# bigger one is disconnected at its header, before memory is set aside for it. A RESULTS
+# message must fit (outputs ride inline); larger outputs need the upload path. Agents read
+# this constant to fail such a job with a clear reason instead of losing the connection.
+MAX_MESSAGE = 64 * 1024 * 1024
