@@ -1,21 +1,24 @@
 """Per-peer budgets on the controller's socket, so one noisy peer cannot starve the others.
 
 The loop reads at most `PER_TURN` messages per turn, then dispatches, checks leases and
-sends updates; within a turn each peer may have `PER_PEER` messages handled (agents
-more: a busy agent's results are the farm's work). Past its budget a peer's message is
-dropped unread, which costs one receive. A peer that keeps sending malformed messages
-is ignored for a while, also unread.
+sends updates; within a turn each client or stranger may have `PER_PEER` messages
+handled. Past its budget a peer's message is dropped unread, which costs one receive.
+A turn that dropped most of what it read makes the loop pause a millisecond before reading
+on, so a flood costs the controller a bounded share of a core and the honest processes
+on the machine keep theirs. A registered agent has no such budget (dropping its results would lose finished work;
+ZeroMQ's fair queueing already gives every connection its turn), but like anyone it is
+ignored for a while once it keeps sending malformed messages.
 """
 
 from __future__ import annotations
 
 import time
 
-PER_TURN = 512  # messages read per loop turn, all peers together
+PER_TURN = 64  # messages read per loop turn, all peers together
 PER_PEER = 16  # messages handled per loop turn from one client or stranger
-PER_AGENT = 256  # ... from a registered agent
 BAD_BEFORE_IGNORING = 20  # malformed messages before a peer is ignored
 IGNORE_FOR_S = 10.0
+FLOOD_PAUSE_MS = 1  # after a turn of mostly dropped messages, the loop waits this long before reading on
 MAX_TRACKED = 4096  # peers remembered; strangers may cycle identities, so stay bounded
 
 
@@ -27,9 +30,15 @@ class PeerBudgets:
         self.bad: dict[bytes, int] = {}
         self._ignored: dict[bytes, float] = {}
         self.dropped = 0  # messages dropped unread (over budget, or from an ignored peer)
+        self._dropped_at_turn = 0
 
     def new_turn(self) -> None:
         self._used.clear()
+        self._dropped_at_turn = self.dropped
+
+    def flooded(self) -> bool:
+        """Whether most of the last turn's messages were dropped: someone is flooding."""
+        return self.dropped - self._dropped_at_turn > PER_TURN // 2
 
     def admit(self, identity: bytes, is_agent: bool, now: float | None = None) -> bool:
         """Whether to read this message from ``identity``; counts it against the peer's budget."""
@@ -41,9 +50,11 @@ class PeerBudgets:
                     return False
                 del self._ignored[identity]
                 self.bad.pop(identity, None)
+        if is_agent:
+            return True
         used = self._used.get(identity, 0) + 1
         self._used[identity] = used
-        if used > (PER_AGENT if is_agent else PER_PEER):
+        if used > PER_PEER:
             self.dropped += 1
             return False
         return True

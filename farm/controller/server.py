@@ -166,10 +166,17 @@ class Controller:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        quiet = zmq.Poller()  # the monitor alone, while a flood is being paced
+        quiet.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
-                events = dict(poller.poll(50 if due is None else min(50, max(1, int(due * 1000)))))
+                wait_ms = 50 if due is None else min(50, max(1, int(due * 1000)))
+                if self.budgets.flooded():  # mostly dropped last turn: let the others run a moment first
+                    events = dict(quiet.poll(min(wait_ms, peers.FLOOD_PAUSE_MS)))
+                    events[self.sock] = zmq.POLLIN
+                else:
+                    events = dict(poller.poll(wait_ms))
                 if events.get(self.sock):
                     self._drain()
                 now = time.monotonic()
@@ -251,7 +258,7 @@ class Controller:
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
-            if not budgets.admit(identity, identity in self.registry, now):
+            if not budgets.admit(identity, self.registry.get(identity) is not None, now):
                 continue  # over its budget this turn, or ignored for garbage: dropped unread
             try:
                 msg = unpack(rest)
