@@ -55,8 +55,10 @@ class AssetService:
     def unpublish(self, tree: str) -> None:
         self.server.unpublish(tree)
 
-    def expect_project(self, token: str, dest: Path) -> None:
-        self.server.expect_upload(token, dest, on_done=self.uploads.put)
+    def expect_project(self, token: str, dest: Path, *, max_bytes: int | None = None,
+                       max_files: int | None = None) -> None:
+        """Receive a submitted project under ``token`` into ``dest``, refusing more than the bounds given."""
+        self.server.expect_upload(token, dest, on_done=self.uploads.put, max_bytes=max_bytes, max_files=max_files)
 
     def finished_uploads(self) -> list[UploadResult]:
         done = []

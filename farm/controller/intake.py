@@ -130,7 +130,8 @@ class IntakeQueue:
             out.append(intake)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop taking work; a project being hashed finishes on its own (bounded by the limits)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,

@@ -443,7 +443,8 @@ class Controller:
                 self._give_up_upload(next(iter(self.uploads)), "too many uploads are pending; submit again")
             token = uuid.uuid4().hex
             folder = self.state_dir / "uploads" / token
-            self.assets.expect_project(token, folder)
+            self.assets.expect_project(token, folder, max_bytes=self.intake_limits.max_total_bytes,
+                                       max_files=self.intake_limits.max_files)
             self.uploads[token] = (identity, {**body, "priority": priority}, folder)
             self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
             return

@@ -252,6 +252,9 @@ class FileServer:
             except ProtocolError as exc:
                 self._drop(f"garbled request from {client.hex()[:12]}: {exc}")
                 continue
+            except Exception as exc:  # a check that missed a shape: still just a garbled request
+                self._drop(f"garbled request from {client.hex()[:12]}: {type(exc).__name__}: {exc}")
+                continue
             self.counters.requests += 1
             cost = sum(wire.frame_len(f) for f in request.payloads)
             if request.op == wire.GET:
