@@ -133,7 +133,7 @@ def as_nobody(fn: Callable[..., Any], *args: Any, timeout: float = 120.0) -> Any
             zmq.Context.instance()  # pyzmq gives a forked child a context of its own
             try:
                 outcome: tuple[bool, Any] = (True, fn(*args))
-            except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+            except BaseException as exc:
                 outcome = (False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             with os.fdopen(write_end, "wb") as out:
                 pickle.dump(outcome, out)

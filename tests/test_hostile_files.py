@@ -17,8 +17,7 @@ from hostile_helpers import as_nobody, nobody_folder
 
 from farm import safeopen
 from farm.client import submit
-from farm.filesync import FileServer, build_manifest
-from farm.filesync import wire
+from farm.filesync import FileServer, build_manifest, wire
 from farm.filesync.errors import UnsafeFile
 from farm.project import load_project
 from farm.protocol import unpack

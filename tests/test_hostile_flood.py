@@ -21,7 +21,7 @@ from conftest import wait_for
 from hostile_helpers import status_round_trip
 
 from farm.client import submit
-from farm.controller.peers import MAX_MESSAGE
+from farm.controller.peers import BAD_BEFORE_IGNORING, IGNORE_FOR_S, MAX_MESSAGE, PER_PEER, PeerBudgets
 from farm.project import load_project
 
 FLOODER = textwrap.dedent("""
@@ -118,3 +118,17 @@ def test_four_peers_starting_huge_messages_do_not_pin_memory(controller):
             sock.close()
     assert MAX_MESSAGE <= 64 << 20
     wait_for(lambda: controller.crash is None and status_round_trip(controller.url) < 5, 10, "a live controller")
+
+
+def test_budgets_drop_a_clients_excess_never_an_agents_and_ignore_garbage_for_a_while():
+    budgets = PeerBudgets()
+    budgets.new_turn()
+    assert sum(budgets.admit(b"client", False, 0.0) for _ in range(100)) == PER_PEER
+    assert sum(budgets.admit(b"agent", True, 0.0) for _ in range(1000)) == 1000
+    assert budgets.flooded()  # 84 of this turn's messages were dropped
+    budgets.new_turn()
+    assert budgets.admit(b"client", False, 0.0)  # a new turn, a new budget
+    for _ in range(BAD_BEFORE_IGNORING):
+        budgets.strike(b"garbage", 0.0)
+    assert not budgets.admit(b"garbage", False, 1.0) and not budgets.admit(b"garbage", True, 1.0)
+    assert budgets.admit(b"garbage", False, IGNORE_FOR_S + 1.0)  # forgiven after a while

@@ -18,11 +18,11 @@ import msgpack
 import pytest
 import zmq
 from conftest import Background, wait_for
+from farm_synthetic import job_key, payload
 from hostile_helpers import status_round_trip
 
 from farm.filesync import wire
 from farm.protocol import ANY, PROTOCOL_VERSION, SHAPES, T, pack
-from farm_synthetic import job_key, payload
 
 ODD_STRINGS = ["", "\x00", "a\x00b", "../../etc/passwd", "/", "/etc", "/dev/zero", "/proc/self", "x" * 5000,
                "é" * 100, "\ud7ff", "{}", "%s%n", "synthetic\x00"]

@@ -141,10 +141,14 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
     folder = check_path_text(root, "project folder")
     if output is not None:
         check_path_text(output, "output folder")
+    if not os.path.isabs(folder):  # relative to what? never to the controller's own working folder
+        raise IntakeError(f"the project folder {folder[:200]!r} must be an absolute path")
     check_project_file(folder, limits)
     if not uploaded:
-        check_owned(folder, output)
+        check_owned(folder)
     project = load_project(folder, output=output)
+    if not uploaded:
+        check_output(project.root, project.output)
     check_depth(project.settings, limits.max_depth, f"{project.file}: [{project.media_type}]")
     media = get_media_type(project.media_type)
     assets = []
@@ -176,12 +180,11 @@ def check_path_text(value: Any, what: str) -> str:
     return value
 
 
-def check_owned(root: str, output: str | None) -> None:
-    """Refuse a folder the controller's user does not own, or that others could change under it.
+def check_owned(root: str) -> None:
+    """Refuse a project folder the controller's user does not own, or that others could change under it.
 
-    The folder's real path must lead through folders owned by this user or root that
-    nobody else may write to (sticky ones like /tmp excepted); the project folder and
-    every existing component of its output folder must be this user's, and not symlinks.
+    Its real path must lead through folders owned by this user or root that nobody else
+    may write to (sticky ones like /tmp excepted), and it must be this user's own.
     """
     uid = os.geteuid()
     real = os.path.realpath(root)
@@ -198,9 +201,13 @@ def check_owned(root: str, output: str | None) -> None:
             break
         parent = os.path.dirname(parent)
     _check_trusted(real, st, uid, root, sticky_ok=False, mine=True)
-    out_rel = output if output is not None else _declared_output(real)
-    current = real
-    for part in [p for p in out_rel.split("/") if p not in ("", ".")]:
+
+
+def check_output(root: Path, output: str) -> None:
+    """Refuse an output folder (relative to ``root``) of which an existing part is a symlink or not ours."""
+    uid = os.geteuid()
+    current = str(root)
+    for part in output.split("/"):
         current = os.path.join(current, part)
         try:
             st = os.lstat(current)
@@ -209,7 +216,7 @@ def check_owned(root: str, output: str | None) -> None:
         if stat.S_ISLNK(st.st_mode):
             raise IntakeError(f"the output folder {current} is a symlink: the controller will not write "
                               f"through it; {UPLOAD_HINT}")
-        _check_trusted(current, st, uid, root, sticky_ok=False, mine=True)
+        _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True)
 
 
 def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky_ok: bool,
@@ -222,19 +229,6 @@ def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky
     if writable and not (sticky_ok and st.st_mode & stat.S_ISVTX):
         raise IntakeError(f"{path} may be changed by other users (mode {stat.S_IMODE(st.st_mode):o}), so the "
                           f"controller will not read {root} or write its outputs there; {UPLOAD_HINT}")
-
-
-def _declared_output(root: str) -> str:
-    """The output folder the project's file names (the default if it cannot tell yet; loading checks it)."""
-    try:
-        import tomllib
-
-        with open(os.path.join(root, PROJECT_FILE), "rb") as handle:
-            data = tomllib.loads(handle.read(DEFAULT_INTAKE_LIMITS.max_toml_bytes + 1).decode("utf-8", "replace"))
-        value = data.get("output", {}).get("directory", "output")
-        return value if isinstance(value, str) else "output"
-    except Exception:
-        return "output"
 
 
 def check_project_file(root: str, limits: IntakeLimits) -> None:

@@ -59,7 +59,7 @@ class PeerBudgets:
             return False
         return True
 
-    def strike(self, identity: bytes) -> int:
+    def strike(self, identity: bytes, now: float | None = None) -> int:
         """Count a malformed message from ``identity``; returns its count (ignored from `BAD_BEFORE_IGNORING`)."""
         if len(self.bad) >= MAX_TRACKED:
             self.bad.clear()
@@ -68,7 +68,7 @@ class PeerBudgets:
         if count >= BAD_BEFORE_IGNORING:
             if len(self._ignored) >= MAX_TRACKED:
                 self._ignored.clear()
-            self._ignored[identity] = time.monotonic() + IGNORE_FOR_S
+            self._ignored[identity] = (now if now is not None else time.monotonic()) + IGNORE_FOR_S
         return count
 
 # The largest message the controller's socket takes (ZMQ_MAXMSGSIZE): a peer that starts a
