@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from pathlib import Path
@@ -50,12 +51,11 @@ def private_file(path: Path, siblings: tuple[str, ...] = ("-wal", "-shm", "-jour
     SQLite gives the files it creates beside a database the database's own mode, so
     creating the database private keeps its write-ahead log private too.
     """
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass  # an existing file is tightened below
     for name in ("", *siblings):
-        try:
-            os.chmod(f"{path}{name}", 0o600, follow_symlinks=False)
-        except FileNotFoundError:
-            pass
-        except NotImplementedError:  # no lchmod: the file is ours and not a link (O_NOFOLLOW above)
+        with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{name}", 0o600)
     return path
