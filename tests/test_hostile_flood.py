@@ -36,7 +36,9 @@ FLOODER = textwrap.dedent("""
     sock.connect(url)
     status = pack(T.STATUS)
     garbage = [[rng.randbytes(rng.randrange(1, 64))] for _ in range(64)] + [
-        [bytes((1, rng.randrange(256))), rng.randbytes(32)] for _ in range(64)]
+        [bytes((1, rng.randrange(256))), rng.randbytes(32)] for _ in range(64)] + [
+        pack(T.RESULTS, {"results": []}), pack(T.FOLLOW, {"project": "nope"}),  # well formed, each answered
+        pack(T.PROGRESS, {"lease": "x", "fraction": 0.5}), pack(T.CANCEL_PROJECT, {"project": "nope"})] * 32
     end = time.monotonic() + seconds
     sent = 0
     while time.monotonic() < end:
