@@ -94,6 +94,8 @@ def message(kind: T, rng: random.Random) -> list[bytes]:
     """One fuzzed message of type ``kind``: shaped, mutated, or broken at the frame level."""
     spec = SHAPES[kind]
     body = shaped(spec, rng)
+    if kind is T.SUBMIT and rng.random() < 0.5:  # its project is ANY on the wire; give it a root to trip on
+        body["project"] = {"root": rng.choice(ODD_STRINGS), "output": rng.choice([None, *ODD_STRINGS])}
     way = rng.randrange(6)
     if way == 0:
         return pack(kind, body if isinstance(body, dict) else {})
