@@ -113,18 +113,20 @@ def test_hashing_a_large_asset_runs_off_the_loop_while_others_are_served(tmp_pat
         agents(ctl.url, 1)
         project = synthetic(jobs=3)
         with open(project / "large.bin", "wb") as handle:
-            handle.truncate(6 * GiB)  # seconds of hashing on this machine
+            handle.truncate(4 * GiB)  # about 4 s of hashing on the 2-core test machine
         raw = Raw(ctl.url)
         raw.send(T.SUBMIT, {"project": {"root": str(project)}, "priority": 0})
         worst = 0.0
+        served = 0
         answered = None
         while answered is None:
             worst = max(worst, status_round_trip(ctl.url))
+            served += 1
             if raw.sock.poll(0):
                 answered = raw.recv()
         raw.close()
         assert answered.type is T.ACCEPTED, answered
-        assert worst < 1.0, f"a STATUS waited {worst:.2f}s while the project was hashed"
+        assert served >= 3 and worst < 2.0, f"{served} STATUS answered while hashing, the slowest in {worst:.2f}s"
         assert ctl.crash is None
     finally:
         ctl.stop(shutdown_agents=True)
