@@ -74,7 +74,7 @@ def output_frame(name: str, data: bytes) -> list[Any]:
 
 
 def answer_jobs_as_agent(url: str, files: dict[str, bytes], timeout: float = 30.0,
-                         caps: tuple[str, ...] = ("synthetic",)) -> int:
+                         caps: tuple[str, ...] = ("synthetic",), duration: float = 0.01) -> int:
     """A hand-written agent: HELLO, then answer every job it gets with ``files``; returns jobs answered."""
     agent = Raw(url)
     answered = 0
@@ -94,7 +94,7 @@ def answer_jobs_as_agent(url: str, files: dict[str, bytes], timeout: float = 30.
             for job in msg.body["jobs"]:
                 agent.send(T.RESULTS, {"results": [{"lease": job["lease"], "ok": True, "result": None,
                                                     "files": [output_frame(n, d) for n, d in files.items()],
-                                                    "duration": 0.01}]}, list(files.values()))
+                                                    "duration": duration}]}, list(files.values()))
                 answered += 1
         return answered
     finally:

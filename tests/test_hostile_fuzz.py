@@ -21,7 +21,10 @@ from conftest import Background, wait_for
 from farm_synthetic import job_key, payload
 from hostile_helpers import status_round_trip
 
+from farm.client import submit
+from farm.controller.server import Controller
 from farm.filesync import wire
+from farm.project import load_project
 from farm.protocol import ANY, PROTOCOL_VERSION, SHAPES, T, pack
 
 ODD_STRINGS = ["", "\x00", "a\x00b", "../../etc/passwd", "/", "/etc", "/dev/zero", "/proc/self", "x" * 5000,
@@ -165,3 +168,25 @@ def test_fuzzed_messages_of_every_type_while_an_honest_project_renders(controlle
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors and controller.stats["handler_errors"] == 0, errors[:5]
     assert status_round_trip(controller.url) < 5
+
+
+class StumblingController(Controller):
+    """A controller whose every third dispatch turn raises, as a state a peer provoked might make it."""
+
+    turns = 0
+
+    def _dispatch(self, now: float) -> None:
+        self.turns += 1
+        if self.turns % 3 == 0:
+            raise RuntimeError("a state no handler foresaw")
+        super()._dispatch(now)
+
+
+def test_an_error_in_a_loop_turn_is_logged_and_the_loop_goes_on(tmp_path, agents, synthetic):
+    ctl = StumblingController("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
+    try:
+        agents(ctl.url, 1)
+        assert submit(ctl.url, load_project(synthetic(jobs=20))).ok
+        assert ctl.crash is None and ctl.stats["loop_errors"] > 0
+    finally:
+        ctl.stop(shutdown_agents=True)

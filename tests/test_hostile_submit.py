@@ -6,12 +6,13 @@ still be running and answer others promptly.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for, write_project
+from conftest import Background, wait_for, write_project
 from hostile_helpers import Raw, answer_jobs_as_agent, as_nobody, nobody_folder, status_round_trip
 
 from farm.client import submit
@@ -190,3 +191,17 @@ def test_an_honest_project_of_ours_still_runs_after_the_attacks(controller, agen
     agents(controller.url, 1)
     summary = submit(controller.url, load_project(synthetic(jobs=5, output_bytes=4)))
     assert summary.ok and summary.done == 5
+
+
+@pytest.mark.parametrize("duration", [math.nan, math.inf, -1.0], ids=["nan", "inf", "negative"])
+def test_a_result_with_an_impossible_duration_is_refused_and_the_loop_goes_on(controller, agents, synthetic,
+                                                                              duration):
+    """A NaN job time once poisoned the agent's mean and crashed the next dispatch."""
+    project = synthetic(jobs=4, output_bytes=4)
+    honest = Background(controller.url, project)
+    wait_for(lambda: controller.runs, 30, "the run to start")
+    assert answer_jobs_as_agent(controller.url, {}, timeout=10, duration=duration) > 0
+    agents(controller.url, 1)  # the rogue has gone silent: its jobs go to an honest agent
+    wait_for(honest.done, 60, "the honest run to finish")
+    assert honest.error is None and honest.summary.ok and honest.summary.done == 4
+    assert_alive(controller)

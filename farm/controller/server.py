@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import logging
+import math
 import shutil
 import threading
 import time
@@ -28,7 +29,7 @@ from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import Manifest, SyncError, UploadResult
-from farm.journal import Journal
+from farm.journal import Journal, JournalError
 from farm.paths import UnsafePath, private_dir, safe_relpath
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
@@ -75,7 +76,7 @@ class Controller:
         self.budgets = peers.PeerBudgets()
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0,
-                      "handler_errors": 0}
+                      "handler_errors": 0, "loop_errors": 0}
         self._stop = threading.Event()
         self._shutdown_agents = False
         self._probes: list[float] = []
@@ -193,15 +194,22 @@ class Controller:
                     self._fenced(upload.token.encode(), self._uploaded, upload)
                 for intake in self.intake.finished():
                     self._fenced(intake.identity, self._intake_done, intake)
-                self._dispatch(now)
-                self._check_agents(now)
-                if now - last_lease_check >= LEASE_CHECK_EVERY_S:
-                    last_lease_check = now
-                    self._check_leases(now)
-                self._check_finalizing()
-                if now - last_updates >= UPDATE_EVERY_S:
-                    last_updates = now
-                    self._send_updates()
+                try:  # a state a peer provoked must not end the loop either (the journal failing does)
+                    self._dispatch(now)
+                    self._check_agents(now)
+                    if now - last_lease_check >= LEASE_CHECK_EVERY_S:
+                        last_lease_check = now
+                        self._check_leases(now)
+                    self._check_finalizing()
+                    if now - last_updates >= UPDATE_EVERY_S:
+                        last_updates = now
+                        self._send_updates()
+                except JournalError:
+                    raise
+                except Exception:
+                    self.stats["loop_errors"] += 1
+                    if self.stats["loop_errors"] <= 20 or self.stats["loop_errors"] % 1000 == 0:
+                        log.exception("controller loop error (%d so far); carrying on", self.stats["loop_errors"])
         finally:
             if self._shutdown_agents:
                 for agent in self.registry:
@@ -327,11 +335,17 @@ class Controller:
             raise ProtocolError(f"message for agent {agent.id} signed by another key")
         agent.last_seen = time.monotonic()
         if msg.type is T.RESULTS:
+            for result in msg.body["results"]:  # a NaN job time would poison the agent's mean, and dispatch
+                if not 0.0 <= result["duration"] < math.inf:
+                    raise ProtocolError(f"RESULTS: duration {result['duration']!r} is not a time in seconds")
             self._results(agent, msg)
         elif msg.type is T.PROGRESS:
             lease = self.leases.get(msg.body["lease"])
             if lease is not None and lease.agent == identity:
-                lease.run.progress[lease.job.key] = min(max(float(msg.body["fraction"]), 0.0), 1.0)
+                fraction = float(msg.body["fraction"])
+                if not math.isfinite(fraction):
+                    raise ProtocolError(f"PROGRESS: fraction {fraction!r} is not a number")
+                lease.run.progress[lease.job.key] = min(max(fraction, 0.0), 1.0)
         elif msg.type is T.BYE:
             self._drop_agent(agent, "agent left")
 
