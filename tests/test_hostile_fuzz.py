@@ -17,15 +17,16 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from blake3 import blake3
 from conftest import Background, wait_for
 from farm_synthetic import job_key, payload
-from hostile_helpers import status_round_trip
+from hostile_helpers import Raw, status_round_trip
 
 from farm.client import submit
 from farm.controller.server import Controller
 from farm.filesync import wire
 from farm.project import load_project
-from farm.protocol import ANY, PROTOCOL_VERSION, SHAPES, T, pack
+from farm.protocol import ANY, PROTOCOL_VERSION, SHAPES, T, pack, unpack
 
 ODD_STRINGS = ["", "\x00", "a\x00b", "../../etc/passwd", "/", "/etc", "/dev/zero", "/proc/self", "x" * 5000,
                "é" * 100, "\ud7ff", "{}", "%s%n", "synthetic\x00"]
@@ -190,3 +191,74 @@ def test_an_error_in_a_loop_turn_is_logged_and_the_loop_goes_on(tmp_path, agents
         assert ctl.crash is None and ctl.stats["loop_errors"] > 0
     finally:
         ctl.stop(shutdown_agents=True)
+
+
+def broken_result(lease: str, rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
+    """A result for a real lease that the controller must refuse, in one of many ways."""
+    data = rng.randbytes(16)
+    digest = blake3(data).digest()
+    ok = {"lease": lease, "ok": True, "result": None, "duration": 0.01}
+    way = rng.randrange(10)
+    if way == 0:
+        return {**ok, "files": [["../escape.bin", 16, digest]]}, [data]
+    if way == 1:
+        return {**ok, "files": [["a.bin", 16, bytes(32)]]}, [data]
+    if way == 2:
+        return {**ok, "files": [["a.bin", 17, digest]]}, [data]
+    if way == 3:
+        return {**ok, "files": [["a.bin", 16, digest], ["b.bin", 16, digest]]}, [data]
+    if way == 4:
+        return {**ok, "files": [[1, 2]]}, [data]
+    if way == 5:
+        return {**ok, "files": [[rng.choice(["a\x00b", "/abs", "x" * 5000, "", "."]), 16, digest]]}, [data]
+    if way == 6:
+        return {**ok, "files": [["a.bin", 16, digest], ["a.bin/b", 16, digest]]}, [data, data]
+    if way == 7:
+        return {**ok, "result": odd_value(rng), "files": [["a.bin", 16, bytes(32)]]}, [data]
+    if way == 8:
+        return {**ok, "ok": False, "error": "e" * 1_000_000, "log": "\x00" * 100_000, "files": []}, []
+    return {**ok, "ok": False, "error": None, "files": [["x", 1, b""]]}, [b"x" * 3]
+
+
+def test_rogue_agents_answering_real_jobs_with_broken_results_change_nothing(controller, agents, synthetic,
+                                                                             caplog):
+    """Three rogues (each blocklisted after 3 failures) answer 9 real leases in the ways of `broken_result`."""
+    caplog.set_level(logging.WARNING)
+    rng = random.Random(3)
+    agents(controller.url, 2)  # there first, so a job a rogue failed goes to them
+    wait_for(lambda: len(controller.registry) == 2, 30, "the honest agents")
+    rogues = [Raw(controller.url) for _ in range(3)]
+    for i, rogue in enumerate(rogues):
+        rogue.send(T.HELLO, {"agent": f"rogue{i}", "host": "x", "pid": 1, "slots": 1, "prefetch": 0,
+                             "caps": ["synthetic"], "held": [], "version": "0"})
+    wait_for(lambda: len(controller.registry) == 5, 30, "the rogue agents")
+    # at most 3 failures of one job, all by rogues: under its 5 attempts
+    project = synthetic(jobs=100, output_bytes=8, log_collations=True, sleep=0.02, extra="[jobs]\nmax_attempts = 5")
+    honest = Background(controller.url, project)
+    poller = zmq.Poller()
+    for rogue in rogues:
+        poller.register(rogue.sock, zmq.POLLIN)
+    answered = 0
+    try:
+        while events := dict(poller.poll(2000)):  # until the rogues hear nothing (dropped once silent)
+            for rogue in rogues:
+                if rogue.sock not in events:
+                    continue
+                msg = unpack(rogue.sock.recv_multipart())
+                for job in msg.body["jobs"] if msg.type is T.JOBS else ():
+                    body, payloads = broken_result(job["lease"], rng)
+                    rogue.send(T.RESULTS, {"results": [body]}, payloads)
+                    answered += 1
+        wait_for(honest.done, 120, "the honest project to finish")
+    finally:
+        for rogue in rogues:
+            rogue.close()
+    assert answered >= 6
+    assert honest.error is None and honest.summary.ok and honest.summary.done == 100, honest.summary
+    keys = [job_key(i) for i in range(100)]
+    assert sorted((project / "output" / "collated.log").read_text().split()) == keys
+    for key in keys:
+        assert (project / "output" / f"{key}.bin").read_bytes() == payload(key, 8)
+    assert not (project / "escape.bin").exists() and not (project.parent / "escape.bin").exists()
+    assert controller.crash is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
