@@ -4,10 +4,10 @@ The loop reads at most `PER_TURN` messages per turn, then dispatches, checks lea
 sends updates; within a turn each client or stranger may have `PER_PEER` messages
 handled. Past its budget a peer's message is dropped unread, which costs one receive.
 A turn that dropped most of what it read makes the loop pause a millisecond before reading
-on, so a flood costs the controller a bounded share of a core and the honest processes
-on the machine keep theirs. A registered agent has no such budget (dropping its results would lose finished work;
-ZeroMQ's fair queueing already gives every connection its turn), but like anyone it is
-ignored for a while once it keeps sending malformed messages.
+on, so a flood costs the controller a bounded share of a core and the honest processes on
+the machine keep theirs. A registered agent has no such budget (dropping its results would
+lose finished work; ZeroMQ's fair queueing already gives every connection its turn), but
+like anyone it is ignored for a while once it keeps sending malformed messages.
 """
 
 from __future__ import annotations
