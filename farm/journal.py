@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 
 from farm.errors import FarmError
+from farm.paths import private_file
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Journal:
         self._batch_started = 0.0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # 0600, and so its -wal and -shm: it holds every project's settings
             # isolation_level=None: we open and commit transactions ourselves.
             db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         except (OSError, sqlite3.Error) as exc:

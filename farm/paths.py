@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from pathlib import Path
@@ -35,3 +36,26 @@ def resolve_inside(root: Path, rel: str) -> Path:
     if full != root_real and root_real not in full.parents:
         raise UnsafePath(f"path {rel!r} leads outside {root} (through a symlink)")
     return root_real / rel
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and missing parents) and keep it to its owner: mode 0700, also if it existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path, siblings: tuple[str, ...] = ("-wal", "-shm", "-journal")) -> Path:
+    """Create ``path`` empty if missing and make it (and existing ``siblings``, SQLite's) mode 0600.
+
+    SQLite gives the files it creates beside a database the database's own mode, so
+    creating the database private keeps its write-ahead log private too.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass  # an existing file is tightened below
+    for name in ("", *siblings):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{name}", 0o600)
+    return path

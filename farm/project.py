@@ -22,8 +22,10 @@ from farm.settings import SettingsReader, line_of
 PROJECT_FILE = "farm.toml"
 STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
-DEFAULT_MAX_OUTPUT_MIB = 256  # a job's outputs together; [jobs] max_output_mib overrides
-MAX_OUTPUT_MIB = 480  # outputs ride in one message of at most 512 MiB (controller's MAX_MESSAGE)
+# A job's outputs together; [jobs] max_output_mib overrides. They ride in one RESULTS message,
+# which the controller takes up to farm.protocol.MAX_MESSAGE (64 MiB): leave room for the rest.
+DEFAULT_MAX_OUTPUT_MIB = 60
+MAX_OUTPUT_MIB = 60
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ from farm.errors import ProtocolError
 PROTOCOL_VERSION = 1
 MAX_BODY = 4 * 1024 * 1024  # a msgpack body; file bytes go in payload frames
 MAX_FRAMES = 4096
+# The largest message a controller or agent socket takes (ZMQ_MAXMSGSIZE): a peer that starts
+# a bigger one is disconnected at its header, before memory is set aside for it. A RESULTS
+# message must fit, since a job's outputs ride inline; larger outputs would need the upload path.
+MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class T(enum.IntEnum):

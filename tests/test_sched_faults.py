@@ -358,7 +358,7 @@ def test_the_output_limit_has_a_default_and_is_checked_at_load(tmp_path, synthet
     with pytest.raises(ProjectError, match=r"farm.toml:\d+: \[jobs\] max_output_mib: must be at least"):
         load_project(synthetic(extra="[jobs]\nmax_output_mib = 0\n"))
     # one message carries a job's outputs
-    with pytest.raises(ProjectError, match=r"max_output_mib: must be at most 480"):
+    with pytest.raises(ProjectError, match=r"max_output_mib: must be at most 60"):
         load_project(synthetic(extra="[jobs]\nmax_output_mib = 1024\n"))
 
 

@@ -38,7 +38,7 @@ from farm.client import HANDSHAKE_FAILED
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.ids import check_name
-from farm.protocol import MAX_FRAMES, T, pack, unpack
+from farm.protocol import MAX_FRAMES, MAX_MESSAGE, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Agent:
         self.ctrl.setsockopt(zmq.LINGER, 0)
         # a fresh routing id per connection; the controller knows us by our id and session instead
         self.ctrl.setsockopt(zmq.IDENTITY, self.id.encode()[:64] + b"/" + uuid.uuid4().hex.encode())
-        self.ctrl.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        self.ctrl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.socket_setup:
             self.socket_setup(self.ctrl)
             self.monitor = self.ctrl.get_monitor_socket(HANDSHAKE_FAILED)

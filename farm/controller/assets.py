@@ -32,12 +32,15 @@ class AssetService:
     def endpoint(self) -> str:
         return self.server.endpoint
 
-    def publish_project(self, tree: str, project: Project) -> tuple[dict[str, Any], Manifest]:
+    def publish_project(self, tree: str, project: Project,
+                        manifest: Manifest | None = None) -> tuple[dict[str, Any], Manifest]:
         """Serve the project's assets as `tree`; returns what agents need to fetch them, and the manifest.
 
+        ``manifest``: the assets already hashed (off the loop, by `farm.controller.intake`).
         Raises `farm.filesync.SyncError` (e.g. a symlink leading out of the project).
         """
-        manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
+        if manifest is None:
+            manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
         self.server.publish(tree, project.root, manifest)
         return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
                 "bytes": manifest.total_size}, manifest
@@ -52,8 +55,10 @@ class AssetService:
     def unpublish(self, tree: str) -> None:
         self.server.unpublish(tree)
 
-    def expect_project(self, token: str, dest: Path) -> None:
-        self.server.expect_upload(token, dest, on_done=self.uploads.put)
+    def expect_project(self, token: str, dest: Path, *, max_bytes: int | None = None,
+                       max_files: int | None = None) -> None:
+        """Receive a submitted project under ``token`` into ``dest``, refusing more than the bounds given."""
+        self.server.expect_upload(token, dest, on_done=self.uploads.put, max_bytes=max_bytes, max_files=max_files)
 
     def finished_uploads(self) -> list[UploadResult]:
         done = []

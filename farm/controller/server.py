@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import logging
+import math
 import shutil
 import threading
 import time
@@ -21,16 +22,18 @@ from typing import IO, Any
 import zmq
 from blake3 import blake3
 
+from farm.controller import peers
 from farm.controller.assets import AssetService
+from farm.controller.intake import DEFAULT_INTAKE_LIMITS, Intake, IntakeLimits, IntakeQueue, Prepared
 from farm.controller.jobcache import JobCache, assets_digest
 from farm.controller.policy import STUCK_GRACE_S, cannot_arrive
 from farm.controller.registry import AgentState, Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.errors import FarmError, ProtocolError
-from farm.filesync import SyncError, UploadResult
-from farm.ids import BadIdentifier, check_name
-from farm.journal import Journal
-from farm.paths import UnsafePath, safe_relpath
+from farm.filesync import Manifest, SyncError, UploadResult
+from farm.ids import BadIdentifier, check_key, check_name
+from farm.journal import Journal, JournalError
+from farm.paths import UnsafePath, private_dir, safe_relpath
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
 from farm.protocol import Message, T, pack, unpack
@@ -42,10 +45,11 @@ AGENT_MESSAGES = {T.HELLO, T.RESULTS, T.PROGRESS, T.HEARTBEAT, T.BYE}
 CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW}
 UPDATE_EVERY_S = 0.2
 LEASE_CHECK_EVERY_S = 1.0
-MAX_MESSAGE = 512 * 1024 * 1024
-BAD_MESSAGES_BEFORE_IGNORING = 20
+MAX_MESSAGE = peers.MAX_MESSAGE
+STATUS_SNAPSHOT_S = 0.25  # STATUS is answered from a snapshot at most this old: a flood costs a send each
+MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest is given up past it
+MAX_FOLLOWERS = 256  # clients following one run
 KEEP_FINISHED_RUNS = 50
-MAX_TRACKED_BAD_SENDERS = 4096
 JOURNAL_FILE = "journal.sqlite"
 MAX_BROKEN_TEXT = 4000  # characters of a broken agent's error kept and shown
 
@@ -63,8 +67,10 @@ class Controller:
         heartbeat: float = 1.0,
         liveness: int = 5,
         security: ServerSecurity | None = None,
+        intake_limits: IntakeLimits = DEFAULT_INTAKE_LIMITS,
     ) -> None:
         self.bind = bind
+        self.intake_limits = intake_limits
         self.state_dir = Path(state_dir)
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -75,8 +81,10 @@ class Controller:
         self.leases: dict[str, Lease] = {}  # lease id -> lease, across runs
         self.followers: dict[str, set[bytes]] = {}
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
-        self.bad_senders: dict[bytes, int] = {}
-        self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0}
+        self.budgets = peers.PeerBudgets()
+        self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
+        self.stats = {"dispatched": 0, "collated": 0, "stale": 0, "bad_messages": 0, "max_held": 0,
+                      "handler_errors": 0, "loop_errors": 0}
         self._stop = threading.Event()
         self._shutdown_agents = False
         self._probes: list[float] = []
@@ -132,7 +140,9 @@ class Controller:
 
     def run(self) -> None:
         """The loop; returns after `stop()`, telling connected agents to shut down only if asked."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.state_dir, self.state_dir / "uploads", self.state_dir / "staging",
+                       self.state_dir / "cache"):
+            private_dir(folder)  # projects, outputs and journal are the submitters' business alone
         lock = _lock_state_dir(self.state_dir)
         zctx = zmq.Context.instance()
         self.sock = zctx.socket(zmq.ROUTER)
@@ -154,6 +164,7 @@ class Controller:
         self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
                                    self.security)
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
+        self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
         self._resume()
         log.info("controller listening on %s", self.url)
@@ -165,10 +176,17 @@ class Controller:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        quiet = zmq.Poller()  # the monitor alone, while a flood is being paced
+        quiet.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
-                events = dict(poller.poll(50 if due is None else min(50, max(1, int(due * 1000)))))
+                wait_ms = 50 if due is None else min(50, max(1, int(due * 1000)))
+                if self.budgets.flooded():  # mostly dropped last turn: let the others run a moment first
+                    events = dict(quiet.poll(min(wait_ms, peers.FLOOD_PAUSE_MS)))
+                    events[self.sock] = zmq.POLLIN
+                else:
+                    events = dict(poller.poll(wait_ms))
                 if events.get(self.sock):
                     self._drain()
                 now = time.monotonic()
@@ -182,16 +200,25 @@ class Controller:
                     self._probe_agents()
                 self.journal.tick(now)
                 for upload in self.assets.finished_uploads():
-                    self._uploaded(upload)
-                self._dispatch(now)
-                self._check_agents(now)
-                if now - last_lease_check >= LEASE_CHECK_EVERY_S:
-                    last_lease_check = now
-                    self._check_leases(now)
-                self._check_finalizing()
-                if now - last_updates >= UPDATE_EVERY_S:
-                    last_updates = now
-                    self._send_updates()
+                    self._fenced(upload.token.encode(), self._uploaded, upload)
+                for intake in self.intake.finished():
+                    self._fenced(intake.identity, self._intake_done, intake)
+                try:  # a state a peer provoked must not end the loop either (the journal failing does)
+                    self._dispatch(now)
+                    self._check_agents(now)
+                    if now - last_lease_check >= LEASE_CHECK_EVERY_S:
+                        last_lease_check = now
+                        self._check_leases(now)
+                    self._check_finalizing()
+                    if now - last_updates >= UPDATE_EVERY_S:
+                        last_updates = now
+                        self._send_updates()
+                except JournalError:
+                    raise
+                except Exception:
+                    self.stats["loop_errors"] += 1
+                    if self.stats["loop_errors"] <= 20 or self.stats["loop_errors"] % 1000 == 0:
+                        log.exception("controller loop error (%d so far); carrying on", self.stats["loop_errors"])
         finally:
             if self._shutdown_agents:
                 for agent in self.registry:
@@ -199,6 +226,7 @@ class Controller:
             self.sock.disable_monitor()
             monitor.close(linger=0)
             self.sock.close(linger=500 if self._shutdown_agents else 0)
+            self.intake.close()
             self.assets.close()
             self.journal.close()
             lock.close()
@@ -228,8 +256,12 @@ class Controller:
     # -- messages ------------------------------------------------------------------
 
     def _drain(self) -> None:
+        """Read and handle a bounded number of messages, each peer within its budget (`farm.controller.peers`)."""
         secured = self.security is not None
-        for _ in range(10000):
+        budgets = self.budgets
+        budgets.new_turn()
+        now = time.monotonic()
+        for _ in range(peers.PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
@@ -243,26 +275,34 @@ class Controller:
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
+            if not budgets.admit(identity, self.registry.get(identity) is not None, now):
+                continue  # over its budget this turn, or ignored for garbage: dropped unread
             try:
                 msg = unpack(rest)
             except ProtocolError as exc:
                 self._bad(identity, str(exc))
                 continue
-            try:
-                self._handle(identity, msg, key)
-            except ProtocolError as exc:
-                self._bad(identity, str(exc))
+            self._fenced(identity, self._handle, identity, msg, key)
+
+    def _fenced(self, identity: bytes, handler: Any, *args: Any) -> None:
+        """Run one handler; whatever it raises is answered and logged, and the loop goes on."""
+        try:
+            handler(*args)
+        except ProtocolError as exc:
+            self._bad(identity, str(exc))
+        except Exception as exc:
+            self.stats["handler_errors"] += 1
+            log.exception("handling a message from %r failed", identity[:32])
+            self._send(identity, T.ERROR, {"message": f"the controller could not handle that message: "
+                                                      f"{type(exc).__name__}: {str(exc)[:500]}"})
 
     def _bad(self, identity: bytes, why: str) -> None:
         self.stats["bad_messages"] += 1
-        if len(self.bad_senders) >= MAX_TRACKED_BAD_SENDERS:  # strangers may cycle identities: stay bounded
-            self.bad_senders.clear()
-        count = self.bad_senders.get(identity, 0) + 1
-        self.bad_senders[identity] = count
-        if count <= BAD_MESSAGES_BEFORE_IGNORING:
+        count = self.budgets.strike(identity)
+        if count < peers.BAD_BEFORE_IGNORING:
             log.warning("dropping bad message from %r: %s", identity[:32], why)
-        if count == BAD_MESSAGES_BEFORE_IGNORING:
-            log.warning("%r keeps sending bad messages; disconnecting it", identity[:32])
+        elif count == peers.BAD_BEFORE_IGNORING:
+            log.warning("%r keeps sending bad messages; ignoring it for %gs", identity[:32], peers.IGNORE_FOR_S)
             agent = self.registry.get(identity)
             if agent is not None:
                 self._drop_agent(agent, "sent too many bad messages")
@@ -304,11 +344,17 @@ class Controller:
             raise ProtocolError(f"message for agent {agent.id} signed by another key")
         agent.last_seen = time.monotonic()
         if msg.type is T.RESULTS:
+            for result in msg.body["results"]:  # a NaN job time would poison the agent's mean, and dispatch
+                if not 0.0 <= result["duration"] < math.inf:
+                    raise ProtocolError(f"RESULTS: duration {result['duration']!r} is not a time in seconds")
             self._results(agent, msg)
         elif msg.type is T.PROGRESS:
             lease = self.leases.get(msg.body["lease"])
             if lease is not None and lease.agent == identity:
-                lease.run.progress[lease.job.key] = min(max(float(msg.body["fraction"]), 0.0), 1.0)
+                fraction = float(msg.body["fraction"])
+                if not math.isfinite(fraction):
+                    raise ProtocolError(f"PROGRESS: fraction {fraction!r} is not a number")
+                lease.run.progress[lease.job.key] = min(max(fraction, 0.0), 1.0)
         elif msg.type is T.BYE:
             self._drop_agent(agent, "agent left")
 
@@ -430,32 +476,60 @@ class Controller:
         elif msg.type is T.FOLLOW:
             run = self.runs.get(msg.body["project"])
             if run is None:
-                self._send(identity, T.ERROR, {"message": f"no project {msg.body['project']!r}"})
+                self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
                 return
-            self.followers.setdefault(run.id, set()).add(identity)
+            followers = self.followers.setdefault(run.id, set())
+            if identity not in followers and len(followers) >= MAX_FOLLOWERS:
+                self._send(identity, T.ERROR, {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})
+                return
+            followers.add(identity)
             self._send_update(run)
         elif msg.type is T.STATUS:
-            self._send(identity, T.STATUS_REPLY, self.status())
+            self._send_status(identity)
         elif msg.type is T.CANCEL_PROJECT:
             self._cancel(identity, msg.body["project"])
+
+    def _send_status(self, identity: bytes) -> None:
+        """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""
+        now = time.monotonic()
+        if self._status is None or now - self._status[0] > STATUS_SNAPSHOT_S:
+            self._status = (now, pack(T.STATUS_REPLY, self.status()))
+        try:
+            self.sock.send_multipart([identity, *self._status[1]], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("cannot answer STATUS to %r: %s", identity[:32], exc)
 
     def _submit(self, identity: bytes, body: dict[str, Any]) -> None:
         wire = body["project"]
         if not isinstance(wire, dict) or not isinstance(wire.get("root"), str):
             self._send(identity, T.ERROR, {"message": "SUBMIT needs a project with a root folder"})
             return
+        busy = self.intake.busy(identity)
+        if busy:
+            self._send(identity, T.ERROR, {"message": busy})
+            return
+        priority = max(-1_000_000, min(body["priority"], 1_000_000))
         if body.get("upload"):  # a remote submitter: its project comes through the file synchroniser
+            if len(self.uploads) >= MAX_PENDING_UPLOADS:
+                self._give_up_upload(next(iter(self.uploads)), "too many uploads are pending; submit again")
             token = uuid.uuid4().hex
             folder = self.state_dir / "uploads" / token
-            self.assets.expect_project(token, folder)
-            self.uploads[token] = (identity, body, folder)
+            self.assets.expect_project(token, folder, max_bytes=self.intake_limits.max_total_bytes,
+                                       max_files=self.intake_limits.max_files)
+            self.uploads[token] = (identity, {**body, "priority": priority}, folder)
             self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
             return
-        self._start_run(identity, Path(wire["root"]), wire.get("output"), body["priority"], uploaded=False)
+        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False)
 
-    def _prepare(self, run: ProjectRun) -> None:
-        """Publish a run's assets for agents, and let it reuse finished identical jobs."""
-        run.assets, run.manifest = self.assets.publish_project(run.id, run.project)
+    def _give_up_upload(self, token: str, why: str) -> None:
+        identity, _, folder = self.uploads.pop(token)
+        self.assets.server.cancel_upload(token)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._send(identity, T.ERROR, {"message": f"project upload given up: {why}"})
+
+    def _prepare(self, run: ProjectRun, manifest: Manifest | None = None) -> None:
+        """Publish a run's assets for agents (hashed already, or now), and let it reuse finished identical jobs."""
+        run.assets, run.manifest = self.assets.publish_project(run.id, run.project, manifest)
         run.assets_digest = assets_digest(run.manifest)
         run.cache = self.cache
         run.plugin_version = get_plugins().owner(run.media.name).version
@@ -468,16 +542,21 @@ class Controller:
         if not upload.ok:
             self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
             return
-        self._start_run(identity, folder, body["project"].get("output"), body["priority"], uploaded=True)
+        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True)
 
-    def _start_run(self, identity: bytes, root: Path, output: str | None, priority: int, *,
-                   uploaded: bool) -> None:
-        try:
-            project = load_project(root, output=output)
-            media = get_media_type(project.media_type)
-        except FarmError as exc:
-            self._send(identity, T.ERROR, {"message": str(exc)})
-            return
+    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool) -> None:
+        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
+        self.intake.read(identity, root, output, uploaded=uploaded,
+                         then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
+
+    def _intake_done(self, intake: Intake) -> None:
+        if intake.error is not None:
+            self._send(intake.identity, T.ERROR, {"message": intake.error})
+        elif intake.result is not None:
+            intake.then(intake.result)
+
+    def _accept(self, identity: bytes, prepared: Prepared, priority: int, *, uploaded: bool) -> None:
+        project, media = prepared.project, prepared.media
         same = next((r for r in self.runs.values()
                      if r.identity == project.identity() and r.state in ("running", "finalizing")), None)
         if same is not None:  # a re-submit of a project in progress (or resumed after a crash): follow it
@@ -485,10 +564,10 @@ class Controller:
             self.followers.setdefault(same.id, set()).add(identity)
             self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
             return
-        run_id = f"{project.name}-{uuid.uuid4().hex[:8]}"
+        run_id = f"{project.name[:64]}-{uuid.uuid4().hex[:8]}"
         run = ProjectRun(run_id, project, media, self.journal, priority=priority)
         try:
-            self._prepare(run)
+            self._prepare(run, prepared.manifest)
         except (SyncError, OSError) as exc:
             self._send(identity, T.ERROR, {"message": f"{project.root}: {exc}"})
             return
@@ -727,8 +806,8 @@ def _stage(folder: Path, names: list[list[Any]], payloads: list[bytes]) -> dict[
         if blake3(data).digest() != entry[2]:
             raise ProtocolError(f"output {entry[0]!r} failed verification (its digest does not match)")
         try:
-            rel = safe_relpath(entry[0])
-        except UnsafePath as exc:
+            rel = safe_relpath(check_key(entry[0], "output name"))
+        except (UnsafePath, BadIdentifier) as exc:
             raise ProtocolError(str(exc)) from None
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)

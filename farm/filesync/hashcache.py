@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from farm.paths import private_file
+
 RACY_NS = 2_000_000_000
 
 _SCHEMA = """
@@ -30,6 +32,7 @@ class HashCache:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # it names every file hashed, so it stays its owner's
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

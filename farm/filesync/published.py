@@ -1,4 +1,9 @@
-"""The controller's published trees, indexed by block hash for serving and local reuse."""
+"""The controller's published trees, indexed by block hash for serving and local reuse.
+
+Each tree pins its root folder with a descriptor taken when it is published, so files
+are later opened beneath that very folder (`farm.safeopen`), whatever happens to the
+path leading to it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,21 @@ from pathlib import Path
 from farm.filesync.errors import UnsafeFile
 from farm.filesync.manifest import FileEntry, Manifest
 from farm.filesync.resolve import Resolver
+from farm.safeopen import open_dir
+
+
+class RootDir:
+    """An open descriptor of a published tree's root folder; closed when no index holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = open_dir(path)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
 
 
 @dataclass(frozen=True)
@@ -17,6 +37,7 @@ class Place:
     """Where one block of a published tree lives on the controller's disk."""
 
     resolver: Resolver  # the tree's root: opens its files, refusing links that lead out
+    root: RootDir  # its descriptor: files are opened beneath it, no symlink on the way
     key: str  # root and path as one plain string, shared by the file's blocks (hashed per block served)
     entry: FileEntry
     index: int
@@ -33,19 +54,20 @@ class Place:
 class TreeIndex:
     """An immutable snapshot of the published trees; replaced whole on publish (copy on write)."""
 
-    def __init__(self, trees: dict[str, tuple[Path, Manifest, bytes]] | None = None) -> None:
+    def __init__(self, trees: dict[str, tuple[RootDir, Manifest, bytes]] | None = None) -> None:
         self.trees = dict(trees or {})
         self.blocks: dict[bytes, Place] = {}
         for root, manifest, _ in self.trees.values():
-            resolver = Resolver(root)
+            resolver = Resolver(root.path)
             for entry in manifest:
-                key = f"{root}/{entry.path}"
+                key = f"{root.path}/{entry.path}"
                 for index in range(entry.block_count):
-                    self.blocks.setdefault(entry.block_hash(index), Place(resolver, key, entry, index))
+                    self.blocks.setdefault(entry.block_hash(index), Place(resolver, root, key, entry, index))
 
     def with_tree(self, tree: str, root: Path, manifest: Manifest) -> TreeIndex:
+        """This index plus ``tree``; raises `farm.paths.UnsafePath` if a component of ``root`` is a symlink now."""
         trees = dict(self.trees)
-        trees[tree] = (Path(os.path.realpath(root)), manifest, manifest.to_bytes())
+        trees[tree] = (RootDir(Path(os.path.realpath(root))), manifest, manifest.to_bytes())
         return TreeIndex(trees)
 
     def without_tree(self, tree: str) -> TreeIndex:

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from farm.filesync.limits import DEFAULT_LIMITS, Limits
 from farm.filesync.manifest import FileEntry, Manifest, check_path, regular_mode
 from farm.filesync.resolve import Resolver
 from farm.paths import UnsafePath, safe_relpath
+from farm.safeopen import SymlinkRefused, open_beneath, open_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,17 @@ def build_manifest(
     *,
     hash_cache: HashCache | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    deadline: float | None = None,
 ) -> Manifest:
     """Hash the files of ``root`` (all of them, or the relative ``paths`` given) into a manifest.
 
     Symlinks are followed only while they stay inside ``root``; a symlink leading out,
-    a device file, socket or fifo raises `UnsafeFile` naming the path. Files whose
-    size, mtime and inode match ``hash_cache`` are not read again.
+    a device file, socket or fifo raises `UnsafeFile` naming the path. Files are opened
+    beneath a descriptor of ``root`` with no symlink on the way (in-tree links resolved
+    first), so a folder swapped for a link meanwhile is refused, not followed. Files whose
+    size, mtime and inode match ``hash_cache`` are not read again. The count and total
+    size are checked against ``limits`` before any byte is hashed; past ``deadline``
+    (`time.monotonic`), between files, raises `ManifestError`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -42,19 +49,40 @@ def build_manifest(
     rels = sorted(set(_checked(p) for p in paths)) if paths is not None else list(walk_files(root))
     if len(rels) > limits.max_files:
         raise ManifestError(f"{root} holds {len(rels)} files, more than the limit of {limits.max_files}")
+    _check_total(root, resolver, rels, limits)
+    try:
+        root_fd = open_dir(resolver.root)
+    except (OSError, UnsafePath) as exc:
+        raise SyncError(f"cannot scan {root}: {exc}") from None
     entries = []
     total = 0
     try:
         for rel in rels:
-            entry = _scan_file(root, resolver, rel, hash_cache, limits)
+            if deadline is not None and time.monotonic() > deadline:
+                raise ManifestError(f"{root}: hashing its files took too long (stopped at {rel})")
+            entry = _scan_file(root, resolver, root_fd, rel, hash_cache, limits)
             total += entry.size
             if total > limits.max_total_size:
                 raise ManifestError(f"{root} holds more than the limit of {limits.max_total_size} bytes")
             entries.append(entry)
     finally:
+        os.close(root_fd)
         if hash_cache is not None:
             hash_cache.flush()
     return Manifest(entries, limits)
+
+
+def _check_total(root: Path, resolver: Resolver, rels: list[str], limits: Limits) -> None:
+    """Refuse a tree over the size limit from its sizes alone, before reading (a sparse file is cheap to make)."""
+    total = 0
+    for rel in rels:
+        try:
+            total += os.stat(resolver.path(rel)).st_size
+        except (OSError, UnsafeFile):
+            continue  # reported with its reason when the file is scanned
+        if total > limits.max_total_size:
+            raise ManifestError(f"{root} holds more than the limit of {limits.max_total_size} bytes "
+                                f"(at {rel}); leave large files out with [assets] exclude")
 
 
 def walk_files(root: Path) -> Iterable[str]:
@@ -89,7 +117,7 @@ def _check_link_inside(real_root: str, full: str, rel: str) -> None:
 
 
 def _scan_file(
-    root: Path, resolver: Resolver, rel: str, cache: HashCache | None, limits: Limits
+    root: Path, resolver: Resolver, root_fd: int, rel: str, cache: HashCache | None, limits: Limits
 ) -> FileEntry:
     try:
         check_path(rel, limits)
@@ -100,7 +128,9 @@ def _scan_file(
         pre = os.stat(real_path)  # refuse device files before opening them: an open can have effects
         if not stat.S_ISREG(pre.st_mode) and not stat.S_ISDIR(pre.st_mode):
             raise UnsafeFile(f"{rel}: {_kind(pre.st_mode)}, not a regular file; refusing to synchronise it")
-        fd = os.open(real_path, _OPEN_FLAGS)
+        fd = open_beneath(root_fd, os.path.relpath(real_path, resolver.root), _OPEN_FLAGS)
+    except SymlinkRefused as exc:
+        raise UnsafeFile(f"{rel}: changed into a symlink while being scanned ({exc})") from None
     except FileNotFoundError:
         raise SyncError(f"{rel}: listed but missing from {root} (or a broken symlink)") from None
     except OSError as exc:

@@ -14,6 +14,7 @@ import errno
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,14 +27,16 @@ import zmq
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import BlockSource
-from farm.filesync.errors import ManifestError, SyncError, VerifyError
+from farm.filesync.errors import ManifestError, SyncError, UnsafeFile, VerifyError
 from farm.filesync.fairqueue import FairQueue
+from farm.filesync.hashing import hash_block
 from farm.filesync.limits import DEFAULT_LIMITS, Limits
 from farm.filesync.manifest import Manifest
 from farm.filesync.published import Place, TreeIndex
 from farm.filesync.receiver import OnDone, Upload, UploadResult
 from farm.filesync.store import Store
 from farm.paths import UnsafePath
+from farm.safeopen import open_beneath
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class FileServer:
             limits.max_chunk, max_items=max_queue, max_bytes=max_queue * limits.max_chunk
         )
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._verified: dict[str, set[bytes]] = {}  # per open file: block hashes checked against its manifest
         self._wake_addr = f"inproc://farm-filesync-wake-{os.getpid()}-{next(_wake_ids)}"
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -134,9 +138,17 @@ class FileServer:
     # -- what is served and expected -------------------------------------------------
 
     def publish(self, tree: str, root: Path | str, manifest: Manifest) -> None:
-        """Serve ``manifest`` (built from ``root``) as ``tree``; replaces an earlier version."""
+        """Serve ``manifest`` (built from ``root``) as ``tree``; replaces an earlier version.
+
+        Raises `SyncError` if ``root`` cannot be opened, or `UnsafeFile` if a component of it is a symlink.
+        """
         with self._lock:
-            self._index = self._index.with_tree(tree, Path(root), manifest)
+            try:
+                self._index = self._index.with_tree(tree, Path(root), manifest)
+            except UnsafePath as exc:
+                raise UnsafeFile(f"cannot publish {root}: {exc}") from None
+            except OSError as exc:
+                raise SyncError(f"cannot publish {root}: {exc.strerror}") from None
 
     def unpublish(self, tree: str) -> None:
         with self._lock:
@@ -223,6 +235,7 @@ class FileServer:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            self._verified.clear()
             sock.close(linger=0)
             wake.close(linger=0)
 
@@ -238,6 +251,9 @@ class FileServer:
                 request = wire.parse_request(frames[1:])
             except ProtocolError as exc:
                 self._drop(f"garbled request from {client.hex()[:12]}: {exc}")
+                continue
+            except Exception as exc:  # a check that missed a shape: still just a garbled request
+                self._drop(f"garbled request from {client.hex()[:12]}: {type(exc).__name__}: {exc}")
                 continue
             self.counters.requests += 1
             cost = sum(wire.frame_len(f) for f in request.payloads)
@@ -314,16 +330,32 @@ class FileServer:
         return wire.reply_frames(request.rid, None, payloads)
 
     def read_chunk(self, place: Place, offset: int, length: int) -> bytes:
-        """Bytes of a published block, read from the controller's disk (a hook for tests)."""
+        """Bytes of a published block, read from the controller's disk (a hook for tests).
+
+        The first read of a block through an open file hashes the whole block against the
+        manifest, so what is served is what was published, never what a path leads to now.
+        """
         expected = (place.entry.size, place.entry.mtime_ns)
         fd = self._open(place)
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns) != expected:  # perhaps an old file, replaced by a rename since
-            os.close(self._fds.pop(place.key))
+            self._close(place.key)
             fd = self._open(place)
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns) != expected:
                 raise SyncError(f"{place.entry.path} changed since it was published; publish the tree again")
+        verified = self._verified.setdefault(place.key, set())
+        block_hash = place.entry.block_hash(place.index)
+        if block_hash not in verified:
+            block = os.pread(fd, place.length, place.offset)
+            if len(block) != place.length:
+                raise SyncError(f"{place.entry.path} is shorter than published")
+            if hash_block(block) != block_hash:
+                self._close(place.key)
+                raise SyncError(f"{place.entry.path} no longer holds what was published (block {place.index} "
+                                "does not match its manifest); publish the tree again")
+            verified.add(block_hash)
+            return block if offset == 0 and length == len(block) else block[offset:offset + length]
         data = os.pread(fd, length, place.offset + offset)
         if len(data) != length:
             raise SyncError(f"{place.entry.path} is shorter than published")
@@ -335,16 +367,23 @@ class FileServer:
             self._fds.move_to_end(place.key)
             return fd
         try:
-            fd = os.open(
-                place.resolver.path(place.entry.path, checked=True),
-                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
-            )
+            # links inside the tree resolve to their targets; then the open itself meets no symlink at all
+            real = place.resolver.path(place.entry.path, checked=True)
+            rel = os.path.relpath(real, place.resolver.root)
+            fd = open_beneath(place.root.fd, rel, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise SyncError(f"{place.entry.path}: cannot be read: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SyncError(f"{place.entry.path}: is no longer a regular file")
         self._fds[place.key] = fd
         if len(self._fds) > 64:
-            os.close(self._fds.popitem(last=False)[1])
+            self._close(next(iter(self._fds)))
         return fd
+
+    def _close(self, key: str) -> None:
+        os.close(self._fds.pop(key))
+        self._verified.pop(key, None)
 
     # -- uploads --------------------------------------------------------------------
 

@@ -81,8 +81,8 @@ def parse_request(frames: Sequence[Frame]) -> Request:
     """Check one request's frames; raises `ProtocolError` on anything off."""
     body, payloads = _head(frames, T.FS_REQUEST)
     op = body.get("op")
-    if op not in REQUESTS:
-        raise ProtocolError(f"unknown file-sync operation {op!r}")
+    if not isinstance(op, str) or op not in REQUESTS:  # a list or map is unhashable: test the type first
+        raise ProtocolError(f"unknown file-sync operation {str(op)[:80]!r}")
     check_shape(body, REQUESTS[op], f"FS_REQUEST {op}")
     if not 0 <= body["rid"] <= _MAX_RID:
         raise ProtocolError(f"FS_REQUEST {op}: rid out of range")

@@ -1,0 +1,260 @@
+"""Reading a submitted project off the controller's loop, within bounds.
+
+A SUBMIT names a folder; reading it (TOML, the media type's `configure`, listing and
+hashing the assets) grows with what the submitter put there. It runs in one worker
+thread, so the loop keeps serving agents and other clients, and it is bounded: the size
+and nesting of `farm.toml`, the number and total size of the assets, and the time. A
+path-based submit (the shared-filesystem form) is refused unless the folder belongs to
+the controller's own user, because the controller reads the project and writes its
+outputs with its own rights; others upload (`farm submit --controller`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.errors import FarmError, ProjectError
+from farm.filesync import HashCache, Manifest, build_manifest
+from farm.filesync.limits import GiB, Limits, MiB
+from farm.mediatype import MediaType
+from farm.plugins import get_media_type
+from farm.project import PROJECT_FILE, Project, load_project
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+PATH_MAX = 4096
+UPLOAD_HINT = "upload it instead: farm submit --controller URL DIR"
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    """Bounds on one submitted project, checked before and while it is read."""
+
+    max_toml_bytes: int = 1 * MiB
+    max_depth: int = 32  # nesting of tables and arrays in the settings
+    max_files: int = 100_000
+    max_total_bytes: int = 16 * GiB  # assets, summed before any byte is hashed
+    max_seconds: float = 600.0
+    max_pending: int = 16  # submits being read at once, all peers together
+    max_pending_per_peer: int = 2
+
+
+DEFAULT_INTAKE_LIMITS = IntakeLimits()
+
+
+class IntakeError(FarmError):
+    """A submitted project was refused before or while it was read."""
+
+
+@dataclass
+class Prepared:
+    """A project read and hashed, ready for the loop to start its run."""
+
+    project: Project
+    media: MediaType
+    manifest: Manifest
+
+
+@dataclass
+class Intake:
+    """One submit being read: who asked, and what happens once it is read."""
+
+    identity: bytes
+    then: Callable[[Prepared], None]
+    result: Prepared | None = None
+    error: str | None = None
+
+
+class IntakeQueue:
+    """Reads projects in a worker thread; the loop collects the outcomes with `finished`."""
+
+    def __init__(self, hashes: HashCache, limits: IntakeLimits = DEFAULT_INTAKE_LIMITS) -> None:
+        self.hashes = hashes
+        self.limits = limits
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-intake")
+        self._done: queue.Queue[Intake] = queue.Queue()
+        self._pending: dict[bytes, int] = {}
+
+    def busy(self, identity: bytes) -> str | None:
+        """Why a new submit from ``identity`` cannot be taken now, or None."""
+        if sum(self._pending.values()) >= self.limits.max_pending:
+            return "the controller is reading too many projects at once; try again shortly"
+        if self._pending.get(identity, 0) >= self.limits.max_pending_per_peer:
+            return "your earlier submits are still being read; wait for their answers"
+        return None
+
+    def read(self, identity: bytes, root: Any, output: Any, *, uploaded: bool,
+             then: Callable[[Prepared], None]) -> None:
+        """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`)."""
+        self._pending[identity] = self._pending.get(identity, 0) + 1
+        intake = Intake(identity, then)
+
+        def work() -> None:
+            try:
+                intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes, limits=self.limits)
+            except FarmError as exc:
+                intake.error = str(exc)
+            except RecursionError:
+                intake.error = f"{PROJECT_FILE} nests tables or arrays too deeply"
+            except Exception as exc:  # whatever a hostile folder provokes is an answer, never a crash
+                log.warning("reading a submitted project failed: %s: %s", type(exc).__name__, exc)
+                intake.error = f"cannot read the project: {type(exc).__name__}: {exc}"
+            finally:
+                self._done.put(intake)
+
+        self._pool.submit(work)
+
+    def finished(self) -> list[Intake]:
+        """Submits read since the last call (their `result` or `error` set), on the loop's thread."""
+        out = []
+        while True:
+            try:
+                intake = self._done.get_nowait()
+            except queue.Empty:
+                return out
+            left = self._pending.get(intake.identity, 1) - 1
+            if left:
+                self._pending[intake.identity] = left
+            else:
+                self._pending.pop(intake.identity, None)
+            out.append(intake)
+
+    def close(self) -> None:
+        """Stop taking work; a project being hashed finishes on its own (bounded by the limits)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
+            limits: IntakeLimits = DEFAULT_INTAKE_LIMITS) -> Prepared:
+    """Check, load and hash a project; raises `FarmError` with the reason (and place) it was refused."""
+    deadline = time.monotonic() + limits.max_seconds
+    folder = check_path_text(root, "project folder")
+    if output is not None:
+        check_path_text(output, "output folder")
+    if not os.path.isabs(folder):  # relative to what? never to the controller's own working folder
+        raise IntakeError(f"the project folder {folder[:200]!r} must be an absolute path")
+    check_project_file(folder, limits)
+    if not uploaded:
+        check_owned(folder)
+    project = load_project(folder, output=output)
+    if not uploaded:
+        check_output(project.root, project.output)
+    check_depth(project.settings, limits.max_depth, f"{project.file}: [{project.media_type}]")
+    media = get_media_type(project.media_type)
+    assets = []
+    for rel in project.assets():
+        assets.append(rel)
+        if len(assets) > limits.max_files:
+            raise IntakeError(f"{project.root} holds more than {limits.max_files} asset files (the limit); "
+                              "narrow [assets] include or exclude")
+        if time.monotonic() > deadline:
+            raise IntakeError(f"{project.root}: listing its assets took over {limits.max_seconds:g}s")
+    manifest = build_manifest(project.root, assets, hash_cache=hashes, deadline=deadline,
+                              limits=Limits(max_files=limits.max_files, max_total_size=limits.max_total_bytes))
+    return Prepared(project, media, manifest)
+
+
+def check_path_text(value: Any, what: str) -> str:
+    """A path from the wire as text, refused if it could never name a file (NUL, over-long names)."""
+    if not isinstance(value, str) or not value:
+        raise IntakeError(f"the {what} must be a non-empty string")
+    if "\x00" in value:
+        raise IntakeError(f"the {what} {value[:200]!r} contains a NUL byte")
+    encoded = os.fsencode(value)
+    if len(encoded) > PATH_MAX:
+        raise IntakeError(f"the {what} is {len(encoded)} bytes long, more than {PATH_MAX}")
+    for part in value.split("/"):
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise IntakeError(f"the {what} has a component of {len(os.fsencode(part))} bytes, "
+                              f"more than {NAME_MAX}: {part[:40]!r}...")
+    return value
+
+
+def check_owned(root: str) -> None:
+    """Refuse a project folder the controller's user does not own, or that others could change under it.
+
+    Its real path must lead through folders owned by this user or root that nobody else
+    may write to (sticky ones like /tmp excepted), and it must be this user's own.
+    """
+    uid = os.geteuid()
+    real = os.path.realpath(root)
+    try:
+        st = os.lstat(real)
+    except OSError as exc:
+        raise IntakeError(f"project folder {root} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise IntakeError(f"project folder {root} is not a folder")
+    parent = os.path.dirname(real)
+    while True:
+        _check_trusted(parent, os.lstat(parent), uid, root, sticky_ok=True)
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    _check_trusted(real, st, uid, root, sticky_ok=False, mine=True)
+
+
+def check_output(root: Path, output: str) -> None:
+    """Refuse an output folder (relative to ``root``) of which an existing part is a symlink or not ours."""
+    uid = os.geteuid()
+    current = str(root)
+    for part in output.split("/"):
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(st.st_mode):
+            raise IntakeError(f"the output folder {current} is a symlink: the controller will not write "
+                              f"through it; {UPLOAD_HINT}")
+        _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True)
+
+
+def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky_ok: bool,
+                   mine: bool = False) -> None:
+    owners = (uid,) if mine else (uid, 0)
+    if st.st_uid not in owners:
+        raise IntakeError(f"{path} belongs to user {st.st_uid}, not to the controller's user ({uid}), so the "
+                          f"controller will not read {root} or write its outputs with its own rights; {UPLOAD_HINT}")
+    writable = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != os.getegid())
+    if writable and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+        raise IntakeError(f"{path} may be changed by other users (mode {stat.S_IMODE(st.st_mode):o}), so the "
+                          f"controller will not read {root} or write its outputs there; {UPLOAD_HINT}")
+
+
+def check_project_file(root: str, limits: IntakeLimits) -> None:
+    """Refuse a `farm.toml` that is not a plain file or is over the size limit, before parsing it."""
+    path = os.path.join(os.path.realpath(root), PROJECT_FILE)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return  # load_project says what is missing, with its place
+    except OSError as exc:
+        raise ProjectError(f"cannot read it: {exc.strerror}", file=path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ProjectError("not a regular file", file=path)
+    if st.st_size > limits.max_toml_bytes:
+        raise ProjectError(f"{st.st_size} bytes is over the limit of {limits.max_toml_bytes} for a project file",
+                           file=path)
+
+
+def check_depth(value: Any, limit: int, where: str) -> None:
+    """Refuse data nested deeper than ``limit`` (it must travel as msgpack and be read back)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise ProjectError(f"{where}: settings nest more than {limit} levels deep")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
