@@ -806,7 +806,7 @@ def _stage(folder: Path, names: list[list[Any]], payloads: list[bytes]) -> dict[
         if blake3(data).digest() != entry[2]:
             raise ProtocolError(f"output {entry[0]!r} failed verification (its digest does not match)")
         try:
-            rel = safe_relpath(check_key(entry[0], "output name"))
+            rel = check_key(safe_relpath(entry[0]), "output name")
         except (UnsafePath, BadIdentifier) as exc:
             raise ProtocolError(str(exc)) from None
         path = folder / rel
