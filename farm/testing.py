@@ -92,10 +92,9 @@ def run_local(
         cache: dict[str, Any] = {}
         wire = _wire_project(project)
         agent_project = Project.from_wire(wire).reconfigure(project.root)  # as an agent worker does
-        for job in _split(media, project, run):
+        for i, job in enumerate(_split(media, project, run)):
             sent = _wire_job(job, {d: run.results[d] for d in job.deps})
-            out_dir = Path(tmp, "out", str(len(run.jobs)))
-            work_dir = Path(tmp, "work", str(len(run.jobs)))
+            out_dir, work_dir = Path(tmp, "out", str(i)), Path(tmp, "work", str(i))
             out_dir.mkdir(parents=True)
             work_dir.mkdir(parents=True)
             ctx = RenderContext(project_dir=project.root, output_dir=out_dir, work_dir=work_dir,
@@ -140,8 +139,8 @@ def _split(media: MediaType, project: Project, run: LocalRun) -> Any:
 def _check_count(media: MediaType, project: Project, run: LocalRun) -> None:
     expected = media.count(project)
     if expected is not None and expected != len(run.jobs):
-        raise PluginError(f"{media.name}.count() returned {expected}, but split yielded {len(run.jobs)} jobs: "
-                          "the farm's progress and ETA would be wrong")
+        raise PluginError(f"{media.name}.count() returned {expected}, but split yielded {len(run.jobs)} "
+                          "jobs: the farm's progress and ETA would be wrong")
 
 
 def _round_trip(kind: T, body: dict[str, Any], what: str) -> dict[str, Any]:
@@ -157,18 +156,22 @@ def _wire_project(project: Project) -> dict[str, Any]:
     wire = project.to_wire()
     _round_trip(T.JOBS, {"jobs": [], "projects": {"p": {"settings": wire["settings"]}}},
                 f"the settings {project.media_type}.configure returned")
-    return _round_trip(T.JOBS, {"jobs": [], "projects": {"p": wire}}, f"project {project.name!r}")["projects"]["p"]
+    got = _round_trip(T.JOBS, {"jobs": [], "projects": {"p": wire}}, f"project {project.name!r}")
+    return got["projects"]["p"]
 
 
 def _wire_job(job: Job, deps: dict[str, Any]) -> dict[str, Any]:
-    body = {"lease": "local", "key": job.key, "project": "p", "params": job.params, "deps": deps, "timeout": 1.0}
-    got = _round_trip(T.JOBS, {"jobs": [body], "projects": {}}, f"job {job.key!r} (its params or its deps' results)")
+    body = {"lease": "local", "key": job.key, "project": "p", "params": job.params, "deps": deps,
+            "timeout": 1.0}
+    got = _round_trip(T.JOBS, {"jobs": [body], "projects": {}},
+                      f"job {job.key!r} (its params or its deps' results)")
     return got["jobs"][0]
 
 
 def _wire_result(job: Job, result: Any) -> Any:
     body = {"lease": "local", "ok": True, "result": result, "files": [], "duration": 0.0}
-    return _round_trip(T.RESULTS, {"results": [body]}, f"the result of job {job.key!r}")["results"][0]["result"]
+    got = _round_trip(T.RESULTS, {"results": [body]}, f"the result of job {job.key!r}")
+    return got["results"][0]["result"]
 
 
 def _collate_context(project: Project) -> CollateContext:

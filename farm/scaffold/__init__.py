@@ -46,7 +46,8 @@ def new_plugin(name: str, parent: Path | str = ".") -> Path:
         rel = rel.replace("test_package", f"test_{name}").replace("package/", f"{values['module']}/")
         dest = target / rel.removesuffix(".tmpl")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(string.Template(source.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
+        text = string.Template(source.read_text(encoding="utf-8")).substitute(values)
+        dest.write_text(text, encoding="utf-8")
     return target
 
 
