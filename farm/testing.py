@@ -1,60 +1,192 @@
-"""Helpers for plugin authors: run a media type end to end without a farm.
+"""Helpers for plugin authors: run a media type end to end, in one process, across the farm's boundaries.
 
-`run_local` drives split, render, collate and finalize in one process, in order,
-with the same contexts the farm gives them. Use it for fast plugin tests; use
-`farm.embedded` (or the ``farm submit`` CLI) to run the same project on real agents.
+`run_local` loads a project and drives ``split``, ``render``, ``collate`` and ``finalize``
+with the same contexts the farm gives them, and with the boundaries a real farm puts between
+them, so that a plugin that passes here does not fail on a farm for a reason a test could see:
+
+- every job's params and deps, the project (its settings and its table as written), and every
+  result travel through the farm's wire format (`farm.protocol.pack` / `unpack`: msgpack with
+  the same limits), so a set, a tuple, bytes in a str field or a non-string map key show up;
+- ``render`` gets settings made afresh by ``configure`` from the table as written (what every
+  agent worker does), runs with ``ctx.work_dir`` as its current directory, and gets its
+  ``deps`` results as they came over the wire;
+- ``count(project)`` is checked against the number of jobs ``split`` yielded, and job keys
+  against duplicates and deps against keys not yielded earlier;
+- jobs are collated in a seeded shuffled order, not the split order (on a farm they come back
+  in any order);
+- halfway through the collates, the controller "restarts": a fresh instance of the media type
+  and a fresh `CollateContext` whose ``state`` is empty, as after a real resume. Jobs collated
+  before it are not collated again, and ``finalize`` runs on the fresh context.
+
+Use `farm.embedded.submit_embedded` (or the fixtures of `farm.pytest_plugin`) to run the same
+project on real agent processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
+import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.mediatype import CollateContext, Job, RenderContext
+from farm.errors import PluginError, ProtocolError
+from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.plugins import get_media_type
 from farm.project import Project, load_project
+from farm.protocol import T, pack, unpack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class LocalRun:
+    """What `run_local` did.
+
+    :param project: the project as loaded on the "controller".
+    :param jobs: the jobs ``split`` yielded, in split order.
+    :param results: ``{job key: result}`` as ``collate`` received it (after the wire round trip).
+    :param outputs: what ``finalize`` returned.
+    :param collated: job keys in the order they were collated.
+    :param restarted_after: how many collates ran before the simulated controller restart
+        (None: no restart).
+    """
+
     project: Project
     jobs: list[Job] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
+    collated: list[str] = field(default_factory=list)
+    restarted_after: int | None = None
 
 
-def run_local(path: Path | str, *, threads: int = 1, output: str | None = None) -> LocalRun:
-    """Render a project in this process, job by job; raises whatever a job raises."""
+def run_local(
+    path: Path | str,
+    *,
+    threads: int = 1,
+    output: str | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    restart: bool = True,
+) -> LocalRun:
+    """Render the project in folder ``path`` in this process, job by job.
+
+    :param threads: the ``ctx.threads`` every render gets.
+    :param output: the output folder (relative to the project), as ``farm submit --output``.
+    :param shuffle: collate in an order shuffled with ``seed`` (False: split order).
+    :param restart: simulate a controller restart halfway through the collates.
+    :returns: a `LocalRun`; the final files are in ``.outputs``.
+    :raises ProjectError: the project is malformed (as ``farm submit`` reports it).
+    :raises PluginError: the plugin broke a contract the farm relies on: a value that cannot
+        travel, ``count`` not matching ``split``, a duplicate key, a dep on a job not yielded earlier.
+    :raises Exception: whatever ``render``, ``collate`` or ``finalize`` raised, unchanged, so a
+        failing test shows the plugin's own traceback.
+    """
     project = load_project(path, output=output)
     media = get_media_type(project.media_type)
     run = LocalRun(project)
-    ctx = CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"))
-    cache: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="farm-local-") as tmp:
-        for job in media.split(project):
-            run.jobs.append(job)
-            out_dir = Path(tmp, "out", job.key.replace("/", "_"))
-            work_dir = Path(tmp, "work")
+        staged: dict[str, dict[str, Path]] = {}
+        cache: dict[str, Any] = {}
+        wire = _wire_project(project)
+        agent_project = Project.from_wire(wire).reconfigure(project.root)  # as an agent worker does
+        for i, job in enumerate(_split(media, project, run)):
+            sent = _wire_job(job, {d: run.results[d] for d in job.deps})
+            out_dir, work_dir = Path(tmp, "out", str(i)), Path(tmp, "work", str(i))
             out_dir.mkdir(parents=True)
-            work_dir.mkdir(exist_ok=True)
-            rctx = RenderContext(
-                project_dir=project.root,
-                output_dir=out_dir,
-                work_dir=work_dir,
-                settings=project.settings,
-                threads=threads,
-                cache=cache,
-                deps={d: run.results.get(d) for d in job.deps},
-            )
-            result = media.render(job, rctx)
-            run.results[job.key] = result
-            outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
-            media.collate(job, result, outputs, ctx)
-            shutil.rmtree(out_dir, ignore_errors=True)
-            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            ctx = RenderContext(project_dir=project.root, output_dir=out_dir, work_dir=work_dir,
+                                settings=agent_project.settings, threads=threads, cache=cache,
+                                deps=sent["deps"])
+            with contextlib.chdir(work_dir):  # a worker's current folder is its work_dir
+                result = media.render(Job(job.key, sent["params"], job.inputs, job.deps), ctx)
+            run.results[job.key] = _wire_result(job, result)
+            staged[job.key] = {p.relative_to(out_dir).as_posix(): p
+                               for p in sorted(out_dir.rglob("*")) if p.is_file()}
+        _check_count(media, project, run)
+        order = list(run.jobs)
+        if shuffle:
+            random.Random(seed).shuffle(order)
+        half = len(order) // 2 if restart and len(order) > 1 else None
+        ctx = _collate_context(project)
+        for i, job in enumerate(order):
+            if i == half:
+                media, ctx = _restart(media, ctx, project)
+                run.restarted_after = i
+            media.collate(job, run.results[job.key], staged[job.key], ctx)
+            run.collated.append(job.key)
         run.outputs = media.finalize(ctx)
     return run
+
+
+def _split(media: MediaType, project: Project, run: LocalRun) -> Any:
+    seen: set[str] = set()
+    for job in media.split(project):
+        if not isinstance(job, Job):
+            raise PluginError(f"{media.name}.split yielded {job!r}, not a farm.mediatype.Job")
+        if job.key in seen:
+            raise PluginError(f"{media.name}.split yielded the key {job.key!r} twice; keys must be unique")
+        missing = [d for d in job.deps if d not in seen]
+        if missing:
+            raise PluginError(f"job {job.key!r} depends on {missing}, which split did not yield earlier")
+        seen.add(job.key)
+        run.jobs.append(job)
+        yield job
+
+
+def _check_count(media: MediaType, project: Project, run: LocalRun) -> None:
+    expected = media.count(project)
+    if expected is not None and expected != len(run.jobs):
+        raise PluginError(f"{media.name}.count() returned {expected}, but split yielded {len(run.jobs)} "
+                          "jobs: the farm's progress and ETA would be wrong")
+
+
+def _round_trip(kind: T, body: dict[str, Any], what: str) -> dict[str, Any]:
+    """``body`` as the receiving end of the farm sees it, or a `PluginError` naming ``what``."""
+    try:
+        return unpack(pack(kind, body)).body
+    except (TypeError, ValueError, OverflowError, ProtocolError) as exc:
+        raise PluginError(f"{what} cannot travel between controller and agent (msgpack): "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def _wire_project(project: Project) -> dict[str, Any]:
+    wire = project.to_wire()
+    _round_trip(T.JOBS, {"jobs": [], "projects": {"p": {"settings": wire["settings"]}}},
+                f"the settings {project.media_type}.configure returned")
+    got = _round_trip(T.JOBS, {"jobs": [], "projects": {"p": wire}}, f"project {project.name!r}")
+    return got["projects"]["p"]
+
+
+def _wire_job(job: Job, deps: dict[str, Any]) -> dict[str, Any]:
+    body = {"lease": "local", "key": job.key, "project": "p", "params": job.params, "deps": deps,
+            "timeout": 1.0}
+    got = _round_trip(T.JOBS, {"jobs": [body], "projects": {}},
+                      f"job {job.key!r} (its params or its deps' results)")
+    return got["jobs"][0]
+
+
+def _wire_result(job: Job, result: Any) -> Any:
+    body = {"lease": "local", "ok": True, "result": result, "files": [], "duration": 0.0}
+    got = _round_trip(T.RESULTS, {"results": [body]}, f"the result of job {job.key!r}")
+    return got["results"][0]["result"]
+
+
+def _collate_context(project: Project) -> CollateContext:
+    return CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"))
+
+
+def _restart(media: MediaType, ctx: CollateContext, project: Project) -> tuple[MediaType, CollateContext]:
+    """A fresh media type instance and an empty ``state``, as a controller has after a restart.
+
+    What the old state held is closed, as the old process's open files are when it dies.
+    """
+    for value in ctx.state.values():
+        close = getattr(value, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+    log.debug("simulated controller restart after %s", ctx.state.keys())
+    return type(media)(), _collate_context(project)

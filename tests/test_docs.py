@@ -31,3 +31,21 @@ def test_architecture_names_every_module():
                      if p.name not in ("__init__.py", "__main__.py"))
     missing = [m for m in modules if m not in doc and m.rsplit("/", 1)[0] + "/`" not in doc]
     assert not missing, f"modules not described in docs/architecture.md: {missing}"
+
+
+def test_api_reference_is_generated_from_the_current_docstrings():
+    """docs/api.md is pdoc3's output for the plugin API; regenerate it when a docstring changes."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "api_docs.py"), "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr or done.stdout
+    api = (ROOT / "docs" / "api.md").read_text()
+    touched = ["Class `Project`", "Class `Job`", "Class `RenderContext`", "Class `CollateContext`",
+               "Class `SettingsReader`", "Method `integer`", "Method `asset`", "Class `ProjectError`",
+               "Class `RenderError`", "Class `JobFailedForGood`", "Function `farm_register_media_types`",
+               "Method `cache_settings`", "Function `run_local`", "Function `farm_embedded`",
+               "Function `submit_embedded`"]
+    missing = [name for name in touched if name not in api]
+    assert not missing, f"docs/api.md lacks {missing}"

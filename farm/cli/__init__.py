@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from farm import __version__
-from farm.cli import agent, controller, keys, plugins, status, submit
+from farm.cli import agent, controller, keys, plugin, plugins, status, submit
 
 app = typer.Typer(
     name="farm",
@@ -50,6 +50,7 @@ app.command("plugins")(plugins.plugins)
 app.command("status")(status.status)
 app.command("cancel")(status.cancel)
 app.add_typer(keys.app, name="keys")
+app.add_typer(plugin.app, name="plugin")
 
 
 def main() -> None:

@@ -1,0 +1,24 @@
+"""`farm plugin new NAME`: start a media-type plugin from the template shipped in farm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from farm.cli.errors import reported
+from farm.scaffold import new_plugin
+
+app = typer.Typer(help="Write plugins.", no_args_is_help=True)
+
+
+@app.command("new")
+def new(
+    name: Annotated[str, typer.Argument(help="The media type's name, e.g. thumbnails.")],
+    folder: Annotated[Path, typer.Option("--dir", help="Where to create farm-NAME/.")] = Path("."),
+) -> None:
+    """Write a plugin package farm-NAME: entry point, media type, sample project, tests."""
+    with reported():
+        target = new_plugin(name, folder)
+    typer.echo(f"wrote {target}\nnext: pip install -e {target} && cd {target} && python -m pytest")

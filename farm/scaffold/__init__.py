@@ -1,0 +1,59 @@
+"""`farm plugin new`: a new media-type plugin package, written from the template shipped in farm.
+
+The template (``farm/scaffold/template``) is package data: its files end in ``.tmpl`` and hold
+``${name}``-style placeholders (`string.Template`); ``package/`` becomes the plugin's module.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from farm.errors import FarmError
+
+#: a plugin name: a media type name that is also the tail of a Python module name
+NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+
+
+def new_plugin(name: str, parent: Path | str = ".") -> Path:
+    """Write the package ``farm-<name>`` into ``parent/farm-<name>`` and return that folder.
+
+    The package has a ``pyproject.toml`` with the ``farm.plugins`` entry point, the module
+    ``farm_<name>`` with one `farm.mediatype.MediaType` subclass, a sample project in
+    ``project/`` and tests (``tests/``) that pass as written.
+
+    :raises FarmError: ``name`` is not a lower-case identifier of at most 40 characters, or the
+        target folder exists already.
+    """
+    if not NAME.match(name):
+        raise FarmError(f"plugin name {name!r}: use a lower-case letter, then letters, digits or _ "
+                        "(at most 40): it names the media type and the module farm_<name>")
+    target = Path(parent) / f"farm-{name.replace('_', '-')}"
+    if target.exists():
+        raise FarmError(f"{target} exists already; choose another --dir or remove it")
+    values = {
+        "name": name,
+        "module": f"farm_{name}",
+        "dist": f"farm-{name.replace('_', '-')}",
+        "cls": "".join(part.capitalize() for part in name.split("_")),
+    }
+    template = resources.files(__package__) / "template"
+    for source, rel in _walk(template, ""):
+        rel = rel.replace("test_package", f"test_{name}").replace("package/", f"{values['module']}/")
+        dest = target / rel.removesuffix(".tmpl")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        text = string.Template(source.read_text(encoding="utf-8")).substitute(values)
+        dest.write_text(text, encoding="utf-8")
+    return target
+
+
+def _walk(folder: Traversable, prefix: str) -> Iterator[tuple[Traversable, str]]:
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.is_dir():
+            yield from _walk(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".tmpl"):
+            yield entry, prefix + entry.name
