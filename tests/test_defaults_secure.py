@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 import zmq
 from cli_helpers import FARM, Running, cli_controller
 from conftest import write_project
+from hostile_helpers import as_nobody
 from zmq.utils.monitor import recv_monitor_message
 
 from farm.cli.security import client_security, controller_security, remember_controller
@@ -31,7 +31,6 @@ from farm.embedded import EmbeddedFarm
 from farm.project import load_project
 from farm.protocol import T, pack, unpack
 
-NOBODY = 65534
 LISTEN_S = 3.0  # how long an attacker listens for an answer that must not come
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="becoming the user nobody needs root")
@@ -85,32 +84,6 @@ def ask(url: str, curve: tuple[bytes, bytes, bytes] | None = None) -> dict[str, 
         "handshake_failed": any(e & failed for e in events),
         "handshake_ok": any(e & zmq.EVENT_HANDSHAKE_SUCCEEDED for e in events),
     }
-
-
-def as_nobody(attack: Callable[[], Any]) -> Any:
-    """Run `attack()` in a forked child that has become the user nobody; returns its JSON result."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            with os.fdopen(write, "w") as out:
-                json.dump(attack(), out)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as result:
-        text = result.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the attack failed to run as nobody (see stderr)"
-    return json.loads(text)
 
 
 def unix_connect(path: str) -> str:
