@@ -16,6 +16,7 @@ from typing import Any
 
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
+from farm.ownoutput import output_files
 from farm.paths import UnsafePath, safe_relpath
 from farm.settings import SettingsReader, line_of
 
@@ -280,7 +281,9 @@ def matches(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
 
 
 def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> Iterator[str]:
-    """Walk ``root`` for files matching include and not exclude; dot-folders are skipped."""
+    """Walk ``root`` for files matching include and not exclude; dot-folders are skipped, and so
+    are the files this process's own output goes into (`farm.ownoutput`)."""
+    own = output_files()
     found = []
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
@@ -291,5 +294,15 @@ def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) 
             if name.startswith("."):
                 continue
             if matches(rel, include) and not matches(rel, exclude):
+                if own and _file_id(os.path.join(folder, name)) in own:
+                    continue
                 found.append(rel)
     yield from sorted(found)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

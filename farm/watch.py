@@ -8,7 +8,8 @@ A file-system event only wakes the watcher; whether a round starts is decided by
 project's ``[assets]`` rules); a round starts only when that set of digests differs from the
 one the last round started with. So a ``touch``, an editor saving identical bytes, a file
 matching ``[assets] exclude``, the run's own writes (outputs, ``.farm/``) and the file this
-process's own output is redirected into (``farm submit --watch . > ./log``) start nothing.
+process's own output goes into (``farm submit --watch . > ./log``, ``| tee log``: never an
+asset, see `farm.ownoutput`) start nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import blake3
@@ -35,19 +36,6 @@ SETTLE_LIMIT_S = 3.0  # a file written without pause (a log) must not hold the c
 _CHUNK = 1 << 20
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
-
-
-def redirect_targets(fds: Iterable[int] = (1, 2)) -> set[FileId]:
-    """The regular files our standard output and error are written into (a shell's ``> file``)."""
-    found = set()
-    for fd in fds:
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            found.add((st.st_dev, st.st_ino))
-    return found
 
 
 class ProjectInputs:

@@ -94,3 +94,19 @@ def test_status_shows_what_each_agent_is_running(controller, agents, synthetic):
         client.submit(load_project(synthetic(jobs=3, sleep=30, name="long")))
         (agent,) = wait_for(lambda: [a for a in client.status()["agents"] if a["current"]], 60, "a running job")
     assert agent["current"] == ["long/job-0000000"]
+
+
+def test_a_relative_state_dir_still_takes_uploads(tmp_path, agents, synthetic, monkeypatch):
+    # `farm controller --state-dir state` once refused every remote submit: uploads/ was relative
+    from farm.controller.server import Controller
+
+    monkeypatch.chdir(tmp_path)
+    ctl = Controller("tcp://127.0.0.1:0", state_dir="state").start()
+    try:
+        agents(ctl.url, 1)
+        project = synthetic(jobs=3, output_bytes=8)
+        summary = submit(ctl.url, load_project(project), upload=True)
+        assert summary.ok, summary
+        assert len(list((project / "output").glob("*.bin"))) == 3
+    finally:
+        ctl.stop(shutdown_agents=True)

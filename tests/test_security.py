@@ -486,8 +486,8 @@ def test_a_secured_controller_serves_allowed_agents_and_clients_only(store, tmp_
         assert summary.ok, summary
         assert (summary.total, summary.done) == (20, 20)
         assert len(list((project / "output").glob("*.bin"))) == 20
-        # its identity is the key it proved (allowed as "agent"), not the id it claimed ("good")
-        assert [a["id"] for a in controller.status()["agents"]] == ["agent"]
+        # the key it proved (allowed as "agent") admitted it; it keeps the id it claimed ("good")
+        assert [(a["id"], a["key"]) for a in controller.status()["agents"]] == [("good", "agent")]
         assert not agents[0].agent.connected and not agents[0].agent.held
         assert server.refusals >= 1
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conftest import wait_for, write_project
 
-from farm.watch import ProjectInputs, redirect_targets, watch
+from farm.watch import ProjectInputs, watch
 
 CASE = Path(__file__).parent / "cases" / "watch-own-writes"
 FARM = [sys.executable, "-m", "farm"]
@@ -82,7 +82,7 @@ def test_case_redirected_json_log_and_touches_start_no_round(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, err.read_text()[-2000:]
     assert len(rounds_in(log)) == 2
-    assert 'add "log" to [assets] exclude' in err.read_text()  # and the user is told what to do
+    assert "changed since it was published" not in err.read_text()  # ./log is no asset to fetch
 
 
 def test_project_inputs_change_only_with_content(tmp_path: Path) -> None:
@@ -121,18 +121,6 @@ def test_project_inputs_change_only_with_content(tmp_path: Path) -> None:
     assert broken[0] == "invalid" and "farm.toml" in broken[1]
     (project / "farm.toml").write_text(good)
     assert inputs.fingerprint() != broken
-
-
-def test_redirect_targets_are_the_files_behind_our_output(tmp_path: Path) -> None:
-    with open(tmp_path / "out", "w") as f:
-        st = os.fstat(f.fileno())
-        assert redirect_targets([f.fileno()]) == {(st.st_dev, st.st_ino)}
-    r, w = os.pipe()
-    try:
-        assert redirect_targets([r, w]) == set()  # a pipe is no file in the project
-    finally:
-        os.close(r)
-        os.close(w)
 
 
 def test_watch_ignores_a_writer_appending_all_along(tmp_path: Path) -> None:

@@ -30,16 +30,24 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Services log with times and sources; a user's command at its default level shows warnings
+# as plain sentences addressed to that user.
+SERVICES = ("controller", "agent")
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     log_level: Annotated[str, typer.Option("--log-level", envvar="FARM_LOG_LEVEL",
                                            help="debug, info, warning or error")] = "warning",
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
+    level = getattr(logging, log_level.upper(), logging.WARNING)
+    plain = level >= logging.WARNING and ctx.invoked_subcommand not in SERVICES
     logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=level,
+        format="%(levelname)s: %(message)s" if plain else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 

@@ -40,7 +40,7 @@ def status_text(report: dict[str, Any]) -> str:
     for a in report["agents"]:
         lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
-                     f"  [{', '.join(a['capabilities'])}]")
+                     f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         if a.get("current"):

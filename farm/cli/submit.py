@@ -18,9 +18,10 @@ from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
+from farm.ownoutput import output_files
 from farm.progress import ProgressBar, summary_text
 from farm.project import STATE_DIR, Project, load_project
-from farm.watch import ProjectInputs, redirect_targets, watch
+from farm.watch import ProjectInputs, watch
 
 
 def submit(
@@ -47,8 +48,7 @@ def submit(
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     with reported(as_json=as_json):
         project = load_project(project_dir, output=output)
-        skip = redirect_targets()
-        _warn_about_redirects(project, skip)
+        skip = set(output_files())  # our own log, if it is in the project: never an asset
         with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
             if not watch_project:
                 summary = _round(render, project_dir, output, as_json)
@@ -73,19 +73,6 @@ def submit(
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
             except KeyboardInterrupt:
                 pass
-
-
-def _warn_about_redirects(project: Project, targets: set[tuple[int, int]]) -> None:
-    """Our output redirected into an asset: not watched, but every job would depend on it."""
-    for rel in project.assets():
-        try:
-            st = (project.root / rel).stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in targets:
-            typer.echo(f"warning: this command's output goes to {rel}, one of the project's assets: --watch "
-                       f"ignores it, but jobs that read every asset render again when it changes; add "
-                       f'"{rel}" to [assets] exclude in farm.toml', err=True)
 
 
 Render = Callable[[Project, Callable[[dict], None]], Summary]

@@ -13,13 +13,14 @@ LOOKAHEAD_S = 0.02  # how much queued work beyond its slots an agent may hold (f
 @dataclass
 class AgentState:
     identity: bytes  # ZeroMQ routing id
-    id: str  # the id it claims, or its authenticated key when CURVE is on
+    id: str  # the id it claims (renamed if a live agent has it)
     host: str
     slots: int
     prefetch: int
     caps: set[str]
     missing: dict[str, str]
     key: str | None = None  # its authenticated public key, when CURVE is on
+    key_name: str | None = None  # that key's name in the controller's allowed/ folder
     session: str = ""  # the agent process's secret token: a reconnect shows it, an impostor cannot
     broken: str | None = None  # why it cannot run anything (its workers die at start), if so
     held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
@@ -59,6 +60,7 @@ class AgentState:
         return {
             "id": self.id,
             "host": self.host,
+            "key": self.key_name,
             "slots": self.slots,
             "capabilities": sorted(self.caps),
             "unavailable": self.missing,

@@ -71,7 +71,7 @@ class Controller:
     ) -> None:
         self.bind = bind
         self.intake_limits = intake_limits
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.security = security
@@ -367,9 +367,12 @@ class Controller:
             check_name(claimed, "agent id")
         except BadIdentifier as exc:
             raise ProtocolError(f"HELLO: {exc}") from None
+        # With keys the key admits the agent; its id is still the one it claims (one key may
+        # serve several nodes), told apart from a live agent of that id by _identify.
+        key_name = None
         if key is not None:
             assert self.security is not None
-            claimed = self.security.name_of(key) or key[:16]
+            key_name = self.security.name_of(key) or key[:16]
         session = body.get("session") or ""
         agent_id, previous = self._identify(identity, known, claimed, session, key)
         broken = body.get("broken")
@@ -377,6 +380,7 @@ class Controller:
             identity=identity,
             id=agent_id,
             key=key,
+            key_name=key_name,
             session=session,
             broken=broken[:MAX_BROKEN_TEXT] if isinstance(broken, str) and broken else None,
             host=body["host"],
@@ -650,7 +654,9 @@ class Controller:
         lost = [lease for lease in self.leases.values() if lease.agent == agent.identity]
         for lease in lost:
             self._lose(lease, reason)
-        log.warning("agent %s removed (%s); %d jobs requeued", agent.id, reason, len(lost))
+        # an agent that said goodbye holding nothing is no news; anything else is
+        level = logging.INFO if reason == "agent left" and not lost else logging.WARNING
+        log.log(level, "agent %s removed (%s); %d jobs requeued", agent.id, reason, len(lost))
 
     def _check_agents(self, now: float) -> None:
         for agent in self.registry.expired(now, self.heartbeat * self.liveness):
