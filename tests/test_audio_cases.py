@@ -21,7 +21,7 @@ import pytest
 from farm_audio import ffmpeg
 from farm_audio.render import whole_file_filter
 
-from farm.errors import RenderError
+from farm.errors import ProjectError, RenderError
 from farm.project import load_project
 from farm.testing import run_local
 
@@ -261,3 +261,15 @@ def test_loudnorm_on_audio_it_cannot_measure_names_the_audio(
         run_local(root)
     assert words in str(caught.value)
     assert "measured_I" not in str(caught.value) and "anullsrc" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("chain", "option", "filt"), [
+    ("volume=bogus=1", "bogus", "volume"),
+    ("highpass=f=100:zz=3", "zz", "highpass"),
+])
+def test_an_unknown_option_is_named_in_the_error(stateful: Path, tmp_path: Path, chain: str, option: str,
+                                                 filt: str) -> None:
+    root = write_chain(tmp_path, chain)
+    shutil.copy(stateful / "src.wav", root / "src.wav")
+    with pytest.raises(ProjectError, match=rf"'{option}'.*'{filt}'.*Option not found"):
+        load_project(root)

@@ -62,7 +62,7 @@ _CONTEXT = re.compile(r"^\[[^\]]*@ ?(0x)?[0-9a-f]+\] ")
 _GENERIC = (
     "Error opening output file", "Error opening output files", "Conversion failed!",
     "Error parsing filterchain", "Error parsing a filter description", "Error initializing filters",
-    "Error applying option", "Error while filtering", "Task finished with error", "Terminating thread",
+    "Error while filtering", "Task finished with error", "Terminating thread",
 )
 
 
