@@ -20,7 +20,8 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Event(NamedTuple):
     run: str | None = None
     job: str | None = None
     agent: str | None = None
-    data: dict[str, Any] = {}  # never mutated: events are values  # noqa: RUF012
+    data: Mapping[str, Any] = MappingProxyType({})
 
     def to_wire(self) -> dict[str, Any]:
         """The event as one flat JSON/msgpack object (``data``'s fields beside the common ones)."""
@@ -55,6 +56,8 @@ class Event(NamedTuple):
 
 
 Observer = Callable[[Event], None]
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
+_now = time.time
 
 
 class EventBus:
@@ -62,8 +65,7 @@ class EventBus:
 
     def __init__(self, *, buffer: int = BUFFER_EVENTS, pending: int = PENDING_EVENTS,
                  hook: Observer | None = None) -> None:
-        self._seq = itertools.count(1)
-        self.last = 0  # the newest event's seq
+        self.last = 0  # the newest event's seq (events are numbered from 1)
         self.buffer: collections.deque[Event] = collections.deque(maxlen=buffer)
         self._pending: collections.deque[Event] = collections.deque(maxlen=pending)
         self._observers: list[Observer] = [hook] if hook is not None else []
@@ -78,10 +80,10 @@ class EventBus:
         self._observers.append(observer)
 
     def publish(self, type: str, run: str | None = None, job: str | None = None, agent: str | None = None,
-                data: dict[str, Any] | None = None) -> Event:
-        """Announce one event (a type of `EVENT_TYPES`); returns it, numbered."""
-        event = Event(next(self._seq), time.time(), type, run, job, agent, data or {})
-        self.last = event.seq
+                data: Mapping[str, Any] = _NO_DATA) -> Event:
+        """Announce one event (a type of `EVENT_TYPES`); returns it, numbered. On the loop's thread only."""
+        self.last = seq = self.last + 1
+        event = Event(seq, _now(), type, run, job, agent, data)
         self.buffer.append(event)
         if self._observers:
             self._pending.append(event)
