@@ -1,11 +1,14 @@
 """Dispatch throughput and overhead: the embedded farm against multiprocessing.Pool.
 
-    python bench/bench_dispatch.py [--jobs 50000] [--agents 2]
+    python bench/bench_dispatch.py [--jobs 50000] [--agents 2] [--before DIR --rounds 3]
 
 1. no-op jobs through a real controller and 2 local agent processes vs
    multiprocessing.Pool(2).imap(chunksize=1) over the same count (target: >= 20,000 jobs/s);
 2. 1,000 jobs of 10 ms on 2 agents: makespan vs the ideal (target: <= 3 % over).
 Times are measured by the submitting client: submit to summary, collation included.
+With ``--before DIR`` (a checkout of an earlier version), both versions run in turns, in
+subprocesses, ``--rounds`` times each, and the median no-op rate of each is printed: a
+before/after comparison in one run, so a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +63,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--before", type=Path, help="a checkout of the version to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.before is not None:
+        compare(args)
+        return
     print(f"# dispatch benchmark on {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         ctl = Controller("tcp://127.0.0.1:0", state_dir=Path(tmp, "state"))
@@ -80,6 +91,23 @@ def main() -> None:
         finally:
             ctl.stop(shutdown_agents=True)
             stop_agents(procs)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Run this benchmark for the version here and the one at --before, in turns; print medians."""
+    here = Path(__file__).resolve().parents[1]
+    rates: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(args.rounds):
+        for side, root in (("before", args.before.resolve()), ("after", here)):
+            env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'plugins'}"}
+            out = subprocess.run([sys.executable, str(root / "bench" / "bench_dispatch.py"), "--jobs", str(args.jobs),
+                                  "--agents", str(args.agents)], env=env, capture_output=True, text=True, check=True)
+            found = re.search(r"no-op dispatch\s+farm ([\d,]+) jobs/s", out.stdout)
+            assert found, out.stdout + out.stderr
+            rates[side].append(float(found.group(1).replace(",", "")))
+            print(f"{side:<6} {rates[side][-1]:>9,.0f} jobs/s", flush=True)
+    before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
+    report("no-op dispatch, median", f"{after:,.0f} jobs/s", f"before {before:,.0f} jobs/s", ratio=after / before)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from farm.endpoints import reachable
+from farm.endpoints import HANDSHAKE_FAILED, reachable
 from farm.errors import ConnectionLost, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.project import Project
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
-HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 @dataclass
@@ -192,6 +190,37 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return self.request(T.STATUS, expect=(T.STATUS_REPLY,)).body
+
+    def events(self, since: int | None = None, *, on_missed: Callable[[int], None] | None = None,
+               renew_s: float = 10.0) -> Iterator[dict[str, Any]]:
+        """The controller's events after seq `since` (None: from now on), one flat dict each, forever.
+
+        Each event has at least ``seq``, ``time`` (epoch seconds), ``type``, ``run``, ``job`` and
+        ``agent``. Events older than the controller's buffer are gone: `on_missed(count)` hears of
+        them. The subscription is renewed every `renew_s` from the last event seen, so a lost
+        connection resumes without a gap or a repeat.
+        """
+        last = since
+        self.send(T.EVENTS, {"since": since})
+        renewed = time.monotonic()
+        while True:
+            if time.monotonic() - renewed > renew_s:
+                self.send(T.EVENTS, {"since": last})
+                renewed = time.monotonic()
+            msg = self.receive()
+            if msg.type is not T.EVENT_BATCH:
+                continue
+            if msg.body["missed"] and on_missed is not None:
+                on_missed(msg.body["missed"])
+            events = msg.body["events"]
+            if not events and last is None:
+                last = msg.body["last"]
+            for event in events:
+                if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
+                    raise ProtocolError(f"EVENT_BATCH: {str(event)[:80]} is not an event")
+                if last is None or event["seq"] > last:
+                    last = event["seq"]
+                    yield event
 
     def cancel(self, project: str) -> Summary:
         self.send(T.CANCEL_PROJECT, {"project": project})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zmq
+
 
 def files_bind(job_bind: str) -> str:
     """The file synchroniser's bind address, beside the controller's job socket."""
@@ -24,3 +26,8 @@ def reachable(advertised: str, controller_url: str) -> str:
     port = rest.rsplit(":", 1)[1]
     host = controller_url[len("tcp://"):].rsplit(":", 1)[0]
     return f"tcp://{host}:{port}"
+
+
+#: the socket-monitor events that mean a peer refused our secure handshake (clients and agents watch them)
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)

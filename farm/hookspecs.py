@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from farm.controller.events import Event
     from farm.mediatype import MediaType
 
 hookspec = pluggy.HookspecMarker("farm")
@@ -26,4 +27,16 @@ def farm_register_media_types(register: Callable[[type[MediaType]], None]) -> No
         registered twice is an error that names both plugins.
 
     Called once per process, when media types are first needed.
+    """
+
+
+@hookspec
+def farm_event(event: Event) -> None:
+    """Observe the controller's event stream (`farm.controller.events`), in the controller process.
+
+    :param event: one `farm.controller.events.Event` (``seq``, ``time``, ``type``, ``run``,
+        ``job``, ``agent``, ``data``); every event, in order.
+
+    Called from the controller's observer thread, never its loop: a slow implementation delays
+    only other observers, and one that raises is logged and skipped.
     """

@@ -127,10 +127,12 @@ class Project:
         return replace(self, root=root, settings=settings)
 
 
-def load_project(path: Path | str, *, output: str | None = None) -> Project:
+def load_project(path: Path | str, *, output: str | None = None, renderer_checks: bool = True) -> Project:
     """Read and validate ``path/farm.toml`` and the media type's own table.
 
-    Raises `ProjectError` naming the file, line and key of the first problem.
+    With ``renderer_checks`` False (the controller), the media type's `configure` skips what
+    needs its renderer (`SettingsReader.renderer_checks`). Raises `ProjectError` naming the
+    file, line and key of the first problem.
     """
     from farm.plugins import get_media_type
 
@@ -153,7 +155,7 @@ def load_project(path: Path | str, *, output: str | None = None) -> Project:
             raise ProjectError(f"missing [{table}] table", file=file)
         if not isinstance(value, dict):
             raise ProjectError(f"{table} must be a table", file=file, key=table, line=line_of(text, "", table))
-        return SettingsReader(value, table=table, file=file, text=text, root=root)
+        return SettingsReader(value, table=table, file=file, text=text, root=root, renderer_checks=renderer_checks)
 
     proj = reader("project", required=True)
     name = proj.str("name", None)

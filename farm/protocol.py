@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -52,9 +52,16 @@ class T(enum.IntEnum):
     FOLLOW = 37
     UPLOAD = 38
     ERROR = 39
+    EVENTS = 40  # subscribe to the event stream (and renew the subscription)
+    EVENT_BATCH = 41
     # file synchroniser (its own socket)
     FS_REQUEST = 50
     FS_REPLY = 51
+    # agent <-> its worker processes (a local socket)
+    W_READY = 60
+    W_JOBS = 61
+    W_PROGRESS = 62
+    W_RESULTS = 63
 
 
 class _Any:
@@ -81,6 +88,73 @@ RESULT = {
     "requeue": opt(bool),  # the job never started: run it again without counting an attempt
     "retry": opt(bool),  # False: the plugin failed the job for good (farm.errors.JobFailedForGood)
 }
+
+class JobSpec(NamedTuple):
+    """What an agent needs to run one job; travels controller -> agent -> worker unchanged.
+
+    ``deps`` maps each dependency's key to its result; ``timeout`` is in seconds. Immutable
+    (a named tuple: cheap to make, on the dispatch path of every job).
+    """
+
+    lease: str
+    key: str
+    project: str  # the run id
+    params: Any
+    deps: dict[str, Any]
+    timeout: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"lease": self.lease, "key": self.key, "project": self.project, "params": self.params,
+                "deps": self.deps, "timeout": self.timeout}
+
+    @classmethod
+    def from_wire(cls, job: dict[str, Any]) -> JobSpec:
+        """From a map of the JOB shape (checked by `unpack`); what it means is checked by its receiver."""
+        return cls(job["lease"], job["key"], job["project"], job["params"], job["deps"] or {}, job["timeout"])
+
+
+#: one output file of a result: [relative name, size in bytes, BLAKE3 digest]; its bytes travel beside
+OutputEntry = list[Any]
+
+
+@dataclass(slots=True)
+class JobResult:
+    """One job's outcome, as a worker reports it and the controller collates it.
+
+    ``files`` lists the outputs (`OutputEntry`), whose bytes ride as payload frames in the same
+    order; ``duration`` is the job's run time in seconds; ``requeue``: it never started (run it
+    again without counting an attempt); ``retry`` False: the plugin failed it for good.
+    """
+
+    lease: str
+    ok: bool
+    result: Any = None
+    files: list[OutputEntry] = field(default_factory=list)
+    error: str | None = None
+    log: str | None = None
+    duration: float = 0.0
+    requeue: bool = False
+    retry: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = {"lease": self.lease, "ok": self.ok, "result": self.result, "files": self.files,
+                "duration": self.duration}
+        if self.error is not None:
+            wire["error"] = self.error
+        if self.log is not None:
+            wire["log"] = self.log
+        if self.requeue:
+            wire["requeue"] = True
+        if not self.retry:
+            wire["retry"] = False
+        return wire
+
+    @classmethod
+    def from_wire(cls, r: dict[str, Any]) -> JobResult:
+        """From a map of the RESULT shape (checked by `unpack`)."""
+        return cls(r["lease"], r["ok"], r["result"], r["files"], r.get("error"), r.get("log"), r["duration"],
+                   bool(r.get("requeue")), r.get("retry") is not False)
+
 
 SHAPES: dict[T, dict[str, Any]] = {
     T.HELLO: {
@@ -115,8 +189,14 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.CANCEL_PROJECT: {"project": str},
     T.FOLLOW: {"project": str},
     T.ERROR: {"message": str},
+    T.EVENTS: {"since": opt(int)},  # the last seq seen; missing: from now on
+    T.EVENT_BATCH: {"events": [ANY], "missed": int, "last": int},
     T.FS_REQUEST: ANY,
     T.FS_REPLY: ANY,
+    T.W_READY: {"pid": int},
+    T.W_JOBS: {"jobs": [JOB], "projects": {}, "threads": int},  # projects: id -> description, new to it
+    T.W_PROGRESS: {"lease": str, "fraction": NUM},
+    T.W_RESULTS: {"results": [RESULT]},
 }
 
 
@@ -164,7 +244,7 @@ def unpack(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"undecodable {kind.name} body: {type(exc).__name__}: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
-    if kind is T.RESULTS:
+    if kind is T.RESULTS or kind is T.W_RESULTS:
         _check_results(body)  # the hot path: same rules as the RESULT shape, written out
     else:
         check_shape(body, SHAPES[kind], kind.name)

@@ -39,8 +39,13 @@ def line_of(text: str, table: str, key: str | None = None) -> int | None:
 class SettingsReader:
     """Reads one table of a project file, remembering which keys were used."""
 
-    def __init__(self, values: dict[str, Any], *, table: str, file: Path, text: str, root: Path):
+    def __init__(self, values: dict[str, Any], *, table: str, file: Path, text: str, root: Path,
+                 renderer_checks: bool = True):
         self.values = dict(values)
+        #: False where the renderer may be missing and is not used (the controller): a media type
+        #: then skips the checks that need its renderer (loading a style, probing a file) and keeps
+        #: those that make the settings safe (names, paths, ranges); they run where it renders.
+        self.renderer_checks = renderer_checks
         self.table = table
         self.file = file
         self.text = text

@@ -23,6 +23,7 @@ from farm_synthetic import job_key, payload
 from hostile_helpers import Raw, status_round_trip
 
 from farm.client import submit
+from farm.controller.scheduler import Scheduler
 from farm.controller.server import Controller
 from farm.filesync import wire
 from farm.project import load_project
@@ -171,20 +172,21 @@ def test_fuzzed_messages_of_every_type_while_an_honest_project_renders(controlle
     assert status_round_trip(controller.url) < 5
 
 
-class StumblingController(Controller):
-    """A controller whose every third dispatch turn raises, as a state a peer provoked might make it."""
+class StumblingScheduler(Scheduler):
+    """A scheduler whose every third dispatch turn raises, as a state a peer provoked might make it."""
 
     turns = 0
 
-    def _dispatch(self, now: float) -> None:
+    def dispatch(self, now: float):
         self.turns += 1
         if self.turns % 3 == 0:
             raise RuntimeError("a state no handler foresaw")
-        super()._dispatch(now)
+        return super().dispatch(now)
 
 
 def test_an_error_in_a_loop_turn_is_logged_and_the_loop_goes_on(tmp_path, agents, synthetic):
-    ctl = StumblingController("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4,
+                     scheduler=StumblingScheduler()).start()
     try:
         agents(ctl.url, 1)
         assert submit(ctl.url, load_project(synthetic(jobs=20))).ok

@@ -19,6 +19,7 @@ from conftest import Background, wait_for
 from farm_synthetic import payload
 
 from farm.client import Client, submit
+from farm.controller.scheduler import Scheduler
 from farm.controller.server import Controller
 from farm.project import load_project
 from farm.protocol import PROTOCOL_VERSION, T, pack
@@ -128,14 +129,18 @@ def test_a_politely_stopped_agent_hands_its_jobs_back_at_once(tmp_path, agents, 
         ctl.stop(shutdown_agents=True)
 
 
-class GarblingController(Controller):
-    """A controller that sends every agent garbage before each batch of real jobs."""
+class GarblingScheduler(Scheduler):
+    """A scheduler whose controller sends every agent garbage before each batch of real jobs."""
 
-    def _send_jobs(self, agent, leases):
-        rng = random.Random(len(leases))
-        for frames in garbage(rng, 3):
-            self.sock.send_multipart([agent.identity, *frames])
-        super()._send_jobs(agent, leases)
+    controller: Controller
+
+    def dispatch(self, now):
+        decisions = super().dispatch(now)
+        for agent, leases in decisions:
+            rng = random.Random(len(leases))
+            for frames in garbage(rng, 3):
+                self.controller.sock.send_multipart([agent.identity, *frames])
+        return decisions
 
 
 def garbage(rng: random.Random, count: int) -> list[list[bytes]]:
@@ -160,7 +165,11 @@ def garbage(rng: random.Random, count: int) -> list[list[bytes]]:
 
 
 def test_random_and_mutated_frames_at_a_live_controller_and_agent(tmp_path, agents, synthetic):
-    ctl = GarblingController("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
+    garbling = GarblingScheduler()
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=0.5, liveness=4,
+                     scheduler=garbling)
+    garbling.controller = ctl
+    ctl.start()
     zctx = zmq.Context.instance()
     attackers = []
     try:

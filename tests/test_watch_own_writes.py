@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conftest import wait_for, write_project
 
-from farm.watch import ProjectInputs, watch
+from farm.cli.watch import ProjectInputs, watch
 
 CASE = Path(__file__).parent / "cases" / "watch-own-writes"
 FARM = [sys.executable, "-m", "farm"]

@@ -1,10 +1,9 @@
-"""The agent: one per render node.
+"""The agent: one per render node, and its link to the controller.
 
 It introduces itself to the controller (slots, capabilities), takes up to its credit
-of jobs, runs each in one of its long-lived child worker processes (one per slot),
-and returns results. It watches the controller's heartbeats and reconnects with
-backoff when they stop, so it outlives controller restarts; it watches its workers
-and restarts one that dies or overruns its job's timeout, failing only that job.
+of jobs, has its pool (`farm.agent.pool`: one long-lived worker process per slot) run
+them, and returns results. It watches the controller's heartbeats and reconnects with
+backoff when they stop, so it outlives controller restarts.
 """
 
 from __future__ import annotations
@@ -17,28 +16,24 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from farm import __version__
 from farm.agent.capabilities import detect
-from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
+from farm.agent.pool import Pool
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
-from farm.client import HANDSHAKE_FAILED
-from farm.endpoints import reachable
+from farm.endpoints import HANDSHAKE_FAILED, reachable
 from farm.errors import ProtocolError
 from farm.ids import check_name
-from farm.protocol import MAX_FRAMES, MAX_MESSAGE, T, pack, unpack
+from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +43,6 @@ BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
 MAX_RESULTS_PER_MESSAGE = 512
 MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
-WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
-
-
-@dataclass
-class Slot:
-    """One child worker process and the jobs it is running."""
-
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    ready: bool = False
-    # Jobs sent to the worker, in the order it runs them: the head is running, the rest wait in
-    # its socket, so the worker goes from one job to the next without waiting for us.
-    running: list[dict[str, Any]] = field(default_factory=list)
-    head_since: float = 0.0  # when the head job started, as far as we can tell
-    projects: set[str] = field(default_factory=set)
-    greeted: bool = False  # it said "ready" once: a later exit is a crash, not a failure to start
-    stderr: StderrTail | None = None
-    restart_at: float = 0.0  # when a broken node starts this slot's worker again (proc is None meanwhile)
 
 
 class Agent:
@@ -98,17 +75,15 @@ class Agent:
         self.scratch = Path(scratch or tempfile.mkdtemp(prefix="farm-agent-"))
         self.zctx = zmq.Context()
         self.ctrl: zmq.Socket | None = None
-        self.workers: zmq.Socket | None = None
-        self.slots = [Slot(i) for i in range(self.nslots)]
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.pool = Pool(self.nslots, self.scratch, self.zctx, self)
+        self.queue: collections.deque[JobSpec] = collections.deque()
         self.projects: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup)
         self.held: set[str] = set()
-        self.outgoing: list[tuple[dict[str, Any], list[bytes]]] = []
-        self.avg_job_s = 1.0
+        self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         self.connected = False
         self.stopping = False
         self.last_recv = self.last_send = 0.0
@@ -120,22 +95,16 @@ class Agent:
         self.refusal_logged = False
         self.caps, self.missing, self.media_types = detect(self.tags)
         self.session = uuid.uuid4().hex  # shown only to the controller: proves a reconnect is us
-        self.starts = StartWatch()
 
     # -- lifecycle -----------------------------------------------------------------
 
     def run(self) -> None:
         self._install_signals()
-        endpoint = f"ipc://{self.scratch}/workers.sock"
-        self.workers = self.zctx.socket(zmq.ROUTER)
-        self.workers.setsockopt(zmq.LINGER, 0)
-        self.workers.bind(endpoint)
-        for slot in self.slots:
-            self._start_worker(slot, endpoint)
+        self.pool.start()
         self._connect()
         log.info("agent %s: %d slots, capabilities %s", self.id, self.nslots, ", ".join(self.caps) or "none")
         try:
-            self._loop(endpoint)
+            self._loop()
         finally:
             self._close()
 
@@ -149,9 +118,9 @@ class Agent:
         except ValueError:  # not the main thread (tests run agents in threads)
             pass
 
-    def _loop(self, endpoint: str) -> None:
+    def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.workers, zmq.POLLIN)
+        poller.register(self.pool.socket, zmq.POLLIN)
         registered = None
         while not self.stopping:
             if registered is not self.ctrl:
@@ -166,13 +135,16 @@ class Agent:
             if self.reintroduce:
                 self.reintroduce = False
                 self._connect()
-            if events.get(self.workers):
-                self._drain(self.workers, self._on_worker)
+            if events.get(self.pool.socket):
+                self.pool.drain()
             for synced in self.sync.finished():
                 self._synced(synced.project, synced.folder, synced.error)
             now = time.monotonic()
-            self._check_workers(now, endpoint)
-            self._feed_workers(now)
+            self.pool.check(now, self.stopping)
+            if self.pool.broken and self.queue:  # jobs sent before the controller heard: give them back
+                self.report_state()
+            if self.queue:
+                self.pool.feed(now, self._take, self.projects.__getitem__)
             self._flush_results()
             self._check_controller(now)
             if self.parent_pid and os.getppid() != self.parent_pid:
@@ -182,17 +154,14 @@ class Agent:
     def _close(self) -> None:
         if self.ctrl is not None and self.connected:
             self._send(T.BYE)  # the controller requeues what we held, at no cost to the jobs
-        for slot in self.slots:
-            self._kill_worker(slot)
+        self.pool.close()
         self._close_ctrl(linger=500)
-        if self.workers is not None:
-            self.workers.close(linger=0)
         self.zctx.term()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     @staticmethod
     def _drain(sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:
-        for _ in range(10000):  # bounded, so one busy socket cannot starve the other
+        for _ in range(10000):  # bounded, so the controller cannot starve the workers
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -231,8 +200,8 @@ class Agent:
             "version": __version__,
             "session": self.session,
         }
-        if self.starts.broken:
-            body["broken"] = self.starts.broken
+        if self.pool.broken:
+            body["broken"] = self.pool.broken
         return body
 
     def _send(self, kind: T, body: dict[str, Any] | None = None, payloads: list[bytes] | None = None) -> bool:
@@ -312,18 +281,18 @@ class Agent:
             projects = msg.body["projects"]
             for project_id, description in (projects.items() if isinstance(projects, dict) else ()):
                 self._describe(project_id, description)
-            for job in msg.body["jobs"]:
-                why = self.refused.get(job["project"]) or job_refusal(job)
-                if why is None and job["project"] not in self.projects:
+            for wire in msg.body["jobs"]:
+                job = JobSpec.from_wire(wire)
+                why = self.refused.get(job.project) or job_refusal(wire)
+                if why is None and job.project not in self.projects:
                     why = "controller sent a job for a project it never described"
                 if why is not None:
-                    log.warning("refusing job %r of project %r: %s", job["key"][:80], job["project"][:80],
-                                why)
-                    self._fail(job, f"refused by the agent: {why}")
+                    log.warning("refusing job %r of project %r: %s", job.key[:80], job.project[:80], why)
+                    self.fail(job, f"refused by the agent: {why}")
                     continue
                 self.queue.append(job)
-                self.held.add(job["lease"])
-                self._fetch_assets(job["project"])
+                self.held.add(job.lease)
+                self._fetch_assets(job.project)
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
         elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves
@@ -350,8 +319,7 @@ class Agent:
         if known is not None and {**known, "root": None} == {**description, "root": None}:
             return  # described again after a reconnect: the files here still serve
         self.ready.discard(project_id)
-        for slot in self.slots:  # workers get the new description with their next job of it
-            slot.projects.discard(project_id)
+        self.pool.forget_project(project_id)
         # root is the agent's own folder once the files are here; never the controller's word
         self.projects[project_id] = {**description, "root": None}
 
@@ -373,21 +341,15 @@ class Agent:
         error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
         kept = collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
-            if job["project"] == project:
-                self._fail(job, f"cannot fetch the project's files: {error}")
+            if job.project == project:
+                self.fail(job, f"cannot fetch the project's files: {error}")
             else:
                 kept.append(job)
         self.queue = kept
 
     def _cancel(self, leases: set[str]) -> None:
-        self.queue = collections.deque(j for j in self.queue if j["lease"] not in leases)
-        for slot in self.slots:
-            if any(j["lease"] in leases for j in slot.running):
-                self._kill_worker(slot)  # restarted by _check_workers; no result is sent
-                for job in slot.running:
-                    if job["lease"] not in leases:
-                        self._hand_back(job, "its worker was stopped to cancel another job")
-                slot.running = []
+        self.queue = collections.deque(j for j in self.queue if j.lease not in leases)
+        self.pool.cancel(leases)
         self.held -= leases
 
     def _flush_results(self) -> None:
@@ -404,159 +366,54 @@ class Agent:
                 batch.append(result)
                 payloads.extend(files)
                 size += sum(map(len, files))
-            if not self._send(T.RESULTS, {"results": batch}, payloads):
+            if not self._send(T.RESULTS, {"results": [r.to_wire() for r in batch]}, payloads):
                 self.outgoing[:0] = list(zip(batch, _split_payloads(batch, payloads), strict=True))
                 return
 
-    def _fail(self, job: dict[str, Any], error: str, log_text: str = "", *, requeue: bool = False) -> None:
-        self.held.discard(job["lease"])
-        self.outgoing.append(({"lease": job["lease"], "ok": False, "result": None, "files": [],
-                               "error": error, "log": log_text, "duration": 0.0, "requeue": requeue}, []))
+    # -- what the pool tells us (farm.agent.pool.Outcomes) -------------------------------
 
-    def _hand_back(self, job: dict[str, Any], why: str) -> None:
+    def fail(self, job: JobSpec, error: str, log_text: str = "", *, requeue: bool = False) -> None:
+        self.held.discard(job.lease)
+        self.outgoing.append((JobResult(job.lease, False, error=error, log=log_text, requeue=requeue), []))
+
+    def hand_back(self, job: JobSpec, why: str) -> None:
         """A job that never started here: the controller runs it again without counting an attempt."""
-        self._fail(job, f"not started: {why}", requeue=True)
+        self.fail(job, f"not started: {why}", requeue=True)
 
-    # -- worker side -----------------------------------------------------------------
+    def deliver(self, result: JobResult, files: list[bytes]) -> None:
+        self.held.discard(result.lease)
+        self.outgoing.append((result, files))
 
-    def _start_worker(self, slot: Slot, endpoint: str) -> None:
-        folder = self.scratch / f"slot{slot.index}"
-        slot.proc = subprocess.Popen(
-            worker_command(endpoint, slot.index, folder), cwd=self.scratch, env=worker_env(),
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: a timeout kills the whole tree it started
-        )
-        assert slot.proc.stderr is not None
-        slot.stderr = StderrTail(slot.proc.stderr)
-        slot.ready = slot.greeted = False
-        slot.running = []
-        slot.projects = set()
+    def progress(self, lease: str, fraction: float) -> None:
+        if self.ctrl is not None:
+            self._send(T.PROGRESS, {"lease": lease, "fraction": fraction})
 
-    def _kill_worker(self, slot: Slot) -> None:
-        if slot.proc is not None and slot.proc.poll() is None:
-            try:
-                os.killpg(slot.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            slot.proc.wait()
-        slot.ready = False
-
-    def _check_workers(self, now: float, endpoint: str) -> None:
-        for slot in self.slots:
-            if slot.proc is None:  # a broken node waits before trying this worker again
-                if now >= slot.restart_at:
-                    self._start_worker(slot, endpoint)
-                continue
-            code = slot.proc.poll()
-            if code is None and slot.running and now > slot.head_since + slot.running[0]["timeout"]:
-                head, *rest = slot.running
-                log.warning("job %s overran its %gs timeout; killing its worker", head["key"], head["timeout"])
-                self._kill_worker(slot)
-                self._fail(head, f"timed out after {head['timeout']:g}s; its worker and children were killed")
-                for job in rest:
-                    self._hand_back(job, "its worker was killed for another job's timeout")
-                slot.running = []
-                code = slot.proc.poll()
-            if code is not None:
-                if slot.running:
-                    head, *rest = slot.running
-                    self._fail(head, f"worker process died (exit code {code}) while running this job")
-                    for job in rest:
-                        self._hand_back(job, "its worker died running another job")
-                if not slot.greeted and not self.stopping:
-                    self._died_at_start(slot, code)
-                elif slot.running or not self.stopping:
-                    log.warning("worker %d exited with code %s; restarting it", slot.index, code)
-                if self.starts.delay():
-                    slot.proc, slot.ready, slot.restart_at = None, False, now + self.starts.delay()
-                else:
-                    self._start_worker(slot, endpoint)
-        if self.starts.broken and self.queue:  # jobs sent before the controller heard: give them back
-            self._report_state()
-
-    def _died_at_start(self, slot: Slot, code: int) -> None:
-        stderr = slot.stderr.text() if slot.stderr is not None else ""
-        log.warning("worker %d died before it was ready (exit code %s)", slot.index, code)
-        if self.starts.died_at_start(code, stderr):
-            log.error("this node is broken and takes no jobs until a worker starts: %s", self.starts.broken)
-            self._report_state()
-
-    def _report_state(self) -> None:
+    def report_state(self) -> None:
         """Tell the controller whether we are broken, holding only the jobs that are running.
 
         Jobs still queued here are dropped from what we hold; the controller runs them elsewhere
         without counting an attempt or a hand-back against anyone.
         """
         for job in self.queue:
-            self.held.discard(job["lease"])
+            self.held.discard(job.lease)
         self.queue.clear()
         if self.ctrl is not None:
             self._send(T.HELLO, self._hello_body())
 
-    def _feed_workers(self, now: float) -> None:
-        for slot in self.slots:
-            if not self.queue:
-                return
-            size = max(1, min(256, int(WORKER_BATCH_S / max(self.avg_job_s, 1e-6))))
-            if not slot.ready or len(slot.running) > size:
-                continue  # it has a batch queued behind the one it is running: enough
-            batch = self._take(size)
-            if not batch:
-                return
-            threads = max(1, (os.cpu_count() or 1) // self.nslots)
-            for job in batch:
-                job["threads"] = threads
-            new = {p for p in {j["project"] for j in batch} if p not in slot.projects}
-            body = {"jobs": batch, "projects": {p: self.projects[p] for p in new}}
-            slot.projects |= new
-            if not slot.running:
-                slot.head_since = now
-            slot.running += batch
-            assert self.workers is not None
-            self.workers.send_multipart([f"w{slot.index}".encode(), msgpack.packb(["jobs", body])])
-
-    def _take(self, count: int) -> list[dict[str, Any]]:
+    def _take(self, count: int) -> list[JobSpec]:
         """Up to `count` queued jobs whose project's files are here, in order."""
         batch, waiting = [], []
         while self.queue and len(batch) < count:
             job = self.queue.popleft()
-            (batch if job["project"] in self.ready else waiting).append(job)
+            (batch if job.project in self.ready else waiting).append(job)
         self.queue.extendleft(reversed(waiting))
         return batch
 
-    def _on_worker(self, frames: list[bytes]) -> None:
-        ident, raw, *payloads = frames
-        slot = self.slots[int(ident[1:])]
-        kind, body = msgpack.unpackb(raw, raw=False)
-        if kind == "ready":
-            slot.ready = slot.greeted = True
-            if self.starts.started():
-                log.warning("a worker started again: this node takes jobs again")
-                self._report_state()
-        elif kind == "progress":
-            if self.ctrl is not None:
-                self._send(T.PROGRESS, {"lease": body[0], "fraction": body[1]})
-        elif kind == "results":
-            by_lease = {j["lease"]: j for j in slot.running}
-            offset = 0
-            for result in body:
-                files = payloads[offset:offset + len(result["files"])]
-                offset += len(result["files"])
-                if by_lease.pop(result["lease"], None) is None:
-                    continue  # cancelled meanwhile
-                self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * result["duration"]
-                self.held.discard(result["lease"])
-                self.outgoing.append((result, files))
-            head = slot.running[0]["lease"] if slot.running else None
-            slot.running = [j for j in slot.running if j["lease"] in by_lease]
-            if slot.running and slot.running[0]["lease"] != head:
-                slot.head_since = time.monotonic()  # the worker moved on to the next job
 
-
-def _split_payloads(results: list[dict[str, Any]], payloads: list[bytes]) -> list[list[bytes]]:
+def _split_payloads(results: list[JobResult], payloads: list[bytes]) -> list[list[bytes]]:
     out, offset = [], 0
     for result in results:
-        n = len(result["files"])
+        n = len(result.files)
         out.append(payloads[offset:offset + n])
         offset += n
     return out

@@ -2,8 +2,8 @@
 
 Started once per slot by the agent (``python -m farm.agent.worker ENDPOINT SLOT DIR``)
 and restarted if it dies, so no process is started per job and a crash or hang in a
-job only ever costs this process. Talks to its agent over a local ZeroMQ socket with
-plain msgpack (the agent is its parent: trusted, unlike the network).
+job only ever costs this process. Talks to its agent over a local ZeroMQ socket in the
+protocol's W_* messages (`farm.protocol`): jobs come as `JobSpec`, results go as `JobResult`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 from blake3 import blake3
 
@@ -26,6 +25,7 @@ from farm.errors import JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.project import Project
+from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
 LOG_TAIL_LINES = 60
 FLUSH_EVERY_S = 0.002  # fast jobs are reported in batches; slow ones one by one
@@ -57,43 +57,45 @@ class Worker:
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
         self.out_dirty = True  # unknown until the first job has run
         self.out, self.work = _Folder(self.out_dir), _Folder(self.work_dir)
+        self.threads = 1  # the CPU share of each slot, as the agent says
         self.tail = _TailHandler()
         logging.getLogger().addHandler(self.tail)
         logging.getLogger().setLevel(logging.INFO)
 
-    def send(self, kind: str, body: Any, payloads: list[bytes] | None = None) -> None:
-        self.sock.send_multipart([msgpack.packb([kind, body], use_bin_type=True), *(payloads or [])])
+    def send(self, kind: T, body: dict[str, Any], payloads: list[bytes] | None = None) -> None:
+        self.sock.send_multipart(pack(kind, body, payloads or ()))
 
     def serve(self) -> None:
         parent = os.getppid()
-        self.send("ready", os.getpid())
+        self.send(T.W_READY, {"pid": os.getpid()})
         while True:
             if not self.sock.poll(1000):
                 if os.getppid() != parent:  # our agent is gone: nobody will read our results
                     return
                 continue
-            kind, body = msgpack.unpackb(self.sock.recv(), raw=False)
-            if kind == "stop":
-                return
-            for pid, wire in body.get("projects", {}).items():
+            msg = unpack(self.sock.recv_multipart())  # our parent's word: a bad one is a bug, and ends us
+            if msg.type is not T.W_JOBS:
+                raise RuntimeError(f"the agent sent {msg.type.name}, not W_JOBS")
+            for pid, wire in msg.body["projects"].items():
                 self.projects[pid] = wire
                 self.contexts.pop(pid, None)
-            self.run_batch(body["jobs"])
+            self.threads = msg.body["threads"]
+            self.run_batch([JobSpec.from_wire(job) for job in msg.body["jobs"]])
 
-    def run_batch(self, jobs: list[dict[str, Any]]) -> None:
+    def run_batch(self, jobs: list[JobSpec]) -> None:
         pending: list[dict[str, Any]] = []
         payloads: list[bytes] = []
         last_flush = time.monotonic()
         for spec in jobs:
             result, files = self.run_one(spec)
-            pending.append(result)
+            pending.append(result.to_wire())
             payloads.extend(files)
             now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY_S or payloads:
-                self.send("results", pending, payloads)
+                self.send(T.W_RESULTS, {"results": pending}, payloads)
                 pending, payloads, last_flush = [], [], now
         if pending:
-            self.send("results", pending, payloads)
+            self.send(T.W_RESULTS, {"results": pending}, payloads)
 
     def _context(self, project_id: str) -> tuple[Any, RenderContext, Project]:
         """The media type, a render context and the checked project, made once per worker."""
@@ -110,9 +112,9 @@ class Worker:
             found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 
-    def run_one(self, spec: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+    def run_one(self, spec: JobSpec) -> tuple[JobResult, list[bytes]]:
         started = time.monotonic()
-        lease = spec["lease"]
+        lease = spec.lease
         out_dir, work_dir = self.out_dir, self.work_dir
         if self.out_dirty:
             self.out.clear()
@@ -125,13 +127,13 @@ class Worker:
             now = time.monotonic()
             if now - last_progress[0] >= PROGRESS_EVERY_S:
                 last_progress[0] = now
-                self.send("progress", [lease, float(fraction)])
+                self.send(T.W_PROGRESS, {"lease": lease, "fraction": float(fraction)})
 
         try:
-            media, ctx, project = self._context(spec["project"])
-            job = Job(spec["key"], spec["params"], deps=tuple(spec["deps"] or ()))
-            ctx.threads = int(spec.get("threads", 1))
-            ctx.deps = spec["deps"] or {}
+            media, ctx, project = self._context(spec.project)
+            job = Job(spec.key, spec.params, deps=tuple(spec.deps))
+            ctx.threads = self.threads
+            ctx.deps = spec.deps
             ctx.progress = progress
             os.chdir(work_dir)
             result = media.render(job, ctx)
@@ -142,17 +144,15 @@ class Worker:
             # name, size and digest: the controller verifies every file before the job counts as done
             names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
                      for p, data in zip(files, payloads, strict=True)]
-            reply = {"lease": lease, "ok": True, "result": result, "files": names}
+            reply = JobResult(lease, True, result, names)
         except BaseException as exc:  # any failure fails this job only
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             log = "\n".join([*self.tail.lines, traceback.format_exc()])
-            reply = {"lease": lease, "ok": False, "result": None, "files": [],
-                     "error": f"{type(exc).__name__}: {exc}", "log": log[-16000:]}
-            if isinstance(exc, JobFailedForGood):
-                reply["retry"] = False
+            reply = JobResult(lease, False, error=f"{type(exc).__name__}: {exc}", log=log[-16000:],
+                              retry=not isinstance(exc, JobFailedForGood))
             payloads = []
-        reply["duration"] = time.monotonic() - started
+        reply.duration = time.monotonic() - started
         return reply, payloads
 
 

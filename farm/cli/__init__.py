@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from farm import __version__
-from farm.cli import agent, controller, keys, plugin, plugins, status, submit
+from farm.cli import agent, controller, events, keys, plugin, plugins, status, submit
 
 app = typer.Typer(
     name="farm",
@@ -57,6 +57,7 @@ app.command("agent")(agent.agent)
 app.command("plugins")(plugins.plugins)
 app.command("status")(status.status)
 app.command("cancel")(status.cancel)
+app.command("events")(events.events)
 app.add_typer(keys.app, name="keys")
 app.add_typer(plugin.app, name="plugin")
 

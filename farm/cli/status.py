@@ -11,7 +11,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.client import Client
-from farm.progress import format_duration, summary_text
+from farm.cli.progress import format_duration, summary_text
 
 
 def connect(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:

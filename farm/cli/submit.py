@@ -18,10 +18,10 @@ from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
+from farm.cli.progress import ProgressBar, summary_text
+from farm.cli.watch import ProjectInputs, watch
 from farm.ownoutput import output_files
-from farm.progress import ProgressBar, summary_text
 from farm.project import STATE_DIR, Project, load_project
-from farm.watch import ProjectInputs, watch
 
 
 def submit(
@@ -51,16 +51,18 @@ def submit(
         skip = set(output_files())  # our own log, if it is in the project: never an asset
         with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
             if not watch_project:
-                summary = _round(render, project_dir, output, as_json)
+                summary = _round(render, project, as_json)
                 if not summary.ok:
                     raise typer.Exit(1)
                 return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+            first = [project]  # the first round renders the project as loaded above
+
             def round_() -> None:
                 try:
-                    _round(render, project_dir, output, as_json)
+                    _round(render, first.pop() if first else load_project(project_dir, output=output), as_json)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
                     if as_json:
                         typer.echo(json.dumps(error_json(exc)))
@@ -91,8 +93,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, keys_dir
         yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
 
 
-def _round(render: Render, project_dir: Path, output: str | None, as_json: bool) -> Summary:
-    project = load_project(project_dir, output=output)
+def _round(render: Render, project: Project, as_json: bool) -> Summary:
+    """Render one round of a project loaded (and validated) once for it."""
     bar = ProgressBar(enabled=None if not as_json else False)
     try:
         summary = render(project, bar.update)

@@ -146,7 +146,7 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
     check_project_file(folder, limits)
     if not uploaded:
         check_owned(folder)
-    project = load_project(folder, output=output)
+    project = load_project(folder, output=output, renderer_checks=False)  # they ran where it was submitted
     if not uploaded:
         check_output(project.root, project.output)
     check_depth(project.settings, limits.max_depth, f"{project.file}: [{project.media_type}]")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
 RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not had
 MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats
+
+
+def _unheard(*args: Any) -> None:
+    """Where a run without an event bus (a test's) announces things."""
 
 
 @dataclass
@@ -53,8 +58,9 @@ class Failure:
 
 class ProjectRun:
     def __init__(self, run_id: str, project: Project, media: MediaType, journal: Journal, *,
-                 priority: int = 0) -> None:
+                 priority: int = 0, events: EventBus | None = None) -> None:
         self.id = run_id
+        self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
         self.journal = journal
         self.identity = project.identity()
         self.project = project
@@ -185,7 +191,8 @@ class ProjectRun:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.reused += 1
-        self._done(job.key, result)
+        self.emit("job.reused", self.id, job.key)
+        self._done(job.key, result, None, reused=True)
         return True
 
     def _pull(self) -> Job | None:
@@ -228,7 +235,9 @@ class ProjectRun:
     def lease(self, job: Job, agent: AgentState, now: float) -> Lease:
         if self.first_dispatch_s is None:
             self.first_dispatch_s = now - self.started_mono
+            self.emit("run.started", self.id)
         lease_id = f"{self._lease_prefix}{next(self._lease_numbers):x}"
+        self.emit("job.started", self.id, job.key, agent.id, {"lease": lease_id})
         lease = Lease(lease_id, self, job, agent.identity, agent.id, now, now + self.timeout)
         self.leases[job.key] = lease
         self.journal.job_started(self.id, job.key, lease_id, agent.id)
@@ -251,13 +260,17 @@ class ProjectRun:
         del self.leases[key]
         self.progress.pop(key, None)
         for agent in self.conduct.succeeded(key, lease.agent_id):
-            log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent,
-                        self.blocklist[agent])
-        self._done(key, result)
+            self._blocklisted(agent, self.blocklist[agent])
+        self._done(key, result, lease.agent_id)
 
-    def _done(self, key: str, result: Any) -> None:
+    def _blocklisted(self, agent: str, why: str) -> None:
+        log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
+        self.emit("agent.blocklisted", self.id, None, agent, {"reason": why})
+
+    def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None))
         self.done += 1
+        self.emit("job.done", self.id, key, agent, {"reused": reused})
         for job in self.waiting.pop(key, []):
             unmet = self.unmet[job.key]
             unmet.discard(key)
@@ -273,10 +286,12 @@ class ProjectRun:
         self.attempts[key] += 1
         self.conduct.failed(key, lease.agent_id)
         if not retry or self.attempts[key] >= self.project.max_attempts:
-            self._fail_for_good(key, error, log_text)
+            self._fail_for_good(key, error, log_text, lease.agent_id)
         else:
             log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
                      self.attempts[key], self.project.max_attempts, error)
+            self.emit("job.retried", self.id, key, lease.agent_id,
+                      {"reason": error, "attempt": self.attempts[key], "counted": True})
             self.ready.append(lease.job)
 
     def lost_lease(self, lease: Lease, reason: str) -> None:
@@ -288,8 +303,7 @@ class ProjectRun:
         """The agent returned the job unstarted: again elsewhere, at no attempt, but at the agent's cost."""
         blocked = self.conduct.handed_back(lease.job.key, lease.agent_id)
         if blocked:
-            log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name,
-                        lease.agent_id, blocked)
+            self._blocklisted(lease.agent_id, blocked)
         self._requeue(lease, reason)
 
     def _requeue(self, lease: Lease, reason: str) -> None:
@@ -298,16 +312,18 @@ class ProjectRun:
         self.progress.pop(key, None)
         self.lost[key] += 1
         if self.lost[key] >= self.project.max_attempts * LOST_LIMIT_FACTOR:
-            self._fail_for_good(key, f"lost {self.lost[key]} times with its agent ({reason})", "")
+            self._fail_for_good(key, f"lost {self.lost[key]} times with its agent ({reason})", "", lease.agent_id)
         else:
+            self.emit("job.retried", self.id, key, lease.agent_id, {"reason": reason, "counted": False})
             self.ready.appendleft(lease.job)
 
-    def _fail_for_good(self, key: str, error: str, log_text: str) -> None:
+    def _fail_for_good(self, key: str, error: str, log_text: str, agent: str | None = None) -> None:
         self.cache_keys.pop(key, None)
         self.conduct.failed_for_good(key)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
+        self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
             self._fail_for_good(job.key, f"dependency {key!r} failed", "")

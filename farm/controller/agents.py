@@ -1,0 +1,187 @@
+"""The controller's side of the agent link: HELLO and identities, results, progress, departures.
+
+A mixin of `farm.controller.server.Controller` (the loop thread alone runs it). What a result
+means for the schedule is `farm.controller.scheduler`'s to say; this moves and checks messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from typing import Any
+
+import zmq
+
+from farm.controller.registry import AgentState
+from farm.controller.run import Lease
+from farm.controller.staging import oversize, stage
+from farm.errors import ProtocolError
+from farm.ids import BadIdentifier, check_name
+from farm.protocol import JobResult, Message, T, pack
+
+log = logging.getLogger(__name__)
+
+AGENT_MESSAGES = {T.HELLO, T.RESULTS, T.PROGRESS, T.HEARTBEAT, T.BYE}
+MAX_BROKEN_TEXT = 4000  # characters of a broken agent's error kept and shown
+
+
+class AgentSide:
+    """Handlers for agents' messages; needs the controller's scheduler, events, _send and settings."""
+
+    def _handle_agent(self, identity: bytes, msg: Message, key: str | None = None) -> None:
+        if msg.type not in AGENT_MESSAGES:
+            raise ProtocolError(f"{msg.type.name} is not a message a controller accepts")
+        if msg.type is T.HELLO:
+            self._hello(identity, msg.body, key)
+            return
+        agent = self.registry.get(identity)
+        if agent is None:  # e.g. we restarted under a running agent: make it introduce itself
+            self._send(identity, T.ERROR, {"message": "unknown agent: say HELLO"})
+            return
+        if agent.key != key:
+            raise ProtocolError(f"message for agent {agent.id} signed by another key")
+        agent.last_seen = time.monotonic()
+        if msg.type is T.RESULTS:
+            results = [JobResult.from_wire(r) for r in msg.body["results"]]
+            for result in results:  # a NaN job time would poison the agent's mean, and dispatch
+                if not 0.0 <= result.duration < math.inf:
+                    raise ProtocolError(f"RESULTS: duration {result.duration!r} is not a time in seconds")
+            self._results(agent, results, msg.payloads)
+        elif msg.type is T.PROGRESS:
+            lease = self.scheduler.lease_of(agent, msg.body["lease"])
+            if lease is not None:
+                fraction = float(msg.body["fraction"])
+                if not math.isfinite(fraction):
+                    raise ProtocolError(f"PROGRESS: fraction {fraction!r} is not a number")
+                lease.run.progress[lease.job.key] = min(max(fraction, 0.0), 1.0)
+        elif msg.type is T.BYE:
+            self._drop_agent(agent, "agent left")
+
+    def _hello(self, identity: bytes, body: dict[str, Any], key: str | None) -> None:
+        known = self.registry.get(identity)
+        if known is not None and known.key != key:  # one connection, one key
+            raise ProtocolError(f"HELLO reusing agent {known.id}'s routing id with another key")
+        claimed = body["agent"]
+        try:  # ids are shown to people and may name files: a stranger's claim is checked
+            check_name(claimed, "agent id")
+        except BadIdentifier as exc:
+            raise ProtocolError(f"HELLO: {exc}") from None
+        # With keys the key admits the agent; its id is still the one it claims (one key may
+        # serve several nodes), told apart from a live agent of that id by _identify.
+        key_name = None
+        if key is not None:
+            assert self.security is not None
+            key_name = self.security.name_of(key) or key[:16]
+        session = body.get("session") or ""
+        agent_id, previous = self._identify(identity, known, claimed, session, key)
+        broken = body.get("broken")
+        agent = AgentState(
+            identity=identity,
+            id=agent_id,
+            key=key,
+            key_name=key_name,
+            session=session,
+            broken=broken[:MAX_BROKEN_TEXT] if isinstance(broken, str) and broken else None,
+            host=body["host"],
+            slots=max(1, min(body["slots"], 4096)),
+            prefetch=max(0, min(body["prefetch"], 4096)),
+            caps=set(body["caps"]),
+            missing=body.get("missing") if isinstance(body.get("missing"), dict) else {},
+            held=set(body["held"]),
+        )
+        self.scheduler.join(agent, previous)
+        if agent.broken:
+            log.warning("agent %s on %s is broken and takes no jobs: %s", agent.id, agent.host, agent.broken)
+            self.events.publish("agent.broken", None, None, agent.id, {"host": agent.host, "reason": agent.broken})
+        elif previous is None or previous.broken:
+            self.events.publish("agent.joined", None, None, agent.id,
+                                {"host": agent.host, "slots": agent.slots, "capabilities": sorted(agent.caps)})
+            log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
+                     ", ".join(sorted(agent.caps)) or "no capabilities")
+        self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
+                                         "files": self.assets.endpoint, "agent": agent.id})
+
+    def _identify(self, identity: bytes, known: AgentState | None, claimed: str, session: str,
+                  key: str | None) -> tuple[str, AgentState | None]:
+        """The id this HELLO's agent gets, and the registry entry it continues (if any).
+
+        A HELLO on a known connection updates that agent; one that shows the secret session of
+        a live agent is that agent reconnecting (it keeps the id it has here); anyone else claiming a live id
+        (a second node started with the same --id, or an impostor) gets a free id of its own
+        and none of the first one's routing or jobs.
+        """
+        if known is not None:
+            return known.id, known
+        again = self.registry.by_session(session)
+        if again is not None and again.key == key:  # under the id it was given, if it was renamed
+            return again.id, again
+        live = self.registry.by_id(claimed)
+        if live is None:
+            return claimed, None
+        agent_id = self.registry.free_id(claimed)
+        log.warning("agent id %r is in use by a live agent on %s; the new agent is known as %r (give each "
+                    "agent its own --id)", claimed, live.host, agent_id)
+        return agent_id, None
+
+    def _results(self, agent: AgentState, results: list[JobResult], payloads: list[bytes]) -> None:
+        offset = 0
+        for result in results:
+            files = payloads[offset:offset + len(result.files)]
+            offset += len(result.files)
+            lease = self.scheduler.settle(agent, result.lease)
+            if lease is None:
+                self.health["stale"] += 1
+                log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
+                continue
+            agent.observe(float(result.duration))
+            too_big = oversize(result.files, files, lease.run.project.max_output)
+            if result.ok and too_big:
+                agent.failed += 1
+                lease.run.failed(lease, too_big, "")
+            elif result.ok:
+                self._collate(agent, lease, result, files)
+            elif result.requeue:
+                lease.run.handed_back(lease, result.error or "handed back")
+            else:
+                agent.failed += 1
+                lease.run.failed(lease, result.error or "failed", result.log or "", retry=result.retry)
+
+    def _collate(self, agent: AgentState, lease: Lease, result: JobResult, files: list[bytes]) -> None:
+        staging = self.state_dir / "staging" / lease.id if result.files or files else None
+        try:
+            outputs = stage(staging, result.files, files) if staging else {}
+            lease.run.succeeded(lease, result.result, outputs)
+            agent.done += 1
+        except Exception as exc:
+            agent.failed += 1
+            lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
+        finally:
+            if staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _drop_agent(self, agent: AgentState, reason: str) -> None:
+        lost = self.scheduler.leave(agent, reason)
+        if lost is None:
+            return
+        self.events.publish("agent.left", None, None, agent.id, {"reason": reason})
+        # an agent that said goodbye holding nothing is no news; anything else is
+        level = logging.INFO if reason == "agent left" and not lost else logging.WARNING
+        log.log(level, "agent %s removed (%s); %d jobs requeued", agent.id, reason, lost)
+
+    def _check_agents(self, now: float) -> None:
+        for agent in self.registry.expired(now, self.heartbeat * self.liveness):
+            self._drop_agent(agent, f"silent for {now - agent.last_seen:.1f}s")
+        for agent in self.registry:
+            if now - agent.last_sent >= self.heartbeat:
+                self._send(agent.identity, T.HEARTBEAT)
+
+    def _probe_agents(self) -> None:
+        """After a connection closed: drop agents that are no longer routable (the event names no one)."""
+        for agent in self.registry:
+            try:
+                self.sock.send_multipart([agent.identity, *pack(T.HEARTBEAT)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    self._drop_agent(agent, "its connection closed")

@@ -1,0 +1,206 @@
+"""The controller's side of its clients: submit (and upload), follow, status, cancel.
+
+A mixin of `farm.controller.server.Controller` (the loop thread alone runs it). Reading a
+submitted project happens off the loop (`farm.controller.intake`); `_accept` starts the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from farm.controller.intake import Intake, Prepared
+from farm.controller.jobcache import assets_digest
+from farm.controller.run import ProjectRun
+from farm.filesync import Manifest, SyncError, UploadResult
+from farm.plugins import get_plugins
+from farm.protocol import Message, T, pack
+
+log = logging.getLogger(__name__)
+
+CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW, T.EVENTS}
+STATUS_SNAPSHOT_S = 0.25  # STATUS is answered from a snapshot at most this old: a flood costs a send each
+MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest is given up past it
+MAX_FOLLOWERS = 256  # clients following one run
+KEEP_FINISHED_RUNS = 50
+
+
+class ClientSide:
+    """Handlers for clients' messages; needs the controller's scheduler, events, _send and state."""
+
+    def _handle_client(self, identity: bytes, msg: Message) -> None:
+        if msg.type is T.SUBMIT:
+            self._submit(identity, msg.body)
+        elif msg.type is T.FOLLOW:
+            run = self.runs.get(msg.body["project"])
+            if run is None:
+                self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
+                return
+            followers = self.followers.setdefault(run.id, set())
+            if identity not in followers and len(followers) >= MAX_FOLLOWERS:
+                self._send(identity, T.ERROR, {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})
+                return
+            followers.add(identity)
+            self._send_update(run)
+        elif msg.type is T.STATUS:
+            self._send_status(identity)
+        elif msg.type is T.CANCEL_PROJECT:
+            self._cancel(identity, msg.body["project"])
+        elif msg.type is T.EVENTS:
+            error = self.subscribers.subscribe(identity, msg.body.get("since"))
+            if error:
+                self._send(identity, T.ERROR, {"message": error})
+
+    def _send_status(self, identity: bytes) -> None:
+        """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""
+        now = time.monotonic()
+        if self._status is None or now - self._status[0] > STATUS_SNAPSHOT_S:
+            self._status = (now, pack(T.STATUS_REPLY, self.status()))
+        try:
+            self.sock.send_multipart([identity, *self._status[1]], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("cannot answer STATUS to %r: %s", identity[:32], exc)
+
+    def _submit(self, identity: bytes, body: dict[str, Any]) -> None:
+        wire = body["project"]
+        if not isinstance(wire, dict) or not isinstance(wire.get("root"), str):
+            self._send(identity, T.ERROR, {"message": "SUBMIT needs a project with a root folder"})
+            return
+        busy = self.intake.busy(identity)
+        if busy:
+            self._send(identity, T.ERROR, {"message": busy})
+            return
+        priority = max(-1_000_000, min(body["priority"], 1_000_000))
+        if body.get("upload"):  # a remote submitter: its project comes through the file synchroniser
+            if len(self.uploads) >= MAX_PENDING_UPLOADS:
+                self._give_up_upload(next(iter(self.uploads)), "too many uploads are pending; submit again")
+            token = uuid.uuid4().hex
+            folder = self.state_dir / "uploads" / token
+            self.assets.expect_project(token, folder, max_bytes=self.intake_limits.max_total_bytes,
+                                       max_files=self.intake_limits.max_files)
+            self.uploads[token] = (identity, {**body, "priority": priority}, folder)
+            self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
+            return
+        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False)
+
+    def _give_up_upload(self, token: str, why: str) -> None:
+        identity, _, folder = self.uploads.pop(token)
+        self.assets.server.cancel_upload(token)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._send(identity, T.ERROR, {"message": f"project upload given up: {why}"})
+
+    def _prepare(self, run: ProjectRun, manifest: Manifest | None = None) -> None:
+        """Publish a run's assets for agents (hashed already, or now), and let it reuse finished identical jobs."""
+        run.assets, run.manifest = self.assets.publish_project(run.id, run.project, manifest)
+        run.assets_digest = assets_digest(run.manifest)
+        run.cache = self.cache
+        run.plugin_version = get_plugins().owner(run.media.name).version
+
+    def _uploaded(self, upload: UploadResult) -> None:
+        found = self.uploads.pop(upload.token, None)
+        if found is None:
+            return
+        identity, body, folder = found
+        if not upload.ok:
+            self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
+            return
+        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True)
+
+    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool) -> None:
+        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
+        self.intake.read(identity, root, output, uploaded=uploaded,
+                         then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
+
+    def _intake_done(self, intake: Intake) -> None:
+        if intake.error is not None:
+            self._send(intake.identity, T.ERROR, {"message": intake.error})
+        elif intake.result is not None:
+            intake.then(intake.result)
+
+    def _accept(self, identity: bytes, prepared: Prepared, priority: int, *, uploaded: bool) -> None:
+        project, media = prepared.project, prepared.media
+        same = next((r for r in self.runs.values()
+                     if r.identity == project.identity() and r.state in ("running", "finalizing")), None)
+        if same is not None:  # a re-submit of a project in progress (or resumed after a crash): follow it
+            log.info("project %s is already running; following it", same.id)
+            self.followers.setdefault(same.id, set()).add(identity)
+            self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
+            return
+        run_id = f"{project.name[:64]}-{uuid.uuid4().hex[:8]}"
+        run = ProjectRun(run_id, project, media, self.journal, priority=priority, events=self.events)
+        try:
+            self._prepare(run, prepared.manifest)
+        except (SyncError, OSError) as exc:
+            self._send(identity, T.ERROR, {"message": f"{project.root}: {exc}"})
+            return
+        self.journal.add_project(run_id, {**project.to_wire(), "uploaded": uploaded}, priority, time.time())
+        run.uploaded = uploaded
+        self.scheduler.add(run)
+        self.followers.setdefault(run_id, set()).add(identity)
+        self._announce(run, resumed=False)
+        log.info("accepted project %s (%s, %s jobs, %d asset files)", run_id, media.name, run.total,
+                 run.assets["files"])
+        self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
+
+    def _cancel(self, identity: bytes, ref: str) -> None:
+        run = self.runs.get(ref) or next((r for r in self.runs.values() if r.project.name == ref and r.active), None)
+        if run is None:
+            self._send(identity, T.ERROR, {"message": f"no project {ref!r}"})
+            return
+        if not run.active:
+            self._send(identity, T.ERROR, {"message": f"project {run.id} is already {run.state}"})
+            return
+        for lease in self.scheduler.cancel(run):
+            self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
+        log.info("cancelled project %s", run.id)
+        self.journal.finish_project(run.id, "cancelled", run.summary())
+        self._send(identity, T.FINISHED, {"summary": run.summary()})
+        self._notify_finished(run)
+
+    def _send_update(self, run: ProjectRun) -> None:
+        """Announce a run's progress; its followers get it as an UPDATE."""
+        snap = run.snapshot(self.scheduler.stalled(run))
+        self.events.publish("progress", run.id, None, None, snap)
+        for identity in list(self.followers.get(run.id, ())):
+            if not self._send(identity, T.UPDATE, snap):
+                self.followers[run.id].discard(identity)
+
+    def _send_updates(self) -> None:
+        for run in self.runs.values():
+            if run.state in ("running", "finalizing"):
+                self._send_update(run)
+
+    def _announce(self, run: ProjectRun, *, resumed: bool) -> None:
+        self.events.publish("run.submitted", run.id, None, None,
+                            {"project": run.project.name, "media_type": run.media.name, "total": run.total,
+                             "priority": run.priority, "resumed": resumed})
+
+    def _notify_finished(self, run: ProjectRun) -> None:
+        summary = run.summary()
+        self.events.publish("run.finished", run.id, None, None,
+                            {"state": run.state, "done": run.done, "failed": len(run.failures),
+                             "elapsed_s": round(run.elapsed(), 3), "error": run.error})
+        for identity in self.followers.pop(run.id, set()):
+            self._send(identity, T.FINISHED, {"summary": summary})
+
+    def _prune(self) -> None:
+        finished = [r for r in self.runs.values() if r.state in ("done", "failed", "cancelled")]
+        for run in finished[:-KEEP_FINISHED_RUNS]:
+            del self.runs[run.id]
+            self.followers.pop(run.id, None)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for `farm status` (also read by tests from another thread: copies only)."""
+        now = time.monotonic()
+        return {
+            "controller": self.url,
+            "files": self.assets.endpoint,
+            "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a)} for a in self.registry],
+            "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
+            "stats": dict(self.stats),
+        }

@@ -1,0 +1,206 @@
+"""The controller's event stream: what happened, in order, for observers and subscribers.
+
+Every event has a per-controller sequence number (``seq``, from 1, no gaps), a wall-clock
+``time`` (seconds since the epoch), a ``type`` (one of `EVENT_TYPES`) and the run, job and
+agent it concerns (None where it concerns none). The loop thread publishes; publishing is an
+append to two bounded deques and never blocks:
+
+- the *buffer* keeps the last `BUFFER_EVENTS` events, for remote subscribers that resume
+  from a sequence number (``farm events --since SEQ``);
+- the *pending* queue feeds in-process observers (the ``farm_event`` plugin hook, and
+  callables given to `EventBus.observe`) from one thread of their own, so a slow or failing
+  observer never delays dispatch or heartbeats. An observer that falls more than
+  `PENDING_EVENTS` behind misses the oldest (counted in `EventBus.dropped`).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+BUFFER_EVENTS = 100_000  # events kept for subscribers that resume from a sequence number
+PENDING_EVENTS = 100_000  # events queued for in-process observers before the oldest are dropped
+OBSERVER_POLL_S = 0.02  # how often the observer thread looks for new events when idle
+
+EVENT_TYPES = frozenset({
+    "run.submitted", "run.started", "run.paused", "run.resumed", "run.finished",
+    "job.started", "job.done", "job.failed", "job.retried", "job.reused",
+    "agent.joined", "agent.left", "agent.blocklisted", "agent.broken",
+    "progress",
+})
+
+
+class Event(NamedTuple):
+    """One thing that happened. ``data`` holds the type's own fields (a finished run's state...)."""
+
+    seq: int
+    time: float
+    type: str
+    run: str | None = None
+    job: str | None = None
+    agent: str | None = None
+    data: Mapping[str, Any] = MappingProxyType({})
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as one flat JSON/msgpack object (``data``'s fields beside the common ones)."""
+        return {**self.data, "seq": self.seq, "time": self.time, "type": self.type, "run": self.run,
+                "job": self.job, "agent": self.agent}
+
+
+Observer = Callable[[Event], None]
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
+_now = time.time
+
+
+class EventBus:
+    """Numbers, buffers and hands out events. `publish` is for the loop thread only."""
+
+    def __init__(self, *, buffer: int = BUFFER_EVENTS, pending: int = PENDING_EVENTS,
+                 hook: Observer | None = None) -> None:
+        self.last = 0  # the newest event's seq (events are numbered from 1)
+        self.buffer: collections.deque[Event] = collections.deque(maxlen=buffer)
+        self._pending: collections.deque[Event] = collections.deque(maxlen=pending)
+        self._observers: list[Observer] = [hook] if hook is not None else []
+        self._handed = 0  # the newest seq handed to observers
+        self.dropped = 0  # events observers never saw (they fell too far behind)
+        self.observer_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def observe(self, observer: Observer) -> None:
+        """Call `observer(event)` for every event from now on, in the observer thread."""
+        self._observers.append(observer)
+
+    def publish(self, type: str, run: str | None = None, job: str | None = None, agent: str | None = None,
+                data: Mapping[str, Any] = _NO_DATA) -> Event:
+        """Announce one event (a type of `EVENT_TYPES`); returns it, numbered. On the loop's thread only."""
+        self.last = seq = self.last + 1
+        event = Event(seq, _now(), type, run, job, agent, data)
+        self.buffer.append(event)
+        if self._observers:
+            self._pending.append(event)
+        return event
+
+    def since(self, seq: int, limit: int) -> tuple[list[Event], int]:
+        """Up to `limit` buffered events after `seq`, and how many after `seq` are gone from the buffer."""
+        buffer = self.buffer
+        if not buffer or seq >= self.last:
+            return [], 0
+        first = buffer[0].seq
+        missed = max(0, first - seq - 1)
+        start = max(seq + 1, first) - first
+        after = len(buffer) - start
+        if after <= start:  # a subscriber near the head: walk from the newest end (deques index from an end)
+            return list(itertools.islice(reversed(buffer), after))[::-1][:limit], missed
+        return list(itertools.islice(buffer, start, start + limit)), missed
+
+    # -- the observer thread ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._deliver, name="farm-events", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (within `timeout`), then end the observer thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Wait until observers have seen every event published so far; True if they have."""
+        deadline = time.monotonic() + timeout
+        target = self.last
+        while self._observers and self._handed < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._observers or self._handed >= target
+
+    def _deliver(self) -> None:
+        pending = self._pending
+        while True:
+            stopping = self._stop.is_set()
+            while pending:
+                event = pending.popleft()
+                if event.seq > self._handed + 1:
+                    self.dropped += event.seq - self._handed - 1
+                self._handed = event.seq
+                for observer in self._observers:
+                    try:
+                        observer(event)
+                    except Exception:
+                        self.observer_errors += 1
+                        if self.observer_errors <= 20 or self.observer_errors % 1000 == 0:
+                            log.exception("event observer %r failed on %s (%d failures so far)",
+                                          observer, event.type, self.observer_errors)
+            if stopping:
+                return
+            self._stop.wait(OBSERVER_POLL_S)
+
+
+COUNTED = {"job.started": "dispatched", "job.done": "collated", "job.reused": "reused", "job.failed": "failed",
+           "job.retried": "retried"}  # event type -> the stat it counts
+
+
+class Stats:
+    """Counters kept by watching the stream (an observer like any other)."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(COUNTED.values(), 0)
+
+    def __call__(self, event: Event) -> None:
+        name = COUNTED.get(event.type)
+        if name is not None:
+            self.counts[name] += 1
+            if name == "collated" and event.data.get("reused"):
+                self.counts[name] -= 1  # collated counts what agents rendered; reused ones are apart
+
+
+MAX_SUBSCRIBERS = 64  # remote `farm events` connections at once
+BATCH_EVENTS = 1000  # events per EVENT_BATCH message (a subscriber behind gets more next turn)
+IDLE_BATCH_S = 1.0  # an empty batch this often tells an idle subscriber the controller is alive
+SUBSCRIPTION_S = 30.0  # a subscriber that has not renewed (sent EVENTS again) for this long is dropped
+
+
+class Subscribers:
+    """Remote subscribers (client routing ids) and how far each has read. Loop thread only."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.cursors: dict[bytes, list[float]] = {}  # identity -> [last seq sent, last sent, renewed]
+
+    def subscribe(self, identity: bytes, since: int | None) -> str | None:
+        """Send `identity` every event after `since` (None: from now on); returns an error, if refused."""
+        if identity not in self.cursors and len(self.cursors) >= MAX_SUBSCRIBERS:
+            return f"the controller has {MAX_SUBSCRIBERS} event subscribers already"
+        start = self.bus.last if since is None else max(0, min(since, self.bus.last))
+        self.cursors[identity] = [start, 0.0, time.monotonic()]
+        return None
+
+    def send(self, send: Callable[..., bool]) -> None:
+        """Send each subscriber what it has not had (a bounded batch); drop those that cannot take it."""
+        if not self.cursors:
+            return
+        from farm.protocol import T  # the bus itself knows nothing of the wire
+
+        now = time.monotonic()
+        for identity, cursor in list(self.cursors.items()):
+            if now - cursor[2] > SUBSCRIPTION_S:
+                del self.cursors[identity]
+                continue
+            events, missed = self.bus.since(int(cursor[0]), BATCH_EVENTS)
+            if not events and not missed and now - cursor[1] < IDLE_BATCH_S:
+                continue
+            body = {"events": [e.to_wire() for e in events], "missed": missed, "last": self.bus.last}
+            if not send(identity, T.EVENT_BATCH, body):
+                del self.cursors[identity]  # gone, or not reading: it may resume with --since
+                continue
+            if events:
+                cursor[0] = events[-1].seq
+            cursor[1] = now

@@ -1,0 +1,179 @@
+"""Which jobs go to which agents, and what becomes of a lease: decisions, no sockets.
+
+The scheduler owns the connected agents (`Registry`), the runs, and every lease: the
+lease table (lease id -> `Lease`), each run's current lease per job, and each agent's
+held set change together, here and nowhere else. Its methods return decisions (leases to
+send, leases to withdraw); the server only moves messages. Run order: higher priority
+first, then the run with fewer jobs in flight (fairness between equal priorities). An
+agent gets at most its capacity (`AgentState.capacity`: slots plus a short prefetch).
+Blame, blocklists and where a retried job goes are `farm.controller.policy`'s rules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from farm.controller.policy import STUCK_GRACE_S, cannot_arrive
+from farm.controller.registry import AgentState, Registry
+from farm.controller.run import Lease, ProjectRun
+
+log = logging.getLogger(__name__)
+
+EXPIRY_GRACE_S = 10.0  # past its deadline a lease is withdrawn only after max(this, half its timeout)
+
+
+class Scheduler:
+    """Runs, agents and leases; `dispatch` says who gets what, the other methods record what happened."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry if registry is not None else Registry()
+        self.runs: dict[str, ProjectRun] = {}
+        self.leases: dict[str, Lease] = {}  # lease id -> lease, across runs
+        self.max_held = 0  # the most leases one agent held at once (a check on capacity)
+
+    # -- decisions ------------------------------------------------------------------
+
+    def dispatch(self, now: float) -> list[tuple[AgentState, list[Lease]]]:
+        """Lease jobs to agents with free capacity; returns each agent's new leases (to send)."""
+        active = [r for r in self.runs.values() if r.active]
+        if not active:
+            return []
+        agents = list(self.registry)
+        eligible = {}  # once per turn
+        for run in active:
+            eligible[run.id] = sum(1 for a in agents if run.eligible(a)) or run.lift_blocklist(agents)
+        decisions = []
+        for agent in agents:
+            free = agent.free()
+            if free <= 0:
+                continue
+            leases: list[Lease] = []
+            for run in sorted(active, key=lambda r: (-r.priority, len(r.leases))):
+                if len(leases) >= free:
+                    break
+                if run.eligible(agent):
+                    leases += run.take(agent, free - len(leases), eligible[run.id], now)
+            if leases:
+                for lease in leases:
+                    self.leases[lease.id] = lease
+                    agent.held.add(lease.id)
+                self.max_held = max(self.max_held, len(agent.held))
+                decisions.append((agent, leases))
+        return decisions
+
+    def expired(self, now: float) -> list[Lease]:
+        """Withdraw leases long past their deadline (a backstop: agents enforce timeouts); returns them."""
+        gone = []
+        for lease in list(self.leases.values()):
+            if now > lease.deadline + max(EXPIRY_GRACE_S, lease.run.timeout * 0.5):
+                self._withdraw(lease)
+                gone.append(lease)
+                if lease.run.is_current(lease):
+                    lease.run.failed(lease, f"no result within its {lease.run.timeout:g}s timeout", "")
+        return gone
+
+    def abort_stuck(self, now: float, local: list[int | None] | None) -> None:
+        """Fail runs no agent can make progress on and none can come to (see `policy.cannot_arrive`)."""
+        for run in self.runs.values():
+            reason = self.stalled(run)
+            if reason is None:
+                run.stuck_since = None
+                continue
+            if run.stuck_since is None:
+                run.stuck_since = now
+            verdict = cannot_arrive(run, list(self.registry), reason, local)
+            if verdict and now - run.stuck_since >= STUCK_GRACE_S:
+                run.abort(verdict)
+
+    def stalled(self, run: ProjectRun) -> str | None:
+        """Why no connected agent can run this run's jobs, or None while one can (or none are left)."""
+        if not run.active or run.all_in() or run.leases:
+            return None
+        if not len(self.registry):
+            return "no agents connected yet"
+        if any(run.eligible(a) for a in self.registry):
+            return None
+        reasons = []
+        for a in self.registry:
+            if a.broken:
+                reasons.append(f"{a.id}: broken: {a.broken}")
+            elif a.id in run.blocklist:
+                reasons.append(f"{a.id}: blocklisted ({run.blocklist[a.id]})")
+            elif run.media.name not in a.caps:
+                reasons.append(f"{a.id}: {a.missing.get(run.media.name, 'does not have this media type')}")
+            else:
+                needs = [r for r in run.media.requirements if r not in a.caps]
+                reasons.append(f"{a.id}: lacks {', '.join(needs)}")
+        return f"no connected agent can render {run.media.name!r} ({'; '.join(reasons)})"
+
+    # -- what happened --------------------------------------------------------------
+
+    def settle(self, agent: AgentState, lease_id: str) -> Lease | None:
+        """A result came for `lease_id` from `agent`: the lease, if it is the job's current one."""
+        agent.held.discard(lease_id)
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.agent != agent.identity or not lease.run.is_current(lease):
+            return None
+        del self.leases[lease_id]
+        return lease
+
+    def lease_of(self, agent: AgentState, lease_id: str) -> Lease | None:
+        """The lease `agent` holds under this id, if any (for progress reports)."""
+        lease = self.leases.get(lease_id)
+        return lease if lease is not None and lease.agent == agent.identity else None
+
+    def join(self, agent: AgentState, previous: AgentState | None) -> None:
+        """Register an agent (a HELLO); `previous` is the entry it continues (a reconnect), if any.
+
+        A lease another agent holds is not this one's, whatever it says (unknown ones may be
+        from before a controller restart: their results will be dropped as stale). A reconnect
+        keeps the leases it still holds; the others are run again elsewhere.
+        """
+        mine = {agent.identity, previous.identity if previous is not None else agent.identity}
+        agent.held = {lease for lease in agent.held
+                      if lease not in self.leases or self.leases[lease].agent in mine}
+        if previous is not None:
+            agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
+            self.registry.remove(previous.identity)
+            for lease in [lease for lease in self.leases.values() if lease.agent == previous.identity]:
+                if lease.id in agent.held:
+                    lease.agent = agent.identity
+                else:
+                    self._lose(lease, "agent reconnected without it")
+        self.registry.add(agent)
+
+    def leave(self, agent: AgentState, reason: str) -> int | None:
+        """Forget an agent and run its jobs again elsewhere; how many, or None if it was gone already."""
+        if self.registry.get(agent.identity) is not agent:
+            return None
+        self.registry.remove(agent.identity)
+        lost = [lease for lease in self.leases.values() if lease.agent == agent.identity]
+        for lease in lost:
+            self._lose(lease, reason)
+        return len(lost)
+
+    def cancel(self, run: ProjectRun) -> list[Lease]:
+        """Cancel a run; returns its leases in flight (to withdraw from their agents)."""
+        leases = run.cancel()
+        for lease in leases:
+            self._withdraw(lease)
+        return leases
+
+    def add(self, run: ProjectRun) -> None:
+        self.runs[run.id] = run
+
+    def current_jobs(self, agent: AgentState, limit: int = 20) -> list[str]:
+        """What an agent holds now, as project/job keys (a few of them, for people)."""
+        held = [self.leases[lease] for lease in list(agent.held)[:limit] if lease in self.leases]
+        return sorted(f"{lease.run.project.name}/{lease.job.key}" for lease in held)
+
+    def _withdraw(self, lease: Lease) -> None:
+        self.leases.pop(lease.id, None)
+        agent = self.registry.get(lease.agent)
+        if agent:
+            agent.held.discard(lease.id)
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        self.leases.pop(lease.id, None)
+        if lease.run.is_current(lease):
+            lease.run.lost_lease(lease, reason)

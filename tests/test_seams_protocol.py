@@ -1,0 +1,46 @@
+"""One JobSpec and one JobResult, encoded and checked in farm.protocol; the agent-worker messages too."""
+
+from __future__ import annotations
+
+import pytest
+from blake3 import blake3
+
+from farm.errors import ProtocolError
+from farm.protocol import SHAPES, JobResult, JobSpec, T, pack, unpack
+
+
+def test_a_job_spec_travels_unchanged():
+    spec = JobSpec("lease1", "tile-3", "run-1", {"z": 3}, {"tile-2": [1, 2]}, 30.0)
+    to_agent = {"jobs": [spec.to_wire()], "projects": {}}
+    to_worker = {**to_agent, "threads": 2}
+    for kind, body in ((T.JOBS, to_agent), (T.W_JOBS, to_worker)):
+        assert JobSpec.from_wire(unpack(pack(kind, body)).body["jobs"][0]) == spec
+
+
+def test_a_job_result_travels_unchanged_with_its_files():
+    data = b"png bytes"
+    result = JobResult("lease1", True, {"n": 1}, [["t/0.png", len(data), blake3(data).digest()]], duration=0.5)
+    failed = JobResult("lease2", False, error="RenderError: no", log="tail", retry=False)
+    handed = JobResult("lease3", False, error="not started", requeue=True)
+    for kind in (T.RESULTS, T.W_RESULTS):
+        msg = unpack(pack(kind, {"results": [r.to_wire() for r in (result, failed, handed)]}, [data]))
+        assert [JobResult.from_wire(r) for r in msg.body["results"]] == [result, failed, handed]
+        assert msg.payloads == [data]
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (T.W_JOBS, {"jobs": [{"lease": 1, "key": "k", "project": "p", "params": None, "deps": {}, "timeout": 1}],
+                "projects": {}, "threads": 1}),
+    (T.W_JOBS, {"jobs": [], "projects": {}}),  # no threads
+    (T.W_RESULTS, {"results": [{"lease": "l", "ok": "yes", "result": None, "files": [], "duration": 0}]}),
+    (T.W_PROGRESS, {"lease": "l", "fraction": "half"}),
+    (T.W_READY, {}),
+])
+def test_agent_worker_messages_are_checked_like_network_ones(kind, body):
+    with pytest.raises(ProtocolError):
+        unpack(pack(kind, body))
+
+
+def test_every_message_type_has_a_shape_and_there_is_no_stop():
+    assert set(SHAPES) == set(T)
+    assert not any(t.name.endswith("STOP") for t in T)
