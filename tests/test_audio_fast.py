@@ -156,3 +156,46 @@ def test_a_run_that_cannot_finish_stops_its_encoders_and_leaves_no_partial_outpu
     assert all(p.poll() is not None for p in procs)
     assert not list(project.output_dir.glob("*.part")) and not list(project.output_dir.glob(".*.part"))
     assert not list(project.output_dir.glob("*.flac")) and not list(project.output_dir.glob("*.mp3"))
+
+
+def test_a_source_rewritten_with_the_same_size_after_the_project_loaded_fails_the_job(tmp_path: Path) -> None:
+    project, media, worker, _ = start_run(tmp_path, "0.5*sin(2*PI*440*t)")
+    source = project.root / "source.wav"
+    make_source(tmp_path / "other.wav", "0.2*sin(2*PI*97*t)")
+    shutil.copy(tmp_path / "other.wav", source)
+    assert source.stat().st_size == project.settings["input_size"]
+    job = next(media.split(project))
+    with pytest.raises(RenderError, match="differs here from the file the project was set up with"):
+        worker.render(project, job)
+
+
+def test_a_split_verdict_found_by_one_process_is_reused_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from farm_audio import splitcheck
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(splitcheck, "_cache", splitcheck.OrderedDict())  # as in a fresh process
+    root = make_project(tmp_path / "p", 'filters = "aphaser"\nsegment = 0.5\n')
+    make_source(root / "source.wav", "0.5*sin(2*PI*440*t)")
+    compared = []
+    real_compare = splitcheck._compare
+    monkeypatch.setattr(splitcheck, "_compare", lambda *a: compared.append(a) or real_compare(*a))
+    assert load_project(root).settings["whole_file"]
+    assert len(compared) == 1
+    kept = list((tmp_path / "cache" / "farm" / "audio-verdicts").iterdir())
+    assert len(kept) == 1
+
+    caplog.set_level(logging.INFO, logger="farm_audio.config")
+    caplog.clear()
+    monkeypatch.setattr(splitcheck, "_cache", splitcheck.OrderedDict())  # the next process (a worker)
+    assert load_project(root).settings["whole_file"]
+    assert len(compared) == 1  # from disk, no ffmpeg run
+    warned = [r for r in caplog.records if "does not split" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]  # that process still says why, once
+
+    kept[0].write_text("not a verdict")  # a damaged file is checked again and replaced
+    monkeypatch.setattr(splitcheck, "_cache", splitcheck.OrderedDict())
+    assert load_project(root).settings["whole_file"]
+    assert len(compared) == 2
+    assert '"splits": false' in kept[0].read_text()
