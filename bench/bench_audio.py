@@ -1,7 +1,7 @@
 """Benchmark the audio media type: a 30-minute input through the podcast chain, farm vs one ffmpeg.
 
-    python bench/bench_audio.py [--minutes 30] [--agents 2] [--segment 10] [--format flac]
-                                [--variants sample,no-loudnorm]
+    python bench/bench_audio.py [--minutes 30] [--agents 2] [--segment SECONDS] [--format flac]
+                                [--variants sample,no-loudnorm] [--json]
 
 The input is made at bench time in a temporary folder: the podcast sample's three
 minutes, looped (nothing is downloaded, nothing is left behind). Baseline, measured in
@@ -13,6 +13,9 @@ once to count its samples), every agent decoding the input once, the segments, t
 join and the encodes. Prints both times, the ratio and whether the outputs are
 byte-identical; asserts nothing. The second variant drops loudnorm, whose analysis is
 one serial whole-file pass that every segment waits for, to show the parallel part alone.
+``--segment`` defaults to the media type's own default; ``--json`` prints one JSON object
+per comparison (``name``, ``farm_s``, ``baseline_s``, ``speedup`` = baseline / farm, the
+machine's load average before and after, whether the outputs are byte-identical).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import array
 import json
+import os
 import re
 import shutil
 import sys
@@ -55,7 +59,7 @@ def make_input(folder: Path, minutes: float, fmt: str) -> Path:
     return target
 
 
-def make_project(folder: Path, source: Path, segment: float, loudnorm: bool) -> Path:
+def make_project(folder: Path, source: Path, segment: float | None, loudnorm: bool) -> Path:
     """The podcast sample's settings on ``source``; without its loudnorm if asked."""
     audio = tomllib.loads((SAMPLE / "farm.toml").read_text())["audio"]
     filters = parse_chain(audio["filters"])
@@ -65,19 +69,22 @@ def make_project(folder: Path, source: Path, segment: float, loudnorm: bool) -> 
     shutil.copy(source, folder / source.name)
     (folder / "farm.toml").write_text(
         f'[project]\nname = "bench"\nmedia_type = "audio"\n\n[audio]\ninput = "{source.name}"\n'
-        f"filters = {json.dumps(chain_text(filters))}\nsegment = {segment}\n"
-        f"outputs = {json.dumps(audio['outputs'])}\nname = {json.dumps(audio['name'])}\n"
+        f"filters = {json.dumps(chain_text(filters))}\n" + (f"segment = {segment}\n" if segment else "")
+        + f"outputs = {json.dumps(audio['outputs'])}\nname = {json.dumps(audio['name'])}\n"
     )
     return folder
 
 
-def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, dict[str, str] | None]:
-    """One ffmpeg over the whole file (two for loudnorm's two passes); returns (seconds, measurements)."""
+def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, float, dict[str, str] | None]:
+    """One ffmpeg over the whole file (two for loudnorm's two passes).
+
+    Returns (seconds, seconds of loudnorm's first pass (0 without), measurements).
+    """
     settings = load_project(project_dir).settings
     source = str(project_dir / settings["input"])
     out.mkdir()
     started = time.perf_counter()
-    measured = None
+    measured, first_pass_s = None, 0.0
     if settings["loudnorm"] is not None:
         chain = analysis_chain(parse_chain(settings["filters"]), settings["loudnorm"])
         proc = ffmpeg.run(["-nostats", "-loglevel", "info", "-i", source, "-map", "0:a:0",
@@ -86,6 +93,7 @@ def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, dict[str, str] |
         found = re.findall(r"\{[^{}]*\"input_i\"[^{}]*\}", text)
         first = json.loads(found[-1])
         measured = {k: first[k] for k in MEASURED}
+    first_pass_s = time.perf_counter() - started
     outputs = [Output.from_wire(o) for o in settings["outputs"]]
     labels = "".join(f"[o{i}]" for i in range(len(outputs)))
     graph = f"[0:a:0]{whole_file_filter(settings, measured)},asplit={len(outputs)}{labels}"
@@ -93,7 +101,7 @@ def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, dict[str, str] |
     for i, o in enumerate(outputs):
         args += ["-map", f"[o{i}]", *o.args, *ffmpeg.BITEXACT, str(out / f"{settings['name']}.{o.extension}")]
     ffmpeg.run(args)
-    return time.perf_counter() - started, measured
+    return time.perf_counter() - started, first_pass_s if measured else 0.0, measured
 
 
 def difference(farm: Path, single: Path, rate: int) -> str:
@@ -113,51 +121,70 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--agents", type=int, default=2)
-    parser.add_argument("--segment", type=float, default=10.0, help="seconds per job")
+    parser.add_argument("--segment", type=float, default=None,
+                        help="seconds per job (default: the media type's)")
     parser.add_argument("--format", choices=("flac", "opus", "wav"), default="flac")
     parser.add_argument("--variants", default="sample,no-loudnorm",
                         help="sample: the podcast chain; no-loudnorm: without its serial analysis pass")
+    parser.add_argument("--json", action="store_true", help="one JSON object per comparison on stdout")
     args = parser.parse_args()
+    say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
     try:
         from farm.embedded import submit_embedded
     except ImportError:
         sys.exit("farm.embedded is not available: this benchmark needs the embedded farm")
 
-    print(f"# audio: {args.minutes:g} min podcast chain, {args.agents} agents, {args.segment:g} s segments; "
-          f"{machine()}")
+    segment = f"{args.segment:g} s" if args.segment else "default"
+    say(f"# audio: {args.minutes:g} min podcast chain, {args.agents} agents, {segment} segments; {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-audio-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
         source = make_input(root, args.minutes, args.format)
-        print(f"# input: {source.name}, {source.stat().st_size / 1e6:.1f} MB, made in "
+        say(f"# input: {source.name}, {source.stat().st_size / 1e6:.1f} MB, made in "
               f"{time.perf_counter() - started:.1f} s")
         for variant in args.variants.split(","):
             project = make_project(root / variant, source, args.segment, loudnorm=variant == "sample")
-            single_s, measured = single_ffmpeg(project, root / f"{variant}-single")
+            load_before = os.getloadavg()[0]
+            single_s, first_pass_s, measured = single_ffmpeg(project, root / f"{variant}-single")
             started = time.perf_counter()
             summary = submit_embedded(project, agents=args.agents)
             farm_s = time.perf_counter() - started
+            load_after = os.getloadavg()[0]
             if not summary.ok:
-                print(f"# {variant}: the farm failed: {summary.failures[:3] or summary.error}")
+                say(f"# {variant}: the farm failed: {summary.failures[:3] or summary.error}")
                 return 1
             settings = load_project(project).settings
             names = [f"{settings['name']}.{o['extension']}" for o in settings["outputs"]]
             single = root / f"{variant}-single"
             differ = [n for n in names if (project / "output" / n).read_bytes() != (single / n).read_bytes()]
             what = "podcast chain" if variant == "sample" else "chain without loudnorm"
-            report(f"{what}, wall", f"{farm_s:.1f} s ({summary.total} jobs, run {summary.elapsed_s:.1f} s)",
-                   f"{single_s:.1f} s (one ffmpeg)", ratio=single_s / farm_s)
+            if args.json:
+                print(json.dumps({
+                    "name": f"audio {variant}", "farm_s": round(farm_s, 3),
+                    "baseline_s": round(single_s, 3), "baseline_first_pass_s": round(first_pass_s, 3),
+                    "speedup": round(single_s / farm_s, 3), "jobs": summary.total, "minutes": args.minutes,
+                    "agents": args.agents, "segment_s": settings["segment"] / settings["sample_rate"],
+                    "identical": not differ, "differ": differ,
+                    "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+                }), flush=True)
+            else:
+                figure = f"{farm_s:.1f} s ({summary.total} jobs, run {summary.elapsed_s:.1f} s)"
+                report(f"{what}, wall", figure, f"{single_s:.1f} s (one ffmpeg)", ratio=single_s / farm_s)
             verdict = f"NO ({', '.join(differ)})" if differ else "yes"
             seconds = args.minutes * 60
-            print(f"#   outputs byte-identical to the single ffmpeg run: {verdict} of {', '.join(names)}; "
+            say(f"#   load average {load_before:.2f} before the baseline, {load_after:.2f} after the farm")
+            if measured is not None:
+                say(f"#   one ffmpeg: loudnorm's first pass {first_pass_s:.1f} s, "
+                    f"the second {single_s - first_pass_s:.1f} s")
+            say(f"#   outputs byte-identical to the single ffmpeg run: {verdict} of {', '.join(names)}; "
                   f"farm {seconds / farm_s:.0f}x real time, ffmpeg {seconds / single_s:.0f}x")
             for n in differ:
                 rate = 48000 if n.endswith(".opus") else settings["sample_rate"]
-                print(f"#     {difference(project / 'output' / n, single / n, rate)}")
+                say(f"#     {difference(project / 'output' / n, single / n, rate)}")
             if measured is not None:
                 analysis = json.loads((project / "output" / f"{settings['name']}.loudnorm.json").read_text())
                 same = {k: analysis[k] for k in MEASURED} == measured
-                print(f"#   loudnorm analysis equals the single run's first pass: {'yes' if same else 'NO'} "
+                say(f"#   loudnorm analysis equals the single run's first pass: {'yes' if same else 'NO'} "
                       f"({measured})")
     return 0
 

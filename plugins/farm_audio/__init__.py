@@ -5,9 +5,10 @@ exact length), `chain` (reading a filter chain, writing it for ffmpeg, sizing le
 `allow` (the filters and options allowed to run), `validate` (running a chain on a
 generated signal), `splitcheck` (does it split: segments against a whole run),
 `loudnorm` (its two passes and what a measurement means), `config` (the ``[audio]``
-table), `segments` (sample ranges), `source` (the input decoded once per worker),
+table), `segments` (sample ranges), `source` (the input decoded once per worker, in the background),
 `render` (one segment's PCM, loudnorm's analysis), `join` (segments into one PCM file as
-they arrive), `encode` (output formats), `media` (the MediaType).
+they arrive), `encode` (output formats), `stream` (encoders fed while the join fills),
+`verdicts` (split-check verdicts kept on disk), `media` (the MediaType).
 """
 
 from __future__ import annotations

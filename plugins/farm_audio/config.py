@@ -30,6 +30,7 @@ from farm_audio.chain import (
 )
 from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
 from farm_audio.segments import count_segments
+from farm_audio.source import content_digest
 from farm_audio.splitcheck import check_split
 from farm_audio.validate import ChainError, check_chain, check_runs
 
@@ -110,6 +111,9 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     return {
         "input": input_rel,
         "input_size": stat.st_size,
+        # what a worker's decoded copy and a resumed join are keyed by: a file rewritten with the
+        # same size (and even the same mtime) is a new input
+        "input_digest": content_digest(path),
         "codec": info.codec,
         "samples": measured.samples,
         "sample_rate": sample_rate,

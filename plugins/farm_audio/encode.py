@@ -1,4 +1,5 @@
-"""Output formats: parsing ``outputs``, choosing the segments' PCM, encoding the joined PCM once.
+"""Output formats: parsing ``outputs``, choosing the segments' PCM, the encoders' options
+(`farm_audio.stream` runs them).
 
 An output is ``"format"`` or ``"format:option"``; the option is a bitrate for lossy
 formats (``"mp3:192k"``) and a sample format for lossless ones (``"flac:24"``,
@@ -8,17 +9,10 @@ gives the same bytes, and they equal an encode of a whole-file render.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-from farm_audio import ffmpeg
-
-log = logging.getLogger(__name__)
 
 LOSSLESS = {
     # format: {option: (codec, sample_fmt)}, first option is the default
@@ -46,7 +40,7 @@ _RAW_OF = {"s16": "s16le", "s32": "s32le", "flt": "f32le", "fltp": "f32le", "dbl
 
 
 #: encoders run on the controller's machine: below its priority, so it keeps answering agents
-_NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
+NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
 
 
 class OutputSpecError(ValueError):
@@ -124,32 +118,3 @@ def segment_pcm(outputs: Sequence[Output]) -> str:
 def input_args(raw: str, sample_rate: int, layout: str) -> list[str]:
     """ffmpeg input options for raw PCM."""
     return ["-f", raw, "-ar", str(sample_rate), "-ch_layout", layout]
-
-
-def encode_all(pcm: Path, raw: str, sample_rate: int, layout: str, outputs: Sequence[Output],
-               directory: Path, name: str) -> list[Path]:
-    """Encode the joined PCM into every output, in parallel; each written under a temporary name first."""
-    running: list[tuple[Output, Path, Path, subprocess.Popen[bytes]]] = []
-    directory.mkdir(parents=True, exist_ok=True)
-    for out in outputs:
-        final = directory / f"{name}.{out.extension}"
-        temp = directory / f".{name}.{out.extension}.part"
-        cmd = [
-            *_NICE, ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y",
-            *input_args(raw, sample_rate, layout), "-i", ffmpeg.file_arg(pcm),
-            *out.args, *ffmpeg.BITEXACT, ffmpeg.file_arg(temp),
-        ]
-        log.debug("encoding %s: %s", out.spec, " ".join(cmd))
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        running.append((out, temp, final, proc))
-    failed = []
-    for out, temp, final, proc in running:
-        _, err = proc.communicate()
-        if proc.returncode == 0:
-            temp.replace(final)
-        else:
-            temp.unlink(missing_ok=True)
-            failed.append(f"{out.spec}: {ffmpeg.last_lines(err.decode('utf-8', 'replace'), 3)}")
-    if failed:
-        raise ffmpeg.FfmpegFailed(["encode"], 1, "\n".join(failed))
-    return [directory / f"{name}.{o.extension}" for o in outputs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,27 @@ def run(
     if proc.returncode != 0:
         raise FfmpegFailed(cmd, proc.returncode, proc.stderr.decode("utf-8", "replace"))
     return proc
+
+
+def send(pipe: int, src: BinaryIO, offset: int, count: int) -> int:
+    """Copy up to ``count`` bytes at ``offset`` of ``src`` into ``pipe`` (ffmpeg's stdin); returns how many.
+
+    ``sendfile`` moves them in the kernel, without a copy through Python; where it cannot
+    write into a pipe, they are read and written.
+    """
+    try:
+        sent = os.sendfile(pipe, src.fileno(), offset, count)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        src.seek(offset)
+        data = memoryview(src.read(count))
+        sent = len(data)
+        while data:
+            data = data[os.write(pipe, data):]
+    if sent == 0 and count:
+        raise OSError(f"{src.name} ends at byte {offset}")
+    return sent
 
 
 @lru_cache(maxsize=1)

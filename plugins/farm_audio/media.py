@@ -25,8 +25,10 @@ from farm_audio.probe import RAW_BYTES
 from farm_audio.render import ANALYSIS_KEY, analyse_loudness, render_segment
 from farm_audio.segments import Segment, count_segments, plan
 from farm_audio.source import decoded_source
+from farm_audio.stream import Encoders
 
 _JOIN_KEY = "join"
+_ENCODERS_KEY = "encoders"
 
 
 def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
@@ -96,7 +98,9 @@ class AudioSegments(MediaType):
         if staged.stat().st_size != result["samples"] * frame:
             raise RenderError(f"{job.key}: {staged.name} is {staged.stat().st_size} bytes, "
                               f"not the {result['samples']} samples the job rendered")
-        self._join(ctx).add(job.params["start"], staged)
+        join = self._join(ctx)
+        join.add(job.params["start"], staged)
+        self._encoders(ctx, join).advance(join.contiguous())
         ctx.log.debug("joined %s: %d samples at %d", job.key, result["samples"], job.params["start"])
 
     def _join(self, ctx: CollateContext) -> PcmJoin:
@@ -108,6 +112,17 @@ class AudioSegments(MediaType):
             join = ctx.state[_JOIN_KEY] = PcmJoin(path, frame, fingerprint(s), s["samples"])
         return join
 
+    def _encoders(self, ctx: CollateContext, join: PcmJoin) -> Encoders:
+        """The outputs' encoders, started with the first segment and fed as the join fills."""
+        encoders = ctx.state.get(_ENCODERS_KEY)
+        if encoders is None:
+            s = ctx.project.settings
+            outputs = [encode.Output.from_wire(o) for o in s["outputs"]]
+            encoders = ctx.state[_ENCODERS_KEY] = Encoders(
+                join.path, s["pcm"], s["sample_rate"], s["out_layout"], join.frame_bytes, outputs,
+                ctx.output_dir, s["name"])
+        return encoders
+
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings
         join = self._join(ctx)
@@ -115,12 +130,15 @@ class AudioSegments(MediaType):
         try:
             total = join.check(expected)
         except JoinError as exc:
+            encoders = ctx.state.pop(_ENCODERS_KEY, None)
+            if encoders is not None:
+                encoders.abort()
             raise RenderError(f"cannot finish {s['name']}: {exc}") from None
         ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
-        outputs = [encode.Output.from_wire(o) for o in s["outputs"]]
+        encoders = self._encoders(ctx, join)  # a controller that restarted starts them here
+        ctx.state.pop(_ENCODERS_KEY, None)
         try:
-            paths = encode.encode_all(join.path, s["pcm"], s["sample_rate"], s["out_layout"], outputs,
-                                      ctx.output_dir, s["name"])
+            paths = encoders.finish(total)
         except ffmpeg.FfmpegFailed as exc:
             raise RenderError(f"encoding failed: {exc.message}") from None
         join.remove()

@@ -93,15 +93,15 @@ def run_fed(
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         assert proc.stdin is not None
         total = max(1, (end - start) * source.frame_bytes)
-        fed = 0
         try:
-            for chunk in source.read(start, end):
-                proc.stdin.write(chunk)
-                fed += len(chunk)
-                if progress is not None:
-                    progress(fed / total)
+            source.feed(proc.stdin.fileno(), start, end,
+                        None if progress is None else (lambda sent: progress(sent / total)))
         except BrokenPipeError:  # ffmpeg stopped reading: its exit code and log say why
             pass
+        except RenderError:
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()

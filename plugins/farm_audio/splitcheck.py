@@ -9,7 +9,8 @@ real `plan` and `segment_filter`, fed raw PCM on stdin like a render node). A ch
 whose segments differ from the whole run by more than `TOLERANCE` does not split;
 the project then runs the whole file as one job, with the reason logged.
 
-Verdicts are kept per chain, format and lead-in, so reloading a project is cheap.
+Verdicts are kept per chain, format and lead-in, in the process and on disk
+(`farm_audio.verdicts`), so reloading a project, in this process or another, is cheap.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from farm_audio import ffmpeg
+from farm_audio import ffmpeg, verdicts
 from farm_audio.chain import DOUBLE, pinned_text
 from farm_audio.chain import parse_chain as _parse
 from farm_audio.probe import RAW_BYTES
@@ -98,7 +99,8 @@ def check_split(settings: Mapping[str, Any], chain: str) -> tuple[Verdict, bool]
 
     ``settings`` needs ``sample_rate``, ``layout``, ``channels``, ``raw``, ``out_channels``,
     ``segment``, ``lead_in``, ``lead_out`` (samples). Cached per chain and those values;
-    the second value says whether this verdict came from the cache.
+    the second value says whether this process had it already (so a warning is given once per
+    process, even when the verdict came from disk).
     """
     rate = settings["sample_rate"]
     seg_len = max(READ_ALIGN, min(settings["segment"], round(TEST_SEGMENT_S * rate)))
@@ -107,7 +109,12 @@ def check_split(settings: Mapping[str, Any], chain: str) -> tuple[Verdict, bool]
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key], True
-    verdict = _compare(settings, chain, seg_len)
+    stored = verdicts.load(key[0], key[1:]) or {}  # another process (controller, worker) found it out
+    if isinstance(stored.get("splits"), bool) and isinstance(stored.get("reason"), str):
+        verdict = Verdict(stored["splits"], stored["reason"])
+    else:
+        verdict = _compare(settings, chain, seg_len)
+        verdicts.store(key[0], key[1:], {"splits": verdict.splits, "reason": verdict.reason})
     _cache[key] = verdict
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
