@@ -2,9 +2,10 @@
 
 One render of an aligned block of tiles (with the map's buffer around it) costs far
 less than one render per tile, and labels across tile edges inside the block match.
-PNG encoding costs more than rendering, so a tile of one flat colour (open ocean) is
-encoded once per colour and its bytes reused: the encoder is deterministic, so the
-bytes are the same as encoding it again.
+PNG encoding costs more than rendering: ``png`` tiles are encoded from the metatile's raw
+pixels by `pngencode` (libdeflate), ``png8`` by Mapnik's own palette encoder. A tile of one
+flat colour (open ocean) is encoded once per colour and its bytes reused: the encoders are
+deterministic, so the bytes are the same as encoding it again.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from farm_maptiles.pngencode import encode_png, rgba_pixels
 from farm_maptiles.tilemath import TileRange, tile_bounds
 
-#: Mapnik encoder strings for the ``format`` setting
+#: Mapnik's encoder strings for each ``format`` setting (``png`` is encoded by `pngencode`;
+#: ``png32`` is what Mapnik writes for it, with the same pixels)
 ENCODINGS = {"png": "png32", "png8": "png8"}
 
 
@@ -55,22 +58,30 @@ def render_metatile(
     """
     image = render_block(m, z, x, y, size, tile_size)
     encoding = ENCODINGS[fmt]
+    pixels = None  # png: one copy of the metatile's raw pixels (taken at the first tile that needs it)
+    stride = image.width() * 4
+    folders: set[Path] = set()
     solid = solid_cache if solid_cache is not None else {}
     names = []
     # `image` stays referenced until every view is encoded: a view does not keep its parent alive.
     for tx, ty in wanted.tiles():
         left, top = (tx - x) * tile_size, (ty - y) * tile_size
         view = image.view(left, top, tile_size, tile_size)
-        if view.is_solid():
-            key = (image.get_pixel(left, top), tile_size, encoding)
-            data = solid.get(key)
-            if data is None:
-                data = solid[key] = view.to_string(encoding)
-        else:
-            data = view.to_string(encoding)
+        key = (image.get_pixel(left, top), tile_size, encoding) if view.is_solid() else None
+        data = solid.get(key) if key else None
+        if data is None:
+            if fmt == "png":
+                pixels = pixels if pixels is not None else rgba_pixels(image)
+                data = encode_png(pixels, stride, left, top, tile_size, tile_size)
+            else:
+                data = view.to_string(encoding)
+            if key:
+                solid[key] = data
         name = tile_name(z, tx, ty)
         path = output_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folders.add(path.parent)
         path.write_bytes(data)
         names.append(name)
     del image
