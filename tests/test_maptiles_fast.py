@@ -1,4 +1,5 @@
-"""The fast PNG path of the maptiles media type: same pixels as Mapnik's own encoder, comparable size.
+"""The fast tile path: PNGs with the same pixels as Mapnik's own encoder at a comparable size, and the
+one bundle of tiles a job returns (checked by the controller).
 
 Every tile is decoded back with Mapnik (libpng checks the CRCs and the zlib stream) and its
 raw RGBA compared byte for byte with what Mapnik's ``png32`` encoder writes for the same view.
@@ -7,15 +8,24 @@ raw RGBA compared byte for byte with what Mapnik's ``png32`` encoder writes for 
 from __future__ import annotations
 
 import random
+import re
+import shutil
 from pathlib import Path
 
 import mapnik
+import msgpack
 import pytest
 from farm_maptiles import mapstyle
+from farm_maptiles.bundle import BundleError, read_bundle, write_bundle
 from farm_maptiles.metatile import render_block, render_metatile
 from farm_maptiles.pngencode import encode_png, rgba_pixels
 from farm_maptiles.tilemath import TileRange
 from maptiles_helpers import write_project
+
+from farm.errors import RenderError
+from farm.mediatype import CollateContext, RenderContext
+from farm.plugins import get_media_type
+from farm.project import load_project
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
 
@@ -102,19 +112,87 @@ def test_a_block_outside_the_buffer_is_refused(left: int, top: int, width: int, 
         encode_png(pixels, 8 * 4, left, top, width, height)
 
 
-def test_render_metatile_writes_fast_png_by_default_and_mapnik_png8_on_request(tmp_path: Path) -> None:
+def test_render_metatile_encodes_fast_png_by_default_and_mapnik_png8_on_request() -> None:
     m = load(SAMPLE / "world.xml", SAMPLE)
     solid: dict = {}
     for fmt in ("png", "png8"):
-        out = tmp_path / fmt
-        names = render_metatile(m, 3, 0, 0, 8, TileRange(3, 0, 0, 7, 7), 256, fmt, out, solid)
-        assert len(names) == 64
+        tiles = render_metatile(m, 3, 0, 0, 8, TileRange(3, 0, 0, 7, 7), 256, fmt, solid)
+        assert sorted((x, y) for x, y, _ in tiles) == [(x, y) for x in range(8) for y in range(8)]
         image = render_block(m, 3, 0, 0, 8, 256)
-        for name in names:
-            z, tx, ty = (int(v) for v in name[len("tiles/"):-len(".png")].split("/"))
+        for tx, ty, data in tiles:
             view = image.view(tx * 256, ty * 256, 256, 256)
-            data = (out / name).read_bytes()
             if fmt == "png":  # the solid-colour cache hands out the same bytes as encoding again
-                assert decoded(data) == decoded(view.to_string("png32")), name
+                assert decoded(data) == decoded(view.to_string("png32")), (tx, ty)
             else:
-                assert data == view.to_string("png8"), name
+                assert data == view.to_string("png8"), (tx, ty)
+
+
+# -- the bundle a job returns: checked on the controller before anything is written -----------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"rest"
+WANTED = TileRange(4, 2, 6, 3, 7)  # 2 x 2 tiles
+
+
+def bundle_bytes(tmp_path: Path, body) -> Path:
+    path = tmp_path / "b.tiles"
+    path.write_bytes(msgpack.packb(body, use_bin_type=True))
+    return path
+
+
+def test_a_bundle_round_trips_exactly_the_wanted_tiles(tmp_path: Path) -> None:
+    tiles = [(x, y, PNG + bytes([x, y])) for x, y in WANTED.tiles()]
+    write_bundle(tmp_path / "m/b.tiles", 4, tiles)
+    got = read_bundle(tmp_path / "m/b.tiles", WANTED)
+    assert sorted(got) == sorted((4, x, y, data) for x, y, data in tiles)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"z": 4, "tiles": [[2, 6, PNG], [2, 7, PNG], [3, 6, PNG]]}, "1 of the job's tiles are missing, first 4/3/7"),
+    ({"z": 4, "tiles": [[2, 6, PNG], [2, 7, PNG], [3, 6, PNG], [3, 7, PNG], [4, 7, PNG]]}, "4/4/7 is outside"),
+    ({"z": 4, "tiles": [[2, 6, PNG], [2, 6, PNG]]}, "4/2/6 appears twice"),
+    ({"z": 5, "tiles": []}, "holds zoom 5, the job is zoom 4"),
+    ({"z": True, "tiles": []}, "holds zoom True"),
+    ({"z": 4, "tiles": [[2, 6, b"GIF89a"]]}, "4/2/6 is not a PNG"),
+    ({"z": 4, "tiles": [[2, 6, "text"]]}, "not [x, y, bytes]"),
+    ({"z": 4, "tiles": [[2.0, 6, PNG]]}, "not [x, y, bytes]"),
+    ({"z": 4}, "expected a map with 'z' and 'tiles'"),
+    ([4, []], "expected a map"),
+    ({"z": 4, "tiles": [], "extra": 1}, "expected a map"),
+])
+def test_a_bad_bundle_is_refused_naming_the_problem(tmp_path: Path, body, words: str) -> None:
+    with pytest.raises(BundleError, match=re.escape(words)):
+        read_bundle(bundle_bytes(tmp_path, body), WANTED)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1", b"\x92\x01", b"\x91" * 5000, msgpack.packb({}) + b"x"])
+def test_bytes_that_are_not_a_bundle_are_refused(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "b.tiles"
+    path.write_bytes(raw)
+    with pytest.raises(BundleError):
+        read_bundle(path, WANTED)
+
+
+def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
+    """Collate refuses a tampered bundle (a tile moved outside the job) before writing any tile."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "world.xml", folder / "world.xml")
+    shutil.copytree(SAMPLE / "data", folder / "data")
+    (folder / "farm.toml").write_text('[project]\nname = "w"\nmedia_type = "maptiles"\n\n'
+                                      '[maptiles]\nstyle = "world.xml"\nzoom = "1"\n')
+    project = load_project(folder)
+    media = get_media_type("maptiles")
+    (job,) = media.split(project)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = RenderContext(project_dir=project.root, output_dir=out, work_dir=tmp_path, settings=project.settings,
+                        threads=1, cache={}, deps={})
+    media.render(job, ctx)
+    (bundle,) = out.rglob("*.tiles")
+    body = msgpack.unpackb(bundle.read_bytes())
+    body["tiles"][-1][1] += 2  # 1/x/3: no such tile at zoom 1
+    bundle.write_bytes(msgpack.packb(body))
+    collate = CollateContext(project, project.output_dir, {})
+    with pytest.raises(RenderError, match=r"maptiles job 1/0/0: .*tile 1/1/3 is outside the job's tiles"):
+        media.collate(job, None, {bundle.relative_to(out).as_posix(): bundle}, collate)
+    assert not (project.output_dir / "tiles").exists()

@@ -16,7 +16,7 @@ from farm.hookspecs import hookimpl
 from farm.mediatype import MediaType
 from farm_maptiles.mediatype import MapTiles
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"  # 1.1: a job returns one bundle of tiles (cached outputs of 1.0 do not fit)
 __all__ = ["MapTiles"]
 
 

@@ -1,4 +1,4 @@
-"""Render one metatile with Mapnik and cut it into tile files.
+"""Render one metatile with Mapnik and cut it into encoded tiles.
 
 One render of an aligned block of tiles (with the map's buffer around it) costs far
 less than one render per tile, and labels across tile edges inside the block match.
@@ -10,7 +10,6 @@ deterministic, so the bytes are the same as encoding it again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from farm_maptiles.pngencode import encode_png, rgba_pixels
@@ -48,10 +47,9 @@ def render_metatile(
     wanted: TileRange,
     tile_size: int,
     fmt: str,
-    output_dir: Path,
     solid_cache: dict[tuple[int, int, str], bytes] | None = None,
-) -> list[str]:
-    """Render the metatile at (x, y) once and write the ``wanted`` tiles of it; returns their names.
+) -> list[tuple[int, int, bytes]]:
+    """Render the metatile at (x, y) once and encode the ``wanted`` tiles of it: [(x, y, PNG bytes)].
 
     ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes; pass one that
     lives as long as the process to share it between metatiles.
@@ -60,9 +58,8 @@ def render_metatile(
     encoding = ENCODINGS[fmt]
     pixels = None  # png: one copy of the metatile's raw pixels (taken at the first tile that needs it)
     stride = image.width() * 4
-    folders: set[Path] = set()
     solid = solid_cache if solid_cache is not None else {}
-    names = []
+    tiles = []
     # `image` stays referenced until every view is encoded: a view does not keep its parent alive.
     for tx, ty in wanted.tiles():
         left, top = (tx - x) * tile_size, (ty - y) * tile_size
@@ -77,12 +74,6 @@ def render_metatile(
                 data = view.to_string(encoding)
             if key:
                 solid[key] = data
-        name = tile_name(z, tx, ty)
-        path = output_dir / name
-        if path.parent not in folders:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            folders.add(path.parent)
-        path.write_bytes(data)
-        names.append(name)
+        tiles.append((tx, ty, data))
     del image
-    return names
+    return tiles
