@@ -18,7 +18,7 @@ import pytest
 from farm_maptiles import mapstyle
 from farm_maptiles.bundle import BundleError, read_bundle, write_bundle
 from farm_maptiles.metatile import render_block, render_metatile
-from farm_maptiles.pngencode import encode_png, rgba_pixels
+from farm_maptiles.pngencode import encode_png, rgba_pixels, scanlines, solid_colour
 from farm_maptiles.tilemath import TileRange
 from maptiles_helpers import write_project
 
@@ -196,3 +196,27 @@ def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match=r"maptiles job 1/0/0: .*tile 1/1/3 is outside the job's tiles"):
         media.collate(job, None, {bundle.relative_to(out).as_posix(): bundle}, collate)
     assert not (project.output_dir / "tiles").exists()
+
+
+def test_solid_tiles_are_found_as_mapnik_finds_them() -> None:
+    m = load(SAMPLE / "world.xml", SAMPLE)
+    image = render_block(m, 6, 0, 56, 8, 256)  # the south-west Pacific: sea, coast, Antarctica
+    pixels = rgba_pixels(image)
+    verdicts = []
+    for i in range(8):
+        for j in range(8):
+            lines = scanlines(pixels, 8 * 256 * 4, i * 256, j * 256, 256, 256)
+            colour = solid_colour(lines, 256, 256)
+            assert (colour is not None) == image.view(i * 256, j * 256, 256, 256).is_solid()
+            verdicts.append(colour is not None)
+            if colour is not None:
+                assert colour == pixels[(j * 256 * 2048 + i * 256) * 4:][:4]
+    assert 0 < sum(verdicts) < 64
+    # one pixel off, first or last, is not solid
+    flat = mapnik.Image(16, 16)
+    flat.fill(mapnik.Color(10, 20, 30, 255))
+    for x, y in ((0, 0), (15, 15), (7, 3)):
+        spotted = flat.copy(mapnik.ImageType.rgba8)
+        spotted.set_pixel(x, y, mapnik.Color(10, 20, 31, 255))
+        assert solid_colour(scanlines(rgba_pixels(spotted), 64, 0, 0, 16, 16), 16, 16) is None
+    assert solid_colour(scanlines(rgba_pixels(flat), 64, 0, 0, 16, 16), 16, 16) == bytes([10, 20, 30, 255])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm_maptiles.pngencode import encode_png, rgba_pixels
+from farm_maptiles.pngencode import encode_scanlines, rgba_pixels, scanlines, solid_colour
 from farm_maptiles.tilemath import TileRange, tile_bounds
 
 #: Mapnik's encoder strings for each ``format`` setting (``png`` is encoded by `pngencode`;
@@ -47,33 +47,38 @@ def render_metatile(
     wanted: TileRange,
     tile_size: int,
     fmt: str,
-    solid_cache: dict[tuple[int, int, str], bytes] | None = None,
+    solid_cache: dict[tuple[Any, int, str], bytes] | None = None,
 ) -> list[tuple[int, int, bytes]]:
     """Render the metatile at (x, y) once and encode the ``wanted`` tiles of it: [(x, y, PNG bytes)].
 
-    ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes; pass one that
+    ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes (the colour as RGBA bytes
+    for ``png``, as Mapnik's pixel value for ``png8``); pass one that
     lives as long as the process to share it between metatiles.
     """
     image = render_block(m, z, x, y, size, tile_size)
     encoding = ENCODINGS[fmt]
-    pixels = None  # png: one copy of the metatile's raw pixels (taken at the first tile that needs it)
+    pixels = rgba_pixels(image) if fmt == "png" else None  # png: one copy of the raw pixels, cut per tile
     stride = image.width() * 4
     solid = solid_cache if solid_cache is not None else {}
     tiles = []
     # `image` stays referenced until every view is encoded: a view does not keep its parent alive.
     for tx, ty in wanted.tiles():
         left, top = (tx - x) * tile_size, (ty - y) * tile_size
-        view = image.view(left, top, tile_size, tile_size)
-        key = (image.get_pixel(left, top), tile_size, encoding) if view.is_solid() else None
-        data = solid.get(key) if key else None
-        if data is None:
-            if fmt == "png":
-                pixels = pixels if pixels is not None else rgba_pixels(image)
-                data = encode_png(pixels, stride, left, top, tile_size, tile_size)
-            else:
+        if fmt == "png":
+            lines = scanlines(pixels, stride, left, top, tile_size, tile_size)
+            colour = solid_colour(lines, tile_size, tile_size)
+            key = (colour, tile_size, encoding) if colour is not None else None
+            data = solid.get(key) if key else None
+            if data is None:
+                data = encode_scanlines(lines, tile_size, tile_size)
+        else:
+            view = image.view(left, top, tile_size, tile_size)
+            key = (image.get_pixel(left, top), tile_size, encoding) if view.is_solid() else None
+            data = solid.get(key) if key else None
+            if data is None:
                 data = view.to_string(encoding)
-            if key:
-                solid[key] = data
+        if key and key not in solid:
+            solid[key] = data
         tiles.append((tx, ty, data))
     del image
     return tiles
