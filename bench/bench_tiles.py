@@ -245,8 +245,8 @@ def main() -> None:
                 farm_runs.append((wall, cpu))
                 say(f"  {f'farm {args.agents} agents {args.format}':<40} {wall:7.2f} s {n / wall:7.1f} tiles/s "
                     f"{cpu:6.2f} CPU-s ({controller:.2f} controller) | load {load()}")
-                if i < args.repeat - 1:
-                    shutil.rmtree(root / f"farm{i}")
+                # earlier outputs stay until the end: on ext4, creating files soon after deleting
+                # thousands near them costs far more (see farm/filesync/placement.py)
             sample = random.Random(1).sample(keys, min(args.sample, n))
             agreement = {}
             for b in baselines:
