@@ -7,6 +7,9 @@ raw RGBA compared byte for byte with what Mapnik's ``png32`` encoder writes for 
 
 from __future__ import annotations
 
+import array
+import fcntl
+import os
 import random
 import re
 import shutil
@@ -23,6 +26,7 @@ from farm_maptiles.tilemath import TileRange
 from maptiles_helpers import write_project
 
 from farm.errors import RenderError
+from farm.filesync.placement import spread_subfolders
 from farm.mediatype import CollateContext, RenderContext
 from farm.plugins import get_media_type
 from farm.project import load_project
@@ -172,8 +176,8 @@ def test_bytes_that_are_not_a_bundle_are_refused(tmp_path: Path, raw: bytes) -> 
         read_bundle(path, WANTED)
 
 
-def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
-    """Collate refuses a tampered bundle (a tile moved outside the job) before writing any tile."""
+def rendered_job(tmp_path: Path):
+    """The one job of world_map at zoom 1, rendered: (media type, project, job, its bundle file)."""
     folder = tmp_path / "p"
     folder.mkdir()
     shutil.copy(SAMPLE / "world.xml", folder / "world.xml")
@@ -189,13 +193,42 @@ def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
                         threads=1, cache={}, deps={})
     media.render(job, ctx)
     (bundle,) = out.rglob("*.tiles")
+    assert bundle.relative_to(out).as_posix() == "metatiles/1/0/0.tiles"
+    return media, project, job, bundle
+
+
+def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
+    """Collate refuses a tampered bundle (a tile moved outside the job) before writing any tile."""
+    media, project, job, bundle = rendered_job(tmp_path)
     body = msgpack.unpackb(bundle.read_bytes())
     body["tiles"][-1][1] += 2  # 1/x/3: no such tile at zoom 1
     bundle.write_bytes(msgpack.packb(body))
     collate = CollateContext(project, project.output_dir, {})
     with pytest.raises(RenderError, match=r"maptiles job 1/0/0: .*tile 1/1/3 is outside the job's tiles"):
-        media.collate(job, None, {bundle.relative_to(out).as_posix(): bundle}, collate)
+        media.collate(job, None, {"metatiles/1/0/0.tiles": bundle}, collate)
     assert not (project.output_dir / "tiles").exists()
+    with pytest.raises(RenderError, match="returned no metatiles/1/0/0.tiles"):
+        media.collate(job, None, {"metatiles/1/0/1.tiles": bundle}, collate)
+
+
+def test_collate_writes_the_bundle_s_tiles_in_a_spread_tiles_folder(tmp_path: Path) -> None:
+    media, project, job, bundle = rendered_job(tmp_path)
+    collate = CollateContext(project, project.output_dir, {})
+    media.collate(job, None, {"metatiles/1/0/0.tiles": bundle}, collate)
+    media.finalize(collate)
+    tiles = project.output_dir / "tiles"
+    assert sorted(p.relative_to(tiles).as_posix() for p in tiles.rglob("*.png")) == [
+        "1/0/0.png", "1/0/1.png", "1/1/0.png", "1/1/1.png"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if spread_subfolders(probe):  # ext2/3/4 and allowed: the tiles folder carries the hint too
+        flags = array.array("i", [0])
+        fd = os.open(tiles, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+        finally:
+            os.close(fd)
+        assert flags[0] & 0x00020000  # FS_TOPDIR_FL
 
 
 def test_solid_tiles_are_found_as_mapnik_finds_them() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import RenderError
+from farm.filesync.placement import spread_subfolders
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
@@ -157,7 +158,15 @@ class MapTiles(MediaType):
             tiles = read_bundle(outputs[name], TileRange(p["z"], *p["tiles"]))
         except BundleError as exc:
             raise RenderError(f"maptiles job {job.key}: {exc}") from None
-        folders = ctx.state.setdefault(_FOLDERS_KEY, set())
+        folders = ctx.state.get(_FOLDERS_KEY)
+        if folders is None:
+            folders = ctx.state[_FOLDERS_KEY] = set()
+            tiles_root = ctx.output_dir / "tiles"
+            tiles_root.mkdir(parents=True, exist_ok=True)
+            # thousands of new files: on ext4 under a busy folder each could cost ~0.2 ms of inode
+            # search; spread the zoom folders over uncrowded block groups (measured: 3.2-4.5 s of
+            # system time for 5,461 tiles after deletions nearby, 0.15 s with the hint)
+            spread_subfolders(tiles_root)
         for z, x, y, data in tiles:
             path = ctx.output_dir / tile_name(z, x, y)
             if path.parent not in folders:
