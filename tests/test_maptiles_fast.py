@@ -193,7 +193,7 @@ def rendered_job(tmp_path: Path):
                         threads=1, cache={}, deps={})
     media.render(job, ctx)
     (bundle,) = out.rglob("*.tiles")
-    assert bundle.relative_to(out).as_posix() == "metatiles/1/0/0.tiles"
+    assert bundle.relative_to(out).as_posix() == "metatile-1-0-0.tiles"
     return media, project, job, bundle
 
 
@@ -205,16 +205,16 @@ def test_a_bad_bundle_fails_the_job_and_writes_nothing(tmp_path: Path) -> None:
     bundle.write_bytes(msgpack.packb(body))
     collate = CollateContext(project, project.output_dir, {})
     with pytest.raises(RenderError, match=r"maptiles job 1/0/0: .*tile 1/1/3 is outside the job's tiles"):
-        media.collate(job, None, {"metatiles/1/0/0.tiles": bundle}, collate)
+        media.collate(job, None, {"metatile-1-0-0.tiles": bundle}, collate)
     assert not (project.output_dir / "tiles").exists()
-    with pytest.raises(RenderError, match="returned no metatiles/1/0/0.tiles"):
-        media.collate(job, None, {"metatiles/1/0/1.tiles": bundle}, collate)
+    with pytest.raises(RenderError, match="returned no metatile-1-0-0.tiles"):
+        media.collate(job, None, {"metatile-1-0-1.tiles": bundle}, collate)
 
 
 def test_collate_writes_the_bundle_s_tiles_in_a_spread_tiles_folder(tmp_path: Path) -> None:
     media, project, job, bundle = rendered_job(tmp_path)
     collate = CollateContext(project, project.output_dir, {})
-    media.collate(job, None, {"metatiles/1/0/0.tiles": bundle}, collate)
+    media.collate(job, None, {"metatile-1-0-0.tiles": bundle}, collate)
     media.finalize(collate)
     tiles = project.output_dir / "tiles"
     assert sorted(p.relative_to(tiles).as_posix() for p in tiles.rglob("*.png")) == [

@@ -27,8 +27,12 @@ class BundleError(ValueError):
 
 
 def bundle_name(z: int, x: int, y: int) -> str:
-    """The relative output path of the bundle of the metatile whose north-west tile is (z, x, y)."""
-    return f"metatiles/{z}/{x}/{y}.tiles"
+    """The output name of the bundle of the metatile whose north-west tile is (z, x, y).
+
+    Flat, no folders: every folder in an output name is made and removed again on the agent and
+    in the controller's staging and job cache (an rmdir took ~4 ms here under load).
+    """
+    return f"metatile-{z}-{x}-{y}.tiles"
 
 
 def write_bundle(path: Path, z: int, tiles: Iterable[tuple[int, int, bytes]]) -> None:
