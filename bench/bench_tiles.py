@@ -1,36 +1,54 @@
-"""Map tiles on a local farm against one process rendering one tile at a time, in the same run.
+"""Map tiles: farm on local agents against renderd (mod_tile's render daemon), in the same run.
 
-    python bench/bench_tiles.py [--zoom 0-6] [--agents 2] [--format png] [--no-breakdown]
+    python bench/bench_tiles.py [--zoom 0-6] [--agents 2] [--threads 2] [--format png]
+                                [--repeat 3] [--sample 60] [--json]
 
 The project is the world_map sample (copied to a temp folder) at the zooms given.
-- baseline: this process, one 256 px render per tile (no metatile), PNG encode and file
-  write included, one `mapnik.Map` loaded once: what a naive tile script does.
+- baseline, when `renderd` and `render_list` are installed (Debian: `apt-get install renderd`):
+  renderd with `--threads` render threads on the same style, started on a unix socket in a
+  temp folder with its own renderd.conf and tile folder, warmed up (style loaded); timed is
+  `render_list -a -f -n <threads>` over the zooms into a fresh tile folder (8x8 metatiles in
+  .meta files, each tile a png256 from Mapnik 3.1: Debian's renderd 0.6.1 writes no other
+  format). Its start-up is not timed; farm's is. Without renderd: this process, one 256 px
+  render per tile, PNG encode and file write included (`--naive` forces it).
 - farm: `farm.embedded.submit_embedded` with --agents local agents (controller, agent
-  start-up, file sync and MBTiles collation all included): wall-clock time of the call.
-- breakdown (unless --no-breakdown): the same pipeline in this process (`farm.testing.run_local`),
-  which separates what metatiles win from what parallel agents win.
-The machine may be shared: print the load average with the figures.
+  start-up, file sync, tile files and MBTiles all included), wall-clock time of the call.
+Runs alternate (baseline, farm, baseline, ...) with fresh outputs; the medians are compared.
+A sample of tiles is compared between the two: the share of pixels that differ by more than
+16 in a channel (labels may shift by 1-2 px between Mapnik versions), and the bytes.
+CPU-seconds: renderd's process, or farm's controller (this process) plus its agents.
+The machine may be shared: the load average is printed beside every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import resource
 import shutil
+import statistics
+import struct
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mapnik
 from farm_maptiles.config import parse_zoom
-from farm_maptiles.mapstyle import load_map
+from farm_maptiles.mapstyle import load_map, read_style, register_fonts
 from farm_maptiles.metatile import ENCODINGS, render_block, tile_name
 from farm_maptiles.tilemath import WORLD_BBOX, tile_range
 
 from farm.embedded import submit_embedded
-from farm.testing import run_local
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
+RENDERD_TIMEOUT_S = 600
+#: renderd 0.6.1 writes every tile as Mapnik's png256 (a palette, like farm's `png8`); its TYPE
+#: setting does not change that, so there is one map
+RENDERD_MAP = "world"
 
 
 def make_project(folder: Path, zoom: str, fmt: str) -> Path:
@@ -45,64 +63,223 @@ def make_project(folder: Path, zoom: str, fmt: str) -> Path:
     return folder
 
 
-def baseline(project: Path, zoom: str, fmt: str, out: Path) -> tuple[int, float]:
-    """One render + one encode + one file per tile, in this process."""
-    start = time.perf_counter()
-    m = load_map((project / "world.xml").read_text(), project)
-    encoding = ENCODINGS[fmt]
-    low, high = parse_zoom(zoom)
-    n = 0
-    for z in range(low, high + 1):
-        for x, y in tile_range(WORLD_BBOX, z).tiles():
-            image = render_block(m, z, x, y, 1, 256)
-            path = out / tile_name(z, x, y)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(image.to_string(encoding))
-            n += 1
-    return n, time.perf_counter() - start
-
-
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def all_tiles(zoom: str) -> list[tuple[int, int, int]]:
+    low, high = parse_zoom(zoom)
+    return [(z, x, y) for z in range(low, high + 1) for x, y in tile_range(WORLD_BBOX, z).tiles()]
+
+
+class Renderd:
+    """A renderd of our own: its config, socket, stats and tiles in `folder`; stopped on exit."""
+
+    def __init__(self, folder: Path, style: Path, threads: int, max_zoom: int) -> None:
+        self.folder = folder
+        self.tiles = folder / "tiles"
+        self.socket = folder / "renderd.sock"
+        self.threads = threads
+        folder.mkdir(parents=True)
+        self.config = folder / "renderd.conf"
+        self.config.write_text(
+            f"[renderd]\nsocketname={self.socket}\nnum_threads={threads}\ntile_dir={self.tiles}\n"
+            f"stats_file={folder / 'renderd.stats'}\n\n"
+            "[mapnik]\nplugins_dir=/usr/lib/mapnik/3.1/input\nfont_dir=/usr/share/fonts/truetype\n"
+            "font_dir_recurse=true\n\n"
+            f"[{RENDERD_MAP}]\nURI=/{RENDERD_MAP}/\nXML={style}\nHOST=localhost\nTILESIZE=256\n"
+            f"MAXZOOM={max(max_zoom, 1)}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "renderd.log"
+
+    def __enter__(self) -> Renderd:
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(["renderd", "-f", "-c", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"renderd did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.render("0")  # warm-up: every render thread has loaded the style before the timed runs
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cpu_s(self) -> float:
+        """User + system CPU-seconds of the renderd process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def render(self, zoom: str, name: str = RENDERD_MAP) -> float:
+        """`render_list -a -f` of map `name` over the zooms into an empty tile folder; returns the wall time."""
+        low, high = parse_zoom(zoom)
+        shutil.rmtree(self.tiles / name, ignore_errors=True)
+        self.tiles.mkdir(exist_ok=True)
+        cmd = ["render_list", "-a", "-f", "-n", str(self.threads), "-m", name, "-s", str(self.socket),
+               "-t", str(self.tiles), "-z", str(low), "-Z", str(high), "-l", "1000"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, timeout=RENDERD_TIMEOUT_S)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"render_list failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+        return wall
+
+    def read_tiles(self, name: str = RENDERD_MAP) -> dict[tuple[int, int, int], bytes]:
+        """Every tile of map `name` in renderd's metatile files (mod_tile's .meta: header, offset/size
+        index, PNGs)."""
+        found = {}
+        for path in (self.tiles / name).rglob("*.meta"):
+            data = path.read_bytes()
+            magic, count, mx, my, z = struct.unpack_from("<4s4i", data)
+            side = int(count ** 0.5)
+            assert magic == b"META", path
+            for i in range(count):
+                offset, size = struct.unpack_from("<2i", data, 20 + 8 * i)
+                x, y = mx + i // side, my + i % side
+                if size and x < 2 ** z and y < 2 ** z:
+                    found[(z, x, y)] = data[offset:offset + size]
+        return found
+
+
+def naive(project: Path, zoom: str, fmt: str, out: Path) -> float:
+    """One render + one encode + one file per tile, in this process."""
+    start = time.perf_counter()
+    register_fonts()
+    m = load_map(read_style(project / "world.xml", project))
+    encoding = ENCODINGS[fmt]
+    for z, x, y in all_tiles(zoom):
+        image = render_block(m, z, x, y, 1, 256)
+        path = out / tile_name(z, x, y)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image.to_string(encoding))
+    return time.perf_counter() - start
+
+
+def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int) -> tuple[float, float, float, Path]:
+    """A fresh project rendered by farm; returns (wall s, CPU s of controller and agents, CPU s of the
+    controller alone, output folder)."""
+    project = make_project(root, zoom, fmt)
+    before_self = resource.getrusage(resource.RUSAGE_SELF)
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    summary = submit_embedded(project, agents=agents)
+    wall = time.perf_counter() - start
+    after_self = resource.getrusage(resource.RUSAGE_SELF)
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    controller = sum(getattr(after_self, f) - getattr(before_self, f) for f in ("ru_utime", "ru_stime"))
+    agents_cpu = sum(getattr(after_children, f) - getattr(before_children, f) for f in ("ru_utime", "ru_stime"))
+    if not summary.ok:
+        raise SystemExit(f"farm run failed: {summary.error or summary.failures}")
+    tiles = sum(1 for _ in (project / "output" / "tiles").rglob("*.png"))
+    if tiles != n:
+        raise SystemExit(f"farm wrote {tiles} tiles, expected {n}")
+    return wall, controller + agents_cpu, controller, project / "output"
+
+
+def compare(ours: Path, theirs: dict[tuple[int, int, int], bytes], keys: list[tuple[int, int, int]]) -> dict:
+    """Pixels differing by more than 16 in a channel, as a share of each sampled tile; and the bytes."""
+    shares, our_bytes, their_bytes = [], 0, 0
+    for key in keys:
+        data = (ours / tile_name(*key)).read_bytes()
+        mine, other = mapnik.Image.from_buffer(data), mapnik.Image.from_buffer(theirs[key])
+        shares.append(mine.compare(other, 16) / (mine.width() * mine.height()))
+        our_bytes += len(data)
+        their_bytes += len(theirs[key])
+    return {"sampled": len(keys), "differing_pixels_mean": round(statistics.fmean(shares), 5),
+            "differing_pixels_max": round(max(shares), 5), "tiles_at_most_1pct": sum(s <= 0.01 for s in shares),
+            "bytes_farm": our_bytes, "bytes_baseline": their_bytes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoom", default="0-6")
     parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="renderd render threads and render_list requests")
     parser.add_argument("--format", default="png", choices=sorted(ENCODINGS))
-    parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each; medians are compared")
+    parser.add_argument("--sample", type=int, default=60, help="tiles compared between the two")
+    parser.add_argument("--naive", action="store_true", help="baseline: one render per tile in this process")
+    parser.add_argument("--json", action="store_true", help="one JSON object per comparison")
+    # bench/run_all.py --quick still passes the old flag; there is no in-process breakdown any more
+    parser.add_argument("--no-breakdown", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    use_renderd = not args.naive and shutil.which("renderd") and shutil.which("render_list")
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    keys = all_tiles(args.zoom)
+    n = len(keys)
+    say(f"mapnik {mapnik.version_string()} | {os.cpu_count()} cores | load average {load()} | zoom {args.zoom} "
+        f"| {n} tiles | format {args.format}")
 
-    print(f"mapnik {mapnik.version_string()}",
-          f"| {os.cpu_count()} cores | load average {load()} | zoom {args.zoom} | format {args.format}")
     with tempfile.TemporaryDirectory(prefix="bench-tiles-") as tmp:
         root = Path(tmp)
-        n, base_s = baseline(make_project(root / "base", args.zoom, args.format), args.zoom, args.format,
-                             root / "base" / "output")
-        print(f"baseline  1 process, 1 tile per render : {n:6d} tiles {base_s:8.2f} s "
-              f"{n / base_s:8.1f} tiles/s")
+        style = make_project(root / "style", args.zoom, args.format) / "world.xml"
+        if use_renderd:
+            server = Renderd(root / "renderd", style, args.threads, parse_zoom(args.zoom)[1]).__enter__()
+            baselines = {RENDERD_MAP: f"renderd {args.threads} threads (png256)"}
+        else:
+            server = None
+            baselines = {"naive": "1 process, 1 render per tile"}
+        base_runs: dict[str, list[tuple[float, float]]] = {b: [] for b in baselines}
+        farm_runs: list[tuple[float, float]] = []
+        try:
+            for i in range(args.repeat):
+                for b, label in baselines.items():
+                    if server is not None:
+                        cpu0 = server.cpu_s()
+                        wall = server.render(args.zoom, b)
+                        cpu = server.cpu_s() - cpu0
+                    else:
+                        cpu0 = time.process_time()
+                        wall = naive(style.parent, args.zoom, args.format, root / f"naive{i}")
+                        cpu = time.process_time() - cpu0
+                    base_runs[b].append((wall, cpu))
+                    say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s | load {load()}")
+                wall, cpu, controller, output = run_farm(root / f"farm{i}", args.zoom, args.format, args.agents, n)
+                farm_runs.append((wall, cpu))
+                say(f"  {f'farm {args.agents} agents {args.format}':<40} {wall:7.2f} s {n / wall:7.1f} tiles/s "
+                    f"{cpu:6.2f} CPU-s ({controller:.2f} controller) | load {load()}")
+                # earlier outputs stay until the end: on ext4, creating files soon after deleting
+                # thousands near them costs far more (see farm/filesync/placement.py)
+            sample = random.Random(1).sample(keys, min(args.sample, n))
+            agreement = {}
+            for b in baselines:
+                if server is not None:
+                    theirs = server.read_tiles(b)
+                else:
+                    theirs = {k: (root / f"naive{args.repeat - 1}" / tile_name(*k)).read_bytes() for k in sample}
+                agreement[b] = compare(output, theirs, sample)
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
 
-        if not args.no_breakdown:
-            project = make_project(root / "local", args.zoom, args.format)
-            start = time.perf_counter()
-            run = run_local(project)
-            local_s = time.perf_counter() - start
-            print(f"farm      1 process, metatiles (run_local): {len(run.jobs):4d} jobs  {local_s:8.2f} s "
-                  f"{n / local_s:8.1f} tiles/s  x{base_s / local_s:.2f}")
-
-        project = make_project(root / "farm", args.zoom, args.format)
-        start = time.perf_counter()
-        summary = submit_embedded(project, agents=args.agents)
-        farm_s = time.perf_counter() - start
-        if not summary.ok:
-            raise SystemExit(f"farm run failed: {summary.error or summary.failures}")
-        tiles = sum(1 for _ in (project / "output" / "tiles").rglob("*.png"))
-        assert tiles == n, f"farm wrote {tiles} tiles, expected {n}"
-        print(f"farm      {args.agents} agents (submit_embedded)     : {summary.total:4d} jobs  "
-              f"{farm_s:8.2f} s "
-              f"{n / farm_s:8.1f} tiles/s  (controller elapsed {summary.elapsed_s:.2f} s)")
-        print(f"speed-up  farm vs baseline: x{base_s / farm_s:.2f} (target >= 2.5) | load average {load()}")
+    farm_s = statistics.median(w for w, _ in farm_runs)
+    for b, label in baselines.items():
+        base_s = statistics.median(w for w, _ in base_runs[b])
+        row = {
+            "name": f"tiles z{args.zoom}: farm {args.agents} agents {args.format} vs {label}",
+            "farm_s": round(farm_s, 3), "baseline_s": round(base_s, 3), "speedup": round(base_s / farm_s, 3),
+            "tiles": n, "farm_tiles_per_s": round(n / farm_s, 1), "baseline_tiles_per_s": round(n / base_s, 1),
+            "farm_runs_s": [round(w, 3) for w, _ in farm_runs],
+            "baseline_runs_s": [round(w, 3) for w, _ in base_runs[b]],
+            "farm_cpu_s": round(statistics.median(c for _, c in farm_runs), 2),
+            "baseline_cpu_s": round(statistics.median(c for _, c in base_runs[b]), 2),
+            "load_average": load(), **agreement[b],
+        }
+        if args.json:
+            print(json.dumps(row), flush=True)
+            continue
+        a = agreement[b]
+        print(f"{row['name']}: farm {farm_s:.2f} s ({row['farm_tiles_per_s']} tiles/s), baseline {base_s:.2f} s "
+              f"({row['baseline_tiles_per_s']} tiles/s), speed-up x{row['speedup']:.2f} | load average {load()}")
+        print(f"  sampled {a['sampled']} tiles: differing pixels mean {a['differing_pixels_mean']:.2%}, "
+              f"max {a['differing_pixels_max']:.2%}; bytes farm {a['bytes_farm']}, baseline {a['bytes_baseline']}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Modules: `tilemath` (Web Mercator tile and metatile arithmetic), `config` (the
 ``[maptiles]`` table), `mapstyle` (checking a style and loading it into a Map), with
 `stylexml` (the style read with line numbers), `references` (the files and datasources
 it reads, confined to the project), `fonts` (its faces must exist) and `labels` (the buffer
-its labels need); `metatile` (render once, cut into tiles), `mbtiles` (the MBTiles writer),
-`mediatype` (the MediaType). Users' view: docs/media-maptiles.md.
+its labels need); `metatile` (render once, cut into tiles), `pngencode` (the PNG encoder of
+`png` tiles), `bundle` (one file of tiles per job, checked on the controller), `mbtiles` (the
+MBTiles writer), `mediatype` (the MediaType). Users' view: docs/media-maptiles.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from farm.hookspecs import hookimpl
 from farm.mediatype import MediaType
 from farm_maptiles.mediatype import MapTiles
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"  # 1.1: a job returns one bundle of tiles (cached outputs of 1.0 do not fit)
 __all__ = ["MapTiles"]
 
 

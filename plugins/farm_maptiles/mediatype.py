@@ -1,35 +1,36 @@
 """The ``maptiles`` media type: a Mapnik style rendered to XYZ PNG tiles and one MBTiles file.
 
 Each job is one aligned metatile (key ``"z/x/y"`` of its north-west tile); the agent
-renders it once and cuts the tiles inside the project's bbox; the controller moves
-the tiles into ``<output>/tiles/{z}/{x}/{y}.png`` and stores them in
-``<output>/<project name>.mbtiles`` as each job comes back.
+renders it once, cuts the tiles inside the project's bbox and returns them in one bundle
+file (`bundle`); the controller writes each tile to ``<output>/tiles/{z}/{x}/{y}.png`` and
+stores the same bytes in ``<output>/<project name>.mbtiles`` as each job comes back.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from farm.errors import RenderError
+from farm.filesync.placement import spread_subfolders
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
 from farm.settings import SettingsReader
 from farm_maptiles import config, mapstyle
+from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
-from farm_maptiles.metatile import render_metatile
+from farm_maptiles.metatile import render_metatile, tile_name
 from farm_maptiles.tilemath import TileRange, metatile_count, metatiles
 
 log = logging.getLogger(__name__)
 
 _CACHE_KEY = "farm_maptiles.map"
 _STATE_KEY = "mbtiles"
-_TILE_NAME = re.compile(r"^tiles/(\d+)/(\d+)/(\d+)\.png$")
+_FOLDERS_KEY = "tile folders"  # tile folders made by this run (one mkdir each, not one per tile)
 
 
 def mapnik_missing() -> str | None:
@@ -102,15 +103,16 @@ class MapTiles(MediaType):
         m, solid = self._map(ctx)
         x0, y0, x1, y1 = p["tiles"]
         try:
-            names = render_metatile(
+            tiles = render_metatile(
                 m, p["z"], p["x"], p["y"], p["size"], TileRange(p["z"], x0, y0, x1, y1),
-                s["tile_size"], s["format"], ctx.output_dir, solid,
+                s["tile_size"], s["format"], solid,
             )
         except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
             # only the first line: what follows can be a quoted line of a data file
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise RenderError(f"Mapnik failed to render metatile {job.key}: {reason}") from None
-        return {"tiles": len(names)}
+        write_bundle(ctx.output_dir / bundle_name(p["z"], p["x"], p["y"]), p["z"], tiles)
+        return {"tiles": len(tiles)}
 
     def _map(self, ctx: RenderContext) -> tuple[Any, dict]:
         """The worker's one `mapnik.Map` of the style, loaded on first use and again when the style
@@ -146,18 +148,32 @@ class MapTiles(MediaType):
     def collate(
         self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
     ) -> None:
-        rows = []
-        for name, staged in sorted(outputs.items()):
-            found = _TILE_NAME.match(name)
-            if not found:
-                ctx.log.warning("maptiles job %s returned an unexpected file %r; ignored", job.key, name)
-                continue
-            z, x, y = (int(v) for v in found.groups())
-            final = ctx.output_dir / name
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(staged, final)
-            rows.append((z, x, y, final.read_bytes()))
-        self._writer(ctx).add_tiles(rows)
+        p = job.params
+        name = bundle_name(p["z"], p["x"], p["y"])
+        for other in outputs.keys() - {name}:
+            ctx.log.warning("maptiles job %s returned an unexpected file %r; ignored", job.key, other)
+        if name not in outputs:
+            raise RenderError(f"maptiles job {job.key} returned no {name}")
+        try:
+            tiles = read_bundle(outputs[name], TileRange(p["z"], *p["tiles"]))
+        except BundleError as exc:
+            raise RenderError(f"maptiles job {job.key}: {exc}") from None
+        folders = ctx.state.get(_FOLDERS_KEY)
+        if folders is None:
+            folders = ctx.state[_FOLDERS_KEY] = set()
+            tiles_root = ctx.output_dir / "tiles"
+            tiles_root.mkdir(parents=True, exist_ok=True)
+            # thousands of new files: on ext4 under a busy folder each could cost ~0.2 ms of inode
+            # search; spread the zoom folders over uncrowded block groups (measured: 3.2-4.5 s of
+            # system time for 5,461 tiles after deletions nearby, 0.15 s with the hint)
+            spread_subfolders(tiles_root)
+        for z, x, y, data in tiles:
+            path = ctx.output_dir / tile_name(z, x, y)
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            path.write_bytes(data)
+        self._writer(ctx).add_tiles(tiles)
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings
@@ -180,6 +196,7 @@ class MapTiles(MediaType):
         writer.set_metadata(metadata)
         writer.close()
         del ctx.state[_STATE_KEY]
+        ctx.state.pop(_FOLDERS_KEY, None)
         outputs = [writer.path]
         tiles = ctx.output_dir / "tiles"
         if tiles.is_dir():

@@ -1,20 +1,22 @@
-"""Render one metatile with Mapnik and cut it into tile files.
+"""Render one metatile with Mapnik and cut it into encoded tiles.
 
 One render of an aligned block of tiles (with the map's buffer around it) costs far
 less than one render per tile, and labels across tile edges inside the block match.
-PNG encoding costs more than rendering, so a tile of one flat colour (open ocean) is
-encoded once per colour and its bytes reused: the encoder is deterministic, so the
-bytes are the same as encoding it again.
+PNG encoding costs more than rendering: ``png`` tiles are encoded from the metatile's raw
+pixels by `pngencode` (libdeflate), ``png8`` by Mapnik's own palette encoder. A tile of one
+flat colour (open ocean) is encoded once per colour and its bytes reused: the encoders are
+deterministic, so the bytes are the same as encoding it again.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from farm_maptiles.pngencode import encode_scanlines, rgba_pixels, scanlines, solid_colour
 from farm_maptiles.tilemath import TileRange, tile_bounds
 
-#: Mapnik encoder strings for the ``format`` setting
+#: Mapnik's encoder strings for each ``format`` setting (``png`` is encoded by `pngencode`;
+#: ``png32`` is what Mapnik writes for it, with the same pixels)
 ENCODINGS = {"png": "png32", "png8": "png8"}
 
 
@@ -45,33 +47,38 @@ def render_metatile(
     wanted: TileRange,
     tile_size: int,
     fmt: str,
-    output_dir: Path,
-    solid_cache: dict[tuple[int, int, str], bytes] | None = None,
-) -> list[str]:
-    """Render the metatile at (x, y) once and write the ``wanted`` tiles of it; returns their names.
+    solid_cache: dict[tuple[Any, int, str], bytes] | None = None,
+) -> list[tuple[int, int, bytes]]:
+    """Render the metatile at (x, y) once and encode the ``wanted`` tiles of it: [(x, y, PNG bytes)].
 
-    ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes; pass one that
+    ``solid_cache`` maps (colour, tile size, encoding) to encoded bytes (the colour as RGBA bytes
+    for ``png``, as Mapnik's pixel value for ``png8``); pass one that
     lives as long as the process to share it between metatiles.
     """
     image = render_block(m, z, x, y, size, tile_size)
     encoding = ENCODINGS[fmt]
+    pixels = rgba_pixels(image) if fmt == "png" else None  # png: one copy of the raw pixels, cut per tile
+    stride = image.width() * 4
     solid = solid_cache if solid_cache is not None else {}
-    names = []
+    tiles = []
     # `image` stays referenced until every view is encoded: a view does not keep its parent alive.
     for tx, ty in wanted.tiles():
         left, top = (tx - x) * tile_size, (ty - y) * tile_size
-        view = image.view(left, top, tile_size, tile_size)
-        if view.is_solid():
-            key = (image.get_pixel(left, top), tile_size, encoding)
-            data = solid.get(key)
+        if fmt == "png":
+            lines = scanlines(pixels, stride, left, top, tile_size, tile_size)
+            colour = solid_colour(lines, tile_size, tile_size)
+            key = (colour, tile_size, encoding) if colour is not None else None
+            data = solid.get(key) if key else None
             if data is None:
-                data = solid[key] = view.to_string(encoding)
+                data = encode_scanlines(lines, tile_size, tile_size)
         else:
-            data = view.to_string(encoding)
-        name = tile_name(z, tx, ty)
-        path = output_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        names.append(name)
+            view = image.view(left, top, tile_size, tile_size)
+            key = (image.get_pixel(left, top), tile_size, encoding) if view.is_solid() else None
+            data = solid.get(key) if key else None
+            if data is None:
+                data = view.to_string(encoding)
+        if key and key not in solid:
+            solid[key] = data
+        tiles.append((tx, ty, data))
     del image
-    return names
+    return tiles
