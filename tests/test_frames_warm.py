@@ -29,6 +29,7 @@ from farm.embedded import submit_embedded
 from farm.errors import RenderError
 from farm.mediatype import Job, RenderContext
 from farm.project import load_project
+from farm.testing import run_local
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +87,17 @@ def test_second_job_reuses_the_blender_and_matches_one_process(blender, tmp_path
     assert loads(pids) == [first["blender_pid"]]  # the scene script ran once for three jobs
     assert first["blender"] and first["blender"] == third["blender"]
     assert_match_reference(blender, root, frames, 1, 5, tmp_path)
+
+
+def test_a_local_run_loads_the_scene_once(blender, tmp_path):  # noqa: F811
+    """run_local gives every job its own output folder: the Blender stays up all the same."""
+    pids = tmp_path / "loads"
+    root = write_project(tmp_path / "p", frames="1-3", frames_extra="chunk = 1",
+                         scene_extra=LOADS.format(path=str(pids)))
+    run = run_local(root, threads=2)
+    assert [r["warm"] for r in run.results.values()] == [False, True, True]
+    assert len(loads(pids)) == 1
+    assert len(list((root / "output" / "frames").iterdir())) == 3
 
 
 def test_a_killed_blender_is_replaced_and_the_job_is_still_right(blender, tmp_path):  # noqa: F811

@@ -98,9 +98,10 @@ class Frames(MediaType):
         cmd = serve_command_line(blender, scene=scene, frames_dir=frames_dir, threads=threads, fmt=fmt)
         env = setup_env(dict(settings), ctx.project_dir, serve=True)
         # One Blender per slot for the whole run: a new run (a new cache), another Blender,
-        # other settings or threads start a new one; changed files are caught by the slot.
+        # scene, settings or thread count start a new one (the output folder is set per job);
+        # changed files are caught by the slot.
         run_token = ctx.cache.setdefault("frames.run", object())
-        key = (run_token, tuple(cmd), env[SETUP_ENV])
+        key = (run_token, blender, str(scene), threads, env[SETUP_ENV])
         progress = ChunkProgress(frame_count(runs), ctx.progress)
         started = time.monotonic()
         try:
