@@ -1,7 +1,7 @@
 """Benchmark the frames media type: farm on local agents against one Blender over the same frames.
 
     python bench/bench_frames.py [--agents 2] [--chunks sample,1] [--frames 1-48]
-                                 [--heavy-samples 96] [--heavy-frames 1-12] [--repeat 1] [--json]
+                                 [--heavy-samples 384] [--heavy-frames 1-8] [--repeat 1] [--json]
 
 Comparisons, each against a baseline measured in the same run: one ``blender -b ... -a``
 process over the same frames with the farm's total thread count (agents x threads per
@@ -151,8 +151,8 @@ def main() -> None:
     parser.add_argument("--chunks", default="sample,1",
                         help="turntable chunk sizes, comma-separated; 'sample' is the sample's own")
     parser.add_argument("--frames", default="1-48")
-    parser.add_argument("--heavy-samples", type=int, default=96, help="0 leaves the heavy scene out")
-    parser.add_argument("--heavy-frames", default="1-12")
+    parser.add_argument("--heavy-samples", type=int, default=384, help="0 leaves the heavy scene out")
+    parser.add_argument("--heavy-frames", default="1-8")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
                         help="the single process's threads (default: what the agents get in total)")
