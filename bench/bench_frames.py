@@ -1,45 +1,64 @@
-"""Benchmark the frames media type: the turntable sample on local agents vs one Blender.
+"""Benchmark the frames media type: farm on local agents against one Blender over the same frames.
 
-    python bench/bench_frames.py [--agents 2] [--chunks 1,4,12,24] [--frames 1-48]
+    python bench/bench_frames.py [--agents 2] [--chunks sample,1] [--frames 1-48]
+                                 [--heavy-samples 384] [--heavy-frames 1-8] [--repeat 1] [--json]
 
-Baseline, measured in the same run: one ``blender -b ... -a`` process over the same
-frames with the farm's total thread count (agents x threads per agent), then the same
-ffmpeg encode the farm does. The farm runs through ``farm.embedded.submit_embedded``
-once per chunk size; Blender's start-up (about a second) is paid once per job, so
-small chunks cost more. Where the embedded farm is not available, the chunked render
-is timed in one process (``farm.testing.run_local``) instead, which still shows what
-chunking costs. Prints figures and ratios; asserts nothing.
+Comparisons, each against a baseline measured in the same run: one ``blender -b ... -a``
+process over the same frames with the farm's total thread count (agents x threads per
+agent: an embedded agent's one slot gets all of this machine's cores), then the same ffmpeg
+encode the farm does. The farm runs through ``farm.embedded.submit_embedded``; its time
+includes starting the controller and the agents, as a user's ``farm submit`` does.
+
+- the turntable sample at each chunk of ``--chunks`` (``sample``: the sample's own chunk);
+- a heavier turntable (``--heavy-samples``, so a frame takes seconds) at one frame per job:
+  on one machine the agents share its cores, so the ideal is the baseline's time and the
+  parallel efficiency is baseline time / farm time.
+
+With ``--repeat N`` each comparison alternates baseline and farm N times and reports the
+medians. Prints figures and the machine's load; with ``--json``, one JSON object per
+comparison (``name``, ``farm_s``, ``baseline_s``, ``speedup`` = baseline / farm, ...).
+Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from farm_frames.blender import blender_version, command_line, find_blender, setup_env
 from farm_frames.framerange import frame_count, iter_frames
 from farm_frames.media import frame_name
 from farm_frames.video import contact_sheet, encode_video
 
+from farm.embedded import submit_embedded
 from farm.project import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_projects" / "turntable"
+#: farm time / baseline time at most this (issue 18): speedup at least 1 / 1.05
+TARGET_SPEEDUP = 1 / 1.05
+TARGET_EFFICIENCY = 0.95
 
 
-def copy_sample(dest: Path, frames: str, chunk: int) -> Path:
+def copy_sample(dest: Path, frames: str, chunk: int | None, samples: int | None = None) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(SAMPLE, dest, ignore=shutil.ignore_patterns("output", ".farm"))
     toml = dest / "farm.toml"
     text = re.sub(r"^frames = .*$", f'frames = "{frames}"', toml.read_text(), count=1, flags=re.M)
-    text = re.sub(r"^chunk = .*$", f"chunk = {chunk}", text, count=1, flags=re.M)
+    if chunk is not None:
+        text = re.sub(r"^chunk = .*$", f"chunk = {chunk}", text, count=1, flags=re.M)
+    if samples is not None:
+        text = re.sub(r"^samples = .*$", f"samples = {samples}", text, count=1, flags=re.M)
     toml.write_text(text)
     return dest
 
@@ -50,11 +69,13 @@ def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
     settings = project.settings
     runs = settings["frames"]
     out = project_dir / "single"
+    shutil.rmtree(out, ignore_errors=True)
     first, last = runs[0][0], runs[-1][1]
     cmd = command_line(find_blender(), scene=project_dir / settings["scene"], runs=[[first, last]],
                        frames_dir=out, threads=threads, fmt=settings["format"])
+    env = setup_env(settings, project_dir)
     started = time.perf_counter()
-    done = subprocess.run(cmd, env=setup_env(settings, project_dir), capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     render_s = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"the single Blender process failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -68,8 +89,8 @@ def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
 
 def farm_embedded(project_dir: Path, agents: int) -> tuple[float, float]:
     """(wall seconds including starting the controller and agents, the run's own seconds)."""
-    from farm.embedded import submit_embedded
-
+    shutil.rmtree(project_dir / "output", ignore_errors=True)
+    shutil.rmtree(project_dir / ".farm", ignore_errors=True)  # no results reused from a repeat
     started = time.perf_counter()
     summary = submit_embedded(project_dir, agents=agents)
     elapsed = time.perf_counter() - started
@@ -78,61 +99,90 @@ def farm_embedded(project_dir: Path, agents: int) -> tuple[float, float]:
     return elapsed, summary.elapsed_s
 
 
-def farm_in_process(project_dir: Path, threads: int) -> float:
-    from farm.testing import run_local
-
-    started = time.perf_counter()
-    run_local(project_dir, threads=threads)
-    return time.perf_counter() - started
+def compare(name: str, project: Path, *, agents: int, threads: int, repeat: int, ideal: float | None,
+            quiet: bool) -> dict[str, Any]:
+    """Alternate baseline and farm ``repeat`` times; medians."""
+    load_before = os.getloadavg()[0]
+    base, farm, farm_run, render = [], [], [], []
+    for _ in range(repeat):
+        render_s, encode_s = single_process(project, threads)
+        base.append(render_s + encode_s)
+        render.append(render_s)
+        elapsed, run_s = farm_embedded(project, agents)
+        farm.append(elapsed)
+        farm_run.append(run_s)
+    settings = load_project(project).settings
+    frames = frame_count(settings["frames"])
+    baseline_s, farm_s = statistics.median(base), statistics.median(farm)
+    row: dict[str, Any] = {
+        "name": name,
+        "farm_s": round(farm_s, 3),
+        "baseline_s": round(baseline_s, 3),
+        "speedup": round(baseline_s / farm_s, 3),
+        "farm_run_s": round(statistics.median(farm_run), 3),
+        "baseline_render_ms_per_frame": round(statistics.median(render) / frames * 1000, 1),
+        "frames": frames,
+        "chunk": settings["chunk"],
+        "samples": settings["samples"],
+        "agents": agents,
+        "baseline_threads": threads,
+        "runs": repeat,
+        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    if ideal is not None:
+        row["efficiency"] = round(row["speedup"] / ideal, 3)
+        row["target"] = f"efficiency >= {TARGET_EFFICIENCY}"
+        row["met"] = row["efficiency"] >= TARGET_EFFICIENCY
+    else:
+        row["target"] = "farm_s <= 1.05 x baseline_s"
+        row["met"] = row["speedup"] >= TARGET_SPEEDUP
+    if not quiet:
+        extra = f", efficiency {row['efficiency']:.3f}" if ideal is not None else ""
+        print(f"{name}: farm {farm_s:.2f} s (run {row['farm_run_s']:.2f} s), one Blender {baseline_s:.2f} s "
+              f"({row['baseline_render_ms_per_frame']:.0f} ms/frame): farm takes {farm_s / baseline_s:.2f}x, "
+              f"speedup {row['speedup']:.3f}{extra}; {'met' if row['met'] else 'NOT met'} "
+              f"({row['target']}); load {row['load_1min'][0]} -> {row['load_1min'][1]}", flush=True)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=2)
-    parser.add_argument("--chunks", default="1,4,12,24", help="chunk sizes to try, comma-separated")
+    parser.add_argument("--chunks", default="sample,1",
+                        help="turntable chunk sizes, comma-separated; 'sample' is the sample's own")
     parser.add_argument("--frames", default="1-48")
+    parser.add_argument("--heavy-samples", type=int, default=384, help="0 leaves the heavy scene out")
+    parser.add_argument("--heavy-frames", default="1-8")
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
                         help="the single process's threads (default: what the agents get in total)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per comparison")
     args = parser.parse_args()
-    chunks = [int(c) for c in args.chunks.split(",")]
     cores = os.cpu_count() or 1
     # an embedded agent has one slot, and a slot gets the node's cores divided by its slots
     threads = args.threads or args.agents * cores
     blender = find_blender()
-    print(f"Blender {blender_version(blender)} at {blender}; {cores} cores; turntable frames {args.frames}")
-
+    if not args.json:
+        print(f"Blender {blender_version(blender)} at {blender}; {cores} cores; {args.agents} agents; "
+              f"one Blender with -t {threads}", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
-        base = copy_sample(Path(tmp, "single"), args.frames, chunks[0])
-        frames = frame_count(load_project(base).settings["frames"])
-        render_s, encode_s = single_process(base, threads)
-        baseline = render_s + encode_s
-        print(f"one blender -a process, -t {threads}: render {render_s:.2f} s "
-              f"({render_s / frames * 1000:.0f} ms/frame), encode {encode_s:.2f} s, total {baseline:.2f} s")
-
-        mode = "embedded"
-        try:
-            import farm.embedded  # noqa: F401
-        except ImportError as exc:
-            mode = "in-process"
-            print(f"farm.embedded is not available ({exc}); timing the chunked render in one process")
-        for chunk in chunks:
-            project = copy_sample(Path(tmp, f"chunk-{chunk}"), args.frames, chunk)
-            jobs = -(-frames // chunk)
-            try:
-                if mode == "embedded":
-                    elapsed, run_s = farm_embedded(project, args.agents)
-                    label = f"{args.agents} agents, run {run_s:.2f} s of it"
-                else:
-                    raise RuntimeError("no embedded farm")
-            except Exception as exc:  # the farm core is young: fall back, say so
-                if mode == "embedded":
-                    print(f"  chunk {chunk}: the embedded farm failed ({type(exc).__name__}: {exc}); "
-                          "timing in one process instead")
-                mode = "in-process"
-                elapsed = farm_in_process(project, max(1, threads // args.agents))
-                label = f"1 process, -t {max(1, threads // args.agents)}"
-            print(f"  chunk {chunk:>3} ({jobs:>2} jobs, {label}): {elapsed:6.2f} s, "
-                  f"{elapsed / baseline:.2f}x the single process's time")
+        for chunk in args.chunks.split(","):
+            size = None if chunk == "sample" else int(chunk)
+            project = copy_sample(Path(tmp, f"chunk-{chunk}"), args.frames, size)
+            label = f"turntable {args.frames}, chunk {load_project(project).settings['chunk']}"
+            label += " (the sample's)" if size is None else ""
+            rows.append(compare(label, project, agents=args.agents, threads=threads, repeat=args.repeat,
+                                ideal=None, quiet=args.json))
+        if args.heavy_samples:
+            project = copy_sample(Path(tmp, "heavy"), args.heavy_frames, 1, samples=args.heavy_samples)
+            label = f"heavy turntable {args.heavy_frames}, {args.heavy_samples} samples, chunk 1"
+            # on one machine the agents share its cores: the ideal is the single process's time
+            rows.append(compare(label, project, agents=args.agents, threads=threads, repeat=args.repeat,
+                                ideal=1.0, quiet=args.json))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import mapnik
 import pytest
 from conftest import wait_for
-from farm_frames.blender import BLENDER_ENV, command_line, find_blender, setup_env
+from farm_frames.blender import BLENDER_ENV, command_line, find_blender
 from farm_frames.ffmpeg import ffmpeg_exe, probe_video
 from farm_frames.framerange import (
     FrameRangeError,
@@ -33,7 +33,6 @@ from farm_frames.framerange import (
 )
 from farm_frames.images import BadImage, check_image
 from farm_frames.media import Frames, job_key
-from farm_frames.process import run_streaming
 from farm_frames.progress import ChunkProgress, log_tail
 from hypothesis import given
 from hypothesis import strategies as st
@@ -555,7 +554,7 @@ def test_missing_or_truncated_frame_fails_although_blender_exits_0(blender, tmp_
     with pytest.raises(RenderError) as raised:
         render_chunk(root, [[1, 3]], tmp_path / "scratch")
     message = str(raised.value)
-    assert "Blender exited 0 but frames 1-3 are not all there" in message
+    assert "Blender reported frames 1-3 done but they are not all there" in message
     assert "frame_000002.png was not written" in message and "frame_000003.png is truncated" in message
     assert "Saved: " in message  # the log tail
 
@@ -576,57 +575,55 @@ def _gone(pid: int) -> bool:
         return True
 
 
+PID_FILE = """
+    import os as _os
+    with open({path!r}, "a") as _f:
+        _f.write(f"{{_os.getpid()}}\\n")
+"""
+
+
 @pytest.mark.slow
 def test_interrupted_job_kills_blender(blender, tmp_path):
-    root = write_project(tmp_path / "p", frames="1-48")
+    pids = tmp_path / "pids"
+    root = write_project(tmp_path / "p", frames="1-48", scene_extra=PID_FILE.format(path=str(pids)))
     project = load_project(root)
-    cmd = command_line(blender, scene=root / "scene.py", runs=[[1, 48]], frames_dir=tmp_path / "f",
-                       threads=1, fmt="png")
-    started: list[subprocess.Popen] = []
+    (tmp_path / "out").mkdir(), (tmp_path / "work").mkdir()
 
     class Interrupted(BaseException):  # like KeyboardInterrupt, without alarming pytest
         pass
 
-    def interrupt(line: str) -> None:
-        if line.startswith("Fra:"):
-            raise Interrupted
+    def interrupt(fraction: float) -> None:
+        raise Interrupted
 
+    ctx = RenderContext(project_dir=project.root, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                        settings=project.settings, threads=1, cache={}, deps={}, progress=interrupt)
     with pytest.raises(Interrupted):
-        run_streaming(cmd, env=setup_env(project.settings, root), cwd=tmp_path, log_file=tmp_path / "log",
-                      on_line=interrupt, on_start=started.append)
-    assert started[0].returncode == -signal.SIGKILL
-    wait_for(lambda: _gone(started[0].pid), 30, "Blender to exit")
+        media().render(Job(job_key([[1, 48]]), {"runs": [[1, 48]]}), ctx)
+    pid = int(pids.read_text())
+    wait_for(lambda: _gone(pid), 30, "Blender to exit")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
 def test_blender_dies_with_a_killed_worker(blender, tmp_path):
-    """The agent kills a timed-out worker's process group; Blender, in its own group, must die too."""
-    root = write_project(tmp_path / "p", frames="1-48")
+    """The agent kills a timed-out worker's process group; Blender must die with it."""
+    pids = tmp_path / "pids"
+    root = write_project(tmp_path / "p", frames="1-48", scene_extra=PID_FILE.format(path=str(pids)))
     script = textwrap.dedent(
         f"""
         import sys
         from pathlib import Path
-        from farm.project import load_project
-        from farm_frames.blender import command_line, setup_env
-        from farm_frames.process import run_streaming
-        project = load_project({str(root)!r})
-        cmd = command_line({blender!r}, scene=Path({str(root / "scene.py")!r}), runs=[[1, 48]],
-                           frames_dir=Path({str(tmp_path / "f")!r}), threads=1, fmt="png")
-        def started(proc):
-            print(proc.pid, flush=True)
-        run_streaming(cmd, env=setup_env(project.settings, Path({str(root)!r})), cwd=Path({str(tmp_path)!r}),
-                      log_file=Path({str(tmp_path / "log")!r}), on_line=lambda line: None, on_start=started)
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_frames import render_chunk
+        render_chunk(Path({str(root)!r}), [[1, 48]], Path({str(tmp_path / "scratch")!r}))
         """
     )
-    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
-        assert worker.stdout is not None
-        pid = int(worker.stdout.readline())
+        wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 60, "Blender to load the scene")
+        pid = int(pids.read_text())
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-        worker.stdout.close()
     wait_for(lambda: _gone(pid), 30, f"Blender {pid} to die with its worker")
 
 

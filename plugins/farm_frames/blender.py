@@ -19,6 +19,9 @@ BLENDER_ENV = "FARM_BLENDER"
 SETUP_SCRIPT = Path(__file__).with_name("blender_setup.py")
 #: how the setup script receives the settings (JSON); an env var keeps the command line short
 SETUP_ENV = "FARM_FRAMES_SETUP"
+#: what the setup script prints when the scene is loaded (serving) and after each job
+READY_MARKER = "farm-warm: ready "
+DONE_MARKER = "farm-warm: done "
 #: engines that render headless without a GPU: setting name -> Blender's engine id
 ENGINES = {"cycles": "CYCLES", "eevee": "BLENDER_EEVEE", "workbench": "BLENDER_WORKBENCH"}
 
@@ -66,16 +69,20 @@ def output_pattern(frames_dir: Path) -> str:
     return str(frames_dir / "frame_######")
 
 
-def setup_settings(settings: dict[str, Any], project_dir: Path) -> dict[str, Any]:
+def setup_settings(settings: dict[str, Any], project_dir: Path, *, serve: bool = False) -> dict[str, Any]:
     """What the in-Blender setup script needs: the settings it applies, and the project
-    folder that every external file the scene reads must be in."""
+    folder that every external file the scene reads must be in; with ``serve``, the
+    markers of its job protocol (it then stays up and renders jobs from stdin)."""
     keys = ("resolution", "samples", "seed", "denoise", "format")
-    return {
+    found = {
         "engine": ENGINES[settings["engine"]],
         **{k: settings[k] for k in keys},
         "project_dir": os.path.realpath(project_dir),
         "marker": MISSING_MARKER,
     }
+    if serve:
+        found.update(serve=True, ready=READY_MARKER, done=DONE_MARKER)
+    return found
 
 
 def command_line(
@@ -87,18 +94,10 @@ def command_line(
     threads: int,
     fmt: str,
 ) -> list[str]:
-    """The headless command for one chunk. Order matters: Blender acts on its arguments
-    in turn, so the scene loads first, then settings, output and threads, and ``-a``
-    or ``-f`` (which render on the spot) come last."""
-    cmd = [blender, "-b"]
-    if scene.suffix.lower() == ".blend":
-        cmd.append(str(scene))
-    else:
-        cmd.append("--factory-startup")  # a script builds on a known, empty-ish default
-    cmd += ["--python-exit-code", "1"]
-    if scene.suffix.lower() == ".py":
-        cmd += ["--python", str(scene)]
-    cmd += ["--python", str(SETUP_SCRIPT)]
+    """The headless command for one chunk in its own Blender. Order matters: Blender acts
+    on its arguments in turn, so the scene loads first, then settings, output and threads,
+    and ``-a`` or ``-f`` (which render on the spot) come last."""
+    cmd = [*_load_scene(blender, scene), "--python", str(SETUP_SCRIPT)]
     cmd += ["-o", output_pattern(frames_dir), "-F", FORMATS[fmt][0], "-t", str(threads)]
     if len(runs) == 1:
         first, last = runs[0]
@@ -108,7 +107,29 @@ def command_line(
     return cmd
 
 
-def setup_env(settings: dict[str, Any], project_dir: Path) -> dict[str, str]:
+def serve_command_line(blender: str, *, scene: Path, frames_dir: Path, threads: int, fmt: str) -> list[str]:
+    """The command for a Blender that stays up (with `setup_env` ``serve=True``): output,
+    format and threads are set before the setup script, which then serves jobs from stdin."""
+    return [
+        *_load_scene(blender, scene),
+        "-o", output_pattern(frames_dir), "-F", FORMATS[fmt][0], "-t", str(threads),
+        "--python", str(SETUP_SCRIPT),
+    ]
+
+
+def _load_scene(blender: str, scene: Path) -> list[str]:
+    cmd = [blender, "-b"]
+    if scene.suffix.lower() == ".blend":
+        cmd.append(str(scene))
+    else:
+        cmd.append("--factory-startup")  # a script builds on a known, empty-ish default
+    cmd += ["--python-exit-code", "1"]
+    if scene.suffix.lower() == ".py":
+        cmd += ["--python", str(scene)]
+    return cmd
+
+
+def setup_env(settings: dict[str, Any], project_dir: Path, *, serve: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    env[SETUP_ENV] = json.dumps(setup_settings(settings, project_dir))
+    env[SETUP_ENV] = json.dumps(setup_settings(settings, project_dir, serve=serve))
     return env

@@ -2,11 +2,17 @@
 project's settings so every chunk renders the same scene the same way, and checks that
 every external file the scene reads is here and inside the project.
 
+With ``"serve": true`` in the settings it then stays up for a worker slot: it reads one
+job a line on stdin (JSON ``{"output": "/abs/frame_######", "runs": [[first, last], ...]}``),
+checks the files again, renders the runs as ``-s first -e last -a`` would, and prints
+``farm-warm: done {...}``. End of input ends Blender with code 0.
+
 It reads JSON from $FARM_FRAMES_SETUP and must import nothing but Blender's own
 modules and the standard library. A failure here exits Blender with code 1
-(``--python-exit-code 1``).
+(``--python-exit-code 1``), so a worker never reuses a Blender whose job went wrong.
 """
 
+import ctypes
 import glob
 import json
 import os
@@ -92,6 +98,27 @@ def check_external_files(project_dir, marker):
         raise RuntimeError(f"the scene reads {len(refused)} file(s) it cannot have on the farm")
 
 
+def _say(marker, body):
+    """A protocol line on stdout, after everything Blender's C code has printed so far."""
+    ctypes.CDLL(None).fflush(None)  # C stdio buffers its own lines: they must come first
+    print(marker + json.dumps(body), flush=True)
+
+
+def serve(settings):
+    """Render job after job from stdin, with the scene loaded once."""
+    files = sorted(set(bpy.utils.blend_paths(absolute=True, packed=False, local=False)))
+    _say(settings["ready"], {"version": bpy.app.version_string, "pid": os.getpid(), "files": files})
+    scene = bpy.context.scene
+    for line in sys.stdin:
+        job = json.loads(line)
+        check_external_files(settings["project_dir"], settings["marker"])  # files gone since load
+        scene.render.filepath = job["output"]
+        for first, last in job["runs"]:
+            scene.frame_start, scene.frame_end = first, last  # what -s/-e set before -a
+            bpy.ops.render.render(animation=True)
+        _say(settings["done"], {"runs": job["runs"]})
+
+
 def main():
     raw = os.environ.get("FARM_FRAMES_SETUP")
     if raw is None:
@@ -99,6 +126,8 @@ def main():
     settings = json.loads(raw)
     apply(settings)
     check_external_files(settings["project_dir"], settings["marker"])
+    if settings.get("serve"):
+        serve(settings)
 
 
 if __name__ == "__main__":  # Blender runs --python scripts as __main__

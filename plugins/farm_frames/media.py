@@ -19,14 +19,21 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_frames.blender import BlenderNotFound, blender_version, command_line, find_blender, setup_env
+from farm_frames.blender import (
+    SETUP_ENV,
+    BlenderNotFound,
+    find_blender,
+    output_pattern,
+    serve_command_line,
+    setup_env,
+)
 from farm_frames.config import read_settings
 from farm_frames.framerange import Runs, chunk_runs, format_runs, frame_count, iter_frames, runs_of
 from farm_frames.images import FORMATS, BadImage, check_image
-from farm_frames.process import run_streaming
 from farm_frames.progress import ChunkProgress, log_tail
 from farm_frames.scenefiles import missing_from_log, summarise
 from farm_frames.video import CODECS, contact_sheet, encode_video
+from farm_frames.warm import SLOT
 
 log = logging.getLogger(__name__)
 
@@ -84,48 +91,56 @@ class Frames(MediaType):
         settings = ctx.settings
         runs: Runs = job.params["runs"]
         scene = _scene_on_agent(ctx)
-        blender, version = self._blender(ctx)  # the node's own: a project never chooses it
+        blender = self._blender()  # the node's own: a project never chooses it
         frames_dir = ctx.output_dir / FRAMES_DIR
-        cmd = command_line(
-            blender,
-            scene=scene,
-            runs=runs,
-            frames_dir=frames_dir,
-            threads=max(1, ctx.threads),
-            fmt=settings["format"],
-        )
+        threads = max(1, ctx.threads)
+        fmt = settings["format"]
+        cmd = serve_command_line(blender, scene=scene, frames_dir=frames_dir, threads=threads, fmt=fmt)
+        env = setup_env(dict(settings), ctx.project_dir, serve=True)
+        # One Blender per slot for the whole run: a new run (a new cache), another Blender,
+        # scene, settings or thread count start a new one (the output folder is set per job);
+        # changed files are caught by the slot.
+        run_token = ctx.cache.setdefault("frames.run", object())
+        key = (run_token, blender, str(scene), threads, env[SETUP_ENV])
         progress = ChunkProgress(frame_count(runs), ctx.progress)
         started = time.monotonic()
-        finished = run_streaming(
-            cmd, env=setup_env(dict(settings), ctx.project_dir), cwd=ctx.work_dir,
-            log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
-        )
+        try:
+            done = SLOT.render(
+                key=key, cmd=cmd, env=env, scratch=ctx.work_dir.with_name(ctx.work_dir.name + ".blender"),
+                scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
+                log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
+            )
+        except OSError as exc:  # Blender is there but cannot be started
+            raise RenderError(f"cannot start Blender {blender}: {exc}") from None
         seconds = time.monotonic() - started
         where = f"frames {format_runs(runs)}"
-        refused = missing_from_log(finished.tail)
+        refused = missing_from_log(done.tail)
         if refused:
             message = f"the scene reads files that are not in the project on this agent: {summarise(refused)}"
-            raise _render_error(message, finished.tail)
-        if finished.returncode != 0:
-            message = f"Blender exited with code {finished.returncode} rendering {where}"
-            raise _render_error(message, finished.tail)
+            raise _render_error(message, done.tail)
+        if done.returncode is not None:
+            doing = "loading the scene for" if done.phase != "rendering" else "rendering"
+            message = f"Blender exited with code {done.returncode} {doing} {where}"
+            raise _render_error(message, done.tail)
         problems, size = self._check_frames(runs, frames_dir, settings)
         if problems:
-            raise _render_error(f"Blender exited 0 but {where} are not all there: {problems}", finished.tail)
+            SLOT.stop()  # something in it misbehaves: the next job gets a fresh one
+            message = f"Blender reported {where} done but they are not all there: {problems}"
+            raise _render_error(message, done.tail)
         ctx.progress(1.0)
-        ctx.log.info("rendered %s in %.2f s with Blender %s", where, seconds, version)
-        return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": version, "size": size}
+        ctx.log.info("rendered %s in %.2f s with Blender %s (pid %d, %s)", where, seconds, done.version,
+                     done.pid, "already running" if done.reused else "started for this job")
+        return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": done.version,
+                "size": size, "blender_pid": done.pid, "warm": done.reused}
 
-    def _blender(self, ctx: RenderContext) -> tuple[str, str]:
-        """This node's Blender (never from the settings) and its version, once per worker process."""
-        key = "frames.blender"
-        if key not in ctx.cache:
-            try:
-                path = find_blender()
-                ctx.cache[key] = (path, blender_version(path))
-            except BlenderNotFound as exc:
-                raise RenderError(str(exc)) from None
-        return ctx.cache[key]
+    @staticmethod
+    def _blender() -> str:
+        """This node's Blender (never from the settings); its version comes from the Blender
+        that renders, so no extra process is started for it."""
+        try:
+            return find_blender()
+        except BlenderNotFound as exc:
+            raise RenderError(str(exc)) from None
 
     @staticmethod
     def _check_frames(

@@ -1,0 +1,185 @@
+"""A Blender that stays up for a worker slot: the scene loads once, then job after job.
+
+A worker process renders one job at a time, so it keeps at most one Blender (`SLOT`),
+started with the setup script in serve mode (see ``blender_setup.py``): jobs go to it as
+JSON lines on stdin, and its stdout is the render log, with a marker line when the scene
+is ready and after each job. It is started again when anything that shapes the scene
+differs from the running one's: the Blender, the command, the settings, the run (a token
+kept in the run's ``ctx.cache``) or the stat of the scene file and of every file Blender
+said it reads. A Blender that died, or whose job went wrong, is replaced at the next job.
+
+It stays in the worker's process group, so the agent's kill of a timed-out worker's group
+takes it too, and on Linux it also gets SIGKILL when the worker dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from farm_frames.blender import DONE_MARKER, READY_MARKER
+from farm_frames.process import TAIL_LINES, kill, start_child
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rendered:
+    """How a job went: ``returncode`` is None when Blender reported the job done; else
+    Blender exited (``phase`` says whether loading the scene or rendering)."""
+
+    tail: deque[str]
+    pid: int
+    version: str | None
+    reused: bool
+    returncode: int | None = None
+    phase: str = "rendering"
+
+
+@dataclass
+class _Running:
+    key: tuple[Any, ...]
+    proc: subprocess.Popen[str]
+    version: str = ""
+    files: tuple[str, ...] = ()
+    signature: tuple[Any, ...] = ()
+    scratch: Path | None = None
+
+
+class _Exited(Exception):
+    def __init__(self, returncode: int) -> None:
+        super().__init__(returncode)
+        self.returncode = returncode
+
+
+@dataclass
+class BlenderSlot:
+    """At most one running Blender for this process; see the module docstring."""
+
+    running: _Running | None = None
+
+    def render(
+        self,
+        *,
+        key: tuple[Any, ...],
+        cmd: Sequence[str],
+        env: dict[str, str],
+        scratch: Path,
+        scene: Path,
+        job: dict[str, Any],
+        log_file: Path,
+        on_line: Callable[[str], None],
+    ) -> Rendered:
+        """Render ``job`` (``{"output": pattern, "runs": [[first, last], ...]}``) in the
+        running Blender if it fits ``key`` and its files are unchanged, else in a new one
+        started with ``cmd`` in ``scratch`` (its current folder, kept across jobs).
+
+        Any exception while Blender works (a cancel, an interrupt) kills it first.
+        """
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        with log_file.open("w", encoding="utf-8") as out:
+            current = self._reusable(key, scene)
+            reused = current is not None
+            if current is None:
+                self.stop()
+                current = self._start(key, cmd, env, scratch)
+            proc = current.proc
+            try:
+                if not reused:
+                    try:
+                        ready = _read_until(proc, READY_MARKER, out, tail, on_line)
+                    except _Exited as exited:
+                        self.stop()
+                        return Rendered(tail, proc.pid, None, False, exited.returncode, "loading the scene")
+                    current.version = str(ready.get("version", ""))
+                    current.files = tuple(str(f) for f in ready.get("files", ()))
+                    current.signature = _signature(scene, current.files)
+                assert proc.stdin is not None
+                try:
+                    proc.stdin.write(json.dumps(job) + "\n")
+                    proc.stdin.flush()
+                    _read_until(proc, DONE_MARKER, out, tail, on_line)
+                except (_Exited, BrokenPipeError):
+                    returncode = proc.wait()
+                    self.stop()
+                    return Rendered(tail, proc.pid, current.version, reused, returncode)
+            except BaseException:
+                self.stop()
+                raise
+        return Rendered(tail, proc.pid, current.version, reused)
+
+    def stop(self) -> None:
+        """Stop the running Blender, if any (the next job starts a fresh one)."""
+        running, self.running = self.running, None
+        if running is None:
+            return
+        kill(running.proc)
+        if running.scratch is not None:
+            shutil.rmtree(running.scratch, ignore_errors=True)
+
+    def _reusable(self, key: tuple[Any, ...], scene: Path) -> _Running | None:
+        running = self.running
+        if running is None or running.key != key:
+            return None
+        if running.proc.poll() is not None:
+            log.info("Blender %d exited (code %s) since its last job; starting another",
+                     running.proc.pid, running.proc.returncode)
+            return None
+        if _signature(scene, running.files) != running.signature:
+            log.info("the scene or a file it reads changed; loading it again")
+            return None
+        return running
+
+    def _start(
+        self, key: tuple[Any, ...], cmd: Sequence[str], env: dict[str, str], scratch: Path
+    ) -> _Running:
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        proc = start_child(cmd, env=env, cwd=scratch)
+        self.running = _Running(key, proc, scratch=scratch)
+        return self.running
+
+
+def _read_until(
+    proc: subprocess.Popen[str], marker: str, out: IO[str], tail: deque[str], on_line: Callable[[str], None]
+) -> dict[str, Any]:
+    """Pass Blender's lines on until ``marker``; its JSON body is returned. Raises `_Exited`
+    at end of output, once Blender has exited."""
+    assert proc.stdout is not None
+    while True:
+        raw = proc.stdout.readline()
+        if not raw:
+            raise _Exited(proc.wait())
+        line = raw.rstrip("\n")
+        if line.startswith(marker):
+            return dict(json.loads(line[len(marker):]))
+        out.write(raw)
+        tail.append(line)
+        on_line(line)
+
+
+def _signature(scene: Path, files: Sequence[str]) -> tuple[Any, ...]:
+    """What changes when the scene file or a file it reads changes (or goes)."""
+
+    def stat(path: str | Path) -> tuple[int, int, int] | None:
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return (found.st_ino, found.st_size, found.st_mtime_ns)
+
+    return (stat(scene), *(stat(f) for f in files))
+
+
+#: this worker process's Blender (a worker renders one job at a time)
+SLOT = BlenderSlot()
+atexit.register(SLOT.stop)
