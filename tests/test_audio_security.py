@@ -25,6 +25,7 @@ import pytest
 import zmq
 from farm_audio import ffmpeg
 from farm_audio.allow import FILE_OPTIONS, REFUSED, SAFE
+from hostile_helpers import as_nobody
 
 from farm.errors import ProjectError, RenderError
 from farm.project import load_project
@@ -218,18 +219,7 @@ def test_readme_attacks_from_nobody_against_a_root_controller(
             [sys.executable, "-m", "farm", "controller", "--bind", url, "--state-dir", str(state),
              "--insecure"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    os.setgid(NOBODY)
-                    os.setuid(NOBODY)
-                    _attack_as_nobody(url, project, home / "answers.json")
-                    code = 0
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
+            as_nobody(_attack_as_nobody, url, project, home / "answers.json")
         finally:
             controller.terminate()
             log = controller.communicate(timeout=60)[0]

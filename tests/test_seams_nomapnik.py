@@ -44,7 +44,7 @@ def test_a_controller_without_mapnik_schedules_the_world_map(tmp_path, agents):
         with Client(url, timeout=5) as client:
             wait_for(lambda: _up(client), 60, "the controller")
         project = tmp_path / "world_map"
-        shutil.copytree(SAMPLE, project)
+        shutil.copytree(SAMPLE, project, ignore=shutil.ignore_patterns("output", ".farm"))  # a clean copy
         toml = project / "farm.toml"
         toml.write_text(toml.read_text().replace('zoom = "0-5"', 'zoom = "0-2"'))
         agents(url, 2)
