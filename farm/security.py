@@ -1,13 +1,9 @@
-"""CURVE encryption and ZAP authentication for farm's sockets, and the keys folder behind them.
+"""CURVE encryption and ZAP authentication for farm's sockets.
 
-A keys folder (``$FARM_KEYS``, else ``$XDG_CONFIG_HOME/farm/keys``, else ``~/.config/farm/keys``)
-holds ``NAME.key`` (a public key) and ``NAME.key_secret`` (its secret, mode 0600) per identity,
-and ``allowed/NAME.key`` for every public key a controller accepts. The files are pyzmq/czmq
-certificates, so ``zmq.auth.load_certificate`` reads them too.
-
-The controller wraps its ROUTER sockets with `ServerSecurity.socket_setup`; agents and submit
-clients wrap their DEALERs with `ClientSecurity.socket_setup`. A peer's authenticated public key
-(`authenticated_id`) is its identity, whatever id it claims.
+The keys behind them live in a keys folder (`farm.keys`). The controller wraps its ROUTER
+sockets with `ServerSecurity.socket_setup`; agents and submit clients wrap their DEALERs with
+`ClientSecurity.socket_setup`. A peer's authenticated public key (`authenticated_id`) is what
+admits it.
 """
 
 from __future__ import annotations
@@ -16,297 +12,39 @@ import errno
 import ipaddress
 import logging
 import os
-import re
-import shutil
-import stat
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
-from farm.errors import FarmError
+from farm.keys import (  # re-exported: farm.security was their home
+    ALLOWED,
+    PUBLIC_SUFFIX,
+    SECRET_SUFFIX,
+    KeyFileError,
+    KeyPair,
+    KeyStore,
+    SecurityError,
+    check_name,
+    default_keys_dir,
+    parse_key,
+    read_certificate,
+)
 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "farm"
 DEFAULT_SERVER_NAME = "controller"
 DEFAULT_CLIENT_NAME = "node"
-ALLOWED = "allowed"
-PUBLIC_SUFFIX = ".key"
-SECRET_SUFFIX = ".key_secret"
 REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connected
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_PUBLIC_TEMPLATE = """#   ZeroMQ CURVE Public Certificate, written by `farm keys`
-#   Share it freely: it lets its holder's peers recognise it, nothing more.
 
-metadata
-    name = "{name}"
-curve
-    public-key = "{key}"
-"""
-
-
-class SecurityError(FarmError):
-    """Keys or authentication are set up wrongly."""
-
-
-class KeyFileError(SecurityError):
-    """A key file is missing, unreadable, malformed or too widely readable; names the file."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = Path(path)
-        super().__init__(f"{path}: {problem}")
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """An identity: its name, Z85 public key and Z85 secret key (as bytes, as pyzmq takes them)."""
-
-    name: str
-    public: bytes
-    secret: bytes
-
-
-def default_keys_dir() -> Path:
-    if os.environ.get("FARM_KEYS"):
-        return Path(os.environ["FARM_KEYS"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "farm" / "keys"
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise SecurityError(f"bad key name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit")
-    return name
-
-
-def parse_key(text: str | bytes) -> bytes | None:
-    """A Z85 key (40 characters) or a raw 32-byte key as Z85 bytes; None if it is neither."""
-    if isinstance(text, bytes) and len(text) == 32:
-        return z85.encode(text)
-    try:
-        raw = (text.encode("ascii") if isinstance(text, str) else bytes(text)).strip()
-        return raw if len(raw) == 40 and len(z85.decode(raw)) == 32 else None
-    except (ValueError, KeyError, IndexError, TypeError):  # UnicodeEncodeError is a ValueError
-        return None
-
-
-def read_certificate(path: Path, *, secret: bool = False) -> tuple[bytes, bytes | None]:
-    """(public, secret) Z85 keys from a certificate file, with errors that name the file."""
-    path = Path(path)
-    if secret:
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise KeyFileError(path, "no such key file") from None
-        except OSError as exc:
-            raise KeyFileError(path, f"cannot read it: {exc.strerror}") from None
-        if stat.S_ISREG(mode) and mode & 0o077:
-            raise KeyFileError(path, f"secret key file is open to group or others (mode "
-                                     f"{stat.S_IMODE(mode):04o}); run `chmod 600 {path}`")
-    try:
-        public, secret_key = zmq.auth.load_certificate(path)
-    except FileNotFoundError:
-        raise KeyFileError(path, "no such key file") from None
-    except OSError as exc:
-        missing = not path.exists()
-        problem = "no such key file" if missing else f"cannot read it: {exc.strerror or exc}"
-        raise KeyFileError(path, problem) from None
-    except (ValueError, UnicodeError):
-        raise KeyFileError(path, "not a key file: it has no public-key line") from None
-    if parse_key(public) is None:
-        raise KeyFileError(path, "malformed public key (expected 40 Z85 characters)")
-    if not secret:
-        return public, None
-    if secret_key is None:
-        raise KeyFileError(path, "has no secret-key line (is it a public key file?)")
-    if parse_key(secret_key) is None:
-        raise KeyFileError(path, "malformed secret key (expected 40 Z85 characters)")
-    if zmq.curve_public(secret_key) != public:
-        raise KeyFileError(path, "its public and secret keys do not belong together")
-    return public, secret_key
-
-
-def _classify(ref: str | bytes | Path) -> tuple[str, bytes | Path | str]:
-    """("key", Z85 bytes), ("file", path) or ("name", text): how to read a key reference."""
-    if isinstance(ref, Path):
-        return "file", ref.expanduser()
-    key = parse_key(ref)
-    if key is not None:
-        return "key", key  # Z85 keys may contain "/", so this comes before the path test
-    if isinstance(ref, bytes):
-        raise SecurityError(f"not a CURVE public key: {ref!r}")
-    if os.sep in ref or ref.endswith((PUBLIC_SUFFIX, SECRET_SUFFIX)):
-        return "file", Path(ref).expanduser()
-    return "name", ref
-
-
-class KeyStore:
-    """A keys folder: identities (`NAME.key` + `NAME.key_secret`) and `allowed/` public keys."""
-
-    def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_keys_dir()
-        self.allowed_dir = self.root / ALLOWED
-
-    def public_path(self, name: str) -> Path:
-        return self.root / f"{check_name(name)}{PUBLIC_SUFFIX}"
-
-    def secret_path(self, name: str) -> Path:
-        return self.root / f"{check_name(name)}{SECRET_SUFFIX}"
-
-    def allowed_path(self, name: str) -> Path:
-        return self.allowed_dir / f"{check_name(name)}{PUBLIC_SUFFIX}"
-
-    # -- identities ------------------------------------------------------------------
-
-    def create(self, name: str, *, force: bool = False) -> KeyPair:
-        """Make a new key pair; refuses to replace an existing one unless `force`."""
-        public_path, secret_path = self.public_path(name), self.secret_path(name)
-        existing = [p for p in (public_path, secret_path) if p.exists()]
-        if existing and not force:
-            raise KeyFileError(existing[0], f"key {name!r} exists already (use --force to replace it; every "
-                                            "peer that trusts the old key must then be given the new one)")
-        self._make_dirs()
-        # Write into a private temp folder and rename into place: the secret is never readable by others.
-        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
-        try:
-            made_public, made_secret = zmq.auth.create_certificates(tmp, name)
-            os.chmod(made_secret, 0o600)
-            os.chmod(made_public, 0o644)
-            os.replace(made_secret, secret_path)
-            os.replace(made_public, public_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("created key pair %s in %s", name, self.root)
-        return self.load(name)
-
-    def load(self, name: str) -> KeyPair:
-        """An identity with its secret (checked: present, well-formed, mode 0600, matching its .key)."""
-        secret_path = self.secret_path(name)
-        if not secret_path.exists() and not secret_path.is_symlink():
-            hint = " (only its public key is here)" if self.public_path(name).exists() else ""
-            raise KeyFileError(secret_path, f"no secret key {name!r}{hint}; "
-                                            f"create one with `farm keys create {name}`")
-        public, secret = read_certificate(secret_path, secret=True)
-        assert secret is not None
-        public_path = self.public_path(name)
-        if public_path.exists() and read_certificate(public_path)[0] != public:
-            raise KeyFileError(public_path, f"does not match the public key in {secret_path}")
-        return KeyPair(name, public, secret)
-
-    def public_key(self, ref: str | bytes | Path) -> bytes:
-        """A public key from a Z85 key, a path to a key file, or the name of a key in this folder."""
-        kind, value = _classify(ref)
-        if kind == "key":
-            assert isinstance(value, bytes)
-            return value
-        if kind == "file":
-            return read_certificate(Path(value))[0]
-        name = str(value)
-        if _NAME.fullmatch(name):
-            for path in (self.public_path(name), self.allowed_path(name), self.secret_path(name)):
-                if path.exists():
-                    return read_certificate(path)[0]
-        raise SecurityError(f"{name!r} is not a key file, a 40-character Z85 key, "
-                            f"or a key named in {self.root}")
-
-    def add_public(self, name: str, ref: str | bytes | Path, *, force: bool = False) -> bytes:
-        """Store a peer's public key as NAME.key (e.g. the controller's, on a node)."""
-        key = self.public_key(ref)
-        if self.secret_path(name).exists():
-            raise KeyFileError(self.secret_path(name), f"{name!r} is one of this machine's own identities")
-        self._write_public(self.public_path(name), name, key, force=force)
-        return key
-
-    # -- the allow list --------------------------------------------------------------
-
-    def allow(self, ref: str | Path, *, name: str | None = None, force: bool = False) -> tuple[str, bytes]:
-        """Copy a public key into allowed/ (from a file, a name here, or a Z85 key with `name`)."""
-        kind, value = _classify(ref)
-        if name is None:
-            if kind == "file":
-                name = Path(value).name.removesuffix(SECRET_SUFFIX).removesuffix(PUBLIC_SUFFIX)
-            elif kind == "name":
-                name = str(value)
-            else:
-                raise SecurityError("a bare key needs a name: farm keys allow KEY --name NAME")
-        key = self.public_key(ref)
-        self._write_public(self.allowed_path(name), name, key, force=force)
-        log.info("allowed key %s (%s)", name, key.decode())
-        return name, key
-
-    def revoke(self, name: str) -> bytes:
-        path = self.allowed_path(name)
-        if not path.exists():
-            names = ", ".join(self.allowed()) or "none"
-            raise KeyFileError(path, f"{name!r} is not allowed (allowed: {names})")
-        key = read_certificate(path)[0] if path.is_file() else b""
-        path.unlink()
-        log.info("revoked key %s", name)
-        return key
-
-    def allowed(self) -> dict[str, bytes]:
-        """name -> public key for every file in allowed/; a malformed one is an error naming it."""
-        if not self.allowed_dir.is_dir():
-            return {}
-        found = {}
-        for path in sorted(self.allowed_dir.glob(f"*{PUBLIC_SUFFIX}")):
-            found[path.name.removesuffix(PUBLIC_SUFFIX)] = read_certificate(path)[0]
-        return found
-
-    def identities(self) -> dict[str, tuple[bytes, bool]]:
-        """name -> (public key, whether its secret is here); every secret is checked as `load` does."""
-        found: dict[str, tuple[bytes, bool]] = {}
-        if not self.root.is_dir():
-            return found
-        for path in sorted(self.root.glob(f"*{SECRET_SUFFIX}")):
-            name = path.name.removesuffix(SECRET_SUFFIX)
-            found[name] = (self.load(name).public, True)
-        for path in sorted(self.root.glob(f"*{PUBLIC_SUFFIX}")):
-            found.setdefault(path.name.removesuffix(PUBLIC_SUFFIX), (read_certificate(path)[0], False))
-        return found
-
-    def listing(self) -> list[dict[str, object]]:
-        """Every identity and allowed key: name, public key, secret here, allowed."""
-        allowed = self.allowed()
-        allowed_keys = set(allowed.values())
-        identities = self.identities()
-        rows: list[dict[str, object]] = [
-            {"name": name, "public_key": key.decode(), "secret": has_secret, "allowed": key in allowed_keys}
-            for name, (key, has_secret) in identities.items()
-        ]
-        for name, key in allowed.items():  # allowed keys that are no identity of the same name here
-            if identities.get(name, (None,))[0] != key:
-                rows.append({"name": name, "public_key": key.decode(), "secret": False, "allowed": True})
-        return sorted(rows, key=lambda r: (str(r["name"]), not r["secret"]))
-
-    # -- files -----------------------------------------------------------------------
-
-    def _make_dirs(self) -> None:
-        for folder in (self.root, self.allowed_dir):
-            if not folder.is_dir():
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
-
-    def _write_public(self, path: Path, name: str, key: bytes, *, force: bool) -> None:
-        if path.exists() and not force:
-            if read_certificate(path)[0] == key:
-                return
-            raise KeyFileError(path, f"a different key is stored as {name!r} already "
-                                     "(use --force to replace it)")
-        self._make_dirs()
-        fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(_PUBLIC_TEMPLATE.format(name=name, key=key.decode()))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # atomic, and a new inode, which a running ServerSecurity notices
-
+__all__ = [
+    "ALLOWED", "PUBLIC_SUFFIX", "SECRET_SUFFIX", "ClientSecurity", "KeyFileError", "KeyPair", "KeyStore",
+    "SecurityError", "ServerSecurity", "authenticated_id", "check_name", "client_security_for",
+    "default_keys_dir", "parse_key", "read_certificate", "requires_security", "server_security_for",
+]
 
 class _AllowList:
     """The keys a ServerSecurity accepts: asked by the ZAP thread at every handshake."""
