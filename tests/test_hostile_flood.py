@@ -21,8 +21,9 @@ from conftest import wait_for
 from hostile_helpers import status_round_trip
 
 from farm.client import submit
-from farm.controller.peers import BAD_BEFORE_IGNORING, IGNORE_FOR_S, MAX_MESSAGE, PER_PEER, PeerBudgets
+from farm.controller.peers import BAD_BEFORE_IGNORING, IGNORE_FOR_S, PER_PEER, PeerBudgets
 from farm.project import load_project
+from farm.protocol import MAX_MESSAGE
 
 FLOODER = textwrap.dedent("""
     import os, random, sys, time

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import time
 
-from farm import protocol
-
 PER_TURN = 64  # messages read per loop turn, all peers together
 PER_PEER = 16  # messages handled per loop turn from one client or stranger
 BAD_BEFORE_IGNORING = 20  # malformed messages before a peer is ignored
@@ -73,6 +71,3 @@ class PeerBudgets:
             self._ignored[identity] = (now if now is not None else time.monotonic()) + IGNORE_FOR_S
         return count
 
-# The largest message the controller's socket takes; see farm.protocol. A project's
-# [jobs] max_output_mib stays below it, so a job over its limit fails with a clear reason.
-MAX_MESSAGE = protocol.MAX_MESSAGE

@@ -37,14 +37,13 @@ from farm.journal import Journal, JournalError
 from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
-from farm.protocol import JobSpec, Message, T, pack, unpack
+from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
 log = logging.getLogger(__name__)
 
 UPDATE_EVERY_S = 0.2
 LEASE_CHECK_EVERY_S = 1.0
-MAX_MESSAGE = peers.MAX_MESSAGE
 JOURNAL_FILE = "journal.sqlite"
 
 
@@ -165,7 +164,7 @@ class Controller(AgentSide, ClientSide):
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
         # No ROUTER_HANDOVER: a peer that connects with a live routing id is refused, never handed
         # that peer's traffic; agents take a fresh random routing id per connection instead.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
             self.security.socket_setup(self.sock)
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
