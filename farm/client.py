@@ -18,7 +18,7 @@ from farm.endpoints import HANDSHAKE_FAILED, reachable
 from farm.errors import ConnectionLost, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.project import Project
-from farm.protocol import Message, T, pack, unpack
+from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Client:
         self.zctx = zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if socket_setup:
             socket_setup(self.sock)
         # a refused handshake is otherwise just silence: watch for it to say why

@@ -79,10 +79,6 @@ def check_key(value: Any, what: str = "job key") -> str:
     return value
 
 
-def is_name(value: Any) -> bool:
-    return _why_not_name(value) is None
-
-
 def _show(value: Any) -> str:
     """A short, printable rendering of a hostile value for an error message."""
     text = repr(value)  # escapes control, format and other unprintable characters

@@ -18,7 +18,8 @@ from functools import cache
 FileId = tuple[int, int]  # (st_dev, st_ino)
 
 
-def _regular(path_or_fd: str | int) -> FileId | None:
+def file_id(path_or_fd: str | int) -> FileId | None:
+    """(st_dev, st_ino) of a regular file (by path or descriptor); None for anything else."""
     try:
         st = os.stat(path_or_fd)
     except OSError:
@@ -41,7 +42,7 @@ def _pipe_readers_files(pipes: set[str]) -> set[FileId]:
         except OSError:  # gone, or not ours to read
             continue
         for fd in fds:
-            if fd != "0" and (file := _regular(f"/proc/{pid}/fd/{fd}")) is not None:
+            if fd != "0" and (file := file_id(f"/proc/{pid}/fd/{fd}")) is not None:
                 found.add(file)
     return found
 
@@ -56,7 +57,7 @@ def output_files() -> frozenset[FileId]:
     found: set[FileId] = set()
     pipes: set[str] = set()
     for fd in (1, 2):
-        file = _regular(fd)
+        file = file_id(fd)
         if file is not None:
             found.add(file)
             continue

@@ -16,7 +16,7 @@ from typing import Any
 
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
-from farm.ownoutput import output_files
+from farm.ownoutput import file_id, output_files
 from farm.paths import UnsafePath, safe_relpath
 from farm.settings import SettingsReader, line_of
 
@@ -25,8 +25,9 @@ STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
 # A job's outputs together; [jobs] max_output_mib overrides. They ride in one RESULTS message,
 # which the controller takes up to farm.protocol.MAX_MESSAGE (64 MiB): leave room for the rest.
-DEFAULT_MAX_OUTPUT_MIB = 60
 MAX_OUTPUT_MIB = 60
+DEFAULT_MAX_OUTPUT_MIB = MAX_OUTPUT_MIB
+DEFAULT_MAX_OUTPUT = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Project:
     output: str = "output"
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
-    max_output: int = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes one job may return
+    max_output: int = DEFAULT_MAX_OUTPUT  # bytes one job may return
     extra: dict[str, Any] = field(default_factory=dict)
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +111,7 @@ class Project:
             timeout=data["timeout"],
             max_attempts=data["max_attempts"],
             table=data.get("table") if isinstance(data.get("table"), dict) else {},
-            max_output=data.get("max_output", DEFAULT_MAX_OUTPUT_MIB * 2**20),
+            max_output=data.get("max_output", DEFAULT_MAX_OUTPUT),
         )
 
     def reconfigure(self, root: Path) -> Project:
@@ -296,15 +297,8 @@ def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) 
             if name.startswith("."):
                 continue
             if matches(rel, include) and not matches(rel, exclude):
-                if own and _file_id(os.path.join(folder, name)) in own:
+                if own and file_id(os.path.join(folder, name)) in own:
                     continue
                 found.append(rel)
     yield from sorted(found)
 
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)

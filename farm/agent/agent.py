@@ -42,7 +42,7 @@ BACKOFF_MAX_S = 32.0
 BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
 MAX_RESULTS_PER_MESSAGE = 512
-MAX_PAYLOAD_PER_MESSAGE = 64 * 1024 * 1024
+MAX_PAYLOAD_PER_MESSAGE = MAX_MESSAGE  # what the controller takes in one message
 
 
 class Agent:

@@ -10,8 +10,8 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
-from farm.client import Client
 from farm.cli.progress import format_duration, summary_text
+from farm.client import Client
 
 
 def connect(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:

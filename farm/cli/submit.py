@@ -14,13 +14,12 @@ import typer
 
 from farm.cli.errors import error_json, reported
 from farm.cli.options import ClientKey, Insecure, KeysDir, ServerKey, socket_setup_for
+from farm.cli.progress import ProgressBar, summary_text
+from farm.cli.watch import ProjectInputs, watch
 from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
-from farm.cli.progress import ProgressBar, summary_text
-from farm.cli.watch import ProjectInputs, watch
-from farm.ownoutput import output_files
 from farm.project import STATE_DIR, Project, load_project
 
 
@@ -48,7 +47,6 @@ def submit(
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     with reported(as_json=as_json):
         project = load_project(project_dir, output=output)
-        skip = set(output_files())  # our own log, if it is in the project: never an asset
         with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
             if not watch_project:
                 summary = _round(render, project, as_json)
@@ -70,7 +68,7 @@ def submit(
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
 
-            inputs = ProjectInputs(project_dir, output, skip)
+            inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
             except KeyboardInterrupt:

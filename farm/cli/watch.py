@@ -27,6 +27,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from farm.errors import FarmError
+from farm.ownoutput import FileId
 from farm.project import PROJECT_FILE, STATE_DIR, load_project
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ DEBOUNCE_S = 0.5
 SETTLE_LIMIT_S = 3.0  # a file written without pause (a log) must not hold the check off forever
 _CHUNK = 1 << 20
 
-FileId = tuple[int, int]  # (st_dev, st_ino)
 
 
 class ProjectInputs:

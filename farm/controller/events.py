@@ -156,10 +156,10 @@ class Stats:
 
     def __call__(self, event: Event) -> None:
         name = COUNTED.get(event.type)
+        if name == "collated" and event.data.get("reused"):
+            return  # collated counts what agents rendered; reused ones are counted apart
         if name is not None:
             self.counts[name] += 1
-            if name == "collated" and event.data.get("reused"):
-                self.counts[name] -= 1  # collated counts what agents rendered; reused ones are apart
 
 
 MAX_SUBSCRIBERS = 64  # remote `farm events` connections at once

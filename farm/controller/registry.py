@@ -85,11 +85,9 @@ class Registry:
     def get(self, identity: bytes) -> AgentState | None:
         return self.agents.get(identity)
 
-    def add(self, agent: AgentState) -> AgentState | None:
-        """Register an agent; returns the state it replaces (a reconnect), if any."""
-        old = self.agents.get(agent.identity)
+    def add(self, agent: AgentState) -> None:
+        """Register an agent under its routing id (a reconnect comes on a new one; see _identify)."""
         self.agents[agent.identity] = agent
-        return old
 
     def by_id(self, agent_id: str) -> AgentState | None:
         """The connected agent known by this id, if any."""
