@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hostile_helpers import as_nobody, nobody_folder
 
 from farm.filesync import FileEntry, Manifest, Store, SyncError, UnsafeFile, build_manifest
 from farm.filesync.assembly import Assembly, Outcome
@@ -18,7 +17,6 @@ from farm.filesync.fairqueue import FairQueue
 from farm.filesync.hashing import MIN_BLOCK, block_size_for, hash_block
 from farm.filesync.store import default_cache_dir
 
-NOBODY = 65534
 
 
 def entry_for(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
@@ -229,30 +227,13 @@ def test_partials_of_a_dead_session_are_adopted(tmp_path: Path) -> None:
 
 def unprivileged(scenario: Callable[[Path], None]) -> None:
     """Run ``scenario(folder)`` where file modes apply: as is for a normal user; for root
-    (which ignores them) in a child process that becomes the user nobody, in a folder it owns."""
+    (which ignores them) as the user nobody, in a folder it owns."""
     if os.geteuid() != 0:
         with tempfile.TemporaryDirectory() as folder:
             scenario(Path(folder))
         return
-    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # not under pytest's root-only tmp folders
-    try:
-        os.chown(folder, NOBODY, NOBODY)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                scenario(folder)
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, "the scenario failed as nobody (see stderr)"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with nobody_folder() as folder:
+        as_nobody(scenario, folder)
 
 
 def test_a_partial_left_read_only_by_a_crash_is_resumed() -> None:
