@@ -166,7 +166,8 @@ class ControlSide:
         state = body.get("state")
         if state is not None and state not in JOB_STATES:
             raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
-        offset, limit = body.get("offset") or 0, body.get("limit") or 100
+        offset = body["offset"] if body.get("offset") is not None else 0
+        limit = body["limit"] if body.get("limit") is not None else 100
         if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
             raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
         return self._jobs_page(run, state, offset, limit)
