@@ -145,8 +145,10 @@ class ControlSide:
                                       if isinstance(value, dict) and value.get("draining"))
         paused = self.journal.controls("run")
         for run in self.runs.values():
-            state = paused.get(run.id)
+            state = paused.pop(run.id, None)
             run.paused = isinstance(state, dict) and bool(state.get("paused")) and run.active
+        for gone in paused:  # runs that finished (or were cancelled) while paused
+            self.journal.set_control("run", gone, None)
 
     # -- queries --------------------------------------------------------------------
 
