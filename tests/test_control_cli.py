@@ -20,7 +20,8 @@ FARM = [sys.executable, "-m", "farm"]
 
 def farm_json(*args: str, url: str) -> tuple[int, dict[str, Any]]:
     """`farm ARGS --controller URL --json`: its exit code and the one JSON object it printed."""
-    done = subprocess.run([*FARM, *args, "--controller", url, "--json"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*FARM, *args, "--controller", url, "--json"], capture_output=True, text=True,
+                          timeout=120)
     (line,) = done.stdout.splitlines()  # exactly one object, errors included
     return done.returncode, json.loads(line)
 
@@ -32,21 +33,25 @@ def test_the_steering_commands_with_json(controller, agents, synthetic):
                                                    extra="[jobs]\nmax_attempts = 1\n")))
         wait_for(lambda: client.project(run)["done"] >= 1, 60, "some progress")
         rc, paused = farm_json("pause", run, url=controller.url)
-        assert rc == 0 and paused["project"] == run and paused["paused"] is True and paused["running"] in (0, 1)
+        assert rc == 0 and paused["project"] == run and paused["paused"] is True
+        assert paused["running"] in (0, 1)
         rc, again = farm_json("pause", "steered", url=controller.url)  # by name: its newest run
         assert rc == 1 and again["code"] == "conflict" and "already paused" in again["error"]
         assert farm_json("priority", run, "5", url=controller.url) == (0, {"project": run, "priority": 5,
                                                                             "previous": 0})
+        assert farm_json("priority", run, "-5", url=controller.url)[1]["priority"] == -5  # not an option
         rc, drained = farm_json("drain", "agent-0", url=controller.url)
         assert rc == 0 and drained["state"] == "draining"
         assert farm_json("undrain", "agent-0", url=controller.url)[1]["state"] == "active"
         rc, missing = farm_json("drain", "nobody", url=controller.url)
         assert rc == 1 and missing["code"] == "not_found"
         wait_for(lambda: client.project(run)["running"] == 0, 60, "the job in flight")
-        assert farm_json("resume", run, url=controller.url) == (0, {"project": run, "paused": False, "running": 0})
+        resumed = {"project": run, "paused": False, "running": 0}
+        assert farm_json("resume", run, url=controller.url) == (0, resumed)
         wait_for(lambda: client.project(run)["state"] == "failed", 120, "the run to end")
     rc, logs = farm_json("logs", run, "job-0000003", url=controller.url)
-    assert rc == 0 and logs["attempts"][0]["state"] == "failed" and "RenderError" in logs["attempts"][0]["log"]
+    (attempt,) = logs["attempts"]
+    assert rc == 0 and attempt["state"] == "failed" and "RenderError" in attempt["log"]
     rc, retried = farm_json("retry", run, "job-0000003", url=controller.url)
     assert rc == 0 and retried["retried"] == ["job-0000003"]
     text = subprocess.run([*FARM, "logs", run, "job-0000001", "--controller", controller.url],
@@ -90,7 +95,8 @@ def test_malformed_and_impossible_requests_get_an_error_with_a_code(controller, 
         for action in ("pause", "resume"):  # a finished run
             error = _answer(client, T.CONTROL, {"action": action, "project": run})
             assert error.code == "conflict" and "done" in str(error)
-        assert _answer(client, T.CONTROL, {"action": "priority", "project": run, "priority": 3}).code == "conflict"
+        late = _answer(client, T.CONTROL, {"action": "priority", "project": run, "priority": 3})
+        assert late.code == "conflict"
         client.sock.send_multipart([bytes((1, T.CONTROL)), b"\x92\x01\x02"])  # a list, not a map
         with pytest.raises(ControlError, match="must be a map"):
             client.receive()

@@ -74,7 +74,8 @@ class ControlSide:
         if action == "priority":
             priority = body.get("priority")
             if priority is None or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-                raise Refused("bad_request", f"priority needs a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+                raise Refused("bad_request",
+                              f"priority needs a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
             return self._reprioritize(run, priority)
         return self._pause(run, action == "pause")
 
@@ -99,8 +100,8 @@ class ControlSide:
         for key in keys or ():
             if key not in run.failures:
                 known = self._knows(run, key)
-                raise Refused("conflict" if known else "not_found",
-                              f"job {key!r} of {run.id} {'has not failed for good' if known else 'is unknown'}")
+                why = "has not failed for good" if known else "is unknown"
+                raise Refused("conflict" if known else "not_found", f"job {key!r} of {run.id} {why}")
         retried = run.retry(keys)
         if retried and not run.active:
             run.reopen()
@@ -185,14 +186,16 @@ class ControlSide:
             queued = sorted({job.key for job in run.ready} | run.unmet.keys())
             listed += [_job(run, key, "queued", None, None, None) for key in queued]
         if state in (None, "failed"):
-            listed += [_job(run, key, "failed", f.agent, None, f.error) for key, f in sorted(run.failures.items())]
+            listed += [_job(run, key, "failed", f.agent, None, f.error)
+                       for key, f in sorted(run.failures.items())]
         page = listed[offset:offset + limit]
         done_total = 0
         if state in (None, "done", "reused"):
             skip = max(0, offset - len(listed))
             only_reused = {"done": False, "reused": True}.get(state)  # None: both
             done_total, rows = self.journal.done_page(run.id, only_reused, skip, limit - len(page))
-            page += [_job(run, key, "reused" if agent is None else "done", agent, None, None) for key, agent in rows]
+            page += [_job(run, key, "reused" if agent is None else "done", agent, None, None)
+                     for key, agent in rows]
         total = len(listed) + done_total
         known = run.done + len(run.failures) + len(run.leases) + len(run.ready) + len(run.unmet)
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0
