@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from farm.proc import PARENT_ENV
+
 TAIL_BYTES = 8192  # of a worker's stderr, kept for the error report
 BROKEN_AFTER = 3  # workers in a row that die before they are ready: the node is broken
 RETRY_START_S = 2.0  # a broken node tries a worker again after this, doubling up to RETRY_MAX_S
@@ -26,8 +28,9 @@ def worker_command(endpoint: str, slot: int, folder: Path) -> list[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """The agent's environment with PYTHONPATH made absolute (workers start in another folder)."""
-    env = dict(os.environ)
+    """The agent's environment with PYTHONPATH made absolute (workers start in another folder),
+    and our pid, which a worker checks its parent against when it asks to die with us."""
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     if env.get("PYTHONPATH"):
         entries = [os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(entries)

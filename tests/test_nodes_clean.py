@@ -1,0 +1,158 @@
+"""Clean nodes: whatever kills an agent (SIGKILL included) takes its workers and renderers with it,
+and the next agent removes the scratch folder it left, never a live sibling's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import Background, wait_for
+from nodes_helpers import children, command_line, gone, workers_of
+from test_frames import PID_FILE, blender  # noqa: F401 (a fixture)
+from test_frames import write_project as frames_project
+
+from farm.agent import scratch
+from farm.errors import FarmError
+from farm.proc import child_dies_with_parent
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+
+
+def _scratch_of(agent_pid: int) -> Path:
+    """An agent's scratch folder, read off its first worker's command line (``... SLOT_DIR``)."""
+    worker = wait_for(lambda: workers_of(agent_pid), 60, "the agent's workers")[0]
+    return Path(command_line(worker)[-1]).parent
+
+
+def _busy_workers(controller, agent_id: str, count: int) -> bool:
+    agent = next((a for a in controller.status()["agents"] if a["id"] == agent_id), None)
+    return agent is not None and len(agent["current"]) >= count
+
+
+def test_a_sigkilled_agent_takes_its_busy_workers_along(controller, agents, synthetic):
+    # jobs that never end: a worker running one never gets back to checking on its parent by itself
+    project = synthetic(extra="[jobs]\ntimeout = 3600\n", jobs=2, hang=["job-0000000", "job-0000001"])
+    (agent,) = agents(controller.url, 1, slots=2)
+    run = Background(controller.url, project)
+    wait_for(lambda: _busy_workers(controller, "agent-0", 2), 60, "both workers to run a hanging job")
+    workers = workers_of(agent.pid)
+    assert len(workers) == 2, workers
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(30)
+    wait_for(lambda: all(gone(pid) for pid in workers), 30, f"workers {workers} to die with their agent")
+    assert not run.done()  # its jobs wait for another agent
+
+
+def test_a_restarted_agent_removes_a_dead_agents_scratch_but_not_a_live_ones(controller, agents):
+    dead, live = agents(controller.url, 2)
+    dead_dir, live_dir = _scratch_of(dead.pid), _scratch_of(live.pid)
+    assert dead_dir != live_dir and dead_dir.name.startswith(scratch.PREFIX)
+    dead.send_signal(signal.SIGKILL)
+    dead.wait(30)
+    assert dead_dir.is_dir()  # nobody has cleaned up yet
+    agents(controller.url, 1)  # "agent-2": it claims its own folder when it starts
+    wait_for(lambda: any(a["id"] == "agent-2" for a in controller.status()["agents"]), 60, "the new agent")
+    wait_for(lambda: not dead_dir.exists(), 30, f"{dead_dir} to be removed")
+    assert live_dir.is_dir() and (live_dir / scratch.OWNER).is_file()
+    assert live.poll() is None and workers_of(live.pid)
+
+
+def _holder(folder: Path | None = None) -> subprocess.Popen[bytes]:
+    """Another process that claims `folder` (None: a fresh temp folder) and prints it, then waits."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from farm.agent.scratch import claim
+        held = claim({f"Path({str(folder)!r})" if folder else None})
+        print(held.path, flush=True)
+        sys.stdin.read()
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def test_sweep_removes_only_folders_whose_owner_is_dead(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    live, dead = _holder(), _holder()
+    try:
+        live_dir = Path(live.stdout.readline().decode().strip())
+        dead_dir = Path(dead.stdout.readline().decode().strip())
+        (dead_dir / "slot0" / "work").mkdir(parents=True)
+        _end(dead)
+        unmarked = tmp_path / f"{scratch.PREFIX}old"  # from an agent without owner files: left alone
+        unmarked.mkdir()
+        other = tmp_path / "not-farm"
+        other.mkdir()
+        mine = scratch.claim()
+        assert mine.path.parent == tmp_path
+        assert not dead_dir.exists()
+        assert live_dir.is_dir() and unmarked.is_dir() and other.is_dir()
+        mine.release()
+        assert not mine.path.exists()
+    finally:
+        _end(live)
+        _end(dead)
+
+
+def test_a_given_scratch_folder_is_refused_while_a_live_agent_holds_it_and_emptied_after(tmp_path):
+    folder = tmp_path / "scratch"
+    holder = _holder(folder)
+    try:
+        assert holder.stdout.readline().decode().strip() == str(folder)
+        (folder / "leftover").write_text("x")
+        with pytest.raises(FarmError, match=r"scratch folder .* is in use by a live agent \(pid \d+"):
+            scratch.claim(folder)
+    finally:
+        _end(holder)
+    taken = scratch.claim(folder)
+    try:
+        assert sorted(p.name for p in folder.iterdir()) == [scratch.OWNER]
+        assert f"pid {os.getpid()} " in (folder / scratch.OWNER).read_text()
+    finally:
+        taken.release()
+
+
+def test_a_child_started_with_the_preexec_dies_with_its_sigkilled_parent(tmp_path):
+    code = textwrap.dedent("""
+        import subprocess, sys
+        from farm.proc import child_dies_with_parent
+        child = subprocess.Popen(["sleep", "600"], preexec_fn=child_dies_with_parent())
+        print(child.pid, flush=True)
+        sys.stdin.read()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = int(parent.stdout.readline())
+    assert children(parent.pid) == [child]
+    _end(parent)
+    wait_for(lambda: gone(child), 30, f"sleep {child} to die with its parent")
+    assert child_dies_with_parent() is not None
+
+
+@pytest.mark.slow
+def test_a_sigkilled_agent_takes_its_blender_along(blender, controller, agents, tmp_path):  # noqa: F811
+    pids = tmp_path / "pids"  # the scene script writes Blender's pid when it loads
+    root = frames_project(tmp_path / "p", frames="1-240", frames_extra="chunk = 240\n",
+                          scene_extra=PID_FILE.format(path=str(pids)))
+    (agent,) = agents(controller.url, 1)
+    Background(controller.url, root)
+    wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 120, "Blender to load the scene")
+    renderer = int(pids.read_text())
+    workers = workers_of(agent.pid)
+    assert workers and renderer in children(workers[0])  # started by the worker, in its process group
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(30)
+    wait_for(lambda: gone(renderer) and all(gone(pid) for pid in workers), 30,
+             f"worker {workers} and Blender {renderer} to die with their agent")
