@@ -20,7 +20,7 @@ from farm.agent import scratch
 from farm.errors import FarmError
 from farm.proc import child_dies_with_parent
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
 
 def _scratch_of(agent_pid: int) -> Path:
