@@ -45,6 +45,8 @@ def status_text(report: dict[str, Any]) -> str:
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
+    for r in report.get("refused") or ():  # cut off for their key: not rendering any more
+        lines.append(f"  {r['id']:<24} {r['host']:<16} REFUSED: {r['reason']} ({r['seconds_ago']:.0f}s ago)")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = p["total"] if p["total"] is not None else "?"

@@ -59,6 +59,10 @@ class ClientSide:
     def _send_status(self, identity: bytes) -> None:
         """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""
         now = time.monotonic()
+        if self.security is not None:  # a revoke shows at once, not at the next re-read of allowed/
+            self.security.refresh()
+            if self._drop_revoked():
+                self._status = None
         if self._status is None or now - self._status[0] > STATUS_SNAPSHOT_S:
             self._status = (now, pack(T.STATUS_REPLY, self.status()))
         try:
@@ -201,6 +205,7 @@ class ClientSide:
             "controller": self.url,
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a)} for a in self.registry],
+            "refused": self.registry.refusals(time.time()),
             "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
         }
