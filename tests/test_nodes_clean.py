@@ -156,3 +156,22 @@ def test_a_sigkilled_agent_takes_its_blender_along(blender, controller, agents, 
     agent.wait(30)
     wait_for(lambda: gone(renderer) and all(gone(pid) for pid in workers), 30,
              f"worker {workers} and Blender {renderer} to die with their agent")
+
+
+def test_a_worker_whose_agent_died_while_it_started_does_not_wait_for_ever(tmp_path):
+    """The cause of the orphan workers test runs left: an agent killed right after starting a
+    worker, which then took whoever adopted it for its agent and waited on a dead socket."""
+    code = textwrap.dedent(f"""
+        import os, subprocess
+        from pathlib import Path
+        from farm.agent.launch import worker_command, worker_env
+        folder = Path({str(tmp_path)!r})
+        worker = subprocess.Popen(worker_command(f"ipc://{{folder}}/workers.sock", 0, folder / "slot0"),
+                                  cwd=folder, env=worker_env(), start_new_session=True)
+        print(worker.pid, flush=True)
+        os._exit(0)  # gone before the worker has even imported farm
+    """)
+    agent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           check=True)
+    worker = int(agent.stdout)
+    wait_for(lambda: gone(worker), 30, f"worker {worker} to notice its agent is gone")

@@ -5,6 +5,10 @@ keeps the current folder off ``sys.path`` (a folder named ``farm`` there would s
 package), and PYTHONPATH entries are made absolute first, so they mean what they meant where the
 agent was started. Each worker's stderr passes through to the agent's own, and its last bytes
 are kept: when workers die before they are ready, that tail is the error the node reports.
+
+A worker dies with its agent however the agent dies (`farm.proc`): it asks for SIGKILL when its
+parent dies, and checks that its parent is still the agent that started it (``FARM_PARENT_PID``),
+so an agent killed while a worker was starting leaves no worker waiting on its dead socket.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
         self.sock.setsockopt(zmq.SNDTIMEO, SEND_WAIT_MS)
         self.sock.connect(endpoint)
-        self.parent = os.getppid()
+        # the agent's pid as it told us: an agent that died while we started is no parent of ours
+        self.parent = parent_from_env() or os.getppid()
         self.scratch = scratch
         self.contexts: dict[str, tuple[Any, RenderContext, Project]] = {}
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
