@@ -92,3 +92,13 @@ def test_a_revoked_agent_is_shown_refused_at_once_and_its_jobs_move(secured, sto
     assert run.summary.done == 40
     with Client(url, socket_setup=client.socket_setup) as look:
         assert [a["key"] for a in look.status()["agents"]] == ["render-08"]  # it never came back
+
+
+def test_an_agent_with_an_unlisted_key_is_shown_refused(secured, store, agents):
+    store.create("stranger")  # a key pair, never allowed
+    agents(secured.url, 1, extra=["--keys-dir", str(store.root), "--key", "stranger"])
+    stranger = store.load("stranger").public.decode()
+    wait_for(lambda: stranger in secured.status()["refused_keys"], 60, "the handshake to be refused")
+    assert _status(secured.url, store)["agents"] == []
+    text = _status(secured.url, store, text=True)
+    assert f"REFUSED at the handshake: key {stranger} is not allowed" in text

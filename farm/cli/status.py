@@ -48,6 +48,10 @@ def status_text(report: dict[str, Any]) -> str:
             lines.append(f"    running: {', '.join(a['current'])}")
     for r in report.get("refused") or ():  # cut off for their key: not rendering any more
         lines.append(f"  {r['id']:<24} {r['host']:<16} REFUSED: {r['reason']} ({r['seconds_ago']:.0f}s ago)")
+    cut_off = {r["public_key"] for r in report.get("refused") or ()}
+    for key in report.get("refused_keys") or ():  # never got past the handshake
+        if key not in cut_off:
+            lines.append(f"  {'?':<24} {'?':<16} REFUSED at the handshake: key {key} is not allowed")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = p["total"] if p["total"] is not None else "?"
