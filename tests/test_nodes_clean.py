@@ -4,10 +4,13 @@ and the next agent removes the scratch folder it left, never a live sibling's.""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +32,23 @@ def _scratch_of(agent_pid: int) -> Path:
     return Path(command_line(worker)[-1]).parent
 
 
+@pytest.fixture
+def own_tmp() -> Iterator[dict[str, str]]:
+    """A temp folder for this test's agents alone (short: ipc:// paths hold 107 bytes), as their env."""
+    folder = tempfile.mkdtemp(prefix="farm-nodes-", dir="/tmp")
+    yield {"TMPDIR": folder}
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _busy_workers(controller, agent_id: str, count: int) -> bool:
     agent = next((a for a in controller.status()["agents"] if a["id"] == agent_id), None)
     return agent is not None and len(agent["current"]) >= count
 
 
-def test_a_sigkilled_agent_takes_its_busy_workers_along(controller, agents, synthetic):
+def test_a_sigkilled_agent_takes_its_busy_workers_along(controller, agents, synthetic, own_tmp):
     # jobs that never end: a worker running one never gets back to checking on its parent by itself
     project = synthetic(extra="[jobs]\ntimeout = 3600\n", jobs=2, hang=["job-0000000", "job-0000001"])
-    (agent,) = agents(controller.url, 1, slots=2)
+    (agent,) = agents(controller.url, 1, slots=2, env=own_tmp)  # its scratch is left in own_tmp
     run = Background(controller.url, project)
     wait_for(lambda: _busy_workers(controller, "agent-0", 2), 60, "both workers to run a hanging job")
     workers = workers_of(agent.pid)
@@ -48,14 +59,15 @@ def test_a_sigkilled_agent_takes_its_busy_workers_along(controller, agents, synt
     assert not run.done()  # its jobs wait for another agent
 
 
-def test_a_restarted_agent_removes_a_dead_agents_scratch_but_not_a_live_ones(controller, agents):
-    dead, live = agents(controller.url, 2)
+def test_a_restarted_agent_removes_a_dead_agents_scratch_but_not_a_live_ones(controller, agents, own_tmp):
+    dead, live = agents(controller.url, 2, env=own_tmp)
     dead_dir, live_dir = _scratch_of(dead.pid), _scratch_of(live.pid)
     assert dead_dir != live_dir and dead_dir.name.startswith(scratch.PREFIX)
+    assert dead_dir.parent == Path(own_tmp["TMPDIR"])
     dead.send_signal(signal.SIGKILL)
     dead.wait(30)
     assert dead_dir.is_dir()  # nobody has cleaned up yet
-    agents(controller.url, 1)  # "agent-2": it claims its own folder when it starts
+    agents(controller.url, 1, env=own_tmp)  # "agent-2": it claims its own folder when it starts
     wait_for(lambda: any(a["id"] == "agent-2" for a in controller.status()["agents"]), 60, "the new agent")
     wait_for(lambda: not dead_dir.exists(), 30, f"{dead_dir} to be removed")
     assert live_dir.is_dir() and (live_dir / scratch.OWNER).is_file()
@@ -142,11 +154,11 @@ def test_a_child_started_with_the_preexec_dies_with_its_sigkilled_parent(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_sigkilled_agent_takes_its_blender_along(blender, controller, agents, tmp_path):  # noqa: F811
+def test_a_sigkilled_agent_takes_its_blender_along(blender, controller, agents, tmp_path, own_tmp):  # noqa: F811
     pids = tmp_path / "pids"  # the scene script writes Blender's pid when it loads
     root = frames_project(tmp_path / "p", frames="1-240", frames_extra="chunk = 240\n",
                           scene_extra=PID_FILE.format(path=str(pids)))
-    (agent,) = agents(controller.url, 1)
+    (agent,) = agents(controller.url, 1, env=own_tmp)
     Background(controller.url, root)
     wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 120, "Blender to load the scene")
     renderer = int(pids.read_text())
