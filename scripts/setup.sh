@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything farm's tests need on a fresh Debian machine: the renderers
 # (Debian's blender; Mapnik and ffmpeg come from PyPI), tools the tests use
-# (rsync, iproute2 for network namespaces, systemd-analyze for the service units), farm
-# itself with its test extras, and the example third-party plugin (tests exercise it
-# through the entry-point group).
+# (rsync, iproute2 for network namespaces), farm itself with its test extras, and the
+# example third-party plugin (tests exercise it through the entry-point group).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # tests verify packaging/systemd's units
 command -v blender >/dev/null 2>&1 || missing+=(blender)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies packaging/systemd's units
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -233,8 +233,8 @@ class ClientSide:
             "controller": self.url,
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a)} for a in self.registry],
-            "refused": self.registry.refusals(time.time()),
-            "refused_keys": self.security.refused_keys() if self.security is not None else [],
             "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
+            "refused": self.registry.refusals(time.time()),  # cut off for their key
+            "refused_keys": self.security.refused_keys() if self.security is not None else [],
         }

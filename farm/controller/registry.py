@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -77,8 +78,6 @@ class AgentState:
 class Registry:
     def __init__(self) -> None:
         self.agents: dict[bytes, AgentState] = {}
-        # agents cut off because their key is no longer allowed: (when, epoch s, their description)
-        self.refused: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(maxlen=REFUSED_SHOWN)
 
     def __iter__(self):
         return iter(list(self.agents.values()))
@@ -110,6 +109,11 @@ class Registry:
 
     def remove(self, identity: bytes) -> AgentState | None:
         return self.agents.pop(identity, None)
+
+    @functools.cached_property
+    def refused(self) -> collections.deque[tuple[float, dict[str, Any]]]:
+        """Agents cut off because their key is no longer allowed: (when, in epoch s; who)."""
+        return collections.deque(maxlen=REFUSED_SHOWN)
 
     def refuse(self, agent: AgentState, reason: str) -> None:
         """Remember an agent cut off for its key (it is removed from the registry by the caller)."""
