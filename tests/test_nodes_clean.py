@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -104,14 +105,25 @@ def test_sweep_removes_only_folders_whose_owner_is_dead(tmp_path, monkeypatch):
         dead_dir = Path(dead.stdout.readline().decode().strip())
         (dead_dir / "slot0" / "work").mkdir(parents=True)
         _end(dead)
-        unmarked = tmp_path / f"{scratch.PREFIX}old"  # from an agent without owner files: left alone
-        unmarked.mkdir()
+        # agents from before owner files: dead when their workers' socket refuses connections
+        unmarked, old_dead, old_live = (tmp_path / f"{scratch.PREFIX}{n}" for n in ("new", "dead", "live"))
+        for folder in (unmarked, old_dead, old_live):
+            folder.mkdir()
+        with socket.socket(socket.AF_UNIX) as gone_now:
+            gone_now.bind(str(old_dead / scratch.SOCKET))  # the file stays after the close
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(old_live / scratch.SOCKET))
+        listening.listen()
         other = tmp_path / "not-farm"
         other.mkdir()
-        mine = scratch.claim()
+        try:
+            mine = scratch.claim()
+        finally:
+            listening.close()
         assert mine.path.parent == tmp_path
-        assert not dead_dir.exists()
-        assert live_dir.is_dir() and unmarked.is_dir() and other.is_dir()
+        assert not dead_dir.exists() and not old_dead.exists()
+        # a live agent's; one with no socket yet (an agent starting now); not an agent's at all
+        assert live_dir.is_dir() and old_live.is_dir() and unmarked.is_dir() and other.is_dir()
         mine.release()
         assert not mine.path.exists()
     finally:

@@ -7,6 +7,10 @@ the ``.owner`` file in its folder for as long as it lives, and the kernel lets g
 the agent ends. A folder whose lock can be taken belongs to no live agent; one whose lock is
 held (a sibling agent of this machine) is never touched. ``.owner`` also says which process
 holds it (pid and start time), for people.
+
+Folders from agents older than owner files have none; such a folder is dead when its agent's
+worker socket (``workers.sock``, bound once the agent runs) refuses connections. One with no
+socket yet may be an agent starting right now, so it is left alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "farm-agent-"
 OWNER = ".owner"
+SOCKET = "workers.sock"  # the agent's socket for its workers (farm.agent.pool)
 
 
 @dataclass
@@ -94,12 +101,13 @@ def sweep(parent: Path) -> list[Path]:
         if not entry.is_dir(follow_symlinks=False) or st.st_uid != uid:
             continue  # another user's (or not a folder): never ours to judge
         lock = _try_lock(Path(entry.path) / OWNER)
-        if not lock:  # held by a live agent, or unmarked (being made right now, or very old)
-            continue
+        if lock is None or (lock is False and not _abandoned(Path(entry.path) / SOCKET)):
+            continue  # held by a live agent, or unmarked and not known to be dead
         try:
             shutil.rmtree(entry.path, ignore_errors=True)
         finally:
-            lock.close()
+            if lock:
+                lock.close()
         removed.append(Path(entry.path))
     return removed
 
@@ -130,6 +138,24 @@ def _try_lock(path: Path) -> IO[bytes] | bool | None:
         handle.close()
         return None
     return handle
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether ``path`` is a Unix socket nobody listens on (connecting is refused)."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # too long a path, a timeout, no permission: not known to be dead
+            return False
+    return False
 
 
 def _write_owner(handle: IO[bytes]) -> None:
