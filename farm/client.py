@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -44,6 +45,7 @@ class Summary:
     error: str | None = None
     id: str = ""
     download: str | None = None  # the controller serves the outputs as this tree (remote submits)
+    already: bool = False  # a cancel found the run finished already: nothing was cancelled
 
     @property
     def ok(self) -> bool:
@@ -173,16 +175,18 @@ class Client:
             elif msg.type is T.FINISHED and msg.body["summary"].get("id") == run_id:
                 return Summary.from_wire(msg.body["summary"])
 
-    def download(self, summary: Summary, project: Project) -> Summary:
-        """Bring a remote run's outputs into the local project's output folder."""
+    def download(self, summary: Summary, dest: Project | Path) -> Summary:
+        """Bring a remote run's outputs (a finished run's, or what a cancelled one collated) into the
+        local project's output folder, or into the folder `dest`; the summary then names them there."""
         if not summary.download:
             return summary
+        folder = dest.output_dir if isinstance(dest, Project) else Path(dest).absolute()
         with self.files() as files:
-            files.sync(summary.download, project.output_dir, copy=True)
+            files.sync(summary.download, folder, copy=True)
         remote = summary.output_dir.rstrip("/") + "/"
-        local = str(project.output_dir) + "/"
+        local = str(folder) + "/"
         summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
-        summary.output_dir = str(project.output_dir)
+        summary.output_dir = str(folder)
         return summary
 
     def files(self) -> FileClient:
@@ -225,12 +229,15 @@ class Client:
                     yield event
 
     def cancel(self, project: str) -> Summary:
+        """Cancel a project by run id or name; its summary (`Summary.already`: it had finished before,
+        nothing was cancelled). Raises `FarmError` if the controller has no such project."""
         self.send(T.CANCEL_PROJECT, {"project": project})
         while True:  # a FINISHED for another run this client follows is not the answer
             reply = self.receive()
             if reply.type is T.FINISHED:
                 summary = Summary.from_wire(reply.body["summary"])
                 if project in (summary.id, summary.project):
+                    summary.already = bool(reply.body.get("already"))
                     return summary
 
     # -- steering and looking (farm.controller.control); each raises ControlError with its code --

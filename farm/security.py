@@ -225,6 +225,15 @@ class ServerSecurity:
         """Re-read allowed/ now (handshakes also notice changes by themselves); returns the names."""
         return self._allow.reload()
 
+    def refresh(self) -> None:
+        """Re-read allowed/ now if it changed since the last look (cheap: one scan of the folder)."""
+        if self._allow._stamp() != self._allow.stamp:
+            self._allow.reload()
+
+    def refused_keys(self) -> list[str]:
+        """The public keys refused at the handshake since allowed/ last changed (at most 1000)."""
+        return sorted(key.decode() for key in tuple(self._allow.refused))  # a copy: the ZAP thread adds
+
     def allows(self, user_id: str | None) -> bool:
         """Whether an authenticated key is still allowed (allowed/ is re-read at most once a second).
 

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # tests verify packaging/systemd's units
 command -v blender >/dev/null 2>&1 || missing+=(blender)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

@@ -13,10 +13,8 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +26,7 @@ import zmq
 from farm import __version__
 from farm.agent.capabilities import detect
 from farm.agent.pool import Pool
+from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
 from farm.endpoints import HANDSHAKE_FAILED, reachable
@@ -72,7 +71,8 @@ class Agent:
         self.liveness = liveness
         self.parent_pid = parent_pid
         self.socket_setup = socket_setup
-        self.scratch = Path(scratch or tempfile.mkdtemp(prefix="farm-agent-"))
+        self.scratch_hold = claim_scratch(scratch)  # and removes what dead agents left
+        self.scratch = self.scratch_hold.path
         self.zctx = zmq.Context()
         self.ctrl: zmq.Socket | None = None
         self.pool = Pool(self.nslots, self.scratch, self.zctx, self)
@@ -157,7 +157,7 @@ class Agent:
         self.pool.close()
         self._close_ctrl(linger=500)
         self.zctx.term()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch_hold.release()
 
     @staticmethod
     def _drain(sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:

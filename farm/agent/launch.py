@@ -5,6 +5,10 @@ keeps the current folder off ``sys.path`` (a folder named ``farm`` there would s
 package), and PYTHONPATH entries are made absolute first, so they mean what they meant where the
 agent was started. Each worker's stderr passes through to the agent's own, and its last bytes
 are kept: when workers die before they are ready, that tail is the error the node reports.
+
+A worker dies with its agent however the agent dies (`farm.proc`): it asks for SIGKILL when its
+parent dies, and checks that its parent is still the agent that started it (``FARM_PARENT_PID``),
+so an agent killed while a worker was starting leaves no worker waiting on its dead socket.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import IO
+
+from farm.proc import PARENT_ENV
 
 TAIL_BYTES = 8192  # of a worker's stderr, kept for the error report
 BROKEN_AFTER = 3  # workers in a row that die before they are ready: the node is broken
@@ -26,8 +32,9 @@ def worker_command(endpoint: str, slot: int, folder: Path) -> list[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """The agent's environment with PYTHONPATH made absolute (workers start in another folder)."""
-    env = dict(os.environ)
+    """The agent's environment with PYTHONPATH made absolute (workers start in another folder),
+    and our pid, which a worker checks its parent against when it asks to die with us."""
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     if env.get("PYTHONPATH"):
         entries = [os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(entries)

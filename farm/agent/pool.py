@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import zmq
 
 from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
+from farm.agent.scratch import SOCKET
 from farm.errors import ProtocolError
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
@@ -67,7 +68,7 @@ class Pool:
         self.outcomes = outcomes
         self.slots = [Slot(i) for i in range(nslots)]
         self.threads = max(1, (os.cpu_count() or 1) // nslots)  # each job's CPU share
-        self.endpoint = f"ipc://{scratch}/workers.sock"
+        self.endpoint = f"ipc://{scratch}/{SOCKET}"
         self.socket: zmq.Socket | None = None
         self.starts = StartWatch()
         self.avg_job_s = 1.0

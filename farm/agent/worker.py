@@ -24,12 +24,14 @@ from blake3 import blake3
 from farm.errors import JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
+from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
 LOG_TAIL_LINES = 60
 FLUSH_EVERY_S = 0.002  # fast jobs are reported in batches; slow ones one by one
 PROGRESS_EVERY_S = 0.25
+SEND_WAIT_MS = 1000  # a send that waits this long checks that our agent is still there
 
 
 class _TailHandler(logging.Handler):
@@ -50,7 +52,10 @@ class Worker:
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
+        self.sock.setsockopt(zmq.SNDTIMEO, SEND_WAIT_MS)
         self.sock.connect(endpoint)
+        # the agent's pid as it told us: an agent that died while we started is no parent of ours
+        self.parent = parent_from_env() or os.getppid()
         self.scratch = scratch
         self.contexts: dict[str, tuple[Any, RenderContext, Project]] = {}
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
@@ -63,15 +68,23 @@ class Worker:
         logging.getLogger().setLevel(logging.INFO)
 
     def send(self, kind: T, body: dict[str, Any], payloads: list[bytes] | None = None) -> None:
-        self.sock.send_multipart(pack(kind, body, payloads or ()))
+        frames = pack(kind, body, payloads or ())
+        while True:  # a full queue to a dead agent would block for ever
+            try:
+                self.sock.send_multipart(frames)
+                return
+            except zmq.Again:
+                self._exit_if_orphaned()
+
+    def _exit_if_orphaned(self) -> None:
+        if os.getppid() != self.parent:  # our agent is gone: nobody will read our results
+            raise SystemExit(0)
 
     def serve(self) -> None:
-        parent = os.getppid()
         self.send(T.W_READY, {"pid": os.getpid()})
         while True:
             if not self.sock.poll(1000):
-                if os.getppid() != parent:  # our agent is gone: nobody will read our results
-                    return
+                self._exit_if_orphaned()
                 continue
             msg = unpack(self.sock.recv_multipart())  # our parent's word: a bad one is a bug, and ends us
             if msg.type is not T.W_JOBS:
@@ -196,6 +209,8 @@ def _check_size(files: list[Path], limit: int) -> None:
 
 def main(argv: list[str]) -> None:
     endpoint, slot, scratch = argv[0], int(argv[1]), Path(argv[2])
+    # SIGKILL when the agent dies, however it dies; our renderers follow us the same way
+    die_with_parent(parent_from_env())
     scratch.mkdir(parents=True, exist_ok=True)
     os.chdir(scratch)
     Worker(endpoint, slot, scratch).serve()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -12,6 +12,7 @@ from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.cli.progress import format_duration, summary_text
 from farm.client import Client
+from farm.errors import FarmError
 
 
 def connect(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
@@ -47,6 +48,12 @@ def status_text(report: dict[str, Any]) -> str:
             lines.append(f"    {a['state']}" + (": takes no new jobs" if a["state"] == "draining" else " in a run"))
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
+    for r in report.get("refused") or ():  # cut off for their key: not rendering any more
+        lines.append(f"  {r['id']:<24} {r['host']:<16} REFUSED: {r['reason']} ({r['seconds_ago']:.0f}s ago)")
+    cut_off = {r["public_key"] for r in report.get("refused") or ()}
+    for key in report.get("refused_keys") or ():  # never got past the handshake
+        if key not in cut_off:
+            lines.append(f"  {'?':<24} {'?':<16} REFUSED at the handshake: key {key} is not allowed")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = p["total"] if p["total"] is not None else "?"
@@ -72,8 +79,24 @@ def cancel(
     key: ClientKey = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
+    download: Annotated[Optional[Path], typer.Option(
+        "--download", help="Download the outputs collated so far into this folder.")] = None,
 ) -> None:
-    """Cancel a project: its jobs are withdrawn from agents; outputs collated so far stay."""
+    """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
+    so far stay (a remote submitter's `farm submit` downloads them)."""
     with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
         summary = client.cancel(project)
+        if summary.already:
+            typer.echo(f"project {summary.id} had finished already ({summary.state}): nothing to cancel",
+                       err=True)
+        kept_there = bool(summary.download) and download is None
+        if download is not None:
+            if not summary.download:
+                where = f": they are in {summary.output_dir} on its disk" if summary.output_dir else ""
+                raise FarmError(f"the controller offers no outputs of {summary.id or project} "
+                                f"for download{where}")
+            client.download(summary, download)
     typer.echo(summary_text(summary))
+    if kept_there:
+        typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
+                   f"them, or: farm cancel {summary.id} --download DIR", err=True)

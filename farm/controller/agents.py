@@ -171,7 +171,21 @@ class AgentSide:
         level = logging.INFO if reason == "agent left" and not lost else logging.WARNING
         log.log(level, "agent %s removed (%s); %d jobs requeued", agent.id, reason, lost)
 
+    def _drop_revoked(self) -> int:
+        """Cut off at once the agents whose key is no longer allowed (`farm keys revoke`); their jobs go
+        back to the queue, and `farm status` lists them as refused. Returns how many."""
+        if self.security is None:
+            return 0
+        revoked = [a for a in self.registry if a.key is not None and not self.security.allows(a.key)]
+        for agent in revoked:
+            if agent.held:  # stop its workers: whatever it sends now is refused unread
+                self._send(agent.identity, T.CANCEL, {"leases": sorted(agent.held)})
+            self.registry.refuse(agent, f"key {agent.key_name} revoked")
+            self._drop_agent(agent, f"its key {agent.key_name} was revoked")
+        return len(revoked)
+
     def _check_agents(self, now: float) -> None:
+        self._drop_revoked()
         for agent in self.registry.expired(now, self.heartbeat * self.liveness):
             self._drop_agent(agent, f"silent for {now - agent.last_seen:.1f}s")
         for agent in self.registry:

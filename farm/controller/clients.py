@@ -61,6 +61,10 @@ class ClientSide:
     def _send_status(self, identity: bytes) -> None:
         """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""
         now = time.monotonic()
+        if self.security is not None:  # a revoke shows at once, not at the next re-read of allowed/
+            self.security.refresh()
+            if self._drop_revoked():
+                self._status = None
         if self._status is None or now - self._status[0] > STATUS_SNAPSHOT_S:
             self._status = (now, pack(T.STATUS_REPLY, self.status()))
         try:
@@ -150,19 +154,47 @@ class ClientSide:
         self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
 
     def _cancel(self, identity: bytes, ref: str) -> None:
-        run = self.runs.get(ref) or next((r for r in self.runs.values() if r.project.name == ref and r.active), None)
+        """Cancel a project by run id or name: running (the newest of that name), else still uploading.
+
+        The answer is a FINISHED summary; for a run that had finished already, with ``already``
+        set and nothing cancelled. A remote submitter's run serves what was collated for download,
+        as a finished run does.
+        """
+        named = [r for r in self.runs.values() if r.project.name == ref]
+        run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
         if run is None:
-            self._send(identity, T.ERROR, {"message": f"no project {ref!r}"})
+            token = next((t for t, (_, body, _) in self.uploads.items()
+                          if body["project"].get("name") == ref), None)
+            if token is not None:
+                self._cancel_upload(identity, token)
+                return
+            run = named[-1] if named else None
+        if run is None:
+            self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
+                                                      "(farm status lists its projects)"})
             return
         if not run.active:
-            self._send(identity, T.ERROR, {"message": f"project {run.id} is already {run.state}"})
+            self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
             return
         for lease in self.scheduler.cancel(run):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
         log.info("cancelled project %s", run.id)
+        if run.uploaded:  # the submitter is elsewhere: let it download what was collated
+            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
+        self.assets.unpublish(run.id)
         self.journal.finish_project(run.id, "cancelled", run.summary())
         self._send(identity, T.FINISHED, {"summary": run.summary()})
         self._notify_finished(run)
+
+    def _cancel_upload(self, identity: bytes, token: str) -> None:
+        """Cancel a project that is still being uploaded: its submitter hears so, nothing ran."""
+        wire = self.uploads[token][1]["project"]
+        self._give_up_upload(token, "cancelled (farm cancel) before it started")
+        log.info("cancelled the upload of project %s", wire.get("name"))
+        summary = {"id": "", "project": wire.get("name"), "media_type": wire.get("media_type"),
+                   "state": "cancelled", "jobs": {"total": 0, "done": 0, "failed": 0}, "elapsed_s": 0.0,
+                   "outputs": [], "output_dir": "", "error": "cancelled while its files were being uploaded"}
+        self._send(identity, T.FINISHED, {"summary": summary})
 
     def _send_update(self, run: ProjectRun) -> None:
         """Announce a run's progress; its followers get it as an UPDATE."""
@@ -206,4 +238,6 @@ class ClientSide:
                         "state": self.scheduler.agent_state(a)} for a in self.registry],
             "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
+            "refused": self.registry.refusals(time.time()),  # cut off for their key
+            "refused_keys": self.security.refused_keys() if self.security is not None else [],
         }

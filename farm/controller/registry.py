@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 LOOKAHEAD_S = 0.02  # how much queued work beyond its slots an agent may hold (fast jobs only)
+REFUSED_SHOWN = 20  # agents cut off for their key, remembered for `farm status`
 
 
 @dataclass
@@ -108,6 +111,20 @@ class Registry:
 
     def remove(self, identity: bytes) -> AgentState | None:
         return self.agents.pop(identity, None)
+
+    @functools.cached_property
+    def refused(self) -> collections.deque[tuple[float, dict[str, Any]]]:
+        """Agents cut off because their key is no longer allowed: (when, in epoch s; who)."""
+        return collections.deque(maxlen=REFUSED_SHOWN)
+
+    def refuse(self, agent: AgentState, reason: str) -> None:
+        """Remember an agent cut off for its key (it is removed from the registry by the caller)."""
+        self.refused.append((time.time(), {"id": agent.id, "host": agent.host, "key": agent.key_name,
+                                           "public_key": agent.key, "reason": reason}))
+
+    def refusals(self, now: float) -> list[dict[str, Any]]:
+        """The agents cut off lately, newest first, each with ``seconds_ago``."""
+        return [{**found, "seconds_ago": round(now - when, 1)} for when, found in reversed(self.refused)]
 
     def expired(self, now: float, timeout: float) -> list[AgentState]:
         return [a for a in self.agents.values() if now - a.last_seen > timeout]

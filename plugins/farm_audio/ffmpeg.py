@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import BinaryIO
 
+from farm.proc import child_dies_with_parent
+
 log = logging.getLogger(__name__)
 
 #: an ffmpeg executable to use instead of imageio-ffmpeg's or the system's
@@ -96,7 +98,8 @@ def run(
     """Run ffmpeg with ``args``; raise `FfmpegFailed` on a non-zero exit."""
     cmd = [ffmpeg_exe(), *(QUIET if quiet else ("-hide_banner", "-nostdin")), *args]
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False)
+    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False,
+                          preexec_fn=child_dies_with_parent())
     if proc.returncode != 0:
         raise FfmpegFailed(cmd, proc.returncode, proc.stderr.decode("utf-8", "replace"))
     return proc

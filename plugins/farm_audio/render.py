@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import RenderError
+from farm.proc import child_dies_with_parent
 from farm_audio import ffmpeg
 from farm_audio.chain import DOUBLE, parse_chain, pinned_text
 from farm_audio.loudnorm import (
@@ -90,7 +91,8 @@ def run_fed(
            *source.input_args(), "-i", "pipe:0", *args]
     log.debug("running %s", " ".join(cmd))
     with open(log_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=child_dies_with_parent())
         assert proc.stdin is not None
         total = max(1, (end - start) * source.frame_bytes)
         try:

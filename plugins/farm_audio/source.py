@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import blake3
 
 from farm.errors import RenderError
+from farm.proc import child_dies_with_parent
 from farm_audio import ffmpeg
 from farm_audio.probe import RAW_BYTES
 
@@ -65,7 +66,7 @@ class Decoding:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the thread closes it)
         out = open(target, "wb")  # noqa: SIM115 (the thread closes it): there before any reader opens it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
+                                     stderr=self.stderr, preexec_fn=child_dies_with_parent())
         threading.Thread(target=self._pump, args=(out,), daemon=True, name="farm-audio-decode").start()
 
     def _pump(self, out: BinaryIO) -> None:

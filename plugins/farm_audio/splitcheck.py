@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from farm.proc import child_dies_with_parent
 from farm_audio import ffmpeg, verdicts
 from farm_audio.chain import DOUBLE, pinned_text
 from farm_audio.chain import parse_chain as _parse
@@ -78,7 +79,8 @@ def _run(settings: Mapping[str, Any], graph: str, data: bytes) -> array.array:
     """``graph`` over raw PCM ``data`` (as a render node feeds it): the output as doubles."""
     cmd = [ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-f", settings["raw"], "-ar", str(settings["sample_rate"]),
            "-ch_layout", settings["layout"], "-i", "pipe:0", "-af", graph, "-f", "f64le", "pipe:1"]
-    proc = subprocess.run(cmd, input=data, capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(cmd, input=data, capture_output=True, timeout=120, check=False,
+                          preexec_fn=child_dies_with_parent())
     if proc.returncode != 0:
         raise ffmpeg.FfmpegFailed(cmd, proc.returncode, proc.stderr.decode("utf-8", "replace"))
     out = array.array("d")

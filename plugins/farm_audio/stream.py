@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from farm.proc import child_dies_with_parent
 from farm_audio import ffmpeg
 from farm_audio.encode import NICE, Output, input_args
 
@@ -40,7 +41,7 @@ class _Encoder:
         self.out, self.temp, self.final = out, temp, final
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+                                     stderr=self.stderr, preexec_fn=child_dies_with_parent())
         assert self.proc.stdin is not None
         with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
             fcntl.fcntl(self.proc.stdin.fileno(), _SETPIPE_SZ, 1 << 20)

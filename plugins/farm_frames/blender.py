@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from farm.proc import child_dies_with_parent
 from farm_frames.framerange import Runs, format_runs
 from farm_frames.images import FORMATS
 from farm_frames.scenefiles import MISSING_MARKER
@@ -54,6 +55,7 @@ def blender_version(path: str, timeout: float = 60.0) -> str:
         done = subprocess.run(
             [path, "--version"],
             capture_output=True, text=True, errors="replace", timeout=timeout, check=False,
+            preexec_fn=child_dies_with_parent(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BlenderNotFound(f"{path} --version failed: {exc}") from None

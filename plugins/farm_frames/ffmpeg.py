@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import RendererMissing, RenderError
+from farm.proc import child_dies_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def run_ffmpeg(args: Sequence[str], *, what: str) -> str:
     """Run ffmpeg quietly; return its stderr (where it reports), raise `RenderError` on failure."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
     log.debug("running %s", subprocess.list2cmdline(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False,
+                          preexec_fn=child_dies_with_parent())
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-20:])
         raise RenderError(f"ffmpeg failed to {what} (exit {done.returncode}):\n{tail}")

@@ -8,37 +8,18 @@ node's cores. Blender starts no processes of its own, so killing it is killing i
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from farm.proc import child_dies_with_parent
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 #: lines kept in memory for error messages; the whole log goes to a file
 TAIL_LINES = 400
-
-
-def death_signal() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGKILL the child when its parent dies.
-
-    The libc function is looked up here, before fork: the child only makes the call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    return preexec
 
 
 def start_child(cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -56,7 +37,7 @@ def start_child(cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> subpro
         cwd=cwd,
         env=env,
         # no new session: it stays in the worker's process group, which the agent kills
-        preexec_fn=death_signal(),  # only calls prctl, looked up before the fork
+        preexec_fn=child_dies_with_parent(),  # SIGKILL when the worker dies, however it dies
     )
 
 
