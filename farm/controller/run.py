@@ -21,6 +21,7 @@ from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
+from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
@@ -79,6 +80,7 @@ class ProjectRun:
         except Exception as exc:
             log.warning("%s: count() failed: %r; progress will have no total", project.name, exc)
             self.total = None
+        self.units = UnitCounter(media, project)  # progress in tiles, frames, seconds: farm.controller.units
         self._jobs: Iterator[Job] = iter(())
         try:
             self._jobs = iter(media.split(project))
@@ -213,7 +215,9 @@ class ProjectRun:
         except BadIdentifier as exc:
             self._fail_project(f"split() yielded a bad job: {exc}")
             return None
+        self.units.seen(job)
         if job.key in self.done_keys:
+            self.units.resumed_done(job.key)
             return None
         unmet = set()
         for dep in job.deps:
@@ -270,6 +274,7 @@ class ProjectRun:
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None))
         self.done += 1
+        self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, {"reused": reused})
         for job in self.waiting.pop(key, []):
             unmet = self.unmet[job.key]
@@ -321,6 +326,7 @@ class ProjectRun:
         self.cache_keys.pop(key, None)
         self.conduct.failed_for_good(key)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
+        self.units.job_failed(key)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
@@ -405,6 +411,7 @@ class ProjectRun:
             "eta_s": round(left / rate, 1) if rate and left is not None and self.active else None,
             "stalled": stalled,
             "error": self.error,
+            "units": self.units.snapshot(self.progress, elapsed, exhausted=self.exhausted, active=self.active),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -417,6 +424,7 @@ class ProjectRun:
             "jobs": {"total": snap["total"] if snap["total"] is not None else self.done + len(self.failures),
                      "done": self.done, "failed": len(self.failures), "reused": self.reused},
             "elapsed_s": snap["elapsed_s"],
+            "units": snap["units"],
             "outputs": self.outputs,
             "output_dir": str(self.project.output_dir),
             "failures": [{"job": f.key, "error": f.error, "log": f.log, "attempts": f.attempts}
