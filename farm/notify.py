@@ -44,6 +44,8 @@ MAX_QUEUED = 256  # deliveries waiting for a sender; beyond it the oldest is dro
 SENDERS = 4  # deliveries at once: one hanging hook does not hold up the others
 CLOSE_GRACE_S = 5.0  # on shutdown, how long deliveries still under way may take
 MAX_OUTPUTS = 100  # output paths in a notification (and in the run.finished event)
+MAX_FAILURES = 20  # failed jobs listed in a notification, each error cut to MAX_ERROR characters
+MAX_ERROR = 500
 ALLOW_ANY = "*"
 
 
@@ -95,12 +97,15 @@ def check_host(host: str) -> str:
 
 def finished_details(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What a ``run.finished`` event carries beyond its state and counts: enough for a
-    notification (`ProjectRun.summary` in, at most `MAX_OUTPUTS` output paths out)."""
+    notification (`ProjectRun.summary` in; at most `MAX_OUTPUTS` output paths and
+    `MAX_FAILURES` failed jobs out, without their logs)."""
     outputs = list(summary.get("outputs") or ())
+    failures = [{"job": f["job"], "error": str(f["error"])[:MAX_ERROR], "attempts": f["attempts"]}
+                for f in (summary.get("failures") or ())[:MAX_FAILURES]]
     return {"project": summary["project"], "media_type": summary["media_type"],
             "total": summary["jobs"]["total"], "reused": summary["jobs"]["reused"],
             "units": summary.get("units"), "outputs": outputs[:MAX_OUTPUTS], "outputs_total": len(outputs),
-            "output_dir": summary.get("output_dir")}
+            "output_dir": summary.get("output_dir"), "failures": failures}
 
 
 def notification(event: Any) -> dict[str, Any]:
@@ -121,6 +126,7 @@ def notification(event: Any) -> dict[str, Any]:
         "outputs": data.get("outputs", []),
         "outputs_total": data.get("outputs_total", 0),
         "output_dir": data.get("output_dir"),
+        "failures": data.get("failures", []),
     }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 import textwrap
@@ -19,6 +20,12 @@ from farm.project import Project, load_project
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
 
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Agents started here keep their file cache to this test (other tests' agents share ~/.cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 def end(controller, run: Background, run_id: str) -> None:
     """Cancel a run that waits for agents, and see its submitter return."""
@@ -46,7 +53,8 @@ def test_frames_units_are_the_frames_of_each_chunk(settings):
     project = project_with("frames", settings)
     jobs = list(media.split(project))
     assert media.unit == "frames"
-    assert [media.units(j, project) for j in jobs] == [sum(b - a + 1 for a, b in j.params["runs"]) for j in jobs]
+    assert [media.units(j, project) for j in jobs] == [
+        sum(b - a + 1 for a, b in j.params["runs"]) for j in jobs]
     assert sum(media.units(j, project) for j in jobs) == media.total_units(project) == sum(
         b - a + 1 for a, b in settings["frames"])
 
@@ -219,10 +227,12 @@ def test_progress_gate_lets_through_changes_and_keepalives():
                   "units": {**snap["units"], "rate": 1.1, "eta_s": 8.0}}
     assert not gate.changed("r", clock_only, 100.2)
     assert gate.changed("other", snap, 100.2)  # per run
-    assert gate.changed("r", {**snap, "units": {**snap["units"], "done": 5}}, 100.4)
-    assert gate.changed("r", {**snap, "units": {**snap["units"], "done": 5}, "stalled": "no agents"}, 100.6)
-    assert not gate.changed("r", {**snap, "units": {**snap["units"], "done": 5}, "stalled": "no agents"}, 105.5)
-    assert gate.changed("r", {**snap, "units": {**snap["units"], "done": 5}, "stalled": "no agents"}, 105.7)
+    moved = {**snap, "units": {**snap["units"], "done": 5}}
+    assert gate.changed("r", moved, 100.4)
+    stalled = {**moved, "stalled": "no agents"}
+    assert gate.changed("r", stalled, 100.6)
+    assert not gate.changed("r", stalled, 105.5)
+    assert gate.changed("r", stalled, 105.7)  # a keep-alive
     gate.forget("r")
     assert gate.changed("r", clock_only, 105.8)
 
@@ -233,7 +243,7 @@ def test_an_unchanged_run_is_announced_only_as_a_keepalive(controller, synthetic
     wait_for(lambda: len([e for e in controller.events.buffer if e.type == "progress"]) >= 4, 60,
              "four progress events")
     progress = [e for e in controller.events.buffer if e.type == "progress"]
-    same = [(a, b) for a, b in zip(progress, progress[1:], strict=False)
+    same = [(a, b) for a, b in itertools.pairwise(progress)
             if {k: v for k, v in a.data.items() if k not in ("elapsed_s", "rate", "eta_s")}
             == {k: v for k, v in b.data.items() if k not in ("elapsed_s", "rate", "eta_s")}]
     assert same, [e.data for e in progress]
