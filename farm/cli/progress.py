@@ -27,7 +27,7 @@ SEP = " · "
 def format_duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -169,7 +169,8 @@ class ProgressBar:
 
 def summary_text(summary: Summary) -> str:
     lines = [
-        f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total} jobs done,"
+        f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
+        " jobs done,"
         f" {summary.failed} failed"
         + (f" ({summary.done - summary.reused} rendered, {summary.reused} reused)" if summary.reused else "")
         + f" in {format_duration(summary.elapsed_s)} ({summary.elapsed_s:.1f}s)",
