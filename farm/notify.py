@@ -232,11 +232,13 @@ class Notifier:
         for attempt in range(1, self.attempts + 1):
             error, retry = self._post(url, body, delivery)
             if error is None:
-                self.sent += 1
+                with self._ready:  # counters shared by the sender threads
+                    self.sent += 1
                 log.info("%s: webhook to %s delivered (try %d)", run_id, host, attempt)
                 return
             if not retry or attempt == self.attempts or time.monotonic() >= self._deadline:
-                self.given_up += 1
+                with self._ready:
+                    self.given_up += 1
                 log.warning("%s: webhook to %s failed after %d tries: %s", run_id, host, attempt, error)
                 return
             log.info("%s: webhook to %s failed (try %d of %d): %s; again in %.1fs", run_id, host, attempt,

@@ -13,6 +13,7 @@ import pytest
 from conftest import Background, wait_for
 
 from farm.client import Client, submit
+from farm.controller.server import Controller
 from farm.controller.units import ProgressGate, UnitCounter
 from farm.mediatype import Job, MediaType
 from farm.plugins import get_media_type
@@ -176,6 +177,26 @@ def test_reused_jobs_count_as_done_units(controller, agents, synthetic):
     again = submit(controller.url, load_project(project), on_update=updates.append)
     assert again.ok and again.reused == 6
     assert updates[-1]["units"]["done"] == updates[-1]["units"]["total"] == 18
+
+
+def test_jobs_done_before_a_controller_restart_count_as_done_units(tmp_path, agents, synthetic):
+    url = f"ipc://{tmp_path}/ctl.sock"  # the same address after the restart: the agents come back
+    first = Controller(url, state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
+    agents(url, 2)
+    run = Background(url, synthetic(jobs=40, sleep=0.05, units_per_job=[2]))
+    wait_for(lambda: first.stats["collated"] >= 10, 120, "some jobs done")
+    first.stop()
+    second = Controller(url, state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
+    try:
+        resumed = wait_for(lambda: next(iter(second.runs.values()), None), 60, "the resumed run")
+        assert resumed.resumed >= 10
+        wait_for(lambda: resumed.state == "done", 120, "the resumed run to finish")
+        units = resumed.snapshot()["units"]
+        assert units["done"] == units["total"] == 80
+        assert resumed.units.resumed == 2 * resumed.resumed  # counted, but not in this run's rate
+    finally:
+        second.stop(shutdown_agents=True)
+    run.thread.join(30)
 
 
 def test_maptiles_units_in_a_real_run_are_the_tiles_written(controller, agents, tmp_path):
