@@ -120,12 +120,18 @@ def submit_on_a_terminal(project, *args: str) -> tuple[int, str, str]:
 
 
 def test_farm_submit_draws_the_bar_on_a_terminal_and_keeps_stdout_for_the_summary(synthetic):
-    project = synthetic(jobs=12, sleep=0.02, units_per_job=[1, 2.5])
+    project = synthetic(jobs=12, sleep=0.02, units_per_job=[1, 2.5], fail=["job-0000005"],
+                        extra="[jobs]\nmax_attempts = 1\n")
     code, out, terminal = submit_on_a_terminal(project)
-    assert code == 0, terminal
-    assert "items 21/21 · jobs 12/12" in terminal, terminal  # the final counts, drawn before FINISHED
+    assert code == 1, terminal
+    # the final counts, drawn before FINISHED: done and failed together make the whole
+    assert "items 21/21 · jobs 12/12" in terminal and "1 failed" in terminal, terminal
     assert "━" in terminal and "\x1b[" in terminal
-    assert out.startswith("synth (synthetic): done: 12/12 jobs done, 0 failed"), out
+    assert out.startswith("synth (synthetic): failed: 11/12 jobs done, 1 failed"), out
+    # the failure's log line is printed above the bar, never run into the bar's line
+    warnings = [i for i in range(len(terminal)) if terminal.startswith("WARNING: ", i)]
+    assert warnings, terminal
+    assert all(terminal[:i].endswith(("\n", "\x1b[2K")) for i in warnings), terminal
 
 
 def test_farm_submit_json_draws_nothing_on_a_terminal(synthetic):

@@ -10,6 +10,7 @@ seconds unless the run's state or stall reason changes.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
@@ -119,6 +120,7 @@ class ProgressBar:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._plain_last: tuple[float, tuple[Any, ...]] | None = None
+        self._rerouted: list[tuple[logging.StreamHandler, Any]] = []  # (handler, its own stream)
 
     def line(self, update: dict[str, Any], now: float | None = None) -> str:
         """The text for this update (and a rate sample taken from it)."""
@@ -144,7 +146,9 @@ class ProgressBar:
                 TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
                 TimeElapsedColumn(), TextColumn("{task.fields[stats]}"),
                 console=console, refresh_per_second=5, transient=False)
+            stderr = sys.stderr
             self._progress.start()
+            self._route_logs(stderr)
             self._task = self._progress.add_task(str(update.get("project", "")), total=None, stats="")
         assert self._task is not None
         self._progress.update(self._task, completed=pos.value, total=pos.total, stats=text, refresh=True)
@@ -160,11 +164,24 @@ class ProgressBar:
         self.stream.write(f"{update.get('project', '')}: {text.replace(SEP, share + SEP, 1)}\n")
         self.stream.flush()
 
+    def _route_logs(self, stderr: Any) -> None:
+        """While the bar is live, log lines to stderr go through rich's proxy, which prints them
+        above the bar (written straight to the terminal they would run into the bar's line)."""
+        proxy = sys.stderr
+        if proxy is stderr:  # rich did not redirect (not a terminal)
+            return
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is stderr:
+                self._rerouted.append((handler, handler.setStream(proxy)))
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.refresh()
             self._progress.stop()
             self._progress = None
+        for handler, stream in self._rerouted:
+            handler.setStream(stream)
+        self._rerouted.clear()
 
 
 def summary_text(summary: Summary) -> str:
