@@ -75,8 +75,8 @@ def check_webhook(url: object) -> str:
 
 
 def webhook_host(url: str) -> str:
-    """The host a webhook is sent to, lowercase, without port or brackets."""
-    return (urllib.parse.urlsplit(url).hostname or "").lower()
+    """The host a webhook is sent to, lowercase, without port, brackets or a trailing dot."""
+    return (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
 
 
 def check_host(host: str) -> str:

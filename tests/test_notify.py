@@ -294,7 +294,10 @@ def test_good_webhooks_and_hosts_pass():
         with pytest.raises(BadWebhook):
             check_host(bad)
     notifier = Notifier(allow=["hooks.example.org"])
-    assert notifier.allows("https://HOOKS.example.org:8443/x") and not notifier.allows("https://127.0.0.1/")
+    assert notifier.allows("https://HOOKS.example.org:8443/x") and notifier.allows("http://hooks.example.org./")
+    for elsewhere in ("https://127.0.0.1/", "https://hooks.example.org.evil.net/", "https://evil.net/hooks.example.org",
+                      "https://hooks.example.org@evil.net/", "http://2130706433/"):
+        assert not notifier.allows(elsewhere), elsewhere
     assert Notifier(allow=["*"]).allows("http://10.1.2.3/")
 
 

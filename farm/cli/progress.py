@@ -154,7 +154,7 @@ class ProgressBar:
         self._progress.update(self._task, completed=pos.value, total=pos.total, stats=text, refresh=True)
 
     def _plain(self, update: dict[str, Any], text: str, now: float) -> None:
-        news = (update.get("state"), update.get("stalled"), update.get("failed"))
+        news = (update.get("state"), update.get("stalled"))  # failures are logged on their own
         last = self._plain_last
         if last is not None and last[1] == news and now - last[0] < self.plain_every:
             return
