@@ -10,9 +10,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import wait_for
+from conftest import Background, wait_for
 
-from farm.client import submit
+from farm.client import Client, submit
 from farm.controller.events import Event
 from farm.controller.server import Controller
 from farm.errors import ProjectError
@@ -146,6 +146,21 @@ def test_a_finished_and_a_failed_run_post_their_summaries(notifying, hook, agent
     assert body["failures"] == [{"job": "job-0000001", "error": "RenderError: job-0000001 is set to fail",
                                  "attempts": 1}]
     assert ctl.notifier.sent == 2 and ctl.notifier.given_up == 0
+
+
+def test_a_cancelled_run_is_told_too(notifying, hook, synthetic):
+    receiver = hook()
+    ctl = notifying(notify=[receiver.url()])
+    run = Background(ctl.url, synthetic(jobs=5, units_per_job=3))  # no agents: it waits
+    wait_for(lambda: ctl.status()["projects"], 60, "the run")
+    run_id = ctl.status()["projects"][0]["id"]
+    with Client(ctl.url) as client:
+        client.cancel(run_id)
+    wait_for(lambda: receiver.requests, 30, "the webhook")
+    body = receiver.bodies()[0]
+    assert body["run"] == run_id and body["state"] == "cancelled"
+    assert body["jobs"]["done"] == 0 and body["units"]["total"] == 15 and body["units"]["done"] == 0
+    run.thread.join(30)
 
 
 def test_a_hanging_hook_delays_neither_the_run_nor_the_other_hooks(notifying, hook, agents, synthetic):
