@@ -228,6 +228,11 @@ class Notifier:
     def _deliver(self, url: str, body: bytes, run_id: str) -> None:
         delivery = uuid.uuid4().hex  # the same on every try: a receiver can drop repeats
         host = webhook_host(url)
+        if time.monotonic() >= self._deadline:  # still queued when the grace ran out
+            with self._ready:
+                self.given_up += 1
+            log.warning("%s: webhook to %s not sent: the controller stopped first", run_id, host)
+            return
         wait = self.backoff
         for attempt in range(1, self.attempts + 1):
             error, retry = self._post(url, body, delivery)
@@ -262,9 +267,11 @@ class Notifier:
             if 300 <= exc.code < 400:
                 return f"HTTP {exc.code} redirect (not followed)", False
             return f"HTTP {exc.code} {exc.reason}", exc.code in (408, 425, 429) or exc.code >= 500
-        except (urllib.error.URLError, OSError, ValueError) as exc:  # refused, unreachable, timed out
+        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
             reason = getattr(exc, "reason", exc)
             return f"{type(reason).__name__}: {reason}", True
+        except ValueError as exc:  # a URL urllib cannot use (check_webhook lets few through)
+            return f"{type(exc).__name__}: {exc}", False
 
     def close(self, grace: float = CLOSE_GRACE_S) -> None:
         """Let queued deliveries try for up to `grace` seconds more, then stop the senders."""

@@ -271,6 +271,15 @@ def test_an_unreachable_hook_is_given_up(hook):
     notifier.close()
 
 
+def test_nothing_is_sent_once_the_grace_after_closing_has_run_out(hook):
+    receiver = hook()
+    notifier = Notifier([receiver.url()])
+    notifier.close(0)
+    notifier(finished_event())
+    wait_for(lambda: notifier.given_up == 1, 30, "the late delivery dropped")
+    assert receiver.requests == [] and notifier.sent == 0
+
+
 # -- where URLs enter ------------------------------------------------------------------------------
 
 
