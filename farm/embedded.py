@@ -71,7 +71,8 @@ class EmbeddedFarm:
 
     def __init__(self, state_dir: Path, agents: int | None = None) -> None:
         self.sockets = private_socket_dir()
-        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir)
+        # the submitter is this user: its projects' webhooks go anywhere (farm.notify)
+        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir, notify_allow=["*"])
         self.count = agents or os.cpu_count() or 1
         self.procs: list[subprocess.Popen[bytes]] = []
 

@@ -72,6 +72,8 @@ class MediaType:
     requirements: ClassVar[tuple[str, ...]] = ()
     #: seconds before a job is killed and retried (``[jobs] timeout`` overrides)
     default_timeout: ClassVar[float] = 600.0
+    #: what progress counts beside jobs, plural ("tiles", "frames", "seconds"); see `units`
+    unit: ClassVar[str] = "jobs"
 
     def available(self) -> str | None:
         """None if this machine can render this media type, else why not (shown to users)."""
@@ -97,6 +99,25 @@ class MediaType:
 
     def count(self, project: Project) -> int | None:
         """A cheap total number of jobs (for progress and ETA), or None if unknown."""
+        return None
+
+    def units(self, job: Job, project: Project) -> float:
+        """How many `unit` one job holds (tiles in a metatile, frames in a chunk, seconds of audio).
+
+        Runs on the controller for every job it pulls from `split`: keep it cheap and pure (the
+        job's params and the project's settings). A finite number >= 0; a job that holds none
+        of the media (an analysis pass) is 0. Default: 1.0, one job is one unit.
+        """
+        return 1.0
+
+    def total_units(self, project: Project) -> float | None:
+        """How many `unit` the whole project holds, when known up front (for progress and ETA).
+
+        None: unknown (the total is then known once `split` is exhausted). Default: the
+        `count` of jobs when `units` is not overridden, else None.
+        """
+        if type(self).units is MediaType.units:
+            return self.count(project)
         return None
 
     def split(self, project: Project) -> Iterator[Job]:

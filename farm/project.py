@@ -16,6 +16,7 @@ from typing import Any
 
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
+from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
 from farm.ownoutput import file_id, output_files
 from farm.paths import UnsafePath, safe_relpath
 from farm.settings import SettingsReader, line_of
@@ -47,6 +48,7 @@ class Project:
     extra: dict[str, Any] = field(default_factory=dict)
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
+    notify: tuple[str, ...] = ()  # [notify] webhook: URLs told when a run ends (farm.notify)
 
     @property
     def file(self) -> Path:
@@ -188,6 +190,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
     max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=MAX_OUTPUT_MIB)
     jobs.finish()
+    notify = _webhooks(reader("notify"))
 
     try:
         media = get_media_type(media_type)
@@ -195,7 +198,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         raise UnknownMediaType(
             exc.message, file=file, key="[project] media_type", line=line_of(text, "project", "media_type")
         ) from None
-    known = {"project", "assets", "output", "jobs", media.name}
+    known = {"project", "assets", "output", "jobs", "notify", media.name}
     for table in data:
         if table not in known:
             raise ProjectError(
@@ -216,7 +219,20 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         max_attempts=attempts,
         table=dict(table.values),
         max_output=int(max_output * 2**20),
+        notify=notify,
     )
+
+
+def _webhooks(table: SettingsReader) -> tuple[str, ...]:
+    """``[notify] webhook``: one URL or a list, each checked by `farm.notify.check_webhook`."""
+    urls = table.str_list("webhook", [])
+    table.finish()
+    if len(urls) > MAX_HOOKS:
+        raise table.error("webhook", f"{len(urls)} webhooks; at most {MAX_HOOKS}")
+    try:
+        return tuple(check_webhook(url) for url in urls)
+    except BadWebhook as exc:
+        raise table.error("webhook", str(exc)) from None
 
 
 def _configure(media: Any, reader: SettingsReader, file: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,7 @@ from farm.cli.options import Insecure, KeysDir
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
 from farm.errors import FarmError
+from farm.notify import BadWebhook, check_host, check_webhook
 from farm.security import KeyStore, requires_security
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,13 @@ def default_state_dir() -> Path:
     return Path(base) / "farm"
 
 
+def _checked(check: Callable[[str], str], values: list[str] | None) -> list[str]:
+    try:
+        return [check(value) for value in values or ()]
+    except BadWebhook as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def controller(
     bind: Annotated[str, typer.Option(help="Where agents and clients connect.")] = "tcp://127.0.0.1:5555",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where the controller keeps its state.")] = None,
@@ -34,6 +43,13 @@ def controller(
     keys_dir: KeysDir = None,
     key: Annotated[str, typer.Option("--key", help="This controller's key pair name.")] = "controller",
     insecure: Insecure = False,
+    notify: Annotated[Optional[list[str]], typer.Option(
+        "--notify", metavar="URL", callback=lambda urls: _checked(check_webhook, urls),
+        help="POST a JSON summary here when any run ends (repeatable; see docs/notify.md).")] = None,
+    notify_allow: Annotated[Optional[list[str]], typer.Option(
+        "--notify-allow", metavar="HOST", callback=lambda hosts: _checked(check_host, hosts),
+        help="Send projects' own webhooks (\\[notify] in farm.toml) to this host (repeatable; '*': any "
+             "host).")] = None,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -44,7 +60,8 @@ def controller(
     with reported():
         security = controller_security(bind, keys_dir, key, insecure)
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
-                         liveness=liveness, security=security)
+                         liveness=liveness, security=security, notify=notify or (),
+                         notify_allow=notify_allow or ())
         signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
         try:
             ctl.start()

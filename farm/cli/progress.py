@@ -1,29 +1,50 @@
-"""Progress for people (a bar with done/total, rate and ETA) and the end-of-run summary."""
+"""Progress for people, and the end-of-run summary.
+
+A run's UPDATEs (the controller's snapshots, `farm.controller.run.ProjectRun.snapshot`) are
+drawn with ``rich.progress`` on a terminal: the media's own units beside jobs ("tiles
+1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds, failures,
+reuse, and why the run waits when it is stalled. Where the stream is not a terminal (a log
+file, a pipe) the same text goes out as plain lines, at most one every `PLAIN_EVERY_S`
+seconds unless the run's state or stall reason changes.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
 from farm.client import Summary
 
-BAR_WIDTH = 28
+RATE_WINDOW_S = 10.0
+PLAIN_EVERY_S = 10.0
+SEP = " · "
 
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-class RateMeter:
-    """Jobs per second over a sliding window, so the ETA follows the current pace."""
+def format_count(value: float | None) -> str:
+    """1234 -> "1,234"; 12.25 -> "12.2"; None -> "?"."""
+    if value is None:
+        return "?"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
-    def __init__(self, window: float = 10.0) -> None:
+
+class RateMeter:
+    """Units per second over a sliding window, so the ETA follows the current pace."""
+
+    def __init__(self, window: float = RATE_WINDOW_S) -> None:
         self.window = window
         self.samples: list[tuple[float, float]] = []
 
@@ -37,58 +58,136 @@ class RateMeter:
         return (d1 - d0) / (t1 - t0)
 
 
-class ProgressBar:
-    """Redraws one line on a terminal; silent elsewhere."""
+class Position:
+    """Where a run stands in its units (or in jobs, for a media type that counts none)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
+    def __init__(self, update: dict[str, Any]) -> None:
+        jobs_done = update["done"] + update["failed"]
+        self.jobs = (jobs_done, update.get("total"))
+        units = update.get("units") or {}
+        self.name = units.get("name") or "jobs"
+        if units and self.name != "jobs":
+            self.done = float(units.get("done", 0)) + float(units.get("failed", 0))
+            self.value = self.done + float(units.get("partial", 0.0))
+            self.total = units.get("total")
+            self.shows_jobs = True
+        else:  # a job part-way counts its fraction, so long jobs move the bar
+            self.done = float(jobs_done)
+            self.value = jobs_done + float(update.get("partial", 0.0))
+            self.total = update.get("total")
+            self.shows_jobs = False
+
+    @property
+    def fraction(self) -> float | None:
+        return min(self.value / self.total, 1.0) if self.total else None
+
+
+def progress_text(update: dict[str, Any], rate: float | None) -> str:
+    """The words beside the bar: counts, rate, ETA, failures, reuse, state, stall reason."""
+    pos = Position(update)
+    parts = [f"{pos.name} {format_count(pos.done)}/{format_count(pos.total)}"]
+    if pos.shows_jobs:
+        parts.append(f"jobs {format_count(pos.jobs[0])}/{format_count(pos.jobs[1])}")
+    eta = (pos.total - pos.value) / rate if rate and pos.total else None
+    parts.append(f"{rate:,.1f} {pos.name}/s" if rate else f"-- {pos.name}/s")
+    parts.append(f"ETA {format_duration(eta)}")
+    if update.get("failed"):
+        parts.append(f"{update['failed']} failed")
+    if update.get("reused"):
+        parts.append(f"{update['reused']} reused")
+    if update.get("state") == "finalizing":
+        parts.append("finalizing")
+    if update.get("stalled"):
+        parts.append(f"waiting: {update['stalled']}")
+    return SEP.join(parts)
+
+
+class ProgressBar:
+    """Draws a run's UPDATEs on `stream`: a rich bar on a terminal, plain lines elsewhere.
+
+    `enabled` False draws nothing (``--json``); None picks by whether `stream` is a
+    terminal; True forces the bar (for `console`, a rich Console a test records).
+    """
+
+    def __init__(self, stream: TextIO = sys.stderr, enabled: bool | None = None, *,
+                 console: Console | None = None, plain_every: float = PLAIN_EVERY_S) -> None:
         self.stream = stream
-        self.enabled = stream.isatty() if enabled is None else enabled
+        self.off = enabled is False
+        self.console = console
+        self.live = console is not None or (enabled is True) or (enabled is None and stream.isatty())
         self.meter = RateMeter()
-        self.drawn = False
+        self.plain_every = plain_every
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._plain_last: tuple[float, tuple[Any, ...]] | None = None
+        self._rerouted: list[tuple[logging.StreamHandler, Any]] = []  # (handler, its own stream)
 
     def line(self, update: dict[str, Any], now: float | None = None) -> str:
+        """The text for this update (and a rate sample taken from it)."""
         now = time.monotonic() if now is None else now
-        done = update["done"] + update["failed"]
-        position = done + update.get("partial", 0.0)  # jobs part-way count, so long jobs move the bar
-        total = update.get("total")
-        rate = self.meter.add(now, position)
-        if total:
-            fraction = min(position / total, 1.0)
-            filled = int(fraction * BAR_WIDTH)
-            bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            eta = (total - position) / rate if rate else None
-            head = f"[{bar}] {done}/{total} {fraction:4.0%}"
-        else:
-            eta = None
-            head = f"{done} jobs"
-        parts = [head, f"{rate:.1f} jobs/s" if rate else "-- jobs/s", f"ETA {format_duration(eta)}"]
-        if update.get("failed"):
-            parts.append(f"{update['failed']} failed")
-        if update.get("reused"):
-            parts.append(f"{update['reused']} reused")
-        if update.get("state") == "finalizing":
-            parts.append("finalizing")
-        if update.get("stalled"):
-            parts.append(f"waiting: {update['stalled']}")
-        return "  ".join(parts)
+        return progress_text(update, self.meter.add(now, Position(update).value))
 
-    def update(self, update: dict[str, Any]) -> None:
-        if not self.enabled:
+    def update(self, update: dict[str, Any], now: float | None = None) -> None:
+        """Draw one UPDATE (`now`: its monotonic time, for the rate; default: the clock)."""
+        if self.off:
             return
-        text = self.line(update)
-        self.stream.write("\r\x1b[2K" + text)
+        now = time.monotonic() if now is None else now
+        text = self.line(update, now)
+        if self.live:
+            self._draw(update, text)
+        else:
+            self._plain(update, text, now)
+
+    def _draw(self, update: dict[str, Any], text: str) -> None:
+        pos = Position(update)
+        if self._progress is None:
+            console = self.console or Console(file=self.stream, highlight=False)
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
+                TimeElapsedColumn(), TextColumn("{task.fields[stats]}"),
+                console=console, refresh_per_second=5, transient=False)
+            stderr = sys.stderr
+            self._progress.start()
+            self._route_logs(stderr)
+            self._task = self._progress.add_task(str(update.get("project", "")), total=None, stats="")
+        assert self._task is not None
+        self._progress.update(self._task, completed=pos.value, total=pos.total, stats=text, refresh=True)
+
+    def _plain(self, update: dict[str, Any], text: str, now: float) -> None:
+        news = (update.get("state"), update.get("stalled"))  # failures are logged on their own
+        last = self._plain_last
+        if last is not None and last[1] == news and now - last[0] < self.plain_every:
+            return
+        self._plain_last = (now, news)
+        fraction = Position(update).fraction
+        share = f" ({fraction:.0%})" if fraction is not None else ""
+        self.stream.write(f"{update.get('project', '')}: {text.replace(SEP, share + SEP, 1)}\n")
         self.stream.flush()
-        self.drawn = True
+
+    def _route_logs(self, stderr: Any) -> None:
+        """While the bar is live, log lines to stderr go through rich's proxy, which prints them
+        above the bar (written straight to the terminal they would run into the bar's line)."""
+        proxy = sys.stderr
+        if proxy is stderr:  # rich did not redirect (not a terminal)
+            return
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is stderr:
+                self._rerouted.append((handler, handler.setStream(proxy)))
 
     def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._progress is not None:
+            self._progress.refresh()
+            self._progress.stop()
+            self._progress = None
+        for handler, stream in self._rerouted:
+            handler.setStream(stream)
+        self._rerouted.clear()
 
 
 def summary_text(summary: Summary) -> str:
     lines = [
-        f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total} jobs done,"
+        f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
+        " jobs done,"
         f" {summary.failed} failed"
         + (f" ({summary.done - summary.reused} rendered, {summary.reused} reused)" if summary.reused else "")
         + f" in {format_duration(summary.elapsed_s)} ({summary.elapsed_s:.1f}s)",

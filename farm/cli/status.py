@@ -10,7 +10,7 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
-from farm.cli.progress import format_duration, summary_text
+from farm.cli.progress import format_count, format_duration, summary_text
 from farm.client import Client
 from farm.errors import FarmError
 
@@ -60,6 +60,9 @@ def status_text(report: dict[str, Any]) -> str:
         state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
         line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
                 f"  {p['failed']} failed  {p['running']} running")
+        units = p.get("units") or {}
+        if units.get("name", "jobs") != "jobs":  # the media's own count: tiles, frames, seconds
+            line += f"  {units['name']} {format_count(units['done'])}/{format_count(units['total'])}"
         if p.get("rate"):
             line += f"  {p['rate']:.1f} jobs/s"
         if p.get("eta_s") is not None:

@@ -18,6 +18,7 @@ from farm.controller.intake import Intake, Prepared
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
+from farm.notify import finished_details
 from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
 
@@ -197,9 +198,10 @@ class ClientSide:
         self._send(identity, T.FINISHED, {"summary": summary})
 
     def _send_update(self, run: ProjectRun) -> None:
-        """Announce a run's progress; its followers get it as an UPDATE."""
+        """Announce a run's progress (an event only when it changed); its followers get it as an UPDATE."""
         snap = run.snapshot(self.scheduler.stalled(run))
-        self.events.publish("progress", run.id, None, None, snap)
+        if self.progress_gate.changed(run.id, snap, time.monotonic()):
+            self.events.publish("progress", run.id, None, None, snap)
         for identity in list(self.followers.get(run.id, ())):
             if not self._send(identity, T.UPDATE, snap):
                 self.followers[run.id].discard(identity)
@@ -215,10 +217,13 @@ class ClientSide:
                              "priority": run.priority, "resumed": resumed})
 
     def _notify_finished(self, run: ProjectRun) -> None:
+        self._send_update(run)  # the final counts, for bars and the event stream, before FINISHED
         summary = run.summary()
+        self.progress_gate.forget(run.id)
         self.events.publish("run.finished", run.id, None, None,
                             {"state": run.state, "done": run.done, "failed": len(run.failures),
-                             "elapsed_s": round(run.elapsed(), 3), "error": run.error})
+                             "elapsed_s": round(run.elapsed(), 3), "error": run.error,
+                             **finished_details(summary)})
         for identity in self.followers.pop(run.id, set()):
             self._send(identity, T.FINISHED, {"summary": summary})
 

@@ -22,6 +22,7 @@ from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
+from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
@@ -85,6 +86,7 @@ class ProjectRun:
         except Exception as exc:
             log.warning("%s: count() failed: %r; progress will have no total", project.name, exc)
             self.total = None
+        self.units = UnitCounter(media, project)  # progress in tiles, frames, seconds: farm.controller.units
         self._jobs: Iterator[Job] = iter(())
         try:
             self._jobs = iter(media.split(project))
@@ -219,7 +221,9 @@ class ProjectRun:
         except BadIdentifier as exc:
             self._fail_project(f"split() yielded a bad job: {exc}")
             return None
+        self.units.seen(job)
         if job.key in self.done_keys:
+            self.units.resumed_done(job.key)
             return None
         unmet = set()
         for dep in job.deps:
@@ -277,6 +281,7 @@ class ProjectRun:
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None))
         self.done += 1
+        self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, {"reused": reused})
         for job in self.waiting.pop(key, []):
             unmet = self.unmet[job.key]
@@ -333,6 +338,7 @@ class ProjectRun:
         self.cache_keys.pop(key, None)
         self.conduct.failed_for_good(key)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key], job, agent)
+        self.units.job_failed(key)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
@@ -462,6 +468,7 @@ class ProjectRun:
                       else None),
             "stalled": stalled,
             "error": self.error,
+            "units": self.units.snapshot(self.progress, elapsed, exhausted=self.exhausted, active=self.active),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -474,6 +481,7 @@ class ProjectRun:
             "jobs": {"total": snap["total"] if snap["total"] is not None else self.done + len(self.failures),
                      "done": self.done, "failed": len(self.failures), "reused": self.reused},
             "elapsed_s": snap["elapsed_s"],
+            "units": snap["units"],
             "outputs": self.outputs,
             "output_dir": str(self.project.output_dir),
             "failures": [{"job": f.key, "error": f.error, "log": f.log, "attempts": f.attempts}

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,9 +32,11 @@ from farm.controller.jobcache import JobCache
 from farm.controller.registry import Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.controller.scheduler import Scheduler
+from farm.controller.units import ProgressGate
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError
 from farm.journal import Journal, JournalError
+from farm.notify import Notifier
 from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
@@ -63,7 +65,11 @@ class Controller(AgentSide, ClientSide, ControlSide):
         security: ServerSecurity | None = None,
         intake_limits: IntakeLimits = DEFAULT_INTAKE_LIMITS,
         scheduler: Scheduler | None = None,
+        notify: Iterable[str] = (),
+        notify_allow: Iterable[str] = (),
     ) -> None:
+        """`notify`: webhooks for every run; `notify_allow`: hosts (or "*") whose project webhooks
+        (``[notify]`` in farm.toml) are sent (`farm.notify`); others raise `farm.notify.BadWebhook`."""
         self.bind = bind
         self.intake_limits = intake_limits
         self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
@@ -82,6 +88,9 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self._counts = Stats()
         self.events.observe(self._counts)
         self.subscribers = Subscribers(self.events)
+        self.progress_gate = ProgressGate()  # `progress` events only when a run's snapshot changed
+        self.notifier = Notifier(notify, notify_allow, project_hooks=self._project_hooks)
+        self.events.observe(self.notifier)
         self._stop = threading.Event()
         self._shutdown_agents = False
         self._probes: list[float] = []
@@ -134,6 +143,10 @@ class Controller(AgentSide, ClientSide, ControlSide):
     def leases(self) -> dict[str, Lease]:
         """Lease id -> lease, across runs (the scheduler's; read-only outside the loop)."""
         return self.scheduler.leases
+
+    def _project_hooks(self, run_id: str) -> tuple[str, ...]:
+        run = self.runs.get(run_id)  # from the event thread: a dict read, and a frozen Project
+        return run.project.notify if run is not None else ()
 
     @property
     def crash(self) -> BaseException | None:
@@ -247,6 +260,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.assets.close()
             self.journal.close()
             self.events.stop()
+            self.notifier.close()
             lock.close()
 
     def _resume(self) -> None:

@@ -44,6 +44,7 @@ class AudioSegments(MediaType):
     description = "Audio through an ffmpeg filter chain, rendered in sample-exact segments and encoded once"
     #: loudnorm's analysis reads the whole file in one job: ~40 s for 30 minutes on one core
     default_timeout = 1800.0
+    unit = "seconds"  # of audio, at the output's sample rate
 
     def available(self) -> str | None:
         try:
@@ -58,6 +59,14 @@ class AudioSegments(MediaType):
     def count(self, project: Project) -> int:
         s = project.settings
         return count_segments(s["samples"], s["segment"]) + (s["loudnorm"] is not None)
+
+    def units(self, job: Job, project: Project) -> float:
+        if job.params["kind"] != "segment":
+            return 0.0  # the loudness analysis renders no audio
+        return (job.params["end"] - job.params["start"]) / project.settings["sample_rate"]
+
+    def total_units(self, project: Project) -> float:
+        return project.settings["samples"] / project.settings["sample_rate"]
 
     def split(self, project: Project) -> Iterator[Job]:
         s = project.settings

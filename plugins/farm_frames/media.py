@@ -59,6 +59,7 @@ class Frames(MediaType):
     description = "Video frames rendered by Blender, encoded into a video with ffmpeg"
     requirements = ("blender",)
     default_timeout = 3600.0
+    unit = "frames"
 
     def available(self) -> str | None:
         # Cheap and quiet: every agent asks at start, whatever it will render, so no Blender is
@@ -75,6 +76,12 @@ class Frames(MediaType):
     def count(self, project: Project) -> int:
         settings = project.settings
         return math.ceil(frame_count(settings["frames"]) / settings["chunk"])
+
+    def units(self, job: Job, project: Project) -> float:
+        return frame_count(job.params["runs"])
+
+    def total_units(self, project: Project) -> float:
+        return frame_count(project.settings["frames"])
 
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
         # The frame list and chunking only choose which jobs exist (each job's params name its

@@ -24,7 +24,7 @@ from farm_maptiles import config, mapstyle
 from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
 from farm_maptiles.metatile import render_metatile, tile_name
-from farm_maptiles.tilemath import TileRange, metatile_count, metatiles
+from farm_maptiles.tilemath import TileRange, metatile_count, metatiles, tile_range
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class MapTiles(MediaType):
     # No extra tags: an agent advertises "maptiles" only where `available()` found Mapnik.
     requirements = ()
     default_timeout = 600.0
+    unit = "tiles"
 
     def available(self) -> str | None:
         return mapnik_missing()
@@ -88,6 +89,14 @@ class MapTiles(MediaType):
     def count(self, project: Project) -> int:
         s = project.settings
         return sum(metatile_count(s["bbox"], z, s["metatile"]) for z in range(s["minzoom"], s["maxzoom"] + 1))
+
+    def units(self, job: Job, project: Project) -> float:
+        x0, y0, x1, y1 = job.params["tiles"]  # the metatile's tiles inside the bbox
+        return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+    def total_units(self, project: Project) -> float:
+        s = project.settings
+        return sum(len(tile_range(s["bbox"], z)) for z in range(s["minzoom"], s["maxzoom"] + 1))
 
     def split(self, project: Project) -> Iterator[Job]:
         s = project.settings

@@ -39,6 +39,7 @@ class Synthetic(MediaType):
     name = "synthetic"
     description = "Synthetic jobs for benchmarks and scheduler tests"
     default_timeout = 60.0
+    unit = "items"  # what progress counts beside jobs: `units_per_job` per job
 
     def configure(self, s: SettingsReader) -> dict[str, Any]:
         settings = {
@@ -57,6 +58,8 @@ class Synthetic(MediaType):
             "cache": s.boolean("cache", False),
             # a folder of the project: job i reads <folder>/<key>.txt and outputs its bytes
             "inputs": _project_path(s, "inputs"),
+            # how many `unit` each job holds; a list is cycled (job i holds list[i % len])
+            "units_per_job": _units_per_job(s),
         }
         s.finish()
         return settings
@@ -66,6 +69,15 @@ class Synthetic(MediaType):
 
     def count(self, project: Project) -> int:
         return project.settings["jobs"]
+
+    def units(self, job: Job, project: Project) -> float:
+        weights = project.settings.get("units_per_job", [1.0])
+        return weights[job.params["i"] % len(weights)]
+
+    def total_units(self, project: Project) -> float:
+        weights, jobs = project.settings.get("units_per_job", [1.0]), project.settings["jobs"]
+        whole, rest = divmod(jobs, len(weights))
+        return whole * sum(weights) + sum(weights[:rest])
 
     def split(self, project: Project) -> Iterator[Job]:
         first = (job_key(0),) if project.settings["depend_on_first"] else ()
@@ -129,6 +141,15 @@ def _project_path(s: SettingsReader, key: str) -> str:
     except UnsafePath as exc:
         raise s.error(key, str(exc)) from None
     return rel
+
+
+def _units_per_job(s: SettingsReader) -> list[float]:
+    value = s.get("units_per_job", 1.0)
+    values = value if isinstance(value, list) else [value]
+    if not values or len(values) > 1000 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e12 for v in values):
+        raise s.error("units_per_job", f"expected a number >= 0 or a list of 1 to 1000, got {value!r}")
+    return [float(v) for v in values]
 
 
 def _append_line(root: Path, rel: str, line: str) -> None:

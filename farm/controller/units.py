@@ -1,0 +1,153 @@
+"""A run's progress in its media's own units (tiles, frames, seconds of audio), and when a
+run's progress is worth announcing.
+
+`UnitCounter` asks the media type how many units each job holds (`MediaType.units`) as the
+run pulls it from `split`, and adds them up as jobs finish, fail, are reused or were done
+before a restart. `ProgressGate` lets a ``progress`` event through only when a run's
+snapshot changed (or as a slow keep-alive), so an idle run does not fill the event buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from farm.mediatype import Job, MediaType
+    from farm.project import Project
+
+log = logging.getLogger(__name__)
+
+MAX_UNITS = 1e15  # per job or per project: beyond it a plugin's figure is a bug, not a count
+KEEPALIVE_S = 5.0  # an unchanged run's progress is announced this often all the same
+#: snapshot fields that change with the clock alone: a change there is not news
+CLOCK_FIELDS = frozenset({"elapsed_s", "rate", "eta_s"})
+
+
+class UnitCounter:
+    """Units of one run: the total (when known up front), done, failed and part-way.
+
+    The controller's loop thread alone calls it. Units of a job are asked once, when the job
+    is pulled, and kept (by job key) until it is done, so a job that fails and is retried or
+    rendered again counts once. A plugin whose `units` raises or returns nonsense costs that
+    job's units (0, logged once), never the run.
+    """
+
+    def __init__(self, media: MediaType, project: Project) -> None:
+        self.media = media
+        self.project = project
+        self._warned = False
+        self.name = media.unit if isinstance(media.unit, str) and media.unit else "jobs"
+        self.total = self._checked(lambda: media.total_units(project), "total_units()")
+        self.done = 0.0
+        self.failed = 0.0
+        self.resumed = 0.0  # done before a controller restart: not part of this run's rate
+        self.pending: dict[str, float] = {}  # job key -> units, from its pull until it is done
+        self.failed_keys: set[str] = set()
+
+    def seen(self, job: Job) -> None:
+        """A job came out of `split`: remember what it holds."""
+        if job.key not in self.pending:
+            units = self._checked(lambda: self.media.units(job, self.project), f"units() of {job.key!r}")
+            self.pending[job.key] = units or 0.0
+
+    def resumed_done(self, key: str) -> None:
+        """A job pulled again after a restart was done before it."""
+        units = self.pending.pop(key, 0.0)
+        self.done += units
+        self.resumed += units
+
+    def job_done(self, key: str) -> None:
+        units = self.pending.pop(key, 0.0)
+        if key in self.failed_keys:  # failed for good, then retried by hand and done after all
+            self.failed_keys.discard(key)
+            self.failed -= units
+        self.done += units
+
+    def job_failed(self, key: str) -> None:
+        if key not in self.failed_keys:
+            self.failed_keys.add(key)
+            self.failed += self.pending.get(key, 0.0)
+
+    def of(self, key: str) -> float:
+        """The units of a job pulled and not done yet (0 for one never seen)."""
+        return self.pending.get(key, 0.0)
+
+    def snapshot(self, partial: Mapping[str, float], elapsed: float, *, exhausted: bool,
+                 active: bool) -> dict[str, Any]:
+        """``{"name", "done", "failed", "partial", "total", "rate", "eta_s"}`` for the run's snapshot.
+
+        `partial` maps running job keys to their reported fraction (0..1). ``total`` is None
+        while unknown (known once `split` is exhausted, if the media type cannot say it up
+        front); ``rate`` is units per second over the run (None in its first half second);
+        ``eta_s`` is seconds left at that rate (None when unknown or not running).
+        """
+        part = sum(self.pending.get(key, 0.0) * fraction for key, fraction in partial.items())
+        total = self.total
+        if total is None and exhausted:
+            waiting = sum(u for k, u in self.pending.items() if k not in self.failed_keys)
+            total = self.done + self.failed + waiting
+        moved = self.done - self.resumed + self.failed + part
+        rate = moved / elapsed if elapsed > 0.5 and moved > 0 else None
+        left = None if total is None else max(0.0, total - self.done - self.failed - part)
+        return {
+            "name": self.name,
+            "done": _round(self.done),
+            "failed": _round(self.failed),
+            "partial": _round(part),
+            "total": None if total is None else _round(total),
+            "rate": _round(rate) if rate else None,
+            "eta_s": round(left / rate, 1) if rate and left is not None and active else None,
+        }
+
+    def _checked(self, ask: Any, what: str) -> float | None:
+        try:
+            value = ask()
+        except Exception as exc:
+            self._warn(f"{what} raised {exc!r}")
+            return None
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_UNITS \
+                or math.isnan(value):
+            self._warn(f"{what} returned {value!r}, not a number of {self.name} from 0 to {MAX_UNITS:g}")
+            return None
+        return float(value)
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:  # once per run: a plugin bug must not flood the log
+            self._warned = True
+            log.warning("%s: media type %r: %s; progress in %s is approximate",
+                        self.project.name, self.media.name, message, self.name)
+
+
+def _round(value: float) -> float | int:
+    """Whole counts stay integers on the wire (tiles, frames); fractions keep 3 decimals."""
+    return int(value) if float(value).is_integer() else round(value, 3)
+
+
+class ProgressGate:
+    """Which runs' snapshots to announce as ``progress`` events: changed ones, and each run at
+    least every `keepalive` seconds. Loop thread only."""
+
+    def __init__(self, keepalive: float = KEEPALIVE_S) -> None:
+        self.keepalive = keepalive
+        self._last: dict[str, tuple[dict[str, Any], float]] = {}  # run id -> (what changes, when sent)
+
+    def changed(self, run_id: str, snapshot: Mapping[str, Any], now: float) -> bool:
+        """True if this snapshot should be published (it then counts as the last one sent)."""
+        news = {k: v for k, v in snapshot.items() if k not in CLOCK_FIELDS}
+        units = news.get("units")
+        if isinstance(units, Mapping):
+            news["units"] = {k: v for k, v in units.items() if k not in CLOCK_FIELDS}
+        last = self._last.get(run_id)
+        if last is not None and last[0] == news and now - last[1] < self.keepalive:
+            return False
+        self._last[run_id] = (news, now)
+        return True
+
+    def forget(self, run_id: str) -> None:
+        """A run ended: nothing more to compare its snapshots with."""
+        self._last.pop(run_id, None)
