@@ -36,6 +36,7 @@ from farm.filesync import SyncError
 from farm.journal import Journal, JournalError
 from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
+from farm.preview import RunFacts
 from farm.project import load_project
 from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
@@ -128,6 +129,11 @@ class Controller(AgentSide, ClientSide):
     @property
     def runs(self) -> dict[str, ProjectRun]:
         return self.scheduler.runs
+
+    def run_facts(self, run_id: str) -> RunFacts | None:
+        """A run's immutable facts (media type, settings, output folder), for any thread; None if unknown."""
+        run = self.runs.get(run_id)  # one dict read: atomic, whatever the loop does meanwhile
+        return None if run is None else run.facts
 
     @property
     def leases(self) -> dict[str, Lease]:
