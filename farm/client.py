@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from farm.endpoints import HANDSHAKE_FAILED, reachable
-from farm.errors import ConnectionLost, FarmError, ProtocolError
+from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.project import Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
@@ -132,6 +132,8 @@ class Client:
                 log.warning("dropping a bad message from the controller: %s", exc)
                 continue
             if msg.type is T.ERROR:
+                if msg.body.get("code") in ControlError.CODES:
+                    raise ControlError(f"controller: {msg.body['message']}", msg.body["code"])
                 raise FarmError(f"controller: {msg.body['message']}")
             return msg
 
@@ -230,6 +232,71 @@ class Client:
                 summary = Summary.from_wire(reply.body["summary"])
                 if project in (summary.id, summary.project):
                     return summary
+
+    # -- steering and looking (farm.controller.control); each raises ControlError with its code --
+
+    def _control(self, action: str, **fields: Any) -> dict[str, Any]:
+        body = {"action": action, **{k: v for k, v in fields.items() if v is not None}}
+        return self.request(T.CONTROL, body, expect=(T.CONTROL_REPLY,)).body
+
+    def _query(self, what: str, project: str, **fields: Any) -> dict[str, Any]:
+        body = {"what": what, "project": project, **{k: v for k, v in fields.items() if v is not None}}
+        return self.request(T.QUERY, body, expect=(T.QUERY_REPLY,)).body
+
+    def pause(self, project: str) -> dict[str, Any]:
+        """Lease no more of a run's jobs (agents finish what they hold): ``{"project", "paused", "running"}``.
+
+        `project` is a run id, or a project name (its newest run). Codes: not_found; conflict when
+        the run is not running, or already paused.
+        """
+        return self._control("pause", project=project)
+
+    def resume(self, project: str) -> dict[str, Any]:
+        """Lease a paused run's jobs again: ``{"project", "paused": False}``; conflict if it is not paused."""
+        return self._control("resume", project=project)
+
+    def retry(self, project: str, keys: list[str] | None = None) -> dict[str, Any]:
+        """Run jobs that failed for good again (all of them, or the `keys` given): ``{"project", "retried": [keys]}``.
+
+        Each gets ``max_attempts`` fresh tries; a finished, failed run goes back to running and
+        finishes again. Codes: not_found (no such run, or a key it never had), conflict (a key
+        that has not failed for good, a cancelled run, a run that failed for another reason).
+        """
+        return self._control("retry", project=project, keys=list(keys) if keys is not None else None)
+
+    def set_priority(self, project: str, priority: int) -> dict[str, Any]:
+        """Change a running run's priority (higher runs first): ``{"project", "priority", "previous"}``."""
+        return self._control("priority", project=project, priority=priority)
+
+    def drain(self, agent: str) -> dict[str, Any]:
+        """Give an agent no new jobs; it finishes what it holds: ``{"agent", "state": "draining", "holding"}``."""
+        return self._control("drain", agent=agent)
+
+    def undrain(self, agent: str) -> dict[str, Any]:
+        """Give a drained agent jobs again: ``{"agent", "state"}``."""
+        return self._control("undrain", agent=agent)
+
+    def project(self, project: str) -> dict[str, Any]:
+        """A run's snapshot, as in ``status()["projects"]`` (with ``paused``); not_found if none."""
+        return self._query("project", project)
+
+    def jobs(self, project: str, state: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a run's jobs: ``{"project", "total", "offset", "limit", "unlisted", "jobs": [...]}``.
+
+        Each job: ``{"key", "state", "attempts", "agent", "duration_s", "error"}``; `state` filters to
+        one of queued, running, done (rendered), failed (for good), reused. Running jobs come first,
+        then queued, failed, and done or reused ones by key. ``unlisted`` counts jobs the media type
+        has not split off yet (they are not listed). `limit` is 1..1000.
+        """
+        return self._query("jobs", project, state=state, offset=offset, limit=limit)
+
+    def job_log(self, project: str, key: str) -> dict[str, Any]:
+        """One job's recent attempts, oldest first: ``{"project", "key", "attempts": [...]}``.
+
+        Each attempt: ``{"attempt", "agent", "state", "error", "duration_s", "log"}`` (the log's
+        tail). not_found if the run never had the job.
+        """
+        return self._query("log", project, key=key)
 
 
 def submit(url: str, project: Project, *, priority: int = 0,

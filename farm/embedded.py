@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -69,9 +70,11 @@ class EmbeddedFarm:
     They talk over ``ipc://`` sockets in a private folder (`private_socket_dir`), removed on exit.
     """
 
-    def __init__(self, state_dir: Path, agents: int | None = None) -> None:
+    def __init__(self, state_dir: Path, agents: int | None = None, *, ui: bool = False) -> None:
         self.sockets = private_socket_dir()
-        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir)
+        self.ui_url: str | None = None  # with `ui`: the dashboard's address, its session token included
+        http = _ui_server() if ui else None
+        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir, http=http)
         self.count = agents or os.cpu_count() or 1
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -82,6 +85,8 @@ class EmbeddedFarm:
             shutil.rmtree(self.sockets, ignore_errors=True)
             raise
         assert self.controller.url is not None
+        if self.controller.http is not None:
+            self.ui_url = f"{self.controller.http.url}?access_token={self.controller.http.access.session_token}"
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
         # a closed farm: once these have all joined or exited, no other agent can come
@@ -99,6 +104,17 @@ class EmbeddedFarm:
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
         assert self.controller.url is not None
         return submit(self.controller.url, project, priority=priority, on_update=on_update)
+
+
+def _ui_server() -> Any:
+    """The dashboard on loopback (port 8642, else any free one), behind a token of this session.
+
+    A loopback port is open to every local user, unlike the farm's private sockets, so the
+    API asks for a random token; the printed URL carries it, and the browser keeps it as a cookie.
+    """
+    from farm.http.server import DEFAULT_PORT, HttpServer  # FastAPI loads only for --ui
+
+    return HttpServer("127.0.0.1", DEFAULT_PORT, session_token=secrets.token_urlsafe(24), any_port_if_taken=True)
 
 
 def submit_embedded(

@@ -74,3 +74,18 @@ class ProtocolError(FarmError):
 
 class ConnectionLost(FarmError):
     """The other end stopped answering."""
+
+
+class ControlError(FarmError):
+    """The controller refused a steering request or a query (`farm.client.Client.pause`, `.jobs`, ...).
+
+    ``code`` says what kind of refusal, for callers that map it (the HTTP API: 404, 400, 409):
+    ``"not_found"`` (no such project, agent or job), ``"bad_request"`` (a malformed request),
+    ``"conflict"`` (not possible in the current state, e.g. resuming a run that is not paused).
+    """
+
+    CODES = ("not_found", "bad_request", "conflict")
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -54,6 +54,10 @@ class T(enum.IntEnum):
     ERROR = 39
     EVENTS = 40  # subscribe to the event stream (and renew the subscription)
     EVENT_BATCH = 41
+    CONTROL = 42  # steer: pause, resume, retry, priority, drain, undrain
+    CONTROL_REPLY = 43
+    QUERY = 44  # look: a run's snapshot, its jobs (paged), one job's log
+    QUERY_REPLY = 45
     # file synchroniser (its own socket)
     FS_REQUEST = 50
     FS_REPLY = 51
@@ -188,9 +192,15 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.STATUS_REPLY: ANY,
     T.CANCEL_PROJECT: {"project": str},
     T.FOLLOW: {"project": str},
-    T.ERROR: {"message": str},
+    T.ERROR: {"message": str, "code": opt(str)},  # code: see farm.errors.ControlError
     T.EVENTS: {"since": opt(int)},  # the last seq seen; missing: from now on
     T.EVENT_BATCH: {"events": [ANY], "missed": int, "last": int},
+    # what each field means, and its bounds, is farm.controller.control's to check
+    T.CONTROL: {"action": str, "project": opt(str), "agent": opt(str), "keys": opt([str]), "priority": opt(int)},
+    T.CONTROL_REPLY: ANY,
+    T.QUERY: {"what": str, "project": str, "key": opt(str), "state": opt(str), "offset": opt(int),
+              "limit": opt(int)},
+    T.QUERY_REPLY: ANY,
     T.FS_REQUEST: ANY,
     T.FS_REPLY: ANY,
     T.W_READY: {"pid": int},

@@ -15,9 +15,10 @@ import fcntl
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import zmq
 
@@ -41,6 +42,9 @@ from farm.project import load_project
 from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
+if TYPE_CHECKING:
+    from farm.http.server import HttpServer
+
 log = logging.getLogger(__name__)
 
 UPDATE_EVERY_S = 0.2
@@ -63,8 +67,12 @@ class Controller(AgentSide, ClientSide):
         security: ServerSecurity | None = None,
         intake_limits: IntakeLimits = DEFAULT_INTAKE_LIMITS,
         scheduler: Scheduler | None = None,
+        http: HttpServer | None = None,
     ) -> None:
         self.bind = bind
+        self.http = http  # the HTTP API (farm.http), served in a thread of its own beside the loop
+        # in-process clients (the HTTP API) connect here: no keys, as no other process can reach it
+        self.local_url = f"inproc://farm-controller-{uuid.uuid4().hex}"
         self.intake_limits = intake_limits
         self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
         self.heartbeat = heartbeat
@@ -94,11 +102,19 @@ class Controller(AgentSide, ClientSide):
 
     def start(self) -> Controller:
         """Run the loop in a background thread (the embedded controller); returns once bound."""
+        if self.http is not None:
+            self.http.attach(self)  # its metrics count from the first event
         self._thread = threading.Thread(target=self._run_guarded, name="farm-controller", daemon=True)
         self._thread.start()
         self._bound.wait(30)
         if self._error:
             raise self._error
+        if self.http is not None:
+            try:
+                self.http.start(self)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _run_guarded(self) -> None:
@@ -111,6 +127,8 @@ class Controller(AgentSide, ClientSide):
 
     def stop(self, timeout: float = 10.0, *, shutdown_agents: bool = False) -> None:
         """Stop the loop; with shutdown_agents, tell connected agents to exit too (embedded runs)."""
+        if self.http is not None:
+            self.http.stop()  # before the loop: its requests need the loop to answer
         self._shutdown_agents = shutdown_agents
         self._stop.set()
         if self._thread is not None:
@@ -176,6 +194,7 @@ class Controller(AgentSide, ClientSide):
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
+            self.sock.bind(self.local_url)
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
             self.journal.close()
@@ -295,8 +314,9 @@ class Controller(AgentSide, ClientSide):
             if secured:
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
+                local = key is None and _in_process(frames[0])
                 frames = [f.bytes for f in frames]
-                if not self.security.allows(key):
+                if not local and not self.security.allows(key):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
@@ -404,6 +424,19 @@ def _plugin_observer() -> Callable[[Event], None] | None:
     if not hook.get_hookimpls():
         return None
     return lambda event: hook(event=event)
+
+
+def _in_process(frame: zmq.Frame) -> bool:
+    """Whether a message came over ``inproc://``: with no handshake, it carries no metadata at all.
+
+    On a CURVE socket every tcp:// and ipc:// peer passed the handshake, which gives its
+    messages a ``Socket-Type`` (and a ``User-Id``); only an in-process peer has none.
+    """
+    try:
+        frame.get("Socket-Type")
+    except zmq.ZMQError:
+        return True
+    return False
 
 
 def _lock_state_dir(folder: Path) -> IO[bytes]:
