@@ -148,10 +148,16 @@ class Controller(AgentSide, ClientSide):
     def runs(self) -> dict[str, ProjectRun]:
         return self.scheduler.runs
 
-    def run_facts(self, run_id: str) -> RunFacts | None:
-        """A run's immutable facts (media type, settings, output folder), for any thread; None if unknown."""
-        run = self.runs.get(run_id)  # one dict read: atomic, whatever the loop does meanwhile
-        return None if run is None else run.facts
+    def run_facts(self, run: str) -> RunFacts | None:
+        """A run's immutable facts (media type, settings, output folder), for any thread.
+
+        ``run``: a run id, or a project name (its newest run); None if the controller has none.
+        """
+        found = self.runs.get(run)  # single reads and copies of the dict: atomic, whatever the loop does
+        if found is None:
+            named = [r for r in list(self.runs.values()) if r.project.name == run]
+            found = max(named, key=lambda r: r.submitted, default=None)
+        return None if found is None else found.facts
 
     @property
     def leases(self) -> dict[str, Lease]:

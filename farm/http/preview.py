@@ -111,8 +111,8 @@ def _previews(request: Request) -> Previews:
 
 
 def _facts(request: Request, run_id: str) -> RunFacts:
-    controller = getattr(request.app.state, "controller", None)
-    facts = controller.run_facts(run_id) if controller is not None else None
+    lookup = getattr(request.app.state, "run_facts", None)  # Controller.run_facts, set by farm.http.server
+    facts = lookup(run_id) if lookup is not None else None
     if facts is None:
         raise HTTPException(404, f"no project run {run_id!r}")
     return facts

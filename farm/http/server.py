@@ -105,6 +105,7 @@ class HttpServer:
         counters = controller.assets.server.counters  # plain ints, written by the file service's thread
         self.metrics.collect_from(backend, lambda: {"bytes_in": counters.bytes_in, "bytes_out": counters.bytes_out})
         app = create_app(backend, access=self.access, metrics=self.metrics)
+        app.state.run_facts = controller.run_facts  # the previews' read-only facts (farm.http.preview)
         try:
             self._sock = _listen(self.host, self.port)
         except FarmError:

@@ -3,24 +3,20 @@
 
 const farm = window.farm = {};
 
-// A token (needed beyond loopback) comes once in the address, as #token=..., and is kept for the tab.
-(function takeToken() {
-  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (m) {
-    sessionStorage.setItem("farm.token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-})();
-
-farm.token = () => sessionStorage.getItem("farm.token");
+// A token (needed beyond loopback, and for `farm submit --ui`) arrives once in the address as
+// ?access_token=...; the server keeps it in an HttpOnly cookie that every later request (fetch,
+// EventSource, images) carries, so it is taken out of the address bar, and of screenshots.
+if (new URLSearchParams(location.search).has("access_token")) {
+  const clean = new URL(location.href);
+  clean.searchParams.delete("access_token");
+  history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
+}
 
 farm.url = (path) => new URL(path.replace(/^\//, ""), document.baseURI).toString();
 
 // One request; JSON in and out. Rejects with an Error whose message is the API's reason.
 farm.api = async function api(method, path, body) {
   const headers = { Accept: "application/json" };
-  const token = farm.token();
-  if (token) headers.Authorization = "Bearer " + token;
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -30,7 +26,7 @@ farm.api = async function api(method, path, body) {
   const type = response.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await response.json() : await response.text();
   if (!response.ok) {
-    const why = data && typeof data === "object" ? (data.detail || data.error || JSON.stringify(data)) : data;
+    const why = data && typeof data === "object" ? (data.error || data.detail || JSON.stringify(data)) : data;
     throw new Error(`${method} ${path}: ${response.status} ${typeof why === "string" ? why : JSON.stringify(why)}`);
   }
   return data;
@@ -63,32 +59,33 @@ farm.showError = function showError(error) {
   showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
 };
 
-// The controller's event stream over Server-Sent Events. EventSource reconnects by itself and
-// resumes from the last id it saw (Last-Event-ID), so no event is lost or repeated.
-farm.events = function events(onEvent) {
+// The controller's event stream over Server-Sent Events: one message per event (id = its seq,
+// data = the event as JSON). EventSource reconnects by itself and resumes from the last id it
+// saw (Last-Event-ID), so nothing is lost or repeated; `onGap` runs when events were missed
+// (older than the controller's buffer), and after a reconnection, so the page can reload.
+farm.events = function events(onEvent, onGap) {
   const live = document.getElementById("live");
-  const token = farm.token();
-  const source = new EventSource(farm.url("api/v1/events" + (token ? "?token=" + encodeURIComponent(token) : "")));
-  let lastSeq = 0;
-  const handle = (message) => {
+  const source = new EventSource(farm.url("api/v1/events"));
+  let broken = false;
+  source.onmessage = (message) => {
     let event;
     try { event = JSON.parse(message.data); } catch (e) { return; }
-    const seq = Number(event.seq || message.lastEventId || 0);
-    if (seq && seq <= lastSeq) return;  // delivered twice (as a named and as a plain message)
-    if (seq) lastSeq = seq;
     onEvent(event);
   };
-  source.onmessage = handle;
-  for (const type of farm.EVENT_TYPES) source.addEventListener(type, handle);
-  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  source.addEventListener("missed", onGap);
+  source.onopen = () => {
+    live.textContent = "live";
+    live.className = "live on";
+    if (broken) onGap();
+    broken = false;
+  };
+  source.onerror = () => {
+    broken = true;
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+  };
   return source;
 };
-
-farm.EVENT_TYPES = ["run.submitted", "run.started", "run.finished", "run.paused", "run.resumed",
-  "run.cancelled", "run.priority", "job.started", "job.done", "job.failed", "job.retried", "job.reused",
-  "agent.joined", "agent.left", "agent.blocklisted", "agent.broken", "agent.draining", "agent.drained",
-  "agent.undrained", "progress"];
 
 farm.fmtDuration = function fmtDuration(s) {
   if (s === null || s === undefined || !isFinite(s)) return "–";

@@ -254,11 +254,11 @@
   $("log-close").addEventListener("click", () => { $("log").hidden = true; });
 
   Promise.all([loadProjects(), loadAgents()]).catch(showError);
-  let opened = false;
-  const stream = farm.events(onEvent);
-  stream.addEventListener("open", () => {
-    if (opened) { throttle("projects", loadProjects); throttle("agents", loadAgents); }  // back after a gap
-    opened = true;
+  farm.events(onEvent, () => {  // events were missed: load everything again
+    throttle("projects", loadProjects);
+    throttle("agents", loadAgents);
+    throttle("jobs", loadJobs);
+    throttle("preview", farm.preview.refresh);
   });
   farm.dashboard = { select, loadProjects, loadAgents, loadJobs, projects, get selected() { return selected; } };
 })();
