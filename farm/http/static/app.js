@@ -89,9 +89,10 @@
     card.classList.toggle("selected", p.id === selected);
     card.querySelector(".name").textContent = p.project;
     card.querySelector(".media").textContent = p.media_type;
+    const shown = p.paused && (p.state === "running" || p.state === "finalizing") ? "paused" : p.state;
     const state = card.querySelector(".state");
-    state.textContent = p.state;
-    state.className = "state " + p.state;
+    state.textContent = shown;
+    state.className = "state " + shown;
     const total = p.total || 0;
     const pct = (n) => (total ? Math.min(100, (100 * n) / total) : 0) + "%";
     card.querySelector(".bar .done").style.width = pct(p.done);
@@ -109,10 +110,10 @@
     if (p.stalled) facts.push(`stalled: ${p.stalled}`);
     if (p.error) facts.push(`error: ${p.error}`);
     card.querySelector(".facts").textContent = facts.join(" · ");
-    const live = p.state === "running" || p.state === "paused";
+    const live = p.state === "running" || p.state === "finalizing";
     const button = (a) => card.querySelector(`[data-action="${a}"]`);
-    button("pause").disabled = p.state !== "running";
-    button("resume").disabled = p.state !== "paused";
+    button("pause").disabled = p.state !== "running" || p.paused;
+    button("resume").disabled = !p.paused;
     button("cancel").disabled = !live;
     button("retry").disabled = !p.failed;
     const input = card.querySelector("input.priority");
@@ -121,7 +122,7 @@
 
   // Media units (tiles, frames, seconds of audio) when the snapshot carries them.
   function unitsText(p) {
-    const u = p.units;
+    const u = p.units || (p.progress && p.progress.units);
     if (!u || typeof u !== "object") return "";
     const name = u.unit || u.name || "units";
     const rate = u.rate ? ` · ${u.rate} ${name}/s` : "";

@@ -64,7 +64,8 @@
         bounds, noWrap: true, attribution: d.attribution ? escapeHtml(d.attribution) : "",
         keepBuffer: 1, updateWhenZooming: false,
       }).addTo(view.map);
-      view.map.fitBounds(bounds);
+      // one zoom closer than the whole bounds: the map fills its box (the world at zoom 0 is one tile)
+      view.map.setView(bounds.getCenter(), Math.min(d.maxzoom, view.map.getBoundsZoom(bounds) + 1));
     } else {
       view.layer.refreshPending();
     }
