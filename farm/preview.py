@@ -67,6 +67,7 @@ class RunFacts:
     media: MediaType
     settings: Mapping[str, Any]  # the media type's normalised settings (a read-only copy)
     output_dir: Path
+    submitted: float  # epoch seconds: files older than this are an earlier run's
 
 
 @dataclass
@@ -81,6 +82,7 @@ class PreviewContext:
     project: str
     settings: Mapping[str, Any]
     output_dir: Path
+    submitted: float = 0.0  # epoch seconds: files modified before it are an earlier run's
     cache: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = logging.getLogger("farm.preview")
 
@@ -126,7 +128,7 @@ class PreviewContext:
 
 
 def context_for(facts: RunFacts, cache: dict[str, Any]) -> PreviewContext:
-    return PreviewContext(facts.run_id, facts.project, facts.settings, facts.output_dir, cache,
+    return PreviewContext(facts.run_id, facts.project, facts.settings, facts.output_dir, facts.submitted, cache,
                           logging.getLogger(f"farm.preview.{facts.media.name}"))
 
 

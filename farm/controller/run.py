@@ -85,7 +85,7 @@ class ProjectRun:
         self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
         # for other threads (the dashboard's previews): fixed for the run, settings copied read-only
         self.facts = RunFacts(run_id, project.name, media, MappingProxyType(copy.deepcopy(dict(project.settings))),
-                              project.output_dir)
+                              project.output_dir, self.submitted)
         try:
             self.total: int | None = media.count(project)
         except Exception as exc:

@@ -4,23 +4,27 @@
 to a side file (`farm_audio.join`). The preview reads only ranges it has not seen (kept in
 the context's cache), each once, and folds them into `BUCKETS` (min, max) peaks over the
 whole length: bounded memory, a bounded read per call, and at most `LOOK` samples examined
-per bucket and segment. Once the run is encoded the join is removed; the peaks already
-computed stay, else the page is told where the output is.
+per bucket and segment. Once the run is encoded the join is removed: the peaks of what
+was not read by then come from one measured decode of an encoded output (`_from_output`).
 """
 
 from __future__ import annotations
 
 import array
 import math
+import subprocess
 import sys
 from typing import IO, Any
 
 from farm.preview import PreviewContext, opened
+from farm_audio import encode, ffmpeg
 
 BUCKETS = 600
 LOOK = 4096  # samples examined per bucket in one segment: a stride beyond that
 READ_PER_CALL = 64 << 20  # bytes of new PCM read per call at most; the rest on the next
 CHUNK = 1 << 20
+DECODE_TIMEOUT_S = 20.0  # an encoded output's peaks, measured once per run after the join is removed
+LOSSLESS = ("flac", "wav")
 #: raw PCM format -> (array type code, offset, scale) so that (value - offset) / scale is in -1..1
 FORMATS = {"u8": ("B", 128, 128.0), "s16le": ("h", 0, 32768.0), "s32le": ("i", 0, 2147483648.0),
            "f32le": ("f", 0, 1.0), "f64le": ("d", 0, 1.0)}
@@ -44,11 +48,52 @@ def describe(ctx: PreviewContext, join_name: str, fingerprint: str) -> dict[str,
             state["seen"].add((start, count))
             state["joined"] += count
             budget -= count * _frame(s)
+    if pcm is None and state["joined"] < total and not state.get("decoded"):
+        _from_output(ctx, state)  # the join is gone once encoded: read the output once
     peaks = [None if lo > hi else [round(lo, 3), round(hi, 3)] for lo, hi in zip(state["lo"], state["hi"])]
-    if not state["seen"] and pcm is None and any(e.name.startswith(f"{s['name']}.") for e in ctx.files()):
-        return {"kind": "message", "text": f"the audio is joined and encoded: {s['name']}.* in the output folder"}
     return {"kind": "waveform", "peaks": peaks, "seconds": round(total / rate, 3),
             "joined_s": round(min(state["joined"], total) / rate, 3)}
+
+
+def _from_output(ctx: PreviewContext, state: dict[str, Any]) -> None:
+    """Peaks of this run's first encoded output (lossless first), measured by ffmpeg's astats in
+    `BUCKETS` blocks: one decode at C speed, bounded by `DECODE_TIMEOUT_S`, once per run."""
+    s = ctx.settings
+    names = {e.name: e for e in ctx.files() if e.stat(follow_symlinks=False).st_mtime >= ctx.submitted}
+    outputs = sorted((encode.Output.from_wire(o) for o in s["outputs"]), key=lambda o: o.extension not in LOSSLESS)
+    found = next((f"{s['name']}.{o.extension}" for o in outputs if f"{s['name']}.{o.extension}" in names), None)
+    if found is None:
+        return  # not encoded yet (or an earlier run's output): nothing to show yet
+    state["decoded"] = True  # whatever happens below: a broken output is not decoded on every call
+    block = max(1, -(-s["samples"] // BUCKETS))
+    chain = (f"aformat=sample_fmts=flt,asetnsamples=n={block}:p=0,astats=metadata=1:reset=1:"
+             "measure_perchannel=none:measure_overall=Min_level+Max_level,ametadata=mode=print:file=-")
+    with opened(ctx, found) as f:
+        if f is None:
+            return
+        try:
+            proc = subprocess.run([ffmpeg.ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0", "-map", "0:a:0",
+                                   "-af", chain, "-f", "null", "-"], stdin=f, capture_output=True,
+                                  timeout=DECODE_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired, ffmpeg.FfmpegMissing) as exc:
+            ctx.log.warning("%s: no waveform from %s: %s", ctx.run_id, found, exc)
+            return
+    lo, hi = [math.inf] * BUCKETS, [-math.inf] * BUCKETS
+    bucket = 0
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        if line.startswith("frame:"):
+            time_s = float(line.rsplit("pts_time:", 1)[-1]) if "pts_time:" in line else 0.0
+            bucket = min(BUCKETS - 1, max(0, round(time_s * s["sample_rate"] / block)))  # the frame's number
+        elif "Overall.Min_level=" in line or "Overall.Max_level=" in line:
+            value = max(-1.0, min(1.0, float(line.rsplit("=", 1)[1])))
+            if "Min_level" in line:
+                lo[bucket] = min(lo[bucket], value)
+            else:
+                hi[bucket] = max(hi[bucket], value)
+    if proc.returncode == 0:
+        state.update(lo=lo, hi=hi, joined=s["samples"])
+    else:
+        ctx.log.warning("%s: no waveform from %s: %s", ctx.run_id, found, ffmpeg.last_lines(proc.stderr.decode()))
 
 
 def _frame(s: Any) -> int:
