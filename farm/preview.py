@@ -107,7 +107,7 @@ class PreviewContext:
 
     def files(self, rel: str = "") -> Iterator[os.DirEntry[str]]:
         """The regular files (not symlinks) directly in the folder ``rel`` of the output folder;
-        nothing if it does not exist."""
+        nothing if it does not exist; `farm.paths.UnsafePath` if ``rel`` leads out or through a symlink."""
         try:
             root = open_dir(os.path.realpath(self.output_dir))
         except (FileNotFoundError, NotADirectoryError):

@@ -11,10 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote as _quote
 
 import pytest
 from conftest import IN_CI, wait_for
@@ -40,6 +42,11 @@ def need_browser() -> None:
         pytest.skip(why)
 
 
+def quote(path: str) -> str:
+    """A path with its run ids' spaces and the like escaped (``%2F`` and ``..`` left as the test wrote them)."""
+    return _quote(path, safe="/%?=&")
+
+
 class Api:
     """The controller's HTTP API as a test calls it (urllib: no client library in between)."""
 
@@ -47,15 +54,21 @@ class Api:
         self.url = url.rstrip("/")
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+        with urllib.request.urlopen(self.url + quote(path), timeout=30) as response:
             return json.loads(response.read())
 
     def raw(self, path: str) -> tuple[int, str, bytes]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            with urllib.request.urlopen(self.url + quote(path), timeout=30) as response:
                 return response.status, response.headers.get("Content-Type", ""), response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+    def post(self, path: str) -> int:
+        request = urllib.request.Request(self.url + quote(path), data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
 
     def project(self, run: str) -> dict[str, Any]:
         return self.get(f"/api/v1/projects/{run}")
