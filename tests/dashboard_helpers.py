@@ -158,6 +158,14 @@ def open_project(driver: Any, url: str, run: str) -> None:
 def click(driver: Any, selector: str) -> None:
     wait_for(lambda: js(driver, "const b = document.querySelector(arguments[0]); return b && !b.disabled", selector),
              30, f"{selector} to be enabled")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.CSS_SELECTOR, selector).click()
+    def clicked() -> bool:
+        try:  # a live update may replace the element between finding and clicking it: find it again
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_for(clicked, 30, f"a click on {selector}")

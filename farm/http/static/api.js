@@ -3,16 +3,21 @@
 
 const farm = window.farm = {};
 
+farm.url = (path) => new URL(path.replace(/^\//, ""), document.baseURI).toString();
+
 // A token (needed beyond loopback, and for `farm submit --ui`) arrives once in the address as
-// ?access_token=...; the server keeps it in an HttpOnly cookie that every later request (fetch,
-// EventSource, images) carries, so it is taken out of the address bar, and of screenshots.
-if (new URLSearchParams(location.search).has("access_token")) {
+// ?access_token=...; one API request carrying it makes the server set an HttpOnly cookie that
+// every later request (fetch, EventSource, images) carries. Then it leaves the address bar (and
+// screenshots). `farm.ready` settles once that is done.
+farm.ready = (function takeToken() {
+  const token = new URLSearchParams(location.search).get("access_token");
+  if (!token) return Promise.resolve();
   const clean = new URL(location.href);
   clean.searchParams.delete("access_token");
   history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
-}
-
-farm.url = (path) => new URL(path.replace(/^\//, ""), document.baseURI).toString();
+  return fetch(farm.url("api/v1/projects?access_token=" + encodeURIComponent(token)), { cache: "no-store" })
+    .then(() => undefined, () => undefined);
+})();
 
 // One request; JSON in and out. Rejects with an Error whose message is the API's reason.
 farm.api = async function api(method, path, body) {

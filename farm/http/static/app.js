@@ -254,12 +254,16 @@
   $("jobs-next").addEventListener("click", () => { jobsOffset += JOBS_PAGE; loadJobs().catch(showError); });
   $("log-close").addEventListener("click", () => { $("log").hidden = true; });
 
-  Promise.all([loadProjects(), loadAgents()]).catch(showError);
-  farm.events(onEvent, () => {  // events were missed: load everything again
+  farm.ready.then(() => {
+    Promise.all([loadProjects(), loadAgents()]).catch(showError);
+    farm.events(onEvent, onGap);
+  });
+
+  function onGap() {  // events were missed: load everything again
     throttle("projects", loadProjects);
     throttle("agents", loadAgents);
     throttle("jobs", loadJobs);
     throttle("preview", farm.preview.refresh);
-  });
+  }
   farm.dashboard = { select, loadProjects, loadAgents, loadJobs, projects, get selected() { return selected; } };
 })();
