@@ -79,11 +79,13 @@ def test_a_third_party_preview_is_used_checked_and_contained(tmp_path):
     unusable = previews.describe(facts(ThirdParty({"kind": "images", "files": ["../x.png"]}), tmp_path, "r-4"))
     assert unusable["kind"] == "message" and "unusable" in unusable["text"]
 
-    calls = []  # one call per run at a time, its cache kept between calls, a description reused for a second
+    calls = []  # its cache kept between calls; a description reused for a second by tile requests
     counting = ThirdParty(lambda ctx: calls.append(ctx.cache.setdefault("n", len(calls))) or ok)
     for _ in range(5):
         previews.describe(facts(counting, tmp_path, "r-5"))
     assert calls == [0]
+    previews.describe(facts(counting, tmp_path, "r-5"), max_age=0.0)
+    assert calls == [0, 0]
 
 
 def test_context_opens_only_regular_files_beneath_the_output_folder(tmp_path):

@@ -12,8 +12,9 @@ Routes (included by `farm.http.app`):
   names (and nothing else), opened under the output folder with no symlink on the way.
 
 Previews run in the server's worker threads, never in the controller's loop, one at a time
-per run, from the run's immutable facts (`Controller.run_facts`); a description is reused
-for `FRESH_S` so many pages and tile requests cost one call.
+per run, from the run's immutable facts (`Controller.run_facts`). ``/preview`` makes the
+description afresh; tile and file requests reuse it for `FRESH_S`, so a map's dozens of tile
+requests cost one call.
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ class Previews:
                 del self._runs[next(iter(self._runs))]
             return state
 
-    def describe(self, facts: RunFacts) -> dict[str, Any]:
-        """The run's checked description, at most `FRESH_S` old."""
+    def describe(self, facts: RunFacts, max_age: float = FRESH_S) -> dict[str, Any]:
+        """The run's checked description, at most ``max_age`` seconds old."""
         state = self._state(facts.run_id)
         with state.lock:
-            if state.description is not None and time.monotonic() - state.at < FRESH_S:
+            if state.description is not None and time.monotonic() - state.at < max_age:
                 return state.description
             state.description = _call(facts, context_for(facts, state.cache))
             state.at = time.monotonic()
@@ -121,7 +122,9 @@ def _facts(request: Request, run_id: str) -> RunFacts:
 @router.get("/api/v1/projects/{run_id}/preview")
 def get_preview(request: Request, run_id: str) -> dict[str, Any]:
     """The run's live preview description (see `farm.preview` for the kinds)."""
-    return _previews(request).describe(_facts(request, run_id))
+    # always made afresh (the page asks at most once a second, after an event): a reused one could
+    # predate the run's last change, and nothing would come to replace it
+    return _previews(request).describe(_facts(request, run_id), max_age=0.0)
 
 
 @router.get("/api/v1/projects/{run_id}/tiles/{z}/{x}/{y}.png", response_class=Response,
