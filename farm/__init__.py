@@ -46,7 +46,8 @@ _LAZY = {"submit": "farm.client", "Summary": "farm.client", "submit_embedded": "
 
 __all__ = [
     "CollateContext", "ConnectionLost", "Event", "FarmError", "Job", "JobFailedForGood", "MediaType",
-    "PluginError", "PreviewContext", "Project", "ProjectError", "RenderContext", "RenderError", "RendererMissing",
+    "PluginError", "PreviewContext", "Project", "ProjectError", "RenderContext", "RenderError",
+    "RendererMissing",
     "SettingsReader", "Summary", "UnsafePath", "__version__", "hookimpl", "load_project", "resolve_inside",
     "submit", "submit_embedded",
 ]

@@ -128,8 +128,8 @@ class PreviewContext:
 
 
 def context_for(facts: RunFacts, cache: dict[str, Any]) -> PreviewContext:
-    return PreviewContext(facts.run_id, facts.project, facts.settings, facts.output_dir, facts.submitted, cache,
-                          logging.getLogger(f"farm.preview.{facts.media.name}"))
+    return PreviewContext(facts.run_id, facts.project, facts.settings, facts.output_dir, facts.submitted,
+                          cache, logging.getLogger(f"farm.preview.{facts.media.name}"))
 
 
 def check_description(value: Any) -> dict[str, Any]:
@@ -206,7 +206,8 @@ def _tiles(out: dict[str, Any]) -> None:
             check_name(out["mbtiles"], "MBTiles file")
         except BadIdentifier as exc:
             raise BadPreview(str(exc)) from None
-    if "attribution" in out and not (isinstance(out["attribution"], str) and len(out["attribution"]) <= MAX_TEXT):
+    attribution = out.get("attribution", "")
+    if not (isinstance(attribution, str) and len(attribution) <= MAX_TEXT):
         raise BadPreview("'attribution' must be a short string")
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,8 +22,10 @@ from urllib.parse import quote as _quote
 import pytest
 from conftest import IN_CI, wait_for
 
+from farm.client import submit
 from farm.controller.server import Controller
 from farm.embedded import stop_agents
+from farm.project import load_project
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -43,7 +46,7 @@ def need_browser() -> None:
 
 
 def quote(path: str) -> str:
-    """A path with its run ids' spaces and the like escaped (``%2F`` and ``..`` left as the test wrote them)."""
+    """A path with its run ids' spaces and the like escaped (``%2F`` and ``..`` left as written)."""
     return _quote(path, safe="/%?=&")
 
 
@@ -149,15 +152,15 @@ def js(driver: Any, script: str, *args: Any) -> Any:
 def open_project(driver: Any, url: str, run: str) -> None:
     """Load the dashboard and choose the run (its card appears from the API)."""
     driver.get(url)
-    wait_for(lambda: js(driver, "return !!document.querySelector(arguments[0])", f'.project[data-id="{run}"]'),
-             30, "the project's card")
-    click(driver, f'.project[data-id="{run}"] .name')
+    card = f'.project[data-id="{run}"]'
+    wait_for(lambda: js(driver, "return !!document.querySelector(arguments[0])", card), 30, "its card")
+    click(driver, f"{card} .name")
     wait_for(lambda: js(driver, "return document.getElementById('preview').dataset.kind"), 30, "the preview")
 
 
 def click(driver: Any, selector: str) -> None:
-    wait_for(lambda: js(driver, "const b = document.querySelector(arguments[0]); return b && !b.disabled", selector),
-             30, f"{selector} to be enabled")
+    enabled = "const b = document.querySelector(arguments[0]); return b && !b.disabled"
+    wait_for(lambda: js(driver, enabled, selector), 30, f"{selector} to be enabled")
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
@@ -169,3 +172,20 @@ def click(driver: Any, selector: str) -> None:
         return True
 
     wait_for(clicked, 30, f"a click on {selector}")
+
+
+def submit_in_background(url: str, root: Path) -> tuple[threading.Thread, dict[str, Any]]:
+    """Submit the project in ``root`` and follow it in a thread; its summary lands in the dict."""
+    result: dict[str, Any] = {}
+    project = load_project(root)
+    thread = threading.Thread(target=lambda: result.update(summary=submit(url, project)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def run_named(api: Api, name: str) -> str:
+    """The id of the newest run of the project ``name``, once the controller lists it."""
+    def ids() -> list[str]:
+        return [p["id"] for p in api.get("/api/v1/projects")["projects"] if p["project"] == name]
+
+    return wait_for(ids, 30, f"the {name} run")[-1]

@@ -8,7 +8,18 @@ import threading
 from pathlib import Path
 
 from conftest import ROOT, wait_for
-from dashboard_helpers import Api, browser, click, console_errors, http_controller, js, open_project, screenshot_dir, shoot, start_agents  # noqa: F401
+from dashboard_helpers import (  # noqa: F401  (fixtures)
+    Api,
+    browser,
+    click,
+    console_errors,
+    http_controller,
+    js,
+    open_project,
+    screenshot_dir,
+    shoot,
+    start_agents,
+)
 
 from farm.client import submit
 from farm.project import load_project
@@ -16,18 +27,18 @@ from farm.project import load_project
 LOADED = "return document.querySelectorAll('#preview img.farm-tile-loaded').length"
 TILES = "return document.querySelectorAll('#preview img.leaflet-tile').length"
 
-
 def small_world(tmp_path: Path, zoom: str = "0-3") -> Path:
     """The world_map sample with a few zooms and one tile per job: many small jobs."""
     folder = tmp_path / "world"
-    shutil.copytree(ROOT / "sample_projects" / "world_map", folder, ignore=shutil.ignore_patterns("output", ".farm*"))
+    shutil.copytree(ROOT / "sample_projects" / "world_map", folder,
+                    ignore=shutil.ignore_patterns("output", ".farm*"))
     toml = (folder / "farm.toml").read_text()
     toml = toml.replace('zoom = "0-5"', f'zoom = "{zoom}"').replace("metatile = 8", "metatile = 1")
     (folder / "farm.toml").write_text(toml)
     return folder
 
 
-def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller, start_agents, browser):
+def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller, start_agents, browser):  # noqa: F811
     api = Api(http_controller.http.url)
     project = load_project(small_world(tmp_path))
     result = {}

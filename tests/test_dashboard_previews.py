@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import pytest
 from conftest import wait_for
-from dashboard_helpers import Api, http_controller, start_agents  # noqa: F401
+from dashboard_helpers import Api, http_controller, start_agents  # noqa: F401  (fixtures)
 from farm_audio.media import AudioSegments
 from farm_maptiles.metatile import tile_name
 from farm_maptiles.preview import TILE_PATH
@@ -27,14 +27,14 @@ from farm.project import load_project
 
 # -- the hook's description, checked where it enters ------------------------------------------------
 
-
 @pytest.mark.parametrize(("bad", "why"), [
     ({"kind": "hologram"}, "'kind' is 'hologram'"),
     ({"kind": "images", "files": ["../secret.png"]}, "'..'"),
     ({"kind": "images", "files": ["/etc/x.png"]}, "is empty"),
     ({"kind": "images", "files": ["page.svg"]}, "not one of"),
     ({"kind": "images", "files": [f"f{i}.png" for i in range(33)]}, "at most 32"),
-    ({"kind": "tiles", "path": "tiles/{z}/{x}.png", "bounds": [0, 0, 1, 1], "maxzoom": 1}, "{z}, {x} and {y}"),
+    ({"kind": "tiles", "path": "tiles/{z}/{x}.png", "bounds": [0, 0, 1, 1], "maxzoom": 1},
+     "{z}, {x} and {y}"),
     ({"kind": "tiles", "path": "../{z}/{x}/{y}.png", "bounds": [0, 0, 1, 1], "maxzoom": 1}, "'..'"),
     ({"kind": "tiles", "path": "{z}/{x}/{y}.png", "bounds": [0, 0, 1], "maxzoom": 1}, "'bounds'"),
     ({"kind": "tiles", "path": "{z}/{x}/{y}.png", "bounds": [0, 0, 1, 1], "maxzoom": 1, "mbtiles": "a/b"},
@@ -76,7 +76,8 @@ def test_a_third_party_preview_is_used_checked_and_contained(tmp_path):
     assert MediaType().preview(PreviewContext("r", "p", {}, tmp_path)) is None  # the default: none
     broken = previews.describe(facts(ThirdParty(ZeroDivisionError("x")), tmp_path, "r-3"))
     assert broken["kind"] == "message" and "ZeroDivisionError" in broken["text"]
-    unusable = previews.describe(facts(ThirdParty({"kind": "images", "files": ["../x.png"]}), tmp_path, "r-4"))
+    climbing = ThirdParty({"kind": "images", "files": ["../x.png"]})
+    unusable = previews.describe(facts(climbing, tmp_path, "r-4"))
     assert unusable["kind"] == "message" and "unusable" in unusable["text"]
 
     calls = []  # its cache kept between calls; a description reused for a second by tile requests
@@ -150,7 +151,8 @@ def test_audio_waveform_grows_with_each_segment_joined_and_survives_the_encode(t
     project = load_project(root)
     media, worker = AudioSegments(), Worker(tmp_path / "worker")
     collate = CollateContext(project, project.output_dir, {})
-    ctx = PreviewContext("t-1", "t", MappingProxyType(dict(project.settings)), project.output_dir, time.time() - 5)
+    settings = MappingProxyType(dict(project.settings))
+    ctx = PreviewContext("t-1", "t", settings, project.output_dir, time.time() - 5)
     jobs = list(media.split(project))
     coverage = []
     for job in reversed(jobs):  # the last segment first: the start stays empty until the end
@@ -181,7 +183,7 @@ def test_audio_waveform_grows_with_each_segment_joined_and_survives_the_encode(t
 
 
 def test_tile_and_file_routes_serve_what_the_preview_names_and_nothing_else(
-        tmp_path, http_controller, start_agents):
+        tmp_path, http_controller, start_agents):  # noqa: F811
     api = Api(http_controller.http.url)
     start_agents(http_controller.url, 1)
     project = load_project(small_world(tmp_path, zoom="0-1"))
@@ -214,7 +216,7 @@ def test_tile_and_file_routes_serve_what_the_preview_names_and_nothing_else(
 
 
 @pytest.mark.usefixtures("blender")
-def test_file_route_serves_only_the_frames_in_the_strip(tmp_path, http_controller):
+def test_file_route_serves_only_the_frames_in_the_strip(tmp_path, http_controller):  # noqa: F811
     api = Api(http_controller.http.url)
     root = write_project(tmp_path / "frames", frames="1-20")
     thread = threading.Thread(target=submit, args=(http_controller.url, load_project(root)), daemon=True)

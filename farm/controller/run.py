@@ -84,8 +84,8 @@ class ProjectRun:
         self.first_dispatch_s: float | None = None
         self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
         # for other threads (the dashboard's previews): fixed for the run, settings copied read-only
-        self.facts = RunFacts(run_id, project.name, media, MappingProxyType(copy.deepcopy(dict(project.settings))),
-                              project.output_dir, self.submitted)
+        settings = MappingProxyType(copy.deepcopy(dict(project.settings)))
+        self.facts = RunFacts(run_id, project.name, media, settings, project.output_dir, self.submitted)
         try:
             self.total: int | None = media.count(project)
         except Exception as exc:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fastapi import APIRouter, HTTPException, Path as PathParam, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from farm.ids import BadIdentifier, check_key
@@ -170,8 +171,8 @@ def _tile_mbtiles(output_dir: Path, name: str, z: int, x: int, y: int) -> bytes 
         uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=1.0)
         try:
-            row = db.execute("SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?",
-                             (z, x, (1 << z) - 1 - y)).fetchone()
+            row = db.execute("SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? "
+                             "AND tile_row=?", (z, x, (1 << z) - 1 - y)).fetchone()
         finally:
             db.close()
     except (UnsafePath, OSError, sqlite3.Error) as exc:

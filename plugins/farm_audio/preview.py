@@ -50,7 +50,8 @@ def describe(ctx: PreviewContext, join_name: str, fingerprint: str) -> dict[str,
             budget -= count * _frame(s)
     if pcm is None and state["joined"] < total and not state.get("decoded"):
         _from_output(ctx, state)  # the join is gone once encoded: read the output once
-    peaks = [None if lo > hi else [round(lo, 3), round(hi, 3)] for lo, hi in zip(state["lo"], state["hi"])]
+    peaks = [None if lo > hi else [round(lo, 3), round(hi, 3)]
+             for lo, hi in zip(state["lo"], state["hi"], strict=True)]
     return {"kind": "waveform", "peaks": peaks, "seconds": round(total / rate, 3),
             "joined_s": round(min(state["joined"], total) / rate, 3)}
 
@@ -60,8 +61,9 @@ def _from_output(ctx: PreviewContext, state: dict[str, Any]) -> None:
     `BUCKETS` blocks: one decode at C speed, bounded by `DECODE_TIMEOUT_S`, once per run."""
     s = ctx.settings
     names = {e.name: e for e in ctx.files() if e.stat(follow_symlinks=False).st_mtime >= ctx.submitted}
-    outputs = sorted((encode.Output.from_wire(o) for o in s["outputs"]), key=lambda o: o.extension not in LOSSLESS)
-    found = next((f"{s['name']}.{o.extension}" for o in outputs if f"{s['name']}.{o.extension}" in names), None)
+    outputs = [f"{s['name']}.{encode.Output.from_wire(o).extension}" for o in s["outputs"]]
+    outputs.sort(key=lambda name: name.rsplit(".", 1)[1] not in LOSSLESS)
+    found = next((name for name in outputs if name in names), None)
     if found is None:
         return  # not encoded yet (or an earlier run's output): nothing to show yet
     state["decoded"] = True  # whatever happens below: a broken output is not decoded on every call
@@ -72,9 +74,9 @@ def _from_output(ctx: PreviewContext, state: dict[str, Any]) -> None:
         if f is None:
             return
         try:
-            proc = subprocess.run([ffmpeg.ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0", "-map", "0:a:0",
-                                   "-af", chain, "-f", "null", "-"], stdin=f, capture_output=True,
-                                  timeout=DECODE_TIMEOUT_S, check=False)
+            cmd = [ffmpeg.ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0", "-map", "0:a:0",
+                   "-af", chain, "-f", "null", "-"]
+            proc = subprocess.run(cmd, stdin=f, capture_output=True, timeout=DECODE_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired, ffmpeg.FfmpegMissing) as exc:
             ctx.log.warning("%s: no waveform from %s: %s", ctx.run_id, found, exc)
             return
@@ -93,7 +95,8 @@ def _from_output(ctx: PreviewContext, state: dict[str, Any]) -> None:
     if proc.returncode == 0:
         state.update(lo=lo, hi=hi, joined=s["samples"])
     else:
-        ctx.log.warning("%s: no waveform from %s: %s", ctx.run_id, found, ffmpeg.last_lines(proc.stderr.decode()))
+        why = ffmpeg.last_lines(proc.stderr.decode("utf-8", "replace"))
+        ctx.log.warning("%s: no waveform from %s: %s", ctx.run_id, found, why)
 
 
 def _frame(s: Any) -> int:
