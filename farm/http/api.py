@@ -170,13 +170,14 @@ def agent_state(agent: dict[str, Any]) -> str:
 
 
 def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
-    """An agent of the status snapshot with ``state``, ``tags`` (capabilities that name no media type
-    this controller knows), ``running`` (run/job keys it holds) and ``load`` (jobs held per slot)."""
+    """An agent of the status snapshot with ``state``, ``tags`` (its capabilities that are no media type
+    this controller knows nor a renderer one needs: the user's ``--tag``s), ``running`` (project/job
+    keys it holds) and ``load`` (jobs held per slot)."""
     media_types = get_plugins().media_types
+    known = set(media_types).union(*(m.requirements for m in media_types.values()))
     caps = list(agent.get("capabilities") or [])
     slots = agent.get("slots") or 0
     return {**agent, "state": agent_state(agent),
-            "capabilities": [c for c in caps if c in media_types],
-            "tags": [c for c in caps if c not in media_types],
+            "tags": [c for c in caps if c not in known],
             "running": agent.get("current") or [],
             "load": round((agent.get("jobs") or 0) / slots, 3) if slots else None}
