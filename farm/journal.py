@@ -70,6 +70,9 @@ CREATE TABLE jobs (
 -- (No semicolons in comments here: the script is split on them.)
 CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
 """
+# Live control (a paused run, a draining agent): added beside schema 1, so older journals gain it
+_CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
+    scope TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID"""
 
 # Every job write is one upsert of the whole row. Lease, agent and attempts survive later
 # states that do not carry them, so a done row still says who rendered it.
@@ -204,6 +207,7 @@ class Journal:
         if str(mode).lower() != "wal":
             raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_CONTROLS)
 
     def _create_schema(self) -> None:
         db = self._conn
@@ -292,6 +296,32 @@ class Journal:
         pid, wire, priority, submitted_at, status, summary, finished_at = row
         summary = _unpack(summary)
         return ProjectRecord(pid, _unpack(wire), priority, submitted_at, status, summary, finished_at)
+
+    def set_priority(self, project_id: str, priority: int) -> None:
+        """A running project's new priority, kept for a restart; committed at once."""
+        self._write("UPDATE projects SET priority = ? WHERE project_id = ?", (int(priority), project_id),
+                    "change priority")
+        self.flush()
+
+    def reopen_project(self, project_id: str) -> None:
+        """A finished project runs again (failed jobs retried): unfinished, so a restart resumes it."""
+        self._write("UPDATE projects SET status = NULL, finished_at = NULL, summary = NULL WHERE project_id = ?",
+                    (project_id,), "reopen project")
+        self.flush()
+
+    def set_control(self, scope: str, ident: str, value: Any) -> None:
+        """Live-control state (scope "run": {"paused": True}; "agent": {"draining": True}); None clears it."""
+        if value is None:
+            self._write("DELETE FROM controls WHERE scope = ? AND id = ?", (scope, ident), "record control")
+        else:
+            self._write("INSERT OR REPLACE INTO controls (scope, id, value) VALUES (?, ?, ?)",
+                        (scope, ident, _pack(value, "control state")), "record control")
+        self.flush()
+
+    def controls(self, scope: str) -> dict[str, Any]:
+        """Id -> live-control state, for one scope."""
+        rows = self._read("SELECT id, value FROM controls WHERE scope = ?", (scope,))
+        return {ident: _unpack(value) for ident, value in rows}
 
     # -- jobs (batched) ------------------------------------------------------------------
 
@@ -418,6 +448,20 @@ class Journal:
         )
         counts.update(dict(rows.fetchall()))
         return counts
+
+    def done_page(self, project_id: str, reused: bool | None, offset: int,
+                  limit: int) -> tuple[int, list[tuple[str, str | None]]]:
+        """The project's done jobs by key: (how many, a page of (key, agent)).
+
+        `reused`: only those collated from the job cache (they never had an agent), only rendered
+        ones, or both (None).
+        """
+        where = "project_id = ? AND state = 'done'" + {None: "", True: " AND agent IS NULL",
+                                                          False: " AND agent IS NOT NULL"}[reused]
+        total = self._read_jobs(f"SELECT count(*) FROM jobs WHERE {where}", (project_id,)).fetchone()[0]
+        rows = self._read(f"SELECT key, agent FROM jobs WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
+                          (project_id, limit, offset)).fetchall()
+        return total, rows
 
     def lookup_cache(self, cache_key: str) -> CacheHit | None:
         """The most recent done job, in any project, recorded with this cache key."""

@@ -33,7 +33,7 @@ PROGRESS_EVERY_S = 0.25
 
 
 class _TailHandler(logging.Handler):
-    """Keeps the last log lines of the job running now, for its failure report."""
+    """Keeps the last log lines of the job running now, for its report."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -144,7 +144,8 @@ class Worker:
             # name, size and digest: the controller verifies every file before the job counts as done
             names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
                      for p, data in zip(files, payloads, strict=True)]
-            reply = JobResult(lease, True, result, names)
+            # its log tail travels with success too: every job's log is readable (farm logs)
+            reply = JobResult(lease, True, result, names, log="\n".join(self.tail.lines)[-16000:] or None)
         except BaseException as exc:  # any failure fails this job only
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise

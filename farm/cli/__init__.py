@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from farm import __version__
-from farm.cli import agent, controller, events, keys, plugin, plugins, status, submit
+from farm.cli import agent, control, controller, events, keys, plugin, plugins, status, submit
 
 app = typer.Typer(
     name="farm",
@@ -58,6 +58,7 @@ app.command("plugins")(plugins.plugins)
 app.command("status")(status.status)
 app.command("cancel")(status.cancel)
 app.command("events")(events.events)
+control.register(app)  # pause, resume, retry, priority, drain, undrain, logs
 app.add_typer(keys.app, name="keys")
 app.add_typer(plugin.app, name="plugin")
 

@@ -9,12 +9,18 @@ from typing import Any
 
 import typer
 
-from farm.errors import FarmError, ProjectError
+from farm.errors import ControlError, FarmError, ProjectError
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:
-    """The one JSON object `--json` prints for an error: a project that does not load is "invalid"."""
-    return {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed"}
+    """The one JSON object `--json` prints for an error: a project that does not load is "invalid".
+
+    A refused steering request adds its ``code`` (not_found, bad_request, conflict).
+    """
+    report = {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed"}
+    if isinstance(exc, ControlError):
+        report["code"] = exc.code
+    return report
 
 
 @contextlib.contextmanager

@@ -136,6 +136,7 @@ class AgentSide:
                 log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
                 continue
             agent.observe(float(result.duration))
+            lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
             too_big = oversize(result.files, files, lease.run.project.max_output)
             if result.ok and too_big:
                 agent.failed += 1

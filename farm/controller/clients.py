@@ -23,7 +23,7 @@ from farm.protocol import Message, T, pack
 
 log = logging.getLogger(__name__)
 
-CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW, T.EVENTS}
+CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW, T.EVENTS, T.CONTROL, T.QUERY}
 STATUS_SNAPSHOT_S = 0.25  # STATUS is answered from a snapshot at most this old: a flood costs a send each
 MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest is given up past it
 MAX_FOLLOWERS = 256  # clients following one run
@@ -51,6 +51,8 @@ class ClientSide:
             self._send_status(identity)
         elif msg.type is T.CANCEL_PROJECT:
             self._cancel(identity, msg.body["project"])
+        elif msg.type is T.CONTROL or msg.type is T.QUERY:
+            self._handle_steering(identity, msg)  # farm.controller.control
         elif msg.type is T.EVENTS:
             error = self.subscribers.subscribe(identity, msg.body.get("since"))
             if error:
@@ -200,7 +202,8 @@ class ClientSide:
         return {
             "controller": self.url,
             "files": self.assets.endpoint,
-            "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a)} for a in self.registry],
+            "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a),
+                        "state": self.scheduler.agent_state(a)} for a in self.registry],
             "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
             "stats": dict(self.stats),
         }

@@ -31,9 +31,9 @@ PENDING_EVENTS = 100_000  # events queued for in-process observers before the ol
 OBSERVER_POLL_S = 0.02  # how often the observer thread looks for new events when idle
 
 EVENT_TYPES = frozenset({
-    "run.submitted", "run.started", "run.paused", "run.resumed", "run.finished",
+    "run.submitted", "run.started", "run.paused", "run.resumed", "run.priority", "run.finished",
     "job.started", "job.done", "job.failed", "job.retried", "job.reused",
-    "agent.joined", "agent.left", "agent.blocklisted", "agent.broken",
+    "agent.joined", "agent.left", "agent.blocklisted", "agent.broken", "agent.draining", "agent.undrained",
     "progress",
 })
 

@@ -75,6 +75,8 @@ class AgentState:
 class Registry:
     def __init__(self) -> None:
         self.agents: dict[bytes, AgentState] = {}
+        # agent ids given no new jobs (live control: `farm drain`); by id, so it outlives a reconnect
+        self.draining: set[str] = set()
 
     def __iter__(self):
         return iter(list(self.agents.values()))

@@ -19,6 +19,7 @@ from typing import Any
 
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
+from farm.controller.joblogs import JobLogs
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.ids import BadIdentifier, check_key
@@ -46,6 +47,7 @@ class Lease:
     agent_id: str
     started: float
     deadline: float
+    result: Any = None  # the JobResult its agent sent, once one came (its log and duration)
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Failure:
     error: str
     log: str
     attempts: int
+    job: Job | None = None  # to run it again (a manual retry)
+    agent: str | None = None  # where its last attempt ran
 
 
 class ProjectRun:
@@ -68,6 +72,8 @@ class ProjectRun:
         self.priority = priority
         self.timeout = project.timeout or media.default_timeout
         self.state = "running"
+        self.paused = False  # live control: lease nothing new (farm.controller.control)
+        self.logs = JobLogs()  # each job's recent attempts, for people to read
         self.error: str | None = None
         self.submitted = time.time()
         self.started_mono = time.monotonic()
@@ -218,7 +224,7 @@ class ProjectRun:
         unmet = set()
         for dep in job.deps:
             if dep in self.failures:
-                self._fail_for_good(job.key, f"dependency {dep!r} failed", "")
+                self._fail_for_good(job.key, f"dependency {dep!r} failed", "", None, job)
                 return None
             if not self.journal.is_done(self.id, dep):
                 if dep not in self.leases and dep not in self.unmet and not any(j.key == dep for j in self.ready):
@@ -259,6 +265,7 @@ class ProjectRun:
         self.media.collate(lease.job, result, outputs, self.ctx)
         del self.leases[key]
         self.progress.pop(key, None)
+        self._attempt(lease, "done", None)
         for agent in self.conduct.succeeded(key, lease.agent_id):
             self._blocklisted(agent, self.blocklist[agent])
         self._done(key, result, lease.agent_id)
@@ -284,9 +291,10 @@ class ProjectRun:
         del self.leases[key]
         self.progress.pop(key, None)
         self.attempts[key] += 1
+        self._attempt(lease, "failed", error, log_text)
         self.conduct.failed(key, lease.agent_id)
         if not retry or self.attempts[key] >= self.project.max_attempts:
-            self._fail_for_good(key, error, log_text, lease.agent_id)
+            self._fail_for_good(key, error, log_text, lease.agent_id, lease.job)
         else:
             log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
                      self.attempts[key], self.project.max_attempts, error)
@@ -297,11 +305,13 @@ class ProjectRun:
     def lost_lease(self, lease: Lease, reason: str) -> None:
         """The agent went away: run the job again elsewhere, without counting an attempt."""
         self.conduct.lost(lease.job.key, lease.agent_id)
+        self._attempt(lease, "lost", reason)
         self._requeue(lease, reason)
 
     def handed_back(self, lease: Lease, reason: str) -> None:
         """The agent returned the job unstarted: again elsewhere, at no attempt, but at the agent's cost."""
         blocked = self.conduct.handed_back(lease.job.key, lease.agent_id)
+        self._attempt(lease, "requeued", reason)
         if blocked:
             self._blocklisted(lease.agent_id, blocked)
         self._requeue(lease, reason)
@@ -312,21 +322,66 @@ class ProjectRun:
         self.progress.pop(key, None)
         self.lost[key] += 1
         if self.lost[key] >= self.project.max_attempts * LOST_LIMIT_FACTOR:
-            self._fail_for_good(key, f"lost {self.lost[key]} times with its agent ({reason})", "", lease.agent_id)
+            self._fail_for_good(key, f"lost {self.lost[key]} times with its agent ({reason})", "", lease.agent_id,
+                                lease.job)
         else:
             self.emit("job.retried", self.id, key, lease.agent_id, {"reason": reason, "counted": False})
             self.ready.appendleft(lease.job)
 
-    def _fail_for_good(self, key: str, error: str, log_text: str, agent: str | None = None) -> None:
+    def _fail_for_good(self, key: str, error: str, log_text: str, agent: str | None = None,
+                       job: Job | None = None) -> None:
         self.cache_keys.pop(key, None)
         self.conduct.failed_for_good(key)
-        self.failures[key] = Failure(key, error, log_text, self.attempts[key])
+        self.failures[key] = Failure(key, error, log_text, self.attempts[key], job, agent)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
-            self._fail_for_good(job.key, f"dependency {key!r} failed", "")
+            self._fail_for_good(job.key, f"dependency {key!r} failed", "", None, job)
+
+    def _attempt(self, lease: Lease, state: str, error: str | None, log_text: str | None = None) -> None:
+        """Keep this attempt's outcome and log tail for people (`JobLogs`)."""
+        report = lease.result
+        self.logs.record(lease.job.key, agent=lease.agent_id, state=state, error=error,
+                         duration_s=report.duration if report is not None else time.monotonic() - lease.started,
+                         log=(report.log if report is not None else None) or log_text)
+
+    def retry(self, keys: list[str] | None) -> list[str]:
+        """Run jobs that failed for good again, each with fresh attempts; returns the keys requeued.
+
+        `keys`: all failed jobs if None, else those of them (the caller checks they failed). A job
+        whose dependency stays failed stays failed; one whose dependency is retried waits for it.
+        A finished run must be reopened by the caller (`reopen`).
+        """
+        wanted = None if keys is None else set(keys)
+        chosen = [key for key in self.failures if wanted is None or key in wanted]  # dependencies first
+        failures = {key: self.failures.pop(key) for key in chosen}
+        retried = []
+        for key, failure in failures.items():
+            job = failure.job
+            unmet = {d for d in job.deps if not self.journal.is_done(self.id, d)} if job is not None else set()
+            if job is None or unmet & self.failures.keys():
+                self.failures[key] = failure  # nothing to run, or its dependency stays failed
+                continue
+            self.attempts.pop(key, None)
+            self.lost.pop(key, None)
+            self.emit("job.retried", self.id, key, None, {"reason": "retried on request", "manual": True,
+                                                         "counted": False})
+            if unmet:
+                self.unmet[key] = unmet
+                for dep in unmet:
+                    self.waiting.setdefault(dep, []).append(job)
+            else:
+                self.ready.append(job)
+            retried.append(key)
+        return retried
+
+    def reopen(self) -> None:
+        """A finished run with jobs to run again (a retry) runs again, and will finish again."""
+        self.state = "running"
+        self.finished_mono = None
+        self.outputs = []
 
     def _fail_project(self, error: str) -> None:
         log.error("%s: %s", self.project.name, error)
@@ -389,6 +444,7 @@ class ProjectRun:
             "project": self.project.name,
             "media_type": self.media.name,
             "state": self.state,
+            "paused": self.paused,
             "priority": self.priority,
             "total": self.total if self.total is not None else (self.done + len(self.failures)
                                                                   if self.exhausted else None),
@@ -402,7 +458,8 @@ class ProjectRun:
             "elapsed_s": round(elapsed, 3),
             "first_dispatch_s": self.first_dispatch_s,
             "rate": round(rate, 3) if rate else None,
-            "eta_s": round(left / rate, 1) if rate and left is not None and self.active else None,
+            "eta_s": (round(left / rate, 1) if rate and left is not None and self.active and not self.paused
+                      else None),
             "stalled": stalled,
             "error": self.error,
         }

@@ -6,6 +6,7 @@ held set change together, here and nowhere else. Its methods return decisions (l
 send, leases to withdraw); the server only moves messages. Run order: higher priority
 first, then the run with fewer jobs in flight (fairness between equal priorities). An
 agent gets at most its capacity (`AgentState.capacity`: slots plus a short prefetch).
+Live control (`farm.controller.control`): a paused run and a draining agent get nothing new.
 Blame, blocklists and where a retried job goes are `farm.controller.policy`'s rules.
 """
 
@@ -35,10 +36,10 @@ class Scheduler:
 
     def dispatch(self, now: float) -> list[tuple[AgentState, list[Lease]]]:
         """Lease jobs to agents with free capacity; returns each agent's new leases (to send)."""
-        active = [r for r in self.runs.values() if r.active]
+        active = [r for r in self.runs.values() if r.active and not r.paused]
         if not active:
             return []
-        agents = list(self.registry)
+        agents = self.taking()
         eligible = {}  # once per turn
         for run in active:
             eligible[run.id] = sum(1 for a in agents if run.eligible(a)) or run.lift_blocklist(agents)
@@ -82,20 +83,22 @@ class Scheduler:
             if run.stuck_since is None:
                 run.stuck_since = now
             verdict = cannot_arrive(run, list(self.registry), reason, local)
-            if verdict and now - run.stuck_since >= STUCK_GRACE_S:
+            if verdict and now - run.stuck_since >= STUCK_GRACE_S and not self._drained_for(run):
                 run.abort(verdict)
 
     def stalled(self, run: ProjectRun) -> str | None:
         """Why no connected agent can run this run's jobs, or None while one can (or none are left)."""
-        if not run.active or run.all_in() or run.leases:
+        if not run.active or run.paused or run.all_in() or run.leases:
             return None
         if not len(self.registry):
             return "no agents connected yet"
-        if any(run.eligible(a) for a in self.registry):
+        if any(run.eligible(a) for a in self.taking()):
             return None
         reasons = []
         for a in self.registry:
-            if a.broken:
+            if a.id in self.registry.draining:
+                reasons.append(f"{a.id}: draining")
+            elif a.broken:
                 reasons.append(f"{a.id}: broken: {a.broken}")
             elif a.id in run.blocklist:
                 reasons.append(f"{a.id}: blocklisted ({run.blocklist[a.id]})")
@@ -158,6 +161,26 @@ class Scheduler:
         for lease in leases:
             self._withdraw(lease)
         return leases
+
+    def taking(self) -> list[AgentState]:
+        """The connected agents that take new jobs: all but the draining ones."""
+        draining = self.registry.draining
+        return [a for a in self.registry if a.id not in draining] if draining else list(self.registry)
+
+    def _drained_for(self, run: ProjectRun) -> bool:
+        """A draining agent could run it: the run waits for an undrain rather than failing."""
+        draining = self.registry.draining
+        return any(a.id in draining and run.eligible(a) for a in self.registry)
+
+    def agent_state(self, agent: AgentState) -> str:
+        """For people: broken, draining, blocklisted (in any running run), else active."""
+        if agent.broken:
+            return "broken"
+        if agent.id in self.registry.draining:
+            return "draining"
+        if any(agent.id in run.blocklist for run in self.runs.values() if run.active):
+            return "blocklisted"
+        return "active"
 
     def add(self, run: ProjectRun) -> None:
         self.runs[run.id] = run

@@ -26,6 +26,7 @@ from farm.controller import peers
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
+from farm.controller.control import ControlSide
 from farm.controller.events import Event, EventBus, Stats, Subscribers
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
@@ -51,7 +52,7 @@ LEASE_CHECK_EVERY_S = 1.0
 JOURNAL_FILE = "journal.sqlite"
 
 
-class Controller(AgentSide, ClientSide):
+class Controller(AgentSide, ClientSide, ControlSide):
     #: for a farm whose agents are all known (the embedded one): their exit codes, None while running;
     #: None for an open farm, where an agent may join at any time
     local_agents: Callable[[], list[int | None]] | None = None
@@ -290,6 +291,7 @@ class Controller(AgentSide, ClientSide):
             self.scheduler.add(run)
             self._announce(run, resumed=True)
             log.info("resumed project %s: %d jobs already done", run.id, run.done)
+        self.restore_controls()
 
     # -- messages ------------------------------------------------------------------
 
@@ -320,6 +322,7 @@ class Controller(AgentSide, ClientSide):
                 msg = unpack(rest)
             except ProtocolError as exc:
                 self._bad(identity, str(exc))
+                self._refuse_malformed(identity, rest, exc)
                 continue
             self._fenced(identity, self._handle, identity, msg, key)
 

@@ -1,0 +1,110 @@
+"""`farm pause|resume|retry|priority|drain|undrain|logs`: steer a running controller, read job logs.
+
+Thin: each command is one `farm.client.Client` call. With ``--json`` standard output gets
+exactly one JSON object, the reply or the error (``{"error", "state", "code"}``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from farm.cli.errors import reported
+from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey
+from farm.cli.status import connect
+from farm.client import Client
+
+Project = Annotated[str, typer.Argument(help="The project's run id (see farm status) or name (its newest run).")]
+Agent = Annotated[str, typer.Argument(help="The agent's id (see farm status).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+DEFAULT_URL = "tcp://127.0.0.1:5555"
+
+
+def _call(controller: str, as_json: bool, secure: tuple[Any, ...], ask: Callable[[Client], dict[str, Any]],
+          text: Callable[[dict[str, Any]], str]) -> None:
+    with reported(as_json=as_json), connect(controller, *secure) as client:
+        reply = ask(client)
+    typer.echo(json.dumps(reply) if as_json else text(reply))
+
+
+def pause(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+          keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+          insecure: Insecure = False) -> None:
+    """Pause a run: agents finish the jobs they hold, and none of its jobs are handed out until resumed."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.pause(project),
+          lambda r: f"{r['project']}: paused ({r['running']} jobs still finishing)")
+
+
+def resume(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+           keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+           insecure: Insecure = False) -> None:
+    """Resume a paused run."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.resume(project),
+          lambda r: f"{r['project']}: resumed")
+
+
+def retry(project: Project,
+          keys: Annotated[list[str] | None, typer.Argument(help="Job keys to retry (default: every failed job).")]
+          = None,
+          controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+          keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+          insecure: Insecure = False) -> None:
+    """Run jobs that failed for good again, each with fresh attempts; a failed run runs again."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.retry(project, keys or None),
+          lambda r: f"{r['project']}: retrying {len(r['retried'])} jobs"
+                    + (f": {', '.join(r['retried'][:20])}" if r["retried"] else "")
+                    + (" ..." if len(r["retried"]) > 20 else ""))
+
+
+def priority(project: Project,
+             value: Annotated[int, typer.Argument(help="The new priority (higher runs first).", min=-1_000_000,
+                                                  max=1_000_000)],
+             controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+             keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+             insecure: Insecure = False) -> None:
+    """Change a running project's priority; dispatch reorders at once."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.set_priority(project, value),
+          lambda r: f"{r['project']}: priority {r['previous']} -> {r['priority']}")
+
+
+def drain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+          keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+          insecure: Insecure = False) -> None:
+    """Drain an agent: it finishes the jobs it holds and gets no new ones (kept across restarts)."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.drain(agent),
+          lambda r: f"agent {r['agent']}: draining ({r['holding']} jobs still finishing)")
+
+
+def undrain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+            keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+            insecure: Insecure = False) -> None:
+    """Give a drained agent jobs again."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.undrain(agent),
+          lambda r: f"agent {r['agent']}: {r['state']}")
+
+
+def logs(project: Project, job: Annotated[str, typer.Argument(help="The job's key.")],
+         controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+         keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
+         insecure: Insecure = False) -> None:
+    """Show a job's recent attempts: agent, outcome, error, duration and log tail."""
+    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.job_log(project, job), log_text)
+
+
+def log_text(reply: dict[str, Any]) -> str:
+    lines = [f"{reply['project']} {reply['key']}: {len(reply['attempts'])} attempts kept"]
+    for a in reply["attempts"]:
+        took = f" in {a['duration_s']:.2f}s" if a.get("duration_s") is not None else ""
+        lines.append(f"-- attempt {a['attempt']} on {a['agent'] or '?'}: {a['state']}{took}"
+                     + (f": {a['error']}" if a.get("error") else ""))
+        if a.get("log"):
+            lines.append(a["log"].rstrip("\n"))
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (pause, resume, retry, priority, drain, undrain, logs):
+        app.command(command.__name__)(command)

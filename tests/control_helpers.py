@@ -1,0 +1,97 @@
+"""Helpers for the live-control tests: the controller's events as a test sees them, and a media
+type whose jobs log (to read the logs of jobs that succeeded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sched_helpers import install_plugin
+
+from farm.controller.events import Event
+from farm.controller.server import Controller
+from farm.plugins import PluginInfo, get_plugins
+
+
+class EventLog:
+    """Every event a controller publishes from now on, as its observer thread hands them out."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.events: list[Event] = []
+        controller.events.observe(self.events.append)
+
+    def of(self, type: str, run: str | None = None, *, after: int = 0, agent: str | None = None) -> list[Event]:
+        """Events of a type (for a run, an agent) numbered after `after`."""
+        return [e for e in list(self.events) if e.type == type and e.seq > after
+                and (run is None or e.run == run) and (agent is None or e.agent == agent)]
+
+    def settled(self) -> EventLog:
+        """Wait until every event published so far has been handed to us."""
+        assert self.controller.events.drain(30), "the observer thread fell behind"
+        return self
+
+    def seq_of(self, type: str, run: str | None = None, agent: str | None = None) -> int:
+        """The newest such event's seq (it must have been published)."""
+        found = self.settled().of(type, run, agent=agent)
+        assert found, f"no {type} event"
+        return found[-1].seq
+
+
+CHATTY = """
+    from farm.hookspecs import hookimpl
+    from farm.mediatype import Job, MediaType
+
+
+    class Chatty(MediaType):
+        name = "chatty"
+
+        def configure(self, s):
+            settings = {"jobs": s.integer("jobs", 3)}
+            s.finish()
+            return settings
+
+        def count(self, project):
+            return project.settings["jobs"]
+
+        def split(self, project):
+            for i in range(project.settings["jobs"]):
+                yield Job(f"talk-{i}")
+
+        def render(self, job, ctx):
+            ctx.log.info("rendering %s, all is well", job.key)
+            return None
+
+
+    @hookimpl
+    def farm_register_media_types(register):
+        register(Chatty)
+"""
+
+
+def chatty_plugin(site: Path) -> dict[str, str]:
+    """Install the `chatty` media type here (controller) and for agents; returns the agents' env."""
+    install_plugin(site, "farm_chatty_test", CHATTY, "chatty")
+    plugins = get_plugins()
+    if "chatty" not in plugins.media_types:  # once per test process
+        import importlib
+        import sys
+
+        sys.path.insert(0, str(site))
+        module = importlib.import_module("farm_chatty_test")
+        info = PluginInfo(name="chatty", version="0.1", module="farm_chatty_test")
+        plugins.infos.append(info)
+        plugins.register(module, info)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def jobs_all(client: Any, run: str, state: str | None = None, page: int = 2) -> list[dict[str, Any]]:
+    """Every job of a run, read page by page."""
+    jobs, offset = [], 0
+    while True:
+        reply = client.jobs(run, state, offset=offset, limit=page)
+        jobs += reply["jobs"]
+        offset += page
+        if offset >= reply["total"]:
+            return jobs
