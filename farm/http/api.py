@@ -159,14 +159,8 @@ def _project_view(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_state(agent: dict[str, Any]) -> str:
-    """active, draining, blocklisted (by some run) or broken: the one word a dashboard shows."""
-    if agent.get("broken"):
-        return "broken"
-    if agent.get("draining") or agent.get("state") == "draining":
-        return "draining"
-    if agent.get("blocklisted") or agent.get("state") == "blocklisted":
-        return "blocklisted"
-    return "active"
+    """active, draining, blocklisted (in a running run) or broken: the controller's word for it."""
+    return agent.get("state") or ("broken" if agent.get("broken") else "active")
 
 
 def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
