@@ -9,6 +9,7 @@ thread), and reaches the controller only through its ``inproc://`` socket.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -55,7 +56,9 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, port = text.split(":")
         host = host or DEFAULT_HOST
     elif text:
-        host = text
+        host = text  # a name, or a bare IPv6 address (no port)
+        if ":" in host and not _is_ip(host):
+            raise FarmError(f"--http {text!r}: write an IPv6 address with a port as [ADDRESS]:PORT")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise FarmError(f"--http {text!r}: expected HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:8642)")
     return host, int(port)
@@ -140,6 +143,14 @@ class HttpServer:
             self._thread.join(timeout)
         if self._sock is not None:
             self._sock.close()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _listen(host: str, port: int) -> socket.socket:
