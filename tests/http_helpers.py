@@ -41,9 +41,9 @@ class HttpFarm:
 
 
 def start_http_farm(state: Path, host: str = "127.0.0.1", *, keys: Path | None = None, keepalive_s: float = 0.5,
-                    connect_host: str | None = None) -> HttpFarm:
+                    connect_host: str | None = None, **options: Any) -> HttpFarm:
     """A controller on a loopback port with its HTTP API on `host` (any free port)."""
-    http = HttpServer(host, 0, keys_dir=keys or state / "keys", keepalive_s=keepalive_s)
+    http = HttpServer(host, 0, keys_dir=keys or state / "keys", keepalive_s=keepalive_s, **options)
     ctl = Controller("tcp://127.0.0.1:0", state_dir=state, heartbeat=0.5, liveness=4, http=http)
     ctl.start()
     return HttpFarm(ctl, http, f"http://{connect_host or host}:{http.port}")

@@ -193,3 +193,27 @@ def test_submit_ui_serves_the_embedded_farm_behind_a_session_token(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+
+
+def test_dashboard_files_are_served_without_a_token_and_nothing_else_is(tmp_path: Path):
+    static = tmp_path / "static"
+    (static / "js").mkdir(parents=True)
+    (static / "index.html").write_text("<!doctype html><title>farm</title>")
+    (static / "js" / "app.js").write_text("console.log('hi')")
+    (tmp_path / "secret.txt").write_text("not for you")
+    keys = tmp_path / "keys"
+    token = TokenStore(keys).new("ci")
+    web = start_http_farm(tmp_path / "state", "0.0.0.0", keys=keys, connect_host="127.0.0.1", static_dir=static)
+    try:
+        page = requests.get(web.base + "/", timeout=TIMEOUT)
+        assert page.status_code == 200 and "<title>farm</title>" in page.text
+        assert requests.get(web.base + "/js/app.js", timeout=TIMEOUT).status_code == 200
+        for path in ("/api/v1/projects", "/metrics", "/missing.js", "/../secret.txt", "/js/../../secret.txt",
+                     "/%2e%2e/secret.txt"):
+            refused = requests.get(web.base + path, timeout=TIMEOUT)
+            assert refused.status_code == 401, path
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(web.base + "/%2e%2e/secret.txt", headers=auth, timeout=TIMEOUT).status_code == 404
+        assert requests.get(web.base + "/api/v1/projects", headers=auth, timeout=TIMEOUT).status_code == 200
+    finally:
+        web.controller.stop()
