@@ -136,3 +136,28 @@ def test_malformed_requests_get_a_json_reason_naming_the_field(web):
         assert response.status_code == status, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/json"
         assert named in response.json()["error"], (response.request.url, response.json())
+
+
+def test_event_streams_are_bounded_and_a_closed_one_frees_its_place(web):
+    from farm.http.sse import MAX_STREAMS
+
+    streams = [requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT) for _ in range(MAX_STREAMS)]
+    try:
+        assert all(s.status_code == 200 for s in streams)
+        refused = web.get("/api/v1/events")
+        assert refused.status_code == 503 and "event streams" in refused.json()["error"]
+        streams.pop().close()  # noticed at its next keep-alive
+
+        def another() -> bool:
+            response = requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT)
+            if response.status_code == 200:
+                streams.append(response)
+                return True
+            response.close()
+            return False
+
+        wait_for(another, timeout=30, what="the closed stream's place")
+        assert web.get("/api/v1/projects").status_code == 200  # the pool still answers the rest
+    finally:
+        for stream in streams:
+            stream.close()

@@ -161,6 +161,10 @@ def test_cli_tokens_and_a_controller_that_refuses_to_listen_beyond_loopback_with
         assert requests.get(base + "/api/v1/agents", timeout=TIMEOUT).status_code == 401
         answer = requests.get(base + "/api/v1/agents", headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
         assert answer.status_code == 200 and answer.json() == {"agents": []}
+        # the controller's socket is CURVE (loopback keys); the API's in-process client needs none
+        steer = requests.post(base + "/api/v1/agents/nobody/drain", data="{}", timeout=TIMEOUT,
+                              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert steer.status_code == 404 and "nobody" in steer.json()["error"]
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
