@@ -21,11 +21,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.client import Summary, submit
 from farm.controller.server import Controller
 from farm.project import STATE_DIR, Project, load_project
+
+if TYPE_CHECKING:
+    from farm.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class EmbeddedFarm:
     """A controller (state in ``state_dir``) and ``agents`` local agent processes.
 
     They talk over ``ipc://`` sockets in a private folder (`private_socket_dir`), removed on exit.
+    With ``ui``, the controller also serves the HTTP API and dashboard on loopback, behind a
+    token of this session; `ui_url` is the address to open (docs/api-http.md).
     """
 
     def __init__(self, state_dir: Path, agents: int | None = None, *, ui: bool = False) -> None:
@@ -86,7 +91,8 @@ class EmbeddedFarm:
             raise
         assert self.controller.url is not None
         if self.controller.http is not None:
-            self.ui_url = f"{self.controller.http.url}?access_token={self.controller.http.access.session_token}"
+            http = self.controller.http
+            self.ui_url = f"{http.url}?access_token={http.access.session_token}"
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
         # a closed farm: once these have all joined or exited, no other agent can come
@@ -106,7 +112,7 @@ class EmbeddedFarm:
         return submit(self.controller.url, project, priority=priority, on_update=on_update)
 
 
-def _ui_server() -> Any:
+def _ui_server() -> HttpServer:
     """The dashboard on loopback (port 8642, else any free one), behind a token of this session.
 
     A loopback port is open to every local user, unlike the farm's private sockets, so the
@@ -114,7 +120,8 @@ def _ui_server() -> Any:
     """
     from farm.http.server import DEFAULT_PORT, HttpServer  # FastAPI loads only for --ui
 
-    return HttpServer("127.0.0.1", DEFAULT_PORT, session_token=secrets.token_urlsafe(24), any_port_if_taken=True)
+    return HttpServer("127.0.0.1", DEFAULT_PORT, session_token=secrets.token_urlsafe(24),
+                      any_port_if_taken=True)
 
 
 def submit_embedded(

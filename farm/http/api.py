@@ -40,7 +40,8 @@ class Retry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     keys: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
-        default=None, max_length=10_000, description="Job keys that failed for good; absent or null: all of them.")
+        default=None, max_length=10_000,
+        description="Job keys that failed for good; absent or null: all of them.")
 
 
 class Empty(BaseModel):
@@ -76,13 +77,15 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """``{"total", "offset", "limit", "jobs": [{"key", "state", "attempts", "agent", "duration_s", "error"}]}``."""
+    """``{"total", "offset", "limit", "unlisted", "jobs": [job, ...]}``; each job:
+    ``{"key", "state", "attempts", "agent", "duration_s", "error"}``."""
     with farm.client() as client:
         return client.jobs(project, state=state, offset=offset, limit=limit)
 
 
 @router.get("/projects/{project}/jobs/{key:path}/log", summary="One job's attempts and their log tails")
-def job_log(project: ProjectId, key: Annotated[str, Path(min_length=1, max_length=1024)], farm: Farm) -> dict[str, Any]:
+def job_log(project: ProjectId, key: Annotated[str, Path(min_length=1, max_length=1024)],
+            farm: Farm) -> dict[str, Any]:
     """``{"project", "key", "attempts": [{"attempt", "agent", "state", "error", "duration_s", "log"}]}``."""
     with farm.client() as client:
         return client.job_log(project, key)
@@ -91,7 +94,7 @@ def job_log(project: ProjectId, key: Annotated[str, Path(min_length=1, max_lengt
 # -- control ---------------------------------------------------------------------------
 
 
-@router.post("/projects/{project}/pause", summary="Lease none of the run's jobs; agents finish what they hold")
+@router.post("/projects/{project}/pause", summary="Lease no more of the run's jobs; agents finish theirs")
 def pause(project: ProjectId, farm: Farm, _body: Empty | None = None) -> dict[str, Any]:
     with farm.client() as client:
         return client.pause(project)
@@ -159,24 +162,19 @@ def _project_view(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_state(agent: dict[str, Any]) -> str:
-    """active, draining, blocklisted (by some run) or broken: the one word a dashboard shows."""
-    if agent.get("broken"):
-        return "broken"
-    if agent.get("draining") or agent.get("state") == "draining":
-        return "draining"
-    if agent.get("blocklisted") or agent.get("state") == "blocklisted":
-        return "blocklisted"
-    return "active"
+    """active, draining, blocklisted (in a running run) or broken: the controller's word for it."""
+    return agent.get("state") or ("broken" if agent.get("broken") else "active")
 
 
 def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
-    """An agent of the status snapshot with ``state``, ``tags`` (capabilities that name no media type
-    this controller knows), ``running`` (run/job keys it holds) and ``load`` (jobs held per slot)."""
+    """An agent of the status snapshot with ``state``, ``tags`` (its capabilities that are no media type
+    this controller knows nor a renderer one needs: the user's ``--tag``s), ``running`` (project/job
+    keys it holds) and ``load`` (jobs held per slot)."""
     media_types = get_plugins().media_types
+    known = set(media_types).union(*(m.requirements for m in media_types.values()))
     caps = list(agent.get("capabilities") or [])
     slots = agent.get("slots") or 0
     return {**agent, "state": agent_state(agent),
-            "capabilities": [c for c in caps if c in media_types],
-            "tags": [c for c in caps if c not in media_types],
+            "tags": [c for c in caps if c not in known],
             "running": agent.get("current") or [],
             "load": round((agent.get("jobs") or 0) / slots, 3) if slots else None}

@@ -33,19 +33,21 @@ STATIC_DIR = Path(__file__).parent / "static"
 PREVIEW_MODULE = "farm.http.preview"  # the dashboard's preview routes, where installed
 
 
-def create_app(backend: Backend, *, access: Access | None = None, metrics: Metrics | None = None) -> FastAPI:
+def create_app(backend: Backend, *, access: Access | None = None, metrics: Metrics | None = None,
+               static_dir: Path | None = STATIC_DIR) -> FastAPI:
     """The ASGI app for one controller, reached through `backend`.
 
     ``access``: who may call it (default: loopback, no token); ``metrics``: the registry
     ``/metrics`` serves (its counters fed by the caller; see `farm.http.server.HttpServer`).
-    Includes `farm.http.preview.router` when that module exists, and serves ``farm/http/static``
-    at ``/`` when it holds an ``index.html``.
+    Includes `farm.http.preview.router` when that module exists, and serves `static_dir`
+    (the dashboard, ``farm/http/static``) at ``/`` when it holds an ``index.html``.
     """
-    static = STATIC_DIR if (STATIC_DIR / "index.html").is_file() else None
+    static = static_dir if static_dir is not None and (static_dir / "index.html").is_file() else None
     if access is None:
         access = Access(loopback=True)
     access.static_dir = static
-    app = FastAPI(title="farm", version=__version__, description="The render farm's HTTP API (docs/api-http.md).",
+    app = FastAPI(title="farm", version=__version__,
+                  description="The render farm's HTTP API (docs/api-http.md).",
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.state.backend = backend
     app.state.metrics = metrics if metrics is not None else Metrics()

@@ -24,7 +24,8 @@ STATUS_OF_CODE = {"not_found": 404, "bad_request": 400, "conflict": 409}
 class Backend:
     """Makes clients of one controller (its in-process URL); `keepalive_s` paces idle event streams."""
 
-    def __init__(self, url: str, *, timeout: float = REQUEST_TIMEOUT_S, keepalive_s: float = KEEPALIVE_S) -> None:
+    def __init__(self, url: str, *, timeout: float = REQUEST_TIMEOUT_S,
+                 keepalive_s: float = KEEPALIVE_S) -> None:
         self.url = url
         self.timeout = timeout
         self.keepalive_s = keepalive_s

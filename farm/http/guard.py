@@ -173,7 +173,8 @@ def _cross_site(headers: dict[str, str]) -> tuple[int, str] | None:
     """Why a control request may come from another site's page, or None."""
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        return 415, "control actions need 'Content-Type: application/json' (send {} when there is nothing to say)"
+        return 415, ("control actions need 'Content-Type: application/json' "
+                     "(send {} when there is nothing to say)")
     fetch_site = headers.get("sec-fetch-site", "").lower()
     if fetch_site in ("cross-site", "same-site"):
         return 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
@@ -200,6 +201,6 @@ def _too_big(headers: dict[str, str]) -> tuple[int, str] | None:
 async def _json(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *extra]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *extra]})
     await send({"type": "http.response.body", "body": data})

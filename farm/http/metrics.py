@@ -43,12 +43,14 @@ class Metrics:
         labels = ["media_type"]
         r = self.registry
         self.done = Counter("farm_jobs_done", "Jobs done, rendered or reused.", labels, registry=r)
-        self.reused = Counter("farm_jobs_reused", "Jobs done from the job cache, not rendered.", labels, registry=r)
+        self.reused = Counter("farm_jobs_reused", "Jobs done from the job cache, not rendered.", labels,
+                              registry=r)
         self.failed = Counter("farm_jobs_failed", "Jobs failed for good.", labels, registry=r)
         self.retried = Counter("farm_jobs_retried", "Attempts that failed, were lost or handed back, "
                                                     "and were queued again.", labels, registry=r)
-        self.duration = Histogram("farm_job_duration_seconds", "Rendered jobs: seconds from dispatch to done.",
-                                  labels, buckets=DURATION_BUCKETS, registry=r)
+        self.duration = Histogram("farm_job_duration_seconds",
+                                  "Rendered jobs: seconds from dispatch to done.", labels,
+                                  buckets=DURATION_BUCKETS, registry=r)
         self._media: dict[str, str] = {}  # run id -> media type
         self._started: dict[tuple[str | None, str | None], float] = {}  # (run, job) -> dispatch time
 

@@ -9,16 +9,18 @@ thread), and reaches the controller only through its ``inproc://`` socket.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from farm.errors import FarmError
-from farm.http.app import create_app
+from farm.http.app import STATIC_DIR, create_app
 from farm.http.backend import KEEPALIVE_S, Backend
 from farm.http.guard import Access, is_loopback
 from farm.http.metrics import Metrics
@@ -55,9 +57,11 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, port = text.split(":")
         host = host or DEFAULT_HOST
     elif text:
-        host = text
+        host = text  # a name, or a bare IPv6 address (no port)
+        if ":" in host and not _is_ip(host):
+            raise FarmError(f"--http {text!r}: write an IPv6 address with a port as [ADDRESS]:PORT")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise FarmError(f"--http {text!r}: expected HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:8642)")
+        raise FarmError(f"--http {text!r}: expected HOST:PORT, a port from 0 to 65535 (127.0.0.1:8642)")
     return host, int(port)
 
 
@@ -67,22 +71,24 @@ class HttpServer:
     Beyond loopback it requires a token from ``keys_dir``'s token store for every request,
     and refuses to start without any (`FarmError`); `session_token` is one more token, kept in
     memory (the embedded farm's ``--ui``), which makes a token required on loopback too.
-    `any_port_if_taken`: listen on a free port when `port` is in use.
+    `any_port_if_taken`: listen on a free port when `port` is in use. `static_dir`: the
+    dashboard's files, served at ``/`` without a token (they are code, not data).
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, keys_dir: object = None,
                  session_token: str | None = None, keepalive_s: float = KEEPALIVE_S,
-                 any_port_if_taken: bool = False) -> None:
+                 any_port_if_taken: bool = False, static_dir: Path | None = STATIC_DIR) -> None:
         self.host = host
+        self.static_dir = static_dir
         self.any_port_if_taken = any_port_if_taken
         self.port = port
         self.keepalive_s = keepalive_s
         tokens = TokenStore(keys_dir)  # type: ignore[arg-type]
         self.access = Access(loopback=is_loopback(host), tokens=tokens, session_token=session_token)
         if not self.access.loopback and not tokens.any():
-            raise FarmError(f"the HTTP API on {host} would be reachable from other machines, and no API token "
-                            f"exists in {tokens.path}: make one with `farm keys token new NAME` (clients send "
-                            "it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")
+            raise FarmError(f"the HTTP API on {host} would be reachable from other machines, and no API "
+                            f"token exists in {tokens.path}: make one with `farm keys token new NAME` "
+                            "(clients send it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")
         self.metrics = Metrics()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -103,8 +109,9 @@ class HttpServer:
         """Listen and serve in the ``farm-http`` thread; returns once it answers. `FarmError` if it cannot."""
         backend = Backend(controller.local_url, keepalive_s=self.keepalive_s)
         counters = controller.assets.server.counters  # plain ints, written by the file service's thread
-        self.metrics.collect_from(backend, lambda: {"bytes_in": counters.bytes_in, "bytes_out": counters.bytes_out})
-        app = create_app(backend, access=self.access, metrics=self.metrics)
+        self.metrics.collect_from(backend, lambda: {"bytes_in": counters.bytes_in,
+                                                    "bytes_out": counters.bytes_out})
+        app = create_app(backend, access=self.access, metrics=self.metrics, static_dir=self.static_dir)
         app.state.run_facts = controller.run_facts  # the previews' read-only facts (farm.http.preview)
         try:
             self._sock = _listen(self.host, self.port)
@@ -123,7 +130,8 @@ class HttpServer:
             time.sleep(0.01)
         if not self._server.started:
             self.stop()
-            raise FarmError(f"the HTTP API did not start on {self.host}:{self.port}: {self._error or 'timed out'}")
+            why = self._error or "timed out"
+            raise FarmError(f"the HTTP API did not start on {self.host}:{self.port}: {why}")
         log.info("HTTP API on %s", self.url)
 
     def _serve(self) -> None:
@@ -141,6 +149,14 @@ class HttpServer:
             self._thread.join(timeout)
         if self._sock is not None:
             self._sock.close()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -40,12 +40,13 @@ _streams = threading.BoundedSemaphore(MAX_STREAMS)
                              "description": "`id: SEQ` / `data: {event JSON}` messages, forever"}})
 def events(
     farm: Annotated[Backend, Depends(backend)],
-    since: Annotated[int | None, Query(ge=0, description="Events after this seq (default: from now on).")] = None,
-    last_event_id: Annotated[str | None, Header(description="Resume after this seq (wins over `since`).")] = None,
+    since: Annotated[int | None, Query(ge=0, description="Events after this seq (default: now).")] = None,
+    last_event_id: Annotated[str | None, Header(description="Resume after this seq (wins).")] = None,
 ) -> StreamingResponse:
     if last_event_id is not None:
         if not last_event_id.strip().isdigit():
-            raise HTTPException(400, f"Last-Event-ID: expected an event seq (a number), got {last_event_id[:40]!r}")
+            raise HTTPException(400, f"Last-Event-ID: expected an event seq (a number), "
+                                     f"got {last_event_id[:40]!r}")
         since = int(last_event_id)
     if not _streams.acquire(blocking=False):
         raise HTTPException(503, f"{MAX_STREAMS} event streams are open already; try again later")
@@ -80,7 +81,8 @@ def _stream(farm: Backend, since: int | None) -> Iterator[str]:
                 yield f"event: missed\ndata: {json.dumps({'missed': body['missed']})}\n\n"
             if last is None and not body["events"]:
                 last = body["last"]
-                yield f"id: {last}\n\n"  # sets a browser's Last-Event-ID without an event: a reconnect misses nothing
+                # sets a browser's Last-Event-ID without an event: a reconnect misses nothing
+                yield f"id: {last}\n\n"
             out = []
             for event in body["events"]:
                 seq = event.get("seq") if isinstance(event, dict) else None

@@ -39,7 +39,8 @@ class TokenStore:
         self.root = Path(keys_dir).expanduser() if keys_dir is not None else default_keys_dir()
         self.path = self.root / TOKENS_FILE
         self._lock = threading.Lock()
-        self._cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})  # (stamp, digest -> name)
+        # (the file's stamp, digest -> name)
+        self._cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})
         self._checked = 0.0
 
     # -- reading -----------------------------------------------------------------------
@@ -57,8 +58,8 @@ class TokenStore:
             data = json.loads(self.path.read_text())
             entries = data["tokens"]
             if not isinstance(entries, list) or not all(
-                    isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)
-                    for e in entries):
+                    isinstance(e, dict) and isinstance(e.get("name"), str)
+                    and isinstance(e.get("sha256"), str) for e in entries):
                 raise TypeError("tokens is not a list of {name, sha256}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SecurityError(f"{self.path}: not a token file ({exc})") from None
