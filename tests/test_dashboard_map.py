@@ -62,17 +62,20 @@ def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller
 
     click(browser, f'.project[data-id="{run}"] [data-action="resume"]')
     wait_for(lambda: not api.project(run)["paused"], 30, "the run to be resumed (API)")
-    seen = []
+    seen = [0]  # loaded tiles, as they change: none while paused (asserted above)
+    done_then = []  # the run's jobs done when the first tiles showed
 
     def grown() -> bool:
         loaded = js(browser, LOADED)
-        if not seen or seen[-1] != loaded:
+        if seen[-1] != loaded:
             seen.append(loaded)
+            if not done_then:
+                done_then.append(api.project(run)["done"])
         return loaded >= js(browser, TILES)
 
     wait_for(grown, 120, "every tile in view to load")
-    print("loaded tiles seen:", seen)
-    assert seen[0] < seen[-1] and seen == sorted(seen), seen
+    assert seen[-1] > 0 and seen == sorted(seen), seen
+    assert done_then[0] < api.project(run)["total"] == 85, "the first tiles showed only after the run"
     wait_for(lambda: js(browser, "return document.querySelectorAll('#agents tr[data-id]').length"), 30,
              "the agent in the agents table")
     shoot(browser, shots, "dashboard-map")
