@@ -44,7 +44,8 @@ def describe(ctx: PreviewContext, join_name: str, fingerprint: str) -> dict[str,
                 break
             if (start, count) in state["seen"]:
                 continue
-            _fold(pcm, start, count, s, total, state)
+            if not _fold(pcm, start, count, s, total, state):
+                continue  # shorter than its range says (being rewritten): read again next time
             state["seen"].add((start, count))
             state["joined"] += count
             budget -= count * _frame(s)
@@ -120,8 +121,9 @@ def _ranges(ctx: PreviewContext, name: str, fingerprint: str) -> list[tuple[int,
     return found
 
 
-def _fold(pcm: IO[bytes], start: int, count: int, s: Any, total: int, state: dict[str, Any]) -> None:
-    """Fold samples ``start``..``start + count`` of the join into the peaks."""
+def _fold(pcm: IO[bytes], start: int, count: int, s: Any, total: int, state: dict[str, Any]) -> bool:
+    """Fold samples ``start``..``start + count`` of the join into the peaks; False if the file
+    ended first (min and max only grow, so reading a range again later is harmless)."""
     code, offset, scale = FORMATS[s["pcm"]]
     channels = s["out_channels"]
     frame = array.array(code).itemsize * channels
@@ -135,7 +137,7 @@ def _fold(pcm: IO[bytes], start: int, count: int, s: Any, total: int, state: dic
         data = pcm.read(n * frame)
         n = len(data) // frame
         if n == 0:
-            return  # shorter than its range says (being rewritten): the next run of the page reads it
+            return False
         values = array.array(code, data[: n * frame])
         if sys.byteorder == "big" and values.itemsize > 1:
             values.byteswap()
@@ -150,3 +152,4 @@ def _fold(pcm: IO[bytes], start: int, count: int, s: Any, total: int, state: dic
             hi[bucket] = min(1.0, max(hi[bucket], (max(part) - offset) / scale))
             sample = end
         done += n
+    return True
