@@ -2,13 +2,13 @@
 
 Routes (included by `farm.http.app`):
 
-- ``GET /api/v1/projects/{run_id}/preview``: the media type's description (`farm.preview`), or
+- ``GET /api/v1/projects/{project}/preview``: the media type's description (`farm.preview`), or
   ``{"kind": "none"}``; a preview that raises or returns something unusable is logged and
   answered as ``{"kind": "message", "text": ...}``.
-- ``GET /api/v1/projects/{run_id}/tiles/{z}/{x}/{y}.png``: one tile of a ``tiles`` preview, from
+- ``GET /api/v1/projects/{project}/tiles/{z}/{x}/{y}.png``: one tile of a ``tiles`` preview, from
   its file, else its MBTiles file; ``204 No Content`` while it is not rendered yet (the page
   asks again as jobs finish).
-- ``GET /api/v1/projects/{run_id}/files/{name}``: an image that the run's current description
+- ``GET /api/v1/projects/{project}/files/{name}``: an image that the run's current description
   names (and nothing else), opened under the output folder with no symlink on the way.
 
 Previews run in the server's worker threads, never in the controller's loop, one at a time
@@ -33,6 +33,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
+from farm.http.api import ProjectId
 from farm.ids import BadIdentifier, check_key
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import (
@@ -112,33 +113,33 @@ def _previews(request: Request) -> Previews:
     return previews
 
 
-def _facts(request: Request, run_id: str) -> RunFacts:
+def _facts(request: Request, ref: str) -> RunFacts:
     lookup = getattr(request.app.state, "run_facts", None)  # Controller.run_facts, set by farm.http.server
-    facts = lookup(run_id) if lookup is not None else None
+    facts = lookup(ref) if lookup is not None else None
     if facts is None:
-        raise HTTPException(404, f"no project run {run_id!r}")
+        raise HTTPException(404, f"no project or run {ref!r}")
     return facts
 
 
-@router.get("/api/v1/projects/{run_id}/preview")
-def get_preview(request: Request, run_id: str) -> dict[str, Any]:
+@router.get("/api/v1/projects/{project}/preview")
+def get_preview(request: Request, project: ProjectId) -> dict[str, Any]:
     """The run's live preview description (see `farm.preview` for the kinds)."""
     # always made afresh (the page asks at most once a second, after an event): a reused one could
     # predate the run's last change, and nothing would come to replace it
-    return _previews(request).describe(_facts(request, run_id), max_age=0.0)
+    return _previews(request).describe(_facts(request, project), max_age=0.0)
 
 
-@router.get("/api/v1/projects/{run_id}/tiles/{z}/{x}/{y}.png", response_class=Response,
+@router.get("/api/v1/projects/{project}/tiles/{z}/{x}/{y}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 204: {"description": "not rendered yet"}})
-def get_tile(request: Request, run_id: str, z: int = PathParam(ge=0, le=MAX_ZOOM),
+def get_tile(request: Request, project: ProjectId, z: int = PathParam(ge=0, le=MAX_ZOOM),
              x: int = PathParam(ge=0), y: int = PathParam(ge=0)) -> Response:
     """One XYZ tile of a ``tiles`` preview; 204 while it is not rendered yet."""
     if x >= 1 << z or y >= 1 << z:
         raise HTTPException(404, f"tile {z}/{x}/{y} is outside zoom {z}")
-    facts = _facts(request, run_id)
+    facts = _facts(request, project)
     description = _previews(request).describe(facts)
     if description.get("kind") != "tiles":
-        raise HTTPException(404, f"project run {run_id!r} has no tiles preview")
+        raise HTTPException(404, f"project run {facts.run_id!r} has no tiles preview")
     ctx = context_for(facts, {})
     data = _tile_file(ctx, tile_path(description, z, x, y))
     if data is None and description.get("mbtiles"):
@@ -181,22 +182,22 @@ def _tile_mbtiles(output_dir: Path, name: str, z: int, x: int, y: int) -> bytes 
     return bytes(row[0]) if row and row[0] and len(row[0]) <= MAX_TILE_BYTES else None
 
 
-@router.get("/api/v1/projects/{run_id}/files/{name:path}", response_class=Response,
+@router.get("/api/v1/projects/{project}/files/{name:path}", response_class=Response,
             responses={200: {"content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))}}})
-def get_file(request: Request, run_id: str, name: str = PathParam()) -> Response:
+def get_file(request: Request, project: ProjectId, name: str = PathParam()) -> Response:
     """An image the run's current preview names (``files`` or ``poster``)."""
-    facts = _facts(request, run_id)
+    facts = _facts(request, project)
     try:
         check_key(name, "file name")
     except BadIdentifier as exc:
         raise HTTPException(400, str(exc)) from None
     description = _previews(request).describe(facts)
     if name not in (*description.get("files", ()), description.get("poster")):
-        raise HTTPException(404, f"{name!r} is not in the preview of project run {run_id!r}")
+        raise HTTPException(404, f"{name!r} is not in the preview of project run {facts.run_id!r}")
     try:
         f = context_for(facts, {}).open(name)
     except (UnsafePath, OSError) as exc:
-        log.warning("%s: preview file %s refused: %s", run_id, name, exc)
+        log.warning("%s: preview file %s refused: %s", facts.run_id, name, exc)
         raise HTTPException(404, f"{name!r} cannot be read") from None
     if f is None:
         raise HTTPException(404, f"{name!r} is gone")
