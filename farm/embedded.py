@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.client import Summary, submit
 from farm.controller.server import Controller
 from farm.project import STATE_DIR, Project, load_project
+
+if TYPE_CHECKING:
+    from farm.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +71,17 @@ class EmbeddedFarm:
     """A controller (state in ``state_dir``) and ``agents`` local agent processes.
 
     They talk over ``ipc://`` sockets in a private folder (`private_socket_dir`), removed on exit.
+    With ``ui``, the controller also serves the HTTP API and dashboard on loopback, behind a
+    token of this session; `ui_url` is the address to open (docs/api-http.md).
     """
 
-    def __init__(self, state_dir: Path, agents: int | None = None) -> None:
+    def __init__(self, state_dir: Path, agents: int | None = None, *, ui: bool = False) -> None:
         self.sockets = private_socket_dir()
+        self.ui_url: str | None = None  # with `ui`: the dashboard's address, its session token included
+        http = _ui_server() if ui else None
         # the submitter is this user: its projects' webhooks go anywhere (farm.notify)
-        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir, notify_allow=["*"])
+        self.controller = Controller(f"ipc://{self.sockets}/jobs", state_dir=state_dir, notify_allow=["*"],
+                                     http=http)
         self.count = agents or os.cpu_count() or 1
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -83,6 +92,9 @@ class EmbeddedFarm:
             shutil.rmtree(self.sockets, ignore_errors=True)
             raise
         assert self.controller.url is not None
+        if self.controller.http is not None:
+            http = self.controller.http
+            self.ui_url = f"{http.url}?access_token={http.access.session_token}"
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.procs = start_local_agents(self.controller.url, self.count, log_level=level)
         # a closed farm: once these have all joined or exited, no other agent can come
@@ -100,6 +112,18 @@ class EmbeddedFarm:
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
         assert self.controller.url is not None
         return submit(self.controller.url, project, priority=priority, on_update=on_update)
+
+
+def _ui_server() -> HttpServer:
+    """The dashboard on loopback (port 8642, else any free one), behind a token of this session.
+
+    A loopback port is open to every local user, unlike the farm's private sockets, so the
+    API asks for a random token; the printed URL carries it, and the browser keeps it as a cookie.
+    """
+    from farm.http.server import DEFAULT_PORT, HttpServer  # FastAPI loads only for --ui
+
+    return HttpServer("127.0.0.1", DEFAULT_PORT, session_token=secrets.token_urlsafe(24),
+                      any_port_if_taken=True)
 
 
 def submit_embedded(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from farm.preview import PreviewContext
     from farm.project import Project
     from farm.settings import SettingsReader
 
@@ -151,3 +152,14 @@ class MediaType:
     def finalize(self, ctx: CollateContext) -> list[Path]:
         """Called once after every job is collated; returns the final output files."""
         return []
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
+        """A live preview of the output so far, for the dashboard; None: this type has none.
+
+        Returns a small JSON description of one of the kinds in `farm.preview` (``tiles``,
+        ``images``, ``waveform``, ``message``) naming files under ``ctx.output_dir``. Runs in the
+        HTTP server's threads, never the controller's loop, possibly while `collate` writes: read
+        only ``ctx`` and files (through ``ctx.open`` / ``ctx.files``), keep it bounded (a second's
+        work at most; ``ctx.cache`` carries state between calls), and expect half-written files.
+        """
+        return None

@@ -11,6 +11,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # tests verify
 command -v blender >/dev/null 2>&1 || missing+=(blender)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the dashboard's browser tests
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

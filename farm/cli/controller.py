@@ -50,6 +50,10 @@ def controller(
         "--notify-allow", metavar="HOST", callback=lambda hosts: _checked(check_host, hosts),
         help="Send projects' own webhooks (\\[notify] in farm.toml) to this host (repeatable; '*': any "
              "host).")] = None,
+    http: Annotated[Optional[str], typer.Option(
+        "--http", metavar="HOST:PORT",
+        help="Serve the HTTP API and dashboard here, e.g. 127.0.0.1:8642 (beyond loopback: tokens from "
+             "`farm keys token new`).")] = None,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -59,9 +63,14 @@ def controller(
     """
     with reported():
         security = controller_security(bind, keys_dir, key, insecure)
+        web = None
+        if http is not None:
+            from farm.http.server import HttpServer, parse_listen  # FastAPI loads only when asked for
+
+            web = HttpServer(*parse_listen(http), keys_dir=keys_dir)
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security, notify=notify or (),
-                         notify_allow=notify_allow or ())
+                         notify_allow=notify_allow or (), http=web)
         signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
         try:
             ctl.start()
@@ -72,6 +81,8 @@ def controller(
                 typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
                            err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
+            if web is not None:
+                typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
                 pass
             if ctl.crash is not None:

@@ -106,3 +106,8 @@ def list_keys(
             allowed = "allowed" if r["allowed"] else "-"
             secret = "secret" if r["secret"] else "-"
             typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<7} {secret:<6} {r['public_key']}")
+
+
+from farm.cli import tokens  # noqa: E402 (`farm keys token ...`, defined in its own module)
+
+app.add_typer(tokens.app, name="token")

@@ -43,13 +43,22 @@ def submit(
     insecure: Insecure = False,
     shared: Annotated[bool, typer.Option(
         "--shared-fs", help="The controller reads the project from this same path: skip the upload.")] = False,
+    ui: Annotated[bool, typer.Option(
+        "--ui", help="Serve the dashboard of the embedded farm on 127.0.0.1 and print its address; "
+                     "it stays up after the run until Ctrl-C.")] = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     with reported(as_json=as_json):
+        if ui and controller:
+            raise FarmError("--ui shows the embedded farm; a running controller serves its own dashboard "
+                            "(farm controller --http HOST:PORT)")
         project = load_project(project_dir, output=output)
-        with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority) as render:
+        with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority,
+                   ui) as render:
             if not watch_project:
                 summary = _round(render, project, as_json)
+                if ui:
+                    _serve_until_stopped()
                 if not summary.ok:
                     raise typer.Exit(1)
                 return
@@ -80,15 +89,28 @@ Render = Callable[[Project, Callable[[dict], None]], Summary]
 
 @contextlib.contextmanager
 def _farm(project: Project, controller: str | None, agents: int | None, keys_dir: Path | None, key: str,
-          server_key: str, insecure: bool, shared: bool, priority: int) -> Iterator[Render]:
+          server_key: str, insecure: bool, shared: bool, priority: int, ui: bool = False) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
         setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
         yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
                                                  socket_setup=setup, upload=not shared)
         return
-    with EmbeddedFarm(project.root / STATE_DIR, agents) as farm:
+    with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui) as farm:
+        if farm.ui_url:
+            typer.echo(f"dashboard: {farm.ui_url}", err=True)
         yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
+
+
+def _serve_until_stopped() -> None:
+    """Keep the dashboard up after the run, until Ctrl-C or SIGTERM."""
+    typer.echo("the dashboard stays up until Ctrl-C", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _round(render: Render, project: Project, as_json: bool) -> Summary:

@@ -7,6 +7,7 @@ in flight, waiting for a retry, or waiting on a dependency, however many jobs ex
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import logging
 import shutil
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from farm.controller.events import EventBus
@@ -26,6 +28,7 @@ from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
+from farm.preview import RunFacts
 from farm.project import Project
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,9 @@ class ProjectRun:
         self.finished_mono: float | None = None
         self.first_dispatch_s: float | None = None
         self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
+        # for other threads (the dashboard's previews): fixed for the run, settings copied read-only
+        settings = MappingProxyType(copy.deepcopy(dict(project.settings)))
+        self.facts = RunFacts(run_id, project.name, media, settings, project.output_dir, self.submitted)
         try:
             self.total: int | None = media.count(project)
         except Exception as exc:

@@ -15,9 +15,10 @@ import fcntl
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import zmq
 
@@ -39,9 +40,13 @@ from farm.journal import Journal, JournalError
 from farm.notify import Notifier
 from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
+from farm.preview import RunFacts
 from farm.project import load_project
 from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
+
+if TYPE_CHECKING:
+    from farm.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +72,14 @@ class Controller(AgentSide, ClientSide, ControlSide):
         scheduler: Scheduler | None = None,
         notify: Iterable[str] = (),
         notify_allow: Iterable[str] = (),
+        http: HttpServer | None = None,
     ) -> None:
         """`notify`: webhooks for every run; `notify_allow`: hosts (or "*") whose project webhooks
         (``[notify]`` in farm.toml) are sent (`farm.notify`); others raise `farm.notify.BadWebhook`."""
         self.bind = bind
+        self.http = http  # the HTTP API (farm.http), served in a thread of its own beside the loop
+        # in-process clients (the HTTP API) connect here: no keys, as no other process can reach it
+        self.local_url = f"inproc://farm-controller-{uuid.uuid4().hex}"
         self.intake_limits = intake_limits
         self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
         self.heartbeat = heartbeat
@@ -103,11 +112,19 @@ class Controller(AgentSide, ClientSide, ControlSide):
 
     def start(self) -> Controller:
         """Run the loop in a background thread (the embedded controller); returns once bound."""
+        if self.http is not None:
+            self.http.attach(self)  # its metrics count from the first event
         self._thread = threading.Thread(target=self._run_guarded, name="farm-controller", daemon=True)
         self._thread.start()
         self._bound.wait(30)
         if self._error:
             raise self._error
+        if self.http is not None:
+            try:
+                self.http.start(self)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _run_guarded(self) -> None:
@@ -120,6 +137,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
 
     def stop(self, timeout: float = 10.0, *, shutdown_agents: bool = False) -> None:
         """Stop the loop; with shutdown_agents, tell connected agents to exit too (embedded runs)."""
+        if self.http is not None:
+            self.http.stop()  # before the loop: its requests need the loop to answer
         self._shutdown_agents = shutdown_agents
         self._stop.set()
         if self._thread is not None:
@@ -138,6 +157,17 @@ class Controller(AgentSide, ClientSide, ControlSide):
     @property
     def runs(self) -> dict[str, ProjectRun]:
         return self.scheduler.runs
+
+    def run_facts(self, run: str) -> RunFacts | None:
+        """A run's immutable facts (media type, settings, output folder), for any thread.
+
+        ``run``: a run id, or a project name (its newest run); None if the controller has none.
+        """
+        found = self.runs.get(run)  # single reads and copies of the dict: atomic, whatever the loop does
+        if found is None:
+            named = [r for r in list(self.runs.values()) if r.project.name == run]
+            found = max(named, key=lambda r: r.submitted, default=None)
+        return None if found is None else found.facts
 
     @property
     def leases(self) -> dict[str, Lease]:
@@ -184,6 +214,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
+            self.sock.bind(self.local_url)
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
             self.journal.close()
@@ -305,8 +336,9 @@ class Controller(AgentSide, ClientSide, ControlSide):
             if secured:
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
+                local = key is None and _in_process(frames[0])
                 frames = [f.bytes for f in frames]
-                if not self.security.allows(key):
+                if not local and not self.security.allows(key):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
@@ -415,6 +447,19 @@ def _plugin_observer() -> Callable[[Event], None] | None:
     if not hook.get_hookimpls():
         return None
     return lambda event: hook(event=event)
+
+
+def _in_process(frame: zmq.Frame) -> bool:
+    """Whether a message came over ``inproc://``: with no handshake, it carries no metadata at all.
+
+    On a CURVE socket every tcp:// and ipc:// peer passed the handshake, which gives its
+    messages a ``Socket-Type`` (and a ``User-Id``); only an in-process peer has none.
+    """
+    try:
+        frame.get("Socket-Type")
+    except zmq.ZMQError:
+        return True
+    return False
 
 
 def _lock_state_dir(folder: Path) -> IO[bytes]:

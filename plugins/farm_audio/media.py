@@ -15,9 +15,10 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_audio import encode, ffmpeg
+from farm_audio import encode, ffmpeg, preview
 from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
@@ -37,6 +38,11 @@ def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def join_name(settings: Mapping[str, Any]) -> str:
+    """The join file's name in the output folder (hidden: it is removed once encoded)."""
+    return f".{settings['name']}.join.{settings['pcm']}"
 
 
 class AudioSegments(MediaType):
@@ -117,7 +123,7 @@ class AudioSegments(MediaType):
         if join is None:
             s = ctx.project.settings
             frame = RAW_BYTES[s["pcm"]] * s["out_channels"]
-            path = ctx.output_dir / f".{s['name']}.join.{s['pcm']}"
+            path = ctx.output_dir / join_name(s)
             join = ctx.state[_JOIN_KEY] = PcmJoin(path, frame, fingerprint(s), s["samples"])
         return join
 
@@ -131,6 +137,9 @@ class AudioSegments(MediaType):
                 join.path, s["pcm"], s["sample_rate"], s["out_layout"], join.frame_bytes, outputs,
                 ctx.output_dir, s["name"])
         return encoders
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
+        return preview.describe(ctx, join_name(ctx.settings), fingerprint(dict(ctx.settings)))
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings

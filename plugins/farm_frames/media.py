@@ -17,8 +17,10 @@ from typing import Any
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
+from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
+from farm_frames import preview
 from farm_frames.blender import (
     SETUP_ENV,
     BlenderNotFound,
@@ -48,6 +50,10 @@ def frame_name(frame: int, fmt: str) -> str:
 def output_stem(project_name: str) -> str:
     """The project name, made safe as a file name for the video and contact sheet."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", project_name).strip("._") or "frames"
+
+
+def contact_sheet_name(project_name: str) -> str:
+    return f"{output_stem(project_name)}-contact.png"
 
 
 def job_key(runs: Runs) -> str:
@@ -224,10 +230,13 @@ class Frames(MediaType):
                 "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
                 info.duration, video["fps"],
             )
-            sheet = contact_sheet(frames, ctx.output_dir / f"{stem}-contact.png")
+            sheet = contact_sheet(frames, ctx.output_dir / contact_sheet_name(ctx.project.name))
         except OSError as exc:  # a full disk, a read-only output folder
             raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
         return [out, sheet]
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
+        return preview.describe(ctx, FRAMES_DIR, contact_sheet_name(ctx.project))
 
 
 def _place(staged: Path, dest: Path) -> None:

@@ -18,9 +18,10 @@ from farm.errors import RenderError
 from farm.filesync.placement import spread_subfolders
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
+from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_maptiles import config, mapstyle
+from farm_maptiles import config, mapstyle, preview
 from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
 from farm_maptiles.metatile import render_metatile, tile_name
@@ -55,9 +56,13 @@ def _signature(paths: list[Path]) -> list[tuple[str, int, int]]:
     return found
 
 
+def mbtiles_name(project_name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", project_name).strip("._") or "tiles"
+    return f"{safe}.mbtiles"
+
+
 def mbtiles_path(ctx: CollateContext) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ctx.project.name).strip("._") or "tiles"
-    return ctx.output_dir / f"{safe}.mbtiles"
+    return ctx.output_dir / mbtiles_name(ctx.project.name)
 
 
 class MapTiles(MediaType):
@@ -183,6 +188,9 @@ class MapTiles(MediaType):
                 folders.add(path.parent)
             path.write_bytes(data)
         self._writer(ctx).add_tiles(tiles)
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
+        return preview.describe(ctx, mbtiles_name(ctx.project))
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings

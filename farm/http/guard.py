@@ -1,0 +1,206 @@
+"""Who may use the HTTP API: bearer tokens, cross-site refusal, and the loopback Host check.
+
+One ASGI middleware in front of every route, in this order:
+
+1. **Host** (loopback binds): the ``Host`` header must name this machine (``localhost``,
+   ``127.x.x.x``, ``[::1]``), so a web page that re-points its own domain at 127.0.0.1 (DNS
+   rebinding) cannot read the API from the user's browser.
+2. **Token** (required beyond loopback, and wherever the server was given a session token):
+   ``Authorization: Bearer TOKEN``, or the ``farm_token`` cookie, or ``?access_token=TOKEN``
+   (RFC 6750), which also sets that cookie (HttpOnly, SameSite=Strict) so a browser opened
+   on a printed URL keeps working, ``EventSource`` included. Static dashboard files are code,
+   not data, and are served without one (the page then calls the API with the cookie).
+3. **Cross-site** (control actions: every method but GET/HEAD/OPTIONS): the body must be
+   declared ``Content-Type: application/json`` (which a cross-origin page cannot send without
+   a CORS preflight, and this server answers none), ``Sec-Fetch-Site`` must not be
+   ``cross-site`` or ``same-site``, and an ``Origin``, if sent, must be this server's own.
+
+Control actions' bodies are at most `MAX_BODY` bytes, with a Content-Length. Refusals are
+JSON ``{"error": "..."}`` with 400, 401, 403, 411, 413 or 415.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from farm.http.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+COOKIE = "farm_token"
+QUERY = "access_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_BODY = 1 << 20  # bytes of a control action's body (10,000 job keys fit)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address reaches only this machine."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Access:
+    """The server's access rules.
+
+    ``loopback``: it listens on loopback only. ``tokens``: the keys folder's API tokens.
+    ``session_token``: one more accepted token, held in memory (the embedded farm's ``--ui``).
+    ``static_dir``: files served without a token.
+    """
+
+    loopback: bool
+    tokens: TokenStore | None = None
+    session_token: str | None = None
+    static_dir: Path | None = None
+
+    @property
+    def token_required(self) -> bool:
+        return not self.loopback or self.session_token is not None
+
+    def valid(self, token: str) -> bool:
+        if self.session_token is not None and _same(token, self.session_token):
+            return True
+        return self.tokens is not None and self.tokens.verify(token) is not None
+
+    def is_static(self, path: str) -> bool:
+        """Whether `path` names a file of the static folder (`/` is its index.html)."""
+        if self.static_dir is None:
+            return False
+        relative = path.lstrip("/") or "index.html"
+        if relative.startswith(("api/", "metrics")) or "\\" in relative or "\x00" in relative:
+            return False
+        parts = relative.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            return False
+        return (self.static_dir / relative).is_file()
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+class Guard:
+    """The ASGI middleware applying `Access` to every HTTP request (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal, set_cookie = self._judge(scope, headers)
+        if refusal is not None:
+            status, message = refusal
+            await _json(send, status, {"error": message},
+                        [(b"www-authenticate", b'Bearer realm="farm"')] if status == 401 else [])
+            return
+        if set_cookie is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{COOKIE}={set_cookie}; Path=/; HttpOnly; SameSite=Strict"
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+    def _judge(self, scope: Scope, headers: dict[str, str]) -> tuple[tuple[int, str] | None, str | None]:
+        """(refusal, token to set as the cookie): the refusal is (status, reason), None to let it in."""
+        access = self.access
+        method = scope["method"]
+        path = scope["path"]
+        host = headers.get("host", "")
+        if access.loopback:
+            hostname = urlsplit(f"//{host}").hostname or ""
+            if not is_loopback(hostname):
+                return (400, f"Host {host[:100]!r} is not this machine: this API listens on loopback only "
+                             "and answers requests addressed to localhost or 127.0.0.1"), None
+        set_cookie = None
+        if access.token_required and not (method in ("GET", "HEAD") and access.is_static(path)):
+            token, from_query = _token(scope, headers)
+            if token is None:
+                return (401, "this API needs a token: send 'Authorization: Bearer TOKEN' "
+                             "(tokens are made with `farm keys token new NAME`)"), None
+            if not access.valid(token):
+                return (401, "the token is not valid (unknown or revoked)"), None
+            if from_query:
+                set_cookie = token
+        if method not in SAFE_METHODS:
+            refusal = _cross_site(headers) or _too_big(headers)
+            if refusal is not None:
+                return refusal, None
+        return None, set_cookie
+
+
+def _token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, bool]:
+    """The token the request carries and whether it came in the query string."""
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get(QUERY):
+        return query[QUERY][0], True
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value:
+            return value, False
+    return None, False
+
+
+def _cross_site(headers: dict[str, str]) -> tuple[int, str] | None:
+    """Why a control request may come from another site's page, or None."""
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return 415, ("control actions need 'Content-Type: application/json' "
+                     "(send {} when there is nothing to say)")
+    fetch_site = headers.get("sec-fetch-site", "").lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if origin == "null" or parts.netloc.lower() != headers.get("host", "").lower():
+            return 403, f"cross-site request refused (Origin {origin[:100]!r} is not this server)"
+    return None
+
+
+def _too_big(headers: dict[str, str]) -> tuple[int, str] | None:
+    """A body we would have to read whole before knowing it is too big, or one that is."""
+    if "transfer-encoding" in headers:
+        return 411, "send the body with a Content-Length"
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        return 400, f"Content-Length {length[:20]!r} is not a number"
+    if int(length) > MAX_BODY:
+        return 413, f"the body is {int(length)} bytes; at most {MAX_BODY}"
+    return None
+
+
+async def _json(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": data})

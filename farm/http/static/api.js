@@ -1,0 +1,114 @@
+// farm dashboard: the HTTP API and the event stream (see docs/api.md and docs/dashboard.md).
+"use strict";
+
+const farm = window.farm = {};
+
+farm.url = (path) => new URL(path.replace(/^\//, ""), document.baseURI).toString();
+
+// A token (needed beyond loopback, and for `farm submit --ui`) arrives once in the address as
+// ?access_token=...; one API request carrying it makes the server set an HttpOnly cookie that
+// every later request (fetch, EventSource, images) carries. Then it leaves the address bar (and
+// screenshots). `farm.ready` settles once that is done.
+farm.ready = (function takeToken() {
+  const token = new URLSearchParams(location.search).get("access_token");
+  if (!token) return Promise.resolve();
+  const clean = new URL(location.href);
+  clean.searchParams.delete("access_token");
+  history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
+  return fetch(farm.url("api/v1/projects?access_token=" + encodeURIComponent(token)), { cache: "no-store" })
+    .then(() => undefined, () => undefined);
+})();
+
+// One request; JSON in and out. Rejects with an Error whose message is the API's reason.
+farm.api = async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(farm.url(path), init);
+  const type = response.headers.get("Content-Type") || "";
+  const data = type.includes("json") ? await response.json() : await response.text();
+  if (!response.ok) {
+    const why = data && typeof data === "object" ? (data.error || data.detail || JSON.stringify(data)) : data;
+    throw new Error(`${method} ${path}: ${response.status} ${typeof why === "string" ? why : JSON.stringify(why)}`);
+  }
+  return data;
+};
+
+// A list from a response that is either a list or an object holding one under `key`.
+farm.list = (data, key) => (Array.isArray(data) ? data : (data && (data[key] || data.items)) || []);
+
+// Calls fn(...) at most once per `ms` per key, the last call winning: live updates stay cheap
+// however fast events come, and never poll.
+const pending = new Map();
+farm.throttle = function throttle(key, fn, ms = 1000) {
+  const slot = pending.get(key) || { last: 0, timer: null, fn };
+  slot.fn = fn;
+  pending.set(key, slot);
+  if (slot.timer) return;
+  const wait = Math.max(0, slot.last + ms - Date.now());
+  slot.timer = setTimeout(() => {
+    slot.timer = null;
+    slot.last = Date.now();
+    Promise.resolve().then(slot.fn).catch(farm.showError);
+  }, wait);
+};
+
+farm.showError = function showError(error) {
+  const box = document.getElementById("error");
+  box.textContent = String(error && error.message ? error.message : error);
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
+};
+
+// The controller's event stream over Server-Sent Events: one message per event (id = its seq,
+// data = the event as JSON). EventSource reconnects by itself and resumes from the last id it
+// saw (Last-Event-ID), so nothing is lost or repeated; `onGap` runs when events were missed
+// (older than the controller's buffer), and after a reconnection, so the page can reload.
+farm.events = function events(onEvent, onGap) {
+  const live = document.getElementById("live");
+  const source = new EventSource(farm.url("api/v1/events"));
+  let broken = false;
+  source.onmessage = (message) => {
+    let event;
+    try { event = JSON.parse(message.data); } catch (e) { return; }
+    onEvent(event);
+  };
+  source.addEventListener("missed", onGap);
+  source.onopen = () => {
+    live.textContent = "live";
+    live.className = "live on";
+    if (broken) onGap();
+    broken = false;
+  };
+  source.onerror = () => {
+    broken = true;
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+  };
+  return source;
+};
+
+farm.fmtDuration = function fmtDuration(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "–";
+  s = Math.round(s);
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+};
+
+farm.el = function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+};

@@ -1,0 +1,84 @@
+"""The dashboard in headless Chromium: a map project's tiles fill in during a run, and the
+page's buttons pause and resume it (checked through the API)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+from conftest import ROOT, wait_for
+from dashboard_helpers import (  # noqa: F401  (fixtures)
+    Api,
+    browser,
+    click,
+    console_errors,
+    http_controller,
+    js,
+    open_project,
+    screenshot_dir,
+    shoot,
+    start_agents,
+)
+
+from farm.client import submit
+from farm.project import load_project
+
+LOADED = "return document.querySelectorAll('#preview img.farm-tile-loaded').length"
+TILES = "return document.querySelectorAll('#preview img.leaflet-tile').length"
+
+def small_world(tmp_path: Path, zoom: str = "0-3") -> Path:
+    """The world_map sample with a few zooms and one tile per job: many small jobs."""
+    folder = tmp_path / "world"
+    shutil.copytree(ROOT / "sample_projects" / "world_map", folder,
+                    ignore=shutil.ignore_patterns("output", ".farm*"))
+    toml = (folder / "farm.toml").read_text()
+    toml = toml.replace('zoom = "0-5"', f'zoom = "{zoom}"').replace("metatile = 8", "metatile = 1")
+    (folder / "farm.toml").write_text(toml)
+    return folder
+
+
+def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller, start_agents, browser):  # noqa: F811
+    api = Api(http_controller.http.url)
+    project = load_project(small_world(tmp_path))
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(summary=submit(http_controller.url, project)),
+                              daemon=True)
+    runner.start()  # no agent yet: the run waits, so the page sees it from its first tile
+    run = wait_for(lambda: [p["id"] for p in api.get("/api/v1/projects")["projects"]], 30, "the run")[0]
+    shots = screenshot_dir(tmp_path)
+
+    open_project(browser, http_controller.http.url, run)
+    wait_for(lambda: js(browser, TILES) > 0, 30, "the map's tiles")
+    assert js(browser, LOADED) == 0  # nothing rendered yet: every tile is pending
+
+    click(browser, f'.project[data-id="{run}"] [data-action="pause"]')
+    wait_for(lambda: api.project(run)["paused"], 30, "the run to be paused (API)")
+    wait_for(lambda: "paused" in js(browser, "return document.querySelector(arguments[0]).textContent",
+                                    f'.project[data-id="{run}"] .state'), 30, "the card to say paused")
+    start_agents(http_controller.url, 1)
+    wait_for(lambda: [a for a in api.get("/api/v1/agents")["agents"]], 60, "the agent")
+    assert api.project(run)["done"] == 0  # paused: nothing leased
+
+    click(browser, f'.project[data-id="{run}"] [data-action="resume"]')
+    wait_for(lambda: not api.project(run)["paused"], 30, "the run to be resumed (API)")
+    seen = [0]  # loaded tiles, as they change: none while paused (asserted above)
+    done_then = []  # the run's jobs done when the first tiles showed
+
+    def grown() -> bool:
+        loaded = js(browser, LOADED)
+        if seen[-1] != loaded:
+            seen.append(loaded)
+            if not done_then:
+                done_then.append(api.project(run)["done"])
+        return loaded >= js(browser, TILES)
+
+    wait_for(grown, 120, "every tile in view to load")
+    assert seen[-1] > 0 and seen == sorted(seen), seen
+    assert done_then[0] < api.project(run)["total"] == 85, "the first tiles showed only after the run"
+    wait_for(lambda: js(browser, "return document.querySelectorAll('#agents tr[data-id]').length"), 30,
+             "the agent in the agents table")
+    shoot(browser, shots, "dashboard-map")
+    runner.join(120)
+    assert result["summary"].ok
+    assert console_errors(browser) == []
