@@ -279,6 +279,19 @@ def test_a_store_keeps_a_bounded_number_of_manifests(tmp_path, monkeypatch):
         assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 3
 
 
+def test_pruning_manifests_leaves_another_processs_write_in_flight_alone(tmp_path, monkeypatch):
+    """Agents share one cache: a sibling's half-written manifest is not a manifest to prune."""
+    monkeypatch.setattr(store_module, "MAX_MANIFESTS", 2)
+    with Store(tmp_path / "cache") as store:
+        in_flight = tmp_path / "cache" / "manifests" / ".abc.999-0000.tmp"
+        in_flight.write_bytes(b"half a manifest")
+        os.utime(in_flight, ns=(0, 0))  # the oldest entry of all
+        for i in range(4):
+            store.save_manifest(random_tree(tmp_path / f"t{i}", {"f": 10 + i}))
+        names = sorted(p.name for p in (tmp_path / "cache" / "manifests").iterdir())
+        assert in_flight.name in names and len(names) == 3
+
+
 def test_a_cache_an_older_farm_left_open_is_made_private_and_a_foreign_folder_is_not_touched(tmp_path):
     old = tmp_path / "old-cache"
     Store(old).close()

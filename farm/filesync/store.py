@@ -411,13 +411,18 @@ class Store(PartialSessions):
     def _prune_manifests(self) -> None:
         """Keep the newest `MAX_MANIFESTS`: a peer sending ever new trees cannot fill the disk.
         A pruned manifest costs one full manifest transfer on the next sync of its tree."""
-        entries = list(os.scandir(self.manifests_dir))
+        # another process's ".<id>...tmp" is its write in flight: never count, stat or remove it
+        entries = [e for e in os.scandir(self.manifests_dir) if not e.name.startswith(".")]
         if len(entries) <= MAX_MANIFESTS:
             return
-        entries.sort(key=lambda e: e.stat().st_mtime_ns)
-        for entry in entries[: len(entries) - MAX_MANIFESTS]:
+        ages = []
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):  # pruned by another process meanwhile
+                ages.append((entry.stat().st_mtime_ns, entry.path))
+        ages.sort()
+        for _, path in ages[: len(ages) - MAX_MANIFESTS]:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+                os.unlink(path)
 
     def load_manifest(self, manifest_id: str) -> Manifest | None:
         with self._lock:
