@@ -256,9 +256,9 @@ class Client:
         return self._control("resume", project=project)
 
     def retry(self, project: str, keys: list[str] | None = None) -> dict[str, Any]:
-        """Run jobs that failed for good again (all of them, or the `keys` given): ``{"project", "retried": [keys]}``.
+        """Run jobs that failed for good again: ``{"project", "retried": [keys], "state"}``.
 
-        Each gets ``max_attempts`` fresh tries; a finished, failed run goes back to running and
+        `keys`: None for every failed job, else those (an empty list retries nothing). Each gets ``max_attempts`` fresh tries; a finished, failed run goes back to running and
         finishes again. Codes: not_found (no such run, or a key it never had), conflict (a key
         that has not failed for good, a cancelled run, a run that failed for another reason).
         """

@@ -22,7 +22,8 @@ class EventLog:
         self.events: list[Event] = []
         controller.events.observe(self.events.append)
 
-    def of(self, type: str, run: str | None = None, *, after: int = 0, agent: str | None = None) -> list[Event]:
+    def of(self, type: str, run: str | None = None, *, after: int = 0,
+           agent: str | None = None) -> list[Event]:
         """Events of a type (for a run, an agent) numbered after `after`."""
         return [e for e in list(self.events) if e.type == type and e.seq > after
                 and (run is None or e.run == run) and (agent is None or e.agent == agent)]

@@ -32,7 +32,7 @@ def test_pause_stops_new_leases_and_resume_finishes_the_run(controller, agents, 
         assert not log.settled().of("job.started", run, after=paused)
         now = client.project(run)
         assert now["paused"] is True and now["state"] == "running" and now["done"] == held["done"] < 12
-        assert [p for p in client.status()["projects"] if p["id"] == run][0]["paused"] is True
+        assert next(p for p in client.status()["projects"] if p["id"] == run)["paused"] is True
         assert client.resume(run)["paused"] is False
         wait_for(lambda: client.project(run)["state"] == "done", 120, "the resumed run to finish")
     assert log.of("run.resumed", run) and log.of("job.started", run, after=paused)
@@ -66,8 +66,8 @@ def test_drain_empties_an_agent_and_undrain_gives_it_work_again(controller, agen
     agents(controller.url, 2)
     with Client(controller.url) as client:
         run = client.submit(load_project(synthetic(jobs=40, sleep=0.2, name="drained")))
-        wait_for(lambda: log.of("job.done", run, agent="agent-0") and log.of("job.done", run, agent="agent-1"),
-                 60, "both agents working")
+        wait_for(lambda: all(log.of("job.done", run, agent=a) for a in ("agent-0", "agent-1")), 60,
+                 "both agents working")
         reply = client.drain("agent-0")
         assert reply["agent"] == "agent-0" and reply["state"] == "draining"
         drained = log.seq_of("agent.draining", agent="agent-0")
@@ -79,12 +79,14 @@ def test_drain_empties_an_agent_and_undrain_gives_it_work_again(controller, agen
         assert agent0()["state"] == "draining"
         done = agent0()["done"]
         since = controller.events.last
-        wait_for(lambda: len(log.of("job.done", run, after=since, agent="agent-1")) >= 3, 60, "agent-1 going on")
+        wait_for(lambda: len(log.of("job.done", run, after=since, agent="agent-1")) >= 3, 60,
+                 "agent-1 going on")
         assert not log.settled().of("job.started", run, after=drained, agent="agent-0")
         assert agent0()["done"] == done
         assert client.undrain("agent-0")["state"] == "active"
         undrained = log.seq_of("agent.undrained", agent="agent-0")
-        wait_for(lambda: log.of("job.started", run, after=undrained, agent="agent-0"), 60, "agent-0 working again")
+        wait_for(lambda: log.of("job.started", run, after=undrained, agent="agent-0"), 60,
+                 "agent-0 working again")
         wait_for(lambda: client.project(run)["state"] == "done", 120, "the run")
 
 

@@ -17,7 +17,8 @@ from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, Server
 from farm.cli.status import connect
 from farm.client import Client
 
-Project = Annotated[str, typer.Argument(help="The project's run id (see farm status) or name (its newest run).")]
+Project = Annotated[str, typer.Argument(
+    help="The project's run id (see farm status) or name (its newest run).")]
 Agent = Annotated[str, typer.Argument(help="The agent's id (see farm status).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 DEFAULT_URL = "tcp://127.0.0.1:5555"
@@ -47,26 +48,28 @@ def resume(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: A
 
 
 def retry(project: Project,
-          keys: Annotated[list[str] | None, typer.Argument(help="Job keys to retry (default: every failed job).")]
-          = None,
+          keys: Annotated[list[str] | None, typer.Argument(
+              help="Job keys to retry (default: every failed job).")] = None,
           controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
           keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
           insecure: Insecure = False) -> None:
     """Run jobs that failed for good again, each with fresh attempts; a failed run runs again."""
-    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.retry(project, keys or None),
+    _call(controller, as_json, (keys_dir, key, server_key, insecure),
+          lambda c: c.retry(project, keys or None),
           lambda r: f"{r['project']}: retrying {len(r['retried'])} jobs"
                     + (f": {', '.join(r['retried'][:20])}" if r["retried"] else "")
                     + (" ..." if len(r["retried"]) > 20 else ""))
 
 
 def priority(project: Project,
-             value: Annotated[int, typer.Argument(help="The new priority (higher runs first).", min=-1_000_000,
-                                                  max=1_000_000)],
+             value: Annotated[int, typer.Argument(help="The new priority (higher runs first).",
+                                                  min=-1_000_000, max=1_000_000)],
              controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
              keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
              insecure: Insecure = False) -> None:
     """Change a running project's priority; dispatch reorders at once."""
-    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.set_priority(project, value),
+    _call(controller, as_json, (keys_dir, key, server_key, insecure),
+          lambda c: c.set_priority(project, value),
           lambda r: f"{r['project']}: priority {r['previous']} -> {r['priority']}")
 
 
@@ -91,7 +94,8 @@ def logs(project: Project, job: Annotated[str, typer.Argument(help="The job's ke
          keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
          insecure: Insecure = False) -> None:
     """Show a job's recent attempts: agent, outcome, error, duration and log tail."""
-    _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.job_log(project, job), log_text)
+    _call(controller, as_json, (keys_dir, key, server_key, insecure),
+          lambda c: c.job_log(project, job), log_text)
 
 
 def log_text(reply: dict[str, Any]) -> str:
@@ -106,5 +110,7 @@ def log_text(reply: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (pause, resume, retry, priority, drain, undrain, logs):
+    for command in (pause, resume, retry, drain, undrain, logs):
         app.command(command.__name__)(command)
+    # `farm priority RUN -5`: a negative number is the value, not an option
+    app.command("priority", context_settings={"ignore_unknown_options": True})(priority)

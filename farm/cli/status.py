@@ -43,12 +43,15 @@ def status_text(report: dict[str, Any]) -> str:
                      f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
+        elif a.get("state") in ("draining", "blocklisted"):
+            lines.append(f"    {a['state']}" + (": takes no new jobs" if a["state"] == "draining" else " in a run"))
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = p["total"] if p["total"] is not None else "?"
-        line = (f"  {p['id']:<28} {p['media_type']:<10} {p['state']:<10} {p['done']}/{total} done"
+        state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
+        line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
                 f"  {p['failed']} failed  {p['running']} running")
         if p.get("rate"):
             line += f"  {p['rate']:.1f} jobs/s"

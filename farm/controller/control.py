@@ -74,7 +74,8 @@ class ControlSide:
         if action == "priority":
             priority = body.get("priority")
             if priority is None or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-                raise Refused("bad_request", f"priority needs a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+                raise Refused("bad_request",
+                              f"priority needs a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
             return self._reprioritize(run, priority)
         return self._pause(run, action == "pause")
 
@@ -99,8 +100,8 @@ class ControlSide:
         for key in keys or ():
             if key not in run.failures:
                 known = self._knows(run, key)
-                raise Refused("conflict" if known else "not_found",
-                              f"job {key!r} of {run.id} {'has not failed for good' if known else 'is unknown'}")
+                why = "has not failed for good" if known else "is unknown"
+                raise Refused("conflict" if known else "not_found", f"job {key!r} of {run.id} {why}")
         retried = run.retry(keys)
         if retried and not run.active:
             run.reopen()
@@ -145,8 +146,10 @@ class ControlSide:
                                       if isinstance(value, dict) and value.get("draining"))
         paused = self.journal.controls("run")
         for run in self.runs.values():
-            state = paused.get(run.id)
+            state = paused.pop(run.id, None)
             run.paused = isinstance(state, dict) and bool(state.get("paused")) and run.active
+        for gone in paused:  # runs that finished (or were cancelled) while paused
+            self.journal.set_control("run", gone, None)
 
     # -- queries --------------------------------------------------------------------
 
@@ -166,7 +169,8 @@ class ControlSide:
         state = body.get("state")
         if state is not None and state not in JOB_STATES:
             raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
-        offset, limit = body.get("offset") or 0, body.get("limit") or 100
+        offset = body["offset"] if body.get("offset") is not None else 0
+        limit = body["limit"] if body.get("limit") is not None else 100
         if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
             raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
         return self._jobs_page(run, state, offset, limit)
@@ -182,14 +186,16 @@ class ControlSide:
             queued = sorted({job.key for job in run.ready} | run.unmet.keys())
             listed += [_job(run, key, "queued", None, None, None) for key in queued]
         if state in (None, "failed"):
-            listed += [_job(run, key, "failed", f.agent, None, f.error) for key, f in sorted(run.failures.items())]
+            listed += [_job(run, key, "failed", f.agent, None, f.error)
+                       for key, f in sorted(run.failures.items())]
         page = listed[offset:offset + limit]
         done_total = 0
         if state in (None, "done", "reused"):
             skip = max(0, offset - len(listed))
             only_reused = {"done": False, "reused": True}.get(state)  # None: both
             done_total, rows = self.journal.done_page(run.id, only_reused, skip, limit - len(page))
-            page += [_job(run, key, "reused" if agent is None else "done", agent, None, None) for key, agent in rows]
+            page += [_job(run, key, "reused" if agent is None else "done", agent, None, None)
+                     for key, agent in rows]
         total = len(listed) + done_total
         known = run.done + len(run.failures) + len(run.leases) + len(run.ready) + len(run.unmet)
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0

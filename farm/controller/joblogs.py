@@ -29,7 +29,8 @@ class JobLogs:
         self.bytes = 0
         self.evicted = 0  # attempts dropped to keep the run within per_run_bytes
         self.live = 0  # attempts kept
-        self._jobs: dict[str, tuple[list[int], collections.deque[dict[str, Any]]]] = {}  # key -> ([n], attempts)
+        # key -> ([attempts numbered so far], the attempts kept)
+        self._jobs: dict[str, tuple[list[int], collections.deque[dict[str, Any]]]] = {}
         self._order: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()  # oldest first
 
     def record(self, key: str, *, agent: str | None, state: str, error: str | None, duration_s: float | None,
