@@ -68,6 +68,23 @@ def test_a_run_seen_through_every_read_endpoint(web, agents, synthetic):
     assert values[("farm_sync_bytes_total", (("direction", "out"),))] > 0  # the agents fetched farm.toml
 
 
+def test_metrics_count_reused_jobs_apart_and_time_only_rendered_ones(web, agents, synthetic):
+    agents(web.controller.url, 1)
+    project = synthetic(jobs=5, sleep=0.05, cache=True, name="cached")
+    assert Submitted(web.controller.url, project).result().ok
+    again = Submitted(web.controller.url, project).result()  # unchanged: every job comes from the cache
+    assert again.ok and again.reused == 5
+    values = _metrics(web)
+    media = (("media_type", "synthetic"),)
+    assert values[("farm_jobs_done_total", media)] == 10
+    assert values[("farm_jobs_reused_total", media)] == 5
+    assert values[("farm_job_duration_seconds_count", media)] == 5
+    assert values[("farm_job_duration_seconds_sum", media)] >= 5 * 0.05  # each slept 50 ms at least
+    assert values[("farm_job_duration_seconds_bucket", (("le", "0.01"), *media))] == 0
+    assert values[("farm_jobs_failed_total", media)] == 0
+    assert values[("farm_runs", (("state", "done"),))] == 2
+    assert not any(value for (name, _), value in values.items() if name in ("farm_jobs_running", "farm_jobs_queued"))
+
 def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, synthetic):
     agents(web.controller.url, 2)
     project = synthetic(jobs=30, sleep=0.02, name="resumed")
