@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 
 from fastapi import Request
@@ -32,6 +33,7 @@ class Backend:
         self.url = url
         self.timeout = timeout
         self.keepalive_s = keepalive_s
+        self.closing = threading.Event()  # set on shutdown: event streams end (uvicorn waits for them)
 
     @contextlib.contextmanager
     def client(self, timeout: float | None = None) -> Iterator[Client]:
