@@ -104,6 +104,8 @@ def test_jobs_logs_and_retry_of_exactly_the_failed_jobs(web, agents, synthetic):
     assert all(p["total"] == 12 for p in pages)
     listed = [job for page in pages for job in page["jobs"]]
     assert sorted(j["key"] for j in listed) == [f"job-{i:07d}" for i in range(12)]
+    shown = web.get(f"/api/v1/projects/{run_id}").json()
+    assert shown["failed"] == 2 and [f["key"] for f in shown["failures"]] == ["job-0000002", "job-0000007"]
     failed = web.get(f"/api/v1/projects/{run_id}/jobs?state=failed").json()
     assert [j["key"] for j in failed["jobs"]] == ["job-0000002", "job-0000007"]
     assert all(j["attempts"] == 3 and "set to fail" in j["error"] for j in failed["jobs"])

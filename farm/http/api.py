@@ -27,6 +27,7 @@ AgentId = Annotated[str, Path(description="An agent's id, as `GET /api/v1/agents
                               min_length=1, max_length=200)]
 JobState = Literal["queued", "running", "done", "failed", "reused"]
 PRIORITY_LIMIT = 1_000_000  # the controller's own bound on priorities
+FAILURES_SHOWN = 20  # failed jobs a run's own page lists
 
 
 class Priority(BaseModel):
@@ -62,15 +63,19 @@ def list_projects(farm: Farm) -> dict[str, Any]:
         return {"projects": [_project_view(p) for p in client.status()["projects"]]}
 
 
-@router.get("/projects/{project}", response_model=models.Project,
+@router.get("/projects/{project}", response_model=models.ProjectDetail,
             summary="One run: state, progress, rate, ETA, failures, priority")
 def get_project(project: ProjectId, farm: Farm) -> dict[str, Any]:
     """The run's snapshot: ``id``, ``project`` (name), ``media_type``, ``state``, ``paused``,
     ``priority``, ``total``, ``done``, ``failed``, ``reused``, ``running``, ``rate`` (jobs/s),
-    ``eta_s``, ``stalled`` (why nothing runs), ``error``, and ``progress``: ``{"jobs": {...},
-    "units": ...}`` (the media's own units where the controller reports them)."""
+    ``eta_s``, ``stalled`` (why nothing runs), ``error``, ``progress``: ``{"jobs": {...},
+    "units": ...}`` (the media's own units where the controller reports them), and ``failures``:
+    the first `FAILURES_SHOWN` jobs that failed for good (all of them: ``/jobs?state=failed``)."""
     with farm.client() as client:
-        return _project_view(client.project(project))
+        snapshot = client.project(project)
+        failures = client.jobs(snapshot["id"], state="failed", limit=FAILURES_SHOWN)["jobs"] \
+            if snapshot.get("failed") else []
+        return {**_project_view(snapshot), "failures": failures}
 
 
 @router.get("/projects/{project}/jobs", response_model=models.JobsPage, summary="A page of a run's jobs")

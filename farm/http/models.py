@@ -54,6 +54,10 @@ class Job(_Open):
     error: str | None
 
 
+class ProjectDetail(Project):
+    failures: list[Job] = Field(description="The first jobs that failed for good (key, attempts, agent, error).")
+
+
 class JobsPage(_Open):
     project: str
     total: int = Field(description="Jobs in this state (all states if none was asked for).")
