@@ -55,7 +55,7 @@ class Job(_Open):
 
 
 class ProjectDetail(Project):
-    failures: list[Job] = Field(description="The first jobs that failed for good (key, attempts, agent, error).")
+    failures: list[Job] = Field(description="The first jobs that failed for good.")
 
 
 class JobsPage(_Open):
