@@ -21,6 +21,7 @@ def web(tmp_path: Path) -> Iterator[HttpFarm]:
 
 
 def _metrics(web: HttpFarm) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    assert web.controller.events.drain(30)  # the counters have seen every event so far
     response = web.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -59,14 +60,34 @@ def test_a_run_seen_through_every_read_endpoint(web, agents, synthetic):
     media = (("media_type", "synthetic"),)
     assert values[("farm_jobs_done_total", media)] == 11
     assert values[("farm_jobs_failed_total", media)] == 1
-    # job-0000005 failed on both agents (3 attempts by default): two attempts were retried
-    assert values[("farm_jobs_retried_total", media)] == 2
+    # job-0000005 failed on both agents (3 attempts by default): two failed attempts were retried,
+    # beside any job handed back or lost on the way (retried at no attempt)
+    retried = [e for e in list(web.controller.events.buffer) if e.type == "job.retried"]
+    assert len([e for e in retried if e.data["counted"]]) == 2
+    assert values[("farm_jobs_retried_total", media)] == len(retried)
     assert values[("farm_job_duration_seconds_count", media)] == 11
     assert values[("farm_agents", (("state", "active"),))] == 2
     assert values[("farm_agents", (("state", "broken"),))] == 0
     assert values[("farm_runs", (("state", "failed"),))] == 1
     assert values[("farm_sync_bytes_total", (("direction", "out"),))] > 0  # the agents fetched farm.toml
 
+
+def test_metrics_count_reused_jobs_apart_and_time_only_rendered_ones(web, agents, synthetic):
+    agents(web.controller.url, 1)
+    project = synthetic(jobs=5, sleep=0.05, cache=True, name="cached")
+    assert Submitted(web.controller.url, project).result().ok
+    again = Submitted(web.controller.url, project).result()  # unchanged: every job comes from the cache
+    assert again.ok and again.reused == 5
+    values = _metrics(web)
+    media = (("media_type", "synthetic"),)
+    assert values[("farm_jobs_done_total", media)] == 10
+    assert values[("farm_jobs_reused_total", media)] == 5
+    assert values[("farm_job_duration_seconds_count", media)] == 5
+    assert values[("farm_job_duration_seconds_sum", media)] >= 5 * 0.05  # each slept 50 ms at least
+    assert values[("farm_job_duration_seconds_bucket", (("le", "0.01"), *media))] == 0
+    assert values[("farm_jobs_failed_total", media)] == 0
+    assert values[("farm_runs", (("state", "done"),))] == 2
+    assert not any(value for (name, _), value in values.items() if name in ("farm_jobs_running", "farm_jobs_queued"))
 
 def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, synthetic):
     agents(web.controller.url, 2)
@@ -131,6 +152,12 @@ def test_malformed_requests_get_a_json_reason_naming_the_field(web):
         (requests.post(web.base + "/api/v1/projects/x/pause", data="{not json", timeout=TIMEOUT,
                        headers={"Content-Type": "application/json"}), 422, "body"),
         (web.get("/api/v1/no-such-thing"), 404, "Not Found"),
+        # identifiers are checked by the controller, as any client's are
+        (web.get("/api/v1/projects/%2e%2e"), 400, "project '..'"),
+        (web.get("/api/v1/projects/-rf"), 400, "starts with '-'"),
+        (web.get("/api/v1/projects/a%00b"), 400, "U+0000"),
+        (web.post("/api/v1/agents/%2e%2e/drain"), 400, "agent '..'"),
+        (web.get("/api/v1/projects/nothing"), 404, "no project 'nothing'"),
     ]
     for response, status, named in bad:
         assert response.status_code == status, (response.request.url, response.text)

@@ -39,24 +39,28 @@ def test_pause_stops_leases_resume_finishes_and_priority_changes(web, agents, sy
         assert paused.status_code == 200, paused.text
         assert paused.json()["paused"] is True
         assert web.post("/api/v1/projects/steered/pause").status_code == 409  # already paused
-        # the agents finish what they hold; then nothing new is leased for five progress reports
+        # the agents finish what they hold; then nothing new is leased while the stream ticks on five
+        # times (progress reports of the idle run, or the API's keep-alives if those are held back)
         quiet = 0
+        idle = False
         started_after_pause = []
         pause_seen = False
         deadline = time.monotonic() + 60
         for message in messages:
             assert time.monotonic() < deadline, "the paused run did not go quiet"
-            if not message.data or message.event is not None:
-                continue
-            event = message.json()
-            if event["type"] == "run.paused":
-                pause_seen = True
-            elif event["type"] == "job.started" and pause_seen:
-                started_after_pause.append(event["job"])
-            elif event["type"] == "progress" and pause_seen:
-                quiet = quiet + 1 if event["running"] == 0 else 0
-                if quiet == 5:
-                    break
+            if message.comment and idle:
+                quiet += 1
+            elif message.data and message.event is None:
+                event = message.json()
+                if event["type"] == "run.paused":
+                    pause_seen = True
+                elif event["type"] == "job.started" and pause_seen:
+                    started_after_pause.append(event["job"])
+                elif event["type"] == "progress" and pause_seen:
+                    idle = event["running"] == 0
+                    quiet = quiet + 1 if idle else 0
+            if quiet == 5:
+                break
     assert started_after_pause == []
     snap = _project(web, "steered")
     assert snap["paused"] is True and snap["state"] == "running" and snap["done"] < 40
@@ -100,6 +104,8 @@ def test_jobs_logs_and_retry_of_exactly_the_failed_jobs(web, agents, synthetic):
     assert all(p["total"] == 12 for p in pages)
     listed = [job for page in pages for job in page["jobs"]]
     assert sorted(j["key"] for j in listed) == [f"job-{i:07d}" for i in range(12)]
+    shown = web.get(f"/api/v1/projects/{run_id}").json()
+    assert shown["failed"] == 2 and [f["key"] for f in shown["failures"]] == ["job-0000002", "job-0000007"]
     failed = web.get(f"/api/v1/projects/{run_id}/jobs?state=failed").json()
     assert [j["key"] for j in failed["jobs"]] == ["job-0000002", "job-0000007"]
     assert all(j["attempts"] == 3 and "set to fail" in j["error"] for j in failed["jobs"])

@@ -221,3 +221,15 @@ def test_dashboard_files_are_served_without_a_token_and_nothing_else_is(tmp_path
         assert requests.get(web.base + "/api/v1/projects", headers=auth, timeout=TIMEOUT).status_code == 200
     finally:
         web.controller.stop()
+
+
+def test_a_taken_http_port_is_an_error_naming_it(tmp_path: Path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "farm", "controller", "--bind", "tcp://127.0.0.1:0", "--state-dir",
+                   str(tmp_path / "state"), "--http", f"127.0.0.1:{port}"]
+        done = subprocess.run(command, env=_cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from farm.errors import ControlError
+from farm.http import models
 from farm.http.backend import Backend, backend
 from farm.plugins import get_plugins
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=models.ERRORS)
 
 Farm = Annotated[Backend, Depends(backend)]
 # run ids and agent ids are farm names (farm.ids); the controller checks them again
@@ -26,6 +27,7 @@ AgentId = Annotated[str, Path(description="An agent's id, as `GET /api/v1/agents
                               min_length=1, max_length=200)]
 JobState = Literal["queued", "running", "done", "failed", "reused"]
 PRIORITY_LIMIT = 1_000_000  # the controller's own bound on priorities
+FAILURES_SHOWN = 20  # failed jobs a run's own page lists
 
 
 class Priority(BaseModel):
@@ -53,24 +55,30 @@ class Empty(BaseModel):
 # -- projects --------------------------------------------------------------------------
 
 
-@router.get("/projects", summary="Every run the controller remembers, newest last")
+@router.get("/projects", response_model=models.Projects,
+            summary="Every run the controller remembers, newest last")
 def list_projects(farm: Farm) -> dict[str, Any]:
     """``{"projects": [snapshot, ...]}``; each snapshot as in `GET /api/v1/projects/{id}`."""
     with farm.client() as client:
         return {"projects": [_project_view(p) for p in client.status()["projects"]]}
 
 
-@router.get("/projects/{project}", summary="One run: state, progress, rate, ETA, failures, priority")
+@router.get("/projects/{project}", response_model=models.ProjectDetail,
+            summary="One run: state, progress, rate, ETA, failures, priority")
 def get_project(project: ProjectId, farm: Farm) -> dict[str, Any]:
     """The run's snapshot: ``id``, ``project`` (name), ``media_type``, ``state``, ``paused``,
     ``priority``, ``total``, ``done``, ``failed``, ``reused``, ``running``, ``rate`` (jobs/s),
-    ``eta_s``, ``stalled`` (why nothing runs), ``error``, and ``progress``: ``{"jobs": {...},
-    "units": ...}`` (the media's own units where the controller reports them)."""
+    ``eta_s``, ``stalled`` (why nothing runs), ``error``, ``progress``: ``{"jobs": {...},
+    "units": ...}`` (the media's own units where the controller reports them), and ``failures``:
+    the first `FAILURES_SHOWN` jobs that failed for good (all of them: ``/jobs?state=failed``)."""
     with farm.client() as client:
-        return _project_view(client.project(project))
+        snapshot = client.project(project)
+        failures = client.jobs(snapshot["id"], state="failed", limit=FAILURES_SHOWN)["jobs"] \
+            if snapshot.get("failed") else []
+        return {**_project_view(snapshot), "failures": failures}
 
 
-@router.get("/projects/{project}/jobs", summary="A page of a run's jobs")
+@router.get("/projects/{project}/jobs", response_model=models.JobsPage, summary="A page of a run's jobs")
 def list_jobs(
     project: ProjectId, farm: Farm,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
@@ -83,7 +91,8 @@ def list_jobs(
         return client.jobs(project, state=state, offset=offset, limit=limit)
 
 
-@router.get("/projects/{project}/jobs/{key:path}/log", summary="One job's attempts and their log tails")
+@router.get("/projects/{project}/jobs/{key:path}/log", response_model=models.JobLog,
+            summary="One job's attempts and their log tails")
 def job_log(project: ProjectId, key: Annotated[str, Path(min_length=1, max_length=1024)],
             farm: Farm) -> dict[str, Any]:
     """``{"project", "key", "attempts": [{"attempt", "agent", "state", "error", "duration_s", "log"}]}``."""
@@ -130,7 +139,7 @@ def set_priority(project: ProjectId, body: Priority, farm: Farm) -> dict[str, An
 # -- agents ----------------------------------------------------------------------------
 
 
-@router.get("/agents", summary="Connected agents and what they run")
+@router.get("/agents", response_model=models.Agents, summary="Connected agents and what they run")
 def list_agents(farm: Farm) -> dict[str, Any]:
     """``{"agents": [{"id", "host", "state", "slots", "capabilities", "tags", "running", "jobs",
     "load", "last_heartbeat_s", ...}]}``: ``state`` is active, draining, blocklisted (by some

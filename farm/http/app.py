@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from farm import __version__
 from farm.errors import FarmError
 from farm.http import api, sse
-from farm.http.backend import Backend, farm_error_response
+from farm.http.backend import Backend, farm_error_response, unexpected_error_response
 from farm.http.guard import Access, Guard
 from farm.http.metrics import Metrics
 
@@ -53,6 +53,7 @@ def create_app(backend: Backend, *, access: Access | None = None, metrics: Metri
     app.state.metrics = metrics if metrics is not None else Metrics()
     app.add_middleware(Guard, access=access)
     app.add_exception_handler(FarmError, farm_error_response)
+    app.add_exception_handler(Exception, unexpected_error_response)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(api.router)

@@ -83,7 +83,7 @@ class Access:
         if self.static_dir is None:
             return False
         relative = path.lstrip("/") or "index.html"
-        if relative.startswith(("api/", "metrics")) or "\\" in relative or "\x00" in relative:
+        if relative.startswith("api/") or relative == "metrics" or "\\" in relative or "\x00" in relative:
             return False
         parts = relative.split("/")
         if any(p in ("", ".", "..") for p in parts):

@@ -60,7 +60,9 @@ class Metrics:
         if kind == "run.submitted":
             if len(self._media) >= MAX_RUNS:
                 self._media.pop(next(iter(self._media)))
-            self._media[event.run or ""] = str(event.data.get("media_type", "unknown"))
+            media = self._media[event.run or ""] = str(event.data.get("media_type", "unknown"))
+            for metric in (self.done, self.reused, self.failed, self.retried, self.duration):
+                metric.labels(media)  # a series from 0, so rate() sees the first jobs too
             return
         media = self._media.get(event.run or "", "unknown")
         job = (event.run, event.job)

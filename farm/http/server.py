@@ -94,6 +94,7 @@ class HttpServer:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._error: BaseException | None = None
+        self._backend: Backend | None = None
 
     @property
     def url(self) -> str:
@@ -107,7 +108,7 @@ class HttpServer:
 
     def start(self, controller: Controller) -> None:
         """Listen and serve in the ``farm-http`` thread; returns once it answers. `FarmError` if it cannot."""
-        backend = Backend(controller.local_url, keepalive_s=self.keepalive_s)
+        backend = self._backend = Backend(controller.local_url, keepalive_s=self.keepalive_s)
         counters = controller.assets.server.counters  # plain ints, written by the file service's thread
         self.metrics.collect_from(backend, lambda: {"bytes_in": counters.bytes_in,
                                                     "bytes_out": counters.bytes_out})
@@ -143,6 +144,8 @@ class HttpServer:
             log.exception("the HTTP server stopped")
 
     def stop(self, timeout: float = GRACEFUL_S + 3) -> None:
+        if self._backend is not None:
+            self._backend.closing.set()  # event streams end at their next batch (within a second)
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -64,7 +64,7 @@ def _stream(farm: Backend, since: int | None) -> Iterator[str]:
         last = since
         client.send(T.EVENTS, {"since": since})
         renewed = quiet_since = time.monotonic()
-        while True:
+        while not farm.closing.is_set():
             now = time.monotonic()
             if now - renewed > RENEW_S:
                 client.send(T.EVENTS, {"since": last})
