@@ -48,7 +48,7 @@ def create_app(backend: Backend, *, access: Access | None = None, metrics: Metri
     access.static_dir = static
     app = FastAPI(title="farm", version=__version__,
                   description="The render farm's HTTP API (docs/api-http.md).",
-                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+                  openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
     app.state.backend = backend
     app.state.metrics = metrics if metrics is not None else Metrics()
     app.add_middleware(Guard, access=access)
