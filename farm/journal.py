@@ -38,7 +38,7 @@ from farm.paths import private_file
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.reused
 APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
 PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
 
@@ -64,6 +64,7 @@ CREATE TABLE jobs (
     log        TEXT,
     attempts   INTEGER,
     updated_at REAL NOT NULL,
+    reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
     PRIMARY KEY (project_id, key)
 ) WITHOUT ROWID;
 -- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
@@ -74,17 +75,25 @@ CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
 # Every job write is one upsert of the whole row. Lease, agent and attempts survive later
 # states that do not carry them, so a done row still says who rendered it.
 _UPSERT = """
-INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
+    reused)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
     lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
     result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
-    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at
+    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
+    reused = excluded.reused
 """
 _STATE, _LEASE, _AGENT, _RESULT, _ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
 _Row = tuple[
-    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None, float
+    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None, float, int
 ]
+#: a run's job keys by outcome (`Journal.keys`); done includes reused
+OUTCOMES = {
+    "done": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done'",
+    "failed": "SELECT key FROM jobs WHERE project_id = ? AND state = 'failed'",
+    "reused": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done' AND reused",
+}
 
 
 class JournalError(FarmError):
@@ -198,7 +207,10 @@ class Journal:
                 f"journal {self.path}: schema version {version} is newer than this farm's "
                 f"({SCHEMA_VERSION}); upgrade farm or move the file away"
             )
-        elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
+        elif version == 1:  # before jobs.reused: no job was known to be reused
+            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version < SCHEMA_VERSION:
             raise JournalError(f"journal {self.path}: schema version {version} is not supported")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -299,28 +311,20 @@ class Journal:
         """A job was leased to an agent. Until it is done it counts as pending after a restart."""
         self._job(project_id, key, "running", lease, agent, None, None, None, None, None)
 
-    def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None) -> None:
-        """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable."""
+    def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None, *,
+                 reused: bool = False) -> None:
+        """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
+        `reused`: its outputs came from the job cache."""
         blob = _pack(result, f"job {project_id!r}/{key!r} result")
-        self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None)
+        self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
         """A job failed for good, after `attempts` tries."""
         self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts))
 
-    def _job(
-        self,
-        project_id: str,
-        key: str,
-        state: str,
-        lease: str | None,
-        agent: str | None,
-        result: bytes | None,
-        cache_key: str | None,
-        error: str | None,
-        log: str | None,
-        attempts: int | None,
-    ) -> None:
+    def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
+             result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
+             attempts: int | None, reused: bool = False) -> None:
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         if self._unflushed == 0:
@@ -332,7 +336,7 @@ class Journal:
         if prev is not None and attempts is None:
             attempts = prev[_ATTEMPTS]
         pending[project_id, key] = (
-            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time()
+            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(), int(reused)
         )
         self._unflushed += 1
         if self._unflushed >= self.max_batch:
@@ -383,8 +387,11 @@ class Journal:
 
     def done_keys(self, project_id: str) -> set[str]:
         """Keys of the project's done jobs: the ones a resumed run skips."""
-        rows = self._read_jobs("SELECT key FROM jobs WHERE project_id = ? AND state = 'done'", (project_id,))
-        return {key for (key,) in rows}
+        return self.keys(project_id, "done")
+
+    def keys(self, project_id: str, outcome: str) -> set[str]:
+        """Keys of the project's jobs with this outcome: "done", "failed" or "reused" (see `OUTCOMES`)."""
+        return {key for (key,) in self._read_jobs(OUTCOMES[outcome], (project_id,))}
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
@@ -410,14 +417,13 @@ class Journal:
         return [FailedJob(key, error or "", log or "", attempts or 0) for key, error, log, attempts in rows]
 
     def counts(self, project_id: str) -> dict[str, int]:
-        """{"done": n, "failed": n} for the project."""
-        counts = {"done": 0, "failed": 0}
-        rows = self._read_jobs(
-            "SELECT state, count(*) FROM jobs WHERE project_id = ? AND state != 'running' GROUP BY state",
+        """{"done": n, "failed": n, "reused": n} for the project (done includes reused)."""
+        row = self._read_jobs(
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'), "
+            "count(*) FILTER (WHERE state = 'done' AND reused) FROM jobs WHERE project_id = ?",
             (project_id,),
-        )
-        counts.update(dict(rows.fetchall()))
-        return counts
+        ).fetchone()
+        return {"done": row[0], "failed": row[1], "reused": row[2]}
 
     def lookup_cache(self, cache_key: str) -> CacheHit | None:
         """The most recent done job, in any project, recorded with this cache key."""

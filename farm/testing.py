@@ -14,9 +14,13 @@ them, so that a plugin that passes here does not fail on a farm for a reason a t
   against duplicates and deps against keys not yielded earlier;
 - jobs are collated in a seeded shuffled order, not the split order (on a farm they come back
   in any order);
+- the output folder exists before the first ``collate`` and before ``finalize`` (also with no jobs);
+  ``ctx.done`` holds the keys collated so far (``ctx.failed`` and ``ctx.reused`` stay empty: here
+  a failing render raises, and there is no job cache);
 - halfway through the collates, the controller "restarts": a fresh instance of the media type
   and a fresh `CollateContext` whose ``state`` is empty, as after a real resume. Jobs collated
-  before it are not collated again, and ``finalize`` runs on the fresh context.
+  before it are not collated again, but are in the fresh context's ``done``, and ``finalize``
+  runs on the fresh context.
 
 Use `farm.embedded.submit_embedded` (or the fixtures of `farm.pytest_plugin`) to run the same
 project on real agent processes.
@@ -110,13 +114,17 @@ def run_local(
         if shuffle:
             random.Random(seed).shuffle(order)
         half = len(order) // 2 if restart and len(order) > 1 else None
-        ctx = _collate_context(project)
+        done: dict[str, None] = {}  # its keys() are the read-only set ctx.done shows, as on a farm
+        ctx = _collate_context(project, done)
+        project.output_dir.mkdir(parents=True, exist_ok=True)
         for i, job in enumerate(order):
             if i == half:
-                media, ctx = _restart(media, ctx, project)
+                media, ctx = _restart(media, ctx, project, done)
                 run.restarted_after = i
             media.collate(job, run.results[job.key], staged[job.key], ctx)
             run.collated.append(job.key)
+            done[job.key] = None
+        project.output_dir.mkdir(parents=True, exist_ok=True)
         run.outputs = media.finalize(ctx)
     return run
 
@@ -174,11 +182,12 @@ def _wire_result(job: Job, result: Any) -> Any:
     return got["results"][0]["result"]
 
 
-def _collate_context(project: Project) -> CollateContext:
-    return CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"))
+def _collate_context(project: Project, done: dict[str, None]) -> CollateContext:
+    return CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"), done=done.keys())
 
 
-def _restart(media: MediaType, ctx: CollateContext, project: Project) -> tuple[MediaType, CollateContext]:
+def _restart(media: MediaType, ctx: CollateContext, project: Project,
+             done: dict[str, None]) -> tuple[MediaType, CollateContext]:
     """A fresh media type instance and an empty ``state``, as a controller has after a restart.
 
     What the old state held is closed, as the old process's open files are when it dies.
@@ -189,4 +198,4 @@ def _restart(media: MediaType, ctx: CollateContext, project: Project) -> tuple[M
             with contextlib.suppress(Exception):
                 close()
     log.debug("simulated controller restart after %s", ctx.state.keys())
-    return type(media)(), _collate_context(project)
+    return type(media)(), _collate_context(project, done)

@@ -369,7 +369,7 @@ class Controller(AgentSide, ClientSide):
     def _check_finalizing(self) -> None:
         for run in self.runs.values():
             if run.active and run.all_in():
-                run.state = "finalizing"
+                run.start_finalizing()
                 self.finalizing[run.id] = self._executor.submit(run.finalize)
         for run_id, future in list(self.finalizing.items()):
             if future.done():

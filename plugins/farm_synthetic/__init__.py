@@ -8,6 +8,7 @@ sockets; it never stands in for a real media type's own tests. Try a farm with i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -57,6 +58,8 @@ class Synthetic(MediaType):
             "cache": s.boolean("cache", False),
             # a folder of the project: job i reads <folder>/<key>.txt and outputs its bytes
             "inputs": _project_path(s, "inputs"),
+            # finalize writes outcome.json: the run's done, failed and reused job keys (lifecycle tests)
+            "report": s.boolean("report", False),
         }
         s.finish()
         return settings
@@ -111,11 +114,17 @@ class Synthetic(MediaType):
             log.flush()
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
+        outputs = []
         log = ctx.state.pop("log", None)
         if log is not None:
             log.close()
-            return [ctx.output_dir / "collated.log"]
-        return []
+            outputs.append(ctx.output_dir / "collated.log")
+        if ctx.project.settings.get("report"):
+            report = ctx.output_dir / "outcome.json"
+            keys = {"done": ctx.done, "failed": ctx.failed, "reused": ctx.reused}
+            report.write_text(json.dumps({name: sorted(found) for name, found in keys.items()}))
+            outputs.append(report)
+        return outputs
 
 
 def _project_path(s: SettingsReader, key: str) -> str:
