@@ -43,6 +43,8 @@ def status_text(report: dict[str, Any]) -> str:
                      f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
+        for media_type, why in (a.get("skew") or {}).items():
+            lines.append(f"    takes no {media_type} jobs: {why}")
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
     lines.append(f"projects ({len(report['projects'])}):")

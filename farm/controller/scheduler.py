@@ -99,6 +99,8 @@ class Scheduler:
                 reasons.append(f"{a.id}: broken: {a.broken}")
             elif a.id in run.blocklist:
                 reasons.append(f"{a.id}: blocklisted ({run.blocklist[a.id]})")
+            elif run.media.name in a.skew:
+                reasons.append(a.skew[run.media.name])
             elif run.media.name not in a.caps:
                 reasons.append(f"{a.id}: {a.missing.get(run.media.name, 'does not have this media type')}")
             else:
