@@ -105,6 +105,19 @@ class MediaType:
         settings.finish()
         return {}
 
+    def renderer_facts(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        """What `configure` learned from the renderer, taken from the settings it returned.
+
+        A probed length, a verdict, a value derived from a loaded style: whatever the settings
+        hold that only the renderer can compute. The submitter (which runs `configure` with
+        renderer checks) sends them with the project; a controller reads the project with
+        ``settings.renderer_checks`` False and gets them as ``settings.facts``, which it must
+        check (`SettingsReader.facts_reader`: types and bounds) before use, since a remote
+        submitter may lie. Each agent's `configure` computes them again; an agent whose
+        renderer finds other values fails the job, naming both. Msgpack-able; default: none.
+        """
+        return {}
+
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The settings a job's outputs depend on, for its cache key; None: never reuse results.
 

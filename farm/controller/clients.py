@@ -86,7 +86,8 @@ class ClientSide:
             self.uploads[token] = (identity, {**body, "priority": priority}, folder)
             self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
             return
-        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False)
+        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False,
+                        facts=wire.get("facts"))
 
     def _give_up_upload(self, token: str, why: str) -> None:
         identity, _, folder = self.uploads.pop(token)
@@ -109,11 +110,13 @@ class ClientSide:
         if not upload.ok:
             self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
             return
-        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True)
+        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True,
+                        facts=body["project"].get("facts"))
 
-    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool) -> None:
+    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool,
+                   facts: Any = None) -> None:
         """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
-        self.intake.read(identity, root, output, uploaded=uploaded,
+        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts,
                          then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
 
     def _intake_done(self, intake: Intake) -> None:

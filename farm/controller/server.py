@@ -253,7 +253,8 @@ class Controller(AgentSide, ClientSide):
         for record in self.journal.unfinished_projects():
             wire = record.wire
             try:
-                project = load_project(wire["root"], output=wire.get("output"), renderer_checks=False)
+                project = load_project(wire["root"], output=wire.get("output"), renderer_checks=False,
+                                       facts=wire.get("facts"))
                 media = get_media_type(project.media_type)
             except (FarmError, KeyError, TypeError) as exc:
                 log.error("cannot resume project %s: %s", record.project_id, exc)
