@@ -86,7 +86,8 @@ ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
 """
 _STATE, _LEASE, _AGENT, _RESULT, _ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
 _Row = tuple[
-    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None, float, int
+    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
+    float, int,
 ]
 #: a run's job keys by outcome (`Journal.keys`); done includes reused
 OUTCOMES = {
@@ -336,7 +337,8 @@ class Journal:
         if prev is not None and attempts is None:
             attempts = prev[_ATTEMPTS]
         pending[project_id, key] = (
-            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(), int(reused)
+            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
+            int(reused),
         )
         self._unflushed += 1
         if self._unflushed >= self.max_batch:

@@ -137,9 +137,9 @@ class Project:
                 mine, theirs = facts.get(key), self.facts.get(key)
                 if mine != theirs:
                     raise ProjectError(
-                        f"the renderer here finds {media.name} fact {key!r} = {_short(mine)}, but the project "
-                        f"was submitted with {_short(theirs)}: its files or the renderer differ from the "
-                        "submitter's (or the submitter's facts are false); submit it again", file=file)
+                        f"the renderer here finds {media.name} fact {key!r} = {_short(mine)}, but the "
+                        f"project was submitted with {_short(theirs)}: its files or the renderer differ from "
+                        "the submitter's (or the submitter's facts are false); submit it again", file=file)
         return replace(self, root=root, settings=settings, facts=facts)
 
 
@@ -161,8 +161,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     if not file.is_file():
         raise ProjectError(f"no {PROJECT_FILE} in {root}: a project is a folder with a {PROJECT_FILE}", file=file)
     if not (facts is None or isinstance(facts, dict)):
-        raise ProjectError(f"the renderer facts sent with the project must be a map, not {type(facts).__name__}",
-                           file=file)
+        raise ProjectError("the renderer facts sent with the project must be a map, not "
+                           f"{type(facts).__name__}", file=file)
     text = file.read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
@@ -176,8 +176,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
             raise ProjectError(f"missing [{table}] table", file=file)
         if not isinstance(value, dict):
             raise ProjectError(f"{table} must be a table", file=file, key=table, line=line_of(text, "", table))
-        return SettingsReader(value, table=table, file=file, text=text, root=root, renderer_checks=renderer_checks,
-                              facts=None if renderer_checks else facts)
+        return SettingsReader(value, table=table, file=file, text=text, root=root,
+                              renderer_checks=renderer_checks, facts=None if renderer_checks else facts)
 
     proj = reader("project", required=True)
     name = proj.str("name", None)

@@ -62,7 +62,8 @@ class SettingsReader:
 
         A remote submitter may send anything: check every fact before the settings use it.
         """
-        return SettingsReader(self.facts, table=f"{self.table}.facts", file=self.file, text="", root=self.root)
+        return SettingsReader(self.facts, table=f"{self.table}.facts", file=self.file, text="",
+                              root=self.root)
 
     def error(self, key: str | None, message: str) -> ProjectError:
         line = line_of(self.text, self.table, key) or line_of(self.text, self.table)

@@ -7,8 +7,12 @@ them, so that a plugin that passes here does not fail on a farm for a reason a t
 - every job's params and deps, the project (its settings and its table as written), and every
   result travel through the farm's wire format (`farm.protocol.pack` / `unpack`: msgpack with
   the same limits), so a set, a tuple, bytes in a str field or a non-string map key show up;
+- the "controller" loads the project as a controller does: ``configure`` with
+  ``renderer_checks`` off and the renderer facts the submitter's load found (see
+  `farm.mediatype.MediaType.renderer_facts`), which must give the same settings;
 - ``render`` gets settings made afresh by ``configure`` from the table as written (what every
-  agent worker does), runs with ``ctx.work_dir`` as its current directory, and gets its
+  agent worker does, its facts compared with the submitter's), runs with ``ctx.work_dir`` as
+  its current directory, and gets its
   ``deps`` results as they came over the wire;
 - ``count(project)`` is checked against the number of jobs ``split`` yielded, and job keys
   against duplicates and deps against keys not yielded earlier;
@@ -84,17 +88,19 @@ def run_local(
     :returns: a `LocalRun`; the final files are in ``.outputs``.
     :raises ProjectError: the project is malformed (as ``farm submit`` reports it).
     :raises PluginError: the plugin broke a contract the farm relies on: a value that cannot
-        travel, ``count`` not matching ``split``, a duplicate key, a dep on a job not yielded earlier.
+        travel, ``configure`` without renderer checks (given the facts) making other settings,
+        ``count`` not matching ``split``, a duplicate key, a dep on a job not yielded earlier.
     :raises Exception: whatever ``render``, ``collate`` or ``finalize`` raised, unchanged, so a
         failing test shows the plugin's own traceback.
     """
-    project = load_project(path, output=output)
+    submitted = load_project(path, output=output)
+    wire = _wire_project(submitted)
+    project = _controller_project(path, output, wire)
     media = get_media_type(project.media_type)
     run = LocalRun(project)
     with tempfile.TemporaryDirectory(prefix="farm-local-") as tmp:
         staged: dict[str, dict[str, Path]] = {}
         cache: dict[str, Any] = {}
-        wire = _wire_project(project)
         agent_project = Project.from_wire(wire).reconfigure(project.root)  # as an agent worker does
         for i, job in enumerate(_split(media, project, run)):
             sent = _wire_job(job, {d: run.results[d] for d in job.deps})
@@ -182,8 +188,22 @@ def _wire_result(job: Job, result: Any) -> Any:
     return got["results"][0]["result"]
 
 
+def _controller_project(path: Path | str, output: str | None, wire: dict[str, Any]) -> Project:
+    """The project as a controller reads it: no renderer checks, the submitter's facts instead."""
+    project = load_project(path, output=output, renderer_checks=False, facts=wire.get("facts"))
+    made, want = _wire_project(project)["settings"], wire["settings"]
+    if made != want:
+        differ = sorted(k for k in {*made, *want} if made.get(k) != want.get(k))
+        raise PluginError(f"{project.media_type}.configure made other settings without renderer checks "
+                          f"(as on a controller, given the renderer facts {wire.get('facts')!r}) than with them: "
+                          f"{', '.join(map(repr, differ))} differ; put what only the renderer can tell in "
+                          "renderer_facts and read it from settings.facts")
+    return project
+
+
 def _collate_context(project: Project, done: dict[str, None]) -> CollateContext:
-    return CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"), done=done.keys())
+    logger = logging.getLogger("farm.collate")
+    return CollateContext(project, project.output_dir, {}, logger, done=done.keys())
 
 
 def _restart(media: MediaType, ctx: CollateContext, project: Project,

@@ -152,11 +152,88 @@ def outcome_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("jobs", [0, 1, 6])
-def test_run_local_gives_finalize_the_folder_and_every_done_key_across_its_restart(tmp_path, outcome_plugin,
-                                                                                   jobs):
+def test_run_local_gives_finalize_the_folder_and_every_done_key_across_its_restart(
+        tmp_path, outcome_plugin, jobs):
     folder = write_project(tmp_path / "p", "t_outcome", {"jobs": jobs})
     run = run_local(folder)
     report = json.loads(run.outputs[0].read_text())
-    assert report["done"] == sorted(f"j{i}" for i in range(jobs)) and report["failed"] == report["reused"] == []
+    assert report["done"] == sorted(f"j{i}" for i in range(jobs))
+    assert report["failed"] == report["reused"] == []
     if jobs > 1:  # the restart emptied state: a counter there misses the first half, done does not
         assert run.restarted_after and report["seen"] == jobs - run.restarted_after
+
+
+def test_job_keys_follow_the_run_and_another_thread_reads_what_is_committed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from farm.controller.outcome import JobKeys
+
+    with Journal(tmp_path / "journal.sqlite", commit_interval=3600) as journal:
+        journal.add_project("p", {"root": "/x"}, 0, 0.0)
+        done = JobKeys(journal, "p", "done")
+        journal.job_done("p", "a", None)
+        assert "a" in done and len(done) == 1  # this (the loop's) thread sees the open batch
+        journal.job_done("p", "b", None)
+        done.add("b")  # as the run does when it journals a job
+        assert sorted(done) == ["a", "b"]
+        unread = JobKeys(journal, "p", "done")  # not read on this thread yet
+        with ThreadPoolExecutor(1) as other:  # finalize's thread: what is committed, nothing yet
+            assert other.submit(lambda: set(unread)).result() == set()
+            journal.flush()
+            for keys in (done, unread):
+                keys.settled()
+                assert other.submit(lambda k=keys: (set(k), "b" in k)).result() == ({"a", "b"}, True)
+        with pytest.raises(ValueError, match="outcome must be one of"):
+            JobKeys(journal, "p", "pending")
+
+
+# -- run_local plays the controller's load: no renderer checks, the submitter's facts ------
+
+class Measured(MediaType):
+    """Counts the lines of its input "with the renderer"; a controller takes the count from the facts."""
+
+    name = "t_measured"
+    honest = True  # False: forgets to say what it measured (no renderer_facts)
+
+    def configure(self, settings):
+        source = settings.asset("input")
+        settings.finish()
+        if settings.renderer_checks:
+            lines = len((settings.root / source).read_text().splitlines())
+        else:
+            facts = settings.facts_reader()
+            lines = facts.integer("lines", 0, min=0, max=10_000)
+            facts.finish()
+        return {"input": source, "lines": lines}
+
+    def renderer_facts(self, settings):
+        return {"lines": settings["lines"]} if self.honest else {}
+
+    def count(self, project):
+        return project.settings["lines"]
+
+    def split(self, project) -> Iterator[Job]:
+        for i in range(project.settings["lines"]):
+            yield Job(f"line-{i}", {})
+
+    def render(self, job, ctx):
+        return None
+
+    def finalize(self, ctx):
+        return []
+
+
+def test_run_local_loads_the_project_as_a_controller_with_the_submitters_facts(tmp_path, monkeypatch):
+    from farm.errors import PluginError
+
+    fresh = Plugins()
+    fresh.register(type("P", (), {"farm_register_media_types": staticmethod(hookimpl(
+        lambda register: register(Measured)))})(), PluginInfo(name="measured", version="0", module=__name__))
+    monkeypatch.setattr(farm.plugins, "_plugins", fresh)
+    folder = write_project(tmp_path / "p", "t_measured", {"input": "data.txt"})
+    (folder / "data.txt").write_text("a\nb\nc\n")
+    run = run_local(folder)
+    assert run.project.facts == {"lines": 3} and len(run.jobs) == 3
+    monkeypatch.setattr(Measured, "honest", False)
+    with pytest.raises(PluginError, match=r"t_measured.configure made other settings without renderer"):
+        run_local(folder)

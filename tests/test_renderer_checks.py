@@ -70,7 +70,8 @@ class RemoteController:
         import sqlite3
 
         with sqlite3.connect(self.state / "journal.sqlite") as db:
-            return [msgpack.unpackb(w, raw=False)["settings"] for (w,) in db.execute("SELECT wire FROM projects")]
+            rows = db.execute("SELECT wire FROM projects")
+            return [msgpack.unpackb(wire, raw=False)["settings"] for (wire,) in rows]
 
     def close(self) -> None:
         self.proc.terminate()
@@ -79,8 +80,8 @@ class RemoteController:
 
 def audio_project(root: Path, table: str, seconds: float = 3.0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    ffmpeg.run(["-y", "-f", "lavfi", "-i", f"aevalsrc=exprs='0.3*sin(2*PI*440*t)':s=44100:c=stereo:d={seconds}",
-                "-c:a", "flac", str(root / "source.flac")])
+    tone = f"aevalsrc=exprs='0.3*sin(2*PI*440*t)':s=44100:c=stereo:d={seconds}"
+    ffmpeg.run(["-y", "-f", "lavfi", "-i", tone, "-c:a", "flac", str(root / "source.flac")])
     (root / "farm.toml").write_text(f'[project]\nname = "tone"\nmedia_type = "audio"\n\n[audio]\n'
                                     f'input = "source.flac"\n{textwrap.dedent(table)}')
     return root
@@ -112,7 +113,8 @@ def test_a_controller_that_runs_no_ffmpeg_check_schedules_audio_its_agents_rende
 
 def test_a_controller_without_blender_schedules_frames_its_agents_render(tmp_path, agents):
     project = tmp_path / "turntable"
-    shutil.copytree(ROOT / "sample_projects" / "turntable", project, ignore=shutil.ignore_patterns("output", ".farm"))
+    shutil.copytree(ROOT / "sample_projects" / "turntable", project,
+                    ignore=shutil.ignore_patterns("output", ".farm"))
     toml = project / "farm.toml"
     text = toml.read_text().replace('frames = "1-48"', 'frames = "1-4"').replace("chunk = 12", "chunk = 2")
     toml.write_text(text.replace("resolution = [160, 90]", "resolution = [32, 18]").replace("samples = 8",
@@ -136,7 +138,8 @@ def test_a_controller_without_mapnik_takes_the_buffer_the_submitters_mapnik_deri
     (shim / "mapnik.py").write_text('raise ImportError("this host has no Mapnik")\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
     project = tmp_path / "world_map"
-    shutil.copytree(ROOT / "sample_projects" / "world_map", project, ignore=shutil.ignore_patterns("output", ".farm"))
+    shutil.copytree(ROOT / "sample_projects" / "world_map", project,
+                    ignore=shutil.ignore_patterns("output", ".farm"))
     toml = project / "farm.toml"
     toml.write_text(toml.read_text().replace('zoom = "0-5"', 'zoom = "0-1"'))
     loaded = load_project(project)
@@ -179,20 +182,22 @@ def test_false_audio_facts_are_refused_naming_the_fact(controller, tone, change,
 
 @pytest.mark.parametrize("facts", [["not", "a", "map"], "samples=1"])
 def test_facts_that_are_not_a_map_are_refused(controller, tone, facts):
-    with Client(controller.url) as client, pytest.raises(FarmError, match="renderer facts .* must be a map"):
+    with Client(controller.url) as client, pytest.raises(FarmError, match=r"renderer facts .* must be a map"):
         client.submit(dataclasses.replace(load_project(tone), facts=facts))
 
 
 def test_a_false_maptiles_buffer_is_refused(controller):
     project = load_project(ROOT / "sample_projects" / "world_map")
-    with Client(controller.url) as client, pytest.raises(FarmError, match=r"\[maptiles.facts\] buffer: must be at most"):
+    wrong = r"\[maptiles.facts\] buffer: must be at most"
+    with Client(controller.url) as client, pytest.raises(FarmError, match=wrong):
         client.submit(dataclasses.replace(project, facts={"buffer": 10**6}))
 
 
 def test_a_plausible_lie_fails_the_run_on_the_agents_naming_both_values(controller, agents, tone, tmp_path):
     project = tmp_path / "tone"
     shutil.copytree(tone, project, ignore=shutil.ignore_patterns("output"))
-    (project / "farm.toml").write_text((project / "farm.toml").read_text().replace("[audio]", "[jobs]\nmax_attempts = 1\n\n[audio]"))
+    toml = project / "farm.toml"
+    toml.write_text(toml.read_text().replace("[audio]", "[jobs]\nmax_attempts = 1\n\n[audio]"))
     loaded = load_project(project)
     lie = dataclasses.replace(loaded, facts={**loaded.facts, "samples": loaded.facts["samples"] * 2})
     agents(controller.url, 1)

@@ -33,7 +33,8 @@ def install(package: Path, site: Path) -> dict[str, str]:
                            "--no-deps", "--target", str(site), str(package)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def status(url: str) -> dict:
@@ -43,8 +44,8 @@ def status(url: str) -> dict:
 
 @pytest.mark.slow
 def test_an_agent_with_another_plugin_version_gets_none_of_its_jobs_and_status_says_why(tmp_path, agents):
-    made = subprocess.run([*FARM, "plugin", "new", "skewed", "--dir", str(tmp_path / "v1")], capture_output=True,
-                          text=True, timeout=120)
+    made = subprocess.run([*FARM, "plugin", "new", "skewed", "--dir", str(tmp_path / "v1")],
+                          capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     v1 = tmp_path / "v1" / "farm-skewed"
     v2 = tmp_path / "v2"
@@ -65,9 +66,10 @@ def test_an_agent_with_another_plugin_version_gets_none_of_its_jobs_and_status_s
         assert skewed["plugins"]["skewed"] == "0.2.0" and skewed["skew"] == {"skewed": why}
 
         submit = subprocess.Popen([*FARM, "submit", "project", "--controller", url, "--insecure", "--json"],
-                                  cwd=v1, env=env_v1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stalled = wait_for(lambda: next((p["stalled"] for p in status(url)["projects"] if p["stalled"]), None),
-                           60, "the run to say why it waits")
+                                  cwd=v1, env=env_v1, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        stalled = wait_for(lambda: next((p["stalled"] for p in status(url)["projects"] if p["stalled"]),
+                                        None), 60, "the run to say why it waits")
         assert stalled == f"no connected agent can render 'skewed' ({why})"
         shown = subprocess.run([*FARM, "status", "--controller", url, "--insecure"], env=env_v1,
                                capture_output=True, text=True, timeout=60)

@@ -101,8 +101,8 @@ class IntakeQueue:
 
         def work() -> None:
             try:
-                intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes, limits=self.limits,
-                                        facts=facts)
+                intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes,
+                                        limits=self.limits, facts=facts)
             except FarmError as exc:
                 intake.error = str(exc)
             except RecursionError:

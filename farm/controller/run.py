@@ -75,8 +75,8 @@ class ProjectRun:
         self.finished_mono: float | None = None
         self.first_dispatch_s: float | None = None
         self.outcomes = {o: JobKeys(journal, run_id, o) for o in ("done", "failed", "reused")}
-        self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"),
-                                  **self.outcomes)
+        collate_log = logging.getLogger(f"farm.collate.{media.name}")
+        self.ctx = CollateContext(project, project.output_dir, {}, collate_log, **self.outcomes)
         try:
             self.total: int | None = media.count(project)
         except Exception as exc:
@@ -279,9 +279,10 @@ class ProjectRun:
 
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None), reused=reused)
-        self.outcomes["done"].changed()
+        self.outcomes["done"].add(key)
+        self.outcomes["failed"].discard(key)
         if reused:
-            self.outcomes["reused"].changed()
+            self.outcomes["reused"].add(key)
         self.done += 1
         self.emit("job.done", self.id, key, agent, {"reused": reused})
         for job in self.waiting.pop(key, []):
@@ -335,7 +336,7 @@ class ProjectRun:
         self.conduct.failed_for_good(key)
         self.failures[key] = Failure(key, error, log_text, self.attempts[key])
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
-        self.outcomes["failed"].changed()
+        self.outcomes["failed"].add(key)
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
@@ -371,7 +372,7 @@ class ProjectRun:
         self.state = "finalizing"
         self.journal.flush()
         for keys in self.outcomes.values():
-            keys.changed()
+            keys.settled()
 
     def finalize(self) -> list[str]:
         """Run the media type's finalize (in a thread of the controller: it may be slow).

@@ -55,7 +55,8 @@ def submitted_facts(s: SettingsReader) -> dict[str, Any]:
     whole_file = f.str("whole_file")
     f.finish()
     if len(codec) > MAX_TEXT or len(whole_file) > MAX_TEXT:
-        raise f.error("codec" if len(codec) > MAX_TEXT else "whole_file", f"longer than {MAX_TEXT} characters")
+        key = "codec" if len(codec) > MAX_TEXT else "whole_file"
+        raise f.error(key, f"longer than {MAX_TEXT} characters")
     if probe.layout_channels(out_layout) != out_channels:
         raise f.error("out_channels", f"{out_channels} channels, but the output layout {out_layout!r} has "
                                       f"{probe.layout_channels(out_layout)}")
