@@ -38,7 +38,7 @@ from farm.paths import private_file
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: jobs.reused
+SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
 PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
 
@@ -208,15 +208,15 @@ class Journal:
                 f"journal {self.path}: schema version {version} is newer than this farm's "
                 f"({SCHEMA_VERSION}); upgrade farm or move the file away"
             )
-        elif version == 1:  # before jobs.reused: no job was known to be reused
-            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version < SCHEMA_VERSION:
+        elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
             raise JournalError(f"journal {self.path}: schema version {version} is not supported")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=NORMAL")
+        # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
+        if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
 
     def _create_schema(self) -> None:
         db = self._conn

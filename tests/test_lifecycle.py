@@ -84,7 +84,7 @@ def test_after_a_controller_restart_finalize_gets_the_whole_runs_done_and_failed
     assert report["reused"] == []
 
 
-def test_the_journal_keeps_which_jobs_were_reused_and_migrates_an_older_file(tmp_path):
+def test_the_journal_keeps_which_jobs_were_reused_and_an_older_file_gains_the_column(tmp_path):
     path = tmp_path / "journal.sqlite"
     with Journal(path) as journal:
         journal.add_project("p", {"root": "/x"}, 0, 0.0)
@@ -95,9 +95,8 @@ def test_the_journal_keeps_which_jobs_were_reused_and_migrates_an_older_file(tmp
         assert journal.keys("p", "done") == {"a", "b"} and journal.keys("p", "reused") == {"b"}
         assert journal.keys("p", "failed") == {"c"}
         assert journal.counts("p") == {"done": 2, "failed": 1, "reused": 1}
-    with sqlite3.connect(path) as db:  # the file as schema 1 wrote it: no reused column
+    with sqlite3.connect(path) as db:  # the file as a farm before the reused column wrote it
         db.execute("ALTER TABLE jobs DROP COLUMN reused")
-        db.execute("PRAGMA user_version = 1")
     with Journal(path) as journal:
         assert journal.keys("p", "done") == {"a", "b"} and journal.keys("p", "reused") == set()
         journal.job_done("p", "d", None, reused=True)
