@@ -26,6 +26,7 @@ from farm_audio import ffmpeg
 from farm.client import Client, submit
 from farm.errors import FarmError
 from farm.project import load_project
+from farm.protocol import T
 
 FARM = [sys.executable, "-m", "farm"]
 
@@ -109,6 +110,31 @@ def test_a_controller_that_runs_no_ffmpeg_check_schedules_audio_its_agents_rende
     # the controller's ffmpeg only encoded (the joined PCM on its stdin): it never probed, decoded,
     # listed filters or ran the chain
     assert len(ran) == 2 and all("-i pipe:0" in line for line in ran), ran
+
+
+def test_a_resumed_controller_takes_the_journaled_facts_and_measures_nothing(tmp_path, agents):
+    project = audio_project(tmp_path / "tone", 'segment = 1\nname = "tone"\n')
+    real = ffmpeg.ffmpeg_exe()
+    shim, calls = logging_shim(tmp_path / "shim", "ffmpeg", f'exec "{real}" "$@"')
+    env = {**os.environ, ffmpeg.FFMPEG_ENV: str(shim)}
+    ctl = RemoteController(tmp_path, env)
+    try:  # accepted with no agent to run it, then the controller goes away
+        with Client(ctl.url, timeout=60) as client:
+            run_id = client.submit(load_project(project), upload=True)
+    finally:
+        ctl.close()
+    ctl = RemoteController(tmp_path, env)  # the same state folder: it resumes the run from the journal
+    try:
+        agents(ctl.url, 1)
+        with Client(ctl.url, timeout=120) as client:
+            client.send(T.FOLLOW, {"project": run_id})
+            summary = client.download(client.follow(run_id), load_project(project))
+        assert summary.ok and summary.done == summary.total == 3, summary
+        assert (project / "output" / "tone.flac").is_file()
+    finally:
+        ctl.close()
+    ran = calls.read_text().splitlines() if calls.exists() else []
+    assert len(ran) == 1 and "-i pipe:0" in ran[0], ran  # the one encoder; no probe, before or after
 
 
 def test_a_controller_without_blender_schedules_frames_its_agents_render(tmp_path, agents):
