@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from test_seams_scheduler import farm  # noqa: F401 (a fixture: a scheduler and a maker of runs)
 
 from farm.client import Client
 from farm.controller.versions import read_versions
@@ -112,3 +113,22 @@ def test_a_hello_with_a_malformed_plugins_map_is_refused(value):
 def test_a_hello_without_plugins_is_an_older_agent_taken_as_before():
     assert read_versions(None) is None
     assert read_versions({"maptiles": "1.2.3"}) == {"maptiles": "1.2.3"}
+
+
+def test_the_scheduler_skips_a_skewed_agent_and_the_runs_progress_says_why(farm):  # noqa: F811
+    from test_seams_scheduler import agent  # a hand-made AgentState
+
+    run = farm.make(4)
+    why = "agent n1 has farm 9.9, the controller 1.0"
+    skewed, same = agent("n1", slots=4), agent("n2", slots=1)
+    skewed.skew = {"synthetic": why}
+    farm.registry.add(skewed)
+    farm.registry.add(same)
+    decided = {a.id: len(leases) for a, leases in farm.dispatch(0.0)}
+    assert decided == {"n2": 1}  # n1 has room for 4 and gets none
+    progress = farm.describe(run)
+    assert progress["stalled"] is None and progress["skipped"] == [why]
+    farm.registry.remove(same.identity)
+    for lease in list(run.leases.values()):
+        run.lost_lease(lease, "gone")
+    assert farm.describe(run)["stalled"] == f"no connected agent can render 'synthetic' ({why})"

@@ -70,6 +70,8 @@ class ProgressBar:
             parts.append("finalizing")
         if update.get("stalled"):
             parts.append(f"waiting: {update['stalled']}")
+        elif update.get("skipped"):  # others render it; these agents have another version of its plugin
+            parts.append(f"not on: {'; '.join(update['skipped'])}")
         return "  ".join(parts)
 
     def update(self, update: dict[str, Any]) -> None:

@@ -59,6 +59,8 @@ def status_text(report: dict[str, Any]) -> str:
         lines.append(line)
         if p.get("stalled"):
             lines.append(f"    waiting: {p['stalled']}")
+        for why in p.get("skipped") or ():
+            lines.append(f"    not on: {why}")
         if p.get("error"):
             lines.append(f"    error: {p['error']}")
     return "\n".join(lines)

@@ -167,7 +167,7 @@ class ClientSide:
 
     def _send_update(self, run: ProjectRun) -> None:
         """Announce a run's progress; its followers get it as an UPDATE."""
-        snap = run.snapshot(self.scheduler.stalled(run))
+        snap = self.scheduler.describe(run)
         self.events.publish("progress", run.id, None, None, snap)
         for identity in list(self.followers.get(run.id, ())):
             if not self._send(identity, T.UPDATE, snap):
@@ -204,6 +204,6 @@ class ClientSide:
             "controller": self.url,
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a)} for a in self.registry],
-            "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
+            "projects": [self.scheduler.describe(r) for r in self.runs.values()],
             "stats": dict(self.stats),
         }
