@@ -64,6 +64,7 @@ CREATE TABLE jobs (
     log        TEXT,
     attempts   INTEGER,
     updated_at REAL NOT NULL,
+    reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
     PRIMARY KEY (project_id, key)
 ) WITHOUT ROWID;
 -- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
@@ -77,17 +78,26 @@ _CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
 # Every job write is one upsert of the whole row. Lease, agent and attempts survive later
 # states that do not carry them, so a done row still says who rendered it.
 _UPSERT = """
-INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
+    reused)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
     lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
     result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
-    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at
+    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
+    reused = excluded.reused
 """
 _STATE, _LEASE, _AGENT, _RESULT, _ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
 _Row = tuple[
-    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None, float
+    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
+    float, int,
 ]
+#: a run's job keys by outcome (`Journal.keys`); done includes reused
+OUTCOMES = {
+    "done": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done'",
+    "failed": "SELECT key FROM jobs WHERE project_id = ? AND state = 'failed'",
+    "reused": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done' AND reused",
+}
 
 
 class JournalError(FarmError):
@@ -208,6 +218,9 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_CONTROLS)
+        # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
+        if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
 
     def _create_schema(self) -> None:
         db = self._conn
@@ -329,28 +342,20 @@ class Journal:
         """A job was leased to an agent. Until it is done it counts as pending after a restart."""
         self._job(project_id, key, "running", lease, agent, None, None, None, None, None)
 
-    def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None) -> None:
-        """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable."""
+    def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None, *,
+                 reused: bool = False) -> None:
+        """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
+        `reused`: its outputs came from the job cache."""
         blob = _pack(result, f"job {project_id!r}/{key!r} result")
-        self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None)
+        self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
         """A job failed for good, after `attempts` tries."""
         self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts))
 
-    def _job(
-        self,
-        project_id: str,
-        key: str,
-        state: str,
-        lease: str | None,
-        agent: str | None,
-        result: bytes | None,
-        cache_key: str | None,
-        error: str | None,
-        log: str | None,
-        attempts: int | None,
-    ) -> None:
+    def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
+             result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
+             attempts: int | None, reused: bool = False) -> None:
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         if self._unflushed == 0:
@@ -362,7 +367,8 @@ class Journal:
         if prev is not None and attempts is None:
             attempts = prev[_ATTEMPTS]
         pending[project_id, key] = (
-            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time()
+            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
+            int(reused),
         )
         self._unflushed += 1
         if self._unflushed >= self.max_batch:
@@ -413,8 +419,11 @@ class Journal:
 
     def done_keys(self, project_id: str) -> set[str]:
         """Keys of the project's done jobs: the ones a resumed run skips."""
-        rows = self._read_jobs("SELECT key FROM jobs WHERE project_id = ? AND state = 'done'", (project_id,))
-        return {key for (key,) in rows}
+        return self.keys(project_id, "done")
+
+    def keys(self, project_id: str, outcome: str) -> set[str]:
+        """Keys of the project's jobs with this outcome: "done", "failed" or "reused" (see `OUTCOMES`)."""
+        return {key for (key,) in self._read_jobs(OUTCOMES[outcome], (project_id,))}
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
@@ -440,24 +449,23 @@ class Journal:
         return [FailedJob(key, error or "", log or "", attempts or 0) for key, error, log, attempts in rows]
 
     def counts(self, project_id: str) -> dict[str, int]:
-        """{"done": n, "failed": n} for the project."""
-        counts = {"done": 0, "failed": 0}
-        rows = self._read_jobs(
-            "SELECT state, count(*) FROM jobs WHERE project_id = ? AND state != 'running' GROUP BY state",
+        """{"done": n, "failed": n, "reused": n} for the project (done includes reused)."""
+        row = self._read_jobs(
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'), "
+            "count(*) FILTER (WHERE state = 'done' AND reused) FROM jobs WHERE project_id = ?",
             (project_id,),
-        )
-        counts.update(dict(rows.fetchall()))
-        return counts
+        ).fetchone()
+        return {"done": row[0], "failed": row[1], "reused": row[2]}
 
     def done_page(self, project_id: str, reused: bool | None, offset: int,
                   limit: int) -> tuple[int, list[tuple[str, str | None]]]:
         """The project's done jobs by key: (how many, a page of (key, agent)).
 
-        `reused`: only those collated from the job cache (they never had an agent), only rendered
+        `reused`: only those collated from the job cache, only rendered
         ones, or both (None).
         """
-        where = "project_id = ? AND state = 'done'" + {None: "", True: " AND agent IS NULL",
-                                                          False: " AND agent IS NOT NULL"}[reused]
+        where = "project_id = ? AND state = 'done'" + {None: "", True: " AND reused",
+                                                          False: " AND NOT reused"}[reused]
         total = self._read_jobs(f"SELECT count(*) FROM jobs WHERE {where}", (project_id,)).fetchone()[0]
         rows = self._read(f"SELECT key, agent FROM jobs WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
                           (project_id, limit, offset)).fetchall()

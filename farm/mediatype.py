@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,12 +55,31 @@ class RenderContext:
 
 @dataclass
 class CollateContext:
-    """What `collate` and `finalize` get on the controller, for one project run."""
+    """What `collate` and `finalize` get on the controller, for one project run.
+
+    :param project: the project as the controller loaded it (``.root``, ``.settings``, ``.name``).
+    :param output_dir: the run's output folder; it exists before any `collate` and before `finalize`.
+    :param state: the media type's own per-run state (open files, writers). It lives in this
+        controller process only: after a controller restart it starts empty and the jobs done
+        before are not collated again, so what must survive is derived from the outputs or
+        from ``done`` (see docs/plugins.md, "Per-run state").
+    :param log: the logger for this media type's collates.
+    :param done: keys of the run's jobs whose outputs were collated, by this process or by
+        one before a restart, rendered or reused; the job being collated is not in it yet.
+    :param failed: keys of the run's jobs that failed for good (their outputs never came).
+    :param reused: the keys in ``done`` whose outputs came from the job cache, not a render.
+
+    The three are read-only sets of str (``key in ctx.done``, ``len``, iteration), complete in
+    `finalize` also after a resume; read them there rather than counting in ``state``.
+    """
 
     project: Project
     output_dir: Path
-    state: dict[str, Any]  # the media type's own per-run state (open files, counters)
+    state: dict[str, Any]
     log: logging.Logger = logging.getLogger("farm.collate")
+    done: AbstractSet[str] = frozenset()
+    failed: AbstractSet[str] = frozenset()
+    reused: AbstractSet[str] = frozenset()
 
 
 class MediaType:
@@ -86,6 +106,19 @@ class MediaType:
         Raise through ``settings.error(key, message)`` so the error names file, line and key.
         """
         settings.finish()
+        return {}
+
+    def renderer_facts(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        """What `configure` learned from the renderer, taken from the settings it returned.
+
+        A probed length, a verdict, a value derived from a loaded style: whatever the settings
+        hold that only the renderer can compute. The submitter (which runs `configure` with
+        renderer checks) sends them with the project; a controller reads the project with
+        ``settings.renderer_checks`` False and gets them as ``settings.facts``, which it must
+        check (`SettingsReader.facts_reader`: types and bounds) before use, since a remote
+        submitter may lie. Each agent's `configure` computes them again; an agent whose
+        renderer finds other values fails the job, naming both. Msgpack-able; default: none.
+        """
         return {}
 
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -150,7 +183,13 @@ class MediaType:
         """
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
-        """Called once after every job is collated; returns the final output files."""
+        """Called once after every job is collated or failed for good; returns the final output files.
+
+        ``ctx.output_dir`` exists (also for a run with no jobs, or whose jobs were all reused);
+        ``ctx.done``, ``ctx.failed`` and ``ctx.reused`` hold the whole run's job keys, across
+        controller restarts. A run with failed jobs finalizes too, so the outputs that did
+        succeed are kept; there an exception from here is only logged.
+        """
         return []
 
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:

@@ -28,12 +28,16 @@ LOAD_PLUGINS_ENV = "FARM_LOAD_PLUGINS"
 
 @dataclass
 class PluginInfo:
+    """One loaded plugin: its entry point's ``name``, its distribution's ``version`` and ``dist``
+    name (from the package metadata; None for a plugin registered in-process)."""
+
     name: str
     version: str | None
     module: str
     media_types: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    dist: str | None = None
 
 
 class Plugins:
@@ -56,7 +60,8 @@ class Plugins:
 
     def load(self, ep: metadata.EntryPoint) -> None:
         dist = getattr(ep, "dist", None)
-        info = PluginInfo(name=ep.name, version=dist.version if dist else None, module=ep.value)
+        info = PluginInfo(name=ep.name, version=dist.version if dist else None, module=ep.value,
+                          dist=dist.name if dist else None)
         self.infos.append(info)
         try:
             plugin = ep.load()
@@ -96,6 +101,19 @@ class Plugins:
 
     def owner(self, name: str) -> PluginInfo:
         return next(i for i in self.infos if i.name == self._owner[name])
+
+    def versions(self) -> dict[str, str]:
+        """{media type: the version of the plugin distribution that registered it}, where known.
+
+        An agent says this in its HELLO; the controller sends a media type's jobs only to agents
+        with its own version of that plugin (`farm.controller.versions`).
+        """
+        found = {}
+        for name in self.media_types:
+            version = self.owner(name).version
+            if version is not None:
+                found[name] = version
+        return found
 
 
 _plugins: Plugins | None = None

@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
 from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
@@ -49,6 +51,8 @@ class Project:
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
     notify: tuple[str, ...] = ()  # [notify] webhook: URLs told when a run ends (farm.notify)
+    # what the renderer told `configure` (`MediaType.renderer_facts`), for a controller without it
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def file(self) -> Path:
@@ -80,6 +84,7 @@ class Project:
             "max_attempts": self.max_attempts,
             "table": _plain(self.table),
             "max_output": self.max_output,
+            "facts": self.facts,
         }
 
     @classmethod
@@ -114,6 +119,7 @@ class Project:
             max_attempts=data["max_attempts"],
             table=data.get("table") if isinstance(data.get("table"), dict) else {},
             max_output=data.get("max_output", DEFAULT_MAX_OUTPUT),
+            facts=data.get("facts") if isinstance(data.get("facts"), dict) else {},
         )
 
     def reconfigure(self, root: Path) -> Project:
@@ -127,15 +133,26 @@ class Project:
         file = root / PROJECT_FILE
         reader = SettingsReader(self.table, table=media.name, file=file, text="", root=root)
         settings = _configure(media, reader, file)
-        return replace(self, root=root, settings=settings)
+        facts = _renderer_facts(media, settings, file)
+        if self.facts:  # the controller split and collates by these: a renderer that disagrees cannot render
+            for key in sorted(set(facts) | set(self.facts)):
+                mine, theirs = facts.get(key), self.facts.get(key)
+                if mine != theirs:
+                    raise ProjectError(
+                        f"the renderer here finds {media.name} fact {key!r} = {_short(mine)}, but the "
+                        f"project was submitted with {_short(theirs)}: its files or the renderer differ from "
+                        "the submitter's (or the submitter's facts are false); submit it again", file=file)
+        return replace(self, root=root, settings=settings, facts=facts)
 
 
-def load_project(path: Path | str, *, output: str | None = None, renderer_checks: bool = True) -> Project:
+def load_project(path: Path | str, *, output: str | None = None, renderer_checks: bool = True,
+                 facts: Any = None) -> Project:
     """Read and validate ``path/farm.toml`` and the media type's own table.
 
     With ``renderer_checks`` False (the controller), the media type's `configure` skips what
-    needs its renderer (`SettingsReader.renderer_checks`). Raises `ProjectError` naming the
-    file, line and key of the first problem.
+    needs its renderer (`SettingsReader.renderer_checks`) and reads what only the renderer can
+    tell from ``facts``: the map a submitter's load put in `Project.facts` (untrusted; the
+    media type checks it). Raises `ProjectError` naming the file, line and key of the first problem.
     """
     from farm.plugins import get_media_type
 
@@ -145,6 +162,9 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         raise ProjectError(f"project folder {path} does not exist")
     if not file.is_file():
         raise ProjectError(f"no {PROJECT_FILE} in {root}: a project is a folder with a {PROJECT_FILE}", file=file)
+    if not (facts is None or isinstance(facts, dict)):
+        raise ProjectError("the renderer facts sent with the project must be a map, not "
+                           f"{type(facts).__name__}", file=file)
     text = file.read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
@@ -158,7 +178,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
             raise ProjectError(f"missing [{table}] table", file=file)
         if not isinstance(value, dict):
             raise ProjectError(f"{table} must be a table", file=file, key=table, line=line_of(text, "", table))
-        return SettingsReader(value, table=table, file=file, text=text, root=root, renderer_checks=renderer_checks)
+        return SettingsReader(value, table=table, file=file, text=text, root=root,
+                              renderer_checks=renderer_checks, facts=None if renderer_checks else facts)
 
     proj = reader("project", required=True)
     name = proj.str("name", None)
@@ -220,6 +241,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         table=dict(table.values),
         max_output=int(max_output * 2**20),
         notify=notify,
+        facts=_renderer_facts(media, settings, file),
     )
 
 
@@ -243,6 +265,21 @@ def _configure(media: Any, reader: SettingsReader, file: Path) -> dict[str, Any]
     except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
         raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}",
                            file=file) from exc
+
+
+def _renderer_facts(media: Any, settings: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The media type's renderer facts, as they travel (msgpack: tuples become lists)."""
+    try:
+        facts = dict(media.renderer_facts(settings))
+        return msgpack.unpackb(msgpack.packb(facts, use_bin_type=True), raw=False)
+    except Exception as exc:
+        raise ProjectError(f"media type {media.name!r} failed to give its renderer facts: {exc!r}",
+                           file=file) from exc
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 _WIRE_FIELDS: dict[str, Any] = {

@@ -173,6 +173,7 @@ SHAPES: dict[T, dict[str, Any]] = {
         "missing": opt(ANY),
         "session": opt(str),  # a secret per agent process: a reconnect shows it, an impostor cannot
         "broken": opt(str),  # why this agent cannot run anything (its workers die at start)
+        "plugins": opt(ANY),  # {media type: plugin version}; checked by farm.controller.versions
     },
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},

@@ -40,17 +40,30 @@ class SettingsReader:
     """Reads one table of a project file, remembering which keys were used."""
 
     def __init__(self, values: dict[str, Any], *, table: str, file: Path, text: str, root: Path,
-                 renderer_checks: bool = True):
+                 renderer_checks: bool = True, facts: dict[str, Any] | None = None):
         self.values = dict(values)
         #: False where the renderer may be missing and is not used (the controller): a media type
         #: then skips the checks that need its renderer (loading a style, probing a file) and keeps
         #: those that make the settings safe (names, paths, ranges); they run where it renders.
+        #: What only the renderer can tell it comes instead from ``facts``.
         self.renderer_checks = renderer_checks
+        #: with ``renderer_checks`` False: what the submitter's renderer found (its media type's
+        #: `renderer_facts`), sent with the submit. Untrusted: read it through `facts_reader`.
+        self.facts = dict(facts or {})
         self.table = table
         self.file = file
         self.text = text
         self.root = root
         self._used: set[str] = set()
+
+    def facts_reader(self) -> SettingsReader:
+        """The submitted renderer facts as a table of their own, read and checked like one
+        (types, bounds, `finish` for unknown keys); errors name ``[<table>.facts] key``.
+
+        A remote submitter may send anything: check every fact before the settings use it.
+        """
+        return SettingsReader(self.facts, table=f"{self.table}.facts", file=self.file, text="",
+                              root=self.root)
 
     def error(self, key: str | None, message: str) -> ProjectError:
         line = line_of(self.text, self.table, key) or line_of(self.text, self.table)

@@ -7,16 +7,24 @@ them, so that a plugin that passes here does not fail on a farm for a reason a t
 - every job's params and deps, the project (its settings and its table as written), and every
   result travel through the farm's wire format (`farm.protocol.pack` / `unpack`: msgpack with
   the same limits), so a set, a tuple, bytes in a str field or a non-string map key show up;
+- the "controller" loads the project as a controller does: ``configure`` with
+  ``renderer_checks`` off and the renderer facts the submitter's load found (see
+  `farm.mediatype.MediaType.renderer_facts`), which must give the same settings;
 - ``render`` gets settings made afresh by ``configure`` from the table as written (what every
-  agent worker does), runs with ``ctx.work_dir`` as its current directory, and gets its
+  agent worker does, its facts compared with the submitter's), runs with ``ctx.work_dir`` as
+  its current directory, and gets its
   ``deps`` results as they came over the wire;
 - ``count(project)`` is checked against the number of jobs ``split`` yielded, and job keys
   against duplicates and deps against keys not yielded earlier;
 - jobs are collated in a seeded shuffled order, not the split order (on a farm they come back
   in any order);
+- the output folder exists before the first ``collate`` and before ``finalize`` (also with no jobs);
+  ``ctx.done`` holds the keys collated so far (``ctx.failed`` and ``ctx.reused`` stay empty: here
+  a failing render raises, and there is no job cache);
 - halfway through the collates, the controller "restarts": a fresh instance of the media type
   and a fresh `CollateContext` whose ``state`` is empty, as after a real resume. Jobs collated
-  before it are not collated again, and ``finalize`` runs on the fresh context.
+  before it are not collated again, but are in the fresh context's ``done``, and ``finalize``
+  runs on the fresh context.
 
 Use `farm.embedded.submit_embedded` (or the fixtures of `farm.pytest_plugin`) to run the same
 project on real agent processes.
@@ -80,17 +88,19 @@ def run_local(
     :returns: a `LocalRun`; the final files are in ``.outputs``.
     :raises ProjectError: the project is malformed (as ``farm submit`` reports it).
     :raises PluginError: the plugin broke a contract the farm relies on: a value that cannot
-        travel, ``count`` not matching ``split``, a duplicate key, a dep on a job not yielded earlier.
+        travel, ``configure`` without renderer checks (given the facts) making other settings,
+        ``count`` not matching ``split``, a duplicate key, a dep on a job not yielded earlier.
     :raises Exception: whatever ``render``, ``collate`` or ``finalize`` raised, unchanged, so a
         failing test shows the plugin's own traceback.
     """
-    project = load_project(path, output=output)
+    submitted = load_project(path, output=output)
+    wire = _wire_project(submitted)
+    project = _controller_project(path, output, wire)
     media = get_media_type(project.media_type)
     run = LocalRun(project)
     with tempfile.TemporaryDirectory(prefix="farm-local-") as tmp:
         staged: dict[str, dict[str, Path]] = {}
         cache: dict[str, Any] = {}
-        wire = _wire_project(project)
         agent_project = Project.from_wire(wire).reconfigure(project.root)  # as an agent worker does
         for i, job in enumerate(_split(media, project, run)):
             sent = _wire_job(job, {d: run.results[d] for d in job.deps})
@@ -110,13 +120,17 @@ def run_local(
         if shuffle:
             random.Random(seed).shuffle(order)
         half = len(order) // 2 if restart and len(order) > 1 else None
-        ctx = _collate_context(project)
+        done: dict[str, None] = {}  # its keys() are the read-only set ctx.done shows, as on a farm
+        ctx = _collate_context(project, done)
+        project.output_dir.mkdir(parents=True, exist_ok=True)
         for i, job in enumerate(order):
             if i == half:
-                media, ctx = _restart(media, ctx, project)
+                media, ctx = _restart(media, ctx, project, done)
                 run.restarted_after = i
             media.collate(job, run.results[job.key], staged[job.key], ctx)
             run.collated.append(job.key)
+            done[job.key] = None
+        project.output_dir.mkdir(parents=True, exist_ok=True)
         run.outputs = media.finalize(ctx)
     return run
 
@@ -174,11 +188,26 @@ def _wire_result(job: Job, result: Any) -> Any:
     return got["results"][0]["result"]
 
 
-def _collate_context(project: Project) -> CollateContext:
-    return CollateContext(project, project.output_dir, {}, logging.getLogger("farm.collate"))
+def _controller_project(path: Path | str, output: str | None, wire: dict[str, Any]) -> Project:
+    """The project as a controller reads it: no renderer checks, the submitter's facts instead."""
+    project = load_project(path, output=output, renderer_checks=False, facts=wire.get("facts"))
+    made, want = _wire_project(project)["settings"], wire["settings"]
+    if made != want:
+        differ = sorted(k for k in {*made, *want} if made.get(k) != want.get(k))
+        raise PluginError(f"{project.media_type}.configure made other settings without renderer checks "
+                          f"(as on a controller, given the renderer facts {wire.get('facts')!r}) than with them: "
+                          f"{', '.join(map(repr, differ))} differ; put what only the renderer can tell in "
+                          "renderer_facts and read it from settings.facts")
+    return project
 
 
-def _restart(media: MediaType, ctx: CollateContext, project: Project) -> tuple[MediaType, CollateContext]:
+def _collate_context(project: Project, done: dict[str, None]) -> CollateContext:
+    logger = logging.getLogger("farm.collate")
+    return CollateContext(project, project.output_dir, {}, logger, done=done.keys())
+
+
+def _restart(media: MediaType, ctx: CollateContext, project: Project,
+             done: dict[str, None]) -> tuple[MediaType, CollateContext]:
     """A fresh media type instance and an empty ``state``, as a controller has after a restart.
 
     What the old state held is closed, as the old process's open files are when it dies.
@@ -189,4 +218,4 @@ def _restart(media: MediaType, ctx: CollateContext, project: Project) -> tuple[M
             with contextlib.suppress(Exception):
                 close()
     log.debug("simulated controller restart after %s", ctx.state.keys())
-    return type(media)(), _collate_context(project)
+    return type(media)(), _collate_context(project, done)

@@ -116,8 +116,8 @@ def test_job_round_trip(journal: Journal) -> None:
     with pytest.raises(KeyError, match="'running'"):
         journal.result("p", "running")
     assert journal.failed_jobs("p") == [FailedJob("bad", "RenderError: boom", "line 1\nline 2", 3)]
-    assert journal.counts("p") == {"done": 2, "failed": 1}
-    assert journal.counts("other") == {"done": 0, "failed": 0}
+    assert journal.counts("p") == {"done": 2, "failed": 1, "reused": 0}
+    assert journal.counts("other") == {"done": 0, "failed": 0, "reused": 0}
     assert journal.done_keys("other") == set()
     # lease and agent outlive the transition to done: the row still says who rendered it
     journal.flush()
@@ -147,7 +147,7 @@ def test_a_later_state_replaces_an_earlier_one(journal: Journal, db_path: Path, 
     with pytest.raises(KeyError):
         journal.result("p", "k")
     assert journal.lookup_cache("c") is None
-    assert journal.counts("p") == {"done": 0, "failed": 0}
+    assert journal.counts("p") == {"done": 0, "failed": 0, "reused": 0}
     journal.job_done("p", "k", 8)
     journal.flush()
     # one row; lease and agent come from the last start, attempts from the failure
@@ -161,7 +161,7 @@ def test_reads_see_the_batch_without_committing_it(journal: Journal, db_path: Pa
     journal.job_failed("p", "b", "e", "l", 2)
     assert journal.is_done("p", "a") and journal.result("p", "a") == {"v": 1}
     assert journal.done_keys("p") == {"a"}
-    assert journal.counts("p") == {"done": 1, "failed": 1}
+    assert journal.counts("p") == {"done": 1, "failed": 1, "reused": 0}
     assert journal.lookup_cache("h") == CacheHit("p", "a", {"v": 1})
     journal.job_done("p", "c", None)  # after the batch went into the open transaction
     assert journal.done_keys("p") == {"a", "c"}
@@ -355,7 +355,7 @@ def test_sigkill_loses_only_the_open_batch(db_path: Path) -> None:
         assert [p.project_id for p in j.unfinished_projects()] == ["p"]
         j.job_done("p", "after", None)  # and it is writable again
         j.flush()
-        assert j.counts("p") == {"done": 301, "failed": 0}
+        assert j.counts("p") == {"done": 301, "failed": 0, "reused": 0}
 
 
 def test_sigkill_while_committing_never_corrupts(db_path: Path) -> None:
@@ -427,7 +427,7 @@ def test_journal_matches_a_model(ops: list[tuple[str, str, int]], max_batch: int
             assert all(j.result("p", k) == {"v": v} for k, v in done.items())
             assert j.done_keys("p") == set(done)
             assert [(f.key, f.attempts) for f in j.failed_jobs("p")] == sorted(failed.items())
-            assert j.counts("p") == {"done": len(done), "failed": len(failed)}
+            assert j.counts("p") == {"done": len(done), "failed": len(failed), "reused": 0}
         j.close()
         assert committed(path, "SELECT count(*) FROM jobs") == [(len(model),)]
 

@@ -32,6 +32,7 @@ from farm.agent.trust import job_refusal, project_refusal
 from farm.endpoints import HANDSHAKE_FAILED, reachable
 from farm.errors import ProtocolError
 from farm.ids import check_name
+from farm.plugins import get_plugins
 from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ class Agent:
             "held": sorted(self.held),
             "version": __version__,
             "session": self.session,
+            "plugins": get_plugins().versions(),  # a controller with other versions sends us none of theirs
         }
         if self.pool.broken:
             body["broken"] = self.pool.broken

@@ -99,6 +99,8 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
         parts.append("finalizing")
     if update.get("stalled"):
         parts.append(f"waiting: {update['stalled']}")
+    elif update.get("skipped"):  # others render it; these agents have another version of its plugin
+        parts.append(f"not on: {'; '.join(update['skipped'])}")
     return SEP.join(parts)
 
 

@@ -46,6 +46,8 @@ def status_text(report: dict[str, Any]) -> str:
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         elif a.get("state") in ("draining", "blocklisted"):
             lines.append(f"    {a['state']}" + (": takes no new jobs" if a["state"] == "draining" else " in a run"))
+        for media_type, why in (a.get("skew") or {}).items():
+            lines.append(f"    takes no {media_type} jobs: {why}")
         if a.get("current"):
             lines.append(f"    running: {', '.join(a['current'])}")
     for r in report.get("refused") or ():  # cut off for their key: not rendering any more
@@ -70,6 +72,8 @@ def status_text(report: dict[str, Any]) -> str:
         lines.append(line)
         if p.get("stalled"):
             lines.append(f"    waiting: {p['stalled']}")
+        for why in p.get("skipped") or ():
+            lines.append(f"    not on: {why}")
         if p.get("error"):
             lines.append(f"    error: {p['error']}")
     return "\n".join(lines)

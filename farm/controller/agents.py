@@ -17,6 +17,7 @@ import zmq
 from farm.controller.registry import AgentState
 from farm.controller.run import Lease
 from farm.controller.staging import oversize, stage
+from farm.controller.versions import read_versions, skew
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_name
 from farm.protocol import JobResult, Message, T, pack
@@ -77,6 +78,7 @@ class AgentSide:
         session = body.get("session") or ""
         agent_id, previous = self._identify(identity, known, claimed, session, key)
         broken = body.get("broken")
+        plugins = read_versions(body.get("plugins"))
         agent = AgentState(
             identity=identity,
             id=agent_id,
@@ -90,7 +92,11 @@ class AgentSide:
             caps=set(body["caps"]),
             missing=body.get("missing") if isinstance(body.get("missing"), dict) else {},
             held=set(body["held"]),
+            plugins=plugins,
         )
+        agent.skew = skew(agent.id, plugins, agent.caps)
+        for why in agent.skew.values():
+            log.warning("%s: it gets none of that media type's jobs", why)
         self.scheduler.join(agent, previous)
         if agent.broken:
             log.warning("agent %s on %s is broken and takes no jobs: %s", agent.id, agent.host, agent.broken)

@@ -93,7 +93,8 @@ class ClientSide:
             self.uploads[token] = (identity, {**body, "priority": priority}, folder)
             self._send(identity, T.UPLOAD, {"token": token, "files": self.assets.endpoint})
             return
-        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False)
+        self._start_run(identity, wire["root"], wire.get("output"), priority, uploaded=False,
+                        facts=wire.get("facts"))
 
     def _give_up_upload(self, token: str, why: str) -> None:
         identity, _, folder = self.uploads.pop(token)
@@ -116,11 +117,13 @@ class ClientSide:
         if not upload.ok:
             self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
             return
-        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True)
+        self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True,
+                        facts=body["project"].get("facts"))
 
-    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool) -> None:
+    def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool,
+                   facts: Any = None) -> None:
         """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
-        self.intake.read(identity, root, output, uploaded=uploaded,
+        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts,
                          then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
 
     def _intake_done(self, intake: Intake) -> None:
@@ -199,7 +202,7 @@ class ClientSide:
 
     def _send_update(self, run: ProjectRun) -> None:
         """Announce a run's progress (an event only when it changed); its followers get it as an UPDATE."""
-        snap = run.snapshot(self.scheduler.stalled(run))
+        snap = self.scheduler.describe(run)
         if self.progress_gate.changed(run.id, snap, time.monotonic()):
             self.events.publish("progress", run.id, None, None, snap)
         for identity in list(self.followers.get(run.id, ())):
@@ -241,7 +244,7 @@ class ClientSide:
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a),
                         "state": self.scheduler.agent_state(a)} for a in self.registry],
-            "projects": [r.snapshot(self.scheduler.stalled(r)) for r in self.runs.values()],
+            "projects": [self.scheduler.describe(r) for r in self.runs.values()],
             "stats": dict(self.stats),
             "refused": self.registry.refusals(time.time()),  # cut off for their key
             "refused_keys": self.security.refused_keys() if self.security is not None else [],

@@ -94,14 +94,15 @@ class IntakeQueue:
         return None
 
     def read(self, identity: bytes, root: Any, output: Any, *, uploaded: bool,
-             then: Callable[[Prepared], None]) -> None:
+             then: Callable[[Prepared], None], facts: Any = None) -> None:
         """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`)."""
         self._pending[identity] = self._pending.get(identity, 0) + 1
         intake = Intake(identity, then)
 
         def work() -> None:
             try:
-                intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes, limits=self.limits)
+                intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes,
+                                        limits=self.limits, facts=facts)
             except FarmError as exc:
                 intake.error = str(exc)
             except RecursionError:
@@ -135,8 +136,11 @@ class IntakeQueue:
 
 
 def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
-            limits: IntakeLimits = DEFAULT_INTAKE_LIMITS) -> Prepared:
-    """Check, load and hash a project; raises `FarmError` with the reason (and place) it was refused."""
+            limits: IntakeLimits = DEFAULT_INTAKE_LIMITS, facts: Any = None) -> Prepared:
+    """Check, load and hash a project; raises `FarmError` with the reason (and place) it was refused.
+
+    ``facts``: the renderer facts the submitter sent (`Project.facts`), checked by the media type.
+    """
     deadline = time.monotonic() + limits.max_seconds
     folder = check_path_text(root, "project folder")
     if output is not None:
@@ -146,7 +150,10 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
     check_project_file(folder, limits)
     if not uploaded:
         check_owned(folder)
-    project = load_project(folder, output=output, renderer_checks=False)  # they ran where it was submitted
+    if facts is not None:
+        check_depth(facts, limits.max_depth, "the renderer facts sent with the project")
+    # the renderer checks ran where it was submitted; what they found comes as facts
+    project = load_project(folder, output=output, renderer_checks=False, facts=facts)
     if not uploaded:
         check_output(project.root, project.output)
     check_depth(project.settings, limits.max_depth, f"{project.file}: [{project.media_type}]")

@@ -26,6 +26,8 @@ class AgentState:
     key_name: str | None = None  # that key's name in the controller's allowed/ folder
     session: str = ""  # the agent process's secret token: a reconnect shows it, an impostor cannot
     broken: str | None = None  # why it cannot run anything (its workers die at start), if so
+    plugins: dict[str, str] | None = None  # {media type: plugin version} it said it has (None: not said)
+    skew: dict[str, str] = field(default_factory=dict)  # media type -> why it gets none of its jobs
     held: set[str] = field(default_factory=set)  # leases it holds, known to us or not
     known_projects: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
@@ -53,7 +55,8 @@ class AgentState:
         self.avg_job_s = duration if self.avg_job_s is None else 0.8 * self.avg_job_s + 0.2 * duration
 
     def can_run(self, media_type: str, requirements: tuple[str, ...]) -> bool:
-        return self.broken is None and self.able(media_type, requirements)
+        """It may get this media type's jobs now: able, not broken, with the controller's plugin version."""
+        return self.broken is None and media_type not in self.skew and self.able(media_type, requirements)
 
     def able(self, media_type: str, requirements: tuple[str, ...]) -> bool:
         """It has what the media type needs (whether or not it is broken now)."""
@@ -72,6 +75,8 @@ class AgentState:
             "failed": self.failed,
             "last_heartbeat_s": round(now - self.last_seen, 2),
             "broken": self.broken,
+            "plugins": self.plugins,
+            "skew": self.skew,
         }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
+from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.controller.units import UnitCounter
@@ -83,7 +84,9 @@ class ProjectRun:
         self.started_mono = time.monotonic()
         self.finished_mono: float | None = None
         self.first_dispatch_s: float | None = None
-        self.ctx = CollateContext(project, project.output_dir, {}, logging.getLogger(f"farm.collate.{media.name}"))
+        self.outcomes = {o: JobKeys(journal, run_id, o) for o in ("done", "failed", "reused")}
+        collate_log = logging.getLogger(f"farm.collate.{media.name}")
+        self.ctx = CollateContext(project, project.output_dir, {}, collate_log, **self.outcomes)
         # for other threads (the dashboard's previews): fixed for the run, settings copied read-only
         settings = MappingProxyType(copy.deepcopy(dict(project.settings)))
         self.facts = RunFacts(run_id, project.name, media, settings, project.output_dir, self.submitted)
@@ -104,19 +107,22 @@ class ProjectRun:
         self.unmet: dict[str, set[str]] = {}  # job key -> dependencies not done yet
         self.leases: dict[str, Lease] = {}  # job key -> current lease
         # Done jobs live in the journal; only a resumed run keeps their keys in memory, to skip them.
-        self.done_keys: set[str] = journal.done_keys(run_id) if journal.counts(run_id)["done"] else set()
+        before = journal.counts(run_id)
+        self.done_keys: set[str] = journal.done_keys(run_id) if before["done"] else set()
         self.attempts: collections.Counter[str] = collections.Counter()
         self.lost: collections.Counter[str] = collections.Counter()
         self.conduct = Conduct()  # strikes, hand-backs, blocklist: farm.controller.policy
         self.stuck_since: float | None = None  # since when no agent can make progress on it
-        self.failures: dict[str, Failure] = {}
+        # a resumed run keeps what failed for good before the restart: failed, not run again
+        self.failures = {f.key: Failure(f.key, f.error, f.log, f.attempts)
+                         for f in (journal.failed_jobs(run_id) if before["failed"] else ())}
         # lease ids: unique across runs and controller restarts, cheap to make
         self._lease_prefix = uuid.uuid4().hex[:8]
         self._lease_numbers = itertools.count()
         self.progress: dict[str, float] = {}
         self.done = len(self.done_keys)
         self.resumed = self.done
-        self.reused = 0
+        self.reused = before["reused"]
         self.outputs: list[str] = []
         self.assets: dict[str, Any] = {}  # where agents fetch the project's files (file synchroniser)
         self.manifest: Any = None  # the assets' `farm.filesync.Manifest`, for cache keys
@@ -198,7 +204,7 @@ class ProjectRun:
             if hit is None:
                 return False
             result, outputs = hit
-            self.media.collate(job, result, outputs, self.ctx)
+            self._collate(job, result, outputs)
         except Exception as exc:  # a cache that fails us is only a missed shortcut
             log.warning("%s: could not reuse %s: %r; rendering it", self.project.name, job.key, exc)
             return False
@@ -230,6 +236,11 @@ class ProjectRun:
         self.units.seen(job)
         if job.key in self.done_keys:
             self.units.resumed_done(job.key)
+            return None
+        if job.key in self.failures:  # failed for good before a restart: stays failed, retryable by hand
+            if self.failures[job.key].job is None:
+                self.failures[job.key].job = job
+            self.units.job_failed(job.key)
             return None
         unmet = set()
         for dep in job.deps:
@@ -272,7 +283,7 @@ class ProjectRun:
         key = lease.job.key
         if self.cache is not None and key in self.cache_keys:
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
-        self.media.collate(lease.job, result, outputs, self.ctx)
+        self._collate(lease.job, result, outputs)
         del self.leases[key]
         self.progress.pop(key, None)
         self._attempt(lease, "done", None)
@@ -280,12 +291,20 @@ class ProjectRun:
             self._blocklisted(agent, self.blocklist[agent])
         self._done(key, result, lease.agent_id)
 
+    def _collate(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
+        self.project.output_dir.mkdir(parents=True, exist_ok=True)  # the lifecycle's promise, every path
+        self.media.collate(job, result, outputs, self.ctx)
+
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
         self.emit("agent.blocklisted", self.id, None, agent, {"reason": why})
 
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
-        self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None))
+        self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None), reused=reused)
+        self.outcomes["done"].add(key)
+        self.outcomes["failed"].discard(key)
+        if reused:
+            self.outcomes["reused"].add(key)
         self.done += 1
         self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, {"reused": reused})
@@ -346,6 +365,7 @@ class ProjectRun:
         self.failures[key] = Failure(key, error, log_text, self.attempts[key], job, agent)
         self.units.job_failed(key)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
+        self.outcomes["failed"].add(key)
         log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
@@ -419,6 +439,13 @@ class ProjectRun:
     def all_in(self) -> bool:
         return self.exhausted and not self.leases and not self.ready and not self.unmet
 
+    def start_finalizing(self) -> None:
+        """On the loop, before `finalize` goes to its thread: commit what finalize will read."""
+        self.state = "finalizing"
+        self.journal.flush()
+        for keys in self.outcomes.values():
+            keys.settled()
+
     def finalize(self) -> list[str]:
         """Run the media type's finalize (in a thread of the controller: it may be slow).
 
@@ -426,6 +453,7 @@ class ProjectRun:
         there a failing finalize is only logged, the run has failed already.
         """
         try:
+            self.project.output_dir.mkdir(parents=True, exist_ok=True)  # also with no jobs, or all reused
             return [str(p) for p in self.media.finalize(self.ctx)]
         except Exception as exc:
             if not (self.error or self.failures):

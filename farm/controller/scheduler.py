@@ -102,12 +102,25 @@ class Scheduler:
                 reasons.append(f"{a.id}: broken: {a.broken}")
             elif a.id in run.blocklist:
                 reasons.append(f"{a.id}: blocklisted ({run.blocklist[a.id]})")
+            elif run.media.name in a.skew:
+                reasons.append(a.skew[run.media.name])
             elif run.media.name not in a.caps:
                 reasons.append(f"{a.id}: {a.missing.get(run.media.name, 'does not have this media type')}")
             else:
                 needs = [r for r in run.media.requirements if r not in a.caps]
                 reasons.append(f"{a.id}: lacks {', '.join(needs)}")
         return f"no connected agent can render {run.media.name!r} ({'; '.join(reasons)})"
+
+    def skipped(self, run: ProjectRun) -> list[str]:
+        """Why connected agents that have this run's media type get none of its jobs (another
+        version of its plugin), for the run's progress; empty when none do."""
+        if not run.active:
+            return []
+        return [a.skew[run.media.name] for a in self.registry if run.media.name in a.skew]
+
+    def describe(self, run: ProjectRun) -> dict:
+        """The run's snapshot for people: why it waits (`stalled`), which agents it skips (`skipped`)."""
+        return {**run.snapshot(self.stalled(run)), "skipped": self.skipped(run)}
 
     # -- what happened --------------------------------------------------------------
 

@@ -299,7 +299,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
         for record in self.journal.unfinished_projects():
             wire = record.wire
             try:
-                project = load_project(wire["root"], output=wire.get("output"), renderer_checks=False)
+                project = load_project(wire["root"], output=wire.get("output"), renderer_checks=False,
+                                       facts=wire.get("facts"))
                 media = get_media_type(project.media_type)
             except (FarmError, KeyError, TypeError) as exc:
                 log.error("cannot resume project %s: %s", record.project_id, exc)
@@ -418,7 +419,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
     def _check_finalizing(self) -> None:
         for run in self.runs.values():
             if run.active and run.all_in():
-                run.state = "finalizing"
+                run.start_finalizing()
                 self.finalizing[run.id] = self._executor.submit(run.finalize)
         for run_id, future in list(self.finalizing.items()):
             if future.done():

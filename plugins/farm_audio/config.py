@@ -2,7 +2,9 @@
 
 Cheap checks (types, outputs, unknown keys) come first; then ffmpeg reads the input's
 header, runs the chain on a generated signal, and decodes the input once to count its
-samples exactly, so a bad project fails here and not in the middle of a render.
+samples exactly, so a bad project fails here and not in the middle of a render. What ffmpeg
+found (the facts, `farm_audio.facts`) is all the settings need from it: a controller, which
+runs no renderer checks, derives the same settings from the facts the submitter sent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from farm_audio.chain import (
     parse_chain,
     pinned_text,
 )
+from farm_audio.facts import MAX_PROJECT_RATE, check_length, submitted_facts
 from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
 from farm_audio.segments import count_segments
 from farm_audio.source import content_digest
@@ -44,7 +47,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 def read_settings(s: SettingsReader) -> dict[str, Any]:
     input_rel = s.asset("input")
-    rate_setting = s.integer("sample_rate", None, min=8000, max=384000)
+    rate_setting = s.integer("sample_rate", None, min=8000, max=MAX_PROJECT_RATE)
     channels_setting = s.get("channels", None)
     filters_text = s.str("filters", "")
     segment_s = s.number("segment", DEFAULT_SEGMENT_S, min=0.001)
@@ -63,49 +66,31 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         filters = parse_chain(filters_text)
     except ChainSyntaxError as exc:
         raise s.error("filters", f"not a filter chain: {exc}") from None
-    _check_names(s, filters)
+    # The controller measures nothing: the submitter's ffmpeg did, and sent what it found (a
+    # submitter from before facts existed sends none: then this host's ffmpeg measures).
+    measuring = s.renderer_checks or not s.facts
+    _check_names(s, filters, measuring)
     loudnorm = _loudnorm_index(s, filters)
-
-    try:  # ffmpeg reads it here, with the controller's rights: never through a link out of the project
+    try:  # ffmpeg reads it here, with this host's rights: never through a link out of the project
         path = resolve_inside(s.root, input_rel)
     except UnsafePath as exc:
         raise s.error("input", str(exc)) from None
-    try:
-        info = probe.probe_stream(path)
-    except probe.ProbeError as exc:
-        raise s.error("input", f"cannot read {input_rel!r}: {exc}") from None
-    sample_rate = rate_setting or info.sample_rate
-    layout = probe.raw_layout(info.layout) if channels_setting is None else _layout(s, channels_setting)
+    leads = (segment_s, lead_in_setting, lead_out_setting)
+    if measuring:
+        found = _measure(s, path, input_rel, filters, loudnorm, rate_setting, channels_setting, leads)
+    else:
+        found = submitted_facts(s)
+
+    sample_rate, layout, convert, raw = _format(s, found, rate_setting, channels_setting)
+    check_length(s, found["samples"], sample_rate)
     try:
         outputs = encode.parse_outputs(output_specs, sample_rate)
     except encode.OutputSpecError as exc:
         raise s.error("outputs", str(exc)) from None
-
-    # The source every job reads: the decoded input, converted once if the project asks for
-    # another rate or layout (conversion is stateful, so it runs over the whole file).
-    converts = sample_rate != info.sample_rate or layout != probe.raw_layout(info.layout)
-    convert = f"{DOUBLE}:sample_rates={sample_rate}:channel_layouts={layout}" if converts else ""
-    raw = "f64le" if converts else probe.RAW_FORMATS.get(info.sample_fmt, "f64le")
-
-    shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
-    try:
-        measured = probe.measure(path, convert, info.codec)
-    except probe.ProbeError as exc:
-        raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
-    if measured.samples == 0:
-        raise s.error("input", f"{input_rel!r} holds no audio (zero samples)")
-
-    tail_s = shape.tail / sample_rate
-    lead_in_s = default_lead_in(filters, tail_s) if lead_in_setting is None else lead_in_setting
-    lead_out_s = default_lead_out(filters) if lead_out_setting is None else lead_out_setting
-    split = {
-        "sample_rate": sample_rate, "layout": layout, "channels": probe.layout_channels(layout), "raw": raw,
-        "out_channels": shape.channels, "segment": max(1, round(segment_s * sample_rate)),
-        "lead_in": math.ceil(lead_in_s * sample_rate), "lead_out": math.ceil(lead_out_s * sample_rate),
-    }
-    whole_file = _whole_file_reason(s, filters, loudnorm, split, measured.samples)
+    split, lead_in_s, lead_out_s = _plan(found, filters, sample_rate, layout, raw, leads)
+    whole_file = found["whole_file"]
     if whole_file:
-        split.update(segment=measured.samples, lead_in=0, lead_out=0)
+        split.update(segment=found["samples"], lead_in=0, lead_out=0)
         lead_in_s = lead_out_s = 0.0
     stat = path.stat()
     return {
@@ -114,8 +99,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         # what a worker's decoded copy and a resumed join are keyed by: a file rewritten with the
         # same size (and even the same mtime) is a new input
         "input_digest": content_digest(path),
-        "codec": info.codec,
-        "samples": measured.samples,
+        "codec": found["codec"],
+        "samples": found["samples"],
         "sample_rate": sample_rate,
         "layout": layout,
         "channels": probe.layout_channels(layout),
@@ -123,8 +108,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "raw": raw,
         "filters": chain_text(filters),
         "loudnorm": loudnorm,
-        "out_layout": probe.raw_layout(shape.layout),
-        "out_channels": shape.channels,
+        "out_layout": found["out_layout"],
+        "out_channels": found["out_channels"],
         "segment": split["segment"],
         "lead_in": split["lead_in"],
         "lead_out": split["lead_out"],
@@ -135,7 +120,64 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "pcm": encode.segment_pcm(outputs),
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
+        "probed": found,  # what ffmpeg found (`renderer_facts`): all the rest follows from it and the table
     }
+
+
+def _measure(s: SettingsReader, path: Path, input_rel: str, filters: list[Filter], loudnorm: int | None,
+             rate_setting: int | None, channels_setting: Any, leads: tuple[Any, ...]) -> dict[str, Any]:
+    """Ask ffmpeg: the input's format and exact length, the chain's shape, whether it splits.
+
+    Returns the facts (`farm_audio.facts.FACTS`) the settings are derived from.
+    """
+    try:
+        info = probe.probe_stream(path)
+    except probe.ProbeError as exc:
+        raise s.error("input", f"cannot read {input_rel!r}: {exc}") from None
+    found: dict[str, Any] = {"codec": info.codec, "source_rate": info.sample_rate,
+                             "source_layout": probe.raw_layout(info.layout), "source_fmt": info.sample_fmt}
+    sample_rate, layout, convert, raw = _format(s, found, rate_setting, channels_setting)
+    shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
+    try:
+        measured = probe.measure(path, convert, info.codec)
+    except probe.ProbeError as exc:
+        raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
+    if measured.samples == 0:
+        raise s.error("input", f"{input_rel!r} holds no audio (zero samples)")
+    check_length(s, measured.samples, sample_rate)
+    found.update(samples=measured.samples, tail=shape.tail, out_channels=shape.channels,
+                 out_layout=probe.raw_layout(shape.layout))
+    split, _, _ = _plan(found, filters, sample_rate, layout, raw, leads)
+    found["whole_file"] = _whole_file_reason(s, filters, loudnorm, split, measured.samples)
+    return found
+
+
+def _format(s: SettingsReader, found: dict[str, Any], rate_setting: int | None,
+            channels_setting: Any) -> tuple[int, str, str, str]:
+    """(sample rate, layout, conversion filter, raw PCM format) of the source every job reads:
+    the decoded input, converted once if the project asks for another rate or layout
+    (conversion is stateful, so it runs over the whole file)."""
+    sample_rate = rate_setting or found["source_rate"]
+    layout = found["source_layout"] if channels_setting is None else _layout(s, channels_setting)
+    converts = sample_rate != found["source_rate"] or layout != found["source_layout"]
+    convert = f"{DOUBLE}:sample_rates={sample_rate}:channel_layouts={layout}" if converts else ""
+    raw = "f64le" if converts else probe.RAW_FORMATS.get(found["source_fmt"], "f64le")
+    return sample_rate, layout, convert, raw
+
+
+def _plan(found: dict[str, Any], filters: list[Filter], sample_rate: int, layout: str, raw: str,
+          leads: tuple[Any, ...]) -> tuple[dict[str, Any], float, float]:
+    """The segments' format and lengths in samples, and the lead-in and lead-out in seconds."""
+    segment_s, lead_in_setting, lead_out_setting = leads
+    tail_s = found["tail"] / sample_rate
+    lead_in_s = default_lead_in(filters, tail_s) if lead_in_setting is None else lead_in_setting
+    lead_out_s = default_lead_out(filters) if lead_out_setting is None else lead_out_setting
+    split = {
+        "sample_rate": sample_rate, "layout": layout, "channels": probe.layout_channels(layout), "raw": raw,
+        "out_channels": found["out_channels"], "segment": max(1, round(segment_s * sample_rate)),
+        "lead_in": math.ceil(lead_in_s * sample_rate), "lead_out": math.ceil(lead_out_s * sample_rate),
+    }
+    return split, lead_in_s, lead_out_s
 
 
 def _whole_file_reason(
@@ -168,14 +210,14 @@ def _layout(s: SettingsReader, value: Any) -> str:
     raise s.error("channels", f"expected a channel count or a layout name, got {value!r}")
 
 
-def _check_names(s: SettingsReader, filters: list[Filter]) -> None:
-    """Every filter exists in this ffmpeg, is allowed, and can run on segments.
+def _check_names(s: SettingsReader, filters: list[Filter], measuring: bool) -> None:
+    """Every filter is allowed and can run on segments, and (``measuring``) exists in this ffmpeg.
 
     Nothing of the chain reaches ffmpeg before this passed (``ffmpeg -filters`` only lists).
     """
-    known = ffmpeg.audio_filters()
+    known = ffmpeg.audio_filters() if measuring else set()
     for f in filters:
-        if f.name not in known and f.name not in REFUSED:
+        if measuring and f.name not in known and f.name not in REFUSED:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
     try:
         check_allowed(filters)

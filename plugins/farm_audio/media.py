@@ -62,6 +62,10 @@ class AudioSegments(MediaType):
     def configure(self, settings: SettingsReader) -> dict[str, Any]:
         return read_settings(settings)
 
+    def renderer_facts(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        # what ffmpeg found (farm_audio.facts): a controller derives the same settings from them
+        return settings["probed"]
+
     def count(self, project: Project) -> int:
         s = project.settings
         return count_segments(s["samples"], s["segment"]) + (s["loudnorm"] is not None)

@@ -99,3 +99,13 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "attribution": attribution,
         "description": description,
     }
+
+
+def submitted_buffer(s: SettingsReader, setting: int | None) -> int | None:
+    """The buffer on a controller, which does not load the style: ``[maptiles] buffer`` if set,
+    else the one the submitter's Mapnik derived (its renderer fact, checked), else None (each
+    agent then uses the style's ``buffer-size``, else 128 px)."""
+    facts = s.facts_reader()
+    derived = facts.integer("buffer", None, min=0, max=MAX_BUFFER)
+    facts.finish()
+    return setting if setting is not None else derived

@@ -78,13 +78,19 @@ class MapTiles(MediaType):
 
     def configure(self, settings: SettingsReader) -> dict[str, Any]:
         values = config.read_settings(settings)
-        if mapnik_missing() is None:
+        if not settings.renderer_checks:  # a controller: Mapnik's checks ran where it was submitted
+            values["buffer"] = config.submitted_buffer(settings, values["buffer"])
+        elif mapnik_missing() is None:
             style = settings.root / values["style"]
             try:
                 values["buffer"] = mapstyle.check_style(style, settings.root, values["buffer"])
             except mapstyle.StyleError as exc:
                 raise settings.error("style", f"cannot use style {values['style']!r}: {exc}") from None
         return values
+
+    def renderer_facts(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        # the metatile buffer Mapnik derived from the style's labels (None: nobody derived one)
+        return {} if settings["buffer"] is None else {"buffer": settings["buffer"]}
 
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
         # zoom and bbox only choose which metatiles exist (the params carry the tiles to cut);

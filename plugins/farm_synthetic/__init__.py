@@ -8,6 +8,7 @@ sockets; it never stands in for a real media type's own tests. Try a farm with i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -60,6 +61,8 @@ class Synthetic(MediaType):
             "inputs": _project_path(s, "inputs"),
             # how many `unit` each job holds; a list is cycled (job i holds list[i % len])
             "units_per_job": _units_per_job(s),
+            # finalize writes outcome.json: the run's done, failed and reused job keys (lifecycle tests)
+            "report": s.boolean("report", False),
         }
         s.finish()
         return settings
@@ -123,11 +126,17 @@ class Synthetic(MediaType):
             log.flush()
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
+        outputs = []
         log = ctx.state.pop("log", None)
         if log is not None:
             log.close()
-            return [ctx.output_dir / "collated.log"]
-        return []
+            outputs.append(ctx.output_dir / "collated.log")
+        if ctx.project.settings.get("report"):
+            report = ctx.output_dir / "outcome.json"
+            keys = {"done": ctx.done, "failed": ctx.failed, "reused": ctx.reused}
+            report.write_text(json.dumps({name: sorted(found) for name, found in keys.items()}))
+            outputs.append(report)
+        return outputs
 
 
 def _project_path(s: SettingsReader, key: str) -> str:
