@@ -33,9 +33,13 @@ from farm.keys import (  # re-exported: farm.security was their home
     read_certificate,
 )
 
+from farm.tokens import TokenStore
+
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "farm"
+JOIN_DOMAIN = "farm+join"  # the job socket's domain: there an unknown key may redeem a join token, nothing else
+JOINING = b"join:"  # User-Id prefix of a peer admitted only to redeem a token (farm.join)
 DEFAULT_SERVER_NAME = "controller"
 DEFAULT_CLIENT_NAME = "node"
 REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connected
@@ -54,6 +58,9 @@ class _AllowList:
         self.own = own
         self.local = local
         self.names: dict[bytes, str] = {}
+        self.revoked: dict[bytes, str] = {}
+        self.tokens = TokenStore(store)
+        self.tokens_live = (0.0, False)  # (when looked, whether a join token could be redeemed)
         self.stamp: frozenset[tuple[str, int, int, int]] | None = None
         self.refused: set[bytes] = set()
         self.checked = 0.0
@@ -75,6 +82,7 @@ class _AllowList:
             names = {key: name for name, key in allowed.items()}
             names.setdefault(self.own.public, self.own.name)  # whoever holds our secret is us
             self.names, self.stamp = names, stamp
+            self.revoked = {key: name for name, key in self.store.revoked().items()}
             self.refused.clear()
         if not allowed:  # expected on loopback, where local clients hold the controller's own key
             log.log(logging.INFO if self.local else logging.WARNING,
@@ -99,10 +107,21 @@ class _AllowList:
         if name is None:
             if key not in self.refused and len(self.refused) < 1000:
                 self.refused.add(key)
-                log.warning("refused a connection from unlisted key %s", key.decode())
+                revoked = self.revoked.get(key)
+                log.warning("refused a connection from %s key %s", f"revoked ({revoked})" if revoked else "unlisted",
+                            key.decode())
             return False
         log.debug("authenticated %s (%s)", name, key.decode())
         return True
+
+    def joinable(self) -> bool:
+        """Whether a join token could be redeemed now (looked up at most once a second)."""
+        when, live = self.tokens_live
+        now = time.monotonic()
+        if now - when >= REREAD_EVERY_S:
+            live = self.tokens.live()
+            self.tokens_live = (now, live)
+        return live
 
 
 class _ZapHandler:
@@ -164,7 +183,7 @@ class _ZapHandler:
 
         if version != b"1.0":
             return reply(b"400", b"unknown ZAP version")
-        if mechanism == b"NULL" and domain != ZAP_DOMAIN.encode():
+        if mechanism == b"NULL" and domain not in (ZAP_DOMAIN.encode(), JOIN_DOMAIN.encode()):
             return reply(b"200", b"OK", b"anonymous")  # someone else's socket: not ours to judge
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
             log.warning("refused a %s connection from %s: only CURVE is accepted",
@@ -172,7 +191,9 @@ class _ZapHandler:
             return reply(b"400", b"CURVE only")
         key = z85.encode(credentials[0])
         if not self.allow.allows(key):
-            return reply(b"400", b"key not allowed")
+            if domain == JOIN_DOMAIN.encode() and key not in self.allow.revoked and self.allow.joinable():
+                return reply(b"200", b"OK", JOINING + key)  # it may send one JOIN (farm.join), nothing else
+            return reply(b"400", b"key revoked" if key in self.allow.revoked else b"key not allowed")
         return reply(b"200", b"OK", key)
 
     def stop(self) -> None:
@@ -208,8 +229,12 @@ class ServerSecurity:
         """Handshakes refused so far (unlisted keys, other mechanisms): a figure for status."""
         return self._zap.refusals if self._zap is not None else self._refusals_at_stop
 
-    def socket_setup(self, sock: zmq.Socket) -> None:
-        """Make `sock` a CURVE server that admits only allowed keys (call before bind)."""
+    def socket_setup(self, sock: zmq.Socket, *, enrolment: bool = False) -> None:
+        """Make `sock` a CURVE server that admits only allowed keys (call before bind).
+
+        `enrolment` (the controller's job socket): while a join token is live, an unknown key
+        also completes the handshake, marked (`joining`) so that it may only redeem a token.
+        """
         if self._zap is None:
             raise SecurityError("this ServerSecurity is stopped")
         if sock.context is not self.context:
@@ -217,7 +242,7 @@ class ServerSecurity:
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
-        sock.zap_domain = ZAP_DOMAIN.encode()
+        sock.zap_domain = (JOIN_DOMAIN if enrolment else ZAP_DOMAIN).encode()
         # Without a running ZAP handler libzmq would admit any CURVE client; enforcing refuses all.
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
@@ -232,6 +257,17 @@ class ServerSecurity:
         connected, so check its messages with this.
         """
         return user_id is not None and self._allow.allows(user_id.encode(), max_age=REREAD_EVERY_S)
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self._allow.tokens
+
+    @staticmethod
+    def joining(user_id: str | None) -> bytes | None:
+        """The key of a peer admitted only to redeem a join token; None for anyone else."""
+        if user_id and user_id.startswith(JOINING.decode()):
+            return user_id[len(JOINING):].encode()
+        return None
 
     def name_of(self, user_id: str | None) -> str | None:
         """The allowed/ name of an authenticated key."""

@@ -38,6 +38,7 @@ from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
 from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
+from farm import join
 from farm.security import ServerSecurity, authenticated_id
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ class Controller(AgentSide, ClientSide):
         security: ServerSecurity | None = None,
         intake_limits: IntakeLimits = DEFAULT_INTAKE_LIMITS,
         scheduler: Scheduler | None = None,
+        files_port: int | None = None,
     ) -> None:
         self.bind = bind
+        self.files_port = files_port  # None: the job port + 1 (farm.endpoints.files_bind)
         self.intake_limits = intake_limits
         self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
         self.heartbeat = heartbeat
@@ -166,7 +169,7 @@ class Controller(AgentSide, ClientSide):
         # that peer's traffic; agents take a fresh random routing id per connection instead.
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
-            self.security.socket_setup(self.sock)
+            self.security.socket_setup(self.sock, enrolment=True)  # unknown keys may redeem a join token here
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
@@ -176,7 +179,7 @@ class Controller(AgentSide, ClientSide):
             lock.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
         self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
-                                   self.security)
+                                   self.security, self.files_port)
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
@@ -285,12 +288,13 @@ class Controller(AgentSide, ClientSide):
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
                 return
-            key = None
+            key = joining = None
             if secured:
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
                 frames = [f.bytes for f in frames]
-                if not self.security.allows(key):
+                joining = self.security.joining(key)  # an unknown key let in to redeem a join token
+                if joining is None and not self.security.allows(key):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
@@ -300,6 +304,10 @@ class Controller(AgentSide, ClientSide):
                 msg = unpack(rest)
             except ProtocolError as exc:
                 self._bad(identity, str(exc))
+                continue
+            if joining is not None:
+                assert self.security is not None
+                self._fenced(identity, self._send_frames, identity, join.answer(self.security.tokens, joining, msg))
                 continue
             self._fenced(identity, self._handle, identity, msg, key)
 
@@ -331,6 +339,12 @@ class Controller(AgentSide, ClientSide):
             agent = self.registry.get(identity)
             if agent is not None:
                 self._drop_agent(agent, "sent too many bad messages")
+
+    def _send_frames(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("cannot answer %r: %s", identity[:32], exc)
 
     def _send(self, identity: bytes, kind: T, body: dict[str, Any] | None = None) -> bool:
         try:

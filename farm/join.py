@@ -1,0 +1,124 @@
+"""Joining a controller in one command: a node's own key, let in by a join token.
+
+The controller (`answer`): its job socket admits an unknown CURVE key while a join token is
+live, but marks the peer as joining (`ServerSecurity.joining`); such a peer may send a JOIN and
+nothing else. A good token puts the peer's key into ``allowed/`` under the name it asked for
+(made unique), and the answer says that name; anything else from it is answered with why it is
+not allowed. The token store is `farm.tokens`.
+
+The node (`join`): makes its own key pair if it has none, proves the token once over CURVE
+to the controller whose key the join argument names, keeps the controller's key, and from
+then on connects as itself. A node whose key this controller accepted before does not spend
+the token again (a restarted `farm agent --join ...` just connects).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from farm.errors import FarmError, ProtocolError
+from farm.handshake import HandshakeWatcher, accepted_before, remember_accepted
+from farm.keys import KeyPair, KeyStore, SecurityError, check_name
+from farm.protocol import Message, T, pack, unpack
+from farm.tokens import JoinRefused, TokenStore, parse_join
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 15.0
+SERVER_KEY_NAME = "controller"
+
+
+# -- the controller's side ---------------------------------------------------------------
+
+
+def answer(tokens: TokenStore, key: bytes, msg: Message) -> list[bytes]:
+    """The reply frames to a message from a joining peer (one whose key is not allowed yet)."""
+    if msg.type is not T.JOIN:
+        return pack(T.ERROR, {"message": f"our key {key.decode()} is not allowed at this controller: "
+                                         "join with a token (farm agent --join ..., see `farm keys invite`)"})
+    try:
+        wanted = check_name(msg.body["name"])
+    except SecurityError:
+        wanted = "node" if msg.body["role"] == "agent" else "client"
+    try:
+        name = tokens.redeem(msg.body["token"], key, wanted)
+    except JoinRefused as exc:
+        log.warning("refused a join by key %s: %s", key.decode(), exc)
+        return pack(T.ERROR, {"message": str(exc)})
+    return pack(T.JOINED, {"name": name})
+
+
+# -- the node's side -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Where a node joined and as what: the controller's url and key, our key pair, our name there."""
+
+    url: str
+    server_key: bytes
+    keys: KeyPair
+    name: str | None  # None: joined before, the token was not spent again
+
+
+def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str | None = None,
+         role: str = "agent", timeout: float = JOIN_TIMEOUT_S) -> Joined:
+    """Redeem a join argument (``URL#KEY.TOKEN``) with our own key pair `key_name` (made if missing).
+
+    Raises `FarmError` with the controller's reason (token used, expired, revoked, ...) or the
+    handshake's (`farm.handshake`).
+    """
+    url, server_key, token = parse_join(argument)
+    store = KeyStore(keys_dir)
+    if store.secret_path(key_name).exists():
+        pair = store.load(key_name)
+    else:
+        pair = store.create(key_name)
+        log.warning("made this %s's key pair %r in %s (public key %s)", "node" if role == "agent" else "client",
+                    key_name, store.root, pair.public.decode())
+    _keep_server_key(store, server_key)
+    if accepted_before(store, server_key, pair.public):
+        log.info("the controller at %s accepted our key before: connecting without the token", url)
+        return Joined(url, server_key, pair, None)
+    wanted = name or socket.gethostname().split(".")[0] or "node"
+    given = _redeem(url, server_key, pair, token, wanted, role, timeout)
+    remember_accepted(store, server_key, pair.public)
+    log.warning("joined the controller at %s as %s", url, given)
+    return Joined(url, server_key, pair, given)
+
+
+def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, role: str, timeout: float) -> str:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = pair.secret, pair.public, server_key
+    watcher = HandshakeWatcher(sock, url, our_key=pair.public, server_key=server_key)
+    try:
+        sock.connect(url)
+        sock.send_multipart(pack(T.JOIN, {"token": token, "name": name, "role": role}))
+        reply = watcher.receive(timeout, what="the answer to our join token")
+        try:
+            msg = unpack(reply)
+        except ProtocolError as exc:
+            raise FarmError(f"the controller at {url} answered the join with a bad message: {exc}") from None
+        if msg.type is T.JOINED:
+            return str(msg.body["name"])
+        if msg.type is T.ERROR:
+            raise FarmError(f"the controller at {url} refused the join: {msg.body['message']}")
+        raise FarmError(f"the controller at {url} answered the join with {msg.type.name}")
+    finally:
+        watcher.close()
+        sock.close(linger=0)
+
+
+def _keep_server_key(store: KeyStore, server_key: bytes) -> None:
+    """Store the controller's key as `controller`, unless another one is kept under that name."""
+    try:
+        store.add_public(SERVER_KEY_NAME, server_key.decode())
+    except SecurityError as exc:
+        log.info("not storing the controller's key as %r: %s", SERVER_KEY_NAME, exc)
