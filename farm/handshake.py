@@ -8,7 +8,7 @@ silence. A socket monitor tells them apart (libzmq 4.3's events, as seen on the 
 | nothing listens | CONNECT_RETRIED again and again, never CONNECTED |
 | we use keys, the controller does not (or the reverse) | HANDSHAKE_FAILED_PROTOCOL, ZMTP mechanism mismatch |
 | the controller does not allow our key | HANDSHAKE_FAILED_AUTH with the ZAP status 400 |
-| the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL (it cannot open our HELLO) |
+| the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL at every attempt (it cannot open our HELLO) |
 
 A refused key that this controller accepted before (remembered in our keys folder,
 ``accepted/``, after each successful join or welcome) was revoked. Messages show the
@@ -61,21 +61,25 @@ class HandshakeWatcher:
     """Watches one DEALER's connection to the controller at `url` and explains a failure.
 
     `our_key` / `server_key`: the Z85 keys in use (None: plain text); `store`: our keys folder,
-    to tell a revoked key from one never allowed. Create it before `connect`.
+    to tell a revoked key from one never allowed; `token`: the id of the join token whose key
+    pair we use. Create it before `connect`.
     """
 
     def __init__(self, sock: zmq.Socket, url: str, *, our_key: bytes | None = None,
-                 server_key: bytes | None = None, store: KeyStore | None = None) -> None:
+                 server_key: bytes | None = None, store: KeyStore | None = None, token: str | None = None) -> None:
         self.sock = sock
         self.url = url
         self.our_key = our_key
         self.server_key = server_key
         self.store = store
+        self.token = token  # a join token's id: we are proving it, not a key of our own
         self.monitor: zmq.Socket | None = sock.get_monitor_socket(EVENTS)
         self.connected = False
         self.secured = False  # a handshake succeeded
         self.refused_since: float | None = None
         self.retries = 0
+        self.no_detail = 0
+        self.mismatch = False
 
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object) -> HandshakeWatcher:
@@ -90,11 +94,12 @@ class HandshakeWatcher:
         problem = None
         while self.monitor is not None and self.monitor.poll(0):
             event = parse_monitor_message(self.monitor.recv_multipart())
-            problem = self._judge(event["event"], event["value"]) or problem
+            found = self._judge(event["event"], event["value"])
+            problem = problem or found
         if problem is None and not self.connected and self.refused_since is not None and self.retries >= 2 \
                 and time.monotonic() - self.refused_since >= NOTHING_LISTENS_AFTER_S:
-            problem = (f"nothing listens at {self.url} (connection refused): is the controller running, "
-                       "and is that its address and port?")
+            problem = (f"no answer from the controller at {self.url}: nothing listens there (connection "
+                       "refused); is the controller running, and is that its address and port?")
         return problem
 
     def _judge(self, kind: int, value: int) -> str | None:
@@ -109,25 +114,39 @@ class HandshakeWatcher:
             if self.store is not None and self.server_key and self.our_key:
                 remember_accepted(self.store, self.server_key, self.our_key)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
-            if self.our_key is None:
-                return (f"the controller at {self.url} requires keys and we have none (or run --insecure): "
-                        "join it with a token (`farm keys invite` on the controller), or give --keys-dir "
-                        "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
-            return (f"the controller at {self.url} runs without keys (--insecure) and we use CURVE keys: "
-                    "start it with keys, or pass --insecure here too (plain text, anyone on the network "
-                    "can then read and submit)")
+            self.mismatch = True
+            return self._mismatch()
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return f"the handshake with {self.url} failed: ZMTP protocol error {value:#x}"
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return self._refused(value)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one.
+            self.no_detail += 1
+            if self.our_key is None:
+                return self._mismatch()
+            if self.no_detail < 3 or self.mismatch:
+                return None
             return (f"the controller at {self.url} refused the secure handshake: it cannot read our hello, so "
                     f"the key we hold for it ({_show(self.server_key)}) is not its public key; compare it "
                     "with `farm keys show controller` on the controller's machine")
         return None
 
+    def _mismatch(self) -> str:
+        if self.our_key is None:
+            return (f"the controller at {self.url} requires keys and we have none (we run --insecure, or hold no "
+                    "key for it): join it with a token (`farm keys invite` on the controller), or give --keys-dir "
+                    "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
+        return (f"the controller at {self.url} runs without keys (--insecure) and we use CURVE keys: "
+                "start it with keys, or pass --insecure here too (plain text, anyone on the network "
+                "can then read and submit)")
+
     def _refused(self, status: int) -> str:
         ours = _show(self.our_key)
+        if self.token is not None:
+            return (f"the controller at {self.url} refused join token {self.token} in the handshake (ZAP status "
+                    f"{status}): it has no such token (removed, or made by another controller); ask for a new "
+                    "one (`farm keys invite`)")
         if self.store is not None and self.server_key and self.our_key \
                 and accepted_before(self.store, self.server_key, self.our_key):
             return (f"the controller at {self.url} refused the secure handshake: it accepted our key {ours} "

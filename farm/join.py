@@ -1,14 +1,14 @@
 """Joining a controller in one command: a node's own key, let in by a join token.
 
-The controller (`answer`): its job socket admits an unknown CURVE key while a join token is
-live, but marks the peer as joining (`ServerSecurity.joining`); such a peer may send a JOIN and
-nothing else. A good token puts the peer's key into ``allowed/`` under the name it asked for
-(made unique), and the answer says that name; anything else from it is answered with why it is
-not allowed. The token store is `farm.tokens`.
+The controller (`answer`): its job socket admits a peer whose CURVE key is a join token's
+key pair (`farm.tokens.token_keys`: only the token's holder has its secret), marked as
+joining (`ServerSecurity.joining`); such a peer may send a JOIN and nothing else. A live token
+puts the node's own public key into ``allowed/`` under the name it asked for (made unique),
+and the answer says that name; a used, expired or revoked token is answered with which.
 
-The node (`join`): makes its own key pair if it has none, proves the token once over CURVE
-to the controller whose key the join argument names, keeps the controller's key, and from
-then on connects as itself. A node whose key this controller accepted before does not spend
+The node (`join`): makes its own key pair if it has none, proves the token once by
+connecting with the token's key pair to the controller whose key the join argument names,
+sends its own public key, keeps the controller's key, and from then on connects as itself. A node whose key this controller accepted before does not spend
 the token again (a restarted `farm agent --join ...` just connects).
 """
 
@@ -23,9 +23,9 @@ import zmq
 
 from farm.errors import FarmError, ProtocolError
 from farm.handshake import HandshakeWatcher, accepted_before, remember_accepted
-from farm.keys import KeyPair, KeyStore, SecurityError, check_name
+from farm.keys import KeyPair, KeyStore, SecurityError, check_name, parse_key
 from farm.protocol import Message, T, pack, unpack
-from farm.tokens import JoinRefused, TokenStore, parse_join
+from farm.tokens import JoinRefused, TokenStore, parse_join, token_keys
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,19 @@ SERVER_KEY_NAME = "controller"
 # -- the controller's side ---------------------------------------------------------------
 
 
-def answer(tokens: TokenStore, key: bytes, msg: Message) -> list[bytes]:
-    """The reply frames to a message from a joining peer (one whose key is not allowed yet)."""
+def answer(tokens: TokenStore, token_id: str, msg: Message) -> list[bytes]:
+    """The reply frames to a message from a peer that proved join token `token_id`."""
     if msg.type is not T.JOIN:
-        return pack(T.ERROR, {"message": f"our key {key.decode()} is not allowed at this controller: "
-                                         "join with a token (farm agent --join ..., see `farm keys invite`)"})
+        return pack(T.ERROR, {"message": "a join token's key may only send JOIN; connect with the node's own key"})
+    key = parse_key(msg.body["key"])
+    if key is None:
+        return pack(T.ERROR, {"message": "JOIN: 'key' is not a 40-character Z85 public key"})
     try:
         wanted = check_name(msg.body["name"])
     except SecurityError:
         wanted = "node" if msg.body["role"] == "agent" else "client"
     try:
-        name = tokens.redeem(msg.body["token"], key, wanted)
+        name = tokens.redeem(token_id, key, wanted)
     except JoinRefused as exc:
         log.warning("refused a join by key %s: %s", key.decode(), exc)
         return pack(T.ERROR, {"message": str(exc)})
@@ -96,11 +98,12 @@ def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, r
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = pair.secret, pair.public, server_key
-    watcher = HandshakeWatcher(sock, url, our_key=pair.public, server_key=server_key)
+    proof_public, proof_secret = token_keys(token)  # the handshake itself proves we hold the token
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = proof_secret, proof_public, server_key
+    watcher = HandshakeWatcher(sock, url, our_key=proof_public, server_key=server_key, token=token.split("-")[0])
     try:
         sock.connect(url)
-        sock.send_multipart(pack(T.JOIN, {"token": token, "name": name, "role": role}))
+        sock.send_multipart(pack(T.JOIN, {"key": pair.public.decode(), "name": name, "role": role}))
         reply = watcher.receive(timeout, what="the answer to our join token")
         try:
             msg = unpack(reply)

@@ -34,7 +34,7 @@ class T(enum.IntEnum):
     RESULTS = 2
     PROGRESS = 3
     BYE = 4
-    JOIN = 5  # a new node or client redeems a join token (farm.join), the one message an unknown key may send
+    JOIN = 5  # a new node or client redeems a join token (farm.join): the one message a token's key may send
     # controller -> agent
     WELCOME = 10
     JOBS = 11
@@ -175,7 +175,7 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
-    T.JOIN: {"token": str, "name": str, "role": str},
+    T.JOIN: {"key": str, "name": str, "role": str},  # our own public key, the name we would like
     T.JOINED: {"name": str},
     T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
                 "agent": opt(str)},  # the id the controller knows the agent by

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "farm"
 JOIN_DOMAIN = "farm+join"  # the job socket's domain: there an unknown key may redeem a join token, nothing else
-JOINING = b"join:"  # User-Id prefix of a peer admitted only to redeem a token (farm.join)
+JOINING = "join:"  # User-Id prefix of a peer that proved a join token and may only redeem it (farm.join)
 DEFAULT_SERVER_NAME = "controller"
 DEFAULT_CLIENT_NAME = "node"
 REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connected
@@ -60,7 +60,8 @@ class _AllowList:
         self.names: dict[bytes, str] = {}
         self.revoked: dict[bytes, str] = {}
         self.tokens = TokenStore(store)
-        self.tokens_live = (0.0, False)  # (when looked, whether a join token could be redeemed)
+        self.token_keys: dict[bytes, str] = {}  # token public key -> token id
+        self.tokens_stamp: frozenset[tuple[str, int]] | None = None
         self.stamp: frozenset[tuple[str, int, int, int]] | None = None
         self.refused: set[bytes] = set()
         self.checked = 0.0
@@ -114,14 +115,12 @@ class _AllowList:
         log.debug("authenticated %s (%s)", name, key.decode())
         return True
 
-    def joinable(self) -> bool:
-        """Whether a join token could be redeemed now (looked up at most once a second)."""
-        when, live = self.tokens_live
-        now = time.monotonic()
-        if now - when >= REREAD_EVERY_S:
-            live = self.tokens.live()
-            self.tokens_live = (now, live)
-        return live
+    def token_for(self, key: bytes) -> str | None:
+        """The id of the join token whose key pair `key` is (`farm.tokens.token_keys`), else None."""
+        stamp = self.tokens.stamp()
+        if stamp != self.tokens_stamp:  # a token made, used or revoked
+            self.token_keys, self.tokens_stamp = self.tokens.by_key(), stamp
+        return self.token_keys.get(key)
 
 
 class _ZapHandler:
@@ -190,9 +189,9 @@ class _ZapHandler:
                         mechanism.decode("ascii", "replace"), address.decode("ascii", "replace"))
             return reply(b"400", b"CURVE only")
         key = z85.encode(credentials[0])
+        if domain == JOIN_DOMAIN.encode() and (token := self.allow.token_for(key)) is not None:
+            return reply(b"200", b"OK", (JOINING + token).encode())  # it may send a JOIN (farm.join), nothing else
         if not self.allow.allows(key):
-            if domain == JOIN_DOMAIN.encode() and key not in self.allow.revoked and self.allow.joinable():
-                return reply(b"200", b"OK", JOINING + key)  # it may send one JOIN (farm.join), nothing else
             return reply(b"400", b"key revoked" if key in self.allow.revoked else b"key not allowed")
         return reply(b"200", b"OK", key)
 
@@ -232,8 +231,9 @@ class ServerSecurity:
     def socket_setup(self, sock: zmq.Socket, *, enrolment: bool = False) -> None:
         """Make `sock` a CURVE server that admits only allowed keys (call before bind).
 
-        `enrolment` (the controller's job socket): while a join token is live, an unknown key
-        also completes the handshake, marked (`joining`) so that it may only redeem a token.
+        `enrolment` (the controller's job socket): a peer using a join token's key pair
+        (`farm.tokens.token_keys`) also completes the handshake, marked (`joining`) so that it
+        may only redeem that token.
         """
         if self._zap is None:
             raise SecurityError("this ServerSecurity is stopped")
@@ -263,10 +263,10 @@ class ServerSecurity:
         return self._allow.tokens
 
     @staticmethod
-    def joining(user_id: str | None) -> bytes | None:
-        """The key of a peer admitted only to redeem a join token; None for anyone else."""
-        if user_id and user_id.startswith(JOINING.decode()):
-            return user_id[len(JOINING):].encode()
+    def joining(user_id: str | None) -> str | None:
+        """The token id of a peer admitted only to redeem that join token; None for anyone else."""
+        if user_id and user_id.startswith(JOINING):
+            return user_id[len(JOINING):]
         return None
 
     def name_of(self, user_id: str | None) -> str | None:

@@ -1,10 +1,12 @@
 """Join tokens: a secret that lets a new node's own key into a controller's allowed list, once.
 
-A token is ``<id>-<secret>`` (8 + 32 hex digits). The controller keeps, per token,
-``tokens/<id>.json`` in its keys folder (mode 0600 in a 0700 folder) with the SHA-256 of the
-secret, never the secret: whoever reads the folder cannot join with what is stored there.
-A token expires, is single-use or reusable (a fleet), and can be revoked; each redemption is
-recorded with the name the key was allowed as.
+A token is ``<id>-<secret>`` (8 + 32 hex digits). The secret seeds a CURVE key pair
+(`token_keys`); a joining node connects with that pair, so holding the token is proven in the
+CurveZMQ handshake itself and a stranger is still refused there, before any message is read.
+The controller keeps, per token, ``tokens/<id>.json`` in its keys folder (mode 0600 in a 0700
+folder) with that pair's public key, never the secret: whoever reads the folder cannot join
+with what is stored there. A token expires, is single-use or reusable (a fleet), and can be
+revoked; each redemption is recorded with the name the key was allowed as.
 
 The join argument a node is given carries where to go, whom to trust and the token:
 ``<controller-url>#<controller-public-key>.<token>`` (`format_join`, `parse_join`).
@@ -13,7 +15,6 @@ The join argument a node is given carries where to go, whom to trust and the tok
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -23,6 +24,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import zmq
+from zmq.utils import z85
 
 from farm.keys import KeyStore, SecurityError, parse_key
 
@@ -42,10 +46,11 @@ class JoinRefused(SecurityError):
 
 @dataclass
 class Token:
-    """One token's record (the secret's digest only). Times are epoch seconds; `expires` None: never."""
+    """One token's record (the public key its secret seeds, not the secret). Times are epoch seconds;
+    `expires` None: never."""
 
     id: str
-    digest: str
+    public: str
     created: float
     expires: float | None
     single_use: bool
@@ -64,7 +69,7 @@ class Token:
         return "live"
 
     def row(self) -> dict[str, object]:
-        """What `farm keys tokens --json` shows: no digest."""
+        """What `farm keys tokens --json` shows."""
         return {"id": self.id, "state": self.state(), "single_use": self.single_use, "created": self.created,
                 "expires": self.expires, "uses": [u.get("name") for u in self.uses]}
 
@@ -102,8 +107,12 @@ def parse_join(text: str) -> tuple[str, bytes, str]:
     return url, key, token
 
 
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def token_keys(token: str) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 CURVE keys seeded by a whole token (``ID-SECRET``); the same on both sides."""
+    if not _TOKEN.fullmatch(token):
+        raise SecurityError("that is not a join token (ID-SECRET: 8 and 32 hex digits)")
+    secret = z85.encode(hashlib.sha256(b"farm join token\0" + token.encode()).digest())
+    return zmq.curve_public(secret), secret
 
 
 class TokenStore:
@@ -120,12 +129,13 @@ class TokenStore:
 
     def create(self, *, expires_s: float | None = DEFAULT_EXPIRY_S, single_use: bool = True) -> str:
         """A new token; returns it whole (``ID-SECRET``), the only time the secret exists."""
-        token_id, secret = secrets.token_hex(4), secrets.token_hex(16)
-        now = time.time()
-        self._save(Token(token_id, _digest(secret), now, None if expires_s is None else now + expires_s, single_use))
+        token = f"{secrets.token_hex(4)}-{secrets.token_hex(16)}"
+        token_id, now = token[:8], time.time()
+        self._save(Token(token_id, token_keys(token)[0].decode(), now,
+                         None if expires_s is None else now + expires_s, single_use))
         log.info("created join token %s (%s, %s)", token_id, "single-use" if single_use else "reusable",
                  "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
-        return f"{token_id}-{secret}"
+        return token
 
     def load(self, token_id: str) -> Token:
         path = self.path(token_id)
@@ -148,10 +158,17 @@ class TokenStore:
                 log.warning("%s", exc)
         return sorted(found, key=lambda t: t.created)
 
-    def live(self) -> bool:
-        """Whether any token could still be redeemed (then unknown keys may try, on the job socket only)."""
-        now = time.time()
-        return any(t.state(now) == "live" for t in self.all())
+    def stamp(self) -> frozenset[tuple[str, int]]:
+        """Names and mtimes of the records: changes when a token is made, used or revoked."""
+        try:
+            with os.scandir(self.root) as entries:
+                return frozenset((e.name, e.stat().st_mtime_ns) for e in entries if e.name.endswith(".json"))
+        except OSError:
+            return frozenset()
+
+    def by_key(self) -> dict[bytes, str]:
+        """Token public key -> token id, for every token on record (whatever its state)."""
+        return {t.public.encode(): t.id for t in self.all()}
 
     def revoke(self, token_id: str) -> Token:
         token = self.load(token_id)
@@ -160,26 +177,23 @@ class TokenStore:
         log.info("revoked join token %s", token_id)
         return token
 
-    def redeem(self, text: str, key: bytes, name: str) -> str:
-        """Allow `key` under `name` (made unique) for a good token; returns the name it was allowed as.
+    def redeem(self, token_id: str, key: bytes, name: str) -> str:
+        """Allow `key` under `name` (made unique) for a live token; returns the name it was allowed as.
 
-        A key allowed already keeps its name, and costs a single-use token nothing. Raises
-        `JoinRefused` naming the reason: unknown, wrong secret, revoked, expired, used.
+        The caller has proven the token (its handshake used the token's key pair). A key
+        allowed already keeps its name and costs a single-use token nothing. Raises
+        `JoinRefused` naming the reason: unknown, revoked, expired, used.
         """
-        match = _TOKEN.fullmatch(text)
-        if not match:
-            raise JoinRefused("that is not a join token (ID-SECRET)")
-        token = self.load(match.group(1))
-        if not hmac.compare_digest(token.digest, _digest(match.group(2))):
-            raise JoinRefused(f"join token {token.id}: wrong secret")
+        token = self.load(token_id)
         for allowed_name, allowed_key in self.keys.allowed().items():
             if allowed_key == key:
                 return allowed_name
         state = token.state()
         if state != "live":
-            how = {"revoked": "was revoked", "used": f"was used already (by {token.uses[0].get('name')}; it is "
-                   "single-use: ask for a new one, or a --reusable one for a fleet)",
-                   "expired": f"expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(token.expires))}"}
+            how = {"revoked": "was revoked (`farm keys revoke-token`)",
+                   "used": f"was used already (by {token.uses[0].get('name')}); it is single-use: ask for a new "
+                           "one, or a --reusable one for a fleet",
+                   "expired": "expired at " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires))}
             raise JoinRefused(f"join token {token.id} {how[state]}")
         name = self._free_name(name)
         self.keys.allow(key.decode(), name=name)
