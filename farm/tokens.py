@@ -189,12 +189,15 @@ class TokenStore:
             if allowed_key == key:
                 return allowed_name
         state = token.state()
-        if state != "live":
-            how = {"revoked": "was revoked (`farm keys revoke-token`)",
-                   "used": f"was used already (by {token.uses[0].get('name')}); it is single-use: ask for a new "
-                           "one, or a --reusable one for a fleet",
-                   "expired": "expired at " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires))}
-            raise JoinRefused(f"join token {token.id} {how[state]}")
+        if state == "revoked":
+            raise JoinRefused(f"join token {token.id} was revoked (`farm keys revoke-token`)")
+        if state == "used":
+            raise JoinRefused(f"join token {token.id} was used already (by {token.uses[0].get('name')}); it is "
+                              "single-use: ask for a new one, or a --reusable one for a fleet")
+        if state == "expired":
+            assert token.expires is not None
+            when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires))
+            raise JoinRefused(f"join token {token.id} expired at {when}")
         name = self._free_name(name)
         self.keys.allow(key.decode(), name=name)
         token.uses.append({"name": name, "key": key.decode(), "time": time.time()})

@@ -307,7 +307,7 @@ class Controller(AgentSide, ClientSide):
                 continue
             if joining is not None:
                 assert self.security is not None
-                self._fenced(identity, self._send_frames, identity, join.answer(self.security.tokens, joining, msg))
+                self._fenced(identity, self._enrol, identity, joining, msg)
                 continue
             self._fenced(identity, self._handle, identity, msg, key)
 
@@ -340,9 +340,11 @@ class Controller(AgentSide, ClientSide):
             if agent is not None:
                 self._drop_agent(agent, "sent too many bad messages")
 
-    def _send_frames(self, identity: bytes, frames: list[bytes]) -> None:
+    def _enrol(self, identity: bytes, token_id: str, msg: Message) -> None:
+        """Answer a peer that proved a join token (farm.join): its only business here."""
+        assert self.security is not None
         try:
-            self.sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            self.sock.send_multipart([identity, *join.answer(self.security.tokens, token_id, msg)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("cannot answer %r: %s", identity[:32], exc)
 
