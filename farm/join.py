@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -53,6 +55,23 @@ def answer(tokens: TokenStore, token_id: str, msg: Message) -> list[bytes]:
         log.warning("refused a join by key %s: %s", key.decode(), exc)
         return pack(T.ERROR, {"message": str(exc)})
     return pack(T.JOINED, {"name": name})
+
+
+def shared_key(agents: Iterable[Any], agent: Any) -> str | None:
+    """A warning when `agent` presents the key of a live agent on another host, else None.
+
+    One key per node: two machines with one key look like one identity, and revoking it cuts
+    off both. `agents`: the controller's registry (objects with identity, id, host, key, key_name).
+    """
+    if agent.key is None:
+        return None
+    others = sorted({f"{a.id} on {a.host}" for a in agents
+                     if a.key == agent.key and a.identity != agent.identity and a.host != agent.host})
+    if not others:
+        return None
+    return (f"agent {agent.id} on {agent.host} presents the same key ({agent.key_name or agent.key}) as "
+            f"{', '.join(others)}: give each node its own key (`farm keys invite`, then `farm agent --join` "
+            "there); revoking a shared key cuts off every node that uses it")
 
 
 # -- the node's side -----------------------------------------------------------------

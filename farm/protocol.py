@@ -178,7 +178,8 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.JOIN: {"key": str, "name": str, "role": str},  # our own public key, the name we would like
     T.JOINED: {"name": str},
     T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
-                "agent": opt(str)},  # the id the controller knows the agent by
+                "agent": opt(str),  # the id the controller knows the agent by
+                "warning": opt(str)},  # e.g. another node presents our key (farm.join.shared_key)
     T.JOBS: {"jobs": [JOB], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},

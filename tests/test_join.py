@@ -136,3 +136,24 @@ def test_a_token_expires_on_time(tmp_path):
     record = store.load(token[:8])
     assert record.state() == "live" and record.state(time.time() + 3601) == "expired"
     assert store.create(expires_s=None) and all(t.state() == "live" for t in store.all())
+
+
+def test_two_nodes_presenting_one_key_are_told_apart_loudly(tmp_path):
+    shared = KeyStore(tmp_path / "shared")  # the README's old story: one `node` secret copied to every node
+    shared.create("node")
+    with farm_processes(tmp_path) as farm:
+        controller, url, _ = farm.controller()
+        shared.add_public("controller", KeyStore(tmp_path / "ctl").load("controller").public.decode())
+        KeyStore(tmp_path / "ctl").allow(shared.load("node").public.decode(), name="node")
+        agents = []
+        for host in ("host-a", "host-b"):  # two machines: each agent in a UTS namespace of its own
+            on_host = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"']
+            agents.append(farm.start(host, "agent", "--controller", url, "--keys-dir", str(shared.root),
+                                     "--id", host, "--slots", "1", prefix=on_host))
+            agents[-1].wait_line(f"connected to {url} as {host}")
+        said = "agent host-b on host-b presents the same key (node) as host-a on host-a"
+        assert said in controller.wait_line("presents the same key")
+        assert said in agents[1].wait_line("the controller says:")
+        status = farm.run("status", "--controller", url, "--keys-dir", str(tmp_path / "ctl"), "--key", "controller",
+                          "--json")
+        assert sorted(a["id"] for a in json.loads(status.stdout)["agents"]) == ["host-a", "host-b"]

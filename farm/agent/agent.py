@@ -274,6 +274,8 @@ class Agent:
             self.refusal_logged = None
             if joined:  # once per connection, not per re-sent HELLO
                 self._joined(msg.body.get("agent") or self.id)
+                if isinstance(msg.body.get("warning"), str):
+                    log.warning("the controller says: %s", msg.body["warning"][:1000])
             if msg.body.get("agent") not in (None, self.id):
                 log.warning("another live agent already uses the id %r at %s; this one is known there as %r "
                             "(give each agent its own --id)", self.id, self.controller, msg.body["agent"])
