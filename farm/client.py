@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from farm.endpoints import reachable
-from farm.errors import ConnectionLost, FarmError, ProtocolError
+from farm.errors import FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
 from farm.project import Project

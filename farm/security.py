@@ -32,7 +32,6 @@ from farm.keys import (  # re-exported: farm.security was their home
     parse_key,
     read_certificate,
 )
-
 from farm.tokens import TokenStore
 
 log = logging.getLogger(__name__)

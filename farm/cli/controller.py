@@ -10,12 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.invite import advertised_url, invite, remember_url
 from farm.cli.options import Insecure, KeysDir
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
-from farm.errors import FarmError
-from farm.cli.invite import advertised_url, invite, remember_url
 from farm.discovery import Announcer
+from farm.errors import FarmError
 from farm.security import KeyStore, ServerSecurity, requires_security
 
 log = logging.getLogger(__name__)

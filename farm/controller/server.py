@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import zmq
 
+from farm import join
 from farm.controller import peers
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
@@ -38,7 +39,6 @@ from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
 from farm.project import load_project
 from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
-from farm import join
 from farm.security import ServerSecurity, authenticated_id
 
 log = logging.getLogger(__name__)
