@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zmq
 
+from farm.errors import FarmError
+
 
 def files_bind(job_bind: str, port: int | None = None) -> str:
     """The file synchroniser's bind address, beside the controller's job socket.
@@ -18,7 +20,7 @@ def files_bind(job_bind: str, port: int | None = None) -> str:
         if port is None:
             port = int(job_port) + 1 if job_port.isdigit() and int(job_port) > 0 else None
         if port is not None and not 0 < port < 65536:
-            raise ValueError(f"file service port {port} is not a TCP port (1-65535)")
+            raise FarmError(f"file service port {port} is not a TCP port (1-65535): choose one with --files-port")
         return f"tcp://{host}:{port if port is not None else '*'}"
     return f"{job_bind}-files"  # ipc:// and inproc:// paths
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TOKENS = "tokens"
 DEFAULT_EXPIRY_S = 24 * 3600.0
+PRUNE_AFTER_S = 7 * 86400.0  # an expired token's record is kept this long, to say "expired" rather than "unknown"
 _TOKEN = re.compile(r"([0-9a-f]{8})-([0-9a-f]{32})")
 _ID = re.compile(r"[0-9a-f]{8}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -128,7 +129,11 @@ class TokenStore:
         return self.root / f"{token_id}.json"
 
     def create(self, *, expires_s: float | None = DEFAULT_EXPIRY_S, single_use: bool = True) -> str:
-        """A new token; returns it whole (``ID-SECRET``), the only time the secret exists."""
+        """A new token; returns it whole (``ID-SECRET``), the only time the secret exists.
+
+        Records of tokens expired for over a week go (each `farm controller` start makes one).
+        """
+        self.prune(time.time() - PRUNE_AFTER_S)
         token = f"{secrets.token_hex(4)}-{secrets.token_hex(16)}"
         token_id, now = token[:8], time.time()
         self._save(Token(token_id, token_keys(token)[0].decode(), now,
@@ -136,6 +141,11 @@ class TokenStore:
         log.info("created join token %s (%s, %s)", token_id, "single-use" if single_use else "reusable",
                  "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
         return token
+
+    def prune(self, before: float) -> None:
+        for token in self.all():
+            if token.expires is not None and token.expires < before:
+                self.path(token.id).unlink(missing_ok=True)
 
     def load(self, token_id: str) -> Token:
         path = self.path(token_id)

@@ -157,3 +157,13 @@ def test_two_nodes_presenting_one_key_are_told_apart_loudly(tmp_path):
         status = farm.run("status", "--controller", url, "--keys-dir", str(tmp_path / "ctl"), "--key", "controller",
                           "--json")
         assert sorted(a["id"] for a in json.loads(status.stdout)["agents"]) == ["host-a", "host-b"]
+
+
+def test_records_of_tokens_long_expired_are_pruned(tmp_path):
+    store = TokenStore(KeyStore(tmp_path))
+    old = store.create(expires_s=60)[:8]
+    record = store.load(old)
+    record.expires = time.time() - 8 * 86400
+    store._save(record)
+    fresh = store.create()[:8]
+    assert [t.id for t in store.all()] == [fresh]

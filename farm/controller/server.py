@@ -108,8 +108,10 @@ class Controller(AgentSide, ClientSide):
             self.run()
         except BaseException as exc:
             self._error = exc
+            started = self._bound.is_set()
             self._bound.set()
-            log.exception("controller loop crashed")
+            if started or not isinstance(exc, FarmError):  # a start-up error is the caller's to report
+                log.exception("controller loop crashed")
 
     def stop(self, timeout: float = 10.0, *, shutdown_agents: bool = False) -> None:
         """Stop the loop; with shutdown_agents, tell connected agents to exit too (embedded runs)."""
@@ -178,8 +180,14 @@ class Controller(AgentSide, ClientSide):
             self.journal.close()
             lock.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
-        self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
-                                   self.security, self.files_port)
+        try:
+            self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
+                                       self.security, self.files_port)
+        except FarmError as exc:
+            self.sock.close(linger=0)
+            self.journal.close()
+            lock.close()
+            raise FarmError(f"{exc} (the file service listens on the job port + 1 unless --files-port)") from None
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
