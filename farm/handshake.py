@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -43,18 +44,30 @@ def _marker(store: KeyStore, server_key: bytes, our_key: bytes) -> Path:
     return store.root / ACCEPTED / digest
 
 
-def remember_accepted(store: KeyStore, server_key: bytes, our_key: bytes) -> None:
-    """Note that the controller with `server_key` admitted `our_key` (so a later refusal means revoked)."""
+def remember_accepted(store: KeyStore, server_key: bytes, our_key: bytes, name: str | None = None) -> None:
+    """Note that the controller with `server_key` admitted `our_key` (so a later refusal means revoked),
+    and under which `name`, if we know it (a join says)."""
     path = _marker(store, server_key, our_key)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.touch(mode=0o600)
+        if name is not None or not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(name or "")
     except OSError as exc:  # a read-only keys folder: only the explanation gets poorer
         log.debug("cannot remember the controller's acceptance: %s", exc)
 
 
 def accepted_before(store: KeyStore, server_key: bytes, our_key: bytes) -> bool:
     return _marker(store, server_key, our_key).exists()
+
+
+def accepted_name(store: KeyStore, server_key: bytes, our_key: bytes) -> str | None:
+    """The name the controller allowed our key as, if a join told us."""
+    try:
+        return _marker(store, server_key, our_key).read_text().strip() or None
+    except OSError:
+        return None
 
 
 class HandshakeWatcher:

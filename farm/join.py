@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from farm.errors import FarmError, ProtocolError
-from farm.handshake import HandshakeWatcher, accepted_before, remember_accepted
+from farm.handshake import HandshakeWatcher, accepted_before, accepted_name, remember_accepted
 from farm.keys import KeyPair, KeyStore, SecurityError, check_name, parse_key
 from farm.protocol import Message, T, pack, unpack
 from farm.tokens import JoinRefused, TokenStore, parse_join, token_keys
@@ -84,7 +84,8 @@ class Joined:
     url: str
     server_key: bytes
     keys: KeyPair
-    name: str | None  # None: joined before, the token was not spent again
+    name: str | None  # the name our key is allowed as there (None: not known)
+    again: bool = False  # joined before: the token was not spent again
 
 
 def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str | None = None,
@@ -105,10 +106,10 @@ def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str
     _keep_server_key(store, server_key)
     if accepted_before(store, server_key, pair.public):
         log.info("the controller at %s accepted our key before: connecting without the token", url)
-        return Joined(url, server_key, pair, None)
+        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
     wanted = name or socket.gethostname().split(".")[0] or "node"
-    given = _redeem(url, server_key, pair, token, wanted, role, timeout)
-    remember_accepted(store, server_key, pair.public)
+    given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+    remember_accepted(store, server_key, pair.public, given)
     log.warning("joined the controller at %s as %s", url, given)
     return Joined(url, server_key, pair, given)
 

@@ -167,3 +167,16 @@ def test_records_of_tokens_long_expired_are_pruned(tmp_path):
     store._save(record)
     fresh = store.create()[:8]
     assert [t.id for t in store.all()] == [fresh]
+
+
+def test_a_node_without_an_id_is_known_by_its_host_name_across_restarts(tmp_path):
+    on_host = ["unshare", "--uts", "sh", "-c", 'hostname render-07 && exec "$0" "$@"']
+    with farm_processes(tmp_path) as farm:
+        _, url, argument = farm.controller()
+        for attempt in range(2):  # the second time the token is not spent: the name comes from the first
+            node = farm.start(f"render-07-{attempt}", "agent", "--join", argument, "--keys-dir",
+                              str(tmp_path / "keys-r7"), "--slots", "2", prefix=on_host)
+            line = node.wait_line(f"connected to {url} as ")
+            assert f"connected to {url} as render-07, 2 slots, " in line and "synthetic" in line
+            node.stop()
+        assert list(KeyStore(tmp_path / "ctl").allowed()) == ["render-07"]

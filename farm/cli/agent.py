@@ -36,10 +36,10 @@ def agent(
     whose key we know, else this user's controller on this machine.
     """
     with reported():
-        url, setup = controller_for(controller, join, keys_dir, key, server_key, insecure, role="agent",
-                                    name=agent_id, discover_by_default=True)
+        url, setup, joined_as = controller_for(controller, join, keys_dir, key, server_key, insecure,
+                                               role="agent", name=agent_id, discover_by_default=True)
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
-        Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
+        Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id or joined_as,
               parent_pid=parent_pid, socket_setup=setup,
               cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30)).run()

@@ -53,8 +53,9 @@ def socket_setup_for(url: str, keys_dir: Path | None, key: str, server_key: str,
 
 def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path | None, key: str,
                    server_key: str, insecure: bool, *, role: str, name: str | None = None,
-                   discover_by_default: bool = False) -> tuple[str, Setup]:
-    """(url, socket set-up) of the controller to talk to, from --join, --controller (or 'auto'), or none.
+                   discover_by_default: bool = False) -> tuple[str, Setup, str | None]:
+    """(url, socket set-up, the name a join gave us) of the controller to talk to, from --join,
+    --controller (or 'auto'), or none.
 
     No controller named: this user's loopback controller if one recorded itself, else (for
     agents, `discover_by_default`) the local network, else an error that says how to name one.
@@ -64,7 +65,7 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
             raise FarmError("--join proves a token over CURVE keys; it cannot go with --insecure")
         joined = join(join_arg, keys_dir, key, name=name, role=role)
         security = ClientSecurity(keys_dir, joined.keys.name, joined.server_key)
-        return joined.url, security.socket_setup
+        return joined.url, security.socket_setup, joined.name
     if controller is None and not discover_by_default:
         if insecure or record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
             controller = LOCAL_DEFAULT  # this user's controller on this machine
@@ -76,13 +77,13 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
                             f"it cannot go with --insecure: {NAME_ONE}")
         found = _discovered(keys_dir, key)
         if found is not None:
-            return found
+            return (*found, None)
         if controller is None and record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
             typer.echo(f"using this user's controller on {LOCAL_DEFAULT}", err=True)
             controller = LOCAL_DEFAULT
         else:
             raise FarmError(f"found no controller with a key we know on the local network: {NAME_ONE}")
-    return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure)
+    return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
 
 
 def _discovered(keys_dir: Path | None, key: str) -> tuple[str, Setup] | None:

@@ -15,7 +15,7 @@ from farm.client import Client
 
 
 def connect(controller: str | None, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
-    url, setup = controller_for(controller, None, keys_dir, key, server_key, insecure, role="client")
+    url, setup, _ = controller_for(controller, None, keys_dir, key, server_key, insecure, role="client")
     return Client(url, socket_setup=setup)
 
 

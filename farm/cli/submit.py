@@ -51,7 +51,7 @@ def submit(
         project = load_project(project_dir, output=output)
         setup: Setup = None
         if controller or join:  # a running controller: found, joined or named
-            controller, setup = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
+            controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
         with _farm(project, controller, agents, setup, shared, priority) as render:
             if not watch_project:
                 summary = _round(render, project, as_json)
