@@ -76,7 +76,9 @@ class Client:
     """A DEALER connection to a controller."""
 
     def __init__(self, url: str, *, socket_setup: Callable[[zmq.Socket], None] | None = None,
-                 timeout: float = SILENCE_LIMIT_S) -> None:
+                 timeout: float = SILENCE_LIMIT_S, unreachable_after: float | None = None) -> None:
+        """`unreachable_after`: give up after this many seconds of refused connections (None: only
+        after `timeout`, for a client that may start before its controller)."""
         self.url = url
         self.timeout = timeout
         self.socket_setup = socket_setup
@@ -87,7 +89,7 @@ class Client:
         if socket_setup:
             socket_setup(self.sock)
         # a refused handshake or an absent controller is otherwise just silence: watch to say why
-        self.watcher = HandshakeWatcher.for_setup(self.sock, url, socket_setup)
+        self.watcher = HandshakeWatcher.for_setup(self.sock, url, socket_setup, unreachable_after)
         self.sock.connect(url)
 
     def close(self) -> None:
@@ -214,9 +216,10 @@ class Client:
 
 def submit(url: str, project: Project, *, priority: int = 0,
            on_update: Callable[[dict[str, Any]], None] | None = None,
-           socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False) -> Summary:
+           socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False,
+           unreachable_after: float | None = None) -> Summary:
     """Submit a project and follow it to the end (uploading it and downloading its outputs if asked)."""
-    with Client(url, socket_setup=socket_setup) as client:
+    with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
         summary = client.follow(run_id, on_update)
         return client.download(summary, project) if upload else summary

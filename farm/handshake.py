@@ -75,17 +75,21 @@ class HandshakeWatcher:
 
     `our_key` / `server_key`: the Z85 keys in use (None: plain text); `store`: our keys folder,
     to tell a revoked key from one never allowed; `token`: the id of the join token whose key
-    pair we use. Create it before `connect`.
+    pair we use; `unreachable_after`: seconds of refused connections after which `check` says
+    nothing listens (None: only `receive`'s timeout says so, for a client that may start before
+    its controller). Create it before `connect`.
     """
 
     def __init__(self, sock: zmq.Socket, url: str, *, our_key: bytes | None = None,
-                 server_key: bytes | None = None, store: KeyStore | None = None, token: str | None = None) -> None:
+                 server_key: bytes | None = None, store: KeyStore | None = None, token: str | None = None,
+                 unreachable_after: float | None = None) -> None:
         self.sock = sock
         self.url = url
         self.our_key = our_key
         self.server_key = server_key
         self.store = store
         self.token = token  # a join token's id: we are proving it, not a key of our own
+        self.unreachable_after = unreachable_after
         self.monitor: zmq.Socket | None = sock.get_monitor_socket(EVENTS)
         self.connected = False
         self.secured = False  # a handshake succeeded
@@ -95,12 +99,13 @@ class HandshakeWatcher:
         self.mismatch = False
 
     @classmethod
-    def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object) -> HandshakeWatcher:
+    def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
+                  unreachable_after: float | None = None) -> HandshakeWatcher:
         """A watcher that reads the keys from `socket_setup` when it is a `ClientSecurity`'s."""
         security = getattr(socket_setup, "__self__", None)
         keys = getattr(security, "keys", None)
         return cls(sock, url, our_key=getattr(keys, "public", None), server_key=getattr(security, "server_key", None),
-                   store=getattr(security, "store", None))
+                   store=getattr(security, "store", None), unreachable_after=unreachable_after)
 
     def check(self) -> str | None:
         """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet)."""
@@ -109,11 +114,17 @@ class HandshakeWatcher:
             event = parse_monitor_message(self.monitor.recv_multipart())
             found = self._judge(event["event"], event["value"])
             problem = problem or found
-        if problem is None and not self.connected and self.refused_since is not None and self.retries >= 2 \
-                and time.monotonic() - self.refused_since >= NOTHING_LISTENS_AFTER_S:
-            problem = (f"no answer from the controller at {self.url}: nothing listens there (connection "
-                       "refused); is the controller running, and is that its address and port?")
+        if problem is None and self.unreachable_after is not None and self._unreachable() \
+                and time.monotonic() - (self.refused_since or 0.0) >= self.unreachable_after:
+            problem = self._nothing_listens()
         return problem
+
+    def _unreachable(self) -> bool:
+        return not self.connected and self.refused_since is not None and self.retries >= 2
+
+    def _nothing_listens(self) -> str:
+        return (f"no answer from the controller at {self.url}: nothing listens there (connection "
+                "refused); is the controller running, and is that its address and port?")
 
     def _judge(self, kind: int, value: int) -> str | None:
         if kind == zmq.EVENT_CONNECTED:
@@ -182,6 +193,8 @@ class HandshakeWatcher:
                 raise ConnectionLost(problem)
             left = deadline - time.monotonic()
             if left <= 0:
+                if self._unreachable():
+                    raise ConnectionLost(self._nothing_listens())
                 raise ConnectionLost(f"no answer from the controller at {self.url} for {timeout:.0f}s"
                                      + (f" (waiting for {what})" if what else ""))
             events = dict(poller.poll(int(min(left, 0.25) * 1000) + 1))

@@ -24,7 +24,13 @@ from typing import Any
 import zmq
 
 from farm.errors import FarmError, ProtocolError
-from farm.handshake import HandshakeWatcher, accepted_before, accepted_name, remember_accepted
+from farm.handshake import (
+    NOTHING_LISTENS_AFTER_S,
+    HandshakeWatcher,
+    accepted_before,
+    accepted_name,
+    remember_accepted,
+)
 from farm.keys import KeyPair, KeyStore, SecurityError, check_name, parse_key
 from farm.protocol import Message, T, pack, unpack
 from farm.tokens import JoinRefused, TokenStore, parse_join, token_keys
@@ -120,7 +126,8 @@ def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, r
     sock.linger = 0
     proof_public, proof_secret = token_keys(token)  # the handshake itself proves we hold the token
     sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = proof_secret, proof_public, server_key
-    watcher = HandshakeWatcher(sock, url, our_key=proof_public, server_key=server_key, token=token.split("-")[0])
+    watcher = HandshakeWatcher(sock, url, our_key=proof_public, server_key=server_key, token=token.split("-")[0],
+                               unreachable_after=NOTHING_LISTENS_AFTER_S)
     try:
         sock.connect(url)
         sock.send_multipart(pack(T.JOIN, {"key": pair.public.decode(), "name": name, "role": role}))

@@ -32,7 +32,7 @@ from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
-from farm.handshake import HandshakeWatcher
+from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
 from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 
@@ -183,7 +183,8 @@ class Agent:
         self.ctrl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.socket_setup:
             self.socket_setup(self.ctrl)
-        self.watcher = HandshakeWatcher.for_setup(self.ctrl, self.controller, self.socket_setup)
+        self.watcher = HandshakeWatcher.for_setup(self.ctrl, self.controller, self.socket_setup,
+                                                  NOTHING_LISTENS_AFTER_S)  # logged once, retried on
         self.ctrl.connect(self.controller)
         self.connected = False
         now = time.monotonic()

@@ -12,11 +12,12 @@ from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_duration, summary_text
 from farm.client import Client
+from farm.handshake import NOTHING_LISTENS_AFTER_S
 
 
 def connect(controller: str | None, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
     url, setup, _ = controller_for(controller, None, keys_dir, key, server_key, insecure, role="client")
-    return Client(url, socket_setup=setup)
+    return Client(url, socket_setup=setup, unreachable_after=NOTHING_LISTENS_AFTER_S)  # a person waits
 
 
 def status(

@@ -20,6 +20,7 @@ from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
+from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
 
 
@@ -89,7 +90,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
         yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
-                                                 socket_setup=setup, upload=not shared)
+                                                 socket_setup=setup, upload=not shared,
+                                                 unreachable_after=NOTHING_LISTENS_AFTER_S)
         return
     with EmbeddedFarm(project.root / STATE_DIR, agents) as farm:
         yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
