@@ -37,7 +37,7 @@ from farm.tokens import TokenStore
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "farm"
-JOIN_DOMAIN = "farm+join"  # the job socket's domain: there an unknown key may redeem a join token, nothing else
+JOIN_DOMAIN = "farm+join"  # the job socket's domain: there a join token's key pair may redeem it, nothing else
 JOINING = "join:"  # User-Id prefix of a peer that proved a join token and may only redeem it (farm.join)
 DEFAULT_SERVER_NAME = "controller"
 DEFAULT_CLIENT_NAME = "node"

@@ -171,7 +171,7 @@ class Controller(AgentSide, ClientSide):
         # that peer's traffic; agents take a fresh random routing id per connection instead.
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
-            self.security.socket_setup(self.sock, enrolment=True)  # unknown keys may redeem a join token here
+            self.security.socket_setup(self.sock, enrolment=True)  # a join token's key may redeem it here
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
@@ -301,7 +301,7 @@ class Controller(AgentSide, ClientSide):
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
                 frames = [f.bytes for f in frames]
-                joining = self.security.joining(key)  # an unknown key let in to redeem a join token
+                joining = self.security.joining(key)  # a peer that proved a join token: JOIN only
                 if joining is None and not self.security.allows(key):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
