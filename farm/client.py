@@ -15,9 +15,10 @@ from typing import Any
 
 import zmq
 
-from farm.endpoints import HANDSHAKE_FAILED, reachable
-from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
+from farm.endpoints import reachable
+from farm.errors import ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
+from farm.handshake import HandshakeWatcher
 from farm.project import Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
@@ -77,7 +78,9 @@ class Client:
     """A DEALER connection to a controller."""
 
     def __init__(self, url: str, *, socket_setup: Callable[[zmq.Socket], None] | None = None,
-                 timeout: float = SILENCE_LIMIT_S) -> None:
+                 timeout: float = SILENCE_LIMIT_S, unreachable_after: float | None = None) -> None:
+        """`unreachable_after`: give up after this many seconds of refused connections (None: only
+        after `timeout`, for a client that may start before its controller)."""
         self.url = url
         self.timeout = timeout
         self.socket_setup = socket_setup
@@ -87,14 +90,12 @@ class Client:
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if socket_setup:
             socket_setup(self.sock)
-        # a refused handshake is otherwise just silence: watch for it to say why
-        self.monitor: zmq.Socket | None = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
+        # a refused handshake or an absent controller is otherwise just silence: watch to say why
+        self.watcher = HandshakeWatcher.for_setup(self.sock, url, socket_setup, unreachable_after)
         self.sock.connect(url)
 
     def close(self) -> None:
-        if self.monitor is not None:
-            self.sock.disable_monitor()
-            self.monitor.close(linger=0)
+        self.watcher.close()
         self.sock.close(linger=0)
 
     def __enter__(self) -> Client:
@@ -108,28 +109,9 @@ class Client:
 
     def receive(self, timeout: float | None = None) -> Message:
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        if self.monitor is not None:
-            poller.register(self.monitor, zmq.POLLIN)
         while True:
-            left = deadline - time.monotonic()
-            events = dict(poller.poll(int(left * 1000))) if left > 0 else {}
-            if self.monitor is not None and events.get(self.monitor):
-                self.monitor.recv_multipart()
-                if self.socket_setup is None:
-                    raise ConnectionLost(
-                        f"the controller at {self.url} requires keys and we have none: give --keys-dir "
-                        "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
-                raise ConnectionLost(
-                    f"the controller at {self.url} refused the secure handshake: is our public key in its "
-                    "allowed list (farm keys allow), and do we hold the controller's right key "
-                    "(--server-key)? A controller started with --insecure needs --insecure here too.")
-            if not events.get(self.sock):
-                raise ConnectionLost(f"no answer from the controller at {self.url} for {limit:.0f}s")
             try:
-                msg = unpack(self.sock.recv_multipart())
+                msg = unpack(self.watcher.receive(limit))
             except ProtocolError as exc:
                 log.warning("dropping a bad message from the controller: %s", exc)
                 continue
@@ -308,9 +290,10 @@ class Client:
 
 def submit(url: str, project: Project, *, priority: int = 0,
            on_update: Callable[[dict[str, Any]], None] | None = None,
-           socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False) -> Summary:
+           socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False,
+           unreachable_after: float | None = None) -> Summary:
     """Submit a project and follow it to the end (uploading it and downloading its outputs if asked)."""
-    with Client(url, socket_setup=socket_setup) as client:
+    with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
         summary = client.follow(run_id, on_update)
         return client.download(summary, project) if upload else summary

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import zmq
 
+from farm.errors import FarmError
 
-def files_bind(job_bind: str) -> str:
-    """The file synchroniser's bind address, beside the controller's job socket."""
+
+def files_bind(job_bind: str, port: int | None = None) -> str:
+    """The file synchroniser's bind address, beside the controller's job socket.
+
+    TCP: the same host on `port`, else the job port + 1, so a firewall can open two known
+    ports; a job socket on a random port (0 or ``*``) gets a random file port too.
+    ``ipc://`` and ``inproc://``: the job socket's path + ``-files``.
+    """
     scheme, _, rest = job_bind.partition("://")
     if scheme == "tcp":
-        host = rest.rsplit(":", 1)[0]
-        return f"tcp://{host}:*"
+        host, _, job_port = rest.rpartition(":")
+        if port is None:
+            port = int(job_port) + 1 if job_port.isdigit() and int(job_port) > 0 else None
+        if port is not None and not 0 < port < 65536:
+            raise FarmError(f"file service port {port} is not a TCP port (1-65535): choose one with --files-port")
+        return f"tcp://{host}:{port if port is not None else '*'}"
     return f"{job_bind}-files"  # ipc:// and inproc:// paths
 
 

@@ -27,6 +27,7 @@ from farm.errors import FarmError
 log = logging.getLogger(__name__)
 
 ALLOWED = "allowed"
+REVOKED = "revoked"  # allowed/ files moved aside by `revoke`: the controller says "revoked", not "unknown"
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -142,6 +143,7 @@ class KeyStore:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_keys_dir()
         self.allowed_dir = self.root / ALLOWED
+        self.revoked_dir = self.root / REVOKED
 
     def public_path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}{PUBLIC_SUFFIX}"
@@ -236,9 +238,29 @@ class KeyStore:
             names = ", ".join(self.allowed()) or "none"
             raise KeyFileError(path, f"{name!r} is not allowed (allowed: {names})")
         key = read_certificate(path)[0] if path.is_file() else b""
-        path.unlink()
+        if key:  # kept aside, so a refused handshake can be told apart from one by a stranger
+            self.revoked_dir.mkdir(mode=0o700, exist_ok=True)
+            os.replace(path, self.revoked_dir / path.name)
+        else:
+            path.unlink()
         log.info("revoked key %s", name)
         return key
+
+    def revoked(self) -> dict[str, bytes]:
+        """name -> public key of every revoked key that is not allowed again."""
+        if not self.revoked_dir.is_dir():
+            return {}
+        allowed = set(self.allowed().values())
+        found = {}
+        for path in sorted(self.revoked_dir.glob(f"*{PUBLIC_SUFFIX}")):
+            try:
+                key = read_certificate(path)[0]
+            except KeyFileError as exc:
+                log.warning("%s", exc)
+                continue
+            if key not in allowed:
+                found[path.name.removesuffix(PUBLIC_SUFFIX)] = key
+        return found
 
     def allowed(self) -> dict[str, bytes]:
         """name -> public key for every file in allowed/; a malformed one is an error naming it."""

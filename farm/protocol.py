@@ -34,11 +34,13 @@ class T(enum.IntEnum):
     RESULTS = 2
     PROGRESS = 3
     BYE = 4
+    JOIN = 5  # a new node or client redeems a join token (farm.join): the one message a token's key may send
     # controller -> agent
     WELCOME = 10
     JOBS = 11
     CANCEL = 12
     SHUTDOWN = 13
+    JOINED = 14  # the token was good: the key is allowed under this name
     # both ways
     HEARTBEAT = 20
     # client <-> controller
@@ -178,8 +180,11 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.RESULTS: {"results": [RESULT]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
+    T.JOIN: {"key": str, "name": str, "role": str},  # our own public key, the name we would like
+    T.JOINED: {"name": str},
     T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
-                "agent": opt(str)},  # the id the controller knows the agent by
+                "agent": opt(str),  # the id the controller knows the agent by
+                "warning": opt(str)},  # e.g. another node presents our key (farm.join.shared_key)
     T.JOBS: {"jobs": [JOB], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},

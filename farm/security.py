@@ -32,10 +32,13 @@ from farm.keys import (  # re-exported: farm.security was their home
     parse_key,
     read_certificate,
 )
+from farm.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "farm"
+JOIN_DOMAIN = "farm+join"  # the job socket's domain: there a join token's key pair may redeem it, nothing else
+JOINING = "join:"  # User-Id prefix of a peer that proved a join token and may only redeem it (farm.join)
 DEFAULT_SERVER_NAME = "controller"
 DEFAULT_CLIENT_NAME = "node"
 REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connected
@@ -54,6 +57,10 @@ class _AllowList:
         self.own = own
         self.local = local
         self.names: dict[bytes, str] = {}
+        self.revoked: dict[bytes, str] = {}
+        self.tokens = TokenStore(store)
+        self.token_keys: dict[bytes, str] = {}  # token public key -> token id
+        self.tokens_stamp: frozenset[tuple[str, int]] | None = None
         self.stamp: frozenset[tuple[str, int, int, int]] | None = None
         self.refused: set[bytes] = set()
         self.checked = 0.0
@@ -75,6 +82,7 @@ class _AllowList:
             names = {key: name for name, key in allowed.items()}
             names.setdefault(self.own.public, self.own.name)  # whoever holds our secret is us
             self.names, self.stamp = names, stamp
+            self.revoked = {key: name for name, key in self.store.revoked().items()}
             self.refused.clear()
         if not allowed:  # expected on loopback, where local clients hold the controller's own key
             log.log(logging.INFO if self.local else logging.WARNING,
@@ -99,10 +107,19 @@ class _AllowList:
         if name is None:
             if key not in self.refused and len(self.refused) < 1000:
                 self.refused.add(key)
-                log.warning("refused a connection from unlisted key %s", key.decode())
+                revoked = self.revoked.get(key)
+                log.warning("refused a connection from %s key %s", f"revoked ({revoked})" if revoked else "unlisted",
+                            key.decode())
             return False
         log.debug("authenticated %s (%s)", name, key.decode())
         return True
+
+    def token_for(self, key: bytes) -> str | None:
+        """The id of the join token whose key pair `key` is (`farm.tokens.token_keys`), else None."""
+        stamp = self.tokens.stamp()
+        if stamp != self.tokens_stamp:  # a token made, used or revoked
+            self.token_keys, self.tokens_stamp = self.tokens.by_key(), stamp
+        return self.token_keys.get(key)
 
 
 class _ZapHandler:
@@ -164,15 +181,17 @@ class _ZapHandler:
 
         if version != b"1.0":
             return reply(b"400", b"unknown ZAP version")
-        if mechanism == b"NULL" and domain != ZAP_DOMAIN.encode():
+        if mechanism == b"NULL" and domain not in (ZAP_DOMAIN.encode(), JOIN_DOMAIN.encode()):
             return reply(b"200", b"OK", b"anonymous")  # someone else's socket: not ours to judge
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
             log.warning("refused a %s connection from %s: only CURVE is accepted",
                         mechanism.decode("ascii", "replace"), address.decode("ascii", "replace"))
             return reply(b"400", b"CURVE only")
         key = z85.encode(credentials[0])
+        if domain == JOIN_DOMAIN.encode() and (token := self.allow.token_for(key)) is not None:
+            return reply(b"200", b"OK", (JOINING + token).encode())  # it may send a JOIN (farm.join), nothing else
         if not self.allow.allows(key):
-            return reply(b"400", b"key not allowed")
+            return reply(b"400", b"key revoked" if key in self.allow.revoked else b"key not allowed")
         return reply(b"200", b"OK", key)
 
     def stop(self) -> None:
@@ -208,8 +227,13 @@ class ServerSecurity:
         """Handshakes refused so far (unlisted keys, other mechanisms): a figure for status."""
         return self._zap.refusals if self._zap is not None else self._refusals_at_stop
 
-    def socket_setup(self, sock: zmq.Socket) -> None:
-        """Make `sock` a CURVE server that admits only allowed keys (call before bind)."""
+    def socket_setup(self, sock: zmq.Socket, *, enrolment: bool = False) -> None:
+        """Make `sock` a CURVE server that admits only allowed keys (call before bind).
+
+        `enrolment` (the controller's job socket): a peer using a join token's key pair
+        (`farm.tokens.token_keys`) also completes the handshake, marked (`joining`) so that it
+        may only redeem that token.
+        """
         if self._zap is None:
             raise SecurityError("this ServerSecurity is stopped")
         if sock.context is not self.context:
@@ -217,7 +241,7 @@ class ServerSecurity:
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
-        sock.zap_domain = ZAP_DOMAIN.encode()
+        sock.zap_domain = (JOIN_DOMAIN if enrolment else ZAP_DOMAIN).encode()
         # Without a running ZAP handler libzmq would admit any CURVE client; enforcing refuses all.
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
@@ -241,6 +265,17 @@ class ServerSecurity:
         connected, so check its messages with this.
         """
         return user_id is not None and self._allow.allows(user_id.encode(), max_age=REREAD_EVERY_S)
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self._allow.tokens
+
+    @staticmethod
+    def joining(user_id: str | None) -> str | None:
+        """The token id of a peer admitted only to redeem that join token; None for anyone else."""
+        if user_id and user_id.startswith(JOINING):
+            return user_id[len(JOINING):]
+        return None
 
     def name_of(self, user_id: str | None) -> str | None:
         """The allowed/ name of an authenticated key."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything farm's tests need on a fresh Debian machine: the renderers
 # (Debian's blender; Mapnik and ffmpeg come from PyPI), tools the tests use
-# (rsync, iproute2 for network namespaces), farm itself with its test extras, and the
+# (rsync, iproute2 for network namespaces, nftables for their firewall), farm itself with its test extras, and the
 # example third-party plugin (tests exercise it through the entry-point group).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the dashboard's browser tests
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)  # the namespace firewall in tests/test_discovery.py
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -57,7 +57,8 @@ def test_an_unreachable_controller_is_one_failed_object(tmp_path: Path, syntheti
         "--controller", "tcp://127.0.0.1:9", str(synthetic(jobs=1)), home=tmp_path, FARM_CLIENT_TIMEOUT="2"
     )
     assert code == 1
-    assert obj == {"error": "no answer from the controller at tcp://127.0.0.1:9 for 2s", "state": "failed"}
+    assert obj["state"] == "failed" and set(obj) == {"error", "state"}
+    assert obj["error"].startswith("no answer from the controller at tcp://127.0.0.1:9: nothing listens there")
 
 
 def test_a_controller_that_wants_keys_we_lack_is_one_failed_object(tmp_path: Path, synthetic) -> None:

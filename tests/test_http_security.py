@@ -1,6 +1,6 @@
 """Who may use the HTTP API: tokens beyond loopback (reads included), revocation, the cookie a
 printed URL sets, the loopback Host check, and the CLI's refusal to listen beyond loopback without
-tokens; `farm keys token` and `farm submit --ui` as a user runs them."""
+tokens; `farm keys api-token` and `farm submit --ui` as a user runs them."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _outside() -> str:
 
 def test_beyond_loopback_every_request_needs_a_valid_token(tmp_path: Path):
     keys = tmp_path / "keys"
-    with pytest.raises(FarmError, match="farm keys token new"):
+    with pytest.raises(FarmError, match="farm keys api-token new"):
         HttpServer("0.0.0.0", 0, keys_dir=keys)  # no token at all: it will not start
     token = TokenStore(keys).new("ci")
     other = TokenStore(keys).new("spare")
@@ -138,13 +138,13 @@ def test_cli_tokens_and_a_controller_that_refuses_to_listen_beyond_loopback_with
                "--http", "0.0.0.0:0"]
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert "farm keys token new" in refused.stderr and "Traceback" not in refused.stderr
+    assert "farm keys api-token new" in refused.stderr and "Traceback" not in refused.stderr
 
-    made = subprocess.run([*farm, "keys", "token", "new", "ops"], env=env, capture_output=True, text=True,
+    made = subprocess.run([*farm, "keys", "api-token", "new", "ops"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
-    listed = subprocess.run([*farm, "keys", "token", "list", "--json"], env=env, capture_output=True, text=True,
+    listed = subprocess.run([*farm, "keys", "api-token", "list", "--json"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert [row["name"] for row in json.loads(listed.stdout)] == ["ops"] and token not in listed.stdout
 
@@ -169,7 +169,7 @@ def test_cli_tokens_and_a_controller_that_refuses_to_listen_beyond_loopback_with
         proc.terminate()
         assert proc.wait(30) == 0
         proc.stderr.close()
-    revoked = subprocess.run([*farm, "keys", "token", "revoke", "ops"], env=env, capture_output=True, text=True,
+    revoked = subprocess.run([*farm, "keys", "api-token", "revoke", "ops"], env=env, capture_output=True, text=True,
                              timeout=60)
     assert revoked.returncode == 0 and TokenStore(tmp_path / "config" / "farm" / "keys").listing() == []
 

@@ -29,8 +29,9 @@ from farm.agent.pool import Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
-from farm.endpoints import HANDSHAKE_FAILED, reachable
+from farm.endpoints import reachable
 from farm.errors import ProtocolError
+from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
 from farm.plugins import get_plugins
 from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
@@ -61,7 +62,9 @@ class Agent:
         socket_setup: Callable[[zmq.Socket], None] | None = None,
         cache_dir: Path | None = None,
         cache_bytes: int | None = None,
+        on_connect: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome."""
         self.controller = controller
         self.nslots = slots or os.cpu_count() or 1
         self.prefetch = prefetch
@@ -92,8 +95,9 @@ class Agent:
         self.reconnect_at = 0.0
         self.bad_messages = 0
         self.reintroduce = False
-        self.monitor: zmq.Socket | None = None
-        self.refusal_logged = False
+        self.watcher: HandshakeWatcher | None = None
+        self.refusal_logged: str | None = None  # the last connection problem logged
+        self.on_connect = on_connect
         self.caps, self.missing, self.media_types = detect(self.tags)
         self.session = uuid.uuid4().hex  # shown only to the controller: proves a reconnect is us
 
@@ -180,8 +184,8 @@ class Agent:
         self.ctrl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.socket_setup:
             self.socket_setup(self.ctrl)
-            self.monitor = self.ctrl.get_monitor_socket(HANDSHAKE_FAILED)
-            self.refusal_logged = False
+        self.watcher = HandshakeWatcher.for_setup(self.ctrl, self.controller, self.socket_setup,
+                                                  NOTHING_LISTENS_AFTER_S)  # logged once, retried on
         self.ctrl.connect(self.controller)
         self.connected = False
         now = time.monotonic()
@@ -216,24 +220,19 @@ class Agent:
         return True
 
     def _close_ctrl(self, linger: int) -> None:
-        if self.monitor is not None:
-            assert self.ctrl is not None
-            self.ctrl.disable_monitor()
-            self.monitor.close(linger=0)
-            self.monitor = None
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
         if self.ctrl is not None:
             self.ctrl.close(linger=linger)
 
     def _check_refusal(self) -> None:
-        """Say once per connection when the controller refuses our key (else it is just silence)."""
-        if self.monitor is None or not self.monitor.poll(0):
-            return
-        while self.monitor.poll(0):
-            self.monitor.recv_multipart()
-        if not self.refusal_logged:
-            self.refusal_logged = True
-            log.error("the controller at %s refused the secure handshake: is this node's public key in its "
-                      "allowed list (farm keys allow), and is --server-key the controller's key?", self.controller)
+        """Say why the connection does not come up (refused key, wrong server key, nobody there...):
+        once per cause until a connection works, else it is just silence."""
+        problem = self.watcher.check() if self.watcher is not None else None
+        if problem is not None and problem != self.refusal_logged:
+            self.refusal_logged = problem
+            log.error("%s", problem)
 
     def _check_controller(self, now: float) -> None:
         self._check_refusal()
@@ -267,7 +266,7 @@ class Agent:
 
     def _on_message(self, msg: Any) -> None:
         if msg.type is T.WELCOME:
-            self.connected = True
+            joined, self.connected = not self.connected, True
             self.backoff = BACKOFF_START_S
             heartbeat = float(msg.body["heartbeat"])  # a controller's whim, bounded
             if math.isfinite(heartbeat):
@@ -275,7 +274,11 @@ class Agent:
             self.liveness = min(max(int(msg.body["liveness"]), 1), 1000)
             if msg.body.get("files"):
                 self.files_endpoint = reachable(msg.body["files"], self.controller)
-            log.info("connected to controller %s", self.controller)
+            self.refusal_logged = None
+            if joined:  # once per connection, not per re-sent HELLO
+                self._joined(msg.body.get("agent") or self.id)
+                if isinstance(msg.body.get("warning"), str):
+                    log.warning("the controller says: %s", msg.body["warning"][:1000])
             if msg.body.get("agent") not in (None, self.id):
                 log.warning("another live agent already uses the id %r at %s; this one is known there as %r "
                             "(give each agent its own --id)", self.id, self.controller, msg.body["agent"])
@@ -304,6 +307,13 @@ class Agent:
             log.info("controller asked us to shut down")
             self.connected = False  # no BYE needed
             self.stopping = True
+
+    def _joined(self, name: str) -> None:
+        line = (f"connected to {self.controller} as {name}, {self.nslots} slots, "
+                f"{' '.join(sorted(self.media_types)) or 'no media types'}")
+        log.info("%s", line)
+        if self.on_connect is not None:
+            self.on_connect(line)
 
     def _describe(self, project_id: str, description: Any) -> None:
         """Take in (or refuse) a project as the controller describes it; ids and shapes are checked."""

@@ -9,12 +9,12 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.cli.errors import reported
-from farm.cli.options import Insecure, KeysDir, ServerKey, socket_setup_for
+from farm.cli.options import ControllerUrl, Insecure, Join, KeysDir, ServerKey, controller_for
 
 
 def agent(
-    controller: Annotated[str, typer.Option("--controller", "-c", envvar="FARM_CONTROLLER",
-                                            help="The controller to serve.")] = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = None,
+    join: Join = None,
     slots: Annotated[Optional[int], typer.Option(min=1, help="Jobs run at once (default: the number of cores).")] = None,
     prefetch: Annotated[int, typer.Option(
         min=0, help="Most jobs queued beyond the slots; the controller sends at most ~20 ms of work.")] = 256,
@@ -30,9 +30,16 @@ def agent(
     cache_size: Annotated[float, typer.Option(
         min=1 / 1024, help="Cache size limit in GiB (least recently used go first; a project larger fails).")] = 20,
 ) -> None:
-    """Serve a controller until interrupted; reconnects by itself if the controller goes away."""
+    """Serve a controller until interrupted; reconnects by itself if the controller goes away.
+
+    Which controller: --join (a token, once), --controller, else one found on the local network
+    whose key we know, else this user's controller on this machine.
+    """
     with reported():
-        setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
-        Agent(controller, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id,
+        url, setup, joined_as = controller_for(controller, join, keys_dir, key, server_key, insecure,
+                                               role="agent", name=agent_id, discover_by_default=True)
+        # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
+        said = None if parent_pid else (lambda line: typer.echo(line, err=True))
+        Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id or joined_as,
               parent_pid=parent_pid, socket_setup=setup,
               cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30)).run()

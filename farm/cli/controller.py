@@ -11,12 +11,14 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.invite import advertised_url, invite, remember_url
 from farm.cli.options import Insecure, KeysDir
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
+from farm.discovery import Announcer
 from farm.errors import FarmError
 from farm.notify import BadWebhook, check_host, check_webhook
-from farm.security import KeyStore, requires_security
+from farm.security import KeyStore, ServerSecurity, requires_security
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,13 @@ def controller(
     http: Annotated[Optional[str], typer.Option(
         "--http", metavar="HOST:PORT",
         help="Serve the HTTP API and dashboard here, e.g. 127.0.0.1:8642 (beyond loopback: tokens from "
-             "`farm keys token new`).")] = None,
+             "`farm keys api-token new`).")] = None,
+    files_port: Annotated[Optional[int], typer.Option(
+        "--files-port", min=1, max=65535,
+        help="The file service's TCP port (default: the job port + 1; random if the job port is).")] = None,
+    announce: Annotated[bool, typer.Option(
+        help="Announce this controller on the local network (mDNS), when it listens beyond loopback "
+             "with keys.")] = True,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -61,6 +69,7 @@ def controller(
     loopback its key pair is made if missing, and local agents and clients of the same user
     find it in the keys folder. An ipc:// address is guarded by its folder's permissions.
     """
+    announcer = None
     with reported():
         security = controller_security(bind, keys_dir, key, insecure)
         web = None
@@ -70,7 +79,7 @@ def controller(
             web = HttpServer(*parse_listen(http), keys_dir=keys_dir)
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security, notify=notify or (),
-                         notify_allow=notify_allow or (), http=web)
+                         notify_allow=notify_allow or (), http=web, files_port=files_port)
         signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
         try:
             ctl.start()
@@ -81,6 +90,9 @@ def controller(
                 typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
                            err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
+            typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
+            if security:
+                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce)
             if web is not None:
                 typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
@@ -90,6 +102,24 @@ def controller(
         except KeyboardInterrupt:
             pass
         finally:
+            if announcer is not None:
+                announcer.close()
             ctl.stop()
             if security:
                 security.stop()  # after the sockets it authenticates for
+
+
+def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool) -> Announcer | None:
+    """Print a ready join command (a single-use token, valid an hour) and announce us on the LAN."""
+    reachable = advertised_url(url)
+    remember_url(security.store, reachable)
+    _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
+    typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n  {command}",
+               err=True)
+    if not announce or not requires_security(url):
+        return None
+    try:
+        return Announcer(url, security.public_key, int(files.rsplit(":", 1)[1]))
+    except (OSError, ValueError) as exc:  # no multicast here: nodes name the controller instead
+        log.warning("cannot announce the controller on the local network: %s", exc)
+        return None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.invite import invite as invite_token
+from farm.cli.invite import known_url
 from farm.security import KeyStore
+from farm.tokens import TokenStore, parse_duration
 
 app = typer.Typer(
     name="keys",
@@ -108,6 +112,62 @@ def list_keys(
             typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<7} {secret:<6} {r['public_key']}")
 
 
-from farm.cli import tokens  # noqa: E402 (`farm keys token ...`, defined in its own module)
+@app.command()
+def invite(
+    keys_dir: KeysDir = None,
+    url: Annotated[str | None, typer.Option(
+        help="Where nodes reach the controller (default: what `farm controller` last recorded).")] = None,
+    expires: Annotated[str, typer.Option(help="How long the token lasts: 30m, 1h, 7d, never.")] = "24h",
+    single_use: Annotated[bool, typer.Option(
+        "--single-use/--reusable", help="One node, or a fleet (revoke it when the fleet is in).")] = True,
+    client: Annotated[bool, typer.Option("--client", help="A command for a submitting client, not a node.")] = False,
+    server: Annotated[str, typer.Option("--key", help="The controller's key pair name.")] = "controller",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: token id, join argument, command.")] = False,
+) -> None:
+    """Make a join token and print the one command a new node runs (farm agent --join ...)."""
+    with reported():
+        store = KeyStore(keys_dir)
+        token_id, argument, command = invite_token(
+            store, server, url or known_url(store), expires_s=parse_duration(expires), single_use=single_use,
+            role="client" if client else "agent")
+        if as_json:
+            typer.echo(json.dumps({"id": token_id, "join": argument, "command": command,
+                                   "single_use": single_use, "expires": expires}))
+            return
+        typer.echo(f"token {token_id} ({'single-use' if single_use else 'reusable'}, expires in {expires}); run:",
+                   err=True)
+        typer.echo(command)
 
-app.add_typer(tokens.app, name="token")
+
+@app.command("invites")
+def invites(
+    keys_dir: KeysDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List join tokens (`farm keys invite`): id, state (live, used, expired, revoked), use, expiry, who joined with each."""
+    with reported():
+        rows = [t.row() for t in TokenStore(KeyStore(keys_dir)).all()]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            expires = "never" if r["expires"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires"]))
+            joined = ", ".join(map(str, r["uses"])) or "-"
+            typer.echo(f"{r['id']}  {r['state']:<8} {'single-use' if r['single_use'] else 'reusable':<10} "
+                       f"expires {expires}  joined: {joined}")
+
+
+@app.command("revoke-invite")
+def revoke_token(
+    token_id: Annotated[str, typer.Argument(help="A token's id (see farm keys invites).")],
+    keys_dir: KeysDir = None,
+) -> None:
+    """Stop a join token from letting anyone else in (keys that joined with it stay allowed)."""
+    with reported():
+        TokenStore(KeyStore(keys_dir)).revoke(token_id)
+        typer.echo(f"revoked join token {token_id}", err=True)
+
+
+from farm.cli import apitokens  # noqa: E402 (`farm keys api-token ...`, defined in its own module)
+
+app.add_typer(apitokens.app, name="api-token")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,10 +10,26 @@ from typing import Annotated, Optional
 import typer
 import zmq
 
-from farm.cli.security import client_security
+from farm.cli.security import client_security, record_path
+from farm.discovery import DISCOVER_S, discover
+from farm.errors import FarmError
+from farm.join import join
+from farm.security import ClientSecurity, KeyStore
 
-ControllerUrl = Annotated[str, typer.Option(
-    "--controller", "-c", envvar="FARM_CONTROLLER", help="The controller, e.g. tcp://host:5555.")]
+log = logging.getLogger(__name__)
+
+AUTO = "auto"  # --controller auto: find one on the local network
+LOCAL_DEFAULT = "tcp://127.0.0.1:5555"  # `farm controller`'s default address
+NAME_ONE = ("name one with --controller tcp://HOST:5555 (or set FARM_CONTROLLER), join one with "
+            "--join URL#KEY.TOKEN (`farm keys invite` on the controller prints it), or pass "
+            "--controller auto to find one announcing itself on the local network")
+
+ControllerUrl = Annotated[Optional[str], typer.Option(
+    "--controller", "-c", envvar="FARM_CONTROLLER",
+    help="The controller, e.g. tcp://host:5555; 'auto' finds one on the local network.")]
+Join = Annotated[Optional[str], typer.Option(
+    "--join", help="Join a controller with a token: 'URL#KEY.TOKEN' as `farm keys invite` prints it "
+                   "(makes our key pair; the token is spent once).")]
 ClientKey = Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")]
 KeysDir = Annotated[Optional[Path], typer.Option(
     "--keys-dir", envvar="FARM_KEYS",
@@ -22,9 +39,64 @@ ServerKey = Annotated[str, typer.Option(
 Insecure = Annotated[bool, typer.Option(
     "--insecure", help="No keys: no authentication or encryption (any local user can then connect).")]
 
+Setup = Callable[[zmq.Socket], None] | None
 
-def socket_setup_for(url: str, keys_dir: Path | None, key: str, server_key: str,
-                     insecure: bool) -> Callable[[zmq.Socket], None] | None:
+
+def socket_setup_for(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Setup:
     """How to set up our sockets to `url`: CURVE with our keys, or nothing (ipc://, --insecure)."""
+    if insecure:
+        log.warning("talking to %s WITHOUT keys (--insecure): no encryption, and we cannot tell the "
+                    "controller from an impostor", url)
     security = client_security(url, keys_dir, key, server_key, insecure)
     return security.socket_setup if security else None
+
+
+def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path | None, key: str,
+                   server_key: str, insecure: bool, *, role: str, name: str | None = None,
+                   discover_by_default: bool = False) -> tuple[str, Setup, str | None]:
+    """(url, socket set-up, the name a join gave us) of the controller to talk to, from --join,
+    --controller (or 'auto'), or none.
+
+    No controller named: this user's loopback controller if one recorded itself, else (for
+    agents, `discover_by_default`) the local network, else an error that says how to name one.
+    """
+    if join_arg:
+        if insecure:
+            raise FarmError("--join proves a token over CURVE keys; it cannot go with --insecure")
+        joined = join(join_arg, keys_dir, key, name=name, role=role)
+        security = ClientSecurity(keys_dir, joined.keys.name, joined.server_key)
+        return joined.url, security.socket_setup, joined.name
+    if controller is None and not discover_by_default:
+        if insecure or record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
+            controller = LOCAL_DEFAULT  # this user's controller on this machine
+        else:
+            raise FarmError(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
+    if controller is None or controller == AUTO:
+        if insecure:
+            raise FarmError("finding a controller on the network needs keys to check it by; "
+                            f"it cannot go with --insecure: {NAME_ONE}")
+        found = _discovered(keys_dir, key)
+        if found is not None:
+            return (*found, None)
+        if controller is None and record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
+            typer.echo(f"using this user's controller on {LOCAL_DEFAULT}", err=True)
+            controller = LOCAL_DEFAULT
+        else:
+            raise FarmError(f"found no controller with a key we know on the local network: {NAME_ONE}")
+    return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
+
+
+def _discovered(keys_dir: Path | None, key: str) -> tuple[str, Setup] | None:
+    store = KeyStore(keys_dir)
+    trusted = {public: name for name, (public, _) in store.identities().items()}
+    typer.echo(f"looking for a controller on the local network (mDNS, up to {DISCOVER_S:.0f}s)...", err=True)
+    found, strangers = discover(trusted)
+    for other in strangers:
+        typer.echo(f"warning: ignoring the controller announced at {other.url}: its key {other.key.decode()} is "
+                   f"not one we know (known: {', '.join(sorted(set(trusted.values()))) or 'none'}); an impostor, "
+                   "or one we have not joined", err=True)
+    if found is None:
+        return None
+    typer.echo(f"found controller {found.url} on the local network (key {found.key.decode()}, "
+               f"known here as {trusted[found.key]!r})", err=True)
+    return found.url, ClientSecurity(keys_dir, key, found.key).socket_setup

@@ -9,18 +9,20 @@ from typing import Annotated, Any, Optional
 import typer
 
 from farm.cli.errors import reported
-from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
+from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, summary_text
 from farm.client import Client
 from farm.errors import FarmError
+from farm.handshake import NOTHING_LISTENS_AFTER_S
 
 
-def connect(url: str, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
-    return Client(url, socket_setup=socket_setup_for(url, keys_dir, key, server_key, insecure))
+def connect(controller: str | None, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
+    url, setup, _ = controller_for(controller, None, keys_dir, key, server_key, insecure, role="client")
+    return Client(url, socket_setup=setup, unreachable_after=NOTHING_LISTENS_AFTER_S)  # a person waits
 
 
 def status(
-    controller: ControllerUrl = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     keys_dir: KeysDir = None,
     key: ClientKey = "client",
@@ -81,7 +83,7 @@ def status_text(report: dict[str, Any]) -> str:
 
 def cancel(
     project: Annotated[str, typer.Argument(help="The project's id (see farm status) or name.")],
-    controller: ControllerUrl = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = None,
     keys_dir: KeysDir = None,
     key: ClientKey = "client",
     server_key: ServerKey = "controller",

@@ -13,13 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import error_json, reported
-from farm.cli.options import ClientKey, Insecure, KeysDir, ServerKey, socket_setup_for
+from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
 from farm.cli.progress import ProgressBar, summary_text
 from farm.cli.watch import ProjectInputs, watch
 from farm.client import Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
+from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
 
 
@@ -27,7 +28,9 @@ def submit(
     project_dir: Annotated[Path, typer.Argument(help="The project folder (with a farm.toml).")],
     controller: Annotated[Optional[str], typer.Option(
         "--controller", "-c", envvar="FARM_CONTROLLER",
-        help="A running controller, e.g. tcp://host:5555. Without it, an embedded farm renders locally.")] = None,
+        help="A running controller, e.g. tcp://host:5555, or 'auto' to find one on the local network. "
+             "Without it (and --join), an embedded farm renders locally.")] = None,
+    join: Join = None,
     agents: Annotated[Optional[int], typer.Option(
         "--agents", "-n", min=1, help="Local agents for an embedded run (default: the number of cores).")] = None,
     output: Annotated[Optional[str], typer.Option(
@@ -53,8 +56,10 @@ def submit(
             raise FarmError("--ui shows the embedded farm; a running controller serves its own dashboard "
                             "(farm controller --http HOST:PORT)")
         project = load_project(project_dir, output=output)
-        with _farm(project, controller, agents, keys_dir, key, server_key, insecure, shared, priority,
-                   ui) as render:
+        setup: Setup = None
+        if controller or join:  # a running controller: found, joined or named
+            controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
+        with _farm(project, controller, agents, setup, shared, priority, ui) as render:
             if not watch_project:
                 summary = _round(render, project, as_json)
                 if ui:
@@ -88,13 +93,13 @@ Render = Callable[[Project, Callable[[dict], None]], Summary]
 
 
 @contextlib.contextmanager
-def _farm(project: Project, controller: str | None, agents: int | None, keys_dir: Path | None, key: str,
-          server_key: str, insecure: bool, shared: bool, priority: int, ui: bool = False) -> Iterator[Render]:
+def _farm(project: Project, controller: str | None, agents: int | None, setup: Setup, shared: bool,
+          priority: int, ui: bool = False) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
-        setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
         yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
-                                                 socket_setup=setup, upload=not shared)
+                                                 socket_setup=setup, upload=not shared,
+                                                 unreachable_after=NOTHING_LISTENS_AFTER_S)
         return
     with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui) as farm:
         if farm.ui_url:

@@ -20,6 +20,7 @@ from farm.controller.staging import oversize, stage
 from farm.controller.versions import read_versions, skew
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_name
+from farm.join import shared_key
 from farm.protocol import JobResult, Message, T, pack
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,13 @@ class AgentSide:
                                 {"host": agent.host, "slots": agent.slots, "capabilities": sorted(agent.caps)})
             log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
                      ", ".join(sorted(agent.caps)) or "no capabilities")
-        self._send(identity, T.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
-                                         "files": self.assets.endpoint, "agent": agent.id})
+        welcome = {"heartbeat": self.heartbeat, "liveness": self.liveness, "files": self.assets.endpoint,
+                   "agent": agent.id}
+        shared = shared_key(self.registry, agent)  # loudly, on both sides
+        if shared is not None:
+            log.warning("%s", shared)
+            welcome["warning"] = shared
+        self._send(identity, T.WELCOME, welcome)
 
     def _identify(self, identity: bytes, known: AgentState | None, claimed: str, session: str,
                   key: str | None) -> tuple[str, AgentState | None]:

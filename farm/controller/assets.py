@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class AssetService:
-    def __init__(self, job_bind: str, state_dir: Path, security: ServerSecurity | None = None) -> None:
+    def __init__(self, job_bind: str, state_dir: Path, security: ServerSecurity | None = None,
+                 files_port: int | None = None) -> None:
         # CURVE applies here too; ZAP runs per ZeroMQ context, so use the authenticator's
-        self.server = FileServer(files_bind(job_bind), context=security.context if security else None,
+        self.server = FileServer(files_bind(job_bind, files_port), context=security.context if security else None,
                                  socket_setup=security.socket_setup if security else None).start()
         self.hashes = HashCache(state_dir / "hashes.sqlite")
         self.uploads: queue.Queue[UploadResult] = queue.Queue()

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import zmq
 
+from farm import join
 from farm.controller import peers
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
@@ -73,6 +74,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         notify: Iterable[str] = (),
         notify_allow: Iterable[str] = (),
         http: HttpServer | None = None,
+        files_port: int | None = None,
     ) -> None:
         """`notify`: webhooks for every run; `notify_allow`: hosts (or "*") whose project webhooks
         (``[notify]`` in farm.toml) are sent (`farm.notify`); others raise `farm.notify.BadWebhook`."""
@@ -80,6 +82,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.http = http  # the HTTP API (farm.http), served in a thread of its own beside the loop
         # in-process clients (the HTTP API) connect here: no keys, as no other process can reach it
         self.local_url = f"inproc://farm-controller-{uuid.uuid4().hex}"
+        self.files_port = files_port  # None: the job port + 1 (farm.endpoints.files_bind)
         self.intake_limits = intake_limits
         self.state_dir = Path(state_dir).absolute()  # uploads and staging are named by absolute paths
         self.heartbeat = heartbeat
@@ -132,8 +135,10 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.run()
         except BaseException as exc:
             self._error = exc
+            started = self._bound.is_set()
             self._bound.set()
-            log.exception("controller loop crashed")
+            if started or not isinstance(exc, FarmError):  # a start-up error is the caller's to report
+                log.exception("controller loop crashed")
 
     def stop(self, timeout: float = 10.0, *, shutdown_agents: bool = False) -> None:
         """Stop the loop; with shutdown_agents, tell connected agents to exit too (embedded runs)."""
@@ -210,7 +215,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         # that peer's traffic; agents take a fresh random routing id per connection instead.
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
-            self.security.socket_setup(self.sock)
+            self.security.socket_setup(self.sock, enrolment=True)  # a join token's key may redeem it here
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
         try:
             self.url = _bind(self.sock, self.bind)
@@ -220,8 +225,14 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.journal.close()
             lock.close()
             raise FarmError(f"cannot listen on {self.bind}: {exc}") from None
-        self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
-                                   self.security)
+        try:
+            self.assets = AssetService(self.bind if self.bind.startswith("tcp://") else self.url, self.state_dir,
+                                       self.security, self.files_port)
+        except FarmError as exc:
+            self.sock.close(linger=0)
+            self.journal.close()
+            lock.close()
+            raise FarmError(f"{exc} (the file service listens on the job port + 1 unless --files-port)") from None
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
@@ -333,13 +344,14 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
                 return
-            key = None
+            key = joining = None
             if secured:
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
                 local = key is None and _in_process(frames[0])
                 frames = [f.bytes for f in frames]
-                if not local and not self.security.allows(key):
+                joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
+                if joining is None and not local and not self.security.allows(key):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
@@ -350,6 +362,10 @@ class Controller(AgentSide, ClientSide, ControlSide):
             except ProtocolError as exc:
                 self._bad(identity, str(exc))
                 self._refuse_malformed(identity, rest, exc)
+                continue
+            if joining is not None:
+                assert self.security is not None
+                self._fenced(identity, self._enrol, identity, joining, msg)
                 continue
             self._fenced(identity, self._handle, identity, msg, key)
 
@@ -381,6 +397,14 @@ class Controller(AgentSide, ClientSide, ControlSide):
             agent = self.registry.get(identity)
             if agent is not None:
                 self._drop_agent(agent, "sent too many bad messages")
+
+    def _enrol(self, identity: bytes, token_id: str, msg: Message) -> None:
+        """Answer a peer that proved a join token (farm.join): its only business here."""
+        assert self.security is not None
+        try:
+            self.sock.send_multipart([identity, *join.answer(self.security.tokens, token_id, msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("cannot answer %r: %s", identity[:32], exc)
 
     def _send(self, identity: bytes, kind: T, body: dict[str, Any] | None = None) -> bool:
         try:

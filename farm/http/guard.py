@@ -141,7 +141,7 @@ class Guard:
             token, from_query = _token(scope, headers)
             if token is None:
                 return (401, "this API needs a token: send 'Authorization: Bearer TOKEN' "
-                             "(tokens are made with `farm keys token new NAME`)"), None
+                             "(tokens are made with `farm keys api-token new NAME`)"), None
             if not access.valid(token):
                 return (401, "the token is not valid (unknown or revoked)"), None
             if from_query:

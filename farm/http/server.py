@@ -87,7 +87,7 @@ class HttpServer:
         self.access = Access(loopback=is_loopback(host), tokens=tokens, session_token=session_token)
         if not self.access.loopback and not tokens.any():
             raise FarmError(f"the HTTP API on {host} would be reachable from other machines, and no API "
-                            f"token exists in {tokens.path}: make one with `farm keys token new NAME` "
+                            f"token exists in {tokens.path}: make one with `farm keys api-token new NAME` "
                             "(clients send it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")
         self.metrics = Metrics()
         self._server: uvicorn.Server | None = None

@@ -4,7 +4,7 @@
 token, its name, when it was made and the SHA-256 of the token: the token itself is shown
 once, when it is made, and never stored. Tokens are 256 random bits, so a plain hash is as
 hard to reverse as the token is to guess. A running server re-reads the file when it
-changes, so `farm keys token revoke NAME` takes effect at once.
+changes, so `farm keys api-token revoke NAME` takes effect at once.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class TokenStore:
         entries = self._read()
         if any(e["name"] == name for e in entries):
             raise SecurityError(f"a token named {name!r} exists already in {self.path} "
-                                f"(revoke it first: farm keys token revoke {name})")
+                                f"(revoke it first: farm keys api-token revoke {name})")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         entries.append({"name": name, "sha256": digest(token), "created": round(time.time())})
         self._write(entries)

@@ -1,4 +1,4 @@
-"""`farm keys token`: bearer tokens for the HTTP API (`farm controller --http`), beside the keys."""
+"""`farm keys api-token`: bearer tokens for the HTTP API (`farm controller --http`), beside the keys."""
 
 from __future__ import annotations
 

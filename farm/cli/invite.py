@@ -1,0 +1,47 @@
+"""Join commands: what `farm controller` and `farm keys invite` print for a new node to run."""
+
+from __future__ import annotations
+
+import shlex
+
+from farm.errors import FarmError
+from farm.keys import KeyStore
+from farm.tokens import TokenStore, format_join
+
+URL_FILE = "controller.url"  # in the keys folder: where nodes reach the controller, for `farm keys invite`
+
+
+def advertised_url(bound: str) -> str:
+    """The job url a node on another machine dials: a wildcard host becomes this machine's address."""
+    host, _, port = bound.removeprefix("tcp://").rpartition(":")
+    if bound.startswith("tcp://") and host in ("0.0.0.0", "*", "[::]", "::"):
+        from farm.discovery import local_addresses
+
+        addresses = local_addresses()
+        if addresses:
+            return f"tcp://{addresses[0]}:{port}"
+    return bound
+
+
+def remember_url(store: KeyStore, url: str) -> None:
+    store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (store.root / URL_FILE).write_text(url + "\n")
+
+
+def known_url(store: KeyStore) -> str:
+    try:
+        return (store.root / URL_FILE).read_text().strip()
+    except OSError:
+        raise FarmError(f"no controller address recorded in {store.root / URL_FILE} (start `farm controller` "
+                        "once with these keys, or give --url tcp://HOST:PORT)") from None
+
+
+def invite(store: KeyStore, server_name: str, url: str, *, expires_s: float | None, single_use: bool,
+           role: str = "agent") -> tuple[str, str, str]:
+    """A new token: (token id, the join argument, the ready command line for `role`)."""
+    key = store.load(server_name).public
+    token = TokenStore(store).create(expires_s=expires_s, single_use=single_use)
+    argument = format_join(url, key, token)
+    command = "agent" if role == "agent" else "submit"
+    return token.split("-")[0], argument, f"farm {command} --join {shlex.quote(argument)}" + (
+        "" if role == "agent" else " PROJECT")

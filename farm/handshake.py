@@ -1,0 +1,212 @@
+"""Why a connection to the controller does not come up, in words a person can act on.
+
+ZeroMQ reconnects silently: a refused handshake and an absent controller both look like
+silence. A socket monitor tells them apart (libzmq 4.3's events, as seen on the client):
+
+| what is wrong | what the client's monitor sees |
+|---|---|
+| nothing listens | CONNECT_RETRIED again and again, never CONNECTED |
+| we use keys, the controller does not (or the reverse) | HANDSHAKE_FAILED_PROTOCOL, ZMTP mechanism mismatch |
+| the controller does not allow our key | HANDSHAKE_FAILED_AUTH with the ZAP status 400 |
+| the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL at every attempt (it cannot open our HELLO) |
+
+A refused key that this controller accepted before (remembered in our keys folder,
+``accepted/``, after each successful join or welcome) was revoked. Messages show the
+public keys to compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from farm.errors import ConnectionLost
+from farm.keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+NOTHING_LISTENS_AFTER_S = 1.0  # connection refused this long (and twice at least): nobody is there
+EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+          | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+          | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
+
+
+def _marker(store: KeyStore, server_key: bytes, our_key: bytes) -> Path:
+    digest = hashlib.sha256(server_key + b"/" + our_key).hexdigest()[:32]
+    return store.root / ACCEPTED / digest
+
+
+def remember_accepted(store: KeyStore, server_key: bytes, our_key: bytes, name: str | None = None) -> None:
+    """Note that the controller with `server_key` admitted `our_key` (so a later refusal means revoked),
+    and under which `name`, if we know it (a join says)."""
+    path = _marker(store, server_key, our_key)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if name is not None or not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(name or "")
+    except OSError as exc:  # a read-only keys folder: only the explanation gets poorer
+        log.debug("cannot remember the controller's acceptance: %s", exc)
+
+
+def accepted_before(store: KeyStore, server_key: bytes, our_key: bytes) -> bool:
+    return _marker(store, server_key, our_key).exists()
+
+
+def accepted_name(store: KeyStore, server_key: bytes, our_key: bytes) -> str | None:
+    """The name the controller allowed our key as, if a join told us."""
+    try:
+        return _marker(store, server_key, our_key).read_text().strip() or None
+    except OSError:
+        return None
+
+
+class HandshakeWatcher:
+    """Watches one DEALER's connection to the controller at `url` and explains a failure.
+
+    `our_key` / `server_key`: the Z85 keys in use (None: plain text); `store`: our keys folder,
+    to tell a revoked key from one never allowed; `token`: the id of the join token whose key
+    pair we use; `unreachable_after`: seconds of refused connections after which `check` says
+    nothing listens (None: only `receive`'s timeout says so, for a client that may start before
+    its controller). Create it before `connect`.
+    """
+
+    def __init__(self, sock: zmq.Socket, url: str, *, our_key: bytes | None = None,
+                 server_key: bytes | None = None, store: KeyStore | None = None, token: str | None = None,
+                 unreachable_after: float | None = None) -> None:
+        self.sock = sock
+        self.url = url
+        self.our_key = our_key
+        self.server_key = server_key
+        self.store = store
+        self.token = token  # a join token's id: we are proving it, not a key of our own
+        self.unreachable_after = unreachable_after
+        self.monitor: zmq.Socket | None = sock.get_monitor_socket(EVENTS)
+        self.connected = False
+        self.secured = False  # a handshake succeeded
+        self.refused_since: float | None = None
+        self.retries = 0
+        self.no_detail = 0
+        self.mismatch = False
+
+    @classmethod
+    def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
+                  unreachable_after: float | None = None) -> HandshakeWatcher:
+        """A watcher that reads the keys from `socket_setup` when it is a `ClientSecurity`'s."""
+        security = getattr(socket_setup, "__self__", None)
+        keys = getattr(security, "keys", None)
+        return cls(sock, url, our_key=getattr(keys, "public", None), server_key=getattr(security, "server_key", None),
+                   store=getattr(security, "store", None), unreachable_after=unreachable_after)
+
+    def check(self) -> str | None:
+        """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet)."""
+        problem = None
+        while self.monitor is not None and self.monitor.poll(0):
+            event = parse_monitor_message(self.monitor.recv_multipart())
+            found = self._judge(event["event"], event["value"])
+            problem = problem or found
+        if problem is None and self.unreachable_after is not None and self._unreachable() \
+                and time.monotonic() - (self.refused_since or 0.0) >= self.unreachable_after:
+            problem = self._nothing_listens()
+        return problem
+
+    def _unreachable(self) -> bool:
+        return not self.connected and self.refused_since is not None and self.retries >= 2
+
+    def _nothing_listens(self) -> str:
+        return (f"no answer from the controller at {self.url}: nothing listens there (connection "
+                "refused); is the controller running, and is that its address and port?")
+
+    def _judge(self, kind: int, value: int) -> str | None:
+        if kind == zmq.EVENT_CONNECTED:
+            self.connected = True
+        elif kind == zmq.EVENT_CONNECT_RETRIED:
+            self.retries += 1
+            if self.refused_since is None:
+                self.refused_since = time.monotonic()
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.secured = True
+            if self.store is not None and self.server_key and self.our_key:
+                remember_accepted(self.store, self.server_key, self.our_key)
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
+            self.mismatch = True
+            return self._mismatch()
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            return f"the handshake with {self.url} failed: ZMTP protocol error {value:#x}"
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return self._refused(value)
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one.
+            self.no_detail += 1
+            if self.our_key is None:
+                return self._mismatch()
+            if self.no_detail < 3 or self.mismatch:
+                return None
+            return (f"the controller at {self.url} refused the secure handshake: it cannot read our hello, so "
+                    f"the key we hold for it ({_show(self.server_key)}) is not its public key; compare it "
+                    "with `farm keys show controller` on the controller's machine")
+        return None
+
+    def _mismatch(self) -> str:
+        if self.our_key is None:
+            return (f"the controller at {self.url} requires keys and we have none (we run --insecure, or hold no "
+                    "key for it): join it with a token (`farm keys invite` on the controller), or give --keys-dir "
+                    "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
+        return (f"the controller at {self.url} runs without keys (--insecure) and we use CURVE keys: "
+                "start it with keys, or pass --insecure here too (plain text, anyone on the network "
+                "can then read and submit)")
+
+    def _refused(self, status: int) -> str:
+        ours = _show(self.our_key)
+        if self.token is not None:
+            return (f"the controller at {self.url} refused join token {self.token} in the handshake (ZAP status "
+                    f"{status}): it has no such token (removed, or made by another controller); ask for a new "
+                    "one (`farm keys invite`)")
+        if self.store is not None and self.server_key and self.our_key \
+                and accepted_before(self.store, self.server_key, self.our_key):
+            return (f"the controller at {self.url} refused the secure handshake: it accepted our key {ours} "
+                    "before and refuses it now, so it was revoked there (`farm keys revoke`); ask for a new "
+                    "join token (`farm keys invite`)")
+        return (f"the controller at {self.url} refused the secure handshake (ZAP status {status}): our key "
+                f"{ours} is not in its allowed list; on the controller run `farm keys allow --name NAME -- "
+                f"'{ours}'`, or join with a token (`farm keys invite`)")
+
+    def receive(self, timeout: float, *, what: str | None = None) -> list[bytes]:
+        """The next message on the socket; `ConnectionLost` saying why if the connection cannot work."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
+        while True:
+            problem = self.check()
+            if problem is not None:
+                raise ConnectionLost(problem)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self._unreachable():
+                    raise ConnectionLost(self._nothing_listens())
+                raise ConnectionLost(f"no answer from the controller at {self.url} for {timeout:.0f}s"
+                                     + (f" (waiting for {what})" if what else ""))
+            events = dict(poller.poll(int(min(left, 0.25) * 1000) + 1))
+            if events.get(self.sock):
+                return self.sock.recv_multipart()
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+
+
+def _show(key: bytes | None) -> str:
+    return key.decode() if key else "(none)"

@@ -1,0 +1,154 @@
+"""Joining a controller in one command: a node's own key, let in by a join token.
+
+The controller (`answer`): its job socket admits a peer whose CURVE key is a join token's
+key pair (`farm.tokens.token_keys`: only the token's holder has its secret), marked as
+joining (`ServerSecurity.joining`); such a peer may send a JOIN and nothing else. A live token
+puts the node's own public key into ``allowed/`` under the name it asked for (made unique),
+and the answer says that name; a used, expired or revoked token is answered with which.
+
+The node (`join`): makes its own key pair if it has none, proves the token once by
+connecting with the token's key pair to the controller whose key the join argument names,
+sends its own public key, keeps the controller's key, and from then on connects as itself. A node whose key this controller accepted before does not spend
+the token again (a restarted `farm agent --join ...` just connects).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from farm.errors import FarmError, ProtocolError
+from farm.handshake import (
+    NOTHING_LISTENS_AFTER_S,
+    HandshakeWatcher,
+    accepted_before,
+    accepted_name,
+    remember_accepted,
+)
+from farm.keys import KeyPair, KeyStore, SecurityError, check_name, parse_key
+from farm.protocol import Message, T, pack, unpack
+from farm.tokens import JoinRefused, TokenStore, parse_join, token_keys
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 15.0
+SERVER_KEY_NAME = "controller"
+
+
+# -- the controller's side ---------------------------------------------------------------
+
+
+def answer(tokens: TokenStore, token_id: str, msg: Message) -> list[bytes]:
+    """The reply frames to a message from a peer that proved join token `token_id`."""
+    if msg.type is not T.JOIN:
+        return pack(T.ERROR, {"message": "a join token's key may only send JOIN; connect with the node's own key"})
+    key = parse_key(msg.body["key"])
+    if key is None:
+        return pack(T.ERROR, {"message": "JOIN: 'key' is not a 40-character Z85 public key"})
+    try:
+        wanted = check_name(msg.body["name"])
+    except SecurityError:
+        wanted = "node" if msg.body["role"] == "agent" else "client"
+    try:
+        name = tokens.redeem(token_id, key, wanted)
+    except JoinRefused as exc:
+        log.warning("refused a join by key %s: %s", key.decode(), exc)
+        return pack(T.ERROR, {"message": str(exc)})
+    return pack(T.JOINED, {"name": name})
+
+
+def shared_key(agents: Iterable[Any], agent: Any) -> str | None:
+    """A warning when `agent` presents the key of a live agent on another host, else None.
+
+    One key per node: two machines with one key look like one identity, and revoking it cuts
+    off both. `agents`: the controller's registry (objects with identity, id, host, key, key_name).
+    """
+    if agent.key is None:
+        return None
+    others = sorted({f"{a.id} on {a.host}" for a in agents
+                     if a.key == agent.key and a.identity != agent.identity and a.host != agent.host})
+    if not others:
+        return None
+    return (f"agent {agent.id} on {agent.host} presents the same key ({agent.key_name or agent.key}) as "
+            f"{', '.join(others)}: give each node its own key (`farm keys invite`, then `farm agent --join` "
+            "there); revoking a shared key cuts off every node that uses it")
+
+
+# -- the node's side -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Where a node joined and as what: the controller's url and key, our key pair, our name there."""
+
+    url: str
+    server_key: bytes
+    keys: KeyPair
+    name: str | None  # the name our key is allowed as there (None: not known)
+    again: bool = False  # joined before: the token was not spent again
+
+
+def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str | None = None,
+         role: str = "agent", timeout: float = JOIN_TIMEOUT_S) -> Joined:
+    """Redeem a join argument (``URL#KEY.TOKEN``) with our own key pair `key_name` (made if missing).
+
+    Raises `FarmError` with the controller's reason (token used, expired, revoked, ...) or the
+    handshake's (`farm.handshake`).
+    """
+    url, server_key, token = parse_join(argument)
+    store = KeyStore(keys_dir)
+    if store.secret_path(key_name).exists():
+        pair = store.load(key_name)
+    else:
+        pair = store.create(key_name)
+        log.warning("made this %s's key pair %r in %s (public key %s)", "node" if role == "agent" else "client",
+                    key_name, store.root, pair.public.decode())
+    _keep_server_key(store, server_key)
+    if accepted_before(store, server_key, pair.public):
+        log.info("the controller at %s accepted our key before: connecting without the token", url)
+        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
+    wanted = name or socket.gethostname().split(".")[0] or "node"
+    given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+    remember_accepted(store, server_key, pair.public, given)
+    log.warning("joined the controller at %s as %s", url, given)
+    return Joined(url, server_key, pair, given)
+
+
+def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, role: str, timeout: float) -> str:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    proof_public, proof_secret = token_keys(token)  # the handshake itself proves we hold the token
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = proof_secret, proof_public, server_key
+    watcher = HandshakeWatcher(sock, url, our_key=proof_public, server_key=server_key, token=token.split("-")[0],
+                               unreachable_after=NOTHING_LISTENS_AFTER_S)
+    try:
+        sock.connect(url)
+        sock.send_multipart(pack(T.JOIN, {"key": pair.public.decode(), "name": name, "role": role}))
+        reply = watcher.receive(timeout, what="the answer to our join token")
+        try:
+            msg = unpack(reply)
+        except ProtocolError as exc:
+            raise FarmError(f"the controller at {url} answered the join with a bad message: {exc}") from None
+        if msg.type is T.JOINED:
+            return str(msg.body["name"])
+        if msg.type is T.ERROR:
+            raise FarmError(f"the controller at {url} refused the join: {msg.body['message']}")
+        raise FarmError(f"the controller at {url} answered the join with {msg.type.name}")
+    finally:
+        watcher.close()
+        sock.close(linger=0)
+
+
+def _keep_server_key(store: KeyStore, server_key: bytes) -> None:
+    """Store the controller's key as `controller`, unless another one is kept under that name."""
+    try:
+        store.add_public(SERVER_KEY_NAME, server_key.decode())
+    except SecurityError as exc:
+        log.info("not storing the controller's key as %r: %s", SERVER_KEY_NAME, exc)
