@@ -61,6 +61,7 @@ class Agent:
         socket_setup: Callable[[zmq.Socket], None] | None = None,
         cache_dir: Path | None = None,
         cache_bytes: int | None = None,
+        local_assets: bool = False,
     ) -> None:
         self.controller = controller
         self.nslots = slots or os.cpu_count() or 1
@@ -81,7 +82,7 @@ class Agent:
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
-        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup)
+        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         self.connected = False
@@ -331,7 +332,7 @@ class Agent:
         if self.files_endpoint is None:
             self._synced(project, None, "the controller did not say where its file service is")
         else:
-            self.sync.start(project, self.files_endpoint, assets["tree"])
+            self.sync.start(project, self.files_endpoint, assets["tree"], assets.get("local"))
 
     def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
         if folder is not None and project in self.projects:
@@ -380,7 +381,13 @@ class Agent:
         """A job that never started here: the controller runs it again without counting an attempt."""
         self.fail(job, f"not started: {why}", requeue=True)
 
-    def deliver(self, result: JobResult, files: list[bytes]) -> None:
+    def deliver(self, result: JobResult, files: list[bytes], project: str) -> None:
+        why = self.sync.changed(project) if self.sync.views else None
+        if why is not None:  # its files moved under it: the result may be wrong; fetch them afresh
+            self.ready.discard(project)
+            if project in self.projects:
+                self._fetch_assets(project)
+            result, files = JobResult(result.lease, False, error=why, log=result.log), []
         self.held.discard(result.lease)
         self.outgoing.append((result, files))
 
