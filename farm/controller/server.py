@@ -167,7 +167,7 @@ class Controller(AgentSide, ClientSide):
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
             self.security.socket_setup(self.sock)
-        self.journal = Journal(self.state_dir / JOURNAL_FILE)
+        self.journal = Journal(self.state_dir / JOURNAL_FILE, background=True)
         try:
             self.url = _bind(self.sock, self.bind)
         except zmq.ZMQError as exc:
