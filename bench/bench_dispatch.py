@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +57,40 @@ def pool_seconds(jobs: int, fn, arg) -> float:
         start = time.perf_counter()
         list(pool.imap(fn, [arg(i) for i in range(jobs)], chunksize=1))
         return time.perf_counter() - start
+
+
+def cpu_s(path: str) -> float:
+    """CPU seconds (user + system) from a /proc .../stat file; 0 if it is gone."""
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_by_part(agents: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the controller's loop thread, its journal writer, its event thread,
+    the rest of this process (the client), the agent processes and their workers."""
+
+    threads = {t.name: t.native_id for t in threading.enumerate()}
+    me = os.getpid()
+    part = {name: cpu_s(f"/proc/{me}/task/{tid}/stat") for name, tid in threads.items()}
+    controller = part.get("farm-controller", 0.0)
+    journal = sum(v for k, v in part.items() if k.startswith("farm-journal"))
+    events = part.get("farm-events", 0.0)
+    return {"controller": controller, "journal": journal, "events": events,
+            "client": cpu_s(f"/proc/{me}/stat") - controller - journal - events,
+            "agent": sum(cpu_s(f"/proc/{a}/stat") for a in agents),
+            "worker": sum(cpu_s(f"/proc/{w}/stat") for a in agents for w in children(a))}
 
 
 BARE_CREDIT = 256  # jobs a bare worker may hold, like an agent's prefetch
@@ -143,9 +178,13 @@ def main() -> None:
             farm_seconds(ctl.url, synthetic_project(Path(tmp, "warm"), 2000))  # workers started and warm
             bare_seconds(2000, args.agents)
             farm_s, bare_s = [], []
+            pids = [p.pid for p in procs]
             for i in range(args.rounds):  # in turns, so a busy machine slows both alike
+                before = cpu_by_part(pids)
                 farm_s.append(farm_seconds(ctl.url, synthetic_project(Path(tmp, f"noop{i}"), args.jobs)))
+                after = cpu_by_part(pids)
                 bare_s.append(bare_seconds(args.jobs, args.agents))
+            us_per_job = {k: round((after[k] - before[k]) / args.jobs * 1e6, 1) for k in after}  # the last round
             farm_rate = args.jobs / statistics.median(farm_s)
             bare_rate = args.jobs / statistics.median(bare_s)
             pool_s = pool_seconds(args.jobs, noop, int)
@@ -159,11 +198,12 @@ def main() -> None:
         print(json.dumps({"jobs": args.jobs, "agents": args.agents, "rounds": args.rounds,
                           "farm_jobs_per_s": round(farm_rate), "bare_jobs_per_s": round(bare_rate),
                           "ratio": round(farm_rate / bare_rate, 3), "pool_jobs_per_s": round(args.jobs / pool_s),
-                          "sleep_makespan_s": round(sleep_s, 3), "sleep_ideal_s": ideal}))
+                          "sleep_makespan_s": round(sleep_s, 3), "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job}))
         return
     print(f"# dispatch benchmark on {machine()}, medians of {args.rounds}")
     report("no-op dispatch vs bare loop", f"{farm_rate:,.0f} jobs/s", f"bare ZeroMQ {bare_rate:,.0f} jobs/s",
            ratio=farm_rate / bare_rate, target=">= 0.5x")
+    print("  CPU per no-op job (last round, us): " + ", ".join(f"{k} {v}" for k, v in us_per_job.items()))
     report("no-op dispatch vs Pool", f"{farm_rate:,.0f} jobs/s", f"Pool(2) {args.jobs / pool_s:,.0f} jobs/s",
            ratio=pool_s * farm_rate / args.jobs, target=">= 20,000 jobs/s")
     report("1,000 x 10 ms makespan", f"{sleep_s:.3f} s ({(sleep_s / ideal - 1) * 100:+.1f} % vs ideal "
