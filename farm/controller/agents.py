@@ -173,7 +173,7 @@ class AgentSide:
     def _check_agents(self, now: float) -> None:
         """Drop silent agents and heartbeat quiet ones: a pass over every agent, so at most
         every tenth of a heartbeat, not every loop turn (thousands a second with many agents)."""
-        if now - getattr(self, "_agents_checked", float("-inf")) < self.heartbeat / 10:
+        if now - self._agents_checked < self.heartbeat / 10:
             return
         self._agents_checked = now
         for agent in self.registry.expired(now, self.heartbeat * self.liveness):

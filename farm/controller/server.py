@@ -74,6 +74,7 @@ class Controller(AgentSide, ClientSide):
         self.followers: dict[str, set[bytes]] = {}
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
         self.budgets = peers.PeerBudgets()
+        self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
