@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, synthetic_project
-
 import zmq
+from common import machine, synthetic_project
 
 from farm import __version__
 from farm.client import Client, submit
@@ -71,9 +70,22 @@ def simulate(url: str, names: list[str], keys: str | None, stop: Any, out: Any) 
     errors = jobs = 0
 
     def hello(sock: zmq.Socket) -> None:
-        sock.send_multipart(pack(T.HELLO, {
-            "agent": socks[sock], "host": "sim", "pid": os.getpid(), "slots": 1, "prefetch": 16,
-            "caps": ["synthetic"], "held": [], "version": __version__, "session": socks[sock]}))
+        sock.send_multipart(
+            pack(
+                T.HELLO,
+                {
+                    "agent": socks[sock],
+                    "host": "sim",
+                    "pid": os.getpid(),
+                    "slots": 1,
+                    "prefetch": 16,
+                    "caps": ["synthetic"],
+                    "held": [],
+                    "version": __version__,
+                    "session": socks[sock],
+                },
+            )
+        )
         last_sent[sock] = time.monotonic()
 
     for name in names:
@@ -97,8 +109,10 @@ def simulate(url: str, names: list[str], keys: str | None, stop: Any, out: Any) 
                     max_gap[sock] = max(max_gap.get(sock, 0.0), now - last_recv[sock])
                 last_recv[sock] = now
                 if msg.type is T.JOBS:
-                    results = [{"lease": j["lease"], "ok": True, "result": None, "files": [], "duration": 0.0}
-                               for j in msg.body["jobs"]]
+                    results = [
+                        {"lease": j["lease"], "ok": True, "result": None, "files": [], "duration": 0.0}
+                        for j in msg.body["jobs"]
+                    ]
                     jobs += len(results)
                     sock.send_multipart(pack(T.RESULTS, {"results": results}))
                     last_sent[sock] = now
@@ -145,8 +159,19 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     url = urls.get(timeout=60)
     _, rss0 = proc_stat(ctl.pid)
     per = -(-agents // args.procs)
-    sims = [mp.Process(target=simulate, args=(url, [f"sim-{agents}-{i}" for i in range(p * per, min(agents, (p + 1) * per))],
-                                              keys, stop_sim, out)) for p in range(args.procs)]
+    sims = [
+        mp.Process(
+            target=simulate,
+            args=(
+                url,
+                [f"sim-{agents}-{i}" for i in range(p * per, min(agents, (p + 1) * per))],
+                keys,
+                stop_sim,
+                out,
+            ),
+        )
+        for p in range(args.procs)
+    ]
     for sim in sims:
         sim.start()
     try:
@@ -154,7 +179,9 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             started = time.monotonic()
             while len(client.status()["agents"]) < agents:
                 if time.monotonic() - started > 300:
-                    raise SystemExit(f"only {len(client.status()['agents'])} of {agents} agents joined in 300 s")
+                    raise SystemExit(
+                        f"only {len(client.status()['agents'])} of {agents} agents joined in 300 s"
+                    )
                 time.sleep(0.2)
             join_s = time.monotonic() - started
             times = []
@@ -178,12 +205,19 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         stop_ctl.set()
         ctl.join(60)
     gaps = sorted(g for c in counts for g in c["gaps"])
-    return {"agents": agents, "curve": bool(args.curve), "jobs": args.jobs,
-            "jobs_per_s": round(args.jobs / elapsed), "false_deaths": sum(c["errors"] for c in counts),
-            "hb_gap_p99_s": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
-            "controller_cpu_pct_per_agent": round((cpu1 - cpu0) / 3.0 / agents * 100, 4),
-            "controller_rss_mb": round(rss1, 1), "rss_kb_per_agent": round((rss1 - rss0) * 1024 / agents, 1),
-            "status_ms": round(statistics.median(times) * 1000, 1), "join_s": round(join_s, 1)}
+    return {
+        "agents": agents,
+        "curve": bool(args.curve),
+        "jobs": args.jobs,
+        "jobs_per_s": round(args.jobs / elapsed),
+        "false_deaths": sum(c["errors"] for c in counts),
+        "hb_gap_p99_s": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
+        "controller_cpu_pct_per_agent": round((cpu1 - cpu0) / 3.0 / agents * 100, 4),
+        "controller_rss_mb": round(rss1, 1),
+        "rss_kb_per_agent": round((rss1 - rss0) * 1024 / agents, 1),
+        "status_ms": round(statistics.median(times) * 1000, 1),
+        "join_s": round(join_s, 1),
+    }
 
 
 def main() -> None:
@@ -195,17 +229,22 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per size")
     args = parser.parse_args()
     if not args.json:
-        print(f"# agents benchmark on {machine()}, CURVE {'on' if args.curve else 'off'}, {args.jobs} no-op jobs")
+        curve = "on" if args.curve else "off"
+        print(f"# agents benchmark on {machine()}, CURVE {curve}, {args.jobs} no-op jobs")
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             row = one_size(size, args, Path(tmp))
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
-                print(f"{size:>5} agents: {row['jobs_per_s']:>7,} jobs/s, {row['false_deaths']} false deaths, "
-                      f"heartbeat gap p99 {row['hb_gap_p99_s']} s, controller {row['controller_cpu_pct_per_agent']:.4f} "
-                      f"% CPU and {row['rss_kb_per_agent']:.0f} KiB per agent ({row['controller_rss_mb']} MiB), "
-                      f"status {row['status_ms']} ms, joined in {row['join_s']} s", flush=True)
+                print(
+                    f"{size:>5} agents: {row['jobs_per_s']:>7,} jobs/s, {row['false_deaths']} false deaths, "
+                    f"heartbeat gap p99 {row['hb_gap_p99_s']} s, "
+                    f"controller {row['controller_cpu_pct_per_agent']:.4f} % CPU and "
+                    f"{row['rss_kb_per_agent']:.0f} KiB per agent ({row['controller_rss_mb']} MiB), "
+                    f"status {row['status_ms']} ms, joined in {row['join_s']} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

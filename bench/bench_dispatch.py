@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, report, synthetic_project, wait_for_agents
-
 import msgpack
 import zmq
+from common import machine, report, synthetic_project, wait_for_agents
 
 from farm.client import submit
 from farm.controller.server import Controller
@@ -105,7 +104,8 @@ def bare_worker(url: str) -> None:
         job = msgpack.unpackb(sock.recv())
         if job["type"] == "stop":
             return
-        sock.send(msgpack.packb({"type": "result", "lease": job["lease"], "ok": True, "result": noop(job["i"])}))
+        reply = {"type": "result", "lease": job["lease"], "ok": True, "result": noop(job["i"])}
+        sock.send(msgpack.packb(reply))
 
 
 def bare_seconds(jobs: int, workers: int = 2) -> float:
@@ -113,7 +113,8 @@ def bare_seconds(jobs: int, workers: int = 2) -> float:
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    procs = [multiprocessing.Process(target=bare_worker, args=(f"tcp://127.0.0.1:{port}",)) for _ in range(workers)]
+    url = f"tcp://127.0.0.1:{port}"
+    procs = [multiprocessing.Process(target=bare_worker, args=(url,)) for _ in range(workers)]
     for proc in procs:
         proc.start()
     credit: dict[bytes, int] = {}
@@ -184,7 +185,8 @@ def main() -> None:
                 farm_s.append(farm_seconds(ctl.url, synthetic_project(Path(tmp, f"noop{i}"), args.jobs)))
                 after = cpu_by_part(pids)
                 bare_s.append(bare_seconds(args.jobs, args.agents))
-            us_per_job = {k: round((after[k] - before[k]) / args.jobs * 1e6, 1) for k in after}  # the last round
+            # the last round's
+            us_per_job = {k: round((after[k] - before[k]) / args.jobs * 1e6, 1) for k in after}
             farm_rate = args.jobs / statistics.median(farm_s)
             bare_rate = args.jobs / statistics.median(bare_s)
             pool_s = pool_seconds(args.jobs, noop, int)
@@ -197,8 +199,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"jobs": args.jobs, "agents": args.agents, "rounds": args.rounds,
                           "farm_jobs_per_s": round(farm_rate), "bare_jobs_per_s": round(bare_rate),
-                          "ratio": round(farm_rate / bare_rate, 3), "pool_jobs_per_s": round(args.jobs / pool_s),
-                          "sleep_makespan_s": round(sleep_s, 3), "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job}))
+                          "ratio": round(farm_rate / bare_rate, 3),
+                          "pool_jobs_per_s": round(args.jobs / pool_s), "sleep_makespan_s": round(sleep_s, 3),
+                          "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job}))
         return
     print(f"# dispatch benchmark on {machine()}, medians of {args.rounds}")
     report("no-op dispatch vs bare loop", f"{farm_rate:,.0f} jobs/s", f"bare ZeroMQ {bare_rate:,.0f} jobs/s",

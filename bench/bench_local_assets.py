@@ -82,21 +82,42 @@ def main() -> None:
             run_once(project[case], Path(tmp, f"state-{case}"), Path(tmp, "cache"), local=case != "copy")
         for _ in range(args.rounds):
             for case in CASES:
-                s, g = run_once(project[case], Path(tmp, f"state-{case}"), Path(tmp, "cache"), local=case != "copy")
+                s, g = run_once(
+                    project[case], Path(tmp, f"state-{case}"), Path(tmp, "cache"), local=case != "copy"
+                )
                 seconds[case].append(s)
                 grown[case] = g
     med = {c: statistics.median(v) for c, v in seconds.items()}
     if args.json:
-        print(json.dumps({"mib": args.mib, "jobs": args.jobs, "rounds": args.rounds,
-                          **{f"{c}_s": round(med[c], 3) for c in CASES},
-                          **{f"{c}_cache_mib": round(grown[c] / 2**20, 1) for c in CASES},
-                          "local_over_none_s": round(med["local"] - med["none"], 3)}))
+        print(
+            json.dumps(
+                {
+                    "mib": args.mib,
+                    "jobs": args.jobs,
+                    "rounds": args.rounds,
+                    **{f"{c}_s": round(med[c], 3) for c in CASES},
+                    **{f"{c}_cache_mib": round(grown[c] / 2**20, 1) for c in CASES},
+                    "local_over_none_s": round(med["local"] - med["none"], 3),
+                }
+            )
+        )
         return
-    print(f"# local assets benchmark on {machine()}: {args.jobs} no-op jobs, 2 agents, medians of {args.rounds}")
-    report(f"{args.mib} MiB asset, in place", f"{med['local']:.2f} s, cache +{grown['local'] / 2**20:.1f} MiB",
-           f"no asset {med['none']:.2f} s", ratio=med["none"] / med["local"], target="within ~1 s of no asset")
-    report(f"{args.mib} MiB asset, in place", f"{med['local']:.2f} s",
-           f"copied {med['copy']:.2f} s, cache +{grown['copy'] / 2**20:.1f} MiB", ratio=med["copy"] / med["local"])
+    print(
+        f"# local assets benchmark on {machine()}: {args.jobs} no-op jobs, 2 agents, medians of {args.rounds}"
+    )
+    report(
+        f"{args.mib} MiB asset, in place",
+        f"{med['local']:.2f} s, cache +{grown['local'] / 2**20:.1f} MiB",
+        f"no asset {med['none']:.2f} s",
+        ratio=med["none"] / med["local"],
+        target="within ~1 s of no asset",
+    )
+    report(
+        f"{args.mib} MiB asset, in place",
+        f"{med['local']:.2f} s",
+        f"copied {med['copy']:.2f} s, cache +{grown['copy'] / 2**20:.1f} MiB",
+        ratio=med["copy"] / med["local"],
+    )
 
 
 if __name__ == "__main__":

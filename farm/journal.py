@@ -179,7 +179,8 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             private_file(self.path)  # 0600, and so its -wal and -shm: it holds every project's settings
             # isolation_level=None: we open and commit transactions ourselves.
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=not background)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10,
+                                 check_same_thread=not background)  # the writer thread uses it too
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
         self._db: sqlite3.Connection | None = db

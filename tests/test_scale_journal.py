@@ -15,7 +15,9 @@ def test_background_commits_are_seen_and_durable(tmp_path):
     assert journal.unflushed == 200
     clock[0] = 1.0
     assert journal.tick() is True  # handed to the writer thread
-    assert journal.is_done("p", "k7") and journal.result("p", "k7") == {"i": 7}  # seen while (or after) it writes
+    assert journal.is_done("p", "k7") and journal.result("p", "k7") == {
+        "i": 7
+    }  # seen while (or after) it writes
     journal.job_done("p", "late", None)
     assert journal.counts("p") == {"done": 101, "failed": 0}  # a read waits for the writer, then sees all
     journal.close()

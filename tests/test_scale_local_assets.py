@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import Background, wait_for
+
 from farm.client import submit
 from farm.embedded import EmbeddedFarm
 from farm.filesync import build_manifest
@@ -53,14 +53,18 @@ def start_agent(agents, url: str, tmp_path: Path, *, local: bool) -> Path:
     """A real agent process; returns its temp folder (its scratch folder is made in there)."""
     tmp = tmp_path / "agent-tmp"
     tmp.mkdir()
-    agents(url, 1, extra=["--cache-dir", str(tmp_path / "agent-cache"), *(["--local-assets"] if local else [])],
-           env={"TMPDIR": str(tmp)})
+    agents(
+        url,
+        1,
+        extra=["--cache-dir", str(tmp_path / "agent-cache"), *(["--local-assets"] if local else [])],
+        env={"TMPDIR": str(tmp)},
+    )
     return tmp
 
 
 @pytest.mark.parametrize("local", [True, False], ids=["local", "remote"])
 def test_local_agent_links_remote_agent_syncs(synthetic, tmp_path, controller, agents, local):
-    root, inputs = big_project(synthetic, tmp_path, jobs=2)
+    root, _ = big_project(synthetic, tmp_path, jobs=2)
     tmp = start_agent(agents, controller.url, tmp_path, local=local)
     summary = submit(controller.url, load_project(root))
     assert summary.state == "done", summary
@@ -81,8 +85,14 @@ def test_view_refuses_what_it_cannot_prove(tmp_path):
     (src / "a.txt").write_bytes(b"hello")
     manifest = build_manifest(src)
     hint = local_hint(src)
-    for wrong in ({**hint, "boot": "another-boot"}, {**hint, "uid": hint["uid"] + 1},
-                  {**hint, "ino": hint["ino"] + 1}, {**hint, "root": "relative"}, {"root": 3}, None):
+    for wrong in (
+        {**hint, "boot": "another-boot"},
+        {**hint, "uid": hint["uid"] + 1},
+        {**hint, "ino": hint["ino"] + 1},
+        {**hint, "root": "relative"},
+        {"root": 3},
+        None,
+    ):
         assert LocalView.make(wrong, manifest, tmp_path / "dest") is None, wrong
     (src / "a.txt").write_bytes(b"HELLO")  # same size, other content: the mtime moved since it was hashed
     os.utime(src / "a.txt", ns=(1, 1))

@@ -22,8 +22,18 @@ def test_a_turn_looks_only_at_agents_whose_leases_ended(tmp_path: Path, syntheti
     run = ProjectRun("run0", project, get_media_type("synthetic"), journal, events=EventBus())
     journal.add_project(run.id, project.to_wire(), 0, 0.0)
     scheduler.add(run)
-    agents = [AgentState(identity=f"a{i}".encode(), id=f"a{i}", host="h", slots=1, prefetch=0,
-                         caps={"synthetic"}, missing={}) for i in range(AGENTS)]
+    agents = [
+        AgentState(
+            identity=f"a{i}".encode(),
+            id=f"a{i}",
+            host="h",
+            slots=1,
+            prefetch=0,
+            caps={"synthetic"},
+            missing={},
+        )
+        for i in range(AGENTS)
+    ]
     for a in agents:
         scheduler.registry.add(a)
     assert len(scheduler.dispatch(0.0)) == AGENTS  # the first turn fills every agent
@@ -48,8 +58,17 @@ def test_no_run_with_work_costs_no_agent(tmp_path: Path, synthetic):
     journal.add_project(run.id, project.to_wire(), 0, 0.0)
     scheduler.add(run)
     for i in range(AGENTS):
-        scheduler.registry.add(AgentState(identity=f"a{i}".encode(), id=f"a{i}", host="h", slots=1, prefetch=0,
-                                          caps={"synthetic"}, missing={}))
+        scheduler.registry.add(
+            AgentState(
+                identity=f"a{i}".encode(),
+                id=f"a{i}",
+                host="h",
+                slots=1,
+                prefetch=0,
+                caps={"synthetic"},
+                missing={},
+            )
+        )
     assert sum(len(leases) for _, leases in scheduler.dispatch(0.0)) == 3
     looked = scheduler.looked_at
     for t in (0.01, 1.0, 2.0):  # every job is out: the idle agents are not looked at, even on a rescan

@@ -54,7 +54,8 @@ class AssetSync:
         self.busy.add(project)
         self.views.pop(project, None)
         folder = project_folder(self.scratch, project)
-        threading.Thread(target=self._fetch, args=(project, endpoint, tree, folder, hint if self.local else None),
+        hint = hint if self.local else None
+        threading.Thread(target=self._fetch, args=(project, endpoint, tree, folder, hint),
                          name=f"farm-sync-{project}", daemon=True).start()
 
     def changed(self, project: str) -> str | None:
@@ -77,7 +78,8 @@ class AssetSync:
                     self.views[project] = view
                     self.done.put(Synced(project, folder))
                     return
-            store = Store(self.cache_dir, max_bytes=self.max_bytes) if self.max_bytes else Store(self.cache_dir)
+            limit = {"max_bytes": self.max_bytes} if self.max_bytes else {}
+            store = Store(self.cache_dir, **limit)
             try:
                 with FileClient(endpoint, store, socket_setup=self.socket_setup) as client:
                     client.sync(tree, folder)

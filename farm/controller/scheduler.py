@@ -33,7 +33,8 @@ class Scheduler:
         self.max_held = 0  # the most leases one agent held at once (a check on capacity)
         self.last_rescan = float("-inf")
         self.looked_at = 0  # agents a dispatch turn examined, summed (a check on its cost)
-        self._eligible: dict[str, tuple[tuple[int, int], int]] = {}  # run id -> (registry version, blocklist size), count
+        # run id -> ((registry version, blocklist size), how many agents may run its jobs)
+        self._eligible: dict[str, tuple[tuple[int, int], int]] = {}
 
     # -- decisions ------------------------------------------------------------------
 

@@ -77,7 +77,9 @@ class LocalView:
         try:
             st = os.fstat(rootfd)
             if (st.st_dev, st.st_ino) != (hint["dev"], hint["ino"]):
-                log.info("not using the controller's folder directly: %s is another folder here", hint["root"])
+                log.info(
+                    "not using the controller's folder directly: %s is another folder here", hint["root"]
+                )
                 return None
             shutil.rmtree(dest, ignore_errors=True)  # nothing half-made from an earlier try stays
             dest.mkdir(parents=True)
@@ -100,8 +102,10 @@ class LocalView:
             try:
                 st = os.fstat(src)
                 if (st.st_uid, st.st_size, st.st_mtime_ns) != (uid, entry.size, entry.mtime_ns):
-                    log.info("not using the controller's folder directly: %s changed since it was hashed",
-                             entry.path)
+                    log.info(
+                        "not using the controller's folder directly: %s changed since it was hashed",
+                        entry.path,
+                    )
                     return False
                 head, _, name = entry.path.rpartition("/")
                 folder = resolver.folder(head)
@@ -114,8 +118,11 @@ class LocalView:
                     os.link(f"{root}/{entry.path}", target, follow_symlinks=False)
                     linked = os.lstat(target)
                 except OSError as exc:
-                    log.info("not using the controller's folder directly: cannot link %s: %s",
-                             entry.path, exc.strerror)
+                    log.info(
+                        "not using the controller's folder directly: cannot link %s: %s",
+                        entry.path,
+                        exc.strerror,
+                    )
                     return False
                 if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):  # swapped since we checked it
                     log.info("not using the controller's folder directly: %s was replaced", entry.path)
@@ -168,4 +175,3 @@ def _reflink(src: int, target: str, mode: int, mtime_ns: int) -> bool:
     finally:
         os.close(fd)
     return True
-
