@@ -19,10 +19,12 @@ answered with a fresh HELLO), CURVE on with ``--curve``. Per size it reports:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -197,13 +199,17 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         summary = submit(url, project, socket_setup=setup)
         elapsed = time.perf_counter() - t
         assert summary.ok and summary.done == args.jobs, summary
-    finally:
+    finally:  # never left waiting on a process that died or hangs
         stop_sim.set()
-        counts = [out.get(timeout=60) for _ in sims]
-        for sim in sims:
-            sim.join(30)
+        counts = []
+        for _ in sims:
+            with contextlib.suppress(queue.Empty):
+                counts.append(out.get(timeout=60))
         stop_ctl.set()
-        ctl.join(60)
+        for proc in (*sims, ctl):
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
     gaps = sorted(g for c in counts for g in c["gaps"])
     return {
         "agents": agents,
