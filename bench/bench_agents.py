@@ -70,6 +70,7 @@ def simulate(url: str, names: list[str], keys: str | None, stop: Any, out: Any) 
     last_sent: dict[zmq.Socket, float] = {}
     max_gap: dict[zmq.Socket, float] = {}
     errors = jobs = 0
+    introducing: set[zmq.Socket] = set()  # said HELLO again, no WELCOME yet
 
     def hello(sock: zmq.Socket) -> None:
         sock.send_multipart(
@@ -118,8 +119,11 @@ def simulate(url: str, names: list[str], keys: str | None, stop: Any, out: Any) 
                     jobs += len(results)
                     sock.send_multipart(pack(T.RESULTS, {"results": results}))
                     last_sent[sock] = now
-                elif msg.type is T.ERROR:  # the controller forgot us: a false death
-                    errors += 1
+                elif msg.type is T.WELCOME:
+                    introducing.discard(sock)
+                elif msg.type is T.ERROR and sock not in introducing:  # it forgot us: a false death
+                    errors += 1  # (one HELLO per loss, as an agent does: later ERRORs were in flight)
+                    introducing.add(sock)
                     hello(sock)
         now = time.monotonic()
         for sock, sent in last_sent.items():
@@ -198,7 +202,9 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         t = time.perf_counter()
         summary = submit(url, project, socket_setup=setup)
         elapsed = time.perf_counter() - t
-        assert summary.ok and summary.done == args.jobs, summary
+        if not summary.ok:
+            print(f"{agents} agents: the run {summary.state}: {summary.failed} jobs failed, first: "
+                  f"{summary.failures[:1]}", file=sys.stderr)
     finally:  # never left waiting on a process that died or hangs
         stop_sim.set()
         counts = []
@@ -216,6 +222,7 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         "curve": bool(args.curve),
         "jobs": args.jobs,
         "jobs_per_s": round(args.jobs / elapsed),
+        "jobs_failed": summary.failed,
         "false_deaths": sum(c["errors"] for c in counts),
         "hb_gap_p99_s": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
         "controller_cpu_pct_per_agent": round((cpu1 - cpu0) / 3.0 / agents * 100, 4),
