@@ -85,6 +85,8 @@ class Agent:
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
+        # results of projects placed from the controller's folder, checked once per turn before they go
+        self.unchecked: list[tuple[JobResult, list[bytes], str]] = []
         self.connected = False
         self.stopping = False
         self.last_recv = self.last_send = 0.0
@@ -354,6 +356,8 @@ class Agent:
         self.held -= leases
 
     def _flush_results(self) -> None:
+        if self.unchecked:
+            self._check_placed()
         if not self.outgoing or self.ctrl is None:
             return
         while self.outgoing:
@@ -382,14 +386,27 @@ class Agent:
         self.fail(job, f"not started: {why}", requeue=True)
 
     def deliver(self, result: JobResult, files: list[bytes], project: str) -> None:
-        why = self.sync.changed(project) if self.sync.views else None
-        if why is not None:  # its files moved under it: the result may be wrong; fetch them afresh
-            self.ready.discard(project)
-            if project in self.projects:
-                self._fetch_assets(project)
-            result, files = JobResult(result.lease, False, error=why, log=result.log), []
         self.held.discard(result.lease)
-        self.outgoing.append((result, files))
+        if project in self.sync.views:
+            self.unchecked.append((result, files, project))
+        else:
+            self.outgoing.append((result, files))
+
+    def _check_placed(self) -> None:
+        """Fail the results of jobs whose project files were edited in place while they ran (one
+        look per project and turn, however many results came), and place those files afresh."""
+        moved = {project: self.sync.changed(project) for _, _, project in self.unchecked}
+        for result, files, project in self.unchecked:
+            why = moved[project]
+            if why is not None:  # the result may be wrong
+                result, files = JobResult(result.lease, False, error=why, log=result.log), []
+            self.outgoing.append((result, files))
+        self.unchecked.clear()
+        for project, why in moved.items():
+            if why is not None:
+                self.ready.discard(project)
+                if project in self.projects:
+                    self._fetch_assets(project)
 
     def progress(self, lease: str, fraction: float) -> None:
         if self.ctrl is not None:

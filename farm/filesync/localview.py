@@ -10,8 +10,9 @@ files as
   copy-on-write snapshot, so a later edit of the source never reaches a running job; else
 - **hard links**: the source's own inode, so a save-by-rename (what most editors and Blender
   do) leaves the job its old file, but an in-place write shows through. `LocalView.changed`
-  re-stats every linked file; the agent calls it before it reports a job's result and fails
-  the result of a job whose files moved, so a changed asset never yields a silent wrong output.
+  re-stats every linked file; the agent calls it before it reports results (once per turn for
+  all that came in it) and fails the jobs whose files moved, so a changed asset never yields a
+  silent wrong output.
 
 Anything else (another filesystem, a symlink, a file that moved since it was hashed) makes
 `LocalView.make` return None and the agent fetches through the synchroniser as a remote one.
