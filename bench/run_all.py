@@ -17,19 +17,24 @@ HERE = Path(__file__).resolve().parent
 
 FULL = [
     ["bench_dispatch.py"],
+    ["bench_agents.py"],
+    ["bench_agents.py", "--curve"],
     ["bench_scale.py"],
     ["bench_journal.py"],
     ["bench_tiles.py", "--zoom", "0-6"],
     ["bench_filesync.py"],
+    ["bench_local_assets.py"],
     ["bench_frames.py"],
     ["bench_audio.py"],
 ]
 QUICK = [
-    ["bench_dispatch.py", "--jobs", "20000"],
+    ["bench_dispatch.py", "--jobs", "20000", "--rounds", "1"],
+    ["bench_agents.py", "--sizes", "100,500", "--jobs", "5000"],
     ["bench_scale.py", "--jobs", "50000"],
     ["bench_journal.py", "--jobs", "20000", "--repeat", "1"],
     ["bench_tiles.py", "--zoom", "0-4", "--no-breakdown"],
     ["bench_filesync.py", "--size-mb", "128"],
+    ["bench_local_assets.py", "--mib", "100", "--rounds", "1"],
     ["bench_frames.py", "--chunks", "6"],
     ["bench_audio.py", "--minutes", "3"],
 ]

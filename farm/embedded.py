@@ -34,11 +34,16 @@ log = logging.getLogger(__name__)
 
 
 def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str = "WARNING",
-                       extra: list[str] | None = None, first: int = 1) -> list[subprocess.Popen[bytes]]:
-    """Start agent processes named local-<first>, ... that exit when this process does."""
+                       extra: list[str] | None = None, first: int = 1,
+                       local_assets: bool = True) -> list[subprocess.Popen[bytes]]:
+    """Start agent processes named local-<first>, ... that exit when this process does.
+
+    With ``local_assets`` they use the project's files in place (``--local-assets``), without
+    copying them into the cache."""
     # -P: a folder named `farm` in the current folder must not shadow the installed package
     cmd = [sys.executable, "-P", "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
-           "--slots", str(slots), "--parent-pid", str(os.getpid()), *(extra or [])]
+           "--slots", str(slots), "--parent-pid", str(os.getpid()),
+           *(["--local-assets"] if local_assets else []), *(extra or [])]
     return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"]) for i in range(count)]
 
 

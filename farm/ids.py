@@ -39,6 +39,22 @@ def _why_not_name(value: Any) -> str | None:
         return f"is too long ({len(value)} characters; at most {MAX_NAME}, {MAX_NAME_BYTES} bytes)"
     if value in (".", ".."):
         return "names a folder itself or its parent"
+    if value.isascii() and value.isprintable():  # the common case, checked in C: no control characters,
+        if "/" in value or "\\" in value:  # no separator but the space, already NFKC
+            first = min(value.find(c) for c in "/\\" if c in value)
+            return f"contains the path separator {value[first]!r}"
+    else:
+        why = _why_not_unicode(value)
+        if why is not None:
+            return why
+    if value.startswith("-"):
+        return "starts with '-'"
+    if value != value.strip():
+        return "starts or ends with a space"
+    return None
+
+
+def _why_not_unicode(value: str) -> str | None:
     for char in value:
         if char in "/\\":
             return f"contains the path separator {char!r}"
@@ -47,10 +63,6 @@ def _why_not_name(value: Any) -> str | None:
             return f"contains the character U+{ord(char):04X} ({unicodedata.name(char, category)})"
     if unicodedata.normalize("NFKC", value) != value:
         return "is not in Unicode normal form NFKC (it holds look-alike compatibility characters)"
-    if value.startswith("-"):
-        return "starts with '-'"
-    if value != value.strip():
-        return "starts or ends with a space"
     return None
 
 

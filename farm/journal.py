@@ -16,8 +16,14 @@ may lose the last commits.
 After a restart, a job recorded as running is simply not done: it goes back to
 pending. Done jobs are skipped, permanently failed ones are listed by `failed_jobs`.
 
+With ``background=True`` (the controller's) a due batch is committed by a writer thread
+of the journal's own, so the loop goes on dispatching while SQLite writes; any other use
+of the database (a read, a project write, `flush`) first waits for that commit, and a
+failed one raises `JournalError` at the loop's next call. A crash then loses at most the
+batch being written and the one collecting.
+
 Plain data in and out: project definitions, results and summaries are msgpack-able
-values (tuples come back as lists). Single-threaded, like the controller's loop.
+values (tuples come back as lists). Called from one thread, like the controller's loop.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -156,6 +163,7 @@ class Journal:
     :param commit_interval: seconds an open batch may wait before `tick` commits it.
     :param max_batch: job writes after which the batch commits at once.
     :param clock: monotonic clock in seconds that `tick` compares against (for tests).
+    :param background: commit due batches in a writer thread (see the module docstring).
     """
 
     def __init__(
@@ -165,6 +173,7 @@ class Journal:
         commit_interval: float = 0.05,
         max_batch: int = 2000,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         if commit_interval < 0 or max_batch < 1:
             raise ValueError("commit_interval must be >= 0 and max_batch >= 1")
@@ -175,11 +184,16 @@ class Journal:
         self._pending: dict[tuple[str, str], _Row] = {}  # the batch not yet in the transaction
         self._unflushed = 0  # job writes not yet committed, in `_pending` or in the transaction
         self._batch_started = 0.0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="farm-journal") if background else None
+        self._writing: Future[None] | None = None  # the batch the writer thread commits now
+        self._inflight: dict[tuple[str, str], _Row] = {}  # its rows, which reads still see
+        self._inflight_count = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             private_file(self.path)  # 0600, and so its -wal and -shm: it holds every project's settings
             # isolation_level=None: we open and commit transactions ourselves.
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10,
+                                 check_same_thread=not background)  # the writer thread uses it too
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
         self._db: sqlite3.Connection | None = db
@@ -372,10 +386,45 @@ class Journal:
         )
         self._unflushed += 1
         if self._unflushed >= self.max_batch:
+            if self._writer is None or self._unflushed >= 4 * self.max_batch:
+                self.flush()
+            elif self._writing is None or self._writing.done():
+                self._commit_in_background()
+
+    def _commit_in_background(self) -> None:
+        """Hand the batch to the writer thread (the previous one done); the loop goes on."""
+        assert self._writer is not None
+        self._wait_writer()  # raises if the previous commit failed
+        if self._conn.in_transaction:  # a project write is open: commit all together, here
             self.flush()
+            return
+        self._inflight, self._pending = self._pending, {}
+        self._inflight_count, self._unflushed = self._unflushed, 0
+        self._writing = self._writer.submit(self._commit_rows, list(self._inflight.values()))
+
+    def _commit_rows(self, rows: list[_Row]) -> None:  # in the writer thread
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_UPSERT, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise self._error(exc, "record jobs") from None
+
+    def _wait_writer(self) -> None:
+        """Wait for the writer thread's commit, if one is running; raise its error, if any."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            finally:
+                self._inflight, self._inflight_count = {}, 0
 
     def _spill(self) -> None:
         """Write the in-memory batch into the open transaction (without committing it)."""
+        self._wait_writer()
         if not self._pending:
             return
         db = self._conn
@@ -388,6 +437,7 @@ class Journal:
         self._pending.clear()
 
     def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> sqlite3.Cursor:
+        self._wait_writer()
         db = self._conn
         try:
             if not db.in_transaction:
@@ -399,6 +449,7 @@ class Journal:
     # -- reads (they see the batch) ------------------------------------------------------
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        self._wait_writer()
         try:
             return self._conn.execute(sql, params)
         except sqlite3.Error as exc:
@@ -409,7 +460,7 @@ class Journal:
         return self._read(sql, params)
 
     def is_done(self, project_id: str, key: str) -> bool:
-        row = self._pending.get((project_id, key))
+        row = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
         if row is not None:
             return row[_STATE] == "done"
         found = self._read(
@@ -427,7 +478,7 @@ class Journal:
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
-        pending = self._pending.get((project_id, key))
+        pending = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
         if pending is not None:
             row = (pending[_RESULT],) if pending[_STATE] == "done" else None
         else:
@@ -485,7 +536,7 @@ class Journal:
     @property
     def unflushed(self) -> int:
         """Job writes not yet committed: what a crash now would lose."""
-        return self._unflushed
+        return self._unflushed + self._inflight_count
 
     def flush_due_in(self, now: float | None = None) -> float | None:
         """Seconds until `tick` will commit the open batch (0 if due); None if nothing is open.
@@ -502,10 +553,17 @@ class Journal:
 
         Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
         """
+        if self._writing is not None and self._writing.done():
+            self._wait_writer()  # a failed background commit surfaces here
         due = self.flush_due_in(now)
         if due is None or due > 0:
             return False
-        self.flush()
+        if self._writer is None:
+            self.flush()
+        elif self._writing is None:
+            self._commit_in_background()
+        else:
+            return False  # the writer is still busy with the last batch: this one waits a turn
         return True
 
     def flush(self) -> None:
@@ -527,6 +585,8 @@ class Journal:
         try:
             self.flush()
         finally:
+            if self._writer is not None:
+                self._writer.shutdown()
             self._db.close()
             self._db = None
 

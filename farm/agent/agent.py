@@ -63,6 +63,7 @@ class Agent:
         cache_dir: Path | None = None,
         cache_bytes: int | None = None,
         on_connect: Callable[[str], None] | None = None,
+        local_assets: bool = False,
     ) -> None:
         """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome."""
         self.controller = controller
@@ -85,9 +86,11 @@ class Agent:
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
-        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup)
+        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
+        # results of projects placed from the controller's folder, checked once per turn before they go
+        self.unchecked: list[tuple[JobResult, list[bytes], str]] = []
         self.connected = False
         self.stopping = False
         self.last_recv = self.last_send = 0.0
@@ -343,7 +346,7 @@ class Agent:
         if self.files_endpoint is None:
             self._synced(project, None, "the controller did not say where its file service is")
         else:
-            self.sync.start(project, self.files_endpoint, assets["tree"])
+            self.sync.start(project, self.files_endpoint, assets["tree"], assets.get("local"))
 
     def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
         if folder is not None and project in self.projects:
@@ -365,6 +368,8 @@ class Agent:
         self.held -= leases
 
     def _flush_results(self) -> None:
+        if self.unchecked:
+            self._check_placed()
         if not self.outgoing or self.ctrl is None:
             return
         while self.outgoing:
@@ -392,9 +397,28 @@ class Agent:
         """A job that never started here: the controller runs it again without counting an attempt."""
         self.fail(job, f"not started: {why}", requeue=True)
 
-    def deliver(self, result: JobResult, files: list[bytes]) -> None:
+    def deliver(self, result: JobResult, files: list[bytes], project: str) -> None:
         self.held.discard(result.lease)
-        self.outgoing.append((result, files))
+        if project in self.sync.views:
+            self.unchecked.append((result, files, project))
+        else:
+            self.outgoing.append((result, files))
+
+    def _check_placed(self) -> None:
+        """Fail the results of jobs whose project files were edited in place while they ran (one
+        look per project and turn, however many results came), and place those files afresh."""
+        moved = {project: self.sync.changed(project) for _, _, project in self.unchecked}
+        for result, files, project in self.unchecked:
+            why = moved[project]
+            if why is not None:  # the result may be wrong
+                result, files = JobResult(result.lease, False, error=why, log=result.log), []
+            self.outgoing.append((result, files))
+        self.unchecked.clear()
+        for project, why in moved.items():
+            if why is not None:
+                self.ready.discard(project)
+                if project in self.projects:
+                    self._fetch_assets(project)
 
     def progress(self, lease: str, fraction: float) -> None:
         if self.ctrl is not None:

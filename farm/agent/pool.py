@@ -39,7 +39,7 @@ class Outcomes(Protocol):
 
     def fail(self, job: JobSpec, error: str) -> None: ...
     def hand_back(self, job: JobSpec, why: str) -> None: ...
-    def deliver(self, result: JobResult, files: list[bytes]) -> None: ...
+    def deliver(self, result: JobResult, files: list[bytes], project: str) -> None: ...
     def progress(self, lease: str, fraction: float) -> None: ...
     def report_state(self) -> None: ...  # the node became broken, or mended
 
@@ -221,10 +221,11 @@ class Pool:
                 result = JobResult.from_wire(wire)
                 files = msg.payloads[offset:offset + len(result.files)]
                 offset += len(result.files)
-                if by_lease.pop(result.lease, None) is None:
+                job = by_lease.pop(result.lease, None)
+                if job is None:
                     continue  # cancelled meanwhile
                 self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * result.duration
-                self.outcomes.deliver(result, files)
+                self.outcomes.deliver(result, files, job.project)
             head = slot.running[0].lease if slot.running else None
             slot.running = [j for j in slot.running if j.lease in by_lease]
             if slot.running and slot.running[0].lease != head:

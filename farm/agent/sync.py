@@ -4,6 +4,10 @@ The agent's loop must keep answering heartbeats while gigabytes arrive, so each 
 is fetched by its own thread (with its own ZeroMQ socket) into the node's content-addressed
 cache and materialised (hard links) into a folder of the agent's; the loop collects the
 outcome from a queue. Jobs of a project wait in the agent's queue until it is ready.
+
+An agent started with ``local=True`` (the embedded farm's; ``farm agent --local-assets``)
+that proves it sees the controller's own folder places the files from there instead, with no
+byte copied and nothing added to the cache (`farm.filesync.localview`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import zmq
 
 from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
+from farm.filesync.localview import LocalView
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +37,49 @@ class Synced:
 
 class AssetSync:
     def __init__(self, cache_dir: Path | None, max_bytes: int | None, scratch: Path,
-                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
+                 socket_setup: Callable[[zmq.Socket], None] | None = None, *, local: bool = False) -> None:
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.scratch = scratch
         self.socket_setup = socket_setup
         self.done: queue.Queue[Synced] = queue.Queue()
         self.busy: set[str] = set()
+        self.local = local
+        self.views: dict[str, LocalView] = {}  # projects placed from the controller's own folder
 
-    def start(self, project: str, endpoint: str, tree: str) -> None:
+    def start(self, project: str, endpoint: str, tree: str, hint: object = None) -> None:
+        """Bring ``tree`` here; ``hint`` is the controller's `local_hint`, used only if ``local``."""
         if project in self.busy:
             return
         self.busy.add(project)
+        self.views.pop(project, None)
         folder = project_folder(self.scratch, project)
-        threading.Thread(target=self._fetch, args=(project, endpoint, tree, folder),
+        hint = hint if self.local else None
+        threading.Thread(target=self._fetch, args=(project, endpoint, tree, folder, hint),
                          name=f"farm-sync-{project}", daemon=True).start()
 
-    def _fetch(self, project: str, endpoint: str, tree: str, folder: Path) -> None:
+    def changed(self, project: str) -> str | None:
+        """Why a project placed from the controller's folder no longer holds what its jobs were
+        given (a file edited in place), or None; the project is then fetched afresh."""
+        view = self.views.get(project)
+        why = view.changed() if view is not None else None
+        if why is not None:
+            del self.views[project]
+        return why
+
+    def _fetch(self, project: str, endpoint: str, tree: str, folder: Path, hint: object) -> None:
         try:
-            store = Store(self.cache_dir, max_bytes=self.max_bytes) if self.max_bytes else Store(self.cache_dir)
+            if hint is not None:
+                with FileClient(endpoint, socket_setup=self.socket_setup) as client:
+                    view = LocalView.make(hint, client.fetch_manifest(tree), folder)
+                if view is not None:
+                    log.info("project %s placed from the controller's folder: %d reflinked, %d hard-linked",
+                             project, view.reflinked, len(view.linked))
+                    self.views[project] = view
+                    self.done.put(Synced(project, folder))
+                    return
+            limit = {"max_bytes": self.max_bytes} if self.max_bytes else {}
+            store = Store(self.cache_dir, **limit)
             try:
                 with FileClient(endpoint, store, socket_setup=self.socket_setup) as client:
                     client.sync(tree, folder)

@@ -29,6 +29,9 @@ def agent(
         help="Where project files are cached, shared across projects (default: the user's cache dir).")] = None,
     cache_size: Annotated[float, typer.Option(
         min=1 / 1024, help="Cache size limit in GiB (least recently used go first; a project larger fails).")] = 20,
+    local_assets: Annotated[bool, typer.Option(
+        "--local-assets", help="On the controller's own machine, use its project files in place "
+                               "(reflinks or hard links) instead of copying them into the cache.")] = False,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 
@@ -42,4 +45,4 @@ def agent(
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id or joined_as,
               parent_pid=parent_pid, socket_setup=setup,
-              cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30)).run()
+              cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets).run()

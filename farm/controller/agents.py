@@ -197,8 +197,16 @@ class AgentSide:
         return len(revoked)
 
     def _check_agents(self, now: float) -> None:
+        """Drop silent agents and heartbeat quiet ones: a pass over every agent, so at most
+        every tenth of a heartbeat, not every loop turn (thousands a second with many agents)."""
+        if now - self._agents_checked < self.heartbeat / 10:
+            return
+        self._agents_checked = now
         self._drop_revoked()
-        for agent in self.registry.expired(now, self.heartbeat * self.liveness):
+        # An overloaded loop has not read the heartbeats that wait in its socket yet: judge
+        # silence more leniently then (twice the time), not never (a flood must not hide deaths).
+        timeout = self.heartbeat * self.liveness * (2 if self.backlog else 1)
+        for agent in self.registry.expired(now, timeout):
             self._drop_agent(agent, f"silent for {now - agent.last_seen:.1f}s")
         for agent in self.registry:
             if now - agent.last_sent >= self.heartbeat:

@@ -14,6 +14,7 @@ from typing import Any
 
 from farm.endpoints import files_bind
 from farm.filesync import FileServer, HashCache, Manifest, UploadResult, build_manifest
+from farm.filesync.localview import local_hint
 from farm.project import Project
 from farm.security import ServerSecurity
 
@@ -44,7 +45,7 @@ class AssetService:
             manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
         self.server.publish(tree, project.root, manifest)
         return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
-                "bytes": manifest.total_size}, manifest
+                "bytes": manifest.total_size, "local": local_hint(project.root)}, manifest
 
     def publish_outputs(self, tree: str, folder: Path) -> str | None:
         """Serve a finished run's output folder, for a remote submitter to download."""

@@ -131,6 +131,9 @@ class ControlSide:
             draining.add(agent_id)
         else:
             draining.discard(agent_id)
+            if agent is not None:
+                self.registry.wake(agent)  # may take jobs at the next turn, not the next rescan
+        self.registry.version += 1  # who may take jobs changed: eligible counts are stale
         self.journal.set_control("agent", agent_id, {"draining": True} if drain else None)
         holding = len(agent.held) if agent is not None else 0
         self.events.publish("agent.draining" if drain else "agent.undrained", None, None, agent_id,

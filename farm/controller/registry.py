@@ -81,8 +81,17 @@ class AgentState:
 
 
 class Registry:
+    """The connected agents by routing id.
+
+    ``hungry`` holds the agents that may have free capacity, so a dispatch turn looks at those,
+    not at every agent: one joins it on `add` and whenever a lease of it ends (`wake`), and
+    leaves it when a turn finds it full. ``version`` changes whenever an agent comes or goes.
+    """
+
     def __init__(self) -> None:
         self.agents: dict[bytes, AgentState] = {}
+        self.hungry: dict[bytes, AgentState] = {}  # insertion-ordered, like agents
+        self.version = 0
         # agent ids given no new jobs (live control: `farm drain`); by id, so it outlives a reconnect
         self.draining: set[str] = set()
 
@@ -98,6 +107,13 @@ class Registry:
     def add(self, agent: AgentState) -> None:
         """Register an agent under its routing id (a reconnect comes on a new one; see _identify)."""
         self.agents[agent.identity] = agent
+        self.hungry[agent.identity] = agent
+        self.version += 1
+
+    def wake(self, agent: AgentState) -> None:
+        """The agent may have room again (a lease of it ended)."""
+        if self.agents.get(agent.identity) is agent:
+            self.hungry[agent.identity] = agent
 
     def by_id(self, agent_id: str) -> AgentState | None:
         """The connected agent known by this id, if any."""
@@ -115,6 +131,8 @@ class Registry:
         return next(f"{wanted}-{n}" for n in range(2, len(taken) + 3) if f"{wanted}-{n}" not in taken)
 
     def remove(self, identity: bytes) -> AgentState | None:
+        self.hungry.pop(identity, None)
+        self.version += 1
         return self.agents.pop(identity, None)
 
     @functools.cached_property

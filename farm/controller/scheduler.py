@@ -21,6 +21,7 @@ from farm.controller.run import Lease, ProjectRun
 log = logging.getLogger(__name__)
 
 EXPIRY_GRACE_S = 10.0  # past its deadline a lease is withdrawn only after max(this, half its timeout)
+RESCAN_EVERY_S = 0.5  # a dispatch turn looks at every agent this often; else only at the hungry ones
 
 
 class Scheduler:
@@ -31,25 +32,40 @@ class Scheduler:
         self.runs: dict[str, ProjectRun] = {}
         self.leases: dict[str, Lease] = {}  # lease id -> lease, across runs
         self.max_held = 0  # the most leases one agent held at once (a check on capacity)
+        self.last_rescan = float("-inf")
+        self.looked_at = 0  # agents a dispatch turn examined, summed (a check on its cost)
+        # run id -> ((registry version, blocklist size), how many agents may run its jobs)
+        self._eligible: dict[str, tuple[tuple[int, int], int]] = {}
 
     # -- decisions ------------------------------------------------------------------
 
     def dispatch(self, now: float) -> list[tuple[AgentState, list[Lease]]]:
-        """Lease jobs to agents with free capacity; returns each agent's new leases (to send)."""
-        active = [r for r in self.runs.values() if r.active and not r.paused]
+        """Lease jobs to agents with free capacity; returns each agent's new leases (to send).
+
+        A turn costs O(agents that may have room), not O(agents): it returns at once when no run
+        has a job to hand out, and looks at the registry's hungry agents; every `RESCAN_EVERY_S`
+        it looks at all of them (a capacity that grew without a lease ending). A paused run and a
+        draining agent get nothing new.
+        """
+        active = [r for r in self.runs.values() if r.active and not r.paused and (r.ready or not r.exhausted)]
         if not active:
             return []
-        agents = self.taking()
-        eligible = {}  # once per turn
-        for run in active:
-            eligible[run.id] = sum(1 for a in agents if run.eligible(a)) or run.lift_blocklist(agents)
+        registry = self.registry
+        if now - self.last_rescan >= RESCAN_EVERY_S:
+            self.last_rescan = now
+            registry.hungry = dict(registry.agents)
+            self._eligible = {k: v for k, v in self._eligible.items() if k in self.runs}
+        eligible = {run.id: self._eligible_count(run) for run in active}  # lifts a blocklist that leaves none
         decisions = []
-        for agent in agents:
+        draining = registry.draining
+        for agent in list(registry.hungry.values()):
+            self.looked_at += 1
             free = agent.free()
-            if free <= 0:
+            if free <= 0 or agent.id in draining:
+                del registry.hungry[agent.identity]  # back when a lease of it ends
                 continue
             leases: list[Lease] = []
-            for run in sorted(active, key=lambda r: (-r.priority, len(r.leases))):
+            for run in sorted(active, key=lambda r: (-r.priority, len(r.leases))):  # fair as leases grow
                 if len(leases) >= free:
                     break
                 if run.eligible(agent):
@@ -60,7 +76,21 @@ class Scheduler:
                     agent.held.add(lease.id)
                 self.max_held = max(self.max_held, len(agent.held))
                 decisions.append((agent, leases))
+                if len(leases) >= free:
+                    del registry.hungry[agent.identity]
         return decisions
+
+    def _eligible_count(self, run: ProjectRun) -> int:
+        """How many connected agents may run this run's jobs (blocklist lifted if none); cached
+        until an agent comes, goes, drains or undrains (`Registry.version`) or the run's blocklist changes."""
+        key = (self.registry.version, len(run.blocklist))
+        known = self._eligible.get(run.id)
+        if known is not None and known[0] == key:
+            return known[1]
+        agents = self.taking()
+        count = sum(1 for a in agents if run.eligible(a)) or run.lift_blocklist(agents)
+        self._eligible[run.id] = ((self.registry.version, len(run.blocklist)), count)
+        return count
 
     def expired(self, now: float) -> list[Lease]:
         """Withdraw leases long past their deadline (a backstop: agents enforce timeouts); returns them."""
@@ -127,6 +157,7 @@ class Scheduler:
     def settle(self, agent: AgentState, lease_id: str) -> Lease | None:
         """A result came for `lease_id` from `agent`: the lease, if it is the job's current one."""
         agent.held.discard(lease_id)
+        self.registry.wake(agent)
         lease = self.leases.get(lease_id)
         if lease is None or lease.agent != agent.identity or not lease.run.is_current(lease):
             return None
@@ -208,6 +239,7 @@ class Scheduler:
         agent = self.registry.get(lease.agent)
         if agent:
             agent.held.discard(lease.id)
+            self.registry.wake(agent)
 
     def _lose(self, lease: Lease, reason: str) -> None:
         self.leases.pop(lease.id, None)

@@ -93,6 +93,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.followers: dict[str, set[bytes]] = {}
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
         self.budgets = peers.PeerBudgets()
+        self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)
+        self.backlog = False  # the last turn left messages unread (their heartbeats among them)
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
@@ -216,7 +218,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
         if self.security:
             self.security.socket_setup(self.sock, enrolment=True)  # a join token's key may redeem it here
-        self.journal = Journal(self.state_dir / JOURNAL_FILE)
+        self.journal = Journal(self.state_dir / JOURNAL_FILE, background=True)
         try:
             self.url = _bind(self.sock, self.bind)
             self.sock.bind(self.local_url)
@@ -339,10 +341,12 @@ class Controller(AgentSide, ClientSide, ControlSide):
         budgets = self.budgets
         budgets.new_turn()
         now = time.monotonic()
+        self.backlog = True  # until the socket is found empty: messages wait unread
         for _ in range(peers.PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
+                self.backlog = False
                 return
             key = joining = None
             if secured:
