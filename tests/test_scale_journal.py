@@ -19,7 +19,7 @@ def test_background_commits_are_seen_and_durable(tmp_path):
         "i": 7
     }  # seen while (or after) it writes
     journal.job_done("p", "late", None)
-    assert journal.counts("p") == {"done": 101, "failed": 0}  # a read waits for the writer, then sees all
+    assert journal.counts("p") == {"done": 101, "failed": 0, "reused": 0}  # a read waits for the writer, then sees all
     journal.close()
     with Journal(tmp_path / "j.sqlite") as again:  # committed: another connection reads it all
         assert again.done_keys("p") == {f"k{i}" for i in range(100)} | {"late"}
