@@ -28,6 +28,9 @@ DEFAULT_ATTEMPTS = 3
 MAX_OUTPUT_MIB = 60
 DEFAULT_MAX_OUTPUT_MIB = MAX_OUTPUT_MIB
 DEFAULT_MAX_OUTPUT = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes
+# Seconds a job of a media type that groups units aims at ([jobs] target; farm.controller.chunking).
+DEFAULT_TARGET_S = 60.0
+MAX_TARGET_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Project:
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes one job may return
+    target: float = DEFAULT_TARGET_S  # seconds a chunked job aims at
     extra: dict[str, Any] = field(default_factory=dict)
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +82,7 @@ class Project:
             "max_attempts": self.max_attempts,
             "table": _plain(self.table),
             "max_output": self.max_output,
+            "target": self.target,
         }
 
     @classmethod
@@ -112,6 +117,7 @@ class Project:
             max_attempts=data["max_attempts"],
             table=data.get("table") if isinstance(data.get("table"), dict) else {},
             max_output=data.get("max_output", DEFAULT_MAX_OUTPUT),
+            target=_target(data.get("target", DEFAULT_TARGET_S)),
         )
 
     def reconfigure(self, root: Path) -> Project:
@@ -187,6 +193,9 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     timeout = jobs.number("timeout", None, min=0.001)
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
     max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=MAX_OUTPUT_MIB)
+    target = jobs.number("target", DEFAULT_TARGET_S, min=0.1, max=MAX_TARGET_S)
+    if target != target:  # nan passes both bounds
+        raise jobs.error("target", "expected seconds (a number from 0.1), got nan")
     jobs.finish()
 
     try:
@@ -216,6 +225,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         max_attempts=attempts,
         table=dict(table.values),
         max_output=int(max_output * 2**20),
+        target=float(target),
     )
 
 
@@ -233,6 +243,12 @@ _WIRE_FIELDS: dict[str, Any] = {
     "root": str, "name": str, "media_type": str, "settings": dict, "include": list, "exclude": list,
     "output": str, "timeout": (int, float, type(None)), "max_attempts": int,
 }
+
+
+def _target(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_TARGET_S:  # nan too
+        raise ProtocolError(f"project field 'target' must be seconds from 0.1 to {MAX_TARGET_S:g}")
+    return float(value)
 
 
 def _kind_name(kind: Any) -> str:
