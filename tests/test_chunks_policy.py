@@ -17,7 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farm.controller.chunking import AdaptiveChunks, UnitTimes, chunk_size, ladder_down, ladder_up
+from farm.controller.registry import AgentState
+from farm.controller.run import ProjectRun
 from farm.errors import ProjectError
+from farm.journal import Journal
 from farm.mediatype import ChunkAdvisor, Job
 from farm.project import DEFAULT_TARGET_S, load_project
 
@@ -33,16 +36,16 @@ def simulate(advisor: ChunkAdvisor, *, units: int, slots: int, unit_s, startup_s
     ``unit_s(i)``: seconds unit i takes. The advisor hears of a job when it finishes.
     """
     free = [(0.0, slot) for slot in range(slots)]  # (time the slot frees up, slot)
-    finishing: list[tuple[float, int, float]] = []  # (end, units, seconds) not yet heard of
+    finishing: list[tuple[float, int, float, int]] = []  # (end, units, seconds, slot) not yet heard of
     finish = [0.0] * slots
     sizes = []
     done = 0
     while done < units:
         now, slot = heapq.heappop(free)
         while finishing and finishing[0][0] <= now:
-            _, n, seconds = heapq.heappop(finishing)
+            _, n, seconds, done_on = heapq.heappop(finishing)
             if isinstance(advisor, AdaptiveChunks):
-                advisor.record(n, seconds)
+                advisor.record(f"agent{done_on}", n, seconds)
         if isinstance(advisor, AdaptiveChunks):
             advisor.saw(f"agent{slot}", 1, slots)
         start = done
@@ -50,7 +53,7 @@ def simulate(advisor: ChunkAdvisor, *, units: int, slots: int, unit_s, startup_s
         seconds = startup_s + sum(unit_s(i) for i in range(start, start + job.units))
         sizes.append(job.units)
         done += job.units
-        heapq.heappush(finishing, (now + seconds, job.units, seconds))
+        heapq.heappush(finishing, (now + seconds, job.units, seconds, slot))
         heapq.heappush(free, (now + seconds, slot))
         finish[slot] = now + seconds
     return finish, sizes
@@ -117,6 +120,21 @@ def test_unit_times_separate_startup_from_per_unit_time():
     assert len(noisy.samples) == 2
 
 
+def test_each_slots_first_job_counts_only_until_others_are_in():
+    """A slot's first job pays Blender's launch and the scene's load: 4 s on top of 0.5 s a frame."""
+    advisor = AdaptiveChunks(target_s=10.0)
+    advisor.saw("a", 2, 1)
+    advisor.record("a", 4, 6.0)
+    assert advisor.estimate() == (1.5, 0.0)  # all there is: cold jobs
+    assert advisor.size(1000, 4) == 6
+    advisor.record("a", 4, 6.0)  # the second slot's first job: cold too
+    for units in (4, 8, 4, 8):
+        advisor.record("a", units, 0.1 + 0.5 * units)
+    per_unit, startup = advisor.estimate()
+    assert per_unit == pytest.approx(0.5) and startup == pytest.approx(0.1)
+    assert advisor.size(1000, 4) == 16  # (10 - 0.1) / 0.5 = 19.8
+
+
 # -- a farm of slots, simulated -----------------------------------------------------------
 
 
@@ -167,7 +185,7 @@ def test_work_done_at_other_sizes_is_found_again():
     # the re-run measures a slower farm, so it would choose other sizes
     rerun = AdaptiveChunks(target_s=30.0, known=lambda job: job.key in made)
     for _ in range(4):
-        rerun.record(4, 40.0)
+        rerun.record("a", 4, 40.0)
     rerun.saw("a", 1, 1)
     again, start = [], 0
     while start < 300:
@@ -177,7 +195,7 @@ def test_work_done_at_other_sizes_is_found_again():
     assert set(again) == made
     # nothing known: its own sizes (10 s a unit, 30 s target: 3 units)
     fresh = AdaptiveChunks(target_s=30.0, known=lambda job: False)
-    fresh.record(4, 40.0)
+    fresh.record("a", 4, 40.0)
     assert fresh.next_job(300, 7, lambda n: unit_job(0, n)).units == 3
 
 
@@ -202,7 +220,7 @@ def frames_project(tmp_path: Path, frames_table: str, jobs_table: str = "") -> P
 def test_an_explicit_chunk_wins_over_the_advisor(tmp_path):
     project = load_project(frames_project(tmp_path, 'frames = "1-50"\nchunk = 5'))
     advisor = AdaptiveChunks(target_s=60.0)
-    advisor.record(5, 1.0)  # would ask for 256 frames a job
+    advisor.record("a", 5, 1.0)  # would ask for 256 frames a job
     jobs = list(Frames().split(project, advisor))
     assert [j.units for j in jobs] == [5] * 10
     assert jobs[0].key == "frames-000001-000005"
@@ -215,7 +233,7 @@ def test_frames_split_asks_the_advisor_and_covers_every_frame_once(tmp_path):
     jobs = []
     for job in Frames().split(project, advisor):
         jobs.append(job)
-        advisor.record(job.units, 1.0 * job.units)  # 1 s a frame: 48 frames a job
+        advisor.record("a", job.units, 1.0 * job.units)  # 1 s a frame: 48 frames a job
         advisor.saw("a", 1, 2)
     frames = [f for job in jobs for f in iter_frames(job.params["runs"])]
     assert frames == list(iter_frames(project.settings["frames"]))
@@ -256,3 +274,29 @@ def test_jobs_target_is_read_and_checked_with_its_line(tmp_path):
             load_project(root)
         assert caught.value.key is not None and "target" in caught.value.key
         assert caught.value.line == 5, (bad, caught.value)
+
+
+def test_a_resumed_run_skips_done_jobs_whatever_their_size(tmp_path):
+    """A controller restarted mid-run: the new run's advisor finds the done jobs (cut at sizes
+    the old timing chose) in the journal and renders only the frames between them."""
+    project = load_project(frames_project(tmp_path / "p", 'frames = "1-40"'))
+    agent = AgentState(identity=b"a", id="a", host="h", slots=1, prefetch=0, caps={"frames", "blender"},
+                       missing={})
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.add_project("run", project.to_wire(), 0, 0.0)
+        for first, last in ((1, 8), (9, 20), (21, 26)):  # the old run's jobs: 8, 12 and 6 frames
+            journal.job_done("run", f"frames-{first:06d}-{last:06d}", {"frames": last - first + 1})
+        journal.flush()
+        resumed = ProjectRun("run", project, Frames(), journal)
+        assert resumed.chunks is not None and resumed.done == 3
+        resumed.chunks.record("a", 4, 40.0)  # slow now: 10 s a frame, 6-frame jobs by time
+        resumed.chunks.record("a", 4, 40.0)
+        leases = []
+        while not resumed.exhausted:
+            taken = resumed.take(agent, 1, 1, 0.0)
+            for lease in taken:
+                del resumed.leases[lease.job.key]  # as if done: pull on
+            leases += taken
+        rendered = [f for lease in leases for f in iter_frames(lease.job.params["runs"])]
+        assert rendered == list(range(27, 41))
+        assert [lease.job.units for lease in leases] == [6, 6, 2]

@@ -3,7 +3,9 @@
 A job pays a start-up (a renderer's launch, a scene's load, the hand-over) once, then a time
 per unit. Too small a chunk and start-ups dominate; too large and the last agents idle while
 one finishes. As results come in, `UnitTimes` fits ``seconds = startup + units * per_unit``
-over the recent jobs, and `chunk_size` aims each job at ``[jobs] target`` seconds (Flamenco's
+over the recent jobs (an agent's first job on each slot pays one-time costs, such as launching
+Blender and loading the scene, that later jobs do not: those count only until other jobs are
+in), and `chunk_size` aims each job at ``[jobs] target`` seconds (Flamenco's
 rule: target / per-unit time), never so small that start-up is over a quarter of it, and
 splits what is left evenly over the run's slots near the end, so agents finish together.
 
@@ -28,7 +30,11 @@ DEFAULT_TARGET_S = 60.0
 #: a job's start-up may be at most this share of it (the floor on a chunk's size)
 MAX_STARTUP_SHARE = 0.25
 #: the results the fit looks at (the most recent): times drift as a scene gets heavier
-SAMPLES = 32
+SAMPLES = 12
+#: a fit that misses a job's time by more than this share is not believed (times changed)
+FIT_TOLERANCE = 0.2
+#: without a fit, the time per unit is the median of this many most recent jobs'
+RECENT = 4
 #: the largest chunk the adaptive advisor picks
 MAX_CHUNK = 4096
 
@@ -47,8 +53,9 @@ class UnitTimes:
     def estimate(self) -> tuple[float, float] | None:
         """``(per_unit_s, startup_s)``, or None before the first result.
 
-        With jobs of one size only, start-up cannot be told from per-unit time: it is taken as
-        0 and folded into the per-unit time (jobs still come out at the target length).
+        With jobs of one size only, or times that no line fits (units that got slower midway),
+        start-up is taken as 0 and folded into the per-unit time of the latest jobs: jobs still
+        come out at the target length, and the tail is split finer rather than coarser.
         """
         if not self.samples:
             return None
@@ -56,11 +63,11 @@ class UnitTimes:
         secs = [s for _, s in self.samples]
         if len(set(units)) >= 2:
             slope, intercept = statistics.linear_regression(units, secs)
-            if slope > 0 and intercept >= 0:
+            if slope > 0 and intercept >= 0 and all(
+                    abs(intercept + slope * u - s) <= FIT_TOLERANCE * s for u, s in self.samples):
                 return slope, intercept
-            if slope > 0:  # a negative start-up is noise: none
-                return sum(secs) / sum(units), 0.0
-        per_unit = statistics.median(s / u for u, s in self.samples)
+        recent = list(self.samples)[-RECENT:]
+        per_unit = statistics.median(s / u for u, s in recent)
         return max(per_unit, 1e-6), 0.0
 
 
@@ -112,6 +119,8 @@ class AdaptiveChunks(ChunkAdvisor):
     def __init__(self, target_s: float = DEFAULT_TARGET_S, known: Callable[[Job], bool] | None = None) -> None:
         self.target_s = target_s
         self.times = UnitTimes()
+        self.warmup = UnitTimes()  # each slot's first job: one-time costs in it
+        self._results: collections.Counter[str] = collections.Counter()  # agent id -> results heard
         self._known = known
         self._slots: dict[str, int] = {}  # agent id -> slots, of agents that took this run's jobs
         self.eligible = 0  # agents able to run the run, at the last dispatch
@@ -125,9 +134,15 @@ class AdaptiveChunks(ChunkAdvisor):
         self._slots[agent] = max(1, slots)
         self.eligible = eligible
 
-    def record(self, units: int, seconds: float) -> None:
-        """A job of ``units`` finished in ``seconds`` (its `JobResult.duration`)."""
-        self.times.record(units, seconds)
+    def record(self, agent: str, units: int, seconds: float) -> None:
+        """A job of ``units`` finished on ``agent`` in ``seconds`` (its `JobResult.duration`)."""
+        self._results[agent] += 1
+        first = self._results[agent] <= self._slots.get(agent, 1)
+        (self.warmup if first else self.times).record(units, seconds)
+
+    def estimate(self) -> tuple[float, float] | None:
+        """``(per_unit_s, startup_s)`` from the jobs after each slot's first, else from those."""
+        return self.times.estimate() or self.warmup.estimate()
 
     @property
     def slots(self) -> int:
@@ -139,7 +154,7 @@ class AdaptiveChunks(ChunkAdvisor):
     # -- what the split asks ---------------------------------------------------------------
 
     def size(self, remaining: int, default: int) -> int:
-        per_unit, startup = self.times.estimate() or (None, 0.0)
+        per_unit, startup = self.estimate() or (None, 0.0)
         return chunk_size(remaining, default, slots=self.slots, target_s=self.target_s,
                           per_unit_s=per_unit, startup_s=startup)
 

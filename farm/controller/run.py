@@ -178,7 +178,7 @@ class ProjectRun:
                 reused += 1
             else:
                 jobs.append(self.lease(job, agent, now))
-        if self.chunks is not None and not self.exhausted:  # the count changes with the sizes
+        if self.chunks is not None:  # the count changes with the sizes
             self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready) + len(self.unmet)
                           + self.chunks.jobs_left())
         return jobs
@@ -279,7 +279,7 @@ class ProjectRun:
         """Collate a current lease's outputs; raises what collate raises (the caller retries)."""
         key = lease.job.key
         if self.chunks is not None and lease.result is not None:
-            self.chunks.record(lease.job.units, lease.result.duration)
+            self.chunks.record(lease.agent_id, lease.job.units, lease.result.duration)
         if self.cache is not None and key in self.cache_keys:
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
         self.media.collate(lease.job, result, outputs, self.ctx)
