@@ -2,7 +2,7 @@
 
     python bench/bench_frames.py [--agents 2] [--chunks sample,1] [--frames 1-48]
                                  [--heavy-samples 384] [--heavy-frames 1-8] [--repeat 1] [--json]
-                                 [--adaptive sample,uneven] [--target 2] [--only-adaptive]
+                                 [--adaptive sample,uneven] [--target 5] [--only-adaptive]
 
 Comparisons, each against a baseline measured in the same run: one ``blender -b ... -a``
 process over the same frames with the farm's total thread count (agents x threads per
@@ -17,7 +17,8 @@ includes starting the controller and the agents, as a user's ``farm submit`` doe
 
 - ``--adaptive``: makespan with adaptive chunks (no ``chunk``, ``[jobs] target = --target``)
   against the sample's fixed chunk of 12, both on the farm, alternated in the same run:
-  ``sample`` is the turntable; ``uneven`` the same scene whose last quarter of frames each
+  ``--target`` defaults to 5 s, about what the sample's chunk of 12 takes here, so the two differ
+  in how the work is cut, not in the job length aimed at; ``sample`` is the turntable; ``uneven`` the same scene whose last quarter of frames each
   sleep 0.4 s more in a frame-change handler (frames of uneven cost). ``speedup`` = fixed
   makespan / adaptive makespan; ``jobs`` and ``baseline_jobs`` are the job counts.
 
@@ -240,7 +241,7 @@ def main() -> None:
                         help="the single process's threads (default: what the agents get in total)")
     parser.add_argument("--adaptive", default="sample,uneven",
                         help="scenes for fixed against adaptive chunks (sample, uneven; '' for none)")
-    parser.add_argument("--target", type=float, default=2.0,
+    parser.add_argument("--target", type=float, default=5.0,
                         help="[jobs] target of the adaptive runs, seconds (scaled to these fast frames)")
     parser.add_argument("--only-adaptive", action="store_true", help="skip the one-Blender comparisons")
     parser.add_argument("--json", action="store_true", help="one JSON object per comparison")

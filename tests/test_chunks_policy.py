@@ -126,7 +126,10 @@ def test_each_slots_first_job_counts_only_until_others_are_in():
     advisor.saw("a", 2, 1)
     advisor.record("a", 4, 6.0)
     assert advisor.estimate() == (1.5, 0.0)  # all there is: cold jobs
-    assert advisor.size(1000, 4) == 6
+    assert advisor.size(1000, 4) == 6  # first jobs may make chunks larger than the default 4
+    slow_start = AdaptiveChunks(target_s=10.0)
+    slow_start.record("b", 4, 20.0)  # a 16 s launch in it: 5 s a frame by this job alone
+    assert slow_start.size(1000, 4) == 4  # but never smaller
     advisor.record("a", 4, 6.0)  # the second slot's first job: cold too
     for units in (4, 8, 4, 8):
         advisor.record("a", units, 0.1 + 0.5 * units)
@@ -195,6 +198,7 @@ def test_work_done_at_other_sizes_is_found_again():
     assert set(again) == made
     # nothing known: its own sizes (10 s a unit, 30 s target: 3 units)
     fresh = AdaptiveChunks(target_s=30.0, known=lambda job: False)
+    fresh.record("a", 4, 40.0)  # the slot's first job
     fresh.record("a", 4, 40.0)
     assert fresh.next_job(300, 7, lambda n: unit_job(0, n)).units == 3
 

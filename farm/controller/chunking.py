@@ -154,9 +154,17 @@ class AdaptiveChunks(ChunkAdvisor):
     # -- what the split asks ---------------------------------------------------------------
 
     def size(self, remaining: int, default: int) -> int:
-        per_unit, startup = self.estimate() or (None, 0.0)
-        return chunk_size(remaining, default, slots=self.slots, target_s=self.target_s,
+        warm = self.times.estimate()
+        per_unit, startup = warm or (None, 0.0)
+        size = chunk_size(remaining, default, slots=self.slots, target_s=self.target_s,
                           per_unit_s=per_unit, startup_s=startup)
+        cold = self.warmup.estimate() if warm is None else None
+        if cold is not None:
+            # First jobs only: their one-time costs make frames look slower than they are, so
+            # they may make chunks larger than the default, never smaller.
+            size = max(size, chunk_size(remaining, default, slots=self.slots, target_s=self.target_s,
+                                        per_unit_s=cold[0], startup_s=cold[1]))
+        return size
 
     def known(self, job: Job) -> bool:
         return self._known is not None and self._known(job)
