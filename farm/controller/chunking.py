@@ -35,6 +35,8 @@ SAMPLES = 12
 FIT_TOLERANCE = 0.2
 #: without a fit, the time per unit is the median of this many most recent jobs'
 RECENT = 4
+#: a fit needs jobs this many times larger than others: close sizes leave start-up to noise
+FIT_SPREAD = 2
 #: the largest chunk the adaptive advisor picks
 MAX_CHUNK = 4096
 
@@ -53,7 +55,8 @@ class UnitTimes:
     def estimate(self) -> tuple[float, float] | None:
         """``(per_unit_s, startup_s)``, or None before the first result.
 
-        With jobs of one size only, or times that no line fits (units that got slower midway),
+        With jobs of about one size only (under 2x apart: start-up would be noise), or times no
+        line fits (units that got slower midway), or a start-up over half the shortest job,
         start-up is taken as 0 and folded into the per-unit time of the latest jobs: jobs still
         come out at the target length, and the tail is split finer rather than coarser.
         """
@@ -61,9 +64,9 @@ class UnitTimes:
             return None
         units = [u for u, _ in self.samples]
         secs = [s for _, s in self.samples]
-        if len(set(units)) >= 2:
+        if max(units) >= FIT_SPREAD * min(units):
             slope, intercept = statistics.linear_regression(units, secs)
-            if slope > 0 and intercept >= 0 and all(
+            if slope > 0 and 0 <= intercept <= min(secs) / 2 and all(
                     abs(intercept + slope * u - s) <= FIT_TOLERANCE * s for u, s in self.samples):
                 return slope, intercept
         recent = list(self.samples)[-RECENT:]
