@@ -18,8 +18,9 @@ includes starting the controller and the agents, as a user's ``farm submit`` doe
 - ``--adaptive``: makespan with adaptive chunks (no ``chunk``, ``[jobs] target = --target``)
   against the sample's fixed chunk of 12, both on the farm, alternated in the same run:
   ``--target`` defaults to 5 s, about what the sample's chunk of 12 takes here, so the two differ
-  in how the work is cut, not in the job length aimed at; ``sample`` is the turntable; ``uneven`` the same scene whose last quarter of frames each
-  sleep 0.4 s more in a frame-change handler (frames of uneven cost). ``speedup`` = fixed
+  in how the work is cut, not in the job length aimed at; ``sample`` is the turntable; ``uneven``
+  the same scene whose last quarter of frames each sleep 0.4 s more in a frame-change handler
+  (frames of uneven cost). ``speedup`` = fixed
   makespan / adaptive makespan; ``jobs`` and ``baseline_jobs`` are the job counts.
 
 With ``--repeat N`` each comparison alternates baseline and farm N times and reports the
@@ -260,7 +261,8 @@ def main() -> None:
                 sys.exit(f"--adaptive: unknown scene {scene!r} (sample, uneven)")
             fixed, adaptive = adaptive_pair(Path(tmp, f"adaptive-{scene}"), args.frames, args.target,
                                             scene == "uneven")
-            label = f"{'uneven ' if scene == 'uneven' else ''}turntable {args.frames}: adaptive chunks vs fixed"
+            label = f"{'uneven ' if scene == 'uneven' else ''}turntable {args.frames}"
+            label += ": adaptive chunks vs fixed"
             rows.append(compare_chunks(label, fixed, adaptive, agents=args.agents, repeat=args.repeat,
                                        quiet=args.json))
         for chunk in ([] if args.only_adaptive else args.chunks.split(",")):

@@ -43,7 +43,8 @@ _LAZY = {"submit": "farm.client", "Summary": "farm.client", "submit_embedded": "
          "Event": "farm.controller.events"}  # they pull in ZeroMQ and the file synchroniser
 
 __all__ = [
-    "ChunkAdvisor", "CollateContext", "ConnectionLost", "Event", "FarmError", "Job", "JobFailedForGood", "MediaType",
+    "ChunkAdvisor", "CollateContext", "ConnectionLost", "Event", "FarmError", "Job", "JobFailedForGood",
+    "MediaType",
     "PluginError", "Project", "ProjectError", "RenderContext", "RenderError", "RendererMissing",
     "SettingsReader", "Summary", "UnsafePath", "__version__", "hookimpl", "load_project", "resolve_inside",
     "submit", "submit_embedded",

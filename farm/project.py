@@ -246,7 +246,8 @@ _WIRE_FIELDS: dict[str, Any] = {
 
 
 def _target(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_TARGET_S:  # nan too
+    # "not a <= value <= b" refuses nan too
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_TARGET_S:
         raise ProtocolError(f"project field 'target' must be seconds from 0.1 to {MAX_TARGET_S:g}")
     return float(value)
 

@@ -102,7 +102,8 @@ def chunk_size(remaining: int, default: int, *, slots: int, target_s: float,
     if per_unit_s is None:
         size = max(1, default)
     else:
-        floor = min(ladder_up(startup_s * (1 - MAX_STARTUP_SHARE) / MAX_STARTUP_SHARE / per_unit_s), MAX_CHUNK)
+        floor_units = startup_s * (1 - MAX_STARTUP_SHARE) / MAX_STARTUP_SHARE / per_unit_s
+        floor = min(ladder_up(floor_units), MAX_CHUNK)
         size = max(min(ladder_down((target_s - startup_s) / per_unit_s), MAX_CHUNK), floor)
     if slots > 0 and remaining < slots * size:
         # The tail (guided scheduling): what is left over the slots, so chunks shrink as the
@@ -119,7 +120,8 @@ class AdaptiveChunks(ChunkAdvisor):
         that cannot reuse anything (no lookups are made).
     """
 
-    def __init__(self, target_s: float = DEFAULT_TARGET_S, known: Callable[[Job], bool] | None = None) -> None:
+    def __init__(self, target_s: float = DEFAULT_TARGET_S,
+                 known: Callable[[Job], bool] | None = None) -> None:
         self.target_s = target_s
         self.times = UnitTimes()
         self.warmup = UnitTimes()  # each slot's first job: one-time costs in it

@@ -179,8 +179,8 @@ class ProjectRun:
             else:
                 jobs.append(self.lease(job, agent, now))
         if self.chunks is not None:  # the count changes with the sizes
-            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready) + len(self.unmet)
-                          + self.chunks.jobs_left())
+            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready)
+                          + len(self.unmet) + self.chunks.jobs_left())
         return jobs
 
     def _known(self, job: Job) -> bool:

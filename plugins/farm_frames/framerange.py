@@ -112,7 +112,7 @@ class FrameIndex:
 
     def slice(self, start: int, count: int) -> Runs:
         """The runs of the ``count`` frames listed from position ``start`` (0-based)."""
-        if not (0 <= start and count >= 1 and start + count <= self.total):
+        if start < 0 or count < 1 or start + count > self.total:
             raise ValueError(f"frames {start}..{start + count} are outside a list of {self.total}")
         out: Runs = []
         i = bisect.bisect_right(self.starts, start) - 1

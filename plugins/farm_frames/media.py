@@ -28,7 +28,15 @@ from farm_frames.blender import (
     setup_env,
 )
 from farm_frames.config import read_settings
-from farm_frames.framerange import FrameIndex, Runs, chunk_runs, format_runs, frame_count, iter_frames, runs_of
+from farm_frames.framerange import (
+    FrameIndex,
+    Runs,
+    chunk_runs,
+    format_runs,
+    frame_count,
+    iter_frames,
+    runs_of,
+)
 from farm_frames.images import FORMATS, BadImage, check_image
 from farm_frames.progress import ChunkProgress, log_tail
 from farm_frames.scenefiles import missing_from_log, summarise
