@@ -2,6 +2,7 @@
 
     python bench/bench_frames.py [--agents 2] [--chunks sample,1] [--frames 1-48]
                                  [--heavy-samples 384] [--heavy-frames 1-8] [--repeat 1] [--json]
+                                 [--adaptive sample,uneven] [--target 5] [--only-adaptive]
 
 Comparisons, each against a baseline measured in the same run: one ``blender -b ... -a``
 process over the same frames with the farm's total thread count (agents x threads per
@@ -13,6 +14,14 @@ includes starting the controller and the agents, as a user's ``farm submit`` doe
 - a heavier turntable (``--heavy-samples``, so a frame takes seconds) at one frame per job:
   on one machine the agents share its cores, so the ideal is the baseline's time and the
   parallel efficiency is baseline time / farm time.
+
+- ``--adaptive``: makespan with adaptive chunks (no ``chunk``, ``[jobs] target = --target``)
+  against the sample's fixed chunk of 12, both on the farm, alternated in the same run:
+  ``--target`` defaults to 5 s, about what the sample's chunk of 12 takes here, so the two differ
+  in how the work is cut, not in the job length aimed at; ``sample`` is the turntable; ``uneven``
+  the same scene whose last quarter of frames each sleep 0.4 s more in a frame-change handler
+  (frames of uneven cost). ``speedup`` = fixed
+  makespan / adaptive makespan; ``jobs`` and ``baseline_jobs`` are the job counts.
 
 With ``--repeat N`` each comparison alternates baseline and farm N times and reports the
 medians. Prints figures and the machine's load; with ``--json``, one JSON object per
@@ -27,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -63,6 +73,80 @@ def copy_sample(dest: Path, frames: str, chunk: int | None, samples: int | None 
     return dest
 
 
+#: the uneven scene: frames in the last quarter each sleep this long more (a heavier end of a shot)
+UNEVEN_S = 0.4
+
+
+def adaptive_pair(dest: Path, frames: str, target: float, uneven: bool) -> tuple[Path, Path]:
+    """The sample with its fixed chunk, and the same without one and with ``[jobs] target``."""
+    fixed = copy_sample(dest / "fixed", frames, None)
+    adaptive = copy_sample(dest / "adaptive", frames, None)
+    toml = adaptive / "farm.toml"
+    text = re.sub(r"^chunk = .*\n", "", toml.read_text(), count=1, flags=re.M)
+    toml.write_text(text + f"\n[jobs]\ntarget = {target}\n")
+    if uneven:
+        runs = load_project(fixed).settings["frames"]
+        first, last = runs[0][0], runs[-1][1]
+        heavy_from = last - (last - first + 1) // 4 + 1
+        for project in (fixed, adaptive):
+            with (project / "scene.py").open("a") as scene:
+                scene.write(f"""
+
+import time as _bench_time
+
+
+def _bench_uneven(scene, *args):
+    if scene.frame_current >= {heavy_from}:
+        _bench_time.sleep({UNEVEN_S})
+
+
+bpy.app.handlers.frame_change_pre.append(_bench_uneven)
+""")
+    return fixed, adaptive
+
+
+def job_sizes(project: Path) -> list[int]:
+    """Frames per job of the last run, in frame order (from the farm's journal)."""
+    with sqlite3.connect(project / ".farm" / "journal.sqlite") as db:
+        keys = sorted(key for (key,) in db.execute("SELECT key FROM jobs WHERE state = 'done'"))
+    return [int(key.split("-")[2]) - int(key.split("-")[1]) + 1 for key in keys]
+
+
+def compare_chunks(name: str, fixed: Path, adaptive: Path, *, agents: int, repeat: int,
+                   quiet: bool) -> dict[str, Any]:
+    """Alternate the fixed-chunk and the adaptive run ``repeat`` times; medians of the makespans."""
+    load_before = os.getloadavg()[0]
+    times: dict[Path, list[float]] = {fixed: [], adaptive: []}
+    jobs: dict[Path, list[int]] = {fixed: [], adaptive: []}
+    for _ in range(repeat):
+        for project in (fixed, adaptive):
+            elapsed, _, summary = farm_embedded(project, agents, with_summary=True)
+            times[project].append(elapsed)
+            jobs[project].append(summary.total)
+    farm_s, baseline_s = statistics.median(times[adaptive]), statistics.median(times[fixed])
+    row: dict[str, Any] = {
+        "name": name,
+        "farm_s": round(farm_s, 3),
+        "baseline_s": round(baseline_s, 3),
+        "speedup": round(baseline_s / farm_s, 3),
+        "farm_all_s": [round(t, 2) for t in times[adaptive]],
+        "baseline_all_s": [round(t, 2) for t in times[fixed]],
+        "jobs": jobs[adaptive],
+        "baseline_jobs": jobs[fixed],
+        "sizes": job_sizes(adaptive),  # the last adaptive run's frames per job
+        "baseline_chunk": load_project(fixed).settings["chunk"],
+        "target_s": load_project(adaptive).target,
+        "agents": agents,
+        "runs": repeat,
+        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    if not quiet:
+        print(f"{name}: adaptive {farm_s:.2f} s ({row['jobs']} jobs), fixed chunk {row['baseline_chunk']} "
+              f"{baseline_s:.2f} s ({row['baseline_jobs']} jobs): speedup {row['speedup']:.3f}; "
+              f"load {row['load_1min'][0]} -> {row['load_1min'][1]}", flush=True)
+    return row
+
+
 def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
     """(render seconds, encode seconds) for one Blender over every frame, then ffmpeg."""
     project = load_project(project_dir)
@@ -87,8 +171,8 @@ def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
     return render_s, time.perf_counter() - started
 
 
-def farm_embedded(project_dir: Path, agents: int) -> tuple[float, float]:
-    """(wall seconds including starting the controller and agents, the run's own seconds)."""
+def farm_embedded(project_dir: Path, agents: int, *, with_summary: bool = False) -> Any:
+    """(wall seconds including starting the controller and agents, the run's own seconds[, summary])."""
     shutil.rmtree(project_dir / "output", ignore_errors=True)
     shutil.rmtree(project_dir / ".farm", ignore_errors=True)  # no results reused from a repeat
     started = time.perf_counter()
@@ -96,7 +180,7 @@ def farm_embedded(project_dir: Path, agents: int) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     if not summary.ok:
         raise RuntimeError(f"farm run failed: {summary.error or summary.failures[:1]}")
-    return elapsed, summary.elapsed_s
+    return (elapsed, summary.elapsed_s, summary) if with_summary else (elapsed, summary.elapsed_s)
 
 
 def compare(name: str, project: Path, *, agents: int, threads: int, repeat: int, ideal: float | None,
@@ -156,6 +240,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
                         help="the single process's threads (default: what the agents get in total)")
+    parser.add_argument("--adaptive", default="sample,uneven",
+                        help="scenes for fixed against adaptive chunks (sample, uneven; '' for none)")
+    parser.add_argument("--target", type=float, default=5.0,
+                        help="[jobs] target of the adaptive runs, seconds (scaled to these fast frames)")
+    parser.add_argument("--only-adaptive", action="store_true", help="skip the one-Blender comparisons")
     parser.add_argument("--json", action="store_true", help="one JSON object per comparison")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -167,14 +256,23 @@ def main() -> None:
               f"one Blender with -t {threads}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
-        for chunk in args.chunks.split(","):
+        for scene in filter(None, args.adaptive.split(",")):
+            if scene not in ("sample", "uneven"):
+                sys.exit(f"--adaptive: unknown scene {scene!r} (sample, uneven)")
+            fixed, adaptive = adaptive_pair(Path(tmp, f"adaptive-{scene}"), args.frames, args.target,
+                                            scene == "uneven")
+            label = f"{'uneven ' if scene == 'uneven' else ''}turntable {args.frames}"
+            label += ": adaptive chunks vs fixed"
+            rows.append(compare_chunks(label, fixed, adaptive, agents=args.agents, repeat=args.repeat,
+                                       quiet=args.json))
+        for chunk in ([] if args.only_adaptive else args.chunks.split(",")):
             size = None if chunk == "sample" else int(chunk)
             project = copy_sample(Path(tmp, f"chunk-{chunk}"), args.frames, size)
             label = f"turntable {args.frames}, chunk {load_project(project).settings['chunk']}"
             label += " (the sample's)" if size is None else ""
             rows.append(compare(label, project, agents=args.agents, threads=threads, repeat=args.repeat,
                                 ideal=None, quiet=args.json))
-        if args.heavy_samples:
+        if args.heavy_samples and not args.only_adaptive:
             project = copy_sample(Path(tmp, "heavy"), args.heavy_frames, 1, samples=args.heavy_samples)
             label = f"heavy turntable {args.heavy_frames}, {args.heavy_samples} samples, chunk 1"
             # on one machine the agents share its cores: the ideal is the single process's time

@@ -2,8 +2,8 @@
 
 The public API (everything else is internal and may change between versions):
 
-- writing a media type: `MediaType`, `Job`, `RenderContext`, `CollateContext`, `PreviewContext`
-  (the dashboard's live preview, `MediaType.preview`), `hookimpl`,
+- writing a media type: `MediaType`, `Job`, `RenderContext`, `CollateContext`, `ChunkAdvisor`,
+  `PreviewContext` (the dashboard's live preview, `MediaType.preview`), `hookimpl`,
   `SettingsReader` (a plugin's settings), `resolve_inside` and `UnsafePath` (paths from a project);
 - projects: `Project`, `load_project`;
 - errors, one hierarchy under `FarmError`: `ProjectError`, `RenderError`, `JobFailedForGood`,
@@ -30,7 +30,7 @@ from farm.errors import (
     RenderError,
 )
 from farm.hookspecs import hookimpl
-from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project, load_project
@@ -45,8 +45,8 @@ _LAZY = {"submit": "farm.client", "Summary": "farm.client", "submit_embedded": "
          "Event": "farm.controller.events"}  # they pull in ZeroMQ and the file synchroniser
 
 __all__ = [
-    "CollateContext", "ConnectionLost", "Event", "FarmError", "Job", "JobFailedForGood", "MediaType",
-    "PluginError", "PreviewContext", "Project", "ProjectError", "RenderContext", "RenderError",
+    "ChunkAdvisor", "CollateContext", "ConnectionLost", "Event", "FarmError", "Job", "JobFailedForGood",
+    "MediaType", "PluginError", "PreviewContext", "Project", "ProjectError", "RenderContext", "RenderError",
     "RendererMissing",
     "SettingsReader", "Summary", "UnsafePath", "__version__", "hookimpl", "load_project", "resolve_inside",
     "submit", "submit_embedded",

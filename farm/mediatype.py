@@ -30,12 +30,15 @@ class Job:
     :param inputs: the project assets this job reads (relative paths); None means all.
     :param deps: keys of jobs yielded earlier that must finish first; their results
         reach `render` as `ctx.deps`.
+    :param units: how many of the media type's units (frames, metatiles) the job groups; the
+        controller learns the time per unit from it (`ChunkAdvisor`). Stays on the controller.
     """
 
     key: str
     params: dict[str, Any] = field(default_factory=dict)
     inputs: tuple[str, ...] | None = None
     deps: tuple[str, ...] = ()
+    units: int = 1
 
 
 @dataclass
@@ -82,6 +85,56 @@ class CollateContext:
     reused: AbstractSet[str] = frozenset()
 
 
+class ChunkAdvisor:
+    """How many units (frames, metatiles) the next job of a run groups: a fixed chunk.
+
+    A media type whose units can be grouped sets ``adaptive_chunks = True`` and takes this as
+    ``split(project, chunks)``; it asks `next_job` for each job. This base class is what a
+    project with an explicit chunk, `farm.testing`, or a caller without a controller gets:
+    ``default`` units per job. The controller passes a subclass
+    (`farm.controller.chunking.AdaptiveChunks`) that sizes jobs from measured times, and
+    probes `known` so work done before is found whatever sizes were chosen then.
+    """
+
+    #: chunk sizes the adaptive advisor picks from (besides the type's default and "the rest"):
+    #: each step at most 1.5x the last, so a re-run can find earlier jobs with a few lookups
+    LADDER: ClassVar[tuple[int, ...]] = tuple(sorted({
+        int(base * 2 ** k) for k in range(21) for base in (1, 1.5)} - {0}))
+
+    def size(self, remaining: int, default: int) -> int:
+        """Units for the next job: 1 .. ``remaining``. ``default``: the type's fixed chunk."""
+        return max(1, min(default, remaining))
+
+    def known(self, job: Job) -> bool:
+        """Whether ``job`` is done already (this run before a restart, or the job cache)."""
+        return False
+
+    def next_job(self, remaining: int, default: int, make: Callable[[int], Job]) -> Job:
+        """The next job, made by ``make(units)`` for the next ``units`` of ``remaining`` units.
+
+        A job done before at one of the sizes this advisor may choose (`candidates`) is
+        preferred, largest first, so reuse and resume keep working when sizes changed;
+        otherwise `size` decides. ``make`` must be a pure function of the units it is given
+        (the job's key naming its units, e.g. a frame range), and the job's ``units`` is set.
+        """
+        for units in self.candidates(remaining, default):
+            job = make(units)
+            if self.known(job):
+                return _with_units(job, units)
+        units = self.size(remaining, default)
+        return _with_units(make(units), units)
+
+    def candidates(self, remaining: int, default: int) -> list[int]:
+        """Sizes to look for done jobs at, largest first (none for a fixed chunk)."""
+        return []
+
+
+def _with_units(job: Job, units: int) -> Job:
+    if job.units == units:
+        return job
+    return Job(job.key, job.params, job.inputs, job.deps, units)
+
+
 class MediaType:
     """Base class for a media type. Subclass it and register it (see `farm.hookspecs`)."""
 
@@ -95,6 +148,9 @@ class MediaType:
     default_timeout: ClassVar[float] = 600.0
     #: what progress counts beside jobs, plural ("tiles", "frames", "seconds"); see `units`
     unit: ClassVar[str] = "jobs"
+    #: True: `split` takes a second argument, a `ChunkAdvisor`, and asks it how many units each
+    #: job groups (frames per chunk); the controller sizes jobs from measured times
+    adaptive_chunks: ClassVar[bool] = False
 
     def available(self) -> str | None:
         """None if this machine can render this media type, else why not (shown to users)."""
@@ -155,7 +211,11 @@ class MediaType:
         return None
 
     def split(self, project: Project) -> Iterator[Job]:
-        """Yield the project's jobs lazily; the controller pulls as agents free up."""
+        """Yield the project's jobs lazily; the controller pulls as agents free up.
+
+        With ``adaptive_chunks = True`` the controller calls ``split(project, chunks)`` with a
+        `ChunkAdvisor` instead (see its docstring and docs/plugins.md).
+        """
         raise NotImplementedError
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:

@@ -31,6 +31,9 @@ DEFAULT_ATTEMPTS = 3
 MAX_OUTPUT_MIB = 60
 DEFAULT_MAX_OUTPUT_MIB = MAX_OUTPUT_MIB
 DEFAULT_MAX_OUTPUT = DEFAULT_MAX_OUTPUT_MIB * 2**20  # bytes
+# Seconds a job of a media type that groups units aims at ([jobs] target; farm.controller.chunking).
+DEFAULT_TARGET_S = 60.0
+MAX_TARGET_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Project:
     timeout: float | None = None  # None: the media type's default
     max_attempts: int = DEFAULT_ATTEMPTS
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes one job may return
+    target: float = DEFAULT_TARGET_S  # seconds a chunked job aims at
     extra: dict[str, Any] = field(default_factory=dict)
     # the media type's table as written, so an agent can run the plugin's own checks on it
     table: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +89,7 @@ class Project:
             "table": _plain(self.table),
             "max_output": self.max_output,
             "facts": self.facts,
+            "target": self.target,
         }
 
     @classmethod
@@ -120,6 +125,7 @@ class Project:
             table=data.get("table") if isinstance(data.get("table"), dict) else {},
             max_output=data.get("max_output", DEFAULT_MAX_OUTPUT),
             facts=data.get("facts") if isinstance(data.get("facts"), dict) else {},
+            target=_target(data.get("target", DEFAULT_TARGET_S)),
         )
 
     def reconfigure(self, root: Path) -> Project:
@@ -210,6 +216,9 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     timeout = jobs.number("timeout", None, min=0.001)
     attempts = jobs.integer("max_attempts", DEFAULT_ATTEMPTS, min=1)
     max_output = jobs.number("max_output_mib", DEFAULT_MAX_OUTPUT_MIB, min=0.001, max=MAX_OUTPUT_MIB)
+    target = jobs.number("target", DEFAULT_TARGET_S, min=0.1, max=MAX_TARGET_S)
+    if target != target:  # nan passes both bounds
+        raise jobs.error("target", "expected seconds (a number from 0.1), got nan")
     jobs.finish()
     notify = _webhooks(reader("notify"))
 
@@ -242,6 +251,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         max_output=int(max_output * 2**20),
         notify=notify,
         facts=_renderer_facts(media, settings, file),
+        target=float(target),
     )
 
 
@@ -286,6 +296,13 @@ _WIRE_FIELDS: dict[str, Any] = {
     "root": str, "name": str, "media_type": str, "settings": dict, "include": list, "exclude": list,
     "output": str, "timeout": (int, float, type(None)), "max_attempts": int,
 }
+
+
+def _target(value: Any) -> float:
+    # "not a <= value <= b" refuses nan too
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_TARGET_S:
+        raise ProtocolError(f"project field 'target' must be seconds from 0.1 to {MAX_TARGET_S:g}")
+    return float(value)
 
 
 def _kind_name(kind: Any) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from farm.controller.chunking import AdaptiveChunks
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
@@ -97,8 +98,10 @@ class ProjectRun:
             self.total = None
         self.units = UnitCounter(media, project)  # progress in tiles, frames, seconds: farm.controller.units
         self._jobs: Iterator[Job] = iter(())
+        # job sizes from measured times, for media types that group units (farm.controller.chunking)
+        self.chunks = AdaptiveChunks(project.target, self._known) if media.adaptive_chunks else None
         try:
-            self._jobs = iter(media.split(project))
+            self._jobs = iter(media.split(project, self.chunks) if self.chunks else media.split(project))
         except Exception as exc:
             self._fail_project(f"split() failed: {type(exc).__name__}: {exc}")
         self.exhausted = False
@@ -167,6 +170,8 @@ class ProjectRun:
         Each job is leased as soon as it is pulled, so a later job can depend on it.
         """
         jobs: list[Lease] = []
+        if self.chunks is not None:
+            self.chunks.saw(agent.id, agent.slots, others)
         if self.ready:
             skipped = []
             for _ in range(min(len(self.ready), RETRY_SCAN)):
@@ -187,7 +192,20 @@ class ProjectRun:
                 reused += 1
             else:
                 jobs.append(self.lease(job, agent, now))
+        if self.chunks is not None:  # the count changes with the sizes
+            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready)
+                          + len(self.unmet) + self.chunks.jobs_left())
         return jobs
+
+    def _known(self, job: Job) -> bool:
+        """Done before: in this run (before a restart) or in the job cache (`AdaptiveChunks`)."""
+        if job.key in self.done_keys:
+            return True
+        if self.cache is None or not self.cacheable:
+            return False
+        key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
+                        self.assets_digest, self.deps_for(job))
+        return key is not None and self.cache.journal.lookup_cache(key) is not None
 
     def _reuse(self, job: Job) -> bool:
         """Collate a finished identical job's stored outputs instead of rendering this one."""
@@ -281,6 +299,8 @@ class ProjectRun:
     def succeeded(self, lease: Lease, result: Any, outputs: dict[str, Path]) -> None:
         """Collate a current lease's outputs; raises what collate raises (the caller retries)."""
         key = lease.job.key
+        if self.chunks is not None and lease.result is not None:
+            self.chunks.record(lease.agent_id, lease.job.units, lease.result.duration)
         if self.cache is not None and key in self.cache_keys:
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
         self._collate(lease.job, result, outputs)

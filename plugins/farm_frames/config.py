@@ -47,6 +47,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "scene": scene,
         "frames": runs,
         "chunk": s.integer("chunk", default_chunk(total), min=1),
+        # a chunk written in farm.toml is kept; else the controller sizes jobs from measured times
+        "chunk_fixed": "chunk" in s.values,
         "engine": s.choice("engine", sorted(ENGINES), "cycles"),
         "resolution": _resolution(s),
         "samples": s.integer("samples", None, min=1, max=1 << 24),

@@ -6,6 +6,7 @@ two numbers in every message; helpers expand, count and chunk them lazily.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -99,6 +100,31 @@ def chunk_runs(runs: Runs, size: int) -> Iterator[Runs]:
                 chunk, room = [], size
     if chunk:
         yield chunk
+
+
+class FrameIndex:
+    """Slices of a frame list by position (the n-th listed frame on), without expanding it."""
+
+    def __init__(self, runs: Runs) -> None:
+        self.runs = runs
+        self.starts = list(itertools.accumulate((last - first + 1 for first, last in runs), initial=0))
+        self.total = self.starts[-1]
+
+    def slice(self, start: int, count: int) -> Runs:
+        """The runs of the ``count`` frames listed from position ``start`` (0-based)."""
+        if start < 0 or count < 1 or start + count > self.total:
+            raise ValueError(f"frames {start}..{start + count} are outside a list of {self.total}")
+        out: Runs = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while count:
+            first, last = self.runs[i]
+            a = first + start - self.starts[i]
+            b = min(last, a + count - 1)
+            out.append([a, b])
+            count -= b - a + 1
+            start += b - a + 1
+            i += 1
+        return out
 
 
 def format_runs(runs: Runs, *, sep: str = "-") -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import RenderError
-from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
@@ -30,7 +30,15 @@ from farm_frames.blender import (
     setup_env,
 )
 from farm_frames.config import read_settings
-from farm_frames.framerange import Runs, chunk_runs, format_runs, frame_count, iter_frames, runs_of
+from farm_frames.framerange import (
+    FrameIndex,
+    Runs,
+    chunk_runs,
+    format_runs,
+    frame_count,
+    iter_frames,
+    runs_of,
+)
 from farm_frames.images import FORMATS, BadImage, check_image
 from farm_frames.progress import ChunkProgress, log_tail
 from farm_frames.scenefiles import missing_from_log, summarise
@@ -66,6 +74,7 @@ class Frames(MediaType):
     requirements = ("blender",)
     default_timeout = 3600.0
     unit = "frames"
+    adaptive_chunks = True
 
     def available(self) -> str | None:
         # Cheap and quiet: every agent asks at start, whatever it will render, so no Blender is
@@ -80,6 +89,7 @@ class Frames(MediaType):
         return read_settings(settings)
 
     def count(self, project: Project) -> int:
+        """Jobs at the fixed chunk (adaptive chunks: the controller updates it as sizes change)."""
         settings = project.settings
         return math.ceil(frame_count(settings["frames"]) / settings["chunk"])
 
@@ -92,11 +102,28 @@ class Frames(MediaType):
     def cache_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
         # The frame list and chunking only choose which jobs exist (each job's params name its
         # frames) and the video settings only reach the encode: extending a range reuses the rest.
-        return {k: v for k, v in settings.items() if k not in ("frames", "chunk", "video")}
+        return {k: v for k, v in settings.items() if k not in ("frames", "chunk", "chunk_fixed", "video")}
 
-    def split(self, project: Project) -> Iterator[Job]:
-        for runs in chunk_runs(project.settings["frames"], project.settings["chunk"]):
-            yield Job(job_key(runs), {"runs": runs})
+    def split(self, project: Project, chunks: ChunkAdvisor | None = None) -> Iterator[Job]:
+        """Chunks of consecutive listed frames; a job's key and params name its frames only, so
+        a chunk of the same frames is the same job (the cache and a resume find it) whatever
+        size chose it. A chunk written in farm.toml is kept as it is."""
+        settings = project.settings
+        size = settings["chunk"]
+        if chunks is None or settings.get("chunk_fixed", True):
+            for runs in chunk_runs(settings["frames"], size):
+                yield Job(job_key(runs), {"runs": runs}, units=frame_count(runs))
+            return
+        index = FrameIndex(settings["frames"])
+        done = 0
+        while done < index.total:
+            def make(units: int, start: int = done) -> Job:
+                runs = index.slice(start, units)
+                return Job(job_key(runs), {"runs": runs})
+
+            job = chunks.next_job(index.total - done, size, make)
+            yield job
+            done += job.units
 
     # -- on the agent --------------------------------------------------------------
 
