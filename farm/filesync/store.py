@@ -130,9 +130,15 @@ class Store(PartialSessions):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # one connection per thread; check_same_thread=False only so close() works from any thread
-            fd = os.open(self.root / "index.sqlite", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.fchmod(fd, 0o600)  # also one an older farm made 0644
-            os.close(fd)
+            # Never open and close the database file ourselves once it exists: closing any
+            # descriptor of it drops every POSIX lock this process holds on it, the locks of
+            # other threads' SQLite connections too (then a WAL's -shm can be removed under
+            # them: "disk I/O error"). Create it private if missing; chmod by path otherwise.
+            index = self.root / "index.sqlite"
+            try:
+                os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except FileExistsError:
+                os.chmod(index, 0o600)  # also one an older farm made 0644
             conn = sqlite3.connect(
                 self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
             )
