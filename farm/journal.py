@@ -33,127 +33,31 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import msgpack
-
-from farm.errors import FarmError
+from farm.journalschema import (
+    OUTCOMES,
+    PROJECT_STATUSES,
+    ROW_AGENT,
+    ROW_ATTEMPTS,
+    ROW_LEASE,
+    ROW_RESULT,
+    ROW_STATE,
+    UPSERT,
+    CacheHit,
+    FailedJob,
+    JournalError,
+    ProjectRecord,
+    Row,
+    pack_value,
+    prepare,
+    unpack_value,
+)
 from farm.paths import private_file
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
-PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
-
-_SCHEMA = """
-CREATE TABLE projects (
-    project_id   TEXT PRIMARY KEY,
-    wire         BLOB NOT NULL,     -- msgpack of the project definition
-    priority     INTEGER NOT NULL,
-    submitted_at REAL NOT NULL,
-    status       TEXT,              -- NULL while unfinished
-    finished_at  REAL,
-    summary      BLOB               -- msgpack
-);
-CREATE TABLE jobs (
-    project_id TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
-    lease      TEXT,
-    agent      TEXT,
-    result     BLOB,                -- msgpack, done jobs only
-    cache_key  TEXT,                -- done jobs only
-    error      TEXT,                -- failed jobs only
-    log        TEXT,
-    attempts   INTEGER,
-    updated_at REAL NOT NULL,
-    reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
-    PRIMARY KEY (project_id, key)
-) WITHOUT ROWID;
--- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
--- (No semicolons in comments here: the script is split on them.)
-CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
-"""
-# Live control (a paused run, a draining agent): added beside schema 1, so older journals gain it
-_CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
-    scope TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID"""
-
-# Every job write is one upsert of the whole row. Lease, agent and attempts survive later
-# states that do not carry them, so a done row still says who rendered it.
-_UPSERT = """
-INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
-    reused)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
-    lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
-    result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
-    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
-    reused = excluded.reused
-"""
-_STATE, _LEASE, _AGENT, _RESULT, _ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
-_Row = tuple[
-    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
-    float, int,
-]
-#: a run's job keys by outcome (`Journal.keys`); done includes reused
-OUTCOMES = {
-    "done": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done'",
-    "failed": "SELECT key FROM jobs WHERE project_id = ? AND state = 'failed'",
-    "reused": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done' AND reused",
-}
-
-
-class JournalError(FarmError):
-    """The journal file cannot be opened, is not a farm journal, or cannot be written."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectRecord:
-    """A submitted project as the journal keeps it; `status` is None while unfinished."""
-
-    project_id: str
-    wire: dict[str, Any]
-    priority: int
-    submitted_at: float
-    status: str | None = None
-    summary: dict[str, Any] | None = None
-    finished_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FailedJob:
-    """A job that failed for good (after its last attempt)."""
-
-    key: str
-    error: str
-    log: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    """A finished job whose result can stand in for a new job with the same cache key."""
-
-    project_id: str
-    key: str
-    result: Any
-
-
-def _pack(value: Any, what: str) -> bytes | None:
-    if value is None:  # most jobs return nothing: store NULL, skip the packer
-        return None
-    try:
-        return msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"{what} cannot be stored in the journal (not msgpack-able): {exc}") from None
-
-
-def _unpack(blob: bytes | None) -> Any:
-    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
 class Journal:
@@ -181,12 +85,12 @@ class Journal:
         self.commit_interval = commit_interval
         self.max_batch = max_batch
         self._clock = clock
-        self._pending: dict[tuple[str, str], _Row] = {}  # the batch not yet in the transaction
+        self._pending: dict[tuple[str, str], Row] = {}  # the batch not yet in the transaction
         self._unflushed = 0  # job writes not yet committed, in `_pending` or in the transaction
         self._batch_started = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="farm-journal") if background else None
         self._writing: Future[None] | None = None  # the batch the writer thread commits now
-        self._inflight: dict[tuple[str, str], _Row] = {}  # its rows, which reads still see
+        self._inflight: dict[tuple[str, str], Row] = {}  # its rows, which reads still see
         self._inflight_count = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +102,7 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
         self._db: sqlite3.Connection | None = db
         try:
-            self._setup()
+            prepare(db, self.path)
         except sqlite3.Error as exc:
             db.close()
             self._db = None
@@ -211,51 +115,6 @@ class Journal:
             self._db = None
             raise
 
-    def _setup(self) -> None:
-        db = self._conn
-        # Read the identity before any PRAGMA that writes, so a foreign file is left untouched.
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == 0 and version == 0:
-            self._create_schema()
-        elif app_id != APPLICATION_ID:
-            raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
-        elif version > SCHEMA_VERSION:
-            raise JournalError(
-                f"journal {self.path}: schema version {version} is newer than this farm's "
-                f"({SCHEMA_VERSION}); upgrade farm or move the file away"
-            )
-        elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
-            raise JournalError(f"journal {self.path}: schema version {version} is not supported")
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_CONTROLS)
-        # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
-        if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
-            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
-
-    def _create_schema(self) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-read under the write lock: another process may have created it meanwhile.
-            if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
-                db.execute("COMMIT")
-                return
-            if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-                raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.debug("journal %s: created (schema %d)", self.path, SCHEMA_VERSION)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -276,7 +135,7 @@ class Journal:
         """
         if not isinstance(wire, dict):
             raise TypeError(f"project {project_id!r}: wire must be a dict, got {type(wire).__name__}")
-        blob = _pack(wire, f"project {project_id!r} definition")
+        blob = pack_value(wire, f"project {project_id!r} definition")
         self._write(
             "INSERT INTO projects (project_id, wire, priority, submitted_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (project_id) DO UPDATE SET wire = excluded.wire, priority = excluded.priority, "
@@ -290,7 +149,7 @@ class Journal:
         """Mark a project 'done', 'failed' or 'cancelled' with its summary, and commit."""
         if status not in PROJECT_STATUSES:
             raise ValueError(f"project status must be one of {sorted(PROJECT_STATUSES)}, got {status!r}")
-        blob = _pack(summary, f"project {project_id!r} summary")
+        blob = pack_value(summary, f"project {project_id!r} summary")
         cursor = self._write(
             "UPDATE projects SET status = ?, finished_at = ?, summary = ? WHERE project_id = ?",
             (status, time.time(), blob, project_id),
@@ -321,8 +180,8 @@ class Journal:
     @staticmethod
     def _project(row: tuple[Any, ...]) -> ProjectRecord:
         pid, wire, priority, submitted_at, status, summary, finished_at = row
-        summary = _unpack(summary)
-        return ProjectRecord(pid, _unpack(wire), priority, submitted_at, status, summary, finished_at)
+        summary = unpack_value(summary)
+        return ProjectRecord(pid, unpack_value(wire), priority, submitted_at, status, summary, finished_at)
 
     def set_priority(self, project_id: str, priority: int) -> None:
         """A running project's new priority, kept for a restart; committed at once."""
@@ -342,13 +201,13 @@ class Journal:
             self._write("DELETE FROM controls WHERE scope = ? AND id = ?", (scope, ident), "record control")
         else:
             self._write("INSERT OR REPLACE INTO controls (scope, id, value) VALUES (?, ?, ?)",
-                        (scope, ident, _pack(value, "control state")), "record control")
+                        (scope, ident, pack_value(value, "control state")), "record control")
         self.flush()
 
     def controls(self, scope: str) -> dict[str, Any]:
         """Id -> live-control state, for one scope."""
         rows = self._read("SELECT id, value FROM controls WHERE scope = ?", (scope,))
-        return {ident: _unpack(value) for ident, value in rows}
+        return {ident: unpack_value(value) for ident, value in rows}
 
     # -- jobs (batched) ------------------------------------------------------------------
 
@@ -360,7 +219,7 @@ class Journal:
                  reused: bool = False) -> None:
         """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
         `reused`: its outputs came from the job cache."""
-        blob = _pack(result, f"job {project_id!r}/{key!r} result")
+        blob = pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
@@ -377,9 +236,9 @@ class Journal:
         pending = self._pending
         prev = pending.get((project_id, key))
         if prev is not None and lease is None:  # what the row in the database would keep
-            lease, agent = prev[_LEASE], prev[_AGENT]
+            lease, agent = prev[ROW_LEASE], prev[ROW_AGENT]
         if prev is not None and attempts is None:
-            attempts = prev[_ATTEMPTS]
+            attempts = prev[ROW_ATTEMPTS]
         pending[project_id, key] = (
             project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
             int(reused),
@@ -402,11 +261,11 @@ class Journal:
         self._inflight_count, self._unflushed = self._unflushed, 0
         self._writing = self._writer.submit(self._commit_rows, list(self._inflight.values()))
 
-    def _commit_rows(self, rows: list[_Row]) -> None:  # in the writer thread
+    def _commit_rows(self, rows: list[Row]) -> None:  # in the writer thread
         db = self._conn
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(_UPSERT, rows)
+            db.executemany(UPSERT, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -431,7 +290,7 @@ class Journal:
         try:
             if not db.in_transaction:
                 db.execute("BEGIN IMMEDIATE")
-            db.executemany(_UPSERT, self._pending.values())
+            db.executemany(UPSERT, self._pending.values())
         except sqlite3.Error as exc:
             raise self._error(exc, "record jobs") from None
         self._pending.clear()
@@ -462,7 +321,7 @@ class Journal:
     def is_done(self, project_id: str, key: str) -> bool:
         row = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
         if row is not None:
-            return row[_STATE] == "done"
+            return row[ROW_STATE] == "done"
         found = self._read(
             "SELECT 1 FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'", (project_id, key)
         ).fetchone()
@@ -480,7 +339,7 @@ class Journal:
         """A done job's result; KeyError if the job is not done."""
         pending = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
         if pending is not None:
-            row = (pending[_RESULT],) if pending[_STATE] == "done" else None
+            row = (pending[ROW_RESULT],) if pending[ROW_STATE] == "done" else None
         else:
             row = self._read(
                 "SELECT result FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'",
@@ -488,7 +347,7 @@ class Journal:
             ).fetchone()
         if row is None:
             raise KeyError(f"journal {self.path}: job {project_id!r}/{key!r} is not done")
-        return _unpack(row[0])
+        return unpack_value(row[0])
 
     def failed_jobs(self, project_id: str) -> list[FailedJob]:
         """The project's permanently failed jobs, by key."""
@@ -529,7 +388,7 @@ class Journal:
             "ORDER BY updated_at DESC LIMIT 1",
             (cache_key,),
         ).fetchone()
-        return None if row is None else CacheHit(row[0], row[1], _unpack(row[2]))
+        return None if row is None else CacheHit(row[0], row[1], unpack_value(row[2]))
 
     # -- commits -------------------------------------------------------------------------
 
