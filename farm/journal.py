@@ -32,25 +32,20 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from farm.journalbatch import BatchedJobs
 from farm.journalschema import (
     OUTCOMES,
     PROJECT_STATUSES,
-    ROW_AGENT,
-    ROW_ATTEMPTS,
-    ROW_LEASE,
     ROW_RESULT,
     ROW_STATE,
-    UPSERT,
     CacheHit,
     FailedJob,
     JournalError,
     ProjectRecord,
-    Row,
     pack_value,
     prepare,
     unpack_value,
@@ -60,7 +55,7 @@ from farm.paths import private_file
 log = logging.getLogger(__name__)
 
 
-class Journal:
+class Journal(BatchedJobs):
     """Durable controller state in one SQLite file; see the module docstring.
 
     :param path: the database file; created with its parent folders if missing.
@@ -82,16 +77,7 @@ class Journal:
         if commit_interval < 0 or max_batch < 1:
             raise ValueError("commit_interval must be >= 0 and max_batch >= 1")
         self.path = Path(path)
-        self.commit_interval = commit_interval
-        self.max_batch = max_batch
-        self._clock = clock
-        self._pending: dict[tuple[str, str], Row] = {}  # the batch not yet in the transaction
-        self._unflushed = 0  # job writes not yet committed, in `_pending` or in the transaction
-        self._batch_started = 0.0
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="farm-journal") if background else None
-        self._writing: Future[None] | None = None  # the batch the writer thread commits now
-        self._inflight: dict[tuple[str, str], Row] = {}  # its rows, which reads still see
-        self._inflight_count = 0
+        self._init_batch(commit_interval, max_batch, clock, background)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             private_file(self.path)  # 0600, and so its -wal and -shm: it holds every project's settings
@@ -114,7 +100,6 @@ class Journal:
             db.close()
             self._db = None
             raise
-
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -226,74 +211,7 @@ class Journal:
         """A job failed for good, after `attempts` tries."""
         self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts))
 
-    def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
-             result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
-             attempts: int | None, reused: bool = False) -> None:
-        if self._db is None:
-            raise JournalError(f"journal {self.path}: used after close()")
-        if self._unflushed == 0:
-            self._batch_started = self._clock()
-        pending = self._pending
-        prev = pending.get((project_id, key))
-        if prev is not None and lease is None:  # what the row in the database would keep
-            lease, agent = prev[ROW_LEASE], prev[ROW_AGENT]
-        if prev is not None and attempts is None:
-            attempts = prev[ROW_ATTEMPTS]
-        pending[project_id, key] = (
-            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
-            int(reused),
-        )
-        self._unflushed += 1
-        if self._unflushed >= self.max_batch:
-            if self._writer is None or self._unflushed >= 4 * self.max_batch:
-                self.flush()
-            elif self._writing is None or self._writing.done():
-                self._commit_in_background()
-
-    def _commit_in_background(self) -> None:
-        """Hand the batch to the writer thread (the previous one done); the loop goes on."""
-        assert self._writer is not None
-        self._wait_writer()  # raises if the previous commit failed
-        if self._conn.in_transaction:  # a project write is open: commit all together, here
-            self.flush()
-            return
-        self._inflight, self._pending = self._pending, {}
-        self._inflight_count, self._unflushed = self._unflushed, 0
-        self._writing = self._writer.submit(self._commit_rows, list(self._inflight.values()))
-
-    def _commit_rows(self, rows: list[Row]) -> None:  # in the writer thread
-        db = self._conn
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, rows)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise self._error(exc, "record jobs") from None
-
-    def _wait_writer(self) -> None:
-        """Wait for the writer thread's commit, if one is running; raise its error, if any."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            try:
-                writing.result()
-            finally:
-                self._inflight, self._inflight_count = {}, 0
-
-    def _spill(self) -> None:
-        """Write the in-memory batch into the open transaction (without committing it)."""
-        self._wait_writer()
-        if not self._pending:
-            return
-        db = self._conn
-        try:
-            if not db.in_transaction:
-                db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, self._pending.values())
-        except sqlite3.Error as exc:
-            raise self._error(exc, "record jobs") from None
-        self._pending.clear()
+    # -- writes and reads (after the writer thread's commit) ---------------------------
 
     def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> sqlite3.Cursor:
         self._wait_writer()
@@ -305,7 +223,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise self._error(exc, doing) from None
 
-    # -- reads (they see the batch) ------------------------------------------------------
+    # reads see the batch: `_read_jobs` spills it into the transaction, `is_done`/`result` look in it
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         self._wait_writer()
@@ -319,7 +237,7 @@ class Journal:
         return self._read(sql, params)
 
     def is_done(self, project_id: str, key: str) -> bool:
-        row = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
+        row = self._batched(project_id, key)
         if row is not None:
             return row[ROW_STATE] == "done"
         found = self._read(
@@ -337,7 +255,7 @@ class Journal:
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
-        pending = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
+        pending = self._batched(project_id, key)
         if pending is not None:
             row = (pending[ROW_RESULT],) if pending[ROW_STATE] == "done" else None
         else:
@@ -389,53 +307,6 @@ class Journal:
             (cache_key,),
         ).fetchone()
         return None if row is None else CacheHit(row[0], row[1], unpack_value(row[2]))
-
-    # -- commits -------------------------------------------------------------------------
-
-    @property
-    def unflushed(self) -> int:
-        """Job writes not yet committed: what a crash now would lose."""
-        return self._unflushed + self._inflight_count
-
-    def flush_due_in(self, now: float | None = None) -> float | None:
-        """Seconds until `tick` will commit the open batch (0 if due); None if nothing is open.
-
-        A poll loop can use it as its timeout so a batch never waits much past its interval.
-        """
-        if self._unflushed == 0:
-            return None
-        now = self._clock() if now is None else now
-        return max(0.0, self._batch_started + self.commit_interval - now)
-
-    def tick(self, now: float | None = None) -> bool:
-        """Commit the open batch if it is older than `commit_interval`; True if it committed.
-
-        Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
-        """
-        if self._writing is not None and self._writing.done():
-            self._wait_writer()  # a failed background commit surfaces here
-        due = self.flush_due_in(now)
-        if due is None or due > 0:
-            return False
-        if self._writer is None:
-            self.flush()
-        elif self._writing is None:
-            self._commit_in_background()
-        else:
-            return False  # the writer is still busy with the last batch: this one waits a turn
-        return True
-
-    def flush(self) -> None:
-        """Commit everything written so far."""
-        db = self._conn
-        self._spill()
-        if db.in_transaction:
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._error(exc, "commit") from None
-            log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
-        self._unflushed = 0
 
     def close(self) -> None:
         """Commit and close; closing twice is harmless."""
