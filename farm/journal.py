@@ -32,131 +32,30 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import msgpack
-
-from farm.errors import FarmError
+from farm.journalbatch import BatchedJobs
+from farm.journalschema import (
+    OUTCOMES,
+    PROJECT_STATUSES,
+    ROW_RESULT,
+    ROW_STATE,
+    CacheHit,
+    FailedJob,
+    JournalError,
+    ProjectRecord,
+    pack_value,
+    prepare,
+    unpack_value,
+)
 from farm.paths import private_file
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
-PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
 
-_SCHEMA = """
-CREATE TABLE projects (
-    project_id   TEXT PRIMARY KEY,
-    wire         BLOB NOT NULL,     -- msgpack of the project definition
-    priority     INTEGER NOT NULL,
-    submitted_at REAL NOT NULL,
-    status       TEXT,              -- NULL while unfinished
-    finished_at  REAL,
-    summary      BLOB               -- msgpack
-);
-CREATE TABLE jobs (
-    project_id TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
-    lease      TEXT,
-    agent      TEXT,
-    result     BLOB,                -- msgpack, done jobs only
-    cache_key  TEXT,                -- done jobs only
-    error      TEXT,                -- failed jobs only
-    log        TEXT,
-    attempts   INTEGER,
-    updated_at REAL NOT NULL,
-    reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
-    PRIMARY KEY (project_id, key)
-) WITHOUT ROWID;
--- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
--- (No semicolons in comments here: the script is split on them.)
-CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
-"""
-# Live control (a paused run, a draining agent): added beside schema 1, so older journals gain it
-_CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
-    scope TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID"""
-
-# Every job write is one upsert of the whole row. Lease, agent and attempts survive later
-# states that do not carry them, so a done row still says who rendered it.
-_UPSERT = """
-INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
-    reused)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
-    lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
-    result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
-    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
-    reused = excluded.reused
-"""
-_STATE, _LEASE, _AGENT, _RESULT, _ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
-_Row = tuple[
-    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
-    float, int,
-]
-#: a run's job keys by outcome (`Journal.keys`); done includes reused
-OUTCOMES = {
-    "done": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done'",
-    "failed": "SELECT key FROM jobs WHERE project_id = ? AND state = 'failed'",
-    "reused": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done' AND reused",
-}
-
-
-class JournalError(FarmError):
-    """The journal file cannot be opened, is not a farm journal, or cannot be written."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectRecord:
-    """A submitted project as the journal keeps it; `status` is None while unfinished."""
-
-    project_id: str
-    wire: dict[str, Any]
-    priority: int
-    submitted_at: float
-    status: str | None = None
-    summary: dict[str, Any] | None = None
-    finished_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FailedJob:
-    """A job that failed for good (after its last attempt)."""
-
-    key: str
-    error: str
-    log: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    """A finished job whose result can stand in for a new job with the same cache key."""
-
-    project_id: str
-    key: str
-    result: Any
-
-
-def _pack(value: Any, what: str) -> bytes | None:
-    if value is None:  # most jobs return nothing: store NULL, skip the packer
-        return None
-    try:
-        return msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"{what} cannot be stored in the journal (not msgpack-able): {exc}") from None
-
-
-def _unpack(blob: bytes | None) -> Any:
-    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
-
-
-class Journal:
+class Journal(BatchedJobs):
     """Durable controller state in one SQLite file; see the module docstring.
 
     :param path: the database file; created with its parent folders if missing.
@@ -178,16 +77,7 @@ class Journal:
         if commit_interval < 0 or max_batch < 1:
             raise ValueError("commit_interval must be >= 0 and max_batch >= 1")
         self.path = Path(path)
-        self.commit_interval = commit_interval
-        self.max_batch = max_batch
-        self._clock = clock
-        self._pending: dict[tuple[str, str], _Row] = {}  # the batch not yet in the transaction
-        self._unflushed = 0  # job writes not yet committed, in `_pending` or in the transaction
-        self._batch_started = 0.0
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="farm-journal") if background else None
-        self._writing: Future[None] | None = None  # the batch the writer thread commits now
-        self._inflight: dict[tuple[str, str], _Row] = {}  # its rows, which reads still see
-        self._inflight_count = 0
+        self._init_batch(commit_interval, max_batch, clock, background)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             private_file(self.path)  # 0600, and so its -wal and -shm: it holds every project's settings
@@ -198,7 +88,7 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
         self._db: sqlite3.Connection | None = db
         try:
-            self._setup()
+            prepare(db, self.path)
         except sqlite3.Error as exc:
             db.close()
             self._db = None
@@ -210,52 +100,6 @@ class Journal:
             db.close()
             self._db = None
             raise
-
-    def _setup(self) -> None:
-        db = self._conn
-        # Read the identity before any PRAGMA that writes, so a foreign file is left untouched.
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == 0 and version == 0:
-            self._create_schema()
-        elif app_id != APPLICATION_ID:
-            raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
-        elif version > SCHEMA_VERSION:
-            raise JournalError(
-                f"journal {self.path}: schema version {version} is newer than this farm's "
-                f"({SCHEMA_VERSION}); upgrade farm or move the file away"
-            )
-        elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
-            raise JournalError(f"journal {self.path}: schema version {version} is not supported")
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise JournalError(f"journal {self.path}: cannot switch to WAL mode (got {mode!r})")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_CONTROLS)
-        # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
-        if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
-            db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
-
-    def _create_schema(self) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-read under the write lock: another process may have created it meanwhile.
-            if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
-                db.execute("COMMIT")
-                return
-            if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-                raise JournalError(f"journal {self.path}: an SQLite database, but not a farm journal")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.debug("journal %s: created (schema %d)", self.path, SCHEMA_VERSION)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -276,7 +120,7 @@ class Journal:
         """
         if not isinstance(wire, dict):
             raise TypeError(f"project {project_id!r}: wire must be a dict, got {type(wire).__name__}")
-        blob = _pack(wire, f"project {project_id!r} definition")
+        blob = pack_value(wire, f"project {project_id!r} definition")
         self._write(
             "INSERT INTO projects (project_id, wire, priority, submitted_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (project_id) DO UPDATE SET wire = excluded.wire, priority = excluded.priority, "
@@ -290,7 +134,7 @@ class Journal:
         """Mark a project 'done', 'failed' or 'cancelled' with its summary, and commit."""
         if status not in PROJECT_STATUSES:
             raise ValueError(f"project status must be one of {sorted(PROJECT_STATUSES)}, got {status!r}")
-        blob = _pack(summary, f"project {project_id!r} summary")
+        blob = pack_value(summary, f"project {project_id!r} summary")
         cursor = self._write(
             "UPDATE projects SET status = ?, finished_at = ?, summary = ? WHERE project_id = ?",
             (status, time.time(), blob, project_id),
@@ -321,8 +165,8 @@ class Journal:
     @staticmethod
     def _project(row: tuple[Any, ...]) -> ProjectRecord:
         pid, wire, priority, submitted_at, status, summary, finished_at = row
-        summary = _unpack(summary)
-        return ProjectRecord(pid, _unpack(wire), priority, submitted_at, status, summary, finished_at)
+        summary = unpack_value(summary)
+        return ProjectRecord(pid, unpack_value(wire), priority, submitted_at, status, summary, finished_at)
 
     def set_priority(self, project_id: str, priority: int) -> None:
         """A running project's new priority, kept for a restart; committed at once."""
@@ -342,13 +186,13 @@ class Journal:
             self._write("DELETE FROM controls WHERE scope = ? AND id = ?", (scope, ident), "record control")
         else:
             self._write("INSERT OR REPLACE INTO controls (scope, id, value) VALUES (?, ?, ?)",
-                        (scope, ident, _pack(value, "control state")), "record control")
+                        (scope, ident, pack_value(value, "control state")), "record control")
         self.flush()
 
     def controls(self, scope: str) -> dict[str, Any]:
         """Id -> live-control state, for one scope."""
         rows = self._read("SELECT id, value FROM controls WHERE scope = ?", (scope,))
-        return {ident: _unpack(value) for ident, value in rows}
+        return {ident: unpack_value(value) for ident, value in rows}
 
     # -- jobs (batched) ------------------------------------------------------------------
 
@@ -360,81 +204,14 @@ class Journal:
                  reused: bool = False) -> None:
         """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
         `reused`: its outputs came from the job cache."""
-        blob = _pack(result, f"job {project_id!r}/{key!r} result")
+        blob = pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
         """A job failed for good, after `attempts` tries."""
         self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts))
 
-    def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
-             result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
-             attempts: int | None, reused: bool = False) -> None:
-        if self._db is None:
-            raise JournalError(f"journal {self.path}: used after close()")
-        if self._unflushed == 0:
-            self._batch_started = self._clock()
-        pending = self._pending
-        prev = pending.get((project_id, key))
-        if prev is not None and lease is None:  # what the row in the database would keep
-            lease, agent = prev[_LEASE], prev[_AGENT]
-        if prev is not None and attempts is None:
-            attempts = prev[_ATTEMPTS]
-        pending[project_id, key] = (
-            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
-            int(reused),
-        )
-        self._unflushed += 1
-        if self._unflushed >= self.max_batch:
-            if self._writer is None or self._unflushed >= 4 * self.max_batch:
-                self.flush()
-            elif self._writing is None or self._writing.done():
-                self._commit_in_background()
-
-    def _commit_in_background(self) -> None:
-        """Hand the batch to the writer thread (the previous one done); the loop goes on."""
-        assert self._writer is not None
-        self._wait_writer()  # raises if the previous commit failed
-        if self._conn.in_transaction:  # a project write is open: commit all together, here
-            self.flush()
-            return
-        self._inflight, self._pending = self._pending, {}
-        self._inflight_count, self._unflushed = self._unflushed, 0
-        self._writing = self._writer.submit(self._commit_rows, list(self._inflight.values()))
-
-    def _commit_rows(self, rows: list[_Row]) -> None:  # in the writer thread
-        db = self._conn
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(_UPSERT, rows)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise self._error(exc, "record jobs") from None
-
-    def _wait_writer(self) -> None:
-        """Wait for the writer thread's commit, if one is running; raise its error, if any."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            try:
-                writing.result()
-            finally:
-                self._inflight, self._inflight_count = {}, 0
-
-    def _spill(self) -> None:
-        """Write the in-memory batch into the open transaction (without committing it)."""
-        self._wait_writer()
-        if not self._pending:
-            return
-        db = self._conn
-        try:
-            if not db.in_transaction:
-                db.execute("BEGIN IMMEDIATE")
-            db.executemany(_UPSERT, self._pending.values())
-        except sqlite3.Error as exc:
-            raise self._error(exc, "record jobs") from None
-        self._pending.clear()
+    # -- writes and reads (after the writer thread's commit) ---------------------------
 
     def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> sqlite3.Cursor:
         self._wait_writer()
@@ -446,7 +223,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise self._error(exc, doing) from None
 
-    # -- reads (they see the batch) ------------------------------------------------------
+    # reads see the batch: `_read_jobs` spills it into the transaction, `is_done`/`result` look in it
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         self._wait_writer()
@@ -460,9 +237,9 @@ class Journal:
         return self._read(sql, params)
 
     def is_done(self, project_id: str, key: str) -> bool:
-        row = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
+        row = self._batched(project_id, key)
         if row is not None:
-            return row[_STATE] == "done"
+            return row[ROW_STATE] == "done"
         found = self._read(
             "SELECT 1 FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'", (project_id, key)
         ).fetchone()
@@ -478,9 +255,9 @@ class Journal:
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
-        pending = self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
+        pending = self._batched(project_id, key)
         if pending is not None:
-            row = (pending[_RESULT],) if pending[_STATE] == "done" else None
+            row = (pending[ROW_RESULT],) if pending[ROW_STATE] == "done" else None
         else:
             row = self._read(
                 "SELECT result FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'",
@@ -488,7 +265,7 @@ class Journal:
             ).fetchone()
         if row is None:
             raise KeyError(f"journal {self.path}: job {project_id!r}/{key!r} is not done")
-        return _unpack(row[0])
+        return unpack_value(row[0])
 
     def failed_jobs(self, project_id: str) -> list[FailedJob]:
         """The project's permanently failed jobs, by key."""
@@ -529,54 +306,7 @@ class Journal:
             "ORDER BY updated_at DESC LIMIT 1",
             (cache_key,),
         ).fetchone()
-        return None if row is None else CacheHit(row[0], row[1], _unpack(row[2]))
-
-    # -- commits -------------------------------------------------------------------------
-
-    @property
-    def unflushed(self) -> int:
-        """Job writes not yet committed: what a crash now would lose."""
-        return self._unflushed + self._inflight_count
-
-    def flush_due_in(self, now: float | None = None) -> float | None:
-        """Seconds until `tick` will commit the open batch (0 if due); None if nothing is open.
-
-        A poll loop can use it as its timeout so a batch never waits much past its interval.
-        """
-        if self._unflushed == 0:
-            return None
-        now = self._clock() if now is None else now
-        return max(0.0, self._batch_started + self.commit_interval - now)
-
-    def tick(self, now: float | None = None) -> bool:
-        """Commit the open batch if it is older than `commit_interval`; True if it committed.
-
-        Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
-        """
-        if self._writing is not None and self._writing.done():
-            self._wait_writer()  # a failed background commit surfaces here
-        due = self.flush_due_in(now)
-        if due is None or due > 0:
-            return False
-        if self._writer is None:
-            self.flush()
-        elif self._writing is None:
-            self._commit_in_background()
-        else:
-            return False  # the writer is still busy with the last batch: this one waits a turn
-        return True
-
-    def flush(self) -> None:
-        """Commit everything written so far."""
-        db = self._conn
-        self._spill()
-        if db.in_transaction:
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._error(exc, "commit") from None
-            log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
-        self._unflushed = 0
+        return None if row is None else CacheHit(row[0], row[1], unpack_value(row[2]))
 
     def close(self) -> None:
         """Commit and close; closing twice is harmless."""

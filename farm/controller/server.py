@@ -5,25 +5,25 @@ alone, so there are no locks. Only `finalize` (which may encode a video for minu
 runs in a helper thread, so heartbeats never wait on it, and event observers run in
 theirs (`farm.controller.events`). The rooms: `scheduler` decides who runs what;
 `agents` and `clients` handle each side's messages; `intake` reads submitted projects
-off the loop; this module runs the loop and moves messages.
+off the loop; `listen` sets up the socket and the state folder; this module runs the loop
+and moves messages.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from farm import join
-from farm.controller import peers
+from farm.controller import listen, peers
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
@@ -39,11 +39,10 @@ from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError
 from farm.journal import Journal, JournalError
 from farm.notify import Notifier
-from farm.paths import private_dir
 from farm.plugins import get_media_type, get_plugins
 from farm.preview import RunFacts
 from farm.project import load_project
-from farm.protocol import MAX_MESSAGE, JobSpec, Message, T, pack, unpack
+from farm.protocol import JobSpec, Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
 if TYPE_CHECKING:
@@ -205,22 +204,11 @@ class Controller(AgentSide, ClientSide, ControlSide):
 
     def run(self) -> None:
         """The loop; returns after `stop()`, telling connected agents to shut down only if asked."""
-        for folder in (self.state_dir, self.state_dir / "uploads", self.state_dir / "staging",
-                       self.state_dir / "cache"):
-            private_dir(folder)  # projects, outputs and journal are the submitters' business alone
-        lock = _lock_state_dir(self.state_dir)
-        zctx = zmq.Context.instance()
-        self.sock = zctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
-        # No ROUTER_HANDOVER: a peer that connects with a live routing id is refused, never handed
-        # that peer's traffic; agents take a fresh random routing id per connection instead.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
-        if self.security:
-            self.security.socket_setup(self.sock, enrolment=True)  # a join token's key may redeem it here
+        lock = listen.claim_state_dir(self.state_dir)
+        self.sock = listen.router_socket(self.security)
         self.journal = Journal(self.state_dir / JOURNAL_FILE, background=True)
         try:
-            self.url = _bind(self.sock, self.bind)
+            self.url = listen.bind(self.sock, self.bind)
             self.sock.bind(self.local_url)
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
@@ -352,7 +340,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
             if secured:
                 assert self.security is not None
                 key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
-                local = key is None and _in_process(frames[0])
+                local = key is None and listen.in_process(frames[0])
                 frames = [f.bytes for f in frames]
                 joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
                 if joining is None and not local and not self.security.allows(key):
@@ -476,38 +464,3 @@ def _plugin_observer() -> Callable[[Event], None] | None:
     if not hook.get_hookimpls():
         return None
     return lambda event: hook(event=event)
-
-
-def _in_process(frame: zmq.Frame) -> bool:
-    """Whether a message came over ``inproc://``: with no handshake, it carries no metadata at all.
-
-    On a CURVE socket every tcp:// and ipc:// peer passed the handshake, which gives its
-    messages a ``Socket-Type`` (and a ``User-Id``); only an in-process peer has none.
-    """
-    try:
-        frame.get("Socket-Type")
-    except zmq.ZMQError:
-        return True
-    return False
-
-
-def _lock_state_dir(folder: Path) -> IO[bytes]:
-    """Hold the state folder for this controller alone: two journals in one file would corrupt each other."""
-    handle = open(folder / "controller.lock", "wb")  # noqa: SIM115 (held for the controller's life)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise FarmError(f"another controller is using the state folder {folder}; "
-                        "stop it, or give this one its own --state-dir") from None
-    return handle
-
-
-def _bind(sock: zmq.Socket, url: str) -> str:
-    """Bind, resolving port 0 to a free port; returns the address clients should use."""
-    if url.startswith("tcp://") and url.rsplit(":", 1)[-1] in ("0", "*"):
-        host = url[len("tcp://"):].rsplit(":", 1)[0]
-        port = sock.bind_to_random_port(f"tcp://{host}")
-        return f"tcp://{'127.0.0.1' if host in ('*', '0.0.0.0') else host}:{port}"
-    sock.bind(url)
-    return url

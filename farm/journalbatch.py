@@ -1,0 +1,153 @@
+"""Batched job writes for `farm.journal.Journal`: the batch collecting in memory, the commit
+when it is due (by age or size), and, with ``background=True``, the writer thread that commits
+a due batch while the loop goes on. The module docstring of `farm.journal` gives the rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from farm.journalschema import ROW_AGENT, ROW_ATTEMPTS, ROW_LEASE, UPSERT, JournalError, Row
+
+log = logging.getLogger(__name__)
+
+
+class BatchedJobs:
+    """The job-row writer mixed into `Journal`; needs its ``path``, ``_db``, ``_conn`` and ``_error``."""
+
+    def _init_batch(self, commit_interval: float, max_batch: int, clock: Callable[[], float],
+                    background: bool) -> None:
+        self.commit_interval = commit_interval
+        self.max_batch = max_batch
+        self._clock = clock
+        self._pending: dict[tuple[str, str], Row] = {}  # the batch not yet in the transaction
+        self._unflushed = 0  # job writes not yet committed, in `_pending` or in the transaction
+        self._batch_started = 0.0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="farm-journal") if background else None
+        self._writing: Future[None] | None = None  # the batch the writer thread commits now
+        self._inflight: dict[tuple[str, str], Row] = {}  # its rows, which reads still see
+        self._inflight_count = 0
+
+    def _batched(self, project_id: str, key: str) -> Row | None:
+        """The job's row in the batch or in the commit under way; None if it has none there."""
+        return self._pending.get((project_id, key)) or self._inflight.get((project_id, key))
+
+    def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
+             result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
+             attempts: int | None, reused: bool = False) -> None:
+        if self._db is None:
+            raise JournalError(f"journal {self.path}: used after close()")
+        if self._unflushed == 0:
+            self._batch_started = self._clock()
+        pending = self._pending
+        prev = pending.get((project_id, key))
+        if prev is not None and lease is None:  # what the row in the database would keep
+            lease, agent = prev[ROW_LEASE], prev[ROW_AGENT]
+        if prev is not None and attempts is None:
+            attempts = prev[ROW_ATTEMPTS]
+        pending[project_id, key] = (
+            project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
+            int(reused),
+        )
+        self._unflushed += 1
+        if self._unflushed >= self.max_batch:
+            if self._writer is None or self._unflushed >= 4 * self.max_batch:
+                self.flush()
+            elif self._writing is None or self._writing.done():
+                self._commit_in_background()
+
+    def _commit_in_background(self) -> None:
+        """Hand the batch to the writer thread (the previous one done); the loop goes on."""
+        assert self._writer is not None
+        self._wait_writer()  # raises if the previous commit failed
+        if self._conn.in_transaction:  # a project write is open: commit all together, here
+            self.flush()
+            return
+        self._inflight, self._pending = self._pending, {}
+        self._inflight_count, self._unflushed = self._unflushed, 0
+        self._writing = self._writer.submit(self._commit_rows, list(self._inflight.values()))
+
+    def _commit_rows(self, rows: list[Row]) -> None:  # in the writer thread
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(UPSERT, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise self._error(exc, "record jobs") from None
+
+    def _wait_writer(self) -> None:
+        """Wait for the writer thread's commit, if one is running; raise its error, if any."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            finally:
+                self._inflight, self._inflight_count = {}, 0
+
+    def _spill(self) -> None:
+        """Write the in-memory batch into the open transaction (without committing it)."""
+        self._wait_writer()
+        if not self._pending:
+            return
+        db = self._conn
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+            db.executemany(UPSERT, self._pending.values())
+        except sqlite3.Error as exc:
+            raise self._error(exc, "record jobs") from None
+        self._pending.clear()
+
+    # -- commits -------------------------------------------------------------------------
+
+    @property
+    def unflushed(self) -> int:
+        """Job writes not yet committed: what a crash now would lose."""
+        return self._unflushed + self._inflight_count
+
+    def flush_due_in(self, now: float | None = None) -> float | None:
+        """Seconds until `tick` will commit the open batch (0 if due); None if nothing is open.
+
+        A poll loop can use it as its timeout so a batch never waits much past its interval.
+        """
+        if self._unflushed == 0:
+            return None
+        now = self._clock() if now is None else now
+        return max(0.0, self._batch_started + self.commit_interval - now)
+
+    def tick(self, now: float | None = None) -> bool:
+        """Commit the open batch if it is older than `commit_interval`; True if it committed.
+
+        Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
+        """
+        if self._writing is not None and self._writing.done():
+            self._wait_writer()  # a failed background commit surfaces here
+        due = self.flush_due_in(now)
+        if due is None or due > 0:
+            return False
+        if self._writer is None:
+            self.flush()
+        elif self._writing is None:
+            self._commit_in_background()
+        else:
+            return False  # the writer is still busy with the last batch: this one waits a turn
+        return True
+
+    def flush(self) -> None:
+        """Commit everything written so far."""
+        db = self._conn
+        self._spill()
+        if db.in_transaction:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc, "commit") from None
+            log.debug("journal %s: committed %d job writes", self.path, self._unflushed)
+        self._unflushed = 0

@@ -1,0 +1,177 @@
+"""The journal's file format: its SQLite schema and the checks and additions made on opening,
+the row layout of a job write, the records read back, and the msgpack encoding of stored values.
+
+`farm.journal` reads and writes through these; nothing else touches the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from farm.errors import FarmError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4641524D  # "FARM": marks the file as ours, see `PRAGMA application_id`
+PROJECT_STATUSES = frozenset({"done", "failed", "cancelled"})
+
+_SCHEMA = """
+CREATE TABLE projects (
+    project_id   TEXT PRIMARY KEY,
+    wire         BLOB NOT NULL,     -- msgpack of the project definition
+    priority     INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    status       TEXT,              -- NULL while unfinished
+    finished_at  REAL,
+    summary      BLOB               -- msgpack
+);
+CREATE TABLE jobs (
+    project_id TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    lease      TEXT,
+    agent      TEXT,
+    result     BLOB,                -- msgpack, done jobs only
+    cache_key  TEXT,                -- done jobs only
+    error      TEXT,                -- failed jobs only
+    log        TEXT,
+    attempts   INTEGER,
+    updated_at REAL NOT NULL,
+    reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
+    PRIMARY KEY (project_id, key)
+) WITHOUT ROWID;
+-- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
+-- (No semicolons in comments here: the script is split on them.)
+CREATE INDEX jobs_by_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
+"""
+# Live control (a paused run, a draining agent): added beside schema 1, so older journals gain it
+_CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
+    scope TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID"""
+
+# Every job write is one upsert of the whole row. Lease, agent and attempts survive later
+# states that do not carry them, so a done row still says who rendered it.
+UPSERT = """
+INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
+    reused)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
+    lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
+    result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
+    log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
+    reused = excluded.reused
+"""
+ROW_STATE, ROW_LEASE, ROW_AGENT, ROW_RESULT, ROW_ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
+Row = tuple[
+    str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
+    float, int,
+]
+#: a run's job keys by outcome (`Journal.keys`); done includes reused
+OUTCOMES = {
+    "done": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done'",
+    "failed": "SELECT key FROM jobs WHERE project_id = ? AND state = 'failed'",
+    "reused": "SELECT key FROM jobs WHERE project_id = ? AND state = 'done' AND reused",
+}
+
+
+class JournalError(FarmError):
+    """The journal file cannot be opened, is not a farm journal, or cannot be written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    """A submitted project as the journal keeps it; `status` is None while unfinished."""
+
+    project_id: str
+    wire: dict[str, Any]
+    priority: int
+    submitted_at: float
+    status: str | None = None
+    summary: dict[str, Any] | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A job that failed for good (after its last attempt)."""
+
+    key: str
+    error: str
+    log: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A finished job whose result can stand in for a new job with the same cache key."""
+
+    project_id: str
+    key: str
+    result: Any
+
+
+def pack_value(value: Any, what: str) -> bytes | None:
+    if value is None:  # most jobs return nothing: store NULL, skip the packer
+        return None
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} cannot be stored in the journal (not msgpack-able): {exc}") from None
+
+
+def unpack_value(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Check the file is a farm journal of a schema this farm reads (create it in an empty file),
+    switch to WAL and add what was added beside schema 1; raises `JournalError` or `sqlite3.Error`."""
+    # Read the identity before any PRAGMA that writes, so a foreign file is left untouched.
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0 and version == 0:
+        _create(db, path)
+    elif app_id != APPLICATION_ID:
+        raise JournalError(f"journal {path}: an SQLite database, but not a farm journal")
+    elif version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path}: schema version {version} is newer than this farm's "
+            f"({SCHEMA_VERSION}); upgrade farm or move the file away"
+        )
+    elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
+        raise JournalError(f"journal {path}: schema version {version} is not supported")
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode!r})")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(_CONTROLS)
+    # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
+    if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
+
+
+def _create(db: sqlite3.Connection, path: Path) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have created it meanwhile.
+        if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+            db.execute("COMMIT")
+            return
+        if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise JournalError(f"journal {path}: an SQLite database, but not a farm journal")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.debug("journal %s: created (schema %d)", path, SCHEMA_VERSION)
