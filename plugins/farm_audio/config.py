@@ -15,7 +15,7 @@ from typing import Any
 
 from farm.paths import UnsafePath, resolve_inside
 from farm.settings import SettingsReader
-from farm_audio import encode, ffmpeg, probe
+from farm_audio import encode, facts, probe
 from farm_audio.allow import REFUSED, NotAllowed, check_allowed
 from farm_audio.chain import (
     DOUBLE,
@@ -28,11 +28,11 @@ from farm_audio.chain import (
     parse_chain,
     pinned_text,
 )
-from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
+from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain, gain_at_encode
 from farm_audio.segments import count_segments
 from farm_audio.source import content_digest
 from farm_audio.splitcheck import check_split
-from farm_audio.validate import ChainError, check_chain, check_runs
+from farm_audio.validate import ChainError
 
 DEFAULT_SEGMENT_S = 30.0
 DEFAULT_OUTPUTS = ("flac",)
@@ -70,8 +70,9 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         path = resolve_inside(s.root, input_rel)
     except UnsafePath as exc:
         raise s.error("input", str(exc)) from None
+    digest = content_digest(path)  # what the facts about the input are remembered by
     try:
-        info = probe.probe_stream(path)
+        info = facts.probe_stream(path, digest)
     except probe.ProbeError as exc:
         raise s.error("input", f"cannot read {input_rel!r}: {exc}") from None
     sample_rate = rate_setting or info.sample_rate
@@ -89,7 +90,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
 
     shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
     try:
-        measured = probe.measure(path, convert, info.codec)
+        measured = facts.measure(path, digest, convert, info.codec)
     except probe.ProbeError as exc:
         raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
     if measured.samples == 0:
@@ -113,7 +114,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "input_size": stat.st_size,
         # what a worker's decoded copy and a resumed join are keyed by: a file rewritten with the
         # same size (and even the same mtime) is a new input
-        "input_digest": content_digest(path),
+        "input_digest": digest,
         "codec": info.codec,
         "samples": measured.samples,
         "sample_rate": sample_rate,
@@ -123,6 +124,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "raw": raw,
         "filters": chain_text(filters),
         "loudnorm": loudnorm,
+        "gain_at_encode": gain_at_encode(filters, loudnorm),
         "out_layout": probe.raw_layout(shape.layout),
         "out_channels": shape.channels,
         "segment": split["segment"],
@@ -132,7 +134,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "lead_in_s": lead_in_s,
         "lead_out_s": lead_out_s,
         "tail": keep_tail,
-        "pcm": encode.segment_pcm(outputs),
+        # the encoders' gain must see the chain's doubles, as loudnorm does in one run
+        "pcm": "f64le" if gain_at_encode(filters, loudnorm) else encode.segment_pcm(outputs),
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
     }
@@ -173,7 +176,7 @@ def _check_names(s: SettingsReader, filters: list[Filter]) -> None:
 
     Nothing of the chain reaches ffmpeg before this passed (``ffmpeg -filters`` only lists).
     """
-    known = ffmpeg.audio_filters()
+    known = facts.audio_filters()
     for f in filters:
         if f.name not in known and f.name not in REFUSED:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
@@ -209,8 +212,8 @@ def _check_filters(
     """Run the chain (segment form) through ffmpeg; loudnorm also in its analysis form."""
     try:
         if loudnorm is not None:
-            check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
-        return check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
+            facts.check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
+        return facts.check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
     except ChainError as exc:
         raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
 
