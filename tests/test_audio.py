@@ -290,7 +290,9 @@ def test_segments_render_in_the_narrowest_exact_pcm(tmp_path: Path, sources: Pat
 # -- loudnorm: an analysis job first ---------------------------------------------------
 
 
-def test_loudnorm_analysis_runs_first_and_the_segments_render_beside_it(tmp_path: Path, sources: Path) -> None:
+def test_loudnorm_analysis_runs_first_and_the_segments_render_beside_it(
+    tmp_path: Path, sources: Path
+) -> None:
     """With loudnorm last, the segments carry the chain before it and do not wait for the analysis;
     the encoders apply its linear pass (a constant gain) to the joined doubles."""
     root = make_project(tmp_path, sources, 'filters = "highpass=f=60,loudnorm=I=-20:TP=-1:LRA=15"\n'
@@ -339,12 +341,12 @@ def test_another_runs_analysis_is_never_applied(tmp_path: Path, sources: Path) -
     root = make_project(tmp_path, sources, 'filters = "volume=0.2,loudnorm=I=-20:TP=-1:LRA=15"\n'
                                            'segment = 0.5\noutputs = ["flac"]\n')
     first = run_local(root, restart=False)
-    # as a controller stopped for good before its finalize would leave it
-    _analysis_record(CollateContext(first.project, root / "output", {})).write_text(
-        json.dumps(first.results[ANALYSIS_KEY]))
+    stale = _analysis_record(CollateContext(first.project, root / "output", {}))
     (root / "farm.toml").write_text((root / "farm.toml").read_text().replace("volume=0.2", "volume=0.9"))
-    for seed in range(3):
-        run = run_local(root, seed=seed)
+    for seed in range(3):  # the analysis collated 5th, 6th, 8th: segments come before it
+        # as a controller stopped for good before its finalize would leave it
+        stale.write_text(json.dumps(first.results[ANALYSIS_KEY]))
+        run = run_local(root, seed=seed, restart=False)
         measured = {k: run.results[ANALYSIS_KEY][k] for k in MEASURED}
         assert measured != {k: first.results[ANALYSIS_KEY][k] for k in MEASURED}
         ref = whole_file(run.project, run.project.settings["outputs"][0], tmp_path / "ref.flac", measured)
