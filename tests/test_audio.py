@@ -290,12 +290,17 @@ def test_segments_render_in_the_narrowest_exact_pcm(tmp_path: Path, sources: Pat
 # -- loudnorm: an analysis job first ---------------------------------------------------
 
 
-def test_loudnorm_analysis_runs_first_and_the_segments_depend_on_it(tmp_path: Path, sources: Path) -> None:
+def test_loudnorm_analysis_runs_first_and_the_segments_render_beside_it(
+    tmp_path: Path, sources: Path
+) -> None:
+    """With loudnorm last, the segments carry the chain before it and do not wait for the analysis;
+    the encoders apply its linear pass (a constant gain) to the joined doubles."""
     root = make_project(tmp_path, sources, 'filters = "highpass=f=60,loudnorm=I=-20:TP=-1:LRA=15"\n'
                                            'segment = 0.5\noutputs = ["wav", "flac:24"]\n')
     run = run_local(root)
     assert run.jobs[0].key == ANALYSIS_KEY and run.jobs[0].deps == ()
-    assert len(run.jobs) == 8 and all(j.deps == (ANALYSIS_KEY,) for j in run.jobs[1:])
+    assert len(run.jobs) == 8 and all(j.deps == () for j in run.jobs[1:])
+    assert run.project.settings["gain_at_encode"] and run.project.settings["pcm"] == "f64le"
     measured = run.results[ANALYSIS_KEY]
     assert measured["second_pass"] == "linear"
     # the analysis measures what a whole-file first pass measures
@@ -310,6 +315,56 @@ def test_loudnorm_analysis_runs_first_and_the_segments_depend_on_it(tmp_path: Pa
         ref = whole_file(run.project, output, tmp_path / f"ref.{output['extension']}", measured)
         assert output_of(run, output["extension"]).read_bytes() == ref.read_bytes()
     assert json.loads((root / "output" / "source.loudnorm.json").read_text()) == measured
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_loudnorm_gain_at_the_encoders_in_any_collate_order_and_across_a_restart(
+    tmp_path: Path, sources: Path, seed: int
+) -> None:
+    """The analysis may be collated before, among or after the segments, and before or after a
+    controller restart (run_local restarts halfway): the outputs are the same whole-file bytes."""
+    root = make_project(tmp_path, sources, 'filters = "volume=0.7,loudnorm=I=-20:TP=-1:LRA=15"\n'
+                                           'segment = 0.5\noutputs = ["flac", "wav:f32"]\n')
+    run = run_local(root, seed=seed)
+    measured = {k: run.results[ANALYSIS_KEY][k] for k in MEASURED}
+    for output in run.project.settings["outputs"]:
+        ref = whole_file(run.project, output, tmp_path / f"ref.{output['extension']}", measured)
+        assert output_of(run, output["extension"]).read_bytes() == ref.read_bytes(), output["spec"]
+    assert [p.name for p in (root / "output").iterdir() if p.name.startswith(".")] == []
+
+
+def test_another_runs_analysis_is_never_applied(tmp_path: Path, sources: Path) -> None:
+    """A controller that restarts reads the analysis it kept on disk, named by the settings: the
+    record (and loudnorm.json) of a run with another chain, so another gain, is not applied."""
+    from farm_audio.media import _analysis_record
+
+    root = make_project(tmp_path, sources, 'filters = "volume=0.2,loudnorm=I=-20:TP=-1:LRA=15"\n'
+                                           'segment = 0.5\noutputs = ["flac"]\n')
+    first = run_local(root, restart=False)
+    stale = _analysis_record(CollateContext(first.project, root / "output", {}))
+    (root / "farm.toml").write_text((root / "farm.toml").read_text().replace("volume=0.2", "volume=0.9"))
+    for seed in range(3):  # the analysis collated 5th, 6th, 8th: segments come before it
+        # as a controller stopped for good before its finalize would leave it
+        stale.write_text(json.dumps(first.results[ANALYSIS_KEY]))
+        run = run_local(root, seed=seed, restart=False)
+        measured = {k: run.results[ANALYSIS_KEY][k] for k in MEASURED}
+        assert measured != {k: first.results[ANALYSIS_KEY][k] for k in MEASURED}
+        ref = whole_file(run.project, run.project.settings["outputs"][0], tmp_path / "ref.flac", measured)
+        assert output_of(run, "flac").read_bytes() == ref.read_bytes()
+
+
+def test_loudnorm_not_last_keeps_its_gain_in_the_segments(tmp_path: Path, sources: Path) -> None:
+    """Filters after loudnorm would run unsplit once per output: then the segments wait for the
+    analysis and apply the gain themselves, as before."""
+    root = make_project(tmp_path, sources, 'filters = "loudnorm=I=-20:TP=-1:LRA=15,highpass=f=60"\n'
+                                           'segment = 0.5\noutputs = ["flac", "wav:24"]\n')
+    run = run_local(root)
+    assert not run.project.settings["gain_at_encode"]
+    assert all(j.deps == (ANALYSIS_KEY,) for j in run.jobs[1:])
+    measured = {k: run.results[ANALYSIS_KEY][k] for k in MEASURED}
+    for output in run.project.settings["outputs"]:
+        ref = whole_file(run.project, output, tmp_path / f"ref.{output['extension']}", measured)
+        assert output_of(run, output["extension"]).read_bytes() == ref.read_bytes(), output["spec"]
 
 
 def test_loudnorm_second_pass_is_bit_exact_so_float_encoders_match(tmp_path: Path, sources: Path) -> None:

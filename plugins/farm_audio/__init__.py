@@ -8,7 +8,9 @@ generated signal), `splitcheck` (does it split: segments against a whole run),
 table), `segments` (sample ranges), `source` (the input decoded once per worker, in the background),
 `render` (one segment's PCM, loudnorm's analysis), `join` (segments into one PCM file as
 they arrive), `encode` (output formats), `stream` (encoders fed while the join fills),
-`verdicts` (split-check verdicts kept on disk), `media` (the MediaType).
+`verdicts` (split-check verdicts kept on disk), `checkcache` (the other load checks' findings
+kept on disk), `facts` (the renderer facts a submitter sends, checked), `preview` (the
+dashboard's live preview), `media` (the MediaType).
 """
 
 from __future__ import annotations

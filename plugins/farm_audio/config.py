@@ -17,7 +17,7 @@ from typing import Any
 
 from farm.paths import UnsafePath, resolve_inside
 from farm.settings import SettingsReader
-from farm_audio import encode, ffmpeg, probe
+from farm_audio import checkcache, encode, probe
 from farm_audio.allow import REFUSED, NotAllowed, check_allowed
 from farm_audio.chain import (
     DOUBLE,
@@ -31,11 +31,11 @@ from farm_audio.chain import (
     pinned_text,
 )
 from farm_audio.facts import MAX_PROJECT_RATE, check_length, submitted_facts
-from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain
+from farm_audio.loudnorm import LOUDNORM_OWN, analysis_chain, gain_at_encode
 from farm_audio.segments import count_segments
 from farm_audio.source import content_digest
 from farm_audio.splitcheck import check_split
-from farm_audio.validate import ChainError, check_chain, check_runs
+from farm_audio.validate import ChainError
 
 DEFAULT_SEGMENT_S = 30.0
 DEFAULT_OUTPUTS = ("flac",)
@@ -76,8 +76,9 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     except UnsafePath as exc:
         raise s.error("input", str(exc)) from None
     leads = (segment_s, lead_in_setting, lead_out_setting)
+    digest = content_digest(path)  # what the measurements of the input are kept by (`checkcache`)
     if measuring:
-        found = _measure(s, path, input_rel, filters, loudnorm, rate_setting, channels_setting, leads)
+        found = _measure(s, path, digest, input_rel, filters, loudnorm, rate_setting, channels_setting, leads)
     else:
         found = submitted_facts(s)
 
@@ -92,13 +93,14 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     if whole_file:
         split.update(segment=found["samples"], lead_in=0, lead_out=0)
         lead_in_s = lead_out_s = 0.0
+    at_encode = gain_at_encode(filters, loudnorm)
     stat = path.stat()
     return {
         "input": input_rel,
         "input_size": stat.st_size,
         # what a worker's decoded copy and a resumed join are keyed by: a file rewritten with the
         # same size (and even the same mtime) is a new input
-        "input_digest": content_digest(path),
+        "input_digest": digest,
         "codec": found["codec"],
         "samples": found["samples"],
         "sample_rate": sample_rate,
@@ -108,6 +110,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "raw": raw,
         "filters": chain_text(filters),
         "loudnorm": loudnorm,
+        # derived from the chain, not a fact: loudnorm last means the encoders apply its gain
+        "gain_at_encode": at_encode,
         "out_layout": found["out_layout"],
         "out_channels": found["out_channels"],
         "segment": split["segment"],
@@ -117,21 +121,25 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "lead_in_s": lead_in_s,
         "lead_out_s": lead_out_s,
         "tail": keep_tail,
-        "pcm": encode.segment_pcm(outputs),
+        # the encoders' gain must see the chain's doubles, as loudnorm does in one run
+        "pcm": "f64le" if at_encode else encode.segment_pcm(outputs),
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
         "probed": found,  # what ffmpeg found (`renderer_facts`): all the rest follows from it and the table
     }
 
 
-def _measure(s: SettingsReader, path: Path, input_rel: str, filters: list[Filter], loudnorm: int | None,
-             rate_setting: int | None, channels_setting: Any, leads: tuple[Any, ...]) -> dict[str, Any]:
+def _measure(s: SettingsReader, path: Path, digest: str, input_rel: str, filters: list[Filter],
+             loudnorm: int | None, rate_setting: int | None, channels_setting: Any,
+             leads: tuple[Any, ...]) -> dict[str, Any]:
     """Ask ffmpeg: the input's format and exact length, the chain's shape, whether it splits.
 
-    Returns the facts (`farm_audio.facts.FACTS`) the settings are derived from.
+    Returns the facts (`farm_audio.facts.FACTS`) the settings are derived from. ffmpeg's
+    answers are kept on disk (`farm_audio.checkcache`, by the content ``digest`` of the input
+    and the chain's text), so a worker loading a project this host already checked runs none.
     """
     try:
-        info = probe.probe_stream(path)
+        info = checkcache.probe_stream(path, digest)
     except probe.ProbeError as exc:
         raise s.error("input", f"cannot read {input_rel!r}: {exc}") from None
     found: dict[str, Any] = {"codec": info.codec, "source_rate": info.sample_rate,
@@ -139,7 +147,7 @@ def _measure(s: SettingsReader, path: Path, input_rel: str, filters: list[Filter
     sample_rate, layout, convert, raw = _format(s, found, rate_setting, channels_setting)
     shape = _check_filters(s, filters, loudnorm, sample_rate, layout)
     try:
-        measured = probe.measure(path, convert, info.codec)
+        measured = checkcache.measure(path, digest, convert, info.codec)
     except probe.ProbeError as exc:
         raise s.error("input", f"cannot decode {input_rel!r}: {exc}") from None
     if measured.samples == 0:
@@ -215,7 +223,7 @@ def _check_names(s: SettingsReader, filters: list[Filter], measuring: bool) -> N
 
     Nothing of the chain reaches ffmpeg before this passed (``ffmpeg -filters`` only lists).
     """
-    known = ffmpeg.audio_filters() if measuring else set()
+    known = checkcache.audio_filters() if measuring else frozenset()
     for f in filters:
         if measuring and f.name not in known and f.name not in REFUSED:
             raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
@@ -251,8 +259,8 @@ def _check_filters(
     """Run the chain (segment form) through ffmpeg; loudnorm also in its analysis form."""
     try:
         if loudnorm is not None:
-            check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
-        return check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
+            checkcache.check_runs(analysis_chain(filters, loudnorm), sample_rate, layout)
+        return checkcache.check_chain(pinned_text(segment_form(filters, loudnorm)), sample_rate, layout)
     except ChainError as exc:
         raise s.error("filters", f"{chain_text(filters)!r}: {exc}") from None
 

@@ -10,7 +10,6 @@ gives the same bytes, and they equal an encode of a whole-file render.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,10 +36,6 @@ _FIXED_FRAMES = {"flac": ("-frame_size", "4096")}
 _BITRATE = re.compile(r"^(\d{1,3})k$")
 #: raw PCM format that holds an encoder's input sample format exactly
 _RAW_OF = {"s16": "s16le", "s32": "s32le", "flt": "f32le", "fltp": "f32le", "dbl": "f64le"}
-
-
-#: encoders run on the controller's machine: below its priority, so it keeps answering agents
-NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
 
 
 class OutputSpecError(ValueError):

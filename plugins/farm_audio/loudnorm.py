@@ -51,6 +51,17 @@ def linear_loudnorm(first: Filter, measured: dict[str, str], print_format: str =
     return Filter("loudnorm", label=first.label, args=[*first.named().items(), *own.items()])
 
 
+def gain_at_encode(filters: list[Filter], loudnorm: int | None) -> bool:
+    """Whether loudnorm's second pass runs in the encoders rather than in the segments.
+
+    With loudnorm last, its linear pass is a constant gain on the chain's last doubles:
+    the encoders apply it to the joined audio, so the segments need not wait for the
+    analysis and render beside it. A chain that goes on after loudnorm keeps the gain in
+    the segments (the filters after it would otherwise run once per output, unsplit).
+    """
+    return loudnorm is not None and loudnorm == len(filters) - 1
+
+
 def linear_chain(filters: list[Filter], loudnorm: int, measured: dict[str, str]) -> str:
     """The whole chain with loudnorm as its linear second pass."""
     second = linear_loudnorm(filters[loudnorm], measured)

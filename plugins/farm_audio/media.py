@@ -1,8 +1,10 @@
 """The ``audio`` media type: an input file through an ffmpeg filter chain, in sample-exact segments.
 
-split: one job per segment (plus loudnorm's analysis first, which the segments depend on).
+split: one job per segment (plus loudnorm's analysis first; with loudnorm last the segments
+render beside it and the encoders apply its gain, else they depend on it).
 render: the segment's PCM, on a render node. collate: written into one raw PCM file at its
-offset, as it arrives. finalize: every range checked, then each output encoded once.
+offset, as it arrives; each output is encoded while the join fills. finalize: every range
+checked, then the encoders get the rest.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from farm_audio import encode, ffmpeg, preview
 from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
+from farm_audio.loudnorm import MEASURED
 from farm_audio.probe import RAW_BYTES
-from farm_audio.render import ANALYSIS_KEY, analyse_loudness, render_segment
+from farm_audio.render import ANALYSIS_KEY, analyse_loudness, encode_filter, render_segment
 from farm_audio.segments import Segment, count_segments, plan
 from farm_audio.source import decoded_source
 from farm_audio.stream import Encoders
 
 _JOIN_KEY = "join"
 _ENCODERS_KEY = "encoders"
+_ANALYSIS_KEY = "loudnorm"
 
 
 def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
@@ -43,6 +47,11 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 def join_name(settings: Mapping[str, Any]) -> str:
     """The join file's name in the output folder (hidden: it is removed once encoded)."""
     return f".{settings['name']}.join.{settings['pcm']}"
+
+
+def _analysis_record(ctx: CollateContext) -> Path:
+    s = ctx.project.settings
+    return ctx.output_dir / f".{s['name']}.loudnorm.{fingerprint(s)}.json"
 
 
 class AudioSegments(MediaType):
@@ -82,9 +91,10 @@ class AudioSegments(MediaType):
         s = project.settings
         inputs = (s["input"],)
         deps: tuple[str, ...] = ()
-        if s["loudnorm"] is not None:
+        if s["loudnorm"] is not None:  # first: the longest job, so it starts first
             yield Job(ANALYSIS_KEY, {"kind": "loudnorm"}, inputs=inputs)
-            deps = (ANALYSIS_KEY,)
+            if not s.get("gain_at_encode"):  # settings from before it existed: False
+                deps = (ANALYSIS_KEY,)
         for seg in segments_of(s):
             yield Job(seg.key, {"kind": "segment", **seg.to_params()}, inputs=inputs, deps=deps)
 
@@ -109,6 +119,13 @@ class AudioSegments(MediaType):
         if job.params["kind"] == "loudnorm":
             ctx.output_dir.mkdir(parents=True, exist_ok=True)
             (ctx.output_dir / f"{s['name']}.loudnorm.json").write_text(json.dumps(result, indent=2) + "\n")
+            ctx.state[_ANALYSIS_KEY] = result
+            # for a controller that restarts: named by the settings, so another run's never applies
+            _analysis_record(ctx).write_text(json.dumps(result))
+            join = ctx.state.get(_JOIN_KEY)
+            encoders = None if join is None else self._encoders(ctx, join)
+            if encoders is not None:  # the segments that arrived before the gain was known
+                encoders.advance(join.contiguous())
             return
         if result is None or len(outputs) != 1:
             raise RenderError(f"{job.key}: expected one PCM file and a result, got {sorted(outputs)}")
@@ -119,7 +136,9 @@ class AudioSegments(MediaType):
                               f"not the {result['samples']} samples the job rendered")
         join = self._join(ctx)
         join.add(job.params["start"], staged)
-        self._encoders(ctx, join).advance(join.contiguous())
+        encoders = self._encoders(ctx, join)
+        if encoders is not None:
+            encoders.advance(join.contiguous())
         ctx.log.debug("joined %s: %d samples at %d", job.key, result["samples"], job.params["start"])
 
     def _join(self, ctx: CollateContext) -> PcmJoin:
@@ -131,19 +150,43 @@ class AudioSegments(MediaType):
             join = ctx.state[_JOIN_KEY] = PcmJoin(path, frame, fingerprint(s), s["samples"])
         return join
 
-    def _encoders(self, ctx: CollateContext, join: PcmJoin) -> Encoders:
-        """The outputs' encoders, started with the first segment and fed as the join fills."""
+    def _encoders(self, ctx: CollateContext, join: PcmJoin, *, finishing: bool = False) -> Encoders | None:
+        """The outputs' encoders, started with the first segment and fed as the join fills.
+
+        None while they wait for loudnorm's analysis (when they apply its gain).
+        """
         encoders = ctx.state.get(_ENCODERS_KEY)
         if encoders is None:
             s = ctx.project.settings
+            af = ""
+            if s.get("gain_at_encode"):
+                measured = self._analysis(ctx)
+                if measured is None:
+                    if finishing:
+                        raise RenderError(f"cannot finish {s['name']}: loudnorm's analysis never arrived")
+                    return None
+                af = encode_filter(s, measured)
             outputs = [encode.Output.from_wire(o) for o in s["outputs"]]
             encoders = ctx.state[_ENCODERS_KEY] = Encoders(
                 join.path, s["pcm"], s["sample_rate"], s["out_layout"], join.frame_bytes, outputs,
-                ctx.output_dir, s["name"])
+                ctx.output_dir, s["name"], af)
         return encoders
 
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
         return preview.describe(ctx, join_name(ctx.settings), fingerprint(dict(ctx.settings)))
+
+    def _analysis(self, ctx: CollateContext) -> Mapping[str, Any] | None:
+        """loudnorm's measurements: collated in this run, or (a controller that restarted) from its file."""
+        found = ctx.state.get(_ANALYSIS_KEY)
+        if found is None:
+            try:
+                found = json.loads(_analysis_record(ctx).read_text())
+            except (OSError, ValueError):
+                return None
+            if not isinstance(found, dict) or not all(isinstance(found.get(k), str) for k in MEASURED):
+                return None
+            ctx.state[_ANALYSIS_KEY] = found
+        return found
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings
@@ -157,13 +200,15 @@ class AudioSegments(MediaType):
                 encoders.abort()
             raise RenderError(f"cannot finish {s['name']}: {exc}") from None
         ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
-        encoders = self._encoders(ctx, join)  # a controller that restarted starts them here
+        encoders = self._encoders(ctx, join, finishing=True)  # a controller that restarted starts them here
+        assert encoders is not None
         ctx.state.pop(_ENCODERS_KEY, None)
         try:
             paths = encoders.finish(total)
         except ffmpeg.FfmpegFailed as exc:
             raise RenderError(f"encoding failed: {exc.message}") from None
         join.remove()
+        _analysis_record(ctx).unlink(missing_ok=True)
         ctx.state.pop(_JOIN_KEY, None)
         analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
         return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths

@@ -62,9 +62,15 @@ def segment_filter(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str,
 
 
 def chain_for_segments(settings: Mapping[str, Any], deps: Mapping[str, Any]) -> str:
-    """The project's chain, pinned to doubles, with loudnorm (if any) as its linear second pass."""
+    """The project's chain as a segment runs it, pinned to doubles.
+
+    loudnorm (if any) runs as its linear second pass, with the analysis from ``deps``;
+    when the encoders apply that gain (``gain_at_encode``) the segments stop before it.
+    """
     filters = parse_chain(settings["filters"])
     index = settings["loudnorm"]
+    if index is not None and settings.get("gain_at_encode"):
+        return pinned_text(filters[:index])
     if index is not None:
         measured = deps.get(ANALYSIS_KEY)
         if not measured:
@@ -73,10 +79,24 @@ def chain_for_segments(settings: Mapping[str, Any], deps: Mapping[str, Any]) -> 
     return pinned_text(filters)
 
 
+def encode_filter(settings: Mapping[str, Any], measured: Mapping[str, str]) -> str:
+    """What each encoder runs over the joined doubles when it applies loudnorm's gain ("" otherwise)."""
+    index = settings["loudnorm"]
+    if index is None or not settings.get("gain_at_encode"):
+        return ""
+    second = linear_loudnorm(parse_chain(settings["filters"])[index], {k: measured[k] for k in MEASURED})
+    return f"{DOUBLE},{pinned_text([second])}"
+
+
 def whole_file_filter(settings: Mapping[str, Any], measured: Mapping[str, str] | None = None) -> str:
     """The ``-af`` of the single whole-file ffmpeg run whose output the farm reproduces."""
-    chain = chain_for_segments(settings, {ANALYSIS_KEY: measured} if measured else {})
-    return ",".join(p for p in (settings["convert"] or DOUBLE, chain) if p)
+    filters = parse_chain(settings["filters"])
+    index = settings["loudnorm"]
+    if index is not None:
+        if not measured:
+            raise RenderError("the whole-file chain needs the loudness analysis")
+        filters = parse_chain(linear_chain(filters, index, dict(measured)))
+    return ",".join(p for p in (settings["convert"] or DOUBLE, pinned_text(filters)) if p)
 
 
 def run_fed(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from farm.proc import child_dies_with_parent
 from farm_audio import ffmpeg
-from farm_audio.encode import NICE, Output, input_args
+from farm_audio.encode import Output, input_args
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,15 @@ class Encoders:
 
     Call `advance` with the number of samples at the file's start that are final,
     as often as it grows, then `finish` with the total once every segment is in (or
-    `abort`; dropping the object aborts too). Outputs are written as
-    ``.<name>.<ext>.part`` and renamed by `finish`. Encoders run at lower CPU priority
-    (``nice``), so the controller keeps answering agents.
+    `abort`; dropping the object aborts too). ``filters`` (an ``-af`` chain, e.g. loudnorm's
+    gain) runs in every encoder over the joined audio. Outputs are written as
+    ``.<name>.<ext>.part`` and renamed by `finish`. Encoders run at the controller's own
+    priority: at ``nice 10`` (as they once did) a machine with other work starved them, and
+    the run waited for its slowest encoder (docs/media-audio.md, "Where a segment's time goes").
     """
 
     def __init__(self, pcm: Path, raw: str, sample_rate: int, layout: str, frame_bytes: int,
-                 outputs: Sequence[Output], directory: Path, name: str) -> None:
+                 outputs: Sequence[Output], directory: Path, name: str, filters: str = "") -> None:
         self.frame_bytes = frame_bytes
         self._feed = _Feed(pcm)
         directory.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,9 @@ class Encoders:
         self._cleanup = weakref.finalize(self, _stop, self._feed, self.encoders)
         for out in outputs:
             temp = directory / f".{name}.{out.extension}.part"
-            cmd = [*NICE, ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout),
-                   "-i", "pipe:0", *out.args, *ffmpeg.BITEXACT, ffmpeg.file_arg(temp)]
+            cmd = [ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout),
+                   "-i", "pipe:0", *(("-af", filters) if filters else ()), *out.args, *ffmpeg.BITEXACT,
+                   ffmpeg.file_arg(temp)]
             log.debug("encoding %s while the join fills: %s", out.spec, " ".join(cmd))
             enc = _Encoder(out, cmd, temp, directory / f"{name}.{out.extension}")
             self.encoders.append(enc)

@@ -21,13 +21,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from farm.filesync.store import default_cache_dir
-
 log = logging.getLogger(__name__)
 
 _FOLDER = "audio-verdicts"
 #: the modules whose code decides a verdict: a change to any of them is a new key
-_CODE = ("splitcheck.py", "render.py", "segments.py", "chain.py", "verdicts.py")
+_CODE = ("splitcheck.py", "render.py", "segments.py", "chain.py", "verdicts.py", "checkcache.py", "probe.py",
+         "validate.py")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm``: `farm.filesync.store`'s, not imported from
+    there (`farm.filesync` takes 0.3 to 0.8 s to import, which every worker paid before its first job)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "farm"
 
 
 @lru_cache(maxsize=4)
@@ -42,23 +48,23 @@ def _identity(exe: str) -> str:
     return hasher.hexdigest()
 
 
-def _path(exe: str, key: tuple[Any, ...]) -> Path:
+def _path(exe: str, key: tuple[Any, ...], folder: str) -> Path:
     digest = hashlib.sha256(json.dumps([_identity(exe), *key]).encode()).hexdigest()
-    return default_cache_dir() / _FOLDER / f"{digest}.json"
+    return default_cache_dir() / folder / f"{digest}.json"
 
 
-def load(exe: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
-    """The verdict stored for ``key`` checked with ``exe``, or None."""
+def load(exe: str, key: tuple[Any, ...], folder: str = _FOLDER) -> dict[str, Any] | None:
+    """The verdict stored for ``key`` checked with ``exe`` (in ``folder`` of the cache), or None."""
     try:
-        found = json.loads(_path(exe, key).read_text())
+        found = json.loads(_path(exe, key, folder).read_text())
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
 
 
-def store(exe: str, key: tuple[Any, ...], verdict: dict[str, Any]) -> None:
+def store(exe: str, key: tuple[Any, ...], verdict: dict[str, Any], folder: str = _FOLDER) -> None:
     """Keep ``verdict`` for ``key``; a cache that cannot be written only costs the next check."""
-    path = _path(exe, key)
+    path = _path(exe, key, folder)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
