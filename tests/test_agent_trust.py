@@ -16,7 +16,7 @@ from conftest import ROOT
 from farm_synthetic import payload
 
 from farm.filesync import Manifest, Store, build_manifest
-from farm.filesync import store as store_module
+from farm.filesync import manifestfiles
 from farm.filesync.store import CacheFull
 from farm.project import load_project
 
@@ -272,16 +272,31 @@ def test_over_the_limit_dead_sessions_partials_go_but_this_trees_stay(tmp_path):
 
 
 def test_a_store_keeps_a_bounded_number_of_manifests(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "MAX_MANIFESTS", 3)
+    monkeypatch.setattr(manifestfiles, "MAX_MANIFESTS", 3)
     with Store(tmp_path / "cache") as store:
         for i in range(6):
             store.save_manifest(random_tree(tmp_path / f"t{i}", {"f": 10 + i}))
         assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 3
 
 
+def test_a_damaged_index_is_set_aside_with_its_files_and_the_cache_starts_empty(tmp_path, caplog):
+    """A cache is there to lose: an index that is no database any more must not stop an agent."""
+    root = tmp_path / "cache"
+    with Store(root) as store:
+        store.save_manifest(random_tree(tmp_path / "t", {"f": 10}))
+    (root / "files" / "ab").mkdir(exist_ok=True)
+    (root / "files" / "ab" / "stale").write_bytes(b"x")
+    (root / "index.sqlite").write_bytes(b"not a database at all" * 100)
+    with caplog.at_level("WARNING", logger="farm.filesync.store"), Store(root) as store:
+        assert store.tree_manifest("anything") is None  # the index works again
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert [p.name.startswith("index.sqlite.damaged-") for p in root.iterdir()].count(True) == 1
+    assert not (root / "files" / "ab" / "stale").exists() and not list((root / "manifests").iterdir())
+
+
 def test_pruning_manifests_leaves_another_processs_write_in_flight_alone(tmp_path, monkeypatch):
     """Agents share one cache: a sibling's half-written manifest is not a manifest to prune."""
-    monkeypatch.setattr(store_module, "MAX_MANIFESTS", 2)
+    monkeypatch.setattr(manifestfiles, "MAX_MANIFESTS", 2)
     with Store(tmp_path / "cache") as store:
         in_flight = tmp_path / "cache" / "manifests" / ".abc.999-0000.tmp"
         in_flight.write_bytes(b"half a manifest")

@@ -21,20 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import sqlite3
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from farm.filesync.assembly import Assembly
-from farm.filesync.errors import ManifestError, SyncError
+from farm.filesync.errors import SyncError
 from farm.filesync.hashing import block_length, hash_fd
 from farm.filesync.limits import GiB
 from farm.filesync.manifest import FileEntry, Manifest
+from farm.filesync.manifestfiles import ManifestFiles
 from farm.filesync.materialize import MaterializeStats, materialize
 from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
@@ -42,7 +42,6 @@ from farm.filesync.placement import spread_subfolders
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * GiB
-MAX_MANIFESTS = 256
 TOUCH_EVERY_S = 60.0  # LRU resolution: enough to tell a tree in use from one that is not
 
 _SCHEMA = """
@@ -120,11 +119,35 @@ class Store(PartialSessions):
         self._session: Path | None = None
         self._session_fd: int | None = None
         self._fanout: set[str] = set()  # files/ab/ folders known to exist
-        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self.manifests = ManifestFiles(self.manifests_dir)
         self._touched: dict[bytes, float] = {}  # digest -> when this Store last marked it used
-        self._db().executescript(_SCHEMA)
+        self._open_index()
 
     # -- database -------------------------------------------------------------------
+
+    def _open_index(self) -> None:
+        """Create the index's tables. An index that is no database any more (a crash or a disk
+        fault mid-write) is a cache's to lose: it is set aside with the files it indexed, said
+        in the log, and the cache starts empty; anything else wrong with it raises."""
+        try:
+            self._db().executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, I/O: not the index's content
+        except sqlite3.DatabaseError as exc:
+            damaged = exc
+        self._close_connections()
+        aside = self.root / f"index.sqlite.damaged-{int(time.time())}"
+        os.replace(self.root / "index.sqlite", aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / f"index.sqlite{suffix}")
+        for folder in (self.files_dir, self.partial_root, self.manifests_dir):
+            shutil.rmtree(folder, ignore_errors=True)  # unindexed now: never found, never evicted
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log.warning("the file cache's index %s was damaged (%s): set aside as %s; the cache starts empty",
+                    self.root / "index.sqlite", damaged, aside.name)
+        self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -403,57 +426,10 @@ class Store(PartialSessions):
     # -- manifests ------------------------------------------------------------------
 
     def save_manifest(self, manifest: Manifest) -> None:
-        self._remember(manifest)
-        path = self.manifests_dir / manifest.id
-        if path.exists():
-            return
-        tmp = path.with_name(f".{manifest.id}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(manifest.to_bytes())
-        os.replace(tmp, path)
-        self._prune_manifests()
-
-    def _prune_manifests(self) -> None:
-        """Keep the newest `MAX_MANIFESTS`: a peer sending ever new trees cannot fill the disk.
-        A pruned manifest costs one full manifest transfer on the next sync of its tree."""
-        # another process's ".<id>...tmp" is its write in flight: never count, stat or remove it
-        entries = [e for e in os.scandir(self.manifests_dir) if not e.name.startswith(".")]
-        if len(entries) <= MAX_MANIFESTS:
-            return
-        ages = []
-        for entry in entries:
-            with contextlib.suppress(FileNotFoundError):  # pruned by another process meanwhile
-                ages.append((entry.stat().st_mtime_ns, entry.path))
-        ages.sort()
-        for _, path in ages[: len(ages) - MAX_MANIFESTS]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        self.manifests.save(manifest)
 
     def load_manifest(self, manifest_id: str) -> Manifest | None:
-        with self._lock:
-            known = self._manifests.get(manifest_id)
-        if known is not None:
-            return known
-        if not manifest_id.isalnum():
-            return None
-        try:
-            raw = (self.manifests_dir / manifest_id).read_bytes()
-            manifest = Manifest.from_bytes(raw)
-        except (OSError, ManifestError):
-            return None
-        if manifest.id != manifest_id:
-            return None
-        self._remember(manifest)
-        return manifest
-
-    def _remember(self, manifest: Manifest) -> None:
-        """Keep recent manifests parsed: an unchanged re-sync then decodes nothing."""
-        with self._lock:
-            self._manifests[manifest.id] = manifest
-            self._manifests.move_to_end(manifest.id)
-            while len(self._manifests) > 8:
-                self._manifests.popitem(last=False)
+        return self.manifests.load(manifest_id)
 
     def remember_tree(self, key: str, manifest: Manifest) -> None:
         self.save_manifest(manifest)
@@ -480,6 +456,10 @@ class Store(PartialSessions):
                     shutil.rmtree(self._session, ignore_errors=True)
                 os.close(self._session_fd)
                 self._session = self._session_fd = None
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        with self._lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
