@@ -55,7 +55,9 @@ class ClientSide:
         elif msg.type is T.CONTROL or msg.type is T.QUERY:
             self._handle_steering(identity, msg)  # farm.controller.control
         elif msg.type is T.EVENTS:
-            error = self.subscribers.subscribe(identity, msg.body.get("since"))
+            epoch = msg.body.get("epoch")
+            error = self.subscribers.subscribe(identity, msg.body.get("since"),
+                                               epoch if isinstance(epoch, str) else None)
             if error:
                 self._send(identity, T.ERROR, {"message": error})
 

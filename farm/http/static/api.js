@@ -64,10 +64,11 @@ farm.showError = function showError(error) {
   showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
 };
 
-// The controller's event stream over Server-Sent Events: one message per event (id = its seq,
+// The controller's event stream over Server-Sent Events: one message per event (id = EPOCH:SEQ,
 // data = the event as JSON). EventSource reconnects by itself and resumes from the last id it
 // saw (Last-Event-ID), so nothing is lost or repeated; `onGap` runs when events were missed
-// (older than the controller's buffer), and after a reconnection, so the page can reload.
+// (older than the controller's buffer), after a reconnection, and on `reset` (the controller
+// restarted: its seqs count from 1 again), so the page can reload.
 farm.events = function events(onEvent, onGap) {
   const live = document.getElementById("live");
   const source = new EventSource(farm.url("api/v1/events"));
@@ -78,6 +79,7 @@ farm.events = function events(onEvent, onGap) {
     onEvent(event);
   };
   source.addEventListener("missed", onGap);
+  source.addEventListener("reset", onGap);  // the controller restarted: what the page shows is stale
   source.onopen = () => {
     live.textContent = "live";
     live.className = "live on";
