@@ -71,7 +71,7 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
     state = tmp_path / "state"
     first = start_http_farm(state)
     try:
-        agents(first.controller.url, 1)
+        agents(first.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
         summary = Submitted(first.controller.url, synthetic(jobs=10, sleep=0.0, name="before")).result()
         assert summary.ok
         with requests.get(first.base + "/api/v1/events?since=0", stream=True, timeout=TIMEOUT) as stream:
@@ -85,7 +85,7 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
     second = start_http_farm(state)
     try:
         assert second.controller.events.epoch != epoch
-        agents(second.controller.url, 1)
+        agents(second.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
         wait_for(lambda: second.controller.events.last >= 1, what="the new controller's first event")
         newest = second.controller.events.last
         assert newest < int(seq)  # the old id is beyond every seq of the new controller
@@ -112,7 +112,7 @@ def test_farm_events_resumes_across_a_restart_from_the_new_controllers_start(tmp
 
     web = start_http_farm(tmp_path / "state")
     try:
-        agents(web.controller.url, 1)
+        agents(web.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
         wait_for(lambda: web.controller.events.last >= 1, what="an agent's join")
         got: list[dict] = []
 

@@ -162,7 +162,7 @@ class ControlSide:
             raise Refused("bad_request", f"unknown query {what[:40]!r} (one of project, jobs, log)")
         run = self._find_run(_field(body, "project", check_name))
         if what == "project":
-            return run.snapshot(self.scheduler.stalled(run))
+            return run.snapshot("paused" if run.paused and run.active else self.scheduler.stalled(run))
         if what == "log":
             key = _field(body, "key", check_key)
             attempts = run.logs.attempts(key)
@@ -232,9 +232,17 @@ def _job(run: ProjectRun, key: str, state: str, agent: str | None, duration: flo
         agent = agent or last["agent"]
         if state == "queued":
             error = last["error"]  # why it waits for another attempt
-    attempts = 0 if state == "reused" else run.attempts.get(key, 0) + (state in ("running", "done"))
-    if state == "failed":
+    # attempts made, numbered as the job's log numbers them (every outcome, retries of failed jobs
+    # included): the running one is the next number; without a log (a restarted controller), the
+    # attempts counted towards max_attempts
+    if state == "reused":
+        attempts = 0
+    elif last is not None:
+        attempts = last["attempt"] + (state == "running")
+    elif state == "failed":
         attempts = run.failures[key].attempts
+    else:
+        attempts = run.attempts.get(key, 0) + (state in ("running", "done"))
     return {"key": key, "state": state, "attempts": attempts, "agent": agent,
             "duration_s": None if duration is None else round(duration, 3), "error": error}
 

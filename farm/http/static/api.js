@@ -126,6 +126,11 @@ farm.fmtDuration = function fmtDuration(s) {
   return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
 };
 
+// Numbers as the CLI prints them: thousands separated by commas, rates with one decimal.
+farm.fmtCount = (n) => (typeof n === "number" && isFinite(n) ? n.toLocaleString("en-US") : "?");
+farm.fmtRate = (n) => (typeof n === "number" && isFinite(n)
+  ? n.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 }) : "?");
+
 farm.el = function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
