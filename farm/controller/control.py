@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from farm.controller import history
 from farm.controller.run import ProjectRun
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
@@ -63,7 +64,15 @@ class ControlSide:
             raise Refused("bad_request", f"unknown action {action[:40]!r} (one of {', '.join(ACTIONS)})")
         if action in ("drain", "undrain"):
             return self._drain_agent(_field(body, "agent", check_name), action == "drain")
-        run = self._find_run(_field(body, "project", check_name))
+        ref = _field(body, "project", check_name)
+        try:
+            run = self._find_run(ref)
+        except Refused:
+            record = self.finished_before().find(ref)
+            if record is None:
+                raise
+            raise Refused("conflict", f"project {record.project_id} is {record.status}, and finished before "
+                                      "this controller started: it can no longer be changed") from None
         if action == "retry":
             keys = body.get("keys")
             if keys is not None:
@@ -160,7 +169,14 @@ class ControlSide:
         what = body["what"]
         if what not in ("project", "jobs", "log"):
             raise Refused("bad_request", f"unknown query {what[:40]!r} (one of project, jobs, log)")
-        run = self._find_run(_field(body, "project", check_name))
+        ref = _field(body, "project", check_name)
+        try:
+            run = self._find_run(ref)
+        except Refused:
+            record = self.finished_before().find(ref)
+            if record is None:
+                raise
+            return self._query_finished(record, what, body)
         if what == "project":
             return run.snapshot("paused" if run.paused and run.active else self.scheduler.stalled(run))
         if what == "log":
@@ -169,14 +185,7 @@ class ControlSide:
             if not attempts and not self._knows(run, key):
                 raise Refused("not_found", f"project {run.id} has no job {key!r}")
             return {"project": run.id, "key": key, "attempts": attempts, "evicted": run.logs.evicted}
-        state = body.get("state")
-        if state is not None and state not in JOB_STATES:
-            raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
-        offset = body["offset"] if body.get("offset") is not None else 0
-        limit = body["limit"] if body.get("limit") is not None else 100
-        if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
-            raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
-        return self._jobs_page(run, state, offset, limit)
+        return self._jobs_page(run, *_page_args(body))
 
     def _jobs_page(self, run: ProjectRun, state: str | None, offset: int, limit: int) -> dict[str, Any]:
         """Jobs in memory (running, queued, failed) first, then the journal's done ones, by key."""
@@ -204,6 +213,21 @@ class ControlSide:
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0
         return {"project": run.id, "total": total, "offset": offset, "limit": limit, "unlisted": unlisted,
                 "jobs": page}
+
+    def finished_before(self) -> history.History:
+        """Runs that had finished before this controller started (the journal's; read-only)."""
+        found = getattr(self, "_history", None)
+        if found is None:
+            found = self._history = history.History(self.journal, history.KEEP_FINISHED_RUNS)
+        return found
+
+    def _query_finished(self, record: Any, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        if what == "project":
+            return history.snapshot(record)
+        if what == "log":
+            raise Refused("not_found", f"project {record.project_id} finished before this controller "
+                                       "started: job logs are kept in memory only")
+        return history.jobs_page(self.journal, record, *_page_args(body))
 
     # -- helpers --------------------------------------------------------------------
 
@@ -245,6 +269,18 @@ def _job(run: ProjectRun, key: str, state: str, agent: str | None, duration: flo
         attempts = run.attempts.get(key, 0) + (state in ("running", "done"))
     return {"key": key, "state": state, "attempts": attempts, "agent": agent,
             "duration_s": None if duration is None else round(duration, 3), "error": error}
+
+
+def _page_args(body: dict[str, Any]) -> tuple[str | None, int, int]:
+    """A jobs QUERY's (state, offset, limit), checked."""
+    state = body.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
+    offset = body["offset"] if body.get("offset") is not None else 0
+    limit = body["limit"] if body.get("limit") is not None else 100
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
+        raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
+    return state, offset, limit
 
 
 def _field(body: dict[str, Any], name: str, check: Any) -> str:
