@@ -1,31 +1,22 @@
 """The run cards and the jobs pager in headless Chromium: numbers as the CLI prints them, no
 controls that the controller would refuse on a finished run, and queued jobs not split off yet."""
 
+# ruff: noqa: F811  (pytest fixtures imported from the helpers are parameters of the tests)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from conftest import wait_for
 from dashboard_helpers import browser, console_errors, js  # noqa: F401
-from http_helpers import HttpFarm, Submitted, start_http_farm
+from http_helpers import HttpFarm, Submitted, start_http_farm, web  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[HttpFarm]:
-    farm = start_http_farm(tmp_path / "state")
-    yield farm
-    farm.controller.stop(shutdown_agents=True)
-
-
-def _facts(browser, run: str) -> str:  # noqa: F811
+def _facts(browser, run: str) -> str:
     return js(browser, "const c = document.querySelector(`.project[data-id='${arguments[0]}'] .facts`);"
                        "return c ? c.textContent : ''", run)
 
 
-def test_a_big_queued_run_counts_with_separators_and_its_unsplit_jobs(web, browser, synthetic):  # noqa: F811
+def test_a_big_queued_run_counts_with_separators_and_its_unsplit_jobs(web, browser, synthetic):
     Submitted(web.controller.url, synthetic(jobs=1500, name="big"))  # no agent: nothing is split off yet
     run = wait_for(lambda: [p["id"] for p in web.get("/api/v1/projects").json()["projects"] if p["total"]],
                    30, "the run")[0]
@@ -44,7 +35,8 @@ def test_a_big_queued_run_counts_with_separators_and_its_unsplit_jobs(web, brows
     assert console_errors(browser) == []
 
 
-def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(web, browser, agents, synthetic, tmp_path):  # noqa: F811
+def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(
+        web, browser, agents, synthetic, tmp_path):
     agents(web.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
     summary = Submitted(web.controller.url, synthetic(jobs=30, sleep=0.02, name="over")).result()
     assert summary.ok

@@ -1,25 +1,17 @@
 """The event stream over HTTP: places given back by clients that leave, ids that survive a
 controller restart, and Last-Event-IDs that are out of range."""
 
+# ruff: noqa: F811  (pytest fixtures imported from the helpers are parameters of the tests)
 from __future__ import annotations
 
 import gc
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 from conftest import wait_for
-from http_helpers import TIMEOUT, HttpFarm, Submitted, sse, start_http_farm
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[HttpFarm]:
-    farm = start_http_farm(tmp_path / "state")
-    yield farm
-    farm.controller.stop(shutdown_agents=True)
+from http_helpers import TIMEOUT, HttpFarm, Submitted, sse, start_http_farm, web  # noqa: F401  (fixture)
 
 
 def _open(web: HttpFarm, headers: dict[str, str] | None = None) -> requests.Response | None:
@@ -89,7 +81,8 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
         wait_for(lambda: second.controller.events.last >= 1, what="the new controller's first event")
         newest = second.controller.events.last
         assert newest < int(seq)  # the old id is beyond every seq of the new controller
-        for resume in (old_id, f"{epoch}:1", seq):  # another run's id, early or late; a bare seq past the newest
+        # another run's id, early or late; a bare seq past the newest
+        for resume in (old_id, f"{epoch}:1", seq):
             with requests.get(second.base + "/api/v1/events", headers={"Last-Event-ID": resume},
                               stream=True, timeout=TIMEOUT) as stream:
                 got = _events_of(stream, newest)
@@ -97,8 +90,9 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
             assert [e["seq"] for _, e in got[1:]] == list(range(1, newest + 1))
             assert got[-1][0] == f"{second.controller.events.epoch}:{newest}"
         # the page's own id resumes as before: nothing repeated, no reset
+        own = {"Last-Event-ID": f"{second.controller.events.epoch}:{newest - 1}"}
         with requests.get(second.base + "/api/v1/events", stream=True, timeout=TIMEOUT,
-                          headers={"Last-Event-ID": f"{second.controller.events.epoch}:{newest - 1}"}) as stream:
+                          headers=own) as stream:
             assert _events_of(stream, 1) == [(f"{second.controller.events.epoch}:{newest}",
                                               next(e.to_wire() for e in second.controller.events.buffer
                                                    if e.seq == newest))]

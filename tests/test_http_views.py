@@ -2,24 +2,16 @@
 and the ones not split off yet, a paused run, attempts as the job log numbers them, every field
 documented, and JSON 404/405 for routes that do not exist or do not take the method."""
 
+# ruff: noqa: F811  (pytest fixtures imported from the helpers are parameters of the tests)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import wait_for
-from http_helpers import HttpFarm, Submitted, start_http_farm
+from http_helpers import HttpFarm, Submitted, start_http_farm, web  # noqa: F401  (fixture)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "api-http.md"
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[HttpFarm]:
-    farm = start_http_farm(tmp_path / "state")
-    yield farm
-    farm.controller.stop(shutdown_agents=True)
 
 
 def _run(web: HttpFarm, name: str) -> dict:
@@ -70,7 +62,8 @@ def test_attempts_in_the_jobs_table_are_the_job_logs_numbers(web, agents, synthe
         logged = web.get(f"/api/v1/projects/{run}/jobs/job-0000001/log").json()["attempts"]
         (row,) = web.get(f"/api/v1/projects/{run}/jobs?state=failed").json()["jobs"]
         assert logged[-1]["attempt"] == row["attempts"] == retry
-    done = {j["key"]: j["attempts"] for j in web.get(f"/api/v1/projects/{run}/jobs?state=done").json()["jobs"]}
+    page = web.get(f"/api/v1/projects/{run}/jobs?state=done").json()
+    done = {j["key"]: j["attempts"] for j in page["jobs"]}
     assert done == {"job-0000000": 1, "job-0000002": 1}
 
 

@@ -202,7 +202,8 @@ class ClientSide:
             return
         summary = dict(record.summary)
         if summary.get("download") and summary.get("output_dir"):  # a remote submitter's outputs
-            summary["download"] = self.assets.publish_outputs(summary["download"], Path(summary["output_dir"]))
+            summary["download"] = self.assets.publish_outputs(summary["download"],
+                                                              Path(summary["output_dir"]))
         self._send(identity, T.FINISHED, {"summary": summary, "already": True})
 
     def _cancel_upload(self, identity: bytes, token: str) -> None:
@@ -254,7 +255,8 @@ class ClientSide:
     def _listed_finished_before(self) -> list[dict[str, Any]]:
         """Snapshots of the journal's runs that finished before this start, while fewer than
         `KEEP_FINISHED_RUNS` finished runs are in memory."""
-        room = KEEP_FINISHED_RUNS - sum(1 for r in self.runs.values() if r.state in ("done", "failed", "cancelled"))
+        finished = sum(1 for r in self.runs.values() if r.state in ("done", "failed", "cancelled"))
+        room = KEEP_FINISHED_RUNS - finished
         records = [r for r in self.finished_before().records() if r.project_id not in self.runs]
         return [history.snapshot(r) for r in records[max(0, len(records) - room):]] if room > 0 else []
 
@@ -266,7 +268,8 @@ class ClientSide:
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a),
                         "state": self.scheduler.agent_state(a)} for a in self.registry],
-            "projects": [*self._listed_finished_before(), *(self.scheduler.describe(r) for r in self.runs.values())],
+            "projects": [*self._listed_finished_before(),
+                         *(self.scheduler.describe(r) for r in self.runs.values())],
             "stats": dict(self.stats),
             "refused": self.registry.refusals(time.time()),  # cut off for their key
             "refused_keys": self.security.refused_keys() if self.security is not None else [],

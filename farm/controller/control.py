@@ -18,6 +18,7 @@ from farm.controller import history
 from farm.controller.run import ProjectRun
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
+from farm.journal import ProjectRecord
 from farm.protocol import Message, T
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,10 @@ class ControlSide:
             raise Refused("bad_request", f"unknown action {action[:40]!r} (one of {', '.join(ACTIONS)})")
         if action in ("drain", "undrain"):
             return self._drain_agent(_field(body, "agent", check_name), action == "drain")
-        ref = _field(body, "project", check_name)
-        try:
-            run = self._find_run(ref)
-        except Refused:
-            record = self.finished_before().find(ref)
-            if record is None:
-                raise
-            raise Refused("conflict", f"project {record.project_id} is {record.status}, and finished before "
-                                      "this controller started: it can no longer be changed") from None
+        run = self._find_run_or_record(_field(body, "project", check_name))
+        if not isinstance(run, ProjectRun):
+            raise Refused("conflict", f"project {run.project_id} is {run.status}, and finished before "
+                                      "this controller started: it can no longer be changed")
         if action == "retry":
             keys = body.get("keys")
             if keys is not None:
@@ -169,14 +165,9 @@ class ControlSide:
         what = body["what"]
         if what not in ("project", "jobs", "log"):
             raise Refused("bad_request", f"unknown query {what[:40]!r} (one of project, jobs, log)")
-        ref = _field(body, "project", check_name)
-        try:
-            run = self._find_run(ref)
-        except Refused:
-            record = self.finished_before().find(ref)
-            if record is None:
-                raise
-            return self._query_finished(record, what, body)
+        run = self._find_run_or_record(_field(body, "project", check_name))
+        if not isinstance(run, ProjectRun):
+            return self._query_finished(run, what, body)
         if what == "project":
             return run.snapshot("paused" if run.paused and run.active else self.scheduler.stalled(run))
         if what == "log":
@@ -221,7 +212,7 @@ class ControlSide:
             found = self._history = history.History(self.journal, history.KEEP_FINISHED_RUNS)
         return found
 
-    def _query_finished(self, record: Any, what: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _query_finished(self, record: ProjectRecord, what: str, body: dict[str, Any]) -> dict[str, Any]:
         if what == "project":
             return history.snapshot(record)
         if what == "log":
@@ -240,6 +231,16 @@ class ControlSide:
         if run is None:
             raise Refused("not_found", f"no project {ref!r}")
         return run
+
+    def _find_run_or_record(self, ref: str) -> ProjectRun | ProjectRecord:
+        """A run in memory, else the journal's record of one that finished before this start."""
+        try:
+            return self._find_run(ref)
+        except Refused:
+            record = self.finished_before().find(ref)
+            if record is None:
+                raise
+            return record
 
     def _knows(self, run: ProjectRun, key: str) -> bool:
         """The run has had this job (in flight, queued, failed, done, or in its logs)."""

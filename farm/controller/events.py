@@ -188,7 +188,8 @@ class Subscribers:
         first batch says ``reset`` (what it knew is stale)."""
         if identity not in self.cursors and len(self.cursors) >= MAX_SUBSCRIBERS:
             return f"the controller has {MAX_SUBSCRIBERS} event subscribers already"
-        reset = since is not None and ((epoch is not None and epoch != self.bus.epoch) or since > self.bus.last)
+        foreign = epoch is not None and epoch != self.bus.epoch
+        reset = since is not None and (foreign or since > self.bus.last)
         start = self.bus.last if since is None else 0 if reset else max(0, since)
         self.cursors[identity] = [start, 0.0, time.monotonic(), reset]
         return None

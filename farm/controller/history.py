@@ -27,7 +27,8 @@ class History:
     def records(self) -> list[ProjectRecord]:
         """Up to `keep` runs that had finished before this start, oldest first (with a summary)."""
         if self._records is None:
-            self._records = [r for r in self.journal.finished_projects(self.keep) if isinstance(r.summary, dict)]
+            records = self.journal.finished_projects(self.keep)
+            self._records = [r for r in records if isinstance(r.summary, dict)]
         return self._records
 
     def find(self, ref: str) -> ProjectRecord | None:
@@ -81,7 +82,8 @@ def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset
         only_reused = {"done": False, "reused": True}.get(state)
         done_total, rows = journal.done_page(record.project_id, only_reused, max(0, offset - len(listed)),
                                              limit - len(page))
-        page += [{"key": key, "state": "reused" if agent is None else "done", "attempts": 0 if agent is None else None,
-                  "agent": agent, "duration_s": None, "error": None} for key, agent in rows]
+        page += [{"key": key, "state": "reused" if agent is None else "done",
+                  "attempts": 0 if agent is None else None, "agent": agent, "duration_s": None, "error": None}
+                 for key, agent in rows]
     return {"project": record.project_id, "total": len(listed) + done_total, "offset": offset, "limit": limit,
             "unlisted": 0, "jobs": page}

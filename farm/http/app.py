@@ -65,7 +65,8 @@ def create_app(backend: Backend, *, access: Access | None = None, metrics: Metri
     if preview is not None:
         app.include_router(preview.router)
     if static is not None:
-        app.router.routes.append(_Dashboard("/", app=StaticFiles(directory=static, html=True), name="dashboard"))
+        files = StaticFiles(directory=static, html=True)
+        app.router.routes.append(_Dashboard("/", app=files, name="dashboard"))
     return app
 
 

@@ -47,8 +47,10 @@ _streams = threading.BoundedSemaphore(MAX_STREAMS)
                              "description": "`id: SEQ` / `data: {event JSON}` messages, forever"}})
 def events(
     farm: Annotated[Backend, Depends(backend)],
-    since: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Events after this seq (default: now).")] = None,
-    last_event_id: Annotated[str | None, Header(description="Resume after this `EPOCH:SEQ` id (wins).")] = None,
+    since: Annotated[int | None, Query(ge=0, le=MAX_SEQ,
+                                       description="Events after this seq (default: now).")] = None,
+    last_event_id: Annotated[str | None,
+                             Header(description="Resume after this `EPOCH:SEQ` id (wins).")] = None,
 ) -> StreamingResponse:
     epoch = None
     if last_event_id is not None:
