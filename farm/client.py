@@ -185,19 +185,24 @@ class Client:
 
         Each event has at least ``seq``, ``time`` (epoch seconds), ``type``, ``run``, ``job`` and
         ``agent``. Events older than the controller's buffer are gone: `on_missed(count)` hears of
-        them. The subscription is renewed every `renew_s` from the last event seen, so a lost
+        them. A `since` beyond the controller's newest event (it restarted, and counts from 1
+        again) gets every event the controller holds. The subscription is renewed every `renew_s` from the last event seen, so a lost
         connection resumes without a gap or a repeat.
         """
         last = since
+        epoch = None  # the controller run the seqs count in: a restarted one counts again
         self.send(T.EVENTS, {"since": since})
         renewed = time.monotonic()
         while True:
             if time.monotonic() - renewed > renew_s:
-                self.send(T.EVENTS, {"since": last})
+                self.send(T.EVENTS, {"since": last, "epoch": epoch})
                 renewed = time.monotonic()
             msg = self.receive()
             if msg.type is not T.EVENT_BATCH:
                 continue
+            epoch = msg.body.get("epoch") or epoch
+            if msg.body.get("reset"):
+                last = 0  # `since` was beyond this controller's events: it sends all it holds
             if msg.body["missed"] and on_missed is not None:
                 on_missed(msg.body["missed"])
             events = msg.body["events"]

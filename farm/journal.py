@@ -162,6 +162,15 @@ class Journal(BatchedJobs):
         )
         return [self._project(row) for row in rows]
 
+    def finished_projects(self, limit: int) -> list[ProjectRecord]:
+        """The `limit` projects that finished last (done, failed or cancelled), oldest first."""
+        rows = self._read(
+            "SELECT project_id, wire, priority, submitted_at, status, summary, finished_at "
+            "FROM projects WHERE status IS NOT NULL ORDER BY finished_at DESC, project_id LIMIT ?",
+            (int(limit),),
+        ).fetchall()
+        return [self._project(row) for row in reversed(rows)]
+
     @staticmethod
     def _project(row: tuple[Any, ...]) -> ProjectRecord:
         pid, wire, priority, submitted_at, status, summary, finished_at = row

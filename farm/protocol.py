@@ -199,8 +199,8 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.CANCEL_PROJECT: {"project": str},
     T.FOLLOW: {"project": str},
     T.ERROR: {"message": str, "code": opt(str)},  # code: see farm.errors.ControlError
-    T.EVENTS: {"since": opt(int)},  # the last seq seen; missing: from now on
-    T.EVENT_BATCH: {"events": [ANY], "missed": int, "last": int},
+    T.EVENTS: {"since": opt(int), "epoch": opt(str)},  # the last seq seen (of that epoch); missing: from now on
+    T.EVENT_BATCH: {"events": [ANY], "missed": int, "last": int, "epoch": opt(str), "reset": opt(bool)},
     # what each field means, and its bounds, is farm.controller.control's to check
     T.CONTROL: {"action": str, "project": opt(str), "agent": opt(str), "keys": opt([str]), "priority": opt(int)},
     T.CONTROL_REPLY: ANY,

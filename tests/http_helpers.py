@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from farm.client import Summary, submit
@@ -47,6 +48,14 @@ def start_http_farm(state: Path, host: str = "127.0.0.1", *, keys: Path | None =
     ctl = Controller("tcp://127.0.0.1:0", state_dir=state, heartbeat=0.5, liveness=4, http=http)
     ctl.start()
     return HttpFarm(ctl, http, f"http://{connect_host or host}:{http.port}")
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[HttpFarm]:
+    """A controller on loopback with its HTTP API (no token), stopped after the test with its agents."""
+    farm = start_http_farm(tmp_path / "state")
+    yield farm
+    farm.controller.stop(shutdown_agents=True)
 
 
 class Submitted:

@@ -116,7 +116,8 @@ def test_pause_priority_and_drain_survive_a_controller_restart(tmp_path, agents,
             client.undrain("agent-0")
             _a_second_passes(log, run)
             assert not log.settled().of("job.started", run), "a paused run was leased after a restart"
-            assert client.project(run)["stalled"] is None  # paused is not stuck: it never fails for it
+            # says why nothing runs; paused is not stuck: the run never fails for it
+            assert client.project(run)["stalled"] == "paused"
             client.resume(run)
             wait_for(lambda: client.project(run)["state"] == "done", 120, "the run after resuming")
             assert client.project(run)["done"] == 6

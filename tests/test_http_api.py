@@ -99,7 +99,7 @@ def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, syn
         for message in sse(stream):
             if message.data and message.event is None:
                 event = message.json()
-                assert int(message.id) == event["seq"]
+                assert message.id == f"{web.controller.events.epoch}:{event['seq']}"
                 first.append(event["seq"])
                 if event["type"] == "job.done":  # leave in the middle of the run
                     break
@@ -109,7 +109,7 @@ def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, syn
 
     rest: list[int] = []
     keepalive = False
-    headers = {"Last-Event-ID": str(first[-1])}
+    headers = {"Last-Event-ID": f"{web.controller.events.epoch}:{first[-1]}"}
     # ?since=0 stays in the URL, as a browser's EventSource keeps it: the header wins
     with requests.get(web.base + "/api/v1/events?since=0", headers=headers, stream=True, timeout=TIMEOUT) as stream:
         for message in sse(stream):
@@ -132,7 +132,8 @@ def test_events_from_now_on_set_the_last_event_id(web):
     with requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT) as stream:
         messages = sse(stream)
         first = next(m for m in messages if m.id is not None)
-        assert first.data == [] and int(first.id) == web.controller.events.last  # a reconnect misses nothing
+        # a reconnect misses nothing
+        assert first.data == [] and first.id == f"{web.controller.events.epoch}:{web.controller.events.last}"
         assert next(messages).comment  # nothing happens: a keep-alive comment
 
 

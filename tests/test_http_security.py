@@ -55,8 +55,8 @@ def test_beyond_loopback_every_request_needs_a_valid_token(tmp_path: Path):
                                 headers={"Content-Type": "application/json"})
         assert control.status_code == 401
         # a browser opened on a URL with the token keeps it as a cookie: EventSource sends no headers
-        opened = requests.get(web.base + f"/api/v1/projects?access_token={token}", timeout=TIMEOUT)
-        assert opened.status_code == 200
+        opened = requests.get(web.base + f"/?access_token={token}", timeout=TIMEOUT)  # the page takes it
+        assert opened.status_code == 200 and "<html" in opened.text
         cookie = opened.cookies.get("farm_token")
         assert cookie == token and "HttpOnly" in opened.headers["set-cookie"]
         assert "SameSite=Strict" in opened.headers["set-cookie"]
@@ -189,7 +189,9 @@ def test_submit_ui_serves_the_embedded_farm_behind_a_session_token(tmp_path: Pat
         assert "?access_token=" in url and url.startswith("http://127.0.0.1:")
         base = url.split("?")[0].rstrip("/")
         assert requests.get(base + "/api/v1/projects", timeout=TIMEOUT).status_code == 401  # other local users
-        opened = requests.get(url.replace("/?", "/api/v1/projects?"), timeout=TIMEOUT)
+        page = requests.get(url, timeout=TIMEOUT)  # the printed address: the page sets the cookie
+        assert page.status_code == 200 and page.cookies.get("farm_token")
+        opened = requests.get(base + "/api/v1/projects", cookies=page.cookies, timeout=TIMEOUT)
         assert opened.status_code == 200
         (run,) = opened.json()["projects"]
         assert run["project"] == "shown" and run["state"] == "done" and run["done"] == 6

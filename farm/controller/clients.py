@@ -10,10 +10,12 @@ import logging
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from farm.controller import history
 from farm.controller.intake import Intake, Prepared
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
@@ -28,7 +30,7 @@ CLIENT_MESSAGES = {T.SUBMIT, T.STATUS, T.CANCEL_PROJECT, T.FOLLOW, T.EVENTS, T.C
 STATUS_SNAPSHOT_S = 0.25  # STATUS is answered from a snapshot at most this old: a flood costs a send each
 MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest is given up past it
 MAX_FOLLOWERS = 256  # clients following one run
-KEEP_FINISHED_RUNS = 50
+KEEP_FINISHED_RUNS = history.KEEP_FINISHED_RUNS
 
 
 class ClientSide:
@@ -55,7 +57,9 @@ class ClientSide:
         elif msg.type is T.CONTROL or msg.type is T.QUERY:
             self._handle_steering(identity, msg)  # farm.controller.control
         elif msg.type is T.EVENTS:
-            error = self.subscribers.subscribe(identity, msg.body.get("since"))
+            epoch = msg.body.get("epoch")
+            error = self.subscribers.subscribe(identity, msg.body.get("since"),
+                                               epoch if isinstance(epoch, str) else None)
             if error:
                 self._send(identity, T.ERROR, {"message": error})
 
@@ -174,8 +178,7 @@ class ClientSide:
                 return
             run = named[-1] if named else None
         if run is None:
-            self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
-                                                      "(farm status lists its projects)"})
+            self._answer_finished_before(identity, ref)
             return
         if not run.active:
             self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
@@ -189,6 +192,19 @@ class ClientSide:
         self.journal.finish_project(run.id, "cancelled", run.summary())
         self._send(identity, T.FINISHED, {"summary": run.summary()})
         self._notify_finished(run)
+
+    def _answer_finished_before(self, identity: bytes, ref: str) -> None:
+        """Cancel of a run that finished before this start: its journaled summary, outputs served again."""
+        record = self.finished_before().find(ref)
+        if record is None:
+            self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
+                                                      "(farm status lists its projects)"})
+            return
+        summary = dict(record.summary)
+        if summary.get("download") and summary.get("output_dir"):  # a remote submitter's outputs
+            summary["download"] = self.assets.publish_outputs(summary["download"],
+                                                              Path(summary["output_dir"]))
+        self._send(identity, T.FINISHED, {"summary": summary, "already": True})
 
     def _cancel_upload(self, identity: bytes, token: str) -> None:
         """Cancel a project that is still being uploaded: its submitter hears so, nothing ran."""
@@ -236,6 +252,14 @@ class ClientSide:
             del self.runs[run.id]
             self.followers.pop(run.id, None)
 
+    def _listed_finished_before(self) -> list[dict[str, Any]]:
+        """Snapshots of the journal's runs that finished before this start, while fewer than
+        `KEEP_FINISHED_RUNS` finished runs are in memory."""
+        finished = sum(1 for r in self.runs.values() if r.state in ("done", "failed", "cancelled"))
+        room = KEEP_FINISHED_RUNS - finished
+        records = [r for r in self.finished_before().records() if r.project_id not in self.runs]
+        return [history.snapshot(r) for r in records[max(0, len(records) - room):]] if room > 0 else []
+
     def status(self) -> dict[str, Any]:
         """A snapshot for `farm status` (also read by tests from another thread: copies only)."""
         now = time.monotonic()
@@ -244,7 +268,8 @@ class ClientSide:
             "files": self.assets.endpoint,
             "agents": [{**a.describe(now), "current": self.scheduler.current_jobs(a),
                         "state": self.scheduler.agent_state(a)} for a in self.registry],
-            "projects": [self.scheduler.describe(r) for r in self.runs.values()],
+            "projects": [*self._listed_finished_before(),
+                         *(self.scheduler.describe(r) for r in self.runs.values())],
             "stats": dict(self.stats),
             "refused": self.registry.refusals(time.time()),  # cut off for their key
             "refused_keys": self.security.refused_keys() if self.security is not None else [],

@@ -14,9 +14,11 @@ import logging
 import time
 from typing import Any
 
+from farm.controller import history
 from farm.controller.run import ProjectRun
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
+from farm.journal import ProjectRecord
 from farm.protocol import Message, T
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,10 @@ class ControlSide:
             raise Refused("bad_request", f"unknown action {action[:40]!r} (one of {', '.join(ACTIONS)})")
         if action in ("drain", "undrain"):
             return self._drain_agent(_field(body, "agent", check_name), action == "drain")
-        run = self._find_run(_field(body, "project", check_name))
+        run = self._find_run_or_record(_field(body, "project", check_name))
+        if not isinstance(run, ProjectRun):
+            raise Refused("conflict", f"project {run.project_id} is {run.status}, and finished before "
+                                      "this controller started: it can no longer be changed")
         if action == "retry":
             keys = body.get("keys")
             if keys is not None:
@@ -160,23 +165,18 @@ class ControlSide:
         what = body["what"]
         if what not in ("project", "jobs", "log"):
             raise Refused("bad_request", f"unknown query {what[:40]!r} (one of project, jobs, log)")
-        run = self._find_run(_field(body, "project", check_name))
+        run = self._find_run_or_record(_field(body, "project", check_name))
+        if not isinstance(run, ProjectRun):
+            return self._query_finished(run, what, body)
         if what == "project":
-            return run.snapshot(self.scheduler.stalled(run))
+            return run.snapshot("paused" if run.paused and run.active else self.scheduler.stalled(run))
         if what == "log":
             key = _field(body, "key", check_key)
             attempts = run.logs.attempts(key)
             if not attempts and not self._knows(run, key):
                 raise Refused("not_found", f"project {run.id} has no job {key!r}")
             return {"project": run.id, "key": key, "attempts": attempts, "evicted": run.logs.evicted}
-        state = body.get("state")
-        if state is not None and state not in JOB_STATES:
-            raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
-        offset = body["offset"] if body.get("offset") is not None else 0
-        limit = body["limit"] if body.get("limit") is not None else 100
-        if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
-            raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
-        return self._jobs_page(run, state, offset, limit)
+        return self._jobs_page(run, *_page_args(body))
 
     def _jobs_page(self, run: ProjectRun, state: str | None, offset: int, limit: int) -> dict[str, Any]:
         """Jobs in memory (running, queued, failed) first, then the journal's done ones, by key."""
@@ -205,6 +205,21 @@ class ControlSide:
         return {"project": run.id, "total": total, "offset": offset, "limit": limit, "unlisted": unlisted,
                 "jobs": page}
 
+    def finished_before(self) -> history.History:
+        """Runs that had finished before this controller started (the journal's; read-only)."""
+        found = getattr(self, "_history", None)
+        if found is None:
+            found = self._history = history.History(self.journal, history.KEEP_FINISHED_RUNS)
+        return found
+
+    def _query_finished(self, record: ProjectRecord, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        if what == "project":
+            return history.snapshot(record)
+        if what == "log":
+            raise Refused("not_found", f"project {record.project_id} finished before this controller "
+                                       "started: job logs are kept in memory only")
+        return history.jobs_page(self.journal, record, *_page_args(body))
+
     # -- helpers --------------------------------------------------------------------
 
     def _find_run(self, ref: str) -> ProjectRun:
@@ -216,6 +231,16 @@ class ControlSide:
         if run is None:
             raise Refused("not_found", f"no project {ref!r}")
         return run
+
+    def _find_run_or_record(self, ref: str) -> ProjectRun | ProjectRecord:
+        """A run in memory, else the journal's record of one that finished before this start."""
+        try:
+            return self._find_run(ref)
+        except Refused:
+            record = self.finished_before().find(ref)
+            if record is None:
+                raise
+            return record
 
     def _knows(self, run: ProjectRun, key: str) -> bool:
         """The run has had this job (in flight, queued, failed, done, or in its logs)."""
@@ -232,11 +257,31 @@ def _job(run: ProjectRun, key: str, state: str, agent: str | None, duration: flo
         agent = agent or last["agent"]
         if state == "queued":
             error = last["error"]  # why it waits for another attempt
-    attempts = 0 if state == "reused" else run.attempts.get(key, 0) + (state in ("running", "done"))
-    if state == "failed":
+    # attempts made, numbered as the job's log numbers them (every outcome, retries of failed jobs
+    # included): the running one is the next number; without a log (a restarted controller), the
+    # attempts counted towards max_attempts
+    if state == "reused":
+        attempts = 0
+    elif last is not None:
+        attempts = last["attempt"] + (state == "running")
+    elif state == "failed":
         attempts = run.failures[key].attempts
+    else:
+        attempts = run.attempts.get(key, 0) + (state in ("running", "done"))
     return {"key": key, "state": state, "attempts": attempts, "agent": agent,
             "duration_s": None if duration is None else round(duration, 3), "error": error}
+
+
+def _page_args(body: dict[str, Any]) -> tuple[str | None, int, int]:
+    """A jobs QUERY's (state, offset, limit), checked."""
+    state = body.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise Refused("bad_request", f"unknown job state {state[:40]!r} (one of {', '.join(JOB_STATES)})")
+    offset = body["offset"] if body.get("offset") is not None else 0
+    limit = body["limit"] if body.get("limit") is not None else 100
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_PAGE:
+        raise Refused("bad_request", f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_PAGE}")
+    return state, offset, limit
 
 
 def _field(body: dict[str, Any], name: str, check: Any) -> str:

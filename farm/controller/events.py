@@ -1,6 +1,8 @@
 """The controller's event stream: what happened, in order, for observers and subscribers.
 
-Every event has a per-controller sequence number (``seq``, from 1, no gaps), a wall-clock
+Every event has a per-controller sequence number (``seq``, from 1, no gaps; a restarted
+controller counts again from 1, so seqs are only comparable within one ``epoch``: a random id
+of this controller's run, sent with every batch), a wall-clock
 ``time`` (seconds since the epoch), a ``type`` (one of `EVENT_TYPES`) and the run, job and
 agent it concerns (None where it concerns none). The loop thread publishes; publishing is an
 append to two bounded deques and never blocks:
@@ -18,6 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -66,6 +69,7 @@ class EventBus:
     def __init__(self, *, buffer: int = BUFFER_EVENTS, pending: int = PENDING_EVENTS,
                  hook: Observer | None = None) -> None:
         self.last = 0  # the newest event's seq (events are numbered from 1)
+        self.epoch = secrets.token_hex(4)  # names this run of the controller: seqs restart with it
         self.buffer: collections.deque[Event] = collections.deque(maxlen=buffer)
         self._pending: collections.deque[Event] = collections.deque(maxlen=pending)
         self._observers: list[Observer] = [hook] if hook is not None else []
@@ -173,14 +177,21 @@ class Subscribers:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        self.cursors: dict[bytes, list[float]] = {}  # identity -> [last seq sent, last sent, renewed]
+        # identity -> [last seq sent, last sent, renewed, reset not yet announced]
+        self.cursors: dict[bytes, list[Any]] = {}
 
-    def subscribe(self, identity: bytes, since: int | None) -> str | None:
-        """Send `identity` every event after `since` (None: from now on); returns an error, if refused."""
+    def subscribe(self, identity: bytes, since: int | None, epoch: str | None = None) -> str | None:
+        """Send `identity` every event after `since` (None: from now on); returns an error, if refused.
+
+        A `since` of another controller run (`epoch` not ours) or beyond our newest event means the
+        subscriber counted on a controller since restarted: it gets every buffered event, and its
+        first batch says ``reset`` (what it knew is stale)."""
         if identity not in self.cursors and len(self.cursors) >= MAX_SUBSCRIBERS:
             return f"the controller has {MAX_SUBSCRIBERS} event subscribers already"
-        start = self.bus.last if since is None else max(0, min(since, self.bus.last))
-        self.cursors[identity] = [start, 0.0, time.monotonic()]
+        foreign = epoch is not None and epoch != self.bus.epoch
+        reset = since is not None and (foreign or since > self.bus.last)
+        start = self.bus.last if since is None else 0 if reset else max(0, since)
+        self.cursors[identity] = [start, 0.0, time.monotonic(), reset]
         return None
 
     def send(self, send: Callable[..., bool]) -> None:
@@ -195,12 +206,14 @@ class Subscribers:
                 del self.cursors[identity]
                 continue
             events, missed = self.bus.since(int(cursor[0]), BATCH_EVENTS)
-            if not events and not missed and now - cursor[1] < IDLE_BATCH_S:
+            if not events and not missed and not cursor[3] and now - cursor[1] < IDLE_BATCH_S:
                 continue
-            body = {"events": [e.to_wire() for e in events], "missed": missed, "last": self.bus.last}
+            body = {"events": [e.to_wire() for e in events], "missed": missed, "last": self.bus.last,
+                    "epoch": self.bus.epoch, "reset": bool(cursor[3])}
             if not send(identity, T.EVENT_BATCH, body):
                 del self.cursors[identity]  # gone, or not reading: it may resume with --since
                 continue
             if events:
                 cursor[0] = events[-1].seq
             cursor[1] = now
+            cursor[3] = False

@@ -279,7 +279,7 @@ class ProjectRun:
 
     def lease(self, job: Job, agent: AgentState, now: float) -> Lease:
         if self.first_dispatch_s is None:
-            self.first_dispatch_s = now - self.started_mono
+            self.first_dispatch_s = max(0.0, now - self.started_mono)  # `now` may predate a resumed run's start
             self.emit("run.started", self.id)
         lease_id = f"{self._lease_prefix}{next(self._lease_numbers):x}"
         self.emit("job.started", self.id, job.key, agent.id, {"lease": lease_id})

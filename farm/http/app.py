@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from farm import __version__
 from farm.errors import FarmError
@@ -64,8 +65,20 @@ def create_app(backend: Backend, *, access: Access | None = None, metrics: Metri
     if preview is not None:
         app.include_router(preview.router)
     if static is not None:
-        app.mount("/", StaticFiles(directory=static, html=True), name="dashboard")
+        files = StaticFiles(directory=static, html=True)
+        app.router.routes.append(_Dashboard("/", app=files, name="dashboard"))
     return app
+
+
+class _Dashboard(Mount):
+    """The dashboard's files at ``/``, never for ``/api/`` or ``/metrics``: the API answers those itself,
+    404 for a route it does not have and 405 for a method a route does not take."""
+
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        path = scope.get("path", "")
+        if path.startswith("/api/") or path == "/metrics":
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def _metrics(request: Request) -> Response:
@@ -94,6 +107,16 @@ def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=422)
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    error = str(exc.detail)
+    if exc.status_code == 404 and error == "Not Found":
+        error = f"Not Found: no route {request.url.path[:200]!r} (docs/api-http.md lists them)"
+    elif exc.status_code == 405:
+        path = request.url.path
+        allowed = [method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                   if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                          for route in request.app.router.routes if not isinstance(route, Mount))]
+        error = (f"Method Not Allowed: {path[:200]!r} takes {', '.join(allowed) or 'other methods'}, "
+                 f"not {request.method}")
+    return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)

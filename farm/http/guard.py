@@ -6,10 +6,12 @@ One ASGI middleware in front of every route, in this order:
    ``127.x.x.x``, ``[::1]``), so a web page that re-points its own domain at 127.0.0.1 (DNS
    rebinding) cannot read the API from the user's browser.
 2. **Token** (required beyond loopback, and wherever the server was given a session token):
-   ``Authorization: Bearer TOKEN``, or the ``farm_token`` cookie, or ``?access_token=TOKEN``
-   (RFC 6750), which also sets that cookie (HttpOnly, SameSite=Strict) so a browser opened
-   on a printed URL keeps working, ``EventSource`` included. Static dashboard files are code,
-   not data, and are served without one (the page then calls the API with the cookie).
+   ``Authorization: Bearer TOKEN``, or the ``farm_token`` cookie. The dashboard page ``/``
+   alone takes ``?access_token=TOKEN`` (RFC 6750): a valid one sets that cookie (HttpOnly,
+   SameSite=Strict) so a browser opened on a printed URL keeps working, ``EventSource``
+   included; API routes ignore it, so tokens stay out of their URLs and logs. Static
+   dashboard files are code, not data, and are served without a token (the page then calls
+   the API with the cookie, and says so when it is refused).
 3. **Cross-site** (control actions: every method but GET/HEAD/OPTIONS): the body must be
    declared ``Content-Type: application/json`` (which a cross-origin page cannot send without
    a CORS preflight, and this server answers none), ``Sec-Fetch-Site`` must not be
@@ -137,14 +139,20 @@ class Guard:
                 return (400, f"Host {host[:100]!r} is not this machine: this API listens on loopback only "
                              "and answers requests addressed to localhost or 127.0.0.1"), None
         set_cookie = None
-        if access.token_required and not (method in ("GET", "HEAD") and access.is_static(path)):
+        if access.token_required:
             token, from_query = _token(scope, headers)
-            if token is None:
+            if method in ("GET", "HEAD") and access.is_static(path):
+                if from_query and access.valid(token):  # the dashboard opened on its printed URL
+                    set_cookie = token
+            elif token is None:
+                hint = (" (?access_token= is taken by the dashboard page, /, only: it keeps tokens out of "
+                        "URLs and logs)" if path != "/" and _query_token(scope) else "")
                 return (401, "this API needs a token: send 'Authorization: Bearer TOKEN' "
+                             f"(tokens are made with `farm keys api-token new NAME`){hint}"), None
+            elif not access.valid(token):
+                return (401, "invalid token: it is unknown or revoked "
                              "(tokens are made with `farm keys api-token new NAME`)"), None
-            if not access.valid(token):
-                return (401, "the token is not valid (unknown or revoked)"), None
-            if from_query:
+            elif from_query:
                 set_cookie = token
         if method not in SAFE_METHODS:
             refusal = _cross_site(headers) or _too_big(headers)
@@ -154,19 +162,23 @@ class Guard:
 
 
 def _token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, bool]:
-    """The token the request carries and whether it came in the query string."""
+    """The token the request carries and whether it came in the query string (the page `/` only)."""
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip(), False
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get(QUERY):
-        return query[QUERY][0], True
+    if scope["path"] == "/" and (query := _query_token(scope)):
+        return query, True
     for part in headers.get("cookie", "").split(";"):
         name, _, value = part.strip().partition("=")
         if name == COOKIE and value:
             return value, False
     return None, False
+
+
+def _query_token(scope: Scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(QUERY)
+    return values[0] if values else None
 
 
 def _cross_site(headers: dict[str, str]) -> tuple[int, str] | None:

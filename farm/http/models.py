@@ -48,7 +48,7 @@ class Projects(BaseModel):
 class Job(_Open):
     key: str
     state: str = Field(description="queued, running, done, failed or reused")
-    attempts: int
+    attempts: int | None  # None: a done job of a run from before a restart (the journal does not say)
     agent: str | None
     duration_s: float | None
     error: str | None

@@ -5,19 +5,40 @@ const farm = window.farm = {};
 
 farm.url = (path) => new URL(path.replace(/^\//, ""), document.baseURI).toString();
 
-// A token (needed beyond loopback, and for `farm submit --ui`) arrives once in the address as
-// ?access_token=...; one API request carrying it makes the server set an HttpOnly cookie that
-// every later request (fetch, EventSource, images) carries. Then it leaves the address bar (and
-// screenshots). `farm.ready` settles once that is done.
+// A token (needed beyond loopback, and for `farm submit --ui`) arrives once in the page's
+// address as ?access_token=...: the server took it with the page and, when valid, set it as an
+// HttpOnly cookie that every later request (fetch, EventSource, images) carries. Here it only
+// leaves the address bar (and screenshots). `farm.hadToken`: one was given (a refusal then
+// means it is wrong, not missing).
+farm.hadToken = false;
 farm.ready = (function takeToken() {
-  const token = new URLSearchParams(location.search).get("access_token");
-  if (!token) return Promise.resolve();
   const clean = new URL(location.href);
+  if (!clean.searchParams.has("access_token")) return Promise.resolve();
+  farm.hadToken = true;
   clean.searchParams.delete("access_token");
   history.replaceState(null, "", clean.pathname + clean.search + clean.hash);
-  return fetch(farm.url("api/v1/projects?access_token=" + encodeURIComponent(token)), { cache: "no-store" })
-    .then(() => undefined, () => undefined);
+  return Promise.resolve();
 })();
+
+// The API refused the page (401): say why and how to get in, instead of empty lists and a
+// stream that reconnects for ever.
+farm.denied = function denied(reason) {
+  if (farm.isDenied) return;
+  farm.isDenied = true;
+  document.body.classList.add("denied");
+  const base = location.origin + location.pathname;
+  const box = document.getElementById("auth");
+  box.textContent = (farm.hadToken || /invalid token/.test(reason)
+    ? "The token this dashboard was opened with is invalid (unknown or revoked). "
+    : "This dashboard needs a valid token. ")
+    + `Open it as ${base}?access_token=TOKEN (make one with \`farm keys api-token new NAME\`; `
+    + "`farm submit --ui` prints its own address).";
+  box.hidden = false;
+  const live = document.getElementById("live");
+  live.textContent = "no access";
+  live.className = "live off";
+  if (farm.source) farm.source.close();
+};
 
 // One request; JSON in and out. Rejects with an Error whose message is the API's reason.
 farm.api = async function api(method, path, body) {
@@ -30,6 +51,7 @@ farm.api = async function api(method, path, body) {
   const response = await fetch(farm.url(path), init);
   const type = response.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await response.json() : await response.text();
+  if (response.status === 401) farm.denied(data && data.error ? data.error : "");
   if (!response.ok) {
     const why = data && typeof data === "object" ? (data.error || data.detail || JSON.stringify(data)) : data;
     throw new Error(`${method} ${path}: ${response.status} ${typeof why === "string" ? why : JSON.stringify(why)}`);
@@ -64,13 +86,15 @@ farm.showError = function showError(error) {
   showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
 };
 
-// The controller's event stream over Server-Sent Events: one message per event (id = its seq,
+// The controller's event stream over Server-Sent Events: one message per event (id = EPOCH:SEQ,
 // data = the event as JSON). EventSource reconnects by itself and resumes from the last id it
 // saw (Last-Event-ID), so nothing is lost or repeated; `onGap` runs when events were missed
-// (older than the controller's buffer), and after a reconnection, so the page can reload.
+// (older than the controller's buffer), after a reconnection, and on `reset` (the controller
+// restarted: its seqs count from 1 again), so the page can reload.
 farm.events = function events(onEvent, onGap) {
   const live = document.getElementById("live");
-  const source = new EventSource(farm.url("api/v1/events"));
+  if (farm.isDenied) return null;
+  const source = farm.source = new EventSource(farm.url("api/v1/events"));
   let broken = false;
   source.onmessage = (message) => {
     let event;
@@ -78,6 +102,7 @@ farm.events = function events(onEvent, onGap) {
     onEvent(event);
   };
   source.addEventListener("missed", onGap);
+  source.addEventListener("reset", onGap);  // the controller restarted: what the page shows is stale
   source.onopen = () => {
     live.textContent = "live";
     live.className = "live on";
@@ -85,6 +110,7 @@ farm.events = function events(onEvent, onGap) {
     broken = false;
   };
   source.onerror = () => {
+    if (farm.isDenied) return;
     broken = true;
     live.textContent = "reconnecting…";
     live.className = "live off";
@@ -99,6 +125,11 @@ farm.fmtDuration = function fmtDuration(s) {
   if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
   return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
 };
+
+// Numbers as the CLI prints them: thousands separated by commas, rates with one decimal.
+farm.fmtCount = (n) => (typeof n === "number" && isFinite(n) ? n.toLocaleString("en-US") : "?");
+farm.fmtRate = (n) => (typeof n === "number" && isFinite(n)
+  ? n.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 }) : "?");
 
 farm.el = function el(tag, attrs, ...children) {
   const node = document.createElement(tag);

@@ -2,7 +2,7 @@
 "use strict";
 
 (function dashboard() {
-  const { api, el, throttle, showError, fmtDuration } = farm;
+  const { api, el, throttle, showError, fmtDuration, fmtCount, fmtRate } = farm;
   const projects = new Map();  // run id -> { snapshot, card }
   const JOBS_PAGE = 50;
   let selected = null;
@@ -99,15 +99,15 @@
     card.querySelector(".bar .partial").style.width = pct(p.partial || 0);
     card.querySelector(".bar .failed").style.width = pct(p.failed || 0);
     card.querySelector(".bar").setAttribute("aria-valuenow", total ? Math.round((100 * p.done) / total) : 0);
-    const facts = [`${p.done} / ${p.total ?? "?"} jobs`];
+    const facts = [`${fmtCount(p.done)} / ${fmtCount(p.total)} jobs`];
     const units = unitsText(p);
     if (units) facts.push(units);
-    if (p.failed) facts.push(`${p.failed} failed`);
-    if (p.running) facts.push(`${p.running} running`);
-    if (p.rate) facts.push(`${p.rate} jobs/s`);
+    if (p.failed) facts.push(`${fmtCount(p.failed)} failed`);
+    if (p.running) facts.push(`${fmtCount(p.running)} running`);
+    if (p.rate) facts.push(`${fmtRate(p.rate)} jobs/s`);
     if (p.eta_s !== null && p.eta_s !== undefined) facts.push(`ETA ${fmtDuration(p.eta_s)}`);
     facts.push(`elapsed ${fmtDuration(p.elapsed_s)}`);
-    if (p.stalled) facts.push(`stalled: ${p.stalled}`);
+    if (p.stalled && p.stalled !== "paused") facts.push(`stalled: ${p.stalled}`);
     if (p.error) facts.push(`error: ${p.error}`);
     card.querySelector(".facts").textContent = facts.join(" · ");
     const live = p.state === "running" || p.state === "finalizing";
@@ -116,7 +116,9 @@
     button("resume").disabled = !p.paused;
     button("cancel").disabled = !live;
     button("retry").disabled = !p.failed;
+    button("priority").disabled = !live;  // the controller refuses (409) to change a finished run
     const input = card.querySelector("input.priority");
+    input.disabled = !live;
     if (document.activeElement !== input) input.value = p.priority ?? 0;
   }
 
@@ -125,8 +127,8 @@
     const u = p.units || (p.progress && p.progress.units);
     if (!u || typeof u !== "object") return "";
     const name = u.unit || u.name || "units";
-    const rate = u.rate ? ` · ${u.rate} ${name}/s` : "";
-    return `${u.done ?? "?"} / ${u.total ?? "?"} ${name}${rate}`;
+    const rate = u.rate ? ` · ${fmtRate(u.rate)} ${name}/s` : "";
+    return `${fmtCount(u.done)} / ${fmtCount(u.total)} ${name}${rate}`;
   }
 
   async function control(id, action, body) {
@@ -159,11 +161,18 @@
     const data = await api("GET", `${path(selected)}/jobs?${query}`);
     const jobs = farm.list(data, "jobs");
     jobsTotal = typeof data.total === "number" ? data.total : null;
+    // jobs the media type has not split off yet are queued, without a key: counted, not listed
+    const unlisted = (state === "" || state === "queued") && data.unlisted ? data.unlisted : 0;
+    const more = unlisted ? `${fmtCount(unlisted)} more not yet split` : "";
     const body = $("jobs");
     body.replaceChildren(...jobs.map(jobRow));
-    if (!jobs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "empty", text: "No jobs here." })));
+    if (!jobs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "empty", text: more || "No jobs here." })));
+    else if (more && jobsOffset + jobs.length >= (jobsTotal ?? 0)) {
+      body.append(el("tr", { class: "unlisted" }, el("td", { colspan: 7, class: "empty", text: `… and ${more}` })));
+    }
     const last = jobsOffset + jobs.length;
-    $("jobs-page").textContent = jobs.length ? `${jobsOffset + 1}–${last}${jobsTotal !== null ? " of " + jobsTotal : ""}` : "";
+    const of = jobsTotal !== null ? ` of ${fmtCount(jobsTotal + unlisted)}` : "";
+    $("jobs-page").textContent = jobs.length ? `${fmtCount(jobsOffset + 1)}–${fmtCount(last)}${of}` : "";
     $("jobs-prev").disabled = jobsOffset === 0;
     $("jobs-next").disabled = jobsTotal !== null ? last >= jobsTotal : jobs.length < JOBS_PAGE;
   }

@@ -1,0 +1,89 @@
+"""Runs that finished before this controller started: read-only views from the journal.
+
+A restarted controller resumes only unfinished runs; the finished ones stay in the journal
+with their summaries. `History` lets `farm status`, `farm cancel NAME --download`, and the
+HTTP API's ``GET /api/v1/projects[/{id}[/jobs]]`` still answer for them: their snapshot is
+rebuilt from the summary (state, counts, units, error), their jobs page from the journal's
+done and failed jobs. Nothing about them can be steered (they are not in ``runs``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from farm.journal import Journal, ProjectRecord
+
+KEEP_FINISHED_RUNS = 50  # finished runs a controller lists (farm.controller.clients prunes to as many)
+
+
+class History:
+    """The journal's finished runs from before this start (read once, at first use)."""
+
+    def __init__(self, journal: Journal, keep: int) -> None:
+        self.journal = journal
+        self.keep = keep
+        self._records: list[ProjectRecord] | None = None
+
+    def records(self) -> list[ProjectRecord]:
+        """Up to `keep` runs that had finished before this start, oldest first (with a summary)."""
+        if self._records is None:
+            records = self.journal.finished_projects(self.keep)
+            self._records = [r for r in records if isinstance(r.summary, dict)]
+        return self._records
+
+    def find(self, ref: str) -> ProjectRecord | None:
+        """A finished run by id, or by project name (its newest one)."""
+        records = self.records()
+        return (next((r for r in records if r.project_id == ref), None)
+                or next((r for r in reversed(records) if r.summary.get("project") == ref), None))
+
+
+def snapshot(record: ProjectRecord) -> dict[str, Any]:
+    """A run's snapshot (the shape of `ProjectRun.snapshot`) from its journaled summary."""
+    summary = record.summary or {}
+    jobs = summary.get("jobs") or {}
+    return {
+        "id": record.project_id,
+        "project": summary.get("project"),
+        "media_type": summary.get("media_type"),
+        "state": record.status,
+        "paused": False,
+        "priority": record.priority,
+        "total": jobs.get("total"),
+        "done": jobs.get("done", 0),
+        "failed": jobs.get("failed", 0),
+        "reused": jobs.get("reused", 0),
+        "resumed": 0,
+        "running": 0,
+        "partial": 0,
+        "retrying": 0,
+        "elapsed_s": summary.get("elapsed_s"),
+        "first_dispatch_s": None,
+        "rate": None,
+        "eta_s": None,
+        "stalled": None,
+        "error": summary.get("error"),
+        "units": summary.get("units"),
+        "skipped": [],
+        "journaled": True,
+    }
+
+
+def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset: int,
+              limit: int) -> dict[str, Any]:
+    """A page of a journaled run's jobs: failed ones first, then done ones, by key (as for live runs)."""
+    listed: list[dict[str, Any]] = []
+    if state in (None, "failed"):
+        listed = [{"key": f.key, "state": "failed", "attempts": f.attempts, "agent": None, "duration_s": None,
+                   "error": f.error} for f in journal.failed_jobs(record.project_id)]
+    page = listed[offset:offset + limit]
+    done_total = 0
+    if state in (None, "done", "reused"):
+        only_reused = {"done": False, "reused": True}.get(state)
+        done_total, rows = journal.done_page(record.project_id, only_reused, max(0, offset - len(listed)),
+                                             limit - len(page))
+        page += [{"key": key, "state": "reused" if agent is None else "done",
+                  "attempts": 0 if agent is None else None, "agent": agent, "duration_s": None, "error": None}
+                 for key, agent in rows]
+    return {"project": record.project_id, "total": len(listed) + done_total, "offset": offset, "limit": limit,
+            "unlisted": 0, "jobs": page}

@@ -1,0 +1,69 @@
+"""Who may open the dashboard: the token in the page's address only (never an API URL's), and a
+page refused by the API that says why instead of showing empty lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import wait_for
+from dashboard_helpers import browser, console_errors, screenshot_dir  # noqa: F401
+from http_helpers import TIMEOUT, HttpFarm, start_http_farm
+from test_http_security import _outside
+
+from farm.http.tokens import TokenStore
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[tuple[HttpFarm, str]]:
+    """A controller beyond loopback (every request needs a token) and a valid token."""
+    keys = tmp_path / "keys"
+    token = TokenStore(keys).new("ci")
+    web = start_http_farm(tmp_path / "state", "0.0.0.0", keys=keys, connect_host=_outside())
+    yield web, token
+    web.controller.stop()
+
+
+def test_only_the_page_takes_a_token_in_its_address(guarded):
+    web, token = guarded
+    for path in ("/api/v1/projects", "/api/v1/agents", "/metrics", "/api/v1/events"):
+        refused = requests.get(f"{web.base}{path}?access_token={token}", timeout=TIMEOUT)
+        assert refused.status_code == 401, path
+        assert "set-cookie" not in refused.headers, path
+        assert "dashboard page" in refused.json()["error"]
+    page = requests.get(f"{web.base}/?access_token={token}", timeout=TIMEOUT)
+    assert page.status_code == 200 and page.cookies.get("farm_token") == token
+    assert requests.get(web.base + "/api/v1/projects", cookies={"farm_token": token},
+                        timeout=TIMEOUT).status_code == 200
+    wrong = requests.get(f"{web.base}/?access_token=farm_wrong", timeout=TIMEOUT)
+    assert wrong.status_code == 200 and "farm_token" not in wrong.cookies  # the page, no cookie
+    for headers in ({"Authorization": "Bearer farm_wrong"}, {"Cookie": "farm_token=farm_wrong"}):
+        refused = requests.get(web.base + "/api/v1/projects", headers=headers, timeout=TIMEOUT)
+        assert refused.status_code == 401 and refused.json()["error"].startswith("invalid token")
+    bare = requests.get(web.base + "/api/v1/projects", timeout=TIMEOUT)
+    assert bare.json()["error"].startswith("this API needs a token")
+
+
+@pytest.mark.parametrize("address", ["/?access_token=farm_wrong", "/"])
+def test_a_refused_page_says_it_needs_a_valid_token(guarded, browser, address, tmp_path):  # noqa: F811
+    web, _ = guarded
+    browser.get(web.base + address)
+    banner = wait_for(lambda: browser.find_element("id", "auth").is_displayed()
+                      and browser.find_element("id", "auth").text, 30, "the banner")
+    assert "?access_token=" in banner
+    assert ("invalid" in banner) == ("access_token" in address), banner
+    assert browser.find_element("id", "live").text == "no access"
+    assert not browser.find_element("id", "projects").is_displayed()  # no "No projects yet."
+    browser.save_screenshot(str(screenshot_dir(tmp_path) / "denied.png"))
+    console_errors(browser)  # the 401s themselves are logged by the browser
+
+
+def test_a_page_opened_with_a_valid_token_works_and_forgets_it(guarded, browser):  # noqa: F811
+    web, token = guarded
+    browser.get(f"{web.base}/?access_token={token}")
+    wait_for(lambda: browser.find_element("id", "live").text == "live", 30, "the event stream")
+    assert "access_token" not in browser.current_url
+    assert not browser.find_element("id", "auth").is_displayed()
+    assert console_errors(browser) == []
