@@ -41,7 +41,9 @@ def status(
 def status_text(report: dict[str, Any]) -> str:
     lines = [f"controller {report['controller']}", f"agents ({len(report['agents'])}):"]
     for a in report["agents"]:
-        lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
+        state = "broken" if a.get("broken") else a.get("state") or "active"  # every agent says its state
+        lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"
+                     f"  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
                      f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):

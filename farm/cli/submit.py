@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from farm.cli.errors import error_json, reported
+from farm.cli.errors import reported, say_error
 from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
 from farm.cli.progress import ProgressBar, summary_text
 from farm.cli.watch import ProjectInputs, watch
@@ -76,9 +76,7 @@ def submit(
                 try:
                     _round(render, first.pop() if first else load_project(project_dir, output=output), as_json)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
-                    if as_json:
-                        typer.echo(json.dumps(error_json(exc)))
-                    typer.echo(f"error: {exc}", err=True)
+                    say_error(exc, as_json)
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
 
