@@ -81,7 +81,8 @@ class UnitCounter:
                     if left <= 0:
                         break
         except Exception as exc:  # the run's own pulls meet (and report) it again
-            log.info("%s: counting the units done before the restart: split() raised %r", self.project.name, exc)
+            log.info("%s: counting the units done before the restart: split() raised %r",
+                     self.project.name, exc)
             return
         self.done += done
         self.resumed += done
