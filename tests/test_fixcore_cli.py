@@ -35,8 +35,11 @@ def test_counted_says_one_in_the_singular():
 def test_one_job_is_one_job_and_every_agent_says_its_state(controller, agents, synthetic):
     agents(controller.url, 1)
     with Client(controller.url) as client:
-        failing = client.submit(load_project(synthetic(jobs=1, fail=["job-0000000"], name="failing",
-                                                       extra="[jobs]\nmax_attempts = 1\n")))
+        failing = client.submit(
+            load_project(
+                synthetic(jobs=1, fail=["job-0000000"], name="failing", extra="[jobs]\nmax_attempts = 1\n")
+            )
+        )
         wait_for(lambda: client.project(failing)["state"] == "failed", 120, "the failing run to end")
         assert re.search(r"agent-0\s+\S+\s+active\s+0/1 busy", agent_line(controller.url, "agent-0"))
         retried = farm("retry", failing, "job-0000000", url=controller.url)
@@ -58,7 +61,11 @@ def test_json_errors_are_one_object_and_nothing_on_stderr(controller):
     done = farm("pause", "nosuch", "--json", url=controller.url)
     assert done.returncode == 1
     (line,) = done.stdout.splitlines()
-    assert json.loads(line) == {"error": "controller: no project 'nosuch'", "state": "failed", "code": "not_found"}
+    assert json.loads(line) == {
+        "error": "controller: no project 'nosuch'",
+        "state": "failed",
+        "code": "not_found",
+    }
     assert "no project" not in done.stderr and "error" not in done.stderr, done.stderr
     text = farm("pause", "nosuch", url=controller.url)  # without --json: the sentence on stderr
     assert text.stdout == "" and "error: controller: no project 'nosuch'" in text.stderr

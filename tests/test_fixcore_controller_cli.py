@@ -19,11 +19,26 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_a_controller_on_every_interface_says_where_to_open_it(tmp_path):
     env = _env(tmp_path)
-    made = subprocess.run([*FARM, "keys", "api-token", "new", "ops"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    made = subprocess.run(
+        [*FARM, "keys", "api-token", "new", "ops"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert made.returncode == 0, made.stderr
-    proc = subprocess.Popen([*FARM, "controller", "--bind", "tcp://127.0.0.1:0", "--state-dir", str(tmp_path / "s"),
-                             "--http", "0.0.0.0:0", "--no-announce"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *FARM,
+            "controller",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--http",
+            "0.0.0.0:0",
+            "--no-announce",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert proc.stderr is not None
@@ -45,11 +60,14 @@ def test_a_controller_on_every_interface_says_where_to_open_it(tmp_path):
 
 
 def test_help_paragraphs_are_wrapped_by_the_terminal_only(tmp_path):
-    done = subprocess.run([*FARM, "controller", "--help"], env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [*FARM, "controller", "--help"], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     # on 200 columns the paragraph is one line (it was cut where the source's lines end)
-    assert "(`farm keys`); on loopback its key pair is made if missing, and local agents" in done.stdout, done.stdout
+    assert "(`farm keys`); on loopback its key pair is made if missing, and local agents" in done.stdout, (
+        done.stdout
+    )
     assert "([notify] in farm.toml)" in done.stdout  # an escaped [section] shows as written
 
 

@@ -1,4 +1,5 @@
-"""The embedded farm (`farm submit DIR`) talks over a private ipc:// folder: no keys, whatever $FARM_KEYS says."""
+"""The embedded farm (`farm submit DIR`) talks over a private ipc:// folder: it needs no keys,
+whatever $FARM_KEYS says."""
 
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ def test_embedded_submit_ignores_farm_keys(tmp_path, synthetic, keys):
     env = {**os.environ, "FARM_KEYS": str(folder)}
     if keys == "other-keys":  # a keys folder with a controller's and a client's key, but no `node` key
         for name in ("controller", "client"):
-            made = subprocess.run([*FARM, "keys", "create", name, "--keys-dir", str(folder)],
-                                  capture_output=True, text=True, env=env, timeout=60)
+            made = subprocess.run(
+                [*FARM, "keys", "create", name, "--keys-dir", str(folder)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
             assert made.returncode == 0, made.stderr
     project = synthetic(jobs=6, output_bytes=8)
-    done = subprocess.run([*FARM, "submit", str(project), "--agents", "2"], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [*FARM, "submit", str(project), "--agents", "2"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "6/6 jobs done" in done.stdout
     assert "key" not in done.stderr, done.stderr

@@ -15,8 +15,9 @@ def test_a_paused_resumed_run_shows_its_done_and_failed_units(tmp_path, agents, 
     first = Controller(url, state_dir=tmp_path / "state", heartbeat=0.5, liveness=4).start()
     try:
         agents(url, 1)
-        project = synthetic(jobs=30, sleep=0.1, units_per_job=[2, 3], fail=["job-0000001"],
-                            extra="[jobs]\nmax_attempts = 1\n")
+        project = synthetic(
+            jobs=30, sleep=0.1, units_per_job=[2, 3], fail=["job-0000001"], extra="[jobs]\nmax_attempts = 1\n"
+        )
         with Client(url) as client:
             run = client.submit(load_project(project))
             wait_for(lambda: client.project(run)["done"] >= 6, 120, "some jobs done")

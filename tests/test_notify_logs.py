@@ -12,10 +12,30 @@ from farm.notify import Notifier, webhook_shown
 
 
 def finished() -> Event:
-    return Event(1, time.time(), "run.finished", "r-1", None, None,
-                 {"state": "done", "done": 1, "failed": 0, "elapsed_s": 0.5, "error": None, "project": "p",
-                  "media_type": "synthetic", "total": 1, "reused": 0, "units": None, "outputs": [],
-                  "outputs_total": 0, "output_dir": "/x", "failures": []})
+    return Event(
+        1,
+        time.time(),
+        "run.finished",
+        "r-1",
+        None,
+        None,
+        {
+            "state": "done",
+            "done": 1,
+            "failed": 0,
+            "elapsed_s": 0.5,
+            "error": None,
+            "project": "p",
+            "media_type": "synthetic",
+            "total": 1,
+            "reused": 0,
+            "units": None,
+            "outputs": [],
+            "outputs_total": 0,
+            "output_dir": "/x",
+            "failures": [],
+        },
+    )
 
 
 def test_the_log_names_which_hook_failed_and_keeps_its_secrets(caplog):
@@ -37,6 +57,8 @@ def test_the_log_names_which_hook_failed_and_keeps_its_secrets(caplog):
 
 
 def test_webhook_shown_drops_what_may_be_secret():
-    assert webhook_shown("https://a:b@Hooks.Example.org:8443/x/y?k=v#f") == "https://hooks.example.org:8443/x/y"
+    assert (
+        webhook_shown("https://a:b@Hooks.Example.org:8443/x/y?k=v#f") == "https://hooks.example.org:8443/x/y"
+    )
     assert webhook_shown("http://[::1]:9/h") == "http://[::1]:9/h"
     assert webhook_shown("http://example.org") == "http://example.org"

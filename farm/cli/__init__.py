@@ -58,6 +58,7 @@ app.command("agent")(agent.agent)
 app.command("plugins")(plugins.plugins)
 app.command("status")(status.status)
 app.command("cancel")(status.cancel)
+app.command("download")(status.download)
 app.command("events")(events.events)
 control.register(app)  # pause, resume, retry, priority, drain, undrain, logs
 app.add_typer(keys.app, name="keys")

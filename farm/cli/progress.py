@@ -255,6 +255,8 @@ def summary_text(summary: Summary) -> str:
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]
-    else:
+    elif summary.output_dir:
         lines.append(f"outputs in {summary.output_dir}")
+    else:  # a remote run that collated nothing: there is no folder of ours to name
+        lines.append("no outputs: the controller collated none")
     return "\n".join(lines)

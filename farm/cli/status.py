@@ -111,3 +111,34 @@ def cancel(
     if kept_there:
         typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
                    f"them, or: farm cancel {summary.id} --download DIR", err=True)
+
+
+def download(
+    project: Annotated[str, typer.Argument(
+        help="The project's run id (see farm status) or name (its newest run).")],
+    folder: Annotated[Path, typer.Argument(help="Where the outputs go (made if missing).")],
+    controller: ControllerUrl = None,
+    keys_dir: KeysDir = None,
+    key: ClientKey = "client",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
+) -> None:
+    """Fetch a remote run's outputs into FOLDER: a finished run's at once, a running one's when it
+    ends (its progress shown meanwhile; a controller restart is waited out). Nothing is cancelled."""
+    from farm.cli.progress import ProgressBar
+    from farm.cli.submit import say_waiting
+    from farm.client import RECONNECT_S
+
+    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
+        run_id = client.project(project)["id"]
+        bar = ProgressBar()
+        try:
+            summary = client.attach(run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+        finally:
+            bar.close()
+        if not summary.download:
+            where = (f"the controller read the project in place: they are in {summary.output_dir} on its disk"
+                     if summary.output_dir and summary.outputs else "it collated none")
+            raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}")
+        client.download(summary, folder)
+    typer.echo(summary_text(summary))
