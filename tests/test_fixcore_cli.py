@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import wait_for
 
 from farm.client import Client
@@ -15,6 +16,12 @@ from farm.project import load_project
 from farm.words import counted
 
 FARM = [sys.executable, "-m", "farm"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Agents started here keep their file cache to this test (other tests' agents share ~/.cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def farm(*args: str, url: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,12 @@ import pytest
 FARM = [sys.executable, "-m", "farm"]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Agents started here keep their file cache to this test (other tests' agents share ~/.cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("keys", ["other-keys", "empty"])
 def test_embedded_submit_ignores_farm_keys(tmp_path, synthetic, keys):
     folder = tmp_path / "keys"

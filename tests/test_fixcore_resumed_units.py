@@ -3,11 +3,18 @@ not when `split` reaches them again: a paused run shows them too (it pulls nothi
 
 from __future__ import annotations
 
+import pytest
 from conftest import wait_for
 
 from farm.client import Client
 from farm.controller.server import Controller
 from farm.project import load_project
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Agents started here keep their file cache to this test (other tests' agents share ~/.cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def test_a_paused_resumed_run_shows_its_done_and_failed_units(tmp_path, agents, synthetic):
