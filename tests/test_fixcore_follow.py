@@ -33,16 +33,22 @@ class Submitter:
             [*FARM, *args], env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.err: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
-        self.reader.start()
+        self.out: list[str] = []
+        self.readers = [threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True),
+                        threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True)]
+        for reader in self.readers:
+            reader.start()
 
     def said(self, words: str) -> bool:
         return any(words in line for line in list(self.err))
 
     def finish(self, timeout: float = 240) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.reader.join(30)
-        return self.proc.returncode, out, "".join(self.err)
+        self.proc.wait(timeout)
+        for reader in self.readers:  # each reads its pipe to the end (communicate() would race them)
+            reader.join(30)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
 
 
 def start(url: str, state: Path) -> Controller:
