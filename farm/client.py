@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from farm.endpoints import reachable
-from farm.errors import ControlError, FarmError, ProtocolError
+from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
 from farm.project import Project
@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
+# How long a follower waits for a controller that went silent (restarting) to come back.
+RECONNECT_S = float(os.environ.get("FARM_CLIENT_RECONNECT", "600"))
+REFOLLOW_S = 2.0  # while it waits, it asks to follow the run again this often
+
+
+class RunLost(ConnectionLost):
+    """Following run `run_id` was given up: the controller did not come back in time, or forgot the run."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 @dataclass
@@ -147,15 +158,61 @@ class Client:
             raise ProtocolError(f"expected ACCEPTED, got {reply.type.name}")
         return reply.body["project"]
 
-    def follow(self, run_id: str, on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
-        """Receive updates until the run finishes; returns its summary."""
+    def follow(self, run_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, *,
+               reconnect_s: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Summary:
+        """Receive updates until the run finishes; returns its summary.
+
+        With `reconnect_s` > 0, a controller that goes silent (a restart: it resumes its runs from
+        its journal) is waited for up to that many seconds, asking to follow the run again every
+        `REFOLLOW_S`; `on_wait(why)` hears when the wait starts and `on_wait("")` when it is back.
+        Raises `RunLost` (a `ConnectionLost`) when it gives up, `ConnectionLost` without `reconnect_s`.
+        """
         while True:
-            msg = self.receive()
+            try:
+                msg = self.receive()
+            except ConnectionLost as exc:
+                if reconnect_s <= 0:
+                    raise
+                msg = self._wait_for_controller(run_id, str(exc), reconnect_s, on_wait)
             if msg.type is T.UPDATE and msg.body.get("id") == run_id:
                 if on_update:
                     on_update(msg.body)
             elif msg.type is T.FINISHED and msg.body["summary"].get("id") == run_id:
                 return Summary.from_wire(msg.body["summary"])
+
+    def attach(self, run_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, *,
+               reconnect_s: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Summary:
+        """Follow a run this client did not submit (or no longer follows) to its end: its summary
+        (at once for a run that has ended). Raises `FarmError` if the controller has no such run."""
+        self.send(T.FOLLOW, {"project": run_id})
+        return self.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
+
+    def _wait_for_controller(self, run_id: str, why: str, limit: float,
+                             on_wait: Callable[[str], None] | None) -> Message:
+        """Wait up to `limit` seconds for a silent controller to answer a FOLLOW of `run_id`; its first
+        message then."""
+        if on_wait:
+            on_wait(f"{why}; the controller may be restarting: waiting up to {_minutes(limit)} for it")
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunLost(f"{why}, and it did not come back within {_minutes(limit)}", run_id)
+            try:  # queued while disconnected, sent once the socket reconnects (at most a few)
+                self.sock.send_multipart(pack(T.FOLLOW, {"project": run_id}), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            asked = time.monotonic()
+            try:
+                msg = self.receive(min(REFOLLOW_S, left))
+            except ConnectionLost:
+                self.sock.poll(max(0.0, REFOLLOW_S - (time.monotonic() - asked)) * 1000)  # never a busy loop
+                continue
+            except FarmError as exc:  # it is back, and does not know the run (any more)
+                raise RunLost(str(exc), run_id) from None
+            if on_wait:
+                on_wait("")
+            return msg
 
     def download(self, summary: Summary, dest: Project | Path) -> Summary:
         """Bring a remote run's outputs (a finished run's, or what a cancelled one collated) into the
@@ -296,9 +353,23 @@ class Client:
 def submit(url: str, project: Project, *, priority: int = 0,
            on_update: Callable[[dict[str, Any]], None] | None = None,
            socket_setup: Callable[[zmq.Socket], None] | None = None, upload: bool = False,
-           unreachable_after: float | None = None) -> Summary:
-    """Submit a project and follow it to the end (uploading it and downloading its outputs if asked)."""
+           unreachable_after: float | None = None, reconnect_s: float = 0.0,
+           on_wait: Callable[[str], None] | None = None) -> Summary:
+    """Submit a project and follow it to the end (uploading it and downloading its outputs if asked).
+
+    `reconnect_s`, `on_wait`: waiting out a controller restart, as `Client.follow`. An uploaded
+    run whose controller made no outputs comes back with ``output_dir`` "" (nothing of ours to name).
+    """
     with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
-        summary = client.follow(run_id, on_update)
-        return client.download(summary, project) if upload else summary
+        summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
+        if not upload:
+            return summary
+        if not summary.download:  # its output folder is on the controller's disk, and holds nothing
+            summary.output_dir = ""
+            return summary
+        return client.download(summary, project)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g}s"

@@ -33,6 +33,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from farm.words import counted
+
 log = logging.getLogger(__name__)
 
 MAX_URL = 2048  # characters of a webhook URL
@@ -77,6 +79,20 @@ def check_webhook(url: object) -> str:
 def webhook_host(url: str) -> str:
     """The host a webhook is sent to, lowercase, without port, brackets or a trailing dot."""
     return (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+
+
+def webhook_shown(url: str) -> str:
+    """A webhook as logs name it: ``scheme://host:port/path``, without credentials, query or
+    fragment (where tokens tend to live), so two hooks on one host can be told apart."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc += f":{port}" if port is not None else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def check_host(host: str) -> str:
@@ -205,7 +221,7 @@ class Notifier:
                 dropped = self._queue.popleft()
                 self.given_up += 1
                 log.warning("%s: too many webhooks waiting; dropped the one to %s", dropped[2],
-                            webhook_host(dropped[0]))
+                            webhook_shown(dropped[0]))
             self._queue.append((url, body, run_id))
             if len(self._senders) < SENDERS:
                 sender = threading.Thread(target=self._send_loop, name="farm-notify", daemon=True)
@@ -227,7 +243,7 @@ class Notifier:
 
     def _deliver(self, url: str, body: bytes, run_id: str) -> None:
         delivery = uuid.uuid4().hex  # the same on every try: a receiver can drop repeats
-        host = webhook_host(url)
+        host = webhook_shown(url)  # the URL, less what may be secret
         if time.monotonic() >= self._deadline:  # still queued when the grace ran out
             with self._ready:
                 self.given_up += 1
@@ -244,7 +260,8 @@ class Notifier:
             if not retry or attempt == self.attempts or time.monotonic() >= self._deadline:
                 with self._ready:
                     self.given_up += 1
-                log.warning("%s: webhook to %s failed after %d tries: %s", run_id, host, attempt, error)
+                log.warning("%s: webhook to %s failed after %s: %s", run_id, host, counted(attempt, "try", "tries"),
+                            error)
                 return
             log.info("%s: webhook to %s failed (try %d of %d): %s; again in %.1fs", run_id, host, attempt,
                      self.attempts, error, wait)

@@ -14,6 +14,7 @@ import typer
 
 from farm import __version__
 from farm.cli import agent, control, controller, events, keys, plugin, plugins, status, submit
+from farm.cli.helptext import reflow_help
 
 app = typer.Typer(
     name="farm",
@@ -57,10 +58,12 @@ app.command("agent")(agent.agent)
 app.command("plugins")(plugins.plugins)
 app.command("status")(status.status)
 app.command("cancel")(status.cancel)
+app.command("download")(status.download)
 app.command("events")(events.events)
 control.register(app)  # pause, resume, retry, priority, drain, undrain, logs
 app.add_typer(keys.app, name="keys")
 app.add_typer(plugin.app, name="plugin")
+reflow_help(app)  # after every command is registered
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey
 from farm.cli.status import connect
 from farm.client import Client
+from farm.words import counted
 
 Project = Annotated[str, typer.Argument(
     help="The project's run id (see farm status) or name (its newest run).")]
@@ -36,7 +37,7 @@ def pause(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: As
           insecure: Insecure = False) -> None:
     """Pause a run: agents finish the jobs they hold, and none of its jobs are handed out until resumed."""
     _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.pause(project),
-          lambda r: f"{r['project']}: paused ({r['running']} jobs still finishing)")
+          lambda r: f"{r['project']}: paused ({counted(r['running'], 'job')} still finishing)")
 
 
 def resume(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
@@ -56,7 +57,7 @@ def retry(project: Project,
     """Run jobs that failed for good again, each with fresh attempts; a failed run runs again."""
     _call(controller, as_json, (keys_dir, key, server_key, insecure),
           lambda c: c.retry(project, keys or None),
-          lambda r: f"{r['project']}: retrying {len(r['retried'])} jobs"
+          lambda r: f"{r['project']}: retrying {counted(len(r['retried']), 'job')}"
                     + (f": {', '.join(r['retried'][:20])}" if r["retried"] else "")
                     + (" ..." if len(r["retried"]) > 20 else ""))
 
@@ -78,7 +79,7 @@ def drain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson
           insecure: Insecure = False) -> None:
     """Drain an agent: it finishes the jobs it holds and gets no new ones (kept across restarts)."""
     _call(controller, as_json, (keys_dir, key, server_key, insecure), lambda c: c.drain(agent),
-          lambda r: f"agent {r['agent']}: draining ({r['holding']} jobs still finishing)")
+          lambda r: f"agent {r['agent']}: draining ({counted(r['holding'], 'job')} still finishing)")
 
 
 def undrain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
@@ -99,7 +100,7 @@ def logs(project: Project, job: Annotated[str, typer.Argument(help="The job's ke
 
 
 def log_text(reply: dict[str, Any]) -> str:
-    lines = [f"{reply['project']} {reply['key']}: {len(reply['attempts'])} attempts kept"]
+    lines = [f"{reply['project']} {reply['key']}: {counted(len(reply['attempts']), 'attempt')} kept"]
     for a in reply["attempts"]:
         took = f" in {a['duration_s']:.2f}s" if a.get("duration_s") is not None else ""
         lines.append(f"-- attempt {a['attempt']} on {a['agent'] or '?'}: {a['state']}{took}"

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported
-from farm.cli.invite import advertised_url, invite, remember_url
+from farm.cli.invite import advertised_url, invite, openable_urls, remember_url
 from farm.cli.options import Insecure, KeysDir
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
@@ -90,11 +90,16 @@ def controller(
                 typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
                            err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
+            _say_openable(ctl.url, "nodes dial it as")
             typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
             if security:
                 announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce)
             if web is not None:
                 typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
+                _say_openable(web.url, "open it as")
+                if not is_loopback_http(web.url):
+                    typer.echo("  a browser opens it once as URL?access_token=TOKEN (tokens: "
+                               "`farm keys api-token new NAME`)", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
                 pass
             if ctl.crash is not None:
@@ -107,6 +112,18 @@ def controller(
             ctl.stop()
             if security:
                 security.stop()  # after the sockets it authenticates for
+
+
+def _say_openable(url: str, how: str) -> None:
+    """Beside an address on every interface (which no one can dial), the ones that can be."""
+    names = openable_urls(url)
+    if names:
+        typer.echo(f"  (every interface) {how} {' or '.join(names[:4])}", err=True)
+
+
+def is_loopback_http(url: str) -> bool:
+    host = url.partition("://")[2].partition("/")[0].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool) -> Announcer | None:

@@ -27,13 +27,19 @@ def error_json(exc: BaseException) -> dict[str, Any]:
 def reported(*, as_json: bool = False) -> Iterator[None]:
     """Print a `FarmError` (or an OS error, e.g. a folder we may not write) and exit 1.
 
-    With `as_json`, standard output also gets `error_json(exc)`, so a script reading it finds
-    exactly one object whatever went wrong.
+    With `as_json`, standard output gets `error_json(exc)` instead, and nothing more, so a script
+    reading it finds exactly one object whatever went wrong (and no second copy on stderr).
     """
     try:
         yield
     except (FarmError, OSError) as exc:
-        if as_json:
-            typer.echo(json.dumps(error_json(exc)))
-        typer.echo(f"error: {exc}", err=True)
+        say_error(exc, as_json)
         raise typer.Exit(1) from None
+
+
+def say_error(exc: BaseException, as_json: bool) -> None:
+    """The error as one JSON object on stdout (`as_json`), else as ``error: ...`` on stderr."""
+    if as_json:
+        typer.echo(json.dumps(error_json(exc)))
+    else:
+        typer.echo(f"error: {exc}", err=True)

@@ -11,6 +11,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
 from farm.client import Client
+from farm.words import counted
 
 COMMON = ("seq", "time", "type", "run", "job", "agent")
 
@@ -31,7 +32,7 @@ def events(
     setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
 
     def missed(count: int) -> None:
-        typer.echo(f"warning: {count} events are older than the controller keeps; they are not shown", err=True)
+        typer.echo(f"warning: {counted(count, 'event')} older than the controller keeps {'is' if count == 1 else 'are'} not shown", err=True)
 
     printed = 0
     with reported(), Client(controller, socket_setup=setup) as client:

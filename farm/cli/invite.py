@@ -14,13 +14,32 @@ URL_FILE = "controller.url"  # in the keys folder: where nodes reach the control
 def advertised_url(bound: str) -> str:
     """The job url a node on another machine dials: a wildcard host becomes this machine's address."""
     host, _, port = bound.removeprefix("tcp://").rpartition(":")
-    if bound.startswith("tcp://") and host in ("0.0.0.0", "*", "[::]", "::"):
+    if bound.startswith("tcp://") and host in WILDCARDS:
         from farm.discovery import local_addresses
 
         addresses = local_addresses()
         if addresses:
             return f"tcp://{addresses[0]}:{port}"
     return bound
+
+
+WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def openable_urls(bound: str) -> list[str]:
+    """For an address on every interface (``tcp://0.0.0.0:5555``, ``http://0.0.0.0:8656/``), the
+    addresses another machine can use: this machine's name and its IP addresses. [] for any other."""
+    scheme, sep, rest = bound.partition("://")
+    hostport, slash, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    if not sep or host not in WILDCARDS:
+        return []
+    import socket
+
+    from farm.discovery import local_addresses
+
+    names = [socket.gethostname(), *(f"[{a}]" if ":" in a else a for a in local_addresses())]
+    return [f"{scheme}://{name}:{port}{slash}{path}" for name in dict.fromkeys(names) if name]
 
 
 def remember_url(store: KeyStore, url: str) -> None:

@@ -13,16 +13,22 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.padding import Padding
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column
+from rich.text import Text
 
 from farm.client import Summary
 
 RATE_WINDOW_S = 10.0
 PLAIN_EVERY_S = 10.0
 SEP = " · "
+BAR_WIDTH = 28  # the bar's width where the line has room; never narrower than BAR_MIN
+BAR_MIN = 12
 
 
 def format_duration(seconds: float | None) -> str:
@@ -59,21 +65,26 @@ class RateMeter:
 
 
 class Position:
-    """Where a run stands in its units (or in jobs, for a media type that counts none)."""
+    """Where a run stands in its units (or in jobs, for a media type that counts none).
+
+    Done and failed are apart, as in the summary: the counts and the bar say what is done
+    (with the fraction of the jobs under way), failures are said beside them.
+    """
 
     def __init__(self, update: dict[str, Any]) -> None:
-        jobs_done = update["done"] + update["failed"]
-        self.jobs = (jobs_done, update.get("total"))
+        self.jobs = (update["done"], update.get("total"))
         units = update.get("units") or {}
         self.name = units.get("name") or "jobs"
         if units and self.name != "jobs":
-            self.done = float(units.get("done", 0)) + float(units.get("failed", 0))
+            self.done = float(units.get("done", 0))
+            self.failed = float(units.get("failed", 0))
             self.value = self.done + float(units.get("partial", 0.0))
             self.total = units.get("total")
             self.shows_jobs = True
         else:  # a job part-way counts its fraction, so long jobs move the bar
-            self.done = float(jobs_done)
-            self.value = jobs_done + float(update.get("partial", 0.0))
+            self.done = float(update["done"])
+            self.failed = float(update["failed"])
+            self.value = self.done + float(update.get("partial", 0.0))
             self.total = update.get("total")
             self.shows_jobs = False
 
@@ -81,14 +92,29 @@ class Position:
     def fraction(self) -> float | None:
         return min(self.value / self.total, 1.0) if self.total else None
 
+    @property
+    def remaining(self) -> float | None:
+        """Units still to render: neither done nor failed."""
+        return max(self.total - self.value - self.failed, 0.0) if self.total else None
+
+    @property
+    def shown(self) -> str:
+        """The count beside the total, the parts of jobs under way included (as in the bar's %):
+        in whole units while whole units are done ("frames 7/48" at 15%), else to one decimal."""
+        value = self.value
+        if value != self.done and self.done.is_integer() and (self.total is None or float(self.total).is_integer()):
+            value = float(int(value + 1e-9))
+        return format_count(value)
+
 
 def progress_text(update: dict[str, Any], rate: float | None) -> str:
     """The words beside the bar: counts, rate, ETA, failures, reuse, state, stall reason."""
     pos = Position(update)
-    parts = [f"{pos.name} {format_count(pos.done)}/{format_count(pos.total)}"]
+    parts = [f"{pos.name} {pos.shown}/{format_count(pos.total)}"]
     if pos.shows_jobs:
         parts.append(f"jobs {format_count(pos.jobs[0])}/{format_count(pos.jobs[1])}")
-    eta = (pos.total - pos.value) / rate if rate and pos.total else None
+    remaining = pos.remaining
+    eta = remaining / rate if rate and remaining is not None else None
     parts.append(f"{rate:,.1f} {pos.name}/s" if rate else f"-- {pos.name}/s")
     parts.append(f"ETA {format_duration(eta)}")
     if update.get("failed"):
@@ -144,10 +170,7 @@ class ProgressBar:
         pos = Position(update)
         if self._progress is None:
             console = self.console or Console(file=self.stream, highlight=False)
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
-                TimeElapsedColumn(), TextColumn("{task.fields[stats]}"),
-                console=console, refresh_per_second=5, transient=False)
+            self._progress = _RunProgress(console=console)
             stderr = sys.stderr
             self._progress.start()
             self._route_logs(stderr)
@@ -186,6 +209,37 @@ class ProgressBar:
         self._rerouted.clear()
 
 
+class _RunProgress(Progress):
+    """Name, bar, %, elapsed time, and the stats beside them where the line holds them all;
+    on a narrow terminal the stats go on a line of their own below (wrapped at words), so the
+    bar keeps its width and the name and elapsed time are never cut."""
+
+    def __init__(self, console: Console) -> None:
+        self._name = Column(no_wrap=True, overflow="ellipsis")  # shortened, where need be, before the bar
+        self._terminal = console
+        super().__init__(
+            TextColumn("{task.description}", table_column=self._name),
+            BarColumn(bar_width=BAR_WIDTH, table_column=Column(min_width=BAR_MIN)),
+            TaskProgressColumn(table_column=Column(no_wrap=True, min_width=4)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+            console=console, refresh_per_second=5, transient=False)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        self._name.max_width = max(self._terminal.width - (BAR_MIN + 5 + 8 + 1), 8)
+        for task in self.tasks:
+            stats = str(task.fields.get("stats", ""))
+            # name, bar, " 100%", " 0:00:00", and a space before the stats
+            beside = len(task.description) + 1 + BAR_WIDTH + 5 + 8 + 1
+            if not stats or beside + len(stats) <= self._terminal.width:
+                table = self.make_tasks_table([task])
+                table.add_column()  # the stats, in the same row
+                table.columns[-1]._cells.append(Text(stats, no_wrap=True))
+                yield table
+            else:
+                yield self.make_tasks_table([task])
+                yield Padding(Text(stats), (0, 0, 0, 2))
+
+
 def summary_text(summary: Summary) -> str:
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
@@ -201,6 +255,8 @@ def summary_text(summary: Summary) -> str:
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]
-    else:
+    elif summary.output_dir:
         lines.append(f"outputs in {summary.output_dir}")
+    else:  # a remote run that collated nothing: there is no folder of ours to name
+        lines.append("no outputs: the controller collated none")
     return "\n".join(lines)

@@ -41,7 +41,9 @@ def status(
 def status_text(report: dict[str, Any]) -> str:
     lines = [f"controller {report['controller']}", f"agents ({len(report['agents'])}):"]
     for a in report["agents"]:
-        lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
+        state = "broken" if a.get("broken") else a.get("state") or "active"  # every agent says its state
+        lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"
+                     f"  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
                      f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
@@ -109,3 +111,34 @@ def cancel(
     if kept_there:
         typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
                    f"them, or: farm cancel {summary.id} --download DIR", err=True)
+
+
+def download(
+    project: Annotated[str, typer.Argument(
+        help="The project's run id (see farm status) or name (its newest run).")],
+    folder: Annotated[Path, typer.Argument(help="Where the outputs go (made if missing).")],
+    controller: ControllerUrl = None,
+    keys_dir: KeysDir = None,
+    key: ClientKey = "client",
+    server_key: ServerKey = "controller",
+    insecure: Insecure = False,
+) -> None:
+    """Fetch a remote run's outputs into FOLDER: a finished run's at once, a running one's when it
+    ends (its progress shown meanwhile; a controller restart is waited out). Nothing is cancelled."""
+    from farm.cli.progress import ProgressBar
+    from farm.cli.submit import say_waiting
+    from farm.client import RECONNECT_S
+
+    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
+        run_id = client.project(project)["id"]
+        bar = ProgressBar()
+        try:
+            summary = client.attach(run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+        finally:
+            bar.close()
+        if not summary.download:
+            where = (f"the controller read the project in place: they are in {summary.output_dir} on its disk"
+                     if summary.output_dir and summary.outputs else "it collated none")
+            raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}")
+        client.download(summary, folder)
+    typer.echo(summary_text(summary))

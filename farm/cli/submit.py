@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -12,16 +13,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from farm.cli.errors import error_json, reported
+from farm.cli.errors import reported, say_error
 from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
 from farm.cli.progress import ProgressBar, summary_text
 from farm.cli.watch import ProjectInputs, watch
-from farm.client import Summary
+from farm.client import RECONNECT_S, RunLost, Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm
 from farm.errors import FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
+
+log = logging.getLogger(__name__)
 
 
 def submit(
@@ -76,9 +79,7 @@ def submit(
                 try:
                     _round(render, first.pop() if first else load_project(project_dir, output=output), as_json)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
-                    if as_json:
-                        typer.echo(json.dumps(error_json(exc)))
-                    typer.echo(f"error: {exc}", err=True)
+                    say_error(exc, as_json)
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
 
@@ -97,14 +98,34 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
           priority: int, ui: bool = False) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
-        yield lambda proj, update: submit_remote(controller, proj, priority=priority, on_update=update,
-                                                 socket_setup=setup, upload=not shared,
-                                                 unreachable_after=NOTHING_LISTENS_AFTER_S)
+        def remote(proj: Project, update: Callable[[dict], None]) -> Summary:
+            try:
+                return submit_remote(controller, proj, priority=priority, on_update=update,
+                                     socket_setup=setup, upload=not shared, unreachable_after=NOTHING_LISTENS_AFTER_S,
+                                     reconnect_s=RECONNECT_S, on_wait=say_waiting)
+            except RunLost as exc:
+                raise FarmError(f"{exc}; {fetch_later(exc.run_id, controller)}") from None
+
+        yield remote
         return
     with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui) as farm:
         if farm.ui_url:
             typer.echo(f"dashboard: {farm.ui_url}", err=True)
         yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
+
+
+def say_waiting(why: str) -> None:
+    """A follower's wait for a restarting controller, said on stderr (above the bar)."""
+    if why:
+        log.warning("controller restarting? %s...", why)
+    else:
+        log.warning("the controller is back; following the run again")
+
+
+def fetch_later(run_id: str, controller: str) -> str:
+    """How to get a run's outputs once this command has stopped following it."""
+    return (f"the run goes on if the controller comes back: `farm download {run_id} DIR --controller "
+            f"{controller}` waits for its end and fetches its outputs (`farm status` shows how it is doing)")
 
 
 def _serve_until_stopped() -> None:

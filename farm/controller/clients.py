@@ -44,6 +44,9 @@ class ClientSide:
             if run is None:
                 self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
                 return
+            if not run.active:  # it ended (e.g. while its submitter waited out a restart): the summary now
+                self._send(identity, T.FINISHED, {"summary": run.summary()})
+                return
             followers = self.followers.setdefault(run.id, set())
             if identity not in followers and len(followers) >= MAX_FOLLOWERS:
                 self._send(identity, T.ERROR, {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from farm.words import counted
+
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
     from farm.controller.run import ProjectRun
@@ -66,7 +68,7 @@ class Conduct:
         self.handbacks[agent] += 1
         excess = self.handbacks[agent] - self.completed[agent]
         if excess > self.handback_allowance and agent not in self.blocklist:
-            return self._block(agent, f"handed back {self.handbacks[agent]} jobs and completed "
+            return self._block(agent, f"handed back {counted(self.handbacks[agent], 'job')} and completed "
                                       f"{self.completed[agent]}")
         return None
 
@@ -81,7 +83,8 @@ class Conduct:
         for other in sorted(self.failed_on.pop(key, set()) - {agent}):
             self.strikes[other] += 1
             if self.strikes[other] >= self.strikes_limit and other not in self.blocklist:
-                self._block(other, f"failed {self.strikes[other]} jobs that then succeeded on other agents")
+                self._block(other, f"failed {counted(self.strikes[other], 'job')} "
+                                   "that then succeeded on other agents")
                 blocked.append(other)
         return blocked
 

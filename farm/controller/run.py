@@ -119,6 +119,7 @@ class ProjectRun:
         # a resumed run keeps what failed for good before the restart: failed, not run again
         self.failures = {f.key: Failure(f.key, f.error, f.log, f.attempts)
                          for f in (journal.failed_jobs(run_id) if before["failed"] else ())}
+        self.units.resume(self.done_keys, self.failures)  # counted now: a paused run shows them too
         # lease ids: unique across runs and controller restarts, cheap to make
         self._lease_prefix = uuid.uuid4().hex[:8]
         self._lease_numbers = itertools.count()
