@@ -26,6 +26,7 @@ from farm.controller.joblogs import JobLogs
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
+from farm.controller.report import RunReport
 from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
@@ -66,7 +67,7 @@ class Failure:
     agent: str | None = None  # where its last attempt ran
 
 
-class ProjectRun:
+class ProjectRun(RunReport):
     def __init__(self, run_id: str, project: Project, media: MediaType, journal: Journal, *,
                  priority: int = 0, events: EventBus | None = None) -> None:
         self.id = run_id
@@ -488,59 +489,3 @@ class ProjectRun:
             self.error = self.error or error
         self.state = "failed" if (self.error or self.failures) else "done"
         self.finished_mono = time.monotonic()
-
-    # -- reporting ------------------------------------------------------------------
-
-    def elapsed(self) -> float:
-        end = self.finished_mono or time.monotonic()
-        return end - self.started_mono
-
-    def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
-        running_fraction = sum(self.progress.values())
-        elapsed = self.elapsed()
-        rate = (self.done - self.resumed + len(self.failures) + running_fraction) / elapsed if elapsed > 0.5 else None
-        left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
-        return {
-            "id": self.id,
-            "project": self.project.name,
-            "media_type": self.media.name,
-            "state": self.state,
-            "paused": self.paused,
-            "priority": self.priority,
-            "total": self.total if self.total is not None else (self.done + len(self.failures)
-                                                                  if self.exhausted else None),
-            "done": self.done,
-            "failed": len(self.failures),
-            "reused": self.reused,
-            "resumed": self.resumed,
-            "running": len(self.leases),
-            "partial": round(running_fraction, 3),
-            "retrying": len(self.ready),
-            "elapsed_s": round(elapsed, 3),
-            "first_dispatch_s": self.first_dispatch_s,
-            "rate": round(rate, 3) if rate else None,
-            "eta_s": (round(left / rate, 1) if rate and left is not None and self.active and not self.paused
-                      else None),
-            "stalled": stalled,
-            "error": self.error,
-            "units": self.units.snapshot(self.progress, elapsed, exhausted=self.exhausted, active=self.active),
-        }
-
-    def summary(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        return {
-            "id": self.id,
-            "project": self.project.name,
-            "media_type": self.media.name,
-            "state": self.state,
-            "jobs": {"total": snap["total"] if snap["total"] is not None else self.done + len(self.failures),
-                     "done": self.done, "failed": len(self.failures), "reused": self.reused},
-            "elapsed_s": snap["elapsed_s"],
-            "units": snap["units"],
-            "outputs": self.outputs,
-            "output_dir": str(self.project.output_dir),
-            "failures": [{"job": f.key, "error": f.error, "log": f.log, "attempts": f.attempts}
-                         for f in self.failures.values()],
-            "error": self.error,
-            "download": self.download,
-        }
