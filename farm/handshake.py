@@ -97,6 +97,7 @@ class HandshakeWatcher:
         self.retries = 0
         self.no_detail = 0
         self.mismatch = False
+        self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
 
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
@@ -143,6 +144,7 @@ class HandshakeWatcher:
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return f"the handshake with {self.url} failed: ZMTP protocol error {value:#x}"
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.auth_refused = True
             return self._refused(value)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one.
