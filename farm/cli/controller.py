@@ -84,8 +84,8 @@ def controller(
         try:
             ctl.start()
             assert ctl.url is not None
-            if not requires_security(ctl.url) and not is_file_guarded(ctl.url):
-                remember_controller(KeyStore(keys_dir), ctl.url, security)  # local clients find our key
+            if not is_file_guarded(ctl.url):
+                remember_controller(KeyStore(keys_dir), ctl.url, security)  # same-user clients here find our key
             if security:
                 typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
                            err=True)

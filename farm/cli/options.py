@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 import zmq
 
-from farm.cli.security import client_security, record_path
+from farm.cli.security import client_security, local_controller
 from farm.discovery import DISCOVER_S, discover
 from farm.errors import FarmError
 from farm.join import join
@@ -97,8 +97,9 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         security = ClientSecurity(keys_dir, joined.keys.name, joined.server_key)
         return joined.url, security.socket_setup, joined.name
     if controller is None and not discover_by_default:
-        if insecure or record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
-            controller = LOCAL_DEFAULT  # this user's controller on this machine
+        local = local_controller(KeyStore(keys_dir), LOCAL_DEFAULT)
+        if insecure or local is not None:
+            controller = local or LOCAL_DEFAULT  # this user's controller on this machine
         else:
             raise FarmError(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
     if controller is None or controller == AUTO:
@@ -108,9 +109,10 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         found = _discovered(keys_dir, key)
         if found is not None:
             return (*found, None)
-        if controller is None and record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
-            typer.echo(f"using this user's controller on {LOCAL_DEFAULT}", err=True)
-            controller = LOCAL_DEFAULT
+        local = local_controller(KeyStore(keys_dir), LOCAL_DEFAULT)
+        if controller is None and local is not None:
+            typer.echo(f"using this user's controller on {local}", err=True)
+            controller = local
         else:
             raise FarmError("found no controller with a key we know on the local network (none announced "
                             "itself, or none whose key is in our keys folder): name one with --controller "
