@@ -62,6 +62,9 @@ def controller(
     announce: Annotated[bool, typer.Option(
         help="Announce this controller on the local network (mDNS), when it listens beyond loopback "
              "with keys.")] = True,
+    invite_node: Annotated[bool, typer.Option(
+        "--invite", help="Print a join command with a new single-use token (valid 1 h); without it one is "
+                         "printed only while no key is allowed yet.")] = False,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -92,7 +95,7 @@ def controller(
             typer.echo(f"controller listening on {ctl.url}", err=True)
             typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
             if security:
-                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce)
+                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node)
             if web is not None:
                 typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
@@ -109,13 +112,20 @@ def controller(
                 security.stop()  # after the sockets it authenticates for
 
 
-def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool) -> Announcer | None:
-    """Print a ready join command (a single-use token, valid an hour) and announce us on the LAN."""
+def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool,
+                   asked: bool) -> Announcer | None:
+    """Print a ready join command (a single-use token, valid an hour) when `asked` or while no key is
+    allowed yet, and announce us on the LAN. Unasked tokens at every start would pile up live
+    credentials in the log."""
     reachable = advertised_url(url)
     remember_url(security.store, reachable)
-    _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
-    typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n  {command}",
-               err=True)
+    if asked or not security.store.allowed():
+        _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
+        typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n"
+                   f"  {command}", err=True)
+    else:
+        typer.echo("to add a render node: `farm keys invite` prints a join command (or start with --invite)",
+                   err=True)
     if not announce or not requires_security(url):
         return None
     try:
