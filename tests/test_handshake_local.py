@@ -31,3 +31,17 @@ def test_a_client_with_no_key_for_a_remote_controller_is_told_how_to_get_one(tmp
             assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
             assert hint in refused.stderr and "--key NAME" in refused.stderr, refused.stderr
             assert "farm keys create" not in refused.stderr
+
+
+def test_status_counts_connected_and_refused_agents_apart():
+    from farm.cli.status import status_text
+
+    agent = {"id": "n1", "host": "h", "jobs": 0, "slots": 1, "done": 0, "failed": 0, "last_heartbeat_s": 0.1,
+             "capabilities": []}
+    report = {"controller": "tcp://0.0.0.0:5555", "agents": [agent], "projects": [],
+              "refused": [{"id": "n2", "host": "h2", "reason": "key n2 revoked", "seconds_ago": 1,
+                           "public_key": "K2"}],
+              "refused_keys": ["K2", "K3"]}
+    text = status_text(report)
+    assert "agents (1 connected, 2 refused):" in text and text.count("REFUSED") == 2
+    assert "agents (1):" in status_text({**report, "refused": [], "refused_keys": []})

@@ -39,7 +39,11 @@ def status(
 
 
 def status_text(report: dict[str, Any]) -> str:
-    lines = [f"controller {report['controller']}", f"agents ({len(report['agents'])}):"]
+    refused = report.get("refused") or []
+    strangers = set(report.get("refused_keys") or ()) - {r["public_key"] for r in refused}
+    counted = f"{len(report['agents'])} connected, {len(refused) + len(strangers)} refused" if refused or strangers \
+        else str(len(report["agents"]))  # REFUSED rows below are not connected agents
+    lines = [f"controller {report['controller']}", f"agents ({counted}):"]
     for a in report["agents"]:
         lines.append(f"  {a['id']:<24} {a['host']:<16} {a['jobs']:>3}/{a['slots']} busy  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
