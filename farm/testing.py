@@ -143,8 +143,9 @@ def run_local(
 
 def _preview(media: MediaType, project: Project) -> dict[str, Any] | None:
     """``preview`` once, on the finished output, with the context the dashboard's server gives it."""
-    ctx = PreviewContext(run_id="local", project=project.name, settings=MappingProxyType(dict(project.settings)),
-                         output_dir=project.output_dir, submitted=0.0,
+    ctx = PreviewContext(run_id="local", project=project.name,
+                         settings=MappingProxyType(dict(project.settings)), output_dir=project.output_dir,
+                         submitted=0.0,
                          log=logging.getLogger(f"farm.preview.{media.name}"))
     value = media.preview(ctx)
     if value is None:
@@ -152,7 +153,8 @@ def _preview(media: MediaType, project: Project) -> dict[str, Any] | None:
     try:
         description = check_description(value)
     except BadPreview as exc:
-        raise PluginError(f"{media.name}.preview returned a description the dashboard cannot use: {exc}") from None
+        raise PluginError(f"{media.name}.preview returned a description the dashboard cannot use: "
+                          f"{exc}") from None
     named = [*description.get("files", []), *([description["poster"]] if description.get("poster") else [])]
     missing = [name for name in named if not (project.output_dir / name).is_file()]
     if missing:

@@ -45,7 +45,7 @@ KINDS = ("agent", "client")  # who may redeem a token: `farm agent --join` or `f
 
 
 class JoinRefused(SecurityError):
-    """A token that cannot be redeemed: unknown, expired, used, revoked, of the other kind; the message says which."""
+    """A token that cannot be redeemed: unknown, expired, used, revoked, of the other kind (message says which)."""
 
     code = "refused"
 
@@ -160,8 +160,8 @@ class TokenStore:
             raise SecurityError(f"a join token is for one of {', '.join(KINDS)}, not {kind!r}")
         self._save(Token(token_id, token_keys(token)[0].decode(), now,
                          None if expires_s is None else now + expires_s, single_use, kind=kind))
-        log.info("created %s join token %s (%s, %s)", kind, token_id, "single-use" if single_use else "reusable",
-                 "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
+        log.info("created %s join token %s (%s, %s)", kind, token_id,
+                 "single-use" if single_use else "reusable", "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
         return token
 
     def prune(self, before: float) -> None:
@@ -220,8 +220,8 @@ class TokenStore:
         """
         token = self.load(token_id)
         if role != token.kind:
-            how = "`farm agent --join`" if token.kind == "agent" else "`farm submit --join` (and the other client commands)"
-            other = "`farm keys invite --client`" if role == "client" else "`farm keys invite` (without --client)"
+            how = "`farm agent --join`" if token.kind == "agent" else "`farm submit --join`"
+            other = "`farm keys invite --client`" if role == "client" else "`farm keys invite` (no --client)"
             refused = JoinRefused(f"join token {token.id} is for {token.kind}s ({how}), not for joining as "
                                   f"{role}: ask for one made with {other}")
             refused.code = "wrong_kind"
@@ -246,7 +246,8 @@ class TokenStore:
             when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires))
             raise JoinRefused(f"join token {token.id} expired at {when}")
         if revoked:  # a stolen copy of that key would be let in again too: the node makes a new pair
-            raise KeyRevoked(f"the key {key.decode()} was revoked here (as {revoked[0]}); join with a fresh key pair")
+            raise KeyRevoked(f"the key {key.decode()} was revoked here (as {revoked[0]}); "
+                             "join with a fresh key pair")
         name = self._free_name(name)
         self.keys.allow(key.decode(), name=name)
         token.uses.append({"name": name, "key": key.decode(), "time": time.time(), "role": role})

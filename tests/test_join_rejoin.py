@@ -4,7 +4,6 @@ the token need not stay on the command line (real processes, real sockets)."""
 from __future__ import annotations
 
 import json
-import os
 
 import join_helpers
 from join_helpers import farm_processes
@@ -64,7 +63,7 @@ def test_a_live_token_is_presented_even_when_our_key_was_accepted_before(tmp_pat
 
 def test_agent_and_client_tokens_cannot_be_swapped(tmp_path, synthetic):
     with farm_processes(tmp_path) as farm:
-        _, url, _ = farm.controller()
+        farm.controller()
         ctl = tmp_path / "ctl"
         agent_token, client_token = _invite(farm, ctl, "--reusable"), _invite(farm, ctl, "--client", "--reusable")
         project = synthetic(jobs=1)

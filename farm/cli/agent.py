@@ -9,11 +9,19 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.cli.errors import reported
-from farm.cli.options import ControllerUrl, Insecure, Join, JoinFile, KeysDir, ServerKey, controller_for, join_argument
+from farm.cli.options import (
+    ControllerUrl,
+    Insecure,
+    Join,
+    JoinFile,
+    KeysDir,
+    ServerKey,
+    controller_for,
+    join_argument,
+)
 from farm.keys import SecurityError
 
-
-JOIN_REFUSED_EXIT = 78  # EX_CONFIG: packaging/systemd/farm-agent.service lists it in RestartPreventExitStatus=
+JOIN_REFUSED_EXIT = 78  # EX_CONFIG; packaging/systemd/farm-agent.service: RestartPreventExitStatus=78
 
 
 def agent(

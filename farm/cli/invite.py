@@ -38,7 +38,7 @@ def known_url(store: KeyStore) -> str:
 
 def invite(store: KeyStore, server_name: str, url: str, *, expires_s: float | None, single_use: bool,
            role: str = "agent") -> tuple[str, str, str]:
-    """A new token of kind `role` ("agent", "client"): (token id, the join argument, the ready command line)."""
+    """A new token of kind `role` ("agent", "client"): (token id, join argument, ready command line)."""
     key = store.load(server_name).public
     token = TokenStore(store).create(expires_s=expires_s, single_use=single_use, kind=role)
     argument = format_join(url, key, token)

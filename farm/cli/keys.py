@@ -153,7 +153,8 @@ def invites(
             return
         for r in rows:
             joined = ", ".join(map(str, r["uses"])) or "-"
-            typer.echo(f"{r['id']}  {r['state']:<8} {r['kind']:<6} {'single-use' if r['single_use'] else 'reusable':<10} "
+            use = "single-use" if r["single_use"] else "reusable"
+            typer.echo(f"{r['id']}  {r['state']:<8} {r['kind']:<6} {use:<10} "
                        f"expires {r['expires_at']}  joined: {joined}")
 
 
