@@ -125,6 +125,13 @@ def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str
             log.warning("%s: making a new key pair %r and joining with it", exc, key_name)
             pair = store.create(key_name, force=True)
             given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+    except ConnectionLost as exc:
+        if not before:
+            raise
+        # the controller is away (a restart of both): our own key will do once it is back
+        log.info("cannot present the token to %s (%s); our key was accepted before: connecting without it",
+                 url, exc)
+        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
     except JoinRefused as exc:
         if not before or exc.code != "refused":  # only a spent, expired or unknown token falls back
             raise

@@ -108,3 +108,17 @@ def test_the_join_argument_comes_from_a_file_or_the_environment_not_argv(tmp_pat
         empty.write_text("")
         bad = farm.run("agent", "--join-file", str(empty), "--keys-dir", str(tmp_path / "k3"))
         assert bad.returncode != 0 and "is empty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_joined_node_restarted_with_its_join_command_waits_for_an_absent_controller(tmp_path):
+    with farm_processes(tmp_path) as farm:
+        controller, url, argument = farm.controller()
+        node = farm.agent("n1", "--join", argument)
+        node.wait_line(f"connected to {url} as n1")
+        node.stop()
+        controller.stop()
+        # Both restart, the node first: it does not exit, it waits for the controller with its own key.
+        again = farm.agent("n1", "--join", argument)
+        again.wait_line("connecting without it")
+        again.wait_line("nothing listens there")  # the agent's own reconnect loop, still running
+        assert again.proc.poll() is None
