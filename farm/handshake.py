@@ -5,10 +5,14 @@ silence. A socket monitor tells them apart (libzmq 4.3's events, as seen on the 
 
 | what is wrong | what the client's monitor sees |
 |---|---|
-| nothing listens | CONNECT_RETRIED again and again, never CONNECTED |
+| nothing listens (RST) | CONNECT_RETRIED again and again, never CONNECTED |
+| no such host, host down, a firewall that drops | CONNECT_RETRIED slowly (unreachable), or nothing at all (dropped) |
 | we use keys, the controller does not (or the reverse) | HANDSHAKE_FAILED_PROTOCOL, ZMTP mechanism mismatch |
 | the controller does not allow our key | HANDSHAKE_FAILED_AUTH with the ZAP status 400 |
 | the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL at every attempt (it cannot open our HELLO) |
+
+The monitor gives no errno, so when the connection never comes up one plain TCP connect
+(`probe`) tells "connection refused" from "no answer".
 
 A refused key that this controller accepted before (remembered in our keys folder,
 ``accepted/``, after each successful join or welcome) was revoked. Messages show the
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -97,6 +102,8 @@ class HandshakeWatcher:
         self.retries = 0
         self.no_detail = 0
         self.mismatch = False
+        self.probed: str | None = None  # `probe`'s verdict, once asked
+        self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
 
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
@@ -123,8 +130,18 @@ class HandshakeWatcher:
         return not self.connected and self.refused_since is not None and self.retries >= 2
 
     def _nothing_listens(self) -> str:
-        return (f"no answer from the controller at {self.url}: nothing listens there (connection "
-                "refused); is the controller running, and is that its address and port?")
+        if self.probed is None:
+            self.probed = probe(self.url)
+        if self.probed in ("refused", "open"):  # open: something listens by now (a controller starting)
+            return (f"no answer from the controller at {self.url}: nothing listens there (connection "
+                    "refused); is the controller running, and is that its address and port?")
+        return self._no_answer(self.probed)
+
+    def _no_answer(self, why: str | None = None) -> str:
+        where = self.url.removeprefix("tcp://")
+        return (f"no answer from {where}{f' ({why})' if why else ''} — host down, wrong address, or a "
+                "firewall that drops the connection; is that the controller's address and port, and does its "
+                "firewall let the port in?")
 
     def _judge(self, kind: int, value: int) -> str | None:
         if kind == zmq.EVENT_CONNECTED:
@@ -143,6 +160,7 @@ class HandshakeWatcher:
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return f"the handshake with {self.url} failed: ZMTP protocol error {value:#x}"
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.auth_refused = True
             return self._refused(value)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one.
@@ -195,6 +213,11 @@ class HandshakeWatcher:
             if left <= 0:
                 if self._unreachable():
                     raise ConnectionLost(self._nothing_listens())
+                if not self.connected and self.url.startswith("tcp://"):
+                    self.probed = probe(self.url)
+                    if self.probed != "open":
+                        raise ConnectionLost(self._nothing_listens() if self.probed == "refused"
+                                             else self._no_answer(f"nothing in {timeout:.0f}s"))
                 raise ConnectionLost(f"no answer from the controller at {self.url} for {timeout:.0f}s"
                                      + (f" (waiting for {what})" if what else ""))
             events = dict(poller.poll(int(min(left, 0.25) * 1000) + 1))
@@ -206,6 +229,21 @@ class HandshakeWatcher:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
             self.monitor = None
+
+
+def probe(url: str, timeout: float = 2.0) -> str:
+    """One plain TCP connect to a ``tcp://HOST:PORT``: "open", "refused" (RST: nothing listens),
+    or why there was no answer ("timed out", "host unreachable", ...)."""
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return f"no TCP answer in {timeout:.0f}s"
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
 
 
 def _show(key: bytes | None) -> str:

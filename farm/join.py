@@ -8,8 +8,13 @@ and the answer says that name; a used, expired or revoked token is answered with
 
 The node (`join`): makes its own key pair if it has none, proves the token once by
 connecting with the token's key pair to the controller whose key the join argument names,
-sends its own public key, keeps the controller's key, and from then on connects as itself. A node whose key this controller accepted before does not spend
-the token again (a restarted `farm agent --join ...` just connects).
+sends its own public key, keeps the controller's key, and from then on connects as itself.
+
+A token given is always presented: a key the controller allows already costs it nothing (a
+restarted `farm agent --join ...` just connects). When the controller refuses the token (used,
+expired, gone) but accepted our key before, we connect without it, as a restart would. When
+the controller revoked our key, a live token lets in a fresh key pair (made here, replacing the
+revoked one), never the revoked key itself, so a stolen copy of that key stays out.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from farm.errors import FarmError, ProtocolError
+from farm.errors import ConnectionLost, FarmError, ProtocolError
 from farm.handshake import (
     NOTHING_LISTENS_AFTER_S,
     HandshakeWatcher,
@@ -33,7 +38,7 @@ from farm.handshake import (
 )
 from farm.keys import KeyPair, KeyStore, SecurityError, check_name, parse_key
 from farm.protocol import Message, T, pack, unpack
-from farm.tokens import JoinRefused, TokenStore, parse_join, token_keys
+from farm.tokens import KINDS, JoinRefused, KeyRevoked, TokenStore, parse_join, token_keys
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,12 @@ def answer(tokens: TokenStore, token_id: str, msg: Message) -> list[bytes]:
         wanted = check_name(msg.body["name"])
     except SecurityError:
         wanted = "node" if msg.body["role"] == "agent" else "client"
+    role = msg.body["role"] if msg.body["role"] in KINDS else "agent"
     try:
-        name = tokens.redeem(token_id, key, wanted)
+        name = tokens.redeem(token_id, key, wanted, role)
     except JoinRefused as exc:
         log.warning("refused a join by key %s: %s", key.decode(), exc)
-        return pack(T.ERROR, {"message": str(exc)})
+        return pack(T.ERROR, {"message": str(exc), "code": exc.code})
     return pack(T.JOINED, {"name": name})
 
 
@@ -107,17 +113,38 @@ def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str
         pair = store.load(key_name)
     else:
         pair = store.create(key_name)
-        log.warning("made this %s's key pair %r in %s (public key %s)", "node" if role == "agent" else "client",
+        log.info("made this %s's key pair %r in %s (public key %s)", "node" if role == "agent" else "client",
                     key_name, store.root, pair.public.decode())
     _keep_server_key(store, server_key)
-    if accepted_before(store, server_key, pair.public):
-        log.info("the controller at %s accepted our key before: connecting without the token", url)
-        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
+    before = accepted_before(store, server_key, pair.public)
     wanted = name or socket.gethostname().split(".")[0] or "node"
-    given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+    try:
+        try:
+            given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+        except KeyRevoked as exc:
+            log.warning("%s: making a new key pair %r and joining with it", exc, key_name)
+            pair = store.create(key_name, force=True)
+            given = check_name(_redeem(url, server_key, pair, token, wanted, role, timeout))
+    except ConnectionLost as exc:
+        if not before:
+            raise
+        # the controller is away (a restart of both): our own key will do once it is back
+        log.info("cannot present the token to %s (%s); our key was accepted before: connecting without it",
+                 url, exc)
+        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
+    except JoinRefused as exc:
+        if not before or exc.code != "refused":  # only a spent, expired or unknown token falls back
+            raise
+        # a restart with a spent (or expired, removed) token: our own key may still be allowed
+        log.info("the controller at %s accepted our key before; connecting without the token (%s)", url, exc)
+        return Joined(url, server_key, pair, accepted_name(store, server_key, pair.public), again=True)
+    again = before and accepted_name(store, server_key, pair.public) == given
     remember_accepted(store, server_key, pair.public, given)
-    log.warning("joined the controller at %s as %s", url, given)
-    return Joined(url, server_key, pair, given)
+    if again:
+        log.info("the controller at %s knows our key already, as %s: the token was not spent", url, given)
+    else:
+        log.info("joined the controller at %s as %s", url, given)
+    return Joined(url, server_key, pair, given, again=again)
 
 
 def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, role: str, timeout: float) -> str:
@@ -131,7 +158,12 @@ def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, r
     try:
         sock.connect(url)
         sock.send_multipart(pack(T.JOIN, {"key": pair.public.decode(), "name": name, "role": role}))
-        reply = watcher.receive(timeout, what="the answer to our join token")
+        try:
+            reply = watcher.receive(timeout, what="the answer to our join token")
+        except ConnectionLost as exc:
+            if watcher.auth_refused:  # the controller has no such token
+                raise JoinRefused(str(exc)) from None
+            raise
         try:
             msg = unpack(reply)
         except ProtocolError as exc:
@@ -139,7 +171,10 @@ def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, r
         if msg.type is T.JOINED:
             return str(msg.body["name"])
         if msg.type is T.ERROR:
-            raise FarmError(f"the controller at {url} refused the join: {msg.body['message']}")
+            error = KeyRevoked if msg.body.get("code") == KeyRevoked.code else JoinRefused
+            refused = error(f"the controller at {url} refused the join: {msg.body['message']}")
+            refused.code = str(msg.body.get("code", "refused"))
+            raise refused
         raise FarmError(f"the controller at {url} answered the join with {msg.type.name}")
     finally:
         watcher.close()

@@ -38,11 +38,13 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from farm.errors import PluginError, ProtocolError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.plugins import get_media_type
+from farm.preview import BadPreview, PreviewContext, check_description
 from farm.project import Project, load_project
 from farm.protocol import T, pack, unpack
 
@@ -60,6 +62,8 @@ class LocalRun:
     :param collated: job keys in the order they were collated.
     :param restarted_after: how many collates ran before the simulated controller restart
         (None: no restart).
+    :param preview: what ``preview`` returned after ``finalize``, checked as the server checks
+        it (`farm.preview.check_description`); None: the media type has no preview.
     """
 
     project: Project
@@ -68,6 +72,7 @@ class LocalRun:
     outputs: list[Path] = field(default_factory=list)
     collated: list[str] = field(default_factory=list)
     restarted_after: int | None = None
+    preview: dict[str, Any] | None = None
 
 
 def run_local(
@@ -132,7 +137,29 @@ def run_local(
             done[job.key] = None
         project.output_dir.mkdir(parents=True, exist_ok=True)
         run.outputs = media.finalize(ctx)
+    run.preview = _preview(media, project)
     return run
+
+
+def _preview(media: MediaType, project: Project) -> dict[str, Any] | None:
+    """``preview`` once, on the finished output, with the context the dashboard's server gives it."""
+    ctx = PreviewContext(run_id="local", project=project.name,
+                         settings=MappingProxyType(dict(project.settings)), output_dir=project.output_dir,
+                         submitted=0.0,
+                         log=logging.getLogger(f"farm.preview.{media.name}"))
+    value = media.preview(ctx)
+    if value is None:
+        return None
+    try:
+        description = check_description(value)
+    except BadPreview as exc:
+        raise PluginError(f"{media.name}.preview returned a description the dashboard cannot use: "
+                          f"{exc}") from None
+    named = [*description.get("files", []), *([description["poster"]] if description.get("poster") else [])]
+    missing = [name for name in named if not (project.output_dir / name).is_file()]
+    if missing:
+        raise PluginError(f"{media.name}.preview names files not in the output folder: {missing[:5]}")
+    return description
 
 
 def _split(media: MediaType, project: Project, run: LocalRun) -> Any:

@@ -41,8 +41,19 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+KINDS = ("agent", "client")  # who may redeem a token: `farm agent --join` or `farm submit --join`
+
+
 class JoinRefused(SecurityError):
-    """A token that cannot be redeemed: unknown, expired, used, revoked; the message says which."""
+    """A token that cannot be redeemed: unknown, expired, used, revoked, of the other kind (message says which)."""
+
+    code = "refused"
+
+
+class KeyRevoked(JoinRefused):
+    """A live token presented with a key that was revoked here: the node must join with a fresh key pair."""
+
+    code = "key_revoked"
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Token:
     expires: float | None
     single_use: bool
     revoked: bool = False
+    kind: str = "agent"  # "agent" or "client" (KINDS); records from before kinds existed were agent tokens
     uses: list[dict[str, object]] = field(default_factory=list)  # {"name", "key", "time"} per redemption
 
     def state(self, now: float | None = None) -> str:
@@ -71,8 +83,14 @@ class Token:
 
     def row(self) -> dict[str, object]:
         """What `farm keys invites --json` shows."""
-        return {"id": self.id, "state": self.state(), "single_use": self.single_use, "created": self.created,
-                "expires": self.expires, "uses": [u.get("name") for u in self.uses]}
+        return {"id": self.id, "state": self.state(), "kind": self.kind, "single_use": self.single_use,
+                "created": self.created, "expires": self.expires, "expires_at": format_expiry(self.expires),
+                "uses": [u.get("name") for u in self.uses]}
+
+
+def format_expiry(expires: float | None) -> str:
+    """An expiry time (epoch seconds, None: never) as people read it: "2026-11-30 18:07" local time."""
+    return "never" if expires is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
 
 
 def parse_duration(text: str) -> float | None:
@@ -128,18 +146,22 @@ class TokenStore:
             raise JoinRefused(f"no join token {token_id[:20]!r} (a token id is 8 hex digits; see `farm keys invites`)")
         return self.root / f"{token_id}.json"
 
-    def create(self, *, expires_s: float | None = DEFAULT_EXPIRY_S, single_use: bool = True) -> str:
-        """A new token; returns it whole (``ID-SECRET``), the only time the secret exists.
+    def create(self, *, expires_s: float | None = DEFAULT_EXPIRY_S, single_use: bool = True,
+               kind: str = "agent") -> str:
+        """A new token for `kind` ("agent" or "client"); returns it whole (``ID-SECRET``), the only
+        time the secret exists.
 
         Records of tokens expired for over a week go (each `farm controller` start makes one).
         """
         self.prune(time.time() - PRUNE_AFTER_S)
         token = f"{secrets.token_hex(4)}-{secrets.token_hex(16)}"
         token_id, now = token[:8], time.time()
+        if kind not in KINDS:
+            raise SecurityError(f"a join token is for one of {', '.join(KINDS)}, not {kind!r}")
         self._save(Token(token_id, token_keys(token)[0].decode(), now,
-                         None if expires_s is None else now + expires_s, single_use))
-        log.info("created join token %s (%s, %s)", token_id, "single-use" if single_use else "reusable",
-                 "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
+                         None if expires_s is None else now + expires_s, single_use, kind=kind))
+        log.info("created %s join token %s (%s, %s)", kind, token_id,
+                 "single-use" if single_use else "reusable", "never expires" if expires_s is None else f"expires in {expires_s:.0f}s")
         return token
 
     def prune(self, before: float) -> None:
@@ -187,18 +209,33 @@ class TokenStore:
         log.info("revoked join token %s", token_id)
         return token
 
-    def redeem(self, token_id: str, key: bytes, name: str) -> str:
+    def redeem(self, token_id: str, key: bytes, name: str, role: str = "agent") -> str:
         """Allow `key` under `name` (made unique) for a live token; returns the name it was allowed as.
 
-        The caller has proven the token (its handshake used the token's key pair). A key
-        allowed already keeps its name and costs a single-use token nothing. Raises
-        `JoinRefused` naming the reason: unknown, revoked, expired, used.
+        The caller has proven the token (its handshake used the token's key pair); `role` is
+        what it joins as ("agent" or "client"), which must be the token's kind. A key allowed
+        already keeps its name and costs a single-use token nothing. Raises `JoinRefused` naming
+        the reason: unknown, of the other kind, revoked, expired, used; `KeyRevoked` for a live
+        token presented with a key revoked here (a fresh key pair may join with it).
         """
         token = self.load(token_id)
+        if role != token.kind:
+            how = "`farm agent --join`" if token.kind == "agent" else "`farm submit --join`"
+            other = "`farm keys invite --client`" if role == "client" else "`farm keys invite` (no --client)"
+            refused = JoinRefused(f"join token {token.id} is for {token.kind}s ({how}), not for joining as "
+                                  f"{role}: ask for one made with {other}")
+            refused.code = "wrong_kind"
+            raise refused
         for allowed_name, allowed_key in self.keys.allowed().items():
             if allowed_key == key:
                 return allowed_name
         state = token.state()
+        revoked = [n for n, k in self.keys.revoked().items() if k == key]
+        if revoked and state != "live":  # a restart of a revoked node with its old token: not a fallback
+            refused = JoinRefused(f"our key {key.decode()} was revoked here (as {revoked[0]}) and join token "
+                                  f"{token.id} is {state}: ask for a new join token (`farm keys invite`)")
+            refused.code = "key_revoked_token_spent"
+            raise refused
         if state == "revoked":
             raise JoinRefused(f"join token {token.id} was revoked (`farm keys revoke-invite`)")
         if state == "used":
@@ -208,11 +245,14 @@ class TokenStore:
             assert token.expires is not None
             when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires))
             raise JoinRefused(f"join token {token.id} expired at {when}")
+        if revoked:  # a stolen copy of that key would be let in again too: the node makes a new pair
+            raise KeyRevoked(f"the key {key.decode()} was revoked here (as {revoked[0]}); "
+                             "join with a fresh key pair")
         name = self._free_name(name)
         self.keys.allow(key.decode(), name=name)
-        token.uses.append({"name": name, "key": key.decode(), "time": time.time()})
+        token.uses.append({"name": name, "key": key.decode(), "time": time.time(), "role": role})
         self._save(token)
-        log.warning("%s joined with token %s (key %s)", name, token.id, key.decode())
+        log.info("%s joined with token %s (key %s)", name, token.id, key.decode())
         return name
 
     def _free_name(self, wanted: str) -> str:

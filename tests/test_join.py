@@ -64,7 +64,7 @@ def test_a_single_use_token_works_once_and_a_joined_node_restarts_without_it(tmp
         first = farm.agent("n1", "--join", argument)
         first.wait_line(f"connected to {url} as n1")
         second = farm.run("agent", "--join", argument, "--keys-dir", str(tmp_path / "keys-n2"), "--id", "n2")
-        assert second.returncode == 1
+        assert second.returncode == 78  # a refused join: a service manager must not restart it
         assert "was used already (by n1)" in second.stderr and "single-use" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
         assert "n2" not in KeyStore(tmp_path / "ctl").allowed()
@@ -96,7 +96,7 @@ def test_expired_revoked_and_unknown_tokens_are_refused_each_with_its_reason(tmp
         for label, argument in (("expired", expiring), ("revoked", revoked), ("unknown", unknown)):
             refused = farm.run("agent", "--join", argument, "--keys-dir", str(tmp_path / f"keys-{label}"),
                                "--id", label)
-            assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+            assert refused.returncode == 78 and "Traceback" not in refused.stderr, refused.stderr
             reasons[label] = refused.stderr.strip().splitlines()[-1]
         assert f"join token {token_id} expired at" in reasons["expired"]
         assert "was revoked" in reasons["revoked"]

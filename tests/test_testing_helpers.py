@@ -22,6 +22,7 @@ from farm.errors import PluginError
 from farm.hookspecs import hookimpl
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.plugins import PluginInfo, Plugins
+from farm.preview import PreviewContext
 from farm.project import Project
 from farm.pytest_plugin import write_project
 from farm.settings import SettingsReader
@@ -131,8 +132,32 @@ class LateDep(Lines):
         yield Job("b", {"i": 1})
 
 
+class MessagePreview(Lines):
+    name = "t_preview"
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
+        assert isinstance(ctx, PreviewContext) and ctx.project and ctx.settings["jobs"] >= 0
+        with ctx.open("index.txt") as index:  # read through ctx, beneath the output folder
+            seen = index.read().decode().strip()
+        return {"kind": "message", "text": f"{sum(1 for _ in ctx.files())} files, index says {seen}"}
+
+
+class UnknownKindPreview(Lines):
+    name = "t_preview_kind"
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
+        return {"kind": "video", "files": ["j0.txt"]}
+
+
+class MissingImagePreview(Lines):
+    name = "t_preview_missing"
+
+    def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
+        return {"kind": "images", "files": ["thumbs/j0.png"], "count": 1}
+
+
 TYPES = [Lines, SetParams, ObjectResult, IntKeys, SetSettings, CountTooHigh, CountTooLow, CountUnknown,
-         DuplicateKeys, LateDep]
+         DuplicateKeys, LateDep, MessagePreview, UnknownKindPreview, MissingImagePreview]
 
 
 class _TestPlugin:
@@ -240,3 +265,13 @@ def test_fixtures_give_a_project_and_an_embedded_farm(tmp_path: Path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_preview_runs_once_at_the_end_and_is_checked_as_the_server_checks_it(tmp_path: Path):
+    assert run_local(project(tmp_path, "t_lines", jobs=2)).preview is None  # no preview: None
+    shown = run_local(project(tmp_path, "t_preview", jobs=3)).preview
+    assert shown is not None and shown["kind"] == "message" and shown["text"].startswith("4 files, index says ")
+    with pytest.raises(PluginError, match=r"t_preview_kind.preview returned a description .*'kind' is 'video'"):
+        run_local(project(tmp_path, "t_preview_kind", jobs=1))
+    with pytest.raises(PluginError, match=r"names files not in the output folder: \['thumbs/j0.png'\]"):
+        run_local(project(tmp_path, "t_preview_missing", jobs=1))

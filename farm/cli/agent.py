@@ -9,12 +9,25 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.cli.errors import reported
-from farm.cli.options import ControllerUrl, Insecure, Join, KeysDir, ServerKey, controller_for
+from farm.cli.options import (
+    ControllerUrl,
+    Insecure,
+    Join,
+    JoinFile,
+    KeysDir,
+    ServerKey,
+    controller_for,
+    join_argument,
+)
+from farm.keys import SecurityError
+
+JOIN_REFUSED_EXIT = 78  # EX_CONFIG; packaging/systemd/farm-agent.service: RestartPreventExitStatus=78
 
 
 def agent(
     controller: ControllerUrl = None,
     join: Join = None,
+    join_file: JoinFile = None,
     slots: Annotated[Optional[int], typer.Option(min=1, help="Jobs run at once (default: the number of cores).")] = None,
     prefetch: Annotated[int, typer.Option(
         min=0, help="Most jobs queued beyond the slots; the controller sends at most ~20 ms of work.")] = 256,
@@ -35,12 +48,18 @@ def agent(
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 
-    Which controller: --join (a token, once), --controller, else one found on the local network
-    whose key we know, else this user's controller on this machine.
+    Which controller: --join / --join-file / $FARM_JOIN (a token, once), --controller, else one
+    found on the local network whose key we know, else this user's controller on this machine.
+    A refused join exits with JOIN_REFUSED_EXIT (a service manager should not restart it).
     """
     with reported():
-        url, setup, joined_as = controller_for(controller, join, keys_dir, key, server_key, insecure,
-                                               role="agent", name=agent_id, discover_by_default=True)
+        try:
+            url, setup, joined_as = controller_for(controller, join_argument(join, join_file), keys_dir, key,
+                                                   server_key, insecure, role="agent", name=agent_id,
+                                                   discover_by_default=True)
+        except SecurityError as exc:  # a token or key refused: restarting cannot help
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(JOIN_REFUSED_EXIT) from None
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id or joined_as,

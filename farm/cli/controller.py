@@ -62,6 +62,9 @@ def controller(
     announce: Annotated[bool, typer.Option(
         help="Announce this controller on the local network (mDNS), when it listens beyond loopback "
              "with keys.")] = True,
+    invite_node: Annotated[bool, typer.Option(
+        "--invite", help="Print a join command with a new single-use token (valid 1 h); without it one is "
+                         "printed only while no key is allowed yet.")] = False,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -84,8 +87,8 @@ def controller(
         try:
             ctl.start()
             assert ctl.url is not None
-            if not requires_security(ctl.url) and not is_file_guarded(ctl.url):
-                remember_controller(KeyStore(keys_dir), ctl.url, security)  # local clients find our key
+            if not is_file_guarded(ctl.url):
+                remember_controller(KeyStore(keys_dir), ctl.url, security)  # same-user clients here find our key
             if security:
                 typer.echo(f"controller public key {security.public_key} (keys in {security.store.root})",
                            err=True)
@@ -93,7 +96,7 @@ def controller(
             _say_openable(ctl.url, "nodes dial it as")
             typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
             if security:
-                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce)
+                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node)
             if web is not None:
                 typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
                 _say_openable(web.url, "open it as")
@@ -126,13 +129,20 @@ def is_loopback_http(url: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
-def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool) -> Announcer | None:
-    """Print a ready join command (a single-use token, valid an hour) and announce us on the LAN."""
+def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool,
+                   asked: bool) -> Announcer | None:
+    """Print a ready join command (a single-use token, valid an hour) when `asked` or while no key is
+    allowed yet, and announce us on the LAN. Unasked tokens at every start would pile up live
+    credentials in the log."""
     reachable = advertised_url(url)
     remember_url(security.store, reachable)
-    _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
-    typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n  {command}",
-               err=True)
+    if asked or not security.store.allowed():
+        _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
+        typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n"
+                   f"  {command}", err=True)
+    else:
+        typer.echo("to add a render node: `farm keys invite` prints a join command (or start with --invite)",
+                   err=True)
     if not announce or not requires_security(url):
         return None
     try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,11 +30,16 @@ def error_json(exc: BaseException) -> dict[str, Any]:
 def reported(*, as_json: bool = False) -> Iterator[None]:
     """Print a `FarmError` (or an OS error, e.g. a folder we may not write) and exit 1.
 
+    A reader that stopped reading (``farm keys invites | head -1``) ends us quietly, as it does
+    any Unix tool: see `quiet_broken_pipe`.
+
     With `as_json`, standard output gets `error_json(exc)` instead, and nothing more, so a script
     reading it finds exactly one object whatever went wrong (and no second copy on stderr).
     """
     try:
         yield
+    except BrokenPipeError:
+        quiet_broken_pipe()
     except (FarmError, OSError) as exc:
         say_error(exc, as_json)
         raise typer.Exit(1) from None
@@ -43,3 +51,15 @@ def say_error(exc: BaseException, as_json: bool) -> None:
         typer.echo(json.dumps(error_json(exc)))
     else:
         typer.echo(f"error: {exc}", err=True)
+
+
+def quiet_broken_pipe() -> None:
+    """Exit quietly because standard output's reader went away (status 141, as SIGPIPE would give).
+
+    Standard output is pointed at /dev/null first: the interpreter flushes it at exit and would
+    otherwise print "Exception ignored ... BrokenPipeError".
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise typer.Exit(128 + signal.SIGPIPE)

@@ -57,9 +57,9 @@ def known_url(store: KeyStore) -> str:
 
 def invite(store: KeyStore, server_name: str, url: str, *, expires_s: float | None, single_use: bool,
            role: str = "agent") -> tuple[str, str, str]:
-    """A new token: (token id, the join argument, the ready command line for `role`)."""
+    """A new token of kind `role` ("agent", "client"): (token id, join argument, ready command line)."""
     key = store.load(server_name).public
-    token = TokenStore(store).create(expires_s=expires_s, single_use=single_use)
+    token = TokenStore(store).create(expires_s=expires_s, single_use=single_use, kind=role)
     argument = format_join(url, key, token)
     command = "agent" if role == "agent" else "submit"
     return token.split("-")[0], argument, f"farm {command} --join {shlex.quote(argument)}" + (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
 from farm.security import KeyStore
-from farm.tokens import TokenStore, parse_duration
+from farm.tokens import TokenStore, format_expiry, parse_duration
 
 app = typer.Typer(
     name="keys",
@@ -130,9 +129,11 @@ def invite(
         token_id, argument, command = invite_token(
             store, server, url or known_url(store), expires_s=parse_duration(expires), single_use=single_use,
             role="client" if client else "agent")
-        if as_json:
-            typer.echo(json.dumps({"id": token_id, "join": argument, "command": command,
-                                   "single_use": single_use, "expires": expires}))
+        if as_json:  # the same fields and forms as `farm keys invites --json`
+            token = TokenStore(store).load(token_id)
+            typer.echo(json.dumps({"id": token_id, "join": argument, "command": command, "kind": token.kind,
+                                   "single_use": single_use, "expires": token.expires,
+                                   "expires_at": format_expiry(token.expires)}))
             return
         typer.echo(f"token {token_id} ({'single-use' if single_use else 'reusable'}, expires in {expires}); run:",
                    err=True)
@@ -151,10 +152,10 @@ def invites(
             typer.echo(json.dumps(rows, indent=2))
             return
         for r in rows:
-            expires = "never" if r["expires"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires"]))
             joined = ", ".join(map(str, r["uses"])) or "-"
-            typer.echo(f"{r['id']}  {r['state']:<8} {'single-use' if r['single_use'] else 'reusable':<10} "
-                       f"expires {expires}  joined: {joined}")
+            use = "single-use" if r["single_use"] else "reusable"
+            typer.echo(f"{r['id']}  {r['state']:<8} {r['kind']:<6} {use:<10} "
+                       f"expires {r['expires_at']}  joined: {joined}")
 
 
 @app.command("revoke-invite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 import zmq
 
-from farm.cli.security import client_security, record_path
+from farm.cli.security import client_security, local_controller
 from farm.discovery import DISCOVER_S, discover
 from farm.errors import FarmError
 from farm.join import join
@@ -28,8 +29,13 @@ ControllerUrl = Annotated[Optional[str], typer.Option(
     "--controller", "-c", envvar="FARM_CONTROLLER",
     help="The controller, e.g. tcp://host:5555; 'auto' finds one on the local network.")]
 Join = Annotated[Optional[str], typer.Option(
-    "--join", help="Join a controller with a token: 'URL#KEY.TOKEN' as `farm keys invite` prints it "
-                   "(makes our key pair; the token is spent once).")]
+    "--join", envvar="FARM_JOIN", show_envvar=True,
+    help="Join a controller with a token: 'URL#KEY.TOKEN' as `farm keys invite` prints it (makes our key "
+         "pair; the token is spent once). On a shared machine prefer $FARM_JOIN or --join-file: "
+         "a command line is visible to every user (`ps`).")]
+JoinFile = Annotated[Optional[Path], typer.Option(
+    "--join-file", envvar="FARM_JOIN_FILE", dir_okay=False,
+    help="Read the join argument (URL#KEY.TOKEN) from this file (keep it mode 0600).")]
 ClientKey = Annotated[str, typer.Option("--key", help="Our key pair name, for a secured controller.")]
 KeysDir = Annotated[Optional[Path], typer.Option(
     "--keys-dir", envvar="FARM_KEYS",
@@ -51,6 +57,27 @@ def socket_setup_for(url: str, keys_dir: Path | None, key: str, server_key: str,
     return security.socket_setup if security else None
 
 
+def join_argument(join_arg: str | None, join_file: Path | None) -> str | None:
+    """The join argument from --join / $FARM_JOIN or --join-file / $FARM_JOIN_FILE (one of them).
+
+    Taken out of the environment once read, so the processes we start do not inherit the secret.
+    """
+    os.environ.pop("FARM_JOIN", None)
+    os.environ.pop("FARM_JOIN_FILE", None)
+    if join_file is None:
+        return join_arg or None
+    if join_arg:
+        raise FarmError("give the join argument once: --join (or $FARM_JOIN) or --join-file, not both")
+    try:
+        text = join_file.read_text().strip()
+    except OSError as exc:
+        raise FarmError(f"--join-file {join_file}: cannot read it ({exc.strerror or exc})") from None
+    if not text:
+        raise FarmError(f"--join-file {join_file}: the file is empty; put the URL#KEY.TOKEN that "
+                        "`farm keys invite` prints in it")
+    return text
+
+
 def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path | None, key: str,
                    server_key: str, insecure: bool, *, role: str, name: str | None = None,
                    discover_by_default: bool = False) -> tuple[str, Setup, str | None]:
@@ -64,11 +91,15 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         if insecure:
             raise FarmError("--join proves a token over CURVE keys; it cannot go with --insecure")
         joined = join(join_arg, keys_dir, key, name=name, role=role)
+        if not joined.again:
+            typer.echo(f"joined the controller at {joined.url} as {joined.name}; from now on "
+                       f"`--controller {joined.url}` is enough (the token is no longer needed)", err=True)
         security = ClientSecurity(keys_dir, joined.keys.name, joined.server_key)
         return joined.url, security.socket_setup, joined.name
     if controller is None and not discover_by_default:
-        if insecure or record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
-            controller = LOCAL_DEFAULT  # this user's controller on this machine
+        local = local_controller(KeyStore(keys_dir), LOCAL_DEFAULT)
+        if insecure or local is not None:
+            controller = local or LOCAL_DEFAULT  # this user's controller on this machine
         else:
             raise FarmError(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
     if controller is None or controller == AUTO:
@@ -78,11 +109,15 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         found = _discovered(keys_dir, key)
         if found is not None:
             return (*found, None)
-        if controller is None and record_path(KeyStore(keys_dir), LOCAL_DEFAULT).is_file():
-            typer.echo(f"using this user's controller on {LOCAL_DEFAULT}", err=True)
-            controller = LOCAL_DEFAULT
+        local = local_controller(KeyStore(keys_dir), LOCAL_DEFAULT)
+        if controller is None and local is not None:
+            typer.echo(f"using this user's controller on {local}", err=True)
+            controller = local
         else:
-            raise FarmError(f"found no controller with a key we know on the local network: {NAME_ONE}")
+            raise FarmError("found no controller with a key we know on the local network (none announced "
+                            "itself, or none whose key is in our keys folder): name one with --controller "
+                            "tcp://HOST:5555 (or set FARM_CONTROLLER), or join one with --join URL#KEY.TOKEN "
+                            "(`farm keys invite` on the controller prints it)")
     return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
 
 

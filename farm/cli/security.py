@@ -15,8 +15,13 @@ controller. An address with no record is dialled in plain text unless a keys fol
 and holds the controller's key, as before (a controller started with ``--insecure``, or a
 library `Controller` in a test, removes or never writes a record).
 
+A controller bound beyond loopback (``tcp://0.0.0.0:5555``, a LAN address) records itself
+too: a client of the same user on the same machine, dialling loopback or one of this machine's
+addresses on that port, finds the record the same way (keys are required there in any case).
+
 ``ipc://`` addresses are guarded by the file system instead (the socket's folder mode), and
-addresses beyond loopback keep the rule of `farm.security`: keys are required.
+addresses beyond loopback keep the rule of `farm.security`: keys are required. A client with no
+key pair for such a controller is told how to get one (a client token, or --key).
 """
 
 from __future__ import annotations
@@ -62,6 +67,52 @@ def record_path(store: KeyStore, url: str) -> Path:
     return store.root / LOCAL / (re.sub(r"[^a-z0-9.]+", "-", url).strip("-") + PUBLIC_SUFFIX)
 
 
+_WILDCARDS = ("0.0.0.0", "[::]", "*")
+_ADDRESS = re.compile(r"tcp://(\[[^\]]*\]|[^:/]+):(\d+)$", re.IGNORECASE)
+
+
+def local_record(store: KeyStore, url: str) -> Path | None:
+    """The record of our controller serving `url`: its own, or a wildcard bind's on the same port
+    when `url`'s host is this machine (loopback or one of its addresses); None if there is none."""
+    exact = record_path(store, url)
+    if exact.is_file():
+        return exact
+    match = _ADDRESS.match(url.strip())
+    if match is None or not _is_this_machine(match.group(1).strip("[]")):
+        return None
+    for wildcard in _WILDCARDS:
+        path = record_path(store, f"tcp://{wildcard}:{match.group(2)}")
+        if path.is_file():
+            return path
+    return None
+
+
+def local_controller(store: KeyStore, default: str) -> str | None:
+    """The address to dial this user's controller on this machine at (from its records), or None.
+
+    `default` (tcp://127.0.0.1:5555) first; else any recorded tcp controller, a wildcard bind
+    dialled on loopback.
+    """
+    if local_record(store, default) is not None:
+        return default
+    for path in sorted((store.root / LOCAL).glob(f"tcp-*{PUBLIC_SUFFIX}")):
+        host, _, port = path.name.removesuffix(PUBLIC_SUFFIX).removeprefix("tcp-").rpartition("-")
+        if port.isdigit():
+            return f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    return None
+
+
+def _is_this_machine(host: str) -> bool:
+    if host.lower() in ("localhost", "::1") or host.startswith("127."):
+        return True
+    try:
+        from farm.discovery import local_addresses  # ifaddr: loaded only when a LAN address is dialled
+
+        return host in local_addresses()
+    except (ImportError, OSError):
+        return False
+
+
 def remember_controller(store: KeyStore, url: str, security: ServerSecurity | None) -> None:
     """Record that our controller listens on `url` with this key (None: in plain text, so forget it)."""
     path = record_path(store, url)
@@ -105,13 +156,15 @@ def client_security(
     controller's public key (`server_key`). ipc:// and beyond loopback: as
     `farm.security.client_security_for` (beyond loopback keys are required).
     """
-    if insecure or requires_security(url) or is_file_guarded(url):
+    if insecure or is_file_guarded(url):
         return client_security_for(url, keys_dir, name=name, server_key=server_key, insecure=insecure)
     store = KeyStore(keys_dir)
-    record = record_path(store, url)
-    if record.is_file():
+    record = local_record(store, url)
+    if record is not None:
         controller_key = read_certificate(record)[0]
         return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
+    if requires_security(url):
+        return _remote(url, store, keys_dir, name, server_key)
     if keys_dir is None:
         return None  # the default folder has no record of this address: a controller without keys
     try:
@@ -119,6 +172,25 @@ def client_security(
     except SecurityError:
         return None  # a folder given, but no key for a controller here: it runs without (--insecure)
     return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
+
+
+def _remote(url: str, store: KeyStore, keys_dir: Path | None, name: str, server_key: str) -> ClientSecurity:
+    """Keys for a controller beyond loopback: ours (`name`, else the controller's own pair if we hold
+    it), or an error saying how to get a key pair it allows."""
+    try:
+        controller_key: bytes | None = store.public_key(server_key)
+    except SecurityError:
+        controller_key = None  # ClientSecurity says how to get it, unless we lack our own pair too
+    identity = _identity(store, name, controller_key) if controller_key else name
+    if not store.secret_path(identity).exists() and not store.secret_path(identity).is_symlink():
+        if name == "node":
+            how = "on the controller run `farm keys invite`, then here `farm agent --join 'URL#KEY.TOKEN'` once"
+        else:
+            how = ("on the controller run `farm keys invite --client`, then here `farm submit --join "
+                   "'URL#KEY.TOKEN' PROJECT` once (later commands need only --controller)")
+        raise SecurityError(f"no key pair of ours for the controller at {url} ({store.secret_path(name)} is "
+                            f"missing): {how}; or name a key pair in {store.root} that it allows with --key NAME")
+    return ClientSecurity(keys_dir, identity, controller_key if controller_key else server_key)
 
 
 def _identity(store: KeyStore, name: str, controller_key: bytes) -> str:

@@ -39,7 +39,11 @@ def status(
 
 
 def status_text(report: dict[str, Any]) -> str:
-    lines = [f"controller {report['controller']}", f"agents ({len(report['agents'])}):"]
+    refused = report.get("refused") or []
+    strangers = set(report.get("refused_keys") or ()) - {r["public_key"] for r in refused}
+    counted = f"{len(report['agents'])} connected, {len(refused) + len(strangers)} refused" if refused or strangers \
+        else str(len(report["agents"]))  # REFUSED rows below are not connected agents
+    lines = [f"controller {report['controller']}", f"agents ({counted}):"]
     for a in report["agents"]:
         state = "broken" if a.get("broken") else a.get("state") or "active"  # every agent says its state
         lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"

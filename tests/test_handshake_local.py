@@ -1,0 +1,47 @@
+"""`farm status` on the controller's own machine, for a controller bound beyond loopback (real processes)."""
+
+from __future__ import annotations
+
+from join_helpers import farm_processes
+
+from farm.discovery import local_addresses
+from farm.keys import KeyStore
+
+
+def test_status_finds_a_wildcard_controller_of_the_same_user_on_this_machine(tmp_path):
+    KeyStore(tmp_path / "ctl").create("controller")  # as the docs say: `farm keys create controller`
+    with farm_processes(tmp_path) as farm:
+        _, url, _ = farm.controller("--no-announce", bind="tcp://0.0.0.0:0")
+        port = url.rsplit(":", 1)[1]
+        keys = ["--keys-dir", str(tmp_path / "ctl")]
+        targets = [[], ["--controller", f"tcp://127.0.0.1:{port}"], ["--controller", f"tcp://localhost:{port}"]]
+        targets += [["--controller", f"tcp://{address}:{port}"] for address in local_addresses()[:2]
+                    if ":" not in address]
+        for target in targets:
+            shown = farm.run("status", *keys, *target, timeout=60)
+            assert shown.returncode == 0, (target, shown.stderr)
+            assert shown.stdout.startswith("controller "), shown.stdout
+
+
+def test_a_client_with_no_key_for_a_remote_controller_is_told_how_to_get_one(tmp_path):
+    with farm_processes(tmp_path) as farm:
+        for command, hint in ((["status"], "farm keys invite --client"), (["agent"], "farm agent --join")):
+            refused = farm.run(*command, "--controller", "tcp://10.255.0.1:5555", "--keys-dir",
+                               str(tmp_path / "empty"), timeout=60)
+            assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+            assert hint in refused.stderr and "--key NAME" in refused.stderr, refused.stderr
+            assert "farm keys create" not in refused.stderr
+
+
+def test_status_counts_connected_and_refused_agents_apart():
+    from farm.cli.status import status_text
+
+    agent = {"id": "n1", "host": "h", "jobs": 0, "slots": 1, "done": 0, "failed": 0, "last_heartbeat_s": 0.1,
+             "capabilities": []}
+    report = {"controller": "tcp://0.0.0.0:5555", "agents": [agent], "projects": [],
+              "refused": [{"id": "n2", "host": "h2", "reason": "key n2 revoked", "seconds_ago": 1,
+                           "public_key": "K2"}],
+              "refused_keys": ["K2", "K3"]}
+    text = status_text(report)
+    assert "agents (1 connected, 2 refused):" in text and text.count("REFUSED") == 2
+    assert "agents (1):" in status_text({**report, "refused": [], "refused_keys": []})
