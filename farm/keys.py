@@ -31,11 +31,17 @@ REVOKED = "revoked"  # allowed/ files moved aside by `revoke`: the controller sa
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# What an allowed key may do on the controller (farm.security.ServerSecurity.refusal): serve as an
+# agent, submit and steer as a client, or both. Kept in allowed/NAME.key's metadata, which
+# zmq.auth and czmq ignore; a file without one (written before roles) counts as "both".
+ROLES = ("agent", "client", "both")
+DEFAULT_ROLE = "both"
+_ROLE_LINE = re.compile(r'^\s*role\s*=\s*"([a-z]+)"\s*$', re.M)
 _PUBLIC_TEMPLATE = """#   ZeroMQ CURVE Public Certificate, written by `farm keys`
 #   Share it freely: it lets its holder's peers recognise it, nothing more.
 
 metadata
-    name = "{name}"
+    name = "{name}"{role}
 curve
     public-key = "{key}"
 """
@@ -74,6 +80,12 @@ def check_name(name: str) -> str:
         raise SecurityError(f"bad key name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
     return name
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise SecurityError(f"bad key role {role!r}: use one of {', '.join(ROLES)}")
+    return role
 
 
 def parse_key(text: str | bytes) -> bytes | None:
@@ -135,6 +147,15 @@ def _classify(ref: str | bytes | Path) -> tuple[str, bytes | Path | str]:
     if os.sep in ref or ref.endswith((PUBLIC_SUFFIX, SECRET_SUFFIX)):
         return "file", Path(ref).expanduser()
     return "name", ref
+
+
+def _role_in(path: Path) -> str | None:
+    """The role written in a key file's metadata; None when it has none (or an unknown one)."""
+    try:
+        found = _ROLE_LINE.search(path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found.group(1) if found and found.group(1) in ROLES else None
 
 
 class KeyStore:
@@ -217,8 +238,15 @@ class KeyStore:
 
     # -- the allow list --------------------------------------------------------------
 
-    def allow(self, ref: str | Path, *, name: str | None = None, force: bool = False) -> tuple[str, bytes]:
-        """Copy a public key into allowed/ (from a file, a name here, or a Z85 key with `name`)."""
+    def allow(self, ref: str | Path, *, name: str | None = None, force: bool = False,
+              role: str | None = None) -> tuple[str, bytes]:
+        """Copy a public key into allowed/ (from a file, a name here, or a Z85 key with `name`).
+
+        `role` (ROLES): what the key may do; None: DEFAULT_ROLE for a new key, the role it has for
+        one allowed already under that name. Given for an allowed key, it changes its role.
+        """
+        if role is not None:
+            check_role(role)
         kind, value = _classify(ref)
         if name is None:
             if kind == "file":
@@ -228,9 +256,16 @@ class KeyStore:
             else:
                 raise SecurityError("a bare key needs a name: farm keys allow KEY --name NAME")
         key = self.public_key(ref)
-        self._write_public(self.allowed_path(name), name, key, force=force)
-        log.info("allowed key %s (%s)", name, key.decode())
+        path = self.allowed_path(name)
+        if role is None:  # a new key gets the default; one allowed already keeps its role (old files: none)
+            role = _role_in(path) if path.is_file() and read_certificate(path)[0] == key else DEFAULT_ROLE
+        self._write_public(path, name, key, force=force, role=role)
+        log.info("allowed key %s as %s (%s)", name, role, key.decode())
         return name, key
+
+    def role_marks(self) -> dict[str, str | None]:
+        """name -> the role written in allowed/NAME.key (None: a file from before roles, or unreadable)."""
+        return {name: _role_in(self.allowed_path(name)) for name in self.allowed()}
 
     def revoke(self, name: str) -> bytes:
         path = self.allowed_path(name)
@@ -283,18 +318,24 @@ class KeyStore:
             found.setdefault(path.name.removesuffix(PUBLIC_SUFFIX), (read_certificate(path)[0], False))
         return found
 
-    def listing(self) -> list[dict[str, object]]:
-        """Every identity and allowed key: name, public key, secret here, allowed."""
+    def listing(self, roles: dict[bytes, str] | None = None) -> list[dict[str, object]]:
+        """Every identity and allowed key: name, public key, secret here, allowed, role.
+
+        `roles`: allowed key -> role (`farm.security.allowed_roles`); role is None for a key not allowed.
+        """
         allowed = self.allowed()
+        roles = roles or {}
         allowed_keys = set(allowed.values())
         identities = self.identities()
         rows: list[dict[str, object]] = [
-            {"name": name, "public_key": key.decode(), "secret": has_secret, "allowed": key in allowed_keys}
+            {"name": name, "public_key": key.decode(), "secret": has_secret, "allowed": key in allowed_keys,
+             "role": roles.get(key, DEFAULT_ROLE) if key in allowed_keys else None}
             for name, (key, has_secret) in identities.items()
         ]
         for name, key in allowed.items():  # allowed keys that are no identity of the same name here
             if identities.get(name, (None,))[0] != key:
-                rows.append({"name": name, "public_key": key.decode(), "secret": False, "allowed": True})
+                rows.append({"name": name, "public_key": key.decode(), "secret": False, "allowed": True,
+                             "role": roles.get(key, DEFAULT_ROLE)})
         return sorted(rows, key=lambda r: (str(r["name"]), not r["secret"]))
 
     # -- files -----------------------------------------------------------------------
@@ -305,16 +346,19 @@ class KeyStore:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
 
-    def _write_public(self, path: Path, name: str, key: bytes, *, force: bool) -> None:
+    def _write_public(self, path: Path, name: str, key: bytes, *, force: bool,
+                      role: str | None = None) -> None:
         if path.exists() and not force:
-            if read_certificate(path)[0] == key:
-                return
-            raise KeyFileError(path, f"a different key is stored as {name!r} already "
-                                     "(use --force to replace it)")
+            if read_certificate(path)[0] != key:
+                raise KeyFileError(path, f"a different key is stored as {name!r} already "
+                                         "(use --force to replace it)")
+            if role in (None, _role_in(path)):
+                return  # the same key and role: nothing to do (a new role is written below)
         self._make_dirs()
         fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)
         with os.fdopen(fd, "w") as f:
-            f.write(_PUBLIC_TEMPLATE.format(name=name, key=key.decode()))
+            f.write(_PUBLIC_TEMPLATE.format(name=name, key=key.decode(),
+                                            role="" if role is None else f'\n    role = "{role}"'))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)  # atomic, and a new inode, which a running ServerSecurity notices
 

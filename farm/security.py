@@ -21,6 +21,7 @@ from zmq.utils import z85
 
 from farm.keys import (  # re-exported: farm.security was their home
     ALLOWED,
+    DEFAULT_ROLE,
     PUBLIC_SUFFIX,
     SECRET_SUFFIX,
     KeyFileError,
@@ -45,9 +46,33 @@ REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connec
 
 __all__ = [
     "ALLOWED", "PUBLIC_SUFFIX", "SECRET_SUFFIX", "ClientSecurity", "KeyFileError", "KeyPair", "KeyStore",
-    "SecurityError", "ServerSecurity", "authenticated_id", "check_name", "client_security_for",
+    "SecurityError", "ServerSecurity", "allowed_roles", "authenticated_id", "check_name", "client_security_for",
     "default_keys_dir", "parse_key", "read_certificate", "requires_security", "server_security_for",
 ]
+
+def allowed_roles(store: KeyStore, tokens: TokenStore | None = None) -> dict[bytes, str]:
+    """Allowed public key -> its role ("agent", "client" or "both": `farm.keys.ROLES`).
+
+    The role written beside the key; for a key allowed before roles were written, the kind of
+    join token it joined with (`TokenStore.joined_roles`), else DEFAULT_ROLE.
+    """
+    marks = store.role_marks()
+    joined = (tokens or TokenStore(store)).joined_roles() if None in marks.values() else {}
+    return {key: marks.get(name) or joined.get(key) or DEFAULT_ROLE for name, key in store.allowed().items()}
+
+
+def role_refusal(name: str, role: str, side: str) -> str | None:
+    """Why a key of `role` may not send a message of `side` ("agent" or "client"); None if it may."""
+    if role in ("both", side):
+        return None
+    if side == "client":
+        return (f"key {name} is a render node's key (role agent): it may not submit, steer or look at "
+                "projects and the farm; use a client key (farm keys invite --client, then farm submit "
+                f"--join), or on the controller run farm keys allow --role both {name}")
+    return (f"key {name} is a client's key (role client): it may not serve as an agent; give the node "
+            "its own key (farm keys invite, then farm agent --join on the node), or on the controller "
+            f"run farm keys allow --role both {name}")
+
 
 class _AllowList:
     """The keys a ServerSecurity accepts: asked by the ZAP thread at every handshake."""
@@ -57,6 +82,7 @@ class _AllowList:
         self.own = own
         self.local = local
         self.names: dict[bytes, str] = {}
+        self.roles: dict[bytes, str] = {}
         self.revoked: dict[bytes, str] = {}
         self.tokens = TokenStore(store)
         self.token_keys: dict[bytes, str] = {}  # token public key -> token id
@@ -81,7 +107,9 @@ class _AllowList:
             allowed = self.store.allowed()
             names = {key: name for name, key in allowed.items()}
             names.setdefault(self.own.public, self.own.name)  # whoever holds our secret is us
-            self.names, self.stamp = names, stamp
+            roles = allowed_roles(self.store, self.tokens)
+            roles[self.own.public] = "both"
+            self.names, self.roles, self.stamp = names, roles, stamp
             self.revoked = {key: name for name, key in self.store.revoked().items()}
             self.refused.clear()
         if not allowed:  # expected on loopback, where local clients hold the controller's own key
@@ -276,6 +304,18 @@ class ServerSecurity:
         if user_id and user_id.startswith(JOINING):
             return user_id[len(JOINING):]
         return None
+
+    def role_of(self, user_id: str | None) -> str | None:
+        """The role of an authenticated key (`farm.keys.ROLES`; the controller's own key: "both")."""
+        return self._allow.roles.get(user_id.encode()) if user_id else None
+
+    def refusal(self, user_id: str | None, side: str) -> str | None:
+        """Why this key may not send a message of `side` ("agent": HELLO, RESULTS, ...; "client":
+        SUBMIT, STATUS, CONTROL, ...), as the ERROR to answer; None if it may (or is not ours to judge)."""
+        role = self.role_of(user_id)
+        if role is None:  # an in-process peer, or a key revoked a moment ago (`allows` says so)
+            return None
+        return role_refusal(self.name_of(user_id) or str(user_id), role, side)
 
     def name_of(self, user_id: str | None) -> str | None:
         """The allowed/ name of an authenticated key."""

@@ -202,6 +202,15 @@ class TokenStore:
         """Token public key -> token id, for every token on record (whatever its state)."""
         return {t.public.encode(): t.id for t in self.all()}
 
+    def joined_roles(self) -> dict[bytes, str]:
+        """Public key -> the role it joined as, for every redemption on record (the last one wins)."""
+        found: dict[bytes, str] = {}
+        for token in self.all():
+            for use in token.uses:
+                if isinstance(use.get("key"), str):
+                    found[str(use["key"]).encode()] = str(use.get("role") or token.kind)
+        return found
+
     def revoke(self, token_id: str) -> Token:
         token = self.load(token_id)
         token.revoked = True
@@ -213,8 +222,10 @@ class TokenStore:
         """Allow `key` under `name` (made unique) for a live token; returns the name it was allowed as.
 
         The caller has proven the token (its handshake used the token's key pair); `role` is
-        what it joins as ("agent" or "client"), which must be the token's kind. A key allowed
-        already keeps its name and costs a single-use token nothing. Raises `JoinRefused` naming
+        what it joins as ("agent" or "client"), which must be the token's kind; the key is allowed
+        with that role (`farm.keys.ROLES`). A key allowed already for that role keeps its name and
+        costs a single-use token nothing; one allowed for the other role becomes "both", which
+        spends the token. Raises `JoinRefused` naming
         the reason: unknown, of the other kind, revoked, expired, used; `KeyRevoked` for a live
         token presented with a key revoked here (a fresh key pair may join with it).
         """
@@ -226,9 +237,12 @@ class TokenStore:
                                   f"{role}: ask for one made with {other}")
             refused.code = "wrong_kind"
             raise refused
+        widen = None  # allowed already, for the other role: a live token of this kind makes it "both"
         for allowed_name, allowed_key in self.keys.allowed().items():
             if allowed_key == key:
-                return allowed_name
+                if self.keys.role_marks()[allowed_name] in (None, "both", role):
+                    return allowed_name
+                widen = allowed_name
         state = token.state()
         revoked = [n for n, k in self.keys.revoked().items() if k == key]
         if revoked and state != "live":  # a restart of a revoked node with its old token: not a fallback
@@ -248,8 +262,8 @@ class TokenStore:
         if revoked:  # a stolen copy of that key would be let in again too: the node makes a new pair
             raise KeyRevoked(f"the key {key.decode()} was revoked here (as {revoked[0]}); "
                              "join with a fresh key pair")
-        name = self._free_name(name)
-        self.keys.allow(key.decode(), name=name)
+        name = widen or self._free_name(name)
+        self.keys.allow(key.decode(), name=name, role="both" if widen else role)
         token.uses.append({"name": name, "key": key.decode(), "time": time.time(), "role": role})
         self._save(token)
         log.info("%s joined with token %s (key %s)", name, token.id, key.decode())

@@ -100,6 +100,7 @@ class Agent:
         self.reintroduce = False
         self.watcher: HandshakeWatcher | None = None
         self.refusal_logged: str | None = None  # the last connection problem logged
+        self.refused_role: str | None = None  # why the controller will not take our key as an agent's
         self.on_connect = on_connect
         self.caps, self.missing, self.media_types = detect(self.tags)
         self.session = uuid.uuid4().hex  # shown only to the controller: proves a reconnect is us
@@ -303,6 +304,9 @@ class Agent:
                 self._fetch_assets(job.project)
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
+        elif msg.type is T.ERROR and msg.body.get("code") == "key_role":  # not a key that may serve: stop
+            log.error("the controller refuses us as an agent: %s", msg.body["message"])
+            self.refused_role, self.connected, self.stopping = str(msg.body["message"]), False, True
         elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves
             log.info("controller says: %s", msg.body["message"])
             self.reintroduce = True

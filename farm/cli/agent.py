@@ -50,7 +50,8 @@ def agent(
 
     Which controller: --join / --join-file / $FARM_JOIN (a token, once), --controller, else one
     found on the local network whose key we know, else this user's controller on this machine.
-    A refused join exits with JOIN_REFUSED_EXIT (a service manager should not restart it).
+    A refused join, or a key the controller will not take as an agent's (a client key), exits with
+    JOIN_REFUSED_EXIT (a service manager should not restart it).
     """
     with reported():
         try:
@@ -62,6 +63,9 @@ def agent(
             raise typer.Exit(JOIN_REFUSED_EXIT) from None
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
-        Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [], agent_id=agent_id or joined_as,
-              parent_pid=parent_pid, socket_setup=setup,
-              cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets).run()
+        agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
+                      agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
+                      cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets)
+        agent.run()
+        if agent.refused_role:  # a client's key: the same refusal after every restart
+            raise typer.Exit(JOIN_REFUSED_EXIT)

@@ -11,7 +11,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
-from farm.security import KeyStore
+from farm.security import KeyStore, allowed_roles
 from farm.tokens import TokenStore, format_expiry, parse_duration
 
 app = typer.Typer(
@@ -69,12 +69,16 @@ def allow(
     name: Annotated[str | None, typer.Option(help="Name to allow it as (default: the file's).")] = None,
     keys_dir: KeysDir = None,
     force: Force = False,
+    role: Annotated[str | None, typer.Option(
+        help="What the key may do: agent (serve jobs), client (submit, steer, look) or both. "
+             "Default: both for a new key; a key allowed already keeps its role.")] = None,
 ) -> None:
-    """Let a public key connect to this controller (copies it into allowed/)."""
+    """Let a public key connect to this controller (copies it into allowed/), or change its --role."""
     with reported():
         store = KeyStore(keys_dir)
-        allowed_name, _ = store.allow(key, name=name, force=force)
-        typer.echo(f"allowed {allowed_name}: {store.allowed_path(allowed_name)}", err=True)
+        allowed_name, key_bytes = store.allow(key, name=name, force=force, role=role)
+        typer.echo(f"allowed {allowed_name} as {allowed_roles(store)[key_bytes]}: "
+                   f"{store.allowed_path(allowed_name)}", err=True)
 
 
 @app.command()
@@ -94,10 +98,11 @@ def list_keys(
     keys_dir: KeysDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List identities and allowed keys: name, public key, secret held here, allowed."""
+    """List identities and allowed keys: name, allowed (and as what: agent, client, both), secret held here,
+    public key."""
     with reported():
         store = KeyStore(keys_dir)
-        rows = store.listing()
+        rows = store.listing(allowed_roles(store))
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -106,9 +111,9 @@ def list_keys(
             return
         width = max(len(str(r["name"])) for r in rows)
         for r in rows:
-            allowed = "allowed" if r["allowed"] else "-"
+            allowed = f"allowed as {r['role']}" if r["allowed"] else "-"
             secret = "secret" if r["secret"] else "-"
-            typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<7} {secret:<6} {r['public_key']}")
+            typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<17} {secret:<6} {r['public_key']}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm import join
-from farm.controller import listen, peers
+from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
@@ -362,6 +362,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self._fenced(identity, self._handle, identity, msg, key)
 
     def _handle(self, identity: bytes, msg: Message, key: str | None) -> None:
+        if roles.refused(self, identity, msg.type, key):  # a node's key may not steer, a client's not serve
+            return
         if msg.type in CLIENT_MESSAGES:
             self._handle_client(identity, msg)
         else:
