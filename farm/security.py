@@ -46,9 +46,10 @@ REREAD_EVERY_S = 1.0  # how stale the allow list may be for peers already connec
 
 __all__ = [
     "ALLOWED", "PUBLIC_SUFFIX", "SECRET_SUFFIX", "ClientSecurity", "KeyFileError", "KeyPair", "KeyStore",
-    "SecurityError", "ServerSecurity", "allowed_roles", "authenticated_id", "check_name", "client_security_for",
-    "default_keys_dir", "parse_key", "read_certificate", "requires_security", "server_security_for",
+    "SecurityError", "ServerSecurity", "allowed_roles", "authenticated_id", "check_name",
+    "client_security_for", "default_keys_dir", "parse_key", "read_certificate", "requires_security", "server_security_for",
 ]
+
 
 def allowed_roles(store: KeyStore, tokens: TokenStore | None = None) -> dict[bytes, str]:
     """Allowed public key -> its role ("agent", "client" or "both": `farm.keys.ROLES`).

@@ -225,9 +225,9 @@ class TokenStore:
         what it joins as ("agent" or "client"), which must be the token's kind; the key is allowed
         with that role (`farm.keys.ROLES`). A key allowed already for that role keeps its name and
         costs a single-use token nothing; one allowed for the other role becomes "both", which
-        spends the token. Raises `JoinRefused` naming
-        the reason: unknown, of the other kind, revoked, expired, used; `KeyRevoked` for a live
-        token presented with a key revoked here (a fresh key pair may join with it).
+        spends the token. Raises `JoinRefused` naming the reason: unknown, of the other kind,
+        revoked, expired, used; `KeyRevoked` for a live token presented with a key revoked here (a
+        fresh key pair may join with it).
         """
         token = self.load(token_id)
         if role != token.kind:
