@@ -135,3 +135,17 @@ def test_budgets_drop_a_clients_excess_never_an_agents_and_ignore_garbage_for_a_
         budgets.strike(b"garbage", 0.0)
     assert not budgets.admit(b"garbage", False, 1.0) and not budgets.admit(b"garbage", True, 1.0)
     assert budgets.admit(b"garbage", False, IGNORE_FOR_S + 1.0)  # forgiven after a while
+
+
+def test_a_client_past_its_turns_budget_is_answered_next_turn_not_dropped(controller):
+    """An honest client answered at once can ask again within the same loop turn; 40 requests
+    sent at once exceed one turn's budget, and every one still gets its answer (in order)."""
+    from farm.client import Client
+    from farm.protocol import T
+
+    with Client(controller.url) as client:
+        for _ in range(40):
+            client.send(T.STATUS)
+        replies = [client.receive(timeout=30).type for _ in range(40)]
+    assert replies == [T.STATUS_REPLY] * 40
+    assert 40 > PER_PEER  # more than one turn's budget was asked for

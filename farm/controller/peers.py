@@ -2,7 +2,8 @@
 
 The loop reads at most `PER_TURN` messages per turn, then dispatches, checks leases and
 sends updates; within a turn each client or stranger may have `PER_PEER` messages
-handled. Past its budget a peer's message is dropped unread, which costs one receive.
+handled. Past its budget a peer's message waits for the next turn (an honest client answered
+at once may ask again within one turn), up to `MAX_DEFERRED` of them; beyond, it is dropped.
 A turn that dropped most of what it read makes the loop pause a millisecond before reading
 on, so a flood costs the controller a bounded share of a core and the honest processes on
 the machine keep theirs. A registered agent has no such budget (dropping its results would
@@ -18,6 +19,7 @@ PER_TURN = 64  # messages read per loop turn, all peers together
 PER_PEER = 16  # messages handled per loop turn from one client or stranger
 BAD_BEFORE_IGNORING = 20  # malformed messages before a peer is ignored
 IGNORE_FOR_S = 10.0
+MAX_DEFERRED = 256  # messages past their sender's budget kept for the next turn, all peers together
 FLOOD_PAUSE_MS = 1  # after a turn of mostly dropped messages, the loop waits this long before reading on
 MAX_TRACKED = 4096  # peers remembered; strangers may cycle identities, so stay bounded
 
@@ -39,6 +41,11 @@ class PeerBudgets:
     def flooded(self) -> bool:
         """Whether most of the last turn's messages were dropped: someone is flooding."""
         return self.dropped - self._dropped_at_turn > PER_TURN // 2
+
+    def ignoring(self, identity: bytes, now: float) -> bool:
+        """Whether ``identity`` is being ignored for garbage now."""
+        until = self._ignored.get(identity)
+        return until is not None and now < until
 
     def admit(self, identity: bytes, is_agent: bool, now: float | None = None) -> bool:
         """Whether to read this message from ``identity``; counts it against the peer's budget."""

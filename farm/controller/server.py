@@ -94,6 +94,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.budgets = peers.PeerBudgets()
         self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)
         self.backlog = False  # the last turn left messages unread (their heartbeats among them)
+        self._deferred: list[tuple[bytes, list[bytes], str | None, str | None]] = []  # see `_take`
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
@@ -248,7 +249,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     events[self.sock] = zmq.POLLIN
                 else:
                     events = dict(poller.poll(wait_ms))
-                if events.get(self.sock):
+                if events.get(self.sock) or self._deferred:
                     self._drain()
                 now = time.monotonic()
                 if events.get(monitor):
@@ -330,6 +331,9 @@ class Controller(AgentSide, ClientSide, ControlSide):
         budgets.new_turn()
         now = time.monotonic()
         self.backlog = True  # until the socket is found empty: messages wait unread
+        deferred, self._deferred = self._deferred, []
+        for item in deferred:  # read last turn past their sender's budget: first in line now
+            self._take(*item, now)
         for _ in range(peers.PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
@@ -347,19 +351,28 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     self._bad(frames[0], "its key is not (or no longer) allowed")
                     continue
             identity, *rest = frames
-            if not budgets.admit(identity, self.registry.get(identity) is not None, now):
-                continue  # over its budget this turn, or ignored for garbage: dropped unread
-            try:
-                msg = unpack(rest)
-            except ProtocolError as exc:
-                self._bad(identity, str(exc))
-                self._refuse_malformed(identity, rest, exc)
-                continue
-            if joining is not None:
-                assert self.security is not None
-                self._fenced(identity, self._enrol, identity, joining, msg)
-                continue
-            self._fenced(identity, self._handle, identity, msg, key)
+            self._take(identity, rest, key, joining, now)
+
+    def _take(self, identity: bytes, rest: list[bytes], key: str | None, joining: str | None,
+              now: float) -> None:
+        """Handle one message read off the socket, within its sender's budget for this turn."""
+        if not self.budgets.admit(identity, self.registry.get(identity) is not None, now):
+            # A client answered at once may ask again within the same turn: past its budget its
+            # message waits for the next turn (boundedly), not dropped; an ignored peer's is dropped.
+            if not self.budgets.ignoring(identity, now) and len(self._deferred) < peers.MAX_DEFERRED:
+                self._deferred.append((identity, rest, key, joining))
+            return
+        try:
+            msg = unpack(rest)
+        except ProtocolError as exc:
+            self._bad(identity, str(exc))
+            self._refuse_malformed(identity, rest, exc)
+            return
+        if joining is not None:
+            assert self.security is not None
+            self._fenced(identity, self._enrol, identity, joining, msg)
+            return
+        self._fenced(identity, self._handle, identity, msg, key)
 
     def _handle(self, identity: bytes, msg: Message, key: str | None) -> None:
         if roles.refused(self, identity, msg.type, key):  # a node's key may not steer, a client's not serve
