@@ -167,7 +167,11 @@ class HandshakeWatcher:
             self.no_detail += 1
             if self.our_key is None:
                 return self._mismatch()
-            if self.no_detail < 3 or self.mismatch:
+            if self.mismatch:
+                return None
+            if self.url.startswith("tcp://") and server_mechanism(self.url) == b"NULL":
+                return self._mismatch()  # it said so in its greeting: no guessing from event counts
+            if self.no_detail < 3:
                 return None
             return (f"the controller at {self.url} refused the secure handshake: it cannot read our hello, so "
                     f"the key we hold for it ({_show(self.server_key)}) is not its public key; compare it "
@@ -244,6 +248,24 @@ def probe(url: str, timeout: float = 2.0) -> str:
         return f"no TCP answer in {timeout:.0f}s"
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
+
+
+def server_mechanism(url: str, timeout: float = 2.0) -> bytes | None:
+    """The security mechanism a ZMTP 3 server at ``tcp://HOST:PORT`` names in its greeting
+    (b"NULL", b"CURVE", ...; RFC 23/ZMTP: 10 bytes signature, 2 version, 20 mechanism), or None."""
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00")  # our signature and version
+            greeting = b""
+            while len(greeting) < 32:
+                chunk = conn.recv(64 - len(greeting))
+                if not chunk:
+                    return None
+                greeting += chunk
+    except (OSError, ValueError):
+        return None
+    return greeting[12:32].rstrip(b"\x00") or None
 
 
 def _show(key: bytes | None) -> str:

@@ -162,6 +162,7 @@ class ClientSide:
         self._announce(run, resumed=False)
         log.info("accepted project %s (%s, %s jobs, %d asset files)", run_id, media.name, run.total,
                  run.assets["files"])
+        self._status = None  # the next STATUS lists the new run
         self._send(identity, T.ACCEPTED, {"project": run_id, "total": run.total})
 
     def _cancel(self, identity: bytes, ref: str) -> None:
@@ -242,6 +243,7 @@ class ClientSide:
         self._send_update(run)  # the final counts, for bars and the event stream, before FINISHED
         summary = run.summary()
         self.progress_gate.forget(run.id)
+        self._status = None  # who heard FINISHED must find the run's end in the next STATUS
         self.events.publish("run.finished", run.id, None, None,
                             {"state": run.state, "done": run.done, "failed": len(run.failures),
                              "elapsed_s": round(run.elapsed(), 3), "error": run.error,
