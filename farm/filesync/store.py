@@ -134,6 +134,15 @@ class Store(PartialSessions):
             return
         except sqlite3.OperationalError:
             raise  # locked, read-only, I/O: not the index's content
+        except sqlite3.DatabaseError:
+            pass
+        self._close_connections()
+        time.sleep(0.5)  # another agent may be creating it this moment: damaged only if it stays so
+        try:
+            self._db().executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError:
+            raise
         except sqlite3.DatabaseError as exc:
             damaged = exc
         self._close_connections()
@@ -142,7 +151,7 @@ class Store(PartialSessions):
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / f"index.sqlite{suffix}")
-        for folder in (self.files_dir, self.partial_root, self.manifests_dir):
+        for folder in (self.files_dir, self.manifests_dir):  # partial/ holds live sessions: flock-guarded
             shutil.rmtree(folder, ignore_errors=True)  # unindexed now: never found, never evicted
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         log.warning("the file cache's index %s was damaged (%s): set aside as %s; the cache starts empty",
