@@ -64,6 +64,7 @@ class Agent:
         cache_bytes: int | None = None,
         on_connect: Callable[[str], None] | None = None,
         local_assets: bool = False,
+        peers: bool = True,
     ) -> None:
         """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome."""
         self.controller = controller
@@ -86,7 +87,7 @@ class Agent:
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
-        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets)
+        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets, peers=peers)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         # results of projects placed from the controller's folder, checked once per turn before they go
@@ -164,6 +165,7 @@ class Agent:
         if self.ctrl is not None and self.connected:
             self._send(T.BYE)  # the controller requeues what we held, at no cost to the jobs
         self.pool.close()
+        self.sync.close()
         self._close_ctrl(linger=500)
         self.zctx.term()
         self.scratch_hold.release()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import zmq
 
+from farm.agent.peering import PeerNode
 from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
@@ -37,7 +38,9 @@ class Synced:
 
 class AssetSync:
     def __init__(self, cache_dir: Path | None, max_bytes: int | None, scratch: Path,
-                 socket_setup: Callable[[zmq.Socket], None] | None = None, *, local: bool = False) -> None:
+                 socket_setup: Callable[[zmq.Socket], None] | None = None, *, local: bool = False,
+                 peers: bool = True) -> None:
+        """``peers``: fetch blocks from other agents and serve ours to them (`farm.agent.peering`)."""
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.scratch = scratch
@@ -46,6 +49,7 @@ class AssetSync:
         self.busy: set[str] = set()
         self.local = local
         self.views: dict[str, LocalView] = {}  # projects placed from the controller's own folder
+        self.peers = PeerNode(socket_setup) if peers else None
 
     def start(self, project: str, endpoint: str, tree: str, hint: object = None) -> None:
         """Bring ``tree`` here; ``hint`` is the controller's `local_hint`, used only if ``local``."""
@@ -81,16 +85,27 @@ class AssetSync:
             limit = {"max_bytes": self.max_bytes} if self.max_bytes else {}
             store = Store(self.cache_dir, **limit)
             try:
-                with FileClient(endpoint, store, socket_setup=self.socket_setup) as client:
+                with self._client(endpoint, store) as client:
                     client.sync(tree, folder)
-                    log.info("project %s synced: %d blocks fetched, %d reused from the cache", project,
-                             client.counters.blocks_fetched, client.counters.blocks_reused)
+                    from_peers = getattr(client, "peer_counters", None)
+                    log.info("project %s synced: %d blocks fetched from the controller, %d from peers, "
+                             "%d reused from the cache", project, client.counters.blocks_fetched,
+                             from_peers.blocks_fetched if from_peers else 0, client.counters.blocks_reused)
             finally:
                 store.close()
             self.done.put(Synced(project, folder))
         except Exception as exc:  # reported to the controller as failed jobs: never fatal here
             log.warning("cannot fetch project %s: %s", project, exc)
             self.done.put(Synced(project, None, f"{type(exc).__name__}: {exc}"))
+
+    def _client(self, endpoint: str, store: Store) -> FileClient:
+        if self.peers is not None:
+            return self.peers.client(endpoint, store)
+        return FileClient(endpoint, store, socket_setup=self.socket_setup)
+
+    def close(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
 
     def finished(self) -> list[Synced]:
         out = []

@@ -12,9 +12,11 @@ import queue
 from pathlib import Path
 from typing import Any
 
+from farm.controller.fileroles import FileRoles, members
 from farm.endpoints import files_bind
-from farm.filesync import FileServer, HashCache, Manifest, UploadResult, build_manifest
+from farm.filesync import HashCache, Manifest, UploadResult, build_manifest
 from farm.filesync.localview import local_hint
+from farm.filesync.tracker import SwarmFileServer
 from farm.project import Project
 from farm.security import ServerSecurity
 
@@ -25,8 +27,12 @@ class AssetService:
     def __init__(self, job_bind: str, state_dir: Path, security: ServerSecurity | None = None,
                  files_port: int | None = None) -> None:
         # CURVE applies here too; ZAP runs per ZeroMQ context, so use the authenticator's
-        self.server = FileServer(files_bind(job_bind, files_port), context=security.context if security else None,
-                                 socket_setup=security.socket_setup if security else None).start()
+        self.kinds: dict[str, str] = {}  # published tree -> "assets" or "outputs", for key roles
+        self.server = SwarmFileServer(files_bind(job_bind, files_port),
+                                      context=security.context if security else None,
+                                      socket_setup=security.socket_setup if security else None,
+                                      access=FileRoles(security, self.kinds.get) if security else None,
+                                      members=members(security) if security else None).start()
         self.hashes = HashCache(state_dir / "hashes.sqlite")
         self.uploads: queue.Queue[UploadResult] = queue.Queue()
 
@@ -44,6 +50,7 @@ class AssetService:
         if manifest is None:
             manifest = build_manifest(project.root, list(project.assets()), hash_cache=self.hashes)
         self.server.publish(tree, project.root, manifest)
+        self.kinds[tree] = "assets"
         return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
                 "bytes": manifest.total_size, "local": local_hint(project.root)}, manifest
 
@@ -52,10 +59,12 @@ class AssetService:
         if not folder.is_dir():
             return None
         self.server.publish(tree, folder, build_manifest(folder, hash_cache=self.hashes))
+        self.kinds[tree] = "outputs"
         return tree
 
     def unpublish(self, tree: str) -> None:
         self.server.unpublish(tree)
+        self.kinds.pop(tree, None)
 
     def expect_project(self, token: str, dest: Path, *, max_bytes: int | None = None,
                        max_files: int | None = None) -> None:

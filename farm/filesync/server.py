@@ -37,10 +37,12 @@ from farm.filesync.receiver import OnDone, Upload, UploadResult
 from farm.filesync.store import Store
 from farm.paths import UnsafePath
 from farm.safeopen import open_beneath
+from farm.security import authenticated_id
 
 log = logging.getLogger(__name__)
 
 SocketSetup = Callable[[zmq.Socket], None]
+Access = Callable[[wire.Request], str | None]  # why a request's key may not make it, or None
 _SMALL_COST = 4096  # what a request without bulk data counts for in the fair queue
 _MAX_DRAIN = 1000  # requests read per loop before serving, so reading never starves serving
 _wake_ids = itertools.count()
@@ -64,6 +66,7 @@ class FileServer:
     ``bind`` defaults to a random loopback port (see `endpoint` after `start`);
     ``socket_setup`` is applied to the socket before it binds (CURVE keys, ZAP domain).
     ``store`` (optional) is one more place to find blocks an uploader need not send.
+    ``access(request)`` (optional) refuses a request its sender's key may not make (key roles).
     Thread-safe: `publish`, `expect_upload` and friends may be called from any thread.
     """
 
@@ -76,8 +79,10 @@ class FileServer:
         limits: Limits = DEFAULT_LIMITS,
         store: Store | None = None,
         max_queue: int = 64,
+        access: Access | None = None,
     ) -> None:
         self.bind = bind
+        self.access = access
         self.context = context or zmq.Context.instance()
         self.socket_setup = socket_setup
         self.limits = limits
@@ -256,6 +261,12 @@ class FileServer:
                 self._drop(f"garbled request from {client.hex()[:12]}: {type(exc).__name__}: {exc}")
                 continue
             self.counters.requests += 1
+            request.user = authenticated_id(frames[1])
+            refusal = self.access(request) if self.access is not None else None
+            if refusal is not None:
+                self.counters.errors += 1
+                self._send(sock, client, wire.error_frames(request.rid, refusal, wire.KEY_ROLE))
+                continue
             cost = sum(wire.frame_len(f) for f in request.payloads)
             if request.op == wire.GET:
                 cost += sum(i[2] for i in request.body["items"] if len(i) == 3 and isinstance(i[2], int))

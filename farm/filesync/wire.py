@@ -10,6 +10,12 @@ payload frames after the body::
     put      {token, items: [[hash, offset]]} + [one frame per item]  -> {bad: [hash]}
     commit   {token}                 -> {}
     abort    {token, error}          -> {}
+
+Between agents (`farm.filesync.peerserver`, `farm.filesync.tracker`; docs/filesync.md)::
+
+    peers    {tree, serve?, members?} -> {peers: [[endpoint, key]], members_id} + [members unless known]
+    claim    {tree, serve?, force} + [concatenated hashes] -> {} + [concatenated hashes granted]
+    have     {manifest}              -> {count} + [bitmap over `holdings.block_order`]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from farm.filesync.limits import Limits
 from farm.protocol import ANY, MAX_FRAMES, T, check_shape, opt, pack, unpack
 
 MANIFEST, GET, OFFER, PUT, COMMIT, ABORT = "manifest", "get", "offer", "put", "commit", "abort"
+PEERS, CLAIM, HAVE = "peers", "claim", "have"
 _MAX_RID = 2**63 - 1
 _TOKEN_MAX = 256
 
@@ -36,10 +43,14 @@ REQUESTS: dict[str, dict[str, Any]] = {
     PUT: {"op": str, "rid": int, "token": str, "items": [[ANY]]},
     COMMIT: {"op": str, "rid": int, "token": str},
     ABORT: {"op": str, "rid": int, "token": str, "error": str},
+    PEERS: {"op": str, "rid": int, "tree": str, "serve": opt(str), "members": opt(str)},
+    CLAIM: {"op": str, "rid": int, "tree": str, "serve": opt(str), "force": bool},
+    HAVE: {"op": str, "rid": int, "manifest": str},
 }
 REPLY: dict[str, Any] = {"rid": int, "ok": bool, "error": opt(str), "code": opt(str)}
 # error codes, so the sender raises the matching error
 VERIFY, UNSAFE, BAD_MANIFEST, REFUSED = "verify", "unsafe", "manifest", "refused"
+KEY_ROLE, BUSY = "key_role", "busy"  # the key's role does not cover the op; a peer serving all it may
 REPLIES: dict[str, dict[str, Any]] = {
     MANIFEST: {**REPLY, "id": str, "same": bool},
     GET: REPLY,
@@ -47,6 +58,9 @@ REPLIES: dict[str, dict[str, Any]] = {
     PUT: {**REPLY, "bad": [bytes]},
     COMMIT: REPLY,
     ABORT: REPLY,
+    PEERS: {**REPLY, "peers": [[str]], "members_id": str},
+    CLAIM: REPLY,
+    HAVE: {**REPLY, "count": int},
 }
 
 Frame = bytes | zmq.Frame
@@ -58,6 +72,7 @@ class Request:
     rid: int
     body: dict[str, Any]
     payloads: list[Frame]
+    user: str | None = None  # the Z85 key the sender authenticated with (CURVE), else None
 
 
 def frame_len(frame: Frame) -> int:

@@ -1,0 +1,104 @@
+"""This agent as a member of its farm's swarm: the block server it runs and the clients it fetches with.
+
+The block server (`farm.filesync.peerserver.PeerServer`) listens on the address this machine uses
+to reach the controller (a socket's route, not a guess), on the controller's file port + 1 (the
+job port + 2) when that is free, else on a random port; see docs/security.md for the firewall.
+With keys it uses this agent's own key pair, and fetchers check it is the key the controller
+named. Peers run only over TCP; ``farm agent --no-peers`` turns all of this off.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+import zmq
+
+from farm.filesync import Store
+from farm.filesync.client import FileClient
+from farm.filesync.errors import SyncError
+from farm.filesync.holdings import Holdings
+from farm.filesync.peerserver import PeerServer
+from farm.filesync.swarm import SwarmClient
+from farm.security import ClientSecurity
+
+log = logging.getLogger(__name__)
+
+SocketSetup = Callable[[zmq.Socket], None]
+
+
+def route_address(host: str, port: int) -> str | None:
+    """The local address this machine sends from to reach ``host`` (no packet is sent), as an endpoint host."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(addr)
+            local = probe.getsockname()[0]
+    except OSError as exc:
+        log.info("no route to %s to serve peers on: %s", host, exc)
+        return None
+    return f"[{local}]" if family == socket.AF_INET6 else str(local)
+
+
+class PeerNode:
+    """Holdings and block server of one agent; makes the clients its fetches use (any thread)."""
+
+    def __init__(self, socket_setup: SocketSetup | None) -> None:
+        # the agent's CURVE set-up is its ClientSecurity's bound method: the same key pair serves peers
+        owner = getattr(socket_setup, "__self__", None)
+        self.security = owner if isinstance(owner, ClientSecurity) else None
+        self.socket_setup = socket_setup
+        self.holdings = Holdings()
+        self.server: PeerServer | None = None
+        self._tried = False
+        self._lock = threading.Lock()  # fetch threads of several projects
+
+    def client(self, files_endpoint: str, store: Store) -> FileClient:
+        """A client fetching from the controller's file service at ``files_endpoint`` and from peers."""
+        with self._lock:
+            serve = self._serve(files_endpoint)
+            server = self.server
+        return SwarmClient(files_endpoint, store, holdings=self.holdings, serve=serve,
+                           peer_setup=self._peer_setup, socket_setup=self.socket_setup,
+                           on_members=server.members.update if server is not None else None,
+                           members_id=(lambda: server.members.id) if server is not None else None)
+
+    def _peer_setup(self, key: str) -> SocketSetup | None:
+        if self.security is None:
+            return None
+        keys = self.security.keys
+
+        def setup(sock: zmq.Socket) -> None:
+            sock.curve_secretkey = keys.secret
+            sock.curve_publickey = keys.public
+            sock.curve_serverkey = key.encode()  # the key the controller named: anyone else fails the handshake
+        return setup
+
+    def _serve(self, files_endpoint: str) -> str | None:
+        if self.server is not None:
+            return self.server.endpoint
+        if self._tried or not files_endpoint.startswith("tcp://"):
+            return None
+        self._tried = True
+        host, _, port = files_endpoint[len("tcp://"):].rpartition(":")
+        local = route_address(host.strip("[]"), int(port))
+        if local is None:
+            return None
+        keys = self.security.keys if self.security is not None else None
+        for bind in (f"tcp://{local}:{int(port) + 1}", f"tcp://{local}:*"):
+            try:
+                self.server = PeerServer(bind, self.holdings, keys=keys).start()
+            except SyncError as exc:
+                log.debug("cannot serve peers on %s: %s", bind, exc)
+                continue
+            log.info("serving cached project files to other agents on %s", self.server.endpoint)
+            return self.server.endpoint
+        log.warning("cannot serve project files to other agents on %s; fetching from them only", local)
+        return None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None

@@ -1,0 +1,401 @@
+"""`SwarmClient`: a `FileClient` that fetches a tree's blocks from other agents where it can.
+
+The controller's manifest says what the tree is; the controller's tracker (`farm.filesync.tracker`)
+says which agents serve it (endpoint and key) and grants each block to one agent at a time to
+fetch from the controller (``claim``). The loop here keeps every source busy up to its credit:
+
+- a peer is asked for blocks its ``have`` bitmap (polled every `HAVE_EVERY_S`) lists, in this
+  agent's own random order, so agents pull different blocks at the same time;
+- blocks no reachable peer has are claimed and fetched from the controller; a block claimed by
+  another agent is waited for, until `FORCE_S` without a peer holding it (a claimant that died or
+  crawls), when it is fetched from the controller anyway (``force``).
+
+Every block goes through the same `Assembly` as a plain fetch: hashed against the manifest before
+it counts. A peer that sends bad bytes is dropped for the rest of the fetch; one that refuses
+(busy, not held), stops answering for ``peer_timeout`` or vanishes is left alone for `PENALTY_S`;
+its blocks are asked for elsewhere. The controller stays the source of last resort, with the
+plain client's timeouts and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from farm.filesync import wire
+from farm.filesync.assembly import Assembly, Outcome
+from farm.filesync.client import ClientCounters, FileClient, ProgressFn, Progress, _Request
+from farm.filesync.errors import SyncError, TransferError, VerifyError
+from farm.filesync.hashing import HASH_LEN
+from farm.filesync.holdings import Holdings, from_bitmap
+from farm.filesync.manifest import Manifest
+from farm.filesync.materialize import Sources
+
+log = logging.getLogger(__name__)
+
+SocketSetup = Callable[[zmq.Socket], None]
+PeerSetup = Callable[[str], SocketSetup | None]  # a peer's Z85 key -> how to connect to it
+HAVE_EVERY_S = 0.25
+PEERS_EVERY_S = 1.0
+FORCE_S = 5.0  # a block claimed elsewhere that no peer offers after this long comes from the controller
+RECLAIM_S = 0.5  # a denied block is asked for again after this long
+PENALTY_S = 10.0
+BUSY_S = 1.0  # a peer serving all the fetchers it may is asked again this soon
+PEER_WINDOW = 8 << 20
+
+
+@dataclass
+class _Peer:
+    endpoint: str
+    key: str
+    client: FileClient
+    have: set[int] = field(default_factory=set)
+    have_at: float = 0.0
+    have_rid: int | None = None
+    have_sent: float = 0.0
+    inflight: dict[int, tuple[_Request, float]] = field(default_factory=dict)
+    outstanding: int = 0
+    penalty_until: float = 0.0
+    bad: bool = False
+
+    def usable(self, now: float) -> bool:
+        return not self.bad and now >= self.penalty_until
+
+
+class SwarmClient(FileClient):
+    """`FileClient` whose `sync` also fetches from peers and serves what it holds (`holdings`).
+
+    ``serve``: this agent's block server endpoint, registered with the tracker (None: fetch
+    from peers, serve none); ``peer_setup(key)``: CURVE set-up for a peer with that key;
+    ``on_members(id, keys)``: the farm members the controller vouches for, for the block server.
+    """
+
+    def __init__(self, endpoint: str, store: Any, *, holdings: Holdings, serve: str | None = None,
+                 peer_setup: PeerSetup | None = None,
+                 on_members: Callable[[str, list[str]], None] | None = None,
+                 members_id: Callable[[], str] | None = None, peer_timeout: float = 5.0,
+                 **options: Any) -> None:
+        super().__init__(endpoint, store, **options)
+        self.holdings = holdings
+        self.serve = serve
+        self.peer_setup = peer_setup or (lambda key: None)
+        self.on_members = on_members
+        self.members_id = members_id or (lambda: "")
+        self.peer_timeout = peer_timeout
+        self.peer_counters = ClientCounters()  # blocks and bytes from peers (``counters``: the controller's)
+        self._tree: str | None = None
+        self._manifest: Manifest | None = None
+
+    def sync(self, tree: str, dest: Any, *, progress: ProgressFn | None = None, **materialize: bool) -> Manifest:
+        self._tree = tree
+        try:
+            return super().sync(tree, dest, progress=progress, **materialize)
+        finally:
+            self._tree = None
+
+    def _fetch(self, manifest: Manifest, progress: ProgressFn | None) -> Sources | None:
+        self._manifest = manifest
+        have = super()._fetch(manifest, progress)
+        store = self._need_store()
+        self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
+        if self._tree is not None and self.serve is not None and have is not None:
+            self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve, "members": self.members_id()})
+        return have
+
+    def _fetch_blocks(self, assembly: Assembly, progress: ProgressFn | None) -> None:
+        if self._tree is None or self._manifest is None:
+            super()._fetch_blocks(assembly, progress)
+            return
+        store = self._need_store()
+        order = self.holdings.begin(self._manifest, store.file_path, store.session_dir(),
+                                    missing=[h for h, _ in assembly.missing()])
+        _Swarm(self, self._tree, self._manifest.id, order, assembly, progress).run()
+
+
+class _Swarm:
+    """One fetch's loop over the controller and its peers."""
+
+    def __init__(self, client: SwarmClient, tree: str, manifest_id: str, order: list[bytes],
+                 assembly: Assembly, progress: ProgressFn | None) -> None:
+        self.c = client
+        self.tree = tree
+        self.manifest_id = manifest_id
+        self.index = {h: i for i, h in enumerate(order)}
+        self.count = len(order)
+        self.assembly = assembly
+        self.progress = progress
+        self.lengths = dict(assembly.missing())
+        self.total = len(self.lengths)
+        self.todo = list(self.lengths)
+        random.shuffle(self.todo)  # agents pull different blocks first
+        self.busy: dict[bytes, str] = {}  # block -> the source asked for it ("" = the controller)
+        self.granted: deque[bytes] = deque()
+        self.denied: dict[bytes, float] = {}  # block -> when first denied
+        self.asked_at: dict[bytes, float] = {}  # block -> when last denied
+        self.peers: dict[str, _Peer] = {}
+        self.ctl: dict[int, tuple[str, Any]] = {}  # rid -> (op, request or hashes)
+        self.ctl_bytes = 0
+        self.bad: Counter[bytes] = Counter()
+        self.done_bytes = 0
+        self.last_peers = 0.0
+        self.last_heard = time.monotonic()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while self.lengths:
+                now = time.monotonic()
+                self._ask(now)
+                poller = zmq.Poller()
+                poller.register(self.c._sock, zmq.POLLIN)
+                for peer in self.peers.values():
+                    if peer.inflight or peer.have_rid is not None:
+                        poller.register(peer.client._sock, zmq.POLLIN)
+                events = dict(poller.poll(50))
+                if self.c._sock in events:
+                    self._drain_controller()
+                for peer in list(self.peers.values()):
+                    if peer.client._sock in events:
+                        self._drain_peer(peer)
+                now = time.monotonic()
+                self._expire(now)
+                if now - self.last_heard > self.c.timeout:
+                    raise TransferError(f"no block arrived from the file server at {self.c.endpoint} "
+                                        f"or its peers in {self.c.timeout:g} s")
+        finally:
+            for peer in self.peers.values():
+                if not peer.bad:
+                    peer.client.close()
+
+    def _ask(self, now: float) -> None:
+        if now - self.last_peers > PEERS_EVERY_S and not any(op == wire.PEERS for op, _ in self.ctl.values()):
+            self.last_peers = now
+            fields = {"tree": self.tree, "serve": self.c.serve, "members": self.c.members_id()}
+            self.ctl[self.c._send(wire.PEERS, fields, [])] = (wire.PEERS, None)
+        for peer in self.peers.values():
+            if peer.usable(now) and peer.have_rid is None and now - peer.have_at > HAVE_EVERY_S:
+                peer.have_rid = peer.client._send(wire.HAVE, {"manifest": self.manifest_id}, [])
+                peer.have_sent = now
+            if peer.usable(now) and peer.have and peer.outstanding < PEER_WINDOW:
+                self._fill_peer(peer)
+        self._fill_controller(now)
+
+    def _fill_peer(self, peer: _Peer) -> None:
+        picked, room = [], PEER_WINDOW - peer.outstanding
+        for block_hash in self.todo:
+            if room <= 0:
+                break
+            if block_hash in self.lengths and block_hash not in self.busy and self.index[block_hash] in peer.have:
+                picked.append((block_hash, 0, self.lengths[block_hash]))
+                room -= self.lengths[block_hash]
+                self.busy[block_hash] = peer.endpoint
+        for request in self.c._chunked(picked):
+            rid = peer.client._send(wire.GET, {"items": [list(i) for i in request.items]}, [])
+            peer.inflight[rid] = (request, time.monotonic())
+            peer.outstanding += request.cost
+
+    def _fill_controller(self, now: float) -> None:
+        picked, room = [], self.c.window - self.ctl_bytes
+        while self.granted and room > 0:
+            block_hash = self.granted.popleft()
+            if block_hash in self.lengths and block_hash not in self.busy:
+                picked.append((block_hash, 0, self.lengths[block_hash]))
+                room -= self.lengths[block_hash]
+                self.busy[block_hash] = ""
+        for request in self.c._chunked(picked):
+            self.ctl[self.c._send(wire.GET, {"items": [list(i) for i in request.items]}, [])] = (wire.GET, request)
+            self.ctl_bytes += request.cost
+        if self.granted or any(op == wire.CLAIM for op, _ in self.ctl.values()):
+            return
+        held = set()
+        for peer in self.peers.values():
+            if peer.usable(now):
+                held |= peer.have
+        claim, force, size = [], [], 0
+        for block_hash in self.todo:
+            if size >= self.c.window:
+                break
+            if block_hash not in self.lengths or block_hash in self.busy or self.index[block_hash] in held:
+                continue
+            if now - self.asked_at.get(block_hash, 0.0) < RECLAIM_S:
+                continue
+            (force if now - self.denied.get(block_hash, now) > FORCE_S else claim).append(block_hash)
+            size += self.lengths[block_hash]
+        for hashes, forced in ((claim, False), (force, True)):
+            if hashes:
+                fields = {"tree": self.tree, "serve": self.c.serve, "force": forced}
+                rid = self.c._send(wire.CLAIM, fields, [b"".join(hashes)])
+                self.ctl[rid] = (wire.CLAIM, hashes)
+                for block_hash in hashes:
+                    self.asked_at[block_hash] = now
+
+    # -- replies ----------------------------------------------------------------------
+
+    def _drain_controller(self) -> None:
+        while True:
+            try:
+                frames = self.c._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.c.counters.bytes_received += sum(wire.frame_len(f) for f in frames)
+            rid = wire.reply_rid(frames)
+            if rid not in self.ctl:
+                continue
+            op, what = self.ctl.pop(rid)
+            body, payloads = self.c._parse(frames, op)  # a refusal by the controller is an error, as without peers
+            self.last_heard = time.monotonic()
+            if op == wire.PEERS:
+                self._on_peers(body, payloads)
+            elif op == wire.CLAIM:
+                self._on_claim(what, payloads)
+            else:
+                self.ctl_bytes -= what.cost
+                self._release(what)
+                self._on_blocks(what, payloads, "", self.c.counters)
+
+    def _on_peers(self, body: dict[str, Any], payloads: list[wire.Frame]) -> None:
+        if payloads and self.c.on_members is not None:
+            keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
+            self.c.on_members(body["members_id"], keys)
+        for item in body["peers"][:64]:
+            if len(item) != 2 or item[0] in self.peers or item[0] == self.c.serve:
+                continue
+            endpoint, key = item
+            try:
+                setup = self.c.peer_setup(key)
+                client = FileClient(endpoint, None, context=self.c.context, socket_setup=setup,
+                                    chunk_size=self.c.chunk_size)
+            except (zmq.ZMQError, ValueError, SyncError) as exc:
+                log.info("cannot use peer %s: %s", endpoint[:100], exc)
+                continue
+            self.peers[endpoint] = _Peer(endpoint, key, client)
+
+    def _on_claim(self, asked: list[bytes], payloads: list[wire.Frame]) -> None:
+        raw = bytes(wire.view(payloads[0])) if len(payloads) == 1 else b""
+        granted = {raw[i:i + HASH_LEN] for i in range(0, len(raw), HASH_LEN)}
+        now = time.monotonic()
+        for block_hash in asked:
+            if block_hash in granted:
+                self.granted.append(block_hash)
+                self.denied.pop(block_hash, None)
+            else:
+                self.denied.setdefault(block_hash, now)
+
+    def _drain_peer(self, peer: _Peer) -> None:
+        while peer.endpoint in self.peers:
+            try:
+                frames = peer.client._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.c.peer_counters.bytes_received += sum(wire.frame_len(f) for f in frames)
+            rid = wire.reply_rid(frames)
+            try:
+                if rid is not None and rid == peer.have_rid:
+                    peer.have_rid = None
+                    body, payloads = peer.client._parse(frames, wire.HAVE)
+                    self._on_have(peer, body, payloads)
+                elif rid in peer.inflight:
+                    request, _ = peer.inflight.pop(rid)
+                    peer.outstanding -= request.cost
+                    self._release(request)
+                    body, payloads = peer.client._parse(frames, wire.GET)
+                    self._on_blocks(request, payloads, peer.endpoint, self.c.peer_counters)
+            except _BadPeer as exc:
+                log.warning("peer %s sent bad data (%s); fetching its blocks elsewhere", peer.endpoint, exc)
+                peer.bad = True
+                self._abandon(peer)
+                return
+            except SyncError as exc:  # refused: busy, not held (evicted), a key it does not admit
+                busy = "busy:" in str(exc)
+                log.log(logging.DEBUG if busy else logging.INFO, "peer %s: %s; fetching elsewhere for now",
+                        peer.endpoint, exc)
+                self._abandon(peer, BUSY_S if busy else PENALTY_S)
+                return
+
+    def _on_have(self, peer: _Peer, body: dict[str, Any], payloads: list[wire.Frame]) -> None:
+        peer.have_at = time.monotonic()
+        self.last_heard = peer.have_at
+        if body["count"] == 0:
+            peer.have = set()
+            return
+        if body["count"] != self.count or len(payloads) != 1:
+            raise _BadPeer(f"a have bitmap of {body['count']} blocks for a tree of {self.count}")
+        try:
+            peer.have = from_bitmap(wire.view(payloads[0]), self.count)
+        except ValueError as exc:
+            raise _BadPeer(str(exc)) from None
+
+    def _on_blocks(self, request: _Request, payloads: list[wire.Frame], source: str,
+                   counters: ClientCounters) -> None:
+        if len(payloads) != len(request.items):
+            if source:
+                raise _BadPeer(f"asked for {len(request.items)} chunks, got {len(payloads)}")
+            raise TransferError(f"asked for {len(request.items)} chunks, got {len(payloads)}")
+        for (block_hash, offset, length), frame in zip(request.items, payloads, strict=True):
+            data = wire.view(frame)
+            if len(data) != length:
+                if source:
+                    raise _BadPeer(f"asked for {length} bytes, got {len(data)}")
+                raise TransferError(f"asked for {length} bytes, got {len(data)}")
+            outcome = self.assembly.accept(block_hash, offset, data)
+            if outcome is Outcome.DONE:
+                counters.blocks_fetched += 1
+                self.done_bytes += self.lengths.pop(block_hash)
+                self.c.holdings.add(self.manifest_id, block_hash)
+                self.last_heard = time.monotonic()
+            elif outcome is Outcome.BAD:
+                counters.blocks_rejected += 1
+                if source:
+                    raise _BadPeer(f"block {block_hash.hex()[:16]} failed verification")
+                if offset + length == self.lengths[block_hash]:
+                    self.bad[block_hash] += 1
+                    if self.bad[block_hash] > self.c.retries:
+                        raise VerifyError(f"block {block_hash.hex()[:16]} failed verification "
+                                          f"{self.bad[block_hash]} times")
+                    self.granted.appendleft(block_hash)
+        self.c._store_ready(self.assembly)
+        if self.progress is not None:
+            self.progress(Progress(self.total - len(self.lengths), self.total, self.done_bytes))
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _release(self, request: _Request) -> None:
+        for block_hash, offset, length in request.items:
+            if offset + length >= self.lengths.get(block_hash, 0):
+                self.busy.pop(block_hash, None)  # its last chunk came back: done, or to ask again
+
+    def _abandon(self, peer: _Peer, penalty: float = 0.0) -> None:
+        """Forget what ``peer`` was asked; its blocks go back to be asked elsewhere."""
+        for request, _ in peer.inflight.values():
+            for block_hash, _, _ in request.items:
+                if self.busy.get(block_hash) == peer.endpoint:
+                    del self.busy[block_hash]
+        peer.inflight.clear()
+        peer.outstanding = 0
+        peer.have_rid = None
+        peer.have = set()
+        peer.penalty_until = time.monotonic() + penalty
+        peer.client.close()
+        if not peer.bad:  # a fresh socket: replies to what was abandoned must not be taken for new ones
+            peer.client = FileClient(peer.endpoint, None, context=self.c.context,
+                                     socket_setup=self.c.peer_setup(peer.key), chunk_size=self.c.chunk_size)
+
+    def _expire(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            stalled = peer.have_rid is not None and now - peer.have_sent > self.c.peer_timeout
+            stalled = stalled or any(now - sent > self.c.peer_timeout for _, sent in peer.inflight.values())
+            if stalled:
+                log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint, self.c.peer_timeout)
+                self._abandon(peer, PENALTY_S)
+
+
+class _BadPeer(SyncError):
+    """A peer broke the protocol or sent bytes that do not match the manifest."""

@@ -1,0 +1,149 @@
+"""The controller's file service as a tracker: who holds a tree, and who fetches which block from it.
+
+`SwarmFileServer` is the controller's `FileServer` with two more operations for agents:
+
+- ``peers``: register the caller's block server for a tree (``serve``: its endpoint; its key is the
+  one it authenticated with) and list up to `LISTED` others, with their keys; with keys, also the
+  farm members a block server admits (sent only when they changed since the caller's ``members``).
+- ``claim``: ask for the right to fetch blocks from the controller. A block is granted to one
+  agent at a time (until `CLAIM_S` passes, when the claimant may be dead or slow); the others
+  wait for it to appear at a peer. ``force`` is granted always: the fallback when no peer
+  delivers. So the controller sends each block about once, whatever the number of agents.
+
+State is bounded: at most `MAX_PEERS` registrations per tree, for published trees only, claims
+only on blocks of published trees; registrations end after `TTL_S` without a refresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from farm.errors import ProtocolError
+from farm.filesync import wire
+from farm.filesync.errors import SyncError
+from farm.filesync.hashing import HASH_LEN
+from farm.filesync.server import FileServer
+
+log = logging.getLogger(__name__)
+
+TTL_S = 600.0  # a registration lasts this long after the agent last synced the tree
+CLAIM_S = 10.0  # a claim no peer delivered on after this long may be granted to another agent
+MAX_PEERS = 4096  # registrations per tree
+LISTED = 32  # peers named in one answer (a random sample: load spreads over the swarm)
+MAX_ENDPOINT = 256
+
+Members = Callable[[], list[str]]  # the Z85 public keys a block server should admit
+
+
+class Tracker:
+    """Registrations and claims per tree; thread-safe (the file server's thread is its only user)."""
+
+    def __init__(self, *, ttl: float = TTL_S, claim_s: float = CLAIM_S) -> None:
+        self.ttl = ttl
+        self.claim_s = claim_s
+        self._lock = threading.Lock()
+        self._peers: dict[str, dict[str, tuple[str, float]]] = {}  # tree -> endpoint -> (key, when)
+        self._claims: dict[str, dict[bytes, tuple[str, float]]] = {}  # tree -> block -> (claimant, when)
+
+    def register(self, tree: str, endpoint: str, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            peers = self._peers.setdefault(tree, {})
+            self._expire(peers, now)
+            if endpoint in peers or len(peers) < MAX_PEERS:
+                peers[endpoint] = (key, now)
+
+    def listing(self, tree: str, exclude: str | None) -> list[list[str]]:
+        now = time.monotonic()
+        with self._lock:
+            peers = self._peers.get(tree, {})
+            self._expire(peers, now)
+            found = [[endpoint, key] for endpoint, (key, _) in peers.items() if endpoint != exclude]
+        return random.sample(found, LISTED) if len(found) > LISTED else found
+
+    def claim(self, tree: str, claimant: str, hashes: list[bytes], force: bool) -> list[bytes]:
+        now = time.monotonic()
+        granted = []
+        with self._lock:
+            claims = self._claims.setdefault(tree, {})
+            for block_hash in hashes:
+                held = claims.get(block_hash)
+                if force or held is None or held[0] == claimant or now - held[1] > self.claim_s:
+                    claims[block_hash] = (claimant, now)
+                    granted.append(block_hash)
+        return granted
+
+    def forget(self, tree: str) -> None:
+        with self._lock:
+            self._peers.pop(tree, None)
+            self._claims.pop(tree, None)
+
+    def _expire(self, peers: dict[str, tuple[str, float]], now: float) -> None:
+        for endpoint in [e for e, (_, when) in peers.items() if now - when > self.ttl]:
+            del peers[endpoint]
+
+
+class SwarmFileServer(FileServer):
+    """A `FileServer` that also tracks peers (``peers``, ``claim``); ``members`` lists the keys a
+    block server admits (None without keys)."""
+
+    def __init__(self, *args: Any, members: Members | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracker = Tracker()
+        self.members = members
+        self._members_cache: tuple[float, str, list[str]] = (0.0, "", [])
+
+    def unpublish(self, tree: str) -> None:
+        super().unpublish(tree)
+        self.tracker.forget(tree)
+
+    def _members(self) -> tuple[str, list[str]]:
+        if self.members is None:
+            return "", []
+        when, members_id, keys = self._members_cache
+        if time.monotonic() - when > 1.0:  # re-read at most once a second (it reads allowed/)
+            keys = sorted(self.members())
+            members_id = hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
+            self._members_cache = (time.monotonic(), members_id, keys)
+        return members_id, keys
+
+    def _tree(self, request: wire.Request) -> str:
+        tree = request.body["tree"]
+        if tree not in self._index.trees:
+            raise SyncError(f"no tree named {tree[:200]!r} is published")
+        return str(tree)
+
+    def _serve_endpoint(self, request: wire.Request) -> str | None:
+        serve = request.body.get("serve")
+        if serve is not None and not (0 < len(serve) <= MAX_ENDPOINT and serve.startswith("tcp://")):
+            raise ProtocolError("peers: serve must be a tcp:// endpoint of at most 256 characters")
+        return serve
+
+    def _on_peers(self, request: wire.Request) -> list[Any]:
+        tree = self._tree(request)
+        serve = self._serve_endpoint(request)
+        if serve is not None:
+            self.tracker.register(tree, serve, request.user or "")
+        members_id, keys = self._members()
+        fields = {"peers": self.tracker.listing(tree, serve), "members_id": members_id}
+        known = request.body.get("members") == members_id
+        return wire.reply_frames(request.rid, fields, [] if known else ["\n".join(keys).encode()])
+
+    def _on_claim(self, request: wire.Request) -> list[Any]:
+        tree = self._tree(request)
+        if len(request.payloads) != 1 or len(wire.view(request.payloads[0])) % HASH_LEN:
+            raise ProtocolError("claim: expected the block hashes as one payload frame")
+        raw = bytes(wire.view(request.payloads[0]))
+        if len(raw) // HASH_LEN > self.limits.max_items * 16:
+            raise ProtocolError("claim: too many blocks in one request")
+        blocks = self._index.blocks
+        hashes = [h for i in range(0, len(raw), HASH_LEN) if (h := raw[i:i + HASH_LEN]) in blocks]
+        claimant = f"{request.user or ''} {self._serve_endpoint(request) or ''}"
+        granted = self.tracker.claim(tree, claimant, hashes, request.body["force"])
+        return wire.reply_frames(request.rid, None, [b"".join(granted)])
