@@ -1,6 +1,11 @@
 """Benchmark the file synchroniser: an asset tree to agent caches over loopback, farm vs rsync.
 
     python bench/bench_filesync.py [--size-mb 1024] [--agents 2] [--curve] [--tmp /tmp] [--keep]
+    python bench/bench_filesync.py --peers --agents 8 --size-mb 256 [--json]
+
+``--peers`` (or ``--json``) measures agents fetching from each other instead (`filesync_peers.py`):
+the bytes the controller sent over the tree's size, and the wall time against the controller
+alone (``farm agent --no-peers``), in the same run.
 
 The tree is made at bench time in a temporary folder under ``--tmp`` (removed after): half
 of ``--size-mb`` as many small files (1 KiB to 256 KiB), half as one large file,
@@ -44,6 +49,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
+from filesync_peers import compare
 
 from farm.filesync import FileClient, FileServer, HashCache, Store, build_manifest
 
@@ -295,12 +301,21 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--curve", action="store_true", help="encrypt with CURVE (zmq.auth keys, ZAP)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--peers", action="store_true", help="agents fetch from each other, against the controller alone")
+    parser.add_argument("--json", action="store_true", help="with --peers: one JSON object per comparison")
     parser.add_argument(
         "--tmp", default="/tmp", help="where the temporary folder goes (its filesystem matters)"
     )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="farm-bench-filesync-", dir=args.tmp))
     src = base / "src"
+    if args.peers or args.json:
+        try:
+            make_tree(src, args.size_mb * MiB)
+            compare(src, build_manifest(src), args.agents, base, args.json)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.1f}, folder {base}")
     try:
         files, size = make_tree(src, args.size_mb * MiB)

@@ -48,7 +48,8 @@ FORCE_S = 5.0  # a block claimed elsewhere that no peer offers after this long c
 RECLAIM_S = 0.5  # a denied block is asked for again after this long
 PENALTY_S = 10.0
 BUSY_S = 1.0  # a peer serving all the fetchers it may is asked again this soon
-PEER_WINDOW = 8 << 20
+PEER_WINDOW = 8 << 20  # bytes asked of one peer at once
+PEER_REQUESTS = 8  # requests in flight at one peer (a block server queues 16 per fetcher)
 
 
 @dataclass
@@ -105,8 +106,11 @@ class SwarmClient(FileClient):
         have = super()._fetch(manifest, progress)
         store = self._need_store()
         self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
-        if self._tree is not None and self.serve is not None and have is not None:
-            self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve, "members": self.members_id()})
+        if self._tree is not None and self.serve is not None and have is not None:  # held already: say so
+            body, payloads = self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve,
+                                                     "members": self.members_id()})
+            if payloads and self.on_members is not None:
+                self.on_members(body["members_id"], bytes(wire.view(payloads[0])).decode("ascii", "replace").split())
         return have
 
     def _fetch_blocks(self, assembly: Assembly, progress: ProgressFn | None) -> None:
@@ -145,6 +149,7 @@ class _Swarm:
         self.bad: Counter[bytes] = Counter()
         self.done_bytes = 0
         self.last_peers = 0.0
+        self.heard_peers = False
         self.last_heard = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------
@@ -198,6 +203,11 @@ class _Swarm:
                 room -= self.lengths[block_hash]
                 self.busy[block_hash] = peer.endpoint
         for request in self.c._chunked(picked):
+            if len(peer.inflight) >= PEER_REQUESTS:
+                for block_hash, offset, _ in request.items:
+                    if offset == 0:
+                        self.busy.pop(block_hash, None)
+                continue
             rid = peer.client._send(wire.GET, {"items": [list(i) for i in request.items]}, [])
             peer.inflight[rid] = (request, time.monotonic())
             peer.outstanding += request.cost
@@ -215,6 +225,8 @@ class _Swarm:
             self.ctl_bytes += request.cost
         if self.granted or any(op == wire.CLAIM for op, _ in self.ctl.values()):
             return
+        if not self.heard_peers or any(p.usable(now) and p.have_at == 0.0 for p in self.peers.values()):
+            return  # first learn what the peers hold: claim only what none of them has
         held = set()
         for peer in self.peers.values():
             if peer.usable(now):
@@ -262,6 +274,7 @@ class _Swarm:
                 self._on_blocks(what, payloads, "", self.c.counters)
 
     def _on_peers(self, body: dict[str, Any], payloads: list[wire.Frame]) -> None:
+        self.heard_peers = True
         if payloads and self.c.on_members is not None:
             keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
             self.c.on_members(body["members_id"], keys)
