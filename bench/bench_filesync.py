@@ -301,7 +301,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--curve", action="store_true", help="encrypt with CURVE (zmq.auth keys, ZAP)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--peers", action="store_true", help="agents fetch from each other, against the controller alone")
+    parser.add_argument("--peers", action="store_true",
+                        help="agents fetch from each other, against the controller alone")
     parser.add_argument("--json", action="store_true", help="with --peers: one JSON object per comparison")
     parser.add_argument(
         "--tmp", default="/tmp", help="where the temporary folder goes (its filesystem matters)"

@@ -101,5 +101,6 @@ def compare(src: Path, manifest: Manifest, agents: int, base: Path, as_json: boo
         print(json.dumps(result))
     else:
         print(f"peers: {farm_s:.2f} s, controller sent {ratio:.2f}x the tree (worst round; goal <= 1.5);"
-              f" controller alone: {baseline_s:.2f} s, {baseline_ratio:.2f}x; speed-up {baseline_s / farm_s:.2f}x;"
+              f" controller alone: {baseline_s:.2f} s, {baseline_ratio:.2f}x;"
+              f" speed-up {baseline_s / farm_s:.2f}x;"
               f" load average {os.getloadavg()[0]:.1f}")

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_peer(endpoint: str, tree: str, cache: Path, mode: str, keys: tuple[Path, str] | None = None,
                timeout: float = 120.0) -> tuple[subprocess.Popen[str], dict[str, object]]:
     """Start a peer process; returns it and its ``serving`` line once it serves."""
-    cmd = [sys.executable, __file__, endpoint, tree, str(cache), mode, *([str(keys[0]), keys[1]] if keys else [])]
+    cmd = [sys.executable, __file__, endpoint, tree, str(cache), mode,
+           *([str(keys[0]), keys[1]] if keys else [])]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> None:
         with FileClient(endpoint, socket_setup=setup) as client:
             manifest = client.fetch_manifest(tree)
             holdings.begin(manifest, lambda digest: Path("/nonexistent"), None)
-            body, payloads = client._call(wire.PEERS, {"tree": tree, "serve": server.endpoint, "members": None})
+            fields = {"tree": tree, "serve": server.endpoint, "members": None}
+            body, payloads = client._call(wire.PEERS, fields)
         if payloads:
             server.members.update(body["members_id"], bytes(payloads[0]).decode().split())
         print(json.dumps({"serving": server.endpoint}), flush=True)

@@ -76,8 +76,8 @@ class Agents:
     def start(self, url: str, *extra: str) -> int:
         i = len(self.procs)
         log = self.tmp_path / f"agent-{i}.log"
-        cmd = [sys.executable, "-m", "farm", "--log-level", "info", "agent", "--controller", url, "--slots", "1",
-               "--parent-pid", str(os.getpid()), "--id", f"agent-{i}", "--cache-dir",
+        cmd = [sys.executable, "-m", "farm", "--log-level", "info", "agent", "--controller", url,
+               "--slots", "1", "--parent-pid", str(os.getpid()), "--id", f"agent-{i}", "--cache-dir",
                str(self.tmp_path / f"cache-{i}"), *extra]
         with open(log, "wb") as out:
             self.procs.append(subprocess.Popen(cmd, stderr=out, stdout=out))
@@ -188,7 +188,7 @@ def test_a_peer_killed_mid_transfer_costs_a_retry_elsewhere(file_service, tmp_pa
         assert not thread.is_alive() and not errors, errors
         assert 2 <= client.peer_counters.blocks_fetched < 64  # some from the peer, the rest elsewhere
         assert client.counters.blocks_fetched + client.peer_counters.blocks_fetched == 64
-        assert server.counters.bytes_out - before < 8 * MiB + 64 * 1024 * 4  # no block twice from the controller
+        assert server.counters.bytes_out - before < 8 * MiB + 256 * 1024  # no block twice from the controller
         assert same_files(src, tmp_path / "job")
         client.close()
         store.close()
@@ -242,7 +242,8 @@ def peer_client(endpoint: str, keys: KeyStore, name: str, server_key: str) -> Fi
 
 def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
     controller, keys, _ = keyed
-    peer, line = start_peer(controller.assets.endpoint, "t", tmp_path / "n1-cache", "honest", (keys.root, "n1"))
+    peer, line = start_peer(controller.assets.endpoint, "t", tmp_path / "n1-cache", "honest",
+                            (keys.root, "n1"))
     try:
         endpoint = str(line["serving"])
         with file_client(controller, keys, "n2") as n2:
@@ -251,10 +252,12 @@ def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
             body, payloads = member._call(wire.HAVE, {"manifest": manifest_id})
             assert body["count"] == 16 and bytes(payloads[0]) == b"\xff\xff"
         for name in ("laptop", "stranger"):  # a client's key, a key the controller does not allow
-            with peer_client(endpoint, keys, name, "n1") as outsider, pytest.raises(TransferError, match="no answer"):
+            with peer_client(endpoint, keys, name, "n1") as outsider, \
+                    pytest.raises(TransferError, match="no answer"):
                 outsider._call(wire.HAVE, {"manifest": manifest_id})
-        with peer_client(endpoint, keys, "n2", "n2") as fooled, pytest.raises(TransferError, match="no answer"):
-            fooled._call(wire.HAVE, {"manifest": manifest_id})  # not the key the controller named: no handshake
+        with peer_client(endpoint, keys, "n2", "n2") as fooled, \
+                pytest.raises(TransferError, match="no answer"):  # not the key the controller named
+            fooled._call(wire.HAVE, {"manifest": manifest_id})
     finally:
         stop_peer(peer)
 
@@ -266,15 +269,15 @@ def test_the_file_service_applies_key_roles(keyed):
         assert node.fetch_manifest("t").total_size == 2 * MiB
         body, _ = node._call(wire.PEERS, {"tree": "t", "serve": None, "members": None})
         assert body["peers"] == []
-        with pytest.raises(TransferError, match="role agent.*may not submit"):
+        with pytest.raises(TransferError, match=r"role agent.*may not submit"):
             node.fetch_manifest("t.output")
-        with pytest.raises(TransferError, match="role agent.*may not submit"):
+        with pytest.raises(TransferError, match=r"role agent.*may not submit"):
             node.upload("some-token", src)
     with file_client(controller, keys, "laptop") as laptop:  # a client: uploads and outputs
         assert laptop.fetch_manifest("t.output").total_size == MiB
-        with pytest.raises(TransferError, match="role client.*may not serve as an agent"):
+        with pytest.raises(TransferError, match=r"role client.*may not serve as an agent"):
             laptop.fetch_manifest("t")
-        with pytest.raises(TransferError, match="role client.*may not serve as an agent"):
+        with pytest.raises(TransferError, match=r"role client.*may not serve as an agent"):
             laptop._call(wire.PEERS, {"tree": "t", "serve": None, "members": None})
         with pytest.raises(TransferError, match="no upload is expected"):  # past the role check
             laptop.upload("some-token", src)

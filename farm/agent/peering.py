@@ -30,7 +30,7 @@ SocketSetup = Callable[[zmq.Socket], None]
 
 
 def route_address(host: str, port: int) -> str | None:
-    """The local address this machine sends from to reach ``host`` (no packet is sent), as an endpoint host."""
+    """The local address this machine sends from to reach ``host`` (no packet is sent), for an endpoint."""
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as probe:
@@ -57,6 +57,8 @@ class PeerNode:
 
     def client(self, files_endpoint: str, store: Store) -> FileClient:
         """A client fetching from the controller's file service at ``files_endpoint`` and from peers."""
+        if self.socket_setup is not None and self.security is None:  # keys not ours to reuse: no plaintext
+            return FileClient(files_endpoint, store, socket_setup=self.socket_setup)
         with self._lock:
             serve = self._serve(files_endpoint)
             server = self.server
@@ -73,7 +75,7 @@ class PeerNode:
         def setup(sock: zmq.Socket) -> None:
             sock.curve_secretkey = keys.secret
             sock.curve_publickey = keys.public
-            sock.curve_serverkey = key.encode()  # the key the controller named: anyone else fails the handshake
+            sock.curve_serverkey = key.encode()  # the controller named it: anyone else fails the handshake
         return setup
 
     def _serve(self, files_endpoint: str) -> str | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.filesync.manifest import FileEntry, Manifest
+from farm.filesync.published import BlockOfFile
 
 MAX_TREES = 16  # manifests advertised at once; the oldest is forgotten first
 
@@ -51,20 +52,12 @@ def from_bitmap(data: bytes | memoryview, count: int) -> set[int]:
 
 
 @dataclass(frozen=True)
-class Where:
+class Where(BlockOfFile):
     """One block of a held tree: its file (by digest), its place in it, and the files that may hold it."""
 
     entry: FileEntry
     index: int
     paths: tuple[str, ...]  # the stored file first, then the partial file
-
-    @property
-    def offset(self) -> int:
-        return self.index * self.entry.block_size
-
-    @property
-    def length(self) -> int:
-        return self.entry.block_length(self.index)
 
 
 @dataclass

@@ -32,13 +32,9 @@ class RootDir:
             pass
 
 
-@dataclass(frozen=True)
-class Place:
-    """Where one block of a published tree lives on the controller's disk."""
+class BlockOfFile:
+    """A block's byte range in its file, from ``entry`` and ``index`` (a mixin of dataclasses)."""
 
-    resolver: Resolver  # the tree's root: opens its files, refusing links that lead out
-    root: RootDir  # its descriptor: files are opened beneath it, no symlink on the way
-    key: str  # root and path as one plain string, shared by the file's blocks (hashed per block served)
     entry: FileEntry
     index: int
 
@@ -49,6 +45,17 @@ class Place:
     @property
     def length(self) -> int:
         return self.entry.block_length(self.index)
+
+
+@dataclass(frozen=True)
+class Place(BlockOfFile):
+    """Where one block of a published tree lives on the controller's disk."""
+
+    resolver: Resolver  # the tree's root: opens its files, refusing links that lead out
+    root: RootDir  # its descriptor: files are opened beneath it, no symlink on the way
+    key: str  # root and path as one plain string, shared by the file's blocks (hashed per block served)
+    entry: FileEntry
+    index: int
 
 
 class TreeIndex:

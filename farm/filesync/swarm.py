@@ -31,7 +31,7 @@ import zmq
 
 from farm.filesync import wire
 from farm.filesync.assembly import Assembly, Outcome
-from farm.filesync.client import ClientCounters, FileClient, ProgressFn, Progress, _Request
+from farm.filesync.client import ClientCounters, FileClient, Progress, ProgressFn, _Request
 from farm.filesync.errors import SyncError, TransferError, VerifyError
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.holdings import Holdings, from_bitmap
@@ -94,7 +94,8 @@ class SwarmClient(FileClient):
         self._tree: str | None = None
         self._manifest: Manifest | None = None
 
-    def sync(self, tree: str, dest: Any, *, progress: ProgressFn | None = None, **materialize: bool) -> Manifest:
+    def sync(self, tree: str, dest: Any, *, progress: ProgressFn | None = None,
+             **materialize: bool) -> Manifest:
         self._tree = tree
         try:
             return super().sync(tree, dest, progress=progress, **materialize)
@@ -110,7 +111,8 @@ class SwarmClient(FileClient):
             body, payloads = self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve,
                                                      "members": self.members_id()})
             if payloads and self.on_members is not None:
-                self.on_members(body["members_id"], bytes(wire.view(payloads[0])).decode("ascii", "replace").split())
+                keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
+                self.on_members(body["members_id"], keys)
         return have
 
     def _fetch_blocks(self, assembly: Assembly, progress: ProgressFn | None) -> None:
@@ -198,7 +200,8 @@ class _Swarm:
         for block_hash in self.todo:
             if room <= 0:
                 break
-            if block_hash in self.lengths and block_hash not in self.busy and self.index[block_hash] in peer.have:
+            if block_hash in self.lengths and block_hash not in self.busy \
+                    and self.index[block_hash] in peer.have:
                 picked.append((block_hash, 0, self.lengths[block_hash]))
                 room -= self.lengths[block_hash]
                 self.busy[block_hash] = peer.endpoint
@@ -221,7 +224,8 @@ class _Swarm:
                 room -= self.lengths[block_hash]
                 self.busy[block_hash] = ""
         for request in self.c._chunked(picked):
-            self.ctl[self.c._send(wire.GET, {"items": [list(i) for i in request.items]}, [])] = (wire.GET, request)
+            rid = self.c._send(wire.GET, {"items": [list(i) for i in request.items]}, [])
+            self.ctl[rid] = (wire.GET, request)
             self.ctl_bytes += request.cost
         if self.granted or any(op == wire.CLAIM for op, _ in self.ctl.values()):
             return
@@ -251,18 +255,23 @@ class _Swarm:
 
     # -- replies ----------------------------------------------------------------------
 
+    @staticmethod
+    def _recv(client: FileClient, counters: ClientCounters) -> tuple[int | None, list[wire.Frame]] | None:
+        """The next reply waiting on ``client``'s socket and its rid, or None if none is waiting."""
+        try:
+            frames = client._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        counters.bytes_received += sum(wire.frame_len(f) for f in frames)
+        return wire.reply_rid(frames), frames
+
     def _drain_controller(self) -> None:
-        while True:
-            try:
-                frames = self.c._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.c.counters.bytes_received += sum(wire.frame_len(f) for f in frames)
-            rid = wire.reply_rid(frames)
+        while (got := self._recv(self.c, self.c.counters)) is not None:
+            rid, frames = got
             if rid not in self.ctl:
                 continue
             op, what = self.ctl.pop(rid)
-            body, payloads = self.c._parse(frames, op)  # a refusal by the controller is an error, as without peers
+            body, payloads = self.c._parse(frames, op)  # the controller's refusal: an error, as without peers
             self.last_heard = time.monotonic()
             if op == wire.PEERS:
                 self._on_peers(body, payloads)
@@ -303,13 +312,8 @@ class _Swarm:
                 self.denied.setdefault(block_hash, now)
 
     def _drain_peer(self, peer: _Peer) -> None:
-        while peer.endpoint in self.peers:
-            try:
-                frames = peer.client._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.c.peer_counters.bytes_received += sum(wire.frame_len(f) for f in frames)
-            rid = wire.reply_rid(frames)
+        while (got := self._recv(peer.client, self.c.peer_counters)) is not None:
+            rid, frames = got
             try:
                 if rid is not None and rid == peer.have_rid:
                     peer.have_rid = None
@@ -406,7 +410,8 @@ class _Swarm:
             stalled = peer.have_rid is not None and now - peer.have_sent > self.c.peer_timeout
             stalled = stalled or any(now - sent > self.c.peer_timeout for _, sent in peer.inflight.values())
             if stalled:
-                log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint, self.c.peer_timeout)
+                log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint,
+                         self.c.peer_timeout)
                 self._abandon(peer, PENALTY_S)
 
 
