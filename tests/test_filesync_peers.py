@@ -196,6 +196,22 @@ def test_a_peer_killed_mid_transfer_costs_a_retry_elsewhere(file_service, tmp_pa
         stop_peer(slow)
 
 
+def test_blocks_larger_than_a_request_come_in_order_from_one_peer(file_service, tmp_path):
+    server, src = file_service
+    honest, _ = start_peer(server.endpoint, "t", tmp_path / "peer-cache", "honest")
+    try:
+        client, store = fetcher(server, tmp_path / "cache", chunk_size=48 * 1024)  # 3 requests per block
+        with store, client:
+            before = server.counters.bytes_out
+            client.sync("t", tmp_path / "job")
+            assert client.peer_counters.blocks_fetched == 64 and client.counters.blocks_fetched == 0
+            assert client.peer_counters.blocks_rejected == 0
+            assert server.counters.bytes_out - before < 64 * 1024  # the manifest and the tracker only
+            assert same_files(src, tmp_path / "job")
+    finally:
+        stop_peer(honest)
+
+
 # -- keys: who may fetch from a peer, and what each role may ask the file service ----------------
 
 

@@ -7,8 +7,8 @@ fetch from the controller (``claim``). The loop here keeps every source busy up 
 - a peer is asked for blocks its ``have`` bitmap (polled every `HAVE_EVERY_S`) lists, in this
   agent's own random order, so agents pull different blocks at the same time;
 - blocks no reachable peer has are claimed and fetched from the controller; a block claimed by
-  another agent is waited for, until `FORCE_S` without a peer holding it (a claimant that died or
-  crawls), when it is fetched from the controller anyway (``force``).
+  another agent is waited for, until `FORCE_S` without a peer holding it while nothing else arrives
+  (a claimant that died or crawls), when it is fetched from the controller anyway (``force``).
 
 Every block goes through the same `Assembly` as a plain fetch: hashed against the manifest before
 it counts. A peer that sends bad bytes is dropped for the rest of the fetch; one that refuses
@@ -31,7 +31,7 @@ import zmq
 
 from farm.filesync import wire
 from farm.filesync.assembly import Assembly, Outcome
-from farm.filesync.client import ClientCounters, FileClient, Progress, ProgressFn, _Request
+from farm.filesync.client import MAX_IN_FLIGHT, ClientCounters, FileClient, Progress, ProgressFn, _Request
 from farm.filesync.errors import SyncError, TransferError, VerifyError
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.holdings import Holdings, from_bitmap
@@ -44,11 +44,12 @@ SocketSetup = Callable[[zmq.Socket], None]
 PeerSetup = Callable[[str], SocketSetup | None]  # a peer's Z85 key -> how to connect to it
 HAVE_EVERY_S = 0.25
 PEERS_EVERY_S = 1.0
-FORCE_S = 5.0  # a block claimed elsewhere that no peer offers after this long comes from the controller
+FORCE_S = 5.0  # a block claimed elsewhere, offered by no peer this long, nothing else arriving: force
 RECLAIM_S = 0.5  # a denied block is asked for again after this long
 PENALTY_S = 10.0
 BUSY_S = 1.0  # a peer serving all the fetchers it may is asked again this soon
 PEER_WINDOW = 8 << 20  # bytes asked of one peer at once
+DRAIN = 64  # replies read from one socket per turn
 PEER_REQUESTS = 8  # requests in flight at one peer (a block server queues 16 per fetcher)
 
 
@@ -104,7 +105,11 @@ class SwarmClient(FileClient):
 
     def _fetch(self, manifest: Manifest, progress: ProgressFn | None) -> Sources | None:
         self._manifest = manifest
-        have = super()._fetch(manifest, progress)
+        try:
+            have = super()._fetch(manifest, progress)
+        except BaseException:
+            self.holdings.forget(manifest.id)  # its partial files may be adopted by another fetch
+            raise
         store = self._need_store()
         self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
         if self._tree is not None and self.serve is not None and have is not None:  # held already: say so
@@ -205,15 +210,30 @@ class _Swarm:
                 picked.append((block_hash, 0, self.lengths[block_hash]))
                 room -= self.lengths[block_hash]
                 self.busy[block_hash] = peer.endpoint
-        for request in self.c._chunked(picked):
-            if len(peer.inflight) >= PEER_REQUESTS:
-                for block_hash, offset, _ in request.items:
-                    if offset == 0:
-                        self.busy.pop(block_hash, None)
-                continue
+        for request in self._whole(picked, PEER_REQUESTS - len(peer.inflight), not peer.inflight):
             rid = peer.client._send(wire.GET, {"items": [list(i) for i in request.items]}, [])
             peer.inflight[rid] = (request, time.monotonic())
             peer.outstanding += request.cost
+
+    def _whole(self, picked: list[tuple[bytes, int, int]], slots: int, idle: bool) -> list[_Request]:
+        """The requests for ``picked`` that fit in ``slots``, whole blocks only (a large block's
+        chunks go together; one that needs more than all the slots goes alone to an ``idle``
+        source); blocks left out are no longer busy, to be asked for again."""
+        requests, taken = list(self.c._chunked(picked)), 0
+        while taken < len(requests):
+            first = requests[taken].items[0]
+            end = taken + 1
+            split = first[2] < self.lengths[first[0]]  # a large block's first chunk: the next ones follow
+            while split and end < len(requests) and requests[end].items[0][0] == first[0]:
+                end += 1
+            if end - taken > slots and not (idle and taken == 0):
+                break
+            slots -= end - taken
+            taken = end
+        for request in requests[taken:]:
+            for block_hash, _, _ in request.items:
+                self.busy.pop(block_hash, None)
+        return requests[:taken]
 
     def _fill_controller(self, now: float) -> None:
         picked, room = [], self.c.window - self.ctl_bytes
@@ -223,7 +243,11 @@ class _Swarm:
                 picked.append((block_hash, 0, self.lengths[block_hash]))
                 room -= self.lengths[block_hash]
                 self.busy[block_hash] = ""
-        for request in self.c._chunked(picked):
+        gets = sum(op == wire.GET for op, _ in self.ctl.values())
+        requests = self._whole(picked, MAX_IN_FLIGHT - gets, gets == 0)
+        sent = {h for request in requests for h, _, _ in request.items}
+        self.granted.extendleft(reversed([h for h, _, _ in picked if h not in sent]))
+        for request in requests:
             rid = self.c._send(wire.GET, {"items": [list(i) for i in request.items]}, [])
             self.ctl[rid] = (wire.GET, request)
             self.ctl_bytes += request.cost
@@ -235,6 +259,9 @@ class _Swarm:
         for peer in self.peers.values():
             if peer.usable(now):
                 held |= peer.have
+        # force only when nothing else is coming: a busy fetcher waits, the claimant is likely just slow
+        idle = not any(op == wire.GET for op, _ in self.ctl.values()) and not any(
+            p.inflight for p in self.peers.values())
         claim, force, size = [], [], 0
         for block_hash in self.todo:
             if size >= self.c.window:
@@ -243,7 +270,8 @@ class _Swarm:
                 continue
             if now - self.asked_at.get(block_hash, 0.0) < RECLAIM_S:
                 continue
-            (force if now - self.denied.get(block_hash, now) > FORCE_S else claim).append(block_hash)
+            forced = idle and now - self.denied.get(block_hash, now) > FORCE_S
+            (force if forced else claim).append(block_hash)
             size += self.lengths[block_hash]
         for hashes, forced in ((claim, False), (force, True)):
             if hashes:
@@ -266,7 +294,9 @@ class _Swarm:
         return wire.reply_rid(frames), frames
 
     def _drain_controller(self) -> None:
-        while (got := self._recv(self.c, self.c.counters)) is not None:
+        for _ in range(DRAIN):
+            if (got := self._recv(self.c, self.c.counters)) is None:
+                return
             rid, frames = got
             if rid not in self.ctl:
                 continue
@@ -312,7 +342,9 @@ class _Swarm:
                 self.denied.setdefault(block_hash, now)
 
     def _drain_peer(self, peer: _Peer) -> None:
-        while (got := self._recv(peer.client, self.c.peer_counters)) is not None:
+        for _ in range(DRAIN):  # bounded: a peer flooding replies cannot hold the loop
+            if (got := self._recv(peer.client, self.c.peer_counters)) is None:
+                return
             rid, frames = got
             try:
                 if rid is not None and rid == peer.have_rid:
@@ -339,7 +371,6 @@ class _Swarm:
 
     def _on_have(self, peer: _Peer, body: dict[str, Any], payloads: list[wire.Frame]) -> None:
         peer.have_at = time.monotonic()
-        self.last_heard = peer.have_at
         if body["count"] == 0:
             peer.have = set()
             return

@@ -33,7 +33,7 @@ from farm.filesync.server import FileServer
 log = logging.getLogger(__name__)
 
 TTL_S = 600.0  # a registration lasts this long after the agent last synced the tree
-CLAIM_S = 10.0  # a claim no peer delivered on after this long may be granted to another agent
+CLAIM_S = 30.0  # a claim this old may be granted to another agent (its claimant died or crawls)
 MAX_PEERS = 4096  # registrations per tree
 LISTED = 32  # peers named in one answer (a random sample: load spreads over the swarm)
 MAX_ENDPOINT = 256
