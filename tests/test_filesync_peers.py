@@ -169,7 +169,7 @@ def test_a_peer_killed_mid_transfer_costs_a_retry_elsewhere(file_service, tmp_pa
     slow, line = start_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow")
     try:
         assert line["controller"] == 64  # it fetched the tree; now it serves it, slowly
-        client, store = fetcher(server, tmp_path / "cache", peer_timeout=2.0, chunk_size=256 * 1024)
+        client, store = fetcher(server, tmp_path / "cache", peer_timeout=4.0, chunk_size=256 * 1024)
         errors: list[BaseException] = []
 
         def sync() -> None:
@@ -280,7 +280,6 @@ def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
 
 def test_the_file_service_applies_key_roles(keyed):
     controller, keys, src = keyed
-    role = "key_role"
     with file_client(controller, keys, "n1") as node:  # an agent: asset trees and the swarm
         assert node.fetch_manifest("t").total_size == 2 * MiB
         body, _ = node._call(wire.PEERS, {"tree": "t", "serve": None, "members": None})
@@ -300,4 +299,14 @@ def test_the_file_service_applies_key_roles(keyed):
     with file_client(controller, keys, "admin") as admin:  # both
         assert admin.fetch_manifest("t").total_size == 2 * MiB
         assert admin.fetch_manifest("t.output").total_size == MiB
-    assert role == wire.KEY_ROLE
+    with file_client(controller, keys, "n2") as n2:  # connected, then revoked: refused from then on
+        assert n2.fetch_manifest("t").total_size == 2 * MiB
+        keys.revoke("n2")
+
+        def refused() -> bool:
+            try:
+                n2.fetch_manifest("t")
+            except TransferError as exc:
+                return "revoked" in str(exc)
+            return False
+        wait_for(refused, WAIT_S, "the revoked key to be refused")

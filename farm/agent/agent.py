@@ -87,7 +87,8 @@ class Agent:
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
-        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets, peers=peers)
+        self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets,
+                              peers=peers)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         # results of projects placed from the controller's folder, checked once per turn before they go

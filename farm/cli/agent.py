@@ -46,7 +46,8 @@ def agent(
         "--local-assets", help="On the controller's own machine, use its project files in place "
                                "(reflinks or hard links) instead of copying them into the cache.")] = False,
     no_peers: Annotated[bool, typer.Option(
-        "--no-peers", help="Fetch project files from the controller only, and serve none to other agents.")] = False,
+        "--no-peers",
+        help="Fetch project files from the controller only; serve none to other agents.")] = False,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 
@@ -67,7 +68,8 @@ def agent(
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
                       agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
-                      cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets, peers=not no_peers)
+                      cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets,
+                      peers=not no_peers)
         agent.run()
         if agent.refused_role:  # a client's key: the same refusal after every restart
             raise typer.Exit(JOIN_REFUSED_EXIT)
