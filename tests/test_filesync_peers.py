@@ -25,6 +25,7 @@ from farm.controller.server import Controller
 from farm.embedded import stop_agents
 from farm.filesync import FileClient, Store, TransferError, build_manifest, wire
 from farm.filesync.holdings import Holdings
+from farm.filesync.peerserver import PeerServer
 from farm.filesync.swarm import SwarmClient
 from farm.filesync.tracker import SwarmFileServer
 from farm.project import load_project
@@ -210,6 +211,36 @@ def test_blocks_larger_than_a_request_come_in_order_from_one_peer(file_service, 
             assert same_files(src, tmp_path / "job")
     finally:
         stop_peer(honest)
+
+
+def test_a_block_server_serves_a_bounded_number_of_fetchers_and_only_what_it_holds(file_service, tmp_path):
+    server, _ = file_service
+    holdings = Holdings()
+    with Store(tmp_path / "cache") as store:
+        client = SwarmClient(server.endpoint, store, holdings=holdings)
+        manifest = client.sync("t", tmp_path / "job")  # holdings now name the tree, in the cache
+        client.close()
+        block = manifest.entries[0].block_hash(0)
+        peer = PeerServer("tcp://127.0.0.1:*", holdings, max_fetchers=1, active_s=600).start()
+        try:
+            first = FileClient(peer.endpoint, timeout=WAIT_S)
+            second = FileClient(peer.endpoint, timeout=WAIT_S)
+            with first, second:
+                _, payloads = first._call(wire.GET, {"items": [[block, 0, 1024]]})
+                assert len(payloads[0]) == 1024
+                with pytest.raises(TransferError, match="busy: serving 1 fetchers"):
+                    second._call(wire.GET, {"items": [[block, 0, 1024]]})
+                body, _ = second._call(wire.HAVE, {"manifest": manifest.id})  # a bitmap: for anyone admitted
+                assert body["count"] == 64
+                for unknown in (bytes(32), b"../../etc/passwd".ljust(32, b"\0")):  # hashes, never paths
+                    with pytest.raises(TransferError, match="not held here"):
+                        first._call(wire.GET, {"items": [[unknown, 0, 1024]]})
+                for op, fields in ((wire.MANIFEST, {"tree": "t", "have": None}),
+                                   (wire.COMMIT, {"token": "x"})):
+                    with pytest.raises(TransferError, match="a peer serves only have and get"):
+                        first._call(op, fields)
+        finally:
+            peer.close()
 
 
 # -- keys: who may fetch from a peer, and what each role may ask the file service ----------------

@@ -58,7 +58,7 @@ class PeerServer(FileServer):
     """Serves what `holdings` says this agent holds; ``keys`` (this agent's pair) turns CURVE on."""
 
     def __init__(self, bind: str, holdings: Holdings, *, keys: KeyPair | None = None,
-                 max_fetchers: int = 4) -> None:
+                 max_fetchers: int = 4, active_s: float = ACTIVE_S) -> None:
         self.members = Members()
         self.keys = keys
         context = zmq.Context()
@@ -67,6 +67,7 @@ class PeerServer(FileServer):
                          max_queue=16, access=self._admits)
         self.holdings = holdings
         self.max_fetchers = max_fetchers
+        self.active_s = active_s  # a fetcher that asked for no block this long no longer counts
         self._active: OrderedDict[bytes, float] = OrderedDict()
         self._checked: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()  # blocks hashed here
 
@@ -105,7 +106,7 @@ class PeerServer(FileServer):
             super()._serve(sock, client, request)
             return
         now = time.monotonic()
-        while self._active and now - next(iter(self._active.values())) > ACTIVE_S:
+        while self._active and now - next(iter(self._active.values())) > self.active_s:
             self._active.popitem(last=False)
         if client not in self._active and len(self._active) >= self.max_fetchers:
             self.counters.errors += 1
