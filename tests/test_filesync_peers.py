@@ -23,7 +23,7 @@ from filesync_peers_helpers import start_peer, stop_peer
 from farm.client import Client
 from farm.controller.server import Controller
 from farm.embedded import stop_agents
-from farm.filesync import FileClient, Store, TransferError, build_manifest, wire
+from farm.filesync import FileClient, FileServer, Store, TransferError, build_manifest, wire
 from farm.filesync.holdings import Holdings
 from farm.filesync.peerserver import PeerServer
 from farm.filesync.swarm import SwarmClient
@@ -58,7 +58,7 @@ def file_service(tmp_path: Path) -> Iterator[tuple[SwarmFileServer, Path]]:
     server.close()
 
 
-def fetcher(server: SwarmFileServer, cache: Path, **options: object) -> tuple[SwarmClient, Store]:
+def fetcher(server: FileServer, cache: Path, **options: object) -> tuple[SwarmClient, Store]:
     store = Store(cache)
     return SwarmClient(server.endpoint, store, holdings=Holdings(), **options), store  # type: ignore[arg-type]
 
@@ -241,6 +241,18 @@ def test_a_block_server_serves_a_bounded_number_of_fetchers_and_only_what_it_hol
                         first._call(op, fields)
         finally:
             peer.close()
+
+
+def test_a_file_service_without_a_tracker_serves_the_tree_as_before(tmp_path):
+    src = make_tree(tmp_path / "src", files=2)
+    with FileServer() as plain:  # a file service that knows no peers (a hand-written one, say)
+        plain.publish("t", src, build_manifest(src))
+        for attempt in ("first", "cached"):  # a fetch, then a tree already in the cache
+            client, store = fetcher(plain, tmp_path / "cache", serve="tcp://127.0.0.1:9")  # type: ignore[arg-type]
+            with store, client:
+                client.sync("t", tmp_path / f"job-{attempt}")
+                assert client.counters.blocks_fetched == (16 if attempt == "first" else 0)
+            assert same_files(src, tmp_path / f"job-{attempt}")
 
 
 # -- keys: who may fetch from a peer, and what each role may ask the file service ----------------

@@ -47,6 +47,7 @@ PEERS_EVERY_S = 1.0
 FORCE_S = 5.0  # a block claimed elsewhere, offered by no peer this long, nothing else arriving: force
 RECLAIM_S = 0.5  # a denied block is asked for again after this long
 PENALTY_S = 10.0
+TRACKER_WAIT_S = 10.0  # no answer to the first ``peers`` this long: the controller alone, as before
 BUSY_S = 1.0  # a peer serving all the fetchers it may is asked again this soon
 PEER_WINDOW = 8 << 20  # bytes asked of one peer at once
 DRAIN = 64  # replies read from one socket per turn
@@ -113,8 +114,15 @@ class SwarmClient(FileClient):
         store = self._need_store()
         self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
         if self._tree is not None and self.serve is not None and have is not None:  # held already: say so
-            body, payloads = self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve,
-                                                     "members": self.members_id()})
+            timeout, self.timeout = self.timeout, min(self.timeout, TRACKER_WAIT_S)
+            try:
+                body, payloads = self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve,
+                                                         "members": self.members_id()})
+            except TransferError as exc:  # a file service that tracks no peers: nothing to offer to
+                log.info("cannot offer %s to other agents: %s", self._tree, exc)
+                return have
+            finally:
+                self.timeout = timeout
             if payloads and self.on_members is not None:
                 keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
                 self.on_members(body["members_id"], keys)
@@ -127,7 +135,11 @@ class SwarmClient(FileClient):
         store = self._need_store()
         order = self.holdings.begin(self._manifest, store.file_path, store.session_dir(),
                                     missing=[h for h, _ in assembly.missing()])
-        _Swarm(self, self._tree, self._manifest.id, order, assembly, progress).run()
+        try:
+            _Swarm(self, self._tree, self._manifest.id, order, assembly, progress).run()
+        except NoTracker as exc:  # fetch the rest from the controller alone, as before peers
+            log.info("fetching %s from the file service alone: %s", self._tree, exc)
+            super()._fetch_blocks(assembly, progress)
 
 
 class _Swarm:
@@ -157,7 +169,7 @@ class _Swarm:
         self.done_bytes = 0
         self.last_peers = 0.0
         self.heard_peers = False
-        self.last_heard = time.monotonic()
+        self.last_heard = self.started = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -178,6 +190,8 @@ class _Swarm:
                     if peer.client._sock in events:
                         self._drain_peer(peer)
                 now = time.monotonic()
+                if not self.heard_peers and now - self.started > TRACKER_WAIT_S:
+                    raise NoTracker(f"no answer to peers in {TRACKER_WAIT_S:g} s")
                 self._expire(now)
                 if now - self.last_heard > self.c.timeout:
                     raise TransferError(f"no block arrived from the file server at {self.c.endpoint} "
@@ -301,7 +315,12 @@ class _Swarm:
             if rid not in self.ctl:
                 continue
             op, what = self.ctl.pop(rid)
-            body, payloads = self.c._parse(frames, op)  # the controller's refusal: an error, as without peers
+            try:
+                body, payloads = self.c._parse(frames, op)  # a refusal: an error, as without peers
+            except SyncError as exc:
+                if op in (wire.PEERS, wire.CLAIM):  # a file service that tracks no peers (another version)
+                    raise NoTracker(str(exc)) from None
+                raise
             self.last_heard = time.monotonic()
             if op == wire.PEERS:
                 self._on_peers(body, payloads)
@@ -444,6 +463,10 @@ class _Swarm:
                 log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint,
                          self.c.peer_timeout)
                 self._abandon(peer, PENALTY_S)
+
+
+class NoTracker(SyncError):
+    """The file service does not track peers (it refused or ignored ``peers``, ``claim``)."""
 
 
 class _BadPeer(SyncError):
