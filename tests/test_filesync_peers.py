@@ -243,6 +243,33 @@ def test_a_block_server_serves_a_bounded_number_of_fetchers_and_only_what_it_hol
             peer.close()
 
 
+def test_the_tracker_grants_each_block_once_and_refuses_what_is_off(file_service):
+    server, _ = file_service
+    manifest = server.published("t")
+    assert manifest is not None
+    hashes = b"".join(manifest.entries[0].block_hash(i) for i in range(4))
+    with FileClient(server.endpoint, timeout=WAIT_S) as a, FileClient(server.endpoint, timeout=WAIT_S) as b:
+        def claim(client: FileClient, serve: str, payload: bytes, force: bool = False) -> bytes:
+            _, payloads = client._call(wire.CLAIM, {"tree": "t", "serve": serve, "force": force}, [payload])
+            return bytes(payloads[0])
+
+        assert claim(a, "tcp://127.0.0.1:1", hashes) == hashes  # all four, to a
+        assert claim(b, "tcp://127.0.0.1:2", hashes) == b""  # claimed: b waits for a peer
+        assert claim(a, "tcp://127.0.0.1:1", hashes[:32]) == hashes[:32]  # its own again
+        assert claim(b, "tcp://127.0.0.1:2", hashes[:32], force=True) == hashes[:32]  # the last resort
+        assert claim(a, "tcp://127.0.0.1:1", bytes(32)) == b""  # in no published tree: never granted
+        a._call(wire.PEERS, {"tree": "t", "serve": "tcp://127.0.0.1:1", "members": None})
+        body, _ = b._call(wire.PEERS, {"tree": "t", "serve": "tcp://127.0.0.1:2", "members": None})
+        assert body["peers"] == [["tcp://127.0.0.1:1", ""]]  # without keys, no key to name
+        for op, fields, payloads, error in (
+            (wire.CLAIM, {"tree": "t", "serve": None, "force": False}, [b"x" * 33], "hashes"),
+            (wire.CLAIM, {"tree": "nope", "serve": None, "force": False}, [hashes], "no tree named"),
+            (wire.PEERS, {"tree": "t", "serve": "ipc:///tmp/x", "members": None}, [], "tcp://"),
+        ):
+            with pytest.raises(TransferError, match=error):
+                a._call(op, fields, payloads)
+
+
 def test_a_file_service_without_a_tracker_serves_the_tree_as_before(tmp_path):
     src = make_tree(tmp_path / "src", files=2)
     with FileServer() as plain:  # a file service that knows no peers (a hand-written one, say)
