@@ -11,12 +11,14 @@ serves until its stdin closes or it is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,17 @@ def start_peer(endpoint: str, tree: str, cache: Path, mode: str, keys: tuple[Pat
     for pipe in (proc.stdin, proc.stdout):
         pipe.close()  # type: ignore[union-attr]
     raise AssertionError(f"peer {mode} did not start serving (exit {proc.poll()})")
+
+
+@contextlib.contextmanager
+def running_peer(endpoint: str, tree: str, cache: Path, mode: str, keys: tuple[Path, str] | None = None,
+                 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, object]]]:
+    """`start_peer` for the length of a ``with`` block; stopped (or reaped, if killed) after."""
+    proc, line = start_peer(endpoint, tree, cache, mode, keys)
+    try:
+        yield proc, line
+    finally:
+        stop_peer(proc)
 
 
 def stop_peer(proc: subprocess.Popen[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from filesync_peers_helpers import start_peer, stop_peer
+from filesync_peers_helpers import running_peer
 
 from farm.client import Client
 from farm.controller.server import Controller
@@ -151,8 +151,7 @@ def test_a_no_peers_agent_fetches_only_from_the_controller_and_serves_none(contr
 
 def test_a_peer_serving_wrong_bytes_is_dropped_and_the_blocks_come_from_elsewhere(file_service, tmp_path):
     server, src = file_service
-    liar, _ = start_peer(server.endpoint, "t", tmp_path / "liar-cache", "liar")
-    try:
+    with running_peer(server.endpoint, "t", tmp_path / "liar-cache", "liar"):
         client, store = fetcher(server, tmp_path / "cache")
         with store, client:
             manifest = client.sync("t", tmp_path / "job")
@@ -161,14 +160,11 @@ def test_a_peer_serving_wrong_bytes_is_dropped_and_the_blocks_come_from_elsewher
             assert client.counters.blocks_fetched == sum(e.block_count for e in manifest)
             assert same_files(src, tmp_path / "job")
             assert all(store.verify(e.digest) for e in manifest)  # the cache holds the right bytes
-    finally:
-        stop_peer(liar)
 
 
 def test_a_peer_killed_mid_transfer_costs_a_retry_elsewhere(file_service, tmp_path):
     server, src = file_service
-    slow, line = start_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow")
-    try:
+    with running_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow") as (slow, line):
         assert line["controller"] == 64  # it fetched the tree; now it serves it, slowly
         client, store = fetcher(server, tmp_path / "cache", peer_timeout=4.0, chunk_size=256 * 1024)
         errors: list[BaseException] = []
@@ -193,14 +189,11 @@ def test_a_peer_killed_mid_transfer_costs_a_retry_elsewhere(file_service, tmp_pa
         assert same_files(src, tmp_path / "job")
         client.close()
         store.close()
-    finally:
-        stop_peer(slow)
 
 
 def test_blocks_larger_than_a_request_come_in_order_from_one_peer(file_service, tmp_path):
     server, src = file_service
-    honest, _ = start_peer(server.endpoint, "t", tmp_path / "peer-cache", "honest")
-    try:
+    with running_peer(server.endpoint, "t", tmp_path / "peer-cache", "honest"):
         client, store = fetcher(server, tmp_path / "cache", chunk_size=48 * 1024)  # 3 requests per block
         with store, client:
             before = server.counters.bytes_out
@@ -209,8 +202,6 @@ def test_blocks_larger_than_a_request_come_in_order_from_one_peer(file_service, 
             assert client.peer_counters.blocks_rejected == 0
             assert server.counters.bytes_out - before < 64 * 1024  # the manifest and the tracker only
             assert same_files(src, tmp_path / "job")
-    finally:
-        stop_peer(honest)
 
 
 def test_a_block_server_serves_a_bounded_number_of_fetchers_and_only_what_it_holds(file_service, tmp_path):
@@ -328,9 +319,8 @@ def peer_client(endpoint: str, keys: KeyStore, name: str, server_key: str) -> Fi
 
 def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
     controller, keys, _ = keyed
-    peer, line = start_peer(controller.assets.endpoint, "t", tmp_path / "n1-cache", "honest",
-                            (keys.root, "n1"))
-    try:
+    with running_peer(controller.assets.endpoint, "t", tmp_path / "n1-cache", "honest",
+                      (keys.root, "n1")) as (_, line):
         endpoint = str(line["serving"])
         with file_client(controller, keys, "n2") as n2:
             manifest_id = n2.fetch_manifest("t").id
@@ -344,8 +334,6 @@ def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
         with peer_client(endpoint, keys, "n2", "n2") as fooled, \
                 pytest.raises(TransferError, match="no answer"):  # not the key the controller named
             fooled._call(wire.HAVE, {"manifest": manifest_id})
-    finally:
-        stop_peer(peer)
 
 
 def test_the_file_service_applies_key_roles(keyed):
