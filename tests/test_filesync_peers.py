@@ -20,6 +20,7 @@ import pytest
 from conftest import wait_for
 from filesync_peers_helpers import running_peer
 
+from farm.agent.peering import PeerNode
 from farm.client import Client
 from farm.controller.server import Controller
 from farm.embedded import stop_agents
@@ -334,6 +335,14 @@ def test_a_peer_serves_only_farm_members_with_the_agent_role(keyed, tmp_path):
         with peer_client(endpoint, keys, "n2", "n2") as fooled, \
                 pytest.raises(TransferError, match="no answer"):  # not the key the controller named
             fooled._call(wire.HAVE, {"manifest": manifest_id})
+        node = PeerNode(ClientSecurity(keys.root, "n2").socket_setup)  # n2 as a farm agent fetches it
+        try:
+            with Store(tmp_path / "n2-cache") as store, node.client(controller.assets.endpoint, store) as n2:
+                n2.sync("t", tmp_path / "n2-job")
+                assert n2.peer_counters.blocks_fetched == 16 and n2.counters.blocks_fetched == 0  # type: ignore
+            assert node.server is not None and node.server.keys is not None  # and serves it with CURVE
+        finally:
+            node.close()
 
 
 def test_the_file_service_applies_key_roles(keyed):
