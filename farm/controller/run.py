@@ -41,11 +41,14 @@ RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has 
 MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats
 
 
+_REUSED, _RENDERED = MappingProxyType({"reused": True}), MappingProxyType({"reused": False})  # job.done data
+
+
 def _unheard(*args: Any) -> None:
     """Where a run without an event bus (a test's) announces things."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     id: str
     run: ProjectRun
@@ -137,6 +140,7 @@ class ProjectRun(RunReport):
         self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
+        self.output_made = False  # the output folder was made for this run's collates
         self.download: str | None = None
 
     # -- what to run next ---------------------------------------------------------------
@@ -291,7 +295,7 @@ class ProjectRun(RunReport):
         return lease
 
     def deps_for(self, job: Job) -> dict[str, Any]:
-        return {d: self.journal.result(self.id, d) for d in job.deps}
+        return {d: self.journal.result(self.id, d) for d in job.deps} if job.deps else {}
 
     # -- outcomes ---------------------------------------------------------------------
 
@@ -307,15 +311,22 @@ class ProjectRun(RunReport):
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
         self._collate(lease.job, result, outputs)
         del self.leases[key]
-        self.progress.pop(key, None)
+        if self.progress:
+            self.progress.pop(key, None)
         self._attempt(lease, "done", None)
         for agent in self.conduct.succeeded(key, lease.agent_id):
             self._blocklisted(agent, self.blocklist[agent])
         self._done(key, result, lease.agent_id)
 
     def _collate(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
-        self.project.output_dir.mkdir(parents=True, exist_ok=True)  # the lifecycle's promise, every path
-        self.media.collate(job, result, outputs, self.ctx)
+        if not self.output_made:  # the lifecycle's promise, every path; once per run, not per job
+            self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            self.output_made = True
+        try:
+            self.media.collate(job, result, outputs, self.ctx)
+        except BaseException:
+            self.output_made = False  # the folder may be gone (removed by hand): made again for the retry
+            raise
 
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
@@ -323,14 +334,15 @@ class ProjectRun(RunReport):
 
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None), reused=reused)
-        self.outcomes["done"].add(key)
-        self.outcomes["failed"].discard(key)
+        outcomes = self.outcomes
+        outcomes["done"].add(key)
+        outcomes["failed"].discard(key)
         if reused:
-            self.outcomes["reused"].add(key)
+            outcomes["reused"].add(key)
         self.done += 1
         self.units.job_done(key)
-        self.emit("job.done", self.id, key, agent, {"reused": reused})
-        for job in self.waiting.pop(key, []):
+        self.emit("job.done", self.id, key, agent, _REUSED if reused else _RENDERED)
+        for job in self.waiting.pop(key, ()) if self.waiting else ():
             unmet = self.unmet[job.key]
             unmet.discard(key)
             if not unmet:
@@ -436,6 +448,7 @@ class ProjectRun(RunReport):
         self.state = "running"
         self.finished_mono = None
         self.outputs = []
+        self.output_made = False
 
     def _fail_project(self, error: str) -> None:
         log.error("%s: %s", self.project.name, error)
