@@ -268,6 +268,8 @@ def unpack(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
     if kind is T.RESULTS or kind is T.W_RESULTS:
         _check_results(body)  # the hot path: same rules as the RESULT shape, written out
+    elif kind is T.JOBS or kind is T.W_JOBS:
+        _check_jobs(body, kind)  # likewise
     else:
         check_shape(body, SHAPES[kind], kind.name)
     return Message(kind, body, [bytes(f) for f in frames[2:]])
@@ -293,6 +295,24 @@ def _check_results(body: dict[str, Any]) -> None:
                 v = r.get(k)
                 if v is not None and v.__class__ is not t:
                     _malformed(body)
+
+
+_JOBS_REST = {T.JOBS: {k: v for k, v in SHAPES[T.JOBS].items() if k != "jobs"},
+              T.W_JOBS: {k: v for k, v in SHAPES[T.W_JOBS].items() if k != "jobs"}}
+
+
+def _check_jobs(body: dict[str, Any], kind: T) -> None:
+    """The JOB shape of each of a (W_)JOBS message's jobs, written out (no call per field)."""
+    jobs = body.get("jobs")
+    if jobs.__class__ is not list:
+        check_shape(body, SHAPES[kind], kind.name)  # for its error message
+    for j in jobs:
+        if (j.__class__ is not dict or j.get("lease").__class__ is not str
+                or j.get("key").__class__ is not str or j.get("project").__class__ is not str
+                or "params" not in j or "deps" not in j or j.get("timeout").__class__ not in (int, float)):
+            check_shape(body, SHAPES[kind], kind.name)  # slow path: says what is wrong
+            raise ProtocolError(f"{kind.name}: malformed job")  # a shape the generic check allows, we do not
+    check_shape(body, _JOBS_REST[kind], kind.name)
 
 
 def _malformed(body: dict[str, Any]) -> None:

@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
 RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not had
 MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats
-
-
 _REUSED, _RENDERED = MappingProxyType({"reused": True}), MappingProxyType({"reused": False})  # job.done data
 
 
@@ -311,8 +309,7 @@ class ProjectRun(RunReport):
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
         self._collate(lease.job, result, outputs)
         del self.leases[key]
-        if self.progress:
-            self.progress.pop(key, None)
+        self.progress.pop(key, None)
         self._attempt(lease, "done", None)
         for agent in self.conduct.succeeded(key, lease.agent_id):
             self._blocklisted(agent, self.blocklist[agent])
@@ -321,12 +318,9 @@ class ProjectRun(RunReport):
     def _collate(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
         if not self.output_made:  # the lifecycle's promise, every path; once per run, not per job
             self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
-            self.output_made = True
-        try:
-            self.media.collate(job, result, outputs, self.ctx)
-        except BaseException:
-            self.output_made = False  # the folder may be gone (removed by hand): made again for the retry
-            raise
+        self.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
+        self.media.collate(job, result, outputs, self.ctx)
+        self.output_made = True
 
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
@@ -334,11 +328,10 @@ class ProjectRun(RunReport):
 
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None), reused=reused)
-        outcomes = self.outcomes
-        outcomes["done"].add(key)
-        outcomes["failed"].discard(key)
+        self.outcomes["done"].add(key)
+        self.outcomes["failed"].discard(key)
         if reused:
-            outcomes["reused"].add(key)
+            self.outcomes["reused"].add(key)
         self.done += 1
         self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, _REUSED if reused else _RENDERED)
