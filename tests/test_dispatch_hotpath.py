@@ -99,3 +99,14 @@ def test_a_lost_event_queue_trusts_no_folder(tmp_path, watch):
     assert not a.known_empty  # its events may be among the lost: its next answer is a listing
     (a.path / "x").touch()
     assert not a.is_empty()
+
+
+def test_a_folder_a_job_removed_is_made_again(tmp_path, watch):
+    folder = Folder(tmp_path / "out", watch)
+    assert folder.is_empty() and folder.is_empty()
+    (folder.path / "a.bin").write_bytes(b"x")
+    folder.path.joinpath("a.bin").unlink()
+    folder.path.rmdir()  # a render that removed its output folder
+    assert folder.is_empty() and folder.path.is_dir()
+    (folder.path / "b.bin").write_bytes(b"y")  # the new folder is watched
+    assert folder.files() == [folder.path / "b.bin"]

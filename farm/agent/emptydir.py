@@ -113,7 +113,11 @@ class Folder:
         watched = self.watch.add(self)
         if watched:
             self.watch.poll()  # what happened before this listing is answered by it
-        empty = not os.listdir(self.path)
+        try:
+            empty = not os.listdir(self.path)
+        except FileNotFoundError:  # a job removed the folder itself: a new one, watched
+            self.path.mkdir(parents=True, exist_ok=True)
+            return self.is_empty()
         self.known_empty = empty and watched
         return empty
 
