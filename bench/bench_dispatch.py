@@ -1,6 +1,7 @@
 """Dispatch throughput and overhead: the embedded farm against a bare ZeroMQ loop and multiprocessing.Pool.
 
     python bench/bench_dispatch.py [--jobs 50000] [--agents 2] [--rounds 3] [--json] [--before DIR]
+                                   [--prefetch N]
 
 1. no-op jobs through a real controller (journal on) and 2 local agent processes vs a bare
    pyzmq ROUTER/DEALER credit loop with msgpack and 2 worker processes (`bare_seconds`: no
