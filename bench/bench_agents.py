@@ -12,6 +12,8 @@ answered with a fresh HELLO), CURVE on with ``--curve``. Per size it reports:
 - ``hb_gap_p99_s``: over the agents, the p99 of the longest silence each saw from the controller
   (the controller heartbeats every 1 s when idle; an agent gives up after 5 s);
 - ``controller_cpu_pct_per_agent``: controller CPU in an idle 3 s window, per agent;
+- ``controller_cpu_us_per_job``: controller CPU (all its threads) over the run, per job: the
+  figure a loaded machine changes least (jobs/s falls with the CPU others take);
 - ``controller_rss_mb`` and ``rss_kb_per_agent`` (over the controller before agents joined);
 - ``status_ms``: median time for a client's ``farm status`` round trip.
 """
@@ -202,6 +204,7 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         t = time.perf_counter()
         summary = submit(url, project, socket_setup=setup)
         elapsed = time.perf_counter() - t
+        cpu2, _ = proc_stat(ctl.pid)  # its CPU over the run: per job, what load on the machine does not hide
         if not summary.ok:
             print(f"{agents} agents: the run {summary.state}: {summary.failed} jobs failed, first: "
                   f"{summary.failures[:1]}", file=sys.stderr)
@@ -226,6 +229,7 @@ def one_size(agents: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         "false_deaths": sum(c["errors"] for c in counts),
         "hb_gap_p99_s": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
         "controller_cpu_pct_per_agent": round((cpu1 - cpu0) / 3.0 / agents * 100, 4),
+        "controller_cpu_us_per_job": round((cpu2 - cpu1) / args.jobs * 1e6, 1),
         "controller_rss_mb": round(rss1, 1),
         "rss_kb_per_agent": round((rss1 - rss0) * 1024 / agents, 1),
         "status_ms": round(statistics.median(times) * 1000, 1),
@@ -255,7 +259,8 @@ def main() -> None:
                     f"heartbeat gap p99 {row['hb_gap_p99_s']} s, "
                     f"controller {row['controller_cpu_pct_per_agent']:.4f} % CPU and "
                     f"{row['rss_kb_per_agent']:.0f} KiB per agent ({row['controller_rss_mb']} MiB), "
-                    f"status {row['status_ms']} ms, joined in {row['join_s']} s",
+                    f"status {row['status_ms']} ms, joined in {row['join_s']} s, "
+                    f"controller {row['controller_cpu_us_per_job']} us CPU per job",
                     flush=True,
                 )
 

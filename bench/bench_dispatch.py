@@ -1,6 +1,7 @@
 """Dispatch throughput and overhead: the embedded farm against a bare ZeroMQ loop and multiprocessing.Pool.
 
     python bench/bench_dispatch.py [--jobs 50000] [--agents 2] [--rounds 3] [--json] [--before DIR]
+                                   [--prefetch N]
 
 1. no-op jobs through a real controller (journal on) and 2 local agent processes vs a bare
    pyzmq ROUTER/DEALER credit loop with msgpack and 2 worker processes (`bare_seconds`: no
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of the version to compare with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--prefetch", type=int, help="the agents' --prefetch (default: the agent's own)")
     args = parser.parse_args()
     if args.before is not None:
         compare(args)
@@ -173,7 +175,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctl = Controller("tcp://127.0.0.1:0", state_dir=Path(tmp, "state"))
         ctl.start()
-        procs = start_local_agents(ctl.url, args.agents)
+        extra = ["--prefetch", str(args.prefetch)] if args.prefetch is not None else None
+        procs = start_local_agents(ctl.url, args.agents, extra=extra)
         try:
             wait_for_agents(ctl.url, args.agents)
             farm_seconds(ctl.url, synthetic_project(Path(tmp, "warm"), 2000))  # workers started and warm

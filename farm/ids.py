@@ -35,7 +35,8 @@ def _why_not_name(value: Any) -> str | None:
         return f"expected a string, got {type(value).__name__}"
     if not value:
         return "is empty"
-    if len(value) > MAX_NAME or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    if len(value) > MAX_NAME or (not value.isascii()  # ASCII: a byte a character, MAX_NAME < MAX_NAME_BYTES
+                                 and len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
         return f"is too long ({len(value)} characters; at most {MAX_NAME}, {MAX_NAME_BYTES} bytes)"
     if value in (".", ".."):
         return "names a folder itself or its parent"

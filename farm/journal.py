@@ -20,7 +20,8 @@ With ``background=True`` (the controller's) a due batch is committed by a writer
 of the journal's own, so the loop goes on dispatching while SQLite writes; any other use
 of the database (a read, a project write, `flush`) first waits for that commit, and a
 failed one raises `JournalError` at the loop's next call. A crash then loses at most the
-batch being written and the one collecting.
+batch being written and the one collecting. There a job's *running* row waits one commit
+longer, so a job that ends meanwhile is written once (`farm.journalbatch`).
 
 Plain data in and out: project definitions, results and summaries are msgpack-able
 values (tuples come back as lists). Called from one thread, like the controller's loop.

@@ -95,6 +95,13 @@ RESULT = {
     "retry": opt(bool),  # False: the plugin failed the job for good (farm.errors.JobFailedForGood)
 }
 
+def job_wire(lease: str, key: str, project: str, params: Any, deps: dict[str, Any],
+             timeout: float) -> dict[str, Any]:
+    """A job's map on the wire (the JOB shape), made without a `JobSpec` (the controller's hot path)."""
+    return {"lease": lease, "key": key, "project": project, "params": params, "deps": deps,
+            "timeout": timeout}
+
+
 class JobSpec(NamedTuple):
     """What an agent needs to run one job; travels controller -> agent -> worker unchanged.
 
@@ -110,8 +117,7 @@ class JobSpec(NamedTuple):
     timeout: float
 
     def to_wire(self) -> dict[str, Any]:
-        return {"lease": self.lease, "key": self.key, "project": self.project, "params": self.params,
-                "deps": self.deps, "timeout": self.timeout}
+        return job_wire(*self)
 
     @classmethod
     def from_wire(cls, job: dict[str, Any]) -> JobSpec:
@@ -262,6 +268,8 @@ def unpack(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
     if kind is T.RESULTS or kind is T.W_RESULTS:
         _check_results(body)  # the hot path: same rules as the RESULT shape, written out
+    elif kind is T.JOBS or kind is T.W_JOBS:
+        _check_jobs(body, kind)  # likewise
     else:
         check_shape(body, SHAPES[kind], kind.name)
     return Message(kind, body, [bytes(f) for f in frames[2:]])
@@ -275,13 +283,41 @@ def _check_results(body: dict[str, Any]) -> None:
     if results.__class__ is not list:
         check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # for its error message
     for r in results:
-        if (r.__class__ is not dict or r.get("lease").__class__ is not str or r.get("ok").__class__ is not bool
-                or r.get("files").__class__ is not list or r.get("duration").__class__ not in (int, float)
-                or "result" not in r
-                or any(f.__class__ is not list for f in r["files"])
-                or any(r.get(k) is not None and r[k].__class__ is not t for k, t in _RESULT_OPTIONAL.items())):
-            check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # slow path: says what is wrong
-            raise ProtocolError("RESULTS: malformed result")  # a shape the generic check allows but we do not
+        if (r.__class__ is not dict or r.get("lease").__class__ is not str
+                or r.get("ok").__class__ is not bool or r.get("files").__class__ is not list
+                or r.get("duration").__class__ not in (int, float) or "result" not in r):
+            _malformed(body)
+        for f in r["files"]:
+            if f.__class__ is not list:
+                _malformed(body)
+        if len(r) > 5:  # optional fields present (no generator per result: this runs for every job)
+            for k, t in _RESULT_OPTIONAL.items():
+                v = r.get(k)
+                if v is not None and v.__class__ is not t:
+                    _malformed(body)
+
+
+_JOBS_REST = {T.JOBS: {k: v for k, v in SHAPES[T.JOBS].items() if k != "jobs"},
+              T.W_JOBS: {k: v for k, v in SHAPES[T.W_JOBS].items() if k != "jobs"}}
+
+
+def _check_jobs(body: dict[str, Any], kind: T) -> None:
+    """The JOB shape of each of a (W_)JOBS message's jobs, written out (no call per field)."""
+    jobs = body.get("jobs")
+    if jobs.__class__ is not list:
+        check_shape(body, SHAPES[kind], kind.name)  # for its error message
+    for j in jobs:
+        if (j.__class__ is not dict or j.get("lease").__class__ is not str
+                or j.get("key").__class__ is not str or j.get("project").__class__ is not str
+                or "params" not in j or "deps" not in j or j.get("timeout").__class__ not in (int, float)):
+            check_shape(body, SHAPES[kind], kind.name)  # slow path: says what is wrong
+            raise ProtocolError(f"{kind.name}: malformed job")  # a shape the generic check allows, we do not
+    check_shape(body, _JOBS_REST[kind], kind.name)
+
+
+def _malformed(body: dict[str, Any]) -> None:
+    check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # slow path: says what is wrong
+    raise ProtocolError("RESULTS: malformed result")  # a shape the generic check allows but we do not
 
 
 def check_shape(value: Any, spec: Any, where: str) -> None:

@@ -139,9 +139,9 @@ def test_staged_outputs_are_verified_and_kept_inside_their_folder(tmp_path):
 
 
 def test_worker_scratch_folders_are_emptied_between_jobs(tmp_path):
-    from farm.agent.worker import _Folder
+    from farm.agent.emptydir import Folder, Watch
 
-    folder = _Folder(tmp_path / "work")
+    folder = Folder(tmp_path / "work", Watch())
     assert folder.is_empty() and folder.files() == []
     (folder.path / "deep").mkdir()
     (folder.path / "deep" / "left.txt").write_text("from the last job")

@@ -36,3 +36,28 @@ def test_a_full_batch_goes_to_the_writer_without_waiting_for_the_interval(tmp_pa
     with Journal(tmp_path / "j.sqlite") as other:
         assert len(other.done_keys("p")) == 10
     journal.close()
+
+
+def test_a_running_row_waits_one_commit_so_a_short_job_is_written_once(tmp_path):
+    clock = [0.0]
+    journal = Journal(tmp_path / "j.sqlite", background=True, commit_interval=0.05, clock=lambda: clock[0])
+    journal.add_project("p", {"name": "p"}, 0, 1.0)
+    journal.job_started("p", "short", "L1", "agent-a")
+    journal.job_started("p", "long", "L2", "agent-b")
+    journal.job_done("p", "before", None)
+    clock[0] = 0.1
+    assert journal.tick() is True
+    journal._wait_writer()
+    with Journal(tmp_path / "j.sqlite") as other:  # the done row went; the running ones wait
+        assert other._read("SELECT key, state FROM jobs ORDER BY key").fetchall() == [("before", "done")]
+    assert not journal.is_done("p", "short") and journal.unflushed == 2  # still seen, still to commit
+    journal.job_done("p", "short", {"v": 1})  # ends meanwhile: one row, done, with who rendered it
+    clock[0] = 0.2
+    assert journal.tick() is True
+    journal._wait_writer()
+    with Journal(tmp_path / "j.sqlite") as other:  # held once only: the long job's running row is in now
+        rows = other._read("SELECT key, state, lease, agent FROM jobs ORDER BY key").fetchall()
+    assert rows == [("before", "done", None, None), ("long", "running", "L2", "agent-b"),
+                    ("short", "done", "L1", "agent-a")]
+    assert journal.unflushed == 0
+    journal.close()

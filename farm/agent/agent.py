@@ -414,7 +414,9 @@ class Agent:
     def _check_placed(self) -> None:
         """Fail the results of jobs whose project files were edited in place while they ran (one
         look per project and turn, however many results came), and place those files afresh."""
-        moved = {project: self.sync.changed(project) for _, _, project in self.unchecked}
+        # one look per project (a dict comprehension over the results would look once per result, and
+        # only the first look reports a change: `changed` forgets the view it found changed)
+        moved = {project: self.sync.changed(project) for project in {p for _, _, p in self.unchecked}}
         for result, files, project in self.unchecked:
             why = moved[project]
             if why is not None:  # the result may be wrong

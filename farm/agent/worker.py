@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -21,6 +20,7 @@ from typing import Any
 import zmq
 from blake3 import blake3
 
+from farm.agent.emptydir import Folder, Watch
 from farm.errors import JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
@@ -61,7 +61,8 @@ class Worker:
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
         self.out_dirty = True  # unknown until the first job has run
-        self.out, self.work = _Folder(self.out_dir), _Folder(self.work_dir)
+        self.watch = Watch()  # the folders' emptiness, answered without listing them (farm.agent.emptydir)
+        self.out, self.work = Folder(self.out_dir, self.watch), Folder(self.work_dir, self.watch)
         self.threads = 1  # the CPU share of each slot, as the agent says
         self.tail = _TailHandler()
         logging.getLogger().addHandler(self.tail)
@@ -168,36 +169,6 @@ class Worker:
             payloads = []
         reply.duration = time.monotonic() - started
         return reply, payloads
-
-
-class _Folder:
-    """A scratch folder kept open, so checking that it is empty costs one cheap system call.
-
-    This runs twice per job: for no-op benchmark jobs it is most of what the worker does.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = self._open()
-
-    def _open(self) -> int:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-
-    def is_empty(self) -> bool:
-        return not os.listdir(self.fd)
-
-    def clear(self) -> None:
-        if self.is_empty():
-            return
-        shutil.rmtree(self.path)
-        os.close(self.fd)
-        self.fd = self._open()
-
-    def files(self) -> list[Path]:
-        if self.is_empty():
-            return []
-        return sorted(p for p in self.path.rglob("*") if p.is_file())
 
 
 def _check_size(files: list[Path], limit: int) -> None:

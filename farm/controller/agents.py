@@ -139,17 +139,19 @@ class AgentSide:
 
     def _results(self, agent: AgentState, results: list[JobResult], payloads: list[bytes]) -> None:
         offset = 0
+        settle = self.scheduler.settle
         for result in results:
-            files = payloads[offset:offset + len(result.files)]
+            files = payloads[offset:offset + len(result.files)] if result.files else []
             offset += len(result.files)
-            lease = self.scheduler.settle(agent, result.lease)
+            lease = settle(agent, result.lease)
             if lease is None:
                 self.health["stale"] += 1
                 log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
                 continue
             agent.observe(float(result.duration))
             lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
-            too_big = oversize(result.files, files, lease.run.project.max_output)
+            too_big = None if not (result.files or files) else oversize(result.files, files,
+                                                                        lease.run.project.max_output)
             if result.ok and too_big:
                 agent.failed += 1
                 lease.run.failed(lease, too_big, "")

@@ -79,8 +79,11 @@ class Conduct:
         """
         self.completed[agent] += 1
         self.avoid.pop(key, None)
+        failed_on = self.failed_on.pop(key, None)
+        if not failed_on:  # the common case: it failed nowhere
+            return []
         blocked = []
-        for other in sorted(self.failed_on.pop(key, set()) - {agent}):
+        for other in sorted(failed_on - {agent}):
             self.strikes[other] += 1
             if self.strikes[other] >= self.strikes_limit and other not in self.blocklist:
                 self._block(other, f"failed {counted(self.strikes[other], 'job')} "

@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 LOST_LIMIT_FACTOR = 3  # a job lost with its agent this many times max_attempts fails for good
 RETRY_SCAN = 64  # how deep to look in the retry queue for a job this agent has not had
 MAX_REUSE_PER_TURN = 256  # re-collations per dispatch turn, so the loop keeps answering heartbeats
+_REUSED, _RENDERED = MappingProxyType({"reused": True}), MappingProxyType({"reused": False})  # job.done data
 
 
 def _unheard(*args: Any) -> None:
     """Where a run without an event bus (a test's) announces things."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     id: str
     run: ProjectRun
@@ -137,6 +138,7 @@ class ProjectRun(RunReport):
         self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
+        self.output_made = False  # the output folder was made for this run's collates
         self.download: str | None = None
 
     # -- what to run next ---------------------------------------------------------------
@@ -291,7 +293,7 @@ class ProjectRun(RunReport):
         return lease
 
     def deps_for(self, job: Job) -> dict[str, Any]:
-        return {d: self.journal.result(self.id, d) for d in job.deps}
+        return {d: self.journal.result(self.id, d) for d in job.deps} if job.deps else {}
 
     # -- outcomes ---------------------------------------------------------------------
 
@@ -314,8 +316,11 @@ class ProjectRun(RunReport):
         self._done(key, result, lease.agent_id)
 
     def _collate(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
-        self.project.output_dir.mkdir(parents=True, exist_ok=True)  # the lifecycle's promise, every path
+        if not self.output_made:  # the lifecycle's promise, every path; once per run, not per job
+            self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
         self.media.collate(job, result, outputs, self.ctx)
+        self.output_made = True
 
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
@@ -329,8 +334,8 @@ class ProjectRun(RunReport):
             self.outcomes["reused"].add(key)
         self.done += 1
         self.units.job_done(key)
-        self.emit("job.done", self.id, key, agent, {"reused": reused})
-        for job in self.waiting.pop(key, []):
+        self.emit("job.done", self.id, key, agent, _REUSED if reused else _RENDERED)
+        for job in self.waiting.pop(key, ()) if self.waiting else ():
             unmet = self.unmet[job.key]
             unmet.discard(key)
             if not unmet:
@@ -436,6 +441,7 @@ class ProjectRun(RunReport):
         self.state = "running"
         self.finished_mono = None
         self.outputs = []
+        self.output_made = False
 
     def _fail_project(self, error: str) -> None:
         log.error("%s: %s", self.project.name, error)

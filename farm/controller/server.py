@@ -42,7 +42,7 @@ from farm.notify import Notifier
 from farm.plugins import get_media_type, get_plugins
 from farm.preview import RunFacts
 from farm.project import load_project
-from farm.protocol import JobSpec, Message, T, pack, unpack
+from farm.protocol import Message, T, job_wire, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
 if TYPE_CHECKING:
@@ -431,13 +431,13 @@ class Controller(AgentSide, ClientSide, ControlSide):
         for agent, leases in self.scheduler.dispatch(now):
             projects = {}
             jobs = []
+            known = agent.known_projects
             for lease in leases:
-                run = lease.run
-                if run.id not in agent.known_projects:
+                run, job = lease.run, lease.job
+                if run.id not in known:
                     projects[run.id] = {**run.project.to_wire(), "assets": run.assets}
-                    agent.known_projects.add(run.id)
-                jobs.append(JobSpec(lease.id, lease.job.key, run.id, lease.job.params, run.deps_for(lease.job),
-                                    run.timeout).to_wire())
+                    known.add(run.id)
+                jobs.append(job_wire(lease.id, job.key, run.id, job.params, run.deps_for(job), run.timeout))
             if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
                 self._drop_agent(agent, "unreachable")
 

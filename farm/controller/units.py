@@ -50,9 +50,22 @@ class UnitCounter:
 
     def seen(self, job: Job) -> None:
         """A job came out of `split`: remember what it holds."""
-        if job.key not in self.pending:
-            units = self._checked(lambda: self.media.units(job, self.project), f"units() of {job.key!r}")
-            self.pending[job.key] = units or 0.0
+        if job.key in self.pending:
+            return
+        try:  # the common case checked inline (this runs for every job): a plain number in range
+            units = self.media.units(job, self.project)
+        except Exception as exc:
+            units = exc
+        if (units.__class__ is int or units.__class__ is float) and 0 <= units <= MAX_UNITS:
+            self.pending[job.key] = float(units)
+            return
+
+        def asked() -> Any:  # anything else through the full check, which says what is wrong (once)
+            if isinstance(units, Exception):
+                raise units
+            return units
+
+        self.pending[job.key] = self._checked(asked, f"units() of {job.key!r}") or 0.0
 
     def resume(self, done_keys: Collection[str], failed_keys: Collection[str]) -> None:
         """A run resumed after a restart: count the units of its jobs done (or failed for good)
