@@ -134,11 +134,11 @@ def test_outputs_are_encoded_while_the_join_fills(tmp_path: Path) -> None:
     rendered = [(job, *worker.render(project, job)) for job in jobs]
     for job, result, outputs in rendered[:3]:
         media.collate(job, result, outputs, ctx)
-    encoders = ctx.state["encoders"].encoders
+    encoder = ctx.state["encoders"].encoder
     joined = 3 * project.settings["segment"] * ctx.state["join"].frame_bytes
-    # before the last segment, every encoder has already read the three segments at the start
-    wait_for(lambda: all(e.fed == joined for e in encoders), what="the encoders to read the first segments")
-    assert all(e.proc.poll() is None for e in encoders)
+    # before the last segment, the encoder has already read the three segments at the start
+    wait_for(lambda: encoder.fed == joined, what="the encoder to read the first segments")
+    assert encoder.proc.poll() is None
     for job, result, outputs in rendered[3:]:
         media.collate(job, result, outputs, ctx)
     assert_equal_whole_file(media.finalize(ctx), project, tmp_path)
@@ -150,10 +150,10 @@ def test_a_run_that_cannot_finish_stops_its_encoders_and_leaves_no_partial_outpu
     for job in media.split(project):
         if job.key != "segment-00005":
             media.collate(job, *worker.render(project, job), ctx)
-    procs = [e.proc for e in ctx.state["encoders"].encoders]
+    proc = ctx.state["encoders"].encoder.proc
     with pytest.raises(RenderError, match="never arrived"):
         media.finalize(ctx)
-    assert all(p.poll() is not None for p in procs)
+    assert proc.poll() is not None
     assert not list(project.output_dir.glob("*.part")) and not list(project.output_dir.glob(".*.part"))
     assert not list(project.output_dir.glob("*.flac")) and not list(project.output_dir.glob("*.mp3"))
 

@@ -1,13 +1,14 @@
-"""Encoding while the join fills: every output's encoder reads the joined PCM as it arrives.
+"""Encoding while the join fills: one ffmpeg encodes every output from the joined PCM as it arrives.
 
 One whole-file ffmpeg encodes while it filters. Started only after the last segment, the
 farm's encoders would add the slowest one's whole time (MP3: ~0.45 s per minute of audio
-here) after the parallel part. So each output's ffmpeg starts with the first segment and
-reads raw PCM on its stdin, fed by a thread of its own from the join file up to the end of
-its contiguous start (segments arrive about in order); `Encoders.finish` gives where the
-audio ends. An encoder sees the same samples in the same order as when it reads the
-finished file, so it writes the same bytes (tests compare them with one whole-file run).
-The bytes go from the page cache to the pipe with ``sendfile`` (`ffmpeg.send`): no copy through Python.
+here) after the parallel part. So one ffmpeg, writing every output as the whole-file run
+does, starts with the first segment and reads raw PCM on its stdin, fed by a thread from
+the join file up to the end of its contiguous start (segments arrive about in order);
+`Encoders.finish` gives where the audio ends. The encoders see the same samples in the
+same order as when they read the finished file, so they write the same bytes (tests
+compare them with one whole-file run). The bytes go from the page cache to the pipe with
+``sendfile`` (`ffmpeg.send`): no copy through Python.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class _Encoder:
-    """One output's ffmpeg reading raw PCM on stdin, and what its feeder has done."""
+    """One ffmpeg encoding every output from raw PCM on its stdin, and what its feeder has done."""
 
-    def __init__(self, out: Output, cmd: list[str], temp: Path, final: Path) -> None:
-        self.out, self.temp, self.final = out, temp, final
+    def __init__(self, outputs: Sequence[Output], cmd: list[str], temps: list[Path], finals: list[Path]) -> None:
+        self.outputs, self.temps, self.finals = list(outputs), temps, finals
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, preexec_fn=child_dies_with_parent())
@@ -52,7 +53,12 @@ class _Encoder:
     def error(self) -> str:
         self.stderr.seek(0)
         text = ffmpeg.last_lines(self.stderr.read().decode("utf-8", "replace"), 3)
-        return f"{self.out.spec}: {text or self.problem or f'exit code {self.proc.returncode}'}"
+        specs = ", ".join(o.spec for o in self.outputs)
+        return f"{specs}: {text or self.problem or f'exit code {self.proc.returncode}'}"
+
+    def remove_partial(self) -> None:
+        for temp in self.temps:
+            temp.unlink(missing_ok=True)
 
 
 class _Feed:
@@ -86,31 +92,52 @@ class _Feed:
                 enc.proc.stdin.close()
 
 
-def _stop(feed: _Feed, encoders: list[_Encoder]) -> None:
-    """Stop feeders and encoders whose run ended without a finish (cancelled, failed, dropped)."""
+def _stop(feed: _Feed, encoder: _Encoder | None) -> None:
+    """Stop the feeder and the encoder of a run that ended without a finish (cancelled, failed, dropped)."""
     with feed.cond:
         feed.stopped = True
         feed.cond.notify_all()
-    for enc in encoders:
-        if enc.proc.poll() is None:
-            enc.proc.kill()
-        enc.proc.wait()
-        if enc.thread is not None and enc.thread is not threading.current_thread():
-            enc.thread.join()
-        enc.temp.unlink(missing_ok=True)
-        enc.stderr.close()
+    if encoder is None:
+        return
+    if encoder.proc.poll() is None:
+        encoder.proc.kill()
+    encoder.proc.wait()
+    if encoder.thread is not None and encoder.thread is not threading.current_thread():
+        encoder.thread.join()
+    encoder.remove_partial()
+    encoder.stderr.close()
+
+
+def encode_command(raw: str, sample_rate: int, layout: str, outputs: Sequence[Output], temps: Sequence[Path],
+                   filters: str = "") -> list[str]:
+    """One ffmpeg that reads raw PCM on stdin once and writes every output, as one whole-file run does.
+
+    With ``filters``, they run once and ``asplit`` hands their audio to each encoder;
+    without, every output maps the input stream. Each encoder converts to its own
+    sample format, as it would alone, so the bytes are those of a separate encode.
+    """
+    cmd = [ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout), "-i", "pipe:0"]
+    labels = [f"[o{i}]" for i in range(len(outputs))]
+    if filters:
+        cmd += ["-filter_complex", f"[0:a:0]{filters},asplit={len(outputs)}{''.join(labels)}"]
+    for label, out, temp in zip(labels, outputs, temps, strict=True):
+        cmd += ["-map", label if filters else "0:a:0", *out.args, *ffmpeg.BITEXACT, ffmpeg.file_arg(temp)]
+    return cmd
 
 
 class Encoders:
-    """Encoders of every output, fed from ``pcm`` (a raw file that fills from its start).
+    """One ffmpeg encoding every output, fed from ``pcm`` (a raw file that fills from its start).
 
     Call `advance` with the number of samples at the file's start that are final,
     as often as it grows, then `finish` with the total once every segment is in (or
-    `abort`; dropping the object aborts too). ``filters`` (an ``-af`` chain, e.g. loudnorm's
-    gain) runs in every encoder over the joined audio. Outputs are written as
-    ``.<name>.<ext>.part`` and renamed by `finish`. Encoders run at the controller's own
-    priority: at ``nice 10`` (as they once did) a machine with other work starved them, and
-    the run waited for its slowest encoder (docs/media-audio.md, "Where a segment's time goes").
+    `abort`; dropping the object aborts too). ``filters`` (a filter chain, e.g. loudnorm's
+    gain) runs once over the joined audio, before the encoders. One process reads the join
+    once (one process per output read it once each and, with loudnorm's gain, ran the gain
+    once each: 0.8 CPU-s per output for 10 minutes; ffmpeg runs each encoder in a thread of
+    its own anyway). Outputs are written as ``.<name>.<ext>.part`` and renamed by `finish`.
+    The encoder runs at the controller's own priority: at ``nice 10`` (as it once did) a
+    machine with other work starved it, and the run waited for it (docs/media-audio.md,
+    "Where a segment's time goes").
     """
 
     def __init__(self, pcm: Path, raw: str, sample_rate: int, layout: str, frame_bytes: int,
@@ -118,19 +145,15 @@ class Encoders:
         self.frame_bytes = frame_bytes
         self._feed = _Feed(pcm)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoders: list[_Encoder] = []
-        self._cleanup = weakref.finalize(self, _stop, self._feed, self.encoders)
-        for out in outputs:
-            temp = directory / f".{name}.{out.extension}.part"
-            cmd = [ffmpeg.ffmpeg_exe(), *ffmpeg.QUIET, "-y", *input_args(raw, sample_rate, layout),
-                   "-i", "pipe:0", *(("-af", filters) if filters else ()), *out.args, *ffmpeg.BITEXACT,
-                   ffmpeg.file_arg(temp)]
-            log.debug("encoding %s while the join fills: %s", out.spec, " ".join(cmd))
-            enc = _Encoder(out, cmd, temp, directory / f"{name}.{out.extension}")
-            self.encoders.append(enc)
-            enc.thread = threading.Thread(target=self._feed.run, args=(enc,), daemon=True,
-                                          name=f"farm-audio-encode-{out.extension}")
-            enc.thread.start()
+        temps = [directory / f".{name}.{out.extension}.part" for out in outputs]
+        finals = [directory / f"{name}.{out.extension}" for out in outputs]
+        cmd = encode_command(raw, sample_rate, layout, outputs, temps, filters)
+        log.debug("encoding %s while the join fills: %s", ", ".join(o.spec for o in outputs), " ".join(cmd))
+        self.encoder = _Encoder(outputs, cmd, temps, finals)
+        self._cleanup = weakref.finalize(self, _stop, self._feed, self.encoder)
+        self.encoder.thread = threading.Thread(target=self._feed.run, args=(self.encoder,), daemon=True,
+                                               name="farm-audio-encode")
+        self.encoder.thread.start()
 
     def advance(self, samples: int) -> None:
         """The first ``samples`` samples of the file are final: feed them."""
@@ -143,30 +166,29 @@ class Encoders:
     def finish(self, samples: int) -> list[Path]:
         """The audio is ``samples`` long and all in the file: encode the rest, wait, rename.
 
-        Raises `ffmpeg.FfmpegFailed` naming each output whose encoder failed.
+        Raises `ffmpeg.FfmpegFailed` naming the outputs (and ffmpeg's words) when encoding
+        failed; then no output is left, not even the ones that may have been whole.
         """
         end = samples * self.frame_bytes
-        if any(e.fed > end for e in self.encoders):  # fed past the end (cannot happen with a checked join)
+        enc = self.encoder
+        if enc.fed > end:  # fed past the end (cannot happen with a checked join)
             self.abort()
-            raise ffmpeg.FfmpegFailed(["encode"], 1, "the join shrank under its encoders")
+            raise ffmpeg.FfmpegFailed(["encode"], 1, "the join shrank under its encoder")
         with self._feed.cond:
             self._feed.end = end
             self._feed.cond.notify_all()
-        failed = []
-        for enc in self.encoders:
-            assert enc.thread is not None
-            enc.thread.join()
-            enc.proc.wait()
-            if enc.proc.returncode == 0 and not enc.problem and enc.fed == end:
-                enc.temp.replace(enc.final)
-            else:
-                enc.temp.unlink(missing_ok=True)
-                failed.append(enc.error())
-        self._cleanup()  # closes the stderr files; the rest has already ended
-        if failed:
-            raise ffmpeg.FfmpegFailed(["encode"], 1, "\n".join(failed))
-        return [e.final for e in self.encoders]
+        assert enc.thread is not None
+        enc.thread.join()
+        enc.proc.wait()
+        if enc.proc.returncode != 0 or enc.problem or enc.fed != end:
+            failed = enc.error()
+            self._cleanup()
+            raise ffmpeg.FfmpegFailed(["encode"], 1, failed)
+        for temp, final in zip(enc.temps, enc.finals, strict=True):
+            temp.replace(final)
+        self._cleanup()  # closes the stderr file; the rest has already ended
+        return list(enc.finals)
 
     def abort(self) -> None:
-        """Stop every encoder and remove what they wrote."""
+        """Stop the encoder and remove what it wrote."""
         self._cleanup()
