@@ -66,9 +66,9 @@ class Worker:
         return result, {p.name: p for p in out.iterdir()}
 
 
-def start_run(tmp_path: Path, expr: str) -> tuple[Project, Any, Worker, CollateContext]:
+def start_run(tmp_path: Path, expr: str, table: str | None = None) -> tuple[Project, Any, Worker, CollateContext]:
     """A project on a WAV of ``expr``, the media type, one worker and a fresh run's collate context."""
-    root = make_project(tmp_path / "p", TABLE)
+    root = make_project(tmp_path / "p", table or TABLE)
     make_source(root / "source.wav", expr)
     project = load_project(root)
     return project, get_plugins().get("audio"), Worker(tmp_path / "worker"), \
@@ -86,13 +86,15 @@ def decodes(caplog: pytest.LogCaptureFixture) -> int:
 
 TABLE = 'filters = "highpass=f=120,acompressor=threshold=0.2:ratio=4,volume=0.8"\nsegment = 0.4\n' \
         'outputs = ["flac", "mp3"]\n'
+#: converted to another rate, so the worker decodes the WAV (a plain WAV or FLAC is read in place)
+DECODED_TABLE = TABLE + "sample_rate = 48000\n"
 
 
 def test_a_worker_decodes_its_source_once_for_all_its_segments(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="farm_audio.source")
-    project, media, worker, ctx = start_run(tmp_path, "0.5*sin(2*PI*330*t)*gt(mod(t,0.7),0.2)")
+    project, media, worker, ctx = start_run(tmp_path, "0.5*sin(2*PI*330*t)*gt(mod(t,0.7),0.2)", DECODED_TABLE)
     jobs = list(media.split(project))
     assert len(jobs) == 8
     for job in jobs:
@@ -105,7 +107,7 @@ def test_a_source_rewritten_between_runs_is_decoded_again_even_with_the_same_siz
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="farm_audio.source")
-    root = make_project(tmp_path / "p", TABLE)
+    root = make_project(tmp_path / "p", DECODED_TABLE)
     source = make_source(root / "source.wav", "0.5*sin(2*PI*330*t)")
     media = get_plugins().get("audio")
     worker = Worker(tmp_path / "worker")  # the same worker serves both runs

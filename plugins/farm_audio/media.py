@@ -28,7 +28,7 @@ from farm_audio.loudnorm import MEASURED
 from farm_audio.probe import RAW_BYTES
 from farm_audio.render import ANALYSIS_KEY, analyse_loudness, encode_filter, render_segment
 from farm_audio.segments import Segment, count_segments, plan
-from farm_audio.source import decoded_source
+from farm_audio.source import job_source
 from farm_audio.stream import Encoders
 
 _JOIN_KEY = "join"
@@ -105,7 +105,7 @@ class AudioSegments(MediaType):
         except NotAllowed as exc:
             raise RenderError(f"refusing this job's audio settings: {exc}") from None
         # next to the work folder, not in it (it is emptied after every job)
-        source = decoded_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
+        source = job_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
         if job.params["kind"] == "loudnorm":
             return analyse_loudness(s, source, ctx.work_dir, ctx.progress)
         seg = Segment.from_params(job.params)

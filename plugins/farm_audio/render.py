@@ -33,7 +33,7 @@ from farm_audio.loudnorm import (
 )
 from farm_audio.probe import RAW_BYTES
 from farm_audio.segments import Segment
-from farm_audio.source import Source
+from farm_audio.source import InPlace, Source
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,19 @@ _PROBE_SECONDS = 4
 _JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 
 
-def segment_filter(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any]) -> str:
-    """The filter a segment job runs over its read range."""
+def segment_filter(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any], *, shift: bool = True) -> str:
+    """The filter a segment job runs over its read range.
+
+    ``shift``: the range arrives stamped from 0 (raw PCM on stdin), so its timestamps are
+    moved to its true place; an in-place read keeps the file's own, already true.
+    """
     keep_tail = seg.last and settings["tail"]
     trim = f"atrim=start_sample={seg.start - seg.read_start}"
     if not keep_tail:
         trim += f":end_sample={seg.end - seg.read_start}"
     parts = [
         DOUBLE,
-        f"asetpts=PTS+{seg.read_start}/(SR*TB)",
+        f"asetpts=PTS+{seg.read_start}/(SR*TB)" if shift else "",
         chain_for_segments(settings, deps),
         trim,
         f"aformat=sample_fmts={_SAMPLE_FMT[settings['pcm']]}",
@@ -100,15 +104,26 @@ def whole_file_filter(settings: Mapping[str, Any], measured: Mapping[str, str] |
 
 
 def run_fed(
-    args: list[str], source: Source, start: int, end: int, log_path: Path, loglevel: str = "error",
+    args: list[str], source: Source | InPlace, start: int, end: int, log_path: Path, loglevel: str = "error",
     progress: Callable[[float], None] | None = None,
 ) -> None:
-    """Run ffmpeg reading raw PCM samples ``[start, end)`` of ``source`` on its stdin.
+    """Run ffmpeg over samples ``[start, end)`` of ``source``, ``args`` taking its audio.
 
-    ``progress`` hears the fraction fed so far (ffmpeg reads as fast as it filters).
+    ``args`` hold ``-af FILTER``: an in-place read puts its exact cut before the filter.
+    From a decoded source, the samples go raw on ffmpeg's stdin; ``progress`` hears the
+    fraction fed so far (ffmpeg reads as fast as it filters). An in-place read reports
+    only its end.
     """
-    cmd = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y",
-           *source.input_args(), "-i", "pipe:0", *args]
+    head = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y"]
+    if isinstance(source, InPlace):
+        inputs, trim = source.input_args(start, end)
+        at = args.index("-af") + 1
+        args = [*args[:at], ",".join(p for p in (trim, args[at]) if p), *args[at + 1:]]
+        _run_in_place([*head, *inputs, *args], log_path)
+        if progress is not None:
+            progress(1.0)
+        return
+    cmd = [*head, *source.input_args(), "-i", "pipe:0", *args]
     log.debug("running %s", " ".join(cmd))
     with open(log_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
@@ -133,12 +148,21 @@ def run_fed(
         raise RenderError(f"ffmpeg failed: {ffmpeg.last_lines(text)}")
 
 
+def _run_in_place(cmd: list[str], log_path: Path) -> None:
+    log.debug("running %s", " ".join(cmd))
+    with open(log_path, "wb") as err:
+        code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                              preexec_fn=child_dies_with_parent()).returncode
+    if code != 0:
+        raise RenderError(f"ffmpeg failed: {ffmpeg.last_lines(log_path.read_text('utf-8', 'replace'))}")
+
+
 def render_segment(
-    settings: Mapping[str, Any], seg: Segment, source: Source, out_path: Path, work_dir: Path,
+    settings: Mapping[str, Any], seg: Segment, source: Source | InPlace, out_path: Path, work_dir: Path,
     deps: Mapping[str, Any], progress: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
     """Render one segment to raw PCM at ``out_path``; returns where it goes and its length."""
-    graph = segment_filter(settings, seg, deps)
+    graph = segment_filter(settings, seg, deps, shift=not isinstance(source, InPlace))
     args = ["-af", graph, "-f", settings["pcm"], ffmpeg.file_arg(out_path)]
     run_fed(args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log", progress=progress)
     frame = RAW_BYTES[settings["pcm"]] * settings["out_channels"]
@@ -154,7 +178,7 @@ def render_segment(
 
 
 def analyse_loudness(
-    settings: Mapping[str, Any], source: Source, work_dir: Path,
+    settings: Mapping[str, Any], source: Source | InPlace, work_dir: Path,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, str]:
     """loudnorm's first pass over the whole file (through the chain before it): its measurements."""
