@@ -137,7 +137,7 @@ def test_outputs_are_encoded_while_the_join_fills(tmp_path: Path) -> None:
     for job, result, outputs in rendered[:3]:
         media.collate(job, result, outputs, ctx)
     encoder = ctx.state["encoders"].encoder
-    joined = 3 * project.settings["segment"] * ctx.state["join"].frame_bytes
+    joined = 3 * project.settings["segment"]
     # before the last segment, the encoder has already read the three segments at the start
     wait_for(lambda: encoder.fed == joined, what="the encoder to read the first segments")
     assert encoder.proc.poll() is None

@@ -180,7 +180,7 @@ class InPlace:
         """
         seek = max(0, start - SEEK_MARGIN)
         args = ["-ss", f"{seek / self.sample_rate:.6f}"] if seek else []
-        args += ["-copyts", "-i", ffmpeg.file_arg(self.path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+        args += ["-copyts", "-i", ffmpeg.file_arg(self.path)]  # the graph takes its first audio stream
         trim = []
         if start > 0:
             trim.append(f"start_pts={start}")
