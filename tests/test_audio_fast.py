@@ -66,7 +66,9 @@ class Worker:
         return result, {p.name: p for p in out.iterdir()}
 
 
-def start_run(tmp_path: Path, expr: str, table: str | None = None) -> tuple[Project, Any, Worker, CollateContext]:
+def start_run(
+    tmp_path: Path, expr: str, table: str | None = None
+) -> tuple[Project, Any, Worker, CollateContext]:
     """A project on a WAV of ``expr``, the media type, one worker and a fresh run's collate context."""
     root = make_project(tmp_path / "p", table or TABLE)
     make_source(root / "source.wav", expr)

@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from audio_helpers import render_all, whole_file
 from farm_audio import ffmpeg
-from farm_audio.encode import Output, parse_outputs, segment_streams
-from farm_audio.render import whole_file_filter
+from farm_audio.encode import parse_outputs, segment_streams
 
 from farm.errors import RenderError
-from farm.mediatype import CollateContext, RenderContext
-from farm.plugins import get_plugins
 from farm.project import Project, load_project
 
 
@@ -35,20 +33,6 @@ def test_the_segments_streams_are_the_narrowest_exact_for_every_output(
     assert segment_streams(parse_outputs(specs, rate)) == streams
 
 
-def render_all(project: Project, scratch: Path, skip: str = "") -> tuple[list[Path], CollateContext]:
-    media = get_plugins().get("audio")
-    ctx = CollateContext(project, project.output_dir, {})
-    cache: dict = {}
-    for n, job in enumerate(media.split(project)):
-        out, work = scratch / f"out-{n}", scratch / f"work-{n}"
-        out.mkdir(parents=True)
-        work.mkdir(parents=True)
-        result = media.render(job, RenderContext(project.root, out, work, project.settings, 1, cache, {}))
-        if job.key != skip:
-            media.collate(job, result, {p.name: p for p in out.iterdir()}, ctx)
-    return media.finalize(ctx), ctx
-
-
 def make_project(root: Path, outputs: list[str]) -> Project:
     root.mkdir()
     ffmpeg.run(["-y", "-f", "lavfi", "-i",
@@ -64,14 +48,9 @@ def make_project(root: Path, outputs: list[str]) -> Project:
 def test_two_streams_give_every_output_the_bytes_of_a_whole_file_run(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", ["flac", "wav:f32", "mp3:96k", "opus:48k"])
     assert project.settings["streams"] == ["s16le", "f32le"]
-    outputs, _ = render_all(project, tmp_path / "worker")
-    source = project.root / project.settings["input"]
+    outputs = render_all(project, tmp_path / "worker")
     for path, wire in zip(outputs, project.settings["outputs"], strict=True):
-        out = Output.from_wire(wire)
-        whole = tmp_path / f"whole-{path.name}"
-        ffmpeg.run(["-y", "-i", str(source), "-map", "0:a:0", "-af", whole_file_filter(project.settings),
-                    *out.args, *ffmpeg.BITEXACT, str(whole)])
-        assert path.read_bytes() == whole.read_bytes(), path.name
+        assert path.read_bytes() == whole_file(project, wire, tmp_path / f"whole-{path.name}"), path.name
     assert not list(project.output_dir.glob(".*"))  # no join files, no .part files left
 
 

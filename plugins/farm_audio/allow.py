@@ -112,7 +112,8 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     try:
         safe_relpath(settings["input"])
         formats = [settings["raw"], settings["pcm"], *settings["streams"]]
-        if not settings["streams"] or len(formats) > 6 or not all(isinstance(f, str) and f in RAW_BYTES for f in formats):
+        known = all(isinstance(f, str) and f in RAW_BYTES for f in formats)
+        if not settings["streams"] or len(formats) > 6 or not known:
             raise NotAllowed(f"unknown PCM format in {formats!r}")
         if not _LAYOUT.fullmatch(settings["layout"]):
             raise NotAllowed(f"layout {settings['layout']!r} is not a channel layout name")

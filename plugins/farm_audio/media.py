@@ -132,7 +132,8 @@ class AudioSegments(MediaType):
             return
         names = [f"{job.key}.{fmt}" for fmt in s["streams"]]
         if result is None or sorted(outputs) != sorted(names):
-            raise RenderError(f"{job.key}: expected the PCM files {names} and a result, got {sorted(outputs)}")
+            raise RenderError(f"{job.key}: expected the PCM files {names} and a result, "
+                              f"got {sorted(outputs)}")
         joins = self._joins(ctx)
         for name, join in zip(names, joins, strict=True):
             staged = outputs[name]
@@ -152,13 +153,15 @@ class AudioSegments(MediaType):
         if joins is None:
             s = ctx.project.settings
             joins = ctx.state[_JOIN_KEY] = [
-                PcmJoin(ctx.output_dir / join_name(s, fmt), RAW_BYTES[fmt] * s["out_channels"], fingerprint(s),
-                        s["samples"])
+                PcmJoin(ctx.output_dir / join_name(s, fmt), RAW_BYTES[fmt] * s["out_channels"],
+                        fingerprint(s), s["samples"])
                 for fmt in s["streams"]
             ]
         return joins
 
-    def _encoders(self, ctx: CollateContext, joins: list[PcmJoin], *, finishing: bool = False) -> Encoders | None:
+    def _encoders(
+        self, ctx: CollateContext, joins: list[PcmJoin], *, finishing: bool = False
+    ) -> Encoders | None:
         """The outputs' encoders, started with the first segment and fed as the join fills.
 
         None while they wait for loudnorm's analysis (when they apply its gain).

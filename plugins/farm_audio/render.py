@@ -46,7 +46,8 @@ _JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 
 
 def segment_filter(
-    settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any], *, shift: bool = True, pcm: bool = True,
+    settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any], *,
+    shift: bool = True, pcm: bool = True,
 ) -> str:
     """The filter a segment job runs over its read range.
 
@@ -177,7 +178,7 @@ def render_segment(
     settings: Mapping[str, Any], seg: Segment, source: Source | InPlace, out_dir: Path, work_dir: Path,
     deps: Mapping[str, Any], progress: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
-    """Render one segment to raw PCM in ``out_dir`` (`segment_files`); returns where it goes and its length."""
+    """Render one segment to raw PCM in ``out_dir`` (`segment_files`); returns where it goes, its length."""
     graph = segment_graph(settings, seg, deps, shift=not isinstance(source, InPlace))
     paths = segment_files(settings, seg, out_dir)
     args = []

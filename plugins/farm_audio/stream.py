@@ -63,16 +63,18 @@ class _Encoder:
         # the first stream on stdin, the others on their own descriptors (ffmpeg's pipe:N)
         cmd = command(["pipe:0", *(f"pipe:{r}" for r, _ in fds[1:])])
         try:
-            self.proc = subprocess.Popen(cmd, stdin=fds[0][0], stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                         pass_fds=[r for r, _ in fds[1:]], preexec_fn=child_dies_with_parent())
+            self.proc = subprocess.Popen(
+                cmd, stdin=fds[0][0], stdout=subprocess.DEVNULL, stderr=self.stderr,
+                pass_fds=[r for r, _ in fds[1:]], preexec_fn=child_dies_with_parent())
         except BaseException:
-            for r, w in fds:
+            for _, w in fds:
                 os.close(w)
             raise
         finally:
             for r, _ in fds:
                 os.close(r)
-        self.pipes = [_Pipe(pcm, raw, frame, w) for (pcm, raw, frame), (_, w) in zip(streams, fds, strict=True)]
+        self.pipes = [_Pipe(pcm, raw, frame, w)
+                      for (pcm, raw, frame), (_, w) in zip(streams, fds, strict=True)]
 
     @property
     def fed(self) -> int:
@@ -185,7 +187,8 @@ class Encoders:
 
         def command(inputs: list[str]) -> list[str]:
             cmd = encode_command(formats, inputs, sample_rate, layout, outputs, temps, filters)
-            log.debug("encoding %s while the join fills: %s", ", ".join(o.spec for o in outputs), " ".join(cmd))
+            specs = ", ".join(o.spec for o in outputs)
+            log.debug("encoding %s while the join fills: %s", specs, " ".join(cmd))
             return cmd
 
         self.encoder = _Encoder(outputs, streams, command, temps, finals)
