@@ -15,6 +15,8 @@ from farm_audio import ffmpeg
 from farm_audio.source import SEEK_MARGIN, reads_in_place
 
 from farm.errors import RenderError
+from farm.mediatype import RenderContext
+from farm.plugins import get_plugins
 from farm.project import load_project
 
 DECODED = "once for this worker"  # farm_audio.source's log line when a worker decodes its input
@@ -103,3 +105,29 @@ def test_a_flac_rewritten_after_the_project_loaded_fails_the_job_naming_it(tmp_p
     source.write_bytes(bytes(data))
     with pytest.raises(RenderError, match=r"source\.flac differs here from the file the project was set up"):
         render_all(project, tmp_path / "worker")
+
+
+def test_a_flac_rewritten_between_two_jobs_of_a_worker_fails_the_second(tmp_path: Path) -> None:
+    """Jobs read the input where it lies: one rewritten mid-run must not mix into the output."""
+    root = tmp_path / "p"
+    root.mkdir()
+    source = make_input(root / "source.flac", ["-c:a", "flac"], 1, 2.0)
+    (root / "farm.toml").write_text(
+        '[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\ninput = "source.flac"\nsegment = 0.5\n')
+    project = load_project(root)
+    media = get_plugins().get("audio")
+    first, second = list(media.split(project))[:2]
+    cache: dict = {}
+
+    def render(job, n: int) -> None:  # type: ignore[no-untyped-def]
+        out, work = tmp_path / f"out-{n}", tmp_path / f"work-{n}"
+        out.mkdir()
+        work.mkdir()
+        media.render(job, RenderContext(project.root, out, work, project.settings, 1, cache, {}))
+
+    render(first, 1)
+    data = bytearray(source.read_bytes())
+    data[-100] ^= 0xFF  # same size, other content, a new mtime
+    source.write_bytes(bytes(data))
+    with pytest.raises(RenderError, match=r"source\.flac differs here from the file the project was set up"):
+        render(second, 2)

@@ -52,7 +52,6 @@ def join_name(settings: Mapping[str, Any], fmt: str | None = None) -> str:
     return f".{settings['name']}.join.{fmt or settings['pcm']}"
 
 
-
 def _analysis_record(ctx: CollateContext) -> Path:
     s = ctx.project.settings
     return ctx.output_dir / f".{s['name']}.loudnorm.{fingerprint(s)}.json"

@@ -170,6 +170,7 @@ class InPlace:
     path: Path
     sample_rate: int
     samples: int
+    stamp: tuple[int, int] = (0, 0)  # size and mtime (ns) when its content digest was checked
 
     def input_args(self, start: int, end: int) -> tuple[list[str], str]:
         """ffmpeg's input options to read samples ``[start, end)``, and the filter that keeps exactly them.
@@ -217,9 +218,13 @@ def job_source(
     ident = ("in place", settings["input"], settings["input_digest"])
     sources: dict[tuple[Any, ...], Any] = cache.setdefault(_CACHE_KEY, {})
     found = sources.get(ident)
-    if found is None:
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    # checked again when the file was touched since: jobs read it where it lies, so a file
+    # rewritten during a run must fail the job, not mix two versions into one output
+    if found is None or found.stamp != stamp:
         _check_digest(path, settings)
-        found = sources[ident] = InPlace(path, settings["sample_rate"], settings["samples"])
+        found = sources[ident] = InPlace(path, settings["sample_rate"], settings["samples"], stamp)
     return found
 
 
