@@ -8,14 +8,16 @@ minutes, looped (nothing is downloaded, nothing is left behind). Baseline, measu
 the same run: the same chain over the whole file with ffmpeg itself, the way one would
 without a farm: loudnorm's first pass, then one run of the whole chain encoding every
 output. The farm runs through ``farm.embedded.submit_embedded`` (controller in-process,
-real agent processes); its time includes loading the project (which decodes the input
-once to count its samples), every agent decoding the input once, the segments, the
-join and the encodes. Prints both times, the ratio and whether the outputs are
+real agent processes); its time includes loading the project (which counts the
+input's samples), the agents starting, the segments (each reading its range of the
+input), the join and the encodes. Prints both times, the ratio and whether the outputs are
 byte-identical; asserts nothing. The second variant drops loudnorm, whose analysis is
-one serial whole-file pass that every segment waits for, to show the parallel part alone.
+one serial whole-file pass that the encodes wait for, to show the parallel part alone.
 ``--segment`` defaults to the media type's own default; ``--json`` prints one JSON object
 per comparison (``name``, ``farm_s``, ``baseline_s``, ``speedup`` = baseline / farm, the
-machine's load average before and after, whether the outputs are byte-identical).
+CPU seconds each used (``baseline_cpu_s``, ``farm_cpu_s``: user + system of the processes
+that ended, the farm's in-process controller included), the machine's load average before
+and after, whether the outputs are byte-identical).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import array
 import json
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -104,6 +107,12 @@ def single_ffmpeg(project_dir: Path, out: Path) -> tuple[float, float, dict[str,
     return time.perf_counter() - started, first_pass_s if measured else 0.0, measured
 
 
+def cpu_seconds() -> float:
+    """User + system seconds of this process and of every child it has waited for (with theirs)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def difference(farm: Path, single: Path, rate: int) -> str:
     """How two encodes differ once decoded: samples that differ and where (bytes alone say little)."""
     a, b = (array.array("f", ffmpeg.run(["-i", str(p), "-f", "f32le", "-"]).stdout) for p in (farm, single))
@@ -145,10 +154,13 @@ def main() -> int:
         for variant in args.variants.split(","):
             project = make_project(root / variant, source, args.segment, loudnorm=variant == "sample")
             load_before = os.getloadavg()[0]
+            cpu_before = cpu_seconds()
             single_s, first_pass_s, measured = single_ffmpeg(project, root / f"{variant}-single")
+            single_cpu = cpu_seconds() - cpu_before
             started = time.perf_counter()
             summary = submit_embedded(project, agents=args.agents)
             farm_s = time.perf_counter() - started
+            farm_cpu = cpu_seconds() - cpu_before - single_cpu
             load_after = os.getloadavg()[0]
             if not summary.ok:
                 say(f"# {variant}: the farm failed: {summary.failures[:3] or summary.error}")
@@ -163,6 +175,7 @@ def main() -> int:
                     "name": f"audio {variant}", "farm_s": round(farm_s, 3),
                     "baseline_s": round(single_s, 3), "baseline_first_pass_s": round(first_pass_s, 3),
                     "speedup": round(single_s / farm_s, 3), "jobs": summary.total, "minutes": args.minutes,
+                    "baseline_cpu_s": round(single_cpu, 2), "farm_cpu_s": round(farm_cpu, 2),
                     "agents": args.agents, "segment_s": settings["segment"] / settings["sample_rate"],
                     "identical": not differ, "differ": differ,
                     "load_before": round(load_before, 2), "load_after": round(load_after, 2),
@@ -173,6 +186,8 @@ def main() -> int:
             verdict = f"NO ({', '.join(differ)})" if differ else "yes"
             seconds = args.minutes * 60
             say(f"#   load average {load_before:.2f} before the baseline, {load_after:.2f} after the farm")
+            say(f"#   CPU (user + system): one ffmpeg {single_cpu:.1f} s, the farm {farm_cpu:.1f} s "
+                "(its processes that ended in the run)")
             if measured is not None:
                 say(f"#   one ffmpeg: loudnorm's first pass {first_pass_s:.1f} s, "
                     f"the second {single_s - first_pass_s:.1f} s")

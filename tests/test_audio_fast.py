@@ -66,9 +66,11 @@ class Worker:
         return result, {p.name: p for p in out.iterdir()}
 
 
-def start_run(tmp_path: Path, expr: str) -> tuple[Project, Any, Worker, CollateContext]:
+def start_run(
+    tmp_path: Path, expr: str, table: str | None = None
+) -> tuple[Project, Any, Worker, CollateContext]:
     """A project on a WAV of ``expr``, the media type, one worker and a fresh run's collate context."""
-    root = make_project(tmp_path / "p", TABLE)
+    root = make_project(tmp_path / "p", table or TABLE)
     make_source(root / "source.wav", expr)
     project = load_project(root)
     return project, get_plugins().get("audio"), Worker(tmp_path / "worker"), \
@@ -86,13 +88,15 @@ def decodes(caplog: pytest.LogCaptureFixture) -> int:
 
 TABLE = 'filters = "highpass=f=120,acompressor=threshold=0.2:ratio=4,volume=0.8"\nsegment = 0.4\n' \
         'outputs = ["flac", "mp3"]\n'
+#: converted to another rate, so the worker decodes the WAV (a plain WAV or FLAC is read in place)
+DECODED_TABLE = TABLE + "sample_rate = 48000\n"
 
 
 def test_a_worker_decodes_its_source_once_for_all_its_segments(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="farm_audio.source")
-    project, media, worker, ctx = start_run(tmp_path, "0.5*sin(2*PI*330*t)*gt(mod(t,0.7),0.2)")
+    project, media, worker, ctx = start_run(tmp_path, "0.5*sin(2*PI*330*t)*gt(mod(t,0.7),0.2)", DECODED_TABLE)
     jobs = list(media.split(project))
     assert len(jobs) == 8
     for job in jobs:
@@ -105,7 +109,7 @@ def test_a_source_rewritten_between_runs_is_decoded_again_even_with_the_same_siz
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="farm_audio.source")
-    root = make_project(tmp_path / "p", TABLE)
+    root = make_project(tmp_path / "p", DECODED_TABLE)
     source = make_source(root / "source.wav", "0.5*sin(2*PI*330*t)")
     media = get_plugins().get("audio")
     worker = Worker(tmp_path / "worker")  # the same worker serves both runs
@@ -134,11 +138,11 @@ def test_outputs_are_encoded_while_the_join_fills(tmp_path: Path) -> None:
     rendered = [(job, *worker.render(project, job)) for job in jobs]
     for job, result, outputs in rendered[:3]:
         media.collate(job, result, outputs, ctx)
-    encoders = ctx.state["encoders"].encoders
-    joined = 3 * project.settings["segment"] * ctx.state["join"].frame_bytes
-    # before the last segment, every encoder has already read the three segments at the start
-    wait_for(lambda: all(e.fed == joined for e in encoders), what="the encoders to read the first segments")
-    assert all(e.proc.poll() is None for e in encoders)
+    encoder = ctx.state["encoders"].encoder
+    joined = 3 * project.settings["segment"]
+    # before the last segment, the encoder has already read the three segments at the start
+    wait_for(lambda: encoder.fed == joined, what="the encoder to read the first segments")
+    assert encoder.proc.poll() is None
     for job, result, outputs in rendered[3:]:
         media.collate(job, result, outputs, ctx)
     assert_equal_whole_file(media.finalize(ctx), project, tmp_path)
@@ -150,10 +154,10 @@ def test_a_run_that_cannot_finish_stops_its_encoders_and_leaves_no_partial_outpu
     for job in media.split(project):
         if job.key != "segment-00005":
             media.collate(job, *worker.render(project, job), ctx)
-    procs = [e.proc for e in ctx.state["encoders"].encoders]
+    proc = ctx.state["encoders"].encoder.proc
     with pytest.raises(RenderError, match="never arrived"):
         media.finalize(ctx)
-    assert all(p.poll() is not None for p in procs)
+    assert proc.poll() is not None
     assert not list(project.output_dir.glob("*.part")) and not list(project.output_dir.glob(".*.part"))
     assert not list(project.output_dir.glob("*.flac")) and not list(project.output_dir.glob("*.mp3"))
 

@@ -107,9 +107,9 @@ def test_a_controller_that_runs_no_ffmpeg_check_schedules_audio_its_agents_rende
     finally:
         ctl.close()
     ran = calls.read_text().splitlines() if calls.exists() else []
-    # the controller's ffmpeg only encoded (the joined PCM on its stdin): it never probed, decoded,
-    # listed filters or ran the chain
-    assert len(ran) == 2 and all("-i pipe:0" in line for line in ran), ran
+    # the controller's ffmpeg only encoded (the joined PCM on its stdin; one process for both
+    # outputs): it never probed, decoded, listed filters or ran the chain
+    assert len(ran) == 1 and all("-i pipe:0" in line for line in ran), ran
 
 
 def test_a_resumed_controller_takes_the_journaled_facts_and_measures_nothing(tmp_path, agents):

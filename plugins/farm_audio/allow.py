@@ -111,8 +111,10 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     """
     try:
         safe_relpath(settings["input"])
-        if settings["raw"] not in RAW_BYTES or settings["pcm"] not in RAW_BYTES:
-            raise NotAllowed(f"unknown PCM format {settings['raw']!r} or {settings['pcm']!r}")
+        formats = [settings["raw"], settings["pcm"], *settings["streams"]]
+        known = all(isinstance(f, str) and f in RAW_BYTES for f in formats)
+        if not settings["streams"] or len(formats) > 6 or not known:
+            raise NotAllowed(f"unknown PCM format in {formats!r}")
         if not _LAYOUT.fullmatch(settings["layout"]):
             raise NotAllowed(f"layout {settings['layout']!r} is not a channel layout name")
         if settings["convert"] and not _CONVERT.fullmatch(settings["convert"]):

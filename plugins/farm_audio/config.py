@@ -94,6 +94,7 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         split.update(segment=found["samples"], lead_in=0, lead_out=0)
         lead_in_s = lead_out_s = 0.0
     at_encode = gain_at_encode(filters, loudnorm)
+    streams = ["f64le"] if at_encode else encode.segment_streams(outputs)
     stat = path.stat()
     return {
         "input": input_rel,
@@ -122,7 +123,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "lead_out_s": lead_out_s,
         "tail": keep_tail,
         # the encoders' gain must see the chain's doubles, as loudnorm does in one run
-        "pcm": "f64le" if at_encode else encode.segment_pcm(outputs),
+        "streams": streams,
+        "pcm": streams[0],  # the first stream's (the waveform preview reads it)
         "outputs": [o.to_wire() for o in outputs],
         "name": name,
         "probed": found,  # what ffmpeg found (`renderer_facts`): all the rest follows from it and the table

@@ -97,17 +97,32 @@ def parse_outputs(specs: Sequence[str], sample_rate: int) -> list[Output]:
     return outputs
 
 
-def segment_pcm(outputs: Sequence[Output]) -> str:
-    """The raw PCM format segments are rendered in: the narrowest that is exact for every output.
+#: bytes a sample of each raw format takes (a stream of doubles: 8)
+_BYTES = {"s16le": 2, "s32le": 4, "f32le": 4, "f64le": 8}
 
-    Converting the chain's double-precision output to an encoder's sample format is
-    per sample, so it can happen in the segment job when every output takes the same
-    format; otherwise (or when an encoder must resample) segments stay in doubles.
+
+def segment_streams(outputs: Sequence[Output]) -> list[str]:
+    """The raw PCM streams segments are rendered in: as narrow as is exact for every output.
+
+    Converting the chain's double-precision output to an encoder's sample format is per
+    sample, so it can happen in the segment job. One stream when every output takes the
+    same format; one stream per format when together they are narrower than doubles (16-bit
+    FLAC with MP3 or Opus: ``s16le`` and ``f32le``, 6 bytes a sample instead of 8, which
+    every job moves three times and the encoder reads); else doubles (``f64le``), also when
+    an encoder must resample (the resampler must see the doubles).
     """
-    formats = {_RAW_OF[o.sample_fmt] for o in outputs}
-    if len(formats) == 1 and not any(o.resamples for o in outputs):
-        return formats.pop()
-    return "f64le"
+    if any(o.resamples for o in outputs):
+        return ["f64le"]
+    formats = sorted({_RAW_OF[o.sample_fmt] for o in outputs}, key=lambda f: (_BYTES[f], f))
+    if len(formats) == 1 or sum(_BYTES[f] for f in formats) < _BYTES["f64le"]:
+        return formats
+    return ["f64le"]
+
+
+def stream_of(output: Output, streams: Sequence[str]) -> int:
+    """Which of the segments' ``streams`` an output's encoder reads: its own format's, else the doubles."""
+    own = _RAW_OF[output.sample_fmt]
+    return streams.index(own) if own in streams else streams.index("f64le")
 
 
 def input_args(raw: str, sample_rate: int, layout: str) -> list[str]:

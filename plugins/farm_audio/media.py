@@ -28,7 +28,7 @@ from farm_audio.loudnorm import MEASURED
 from farm_audio.probe import RAW_BYTES
 from farm_audio.render import ANALYSIS_KEY, analyse_loudness, encode_filter, render_segment
 from farm_audio.segments import Segment, count_segments, plan
-from farm_audio.source import decoded_source
+from farm_audio.source import job_source
 from farm_audio.stream import Encoders
 
 _JOIN_KEY = "join"
@@ -44,9 +44,12 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def join_name(settings: Mapping[str, Any]) -> str:
-    """The join file's name in the output folder (hidden: it is removed once encoded)."""
-    return f".{settings['name']}.join.{settings['pcm']}"
+def join_name(settings: Mapping[str, Any], fmt: str | None = None) -> str:
+    """A stream's join file's name in the output folder (hidden: it is removed once encoded).
+
+    Without ``fmt``: the first stream's (the one the waveform preview reads).
+    """
+    return f".{settings['name']}.join.{fmt or settings['pcm']}"
 
 
 def _analysis_record(ctx: CollateContext) -> Path:
@@ -105,12 +108,11 @@ class AudioSegments(MediaType):
         except NotAllowed as exc:
             raise RenderError(f"refusing this job's audio settings: {exc}") from None
         # next to the work folder, not in it (it is emptied after every job)
-        source = decoded_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
+        source = job_source(ctx.project_dir, s, ctx.cache, ctx.work_dir.parent)
         if job.params["kind"] == "loudnorm":
             return analyse_loudness(s, source, ctx.work_dir, ctx.progress)
         seg = Segment.from_params(job.params)
-        out = ctx.output_dir / f"{seg.key}.{s['pcm']}"
-        return render_segment(s, seg, source, out, ctx.work_dir, ctx.deps, ctx.progress)
+        return render_segment(s, seg, source, ctx.output_dir, ctx.work_dir, ctx.deps, ctx.progress)
 
     def collate(
         self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
@@ -122,35 +124,43 @@ class AudioSegments(MediaType):
             ctx.state[_ANALYSIS_KEY] = result
             # for a controller that restarts: named by the settings, so another run's never applies
             _analysis_record(ctx).write_text(json.dumps(result))
-            join = ctx.state.get(_JOIN_KEY)
-            encoders = None if join is None else self._encoders(ctx, join)
+            joins = ctx.state.get(_JOIN_KEY)
+            encoders = None if joins is None else self._encoders(ctx, joins)
             if encoders is not None:  # the segments that arrived before the gain was known
-                encoders.advance(join.contiguous())
+                encoders.advance(min(j.contiguous() for j in joins))
             return
-        if result is None or len(outputs) != 1:
-            raise RenderError(f"{job.key}: expected one PCM file and a result, got {sorted(outputs)}")
-        staged = next(iter(outputs.values()))
-        frame = RAW_BYTES[s["pcm"]] * s["out_channels"]
-        if staged.stat().st_size != result["samples"] * frame:
-            raise RenderError(f"{job.key}: {staged.name} is {staged.stat().st_size} bytes, "
-                              f"not the {result['samples']} samples the job rendered")
-        join = self._join(ctx)
-        join.add(job.params["start"], staged)
-        encoders = self._encoders(ctx, join)
+        names = [f"{job.key}.{fmt}" for fmt in s["streams"]]
+        if result is None or sorted(outputs) != sorted(names):
+            raise RenderError(f"{job.key}: expected the PCM files {names} and a result, "
+                              f"got {sorted(outputs)}")
+        joins = self._joins(ctx)
+        for name, join in zip(names, joins, strict=True):
+            staged = outputs[name]
+            if staged.stat().st_size != result["samples"] * join.frame_bytes:
+                raise RenderError(f"{job.key}: {staged.name} is {staged.stat().st_size} bytes, "
+                                  f"not the {result['samples']} samples the job rendered")
+        for name, join in zip(names, joins, strict=True):
+            join.add(job.params["start"], outputs[name])
+        encoders = self._encoders(ctx, joins)
         if encoders is not None:
-            encoders.advance(join.contiguous())
+            encoders.advance(min(j.contiguous() for j in joins))
         ctx.log.debug("joined %s: %d samples at %d", job.key, result["samples"], job.params["start"])
 
-    def _join(self, ctx: CollateContext) -> PcmJoin:
-        join = ctx.state.get(_JOIN_KEY)
-        if join is None:
+    def _joins(self, ctx: CollateContext) -> list[PcmJoin]:
+        """One join per stream of the segments' PCM, in the order of ``streams``."""
+        joins = ctx.state.get(_JOIN_KEY)
+        if joins is None:
             s = ctx.project.settings
-            frame = RAW_BYTES[s["pcm"]] * s["out_channels"]
-            path = ctx.output_dir / join_name(s)
-            join = ctx.state[_JOIN_KEY] = PcmJoin(path, frame, fingerprint(s), s["samples"])
-        return join
+            joins = ctx.state[_JOIN_KEY] = [
+                PcmJoin(ctx.output_dir / join_name(s, fmt), RAW_BYTES[fmt] * s["out_channels"],
+                        fingerprint(s), s["samples"])
+                for fmt in s["streams"]
+            ]
+        return joins
 
-    def _encoders(self, ctx: CollateContext, join: PcmJoin, *, finishing: bool = False) -> Encoders | None:
+    def _encoders(
+        self, ctx: CollateContext, joins: list[PcmJoin], *, finishing: bool = False
+    ) -> Encoders | None:
         """The outputs' encoders, started with the first segment and fed as the join fills.
 
         None while they wait for loudnorm's analysis (when they apply its gain).
@@ -167,9 +177,9 @@ class AudioSegments(MediaType):
                     return None
                 af = encode_filter(s, measured)
             outputs = [encode.Output.from_wire(o) for o in s["outputs"]]
+            streams = [(j.path, fmt, j.frame_bytes) for j, fmt in zip(joins, s["streams"], strict=True)]
             encoders = ctx.state[_ENCODERS_KEY] = Encoders(
-                join.path, s["pcm"], s["sample_rate"], s["out_layout"], join.frame_bytes, outputs,
-                ctx.output_dir, s["name"], af)
+                streams, s["sample_rate"], s["out_layout"], outputs, ctx.output_dir, s["name"], af)
         return encoders
 
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
@@ -190,24 +200,28 @@ class AudioSegments(MediaType):
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         s = ctx.project.settings
-        join = self._join(ctx)
+        joins = self._joins(ctx)
         expected = [(seg.start, seg.samples, seg.last and s["tail"]) for seg in segments_of(s)]
         try:
-            total = join.check(expected)
+            totals = {join.check(expected) for join in joins}
+            if len(totals) != 1:
+                raise JoinError(f"the streams end at different samples: {sorted(totals)}")
+            total = totals.pop()
         except JoinError as exc:
             encoders = ctx.state.pop(_ENCODERS_KEY, None)
             if encoders is not None:
                 encoders.abort()
             raise RenderError(f"cannot finish {s['name']}: {exc}") from None
         ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
-        encoders = self._encoders(ctx, join, finishing=True)  # a controller that restarted starts them here
+        encoders = self._encoders(ctx, joins, finishing=True)  # a controller that restarted starts them here
         assert encoders is not None
         ctx.state.pop(_ENCODERS_KEY, None)
         try:
             paths = encoders.finish(total)
         except ffmpeg.FfmpegFailed as exc:
             raise RenderError(f"encoding failed: {exc.message}") from None
-        join.remove()
+        for join in joins:
+            join.remove()
         _analysis_record(ctx).unlink(missing_ok=True)
         ctx.state.pop(_JOIN_KEY, None)
         analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"

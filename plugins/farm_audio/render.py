@@ -33,7 +33,7 @@ from farm_audio.loudnorm import (
 )
 from farm_audio.probe import RAW_BYTES
 from farm_audio.segments import Segment
-from farm_audio.source import Source
+from farm_audio.source import InPlace, Source
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,43 @@ _PROBE_SECONDS = 4
 _JSON_BLOCK = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 
 
-def segment_filter(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any]) -> str:
-    """The filter a segment job runs over its read range."""
+def segment_filter(
+    settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any], *,
+    shift: bool = True, pcm: bool = True,
+) -> str:
+    """The filter a segment job runs over its read range.
+
+    ``shift``: the range arrives stamped from 0 (raw PCM on stdin), so its timestamps are
+    moved to its true place; an in-place read keeps the file's own, already true.
+    ``pcm``: end in the ``pcm`` setting's sample format (else the chain's doubles).
+    """
     keep_tail = seg.last and settings["tail"]
     trim = f"atrim=start_sample={seg.start - seg.read_start}"
     if not keep_tail:
         trim += f":end_sample={seg.end - seg.read_start}"
     parts = [
         DOUBLE,
-        f"asetpts=PTS+{seg.read_start}/(SR*TB)",
+        f"asetpts=PTS+{seg.read_start}/(SR*TB)" if shift else "",
         chain_for_segments(settings, deps),
         trim,
-        f"aformat=sample_fmts={_SAMPLE_FMT[settings['pcm']]}",
+        f"aformat=sample_fmts={_SAMPLE_FMT[settings['pcm']]}" if pcm else "",
     ]
     return ",".join(p for p in parts if p)
+
+
+def segment_graph(settings: Mapping[str, Any], seg: Segment, deps: Mapping[str, Any], *, shift: bool) -> str:
+    """The filter graph of a segment job: the chain once, then one labelled output ``[oN]`` per stream.
+
+    Each stream (`farm_audio.encode.segment_streams`) converts the chain's doubles to its
+    own sample format, as the encoders it feeds would.
+    """
+    streams = settings["streams"]
+    chain = segment_filter(settings, seg, deps, shift=shift, pcm=False)
+    if len(streams) == 1:
+        return f"{chain},aformat=sample_fmts={_SAMPLE_FMT[streams[0]]}[o0]"
+    split = "".join(f"[s{i}]" for i in range(len(streams)))
+    return ";".join([f"{chain},asplit={len(streams)}{split}",
+                     *(f"[s{i}]aformat=sample_fmts={_SAMPLE_FMT[f]}[o{i}]" for i, f in enumerate(streams))])
 
 
 def chain_for_segments(settings: Mapping[str, Any], deps: Mapping[str, Any]) -> str:
@@ -100,15 +123,24 @@ def whole_file_filter(settings: Mapping[str, Any], measured: Mapping[str, str] |
 
 
 def run_fed(
-    args: list[str], source: Source, start: int, end: int, log_path: Path, loglevel: str = "error",
-    progress: Callable[[float], None] | None = None,
+    graph: str, args: list[str], source: Source | InPlace, start: int, end: int, log_path: Path,
+    loglevel: str = "error", progress: Callable[[float], None] | None = None,
 ) -> None:
-    """Run ffmpeg reading raw PCM samples ``[start, end)`` of ``source`` on its stdin.
+    """Run ffmpeg's filter ``graph`` over samples ``[start, end)`` of ``source``; ``args`` take its outputs.
 
-    ``progress`` hears the fraction fed so far (ffmpeg reads as fast as it filters).
+    An in-place read puts its exact cut before the graph. From a decoded source, the
+    samples go raw on ffmpeg's stdin; ``progress`` hears the fraction fed so far (ffmpeg
+    reads as fast as it filters). An in-place read reports only its end.
     """
-    cmd = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y",
-           *source.input_args(), "-i", "pipe:0", *args]
+    head = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, "-y"]
+    if isinstance(source, InPlace):
+        inputs, trim = source.input_args(start, end)
+        complex_graph = f"[0:a:0]{trim + ',' if trim else ''}{graph}"
+        _run_in_place([*head, *inputs, "-filter_complex", complex_graph, *args], log_path)
+        if progress is not None:
+            progress(1.0)
+        return
+    cmd = [*head, *source.input_args(), "-i", "pipe:0", "-filter_complex", f"[0:a:0]{graph}", *args]
     log.debug("running %s", " ".join(cmd))
     with open(log_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
@@ -133,36 +165,58 @@ def run_fed(
         raise RenderError(f"ffmpeg failed: {ffmpeg.last_lines(text)}")
 
 
+def _run_in_place(cmd: list[str], log_path: Path) -> None:
+    log.debug("running %s", " ".join(cmd))
+    with open(log_path, "wb") as err:
+        code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                              preexec_fn=child_dies_with_parent()).returncode
+    if code != 0:
+        raise RenderError(f"ffmpeg failed: {ffmpeg.last_lines(log_path.read_text('utf-8', 'replace'))}")
+
+
 def render_segment(
-    settings: Mapping[str, Any], seg: Segment, source: Source, out_path: Path, work_dir: Path,
+    settings: Mapping[str, Any], seg: Segment, source: Source | InPlace, out_dir: Path, work_dir: Path,
     deps: Mapping[str, Any], progress: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
-    """Render one segment to raw PCM at ``out_path``; returns where it goes and its length."""
-    graph = segment_filter(settings, seg, deps)
-    args = ["-af", graph, "-f", settings["pcm"], ffmpeg.file_arg(out_path)]
-    run_fed(args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log", progress=progress)
-    frame = RAW_BYTES[settings["pcm"]] * settings["out_channels"]
-    size = out_path.stat().st_size if out_path.exists() else 0
-    samples, rest = divmod(size, frame)
-    open_end = seg.last and settings["tail"]
-    if rest or samples < seg.samples or (samples != seg.samples and not open_end):
-        raise RenderError(
-            f"{seg.key}: ffmpeg produced {size} bytes ({samples} samples), expected {seg.samples} samples "
-            f"({seg.start}-{seg.end}); the chain does not keep time on this input"
-        )
-    return {"index": seg.index, "start": seg.start, "samples": samples}
+    """Render one segment to raw PCM in ``out_dir`` (`segment_files`); returns where it goes, its length."""
+    graph = segment_graph(settings, seg, deps, shift=not isinstance(source, InPlace))
+    paths = segment_files(settings, seg, out_dir)
+    args = []
+    for i, (fmt, path) in enumerate(zip(settings["streams"], paths, strict=True)):
+        args += ["-map", f"[o{i}]", "-f", fmt, ffmpeg.file_arg(path)]
+    run_fed(graph, args, source, seg.read_start, seg.read_end, work_dir / "ffmpeg.log", progress=progress)
+    found = set()
+    for fmt, path in zip(settings["streams"], paths, strict=True):
+        frame = RAW_BYTES[fmt] * settings["out_channels"]
+        size = path.stat().st_size if path.exists() else 0
+        samples, rest = divmod(size, frame)
+        open_end = seg.last and settings["tail"]
+        if rest or samples < seg.samples or (samples != seg.samples and not open_end):
+            raise RenderError(
+                f"{seg.key}: ffmpeg produced {size} bytes ({samples} samples) of {fmt}, expected "
+                f"{seg.samples} samples ({seg.start}-{seg.end}); the chain does not keep time on this input"
+            )
+        found.add(samples)
+    if len(found) != 1:
+        raise RenderError(f"{seg.key}: ffmpeg's streams differ in length ({sorted(found)} samples)")
+    return {"index": seg.index, "start": seg.start, "samples": found.pop()}
+
+
+def segment_files(settings: Mapping[str, Any], seg: Segment, out_dir: Path) -> list[Path]:
+    """A segment's PCM files, one per stream, named by its key and the stream's format."""
+    return [out_dir / f"{seg.key}.{fmt}" for fmt in settings["streams"]]
 
 
 def analyse_loudness(
-    settings: Mapping[str, Any], source: Source, work_dir: Path,
+    settings: Mapping[str, Any], source: Source | InPlace, work_dir: Path,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, str]:
     """loudnorm's first pass over the whole file (through the chain before it): its measurements."""
     chain = analysis_chain(parse_chain(settings["filters"]), settings["loudnorm"])
     log_path = work_dir / "loudnorm.log"
-    cmd_args = ["-af", f"{DOUBLE},{chain}", "-f", "null", "-"]
     # loudnorm prints its measurements at the info level
-    run_fed(cmd_args, source, 0, source.samples, log_path, loglevel="info", progress=progress)
+    run_fed(f"{DOUBLE},{chain}", ["-f", "null", "-"], source, 0, source.samples, log_path, loglevel="info",
+            progress=progress)
     blocks = _JSON_BLOCK.findall(log_path.read_text("utf-8", "replace"))
     if not blocks:
         raise RenderError("loudnorm printed no measurements")

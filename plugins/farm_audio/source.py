@@ -1,11 +1,18 @@
-"""The decoded source on a render node: decoded once per worker, then read by sample offset.
+"""The source on a render node: read in place (FLAC, WAV), or decoded once per worker.
+
+A FLAC or PCM input is read where it lies (`InPlace`): each of its frames decodes alone
+and carries its sample position, so a job seeks to a frame before its range, decodes
+from there and keeps exactly its samples (``atrim`` on the stream's own timestamps). Each
+job then decodes its own range (plus lead-in) and nothing else, as one whole-file run
+decodes each sample once; there is no per-worker copy to write and wait for.
 
 Seeking in MP3, AAC or Opus is not sample-exact, and a decoder started mid-stream
-gives different first samples; decoding the whole input once into raw PCM (in the
-decoder's own sample format, so nothing is rounded) makes every job's read exact and
-cheap. The decode runs in the background: a job waits only for its own range. The file
-lives in a temporary folder for as long as the worker process does, keyed by the input's
-content digest, so a source rewritten between runs is decoded again.
+gives different first samples; for those (and for inputs converted to another rate or
+layout, whose resampler runs over the whole file) the whole input is decoded once into
+raw PCM (in the decoder's own sample format, so nothing is rounded), which makes every
+job's read exact and cheap. The decode runs in the background: a job waits only for its
+own range. The file lives in a temporary folder for as long as the worker process does,
+keyed by the input's content digest, so a source rewritten between runs is decoded again.
 """
 
 from __future__ import annotations
@@ -156,6 +163,86 @@ def content_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
+@dataclass(frozen=True)
+class InPlace:
+    """A FLAC or PCM input that jobs read where it lies, each decoding just its own range."""
+
+    path: Path
+    sample_rate: int
+    samples: int
+    stamp: tuple[int, int] = (0, 0)  # size and mtime (ns) when its content digest was checked
+
+    def input_args(self, start: int, end: int) -> tuple[list[str], str]:
+        """ffmpeg's input options to read samples ``[start, end)``, and the filter that keeps exactly them.
+
+        The seek goes `SEEK_MARGIN` samples early (ffmpeg lands on a frame at or before it);
+        ``-copyts`` keeps the stream's timestamps, which count samples from the file's start,
+        so ``atrim`` on them cuts at the exact sample whatever frame the seek found.
+        """
+        seek = max(0, start - SEEK_MARGIN)
+        args = ["-ss", f"{seek / self.sample_rate:.6f}"] if seek else []
+        args += ["-copyts", "-i", ffmpeg.file_arg(self.path)]  # the graph takes its first audio stream
+        trim = []
+        if start > 0:
+            trim.append(f"start_pts={start}")
+        if end < self.samples:
+            trim.append(f"end_pts={end}")
+        return args, f"atrim={':'.join(trim)}" if trim else ""
+
+
+#: how early an in-place read seeks: more than a FLAC frame can hold (65535 samples)
+SEEK_MARGIN = 1 << 17
+#: containers whose FLAC or PCM frames start at sample 0 and are stamped in samples
+_IN_PLACE_SUFFIXES = (".flac", ".wav")
+
+
+def reads_in_place(settings: Mapping[str, Any]) -> bool:
+    """Whether jobs read the input where it lies: FLAC or PCM in its own container, not converted."""
+    codec = str(settings["codec"]).split(" ")[0]
+    return (not settings["convert"] and (codec == "flac" or codec.startswith("pcm_"))
+            and Path(settings["input"]).suffix.lower() in _IN_PLACE_SUFFIXES)
+
+
+def job_source(
+    project_dir: Path, settings: Mapping[str, Any], cache: dict[str, Any], scratch_parent: Path | None = None
+) -> Source | InPlace:
+    """The project's input as this worker's jobs read it: in place, or decoded (`decoded_source`).
+
+    Either way the file is checked against the one the project was set up with (its size
+    every job, its content digest once per worker). Raises RenderError when it differs.
+    """
+    if not reads_in_place(settings):
+        return decoded_source(project_dir, settings, cache, scratch_parent)
+    path = project_dir / settings["input"]
+    _check_size(path, settings)
+    ident = ("in place", settings["input"], settings["input_digest"])
+    sources: dict[tuple[Any, ...], Any] = cache.setdefault(_CACHE_KEY, {})
+    found = sources.get(ident)
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    # checked again when the file was touched since: jobs read it where it lies, so a file
+    # rewritten during a run must fail the job, not mix two versions into one output
+    if found is None or found.stamp != stamp:
+        _check_digest(path, settings)
+        found = sources[ident] = InPlace(path, settings["sample_rate"], settings["samples"], stamp)
+    return found
+
+
+def _check_size(path: Path, settings: Mapping[str, Any]) -> None:
+    size = path.stat().st_size
+    if size != settings["input_size"]:
+        raise RenderError(
+            f"{settings['input']} is {size} bytes here, but was {settings['input_size']} when the "
+            "project was set up: has the file changed since it was submitted?"
+        )
+
+
+def _check_digest(path: Path, settings: Mapping[str, Any]) -> None:
+    if content_digest(path) != settings["input_digest"]:
+        raise RenderError(f"{settings['input']} differs here from the file the project was set up with: "
+                          "has the file changed since it was submitted?")
+
+
 def decoded_source(
     project_dir: Path, settings: Mapping[str, Any], cache: dict[str, Any], scratch_parent: Path | None = None
 ) -> Source:
@@ -164,21 +251,14 @@ def decoded_source(
     ``scratch_parent`` is where its temporary folder goes (the job's work folder's parent).
     """
     path = project_dir / settings["input"]
-    stat = path.stat()
-    if stat.st_size != settings["input_size"]:
-        raise RenderError(
-            f"{settings['input']} is {stat.st_size} bytes here, but was {settings['input_size']} when the "
-            "project was set up: has the file changed since it was submitted?"
-        )
+    _check_size(path, settings)
     # by content: a source rewritten between runs with the same size and mtime is decoded again
     ident = (settings["input"], settings["input_digest"], settings["convert"], settings["raw"])
     sources: dict[tuple[Any, ...], Source] = cache.setdefault(_CACHE_KEY, {})
     found = sources.get(ident)
     if found is not None and found.path.is_file() and not (found.decoding and found.decoding.failed):
         return found
-    if content_digest(path) != settings["input_digest"]:
-        raise RenderError(f"{settings['input']} differs here from the file the project was set up with: "
-                          "has the file changed since it was submitted?")
+    _check_digest(path, settings)
     scratch = cache.get(_TEMP_KEY)
     if scratch is None:
         scratch = cache[_TEMP_KEY] = ScratchDir(scratch_parent)
