@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm import join
-from farm.controller import listen, peers, roles
+from farm.controller import joblogs, listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
@@ -227,6 +227,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
+        joblogs.open_store(self.journal)  # job logs on disk beside the journal (closed below)
         self.events.start()
         self._resume()
         log.info("controller listening on %s", self.url)
@@ -291,6 +292,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.intake.close()
             self.assets.close()
+            joblogs.close_store(self.journal)
             self.journal.close()
             self.events.stop()
             self.notifier.close()
