@@ -94,7 +94,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.budgets = peers.PeerBudgets()
         self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)
         self.backlog = False  # the last turn left messages unread (their heartbeats among them)
-        self._deferred: list[tuple[bytes, list[bytes], str | None, str | None]] = []  # see `_take`
+        self._deferred = peers.Deferred()  # read past their sender's budget: for the next turn (`_take`)
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
@@ -333,8 +333,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         budgets.new_turn()
         now = time.monotonic()
         self.backlog = True  # until the socket is found empty: messages wait unread
-        deferred, self._deferred = self._deferred, []
-        for item in deferred:  # read last turn past their sender's budget: first in line now
+        for item in self._deferred.take():  # read last turn past their sender's budget: first in line now
             self._take(*item, now)
         for _ in range(peers.PER_TURN):
             try:
@@ -361,8 +360,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
         if not self.budgets.admit(identity, self.registry.get(identity) is not None, now):
             # A client answered at once may ask again within the same turn: past its budget its
             # message waits for the next turn (boundedly), not dropped; an ignored peer's is dropped.
-            if not self.budgets.ignoring(identity, now) and len(self._deferred) < peers.MAX_DEFERRED:
-                self._deferred.append((identity, rest, key, joining))
+            if not self.budgets.ignoring(identity, now):
+                self._deferred.add(identity, (identity, rest, key, joining))  # within the peer's share
             return
         try:
             msg = unpack(rest)
