@@ -131,11 +131,18 @@ class JobLogStore:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
+                sql, rows = None, []  # runs of one statement go in one executemany, in order
                 for kind, what, args in batch:
-                    if kind == "sql":
-                        db.execute(what, args)
-                    elif kind == "prune":
+                    if kind == "sql" and what == sql:
+                        rows.append(args)
+                        continue
+                    if rows:
+                        db.executemany(sql, rows)
+                    sql, rows = (what, [args]) if kind == "sql" else (None, [])
+                    if kind == "prune":
                         self._prune(what)
+                if rows:
+                    db.executemany(sql, rows)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
