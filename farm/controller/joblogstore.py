@@ -102,14 +102,21 @@ class JobLogStore:
 
     def load(self, run: str) -> list[tuple[str, dict[str, Any]]]:
         """A run's kept attempts as (key, record), in the order they were recorded."""
-        rows = self._reader.execute(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? ORDER BY rowid", (run,))
+        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? ORDER BY rowid", (run,))
         return [(row[0], _entry(row)) for row in rows]
 
     def attempts(self, run: str, key: str) -> list[dict[str, Any]]:
         """One job's kept attempts, oldest first."""
-        rows = self._reader.execute(
-            f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? AND key = ? ORDER BY attempt", (run, key))
+        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? AND key = ? ORDER BY attempt",
+                          (run, key))
         return [_entry(row) for row in rows]
+
+    def _rows(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:  # logs are for people: a damaged file never stops a run
+            log.warning("job logs %s: cannot read (%s); showing none from it", self.path, exc)
+            return []
 
     # -- the writer thread ---------------------------------------------------------------------
 
