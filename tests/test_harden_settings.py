@@ -26,6 +26,7 @@ CASES = [
     ("frames", 'scene = "scene.py"\nframes = "1-4"', "frames.video", "fps"),
     ("maptiles", 'style = "style.xml"', "maptiles", "tile_size"),
     ("maptiles", 'style = "style.xml"', "maptiles", "buffer"),
+    ("mandelbrot", "", "mandelbrot", "zoom"),  # the example third-party plugin
 ]
 NOT_FINITE = ["nan", "+nan", "-nan", "inf", "+inf", "-inf"]
 
@@ -67,6 +68,21 @@ def test_finite_numbers_still_pass_the_reader(tmp_path, media, table, where, key
         load_project(folder, renderer_checks=False)
     except ProjectError as exc:  # a later check (an empty asset) may refuse, never this key
         assert f"{where}] {key}" not in str(exc), exc
+
+
+@pytest.mark.parametrize("center", ["[nan, 0.0]", "[0.0, inf]", "[-inf, 1]"])
+@pytest.mark.parametrize(("media", "where", "key", "table"), [
+    ("maptiles", "maptiles", "bbox", 'style = "style.xml"\nbbox = {value}'),
+    ("mandelbrot", "mandelbrot", "center", "center = {value}"),
+    ("synthetic", "synthetic", "units_per_job", "units_per_job = {value}"),
+])
+def test_lists_of_numbers_read_by_plugins_refuse_them_too(tmp_path, media, where, key, table, center):
+    """A list is read with `get`, past the reader's number check: each plugin checks its own."""
+    folder, _ = _project(tmp_path / "p", media, table.format(value=center), where, "__unused", "1")
+    (folder / "farm.toml").write_text((folder / "farm.toml").read_text().replace("__unused = 1\n", ""))
+    with pytest.raises(ProjectError) as refused:
+        load_project(folder, renderer_checks=False)
+    assert f"[{where}] {key}" in str(refused.value) and "farm.toml:" in str(refused.value), refused.value
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
