@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def test_a_finished_runs_logs_outlive_a_killed_controller(tmp_path, controllers,
     summary = submit(first.url, load_project(project))
     assert summary.state == "failed"
     wait_for(lambda: _stored(state, summary.id, FAILING) == 2, 60, "both attempts committed")
+    assert stat.S_IMODE((state / joblogstore.FILE).stat().st_mode) == 0o600  # logs show settings, paths
     with Client(first.url) as client:
         before = client.job_log(summary.id, FAILING)
     first.kill()
