@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import signal
-import stat
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
