@@ -9,11 +9,12 @@ holds what memory holds, within the same bounds (attempts per job, bytes per run
 whose logs stay: the journal's unfinished runs and the last `KEEP_RUNS` finished ones (what
 the controller still answers for); the others' are deleted whenever a run begins.
 
-Writes go through a queue to a writer thread of the store's own, which commits what has
-collected as one transaction (at once when idle, so little is lost to a crash); the loop
-never waits for them. Reads (`load`, `attempts`) use a second connection, on the caller's
-thread. A file that cannot be used is reported once and the logs stay in memory only: they
-are for people to read, and never stop the controller.
+Writes go through a queue to a writer thread of the store's own, which commits what
+collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
+its job writes, so a crash loses at most that moment's attempts); the loop never waits for
+them. Reads (`load`, `attempts`) use a second connection, on the caller's thread. A file that
+cannot be used is reported once and the logs stay in memory only: they are for people to
+read, and never stop the controller.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ FILE = "joblogs.sqlite"
 KEEP_RUNS = 50  # finished runs whose logs stay (as many as farm.controller.history lists)
 APPLICATION_ID = 0x464C4F47  # "FLOG": marks the file as farm's job logs
 SCHEMA_VERSION = 1
-BATCH_OPS = 500  # writes per transaction at most, so a burst never holds the file long
+BATCH_OPS = 2000  # writes per transaction at most, so a burst never holds the file long
+COMMIT_INTERVAL_S = 0.05  # writes collect this long into one transaction (a crash loses at most these)
 _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     run TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, agent TEXT, state TEXT NOT NULL,
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
 _PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = "key, attempt, agent, state, error, duration_s, log"
-_STOP = object()
+_STOP = ("stop", None, None)
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
     (SELECT project_id FROM projects WHERE status IS NOT NULL ORDER BY finished_at DESC LIMIT ?)"""
 
@@ -66,6 +68,7 @@ class JobLogStore:
             raise
         self.failed: str | None = None  # the writer's error, once it gave up
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
 
@@ -89,12 +92,14 @@ class JobLogStore:
         """Wait until everything queued so far is committed; False if it was not in time."""
         done = threading.Event()
         self._queue.put(("wake", done.set, None))
+        self._urgent.set()
         return done.wait(timeout)
 
     def close(self) -> None:
         """Commit what is queued and close the file; closing twice is harmless."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
+            self._urgent.set()
             self._thread.join(30)
         self._reader.close()
 
@@ -124,7 +129,10 @@ class JobLogStore:
         stop = False
         while not stop:
             batch = [self._queue.get()]
-            while len(batch) < BATCH_OPS:  # whatever else collected meanwhile joins the transaction
+            if batch[0][0] == "sql":  # what else comes meanwhile joins its transaction, unwoken per write
+                self._urgent.wait(COMMIT_INTERVAL_S)  # a flush or close cuts it short
+            self._urgent.clear()
+            while len(batch) < BATCH_OPS:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
