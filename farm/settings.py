@@ -6,6 +6,7 @@ is reported the same way: the file, the line, ``[table] key`` and what was expec
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,12 +97,17 @@ class SettingsReader:
         min: float | None = None,
         max: float | None = None,
     ) -> Any:
+        """A number (an integer with ``integer``) within ``min`` and ``max``; `ProjectError` naming
+        the file, line and key otherwise. TOML's ``nan`` and ``inf`` are refused for every key: no
+        setting means them, and nan slips past any bound (every comparison with it is false)."""
         value = self._get(key, default)
         if value is default:
             return value
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise self.error(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {value!r}")
         if min is not None and value < min:
             raise self.error(key, f"must be at least {min}, got {value!r}")
         if max is not None and value > max:

@@ -216,8 +216,10 @@ class ControlSide:
         if what == "project":
             return history.snapshot(record)
         if what == "log":
-            raise Refused("not_found", f"project {record.project_id} finished before this controller "
-                                       "started: job logs are kept in memory only")
+            found = history.job_log(self.journal, record, _field(body, "key", check_key))
+            if found is None:
+                raise Refused("not_found", f"project {record.project_id} has no job {body['key']!r}")
+            return found
         return history.jobs_page(self.journal, record, *_page_args(body))
 
     # -- helpers --------------------------------------------------------------------

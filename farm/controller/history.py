@@ -4,13 +4,15 @@ A restarted controller resumes only unfinished runs; the finished ones stay in t
 with their summaries. `History` lets `farm status`, `farm cancel NAME --download`, and the
 HTTP API's ``GET /api/v1/projects[/{id}[/jobs]]`` still answer for them: their snapshot is
 rebuilt from the summary (state, counts, units, error), their jobs page from the journal's
-done and failed jobs. Nothing about them can be steered (they are not in ``runs``).
+done and failed jobs, a job's log from the job-log store (`farm.controller.joblogs`).
+Nothing about them can be steered (they are not in ``runs``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from farm.controller.joblogs import finished_attempts
 from farm.journal import Journal, ProjectRecord
 
 KEEP_FINISHED_RUNS = 50  # finished runs a controller lists (farm.controller.clients prunes to as many)
@@ -87,3 +89,13 @@ def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset
                  for key, agent in rows]
     return {"project": record.project_id, "total": len(listed) + done_total, "offset": offset, "limit": limit,
             "unlisted": 0, "jobs": page}
+
+
+def job_log(journal: Journal, record: ProjectRecord, key: str) -> dict[str, Any] | None:
+    """A journaled run's job log (the shape of a live run's): its kept attempts, oldest first;
+    None if the run never had the job."""
+    attempts = finished_attempts(journal, record.project_id, key)
+    if not attempts and not journal.is_done(record.project_id, key) and key not in journal.keys(
+            record.project_id, "failed"):
+        return None
+    return {"project": record.project_id, "key": key, "attempts": attempts, "evicted": 0}

@@ -81,7 +81,7 @@ class ProjectRun(RunReport):
         self.timeout = project.timeout or media.default_timeout
         self.state = "running"
         self.paused = False  # live control: lease nothing new (farm.controller.control)
-        self.logs = JobLogs()  # each job's recent attempts, for people to read
+        self.logs = JobLogs.kept(journal, run_id)  # each job's recent attempts, for people (on disk too)
         self.error: str | None = None
         self.submitted = time.time()
         self.started_mono = time.monotonic()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm import join
-from farm.controller import listen, peers, roles
+from farm.controller import joblogs, listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
@@ -94,7 +94,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.budgets = peers.PeerBudgets()
         self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)
         self.backlog = False  # the last turn left messages unread (their heartbeats among them)
-        self._deferred: list[tuple[bytes, list[bytes], str | None, str | None]] = []  # see `_take`
+        self._deferred = peers.Deferred()  # read past their sender's budget: for the next turn (`_take`)
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
@@ -227,6 +227,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
+        joblogs.open_store(self.journal)  # job logs on disk beside the journal (closed below)
         self.events.start()
         self._resume()
         log.info("controller listening on %s", self.url)
@@ -291,6 +292,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.intake.close()
             self.assets.close()
+            joblogs.close_store(self.journal)
             self.journal.close()
             self.events.stop()
             self.notifier.close()
@@ -331,8 +333,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         budgets.new_turn()
         now = time.monotonic()
         self.backlog = True  # until the socket is found empty: messages wait unread
-        deferred, self._deferred = self._deferred, []
-        for item in deferred:  # read last turn past their sender's budget: first in line now
+        for item in self._deferred.take():  # read last turn past their sender's budget: first in line now
             self._take(*item, now)
         for _ in range(peers.PER_TURN):
             try:
@@ -359,8 +360,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
         if not self.budgets.admit(identity, self.registry.get(identity) is not None, now):
             # A client answered at once may ask again within the same turn: past its budget its
             # message waits for the next turn (boundedly), not dropped; an ignored peer's is dropped.
-            if not self.budgets.ignoring(identity, now) and len(self._deferred) < peers.MAX_DEFERRED:
-                self._deferred.append((identity, rest, key, joining))
+            if not self.budgets.ignoring(identity, now):
+                self._deferred.add(identity, (identity, rest, key, joining))  # within the peer's share
             return
         try:
             msg = unpack(rest)

@@ -11,6 +11,7 @@ was not read by then come from one measured decode of an encoded output (`_from_
 from __future__ import annotations
 
 import array
+import json
 import math
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from typing import IO, Any
 
 from farm.preview import PreviewContext, opened
 from farm_audio import encode, ffmpeg
+from farm_audio.chain import parse_chain
+from farm_audio.loudnorm import figure
 
 BUCKETS = 600
 LOOK = 4096  # samples examined per bucket in one segment: a stride beyond that
@@ -51,10 +54,29 @@ def describe(ctx: PreviewContext, join_name: str, fingerprint: str) -> dict[str,
             budget -= count * _frame(s)
     if pcm is None and state["joined"] < total and not state.get("decoded"):
         _from_output(ctx, state)  # the join is gone once encoded: read the output once
-    peaks = [None if lo > hi else [round(lo, 3), round(hi, 3)]
+    gain = 1.0 if state.get("decoded") else _encoders_gain(ctx, fingerprint, state)  # a decoded output has it
+    peaks = [None if lo > hi else [round(max(-1.0, lo * gain), 3), round(min(1.0, hi * gain), 3)]
              for lo, hi in zip(state["lo"], state["hi"], strict=True)]
     return {"kind": "waveform", "peaks": peaks, "seconds": round(total / rate, 3),
             "joined_s": round(min(state["joined"], total) / rate, 3)}
+
+
+def _encoders_gain(ctx: PreviewContext, fingerprint: str, state: dict[str, Any]) -> float:
+    """loudnorm's linear gain where the encoders apply it (the join holds the audio before it):
+    1 otherwise, and until its analysis is collated (read from the record `collate` writes)."""
+    s = ctx.settings
+    if s.get("loudnorm") is None or not s.get("gain_at_encode") or "gain" in state:
+        return state.get("gain", 1.0)
+    with opened(ctx, f".{s['name']}.loudnorm.{fingerprint}.json") as f:
+        measured = json.loads(f.read(1 << 16)) if f is not None else None
+    if not isinstance(measured, dict) or not isinstance(measured.get("input_i"), str):
+        return 1.0
+    target = parse_chain(s["filters"])[s["loudnorm"]].named().get("i", "-24")
+    gain = 10 ** ((figure(target) - figure(measured["input_i"])) / 20)
+    if not math.isfinite(gain):  # a figure loudnorm did not print as a number: show the join as it is
+        return 1.0
+    state["gain"] = gain
+    return gain
 
 
 def _from_output(ctx: PreviewContext, state: dict[str, Any]) -> None:

@@ -144,9 +144,13 @@ class Frames(MediaType):
         key = (run_token, blender, str(scene), threads, env[SETUP_ENV])
         progress = ChunkProgress(frame_count(runs), ctx.progress)
         started = time.monotonic()
+        scratch = ctx.work_dir.with_name(ctx.work_dir.name + ".blender")  # in the agent's scratch folder
+        # Blender's own temp folder (blender_XXXXXX; $TMP first, then $TMPDIR) goes in it too, so a
+        # killed agent's is removed with its scratch folder (farm.agent.scratch), not left in /tmp
+        env["TMP"] = env["TMPDIR"] = str(scratch)
         try:
             done = SLOT.render(
-                key=key, cmd=cmd, env=env, scratch=ctx.work_dir.with_name(ctx.work_dir.name + ".blender"),
+                key=key, cmd=cmd, env=env, scratch=scratch,
                 scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
                 log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
             )

@@ -7,6 +7,7 @@ one PNG. Copy this file to start your own media type (see docs/plugins.md).
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -79,8 +80,9 @@ class Mandelbrot(MediaType):
             isinstance(center, list)
             and len(center) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in center)
-        ):
-            raise s.error("center", f"expected [x, y], two numbers, got {center!r}")
+            and all(math.isfinite(v) for v in center)
+        ):  # a list is read with get: the reader's checks (nan, inf) are this plugin's to make
+            raise s.error("center", f"expected [x, y], two finite numbers, got {center!r}")
         settings["center"] = [float(v) for v in center]
         s.finish()  # an unknown key (a typo) is an error that names it
         return settings

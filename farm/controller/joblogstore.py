@@ -1,0 +1,234 @@
+"""Job logs on disk, so a restarted controller still shows the attempts of its runs.
+
+One SQLite file beside the journal (`FILE` in the controller's private state folder), a
+table of its own rather than the journal's: log text is bulky, and in the journal's file it
+would lengthen the journal's commits and checkpoints, which the loop waits for. A row per
+kept attempt; the file mirrors each run's `farm.controller.joblogs.JobLogs`, which asks for
+every attempt it keeps to be written and every one it lets go to be deleted, so the file
+holds what memory holds, within the same bounds (attempts per job, bytes per run). Runs
+whose logs stay: the journal's unfinished runs and the last `KEEP_RUNS` finished ones (what
+the controller still answers for); the others' are deleted whenever a run begins.
+
+Writes go through a queue to a writer thread of the store's own, which commits what
+collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
+its job writes, so a crash loses at most that moment's attempts); the loop never waits for
+them. Reads (`load`, `attempts`) use a second connection, on the caller's thread. A file that
+cannot be used is reported once and the logs stay in memory only: they are for people to
+read, and never stop the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from farm.paths import private_file
+
+log = logging.getLogger(__name__)
+
+FILE = "joblogs.sqlite"
+KEEP_RUNS = 50  # finished runs whose logs stay (as many as farm.controller.history lists)
+APPLICATION_ID = 0x464C4F47  # "FLOG": marks the file as farm's job logs
+SCHEMA_VERSION = 1
+BATCH_OPS = 2000  # writes per transaction at most, so a burst never holds the file long
+COMMIT_INTERVAL_S = 0.05  # writes collect this long into one transaction (a crash loses at most these)
+_SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
+    run TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, agent TEXT, state TEXT NOT NULL,
+    error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
+_PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_COLUMNS = "key, attempt, agent, state, error, duration_s, log"
+_STOP = ("stop", None, None)
+_ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
+    (SELECT project_id FROM projects WHERE status IS NOT NULL ORDER BY finished_at DESC LIMIT ?)"""
+
+
+class JobLogStore:
+    """The job-log file and its writer thread; see the module docstring.
+
+    :param path: the SQLite file, created (mode 0600) if missing.
+    :param journal: the journal's file, read (read-only) to know which runs' logs to keep.
+    :raises sqlite3.Error, OSError, ValueError: the file cannot be used (see `open_beside`).
+    """
+
+    def __init__(self, path: Path, journal: Path | None = None) -> None:
+        self.path = path
+        self.journal = journal
+        private_file(path)
+        self._db = _connect(path, check_same_thread=False)  # the writer thread's
+        try:
+            _prepare(self._db, path)
+            self._reader = _connect(path)  # the caller's (the controller's loop)
+        except BaseException:
+            self._db.close()
+            raise
+        self.failed: str | None = None  # the writer's error, once it gave up
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
+        self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
+        self._thread.start()
+
+    # -- writes (queued; the writer thread applies them in order) --------------------------
+
+    def put(self, run: str, key: str, entry: dict[str, Any]) -> None:
+        """Keep one attempt (a `JobLogs` record) of ``run``'s job ``key``."""
+        self._queue.put(("sql", _PUT, (run, key, entry["attempt"], entry["agent"], entry["state"],
+                                       entry["error"], entry["duration_s"], entry["log"])))
+
+    def drop(self, run: str, key: str, attempt: int) -> None:
+        """Forget one attempt (`JobLogs` let it go)."""
+        self._queue.put(("sql", "DELETE FROM job_logs WHERE run = ? AND key = ? AND attempt = ?",
+                         (run, key, attempt)))
+
+    def begin(self, run: str) -> None:
+        """A run begins (new or resumed): delete the logs of runs no longer answered for."""
+        self._queue.put(("prune", run, None))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is committed; False if it was not in time."""
+        done = threading.Event()
+        self._queue.put(("wake", done.set, None))
+        self._urgent.set()
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued and close the file; closing twice is harmless."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._urgent.set()
+            self._thread.join(30)
+        self._reader.close()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def load(self, run: str) -> list[tuple[str, dict[str, Any]]]:
+        """A run's kept attempts as (key, record), in the order they were recorded."""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? ORDER BY rowid", (run,))
+        return [(row[0], _entry(row)) for row in rows]
+
+    def attempts(self, run: str, key: str) -> list[dict[str, Any]]:
+        """One job's kept attempts, oldest first."""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? AND key = ? ORDER BY attempt",
+                          (run, key))
+        return [_entry(row) for row in rows]
+
+    def _rows(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:  # logs are for people: a damaged file never stops a run
+            log.warning("job logs %s: cannot read (%s); showing none from it", self.path, exc)
+            return []
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            if batch[0][0] == "sql":  # what else comes meanwhile joins its transaction, unwoken per write
+                self._urgent.wait(COMMIT_INTERVAL_S)  # a flush or close cuts it short
+            self._urgent.clear()
+            while len(batch) < BATCH_OPS:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(op is _STOP for op in batch)
+            self._apply([op for op in batch if op is not _STOP])
+        self._db.close()
+
+    def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:
+        if self.failed is None:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                sql, rows = None, []  # runs of one statement go in one executemany, in order
+                for kind, what, args in batch:
+                    if kind == "sql" and what == sql:
+                        rows.append(args)
+                        continue
+                    if rows:
+                        db.executemany(sql, rows)
+                    sql, rows = (what, [args]) if kind == "sql" else (None, [])
+                    if kind == "prune":
+                        self._prune(what)
+                if rows:
+                    db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self.failed = str(exc)
+                log.error("job logs %s: cannot write (%s); job logs are kept in memory only from now on",
+                          self.path, exc)
+        # flush() callers: what they queued before is committed (or never will be)
+        for kind, wake, _ in batch:
+            if kind == "wake":
+                wake()
+
+    def _prune(self, beginning: str) -> None:  # in the writer thread, inside its transaction
+        answered = _answered_runs(self.journal) if self.journal is not None else None
+        if answered is None:
+            return
+        keep = {beginning, *answered}
+        stored = [run for (run,) in self._db.execute("SELECT DISTINCT run FROM job_logs")]
+        gone = [run for run in stored if run not in keep]
+        self._db.executemany("DELETE FROM job_logs WHERE run = ?", ((run,) for run in gone))
+        if gone:
+            log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
+
+
+def open_beside(journal: Path) -> JobLogStore | None:
+    """The job-log store beside ``journal`` (in the same private folder); None, with the reason
+    logged, if its file cannot be used (logs then stay in memory only)."""
+    path = journal.with_name(FILE)
+    try:
+        return JobLogStore(path, journal)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        log.error("job logs %s: cannot use this file (%s); job logs are kept in memory only "
+                  "(move the file away to start afresh)", path, exc)
+        return None
+
+
+def _answered_runs(journal: Path) -> list[str] | None:
+    """The journal's unfinished runs and its last `KEEP_RUNS` finished ones (read-only, committed
+    state); None if it cannot be read (nothing is pruned then)."""
+    try:
+        db = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return [run for (run,) in db.execute(_ANSWERED, (KEEP_RUNS,))]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        log.warning("job logs: cannot read the journal %s to prune old runs' logs: %s", journal, exc)
+        return None
+
+
+def _connect(path: Path, **options: Any) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None, timeout=10, **options)
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0 and version == 0 and not db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    elif app_id != APPLICATION_ID:
+        raise ValueError("an SQLite database, but not farm's job logs")
+    elif version != SCHEMA_VERSION:
+        raise ValueError(f"schema version {version}, this farm reads {SCHEMA_VERSION}")
+    if str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower() != "wal":
+        raise ValueError("cannot switch to WAL mode")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(_SCHEMA)
+
+
+def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    _key, attempt, agent, state, error, duration_s, text = row
+    return {"attempt": attempt, "agent": agent, "state": state, "error": error, "duration_s": duration_s,
+            "log": text}
