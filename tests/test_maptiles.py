@@ -370,7 +370,8 @@ def test_submit_embedded_on_two_agents(tmp_path: Path) -> None:
     folder = make_project(tmp_path / "p", 'style = "world.xml"\nzoom = "0-4"\nmetatile = 4')
     summary = submit_embedded(folder, agents=2)
     assert summary.ok, summary.failures
-    assert summary.total == summary.done == 1 + 1 + 1 + 4 + 16
+    # 23 metatiles; adaptive chunks may group those of a row (tests/test_maptiles_grouping.py)
+    assert summary.total == summary.done <= 1 + 1 + 1 + 4 + 16
     output = folder / "output"
     assert sorted(summary.outputs) == sorted([str(output / "world_test.mbtiles"), str(output / "tiles")])
     assert len(tile_files(output)) == 341
