@@ -167,6 +167,11 @@ def test_grouped_runs_write_the_same_tiles_and_reuse_any_earlier_grouping(tmp_pa
     again = submit_embedded(grouped, agents=2)
     assert again.ok, again.failures
     assert again.reused == again.done == again.total == len(keys)  # nothing rendered
+    toml.write_text(toml.read_text() + "chunk = 1\n")  # a fixed chunk finds them too
+    fixed_again = submit_embedded(grouped, agents=2)
+    assert fixed_again.ok, fixed_again.failures
+    assert fixed_again.reused == fixed_again.done == fixed_again.total == len(keys)
+    toml.write_text(toml.read_text().replace("chunk = 1\n", ""))
 
     # and a wider range: z0-5 as it was cut, z6 grouped by the advisor (fewer jobs than metatiles)
     toml.write_text(toml.read_text().replace('zoom = "0-5"', 'zoom = "0-6"'))

@@ -184,8 +184,8 @@ class AdaptiveChunks(ChunkAdvisor):
         return sorted(sizes, reverse=True)
 
     def next_job(self, remaining: int, default: int, make: Callable[[int], Job],
-                 limit: int | None = None) -> Job:
-        job = super().next_job(remaining, default, make, limit)
+                 limit: int | None = None, fixed: bool = False) -> Job:
+        job = super().next_job(remaining, default, make, limit, fixed)
         self.last = job.units
         self.left = remaining - job.units
         return job

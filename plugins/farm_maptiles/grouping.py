@@ -72,8 +72,9 @@ def metatile_total(settings: Mapping[str, Any]) -> int:
 
 
 def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iterator[Job]:
-    """The jobs, zoom by zoom, row by row; sizes from ``chunks`` unless the chunk is fixed (or
-    no advisor is given: then ``chunk`` metatiles per job, 1 by default)."""
+    """The jobs, zoom by zoom, row by row; sizes from ``chunks`` unless the project wrote a
+    ``chunk`` (new jobs take it; jobs done before at other sizes are still found). Without an
+    advisor: ``chunk`` metatiles per job, 1 by default."""
     fixed = chunks is None or settings.get("chunk_fixed", True)
     chunk = settings.get("chunk", 1)
     left = metatile_total(settings)
@@ -87,10 +88,11 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
                 def make(n: int, start: int = i, row: list[Metatile] = row) -> Job:
                     return make_job(row[start:start + n])
 
-                if fixed:
+                if chunks is None:
                     job = make(min(chunk, len(row) - i))
-                else:
-                    job = chunks.next_job(left, chunk, make, min(limit, len(row) - i))
+                else:  # a fixed chunk too: the advisor finds jobs done at other sizes, counts the rest
+                    cap = len(row) - i if fixed else min(limit, len(row) - i)
+                    job = chunks.next_job(left, chunk, make, cap, fixed=fixed)
                 yield job
                 i += job.units
                 left -= job.units
