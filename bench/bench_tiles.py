@@ -48,7 +48,9 @@ from farm_maptiles.mapstyle import load_map, read_style, register_fonts
 from farm_maptiles.metatile import ENCODINGS, render_block, tile_name
 from farm_maptiles.tilemath import WORLD_BBOX, tile_range
 
-from farm.embedded import submit_embedded
+from farm.controller import chunking
+from farm.embedded import EmbeddedFarm
+from farm.project import STATE_DIR, load_project
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
 RENDERD_TIMEOUT_S = 600
@@ -173,15 +175,43 @@ def naive(project: Path, zoom: str, fmt: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def slot_gaps(events: list, durations: dict[str, float]) -> float:
+    """Seconds the agents' slots spent not rendering between their first job's dispatch and their
+    last job's collate: each agent's span less its jobs' render time (1 slot per agent)."""
+    spans: dict[str, list[float]] = {}
+    for event in events:
+        if event.type in ("job.started", "job.done") and event.agent:
+            spans.setdefault(event.agent, []).append(event.time)
+    busy: dict[str, float] = {}
+    for key, seconds in durations.items():
+        agent = key.split("\0")[0]
+        busy[agent] = busy.get(agent, 0.0) + seconds
+    return sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items())
+
+
 def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int,
-             chunk: int | None = None) -> tuple[float, float, float, int, Path]:
+             chunk: int | None = None) -> tuple[float, float, float, int, float, Path]:
     """A fresh project rendered by farm; returns (wall s, CPU s of controller and agents, CPU s of the
-    controller alone, jobs, output folder)."""
+    controller alone, jobs, slots' idle s between jobs (`slot_gaps`), output folder)."""
     project = make_project(root, zoom, fmt, chunk)
+    durations: dict[str, float] = {}  # agent + NUL + a count -> a job's render time on its worker
+    record = chunking.AdaptiveChunks.record
+
+    def timed(self, agent: str, units: int, seconds: float) -> None:  # every maptiles result passes here
+        durations[f"{agent}\0{len(durations)}"] = seconds
+        record(self, agent, units, seconds)
+
     before_self = resource.getrusage(resource.RUSAGE_SELF)
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    summary = submit_embedded(project, agents=agents)
+    chunking.AdaptiveChunks.record = timed
+    try:  # submit_embedded, holding on to the controller's events
+        loaded = load_project(project)
+        with EmbeddedFarm(loaded.root / STATE_DIR, agents) as farm:
+            summary = farm.submit(loaded)
+            events = list(farm.controller.events.buffer)
+    finally:
+        chunking.AdaptiveChunks.record = record
     wall = time.perf_counter() - start
     after_self = resource.getrusage(resource.RUSAGE_SELF)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -192,7 +222,7 @@ def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int,
     tiles = sum(1 for _ in (project / "output" / "tiles").rglob("*.png"))
     if tiles != n:
         raise SystemExit(f"farm wrote {tiles} tiles, expected {n}")
-    return wall, controller + agents_cpu, controller, summary.total, project / "output"
+    return wall, controller + agents_cpu, controller, summary.total, slot_gaps(events, durations), project / "output"
 
 
 def compare(ours: Path, theirs: dict[tuple[int, int, int], bytes], keys: list[tuple[int, int, int]]) -> dict:
@@ -259,15 +289,15 @@ def main() -> None:
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
                         f"{idle(base_cores, wall, cpu):5.2f} idle core-s | load {load()}")
                 for v, chunk in variants.items():
-                    wall, cpu, controller, jobs, out = run_farm(root / f"farm-{v}{i}", args.zoom, args.format,
-                                                                args.agents, n, chunk)
-                    farm_runs[v].append(Run(wall, cpu, controller, jobs, load()))
+                    wall, cpu, controller, jobs, gaps, out = run_farm(root / f"farm-{v}{i}", args.zoom,
+                                                                      args.format, args.agents, n, chunk)
+                    farm_runs[v].append(Run(wall, cpu, controller, jobs, gaps, load()))
                     if v == "grouped":
                         output = out
                     label = f"farm {args.agents} agents {args.format} {v} ({jobs} jobs)"
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
-                        f"({controller:.2f} controller) {idle(args.agents, wall, cpu):5.2f} idle core-s "
-                        f"| load {load()}")
+                        f"({controller:.2f} controller) {idle(args.agents, wall, cpu):5.2f} idle core-s, "
+                        f"{gaps:5.2f} between jobs | load {load()}")
                 # earlier outputs stay until the end: on ext4, creating files soon after deleting
                 # thousands near them costs far more (see farm/filesync/placement.py)
             sample = random.Random(1).sample(keys, min(args.sample, n))
@@ -335,6 +365,7 @@ class Run(NamedTuple):
     cpu: float
     controller: float
     jobs: int
+    gaps: float
     load: str
 
 
@@ -345,6 +376,7 @@ def summary(prefix: str, runs: list[Run], agents: int) -> dict:
         f"{prefix}_controller_cpu_s": round(statistics.median(r.controller for r in runs), 2),
         f"{prefix}_idle_core_s": round(statistics.median(idle(agents, r.wall, r.cpu) for r in runs), 2),
         f"{prefix}_jobs": round(statistics.median(r.jobs for r in runs)),
+        f"{prefix}_slot_gaps_s": round(statistics.median(r.gaps for r in runs), 2),
         f"{prefix}_loads": [r.load for r in runs],
     }
 
