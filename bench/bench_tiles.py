@@ -175,22 +175,28 @@ def naive(project: Path, zoom: str, fmt: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def slot_gaps(events: list, durations: dict[str, float]) -> float:
-    """Seconds the agents' slots spent not rendering between their first job's dispatch and their
-    last job's collate: each agent's span less its jobs' render time (1 slot per agent)."""
+def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float]:
+    """Seconds the agents' slots spent not rendering (1 slot per agent), summed over agents:
+    (each agent's span from its first job's dispatch to its last job's collate, less its jobs'
+    render time; the controller's share of it: from collating a job to dispatching the agent's
+    next one)."""
     spans: dict[str, list[float]] = {}
+    turns = 0.0
     for event in events:
         if event.type in ("job.started", "job.done") and event.agent:
-            spans.setdefault(event.agent, []).append(event.time)
+            times = spans.setdefault(event.agent, [])
+            if event.type == "job.started" and len(times) % 2 == 0 and times:  # the slot was free since
+                turns += event.time - times[-1]
+            times.append(event.time)
     busy: dict[str, float] = {}
     for key, seconds in durations.items():
         agent = key.split("\0")[0]
         busy[agent] = busy.get(agent, 0.0) + seconds
-    return sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items())
+    return sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items()), turns
 
 
 def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int,
-             chunk: int | None = None) -> tuple[float, float, float, int, float, Path]:
+             chunk: int | None = None) -> tuple[float, float, float, int, tuple[float, float], Path]:
     """A fresh project rendered by farm; returns (wall s, CPU s of controller and agents, CPU s of the
     controller alone, jobs, slots' idle s between jobs (`slot_gaps`), output folder)."""
     project = make_project(root, zoom, fmt, chunk)
@@ -291,13 +297,13 @@ def main() -> None:
                 for v, chunk in variants.items():
                     wall, cpu, controller, jobs, gaps, out = run_farm(root / f"farm-{v}{i}", args.zoom,
                                                                       args.format, args.agents, n, chunk)
-                    farm_runs[v].append(Run(wall, cpu, controller, jobs, gaps, load()))
+                    farm_runs[v].append(Run(wall, cpu, controller, jobs, *gaps, load()))
                     if v == "grouped":
                         output = out
                     label = f"farm {args.agents} agents {args.format} {v} ({jobs} jobs)"
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
                         f"({controller:.2f} controller) {idle(args.agents, wall, cpu):5.2f} idle core-s, "
-                        f"{gaps:5.2f} between jobs | load {load()}")
+                        f"{gaps[0]:5.2f} s between jobs ({gaps[1]:.2f} s collate to dispatch) | load {load()}")
                 # earlier outputs stay until the end: on ext4, creating files soon after deleting
                 # thousands near them costs far more (see farm/filesync/placement.py)
             sample = random.Random(1).sample(keys, min(args.sample, n))
@@ -366,6 +372,7 @@ class Run(NamedTuple):
     controller: float
     jobs: int
     gaps: float
+    turns: float
     load: str
 
 
@@ -377,6 +384,7 @@ def summary(prefix: str, runs: list[Run], agents: int) -> dict:
         f"{prefix}_idle_core_s": round(statistics.median(idle(agents, r.wall, r.cpu) for r in runs), 2),
         f"{prefix}_jobs": round(statistics.median(r.jobs for r in runs)),
         f"{prefix}_slot_gaps_s": round(statistics.median(r.gaps for r in runs), 2),
+        f"{prefix}_collate_to_dispatch_s": round(statistics.median(r.turns for r in runs), 2),
         f"{prefix}_loads": [r.load for r in runs],
     }
 
