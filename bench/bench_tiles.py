@@ -175,11 +175,11 @@ def naive(project: Path, zoom: str, fmt: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float]:
+def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float, float]:
     """Seconds the agents' slots spent not rendering (1 slot per agent), summed over agents:
     (each agent's span from its first job's dispatch to its last job's collate, less its jobs'
     render time; the controller's share of it: from collating a job to dispatching the agent's
-    next one)."""
+    next one; the jobs' render time, wall-clock, on the workers)."""
     spans: dict[str, list[float]] = {}
     turns = 0.0
     for event in events:
@@ -192,11 +192,12 @@ def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float]:
     for key, seconds in durations.items():
         agent = key.split("\0")[0]
         busy[agent] = busy.get(agent, 0.0) + seconds
-    return sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items()), turns
+    idle = sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items())
+    return idle, turns, sum(busy.values())
 
 
 def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int,
-             chunk: int | None = None) -> tuple[float, float, float, int, tuple[float, float], Path]:
+             chunk: int | None = None) -> tuple[float, float, float, int, tuple[float, float, float], Path]:
     """A fresh project rendered by farm; returns (wall s, CPU s of controller and agents, CPU s of the
     controller alone, jobs, slots' idle s between jobs (`slot_gaps`), output folder)."""
     project = make_project(root, zoom, fmt, chunk)
@@ -294,7 +295,8 @@ def main() -> None:
                     base_runs[b].append((wall, cpu))
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
                         f"{idle(base_cores, wall, cpu):5.2f} idle core-s | load {load()}")
-                for v, chunk in variants.items():
+                # grouped and fixed take turns going first: neither always follows the baseline
+                for v, chunk in (list(variants.items()) if i % 2 == 0 else list(variants.items())[::-1]):
                     wall, cpu, controller, jobs, gaps, out = run_farm(root / f"farm-{v}{i}", args.zoom,
                                                                       args.format, args.agents, n, chunk)
                     farm_runs[v].append(Run(wall, cpu, controller, jobs, *gaps, load()))
@@ -303,7 +305,8 @@ def main() -> None:
                     label = f"farm {args.agents} agents {args.format} {v} ({jobs} jobs)"
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
                         f"({controller:.2f} controller) {idle(args.agents, wall, cpu):5.2f} idle core-s, "
-                        f"{gaps[0]:5.2f} s between jobs ({gaps[1]:.2f} s collate to dispatch) | load {load()}")
+                        f"{gaps[0]:5.2f} s between jobs ({gaps[1]:.2f} s collate to dispatch), {gaps[2]:.2f} s "
+                        f"rendering | load {load()}")
                 # earlier outputs stay until the end: on ext4, creating files soon after deleting
                 # thousands near them costs far more (see farm/filesync/placement.py)
             sample = random.Random(1).sample(keys, min(args.sample, n))
@@ -373,6 +376,7 @@ class Run(NamedTuple):
     jobs: int
     gaps: float
     turns: float
+    render: float
     load: str
 
 
@@ -385,6 +389,7 @@ def summary(prefix: str, runs: list[Run], agents: int) -> dict:
         f"{prefix}_jobs": round(statistics.median(r.jobs for r in runs)),
         f"{prefix}_slot_gaps_s": round(statistics.median(r.gaps for r in runs), 2),
         f"{prefix}_collate_to_dispatch_s": round(statistics.median(r.turns for r in runs), 2),
+        f"{prefix}_render_s": round(statistics.median(r.render for r in runs), 2),
         f"{prefix}_loads": [r.load for r in runs],
     }
 
