@@ -175,11 +175,12 @@ def naive(project: Path, zoom: str, fmt: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float, float]:
+def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float, float, float]:
     """Seconds the agents' slots spent not rendering (1 slot per agent), summed over agents:
     (each agent's span from its first job's dispatch to its last job's collate, less its jobs'
     render time; the controller's share of it: from collating a job to dispatching the agent's
-    next one; the jobs' render time, wall-clock, on the workers)."""
+    next one; the jobs' render time, wall-clock, on the workers; the render phase, from the
+    first dispatch to the last collate: the run less start-up and finalize)."""
     spans: dict[str, list[float]] = {}
     turns = 0.0
     for event in events:
@@ -193,11 +194,12 @@ def slot_gaps(events: list, durations: dict[str, float]) -> tuple[float, float, 
         agent = key.split("\0")[0]
         busy[agent] = busy.get(agent, 0.0) + seconds
     idle = sum(max(times) - min(times) - busy.get(agent, 0.0) for agent, times in spans.items())
-    return idle, turns, sum(busy.values())
+    every = [t for times in spans.values() for t in times] or [0.0]
+    return idle, turns, sum(busy.values()), max(every) - min(every)
 
 
 def run_farm(root: Path, zoom: str, fmt: str, agents: int, n: int,
-             chunk: int | None = None) -> tuple[float, float, float, int, tuple[float, float, float], Path]:
+             chunk: int | None = None) -> tuple[float, float, float, int, tuple[float, ...], Path]:
     """A fresh project rendered by farm; returns (wall s, CPU s of controller and agents, CPU s of the
     controller alone, jobs, slots' idle s between jobs (`slot_gaps`), output folder)."""
     project = make_project(root, zoom, fmt, chunk)
@@ -306,7 +308,7 @@ def main() -> None:
                     say(f"  {label:<40} {wall:7.2f} s {n / wall:7.1f} tiles/s {cpu:6.2f} CPU-s "
                         f"({controller:.2f} controller) {idle(args.agents, wall, cpu):5.2f} idle core-s, "
                         f"{gaps[0]:5.2f} s between jobs ({gaps[1]:.2f} s collate to dispatch), {gaps[2]:.2f} s "
-                        f"rendering | load {load()}")
+                        f"rendering, {gaps[3]:.2f} s first dispatch to last collate | load {load()}")
                 # earlier outputs stay until the end: on ext4, creating files soon after deleting
                 # thousands near them costs far more (see farm/filesync/placement.py)
             sample = random.Random(1).sample(keys, min(args.sample, n))
@@ -377,6 +379,7 @@ class Run(NamedTuple):
     gaps: float
     turns: float
     render: float
+    phase: float
     load: str
 
 
@@ -390,6 +393,7 @@ def summary(prefix: str, runs: list[Run], agents: int) -> dict:
         f"{prefix}_slot_gaps_s": round(statistics.median(r.gaps for r in runs), 2),
         f"{prefix}_collate_to_dispatch_s": round(statistics.median(r.turns for r in runs), 2),
         f"{prefix}_render_s": round(statistics.median(r.render for r in runs), 2),
+        f"{prefix}_dispatch_to_collate_s": round(statistics.median(r.phase for r in runs), 2),
         f"{prefix}_loads": [r.load for r in runs],
     }
 
