@@ -109,19 +109,26 @@ class ChunkAdvisor:
         """Whether ``job`` is done already (this run before a restart, or the job cache)."""
         return False
 
-    def next_job(self, remaining: int, default: int, make: Callable[[int], Job]) -> Job:
+    def next_job(self, remaining: int, default: int, make: Callable[[int], Job],
+                 limit: int | None = None, fixed: bool = False) -> Job:
         """The next job, made by ``make(units)`` for the next ``units`` of ``remaining`` units.
 
         A job done before at one of the sizes this advisor may choose (`candidates`) is
         preferred, largest first, so reuse and resume keep working when sizes changed;
         otherwise `size` decides. ``make`` must be a pure function of the units it is given
         (the job's key naming its units, e.g. a frame range), and the job's ``units`` is set.
+        ``limit``: the most units this job may take (a boundary jobs do not cross, such as the
+        end of a row of metatiles; it is also a size looked for); ``remaining`` still counts all
+        units left in the run, so the tail is split over the whole run.
+        ``fixed``: new jobs take ``default`` units (a chunk the project wrote), not `size`'s;
+        done ones are still looked for.
         """
-        for units in self.candidates(remaining, default):
+        cap = remaining if limit is None else max(1, min(limit, remaining))
+        for units in self.candidates(cap, default):
             job = make(units)
             if self.known(job):
                 return _with_units(job, units)
-        units = self.size(remaining, default)
+        units = min(max(1, default) if fixed else self.size(remaining, default), cap)
         return _with_units(make(units), units)
 
     def candidates(self, remaining: int, default: int) -> list[int]:

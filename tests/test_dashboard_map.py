@@ -33,7 +33,7 @@ def small_world(tmp_path: Path, zoom: str = "0-3") -> Path:
     shutil.copytree(ROOT / "sample_projects" / "world_map", folder,
                     ignore=shutil.ignore_patterns("output", ".farm*"))
     toml = (folder / "farm.toml").read_text()
-    toml = toml.replace('zoom = "0-5"', f'zoom = "{zoom}"').replace("metatile = 8", "metatile = 1")
+    toml = toml.replace('zoom = "0-5"', f'zoom = "{zoom}"').replace("metatile = 8", "metatile = 1\nchunk = 1")
     (folder / "farm.toml").write_text(toml)
     return folder
 

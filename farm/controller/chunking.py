@@ -10,9 +10,11 @@ rule: target / per-unit time), never so small that start-up is over a quarter of
 splits what is left evenly over the run's slots near the end, so agents finish together.
 
 Sizes come from `ChunkAdvisor.LADDER` (1, 2, 3, 4, 6, 8, 12, ...), the type's default chunk,
-or "all that is left": so a re-run (a resume after a restart, a re-submit, a wider frame
-range) finds the jobs done before with a few lookups per job (`AdaptiveChunks.candidates`)
-whatever sizes the timing chose then. Tested without sockets in tests/test_chunks_policy.py.
+"all that is left", or the type's ``limit`` (a boundary its jobs do not cross: maptiles groups
+metatiles of one row, up to 1,024 tiles): so a re-run (a resume after a restart, a re-submit,
+a wider frame or zoom range) finds the jobs done before with a few lookups per job
+(`AdaptiveChunks.candidates`) whatever sizes the timing chose then. Frames and map tiles share
+this one advisor. Tested without sockets in tests/test_chunks_policy.py.
 """
 
 from __future__ import annotations
@@ -181,8 +183,9 @@ class AdaptiveChunks(ChunkAdvisor):
         sizes.update(n for n in (default, remaining) if 1 <= n <= remaining)
         return sorted(sizes, reverse=True)
 
-    def next_job(self, remaining: int, default: int, make: Callable[[int], Job]) -> Job:
-        job = super().next_job(remaining, default, make)
+    def next_job(self, remaining: int, default: int, make: Callable[[int], Job],
+                 limit: int | None = None, fixed: bool = False) -> Job:
+        job = super().next_job(remaining, default, make, limit, fixed)
         self.last = job.units
         self.left = remaining - job.units
         return job

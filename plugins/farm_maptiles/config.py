@@ -19,6 +19,8 @@ DEFAULT_TILE_SIZE = 256
 DEFAULT_METATILE = 8
 #: pixels around a metatile; more than this costs far more than the labels it saves
 MAX_BUFFER = 2048
+#: the most metatiles a fixed ``chunk`` groups in one job (a job never crosses a metatile row)
+MAX_CHUNK = 4096
 
 _ZOOM_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -83,6 +85,9 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     if metatile & (metatile - 1):
         raise s.error("metatile", f"must be a power of two (1, 2, 4, 8, 16, 32 or 64), got {metatile}")
     buffer = s.integer("buffer", None, min=0, max=MAX_BUFFER)
+    # metatiles per job; written in farm.toml it is kept, else the controller sizes jobs from
+    # measured times (farm_maptiles.grouping)
+    chunk = s.integer("chunk", 1, min=1, max=MAX_CHUNK)
     fmt = s.choice("format", FORMATS, "png")
     attribution = s.str("attribution", "")
     description = s.str("description", "")
@@ -96,6 +101,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "metatile": metatile,
         "format": fmt,
         "buffer": buffer,
+        "chunk": chunk,
+        "chunk_fixed": "chunk" in s.values,
         "attribution": attribution,
         "description": description,
     }

@@ -1,9 +1,11 @@
 """The ``maptiles`` media type: a Mapnik style rendered to XYZ PNG tiles and one MBTiles file.
 
-Each job is one aligned metatile (key ``"z/x/y"`` of its north-west tile); the agent
-renders it once, cuts the tiles inside the project's bbox and returns them in one bundle
-file (`bundle`); the controller writes each tile to ``<output>/tiles/{z}/{x}/{y}.png`` and
-stores the same bytes in ``<output>/<project name>.mbtiles`` as each job comes back.
+Each job is one aligned metatile (key ``"z/x/y"`` of its north-west tile) or several
+consecutive ones of a row (``"z/x/y+n"``, sized by the controller's adaptive chunks or a fixed
+``chunk``: `grouping`); the agent renders each metatile once, cuts the tiles inside the
+project's bbox and returns the job's tiles in one bundle file (`bundle`); the controller writes
+each tile to ``<output>/tiles/{z}/{x}/{y}.png`` and stores the same bytes in
+``<output>/<project name>.mbtiles`` as each job comes back.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.filesync.placement import spread_subfolders
-from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_maptiles import config, mapstyle, preview
+from farm_maptiles import config, grouping, mapstyle, preview
 from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
 from farm_maptiles.metatile import render_metatile, tile_name
-from farm_maptiles.tilemath import TileRange, metatile_count, metatiles, tile_range
+from farm_maptiles.tilemath import tile_range
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class MapTiles(MediaType):
     requirements = ()
     default_timeout = 600.0
     unit = "tiles"
+    adaptive_chunks = True
 
     def available(self) -> str | None:
         return mapnik_missing()
@@ -98,40 +101,39 @@ class MapTiles(MediaType):
         return {k: settings[k] for k in ("style", "tile_size", "metatile", "format", "buffer")}
 
     def count(self, project: Project) -> int:
-        s = project.settings
-        return sum(metatile_count(s["bbox"], z, s["metatile"]) for z in range(s["minzoom"], s["maxzoom"] + 1))
+        """Jobs at the fixed chunk (adaptive chunks: the controller updates it as sizes change)."""
+        return grouping.job_count(project.settings)
 
     def units(self, job: Job, project: Project) -> float:
-        x0, y0, x1, y1 = job.params["tiles"]  # the metatile's tiles inside the bbox
-        return (x1 - x0 + 1) * (y1 - y0 + 1)
+        # the tiles inside the bbox of the job's metatiles
+        return sum(len(wanted) for _, _, wanted in grouping.job_metatiles(job.params))
 
     def total_units(self, project: Project) -> float:
         s = project.settings
         return sum(len(tile_range(s["bbox"], z)) for z in range(s["minzoom"], s["maxzoom"] + 1))
 
-    def split(self, project: Project) -> Iterator[Job]:
-        s = project.settings
-        for z in range(s["minzoom"], s["maxzoom"] + 1):
-            for meta in metatiles(s["bbox"], z, s["metatile"]):
-                w = meta.wanted
-                yield Job(meta.key, {"z": z, "x": meta.x, "y": meta.y, "size": meta.size,
-                                     "tiles": [w.x0, w.y0, w.x1, w.y1]})
+    def split(self, project: Project, chunks: ChunkAdvisor | None = None) -> Iterator[Job]:
+        """Zoom by zoom, row by row: one metatile per job, or several of a row (`grouping`)."""
+        return grouping.split_jobs(project.settings, chunks)
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         s = ctx.settings
         p = job.params
         m, solid = self._map(ctx)
-        x0, y0, x1, y1 = p["tiles"]
-        try:
-            tiles = render_metatile(
-                m, p["z"], p["x"], p["y"], p["size"], TileRange(p["z"], x0, y0, x1, y1),
-                s["tile_size"], s["format"], solid,
-            )
-        except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
-            # only the first line: what follows can be a quoted line of a data file
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise RenderError(f"Mapnik failed to render metatile {job.key}: {reason}") from None
-        write_bundle(ctx.output_dir / bundle_name(p["z"], p["x"], p["y"]), p["z"], tiles)
+        z = p["z"]
+        metas = grouping.job_metatiles(p)
+        tiles: list[tuple[int, int, bytes]] = []
+        for i, (x, y, wanted) in enumerate(metas):
+            try:
+                tiles += render_metatile(m, z, x, y, p["size"], wanted, s["tile_size"], s["format"], solid)
+            except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
+                # only the first line: what follows can be a quoted line of a data file
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise RenderError(f"Mapnik failed to render metatile {z}/{x}/{y}: {reason}") from None
+            if len(metas) > 1:
+                ctx.progress((i + 1) / len(metas))
+        x, y, _ = metas[0]
+        write_bundle(ctx.output_dir / bundle_name(z, x, y), z, tiles)
         return {"tiles": len(tiles)}
 
     def _map(self, ctx: RenderContext) -> tuple[Any, dict]:
@@ -169,13 +171,14 @@ class MapTiles(MediaType):
         self, job: Job, result: Mapping[str, Any] | None, outputs: Mapping[str, Path], ctx: CollateContext
     ) -> None:
         p = job.params
-        name = bundle_name(p["z"], p["x"], p["y"])
+        metas = grouping.job_metatiles(p)
+        name = bundle_name(p["z"], metas[0][0], metas[0][1])
         for other in outputs.keys() - {name}:
             ctx.log.warning("maptiles job %s returned an unexpected file %r; ignored", job.key, other)
         if name not in outputs:
             raise RenderError(f"maptiles job {job.key} returned no {name}")
         try:
-            tiles = read_bundle(outputs[name], TileRange(p["z"], *p["tiles"]))
+            tiles = read_bundle(outputs[name], [wanted for _, _, wanted in metas])
         except BundleError as exc:
             raise RenderError(f"maptiles job {job.key}: {exc}") from None
         folders = ctx.state.get(_FOLDERS_KEY)

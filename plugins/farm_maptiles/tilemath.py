@@ -111,13 +111,19 @@ def metatiles(bbox: BBox, z: int, metatile: int) -> Iterator[Metatile]:
             yield Metatile(z, mx, my, size, cut)
 
 
-def metatile_count(bbox: BBox, z: int, metatile: int) -> int:
-    """How many metatiles `metatiles` yields, without listing them."""
+def metatile_grid(bbox: BBox, z: int, metatile: int) -> tuple[int, int]:
+    """(columns, rows) of the metatiles `metatiles` yields, without listing them."""
     size = metatile_size(metatile, z)
     wanted = tile_range(bbox, z)
     mask = ~(size - 1)
     columns = (wanted.x1 & mask) // size - (wanted.x0 & mask) // size + 1
     rows = (wanted.y1 & mask) // size - (wanted.y0 & mask) // size + 1
+    return columns, rows
+
+
+def metatile_count(bbox: BBox, z: int, metatile: int) -> int:
+    """How many metatiles `metatiles` yields, without listing them."""
+    columns, rows = metatile_grid(bbox, z, metatile)
     return columns * rows
 
 

@@ -1,0 +1,98 @@
+"""Jobs of several metatiles: the ``maptiles`` split, sized by the controller's chunk advisor.
+
+A z6 metatile renders in 30-60 ms, so one job per metatile spends a large share of the run on
+hand-overs. A job groups consecutive metatiles of one metatile row (adaptive chunks,
+`farm.controller.chunking`): the advisor sizes it from the measured time per metatile, aiming at
+``[jobs] target`` and shrinking near the end; ``[maptiles] chunk`` fixes the count instead.
+
+Keys and reuse. A job of one metatile is keyed ``z/x/y`` with the params it always had; a
+group of ``n`` is ``z/x/y+n`` (its first metatile), its params listing each metatile's tiles.
+A group never crosses a row, so each row starts its jobs at its first metatile whatever the
+zoom range, and its sizes are ladder sizes, the row's end or the job cap: a re-submit or a
+resume walks the same rows and finds the jobs done before at whatever sizes made them (one
+metatile per job included). Moving the bbox's west edge by a metatile column shifts every row,
+so groups made before are not found then (their metatiles render again).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from farm.mediatype import ChunkAdvisor, Job
+from farm_maptiles.tilemath import Metatile, TileRange, metatile_grid, metatile_size, metatiles
+
+#: tiles one job holds at most (64 metatiles of 4x4, 16 of 8x8): its one bundle rides in one
+#: result message, under ``[jobs] max_output_mib`` even at 48 KiB a tile
+MAX_JOB_TILES = 1024
+
+
+def job_limit(metatile: int, z: int) -> int:
+    """Metatiles one adaptive job may group at zoom ``z`` (at least 1)."""
+    return max(1, MAX_JOB_TILES // metatile_size(metatile, z) ** 2)
+
+
+def make_job(metas: list[Metatile]) -> Job:
+    """The job of consecutive metatiles ``metas`` (one zoom); units: how many."""
+    first = metas[0]
+    w = first.wanted
+    if len(metas) == 1:
+        params: dict[str, Any] = {"z": first.z, "x": first.x, "y": first.y, "size": first.size,
+                                  "tiles": [w.x0, w.y0, w.x1, w.y1]}
+        return Job(first.key, params)
+    params = {"z": first.z, "size": first.size,
+              "metatiles": [[m.x, m.y, m.wanted.x0, m.wanted.y0, m.wanted.x1, m.wanted.y1] for m in metas]}
+    return Job(f"{first.key}+{len(metas)}", params, units=len(metas))
+
+
+def job_metatiles(params: Mapping[str, Any]) -> list[tuple[int, int, TileRange]]:
+    """Each metatile of a job: (x, y of its north-west tile, its wanted tiles)."""
+    z = params["z"]
+    if "metatiles" in params:
+        return [(x, y, TileRange(z, x0, y0, x1, y1)) for x, y, x0, y0, x1, y1 in params["metatiles"]]
+    return [(params["x"], params["y"], TileRange(z, *params["tiles"]))]
+
+
+def job_count(settings: Mapping[str, Any]) -> int:
+    """Jobs at the fixed chunk (``chunk`` metatiles, a row's end cutting a job short)."""
+    total = 0
+    for z in range(settings["minzoom"], settings["maxzoom"] + 1):
+        columns, rows = metatile_grid(settings["bbox"], z, settings["metatile"])
+        total += rows * -(-columns // settings["chunk"])
+    return total
+
+
+def metatile_total(settings: Mapping[str, Any]) -> int:
+    total = 0
+    for z in range(settings["minzoom"], settings["maxzoom"] + 1):
+        columns, rows = metatile_grid(settings["bbox"], z, settings["metatile"])
+        total += columns * rows
+    return total
+
+
+def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iterator[Job]:
+    """The jobs, zoom by zoom, row by row; sizes from ``chunks`` unless the project wrote a
+    ``chunk`` (new jobs take it; jobs done before at other sizes are still found). Without an
+    advisor: ``chunk`` metatiles per job, 1 by default."""
+    fixed = chunks is None or settings.get("chunk_fixed", True)
+    chunk = settings.get("chunk", 1)
+    left = metatile_total(settings)
+    for z in range(settings["minzoom"], settings["maxzoom"] + 1):
+        limit = job_limit(settings["metatile"], z)
+        zoom = metatiles(settings["bbox"], z, settings["metatile"])
+        for _, group in itertools.groupby(zoom, lambda m: m.y):
+            row = list(group)
+            i = 0
+            while i < len(row):
+                def make(n: int, start: int = i, row: list[Metatile] = row) -> Job:
+                    return make_job(row[start:start + n])
+
+                if chunks is None:
+                    job = make(min(chunk, len(row) - i))
+                else:  # a fixed chunk too: the advisor finds jobs done at other sizes, counts the rest
+                    cap = len(row) - i if fixed else min(limit, len(row) - i)
+                    job = chunks.next_job(left, chunk, make, cap, fixed=fixed)
+                yield job
+                i += job.units
+                left -= job.units
