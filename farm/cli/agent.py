@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from farm.agent.agent import Agent
+from farm.agent.capabilities import MEDIA_TYPES_ENV
 from farm.cli.errors import reported
 from farm.cli.options import (
     ControllerUrl,
@@ -19,7 +21,10 @@ from farm.cli.options import (
     controller_for,
     join_argument,
 )
+from farm.errors import FarmError
 from farm.keys import SecurityError
+from farm.plugins import get_plugins
+from farm.trace import mark
 
 JOIN_REFUSED_EXIT = 78  # EX_CONFIG; packaging/systemd/farm-agent.service: RestartPreventExitStatus=78
 
@@ -45,6 +50,9 @@ def agent(
     local_assets: Annotated[bool, typer.Option(
         "--local-assets", help="On the controller's own machine, use its project files in place "
                                "(reflinks or hard links) instead of copying them into the cache.")] = False,
+    media_type: Annotated[Optional[list[str]], typer.Option(
+        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are neither "
+                             "loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), else all installed.")] = None,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 
@@ -54,6 +62,8 @@ def agent(
     JOIN_REFUSED_EXIT (a service manager should not restart it).
     """
     with reported():
+        if media_type:  # read by the capability check; our workers inherit it
+            os.environ[MEDIA_TYPES_ENV] = ",".join(_installed(media_type))
         try:
             url, setup, joined_as = controller_for(controller, join_argument(join, join_file), keys_dir, key,
                                                    server_key, insecure, role="agent", name=agent_id,
@@ -63,9 +73,20 @@ def agent(
             raise typer.Exit(JOIN_REFUSED_EXIT) from None
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
+        mark("agent: starting")
         agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
                       agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
                       cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets)
         agent.run()
         if agent.refused_role:  # a client's key: the same refusal after every restart
             raise typer.Exit(JOIN_REFUSED_EXIT)
+
+
+def _installed(names: list[str]) -> list[str]:
+    """``names``, each checked to be an installed media type (loading only its plugin)."""
+    plugins = get_plugins()
+    for name in names:
+        if name not in plugins.media_types:
+            raise FarmError(f"--media-type {name}: no installed plugin provides it "
+                            f"(installed: {', '.join(sorted(plugins.media_types)) or 'none'})")
+    return names

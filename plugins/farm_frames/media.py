@@ -20,6 +20,7 @@ from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
+from farm.trace import mark
 from farm_frames import preview
 from farm_frames.blender import (
     SETUP_ENV,
@@ -236,6 +237,7 @@ class Frames(MediaType):
         fmt, video = settings["format"], settings["video"]
         frames_dir = ctx.output_dir / FRAMES_DIR
         frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
+        mark("frames: finalize")
         bad = []
         for number, path in zip(iter_frames(settings["frames"]), frames, strict=True):
             try:
@@ -258,6 +260,7 @@ class Frames(MediaType):
                 info.duration, video["fps"],
             )
             sheet = contact_sheet(frames, ctx.output_dir / contact_sheet_name(ctx.project.name))
+            mark("frames: video and contact sheet written")
         except OSError as exc:  # a full disk, a read-only output folder
             raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
         return [out, sheet]
