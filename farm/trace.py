@@ -17,6 +17,11 @@ TRACE_ENV = "FARM_TRACE"
 _path = os.environ.get(TRACE_ENV) or None
 
 
+def enabled() -> bool:
+    """Whether marks are recorded (to skip building costly ones)."""
+    return _path is not None
+
+
 def mark(event: str, at: float | None = None) -> None:
     """Record ``event`` (one line of text, no newline) at ``at`` (unix time; default now)."""
     if _path is None:

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm.trace import mark
+from farm import trace
 from farm_frames import preview
 from farm_frames.blender import (
     SETUP_ENV,
@@ -49,6 +49,17 @@ from farm_frames.warm import SLOT
 log = logging.getLogger(__name__)
 
 FRAMES_DIR = "frames"
+
+
+def _traced(feed: Callable[[str], None]) -> Callable[[str], None]:
+    """``feed``, marking each frame Blender saved in the start-up timeline (`farm.trace`)."""
+
+    def traced(line: str) -> None:
+        if line.startswith("Saved:"):
+            trace.mark("frames: frame saved")
+        feed(line)
+
+    return traced
 
 
 def frame_name(frame: int, fmt: str) -> str:
@@ -149,7 +160,7 @@ class Frames(MediaType):
             done = SLOT.render(
                 key=key, cmd=cmd, env=env, scratch=ctx.work_dir.with_name(ctx.work_dir.name + ".blender"),
                 scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
-                log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
+                log_file=ctx.work_dir / "blender.log", on_line=_traced(progress.feed) if trace.enabled() else progress.feed,
             )
         except OSError as exc:  # Blender is there but cannot be started
             raise RenderError(f"cannot start Blender {blender}: {exc}") from None
@@ -237,7 +248,7 @@ class Frames(MediaType):
         fmt, video = settings["format"], settings["video"]
         frames_dir = ctx.output_dir / FRAMES_DIR
         frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
-        mark("frames: finalize")
+        trace.mark("frames: finalize")
         bad = []
         for number, path in zip(iter_frames(settings["frames"]), frames, strict=True):
             try:
@@ -260,7 +271,7 @@ class Frames(MediaType):
                 info.duration, video["fps"],
             )
             sheet = contact_sheet(frames, ctx.output_dir / contact_sheet_name(ctx.project.name))
-            mark("frames: video and contact sheet written")
+            trace.mark("frames: video and contact sheet written")
         except OSError as exc:  # a full disk, a read-only output folder
             raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
         return [out, sheet]

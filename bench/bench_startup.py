@@ -1,0 +1,176 @@
+"""Benchmark the embedded farm's start-up: `farm submit` of one no-op job, against a bare
+Python and a bare Blender started in the same run.
+
+    python bench/bench_startup.py [--agents 2] [--repeat 5] [--farm-path DIR] [--json]
+    python bench/bench_startup.py --timeline PROJECT [--agents 2]
+
+Each round alternates: ``python3 -c pass``, ``blender -b --version`` (the baselines), then
+``python3 -m farm submit --json`` of a fresh synthetic project with one no-op job, as a user
+types it (the CLI's own start-up included). Measured from just before starting the command:
+
+- ``first_job_s``: until the job was done (its ``updated_at`` in the run's journal; a no-op
+  job is done the moment it reaches a worker);
+- ``summary_s``: until the command exited, its summary printed.
+
+Medians over ``--repeat`` rounds. ``--farm-path DIR`` runs the farm of another checkout
+(``DIR`` and ``DIR/plugins`` lead PYTHONPATH): the same bench measures before and after.
+With ``--json`` one JSON object (``name``, ``farm_s`` = summary_s, ``baseline_s`` = the bare
+Blender, ``speedup``, the rest below). Asserts nothing.
+
+``--timeline PROJECT`` runs ``farm submit`` once on a copy of ``PROJECT`` with ``$FARM_TRACE``
+set (`farm.trace`) and ``--log-level info``, and prints when each step happened, from the
+submitter's start: the marks of every process (submitter, agents, workers, Blender's start
+and scene load, finalize), the controller's log of agents joining, and for a frames project
+the first and last frame Blender saved (its ``Saved:`` lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def env_for(farm_path: Path, **extra: str) -> dict[str, str]:
+    paths = [str(farm_path), str(farm_path / "plugins")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def timed(cmd: list[str], **kw: Any) -> float:
+    started = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.time() - started
+
+
+def noop_project(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "farm.toml").write_text('[project]\nname = "startup"\nmedia_type = "synthetic"\n'
+                                      "[synthetic]\njobs = 1\nsleep = 0\n")
+    return folder
+
+
+def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, float]:
+    """(submit -> first job done, submit -> exit) of one `farm submit`, in seconds."""
+    project = noop_project(folder)
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "farm", "submit", "--json", "-n", str(agents), str(project)],
+                         check=True, capture_output=True, text=True, env=env, cwd=folder.parent)
+    ended = time.time()
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    if summary["state"] != "done":
+        raise SystemExit(f"the run failed: {summary}")
+    with sqlite3.connect(project / ".farm" / "journal.sqlite") as db:
+        (done_at,) = db.execute("SELECT min(updated_at) FROM jobs WHERE state = 'done'").fetchone()
+    return done_at - started, ended - started
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    env = env_for(args.farm_path)
+    blender = shutil.which(os.environ.get("FARM_BLENDER", "blender"))
+    rows: dict[str, list[float]] = {"python_s": [], "blender_s": [], "first_job_s": [], "summary_s": []}
+    before = load()
+    with tempfile.TemporaryDirectory(prefix="farm-bench-startup-") as tmp:
+        env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
+        for _ in range(args.repeat):
+            rows["python_s"].append(timed([sys.executable, "-c", "pass"]))
+            if blender:
+                rows["blender_s"].append(timed([blender, "-b", "--version"]))
+            first, whole = farm_once(Path(tmp) / "project", args.agents, env)
+            rows["first_job_s"].append(first)
+            rows["summary_s"].append(whole)
+    med = {k: round(statistics.median(v), 3) if v else None for k, v in rows.items()}
+    baseline = med["blender_s"] or med["python_s"]
+    return {"name": "startup-noop", "farm": str(args.farm_path), "agents": args.agents, "repeat": args.repeat,
+            **med, "farm_s": med["summary_s"], "baseline_s": baseline,
+            "speedup": round(baseline / med["summary_s"], 3), "load_before": before, "load_after": load()}
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\S+): (.*)$")
+LOGGED = {  # (logger, start of message) -> the step it marks
+    ("farm.controller.server", "controller listening"): "controller: listening",
+    ("farm.controller.clients", "accepted project"): "controller: project accepted",
+    ("farm.controller.agents", "agent "): "controller: agent joined (its HELLO)",
+    ("farm.controller.server", "project "): "controller: run finished",
+}
+
+
+def timeline(args: argparse.Namespace) -> list[tuple[float, str]]:
+    with tempfile.TemporaryDirectory(prefix="farm-bench-timeline-") as tmp:
+        project = Path(tmp) / "project"
+        shutil.copytree(args.timeline, project, ignore=shutil.ignore_patterns("output", ".farm"))
+        trace = Path(tmp) / "trace.txt"
+        env = env_for(args.farm_path, FARM_TRACE=str(trace), XDG_CACHE_HOME=str(Path(tmp) / "cache"))
+        started = time.time()
+        out = subprocess.run([sys.executable, "-m", "farm", "--log-level", "info", "submit", "--json",
+                              "-n", str(args.agents), str(project)], capture_output=True, text=True, env=env)
+        ended = time.time()
+        steps = [(ended, "submitter exited")]
+        saved: list[float] = []
+        for line in trace.read_text().splitlines() if trace.exists() else []:
+            at, pid, event = line.split(" ", 2)
+            if event == "frames: frame saved":  # one per frame: only the first and last are shown
+                saved.append(float(at))
+            else:
+                steps.append((float(at), f"[{pid}] {event}"))
+        if saved:
+            steps += [(min(saved), "first frame saved by Blender"),
+                      (max(saved), f"last frame saved by Blender ({len(saved)} frames)")]
+        for line in out.stderr.splitlines():
+            found = LOG_LINE.match(line)
+            if not found:
+                continue
+            stamp, logger, message = found.groups()
+            for (name, prefix), step in LOGGED.items():
+                if logger == name and message.startswith(prefix):
+                    at = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    steps.append((at, f"{step}: {message[:70]}"))
+        if out.returncode:
+            steps.append((ended, f"farm submit exited with {out.returncode}: {out.stderr[-300:]}"))
+    return [(at - started, step) for at, step in sorted(steps)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--farm-path", type=Path, default=REPO, help="the farm checkout to run (default: this one)")
+    parser.add_argument("--timeline", type=Path, help="print the start-up timeline of `farm submit PROJECT`")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.farm_path = args.farm_path.resolve()
+    if args.timeline:
+        print(f"load {load()}")
+        for offset, step in timeline(args):
+            print(f"{offset:8.3f} s  {step}")
+        print(f"load {load()}")
+        return
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"farm at {result['farm']}, {args.agents} agents, medians of {args.repeat}, "
+          f"load {result['load_before']} -> {result['load_after']}")
+    for key in ("python_s", "blender_s", "first_job_s", "summary_s"):
+        print(f"  {key:<12} {result[key]}")
+
+
+if __name__ == "__main__":
+    main()
