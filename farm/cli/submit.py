@@ -16,7 +16,6 @@ import typer
 from farm.cli.errors import reported, say_error
 from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
 from farm.cli.progress import ProgressBar, summary_text
-from farm.cli.watch import ProjectInputs, watch
 from farm.client import RECONNECT_S, RunLost, Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm, LocalAgents, load_starting_agents
@@ -90,6 +89,8 @@ def submit(
                     say_error(exc, as_json)
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
+
+            from farm.cli.watch import ProjectInputs, watch  # watchdog loads only for --watch
 
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:

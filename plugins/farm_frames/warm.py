@@ -107,6 +107,7 @@ class BlenderSlot:
                     current.signature = _signature(scene, current.files)
                 assert proc.stdin is not None
                 try:
+                    mark("frames: job sent to Blender")
                     proc.stdin.write(json.dumps(job) + "\n")
                     proc.stdin.flush()
                     _read_until(proc, DONE_MARKER, out, tail, on_line)
