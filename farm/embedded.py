@@ -162,8 +162,10 @@ class EmbeddedFarm:
     def __exit__(self, *exc: object) -> None:
         try:
             self.controller.stop(shutdown_agents=True)
+            mark("embedded: controller stopped")
         finally:
             self.local.stop()
+            mark("embedded: agents stopped")
 
     def submit(self, project: Project, *, priority: int = 0,
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -102,6 +103,9 @@ class Plugins:
         self.media_types = _MediaTypes(self)
         self._owner: dict[str, str] = {}
         self._pending: dict[str, metadata.EntryPoint] = {}  # listed, not loaded yet
+        # threads (the controller's loop, the HTTP API, a client) may ask at once: one loads,
+        # the others wait for it rather than miss a plugin that is half loaded
+        self._loading = threading.RLock()
 
     @property
     def manager(self) -> pluggy.PluginManager:
@@ -131,17 +135,21 @@ class Plugins:
 
     def load_for(self, media_type: str) -> None:
         """Load what registers ``media_type``: the entry point of that name, else all the others."""
-        ep = self._pending.pop(media_type, None)
-        if ep is not None:
-            self._load_pending(ep)
-            if media_type in self.media_types.loaded():
+        with self._loading:
+            if media_type in self.media_types.loaded():  # another thread loaded it meanwhile
                 return
-        self.load_all()
+            ep = self._pending.pop(media_type, None)
+            if ep is not None:
+                self._load_pending(ep)
+                if media_type in self.media_types.loaded():
+                    return
+            self.load_all()
 
     def load_all(self) -> None:
         """Load every entry point not loaded yet."""
-        while self._pending:
-            self._load_pending(self._pending.pop(min(self._pending)))
+        with self._loading:
+            while self._pending:
+                self._load_pending(self._pending.pop(min(self._pending)))
 
     def _load_pending(self, ep: metadata.EntryPoint) -> None:
         self.load(ep)
@@ -211,15 +219,17 @@ class Plugins:
 
 
 _plugins: Plugins | None = None
+_lock = threading.Lock()
 
 
 def get_plugins() -> Plugins:
     """The process's plugins: their entry points listed on first use, each loaded when needed."""
     global _plugins
-    if _plugins is None:
-        plugins = Plugins()
-        plugins.load_entry_points(lazy=True)
-        _plugins = plugins
+    with _lock:
+        if _plugins is None:
+            plugins = Plugins()
+            plugins.load_entry_points(lazy=True)
+            _plugins = plugins
     return _plugins
 
 

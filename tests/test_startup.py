@@ -130,6 +130,28 @@ def test_a_plugin_whose_entry_point_has_another_name_is_still_found(tmp_path: Pa
     assert out.stdout.split() == ["sniff", "other-name"]
 
 
+def test_threads_asking_at_once_all_find_their_media_type() -> None:
+    from farm.plugins import Plugins
+
+    for _ in range(5):
+        plugins = Plugins()
+        plugins.load_entry_points(lazy=True)
+        names = ["frames", "synthetic", "maptiles", "audio"] * 3
+        barrier = threading.Barrier(len(names))
+        found: list[str] = []
+
+        def ask(name: str) -> None:
+            barrier.wait()
+            found.append(plugins.get(name).name)  # noqa: B023
+
+        threads = [threading.Thread(target=ask, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(found) == sorted(names)
+
+
 def test_an_unknown_media_type_names_every_installed_one() -> None:
     code = "from farm.plugins import get_media_type; get_media_type('nope')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -71,8 +71,9 @@ GROUPS = {"keys": "farm.cli.keys", "plugin": "farm.cli.plugin"}
 _registered: set[str] = set()
 
 
-def register(names: Sequence[str] | None = None) -> typer.Typer:
-    """Add the commands ``names`` (default: all) to `app`, importing only their modules."""
+def register(names: Sequence[str] | None = None, *, reflow: bool = True) -> typer.Typer:
+    """Add the commands ``names`` (default: all) to `app`, importing only their modules; with
+    ``reflow``, their help is made from their docstrings (`reflow_help`, which loads rich)."""
     wanted = [*COMMANDS, "control", *GROUPS] if names is None else names
     for name in wanted:
         name = "control" if name in CONTROL else name
@@ -86,7 +87,8 @@ def register(names: Sequence[str] | None = None) -> typer.Typer:
             importlib.import_module("farm.cli.control").register(app)  # pause, resume, retry, ...
         elif name in GROUPS:
             app.add_typer(importlib.import_module(GROUPS[name]).app, name=name)
-    reflow_help(app)  # after the commands are registered
+    if reflow:
+        reflow_help(app)  # after the commands are registered
     return app
 
 
@@ -107,7 +109,9 @@ def command_in(argv: Sequence[str]) -> str | None:
 def main() -> None:
     command = command_in(sys.argv[1:])
     trace.mark_process_start(f"farm {command}")
-    # one command: only its module; help, a typo or no command: all, so they are listed
-    register([command] if command else None)
+    # one command: only its module; help, a typo or no command: all, so they are listed.
+    # Help text is only reflowed where it may be shown (a group without its command shows it)
+    shows_help = command is None or command in GROUPS or "--help" in sys.argv
+    register([command] if command else None, reflow=shows_help)
     trace.mark(f"farm {command}: cli imported")
     app()
