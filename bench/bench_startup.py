@@ -50,7 +50,7 @@ def load() -> str:
 
 def env_for(farm_path: Path, **extra: str) -> dict[str, str]:
     paths = [str(farm_path), str(farm_path / "plugins")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]), **extra}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]), **extra}
 
 
 def timed(cmd: list[str], **kw: Any) -> float:
@@ -112,7 +112,36 @@ LOGGED = {  # (logger, start of message) -> the step it marks
 }
 
 
-def timeline(args: argparse.Namespace) -> list[tuple[float, str]]:
+#: marks made once per job or frame: the timeline shows each worker's first and last, and
+#: `handovers` sums up the gaps between them
+REPEATED = ("frames: job sent to Blender", "frames: job done", "frames: frame saved")
+
+
+def handovers(marks: list[tuple[float, str, str]]) -> dict[str, float]:
+    """Medians, in ms, over every worker's jobs: from a job's done line to the next job's
+    arrival in Blender (the round trip through worker, agent and controller, and the plugin's
+    work around Blender), from its arrival to its first frame saved, and from its last frame
+    saved to its done line."""
+    gaps: dict[str, list[float]] = {"done_to_next_sent_ms": [], "sent_to_first_saved_ms": [],
+                                    "last_saved_to_done_ms": []}
+    by_pid: dict[str, list[tuple[float, str]]] = {}
+    for at, pid, event in sorted(marks):
+        by_pid.setdefault(pid, []).append((at, event))
+    for events in by_pid.values():
+        last: dict[str, float] = {}
+        for at, event in events:
+            if event == "frames: job sent to Blender" and "frames: job done" in last:
+                gaps["done_to_next_sent_ms"].append(at - last["frames: job done"])
+            if event == "frames: frame saved" and last.get("frames: job sent to Blender", 0) > last.get(
+                    "frames: frame saved", 0):
+                gaps["sent_to_first_saved_ms"].append(at - last["frames: job sent to Blender"])
+            if event == "frames: job done" and "frames: frame saved" in last:
+                gaps["last_saved_to_done_ms"].append(at - last["frames: frame saved"])
+            last[event] = at
+    return {k: round(statistics.median(v) * 1000, 1) for k, v in gaps.items() if v}
+
+
+def timeline(args: argparse.Namespace) -> tuple[list[tuple[float, str]], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="farm-bench-timeline-") as tmp:
         project = Path(tmp) / "project"
         shutil.copytree(args.timeline, project, ignore=shutil.ignore_patterns("output", ".farm"))
@@ -123,16 +152,20 @@ def timeline(args: argparse.Namespace) -> list[tuple[float, str]]:
                               "-n", str(args.agents), str(project)], capture_output=True, text=True, env=env)
         ended = time.time()
         steps = [(ended, "submitter exited")]
-        saved: list[float] = []
+        marks = []
         for line in trace.read_text().splitlines() if trace.exists() else []:
             at, pid, event = line.split(" ", 2)
-            if event == "frames: frame saved":  # one per frame: only the first and last are shown
-                saved.append(float(at))
+            marks.append((float(at), pid, event))
+        repeated: dict[tuple[str, str], list[float]] = {}
+        for at, pid, event in marks:
+            if event in REPEATED:
+                repeated.setdefault((pid, event), []).append(at)
             else:
-                steps.append((float(at), f"[{pid}] {event}"))
-        if saved:
-            steps += [(min(saved), "first frame saved by Blender"),
-                      (max(saved), f"last frame saved by Blender ({len(saved)} frames)")]
+                steps.append((at, f"[{pid}] {event}"))
+        for (pid, event), times in repeated.items():
+            steps.append((min(times), f"[{pid}] {event} (first of {len(times)})"))
+            if len(times) > 1:
+                steps.append((max(times), f"[{pid}] {event} (last of {len(times)})"))
         for line in out.stderr.splitlines():
             found = LOG_LINE.match(line)
             if not found:
@@ -144,22 +177,26 @@ def timeline(args: argparse.Namespace) -> list[tuple[float, str]]:
                     steps.append((at, f"{step}: {message[:70]}"))
         if out.returncode:
             steps.append((ended, f"farm submit exited with {out.returncode}: {out.stderr[-300:]}"))
-    return [(at - started, step) for at, step in sorted(steps)]
+    return [(at - started, step) for at, step in sorted(steps)], handovers(marks)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--farm-path", type=Path, default=REPO, help="the farm checkout to run (default: this one)")
+    parser.add_argument("--farm-path", type=Path, default=REPO,
+                        help="the farm checkout to run (default: this one)")
     parser.add_argument("--timeline", type=Path, help="print the start-up timeline of `farm submit PROJECT`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.farm_path = args.farm_path.resolve()
     if args.timeline:
         print(f"load {load()}")
-        for offset, step in timeline(args):
+        steps, gaps = timeline(args)
+        for offset, step in steps:
             print(f"{offset:8.3f} s  {step}")
+        if gaps:
+            print("between jobs, medians: " + ", ".join(f"{k} {v}" for k, v in gaps.items()))
         print(f"load {load()}")
         return
     result = bench(args)

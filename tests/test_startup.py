@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import wait_for, write_project
@@ -124,8 +125,9 @@ def test_looking_up_a_media_type_imports_only_its_plugin() -> None:
 def test_a_plugin_whose_entry_point_has_another_name_is_still_found(tmp_path: Path) -> None:
     # the entry point "other-name" registers media type "sniff": looking sniff up falls back to all
     install_plugin(tmp_path / "site", "farm_sniff_test", SNIFF, "other-name")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
-    code = "from farm.plugins import get_plugins; p = get_plugins(); print(p.get('sniff').name, p.owner('sniff').name)"
+    env = plugin_env(tmp_path / "site", tmp_path / "probed.log")
+    code = ("from farm.plugins import get_plugins; p = get_plugins();"
+            "print(p.get('sniff').name, p.owner('sniff').name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["sniff", "other-name"]
 
@@ -133,18 +135,17 @@ def test_a_plugin_whose_entry_point_has_another_name_is_still_found(tmp_path: Pa
 def test_threads_asking_at_once_all_find_their_media_type() -> None:
     from farm.plugins import Plugins
 
+    def ask(name: str, plugins: Plugins, barrier: threading.Barrier, found: list[str]) -> None:
+        barrier.wait()
+        found.append(plugins.get(name).name)
+
     for _ in range(5):
         plugins = Plugins()
         plugins.load_entry_points(lazy=True)
         names = ["frames", "synthetic", "maptiles", "audio"] * 3
         barrier = threading.Barrier(len(names))
         found: list[str] = []
-
-        def ask(name: str) -> None:
-            barrier.wait()
-            found.append(plugins.get(name).name)  # noqa: B023
-
-        threads = [threading.Thread(target=ask, args=(name,)) for name in names]
+        threads = [threading.Thread(target=ask, args=(name, plugins, barrier, found)) for name in names]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -170,12 +171,12 @@ def test_farm_plugins_still_lists_every_plugin(site: Path, tmp_path: Path) -> No
 # -- a worker imports only the plugin of the media type it runs; agents probe what they offer -----
 
 
-def test_embedded_farm_worker_and_agents_load_only_the_projects_media_type(site: Path, tmp_path: Path) -> None:
+def test_embedded_farm_worker_and_agents_load_only_the_projects_media_type(site: Path, tmp_path: Path):
     log = tmp_path / "probed.log"
     project = write_project(tmp_path / "sniffing", "sniff")
-    proc = subprocess.Popen([sys.executable, "-m", "farm", "--log-level", "info", "submit", "--json", "-n", "2",
-                             str(project)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=plugin_env(site, log))
+    proc = subprocess.Popen([sys.executable, "-m", "farm", "--log-level", "info", "submit", "--json",
+                             "-n", "2", str(project)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=plugin_env(site, log))
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-2000:]
     # the worker that rendered it had imported no other media type's plugin (nor Mapnik, nor bpy)
@@ -188,7 +189,7 @@ def test_embedded_farm_worker_and_agents_load_only_the_projects_media_type(site:
     assert all(what == "import" and pid == proc.pid for what, pid in log_lines(log)), log_lines(log)
 
 
-def test_a_standalone_agent_probes_all_unless_told_which(site: Path, tmp_path: Path, controller, agents) -> None:
+def test_a_standalone_agent_probes_all_unless_told_which(site: Path, tmp_path: Path, controller, agents):
     log = tmp_path / "probed.log"
     env = plugin_env(site, log)
     everything, = agents(controller.url, 1, env=env)
@@ -217,7 +218,7 @@ def test_farm_agent_refuses_a_media_type_nobody_provides(tmp_path: Path) -> None
 
 class _Slow(MediaType):
     delay = 1.0
-    started: list[float] = []
+    started: ClassVar[list[float]] = []
     release = threading.Event()
 
     def available(self) -> str | None:
@@ -349,7 +350,8 @@ def test_embedded_agents_offer_the_projects_media_type(tmp_path: Path) -> None:
         summary = farm.submit(project)
         assert summary.ok and summary.done == 3
         joined = farm.controller.status()["agents"]
-        assert [(a["capabilities"], sorted(a["plugins"])) for a in joined] == [(["synthetic"], ["synthetic"])] * 2
+        offered = [(a["capabilities"], sorted(a["plugins"])) for a in joined]
+        assert offered == [(["synthetic"], ["synthetic"])] * 2
     assert all(proc.poll() is not None for proc in local.procs)
 
 

@@ -51,8 +51,9 @@ def agent(
         "--local-assets", help="On the controller's own machine, use its project files in place "
                                "(reflinks or hard links) instead of copying them into the cache.")] = False,
     media_type: Annotated[Optional[list[str]], typer.Option(
-        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are neither "
-                             "loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), else all installed.")] = None,
+        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
+                             "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
+                             "else all installed.")] = None,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 

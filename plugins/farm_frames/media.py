@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from farm import trace
 from farm.errors import RenderError
 from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm import trace
 from farm_frames import preview
 from farm_frames.blender import (
     SETUP_ENV,
@@ -155,12 +155,13 @@ class Frames(MediaType):
         run_token = ctx.cache.setdefault("frames.run", object())
         key = (run_token, blender, str(scene), threads, env[SETUP_ENV])
         progress = ChunkProgress(frame_count(runs), ctx.progress)
+        on_line = _traced(progress.feed) if trace.enabled() else progress.feed
         started = time.monotonic()
         try:
             done = SLOT.render(
                 key=key, cmd=cmd, env=env, scratch=ctx.work_dir.with_name(ctx.work_dir.name + ".blender"),
                 scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
-                log_file=ctx.work_dir / "blender.log", on_line=_traced(progress.feed) if trace.enabled() else progress.feed,
+                log_file=ctx.work_dir / "blender.log", on_line=on_line,
             )
         except OSError as exc:  # Blender is there but cannot be started
             raise RenderError(f"cannot start Blender {blender}: {exc}") from None
