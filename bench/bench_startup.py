@@ -49,6 +49,8 @@ def load() -> str:
 
 
 def env_for(farm_path: Path, **extra: str) -> dict[str, str]:
+    """Our environment with ``farm_path`` (and its plugins) first on PYTHONPATH; commands run with
+    ``python -P``, so the current folder (a checkout too, maybe) does not come before it."""
     paths = [str(farm_path), str(farm_path / "plugins")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]), **extra}
 
@@ -71,7 +73,7 @@ def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, fl
     """(submit -> first job done, submit -> exit) of one `farm submit`, in seconds."""
     project = noop_project(folder)
     started = time.time()
-    out = subprocess.run([sys.executable, "-m", "farm", "submit", "--json", "-n", str(agents), str(project)],
+    out = subprocess.run([sys.executable, "-P", "-m", "farm", "submit", "--json", "-n", str(agents), str(project)],
                          check=True, capture_output=True, text=True, env=env, cwd=folder.parent)
     ended = time.time()
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,7 +92,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="farm-bench-startup-") as tmp:
         env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
         for _ in range(args.repeat):
-            rows["python_s"].append(timed([sys.executable, "-c", "pass"]))
+            rows["python_s"].append(timed([sys.executable, "-P", "-c", "pass"]))
             if blender:
                 rows["blender_s"].append(timed([blender, "-b", "--version"]))
             first, whole = farm_once(Path(tmp) / "project", args.agents, env)
@@ -101,6 +103,41 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": "startup-noop", "farm": str(args.farm_path), "agents": args.agents, "repeat": args.repeat,
             **med, "farm_s": med["summary_s"], "baseline_s": baseline,
             "speedup": round(baseline / med["summary_s"], 3), "load_before": before, "load_after": load()}
+
+
+#: one fixed cost each, as a Python one-liner that runs the same on either checkout
+COSTS = {
+    "python": "pass",
+    "agent command's imports": "import farm.cli.agent",
+    "submit command's imports": "import farm.cli.submit",
+    "worker's imports and its frames plugin": "import farm.agent.worker; from farm.plugins import get_media_type; "
+                                              "get_media_type('frames')",
+    "agent's renderer checks (all it offers)": "from farm.agent.capabilities import detect; detect([])",
+    "agent's renderer checks, frames only": "import os; os.environ['FARM_MEDIA_TYPES'] = 'frames'; "
+                                            "from farm.agent.capabilities import detect; detect([])",
+}
+
+
+def cpu_timed(cmd: list[str], **kw: Any) -> float:
+    """CPU seconds (user + system) the command used: on a shared machine, steadier than its wall time."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, with the children it waited for
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd} exited with {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def costs(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """{cost: {checkout: median CPU seconds of a process doing only that}}, the checkouts
+    (this one and ``--before``) alternated ``--repeat`` times."""
+    sides = {"after": args.farm_path, "before": args.before}
+    found: dict[str, dict[str, list[float]]] = {name: {side: [] for side in sides} for name in COSTS}
+    for _ in range(args.repeat):
+        for name, code in COSTS.items():
+            for side, path in sides.items():
+                found[name][side].append(cpu_timed([sys.executable, "-P", "-c", code], env=env_for(path)))
+    return {name: {side: round(statistics.median(v), 3) for side, v in by.items()} for name, by in found.items()}
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\S+): (.*)$")
@@ -148,7 +185,7 @@ def timeline(args: argparse.Namespace) -> tuple[list[tuple[float, str]], dict[st
         trace = Path(tmp) / "trace.txt"
         env = env_for(args.farm_path, FARM_TRACE=str(trace), XDG_CACHE_HOME=str(Path(tmp) / "cache"))
         started = time.time()
-        out = subprocess.run([sys.executable, "-m", "farm", "--log-level", "info", "submit", "--json",
+        out = subprocess.run([sys.executable, "-P", "-m", "farm", "--log-level", "info", "submit", "--json",
                               "-n", str(args.agents), str(project)], capture_output=True, text=True, env=env)
         ended = time.time()
         steps = [(ended, "submitter exited")]
@@ -187,9 +224,19 @@ def main() -> None:
     parser.add_argument("--farm-path", type=Path, default=REPO,
                         help="the farm checkout to run (default: this one)")
     parser.add_argument("--timeline", type=Path, help="print the start-up timeline of `farm submit PROJECT`")
+    parser.add_argument("--costs", action="store_true",
+                        help="time each fixed cost in its own process, this checkout against --before")
+    parser.add_argument("--before", type=Path, default=Path("/work/main"), help="the checkout to compare with")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.farm_path = args.farm_path.resolve()
+    if args.costs:
+        print(f"load {load()}; medians of {args.repeat}, CPU seconds: after ({args.farm_path}) / "
+              f"before ({args.before})")
+        for name, by in costs(args).items():
+            print(f"  {name:<42} {by['after']:.3f} / {by['before']:.3f}")
+        print(f"load {load()}")
+        return
     if args.timeline:
         print(f"load {load()}")
         steps, gaps = timeline(args)
