@@ -10,7 +10,8 @@ types it (the CLI's own start-up included). Measured from just before starting t
 
 - ``first_job_s``: until the job was done (its ``updated_at`` in the run's journal; a no-op
   job is done the moment it reaches a worker);
-- ``summary_s``: until the command exited, its summary printed.
+- ``summary_s``: until it printed its summary;
+- ``exit_s``: until it exited (the agents stopped, the controller's state closed).
 
 Medians over ``--repeat`` rounds. ``--farm-path DIR`` runs the farm of another checkout
 (``DIR`` and ``DIR/plugins`` lead PYTHONPATH): the same bench measures before and after.
@@ -69,25 +70,32 @@ def noop_project(folder: Path) -> Path:
     return folder
 
 
-def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, float]:
-    """(submit -> first job done, submit -> exit) of one `farm submit`, in seconds."""
+def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, float, float]:
+    """(submit -> first job done, -> summary printed, -> exit) of one `farm submit`, in seconds."""
     project = noop_project(folder)
     started = time.time()
-    out = subprocess.run([sys.executable, "-P", "-m", "farm", "submit", "--json", "-n", str(agents), str(project)],
-                         check=True, capture_output=True, text=True, env=env, cwd=folder.parent)
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "farm", "submit", "--json", "-n", str(agents),
+                             str(project)], stdout=subprocess.PIPE, text=True, env=env, cwd=folder.parent)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # --json: the summary is the one line
+    printed = time.time()
+    proc.stdout.read()
+    if proc.wait():
+        raise SystemExit(f"farm submit exited with {proc.returncode}")
     ended = time.time()
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = json.loads(line)
     if summary["state"] != "done":
         raise SystemExit(f"the run failed: {summary}")
     with sqlite3.connect(project / ".farm" / "journal.sqlite") as db:
         (done_at,) = db.execute("SELECT min(updated_at) FROM jobs WHERE state = 'done'").fetchone()
-    return done_at - started, ended - started
+    return done_at - started, printed - started, ended - started
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     env = env_for(args.farm_path)
     blender = shutil.which(os.environ.get("FARM_BLENDER", "blender"))
-    rows: dict[str, list[float]] = {"python_s": [], "blender_s": [], "first_job_s": [], "summary_s": []}
+    rows: dict[str, list[float]] = {"python_s": [], "blender_s": [], "first_job_s": [], "summary_s": [],
+                                    "exit_s": []}
     before = load()
     with tempfile.TemporaryDirectory(prefix="farm-bench-startup-") as tmp:
         env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
@@ -95,9 +103,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             rows["python_s"].append(timed([sys.executable, "-P", "-c", "pass"]))
             if blender:
                 rows["blender_s"].append(timed([blender, "-b", "--version"]))
-            first, whole = farm_once(Path(tmp) / "project", args.agents, env)
+            first, summary, ended = farm_once(Path(tmp) / "project", args.agents, env)
             rows["first_job_s"].append(first)
-            rows["summary_s"].append(whole)
+            rows["summary_s"].append(summary)
+            rows["exit_s"].append(ended)
     med = {k: round(statistics.median(v), 3) if v else None for k, v in rows.items()}
     baseline = med["blender_s"] or med["python_s"]
     return {"name": "startup-noop", "farm": str(args.farm_path), "agents": args.agents, "repeat": args.repeat,
@@ -110,8 +119,8 @@ COSTS = {
     "python": "pass",
     "agent command's imports": "import farm.cli.agent",
     "submit command's imports": "import farm.cli.submit",
-    "worker's imports and its frames plugin": "import farm.agent.worker; from farm.plugins import get_media_type; "
-                                              "get_media_type('frames')",
+    "worker's imports and its frames plugin": "import farm.agent.worker; import farm.plugins as p; "
+                                              "p.get_media_type('frames')",
     "agent's renderer checks (all it offers)": "from farm.agent.capabilities import detect; detect([])",
     "agent's renderer checks, frames only": "import os; os.environ['FARM_MEDIA_TYPES'] = 'frames'; "
                                             "from farm.agent.capabilities import detect; detect([])",
@@ -137,7 +146,8 @@ def costs(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         for name, code in COSTS.items():
             for side, path in sides.items():
                 found[name][side].append(cpu_timed([sys.executable, "-P", "-c", code], env=env_for(path)))
-    return {name: {side: round(statistics.median(v), 3) for side, v in by.items()} for name, by in found.items()}
+    return {name: {side: round(statistics.median(v), 3) for side, v in by.items()}
+            for name, by in found.items()}
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\S+): (.*)$")
@@ -226,7 +236,8 @@ def main() -> None:
     parser.add_argument("--timeline", type=Path, help="print the start-up timeline of `farm submit PROJECT`")
     parser.add_argument("--costs", action="store_true",
                         help="time each fixed cost in its own process, this checkout against --before")
-    parser.add_argument("--before", type=Path, default=Path("/work/main"), help="the checkout to compare with")
+    parser.add_argument("--before", type=Path, default=Path("/work/main"),
+                        help="the checkout to compare with")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.farm_path = args.farm_path.resolve()
@@ -252,7 +263,7 @@ def main() -> None:
         return
     print(f"farm at {result['farm']}, {args.agents} agents, medians of {args.repeat}, "
           f"load {result['load_before']} -> {result['load_after']}")
-    for key in ("python_s", "blender_s", "first_job_s", "summary_s"):
+    for key in ("python_s", "blender_s", "first_job_s", "summary_s", "exit_s"):
         print(f"  {key:<12} {result[key]}")
 
 
