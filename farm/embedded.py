@@ -50,14 +50,17 @@ def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str =
     With ``local_assets`` they use the project's files in place (``--local-assets``), without
     copying them into the cache. On an ``ipc://`` address (a private folder, as the embedded
     farm's) they use no keys, whatever ``$FARM_KEYS`` names: the folder's mode guards the socket,
-    and a controller there asks for none."""
+    and a controller there asks for none; they start through `farm.agent.local`, which skips the
+    command line's start-up. ``extra``: more options of that (or, elsewhere, of `farm agent`)."""
     env = None
+    # -P: a folder named `farm` in the current folder must not shadow the installed package
     if url.partition("://")[0].lower() == "ipc":
         env = {k: v for k, v in os.environ.items() if k != "FARM_KEYS"}
-    # -P: a folder named `farm` in the current folder must not shadow the installed package
-    cmd = [sys.executable, "-P", "-m", "farm", "--log-level", log_level, "agent", "--controller", url,
-           "--slots", str(slots), "--parent-pid", str(os.getpid()),
-           *(["--local-assets"] if local_assets else []), *(extra or [])]
+        cmd = [sys.executable, "-P", "-m", "farm.agent.local", url, "--log-level", log_level]
+    else:
+        cmd = [sys.executable, "-P", "-m", "farm", "--log-level", log_level, "agent", "--controller", url]
+    cmd += ["--slots", str(slots), "--parent-pid", str(os.getpid()),
+            *(["--local-assets"] if local_assets else []), *(extra or [])]
     return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"], env=env) for i in range(count)]
 
 

@@ -368,3 +368,11 @@ def test_early_agents_of_another_media_type_are_replaced(tmp_path: Path) -> None
         assert not wrong.sockets.exists()
     finally:
         local.stop()
+
+
+def test_the_embedded_agents_launcher_takes_only_a_private_socket() -> None:
+    out = subprocess.run([sys.executable, "-P", "-m", "farm.agent.local", "tcp://127.0.0.1:5555", "--id", "a",
+                          "--parent-pid", str(os.getpid())], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "only an embedded farm's ipc:// controller (use `farm agent`)" in out.stderr
+    assert "Traceback" not in out.stderr
