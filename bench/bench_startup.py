@@ -11,7 +11,9 @@ types it (the CLI's own start-up included). Measured from just before starting t
 - ``first_job_s``: until the job was done (its ``updated_at`` in the run's journal; a no-op
   job is done the moment it reaches a worker);
 - ``summary_s``: until it printed its summary;
-- ``exit_s``: until it exited (the agents stopped, the controller's state closed).
+- ``exit_s``: until it exited (the agents stopped, the controller's state closed);
+- ``cpu_s``: the CPU time of all its processes (submitter, agents, workers): steadier than
+  the times above on a machine others load.
 
 Medians over ``--repeat`` rounds. ``--farm-path DIR`` runs the farm of another checkout
 (``DIR`` and ``DIR/plugins`` lead PYTHONPATH): the same bench measures before and after.
@@ -70,8 +72,9 @@ def noop_project(folder: Path) -> Path:
     return folder
 
 
-def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, float, float]:
-    """(submit -> first job done, -> summary printed, -> exit) of one `farm submit`, in seconds."""
+def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, float, float, float]:
+    """(submit -> first job done, -> summary printed, -> exit, CPU seconds of all its processes)
+    of one `farm submit`: the agents and workers it waited for count in its CPU time."""
     project = noop_project(folder)
     started = time.time()
     proc = subprocess.Popen([sys.executable, "-P", "-m", "farm", "submit", "--json", "-n", str(agents),
@@ -80,7 +83,9 @@ def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, fl
     line = proc.stdout.readline()  # --json: the summary is the one line
     printed = time.time()
     proc.stdout.read()
-    if proc.wait():
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
         raise SystemExit(f"farm submit exited with {proc.returncode}")
     ended = time.time()
     summary = json.loads(line)
@@ -88,14 +93,14 @@ def farm_once(folder: Path, agents: int, env: dict[str, str]) -> tuple[float, fl
         raise SystemExit(f"the run failed: {summary}")
     with sqlite3.connect(project / ".farm" / "journal.sqlite") as db:
         (done_at,) = db.execute("SELECT min(updated_at) FROM jobs WHERE state = 'done'").fetchone()
-    return done_at - started, printed - started, ended - started
+    return done_at - started, printed - started, ended - started, usage.ru_utime + usage.ru_stime
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     env = env_for(args.farm_path)
     blender = shutil.which(os.environ.get("FARM_BLENDER", "blender"))
     rows: dict[str, list[float]] = {"python_s": [], "blender_s": [], "first_job_s": [], "summary_s": [],
-                                    "exit_s": []}
+                                    "exit_s": [], "cpu_s": []}
     before = load()
     with tempfile.TemporaryDirectory(prefix="farm-bench-startup-") as tmp:
         env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
@@ -103,7 +108,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             rows["python_s"].append(timed([sys.executable, "-P", "-c", "pass"]))
             if blender:
                 rows["blender_s"].append(timed([blender, "-b", "--version"]))
-            first, summary, ended = farm_once(Path(tmp) / "project", args.agents, env)
+            first, summary, ended, cpu = farm_once(Path(tmp) / "project", args.agents, env)
+            rows["cpu_s"].append(cpu)
             rows["first_job_s"].append(first)
             rows["summary_s"].append(summary)
             rows["exit_s"].append(ended)
@@ -263,7 +269,7 @@ def main() -> None:
         return
     print(f"farm at {result['farm']}, {args.agents} agents, medians of {args.repeat}, "
           f"load {result['load_before']} -> {result['load_after']}")
-    for key in ("python_s", "blender_s", "first_job_s", "summary_s", "exit_s"):
+    for key in ("python_s", "blender_s", "first_job_s", "summary_s", "exit_s", "cpu_s"):
         print(f"  {key:<12} {result[key]}")
 
 
