@@ -37,6 +37,10 @@ def agent(
     prefetch: Annotated[int, typer.Option(
         min=0, help="Most jobs queued beyond the slots; the controller sends at most ~20 ms of work.")] = 256,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Extra capability to advertise.")] = None,
+    media_type: Annotated[Optional[list[str]], typer.Option(
+        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
+                             "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
+                             "else all installed.")] = None,
     agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     keys_dir: KeysDir = None,
@@ -50,10 +54,6 @@ def agent(
     local_assets: Annotated[bool, typer.Option(
         "--local-assets", help="On the controller's own machine, use its project files in place "
                                "(reflinks or hard links) instead of copying them into the cache.")] = False,
-    media_type: Annotated[Optional[list[str]], typer.Option(
-        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
-                             "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
-                             "else all installed.")] = None,
 ) -> None:
     """Serve a controller until interrupted; reconnects by itself if the controller goes away.
 
@@ -73,8 +73,8 @@ def agent(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(JOIN_REFUSED_EXIT) from None
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
-        said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         mark("agent: starting")
+        said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
                       agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
                       cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets)
