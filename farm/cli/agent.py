@@ -72,8 +72,8 @@ def agent(
         except SecurityError as exc:  # a token or key refused: restarting cannot help
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(JOIN_REFUSED_EXIT) from None
-        # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         mark("agent: starting")
+        # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
                       agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
