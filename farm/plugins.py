@@ -3,12 +3,21 @@
 Built-in media types (``plugins/farm_*``) go through the same entry-point group as
 third-party ones. A plugin that fails to import is recorded and logged, never fatal:
 the other media types keep working and ``farm plugins`` shows the error.
+
+Loading is lazy and by name: asking for media type ``frames`` imports the entry point named
+``frames`` first (the convention: a plugin's entry point is named for its media type), and
+all the others only if that one did not register it. So a worker rendering frames, or an
+agent offering only frames, never imports the map or audio plugins (each costs 0.1-0.3 s of
+a process's start). Whatever needs every plugin (listing them, iterating `media_types`,
+calling a hook such as ``farm_event`` on all of them) loads the rest first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -18,6 +27,7 @@ import pluggy
 from farm import hookspecs
 from farm.errors import PluginError, UnknownMediaType
 from farm.mediatype import MediaType
+from farm.trace import mark
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +50,117 @@ class PluginInfo:
     dist: str | None = None
 
 
+class _MediaTypes(MutableMapping[str, MediaType]):
+    """{name: media type}, filled as plugins load: looking a name up loads its plugin (see the
+    module docstring); iterating or counting loads them all."""
+
+    def __init__(self, plugins: Plugins) -> None:
+        self._plugins = plugins
+        self._found: dict[str, MediaType] = {}
+
+    def __getitem__(self, name: str) -> MediaType:
+        if name not in self._found:
+            self._plugins.load_for(name)
+        return self._found[name]
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._found:
+            self._plugins.load_for(name)
+        return name in self._found
+
+    def __setitem__(self, name: str, media: MediaType) -> None:
+        self._found[name] = media
+
+    def __delitem__(self, name: str) -> None:
+        del self._found[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._plugins.load_all()
+        return iter(dict(self._found))
+
+    def __len__(self) -> int:
+        self._plugins.load_all()
+        return len(self._found)
+
+    def loaded(self) -> dict[str, MediaType]:
+        """Those registered so far, loading nothing."""
+        return dict(self._found)
+
+
 class Plugins:
-    """The loaded plugins and the media types they registered."""
+    """The plugins and the media types they registered, loaded as they are asked for.
+
+    `media_types`, `infos` and `manager` hold every plugin once read (a lookup by name
+    loads only what it needs; the others load everything first). Entry points come from
+    ``load_entry_points`` (or are loaded one by one with `load`); only
+    ``$FARM_LOAD_PLUGINS`` (comma-separated names) narrows them.
+    """
 
     def __init__(self) -> None:
-        self.manager = pluggy.PluginManager("farm")
-        self.manager.add_hookspecs(hookspecs)
-        self.infos: list[PluginInfo] = []
-        self.media_types: dict[str, MediaType] = {}
+        self._manager = pluggy.PluginManager("farm")
+        self._manager.add_hookspecs(hookspecs)
+        self._infos: list[PluginInfo] = []
+        self.media_types = _MediaTypes(self)
         self._owner: dict[str, str] = {}
+        self._pending: dict[str, metadata.EntryPoint] = {}  # listed, not loaded yet
+        # threads (the controller's loop, the HTTP API, a client) may ask at once: one loads,
+        # the others wait for it rather than miss a plugin that is half loaded
+        self._loading = threading.RLock()
 
-    def load_entry_points(self) -> None:
+    @property
+    def manager(self) -> pluggy.PluginManager:
+        """The pluggy manager, every plugin loaded first: a hook is called on all of them."""
+        self.load_all()
+        return self._manager
+
+    @property
+    def infos(self) -> list[PluginInfo]:
+        """Every plugin, loaded or failed (this loads all of them)."""
+        self.load_all()
+        return self._infos
+
+    @infos.setter
+    def infos(self, value: list[PluginInfo]) -> None:
+        self._infos = value
+
+    def load_entry_points(self, *, lazy: bool = False) -> None:
+        """List the ``farm.plugins`` entry points; load them now, or (``lazy``) as asked for."""
         wanted = os.environ.get(LOAD_PLUGINS_ENV)
         allowed = {n.strip() for n in wanted.split(",") if n.strip()} if wanted is not None else None
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if allowed is None or ep.name in allowed:
-                self.load(ep)
-        self.manager.check_pending()
+                self._pending.setdefault(ep.name, ep)
+        if not lazy:
+            self.load_all()
+
+    def load_for(self, media_type: str) -> None:
+        """Load what registers ``media_type``: the entry point of that name, else all the others."""
+        with self._loading:
+            if media_type in self.media_types.loaded():  # another thread loaded it meanwhile
+                return
+            ep = self._pending.pop(media_type, None)
+            if ep is not None:
+                self._load_pending(ep)
+                if media_type in self.media_types.loaded():
+                    return
+            self.load_all()
+
+    def load_all(self) -> None:
+        """Load every entry point not loaded yet."""
+        with self._loading:
+            while self._pending:
+                self._load_pending(self._pending.pop(min(self._pending)))
+
+    def _load_pending(self, ep: metadata.EntryPoint) -> None:
+        self.load(ep)
+        self._manager.check_pending()
+        mark(f"plugin {ep.name} loaded")
 
     def load(self, ep: metadata.EntryPoint) -> None:
         dist = getattr(ep, "dist", None)
         info = PluginInfo(name=ep.name, version=dist.version if dist else None, module=ep.value,
                           dist=dist.name if dist else None)
-        self.infos.append(info)
+        self._infos.append(info)
         try:
             plugin = ep.load()
             self.register(plugin, info)
@@ -71,10 +169,10 @@ class Plugins:
             log.error("plugin %s failed to load: %s", ep.name, info.error)
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
-        if self.manager.is_registered(plugin):
+        if self._manager.is_registered(plugin):
             return
-        self.manager.register(plugin, name=info.name)
-        info.hooks = sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])
+        self._manager.register(plugin, name=info.name)
+        info.hooks = sorted(h.name for h in self._manager.get_hookcallers(plugin) or [])
         hook = getattr(plugin, "farm_register_media_types", None)
         if hook is None:
             return
@@ -82,7 +180,7 @@ class Plugins:
         def register_media_type(cls: type[MediaType]) -> None:
             if not (isinstance(cls, type) and issubclass(cls, MediaType)) or not cls.name:
                 raise PluginError(f"plugin {info.name} registered {cls!r}, which is not a named MediaType")
-            if cls.name in self.media_types:
+            if cls.name in self.media_types.loaded():  # `in` alone would load plugins: we are loading one
                 raise PluginError(
                     f"media type {cls.name!r} is registered by both {self._owner[cls.name]} and {info.name}"
                 )
@@ -93,6 +191,7 @@ class Plugins:
         hook(register=register_media_type)
 
     def get(self, name: str) -> MediaType:
+        """The media type ``name``, loading its plugin if need be. Raises `UnknownMediaType`."""
         try:
             return self.media_types[name]
         except KeyError:
@@ -100,16 +199,19 @@ class Plugins:
             raise UnknownMediaType(f"unknown media type {name!r} (installed: {installed})") from None
 
     def owner(self, name: str) -> PluginInfo:
-        return next(i for i in self.infos if i.name == self._owner[name])
+        """The plugin that registered media type ``name`` (loading it if need be)."""
+        self.get(name)
+        return next(i for i in self._infos if i.name == self._owner[name])
 
     def versions(self) -> dict[str, str]:
-        """{media type: the version of the plugin distribution that registered it}, where known.
+        """{media type: the version of the plugin distribution that registered it}, where known,
+        for the media types loaded so far (an agent that offers only some loads only theirs).
 
         An agent says this in its HELLO; the controller sends a media type's jobs only to agents
         with its own version of that plugin (`farm.controller.versions`).
         """
         found = {}
-        for name in self.media_types:
+        for name in self.media_types.loaded():
             version = self.owner(name).version
             if version is not None:
                 found[name] = version
@@ -117,15 +219,17 @@ class Plugins:
 
 
 _plugins: Plugins | None = None
+_lock = threading.Lock()
 
 
 def get_plugins() -> Plugins:
-    """The process's plugins, loaded on first use."""
+    """The process's plugins: their entry points listed on first use, each loaded when needed."""
     global _plugins
-    if _plugins is None:
-        plugins = Plugins()
-        plugins.load_entry_points()
-        _plugins = plugins
+    with _lock:
+        if _plugins is None:
+            plugins = Plugins()
+            plugins.load_entry_points(lazy=True)
+            _plugins = plugins
     return _plugins
 
 

@@ -27,6 +27,7 @@ from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
+from farm.trace import mark
 
 LOG_TAIL_LINES = 60
 FLUSH_EVERY_S = 0.002  # fast jobs are reported in batches; slow ones one by one
@@ -123,6 +124,7 @@ class Worker:
                 settings=project.settings, threads=1, cache={}, deps={},
                 log=logging.getLogger(f"farm.job.{project.media_type}"),
             )
+            mark(f"worker: first job of {project.media_type}")  # loads only that media type's plugin
             found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 

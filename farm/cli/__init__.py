@@ -7,13 +7,15 @@ with failed jobs; 2 bad command-line usage.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 
-from farm import __version__
-from farm.cli import agent, control, controller, events, keys, plugin, plugins, status, submit
+from farm import __version__, trace
 from farm.cli.helptext import reflow_help
 
 app = typer.Typer(
@@ -52,19 +54,64 @@ def main_options(
     )
 
 
-app.command("submit")(submit.submit)
-app.command("controller")(controller.controller)
-app.command("agent")(agent.agent)
-app.command("plugins")(plugins.plugins)
-app.command("status")(status.status)
-app.command("cancel")(status.cancel)
-app.command("download")(status.download)
-app.command("events")(events.events)
-control.register(app)  # pause, resume, retry, priority, drain, undrain, logs
-app.add_typer(keys.app, name="keys")
-app.add_typer(plugin.app, name="plugin")
-reflow_help(app)  # after every command is registered
+# command name -> (module, attribute): a module is imported only when its command may run, so
+# `farm agent` does not load the controller, the dashboard or the key tools (start-up time)
+COMMANDS = {
+    "submit": ("farm.cli.submit", "submit"),
+    "controller": ("farm.cli.controller", "controller"),
+    "agent": ("farm.cli.agent", "agent"),
+    "plugins": ("farm.cli.plugins", "plugins"),
+    "status": ("farm.cli.status", "status"),
+    "cancel": ("farm.cli.status", "cancel"),
+    "download": ("farm.cli.status", "download"),
+    "events": ("farm.cli.events", "events"),
+}
+CONTROL = ("pause", "resume", "retry", "priority", "drain", "undrain", "logs")  # farm.cli.control
+GROUPS = {"keys": "farm.cli.keys", "plugin": "farm.cli.plugin"}
+_registered: set[str] = set()
+
+
+def register(names: Sequence[str] | None = None, *, reflow: bool = True) -> typer.Typer:
+    """Add the commands ``names`` (default: all) to `app`, importing only their modules; with
+    ``reflow``, their help is made from their docstrings (`reflow_help`, which loads rich)."""
+    wanted = [*COMMANDS, "control", *GROUPS] if names is None else names
+    for name in wanted:
+        name = "control" if name in CONTROL else name
+        if name in _registered:
+            continue
+        _registered.add(name)
+        if name in COMMANDS:
+            module, attr = COMMANDS[name]
+            app.command(name)(getattr(importlib.import_module(module), attr))
+        elif name == "control":
+            importlib.import_module("farm.cli.control").register(app)  # pause, resume, retry, ...
+        elif name in GROUPS:
+            app.add_typer(importlib.import_module(GROUPS[name]).app, name=name)
+    if reflow:
+        reflow_help(app)  # after the commands are registered
+    return app
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command ``farm ARGV`` runs, if it is one of ours; None for anything else (help, a typo)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)
+        elif not arg.startswith("-"):
+            known = arg in COMMANDS or arg in CONTROL or arg in GROUPS
+            return arg if known else None
+        elif arg in ("--help", "--version"):
+            return None
+    return None
 
 
 def main() -> None:
+    command = command_in(sys.argv[1:])
+    trace.mark_process_start(f"farm {command}")
+    # one command: only its module; help, a typo or no command: all, so they are listed.
+    # Help text is only reflowed where it may be shown (a group without its command shows it)
+    shows_help = command is None or command in GROUPS or "--help" in sys.argv
+    register([command] if command else None, reflow=shows_help)
+    trace.mark(f"farm {command}: cli imported")
     app()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from farm.agent.agent import Agent
+from farm.agent.capabilities import MEDIA_TYPES_ENV
 from farm.cli.errors import reported
 from farm.cli.options import (
     ControllerUrl,
@@ -19,7 +21,10 @@ from farm.cli.options import (
     controller_for,
     join_argument,
 )
+from farm.errors import FarmError
 from farm.keys import SecurityError
+from farm.plugins import get_plugins
+from farm.trace import mark
 
 JOIN_REFUSED_EXIT = 78  # EX_CONFIG; packaging/systemd/farm-agent.service: RestartPreventExitStatus=78
 
@@ -32,6 +37,10 @@ def agent(
     prefetch: Annotated[int, typer.Option(
         min=0, help="Most jobs queued beyond the slots; the controller sends at most ~20 ms of work.")] = 256,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Extra capability to advertise.")] = None,
+    media_type: Annotated[Optional[list[str]], typer.Option(
+        "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
+                             "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
+                             "else all installed.")] = None,
     agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     keys_dir: KeysDir = None,
@@ -57,6 +66,8 @@ def agent(
     JOIN_REFUSED_EXIT (a service manager should not restart it).
     """
     with reported():
+        if media_type:  # read by the capability check; our workers inherit it
+            os.environ[MEDIA_TYPES_ENV] = ",".join(_installed(media_type))
         try:
             url, setup, joined_as = controller_for(controller, join_argument(join, join_file), keys_dir, key,
                                                    server_key, insecure, role="agent", name=agent_id,
@@ -64,6 +75,7 @@ def agent(
         except SecurityError as exc:  # a token or key refused: restarting cannot help
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(JOIN_REFUSED_EXIT) from None
+        mark("agent: starting")
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
         agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
@@ -73,3 +85,13 @@ def agent(
         agent.run()
         if agent.refused_role:  # a client's key: the same refusal after every restart
             raise typer.Exit(JOIN_REFUSED_EXIT)
+
+
+def _installed(names: list[str]) -> list[str]:
+    """``names``, each checked to be an installed media type (loading only its plugin)."""
+    plugins = get_plugins()
+    for name in names:
+        if name not in plugins.media_types:
+            raise FarmError(f"--media-type {name}: no installed plugin provides it "
+                            f"(installed: {', '.join(sorted(plugins.media_types)) or 'none'})")
+    return names

@@ -11,11 +11,12 @@ from __future__ import annotations
 import inspect
 
 import typer
-from rich.markup import escape
 
 
 def reflowed(doc: str) -> str:
     """A docstring with each paragraph on one line; lists and indented blocks keep their lines."""
+    from rich.markup import escape  # rich loads only when help is shown (start-up time)
+
     paragraphs = []
     for paragraph in inspect.cleandoc(doc).split("\n\n"):
         lines = paragraph.splitlines()

@@ -16,13 +16,13 @@ import typer
 from farm.cli.errors import reported, say_error
 from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
 from farm.cli.progress import ProgressBar, summary_text
-from farm.cli.watch import ProjectInputs, watch
 from farm.client import RECONNECT_S, RunLost, Summary
 from farm.client import submit as submit_remote
-from farm.embedded import EmbeddedFarm
+from farm.embedded import EmbeddedFarm, LocalAgents, load_starting_agents
 from farm.errors import FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
+from farm.trace import mark
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,18 @@ def submit(
         if ui and controller:
             raise FarmError("--ui shows the embedded farm; a running controller serves its own dashboard "
                             "(farm controller --http HOST:PORT)")
-        project = load_project(project_dir, output=output)
+        # an embedded farm's agents start while the project loads (they take the longest to be up);
+        # with --watch a later round may be of another media type, so they offer all
+        local = None
+        if controller or join or watch_project:
+            project = load_project(project_dir, output=output)
+        else:
+            project, local = load_starting_agents(project_dir, output=output, agents=agents)
+        mark("submit: project loaded")
         setup: Setup = None
         if controller or join:  # a running controller: found, joined or named
             controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
-        with _farm(project, controller, agents, setup, shared, priority, ui) as render:
+        with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
             if not watch_project:
                 summary = _round(render, project, as_json)
                 if ui:
@@ -83,6 +90,8 @@ def submit(
                 if not as_json:
                     typer.echo("watching for changes (Ctrl-C to stop)", err=True)
 
+            from farm.cli.watch import ProjectInputs, watch  # watchdog loads only for --watch
+
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
@@ -95,7 +104,7 @@ Render = Callable[[Project, Callable[[dict], None]], Summary]
 
 @contextlib.contextmanager
 def _farm(project: Project, controller: str | None, agents: int | None, setup: Setup, shared: bool,
-          priority: int, ui: bool = False) -> Iterator[Render]:
+          priority: int, ui: bool = False, local: LocalAgents | None = None) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
         def remote(proj: Project, update: Callable[[dict], None]) -> Summary:
@@ -108,7 +117,7 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
 
         yield remote
         return
-    with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui) as farm:
+    with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui, local=local) as farm:
         if farm.ui_url:
             typer.echo(f"dashboard: {farm.ui_url}", err=True)
         yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
@@ -147,4 +156,5 @@ def _round(render: Render, project: Project, as_json: bool) -> Summary:
     finally:
         bar.close()
     typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary))
+    mark("submit: summary printed")
     return summary

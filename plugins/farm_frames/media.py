@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from farm import trace
 from farm.errors import RenderError
 from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
 from farm.paths import UnsafePath, resolve_inside
@@ -48,6 +49,17 @@ from farm_frames.warm import SLOT
 log = logging.getLogger(__name__)
 
 FRAMES_DIR = "frames"
+
+
+def _traced(feed: Callable[[str], None]) -> Callable[[str], None]:
+    """``feed``, marking each frame Blender saved in the start-up timeline (`farm.trace`)."""
+
+    def traced(line: str) -> None:
+        if line.startswith("Saved:"):
+            trace.mark("frames: frame saved")
+        feed(line)
+
+    return traced
 
 
 def frame_name(frame: int, fmt: str) -> str:
@@ -143,6 +155,7 @@ class Frames(MediaType):
         run_token = ctx.cache.setdefault("frames.run", object())
         key = (run_token, blender, str(scene), threads, env[SETUP_ENV])
         progress = ChunkProgress(frame_count(runs), ctx.progress)
+        on_line = _traced(progress.feed) if trace.enabled() else progress.feed
         started = time.monotonic()
         scratch = ctx.work_dir.with_name(ctx.work_dir.name + ".blender")  # in the agent's scratch folder
         # Blender's own temp folder (blender_XXXXXX; $TMP first, then $TMPDIR) goes in it too, so a
@@ -152,7 +165,7 @@ class Frames(MediaType):
             done = SLOT.render(
                 key=key, cmd=cmd, env=env, scratch=scratch,
                 scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
-                log_file=ctx.work_dir / "blender.log", on_line=progress.feed,
+                log_file=ctx.work_dir / "blender.log", on_line=on_line,
             )
         except OSError as exc:  # Blender is there but cannot be started
             raise RenderError(f"cannot start Blender {blender}: {exc}") from None
@@ -240,6 +253,7 @@ class Frames(MediaType):
         fmt, video = settings["format"], settings["video"]
         frames_dir = ctx.output_dir / FRAMES_DIR
         frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
+        trace.mark("frames: finalize")
         bad = []
         for number, path in zip(iter_frames(settings["frames"]), frames, strict=True):
             try:
@@ -262,6 +276,7 @@ class Frames(MediaType):
                 info.duration, video["fps"],
             )
             sheet = contact_sheet(frames, ctx.output_dir / contact_sheet_name(ctx.project.name))
+            trace.mark("frames: video and contact sheet written")
         except OSError as exc:  # a full disk, a read-only output folder
             raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
         return [out, sheet]

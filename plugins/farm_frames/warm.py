@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from farm.trace import mark
 from farm_frames.blender import DONE_MARKER, READY_MARKER
 from farm_frames.process import TAIL_LINES, kill, start_child
 
@@ -100,14 +101,17 @@ class BlenderSlot:
                     except _Exited as exited:
                         self.stop()
                         return Rendered(tail, proc.pid, None, False, exited.returncode, "loading the scene")
+                    mark("frames: Blender ready, scene loaded")
                     current.version = str(ready.get("version", ""))
                     current.files = tuple(str(f) for f in ready.get("files", ()))
                     current.signature = _signature(scene, current.files)
                 assert proc.stdin is not None
                 try:
+                    mark("frames: job sent to Blender")
                     proc.stdin.write(json.dumps(job) + "\n")
                     proc.stdin.flush()
                     _read_until(proc, DONE_MARKER, out, tail, on_line)
+                    mark("frames: job done")
                 except (_Exited, BrokenPipeError):
                     returncode = proc.wait()
                     self.stop()
@@ -144,6 +148,7 @@ class BlenderSlot:
     ) -> _Running:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
+        mark("frames: starting Blender")
         proc = start_child(cmd, env=env, cwd=scratch)
         self.running = _Running(key, proc, scratch=scratch)
         return self.running
