@@ -116,7 +116,7 @@ def test_a_broken_agent_takes_no_jobs_while_a_healthy_one_does_them(tmp_path, co
     assert broken["done"] == 0 and broken["failed"] == 0
 
 
-@pytest.mark.parametrize(("fails", "what"), [("farm.agent.worker", "is broken"), (" agent ", "has exited")])
+@pytest.mark.parametrize(("fails", "what"), [("farm.agent.worker", "is broken"), ("farm.agent.local", "has exited")])
 def test_an_embedded_run_whose_agents_cannot_work_fails_with_the_reason(tmp_path, synthetic, fails, what):
     # the CLI runs under an interpreter that cannot start workers, or cannot start agents at all
     python = failing_interpreter(tmp_path / "bin", fails.strip(), "message")
