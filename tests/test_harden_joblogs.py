@@ -28,32 +28,34 @@ FAILING = "job-0000001"
 
 
 class ControllerProcess:
-    """`farm controller` with its state in ``state``, a process the test may SIGKILL."""
+    """`farm controller` with its state in ``state``, a process the test may SIGKILL.
+
+    Its log goes to a file: a pipe nobody reads fills up at info level and stalls the controller.
+    """
 
     def __init__(self, state: Path) -> None:
         command = [*FARM, "--log-level", "info", "controller", "--bind", "tcp://127.0.0.1:0",
                    "--state-dir", str(state), "--insecure"]
-        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        self.url = ""
-        for line in self.proc.stderr:
-            if "listening on " in line:
-                self.url = line.split("listening on ")[1].strip()
-                break
-        assert self.url, "the controller did not start"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        self.log = state.parent / f"controller-{len(list(state.parent.glob('controller-*.log')))}.log"
+        self.out = self.log.open("w")
+        self.proc = subprocess.Popen(command, stderr=self.out, text=True)
+        wait_for(lambda: "listening on " in self.log.read_text() or self.proc.poll() is not None, 60,
+                 "the controller listening")
+        found = [line for line in self.log.read_text().splitlines() if "listening on " in line]
+        assert found, f"the controller did not start: {self.log.read_text()}"
+        self.url = found[0].split("listening on ")[1].strip()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        self.out.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        self.out.close()
 
 
 @pytest.fixture
