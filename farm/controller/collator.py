@@ -2,8 +2,8 @@
 
 A map job's collate writes 64-1024 tiles and an MBTiles transaction, an audio segment's
 writes PCM: on the loop thread that held dispatch and heartbeats for seconds in a run. The
-loop now hands each accepted, verified result to this thread (`submit`, sent once per loop
-turn by `flush`, so a turn without results costs nothing) and goes on; the outcome comes
+loop now hands each accepted, verified result to this thread (`submit`; `flush` sends them
+in batches, and a turn without results costs nothing) and goes on; the outcome comes
 back to the loop (`deliver`, woken through an inproc PAIR socket the loop polls), and only
 there is the job journaled done, its `job.done` event sent and its units counted
 (`ProjectRun.collated`). So a controller killed while a collate runs renders that job again
@@ -23,6 +23,7 @@ import logging
 import queue
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 10.0  # how long `close` waits for a collate that is running
+# Results wait this long (or for this many) before going to the thread in one piece: each
+# handoff wakes a thread and passes the GIL, which no-op jobs (thousands a second) would feel.
+FLUSH_AFTER_S = 0.002
+FLUSH_AT = 256
 
 
 @dataclass(slots=True)
@@ -140,21 +145,35 @@ class Collator:
         self.wake.bind(url)
         self._ring = context.socket(zmq.PAIR)  # the thread's end (made here, used there alone)
         self._ring.connect(url)
-        self._batch: list[Pending] = []  # accepted this loop turn
+        self._batch: list[Pending] = []  # accepted, not handed over yet
+        self._since = 0.0  # when the first of them was accepted
         self._todo: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         self._back: collections.deque[Pending] = collections.deque()
-        self._rung = threading.Event()  # a wake-up is on its way: one is enough
+        # the loop is (about to be) blocked in its poll: the thread wakes it (`before_poll`)
+        self.sleeping = False
+        self._rang = False  # a wake-up was sent: the loop reads it off the socket
         self.pending = 0  # submitted and not delivered yet
         self._thread = threading.Thread(target=self._work, name="farm-collate", daemon=True)
         self._thread.start()
 
     def submit(self, pending: Pending) -> None:
-        """Queue a job's collate; it goes to the thread at the end of this loop turn (`flush`)."""
+        """Queue a job's collate; it goes to the thread with others (`flush`).
+
+        A result without output files, while nothing else waits, is collated here at once: no
+        files to write, and a handoff would cost no-op jobs (thousands a second) more than the
+        collate does; the order and one-at-a-time promises hold, the thread being idle.
+        """
+        if not pending.outputs and not self._batch and not self.pending:
+            collate_inline(pending)
+            return
+        if not self._batch:
+            self._since = time.monotonic()
         self._batch.append(pending)
 
-    def flush(self) -> None:
-        """Hand this turn's accepted results to the thread in one piece."""
-        if not self._batch:
+    def flush(self, now: float) -> None:
+        """At the end of a loop turn: hand the accepted results to the thread in one piece, once
+        the first has waited `FLUSH_AFTER_S` or `FLUSH_AT` are in."""
+        if not self._batch or (now - self._since < FLUSH_AFTER_S and len(self._batch) < FLUSH_AT):
             return
         batch, self._batch = self._batch, []
         for run in {p.run.id: p.run for p in batch}.values():
@@ -163,16 +182,32 @@ class Collator:
         self.pending += len(batch)
         self._todo.put(batch)
 
+    def before_poll(self, wait_ms: int) -> int:
+        """On the loop, before it polls: how long it may block (0 if a collate came back).
+
+        A wake-up is sent only while the loop sleeps: a busy loop looks each turn anyway. The
+        flag is set before `_back` is read, and the thread appends before it reads the flag, so
+        either the loop sees the outcome here or the thread sees it sleeping.
+        """
+        self.sleeping = True
+        if self._back:
+            return 0
+        if self._batch:  # wake for the flush
+            return min(wait_ms, max(1, int((self._since + FLUSH_AFTER_S - time.monotonic()) * 1000) + 1))
+        return wait_ms
+
     def deliver(self) -> int:
-        """On the loop: settle the collates that came back; returns how many."""
+        """On the loop, after its poll: settle the collates that came back; returns how many."""
+        self.sleeping = False
+        if self._rang:
+            self._rang = False
+            try:
+                while True:
+                    self.wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
         if not self._back:
             return 0
-        self._rung.clear()
-        try:
-            while True:
-                self.wake.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
         count = 0
         while self._back:
             pending = self._back.popleft()
@@ -189,21 +224,27 @@ class Collator:
             for pending in batch:
                 collate(pending)
                 self._back.append(pending)
-                if not self._rung.is_set():
-                    self._rung.set()
+                if self.sleeping:
+                    self.sleeping = False
                     try:
                         self._ring.send(b"", zmq.NOBLOCK)
+                        self._rang = True
                     except zmq.ZMQError:  # the loop has not read the last one: it will look anyway
                         pass
 
     def close(self) -> None:
         """Stop the thread after the collate it runs (if any); what is queued is not collated
         (those jobs were not journaled done: a restarted controller renders them again)."""
+        batches = [self._batch]
         while True:
             try:
-                self._todo.get_nowait()
+                batches.append(self._todo.get_nowait())
             except queue.Empty:
                 break
+        for batch in batches:
+            for pending in batch or ():
+                if pending.staging is not None:
+                    shutil.rmtree(pending.staging, ignore_errors=True)
         self._todo.put(None)
         self._thread.join(STOP_WAIT_S)
         if self._thread.is_alive():

@@ -247,7 +247,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
-                wait_ms = 50 if due is None else min(50, max(1, int(due * 1000)))
+                wait_ms = self.collator.before_poll(50 if due is None else min(50, max(1, int(due * 1000))))
                 if self.budgets.flooded():  # mostly dropped last turn: let the others run a moment first
                     events = dict(quiet.poll(min(wait_ms, peers.FLOOD_PAUSE_MS)))
                     events[self.sock] = zmq.POLLIN
@@ -272,7 +272,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 try:  # a state a peer provoked must not end the loop either (the journal failing does)
                     self.collator.deliver()
                     self._dispatch(now)
-                    self.collator.flush()  # this turn's results and reuses, in one handoff
+                    self.collator.flush(time.monotonic())  # results and reuses, a batch at a time
                     self._check_agents(now)
                     if now - last_lease_check >= LEASE_CHECK_EVERY_S:
                         last_lease_check = now
