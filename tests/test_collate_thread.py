@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from agent_trust_helpers import AgentTmp
@@ -86,7 +85,7 @@ def test_while_a_collate_blocks_jobs_are_dispatched_and_heartbeats_answered(
     since = time.monotonic()
     # every job is rendered and its result accepted while the first collate still blocks
     wait_for(lambda: len(run.collating) == jobs, 60, "every result accepted")
-    wait_for(lambda: controller.stats["dispatched"] >= jobs, 30, "the events counted")  # another thread counts
+    wait_for(lambda: controller.stats["dispatched"] >= jobs, 30, "the events counted")  # by another thread
     assert controller.stats["collated"] == 0
     assert run.done == 0 and run.state == "running" and not run.leases
     # both agents keep talking to the loop (and it to them) for longer than their liveness
@@ -121,10 +120,12 @@ def test_a_collate_that_raises_fails_the_attempt_and_is_retried(controller, agen
     assert controller.stats["retried"] == 1
 
 
-def test_a_collate_that_always_raises_fails_the_job_with_its_error(controller, agents, synthetic, monkeypatch):
+def test_a_collate_that_always_raises_fails_the_job_with_its_error(
+        controller, agents, synthetic, monkeypatch):
     Gate(failing=[job_key(1)]).install(monkeypatch)
     agents(controller.url, 2)
-    background = Background(controller.url, synthetic(jobs=4, output_bytes=16, extra="[jobs]\nmax_attempts = 2\n"))
+    project = synthetic(jobs=4, output_bytes=16, extra="[jobs]\nmax_attempts = 2\n")
+    background = Background(controller.url, project)
     wait_for(background.done, 60, "the run")
     summary = background.summary
     assert not summary.ok and summary.done == 3
@@ -163,18 +164,21 @@ runpy.run_module("farm", run_name="__main__")
 """
 
 
-def test_a_controller_killed_mid_collate_runs_that_job_again_and_collates_it_once(tmp_path, agents, synthetic):
+def test_a_controller_killed_mid_collate_runs_that_job_again_and_collates_it_once(
+        tmp_path, agents, synthetic):
     jobs, size, blocked = 40, 16, job_key(17)
     agent_tmp = AgentTmp()
-    project = synthetic(jobs=jobs, sleep=0.01, output_bytes=size, log_collations=True, render_log="renders.log")
+    project = synthetic(jobs=jobs, sleep=0.01, output_bytes=size, log_collations=True,
+                        render_log="renders.log")
     (project / f"block-{blocked}").write_text("")
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
     url, state = f"ipc://{tmp_path}/controller.sock", tmp_path / "state"
 
     def start_controller() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, str(script), "--log-level", "warning", "controller", "--bind", url,
-                                 "--state-dir", str(state), "--heartbeat", "0.5", "--liveness", "4"])
+        return subprocess.Popen([sys.executable, str(script), "--log-level", "warning", "controller",
+                                 "--bind", url, "--state-dir", str(state), "--heartbeat", "0.5",
+                                 "--liveness", "4"])
 
     ctl = start_controller()
     try:
