@@ -209,3 +209,19 @@ def test_a_controller_killed_mid_collate_runs_that_job_again_and_collates_it_onc
     assert collated.count(blocked) == 1 and set(collated) == {job_key(i) for i in range(jobs)}
     assert all((project / "output" / f"{job_key(i)}.bin").read_bytes() == payload(job_key(i), size)
                for i in range(jobs))
+
+
+def test_cached_outputs_that_fail_to_collate_are_rendered_instead(controller, agents, synthetic, monkeypatch):
+    jobs = 5
+    project = synthetic(jobs=jobs, output_bytes=16, cache=True)
+    agents(controller.url, 2)
+    first = Background(controller.url, project)
+    wait_for(first.done, 60, "the first run")
+    assert first.summary.ok and first.summary.reused == 0
+    gate = Gate(failing=[job_key(3)], fail_times=1).install(monkeypatch)
+    again = Background(controller.url, project)
+    wait_for(again.done, 60, "the second run")
+    summary = again.summary
+    assert summary.ok and summary.done == jobs and summary.reused == jobs - 1, summary
+    assert gate.failed == [job_key(3)] and gate.returned.count(job_key(3)) == 1
+    assert (project / "output" / f"{job_key(3)}.bin").read_bytes() == payload(job_key(3), 16)

@@ -84,7 +84,7 @@ def collate(pending: Pending) -> None:
 
 def reuse(run: ProjectRun, job: Job) -> bool:
     """Collate a finished identical job's stored outputs (the job cache) instead of rendering this one."""
-    if run.cache is None or not run.cacheable:
+    if run.cache is None or not run.cacheable or job.key in run.unreusable:
         return False
     key = cache_key(run.media, run.plugin_version, run.project.settings, job, run.manifest,
                     run.assets_digest, run.deps_for(job))
@@ -121,6 +121,7 @@ def settle(pending: Pending) -> None:
             run.done_reused(key, pending.result)
         else:  # a cache that fails us is only a missed shortcut
             log.warning("%s: could not reuse %s: %s; rendering it", run.project.name, key, pending.error)
+            run.unreusable.add(key)
             run.ready.appendleft(pending.job)
     elif pending.error is None:
         run.collated(lease, pending.result)

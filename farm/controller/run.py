@@ -138,6 +138,7 @@ class ProjectRun(RunReport):
         self.cache: JobCache | None = None
         self.cacheable = media.cache_settings(project.settings) is not None
         self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
+        self.unreusable: set[str] = set()  # jobs whose cached outputs failed to collate: rendered
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
         self.output_made = False  # the output folder was made for this run's collates
