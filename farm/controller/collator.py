@@ -248,8 +248,7 @@ class Collator:
                     shutil.rmtree(pending.staging, ignore_errors=True)
         self._todo.put(None)
         self._thread.join(STOP_WAIT_S)
-        if self._thread.is_alive():
+        if self._thread.is_alive():  # its send, if it returns, fails quietly on the closed socket
             log.warning("a collate was still running when the controller stopped")
-        else:
-            self._ring.close(linger=0)
+        self._ring.close(linger=0)
         self.wake.close(linger=0)

@@ -200,8 +200,8 @@ class ProjectRun(RunReport):
             else:
                 jobs.append(self.lease(job, agent, now))
         if self.chunks is not None:  # the count changes with the sizes
-            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready)
-                          + len(self.unmet) + self.chunks.jobs_left())
+            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.collating)
+                          + len(self.ready) + len(self.unmet) + self.chunks.jobs_left())
         return jobs
 
     def _known(self, job: Job) -> bool:
