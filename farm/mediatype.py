@@ -244,7 +244,8 @@ class MediaType:
     ) -> None:
         """Take in one finished job's outputs (name -> staged file; move or copy them).
 
-        Runs in the controller's loop: keep it quick. It must be durable when it returns (the
+        Runs in the controller's collate thread (one per controller: never two collates at
+        once, in the order results arrived), off its loop. It must be durable when it returns (the
         job is then journaled as done) and idempotent (after a controller crash a job may be
         collated again). Never at the same time as `finalize`, but on another thread.
         """

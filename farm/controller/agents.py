@@ -164,17 +164,17 @@ class AgentSide:
                 lease.run.failed(lease, result.error or "failed", result.log or "", retry=result.retry)
 
     def _collate(self, agent: AgentState, lease: Lease, result: JobResult, files: list[bytes]) -> None:
+        """Stage a result's verified outputs for the collate thread (`farm.controller.collator`)."""
         staging = self.state_dir / "staging" / lease.id if result.files or files else None
         try:
             outputs = stage(staging, result.files, files) if staging else {}
-            lease.run.succeeded(lease, result.result, outputs)
-            agent.done += 1
         except Exception as exc:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             agent.failed += 1
             lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
-        finally:
-            if staging is not None and staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            return
+        lease.run.succeeded(lease, result.result, outputs, agent=agent, staging=staging)
 
     def _drop_agent(self, agent: AgentState, reason: str) -> None:
         lost = self.scheduler.leave(agent, reason)

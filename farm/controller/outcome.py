@@ -3,8 +3,10 @@
 The journal holds them, across controller restarts; memory holds none of them until a plugin
 asks (a run may have millions of jobs). A set is read when first used, then kept up to date
 as the run goes on (so a `collate` that reads it each time costs no query). `collate` runs
-in the controller's loop and reads through the journal (which sees its own uncommitted
-batch); `finalize` runs in a thread of its own and reads through a read-only connection of
+in the controller's collate thread (`farm.controller.collator`): a set it asks for before
+the loop read it comes from the committed journal that once, and the loop loads it (`prime`)
+when it next hands over results, through the journal (which sees its own uncommitted batch);
+from then on the collate reads the loop's copy. `finalize` runs in a thread of its own and reads through a read-only connection of
 its own, after the loop committed everything (`ProjectRun.start_finalizing`).
 """
 
@@ -30,11 +32,17 @@ class JobKeys(AbstractSet[str]):
         self._loop = threading.get_ident()  # the thread the journal belongs to
         self._keys: set[str] | None = None
         self._settled = False  # no more changes: another thread may keep what it read
+        self.wanted = False  # another thread (a collate) asked before the loop read it: `prime`
 
     def settled(self) -> None:
         """The run's jobs are all in and journaled (committed): read once more, then keep it."""
         self._keys = None
         self._settled = True
+
+    def prime(self) -> None:
+        """On the loop: read the set now if another thread asked for it, to keep it up to date."""
+        if self.wanted and self._keys is None:
+            self._read()
 
     def add(self, key: str) -> None:
         """A job got this outcome (journaled by the run)."""
@@ -55,13 +63,18 @@ class JobKeys(AbstractSet[str]):
                 keys = read_keys(self._journal, self._run_id, self._outcome)
                 if self._settled:
                     self._keys = keys
+                else:
+                    self.wanted = True
         return keys
 
     def __contains__(self, key: object) -> bool:
         return key in self._read()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._read())
+        keys = self._read()
+        if threading.get_ident() != self._loop and keys is self._keys and not self._settled:
+            keys = set(keys)  # the loop changes its copy: iterate a snapshot (copied under the GIL)
+        return iter(keys)
 
     def __len__(self) -> int:
         return len(self._read())

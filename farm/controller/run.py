@@ -10,7 +10,6 @@ import collections
 import copy
 import itertools
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from farm.controller.chunking import AdaptiveChunks
+from farm.controller.collator import Pending, collate_inline, reuse
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
@@ -111,6 +111,8 @@ class ProjectRun(RunReport):
         self.waiting: dict[str, list[Job]] = {}  # dependency key -> jobs waiting on it
         self.unmet: dict[str, set[str]] = {}  # job key -> dependencies not done yet
         self.leases: dict[str, Lease] = {}  # job key -> current lease
+        self.collating: dict[str, Pending] = {}  # job key -> its outputs being collated (collator)
+        self.handoff = collate_inline  # where accepted outputs go: the controller's collate thread
         # Done jobs live in the journal; only a resumed run keeps their keys in memory, to skip them.
         before = journal.counts(run_id)
         self.done_keys: set[str] = journal.done_keys(run_id) if before["done"] else set()
@@ -136,6 +138,7 @@ class ProjectRun(RunReport):
         self.cache: JobCache | None = None
         self.cacheable = media.cache_settings(project.settings) is not None
         self.cache_keys: dict[str, str] = {}  # job key -> cache key, for jobs in flight
+        self.unreusable: set[str] = set()  # jobs whose cached outputs failed to collate: rendered
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
         self.output_made = False  # the output folder was made for this run's collates
@@ -184,7 +187,7 @@ class ProjectRun(RunReport):
                 job = self.ready.popleft()
                 if self.conduct.skip(job.key, agent.id, others):
                     skipped.append(job)  # leave it for an agent that has not had it
-                elif not self._reuse(job):
+                elif not reuse(self, job):
                     jobs.append(self.lease(job, agent, now))
             self.ready.extendleft(reversed(skipped))
         reused = 0
@@ -192,13 +195,13 @@ class ProjectRun(RunReport):
             job = self._pull()
             if job is None:
                 continue
-            if self._reuse(job):
+            if reuse(self, job):
                 reused += 1
             else:
                 jobs.append(self.lease(job, agent, now))
         if self.chunks is not None:  # the count changes with the sizes
-            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.ready)
-                          + len(self.unmet) + self.chunks.jobs_left())
+            self.total = (self.done + len(self.failures) + len(self.leases) + len(self.collating)
+                          + len(self.ready) + len(self.unmet) + self.chunks.jobs_left())
         return jobs
 
     def _known(self, job: Job) -> bool:
@@ -210,32 +213,6 @@ class ProjectRun(RunReport):
         key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
                         self.assets_digest, self.deps_for(job))
         return key is not None and self.cache.journal.lookup_cache(key) is not None
-
-    def _reuse(self, job: Job) -> bool:
-        """Collate a finished identical job's stored outputs instead of rendering this one."""
-        if self.cache is None or not self.cacheable:
-            return False
-        key = cache_key(self.media, self.plugin_version, self.project.settings, job, self.manifest,
-                        self.assets_digest, self.deps_for(job))
-        if key is None:
-            return False
-        self.cache_keys[job.key] = key
-        staging = self.cache.folder / "staging" / uuid.uuid4().hex
-        try:
-            hit = self.cache.restore(key, staging)
-            if hit is None:
-                return False
-            result, outputs = hit
-            self._collate(job, result, outputs)
-        except Exception as exc:  # a cache that fails us is only a missed shortcut
-            log.warning("%s: could not reuse %s: %r; rendering it", self.project.name, job.key, exc)
-            return False
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.reused += 1
-        self.emit("job.reused", self.id, job.key)
-        self._done(job.key, result, None, reused=True)
-        return True
 
     def _pull(self) -> Job | None:
         try:
@@ -270,7 +247,8 @@ class ProjectRun(RunReport):
                 self._fail_for_good(job.key, f"dependency {dep!r} failed", "", None, job)
                 return None
             if not self.journal.is_done(self.id, dep):
-                if dep not in self.leases and dep not in self.unmet and not any(j.key == dep for j in self.ready):
+                if (dep not in self.leases and dep not in self.unmet and dep not in self.collating
+                        and not any(j.key == dep for j in self.ready)):
                     self._fail_project(f"job {job.key!r} depends on {dep!r}, which was not yielded before it")
                     return None
                 unmet.add(dep)
@@ -300,22 +278,34 @@ class ProjectRun(RunReport):
     def is_current(self, lease: Lease) -> bool:
         return self.leases.get(lease.job.key) is lease
 
-    def succeeded(self, lease: Lease, result: Any, outputs: dict[str, Path]) -> None:
-        """Collate a current lease's outputs; raises what collate raises (the caller retries)."""
+    def succeeded(self, lease: Lease, result: Any, outputs: dict[str, Path], *,
+                  agent: AgentState | None = None, staging: Path | None = None) -> None:
+        """Accept a current lease's outputs: collated by `handoff`, the job done once that returns (`collated`).
+
+        `staging`: the folder holding them, removed after the collate.
+        """
         key = lease.job.key
         if self.chunks is not None and lease.result is not None:
             self.chunks.record(lease.agent_id, lease.job.units, lease.result.duration)
         if self.cache is not None and key in self.cache_keys:
             self.cache.store(self.cache_keys[key], outputs)  # before collate moves them
-        self._collate(lease.job, result, outputs)
         del self.leases[key]
         self.progress.pop(key, None)
-        self._attempt(lease, "done", None)
-        for agent in self.conduct.succeeded(key, lease.agent_id):
-            self._blocklisted(agent, self.blocklist[agent])
-        self._done(key, result, lease.agent_id)
+        self.hand_over(Pending(self, lease.job, result, outputs, lease, agent, staging))
 
-    def _collate(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
+    def hand_over(self, pending: Pending) -> None:
+        self.collating[pending.job.key] = pending  # neither in flight nor to dispatch, until collated
+        self.handoff(pending)
+
+    def collated(self, lease: Lease, result: Any) -> None:
+        """On the loop: a rendered job's collate returned (`farm.controller.collator.settle`): it is done."""
+        self._attempt(lease, "done", None)
+        for agent in self.conduct.succeeded(lease.job.key, lease.agent_id):
+            self._blocklisted(agent, self.blocklist[agent])
+        self._done(lease.job.key, result, lease.agent_id)
+
+    def collate_outputs(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
+        """The media type's collate (in the collate thread); raises what it raises."""
         if not self.output_made:  # the lifecycle's promise, every path; once per run, not per job
             self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
         self.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
@@ -325,6 +315,11 @@ class ProjectRun(RunReport):
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)
         self.emit("agent.blocklisted", self.id, None, agent, {"reason": why})
+
+    def done_reused(self, key: str, result: Any) -> None:
+        self.reused += 1
+        self.emit("job.reused", self.id, key)
+        self._done(key, result, None, reused=True)
 
     def _done(self, key: str, result: Any, agent: str | None, *, reused: bool = False) -> None:
         self.journal.job_done(self.id, key, result, self.cache_keys.pop(key, None), reused=reused)
@@ -460,12 +455,13 @@ class ProjectRun(RunReport):
         self.finished_mono = time.monotonic()
         leases = list(self.leases.values())
         self.leases.clear()
+        self.collating.clear()  # what comes back is dropped; what has not started is skipped
         return leases
 
     # -- completion -----------------------------------------------------------------
 
     def all_in(self) -> bool:
-        return self.exhausted and not self.leases and not self.ready and not self.unmet
+        return self.exhausted and not self.leases and not self.ready and not self.unmet and not self.collating
 
     def start_finalizing(self) -> None:
         """On the loop, before `finalize` goes to its thread: commit what finalize will read."""

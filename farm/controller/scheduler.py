@@ -118,7 +118,7 @@ class Scheduler:
 
     def stalled(self, run: ProjectRun) -> str | None:
         """Why no connected agent can run this run's jobs, or None while one can (or none are left)."""
-        if not run.active or run.paused or run.all_in() or run.leases:
+        if not run.active or run.paused or run.all_in() or run.leases or run.collating:
             return None
         if not len(self.registry):
             return "no agents connected yet"

@@ -1,9 +1,9 @@
 """The controller's event loop: one ROUTER socket for agents and submitting clients.
 
 Single-threaded by design: every piece of scheduling state is touched by this loop
-alone, so there are no locks. Only `finalize` (which may encode a video for minutes)
-runs in a helper thread, so heartbeats never wait on it, and event observers run in
-theirs (`farm.controller.events`). The rooms: `scheduler` decides who runs what;
+alone, so there are no locks. Only `collate` (one thread, `farm.controller.collator`) and
+`finalize` (which may encode a video for minutes) run in helper threads, so heartbeats never
+wait on them, and event observers run in theirs (`farm.controller.events`). The rooms: `scheduler` decides who runs what;
 `agents` and `clients` handle each side's messages; `intake` reads submitted projects
 off the loop; `listen` sets up the socket and the state folder; this module runs the loop
 and moves messages.
@@ -27,6 +27,7 @@ from farm.controller import joblogs, listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
+from farm.controller.collator import Collator
 from farm.controller.control import ControlSide
 from farm.controller.events import Event, EventBus, Stats, Subscribers
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
@@ -227,6 +228,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
+        self.collator = Collator()
         joblogs.open_store(self.journal)  # job logs on disk beside the journal (closed below)
         self.events.start()
         self._resume()
@@ -239,12 +241,13 @@ class Controller(AgentSide, ClientSide, ControlSide):
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        poller.register(self.collator.wake, zmq.POLLIN)
         quiet = zmq.Poller()  # the monitor alone, while a flood is being paced
         quiet.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
-                wait_ms = 50 if due is None else min(50, max(1, int(due * 1000)))
+                wait_ms = self.collator.before_poll(50 if due is None else min(50, max(1, int(due * 1000))))
                 if self.budgets.flooded():  # mostly dropped last turn: let the others run a moment first
                     events = dict(quiet.poll(min(wait_ms, peers.FLOOD_PAUSE_MS)))
                     events[self.sock] = zmq.POLLIN
@@ -267,7 +270,9 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 for intake in self.intake.finished():
                     self._fenced(intake.identity, self._intake_done, intake)
                 try:  # a state a peer provoked must not end the loop either (the journal failing does)
+                    self.collator.deliver()
                     self._dispatch(now)
+                    self.collator.flush(time.monotonic())  # results and reuses, a batch at a time
                     self._check_agents(now)
                     if now - last_lease_check >= LEASE_CHECK_EVERY_S:
                         last_lease_check = now
@@ -289,6 +294,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     self._send(agent.identity, T.SHUTDOWN)
             self.sock.disable_monitor()
             monitor.close(linger=0)
+            self.collator.close()
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.intake.close()
             self.assets.close()
@@ -323,6 +329,10 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self._announce(run, resumed=True)
             log.info("resumed project %s: %d jobs already done", run.id, run.done)
         self.restore_controls()
+
+    def _prepare(self, run: ProjectRun, manifest: Any = None) -> None:
+        run.handoff = self.collator.submit  # its collates run in the collate thread
+        super()._prepare(run, manifest)
 
     # -- messages ------------------------------------------------------------------
 

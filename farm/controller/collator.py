@@ -1,0 +1,254 @@
+"""Collation off the controller's loop: one thread runs the media types' `collate` calls.
+
+A map job's collate writes 64-1024 tiles and an MBTiles transaction, an audio segment's
+writes PCM: on the loop thread that held dispatch and heartbeats for seconds in a run. The
+loop now hands each accepted, verified result to this thread (`submit`; `flush` sends them
+in batches, and a turn without results costs nothing) and goes on; the outcome comes
+back to the loop (`deliver`, woken through an inproc PAIR socket the loop polls), and only
+there is the job journaled done, its `job.done` event sent and its units counted
+(`ProjectRun.collated`). So a controller killed while a collate runs renders that job again
+after a restart, as before.
+
+One thread, so collates never run concurrently with each other and run in the order the
+loop accepted their results; `finalize` starts only once every accepted collate of its run
+has come back (`ProjectRun.all_in` counts the jobs being collated). A cancelled run's
+collates not yet started are skipped; one already running finishes, and its outcome is
+dropped (the run has ended; its job is not journaled done).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from farm.controller.jobcache import cache_key
+
+if TYPE_CHECKING:
+    from farm.controller.registry import AgentState
+    from farm.controller.run import Lease, ProjectRun
+    from farm.mediatype import Job
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 10.0  # how long `close` waits for a collate that is running
+# Results wait this long (or for this many) before going to the thread in one piece: each
+# handoff wakes a thread and passes the GIL, which no-op jobs (thousands a second) would feel.
+FLUSH_AFTER_S = 0.002
+FLUSH_AT = 256
+
+
+@dataclass(slots=True)
+class Pending:
+    """One job's outputs waiting for (or back from) its collate.
+
+    `lease`: the attempt that made them, None for outputs reused from the job cache;
+    `staging`: a folder removed once the collate returned; `error`: what the collate
+    raised ("TypeName: message"), None if it returned; `skipped`: its run was cancelled first.
+    """
+
+    run: ProjectRun
+    job: Job
+    result: Any
+    outputs: dict[str, Path]
+    lease: Lease | None = None
+    agent: AgentState | None = None
+    staging: Path | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+def collate(pending: Pending) -> None:
+    """Run one pending job's collate (in whichever thread calls it) and tidy its staging folder."""
+    run = pending.run
+    try:
+        if run.state == "cancelled":
+            pending.skipped = True
+            return
+        run.collate_outputs(pending.job, pending.result, pending.outputs)
+    except Exception as exc:
+        pending.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if pending.staging is not None:
+            shutil.rmtree(pending.staging, ignore_errors=True)
+
+
+def reuse(run: ProjectRun, job: Job) -> bool:
+    """Collate a finished identical job's stored outputs (the job cache) instead of rendering this one."""
+    if run.cache is None or not run.cacheable or job.key in run.unreusable:
+        return False
+    key = cache_key(run.media, run.plugin_version, run.project.settings, job, run.manifest,
+                    run.assets_digest, run.deps_for(job))
+    if key is None:
+        return False
+    run.cache_keys[job.key] = key
+    staging = run.cache.folder / "staging" / uuid.uuid4().hex
+    try:
+        hit = run.cache.restore(key, staging)
+    except Exception as exc:  # a cache that fails us is only a missed shortcut
+        log.warning("%s: could not reuse %s: %r; rendering it", run.project.name, job.key, exc)
+        hit = None
+    if hit is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    run.hand_over(Pending(run, job, hit[0], hit[1], staging=staging))
+    return True
+
+
+def settle(pending: Pending) -> None:
+    """On the loop: record what a collate did: the job done, failed (an attempt, retried as any
+    failure) or, for outputs from the job cache, rendered after all; the agent's counters."""
+    run, key, lease = pending.run, pending.job.key, pending.lease
+    if run.collating.get(key) is not pending:  # the run was cancelled meanwhile
+        return
+    del run.collating[key]
+    if pending.agent is not None:
+        if pending.error is None:
+            pending.agent.done += 1
+        else:
+            pending.agent.failed += 1
+    if lease is None:
+        if pending.error is None:
+            run.done_reused(key, pending.result)
+        else:  # a cache that fails us is only a missed shortcut
+            log.warning("%s: could not reuse %s: %s; rendering it", run.project.name, key, pending.error)
+            run.unreusable.add(key)
+            run.ready.appendleft(pending.job)
+    elif pending.error is None:
+        run.collated(lease, pending.result)
+    else:
+        run.leases[key] = lease  # what `failed` settles
+        run.failed(lease, f"collating its outputs failed: {pending.error}", "")
+
+
+def collate_inline(pending: Pending) -> None:
+    """A run with no collator thread (a test's own `ProjectRun`): collate and settle at once."""
+    collate(pending)
+    settle(pending)
+
+
+class Collator:
+    """The collate thread of one controller; `submit`, `flush` and `deliver` are the loop's."""
+
+    def __init__(self, context: zmq.Context | None = None) -> None:
+        context = context or zmq.Context.instance()
+        url = f"inproc://farm-collated-{uuid.uuid4().hex}"
+        self.wake = context.socket(zmq.PAIR)  # the loop polls it: something came back
+        self.wake.bind(url)
+        self._ring = context.socket(zmq.PAIR)  # the thread's end (made here, used there alone)
+        self._ring.connect(url)
+        self._batch: list[Pending] = []  # accepted, not handed over yet
+        self._since = 0.0  # when the first of them was accepted
+        self._todo: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
+        self._back: collections.deque[Pending] = collections.deque()
+        # the loop is (about to be) blocked in its poll: the thread wakes it (`before_poll`)
+        self.sleeping = False
+        self._rang = False  # a wake-up was sent: the loop reads it off the socket
+        self.pending = 0  # submitted and not delivered yet
+        self._thread = threading.Thread(target=self._work, name="farm-collate", daemon=True)
+        self._thread.start()
+
+    def submit(self, pending: Pending) -> None:
+        """Queue a job's collate; it goes to the thread with others (`flush`).
+
+        A result without output files, while nothing else waits, is collated here at once: no
+        files to write, and a handoff would cost no-op jobs (thousands a second) more than the
+        collate does; the order and one-at-a-time promises hold, the thread being idle.
+        """
+        if not pending.outputs and not self._batch and not self.pending:
+            collate_inline(pending)
+            return
+        if not self._batch:
+            self._since = time.monotonic()
+        self._batch.append(pending)
+
+    def flush(self, now: float) -> None:
+        """At the end of a loop turn: hand the accepted results to the thread in one piece, once
+        the first has waited `FLUSH_AFTER_S` or `FLUSH_AT` are in."""
+        if not self._batch or (now - self._since < FLUSH_AFTER_S and len(self._batch) < FLUSH_AT):
+            return
+        batch, self._batch = self._batch, []
+        for run in {p.run.id: p.run for p in batch}.values():
+            for keys in run.outcomes.values():
+                keys.prime()  # outcome sets a collate asked for: loaded here, where the journal lives
+        self.pending += len(batch)
+        self._todo.put(batch)
+
+    def before_poll(self, wait_ms: int) -> int:
+        """On the loop, before it polls: how long it may block (0 if a collate came back).
+
+        A wake-up is sent only while the loop sleeps: a busy loop looks each turn anyway. The
+        flag is set before `_back` is read, and the thread appends before it reads the flag, so
+        either the loop sees the outcome here or the thread sees it sleeping.
+        """
+        self.sleeping = True
+        if self._back:
+            return 0
+        if self._batch:  # wake for the flush
+            return min(wait_ms, max(1, int((self._since + FLUSH_AFTER_S - time.monotonic()) * 1000) + 1))
+        return wait_ms
+
+    def deliver(self) -> int:
+        """On the loop, after its poll: settle the collates that came back; returns how many."""
+        self.sleeping = False
+        if self._rang:
+            self._rang = False
+            try:
+                while True:
+                    self.wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if not self._back:
+            return 0
+        count = 0
+        while self._back:
+            pending = self._back.popleft()
+            self.pending -= 1
+            count += 1
+            settle(pending)
+        return count
+
+    def _work(self) -> None:
+        while True:
+            batch = self._todo.get()
+            if batch is None:
+                return
+            for pending in batch:
+                collate(pending)
+                self._back.append(pending)
+                if self.sleeping:
+                    self.sleeping = False
+                    try:
+                        self._ring.send(b"", zmq.NOBLOCK)
+                        self._rang = True
+                    except zmq.ZMQError:  # the loop has not read the last one: it will look anyway
+                        pass
+
+    def close(self) -> None:
+        """Stop the thread after the collate it runs (if any); what is queued is not collated
+        (those jobs were not journaled done: a restarted controller renders them again)."""
+        batches = [self._batch]
+        while True:
+            try:
+                batches.append(self._todo.get_nowait())
+            except queue.Empty:
+                break
+        for batch in batches:
+            for pending in batch or ():
+                if pending.staging is not None:
+                    shutil.rmtree(pending.staging, ignore_errors=True)
+        self._todo.put(None)
+        self._thread.join(STOP_WAIT_S)
+        if self._thread.is_alive():  # its send, if it returns, fails quietly on the closed socket
+            log.warning("a collate was still running when the controller stopped")
+        self._ring.close(linger=0)
+        self.wake.close(linger=0)
