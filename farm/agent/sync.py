@@ -25,6 +25,7 @@ from farm.agent.peering import PeerNode
 from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
+from farm.filesync.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,19 @@ class Synced:
     project: str
     folder: Path | None  # None: it failed
     error: str | None = None
+
+
+def sync_summary(client: FileClient, manifest: Manifest) -> str:
+    """Where the blocks of a synced tree came from; the parts add up to the tree's blocks (those
+    of its distinct files), except identical blocks fetched once for several places."""
+    counters = client.counters
+    from_peers = getattr(client, "peer_counters", None)
+    total = sum(e.block_count for e in manifest.unique_files())
+    return (f"{counters.blocks_fetched} blocks fetched from the controller, "
+            f"{from_peers.blocks_fetched if from_peers else 0} from peers, "
+            f"{counters.blocks_resumed} resumed from a partial download, "
+            f"{counters.blocks_reused + counters.blocks_cached} reused from the cache, "
+            f"of the tree's {total}")
 
 
 class AssetSync:
@@ -86,11 +100,8 @@ class AssetSync:
             store = Store(self.cache_dir, **limit)
             try:
                 with self._client(endpoint, store) as client:
-                    client.sync(tree, folder)
-                    from_peers = getattr(client, "peer_counters", None)
-                    log.info("project %s synced: %d blocks fetched from the controller, %d from peers, "
-                             "%d reused from the cache", project, client.counters.blocks_fetched,
-                             from_peers.blocks_fetched if from_peers else 0, client.counters.blocks_reused)
+                    manifest = client.sync(tree, folder)
+                    log.info("project %s synced: %s", project, sync_summary(client, manifest))
             finally:
                 store.close()
             self.done.put(Synced(project, folder))
