@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+from test_filesync_peers import make_tree
 
 from farm.agent.sync import sync_summary
 from farm.filesync import FileClient, Store, build_manifest
 from farm.filesync.holdings import Holdings
 from farm.filesync.swarm import SwarmClient
 from farm.filesync.tracker import SwarmFileServer
-from test_filesync_peers import make_tree
 
 SUMMARY = re.compile(r"(\d+) blocks fetched from the controller, (\d+) from peers, (\d+) resumed from a "
                      r"partial download, (\d+) reused from the cache, of the tree's (\d+)")

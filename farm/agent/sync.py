@@ -12,6 +12,7 @@ byte copied and nothing added to the cache (`farm.filesync.localview`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -26,6 +27,7 @@ from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
 from farm.filesync.manifest import Manifest
+from farm.filesync.store import CacheFull
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class Synced:
     project: str
     folder: Path | None  # None: it failed
     error: str | None = None
+    node_fault: bool = False  # it failed for want of room here (cache limit, full disk), not the project's
 
 
 def sync_summary(client: FileClient, manifest: Manifest) -> str:
@@ -48,6 +51,19 @@ def sync_summary(client: FileClient, manifest: Manifest) -> str:
             f"{counters.blocks_resumed} resumed from a partial download, "
             f"{counters.blocks_reused + counters.blocks_cached} reused from the cache, "
             f"of the tree's {total}")
+
+
+def lacks_room(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says this node lacks room: the cache's limit, a full disk."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; bounded all the same
+        if seen is None:
+            return False
+        full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or isinstance(seen, CacheFull):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class AssetSync:
@@ -107,7 +123,7 @@ class AssetSync:
             self.done.put(Synced(project, folder))
         except Exception as exc:  # reported to the controller as failed jobs: never fatal here
             log.warning("cannot fetch project %s: %s", project, exc)
-            self.done.put(Synced(project, None, f"{type(exc).__name__}: {exc}"))
+            self.done.put(Synced(project, None, f"{type(exc).__name__}: {exc}", lacks_room(exc)))
 
     def _client(self, endpoint: str, store: Store) -> FileClient:
         if self.peers is not None:
