@@ -89,7 +89,7 @@ class Agent:
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets,
-                              peers=peers)
+                              peers=peers, agent=self.id)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         # results of projects placed from the controller's folder, checked once per turn before they go

@@ -69,8 +69,9 @@ def lacks_room(exc: BaseException) -> bool:
 class AssetSync:
     def __init__(self, cache_dir: Path | None, max_bytes: int | None, scratch: Path,
                  socket_setup: Callable[[zmq.Socket], None] | None = None, *, local: bool = False,
-                 peers: bool = True) -> None:
-        """``peers``: fetch blocks from other agents and serve ours to them (`farm.agent.peering`)."""
+                 peers: bool = True, agent: str | None = None) -> None:
+        """``peers``: fetch blocks from other agents and serve ours to them (`farm.agent.peering`);
+        ``agent``: this agent's id, for the tracker."""
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.scratch = scratch
@@ -79,7 +80,7 @@ class AssetSync:
         self.busy: set[str] = set()
         self.local = local
         self.views: dict[str, LocalView] = {}  # projects placed from the controller's own folder
-        self.peers = PeerNode(socket_setup) if peers else None
+        self.peers = PeerNode(socket_setup, agent) if peers else None
 
     def start(self, project: str, endpoint: str, tree: str, hint: object = None) -> None:
         """Bring ``tree`` here; ``hint`` is the controller's `local_hint`, used only if ``local``."""
