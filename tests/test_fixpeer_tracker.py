@@ -10,11 +10,13 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from filesync_peers_helpers import running_peer
 from test_filesync_peers import (  # noqa: F401 (fixtures)
     WAIT_S,
     Agents,
@@ -131,3 +133,33 @@ def test_a_restarted_agent_is_not_sent_its_killed_predecessor(
         hold.close()
     assert "did not answer" not in farm_agents.log(again)
     assert farm_agents.procs[a2].poll() is None
+
+
+def test_a_peer_killed_mid_transfer_is_dropped_when_its_reconnect_is_refused(
+        file_service, tmp_path, caplog):  # noqa: F811 (the fixture)
+    server, src = file_service
+    with running_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow") as (slow, line):
+        endpoint = line["serving"]
+        client, store = fetcher(server, tmp_path / "cache", peer_timeout=WAIT_S, chunk_size=256 * 1024)
+        errors: list[BaseException] = []
+
+        def sync() -> None:
+            try:
+                client.sync("t", tmp_path / "job")
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=sync)
+        with caplog.at_level(logging.INFO, logger="farm.filesync.swarm"):
+            thread.start()
+            wait_for(lambda: client.peer_counters.blocks_fetched >= 2, WAIT_S, "blocks from the slow peer")
+            killed = time.monotonic()
+            slow.kill()
+            slow.wait()
+            thread.join(WAIT_S)
+        assert not thread.is_alive() and not errors, errors
+        assert time.monotonic() - killed < WAIT_S / 2  # not the peer timeout: the refusal said it
+        assert f"peer {endpoint} refused the connection" in caplog.text
+        assert same_files(src, tmp_path / "job")
+        client.close()
+        store.close()

@@ -2,7 +2,8 @@
 
 ZeroMQ connects in the background and retries quietly, so a request to a dead peer just waits;
 the socket's monitor tells us when a connection attempt failed (``EVENT_CONNECT_RETRIED``: refused,
-unreachable) before any connection came up, so the fetch can drop that peer in milliseconds.
+unreachable) before a connection came up, or after the one it had went down (the peer was
+killed mid-transfer), so the fetch can drop that peer in milliseconds.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
 MAX_EVENTS = 64  # read per check: a flapping peer cannot hold the fetch loop
 
 
@@ -24,7 +25,7 @@ class PeerWatch:
         self.failed = False
 
     def refused(self) -> bool:
-        """Whether an attempt to connect failed and none has succeeded since (never blocks)."""
+        """Whether an attempt to connect failed while no connection is up (never blocks)."""
         if self.monitor is None:
             return False
         for _ in range(MAX_EVENTS):
@@ -34,6 +35,8 @@ class PeerWatch:
                 break
             if event["event"] == zmq.EVENT_CONNECTED:
                 self.connected, self.failed = True, False
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = False
             elif event["event"] == zmq.EVENT_CONNECT_RETRIED:
                 self.failed = True
         return self.failed and not self.connected
