@@ -6,11 +6,11 @@ SIGKILL and restarted with the same id and cache), real sockets to a port nobody
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -141,23 +141,14 @@ def test_a_peer_killed_mid_transfer_is_dropped_when_its_reconnect_is_refused(
     with running_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow") as (slow, line):
         endpoint = line["serving"]
         client, store = fetcher(server, tmp_path / "cache", peer_timeout=WAIT_S, chunk_size=256 * 1024)
-        errors: list[BaseException] = []
-
-        def sync() -> None:
-            try:
-                client.sync("t", tmp_path / "job")
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=sync)
-        with caplog.at_level(logging.INFO, logger="farm.filesync.swarm"):
-            thread.start()
+        with caplog.at_level(logging.INFO, logger="farm.filesync.swarm"), \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fetched = pool.submit(client.sync, "t", tmp_path / "job")
             wait_for(lambda: client.peer_counters.blocks_fetched >= 2, WAIT_S, "blocks from the slow peer")
             killed = time.monotonic()
             slow.kill()
             slow.wait()
-            thread.join(WAIT_S)
-        assert not thread.is_alive() and not errors, errors
+            fetched.result(WAIT_S)  # raises what the sync raised
         assert time.monotonic() - killed < WAIT_S / 2  # not the peer timeout: the refusal said it
         assert f"peer {endpoint} refused the connection" in caplog.text
         assert same_files(src, tmp_path / "job")
