@@ -26,6 +26,7 @@ from test_filesync_peers import (  # noqa: F401 (fixtures)
     project_with_assets,
     same_files,
 )
+from test_fixpeer_counts import SUMMARY
 
 from farm.client import Client
 from farm.filesync import FileClient, TransferError, wire
@@ -132,6 +133,9 @@ def test_a_restarted_agent_is_not_sent_its_killed_predecessor(
         client.follow(run)
         hold.close()
     assert "did not answer" not in farm_agents.log(again)
+    for i in (a1, again):  # each sync line accounts for every block of the tree
+        *parts, total = map(int, SUMMARY.search(farm_agents.log(i)).groups())
+        assert sum(parts) == total, farm_agents.log(i)
     assert farm_agents.procs[a2].poll() is None
 
 
