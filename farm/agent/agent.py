@@ -29,6 +29,7 @@ from farm.agent.pool import Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
+from farm.controller.policy import NODE_FAULT
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
@@ -88,7 +89,7 @@ class Agent:
         self.ready: set[str] = set()  # projects whose assets are here
         self.files_endpoint: str | None = None
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets,
-                              peers=peers)
+                              peers=peers, agent=self.id)
         self.held: set[str] = set()
         self.outgoing: list[tuple[JobResult, list[bytes]]] = []
         # results of projects placed from the controller's folder, checked once per turn before they go
@@ -149,7 +150,7 @@ class Agent:
             if events.get(self.pool.socket):
                 self.pool.drain()
             for synced in self.sync.finished():
-                self._synced(synced.project, synced.folder, synced.error)
+                self._synced(synced.project, synced.folder, synced.error, synced.node_fault)
             now = time.monotonic()
             self.pool.check(now, self.stopping)
             if self.pool.broken and self.queue:  # jobs sent before the controller heard: give them back
@@ -355,7 +356,7 @@ class Agent:
         else:
             self.sync.start(project, self.files_endpoint, assets["tree"], assets.get("local"))
 
-    def _synced(self, project: str, folder: Path | None, error: str | None) -> None:
+    def _synced(self, project: str, folder: Path | None, error: str | None, node_fault: bool = False) -> None:
         if folder is not None and project in self.projects:
             self.projects[project] = {**self.projects[project], "root": str(folder)}
             self.ready.add(project)
@@ -363,7 +364,9 @@ class Agent:
         error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
         kept = collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
-            if job.project == project:
+            if job.project == project and node_fault:  # this node's want, not the job's: no attempt spent
+                self.hand_back(job, f"{NODE_FAULT}{error}")
+            elif job.project == project:
                 self.fail(job, f"cannot fetch the project's files: {error}")
             else:
                 kept.append(job)

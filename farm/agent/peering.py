@@ -45,11 +45,13 @@ def route_address(host: str, port: int) -> str | None:
 class PeerNode:
     """Holdings and block server of one agent; makes the clients its fetches use (any thread)."""
 
-    def __init__(self, socket_setup: SocketSetup | None) -> None:
+    def __init__(self, socket_setup: SocketSetup | None, agent: str | None = None) -> None:
+        """``agent``: this agent's id, told to the tracker (which then never lists us to ourselves)."""
         # the agent's CURVE set-up is its ClientSecurity's bound method: the same key pair serves peers
         owner = getattr(socket_setup, "__self__", None)
         self.security = owner if isinstance(owner, ClientSecurity) else None
         self.socket_setup = socket_setup
+        self.agent = agent
         self.holdings = Holdings()
         self.server: PeerServer | None = None
         self._tried = False
@@ -64,7 +66,7 @@ class PeerNode:
             server = self.server
         return SwarmClient(files_endpoint, store, holdings=self.holdings, serve=serve,
                            peer_setup=self._peer_setup, socket_setup=self.socket_setup,
-                           on_members=server.members.update if server is not None else None,
+                           agent=self.agent, on_members=server.members.update if server is not None else None,
                            members_id=(lambda: server.members.id) if server is not None else None)
 
     def _peer_setup(self, key: str) -> SocketSetup | None:

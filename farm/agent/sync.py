@@ -12,6 +12,7 @@ byte copied and nothing added to the cache (`farm.filesync.localview`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -25,6 +26,8 @@ from farm.agent.peering import PeerNode
 from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
+from farm.filesync.manifest import Manifest
+from farm.filesync.store import CacheFull
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +37,41 @@ class Synced:
     project: str
     folder: Path | None  # None: it failed
     error: str | None = None
+    node_fault: bool = False  # it failed for want of room here (cache limit, full disk), not the project's
+
+
+def sync_summary(client: FileClient, manifest: Manifest) -> str:
+    """Where the blocks of a synced tree came from; the parts add up to the tree's blocks (those
+    of its distinct files), except identical blocks fetched once for several places."""
+    counters = client.counters
+    from_peers = getattr(client, "peer_counters", None)
+    total = sum(e.block_count for e in manifest.unique_files())
+    return (f"{counters.blocks_fetched} blocks fetched from the controller, "
+            f"{from_peers.blocks_fetched if from_peers else 0} from peers, "
+            f"{counters.blocks_resumed} resumed from a partial download, "
+            f"{counters.blocks_reused + counters.blocks_cached} reused from the cache, "
+            f"of the tree's {total}")
+
+
+def lacks_room(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says this node lacks room: the cache's limit, a full disk."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; bounded all the same
+        if seen is None:
+            return False
+        full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or isinstance(seen, CacheFull):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class AssetSync:
     def __init__(self, cache_dir: Path | None, max_bytes: int | None, scratch: Path,
                  socket_setup: Callable[[zmq.Socket], None] | None = None, *, local: bool = False,
-                 peers: bool = True) -> None:
-        """``peers``: fetch blocks from other agents and serve ours to them (`farm.agent.peering`)."""
+                 peers: bool = True, agent: str | None = None) -> None:
+        """``peers``: fetch blocks from other agents and serve ours to them (`farm.agent.peering`);
+        ``agent``: this agent's id, for the tracker."""
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.scratch = scratch
@@ -49,7 +80,7 @@ class AssetSync:
         self.busy: set[str] = set()
         self.local = local
         self.views: dict[str, LocalView] = {}  # projects placed from the controller's own folder
-        self.peers = PeerNode(socket_setup) if peers else None
+        self.peers = PeerNode(socket_setup, agent) if peers else None
 
     def start(self, project: str, endpoint: str, tree: str, hint: object = None) -> None:
         """Bring ``tree`` here; ``hint`` is the controller's `local_hint`, used only if ``local``."""
@@ -86,17 +117,14 @@ class AssetSync:
             store = Store(self.cache_dir, **limit)
             try:
                 with self._client(endpoint, store) as client:
-                    client.sync(tree, folder)
-                    from_peers = getattr(client, "peer_counters", None)
-                    log.info("project %s synced: %d blocks fetched from the controller, %d from peers, "
-                             "%d reused from the cache", project, client.counters.blocks_fetched,
-                             from_peers.blocks_fetched if from_peers else 0, client.counters.blocks_reused)
+                    manifest = client.sync(tree, folder)
+                    log.info("project %s synced: %s", project, sync_summary(client, manifest))
             finally:
                 store.close()
             self.done.put(Synced(project, folder))
         except Exception as exc:  # reported to the controller as failed jobs: never fatal here
             log.warning("cannot fetch project %s: %s", project, exc)
-            self.done.put(Synced(project, None, f"{type(exc).__name__}: {exc}"))
+            self.done.put(Synced(project, None, f"{type(exc).__name__}: {exc}", lacks_room(exc)))
 
     def _client(self, endpoint: str, store: Store) -> FileClient:
         if self.peers is not None:

@@ -16,8 +16,14 @@ The rules (also in docs/architecture.md, "Retries and blocklisting"):
 - A run nobody can make progress on fails with the reason instead of waiting forever when no
   agent able to run it can come: every able agent is broken, or the farm is closed (the embedded
   one: its local agents are all here, or all gone). An open farm waits for agents to join.
+- A job that an agent hands back because the node lacks a resource for the run (its cache is
+  smaller than the project's files, its disk is full: the agent's reason carries `NODE_FAULT`) is
+  the node's fault, not the job's: it costs the job no attempt, and the agent gets no more of that
+  run's jobs at once (*unable*, with the reason). A run whose every able agent is broken or unable
+  fails with the reasons (after `STUCK_GRACE_S`, unless a draining agent could run it).
 - A blocklist never leaves a run without an agent: when every connected agent able to run it is
-  blocklisted, the blocklist is lifted for them, with a warning (see `ProjectRun.lift_blocklist`).
+  blocklisted, the blocklist is lifted for them, with a warning (see `ProjectRun.lift_blocklist`);
+  never for an unable agent, which would only fail the same way again.
 
 Pure bookkeeping, no sockets: the scheduler's tests drive it directly.
 """
@@ -38,6 +44,14 @@ if TYPE_CHECKING:
 STUCK_GRACE_S = 2.0  # how long a run may have no agent able to run it before it fails (see cannot_arrive)
 BLOCKLIST_AFTER = 3  # strikes (failures of jobs that then succeeded elsewhere) within one run
 HANDBACK_ALLOWANCE = 16  # hand-backs beyond the jobs it completed, within one run
+NODE_FAULT = "this node lacks the resources for this run: "  # starts an agent's hand-back reason
+
+
+def node_fault(reason: str | None) -> str | None:
+    """The node's own shortfall named in a hand-back ``reason`` (after `NODE_FAULT`), or None."""
+    if not reason or NODE_FAULT not in reason:
+        return None
+    return reason.split(NODE_FAULT, 1)[1][:1000] or "unknown"
 
 
 @dataclass
@@ -47,6 +61,7 @@ class Conduct:
     strikes_limit: int = BLOCKLIST_AFTER
     handback_allowance: int = HANDBACK_ALLOWANCE
     blocklist: dict[str, str] = field(default_factory=dict)  # agent id -> why
+    unable: dict[str, str] = field(default_factory=dict)  # agent id -> what it lacks (also blocklisted)
     failed_on: dict[str, set[str]] = field(default_factory=dict)  # job key -> agents it failed on
     avoid: dict[str, set[str]] = field(default_factory=dict)  # job key -> agents not to give it again
     strikes: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -62,9 +77,16 @@ class Conduct:
         """The job went away with its agent (it left or dropped): prefer another one next time."""
         self.avoid.setdefault(key, set()).add(agent)
 
-    def handed_back(self, key: str, agent: str) -> str | None:
-        """`agent` returned the job unstarted; returns why it is now blocklisted, if it is."""
+    def handed_back(self, key: str, agent: str, reason: str | None = None) -> str | None:
+        """`agent` returned the job unstarted (``reason``: its words); returns why it is now
+        blocklisted, if it is by this: at once when the reason is a `node_fault`."""
         self.avoid.setdefault(key, set()).add(agent)
+        lacks = node_fault(reason)
+        if lacks is not None:
+            if agent in self.unable:
+                return None
+            self.unable[agent] = lacks
+            return self._block(agent, f"unable to run this project: {lacks}")
         self.handbacks[agent] += 1
         excess = self.handbacks[agent] - self.completed[agent]
         if excess > self.handback_allowance and agent not in self.blocklist:
@@ -102,12 +124,19 @@ class Conduct:
         return bool(had) and agent in had and eligible > len(had)
 
     def lift(self, agents: list[str]) -> None:
-        """Take agents off the blocklist with a clean record (the run has no one else)."""
+        """Take agents off the blocklist with a clean record (the run has no one else); unable
+        agents stay on it (see `liftable`)."""
         for agent in agents:
+            if agent in self.unable:
+                continue
             self.blocklist.pop(agent, None)
             self.strikes.pop(agent, None)
             self.handbacks.pop(agent, None)
             self.completed.pop(agent, None)
+
+    def liftable(self, agent: str) -> bool:
+        """Whether `lift` would take this agent off the blocklist (not when it is unable)."""
+        return agent not in self.unable
 
     def _block(self, agent: str, why: str) -> str:
         self.blocklist[agent] = why
@@ -126,6 +155,11 @@ def cannot_arrive(run: ProjectRun, agents: Sequence[AgentState], stalled: str,
     if able and all(a.broken for a in able):
         return (f"every agent that can render {run.media.name!r} is broken: "
                 + "; ".join(f"{a.id}: {a.broken}" for a in able))
+    conduct = getattr(run, "conduct", None)  # stand-in runs of the scheduler's tests may have none
+    unable = conduct.unable if conduct is not None else {}
+    if able and all(a.broken or a.id in unable for a in able):
+        return (f"no agent that can render {run.media.name!r} can run this project: "
+                + "; ".join(f"{a.id}: {f'broken: {a.broken}' if a.broken else unable[a.id]}" for a in able))
     if local is None:
         return None
     running = sum(1 for code in local if code is None)

@@ -164,7 +164,8 @@ class ProjectRun(RunReport):
         Call when no connected agent is eligible; returns how many are eligible afterwards.
         """
         needs = (self.media.name, self.media.requirements)
-        blocked = [a for a in agents if a.id in self.blocklist and a.can_run(*needs)]
+        blocked = [a for a in agents if a.id in self.blocklist and a.can_run(*needs)
+                   and self.conduct.liftable(a.id)]
         for agent in blocked:
             log.warning("%s: lifting the blocklist of agent %s (%s): no other connected agent can run this "
                         "project", self.project.name, agent.id, self.blocklist[agent.id])
@@ -362,7 +363,7 @@ class ProjectRun(RunReport):
 
     def handed_back(self, lease: Lease, reason: str) -> None:
         """The agent returned the job unstarted: again elsewhere, at no attempt, but at the agent's cost."""
-        blocked = self.conduct.handed_back(lease.job.key, lease.agent_id)
+        blocked = self.conduct.handed_back(lease.job.key, lease.agent_id, reason)
         self._attempt(lease, "requeued", reason)
         if blocked:
             self._blocklisted(lease.agent_id, blocked)

@@ -52,6 +52,7 @@ class ClientCounters:
     blocks_sent: int = 0  # uploaded and accepted
     blocks_reused: int = 0  # copied from elsewhere in the cache, verified
     blocks_resumed: int = 0  # found verified in a partial file
+    blocks_cached: int = 0  # in files the cache held whole already
     blocks_rejected: int = 0  # failed verification on arrival
     files_stored: int = 0
 
@@ -159,6 +160,7 @@ class FileClient:
         with store.pinned(digests):
             have = store.check_stat(digests)
             todo = [e for e in unique if e.digest not in have]
+            self.counters.blocks_cached += sum(e.block_count for e in unique if e.digest in have)
             store.reserve(unique, sum(e.size for e in todo))  # the size limit holds during the fetch too
             if todo:
                 store.adopt_partials(e.digest for e in todo)

@@ -13,7 +13,9 @@ fetch from the controller (``claim``). The loop here keeps every source busy up 
 Every block goes through the same `Assembly` as a plain fetch: hashed against the manifest before
 it counts. A peer that sends bad bytes is dropped for the rest of the fetch; one that refuses
 (busy, not held), stops answering for ``peer_timeout`` or vanishes is left alone for `PENALTY_S`;
-its blocks are asked for elsewhere. The controller stays the source of last resort, with the
+its blocks are asked for elsewhere. One whose connection is refused (`PeerWatch`) is dropped at
+once, not after ``peer_timeout``; those that did not answer are reported to the tracker
+(``dead``), which sets them aside for every agent. The controller stays the source of last resort, with the
 plain client's timeouts and retries.
 """
 
@@ -37,6 +39,8 @@ from farm.filesync.hashing import HASH_LEN
 from farm.filesync.holdings import Holdings, from_bitmap
 from farm.filesync.manifest import Manifest
 from farm.filesync.materialize import Sources
+from farm.filesync.peerwatch import PeerWatch
+from farm.filesync.tracker import MAX_DEAD
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class _Peer:
     endpoint: str
     key: str
     client: FileClient
+    watch: PeerWatch
     have: set[int] = field(default_factory=set)
     have_at: float = 0.0
     have_rid: int | None = None
@@ -77,14 +82,15 @@ class SwarmClient(FileClient):
 
     ``serve``: this agent's block server endpoint, registered with the tracker (None: fetch
     from peers, serve none); ``peer_setup(key)``: CURVE set-up for a peer with that key;
-    ``on_members(id, keys)``: the farm members the controller vouches for, for the block server.
+    ``on_members(id, keys)``: the farm members the controller vouches for, for the block server;
+    ``agent``: this agent's id (the tracker replaces its earlier registrations and never lists it).
     """
 
     def __init__(self, endpoint: str, store: Any, *, holdings: Holdings, serve: str | None = None,
                  peer_setup: PeerSetup | None = None,
                  on_members: Callable[[str, list[str]], None] | None = None,
                  members_id: Callable[[], str] | None = None, peer_timeout: float = 5.0,
-                 **options: Any) -> None:
+                 agent: str | None = None, **options: Any) -> None:
         super().__init__(endpoint, store, **options)
         self.holdings = holdings
         self.serve = serve
@@ -92,8 +98,10 @@ class SwarmClient(FileClient):
         self.on_members = on_members
         self.members_id = members_id or (lambda: "")
         self.peer_timeout = peer_timeout
+        self.agent = agent  # this agent's id, so the tracker knows a restarted agent's old registration
         self.peer_counters = ClientCounters()  # blocks and bytes from peers (``counters``: the controller's)
         self._tree: str | None = None
+        self._dead: set[str] = set()  # peers a fetch found dead and had no turn to report
         self._manifest: Manifest | None = None
 
     def sync(self, tree: str, dest: Any, *, progress: ProgressFn | None = None,
@@ -113,11 +121,12 @@ class SwarmClient(FileClient):
             raise
         store = self._need_store()
         self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
-        if self._tree is not None and self.serve is not None and have is not None:  # held already: say so
+        dead, self._dead = sorted(self._dead)[:MAX_DEAD], set()
+        # held already, say so; or tell the tracker who did not answer, before the next fetcher asks
+        if self._tree is not None and self.serve is not None and (have is not None or dead):
             timeout, self.timeout = self.timeout, min(self.timeout, TRACKER_WAIT_S)
             try:
-                body, payloads = self._call(wire.PEERS, {"tree": self._tree, "serve": self.serve,
-                                                         "members": self.members_id()})
+                body, payloads = self._call(wire.PEERS, self.peers_fields(self._tree, dead))
             except TransferError as exc:  # a file service that tracks no peers: nothing to offer to
                 log.info("cannot offer %s to other agents: %s", self._tree, exc)
                 return have
@@ -127,6 +136,11 @@ class SwarmClient(FileClient):
                 keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
                 self.on_members(body["members_id"], keys)
         return have
+
+    def peers_fields(self, tree: str, dead: list[str] | None = None) -> dict[str, Any]:
+        """The body of a ``peers`` request for ``tree``, reporting ``dead`` block servers."""
+        fields = {"tree": tree, "serve": self.serve, "members": self.members_id(), "dead": dead or []}
+        return {**fields, "agent": self.agent} if self.agent else fields
 
     def _fetch_blocks(self, assembly: Assembly, progress: ProgressFn | None) -> None:
         if self._tree is None or self._manifest is None:
@@ -163,6 +177,7 @@ class _Swarm:
         self.denied: dict[bytes, float] = {}  # block -> when first denied
         self.asked_at: dict[bytes, float] = {}  # block -> when last denied
         self.peers: dict[str, _Peer] = {}
+        self.dead: set[str] = set()  # peers that did not answer, to report to the tracker
         self.ctl: dict[int, tuple[str, Any]] = {}  # rid -> (op, request or hashes)
         self.ctl_bytes = 0
         self.bad: Counter[bytes] = Counter()
@@ -197,14 +212,17 @@ class _Swarm:
                     raise TransferError(f"no block arrived from the file server at {self.c.endpoint} "
                                         f"or its peers in {self.c.timeout:g} s")
         finally:
+            self.c._dead |= self.dead
             for peer in self.peers.values():
+                peer.watch.close()
                 if not peer.bad:
                     peer.client.close()
 
     def _ask(self, now: float) -> None:
         if now - self.last_peers > PEERS_EVERY_S and not any(op == wire.PEERS for op, _ in self.ctl.values()):
             self.last_peers = now
-            fields = {"tree": self.tree, "serve": self.c.serve, "members": self.c.members_id()}
+            fields = self.c.peers_fields(self.tree, sorted(self.dead)[:MAX_DEAD])
+            self.dead.difference_update(fields["dead"])
             self.ctl[self.c._send(wire.PEERS, fields, [])] = (wire.PEERS, None)
         for peer in self.peers.values():
             if peer.usable(now) and peer.have_rid is None and now - peer.have_at > HAVE_EVERY_S:
@@ -341,13 +359,15 @@ class _Swarm:
                 continue
             endpoint, key = item
             try:
-                setup = self.c.peer_setup(key)
-                client = FileClient(endpoint, None, context=self.c.context, socket_setup=setup,
-                                    chunk_size=self.c.chunk_size)
+                client = self._open(endpoint, key)
             except (zmq.ZMQError, ValueError, SyncError) as exc:
                 log.info("cannot use peer %s: %s", endpoint[:100], exc)
                 continue
-            self.peers[endpoint] = _Peer(endpoint, key, client)
+            self.peers[endpoint] = _Peer(endpoint, key, client, PeerWatch(client._sock))
+
+    def _open(self, endpoint: str, key: str) -> FileClient:
+        return FileClient(endpoint, None, context=self.c.context, socket_setup=self.c.peer_setup(key),
+                          chunk_size=self.c.chunk_size)
 
     def _on_claim(self, asked: list[bytes], payloads: list[wire.Frame]) -> None:
         raw = bytes(wire.view(payloads[0])) if len(payloads) == 1 else b""
@@ -450,18 +470,25 @@ class _Swarm:
         peer.have_rid = None
         peer.have = set()
         peer.penalty_until = time.monotonic() + penalty
+        peer.watch.close()
         peer.client.close()
         if not peer.bad:  # a fresh socket: replies to what was abandoned must not be taken for new ones
-            peer.client = FileClient(peer.endpoint, None, context=self.c.context,
-                                     socket_setup=self.c.peer_setup(peer.key), chunk_size=self.c.chunk_size)
+            peer.client = self._open(peer.endpoint, peer.key)
+            peer.watch = PeerWatch(peer.client._sock)
 
     def _expire(self, now: float) -> None:
         for peer in list(self.peers.values()):
+            if peer.usable(now) and peer.watch.refused():  # nobody listens there: no need to wait
+                log.info("peer %s refused the connection; fetching elsewhere", peer.endpoint)
+                self.dead.add(peer.endpoint)
+                self._abandon(peer, PENALTY_S)
+                continue
             stalled = peer.have_rid is not None and now - peer.have_sent > self.c.peer_timeout
             stalled = stalled or any(now - sent > self.c.peer_timeout for _, sent in peer.inflight.values())
             if stalled:
                 log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint,
                          self.c.peer_timeout)
+                self.dead.add(peer.endpoint)
                 self._abandon(peer, PENALTY_S)
 
 

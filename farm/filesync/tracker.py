@@ -3,8 +3,12 @@
 `SwarmFileServer` is the controller's `FileServer` with two more operations for agents:
 
 - ``peers``: register the caller's block server for a tree (``serve``: its endpoint; its key is the
-  one it authenticated with) and list up to `LISTED` others, with their keys; with keys, also the
-  farm members a block server admits (sent only when they changed since the caller's ``members``).
+  one it authenticated with; ``agent``: its agent id) and list up to `LISTED` others, with their
+  keys; with keys, also the farm members a block server admits (sent only when they changed since
+  the caller's ``members``). A registration from the same agent (key and id) replaces the one
+  before (a restarted agent's dead predecessor), and nobody is offered itself. ``dead``: block
+  servers that did not answer the caller; each is set aside for everyone for `ASIDE_S`, until it
+  registers again.
 - ``claim``: ask for the right to fetch blocks from the controller. A block is granted to one
   agent at a time (until `CLAIM_S` passes, when the claimant may be dead or slow); the others
   wait for it to appear at a peer. ``force`` is granted always: the fallback when no peer
@@ -22,6 +26,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from farm.errors import ProtocolError
@@ -37,6 +42,9 @@ CLAIM_S = 30.0  # a claim this old may be granted to another agent (its claimant
 MAX_PEERS = 4096  # registrations per tree
 LISTED = 32  # peers named in one answer (a random sample: load spreads over the swarm)
 MAX_ENDPOINT = 256
+MAX_AGENT = 128  # characters of an agent id
+MAX_DEAD = 16  # dead peers one ``peers`` request may report
+ASIDE_S = 30.0  # a block server reported dead is left out of listings this long (or until it registers)
 
 Members = Callable[[], list[str]]  # the Z85 public keys a block server should admit
 
@@ -44,27 +52,47 @@ Members = Callable[[], list[str]]  # the Z85 public keys a block server should a
 class Tracker:
     """Registrations and claims per tree; thread-safe (the file server's thread is its only user)."""
 
-    def __init__(self, *, ttl: float = TTL_S, claim_s: float = CLAIM_S) -> None:
+    def __init__(self, *, ttl: float = TTL_S, claim_s: float = CLAIM_S, aside_s: float = ASIDE_S) -> None:
         self.ttl = ttl
         self.claim_s = claim_s
+        self.aside_s = aside_s
         self._lock = threading.Lock()
-        self._peers: dict[str, dict[str, tuple[str, float]]] = {}  # tree -> endpoint -> (key, when)
+        self._peers: dict[str, dict[str, _Entry]] = {}  # tree -> endpoint -> registration
         self._claims: dict[str, dict[bytes, tuple[str, float]]] = {}  # tree -> block -> (claimant, when)
 
-    def register(self, tree: str, endpoint: str, key: str) -> None:
+    def register(self, tree: str, endpoint: str, key: str, agent: str | None = None) -> None:
+        """Record ``endpoint`` as serving ``tree``; replaces what the same agent registered before."""
         now = time.monotonic()
+        who = _identity(endpoint, key, agent)
         with self._lock:
             peers = self._peers.setdefault(tree, {})
             self._expire(peers, now)
+            for old in [e for e, entry in peers.items() if entry.who == who and e != endpoint]:
+                log.info("block server %s of %s replaces %s", endpoint[:100], who[1] or "an agent", old[:100])
+                del peers[old]  # its predecessor, dead or moved: never offered again
             if endpoint in peers or len(peers) < MAX_PEERS:
-                peers[endpoint] = (key, now)
+                peers[endpoint] = _Entry(key, now, who)
 
-    def listing(self, tree: str, exclude: str | None) -> list[list[str]]:
+    def set_aside(self, tree: str, endpoints: list[str]) -> None:
+        """Leave these block servers (reported dead) out of listings for `aside_s`, or until they register."""
+        until = time.monotonic() + self.aside_s
+        with self._lock:
+            peers = self._peers.get(tree, {})
+            for endpoint in endpoints[:MAX_DEAD]:
+                if endpoint in peers:
+                    peers[endpoint].aside_until = until
+
+    def listing(self, tree: str, exclude: str | None, key: str = "",
+                agent: str | None = None) -> list[list[str]]:
+        """Up to `LISTED` [endpoint, key] pairs serving ``tree``: never the caller itself (its endpoint
+        ``exclude``, or its key and agent id), nor those set aside."""
         now = time.monotonic()
+        who = _identity(exclude or "", key, agent)
         with self._lock:
             peers = self._peers.get(tree, {})
             self._expire(peers, now)
-            found = [[endpoint, key] for endpoint, (key, _) in peers.items() if endpoint != exclude]
+            found = [[endpoint, entry.key] for endpoint, entry in peers.items()
+                     if endpoint != exclude and entry.who != who and now >= entry.aside_until]
         return random.sample(found, LISTED) if len(found) > LISTED else found
 
     def claim(self, tree: str, claimant: str, hashes: list[bytes], force: bool) -> list[bytes]:
@@ -84,9 +112,22 @@ class Tracker:
             self._peers.pop(tree, None)
             self._claims.pop(tree, None)
 
-    def _expire(self, peers: dict[str, tuple[str, float]], now: float) -> None:
-        for endpoint in [e for e, (_, when) in peers.items() if now - when > self.ttl]:
+    def _expire(self, peers: dict[str, _Entry], now: float) -> None:
+        for endpoint in [e for e, entry in peers.items() if now - entry.when > self.ttl]:
             del peers[endpoint]
+
+
+@dataclass
+class _Entry:
+    key: str  # the Z85 key it authenticated with ("" without keys)
+    when: float  # last registered (monotonic)
+    who: tuple[str, str]  # the agent behind it (`_identity`)
+    aside_until: float = 0.0  # reported dead: not listed before this (monotonic)
+
+
+def _identity(endpoint: str, key: str, agent: str | None) -> tuple[str, str]:
+    """Who registers: its key and agent id; an agent that names no id is known by its endpoint."""
+    return (key, agent) if agent else (key, "@" + endpoint)
 
 
 class SwarmFileServer(FileServer):
@@ -128,10 +169,18 @@ class SwarmFileServer(FileServer):
     def _on_peers(self, request: wire.Request) -> list[Any]:
         tree = self._tree(request)
         serve = self._serve_endpoint(request)
+        agent = request.body.get("agent")
+        if agent is not None and not 0 < len(agent) <= MAX_AGENT:
+            raise ProtocolError(f"peers: agent must be an id of 1 to {MAX_AGENT} characters")
+        dead = request.body.get("dead") or []
+        if len(dead) > MAX_DEAD:
+            raise ProtocolError(f"peers: at most {MAX_DEAD} dead peers in one request")
+        self.tracker.set_aside(tree, [e for e in dead if e != serve])
         if serve is not None:
-            self.tracker.register(tree, serve, request.user or "")
+            self.tracker.register(tree, serve, request.user or "", agent)
         members_id, keys = self._members()
-        fields = {"peers": self.tracker.listing(tree, serve), "members_id": members_id}
+        listed = self.tracker.listing(tree, serve, request.user or "", agent)
+        fields = {"peers": listed, "members_id": members_id}
         known = request.body.get("members") == members_id
         return wire.reply_frames(request.rid, fields, [] if known else ["\n".join(keys).encode()])
 

@@ -13,7 +13,8 @@ payload frames after the body::
 
 Between agents (`farm.filesync.peerserver`, `farm.filesync.tracker`; docs/filesync.md)::
 
-    peers    {tree, serve?, members?} -> {peers: [[endpoint, key]], members_id} + [members unless known]
+    peers    {tree, serve?, members?, agent?, dead?} -> {peers: [[endpoint, key]], members_id}
+                                                         + [members unless known]
     claim    {tree, serve?, force} + [concatenated hashes] -> {} + [concatenated hashes granted]
     have     {manifest}              -> {count} + [bitmap over `holdings.block_order`]
 """
@@ -43,7 +44,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
     PUT: {"op": str, "rid": int, "token": str, "items": [[ANY]]},
     COMMIT: {"op": str, "rid": int, "token": str},
     ABORT: {"op": str, "rid": int, "token": str, "error": str},
-    PEERS: {"op": str, "rid": int, "tree": str, "serve": opt(str), "members": opt(str)},
+    PEERS: {"op": str, "rid": int, "tree": str, "serve": opt(str), "members": opt(str), "agent": opt(str),
+            "dead": opt([str])},
     CLAIM: {"op": str, "rid": int, "tree": str, "serve": opt(str), "force": bool},
     HAVE: {"op": str, "rid": int, "manifest": str},
 }
