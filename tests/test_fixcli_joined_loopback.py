@@ -77,19 +77,3 @@ def test_an_agent_without_keys_for_a_keyed_controller_stops_saying_how(tmp_path)
         assert "farm keys invite" in text
         assert text.count("reconnecting") <= 1
 
-
-def test_a_join_made_before_joins_were_recorded_still_dials_with_keys(tmp_path, monkeypatch):
-    from farm.cli.security import client_security
-    from farm.keys import KeyStore
-
-    monkeypatch.delenv("FARM_KEYS", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    url = "tcp://127.0.0.1:47998"
-    assert client_security(url, None, "node", "controller", False) is None  # nothing known: plain text
-    store = KeyStore()
-    controller = KeyStore(tmp_path / "ctl").create("controller").public
-    store.add_public("controller", controller.decode())
-    assert client_security(url, None, "node", "controller", False) is None  # its key, but no pair of ours
-    store.create("node")
-    security = client_security(url, None, "node", "controller", False)
-    assert security is not None and security.server_key == controller and security.keys.name == "node"

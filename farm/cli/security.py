@@ -13,10 +13,9 @@ can read that secret is the controller's user). Another local user has neither, 
 the record, and is refused during the handshake; a port squatter cannot pose as the
 controller. A join (``--join URL#KEY.TOKEN``) records the controller's address and key too
 (``joined/ADDRESS.key``), so ``--controller URL`` alone dials it with keys, loopback included. An
-address with neither record is dialled in plain text unless the keys folder holds the
-controller's key (and, for the default folder, a key pair of ours: a join made before joins were
-recorded) (a controller started with ``--insecure``, or a library `Controller` in a test,
-removes or never writes a record).
+address with neither record is dialled in plain text unless a keys folder is given and holds
+the controller's key, as before (a controller started with ``--insecure``, or a library
+`Controller` in a test, removes or never writes a record).
 
 A controller bound beyond loopback (``tcp://0.0.0.0:5555``, a LAN address) records itself
 too: a client of the same user on the same machine, dialling loopback or one of this machine's
@@ -166,9 +165,8 @@ def client_security(
     """How an agent or client proves itself to the controller at `url` (None: plain text).
 
     Loopback: the controller recorded for `url` in the keys folder, if any (ours, see the module
-    docstring, or one we joined at `url`); else keys if the folder (--keys-dir, $FARM_KEYS, else the
-    default one) holds the controller's public key (`server_key`) and, for the default folder, a
-    key pair of ours to prove ourselves with. ipc:// and beyond loopback: as
+    docstring, or one we joined at `url`); else keys if a folder is given (--keys-dir, $FARM_KEYS)
+    and holds the controller's public key (`server_key`). ipc:// and beyond loopback: as
     `farm.security.client_security_for` (beyond loopback keys are required).
     """
     if insecure or is_file_guarded(url):
@@ -183,14 +181,15 @@ def client_security(
         return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
     if requires_security(url):
         return _remote(url, store, keys_dir, name, server_key)
+    if keys_dir is None:
+        # no record of this address: a controller without keys (--insecure, a library one). The
+        # default folder's `controller` key may be another one's (even ours, on another port).
+        return None
     try:
         controller_key = store.public_key(server_key)
     except SecurityError:
-        return None  # no key for a controller here: it runs without (--insecure)
-    identity = _identity(store, name, controller_key)
-    if keys_dir is None and not store.secret_path(identity).exists():
-        return None  # the default folder knows a controller, but we never joined it: plain text, as before
-    return ClientSecurity(keys_dir, identity, controller_key)
+        return None  # a folder given, but no key for a controller here: it runs without (--insecure)
+    return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
 
 
 def _remote(url: str, store: KeyStore, keys_dir: Path | None, name: str, server_key: str) -> ClientSecurity:
