@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"  # the keys folder's record of loopback addresses our controllers listen on
 JOINED = "joined"  # the keys folder's record of the addresses of controllers we joined with a token
-_RECORD = """#   ZeroMQ CURVE Public Certificate, written by `farm controller`
-#   The controller of this user that listens on {url} proves it holds this key.
+_RECORD = """#   ZeroMQ CURVE Public Certificate, written by farm
+#   The controller {who} {url} proves it holds this key.
 
 metadata
     name = "{name}"
@@ -122,20 +122,20 @@ def remember_controller(store: KeyStore, url: str, security: ServerSecurity | No
     if security is None:
         path.unlink(missing_ok=True)
         return
-    _write_record(path, url, security.keys.name, security.public_key)
+    _write_record(path, url, security.keys.name, security.public_key, "of this user that listens on")
 
 
 def remember_joined(store: KeyStore, url: str, server_key: bytes) -> None:
     """Record that the controller we joined at `url` has this key: later commands naming only
     ``--controller URL`` then dial it with keys, whatever its address (loopback included)."""
-    _write_record(record_path(store, url, JOINED), url, "controller", server_key)
+    _write_record(record_path(store, url, JOINED), url, "controller", server_key, "we joined at")
 
 
-def _write_record(path: Path, url: str, name: str, key: bytes | str) -> None:
+def _write_record(path: Path, url: str, name: str, key: bytes | str, who: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        f.write(_RECORD.format(url=url, name=name, key=key.decode() if isinstance(key, bytes) else key))
+        f.write(_RECORD.format(who=who, url=url, name=name, key=key.decode() if isinstance(key, bytes) else key))
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
