@@ -26,14 +26,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.client import Summary, submit
 from farm.controller.server import Controller
+from farm.errors import ProjectError
 from farm.project import PROJECT_FILE, STATE_DIR, Project, load_project
+from farm.tomltext import parse_toml
 from farm.trace import mark
 
 if TYPE_CHECKING:
@@ -180,10 +181,10 @@ def peek_media_type(project_dir: Path | str) -> str | None:
     """The media type the project's farm.toml names, read without checking anything else, or
     None if it cannot be read: `load_project` reports the problem. Lets the agents start while
     the project loads."""
+    file = Path(project_dir) / PROJECT_FILE
     try:
-        with open(Path(project_dir) / PROJECT_FILE, "rb") as f:
-            name = tomllib.load(f).get("project", {}).get("media_type")
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        name = parse_toml(file.read_text(encoding="utf-8", errors="replace"), file).get("project", {}).get("media_type")
+    except (OSError, ProjectError, AttributeError):
         return None
     return name if isinstance(name, str) and name else None
 

@@ -105,6 +105,11 @@ class HandshakeWatcher:
         self.probed: str | None = None  # `probe`'s verdict, once asked
         self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
 
+    @property
+    def lacks_keys(self) -> bool:
+        """The controller requires keys and we dial it in plain text: waiting cannot change that."""
+        return self.our_key is None and (self.mismatch or self.no_detail > 0)
+
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
                   unreachable_after: float | None = None) -> HandshakeWatcher:

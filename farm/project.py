@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,6 +21,7 @@ from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
 from farm.ownoutput import file_id, output_files
 from farm.paths import UnsafePath, safe_relpath
 from farm.settings import SettingsReader, line_of
+from farm.tomltext import parse_toml
 
 PROJECT_FILE = "farm.toml"
 STATE_DIR = ".farm"
@@ -172,11 +172,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         raise ProjectError("the renderer facts sent with the project must be a map, not "
                            f"{type(facts).__name__}", file=file)
     text = file.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = _toml_error_line(str(exc))
-        raise ProjectError(f"invalid TOML: {exc}", file=file, line=line) from None
+    data = parse_toml(text, file)
 
     def reader(table: str, required: bool = False) -> SettingsReader:
         value = data.get(table, {})
@@ -317,11 +313,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
     return value
-
-
-def _toml_error_line(message: str) -> int | None:
-    found = re.search(r"line (\d+)", message)
-    return int(found.group(1)) if found else None
 
 
 @lru_cache(maxsize=256)

@@ -48,7 +48,7 @@ def test_a_project_that_does_not_load_is_one_invalid_object(
         (project / "farm.toml").write_text(toml)
     code, obj, stderr = submit_json(str(project), home=tmp_path)
     assert code == 1
-    assert set(obj) == {"error", "state"} and obj["state"] == "invalid"
+    assert set(obj) == {"error", "state", "code"} and obj["state"] == obj["code"] == "invalid"
     assert message in obj["error"]
     assert "error" not in stderr, stderr  # the object is the whole answer: no second copy as text
 
@@ -58,7 +58,7 @@ def test_an_unreachable_controller_is_one_failed_object(tmp_path: Path, syntheti
         "--controller", "tcp://127.0.0.1:9", str(synthetic(jobs=1)), home=tmp_path, FARM_CLIENT_TIMEOUT="2"
     )
     assert code == 1
-    assert obj["state"] == "failed" and set(obj) == {"error", "state"}
+    assert obj["state"] == "failed" and set(obj) == {"error", "state", "code"} and obj["code"] == "unreachable"
     assert obj["error"].startswith("no answer from the controller at tcp://127.0.0.1:9: nothing listens there")
 
 

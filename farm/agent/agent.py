@@ -241,6 +241,8 @@ class Agent:
         if problem is not None and problem != self.refusal_logged:
             self.refusal_logged = problem
             log.error("%s", problem)
+        if problem is not None and self.watcher is not None and self.watcher.lacks_keys:  # fixcli: stop
+            self.refused_role, self.connected, self.stopping = problem, False, True
 
     def _check_controller(self, now: float) -> None:
         self._check_refusal()

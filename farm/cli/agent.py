@@ -62,8 +62,8 @@ def agent(
 
     Which controller: --join / --join-file / $FARM_JOIN (a token, once), --controller, else one
     found on the local network whose key we know, else this user's controller on this machine.
-    A refused join, or a key the controller will not take as an agent's (a client key), exits with
-    JOIN_REFUSED_EXIT (a service manager should not restart it).
+    A refused join, a key the controller will not take as an agent's (a client key), or no keys for a
+    controller that requires them, exits with JOIN_REFUSED_EXIT (a service manager should not restart it).
     """
     with reported():
         if media_type:  # read by the capability check; our workers inherit it
@@ -83,7 +83,8 @@ def agent(
                       cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets,
                       peers=not no_peers)
         agent.run()
-        if agent.refused_role:  # a client's key: the same refusal after every restart
+        if agent.refused_role:  # a client's key, or no keys at all: the same refusal after every restart
+            typer.echo(f"error: the agent stops: {agent.refused_role}", err=True)
             raise typer.Exit(JOIN_REFUSED_EXIT)
 
 

@@ -35,7 +35,7 @@ def list_tokens(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the tokens' names and when they were made (never the tokens)."""
-    with reported():
+    with reported(as_json=as_json):
         store = TokenStore(keys_dir)
         rows = store.listing()
         if as_json:

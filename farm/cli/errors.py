@@ -12,18 +12,31 @@ from typing import Any
 
 import typer
 
-from farm.errors import ControlError, FarmError, ProjectError
+from farm.errors import ConnectionLost, ControlError, FarmError, ProjectError
+from farm.keys import SecurityError
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:
-    """The one JSON object `--json` prints for an error: a project that does not load is "invalid".
+    """The one JSON object `--json` prints for an error: ``{"error", "state", "code"}``.
 
-    A refused steering request adds its ``code`` (not_found, bad_request, conflict).
+    ``state``: "invalid" for a project that does not load, else "failed". ``code`` says what kind
+    of error, for scripts: a refused steering request's own (not_found, bad_request, conflict),
+    else invalid (the project), unreachable (no answer from the controller), security (keys,
+    tokens, a refused handshake), os_error (a file or folder), error (anything else farm refused).
     """
-    report = {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed"}
-    if isinstance(exc, ControlError):
-        report["code"] = exc.code
+    report = {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed",
+              "code": error_code(exc)}
     return report
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ControlError):
+        return exc.code
+    for kind, code in ((ProjectError, "invalid"), (ConnectionLost, "unreachable"), (SecurityError, "security"),
+                       (OSError, "os_error")):
+        if isinstance(exc, kind):
+            return code
+    return "error"
 
 
 @contextlib.contextmanager

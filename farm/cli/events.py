@@ -29,13 +29,12 @@ def events(
     insecure: Insecure = False,
 ) -> None:
     """Print what happens on the controller: runs, jobs, agents, progress (Ctrl-C ends it)."""
-    setup = socket_setup_for(controller, keys_dir, key, server_key, insecure)
-
     def missed(count: int) -> None:
         typer.echo(f"warning: {counted(count, 'event')} older than the controller keeps {'is' if count == 1 else 'are'} not shown", err=True)
 
     printed = 0
-    with reported(), Client(controller, socket_setup=setup) as client:
+    with reported(as_json=as_json), Client(controller, socket_setup=socket_setup_for(
+            controller, keys_dir, key, server_key, insecure)) as client:
         try:
             for event in client.events(since, on_missed=missed):
                 typer.echo(json.dumps(event, default=str) if as_json else event_text(event))

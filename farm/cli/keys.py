@@ -100,7 +100,7 @@ def list_keys(
 ) -> None:
     """List identities and allowed keys: name, allowed (and as what: agent, client, both), secret held here,
     public key."""
-    with reported():
+    with reported(as_json=as_json):
         store = KeyStore(keys_dir)
         rows = store.listing(allowed_roles(store))
         if as_json:
@@ -129,7 +129,7 @@ def invite(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: token id, join argument, command.")] = False,
 ) -> None:
     """Make a join token and print the one command a new node runs (farm agent --join ...)."""
-    with reported():
+    with reported(as_json=as_json):
         store = KeyStore(keys_dir)
         token_id, argument, command = invite_token(
             store, server, url or known_url(store), expires_s=parse_duration(expires), single_use=single_use,
@@ -151,7 +151,7 @@ def invites(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List join tokens (`farm keys invite`): id, state (live, used, expired, revoked), use, expiry, who joined with each."""
-    with reported():
+    with reported(as_json=as_json):
         rows = [t.row() for t in TokenStore(KeyStore(keys_dir)).all()]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 import zmq
 
-from farm.cli.security import client_security, local_controller
+from farm.cli.security import client_security, local_controller, remember_joined
 from farm.discovery import DISCOVER_S, discover
 from farm.errors import FarmError
 from farm.join import join
@@ -91,6 +91,7 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         if insecure:
             raise FarmError("--join proves a token over CURVE keys; it cannot go with --insecure")
         joined = join(join_arg, keys_dir, key, name=name, role=role)
+        remember_joined(KeyStore(keys_dir), joined.url, joined.server_key)
         if not joined.again:
             typer.echo(f"joined the controller at {joined.url} as {joined.name}; from now on "
                        f"`--controller {joined.url}` is enough (the token is no longer needed)", err=True)

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from farm.cli.errors import reported
 from farm.plugins import get_plugins
 
 
 def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List plugins, their versions and the media types they provide."""
-    loaded = get_plugins()
+    with reported(as_json=as_json):
+        loaded = get_plugins()
     rows = []
     for info in loaded.infos:
         media = [{"name": n, "description": loaded.media_types[n].description,

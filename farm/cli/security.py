@@ -11,9 +11,11 @@ controller's key, and prove themselves with their own identity (``node``, ``clie
 there, else with the controller's own key pair, which a controller always admits (whoever
 can read that secret is the controller's user). Another local user has neither, cannot write
 the record, and is refused during the handshake; a port squatter cannot pose as the
-controller. An address with no record is dialled in plain text unless a keys folder is given
-and holds the controller's key, as before (a controller started with ``--insecure``, or a
-library `Controller` in a test, removes or never writes a record).
+controller. A join (``--join URL#KEY.TOKEN``) records the controller's address and key too
+(``joined/ADDRESS.key``), so ``--controller URL`` alone dials it with keys, loopback included. An
+address with neither record is dialled in plain text unless a keys folder is given and holds
+the controller's key, as before (a controller started with ``--insecure``, or a library
+`Controller` in a test, removes or never writes a record).
 
 A controller bound beyond loopback (``tcp://0.0.0.0:5555``, a LAN address) records itself
 too: a client of the same user on the same machine, dialling loopback or one of this machine's
@@ -48,8 +50,9 @@ from farm.security import (
 log = logging.getLogger(__name__)
 
 LOCAL = "local"  # the keys folder's record of loopback addresses our controllers listen on
-_RECORD = """#   ZeroMQ CURVE Public Certificate, written by `farm controller`
-#   The controller of this user that listens on {url} proves it holds this key.
+JOINED = "joined"  # the keys folder's record of the addresses of controllers we joined with a token
+_RECORD = """#   ZeroMQ CURVE Public Certificate, written by farm
+#   The controller {who} {url} proves it holds this key.
 
 metadata
     name = "{name}"
@@ -58,13 +61,13 @@ curve
 """
 
 
-def record_path(store: KeyStore, url: str) -> Path:
-    """Where the record for a loopback address lives: ``local/tcp-127.0.0.1-5555.key``.
+def record_path(store: KeyStore, url: str, folder: str = LOCAL) -> Path:
+    """Where the record for an address lives: ``local/tcp-127.0.0.1-5555.key`` (or ``joined/...``).
 
     ``localhost`` is recorded as 127.0.0.1, so a client may name the controller either way.
     """
     url = url.lower().replace("://localhost:", "://127.0.0.1:")
-    return store.root / LOCAL / (re.sub(r"[^a-z0-9.]+", "-", url).strip("-") + PUBLIC_SUFFIX)
+    return store.root / folder / (re.sub(r"[^a-z0-9.]+", "-", url).strip("-") + PUBLIC_SUFFIX)
 
 
 _WILDCARDS = ("0.0.0.0", "[::]", "*")
@@ -119,10 +122,20 @@ def remember_controller(store: KeyStore, url: str, security: ServerSecurity | No
     if security is None:
         path.unlink(missing_ok=True)
         return
+    _write_record(path, url, security.keys.name, security.public_key, "of this user that listens on")
+
+
+def remember_joined(store: KeyStore, url: str, server_key: bytes) -> None:
+    """Record that the controller we joined at `url` has this key: later commands naming only
+    ``--controller URL`` then dial it with keys, whatever its address (loopback included)."""
+    _write_record(record_path(store, url, JOINED), url, "controller", server_key, "we joined at")
+
+
+def _write_record(path: Path, url: str, name: str, key: bytes | str, who: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        f.write(_RECORD.format(url=url, name=security.keys.name, key=security.public_key))
+        f.write(_RECORD.format(who=who, url=url, name=name, key=key.decode() if isinstance(key, bytes) else key))
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -151,22 +164,27 @@ def client_security(
 ) -> ClientSecurity | None:
     """How an agent or client proves itself to the controller at `url` (None: plain text).
 
-    Loopback: the controller recorded for `url` in the keys folder, if any (see the module
-    docstring); else keys if a folder is given (--keys-dir, $FARM_KEYS) and holds the
-    controller's public key (`server_key`). ipc:// and beyond loopback: as
+    Loopback: the controller recorded for `url` in the keys folder, if any (ours, see the module
+    docstring, or one we joined at `url`); else keys if a folder is given (--keys-dir, $FARM_KEYS)
+    and holds the controller's public key (`server_key`). ipc:// and beyond loopback: as
     `farm.security.client_security_for` (beyond loopback keys are required).
     """
     if insecure or is_file_guarded(url):
         return client_security_for(url, keys_dir, name=name, server_key=server_key, insecure=insecure)
     store = KeyStore(keys_dir)
+    joined = record_path(store, url, JOINED)
     record = local_record(store, url)
+    if record is None and joined.is_file():  # what the join promised: --controller URL is enough
+        return _remote(url, store, keys_dir, name, str(joined))
     if record is not None:
         controller_key = read_certificate(record)[0]
         return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
     if requires_security(url):
         return _remote(url, store, keys_dir, name, server_key)
     if keys_dir is None:
-        return None  # the default folder has no record of this address: a controller without keys
+        # no record of this address: a controller without keys (--insecure, a library one). The
+        # default folder's `controller` key may be another one's (even ours, on another port).
+        return None
     try:
         controller_key = store.public_key(server_key)
     except SecurityError:

@@ -30,7 +30,7 @@ def status(
     insecure: Insecure = False,
 ) -> None:
     """Show the controller's agents and projects."""
-    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
+    with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         report = client.status()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -96,12 +96,14 @@ def cancel(
     insecure: Insecure = False,
     download: Annotated[Optional[Path], typer.Option(
         "--download", help="Download the outputs collated so far into this folder.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
     so far stay (a remote submitter's `farm submit` downloads them)."""
-    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
+    with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         summary = client.cancel(project)
-        if summary.already:
+        if summary.already and not as_json:
             typer.echo(f"project {summary.id} had finished already ({summary.state}): nothing to cancel",
                        err=True)
         kept_there = bool(summary.download) and download is None
@@ -111,6 +113,10 @@ def cancel(
                 raise FarmError(f"the controller offers no outputs of {summary.id or project} "
                                 f"for download{where}")
             client.download(summary, download)
+    if as_json:
+        typer.echo(json.dumps({"id": summary.id, **summary.to_json(), "already": summary.already,
+                               "downloaded_to": str(download) if download is not None else None}))
+        return
     typer.echo(summary_text(summary))
     if kept_there:
         typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "

@@ -66,9 +66,12 @@ class ControlSide:
         if action in ("drain", "undrain"):
             return self._drain_agent(_field(body, "agent", check_name), action == "drain")
         run = self._find_run_or_record(_field(body, "project", check_name))
-        if not isinstance(run, ProjectRun):
+        if not isinstance(run, ProjectRun):  # only its record was read back from the journal
+            what = ("to run its failed jobs again, submit the project again (`farm submit PROJECT_DIR "
+                    "--controller URL`): its done jobs are reused, not rendered again, where its media type "
+                    "caches results" if action == "retry" else "submit the project again to run it anew")
             raise Refused("conflict", f"project {run.project_id} is {run.status}, and finished before "
-                                      "this controller started: it can no longer be changed")
+                                      f"this controller started: it can no longer be changed; {what}")
         if action == "retry":
             keys = body.get("keys")
             if keys is not None:

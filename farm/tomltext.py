@@ -1,0 +1,72 @@
+"""Parse a user's TOML text into plain data, refusing what would crash a reader further on.
+
+`tomllib` recurses once per nested array or inline table, so ``x = [[[[...]]]]`` a few hundred
+deep raises `RecursionError` (a traceback, not an answer); data a few dozen deep parses but breaks
+msgpack (512 levels), deep copies and recursive checks later. Both are refused here, where the
+file's name and the line are known.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ProjectError
+
+MAX_DEPTH = 32  # nested tables and arrays below the top level; settings need a handful
+
+
+def parse_toml(text: str, file: Path | str) -> dict[str, Any]:
+    """The TOML document `text` (read from `file`) as dicts and lists, at most MAX_DEPTH deep.
+
+    Raises `ProjectError` naming `file` (and the line where known) for invalid TOML or nesting
+    deeper than MAX_DEPTH.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"line (\d+)", str(exc))
+        raise ProjectError(f"invalid TOML: {exc}", file=file, line=int(found.group(1)) if found else None) from None
+    except RecursionError:
+        raise _too_deep(text, file, None) from None
+    path = _deepest(data)
+    if path is not None:
+        raise _too_deep(text, file, path)
+    return data
+
+
+def _deepest(data: dict[str, Any]) -> list[str] | None:
+    """The key path to the first value nested deeper than MAX_DEPTH, or None (iterative: no recursion)."""
+    stack: list[tuple[Any, list[str]]] = [(data, [])]
+    while stack:
+        item, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(item, dict):
+            stack.extend((v, [*path, str(k)]) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, [*path, f"[{i}]"]) for i, v in enumerate(item))
+    return None
+
+
+def _too_deep(text: str, file: Path | str, path: list[str] | None) -> ProjectError:
+    key = None
+    if path:
+        names = [p for p in path if not p.startswith("[")]
+        key = ".".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return ProjectError(f"tables and arrays nest more than {MAX_DEPTH} levels deep (the limit)",
+                        file=file, key=key, line=_deep_line(text))
+
+
+def _deep_line(text: str) -> int | None:
+    """The first line where brackets open more than MAX_DEPTH deep (counting roughly, strings aside)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        for char in line.split("#", 1)[0]:
+            depth += char in "[{"
+            depth -= char in "]}"
+            if depth > MAX_DEPTH:
+                return number
+    return None
