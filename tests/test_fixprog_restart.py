@@ -54,7 +54,7 @@ def test_follower_is_back_as_soon_as_the_restarted_controller_answers_and_elapse
         try:
             result["summary"] = client.follow(run_id, lambda body: updates.append((time.monotonic(), body)),
                                               reconnect_s=120)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             result["error"] = exc
         result["at"], result["wall"] = time.monotonic(), time.time()
 
@@ -80,7 +80,7 @@ def test_follower_is_back_as_soon_as_the_restarted_controller_answers_and_elapse
     summary = result["summary"]
     assert summary.ok and summary.done == 400, summary
     # the follower asks again after each REFOLLOW_S of silence: never the 60 s silence limit
-    assert heard - back < 3 * REFOLLOW_S + 2, f"the follower heard {heard - back:.1f}s after the controller was back"
+    assert heard - back < 3 * REFOLLOW_S + 2, f"heard {heard - back:.1f}s after the controller was back"
     # elapsed: from the submit to the end, across the restart (the downtime counts); before the
     # fix it counted from the restart only, 3 s (300 jobs on 2 agents) and more short
     whole = result["wall"] - submitted

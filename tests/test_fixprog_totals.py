@@ -77,7 +77,8 @@ def test_maptiles_adaptive_total_counts_row_ends_and_ends_exact(tmp_path, table)
     assert max(totals[:3]) <= count  # never more than one metatile a job makes
 
 
-@pytest.mark.parametrize(("frames", "chunk"), [("1-100", 7), ("1-10,20-33,50", 4), ("1-3", 5), ("5-300,400-401", 10)])
+@pytest.mark.parametrize(("frames", "chunk"),
+                         [("1-100", 7), ("1-10,20-33,50", 4), ("1-3", 5), ("5-300,400-401", 10)])
 def test_frames_fixed_chunk_total_is_known_from_the_start(tmp_path, frames, chunk):
     root = write_frames(tmp_path / "p", frames=frames, frames_extra=f"chunk = {chunk}\n")
     count, pulled, totals = totals_while_pulling(root)

@@ -8,6 +8,9 @@ trims and endless padding are refused here, with ffmpeg's own words where it has
 
 from __future__ import annotations
 
+import array
+import math
+import sys
 from dataclasses import dataclass
 
 from farm_audio import ffmpeg
@@ -55,8 +58,35 @@ def run_chain(chain: str, sample_rate: int, layout: str, samples: int) -> tuple[
     return measured.samples, measured.sample_rate, measured.layout
 
 
+def check_sound(chain: str, sample_rate: int, layout: str, samples: int) -> None:
+    """Raise `ChainError` if ``chain`` turns the (non-silent) test signal into samples that are
+    not finite (an expression that divides by zero, a gain of 1e999) or into all silence (a gain
+    of 0, -inf dB): as PCM both come out as silence with ffmpeg's exit 0, so the run would
+    deliver silent audio and say it went well."""
+    graph = f"atrim=end_sample={samples},aformat=sample_fmts=dbl,{chain}"
+    try:
+        proc = ffmpeg.run([*probe_input(sample_rate, layout, samples), "-af", graph,
+                           "-c:a", "pcm_f64le", "-f", "f64le", "-"], timeout=120)
+    except ffmpeg.FfmpegFailed as exc:
+        raise ChainError(f"ffmpeg rejected it: {exc.message}") from None
+    out = array.array("d")
+    out.frombytes(proc.stdout[:len(proc.stdout) // 8 * 8])
+    if sys.byteorder != "little":
+        out.byteswap()
+    bad = sum(1 for x in out if not math.isfinite(x))
+    if bad:
+        raise ChainError(f"it makes {bad} of {len(out)} samples of a test tone infinite or not a number "
+                         "(a gain or expression that is not finite): the output would be silence or noise")
+    if out and not any(out):
+        raise ChainError("it turns a test tone into pure silence (a gain of 0 or -inf dB?): "
+                         "the output would be silent")
+
+
 def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
-    """Raise `ChainError` unless ``chain`` keeps time; return its output layout and tail."""
+    """Raise `ChainError` unless ``chain`` keeps time and makes sound of sound; return its
+    output layout and tail."""
+    if chain:
+        check_sound(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
     tails = []
     out_layout = layout
     for seconds, odd in zip(_PROBE_SECONDS, _PROBE_ODD, strict=True):

@@ -104,7 +104,8 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
                              below: int = row_number + 1, limit: int = limit) -> int:
                         """Jobs after this one at ``n`` metatiles: this row's end, then whole rows."""
                         per = max(1, n if fixed else min(n, limit))
-                        return -(-(len(row) - start - units) // per) + jobs_from(settings, z, below, n, fixed=fixed)
+                        row_rest = -(-(len(row) - start - units) // per)
+                        return row_rest + jobs_from(settings, z, below, n, fixed=fixed)
 
                     job = chunks.next_job(left, chunk, make, cap, fixed=fixed, rest=rest)
                 yield job
