@@ -58,11 +58,13 @@ def run_chain(chain: str, sample_rate: int, layout: str, samples: int) -> tuple[
     return measured.samples, measured.sample_rate, measured.layout
 
 
-def check_sound(chain: str, sample_rate: int, layout: str, samples: int) -> None:
-    """Raise `ChainError` if ``chain`` turns the (non-silent) test signal into samples that are
-    not finite (an expression that divides by zero, a gain of 1e999) or into all silence (a gain
-    of 0, -inf dB): as PCM both come out as silence with ffmpeg's exit 0, so the run would
-    deliver silent audio and say it went well."""
+def check_finite_output(chain: str, sample_rate: int, layout: str, samples: int) -> None:
+    """Raise `ChainError` if ``chain`` turns the test signal into samples that are not finite
+    (an expression that divides by zero, a gain of 1e999): as PCM they come out as silence
+    with ffmpeg's exit 0, so the run would deliver silent audio and say it went well.
+
+    Silence alone is not refused: a fade-in, a delay or a gate silences the check's quarter
+    second on purpose (`volume=0` is silence asked for)."""
     graph = f"atrim=end_sample={samples},aformat=sample_fmts=dbl,{chain}"
     try:
         proc = ffmpeg.run([*probe_input(sample_rate, layout, samples), "-af", graph,
@@ -77,16 +79,13 @@ def check_sound(chain: str, sample_rate: int, layout: str, samples: int) -> None
     if bad:
         raise ChainError(f"it makes {bad} of {len(out)} samples of a test tone infinite or not a number "
                          "(a gain or expression that is not finite): the output would be silence or noise")
-    if out and not any(out):
-        raise ChainError("it turns a test tone into pure silence (a gain of 0 or -inf dB?): "
-                         "the output would be silent")
 
 
 def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
-    """Raise `ChainError` unless ``chain`` keeps time and makes sound of sound; return its
+    """Raise `ChainError` unless ``chain`` keeps time and makes finite samples; return its
     output layout and tail."""
     if chain:
-        check_sound(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
+        check_finite_output(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
     tails = []
     out_layout = layout
     for seconds, odd in zip(_PROBE_SECONDS, _PROBE_ODD, strict=True):
