@@ -65,7 +65,9 @@ def check_finite_output(chain: str, sample_rate: int, layout: str, samples: int)
 
     Silence alone is not refused: a fade-in, a delay or a gate silences the check's quarter
     second on purpose (`volume=0` is silence asked for)."""
-    graph = f"atrim=end_sample={samples},aformat=sample_fmts=dbl,{chain}"
+    # capped (a second of tail at most): an endless chain (apad) must not fill memory here
+    cap = samples + sample_rate
+    graph = f"atrim=end_sample={samples},aformat=sample_fmts=dbl,{chain},atrim=end_sample={cap}"
     try:
         proc = ffmpeg.run([*probe_input(sample_rate, layout, samples), "-af", graph,
                            "-c:a", "pcm_f64le", "-f", "f64le", "-"], timeout=120)
@@ -84,8 +86,6 @@ def check_finite_output(chain: str, sample_rate: int, layout: str, samples: int)
 def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
     """Raise `ChainError` unless ``chain`` keeps time and makes finite samples; return its
     output layout and tail."""
-    if chain:
-        check_finite_output(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
     tails = []
     out_layout = layout
     for seconds, odd in zip(_PROBE_SECONDS, _PROBE_ODD, strict=True):
@@ -109,6 +109,8 @@ def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
             f"its output length does not follow its input's (a tail of {tails[0]} then {tails[1]} samples): "
             "it cannot run on segments"
         )
+    if chain:  # after the checks above: it keeps time, so its output is as long as the tone
+        check_finite_output(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
     try:
         channels = layout_channels(out_layout)
     except ProbeError as exc:
