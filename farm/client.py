@@ -163,17 +163,34 @@ class Client:
         """Receive updates until the run finishes; returns its summary.
 
         With `reconnect_s` > 0, a controller that goes silent (a restart: it resumes its runs from
-        its journal) is waited for up to that many seconds, asking to follow the run again every
-        `REFOLLOW_S`; `on_wait(why)` hears when the wait starts and `on_wait("")` when it is back.
+        its journal) is asked to follow the run again after each `REFOLLOW_S` of silence, so a
+        controller back within seconds is followed at once; past the client's `timeout` of silence
+        it is waited for up to `reconnect_s` seconds, asking again every `REFOLLOW_S`; `on_wait(why)` hears when the wait starts and `on_wait("")` when it is back.
         Raises `RunLost` (a `ConnectionLost`) when it gives up, `ConnectionLost` without `reconnect_s`.
         """
+        heard = time.monotonic()
+        asked_again = False
+        slice_s = min(REFOLLOW_S, self.timeout) if reconnect_s > 0 else None
         while True:
+            start = time.monotonic()
             try:
-                msg = self.receive()
+                msg = self.receive(slice_s)
             except ConnectionLost as exc:
                 if reconnect_s <= 0:
                     raise
+                now = time.monotonic()
+                # Only silence (not a refused handshake) within the limit: ask again, no wait. A
+                # restarted controller forgot its followers; the request waits in the socket's
+                # queue while it is down and reaches it as it comes back.
+                if now - start >= slice_s and now - heard < self.timeout and self._refollow(run_id):
+                    asked_again = True
+                    continue
                 msg = self._wait_for_controller(run_id, str(exc), reconnect_s, on_wait)
+            except FarmError as exc:
+                if asked_again:  # it is back, and does not know the run (any more)
+                    raise RunLost(str(exc), run_id) from None
+                raise
+            heard = time.monotonic()
             if msg.type is T.UPDATE and msg.body.get("id") == run_id:
                 if on_update:
                     on_update(msg.body)
@@ -186,6 +203,14 @@ class Client:
         (at once for a run that has ended). Raises `FarmError` if the controller has no such run."""
         self.send(T.FOLLOW, {"project": run_id})
         return self.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
+
+    def _refollow(self, run_id: str) -> bool:
+        """Ask to follow `run_id` again (idempotent at the controller); False if it cannot be queued."""
+        try:
+            self.sock.send_multipart(pack(T.FOLLOW, {"project": run_id}), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _wait_for_controller(self, run_id: str, why: str, limit: float,
                              on_wait: Callable[[str], None] | None) -> Message:

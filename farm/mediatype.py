@@ -110,7 +110,8 @@ class ChunkAdvisor:
         return False
 
     def next_job(self, remaining: int, default: int, make: Callable[[int], Job],
-                 limit: int | None = None, fixed: bool = False) -> Job:
+                 limit: int | None = None, fixed: bool = False,
+                 rest: Callable[[int, int], int] | None = None) -> Job:
         """The next job, made by ``make(units)`` for the next ``units`` of ``remaining`` units.
 
         A job done before at one of the sizes this advisor may choose (`candidates`) is
@@ -122,6 +123,9 @@ class ChunkAdvisor:
         units left in the run, so the tail is split over the whole run.
         ``fixed``: new jobs take ``default`` units (a chunk the project wrote), not `size`'s;
         done ones are still looked for.
+        ``rest(units, n)``: how many jobs the units after this job (of ``units``) make at ``n``
+        units a job, for a type whose jobs stop at boundaries (maptiles' rows); None:
+        ``ceil(units left / n)``. The controller's advisor counts the run's jobs with it.
         """
         cap = remaining if limit is None else max(1, min(limit, remaining))
         for units in self.candidates(cap, default):

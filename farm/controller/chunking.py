@@ -133,6 +133,9 @@ class AdaptiveChunks(ChunkAdvisor):
         self.eligible = 0  # agents able to run the run, at the last dispatch
         self.left: int | None = None  # units not yet split, after the last job
         self.last = 0  # the last chunk's size
+        self.last_default = 1  # the type's chunk, as the last `next_job` gave it
+        self._fixed: int | None = None  # the project's chunk, if it wrote one
+        self._rest: Callable[[int, int], int] | None = None  # the last job's `rest`
 
     # -- what the run tells it ------------------------------------------------------------
 
@@ -184,14 +187,23 @@ class AdaptiveChunks(ChunkAdvisor):
         return sorted(sizes, reverse=True)
 
     def next_job(self, remaining: int, default: int, make: Callable[[int], Job],
-                 limit: int | None = None, fixed: bool = False) -> Job:
-        job = super().next_job(remaining, default, make, limit, fixed)
+                 limit: int | None = None, fixed: bool = False,
+                 rest: Callable[[int, int], int] | None = None) -> Job:
+        job = super().next_job(remaining, default, make, limit, fixed, rest)
         self.last = job.units
         self.left = remaining - job.units
+        self.last_default = default
+        self._fixed = max(1, default) if fixed else None
+        self._rest = rest
         return job
 
     def jobs_left(self) -> int:
-        """About how many jobs are still to be split off, at the current size."""
+        """How many jobs are still to be split off: exact for a fixed chunk (unless jobs done
+        before at other sizes are found), else at the size the next job would get now (it
+        changes as times come in and the tail shrinks)."""
         if not self.left:
             return 0
-        return math.ceil(self.left / max(1, self.last))
+        size = self._fixed or self.size(self.left, self.last_default)
+        if self._rest is not None:
+            return max(0, int(self._rest(self.last, size)))
+        return math.ceil(self.left / max(1, size))

@@ -38,7 +38,7 @@ class RunReport:
             "running": len(self.leases),
             "partial": round(running_fraction, 3),
             "retrying": len(self.ready),
-            "elapsed_s": round(elapsed, 3),
+            "elapsed_s": round(elapsed + self.elapsed_before, 3),  # the run's wall time, across restarts
             "first_dispatch_s": self.first_dispatch_s,
             "rate": round(rate, 3) if rate else None,
             "eta_s": (round(left / rate, 1) if rate and left is not None and self.active and not self.paused

@@ -85,6 +85,7 @@ class ProjectRun(RunReport):
         self.error: str | None = None
         self.submitted = time.time()
         self.started_mono = time.monotonic()
+        self.elapsed_before = 0.0  # a resumed run: wall seconds from its submit to this start (downtime too)
         self.finished_mono: float | None = None
         self.first_dispatch_s: float | None = None
         self.outcomes = {o: JobKeys(journal, run_id, o) for o in ("done", "failed", "reused")}

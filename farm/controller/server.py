@@ -318,6 +318,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 continue
             run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority,
                              events=self.events)
+            run.elapsed_before = max(0.0, time.time() - record.submitted_at)
             try:
                 self._prepare(run)
             except SyncError as exc:

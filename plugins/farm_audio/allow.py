@@ -10,6 +10,7 @@ socket or the clock. A filter missing here is refused by name, whatever ffmpeg o
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -72,12 +73,30 @@ class NotAllowed(ValueError):
     """A filter or option outside the allowlist; the message names both and says why."""
 
 
+#: a number as an option (or an item of a '|' or space list) gives it, with a unit ffmpeg reads
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)(?:db|ms|us|s|hz)?",
+                     re.IGNORECASE)
+_UNIT = re.compile(r"(?:db|ms|us|s|hz)$", re.IGNORECASE)
+
+
+def check_finite(f: Filter) -> None:
+    """Raise `NotAllowed` for an option of ``f`` that is a number but not a finite one (inf,
+    -infinity, nan, 1e999): ffmpeg takes some of them and makes silence or garbage of the audio."""
+    for key, value in f.args:
+        for item in re.split(r"[|\s]+", value.strip()):
+            if _NUMBER.fullmatch(item) and not math.isfinite(float(_UNIT.sub("", item))):
+                where = f"option {key!r}" if key else "a positional option"
+                raise NotAllowed(f"{f.name}: {where} is {value!r}, not a finite number")
+
+
 def check_allowed(filters: list[Filter]) -> None:
-    """Raise `NotAllowed` for the first filter or option of ``filters`` not known to be safe.
+    """Raise `NotAllowed` for the first filter or option of ``filters`` not known to be safe
+    (a filter not on the list, an option naming a file, a number that is not finite).
 
     Pure: reads no file and runs nothing, so it can come before any ffmpeg run.
     """
     for f in filters:
+        check_finite(f)
         if f.name in REFUSED:
             raise NotAllowed(f"{f.name} is not allowed: {REFUSED[f.name]}")
         if f.name not in SAFE and f.name not in FILE_OPTIONS:

@@ -64,7 +64,7 @@ def measure(path: Path, digest: str, audio_filter: str, codec: str) -> probe.Mea
 
 def check_chain(chain: str, sample_rate: int, layout: str) -> validate.ChainShape:
     """`validate.check_chain`, its shape remembered when the chain passes."""
-    return _remembered(("shape", chain, sample_rate, layout),
+    return _remembered(("shape", 2, chain, sample_rate, layout),  # 2: non-finite output refused too
                        lambda: validate.check_chain(chain, sample_rate, layout),
                        lambda d: validate.ChainShape(**d))
 

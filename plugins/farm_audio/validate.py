@@ -8,6 +8,9 @@ trims and endless padding are refused here, with ffmpeg's own words where it has
 
 from __future__ import annotations
 
+import array
+import math
+import sys
 from dataclasses import dataclass
 
 from farm_audio import ffmpeg
@@ -55,8 +58,34 @@ def run_chain(chain: str, sample_rate: int, layout: str, samples: int) -> tuple[
     return measured.samples, measured.sample_rate, measured.layout
 
 
+def check_finite_output(chain: str, sample_rate: int, layout: str, samples: int) -> None:
+    """Raise `ChainError` if ``chain`` turns the test signal into samples that are not finite
+    (an expression that divides by zero, a gain of 1e999): as PCM they come out as silence
+    with ffmpeg's exit 0, so the run would deliver silent audio and say it went well.
+
+    Silence alone is not refused: a fade-in, a delay or a gate silences the check's quarter
+    second on purpose (`volume=0` is silence asked for)."""
+    # capped (a second of tail at most): an endless chain (apad) must not fill memory here
+    cap = samples + sample_rate
+    graph = f"atrim=end_sample={samples},aformat=sample_fmts=dbl,{chain},atrim=end_sample={cap}"
+    try:
+        proc = ffmpeg.run([*probe_input(sample_rate, layout, samples), "-af", graph,
+                           "-c:a", "pcm_f64le", "-f", "f64le", "-"], timeout=120)
+    except ffmpeg.FfmpegFailed as exc:
+        raise ChainError(f"ffmpeg rejected it: {exc.message}") from None
+    out = array.array("d")
+    out.frombytes(proc.stdout[:len(proc.stdout) // 8 * 8])
+    if sys.byteorder != "little":
+        out.byteswap()
+    bad = sum(1 for x in out if not math.isfinite(x))
+    if bad:
+        raise ChainError(f"it makes {bad} of {len(out)} samples of a test tone infinite or not a number "
+                         "(a gain or expression that is not finite): the output would be silence or noise")
+
+
 def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
-    """Raise `ChainError` unless ``chain`` keeps time; return its output layout and tail."""
+    """Raise `ChainError` unless ``chain`` keeps time and makes finite samples; return its
+    output layout and tail."""
     tails = []
     out_layout = layout
     for seconds, odd in zip(_PROBE_SECONDS, _PROBE_ODD, strict=True):
@@ -80,6 +109,8 @@ def check_chain(chain: str, sample_rate: int, layout: str) -> ChainShape:
             f"its output length does not follow its input's (a tail of {tails[0]} then {tails[1]} samples): "
             "it cannot run on segments"
         )
+    if chain:  # after the checks above: it keeps time, so its output is as long as the tone
+        check_finite_output(chain, sample_rate, layout, int(_PROBE_SECONDS[0] * sample_rate))
     try:
         channels = layout_channels(out_layout)
     except ProbeError as exc:

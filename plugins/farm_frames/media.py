@@ -122,10 +122,13 @@ class Frames(MediaType):
         size chose it. A chunk written in farm.toml is kept as it is."""
         settings = project.settings
         size = settings["chunk"]
-        if chunks is None or settings.get("chunk_fixed", True):
+        if chunks is None:
             for runs in chunk_runs(settings["frames"], size):
                 yield Job(job_key(runs), {"runs": runs}, units=frame_count(runs))
             return
+        # A written chunk goes through the advisor too (fixed): it counts the jobs left (the
+        # progress total) and finds chunks done before at other sizes.
+        fixed = settings.get("chunk_fixed", True)
         index = FrameIndex(settings["frames"])
         done = 0
         while done < index.total:
@@ -133,7 +136,7 @@ class Frames(MediaType):
                 runs = index.slice(start, units)
                 return Job(job_key(runs), {"runs": runs})
 
-            job = chunks.next_job(index.total - done, size, make)
+            job = chunks.next_job(index.total - done, size, make, fixed=fixed)
             yield job
             done += job.units
 

@@ -56,10 +56,17 @@ def job_metatiles(params: Mapping[str, Any]) -> list[tuple[int, int, TileRange]]
 
 def job_count(settings: Mapping[str, Any]) -> int:
     """Jobs at the fixed chunk (``chunk`` metatiles, a row's end cutting a job short)."""
+    return jobs_from(settings, settings["minzoom"], 0, settings["chunk"], fixed=True)
+
+
+def jobs_from(settings: Mapping[str, Any], z: int, rows_done: int, size: int, *, fixed: bool) -> int:
+    """Jobs of ``size`` metatiles (capped by each zoom's `job_limit` unless ``fixed``) in the
+    rows of zoom ``z`` after its first ``rows_done`` and in every zoom after it."""
     total = 0
-    for z in range(settings["minzoom"], settings["maxzoom"] + 1):
-        columns, rows = metatile_grid(settings["bbox"], z, settings["metatile"])
-        total += rows * -(-columns // settings["chunk"])
+    for zoom in range(z, settings["maxzoom"] + 1):
+        columns, rows = metatile_grid(settings["bbox"], zoom, settings["metatile"])
+        n = max(1, size if fixed else min(size, job_limit(settings["metatile"], zoom)))
+        total += (rows - (rows_done if zoom == z else 0)) * -(-columns // n)
     return total
 
 
@@ -81,7 +88,7 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
     for z in range(settings["minzoom"], settings["maxzoom"] + 1):
         limit = job_limit(settings["metatile"], z)
         zoom = metatiles(settings["bbox"], z, settings["metatile"])
-        for _, group in itertools.groupby(zoom, lambda m: m.y):
+        for row_number, (_, group) in enumerate(itertools.groupby(zoom, lambda m: m.y)):
             row = list(group)
             i = 0
             while i < len(row):
@@ -92,7 +99,15 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
                     job = make(min(chunk, len(row) - i))
                 else:  # a fixed chunk too: the advisor finds jobs done at other sizes, counts the rest
                     cap = len(row) - i if fixed else min(limit, len(row) - i)
-                    job = chunks.next_job(left, chunk, make, cap, fixed=fixed)
+
+                    def rest(units: int, n: int, start: int = i, row: list[Metatile] = row, z: int = z,
+                             below: int = row_number + 1, limit: int = limit) -> int:
+                        """Jobs after this one at ``n`` metatiles: this row's end, then whole rows."""
+                        per = max(1, n if fixed else min(n, limit))
+                        row_rest = -(-(len(row) - start - units) // per)
+                        return row_rest + jobs_from(settings, z, below, n, fixed=fixed)
+
+                    job = chunks.next_job(left, chunk, make, cap, fixed=fixed, rest=rest)
                 yield job
                 i += job.units
                 left -= job.units
