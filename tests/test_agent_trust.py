@@ -154,8 +154,10 @@ def test_the_cache_limit_holds_against_a_controller_publishing_more(tmp_path, ro
         out.truncate(200 * MiB)
     description = rogue.publish(synthetic_project(big, "jobs = 1"), "big-tree")
     rogue.send_jobs([rogue.job("big", "job-0000000", "big-run")], {"big-run": description})
-    error = refused(rogue, "big")
-    assert "cannot fetch the project's files" in error
+    result = rogue.result("big")  # too big for this node: handed back (the node's want), not failed
+    assert not result["ok"] and result.get("requeue")
+    error = result["error"]
+    assert "this node lacks the resources for this run: CacheFull" in error
     assert "200.0 MiB" in error and "limit of 10.0 MiB" in error
     assert cache_bytes(cache) < 10 * MiB
     # projects that fit one at a time take turns: the least recently used makes room
