@@ -148,7 +148,8 @@ class AgentSide:
                 self.health["stale"] += 1
                 log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
                 continue
-            agent.observe(float(result.duration))
+            if result.ok:  # a failure's duration says how fast it failed, not how long jobs take
+                agent.observe(float(result.duration))
             lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
             too_big = None if not (result.files or files) else oversize(result.files, files,
                                                                         lease.run.project.max_output)
