@@ -118,10 +118,15 @@ class Conduct:
         self.failed_on.pop(key, None)
         self.avoid.pop(key, None)
 
-    def skip(self, key: str, agent: str, eligible: int) -> bool:
-        """Leave this job for another agent? Only while an eligible agent has not had it."""
+    def skip(self, key: str, agent: str, eligible: int, queued: bool = False) -> bool:
+        """Leave this job for another agent? While an eligible agent has not had it, and always
+        when it would wait queued on this agent (``queued``: its every slot is taken).
+
+        A job tried before is never prefetched: the job it would wait behind may be the one that
+        hangs (an agent cannot give back a job its worker holds), while another agent is idle.
+        """
         had = self.avoid.get(key)
-        return bool(had) and agent in had and eligible > len(had)
+        return bool(had) and (queued or (agent in had and eligible > len(had)))
 
     def lift(self, agents: list[str]) -> None:
         """Take agents off the blocklist with a clean record (the run has no one else); unable

@@ -181,19 +181,22 @@ class ProjectRun(RunReport):
         jobs: list[Lease] = []
         if self.chunks is not None:
             self.chunks.saw(agent.id, agent.slots, others)
+        waits = False  # a retry this agent could run waits for a free slot: prefetch nothing new ahead of it
         if self.ready:
             skipped = []
             for _ in range(min(len(self.ready), RETRY_SCAN)):
                 if len(jobs) >= n:
                     break
                 job = self.ready.popleft()
-                if self.conduct.skip(job.key, agent.id, others):
-                    skipped.append(job)  # leave it for an agent that has not had it
+                queued = len(agent.held) + len(jobs) >= agent.slots
+                if self.conduct.skip(job.key, agent.id, others, queued):
+                    skipped.append(job)  # leave it for an agent that has not had it, or has a slot free
+                    waits = waits or (queued and not self.conduct.skip(job.key, agent.id, others))
                 elif not reuse(self, job):
                     jobs.append(self.lease(job, agent, now))
             self.ready.extendleft(reversed(skipped))
         reused = 0
-        while len(jobs) < n and not self.exhausted and self.active and reused < MAX_REUSE_PER_TURN:
+        while not waits and len(jobs) < n and not self.exhausted and self.active and reused < MAX_REUSE_PER_TURN:
             job = self._pull()
             if job is None:
                 continue
