@@ -185,16 +185,33 @@ class ClientSide:
             self._answer_finished_before(identity, ref)
             return
         if not run.active:
-            self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
+            if run.id in self.publishing:  # cancelled a moment ago: answered with the others
+                self.publishing[run.id].append((identity, True))
+            else:
+                self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
             return
         for lease in self.scheduler.cancel(run):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
         log.info("cancelled project %s", run.id)
-        if run.uploaded:  # the submitter is elsewhere: let it download what was collated
-            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
         self.assets.unpublish(run.id)
-        self.journal.finish_project(run.id, "cancelled", run.summary())
-        self._send(identity, T.FINISHED, {"summary": run.summary()})
+        self.journal.finish_project(run.id, "cancelled", run.summary())  # a restart does not resume it
+        if not run.uploaded:
+            self._send(identity, T.FINISHED, {"summary": run.summary()})
+            self._notify_finished(run)
+            return
+        # The submitter is elsewhere: let it download what was collated, once a collate still
+        # running (in the collate thread) has finished writing into the output folder.
+        self.publishing[run.id] = [(identity, False)]
+        self.collator.after_collate(run, lambda: self._publish_cancelled(run))
+
+    def _publish_cancelled(self, run: ProjectRun) -> None:
+        """A cancelled remote run's outputs no longer change: serve them, answer who cancelled it."""
+        run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
+        summary = run.summary()
+        if run.download:
+            self.journal.finish_project(run.id, "cancelled", summary)  # `farm cancel` after a restart
+        for identity, already in self.publishing.pop(run.id, ()):
+            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
         self._notify_finished(run)
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:
