@@ -75,10 +75,11 @@ def test_a_cancel_publishes_the_outputs_once_the_running_collate_returned(
     try:
         assert hold.held.wait(120), "no collate was held"
         run = next(iter(controller.runs.values()))
-        procs.append(_farm("cancel", "held", "--controller", controller.url, "--download", str(tmp_path / "a")))
+        url = controller.url
+        procs.append(_farm("cancel", "held", "--controller", url, "--download", str(tmp_path / "a")))
         wait_for(lambda: run.state == "cancelled", 60, "the cancel")
         # a second canceller while the collate still runs: it waits with the first
-        procs.append(_farm("cancel", run.id, "--controller", controller.url, "--download", str(tmp_path / "b")))
+        procs.append(_farm("cancel", run.id, "--controller", url, "--download", str(tmp_path / "b")))
         waiting = lambda: getattr(controller, "publishing", {}).get(run.id, ())  # noqa: E731
         wait_for(lambda: len(waiting()) == 2 or procs[2].poll() is not None, 60, "the second cancel")
         assert all(p.poll() is None for p in procs), "answered before the collate returned"

@@ -26,7 +26,8 @@ def _stalled(path: Path) -> sqlite3.Connection:
 
 
 def _entry(attempt: int, text: str) -> dict:
-    return {"attempt": attempt, "agent": "a", "state": "failed", "error": "boom", "duration_s": 0.1, "log": text}
+    return {"attempt": attempt, "agent": "a", "state": "failed", "error": "boom", "duration_s": 0.1,
+            "log": text}
 
 
 def test_a_full_batch_waiting_is_committed_without_the_interval(tmp_path, monkeypatch):
@@ -73,19 +74,22 @@ def test_a_stalled_writer_holds_bounded_text_and_the_file_stays_consistent(tmp_p
         assert len(warnings) == 1 and str(path) in warnings[0].getMessage()  # throttled: once, not 45 times
         lock.execute("ROLLBACK")
         assert store.flush(30)
+        keys = [f"job-{i:02d}" for i in range(20)]
         rows = lock.execute("SELECT key, attempt, state, error, log FROM job_logs WHERE run = ?",
                             (RUN,)).fetchall()
         # the rows are memory's attempts, every one (deletes and states applied in order)
         assert sorted((k, a, s) for k, a, s, _, _ in rows) == sorted(
-            (f"job-{i:02d}", a["attempt"], a["state"]) for i in range(20) for a in logs.attempts(f"job-{i:02d}"))
-        whole = [(k, a) for k, a, _, error, text in rows if text == f"{a - 1}" * (64 * 1024) and error == "e" * 5000]
+            (key, a["attempt"], a["state"]) for key in keys for a in logs.attempts(key))
+        whole = [(k, a) for k, a, _, error, text in rows
+                 if text == f"{a - 1}" * (64 * 1024) and error == "e" * 5000]
         cut = [(k, a) for k, a, _, error, text in rows if text == DROPPED_TEXT and error == "e" * 1024]
         assert len(whole) + len(cut) == len(rows) == 40
         assert whole and cut
         # a later read (a restarted controller's) finds every record and numbers on from it
         again = JobLogs(per_job=2, log_bytes=64 * 1024, per_run_bytes=10**9, store=store, run=RUN)
         assert [a["attempt"] for a in again.attempts("job-00")] == [2, 3]
-        assert again.record("job-00", agent="a", state="done", error=None, duration_s=0.1, log="ok")["attempt"] == 4
+        nxt = again.record("job-00", agent="a", state="done", error=None, duration_s=0.1, log="ok")
+        assert nxt["attempt"] == 4
         assert store.flush(30)
     finally:
         lock.close()

@@ -28,9 +28,9 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -158,8 +158,8 @@ class Collator:
         self.sleeping = False
         self._rang = False  # a wake-up was sent: the loop reads it off the socket
         self.pending = 0  # submitted and not delivered yet
-        self.running: Pending | None = None  # the collate the thread runs now (set before it checks the run's state)
-        self._after: list[tuple[Pending, Callable[[], None]]] = []  # `after_collate`'s, by the collate they wait for
+        self.running: Pending | None = None  # the thread's collate now (set before it reads run.state)
+        self._after: list[tuple[Pending, Callable[[], None]]] = []  # (the collate awaited, then)
         self._closing = False  # `close` began: the thread collates nothing more
         self._thread = threading.Thread(target=self._work, name="farm-collate", daemon=True)
         self._thread.start()

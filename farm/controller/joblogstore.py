@@ -66,7 +66,8 @@ class JobLogStore:
     :raises sqlite3.Error, OSError, ValueError: the file cannot be used (see `open_beside`).
     """
 
-    def __init__(self, path: Path, journal: Path | None = None, *, backlog_bytes: int = BACKLOG_BYTES) -> None:
+    def __init__(self, path: Path, journal: Path | None = None, *,
+                 backlog_bytes: int = BACKLOG_BYTES) -> None:
         self.path = path
         self.journal = journal
         self.backlog_bytes = backlog_bytes
@@ -173,7 +174,8 @@ class JobLogStore:
                     break
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
-            self._written_text += sum(len(args[7]) + len(args[5] or "") for _, sql, args in batch if sql is _PUT)
+            self._written_text += sum(len(args[7]) + len(args[5] or "")
+                                      for _, sql, args in batch if sql is _PUT)
         self._db.close()
 
     def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:
