@@ -19,11 +19,13 @@ import pytest
 from conftest import wait_for
 from farm_synthetic import Synthetic, payload
 
+from farm.client import Client
 from farm.controller.collator import Collator, Pending
 from farm.controller.run import ProjectRun
 from farm.journal import Journal
 from farm.plugins import get_media_type
 from farm.project import load_project
+from farm.protocol import T
 
 FARM = [sys.executable, "-m", "farm"]
 SIZE = 4096  # bytes each synthetic job writes
@@ -72,6 +74,7 @@ def test_a_cancel_publishes_the_outputs_once_the_running_collate_returned(
     agents(controller.url, 1)
     project = synthetic(jobs=3, output_bytes=SIZE, name="held")
     procs = [_farm("submit", "--controller", controller.url, str(project))]
+    follower = Client(controller.url)
     try:
         assert hold.held.wait(120), "no collate was held"
         run = next(iter(controller.runs.values()))
@@ -82,10 +85,18 @@ def test_a_cancel_publishes_the_outputs_once_the_running_collate_returned(
         procs.append(_farm("cancel", run.id, "--controller", url, "--download", str(tmp_path / "b")))
         waiting = lambda: getattr(controller, "publishing", {}).get(run.id, ())  # noqa: E731
         wait_for(lambda: len(waiting()) == 2 or procs[2].poll() is not None, 60, "the second cancel")
+        # and a client that follows the run anew (a submitter back after a restart): told with the others
+        follower.send(T.FOLLOW, {"project": run.id})
+        wait_for(lambda: len(controller.followers.get(run.id, ())) == 2 or follower.sock.poll(0), 60,
+                 "the follower")
         assert all(p.poll() is None for p in procs), "answered before the collate returned"
         hold.release.set()
         outs = [p.communicate(timeout=120) for p in procs]
+        followed = follower.receive(timeout=60)
+        while followed.type is T.UPDATE:  # the final counts come first
+            followed = follower.receive(timeout=60)
     finally:
+        follower.close()
         hold.release.set()
         for p in procs:
             if p.poll() is None:
@@ -95,6 +106,7 @@ def test_a_cancel_publishes_the_outputs_once_the_running_collate_returned(
     assert submit.returncode == 1, outs[0]  # cancelled: not all rendered
     assert first.returncode == 0 and second.returncode == 0, outs
     assert "had finished already (cancelled)" in outs[2][1]
+    assert followed.type is T.FINISHED and followed.body["summary"]["download"] == f"{run.id}.output"
     there = next((controller.state_dir / "uploads").glob("*/output"))
     final = _bins(there)
     assert final[f"{hold.key}.bin"] == payload(hold.key, SIZE)  # the held collate finished its file
