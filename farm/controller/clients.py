@@ -44,6 +44,9 @@ class ClientSide:
             if run is None:
                 self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
                 return
+            if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
+                self.followers.setdefault(run.id, set()).add(identity)
+                return
             if not run.active:  # it ended (e.g. while its submitter waited out a restart): the summary now
                 self._send(identity, T.FINISHED, {"summary": run.summary()})
                 return
@@ -170,7 +173,8 @@ class ClientSide:
 
         The answer is a FINISHED summary; for a run that had finished already, with ``already``
         set and nothing cancelled. A remote submitter's run serves what was collated for download,
-        as a finished run does.
+        as a finished run does, once a collate still running in the collate thread has returned
+        (`_publish_cancelled`; the answers wait for it, the loop does not).
         """
         named = [r for r in self.runs.values() if r.project.name == ref]
         run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
@@ -185,16 +189,36 @@ class ClientSide:
             self._answer_finished_before(identity, ref)
             return
         if not run.active:
-            self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
+            if run.id in self.publishing:  # cancelled a moment ago: answered with the others
+                self.publishing[run.id].append((identity, True))
+            else:
+                self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
             return
         for lease in self.scheduler.cancel(run):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
         log.info("cancelled project %s", run.id)
-        if run.uploaded:  # the submitter is elsewhere: let it download what was collated
-            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
         self.assets.unpublish(run.id)
-        self.journal.finish_project(run.id, "cancelled", run.summary())
-        self._send(identity, T.FINISHED, {"summary": run.summary()})
+        self.journal.finish_project(run.id, "cancelled", run.summary())  # a restart does not resume it
+        if not run.uploaded:
+            self._send(identity, T.FINISHED, {"summary": run.summary()})
+            self._notify_finished(run)
+            return
+        # The submitter is elsewhere: let it download what was collated, once a collate still
+        # running (in the collate thread) has finished writing into the output folder.
+        self.publishing[run.id] = [(identity, False)]
+        self.collator.after_collate(run, lambda: self._publish_cancelled(run))
+
+    def _publish_cancelled(self, run: ProjectRun) -> None:
+        """A cancelled remote run's outputs no longer change: serve them, answer who cancelled it."""
+        try:
+            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
+        except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
+            log.warning("%s: cannot serve its outputs for download: %s", run.id, exc)
+        summary = run.summary()
+        if run.download:
+            self.journal.finish_project(run.id, "cancelled", summary)  # `farm cancel` after a restart
+        for identity, already in self.publishing.pop(run.id, ()):
+            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
         self._notify_finished(run)
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:

@@ -28,6 +28,7 @@ from farm.filesync.limits import GiB, Limits, MiB
 from farm.mediatype import MediaType
 from farm.plugins import get_media_type
 from farm.project import PROJECT_FILE, Project, load_project
+from farm.tomltext import MAX_DEPTH, path_key, too_deep_path
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class IntakeLimits:
     """Bounds on one submitted project, checked before and while it is read."""
 
     max_toml_bytes: int = 1 * MiB
-    max_depth: int = 32  # nesting of tables and arrays in the settings
+    max_depth: int = MAX_DEPTH  # nesting of tables and arrays in the settings, as in farm.toml
     max_files: int = 100_000
     max_total_bytes: int = 16 * GiB  # assets, summed before any byte is hashed
     max_seconds: float = 600.0
@@ -103,10 +104,8 @@ class IntakeQueue:
             try:
                 intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes,
                                         limits=self.limits, facts=facts)
-            except FarmError as exc:
+            except FarmError as exc:  # a farm.toml nested too deeply too (`farm.tomltext`)
                 intake.error = str(exc)
-            except RecursionError:
-                intake.error = f"{PROJECT_FILE} nests tables or arrays too deeply"
             except Exception as exc:  # whatever a hostile folder provokes is an answer, never a crash
                 log.warning("reading a submitted project failed: %s: %s", type(exc).__name__, exc)
                 intake.error = f"cannot read the project: {type(exc).__name__}: {exc}"
@@ -255,13 +254,10 @@ def check_project_file(root: str, limits: IntakeLimits) -> None:
 
 
 def check_depth(value: Any, limit: int, where: str) -> None:
-    """Refuse data nested deeper than ``limit`` (it must travel as msgpack and be read back)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            raise ProjectError(f"{where}: settings nest more than {limit} levels deep")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
+    """Refuse data nested deeper than ``limit`` (it must travel as msgpack and be read back);
+    `farm.tomltext.too_deep_path` walks it, as it walks every farm.toml."""
+    path = too_deep_path(value, limit)
+    if path is not None:
+        key = path_key(path)
+        at = f" (at {key})" if key else ""
+        raise ProjectError(f"{where}: settings nest more than {limit} levels deep{at}")
