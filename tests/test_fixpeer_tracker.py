@@ -86,7 +86,7 @@ def test_a_peer_whose_connection_is_refused_costs_no_peer_timeout(
     client, store = fetcher(server, tmp_path / "cache", serve="tcp://127.0.0.1:1", agent="a1",
                             peer_timeout=WAIT_S)  # a timeout alone would stall the fetch for minutes
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="farm.filesync.swarm"), client:
+    with caplog.at_level(logging.INFO, logger="farm.filesync"), client:
         client.sync("t", tmp_path / "job")
     took = time.monotonic() - started
     store.close()
@@ -145,7 +145,7 @@ def test_a_peer_killed_mid_transfer_is_dropped_when_its_reconnect_is_refused(
     with running_peer(server.endpoint, "t", tmp_path / "slow-cache", "slow") as (slow, line):
         endpoint = line["serving"]
         client, store = fetcher(server, tmp_path / "cache", peer_timeout=WAIT_S, chunk_size=256 * 1024)
-        with caplog.at_level(logging.INFO, logger="farm.filesync.swarm"), \
+        with caplog.at_level(logging.INFO, logger="farm.filesync"), \
                 concurrent.futures.ThreadPoolExecutor(1) as pool:
             fetched = pool.submit(client.sync, "t", tmp_path / "job")
             wait_for(lambda: client.peer_counters.blocks_fetched >= 2, WAIT_S, "blocks from the slow peer")
