@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SocketSetup = Callable[[zmq.Socket], None]
 REFRESH_S = TTL_S / 2  # registrations renewed this often while a tree is held
-REFRESH_TIMEOUT_S = 10.0  # a renewal not answered this long is tried again at the next round
+REFRESH_TIMEOUT_S = 5.0  # a renewal not answered this long is tried again at the next round
 
 
 def route_address(host: str, port: int) -> str | None:
