@@ -195,19 +195,22 @@ def test_two_fetches_of_one_tree_offer_it_until_both_end(file_service, tmp_path)
     server, _ = file_service
     manifest = server.published("t")
     assert manifest is not None
+    x, y = manifest.entries[0].block_hash(0), manifest.entries[1].block_hash(0)
     holdings = Holdings()
-    with Store(tmp_path / "cache") as store:
-        with SwarmClient(server.endpoint, store, holdings=holdings) as client:
-            client.sync("t", tmp_path / "job")  # held whole, in the cache
-        first = holdings.begin(manifest, store.file_path, store.session_dir(), missing=[])
-        second = holdings.begin(manifest, store.file_path, tmp_path / "elsewhere",
-                                missing=[manifest.entries[0].block_hash(0)])
-        holdings.forget(second)  # one fetch failed: the others still offer the tree
+    with Store(tmp_path / "cache") as store:  # two projects with the same assets, fetched at once
+        first = holdings.begin(manifest, store.file_path, tmp_path / "session-1", missing=[y])
+        second = holdings.begin(manifest, store.file_path, tmp_path / "session-2", missing=[x])
+        where = holdings.where(x)
+        assert where is not None and str(tmp_path / "session-1") in str(where.paths)
+        assert str(tmp_path / "session-2") not in str(where.paths)  # only where it was verified
+        holdings.forget(first)  # one fetch failed: the other still offers what it holds
         held = holdings.have(manifest.id)
-        assert held is not None and Bits.parse(held[1], 64).is_full()
-        assert holdings.where(manifest.entries[0].block_hash(0)) is not None
-        holdings.finish(first)
-        assert holdings.have(manifest.id) is not None
+        assert held is not None and len(Bits.parse(held[1], 64)) == 63
+        assert holdings.where(x) is None and holdings.where(y) is not None
+        holdings.add(second, x)  # it fetched x since
+        assert holdings.where(x) is not None
+        holdings.forget(second)
+        assert holdings.have(manifest.id) is None
 
 
 # -- 3. bounded peers, bitmaps polled while they can still change ----------------------------------

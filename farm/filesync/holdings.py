@@ -123,7 +123,7 @@ class Where(BlockOfFile):
 
 @dataclass(eq=False)
 class Holding:
-    """One fetch's (or one finished tree's) part in what is offered; from `Holdings.begin`."""
+    """One fetch's (or one tree in the cache's) part in what is offered; from `Holdings.begin`."""
 
     manifest_id: str
     order: list[bytes]
@@ -150,7 +150,8 @@ class Holdings:
     def begin(self, manifest: Manifest, file_path: Callable[[bytes], Path], partial_dir: Path | None,
               missing: Iterable[bytes] = ()) -> Holding:
         """Offer ``manifest``: every block is held but ``missing``; the holding's ``order`` is its
-        `block_order`. End it with `finish` (all in the cache) or `forget` (the fetch failed).
+        `block_order`. End it with `forget` (the fetch failed, or ended: begin a holding of the
+        tree in the cache then, ``partial_dir`` None).
 
         ``file_path(digest)``: the cache's file of a digest; ``partial_dir``: where the fetch
         assembles files (``<digest hex>.part``), None when the cache holds them all.
@@ -183,17 +184,6 @@ class Holdings:
             tree = self._trees.get(holding.manifest_id)
             if tree is not None and (i := tree.position.get(block_hash)) is not None:
                 holding.held.add(i)
-
-    def finish(self, holding: Holding) -> None:
-        """The holding's fetch completed: every block is in the cache's files now."""
-        with self._lock:
-            tree = self._trees.get(holding.manifest_id)
-            if tree is None or holding not in tree.holdings:
-                return
-            if any(h.partial_dir is None for h in tree.holdings if h is not holding):
-                tree.holdings.remove(holding)  # the tree is served from the cache already
-            else:
-                holding.partial_dir, holding.held = None, Bits.full(holding.held.count)
 
     def forget(self, holding: Holding) -> None:
         """The holding's fetch failed; the tree is still offered while another holding lasts."""

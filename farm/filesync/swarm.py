@@ -111,10 +111,9 @@ class SwarmClient(FileClient):
                 self.holdings.forget(self._holding)
             raise
         store = self._need_store()
-        if self._holding is not None:  # all here now: served from the cache
-            self.holdings.finish(self._holding)
-        else:
-            self.holdings.begin(manifest, store.file_path, None)
+        if self._holding is not None:  # its partial files are in the cache now
+            self.holdings.forget(self._holding)
+        self.holdings.begin(manifest, store.file_path, None)  # all here: served from the cache
         if self._tree is not None and self.serve is not None and self.on_served is not None:
             self.on_served(self._tree, manifest.id)  # to keep its registration alive while it serves
         dead, self._dead = sorted(self._dead)[:MAX_DEAD], set()
