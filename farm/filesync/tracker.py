@@ -12,7 +12,12 @@
 - ``claim``: ask for the right to fetch blocks from the controller. A block is granted to one
   agent at a time (until `CLAIM_S` passes, when the claimant may be dead or slow); the others
   wait for it to appear at a peer. ``force`` is granted always: the fallback when no peer
-  delivers. So the controller sends each block about once, whatever the number of agents.
+  delivers. So the controller sends each block about once, whatever the number of agents. A
+  claim without ``serve`` (an agent whose block server could not start) is granted as ``force``
+  and not recorded: nobody could fetch those blocks from it.
+
+A registration of an endpoint that another key holds (unexpired) is ignored: a member cannot
+point fetchers at another member's block server under its own key.
 
 State is bounded: at most `MAX_PEERS` registrations per tree, for published trees only, claims
 only on blocks of published trees; registrations end after `TTL_S` without a refresh.
@@ -59,6 +64,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._peers: dict[str, dict[str, _Entry]] = {}  # tree -> endpoint -> registration
         self._claims: dict[str, dict[bytes, tuple[str, float]]] = {}  # tree -> block -> (claimant, when)
+        self.refused = 0  # registrations of an endpoint another key holds
 
     def register(self, tree: str, endpoint: str, key: str, agent: str | None = None) -> None:
         """Record ``endpoint`` as serving ``tree``; replaces what the same agent registered before."""
@@ -67,6 +73,13 @@ class Tracker:
         with self._lock:
             peers = self._peers.setdefault(tree, {})
             self._expire(peers, now)
+            held = peers.get(endpoint)
+            if held is not None and held.key != key:  # another member's block server: never repointed
+                self.refused += 1
+                if self.refused <= 10 or self.refused % 1000 == 0:
+                    log.warning("ignored a registration of %s, which another key serves (%d ignored so far)",
+                                endpoint[:100], self.refused)
+                return
             for old in [e for e, entry in peers.items() if entry.who == who and e != endpoint]:
                 log.info("block server %s of %s replaces %s", endpoint[:100], who[1] or "an agent", old[:100])
                 del peers[old]  # its predecessor, dead or moved: never offered again
@@ -134,6 +147,8 @@ class SwarmFileServer(FileServer):
     """A `FileServer` that also tracks peers (``peers``, ``claim``); ``members`` lists the keys a
     block server admits (None without keys)."""
 
+    SERVES = FileServer.SERVES | {wire.PEERS, wire.CLAIM}
+
     def __init__(self, *args: Any, members: Members | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tracker = Tracker()
@@ -193,6 +208,8 @@ class SwarmFileServer(FileServer):
             raise ProtocolError("claim: too many blocks in one request")
         blocks = self._index.blocks
         hashes = [h for i in range(0, len(raw), HASH_LEN) if (h := raw[i:i + HASH_LEN]) in blocks]
-        claimant = f"{request.user or ''} {self._serve_endpoint(request) or ''}"
-        granted = self.tracker.claim(tree, claimant, hashes, request.body["force"])
+        serve = self._serve_endpoint(request)
+        if serve is None:  # it serves nobody, so nobody may wait for it: granted, as with force, not recorded
+            return wire.reply_frames(request.rid, None, [b"".join(hashes)])
+        granted = self.tracker.claim(tree, f"{request.user or ''} {serve}", hashes, request.body["force"])
         return wire.reply_frames(request.rid, None, [b"".join(granted)])
