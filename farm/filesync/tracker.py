@@ -15,7 +15,9 @@
   delivers. So the controller sends each block about once, whatever the number of agents.
 
 State is bounded: at most `MAX_PEERS` registrations per tree, for published trees only, claims
-only on blocks of published trees; registrations end after `TTL_S` without a refresh.
+only on blocks of published trees; registrations end after `TTL_S` without a refresh, or at
+once when the controller drops the agent behind them (`Tracker.forget_agent`: it said BYE, went
+silent, lost its connection or had its key revoked).
 """
 
 from __future__ import annotations
@@ -106,6 +108,26 @@ class Tracker:
                     claims[block_hash] = (claimant, now)
                     granted.append(block_hash)
         return granted
+
+    def forget_agent(self, key: str, agent: str) -> int:
+        """Drop every registration of the agent with this key ("" without keys) and id, in every
+        tree, and the block claims its block servers held: the controller saw it leave or die, so
+        nobody is offered it (a failed fetch and a retry each) until `ttl` or a report sets it
+        aside. Returns how many registrations went."""
+        who = _identity("", key, agent)
+        with self._lock:
+            gone: list[str] = []
+            for peers in self._peers.values():
+                for endpoint in [e for e, entry in peers.items() if entry.who == who]:
+                    del peers[endpoint]
+                    gone.append(endpoint)
+            claimants = {f"{key} {endpoint}" for endpoint in gone}
+            for claims in self._claims.values() if claimants else ():
+                for block_hash in [h for h, (claimant, _) in claims.items() if claimant in claimants]:
+                    del claims[block_hash]  # another agent may fetch it now, not after `claim_s`
+        if gone:
+            log.info("agent %s left: %d block server registrations dropped", agent[:MAX_AGENT], len(gone))
+        return len(gone)
 
     def forget(self, tree: str) -> None:
         with self._lock:

@@ -1,0 +1,93 @@
+"""An agent the controller drops is offered to nobody from then on, not for the tracker's TTL.
+
+Before, a registration lasted `TTL_S` (600 s) or until a peer reported it dead, so agents
+were offered block servers of agents that had left, each costing a failed fetch and a retry.
+Real controller, real `farm agent` processes with peers on, real file-service requests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from conftest import wait_for
+from test_filesync_peers import (  # noqa: F401 (fixtures)
+    WAIT_S,
+    Agents,
+    farm_agents,
+    file_service,
+    project_with_assets,
+)
+
+from farm.client import Client
+from farm.filesync import FileClient, wire
+from farm.filesync.tracker import TTL_S
+from farm.project import load_project
+
+
+def offered(endpoint: str, tree: str) -> set[str]:
+    """The block servers the tracker offers an observer (no block server of its own) for `tree`."""
+    with FileClient(endpoint, timeout=WAIT_S) as observer:
+        body, _ = observer._call(wire.PEERS, {"tree": tree, "serve": None, "members": None, "agent": "observer"})
+    return {endpoint for endpoint, _ in body["peers"]}
+
+
+def claim(client: FileClient, serve: str, hashes: list[bytes]) -> list[bytes]:
+    _, payloads = client._call(wire.CLAIM, {"tree": "t", "serve": serve, "force": False}, [b"".join(hashes)])
+    raw = bytes(wire.view(payloads[0]))
+    return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+
+
+def test_agents_that_leave_or_die_are_no_longer_offered(controller, farm_agents: Agents, tmp_path: Path):  # noqa: F811
+    tracker = controller.assets.server.tracker
+    assert TTL_S > 3 * WAIT_S  # what follows is the drop, not the TTL
+    first, second = farm_agents.start(controller.url), farm_agents.start(controller.url)
+    wait_for(lambda: len(controller.status()["agents"]) == 2, WAIT_S, "two agents")
+    folder = project_with_assets(tmp_path / "project", jobs=1)
+    (folder / "farm.toml").write_text('[project]\nname = "peers"\nmedia_type = "synthetic"\n\n'
+                                      "[synthetic]\njobs = 400\nsleep = 0.1\n")  # runs all along
+
+    def served_by(agent: int) -> dict[str, str]:
+        """endpoint -> tree, of the registrations the tracker holds for agent-N."""
+        return {e: tree for tree in list(tracker._peers) for e, entry in dict(tracker._peers.get(tree, {})).items()
+                if entry.who[1] == f"agent-{agent}"}
+
+    with Client(controller.url, timeout=WAIT_S) as client:
+        run = client.submit(load_project(folder))
+        # both synced (neither fetches any more, so neither reports the other dead) and registered
+        wait_for(lambda: all(farm_agents.synced(i) and served_by(i) for i in (first, second)), WAIT_S,
+                 "both agents to sync and register")
+        (left, tree), = served_by(first).items()
+        (killed, _), = served_by(second).items()
+        assert offered(controller.assets.endpoint, tree) == {left, killed}
+
+        farm_agents.procs[first].send_signal(signal.SIGTERM)  # it says BYE
+        assert farm_agents.procs[first].wait(WAIT_S) == 0
+        wait_for(lambda: not served_by(first), WAIT_S, "the departed agent's registration to go")
+        assert offered(controller.assets.endpoint, tree) == {killed}
+
+        os.kill(farm_agents.procs[second].pid, signal.SIGKILL)  # no BYE: the controller declares it gone
+        farm_agents.procs[second].wait()
+        wait_for(lambda: not served_by(second), WAIT_S, "the dead agent's registration to go")
+        assert offered(controller.assets.endpoint, tree) == set()
+        assert controller.registry.by_id(f"agent-{second}") is None
+        client.cancel(run)
+
+
+def test_forgetting_an_agent_drops_its_registrations_in_every_tree_and_frees_its_claims(
+        file_service):  # noqa: F811 (the fixture)
+    server, _ = file_service
+    blocks = sorted(server._index.blocks)[:3]
+    with FileClient(server.endpoint, timeout=WAIT_S) as a1, FileClient(server.endpoint, timeout=WAIT_S) as a2:
+        a1._call(wire.PEERS, {"tree": "t", "serve": "tcp://127.0.0.1:1", "members": None, "agent": "a1"})
+        a2._call(wire.PEERS, {"tree": "t", "serve": "tcp://127.0.0.1:2", "members": None, "agent": "a2"})
+        assert claim(a1, "tcp://127.0.0.1:1", blocks) == blocks
+        assert claim(a2, "tcp://127.0.0.1:2", blocks) == []  # a1 holds them (for CLAIM_S)
+        assert server.tracker.forget_agent("", "someone-else") == 0
+        assert offered(server.endpoint, "t") == {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"}
+        assert server.tracker.forget_agent("", "a1") == 1
+        assert offered(server.endpoint, "t") == {"tcp://127.0.0.1:2"}
+        assert claim(a2, "tcp://127.0.0.1:2", blocks) == blocks  # at once, not after CLAIM_S
+        assert server.tracker.forget_agent("other-key", "a2") == 0  # another key's agent of that id
+        assert offered(server.endpoint, "t") == {"tcp://127.0.0.1:2"}
