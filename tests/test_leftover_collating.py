@@ -52,9 +52,10 @@ def held_collate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 
 
 def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synthetic, held_collate):
-    assert JOB_STATES == get_args(JobState)  # the API accepts exactly the controller's states
+    assert get_args(JobState) == JOB_STATES  # the API accepts exactly the controller's states
     agents(web.controller.url, 2)
-    submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16))  # outputs: collated on the thread
+    # with outputs: collated on the collator thread (a result without any is collated at once)
+    submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16))
     wait_for(lambda: web.controller.runs, 30, "the run")
     run = next(iter(web.controller.runs.values()))
     # every job rendered: each is done or waiting in the collator (HELD, and those queued behind it)

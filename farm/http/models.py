@@ -16,7 +16,8 @@ class _Open(BaseModel):
 
 
 class Progress(_Open):
-    jobs: dict[str, int | None] = Field(description="total (null until known), done, failed, reused, running, collating")
+    jobs: dict[str, int | None] = Field(
+        description="total (null until known), done, failed, reused, running, collating")
     units: dict[str, Any] | None = Field(description="Progress in the media's own units, where reported.")
 
 
