@@ -13,10 +13,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from conftest import Background, wait_for
+from dashboard_helpers import browser, js, open_project  # noqa: F401 (a fixture)
 from farm_synthetic import Synthetic, job_key
 from http_helpers import HttpFarm, start_http_farm
 
@@ -51,8 +52,9 @@ def held_collate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     release.set()
 
 
-def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synthetic, held_collate):
-    assert get_args(JobState) == JOB_STATES  # the API accepts exactly the controller's states
+def held_run(web: HttpFarm, agents: Any, synthetic: Any) -> tuple[Any, Background, list[str]]:
+    """A run of `JOBS` jobs, all rendered, `HELD` among those being collated: (the controller's
+    run, its submitter, the keys being collated)."""
     agents(web.controller.url, 2)
     # with outputs: collated on the collator thread (a result without any is collated at once)
     submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16))
@@ -61,8 +63,12 @@ def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synt
     # every job rendered: each is done or waiting in the collator (HELD, and those queued behind it)
     wait_for(lambda: run.exhausted and run.done + len(run.collating) == JOBS and HELD in run.collating,
              60, "every job rendered, HELD's collate held")
-    collating = sorted(run.collating)
+    return run, submitted, sorted(run.collating)
 
+
+def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synthetic, held_collate):
+    assert get_args(JobState) == JOB_STATES  # the API accepts exactly the controller's states
+    run, submitted, collating = held_run(web, agents, synthetic)
     listing = web.get(f"/api/v1/projects/{run.id}/jobs").json()
     by_state: dict[str, list[str]] = {}
     for job in listing["jobs"]:
@@ -92,3 +98,20 @@ def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synt
     wait_for(submitted.done, 60, "the run's end")
     assert submitted.summary is not None and submitted.summary.ok and submitted.summary.done == JOBS
     assert web.get(f"/api/v1/projects/{run.id}/jobs", params={"state": "collating"}).json()["jobs"] == []
+
+
+def test_the_dashboard_lists_and_filters_jobs_being_collated(web, agents, synthetic, held_collate, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    run, submitted, collating = held_run(web, agents, synthetic)
+    open_project(browser, web.base, run.id)
+    rows = ("return [...document.querySelectorAll('#jobs tr[data-key]')]"
+            ".map(r => [r.dataset.key, r.cells[1].textContent])")
+    every = sorted([key, "collating" if key in collating else "done"] for key in map(job_key, range(JOBS)))
+    wait_for(lambda: sorted(js(browser, rows)) == every, 30, "every job listed, those being collated as such")
+    Select(browser.find_element(By.ID, "job-filter")).select_by_value("collating")
+    only = [[key, "collating"] for key in collating]
+    wait_for(lambda: js(browser, rows) == only, 30, "only those being collated")
+    held_collate.set()
+    wait_for(submitted.done, 60, "the run's end")

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 AGENT_MESSAGES = {T.HELLO, T.RESULTS, T.PROGRESS, T.HEARTBEAT, T.BYE}
 MAX_BROKEN_TEXT = 4000  # characters of a broken agent's error kept and shown
+MAX_DEPARTED = 4096  # dropped agents whose block servers are offered again if the same process returns
 
 
 class AgentSide:
@@ -105,6 +106,7 @@ class AgentSide:
         if previous is not None:
             claims.pop(previous.identity, None)
         claims[identity] = claimed
+        self._restore_registrations(agent, claimed)
         if agent.broken:
             log.warning("agent %s on %s is broken and takes no jobs: %s", agent.id, agent.host, agent.broken)
             self.events.publish("agent.broken", None, None, agent.id, {"host": agent.host, "reason": agent.broken})
@@ -210,7 +212,26 @@ class AgentSide:
         key = agent.key or ""
         if any(claims.get(a.identity) == claimed and (a.key or "") == key for a in self.registry):
             return
-        self.assets.server.tracker.forget_agent(key, claimed)
+        if self.assets.server.tracker.forget_agent(key, claimed) and agent.session:
+            departed = self._departed()
+            departed[(key, claimed)] = agent.session
+            while len(departed) > MAX_DEPARTED:
+                del departed[next(iter(departed))]  # the oldest: its registrations expire first anyway
+
+    def _restore_registrations(self, agent: AgentState, claimed: str) -> None:
+        """The same process back (its secret session) after it was dropped, e.g. for a silence
+        longer than its liveness: its block servers serve still, so they are offered again."""
+        key = agent.key or ""
+        session = self._departed().pop((key, claimed), None)
+        if session is not None and session == agent.session:
+            self.assets.server.tracker.restore_agent(key, claimed)
+
+    def _departed(self) -> dict[tuple[str, str], str]:
+        """(key, claimed id) -> session, of agents dropped with block server registrations (oldest first)."""
+        found = getattr(self, "_departed_sessions", None)
+        if found is None:
+            found = self._departed_sessions = {}
+        return found
 
     def _drop_revoked(self) -> int:
         """Cut off at once the agents whose key is no longer allowed (`farm keys revoke`); their jobs go
