@@ -70,6 +70,8 @@ def status_text(report: dict[str, Any]) -> str:
         state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
         line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
                 f"  {p['failed']} failed  {p['running']} running")
+        if p.get("collating"):  # rendered, outputs being written: neither running nor done
+            line += f"  {p['collating']} collating"
         units = p.get("units") or {}
         if units.get("name", "jobs") != "jobs":  # the media's own count: tiles, frames, seconds
             line += f"  {units['name']} {format_count(units['done'])}/{format_count(units['total'])}"
