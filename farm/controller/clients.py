@@ -128,12 +128,13 @@ class ClientSide:
             self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
             return
         self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True,
-                        facts=body["project"].get("facts"))
+                        facts=body["project"].get("facts"), shown_as=body["project"]["root"])
 
     def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool,
-                   facts: Any = None) -> None:
-        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
-        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts,
+                   facts: Any = None, shown_as: Any = None) -> None:
+        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read.
+        ``shown_as``: an upload's folder as its submitter knows it, for errors (`intake.as_submitted`)."""
+        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts, shown_as=shown_as,
                          then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
 
     def _intake_done(self, intake: Intake) -> None:

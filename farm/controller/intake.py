@@ -95,8 +95,12 @@ class IntakeQueue:
         return None
 
     def read(self, identity: bytes, root: Any, output: Any, *, uploaded: bool,
-             then: Callable[[Prepared], None], facts: Any = None) -> None:
-        """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`)."""
+             then: Callable[[Prepared], None], facts: Any = None, shown_as: Any = None) -> None:
+        """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`).
+
+        ``shown_as``: for an upload, the submitter's own project folder (as its SUBMIT named it): an
+        error names that instead of ``root``, our upload folder (see `as_submitted`).
+        """
         self._pending[identity] = self._pending.get(identity, 0) + 1
         intake = Intake(identity, then)
 
@@ -105,10 +109,11 @@ class IntakeQueue:
                 intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes,
                                         limits=self.limits, facts=facts)
             except FarmError as exc:  # a farm.toml nested too deeply too (`farm.tomltext`)
-                intake.error = str(exc)
+                intake.error = as_submitted(str(exc), root, shown_as) if uploaded else str(exc)
             except Exception as exc:  # whatever a hostile folder provokes is an answer, never a crash
                 log.warning("reading a submitted project failed: %s: %s", type(exc).__name__, exc)
-                intake.error = f"cannot read the project: {type(exc).__name__}: {exc}"
+                error = f"cannot read the project: {type(exc).__name__}: {exc}"
+                intake.error = as_submitted(error, root, shown_as) if uploaded else error
             finally:
                 self._done.put(intake)
 
@@ -168,6 +173,24 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
     manifest = build_manifest(project.root, assets, hash_cache=hashes, deadline=deadline,
                               limits=Limits(max_files=limits.max_files, max_total_size=limits.max_total_bytes))
     return Prepared(project, media, manifest)
+
+
+def as_submitted(message: str, folder: Any, submitted: Any) -> str:
+    """An error about an uploaded project, naming the submitter's folder instead of ours.
+
+    The upload folder is under the controller's state folder: its path means nothing to the
+    submitter (who must find line 4 of *their* farm.toml) and is not theirs to know. ``submitted``
+    is the root the SUBMIT named, untrusted but only ever shown back to the peer that sent it;
+    text that could not be a path is replaced by a neutral name.
+    """
+    try:
+        shown = check_path_text(submitted, "project folder")
+    except IntakeError:
+        shown = "<your project>"
+    ours = {str(folder), os.path.realpath(str(folder)), os.path.abspath(str(folder))}
+    for path in sorted(ours, key=len, reverse=True):  # a longer spelling before its prefix
+        message = message.replace(path, shown)
+    return message
 
 
 def check_path_text(value: Any, what: str) -> str:
