@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from farm.controller import history
-from farm.controller.intake import Intake, Prepared
+from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
@@ -125,7 +125,8 @@ class ClientSide:
             return
         identity, body, folder = found
         if not upload.ok:
-            self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
+            error = path_replaced(str(upload.error), folder, "the controller's copy")  # not our state path
+            self._send(identity, T.ERROR, {"message": f"project upload failed: {error}"})
             return
         self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True,
                         facts=body["project"].get("facts"), shown_as=body["project"]["root"])

@@ -187,6 +187,11 @@ def as_submitted(message: str, folder: Any, submitted: Any) -> str:
         shown = check_path_text(submitted, "project folder")
     except IntakeError:
         shown = "<your project>"
+    return path_replaced(message, folder, shown)
+
+
+def path_replaced(message: str, folder: Any, shown: str) -> str:
+    """``message`` with every spelling of ``folder`` (as given, absolute, symlinks resolved) as ``shown``."""
     ours = {str(folder), os.path.realpath(str(folder)), os.path.abspath(str(folder))}
     for path in sorted(ours, key=len, reverse=True):  # a longer spelling before its prefix
         message = message.replace(path, shown)
