@@ -20,10 +20,7 @@ from sched_helpers import install_plugin
 
 from farm.cli.jobs import jobs_text
 from farm.client import Client
-try:
-    from farm.controller.intake import as_submitted
-except ImportError:
-    as_submitted = None
+from farm.controller.intake import as_submitted
 
 FARM = [sys.executable, "-m", "farm"]
 FAILING = "job-0000001"
@@ -41,7 +38,8 @@ def one_json(out: str) -> dict:
 
 def test_download_exits_as_submit_does_and_jobs_lists_the_run(controller, agents, synthetic, tmp_path):
     agents(controller.url, 1)
-    project = synthetic(jobs=4, output_bytes=64, fail=[FAILING], extra="[jobs]\nmax_attempts = 1\n", name="synf")
+    project = synthetic(jobs=4, output_bytes=64, fail=[FAILING], extra="[jobs]\nmax_attempts = 1\n",
+                        name="synf")
     submitted = farm("submit", "-c", controller.url, str(project))
     assert submitted.returncode == 1, submitted.stderr
 
@@ -73,7 +71,7 @@ def test_download_exits_as_submit_does_and_jobs_lists_the_run(controller, agents
     page = farm("jobs", "-c", controller.url, "synf", "--limit", "2", "--offset", "1")
     assert page.returncode == 0 and "jobs 2-3 of 4" in page.stdout
     assert len(page.stdout.splitlines()) == 5  # title, header, two rows, what is left
-    assert page.stdout.splitlines()[-1] == f"1 more: farm jobs {report['id']} --offset 3"
+    assert page.stdout.splitlines()[-1] == f"1 more: farm jobs {report['id']} --limit 2 --offset 3"
 
     only = farm("jobs", "-c", controller.url, report["id"], "--state", "failed", "--json")
     listing = one_json(only.stdout)
@@ -156,7 +154,8 @@ def test_an_upload_error_names_the_submitted_folder_in_every_spelling_of_ours(tm
     (tmp_path / "alias").symlink_to(tmp_path / "state")
     spelled = tmp_path / "alias" / "uploads" / "ab12"
     message = f"{os.path.realpath(spelled)}/farm.toml:3: bad; {spelled}/a.xml: missing"
-    assert as_submitted(message, spelled, "/home/u/map") == "/home/u/map/farm.toml:3: bad; /home/u/map/a.xml: missing"
+    shown = as_submitted(message, spelled, "/home/u/map")
+    assert shown == "/home/u/map/farm.toml:3: bad; /home/u/map/a.xml: missing"
     # what could not be a path is not echoed back: a neutral name instead
     for hostile in ("", "a\0b", 5, None, "x" * 5000):
         shown = as_submitted(f"{spelled}/farm.toml:1: bad", spelled, hostile)
@@ -165,8 +164,10 @@ def test_an_upload_error_names_the_submitted_folder_in_every_spelling_of_ours(tm
 
 def test_the_jobs_table_shows_a_failed_jobs_first_error_line_and_what_is_unlisted():
     page = {"project": "p-1", "total": 3, "offset": 0, "limit": 100, "unlisted": 40, "jobs": [
-        {"key": "k-running", "state": "running", "attempts": 2, "agent": "a1", "duration_s": 75.4, "error": None},
-        {"key": "k-queued", "state": "queued", "attempts": None, "agent": None, "duration_s": None, "error": None},
+        {"key": "k-running", "state": "running", "attempts": 2, "agent": "a1", "duration_s": 75.4,
+         "error": None},
+        {"key": "k-queued", "state": "queued", "attempts": None, "agent": None, "duration_s": None,
+         "error": None},
         {"key": "k-failed", "state": "failed", "attempts": 3, "agent": "a2", "duration_s": None,
          "error": "Traceback (most recent call last):\n  File x\nValueError: boom"},
     ]}

@@ -20,6 +20,7 @@ from farm.cli.status import connect
 from farm.words import counted
 
 ERROR_WIDTH = 100  # characters of a failed job's error shown in the table (the first line only)
+DEFAULT_LIMIT = 100  # jobs a page lists unless asked (the API's default too)
 COLUMNS = ("KEY", "STATE", "ATTEMPTS", "AGENT", "TIME", "ERROR")
 
 
@@ -28,7 +29,8 @@ def jobs(
     state: Annotated[Optional[str], typer.Option(
         "--state", help="Only jobs in this state: running, collating (rendered, outputs being written), "
                         "queued, failed (for good), done or reused.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="List at most this many jobs.")] = 100,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, max=1000, help="List at most this many jobs.")] = DEFAULT_LIMIT,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many jobs first (paging).")] = 0,
     controller: ControllerUrl = None,
     as_json: AsJson = False,
@@ -55,11 +57,12 @@ def jobs_text(page: dict[str, Any], state: str | None = None) -> str:
     if rows:
         widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS) - 1)]
         for r in [COLUMNS, *rows]:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) + "  " + r[-1])
         lines = [line.rstrip() for line in lines]
     if last < page["total"] and rows:
-        lines.append(f"{page['total'] - last:,} more: farm jobs {page['project']}"
-                     + (f" --state {state}" if state else "") + f" --offset {last}")
+        more = (f" --state {state}" if state else "") \
+            + (f" --limit {page['limit']}" if page["limit"] != DEFAULT_LIMIT else "")
+        lines.append(f"{page['total'] - last:,} more: farm jobs {page['project']}{more} --offset {last}")
     if page.get("unlisted"):
         lines.append(f"{counted(page['unlisted'], 'job')} not split off yet (not listed)")
     return "\n".join(lines)

@@ -159,7 +159,8 @@ def download(
                             + ("" if summary.ok else f" (the run {summary.state})"))
         client.download(summary, folder)
     if as_json:
-        typer.echo(json.dumps({"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder)}))
+        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder)}
+        typer.echo(json.dumps(report))
     else:
         typer.echo(summary_text(summary))
     if not summary.ok:  # as `farm submit`: `farm download RUN DIR && publish` publishes only a whole run
