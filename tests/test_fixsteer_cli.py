@@ -101,8 +101,13 @@ def test_download_exit_code_of_a_whole_run_and_of_a_cancelled_one(controller, ag
     submit = subprocess.Popen([*FARM, "submit", "-c", controller.url, str(stuck)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(r.project.name == "stuck" and r.leases for r in list(controller.runs.values())),
-                 120, "a job of the run to be running")
+        wait_for(lambda: any(r.project.name == "stuck" and "job-0000002" in r.leases
+                             for r in list(controller.runs.values())), 120, "the hanging job to be running")
+        running = farm("jobs", "-c", controller.url, "stuck", "--state", "running")
+        rows = {line.split()[0]: line.split()[1:] for line in running.stdout.splitlines()[2:]}
+        state, attempts, agent, took = rows["job-0000002"]  # it hangs: running until cancelled
+        assert (state, attempts, agent) == ("running", "1", "agent-0")
+        assert took.endswith("s") and float(took[:-1]) >= 0  # how long it has run so far
         with Client(controller.url) as client:
             assert client.cancel("stuck").state == "cancelled"
         assert submit.wait(120) == 1
