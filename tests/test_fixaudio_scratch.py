@@ -4,7 +4,7 @@ as large as the decoded audio) and their range records go with every way finaliz
 A run with jobs that failed for good keeps them while its state lives, because `farm retry`
 runs those jobs again and the next finalize needs the ranges already joined; they go when the
 run's state is dropped or the process exits (`farm submit` ends). Real ffmpeg, a real
-embedded farm for the case.
+embedded farm for the case, a real controller and agent for `farm retry`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 from audio_helpers import whole_file
+from conftest import wait_for
+from control_helpers import EventLog
 from farm_audio import ffmpeg
-from test_audio_cases import case_copy, submit
+from test_audio_cases import case_copy
+from test_audio_cases import submit as farm_submit_cli
 
+from farm.client import Client, submit
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, RenderContext
 from farm.plugins import get_plugins
@@ -33,9 +37,12 @@ def loudnorm_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return case_copy(tmp_path_factory.mktemp("cases"), "audio-loudnorm-silent-and-hot")
 
 
-@pytest.mark.parametrize(("case", "fix"), [("hotter", 'filters = "volume='), ("silent", "the input is silent")])
-def test_the_case_fails_with_its_reason_once_and_leaves_no_join(loudnorm_case: Path, case: str, fix: str) -> None:
-    done = submit(loudnorm_case / case)
+@pytest.mark.parametrize(("case", "fix"), [("hotter", 'filters = "volume='),
+                                           ("silent", "the input is silent")])
+def test_the_case_fails_with_its_reason_once_and_leaves_no_join(
+    loudnorm_case: Path, case: str, fix: str
+) -> None:
+    done = farm_submit_cli(loudnorm_case / case)
     assert done.returncode == 1, done.stderr
     assert fix in done.stdout + done.stderr
     assert hidden(loudnorm_case / case / "output") == []  # was .src.join.f64le (3.8 MB) and its .ranges
@@ -145,3 +152,37 @@ def test_a_later_run_that_took_the_joins_over_keeps_them_when_the_failed_one_is_
     assert any(".join." in n for n in hidden(project.output_dir))
     assert_whole_file_bytes(project, media.finalize(again), tmp_path)  # with the failed run's ranges
     assert hidden(project.output_dir) == []
+
+
+FAIL_ONCE = """#!/bin/bash
+# the real ffmpeg, but the render of segment-00002 fails the first time (then leaves a mark)
+case "$*" in *segment-00002.*)
+    if [ ! -e "{mark}" ]; then touch "{mark}"; echo "injected failure" >&2; exit 1; fi;;
+esac
+exec "{ffmpeg}" "$@"
+"""
+
+
+def test_farm_retry_of_a_failed_segment_finishes_from_the_kept_joins(
+    controller, agents, project: Project, tmp_path: Path
+) -> None:
+    """Real controller and agent: the segment fails for good, the run fails keeping its joins;
+    `farm retry` renders that segment alone and the run finishes, its joins gone."""
+    wrapper = tmp_path / "ffmpeg-fail-once"
+    wrapper.write_text(FAIL_ONCE.format(mark=tmp_path / "failed-once", ffmpeg=ffmpeg.ffmpeg_exe()))
+    wrapper.chmod(0o755)
+    with (project.root / "farm.toml").open("a") as toml:
+        toml.write("\n[jobs]\nmax_attempts = 1\n")
+    log = EventLog(controller)
+    agents(controller.url, 1, env={ffmpeg.FFMPEG_ENV: str(wrapper)})
+    summary = submit(controller.url, load_project(project.root))
+    assert summary.state == "failed" and [f["job"] for f in summary.failures] == ["segment-00002"]
+    assert any(".join." in n for n in hidden(project.output_dir))  # kept: the retry needs them
+    with Client(controller.url) as client:
+        assert client.retry(summary.id)["retried"] == ["segment-00002"]
+    wait_for(lambda: len(log.of("run.finished", summary.id)) >= 2, 120, "the retried run to finish")
+    finished = log.of("run.finished", summary.id)[-1]
+    assert finished.data["state"] == "done", finished.data
+    assert sorted(p.name for p in project.output_dir.iterdir()) == ["source.flac", "source.mp3"]
+    assert_whole_file_bytes(project, [project.output_dir / "source.flac", project.output_dir / "source.mp3"],
+                            tmp_path)

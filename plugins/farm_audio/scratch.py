@@ -31,7 +31,8 @@ def _remove(paths: tuple[Path, ...]) -> None:
 
 
 class Scratch:
-    """Files to remove when the run ends: now (`remove`) or when this object is dropped (`remove_when_dropped`)."""
+    """Files to remove when the run ends: now (`remove`), or once this object is dropped
+    (`remove_when_dropped`)."""
 
     def __init__(self, paths: Iterable[Path]) -> None:
         self.paths = tuple(paths)
