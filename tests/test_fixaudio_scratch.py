@@ -10,6 +10,7 @@ embedded farm for the case, a real controller and agent for `farm retry`.
 from __future__ import annotations
 
 import gc
+import threading
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,36 @@ def test_farm_retry_of_a_failed_segment_finishes_from_the_kept_joins(
     wait_for(lambda: len(log.of("run.finished", summary.id)) >= 2, 120, "the retried run to finish")
     finished = log.of("run.finished", summary.id)[-1]
     assert finished.data["state"] == "done", finished.data
+    assert sorted(p.name for p in project.output_dir.iterdir()) == ["source.flac", "source.mp3"]
+    assert_whole_file_bytes(project, [project.output_dir / "source.flac", project.output_dir / "source.mp3"],
+                            tmp_path)
+
+
+def test_a_cancelled_run_keeps_its_joins_and_the_next_submit_takes_them_over(
+    controller, agents, tmp_path: Path
+) -> None:
+    """The plugin is not told of a cancel: the joins stay (docs/media-audio.md, step 7); the
+    same project submitted again continues from them, finishes, and leaves no scratch file."""
+    root = tmp_path / "long"
+    root.mkdir()
+    ffmpeg.run(["-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=60",
+                "-c:a", "flac", str(root / "source.flac")])
+    (root / "farm.toml").write_text('[project]\nname = "long"\nmedia_type = "audio"\n\n[audio]\n'
+                                    'input = "source.flac"\nfilters = "highpass=f=100"\nsegment = 0.5\n'
+                                    'outputs = ["flac", "mp3"]\n')
+    project = load_project(root)
+    agents(controller.url, 1)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(submit(controller.url, project)), daemon=True)
+    thread.start()
+    wait_for(lambda: any(".join." in n for n in hidden(project.output_dir)), 120, "the first segment joined")
+    with Client(controller.url) as client:
+        cancelled = client.cancel("long")
+    thread.join(60)
+    assert cancelled.state == "cancelled" and cancelled.done < 120, cancelled
+    assert any(".join." in n for n in hidden(project.output_dir))
+    again = submit(controller.url, load_project(root))
+    assert again.state == "done", again
     assert sorted(p.name for p in project.output_dir.iterdir()) == ["source.flac", "source.mp3"]
     assert_whole_file_bytes(project, [project.output_dir / "source.flac", project.output_dir / "source.mp3"],
                             tmp_path)
