@@ -52,11 +52,12 @@ def test_the_case_fails_with_its_reason_once_and_leaves_no_join(
     assert "RenderError(" not in done.stdout + done.stderr
 
 
-def make_project(root: Path) -> Project:
+def make_project(root: Path, seconds: int = 2, name: str = "t") -> Project:
+    """A sine of ``seconds`` in 0.5 s segments, encoded to FLAC and MP3 (two streams)."""
     root.mkdir()
-    ffmpeg.run(["-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
+    ffmpeg.run(["-y", "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
                 "-c:a", "flac", str(root / "source.flac")])
-    (root / "farm.toml").write_text('[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\n'
+    (root / "farm.toml").write_text(f'[project]\nname = "{name}"\nmedia_type = "audio"\n\n[audio]\n'
                                     'input = "source.flac"\nfilters = "highpass=f=100"\nsegment = 0.5\n'
                                     'outputs = ["flac", "mp3"]\n')
     return load_project(root)
@@ -195,13 +196,7 @@ def test_a_cancelled_run_keeps_its_joins_and_the_next_submit_takes_them_over(
     """The plugin is not told of a cancel: the joins stay (docs/media-audio.md, step 7); the
     same project submitted again continues from them, finishes, and leaves no scratch file."""
     root = tmp_path / "long"
-    root.mkdir()
-    ffmpeg.run(["-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=60",
-                "-c:a", "flac", str(root / "source.flac")])
-    (root / "farm.toml").write_text('[project]\nname = "long"\nmedia_type = "audio"\n\n[audio]\n'
-                                    'input = "source.flac"\nfilters = "highpass=f=100"\nsegment = 0.5\n'
-                                    'outputs = ["flac", "mp3"]\n')
-    project = load_project(root)
+    project = make_project(root, seconds=60, name="long")
     agents(controller.url, 1)
     first: list = []
     thread = threading.Thread(target=lambda: first.append(submit(controller.url, project)), daemon=True)
