@@ -487,7 +487,7 @@ class ProjectRun(RunReport):
         except Exception as exc:
             if not (self.error or self.failures):
                 raise
-            log.warning("%s: finalize of a partial run failed: %r", self.project.name, exc)
+            log.warning("%s: finalize of a partial run failed: %s", self.project.name, exc)
             return []
 
     def finished(self, outputs: list[str], error: str | None) -> None:

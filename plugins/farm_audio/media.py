@@ -4,7 +4,7 @@ split: one job per segment (plus loudnorm's analysis first; with loudnorm last t
 render beside it and the encoders apply its gain, else they depend on it).
 render: the segment's PCM, on a render node. collate: written into one raw PCM file at its
 offset, as it arrives; each output is encoded while the join fills. finalize: every range
-checked, then the encoders get the rest.
+checked, then the encoders get the rest; the joins are removed (`farm_audio.scratch`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from farm_audio.join import JoinError, PcmJoin
 from farm_audio.loudnorm import MEASURED
 from farm_audio.probe import RAW_BYTES
 from farm_audio.render import ANALYSIS_KEY, analyse_loudness, encode_filter, render_segment
+from farm_audio.scratch import Scratch
 from farm_audio.segments import Segment, count_segments, plan
 from farm_audio.source import job_source
 from farm_audio.stream import Encoders
@@ -34,6 +35,7 @@ from farm_audio.stream import Encoders
 _JOIN_KEY = "join"
 _ENCODERS_KEY = "encoders"
 _ANALYSIS_KEY = "loudnorm"
+_SCRATCH_KEY = "scratch"
 
 
 def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
@@ -156,6 +158,8 @@ class AudioSegments(MediaType):
                         fingerprint(s), s["samples"])
                 for fmt in s["streams"]
             ]
+            ctx.state[_SCRATCH_KEY] = Scratch(
+                [p for j in joins for p in (j.path, j.ranges_path)] + [_analysis_record(ctx)])
         return joins
 
     def _encoders(
@@ -199,8 +203,38 @@ class AudioSegments(MediaType):
         return found
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
-        s = ctx.project.settings
+        """The outputs (and ``<name>.loudnorm.json``); raises `RenderError` (a range missing, the
+        encoder failed). A run with failed jobs returns [] instead: their errors say why."""
         joins = self._joins(ctx)
+        scratch: Scratch = ctx.state[_SCRATCH_KEY]
+        try:
+            paths = self._finish(ctx, joins)
+        except BaseException as exc:
+            encoders = ctx.state.pop(_ENCODERS_KEY, None)
+            if encoders is not None:
+                encoders.abort()
+            if not ctx.failed:
+                self._end(ctx)
+                raise
+            scratch.remove_when_dropped()  # `farm retry` may run those jobs again: it needs what is joined
+            if not isinstance(exc, RenderError):
+                raise
+            # the failed jobs' own errors say why: this one would only repeat them
+            ctx.log.debug("%s: nothing encoded, %d jobs failed: %s", ctx.project.name, len(ctx.failed), exc)
+            return []
+        self._end(ctx)
+        s = ctx.project.settings
+        analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
+        return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
+
+    def _end(self, ctx: CollateContext) -> None:
+        """The run is over: its joins leave the state and their files are removed."""
+        ctx.state.pop(_JOIN_KEY, None)
+        ctx.state.pop(_SCRATCH_KEY).remove()
+
+    def _finish(self, ctx: CollateContext, joins: list[PcmJoin]) -> list[Path]:
+        """Check every range arrived, then let the encoders finish; raises `RenderError` (why not)."""
+        s = ctx.project.settings
         expected = [(seg.start, seg.samples, seg.last and s["tail"]) for seg in segments_of(s)]
         try:
             totals = {join.check(expected) for join in joins}
@@ -208,21 +242,12 @@ class AudioSegments(MediaType):
                 raise JoinError(f"the streams end at different samples: {sorted(totals)}")
             total = totals.pop()
         except JoinError as exc:
-            encoders = ctx.state.pop(_ENCODERS_KEY, None)
-            if encoders is not None:
-                encoders.abort()
             raise RenderError(f"cannot finish {s['name']}: {exc}") from None
         ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
         encoders = self._encoders(ctx, joins, finishing=True)  # a controller that restarted starts them here
         assert encoders is not None
         ctx.state.pop(_ENCODERS_KEY, None)
         try:
-            paths = encoders.finish(total)
+            return encoders.finish(total)
         except ffmpeg.FfmpegFailed as exc:
             raise RenderError(f"encoding failed: {exc.message}") from None
-        for join in joins:
-            join.remove()
-        _analysis_record(ctx).unlink(missing_ok=True)
-        ctx.state.pop(_JOIN_KEY, None)
-        analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
-        return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
