@@ -240,7 +240,11 @@ class Agent:
         problem = self.watcher.check() if self.watcher is not None else None
         if problem is not None and problem != self.refusal_logged:
             self.refusal_logged = problem
-            log.error("%s", problem)
+            if self.watcher is not None and self.watcher.absent:  # we retry on: no give-up, no ERROR
+                # an embedded farm's agent starts before its controller binds: nothing to say then
+                log.log(logging.DEBUG if self.parent_pid else logging.WARNING, "%s (still trying)", problem)
+            else:
+                log.error("%s", problem)
         if problem is not None and self.watcher is not None and self.watcher.lacks_keys:  # fixcli: stop
             self.refused_role, self.connected, self.stopping = problem, False, True
 
