@@ -283,7 +283,7 @@ def probe(url: str, timeout: float = 2.0) -> str:
     except ConnectionRefusedError:
         return "refused"
     except TimeoutError:
-        return f"no answer in {timeout:.0f}s"
+        return f"no {'TCP ' if path is None else ''}answer in {timeout:.0f}s"
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
 
