@@ -57,17 +57,20 @@ def test_status_at_an_ipc_address_where_nothing_listens_says_so(sockets, name, w
             assert f"nothing listens at {sockets}/{name} ({why})" in out, out
 
 
-def _agent(url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _agent(url: str, log: Path, embedded: bool) -> subprocess.Popen[bytes]:
+    """`farm agent`, or an embedded farm's agent as `farm.embedded.start_local_agents` starts it."""
+    cmd = ([sys.executable, "-m", "farm.agent.local", url, "--log-level", "debug"] if embedded
+           else [*FARM, "--log-level", "debug", "agent", "--controller", url])
     with open(log, "wb") as err:
-        return subprocess.Popen([*FARM, "--log-level", "debug", "agent", "--controller", url, "--slots", "1",
-                                 "--id", "agent-0", *extra], stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen([*cmd, "--slots", "1", "--id", "agent-0", "--parent-pid", str(os.getpid())],
+                                stdout=subprocess.DEVNULL, stderr=err)
 
 
 @pytest.mark.parametrize("embedded", [False, True])
 def test_an_agent_before_its_controller_warns_or_keeps_quiet_then_connects(sockets, tmp_path, embedded):
     url = f"ipc://{sockets}/jobs"
     log = tmp_path / "agent.err"
-    proc = _agent(url, log, *(["--parent-pid", str(os.getpid())] if embedded else []))
+    proc = _agent(url, log, embedded)
     controller = None
     try:
         wait_for(lambda: "nothing listens at" in log.read_text(), 120, "the agent to find nobody there")
