@@ -39,7 +39,8 @@ def _interrupted(project: Path, tmp_path: Path, *extra: str) -> tuple[subprocess
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()), _outputs(project)
+    ended = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
+    return ended, _outputs(project)
 
 
 def _project(tmp_path: Path) -> Path:

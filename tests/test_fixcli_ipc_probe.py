@@ -42,15 +42,15 @@ def test_probe_tells_a_missing_a_stale_and_a_listening_socket_file(sockets):
     assert probe(f"ipc://{sockets}/plain") not in ("open", MISSING)
 
 
-@pytest.mark.parametrize("name, why", [("nosock", "no such socket file"), ("gone/sock", "no such socket file"),
-                                       ("stale", "connection refused")])
+@pytest.mark.parametrize("name, why", [
+    ("nosock", "no such socket file"), ("gone/sock", "no such socket file"), ("stale", "connection refused")])
 def test_status_at_an_ipc_address_where_nothing_listens_says_so(sockets, name, why):
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(sockets / "stale"))
         url = f"ipc://{sockets}/{name}"
         for extra in ([], ["--json"]):
-            done = subprocess.run([*FARM, "status", "--controller", url, *extra], capture_output=True, text=True,
-                                  timeout=120)
+            done = subprocess.run([*FARM, "status", "--controller", url, *extra], capture_output=True,
+                                  text=True, timeout=120)
             out = done.stdout + done.stderr
             assert done.returncode == 1 and "Traceback" not in out, out
             assert "invalid literal" not in out and "firewall" not in out, out

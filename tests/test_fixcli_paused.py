@@ -24,14 +24,16 @@ def _status(url: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_a_paused_run_is_paused_in_status_the_progress_line_the_query_and_the_api(web, agents, synthetic, tmp_path):
+def test_a_paused_run_is_paused_in_status_the_progress_line_the_query_and_the_api(
+        web, agents, synthetic, tmp_path):  # noqa: F811 (the fixture)
     url = web.controller.url
     agents(url, 1)
     wait_for(lambda: web.controller.registry.by_id("agent-0"), 60, "the agent")
     log = tmp_path / "submit.err"
     with Client(url) as client, open(log, "w") as err:
         client.drain("agent-0")  # nothing runs: the run stays as it is while we look
-        follower = subprocess.Popen([*FARM, "submit", str(synthetic(jobs=4, name="held")), "--controller", url],
+        project = synthetic(jobs=4, name="held")
+        follower = subprocess.Popen([*FARM, "submit", str(project), "--controller", url],
                                     stdout=subprocess.DEVNULL, stderr=err)
         try:
             wait_for(lambda: client.status()["projects"], 60, "the run")
@@ -40,7 +42,7 @@ def test_a_paused_run_is_paused_in_status_the_progress_line_the_query_and_the_ap
             assert client.pause(run)["paused"] is True
 
             # the follower's next UPDATE says so at once (a change of stall reason prints a line)
-            wait_for(lambda: "waiting: paused" in log.read_text(), 60, "'waiting: paused' in submit's progress")
+            wait_for(lambda: "waiting: paused" in log.read_text(), 60, "'waiting: paused' in its progress")
             (shown,) = _status(url)["projects"]
             assert shown["paused"] is True and shown["stalled"] == "paused", shown
             assert client.project(run)["stalled"] == "paused"
