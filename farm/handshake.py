@@ -11,8 +11,10 @@ silence. A socket monitor tells them apart (libzmq 4.3's events, as seen on the 
 | the controller does not allow our key | HANDSHAKE_FAILED_AUTH with the ZAP status 400 |
 | the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL at every attempt (it cannot open our HELLO) |
 
-The monitor gives no errno, so when the connection never comes up one plain TCP connect
-(`probe`) tells "connection refused" from "no answer".
+The monitor gives no errno, so when the connection never comes up one plain connect
+(`probe`: TCP, or the ``ipc://`` socket file) tells "connection refused" from "no answer".
+Nothing listening is the one problem that can mend itself (a controller still starting):
+`HandshakeWatcher.absent` says a problem is of that kind, for a caller that retries anyway.
 
 A refused key that this controller accepted before (remembered in our keys folder,
 ``accepted/``, after each successful join or welcome) was revoked. Messages show the
@@ -104,6 +106,7 @@ class HandshakeWatcher:
         self.mismatch = False
         self.probed: str | None = None  # `probe`'s verdict, once asked
         self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
+        self.absent = False  # the last problem was nothing listening (or no answer): a later try may work
 
     @property
     def lacks_keys(self) -> bool:
@@ -120,12 +123,14 @@ class HandshakeWatcher:
                    store=getattr(security, "store", None), unreachable_after=unreachable_after)
 
     def check(self) -> str | None:
-        """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet)."""
+        """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet).
+        `absent` tells whether that reason is nobody there (yet)."""
         problem = None
         while self.monitor is not None and self.monitor.poll(0):
             event = parse_monitor_message(self.monitor.recv_multipart())
             found = self._judge(event["event"], event["value"])
             problem = problem or found
+        self.absent = False
         if problem is None and self.unreachable_after is not None and self._unreachable() \
                 and time.monotonic() - (self.refused_since or 0.0) >= self.unreachable_after:
             problem = self._nothing_listens()
@@ -135,14 +140,25 @@ class HandshakeWatcher:
         return not self.connected and self.refused_since is not None and self.retries >= 2
 
     def _nothing_listens(self) -> str:
+        self.absent = True
         if self.probed is None:
             self.probed = probe(self.url)
+        path = ipc_path(self.url)
+        if path is not None:  # a local socket file: refused or missing, nothing else can be wrong
+            why = {MISSING: "no such socket file", "refused": "connection refused", "open": "starting"}.get(
+                self.probed, self.probed)
+            return (f"no answer from the controller at {self.url}: nothing listens at {path} ({why}); "
+                    "is the controller running, and is that its address?")
         if self.probed in ("refused", "open"):  # open: something listens by now (a controller starting)
             return (f"no answer from the controller at {self.url}: nothing listens there (connection "
                     "refused); is the controller running, and is that its address and port?")
         return self._no_answer(self.probed)
 
     def _no_answer(self, why: str | None = None) -> str:
+        self.absent = True
+        if ipc_path(self.url) is not None:
+            return (f"no answer from the controller at {self.url}{f' ({why})' if why else ''}: something "
+                    "holds its socket file and does not answer; is the controller there busy or stuck?")
         where = self.url.removeprefix("tcp://")
         return (f"no answer from {where}{f' ({why})' if why else ''} — host down, wrong address, or a "
                 "firewall that drops the connection; is that the controller's address and port, and does its "
@@ -222,7 +238,7 @@ class HandshakeWatcher:
             if left <= 0:
                 if self._unreachable():
                     raise ConnectionLost(self._nothing_listens())
-                if not self.connected and self.url.startswith("tcp://"):
+                if not self.connected and (self.url.startswith("tcp://") or ipc_path(self.url) is not None):
                     self.probed = probe(self.url)
                     if self.probed != "open":
                         raise ConnectionLost(self._nothing_listens() if self.probed == "refused"
@@ -240,17 +256,34 @@ class HandshakeWatcher:
             self.monitor = None
 
 
+MISSING = "missing"  # `probe`: no socket file at an ipc:// address
+
+
+def ipc_path(url: str) -> str | None:
+    """The socket file of an ``ipc://PATH`` address (ZeroMQ's Unix domain socket), else None."""
+    return url.removeprefix("ipc://") if url.startswith("ipc://") else None
+
+
 def probe(url: str, timeout: float = 2.0) -> str:
-    """One plain TCP connect to a ``tcp://HOST:PORT``: "open", "refused" (RST: nothing listens),
-    or why there was no answer ("timed out", "host unreachable", ...)."""
-    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    """One plain connect to a ``tcp://HOST:PORT`` or to the socket file of an ``ipc://PATH``:
+    "open", "refused" (RST, or a socket file nobody listens on: nothing listens), `MISSING`
+    (no file at PATH), or why there was no answer ("timed out", "host unreachable", ...)."""
+    path = ipc_path(url)
     try:
+        if path is not None:
+            if not os.path.lexists(path):
+                return MISSING
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(timeout)
+                conn.connect(path)
+            return "open"
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return "open"
     except ConnectionRefusedError:
         return "refused"
     except TimeoutError:
-        return f"no TCP answer in {timeout:.0f}s"
+        return f"no {'TCP ' if path is None else ''}answer in {timeout:.0f}s"
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
 

@@ -103,6 +103,7 @@ class Agent:
         self.reintroduce = False
         self.watcher: HandshakeWatcher | None = None
         self.refusal_logged: str | None = None  # the last connection problem logged
+        self.absent_level = logging.WARNING  # nobody at the address (yet): we retry on, so no ERROR
         self.refused_role: str | None = None  # why the controller will not take our key as an agent's
         self.on_connect = on_connect
         self.caps, self.missing, self.media_types = detect(self.tags)
@@ -240,7 +241,10 @@ class Agent:
         problem = self.watcher.check() if self.watcher is not None else None
         if problem is not None and problem != self.refusal_logged:
             self.refusal_logged = problem
-            log.error("%s", problem)
+            if self.watcher is not None and self.watcher.absent:
+                log.log(self.absent_level, "%s (still trying)", problem)
+            else:
+                log.error("%s", problem)
         if problem is not None and self.watcher is not None and self.watcher.lacks_keys:  # fixcli: stop
             self.refused_role, self.connected, self.stopping = problem, False, True
 

@@ -53,8 +53,10 @@ def main(argv: list[str]) -> int:
 
     trace.mark("agent: starting")
     try:
-        Agent(args.controller, slots=args.slots, agent_id=args.id, parent_pid=args.parent_pid,
-              cache_bytes=CACHE_BYTES, local_assets=args.local_assets).run()
+        agent = Agent(args.controller, slots=args.slots, agent_id=args.id, parent_pid=args.parent_pid,
+                      cache_bytes=CACHE_BYTES, local_assets=args.local_assets)
+        agent.absent_level = logging.DEBUG  # our farm's controller may still be binding: no noise
+        agent.run()
     except FarmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

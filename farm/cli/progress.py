@@ -48,13 +48,20 @@ def format_count(value: float | None) -> str:
 
 
 class RateMeter:
-    """Units per second over a sliding window, so the ETA follows the current pace."""
+    """Units per second over a sliding window, so the ETA follows the current pace.
+
+    `add` gives None while unknown: under 0.3 s of samples, or just after the done units went
+    down (a restarted controller drops its jobs' partial progress): the window starts again
+    there, so a rate is never negative.
+    """
 
     def __init__(self, window: float = RATE_WINDOW_S) -> None:
         self.window = window
         self.samples: list[tuple[float, float]] = []
 
     def add(self, now: float, done: float) -> float | None:
+        if self.samples and done < self.samples[-1][1]:
+            self.samples.clear()
         self.samples.append((now, done))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.pop(0)
@@ -114,8 +121,12 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
     if pos.shows_jobs:
         parts.append(f"jobs {format_count(pos.jobs[0])}/{format_count(pos.jobs[1])}")
     remaining = pos.remaining
-    eta = remaining / rate if rate and remaining is not None else None
-    parts.append(f"{rate:,.1f} {pos.name}/s" if rate else f"-- {pos.name}/s")
+    if rate is not None and rate < 0:  # not from RateMeter; a caller's own sample: unknown
+        rate = None
+    shown = f"{rate:,.1f}" if rate is not None else "--"
+    # a rate that shows as 0.0 gives no ETA worth saying (hours from a trickle)
+    eta = remaining / rate if rate and shown != "0.0" and remaining is not None else None
+    parts.append(f"{shown} {pos.name}/s")
     parts.append(f"ETA {format_duration(eta)}")
     if update.get("failed"):
         parts.append(f"{update['failed']} failed")

@@ -69,14 +69,19 @@ def submit(
         setup: Setup = None
         if controller or join:  # a running controller: found, joined or named
             controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
+        if not watch_project:
+            try:  # the farm stops (its state kept in .farm/) before the interruption is said
+                with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
+                    summary = _round(render, project, as_json)
+                    if ui:
+                        _serve_until_stopped()
+            except Interrupted as stop:
+                say_interrupted(stop, project_dir, controller, as_json)
+                raise typer.Exit(128 + signal.SIGINT) from None
+            if not summary.ok:
+                raise typer.Exit(1)
+            return
         with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
-            if not watch_project:
-                summary = _round(render, project, as_json)
-                if ui:
-                    _serve_until_stopped()
-                if not summary.ok:
-                    raise typer.Exit(1)
-                return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -95,7 +100,7 @@ def submit(
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Interrupted):  # Ctrl-C ends watching, in a round or between
                 pass
 
 
@@ -148,11 +153,41 @@ def _serve_until_stopped() -> None:
         pass
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a round: `done` of `total` jobs were done by the last UPDATE (None: none came)."""
+
+    def __init__(self, done: int, total: int | None) -> None:
+        super().__init__(f"{done} of {total if total is not None else '?'} jobs done")
+        self.done, self.total = done, total
+
+
+def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None, as_json: bool) -> None:
+    """One line (or one JSON object): how far the run got, and how it goes on."""
+    if controller:  # the controller keeps the run: leaving does not cancel it
+        after = f"the run goes on at the controller (`farm status --controller {controller}` shows it)"
+    else:
+        after = f"`farm submit {project_dir}` again resumes from them (kept in {STATE_DIR}/)"
+    message = f"interrupted: {stop}; {after}"
+    if as_json:
+        typer.echo(json.dumps({"error": message, "state": "interrupted", "code": "interrupted",
+                               "done": stop.done, "total": stop.total}))
+    else:
+        typer.echo(message, err=True)
+
+
 def _round(render: Render, project: Project, as_json: bool) -> Summary:
-    """Render one round of a project loaded (and validated) once for it."""
+    """Render one round of a project loaded (and validated) once for it; `Interrupted` on Ctrl-C."""
     bar = ProgressBar(enabled=None if not as_json else False)
+    last: dict = {}
+
+    def update(snapshot: dict) -> None:
+        last.update(snapshot)
+        bar.update(snapshot)
+
     try:
-        summary = render(project, bar.update)
+        summary = render(project, update)
+    except KeyboardInterrupt:
+        raise Interrupted(int(last.get("done") or 0), last.get("total")) from None
     finally:
         bar.close()
     typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary))

@@ -174,7 +174,7 @@ class ControlSide:
         if not isinstance(run, ProjectRun):
             return self._query_finished(run, what, body)
         if what == "project":
-            return run.snapshot("paused" if run.paused and run.active else self.scheduler.stalled(run))
+            return self.scheduler.describe(run)
         if what == "log":
             key = _field(body, "key", check_key)
             attempts = run.logs.attempts(key)

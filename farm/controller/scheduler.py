@@ -149,8 +149,10 @@ class Scheduler:
         return [a.skew[run.media.name] for a in self.registry if run.media.name in a.skew]
 
     def describe(self, run: ProjectRun) -> dict:
-        """The run's snapshot for people: why it waits (`stalled`), which agents it skips (`skipped`)."""
-        return {**run.snapshot(self.stalled(run)), "skipped": self.skipped(run)}
+        """The run's snapshot for people: why it waits (`stalled`, "paused" while paused), which agents
+        it skips (`skipped`). STATUS, UPDATE, the QUERY and the HTTP API all say it from here."""
+        stalled = "paused" if run.paused and run.active else self.stalled(run)  # not in stalled(): no abort
+        return {**run.snapshot(stalled), "skipped": self.skipped(run)}
 
     # -- what happened --------------------------------------------------------------
 

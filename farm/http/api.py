@@ -165,12 +165,11 @@ def undrain(agent: AgentId, farm: Farm, _body: Empty | None = None) -> dict[str,
 
 
 def _project_view(snap: dict[str, Any]) -> dict[str, Any]:
-    """A run's snapshot with ``paused`` and a ``progress`` block (jobs, and media units if known)."""
+    """A run's snapshot with ``paused`` and a ``progress`` block (jobs, and media units if known);
+    its ``stalled`` is the controller's (``"paused"`` while paused, `Scheduler.describe`)."""
     jobs = {name: snap.get(name) for name in ("total", "done", "failed", "reused", "running", "collating")}
     paused = bool(snap.get("paused")) and snap.get("state") in ("running", "finalizing")
     view = {**snap, "paused": paused, "progress": {"jobs": jobs, "units": snap.get("units")}}
-    if paused:
-        view["stalled"] = "paused"  # nothing runs because someone paused it
     if isinstance(snap.get("first_dispatch_s"), (int, float)):
         view["first_dispatch_s"] = max(0.0, snap["first_dispatch_s"])
     return view
