@@ -80,7 +80,7 @@ def status_text(report: dict[str, Any]) -> str:
         if p.get("eta_s") is not None:
             line += f"  ETA {format_duration(p['eta_s'])}"
         lines.append(line)
-        if p.get("stalled"):
+        if p.get("stalled") and state != "paused":  # paused: its state says so already
             lines.append(f"    waiting: {p['stalled']}")
         for why in p.get("skipped") or ():
             lines.append(f"    not on: {why}")
