@@ -23,12 +23,13 @@ from farm.controller.collator import Pending, collate_inline, reuse
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
+from farm.controller.keycheck import check_job_keys
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.controller.report import RunReport
 from farm.controller.units import UnitCounter
-from farm.ids import BadIdentifier, check_key
+from farm.ids import BadIdentifier
 from farm.journal import Journal
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.preview import RunFacts
@@ -232,8 +233,7 @@ class ProjectRun(RunReport):
             self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
             return None
         try:  # keys travel to agents, which may name files after them
-            for key in (job.key, *job.deps):
-                check_key(key)
+            check_job_keys(job)
         except BadIdentifier as exc:
             self._fail_project(f"split() yielded a bad job: {exc}")
             return None
