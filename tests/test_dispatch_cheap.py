@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farm.agent.trust import job_refusal
 from farm.controller.joblogs import JobLogs
-from farm.controller.keycheck import _plain_key
 from farm.ids import BadIdentifier, check_key
 from farm.journal import Journal
+from farm.keycheck import _plain_key, plain_job
 
 # the characters that matter to a key: separators, dots, dashes, spaces, controls, look-alikes
 ALPHABET = "aZ09_.-/ \\\t\n\x00\u00a0\u2215\uff0e\u200b\u00e9"
@@ -41,6 +42,8 @@ def test_keys_of_every_bad_kind_miss_the_fast_match(key):
                                  "/".join(["a"] * 16)])
 def test_common_keys_take_the_fast_match(key):
     assert _plain_key(key) and _accepted(key)
+    assert plain_job({"key": key, "deps": {}, "timeout": 3600.0}) and plain_job({"key": key, "deps": None,
+                                                                                 "timeout": 1})
 
 
 def test_job_logs_keep_their_bounds_per_job_and_per_run():
@@ -69,3 +72,15 @@ def test_a_batch_filled_while_the_writer_is_busy_commits_at_the_next_tick(tmp_pa
     with Journal(tmp_path / "j.sqlite") as other:
         assert len(other.done_keys("p")) == 20
     journal.close()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.fixed_dictionaries({
+    "key": st.one_of(st.text(alphabet=ALPHABET, max_size=20), st.integers(), st.none()),
+    "deps": st.one_of(st.none(), st.just({}), st.just([]), st.just(()), st.just(""), st.just(0),
+                      st.dictionaries(st.text(alphabet=ALPHABET, max_size=5), st.none(), max_size=2)),
+    "timeout": st.one_of(st.floats(allow_nan=True), st.integers(-5, 10**7), st.booleans(), st.none()),
+}))
+def test_a_job_the_agent_waves_through_is_one_its_full_check_accepts(job):
+    if plain_job(job):
+        assert job_refusal(job) is None

@@ -23,7 +23,6 @@ from farm.controller.collator import Pending, collate_inline, reuse
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
-from farm.controller.keycheck import check_job_keys
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
@@ -31,6 +30,7 @@ from farm.controller.report import RunReport
 from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier
 from farm.journal import Journal
+from farm.keycheck import check_job_keys
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.preview import RunFacts
 from farm.project import Project
