@@ -74,10 +74,10 @@ class JobLogStore:
 
     # -- writes (queued; the writer thread applies them in order) --------------------------
 
-    def put(self, run: str, key: str, entry: dict[str, Any]) -> None:
-        """Keep one attempt (a `JobLogs` record) of ``run``'s job ``key``."""
-        self._queue.put(("sql", _PUT, (run, key, entry["attempt"], entry["agent"], entry["state"],
-                                       entry["error"], entry["duration_s"], entry["log"])))
+    def put(self, run: str, key: str, attempt: tuple[Any, ...]) -> None:
+        """Keep one attempt of ``run``'s job ``key``: (attempt, agent, state, error, duration_s, log),
+        as `farm.controller.joblogs.FIELDS` orders them."""
+        self._queue.put(("sql", _PUT, (run, key, *attempt)))
 
     def drop(self, run: str, key: str, attempt: int) -> None:
         """Forget one attempt (`JobLogs` let it go)."""

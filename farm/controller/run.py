@@ -402,9 +402,9 @@ class ProjectRun(RunReport):
     def _attempt(self, lease: Lease, state: str, error: str | None, log_text: str | None = None) -> None:
         """Keep this attempt's outcome and log tail for people (`JobLogs`)."""
         report = lease.result
-        self.logs.record(lease.job.key, agent=lease.agent_id, state=state, error=error,
-                         duration_s=report.duration if report is not None else time.monotonic() - lease.started,
-                         log=(report.log if report is not None else None) or log_text)
+        self.logs.note(lease.job.key, lease.agent_id, state, error,
+                       report.duration if report is not None else time.monotonic() - lease.started,
+                       (report.log if report is not None else None) or log_text)
 
     def retry(self, keys: list[str] | None) -> list[str]:
         """Run jobs that failed for good again, each with fresh attempts; returns the keys requeued.
