@@ -85,11 +85,14 @@ class JobLogs:
 
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)
-        kept = held[1:] if held is not None else ()
-        if len(kept) >= self.per_job:
-            self._forget(key, kept[0])
-            kept = kept[1:]
-        self._jobs[key] = (numbered, *kept, attempt)
+        if held is None:  # the common case: a job's first attempt
+            self._jobs[key] = (numbered, attempt)
+        else:
+            kept = held[1:]
+            if len(kept) >= self.per_job:
+                self._forget(key, kept[0])
+                kept = kept[1:]
+            self._jobs[key] = (numbered, *kept, attempt)
         if persist and self._store is not None:
             self._store.put(self._run, key, attempt)
         order = self._order
