@@ -70,9 +70,9 @@ _now = time.time
 Row = tuple[int, float, str, "str | None", "str | None", "str | None", tuple[tuple[str, Any], ...]]
 
 
-def _event(row: Row) -> Event:
-    seq, at, kind, run, job, agent, items = row
-    return Event(seq, at, kind, run, job, agent, dict(items) if items else _NO_DATA)
+def _event(row: Row, _new: Any = tuple.__new__) -> Event:
+    seq, at, kind, run, job, agent, items = row  # made as `Event._make` does: half the cost of Event(...)
+    return _new(Event, (seq, at, kind, run, job, agent, dict(items) if items else _NO_DATA))
 
 
 class _Buffered:
