@@ -4,7 +4,9 @@ One `JobLogs` per run, on the loop thread. Bounded twice: a job keeps its last
 `PER_JOB` attempts, each log cut to its last `LOG_BYTES` bytes; a run keeps at most
 `PER_RUN_BYTES` in all (log and error text, plus `OVERHEAD` per attempt for the
 bookkeeping), the oldest attempts of any job going first, counted in `evicted`. A run of a
-million fast jobs therefore holds the newest ~150,000 attempts, not all of them.
+million fast jobs therefore holds the newest ~150,000 attempts, not all of them. (An attempt
+let go because its job has `PER_JOB` newer ones keeps its text in memory until the queue of
+attempts is compacted, at the latest once such text adds up to half of `PER_RUN_BYTES`.)
 
 With the controller's store (`farm.controller.joblogstore`, opened beside its journal by
 `open_store`), every attempt kept is also written to disk and every one let go deleted there,
