@@ -360,8 +360,9 @@ class Client:
         """A page of a run's jobs: ``{"project", "total", "offset", "limit", "unlisted", "jobs": [...]}``.
 
         Each job: ``{"key", "state", "attempts", "agent", "duration_s", "error"}``; `state` filters to
-        one of queued, running, done (rendered), failed (for good), reused. Running jobs come first,
-        then queued, failed, and done or reused ones by key. ``unlisted`` counts jobs the media type
+        one of running, collating (rendered, its outputs being collated: not yet done), queued,
+        failed (for good), done (rendered), reused. Running jobs come first, then collating,
+        queued, failed, and done or reused ones by key. ``unlisted`` counts jobs the media type
         has not split off yet (they are not listed). `limit` is 1..1000.
         """
         return self._query("jobs", project, state=state, offset=offset, limit=limit)

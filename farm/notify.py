@@ -21,14 +21,13 @@ host rule). A failing or hanging hook never delays the run, the loop or other ob
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import json
 import logging
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -146,12 +145,17 @@ def notification(event: Any) -> dict[str, Any]:
     }
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx then surfaces as an HTTPError: a redirect could lead past the host rule
+@functools.cache
+def _opener() -> Any:
+    """urllib's opener that follows no redirect; built on the first webhook. urllib.request (with
+    http.client, email and ssl) costs tens of ms to import, which every `farm` command paid."""
+    import urllib.request
 
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # the 3xx then surfaces as an HTTPError: a redirect could lead past the host rule
 
-_opener = urllib.request.build_opener(_NoRedirect)
+    return urllib.request.build_opener(NoRedirect)
 
 
 class Notifier:
@@ -270,13 +274,17 @@ class Notifier:
 
     def _post(self, url: str, body: bytes, delivery: str) -> tuple[str | None, bool]:
         """One try: (None, _) when delivered, else (why, whether another try may help)."""
+        import urllib.error
+        import urllib.request
+
         from farm import __version__
 
+        opener = _opener()
         request = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": f"farm/{__version__}",
             "X-Farm-Event": "run.finished", "X-Farm-Delivery": delivery})
         try:
-            with _opener.open(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 response.read(65536)
                 return None, False
         except urllib.error.HTTPError as exc:

@@ -8,8 +8,11 @@ Loading is lazy and by name: asking for media type ``frames`` imports the entry 
 ``frames`` first (the convention: a plugin's entry point is named for its media type), and
 all the others only if that one did not register it. So a worker rendering frames, or an
 agent offering only frames, never imports the map or audio plugins (each costs 0.1-0.3 s of
-a process's start). Whatever needs every plugin (listing them, iterating `media_types`,
-calling a hook such as ``farm_event`` on all of them) loads the rest first.
+a process's start). Whatever needs every plugin (listing them, iterating `media_types`)
+loads the rest first. Calling a hook such as ``farm_event`` on all of them (`Plugins.manager`)
+loads every plugin but farm's own (`BUILTIN_DIST`): those register media types and implement
+no other hook (a test holds them to it), so a controller, the embedded one in `farm submit`
+included, imports only the media types its runs use.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "farm.plugins"
 #: comma-separated plugin names to load (others are skipped); unset loads all
 LOAD_PLUGINS_ENV = "FARM_LOAD_PLUGINS"
+#: the distribution farm's built-in plugins ship in: they implement `farm_register_media_types` only
+BUILTIN_DIST = "farm"
 
 
 @dataclass
@@ -109,8 +114,9 @@ class Plugins:
 
     @property
     def manager(self) -> pluggy.PluginManager:
-        """The pluggy manager, every plugin loaded first: a hook is called on all of them."""
-        self.load_all()
+        """The pluggy manager, every plugin that may implement a hook loaded first (a hook is
+        called on all of them): all but farm's own, which load when their media type is asked for."""
+        self.load_all(builtin=False)
         return self._manager
 
     @property
@@ -145,11 +151,14 @@ class Plugins:
                     return
             self.load_all()
 
-    def load_all(self) -> None:
-        """Load every entry point not loaded yet."""
+    def load_all(self, *, builtin: bool = True) -> None:
+        """Load every entry point not loaded yet (without ``builtin``: but farm's own)."""
         with self._loading:
-            while self._pending:
-                self._load_pending(self._pending.pop(min(self._pending)))
+            for name in sorted(self._pending):
+                ep = self._pending[name]
+                if builtin or _dist_name(ep) != BUILTIN_DIST:
+                    del self._pending[name]
+                    self._load_pending(ep)
 
     def _load_pending(self, ep: metadata.EntryPoint) -> None:
         self.load(ep)
@@ -216,6 +225,11 @@ class Plugins:
             if version is not None:
                 found[name] = version
         return found
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else None
 
 
 _plugins: Plugins | None = None

@@ -124,14 +124,7 @@ class _AllowList:
 
         The folder is looked at when the last look is older than `max_age` seconds.
         """
-        now = time.monotonic()
-        if now - self.checked >= max_age:
-            self.checked = now
-            if self._stamp() != self.stamp:  # `farm keys allow/revoke` changed the folder
-                try:
-                    self.reload()
-                except SecurityError as exc:
-                    log.error("keeping the previous allow list: %s", exc)
+        self.fresh(max_age)
         name = self.names.get(key)
         if name is None:
             if key not in self.refused and len(self.refused) < 1000:
@@ -142,6 +135,17 @@ class _AllowList:
             return False
         log.debug("authenticated %s (%s)", name, key.decode())
         return True
+
+    def fresh(self, max_age: float) -> None:
+        """Re-read allowed/ if it changed, when the last look is older than `max_age` seconds."""
+        now = time.monotonic()
+        if now - self.checked >= max_age:
+            self.checked = now
+            if self._stamp() != self.stamp:  # `farm keys allow/revoke` changed the folder
+                try:
+                    self.reload()
+                except SecurityError as exc:
+                    log.error("keeping the previous allow list: %s", exc)
 
     def token_for(self, key: bytes) -> str | None:
         """The id of the join token whose key pair `key` is (`farm.tokens.token_keys`), else None."""
@@ -294,6 +298,12 @@ class ServerSecurity:
         connected, so check its messages with this.
         """
         return user_id is not None and self._allow.allows(user_id.encode(), max_age=REREAD_EVERY_S)
+
+    def keys_with_role(self, *roles: str) -> list[str]:
+        """The allowed public keys (Z85, sorted) whose role is one of `roles`; the controller's own
+        key has "both". From the allow list in memory (allowed/ re-read at most once a second)."""
+        self._allow.fresh(REREAD_EVERY_S)
+        return sorted(key.decode() for key, role in self._allow.roles.items() if role in roles)
 
     @property
     def tokens(self) -> TokenStore:

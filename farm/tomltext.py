@@ -31,31 +31,35 @@ def parse_toml(text: str, file: Path | str) -> dict[str, Any]:
         raise ProjectError(f"invalid TOML: {exc}", file=file, line=int(found.group(1)) if found else None) from None
     except RecursionError:
         raise _too_deep(text, file, None) from None
-    path = _deepest(data)
+    path = too_deep_path(data)
     if path is not None:
         raise _too_deep(text, file, path)
     return data
 
 
-def _deepest(data: dict[str, Any]) -> list[str] | None:
-    """The key path to the first value nested deeper than MAX_DEPTH, or None (iterative: no recursion)."""
+def too_deep_path(data: Any, limit: int = MAX_DEPTH) -> list[str] | None:
+    """The path (keys, and ``[i]`` for list items) to the first value nested more than ``limit``
+    dicts, lists or tuples deep, or None. Iterative: any depth is walked without recursion."""
     stack: list[tuple[Any, list[str]]] = [(data, [])]
     while stack:
         item, path = stack.pop()
-        if len(path) > MAX_DEPTH:
+        if len(path) > limit:
             return path
         if isinstance(item, dict):
             stack.extend((v, [*path, str(k)]) for k, v in item.items())
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             stack.extend((v, [*path, f"[{i}]"]) for i, v in enumerate(item))
     return None
 
 
+def path_key(path: list[str]) -> str | None:
+    """A `too_deep_path` as a short key for an error: its first three names (list items left out)."""
+    names = [p for p in path if not p.startswith("[")]
+    return ".".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else None
+
+
 def _too_deep(text: str, file: Path | str, path: list[str] | None) -> ProjectError:
-    key = None
-    if path:
-        names = [p for p in path if not p.startswith("[")]
-        key = ".".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    key = path_key(path) if path else None
     return ProjectError(f"tables and arrays nest more than {MAX_DEPTH} levels deep (the limit)",
                         file=file, key=key, line=_deep_line(text))
 

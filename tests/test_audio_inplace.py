@@ -17,7 +17,7 @@ from farm_audio.source import SEEK_MARGIN, reads_in_place
 from farm.errors import RenderError
 from farm.mediatype import RenderContext
 from farm.plugins import get_plugins
-from farm.project import load_project
+from farm.project import Project, load_project
 
 DECODED = "once for this worker"  # farm_audio.source's log line when a worker decodes its input
 #: a recursive filter, a time-based one (true timestamps), an echo with memory and a tail
@@ -30,6 +30,23 @@ def make_input(path: Path, codec_args: list[str], channels: int, seconds: float,
     ffmpeg.run(["-y", "-f", "lavfi", "-i", f"aevalsrc=exprs='{exprs}':s={rate}:d={seconds}", *codec_args,
                 str(path)])
     return path
+
+
+def flac_project(tmp_path: Path) -> tuple[Path, Project]:
+    """An audio project (0.5 s segments, no filters) on a 2 s mono FLAC: (its input, the project)."""
+    root = tmp_path / "p"
+    root.mkdir()
+    source = make_input(root / "source.flac", ["-c:a", "flac"], 1, 2.0)
+    (root / "farm.toml").write_text(
+        '[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\ninput = "source.flac"\nsegment = 0.5\n')
+    return source, load_project(root)
+
+
+def rewrite(source: Path) -> None:
+    """The same size, other content, a new mtime."""
+    data = bytearray(source.read_bytes())
+    data[-100] ^= 0xFF
+    source.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(("name", "codec_args", "channels", "segment"), [
@@ -94,27 +111,15 @@ def test_inputs_that_do_not_decode_alone_are_decoded_once(
 
 
 def test_a_flac_rewritten_after_the_project_loaded_fails_the_job_naming_it(tmp_path: Path) -> None:
-    root = tmp_path / "p"
-    root.mkdir()
-    source = make_input(root / "source.flac", ["-c:a", "flac"], 1, 2.0)
-    (root / "farm.toml").write_text(
-        '[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\ninput = "source.flac"\nsegment = 0.5\n')
-    project = load_project(root)
-    data = bytearray(source.read_bytes())
-    data[-100] ^= 0xFF  # same size, other content
-    source.write_bytes(bytes(data))
+    source, project = flac_project(tmp_path)
+    rewrite(source)
     with pytest.raises(RenderError, match=r"source\.flac differs here from the file the project was set up"):
         render_all(project, tmp_path / "worker")
 
 
 def test_a_flac_rewritten_between_two_jobs_of_a_worker_fails_the_second(tmp_path: Path) -> None:
     """Jobs read the input where it lies: one rewritten mid-run must not mix into the output."""
-    root = tmp_path / "p"
-    root.mkdir()
-    source = make_input(root / "source.flac", ["-c:a", "flac"], 1, 2.0)
-    (root / "farm.toml").write_text(
-        '[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\ninput = "source.flac"\nsegment = 0.5\n')
-    project = load_project(root)
+    source, project = flac_project(tmp_path)
     media = get_plugins().get("audio")
     first, second = list(media.split(project))[:2]
     cache: dict = {}
@@ -126,8 +131,6 @@ def test_a_flac_rewritten_between_two_jobs_of_a_worker_fails_the_second(tmp_path
         media.render(job, RenderContext(project.root, out, work, project.settings, 1, cache, {}))
 
     render(first, 1)
-    data = bytearray(source.read_bytes())
-    data[-100] ^= 0xFF  # same size, other content, a new mtime
-    source.write_bytes(bytes(data))
+    rewrite(source)
     with pytest.raises(RenderError, match=r"source\.flac differs here from the file the project was set up"):
         render(second, 2)

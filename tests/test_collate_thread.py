@@ -18,11 +18,11 @@ import pytest
 from agent_trust_helpers import AgentTmp
 from conftest import Background, wait_for
 from farm_synthetic import Synthetic, job_key, payload
+from restart_helpers import follow_after_restart
 
 from farm.client import Client
 from farm.controller.run import ProjectRun
 from farm.project import load_project
-from farm.protocol import T
 
 
 class Gate:
@@ -211,16 +211,10 @@ def test_a_controller_killed_mid_collate_runs_that_job_again_and_collates_it_onc
             done = {k for (k,) in db.execute("SELECT key FROM jobs WHERE state = 'done'")}
         assert blocked not in done  # its collate never returned: not done
         (project / f"block-{blocked}").unlink()
-        ctl = start_controller()
-        with Client(url, timeout=60) as client:
-            client.send(T.FOLLOW, {"project": run_id})
-            summary = client.follow(run_id)
     finally:
         ctl.terminate()
         ctl.wait()
-    assert summary.ok and summary.done == jobs, summary
-    rendered = agent_tmp.lines("renders.log")
-    agent_tmp.close()
+    rendered = follow_after_restart(start_controller, url, run_id, jobs, agent_tmp)
     assert rendered.count(blocked) == 2  # rendered again after the restart
     collated = (project / "output" / "collated.log").read_text().split()
     assert collated.count(blocked) == 1 and set(collated) == {job_key(i) for i in range(jobs)}

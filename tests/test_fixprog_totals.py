@@ -56,7 +56,7 @@ def totals_while_pulling(root: Path, times: list[float] | None = None) -> tuple[
     ('zoom = "0-6"\nchunk = 2', 46),  # the user's case
     ('zoom = "0-6"\nchunk = 3', None),
     ('zoom = "2-7"\nchunk = 5', None),
-    ('zoom = "0-7"\nchunk = 64', None),  # one job a row
+    ('zoom = "0-7"\nchunk = 16', None),  # one job a row (16 metatiles at z7: the cap)
     ('zoom = "4-6"\nchunk = 1\nbbox = [-30, -40, 60, 70]', None),  # rows narrower than the world
 ])
 def test_maptiles_fixed_chunk_total_is_known_from_the_start(tmp_path, table, jobs):

@@ -39,7 +39,8 @@ def test_a_run_seen_through_every_read_endpoint(web, agents, synthetic):
     projects = web.get("/api/v1/projects").json()["projects"]
     (snap,) = [p for p in projects if p["id"] == summary.id]
     assert snap["state"] == "failed" and snap["media_type"] == "synthetic"
-    assert snap["progress"]["jobs"] == {"total": 12, "done": 11, "failed": 1, "reused": 0, "running": 0}
+    assert snap["progress"]["jobs"] == {"total": 12, "done": 11, "failed": 1, "reused": 0, "running": 0,
+                                        "collating": 0}
 
     agents_now = web.get("/api/v1/agents").json()["agents"]
     assert {a["id"] for a in agents_now} == {"agent-0", "agent-1"}

@@ -245,3 +245,21 @@ def test_keys_allow_role_and_list(tmp_path):
     assert 'role = "agent"' in (root / "allowed" / "n1.key").read_text()
     assert keys_cli("allow", "n1", "--role", "both", root=root)[2].startswith("allowed n1 as both")
     assert allowed_roles(KeyStore(root))[KeyStore(root).load("n1").public] == "both"
+
+
+def test_block_servers_admit_the_agent_keys_the_allow_list_holds(store):
+    """What the controller vouches for to agents' block servers (`fileroles.members`): agent and
+    both keys and its own, never a client's; a change to allowed/ shows without a restart."""
+    from farm.controller.fileroles import members
+
+    security = ServerSecurity(store.root)
+    try:
+        listed = members(security)
+        own, n1, laptop, admin = (store.load(n).public.decode() for n in ("controller", "n1", "laptop", "admin"))
+        assert listed() == sorted([own, n1, admin]) and laptop not in listed()
+        store.allow("laptop", role="agent", force=True)  # `farm keys allow`, no reload() call
+        wait_for(lambda: laptop in listed(), WAIT_S, "the new agent key to be admitted")
+        store.allow("n1", role="client", force=True)
+        wait_for(lambda: n1 not in listed(), WAIT_S, "the client key to be dropped")
+    finally:
+        security.stop()

@@ -28,6 +28,7 @@ from farm.controller.chunking import AdaptiveChunks
 from farm.embedded import submit_embedded
 from farm.mediatype import ChunkAdvisor
 from farm.plugins import get_media_type
+from farm.errors import ProjectError
 from farm.project import load_project
 
 pytestmark = pytest.mark.skipif(
@@ -115,6 +116,21 @@ def test_a_job_is_capped_at_1024_tiles(tmp_path):
     chunks.record("a", 1, 0.001)
     jobs = list(get_media_type("maptiles").split(project, chunks))
     assert max(j.units for j in jobs) == 16 and len(jobs) >= 16  # 16 metatiles of 64 tiles, rows of 16
+
+
+def test_a_fixed_chunk_over_the_cap_is_refused_when_the_project_loads(tmp_path):
+    """Not after the first job renders: a fixed chunk keeps the 1,024 tiles of an adaptive job."""
+    table = 'style = "world.xml"\nzoom = "8"\nmetatile = 8\nchunk = 17\n'
+    with pytest.raises(ProjectError) as refused:
+        load_project(make_project(tmp_path / "p", table))
+    message = str(refused.value)
+    assert "farm.toml:" in message and "chunk" in message and "1088 tiles" in message
+    assert "chunk <= 16 at metatile = 8" in message
+    widest = load_project(make_project(tmp_path / "q", table.replace("chunk = 17", "chunk = 16")))
+    jobs = list(get_media_type("maptiles").split(widest))
+    assert max(len(grouping.job_metatiles(j.params)) * 64 for j in jobs) == 1024
+    small = load_project(make_project(tmp_path / "r", TABLE + "chunk = 64\n"))  # 4 x 4: 64 of them fit
+    assert small.settings["chunk"] == 64
 
 
 def test_a_bundle_of_several_metatiles_is_checked_tile_by_tile(tmp_path):

@@ -17,6 +17,7 @@ import zmq
 from agent_trust_helpers import AgentTmp
 from conftest import Background, wait_for
 from farm_synthetic import payload
+from restart_helpers import follow_after_restart
 
 from farm.client import Client, submit
 from farm.controller.scheduler import Scheduler
@@ -85,17 +86,7 @@ def test_controller_killed_mid_run_resumes_without_rendering_done_jobs_again(tmp
         done_before = {k for (k,) in db.execute("SELECT key FROM jobs WHERE state = 'done'")}
     assert len(done_before) >= 40  # batches commit every 50 ms; most of the 80 are durable
 
-    ctl = start_controller()  # the same agents reconnect by themselves
-    try:
-        with Client(url, timeout=60) as client:
-            client.send(T.FOLLOW, {"project": run_id})
-            summary = client.follow(run_id)
-    finally:
-        ctl.terminate()
-        ctl.wait()
-    assert summary.ok and summary.done == jobs, summary
-    rendered = agent_tmp.lines("renders.log")
-    agent_tmp.close()
+    rendered = follow_after_restart(start_controller, url, run_id, jobs, agent_tmp)
     again = [k for k in done_before if rendered.count(k) != 1]
     assert not again, f"{len(again)} jobs that were done were rendered again, e.g. {again[:3]}"
     assert_outputs_complete(project, jobs, size)

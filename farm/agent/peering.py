@@ -5,6 +5,11 @@ to reach the controller (a socket's route, not a guess), on the controller's fil
 job port + 2) when that is free, else on a random port; see docs/security.md for the firewall.
 With keys it uses this agent's own key pair, and fetchers check it is the key the controller
 named. Peers run only over TCP; ``farm agent --no-peers`` turns all of this off.
+
+A registration with the tracker lasts `TTL_S` (10 minutes); a sync makes one, and a thread here
+renews it every half of that for each tree this agent still holds (one small ``peers`` request
+per tree), so agents joining late in a long render still find the nodes that hold the files.
+It also brings the farm's members to the block server between syncs.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ from collections.abc import Callable
 
 import zmq
 
-from farm.filesync import Store
+from farm.filesync import Store, wire
 from farm.filesync.client import FileClient
-from farm.filesync.errors import SyncError
+from farm.filesync.errors import SyncError, TransferError
 from farm.filesync.holdings import Holdings
 from farm.filesync.peerserver import PeerServer
 from farm.filesync.swarm import SwarmClient
+from farm.filesync.tracker import TTL_S
 from farm.security import ClientSecurity
 
 log = logging.getLogger(__name__)
 
 SocketSetup = Callable[[zmq.Socket], None]
+REFRESH_S = TTL_S / 2  # registrations renewed this often while a tree is held
+REFRESH_TIMEOUT_S = 5.0  # a renewal not answered this long is tried again at the next round
 
 
 def route_address(host: str, port: int) -> str | None:
@@ -45,8 +53,10 @@ def route_address(host: str, port: int) -> str | None:
 class PeerNode:
     """Holdings and block server of one agent; makes the clients its fetches use (any thread)."""
 
-    def __init__(self, socket_setup: SocketSetup | None, agent: str | None = None) -> None:
-        """``agent``: this agent's id, told to the tracker (which then never lists us to ourselves)."""
+    def __init__(self, socket_setup: SocketSetup | None, agent: str | None = None, *,
+                 refresh_s: float = REFRESH_S) -> None:
+        """``agent``: this agent's id, told to the tracker (which then never lists us to ourselves);
+        ``refresh_s``: how often registrations are renewed (seconds)."""
         # the agent's CURVE set-up is its ClientSecurity's bound method: the same key pair serves peers
         owner = getattr(socket_setup, "__self__", None)
         self.security = owner if isinstance(owner, ClientSecurity) else None
@@ -56,6 +66,10 @@ class PeerNode:
         self.server: PeerServer | None = None
         self._tried = False
         self._lock = threading.Lock()  # fetch threads of several projects
+        self.refresh_s = refresh_s
+        self._served: dict[tuple[str, str], str] = {}  # (file service, tree) -> manifest id registered
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def client(self, files_endpoint: str, store: Store) -> FileClient:
         """A client fetching from the controller's file service at ``files_endpoint`` and from peers."""
@@ -67,7 +81,48 @@ class PeerNode:
         return SwarmClient(files_endpoint, store, holdings=self.holdings, serve=serve,
                            peer_setup=self._peer_setup, socket_setup=self.socket_setup,
                            agent=self.agent, on_members=server.members.update if server is not None else None,
-                           members_id=(lambda: server.members.id) if server is not None else None)
+                           members_id=(lambda: server.members.id) if server is not None else None,
+                           on_served=lambda tree, manifest: self._serving(files_endpoint, tree, manifest))
+
+    def _serving(self, files_endpoint: str, tree: str, manifest_id: str) -> None:
+        with self._lock:
+            self._served[(files_endpoint, tree)] = manifest_id
+            if self._refresher is None and not self._stop.is_set():
+                self._refresher = threading.Thread(target=self._refresh_loop, name="farm-peer-refresh",
+                                                   daemon=True)
+                self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            with self._lock:
+                served = list(self._served.items())
+            for (files_endpoint, tree), manifest_id in served:
+                if self._stop.is_set():
+                    return
+                if self.holdings.have(manifest_id) is None or not self._refresh(files_endpoint, tree):
+                    with self._lock:  # no longer held here, or no longer published there
+                        if self._served.get((files_endpoint, tree)) == manifest_id:
+                            del self._served[(files_endpoint, tree)]
+
+    def _refresh(self, files_endpoint: str, tree: str) -> bool:
+        """Renew this agent's registration for ``tree``; False if the file service no longer has it."""
+        server = self.server
+        if server is None:
+            return False
+        fields = {"tree": tree, "serve": server.endpoint, "members": server.members.id, "dead": []}
+        if self.agent:
+            fields["agent"] = self.agent
+        try:
+            with FileClient(files_endpoint, None, socket_setup=self.socket_setup,
+                            timeout=REFRESH_TIMEOUT_S) as client:
+                body, payloads = client._call(wire.PEERS, fields)
+        except TransferError as exc:
+            log.debug("cannot renew serving %s: %s", tree, exc)
+            return not str(exc).startswith("file server refused")  # refused: unpublished; else try again
+        if payloads:
+            keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
+            server.members.update(body["members_id"], keys)
+        return True
 
     def _peer_setup(self, key: str) -> SocketSetup | None:
         if self.security is None:
@@ -103,6 +158,9 @@ class PeerNode:
         return None
 
     def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
         if self.server is not None:
             self.server.close()
             self.server = None

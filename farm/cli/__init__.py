@@ -64,6 +64,7 @@ COMMANDS = {
     "status": ("farm.cli.status", "status"),
     "cancel": ("farm.cli.status", "cancel"),
     "download": ("farm.cli.status", "download"),
+    "jobs": ("farm.cli.jobs", "jobs"),
     "events": ("farm.cli.events", "events"),
 }
 CONTROL = ("pause", "resume", "retry", "priority", "drain", "undrain", "logs")  # farm.cli.control

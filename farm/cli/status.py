@@ -70,6 +70,8 @@ def status_text(report: dict[str, Any]) -> str:
         state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
         line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
                 f"  {p['failed']} failed  {p['running']} running")
+        if p.get("collating"):  # rendered, outputs being written: neither running nor done
+            line += f"  {p['collating']} collating"
         units = p.get("units") or {}
         if units.get("name", "jobs") != "jobs":  # the media's own count: tiles, frames, seconds
             line += f"  {units['name']} {format_count(units['done'])}/{format_count(units['total'])}"
@@ -132,16 +134,20 @@ def download(
     key: ClientKey = "client",
     server_key: ServerKey = "controller",
     insecure: Insecure = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object: the summary (with id, downloaded_to), or the error.")] = False,
 ) -> None:
     """Fetch a remote run's outputs into FOLDER: a finished run's at once, a running one's when it
-    ends (its progress shown meanwhile; a controller restart is waited out). Nothing is cancelled."""
+    ends (its progress shown meanwhile; a controller restart is waited out). Nothing is cancelled.
+    Exits as `farm submit` would for the run: 0 only if every job succeeded; 1 for a failed or
+    cancelled run (its outputs collated so far are fetched all the same)."""
     from farm.cli.progress import ProgressBar
     from farm.cli.submit import say_waiting
     from farm.client import RECONNECT_S
 
-    with reported(), connect(controller, keys_dir, key, server_key, insecure) as client:
+    with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         run_id = client.project(project)["id"]
-        bar = ProgressBar()
+        bar = ProgressBar(enabled=False if as_json else None)
         try:
             summary = client.attach(run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting)
         finally:
@@ -149,6 +155,13 @@ def download(
         if not summary.download:
             where = (f"the controller read the project in place: they are in {summary.output_dir} on its disk"
                      if summary.output_dir and summary.outputs else "it collated none")
-            raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}")
+            raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}"
+                            + ("" if summary.ok else f" (the run {summary.state})"))
         client.download(summary, folder)
-    typer.echo(summary_text(summary))
+    if as_json:
+        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder)}
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(summary_text(summary))
+    if not summary.ok:  # as `farm submit`: `farm download RUN DIR && publish` publishes only a whole run
+        raise typer.Exit(1)

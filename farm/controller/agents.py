@@ -2,6 +2,8 @@
 
 A mixin of `farm.controller.server.Controller` (the loop thread alone runs it). What a result
 means for the schedule is `farm.controller.scheduler`'s to say; this moves and checks messages.
+A departed agent (BYE, silence, a closed connection, a revoked key) takes its block server
+registrations with it: the file service's tracker stops offering them at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 AGENT_MESSAGES = {T.HELLO, T.RESULTS, T.PROGRESS, T.HEARTBEAT, T.BYE}
 MAX_BROKEN_TEXT = 4000  # characters of a broken agent's error kept and shown
+MAX_DEPARTED = 4096  # dropped agents whose block servers are offered again if the same process returns
 
 
 class AgentSide:
@@ -99,6 +102,11 @@ class AgentSide:
         for why in agent.skew.values():
             log.warning("%s: it gets none of that media type's jobs", why)
         self.scheduler.join(agent, previous)
+        claims = self._claimed_ids()
+        if previous is not None:
+            claims.pop(previous.identity, None)
+        claims[identity] = claimed
+        self._restore_registrations(agent, claimed)
         if agent.broken:
             log.warning("agent %s on %s is broken and takes no jobs: %s", agent.id, agent.host, agent.broken)
             self.events.publish("agent.broken", None, None, agent.id, {"host": agent.host, "reason": agent.broken})
@@ -181,10 +189,49 @@ class AgentSide:
         lost = self.scheduler.leave(agent, reason)
         if lost is None:
             return
+        self._forget_registrations(agent)
         self.events.publish("agent.left", None, None, agent.id, {"reason": reason})
         # an agent that said goodbye holding nothing is no news; anything else is
         level = logging.INFO if reason == "agent left" and not lost else logging.WARNING
         log.log(level, "agent %s removed (%s); %d jobs requeued", agent.id, reason, lost)
+
+    def _claimed_ids(self) -> dict[bytes, str]:
+        """Routing id -> the id each registered agent claimed in its HELLO: the one it names to the
+        tracker (`farm.filesync.tracker`), which differs from ours when a live agent had it."""
+        found = getattr(self, "_claimed", None)
+        if found is None:
+            found = self._claimed = {}
+        return found
+
+    def _forget_registrations(self, agent: AgentState) -> None:
+        """A dropped agent's block servers are offered to nobody from now on (not for the tracker's
+        TTL): unless a live agent registers as the same key and id, i.e. a restarted process whose
+        predecessor was declared dead only now; its registration replaced the predecessor's already."""
+        claims = self._claimed_ids()
+        claimed = claims.pop(agent.identity, agent.id)
+        key = agent.key or ""
+        if any(claims.get(a.identity) == claimed and (a.key or "") == key for a in self.registry):
+            return
+        if self.assets.server.tracker.forget_agent(key, claimed) and agent.session:
+            departed = self._departed()
+            departed[(key, claimed)] = agent.session
+            while len(departed) > MAX_DEPARTED:
+                del departed[next(iter(departed))]  # the oldest: its registrations expire first anyway
+
+    def _restore_registrations(self, agent: AgentState, claimed: str) -> None:
+        """The same process back (its secret session) after it was dropped, e.g. for a silence
+        longer than its liveness: its block servers serve still, so they are offered again."""
+        key = agent.key or ""
+        session = self._departed().pop((key, claimed), None)
+        if session is not None and session == agent.session:
+            self.assets.server.tracker.restore_agent(key, claimed)
+
+    def _departed(self) -> dict[tuple[str, str], str]:
+        """(key, claimed id) -> session, of agents dropped with block server registrations (oldest first)."""
+        found = getattr(self, "_departed_sessions", None)
+        if found is None:
+            found = self._departed_sessions = {}
+        return found
 
     def _drop_revoked(self) -> int:
         """Cut off at once the agents whose key is no longer allowed (`farm keys revoke`); their jobs go

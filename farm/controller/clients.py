@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from farm.controller import history
-from farm.controller.intake import Intake, Prepared
+from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
@@ -43,6 +43,9 @@ class ClientSide:
             run = self.runs.get(msg.body["project"])
             if run is None:
                 self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
+                return
+            if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
+                self.followers.setdefault(run.id, set()).add(identity)
                 return
             if not run.active:  # it ended (e.g. while its submitter waited out a restart): the summary now
                 self._send(identity, T.FINISHED, {"summary": run.summary()})
@@ -122,15 +125,17 @@ class ClientSide:
             return
         identity, body, folder = found
         if not upload.ok:
-            self._send(identity, T.ERROR, {"message": f"project upload failed: {upload.error}"})
+            error = path_replaced(str(upload.error), folder, "the controller's copy")  # not our state path
+            self._send(identity, T.ERROR, {"message": f"project upload failed: {error}"})
             return
         self._start_run(identity, str(folder), body["project"].get("output"), body["priority"], uploaded=True,
-                        facts=body["project"].get("facts"))
+                        facts=body["project"].get("facts"), shown_as=body["project"]["root"])
 
     def _start_run(self, identity: bytes, root: Any, output: Any, priority: int, *, uploaded: bool,
-                   facts: Any = None) -> None:
-        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read."""
-        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts,
+                   facts: Any = None, shown_as: Any = None) -> None:
+        """Read the project off the loop (`farm.controller.intake`); `_accept` starts it once read.
+        ``shown_as``: an upload's folder as its submitter knows it, for errors (`intake.as_submitted`)."""
+        self.intake.read(identity, root, output, uploaded=uploaded, facts=facts, shown_as=shown_as,
                          then=lambda prepared: self._accept(identity, prepared, priority, uploaded=uploaded))
 
     def _intake_done(self, intake: Intake) -> None:
@@ -170,7 +175,8 @@ class ClientSide:
 
         The answer is a FINISHED summary; for a run that had finished already, with ``already``
         set and nothing cancelled. A remote submitter's run serves what was collated for download,
-        as a finished run does.
+        as a finished run does, once a collate still running in the collate thread has returned
+        (`_publish_cancelled`; the answers wait for it, the loop does not).
         """
         named = [r for r in self.runs.values() if r.project.name == ref]
         run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
@@ -185,16 +191,36 @@ class ClientSide:
             self._answer_finished_before(identity, ref)
             return
         if not run.active:
-            self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
+            if run.id in self.publishing:  # cancelled a moment ago: answered with the others
+                self.publishing[run.id].append((identity, True))
+            else:
+                self._send(identity, T.FINISHED, {"summary": run.summary(), "already": True})
             return
         for lease in self.scheduler.cancel(run):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
         log.info("cancelled project %s", run.id)
-        if run.uploaded:  # the submitter is elsewhere: let it download what was collated
-            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
         self.assets.unpublish(run.id)
-        self.journal.finish_project(run.id, "cancelled", run.summary())
-        self._send(identity, T.FINISHED, {"summary": run.summary()})
+        self.journal.finish_project(run.id, "cancelled", run.summary())  # a restart does not resume it
+        if not run.uploaded:
+            self._send(identity, T.FINISHED, {"summary": run.summary()})
+            self._notify_finished(run)
+            return
+        # The submitter is elsewhere: let it download what was collated, once a collate still
+        # running (in the collate thread) has finished writing into the output folder.
+        self.publishing[run.id] = [(identity, False)]
+        self.collator.after_collate(run, lambda: self._publish_cancelled(run))
+
+    def _publish_cancelled(self, run: ProjectRun) -> None:
+        """A cancelled remote run's outputs no longer change: serve them, answer who cancelled it."""
+        try:
+            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
+        except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
+            log.warning("%s: cannot serve its outputs for download: %s", run.id, exc)
+        summary = run.summary()
+        if run.download:
+            self.journal.finish_project(run.id, "cancelled", summary)  # `farm cancel` after a restart
+        for identity, already in self.publishing.pop(run.id, ()):
+            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
         self._notify_finished(run)
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:

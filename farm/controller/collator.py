@@ -13,7 +13,10 @@ One thread, so collates never run concurrently with each other and run in the or
 loop accepted their results; `finalize` starts only once every accepted collate of its run
 has come back (`ProjectRun.all_in` counts the jobs being collated). A cancelled run's
 collates not yet started are skipped; one already running finishes, and its outcome is
-dropped (the run has ended; its job is not journaled done).
+dropped (the run has ended; its job is not journaled done). What must wait for that collate
+(publishing the cancelled run's outputs for download: its files may be half written) waits
+in `after_collate`, off the loop's back. `close` stops after the collate running: the rest
+of the batch the thread holds is skipped as what is queued.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +158,9 @@ class Collator:
         self.sleeping = False
         self._rang = False  # a wake-up was sent: the loop reads it off the socket
         self.pending = 0  # submitted and not delivered yet
+        self.running: Pending | None = None  # the thread's collate now (set before it reads run.state)
+        self._after: list[tuple[Pending, Callable[[], None]]] = []  # (the collate awaited, then)
+        self._closing = False  # `close` began: the thread collates nothing more
         self._thread = threading.Thread(target=self._work, name="farm-collate", daemon=True)
         self._thread.start()
 
@@ -215,7 +222,26 @@ class Collator:
             self.pending -= 1
             count += 1
             settle(pending)
+            if self._after:
+                self._call_after(pending)
         return count
+
+    def after_collate(self, run: ProjectRun, then: Callable[[], None]) -> None:
+        """On the loop: call ``then`` once no collate of ``run`` is running: now, or from `deliver`
+        when the one running comes back. For a cancelled run, whose collates not started are
+        skipped, ``then`` sees its output folder as it stays."""
+        running = self.running  # the thread sets it before it reads run.state, which the caller set
+        if running is None or running.run is not run:
+            then()
+        else:
+            self._after.append((running, then))
+
+    def _call_after(self, pending: Pending) -> None:
+        waiting = [then for p, then in self._after if p is pending]
+        if waiting:
+            self._after = [(p, then) for p, then in self._after if p is not pending]
+            for then in waiting:
+                then()
 
     def _work(self) -> None:
         while True:
@@ -223,7 +249,13 @@ class Collator:
             if batch is None:
                 return
             for pending in batch:
+                if self._closing:  # as for what is queued: not collated, its staging removed
+                    if pending.staging is not None:
+                        shutil.rmtree(pending.staging, ignore_errors=True)
+                    continue
+                self.running = pending
                 collate(pending)
+                self.running = None
                 self._back.append(pending)
                 if self.sleeping:
                     self.sleeping = False
@@ -235,7 +267,9 @@ class Collator:
 
     def close(self) -> None:
         """Stop the thread after the collate it runs (if any); what is queued is not collated
-        (those jobs were not journaled done: a restarted controller renders them again)."""
+        (those jobs were not journaled done: a restarted controller renders them again), nor is
+        the rest of the batch the thread is working through."""
+        self._closing = True
         batches = [self._batch]
         while True:
             try:

@@ -27,7 +27,9 @@ MAX_PRIORITY = 1_000_000  # as SUBMIT's, either way
 MAX_RETRY_KEYS = 10_000  # keys one retry may name
 MAX_PAGE = 1000  # jobs one QUERY returns
 MAX_OFFSET = 1_000_000_000
-JOB_STATES = ("running", "queued", "failed", "done", "reused")  # listing order too
+# listing order too; "collating": rendered, its outputs being written by the collator thread
+# (`ProjectRun.collating`), not yet done
+JOB_STATES = ("running", "collating", "queued", "failed", "done", "reused")
 ACTIONS = ("pause", "resume", "retry", "priority", "drain", "undrain")
 
 
@@ -182,12 +184,14 @@ class ControlSide:
         return self._jobs_page(run, *_page_args(body))
 
     def _jobs_page(self, run: ProjectRun, state: str | None, offset: int, limit: int) -> dict[str, Any]:
-        """Jobs in memory (running, queued, failed) first, then the journal's done ones, by key."""
+        """Jobs in memory (running, collating, queued, failed) first, then the journal's done ones, by key."""
         now = time.monotonic()
         listed: list[dict[str, Any]] = []
         if state in (None, "running"):
             listed += [_job(run, key, "running", lease.agent_id, now - lease.started, None)
                        for key, lease in sorted(run.leases.items())]
+        if state in (None, "collating"):
+            listed += [_collating(run, key, pending) for key, pending in sorted(run.collating.items())]
         if state in (None, "queued"):
             queued = sorted({job.key for job in run.ready} | run.unmet.keys())
             listed += [_job(run, key, "queued", None, None, None) for key in queued]
@@ -203,7 +207,8 @@ class ControlSide:
             page += [_job(run, key, "reused" if agent is None else "done", agent, None, None)
                      for key, agent in rows]
         total = len(listed) + done_total
-        known = run.done + len(run.failures) + len(run.leases) + len(run.ready) + len(run.unmet)
+        known = (run.done + len(run.failures) + len(run.leases) + len(run.collating) + len(run.ready)
+                 + len(run.unmet))
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0
         return {"project": run.id, "total": total, "offset": offset, "limit": limit, "unlisted": unlisted,
                 "jobs": page}
@@ -248,8 +253,9 @@ class ControlSide:
             return record
 
     def _knows(self, run: ProjectRun, key: str) -> bool:
-        """The run has had this job (in flight, queued, failed, done, or in its logs)."""
-        return (run.logs.last(key) is not None or key in run.leases or key in run.failures or key in run.unmet
+        """The run has had this job (in flight, collating, queued, failed, done, or in its logs)."""
+        return (run.logs.last(key) is not None or key in run.leases or key in run.collating
+                or key in run.failures or key in run.unmet
                 or any(job.key == key for job in run.ready) or self.journal.is_done(run.id, key))
 
 
@@ -272,9 +278,19 @@ def _job(run: ProjectRun, key: str, state: str, agent: str | None, duration: flo
     elif state == "failed":
         attempts = run.failures[key].attempts
     else:
-        attempts = run.attempts.get(key, 0) + (state in ("running", "done"))
+        attempts = run.attempts.get(key, 0) + (state in ("running", "collating", "done"))
     return {"key": key, "state": state, "attempts": attempts, "agent": agent,
             "duration_s": None if duration is None else round(duration, 3), "error": error}
+
+
+def _collating(run: ProjectRun, key: str, pending: Any) -> dict[str, Any]:
+    """A job whose outputs the collator thread is writing: rendered by its lease's agent, or reused
+    from the job cache (no lease: no attempt made)."""
+    lease = pending.lease
+    row = _job(run, key, "collating", lease.agent_id if lease is not None else None, None, None)
+    if lease is None:
+        row["attempts"] = 0
+    return row
 
 
 def _page_args(body: dict[str, Any]) -> tuple[str | None, int, int]:

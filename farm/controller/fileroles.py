@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from farm.filesync import wire
-from farm.security import ServerSecurity, allowed_roles
+from farm.security import ServerSecurity
 
 AGENT_OPS = frozenset({wire.PEERS, wire.CLAIM})
 CLIENT_OPS = frozenset({wire.OFFER, wire.PUT, wire.COMMIT, wire.ABORT})
@@ -47,10 +47,6 @@ class FileRoles:
 
 
 def members(security: ServerSecurity) -> Callable[[], list[str]]:
-    """The keys (Z85) an agent's block server admits: allowed keys with the agent role, or both."""
-    def listed() -> list[str]:
-        roles = allowed_roles(security.store, security.tokens)
-        keys = {key.decode() for key, role in roles.items() if role in ("agent", "both")}
-        keys.add(security.public_key)  # the controller's own pair: what this user's local agents hold
-        return sorted(keys)
-    return listed
+    """The keys (Z85) an agent's block server admits: allowed keys with the agent role, or both
+    (the controller's own pair among them: what this user's local agents hold)."""
+    return lambda: security.keys_with_role("agent", "both")

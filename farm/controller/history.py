@@ -57,6 +57,7 @@ def snapshot(record: ProjectRecord) -> dict[str, Any]:
         "reused": jobs.get("reused", 0),
         "resumed": 0,
         "running": 0,
+        "collating": 0,
         "partial": 0,
         "retrying": 0,
         "elapsed_s": summary.get("elapsed_s"),

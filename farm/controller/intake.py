@@ -28,6 +28,7 @@ from farm.filesync.limits import GiB, Limits, MiB
 from farm.mediatype import MediaType
 from farm.plugins import get_media_type
 from farm.project import PROJECT_FILE, Project, load_project
+from farm.tomltext import MAX_DEPTH, path_key, too_deep_path
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class IntakeLimits:
     """Bounds on one submitted project, checked before and while it is read."""
 
     max_toml_bytes: int = 1 * MiB
-    max_depth: int = 32  # nesting of tables and arrays in the settings
+    max_depth: int = MAX_DEPTH  # nesting of tables and arrays in the settings, as in farm.toml
     max_files: int = 100_000
     max_total_bytes: int = 16 * GiB  # assets, summed before any byte is hashed
     max_seconds: float = 600.0
@@ -94,8 +95,12 @@ class IntakeQueue:
         return None
 
     def read(self, identity: bytes, root: Any, output: Any, *, uploaded: bool,
-             then: Callable[[Prepared], None], facts: Any = None) -> None:
-        """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`)."""
+             then: Callable[[Prepared], None], facts: Any = None, shown_as: Any = None) -> None:
+        """Read the project at ``root`` in the worker; ``then(prepared)`` runs on the loop (via `finished`).
+
+        ``shown_as``: for an upload, the submitter's own project folder (as its SUBMIT named it): an
+        error names that instead of ``root``, our upload folder (see `as_submitted`).
+        """
         self._pending[identity] = self._pending.get(identity, 0) + 1
         intake = Intake(identity, then)
 
@@ -103,13 +108,12 @@ class IntakeQueue:
             try:
                 intake.result = prepare(root, output, uploaded=uploaded, hashes=self.hashes,
                                         limits=self.limits, facts=facts)
-            except FarmError as exc:
-                intake.error = str(exc)
-            except RecursionError:
-                intake.error = f"{PROJECT_FILE} nests tables or arrays too deeply"
+            except FarmError as exc:  # a farm.toml nested too deeply too (`farm.tomltext`)
+                intake.error = as_submitted(str(exc), root, shown_as) if uploaded else str(exc)
             except Exception as exc:  # whatever a hostile folder provokes is an answer, never a crash
                 log.warning("reading a submitted project failed: %s: %s", type(exc).__name__, exc)
-                intake.error = f"cannot read the project: {type(exc).__name__}: {exc}"
+                error = f"cannot read the project: {type(exc).__name__}: {exc}"
+                intake.error = as_submitted(error, root, shown_as) if uploaded else error
             finally:
                 self._done.put(intake)
 
@@ -169,6 +173,29 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
     manifest = build_manifest(project.root, assets, hash_cache=hashes, deadline=deadline,
                               limits=Limits(max_files=limits.max_files, max_total_size=limits.max_total_bytes))
     return Prepared(project, media, manifest)
+
+
+def as_submitted(message: str, folder: Any, submitted: Any) -> str:
+    """An error about an uploaded project, naming the submitter's folder instead of ours.
+
+    The upload folder is under the controller's state folder: its path means nothing to the
+    submitter (who must find line 4 of *their* farm.toml) and is not theirs to know. ``submitted``
+    is the root the SUBMIT named, untrusted but only ever shown back to the peer that sent it;
+    text that could not be a path is replaced by a neutral name.
+    """
+    try:
+        shown = check_path_text(submitted, "project folder")
+    except IntakeError:
+        shown = "<your project>"
+    return path_replaced(message, folder, shown)
+
+
+def path_replaced(message: str, folder: Any, shown: str) -> str:
+    """``message`` with every spelling of ``folder`` (as given, absolute, symlinks resolved) as ``shown``."""
+    ours = {str(folder), os.path.realpath(str(folder)), os.path.abspath(str(folder))}
+    for path in sorted(ours, key=len, reverse=True):  # a longer spelling before its prefix
+        message = message.replace(path, shown)
+    return message
 
 
 def check_path_text(value: Any, what: str) -> str:
@@ -255,13 +282,10 @@ def check_project_file(root: str, limits: IntakeLimits) -> None:
 
 
 def check_depth(value: Any, limit: int, where: str) -> None:
-    """Refuse data nested deeper than ``limit`` (it must travel as msgpack and be read back)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            raise ProjectError(f"{where}: settings nest more than {limit} levels deep")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
+    """Refuse data nested deeper than ``limit`` (it must travel as msgpack and be read back);
+    `farm.tomltext.too_deep_path` walks it, as it walks every farm.toml."""
+    path = too_deep_path(value, limit)
+    if path is not None:
+        key = path_key(path)
+        at = f" (at {key})" if key else ""
+        raise ProjectError(f"{where}: settings nest more than {limit} levels deep{at}")

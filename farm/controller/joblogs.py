@@ -20,7 +20,7 @@ import collections
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from farm.controller.joblogstore import JobLogStore, open_beside
+from farm.controller.joblogstore import FIELDS, JobLogStore, open_beside
 
 if TYPE_CHECKING:
     from farm.journal import Journal
@@ -31,8 +31,6 @@ PER_RUN_BYTES = 32 * 1024 * 1024  # all the run's attempts together
 OVERHEAD = 200  # bytes an attempt costs beyond its text (tuples, deque slot, key)
 
 
-#: an attempt's fields, in the order of the tuple `JobLogs` keeps it as (and the store writes)
-FIELDS = ("attempt", "agent", "state", "error", "duration_s", "log")
 Attempt = tuple[int, str | None, str, str | None, float | None, str]
 
 

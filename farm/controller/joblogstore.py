@@ -11,8 +11,13 @@ the controller still answers for); the others' are deleted whenever a run begins
 
 Writes go through a queue to a writer thread of the store's own, which commits what
 collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
-its job writes, so a crash loses at most that moment's attempts); the loop never waits for
-them. Reads (`load`, `attempts`) use a second connection, on the caller's thread. A file that
+its job writes, so a crash loses at most that moment's attempts), at once when a full
+`BATCH_OPS` waits; the loop never waits for them. The text the queue holds is bounded
+(`BACKLOG_BYTES`, log and error characters): while the writer is behind (a slow or stalled
+disk) a record that would pass it is still written, with its log text replaced by
+`DROPPED_TEXT` and its error cut short, counted in `dropped` and logged at most once a
+minute. Only the newest texts go so; every row, drop and prune is still applied in order,
+so the file stays what memory holds but for those texts, and a later read finds the record. Reads (`load`, `attempts`) use a second connection, on the caller's thread. A file that
 cannot be used is reported once and the logs stay in memory only: they are for people to
 read, and never stop the controller.
 """
@@ -23,6 +28,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,12 @@ APPLICATION_ID = 0x464C4F47  # "FLOG": marks the file as farm's job logs
 SCHEMA_VERSION = 1
 BATCH_OPS = 2000  # writes per transaction at most, so a burst never holds the file long
 COMMIT_INTERVAL_S = 0.05  # writes collect this long into one transaction (a crash loses at most these)
+BACKLOG_BYTES = 16 * 1024 * 1024  # log and error text (characters) waiting for the writer, at most
+DROPPED_TEXT = "(log not kept on disk: the job-log writer was behind)"
+ERROR_KEPT = 1024  # characters of a record's error still written when its text is dropped
+DROP_LOG_EVERY_S = 60.0  # dropped texts are logged at most this often
+#: an attempt's fields, in the order of the tuple `farm.controller.joblogs.JobLogs` keeps it as
+FIELDS = ("attempt", "agent", "state", "error", "duration_s", "log")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     run TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, agent TEXT, state TEXT NOT NULL,
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
@@ -52,12 +64,20 @@ class JobLogStore:
 
     :param path: the SQLite file, created (mode 0600) if missing.
     :param journal: the journal's file, read (read-only) to know which runs' logs to keep.
+    :param backlog_bytes: log and error characters the queue may hold (see the module docstring).
     :raises sqlite3.Error, OSError, ValueError: the file cannot be used (see `open_beside`).
     """
 
-    def __init__(self, path: Path, journal: Path | None = None) -> None:
+    def __init__(self, path: Path, journal: Path | None = None, *,
+                 backlog_bytes: int = BACKLOG_BYTES) -> None:
         self.path = path
         self.journal = journal
+        self.backlog_bytes = backlog_bytes
+        # text queued (counted by `put`, the loop) and written (by the writer): one writer each, no lock
+        self._queued_text = self._written_text = 0
+        self.dropped = 0  # records written without their log text, the writer being behind
+        self._dropped_logged = 0  # `dropped` when last logged
+        self._drop_logged_at = float("-inf")
         private_file(path)
         self._db = _connect(path, check_same_thread=False)  # the writer thread's
         try:
@@ -74,10 +94,28 @@ class JobLogStore:
 
     # -- writes (queued; the writer thread applies them in order) --------------------------
 
-    def put(self, run: str, key: str, attempt: tuple[Any, ...]) -> None:
-        """Keep one attempt of ``run``'s job ``key``: (attempt, agent, state, error, duration_s, log),
-        as `farm.controller.joblogs.FIELDS` orders them."""
-        self._queue.put(("sql", _PUT, (run, key, *attempt)))
+    def put(self, run: str, key: str, attempt: tuple[Any, ...] | dict[str, Any]) -> None:
+        """Keep one attempt of ``run``'s job ``key``: a tuple of `FIELDS` (as `JobLogs` keeps it) or
+        a record (a map of them); its text is replaced (`DROPPED_TEXT`) if the queue holds
+        `backlog_bytes` of text already."""
+        if attempt.__class__ is dict:
+            attempt = tuple(attempt[f] for f in FIELDS)
+        number, agent, state, error, duration_s, text = attempt
+        size = len(text) + len(error or "")
+        if self._queued_text - self._written_text + size > self.backlog_bytes:
+            text, error = DROPPED_TEXT, error and error[:ERROR_KEPT]
+            size = len(text) + len(error or "")
+            self._dropped()
+        self._queued_text += size
+        self._queue.put(("sql", _PUT, (run, key, number, agent, state, error, duration_s, text)))
+
+    def _dropped(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_EVERY_S:
+            log.warning("job logs %s: the writer is behind (a slow disk?): %d job logs kept in memory "
+                        "only, not on disk", self.path, self.dropped - self._dropped_logged)
+            self._drop_logged_at, self._dropped_logged = now, self.dropped
 
     def drop(self, run: str, key: str, attempt: int) -> None:
         """Forget one attempt (`JobLogs` let it go)."""
@@ -129,7 +167,8 @@ class JobLogStore:
         stop = False
         while not stop:
             batch = [self._queue.get()]
-            if batch[0][0] == "sql":  # what else comes meanwhile joins its transaction, unwoken per write
+            # what else comes meanwhile joins its transaction, unwoken per write; not when a full batch waits
+            if batch[0][0] == "sql" and self._queue.qsize() < BATCH_OPS - 1:
                 self._urgent.wait(COMMIT_INTERVAL_S)  # a flush or close cuts it short
             self._urgent.clear()
             while len(batch) < BATCH_OPS:
@@ -139,6 +178,8 @@ class JobLogStore:
                     break
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
+            self._written_text += sum(len(args[7]) + len(args[5] or "")
+                                      for _, sql, args in batch if sql is _PUT)
         self._db.close()
 
     def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:

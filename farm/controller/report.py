@@ -36,6 +36,7 @@ class RunReport:
             "reused": self.reused,
             "resumed": self.resumed,
             "running": len(self.leases),
+            "collating": len(self.collating),  # rendered, outputs being written: not yet done
             "partial": round(running_fraction, 3),
             "retrying": len(self.ready),
             "elapsed_s": round(elapsed + self.elapsed_before, 3),  # the run's wall time, across restarts

@@ -91,6 +91,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.url: str | None = None
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.followers: dict[str, set[bytes]] = {}
+        self.publishing: dict[str, list[tuple[bytes, bool]]] = {}  # cancelled run -> who awaits its outputs
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
         self.budgets = peers.PeerBudgets()
         self._agents_checked = float("-inf")  # when liveness was last checked (`_check_agents`)

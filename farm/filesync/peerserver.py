@@ -3,7 +3,8 @@
 It is a `FileServer` (same socket loop, fair queue, bounds and wire format) that answers two
 operations only: ``have`` (a bitmap of a tree's blocks held here) and ``get`` (blocks by hash,
 looked up in a held manifest and read from the file the cache names by that file's digest,
-hashed before the first byte is served). Everything else is refused.
+hashed before the first byte is served; a block no file here yields any more is listed in the
+reply's ``missing`` and no longer offered, the other items are served). Everything else is refused.
 
 With keys, it is a CURVE server with this agent's own key pair, on a ZeroMQ context of its own
 whose ZAP handler admits only the keys the controller vouches for (farm members with the agent
@@ -57,6 +58,8 @@ class Members:
 class PeerServer(FileServer):
     """Serves what `holdings` says this agent holds; ``keys`` (this agent's pair) turns CURVE on."""
 
+    SERVES = frozenset({wire.HAVE, wire.GET})
+
     def __init__(self, bind: str, holdings: Holdings, *, keys: KeyPair | None = None,
                  max_fetchers: int = 4, active_s: float = ACTIVE_S) -> None:
         self.members = Members()
@@ -80,8 +83,6 @@ class PeerServer(FileServer):
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer: refuse, never admit
 
     def _admits(self, request: wire.Request) -> str | None:
-        if request.op not in (wire.GET, wire.HAVE):
-            return f"a peer serves only have and get, not {request.op}"
         if self.keys is not None and (request.user or "").encode() not in self.members.keys:
             return "this key is not one the controller vouches for as a farm member"
         return None
@@ -126,17 +127,25 @@ class PeerServer(FileServer):
 
     def _on_get(self, request: wire.Request) -> list[Any]:
         items = wire.get_items(request.body["items"], self.limits)
-        payloads = [self._read(block_hash, offset, length) for block_hash, offset, length in items]
-        self.counters.blocks_served += len(items)
-        return wire.reply_frames(request.rid, None, payloads)
+        payloads: list[bytes] = []
+        missing: list[int] = []
+        for i, (block_hash, offset, length) in enumerate(items):
+            data = self._read(block_hash, offset, length)
+            if data is None:  # not held (any more): the fetcher asks elsewhere for these alone
+                missing.append(i)
+            payloads.append(data or b"")
+        self.counters.blocks_served += len(items) - len(missing)
+        return wire.reply_frames(request.rid, {"missing": missing} if missing else None, payloads)
 
-    def _read(self, block_hash: bytes, offset: int, length: int) -> bytes:
+    def _read(self, block_hash: bytes, offset: int, length: int) -> bytes | None:
+        """The bytes asked for, or None if no file here holds the block (it is then no longer offered)."""
         where = self.holdings.where(block_hash)
         if where is None:
-            raise SyncError(f"block {block_hash.hex()[:16]} is not held here")
+            return None
         if offset + length > where.length:
             raise ProtocolError(f"get: {offset}+{length} is past the end of a {where.length}-byte block")
-        for path in where.paths:
+        # the stored file again last: a partial file may have been renamed into the cache meanwhile
+        for path in (*where.paths, where.paths[0]):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
@@ -156,4 +165,7 @@ class PeerServer(FileServer):
                     return data
             finally:
                 os.close(fd)
-        raise SyncError(f"block {block_hash.hex()[:16]} cannot be read here any more")
+        log.info("block %s is no longer in this cache (evicted); no longer offering its file",
+                 block_hash.hex()[:16])
+        self.holdings.lose(block_hash)
+        return None

@@ -68,7 +68,11 @@ class FileServer:
     ``store`` (optional) is one more place to find blocks an uploader need not send.
     ``access(request)`` (optional) refuses a request its sender's key may not make (key roles).
     Thread-safe: `publish`, `expect_upload` and friends may be called from any thread.
+    ``SERVES``: the operations this server answers (each an ``_on_<op>`` method); any other op
+    of the protocol is refused as "not served here".
     """
+
+    SERVES = frozenset({wire.MANIFEST, wire.GET, wire.OFFER, wire.PUT, wire.COMMIT, wire.ABORT})
 
     def __init__(
         self,
@@ -101,6 +105,7 @@ class FileServer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._endpoint: str | None = None
+        self._unserved = 0  # requests for ops this server does not serve (logged throttled)
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -261,6 +266,13 @@ class FileServer:
                 self._drop(f"garbled request from {client.hex()[:12]}: {type(exc).__name__}: {exc}")
                 continue
             self.counters.requests += 1
+            if request.op not in self.SERVES:  # another kind of file server's op (a peer's, the tracker's)
+                self.counters.errors += 1
+                self._log_refused(f"file-sync {request.op} from {client.hex()[:12]} is not served here")
+                served = ", ".join(sorted(self.SERVES))
+                error = f"{request.op} is not served here (this server serves {served})"
+                self._send(sock, client, wire.error_frames(request.rid, error))
+                continue
             request.user = authenticated_id(frames[1])
             refusal = self.access(request) if self.access is not None else None
             if refusal is not None:
@@ -280,6 +292,11 @@ class FileServer:
         self.counters.dropped += 1
         if self.counters.dropped <= 100 or self.counters.dropped % 1000 == 0:
             log.warning("%s (%d dropped so far)", why, self.counters.dropped)
+
+    def _log_refused(self, why: str) -> None:
+        self._unserved += 1
+        if self._unserved <= 10 or self._unserved % 1000 == 0:
+            log.info("%s (%d such requests so far)", why, self._unserved)
 
     def _serve(self, sock: zmq.Socket, client: bytes, request: wire.Request) -> None:
         try:

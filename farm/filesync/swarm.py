@@ -4,29 +4,32 @@ The controller's manifest says what the tree is; the controller's tracker (`farm
 says which agents serve it (endpoint and key) and grants each block to one agent at a time to
 fetch from the controller (``claim``). The loop here keeps every source busy up to its credit:
 
-- a peer is asked for blocks its ``have`` bitmap (polled every `HAVE_EVERY_S`) lists, in this
-  agent's own random order, so agents pull different blocks at the same time;
+- a peer is asked for blocks its ``have`` bitmap (polled every `HAVE_EVERY_S` until it is full)
+  lists, in this agent's own random order, so agents pull different blocks at the same time;
 - blocks no reachable peer has are claimed and fetched from the controller; a block claimed by
   another agent is waited for, until `FORCE_S` without a peer holding it while nothing else arrives
   (a claimant that died or crawls), when it is fetched from the controller anyway (``force``).
 
 Every block goes through the same `Assembly` as a plain fetch: hashed against the manifest before
-it counts. A peer that sends bad bytes is dropped for the rest of the fetch; one that refuses
-(busy, not held), stops answering for ``peer_timeout`` or vanishes is left alone for `PENALTY_S`;
-its blocks are asked for elsewhere. One whose connection is refused (`PeerWatch`) is dropped at
-once, not after ``peer_timeout``; those that did not answer are reported to the tracker
-(``dead``), which sets them aside for every agent. The controller stays the source of last resort, with the
-plain client's timeouts and retries.
+it counts. A peer that sends bad bytes, or never answers its first ``have`` in ``peer_timeout``
+(a hung node, a firewall dropping packets), is dropped for the rest of the fetch; one that
+refuses, stops answering for ``peer_timeout`` or vanishes is dropped for ``penalty_s`` (one
+merely busy is asked again after `BUSY_S`); blocks it no longer holds (``missing`` in its reply:
+evicted) are struck from its bitmap alone. Its blocks are asked for elsewhere. One whose
+connection is refused (`PeerWatch`) is dropped at once, not after ``peer_timeout``; those that
+did not answer are reported to the tracker (``dead``), which sets them aside for every agent. At
+most `LIVE_PEERS` peers are connected at once. The controller stays the source of last resort,
+with the plain client's timeouts and retries.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -36,10 +39,10 @@ from farm.filesync.assembly import Assembly, Outcome
 from farm.filesync.client import MAX_IN_FLIGHT, ClientCounters, FileClient, Progress, ProgressFn, _Request
 from farm.filesync.errors import SyncError, TransferError, VerifyError
 from farm.filesync.hashing import HASH_LEN
-from farm.filesync.holdings import Holdings, from_bitmap
+from farm.filesync.holdings import Holding, Holdings
 from farm.filesync.manifest import Manifest
 from farm.filesync.materialize import Sources
-from farm.filesync.peerwatch import PeerWatch
+from farm.filesync.peerset import BadPeer, Peer, PeerSet
 from farm.filesync.tracker import MAX_DEAD
 
 log = logging.getLogger(__name__)
@@ -58,39 +61,23 @@ DRAIN = 64  # replies read from one socket per turn
 PEER_REQUESTS = 8  # requests in flight at one peer (a block server queues 16 per fetcher)
 
 
-@dataclass
-class _Peer:
-    endpoint: str
-    key: str
-    client: FileClient
-    watch: PeerWatch
-    have: set[int] = field(default_factory=set)
-    have_at: float = 0.0
-    have_rid: int | None = None
-    have_sent: float = 0.0
-    inflight: dict[int, tuple[_Request, float]] = field(default_factory=dict)
-    outstanding: int = 0
-    penalty_until: float = 0.0
-    bad: bool = False
-
-    def usable(self, now: float) -> bool:
-        return not self.bad and now >= self.penalty_until
-
-
 class SwarmClient(FileClient):
     """`FileClient` whose `sync` also fetches from peers and serves what it holds (`holdings`).
 
     ``serve``: this agent's block server endpoint, registered with the tracker (None: fetch
     from peers, serve none); ``peer_setup(key)``: CURVE set-up for a peer with that key;
     ``on_members(id, keys)``: the farm members the controller vouches for, for the block server;
-    ``agent``: this agent's id (the tracker replaces its earlier registrations and never lists it).
+    ``agent``: this agent's id (the tracker replaces its earlier registrations and never lists it);
+    ``peer_timeout``, ``penalty_s``: seconds a peer may take to answer, and a failed one is left alone;
+    ``on_served(tree, manifest_id)``: called when a sync registered this agent as serving ``tree``.
     """
 
     def __init__(self, endpoint: str, store: Any, *, holdings: Holdings, serve: str | None = None,
                  peer_setup: PeerSetup | None = None,
                  on_members: Callable[[str, list[str]], None] | None = None,
                  members_id: Callable[[], str] | None = None, peer_timeout: float = 5.0,
-                 agent: str | None = None, **options: Any) -> None:
+                 penalty_s: float = PENALTY_S, agent: str | None = None,
+                 on_served: Callable[[str, str], None] | None = None, **options: Any) -> None:
         super().__init__(endpoint, store, **options)
         self.holdings = holdings
         self.serve = serve
@@ -98,11 +85,14 @@ class SwarmClient(FileClient):
         self.on_members = on_members
         self.members_id = members_id or (lambda: "")
         self.peer_timeout = peer_timeout
+        self.penalty_s = penalty_s
+        self.on_served = on_served
         self.agent = agent  # this agent's id, so the tracker knows a restarted agent's old registration
         self.peer_counters = ClientCounters()  # blocks and bytes from peers (``counters``: the controller's)
         self._tree: str | None = None
         self._dead: set[str] = set()  # peers a fetch found dead and had no turn to report
         self._manifest: Manifest | None = None
+        self._holding: Holding | None = None  # what this fetch offers while it runs
 
     def sync(self, tree: str, dest: Any, *, progress: ProgressFn | None = None,
              **materialize: bool) -> Manifest:
@@ -113,14 +103,19 @@ class SwarmClient(FileClient):
             self._tree = None
 
     def _fetch(self, manifest: Manifest, progress: ProgressFn | None) -> Sources | None:
-        self._manifest = manifest
+        self._manifest, self._holding = manifest, None
         try:
             have = super()._fetch(manifest, progress)
         except BaseException:
-            self.holdings.forget(manifest.id)  # its partial files may be adopted by another fetch
+            if self._holding is not None:  # its partial files may be adopted by another fetch
+                self.holdings.forget(self._holding)
             raise
         store = self._need_store()
-        self.holdings.begin(manifest, store.file_path, None)  # all here now: served from the cache
+        if self._holding is not None:  # its partial files are in the cache now
+            self.holdings.forget(self._holding)
+        self.holdings.begin(manifest, store.file_path, None)  # all here: served from the cache
+        if self._tree is not None and self.serve is not None and self.on_served is not None:
+            self.on_served(self._tree, manifest.id)  # to keep its registration alive while it serves
         dead, self._dead = sorted(self._dead)[:MAX_DEAD], set()
         # held already, say so; or tell the tracker who did not answer, before the next fetcher asks
         if self._tree is not None and self.serve is not None and (have is not None or dead):
@@ -147,10 +142,10 @@ class SwarmClient(FileClient):
             super()._fetch_blocks(assembly, progress)
             return
         store = self._need_store()
-        order = self.holdings.begin(self._manifest, store.file_path, store.session_dir(),
-                                    missing=[h for h, _ in assembly.missing()])
+        self._holding = self.holdings.begin(self._manifest, store.file_path, store.session_dir(),
+                                            missing=[h for h, _ in assembly.missing()])
         try:
-            _Swarm(self, self._tree, self._manifest.id, order, assembly, progress).run()
+            _Swarm(self, self._tree, self._holding, assembly, progress).run()
         except NoTracker as exc:  # fetch the rest from the controller alone, as before peers
             log.info("fetching %s from the file service alone: %s", self._tree, exc)
             super()._fetch_blocks(assembly, progress)
@@ -159,13 +154,14 @@ class SwarmClient(FileClient):
 class _Swarm:
     """One fetch's loop over the controller and its peers."""
 
-    def __init__(self, client: SwarmClient, tree: str, manifest_id: str, order: list[bytes],
-                 assembly: Assembly, progress: ProgressFn | None) -> None:
+    def __init__(self, client: SwarmClient, tree: str, holding: Holding, assembly: Assembly,
+                 progress: ProgressFn | None) -> None:
         self.c = client
         self.tree = tree
-        self.manifest_id = manifest_id
-        self.index = {h: i for i, h in enumerate(order)}
-        self.count = len(order)
+        self.holding = holding
+        self.manifest_id = holding.manifest_id
+        self.index = {h: i for i, h in enumerate(holding.order)}
+        self.count = len(holding.order)
         self.assembly = assembly
         self.progress = progress
         self.lengths = dict(assembly.missing())
@@ -176,8 +172,7 @@ class _Swarm:
         self.granted: deque[bytes] = deque()
         self.denied: dict[bytes, float] = {}  # block -> when first denied
         self.asked_at: dict[bytes, float] = {}  # block -> when last denied
-        self.peers: dict[str, _Peer] = {}
-        self.dead: set[str] = set()  # peers that did not answer, to report to the tracker
+        self.peers = PeerSet(self._open, client.peer_timeout, client.penalty_s)
         self.ctl: dict[int, tuple[str, Any]] = {}  # rid -> (op, request or hashes)
         self.ctl_bytes = 0
         self.bad: Counter[bytes] = Counter()
@@ -195,44 +190,43 @@ class _Swarm:
                 self._ask(now)
                 poller = zmq.Poller()
                 poller.register(self.c._sock, zmq.POLLIN)
-                for peer in self.peers.values():
+                for peer in self.peers.live.values():
                     if peer.inflight or peer.have_rid is not None:
                         poller.register(peer.client._sock, zmq.POLLIN)
                 events = dict(poller.poll(50))
                 if self.c._sock in events:
                     self._drain_controller()
-                for peer in list(self.peers.values()):
+                for peer in list(self.peers.live.values()):
                     if peer.client._sock in events:
                         self._drain_peer(peer)
                 now = time.monotonic()
                 if not self.heard_peers and now - self.started > TRACKER_WAIT_S:
                     raise NoTracker(f"no answer to peers in {TRACKER_WAIT_S:g} s")
-                self._expire(now)
+                for peer in self.peers.expire(now):
+                    self._unbusy(peer)
                 if now - self.last_heard > self.c.timeout:
                     raise TransferError(f"no block arrived from the file server at {self.c.endpoint} "
                                         f"or its peers in {self.c.timeout:g} s")
         finally:
-            self.c._dead |= self.dead
-            for peer in self.peers.values():
-                peer.watch.close()
-                if not peer.bad:
-                    peer.client.close()
+            self.c._dead |= self.peers.dead
+            self.peers.close()
 
     def _ask(self, now: float) -> None:
         if now - self.last_peers > PEERS_EVERY_S and not any(op == wire.PEERS for op, _ in self.ctl.values()):
             self.last_peers = now
-            fields = self.c.peers_fields(self.tree, sorted(self.dead)[:MAX_DEAD])
-            self.dead.difference_update(fields["dead"])
+            fields = self.c.peers_fields(self.tree, sorted(self.peers.dead)[:MAX_DEAD])
+            self.peers.dead.difference_update(fields["dead"])
             self.ctl[self.c._send(wire.PEERS, fields, [])] = (wire.PEERS, None)
-        for peer in self.peers.values():
-            if peer.usable(now) and peer.have_rid is None and now - peer.have_at > HAVE_EVERY_S:
+        for peer in self.peers.live.values():
+            polled = peer.full or now - peer.have_at <= HAVE_EVERY_S  # full stays full (evictions: `missing`)
+            if peer.usable(now) and peer.have_rid is None and not polled:
                 peer.have_rid = peer.client._send(wire.HAVE, {"manifest": self.manifest_id}, [])
                 peer.have_sent = now
             if peer.usable(now) and peer.have and peer.outstanding < PEER_WINDOW:
                 self._fill_peer(peer)
         self._fill_controller(now)
 
-    def _fill_peer(self, peer: _Peer) -> None:
+    def _fill_peer(self, peer: Peer) -> None:
         picked, room = [], PEER_WINDOW - peer.outstanding
         for block_hash in self.todo:
             if room <= 0:
@@ -285,15 +279,12 @@ class _Swarm:
             self.ctl_bytes += request.cost
         if self.granted or any(op == wire.CLAIM for op, _ in self.ctl.values()):
             return
-        if not self.heard_peers or any(p.usable(now) and p.have_at == 0.0 for p in self.peers.values()):
-            return  # first learn what the peers hold: claim only what none of them has
-        held = set()
-        for peer in self.peers.values():
-            if peer.usable(now):
-                held |= peer.have
+        if not self.heard_peers or self.peers.waiting(now):
+            return  # first learn what new peers hold (one silent for the peer timeout is dropped)
+        held = self.peers.held(now, self.count)
         # force only when nothing else is coming: a busy fetcher waits, the claimant is likely just slow
         idle = not any(op == wire.GET for op, _ in self.ctl.values()) and not any(
-            p.inflight for p in self.peers.values())
+            p.inflight for p in self.peers.live.values())
         claim, force, size = [], [], 0
         for block_hash in self.todo:
             if size >= self.c.window:
@@ -354,16 +345,7 @@ class _Swarm:
         if payloads and self.c.on_members is not None:
             keys = bytes(wire.view(payloads[0])).decode("ascii", "replace").split()
             self.c.on_members(body["members_id"], keys)
-        for item in body["peers"][:64]:
-            if len(item) != 2 or item[0] in self.peers or item[0] == self.c.serve:
-                continue
-            endpoint, key = item
-            try:
-                client = self._open(endpoint, key)
-            except (zmq.ZMQError, ValueError, SyncError) as exc:
-                log.info("cannot use peer %s: %s", endpoint[:100], exc)
-                continue
-            self.peers[endpoint] = _Peer(endpoint, key, client, PeerWatch(client._sock))
+        self.peers.add(body["peers"], self.c.serve, time.monotonic())
 
     def _open(self, endpoint: str, key: str) -> FileClient:
         return FileClient(endpoint, None, context=self.c.context, socket_setup=self.c.peer_setup(key),
@@ -380,7 +362,7 @@ class _Swarm:
             else:
                 self.denied.setdefault(block_hash, now)
 
-    def _drain_peer(self, peer: _Peer) -> None:
+    def _drain_peer(self, peer: Peer) -> None:
         for _ in range(DRAIN):  # bounded: a peer flooding replies cannot hold the loop
             if (got := self._recv(peer.client, self.c.peer_counters)) is None:
                 return
@@ -389,59 +371,54 @@ class _Swarm:
                 if rid is not None and rid == peer.have_rid:
                     peer.have_rid = None
                     body, payloads = peer.client._parse(frames, wire.HAVE)
-                    self._on_have(peer, body, payloads)
+                    peer.take_have(time.monotonic(), body, payloads, self.count)
                 elif rid in peer.inflight:
                     request, _ = peer.inflight.pop(rid)
                     peer.outstanding -= request.cost
                     self._release(request)
                     body, payloads = peer.client._parse(frames, wire.GET)
-                    self._on_blocks(request, payloads, peer.endpoint, self.c.peer_counters)
-            except _BadPeer as exc:
+                    missing = peer.strike(request, body.get("missing") or [], self.index)
+                    self._on_blocks(request, payloads, peer.endpoint, self.c.peer_counters, missing)
+            except BadPeer as exc:
                 log.warning("peer %s sent bad data (%s); fetching its blocks elsewhere", peer.endpoint, exc)
-                peer.bad = True
-                self._abandon(peer)
+                self.peers.drop(peer, math.inf)
+                self._unbusy(peer)
                 return
-            except SyncError as exc:  # refused: busy, not held (evicted), a key it does not admit
-                busy = "busy:" in str(exc)
-                log.log(logging.DEBUG if busy else logging.INFO, "peer %s: %s; fetching elsewhere for now",
-                        peer.endpoint, exc)
-                self._abandon(peer, BUSY_S if busy else PENALTY_S)
+            except SyncError as exc:  # refused: busy, a key it does not admit, an older peer's refusal
+                if "busy:" in str(exc):
+                    log.debug("peer %s: %s; fetching elsewhere for now", peer.endpoint, exc)
+                    self._unbusy(peer)
+                    self.peers.reset(peer, BUSY_S, time.monotonic())
+                else:
+                    log.info("peer %s: %s; fetching elsewhere for now", peer.endpoint, exc)
+                    self.peers.drop(peer, time.monotonic() + self.c.penalty_s)
+                    self._unbusy(peer)
                 return
-
-    def _on_have(self, peer: _Peer, body: dict[str, Any], payloads: list[wire.Frame]) -> None:
-        peer.have_at = time.monotonic()
-        if body["count"] == 0:
-            peer.have = set()
-            return
-        if body["count"] != self.count or len(payloads) != 1:
-            raise _BadPeer(f"a have bitmap of {body['count']} blocks for a tree of {self.count}")
-        try:
-            peer.have = from_bitmap(wire.view(payloads[0]), self.count)
-        except ValueError as exc:
-            raise _BadPeer(str(exc)) from None
 
     def _on_blocks(self, request: _Request, payloads: list[wire.Frame], source: str,
-                   counters: ClientCounters) -> None:
+                   counters: ClientCounters, missing: set[int] | frozenset[int] = frozenset()) -> None:
         if len(payloads) != len(request.items):
             if source:
-                raise _BadPeer(f"asked for {len(request.items)} chunks, got {len(payloads)}")
+                raise BadPeer(f"asked for {len(request.items)} chunks, got {len(payloads)}")
             raise TransferError(f"asked for {len(request.items)} chunks, got {len(payloads)}")
-        for (block_hash, offset, length), frame in zip(request.items, payloads, strict=True):
+        for i, ((block_hash, offset, length), frame) in enumerate(zip(request.items, payloads, strict=True)):
+            if i in missing:
+                continue  # not held there any more: asked for elsewhere
             data = wire.view(frame)
             if len(data) != length:
                 if source:
-                    raise _BadPeer(f"asked for {length} bytes, got {len(data)}")
+                    raise BadPeer(f"asked for {length} bytes, got {len(data)}")
                 raise TransferError(f"asked for {length} bytes, got {len(data)}")
             outcome = self.assembly.accept(block_hash, offset, data)
             if outcome is Outcome.DONE:
                 counters.blocks_fetched += 1
                 self.done_bytes += self.lengths.pop(block_hash)
-                self.c.holdings.add(self.manifest_id, block_hash)
+                self.c.holdings.add(self.holding, block_hash)
                 self.last_heard = time.monotonic()
             elif outcome is Outcome.BAD:
                 counters.blocks_rejected += 1
                 if source:
-                    raise _BadPeer(f"block {block_hash.hex()[:16]} failed verification")
+                    raise BadPeer(f"block {block_hash.hex()[:16]} failed verification")
                 if offset + length == self.lengths[block_hash]:
                     self.bad[block_hash] += 1
                     if self.bad[block_hash] > self.c.retries:
@@ -459,42 +436,13 @@ class _Swarm:
             if offset + length >= self.lengths.get(block_hash, 0):
                 self.busy.pop(block_hash, None)  # its last chunk came back: done, or to ask again
 
-    def _abandon(self, peer: _Peer, penalty: float = 0.0) -> None:
-        """Forget what ``peer`` was asked; its blocks go back to be asked elsewhere."""
+    def _unbusy(self, peer: Peer) -> None:
+        """``peer``'s requests go back to be asked elsewhere."""
         for request, _ in peer.inflight.values():
             for block_hash, _, _ in request.items:
                 if self.busy.get(block_hash) == peer.endpoint:
                     del self.busy[block_hash]
-        peer.inflight.clear()
-        peer.outstanding = 0
-        peer.have_rid = None
-        peer.have = set()
-        peer.penalty_until = time.monotonic() + penalty
-        peer.watch.close()
-        peer.client.close()
-        if not peer.bad:  # a fresh socket: replies to what was abandoned must not be taken for new ones
-            peer.client = self._open(peer.endpoint, peer.key)
-            peer.watch = PeerWatch(peer.client._sock)
-
-    def _expire(self, now: float) -> None:
-        for peer in list(self.peers.values()):
-            if peer.usable(now) and peer.watch.refused():  # nobody listens there: no need to wait
-                log.info("peer %s refused the connection; fetching elsewhere", peer.endpoint)
-                self.dead.add(peer.endpoint)
-                self._abandon(peer, PENALTY_S)
-                continue
-            stalled = peer.have_rid is not None and now - peer.have_sent > self.c.peer_timeout
-            stalled = stalled or any(now - sent > self.c.peer_timeout for _, sent in peer.inflight.values())
-            if stalled:
-                log.info("peer %s did not answer in %g s; fetching elsewhere", peer.endpoint,
-                         self.c.peer_timeout)
-                self.dead.add(peer.endpoint)
-                self._abandon(peer, PENALTY_S)
 
 
 class NoTracker(SyncError):
     """The file service does not track peers (it refused or ignored ``peers``, ``claim``)."""
-
-
-class _BadPeer(SyncError):
-    """A peer broke the protocol or sent bytes that do not match the manifest."""

@@ -12,16 +12,25 @@
 - ``claim``: ask for the right to fetch blocks from the controller. A block is granted to one
   agent at a time (until `CLAIM_S` passes, when the claimant may be dead or slow); the others
   wait for it to appear at a peer. ``force`` is granted always: the fallback when no peer
-  delivers. So the controller sends each block about once, whatever the number of agents.
+  delivers. So the controller sends each block about once, whatever the number of agents. A
+  claim without ``serve`` (an agent whose block server could not start) is granted as ``force``
+  and not recorded: nobody could fetch those blocks from it.
+
+A registration of an endpoint that another key holds (unexpired) is ignored: a member cannot
+point fetchers at another member's block server under its own key.
 
 State is bounded: at most `MAX_PEERS` registrations per tree, for published trees only, claims
-only on blocks of published trees; registrations end after `TTL_S` without a refresh.
+only on blocks of published trees; registrations end after `TTL_S` without a refresh, and are
+offered to nobody from the moment the controller drops the agent behind them
+(`Tracker.forget_agent`: it said BYE, went silent, lost its connection or had its key revoked)
+until it registers them again, or the controller sees the same process back (`restore_agent`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -59,6 +68,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._peers: dict[str, dict[str, _Entry]] = {}  # tree -> endpoint -> registration
         self._claims: dict[str, dict[bytes, tuple[str, float]]] = {}  # tree -> block -> (claimant, when)
+        self.refused = 0  # registrations of an endpoint another key holds
 
     def register(self, tree: str, endpoint: str, key: str, agent: str | None = None) -> None:
         """Record ``endpoint`` as serving ``tree``; replaces what the same agent registered before."""
@@ -67,9 +77,20 @@ class Tracker:
         with self._lock:
             peers = self._peers.setdefault(tree, {})
             self._expire(peers, now)
+            held = peers.get(endpoint)
+            if held is not None and held.key != key and held.aside_until != math.inf:
+                # another member's live block server: never repointed (a departed one's address may be reused)
+                self.refused += 1
+                if self.refused <= 10 or self.refused % 1000 == 0:
+                    log.warning("ignored a registration of %s, which another key serves (%d ignored so far)",
+                                endpoint[:100], self.refused)
+                return
             for old in [e for e, entry in peers.items() if entry.who == who and e != endpoint]:
                 log.info("block server %s of %s replaces %s", endpoint[:100], who[1] or "an agent", old[:100])
                 del peers[old]  # its predecessor, dead or moved: never offered again
+            if endpoint not in peers and len(peers) >= MAX_PEERS:  # room: drop those of departed agents
+                for old in [e for e, entry in peers.items() if entry.aside_until == math.inf]:
+                    del peers[old]
             if endpoint in peers or len(peers) < MAX_PEERS:
                 peers[endpoint] = _Entry(key, now, who)
 
@@ -79,8 +100,8 @@ class Tracker:
         with self._lock:
             peers = self._peers.get(tree, {})
             for endpoint in endpoints[:MAX_DEAD]:
-                if endpoint in peers:
-                    peers[endpoint].aside_until = until
+                if endpoint in peers:  # one whose agent is gone stays aside (forget_agent)
+                    peers[endpoint].aside_until = max(peers[endpoint].aside_until, until)
 
     def listing(self, tree: str, exclude: str | None, key: str = "",
                 agent: str | None = None) -> list[list[str]]:
@@ -107,6 +128,40 @@ class Tracker:
                     granted.append(block_hash)
         return granted
 
+    def forget_agent(self, key: str, agent: str) -> int:
+        """Offer the agent with this key ("" without keys) and id to nobody, in every tree, and
+        free the block claims its block servers held: the controller dropped it (it left, or went
+        silent), so each offer would cost a failed fetch and a retry. Its registrations are kept
+        aside until it registers again or `restore_agent` (the same process came back), or `ttl`
+        ends them. Returns how many registrations that was."""
+        who = _identity("", key, agent)
+        with self._lock:
+            gone: list[str] = []
+            for peers in self._peers.values():
+                for endpoint, entry in peers.items():
+                    if entry.who == who:
+                        entry.aside_until = math.inf
+                        gone.append(endpoint)
+            claimants = {f"{key} {endpoint}" for endpoint in gone}
+            for claims in self._claims.values() if claimants else ():
+                for block_hash in [h for h, (claimant, _) in claims.items() if claimant in claimants]:
+                    del claims[block_hash]  # another agent may fetch it now, not after `claim_s`
+        if gone:
+            log.info("agent %s is gone: its %d block server registrations are offered to nobody",
+                     agent[:MAX_AGENT], len(gone))
+        return len(gone)
+
+    def restore_agent(self, key: str, agent: str) -> int:
+        """Offer again what `forget_agent` set aside for this agent: the controller knows it is the same
+        process back (its block servers still serve). Returns how many registrations that was."""
+        who = _identity("", key, agent)
+        with self._lock:
+            back = [entry for peers in self._peers.values() for entry in peers.values()
+                    if entry.who == who and entry.aside_until == math.inf]
+            for entry in back:
+                entry.aside_until = 0.0
+        return len(back)
+
     def forget(self, tree: str) -> None:
         with self._lock:
             self._peers.pop(tree, None)
@@ -122,7 +177,7 @@ class _Entry:
     key: str  # the Z85 key it authenticated with ("" without keys)
     when: float  # last registered (monotonic)
     who: tuple[str, str]  # the agent behind it (`_identity`)
-    aside_until: float = 0.0  # reported dead: not listed before this (monotonic)
+    aside_until: float = 0.0  # reported dead: not listed before this (monotonic); inf: its agent is gone
 
 
 def _identity(endpoint: str, key: str, agent: str | None) -> tuple[str, str]:
@@ -133,6 +188,8 @@ def _identity(endpoint: str, key: str, agent: str | None) -> tuple[str, str]:
 class SwarmFileServer(FileServer):
     """A `FileServer` that also tracks peers (``peers``, ``claim``); ``members`` lists the keys a
     block server admits (None without keys)."""
+
+    SERVES = FileServer.SERVES | {wire.PEERS, wire.CLAIM}
 
     def __init__(self, *args: Any, members: Members | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -193,6 +250,8 @@ class SwarmFileServer(FileServer):
             raise ProtocolError("claim: too many blocks in one request")
         blocks = self._index.blocks
         hashes = [h for i in range(0, len(raw), HASH_LEN) if (h := raw[i:i + HASH_LEN]) in blocks]
-        claimant = f"{request.user or ''} {self._serve_endpoint(request) or ''}"
-        granted = self.tracker.claim(tree, claimant, hashes, request.body["force"])
+        serve = self._serve_endpoint(request)
+        if serve is None:  # it serves nobody, so nobody may wait for it: granted, as with force, not recorded
+            return wire.reply_frames(request.rid, None, [b"".join(hashes)])
+        granted = self.tracker.claim(tree, f"{request.user or ''} {serve}", hashes, request.body["force"])
         return wire.reply_frames(request.rid, None, [b"".join(granted)])

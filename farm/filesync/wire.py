@@ -17,6 +17,9 @@ Between agents (`farm.filesync.peerserver`, `farm.filesync.tracker`; docs/filesy
                                                          + [members unless known]
     claim    {tree, serve?, force} + [concatenated hashes] -> {} + [concatenated hashes granted]
     have     {manifest}              -> {count} + [bitmap over `holdings.block_order`]
+    get      (a peer's reply)        -> {missing?: [index]} + [one frame per item, empty if missing]
+
+Each kind of server answers its own ops only (``FileServer.SERVES``); another is refused.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ VERIFY, UNSAFE, BAD_MANIFEST, REFUSED = "verify", "unsafe", "manifest", "refused
 KEY_ROLE, BUSY = "key_role", "busy"  # the key's role does not cover the op; a peer serving all it may
 REPLIES: dict[str, dict[str, Any]] = {
     MANIFEST: {**REPLY, "id": str, "same": bool},
-    GET: REPLY,
+    GET: {**REPLY, "missing": opt([int])},
     OFFER: {**REPLY, "need": int},
     PUT: {**REPLY, "bad": [bytes]},
     COMMIT: REPLY,

@@ -25,7 +25,8 @@ ProjectId = Annotated[str, Path(description="A run id (`name-1a2b3c4d`), or a pr
                                 min_length=1, max_length=200)]
 AgentId = Annotated[str, Path(description="An agent's id, as `GET /api/v1/agents` lists it.",
                               min_length=1, max_length=200)]
-JobState = Literal["queued", "running", "done", "failed", "reused"]
+# the controller's JOB_STATES (farm.controller.control), in its listing order
+JobState = Literal["running", "collating", "queued", "failed", "done", "reused"]
 PRIORITY_LIMIT = 1_000_000  # the controller's own bound on priorities
 FAILURES_SHOWN = 20  # failed jobs a run's own page lists
 
@@ -67,7 +68,7 @@ def list_projects(farm: Farm) -> dict[str, Any]:
             summary="One run: state, progress, rate, ETA, failures, priority")
 def get_project(project: ProjectId, farm: Farm) -> dict[str, Any]:
     """The run's snapshot: ``id``, ``project`` (name), ``media_type``, ``state``, ``paused``,
-    ``priority``, ``total``, ``done``, ``failed``, ``reused``, ``running``, ``rate`` (jobs/s),
+    ``priority``, ``total``, ``done``, ``failed``, ``reused``, ``running``, ``collating``, ``rate`` (jobs/s),
     ``eta_s``, ``stalled`` (why nothing runs), ``error``, ``progress``: ``{"jobs": {...},
     "units": ...}`` (the media's own units where the controller reports them), and ``failures``:
     the first `FAILURES_SHOWN` jobs that failed for good (all of them: ``/jobs?state=failed``)."""
@@ -165,7 +166,7 @@ def undrain(agent: AgentId, farm: Farm, _body: Empty | None = None) -> dict[str,
 
 def _project_view(snap: dict[str, Any]) -> dict[str, Any]:
     """A run's snapshot with ``paused`` and a ``progress`` block (jobs, and media units if known)."""
-    jobs = {name: snap.get(name) for name in ("total", "done", "failed", "reused", "running")}
+    jobs = {name: snap.get(name) for name in ("total", "done", "failed", "reused", "running", "collating")}
     paused = bool(snap.get("paused")) and snap.get("state") in ("running", "finalizing")
     view = {**snap, "paused": paused, "progress": {"jobs": jobs, "units": snap.get("units")}}
     if paused:

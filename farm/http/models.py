@@ -16,7 +16,8 @@ class _Open(BaseModel):
 
 
 class Progress(_Open):
-    jobs: dict[str, int | None] = Field(description="total (null until known), done, failed, reused, running")
+    jobs: dict[str, int | None] = Field(
+        description="total (null until known), done, failed, reused, running, collating")
     units: dict[str, Any] | None = Field(description="Progress in the media's own units, where reported.")
 
 
@@ -34,6 +35,7 @@ class Project(_Open):
     failed: int
     reused: int
     running: int
+    collating: int = Field(0, description="Jobs rendered whose outputs are being collated (not yet done).")
     rate: float | None = Field(description="Jobs per second.")
     eta_s: float | None = Field(description="Seconds left at the current rate.")
     stalled: str | None = Field(description="Why nothing runs, when nothing does.")
@@ -47,7 +49,7 @@ class Projects(BaseModel):
 
 class Job(_Open):
     key: str
-    state: str = Field(description="queued, running, done, failed or reused")
+    state: str = Field(description="running, collating, queued, failed, done or reused")
     attempts: int | None  # None: a done job of a run from before a restart (the journal does not say)
     agent: str | None
     duration_s: float | None

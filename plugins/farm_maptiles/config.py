@@ -19,8 +19,9 @@ DEFAULT_TILE_SIZE = 256
 DEFAULT_METATILE = 8
 #: pixels around a metatile; more than this costs far more than the labels it saves
 MAX_BUFFER = 2048
-#: the most metatiles a fixed ``chunk`` groups in one job (a job never crosses a metatile row)
-MAX_CHUNK = 4096
+#: tiles one job holds at most (64 metatiles of 4x4, 16 of 8x8): its one bundle rides in one
+#: result message, under ``[jobs] max_output_mib`` even at 48 KiB a tile; a fixed ``chunk`` too
+MAX_JOB_TILES = 1024
 
 _ZOOM_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -87,7 +88,13 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
     buffer = s.integer("buffer", None, min=0, max=MAX_BUFFER)
     # metatiles per job; written in farm.toml it is kept, else the controller sizes jobs from
     # measured times (farm_maptiles.grouping)
-    chunk = s.integer("chunk", 1, min=1, max=MAX_CHUNK)
+    chunk = s.integer("chunk", 1, min=1)
+    most = max(1, MAX_JOB_TILES // metatile ** 2)  # a fixed chunk keeps the adaptive jobs' cap
+    if chunk > most:
+        raise s.error("chunk", f"{chunk} metatiles of {metatile} x {metatile} tiles make jobs of "
+                               f"{chunk * metatile ** 2} tiles; a job holds at most {MAX_JOB_TILES} "
+                               f"(its one result must fit [jobs] max_output_mib): chunk <= {most} "
+                               f"at metatile = {metatile}")
     fmt = s.choice("format", FORMATS, "png")
     attribution = s.str("attribution", "")
     description = s.str("description", "")

@@ -21,11 +21,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from farm.mediatype import ChunkAdvisor, Job
+from farm_maptiles.config import MAX_JOB_TILES
 from farm_maptiles.tilemath import Metatile, TileRange, metatile_grid, metatile_size, metatiles
 
-#: tiles one job holds at most (64 metatiles of 4x4, 16 of 8x8): its one bundle rides in one
-#: result message, under ``[jobs] max_output_mib`` even at 48 KiB a tile
-MAX_JOB_TILES = 1024
 
 
 def job_limit(metatile: int, z: int) -> int:
