@@ -9,7 +9,8 @@
    ``--rounds`` times each, medians printed, and farm's ratio to it (goal: >= 0.5x);
    also multiprocessing.Pool(2).imap(chunksize=1) over the same count;
 2. 1,000 jobs of 10 ms on 2 agents: makespan vs the ideal (target: <= 3 % over).
-``--json`` prints one object: farm_jobs_per_s, bare_jobs_per_s, ratio (and the rest).
+``--json`` prints one object: farm_jobs_per_s, bare_jobs_per_s, ratio (and the rest: CPU per job
+by part, ``gc_s``: the cyclic garbage collector's seconds in the farm rounds, by generation).
 Times are measured by the submitting client: submit to summary, collation included.
 With ``--before DIR`` (a checkout of an earlier version), both versions run in turns, in
 subprocesses, ``--rounds`` times each, and the median no-op rate of each is printed: a
@@ -19,6 +20,7 @@ before/after comparison in one run, so a busy machine slows both alike.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -91,6 +93,22 @@ def cpu_by_part(agents: list[int]) -> dict[str, float]:
             "client": cpu_s(f"/proc/{me}/stat") - controller - journal - events,
             "agent": sum(cpu_s(f"/proc/{a}/stat") for a in agents),
             "worker": sum(cpu_s(f"/proc/{w}/stat") for a in agents for w in children(a))}
+
+
+class GcTimer:
+    """Seconds Python's cyclic garbage collector took in this process while `on`, by generation."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seconds = [0.0, 0.0, 0.0]
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self.on:
+            self.seconds[info["generation"]] += time.perf_counter() - self._start
 
 
 BARE_CREDIT = 256  # jobs a bare worker may hold, like an agent's prefetch
@@ -183,9 +201,12 @@ def main() -> None:
             bare_seconds(2000, args.agents)
             farm_s, bare_s = [], []
             pids = [p.pid for p in procs]
+            collector = GcTimer()  # in the farm rounds: the controller's threads and the client's
             for i in range(args.rounds):  # in turns, so a busy machine slows both alike
                 before = cpu_by_part(pids)
+                collector.on = True
                 farm_s.append(farm_seconds(ctl.url, synthetic_project(Path(tmp, f"noop{i}"), args.jobs)))
+                collector.on = False
                 after = cpu_by_part(pids)
                 bare_s.append(bare_seconds(args.jobs, args.agents))
             # the last round's
@@ -204,12 +225,15 @@ def main() -> None:
                           "farm_jobs_per_s": round(farm_rate), "bare_jobs_per_s": round(bare_rate),
                           "ratio": round(farm_rate / bare_rate, 3),
                           "pool_jobs_per_s": round(args.jobs / pool_s), "sleep_makespan_s": round(sleep_s, 3),
-                          "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job}))
+                          "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job,
+                          "gc_s": [round(v, 3) for v in collector.seconds]}))
         return
     print(f"# dispatch benchmark on {machine()}, medians of {args.rounds}")
     report("no-op dispatch vs bare loop", f"{farm_rate:,.0f} jobs/s", f"bare ZeroMQ {bare_rate:,.0f} jobs/s",
            ratio=farm_rate / bare_rate, target=">= 0.5x")
     print("  CPU per no-op job (last round, us): " + ", ".join(f"{k} {v}" for k, v in us_per_job.items()))
+    print("  cyclic GC in the farm rounds (controller process, s, generations 0/1/2): "
+          + " / ".join(f"{v:.3f}" for v in collector.seconds))
     report("no-op dispatch vs Pool", f"{farm_rate:,.0f} jobs/s", f"Pool(2) {args.jobs / pool_s:,.0f} jobs/s",
            ratio=pool_s * farm_rate / args.jobs, target=">= 20,000 jobs/s")
     report("1,000 x 10 ms makespan", f"{sleep_s:.3f} s ({(sleep_s / ideal - 1) * 100:+.1f} % vs ideal "

@@ -66,7 +66,7 @@ class BatchedJobs:
         if self._unflushed >= self.max_batch:
             if self._writer is None or self._unflushed >= 4 * self.max_batch:
                 self.flush()
-            elif self._writing is None or self._writing.done():
+            elif self._writing is None:  # else the loop's next `tick` hands it over (no lock taken per write)
                 self._commit_in_background()
 
     def _commit_in_background(self) -> None:
@@ -140,11 +140,13 @@ class BatchedJobs:
         """
         if self._unflushed == 0:
             return None
+        if self._unflushed >= self.max_batch:  # full: due now (the writer was busy when it filled)
+            return 0.0
         now = self._clock() if now is None else now
         return max(0.0, self._batch_started + self.commit_interval - now)
 
     def tick(self, now: float | None = None) -> bool:
-        """Commit the open batch if it is older than `commit_interval`; True if it committed.
+        """Commit the open batch if it is older than `commit_interval` or full; True if it committed.
 
         Call it from the loop on every turn; `now` is on the journal's clock (time.monotonic).
         """

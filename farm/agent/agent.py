@@ -34,6 +34,7 @@ from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
+from farm.keycheck import plain_job
 from farm.plugins import get_plugins
 from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 
@@ -302,7 +303,7 @@ class Agent:
                 self._describe(project_id, description)
             for wire in msg.body["jobs"]:
                 job = JobSpec.from_wire(wire)
-                why = self.refused.get(job.project) or job_refusal(wire)
+                why = self.refused.get(job.project) or (None if plain_job(wire) else job_refusal(wire))
                 if why is None and job.project not in self.projects:
                     why = "controller sent a job for a project it never described"
                 if why is not None:

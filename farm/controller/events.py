@@ -13,6 +13,11 @@ append to two bounded deques and never blocks:
   callables given to `EventBus.observe`) from one thread of their own, so a slow or failing
   observer never delays dispatch or heartbeats. An observer that falls more than
   `PENDING_EVENTS` behind misses the oldest (counted in `EventBus.dropped`).
+
+Both hold an event as a plain tuple (its data as a tuple of items), made into an `Event` only
+when read: a tuple of plain values is one the cyclic garbage collector stops tracking, so the
+hundred thousand buffered events cost a full collection nothing (as `Event` objects, which stay
+tracked, they cost every one of them a walk over the whole buffer: milliseconds, in the loop).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -61,6 +66,26 @@ class Event(NamedTuple):
 Observer = Callable[[Event], None]
 _NO_DATA: Mapping[str, Any] = MappingProxyType({})
 _now = time.time
+#: an event as the bus keeps it: (seq, time, type, run, job, agent, data as a tuple of items)
+Row = tuple[int, float, str, "str | None", "str | None", "str | None", tuple[tuple[str, Any], ...]]
+
+
+def _event(row: Row, _new: Any = tuple.__new__) -> Event:
+    seq, at, kind, run, job, agent, items = row  # made as `Event._make` does: half the cost of Event(...)
+    return _new(Event, (seq, at, kind, run, job, agent, dict(items) if items else _NO_DATA))
+
+
+class _Buffered:
+    """The buffered events as `Event`s, oldest first (a read-only view, for tests and tools)."""
+
+    def __init__(self, rows: collections.deque[Row]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Event]:
+        return map(_event, list(self._rows))
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 class EventBus:
@@ -70,8 +95,9 @@ class EventBus:
                  hook: Observer | None = None) -> None:
         self.last = 0  # the newest event's seq (events are numbered from 1)
         self.epoch = secrets.token_hex(4)  # names this run of the controller: seqs restart with it
-        self.buffer: collections.deque[Event] = collections.deque(maxlen=buffer)
-        self._pending: collections.deque[Event] = collections.deque(maxlen=pending)
+        self._rows: collections.deque[Row] = collections.deque(maxlen=buffer)
+        self.buffer = _Buffered(self._rows)
+        self._pending: collections.deque[Row] = collections.deque(maxlen=pending)
         self._observers: list[Observer] = [hook] if hook is not None else []
         self._handed = 0  # the newest seq handed to observers
         self.dropped = 0  # events observers never saw (they fell too far behind)
@@ -84,27 +110,30 @@ class EventBus:
         self._observers.append(observer)
 
     def publish(self, type: str, run: str | None = None, job: str | None = None, agent: str | None = None,
-                data: Mapping[str, Any] = _NO_DATA) -> Event:
-        """Announce one event (a type of `EVENT_TYPES`); returns it, numbered. On the loop's thread only."""
+                data: Mapping[str, Any] = _NO_DATA) -> int:
+        """Announce one event (a type of `EVENT_TYPES`; `data` is copied); returns its seq. On the
+        loop's thread only."""
         self.last = seq = self.last + 1
-        event = Event(seq, _now(), type, run, job, agent, data)
-        self.buffer.append(event)
+        row = (seq, _now(), type, run, job, agent, tuple(data.items()) if data else ())
+        self._rows.append(row)
         if self._observers:
-            self._pending.append(event)
-        return event
+            self._pending.append(row)
+        return seq
 
     def since(self, seq: int, limit: int) -> tuple[list[Event], int]:
         """Up to `limit` buffered events after `seq`, and how many after `seq` are gone from the buffer."""
-        buffer = self.buffer
+        buffer = self._rows
         if not buffer or seq >= self.last:
             return [], 0
-        first = buffer[0].seq
+        first = buffer[0][0]
         missed = max(0, first - seq - 1)
         start = max(seq + 1, first) - first
         after = len(buffer) - start
         if after <= start:  # a subscriber near the head: walk from the newest end (deques index from an end)
-            return list(itertools.islice(reversed(buffer), after))[::-1][:limit], missed
-        return list(itertools.islice(buffer, start, start + limit)), missed
+            rows = list(itertools.islice(reversed(buffer), after))[::-1][:limit]
+        else:
+            rows = list(itertools.islice(buffer, start, start + limit))
+        return [_event(row) for row in rows], missed
 
     # -- the observer thread ------------------------------------------------------------
 
@@ -131,7 +160,7 @@ class EventBus:
         while True:
             stopping = self._stop.is_set()
             while pending:
-                event = pending.popleft()
+                event = _event(pending.popleft())
                 if event.seq > self._handed + 1:
                     self.dropped += event.seq - self._handed - 1
                 self._handed = event.seq

@@ -4,7 +4,9 @@ One `JobLogs` per run, on the loop thread. Bounded twice: a job keeps its last
 `PER_JOB` attempts, each log cut to its last `LOG_BYTES` bytes; a run keeps at most
 `PER_RUN_BYTES` in all (log and error text, plus `OVERHEAD` per attempt for the
 bookkeeping), the oldest attempts of any job going first, counted in `evicted`. A run of a
-million fast jobs therefore holds the newest ~150,000 attempts, not all of them.
+million fast jobs therefore holds the newest ~150,000 attempts, not all of them. (An attempt
+let go because its job has `PER_JOB` newer ones keeps its text in memory until the queue of
+attempts is compacted, at the latest once such text adds up to half of `PER_RUN_BYTES`.)
 
 With the controller's store (`farm.controller.joblogstore`, opened beside its journal by
 `open_store`), every attempt kept is also written to disk and every one let go deleted there,
@@ -18,7 +20,7 @@ import collections
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from farm.controller.joblogstore import JobLogStore, open_beside
+from farm.controller.joblogstore import FIELDS, JobLogStore, open_beside
 
 if TYPE_CHECKING:
     from farm.journal import Journal
@@ -26,11 +28,19 @@ if TYPE_CHECKING:
 PER_JOB = 3  # attempts kept per job
 LOG_BYTES = 64 * 1024  # of each attempt's log tail
 PER_RUN_BYTES = 32 * 1024 * 1024  # all the run's attempts together
-OVERHEAD = 200  # bytes an attempt costs beyond its text (dict, deque slot, key)
+OVERHEAD = 200  # bytes an attempt costs beyond its text (tuples, deque slot, key)
+
+
+Attempt = tuple[int, str | None, str, str | None, float | None, str]
 
 
 class JobLogs:
-    """Recent attempts per job key; `record` on each outcome, `attempts(key)` to read them."""
+    """Recent attempts per job key; `record` on each outcome, `attempts(key)` to read them.
+
+    Attempts are kept as tuples of plain values (`FIELDS`), in tuples per job: containers the
+    cyclic garbage collector stops tracking, so a run's hundred thousand kept attempts cost no
+    full collection anything (dicts in lists did: milliseconds per collection, microseconds per job).
+    """
 
     def __init__(self, *, per_job: int = PER_JOB, log_bytes: int = LOG_BYTES,
                  per_run_bytes: int = PER_RUN_BYTES, store: JobLogStore | None = None, run: str = "") -> None:
@@ -40,15 +50,14 @@ class JobLogs:
         self.bytes = 0
         self.evicted = 0  # attempts dropped to keep the run within per_run_bytes
         self.live = 0  # attempts kept
-        # key -> ([attempts numbered so far], the attempts kept)
-        self._jobs: dict[str, tuple[list[int], collections.deque[dict[str, Any]]]] = {}
-        self._order: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()  # oldest first
+        self._jobs: dict[str, tuple[Any, ...]] = {}  # key -> (attempts numbered so far, *the attempts kept)
+        self._order: collections.deque[tuple[str, Attempt]] = collections.deque()  # oldest first
+        self._gone_text = 0  # text of attempts let go that still wait in _order (compacted away)
         self._store, self._run = store, run  # where the kept attempts are mirrored on disk, if anywhere
         if store is not None:
             for key, entry in store.load(run):  # a resumed run: what its last controller kept
-                self._keep(key, entry, persist=False)
-                held = self._jobs[key][0]
-                held[0] = max(held[0], entry["attempt"])
+                attempt = tuple(entry[f] for f in FIELDS)
+                self._keep(key, attempt, max(self._jobs.get(key, (0,))[0], attempt[0]), persist=False)
             store.begin(run)
 
     @classmethod
@@ -59,56 +68,77 @@ class JobLogs:
     def record(self, key: str, *, agent: str | None, state: str, error: str | None, duration_s: float | None,
                log: str | None) -> dict[str, Any]:
         """Keep one attempt's outcome (state: done, failed, requeued, lost); returns the record."""
+        return dict(zip(FIELDS, self.note(key, agent, state, error, duration_s, log), strict=True))
+
+    def note(self, key: str, agent: str | None, state: str, error: str | None, duration_s: float | None,
+             log: str | None) -> Attempt:
+        """`record`, returning the attempt as a tuple of `FIELDS` (the loop's per-job path)."""
         if log and len(log) > self.log_bytes:
             log = log[-self.log_bytes:]  # the tail says what went wrong last
         if error and len(error) > self.log_bytes:
             error = error[:self.log_bytes]
-        counter, _ = self._jobs.get(key) or self._jobs.setdefault(key, ([0], collections.deque()))
-        counter[0] += 1
-        entry = {"attempt": counter[0], "agent": agent, "state": state, "error": error,
-                 "duration_s": None if duration_s is None else round(duration_s, 3), "log": log or ""}
-        self._keep(key, entry, persist=True)
-        return entry
+        numbered = self._jobs.get(key, (0,))[0] + 1
+        duration_s = None if duration_s is None else round(duration_s, 3)
+        attempt = (numbered, agent, state, error, duration_s, log or "")
+        self._keep(key, attempt, numbered, persist=True)
+        return attempt
 
-    def _keep(self, key: str, entry: dict[str, Any], *, persist: bool) -> None:
-        _counter, attempts = self._jobs.get(key) or self._jobs.setdefault(key, ([0], collections.deque()))
-        if len(attempts) >= self.per_job:
-            self._forget(key, attempts.popleft())
-        attempts.append(entry)
+    def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
+        held = self._jobs.get(key)
+        if held is None:  # the common case: a job's first attempt
+            self._jobs[key] = (numbered, attempt)
+        else:
+            kept = held[1:]
+            if len(kept) >= self.per_job:
+                self._forget(key, kept[0])
+                kept = kept[1:]
+            self._jobs[key] = (numbered, *kept, attempt)
         if persist and self._store is not None:
-            self._store.put(self._run, key, entry)
-        self._order.append((key, entry))
+            self._store.put(self._run, key, attempt)
+        order = self._order
+        order.append((key, attempt))
         self.live += 1
-        self.bytes += _cost(entry)
-        while self.bytes > self.per_run_bytes and self._order[0][1] is not entry:
-            old_key, old = self._order.popleft()
+        self.bytes += OVERHEAD + len(attempt[5]) + len(attempt[3] or "")  # log and error text
+        while self.bytes > self.per_run_bytes and order[0][1] is not attempt:
+            old_key, old = order.popleft()
             held = self._jobs.get(old_key)
-            if held is not None and held[1] and held[1][0] is old:  # else: gone already (per_job)
-                held[1].popleft()
-                self._forget(old_key, old)
-                self.evicted += 1
-                if not held[1]:
-                    del self._jobs[old_key]
-        if len(self._order) > 2 * self.live + 1024:  # attempts gone per job still queue here: compact
-            self._order = collections.deque(item for item in self._order if "gone" not in item[1])
+            if held is None or len(held) < 2 or held[1] is not old:  # let go already (per_job)
+                self._gone_text -= len(old[5]) + len(old[3] or "")
+                continue
+            self._forget(old_key, old, queued=False)
+            self.evicted += 1
+            if len(held) > 2:
+                self._jobs[old_key] = (held[0], *held[2:])
+            else:
+                del self._jobs[old_key]
+        # attempts let go per job still queue in _order, with their text: compact when they add up
+        if len(order) > 2 * self.live + 1024 or self._gone_text > self.per_run_bytes // 2:
+            self._order = collections.deque(item for item in order if _held(self._jobs.get(item[0]), item[1]))
+            self._gone_text = 0
 
     def attempts(self, key: str) -> list[dict[str, Any]]:
         """The job's kept attempts, oldest first (copies)."""
-        held = self._jobs.get(key)
-        return [dict(a) for a in held[1]] if held else []
+        return [dict(zip(FIELDS, a, strict=True)) for a in self._jobs.get(key, (0,))[1:]]
 
     def last(self, key: str) -> dict[str, Any] | None:
-        """The job's newest kept attempt, if any (not a copy: read only)."""
+        """The job's newest kept attempt, if any."""
         held = self._jobs.get(key)
-        return held[1][-1] if held and held[1] else None
+        return dict(zip(FIELDS, held[-1], strict=True)) if held is not None and len(held) > 1 else None
 
-    def _forget(self, key: str, entry: dict[str, Any]) -> None:
+    def _forget(self, key: str, attempt: Attempt, *, queued: bool = True) -> None:
+        """Let an attempt go; `queued`: it still waits in _order (its text goes when compacted)."""
         if self._store is not None:
-            self._store.drop(self._run, key, entry["attempt"])
-        self.bytes -= _cost(entry)
+            self._store.drop(self._run, key, attempt[0])
+        text = len(attempt[5]) + len(attempt[3] or "")
+        self.bytes -= OVERHEAD + text
         self.live -= 1
-        entry["gone"] = True  # its place in _order is skipped, or compacted away
-        entry["log"] = entry["error"] = ""  # the text goes now, not when its place comes up
+        if queued:
+            self._gone_text += text
+
+
+def _held(held: tuple[Any, ...] | None, attempt: Attempt) -> bool:
+    """Whether this attempt is one of the job's kept ones (by identity)."""
+    return held is not None and any(a is attempt for a in held[1:])
 
 
 _STORES: weakref.WeakKeyDictionary[Journal, JobLogStore] = weakref.WeakKeyDictionary()
@@ -133,7 +163,3 @@ def finished_attempts(journal: Journal, run: str, key: str) -> list[dict[str, An
     """A job's kept attempts in a run no longer in memory (finished before this start), from disk."""
     store = _STORES.get(journal)
     return store.attempts(run, key) if store is not None else []
-
-
-def _cost(entry: dict[str, Any]) -> int:
-    return OVERHEAD + len(entry["log"]) + len(entry["error"] or "")

@@ -46,6 +46,8 @@ BACKLOG_BYTES = 16 * 1024 * 1024  # log and error text (characters) waiting for 
 DROPPED_TEXT = "(log not kept on disk: the job-log writer was behind)"
 ERROR_KEPT = 1024  # characters of a record's error still written when its text is dropped
 DROP_LOG_EVERY_S = 60.0  # dropped texts are logged at most this often
+#: an attempt's fields, in the order of the tuple `farm.controller.joblogs.JobLogs` keeps it as
+FIELDS = ("attempt", "agent", "state", "error", "duration_s", "log")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     run TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, agent TEXT, state TEXT NOT NULL,
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
@@ -92,18 +94,20 @@ class JobLogStore:
 
     # -- writes (queued; the writer thread applies them in order) --------------------------
 
-    def put(self, run: str, key: str, entry: dict[str, Any]) -> None:
-        """Keep one attempt (a `JobLogs` record) of ``run``'s job ``key``; its text is replaced
-        (`DROPPED_TEXT`) if the queue holds `backlog_bytes` of text already."""
-        text, error = entry["log"], entry["error"]
+    def put(self, run: str, key: str, attempt: tuple[Any, ...] | dict[str, Any]) -> None:
+        """Keep one attempt of ``run``'s job ``key``: a tuple of `FIELDS` (as `JobLogs` keeps it) or
+        a record (a map of them); its text is replaced (`DROPPED_TEXT`) if the queue holds
+        `backlog_bytes` of text already."""
+        if attempt.__class__ is dict:
+            attempt = tuple(attempt[f] for f in FIELDS)
+        number, agent, state, error, duration_s, text = attempt
         size = len(text) + len(error or "")
         if self._queued_text - self._written_text + size > self.backlog_bytes:
             text, error = DROPPED_TEXT, error and error[:ERROR_KEPT]
             size = len(text) + len(error or "")
             self._dropped()
         self._queued_text += size
-        self._queue.put(("sql", _PUT, (run, key, entry["attempt"], entry["agent"], entry["state"],
-                                       error, entry["duration_s"], text)))
+        self._queue.put(("sql", _PUT, (run, key, number, agent, state, error, duration_s, text)))
 
     def _dropped(self) -> None:
         self.dropped += 1

@@ -28,8 +28,9 @@ from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.controller.report import RunReport
 from farm.controller.units import UnitCounter
-from farm.ids import BadIdentifier, check_key
+from farm.ids import BadIdentifier
 from farm.journal import Journal
+from farm.keycheck import check_job_keys
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.preview import RunFacts
 from farm.project import Project
@@ -232,8 +233,7 @@ class ProjectRun(RunReport):
             self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
             return None
         try:  # keys travel to agents, which may name files after them
-            for key in (job.key, *job.deps):
-                check_key(key)
+            check_job_keys(job)
         except BadIdentifier as exc:
             self._fail_project(f"split() yielded a bad job: {exc}")
             return None
@@ -402,9 +402,9 @@ class ProjectRun(RunReport):
     def _attempt(self, lease: Lease, state: str, error: str | None, log_text: str | None = None) -> None:
         """Keep this attempt's outcome and log tail for people (`JobLogs`)."""
         report = lease.result
-        self.logs.record(lease.job.key, agent=lease.agent_id, state=state, error=error,
-                         duration_s=report.duration if report is not None else time.monotonic() - lease.started,
-                         log=(report.log if report is not None else None) or log_text)
+        self.logs.note(lease.job.key, lease.agent_id, state, error,
+                       report.duration if report is not None else time.monotonic() - lease.started,
+                       (report.log if report is not None else None) or log_text)
 
     def retry(self, keys: list[str] | None) -> list[str]:
         """Run jobs that failed for good again, each with fresh attempts; returns the keys requeued.
