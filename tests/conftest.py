@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import textwrap
@@ -64,6 +66,22 @@ class Background:
 
     def done(self) -> bool:
         return not self.thread.is_alive()
+
+
+def restartable_url() -> str:
+    """``tcp://127.0.0.1:PORT`` for a controller a test stops and starts again at the same address:
+    PORT and PORT + 1 (its file service) are free now and below Linux's ephemeral range
+    (32768-60999), so no outgoing connection (an agent or submitter reconnecting meanwhile) can
+    be given either port while the controller is down. (Port 0 picks from that range.)"""
+    for port in random.sample(range(20000, 32000, 2), 500):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return f"tcp://127.0.0.1:{port}"
+        except OSError:
+            continue
+    raise RuntimeError("no free pair of loopback ports between 20000 and 32000")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import wait_for
+from conftest import restartable_url, wait_for
 from control_helpers import EventLog
 
 from farm.client import Client
@@ -92,7 +92,7 @@ def test_drain_empties_an_agent_and_undrain_gives_it_work_again(controller, agen
 
 def test_pause_priority_and_drain_survive_a_controller_restart(tmp_path, agents, synthetic):
     state = tmp_path / "state"
-    first = Controller("tcp://127.0.0.1:0", state_dir=state, heartbeat=0.5, liveness=4).start()
+    first = Controller(restartable_url(), state_dir=state, heartbeat=0.5, liveness=4).start()
     url = first.url
     agents(url, 1)
     try:

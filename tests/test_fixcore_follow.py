@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import restartable_url, wait_for
 
 from farm.controller.server import Controller
 
@@ -56,7 +56,7 @@ def start(url: str, state: Path) -> Controller:
 
 
 def test_a_remote_submit_waits_out_a_controller_restart_and_downloads(tmp_path, agents, synthetic):
-    first = start("tcp://127.0.0.1:0", tmp_path / "state")
+    first = start(restartable_url(), tmp_path / "state")
     url = first.url
     second = None
     try:
@@ -80,7 +80,7 @@ def test_a_remote_submit_waits_out_a_controller_restart_and_downloads(tmp_path, 
 
 
 def test_a_submit_that_gives_up_says_how_to_fetch_later_and_farm_download_does(tmp_path, agents, synthetic):
-    first = start("tcp://127.0.0.1:0", tmp_path / "state")
+    first = start(restartable_url(), tmp_path / "state")
     url = first.url
     second = None
     try:
