@@ -23,6 +23,14 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def no_submitter_left():
+    """A test that fails half-way leaves no submitter running (nor its pipes open)."""
+    yield
+    while STARTED:
+        STARTED.pop().stop()
+
+
 class Submitter:
     """`farm submit --controller URL DIR` in the background, its stderr read as it comes."""
 
@@ -32,6 +40,7 @@ class Submitter:
         self.proc = subprocess.Popen(
             [*FARM, *args], env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        STARTED.append(self)
         self.err: list[str] = []
         self.out: list[str] = []
         self.readers = [threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True),
@@ -49,6 +58,15 @@ class Submitter:
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish(60)
+
+
+STARTED: list[Submitter] = []
 
 
 def start(url: str, state: Path) -> Controller:
