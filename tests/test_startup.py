@@ -349,7 +349,9 @@ def test_embedded_agents_offer_the_projects_media_type(tmp_path: Path) -> None:
     with EmbeddedFarm(project.root / ".farm", local=local) as farm:
         summary = farm.submit(project)
         assert summary.ok and summary.done == 3
-        joined = farm.controller.status()["agents"]
+        # one agent may run all three jobs before the other has joined (its workers start early)
+        joined = wait_for(lambda: len(agents := farm.controller.status()["agents"]) == 2 and agents,
+                          60, "both agents joined")
         offered = [(a["capabilities"], sorted(a["plugins"])) for a in joined]
         assert offered == [(["synthetic"], ["synthetic"])] * 2
     assert all(proc.poll() is not None for proc in local.procs)

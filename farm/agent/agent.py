@@ -25,7 +25,7 @@ import zmq
 
 from farm import __version__
 from farm.agent.capabilities import detect
-from farm.agent.pool import Pool
+from farm.agent.pool import EarlyWorkers, Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
 from farm.agent.trust import job_refusal, project_refusal
@@ -67,8 +67,10 @@ class Agent:
         on_connect: Callable[[str], None] | None = None,
         local_assets: bool = False,
         peers: bool = True,
+        workers: EarlyWorkers | None = None,
     ) -> None:
-        """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome."""
+        """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome.
+        ``workers``: a pool started ahead of us (`EarlyWorkers`; its slots and scratch folder win)."""
         self.controller = controller
         self.nslots = slots or os.cpu_count() or 1
         self.prefetch = prefetch
@@ -79,11 +81,16 @@ class Agent:
         self.liveness = liveness
         self.parent_pid = parent_pid
         self.socket_setup = socket_setup
-        self.scratch_hold = claim_scratch(scratch)  # and removes what dead agents left
+        if workers is None:
+            self.scratch_hold = claim_scratch(scratch)  # and removes what dead agents left
+            self.zctx = zmq.Context()
+            self.pool = Pool(self.nslots, self.scratch_hold.path, self.zctx, self)
+        else:
+            self.scratch_hold, self.zctx, self.pool = workers.hold, workers.zctx, workers.pool
+            self.nslots = len(self.pool.slots)
+            self.pool.outcomes = self
         self.scratch = self.scratch_hold.path
-        self.zctx = zmq.Context()
         self.ctrl: zmq.Socket | None = None
-        self.pool = Pool(self.nslots, self.scratch, self.zctx, self)
         self.queue: collections.deque[JobSpec] = collections.deque()
         self.projects: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, str] = {}  # project id -> why this agent will not work on it

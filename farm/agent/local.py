@@ -20,6 +20,7 @@ import sys
 
 from farm import trace
 from farm.agent.capabilities import MEDIA_TYPES_ENV
+from farm.agent.pool import EarlyWorkers
 from farm.errors import FarmError
 
 CACHE_BYTES = 20 * 2**30  # the asset cache's limit, as `farm agent`'s default --cache-size
@@ -49,13 +50,25 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.media_type:  # read by the capability check; our workers inherit it
         os.environ[MEDIA_TYPES_ENV] = ",".join(args.media_type)
+    try:
+        # the workers first: their start overlaps our imports and probes (EarlyWorkers says why)
+        workers = EarlyWorkers(args.slots)
+    except FarmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    trace.mark("agent: workers started")
     from farm.agent.agent import Agent  # after the arguments: a usage error costs no import
 
     trace.mark("agent: starting")
     try:
-        agent = Agent(args.controller, slots=args.slots, agent_id=args.id, parent_pid=args.parent_pid,
-                      cache_bytes=CACHE_BYTES, local_assets=args.local_assets)
-        agent.absent_level = logging.DEBUG  # our farm's controller may still be binding: no noise
+        agent = Agent(args.controller, agent_id=args.id, parent_pid=args.parent_pid, cache_bytes=CACHE_BYTES,
+                      local_assets=args.local_assets, workers=workers)
+    except FarmError as exc:
+        workers.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    agent.absent_level = logging.DEBUG  # our farm's controller may still be binding: no noise
+    try:
         agent.run()
     except FarmError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ import zmq
 
 from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
 from farm.agent.scratch import SOCKET
+from farm.agent.scratch import claim as claim_scratch
 from farm.errors import ProtocolError
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
@@ -62,6 +63,7 @@ class Slot:
 
 
 class Pool:
+    # `outcomes` may be given later (`EarlyWorkers`), as long as it is before the agent polls us
     def __init__(self, nslots: int, scratch: Path, zctx: zmq.Context, outcomes: Outcomes) -> None:
         self.scratch = scratch
         self.zctx = zctx
@@ -80,6 +82,9 @@ class Pool:
         return self.starts.broken
 
     def start(self) -> None:
+        """Bind the workers' socket and start one worker per slot; a second call does nothing."""
+        if self.socket is not None:
+            return
         self.socket = self.zctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.endpoint)
@@ -232,3 +237,35 @@ class Pool:
                 slot.head_since = time.monotonic()  # the worker moved on to the next job
         else:
             raise ProtocolError(f"{msg.type.name} is not a message a worker sends")
+
+
+class _NoOutcomes:
+    """An early pool's outcomes until its agent takes it over: nothing polls the pool before."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"a pool's {name} before an agent took it over")
+
+
+class EarlyWorkers:
+    """A scratch folder, a ZeroMQ context and a started pool, made before the agent itself.
+
+    A worker takes 0.2-0.4 s to start Python and import farm; an agent process another 0.3-0.5 s
+    to import its modules and probe its renderers before it would start them (`bench/bench_startup.py
+    --timeline`). `farm.agent.local` starts them first, from these few imports, so both overlap; the
+    `Agent` given them (``workers=``) takes them over. Raises `FarmError` as `claim` does."""
+
+    def __init__(self, nslots: int, scratch: Path | None = None) -> None:
+        self.hold = claim_scratch(scratch)
+        self.zctx = zmq.Context()
+        self.pool = Pool(nslots, self.hold.path, self.zctx, _NoOutcomes())  # type: ignore[arg-type]
+        try:
+            self.pool.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the workers and let the folder go, where no agent took them over."""
+        self.pool.close()
+        self.zctx.term()
+        self.hold.release()
