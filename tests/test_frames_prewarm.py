@@ -23,6 +23,7 @@ from test_frames import _gone, blender, write_project  # noqa: F401
 from test_frames_warm import LOADS, Worker, assert_match_reference, loads
 
 from farm.embedded import EmbeddedFarm
+from farm.errors import RenderError
 from farm.project import load_project
 
 pytestmark = pytest.mark.slow
@@ -121,6 +122,15 @@ def test_a_spare_that_died_is_replaced(blender, tmp_path):  # noqa: F811
     wait_for(lambda: SLOT.running is not None and SLOT.running.proc.poll() is not None, 30, "the spare to die")
     result = Worker(root, tmp_path / "slot").render([[1, 1]], tmp_path / "frames")
     assert result["prewarmed"] is False and loads(pids) == [result["blender_pid"]] != [waiting]
+
+
+def test_a_scene_that_fails_in_the_spare_fails_as_in_a_cold_blender(blender, tmp_path):  # noqa: F811
+    root = write_project(tmp_path / "p", scene_extra="\nraise RuntimeError('farm-test: broken scene')\n")
+    waiting = spare(tmp_path / "slot")
+    with pytest.raises(RenderError, match=r"(?s)exited with code 1 loading the scene for frames 1.*"
+                                          r"scene\.py.*farm-test: broken scene"):
+        Worker(root, tmp_path / "slot").render([[1, 1]])
+    assert SLOT.running is None and _gone(waiting)
 
 
 def _blenders_under(pid: int) -> list[int]:
