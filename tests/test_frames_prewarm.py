@@ -48,7 +48,7 @@ def test_the_first_job_takes_over_the_spare_and_matches_one_process(blender, tmp
     root = write_project(tmp_path / "p", frames="1-3", scene_extra=LOADS.format(path=str(pids)))
     waiting = spare(tmp_path / "slot")
     assert loads(pids) == []  # no scene yet: it waits for its job
-    worker = Worker(root, tmp_path / "slot")  # threads=2, the slot's work folder: what the spare was started for
+    worker = Worker(root, tmp_path / "slot")  # threads=2 and the slot's folder, as the spare was started
     frames = tmp_path / "frames"
     first = worker.render([[1, 2]], frames)
     second = worker.render([[3, 3]], frames)
@@ -105,7 +105,8 @@ def test_a_blend_scene_replaces_the_spare(blender, tmp_path):  # noqa: F811
     root = write_project(tmp_path / "p", frames="1-1")
     save = f"import bpy; bpy.ops.wm.save_as_mainfile(filepath={str(root / 'scene.blend')!r})"
     subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1",
-                    "--python", str(root / "scene.py"), "--python-expr", save], capture_output=True, check=True)
+                    "--python", str(root / "scene.py"), "--python-expr", save],
+                   capture_output=True, check=True)
     toml = root / "farm.toml"
     toml.write_text(toml.read_text().replace('scene = "scene.py"', 'scene = "scene.blend"'))
     waiting = spare(tmp_path / "slot")
@@ -119,7 +120,8 @@ def test_a_spare_that_died_is_replaced(blender, tmp_path):  # noqa: F811
     root = write_project(tmp_path / "p", frames="1-1", scene_extra=LOADS.format(path=str(pids)))
     waiting = spare(tmp_path / "slot")
     os.kill(waiting, 9)
-    wait_for(lambda: SLOT.running is not None and SLOT.running.proc.poll() is not None, 30, "the spare to die")
+    wait_for(lambda: SLOT.running is not None and SLOT.running.proc.poll() is not None, 30,
+             "the spare to die")
     result = Worker(root, tmp_path / "slot").render([[1, 1]], tmp_path / "frames")
     assert result["prewarmed"] is False and loads(pids) == [result["blender_pid"]] != [waiting]
 
@@ -170,4 +172,5 @@ def test_an_embedded_agents_worker_starts_blender_before_its_first_job(blender, 
         assert loads(pids) == waiting  # the Blender started before the job loaded its scene, once
     for pid in waiting:
         wait_for(lambda pid=pid: _gone(pid), 30, f"Blender {pid} to stop with its agent")
-    assert sorted(p.name for p in (root / "output" / "frames").iterdir()) == ["frame_000001.png", "frame_000002.png"]
+    names = sorted(p.name for p in (root / "output" / "frames").iterdir())
+    assert names == ["frame_000001.png", "frame_000002.png"]

@@ -134,7 +134,9 @@ def spare_env() -> dict[str, str]:
     return env
 
 
-def spare_load(cold: list[str], env: dict[str, str], *, scene: Path, frames_dir: Path, fmt: str) -> dict[str, Any]:
+def spare_load(
+    cold: list[str], env: dict[str, str], *, scene: Path, frames_dir: Path, fmt: str
+) -> dict[str, Any]:
     """What a spare needs to become the Blender of ``cold`` (a `serve_command_line` for a
     ``.py`` scene, and its `setup_env`)."""
     return {"scene": str(scene), "argv": cold, "setup": env[SETUP_ENV], "format": FORMATS[fmt][0],

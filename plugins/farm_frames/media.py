@@ -156,8 +156,8 @@ class Frames(MediaType):
         env = spare_env()
         env["TMP"] = env["TMPDIR"] = str(scratch)
         try:
-            SLOT.prewarm(fits=_fits(blender, threads, scratch, env), cmd=spare_command_line(blender, threads=threads),
-                         env=env, scratch=scratch)
+            SLOT.prewarm(fits=_fits(blender, threads, scratch, env),
+                         cmd=spare_command_line(blender, threads=threads), env=env, scratch=scratch)
         except OSError as exc:  # the job tries again, and says why
             log.info("cannot start Blender %s ahead of the first job: %s", blender, exc)
 
@@ -212,8 +212,10 @@ class Frames(MediaType):
             message = f"Blender reported {where} done but they are not all there: {problems}"
             raise _render_error(message, done.tail)
         ctx.progress(1.0)
-        how = "already running" if done.reused else "started before the job" if done.prewarmed else "started for this job"
-        ctx.log.info("rendered %s in %.2f s with Blender %s (pid %d, %s)", where, seconds, done.version, done.pid, how)
+        how = ("already running" if done.reused else "started before the job" if done.prewarmed
+               else "started for this job")
+        ctx.log.info("rendered %s in %.2f s with Blender %s (pid %d, %s)", where, seconds, done.version,
+                     done.pid, how)
         return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": done.version,
                 "size": size, "blender_pid": done.pid, "warm": done.reused, "prewarmed": done.prewarmed}
 

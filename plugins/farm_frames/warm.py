@@ -86,7 +86,9 @@ class BlenderSlot:
 
     running: _Running | None = None
 
-    def prewarm(self, *, fits: tuple[Any, ...], cmd: Sequence[str], env: dict[str, str], scratch: Path) -> None:
+    def prewarm(
+        self, *, fits: tuple[Any, ...], cmd: Sequence[str], env: dict[str, str], scratch: Path
+    ) -> None:
         """Start a spare with ``cmd`` in ``scratch``, unless a Blender is running already."""
         if self.running is None:
             self._start(None, cmd, env, scratch).fits = tuple(fits)
@@ -128,10 +130,11 @@ class BlenderSlot:
                         ready = _read_until(current.proc, READY_MARKER, out, tail, on_line)
                     except _Exited as exited:
                         self.stop()
-                        return Rendered(tail, current.proc.pid, None, False, exited.returncode, "loading the scene",
-                                        prewarmed)
+                        return Rendered(tail, current.proc.pid, None, False, exited.returncode,
+                                        "loading the scene", prewarmed)
                     if "unfit" in ready:  # the spare cannot be what a cold start would be: start one
-                        log.info("the waiting Blender cannot take this scene (%s); starting another", ready["unfit"])
+                        log.info("the waiting Blender cannot take this scene (%s); starting another",
+                                 ready["unfit"])
                         self.stop()
                         current, prewarmed = self._start(key, cmd, env, scratch), False
                         continue
