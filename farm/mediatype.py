@@ -229,6 +229,13 @@ class MediaType:
         """
         raise NotImplementedError
 
+    def prewarm(self, work_dir: Path, threads: int) -> None:
+        """Called once when a worker that offers only this media type starts, before it has a
+        job or a project: start what its first job would otherwise start (a renderer process)
+        to overlap it with the farm's start-up. ``work_dir`` and ``threads`` are what that
+        job's `RenderContext` will most likely say; `render` must check what it finds and
+        replace it where it does not fit. Must not raise; default: nothing."""
+
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         """Render one job, writing files into ``ctx.output_dir``.
 

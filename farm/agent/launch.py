@@ -31,10 +31,14 @@ def worker_command(endpoint: str, slot: int, folder: Path) -> list[str]:
     return [sys.executable, "-P", "-m", "farm.agent.worker", endpoint, str(slot), str(folder)]
 
 
-def worker_env() -> dict[str, str]:
+#: each job's CPU share, as the agent will say with the first job: a worker may start its renderer before
+THREADS_ENV = "FARM_WORKER_THREADS"
+
+
+def worker_env(threads: int = 1) -> dict[str, str]:
     """The agent's environment with PYTHONPATH made absolute (workers start in another folder),
-    and our pid, which a worker checks its parent against when it asks to die with us."""
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    our pid, which a worker checks its parent against when it asks to die with us, and `THREADS_ENV`."""
+    env = {**os.environ, PARENT_ENV: str(os.getpid()), THREADS_ENV: str(threads)}
     if env.get("PYTHONPATH"):
         entries = [os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(entries)

@@ -100,7 +100,7 @@ class Pool:
     def _start_worker(self, slot: Slot) -> None:
         folder = self.scratch / f"slot{slot.index}"
         slot.proc = subprocess.Popen(
-            worker_command(self.endpoint, slot.index, folder), cwd=self.scratch, env=worker_env(),
+            worker_command(self.endpoint, slot.index, folder), cwd=self.scratch, env=worker_env(self.threads),
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: a timeout kills the whole tree it started
         )

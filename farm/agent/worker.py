@@ -20,14 +20,18 @@ from typing import Any
 import zmq
 from blake3 import blake3
 
+from farm.agent.capabilities import offered
 from farm.agent.emptydir import Folder, Watch
+from farm.agent.launch import THREADS_ENV
 from farm.errors import JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
-from farm.trace import mark
+from farm.trace import mark, mark_process_start
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 60
 FLUSH_EVERY_S = 0.002  # fast jobs are reported in batches; slow ones one by one
@@ -180,12 +184,26 @@ def _check_size(files: list[Path], limit: int) -> None:
                           f"{limit / 2**20:.1f} MiB ([jobs] max_output_mib)")
 
 
+def prewarm(work_dir: Path) -> None:
+    """Let the one media type this worker's agent offers start its renderer now, before any job
+    (`MediaType.prewarm`); an agent that offers several starts none ahead."""
+    names = offered()
+    if names is None or len(names) != 1:
+        return
+    try:
+        get_media_type(names[0]).prewarm(work_dir, max(1, int(os.environ.get(THREADS_ENV, "1"))))
+    except Exception:  # the first job starts it, and says what is wrong
+        log.warning("could not start %s's renderer ahead of the first job", names[0], exc_info=True)
+
+
 def main(argv: list[str]) -> None:
+    mark_process_start("farm worker")
     endpoint, slot, scratch = argv[0], int(argv[1]), Path(argv[2])
     # SIGKILL when the agent dies, however it dies; our renderers follow us the same way
     die_with_parent(parent_from_env())
     scratch.mkdir(parents=True, exist_ok=True)
     os.chdir(scratch)
+    prewarm(scratch / "work")
     Worker(endpoint, slot, scratch).serve()
 
 

@@ -119,6 +119,30 @@ def serve_command_line(blender: str, *, scene: Path, frames_dir: Path, threads: 
     ]
 
 
+def spare_command_line(blender: str, *, threads: int) -> list[str]:
+    """A Blender started before its scene is known (with `spare_env`): what `serve_command_line`
+    runs for a ``.py`` scene, less the scene script, ``-o`` and ``-F``, which the setup script
+    applies when the job's `spare_load` line comes. ``-t`` is a process-wide setting, so it is
+    given here as it would be there."""
+    return [blender, "-b", "--factory-startup", "--python-exit-code", "1", "-t", str(threads),
+            "--python", str(SETUP_SCRIPT)]
+
+
+def spare_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env[SETUP_ENV] = json.dumps({"await": True, "ready": READY_MARKER})
+    return env
+
+
+def spare_load(
+    cold: list[str], env: dict[str, str], *, scene: Path, frames_dir: Path, fmt: str
+) -> dict[str, Any]:
+    """What a spare needs to become the Blender of ``cold`` (a `serve_command_line` for a
+    ``.py`` scene, and its `setup_env`)."""
+    return {"scene": str(scene), "argv": cold, "setup": env[SETUP_ENV], "format": FORMATS[fmt][0],
+            "output": output_pattern(frames_dir)}
+
+
 def _load_scene(blender: str, scene: Path) -> list[str]:
     cmd = [blender, "-b"]
     if scene.suffix.lower() == ".blend":

@@ -7,16 +7,26 @@ job a line on stdin (JSON ``{"output": "/abs/frame_######", "runs": [[first, las
 checks the files again, renders the runs as ``-s first -e last -a`` would, and prints
 ``farm-warm: done {...}``. End of input ends Blender with code 0.
 
+With ``"await": true`` instead it is a spare started before the project was known (see
+``warm.py``): Blender was started as ``-b --factory-startup -t N --python`` this script, and the
+first line on stdin says what the rest of a cold command line would have done (``{"scene":
+"/abs/scene.py", "argv": [...], "setup": "<settings JSON>", "format": "PNG", "output": ...}``):
+the scene script runs as ``--python`` runs it, then ``-o`` and ``-F`` are applied, then the
+settings, as above. Where ``-F`` would change the scene's own file format the spare says so in
+its ready line (``{"unfit": why}``) and exits, since Python cannot set it as ``-F`` does.
+
 It reads JSON from $FARM_FRAMES_SETUP and must import nothing but Blender's own
 modules and the standard library. A failure here exits Blender with code 1
 (``--python-exit-code 1``), so a worker never reuses a Blender whose job went wrong.
 """
 
+import builtins
 import ctypes
 import glob
 import json
 import os
 import sys
+import types
 
 import bpy
 
@@ -119,11 +129,43 @@ def serve(settings):
         _say(settings["done"], {"runs": job["runs"]})
 
 
+def load(spare):
+    """Do what a cold Blender's command line does before this script runs, from the job's line
+    on stdin; returns that job's settings. End of input ends Blender."""
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)
+    cold = json.loads(line)
+    os.environ["FARM_FRAMES_SETUP"] = cold["setup"]  # what the scene script would see
+    sys.argv[:] = cold["argv"]
+    path = cold["scene"]
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    # as --python runs a file: a fresh __main__ module for it, the previous one put back after
+    module = types.ModuleType("__main__")
+    module.__file__, module.__builtins__ = path, builtins
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        exec(code, module.__dict__)
+    finally:
+        sys.modules["__main__"] = saved
+    render = bpy.context.scene.render
+    if render.image_settings.file_format != cold["format"]:
+        # -F sets the format alone; through Python colour depth and mode may change with it
+        _say(spare["ready"], {"unfit": f"the scene writes {render.image_settings.file_format}"})
+        sys.exit(0)
+    render.filepath = cold["output"]  # what -o does
+    return json.loads(cold["setup"])
+
+
 def main():
     raw = os.environ.get("FARM_FRAMES_SETUP")
     if raw is None:
         sys.exit("farm: FARM_FRAMES_SETUP is not set; this script is run by the frames media type")
     settings = json.loads(raw)
+    if settings.get("await"):
+        settings = load(settings)
     apply(settings)
     check_external_files(settings["project_dir"], settings["marker"])
     if settings.get("serve"):

@@ -29,6 +29,9 @@ from farm_frames.blender import (
     output_pattern,
     serve_command_line,
     setup_env,
+    spare_command_line,
+    spare_env,
+    spare_load,
 )
 from farm_frames.config import read_settings
 from farm_frames.framerange import (
@@ -44,7 +47,7 @@ from farm_frames.images import FORMATS, BadImage, check_image
 from farm_frames.progress import ChunkProgress, log_tail
 from farm_frames.scenefiles import missing_from_log, summarise
 from farm_frames.video import CODECS, contact_sheet, encode_video
-from farm_frames.warm import SLOT
+from farm_frames.warm import SLOT, Spare
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,22 @@ class Frames(MediaType):
 
     # -- on the agent --------------------------------------------------------------
 
+    def prewarm(self, work_dir: Path, threads: int) -> None:
+        """Start this slot's Blender now, without its scene (`farm_frames.warm`): a job for a
+        scene script with these threads takes it over, any other replaces it."""
+        try:
+            blender = find_blender()
+        except BlenderNotFound:
+            return  # the job says why
+        scratch = _blender_scratch(work_dir)
+        env = spare_env()
+        env["TMP"] = env["TMPDIR"] = str(scratch)
+        try:
+            SLOT.prewarm(fits=_fits(blender, threads, scratch, env),
+                         cmd=spare_command_line(blender, threads=threads), env=env, scratch=scratch)
+        except OSError as exc:  # the job tries again, and says why
+            log.info("cannot start Blender %s ahead of the first job: %s", blender, exc)
+
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any]:
         settings = ctx.settings
         runs: Runs = job.params["runs"]
@@ -160,15 +179,20 @@ class Frames(MediaType):
         progress = ChunkProgress(frame_count(runs), ctx.progress)
         on_line = _traced(progress.feed) if trace.enabled() else progress.feed
         started = time.monotonic()
-        scratch = ctx.work_dir.with_name(ctx.work_dir.name + ".blender")  # in the agent's scratch folder
+        scratch = _blender_scratch(ctx.work_dir)
         # Blender's own temp folder (blender_XXXXXX; $TMP first, then $TMPDIR) goes in it too, so a
         # killed agent's is removed with its scratch folder (farm.agent.scratch), not left in /tmp
         env["TMP"] = env["TMPDIR"] = str(scratch)
+        # a spare started by `prewarm` can become this Blender only for a scene script (see warm.py)
+        spare = None
+        if scene.suffix.lower() == ".py":
+            load = spare_load(cmd, env, scene=scene, frames_dir=frames_dir, fmt=fmt)
+            spare = Spare(_fits(blender, threads, scratch, env), load)
         try:
             done = SLOT.render(
                 key=key, cmd=cmd, env=env, scratch=scratch,
                 scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
-                log_file=ctx.work_dir / "blender.log", on_line=on_line,
+                log_file=ctx.work_dir / "blender.log", on_line=on_line, spare=spare,
             )
         except OSError as exc:  # Blender is there but cannot be started
             raise RenderError(f"cannot start Blender {blender}: {exc}") from None
@@ -188,10 +212,12 @@ class Frames(MediaType):
             message = f"Blender reported {where} done but they are not all there: {problems}"
             raise _render_error(message, done.tail)
         ctx.progress(1.0)
+        how = ("already running" if done.reused else "started before the job" if done.prewarmed
+               else "started for this job")
         ctx.log.info("rendered %s in %.2f s with Blender %s (pid %d, %s)", where, seconds, done.version,
-                     done.pid, "already running" if done.reused else "started for this job")
+                     done.pid, how)
         return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": done.version,
-                "size": size, "blender_pid": done.pid, "warm": done.reused}
+                "size": size, "blender_pid": done.pid, "warm": done.reused, "prewarmed": done.prewarmed}
 
     @staticmethod
     def _blender() -> str:
@@ -298,6 +324,17 @@ def _place(staged: Path, dest: Path) -> None:
         partial = dest.with_name(f".{dest.name}.partial")  # another file system: copy, then rename
         shutil.copyfile(staged, partial)
         os.replace(partial, dest)
+
+
+def _blender_scratch(work_dir: Path) -> Path:
+    """Blender's current folder, beside the job's in the agent's scratch folder."""
+    return work_dir.with_name(work_dir.name + ".blender")
+
+
+def _fits(blender: str, threads: int, scratch: Path, env: Mapping[str, str]) -> tuple[Any, ...]:
+    """What a spare Blender and a job's Blender must share (`farm_frames.warm.Spare`): all of
+    its process but the scene and the settings, which the spare learns with the job."""
+    return (blender, threads, str(scratch), tuple(sorted((k, v) for k, v in env.items() if k != SETUP_ENV)))
 
 
 def _scene_on_agent(ctx: RenderContext) -> Path:

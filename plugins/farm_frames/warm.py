@@ -8,6 +8,13 @@ differs from the running one's: the Blender, the command, the settings, the run 
 kept in the run's ``ctx.cache``) or the stat of the scene file and of every file Blender
 said it reads. A Blender that died, or whose job went wrong, is replaced at the next job.
 
+A worker that starts before it has a job may start a *spare* (`BlenderSlot.prewarm`): a
+Blender without a scene, waiting on stdin, so Blender's own start overlaps the farm's. The
+first job takes it over only if it was started as that job's Blender would be (the same
+Blender, threads, folder and environment: its ``fits``) and the job's scene is a script; the
+spare then runs the scene as the command line would (``blender_setup.py``). Any other job
+replaces it with a Blender started for that job: a spare is never used for other settings.
+
 It stays in the worker's process group, so the agent's kill of a timed-out worker's group
 takes it too, and on Linux it also gets SIGKILL when the worker dies.
 """
@@ -44,16 +51,27 @@ class Rendered:
     reused: bool
     returncode: int | None = None
     phase: str = "rendering"
+    prewarmed: bool = False  # a spare, started before the job, rendered it
+
+
+@dataclass(frozen=True)
+class Spare:
+    """How a job could take over a spare: ``fits`` must equal the spare's, and ``load`` is the
+    line that makes it this job's Blender (`farm_frames.blender.spare_load`)."""
+
+    fits: tuple[Any, ...]
+    load: dict[str, Any]
 
 
 @dataclass
 class _Running:
-    key: tuple[Any, ...]
+    key: tuple[Any, ...] | None  # None: a spare, waiting for its scene
     proc: subprocess.Popen[str]
     version: str = ""
     files: tuple[str, ...] = ()
     signature: tuple[Any, ...] = ()
     scratch: Path | None = None
+    fits: tuple[Any, ...] = ()  # a spare's: see `Spare`
 
 
 class _Exited(Exception):
@@ -68,6 +86,13 @@ class BlenderSlot:
 
     running: _Running | None = None
 
+    def prewarm(
+        self, *, fits: tuple[Any, ...], cmd: Sequence[str], env: dict[str, str], scratch: Path
+    ) -> None:
+        """Start a spare with ``cmd`` in ``scratch``, unless a Blender is running already."""
+        if self.running is None:
+            self._start(None, cmd, env, scratch).fits = tuple(fits)
+
     def render(
         self,
         *,
@@ -79,10 +104,12 @@ class BlenderSlot:
         job: dict[str, Any],
         log_file: Path,
         on_line: Callable[[str], None],
+        spare: Spare | None = None,
     ) -> Rendered:
         """Render ``job`` (``{"output": pattern, "runs": [[first, last], ...]}``) in the
-        running Blender if it fits ``key`` and its files are unchanged, else in a new one
-        started with ``cmd`` in ``scratch`` (its current folder, kept across jobs).
+        running Blender if it fits ``key`` and its files are unchanged, else in the spare if
+        ``spare`` says it fits, else in a new one started with ``cmd`` in ``scratch`` (its
+        current folder, kept across jobs).
 
         Any exception while Blender works (a cancel, an interrupt) kills it first.
         """
@@ -90,21 +117,33 @@ class BlenderSlot:
         with log_file.open("w", encoding="utf-8") as out:
             current = self._reusable(key, scene)
             reused = current is not None
+            prewarmed = False
+            if current is None:
+                current = self._adopt(key, spare)
+                prewarmed = current is not None
             if current is None:
                 self.stop()
                 current = self._start(key, cmd, env, scratch)
-            proc = current.proc
             try:
-                if not reused:
+                while not reused:
                     try:
-                        ready = _read_until(proc, READY_MARKER, out, tail, on_line)
+                        ready = _read_until(current.proc, READY_MARKER, out, tail, on_line)
                     except _Exited as exited:
                         self.stop()
-                        return Rendered(tail, proc.pid, None, False, exited.returncode, "loading the scene")
+                        return Rendered(tail, current.proc.pid, None, False, exited.returncode,
+                                        "loading the scene", prewarmed)
+                    if "unfit" in ready:  # the spare cannot be what a cold start would be: start one
+                        log.info("the waiting Blender cannot take this scene (%s); starting another",
+                                 ready["unfit"])
+                        self.stop()
+                        current, prewarmed = self._start(key, cmd, env, scratch), False
+                        continue
                     mark("frames: Blender ready, scene loaded")
                     current.version = str(ready.get("version", ""))
                     current.files = tuple(str(f) for f in ready.get("files", ()))
                     current.signature = _signature(scene, current.files)
+                    break
+                proc = current.proc
                 assert proc.stdin is not None
                 try:
                     mark("frames: job sent to Blender")
@@ -115,11 +154,33 @@ class BlenderSlot:
                 except (_Exited, BrokenPipeError):
                     returncode = proc.wait()
                     self.stop()
-                    return Rendered(tail, proc.pid, current.version, reused, returncode)
+                    return Rendered(tail, proc.pid, current.version, reused, returncode, prewarmed=prewarmed)
             except BaseException:
                 self.stop()
                 raise
-        return Rendered(tail, proc.pid, current.version, reused)
+        return Rendered(tail, proc.pid, current.version, reused, prewarmed=prewarmed)
+
+    def _adopt(self, key: tuple[Any, ...], spare: Spare | None) -> _Running | None:
+        """The spare, sent ``spare.load`` and now ``key``'s Blender, if it fits; else None."""
+        running = self.running
+        if running is None or running.key is not None:
+            return None
+        if spare is None or running.fits != spare.fits:
+            log.info("the waiting Blender was started for other settings; starting one for this job")
+            return None
+        if running.proc.poll() is not None:
+            log.info("the waiting Blender %d exited (code %s); starting another", running.proc.pid,
+                     running.proc.returncode)
+            return None
+        assert running.proc.stdin is not None
+        try:
+            running.proc.stdin.write(json.dumps(spare.load) + "\n")
+            running.proc.stdin.flush()
+        except OSError:  # it died meanwhile
+            return None
+        mark("frames: scene sent to the waiting Blender")
+        running.key = key
+        return running
 
     def stop(self) -> None:
         """Stop the running Blender, if any (the next job starts a fresh one)."""
@@ -144,7 +205,7 @@ class BlenderSlot:
         return running
 
     def _start(
-        self, key: tuple[Any, ...], cmd: Sequence[str], env: dict[str, str], scratch: Path
+        self, key: tuple[Any, ...] | None, cmd: Sequence[str], env: dict[str, str], scratch: Path
     ) -> _Running:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
