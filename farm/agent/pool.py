@@ -267,5 +267,5 @@ class EarlyWorkers:
     def close(self) -> None:
         """Stop the workers and let the folder go, where no agent took them over."""
         self.pool.close()
-        self.zctx.term()
+        self.zctx.destroy(linger=0)  # and any socket an agent that failed to start left on it
         self.hold.release()
