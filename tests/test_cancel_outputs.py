@@ -101,3 +101,14 @@ def test_cancel_of_a_finished_or_unknown_project_says_so(controller, agents, syn
     assert ghost.returncode == 1
     assert "no project 'ghost' on this controller (farm status lists its projects)" in ghost.stderr
     assert "Traceback" not in ghost.stderr + fetch.stderr
+
+
+def test_hidden_scratch_in_an_output_folder_is_not_offered_for_download(controller, tmp_path):
+    # what a cancelled or failed audio run leaves: its joins (GBs of PCM), hidden in the output folder
+    out = tmp_path / "out"
+    for rel in ("song.flac", "sheets/contact.png", ".song.join.s16", "sheets/.partial.png", ".cache/block"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x" * 10)
+    tree = controller.assets.publish_outputs("run-1.output", out)
+    manifest = controller.assets.server.published(tree)
+    assert sorted(entry.path for entry in manifest.entries) == ["sheets/contact.png", "song.flac"]

@@ -16,6 +16,7 @@ from farm.controller.fileroles import FileRoles, members
 from farm.endpoints import files_bind
 from farm.filesync import HashCache, Manifest, UploadResult, build_manifest
 from farm.filesync.localview import local_hint
+from farm.filesync.scan import walk_files
 from farm.filesync.tracker import SwarmFileServer
 from farm.project import Project
 from farm.security import ServerSecurity
@@ -55,10 +56,13 @@ class AssetService:
                 "bytes": manifest.total_size, "local": local_hint(project.root)}, manifest
 
     def publish_outputs(self, tree: str, folder: Path) -> str | None:
-        """Serve a finished run's output folder, for a remote submitter to download."""
+        """Serve a finished run's output folder, for a remote submitter to download: all but
+        hidden files and folders (a name starting with ``.``), which are a media type's scratch
+        (an audio run's joins, GBs of PCM, stay there when the run is cancelled or failed)."""
         if not folder.is_dir():
             return None
-        self.server.publish(tree, folder, build_manifest(folder, hash_cache=self.hashes))
+        shown = [rel for rel in walk_files(folder) if not any(part.startswith(".") for part in rel.split("/"))]
+        self.server.publish(tree, folder, build_manifest(folder, shown, hash_cache=self.hashes))
         self.kinds[tree] = "outputs"
         return tree
 
