@@ -398,6 +398,18 @@ def test_gappy_sequence_encodes_every_frame_in_order(tmp_path, codec):
     assert sheet_info.width > 33 * 2 and sheet_info.height > 19 * 2  # a 3x2 grid of thumbnails
 
 
+def test_a_shorter_range_encodes_only_its_frames_not_an_earlier_runs(tmp_path):
+    """Frames 1-6 rendered, then the range cut to 1-3: frames 4-6 of the earlier run stay in the
+    folder, and the video must not take them (ffmpeg's image2 reads on to the first gap)."""
+    longer = write_project(tmp_path / "p", frames="1-6", frames_extra="chunk = 2")
+    media().finalize(collate_all(longer, tmp_path / "staged", "forward"))
+    assert probe_video(longer / "output" / "tiny_turntable.mp4").frames == 6
+    shorter = write_project(tmp_path / "p", frames="1-3", frames_extra="chunk = 2")
+    video, _ = media().finalize(collate_all(shorter, tmp_path / "staged2", "forward"))
+    assert len(list((shorter / "output" / "frames").iterdir())) == 6  # the earlier frames are still there
+    assert probe_video(video).frames == 3
+
+
 def test_finalize_refuses_an_incomplete_sequence(tmp_path):
     root = write_project(tmp_path / "p", frames="1-6", frames_extra="chunk = 2")
     ctx = collate_all(root, tmp_path / "staged", "forward")
@@ -562,8 +574,10 @@ def test_missing_or_truncated_frame_fails_although_blender_exits_0(blender, tmp_
 @pytest.mark.slow
 def test_scene_script_error_fails_with_the_traceback(blender, tmp_path):
     root = write_project(tmp_path / "p", scene_extra="\nraise RuntimeError('farm-test: broken scene')\n")
-    with pytest.raises(RenderError, match=r"(?s)exited with code 1.*farm-test: broken scene"):
+    with pytest.raises(RenderError, match=r"(?s)exited with code 1.*farm-test: broken scene") as raised:
         render_chunk(root, [[1, 1]], tmp_path / "scratch")
+    # named as the user knows it, not by the agent's copy of the project
+    assert 'File "scene.py", line' in str(raised.value) and str(root) not in str(raised.value)
 
 
 def _gone(pid: int) -> bool:

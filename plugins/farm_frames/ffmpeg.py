@@ -51,16 +51,18 @@ def run_ffmpeg(args: Sequence[str], *, what: str) -> str:
 def sequence_input(frames: Sequence[Path], *, link_dir: Path) -> list[str]:
     """ffmpeg input arguments that read ``frames`` in order as one image sequence.
 
-    A contiguous run named ``frame_%06d`` is read in place with ``-start_number``;
-    anything else (gaps, a subset) is linked into ``link_dir`` as 000000, 000001, ...
-    so ffmpeg's image2 reader, which stops at the first missing number, sees them all.
+    A contiguous run named ``frame_%06d`` is read in place with ``-start_number`` where no
+    frame follows it in its folder; anything else (gaps, a subset, a run followed by frames of
+    an earlier, longer range) is linked into ``link_dir`` as 000000, 000001, ... so ffmpeg's
+    image2 reader, which reads on to the first missing number, sees these frames and no others.
     """
     if not frames:
         raise ValueError("no frames to read")
     suffix = frames[0].suffix
     numbers = [_frame_number(p) for p in frames]
     same_dir = all(p.parent == frames[0].parent for p in frames)
-    if same_dir and None not in numbers and numbers == list(range(numbers[0], numbers[0] + len(frames))):
+    if (same_dir and None not in numbers and numbers == list(range(numbers[0], numbers[0] + len(frames)))
+            and not (frames[0].parent / f"frame_{numbers[-1] + 1:06d}{suffix}").exists()):
         return ["-start_number", str(numbers[0]), "-i", str(frames[0].parent / f"frame_%06d{suffix}")]
     link_dir.mkdir(parents=True, exist_ok=True)
     for index, frame in enumerate(frames):

@@ -201,16 +201,16 @@ class Frames(MediaType):
         refused = missing_from_log(done.tail)
         if refused:
             message = f"the scene reads files that are not in the project on this agent: {summarise(refused)}"
-            raise _render_error(message, done.tail)
+            raise _render_error(message, done.tail, ctx.project_dir)
         if done.returncode is not None:
             doing = "loading the scene for" if done.phase != "rendering" else "rendering"
             message = f"Blender exited with code {done.returncode} {doing} {where}"
-            raise _render_error(message, done.tail)
+            raise _render_error(message, done.tail, ctx.project_dir)
         problems, size = self._check_frames(runs, frames_dir, settings)
         if problems:
             SLOT.stop()  # something in it misbehaves: the next job gets a fresh one
             message = f"Blender reported {where} done but they are not all there: {problems}"
-            raise _render_error(message, done.tail)
+            raise _render_error(message, done.tail, ctx.project_dir)
         ctx.progress(1.0)
         how = ("already running" if done.reused else "started before the job" if done.prewarmed
                else "started for this job")
@@ -350,8 +350,10 @@ def _scene_on_agent(ctx: RenderContext) -> Path:
     return scene
 
 
-def _render_error(message: str, tail: Any) -> RenderError:
-    text = log_tail(tail)
+def _render_error(message: str, tail: Any, project_dir: Path) -> RenderError:
+    # Blender names the agent's copy of the project (a folder in its cache or scratch); the user
+    # knows the files by their place in the project: `File "scene.py", line 3`
+    text = log_tail(tail).replace(f"{project_dir}/", "")
     error = RenderError(f"{message}\n--- Blender log (last lines) ---\n{text}")
     error.log = text  # type: ignore[attr-defined]  # for a core that ships logs separately
     return error
