@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     trace.mark("agent: starting")
     try:
         agent = Agent(args.controller, agent_id=args.id, parent_pid=args.parent_pid, cache_bytes=CACHE_BYTES,
-                      local_assets=args.local_assets, workers=workers)
+                      local_assets=args.local_assets, workers=workers, peers=False)  # peers: TCP only
     except FarmError as exc:
         workers.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -19,15 +19,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
-from farm.agent.peering import PeerNode
 from farm.agent.trust import project_folder
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
 from farm.filesync.manifest import Manifest
 from farm.filesync.store import CacheFull
+
+if TYPE_CHECKING:
+    from farm.agent.peering import PeerNode
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,12 @@ class AssetSync:
         self.busy: set[str] = set()
         self.local = local
         self.views: dict[str, LocalView] = {}  # projects placed from the controller's own folder
-        self.peers = PeerNode(socket_setup, agent) if peers else None
+        self.peers: PeerNode | None = None
+        if peers:
+            # imported here: an embedded agent (ipc://, where peers never run) skips its modules' 0.05 s
+            from farm.agent.peering import PeerNode
+
+            self.peers = PeerNode(socket_setup, agent)
 
     def start(self, project: str, endpoint: str, tree: str, hint: object = None) -> None:
         """Bring ``tree`` here; ``hint`` is the controller's `local_hint`, used only if ``local``."""
