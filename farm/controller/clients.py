@@ -154,7 +154,8 @@ class ClientSide:
             self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
             return
         run_id = f"{project.name[:64]}-{uuid.uuid4().hex[:8]}"
-        run = ProjectRun(run_id, project, media, self.journal, priority=priority, events=self.events)
+        run = ProjectRun(run_id, project, media, self.journal, priority=priority, events=self.events,
+                         logs=self.joblog_store)
         try:
             self._prepare(run, prepared.manifest)
         except (SyncError, OSError) as exc:

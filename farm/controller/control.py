@@ -42,7 +42,7 @@ class Refused(Exception):
 
 
 class ControlSide:
-    """Handlers for CONTROL and QUERY; needs the controller's scheduler, journal, events, assets and _send."""
+    """Handlers for CONTROL and QUERY; needs the controller's scheduler, journal, joblog_store, events, assets and _send."""
 
     def _handle_steering(self, identity: bytes, msg: Message) -> None:
         try:
@@ -224,7 +224,7 @@ class ControlSide:
         if what == "project":
             return history.snapshot(record)
         if what == "log":
-            found = history.job_log(self.journal, record, _field(body, "key", check_key))
+            found = history.job_log(self.journal, self.joblog_store, record, _field(body, "key", check_key))
             if found is None:
                 raise Refused("not_found", f"project {record.project_id} has no job {body['key']!r}")
             return found

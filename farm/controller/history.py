@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from farm.controller.joblogs import finished_attempts
+from farm.controller.joblogstore import JobLogStore
 from farm.journal import Journal, ProjectRecord
 
 KEEP_FINISHED_RUNS = 50  # finished runs a controller lists (farm.controller.clients prunes to as many)
@@ -92,10 +93,10 @@ def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset
             "unlisted": 0, "jobs": page}
 
 
-def job_log(journal: Journal, record: ProjectRecord, key: str) -> dict[str, Any] | None:
-    """A journaled run's job log (the shape of a live run's): its kept attempts, oldest first;
-    None if the run never had the job."""
-    attempts = finished_attempts(journal, record.project_id, key)
+def job_log(journal: Journal, logs: JobLogStore | None, record: ProjectRecord, key: str) -> dict[str, Any] | None:
+    """A journaled run's job log (the shape of a live run's): its kept attempts in ``logs`` (the
+    controller's job-log store), oldest first; None if the run never had the job."""
+    attempts = finished_attempts(logs, record.project_id, key)
     if not attempts and not journal.is_done(record.project_id, key) and key not in journal.keys(
             record.project_id, "failed"):
         return None

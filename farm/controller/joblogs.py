@@ -8,22 +8,18 @@ million fast jobs therefore holds the newest ~150,000 attempts, not all of them.
 let go because its job has `PER_JOB` newer ones keeps its text in memory until the queue of
 attempts is compacted, at the latest once such text adds up to half of `PER_RUN_BYTES`.)
 
-With the controller's store (`farm.controller.joblogstore`, opened beside its journal by
-`open_store`), every attempt kept is also written to disk and every one let go deleted there,
-off the loop: a restarted controller reads a resumed run's attempts back (`kept`), and answers
-for runs that finished before it started (`finished_attempts`).
+With the controller's store (`farm.controller.joblogstore`, which the controller opens beside
+its journal and gives each run), every attempt kept is also written to disk and every one let go
+deleted there, off the loop: a restarted controller reads a resumed run's attempts back, and
+answers for runs that finished before it started (`finished_attempts`).
 """
 
 from __future__ import annotations
 
 import collections
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from farm.controller.joblogstore import FIELDS, JobLogStore, open_beside
-
-if TYPE_CHECKING:
-    from farm.journal import Journal
+from farm.controller.joblogstore import FIELDS, JobLogStore
 
 PER_JOB = 3  # attempts kept per job
 LOG_BYTES = 64 * 1024  # of each attempt's log tail
@@ -59,11 +55,6 @@ class JobLogs:
                 attempt = tuple(entry[f] for f in FIELDS)
                 self._keep(key, attempt, max(self._jobs.get(key, (0,))[0], attempt[0]), persist=False)
             store.begin(run)
-
-    @classmethod
-    def kept(cls, journal: Journal, run: str) -> JobLogs:
-        """A run's logs, on disk too if the controller opened a store beside ``journal``."""
-        return cls(store=_STORES.get(journal), run=run)
 
     def record(self, key: str, *, agent: str | None, state: str, error: str | None, duration_s: float | None,
                log: str | None) -> dict[str, Any]:
@@ -141,25 +132,7 @@ def _held(held: tuple[Any, ...] | None, attempt: Attempt) -> bool:
     return held is not None and any(a is attempt for a in held[1:])
 
 
-_STORES: weakref.WeakKeyDictionary[Journal, JobLogStore] = weakref.WeakKeyDictionary()
-
-
-def open_store(journal: Journal) -> None:
-    """Keep the logs of runs on ``journal`` on disk too, in a file beside it (the controller's
-    state folder), until `close_store`; a file that cannot be used leaves them in memory only."""
-    store = open_beside(journal.path)
-    if store is not None:
-        _STORES[journal] = store
-
-
-def close_store(journal: Journal) -> None:
-    """Commit the logs written so far and close their file (if `open_store` opened one)."""
-    store = _STORES.pop(journal, None)
-    if store is not None:
-        store.close()
-
-
-def finished_attempts(journal: Journal, run: str, key: str) -> list[dict[str, Any]]:
-    """A job's kept attempts in a run no longer in memory (finished before this start), from disk."""
-    store = _STORES.get(journal)
+def finished_attempts(store: JobLogStore | None, run: str, key: str) -> list[dict[str, Any]]:
+    """A job's kept attempts in a run no longer in memory (finished before this start), from
+    the controller's ``store`` (none: the logs were kept in memory only)."""
     return store.attempts(run, key) if store is not None else []

@@ -23,6 +23,7 @@ from farm.controller.collator import Pending, collate_inline, reuse
 from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
+from farm.controller.joblogstore import JobLogStore
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
@@ -71,7 +72,8 @@ class Failure:
 
 class ProjectRun(RunReport):
     def __init__(self, run_id: str, project: Project, media: MediaType, journal: Journal, *,
-                 priority: int = 0, events: EventBus | None = None) -> None:
+                 priority: int = 0, events: EventBus | None = None, logs: JobLogStore | None = None) -> None:
+        """``logs``: the controller's job-log store, where the run's job logs are kept on disk too."""
         self.id = run_id
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
         self.journal = journal
@@ -82,7 +84,7 @@ class ProjectRun(RunReport):
         self.timeout = project.timeout or media.default_timeout
         self.state = "running"
         self.paused = False  # live control: lease nothing new (farm.controller.control)
-        self.logs = JobLogs.kept(journal, run_id)  # each job's recent attempts, for people (on disk too)
+        self.logs = JobLogs(store=logs, run=run_id)  # each job's recent attempts, for people
         self.error: str | None = None
         self.submitted = time.time()
         self.started_mono = time.monotonic()

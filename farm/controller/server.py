@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm import join
-from farm.controller import joblogs, listen, peers, roles
+from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
@@ -32,6 +32,7 @@ from farm.controller.control import ControlSide
 from farm.controller.events import Event, EventBus, Stats, Subscribers
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
+from farm.controller.joblogstore import JobLogStore, open_beside
 from farm.controller.registry import Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.controller.scheduler import Scheduler
@@ -106,6 +107,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.subscribers = Subscribers(self.events)
         self.progress_gate = ProgressGate()  # `progress` events only when a run's snapshot changed
         self.notifier = Notifier(notify, notify_allow, project_hooks=self._project_hooks)
+        self.joblog_store: JobLogStore | None = None  # opened by `run`, beside the journal
         self.events.observe(self.notifier)
         self._stop = threading.Event()
         self._shutdown_agents = False
@@ -230,7 +232,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
         self.collator = Collator()
-        joblogs.open_store(self.journal)  # job logs on disk beside the journal (closed below)
+        self.joblog_store = open_beside(self.journal.path)  # job logs on disk beside the journal (closed below)
         self.events.start()
         self._resume()
         log.info("controller listening on %s", self.url)
@@ -299,7 +301,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
             self.sock.close(linger=500 if self._shutdown_agents else 0)
             self.intake.close()
             self.assets.close()
-            joblogs.close_store(self.journal)
+            if self.joblog_store is not None:
+                self.joblog_store.close()
             self.journal.close()
             self.events.stop()
             self.notifier.close()
@@ -318,7 +321,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 self.journal.finish_project(record.project_id, "failed", {"error": f"cannot resume: {exc}"})
                 continue
             run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority,
-                             events=self.events)
+                             events=self.events, logs=self.joblog_store)
             run.elapsed_before = max(0.0, time.time() - record.submitted_at)
             try:
                 self._prepare(run)
