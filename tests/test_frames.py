@@ -7,6 +7,7 @@ with 2 samples, so each Blender run takes a second or two.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -659,12 +660,17 @@ def test_end_to_end_on_two_agents(blender, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_end_to_end_failure_carries_blenders_log(blender, tmp_path):
+def test_end_to_end_failure_carries_blenders_log(blender, tmp_path, caplog):
     embedded = pytest.importorskip("farm.embedded", reason="farm.embedded is not there yet")
     broken = "\nraise RuntimeError('farm-test: broken scene')\n"
     root = write_project(tmp_path / "p", frames="1-2", frames_extra="chunk = 2", scene_extra=broken,
                          tail="\n[jobs]\nmax_attempts = 1\n")
-    summary = embedded.submit_embedded(root, agents=1)
+    with caplog.at_level(logging.WARNING, logger="farm.controller.run"):
+        summary = embedded.submit_embedded(root, agents=1)
+    # the controller's log says it in one line; Blender's log comes once, with the summary
+    said = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert "Blender exited with code 1" in said[0] and "more lines: the run's summary, farm logs" in said[0]
     assert not summary.ok and summary.failed == 1
     failure = summary.failures[0]
     assert failure["job"] == "frames-000001-000002"

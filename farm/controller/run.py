@@ -395,7 +395,10 @@ class ProjectRun(RunReport):
         self.units.job_failed(key)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         self.outcomes["failed"].add(key)
-        log.warning("%s: job %s failed for good: %s", self.project.name, key, error)
+        # one line: the rest (a renderer's log tail) is in the run's summary and `farm logs`, not here again
+        first, _, rest = error.partition("\n")
+        more = f" ({rest.count(chr(10)) + 1} more lines: the run's summary, farm logs {self.id} {key})" if rest else ""
+        log.warning("%s: job %s failed for good: %s%s", self.project.name, key, first, more)
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
