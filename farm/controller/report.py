@@ -67,3 +67,10 @@ class RunReport:
             "error": self.error,
             "download": self.download,
         }
+
+
+def first_line(text: str, rest_at: str) -> str:
+    """``text``'s first line, saying how many more there are and where (``rest_at``): a job's
+    error may end in its renderer's log tail, which the run's summary shows once already."""
+    first, _, rest = text.partition("\n")
+    return f"{first} ({rest.count(chr(10)) + 1} more lines: {rest_at})" if rest else first

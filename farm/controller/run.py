@@ -27,7 +27,7 @@ from farm.controller.joblogstore import JobLogStore
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
-from farm.controller.report import RunReport
+from farm.controller.report import RunReport, first_line
 from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier
 from farm.journal import Journal
@@ -73,7 +73,6 @@ class Failure:
 class ProjectRun(RunReport):
     def __init__(self, run_id: str, project: Project, media: MediaType, journal: Journal, *,
                  priority: int = 0, events: EventBus | None = None, logs: JobLogStore | None = None) -> None:
-        """``logs``: the controller's job-log store, where the run's job logs are kept on disk too."""
         self.id = run_id
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
         self.journal = journal
@@ -84,7 +83,7 @@ class ProjectRun(RunReport):
         self.timeout = project.timeout or media.default_timeout
         self.state = "running"
         self.paused = False  # live control: lease nothing new (farm.controller.control)
-        self.logs = JobLogs(store=logs, run=run_id)  # each job's recent attempts, for people
+        self.logs = JobLogs(store=logs, run=run_id)  # each job's recent attempts, for people (on disk in logs)
         self.error: str | None = None
         self.submitted = time.time()
         self.started_mono = time.monotonic()
@@ -395,10 +394,8 @@ class ProjectRun(RunReport):
         self.units.job_failed(key)
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         self.outcomes["failed"].add(key)
-        # one line: the rest (a renderer's log tail) is in the run's summary and `farm logs`, not here again
-        first, _, rest = error.partition("\n")
-        more = f" ({rest.count(chr(10)) + 1} more lines: the run's summary, farm logs {self.id} {key})" if rest else ""
-        log.warning("%s: job %s failed for good: %s%s", self.project.name, key, first, more)
+        log.warning("%s: job %s failed for good: %s", self.project.name, key,
+                    first_line(error, f"the run's summary, farm logs {self.id} {key}"))
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
