@@ -38,6 +38,7 @@ class PeerBudgets:
         self.bad: dict[bytes, int] = {}
         self._ignored: dict[bytes, float] = {}
         self.dropped = 0  # messages dropped unread (over budget, or from an ignored peer)
+        self.admitted = 0  # messages from clients and strangers read within their budget
         self._dropped_at_turn = 0
 
     def new_turn(self) -> None:
@@ -70,6 +71,7 @@ class PeerBudgets:
         if used > PER_PEER:
             self.dropped += 1
             return False
+        self.admitted += 1
         return True
 
     def strike(self, identity: bytes, now: float | None = None) -> int:
