@@ -9,24 +9,35 @@ from farm_audio import ffmpeg
 from farm_audio.encode import Output
 from farm_audio.render import whole_file_filter
 
-from farm.mediatype import CollateContext, RenderContext
+from farm.mediatype import CollateContext, Job, RenderContext
 from farm.plugins import get_plugins
 from farm.project import Project
 
 
-def render_all(project: Project, scratch: Path, skip: str = "") -> list[Path]:
-    """Every job rendered as one worker would (one cache for its life), collated (but ``skip``),
-    finalized; returns the outputs."""
+Rendered = dict[str, tuple[Job, dict, dict[str, Path]]]  # key -> (job, result, its files by name)
+
+
+def render_jobs(project: Project, scratch: Path) -> Rendered:
+    """Every job rendered as one worker would (one cache for its life), not collated."""
     media = get_plugins().get("audio")
-    ctx = CollateContext(project, project.output_dir, {})
     cache: dict = {}
+    rendered: Rendered = {}
     for n, job in enumerate(media.split(project)):
         out, work = scratch / f"out-{n}", scratch / f"work-{n}"
         out.mkdir(parents=True)
         work.mkdir(parents=True)
         result = media.render(job, RenderContext(project.root, out, work, project.settings, 1, cache, {}))
-        if job.key != skip:
-            media.collate(job, result, {p.name: p for p in out.iterdir()}, ctx)
+        rendered[job.key] = (job, result, {p.name: p for p in out.iterdir()})
+    return rendered
+
+
+def render_all(project: Project, scratch: Path, skip: str = "") -> list[Path]:
+    """Every job rendered (`render_jobs`), collated (but ``skip``), finalized; returns the outputs."""
+    media = get_plugins().get("audio")
+    ctx = CollateContext(project, project.output_dir, {})
+    for key, (job, result, files) in render_jobs(project, scratch).items():
+        if key != skip:
+            media.collate(job, result, files, ctx)
     return media.finalize(ctx)
 
 

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from audio_helpers import whole_file
+from audio_helpers import Rendered, render_jobs, whole_file
 from conftest import wait_for
 from control_helpers import EventLog
 from farm_audio import ffmpeg
@@ -23,7 +23,7 @@ from test_audio_cases import submit as farm_submit_cli
 
 from farm.client import Client, submit
 from farm.errors import RenderError
-from farm.mediatype import CollateContext, Job, RenderContext
+from farm.mediatype import CollateContext
 from farm.plugins import get_plugins
 from farm.project import Project, load_project
 
@@ -61,23 +61,6 @@ def make_project(root: Path, seconds: int = 2, name: str = "t") -> Project:
                                     'input = "source.flac"\nfilters = "highpass=f=100"\nsegment = 0.5\n'
                                     'outputs = ["flac", "mp3"]\n')
     return load_project(root)
-
-
-Rendered = dict[str, tuple[Job, dict, dict[str, Path]]]
-
-
-def render_jobs(project: Project, scratch: Path) -> Rendered:
-    """Every job rendered as one worker would: key -> (job, result, its files)."""
-    media = get_plugins().get("audio")
-    cache: dict = {}
-    rendered: Rendered = {}
-    for n, job in enumerate(media.split(project)):
-        out, work = scratch / f"out-{n}", scratch / f"work-{n}"
-        out.mkdir(parents=True)
-        work.mkdir(parents=True)
-        result = media.render(job, RenderContext(project.root, out, work, project.settings, 1, cache, {}))
-        rendered[job.key] = (job, result, {p.name: p for p in out.iterdir()})
-    return rendered
 
 
 def collate(ctx: CollateContext, rendered: Rendered, keys: list[str]) -> None:
