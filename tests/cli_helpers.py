@@ -33,14 +33,16 @@ def cli_controller(folder: Path, *args: str, bind: str = "tcp://127.0.0.1:0") ->
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
     url = key = ""
+    said: list[str] = []
     try:
         for line in proc.stderr:
+            said.append(line)
             if "public key " in line:
                 key = line.split("public key ")[1].split(" ")[0]
             if "listening on " in line:
                 url = line.split("listening on ")[1].strip()
                 break
-        assert url, "the controller did not start"
+        assert url, "the controller did not start:\n" + "".join(said[-20:])
         yield Running(url, key, env, folder / "config" / "farm" / "keys")
     finally:
         proc.terminate()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import zmq
 from cli_helpers import FARM, Running, cli_controller
-from conftest import write_project
+from conftest import restartable_url, write_project
 from hostile_helpers import as_nobody
 from zmq.utils.monitor import recv_monitor_message
 
@@ -232,8 +232,9 @@ def test_a_port_squatter_gets_no_agent(tmp_path: Path) -> None:
 
 def test_insecure_controller_on_loopback_forgets_its_record(tmp_path: Path) -> None:
     """--insecure on an address a keyed controller used: no keys, and the same user's clients then
-    dial it in plain text by default."""
-    with cli_controller(tmp_path) as keyed:
+    dial it in plain text by default. The address is one outside the ephemeral range, so nothing
+    else can take its port while neither controller runs."""
+    with cli_controller(tmp_path, bind=restartable_url()) as keyed:
         assert keyed.public_key
     with cli_controller(tmp_path, "--insecure", bind=keyed.url) as plain:
         assert not plain.public_key
