@@ -69,10 +69,11 @@ class Background:
 
 
 def restartable_url() -> str:
-    """``tcp://127.0.0.1:PORT`` for a controller a test stops and starts again at the same address:
-    PORT and PORT + 1 (its file service) are free now and below Linux's ephemeral range
-    (32768-60999), so no outgoing connection (an agent or submitter reconnecting meanwhile) can
-    be given either port while the controller is down. (Port 0 picks from that range.)"""
+    """``tcp://127.0.0.1:PORT`` for a controller a test starts at an address of its choosing (to
+    start it again there, or to know it before the controller runs): PORT and PORT + 1 (its file
+    service) are free now and below Linux's ephemeral range (32768-60999), so no outgoing
+    connection (an agent or submitter reconnecting meanwhile) can be given either port while the
+    controller is down. (Port 0 picks from that range, and a free PORT's + 1 may be taken.)"""
     for port in random.sample(range(20000, 32000, 2), 500):
         try:
             with socket.socket() as a, socket.socket() as b:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from conftest import restartable_url
 from farm_audio import ffmpeg
 from farm_audio.allow import FILE_OPTIONS, REFUSED, SAFE
 from hostile_helpers import as_nobody
@@ -210,10 +210,7 @@ def test_readme_attacks_from_nobody_against_a_root_controller(
             shutil.copy(project / "farm.toml", home / f"attack-{i}.toml")
         for path in [home, *home.rglob("*")]:
             os.chown(path, NOBODY, NOBODY)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        url = f"tcp://127.0.0.1:{port}"
+        url = restartable_url()  # its port + 1 (the file service) free too
         state = tmp_path / "state"
         controller = subprocess.Popen(
             [sys.executable, "-m", "farm", "controller", "--bind", url, "--state-dir", str(state),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, restartable_url, wait_for
 from farm_audio import ffmpeg
 
 from farm.client import Client, submit
@@ -30,11 +29,6 @@ from farm.protocol import T
 
 FARM = [sys.executable, "-m", "farm"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def logging_shim(folder: Path, name: str, then: str) -> tuple[Path, Path]:
@@ -51,7 +45,7 @@ class RemoteController:
     """`farm controller` in a process of its own, with the environment given (its host's renderers)."""
 
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.url = f"tcp://127.0.0.1:{free_port()}"
+        self.url = restartable_url()
         self.state = tmp / "state"
         self.proc = subprocess.Popen([*FARM, "--log-level", "warning", "controller", "--bind", self.url,
                                       "--insecure", "--state-dir", str(self.state), "--heartbeat", "0.5"],

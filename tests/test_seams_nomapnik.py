@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, restartable_url, wait_for
 
 from farm import Job, MediaType, hookimpl
 from farm.client import Client, submit
@@ -18,11 +17,6 @@ from farm.project import load_project
 
 SAMPLE = ROOT / "sample_projects" / "world_map"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def without_mapnik(folder: Path) -> dict[str, str]:
@@ -37,7 +31,7 @@ def test_a_controller_without_mapnik_schedules_the_world_map(tmp_path, agents):
     env = without_mapnik(tmp_path / "shim")
     probe = subprocess.run([sys.executable, "-c", "import mapnik"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "no Mapnik" in probe.stderr  # the controller's host really lacks it
-    url = f"tcp://127.0.0.1:{free_port()}"
+    url = restartable_url()
     ctl = subprocess.Popen([sys.executable, "-m", "farm", "--log-level", "warning", "controller", "--bind", url,
                             "--insecure", "--state-dir", str(tmp_path / "state"), "--heartbeat", "0.5"], env=env)
     try:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import restartable_url, wait_for
 from test_seams_scheduler import farm  # noqa: F401 (a fixture: a scheduler and a maker of runs)
 
 from farm.client import Client
@@ -21,11 +20,6 @@ from farm.errors import ProtocolError
 
 FARM = [sys.executable, "-m", "farm"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def install(package: Path, site: Path) -> dict[str, str]:
@@ -55,7 +49,7 @@ def test_an_agent_with_another_plugin_version_gets_none_of_its_jobs_and_status_s
     meta.write_text(meta.read_text().replace('version = "0.1.0"', 'version = "0.2.0"', 1))
     env_v1, env_v2 = install(v1, tmp_path / "site1"), install(v2, tmp_path / "site2")
 
-    url = f"tcp://127.0.0.1:{free_port()}"
+    url = restartable_url()
     ctl = subprocess.Popen([*FARM, "--log-level", "warning", "controller", "--bind", url, "--insecure",
                             "--state-dir", str(tmp_path / "state"), "--heartbeat", "0.5"], env=env_v1)
     submit = None
