@@ -22,17 +22,16 @@ Project = Annotated[str, typer.Argument(
     help="The project's run id (see farm status) or name (its newest run).")]
 Agent = Annotated[str, typer.Argument(help="The agent's id (see farm status).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-DEFAULT_URL = "tcp://127.0.0.1:5555"
 
 
-def _call(controller: str, as_json: bool, secure: tuple[Any, ...], ask: Callable[[Client], dict[str, Any]],
+def _call(controller: str | None, as_json: bool, secure: tuple[Any, ...], ask: Callable[[Client], dict[str, Any]],
           text: Callable[[dict[str, Any]], str]) -> None:
     with reported(as_json=as_json), connect(controller, *secure) as client:
         reply = ask(client)
     typer.echo(json.dumps(reply) if as_json else text(reply))
 
 
-def pause(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+def pause(project: Project, controller: ControllerUrl = None, as_json: AsJson = False,
           keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
           insecure: Insecure = False) -> None:
     """Pause a run: agents finish the jobs they hold, and none of its jobs are handed out until resumed."""
@@ -40,7 +39,7 @@ def pause(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: As
           lambda r: f"{r['project']}: paused ({counted(r['running'], 'job')} still finishing)")
 
 
-def resume(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+def resume(project: Project, controller: ControllerUrl = None, as_json: AsJson = False,
            keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
            insecure: Insecure = False) -> None:
     """Resume a paused run."""
@@ -51,7 +50,7 @@ def resume(project: Project, controller: ControllerUrl = DEFAULT_URL, as_json: A
 def retry(project: Project,
           keys: Annotated[list[str] | None, typer.Argument(
               help="Job keys to retry (default: every failed job).")] = None,
-          controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+          controller: ControllerUrl = None, as_json: AsJson = False,
           keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
           insecure: Insecure = False) -> None:
     """Run jobs that failed for good again, each with fresh attempts; a failed run runs again."""
@@ -65,7 +64,7 @@ def retry(project: Project,
 def priority(project: Project,
              value: Annotated[int, typer.Argument(help="The new priority (higher runs first).",
                                                   min=-1_000_000, max=1_000_000)],
-             controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+             controller: ControllerUrl = None, as_json: AsJson = False,
              keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
              insecure: Insecure = False) -> None:
     """Change a running project's priority; dispatch reorders at once."""
@@ -74,7 +73,7 @@ def priority(project: Project,
           lambda r: f"{r['project']}: priority {r['previous']} -> {r['priority']}")
 
 
-def drain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+def drain(agent: Agent, controller: ControllerUrl = None, as_json: AsJson = False,
           keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
           insecure: Insecure = False) -> None:
     """Drain an agent: it finishes the jobs it holds and gets no new ones (kept across restarts)."""
@@ -82,7 +81,7 @@ def drain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson
           lambda r: f"agent {r['agent']}: draining ({counted(r['holding'], 'job')} still finishing)")
 
 
-def undrain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+def undrain(agent: Agent, controller: ControllerUrl = None, as_json: AsJson = False,
             keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
             insecure: Insecure = False) -> None:
     """Give a drained agent jobs again."""
@@ -91,7 +90,7 @@ def undrain(agent: Agent, controller: ControllerUrl = DEFAULT_URL, as_json: AsJs
 
 
 def logs(project: Project, job: Annotated[str, typer.Argument(help="The job's key.")],
-         controller: ControllerUrl = DEFAULT_URL, as_json: AsJson = False,
+         controller: ControllerUrl = None, as_json: AsJson = False,
          keys_dir: KeysDir = None, key: ClientKey = "client", server_key: ServerKey = "controller",
          insecure: Insecure = False) -> None:
     """Show a job's recent attempts: agent, outcome, error, duration and log tail."""

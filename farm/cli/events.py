@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from farm.cli.errors import reported
-from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, socket_setup_for
+from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.client import Client
 from farm.words import counted
 
@@ -17,7 +17,7 @@ COMMON = ("seq", "time", "type", "run", "job", "agent")
 
 
 def events(
-    controller: ControllerUrl = "tcp://127.0.0.1:5555",
+    controller: ControllerUrl = None,
     since: Annotated[int | None, typer.Option("--since", min=0, help=(
         "Start after this sequence number (0: everything the controller still holds); "
         "default: from now on."))] = None,
@@ -33,8 +33,9 @@ def events(
         typer.echo(f"warning: {counted(count, 'event')} older than the controller keeps {'is' if count == 1 else 'are'} not shown", err=True)
 
     printed = 0
-    with reported(as_json=as_json), Client(controller, socket_setup=socket_setup_for(
-            controller, keys_dir, key, server_key, insecure)) as client:
+    with reported(as_json=as_json):  # no --controller: this user's own, as `farm status` finds it
+        url, setup, _ = controller_for(controller, None, keys_dir, key, server_key, insecure, role="client")
+    with reported(as_json=as_json), Client(url, socket_setup=setup) as client:
         try:
             for event in client.events(since, on_missed=missed):
                 typer.echo(json.dumps(event, default=str) if as_json else event_text(event))
