@@ -2,16 +2,18 @@
 
 Library errors (`FarmError`) are caught once here, printed, and turned into exit 1.
 Exit codes: 0 success; 1 a farm error (bad project, unreachable controller) or a run
-with failed jobs; 2 bad command-line usage.
+with failed jobs; 2 bad command-line usage; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -107,7 +109,27 @@ def command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+INTERRUPTED = {"error": "interrupted (Ctrl-C) while the command started", "state": "interrupted",
+               "code": "interrupted"}
+
+
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C before the command handles it itself (while modules load)
+        say_interrupted(sys.argv[1:])
+
+
+def say_interrupted(argv: Sequence[str]) -> NoReturn:
+    """Exit 130 (128 + SIGINT) with one line, or with ``--json`` one JSON object, not a traceback."""
+    if "--json" in argv:
+        print(json.dumps(INTERRUPTED), flush=True)
+    else:
+        print(f"{INTERRUPTED['error']}; nothing more was done", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)
+
+
+def _main() -> None:
     command = command_in(sys.argv[1:])
     trace.mark_process_start(f"farm {command}")
     # one command: only its module; help, a typo or no command: all, so they are listed.
