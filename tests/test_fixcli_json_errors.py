@@ -59,3 +59,13 @@ def test_farm_cancel_json_prints_the_summary_or_the_refusal(controller, agents, 
     assert rc == 0 and again["already"] is True and "nothing to cancel" not in stderr
     rc, missing, _ = one_object("cancel", "no-such-run", "--json", "--controller", controller.url)
     assert rc == 1 and set(missing) == {"error", "state", "code"} and "no-such-run" in missing["error"]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (("priority", "run", "high"), "'value'"), (("jobs", "run", "--limit", "0"), "'--limit'"),
+    (("status", "--bogus"), "No such option: --bogus"), (("submit", "--agents", "0", "."), "'--agents'")])
+def test_a_usage_error_is_one_object_too(args, named):
+    """A bad option or value: one object naming it, with code usage and exit 2, not click's usage box."""
+    code, reply, stderr = one_object(*args, "--json")
+    assert code == 2 and reply["code"] == "usage" and reply["state"] == "failed", (reply, stderr)
+    assert named in reply["error"], reply

@@ -137,4 +137,21 @@ def _main() -> None:
     shows_help = command is None or command in GROUPS or "--help" in sys.argv
     register([command] if command else None, reflow=shows_help)
     trace.mark(f"farm {command}: cli imported")
+    if "--json" in sys.argv[1:]:
+        _run_for_json()
     app()
+
+
+def _run_for_json() -> NoReturn:
+    """Run `app` with a usage error (a bad option or value) as one JSON object too, exit 2: with
+    ``--json`` standard output always gets exactly one object (click would print a usage box)."""
+    # click's base of usage errors, wherever this typer keeps click (newer ones vendor it)
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(standalone_mode=False)  # returns typer.Exit's code, or the command's value
+    except click_exception as exc:
+        print(json.dumps({"error": exc.format_message(), "state": "failed", "code": "usage"}), flush=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -22,7 +22,8 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     ``state``: "invalid" for a project that does not load, else "failed". ``code`` says what kind
     of error, for scripts: a refused steering request's own (not_found, bad_request, conflict),
     else invalid (the project), unreachable (no answer from the controller), security (keys,
-    tokens, a refused handshake), os_error (a file or folder), error (anything else farm refused).
+    tokens, a refused handshake), os_error (a file or folder), error (anything else farm refused);
+    and from `farm.cli.main`, usage (a bad option or value) and interrupted (Ctrl-C).
     """
     report = {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed",
               "code": error_code(exc)}
