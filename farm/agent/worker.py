@@ -23,7 +23,7 @@ from blake3 import blake3
 from farm.agent.capabilities import offered
 from farm.agent.emptydir import Folder, Watch
 from farm.agent.launch import THREADS_ENV
-from farm.errors import JobFailedForGood, RenderError
+from farm.errors import FarmError, JobFailedForGood, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
@@ -191,7 +191,11 @@ def prewarm(work_dir: Path) -> None:
     if names is None or len(names) != 1:
         return
     try:
-        get_media_type(names[0]).prewarm(work_dir, max(1, int(os.environ.get(THREADS_ENV, "1"))))
+        media = get_media_type(names[0])
+    except FarmError:  # a name no plugin has (a typo in farm.toml): the agent says so, once
+        return
+    try:
+        media.prewarm(work_dir, max(1, int(os.environ.get(THREADS_ENV, "1"))))
     except Exception:  # the first job starts it, and says what is wrong
         log.warning("could not start %s's renderer ahead of the first job", names[0], exc_info=True)
 
