@@ -164,6 +164,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
 
     root = Path(path).resolve()
     file = root / PROJECT_FILE
+    if root.is_file():  # `farm submit proj/farm.toml`: the folder was meant
+        raise ProjectError(f"{path} is a file: give the project's folder (the one holding its {PROJECT_FILE})")
     if not root.is_dir():
         raise ProjectError(f"project folder {path} does not exist")
     if not file.is_file():

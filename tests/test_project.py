@@ -21,6 +21,9 @@ def test_missing_folder_and_missing_file(tmp_path):
         load_project(tmp_path / "nowhere")
     with pytest.raises(ProjectError, match="no farm.toml"):
         load_project(tmp_path)
+    (tmp_path / "farm.toml").write_text("")  # the file named instead of its folder
+    with pytest.raises(ProjectError, match="farm.toml is a file: give the project's folder"):
+        load_project(tmp_path / "farm.toml")
 
 
 def test_bad_toml_names_the_line(tmp_path):
