@@ -59,6 +59,7 @@ def test_farm_cancel_json_prints_the_summary_or_the_refusal(controller, agents, 
     assert rc == 0 and again["already"] is True and "nothing to cancel" not in stderr
     rc, missing, _ = one_object("cancel", "no-such-run", "--json", "--controller", controller.url)
     assert rc == 1 and set(missing) == {"error", "state", "code"} and "no-such-run" in missing["error"]
+    assert missing["code"] == "not_found"  # as the steering commands say it
 
 
 @pytest.mark.parametrize(("args", "named"), [

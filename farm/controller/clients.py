@@ -229,7 +229,7 @@ class ClientSide:
         record = self.finished_before().find(ref)
         if record is None:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
-                                                      "(farm status lists its projects)"})
+                                                      "(farm status lists its projects)", "code": "not_found"})
             return
         summary = dict(record.summary)
         if summary.get("download") and summary.get("output_dir"):  # a remote submitter's outputs
