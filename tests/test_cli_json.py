@@ -87,3 +87,15 @@ def test_help_names_the_output_setting() -> None:
     )
     assert "farm.toml's output directory, else 'output'" in done.stdout
     assert "(default:  directory)" not in done.stdout
+
+
+def test_more_local_agents_than_the_machine_can_run_is_refused_before_any_starts(tmp_path: Path, synthetic) -> None:
+    """`--agents 1000` on a laptop started 2,000 Python processes that starved each other and never
+    finished; now it is refused, naming the option and the limit, and no agent is started."""
+    from farm.cli.submit import max_local_agents
+
+    project = synthetic(jobs=2)
+    code, reply, _ = submit_json("--agents", str(max_local_agents() + 1), str(project), home=tmp_path)
+    assert code == 1 and f"--agents {max_local_agents() + 1}" in reply["error"]
+    assert f"at most {max_local_agents()}" in reply["error"]
+    assert not (project / ".farm").exists()  # refused before the farm (and its state) started

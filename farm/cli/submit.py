@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +28,15 @@ from farm.trace import mark
 log = logging.getLogger(__name__)
 
 
+AGENTS_PER_CORE = 8  # each local agent is two Python processes; past this they starve each other
+
+
+def max_local_agents() -> int:
+    """The most local agents an embedded farm starts: beyond about this, agents and workers wait so
+    long for a core that they miss the controller's heartbeats and reconnect over and over."""
+    return max(16, AGENTS_PER_CORE * (os.cpu_count() or 1))
+
+
 def submit(
     project_dir: Annotated[Path, typer.Argument(help="The project folder (with a farm.toml).")],
     controller: Annotated[Optional[str], typer.Option(
@@ -35,7 +45,7 @@ def submit(
              "Without it (and --join), an embedded farm renders locally.")] = None,
     join: Join = None,
     agents: Annotated[Optional[int], typer.Option(
-        "--agents", "-n", min=1, help="Local agents for an embedded run (default: the number of cores).")] = None,
+        "--agents", "-n", min=1, help="Local agents for an embedded run (default: the number of cores; at most 8 per core).")] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Output folder, relative to the project (default: farm.toml's output directory, else 'output').")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first on a shared controller.")] = 0,
@@ -58,6 +68,9 @@ def submit(
         if ui and controller:
             raise FarmError("--ui shows the embedded farm; a running controller serves its own dashboard "
                             "(farm controller --http HOST:PORT)")
+        if agents is not None and not (controller or join) and agents > max_local_agents():
+            raise FarmError(f"--agents {agents} is more than this machine can run as local agents (at most "
+                            f"{max_local_agents()}: {AGENTS_PER_CORE} per core); the default is one per core")
         # an embedded farm's agents start while the project loads (they take the longest to be up);
         # with --watch a later round may be of another media type, so they offer all
         local = None
