@@ -301,7 +301,10 @@ class Agent:
                 self._joined(msg.body.get("agent") or self.id)
                 if isinstance(msg.body.get("warning"), str):
                     log.warning("the controller says: %s", msg.body["warning"][:1000])
-            if msg.body.get("agent") not in (None, self.id):
+            named = msg.body.get("agent")
+            if isinstance(named, str) and self.sync.peers is not None:
+                self.sync.peers.agent = named  # peers and the tracker know us by the controller's name
+            if named not in (None, self.id):
                 log.warning("another live agent already uses the id %r at %s; this one is known there as %r "
                             "(give each agent its own --id)", self.id, self.controller, msg.body["agent"])
         elif msg.type is T.JOBS:
