@@ -474,6 +474,9 @@ def test_a_truncated_segment_is_refused_at_collate(tmp_path: Path, sources: Path
 
 BAD_SETTINGS = [
     ('filters = "bogus=1"', "[audio] filters", "no audio filter named 'bogus'"),
+    ('filters = "asplit"', "[audio] filters",
+     "'asplit' is not a filter of one audio stream in and one out (ffmpeg -filters lists it as A->N)"),
+    ('filters = "ebur128"', "[audio] filters", "'ebur128' is not a filter of one audio stream in and one"),
     ('filters = "volume=x"', "[audio] filters", "Undefined constant"),
     ('filters = "acompressor=ratio=99"', "[audio] filters", "out of range"),
     ('filters = "atempo=2"', "[audio] filters", "shortens the audio"),

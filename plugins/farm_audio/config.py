@@ -17,7 +17,7 @@ from typing import Any
 
 from farm.paths import UnsafePath, resolve_inside
 from farm.settings import SettingsReader
-from farm_audio import checkcache, encode, probe
+from farm_audio import checkcache, encode, ffmpeg, probe
 from farm_audio.allow import REFUSED, NotAllowed, check_allowed
 from farm_audio.chain import (
     DOUBLE,
@@ -228,7 +228,13 @@ def _check_names(s: SettingsReader, filters: list[Filter], measuring: bool) -> N
     known = checkcache.audio_filters() if measuring else frozenset()
     for f in filters:
         if measuring and f.name not in known and f.name not in REFUSED:
-            raise s.error("filters", f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)")
+            kind = ffmpeg.filter_kinds().get(f.name)  # only on this error's path: another run of ffmpeg
+            if kind is None:
+                why = f"this ffmpeg has no audio filter named {f.name!r} (ffmpeg -filters)"
+            else:
+                why = (f"{f.name!r} is not a filter of one audio stream in and one out (ffmpeg -filters "
+                       f"lists it as {kind}): a chain here is one line of such filters")
+            raise s.error("filters", why)
     try:
         check_allowed(filters)
     except NotAllowed as exc:

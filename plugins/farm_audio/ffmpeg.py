@@ -127,12 +127,18 @@ def send(pipe: int, src: BinaryIO, offset: int, count: int) -> int:
 
 
 @lru_cache(maxsize=1)
-def audio_filters() -> frozenset[str]:
-    """Names of the filters this ffmpeg has that take audio in and give audio out."""
+def filter_kinds() -> dict[str, str]:
+    """Every filter this ffmpeg has -> its inputs and outputs as ``ffmpeg -filters`` shows them
+    (``A->A``: one audio stream in, one out; ``A->N``: a variable number out; ``|->A``: a source)."""
     listing = run(["-filters"]).stdout.decode("utf-8", "replace")
-    names = set()
+    kinds = {}
     for line in listing.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[2] == "A->A":
-            names.add(parts[1])
-    return frozenset(names)
+        if len(parts) >= 3 and "->" in parts[2]:
+            kinds[parts[1]] = parts[2]
+    return kinds
+
+
+def audio_filters() -> frozenset[str]:
+    """Names of the filters this ffmpeg has that take audio in and give audio out."""
+    return frozenset(name for name, kind in filter_kinds().items() if kind == "A->A")
