@@ -358,13 +358,15 @@ def collate_all(project_dir: Path, staged: Path, order: str) -> CollateContext:
     """Collate every job's frames (made by ffmpeg) in the given order, as a controller would."""
     project = load_project(project_dir)
     jobs = list(media().split(project))
-    ctx = CollateContext(project, project.output_dir, {})
+    done: dict[str, None] = {}  # its keys() are the read-only set ctx.done shows, as on a farm
+    ctx = CollateContext(project, project.output_dir, {}, done=done.keys())
     if order == "reverse":
         jobs.reverse()
     for job in jobs:
         frames = list(iter_frames(job.params["runs"]))
         paths = synthetic_frames(staged / job.key, frames)
         media().collate(job, None, {f"frames/{p.name}": p for p in paths}, ctx)
+        done[job.key] = None
     return ctx
 
 
@@ -428,7 +430,7 @@ def test_collating_a_job_again_replaces_its_frames(tmp_path):
     root = write_project(tmp_path / "p", frames="1-2", frames_extra="chunk = 2")
     project = load_project(root)
     job = next(iter(media().split(project)))
-    ctx = CollateContext(project, project.output_dir, {})
+    ctx = CollateContext(project, project.output_dir, {}, done=frozenset({job.key}))
     first = synthetic_frames(tmp_path / "first", [1, 2])
     media().collate(job, None, {f"frames/{p.name}": p for p in first}, ctx)
     again = synthetic_frames(tmp_path / "again", [7, 8])  # other pixels, under the same names

@@ -322,7 +322,7 @@ def test_failed_finalize_leaves_no_partial_file_and_raises_a_farm_error(tmp_path
     idat = data.index(b"IDAT") + 4
     data[idat:idat + 40] = b"\xff" * 40  # the compressed pixels, not the header or the IEND
     frames[1].write_bytes(bytes(data))
-    ctx = CollateContext(project, project.output_dir, {})
+    ctx = CollateContext(project, project.output_dir, {}, done=frozenset(j.key for j in media().split(project)))
     with pytest.raises(FarmError) as raised:
         media().finalize(ctx)
     assert isinstance(raised.value, RenderError)

@@ -79,6 +79,11 @@ def runs_of(frames: Iterable[int]) -> Runs:
     return merge_runs([f, f] for f in frames)
 
 
+def clip_runs(runs: Runs, first: int, last: int) -> Runs:
+    """The part of ``runs`` from ``first`` to ``last``, both included."""
+    return [[max(a, first), min(b, last)] for a, b in runs if a <= last and b >= first]
+
+
 def chunk_runs(runs: Runs, size: int) -> Iterator[Runs]:
     """Split runs into consecutive chunks of ``size`` frames (the last may be shorter).
 

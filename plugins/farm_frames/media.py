@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from farm_frames.framerange import (
     FrameIndex,
     Runs,
     chunk_runs,
+    clip_runs,
     format_runs,
     frame_count,
     iter_frames,
@@ -81,6 +82,9 @@ def contact_sheet_name(project_name: str) -> str:
 
 def job_key(runs: Runs) -> str:
     return f"frames-{runs[0][0]:06d}-{runs[-1][1]:06d}"
+
+
+_KEY = re.compile(r"frames-(\d{6})-(\d{6})")
 
 
 class Frames(MediaType):
@@ -278,13 +282,61 @@ class Frames(MediaType):
                 ctx.log.warning("job %s: ignoring unexpected output %s", job.key, name)
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
+        """The video and contact sheet of the frames this run's done jobs made; none (and an
+        earlier run's removed) when a job failed or a frame is missing: see `_made_frames`."""
         settings = ctx.project.settings
-        fmt, video = settings["format"], settings["video"]
+        video = settings["video"]
         frames_dir = ctx.output_dir / FRAMES_DIR
-        frames = [frames_dir / frame_name(n, fmt) for n in iter_frames(settings["frames"])]
         trace.mark("frames: finalize")
+        stem = output_stem(ctx.project.name)
+        out = ctx.output_dir / f"{stem}{CODECS[video['codec']].suffix}"
+        sheet = ctx.output_dir / contact_sheet_name(ctx.project.name)
+        # every name this type gives a video, so one from a run with another codec goes too
+        earlier = [*(ctx.output_dir / f"{stem}{c.suffix}" for c in CODECS.values()), sheet]
+        if ctx.failed:
+            failed = format_runs(_frames_of(ctx.failed, settings["frames"]))
+            removed = _remove(earlier)
+            ctx.log.warning(
+                "%s: no video or contact sheet: frames %s failed (%d of %d jobs)%s; %s", ctx.project.name,
+                failed, len(ctx.failed), len(ctx.failed) + len(ctx.done),
+                f", removed the earlier run's {', '.join(removed)}" if removed else "",
+                f"the frames that rendered are in {frames_dir}" if ctx.done else "no frames rendered")
+            return []
+        try:
+            frames = self._made_frames(ctx, frames_dir)
+            # Each output is written under a temporary name and renamed only when whole (see
+            # `video`); errors are RenderErrors, which the controller reports as one line.
+            info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
+            ctx.log.info(
+                "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
+                info.duration, video["fps"],
+            )
+            contact_sheet(frames, sheet)
+            trace.mark("frames: video and contact sheet written")
+        except BaseException as exc:
+            _remove(earlier)  # an earlier run's would look like this run's
+            if isinstance(exc, OSError):  # a full disk, a read-only output folder
+                raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
+            raise
+        return [out, sheet]
+
+    @staticmethod
+    def _made_frames(ctx: CollateContext, frames_dir: Path) -> list[Path]:
+        """The listed frames, each made by a job this run counts as done (rendered or reused)
+        and on disk whole; raises `RenderError` naming the others. Not what the folder holds: it
+        keeps earlier runs' frames (another range, a job that failed)."""
+        settings = ctx.project.settings
+        fmt = settings["format"]
+        made = set(iter_frames(_frames_of({*ctx.done, *ctx.reused}, settings["frames"])))
+        unmade = [n for n in iter_frames(settings["frames"]) if n not in made]
+        if unmade:
+            raise RenderError(f"no job of this run made frames {format_runs(runs_of(unmade))}: "
+                              "no video from other runs' frames")
         bad = []
-        for number, path in zip(iter_frames(settings["frames"]), frames, strict=True):
+        frames = []
+        for number in iter_frames(settings["frames"]):
+            path = frames_dir / frame_name(number, fmt)
+            frames.append(path)
             try:
                 check_image(path, fmt)
             except BadImage:
@@ -294,24 +346,40 @@ class Frames(MediaType):
                 f"the frame sequence in {frames_dir} is incomplete: frames {format_runs(runs_of(bad))} "
                 "are missing or damaged"
             )
-        stem = output_stem(ctx.project.name)
-        out = ctx.output_dir / f"{stem}{CODECS[video['codec']].suffix}"
-        # Each output is written under a temporary name and renamed only when whole (see
-        # `video`); errors are RenderErrors, which the controller reports as one line.
-        try:
-            info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
-            ctx.log.info(
-                "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
-                info.duration, video["fps"],
-            )
-            sheet = contact_sheet(frames, ctx.output_dir / contact_sheet_name(ctx.project.name))
-            trace.mark("frames: video and contact sheet written")
-        except OSError as exc:  # a full disk, a read-only output folder
-            raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
-        return [out, sheet]
+        return frames
 
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any]:
         return preview.describe(ctx, FRAMES_DIR, contact_sheet_name(ctx.project))
+
+
+def key_runs(key: str, listed: Runs) -> Runs:
+    """The frames of the job ``key`` names (`job_key`): a chunk takes consecutive listed
+    frames, so every listed frame from its first to its last. [] for another key."""
+    found = _KEY.fullmatch(key)
+    return clip_runs(listed, int(found.group(1)), int(found.group(2))) if found else []
+
+
+def _frames_of(keys: Iterable[str], listed: Runs) -> Runs:
+    """The frames of the jobs ``keys`` name, as runs."""
+    frames: set[int] = set()
+    for key in keys:
+        frames.update(iter_frames(key_runs(key, listed)))
+    return runs_of(sorted(frames))
+
+
+def _remove(paths: Iterable[Path]) -> list[str]:
+    """Remove those of ``paths`` that exist; their names."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the run still says why it made none; this says why one is there
+            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
+            continue
+        removed.append(path.name)
+    return removed
 
 
 def _place(staged: Path, dest: Path) -> None:
