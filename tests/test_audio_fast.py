@@ -5,6 +5,7 @@ Real ffmpeg throughout; every output is compared with one whole-file ffmpeg run.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -146,7 +147,11 @@ def test_outputs_are_encoded_while_the_join_fills(tmp_path: Path) -> None:
     for job, result, outputs in rendered[3:]:
         media.collate(job, result, outputs, ctx)
     assert_equal_whole_file(media.finalize(ctx), project, tmp_path)
-    assert not list(project.output_dir.glob(".*"))  # no .part files, no join left
+    # no .part files, no join left; the record of the outputs stays until the run is dropped
+    assert [p.name.split(".")[2] for p in project.output_dir.glob(".*")] == ["finished"]
+    del ctx
+    gc.collect()
+    assert not list(project.output_dir.glob(".*"))
 
 
 def test_a_run_that_cannot_finish_stops_its_encoders_and_leaves_no_partial_outputs(tmp_path: Path) -> None:

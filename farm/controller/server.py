@@ -155,6 +155,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
         if self._thread is not None:
             self._thread.join(timeout)
         self._executor.shutdown(wait=True, cancel_futures=False)
+        if self._thread is not None:  # a loop that waited for a finalize journals it, then ends
+            self._thread.join(timeout)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -292,6 +294,10 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     if self.health["loop_errors"] <= 20 or self.health["loop_errors"] % 1000 == 0:
                         log.exception("controller loop error (%d so far); carrying on", self.health["loop_errors"])
         finally:
+            try:  # the journal must say how a finalize under way ended: the next start would run it again
+                self._check_finalizing(stopping=True)
+            except Exception:
+                log.exception("could not record the finalizes under way")
             if self._shutdown_agents:
                 for agent in self.registry:
                     self._send(agent.identity, T.SHUTDOWN)
@@ -463,8 +469,11 @@ class Controller(AgentSide, ClientSide, ControlSide):
         for lease in self.scheduler.expired(now):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
 
-    def _check_finalizing(self) -> None:
-        for run in self.runs.values():
+    def _check_finalizing(self, *, stopping: bool = False) -> None:
+        """Start the finalizes due and journal those that ended; ``stopping``: start none, wait for the rest."""
+        if stopping:
+            concurrent.futures.wait(list(self.finalizing.values()))
+        for run in () if stopping else self.runs.values():
             if run.active and run.all_in():
                 run.start_finalizing()
                 self.finalizing[run.id] = self._executor.submit(run.finalize)

@@ -4,7 +4,8 @@ split: one job per segment (plus loudnorm's analysis first; with loudnorm last t
 render beside it and the encoders apply its gain, else they depend on it).
 render: the segment's PCM, on a render node. collate: written into one raw PCM file at its
 offset, as it arrives; each output is encoded while the join fills. finalize: every range
-checked, then the encoders get the rest; the joins are removed (`farm_audio.scratch`).
+checked, then the encoders get the rest; the outputs are recorded (`farm_audio.finished`), so
+a finalize run again after the joins are removed (`farm_audio.scratch`) returns them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_audio import encode, ffmpeg, preview
+from farm_audio import encode, ffmpeg, finished, preview
 from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
@@ -36,6 +37,7 @@ _JOIN_KEY = "join"
 _ENCODERS_KEY = "encoders"
 _ANALYSIS_KEY = "loudnorm"
 _SCRATCH_KEY = "scratch"
+_RECORD_KEY = "finished"
 
 
 def segments_of(settings: Mapping[str, Any]) -> Iterator[Segment]:
@@ -57,6 +59,11 @@ def join_name(settings: Mapping[str, Any], fmt: str | None = None) -> str:
 def _analysis_record(ctx: CollateContext) -> Path:
     s = ctx.project.settings
     return ctx.output_dir / f".{s['name']}.loudnorm.{fingerprint(s)}.json"
+
+
+def _finished_record(ctx: CollateContext) -> Path:
+    s = ctx.project.settings
+    return finished.record_path(ctx.output_dir, s["name"], fingerprint(s))
 
 
 class AudioSegments(MediaType):
@@ -135,7 +142,7 @@ class AudioSegments(MediaType):
         if result is None or sorted(outputs) != sorted(names):
             raise RenderError(f"{job.key}: expected the PCM files {names} and a result, "
                               f"got {sorted(outputs)}")
-        joins = self._joins(ctx)
+        joins = self._joins(ctx, collating=True)
         for name, join in zip(names, joins, strict=True):
             staged = outputs[name]
             if staged.stat().st_size != result["samples"] * join.frame_bytes:
@@ -148,11 +155,13 @@ class AudioSegments(MediaType):
             encoders.advance(min(j.contiguous() for j in joins))
         ctx.log.debug("joined %s: %d samples at %d", job.key, result["samples"], job.params["start"])
 
-    def _joins(self, ctx: CollateContext) -> list[PcmJoin]:
+    def _joins(self, ctx: CollateContext, *, collating: bool = False) -> list[PcmJoin]:
         """One join per stream of the segments' PCM, in the order of ``streams``."""
         joins = ctx.state.get(_JOIN_KEY)
         if joins is None:
             s = ctx.project.settings
+            if collating:  # this run joins, so it encodes: an earlier finalize's record no longer applies
+                finished.remove(_finished_record(ctx))
             joins = ctx.state[_JOIN_KEY] = [
                 PcmJoin(ctx.output_dir / join_name(s, fmt), RAW_BYTES[fmt] * s["out_channels"],
                         fingerprint(s), s["samples"])
@@ -222,7 +231,11 @@ class AudioSegments(MediaType):
             # the failed jobs' own errors say why: this one would only repeat them
             ctx.log.debug("%s: nothing encoded, %d jobs failed: %s", ctx.project.name, len(ctx.failed), exc)
             return []
-        self._end(ctx)
+        # the record stays until the run's end is journaled: a finalize run again needs it
+        record = _finished_record(ctx)
+        ctx.state[_RECORD_KEY] = Scratch([record, record.with_name(record.name + ".part")])
+        ctx.state[_RECORD_KEY].remove_when_dropped()
+        self._end(ctx)  # after the record: the joins are needed until the outputs are recorded
         s = ctx.project.settings
         analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
         return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
@@ -242,12 +255,20 @@ class AudioSegments(MediaType):
                 raise JoinError(f"the streams end at different samples: {sorted(totals)}")
             total = totals.pop()
         except JoinError as exc:
-            raise RenderError(f"cannot finish {s['name']}: {exc}") from None
+            # a finalize that ended before (its joins removed, the controller stopped before it
+            # journaled the run's end): the outputs it recorded
+            done = None if ctx.failed else finished.read(_finished_record(ctx))
+            if done is None:
+                raise RenderError(f"cannot finish {s['name']}: {exc}") from None
+            ctx.log.info("%s: the outputs of an earlier finalize of this run are kept", s["name"])
+            return done
         ctx.log.info("joined %d samples (%d input, %d of tail)", total, s["samples"], total - s["samples"])
         encoders = self._encoders(ctx, joins, finishing=True)  # a controller that restarted starts them here
         assert encoders is not None
         ctx.state.pop(_ENCODERS_KEY, None)
         try:
-            return encoders.finish(total)
+            paths = encoders.finish(total)
         except ffmpeg.FfmpegFailed as exc:
             raise RenderError(f"encoding failed: {exc.message}") from None
+        finished.write(_finished_record(ctx), paths)
+        return paths

@@ -65,7 +65,8 @@ class _Encoder:
         try:
             self.proc = subprocess.Popen(
                 cmd, stdin=fds[0][0], stdout=subprocess.DEVNULL, stderr=self.stderr,
-                pass_fds=[r for r, _ in fds[1:]], preexec_fn=child_dies_with_parent())
+                pass_fds=[r for r, _ in fds[1:]], preexec_fn=child_dies_with_parent(),
+                start_new_session=True)  # a terminal's Ctrl-C stops the controller, which ends the encoder
         except BaseException:
             for _, w in fds:
                 os.close(w)
