@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -249,3 +249,12 @@ def get_plugins() -> Plugins:
 
 def get_media_type(name: str) -> MediaType:
     return get_plugins().get(name)
+
+
+def event_observer() -> Callable[[Any], None] | None:
+    """The plugins' `farm_event` hook as a controller's event observer (called with each `Event`),
+    or None if no plugin implements it."""
+    hook = get_plugins().manager.hook.farm_event
+    if not hook.get_hookimpls():
+        return None
+    return lambda event: hook(event=event)

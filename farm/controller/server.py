@@ -29,7 +29,7 @@ from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
 from farm.controller.collator import Collator
 from farm.controller.control import ControlSide
-from farm.controller.events import Event, EventBus, Stats, Subscribers
+from farm.controller.events import EventBus, Stats, Subscribers
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
 from farm.controller.joblogstore import JobLogStore, open_beside
@@ -41,7 +41,7 @@ from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError
 from farm.journal import Journal, JournalError
 from farm.notify import Notifier
-from farm.plugins import get_media_type, get_plugins
+from farm.plugins import event_observer, get_media_type
 from farm.preview import RunFacts
 from farm.project import load_project
 from farm.protocol import Message, T, job_wire, pack, unpack
@@ -101,7 +101,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
-        self.events = EventBus(hook=_plugin_observer())
+        self.events = EventBus(hook=event_observer())
         self._counts = Stats()
         self.events.observe(self._counts)
         self.subscribers = Subscribers(self.events)
@@ -496,11 +496,3 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 self.journal.finish_project(run.id, run.state, run.summary())
                 self._notify_finished(run)
                 self._prune()
-
-
-def _plugin_observer() -> Callable[[Event], None] | None:
-    """The plugins' `farm_event` hook as an observer, if any plugin implements it."""
-    hook = get_plugins().manager.hook.farm_event
-    if not hook.get_hookimpls():
-        return None
-    return lambda event: hook(event=event)
