@@ -141,3 +141,22 @@ def test_a_remote_project_runs_again_after_a_good_run(controller, agents, synthe
     assert (project / "output" / "job-0000001.bin").is_file()
     assert find_links(project, "output") == []
 
+
+def test_maptiles_writes_do_not_follow_a_link_left_in_place(tmp_path):
+    """Defence in depth, past the check: a tile or the MBTiles file that is a link is not written through."""
+    pytest.importorskip("mapnik")
+    from farm_maptiles.mbtiles import MBTilesWriter
+    from farm_maptiles.mediatype import _write_tile
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    os.symlink(victim, tmp_path / "tile.png")
+    with pytest.raises(OSError):
+        _write_tile(tmp_path / "tile.png", b"tile")
+    assert victim.read_bytes() == b"precious"
+    _write_tile(tmp_path / "new.png", b"tile")
+    assert (tmp_path / "new.png").read_bytes() == b"tile"
+    os.symlink(tmp_path / "created.mbtiles", tmp_path / "world.mbtiles")
+    with pytest.raises(OSError):
+        MBTilesWriter(tmp_path / "world.mbtiles")
+    assert not (tmp_path / "created.mbtiles").exists()
