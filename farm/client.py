@@ -19,6 +19,7 @@ from farm.endpoints import reachable
 from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
+from farm.linkcheck import refuse_links
 from farm.project import Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
@@ -386,6 +387,8 @@ def submit(url: str, project: Project, *, priority: int = 0,
     `reconnect_s`, `on_wait`: waiting out a controller restart, as `Client.follow`. An uploaded
     run whose controller made no outputs comes back with ``output_dir`` "" (nothing of ours to name).
     """
+    if upload:  # its outputs are downloaded into the output folder: never through a link there
+        refuse_links(project.root, project.output, "a project's output folder")
     with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
         summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from farm.client import Summary, submit
 from farm.controller.server import Controller
 from farm.errors import ProjectError
+from farm.linkcheck import refuse_links
 from farm.project import PROJECT_FILE, STATE_DIR, Project, load_project
 from farm.tomltext import parse_toml
 from farm.trace import mark
@@ -138,7 +139,8 @@ class EmbeddedFarm:
         self.local = (local or LocalAgents(agents, media_types)).start()
         self.sockets = self.local.sockets
         self.ui_url: str | None = None  # with `ui`: the dashboard's address, its session token included
-        try:
+        try:  # its journal, logs and lock are written there: never through a link (farm.linkcheck)
+            refuse_links(state_dir.parent, state_dir.name, "the embedded farm's state folder")
             http = _ui_server() if ui else None
             # the submitter is this user: its projects' webhooks go anywhere (farm.notify)
             self.controller = Controller(self.local.url, state_dir=state_dir, notify_allow=["*"], http=http)

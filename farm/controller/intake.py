@@ -25,6 +25,7 @@ from typing import Any
 from farm.errors import FarmError, ProjectError
 from farm.filesync import HashCache, Manifest, build_manifest
 from farm.filesync.limits import GiB, Limits, MiB
+from farm.linkcheck import refuse_links
 from farm.mediatype import MediaType
 from farm.plugins import get_media_type
 from farm.project import PROJECT_FILE, Project, load_project
@@ -158,8 +159,9 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
         check_depth(facts, limits.max_depth, "the renderer facts sent with the project")
     # the renderer checks ran where it was submitted; what they found comes as facts
     project = load_project(folder, output=output, renderer_checks=False, facts=facts)
-    if not uploaded:
+    if not uploaded:  # an upload's outputs land in our own folder, and are downloaded with the same check
         check_output(project.root, project.output)
+        refuse_links(project.root, project.output, "a project's output folder", deadline=deadline)
     check_depth(project.settings, limits.max_depth, f"{project.file}: [{project.media_type}]")
     media = get_media_type(project.media_type)
     assets = []

@@ -6,6 +6,7 @@ re-run or a resumed run over an existing file just overwrites what it renders ag
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,8 @@ class MBTilesWriter:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():  # SQLite would follow it (the run is refused before: farm.linkcheck)
+            raise OSError(errno.ELOOP, "an MBTiles file that is a symlink is not written through", str(path))
         self.path = path
         self.lock = threading.Lock()
         self.db = sqlite3.connect(path, check_same_thread=False)

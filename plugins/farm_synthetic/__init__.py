@@ -7,10 +7,12 @@ sockets; it never stands in for a real media type's own tests. Try a farm with i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -116,12 +118,14 @@ class Synthetic(MediaType):
         if outputs:
             ctx.output_dir.mkdir(parents=True, exist_ok=True)
             for name, staged in outputs.items():
-                shutil.move(staged, ctx.output_dir / name)
+                _move_over(staged, ctx.output_dir / name)
         if ctx.project.settings["log_collations"]:
             log = ctx.state.get("log")
             if log is None:
                 ctx.output_dir.mkdir(parents=True, exist_ok=True)
-                log = ctx.state["log"] = open(ctx.output_dir / "collated.log", "a")  # noqa: SIM115
+                fd = os.open(ctx.output_dir / "collated.log",  # appended to, so never through a link
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                log = ctx.state["log"] = os.fdopen(fd, "a")
             log.write(job.key + "\n")
             log.flush()
 
@@ -159,6 +163,22 @@ def _units_per_job(s: SettingsReader) -> list[float]:
             isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e12 for v in values):
         raise s.error("units_per_job", f"expected a number >= 0 or a list of 1 to 1000, got {value!r}")
     return [float(v) for v in values]
+
+
+def _move_over(staged: Path, dest: Path) -> None:
+    """Move ``staged`` to ``dest``, replacing what is there: a link at ``dest`` is replaced, not followed
+    (`shutil.move` would move the file into a linked folder)."""
+    try:
+        os.replace(staged, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")  # O_EXCL: a new file
+        with os.fdopen(fd, "wb") as out, open(staged, "rb") as src:
+            shutil.copyfileobj(src, out)
+        shutil.copymode(staged, tmp)
+        os.replace(tmp, dest)
+        os.unlink(staged)
 
 
 def _append_line(root: Path, rel: str, line: str) -> None:
