@@ -73,15 +73,21 @@ CHATTY = """
 
 def chatty_plugin(site: Path) -> dict[str, str]:
     """Install the `chatty` media type here (controller) and for agents; returns the agents' env."""
-    install_plugin(site, "farm_chatty_test", CHATTY, "chatty")
+    return installed_plugin(site, "farm_chatty_test", CHATTY, "chatty")
+
+
+def installed_plugin(site: Path, module_name: str, source: str, media_type: str) -> dict[str, str]:
+    """Install a media type from ``source`` in this process (the controller's) and in ``site``
+    for agents' processes; returns the agents' environment."""
+    install_plugin(site, module_name, source, media_type)
     plugins = get_plugins()
-    if "chatty" not in plugins.media_types:  # once per test process
+    if media_type not in plugins.media_types:  # once per test process
         import importlib
         import sys
 
         sys.path.insert(0, str(site))
-        module = importlib.import_module("farm_chatty_test")
-        info = PluginInfo(name="chatty", version="0.1", module="farm_chatty_test")
+        module = importlib.import_module(module_name)
+        info = PluginInfo(name=media_type, version="0.1", module=module_name)
         plugins.infos.append(info)
         plugins.register(module, info)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}

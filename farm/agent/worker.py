@@ -111,10 +111,32 @@ class Worker:
             payloads.extend(files)
             now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY_S or payloads:
-                self.send(T.W_RESULTS, {"results": pending}, payloads)
+                self._send_results(pending, payloads)
                 pending, payloads, last_flush = [], [], now
         if pending:
+            self._send_results(pending, payloads)
+
+    def _send_results(self, pending: list[dict[str, Any]], payloads: list[bytes]) -> None:
+        """Send results; one a plugin's `render` made unsendable (a set, a `Path`, an object)
+        fails its job, naming what is wrong, instead of ending this worker with a traceback."""
+        try:
             self.send(T.W_RESULTS, {"results": pending}, payloads)
+            return
+        except (TypeError, ValueError, OverflowError):  # msgpack's refusals: find whose, below
+            pass
+        offset = 0
+        for wire in pending:
+            files = payloads[offset:offset + len(wire["files"])]
+            offset += len(wire["files"])
+            try:
+                self.send(T.W_RESULTS, {"results": [wire]}, files)
+            except (TypeError, ValueError, OverflowError) as exc:
+                error = (f"PluginError: the result render returned cannot be sent to the controller "
+                         f"({type(exc).__name__}: {exc}): return str, int, float, bool, None, and lists "
+                         f"and dicts (with str keys) of those")
+                failed = JobResult(wire["lease"], False, error=error, log=wire.get("log"), retry=False)
+                failed.duration = wire["duration"]
+                self.send(T.W_RESULTS, {"results": [failed.to_wire()]})
 
     def _context(self, project_id: str) -> tuple[Any, RenderContext, Project]:
         """The media type, a render context and the checked project, made once per worker."""

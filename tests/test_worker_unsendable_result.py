@@ -1,0 +1,53 @@
+"""A `render` that returns what farm's wire format cannot carry (an object, a set) fails its job
+with a message saying so, in the job's error and `farm logs`; the worker stays up and the
+other jobs of its batch are sent. It used to kill the worker, whose traceback went only to the
+agent's stderr, and the job failed three times as "worker process died"."""
+
+from __future__ import annotations
+
+from control_helpers import installed_plugin
+
+from farm.client import Client, submit
+from farm.project import load_project
+
+ODD = """
+    from farm.hookspecs import hookimpl
+    from farm.mediatype import Job, MediaType
+
+
+    class Odd(MediaType):
+        name = "odd"
+
+        def configure(self, s):
+            s.finish()
+            return {}
+
+        def split(self, project):
+            for i in range(4):
+                yield Job(f"odd-{i}")
+
+        def render(self, job, ctx):
+            return {"odd-1": {"written": object()}, "odd-2": {"tags": {1, 2}}}.get(job.key, {"fine": True})
+
+
+    @hookimpl
+    def farm_register_media_types(register):
+        register(Odd)
+"""
+
+
+def test_an_unsendable_result_fails_its_job_by_name_and_spares_the_worker(controller, agents, tmp_path):
+    env = installed_plugin(tmp_path / "site", "farm_odd_test", ODD, "odd")
+    agents(controller.url, 1, env=env)
+    project = tmp_path / "odd"
+    project.mkdir()
+    (project / "farm.toml").write_text('[project]\nname = "odd"\nmedia_type = "odd"\n[odd]\n')
+    summary = submit(controller.url, load_project(project))
+    assert summary.done == 2 and summary.failed == 2, summary
+    with Client(controller.url) as client:
+        for key, kind in (("odd-1", "object"), ("odd-2", "set")):
+            attempts = client.job_log(summary.id, key)["attempts"]
+            assert len(attempts) == 1, attempts  # failed for good: a plugin's bug, not the node's
+            error = attempts[0]["error"]
+            assert "the result render returned cannot be sent" in error and f"'{kind}'" in error, error
+        assert client.status()["agents"][0]["state"] != "broken"
