@@ -89,13 +89,18 @@ def test_help_names_the_output_setting() -> None:
     assert "(default:  directory)" not in done.stdout
 
 
-def test_more_local_agents_than_the_machine_can_run_is_refused_before_any_starts(tmp_path: Path, synthetic) -> None:
+def test_more_local_agents_than_the_machine_can_run_is_refused_before_any_starts(tmp_path: Path,
+                                                                                 synthetic) -> None:
     """`--agents 1000` on a laptop started 2,000 Python processes that starved each other and never
     finished; now it is refused, naming the option and the limit, and no agent is started."""
     from farm.cli.submit import max_local_agents
 
     project = synthetic(jobs=2)
     code, reply, _ = submit_json("--agents", str(max_local_agents() + 1), str(project), home=tmp_path)
-    assert code == 1 and f"--agents {max_local_agents() + 1}" in reply["error"]
+    assert code == 2 and reply["code"] == "usage", reply  # a bad value of an option, as --agents 0
+    assert f"'--agents': {max_local_agents() + 1} is more" in reply["error"]
     assert f"at most {max_local_agents()}" in reply["error"]
     assert not (project / ".farm").exists()  # refused before the farm (and its state) started
+    code, reply, _ = submit_json("--agents", "2", "--controller", "tcp://127.0.0.1:9", str(project),
+                                 home=tmp_path)
+    assert code == 2 and "embedded farm's local agents" in reply["error"], reply  # was silently ignored

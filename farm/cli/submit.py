@@ -45,7 +45,8 @@ def submit(
              "Without it (and --join), an embedded farm renders locally.")] = None,
     join: Join = None,
     agents: Annotated[Optional[int], typer.Option(
-        "--agents", "-n", min=1, help="Local agents for an embedded run (default: the number of cores; at most 8 per core).")] = None,
+        "--agents", "-n", min=1,
+        help="Local agents for an embedded run (default: the number of cores; at most 8 per core).")] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Output folder, relative to the project (default: farm.toml's output directory, else 'output').")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first on a shared controller.")] = 0,
@@ -68,9 +69,13 @@ def submit(
         if ui and controller:
             raise FarmError("--ui shows the embedded farm; a running controller serves its own dashboard "
                             "(farm controller --http HOST:PORT)")
-        if agents is not None and not (controller or join) and agents > max_local_agents():
-            raise FarmError(f"--agents {agents} is more than this machine can run as local agents (at most "
-                            f"{max_local_agents()}: {AGENTS_PER_CORE} per core); the default is one per core")
+        if agents is not None and (controller or join):
+            raise typer.BadParameter("it sets the embedded farm's local agents; a running controller's "
+                                     "runs go to the agents that joined it", param_hint="'--agents'")
+        if agents is not None and agents > max_local_agents():
+            raise typer.BadParameter(f"{agents} is more than this machine can run as local agents (at most "
+                                     f"{max_local_agents()}: {AGENTS_PER_CORE} per core; the default is one "
+                                     "per core)", param_hint="'--agents'")
         # an embedded farm's agents start while the project loads (they take the longest to be up);
         # with --watch a later round may be of another media type, so they offer all
         local = None
