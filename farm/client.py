@@ -20,6 +20,7 @@ from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
+from farm.outputrecord import replace_earlier
 from farm.project import Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
@@ -396,8 +397,10 @@ def submit(url: str, project: Project, *, priority: int = 0,
             return summary
         if not summary.download:  # its output folder is on the controller's disk, and holds nothing
             summary.output_dir = ""
-            return summary
-        return client.download(summary, project)
+        else:
+            summary = client.download(summary, project)
+        replace_earlier(project, summary.outputs)  # an earlier run's final outputs must not pass for these
+        return summary
 
 
 def _minutes(seconds: float) -> str:
