@@ -109,6 +109,8 @@ def test_a_failed_segment_keeps_the_joins_for_a_retry_which_then_finishes(
     ctx.failed = frozenset()  # `farm retry`: the job runs again, is collated, and the run finalizes again
     collate(ctx, rendered, ["segment-00002"])
     assert_whole_file_bytes(project, media.finalize(ctx), tmp_path)
+    assert [n for n in hidden(project.output_dir) if ".finished." not in n] == []  # joins, .part files
+    ctx.state.clear()  # as the controller does once the run's end is journaled: the outputs' record goes
     assert hidden(project.output_dir) == []
 
 
@@ -136,6 +138,8 @@ def test_a_later_run_that_took_the_joins_over_keeps_them_when_the_failed_one_is_
     gc.collect()
     assert any(".join." in n for n in hidden(project.output_dir))
     assert_whole_file_bytes(project, media.finalize(again), tmp_path)  # with the failed run's ranges
+    assert [n for n in hidden(project.output_dir) if ".finished." not in n] == []
+    again.state.clear()  # journaled
     assert hidden(project.output_dir) == []
 
 

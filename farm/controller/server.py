@@ -494,5 +494,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
                 self.assets.unpublish(run.id)
                 self.journal.finish_project(run.id, run.state, run.summary())
+                if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
+                    run.ctx.state.clear()
                 self._notify_finished(run)
                 self._prune()

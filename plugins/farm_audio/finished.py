@@ -4,9 +4,9 @@ finalize removes the joins once the outputs are written; the controller journals
 end a moment later. A controller killed in between resumes a run whose jobs are all done and
 whose joins are gone: its finalize returns the outputs this record names instead, if they are
 still the files it wrote (same size, same modification time). Written after the outputs are
-on disk and before the joins go; removed when a run of these settings starts joining again,
-or once the run's end is journaled (`farm_audio.scratch`: when the controller drops the run's
-state or exits).
+on disk and before the joins go; removed once the run's end is journaled (the controller then
+empties a done run's state, and `farm_audio.scratch` removes what it held), or when a run of
+these settings starts joining again.
 """
 
 from __future__ import annotations
