@@ -100,3 +100,30 @@ def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller
     runner.join(120)
     assert result["summary"].ok
     assert console_errors(browser) == []
+
+
+def test_a_map_finished_before_a_restart_is_shown_without_console_errors(tmp_path, start_agents, browser):  # noqa: F811
+    from http_helpers import start_http_farm
+
+    state = tmp_path / "state"
+    root = small_world(tmp_path, zoom="0-1")
+    first = start_http_farm(state)
+    try:
+        start_agents(first.controller.url, 1)
+        summary = submit(first.controller.url, load_project(root))
+        assert summary.ok
+    finally:
+        first.controller.stop(shutdown_agents=True)
+    second = start_http_farm(state)  # the run is the journal's now, its output folder still there
+    try:
+        open_project(browser, second.base, summary.id)
+        assert js(browser, "return document.getElementById('preview').dataset.kind") == "tiles"
+        wait_for(lambda: js(browser, TILES) > 0 and js(browser, LOADED) >= js(browser, TILES), 30, "the tiles")
+        shutil.rmtree(root / "output")
+        open_project(browser, second.base, summary.id)  # again: the page says the preview is not kept
+        wait_for(lambda: js(browser, "return document.getElementById('preview').dataset.kind") == "message",
+                 30, "the message")
+        assert "not there any more" in js(browser, "return document.getElementById('preview').textContent")
+        assert console_errors(browser) == []
+    finally:
+        second.controller.stop(shutdown_agents=True)

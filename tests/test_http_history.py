@@ -3,8 +3,11 @@ still answer for them from the journal (read-only)."""
 
 from __future__ import annotations
 
+import shutil
+
 from conftest import wait_for
 from http_helpers import Submitted, start_http_farm
+from test_dashboard_map import small_world
 
 from farm.client import Client
 
@@ -47,11 +50,45 @@ def test_finished_runs_are_still_answered_for_after_a_restart(tmp_path, agents, 
             summary = client.cancel("clean")  # `farm cancel NAME --download` asks this first
             assert summary.already and summary.id == done.id and summary.state == "done"
         assert second.get("/api/v1/projects/nothing").status_code == 404
+        for ref in (done.id, "mixed"):  # a run the API lists has a preview, never a 404 (synthetic: none)
+            preview = second.get(f"/api/v1/projects/{ref}/preview")
+            assert preview.status_code == 200 and preview.json() == {"kind": "none"}, preview.text
+        assert second.get("/api/v1/projects/nothing/preview").status_code == 404
         # runs of this controller come after them, and finished ones still count to 50 in all
         agents(second.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
         again = Submitted(second.controller.url, synthetic(jobs=2, name="after")).result()
         ids = [p["id"] for p in second.get("/api/v1/projects").json()["projects"]]
         assert ids == [failed.id, done.id, again.id]
         wait_for(lambda: second.get(f"/api/v1/projects/{again.id}").json()["state"] == "done", 30, "done")
+    finally:
+        second.controller.stop(shutdown_agents=True)
+
+
+def test_a_finished_runs_preview_outlives_a_restart_while_its_output_does(tmp_path, agents):
+    state = tmp_path / "state"
+    root = small_world(tmp_path, zoom="0-1")
+    first = start_http_farm(state)
+    try:
+        agents(first.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
+        run = Submitted(first.controller.url, root).result()
+        assert run.ok
+        before = first.get(f"/api/v1/projects/{run.id}/preview").json()
+    finally:
+        first.controller.stop(shutdown_agents=True)
+
+    second = start_http_farm(state)
+    try:
+        assert before["kind"] == "tiles"
+        for ref in ("world_map", run.id):  # by name first: the journal is read by that very request
+            preview = second.get(f"/api/v1/projects/{ref}/preview")
+            assert preview.status_code == 200 and preview.json() == before, preview.text
+        tile = second.get("/api/v1/projects/world_map/tiles/0/0/0.png")
+        assert tile.status_code == 200 and tile.content == (root / "output/tiles/0/0/0.png").read_bytes()
+        shutil.rmtree(root / "output")  # nothing left to preview: said so, and still no 404 for the run
+        gone = second.get("/api/v1/projects/world_map/preview")
+        assert gone.status_code == 200 and gone.json()["kind"] == "message", gone.text
+        assert "output folder is not there" in gone.json()["text"]
+        tile = second.get(f"/api/v1/projects/{run.id}/tiles/0/0/0.png")
+        assert tile.status_code == 404 and "no tile 0/0/0" in tile.json()["error"]
     finally:
         second.controller.stop(shutdown_agents=True)

@@ -19,6 +19,7 @@ from farm.controller.run import ProjectRun
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
 from farm.journal import ProjectRecord
+from farm.preview import RunFacts
 from farm.protocol import Message, T
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,14 @@ class ControlSide:
         if found is None:
             found = self._history = history.History(self.journal, history.KEEP_FINISHED_RUNS)
         return found
+
+    def finished_facts(self, ref: str) -> RunFacts | None:
+        """The facts of a run that finished before this start, from any thread (`Controller.run_facts`):
+        only once the loop has read those runs (a query for one makes it), and only while its output
+        folder is there (`history.facts`)."""
+        found = getattr(self, "_history", None)
+        record = found.loaded(ref) if found is not None else None
+        return history.facts(record) if record is not None else None
 
     def _query_finished(self, record: ProjectRecord, what: str, body: dict[str, Any]) -> dict[str, Any]:
         if what == "project":

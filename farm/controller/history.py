@@ -4,17 +4,24 @@ A restarted controller resumes only unfinished runs; the finished ones stay in t
 with their summaries. `History` lets `farm status`, `farm cancel NAME --download`, and the
 HTTP API's ``GET /api/v1/projects[/{id}[/jobs]]`` still answer for them: their snapshot is
 rebuilt from the summary (state, counts, units, error), their jobs page from the journal's
-done and failed jobs, a job's log from the job-log store (`farm.controller.joblogs`).
-Nothing about them can be steered (they are not in ``runs``).
+done and failed jobs, a job's log from the job-log store (`farm.controller.joblogs`), their
+preview's facts from the project they ran (`facts`). Nothing about them can be steered (they
+are not in ``runs``).
 """
 
 from __future__ import annotations
 
+import copy
+from types import MappingProxyType
 from typing import Any
 
 from farm.controller.joblogs import finished_attempts
 from farm.controller.joblogstore import JobLogStore
+from farm.errors import FarmError
 from farm.journal import Journal, ProjectRecord
+from farm.plugins import get_media_type
+from farm.preview import RunFacts
+from farm.project import Project
 
 KEEP_FINISHED_RUNS = 50  # finished runs a controller lists (farm.controller.clients prunes to as many)
 
@@ -39,6 +46,25 @@ class History:
         records = self.records()
         return (next((r for r in records if r.project_id == ref), None)
                 or next((r for r in reversed(records) if r.summary.get("project") == ref), None))
+
+    def loaded(self, ref: str) -> ProjectRecord | None:
+        """`find` among the records read already (safe from any thread: it reads no journal);
+        None before the loop's first read (a query for the run makes it)."""
+        return self.find(ref) if self._records is not None else None
+
+
+def facts(record: ProjectRecord) -> RunFacts | None:
+    """A finished run's immutable facts (for its preview) from the project it ran; None if that
+    cannot be read back, its media type is not installed, or its output folder is gone."""
+    try:
+        project = Project.from_wire(record.wire)
+        media = get_media_type(project.media_type)
+    except (FarmError, KeyError, TypeError, ValueError):
+        return None
+    if not project.output_dir.is_dir():
+        return None
+    settings = MappingProxyType(copy.deepcopy(dict(project.settings)))
+    return RunFacts(record.project_id, project.name, media, settings, project.output_dir, record.submitted_at)
 
 
 def snapshot(record: ProjectRecord) -> dict[str, Any]:

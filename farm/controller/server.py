@@ -174,13 +174,13 @@ class Controller(AgentSide, ClientSide, ControlSide):
     def run_facts(self, run: str) -> RunFacts | None:
         """A run's immutable facts (media type, settings, output folder), for any thread.
 
-        ``run``: a run id, or a project name (its newest run); None if the controller has none.
+        ``run``: a run id or a project name (its newest run), one that finished before this start too.
         """
         found = self.runs.get(run)  # single reads and copies of the dict: atomic, whatever the loop does
         if found is None:
             named = [r for r in list(self.runs.values()) if r.project.name == run]
             found = max(named, key=lambda r: r.submitted, default=None)
-        return None if found is None else found.facts
+        return self.finished_facts(run) if found is None else found.facts
 
     @property
     def leases(self) -> dict[str, Lease]:

@@ -52,7 +52,7 @@ def create_app(backend: Backend, *, access: Access | None = None, metrics: Metri
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
     app.state.backend = backend
     app.state.metrics = metrics if metrics is not None else Metrics()
-    app.add_middleware(Guard, access=access)
+    app.add_middleware(Guard, access=access, routes=app.router.routes)  # checks after routing
     app.add_exception_handler(FarmError, farm_error_response)
     app.add_exception_handler(Exception, unexpected_error_response)
     app.add_exception_handler(RequestValidationError, _invalid)

@@ -12,7 +12,8 @@ One ASGI middleware in front of every route, in this order:
    included; API routes ignore it, so tokens stay out of their URLs and logs. Static
    dashboard files are code, not data, and are served without a token (the page then calls
    the API with the cookie, and says so when it is refused).
-3. **Cross-site** (control actions: every method but GET/HEAD/OPTIONS): the body must be
+3. **Cross-site** (control actions: every method but GET/HEAD/OPTIONS on a route that takes
+   it; a request no route takes goes on to get its 404 or 405, and no handler runs): the body must be
    declared ``Content-Type: application/json`` (which a cross-origin page cannot send without
    a CORS preflight, and this server answers none), ``Sec-Fetch-Site`` must not be
    ``cross-site`` or ``same-site``, and an ``Origin``, if sent, must be this server's own.
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from starlette.routing import BaseRoute, Match
 
 from farm.http.tokens import TokenStore
 
@@ -98,11 +101,16 @@ def _same(a: str, b: str) -> bool:
 
 
 class Guard:
-    """The ASGI middleware applying `Access` to every HTTP request (see the module's docstring)."""
+    """The ASGI middleware applying `Access` to every HTTP request (see the module's docstring).
 
-    def __init__(self, app: ASGIApp, access: Access) -> None:
+    ``routes``: the app's routes, so that the cross-site checks apply to requests a route takes
+    (the others are answered 404 or 405 by the router, whatever their content type); None: to all.
+    """
+
+    def __init__(self, app: ASGIApp, access: Access, routes: list[BaseRoute] | None = None) -> None:
         self.app = app
         self.access = access
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -154,11 +162,17 @@ class Guard:
                              "(tokens are made with `farm keys api-token new NAME`)"), None
             elif from_query:
                 set_cookie = token
-        if method not in SAFE_METHODS:
+        if method not in SAFE_METHODS and self._routed(scope):
             refusal = _cross_site(headers) or _too_big(headers)
             if refusal is not None:
                 return refusal, None
         return None, set_cookie
+
+    def _routed(self, scope: Scope) -> bool:
+        """Whether a route (or mount) takes this path and method: a control action, to check."""
+        if self.routes is None:
+            return True
+        return any(route.matches(scope)[0] is Match.FULL for route in list(self.routes))
 
 
 def _token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, bool]:

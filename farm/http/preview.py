@@ -4,7 +4,8 @@ Routes (included by `farm.http.app`):
 
 - ``GET /api/v1/projects/{project}/preview``: the media type's description (`farm.preview`), or
   ``{"kind": "none"}``; a preview that raises or returns something unusable is logged and
-  answered as ``{"kind": "message", "text": ...}``.
+  answered as ``{"kind": "message", "text": ...}``. A run that finished before this controller
+  started is previewed from its output folder, or answered with a ``message`` once that is gone.
 - ``GET /api/v1/projects/{project}/tiles/{z}/{x}/{y}.png``: one tile of a ``tiles`` preview, from
   its file, else its MBTiles file; ``204 No Content`` while it is not rendered yet (the page
   asks again as jobs finish).
@@ -34,6 +35,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from farm.http.api import ProjectId
+from farm.http.backend import backend
 from farm.ids import BadIdentifier, check_key
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import (
@@ -113,20 +115,37 @@ def _previews(request: Request) -> Previews:
     return previews
 
 
-def _facts(request: Request, ref: str) -> RunFacts:
+def _facts(request: Request, ref: str) -> tuple[str, RunFacts | None]:
+    """(the run's id, its facts); facts None for a run that exists but whose preview is not kept
+    (it finished before this controller started and its output folder is gone). 404 for no run."""
     lookup = getattr(request.app.state, "run_facts", None)  # Controller.run_facts, set by farm.http.server
-    facts = lookup(ref) if lookup is not None else None
-    if facts is None:
+    if lookup is None:
         raise HTTPException(404, f"no project or run {ref!r}")
-    return facts
+    facts = lookup(ref)
+    if facts is not None:
+        return facts.run_id, facts
+    # not in memory: a run that finished before this start? Asking the controller (in its loop)
+    # finds it in the journal, and makes its record known to `run_facts`; no such run: 404
+    with backend(request).client() as client:
+        run_id = str(client.project(ref)["id"])
+    return run_id, lookup(run_id)
+
+
+def _not_kept(run_id: str) -> str:
+    return (f"no preview: project run {run_id!r} finished before this controller started, "
+            "and its output folder is not there any more")
 
 
 @router.get("/api/v1/projects/{project}/preview")
 def get_preview(request: Request, project: ProjectId) -> dict[str, Any]:
-    """The run's live preview description (see `farm.preview` for the kinds)."""
+    """The run's live preview description (see `farm.preview` for the kinds); for a run that
+    finished before this controller started, from its output folder while that is still there."""
+    run_id, facts = _facts(request, project)
+    if facts is None:
+        return {"kind": "message", "text": _not_kept(run_id)}
     # always made afresh (the page asks at most once a second, after an event): a reused one could
     # predate the run's last change, and nothing would come to replace it
-    return _previews(request).describe(_facts(request, project), max_age=0.0)
+    return _previews(request).describe(facts, max_age=0.0)
 
 
 @router.get("/api/v1/projects/{project}/tiles/{z}/{x}/{y}.png", response_class=Response,
@@ -136,10 +155,12 @@ def get_tile(request: Request, project: ProjectId, z: int = PathParam(ge=0, le=M
     """One XYZ tile of a ``tiles`` preview; 204 while it is not rendered yet."""
     if x >= 1 << z or y >= 1 << z:
         raise HTTPException(404, f"tile {z}/{x}/{y} is outside zoom {z}")
-    facts = _facts(request, project)
+    run_id, facts = _facts(request, project)
+    if facts is None:
+        raise HTTPException(404, f"no tile {z}/{x}/{y}: {_not_kept(run_id)}")
     description = _previews(request).describe(facts)
     if description.get("kind") != "tiles":
-        raise HTTPException(404, f"project run {facts.run_id!r} has no tiles preview")
+        raise HTTPException(404, f"no tile {z}/{x}/{y}: project run {run_id!r} has no tiles preview")
     ctx = context_for(facts, {})
     data = _tile_file(ctx, tile_path(description, z, x, y))
     if data is None and description.get("mbtiles"):
@@ -186,11 +207,13 @@ def _tile_mbtiles(output_dir: Path, name: str, z: int, x: int, y: int) -> bytes 
             responses={200: {"content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))}}})
 def get_file(request: Request, project: ProjectId, name: str = PathParam()) -> Response:
     """An image the run's current preview names (``files`` or ``poster``)."""
-    facts = _facts(request, project)
+    run_id, facts = _facts(request, project)
     try:
         check_key(name, "file name")
     except BadIdentifier as exc:
         raise HTTPException(400, str(exc)) from None
+    if facts is None:
+        raise HTTPException(404, f"{name!r}: {_not_kept(run_id)}")
     description = _previews(request).describe(facts)
     if name not in (*description.get("files", ()), description.get("poster")):
         raise HTTPException(404, f"{name!r} is not in the preview of project run {facts.run_id!r}")
