@@ -31,6 +31,7 @@ STATUS_SNAPSHOT_S = 0.25  # STATUS is answered from a snapshot at most this old:
 MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest is given up past it
 MAX_FOLLOWERS = 256  # clients following one run
 KEEP_FINISHED_RUNS = history.KEEP_FINISHED_RUNS
+ENDED = ("done", "failed", "cancelled")  # a run's states once it has finished
 
 
 class ClientSide:
@@ -47,9 +48,9 @@ class ClientSide:
             if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
                 self.followers.setdefault(run.id, set()).add(identity)
                 return
-            if not run.active:  # it ended (e.g. while its submitter waited out a restart): the summary now
+            if run.state in ENDED:  # it ended, say while its submitter waited out a restart: its summary
                 self._send(identity, T.FINISHED, {"summary": run.summary()})
-                return
+                return  # (a finalizing run has not: its followers hear FINISHED when finalize returns)
             followers = self.followers.setdefault(run.id, set())
             if identity not in followers and len(followers) >= MAX_FOLLOWERS:
                 self._send(identity, T.ERROR, {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})
@@ -279,7 +280,7 @@ class ClientSide:
             self._send(identity, T.FINISHED, {"summary": summary})
 
     def _prune(self) -> None:
-        finished = [r for r in self.runs.values() if r.state in ("done", "failed", "cancelled")]
+        finished = [r for r in self.runs.values() if r.state in ENDED]
         for run in finished[:-KEEP_FINISHED_RUNS]:
             del self.runs[run.id]
             self.followers.pop(run.id, None)
@@ -287,7 +288,7 @@ class ClientSide:
     def _listed_finished_before(self) -> list[dict[str, Any]]:
         """Snapshots of the journal's runs that finished before this start, while fewer than
         `KEEP_FINISHED_RUNS` finished runs are in memory."""
-        finished = sum(1 for r in self.runs.values() if r.state in ("done", "failed", "cancelled"))
+        finished = sum(1 for r in self.runs.values() if r.state in ENDED)
         room = KEEP_FINISHED_RUNS - finished
         records = [r for r in self.finished_before().records() if r.project_id not in self.runs]
         return [history.snapshot(r) for r in records[max(0, len(records) - room):]] if room > 0 else []
