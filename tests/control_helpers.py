@@ -71,6 +71,35 @@ CHATTY = """
 """
 
 
+def media_type_source(name: str, keys: str, methods: str = "") -> str:
+    """A plugin module's source: one media type ``name`` with no settings, whose jobs are the
+    keys ``keys`` (a Python expression) yields, and more ``methods`` (indented by 8)."""
+    return f"""
+    from farm.hookspecs import hookimpl
+    from farm.mediatype import Job, MediaType
+
+
+    class Plugin(MediaType):
+        name = "{name}"
+
+        def configure(self, s):
+            s.finish()
+            return {{}}
+
+        def split(self, project):
+            for key in {keys}:
+                yield Job(key)
+
+        def render(self, job, ctx):
+            return None
+{methods}
+
+    @hookimpl
+    def farm_register_media_types(register):
+        register(Plugin)
+"""
+
+
 def chatty_plugin(site: Path) -> dict[str, str]:
     """Install the `chatty` media type here (controller) and for agents; returns the agents' env."""
     return installed_plugin(site, "farm_chatty_test", CHATTY, "chatty")

@@ -8,42 +8,20 @@ from __future__ import annotations
 import threading
 
 from conftest import wait_for
-from control_helpers import installed_plugin
+from control_helpers import installed_plugin, media_type_source
 
 from farm.client import Client
 from farm.project import load_project
 
-GATED = """
-    import time
-    from farm.hookspecs import hookimpl
-    from farm.mediatype import Job, MediaType
-
-
-    class Gated(MediaType):
-        name = "gated"
-
-        def configure(self, s):
-            s.finish()
-            return {}
-
-        def split(self, project):
-            yield Job("only")
-
-        def render(self, job, ctx):
-            return None
-
+GATED = media_type_source("gated", '["only"]', """
         def finalize(self, ctx):
+            import time
             gate = ctx.project.root / "release"
             deadline = time.monotonic() + 120
             while not gate.exists() and time.monotonic() < deadline:  # the test opens it
                 time.sleep(0.01)
             return []
-
-
-    @hookimpl
-    def farm_register_media_types(register):
-        register(Gated)
-"""
+""")
 
 
 def test_a_follower_of_a_finalizing_run_hears_its_end_not_finalizing(controller, agents, tmp_path):

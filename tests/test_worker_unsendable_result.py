@@ -5,35 +5,15 @@ agent's stderr, and the job failed three times as "worker process died"."""
 
 from __future__ import annotations
 
-from control_helpers import installed_plugin
+from control_helpers import installed_plugin, media_type_source
 
 from farm.client import Client, submit
 from farm.project import load_project
 
-ODD = """
-    from farm.hookspecs import hookimpl
-    from farm.mediatype import Job, MediaType
-
-
-    class Odd(MediaType):
-        name = "odd"
-
-        def configure(self, s):
-            s.finish()
-            return {}
-
-        def split(self, project):
-            for i in range(4):
-                yield Job(f"odd-{i}")
-
+ODD = media_type_source("odd", '[f"odd-{i}" for i in range(4)]', """
         def render(self, job, ctx):
             return {"odd-1": {"written": object()}, "odd-2": {"tags": {1, 2}}}.get(job.key, {"fine": True})
-
-
-    @hookimpl
-    def farm_register_media_types(register):
-        register(Odd)
-"""
+""")
 
 
 def test_an_unsendable_result_fails_its_job_by_name_and_spares_the_worker(controller, agents, tmp_path):
