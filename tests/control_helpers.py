@@ -100,6 +100,17 @@ def media_type_source(name: str, keys: str, methods: str = "") -> str:
 """
 
 
+def plugin_project(tmp_path: Path, url: str, agents: Any, name: str, source: str) -> Path:
+    """Install the media type ``name`` from ``source`` (`media_type_source`), start one agent of
+    ``url`` that has it, and write a project of that type; returns the project's folder."""
+    env = installed_plugin(tmp_path / "site", f"farm_{name}_test", source, name)
+    agents(url, 1, env=env)
+    project = tmp_path / name
+    project.mkdir()
+    (project / "farm.toml").write_text(f'[project]\nname = "{name}"\nmedia_type = "{name}"\n[{name}]\n')
+    return project
+
+
 def chatty_plugin(site: Path) -> dict[str, str]:
     """Install the `chatty` media type here (controller) and for agents; returns the agents' env."""
     return installed_plugin(site, "farm_chatty_test", CHATTY, "chatty")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from conftest import wait_for
-from control_helpers import installed_plugin, media_type_source
+from control_helpers import media_type_source, plugin_project
 
 from farm.client import Client
 from farm.project import load_project
@@ -25,11 +25,7 @@ GATED = media_type_source("gated", '["only"]', """
 
 
 def test_a_follower_of_a_finalizing_run_hears_its_end_not_finalizing(controller, agents, tmp_path):
-    env = installed_plugin(tmp_path / "site", "farm_gated_test", GATED, "gated")
-    agents(controller.url, 1, env=env)
-    project = tmp_path / "gated"
-    project.mkdir()
-    (project / "farm.toml").write_text('[project]\nname = "gated"\nmedia_type = "gated"\n[gated]\n')
+    project = plugin_project(tmp_path, controller.url, agents, "gated", GATED)
     with Client(controller.url) as submitter:
         run = submitter.submit(load_project(project))
         wait_for(lambda: submitter.project(run)["state"] == "finalizing", 60, "the run finalizing")

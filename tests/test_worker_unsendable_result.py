@@ -5,7 +5,7 @@ agent's stderr, and the job failed three times as "worker process died"."""
 
 from __future__ import annotations
 
-from control_helpers import installed_plugin, media_type_source
+from control_helpers import media_type_source, plugin_project
 
 from farm.client import Client, submit
 from farm.project import load_project
@@ -17,11 +17,7 @@ ODD = media_type_source("odd", '[f"odd-{i}" for i in range(4)]', """
 
 
 def test_an_unsendable_result_fails_its_job_by_name_and_spares_the_worker(controller, agents, tmp_path):
-    env = installed_plugin(tmp_path / "site", "farm_odd_test", ODD, "odd")
-    agents(controller.url, 1, env=env)
-    project = tmp_path / "odd"
-    project.mkdir()
-    (project / "farm.toml").write_text('[project]\nname = "odd"\nmedia_type = "odd"\n[odd]\n')
+    project = plugin_project(tmp_path, controller.url, agents, "odd", ODD)
     summary = submit(controller.url, load_project(project))
     assert summary.done == 2 and summary.failed == 2, summary
     with Client(controller.url) as client:
