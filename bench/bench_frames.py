@@ -10,6 +10,13 @@ agent: an embedded agent's one slot gets all of this machine's cores), then the 
 encode the farm does. The farm runs through ``farm.embedded.submit_embedded``; its time
 includes starting the controller and the agents, as a user's ``farm submit`` does.
 
+The baseline's Blender runs as installed (``baseline_s``): a Blender whose scripts folder
+its user cannot write (Debian's) or that sees ``PYTHONDONTWRITEBYTECODE`` compiles its
+startup scripts on every start. Farm's Blenders keep them compiled in farm's cache
+(`farm_frames.blender.bytecode_env`, filled once before the timings, as by any earlier
+farm run); ``baseline_cached_s`` and ``speedup_vs_cached`` are the same Blender given that
+folder, so both comparisons are printed.
+
 - the turntable sample at each chunk of ``--chunks`` (``sample``: the sample's own chunk);
 - a heavier turntable (``--heavy-samples``, so a frame takes seconds) at one frame per job:
   on one machine the agents share its cores, so the ideal is the baseline's time and the
@@ -45,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm_frames.blender import blender_version, command_line, find_blender, setup_env
+from farm_frames.blender import blender_version, bytecode_env, command_line, find_blender, setup_env
 from farm_frames.framerange import frame_count, iter_frames
 from farm_frames.media import frame_name
 from farm_frames.video import contact_sheet, encode_video
@@ -147,8 +154,26 @@ def compare_chunks(name: str, fixed: Path, adaptive: Path, *, agents: int, repea
     return row
 
 
-def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
-    """(render seconds, encode seconds) for one Blender over every frame, then ffmpeg."""
+def as_installed(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with Blender's Python as the user's environment leaves it: without the bytecode
+    folder farm gives its Blenders (`farm_frames.blender.bytecode_env`)."""
+    env = dict(env)
+    for name in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(name, None)
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def warm_bytecode() -> None:
+    """Fill farm's Blender bytecode folder once, as any earlier farm run on this machine has."""
+    subprocess.run([find_blender(), "-b", "--factory-startup", "--python-expr", "pass"],
+                   env=bytecode_env(dict(os.environ)), capture_output=True, check=True)
+
+
+def single_process(project_dir: Path, threads: int, *, cached: bool = False) -> tuple[float, float]:
+    """(render seconds, encode seconds) for one Blender over every frame, then ffmpeg. Blender
+    runs as installed, or with ``cached`` with farm's bytecode folder (`bytecode_env`)."""
     project = load_project(project_dir)
     settings = project.settings
     runs = settings["frames"]
@@ -158,6 +183,7 @@ def single_process(project_dir: Path, threads: int) -> tuple[float, float]:
     cmd = command_line(find_blender(), scene=project_dir / settings["scene"], runs=[[first, last]],
                        frames_dir=out, threads=threads, fmt=settings["format"])
     env = setup_env(settings, project_dir)
+    env = env if cached else as_installed(env)
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     render_s = time.perf_counter() - started
@@ -187,11 +213,12 @@ def compare(name: str, project: Path, *, agents: int, threads: int, repeat: int,
             quiet: bool) -> dict[str, Any]:
     """Alternate baseline and farm ``repeat`` times; medians."""
     load_before = os.getloadavg()[0]
-    base, farm, farm_run, render = [], [], [], []
+    base, cached, farm, farm_run, render = [], [], [], [], []
     for _ in range(repeat):
         render_s, encode_s = single_process(project, threads)
         base.append(render_s + encode_s)
         render.append(render_s)
+        cached.append(sum(single_process(project, threads, cached=True)))
         elapsed, run_s = farm_embedded(project, agents)
         farm.append(elapsed)
         farm_run.append(run_s)
@@ -203,6 +230,9 @@ def compare(name: str, project: Path, *, agents: int, threads: int, repeat: int,
         "farm_s": round(farm_s, 3),
         "baseline_s": round(baseline_s, 3),
         "speedup": round(baseline_s / farm_s, 3),
+        # the same Blender given farm's compiled-scripts folder: what bytecode_env is worth
+        "baseline_cached_s": round(statistics.median(cached), 3),
+        "speedup_vs_cached": round(statistics.median(cached) / farm_s, 3),
         "farm_run_s": round(statistics.median(farm_run), 3),
         "baseline_render_ms_per_frame": round(statistics.median(render) / frames * 1000, 1),
         "frames": frames,
@@ -223,6 +253,7 @@ def compare(name: str, project: Path, *, agents: int, threads: int, repeat: int,
     if not quiet:
         extra = f", efficiency {row['efficiency']:.3f}" if ideal is not None else ""
         print(f"{name}: farm {farm_s:.2f} s (run {row['farm_run_s']:.2f} s), one Blender {baseline_s:.2f} s "
+              f"({row['baseline_cached_s']:.2f} s with farm's bytecode folder) "
               f"({row['baseline_render_ms_per_frame']:.0f} ms/frame): farm takes {farm_s / baseline_s:.2f}x, "
               f"speedup {row['speedup']:.3f}{extra}; {'met' if row['met'] else 'NOT met'} "
               f"({row['target']}); load {row['load_1min'][0]} -> {row['load_1min'][1]}", flush=True)
@@ -254,6 +285,7 @@ def main() -> None:
     if not args.json:
         print(f"Blender {blender_version(blender)} at {blender}; {cores} cores; {args.agents} agents; "
               f"one Blender with -t {threads}", flush=True)
+    warm_bytecode()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
         for scene in filter(None, args.adaptive.split(",")):

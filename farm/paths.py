@@ -38,6 +38,12 @@ def resolve_inside(root: Path, rel: str) -> Path:
     return root_real / rel
 
 
+def cache_dir() -> Path:
+    """This user's farm cache: ``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm`` (not made here)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "farm"
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` (and missing parents) and keep it to its owner: mode 0700, also if it existed."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

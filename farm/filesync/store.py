@@ -38,6 +38,7 @@ from farm.filesync.manifestfiles import ManifestFiles
 from farm.filesync.materialize import MaterializeStats, materialize
 from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
+from farm.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,8 @@ def _mib(size: int) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "farm"
+    """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm`` (`farm.paths.cache_dir`)."""
+    return cache_dir()
 
 
 class Store(PartialSessions):

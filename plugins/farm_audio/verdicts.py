@@ -21,19 +21,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from farm.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 _FOLDER = "audio-verdicts"
 #: the modules whose code decides a verdict: a change to any of them is a new key
 _CODE = ("splitcheck.py", "render.py", "segments.py", "chain.py", "verdicts.py", "checkcache.py", "probe.py",
          "validate.py")
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/farm``, else ``~/.cache/farm``: `farm.filesync.store`'s, not imported from
-    there (`farm.filesync` takes 0.3 to 0.8 s to import, which every worker paid before its first job)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "farm"
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +45,7 @@ def _identity(exe: str) -> str:
 
 def _path(exe: str, key: tuple[Any, ...], folder: str) -> Path:
     digest = hashlib.sha256(json.dumps([_identity(exe), *key]).encode()).hexdigest()
-    return default_cache_dir() / folder / f"{digest}.json"
+    return cache_dir() / folder / f"{digest}.json"
 
 
 def load(exe: str, key: tuple[Any, ...], folder: str = _FOLDER) -> dict[str, Any] | None:
