@@ -15,7 +15,8 @@ its user cannot write (Debian's) or that sees ``PYTHONDONTWRITEBYTECODE`` compil
 startup scripts on every start. Farm's Blenders keep them compiled in farm's cache
 (`farm_frames.blender.bytecode_env`, filled once before the timings, as by any earlier
 farm run); ``baseline_cached_s`` and ``speedup_vs_cached`` are the same Blender given that
-folder, so both comparisons are printed.
+folder, so both comparisons are printed; the first comparison is one Blender's start with
+and without that folder.
 
 - the turntable sample at each chunk of ``--chunks`` (``sample``: the sample's own chunk);
 - a heavier turntable (``--heavy-samples``, so a frame takes seconds) at one frame per job:
@@ -171,6 +172,27 @@ def warm_bytecode() -> None:
                    env=bytecode_env(dict(os.environ)), capture_output=True, check=True)
 
 
+def blender_starts(repeat: int) -> dict[str, Any]:
+    """One Blender's start (``-b --factory-startup``, to its first line of Python and out),
+    as installed against with farm's bytecode folder, alternated ``repeat`` times; medians of
+    wall and CPU seconds (the child's own, from ``wait4``)."""
+    cmd = [find_blender(), "-b", "--factory-startup", "--python-expr", "pass"]
+    found: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for _ in range(repeat):
+        for cached in (False, True):
+            env = bytecode_env(dict(os.environ)) if cached else as_installed(dict(os.environ))
+            started = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            found[cached].append((time.perf_counter() - started, usage.ru_utime + usage.ru_stime))
+    med = {side: [statistics.median(x[i] for x in found[side]) for i in (0, 1)] for side in found}
+    return {"name": "one Blender's start, with farm's bytecode folder vs as installed",
+            "farm_s": round(med[True][0], 3), "baseline_s": round(med[False][0], 3),
+            "speedup": round(med[False][0] / med[True][0], 3),
+            "farm_cpu_s": round(med[True][1], 3), "baseline_cpu_s": round(med[False][1], 3), "runs": repeat}
+
+
 def single_process(project_dir: Path, threads: int, *, cached: bool = False) -> tuple[float, float]:
     """(render seconds, encode seconds) for one Blender over every frame, then ffmpeg. Blender
     runs as installed, or with ``cached`` with farm's bytecode folder (`bytecode_env`)."""
@@ -286,7 +308,11 @@ def main() -> None:
         print(f"Blender {blender_version(blender)} at {blender}; {cores} cores; {args.agents} agents; "
               f"one Blender with -t {threads}", flush=True)
     warm_bytecode()
-    rows = []
+    rows = [blender_starts(max(3, args.repeat))]
+    if not args.json:
+        row = rows[0]
+        print(f"{row['name']}: {row['farm_s']:.2f} s ({row['farm_cpu_s']:.2f} CPU-s) against "
+              f"{row['baseline_s']:.2f} s ({row['baseline_cpu_s']:.2f} CPU-s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
         for scene in filter(None, args.adaptive.split(",")):
             if scene not in ("sample", "uneven"):
