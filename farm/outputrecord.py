@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from farm.errors import FarmError
@@ -58,6 +59,23 @@ def replace_earlier(project: Project, outputs: list[str]) -> list[str]:
         _write(project, record, out, sorted(made))
     except (OSError, FarmError) as exc:  # FarmError: a link in the state folder
         log.warning("%s: cannot record this run's outputs in %s: %s", project.name, record, exc)
+    return removed
+
+
+def remove_earlier(paths: Iterable[Path]) -> list[str]:
+    """Remove those of ``paths`` that exist (a media type's final outputs an earlier run left,
+    which a failed run did not make again); returns their names. One that cannot be removed is
+    logged, not raised: the run's own warning says why it made none, this says why one is there."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
+            continue
+        removed.append(path.name)
     return removed
 
 
