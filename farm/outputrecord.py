@@ -7,7 +7,8 @@ the newest run's. So each remote run's final outputs are recorded in the project
 and the next remote run removes those of them it did not list, if they are still the files that
 were downloaded (same size and modification time: a file the user changed stays). On the
 embedded farm the media type's finalize writes in the project's own folder and sees what an
-earlier run left (`farm_frames` removes its video and contact sheet after a failed run).
+earlier run left: after a failed run, `farm_frames` removes its video and contact sheet and
+`farm_audio` its encoded files, with `remove_earlier`.
 """
 
 from __future__ import annotations
