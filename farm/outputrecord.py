@@ -7,7 +7,8 @@ the newest run's. So each remote run's final outputs are recorded in the project
 and the next remote run removes those of them it did not list, if they are still the files that
 were downloaded (same size and modification time: a file the user changed stays). On the
 embedded farm the media type's finalize writes in the project's own folder and sees what an
-earlier run left (`farm_frames` removes its video and contact sheet after a failed run).
+earlier run left: after a failed run, `farm_frames` removes its video and contact sheet and
+`farm_audio` its encoded files, with `remove_earlier`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from farm.errors import FarmError
@@ -58,6 +60,23 @@ def replace_earlier(project: Project, outputs: list[str]) -> list[str]:
         _write(project, record, out, sorted(made))
     except (OSError, FarmError) as exc:  # FarmError: a link in the state folder
         log.warning("%s: cannot record this run's outputs in %s: %s", project.name, record, exc)
+    return removed
+
+
+def remove_earlier(paths: Iterable[Path]) -> list[str]:
+    """Remove those of ``paths`` that exist (a media type's final outputs an earlier run left,
+    which a failed run did not make again); returns their names. One that cannot be removed is
+    logged, not raised: the run's own warning says why it made none, this says why one is there."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
+            continue
+        removed.append(path.name)
     return removed
 
 

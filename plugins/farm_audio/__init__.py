@@ -10,6 +10,7 @@ job its own range; others decoded once per worker, in the background), `render` 
 segment's PCM streams, loudnorm's analysis), `join` (a stream's segments into one PCM file
 as they arrive), `encode` (output formats, the segments' PCM streams), `stream` (one
 ffmpeg encoding every output, fed while the joins fill),
+`failedrun` (what a run with failed jobs leaves and says),
 `verdicts` (split-check verdicts kept on disk), `checkcache` (the other load checks' findings
 kept on disk), `facts` (the renderer facts a submitter sends, checked), `preview` (the
 dashboard's live preview), `media` (the MediaType).

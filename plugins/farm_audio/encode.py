@@ -31,6 +31,8 @@ LOSSY = {
     "opus": ("libopus", "flt", "96k", "opus", "opus", (8000, 12000, 16000, 24000, 48000)),
 }
 FORMATS = (*LOSSLESS, *LOSSY)
+#: the extensions of every output file audio writes (lossless formats: the format's name)
+EXTENSIONS = (*LOSSLESS, *(spec[4] for spec in LOSSY.values()))
 #: FLAC otherwise picks its block size from the frames it is fed, which depend on the source
 _FIXED_FRAMES = {"flac": ("-frame_size", "4096")}
 _BITRATE = re.compile(r"^(\d{1,3})k$")

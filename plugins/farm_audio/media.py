@@ -21,7 +21,7 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_audio import encode, ffmpeg, finished, preview
+from farm_audio import encode, failedrun, ffmpeg, finished, preview
 from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
@@ -213,24 +213,21 @@ class AudioSegments(MediaType):
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
         """The outputs (and ``<name>.loudnorm.json``); raises `RenderError` (a range missing, the
-        encoder failed). A run with failed jobs returns [] instead: their errors say why."""
+        encoder failed). A run with failed jobs encodes nothing and returns [], removing an
+        earlier run's outputs (`farm_audio.failedrun`); their errors say why."""
         joins = self._joins(ctx)
         scratch: Scratch = ctx.state[_SCRATCH_KEY]
+        if ctx.failed:
+            self._abort(ctx)
+            scratch.remove_when_dropped()  # `farm retry` may run those jobs again: it needs what is joined
+            failedrun.leave(ctx, segments_of(ctx.project.settings), ANALYSIS_KEY)
+            return []
         try:
             paths = self._finish(ctx, joins)
-        except BaseException as exc:
-            encoders = ctx.state.pop(_ENCODERS_KEY, None)
-            if encoders is not None:
-                encoders.abort()
-            if not ctx.failed:
-                self._end(ctx)
-                raise
-            scratch.remove_when_dropped()  # `farm retry` may run those jobs again: it needs what is joined
-            if not isinstance(exc, RenderError):
-                raise
-            # the failed jobs' own errors say why: this one would only repeat them
-            ctx.log.debug("%s: nothing encoded, %d jobs failed: %s", ctx.project.name, len(ctx.failed), exc)
-            return []
+        except BaseException:
+            self._abort(ctx)
+            self._end(ctx)
+            raise
         # the record stays until the run's end is journaled: a finalize run again needs it
         record = _finished_record(ctx)
         ctx.state[_RECORD_KEY] = Scratch([record, record.with_name(record.name + ".part")])
@@ -239,6 +236,12 @@ class AudioSegments(MediaType):
         s = ctx.project.settings
         analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
         return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
+
+    def _abort(self, ctx: CollateContext) -> None:
+        """Stop the encoders, if they started, and remove what they wrote."""
+        encoders = ctx.state.pop(_ENCODERS_KEY, None)
+        if encoders is not None:
+            encoders.abort()
 
     def _end(self, ctx: CollateContext) -> None:
         """The run is over: its joins leave the state and their files are removed."""
@@ -257,7 +260,7 @@ class AudioSegments(MediaType):
         except JoinError as exc:
             # a finalize that ended before (its joins removed, the controller stopped before it
             # journaled the run's end): the outputs it recorded
-            done = None if ctx.failed else finished.read(_finished_record(ctx))
+            done = finished.read(_finished_record(ctx))
             if done is None:
                 raise RenderError(f"cannot finish {s['name']}: {exc}") from None
             ctx.log.info("%s: the outputs of an earlier finalize of this run are kept", s["name"])

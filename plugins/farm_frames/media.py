@@ -17,6 +17,7 @@ from typing import Any
 from farm import trace
 from farm.errors import RenderError
 from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
+from farm.outputrecord import remove_earlier
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
@@ -295,7 +296,7 @@ class Frames(MediaType):
         earlier = [*(ctx.output_dir / f"{stem}{c.suffix}" for c in CODECS.values()), sheet]
         if ctx.failed:
             failed = format_runs(_frames_of(ctx.failed, settings["frames"]))
-            removed = _remove(earlier)
+            removed = remove_earlier(earlier)
             ctx.log.warning(
                 "%s: no video or contact sheet: frames %s failed (%d of %d jobs)%s; %s", ctx.project.name,
                 failed, len(ctx.failed), len(ctx.failed) + len(ctx.done),
@@ -314,7 +315,7 @@ class Frames(MediaType):
             contact_sheet(frames, sheet)
             trace.mark("frames: video and contact sheet written")
         except BaseException as exc:
-            _remove(earlier)  # an earlier run's would look like this run's
+            remove_earlier(earlier)  # an earlier run's would look like this run's
             if isinstance(exc, OSError):  # a full disk, a read-only output folder
                 raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
             raise
@@ -365,21 +366,6 @@ def _frames_of(keys: Iterable[str], listed: Runs) -> Runs:
     for key in keys:
         frames.update(iter_frames(key_runs(key, listed)))
     return runs_of(sorted(frames))
-
-
-def _remove(paths: Iterable[Path]) -> list[str]:
-    """Remove those of ``paths`` that exist; their names."""
-    removed = []
-    for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:  # the run still says why it made none; this says why one is there
-            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
-            continue
-        removed.append(path.name)
-    return removed
 
 
 def _place(staged: Path, dest: Path) -> None:
