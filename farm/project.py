@@ -20,11 +20,10 @@ from farm.ids import BadIdentifier, check_name
 from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
 from farm.ownoutput import file_id, output_files
 from farm.paths import UnsafePath, safe_relpath
-from farm.settings import SettingsReader, line_of
+from farm.settings import STATE_DIR, SettingsReader, line_of  # noqa: F401  (STATE_DIR: imported from here)
 from farm.tomltext import parse_toml
 
 PROJECT_FILE = "farm.toml"
-STATE_DIR = ".farm"
 DEFAULT_ATTEMPTS = 3
 # A job's outputs together; [jobs] max_output_mib overrides. They ride in one RESULTS message,
 # which the controller takes up to farm.protocol.MAX_MESSAGE (64 MiB): leave room for the rest.
@@ -138,6 +137,7 @@ class Project:
         media = get_media_type(self.media_type)
         file = root / PROJECT_FILE
         reader = SettingsReader(self.table, table=media.name, file=file, text="", root=root)
+        reader.output = self.output
         settings = _configure(media, reader, file)
         facts = _renderer_facts(media, settings, file)
         if self.facts:  # the controller split and collates by these: a renderer that disagrees cannot render
@@ -232,6 +232,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
                 file=file, key=f"[{table}]", line=line_of(text, table),
             )
     table = reader(media.name)
+    table.output = out_dir
     settings = _configure(media, table, file)
     return Project(
         root=root,

@@ -15,6 +15,9 @@ from typing import Any
 from farm.errors import ProjectError
 from farm.paths import UnsafePath, safe_relpath
 
+#: a project's state folder (journal, caches, records), beside its farm.toml
+STATE_DIR = ".farm"
+
 _MISSING = object()
 
 
@@ -55,6 +58,9 @@ class SettingsReader:
         self.file = file
         self.text = text
         self.root = root
+        #: the project's output folder (relative), which `asset` refuses paths in: farm writes and
+        #: removes files there and never sends it to the agents; None where no project is read
+        self.output: str | None = None
         self._used: set[str] = set()
 
     def facts_reader(self) -> SettingsReader:
@@ -157,6 +163,10 @@ class SettingsReader:
             rel = safe_relpath(value)
         except UnsafePath as exc:
             raise self.error(key, str(exc)) from None
+        for folder, what in ((self.output, "the output folder"), (STATE_DIR, "farm's state folder")):
+            if folder is not None and (rel == folder or rel.startswith(folder + "/")):
+                raise self.error(key, f"{value!r} is in {what} {folder + '/'!r}, which farm writes into and "
+                                      "does not send to the agents: move the file out of it")
         full = self.root / rel
         if not full.is_file():
             raise self.error(key, f"file {value!r} does not exist in the project ({self.root})")

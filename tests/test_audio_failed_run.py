@@ -118,20 +118,6 @@ def test_a_failed_run_with_no_earlier_outputs_says_so_and_removes_nothing(
     assert line == "t: nothing encoded: the audio at 1.5-2 s (samples 72000-96000) failed (1 of 8 jobs)", line
 
 
-def test_an_input_in_the_output_folder_named_as_an_output_is_never_removed(tmp_path: Path) -> None:
-    root = tmp_path / "p"
-    (root / "output").mkdir(parents=True)
-    ffmpeg.run(["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={RATE}:duration=1", "-c:a", "pcm_s16le",
-                str(root / "output" / "t.wav")])
-    (root / "farm.toml").write_text('[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\n'
-                                    'input = "output/t.wav"\nsegment = 0.5\noutputs = ["flac"]\n')
-    project = load_project(root)
-    assert project.settings["name"] == "t"  # the input's stem: t.wav is a name audio writes
-    data = (root / "output" / "t.wav").read_bytes()
-    assert finalize_without(project, render_jobs(project, tmp_path / "worker"), {"segment-00001"}) == []
-    assert visible(project.output_dir) == {"t.wav": data}
-
-
 # the real ffmpeg, but every render of segment-00002 fails
 FAIL_SEGMENT = """#!/bin/bash
 case "$*" in *segment-00002.*) echo "injected failure" >&2; exit 1;; esac

@@ -96,3 +96,26 @@ def test_a_crashing_plugin_configure_is_reported_not_raised_raw(tmp_path, monkey
     write_project(tmp_path, "synthetic")
     with pytest.raises(ProjectError, match="failed to read its settings: ZeroDivisionError"):
         load_project(tmp_path)
+
+
+@pytest.mark.parametrize("folder, extra", [("output", ""), ("renders", '[output]\ndirectory = "renders"\n'),
+                                           (".farm", "")])
+def test_an_asset_in_the_output_or_state_folder_is_refused(tmp_path, folder, extra):
+    # farm writes there (an audio input output/t.flac would be overwritten by the output t.flac)
+    # and never sends it to the agents
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "t.flac").write_bytes(b"not read")
+    (tmp_path / "farm.toml").write_text(
+        f'[project]\nname = "p"\nmedia_type = "audio"\n{extra}[audio]\ninput = "{folder}/t.flac"\n')
+    with pytest.raises(ProjectError) as err:
+        load_project(tmp_path)
+    assert f"'{folder}/t.flac' is in " in str(err.value) and "[audio] input" in str(err.value)
+    assert err.value.line == 5 + extra.count("\n")  # the input line
+
+
+def test_an_asset_in_a_folder_named_like_the_output_loads(tmp_path):
+    (tmp_path / "output-scenes").mkdir()
+    (tmp_path / "output-scenes" / "scene.py").write_text("import bpy\n")
+    (tmp_path / "farm.toml").write_text(
+        '[project]\nname = "p"\nmedia_type = "frames"\n[frames]\nscene = "output-scenes/scene.py"\nframes = "1"\n')
+    assert load_project(tmp_path).settings["scene"] == "output-scenes/scene.py"

@@ -45,7 +45,8 @@ def earlier_outputs(
     paths = [output_dir / f"{name}.{ext}" for ext in [*own, *(e for e in EXTENSIONS if e not in own)]]
     if not (analysed and settings["loudnorm"] is not None):
         paths.append(output_dir / f"{name}.loudnorm.json")
-    return [p for p in paths if p.resolve() != source.resolve()]  # an input kept in the output folder
+    # never the input, which load refuses in the output folder (`SettingsReader.asset`): kept as a guard
+    return [p for p in paths if p.resolve() != source.resolve()]
 
 
 def what_failed(failed: Set[str], segments: Iterable[Segment], rate: int, analysis_key: str) -> str:
