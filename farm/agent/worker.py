@@ -100,6 +100,16 @@ class Worker:
                 self.contexts.pop(pid, None)
             self.threads = msg.body["threads"]
             self.run_batch([JobSpec.from_wire(job) for job in msg.body["jobs"]])
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """Empty the job folders while the results travel and the next job comes back, so that
+        job starts without removing the last one's files (a frame job's hand-over is ~10 ms)."""
+        if self.out_dirty:
+            self.out.clear()
+            self.out_dirty = False
+        self.work.clear()
+        self.out.is_empty(), self.work.is_empty()  # set their watches: the next job's check is one read
 
     def run_batch(self, jobs: list[JobSpec]) -> None:
         pending: list[dict[str, Any]] = []
