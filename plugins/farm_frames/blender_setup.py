@@ -90,7 +90,8 @@ def check_external_files(project_dir, marker):
     folder (the current directory, where a scene script may write a file it then loads) and
     Blender's own bundled files, which every agent has.
     """
-    roots = [os.path.realpath(project_dir), os.path.realpath(os.getcwd())]
+    project = os.path.realpath(project_dir)
+    roots = [project, os.path.realpath(os.getcwd())]
     roots += [os.path.realpath(bpy.utils.resource_path(kind)) for kind in ("LOCAL", "SYSTEM")]
     owners = _owners()
     refused = []
@@ -99,7 +100,12 @@ def check_external_files(project_dir, marker):
         owner = owners.get(full, "a data-block")
         pattern = full.replace("<UDIM>", "[0-9][0-9][0-9][0-9]").replace("<UVTILE>", "u*_v*")
         if not (os.path.exists(full) if pattern == full else glob.glob(pattern)):
-            refused.append(f"{owner} reads {full}, which does not exist on this agent")
+            if _inside(full, [project]):  # named as the user knows it, not by this agent's copy
+                rel = os.path.relpath(os.path.realpath(full), project)
+                refused.append(f"{owner} reads {rel} in the project, which does not exist on this agent "
+                               "(left out by farm.toml's [assets] include or exclude, or gone since load?)")
+            else:
+                refused.append(f"{owner} reads {full}, which does not exist on this agent")
         elif not _inside(full, roots):
             refused.append(f"{owner} reads {full}, which is outside the project folder")
     for line in refused:

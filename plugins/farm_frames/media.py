@@ -46,10 +46,10 @@ from farm_frames.framerange import (
     runs_of,
 )
 from farm_frames.images import FORMATS, BadImage, check_image
-from farm_frames.progress import ChunkProgress, log_tail
+from farm_frames.progress import LOG_LINES, ChunkProgress, log_tail
 from farm_frames.scenefiles import missing_from_log, summarise
 from farm_frames.video import CODECS, contact_sheet, encode_video
-from farm_frames.warm import SLOT, Spare
+from farm_frames.warm import SLOT, Rendered, Spare
 
 log = logging.getLogger(__name__)
 
@@ -206,16 +206,16 @@ class Frames(MediaType):
         refused = missing_from_log(done.tail)
         if refused:
             message = f"the scene reads files that are not in the project on this agent: {summarise(refused)}"
-            raise _render_error(message, done.tail, ctx.project_dir)
+            raise _render_error(message, done, ctx.project_dir)
         if done.returncode is not None:
             doing = "loading the scene for" if done.phase != "rendering" else "rendering"
             message = f"Blender exited with code {done.returncode} {doing} {where}"
-            raise _render_error(message, done.tail, ctx.project_dir)
+            raise _render_error(message, done, ctx.project_dir)
         problems, size = self._check_frames(runs, frames_dir, settings)
         if problems:
             SLOT.stop()  # something in it misbehaves: the next job gets a fresh one
             message = f"Blender reported {where} done but they are not all there: {problems}"
-            raise _render_error(message, done.tail, ctx.project_dir)
+            raise _render_error(message, done, ctx.project_dir)
         ctx.progress(1.0)
         how = ("already running" if done.reused else "started before the job" if done.prewarmed
                else "started for this job")
@@ -317,7 +317,8 @@ class Frames(MediaType):
         except BaseException as exc:
             remove_earlier(earlier)  # an earlier run's would look like this run's
             if isinstance(exc, OSError):  # a full disk, a read-only output folder
-                raise RenderError(f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}") from None
+                why = f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}"
+                raise RenderError(why) from None
             raise
         return [out, sheet]
 
@@ -404,10 +405,19 @@ def _scene_on_agent(ctx: RenderContext) -> Path:
     return scene
 
 
-def _render_error(message: str, tail: Any, project_dir: Path) -> RenderError:
+def _render_error(message: str, done: Rendered, project_dir: Path) -> RenderError:
+    """``message`` with the last lines Blender printed. A Blender that was already running and
+    printed nothing for this job (it died at once) shows its lines from before the job, said so."""
+    text = log_tail(done.tail)
+    if not text and done.earlier:
+        said = (f"[Blender {done.pid} was already running: the lines above are from its scene load and "
+                "earlier jobs; it printed nothing for this job]")
+        text = f"{log_tail(done.earlier, LOG_LINES - 1)}\n{said}"
+    elif not text:
+        text = f"[Blender {done.pid} printed nothing before it exited]"
     # Blender names the agent's copy of the project (a folder in its cache or scratch); the user
     # knows the files by their place in the project: `File "scene.py", line 3`
-    text = log_tail(tail).replace(f"{project_dir}/", "")
+    text = text.replace(f"{project_dir}/", "")
     error = RenderError(f"{message}\n--- Blender log (last lines) ---\n{text}")
     error.log = text  # type: ignore[attr-defined]  # for a core that ships logs separately
     return error

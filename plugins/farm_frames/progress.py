@@ -7,8 +7,7 @@ and every frame ends with ``Saved: '/path/frame_000012.png'``.
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 _FRAME = re.compile(r"^Fra:(-?\d+)\b")
 _CYCLES_SAMPLE = re.compile(r"\|\s*Sample (\d+)/(\d+)")
@@ -17,6 +16,8 @@ _SAVED = re.compile(r"^Saved: '(.*)'")
 
 #: report when the fraction moved by at least this much (a line can come every millisecond)
 MIN_STEP = 0.005
+#: lines of Blender's log an error shows
+LOG_LINES = 30
 
 
 class ChunkProgress:
@@ -61,11 +62,11 @@ class ChunkProgress:
             self.report(fraction)
 
 
-def log_tail(lines: deque[str] | list[str], count: int = 30) -> str:
+def log_tail(lines: Iterable[str], count: int = LOG_LINES) -> str:
     """The last ``count`` lines worth reading: Blender's per-step ``Fra:`` status lines
     are collapsed to the last one, so errors and tracebacks are not pushed out."""
     kept: list[str] = []
-    for line in reversed(lines):
+    for line in reversed(list(lines)):
         if line.startswith("Fra:") and kept and kept[-1].startswith("Fra:"):
             continue
         kept.append(line)

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from farm_frames.assetrules import HINTS as RULE_HINTS
+from farm_frames.assetrules import AssetRules
+
 #: what blender_setup.py prints, one line per file it refuses: the marker, then JSON
 MISSING_MARKER = "farm: external file refused: "
 #: problems named in one error; the rest are counted
@@ -111,41 +114,62 @@ HINTS = {
 }
 
 
-def check_blend(root: Path, scene: str) -> str | None:
+def check_blend(root: Path, scene: str, rules: AssetRules | None = None) -> str | None:
     """Why the files the ``.blend`` at ``root/scene`` reads would not all reach the agents,
-    naming each (data-block, path as stored, where it resolves) and what to do; None if they would.
+    naming each (data-block, path as stored, where it resolves; the pattern of ``rules`` that
+    leaves a project file out) and what to do; None if they would.
 
     Raises `SceneFileError` if the file cannot be read as a ``.blend``.
     """
     problems: dict[str, str] = {}
     for ref in trace_blend(root / scene):
-        found = reference_problem(ref, root)
+        found = reference_problem(ref, root, rules)
         if found:
             kind, why = found
-            if ref.sequence and ref.owner.startswith(("object", "mesh")):
+            if ref.sequence and ref.owner.startswith(("object", "mesh")) and kind not in RULE_HINTS:
                 kind = "cache"  # a modifier's or particle system's cache folder
             problems[f"{ref.owner} reads {ref.stored!r}, {why}"] = kind
     if not problems:
         return None
-    hints = [HINTS[kind] for kind in HINTS if kind in problems.values()]
     listed = summarise(sorted(problems))
-    return f"{scene} reads files the agents will not have: {listed}. To fix: {'; '.join(hints)}"
+    return f"{scene} reads files the agents will not have: {listed}. To fix: {hints(problems.values())}"
 
 
-def reference_problem(ref: Reference, root: Path) -> tuple[str, str] | None:
+def hints(kinds: Iterable[str]) -> str:
+    """What to do about these kinds of problem, each said once."""
+    found = set(kinds)
+    return "; ".join(hint for kind, hint in {**HINTS, **RULE_HINTS}.items() if kind in found)
+
+
+def reference_problem(ref: Reference, root: Path, rules: AssetRules | None = None) -> tuple[str, str] | None:
     """(kind, why) if one reference cannot travel with the project, else None."""
     # Outside before missing, so a project cannot probe which files exist on the controller.
     if not ref.stored.startswith("//"):
         return "absolute", "an absolute path, which will not exist on the agents"
     if not inside(ref.resolved, root, follow=False):
         return "outside", f"which is outside the project folder ({ref.resolved})"
+    rel = project_path(ref.resolved, root)
+    # Left out before missing: on a controller's copy of an upload the file is not there at all.
+    dropped = rules.left_out(rel) if rules else None
+    if dropped:
+        return dropped[0], f"which is {rel} in the project, but {dropped[1]}"
     files = list(_expand(ref))
     if not files:
-        return "missing", f"which does not exist ({ref.resolved})"
+        return "missing", f"which does not exist ({rel} in the project)"
     outside = [f for f in files if not inside(f, root)]
     if outside:
         return "outside", f"which leads outside the project folder through a symlink ({outside[0]})"
+    if rules is not None and ref.sequence:  # a pattern may leave out some files of a sequence
+        for member in (project_path(f, root) for f in files):
+            dropped = rules.left_out(member)
+            if dropped:
+                return dropped[0], f"which includes {member}, but {dropped[1]}"
     return None
+
+
+def project_path(path: Path, root: Path) -> str:
+    """``path`` (inside ``root`` as written) relative to the project: ``tex/blue.png``."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
 def inside(path: Path, root: Path, *, follow: bool = True) -> bool:

@@ -29,7 +29,7 @@ import shutil
 import subprocess
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,6 +52,9 @@ class Rendered:
     returncode: int | None = None
     phase: str = "rendering"
     prewarmed: bool = False  # a spare, started before the job, rendered it
+    #: a reused Blender's last lines before this job (its scene load, earlier jobs): a job it
+    #: fails without a word (an os._exit in a handler) still has lines to show
+    earlier: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class _Running:
     signature: tuple[Any, ...] = ()
     scratch: Path | None = None
     fits: tuple[Any, ...] = ()  # a spare's: see `Spare`
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))  # its jobs' lines
 
 
 class _Exited(Exception):
@@ -117,6 +121,7 @@ class BlenderSlot:
         with log_file.open("w", encoding="utf-8") as out:
             current = self._reusable(key, scene)
             reused = current is not None
+            earlier = tuple(current.recent) if current is not None else ()
             prewarmed = False
             if current is None:
                 current = self._adopt(key, spare)
@@ -154,11 +159,13 @@ class BlenderSlot:
                 except (_Exited, BrokenPipeError):
                     returncode = proc.wait()
                     self.stop()
-                    return Rendered(tail, proc.pid, current.version, reused, returncode, prewarmed=prewarmed)
+                    return Rendered(tail, proc.pid, current.version, reused, returncode, prewarmed=prewarmed,
+                                    earlier=earlier)
             except BaseException:
                 self.stop()
                 raise
-        return Rendered(tail, proc.pid, current.version, reused, prewarmed=prewarmed)
+        current.recent.extend(tail)
+        return Rendered(tail, proc.pid, current.version, reused, prewarmed=prewarmed, earlier=earlier)
 
     def _adopt(self, key: tuple[Any, ...], spare: Spare | None) -> _Running | None:
         """The spare, sent ``spare.load`` and now ``key``'s Blender, if it fits; else None."""
