@@ -137,7 +137,7 @@ class Project:
         media = get_media_type(self.media_type)
         file = root / PROJECT_FILE
         reader = SettingsReader(self.table, table=media.name, file=file, text="", root=root)
-        reader.output = self.output
+        reader.output, reader.include, reader.exclude = self.output, self.include, self.exclude
         settings = _configure(media, reader, file)
         facts = _renderer_facts(media, settings, file)
         if self.facts:  # the controller split and collates by these: a renderer that disagrees cannot render
@@ -232,7 +232,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
                 file=file, key=f"[{table}]", line=line_of(text, table),
             )
     table = reader(media.name)
-    table.output = out_dir
+    table.output, table.include, table.exclude = out_dir, tuple(include), tuple(exclude)
     settings = _configure(media, table, file)
     return Project(
         root=root,

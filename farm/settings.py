@@ -58,9 +58,13 @@ class SettingsReader:
         self.file = file
         self.text = text
         self.root = root
-        #: the project's output folder (relative), which `asset` refuses paths in: farm writes and
-        #: removes files there and never sends it to the agents; None where no project is read
+        #: the project's output folder (relative) and ``[assets]`` patterns, as `load_project` read
+        #: them (None where no project is read): `asset` refuses paths in the output folder (farm
+        #: writes and removes files there and never sends it to the agents), and a media type can
+        #: tell which files reach the agents (`farm.project.list_assets`'s rules)
         self.output: str | None = None
+        self.include: tuple[str, ...] | None = None
+        self.exclude: tuple[str, ...] = ()
         self._used: set[str] = set()
 
     def facts_reader(self) -> SettingsReader:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.paths import UnsafePath, safe_relpath
 from farm.project import matches
 from farm.settings import SettingsReader
-from farm.tomltext import parse_toml
 
 #: what to do about each reason a project file does not travel, said once after the list
 HINTS = {
@@ -35,26 +33,11 @@ class AssetRules:
 
     @classmethod
     def read(cls, s: SettingsReader) -> AssetRules | None:
-        """The rules of the farm.toml ``s`` reads from; None where its text is not at hand (an
-        agent remaking the settings from the table alone: there a left-out file is just absent).
-
-        ``load_project`` has read and checked these tables already, so they are valid here.
-        """
-        if not s.text:
+        """The rules of the project ``s`` reads (`load_project` and `Project.reconfigure` give
+        them, with ``--output`` applied); None for a reader of no project."""
+        if s.include is None:
             return None
-        data = parse_toml(s.text, s.file)
-
-        def table(name: str) -> SettingsReader:
-            value = data.get(name, {})
-            return SettingsReader(value if isinstance(value, dict) else {}, table=name, file=s.file,
-                                  text=s.text, root=s.root)
-
-        assets, out = table("assets"), table("output")
-        try:
-            output = safe_relpath(out.str("directory", "output"))
-        except UnsafePath:
-            output = "output"
-        return cls(tuple(assets.str_list("include", ["**"])), tuple(assets.str_list("exclude", [])), output)
+        return cls(s.include, s.exclude, s.output or "output")
 
     def left_out(self, rel: str) -> tuple[str, str] | None:
         """(kind, why) if the project file at ``rel`` (a relative POSIX path) is not sent to the
