@@ -6,15 +6,14 @@ import datetime
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from farm.assetrules import glob_regex, matches  # noqa: F401  (imported from here)
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
 from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
@@ -316,33 +315,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
     return value
-
-
-@lru_cache(maxsize=256)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A compiled regex for a POSIX glob where ``**`` spans folders and ``*`` does not."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def matches(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    return any(glob_regex(p).match(path) for p in patterns)
 
 
 def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> Iterator[str]:

@@ -12,11 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from farm.assetrules import AssetRules
 from farm.errors import ProjectError
 from farm.paths import UnsafePath, safe_relpath
 
 #: a project's state folder (journal, caches, records), beside its farm.toml
 STATE_DIR = ".farm"
+#: what to do about a setting's file that never reaches the agents (`AssetRules.left_out`'s kinds)
+_HINTS = {
+    "exclude": "remove the pattern from [assets] exclude in farm.toml or move the file",
+    "include": "add it to [assets] include in farm.toml",
+    "hidden": "rename it so that no name in its path starts with '.'",
+    "output": "move it out of the output folder",
+}
 
 _MISSING = object()
 
@@ -171,12 +179,24 @@ class SettingsReader:
             if folder is not None and (rel == folder or rel.startswith(folder + "/")):
                 raise self.error(key, f"{value!r} is in {what} {folder + '/'!r}, which farm writes into and "
                                       "does not send to the agents: move the file out of it")
+        rules = self.asset_rules()
+        dropped = rules.left_out(rel) if rules is not None else None
+        if dropped is not None:
+            raise self.error(key, f"{value!r} never reaches the agents: {dropped[1]}; {_HINTS[dropped[0]]}")
         full = self.root / rel
         if not full.is_file():
             raise self.error(key, f"file {value!r} does not exist in the project ({self.root})")
         if suffixes and full.suffix.lower() not in suffixes:
             raise self.error(key, f"expected a file ending in {' or '.join(suffixes)}, got {value!r}")
         return rel
+
+    def asset_rules(self) -> AssetRules | None:
+        """Which files of the project reach the agents (``[assets]``, the output folder, with
+        ``--output`` applied), as `load_project` and `Project.reconfigure` give them; None for a
+        reader of no project."""
+        if self.include is None:
+            return None
+        return AssetRules(self.include, self.exclude, self.output or "output")
 
     def finish(self) -> None:
         """Fail on keys nobody read: most often a typo."""

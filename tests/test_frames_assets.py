@@ -14,10 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from farm_frames.assetrules import AssetRules
 from test_frames import blender, write_project  # noqa: F401
 from test_frames_cases import FARM, blue_png, centre_rgb, project_copy, scenes  # noqa: F401
 
+from farm.assetrules import AssetRules
 from farm.embedded import submit_embedded
 from farm.errors import ProjectError
 from farm.project import list_assets, load_project
@@ -75,7 +75,7 @@ def test_a_texture_no_include_pattern_matches_is_refused(scenes, tmp_path):  # n
 @pytest.mark.slow
 def test_an_excluded_scene_file_is_refused(scenes, tmp_path):  # noqa: F811
     message = refused(with_assets(project_copy(scenes, "inside", tmp_path), 'exclude = ["*.blend"]\n'))
-    assert "the agents will not have the scene shot.blend: [assets] exclude leaves it out" in message
+    assert "'shot.blend' never reaches the agents: [assets] exclude leaves it out" in message
     assert "(pattern '*.blend')" in message
 
 

@@ -119,3 +119,21 @@ def test_an_asset_in_a_folder_named_like_the_output_loads(tmp_path):
     (tmp_path / "farm.toml").write_text(
         '[project]\nname = "p"\nmedia_type = "frames"\n[frames]\nscene = "output-scenes/scene.py"\nframes = "1"\n')
     assert load_project(tmp_path).settings["scene"] == "output-scenes/scene.py"
+
+
+@pytest.mark.parametrize("assets, path, why", [
+    ('exclude = ["raw/**"]', "raw/t.flac", "[assets] exclude leaves it out of the files sent to the agents "
+                                          "(pattern 'raw/**'); remove the pattern"),
+    ('include = ["*.toml"]', "raw/t.flac", "no [assets] include pattern matches it ('*.toml')"),
+    ("", ".raw/t.flac", "'.raw' starts with '.'"),
+])
+def test_an_asset_the_agents_never_get_is_refused_naming_why(tmp_path, assets, path, why):
+    # an audio input, a map style, a scene: any media type's file setting (SettingsReader.asset)
+    (tmp_path / path).parent.mkdir()
+    (tmp_path / path).write_bytes(b"not read")
+    (tmp_path / "farm.toml").write_text(
+        f'[project]\nname = "p"\nmedia_type = "audio"\n[assets]\n{assets}\n[audio]\ninput = "{path}"\n')
+    with pytest.raises(ProjectError) as err:
+        load_project(tmp_path)
+    assert f"[audio] input: '{path}' never reaches the agents: " in str(err.value) and why in str(err.value)
+    assert err.value.line == 7

@@ -7,7 +7,6 @@ from typing import Any
 
 from farm.errors import ProjectError
 from farm.settings import SettingsReader, line_of
-from farm_frames.assetrules import AssetRules
 from farm_frames.blender import BLENDER_ENV, ENGINES
 from farm_frames.framerange import FrameRangeError, frame_count, parse_frames
 from farm_frames.images import FORMATS
@@ -67,11 +66,7 @@ def _check_scene_files(s: SettingsReader, scene: str) -> None:
     """A scene must read only files that travel with the project: all of a ``.blend``'s
     (see `scenefiles`); what a script spells out (`scriptfiles`; the agent checks the rest).
     Travel means inside the project and sent by its ``[assets]`` rules (`assetrules`)."""
-    rules = AssetRules.read(s)
-    dropped = rules.left_out(scene) if rules else None
-    if dropped:
-        raise s.error("scene", f"the agents will not have the scene {scene}: {dropped[1]}. To fix: change "
-                               "[assets] in farm.toml (or the scene's file name) so that it is sent")
+    rules = s.asset_rules()  # the scene file's own were checked by `asset`
     try:
         check = check_blend if scene.lower().endswith(".blend") else check_script
         problem = check(s.root, scene, rules)

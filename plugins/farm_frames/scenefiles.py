@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from farm.assetrules import AssetRules
 from farm_frames.assetrules import HINTS as RULE_HINTS
-from farm_frames.assetrules import AssetRules
 
 #: what blender_setup.py prints, one line per file it refuses: the marker, then JSON
 MISSING_MARKER = "farm: external file refused: "

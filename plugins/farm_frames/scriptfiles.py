@@ -16,8 +16,8 @@ import posixpath
 from collections import Counter
 from pathlib import Path
 
+from farm.assetrules import AssetRules
 from farm_frames.assetrules import HINTS as RULE_HINTS
-from farm_frames.assetrules import AssetRules
 from farm_frames.scenefiles import summarise
 
 #: keyword arguments that name a file in Blender's loaders and operators
