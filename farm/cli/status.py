@@ -102,7 +102,8 @@ def cancel(
         "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
-    so far stay (a remote submitter's `farm submit` downloads them)."""
+    so far stay (a remote submitter's `farm submit` downloads them). A run that is finalizing (its jobs
+    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing)."""
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         summary = client.cancel(project)
         if summary.already and not as_json:

@@ -114,7 +114,7 @@
     const button = (a) => card.querySelector(`[data-action="${a}"]`);
     button("pause").disabled = p.state !== "running" || p.paused;
     button("resume").disabled = !p.paused;
-    button("cancel").disabled = !live;
+    button("cancel").disabled = p.state !== "running";  // a finalizing run is refused (409): it ends by itself
     button("retry").disabled = !p.failed;
     button("priority").disabled = !live;  // the controller refuses (409) to change a finished run
     const input = card.querySelector("input.priority");
