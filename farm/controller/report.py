@@ -31,6 +31,8 @@ class RunReport:
             "priority": self.priority,
             "total": self.total if self.total is not None else (self.done + len(self.failures)
                                                                   if self.exhausted else None),
+            # adaptive chunks: the job count follows the sizes chosen, until the split is over
+            "total_estimated": self.chunks is not None and not self.exhausted and self.total is not None,
             "done": self.done,
             "failed": len(self.failures),
             "reused": self.reused,

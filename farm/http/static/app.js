@@ -99,7 +99,8 @@
     card.querySelector(".bar .partial").style.width = pct(p.partial || 0);
     card.querySelector(".bar .failed").style.width = pct(p.failed || 0);
     card.querySelector(".bar").setAttribute("aria-valuenow", total ? Math.round((100 * p.done) / total) : 0);
-    const facts = [`${fmtCount(p.done)} / ${fmtCount(p.total)} jobs`];
+    // adaptive chunks: the job count follows the sizes chosen until the split is over
+    const facts = [`${fmtCount(p.done)} / ${p.total_estimated ? "~" : ""}${fmtCount(p.total)} jobs`];
     const units = unitsText(p);
     if (units) facts.push(units);
     if (p.failed) facts.push(`${fmtCount(p.failed)} failed`);
