@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from control_helpers import media_type_source, plugin_project
+from control_helpers import GATED, plugin_project
 from http_helpers import web  # noqa: F401 (a fixture)
 
 from farm.client import Client, Summary
@@ -25,17 +25,6 @@ from farm.project import load_project
 
 FARM = [sys.executable, "-m", "farm"]
 
-GATED = media_type_source("gatedcancel", '["only"]', """
-        def finalize(self, ctx):
-            import time
-            gate = ctx.project.root / "release"
-            deadline = time.monotonic() + 120
-            while not gate.exists() and time.monotonic() < deadline:  # the test opens it
-                time.sleep(0.01)
-            (ctx.project.output_dir / "final.txt").write_text("whole")
-            return [ctx.project.output_dir / "final.txt"]
-""")
-
 
 def farm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*FARM, *args], capture_output=True, text=True, timeout=120)
@@ -43,7 +32,7 @@ def farm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def finalizing(url: str, agents: Any, tmp_path: Path) -> tuple[Path, str, list[Summary], threading.Thread]:
     """A gated run held in its finalize, and its submitter's follow (its summary lands in the list)."""
-    project = plugin_project(tmp_path, url, agents, "gatedcancel", GATED)
+    project = plugin_project(tmp_path, url, agents, "gated", GATED)
     ended: list[Summary] = []
     with Client(url) as client:
         run = client.submit(load_project(project))
@@ -74,7 +63,7 @@ def test_cancel_of_a_finalizing_run_is_refused_with_the_truth(controller, agents
     project, run, ended, thread = finalizing(controller.url, agents, tmp_path)
     try:
         with Client(controller.url) as client:
-            for ref in (run, "gatedcancel"):  # by run id and by name
+            for ref in (run, "gated"):  # by run id and by name
                 with pytest.raises(ControlError) as refused:
                     client.cancel(ref)
                 assert refused.value.code == "finalizing", refused.value
