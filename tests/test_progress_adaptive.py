@@ -72,7 +72,8 @@ def test_a_run_with_adaptive_chunks_shows_a_steady_total(controller, agents, tmp
         assert re.match(rf"chunky: frames [\d,.]+/{FRAMES} ", line), line  # the units' total, from the start
         totals = JOBS_OF_A_TOTAL.findall(line)
         if update["total_estimated"]:  # the count of jobs so far, no total that could move
-            assert not totals and re.search(rf"· {update['done']} jobs done ·", line), line
+            done = update["done"]
+            assert not totals and f"· {done} job{'' if done == 1 else 's'} done ·" in line, line
         else:  # splitting is over: the total is the run's
             assert totals == [(str(update["done"]), str(summary.total))], line
     final = f"chunky: frames {FRAMES}/{FRAMES} (100%) · jobs {summary.total}/{summary.total}"
@@ -84,6 +85,7 @@ def test_the_text_marks_an_estimated_total_and_keeps_units_first():
                "total_estimated": True,
                "units": {"name": "frames", "done": 12, "failed": 0, "partial": 0, "total": 48}}
     assert progress_text(running, 4.0) == "frames 12/48 · 3 jobs done · 4.0 frames/s · ETA 00:09"
+    assert progress_text({**running, "done": 1}, 4.0).startswith("frames 12/48 · 1 job done ·")
     assert progress_text({**running, "total_estimated": False}, 4.0) == \
         "frames 12/48 · jobs 3/10 · 4.0 frames/s · ETA 00:09"
     jobs_only = {**running, "units": {"name": "jobs", "done": 3, "total": 10}}  # no units of its own

@@ -113,7 +113,7 @@ class Position:
         (an estimated total moves as chunk sizes are chosen: it would read as a shrinking total)."""
         done, total = self.jobs
         if self.estimated:
-            return f"{format_count(done)} jobs done"
+            return f"{format_count(done)} job{'' if done == 1 else 's'} done"
         return f"jobs {format_count(done)}/{format_count(total)}"
 
     @property
