@@ -301,7 +301,9 @@ class Client:
 
     def cancel(self, project: str) -> Summary:
         """Cancel a project by run id or name; its summary (`Summary.already`: it had finished before,
-        nothing was cancelled). Raises `FarmError` if the controller has no such project."""
+        nothing was cancelled). Raises `ControlError`: ``not_found`` if the controller has no such
+        project, ``finalizing`` if the run's jobs are done and its final outputs are being written
+        (it cannot be cancelled then; it ends as done or failed)."""
         self.send(T.CANCEL_PROJECT, {"project": project})
         while True:  # a FINISHED for another run this client follows is not the answer
             reply = self.receive()

@@ -81,10 +81,12 @@ class ControlError(FarmError):
 
     ``code`` says what kind of refusal, for callers that map it (the HTTP API: 404, 400, 409):
     ``"not_found"`` (no such project, agent or job), ``"bad_request"`` (a malformed request),
-    ``"conflict"`` (not possible in the current state, e.g. resuming a run that is not paused).
+    ``"conflict"`` (not possible in the current state, e.g. resuming a run that is not paused),
+    ``"finalizing"`` (a cancel of a run whose jobs are done while its final outputs are written:
+    it ends as done or failed; 409 too).
     """
 
-    CODES = ("not_found", "bad_request", "conflict")
+    CODES = ("not_found", "bad_request", "conflict", "finalizing")
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)

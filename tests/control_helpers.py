@@ -100,6 +100,20 @@ def media_type_source(name: str, keys: str, methods: str = "") -> str:
 """
 
 
+#: a media type of one job whose finalize waits (up to 120 s) for a file ``release`` the test
+#: writes into the project folder, then writes its one output: a run held finalizing at will
+GATED = media_type_source("gated", '["only"]', """
+        def finalize(self, ctx):
+            import time
+            gate = ctx.project.root / "release"
+            deadline = time.monotonic() + 120
+            while not gate.exists() and time.monotonic() < deadline:  # the test opens it
+                time.sleep(0.01)
+            (ctx.project.output_dir / "final.txt").write_text("whole")
+            return [ctx.project.output_dir / "final.txt"]
+""")
+
+
 def plugin_project(tmp_path: Path, url: str, agents: Any, name: str, source: str) -> Path:
     """Install the media type ``name`` from ``source`` (`media_type_source`), start one agent of
     ``url`` that has it, and write a project of that type; returns the project's folder."""

@@ -8,20 +8,10 @@ from __future__ import annotations
 import threading
 
 from conftest import wait_for
-from control_helpers import media_type_source, plugin_project
+from control_helpers import GATED, plugin_project
 
 from farm.client import Client
 from farm.project import load_project
-
-GATED = media_type_source("gated", '["only"]', """
-        def finalize(self, ctx):
-            import time
-            gate = ctx.project.root / "release"
-            deadline = time.monotonic() + 120
-            while not gate.exists() and time.monotonic() < deadline:  # the test opens it
-                time.sleep(0.01)
-            return []
-""")
 
 
 def test_a_follower_of_a_finalizing_run_hears_its_end_not_finalizing(controller, agents, tmp_path):

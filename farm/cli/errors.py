@@ -19,15 +19,17 @@ from farm.keys import SecurityError
 def error_json(exc: BaseException) -> dict[str, Any]:
     """The one JSON object `--json` prints for an error: ``{"error", "state", "code"}``.
 
-    ``state``: "invalid" for a project that does not load, else "failed". ``code`` says what kind
-    of error, for scripts: a refused steering request's own (not_found, bad_request, conflict),
-    else invalid (the project), unreachable (no answer from the controller), security (keys,
-    tokens, a refused handshake), os_error (a file or folder), error (anything else farm refused);
-    and from `farm.cli.main`, usage (a bad option or value) and interrupted (Ctrl-C).
+    ``state``: "invalid" for a project that does not load, "finalizing" for a cancel refused
+    because the run is finalizing (its state: it has not failed), else "failed". ``code`` says
+    what kind of error, for scripts: a refused steering request's own (not_found, bad_request,
+    conflict, finalizing), else invalid (the project), unreachable (no answer from the
+    controller), security (keys, tokens, a refused handshake), os_error (a file or folder),
+    error (anything else farm refused); and from `farm.cli.main`, usage (a bad option or value)
+    and interrupted (Ctrl-C).
     """
-    report = {"error": str(exc), "state": "invalid" if isinstance(exc, ProjectError) else "failed",
-              "code": error_code(exc)}
-    return report
+    code = error_code(exc)
+    state = "invalid" if isinstance(exc, ProjectError) else "finalizing" if code == "finalizing" else "failed"
+    return {"error": str(exc), "state": state, "code": code}
 
 
 def error_code(exc: BaseException) -> str:

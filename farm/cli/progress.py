@@ -3,9 +3,11 @@
 A run's UPDATEs (the controller's snapshots, `farm.controller.run.ProjectRun.snapshot`) are
 drawn with ``rich.progress`` on a terminal: the media's own units beside jobs ("tiles
 1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds, failures,
-reuse, and why the run waits when it is stalled. Where the stream is not a terminal (a log
-file, a pipe) the same text goes out as plain lines, at most one every `PLAIN_EVERY_S`
-seconds unless the run's state or stall reason changes.
+reuse, and why the run waits when it is stalled. While the job count is an estimate (adaptive
+chunks: it follows the sizes chosen until the split is over) the jobs are counted without it
+("12 jobs done"), or, where jobs are the only figure, marked ("jobs 3/~10"). Where the stream
+is not a terminal (a log file, a pipe) the same text goes out as plain lines, at most one
+every `PLAIN_EVERY_S` seconds unless the run's state or stall reason changes.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Position:
 
     def __init__(self, update: dict[str, Any]) -> None:
         self.jobs = (update["done"], update.get("total"))
+        self.estimated = bool(update.get("total_estimated")) and update.get("total") is not None
         units = update.get("units") or {}
         self.name = units.get("name") or "jobs"
         if units and self.name != "jobs":
@@ -105,6 +108,19 @@ class Position:
         return max(self.total - self.value - self.failed, 0.0) if self.total else None
 
     @property
+    def jobs_shown(self) -> str:
+        """The jobs beside the units: against their total once it is the run's, else counted alone
+        (an estimated total moves as chunk sizes are chosen: it would read as a shrinking total)."""
+        done, total = self.jobs
+        if self.estimated:
+            return f"{format_count(done)} job{'' if done == 1 else 's'} done"
+        return f"jobs {format_count(done)}/{format_count(total)}"
+
+    @property
+    def total_shown(self) -> str:
+        return ("~" if self.estimated and not self.shows_jobs else "") + format_count(self.total)
+
+    @property
     def shown(self) -> str:
         """The count beside the total, the parts of jobs under way included (as in the bar's %):
         in whole units while whole units are done ("frames 7/48" at 15%), else to one decimal."""
@@ -117,9 +133,9 @@ class Position:
 def progress_text(update: dict[str, Any], rate: float | None) -> str:
     """The words beside the bar: counts, rate, ETA, failures, reuse, state, stall reason."""
     pos = Position(update)
-    parts = [f"{pos.name} {pos.shown}/{format_count(pos.total)}"]
+    parts = [f"{pos.name} {pos.shown}/{pos.total_shown}"]
     if pos.shows_jobs:
-        parts.append(f"jobs {format_count(pos.jobs[0])}/{format_count(pos.jobs[1])}")
+        parts.append(pos.jobs_shown)
     remaining = pos.remaining
     if rate is not None and rate < 0:  # not from RateMeter; a caller's own sample: unknown
         rate = None

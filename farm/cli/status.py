@@ -67,18 +67,22 @@ def status_text(report: dict[str, Any]) -> str:
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = p["total"] if p["total"] is not None else "?"
+        if p.get("total_estimated"):  # adaptive chunks: it follows the sizes chosen until the split is over
+            total = f"~{total}"
         state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
         line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
                 f"  {p['failed']} failed  {p['running']} running")
         if p.get("collating"):  # rendered, outputs being written: neither running nor done
             line += f"  {p['collating']} collating"
         units = p.get("units") or {}
+        pace = p  # rate and ETA in jobs, unless the media counts its own units (a steady total)
         if units.get("name", "jobs") != "jobs":  # the media's own count: tiles, frames, seconds
             line += f"  {units['name']} {format_count(units['done'])}/{format_count(units['total'])}"
-        if p.get("rate"):
-            line += f"  {p['rate']:.1f} jobs/s"
-        if p.get("eta_s") is not None:
-            line += f"  ETA {format_duration(p['eta_s'])}"
+            pace = units
+        if pace.get("rate"):
+            line += f"  {pace['rate']:.1f} {units.get('name') or 'jobs'}/s"
+        if pace.get("eta_s") is not None:
+            line += f"  ETA {format_duration(pace['eta_s'])}"
         lines.append(line)
         if p.get("stalled") and state != "paused":  # paused: its state says so already
             lines.append(f"    waiting: {p['stalled']}")
@@ -102,7 +106,8 @@ def cancel(
         "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
-    so far stay (a remote submitter's `farm submit` downloads them)."""
+    so far stay (a remote submitter's `farm submit` downloads them). A run that is finalizing (its jobs
+    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing)."""
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         summary = client.cancel(project)
         if summary.already and not as_json:

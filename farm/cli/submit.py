@@ -172,10 +172,12 @@ def _serve_until_stopped() -> None:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a round: `done` of `total` jobs were done by the last UPDATE (None: none came)."""
+    """Ctrl-C during a round: `done` of `total` jobs were done by the last UPDATE (None: none came);
+    `estimated`: that total was an estimate (adaptive chunks, the split not over)."""
 
-    def __init__(self, done: int, total: int | None) -> None:
-        super().__init__(f"{done} of {total if total is not None else '?'} jobs done")
+    def __init__(self, done: int, total: int | None, estimated: bool = False) -> None:
+        shown = "?" if total is None else f"~{total}" if estimated else total
+        super().__init__(f"{done} of {shown} jobs done")
         self.done, self.total = done, total
 
 
@@ -205,7 +207,7 @@ def _round(render: Render, project: Project, as_json: bool) -> Summary:
     try:
         summary = render(project, update)
     except KeyboardInterrupt:
-        raise Interrupted(int(last.get("done") or 0), last.get("total")) from None
+        raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated"))) from None
     finally:
         bar.close()
     typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary))

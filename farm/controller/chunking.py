@@ -197,6 +197,11 @@ class AdaptiveChunks(ChunkAdvisor):
         self._rest = rest
         return job
 
+    @property
+    def fixed(self) -> bool:
+        """The project wrote its chunk (known from the first job on): the job count is exact."""
+        return self._fixed is not None
+
     def jobs_left(self) -> int:
         """How many jobs are still to be split off: exact for a fixed chunk (unless jobs done
         before at other sizes are found), else at the size the next job would get now (it

@@ -32,6 +32,8 @@ MAX_PENDING_UPLOADS = 64  # expected uploads, all clients together; the oldest i
 MAX_FOLLOWERS = 256  # clients following one run
 KEEP_FINISHED_RUNS = history.KEEP_FINISHED_RUNS
 ENDED = ("done", "failed", "cancelled")  # a run's states once it has finished
+FINALIZING_REFUSAL = ("project {} is finalizing (its jobs are done; its final outputs are being written): "
+                      "it cannot be cancelled now; it will end as done or failed")
 
 
 class ClientSide:
@@ -176,9 +178,12 @@ class ClientSide:
         """Cancel a project by run id or name: running (the newest of that name), else still uploading.
 
         The answer is a FINISHED summary; for a run that had finished already, with ``already``
-        set and nothing cancelled. A remote submitter's run serves what was collated for download,
-        as a finished run does, once a collate still running in the collate thread has returned
-        (`_publish_cancelled`; the answers wait for it, the loop does not).
+        set and nothing cancelled. A finalizing run is refused (code ``finalizing``): its jobs are
+        done and the media type's finalize, in a thread, cannot be stopped halfway without leaving
+        partial outputs; it ends as done or failed, and its followers hear FINISHED then. A remote
+        submitter's run serves what was collated for download, as a finished run does, once a
+        collate still running in the collate thread has returned (`_publish_cancelled`; the
+        answers wait for it, the loop does not).
         """
         named = [r for r in self.runs.values() if r.project.name == ref]
         run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
@@ -188,9 +193,13 @@ class ClientSide:
             if token is not None:
                 self._cancel_upload(identity, token)
                 return
-            run = named[-1] if named else None
+            run = next((r for r in reversed(named) if r.state == "finalizing"), named[-1] if named else None)
         if run is None:
             self._answer_finished_before(identity, ref)
+            return
+        if run.state == "finalizing":
+            self._send(identity, T.ERROR, {"message": FINALIZING_REFUSAL.format(run.id),
+                                           "code": "finalizing"})
             return
         if not run.active:
             if run.id in self.publishing:  # cancelled a moment ago: answered with the others

@@ -31,6 +31,10 @@ class RunReport:
             "priority": self.priority,
             "total": self.total if self.total is not None else (self.done + len(self.failures)
                                                                   if self.exhausted else None),
+            # adaptive chunks: the job count follows the sizes chosen until the split is over
+            # (a chunk the project wrote keeps it exact; that is known once the first job is split)
+            "total_estimated": (self.chunks is not None and not self.chunks.fixed and not self.exhausted
+                                and self.total is not None),
             "done": self.done,
             "failed": len(self.failures),
             "reused": self.reused,

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # a controller this slow to answer is reported as unavailable (503)
 KEEPALIVE_S = 15.0  # an idle event stream gets a comment line this often
-STATUS_OF_CODE = {"not_found": 404, "bad_request": 400, "conflict": 409}
+STATUS_OF_CODE = {"not_found": 404, "bad_request": 400, "conflict": 409, "finalizing": 409}
 
 
 class Backend:
@@ -47,8 +47,9 @@ def backend(request: Request) -> Backend:
 
 
 def farm_error_response(_request: Request, exc: Exception) -> JSONResponse:
-    """A controller's answer as JSON: not_found 404, bad_request 400, conflict 409, silence 503,
-    and 500 for any other error (the controller could not handle the request: its log says why)."""
+    """A controller's answer as JSON: not_found 404, bad_request 400, conflict and finalizing 409,
+    silence 503, and 500 for any other error (the controller could not handle the request: its log
+    says why)."""
     if isinstance(exc, ControlError):
         status = STATUS_OF_CODE.get(exc.code, 400)
     elif isinstance(exc, ConnectionLost):

@@ -99,7 +99,8 @@
     card.querySelector(".bar .partial").style.width = pct(p.partial || 0);
     card.querySelector(".bar .failed").style.width = pct(p.failed || 0);
     card.querySelector(".bar").setAttribute("aria-valuenow", total ? Math.round((100 * p.done) / total) : 0);
-    const facts = [`${fmtCount(p.done)} / ${fmtCount(p.total)} jobs`];
+    // adaptive chunks: the job count follows the sizes chosen until the split is over
+    const facts = [`${fmtCount(p.done)} / ${p.total_estimated ? "~" : ""}${fmtCount(p.total)} jobs`];
     const units = unitsText(p);
     if (units) facts.push(units);
     if (p.failed) facts.push(`${fmtCount(p.failed)} failed`);
@@ -114,7 +115,7 @@
     const button = (a) => card.querySelector(`[data-action="${a}"]`);
     button("pause").disabled = p.state !== "running" || p.paused;
     button("resume").disabled = !p.paused;
-    button("cancel").disabled = !live;
+    button("cancel").disabled = p.state !== "running";  // a finalizing run is refused (409): it ends by itself
     button("retry").disabled = !p.failed;
     button("priority").disabled = !live;  // the controller refuses (409) to change a finished run
     const input = card.querySelector("input.priority");
