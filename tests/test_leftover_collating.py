@@ -120,3 +120,25 @@ def test_the_dashboard_lists_and_filters_jobs_being_collated(web, agents, synthe
     wait_for(lambda: js(browser, rows) == only, 30, "only those being collated")
     held_collate.set()
     wait_for(submitted.done, 60, "the run's end")
+
+
+def test_a_job_being_collated_counts_as_rendered_in_the_progress(web, agents, synthetic, held_collate):
+    """Its rendered part stays in the bar and the units until it is done: before, a job leaving
+    its agent for the collator dropped out of `partial` and was not yet `done`, so the bar and
+    `farm status` went back (frames 62/96, then 40/96) and `farm submit`'s rate, restarted at the
+    dip, jumped (16 frames/s for 4) when the collate ended."""
+    agents(web.controller.url, 2)
+    submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16, units_per_job=5))
+    wait_for(lambda: web.controller.runs, 30, "the run")
+    run = next(iter(web.controller.runs.values()))
+    wait_for(lambda: run.exhausted and run.done + len(run.collating) == JOBS and HELD in run.collating,
+             60, "every job rendered, HELD's collate held")
+    snap = web.get(f"/api/v1/projects/{run.id}").json()
+    assert snap["done"] < JOBS and snap["collating"] >= 1, snap
+    assert snap["done"] + snap["partial"] == JOBS, snap  # every job rendered: the bar is full
+    units = snap["units"]
+    assert units["done"] + units["partial"] == units["total"] == 5 * JOBS, units
+    assert snap["eta_s"] in (0, 0.0) and units["eta_s"] in (0, 0.0), snap
+    held_collate.set()
+    wait_for(submitted.done, 60, "the run's end")
+    assert submitted.summary is not None and submitted.summary.ok

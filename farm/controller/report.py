@@ -18,7 +18,10 @@ class RunReport:
         return end - self.started_mono
 
     def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
-        running_fraction = sum(self.progress.values())
+        # a job being collated is rendered: it counts whole, or the bar (and a client's rate)
+        # would go back between its agent's last progress and its collate's end
+        rendered = {**self.progress, **dict.fromkeys(self.collating, 1.0)}
+        running_fraction = sum(rendered.values())
         elapsed = self.elapsed()
         rate = (self.done - self.resumed + len(self.failures) + running_fraction) / elapsed if elapsed > 0.5 else None
         left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
@@ -50,7 +53,7 @@ class RunReport:
                       else None),
             "stalled": stalled,
             "error": self.error,
-            "units": self.units.snapshot(self.progress, elapsed, exhausted=self.exhausted, active=self.active),
+            "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted, active=self.active),
         }
 
     def summary(self) -> dict[str, Any]:
