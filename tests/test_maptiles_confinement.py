@@ -23,6 +23,7 @@ from farm.mediatype import RenderContext
 from farm.plugins import get_media_type
 from farm.project import load_project
 
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
 SECRET = "TOPSECRET-7f3a-do-not-show"
 POINTS = 'wkt,name\n"POINT(0 0)",ORIGIN\n'
 PIN = '<svg xmlns="http://www.w3.org/2000/svg" width="20" height="20"><rect width="20" height="20"/></svg>\n'
@@ -244,3 +245,55 @@ def test_an_agent_checks_the_style_again_before_it_renders(tmp_path: Path, secre
     assert "[maptiles] buffer" in render({**loaded.settings, "buffer": "wide"})
     assert not any(out.iterdir())
     assert os.stat(secret).st_mode & 0o777 == 0o600
+
+
+# -- files [assets] keeps from the agents --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assets", "csv", "icon", "words"),
+    [
+        ('exclude = ["data/**"]', "data/places.csv", "icons/pin.svg",
+         "layer 'places' (datasource type 'csv'): file: '../data/places.csv' is data/places.csv in the "
+         "project, but [assets] exclude leaves it out of the files sent to the agents (pattern 'data/**')"),
+        ("", ".data/places.csv", "icons/pin.svg", "'.data' starts with '.'"),
+        ("", "output/places.csv", "icons/pin.svg", "is output/places.csv in the project, but it is in the "
+                                                   "output folder output/"),
+        ('include = ["**/*.xml", "**/*.svg"]', "data/places.csv", "icons/pin.svg",
+         "no [assets] include pattern matches it ('**/*.xml', '**/*.svg')"),
+        ('exclude = ["icons/*.svg"]', "data/places.csv", "icons/pin.svg",
+         "MarkersSymbolizer in style 'labels': file: '../icons/pin.svg' is icons/pin.svg in the project, "
+         "but [assets] exclude leaves it out"),
+    ],
+    ids=["exclude", "hidden", "output", "include", "symbolizer"],
+)
+def test_a_style_reading_a_file_the_agents_never_get_is_refused_at_load(
+    tmp_path: Path, assets: str, csv: str, icon: str, words: str
+) -> None:
+    """Before, it loaded, and every job failed on the agents naming the agent's copy of farm.toml."""
+    style = layer_style(csv_source(f"../{csv}"), f'<MarkersSymbolizer file="../{icon}"/>')
+    project = write_project(tmp_path / "p", style, {csv: POINTS, icon: PIN}, table='style = "style/map.xml"')
+    with (project / "farm.toml").open("a") as toml:
+        toml.write(f"\n[assets]\n{assets}\n")
+    with pytest.raises(ProjectError) as caught:
+        load_project(project)
+    message = caught.value.message
+    assert caught.value.key == "[maptiles] style" and caught.value.line == 6, caught.value
+    assert message.startswith("cannot use style 'style/map.xml': style/map.xml:"), message
+    assert words in message and "To fix: " in message, message
+
+
+def test_a_shapefile_part_left_out_is_refused_by_farm_submit(tmp_path: Path) -> None:
+    """A shapefile names its .dbf only by its stem: a pattern that leaves that part out is found too."""
+    project = tmp_path / "world_map"
+    shutil.copytree(SAMPLE, project, ignore=shutil.ignore_patterns("output", ".farm"))
+    with (project / "farm.toml").open("a") as toml:
+        toml.write('\n[assets]\nexclude = ["**/*.dbf"]\n')
+    done = subprocess.run([sys.executable, "-m", "farm", "submit", "--agents", "1", str(project)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    where = f"{project / 'farm.toml'}:8: [maptiles] style: cannot use style 'world.xml': world.xml:"
+    assert where in done.stderr, done.stderr
+    assert ("'data/naturalearth_lowres.dbf' is data/naturalearth_lowres.dbf in the project, but [assets] "
+            "exclude leaves it out of the files sent to the agents (pattern '**/*.dbf')") in done.stderr
+    assert not (project / "output").exists()

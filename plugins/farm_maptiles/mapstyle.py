@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.assetrules import AssetRules
 from farm_maptiles import fonts, labels, references
 from farm_maptiles.stylexml import Element, StyleProblem, parse_style
 
@@ -54,11 +55,12 @@ class Style:
         return StyleError(f"{self.name}:{line}: {message}" if line else f"{self.name}: {message}")
 
 
-def read_style(path: Path, root: Path) -> Style:
+def read_style(path: Path, root: Path, rules: AssetRules | None = None) -> Style:
     """Parse the style at ``path`` (inside project ``root``) and check everything it refers to.
 
     Raises `StyleError` for XML farm cannot check, a path leaving the project, a missing file,
-    a datasource type not allowed here, or a ``face-name`` Mapnik cannot open.
+    a file ``rules`` (the project's ``[assets]``, at load) keep from the agents, a datasource
+    type not allowed here, or a ``face-name`` Mapnik cannot open.
     """
     name = path.relative_to(root).as_posix()
     try:
@@ -73,8 +75,8 @@ def read_style(path: Path, root: Path) -> Style:
     style = Style(path, root, tree, xml, [], None, [])
     try:
         style.font_dir = references.font_directory(tree, folder, root)
-        style.files = references.symbolizer_files(tree, folder, root)
-        style.datasources = references.datasources(tree, folder, root)
+        style.files = references.symbolizer_files(tree, folder, root, rules)
+        style.datasources = references.datasources(tree, folder, root, rules)
         style.files += [f for ds in style.datasources for f in ds.files]
         fonts.check_fonts(tree, style.font_dir)
     except StyleProblem as exc:
@@ -149,10 +151,10 @@ def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
     return chosen
 
 
-def check_style(path: Path, root: Path, buffer: int | None = None) -> int:
+def check_style(path: Path, root: Path, buffer: int | None = None, rules: AssetRules | None = None) -> int:
     """Check the style fully (`read_style`, then Mapnik loads it with its data); returns the buffer to use."""
     register_fonts()
-    style = read_style(path, root)
+    style = read_style(path, root, rules)
     return choose_buffer(style, load_map(style), buffer)
 
 

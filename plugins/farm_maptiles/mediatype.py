@@ -87,7 +87,8 @@ class MapTiles(MediaType):
         elif mapnik_missing() is None:
             style = settings.root / values["style"]
             try:
-                values["buffer"] = mapstyle.check_style(style, settings.root, values["buffer"])
+                values["buffer"] = mapstyle.check_style(style, settings.root, values["buffer"],
+                                                        settings.asset_rules())
             except mapstyle.StyleError as exc:
                 raise settings.error("style", f"cannot use style {values['style']!r}: {exc}") from None
         return values

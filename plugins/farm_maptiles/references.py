@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.assetrules import AssetRules
 from farm_maptiles.stylexml import Element, StyleProblem
 
 #: types that read only the one file they are given (a shapefile: its .shp/.shx/.dbf siblings)
@@ -27,6 +28,13 @@ _BUILTIN_MARKERS = ("shape://", "image://")
 #: parameters that make a file datasource read or write other files; refused
 _UNSAFE_PARAMS = {"sqlite": ("attachdb", "initdb")}
 _SHAPE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".index")
+#: what to do about each reason a project file does not travel (`farm.assetrules.AssetRules.left_out`)
+_HINTS = {
+    "exclude": "remove the pattern from [assets] exclude in farm.toml, or the reference from the style",
+    "include": "add the file to [assets] include in farm.toml, or remove the reference from the style",
+    "hidden": "rename it so that no name in its path starts with '.', or remove the reference from the style",
+    "output": "move the file out of the output folder, or remove the reference from the style",
+}
 
 
 class BadReference(StyleProblem):
@@ -58,8 +66,10 @@ def allowed_datasources() -> frozenset[str]:
     return FILE_DATASOURCES | {t.strip() for t in extra.split(",") if t.strip()}
 
 
-def confine(value: str, style_dir: Path, root: Path, what: str, line: int) -> Path:
-    """``value`` resolved against the style's folder; refuses paths that leave ``root``.
+def confine(value: str, style_dir: Path, root: Path, what: str, line: int,
+            rules: AssetRules | None = None) -> Path:
+    """``value`` resolved against the style's folder; refuses paths that leave ``root``, and
+    with ``rules`` (the project's ``[assets]``, at load) files those rules keep from the agents.
 
     Returns the absolute path (inside ``root``). Raises `BadReference` naming ``what``.
     """
@@ -82,6 +92,12 @@ def confine(value: str, style_dir: Path, root: Path, what: str, line: int) -> Pa
         if path != base and base not in path.parents:
             how = "" if path is full else " through a symlink"
             raise BadReference(f"{what}: {value!r} leads outside the project{how}", line)
+    rel = full.relative_to(Path(os.path.normpath(root))).as_posix()
+    dropped = rules.left_out(rel) if rules is not None and rel != "." else None
+    if dropped is not None:  # else the style loads here and every job fails on the agents
+        kind, why = dropped
+        raise BadReference(f"{what}: {value!r} is {rel} in the project, but {why}. To fix: {_HINTS[kind]}",
+                           line)
     return full
 
 
@@ -92,7 +108,8 @@ def _style_name(node: Element) -> str:
     return "the Map"
 
 
-def symbolizer_files(map_node: Element, style_dir: Path, root: Path) -> list[Path]:
+def symbolizer_files(map_node: Element, style_dir: Path, root: Path,
+                     rules: AssetRules | None = None) -> list[Path]:
     """Every symbolizer ``file`` and the Map's ``background-image``, confined; they must exist."""
     sources = {n.attrib.get("name", ""): _text(n) for n in map_node.iter("FileSource")}
     found = []
@@ -105,7 +122,7 @@ def symbolizer_files(map_node: Element, style_dir: Path, root: Path) -> list[Pat
         if node.tag != "Map" and "base" in node.attrib and node.attrib["base"] in sources:
             value = sources[node.attrib["base"]] + "/" + value
         what = f"{node.tag} in {_style_name(node)}: file" if node.tag != "Map" else "Map background-image"
-        path = confine(value, style_dir, root, what, node.line)
+        path = confine(value, style_dir, root, what, node.line, rules)
         if not path.is_file():
             raise BadReference(f"{what}: {value!r} does not exist (looked for {path.relative_to(root)})",
                                node.line)
@@ -124,7 +141,8 @@ def font_directory(map_node: Element, style_dir: Path, root: Path) -> Path | Non
     return path
 
 
-def datasources(map_node: Element, style_dir: Path, root: Path) -> list[Datasource]:
+def datasources(map_node: Element, style_dir: Path, root: Path,
+                rules: AssetRules | None = None) -> list[Datasource]:
     """Every layer's datasource with its parameters merged as Mapnik merges them, checked.
 
     Raises `BadReference` for a type not allowed here, a parameter that reads other
@@ -143,7 +161,7 @@ def datasources(map_node: Element, style_dir: Path, root: Path) -> list[Datasour
             params = dict(templates.get(node.attrib.get("base", ""), {}))
             params.update(_params(node))
             ds = Datasource(layer.attrib.get("name", ""), node.line, params)
-            _check(ds, allowed, style_dir, root)
+            _check(ds, allowed, style_dir, root, rules)
             found.append(ds)
     return found
 
@@ -157,7 +175,8 @@ def _params(node: Element) -> dict[str, str]:
     return {p.attrib.get("name", ""): _text(p) for p in node.children if p.tag == "Parameter"}
 
 
-def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path) -> None:
+def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path,
+           rules: AssetRules | None) -> None:
     if ds.type not in allowed:
         reason = ("it reads data from outside the project" if ds.type not in ("gdal", "ogr", "sqlite")
                   else "its files can name further files, outside the project")
@@ -173,14 +192,16 @@ def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path)
         folder = confine(ds.params["base"], style_dir, root, f"{ds.describe()}: base", ds.line)
     if "file" not in ds.params:
         return
-    path = confine(ds.params["file"], folder, root, f"{ds.describe()}: file", ds.line)
+    # a shapefile's name may lack .shp: its parts, below, are the files the rules must send
+    path = confine(ds.params["file"], folder, root, f"{ds.describe()}: file", ds.line,
+                   None if ds.type == "shape" else rules)
     main = path
     if ds.type == "shape":  # Mapnik adds .shp, .shx, .dbf to the name, with or without .shp
         stem = path.with_suffix("") if path.suffix.lower() == ".shp" else path
         main = Path(f"{stem}.shp")
         ds.files = [p for p in (Path(f"{stem}{ext}") for ext in _SHAPE_PARTS) if os.path.lexists(p)]
         for part in ds.files:  # each sibling may be a symlink of its own
-            confine(os.path.relpath(part, folder), folder, root, f"{ds.describe()}: file", ds.line)
+            confine(os.path.relpath(part, folder), folder, root, f"{ds.describe()}: file", ds.line, rules)
     else:
         ds.files = [path]
     if not main.is_file():
