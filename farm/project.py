@@ -207,6 +207,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     try:
         out_dir = safe_relpath(out_dir)
     except UnsafePath as exc:
+        if output is not None:  # the caller's (`farm submit --output`), not farm.toml's
+            raise ProjectError(f"--output {output!r}: {exc}") from None
         raise out.error("directory", str(exc)) from None
 
     jobs = reader("jobs")

@@ -72,6 +72,17 @@ def test_output_folder_may_not_escape_the_project(tmp_path):
         load_project(tmp_path, output="/tmp/out")
 
 
+@pytest.mark.parametrize(("given", "why"), [("/tmp/out", "is absolute"), ("../out", "leads outside")])
+def test_a_bad_output_option_is_named_as_the_option_not_as_farm_toml(tmp_path, given, why):
+    """`farm submit --output /tmp/out` was reported as farm.toml's [output] directory, which the
+    project may not even have."""
+    write_project(tmp_path, "synthetic")
+    with pytest.raises(ProjectError) as info:
+        load_project(tmp_path, output=given)
+    assert info.value.key is None and "[output]" not in str(info.value), info.value
+    assert str(info.value).startswith(f"--output {given!r}: path {given!r} {why}"), info.value
+
+
 def test_jobs_table_overrides_timeout_and_attempts(tmp_path):
     write_project(tmp_path, "synthetic", extra="[jobs]\ntimeout = 2.5\nmax_attempts = 5\n")
     project = load_project(tmp_path)
