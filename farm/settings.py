@@ -182,7 +182,7 @@ class SettingsReader:
         rules = self.asset_rules()
         dropped = rules.left_out(rel) if rules is not None else None
         if dropped is not None:
-            raise self.error(key, f"{value!r} never reaches the agents: {dropped[1]}; {_HINTS[dropped[0]]}")
+            raise self.error(key, f"{value!r}: {dropped[1]}; {_HINTS[dropped[0]]}")
         full = self.root / rel
         if not full.is_file():
             raise self.error(key, f"file {value!r} does not exist in the project ({self.root})")

@@ -75,7 +75,7 @@ def test_a_texture_no_include_pattern_matches_is_refused(scenes, tmp_path):  # n
 @pytest.mark.slow
 def test_an_excluded_scene_file_is_refused(scenes, tmp_path):  # noqa: F811
     message = refused(with_assets(project_copy(scenes, "inside", tmp_path), 'exclude = ["*.blend"]\n'))
-    assert "'shot.blend' never reaches the agents: [assets] exclude leaves it out" in message
+    assert "'shot.blend': [assets] exclude leaves it out" in message
     assert "(pattern '*.blend')" in message
 
 

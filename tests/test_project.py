@@ -146,5 +146,5 @@ def test_an_asset_the_agents_never_get_is_refused_naming_why(tmp_path, assets, p
         f'[project]\nname = "p"\nmedia_type = "audio"\n[assets]\n{assets}\n[audio]\ninput = "{path}"\n')
     with pytest.raises(ProjectError) as err:
         load_project(tmp_path)
-    assert f"[audio] input: '{path}' never reaches the agents: " in str(err.value) and why in str(err.value)
+    assert f"[audio] input: '{path}': " in str(err.value) and why in str(err.value)
     assert err.value.line == 7
