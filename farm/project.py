@@ -137,6 +137,7 @@ class Project:
         file = root / PROJECT_FILE
         reader = SettingsReader(self.table, table=media.name, file=file, text="", root=root)
         reader.output, reader.include, reader.exclude = self.output, self.include, self.exclude
+        reader.max_output = self.max_output
         settings = _configure(media, reader, file)
         facts = _renderer_facts(media, settings, file)
         if self.facts:  # the controller split and collates by these: a renderer that disagrees cannot render
@@ -234,6 +235,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
             )
     table = reader(media.name)
     table.output, table.include, table.exclude = out_dir, tuple(include), tuple(exclude)
+    table.max_output = int(max_output * 2**20)
     settings = _configure(media, table, file)
     return Project(
         root=root,

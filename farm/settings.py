@@ -73,6 +73,9 @@ class SettingsReader:
         self.output: str | None = None
         self.include: tuple[str, ...] | None = None
         self.exclude: tuple[str, ...] = ()
+        #: the bytes of outputs one job may return (``[jobs] max_output_mib``), for a media type that
+        #: can tell at load that its jobs would return more; None where no project is read
+        self.max_output: int | None = None
         self._used: set[str] = set()
 
     def facts_reader(self) -> SettingsReader:

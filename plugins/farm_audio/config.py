@@ -95,6 +95,8 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         lead_in_s = lead_out_s = 0.0
     at_encode = gain_at_encode(filters, loudnorm)
     streams = ["f64le"] if at_encode else encode.segment_streams(outputs)
+    _check_job_size(s, min(split["segment"], found["samples"]), sample_rate, found["out_channels"], streams,
+                    whole_file)
     stat = path.stat()
     return {
         "input": input_rel,
@@ -129,6 +131,29 @@ def read_settings(s: SettingsReader) -> dict[str, Any]:
         "name": name,
         "probed": found,  # what ffmpeg found (`renderer_facts`): all the rest follows from it and the table
     }
+
+
+def _check_job_size(s: SettingsReader, segment: int, rate: int, channels: int, streams: list[str],
+                    whole_file: str | None) -> None:
+    """A segment's PCM (every stream a job returns) must fit in what one job may return
+    (``[jobs] max_output_mib``): found here, not after a job's render fails three times."""
+    if s.max_output is None:
+        return
+    frame = channels * sum(probe.RAW_BYTES[fmt] for fmt in streams)
+    if segment * frame <= s.max_output:
+        return
+    size, limit = segment * frame / 2**20, s.max_output / 2**20
+    longest = s.max_output // frame / rate
+    what = (f"{channels} channel{'s' if channels != 1 else ''} of {' + '.join(streams)} PCM "
+            f"({frame} bytes a sample, all of which a job returns)")
+    if whole_file:  # the chain cannot be cut: the whole input is the one job
+        raise s.error("filters", f"{whole_file}, so the whole "
+                                 f"{segment / rate:.1f} s input is one job, whose {what} come to {size:.1f} "
+                                 f"MiB, over the {limit:.1f} MiB a job may return ([jobs] max_output_mib, at "
+                                 f"most 60): use an input of at most {longest:.0f} s, or a chain that splits")
+    raise s.error("segment", f"a {segment / rate:g} s segment of {what} is {size:.1f} MiB, over the "
+                             f"{limit:.1f} MiB a job may return ([jobs] max_output_mib, at most 60): use "
+                             f"segments of at most {longest:.0f} s")
 
 
 def _measure(s: SettingsReader, path: Path, digest: str, input_rel: str, filters: list[Filter],
