@@ -43,7 +43,9 @@ def agent(
         "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
                              "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
                              "else all installed.")] = None,
-    agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
+    agent_id: Annotated[Optional[str], typer.Option(
+        "--id", help="A name for this agent; started again on this machine after a crash, it takes "
+                     "the name back at once (its node token: docs/architecture.md).")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     keys_dir: KeysDir = None,
     key: Annotated[str, typer.Option("--key", help="This node's key pair name.")] = "node",
