@@ -58,7 +58,7 @@ def test_a_node_killed_mid_job_comes_back_under_its_id_and_stays_drained(tmp_pat
         first, _ = nodes.start(link.url, "render01", "render01")
         old = wait_for(lambda: patient.registry.by_id("render01"), WAIT_S, "render01")
         run = Background(patient.url, gated_project(tmp_path / "project", 2))
-        wait_for(gate.started, WAIT_S, "a job running on render01")
+        (running,) = wait_for(gate.started, WAIT_S, "a job running on render01")
         drained = subprocess.run([sys.executable, "-m", "farm", "drain", "render01", "--controller",
                                   patient.url], capture_output=True, text=True, timeout=120)
         assert drained.returncode == 0, drained.stderr
@@ -77,7 +77,7 @@ def test_a_node_killed_mid_job_comes_back_under_its_id_and_stays_drained(tmp_pat
         (left,) = events.of("agent.left", agent="render01")
         assert "restarted" in left.data["reason"]
         (requeued,) = events.of("job.retried", agent="render01")  # its running job, once, at no attempt
-        assert requeued.job == "job-0" and requeued.data["counted"] is False
+        assert requeued.job == running and requeued.data["counted"] is False
         assert wait_for(lambda: "connected to" in log.read_text(), WAIT_S, "its line")
         assert "known there as" not in log.read_text()
 
@@ -92,7 +92,7 @@ def test_a_node_killed_mid_job_comes_back_under_its_id_and_stays_drained(tmp_pat
         done = events.settled().of("job.done")
         assert sorted((e.job, e.agent) for e in done) == [("job-0", "helper"), ("job-1", "helper")]
         assert not events.of("job.started", agent="render01", after=back)
-        assert gate.started() == ["job-0", "job-0", "job-1"]  # the killed attempt, then one each
+        assert gate.started() == sorted([running, "job-0", "job-1"])  # the killed attempt, then one each
     finally:
         link.close()
 
@@ -166,6 +166,24 @@ def test_the_same_nodes_next_process_takes_the_id_and_the_jobs_run_once(patient,
         dead.close()
         if after is not None:
             after.close()
+
+
+def test_a_renamed_nodes_next_process_takes_the_name_it_had(patient):
+    """A node renamed because another node has its --id comes back under the name it was given."""
+    peers = [HandWrittenAgent(patient.url, "node", hold, caps=(), session="s1", node="b" * 64),
+             HandWrittenAgent(patient.url, "node", hold, caps=(), session="s2", node=TOKEN)]
+    try:
+        wait_for(lambda: all(p.welcome for p in peers), WAIT_S, "both welcomes")
+        assert [p.welcome["agent"] for p in peers] == ["node", "node-2"]
+        peers[1]._stop.set()  # silent, its connection open: its power was cut
+        peers[1].thread.join(WAIT_S)
+        peers.append(HandWrittenAgent(patient.url, "node", hold, caps=(), session="s3", node=TOKEN))
+        wait_for(lambda: peers[2].welcome, WAIT_S, "the next process's welcome")
+        assert peers[2].welcome["agent"] == "node-2"
+        assert sorted((a.id, a.session) for a in patient.registry) == [("node", "s1"), ("node-2", "s3")]
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 def test_a_copied_token_displaces_a_live_agent_once_and_then_proves_nothing(patient):
