@@ -44,6 +44,12 @@ def cache_dir() -> Path:
     return Path(base) / "farm"
 
 
+def state_dir() -> Path:
+    """This user's farm state: ``$XDG_STATE_HOME/farm``, else ``~/.local/state/farm`` (not made here)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "farm"
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` (and missing parents) and keep it to its owner: mode 0700, also if it existed."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

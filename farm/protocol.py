@@ -180,6 +180,7 @@ SHAPES: dict[T, dict[str, Any]] = {
         "version": str,
         "missing": opt(ANY),
         "session": opt(str),  # a secret per agent process: a reconnect shows it, an impostor cannot
+        "node": opt(str),  # a secret per node and agent id: a restart shows it (farm.agent.nodetoken)
         "broken": opt(str),  # why this agent cannot run anything (its workers die at start)
         "plugins": opt(ANY),  # {media type: plugin version}; checked by farm.controller.versions
     },

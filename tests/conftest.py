@@ -85,6 +85,18 @@ def restartable_url() -> str:
     raise RuntimeError("no free pair of loopback ports between 20000 and 32000")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents keep their node tokens (`farm.agent.nodetoken`) under $XDG_STATE_HOME: the tests' own."""
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
 @pytest.fixture
 def synthetic(tmp_path: Path) -> Callable[..., Path]:
     """Write a synthetic project: synthetic(jobs=10, sleep=0.0, ...) -> its folder."""

@@ -71,7 +71,7 @@ class HandWrittenAgent:
 
     def __init__(self, url: str, agent_id: str, answer: Any, *, caps: tuple[str, ...] = ("synthetic",),
                  slots: int = 4, identity: bytes | None = None, session: str | None = None,
-                 held: list[str] | None = None) -> None:
+                 held: list[str] | None = None, node: Any = None, host: str = "elsewhere") -> None:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if identity is not None:
@@ -81,10 +81,12 @@ class HandWrittenAgent:
         self.jobs = 0
         self.leases: list[str] = []
         self.welcome: dict[str, Any] | None = None
-        self.hello = {"agent": agent_id, "host": "elsewhere", "pid": 1, "slots": slots, "prefetch": 0,
+        self.hello = {"agent": agent_id, "host": host, "pid": 1, "slots": slots, "prefetch": 0,
                       "caps": list(caps), "held": held or [], "version": "0"}
         if session:
             self.hello["session"] = session
+        if node is not None:  # a node token (farm.agent.nodetoken), or anything a test sends as one
+            self.hello["node"] = node
         self._stop = threading.Event()
         self.sock.send_multipart(pack(T.HELLO, self.hello))
         self.thread = threading.Thread(target=self._serve, daemon=True)

@@ -68,9 +68,11 @@ class Agent:
         local_assets: bool = False,
         peers: bool = True,
         workers: EarlyWorkers | None = None,
+        node: str | None = None,
     ) -> None:
         """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome.
-        ``workers``: a pool started ahead of us (`EarlyWorkers`; its slots and scratch folder win)."""
+        ``workers``: a pool started ahead of us (`EarlyWorkers`; its slots and scratch folder win).
+        ``node``: this node's token for our id (`farm.agent.nodetoken`), proving a restart is us."""
         self.controller = controller
         self.nslots = slots or os.cpu_count() or 1
         self.prefetch = prefetch
@@ -116,6 +118,7 @@ class Agent:
         self.on_connect = on_connect
         self.caps, self.missing, self.media_types = detect(self.tags)
         self.session = uuid.uuid4().hex  # shown only to the controller: proves a reconnect is us
+        self.node = node
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -223,6 +226,8 @@ class Agent:
             "session": self.session,
             "plugins": get_plugins().versions(),  # a controller with other versions sends us none of theirs
         }
+        if self.node:
+            body["node"] = self.node
         if self.pool.broken:
             body["broken"] = self.pool.broken
         return body

@@ -10,6 +10,7 @@ import typer
 
 from farm.agent.agent import Agent
 from farm.agent.capabilities import MEDIA_TYPES_ENV
+from farm.agent.nodetoken import claim as claim_node
 from farm.cli.errors import reported
 from farm.cli.options import (
     ControllerUrl,
@@ -22,6 +23,7 @@ from farm.cli.options import (
     join_argument,
 )
 from farm.errors import FarmError
+from farm.ids import check_name
 from farm.keys import SecurityError
 from farm.plugins import get_plugins
 from farm.trace import mark
@@ -41,7 +43,9 @@ def agent(
         "--media-type", help="Offer only this media type (repeat for more); the others' plugins are "
                              "neither loaded nor probed. Default: $FARM_MEDIA_TYPES (comma-separated), "
                              "else all installed.")] = None,
-    agent_id: Annotated[Optional[str], typer.Option("--id", help="A name for this agent.")] = None,
+    agent_id: Annotated[Optional[str], typer.Option(
+        "--id", help="A name for this agent; started again on this machine after a crash, it takes "
+                     "the name back at once (its node token: docs/architecture.md).")] = None,
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     keys_dir: KeysDir = None,
     key: Annotated[str, typer.Option("--key", help="This node's key pair name.")] = "node",
@@ -78,11 +82,18 @@ def agent(
         mark("agent: starting")
         # a node's operator sees it join; an embedded farm's agents (started with --parent-pid) stay quiet
         said = None if parent_pid else (lambda line: typer.echo(line, err=True))
-        agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
-                      agent_id=agent_id or joined_as, parent_pid=parent_pid, socket_setup=setup,
-                      cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets,
-                      peers=not no_peers)
-        agent.run()
+        name = check_name(agent_id or joined_as, "agent id") if agent_id or joined_as else None
+        # a named agent proves that its restart is the same node (farm.agent.nodetoken); unnamed, it is new
+        node = claim_node(name) if name else None
+        try:
+            agent = Agent(url, on_connect=said, slots=slots, prefetch=prefetch, tags=tag or [],
+                          agent_id=name, parent_pid=parent_pid, socket_setup=setup,
+                          cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), local_assets=local_assets,
+                          peers=not no_peers, node=node.token if node else None)
+            agent.run()
+        finally:
+            if node is not None:
+                node.release()
         if agent.refused_role:  # a client's key, or no keys at all: the same refusal after every restart
             typer.echo(f"error: the agent stops: {agent.refused_role}", err=True)
             raise typer.Exit(JOIN_REFUSED_EXIT)

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from farm.controller.registry import AgentState
+from farm.controller.restarts import Restarts, node_token
 from farm.controller.run import Lease
 from farm.controller.staging import oversize, stage
 from farm.controller.versions import read_versions, skew
@@ -80,15 +81,17 @@ class AgentSide:
             assert self.security is not None
             key_name = self.security.name_of(key) or key[:16]
         session = body.get("session") or ""
-        agent_id, previous = self._identify(identity, known, claimed, session, key)
+        node = node_token(body)
         broken = body.get("broken")
-        plugins = read_versions(body.get("plugins"))
+        plugins = read_versions(body.get("plugins"))  # all checked before _identify may drop a predecessor
+        agent_id, previous = self._identify(identity, known, claimed, session, key, node, body["host"])
         agent = AgentState(
             identity=identity,
             id=agent_id,
             key=key,
             key_name=key_name,
             session=session,
+            node=node,
             broken=broken[:MAX_BROKEN_TEXT] if isinstance(broken, str) and broken else None,
             host=body["host"],
             slots=max(1, min(body["slots"], 4096)),
@@ -124,19 +127,28 @@ class AgentSide:
         self._send(identity, T.WELCOME, welcome)
 
     def _identify(self, identity: bytes, known: AgentState | None, claimed: str, session: str,
-                  key: str | None) -> tuple[str, AgentState | None]:
+                  key: str | None, node: str, host: str) -> tuple[str, AgentState | None]:
         """The id this HELLO's agent gets, and the registry entry it continues (if any).
 
         A HELLO on a known connection updates that agent; one that shows the secret session of
-        a live agent is that agent reconnecting (it keeps the id it has here); anyone else claiming a live id
-        (a second node started with the same --id, or an impostor) gets a free id of its own
-        and none of the first one's routing or jobs.
+        a live agent is that agent reconnecting (it keeps the id it has here); one that shows the
+        node token of a live agent of its host and key is that node's next process, and the live one
+        its dead predecessor, dropped first (`farm.controller.restarts`). Anyone else claiming a live
+        id (a second node started with the same --id, or an impostor) gets a free id of its own and
+        none of the first one's routing or jobs.
         """
         if known is not None:
             return known.id, known
         again = self.registry.by_session(session)
         if again is not None and again.key == key:  # under the id it was given, if it was renamed
             return again.id, again
+        restarts = self._restarts()
+        dead = restarts.predecessor(self.registry, self._claimed_ids(), claimed, session, node, key, host)
+        if dead is not None:
+            self._drop_agent(dead, "it restarted: its node's new process showed the node token")
+            restarts.dropped(dead)
+            if self.registry.by_id(claimed) is not None:  # it had been renamed, and the name's holder lives
+                return dead.id, None
         live = self.registry.by_id(claimed)
         if live is None:
             return claimed, None
@@ -144,6 +156,13 @@ class AgentSide:
         log.warning("agent id %r is in use by a live agent on %s; the new agent is known as %r (give each "
                     "agent its own --id)", claimed, live.host, agent_id)
         return agent_id, None
+
+    def _restarts(self) -> Restarts:
+        """Node tokens' memory: predecessors dropped for a restart, tokens found shared."""
+        found = getattr(self, "_restart_memory", None)
+        if found is None:
+            found = self._restart_memory = Restarts()
+        return found
 
     def _results(self, agent: AgentState, results: list[JobResult], payloads: list[bytes]) -> None:
         offset = 0

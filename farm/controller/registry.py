@@ -25,6 +25,7 @@ class AgentState:
     key: str | None = None  # its authenticated public key, when CURVE is on
     key_name: str | None = None  # that key's name in the controller's allowed/ folder
     session: str = ""  # the agent process's secret token: a reconnect shows it, an impostor cannot
+    node: str = ""  # its node's secret token (farm.agent.nodetoken): the node's next process shows it
     broken: str | None = None  # why it cannot run anything (its workers die at start), if so
     plugins: dict[str, str] | None = None  # {media type: plugin version} it said it has (None: not said)
     skew: dict[str, str] = field(default_factory=dict)  # media type -> why it gets none of its jobs
