@@ -110,6 +110,8 @@ def test_a_cancel_publishes_the_outputs_once_the_running_collate_returned(
     there = next((controller.state_dir / "uploads").glob("*/output"))
     final = _bins(there)
     assert final[f"{hold.key}.bin"] == payload(hold.key, SIZE)  # the held collate finished its file
+    # and its job counts as done: the summary counts every job whose outputs are there, no more
+    assert followed.body["summary"]["jobs"]["done"] == len(final), (followed.body["summary"], sorted(final))
     for folder in (tmp_path / "a", tmp_path / "b", project / "output"):
         got = _bins(folder)
         assert got == final, folder  # what was published is what the folder holds now, whole

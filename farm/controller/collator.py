@@ -12,8 +12,8 @@ after a restart, as before.
 One thread, so collates never run concurrently with each other and run in the order the
 loop accepted their results; `finalize` starts only once every accepted collate of its run
 has come back (`ProjectRun.all_in` counts the jobs being collated). A cancelled run's
-collates not yet started are skipped; one already running finishes, and its outcome is
-dropped (the run has ended; its job is not journaled done). What must wait for that collate
+collates not yet started are skipped; one already running finishes, and its job counts as
+done (its outputs are in the output folder, whole), after the run's end. What must wait for that collate
 (publishing the cancelled run's outputs for download: its files may be half written) waits
 in `after_collate`, off the loop's back. `close` stops after the collate running: the rest
 of the batch the thread holds is skipped as what is queued.
@@ -113,8 +113,12 @@ def settle(pending: Pending) -> None:
     failure) or, for outputs from the job cache, rendered after all; the agent's counters."""
     run, key, lease = pending.run, pending.job.key, pending.lease
     if run.collating.get(key) is not pending:  # the run was cancelled meanwhile
-        return
-    del run.collating[key]
+        if not (run.state == "cancelled" and not pending.skipped and pending.error is None):
+            return
+        # its collate was running and wrote the job's outputs whole: the job is done, as they show
+        # (the cancelled run's summary, served once this collate is back, counts it)
+    else:
+        del run.collating[key]
     if pending.agent is not None:
         if pending.error is None:
             pending.agent.done += 1
