@@ -20,8 +20,8 @@ GATED = """
     from farm.mediatype import Job, MediaType
 
 
-    class Gated(MediaType):
-        name = "gated"
+    class Held(MediaType):
+        name = "held"
 
         def configure(self, s):
             settings = {{"jobs": s.integer("jobs", 2)}}
@@ -42,13 +42,13 @@ GATED = """
 
     @hookimpl
     def farm_register_media_types(register):
-        register(Gated)
+        register(Held)
 """
 
 
 @dataclass
 class Gate:
-    """The `gated` media type's gate (jobs wait while it exists) and the marks its jobs leave."""
+    """The `held` media type's gate (jobs wait while it exists) and the marks its jobs leave."""
 
     gate: Path
     marks: Path
@@ -60,22 +60,23 @@ class Gate:
 
 
 def gated_plugin(folder: Path) -> Gate:
-    """Install `gated` for agents' processes (the controller in this process needs it too: see
+    """Install `held` (a name no other test installs: a media type is installed once per
+    test process) for agents' processes (the controller in this process needs it too: see
     `control_helpers.installed_plugin`, which this calls), with its gate closed."""
     from control_helpers import installed_plugin
 
     gate, marks = folder / "gate", folder / "marks"
     marks.mkdir(parents=True)
     gate.touch()
-    env = installed_plugin(folder / "site", "farm_gated_test", GATED.format(marks=str(marks), gate=str(gate)),
-                           "gated")
+    env = installed_plugin(folder / "site", "farm_held_test", GATED.format(marks=str(marks), gate=str(gate)),
+                           "held")
     return Gate(gate, marks, env)
 
 
 def gated_project(folder: Path, jobs: int) -> Path:
     folder.mkdir(parents=True)
     (folder / "farm.toml").write_text(
-        f'[project]\nname = "gated"\nmedia_type = "gated"\n[gated]\njobs = {jobs}\n')
+        f'[project]\nname = "held"\nmedia_type = "held"\n[held]\njobs = {jobs}\n')
     return folder
 
 

@@ -130,10 +130,18 @@ def chatty_plugin(site: Path) -> dict[str, str]:
     return installed_plugin(site, "farm_chatty_test", CHATTY, "chatty")
 
 
+#: media type -> (module, source) installed in this test process by `installed_plugin`
+_INSTALLED: dict[str, tuple[str, str]] = {}
+
+
 def installed_plugin(site: Path, module_name: str, source: str, media_type: str) -> dict[str, str]:
     """Install a media type from ``source`` in this process (the controller's) and in ``site``
     for agents' processes; returns the agents' environment."""
     install_plugin(site, module_name, source, media_type)
+    # this process loads it once: another test's code under the same name would be the one here
+    first = _INSTALLED.setdefault(media_type, (module_name, source))
+    assert first == (module_name, source), (f"media type {media_type!r} was installed with other code by an "
+                                            "earlier test in this process: give this one another name")
     plugins = get_plugins()
     if media_type not in plugins.media_types:  # once per test process
         import importlib
