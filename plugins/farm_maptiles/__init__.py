@@ -6,7 +6,8 @@ Modules: `tilemath` (Web Mercator tile and metatile arithmetic), `config` (the
 it reads, confined to the project), `fonts` (its faces must exist) and `labels` (the buffer
 its labels need); `metatile` (render once, cut into tiles), `pngencode` (the PNG encoder of
 `png` tiles), `bundle` (one file of tiles per job, checked on the controller), `mbtiles` (the
-MBTiles writer), `grouping` (metatiles per job: the split, sized by the controller's adaptive
+MBTiles writer), `leftovers` (an earlier run's tiles this run did not make, removed at
+finalize), `grouping` (metatiles per job: the split, sized by the controller's adaptive
 chunks), `mediatype` (the MediaType). Users' view: docs/media-maptiles.md.
 """
 

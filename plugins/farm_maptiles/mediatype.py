@@ -24,7 +24,7 @@ from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_maptiles import config, grouping, mapstyle, preview
+from farm_maptiles import config, grouping, leftovers, mapstyle, preview
 from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
 from farm_maptiles.metatile import render_metatile, tile_name
@@ -221,6 +221,7 @@ class MapTiles(MediaType):
             metadata["attribution"] = s["attribution"]
         if s["description"]:
             metadata["description"] = s["description"]
+        _remove_leftovers(ctx, writer)
         writer.set_metadata(metadata)
         writer.close()
         del ctx.state[_STATE_KEY]
@@ -230,6 +231,20 @@ class MapTiles(MediaType):
         if tiles.is_dir():
             outputs.append(tiles)
         return outputs
+
+
+def _remove_leftovers(ctx: CollateContext, writer: MBTilesWriter) -> None:
+    """An earlier run's tiles that this run did not make leave both outputs (`farm_maptiles.leftovers`)."""
+    s = ctx.project.settings
+    keep, drop = leftovers.wanted(s), leftovers.failed_ranges(ctx.failed, s)
+    with writer.lock:
+        in_file = leftovers.remove_from_mbtiles(writer.db, keep, drop)
+    in_folder = leftovers.remove_from_folder(ctx.output_dir / "tiles", keep, drop)
+    if in_file or in_folder:
+        failed = f" or of the {len(ctx.failed)} jobs that failed" if drop else ""
+        ctx.log.warning("%s: removed %d tiles from %s and %d from tiles/ that an earlier run left and this "
+                        "run did not make (outside zoom %d-%d and this bbox%s)", ctx.project.name, in_file,
+                        writer.path.name, in_folder, s["minzoom"], s["maxzoom"], failed)
 
 
 _TILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
