@@ -161,3 +161,35 @@ def test_embedded_farm_a_failed_segment_removes_the_earlier_outputs_and_a_fixed_
         name = f"t.{wire['extension']}"
         assert (output / name).read_bytes() == whole_file(project, wire, tmp_path / f"whole-{name}"), name
     assert {n: d for n, d in visible(output).items() if n in OTHERS} == OTHERS
+
+
+# the real ffmpeg, but the encoder of the final outputs (writing .t.<ext>.part) fails
+FAIL_ENCODER = """#!/bin/bash
+case "$*" in *.part*) echo "injected encoder failure" >&2; exit 1;; esac
+exec "{ffmpeg}" "$@"
+"""
+
+
+@pytest.mark.slow  # two runs of a controller and two agents
+@pytest.mark.timeout(300)
+def test_embedded_farm_an_encoder_that_fails_removes_the_earlier_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path / "p", "highpass=f=80")
+    output = root / "output"
+    assert submit_embedded(root, agents=2).ok
+    plant_others(output)
+    wrapper = tmp_path / "ffmpeg-fails-encoder"
+    wrapper.write_text(FAIL_ENCODER.format(ffmpeg=ffmpeg.ffmpeg_exe()))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv(ffmpeg.FFMPEG_ENV, str(wrapper))  # the controller's encoder runs it
+    ffmpeg.ffmpeg_exe.cache_clear()  # this process (the embedded controller) found its ffmpeg already
+    make_project(root, "highpass=f=120")  # new settings: every segment rendered, then encoded anew
+    try:
+        second = submit_embedded(root, agents=2)
+    finally:
+        monkeypatch.delenv(ffmpeg.FFMPEG_ENV)
+        ffmpeg.ffmpeg_exe.cache_clear()  # later tests find the real one again
+    assert not second.ok and second.outputs == [], second
+    assert visible(output) == OTHERS  # not the first run's t.flac and t.mp3, looking like this run's
+    assert "removed the earlier run's t.flac, t.mp3" in (second.error or ""), second

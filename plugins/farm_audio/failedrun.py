@@ -1,4 +1,4 @@
-"""What the finalize of a run with jobs that failed for good leaves, and the warning it logs.
+"""What the finalize of a run with jobs that failed for good (or whose encoder failed) leaves.
 
 Such a run encodes nothing: its audio has a gap, or lacks loudnorm's gain. The outputs an
 earlier run left under the same names would look like this run's (the embedded farm and a
@@ -27,12 +27,19 @@ _SHOWN = 5
 def leave(ctx: CollateContext, segments: Iterable[Segment], analysis_key: str) -> None:
     """Remove the earlier run's final outputs and log one warning saying why and which."""
     s = ctx.project.settings
-    removed = remove_earlier(earlier_outputs(ctx.output_dir, s, ctx.project.root / s["input"],
-                                      analysis_key in ctx.done))
+    removed = remove_outputs(ctx, analysis_key)
     ctx.log.warning("%s: nothing encoded: %s failed (%d of %d jobs)%s", ctx.project.name,
                     what_failed(ctx.failed, segments, s["sample_rate"], analysis_key),
                     len(ctx.failed), len(ctx.failed) + len(ctx.done),
                     f", removed the earlier run's {', '.join(removed)}" if removed else "")
+
+
+def remove_outputs(ctx: CollateContext, analysis_key: str) -> list[str]:
+    """Remove the final outputs an earlier run left (a run that encodes nothing: failed jobs, or
+    an encoder that failed); their names."""
+    s = ctx.project.settings
+    return remove_earlier(earlier_outputs(ctx.output_dir, s, ctx.project.root / s["input"],
+                                          analysis_key in ctx.done))
 
 
 def earlier_outputs(

@@ -224,6 +224,13 @@ class AudioSegments(MediaType):
             return []
         try:
             paths = self._finish(ctx, joins)
+        except RenderError as exc:  # the encoder failed, or audio is missing: the run made no outputs
+            self._abort(ctx)
+            self._end(ctx)
+            removed = failedrun.remove_outputs(ctx, ANALYSIS_KEY)
+            if removed:
+                raise RenderError(f"{exc}; removed the earlier run's {', '.join(removed)}") from None
+            raise
         except BaseException:
             self._abort(ctx)
             self._end(ctx)
