@@ -109,7 +109,9 @@ class Worker:
             self.out.clear()
             self.out_dirty = False
         self.work.clear()
-        self.out.is_empty(), self.work.is_empty()  # set their watches: the next job's check is one read
+        # set their watches now: the next job's emptiness checks are one read each
+        self.out.is_empty()
+        self.work.is_empty()
 
     def run_batch(self, jobs: list[JobSpec]) -> None:
         pending: list[dict[str, Any]] = []
