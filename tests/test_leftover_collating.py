@@ -41,23 +41,42 @@ def web(tmp_path: Path) -> Iterator[HttpFarm]:
     ctl.stop(shutdown_agents=True)
 
 
+class Held:
+    """`HELD`'s collate blocks until `set`; `entered` lists the keys whose collate began, in order."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered: list[str] = []
+
+    def set(self) -> None:
+        self.release.set()
+
+    def settled(self, run: Any) -> bool:
+        """Every job rendered; `HELD`'s collate has begun and those the collator took before it are
+        settled, so what is being collated now stays so until `set` (the collator takes one at a time)."""
+        if HELD not in self.entered or not run.exhausted or run.done + len(run.collating) != JOBS:
+            return False
+        return not set(self.entered[:self.entered.index(HELD)]) & set(run.collating)
+
+
 @pytest.fixture
-def held_collate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Synthetic's collate blocks on the yielded event for `HELD` (released after the test in any case)."""
-    release = threading.Event()
+def held_collate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
+    """Synthetic's collate blocks on the yielded `Held` for `HELD` (released after the test in any case)."""
+    held = Held()
     collate = Synthetic.collate
 
     def gated(media, job, result, outputs, ctx):
+        held.entered.append(job.key)
         if job.key == HELD:
-            assert release.wait(120), "never released"
+            assert held.release.wait(120), "never released"
         collate(media, job, result, outputs, ctx)
 
     monkeypatch.setattr(Synthetic, "collate", gated)
-    yield release
-    release.set()
+    yield held
+    held.set()
 
 
-def held_run(web: HttpFarm, agents: Any, synthetic: Any) -> tuple[Any, Background, list[str]]:
+def held_run(web: HttpFarm, agents: Any, synthetic: Any, held: Held) -> tuple[Any, Background, list[str]]:
     """A run of `JOBS` jobs, all rendered, `HELD` among those being collated: (the controller's
     run, its submitter, the keys being collated)."""
     agents(web.controller.url, 2)
@@ -65,15 +84,15 @@ def held_run(web: HttpFarm, agents: Any, synthetic: Any) -> tuple[Any, Backgroun
     submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16))
     wait_for(lambda: web.controller.runs, 30, "the run")
     run = next(iter(web.controller.runs.values()))
-    # every job rendered: each is done or waiting in the collator (HELD, and those queued behind it)
-    wait_for(lambda: run.exhausted and run.done + len(run.collating) == JOBS and HELD in run.collating,
-             60, "every job rendered, HELD's collate held")
+    # every job rendered: each is done or waiting in the collator (HELD, and those queued behind it);
+    # a job handed over before HELD may still be collating when HELD joins `collating`: wait it out
+    wait_for(lambda: held.settled(run), 60, "every job rendered, HELD's collate held")
     return run, submitted, sorted(run.collating)
 
 
 def test_a_job_being_collated_is_listed_counted_and_filterable(web, agents, synthetic, held_collate):
     assert get_args(JobState) == JOB_STATES  # the API accepts exactly the controller's states
-    run, submitted, collating = held_run(web, agents, synthetic)
+    run, submitted, collating = held_run(web, agents, synthetic, held_collate)
     listing = web.get(f"/api/v1/projects/{run.id}/jobs").json()
     by_state: dict[str, list[str]] = {}
     for job in listing["jobs"]:
@@ -109,7 +128,7 @@ def test_the_dashboard_lists_and_filters_jobs_being_collated(web, agents, synthe
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    run, submitted, collating = held_run(web, agents, synthetic)
+    run, submitted, collating = held_run(web, agents, synthetic, held_collate)
     open_project(browser, web.base, run.id)
     rows = ("return [...document.querySelectorAll('#jobs tr[data-key]')]"
             ".map(r => [r.dataset.key, r.cells[1].textContent])")
@@ -131,8 +150,7 @@ def test_a_job_being_collated_counts_as_rendered_in_the_progress(web, agents, sy
     submitted = Background(web.controller.url, synthetic(jobs=JOBS, output_bytes=16, units_per_job=5))
     wait_for(lambda: web.controller.runs, 30, "the run")
     run = next(iter(web.controller.runs.values()))
-    wait_for(lambda: run.exhausted and run.done + len(run.collating) == JOBS and HELD in run.collating,
-             60, "every job rendered, HELD's collate held")
+    wait_for(lambda: held_collate.settled(run), 60, "every job rendered, HELD's collate held")
     snap = web.get(f"/api/v1/projects/{run.id}").json()
     assert snap["done"] < JOBS and snap["collating"] >= 1, snap
     assert snap["done"] + snap["partial"] == JOBS, snap  # every job rendered: the bar is full
