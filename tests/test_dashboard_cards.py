@@ -51,3 +51,27 @@ def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(
     rates = re.findall(r"([\d,.]+) (?:jobs|items)/s", facts)
     assert rates and all(re.fullmatch(r"[\d,]+\.\d", r) for r in rates), facts
     assert console_errors(browser) == []
+
+
+def _bar(browser, run: str) -> dict[str, float]:
+    widths = js(browser, "const c = document.querySelector(`.project[data-id='${arguments[0]}']`);"
+                         "return c ? Object.fromEntries(['done', 'partial', 'failed'].map("
+                         "k => [k, c.querySelector('.bar .' + k).style.width])) : {}", run)
+    return {k: float(v.rstrip("%") or 0) for k, v in widths.items()}
+
+
+def test_the_bar_is_drawn_in_the_medias_units_not_jobs(web, browser, agents, synthetic):
+    """Jobs of unequal size: 3 of 4 jobs done is 3 of 13 items, the failed job 10 of them. Before,
+    the bar drew jobs (75% done, 25% failed) while the card said 3 / 13 items."""
+    agents(web.controller.url, 1)
+    summary = Submitted(web.controller.url, synthetic(jobs=4, units_per_job=[1, 1, 10, 1],
+                                                      fail=["job-0000002"])).result()
+    assert not summary.ok and summary.done == 3 and summary.failed == 1, summary
+    browser.get(web.base + "/")
+    wait_for(lambda: _bar(browser, summary.id).get("failed"), 30, "the card's bar")
+    bar = _bar(browser, summary.id)
+    assert abs(bar["done"] - 100 * 3 / 13) < 0.1 and abs(bar["failed"] - 100 * 10 / 13) < 0.1, bar
+    assert js(browser, "return document.querySelector(`.project[data-id='${arguments[0]}'] .bar`)"
+                       ".getAttribute('aria-valuenow')", summary.id) == "23"
+    assert "3 / 13 items" in _facts(browser, summary.id)
+    assert console_errors(browser) == []

@@ -93,12 +93,17 @@
     const state = card.querySelector(".state");
     state.textContent = shown;
     state.className = "state " + shown;
-    const total = p.total || 0;
+    // the bar in the media's own units (frames, tiles, seconds) where it counts them, as `farm submit`
+    // does: jobs of unequal size, or a job total that moves while adaptive chunks are chosen, would
+    // draw it wrong (a 10-frame job failed of 13 frames is not a quarter of the run)
+    const u = p.units || (p.progress && p.progress.units);
+    const part = u && u.name && u.name !== "jobs" && u.total ? u : p;
+    const total = part.total || 0;
     const pct = (n) => (total ? Math.min(100, (100 * n) / total) : 0) + "%";
-    card.querySelector(".bar .done").style.width = pct(p.done);
-    card.querySelector(".bar .partial").style.width = pct(p.partial || 0);
-    card.querySelector(".bar .failed").style.width = pct(p.failed || 0);
-    card.querySelector(".bar").setAttribute("aria-valuenow", total ? Math.round((100 * p.done) / total) : 0);
+    card.querySelector(".bar .done").style.width = pct(part.done);
+    card.querySelector(".bar .partial").style.width = pct(part.partial || 0);
+    card.querySelector(".bar .failed").style.width = pct(part.failed || 0);
+    card.querySelector(".bar").setAttribute("aria-valuenow", total ? Math.round((100 * part.done) / total) : 0);
     // adaptive chunks: the job count follows the sizes chosen until the split is over
     const facts = [`${fmtCount(p.done)} / ${p.total_estimated ? "~" : ""}${fmtCount(p.total)} jobs`];
     const units = unitsText(p);
