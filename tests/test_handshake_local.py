@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from join_helpers import farm_processes
 
 from farm.discovery import local_addresses
@@ -45,3 +47,27 @@ def test_status_counts_connected_and_refused_agents_apart():
     text = status_text(report)
     assert "agents (1 connected, 2 refused):" in text and text.count("REFUSED") == 2
     assert "agents (1):" in status_text({**report, "refused": [], "refused_keys": []})
+
+
+def test_status_names_the_address_dialled_for_a_controller_on_every_interface(tmp_path):
+    """`farm status` of a controller bound to 0.0.0.0 showed `controller tcp://0.0.0.0:5555`: an
+    address nobody can dial. It shows the one this client dialled, and the bound one after it."""
+    from farm.cli.status import status_text
+
+    report = {"controller": "tcp://0.0.0.0:5555", "agents": [], "projects": []}
+    first = status_text(report, "tcp://render-host:5555").splitlines()[0]
+    assert first == "controller tcp://render-host:5555 (listening on tcp://0.0.0.0:5555)"
+    assert status_text({**report, "controller": "tcp://10.0.0.5:5555"}, "tcp://render-host:5555") \
+        .splitlines()[0] == "controller tcp://10.0.0.5:5555"  # a named address is one to dial already
+
+    with socket.socket() as probe:  # a free port: one given, the controller reports it as bound
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    KeyStore(tmp_path / "ctl").create("controller")
+    with farm_processes(tmp_path) as farm:
+        farm.controller("--no-announce", bind=f"tcp://0.0.0.0:{port}")
+        shown = farm.run("status", "--keys-dir", str(tmp_path / "ctl"), "--controller",
+                         f"tcp://127.0.0.1:{port}", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == \
+        f"controller tcp://127.0.0.1:{port} (listening on tcp://0.0.0.0:{port})", shown.stdout

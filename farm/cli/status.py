@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from farm.cli.errors import reported
+from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, summary_text
 from farm.client import Client
@@ -35,15 +36,25 @@ def status(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(status_text(report))
+    typer.echo(status_text(report, client.url))
 
 
-def status_text(report: dict[str, Any]) -> str:
+def controller_line(bound: str, dialled: str | None) -> str:
+    """The controller's address a user can dial: one bound to every interface (``tcp://0.0.0.0:5555``)
+    is shown as the address this client dialled, with the bound one after it."""
+    host = bound.partition("://")[2].rpartition(":")[0]
+    if dialled and dialled != bound and host in (*WILDCARDS, ""):
+        return f"controller {dialled} (listening on {bound})"
+    return f"controller {bound}"
+
+
+def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
+    """`farm status`'s text for a controller's status report; `dialled`: the URL this client used."""
     refused = report.get("refused") or []
     strangers = set(report.get("refused_keys") or ()) - {r["public_key"] for r in refused}
     counted = f"{len(report['agents'])} connected, {len(refused) + len(strangers)} refused" if refused or strangers \
         else str(len(report["agents"]))  # REFUSED rows below are not connected agents
-    lines = [f"controller {report['controller']}", f"agents ({counted}):"]
+    lines = [controller_line(report["controller"], dialled), f"agents ({counted}):"]
     for a in report["agents"]:
         state = "broken" if a.get("broken") else a.get("state") or "active"  # every agent says its state
         lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"
