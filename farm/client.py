@@ -60,6 +60,7 @@ class Summary:
     id: str = ""
     download: str | None = None  # the controller serves the outputs as this tree (remote submits)
     already: bool = False  # a cancel found the run finished already: nothing was cancelled
+    notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
 
     @property
     def ok(self) -> bool:
@@ -72,7 +73,7 @@ class Summary:
                    total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
                    elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
                    failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
-                   download=data.get("download"))
+                   download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class Summary:
             "outputs": self.outputs,
             "failures": self.failures,
             "error": self.error,
+            "notes": self.notes,
         }
 
 

@@ -67,7 +67,8 @@ class CollateContext:
         before are not collated again, so what must survive is derived from the outputs or
         from ``done`` (see docs/plugins.md, "Per-run state"). Emptied once a run that finished
         done is journaled (what it holds is dropped then: objects that clean up on release do).
-    :param log: the logger for this media type's collates.
+    :param log: the logger for this media type's collates; on a controller its warnings are also
+        the run's ``notes`` in its summary (what a remote `farm submit` prints).
     :param done: keys of the run's jobs whose outputs were collated, by this process or by
         one before a restart, rendered or reused; the job being collated is not in it yet.
     :param failed: keys of the run's jobs that failed for good (their outputs never came).
@@ -80,7 +81,7 @@ class CollateContext:
     project: Project
     output_dir: Path
     state: dict[str, Any]
-    log: logging.Logger = logging.getLogger("farm.collate")
+    log: logging.Logger | logging.LoggerAdapter = logging.getLogger("farm.collate")  # type: ignore[type-arg]
     done: AbstractSet[str] = frozenset()
     failed: AbstractSet[str] = frozenset()
     reused: AbstractSet[str] = frozenset()

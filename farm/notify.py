@@ -120,7 +120,8 @@ def finished_details(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"project": summary["project"], "media_type": summary["media_type"],
             "total": summary["jobs"]["total"], "reused": summary["jobs"]["reused"],
             "units": summary.get("units"), "outputs": outputs[:MAX_OUTPUTS], "outputs_total": len(outputs),
-            "output_dir": summary.get("output_dir"), "failures": failures}
+            "output_dir": summary.get("output_dir"), "failures": failures,
+            "notes": list(summary.get("notes") or ())}
 
 
 def notification(event: Any) -> dict[str, Any]:

@@ -151,6 +151,7 @@ def test_embedded_farm_a_failed_segment_removes_the_earlier_outputs_and_a_fixed_
     (line,) = warnings(caplog)
     assert line == ("t: nothing encoded: the audio at 1-1.5 s (samples 48000-72000) failed (1 of 8 jobs), "
                     "removed the earlier run's t.flac, t.mp3"), line
+    assert second.notes == [line], second.notes  # the summary says it too: a remote submitter sees it
 
     monkeypatch.delenv(ffmpeg.FFMPEG_ENV)
     third = submit_embedded(root, agents=2)  # the same settings: the 7 segments that rendered are reused

@@ -279,6 +279,7 @@ def summary_text(summary: Summary) -> str:
         lines.append(f"error: {summary.error}")
     for failure in summary.failures:
         lines.append(f"  failed {failure['job']}: {failure['error']}")
+    lines += [f"warning: {note}" for note in summary.notes]  # the controller's log has them too
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]

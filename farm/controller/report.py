@@ -1,12 +1,19 @@
 """What a run tells people: its snapshot (progress, rate, ETA, units; the `progress` events,
 `UPDATE`, `farm status` and the HTTP API show it) and its summary (`FINISHED`, `--json`).
 
-A mixin of `farm.controller.run.ProjectRun`: it reads the run's counters, never changes them.
+`RunReport` is a mixin of `farm.controller.run.ProjectRun`: it reads the run's counters, never
+changes them. `RunLog` is the run's collate logger: a media type's `collate` and `finalize` say
+what went wrong without failing the run through ``ctx.log`` (a finalize that removed an earlier
+run's outputs, an output file ignored). On a controller those lines go to its log, which the
+person who ran `farm submit --controller ...` never sees; so warnings and errors are also kept,
+and the summary carries them as ``notes`` (`farm submit` prints them, ``--json`` includes them).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 
@@ -73,6 +80,7 @@ class RunReport:
                          for f in self.failures.values()],
             "error": self.error,
             "download": self.download,
+            "notes": self.collate_log.summary(),
         }
 
 
@@ -81,3 +89,42 @@ def first_line(text: str, rest_at: str) -> str:
     error may end in its renderer's log tail, which the run's summary shows once already."""
     first, _, rest = text.partition("\n")
     return f"{first} ({rest.count(chr(10)) + 1} more lines: {rest_at})" if rest else first
+
+
+#: notes a summary keeps (the first ones), and the characters of each
+MAX_NOTES = 20
+MAX_NOTE_CHARS = 1000
+
+
+class RunLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """`logger`'s records, each WARNING or above also kept in ``notes`` (formatted, in order; at most
+    `MAX_NOTES`, each cut to `MAX_NOTE_CHARS`, and a last one saying how many more there were)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.notes: list[str] = []
+        self._more = 0
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING:
+            self._keep(msg, args)
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the record names the plugin's line, not ours
+        super().log(level, msg, *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs  # no `extra` of ours: the record stays the logger's own
+
+    def _keep(self, msg: object, args: tuple[Any, ...]) -> None:
+        if len(self.notes) >= MAX_NOTES:
+            self._more += 1
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):  # as logging itself would show a bad format: the parts
+            text = f"{msg} {args!r}"
+        self.notes.append(text if len(text) <= MAX_NOTE_CHARS else text[:MAX_NOTE_CHARS - 1] + "…")
+
+    def summary(self) -> list[str]:
+        """The notes for a run's summary."""
+        more = [f"... and {self._more} more warnings in the controller's log"] if self._more else []
+        return [*self.notes, *more]

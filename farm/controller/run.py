@@ -27,7 +27,7 @@ from farm.controller.joblogstore import JobLogStore
 from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
-from farm.controller.report import RunReport, first_line
+from farm.controller.report import RunLog, RunReport, first_line
 from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier
 from farm.journal import Journal
@@ -91,8 +91,8 @@ class ProjectRun(RunReport):
         self.finished_mono: float | None = None
         self.first_dispatch_s: float | None = None
         self.outcomes = {o: JobKeys(journal, run_id, o) for o in ("done", "failed", "reused")}
-        collate_log = logging.getLogger(f"farm.collate.{media.name}")
-        self.ctx = CollateContext(project, project.output_dir, {}, collate_log, **self.outcomes)
+        self.collate_log = RunLog(logging.getLogger(f"farm.collate.{media.name}"))  # its warnings: notes
+        self.ctx = CollateContext(project, project.output_dir, {}, self.collate_log, **self.outcomes)
         # for other threads (the dashboard's previews): fixed for the run, settings copied read-only
         settings = MappingProxyType(copy.deepcopy(dict(project.settings)))
         self.facts = RunFacts(run_id, project.name, media, settings, project.output_dir, self.submitted)
