@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -664,6 +665,23 @@ def test_farm_security_plugs_in_through_socket_setup(context: zmq.Context, src: 
     finally:
         security.stop()
     assert_same_tree(manifest, src, tmp_path / "job")
+
+
+def test_a_request_that_cannot_be_sent_fails_in_the_timeout(context: zmq.Context, tmp_path: Path) -> None:
+    """A client whose connection no server takes (here: nothing listens, and `IMMEDIATE` keeps the
+    DEALER from queueing; in the field: a server that refused its key) cannot send: its request
+    fails after `timeout`, naming the server, instead of blocking in the send forever (as it did
+    once in CI)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{probe.getsockname()[1]}"  # bound, never listening: refused
+        with (
+            Store(tmp_path / "store") as store,
+            FileClient(nobody, store, context=context, timeout=0.5,
+                       socket_setup=lambda sock: sock.setsockopt(zmq.IMMEDIATE, 1)) as client,
+            pytest.raises(TransferError, match=f"no answer from the file server at {nobody} in 0.5 s"),
+        ):
+            client.fetch_manifest("assets")
 
 
 def test_a_server_that_cannot_bind_says_so(context: zmq.Context, server: FileServer) -> None:

@@ -109,6 +109,8 @@ class FileClient:
         self.context = context or zmq.Context.instance()
         self._sock = self.context.socket(zmq.DEALER)
         self._sock.linger = 0
+        # a server that refused our key leaves no peer: a DEALER's send then blocks, forever without this
+        self._sock.sndtimeo = max(1, int(timeout * 1000))
         self._sock.setsockopt(zmq.MAXMSGSIZE, limits.max_manifest_bytes + 65536)
         if socket_setup is not None:
             socket_setup(self._sock)
@@ -382,7 +384,11 @@ class FileClient:
     def _send(self, op: str, fields: dict[str, Any], payloads: Sequence[Any]) -> int:
         self._rid += 1
         frames = wire.request_frames(op, self._rid, fields, payloads)
-        self._sock.send_multipart(frames, copy=True)  # cheaper than pyzmq's zero-copy (see FileServer._send)
+        try:
+            self._sock.send_multipart(frames, copy=True)  # cheaper than pyzmq's zero-copy (see FileServer._send)
+        except zmq.Again:
+            raise TransferError(f"no answer from the file server at {self.endpoint} in {self.timeout:g} s "
+                                "(nothing could be sent: no connection took this client)") from None
         self.counters.requests += 1
         self.counters.bytes_sent += sum(len(f) for f in frames)
         return self._rid
