@@ -114,3 +114,97 @@ def test_a_font_directory_must_be_a_folder_inside_the_project(
     message = refused(project)
     assert message.startswith("cannot use style 'style.xml': style.xml:2: Map font-directory: ")
     assert words in message
+
+
+# -- the fonts [assets] sends: the agents' font-directory ------------------------------------
+
+SHIPPED_LABEL = f'<TextSymbolizer face-name="{SHIPPED_FACE}" size="30">[name]</TextSymbolizer>'
+
+
+def bundled_font(dest: Path, name: str = "DejaVuSans-Bold.ttf") -> Path:
+    """A copy of one of Mapnik's bundled fonts (its face installed anyway): a font file that is no use."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes((Path(mapnik.paths.fontscollectionpath) / name).read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("style_path", "folder", "assets", "why"),
+    [
+        ("style.xml", "fonts", 'exclude = ["fonts/**"]',
+         "[assets] exclude leaves it out of the files sent to the agents (pattern 'fonts/**'). "
+         "To fix: remove the pattern from [assets] exclude in farm.toml"),
+        ("style/map.xml", "fonts", 'exclude = ["**/mono.ttf"]',
+         "[assets] exclude leaves it out of the files sent to the agents (pattern '**/mono.ttf'). "
+         "To fix: remove the pattern from [assets] exclude in farm.toml"),
+        ("style.xml", "fonts", 'include = ["*.xml", "*.csv", "fonts/other.ttf"]',
+         "no [assets] include pattern matches it ('*.xml', '*.csv', 'fonts/other.ttf'), so the agents "
+         "never get it. To fix: add the file to [assets] include in farm.toml"),
+        ("style.xml", ".fonts", "", "farm never sends it to the agents: '.fonts' starts with '.'. "
+         "To fix: rename it so that no name in its path starts with '.'"),
+    ],
+    ids=["exclude-folder", "exclude-file-beside-subfolder-style", "include", "dot-folder"],
+)
+def test_a_face_only_in_a_font_file_the_agents_do_not_get_is_refused_naming_file_and_pattern(
+    tmp_path: Path, style_path: str, folder: str, assets: str, why: str
+) -> None:
+    """The face is in a font file left out, while another font file of the folder travels."""
+    style = label_style(SHIPPED_LABEL, map_attrs=f' font-directory="{folder}"')
+    here = style_path.rpartition("/")[0]
+    fonts = f"{here}/{folder}".lstrip("/")
+    project = write_project(tmp_path / "p", style, {f"{here}/places.csv".lstrip("/"): POINTS},
+                            table=f'style = "{style_path}"\nzoom = 0\n\n[assets]\n{assets}')
+    write_renamed_font(project / fonts / "mono.ttf")
+    bundled_font(project / fonts / "other.ttf")
+    line = next(n for n, text in enumerate(style.strip().splitlines(), 1) if "face-name" in text)
+    assert refused(project) == (
+        f"cannot use style {style_path!r}: {style_path}:{line}: face-name {SHIPPED_FACE!r} (in style "
+        f"'labels', TextSymbolizer) is only in the font file {fonts}/mono.ttf of the style's font-directory, "
+        f"but {why}, or use another face in the style")
+
+
+def test_a_font_directory_none_of_whose_files_travel_is_refused(tmp_path: Path) -> None:
+    """No face uses its fonts, but farm sends files, not folders: the agents would have no such folder."""
+    style = label_style('<TextSymbolizer face-name="DejaVu Sans Book" size="30">[name]</TextSymbolizer>',
+                        map_attrs=' font-directory="fonts"')
+    project = write_project(tmp_path / "p", style, {"places.csv": POINTS},
+                            table='style = "style.xml"\nzoom = 0\n\n[assets]\nexclude = ["fonts/**"]')
+    write_renamed_font(project / "fonts/mono.ttf")
+    message = refused(project)
+    assert message.startswith("cannot use style 'style.xml': style.xml:2: Map font-directory: 'fonts' has "
+                              "no file that reaches the agents, so they would not have the folder "
+                              "(fonts/mono.ttf")
+    assert "(pattern 'fonts/**')" in message and "remove the Map's font-directory attribute" in message
+
+
+def test_fonts_left_out_that_no_face_uses_are_fine_on_the_agents(tmp_path: Path) -> None:
+    """The agents' font-directory then holds no font at all (only a licence): installed faces still draw."""
+    style = label_style('<TextSymbolizer face-name="DejaVu Sans Book" size="30">[name]</TextSymbolizer>',
+                        map_attrs=' font-directory="fonts"')
+    project = write_project(tmp_path / "p", style, {"places.csv": POINTS, "fonts/LICENSE": "free\n"},
+                            table='style = "style.xml"\nzoom = 0\n\n[assets]\nexclude = ["fonts/*.ttf"]')
+    write_renamed_font(project / "fonts/mono.ttf")
+    summary = submit_embedded(project, agents=1)
+    assert summary.ok, summary.failures
+    assert not mapnik.Image.open(str(project / "output/tiles/0/0/0.png")).view(0, 0, 256, 256).is_solid()
+
+
+def test_a_font_file_symlinked_out_of_the_project_is_refused(tmp_path: Path) -> None:
+    font = write_renamed_font(tmp_path / "elsewhere/mono.ttf")
+    style = label_style(SHIPPED_LABEL, map_attrs=' font-directory="fonts"')
+    project = write_project(tmp_path / "p", style, {"places.csv": POINTS})
+    (project / "fonts").mkdir()
+    (project / "fonts/mono.ttf").symlink_to(font)
+    assert refused(project) == ("cannot use style 'style.xml': style.xml:2: Map font-directory: font file: "
+                                "'fonts/mono.ttf' leads outside the project through a symlink")
+
+
+def test_an_empty_font_directory_is_refused_as_one_the_agents_would_not_have(tmp_path: Path) -> None:
+    style = label_style('<TextSymbolizer face-name="DejaVu Sans Book" size="30">[name]</TextSymbolizer>',
+                        map_attrs=' font-directory="fonts"')
+    project = write_project(tmp_path / "p", style, {"places.csv": POINTS})
+    (project / "fonts").mkdir()
+    assert refused(project) == (
+        "cannot use style 'style.xml': style.xml:2: Map font-directory: 'fonts' holds no file, and farm "
+        "sends files, not folders: the agents would not have it. To fix: put the style's fonts in it, or "
+        "remove the font-directory attribute")

@@ -60,7 +60,8 @@ def read_style(path: Path, root: Path, rules: AssetRules | None = None) -> Style
 
     Raises `StyleError` for XML farm cannot check, a path leaving the project, a missing file,
     a file ``rules`` (the project's ``[assets]``, at load) keep from the agents, a datasource
-    type not allowed here, or a ``face-name`` Mapnik cannot open.
+    type not allowed here, or a ``face-name`` Mapnik cannot open (with ``rules``: on the agents,
+    from the font files they get).
     """
     name = path.relative_to(root).as_posix()
     try:
@@ -78,7 +79,7 @@ def read_style(path: Path, root: Path, rules: AssetRules | None = None) -> Style
         style.files = references.symbolizer_files(tree, folder, root, rules)
         style.datasources = references.datasources(tree, folder, root, rules)
         style.files += [f for ds in style.datasources for f in ds.files]
-        fonts.check_fonts(tree, style.font_dir)
+        fonts.check_fonts(tree, style.font_dir, root, rules)
     except StyleProblem as exc:
         raise style.error(str(exc), exc.line) from None
     return style

@@ -30,11 +30,13 @@ _UNSAFE_PARAMS = {"sqlite": ("attachdb", "initdb")}
 _SHAPE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".index")
 #: what to do about each reason a project file does not travel (`farm.assetrules.AssetRules.left_out`)
 _HINTS = {
-    "exclude": "remove the pattern from [assets] exclude in farm.toml, or the reference from the style",
-    "include": "add the file to [assets] include in farm.toml, or remove the reference from the style",
-    "hidden": "rename it so that no name in its path starts with '.', or remove the reference from the style",
-    "output": "move the file out of the output folder, or remove the reference from the style",
+    "exclude": "remove the pattern from [assets] exclude in farm.toml",
+    "include": "add the file to [assets] include in farm.toml",
+    "hidden": "rename it so that no name in its path starts with '.'",
+    "output": "move the file out of the output folder",
 }
+#: the files Mapnik registers from a font-directory (its is_font_file), directly in it, not '.' names
+FONT_SUFFIXES = frozenset({".ttf", ".otf", ".woff", ".ttc", ".pfa", ".pfb", ".dfont"})
 
 
 class BadReference(StyleProblem):
@@ -93,12 +95,22 @@ def confine(value: str, style_dir: Path, root: Path, what: str, line: int,
             how = "" if path is full else " through a symlink"
             raise BadReference(f"{what}: {value!r} leads outside the project{how}", line)
     rel = full.relative_to(Path(os.path.normpath(root))).as_posix()
-    dropped = rules.left_out(rel) if rules is not None and rel != "." else None
-    if dropped is not None:  # else the style loads here and every job fails on the agents
-        kind, why = dropped
-        raise BadReference(f"{what}: {value!r} is {rel} in the project, but {why}. To fix: {_HINTS[kind]}",
-                           line)
+    problem = not_sent(rel, rules, "remove the reference from the style")
+    if problem is not None:  # else the style loads here and every job fails on the agents
+        why, fix = problem
+        raise BadReference(f"{what}: {value!r} is {rel} in the project, but {why}. To fix: {fix}", line)
     return full
+
+
+def not_sent(rel: str, rules: AssetRules | None, otherwise: str) -> tuple[str, str] | None:
+    """(why, fix) when ``rules`` keep the project file ``rel`` (relative, POSIX) from the agents:
+    ``why`` a clause about "it" naming the pattern, ``fix`` what to change, or else ``otherwise``.
+    None when the file travels or there are no rules."""
+    dropped = rules.left_out(rel) if rules is not None and rel != "." else None
+    if dropped is None:
+        return None
+    kind, why = dropped
+    return why, f"{_HINTS[kind]}, or {otherwise}"
 
 
 def _style_name(node: Element) -> str:
@@ -131,14 +143,24 @@ def symbolizer_files(map_node: Element, style_dir: Path, root: Path,
 
 
 def font_directory(map_node: Element, style_dir: Path, root: Path) -> Path | None:
-    """The Map's ``font-directory``, confined to the project and existing; None when unset."""
+    """The Map's ``font-directory``, confined to the project and existing, its font files too
+    (a symlinked one must not lead out); None when unset."""
     value = map_node.attrib.get("font-directory")
     if value is None:
         return None
     path = confine(value, style_dir, root, "Map font-directory", map_node.line)
     if not path.is_dir():
         raise BadReference(f"Map font-directory: {value!r} is not a folder in the project", map_node.line)
+    for font in font_files(path):
+        confine(os.path.relpath(font, style_dir), style_dir, root, "Map font-directory: font file",
+                map_node.line)
     return path
+
+
+def font_files(folder: Path) -> list[Path]:
+    """The files Mapnik registers from the font-directory ``folder``: not its subfolders (sorted)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.suffix.lower() in FONT_SUFFIXES and p.is_file())
 
 
 def datasources(map_node: Element, style_dir: Path, root: Path,
