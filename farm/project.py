@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from farm.assetrules import glob_regex, matches  # noqa: F401  (imported from here)
+from farm.assetrules import AssetRules, BadPattern, check_pattern
 from farm.errors import FarmError, ProjectError, ProtocolError, UnknownMediaType
 from farm.ids import BadIdentifier, check_name
 from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
@@ -66,7 +66,12 @@ class Project:
 
     def assets(self) -> Iterator[str]:
         """Relative POSIX paths of the project's source assets, sorted."""
-        yield from list_assets(self.root, self.include, self.exclude + (f"{self.output}/**",))
+        yield from list_assets(self.root, self.rules)
+
+    @property
+    def rules(self) -> AssetRules:
+        """Which of the project's files reach the agents (``[assets]``, the output folder)."""
+        return AssetRules(self.include, self.exclude, self.output)
 
     def identity(self) -> str:
         """Same folder, media type, settings and output: the same project (a re-submit resumes it)."""
@@ -110,6 +115,11 @@ class Project:
         for key in ("include", "exclude"):
             if not all(isinstance(p, str) for p in data[key]):
                 raise ProtocolError(f"project field {key!r} must be a list of strings")
+            try:
+                for pattern in data[key]:
+                    check_pattern(pattern)
+            except BadPattern as exc:
+                raise ProtocolError(f"project field {key!r}: {exc}") from None
         return cls(
             root=Path(data["root"]),
             name=name,
@@ -196,8 +206,8 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     proj.finish()
 
     assets = reader("assets")
-    include = assets.str_list("include", ["**"])
-    exclude = assets.str_list("exclude", [])
+    include = _patterns(assets, "include", ["**"])
+    exclude = _patterns(assets, "exclude", [])
     assets.finish()
 
     out = reader("output")
@@ -253,6 +263,17 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
         facts=_renderer_facts(media, settings, file),
         target=float(target),
     )
+
+
+def _patterns(table: SettingsReader, key: str, default: list[str]) -> list[str]:
+    """``[assets] include`` or ``exclude``: patterns `farm.assetrules.check_pattern` accepts."""
+    patterns = table.str_list(key, default)
+    try:
+        for pattern in patterns:
+            check_pattern(pattern)
+    except BadPattern as exc:
+        raise table.error(key, str(exc)) from None
+    return patterns
 
 
 def _webhooks(table: SettingsReader) -> tuple[str, ...]:
@@ -321,22 +342,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def list_assets(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> Iterator[str]:
-    """Walk ``root`` for files matching include and not exclude; dot-folders are skipped, and so
-    are the files this process's own output goes into (`farm.ownoutput`)."""
+def list_assets(root: Path, rules: AssetRules) -> Iterator[str]:
+    """Relative POSIX paths of the files under ``root`` that ``rules`` send to the agents, sorted:
+    those `AssetRules.left_out` keeps (folders it would leave out whole are not walked), less the
+    files this process's own output goes into (`farm.ownoutput`). Raises `BadPattern` as it does."""
     own = output_files()
     found = []
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
         rel_folder = "" if rel_folder == "." else rel_folder + "/"
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not matches(rel_folder + d + "/x", exclude))
+        dirs[:] = sorted(d for d in dirs if not rules.folder_left_out(rel_folder + d))
         for name in files:
             rel = rel_folder + name
-            if name.startswith("."):
-                continue
-            if matches(rel, include) and not matches(rel, exclude):
+            if rules.left_out(rel) is None:
                 if own and file_id(os.path.join(folder, name)) in own:
                     continue
                 found.append(rel)
     yield from sorted(found)
-

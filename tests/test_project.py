@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import write_project
 
+from farm.assetrules import AssetRules
 from farm.errors import ProjectError, UnknownMediaType
 from farm.project import list_assets, load_project
 
@@ -95,8 +96,8 @@ def test_assets_skip_output_and_dot_folders_and_honour_globs(tmp_path):
         (tmp_path / name).write_text("x")
     write_project(tmp_path, "synthetic", extra='[assets]\nexclude = ["*.tmp"]\n')
     assert list(load_project(tmp_path).assets()) == ["a.shp", "data/b.dbf", "data/deep/c.txt", "farm.toml"]
-    assert list(list_assets(tmp_path, ("data/**",), ())) == ["data/b.dbf", "data/deep/c.txt"]
-    assert list(list_assets(tmp_path, ("**/*.dbf",), ())) == ["data/b.dbf"]
+    assert list(list_assets(tmp_path, AssetRules(("data/**",)))) == ["data/b.dbf", "data/deep/c.txt"]
+    assert list(list_assets(tmp_path, AssetRules(("**/*.dbf",)))) == ["data/b.dbf"]
 
 
 def test_a_crashing_plugin_configure_is_reported_not_raised_raw(tmp_path, monkeypatch):
