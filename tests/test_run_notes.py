@@ -61,3 +61,22 @@ def test_a_runs_warnings_are_notes_in_its_summary(controller, agents, tmp_path):
     more = 1 + 30 + 1 - MAX_NOTES  # collate's, finalize's 30 warnings and its error
     assert len(notes) == MAX_NOTES + 1, notes
     assert notes[-1] == f"... and {more} more warnings in the controller's log", notes
+
+
+def test_an_embedded_farm_says_each_note_once(tmp_path):
+    """The embedded farm logs its collates' warnings on stderr as they come: its text summary does
+    not print them again (a remote submit's does: it saw none); ``--json`` carries them."""
+    env = {**os.environ, **installed_plugin(tmp_path / "site", "farm_noter_test", NOTER, "noter")}
+    project = tmp_path / "noter"
+    project.mkdir()
+    (project / "farm.toml").write_text('[project]\nname = "noter"\nmedia_type = "noter"\n[noter]\n')
+    (project / "warnings").write_text("1")
+    note = "finalize: removed 0 stale files (round 0)"
+    for json_out in (False, True):
+        shown = subprocess.run([sys.executable, "-m", "farm", "submit", "--agents", "1", str(project),
+                                *(["--json"] if json_out else [])],
+                               capture_output=True, text=True, timeout=120, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert (shown.stdout + shown.stderr).count(note) == 1 + json_out, (shown.stdout, shown.stderr)
+        if json_out:
+            assert note in json.loads(shown.stdout)["notes"]

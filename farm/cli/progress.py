@@ -267,7 +267,8 @@ class _RunProgress(Progress):
                 yield Padding(Text(stats), (0, 0, 0, 2))
 
 
-def summary_text(summary: Summary) -> str:
+def summary_text(summary: Summary, *, notes: bool = True) -> str:
+    """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines."""
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
         " jobs done,"
@@ -279,7 +280,7 @@ def summary_text(summary: Summary) -> str:
         lines.append(f"error: {summary.error}")
     for failure in summary.failures:
         lines.append(f"  failed {failure['job']}: {failure['error']}")
-    lines += [f"warning: {note}" for note in summary.notes]  # the controller's log has them too
+    lines += [f"warning: {note}" for note in summary.notes if notes]  # the controller's log has them too
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]

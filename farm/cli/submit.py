@@ -90,7 +90,7 @@ def submit(
         if not watch_project:
             try:  # the farm stops (its state kept in .farm/) before the interruption is said
                 with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
-                    summary = _round(render, project, as_json)
+                    summary = _round(render, project, as_json, logged=not controller)
                     if ui:
                         _serve_until_stopped()
             except Interrupted as stop:
@@ -107,7 +107,8 @@ def submit(
 
             def round_() -> None:
                 try:
-                    _round(render, first.pop() if first else load_project(project_dir, output=output), as_json)
+                    loaded = first.pop() if first else load_project(project_dir, output=output)
+                    _round(render, loaded, as_json, logged=not controller)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
                     say_error(exc, as_json)
                 if not as_json:
@@ -195,8 +196,10 @@ def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None
         typer.echo(message, err=True)
 
 
-def _round(render: Render, project: Project, as_json: bool) -> Summary:
-    """Render one round of a project loaded (and validated) once for it; `Interrupted` on Ctrl-C."""
+def _round(render: Render, project: Project, as_json: bool, *, logged: bool = False) -> Summary:
+    """Render one round of a project loaded (and validated) once for it; `Interrupted` on Ctrl-C.
+    `logged`: the run's notes went to stderr as they came (an embedded farm logs here), so the
+    text summary does not repeat them; ``--json`` carries them in any case."""
     bar = ProgressBar(enabled=None if not as_json else False)
     last: dict = {}
 
@@ -210,6 +213,6 @@ def _round(render: Render, project: Project, as_json: bool) -> Summary:
         raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated"))) from None
     finally:
         bar.close()
-    typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary))
+    typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary, notes=not logged))
     mark("submit: summary printed")
     return summary
