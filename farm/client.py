@@ -21,7 +21,7 @@ from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
 from farm.outputrecord import replace_earlier
-from farm.project import Project
+from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,9 @@ class Client:
         if reply.type is T.UPLOAD:
             endpoint = reachable(reply.body["files"], self.url)
             with FileClient(endpoint, socket_setup=self.socket_setup, timeout=self.timeout) as files:
-                files.upload(reply.body["token"], project.root, paths=list(project.assets()))
+                # farm.toml always: the controller loads the project from it, whatever [assets] sends agents
+                paths = sorted({PROJECT_FILE, *project.assets()})
+                files.upload(reply.body["token"], project.root, paths=paths)
                 log.info("uploaded %s: %d blocks sent", project.name, files.counters.blocks_sent)
             reply = self.receive()
         if reply.type is not T.ACCEPTED:

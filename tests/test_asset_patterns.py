@@ -118,3 +118,18 @@ def test_agents_get_exactly_what_the_walk_lists(controller, agents, synthetic):
     assert submit(controller.url, loaded).ok
     outputs = [(project / "output" / f"job-{i:07d}.txt").read_text() for i in range(3)]
     assert outputs == ["input 0", "", "input 2"]
+
+
+def test_an_upload_sends_farm_toml_whatever_the_patterns(controller, agents, synthetic):
+    """An include list of what the jobs read leaves farm.toml out of the assets: the upload sent it
+    no more, and the controller answered "no farm.toml in <folder>" for a folder that has one."""
+    project = synthetic(jobs=2, inputs="in", extra='[assets]\ninclude = ["in"]\n')
+    (project / "in").mkdir()
+    for i in range(2):
+        (project / "in" / f"job-{i:07d}.txt").write_text(f"input {i}")
+    loaded = load_project(project)
+    assert list(loaded.assets()) == ["in/job-0000000.txt", "in/job-0000001.txt"]
+    agents(controller.url, 1)
+    summary = submit(controller.url, loaded, upload=True)
+    assert summary.ok, summary
+    assert [(project / "output" / f"job-{i:07d}.txt").read_text() for i in range(2)] == ["input 0", "input 1"]
