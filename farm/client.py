@@ -61,6 +61,7 @@ class Summary:
     download: str | None = None  # the controller serves the outputs as this tree (remote submits)
     already: bool = False  # a cancel found the run finished already: nothing was cancelled
     notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
+    downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
 
     @property
     def ok(self) -> bool:
@@ -252,7 +253,8 @@ class Client:
             return summary
         folder = dest.output_dir if isinstance(dest, Project) else Path(dest).absolute()
         with self.files() as files:
-            files.sync(summary.download, folder, copy=True)
+            manifest = files.sync(summary.download, folder, copy=True)
+        summary.downloaded = [entry.path for entry in manifest.entries]
         remote = summary.output_dir.rstrip("/") + "/"
         local = str(folder) + "/"
         summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
@@ -405,7 +407,8 @@ def submit(url: str, project: Project, *, priority: int = 0,
             summary.output_dir = ""
         else:
             summary = client.download(summary, project)
-        replace_earlier(project, summary.outputs)  # an earlier run's final outputs must not pass for these
+        # an earlier run's final outputs must not pass for these
+        replace_earlier(project, summary.outputs, summary.downloaded or [])
         return summary
 
 

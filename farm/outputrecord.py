@@ -3,12 +3,14 @@
 A remote run's outputs are downloaded into the local output folder, beside whatever earlier
 runs left there. A final output an earlier run made and the newest run did not make again (the
 video after a run whose frames failed, a contact sheet after it was turned off) would look like
-the newest run's. So each remote run's final outputs are recorded in the project's state folder,
-and the next remote run removes those of them it did not list, if they are still the files that
-were downloaded (same size and modification time: a file the user changed stays). On the
-embedded farm the media type's finalize writes in the project's own folder and sees what an
-earlier run left: after a failed run, `farm_frames` removes its video and contact sheet and
-`farm_audio` its encoded files, with `remove_earlier`.
+the newest run's (so would a tile in a map's ``tiles/`` at a zoom the newest run does not render).
+So each remote run's final outputs (a folder output by the files in it) are recorded in the
+project's state folder, and the next remote run removes those of them it did not list (and the
+folders that leaves empty), if they are still the files that were downloaded (same size and
+modification time: a file the user changed stays). On the embedded farm the media type's
+finalize writes in the project's own folder and sees what an earlier run left: after a failed
+run, `farm_frames` removes its video and contact sheet and `farm_audio` its encoded files, with
+`remove_earlier`; `farm_maptiles` removes tiles outside the run's zooms and bounds.
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ from farm.project import STATE_DIR, Project
 log = logging.getLogger(__name__)
 
 RECORD = "remote-outputs.json"  # in the project's state folder
+_SHOWN = 5  # removed files a warning names before it counts the rest
 
 
-def replace_earlier(project: Project, outputs: list[str]) -> list[str]:
+def replace_earlier(project: Project, outputs: list[str], downloaded: Iterable[str] = ()) -> list[str]:
     """Remove the final outputs the previous remote run of ``project`` recorded and ``outputs``
     (this run's, paths in the local output folder) does not name, then record this run's.
+    ``downloaded``: the files this run's download brought, relative to the output folder (those
+    under a folder output are its files; a file there that it did not bring is an earlier run's).
 
     Returns the removed files, relative to the output folder. Never raises for the record
     itself (unreadable, unwritable): the run's outputs are what matters, so that is logged.
     """
     out = project.output_dir
     record = project.root / STATE_DIR / RECORD
-    made = {os.path.relpath(p, out) for p in outputs if Path(p).is_relative_to(out)}
+    made = _files(out, outputs, set(downloaded))
     removed = []
     for entry in _read(record, project.output):
         name = entry["name"]
@@ -50,17 +55,46 @@ def replace_earlier(project: Project, outputs: list[str]) -> list[str]:
             if found.st_size == entry["size"] and found.st_mtime_ns == entry["mtime_ns"] and path.is_file():
                 path.unlink()
                 removed.append(name)
+                _prune(path.parent, out)
         except OSError:  # gone already, or not ours to remove: left as it is
             continue
     if removed:
+        more = len(removed) - _SHOWN
+        shown = ", ".join(removed[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
         log.warning("%s: removed %s from %s: an earlier run made %s, and this run did not make %s again",
-                    project.name, ", ".join(removed), out, "them" if len(removed) > 1 else "it",
+                    project.name, shown, out, "them" if len(removed) > 1 else "it",
                     "them" if len(removed) > 1 else "it")
     try:
         _write(project, record, out, sorted(made))
     except (OSError, FarmError) as exc:  # FarmError: a link in the state folder
         log.warning("%s: cannot record this run's outputs in %s: %s", project.name, record, exc)
     return removed
+
+
+def _files(out: Path, outputs: list[str], downloaded: set[str]) -> set[str]:
+    """The files of ``outputs`` in ``out``, relative to it: a folder output (a map's ``tiles/``) by
+    the files ``downloaded`` under it, so an earlier run's file there that this run did not bring goes."""
+    made = set()
+    for output in outputs:
+        path = Path(output)
+        if not path.is_relative_to(out):
+            continue
+        rel = os.path.relpath(path, out)
+        if path.is_dir() and not path.is_symlink():
+            made.update(name for name in downloaded if name.startswith(rel + "/"))
+        else:
+            made.add(rel)
+    return made
+
+
+def _prune(folder: Path, out: Path) -> None:
+    """Remove ``folder`` and the folders above it up to ``out`` while they are empty."""
+    while folder != out and folder.is_relative_to(out):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours): the folders above are not empty either
+            return
+        folder = folder.parent
 
 
 def remove_earlier(paths: Iterable[Path]) -> list[str]:

@@ -79,3 +79,36 @@ def test_the_tiles_of_failed_jobs_are_removed_and_no_others(tmp_path):
     writer.close()
     assert remove_from_folder(tmp_path / "tiles", wanted(settings), drop) == len(failed)
     assert rows(tmp_path / "t.mbtiles") == files(tmp_path / "tiles") == everything - failed
+
+
+def test_a_remote_run_removes_the_tiles_an_earlier_remote_run_downloaded_and_it_did_not_make(
+        tmp_path, agents, caplog):
+    """On a running controller each upload is finalized in a folder of its own, and its outputs are
+    downloaded beside the earlier run's: its z2 tiles stayed in tiles/ after a run at 0-1, which
+    the MBTiles file and the run did not have (`farm.outputrecord`). A tile the user changed stays."""
+    from farm.client import submit
+    from farm.controller.server import Controller
+    from farm.project import load_project
+
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state").start()
+    try:
+        agents(ctl.url, 1)
+        root = write_project(tmp_path / "p", STYLE)
+        output = root / "output"
+        for zoom in ("0-2", "0-1"):
+            (root / "farm.toml").write_text(f'[project]\nname = "mt"\nmedia_type = "maptiles"\n\n[maptiles]\n'
+                                            f'style = "style.xml"\nzoom = "{zoom}"\nbbox = {WORLD}\n')
+            if zoom == "0-1":
+                assert files(output / "tiles") == expected(WORLD, range(3))
+                (output / "tiles" / "2" / "1" / "1.png").write_bytes(b"edited by hand")
+            with caplog.at_level(logging.WARNING):
+                assert submit(ctl.url, load_project(root), upload=True).ok
+    finally:
+        ctl.stop(shutdown_agents=True)
+    assert rows(output / "mt.mbtiles") == expected(WORLD, range(2))
+    assert files(output / "tiles") == expected(WORLD, range(2)) | {(2, 1, 1)}  # the edited one stays
+    assert not (output / "tiles" / "2" / "0").exists()  # folders emptied go too
+    (line,) = [r.getMessage() for r in caplog.records if "an earlier run made" in r.getMessage()]
+    assert line.startswith("mt: removed tiles/2/"), line  # 15: five named, the rest counted
+    assert line.endswith(f" and 10 more from {output}: an earlier run made them, and this run did not make "
+                         "them again"), line
