@@ -258,6 +258,7 @@ class Client:
         remote = summary.output_dir.rstrip("/") + "/"
         local = str(folder) + "/"
         summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
+        summary.notes = [note.replace(remote, local) for note in summary.notes]  # its paths, as the outputs'
         summary.output_dir = str(folder)
         return summary
 

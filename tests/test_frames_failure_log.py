@@ -38,7 +38,7 @@ DIES_AT_2 = """
 
 def log_section(text: str, key: str) -> list[str]:
     """The lines of the Blender log section of job ``key``'s failure in a run's summary."""
-    end = r"(?=\n  failed |\noutputs|\nno outputs|\Z)"
+    end = r"(?=\n  failed |\nwarning: |\noutputs|\nno outputs|\Z)"
     found = re.search(rf"failed {key}: .*?\n{re.escape(HEADER)}\n(.*?){end}", text, re.S)
     assert found, text
     return found.group(1).splitlines()
@@ -69,6 +69,7 @@ def test_a_job_its_running_blender_dies_in_shows_that_blenders_lines_through_a_c
             agent.terminate()
             agent.wait(60)
     assert "Blender exited with code 3 rendering frames 2" in said
+    assert "/ctl/state/" not in said  # a note names the local output folder, not the controller's upload
     assert section and section[0].strip(), said  # not an empty section
     assert "farm-test: scene built" in section  # the scene load, before frame 1
     assert any(line.startswith("Saved: ") and "frame_000001.png" in line for line in section), section
