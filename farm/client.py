@@ -21,6 +21,7 @@ from farm.filesync import FileClient, Store
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
 from farm.outputrecord import replace_earlier
+from farm.paths import unwritable
 from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
@@ -399,6 +400,10 @@ def submit(url: str, project: Project, *, priority: int = 0,
     """
     if upload:  # its outputs are downloaded into the output folder: never through a link there
         refuse_links(project.root, project.output, "a project's output folder")
+        why = unwritable(project.root, project.output)  # found before the render, not at the download
+        if why is not None:
+            raise FarmError(f"cannot write the output folder {project.root / project.output}: {why}; make it "
+                            "writable, or choose another ([output] directory or --output)")
     with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
         summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import tempfile
 from pathlib import Path
 
 
@@ -21,7 +22,9 @@ def safe_relpath(path: str) -> str:
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise UnsafePath(f"path {path!r} is absolute; paths must be relative to the project")
     norm = posixpath.normpath(path)
-    if norm == ".." or norm.startswith("../") or norm == ".":
+    if norm == ".":
+        raise UnsafePath(f"path {path!r} is the folder itself; name a file or folder inside it")
+    if norm == ".." or norm.startswith("../"):
         raise UnsafePath(f"path {path!r} leads outside its folder")
     if any(part == ".." for part in norm.split("/")):
         raise UnsafePath(f"path {path!r} leads outside its folder")
@@ -71,3 +74,25 @@ def private_file(path: Path, siblings: tuple[str, ...] = ("-wal", "-shm", "-jour
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{name}", 0o600)
     return path
+
+
+def unwritable(root: Path | str, rel: str) -> str | None:
+    """Why farm cannot write the folder ``root/rel`` (a checked relative path), or None if it can.
+
+    Tried, not guessed from modes (a read-only mount, an immutable flag, ACLs): a file is made
+    and removed in the folder, or in its nearest existing parent when it is still to be made.
+    """
+    folder = os.path.join(os.fspath(root), rel)
+    probe = folder
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    where = "it" if probe == folder else f"{probe}, where it would be made,"
+    if not os.path.isdir(probe):
+        return f"{where} is not a folder"
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".farm-write-check-")
+    except OSError as exc:
+        return f"{where} cannot be written ({exc.strerror})"
+    os.close(fd)
+    os.unlink(name)
+    return None

@@ -161,6 +161,19 @@ class Project:
         return replace(self, root=root, settings=settings, facts=facts)
 
 
+def _read_utf8(file: Path) -> str:
+    """The file's text; TOML is UTF-8, and a byte that is not would end up in settings and
+    outputs (an attribution, a title) as U+FFFD: refused with its line and column."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ProjectError(f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {column} (TOML files are "
+                           "UTF-8: save it as UTF-8)", file=file, line=line) from None
+
+
 def load_project(path: Path | str, *, output: str | None = None, renderer_checks: bool = True,
                  facts: Any = None) -> Project:
     """Read and validate ``path/farm.toml`` and the media type's own table.
@@ -183,7 +196,7 @@ def load_project(path: Path | str, *, output: str | None = None, renderer_checks
     if not (facts is None or isinstance(facts, dict)):
         raise ProjectError("the renderer facts sent with the project must be a map, not "
                            f"{type(facts).__name__}", file=file)
-    text = file.read_text(encoding="utf-8", errors="replace")
+    text = _read_utf8(file)
     data = parse_toml(text, file)
 
     def reader(table: str, required: bool = False) -> SettingsReader:

@@ -27,6 +27,7 @@ from farm.filesync import HashCache, Manifest, build_manifest
 from farm.filesync.limits import GiB, Limits, MiB
 from farm.linkcheck import refuse_links
 from farm.mediatype import MediaType
+from farm.paths import unwritable
 from farm.plugins import get_media_type
 from farm.project import PROJECT_FILE, Project, load_project
 from farm.tomltext import MAX_DEPTH, path_key, too_deep_path
@@ -240,19 +241,24 @@ def check_owned(root: str) -> None:
 
 
 def check_output(root: Path, output: str) -> None:
-    """Refuse an output folder (relative to ``root``) of which an existing part is a symlink or not ours."""
+    """Refuse an output folder (relative to ``root``) of which an existing part is a symlink or not
+    ours, or which cannot be written."""
     uid = os.geteuid()
     current = str(root)
     for part in output.split("/"):
         current = os.path.join(current, part)
         try:
             st = os.lstat(current)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # to be made (`unwritable` says if it can be)
             break
         if stat.S_ISLNK(st.st_mode):
             raise IntakeError(f"the output folder {current} is a symlink: the controller will not write "
                               f"through it; {UPLOAD_HINT}")
         _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True)
+    why = unwritable(root, output)  # found now, not when the first job's outputs are collated
+    if why is not None:
+        raise IntakeError(f"cannot write the output folder {os.path.join(root, output)}: {why}; "
+                          "make it writable, or choose another ([output] directory or --output)")
 
 
 def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky_ok: bool,
