@@ -152,7 +152,7 @@ def test_malformed_requests_get_a_json_reason_naming_the_field(web):
         (web.post("/api/v1/projects/x/retry", {"keys": "job-1"}), 422, "body.keys"),
         (web.post("/api/v1/projects/x/retry", {"keys": [""]}), 422, "body.keys.0"),
         (requests.post(web.base + "/api/v1/projects/x/pause", data="{not json", timeout=TIMEOUT,
-                       headers={"Content-Type": "application/json"}), 422, "body"),
+                       headers={"Content-Type": "application/json"}), 400, "body: not valid JSON (Expecting "),
         (web.get("/api/v1/no-such-thing"), 404, "Not Found"),
         # identifiers are checked by the controller, as any client's are
         (web.get("/api/v1/projects/%2e%2e"), 400, "project '..'"),

@@ -95,8 +95,15 @@ def _optional_module(name: str) -> Any:
 
 
 def _invalid(_request: Request, exc: Exception) -> JSONResponse:
-    """422 ``{"error": "body.priority: ...", "detail": [...]}``: every problem, each naming its field."""
+    """422 ``{"error": "body.priority: ...", "detail": [...]}``: every problem, each naming its field;
+    400 ``{"error": "body: not valid JSON (...)"}`` for a body that does not parse."""
     assert isinstance(exc, RequestValidationError)
+    for error in exc.errors():  # a body that is no JSON at all is a malformed request, not a bad field
+        if error.get("type") == "json_invalid":
+            why = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+            at = error.get("loc", ())[1:2]
+            where = f" at character {at[0]}" if at else ""
+            return JSONResponse({"error": f"body: not valid JSON ({why}{where})"}, status_code=400)
     problems = []
     detail = []
     for error in exc.errors():
