@@ -26,8 +26,9 @@ FARM = [sys.executable, "-m", "farm"]
 FAILING = "job-0000001"
 
 
-def farm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FARM, *args], capture_output=True, text=True, timeout=300, env=env)
+def farm(*args: str, env: dict[str, str] | None = None,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FARM, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 def one_json(out: str) -> dict:
@@ -48,7 +49,7 @@ def test_download_exits_as_submit_does_and_jobs_lists_the_run(controller, agents
     assert "failed: 3/4 jobs done, 1 failed" in got.stdout
     assert len(list((tmp_path / "got").rglob("*.bin"))) == 3  # what was collated is fetched all the same
 
-    as_json = farm("download", "-c", controller.url, "synf", str(tmp_path / "again"), "--json")
+    as_json = farm("download", "-c", controller.url, "synf", "again", "--json", cwd=tmp_path)  # relative
     assert as_json.returncode == 1
     report = one_json(as_json.stdout)
     assert report["state"] == "failed" and report["jobs"]["failed"] == 1 and report["id"].startswith("synf-")

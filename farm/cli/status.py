@@ -175,7 +175,7 @@ def download(
                             + ("" if summary.ok else f" (the run {summary.state})"))
         client.download(summary, folder)
     if as_json:
-        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder)}
+        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve())}
         typer.echo(json.dumps(report))
     else:
         typer.echo(summary_text(summary))
