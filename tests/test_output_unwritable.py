@@ -1,7 +1,8 @@
 """An output folder farm cannot write is refused when the run is submitted, naming the folder,
 before any job runs: it used to be found by the first collate, after every job had been rendered
 three times, and the run ended with each job "failed" for the controller's own reason. Also the
-two load checks found with it: a farm.toml that is not UTF-8, and `[output] directory = "."`.
+checks found with it: a farm.toml that is not UTF-8, `[output] directory = "."`, and an asset
+that cannot be sent (a fifo, a link loop), whose refusal now names the project and the way out.
 """
 
 from __future__ import annotations
@@ -90,3 +91,19 @@ def test_the_project_folder_itself_is_no_output_folder(tmp_path):
     write_project(tmp_path, "synthetic", extra='[output]\ndirectory = "."\n')
     with pytest.raises(ProjectError, match=r"\[output\] directory: path '.' is the folder itself"):
         load_project(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop"])
+def test_an_asset_farm_cannot_send_names_the_project_and_how_to_leave_it_out(synthetic, kind):
+    """A fifo or a symlink loop among a project's files refused the submit with its relative path
+    alone ("loop1: cannot read: ..."), no project and no way out."""
+    project = synthetic(jobs=2, render_log=RENDERED)
+    if kind == "fifo":
+        os.mkfifo(project / "odd")
+    else:
+        os.symlink("odd", project / "odd")
+    with pytest.raises(FarmError) as refused:
+        submit_embedded(project, agents=1)
+    message = str(refused.value)
+    assert f"{project}: odd: " in message and "[assets] exclude" in message, message
+    assert not (project / RENDERED).exists(), "a job ran"

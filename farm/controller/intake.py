@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import FarmError, ProjectError
-from farm.filesync import HashCache, Manifest, build_manifest
+from farm.filesync import HashCache, Manifest, ManifestError, SyncError, build_manifest
 from farm.filesync.limits import GiB, Limits, MiB
 from farm.linkcheck import refuse_links
 from farm.mediatype import MediaType
@@ -173,8 +173,14 @@ def prepare(root: Any, output: Any, *, uploaded: bool, hashes: HashCache | None,
                               "narrow [assets] include or exclude")
         if time.monotonic() > deadline:
             raise IntakeError(f"{project.root}: listing its assets took over {limits.max_seconds:g}s")
-    manifest = build_manifest(project.root, assets, hash_cache=hashes, deadline=deadline,
-                              limits=Limits(max_files=limits.max_files, max_total_size=limits.max_total_bytes))
+    try:
+        manifest = build_manifest(project.root, assets, hash_cache=hashes, deadline=deadline,
+                                  limits=Limits(max_files=limits.max_files, max_total_size=limits.max_total_bytes))
+    except SyncError as exc:  # a fifo, a link loop or out: which project, and how to leave it out
+        if isinstance(exc, ManifestError):  # a limit: it names the project and says what to do
+            raise
+        raise IntakeError(f"{project.root}: {exc} (leave it out of the assets: farm.toml's [assets] "
+                          "exclude)") from None
     return Prepared(project, media, manifest)
 
 
