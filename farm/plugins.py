@@ -13,6 +13,13 @@ loads the rest first. Calling a hook such as ``farm_event`` on all of them (`Plu
 loads every plugin but farm's own (`BUILTIN_DIST`): those register media types and implement
 no other hook (a test holds them to it), so a controller, the embedded one in `farm submit`
 included, imports only the media types its runs use.
+
+A media type name has one provider. Two distributions with an entry point of the same name
+(``farm plugin new maptiles`` installed beside farm) are both refused: each may import the same
+module name, and which file that finds depends on ``sys.path``, so farm cannot tell whose code
+would run. `Plugins.get` of that name raises, naming both, and `farm plugins` shows it. A plugin
+that registers a media type another distribution's entry point is named for, or one a plugin
+loaded before it registered, is refused whole (its other media types too), its error naming both.
 """
 
 from __future__ import annotations
@@ -106,8 +113,10 @@ class Plugins:
         self._manager.add_hookspecs(hookspecs)
         self._infos: list[PluginInfo] = []
         self.media_types = _MediaTypes(self)
-        self._owner: dict[str, str] = {}
+        self._owner: dict[str, PluginInfo] = {}
         self._pending: dict[str, metadata.EntryPoint] = {}  # listed, not loaded yet
+        self._claimed: dict[str, metadata.EntryPoint] = {}  # every entry point installed, by name
+        self._clashes: dict[str, str] = {}  # {entry-point name two distributions have: why neither loads}
         # threads (the controller's loop, the HTTP API, a client) may ask at once: one loads,
         # the others wait for it rather than miss a plugin that is half loaded
         self._loading = threading.RLock()
@@ -130,12 +139,28 @@ class Plugins:
         self._infos = value
 
     def load_entry_points(self, *, lazy: bool = False) -> None:
-        """List the ``farm.plugins`` entry points; load them now, or (``lazy``) as asked for."""
+        """List the ``farm.plugins`` entry points; load them now, or (``lazy``) as asked for.
+
+        A name that two distributions' entry points share loads neither: both are listed in
+        `infos` with the error (reading metadata only, importing nothing).
+        """
         wanted = os.environ.get(LOAD_PLUGINS_ENV)
         allowed = {n.strip() for n in wanted.split(",") if n.strip()} if wanted is not None else None
+        by_name: dict[str, list[metadata.EntryPoint]] = {}
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if allowed is None or ep.name in allowed:
-                self._pending.setdefault(ep.name, ep)
+            by_name.setdefault(ep.name, []).append(ep)
+            self._claimed.setdefault(ep.name, ep)
+        for name, eps in by_name.items():
+            if allowed is not None and name not in allowed:
+                continue
+            if len(eps) == 1:
+                self._pending.setdefault(name, eps[0])
+                continue
+            why = (f"media type {name!r} is provided by {len(eps)} distributions, so farm loads none of "
+                   f"them: {' and '.join(provider(ep) for ep in eps)}; uninstall or rename all but one")
+            self._clashes[name] = why
+            for ep in eps:
+                self._infos.append(_info(ep, error=why))
         if not lazy:
             self.load_all()
 
@@ -166,9 +191,7 @@ class Plugins:
         mark(f"plugin {ep.name} loaded")
 
     def load(self, ep: metadata.EntryPoint) -> None:
-        dist = getattr(ep, "dist", None)
-        info = PluginInfo(name=ep.name, version=dist.version if dist else None, module=ep.value,
-                          dist=dist.name if dist else None)
+        info = _info(ep)
         self._infos.append(info)
         try:
             plugin = ep.load()
@@ -178,6 +201,11 @@ class Plugins:
             log.error("plugin %s failed to load: %s", ep.name, info.error)
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
+        """Register ``plugin`` and the media types its hook registers, all or nothing.
+
+        :raises PluginError: it registers something not a named `MediaType`, or a media type
+            name another plugin has (loaded before it, or an entry point named for it).
+        """
         if self._manager.is_registered(plugin):
             return
         self._manager.register(plugin, name=info.name)
@@ -189,18 +217,40 @@ class Plugins:
         def register_media_type(cls: type[MediaType]) -> None:
             if not (isinstance(cls, type) and issubclass(cls, MediaType)) or not cls.name:
                 raise PluginError(f"plugin {info.name} registered {cls!r}, which is not a named MediaType")
-            if cls.name in self.media_types.loaded():  # `in` alone would load plugins: we are loading one
-                raise PluginError(
-                    f"media type {cls.name!r} is registered by both {self._owner[cls.name]} and {info.name}"
-                )
+            other = self._other_provider(cls.name, info)
+            if other is not None:
+                raise PluginError(f"media type {cls.name!r} belongs to {other}; {describe(info)} registers "
+                                  "it too, so it was refused: rename its media type or uninstall one")
             self.media_types[cls.name] = cls()
-            self._owner[cls.name] = info.name
+            self._owner[cls.name] = info
             info.media_types.append(cls.name)
 
-        hook(register=register_media_type)
+        try:
+            hook(register=register_media_type)
+        except Exception:  # refused whole: nothing of it stays registered
+            for name in info.media_types:
+                del self.media_types[name], self._owner[name]
+            info.media_types = []
+            self._manager.unregister(plugin)
+            raise
+
+    def _other_provider(self, name: str, info: PluginInfo) -> str | None:
+        """Who else provides media type ``name`` (described), if anyone does."""
+        if name in self.media_types.loaded():  # `in` alone would load plugins: we are loading one
+            return describe(self._owner[name])
+        ep = self._claimed.get(name)
+        if ep is not None and name != info.name:  # an entry point named for it is its provider
+            return provider(ep)
+        return None
 
     def get(self, name: str) -> MediaType:
-        """The media type ``name``, loading its plugin if need be. Raises `UnknownMediaType`."""
+        """The media type ``name``, loading its plugin if need be.
+
+        :raises UnknownMediaType: no plugin provides it, or two distributions do (the message
+            names both).
+        """
+        if name in self._clashes:
+            raise UnknownMediaType(self._clashes[name])
         try:
             return self.media_types[name]
         except KeyError:
@@ -210,7 +260,7 @@ class Plugins:
     def owner(self, name: str) -> PluginInfo:
         """The plugin that registered media type ``name`` (loading it if need be)."""
         self.get(name)
-        return next(i for i in self._infos if i.name == self._owner[name])
+        return self._owner[name]
 
     def versions(self) -> dict[str, str]:
         """{media type: the version of the plugin distribution that registered it}, where known,
@@ -225,6 +275,24 @@ class Plugins:
             if version is not None:
                 found[name] = version
         return found
+
+
+def provider(ep: metadata.EntryPoint) -> str:
+    """Who provides entry point ``ep``, for messages: ``farm-thumbs 0.1.0 (thumbs = farm_thumbs)``."""
+    return describe(_info(ep))
+
+
+def describe(info: PluginInfo) -> str:
+    """A plugin, for messages: ``farm-thumbs 0.1.0 (thumbs = farm_thumbs)`` (no distribution: the
+    entry point alone)."""
+    where = f"{info.dist} {info.version} " if info.dist else ""
+    return f"{where}({info.name} = {info.module})"
+
+
+def _info(ep: metadata.EntryPoint, error: str | None = None) -> PluginInfo:
+    dist = getattr(ep, "dist", None)
+    return PluginInfo(name=ep.name, version=dist.version if dist else None, module=ep.value,
+                      dist=dist.name if dist else None, error=error)
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str | None:

@@ -88,6 +88,61 @@ def test_a_bad_name_is_refused_with_a_message(tmp_path: Path, name: str):
     assert list(tmp_path.iterdir()) == []
 
 
+# a third-party plugin whose entry point is named otherwise than the media type it registers
+OTHER_NAMED = """
+    from farm.hookspecs import hookimpl
+    from farm.mediatype import MediaType
+
+
+    class Oddity(MediaType):
+        name = "oddity"
+
+
+    @hookimpl
+    def farm_register_media_types(register):
+        register(Oddity)
+"""
+
+
+def refused_as_taken(name: str, tmp_path: Path, env: dict[str, str] | None = None) -> str:
+    """`farm plugin new NAME`'s message (flattened) for a taken NAME: a usage error, nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    done = farm_cli("plugin", "new", name, "--dir", str(out), cwd=tmp_path,
+                    env={**(env or os.environ), "COLUMNS": "200"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and list(out.iterdir()) == []
+    return " ".join(done.stderr.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("name", ["maptiles", "frames"])
+def test_a_builtin_media_types_name_is_refused(tmp_path: Path, name: str):
+    message = refused_as_taken(name, tmp_path)
+    assert f"plugin name {name!r}: media type {name!r} is installed already: farm " in message
+    assert f"({name} = farm_{name}); choose another name" in message
+
+
+@pytest.mark.parametrize("name, clash", [
+    ("thing", "media type 'thing' is installed already: farm_thing 0.1 (thing = farm_thing)"),
+    ("oddity", "media type 'oddity' is installed already: farm_odd 0.1 (odd = farm_odd)"),
+    ("lonely", "the module farm_lonely is importable already ("),
+    ("ghost", "the distribution farm-ghost 0.2 is installed already"),
+])
+def test_a_name_taken_by_an_installed_plugin_module_or_distribution_is_refused(tmp_path: Path, name: str,
+                                                                               clash: str):
+    from sched_helpers import install_plugin
+
+    site = install_plugin(tmp_path / "site", "farm_thing", OTHER_NAMED.replace("Oddity", "Thing").replace(
+        '"oddity"', '"thing"'), "thing")
+    install_plugin(site, "farm_odd", OTHER_NAMED, "odd")
+    (site / "farm_lonely.py").write_text("")  # a module without a distribution
+    ghost = site / "farm_ghost-0.2.dist-info"  # a distribution without the module (yet)
+    ghost.mkdir()
+    (ghost / "METADATA").write_text("Metadata-Version: 2.1\nName: farm-ghost\nVersion: 0.2\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    assert f"plugin name {name!r}: {clash}" in refused_as_taken(name, tmp_path, env)
+
+
 def test_an_existing_folder_is_not_overwritten(tmp_path: Path):
     (tmp_path / "farm-thumbs").mkdir()
     (tmp_path / "farm-thumbs" / "mine.txt").write_text("keep")

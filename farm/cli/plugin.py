@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from farm.cli.errors import reported
-from farm.scaffold import new_plugin
+from farm.scaffold import NameTaken, new_plugin
 
 app = typer.Typer(help="Write plugins.", no_args_is_help=True)
 
@@ -18,7 +18,13 @@ def new(
     name: Annotated[str, typer.Argument(help="The media type's name, e.g. thumbnails.")],
     folder: Annotated[Path, typer.Option("--dir", help="Where to create farm-NAME/.")] = Path("."),
 ) -> None:
-    """Write a plugin package farm-NAME: entry point, media type, sample project, tests."""
+    """Write a plugin package farm-NAME: entry point, media type, sample project, tests.
+
+    NAME may not be an installed media type's, nor may farm_NAME or farm-NAME be installed
+    (a usage error, exit 2): installed, the package would clash with it."""
     with reported():
-        target = new_plugin(name, folder)
+        try:
+            target = new_plugin(name, folder)
+        except NameTaken as exc:
+            raise typer.BadParameter(str(exc), param_hint="NAME") from None
     typer.echo(f"wrote {target}\nnext: pip install -e {target} && cd {target} && python -m pytest")

@@ -19,7 +19,7 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     for info in loaded.infos:
         media = [{"name": n, "description": loaded.media_types[n].description,
                   "unavailable": loaded.media_types[n].available()} for n in info.media_types]
-        rows.append({"name": info.name, "version": info.version, "module": info.module,
+        rows.append({"name": info.name, "version": info.version, "module": info.module, "dist": info.dist,
                      "media_types": media, "hooks": info.hooks, "error": info.error})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -6,10 +6,11 @@ The template (``farm/scaffold/template``) is package data: its files end in ``.t
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import string
 from collections.abc import Iterator
-from importlib import resources
+from importlib import metadata, resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from farm.errors import FarmError
 
 #: a plugin name: a media type name that is also the tail of a Python module name
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+
+
+class NameTaken(FarmError):
+    """A new plugin's name is an installed media type's, or its module or distribution is
+    installed already: installing the package would clash with it (a usage error)."""
 
 
 def new_plugin(name: str, parent: Path | str = ".") -> Path:
@@ -28,19 +34,23 @@ def new_plugin(name: str, parent: Path | str = ".") -> Path:
 
     :raises FarmError: ``name`` is not a lower-case identifier of at most 40 characters, or the
         target folder exists already.
+    :raises NameTaken: ``name`` is taken where the package would be installed (see `name_taken`).
     """
     if not NAME.match(name):
         raise FarmError(f"plugin name {name!r}: use a lower-case letter, then letters, digits or _ "
                         "(at most 40): it names the media type and the module farm_<name>")
-    target = Path(parent) / f"farm-{name.replace('_', '-')}"
-    if target.exists():
-        raise FarmError(f"{target} exists already; choose another --dir or remove it")
     values = {
         "name": name,
         "module": f"farm_{name}",
         "dist": f"farm-{name.replace('_', '-')}",
         "cls": "".join(part.capitalize() for part in name.split("_")),
     }
+    clash = name_taken(name)
+    if clash:
+        raise NameTaken(f"plugin name {name!r}: {clash}; choose another name")
+    target = Path(parent) / values["dist"]
+    if target.exists():
+        raise FarmError(f"{target} exists already; choose another --dir or remove it")
     template = resources.files(__package__) / "template"
     for source, rel in _walk(template, ""):
         rel = rel.replace("test_package", f"test_{name}").replace("package/", f"{values['module']}/")
@@ -49,6 +59,37 @@ def new_plugin(name: str, parent: Path | str = ".") -> Path:
         text = string.Template(source.read_text(encoding="utf-8")).substitute(values)
         dest.write_text(text, encoding="utf-8")
     return target
+
+
+def name_taken(name: str) -> str | None:
+    """Why the plugin ``name`` would clash with what this Python has installed, or None.
+
+    It clashes where an installed plugin's entry point or media type has that name (built-in
+    or not: farm would refuse both, `farm.plugins`), or the module ``farm_<name>`` is
+    importable, or the distribution ``farm-<name>`` is installed. Lists every plugin's media
+    types, so imports them all.
+    """
+    from farm.plugins import ENTRY_POINT_GROUP, describe, get_plugins, provider
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return f"media type {name!r} is installed already: {provider(ep)}"
+    plugins = get_plugins()
+    if name in plugins.media_types:
+        return f"media type {name!r} is installed already: {describe(plugins.owner(name))}"
+    module = f"farm_{name}"
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a module of that name is half there: taken all the same
+        spec = True
+    if spec is not None:
+        return f"the module {module} is importable already ({getattr(spec, 'origin', None) or 'a package'})"
+    dist = f"farm-{name.replace('_', '-')}"
+    try:
+        found = metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return None
+    return f"the distribution {dist} {found.version} is installed already"
 
 
 def _walk(folder: Traversable, prefix: str) -> Iterator[tuple[Traversable, str]]:
