@@ -10,7 +10,10 @@ folders that leaves empty), if they are still the files that were downloaded (sa
 modification time: a file the user changed stays). On the embedded farm the media type's
 finalize writes in the project's own folder and sees what an earlier run left: after a failed
 run, `farm_frames` removes its video and contact sheet and `farm_audio` its encoded files, with
-`remove_earlier`; `farm_maptiles` removes tiles outside the run's zooms and bounds.
+`remove_earlier`; `farm_maptiles` removes tiles outside the run's zooms and bounds. After a
+successful run, `farm_audio` removes the outputs its previous run recorded and this one did not
+write (a dropped format, another name) by the same rule, from a record of its own
+(`replace_recorded`).
 """
 
 from __future__ import annotations
@@ -42,8 +45,24 @@ def replace_earlier(project: Project, outputs: list[str], downloaded: Iterable[s
     itself (unreadable, unwritable): the run's outputs are what matters, so that is logged.
     """
     out = project.output_dir
-    record = project.root / STATE_DIR / RECORD
-    made = _files(out, outputs, set(downloaded))
+    removed = replace_recorded(project, RECORD, _files(out, outputs, set(downloaded)))
+    if removed:
+        log.warning("%s: removed %s from %s: an earlier run made %s, and this run did not make %s again",
+                    project.name, name_some(removed), out, "them" if len(removed) > 1 else "it",
+                    "them" if len(removed) > 1 else "it")
+    return removed
+
+
+def replace_recorded(project: Project, record_name: str, made: set[str]) -> list[str]:
+    """Remove the files the record ``record_name`` (in the project's state folder) names and
+    ``made`` (this run's files, relative to the output folder) does not, if each is still the
+    file recorded (same size and modification time: one the user changed since stays), with
+    the folders that leaves empty; then record ``made``. The record applies only to the output
+    folder it was written for. Returns the removed files, relative to the output folder; the
+    caller says so. Never raises for the record itself: that is logged.
+    """
+    out = project.output_dir
+    record = project.root / STATE_DIR / record_name
     removed = []
     for entry in _read(record, project.output):
         name = entry["name"]
@@ -58,17 +77,17 @@ def replace_earlier(project: Project, outputs: list[str], downloaded: Iterable[s
                 _prune(path.parent, out)
         except OSError:  # gone already, or not ours to remove: left as it is
             continue
-    if removed:
-        more = len(removed) - _SHOWN
-        shown = ", ".join(removed[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
-        log.warning("%s: removed %s from %s: an earlier run made %s, and this run did not make %s again",
-                    project.name, shown, out, "them" if len(removed) > 1 else "it",
-                    "them" if len(removed) > 1 else "it")
     try:
         _write(project, record, out, sorted(made))
     except (OSError, FarmError) as exc:  # FarmError: a link in the state folder
         log.warning("%s: cannot record this run's outputs in %s: %s", project.name, record, exc)
     return removed
+
+
+def name_some(names: list[str]) -> str:
+    """``a, b, c, d, e and 2 more``: the first few of ``names``, for a warning."""
+    more = len(names) - _SHOWN
+    return ", ".join(names[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _files(out: Path, outputs: list[str], downloaded: set[str]) -> set[str]:

@@ -13,8 +13,20 @@ from farm.mediatype import CollateContext, Job, RenderContext
 from farm.plugins import get_plugins
 from farm.project import Project
 
-
 Rendered = dict[str, tuple[Job, dict, dict[str, Path]]]  # key -> (job, result, its files by name)
+
+
+def write_project(root: Path, audio: str, signal: str, seconds: float, rate: int = 48000) -> Path:
+    """A project at ``root``: ``source.flac``, ``seconds`` of ffmpeg's ``aevalsrc`` expression
+    ``signal`` (made once), and a farm.toml whose ``[audio]`` reads it, then ``audio`` (TOML lines)."""
+    root.mkdir(parents=True, exist_ok=True)
+    source = root / "source.flac"
+    if not source.exists():
+        ffmpeg.run(["-f", "lavfi", "-i", f"aevalsrc=exprs='{signal}':s={rate}:d={seconds}", "-c:a", "flac",
+                    str(source)])
+    (root / "farm.toml").write_text(f'[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\n'
+                                    f'input = "source.flac"\n{audio}')
+    return root
 
 
 def render_jobs(project: Project, scratch: Path) -> Rendered:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from audio_helpers import Rendered, render_jobs, whole_file
+from audio_helpers import Rendered, render_jobs, whole_file, write_project
 from farm_audio import ffmpeg
 from farm_audio.render import ANALYSIS_KEY
 
@@ -31,15 +31,8 @@ OTHERS = {"notes.txt": b"mine", "other.mp3": b"another mp3", "t.flac.bak": b"a c
 
 def make_project(root: Path, filters: str, extra: str = "") -> Path:
     """4 s of a tone with swells in 0.5 s segments (samples 0-24000, 24000-48000, ...)."""
-    root.mkdir(exist_ok=True)
-    source = root / "source.flac"
-    if not source.exists():
-        ffmpeg.run(["-f", "lavfi", "-i", f"aevalsrc=exprs='{SIGNAL}':s={RATE}:d=4", "-c:a", "flac",
-                    str(source)])
-    (root / "farm.toml").write_text(f'[project]\nname = "t"\nmedia_type = "audio"\n\n[audio]\n'
-                                    f'input = "source.flac"\nfilters = "{filters}"\nsegment = 0.5\n'
-                                    f'outputs = ["flac", "mp3"]\nname = "t"\n{extra}')
-    return root
+    table = f'filters = "{filters}"\nsegment = 0.5\noutputs = ["flac", "mp3"]\nname = "t"\n{extra}'
+    return write_project(root, table, SIGNAL, 4, RATE)
 
 
 def plant_others(output: Path) -> None:

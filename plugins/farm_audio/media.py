@@ -5,7 +5,8 @@ render beside it and the encoders apply its gain, else they depend on it).
 render: the segment's PCM, on a render node. collate: written into one raw PCM file at its
 offset, as it arrives; each output is encoded while the join fills. finalize: every range
 checked, then the encoders get the rest; the outputs are recorded (`farm_audio.finished`), so
-a finalize run again after the joins are removed (`farm_audio.scratch`) returns them.
+a finalize run again after the joins are removed (`farm_audio.scratch`) returns them, and an
+earlier run's outputs this run no longer writes are removed (`farm_audio.dropped`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_audio import encode, failedrun, ffmpeg, finished, preview
+from farm_audio import dropped, encode, failedrun, ffmpeg, finished, preview
 from farm_audio.allow import NotAllowed, check_settings
 from farm_audio.config import read_settings
 from farm_audio.join import JoinError, PcmJoin
@@ -242,7 +243,9 @@ class AudioSegments(MediaType):
         self._end(ctx)  # after the record: the joins are needed until the outputs are recorded
         s = ctx.project.settings
         analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
-        return [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
+        outputs = [*paths, analysis] if s["loudnorm"] is not None and analysis.is_file() else paths
+        dropped.replace(ctx, outputs)  # an earlier run's mp3 after this one dropped mp3 would look current
+        return outputs
 
     def _abort(self, ctx: CollateContext) -> None:
         """Stop the encoders, if they started, and remove what they wrote."""
