@@ -68,12 +68,14 @@ def test_the_rich_bar_on_a_terminal_shows_units_failures_and_stalls():
     assert "tiles 2,500/5,461 · jobs 40/85 · 500.0 tiles/s · ETA 00:06 · waiting: no agents connected yet" \
         in stalled, stalled
     done = update(84, 5430, failed=1, state="done")
-    done["units"]["failed"] = 31
+    done["units"].update(failed=31, rate=412.3)  # the controller's average over the run
     bar.update(done, now=10.0)
     bar.close()
     text = console.export_text()
-    # done and failed apart, as in the summary (84/85 jobs done, 1 failed): the bar stops short
-    assert "99%" in text and "tiles 5,430/5,461 · jobs 84/85 · 543.0 tiles/s · ETA 00:00 · 1 failed" in text, text
+    # done and failed apart, as in the summary (84/85 jobs done, 1 failed): the bar stops short;
+    # a finished run's rate is its average, not the last seconds' (543.0 here, 0.0 after a long finalize)
+    assert "99%" in text, text
+    assert "tiles 5,430/5,461 · jobs 84/85 · 412.3 tiles/s · ETA 00:00 · 1 failed" in text, text
     assert "━" in text  # rich's bar
 
 

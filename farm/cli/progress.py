@@ -3,11 +3,14 @@
 A run's UPDATEs (the controller's snapshots, `farm.controller.run.ProjectRun.snapshot`) are
 drawn with ``rich.progress`` on a terminal: the media's own units beside jobs ("tiles
 1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds, failures,
-reuse, and why the run waits when it is stalled. While the job count is an estimate (adaptive
-chunks: it follows the sizes chosen until the split is over) the jobs are counted without it
-("12 jobs done"), or, where jobs are the only figure, marked ("jobs 3/~10"). Where the stream
-is not a terminal (a log file, a pipe) the same text goes out as plain lines, at most one
-every `PLAIN_EVERY_S` seconds unless the run's state or stall reason changes.
+reuse, and why the run waits when it is stalled (no ETA while it is paused; a finished run's rate
+is its average over the run, as the controller measured it). The count and the percent never
+say a run is all there before its jobs are done: a job being collated counts whole in the
+controller's ``partial``, so a backlog of collates would read as 100 %. While the job count is
+an estimate (adaptive chunks: it follows the sizes chosen until the split is over) the jobs are
+counted without it ("12 jobs done"), or, where jobs are the only figure, marked ("jobs 3/~10").
+Where the stream is not a terminal (a log file, a pipe) the same text goes out as plain lines,
+at most one every `PLAIN_EVERY_S` seconds unless the run's state or stall reason changes.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
 from rich.padding import Padding
-from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Column
 from rich.text import Text
 
 from farm.client import Summary
+
+ENDED = frozenset({"done", "failed", "cancelled"})
 
 RATE_WINDOW_S = 10.0
 PLAIN_EVERY_S = 10.0
@@ -97,10 +102,25 @@ class Position:
             self.value = self.done + float(update.get("partial", 0.0))
             self.total = update.get("total")
             self.shows_jobs = False
+        self.rate = units.get("rate") if self.shows_jobs else update.get("rate")  # the run's average
+        # a job not done yet leaves the count short of the total (by at most one unit), whatever
+        # its collate adds to `partial`: "items 1,200/1,200" with 1 job of 400 done would say it is over
+        left = (self.total or 0) - self.failed - self.done
+        self.unfinished = left > 0
+        if self.unfinished:
+            self.value = min(self.value, self.done + left - min(1.0, left / 2))
 
     @property
     def fraction(self) -> float | None:
         return min(self.value / self.total, 1.0) if self.total else None
+
+    @property
+    def percent(self) -> str:
+        """The bar's share done, "" with no total: at most 99% while a job is not done."""
+        fraction = self.fraction
+        if fraction is None:
+            return ""
+        return f"{min(round(fraction * 100), 99) if self.unfinished else round(fraction * 100)}%"
 
     @property
     def remaining(self) -> float | None:
@@ -131,8 +151,15 @@ class Position:
 
 
 def progress_text(update: dict[str, Any], rate: float | None) -> str:
-    """The words beside the bar: counts, rate, ETA, failures, reuse, state, stall reason."""
+    """The words beside the bar: counts, rate, ETA, failures, reuse, state, stall reason.
+
+    `rate`: units per second over the last few seconds (`RateMeter`), None while unknown; a
+    finished run shows its average over the run instead (its last seconds moved nothing).
+    """
     pos = Position(update)
+    ended = update.get("state") in ENDED
+    if ended:
+        rate = pos.rate
     parts = [f"{pos.name} {pos.shown}/{pos.total_shown}"]
     if pos.shows_jobs:
         parts.append(pos.jobs_shown)
@@ -142,12 +169,14 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
     shown = f"{rate:,.1f}" if rate is not None else "--"
     # a rate that shows as 0.0 gives no ETA worth saying (hours from a trickle)
     eta = remaining / rate if rate and shown != "0.0" and remaining is not None else None
+    if update.get("paused") or ended:  # no pace to go on: what is left waits on a resume, or never comes
+        eta = 0.0 if ended and remaining == 0 else None
     parts.append(f"{shown} {pos.name}/s")
     parts.append(f"ETA {format_duration(eta)}")
     if update.get("failed"):
-        parts.append(f"{update['failed']} failed")
+        parts.append(f"{format_count(update['failed'])} failed")
     if update.get("reused"):
-        parts.append(f"{update['reused']} reused")
+        parts.append(f"{format_count(update['reused'])} reused")
     if update.get("state") == "finalizing":
         parts.append("finalizing")
     if update.get("stalled"):
@@ -201,9 +230,11 @@ class ProgressBar:
             stderr = sys.stderr
             self._progress.start()
             self._route_logs(stderr)
-            self._task = self._progress.add_task(str(update.get("project", "")), total=None, stats="")
+            self._task = self._progress.add_task(str(update.get("project", "")), total=None, stats="",
+                                                 percent="")
         assert self._task is not None
-        self._progress.update(self._task, completed=pos.value, total=pos.total, stats=text, refresh=True)
+        self._progress.update(self._task, completed=pos.value, total=pos.total, stats=text,
+                              percent=pos.percent, refresh=True)
 
     def _plain(self, update: dict[str, Any], text: str, now: float) -> None:
         news = (update.get("state"), update.get("stalled"))  # failures are logged on their own
@@ -211,8 +242,8 @@ class ProgressBar:
         if last is not None and last[1] == news and now - last[0] < self.plain_every:
             return
         self._plain_last = (now, news)
-        fraction = Position(update).fraction
-        share = f" ({fraction:.0%})" if fraction is not None else ""
+        percent = Position(update).percent
+        share = f" ({percent})" if percent else ""
         self.stream.write(f"{update.get('project', '')}: {text.replace(SEP, share + SEP, 1)}\n")
         self.stream.flush()
 
@@ -247,7 +278,9 @@ class _RunProgress(Progress):
         super().__init__(
             TextColumn("{task.description}", table_column=self._name),
             BarColumn(bar_width=BAR_WIDTH, table_column=Column(min_width=BAR_MIN)),
-            TaskProgressColumn(table_column=Column(no_wrap=True, min_width=4)),
+            # Position.percent, not rich's percentage: that rounds 99.6 % of a run not yet done up to 100%
+            TextColumn("{task.fields[percent]}", justify="right",
+                       table_column=Column(no_wrap=True, min_width=4)),
             TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
             console=console, refresh_per_second=5, transient=False)
 

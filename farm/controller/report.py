@@ -25,9 +25,12 @@ class RunReport:
         return end - self.started_mono
 
     def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
-        # a job being collated is rendered: it counts whole, or the bar (and a client's rate)
-        # would go back between its agent's last progress and its collate's end
-        rendered = {**self.progress, **dict.fromkeys(self.collating, 1.0)}
+        # a rendered job being collated counts whole, or the bar (and a client's rate) would go back
+        # between its agent's last progress and its collate's end; one reused from the job cache
+        # (no lease) counts nothing until done: its collate is all its work, and a resubmit hands
+        # hundreds at once to the collator, which read as 100 % with one job done
+        rendered = {**self.progress, **{key: 1.0 for key, pending in self.collating.items()
+                                        if pending.lease is not None}}
         running_fraction = sum(rendered.values())
         elapsed = self.elapsed()
         rate = (self.done - self.resumed + len(self.failures) + running_fraction) / elapsed if elapsed > 0.5 else None
@@ -60,7 +63,8 @@ class RunReport:
                       else None),
             "stalled": stalled,
             "error": self.error,
-            "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted, active=self.active),
+            "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted,
+                                         active=self.active and not self.paused),
         }
 
     def summary(self) -> dict[str, Any]:
