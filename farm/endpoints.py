@@ -6,6 +6,38 @@ import zmq
 
 from farm.errors import FarmError
 
+DIALLABLE = "tcp://HOST:PORT or ipc://PATH"  # what a node or client can dial: see `endpoint_problem`
+IPC_PATH_MAX = 107  # bytes: a Unix socket's sun_path, less its final NUL
+
+
+def endpoint_problem(url: str, *, bind: bool = False) -> str | None:
+    """What is wrong with `url` as a controller's address (a sentence), or None when ZeroMQ can use it.
+
+    Farm's processes reach a controller over ``tcp://HOST:PORT`` (PORT 1-65535) or
+    ``ipc://PATH`` (a Unix socket, at most 107 bytes); ``inproc://`` lives inside one process,
+    so no command can name it. With `bind`, HOST may be ``*`` and PORT ``0`` or ``*`` (a free one).
+    Checked where an address enters, so a typo is named as such, not as a ZeroMQ error.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("tcp", "ipc"):  # ZeroMQ knows its schemes in lower case only
+        return f"expected {DIALLABLE}"
+    if scheme == "ipc":
+        if not rest:
+            return "expected ipc://PATH: the path is missing"
+        size = len(rest.encode())
+        if size > IPC_PATH_MAX:
+            return f"the socket path is {size} bytes long; a Unix socket's is at most {IPC_PATH_MAX}"
+        return None
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or any(c.isspace() or c == "/" for c in host) or (host == "*" and not bind):
+        return f"expected tcp://HOST:PORT{' (HOST may be *)' if bind else ''}"
+    if bind and port == "*":
+        return None
+    lowest = 0 if bind else 1
+    if not (port.isascii() and port.isdigit()) or not lowest <= int(port) < 65536:
+        return f"port {port!r} is not a TCP port ({lowest}-65535{', 0: a free one' if bind else ''})"
+    return None
+
 
 def files_bind(job_bind: str, port: int | None = None) -> str:
     """The file synchroniser's bind address, beside the controller's job socket.

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,8 @@ def parse_key(text: str | bytes) -> bytes | None:
     try:
         raw = (text.encode("ascii") if isinstance(text, str) else bytes(text)).strip()
         return raw if len(raw) == 40 and len(z85.decode(raw)) == 32 else None
-    except (ValueError, KeyError, IndexError, TypeError):  # UnicodeEncodeError is a ValueError
+    # UnicodeEncodeError is a ValueError; struct.error: a group of five characters past 2**32
+    except (ValueError, KeyError, IndexError, TypeError, struct.error):
         return None
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
+from farm.endpoints import endpoint_problem
 from farm.keys import KeyStore, SecurityError, parse_key
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ def format_join(url: str, server_key: str | bytes, token: str) -> str:
 
 
 def parse_join(text: str) -> tuple[str, bytes, str]:
-    """(controller url, its Z85 public key, token) from a join argument; errors say what is wrong."""
+    """(controller url, its Z85 public key, token) from a join argument; a `SecurityError` says what
+    is wrong (the url too: `farm.endpoints.endpoint_problem`)."""
     url, sep, rest = text.strip().partition("#")
     if not sep or "://" not in url:
         raise SecurityError(f"bad join argument {text[:80]!r}: expected URL#KEY.TOKEN as printed by "
@@ -123,6 +125,9 @@ def parse_join(text: str) -> tuple[str, bytes, str]:
     token = rest[41:]
     if not _TOKEN.fullmatch(token):
         raise SecurityError("bad join argument: the token after the key is not ID-SECRET (8 and 32 hex digits)")
+    problem = endpoint_problem(url)
+    if problem is not None:
+        raise SecurityError(f"bad join argument: the controller's address {url[:80]!r} before '#': {problem}")
     return url, key, token
 
 

@@ -44,7 +44,7 @@ def test_keys_we_cannot_read_and_no_keys_are_json_errors_too(tmp_path):
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **{k: v for k, v in __import__("os").environ.items()
                                                                 if k.startswith("PYTHON")}}
     rc, obj, _ = one_object("status", "--json", env=env)  # no controller named, none of ours here
-    assert rc == 1 and obj["code"] == "error" and "no controller named" in obj["error"]
+    assert rc == 1 and obj["code"] == "unreachable" and "no controller named" in obj["error"]
 
 
 def test_farm_cancel_json_prints_the_summary_or_the_refusal(controller, agents, synthetic):

@@ -12,7 +12,7 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.invite import advertised_url, invite, openable_urls, remember_url
-from farm.cli.options import Insecure, KeysDir
+from farm.cli.options import Insecure, KeysDir, checked_bind
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
 from farm.discovery import Announcer
@@ -38,7 +38,9 @@ def _checked(check: Callable[[str], str], values: list[str] | None) -> list[str]
 
 
 def controller(
-    bind: Annotated[str, typer.Option(help="Where agents and clients connect.")] = "tcp://127.0.0.1:5555",
+    bind: Annotated[str, typer.Option(
+        callback=checked_bind, help="Where agents and clients connect: tcp://HOST:PORT (PORT 0: a free one) "
+                                    "or ipc://PATH.")] = "tcp://127.0.0.1:5555",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where the controller keeps its state.")] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before an agent is declared dead.")] = 5,

@@ -23,7 +23,7 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     because the run is finalizing (its state: it has not failed), else "failed". ``code`` says
     what kind of error, for scripts: a refused steering request's own (not_found, bad_request,
     conflict, finalizing), else invalid (the project), unreachable (no answer from the
-    controller), security (keys, tokens, a refused handshake), os_error (a file or folder),
+    controller, or none named or found), security (keys, tokens, a refused handshake), os_error (a file or folder),
     error (anything else farm refused); and from `farm.cli.main`, usage (a bad option or value)
     and interrupted (Ctrl-C).
     """

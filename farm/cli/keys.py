@@ -11,6 +11,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
+from farm.cli.options import checked_address
 from farm.security import KeyStore, allowed_roles
 from farm.tokens import TokenStore, format_expiry, parse_duration
 
@@ -120,6 +121,7 @@ def list_keys(
 def invite(
     keys_dir: KeysDir = None,
     url: Annotated[str | None, typer.Option(
+        callback=checked_address,
         help="Where nodes reach the controller (default: what `farm controller` last recorded).")] = None,
     expires: Annotated[str, typer.Option(help="How long the token lasts: 30m, 1h, 7d, never.")] = "24h",
     single_use: Annotated[bool, typer.Option(

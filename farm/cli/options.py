@@ -13,7 +13,8 @@ import zmq
 
 from farm.cli.security import client_security, local_controller, remember_joined
 from farm.discovery import DISCOVER_S, discover
-from farm.errors import FarmError
+from farm.endpoints import endpoint_problem
+from farm.errors import ConnectionLost, FarmError
 from farm.join import join
 from farm.security import ClientSecurity, KeyStore
 
@@ -25,8 +26,34 @@ NAME_ONE = ("name one with --controller tcp://HOST:5555 (or set FARM_CONTROLLER)
             "--join URL#KEY.TOKEN (`farm keys invite` on the controller prints it), or pass "
             "--controller auto to find one announcing itself on the local network")
 
+
+def checked_address(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """A typer callback: `value` (a controller's address, or 'auto') unchanged, or a usage error
+    (exit 2, code ``usage``) naming the option, or its environment variable when the value came
+    from there, and what is expected (`farm.endpoints.endpoint_problem`).
+
+    Every --controller (and `farm keys invite --url`) passes here, so a bad address is never a
+    ZeroMQ traceback.
+    """
+    return _checked(ctx, param, value, bind=False)
+
+
+def checked_bind(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """`checked_address` for a listening address (--bind): HOST may be ``*``, PORT 0 or ``*``."""
+    return _checked(ctx, param, value, bind=True)
+
+
+def _checked(ctx: typer.Context, param: typer.CallbackParam, value: str | None, *, bind: bool) -> str | None:
+    problem = None if value is None or (value == AUTO and not bind) else endpoint_problem(value, bind=bind)
+    if problem is None:
+        return value
+    from_env = getattr(ctx.get_parameter_source(param.name or ""), "name", "") == "ENVIRONMENT"
+    named = f"${param.envvar}" if from_env and isinstance(param.envvar, str) else param.opts[0]
+    raise typer.BadParameter(problem, param_hint=f"{named} {value!r}")
+
+
 ControllerUrl = Annotated[Optional[str], typer.Option(
-    "--controller", "-c", envvar="FARM_CONTROLLER",
+    "--controller", "-c", envvar="FARM_CONTROLLER", callback=checked_address,
     help="The controller, e.g. tcp://host:5555; 'auto' finds one on the local network.")]
 Join = Annotated[Optional[str], typer.Option(
     "--join", envvar="FARM_JOIN", show_envvar=True,
@@ -85,7 +112,8 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
     --controller (or 'auto'), or none.
 
     No controller named: this user's loopback controller if one recorded itself, else (for
-    agents, `discover_by_default`) the local network, else an error that says how to name one.
+    agents, `discover_by_default`) the local network, else a `ConnectionLost` (code ``unreachable``)
+    that says how to name one.
     """
     if join_arg:
         if insecure:
@@ -102,7 +130,7 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         if insecure or local is not None:
             controller = local or LOCAL_DEFAULT  # this user's controller on this machine
         else:
-            raise FarmError(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
+            raise ConnectionLost(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
     if controller is None or controller == AUTO:
         if insecure:
             raise FarmError("finding a controller on the network needs keys to check it by; "
@@ -115,10 +143,10 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
             typer.echo(f"using this user's controller on {local}", err=True)
             controller = local
         else:
-            raise FarmError("found no controller with a key we know on the local network (none announced "
-                            "itself, or none whose key is in our keys folder): name one with --controller "
-                            "tcp://HOST:5555 (or set FARM_CONTROLLER), or join one with --join URL#KEY.TOKEN "
-                            "(`farm keys invite` on the controller prints it)")
+            raise ConnectionLost("found no controller with a key we know on the local network (none "
+                                 "announced itself, or none whose key is in our keys folder): name one with "
+                                 "--controller tcp://HOST:5555 (or set FARM_CONTROLLER), or join one with "
+                                 "--join URL#KEY.TOKEN (`farm keys invite` on the controller prints it)")
     return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
 
 

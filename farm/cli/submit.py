@@ -15,7 +15,16 @@ from typing import Annotated, Optional
 import typer
 
 from farm.cli.errors import reported, say_error
-from farm.cli.options import ClientKey, Insecure, Join, KeysDir, ServerKey, Setup, controller_for
+from farm.cli.options import (
+    ClientKey,
+    Insecure,
+    Join,
+    KeysDir,
+    ServerKey,
+    Setup,
+    checked_address,
+    controller_for,
+)
 from farm.cli.progress import ProgressBar, summary_text
 from farm.client import RECONNECT_S, RunLost, Summary
 from farm.client import submit as submit_remote
@@ -40,7 +49,7 @@ def max_local_agents() -> int:
 def submit(
     project_dir: Annotated[Path, typer.Argument(help="The project folder (with a farm.toml).")],
     controller: Annotated[Optional[str], typer.Option(
-        "--controller", "-c", envvar="FARM_CONTROLLER",
+        "--controller", "-c", envvar="FARM_CONTROLLER", callback=checked_address,
         help="A running controller, e.g. tcp://host:5555, or 'auto' to find one on the local network. "
              "Without it (and --join), an embedded farm renders locally.")] = None,
     join: Join = None,
