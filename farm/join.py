@@ -8,7 +8,9 @@ and the answer says that name; a used, expired or revoked token is answered with
 
 The node (`join`): makes its own key pair if it has none, proves the token once by
 connecting with the token's key pair to the controller whose key the join argument names,
-sends its own public key, keeps the controller's key, and from then on connects as itself.
+sends its own public key, and from then on connects as itself. The caller keeps the controller's
+key by its address (`farm.cli.security.remember_joined`: ``joined/ADDRESS.key``), never as
+``controller.key``, which names this user's own controller's key pair.
 
 A token given is always presented: a key the controller allows already costs it nothing (a
 restarted `farm agent --join ...` just connects). When the controller refuses the token (used,
@@ -43,7 +45,6 @@ from farm.tokens import KINDS, JoinRefused, KeyRevoked, TokenStore, parse_join, 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 15.0
-SERVER_KEY_NAME = "controller"
 
 
 # -- the controller's side ---------------------------------------------------------------
@@ -115,7 +116,6 @@ def join(argument: str, keys_dir: Path | str | None, key_name: str, *, name: str
         pair = store.create(key_name)
         log.info("made this %s's key pair %r in %s (public key %s)", "node" if role == "agent" else "client",
                     key_name, store.root, pair.public.decode())
-    _keep_server_key(store, server_key)
     before = accepted_before(store, server_key, pair.public)
     wanted = name or socket.gethostname().split(".")[0] or "node"
     try:
@@ -180,10 +180,3 @@ def _redeem(url: str, server_key: bytes, pair: KeyPair, token: str, name: str, r
         watcher.close()
         sock.close(linger=0)
 
-
-def _keep_server_key(store: KeyStore, server_key: bytes) -> None:
-    """Store the controller's key as `controller`, unless another one is kept under that name."""
-    try:
-        store.add_public(SERVER_KEY_NAME, server_key.decode())
-    except SecurityError as exc:
-        log.info("not storing the controller's key as %r: %s", SERVER_KEY_NAME, exc)

@@ -7,6 +7,7 @@ import time
 
 from join_helpers import farm_processes
 
+from farm.cli.security import remember_joined
 from farm.join import join
 from farm.keys import KeyStore
 
@@ -25,7 +26,9 @@ def test_each_mistake_has_its_own_message(tmp_path):
         # A client that joined (its key allowed), and a stranger who holds the right controller key.
         made = json.loads(farm.run("keys", "invite", "--client", "--json", "--keys-dir", str(ctl.root)).stdout)
         mine = KeyStore(tmp_path / "mine")
-        assert join(made["join"], mine.root, "client", role="client").name is not None
+        joined = join(made["join"], mine.root, "client", role="client")
+        assert joined.name is not None
+        remember_joined(mine, joined.url, joined.server_key)  # as `--join` does: the key, by address
         stranger = KeyStore(tmp_path / "stranger")
         stranger.create("client")
         stranger.add_public("controller", controller_key)

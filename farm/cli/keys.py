@@ -12,6 +12,7 @@ from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
 from farm.cli.options import checked_address
+from farm.cli.security import move_joined_key
 from farm.security import KeyStore, allowed_roles
 from farm.tokens import TokenStore, format_expiry, parse_duration
 
@@ -35,6 +36,7 @@ def create(
     """Make a key pair: NAME.key (public) and NAME.key_secret (mode 0600)."""
     with reported():
         store = KeyStore(keys_dir)
+        move_joined_key(store, name)  # a joined controller's key, kept under this name by joins of old
         pair = store.create(name, force=force)
         typer.echo(f"created {store.public_path(name)} and {store.secret_path(name)}", err=True)
         typer.echo(pair.public.decode())

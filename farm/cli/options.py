@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 import zmq
 
-from farm.cli.security import client_security, local_controller, remember_joined
+from farm.cli.security import client_security, joined_keys, local_controller, remember_joined
 from farm.discovery import DISCOVER_S, discover
 from farm.endpoints import endpoint_problem
 from farm.errors import ConnectionLost, FarmError
@@ -153,6 +153,8 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
 def _discovered(keys_dir: Path | None, key: str) -> tuple[str, Setup] | None:
     store = KeyStore(keys_dir)
     trusted = {public: name for name, (public, _) in store.identities().items()}
+    for public, where in joined_keys(store).items():  # a controller we joined, by the address we joined
+        trusted.setdefault(public, f"the controller joined at {where}")
     typer.echo(f"looking for a controller on the local network (mDNS, up to {DISCOVER_S:.0f}s)...", err=True)
     found, strangers = discover(trusted)
     for other in strangers:

@@ -12,7 +12,8 @@ there, else with the controller's own key pair, which a controller always admits
 can read that secret is the controller's user). Another local user has neither, cannot write
 the record, and is refused during the handshake; a port squatter cannot pose as the
 controller. A join (``--join URL#KEY.TOKEN``) records the controller's address and key too
-(``joined/ADDRESS.key``), so ``--controller URL`` alone dials it with keys, loopback included. An
+(``joined/ADDRESS.key``), so ``--controller URL`` alone dials it with keys, loopback included; it
+never writes ``controller.key``, the name of this user's own controller's key pair. An
 address with neither record is dialled in plain text unless a keys folder is given and holds
 the controller's key, as before (a controller started with ``--insecure``, or a library
 `Controller` in a test, removes or never writes a record).
@@ -35,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from farm.security import (
+    DEFAULT_SERVER_NAME,
     PUBLIC_SUFFIX,
     SECRET_SUFFIX,
     ClientSecurity,
@@ -131,6 +133,65 @@ def remember_joined(store: KeyStore, url: str, server_key: bytes) -> None:
     _write_record(record_path(store, url, JOINED), url, "controller", server_key, "we joined at")
 
 
+def joined_keys(store: KeyStore) -> dict[bytes, str]:
+    """Public key -> the address we joined it at, for every controller recorded in ``joined/``
+    (a record moved there without one, by `move_joined_key`, is named by its file)."""
+    found: dict[bytes, str] = {}
+    for path in sorted((store.root / JOINED).glob(f"*{PUBLIC_SUFFIX}")):
+        try:
+            key = read_certificate(path)[0]
+            where = _JOINED_AT.search(path.read_text(errors="replace"))
+        except (SecurityError, OSError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            continue
+        found.setdefault(key, where.group(1) if where else f"{JOINED}/{path.name}")
+    return found
+
+
+_JOINED_AT = re.compile(r"we joined at (\S+) proves")
+
+
+def move_joined_key(store: KeyStore, name: str) -> bool:
+    """Move ``NAME.key`` into ``joined/`` when it is the public key, alone, of a controller we joined:
+    joins before this version kept it as ``controller.key``, which then stopped this user's own
+    controller from making its key pair. True if moved.
+
+    A controller we joined: a ``joined/`` record holds its key, or it accepted one of our own key
+    pairs (``accepted/``). Any other public-only key (`farm keys import`) is left where it is.
+    """
+    public, secret = store.public_path(name), store.secret_path(name)
+    if secret.exists() or secret.is_symlink() or not public.is_file():
+        return False
+    key = read_certificate(public)[0]
+    known = joined_keys(store)
+    if key not in known and not _accepted_one_of_ours(store, key):
+        return False
+    if key in known:
+        public.unlink()  # its record in joined/ keeps it, by address
+        where = f"{JOINED}/ holds it already, for {known[key]}"
+    else:
+        target = store.root / JOINED / f"{name}-before-own{PUBLIC_SUFFIX}"
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(public, target)
+        where = f"moved it to {target}"
+    log.warning("%s was the public key of a controller we joined, not a key pair of this user's: %s "
+                "(the join keeps working)", public, where)
+    return True
+
+
+def _accepted_one_of_ours(store: KeyStore, server_key: bytes) -> bool:
+    from farm.handshake import accepted_before  # handshake imports zmq's monitor: only when needed
+
+    for path in store.root.glob(f"*{SECRET_SUFFIX}"):
+        try:
+            ours = read_certificate(store.public_path(path.name.removesuffix(SECRET_SUFFIX)))[0]
+        except SecurityError:
+            continue
+        if accepted_before(store, server_key, ours):
+            return True
+    return False
+
+
 def _write_record(path: Path, url: str, name: str, key: bytes | str, who: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)
@@ -150,13 +211,27 @@ def controller_security(bind: str, keys_dir: Path | None, name: str, insecure: b
 
     Call `remember_controller` with the bound address once it listens.
     """
+    store = KeyStore(keys_dir)
+    if not insecure and not (is_file_guarded(bind) and keys_dir is None):  # keys in use: are they ours?
+        _check_own(store, name)
     if insecure or requires_security(bind) or (is_file_guarded(bind) and keys_dir is None):
         return server_security_for(bind, keys_dir, name=name, insecure=insecure)
-    store = KeyStore(keys_dir)
     if not store.secret_path(name).exists() and not store.secret_path(name).is_symlink():
         store.create(name)
         log.info("created the controller's key pair %r in %s", name, store.root)
     return ServerSecurity(keys_dir, name, local=True)
+
+
+def _check_own(store: KeyStore, name: str) -> None:
+    """The key pair `name` can be this controller's: a joined controller's public key kept under
+    that name moves to ``joined/``; another public key alone there is an error saying what to do."""
+    public, secret = store.public_path(name), store.secret_path(name)
+    if move_joined_key(store, name) or secret.exists() or secret.is_symlink() or not public.exists():
+        return
+    raise SecurityError(f"{public} holds only a public key (another controller's, stored with `farm keys "
+                        f"import`?), not a key pair of this user's, so it cannot be this controller's key: "
+                        f"start it with --key NAME (a key pair of that name, made if missing on loopback), "
+                        f"or move {public} away if nothing here needs it")
 
 
 def client_security(
@@ -178,7 +253,10 @@ def client_security(
         return _remote(url, store, keys_dir, name, str(joined))
     if record is not None:
         controller_key = read_certificate(record)[0]
-        return ClientSecurity(keys_dir, _identity(store, name, controller_key), controller_key)
+        # our own controller: `name` if it allows it (a `client` pair may be for a controller we
+        # joined), else the controller's own key pair, which it always admits
+        ours = _identity(store, name, controller_key, mine=not _allowed_here(store, name))
+        return ClientSecurity(keys_dir, ours, controller_key)
     if requires_security(url):
         return _remote(url, store, keys_dir, name, server_key)
     if keys_dir is None:
@@ -198,7 +276,9 @@ def _remote(url: str, store: KeyStore, keys_dir: Path | None, name: str, server_
     try:
         controller_key: bytes | None = store.public_key(server_key)
     except SecurityError:
-        controller_key = None  # ClientSecurity says how to get it, unless we lack our own pair too
+        # the one controller we joined, as when joins kept its key as `controller`; else
+        # ClientSecurity says how to get it, unless we lack our own pair too
+        controller_key = _only_joined(store, url, server_key)
     identity = _identity(store, name, controller_key) if controller_key else name
     if not store.secret_path(identity).exists() and not store.secret_path(identity).is_symlink():
         if name == "node":
@@ -211,9 +291,31 @@ def _remote(url: str, store: KeyStore, keys_dir: Path | None, name: str, server_
     return ClientSecurity(keys_dir, identity, controller_key if controller_key else server_key)
 
 
-def _identity(store: KeyStore, name: str, controller_key: bytes) -> str:
-    """Our key pair's name: `name` if it is here, else the controller's own pair if we hold it."""
-    if store.secret_path(name).exists():
+def _only_joined(store: KeyStore, url: str, server_key: str) -> bytes | None:
+    """The key of the controller we joined when `server_key` is the default name and we joined one;
+    None when we joined none; an error naming them when we joined several (which one is at `url`?)."""
+    if server_key != DEFAULT_SERVER_NAME:
+        return None
+    joined = joined_keys(store)
+    if len(joined) > 1:
+        raise SecurityError(f"no key for the controller at {url}: we joined several controllers, at "
+                            f"{', '.join(sorted(joined.values()))}, none at this address; dial it as it was "
+                            "joined, or name its key with --server-key")
+    return next(iter(joined), None)
+
+
+def _allowed_here(store: KeyStore, name: str) -> bool:
+    """Whether this folder's controller allows our key pair `name`."""
+    try:
+        return store.public_key(name) in store.allowed().values()
+    except SecurityError:
+        return False
+
+
+def _identity(store: KeyStore, name: str, controller_key: bytes, *, mine: bool = False) -> str:
+    """Our key pair's name: `name` if it is here, else the controller's own pair if we hold it
+    (`mine`: that pair first, then `name`)."""
+    if not mine and store.secret_path(name).exists():
         return name
     for path in sorted(store.root.glob(f"*{SECRET_SUFFIX}")):
         try:
