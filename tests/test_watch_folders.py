@@ -1,4 +1,4 @@
-"""`farm submit --watch` watches only the folders that can hold an asset, each once.
+"""`farm submit --watch` watches only the folders that can hold an asset, each once, with few watches.
 
 A user's `farm submit --watch` of the world map printed three watchdog RuntimeWarnings per edit
 ("Callback with id ... already exists for watch ... It will be Overwritten", each listing every
@@ -116,6 +116,31 @@ def test_only_asset_folders_are_watched_new_ones_included(tmp_path: Path) -> Non
             watcher.join(30)
     assert not watcher.is_alive()
     assert not [str(w.message)[:300] for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_big_asset_tree_costs_a_few_watches_not_one_per_folder(tmp_path: Path) -> None:
+    """Each watch costs watchdog a thread: a tree with no left-out folder in it is one recursive
+    watch, the project folder one of its own (2,000 folders were 2,003 threads, one watch each)."""
+    project = write_project(tmp_path / "p", "synthetic", "jobs = 1")
+    for a in range(10):
+        for b in range(20):
+            (project / "textures" / f"set{a}" / f"v{b}").mkdir(parents=True)
+    (project / "textures" / "set0" / "v0" / "t.txt").write_text("0")
+    inputs, stop, rounds = ProjectInputs(project), threading.Event(), []
+    before = threading.active_count()
+    watcher = threading.Thread(target=watch, args=(project, "output", lambda: rounds.append(1)), kwargs={
+        "fingerprint": inputs.fingerprint, "rules": lambda: inputs.rules, "stop": stop, "debounce": 0.05})
+    watcher.start()
+    try:
+        wait_for(lambda: rounds and folder_inodes(project) <= watched_inodes(), 60, "every folder watched")
+        # the watcher, watchdog's observer, and an emitter and its reader per watch: not one per folder
+        assert threading.active_count() - before <= 8, [t.name for t in threading.enumerate()]
+        (project / "textures" / "set9" / "v19" / "t.txt").write_text("1")  # deep in the recursive watch
+        wait_for(lambda: len(rounds) == 2, 60, "a round for an edit deep in the tree")
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert not watcher.is_alive()
 
 
 def test_cli_watch_of_a_tile_set_watches_no_output_and_warns_nothing(tmp_path: Path) -> None:

@@ -142,23 +142,32 @@ class _Wake(FileSystemEventHandler):
 
 
 class _Folders:
-    """One non-recursive watch per folder that can hold an asset, kept in step with the tree.
+    """Watches on the folders that can hold an asset, kept in step with the tree.
 
-    watchdog's recursive watch would also watch the output folder and ``.farm/`` (one inotify watch
-    per tile column), and it re-registers a folder it is already watching when a tree appears faster
-    than it walks it (a RuntimeWarning per folder, listing every watched one). Here a folder is
-    scheduled once, by `sync`, and again only when it was removed, renamed or replaced.
+    watchdog's recursive watch of the project would also watch the output folder and ``.farm/``
+    (one inotify watch per tile column), and it re-registers a folder it is already watching when
+    a tree appears faster than it walks it (a RuntimeWarning per folder, listing every watched one):
+    the run's own writes did that. So the project folder, and every folder above one that is left
+    out, get a watch of their own, and each largest subtree that holds no left-out folder one
+    recursive watch (each watch costs watchdog a thread: one per folder would not do for a big
+    asset tree). A watch is scheduled
+    once, by `sync`, and again only when its folder was removed, renamed or replaced, or a folder
+    inside it is now left out (or no longer).
     """
 
     def __init__(self, observer: Observer | None, handler: _Wake, root: Path) -> None:
         self.observer, self.handler, self.root = observer, handler, root
-        self.watched: dict[str, tuple[ObservedWatch, tuple[int, int]]] = {}  # path -> watch, (dev, ino)
+        #: path -> its watch, and what it was made for: ((dev, ino), recursive)
+        self.watched: dict[str, tuple[ObservedWatch, tuple[tuple[int, int], bool]]] = {}
         self.unwatched = 0  # folders the inotify limits left unwatched at the last sync
         self.said = observer is None
 
-    def wanted(self, rules: AssetRules) -> dict[str, tuple[int, int]]:
-        """The folders that can hold an asset, as `farm.project.list_assets` walks: path -> (dev, ino)."""
-        found = {}
+    def wanted(self, rules: AssetRules) -> dict[str, tuple[tuple[int, int], bool]]:
+        """The watches the folders that can hold an asset need (as `farm.project.list_assets` walks
+        them): path -> ((dev, ino), recursive). The project folder is never watched recursively:
+        the run makes its output folder and ``.farm/`` in it."""
+        found: dict[str, tuple[int, int]] = {}
+        holds_left_out = {str(self.root)}  # folders with a left-out folder somewhere beneath
         for folder, dirs, _ in os.walk(self.root):
             try:
                 st = os.stat(folder, follow_symlinks=False)
@@ -168,8 +177,15 @@ class _Folders:
             found[folder] = (st.st_dev, st.st_ino)
             rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
             rel = "" if rel == "." else rel + "/"
-            dirs[:] = [d for d in dirs if not rules.folder_left_out(rel + d)]
-        return found
+            kept = [d for d in dirs if not rules.folder_left_out(rel + d)]
+            if len(kept) < len(dirs) or (rules.output + "/").startswith(rel) and rel:
+                above = folder  # it, and every folder above it, must not be watched recursively
+                while above not in holds_left_out:
+                    holds_left_out.add(above)
+                    above = os.path.dirname(above)
+            dirs[:] = kept
+        return {path: (ino, path not in holds_left_out) for path, ino in found.items()
+                if path == str(self.root) or os.path.dirname(path) in holds_left_out}
 
     def sync(self, rules: AssetRules | None) -> bool:
         """Watch the folders `rules` keep, and no others; True if a folder was newly watched (what
@@ -181,7 +197,7 @@ class _Folders:
         moved = self.handler.take_moved()
         for path, (watch, ino) in list(self.watched.items()):
             renamed = any(path == m or path.startswith(m + os.sep) for m in moved)
-            if wanted.get(path) != ino or renamed:  # gone, left out, replaced, or its watch moved away
+            if wanted.get(path) != ino or renamed:  # gone, left out, replaced, changed kind, or moved away
                 self.observer.unschedule(watch)
                 del self.watched[path]
         added, failed = False, []
@@ -189,7 +205,7 @@ class _Folders:
             if path in self.watched:
                 continue
             try:
-                self.watched[path] = (self.observer.schedule(self.handler, path, recursive=False), ino)
+                self.watched[path] = (self.observer.schedule(self.handler, path, recursive=ino[1]), ino)
                 added = True
             except OSError as exc:
                 if exc.errno in _LIMITS:
