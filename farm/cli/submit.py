@@ -127,7 +127,8 @@ def submit(
 
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
-                watch(project.root, project.output, round_, fingerprint=inputs.fingerprint, stop=stop)
+                watch(project.root, project.output, round_, fingerprint=inputs.fingerprint,
+                      rules=lambda: inputs.rules, stop=stop)
             except (KeyboardInterrupt, Interrupted):  # Ctrl-C ends watching, in a round or between
                 pass
 
