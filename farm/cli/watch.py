@@ -27,6 +27,7 @@ import os
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
@@ -256,6 +257,17 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
     stop = stop or threading.Event()
     rules = rules or (lambda: AssetRules(output=output.strip("/")))
     wake = _Wake(root.resolve(), (output.strip("/"), STATE_DIR))
+    with warnings.catch_warnings():
+        # watchdog's recursive watch registers a folder twice when a tree inside it is made faster
+        # than it walks it (`mkdir -p a/b/c`) and warns, listing the whole watch group: the same
+        # callback replaces itself, nothing is lost (the run's own trees are not watched at all)
+        warnings.filterwarnings("ignore", r"Callback with id .* already exists", RuntimeWarning)
+        return _watch(root, wake, run_round, fingerprint, rules, stop, debounce, settle_limit)
+
+
+def _watch(root: Path, wake: _Wake, run_round: Callable[[], None], fingerprint: Callable[[], Hashable],
+           rules: Callable[[], AssetRules | None], stop: threading.Event, debounce: float,
+           settle_limit: float) -> int:
     folders = _observer(wake, root.resolve())
 
     def check() -> Hashable:
