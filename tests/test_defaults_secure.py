@@ -270,7 +270,10 @@ def test_clients_find_a_local_controller_by_its_record(tmp_path: Path, monkeypat
             client = client_security(url, None, "node", "controller", False)
             assert client is not None and client.server_key == server.keys.public
             assert client.keys.name == "controller"  # no "node" identity here: the controller's own pair
-        server.store.create("node")
+        server.store.create("node")  # a pair this controller does not allow (made for another)
+        client = client_security("tcp://127.0.0.1:5999", None, "node", "controller", False)
+        assert client is not None and client.keys.name == "controller"
+        server.store.allow("node", role="agent")  # allowed here: our own identity is used
         client = client_security("tcp://127.0.0.1:5999", None, "node", "controller", False)
         assert client is not None and client.keys.name == "node"
         assert client_security("tcp://127.0.0.1:6000", None, "node", "controller", False) is None  # no record

@@ -253,9 +253,11 @@ def client_security(
         return _remote(url, store, keys_dir, name, str(joined))
     if record is not None:
         controller_key = read_certificate(record)[0]
-        # our own controller: `name` if it allows it (a `client` pair may be for a controller we
-        # joined), else the controller's own key pair, which it always admits
-        ours = _identity(store, name, controller_key, mine=not _allowed_here(store, name))
+        # our own controller: `name` if it allows it (a default `client` pair may be for a controller
+        # we joined), else the controller's own key pair, which it always admits; a pair named with
+        # --key is used as named, allowed or not
+        fallback = name in _DEFAULT_PAIRS and not _allowed_here(store, name)
+        ours = _identity(store, name, controller_key, mine=fallback)
         return ClientSecurity(keys_dir, ours, controller_key)
     if requires_security(url):
         return _remote(url, store, keys_dir, name, server_key)
@@ -302,6 +304,10 @@ def _only_joined(store: KeyStore, url: str, server_key: str) -> bytes | None:
                             f"{', '.join(sorted(joined.values()))}, none at this address; dial it as it was "
                             "joined, or name its key with --server-key")
     return next(iter(joined), None)
+
+
+#: the key pairs clients and agents use unless --key names one
+_DEFAULT_PAIRS = ("client", "node")
 
 
 def _allowed_here(store: KeyStore, name: str) -> bool:
