@@ -59,8 +59,9 @@ class RunReport:
             "elapsed_s": round(elapsed + self.elapsed_before, 3),  # the run's wall time, across restarts
             "first_dispatch_s": self.first_dispatch_s,
             "rate": round(rate, 3) if rate else None,
-            "eta_s": (round(left / rate, 1) if rate and left is not None and self.active and not self.paused
-                      else None),
+            # nothing left: 0 at once, not only once a rate is known (a run rendered in its first 0.5 s)
+            "eta_s": (None if left is None or not self.active or self.paused else 0.0 if left <= 0
+                      else round(left / rate, 1) if rate else None),
             "stalled": stalled,
             "error": self.error,
             "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted,

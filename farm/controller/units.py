@@ -153,7 +153,8 @@ class UnitCounter:
             "partial": _round(part),
             "total": None if total is None else _round(total),
             "rate": _round(rate) if rate else None,
-            "eta_s": round(left / rate, 1) if rate and left is not None and active else None,
+            "eta_s": (None if left is None or not active else 0.0 if left <= 0  # nothing left: 0 at once
+                      else round(left / rate, 1) if rate else None),
         }
 
     def _checked(self, ask: Any, what: str) -> float | None:
