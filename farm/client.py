@@ -402,8 +402,7 @@ def submit(url: str, project: Project, *, priority: int = 0,
         refuse_links(project.root, project.output, "a project's output folder")
         why = unwritable(project.root, project.output)  # found before the render, not at the download
         if why is not None:
-            raise FarmError(f"cannot write the output folder {project.root / project.output}: {why}; make it "
-                            "writable, or choose another ([output] directory or --output)")
+            raise FarmError(why)
     with Client(url, socket_setup=socket_setup, unreachable_after=unreachable_after) as client:
         run_id = client.submit(project, priority=priority, upload=upload)
         summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)

@@ -77,7 +77,8 @@ def private_file(path: Path, siblings: tuple[str, ...] = ("-wal", "-shm", "-jour
 
 
 def unwritable(root: Path | str, rel: str) -> str | None:
-    """Why farm cannot write the folder ``root/rel`` (a checked relative path), or None if it can.
+    """Why farm cannot write the output folder ``root/rel`` (a checked relative path), as the
+    sentence a user reads, or None if it can.
 
     Tried, not guessed from modes (a read-only mount, an immutable flag, ACLs): a file is made
     and removed in the folder, or in its nearest existing parent when it is still to be made.
@@ -87,12 +88,18 @@ def unwritable(root: Path | str, rel: str) -> str | None:
     while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     where = "it" if probe == folder else f"{probe}, where it would be made,"
+    why = None
     if not os.path.isdir(probe):
-        return f"{where} is not a folder"
-    try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".farm-write-check-")
-    except OSError as exc:
-        return f"{where} cannot be written ({exc.strerror})"
-    os.close(fd)
-    os.unlink(name)
-    return None
+        why = f"{where} is not a folder"
+    else:
+        try:
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".farm-write-check-")
+        except OSError as exc:
+            why = f"{where} cannot be written ({exc.strerror})"
+        else:
+            os.close(fd)
+            os.unlink(name)
+    if why is None:
+        return None
+    return (f"cannot write the output folder {folder}: {why}; make it writable, or choose another "
+            "([output] directory or --output)")

@@ -179,7 +179,8 @@ class _Folders:
             rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
             rel = "" if rel == "." else rel + "/"
             kept = [d for d in dirs if not rules.folder_left_out(rel + d)]
-            if len(kept) < len(dirs) or (rules.output + "/").startswith(rel) and rel:
+            on_output_path = bool(rel) and (rules.output + "/").startswith(rel)  # the run makes it
+            if len(kept) < len(dirs) or on_output_path:
                 above = folder  # it, and every folder above it, must not be watched recursively
                 while above not in holds_left_out:
                     holds_left_out.add(above)

@@ -263,8 +263,7 @@ def check_output(root: Path, output: str) -> None:
         _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True)
     why = unwritable(root, output)  # found now, not when the first job's outputs are collated
     if why is not None:
-        raise IntakeError(f"cannot write the output folder {os.path.join(root, output)}: {why}; "
-                          "make it writable, or choose another ([output] directory or --output)")
+        raise IntakeError(why)
 
 
 def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky_ok: bool,
