@@ -3,7 +3,7 @@
 A run's UPDATEs (the controller's snapshots, `farm.controller.run.ProjectRun.snapshot`) are
 drawn with ``rich.progress`` on a terminal: the media's own units beside jobs ("tiles
 1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds, failures,
-reuse, and why the run waits when it is stalled (no ETA while it is paused; a finished run's rate
+reuse, and why the run waits when it is stalled or paused (no rate or ETA then); a finished run's rate
 is its average over the run, as the controller measured it). The count and the percent never
 say a run is all there before its jobs are done: a job being collated counts whole in the
 controller's ``partial``, so a backlog of collates would read as 100 %. While the job count is
@@ -164,8 +164,8 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
     if pos.shows_jobs:
         parts.append(pos.jobs_shown)
     remaining = pos.remaining
-    if rate is not None and rate < 0:  # not from RateMeter; a caller's own sample: unknown
-        rate = None
+    if rate is not None and rate < 0 or update.get("paused") and not ended:
+        rate = None  # a caller's own sample (not RateMeter's); or paused: the last pace is not this one
     shown = f"{rate:,.1f}" if rate is not None else "--"
     # a rate that shows as 0.0 gives no ETA worth saying (hours from a trickle)
     eta = remaining / rate if rate and shown != "0.0" and remaining is not None else None
