@@ -167,23 +167,6 @@ def _prune(folder: Path, out: Path) -> None:
         folder = folder.parent
 
 
-def remove_earlier(paths: Iterable[Path]) -> list[str]:
-    """Remove those of ``paths`` that exist (a media type's final outputs an earlier run left,
-    which a failed run did not make again); returns their names. One that cannot be removed is
-    logged, not raised: the run's own warning says why it made none, this says why one is there."""
-    removed = []
-    for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
-            continue
-        removed.append(path.name)
-    return removed
-
-
 def _read(record: Path, output: str) -> list[dict]:
     """The entries of the record, if it is one of this output folder; [] otherwise."""
     try:
