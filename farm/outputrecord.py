@@ -1,4 +1,4 @@
-"""The final outputs a remote run left in a project's output folder, so the next run replaces them.
+"""The final outputs a run left in a project's output folder, so the next run replaces them.
 
 A remote run's outputs are downloaded into the local output folder, beside whatever earlier
 runs left there. A final output an earlier run made and the newest run did not make again (the
@@ -8,12 +8,12 @@ So each remote run's final outputs (a folder output by the files in it) are reco
 project's state folder, and the next remote run removes those of them it did not list (and the
 folders that leaves empty), if they are still the files that were downloaded (same size and
 modification time: a file the user changed stays). On the embedded farm the media type's
-finalize writes in the project's own folder and sees what an earlier run left: after a failed
-run, `farm_frames` removes its video and contact sheet and `farm_audio` its encoded files, with
-`remove_earlier`; `farm_maptiles` removes tiles outside the run's zooms and bounds. After a
-successful run, `farm_audio` removes the outputs its previous run recorded and this one did not
-write (a dropped format, another name) by the same rule, from a record of its own
-(`replace_recorded`).
+finalize writes in the project's own folder and sees what an earlier run left: `farm_frames`
+and `farm_audio` keep a record of their own in the same way (`replace_recorded`), so a
+successful run removes the recorded outputs it did not write again (another codec's video, a
+dropped format: `replace_outputs`) and a failed run removes them all (`remove_recorded`),
+never a file the record does not name or that changed since; `farm_maptiles` removes tiles
+outside the run's zooms and bounds.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.errors import FarmError
 from farm.linkcheck import refuse_links
 from farm.paths import UnsafePath, safe_relpath
 from farm.project import STATE_DIR, Project
+
+if TYPE_CHECKING:
+    from farm.mediatype import CollateContext
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,53 @@ def replace_recorded(project: Project, record_name: str, made: set[str]) -> list
     return removed
 
 
+def replace_outputs(ctx: CollateContext, record_name: str, outputs: Iterable[Path]) -> list[str]:
+    """A media type's successful finalize: remove the outputs its previous run recorded (in
+    ``record_name``) and ``outputs`` (this run's, in ``ctx.output_dir``) does not name, by the
+    rule of `replace_recorded`, then record these. One warning (a note of the run) names what
+    went; returns it."""
+    made = {os.path.relpath(path, ctx.output_dir) for path in outputs}
+    removed = replace_recorded(ctx.project, record_name, made)
+    if removed:
+        # no folder named: a remote submitter's notes would name the controller's
+        ctx.log.warning("%s: removed %s: an earlier run of this project wrote %s, and this run does not "
+                        "(its outputs: %s)", ctx.project.name, name_some(removed),
+                        "them" if len(removed) > 1 else "it", ", ".join(sorted(made)))
+    return removed
+
+
+def remove_recorded(
+    project: Project, record_name: str, lookalikes: Iterable[Path], made: Iterable[Path] = ()
+) -> tuple[list[str], list[str]]:
+    """A media type's run that made no final outputs (failed jobs, a failed encode): remove
+    the outputs its previous run recorded (in ``record_name``) by the rule of
+    `replace_recorded`, but ``made`` (files this run did write, kept and recorded). Returns
+    (removed, kept): ``kept`` are those of ``lookalikes`` (the names the type gives its
+    outputs) still there, not this run's: the record does not name them (the user's own, or
+    from before farm kept the record) or they changed since; the caller's warning names both
+    (`removal_note`). Names are relative to the output folder."""
+    out = project.output_dir
+    own = {os.path.relpath(path, out) for path in made}
+    removed = replace_recorded(project, record_name, own)
+    kept = []
+    for path in lookalikes:
+        name = os.path.relpath(path, out)
+        if name not in own and name not in removed and path.is_file() and name not in kept:
+            kept.append(name)
+    return removed, sorted(kept)
+
+
+def removal_note(removed: list[str], kept: list[str], lead: str = ",") -> str:
+    """``, removed the earlier run's a, b; kept c: ...`` (``lead`` first) for a failed run's
+    warning or error; '' if neither."""
+    note = f"{lead} removed the earlier run's {name_some(removed)}" if removed else ""
+    if kept:
+        note += (f"{';' if removed else lead} kept {name_some(kept)}: no earlier run recorded writing "
+                 f"{'them' if len(kept) > 1 else 'it'}, or {'they' if len(kept) > 1 else 'it'} "
+                 "changed since")
+    return note
+
+
 def name_some(names: list[str]) -> str:
     """``a, b, c, d, e and 2 more``: the first few of ``names``, for a warning."""
     more = len(names) - _SHOWN
@@ -114,23 +165,6 @@ def _prune(folder: Path, out: Path) -> None:
         except OSError:  # not empty (or not ours): the folders above are not empty either
             return
         folder = folder.parent
-
-
-def remove_earlier(paths: Iterable[Path]) -> list[str]:
-    """Remove those of ``paths`` that exist (a media type's final outputs an earlier run left,
-    which a failed run did not make again); returns their names. One that cannot be removed is
-    logged, not raised: the run's own warning says why it made none, this says why one is there."""
-    removed = []
-    for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("cannot remove %s, which an earlier run made: %s", path, exc)
-            continue
-        removed.append(path.name)
-    return removed
 
 
 def _read(record: Path, output: str) -> list[dict]:

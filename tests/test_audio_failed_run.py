@@ -1,5 +1,5 @@
 """An audio run with a job that failed for good encodes nothing and removes the final outputs an
-earlier run left under its names (they would look like this run's); it keeps every other file
+earlier run recorded writing (they would look like this run's); it keeps every other file
 of the output folder, and one warning names the failed audio in seconds and samples.
 
 Real ffmpeg: in-process collates for the cases, then a real embedded farm whose agents run an
@@ -82,19 +82,20 @@ def test_a_failed_run_removes_the_earlier_outputs_and_keeps_other_files(
     earlier = media.finalize(good)
     assert sorted(p.name for p in earlier) == ["t.flac", "t.loudnorm.json", "t.mp3"]
     good.state.clear()  # its end is journaled
-    (output / "t.wav").write_bytes(b"an earlier run that also made a wav")
+    (output / "t.wav").write_bytes(b"a wav the user made")  # no run recorded it: it stays, named
     plant_others(output)
     analysis = (output / "t.loudnorm.json").read_bytes()
     with caplog.at_level(logging.WARNING):
         assert finalize_without(project, rendered, failed) == []
-    kept = dict(OTHERS)
+    kept = {**OTHERS, "t.wav": b"a wav the user made"}
     if ANALYSIS_KEY not in failed:  # this run's own analysis, collated again
         kept["t.loudnorm.json"] = analysis
     assert visible(output) == kept
     (line,) = warnings(caplog)
     assert "\n" not in line and said in line, line
-    removed = ["t.flac", "t.mp3", "t.wav"] + (["t.loudnorm.json"] if ANALYSIS_KEY in failed else [])
-    assert line.endswith(f"removed the earlier run's {', '.join(removed)}"), line
+    removed = ["t.flac", *(["t.loudnorm.json"] if ANALYSIS_KEY in failed else []), "t.mp3"]
+    assert line.endswith(f"removed the earlier run's {', '.join(removed)}; kept t.wav: no earlier run "
+                         "recorded writing it, or it changed since"), line
 
 
 def test_a_failed_run_with_no_earlier_outputs_says_so_and_removes_nothing(

@@ -1,5 +1,6 @@
 """A frames run encodes only frames its own done jobs made: a run with a failed job makes no
-video or contact sheet and removes an earlier run's, and keeps the frames that did render.
+video or contact sheet and removes an earlier run's (those it recorded writing), and keeps the
+frames that did render.
 
 The fast tests collate frames made by ffmpeg (no Blender); the last runs real Blender on an
 embedded farm, once well and once with a job that fails.
@@ -48,19 +49,19 @@ def test_a_run_with_failed_jobs_removes_the_earlier_video_and_keeps_the_frames(t
     good, outputs = _finalized(root, tmp_path / "staged")
     output = root / "output"
     assert [p.name for p in outputs] == [VIDEO, SHEET]
-    (output / "tiny_turntable.webm").write_bytes(b"an earlier vp9 run's video")
+    (output / "tiny_turntable.webm").write_bytes(b"a webm the user made")  # no run recorded it: it stays
     frames = {p.name: p.read_bytes() for p in (output / "frames").iterdir()}
     keys = set(good.done)
     failed = keys if failed == "all" else failed
     with caplog.at_level(logging.WARNING):
         assert media().finalize(_with(good, done=keys - failed, failed=failed)) == []
-    assert sorted(p.name for p in output.iterdir()) == ["frames"]  # no video, no contact sheet
+    assert sorted(p.name for p in output.iterdir()) == ["frames", "tiny_turntable.webm"]  # no video, no sheet
     assert {p.name: p.read_bytes() for p in (output / "frames").iterdir()} == frames
     said = [r.getMessage() for r in caplog.records if "no video" in r.getMessage()]
     assert len(said) == 1 and "\n" not in said[0], said
     ranges = "1-6" if failed == keys else "3-4"
     assert f"frames {ranges} failed ({len(failed)} of 3 jobs)" in said[0]
-    assert "tiny_turntable.mp4" in said[0] and "tiny_turntable-contact.png" in said[0]
+    assert f"removed the earlier run's {SHEET}, {VIDEO}; kept tiny_turntable.webm" in said[0], said
 
 
 def test_frames_no_done_job_made_are_not_encoded(tmp_path):

@@ -6,7 +6,8 @@ every successful finalize records its outputs (each file's name, size and modifi
 in the project's state folder (`RECORD`), and removes those the previous record names that
 this run did not write, if each is still the file recorded: one the user changed or replaced
 since stays, as does any file audio did not write (`farm.outputrecord.replace_recorded`, the
-rule a remote run's downloads follow). One warning names what was removed.
+rule a remote run's downloads and frames' videos follow). One warning names what was
+removed. A failed run removes what this record names (`farm_audio.failedrun`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from farm.mediatype import CollateContext
-from farm.outputrecord import name_some, replace_recorded
+from farm.outputrecord import replace_outputs
 
 #: in the project's state folder (``.farm/``); one per project, whatever its output name
 RECORD = "audio-outputs.json"
@@ -23,11 +24,4 @@ RECORD = "audio-outputs.json"
 def replace(ctx: CollateContext, outputs: list[Path]) -> list[str]:
     """Remove the outputs the previous successful run recorded and ``outputs`` (this run's, in
     ``ctx.output_dir``) does not name, then record these; the removed names (a warning says so)."""
-    made = {path.name for path in outputs}
-    removed = replace_recorded(ctx.project, RECORD, made)
-    if removed:
-        # no folder named: a remote submitter's notes would name the controller's
-        ctx.log.warning("%s: removed %s: an earlier run of this project wrote %s, and this run does not "
-                        "(its outputs: %s)", ctx.project.name, name_some(removed),
-                        "them" if len(removed) > 1 else "it", ", ".join(sorted(made)))
-    return removed
+    return replace_outputs(ctx, RECORD, outputs)

@@ -1,12 +1,13 @@
 """What the finalize of a run with jobs that failed for good (or whose encoder failed) leaves.
 
 Such a run encodes nothing: its audio has a gap, or lacks loudnorm's gain. The outputs an
-earlier run left under the same names would look like this run's (the embedded farm and a
-controller finalize in the project's own output folder; a remote run's downloads are
-`farm.outputrecord`'s), so they are removed: only audio's own final outputs, ``<name>.<ext>``
-for every format audio writes (an earlier run may have had other outputs) and
-``<name>.loudnorm.json`` unless this run's analysis wrote it, never the input. One warning
-names the failed audio in seconds and samples, and what was removed.
+earlier run left would look like this run's (the embedded farm and a controller finalize in
+the project's own output folder; a remote run's downloads are `farm.outputrecord`'s), so those
+an earlier run recorded writing (`farm_audio.dropped`'s record) are removed if they are still
+the files it wrote, but ``<name>.loudnorm.json`` if this run's analysis wrote it. A file the
+record does not name stays, even under an output's name (``<name>.<ext>`` for a format audio
+writes: the user's own), as does one changed since; never the input. One warning names the
+failed audio in seconds and samples, what was removed, and such a file that was kept.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from farm.mediatype import CollateContext
-from farm.outputrecord import remove_earlier
+from farm.outputrecord import removal_note, remove_recorded
+from farm_audio.dropped import RECORD
 from farm_audio.encode import EXTENSIONS
 from farm_audio.segments import Segment
 
@@ -27,33 +29,27 @@ _SHOWN = 5
 def leave(ctx: CollateContext, segments: Iterable[Segment], analysis_key: str) -> None:
     """Remove the earlier run's final outputs and log one warning saying why and which."""
     s = ctx.project.settings
-    removed = remove_outputs(ctx, analysis_key)
+    removed, kept = remove_outputs(ctx, analysis_key)
     ctx.log.warning("%s: nothing encoded: %s failed (%d of %d jobs)%s", ctx.project.name,
                     what_failed(ctx.failed, segments, s["sample_rate"], analysis_key),
-                    len(ctx.failed), len(ctx.failed) + len(ctx.done),
-                    f", removed the earlier run's {', '.join(removed)}" if removed else "")
+                    len(ctx.failed), len(ctx.failed) + len(ctx.done), removal_note(removed, kept))
 
 
-def remove_outputs(ctx: CollateContext, analysis_key: str) -> list[str]:
-    """Remove the final outputs an earlier run left (a run that encodes nothing: failed jobs, or
-    an encoder that failed); their names."""
+def remove_outputs(ctx: CollateContext, analysis_key: str) -> tuple[list[str], list[str]]:
+    """Remove the final outputs an earlier run recorded writing (a run that encodes nothing:
+    failed jobs, or an encoder that failed); (removed, kept): `farm.outputrecord.remove_recorded`."""
     s = ctx.project.settings
-    return remove_earlier(earlier_outputs(ctx.output_dir, s, ctx.project.root / s["input"],
-                                          analysis_key in ctx.done))
+    analysis = ctx.output_dir / f"{s['name']}.loudnorm.json"
+    ours = analysis_key in ctx.done and s["loudnorm"] is not None and analysis.is_file()
+    return remove_recorded(ctx.project, RECORD, output_names(ctx.output_dir, s),
+                           [analysis] if ours else [])
 
 
-def earlier_outputs(
-    output_dir: Path, settings: Mapping[str, Any], source: Path, analysed: bool
-) -> list[Path]:
-    """The final outputs an earlier run of this name may have left (``analysed``: this run's
-    loudnorm analysis was collated, so ``<name>.loudnorm.json`` is this run's)."""
+def output_names(output_dir: Path, settings: Mapping[str, Any]) -> list[Path]:
+    """The names audio gives its final outputs under this run's name, in every format it writes
+    and ``<name>.loudnorm.json``: such a file that no run recorded writing is named as kept."""
     name = settings["name"]
-    own = [out["extension"] for out in settings["outputs"]]  # this run's first, as its outputs list them
-    paths = [output_dir / f"{name}.{ext}" for ext in [*own, *(e for e in EXTENSIONS if e not in own)]]
-    if not (analysed and settings["loudnorm"] is not None):
-        paths.append(output_dir / f"{name}.loudnorm.json")
-    # never the input, which load refuses in the output folder (`SettingsReader.asset`): kept as a guard
-    return [p for p in paths if p.resolve() != source.resolve()]
+    return [*(output_dir / f"{name}.{ext}" for ext in EXTENSIONS), output_dir / f"{name}.loudnorm.json"]
 
 
 def what_failed(failed: Set[str], segments: Iterable[Segment], rate: int, analysis_key: str) -> str:

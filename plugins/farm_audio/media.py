@@ -19,6 +19,7 @@ from typing import Any
 
 from farm.errors import RenderError
 from farm.mediatype import CollateContext, Job, MediaType, RenderContext
+from farm.outputrecord import removal_note
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
@@ -228,9 +229,9 @@ class AudioSegments(MediaType):
         except RenderError as exc:  # the encoder failed, or audio is missing: the run made no outputs
             self._abort(ctx)
             self._end(ctx)
-            removed = failedrun.remove_outputs(ctx, ANALYSIS_KEY)
-            if removed:
-                raise RenderError(f"{exc}; removed the earlier run's {', '.join(removed)}") from None
+            note = removal_note(*failedrun.remove_outputs(ctx, ANALYSIS_KEY), lead=";")
+            if note:
+                raise RenderError(f"{exc}{note}") from None
             raise
         except BaseException:
             self._abort(ctx)

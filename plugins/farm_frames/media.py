@@ -3,6 +3,7 @@ controller gathers them into ``frames/`` and encodes a video and a contact sheet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -17,7 +18,7 @@ from typing import Any
 from farm import trace
 from farm.errors import RenderError
 from farm.mediatype import ChunkAdvisor, CollateContext, Job, MediaType, RenderContext
-from farm.outputrecord import remove_earlier
+from farm.outputrecord import removal_note, remove_recorded, replace_outputs
 from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
@@ -54,6 +55,9 @@ from farm_frames.warm import SLOT, Rendered, Spare
 log = logging.getLogger(__name__)
 
 FRAMES_DIR = "frames"
+#: the video and contact sheet each successful run wrote, in the project's state folder
+#: (`farm.outputrecord`): the next run removes those it does not write again, if unchanged
+RECORD = "frames-outputs.json"
 
 
 def _traced(feed: Callable[[str], None]) -> Callable[[str], None]:
@@ -283,8 +287,10 @@ class Frames(MediaType):
                 ctx.log.warning("job %s: ignoring unexpected output %s", job.key, name)
 
     def finalize(self, ctx: CollateContext) -> list[Path]:
-        """The video and contact sheet of the frames this run's done jobs made; none (and an
-        earlier run's removed) when a job failed or a frame is missing: see `_made_frames`."""
+        """The video and contact sheet of the frames this run's done jobs made; none when a job
+        failed or a frame is missing (see `_made_frames`). The video and contact sheet an earlier
+        run recorded writing are removed unless this run wrote them again (another codec's
+        video), or the user changed them since (`farm.outputrecord`)."""
         settings = ctx.project.settings
         video = settings["video"]
         frames_dir = ctx.output_dir / FRAMES_DIR
@@ -292,22 +298,23 @@ class Frames(MediaType):
         stem = output_stem(ctx.project.name)
         out = ctx.output_dir / f"{stem}{CODECS[video['codec']].suffix}"
         sheet = ctx.output_dir / contact_sheet_name(ctx.project.name)
-        # every name this type gives a video, so one from a run with another codec goes too
-        earlier = [*(ctx.output_dir / f"{stem}{c.suffix}" for c in CODECS.values()), sheet]
+        # every name this type gives its outputs: one left there that no run recorded is named
+        lookalikes = [*(ctx.output_dir / f"{stem}{c.suffix}" for c in CODECS.values()), sheet]
         if ctx.failed:
             failed = format_runs(_frames_of(ctx.failed, settings["frames"]))
-            removed = remove_earlier(earlier)
+            removed, kept = remove_recorded(ctx.project, RECORD, lookalikes)
             ctx.log.warning(
                 "%s: no video or contact sheet: frames %s failed (%d of %d jobs)%s; %s", ctx.project.name,
-                failed, len(ctx.failed), len(ctx.failed) + len(ctx.done),
-                f", removed the earlier run's {', '.join(removed)}" if removed else "",
+                failed, len(ctx.failed), len(ctx.failed) + len(ctx.done), removal_note(removed, kept),
                 f"the frames that rendered are in {frames_dir}" if ctx.done else "no frames rendered")
             return []
+        written: list[Path] = []
         try:
             frames = self._made_frames(ctx, frames_dir)
             # Each output is written under a temporary name and renamed only when whole (see
             # `video`); errors are RenderErrors, which the controller reports as one line.
             info = encode_video(frames, out, fps=video["fps"], codec=video["codec"], crf=video["crf"])
+            written.append(out)
             ctx.log.info(
                 "%s: %d frames, %dx%d, %.3f s at %g fps", out.name, info.frames, info.width, info.height,
                 info.duration, video["fps"],
@@ -315,11 +322,19 @@ class Frames(MediaType):
             contact_sheet(frames, sheet)
             trace.mark("frames: video and contact sheet written")
         except BaseException as exc:
-            remove_earlier(earlier)  # an earlier run's would look like this run's
+            # half a set of outputs, or an earlier run's, would look like this run's
+            for path in written:
+                with contextlib.suppress(OSError):  # the error below says why there is no video
+                    path.unlink(missing_ok=True)
+            removed, kept = remove_recorded(ctx.project, RECORD, lookalikes)
+            if removed or kept:  # the error says why there is no video; this, what is left
+                note = removal_note(removed, kept)
+                ctx.log.warning("%s: no video or contact sheet%s", ctx.project.name, note)
             if isinstance(exc, OSError):  # a full disk, a read-only output folder
                 why = f"cannot write the video or contact sheet in {ctx.output_dir}: {exc}"
                 raise RenderError(why) from None
             raise
+        replace_outputs(ctx, RECORD, [out, sheet])  # another codec's video would look current
         return [out, sheet]
 
     @staticmethod
