@@ -54,22 +54,6 @@ GRABBER = """
 """
 
 
-# a well-behaved plugin of its own media type
-OTHER = """
-    from farm.hookspecs import hookimpl
-    from farm.mediatype import MediaType
-
-
-    class Fine(MediaType):
-        name = "aa_fine"
-
-
-    @hookimpl
-    def farm_register_media_types(register):
-        register(Fine)
-"""
-
-
 def farm(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "farm", *args], cwd=cwd, env=env, capture_output=True,
@@ -123,8 +107,7 @@ def test_a_plugin_registering_a_builtins_name_is_refused_whole_and_the_builtin_k
 
 
 def test_plugins_exits_0_when_every_plugin_loaded(tmp_path: Path):
-    site = install_plugin(tmp_path / "site", "farm_aa_fine", OTHER, "aa_fine")
     for args in (("plugins",), ("plugins", "--json")):
-        listed = farm(*args, site=site, cwd=tmp_path)
+        listed = farm(*args, site=tmp_path, cwd=tmp_path)
         assert listed.returncode == 0 and listed.stderr == "", listed.stdout + listed.stderr
-    assert "aa_fine" in {r["name"] for r in json.loads(listed.stdout) if r["error"] is None}
+    assert "maptiles" in {r["name"] for r in json.loads(listed.stdout) if r["error"] is None}
