@@ -138,4 +138,5 @@ def test_keys_list_shows_the_controllers_joined(tmp_path):
                                                      "allowed": False, "role": None, "joined": True}]
         assert [r["name"] for r in rows if r["secret"]] == ["node"]  # the node's own pair, as before
         text = farm.run("keys", "list", "--keys-dir", node_keys).stdout.splitlines()
-        assert [" ".join(line.split()) for line in text if line.startswith(url)] == [f"{url} joined - {a_key}"]
+        shown = [" ".join(line.split()) for line in text if line.startswith(url)]
+        assert shown == [f"{url} joined - {a_key}"], text

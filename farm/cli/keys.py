@@ -106,8 +106,9 @@ def list_keys(
     with reported(as_json=as_json):
         store = KeyStore(keys_dir)
         rows = [{**row, "joined": False} for row in store.listing(allowed_roles(store))]
+        joined = sorted(joined_keys(store).items(), key=lambda item: item[1])  # by address
         rows += [{"name": url, "public_key": key.decode(), "secret": False, "allowed": False, "role": None,
-                  "joined": True} for key, url in sorted(joined_keys(store).items(), key=lambda item: item[1])]
+                  "joined": True} for key, url in joined]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
