@@ -144,6 +144,7 @@ class EmbeddedFarm:
             http = _ui_server() if ui else None
             # the submitter is this user: its projects' webhooks go anywhere (farm.notify)
             self.controller = Controller(self.local.url, state_dir=state_dir, notify_allow=["*"], http=http)
+            self.controller.ends_with_submitter = True  # its runs' messages name what `farm submit` prints
         except BaseException:
             self.local.stop()
             raise
