@@ -53,7 +53,9 @@ def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str =
     copying them into the cache. On an ``ipc://`` address (a private folder, as the embedded
     farm's) they use no keys, whatever ``$FARM_KEYS`` names: the folder's mode guards the socket,
     and a controller there asks for none; they start through `farm.agent.local`, which skips the
-    command line's start-up. ``extra``: more options of that (or, elsewhere, of `farm agent`)."""
+    command line's start-up. ``extra``: more options of that (or, elsewhere, of `farm agent`).
+    Their standard output goes to our standard error: what a render prints (a plugin, a program it
+    starts) is said there, and never lands in `farm submit --json`'s one object."""
     env = None
     # -P: a folder named `farm` in the current folder must not shadow the installed package
     if url.partition("://")[0].lower() == "ipc":
@@ -63,7 +65,8 @@ def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str =
         cmd = [sys.executable, "-P", "-m", "farm", "--log-level", log_level, "agent", "--controller", url]
     cmd += ["--slots", str(slots), "--parent-pid", str(os.getpid()),
             *(["--local-assets"] if local_assets else []), *(extra or [])]
-    return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"], env=env) for i in range(count)]
+    # stdout: our file descriptor 2, which sys.stderr may not expose (a test's capture)
+    return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"], env=env, stdout=2) for i in range(count)]
 
 
 def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
@@ -144,6 +147,7 @@ class EmbeddedFarm:
             http = _ui_server() if ui else None
             # the submitter is this user: its projects' webhooks go anywhere (farm.notify)
             self.controller = Controller(self.local.url, state_dir=state_dir, notify_allow=["*"], http=http)
+            self.controller.ends_with_submitter = True  # its runs' messages name what `farm submit` prints
         except BaseException:
             self.local.stop()
             raise

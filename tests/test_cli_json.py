@@ -104,3 +104,44 @@ def test_more_local_agents_than_the_machine_can_run_is_refused_before_any_starts
     code, reply, _ = submit_json("--agents", "2", "--controller", "tcp://127.0.0.1:9", str(project),
                                  home=tmp_path)
     assert code == 2 and "embedded farm's local agents" in reply["error"], reply  # was silently ignored
+
+
+#: a media type whose render prints, as a plugin or a program it starts may (to the worker's stdout)
+CHATTER = """
+    from farm.hookspecs import hookimpl
+    from farm.mediatype import Job, MediaType
+
+
+    class Chatter(MediaType):
+        name = "chatter"
+
+        def configure(self, s):
+            s.finish()
+            return {}
+
+        def split(self, project):
+            yield Job("only")
+
+        def render(self, job, ctx):
+            import subprocess
+            print("chatter on stdout", flush=True)
+            subprocess.run(["echo", "a renderer's chatter"], check=True)
+
+
+    @hookimpl
+    def farm_register_media_types(register):
+        register(Chatter)
+"""
+
+
+def test_an_embedded_runs_prints_stay_out_of_the_one_object(tmp_path: Path) -> None:
+    from sched_helpers import install_plugin
+
+    site = install_plugin(tmp_path / "site", "farm_chatter_test", CHATTER, "chatter")
+    project = tmp_path / "chat"
+    project.mkdir()
+    (project / "farm.toml").write_text('[project]\nname = "chat"\nmedia_type = "chatter"\n[chatter]\n')
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    code, summary, stderr = submit_json("--agents", "1", str(project), home=tmp_path, PYTHONPATH=path)
+    assert code == 0 and summary["state"] == "done", summary
+    assert "chatter on stdout" in stderr and "a renderer's chatter" in stderr  # said, where it does no harm

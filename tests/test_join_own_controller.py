@@ -123,3 +123,20 @@ def test_the_one_joined_controller_is_dialled_with_its_key_at_another_address(tm
     with pytest.raises(SecurityError, match="joined several controllers") as refused:  # which one is it?
         client_security("tcp://render-host:5555", keys.root, "client", "controller", False)
     assert "tcp://10.9.8.7:5555" in str(refused.value)
+
+
+def test_keys_list_shows_the_controllers_joined(tmp_path):
+    with farm_processes(tmp_path) as farm:
+        _, url, node_join = farm.controller()
+        farm.agent("n1", "--join", node_join).wait_line(f"connected to {url} as n1")
+        a_key = KeyStore(tmp_path / "ctl").load("controller").public.decode()
+        node_keys = str(tmp_path / "keys-n1")
+        listed = farm.run("keys", "list", "--json", "--keys-dir", node_keys)
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [r for r in rows if r["joined"]] == [{"name": url, "public_key": a_key, "secret": False,
+                                                     "allowed": False, "role": None, "joined": True}]
+        assert [r["name"] for r in rows if r["secret"]] == ["node"]  # the node's own pair, as before
+        text = farm.run("keys", "list", "--keys-dir", node_keys).stdout.splitlines()
+        shown = [" ".join(line.split()) for line in text if line.startswith(url)]
+        assert shown == [f"{url} joined - {a_key}"], text

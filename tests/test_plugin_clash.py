@@ -63,7 +63,7 @@ def farm(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_a_second_distribution_of_a_builtins_name_loads_neither_and_says_why(tmp_path: Path):
     site = install_plugin(tmp_path / "site", "farm_maptiles", IMPOSTER, "maptiles")
     listed = farm("plugins", "--json", site=site, cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.returncode == 1, listed.stderr  # everything listed, the refusal in it: not a success
     rows = [r for r in json.loads(listed.stdout) if r["name"] == "maptiles"]
     assert sorted(r["dist"] for r in rows) == ["farm", "farm_maptiles"]
     for row in rows:
@@ -89,7 +89,7 @@ def test_a_second_distribution_of_a_builtins_name_loads_neither_and_says_why(tmp
 def test_a_plugin_registering_a_builtins_name_is_refused_whole_and_the_builtin_kept(tmp_path: Path):
     site = install_plugin(tmp_path / "site", "farm_aa_grab", GRABBER, "aa_grab")  # sorts before maptiles
     listed = farm("plugins", "--json", site=site, cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.returncode == 1, listed.stderr  # everything listed, the refusal in it: not a success
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     builtin, grabber = rows["maptiles"], rows["aa_grab"]
     assert builtin["error"] is None and [m["name"] for m in builtin["media_types"]] == ["maptiles"]
@@ -99,6 +99,15 @@ def test_a_plugin_registering_a_builtins_name_is_refused_whole_and_the_builtin_k
     assert grabber["error"].startswith("PluginError: media type 'maptiles' belongs to farm ")
     assert "(maptiles = farm_maptiles)" in grabber["error"]
     assert "farm_aa_grab 0.1 (aa_grab = farm_aa_grab)" in grabber["error"]
-    text = farm("plugins", site=site, cwd=tmp_path).stdout
+    text = farm("plugins", site=site, cwd=tmp_path)
     refused = "aa_grab 0.1 (farm_aa_grab)\n  failed to load: PluginError: media type 'maptiles' belongs to "
-    assert refused in text
+    assert refused in text.stdout and "maptiles 0.1.0 (farm_maptiles)\n  maptiles: " in text.stdout
+    assert text.returncode == 1
+    assert text.stderr.endswith("\nerror: not loaded (see above): aa_grab (farm_aa_grab)\n"), text.stderr
+
+
+def test_plugins_exits_0_when_every_plugin_loaded(tmp_path: Path):
+    for args in (("plugins",), ("plugins", "--json")):
+        listed = farm(*args, site=tmp_path, cwd=tmp_path)
+        assert listed.returncode == 0 and listed.stderr == "", listed.stdout + listed.stderr
+    assert "maptiles" in {r["name"] for r in json.loads(listed.stdout) if r["error"] is None}

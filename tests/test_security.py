@@ -422,8 +422,10 @@ def test_keys_cli_from_create_to_revoke(tmp_path):
     code, out, _ = keys("list", "--json", root=ctl)
     assert code == 0
     assert json.loads(out) == [
-        {"name": "controller", "public_key": controller_key, "secret": True, "allowed": False, "role": None},
-        {"name": "render-07", "public_key": node_key, "secret": False, "allowed": True, "role": "both"},
+        {"name": "controller", "public_key": controller_key, "secret": True, "allowed": False, "role": None,
+         "joined": False},
+        {"name": "render-07", "public_key": node_key, "secret": False, "allowed": True, "role": "both",
+         "joined": False},
     ]
     text = keys("list", root=ctl)[1]
     assert "render-07" in text and node_key in text
@@ -515,5 +517,6 @@ def test_keys_cli_takes_a_key_that_begins_with_a_dash(tmp_path):
     public = next(p for p, _ in iter(zmq.curve_keypair, None) if p.startswith(b"-")).decode()
     assert keys("allow", "--name", "dashed", "--", public, root=tmp_path)[0] == 0
     code, out, _ = keys("list", "--json", root=tmp_path)
-    row = {"name": "dashed", "public_key": public, "secret": False, "allowed": True, "role": "both"}
+    row = {"name": "dashed", "public_key": public, "secret": False, "allowed": True, "role": "both",
+           "joined": False}
     assert code == 0 and row in json.loads(out)

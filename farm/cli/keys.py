@@ -12,7 +12,7 @@ from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
 from farm.cli.options import checked_address
-from farm.cli.security import move_joined_key
+from farm.cli.security import joined_keys, move_joined_key
 from farm.security import KeyStore, allowed_roles
 from farm.tokens import TokenStore, format_expiry, parse_duration
 
@@ -101,11 +101,14 @@ def list_keys(
     keys_dir: KeysDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List identities and allowed keys: name, allowed (and as what: agent, client, both), secret held here,
-    public key."""
+    """List identities, allowed keys and the controllers joined (by address): name, allowed (and as what:
+    agent, client, both) or joined, secret held here, public key."""
     with reported(as_json=as_json):
         store = KeyStore(keys_dir)
-        rows = store.listing(allowed_roles(store))
+        rows = [{**row, "joined": False} for row in store.listing(allowed_roles(store))]
+        joined = sorted(joined_keys(store).items(), key=lambda item: item[1])  # by address
+        rows += [{"name": url, "public_key": key.decode(), "secret": False, "allowed": False, "role": None,
+                  "joined": True} for key, url in joined]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -114,7 +117,7 @@ def list_keys(
             return
         width = max(len(str(r["name"])) for r in rows)
         for r in rows:
-            allowed = f"allowed as {r['role']}" if r["allowed"] else "-"
+            allowed = f"allowed as {r['role']}" if r["allowed"] else "joined" if r["joined"] else "-"
             secret = "secret" if r["secret"] else "-"
             typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<17} {secret:<6} {r['public_key']}")
 

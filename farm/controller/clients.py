@@ -11,7 +11,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -23,6 +23,10 @@ from farm.filesync import Manifest, SyncError, UploadResult
 from farm.notify import finished_details
 from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
+
+if TYPE_CHECKING:
+    from farm.mediatype import MediaType
+    from farm.project import Project
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,17 @@ FINALIZING_REFUSAL = ("project {} is finalizing (its jobs are done; its final ou
 
 class ClientSide:
     """Handlers for clients' messages; needs the controller's scheduler, events, _send and state."""
+
+    #: the embedded farm's: this controller ends with the command that submitted to it, so its runs
+    #: point people at that command's summary for a job's log, not at `farm logs` (`RunReport.logs_at`)
+    ends_with_submitter = False
+
+    def _new_run(self, run_id: str, project: Project, media: MediaType, priority: int) -> ProjectRun:
+        """A run of this controller (a new one, or one resumed from the journal)."""
+        run = ProjectRun(run_id, project, media, self.journal, priority=priority, events=self.events,
+                         logs=self.joblog_store)
+        run.ends_with_submitter = self.ends_with_submitter
+        return run
 
     def _handle_client(self, identity: bytes, msg: Message) -> None:
         if msg.type is T.SUBMIT:
@@ -157,8 +172,7 @@ class ClientSide:
             self._send(identity, T.ACCEPTED, {"project": same.id, "total": same.total})
             return
         run_id = f"{project.name[:64]}-{uuid.uuid4().hex[:8]}"
-        run = ProjectRun(run_id, project, media, self.journal, priority=priority, events=self.events,
-                         logs=self.joblog_store)
+        run = self._new_run(run_id, project, media, priority)
         try:
             self._prepare(run, prepared.manifest)
         except (SyncError, OSError) as exc:

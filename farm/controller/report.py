@@ -20,6 +20,16 @@ from typing import Any
 class RunReport:
     """`elapsed`, `snapshot` and `summary` of a `ProjectRun` (whose attributes they read)."""
 
+    #: the run's controller ends with the command that submitted it (the embedded farm's): nothing
+    #: can ask it for a job's log afterwards (`farm logs`), so `logs_at` names what that command prints
+    ends_with_submitter = False
+
+    def logs_at(self, key: str) -> str:
+        """Where a person reads job ``key``'s whole error and its log tail once it failed."""
+        if self.ends_with_submitter:
+            return "the run's summary; with --json its failures carry each job's log tail"
+        return f"the run's summary, farm logs {self.id} {key}"
+
     def elapsed(self) -> float:
         end = self.finished_mono or time.monotonic()
         return end - self.started_mono

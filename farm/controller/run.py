@@ -395,7 +395,7 @@ class ProjectRun(RunReport):
         self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
         self.outcomes["failed"].add(key)
         log.warning("%s: job %s failed for good: %s", self.project.name, key,
-                    first_line(error, f"the run's summary, farm logs {self.id} {key}"))
+                    first_line(error, self.logs_at(key)))
         self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)

@@ -326,8 +326,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
                 log.error("cannot resume project %s: %s", record.project_id, exc)
                 self.journal.finish_project(record.project_id, "failed", {"error": f"cannot resume: {exc}"})
                 continue
-            run = ProjectRun(record.project_id, project, media, self.journal, priority=record.priority,
-                             events=self.events, logs=self.joblog_store)
+            run = self._new_run(record.project_id, project, media, record.priority)
             run.elapsed_before = max(0.0, time.time() - record.submitted_at)
             try:
                 self._prepare(run)

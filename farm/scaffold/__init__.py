@@ -20,7 +20,12 @@ from farm.errors import FarmError
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 
 
-class NameTaken(FarmError):
+class BadName(FarmError):
+    """A new plugin's name may not be used (a usage error): not a lower-case identifier of at
+    most 40 characters, or taken (`NameTaken`)."""
+
+
+class NameTaken(BadName):
     """A new plugin's name is an installed media type's, or its module or distribution is
     installed already: installing the package would clash with it (a usage error)."""
 
@@ -32,12 +37,12 @@ def new_plugin(name: str, parent: Path | str = ".") -> Path:
     ``farm_<name>`` with one `farm.mediatype.MediaType` subclass, a sample project in
     ``project/`` and tests (``tests/``) that pass as written.
 
-    :raises FarmError: ``name`` is not a lower-case identifier of at most 40 characters, or the
-        target folder exists already.
+    :raises BadName: ``name`` is not a lower-case identifier of at most 40 characters.
     :raises NameTaken: ``name`` is taken where the package would be installed (see `name_taken`).
+    :raises FarmError: the target folder exists already.
     """
     if not NAME.match(name):
-        raise FarmError(f"plugin name {name!r}: use a lower-case letter, then letters, digits or _ "
+        raise BadName(f"plugin name {name!r}: use a lower-case letter, then letters, digits or _ "
                         "(at most 40): it names the media type and the module farm_<name>")
     values = {
         "name": name,
