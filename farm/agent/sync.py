@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from farm.agent.trust import project_folder
+from farm.causes import cause
 from farm.filesync import FileClient, Store
 from farm.filesync.localview import LocalView
 from farm.filesync.manifest import Manifest
@@ -58,15 +59,8 @@ def sync_summary(client: FileClient, manifest: Manifest) -> str:
 
 def lacks_room(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says this node lacks room: the cache's limit, a full disk."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a cause chain is short; bounded all the same
-        if seen is None:
-            return False
-        full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or isinstance(seen, CacheFull):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return cause(exc, lambda seen: isinstance(seen, CacheFull) or (
+        isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT))) is not None
 
 
 class AssetSync:

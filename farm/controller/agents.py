@@ -18,7 +18,7 @@ import zmq
 
 from farm.controller.registry import AgentState
 from farm.controller.restarts import Restarts, node_token
-from farm.controller.run import Lease
+from farm.controller.run import Lease, ProjectRun
 from farm.controller.staging import oversize, stage
 from farm.controller.versions import read_versions, skew
 from farm.errors import ProtocolError
@@ -203,6 +203,15 @@ class AgentSide:
             lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
             return
         lease.run.succeeded(lease, result.result, outputs, agent=agent, staging=staging)
+
+    def _collates_stopped(self, run: ProjectRun) -> None:
+        """The controller cannot write a run's outputs (`farm.controller.collator.settle` failed it):
+        its jobs in flight are cancelled on their agents, none of them an attempt."""
+        leases = self.scheduler.withdraw(run)
+        for lease in leases:
+            self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
+        if leases:
+            log.info("%s: withdrew %d jobs in flight", run.id, len(leases))
 
     def _drop_agent(self, agent: AgentState, reason: str) -> None:
         lost = self.scheduler.leave(agent, reason)

@@ -17,14 +17,24 @@ done (its outputs are in the output folder, whole), after the run's end. What mu
 (publishing the cancelled run's outputs for download: its files may be half written) waits
 in `after_collate`, off the loop's back. `close` stops after the collate running: the rest
 of the batch the thread holds is skipped as what is queued.
+
+A collate that fails for the controller's own reason (`own_fault`: it cannot write the output
+folder, a full disk, a folder made read-only) is no attempt of the job: the render was good, and
+rendering it again would fail the same way. The run stops making that output: the thread
+collates none of its results after that one, the loop fails the run once with the folder and the
+OS error (`settle`) and withdraws its jobs in flight (the Collator's `stopped`); no job or agent
+is blamed. A collate that refuses the job's own files (a RenderError, a truncated image) still
+costs the job an attempt.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -35,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from farm.causes import cause
 from farm.controller.jobcache import cache_key
 
 if TYPE_CHECKING:
@@ -49,6 +60,10 @@ STOP_WAIT_S = 10.0  # how long `close` waits for a collate that is running
 # handoff wakes a thread and passes the GIL, which no-op jobs (thousands a second) would feel.
 FLUSH_AFTER_S = 0.002
 FLUSH_AT = 256
+# What says the controller cannot write its own files, whatever job it collates: no render is to blame
+OWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                        errno.EIO})
+OWN_SQLITE = frozenset({3, 8, 10, 13})  # SQLITE_PERM, _READONLY, _IOERR, _FULL (a media type's MBTiles)
 
 
 @dataclass(slots=True)
@@ -57,7 +72,9 @@ class Pending:
 
     `lease`: the attempt that made them, None for outputs reused from the job cache;
     `staging`: a folder removed once the collate returned; `error`: what the collate
-    raised ("TypeName: message"), None if it returned; `skipped`: its run was cancelled first.
+    raised ("TypeName: message"), None if it returned; `fault`: why, when that was the
+    controller's own (`own_fault`), for people; `skipped`: its run was cancelled, or stopped
+    by such a fault, first.
     """
 
     run: ProjectRun
@@ -68,6 +85,7 @@ class Pending:
     agent: AgentState | None = None
     staging: Path | None = None
     error: str | None = None
+    fault: str | None = None
     skipped: bool = False
 
 
@@ -75,15 +93,47 @@ def collate(pending: Pending) -> None:
     """Run one pending job's collate (in whichever thread calls it) and tidy its staging folder."""
     run = pending.run
     try:
-        if run.state == "cancelled":
+        if run.state == "cancelled" or run.stopped is not None:
             pending.skipped = True
             return
-        run.collate_outputs(pending.job, pending.result, pending.outputs)
+        if not run.output_made:  # the lifecycle's promise, every path; once per run, not per job
+            run.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        run.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
+        run.media.collate(pending.job, pending.result, pending.outputs, run.ctx)
+        run.output_made = True
     except Exception as exc:
         pending.error = f"{type(exc).__name__}: {exc}"
+        own = own_fault(exc)
+        if own is not None:  # the first: the run's collates after it are skipped
+            pending.fault = run.stopped = cannot_write(run.project.output_dir, pending.job.key, own)
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
+
+
+def own_fault(exc: BaseException) -> BaseException | None:
+    """The error in what a collate raised (or in what led to it) that is the controller's own: its
+    disk full, a folder it cannot write; None when the job's outputs may be to blame."""
+    return cause(exc, _own)
+
+
+def _own(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in OWN_ERRNOS
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return code is not None and code & 0xFF in OWN_SQLITE  # an extended code's low byte is the primary
+
+
+def cannot_write(folder: Path, key: str, exc: BaseException) -> str:
+    """Why a run stopped at a collate that failed for the controller's own reason, as people read it."""
+    if isinstance(exc, OSError):
+        why = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        if exc.filename is not None:  # a rename's is where from, its filename2 where to
+            why += f": {exc.filename if exc.filename2 is None else exc.filename2}"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return (f"cannot write the output folder {folder}: {why}, collating job {key}; no job is to blame and "
+            "none is rendered again: make room or make the folder writable, then submit the project again")
 
 
 def reuse(run: ProjectRun, job: Job) -> bool:
@@ -108,17 +158,25 @@ def reuse(run: ProjectRun, job: Job) -> bool:
     return True
 
 
-def settle(pending: Pending) -> None:
+def settle(pending: Pending) -> bool:
     """On the loop: record what a collate did: the job done, failed (an attempt, retried as any
-    failure) or, for outputs from the job cache, rendered after all; the agent's counters."""
+    failure) or, for outputs from the job cache, rendered after all; the agent's counters.
+
+    True when it stopped the run (the controller's own fault): its jobs in flight are to be withdrawn.
+    """
     run, key, lease = pending.run, pending.job.key, pending.lease
     if run.collating.get(key) is not pending:  # the run was cancelled meanwhile
         if not (run.state == "cancelled" and not pending.skipped and pending.error is None):
-            return
+            return False
         # its collate was running and wrote the job's outputs whole: the job is done, as they show
         # (the cancelled run's summary, served once this collate is back, counts it)
     else:
         del run.collating[key]
+    if pending.fault is not None:  # no attempt, no blame: the run fails, once, with why
+        run.abort(pending.fault if run.error is None else f"{run.error}; then {pending.fault}")
+        return True
+    if pending.skipped:  # its run stopped first: neither done nor failed
+        return False
     if pending.agent is not None:
         if pending.error is None:
             pending.agent.done += 1
@@ -136,18 +194,24 @@ def settle(pending: Pending) -> None:
     else:
         run.leases[key] = lease  # what `failed` settles
         run.failed(lease, f"collating its outputs failed: {pending.error}", "")
+    return False
 
 
-def collate_inline(pending: Pending) -> None:
+def collate_inline(pending: Pending) -> bool:
     """A run with no collator thread (a test's own `ProjectRun`): collate and settle at once."""
     collate(pending)
-    settle(pending)
+    return settle(pending)
 
 
 class Collator:
-    """The collate thread of one controller; `submit`, `flush` and `deliver` are the loop's."""
+    """The collate thread of one controller; `submit`, `flush` and `deliver` are the loop's.
 
-    def __init__(self, context: zmq.Context | None = None) -> None:
+    `stopped`: called on the loop with a run the controller's own fault stopped (`settle`).
+    """
+
+    def __init__(self, context: zmq.Context | None = None, *,
+                 stopped: Callable[[ProjectRun], None] | None = None) -> None:
+        self.stopped = stopped
         context = context or zmq.Context.instance()
         url = f"inproc://farm-collated-{uuid.uuid4().hex}"
         self.wake = context.socket(zmq.PAIR)  # the loop polls it: something came back
@@ -176,7 +240,8 @@ class Collator:
         collate does; the order and one-at-a-time promises hold, the thread being idle.
         """
         if not pending.outputs and not self._batch and not self.pending:
-            collate_inline(pending)
+            if collate_inline(pending) and self.stopped is not None:
+                self.stopped(pending.run)
             return
         if not self._batch:
             self._since = time.monotonic()
@@ -225,7 +290,8 @@ class Collator:
             pending = self._back.popleft()
             self.pending -= 1
             count += 1
-            settle(pending)
+            if settle(pending) and self.stopped is not None:
+                self.stopped(pending.run)
             if self._after:
                 self._call_after(pending)
         return count

@@ -145,6 +145,7 @@ class ProjectRun(RunReport):
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
         self.output_made = False  # the output folder was made for this run's collates
+        self.stopped: str | None = None  # why its collates stopped: the controller cannot write (collator)
         self.download: str | None = None
 
     # -- what to run next ---------------------------------------------------------------
@@ -309,14 +310,6 @@ class ProjectRun(RunReport):
         for agent in self.conduct.succeeded(lease.job.key, lease.agent_id):
             self._blocklisted(agent, self.blocklist[agent])
         self._done(lease.job.key, result, lease.agent_id)
-
-    def collate_outputs(self, job: Job, result: Any, outputs: dict[str, Path]) -> None:
-        """The media type's collate (in the collate thread); raises what it raises."""
-        if not self.output_made:  # the lifecycle's promise, every path; once per run, not per job
-            self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        self.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
-        self.media.collate(job, result, outputs, self.ctx)
-        self.output_made = True
 
     def _blocklisted(self, agent: str, why: str) -> None:
         log.warning("%s: agent %s %s; no more jobs of this project go to it", self.project.name, agent, why)

@@ -208,6 +208,15 @@ class Scheduler:
             self._withdraw(lease)
         return leases
 
+    def withdraw(self, run: ProjectRun) -> list[Lease]:
+        """Take back a stopped run's leases in flight, at no attempt; returns them (to cancel on agents)."""
+        leases = list(run.leases.values())
+        run.leases.clear()
+        run.progress.clear()
+        for lease in leases:
+            self._withdraw(lease)
+        return leases
+
     def taking(self) -> list[AgentState]:
         """The connected agents that take new jobs: all but the draining ones."""
         draining = self.registry.draining

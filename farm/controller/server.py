@@ -233,7 +233,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.uploads: dict[str, tuple[bytes, dict[str, Any], Path]] = {}  # token -> (client, SUBMIT, folder)
         self.intake = IntakeQueue(self.assets.hashes, self.intake_limits)
         self.cache = JobCache(self.state_dir / "cache", self.journal)
-        self.collator = Collator()
+        self.collator = Collator(stopped=self._collates_stopped)
         self.joblog_store = open_beside(self.journal.path)  # job logs on disk beside the journal (closed below)
         self.events.start()
         self._resume()

@@ -7,6 +7,7 @@ sockets; it never stands in for a real media type's own tests. Try a farm with i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -174,10 +175,15 @@ def _move_over(staged: Path, dest: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")  # O_EXCL: a new file
-        with os.fdopen(fd, "wb") as out, open(staged, "rb") as src:
-            shutil.copyfileobj(src, out)
-        shutil.copymode(staged, tmp)
-        os.replace(tmp, dest)
+        try:
+            with os.fdopen(fd, "wb") as out, open(staged, "rb") as src:
+                shutil.copyfileobj(src, out)
+            shutil.copymode(staged, tmp)
+            os.replace(tmp, dest)
+        except BaseException:  # a full disk: no half-written copy left in the output folder
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.unlink(staged)
 
 
