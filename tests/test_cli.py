@@ -20,7 +20,8 @@ def farm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_version_and_plugins_listing():
     assert farm("--version").stdout.startswith("farm ")
     listing = json.loads(farm("plugins", "--json").stdout)
-    by_name = {p["name"]: p for p in listing}
+    by_name = {p["name"]: p for p in listing["plugins"]}
+    assert "error" not in listing
     assert {"maptiles", "synthetic"} <= set(by_name)
     assert by_name["synthetic"]["version"] == "0.1.0"  # the farm distribution ships it
     assert [m["name"] for m in by_name["synthetic"]["media_types"]] == ["synthetic"]

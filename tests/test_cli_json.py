@@ -145,3 +145,19 @@ def test_an_embedded_runs_prints_stay_out_of_the_one_object(tmp_path: Path) -> N
     code, summary, stderr = submit_json("--agents", "1", str(project), home=tmp_path, PYTHONPATH=path)
     assert code == 0 and summary["state"] == "done", summary
     assert "chatter on stdout" in stderr and "a renderer's chatter" in stderr  # said, where it does no harm
+
+
+@pytest.mark.parametrize("args", [("plugins",), ("keys", "list"), ("keys", "invites"),
+                                  ("keys", "api-token", "list")])
+def test_listing_commands_print_one_object(tmp_path, args):
+    """The listings were JSON arrays: a script reading "one object, errors included" broke on them."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("FARM_KEYS", "FARM_CONTROLLER")}
+    clean |= {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+              "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    subprocess.run([*FARM, "keys", "create", "controller"], capture_output=True, env=clean, timeout=60, check=True)
+    done = subprocess.run([*FARM, *args, "--json"], capture_output=True, text=True, timeout=120, env=clean)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    assert isinstance(listing, dict), done.stdout
+    (rows,) = listing.values()  # the one list, named
+    assert isinstance(rows, list)

@@ -54,7 +54,7 @@ def test_a_node_joins_with_one_command_and_renders(tmp_path, synthetic):
         for record in tokens.iterdir():
             assert stat.S_IMODE(record.stat().st_mode) == 0o600
             assert not any(secret in record.read_text() for secret in secrets)
-        listed = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(tmp_path / "ctl")).stdout)
+        listed = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(tmp_path / "ctl")).stdout)["invites"]
         assert {(t["state"], tuple(t["uses"])) for t in listed} >= {("used", ("n1",))}
 
 
@@ -102,7 +102,7 @@ def test_expired_revoked_and_unknown_tokens_are_refused_each_with_its_reason(tmp
         assert "was revoked" in reasons["revoked"]
         assert "refused join token 0badc0de in the handshake" in reasons["unknown"]
         assert KeyStore(ctl).allowed() == {}
-        tokens = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)
+        tokens = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)["invites"]
         assert sorted(t["state"] for t in tokens) == ["expired", "live", "revoked"]  # the controller's own is live
 
 

@@ -133,7 +133,7 @@ def test_keys_list_shows_the_controllers_joined(tmp_path):
         node_keys = str(tmp_path / "keys-n1")
         listed = farm.run("keys", "list", "--json", "--keys-dir", node_keys)
         assert listed.returncode == 0, listed.stderr
-        rows = json.loads(listed.stdout)
+        rows = json.loads(listed.stdout)["keys"]
         assert [r for r in rows if r["joined"]] == [{"name": url, "public_key": a_key, "secret": False,
                                                      "allowed": False, "role": None, "joined": True}]
         assert [r["name"] for r in rows if r["secret"]] == ["node"]  # the node's own pair, as before

@@ -43,7 +43,7 @@ def test_a_revoked_node_rejoins_with_a_new_token_under_a_fresh_key(tmp_path):
         allowed = KeyStore(ctl).allowed()
         assert new_key in allowed.values() and old_key not in allowed.values()
         assert "was revoked here" in again.text()
-        rows = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)
+        rows = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)["invites"]
         assert [r["state"] for r in rows if r["id"] == parse_join(fresh)[2][:8]] == ["used"]
 
 
@@ -73,7 +73,7 @@ def test_agent_and_client_tokens_cannot_be_swapped(tmp_path, synthetic):
         node = farm.run("agent", "--join", client_token, "--keys-dir", str(tmp_path / "keys-x"), "--id", "x")
         assert node.returncode == 78 and "is for clients" in node.stderr, node.stderr
         assert KeyStore(ctl).allowed() == {}
-        kinds = {r["kind"] for r in json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)}
+        kinds = {r["kind"] for r in json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)["invites"]}
         assert kinds == {"agent", "client"}
         listed = farm.run("keys", "invites", "--keys-dir", str(ctl)).stdout
         assert "client" in listed and "agent" in listed

@@ -237,7 +237,7 @@ def test_keys_allow_role_and_list(tmp_path):
 
     code, out, _ = keys_cli("list", "--json", root=root)
     assert code == 0
-    roles = {r["name"]: r["role"] for r in json.loads(out)}
+    roles = {r["name"]: r["role"] for r in json.loads(out)["keys"]}
     assert roles == {"controller": None, "n1": "agent", "n2": "both", "ws": "client"}
     text = keys_cli("list", root=root)[1]
     assert "allowed as agent" in text and "allowed as client" in text and "allowed as both" in text

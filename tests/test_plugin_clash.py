@@ -64,7 +64,9 @@ def test_a_second_distribution_of_a_builtins_name_loads_neither_and_says_why(tmp
     site = install_plugin(tmp_path / "site", "farm_maptiles", IMPOSTER, "maptiles")
     listed = farm("plugins", "--json", site=site, cwd=tmp_path)
     assert listed.returncode == 1, listed.stderr  # everything listed, the refusal in it: not a success
-    rows = [r for r in json.loads(listed.stdout) if r["name"] == "maptiles"]
+    listing = json.loads(listed.stdout)
+    assert listing["code"] == "error" and "maptiles" in listing["error"], listing
+    rows = [r for r in listing["plugins"] if r["name"] == "maptiles"]
     assert sorted(r["dist"] for r in rows) == ["farm", "farm_maptiles"]
     for row in rows:
         assert row["media_types"] == []
@@ -90,7 +92,7 @@ def test_a_plugin_registering_a_builtins_name_is_refused_whole_and_the_builtin_k
     site = install_plugin(tmp_path / "site", "farm_aa_grab", GRABBER, "aa_grab")  # sorts before maptiles
     listed = farm("plugins", "--json", site=site, cwd=tmp_path)
     assert listed.returncode == 1, listed.stderr  # everything listed, the refusal in it: not a success
-    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    rows = {r["name"]: r for r in json.loads(listed.stdout)["plugins"]}
     builtin, grabber = rows["maptiles"], rows["aa_grab"]
     assert builtin["error"] is None and [m["name"] for m in builtin["media_types"]] == ["maptiles"]
     assert builtin["dist"] == "farm"
@@ -110,4 +112,4 @@ def test_plugins_exits_0_when_every_plugin_loaded(tmp_path: Path):
     for args in (("plugins",), ("plugins", "--json")):
         listed = farm(*args, site=tmp_path, cwd=tmp_path)
         assert listed.returncode == 0 and listed.stderr == "", listed.stdout + listed.stderr
-    assert "maptiles" in {r["name"] for r in json.loads(listed.stdout) if r["error"] is None}
+    assert "maptiles" in {r["name"] for r in json.loads(listed.stdout)["plugins"] if r["error"] is None}

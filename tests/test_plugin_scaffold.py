@@ -43,7 +43,7 @@ def test_new_plugin_installs_passes_its_tests_and_renders(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
     listed = farm_cli("plugins", "--json", cwd=tmp_path, env=env)
-    thumbs = [p for p in json.loads(listed.stdout) if p["name"] == "thumbs"]
+    thumbs = [p for p in json.loads(listed.stdout)["plugins"] if p["name"] == "thumbs"]
     assert thumbs and thumbs[0]["version"] == "0.1.0" and thumbs[0]["media_types"][0]["name"] == "thumbs"
 
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,

@@ -421,7 +421,7 @@ def test_keys_cli_from_create_to_revoke(tmp_path):
 
     code, out, _ = keys("list", "--json", root=ctl)
     assert code == 0
-    assert json.loads(out) == [
+    assert json.loads(out)["keys"] == [
         {"name": "controller", "public_key": controller_key, "secret": True, "allowed": False, "role": None,
          "joined": False},
         {"name": "render-07", "public_key": node_key, "secret": False, "allowed": True, "role": "both",
@@ -519,4 +519,4 @@ def test_keys_cli_takes_a_key_that_begins_with_a_dash(tmp_path):
     code, out, _ = keys("list", "--json", root=tmp_path)
     row = {"name": "dashed", "public_key": public, "secret": False, "allowed": True, "role": "both",
            "joined": False}
-    assert code == 0 and row in json.loads(out)
+    assert code == 0 and row in json.loads(out)["keys"]

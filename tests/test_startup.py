@@ -164,7 +164,7 @@ def test_farm_plugins_still_lists_every_plugin(site: Path, tmp_path: Path) -> No
     log = tmp_path / "probed.log"
     out = subprocess.run([sys.executable, "-m", "farm", "plugins", "--json"], capture_output=True, text=True,
                          check=True, env=plugin_env(site, log))
-    names = {row["name"] for row in json.loads(out.stdout)}
+    names = {row["name"] for row in json.loads(out.stdout)["plugins"]}
     assert {"audio", "frames", "maptiles", "synthetic", "sniff", "probed"} <= names
 
 

@@ -39,7 +39,7 @@ def list_tokens(
         store = TokenStore(keys_dir)
         rows = store.listing()
         if as_json:
-            typer.echo(json.dumps(rows, indent=2))
+            typer.echo(json.dumps({"tokens": rows}, indent=2))
             return
         if not rows:
             typer.echo(f"no API tokens in {store.path}", err=True)

@@ -110,7 +110,7 @@ def list_keys(
         rows += [{"name": url, "public_key": key.decode(), "secret": False, "allowed": False, "role": None,
                   "joined": True} for key, url in joined]
         if as_json:
-            typer.echo(json.dumps(rows, indent=2))
+            typer.echo(json.dumps({"keys": rows}, indent=2))
             return
         if not rows:
             typer.echo(f"no keys in {store.root}", err=True)
@@ -161,7 +161,7 @@ def invites(
     with reported(as_json=as_json):
         rows = [t.row() for t in TokenStore(KeyStore(keys_dir)).all()]
         if as_json:
-            typer.echo(json.dumps(rows, indent=2))
+            typer.echo(json.dumps({"invites": rows}, indent=2))
             return
         for r in rows:
             joined = ", ".join(map(str, r["uses"])) or "-"

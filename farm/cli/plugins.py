@@ -25,8 +25,10 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         rows.append({"name": info.name, "version": info.version, "module": info.module, "dist": info.dist,
                      "media_types": media, "hooks": info.hooks, "error": info.error})
     failed = [row for row in rows if row["error"]]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+    names = ", ".join(f"{row['name']} ({row['dist'] or row['module']})" for row in failed)
+    if as_json:  # one object, as every --json; a failure's error and code beside the listing
+        problem = {"error": f"not loaded: {names}", "state": "failed", "code": "error"} if failed else {}
+        typer.echo(json.dumps({"plugins": rows, **problem}, indent=2))
     else:
         for row in rows:
             typer.echo(f"{row['name']} {row['version'] or ''} ({row['module']})".rstrip())
@@ -36,7 +38,6 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
                 note = f"  [unavailable: {media['unavailable']}]" if media["unavailable"] else ""
                 typer.echo(f"  {media['name']}: {media['description']}{note}")
         if failed:
-            names = ", ".join(f"{row['name']} ({row['dist'] or row['module']})" for row in failed)
             typer.echo(f"error: not loaded (see above): {names}", err=True)
     if failed:
         raise typer.Exit(1)
