@@ -154,7 +154,8 @@ def test_listing_commands_print_one_object(tmp_path, args):
     clean = {k: v for k, v in os.environ.items() if k not in ("FARM_KEYS", "FARM_CONTROLLER")}
     clean |= {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
               "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
-    subprocess.run([*FARM, "keys", "create", "controller"], capture_output=True, env=clean, timeout=60, check=True)
+    subprocess.run([*FARM, "keys", "create", "controller"], capture_output=True, env=clean, timeout=60,
+                   check=True)
     done = subprocess.run([*FARM, *args, "--json"], capture_output=True, text=True, timeout=120, env=clean)
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)

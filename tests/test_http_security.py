@@ -146,7 +146,8 @@ def test_cli_tokens_and_a_controller_that_refuses_to_listen_beyond_loopback_with
     token = made.stdout.strip()
     listed = subprocess.run([*farm, "keys", "api-token", "list", "--json"], env=env, capture_output=True, text=True,
                             timeout=60)
-    assert [row["name"] for row in json.loads(listed.stdout)["tokens"]] == ["ops"] and token not in listed.stdout
+    assert [row["name"] for row in json.loads(listed.stdout)["tokens"]] == ["ops"]
+    assert token not in listed.stdout
 
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -54,7 +54,8 @@ def test_a_node_joins_with_one_command_and_renders(tmp_path, synthetic):
         for record in tokens.iterdir():
             assert stat.S_IMODE(record.stat().st_mode) == 0o600
             assert not any(secret in record.read_text() for secret in secrets)
-        listed = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(tmp_path / "ctl")).stdout)["invites"]
+        listed = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(tmp_path / "ctl")).stdout)
+        listed = listed["invites"]
         assert {(t["state"], tuple(t["uses"])) for t in listed} >= {("used", ("n1",))}
 
 

@@ -73,7 +73,8 @@ def test_agent_and_client_tokens_cannot_be_swapped(tmp_path, synthetic):
         node = farm.run("agent", "--join", client_token, "--keys-dir", str(tmp_path / "keys-x"), "--id", "x")
         assert node.returncode == 78 and "is for clients" in node.stderr, node.stderr
         assert KeyStore(ctl).allowed() == {}
-        kinds = {r["kind"] for r in json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)["invites"]}
+        rows = json.loads(farm.run("keys", "invites", "--json", "--keys-dir", str(ctl)).stdout)["invites"]
+        kinds = {r["kind"] for r in rows}
         assert kinds == {"agent", "client"}
         listed = farm.run("keys", "invites", "--keys-dir", str(ctl)).stdout
         assert "client" in listed and "agent" in listed
