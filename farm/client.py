@@ -369,13 +369,14 @@ class Client:
         return self._query("project", project)
 
     def jobs(self, project: str, state: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
-        """A page of a run's jobs: ``{"project", "total", "offset", "limit", "unlisted", "jobs": [...]}``.
+        """A page of a run's jobs: ``{"project", "total", "offset", "limit", "unlisted", "ended", "jobs": [...]}``.
 
         Each job: ``{"key", "state", "attempts", "agent", "duration_s", "error"}``; `state` filters to
         one of running, collating (rendered, its outputs being collated: not yet done), queued,
         failed (for good), done (rendered), reused. Running jobs come first, then collating,
         queued, failed, and done or reused ones by key. ``unlisted`` counts jobs the media type
-        has not split off yet (they are not listed). `limit` is 1..1000.
+        has not split off yet (they are not listed); ``ended``: the run is over, so they never will
+        be. `limit` is 1..1000.
         """
         return self._query("jobs", project, state=state, offset=offset, limit=limit)
 

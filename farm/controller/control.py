@@ -211,8 +211,9 @@ class ControlSide:
         known = (run.done + len(run.failures) + len(run.leases) + len(run.collating) + len(run.ready)
                  + len(run.unmet))
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0
+        # `ended`: the run is over, so its unlisted jobs never will be split off (or run)
         return {"project": run.id, "total": total, "offset": offset, "limit": limit, "unlisted": unlisted,
-                "jobs": page}
+                "ended": run.state in ("done", "failed", "cancelled"), "jobs": page}
 
     def finished_before(self) -> history.History:
         """Runs that had finished before this controller started (the journal's; read-only)."""

@@ -116,7 +116,7 @@ def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset
                   "attempts": 0 if agent is None else None, "agent": agent, "duration_s": None, "error": None}
                  for key, agent in rows]
     return {"project": record.project_id, "total": len(listed) + done_total, "offset": offset, "limit": limit,
-            "unlisted": 0, "jobs": page}
+            "unlisted": 0, "ended": True, "jobs": page}
 
 
 def job_log(journal: Journal, logs: JobLogStore | None, record: ProjectRecord, key: str) -> dict[str, Any] | None:
