@@ -421,9 +421,12 @@ class Agent:
 
     # -- what the pool tells us (farm.agent.pool.Outcomes) -------------------------------
 
-    def fail(self, job: JobSpec, error: str, log_text: str = "", *, requeue: bool = False) -> None:
+    def fail(self, job: JobSpec, error: str, log_text: str = "", *, requeue: bool = False,
+             duration: float = 0.0) -> None:
+        """`duration`: seconds the job ran before it failed (a timeout, a crash); 0: it never started."""
         self.held.discard(job.lease)
-        self.outgoing.append((JobResult(job.lease, False, error=error, log=log_text, requeue=requeue), []))
+        self.outgoing.append((JobResult(job.lease, False, error=error, log=log_text, requeue=requeue,
+                                        duration=duration), []))
 
     def hand_back(self, job: JobSpec, why: str) -> None:
         """A job that never started here: the controller runs it again without counting an attempt."""
@@ -445,7 +448,8 @@ class Agent:
         for result, files, project in self.unchecked:
             why = moved[project]
             if why is not None:  # the result may be wrong
-                result, files = JobResult(result.lease, False, error=why, log=result.log), []
+                result, files = JobResult(result.lease, False, error=why, log=result.log,
+                                          duration=result.duration), []
             self.outgoing.append((result, files))
         self.unchecked.clear()
         for project, why in moved.items():

@@ -38,7 +38,7 @@ MAX_BATCH = 256
 class Outcomes(Protocol):
     """What the pool tells its agent."""
 
-    def fail(self, job: JobSpec, error: str) -> None: ...
+    def fail(self, job: JobSpec, error: str, *, duration: float = 0.0) -> None: ...  # seconds it ran
     def hand_back(self, job: JobSpec, why: str) -> None: ...
     def deliver(self, result: JobResult, files: list[bytes], project: str) -> None: ...
     def progress(self, lease: str, fraction: float) -> None: ...
@@ -131,7 +131,8 @@ class Pool:
                 head, *rest = slot.running
                 log.warning("job %s overran its %gs timeout; killing its worker", head.key, head.timeout)
                 self.kill(slot)
-                self.outcomes.fail(head, f"timed out after {head.timeout:g}s; its worker and children were killed")
+                why = f"timed out after {head.timeout:g}s; its worker and children were killed"
+                self.outcomes.fail(head, why, duration=time.monotonic() - slot.head_since)
                 for job in rest:
                     self.outcomes.hand_back(job, "its worker was killed for another job's timeout")
                 slot.running = []
@@ -139,7 +140,8 @@ class Pool:
             if code is not None:
                 if slot.running:
                     head, *rest = slot.running
-                    self.outcomes.fail(head, f"worker process died (exit code {code}) while running this job")
+                    self.outcomes.fail(head, f"worker process died (exit code {code}) while running this job",
+                                       duration=max(0.0, time.monotonic() - slot.head_since))
                     for job in rest:
                         self.outcomes.hand_back(job, "its worker died running another job")
                 if not slot.greeted and not stopping:

@@ -99,7 +99,10 @@ def logs(project: Project, job: Annotated[str, typer.Argument(help="The job's ke
 
 
 def log_text(reply: dict[str, Any]) -> str:
-    lines = [f"{reply['project']} {reply['key']}: {counted(len(reply['attempts']), 'attempt')} kept"]
+    kept = reply["attempts"]
+    made = max((a["attempt"] for a in kept), default=0)  # numbered in all; the oldest are not kept
+    of = f"{len(kept)} of {counted(made, 'attempt')}" if made > len(kept) else counted(len(kept), "attempt")
+    lines = [f"{reply['project']} {reply['key']}: {of} kept"]
     for a in reply["attempts"]:
         took = f" in {a['duration_s']:.2f}s" if a.get("duration_s") is not None else ""
         lines.append(f"-- attempt {a['attempt']} on {a['agent'] or '?'}: {a['state']}{took}"

@@ -111,6 +111,10 @@ class JobLogs:
         """The job's kept attempts, oldest first (copies)."""
         return [dict(zip(FIELDS, a, strict=True)) for a in self._jobs.get(key, (0,))[1:]]
 
+    def numbered(self, key: str) -> int:
+        """The job's attempts numbered so far (its newest one's number): 0 if none is kept."""
+        return self._jobs.get(key, (0,))[0]
+
     def last(self, key: str) -> dict[str, Any] | None:
         """The job's newest kept attempt, if any."""
         held = self._jobs.get(key)

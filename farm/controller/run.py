@@ -65,7 +65,7 @@ class Failure:
     key: str
     error: str
     log: str
-    attempts: int
+    attempts: int  # in all, as the job's log numbers them (`_fail_for_good`)
     job: Job | None = None  # to run it again (a manual retry)
     agent: str | None = None  # where its last attempt ran
 
@@ -121,6 +121,7 @@ class ProjectRun(RunReport):
         self.done_keys: set[str] = journal.done_keys(run_id) if before["done"] else set()
         self.attempts: collections.Counter[str] = collections.Counter()
         self.lost: collections.Counter[str] = collections.Counter()
+        self.retried_before: dict[str, int] = {}  # job key -> attempts in all before a retry (`retry`)
         self.conduct = Conduct()  # strikes, hand-backs, blocklist: farm.controller.policy
         self.stuck_since: float | None = None  # since when no agent can make progress on it
         # a resumed run keeps what failed for good before the restart: failed, not run again
@@ -383,13 +384,15 @@ class ProjectRun(RunReport):
                        job: Job | None = None) -> None:
         self.cache_keys.pop(key, None)
         self.conduct.failed_for_good(key)
-        self.failures[key] = Failure(key, error, log_text, self.attempts[key], job, agent)
+        tries = max(self.logs.numbered(key),  # attempts in all, as its log numbers them (before a retry too)
+                    self.retried_before.get(key, 0) + self.attempts[key] + self.lost[key])
+        self.failures[key] = Failure(key, error, log_text, tries, job, agent)
         self.units.job_failed(key)
-        self.journal.job_failed(self.id, key, error, log_text, self.attempts[key])
+        self.journal.job_failed(self.id, key, error, log_text, tries)
         self.outcomes["failed"].add(key)
         log.warning("%s: job %s failed for good: %s", self.project.name, key,
                     first_line(error, self.logs_at(key)))
-        self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": self.attempts[key]})
+        self.emit("job.failed", self.id, key, agent, {"error": error, "attempts": tries})
         for job in self.waiting.pop(key, []):
             self.unmet.pop(job.key, None)
             self._fail_for_good(job.key, f"dependency {key!r} failed", "", None, job)
@@ -420,6 +423,7 @@ class ProjectRun(RunReport):
                 continue
             self.attempts.pop(key, None)
             self.lost.pop(key, None)
+            self.retried_before[key] = failure.attempts
             self.emit("job.retried", self.id, key, None, {"reason": "retried on request", "manual": True,
                                                          "counted": False})
             if unmet:
