@@ -68,7 +68,10 @@ def replace_recorded(project: Project, record_name: str, made: set[str]) -> list
     out = project.output_dir
     record = project.root / STATE_DIR / record_name
     removed = []
-    for entry in _read(record, project.output):
+    entries = _read(record, project.output)
+    if not entries and not made:  # nothing recorded, nothing to record: the state folder is left alone
+        return removed
+    for entry in entries:
         name = entry["name"]
         if name in made:
             continue
