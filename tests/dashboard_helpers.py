@@ -53,23 +53,32 @@ def quote(path: str) -> str:
 class Api:
     """The controller's HTTP API as a test calls it (urllib: no client library in between)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def of(cls, http: Any) -> Api:
+        """The API of an `HttpServer`, called with its session token (the owner's)."""
+        return cls(http.url, http.access.session_token)
+
+    def _request(self, path: str) -> urllib.request.Request:
+        return urllib.request.Request(self.url + quote(path), headers=self.headers)
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + quote(path), timeout=30) as response:
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
             return json.loads(response.read())
 
     def raw(self, path: str) -> tuple[int, str, bytes]:
         try:
-            with urllib.request.urlopen(self.url + quote(path), timeout=30) as response:
+            with urllib.request.urlopen(self._request(path), timeout=30) as response:
                 return response.status, response.headers.get("Content-Type", ""), response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
     def post(self, path: str) -> int:
         request = urllib.request.Request(self.url + quote(path), data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={**self.headers, "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
 
@@ -79,7 +88,8 @@ class Api:
 
 @pytest.fixture
 def http_controller(tmp_path: Path) -> Iterator[Controller]:
-    """A controller on loopback TCP with its HTTP API on a free loopback port (no token)."""
+    """A controller on loopback TCP with its HTTP API on a free loopback port (its session token:
+    `Api.of(ctl.http)`, `ctl.http.dashboard_url`)."""
     from farm.http.server import HttpServer
 
     ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "controller-state", heartbeat=0.5, liveness=4,
@@ -150,7 +160,7 @@ def js(driver: Any, script: str, *args: Any) -> Any:
 
 
 def open_project(driver: Any, url: str, run: str) -> None:
-    """Load the dashboard and choose the run (its card appears from the API)."""
+    """Load the dashboard (`url`: with its token, as `HttpServer.dashboard_url`) and choose the run."""
     driver.get(url)
     card = f'.project[data-id="{run}"]'
     wait_for(lambda: js(driver, "return !!document.querySelector(arguments[0])", card), 30, "its card")

@@ -28,17 +28,30 @@ class HttpFarm:
     http: HttpServer
     base: str  # e.g. http://127.0.0.1:41234
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The owner's credential: the server's session token (loopback), as a header."""
+        token = self.http.access.session_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _headers(self, kwargs: dict[str, Any], *more: dict[str, str]) -> dict[str, str]:
+        """The request's headers: the session token's (unless `auth=False`), `more`, the test's own."""
+        own = self.auth if kwargs.pop("auth", True) else {}
+        return {k: v for d in (own, *more, kwargs.pop("headers", None) or {}) for k, v in d.items()}
+
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.base + path, timeout=TIMEOUT, **kwargs)
+        headers = self._headers(kwargs)
+        return requests.get(self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
-        headers = {**JSON, **kwargs.pop("headers", {})}
+        headers = self._headers(kwargs, JSON)
         return requests.post(self.base + path, data=json.dumps(body if body is not None else {}),
                              headers=headers, timeout=TIMEOUT, **kwargs)
 
     def patch(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        headers = {**JSON, **kwargs.pop("headers", {})}
-        return requests.patch(self.base + path, data=json.dumps(body), headers=headers, timeout=TIMEOUT, **kwargs)
+        headers = self._headers(kwargs, JSON)
+        return requests.patch(self.base + path, data=json.dumps(body), headers=headers, timeout=TIMEOUT,
+                              **kwargs)
 
 
 def start_http_farm(state: Path, host: str = "127.0.0.1", *, keys: Path | None = None, keepalive_s: float = 0.5,
@@ -52,7 +65,8 @@ def start_http_farm(state: Path, host: str = "127.0.0.1", *, keys: Path | None =
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[HttpFarm]:
-    """A controller on loopback with its HTTP API (no token), stopped after the test with its agents."""
+    """A controller on loopback with its HTTP API (its session token: `HttpFarm.auth`), stopped after
+    the test with its agents."""
     farm = start_http_farm(tmp_path / "state")
     yield farm
     farm.controller.stop(shutdown_agents=True)

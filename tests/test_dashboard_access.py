@@ -1,8 +1,11 @@
-"""Who may open the dashboard: the token in the page's address only (never an API URL's), and a
-page refused by the API that says why instead of showing empty lists."""
+"""Who may open the dashboard: the token in the page's address only (never an API URL's), kept by
+the page in its own storage and never in a cookie, and a page refused by the API that says why
+instead of showing empty lists."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 import requests
 from conftest import wait_for
 from dashboard_helpers import browser, console_errors, screenshot_dir  # noqa: F401
-from http_helpers import TIMEOUT, HttpFarm, start_http_farm
+from http_helpers import TIMEOUT, HttpFarm, Submitted, start_http_farm
 from test_http_security import _outside
 
 from farm.http.tokens import TokenStore
@@ -34,14 +37,12 @@ def test_only_the_page_takes_a_token_in_its_address(guarded):
         assert "set-cookie" not in refused.headers, path
         assert "dashboard page" in refused.json()["error"]
     page = requests.get(f"{web.base}/?access_token={token}", timeout=TIMEOUT)
-    assert page.status_code == 200 and page.cookies.get("farm_token") == token
-    assert requests.get(web.base + "/api/v1/projects", cookies={"farm_token": token},
-                        timeout=TIMEOUT).status_code == 200
-    wrong = requests.get(f"{web.base}/?access_token=farm_wrong", timeout=TIMEOUT)
-    assert wrong.status_code == 200 and "farm_token" not in wrong.cookies  # the page, no cookie
-    for headers in ({"Authorization": "Bearer farm_wrong"}, {"Cookie": "farm_token=farm_wrong"}):
-        refused = requests.get(web.base + "/api/v1/projects", headers=headers, timeout=TIMEOUT)
-        assert refused.status_code == 401 and refused.json()["error"].startswith("invalid token")
+    assert page.status_code == 200 and "set-cookie" not in page.headers  # the page reads it itself
+    refused = requests.get(web.base + "/api/v1/projects", cookies={"farm_token": token}, timeout=TIMEOUT)
+    assert refused.status_code == 401 and refused.json()["error"].startswith("this API needs a token")
+    refused = requests.get(web.base + "/api/v1/projects", headers={"Authorization": "Bearer farm_wrong"},
+                           timeout=TIMEOUT)
+    assert refused.status_code == 401 and refused.json()["error"].startswith("invalid token")
     bare = requests.get(web.base + "/api/v1/projects", timeout=TIMEOUT)
     assert bare.json()["error"].startswith("this API needs a token")
 
@@ -67,3 +68,44 @@ def test_a_page_opened_with_a_valid_token_works_and_forgets_it(guarded, browser)
     assert "access_token" not in browser.current_url
     assert not browser.find_element("id", "auth").is_displayed()
     assert console_errors(browser) == []
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Another local user's server on another port of 127.0.0.1: keeps the headers it is sent."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        _Recorder.seen.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<!doctype html><title>elsewhere</title>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_token_never_reaches_another_port_and_live_updates_still_arrive(tmp_path, browser, synthetic):  # noqa: F811
+    token = "farm_session_of_the_owner_0123456789"
+    web = start_http_farm(tmp_path / "state", session_token=token)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"{web.base}/?access_token={token}")
+        wait_for(lambda: browser.find_element("id", "live").text == "live", 30, "the event stream")
+        assert browser.get_cookies() == []  # a cookie of 127.0.0.1 would go to every port of it
+        Submitted(web.controller.url, synthetic(jobs=2, name="later"))  # after the page opened; no agent
+        wait_for(lambda: browser.execute_script("return document.querySelectorAll('.project').length") == 1,
+                 30, "the new run's card (from the event stream)")
+        browser.get(f"http://127.0.0.1:{other.server_address[1]}/")
+        assert _Recorder.seen and not any(token in value for h in _Recorder.seen for value in h.values())
+        assert "cookie" not in _Recorder.seen[-1]
+        browser.back()  # the same tab: its own storage still holds the token, the address does not
+        wait_for(lambda: browser.find_element("id", "live").text == "live", 30, "the event stream again")
+        assert "access_token" not in browser.current_url and browser.get_cookies() == []
+        assert console_errors(browser) == []
+    finally:
+        other.shutdown()
+        other.server_close()
+        web.controller.stop(shutdown_agents=True)

@@ -20,7 +20,7 @@ def test_a_big_queued_run_counts_with_separators_and_its_unsplit_jobs(web, brows
     Submitted(web.controller.url, synthetic(jobs=1500, name="big"))  # no agent: nothing is split off yet
     run = wait_for(lambda: [p["id"] for p in web.get("/api/v1/projects").json()["projects"] if p["total"]],
                    30, "the run")[0]
-    browser.get(web.base + "/")
+    browser.get(web.http.dashboard_url)
     wait_for(lambda: _facts(browser, run).startswith("0 / 1,500 jobs"), 30, "the card's counts")
     js(browser, "document.querySelector(`.project[data-id='${arguments[0]}'] .name`).click()", run)
     unlisted = web.get(f"/api/v1/projects/{run}/jobs").json()["unlisted"]
@@ -40,7 +40,7 @@ def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(
     agents(web.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
     summary = Submitted(web.controller.url, synthetic(jobs=30, sleep=0.02, name="over")).result()
     assert summary.ok
-    browser.get(web.base + "/")
+    browser.get(web.http.dashboard_url)
     wait_for(lambda: "30 / 30 jobs" in _facts(browser, summary.id), 30, "the card")
     controls = js(browser, "return [...document.querySelectorAll(`.project[data-id='${arguments[0]}'] "
                            ".controls button, .project[data-id='${arguments[0]}'] .controls input`)]"
@@ -67,7 +67,7 @@ def test_the_bar_is_drawn_in_the_medias_units_not_jobs(web, browser, agents, syn
     summary = Submitted(web.controller.url, synthetic(jobs=4, units_per_job=[1, 1, 10, 1],
                                                       fail=["job-0000002"])).result()
     assert not summary.ok and summary.done == 3 and summary.failed == 1, summary
-    browser.get(web.base + "/")
+    browser.get(web.http.dashboard_url)
     wait_for(lambda: _bar(browser, summary.id).get("failed"), 30, "the card's bar")
     bar = _bar(browser, summary.id)
     assert abs(bar["done"] - 100 * 3 / 13) < 0.1 and abs(bar["failed"] - 100 * 10 / 13) < 0.1, bar

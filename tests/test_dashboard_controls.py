@@ -25,7 +25,7 @@ def test_failures_logs_retry_priority_cancel_drain_from_the_page(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     start_agents(http_controller.url, 1)
     agent = wait_for(lambda: [a["id"] for a in api.get("/api/v1/agents")["agents"]], 60, "the agent")[0]
     failing = synthetic(name="failing", jobs=6, fail=["job-0000002", "job-0000004"],
@@ -33,7 +33,7 @@ def test_failures_logs_retry_priority_cancel_drain_from_the_page(
     submit_in_background(http_controller.url, failing)[0].join(60)
     run = run_named(api, "failing")
     wait_for(lambda: api.project(run)["state"] == "failed", 30, "the failing run to end")
-    open_project(browser, http_controller.http.url, run)
+    open_project(browser, http_controller.http.dashboard_url, run)
 
     Select(browser.find_element(By.ID, "job-filter")).select_by_value("failed")
     rows = "return [...document.querySelectorAll('#jobs tr[data-key]')].map(r => r.dataset.key)"
@@ -83,8 +83,9 @@ def test_the_embedded_farms_ui_address_opens_the_page_with_its_session_token(tmp
         assert summary.ok
         browser.get(farm.ui_url)
         wait_for(lambda: js(browser, "return document.querySelectorAll('.project').length") == 1, 30,
-                 "the run's card (the API answered with the cookie)")
+                 "the run's card (the API answered the page's token)")
         wait_for(lambda: js(browser, "return document.getElementById('live').textContent") == "live", 30,
-                 "the event stream (EventSource with the cookie)")
+                 "the event stream (with the page's token)")
+        assert browser.get_cookies() == []  # a cookie of 127.0.0.1 would go to every port of it
         assert "access_token" not in browser.current_url  # taken out of the address bar (and screenshots)
         assert console_errors(browser) == []

@@ -9,7 +9,7 @@ from http_helpers import HttpFarm, start_http_farm, web  # noqa: F401  (fixture)
 
 
 def test_a_long_filmstrip_scrolls_sideways_in_its_box_not_the_page(web, browser):
-    browser.get(web.base + "/")
+    browser.get(web.http.dashboard_url)
     wait_for(lambda: browser.find_element("id", "live").text == "live", 30, "the page loaded")
     # the frames preview's own markup (preview.js): 40 frames of 170 px each, far wider than the window
     browser.execute_script("""

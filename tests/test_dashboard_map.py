@@ -39,7 +39,7 @@ def small_world(tmp_path: Path, zoom: str = "0-3") -> Path:
 
 
 def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller, start_agents, browser):  # noqa: F811
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     project = load_project(small_world(tmp_path))
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=submit(http_controller.url, project)),
@@ -48,7 +48,7 @@ def test_map_tiles_appear_and_buttons_pause_and_resume(tmp_path, http_controller
     run = wait_for(lambda: [p["id"] for p in api.get("/api/v1/projects")["projects"]], 30, "the run")[0]
     shots = screenshot_dir(tmp_path)
 
-    open_project(browser, http_controller.http.url, run)
+    open_project(browser, http_controller.http.dashboard_url, run)
     wait_for(lambda: js(browser, TILES) > 0, 30, "the map's tiles")
     assert js(browser, LOADED) == 0  # nothing rendered yet: every tile is pending
 
@@ -116,11 +116,12 @@ def test_a_map_finished_before_a_restart_is_shown_without_console_errors(tmp_pat
         first.controller.stop(shutdown_agents=True)
     second = start_http_farm(state)  # the run is the journal's now, its output folder still there
     try:
-        open_project(browser, second.base, summary.id)
+        open_project(browser, second.http.dashboard_url, summary.id)
         assert js(browser, "return document.getElementById('preview').dataset.kind") == "tiles"
         wait_for(lambda: js(browser, TILES) > 0 and js(browser, LOADED) >= js(browser, TILES), 30, "the tiles")
         shutil.rmtree(root / "output")
-        open_project(browser, second.base, summary.id)  # again: the page says the preview is not kept
+        # again: the page says the preview is not kept
+        open_project(browser, second.http.dashboard_url, summary.id)
         wait_for(lambda: js(browser, "return document.getElementById('preview').dataset.kind") == "message",
                  30, "the message")
         assert "not there any more" in js(browser, "return document.getElementById('preview').textContent")

@@ -23,13 +23,13 @@ from test_frames import blender, write_project  # noqa: F401
 
 
 def test_audio_waveform_is_drawn_from_the_joined_segments(tmp_path, http_controller, start_agents, browser):  # noqa: F811
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     table = 'filters = "volume=0.5"\nsegment = 0.5\noutputs = ["flac"]\nname = "tone"\n'
     root = make_project(tmp_path / "audio", table)
     make_source(root / "source.wav", "0.8*sin(2*PI*220*t)*(t/3)", seconds=3.0)  # a rising tone
     thread, result = submit_in_background(http_controller.url, root)
     run = run_named(api, "t")
-    open_project(browser, http_controller.http.url, run)
+    open_project(browser, http_controller.http.dashboard_url, run)
     assert js(browser, "return document.getElementById('preview').dataset.kind") == "waveform"
     start_agents(http_controller.url, 1)
     thread.join(120)
@@ -44,11 +44,11 @@ def test_audio_waveform_is_drawn_from_the_joined_segments(tmp_path, http_control
 
 @pytest.mark.usefixtures("blender")
 def test_frames_filmstrip_shows_the_latest_frames(tmp_path, http_controller, start_agents, browser):  # noqa: F811
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     root = write_project(tmp_path / "frames", frames="1-4", frames_extra="chunk = 1\n")
     thread, result = submit_in_background(http_controller.url, root)
     run = run_named(api, "tiny turntable")
-    open_project(browser, http_controller.http.url, run)
+    open_project(browser, http_controller.http.dashboard_url, run)
     assert js(browser, "return document.getElementById('preview').dataset.kind") == "images"
     assert js(browser, "return document.querySelectorAll('#preview img.frame').length") == 0
     start_agents(http_controller.url, 1)

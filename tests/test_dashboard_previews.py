@@ -184,7 +184,7 @@ def test_audio_waveform_grows_with_each_segment_joined_and_survives_the_encode(t
 
 def test_tile_and_file_routes_serve_what_the_preview_names_and_nothing_else(
         tmp_path, http_controller, start_agents):  # noqa: F811
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     start_agents(http_controller.url, 1)
     project = load_project(small_world(tmp_path, zoom="0-1"))
     assert submit(http_controller.url, project).ok
@@ -217,7 +217,7 @@ def test_tile_and_file_routes_serve_what_the_preview_names_and_nothing_else(
 
 @pytest.mark.usefixtures("blender")
 def test_file_route_serves_only_the_frames_in_the_strip(tmp_path, http_controller):  # noqa: F811
-    api = Api(http_controller.http.url)
+    api = Api.of(http_controller.http)
     root = write_project(tmp_path / "frames", frames="1-20")
     thread = threading.Thread(target=submit, args=(http_controller.url, load_project(root)), daemon=True)
     thread.start()  # no agent: the run waits, and the test writes its "collated" frames itself

@@ -94,7 +94,8 @@ def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, syn
     agents(web.controller.url, 2)
     project = synthetic(jobs=30, sleep=0.02, name="resumed")
     first: list[int] = []
-    with requests.get(web.base + "/api/v1/events?since=0", stream=True, timeout=TIMEOUT) as stream:
+    with requests.get(web.base + "/api/v1/events?since=0", headers=web.auth, stream=True,
+                      timeout=TIMEOUT) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         run = Submitted(web.controller.url, project)
         for message in sse(stream):
@@ -110,7 +111,7 @@ def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, syn
 
     rest: list[int] = []
     keepalive = False
-    headers = {"Last-Event-ID": f"{web.controller.events.epoch}:{first[-1]}"}
+    headers = {**web.auth, "Last-Event-ID": f"{web.controller.events.epoch}:{first[-1]}"}
     # ?since=0 stays in the URL, as a browser's EventSource keeps it: the header wins
     with requests.get(web.base + "/api/v1/events?since=0", headers=headers, stream=True, timeout=TIMEOUT) as stream:
         for message in sse(stream):
@@ -130,7 +131,7 @@ def test_events_resume_with_last_event_id_without_gap_or_repeat(web, agents, syn
 
 
 def test_events_from_now_on_set_the_last_event_id(web):
-    with requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT) as stream:
+    with requests.get(web.base + "/api/v1/events", headers=web.auth, stream=True, timeout=TIMEOUT) as stream:
         messages = sse(stream)
         first = next(m for m in messages if m.id is not None)
         # a reconnect misses nothing
@@ -152,7 +153,8 @@ def test_malformed_requests_get_a_json_reason_naming_the_field(web):
         (web.post("/api/v1/projects/x/retry", {"keys": "job-1"}), 422, "body.keys"),
         (web.post("/api/v1/projects/x/retry", {"keys": [""]}), 422, "body.keys.0"),
         (requests.post(web.base + "/api/v1/projects/x/pause", data="{not json", timeout=TIMEOUT,
-                       headers={"Content-Type": "application/json"}), 400, "body: not valid JSON (Expecting "),
+                       headers={**web.auth, "Content-Type": "application/json"}), 400,
+         "body: not valid JSON (Expecting "),
         (web.get("/api/v1/no-such-thing"), 404, "Not Found"),
         # identifiers are checked by the controller, as any client's are
         (web.get("/api/v1/projects/%2e%2e"), 400, "project '..'"),
@@ -170,7 +172,8 @@ def test_malformed_requests_get_a_json_reason_naming_the_field(web):
 def test_event_streams_are_bounded_and_a_closed_one_frees_its_place(web):
     from farm.http.sse import MAX_STREAMS
 
-    streams = [requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT) for _ in range(MAX_STREAMS)]
+    streams = [requests.get(web.base + "/api/v1/events", headers=web.auth, stream=True, timeout=TIMEOUT)
+               for _ in range(MAX_STREAMS)]
     try:
         assert all(s.status_code == 200 for s in streams)
         refused = web.get("/api/v1/events")
@@ -178,7 +181,8 @@ def test_event_streams_are_bounded_and_a_closed_one_frees_its_place(web):
         streams.pop().close()  # noticed at its next keep-alive
 
         def another() -> bool:
-            response = requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT)
+            response = requests.get(web.base + "/api/v1/events", headers=web.auth, stream=True,
+                                    timeout=TIMEOUT)
             if response.status_code == 200:
                 streams.append(response)
                 return True

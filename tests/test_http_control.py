@@ -32,7 +32,7 @@ def test_pause_stops_leases_resume_finishes_and_priority_changes(web, agents, sy
     wait_for(lambda: web.get("/api/v1/projects").json()["projects"], what="the run")
     wait_for(lambda: _project(web, "steered")["done"] >= 3, what="a few jobs done")
 
-    with requests.get(web.base + "/api/v1/events", stream=True, timeout=TIMEOUT) as stream:
+    with requests.get(web.base + "/api/v1/events", headers=web.auth, stream=True, timeout=TIMEOUT) as stream:
         messages = sse(stream)
         next(m for m in messages if m.id is not None)  # subscribed: the stream holds what follows
         paused = web.post("/api/v1/projects/steered/pause")
@@ -161,9 +161,10 @@ def test_control_actions_a_cross_site_page_could_send_are_refused(web, agents, s
     wait_for(lambda: web.get("/api/v1/projects").json()["projects"], what="the run")
     url = web.base + "/api/v1/projects/target/pause"
     attempts = [
-        (requests.post(url, data="{}", headers={"Content-Type": "text/plain"}, timeout=TIMEOUT), 415),
-        (requests.post(url, data={"a": "b"}, timeout=TIMEOUT), 415),  # a form post
-        (requests.post(url, timeout=TIMEOUT), 415),  # no body, no type
+        (requests.post(url, data="{}", headers={**web.auth, "Content-Type": "text/plain"},
+                       timeout=TIMEOUT), 415),
+        (requests.post(url, data={"a": "b"}, headers=web.auth, timeout=TIMEOUT), 415),  # a form post
+        (requests.post(url, headers=web.auth, timeout=TIMEOUT), 415),  # no body, no type
         (web.post("/api/v1/projects/target/pause", headers={"Origin": "http://evil.example"}), 403),
         (web.post("/api/v1/projects/target/pause", headers={"Origin": "null"}), 403),
         (web.post("/api/v1/projects/target/pause", headers={"Sec-Fetch-Site": "cross-site"}), 403),

@@ -15,7 +15,8 @@ from http_helpers import TIMEOUT, HttpFarm, Submitted, sse, start_http_farm, web
 
 
 def _open(web: HttpFarm, headers: dict[str, str] | None = None) -> requests.Response | None:
-    response = requests.get(web.base + "/api/v1/events", headers=headers, stream=True, timeout=TIMEOUT)
+    response = requests.get(web.base + "/api/v1/events", headers={**web.auth, **(headers or {})}, stream=True,
+                            timeout=TIMEOUT)
     if response.status_code == 200:
         return response
     assert response.status_code == 503, response.text
@@ -66,7 +67,8 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
         agents(first.controller.url, 1, extra=["--cache-dir", str(tmp_path / "cache")])
         summary = Submitted(first.controller.url, synthetic(jobs=10, sleep=0.0, name="before")).result()
         assert summary.ok
-        with requests.get(first.base + "/api/v1/events?since=0", stream=True, timeout=TIMEOUT) as stream:
+        with requests.get(first.base + "/api/v1/events?since=0", headers=first.auth, stream=True,
+                          timeout=TIMEOUT) as stream:
             seen = _events_of(stream, first.controller.events.last)
         old_id, old_event = seen[-1]
         epoch, _, seq = old_id.partition(":")
@@ -83,14 +85,15 @@ def test_a_stream_resumed_across_a_controller_restart_starts_over_with_a_reset(t
         assert newest < int(seq)  # the old id is beyond every seq of the new controller
         # another run's id, early or late; a bare seq past the newest
         for resume in (old_id, f"{epoch}:1", seq):
-            with requests.get(second.base + "/api/v1/events", headers={"Last-Event-ID": resume},
+            with requests.get(second.base + "/api/v1/events",
+                              headers={**second.auth, "Last-Event-ID": resume},
                               stream=True, timeout=TIMEOUT) as stream:
                 got = _events_of(stream, newest)
             assert got[0] == ("reset", {"epoch": second.controller.events.epoch, "missed": 0}), resume
             assert [e["seq"] for _, e in got[1:]] == list(range(1, newest + 1))
             assert got[-1][0] == f"{second.controller.events.epoch}:{newest}"
         # the page's own id resumes as before: nothing repeated, no reset
-        own = {"Last-Event-ID": f"{second.controller.events.epoch}:{newest - 1}"}
+        own = {**second.auth, "Last-Event-ID": f"{second.controller.events.epoch}:{newest - 1}"}
         with requests.get(second.base + "/api/v1/events", stream=True, timeout=TIMEOUT,
                           headers=own) as stream:
             assert _events_of(stream, 1) == [(f"{second.controller.events.epoch}:{newest}",

@@ -1,5 +1,5 @@
-"""Who may use the HTTP API: tokens beyond loopback (reads included), revocation, the cookie a
-printed URL sets, the loopback Host check, and the CLI's refusal to listen beyond loopback without
+"""Who may use the HTTP API: tokens everywhere (reads included; loopback too), revocation, no
+cookie ever, the loopback Host check, and the CLI's refusal to listen beyond loopback without
 tokens; `farm keys api-token` and `farm submit --ui` as a user runs them."""
 
 from __future__ import annotations
@@ -54,14 +54,13 @@ def test_beyond_loopback_every_request_needs_a_valid_token(tmp_path: Path):
         control = requests.post(web.base + "/api/v1/agents/a/drain", data="{}", timeout=TIMEOUT,
                                 headers={"Content-Type": "application/json"})
         assert control.status_code == 401
-        # a browser opened on a URL with the token keeps it as a cookie: EventSource sends no headers
-        opened = requests.get(web.base + f"/?access_token={token}", timeout=TIMEOUT)  # the page takes it
+        # the page opened with the token sets no cookie (a browser sends those of 127.0.0.1 to every
+        # port), and a cookie is no credential
+        opened = requests.get(web.base + f"/?access_token={token}", timeout=TIMEOUT)
         assert opened.status_code == 200 and "<html" in opened.text
-        cookie = opened.cookies.get("farm_token")
-        assert cookie == token and "HttpOnly" in opened.headers["set-cookie"]
-        assert "SameSite=Strict" in opened.headers["set-cookie"]
-        assert requests.get(web.base + "/api/v1/agents", cookies={"farm_token": cookie},
-                            timeout=TIMEOUT).status_code == 200
+        assert "set-cookie" not in opened.headers
+        assert requests.get(web.base + "/api/v1/agents", cookies={"farm_token": token},
+                            timeout=TIMEOUT).status_code == 401
         # revoked: refused from the next read of the token file on (within a second)
         TokenStore(keys).revoke("ci")
         wait_for(lambda: requests.get(web.base + "/api/v1/projects", headers=good, timeout=TIMEOUT).status_code
@@ -75,7 +74,7 @@ def test_beyond_loopback_every_request_needs_a_valid_token(tmp_path: Path):
 def test_loopback_answers_only_requests_addressed_to_this_machine(tmp_path: Path):
     web = start_http_farm(tmp_path / "state")
     try:
-        assert web.get("/api/v1/projects").status_code == 200  # loopback: no token needed
+        assert web.get("/api/v1/projects").status_code == 200  # with the session token
         for host in ("localhost", f"localhost:{web.http.port}", f"[::1]:{web.http.port}", "127.0.0.2"):
             assert web.get("/api/v1/projects", headers={"Host": host}).status_code == 200, host
         for host in ("evil.example", f"evil.example:{web.http.port}", "192.0.2.7", ""):  # DNS rebinding
@@ -83,7 +82,7 @@ def test_loopback_answers_only_requests_addressed_to_this_machine(tmp_path: Path
             assert refused.status_code == 400, host
             assert "not this machine" in refused.json()["error"]
         big = requests.post(web.base + "/api/v1/projects/x/retry", data=b" " * (2 << 20), timeout=TIMEOUT,
-                            headers={"Content-Type": "application/json"})
+                            headers={**web.auth, "Content-Type": "application/json"})
         assert big.status_code == 413 and "at most" in big.json()["error"]
     finally:
         web.controller.stop()
@@ -190,9 +189,11 @@ def test_submit_ui_serves_the_embedded_farm_behind_a_session_token(tmp_path: Pat
         assert "?access_token=" in url and url.startswith("http://127.0.0.1:")
         base = url.split("?")[0].rstrip("/")
         assert requests.get(base + "/api/v1/projects", timeout=TIMEOUT).status_code == 401  # other local users
-        page = requests.get(url, timeout=TIMEOUT)  # the printed address: the page sets the cookie
-        assert page.status_code == 200 and page.cookies.get("farm_token")
-        opened = requests.get(base + "/api/v1/projects", cookies=page.cookies, timeout=TIMEOUT)
+        page = requests.get(url, timeout=TIMEOUT)  # the printed address: the page, and no cookie
+        assert page.status_code == 200 and "set-cookie" not in page.headers
+        token = url.split("access_token=", 1)[1]
+        opened = requests.get(base + "/api/v1/projects", headers={"Authorization": f"Bearer {token}"},
+                              timeout=TIMEOUT)
         assert opened.status_code == 200
         (run,) = opened.json()["projects"]
         assert run["project"] == "shown" and run["state"] == "done" and run["done"] == 6

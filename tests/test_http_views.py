@@ -101,7 +101,8 @@ def test_unknown_routes_are_404_and_wrong_methods_405_in_json(web):
     types = ({"Content-Type": "application/json"}, {}, {"Content-Type": "text/plain"})
     for method, path, status, said in [*cases, ("POST", "/api/v1/projects/x/pause", 415, "application/json")]:
         for headers in types[1:] if status == 415 else types:
-            response = requests.request(method, web.base + path, data="{}", timeout=30, headers=headers)
+            response = requests.request(method, web.base + path, data="{}", timeout=30,
+                                        headers={**web.auth, **headers})
             assert response.status_code == status, (method, path, headers, response.text)
             assert response.headers["content-type"] == "application/json"
             assert said in response.json()["error"], (method, path, response.json())

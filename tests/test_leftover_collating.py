@@ -129,7 +129,7 @@ def test_the_dashboard_lists_and_filters_jobs_being_collated(web, agents, synthe
     from selenium.webdriver.support.ui import Select
 
     run, submitted, collating = held_run(web, agents, synthetic, held_collate)
-    open_project(browser, web.base, run.id)
+    open_project(browser, web.http.dashboard_url, run.id)
     rows = ("return [...document.querySelectorAll('#jobs tr[data-key]')]"
             ".map(r => [r.dataset.key, r.cells[1].textContent])")
     every = sorted([key, "collating" if key in collating else "done"] for key in map(job_key, range(JOBS)))

@@ -6,7 +6,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ from farm.discovery import Announcer
 from farm.errors import FarmError
 from farm.notify import BadWebhook, check_host, check_webhook
 from farm.security import KeyStore, ServerSecurity, requires_security
+
+if TYPE_CHECKING:
+    from farm.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,9 @@ def controller(
              "host).")] = None,
     http: Annotated[Optional[str], typer.Option(
         "--http", metavar="HOST:PORT",
-        help="Serve the HTTP API and dashboard here, e.g. 127.0.0.1:8642 (beyond loopback: tokens from "
-             "`farm keys api-token new`).")] = None,
+        help="Serve the HTTP API and dashboard here, e.g. 127.0.0.1:8642. Every request needs a token: "
+             "on loopback the dashboard's address with one is printed; tokens from `farm keys api-token "
+             "new` work anywhere.")] = None,
     files_port: Annotated[Optional[int], typer.Option(
         "--files-port", min=1, max=65535,
         help="The file service's TCP port (default: the job port + 1; random if the job port is).")] = None,
@@ -100,11 +104,7 @@ def controller(
             if security:
                 announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node)
             if web is not None:
-                typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
-                _say_openable(web.url, "open it as")
-                if not is_loopback_http(web.url):
-                    typer.echo("  a browser opens it once as URL?access_token=TOKEN (tokens: "
-                               "`farm keys api-token new NAME`)", err=True)
+                _say_http(web)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
                 pass
             if ctl.crash is not None:
@@ -126,9 +126,19 @@ def _say_openable(url: str, how: str) -> None:
         typer.echo(f"  (every interface) {how} {' or '.join(names[:4])}", err=True)
 
 
-def is_loopback_http(url: str) -> bool:
-    host = url.partition("://")[2].partition("/")[0].rpartition(":")[0].strip("[]")
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+def _say_http(web: HttpServer) -> None:
+    """Where the API is, and how to get in: on loopback, once, the dashboard's address with this run's
+    session token (to the terminal only: it is a credential, and every local user can reach the port)."""
+    typer.echo(f"HTTP API and dashboard on {web.url}", err=True)
+    _say_openable(web.url, "open it as")
+    if web.dashboard_url is not None:
+        typer.echo(f"  dashboard (its address holds this run's token: keep it to yourself): "
+                   f"{web.dashboard_url}", err=True)
+        typer.echo("  scripts send 'Authorization: Bearer TOKEN' (lasting tokens: "
+                   "`farm keys api-token new NAME`)", err=True)
+    else:
+        typer.echo("  a browser opens it once as URL?access_token=TOKEN (tokens: "
+                   "`farm keys api-token new NAME`)", err=True)
 
 
 def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool,

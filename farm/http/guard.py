@@ -5,13 +5,14 @@ One ASGI middleware in front of every route, in this order:
 1. **Host** (loopback binds): the ``Host`` header must name this machine (``localhost``,
    ``127.x.x.x``, ``[::1]``), so a web page that re-points its own domain at 127.0.0.1 (DNS
    rebinding) cannot read the API from the user's browser.
-2. **Token** (required beyond loopback, and wherever the server was given a session token):
-   ``Authorization: Bearer TOKEN``, or the ``farm_token`` cookie. The dashboard page ``/``
-   alone takes ``?access_token=TOKEN`` (RFC 6750): a valid one sets that cookie (HttpOnly,
-   SameSite=Strict) so a browser opened on a printed URL keeps working, ``EventSource``
-   included; API routes ignore it, so tokens stay out of their URLs and logs. Static
-   dashboard files are code, not data, and are served without a token (the page then calls
-   the API with the cookie, and says so when it is refused).
+2. **Token** (always: a loopback port is open to every local user, not only to the owner):
+   ``Authorization: Bearer TOKEN``, and nothing else. No cookie: browsers send a cookie of
+   ``127.0.0.1`` to every port of that host, another user's server included. Static dashboard
+   files are code, not data, and are served without a token; the page is opened once as
+   ``/?access_token=TOKEN``, keeps the token in its own ``sessionStorage`` (which, unlike a
+   cookie, is per origin: scheme, host *and port*) and sends it as a header, the event stream
+   included (read with ``fetch``, not ``EventSource``). API routes refuse a token in their
+   query string, so tokens stay out of their URLs and logs.
 3. **Cross-site** (control actions: every method but GET/HEAD/OPTIONS on a route that takes
    it; a request no route takes goes on to get its 404 or 405, and no handler runs): the body must be
    declared ``Content-Type: application/json`` (which a cross-origin page cannot send without
@@ -40,7 +41,6 @@ from farm.http.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
-COOKIE = "farm_token"
 QUERY = "access_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_BODY = 1 << 20  # bytes of a control action's body (10,000 job keys fit)
@@ -64,8 +64,9 @@ def is_loopback(host: str) -> bool:
 class Access:
     """The server's access rules.
 
-    ``loopback``: it listens on loopback only. ``tokens``: the keys folder's API tokens.
-    ``session_token``: one more accepted token, held in memory (the embedded farm's ``--ui``).
+    ``loopback``: it listens on loopback only (the Host check applies; a token is required all
+    the same). ``tokens``: the keys folder's API tokens. ``session_token``: one more accepted
+    token, held in memory (`farm controller --http` on loopback, the embedded farm's ``--ui``).
     ``static_dir``: files served without a token.
     """
 
@@ -73,10 +74,6 @@ class Access:
     tokens: TokenStore | None = None
     session_token: str | None = None
     static_dir: Path | None = None
-
-    @property
-    def token_required(self) -> bool:
-        return not self.loopback or self.session_token is not None
 
     def valid(self, token: str) -> bool:
         if self.session_token is not None and _same(token, self.session_token):
@@ -117,26 +114,16 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        refusal, set_cookie = self._judge(scope, headers)
+        refusal = self._judge(scope, headers)
         if refusal is not None:
             status, message = refusal
             await _json(send, status, {"error": message},
                         [(b"www-authenticate", b'Bearer realm="farm"')] if status == 401 else [])
             return
-        if set_cookie is None:
-            await self.app(scope, receive, send)
-            return
+        await self.app(scope, receive, send)
 
-        async def send_with_cookie(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                cookie = f"{COOKIE}={set_cookie}; Path=/; HttpOnly; SameSite=Strict"
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
-
-    def _judge(self, scope: Scope, headers: dict[str, str]) -> tuple[tuple[int, str] | None, str | None]:
-        """(refusal, token to set as the cookie): the refusal is (status, reason), None to let it in."""
+    def _judge(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        """Why the request is refused, as (status, reason), or None to let it in."""
         access = self.access
         method = scope["method"]
         path = scope["path"]
@@ -145,28 +132,21 @@ class Guard:
             hostname = urlsplit(f"//{host}").hostname or ""
             if not is_loopback(hostname):
                 return (400, f"Host {host[:100]!r} is not this machine: this API listens on loopback only "
-                             "and answers requests addressed to localhost or 127.0.0.1"), None
-        set_cookie = None
-        if access.token_required:
-            token, from_query = _token(scope, headers)
-            if method in ("GET", "HEAD") and access.is_static(path):
-                if from_query and access.valid(token):  # the dashboard opened on its printed URL
-                    set_cookie = token
-            elif token is None:
-                hint = (" (?access_token= is taken by the dashboard page, /, only: it keeps tokens out of "
-                        "URLs and logs)" if path != "/" and _query_token(scope) else "")
-                return (401, "this API needs a token: send 'Authorization: Bearer TOKEN' "
-                             f"(tokens are made with `farm keys api-token new NAME`){hint}"), None
-            elif not access.valid(token):
+                             "and answers requests addressed to localhost or 127.0.0.1")
+        if not (method in ("GET", "HEAD") and access.is_static(path)):  # the page's own files: no token
+            token = _token(headers)
+            if token is None:
+                hint = (" (?access_token= is read by the dashboard page, /, only: it keeps tokens out of "
+                        "URLs and logs)" if _query_token(scope) else "")
+                return (401, "this API needs a token: send 'Authorization: Bearer TOKEN' (tokens are made "
+                             "with `farm keys api-token new NAME`; `farm controller --http` on loopback "
+                             f"prints a dashboard address that holds one){hint}")
+            if not access.valid(token):
                 return (401, "invalid token: it is unknown or revoked "
-                             "(tokens are made with `farm keys api-token new NAME`)"), None
-            elif from_query:
-                set_cookie = token
+                             "(tokens are made with `farm keys api-token new NAME`)")
         if method not in SAFE_METHODS and self._routed(scope):
-            refusal = _cross_site(headers) or _too_big(headers)
-            if refusal is not None:
-                return refusal, None
-        return None, set_cookie
+            return _cross_site(headers) or _too_big(headers)
+        return None
 
     def _routed(self, scope: Scope) -> bool:
         """Whether a route (or mount) takes this path and method: a control action, to check."""
@@ -175,19 +155,12 @@ class Guard:
         return any(route.matches(scope)[0] is Match.FULL for route in list(self.routes))
 
 
-def _token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, bool]:
-    """The token the request carries and whether it came in the query string (the page `/` only)."""
-    auth = headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
+def _token(headers: dict[str, str]) -> str | None:
+    """The bearer token the request carries (a cookie is never read: it would reach other ports too)."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    if scope["path"] == "/" and (query := _query_token(scope)):
-        return query, True
-    for part in headers.get("cookie", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE and value:
-            return value, False
-    return None, False
+        return value.strip()
+    return None
 
 
 def _query_token(scope: Scope) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -68,9 +69,11 @@ def parse_listen(text: str) -> tuple[str, int]:
 class HttpServer:
     """The HTTP API of one controller, listening on ``host:port`` (port 0: any free one).
 
-    Beyond loopback it requires a token from ``keys_dir``'s token store for every request,
-    and refuses to start without any (`FarmError`); `session_token` is one more token, kept in
-    memory (the embedded farm's ``--ui``), which makes a token required on loopback too.
+    Every request but the dashboard's files needs a token, on loopback too (its ports are open
+    to every local user): one from ``keys_dir``'s token store, or `session_token`, one more kept
+    in memory. On loopback a random session token is made when none is given, and
+    `dashboard_url` holds it for the owner to open; beyond loopback the server refuses to start
+    without any stored token (`FarmError`).
     `any_port_if_taken`: listen on a free port when `port` is in use. `static_dir`: the
     dashboard's files, served at ``/`` without a token (they are code, not data).
     """
@@ -84,6 +87,8 @@ class HttpServer:
         self.port = port
         self.keepalive_s = keepalive_s
         tokens = TokenStore(keys_dir)  # type: ignore[arg-type]
+        if session_token is None and is_loopback(host):
+            session_token = secrets.token_urlsafe(24)
         self.access = Access(loopback=is_loopback(host), tokens=tokens, session_token=session_token)
         if not self.access.loopback and not tokens.any():
             raise FarmError(f"the HTTP API on {host} would be reachable from other machines, and no API "
@@ -101,6 +106,13 @@ class HttpServer:
         """The address to open, e.g. ``http://127.0.0.1:8642/`` (the port actually bound)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """`url` with the session token, for the owner to open once (None without a session token).
+        It is a credential: print it to the owner's terminal, never to a file others may read."""
+        token = self.access.session_token
+        return f"{self.url}?access_token={token}" if token is not None else None
 
     def attach(self, controller: Controller) -> None:
         """Count the controller's events into the metrics (call before its loop starts)."""

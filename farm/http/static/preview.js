@@ -8,7 +8,8 @@
   // An image fetched (so that a 204 is told from an error without a console error), shown through a blob URL.
   // Resolves true when it has content, false while it is not there yet (204).
   async function loadImage(img, url) {
-    const response = await fetch(farm.url(url), { cache: "no-store" });
+    const response = await fetch(farm.url(url),
+      { headers: farm.headers(), cache: "no-store", credentials: "omit" });
     if (response.status === 204) return false;
     if (!response.ok) throw new Error(`GET ${url}: ${response.status}`);
     const blob = await response.blob();
