@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 from conftest import wait_for
+from dashboard_helpers import browser, console_errors, js  # noqa: F401
 from http_helpers import Submitted, web  # noqa: F401  (fixture)
 
 from farm.cli.jobs import jobs_text
 
 
-def test_a_cancelled_runs_unsplit_jobs_are_said_never_to_run(web, synthetic):
+def test_a_cancelled_runs_unsplit_jobs_are_said_never_to_run(web, browser, synthetic):
     submitted = Submitted(web.controller.url, synthetic(jobs=1500, name="big"))  # no agent: none split off
     run = wait_for(lambda: [p["id"] for p in web.get("/api/v1/projects").json()["projects"] if p["total"]],
                    30, "the run")[0]
@@ -23,3 +24,10 @@ def test_a_cancelled_runs_unsplit_jobs_are_said_never_to_run(web, synthetic):
     assert page["unlisted"] > 0 and page["ended"] is True, page
     text = jobs_text(page)
     assert f"{page['unlisted']:,} jobs never split off: the run ended" in text and "yet" not in text, text
+    browser.get(web.http.dashboard_url)
+    wait_for(lambda: js(browser, "return !!document.querySelector(`.project[data-id='${arguments[0]}'] .name`)",
+                        run), 30, "the run's card")
+    js(browser, "document.querySelector(`.project[data-id='${arguments[0]}'] .name`).click()", run)
+    wait_for(lambda: f"{page['unlisted']:,} more never run: the run ended"
+             in js(browser, "return document.getElementById('jobs').textContent"), 30, "the page saying so")
+    assert console_errors(browser) == []

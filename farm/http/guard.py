@@ -114,6 +114,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if OLD_COOKIE in headers.get("cookie", ""):
+            send = _expiring_old_cookie(send)
         refusal = self._judge(scope, headers)
         if refusal is not None:
             status, message = refusal
@@ -195,6 +197,20 @@ def _too_big(headers: dict[str, str]) -> tuple[int, str] | None:
     if int(length) > MAX_BODY:
         return 413, f"the body is {int(length)} bytes; at most {MAX_BODY}"
     return None
+
+
+#: the cookie the dashboard kept its token in before 2026-12-02: a browser that still holds one
+#: sends it to every port of the host, so any answer to a request carrying it expires it
+OLD_COOKIE = "farm_token="
+
+
+def _expiring_old_cookie(send: Any) -> Any:
+    async def expiring(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                              (b"set-cookie", b"farm_token=; Max-Age=0; Path=/")]}
+        await send(message)
+    return expiring
 
 
 async def _json(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:

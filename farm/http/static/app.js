@@ -169,7 +169,9 @@
     jobsTotal = typeof data.total === "number" ? data.total : null;
     // jobs the media type has not split off yet are queued, without a key: counted, not listed
     const unlisted = (state === "" || state === "queued") && data.unlisted ? data.unlisted : 0;
-    const more = unlisted ? `${fmtCount(unlisted)} more not yet split` : "";
+    // an ended run's never will be: cancelled or failed before the split was over
+    const more = !unlisted ? "" : data.ended ? `${fmtCount(unlisted)} more never run: the run ended`
+      : `${fmtCount(unlisted)} more not yet split`;
     const body = $("jobs");
     body.replaceChildren(...jobs.map(jobRow));
     if (!jobs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "empty", text: more || "No jobs here." })));
