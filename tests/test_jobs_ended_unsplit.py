@@ -25,8 +25,8 @@ def test_a_cancelled_runs_unsplit_jobs_are_said_never_to_run(web, browser, synth
     text = jobs_text(page)
     assert f"{page['unlisted']:,} jobs never split off: the run ended" in text and "yet" not in text, text
     browser.get(web.http.dashboard_url)
-    wait_for(lambda: js(browser, "return !!document.querySelector(`.project[data-id='${arguments[0]}'] .name`)",
-                        run), 30, "the run's card")
+    card = "return !!document.querySelector(`.project[data-id='${arguments[0]}'] .name`)"
+    wait_for(lambda: js(browser, card, run), 30, "the run's card")
     js(browser, "document.querySelector(`.project[data-id='${arguments[0]}'] .name`).click()", run)
     wait_for(lambda: f"{page['unlisted']:,} more never run: the run ended"
              in js(browser, "return document.getElementById('jobs').textContent"), 30, "the page saying so")
