@@ -258,7 +258,8 @@ class Client:
         local project's output folder, or into the folder `dest`; the summary then names them there.
 
         With `reconnect_s` > 0, a controller that stops answering meanwhile (a restart, a pause) is
-        waited for as `follow` does, up to `reconnect_s` seconds in all; the run is then followed
+        waited for as `follow` does, up to `reconnect_s` seconds from when the fetch last made
+        progress; the run is then followed
         again (a restarted controller serves its outputs anew) and the fetch resumes: files fetched
         whole are not fetched again. Raises `DownloadLost` (a `RunLost`) when it gives up.
         """
@@ -466,4 +467,4 @@ def submit(url: str, project: Project, *, priority: int = 0,
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g}s"
+    return f"{round(seconds / 60, 1):g} min" if seconds >= 60 else f"{round(seconds, 1):g}s"

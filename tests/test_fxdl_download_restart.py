@@ -83,36 +83,64 @@ def outputs(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.glob("*.bin")}
 
 
-def test_a_submit_whose_controller_restarts_before_the_download_waits_and_downloads(
-        tmp_path, controllers, agents, synthetic):
-    controllers.start()
-    project = synthetic(jobs=JOBS, output_bytes=SIZE)
-    submitter = cli(tmp_path, "submit", "--json", "--controller", controllers.url, str(project))
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(submitter.stderr), daemon=True)
-    reader.start()
-    try:
+class Submitter:
+    """`farm submit --json --controller URL DIR` of a run that ends while it is stopped (SIGSTOP),
+    its controller then stopped: once let go on, it hears of the run's end and downloads from a
+    controller that is not there."""
+
+    def __init__(self, tmp_path: Path, controllers: Controllers, agents, project: Path, **env: str) -> None:
+        controllers.start()
+        self.proc = cli(tmp_path, "submit", "--json", "--controller", controllers.url, str(project), **env)
+        self.err: list[str] = []
+        reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        reader.start()
         wait_for(controllers.projects, 120, "the run to be accepted")  # no agents yet: it waits
-        submitter.send_signal(signal.SIGSTOP)  # it hears the run's end only once the controller is gone
+        self.run_id = controllers.projects()[0]["id"]
+        self.proc.send_signal(signal.SIGSTOP)
         agents(controllers.url, 1)
         wait_for(lambda: controllers.projects()[0]["state"] == "done", 120, "the run to end")
         controllers.stop()
-        submitter.send_signal(signal.SIGCONT)
-        # before the fix: "no answer from the controller", exit 1, after 2 s of silence
-        wait_for(lambda: any("waiting up to" in line for line in err) or submitter.poll() is not None, 60,
-                 "the submitter to wait for the controller")
-        controllers.start()
-        out = submitter.communicate(timeout=240)[0]
-    finally:
-        if submitter.poll() is None:
-            submitter.send_signal(signal.SIGCONT)
-            submitter.kill()
-            submitter.communicate(timeout=60)
-    reader.join(30)
-    assert submitter.returncode == 0, (out, "".join(err))
+        self.proc.send_signal(signal.SIGCONT)
+
+    def said(self, words: str) -> bool:
+        return any(words in line for line in list(self.err))
+
+    def finish(self) -> tuple[int, str, str]:
+        try:
+            out = self.proc.communicate(timeout=240)[0]
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, "".join(self.err)
+
+
+def test_a_submit_whose_controller_restarts_before_the_download_waits_and_downloads(
+        tmp_path, controllers, agents, synthetic):
+    project = synthetic(jobs=JOBS, output_bytes=SIZE)
+    submitter = Submitter(tmp_path, controllers, agents, project)
+    # before the fix: "no answer from the controller", exit 1, after 2 s of silence
+    wait_for(lambda: submitter.said("waiting up to 10 min") or submitter.proc.poll() is not None, 60,
+             "the submitter to wait for the controller")
+    controllers.start()
+    code, out, err = submitter.finish()
+    assert code == 0, (out, err)
     summary = json.loads(out)
     assert summary["state"] == "done" and summary["jobs"]["done"] == JOBS, summary
     assert outputs(project / "output") == {f"job-{i:07d}.bin": SIZE for i in range(JOBS)}
+
+
+def test_a_submit_that_gives_up_the_download_says_how_to_fetch_the_outputs(
+        tmp_path, controllers, agents, synthetic):
+    project = synthetic(jobs=JOBS, output_bytes=SIZE)
+    submitter = Submitter(tmp_path, controllers, agents, project, FARM_CLIENT_RECONNECT="3")
+    code, out, err = submitter.finish()  # the controller does not come back
+    assert code == 1, (out, err)
+    failed = json.loads(out)
+    assert failed["state"] == "failed" and failed["code"] == "unreachable", failed
+    assert f"the outputs of {submitter.run_id} were not downloaded" in failed["error"], failed
+    assert f"`farm download {submitter.run_id} DIR --controller {controllers.url}`" in failed["error"], failed
+    assert not outputs(project / "output")
 
 
 def test_farm_download_serves_a_run_that_finished_before_the_controller_started(

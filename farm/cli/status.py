@@ -13,7 +13,7 @@ from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, summary_text
 from farm.client import Client
-from farm.errors import FarmError
+from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 
 
@@ -176,7 +176,7 @@ def download(
         try:
             client.download(summary, folder, reconnect_s=RECONNECT_S, on_wait=say_waiting)
         except DownloadLost as exc:
-            raise FarmError(f"{exc}; {fetch_later(exc.run_id, client.url, ended=True)}") from None
+            raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, client.url, ended=True)}") from None
     if as_json:
         report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve())}
         typer.echo(json.dumps(report))

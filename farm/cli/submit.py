@@ -29,7 +29,7 @@ from farm.cli.progress import ProgressBar, summary_text
 from farm.client import RECONNECT_S, DownloadLost, RunLost, Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm, LocalAgents, load_starting_agents
-from farm.errors import FarmError
+from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
 from farm.trace import mark
@@ -148,7 +148,7 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
                                      reconnect_s=RECONNECT_S, on_wait=say_waiting)
             except RunLost as exc:
                 ended = isinstance(exc, DownloadLost)
-                raise FarmError(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
+                raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
 
         yield remote
         return
