@@ -17,7 +17,7 @@ import zmq
 
 from farm.endpoints import reachable
 from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
-from farm.filesync import FileClient, Store
+from farm.filesync import FileClient, NoAnswer, Store, TransferError
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
 from farm.outputrecord import replace_earlier
@@ -40,6 +40,11 @@ class RunLost(ConnectionLost):
     def __init__(self, message: str, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class DownloadLost(RunLost):
+    """Run `run_id` ended, but fetching its outputs was given up: its controller did not come back
+    in time, forgot the run, or no longer serves them."""
 
 
 @dataclass
@@ -247,14 +252,41 @@ class Client:
                 on_wait("")
             return msg
 
-    def download(self, summary: Summary, dest: Project | Path) -> Summary:
+    def download(self, summary: Summary, dest: Project | Path, *, reconnect_s: float = 0.0,
+                 on_wait: Callable[[str], None] | None = None) -> Summary:
         """Bring a remote run's outputs (a finished run's, or what a cancelled one collated) into the
-        local project's output folder, or into the folder `dest`; the summary then names them there."""
+        local project's output folder, or into the folder `dest`; the summary then names them there.
+
+        With `reconnect_s` > 0, a controller that stops answering meanwhile (a restart, a pause) is
+        waited for as `follow` does, up to `reconnect_s` seconds from when the fetch last made
+        progress; the run is then followed
+        again (a restarted controller serves its outputs anew) and the fetch resumes: files fetched
+        whole are not fetched again. Raises `DownloadLost` (a `RunLost`) when it gives up.
+        """
         if not summary.download:
             return summary
         folder = dest.output_dir if isinstance(dest, Project) else Path(dest).absolute()
-        with self.files() as files:
-            manifest = files.sync(summary.download, folder, copy=True)
+        store = Store()  # one cache for every try: what one fetched, the next has
+        deadline = 0.0  # of the wait for the controller: from the first failure since the fetch progressed
+        refused = 0
+        while True:
+            files = None
+            try:
+                with self.files(store) as files:
+                    manifest = files.sync(summary.download, folder, copy=True)
+                break
+            except (ConnectionLost, TransferError) as exc:
+                if reconnect_s <= 0 or not summary.id:
+                    raise
+                if files is not None and files.counters.blocks_fetched or not deadline:
+                    deadline = time.monotonic() + reconnect_s
+                # a refusal (say of a tree a restarted controller does not serve yet) is tried again once
+                refused = 0 if isinstance(exc, NoAnswer | ConnectionLost) else refused + 1
+                if refused > 1 or time.monotonic() >= deadline:
+                    raise DownloadLost(f"the outputs of {summary.id} were not downloaded: {exc}",
+                                       summary.id) from None
+                log.warning("downloading the outputs of %s: %s; asking the controller again", summary.id, exc)
+            summary = self._ended_again(summary, deadline, on_wait)
         summary.downloaded = [entry.path for entry in manifest.entries]
         remote = summary.output_dir.rstrip("/") + "/"
         local = str(folder) + "/"
@@ -263,10 +295,26 @@ class Client:
         summary.output_dir = str(folder)
         return summary
 
-    def files(self) -> FileClient:
-        """A file-synchroniser client for this controller (its endpoint comes from a STATUS)."""
+    def _ended_again(self, summary: Summary, deadline: float,
+                     on_wait: Callable[[str], None] | None) -> Summary:
+        """The summary of an ended run once more (waiting for its controller until `deadline`), with
+        the tree its outputs are served as now; `DownloadLost` if there is none."""
+        try:
+            left = max(1.0, deadline - time.monotonic())
+            again = self.attach(summary.id, reconnect_s=left, on_wait=on_wait)
+        except FarmError as exc:  # gone for good, or back without the run
+            raise DownloadLost(f"the outputs of {summary.id} were not downloaded: {exc}",
+                               summary.id) from None
+        if not again.download:
+            raise DownloadLost(f"the outputs of {summary.id} were not downloaded: the controller no longer "
+                               "serves them (is its output folder gone?)", summary.id)
+        return again
+
+    def files(self, store: Store | None = None) -> FileClient:
+        """A file-synchroniser client for this controller (its endpoint comes from a STATUS), fetching
+        into `store` (the user's cache if None)."""
         endpoint = reachable(self.status()["files"], self.url)
-        return FileClient(endpoint, Store(), socket_setup=self.socket_setup, timeout=self.timeout)
+        return FileClient(endpoint, store or Store(), socket_setup=self.socket_setup, timeout=self.timeout)
 
     def status(self) -> dict[str, Any]:
         return self.request(T.STATUS, expect=(T.STATUS_REPLY,)).body
@@ -396,7 +444,8 @@ def submit(url: str, project: Project, *, priority: int = 0,
            on_wait: Callable[[str], None] | None = None) -> Summary:
     """Submit a project and follow it to the end (uploading it and downloading its outputs if asked).
 
-    `reconnect_s`, `on_wait`: waiting out a controller restart, as `Client.follow`. An uploaded
+    `reconnect_s`, `on_wait`: waiting out a controller restart, as `Client.follow` (and while the
+    outputs download, as `Client.download`). An uploaded
     run whose controller made no outputs comes back with ``output_dir`` "" (nothing of ours to name).
     """
     if upload:  # its outputs are downloaded into the output folder: never through a link there
@@ -412,11 +461,11 @@ def submit(url: str, project: Project, *, priority: int = 0,
         if not summary.download:  # its output folder is on the controller's disk, and holds nothing
             summary.output_dir = ""
         else:
-            summary = client.download(summary, project)
+            summary = client.download(summary, project, reconnect_s=reconnect_s, on_wait=on_wait)
         # an earlier run's final outputs must not pass for these
         replace_earlier(project, summary.outputs, summary.downloaded or [])
         return summary
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g}s"
+    return f"{round(seconds / 60, 1):g} min" if seconds >= 60 else f"{round(seconds, 1):g}s"

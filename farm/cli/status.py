@@ -13,7 +13,7 @@ from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, summary_text
 from farm.client import Client
-from farm.errors import FarmError
+from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 
 
@@ -158,8 +158,8 @@ def download(
     Exits as `farm submit` would for the run: 0 only if every job succeeded; 1 for a failed or
     cancelled run (its outputs collated so far are fetched all the same)."""
     from farm.cli.progress import ProgressBar
-    from farm.cli.submit import say_waiting
-    from farm.client import RECONNECT_S
+    from farm.cli.submit import fetch_later, say_waiting
+    from farm.client import RECONNECT_S, DownloadLost
 
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         run_id = client.project(project)["id"]
@@ -173,7 +173,10 @@ def download(
                      if summary.output_dir and summary.outputs else "it collated none")
             raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}"
                             + ("" if summary.ok else f" (the run {summary.state})"))
-        client.download(summary, folder)
+        try:
+            client.download(summary, folder, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+        except DownloadLost as exc:
+            raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, client.url, ended=True)}") from None
     if as_json:
         report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve())}
         typer.echo(json.dumps(report))

@@ -26,10 +26,10 @@ from farm.cli.options import (
     controller_for,
 )
 from farm.cli.progress import ProgressBar, summary_text
-from farm.client import RECONNECT_S, RunLost, Summary
+from farm.client import RECONNECT_S, DownloadLost, RunLost, Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm, LocalAgents, load_starting_agents
-from farm.errors import FarmError
+from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 from farm.project import STATE_DIR, Project, load_project
 from farm.trace import mark
@@ -147,7 +147,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
                                      socket_setup=setup, upload=not shared, unreachable_after=NOTHING_LISTENS_AFTER_S,
                                      reconnect_s=RECONNECT_S, on_wait=say_waiting)
             except RunLost as exc:
-                raise FarmError(f"{exc}; {fetch_later(exc.run_id, controller)}") from None
+                ended = isinstance(exc, DownloadLost)
+                raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
 
         yield remote
         return
@@ -165,10 +166,14 @@ def say_waiting(why: str) -> None:
         log.warning("the controller is back; following the run again")
 
 
-def fetch_later(run_id: str, controller: str) -> str:
-    """How to get a run's outputs once this command has stopped following it."""
-    return (f"the run goes on if the controller comes back: `farm download {run_id} DIR --controller "
-            f"{controller}` waits for its end and fetches its outputs (`farm status` shows how it is doing)")
+def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
+    """How to get a run's outputs once this command has stopped following it (`ended`: the run had
+    ended, its outputs were being downloaded)."""
+    command = f"`farm download {run_id} DIR --controller {controller}`"
+    if ended:
+        return f"the run has ended; {command} fetches its outputs once the controller answers again"
+    return (f"the run goes on if the controller comes back: {command} waits for its end and fetches its "
+            "outputs (`farm status` shows how it is doing)")
 
 
 def _serve_until_stopped() -> None:

@@ -25,6 +25,7 @@ from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
 
 if TYPE_CHECKING:
+    from farm.journal import ProjectRecord
     from farm.mediatype import MediaType
     from farm.project import Project
 
@@ -58,22 +59,7 @@ class ClientSide:
         if msg.type is T.SUBMIT:
             self._submit(identity, msg.body)
         elif msg.type is T.FOLLOW:
-            run = self.runs.get(msg.body["project"])
-            if run is None:
-                self._send(identity, T.ERROR, {"message": f"no project {msg.body['project'][:200]!r}"})
-                return
-            if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
-                self.followers.setdefault(run.id, set()).add(identity)
-                return
-            if run.state in ENDED:  # it ended, say while its submitter waited out a restart: its summary
-                self._send(identity, T.FINISHED, {"summary": run.summary()})
-                return  # (a finalizing run has not: its followers hear FINISHED when finalize returns)
-            followers = self.followers.setdefault(run.id, set())
-            if identity not in followers and len(followers) >= MAX_FOLLOWERS:
-                self._send(identity, T.ERROR, {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})
-                return
-            followers.add(identity)
-            self._send_update(run)
+            self._follow(identity, msg.body["project"])
         elif msg.type is T.STATUS:
             self._send_status(identity)
         elif msg.type is T.CANCEL_PROJECT:
@@ -86,6 +72,33 @@ class ClientSide:
                                                epoch if isinstance(epoch, str) else None)
             if error:
                 self._send(identity, T.ERROR, {"message": error})
+
+    def _follow(self, identity: bytes, run_id: str) -> None:
+        """Follow a run: its updates, then FINISHED; at once for a run that has ended (say while its
+        submitter waited out a restart), also one that finished before this controller started."""
+        run = self.runs.get(run_id)
+        if run is None:
+            record = self.finished_before().find(run_id)
+            if record is None or record.project_id != run_id:
+                self._send(identity, T.ERROR, {"message": f"no project {run_id[:200]!r} on this controller "
+                                                          "(farm status lists its projects)",
+                                               "code": "not_found"})
+            else:  # its outputs served again, for `farm download` or a submitter that waited out a restart
+                self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record)})
+            return
+        if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
+            self.followers.setdefault(run.id, set()).add(identity)
+            return
+        if run.state in ENDED:
+            self._send(identity, T.FINISHED, {"summary": run.summary()})
+            return  # (a finalizing run has not: its followers hear FINISHED when finalize returns)
+        followers = self.followers.setdefault(run.id, set())
+        if identity not in followers and len(followers) >= MAX_FOLLOWERS:
+            self._send(identity, T.ERROR,
+                       {"message": f"project {run.id} has {MAX_FOLLOWERS} followers already"})
+            return
+        followers.add(identity)
+        self._send_update(run)
 
     def _send_status(self, identity: bytes) -> None:
         """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""
@@ -255,11 +268,20 @@ class ClientSide:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
                                                       "(farm status lists its projects)", "code": "not_found"})
             return
+        self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record), "already": True})
+
+    def _journaled_summary(self, record: ProjectRecord) -> dict[str, Any]:
+        """A run's summary from the journal; a remote submitter's outputs served for download again
+        while its output folder is there (its ``download`` None when they cannot be)."""
         summary = dict(record.summary)
-        if summary.get("download") and summary.get("output_dir"):  # a remote submitter's outputs
-            summary["download"] = self.assets.publish_outputs(summary["download"],
-                                                              Path(summary["output_dir"]))
-        self._send(identity, T.FINISHED, {"summary": summary, "already": True})
+        tree, folder = summary.get("download"), summary.get("output_dir")
+        if tree and folder and self.assets.kinds.get(tree) != "outputs":  # not served yet since this start
+            try:
+                summary["download"] = self.assets.publish_outputs(tree, Path(folder))
+            except (SyncError, OSError) as exc:
+                log.warning("%s: cannot serve its outputs for download: %s", record.project_id, exc)
+                summary["download"] = None
+        return summary
 
     def _cancel_upload(self, identity: bytes, token: str) -> None:
         """Cancel a project that is still being uploaded: its submitter hears so, nothing ran."""

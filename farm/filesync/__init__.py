@@ -14,7 +14,7 @@ See docs/filesync.md for the protocol, guarantees and figures.
 """
 
 from farm.filesync.client import ClientCounters, FileClient, Progress
-from farm.filesync.errors import ManifestError, SyncError, TransferError, UnsafeFile, VerifyError
+from farm.filesync.errors import ManifestError, NoAnswer, SyncError, TransferError, UnsafeFile, VerifyError
 from farm.filesync.hashcache import HashCache
 from farm.filesync.limits import DEFAULT_LIMITS, Limits
 from farm.filesync.manifest import FileEntry, Manifest
@@ -37,6 +37,7 @@ __all__ = [
     "ManifestError",
     "MaterializeStats",
     "MissingFromCache",
+    "NoAnswer",
     "Progress",
     "ServerCounters",
     "Store",

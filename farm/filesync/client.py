@@ -24,7 +24,7 @@ import zmq
 from farm.errors import ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import Assembly, Outcome
-from farm.filesync.errors import ManifestError, SyncError, TransferError, UnsafeFile, VerifyError
+from farm.filesync.errors import ManifestError, NoAnswer, SyncError, TransferError, UnsafeFile, VerifyError
 from farm.filesync.hashcache import HashCache
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.limits import DEFAULT_LIMITS, Limits, MiB
@@ -387,7 +387,7 @@ class FileClient:
         try:
             self._sock.send_multipart(frames, copy=True)  # cheaper than pyzmq's zero-copy (see FileServer._send)
         except zmq.Again:
-            raise TransferError(f"no answer from the file server at {self.endpoint} in {self.timeout:g} s "
+            raise NoAnswer(f"no answer from the file server at {self.endpoint} in {self.timeout:g} s "
                                 "(nothing could be sent: no connection took this client)") from None
         self.counters.requests += 1
         self.counters.bytes_sent += sum(len(f) for f in frames)
@@ -397,7 +397,7 @@ class FileClient:
         """The next reply to one of ``waiting``; stale replies (to abandoned requests) are skipped."""
         while True:
             if not self._sock.poll(int(self.timeout * 1000)):
-                raise TransferError(
+                raise NoAnswer(
                     f"no answer from the file server at {self.endpoint} in {self.timeout:g} s"
                 )
             frames = self._sock.recv_multipart(copy=False)

@@ -28,3 +28,7 @@ class VerifyError(SyncError):
 
 class TransferError(SyncError):
     """The other side refused a request, broke the protocol or stopped answering."""
+
+
+class NoAnswer(TransferError):
+    """The file server did not answer in time (stopped, restarting, or gone): worth trying again."""
