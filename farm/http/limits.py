@@ -31,15 +31,18 @@ log = logging.getLogger(__name__)
 HEADER_S = 10.0  # to send a request's headers
 MAX_CONNECTIONS = 1000
 MIN_CONNECTIONS = 16
-BACKLOG = 64  # also the most connections asyncio accepts at once, before any is looked at
+# The listen queue; also the most connections asyncio accepts at a time, before the protocol sees
+# any: a few such batches may be open beyond the cap for a moment.
+BACKLOG = 16
 
 
 def connection_cap() -> int:
-    """The most HTTP connections open at once: a quarter of the open files limit, 16 to 1000."""
+    """The most HTTP connections open at once: a quarter of the open files limit (less the
+    accepted ones not yet counted), 16 to 1000."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, (soft - BACKLOG) // 4))
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, (soft - 4 * BACKLOG) // 4))
 
 
 def bounded_protocol(cap: int, header_s: float = HEADER_S) -> type[H11Protocol]:
