@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+from conftest import wait_for
 from join_helpers import farm_processes
 from seclimits_helpers import flood, limited, open_fds
 
@@ -80,3 +81,25 @@ def test_long_lived_commands_raise_their_open_files_limit(tmp_path):
         for pid in (proc.proc.pid, agent.proc.pid):
             limits = Path(f"/proc/{pid}/limits").read_text()
             assert re.search(r"Max open files\s+4096\s+4096", limits), limits
+
+
+def test_unfinished_http_requests_leave_the_embedded_ui_farm_rendering(tmp_path, synthetic):
+    project = synthetic(jobs=2, name="flooded")
+    with farm_processes(tmp_path) as farm:
+        proc = farm.start("submit", "submit", str(project), "--agents", "1", "--ui", "--watch",
+                          prefix=limited(FILES))
+        url = proc.wait_line("dashboard: ").split(" ", 1)[1].strip()
+        proc.wait_line("watching for changes")
+        base, token = url.split("?access_token=")
+        with flood(urlsplit(base).port, FLOOD, b"GET /api/v1/projects HTTP/1.1\r\nHost: x\r\n") as held:
+            assert len(held) > FILES // 2, f"only {len(held)} connections were made"
+            answer = requests.get(f"{base}api/v1/projects", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=10)
+            assert answer.status_code == 200 and answer.json()["projects"][0]["project"] == "flooded"
+            toml = project / "farm.toml"
+            toml.write_text(toml.read_text().replace("jobs = 2", "jobs = 3"))  # a round reads farm.toml again
+            wait_for(lambda: proc.text().count("watching for changes") >= 2 or proc.proc.poll() is not None,
+                     60, "a second round")
+            assert open_fds(proc.proc.pid) < FILES - 64
+        assert proc.proc.poll() is None, proc.text()[-2000:]
+        assert "Too many open files" not in proc.text() and proc.log.stat().st_size < SMALL_LOG
