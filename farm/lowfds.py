@@ -60,11 +60,14 @@ class LoopErrors:
         self.logger = logger
         self.health = health
         self.fds = Throttled(logger)
+        self.others = 0  # errors of other kinds: the first 20 have their tracebacks whatever came before
 
     def note(self, exc: BaseException) -> None:
         self.health["loop_errors"] += 1
-        count = self.health["loop_errors"]
         if out_of_fds(exc):
             self.fds(logging.ERROR, "controller loop: out of file descriptors (%s); carrying on", exc)
-        elif count <= 20 or count % 1000 == 0:
-            self.logger.error("controller loop error (%d so far); carrying on", count, exc_info=exc)
+            return
+        self.others += 1
+        if self.others <= 20 or self.others % 1000 == 0:
+            self.logger.error("controller loop error (%d so far); carrying on", self.health["loop_errors"],
+                              exc_info=exc)
