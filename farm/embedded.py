@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.client import Summary, submit
+from farm.controller.intake import Refusing, check_owned
 from farm.controller.server import Controller
 from farm.errors import ProjectError
 from farm.linkcheck import refuse_links
@@ -127,6 +128,10 @@ class LocalAgents:
             shutil.rmtree(self.sockets, ignore_errors=True)
 
 
+EMBEDDED = Refusing(user="you", refuser="farm submit", hint="copy the project into a folder of yours "
+                    f"(the embedded farm keeps its state in {STATE_DIR}/ in the project folder)")
+
+
 class EmbeddedFarm:
     """A controller (state in ``state_dir``) and ``agents`` local agent processes.
 
@@ -143,6 +148,7 @@ class EmbeddedFarm:
         self.sockets = self.local.sockets
         self.ui_url: str | None = None  # with `ui`: the dashboard's address, its session token included
         try:  # its journal, logs and lock are written there: never through a link (farm.linkcheck)
+            check_owned(str(state_dir.parent), EMBEDDED)  # not ours: refused before .farm/ is made
             refuse_links(state_dir.parent, state_dir.name, "the embedded farm's state folder")
             http = _ui_server() if ui else None
             # the submitter is this user: its projects' webhooks go anywhere (farm.notify)

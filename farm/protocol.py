@@ -24,6 +24,9 @@ MAX_FRAMES = 4096
 # a bigger one is disconnected at its header, before memory is set aside for it. A RESULTS
 # message must fit, since a job's outputs ride inline; larger outputs would need the upload path.
 MAX_MESSAGE = 64 * 1024 * 1024
+# A listening socket drops a connection that has not completed its ZMTP (and CURVE) handshake in
+# this time (libzmq's default is 30 s): idle connections cannot hold a server's descriptors for long.
+HANDSHAKE_MS = 5000
 
 
 class T(enum.IntEnum):

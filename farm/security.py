@@ -33,6 +33,7 @@ from farm.keys import (  # re-exported: farm.security was their home
     parse_key,
     read_certificate,
 )
+from farm.lowfds import Throttled, out_of_fds
 from farm.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class _AllowList:
         self.refused: set[bytes] = set()
         self.checked = 0.0
         self.lock = threading.Lock()
+        self.short = Throttled(log)  # out of descriptors: a line a minute, not one per message
 
     def _stamp(self) -> frozenset[tuple[str, int, int, int]] | None:
         # Names, inodes, sizes and mtimes: a folder's mtime alone can miss two changes in one clock tick.
@@ -99,8 +101,15 @@ class _AllowList:
             with os.scandir(self.store.allowed_dir) as entries:
                 return frozenset((e.name, e.inode(), (st := e.stat()).st_size, st.st_mtime_ns)
                                  for e in entries if e.name.endswith(PUBLIC_SUFFIX))
-        except OSError:
+        except OSError as exc:
+            if out_of_fds(exc):  # cannot look now (a flood of connections): keep what we have
+                self._cannot_read(exc)
+                return self.stamp
             return None
+
+    def _cannot_read(self, exc: OSError) -> None:
+        self.short(logging.ERROR, "cannot read %s, keeping the allow list read before: %s",
+                   self.store.allowed_dir, exc)
 
     def reload(self) -> list[str]:
         with self.lock:
@@ -146,12 +155,21 @@ class _AllowList:
                     self.reload()
                 except SecurityError as exc:
                     log.error("keeping the previous allow list: %s", exc)
+                except OSError as exc:  # out of descriptors between the look and the read
+                    if not out_of_fds(exc):
+                        raise
+                    self._cannot_read(exc)
 
     def token_for(self, key: bytes) -> str | None:
         """The id of the join token whose key pair `key` is (`farm.tokens.token_keys`), else None."""
         stamp = self.tokens.stamp()
         if stamp != self.tokens_stamp:  # a token made, used or revoked
-            self.token_keys, self.tokens_stamp = self.tokens.by_key(), stamp
+            try:
+                self.token_keys, self.tokens_stamp = self.tokens.by_key(), stamp
+            except OSError as exc:
+                if not out_of_fds(exc):
+                    raise
+                self._cannot_read(exc)  # the tokens known before stay known
         return self.token_keys.get(key)
 
 
@@ -284,8 +302,7 @@ class ServerSecurity:
 
     def refresh(self) -> None:
         """Re-read allowed/ now if it changed since the last look (cheap: one scan of the folder)."""
-        if self._allow._stamp() != self._allow.stamp:
-            self._allow.reload()
+        self._allow.fresh(0.0)
 
     def refused_keys(self) -> list[str]:
         """The public keys refused at the handshake since allowed/ last changed (at most 1000)."""

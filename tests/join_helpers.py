@@ -69,13 +69,14 @@ class Farm:
         return self.procs[-1]
 
     def controller(self, *args: str, prefix: list[str] | None = None, keys: str = "ctl",
-                   bind: str = "tcp://127.0.0.1:0") -> tuple[Proc, str, str | None]:
+                   bind: str = "tcp://127.0.0.1:0", invite: bool = True) -> tuple[Proc, str, str | None]:
         """(process, url, the join argument it printed: None when it printed none) of `farm controller`.
 
-        It prints one while no key is allowed in its keys folder, or with --invite."""
+        It prints one with --invite (`invite`), or beyond loopback while no key is allowed in its keys
+        folder."""
         proc = self.start(f"controller-{len(self.procs)}", "controller", "--bind", bind, "--keys-dir",
                           str(self.folder / keys), "--state-dir", str(self.folder / f"state-{len(self.procs)}"),
-                          *args, prefix=prefix)
+                          *(["--invite"] if invite else []), *args, prefix=prefix)
         url = proc.wait_line("controller listening on ").split("listening on ")[1].strip()
         if "run there" not in proc.wait_line("to add a render node"):
             return proc, url, None

@@ -38,6 +38,8 @@ def _version(value: bool) -> None:
 # Services log with times and sources; a user's command at its default level shows warnings
 # as plain sentences addressed to that user.
 SERVICES = ("controller", "agent")
+LONG_LIVED = (*SERVICES, "submit")  # their open files limit is raised (`raise_fd_limit`)
+FD_LIMIT = 65536
 
 
 @app.callback()
@@ -54,6 +56,25 @@ def main_options(
         level=level,
         format="%(levelname)s: %(message)s" if plain else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if ctx.invoked_subcommand in LONG_LIVED:
+        raise_fd_limit()
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: a long-lived process's connections
+    (agents, dashboards, idle peers) must not run it out of descriptors at 1024. Only the CLI does
+    this; library code does not change process limits. Children (workers) inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # at most FD_LIMIT: renderers that close every descriptor up to the limit start slowly with millions
+    want = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError) as exc:
+            logging.getLogger(__name__).info("cannot raise the open files limit from %d to %d: %s",
+                                             soft, want, exc)
 
 
 # command name -> (module, attribute): a module is imported only when its command may run, so

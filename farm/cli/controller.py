@@ -70,7 +70,7 @@ def controller(
              "with keys.")] = True,
     invite_node: Annotated[bool, typer.Option(
         "--invite", help="Print a join command with a new single-use token (valid 1 h); without it one is "
-                         "printed only while no key is allowed yet.")] = False,
+                         "printed only beyond loopback while no key is allowed yet.")] = False,
 ) -> None:
     """Run a controller until interrupted (Ctrl-C or SIGTERM).
 
@@ -102,7 +102,8 @@ def controller(
             _say_openable(ctl.url, "nodes dial it as")
             typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
             if security:
-                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node)
+                announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node,
+                                           beyond=requires_security(bind))
             if web is not None:
                 _say_http(web)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed
@@ -142,16 +143,21 @@ def _say_http(web: HttpServer) -> None:
 
 
 def _welcome_nodes(url: str, security: ServerSecurity, files: str, announce: bool,
-                   asked: bool) -> Announcer | None:
-    """Print a ready join command (a single-use token, valid an hour) when `asked` or while no key is
-    allowed yet, and announce us on the LAN. Unasked tokens at every start would pile up live
-    credentials in the log."""
+                   asked: bool, *, beyond: bool) -> Announcer | None:
+    """Print a ready join command (a single-use token, valid an hour) when `asked`, or beyond loopback
+    while no key is allowed yet, and announce us on the LAN. Unasked tokens at every start would pile
+    up live credentials in the log; on loopback none is made unasked (this user's agents find the
+    controller in the keys folder, and whoever reads the terminal or log must not join). `beyond`: the
+    bind address reaches beyond loopback (`url`, the address bound, says 127.0.0.1 for 0.0.0.0:0)."""
     reachable = advertised_url(url)
     remember_url(security.store, reachable)
-    if asked or not security.store.allowed():
+    if asked or (beyond and not security.store.allowed()):
         _, _, command = invite(security.store, security.keys.name, reachable, expires_s=3600, single_use=True)
         typer.echo(f"to add a render node, run there (single-use, valid 1 h; more: `farm keys invite`):\n"
                    f"  {command}", err=True)
+    elif not beyond:
+        typer.echo("to add a render node: this user's `farm agent` finds it by itself; for another user or "
+                   "machine `farm keys invite` prints a join command (or start with --invite)", err=True)
     else:
         typer.echo("to add a render node: `farm keys invite` prints a join command (or start with --invite)",
                    err=True)

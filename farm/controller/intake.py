@@ -223,7 +223,17 @@ def check_path_text(value: Any, what: str) -> str:
     return value
 
 
-def check_owned(root: str) -> None:
+@dataclass(frozen=True)
+class Refusing:
+    """Who refuses a folder, in its words: the controller (`check_owned`), or `farm submit` running an
+    embedded farm, which makes the project's ``.farm/`` (farm.embedded)."""
+
+    user: str = "the controller's user"
+    refuser: str = "the controller"
+    hint: str = UPLOAD_HINT
+
+
+def check_owned(root: str, who: Refusing = Refusing()) -> None:
     """Refuse a project folder the controller's user does not own, or that others could change under it.
 
     Its real path must lead through folders owned by this user or root that nobody else
@@ -239,11 +249,11 @@ def check_owned(root: str) -> None:
         raise IntakeError(f"project folder {root} is not a folder")
     parent = os.path.dirname(real)
     while True:
-        _check_trusted(parent, os.lstat(parent), uid, root, sticky_ok=True)
+        _check_trusted(parent, os.lstat(parent), uid, root, sticky_ok=True, who=who)
         if parent == "/":
             break
         parent = os.path.dirname(parent)
-    _check_trusted(real, st, uid, root, sticky_ok=False, mine=True)
+    _check_trusted(real, st, uid, root, sticky_ok=False, mine=True, who=who)
 
 
 def check_output(root: Path, output: str) -> None:
@@ -267,15 +277,15 @@ def check_output(root: Path, output: str) -> None:
 
 
 def _check_trusted(path: str, st: os.stat_result, uid: int, root: str, *, sticky_ok: bool,
-                   mine: bool = False) -> None:
+                   mine: bool = False, who: Refusing = Refusing()) -> None:
     owners = (uid,) if mine else (uid, 0)
     if st.st_uid not in owners:
-        raise IntakeError(f"{path} belongs to user {st.st_uid}, not to the controller's user ({uid}), so the "
-                          f"controller will not read {root} or write its outputs with its own rights; {UPLOAD_HINT}")
+        raise IntakeError(f"{path} belongs to user {st.st_uid}, not to {who.user} ({uid}), so {who.refuser} "
+                          f"will not read {root} or write its outputs with its own rights; {who.hint}")
     writable = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != os.getegid())
     if writable and not (sticky_ok and st.st_mode & stat.S_ISVTX):
-        raise IntakeError(f"{path} may be changed by other users (mode {stat.S_IMODE(st.st_mode):o}), so the "
-                          f"controller will not read {root} or write its outputs there; {UPLOAD_HINT}")
+        raise IntakeError(f"{path} may be changed by other users (mode {stat.S_IMODE(st.st_mode):o}), so "
+                          f"{who.refuser} will not read {root} or write its outputs there; {who.hint}")
 
 
 def check_project_file(root: str, limits: IntakeLimits) -> None:

@@ -13,7 +13,7 @@ import zmq
 
 from farm.errors import FarmError
 from farm.paths import private_dir
-from farm.protocol import MAX_MESSAGE
+from farm.protocol import HANDSHAKE_MS, MAX_MESSAGE
 from farm.security import ServerSecurity
 
 
@@ -32,6 +32,7 @@ def router_socket(security: ServerSecurity | None) -> zmq.Socket:
     # No ROUTER_HANDOVER: a peer that connects with a live routing id is refused, never handed
     # that peer's traffic; agents take a fresh random routing id per connection instead.
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # outputs ride inline; see farm.protocol
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)  # a connection that never handshakes is dropped soon
     if security:
         security.socket_setup(sock, enrolment=True)  # a join token's key may redeem it here
     return sock

@@ -40,6 +40,7 @@ from farm.controller.units import ProgressGate
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import SyncError
 from farm.journal import Journal, JournalError
+from farm.lowfds import LoopErrors
 from farm.notify import Notifier
 from farm.plugins import event_observer, get_media_type
 from farm.preview import RunFacts
@@ -101,6 +102,7 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self._status: tuple[float, list[bytes]] | None = None  # (when, packed STATUS_REPLY)
         # the loop's own health; what happened to jobs is counted by watching the event stream
         self.health = {"stale": 0, "bad_messages": 0, "handler_errors": 0, "loop_errors": 0}
+        self.loop_errors = LoopErrors(log, self.health)
         self.events = EventBus(hook=event_observer())
         self._counts = Stats()
         self.events.observe(self._counts)
@@ -289,10 +291,8 @@ class Controller(AgentSide, ClientSide, ControlSide):
                     self.subscribers.send(self._send)
                 except JournalError:
                     raise
-                except Exception:
-                    self.health["loop_errors"] += 1
-                    if self.health["loop_errors"] <= 20 or self.health["loop_errors"] % 1000 == 0:
-                        log.exception("controller loop error (%d so far); carrying on", self.health["loop_errors"])
+                except Exception as exc:  # tracebacks for the first ones; out of descriptors: a line a minute
+                    self.loop_errors.note(exc)
         finally:
             try:  # the journal must say how a finalize under way ended: the next start would run it again
                 self._check_finalizing(stopping=True)

@@ -36,6 +36,7 @@ from farm.filesync.published import Place, TreeIndex
 from farm.filesync.receiver import OnDone, Upload, UploadResult
 from farm.filesync.store import Store
 from farm.paths import UnsafePath
+from farm.protocol import HANDSHAKE_MS
 from farm.safeopen import open_beneath
 from farm.security import authenticated_id
 
@@ -212,6 +213,7 @@ class FileServer:
             sock.linger = wake.linger = 0
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_manifest_bytes + 65536)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)  # idle connections do not keep their descriptors
             if self.socket_setup is not None:
                 self.socket_setup(sock)
             sock.bind(self.bind)

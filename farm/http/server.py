@@ -9,6 +9,7 @@ thread), and reaches the controller only through its ``inproc://`` socket.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import secrets
@@ -24,6 +25,7 @@ from farm.errors import FarmError
 from farm.http.app import STATIC_DIR, create_app
 from farm.http.backend import KEEPALIVE_S, Backend
 from farm.http.guard import Access, is_loopback
+from farm.http.limits import BACKLOG, bounded_protocol, connection_cap, quiet_accept_errors
 from farm.http.metrics import Metrics
 from farm.http.tokens import TokenStore
 
@@ -133,7 +135,10 @@ class HttpServer:
                 raise
             self._sock = _listen(self.host, 0)
         self.port = self._sock.getsockname()[1]
+        # connections bounded in number and in the time to send a request (farm.http.limits): the
+        # process's last descriptors are the scheduling loop's
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none",
+                                loop="asyncio", http=bounded_protocol(connection_cap()), backlog=BACKLOG,
                                 timeout_graceful_shutdown=GRACEFUL_S, server_header=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="farm-http", daemon=True)
@@ -149,8 +154,15 @@ class HttpServer:
 
     def _serve(self) -> None:
         assert self._server is not None and self._sock is not None
+        server, sockets = self._server, [self._sock]
+
+        async def serve() -> None:
+            asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)
+            await server.serve(sockets=sockets)
+
         try:
-            self._server.run(sockets=[self._sock])
+            with asyncio.Runner() as runner:
+                runner.run(serve())
         except BaseException as exc:  # reported by start(), or logged if it ends later
             self._error = exc
             log.exception("the HTTP server stopped")
@@ -184,7 +196,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise FarmError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
