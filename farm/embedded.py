@@ -212,7 +212,8 @@ def _ui_server() -> HttpServer:
     """The dashboard on loopback (port 8642, else any free one), behind a token of this session.
 
     A loopback port is open to every local user, unlike the farm's private sockets, so the
-    API asks for a random token; the printed URL carries it, and the page keeps it in its own storage (`farm.http.guard`).
+    API asks for a random token; the printed URL carries it, and the page keeps it in its own
+    storage (`farm.http.guard`).
     """
     from farm.http.server import DEFAULT_PORT, HttpServer  # FastAPI loads only for --ui
 
