@@ -423,8 +423,8 @@ class Client:
         one of running, collating (rendered, its outputs being collated: not yet done), queued,
         failed (for good), done (rendered), reused. Running jobs come first, then collating,
         queued, failed, and done or reused ones by key. ``unlisted`` counts jobs the media type
-        has not split off yet (they are not listed); ``ended``: the run is over, so they never will
-        be. `limit` is 1..1000.
+        has not split off yet (they are not listed); ``ended``: the run is over, so they (and any
+        queued or running when it was cancelled) never will be done. `limit` is 1..1000.
         """
         return self._query("jobs", project, state=state, offset=offset, limit=limit)
 

@@ -1,4 +1,4 @@
-"""A run that ended before its media type split every job off: those jobs never will be, and
+"""A run that ended before its media type split every job off: those jobs never will be done, and
 `farm jobs` and the API say so instead of "not split off yet" (a fresh user read it as work to come)."""
 
 # ruff: noqa: F811  (pytest fixtures imported from the helpers are parameters of the tests)
@@ -23,11 +23,11 @@ def test_a_cancelled_runs_unsplit_jobs_are_said_never_to_run(web, browser, synth
     page = web.get(f"/api/v1/projects/{run}/jobs").json()
     assert page["unlisted"] > 0 and page["ended"] is True, page
     text = jobs_text(page)
-    assert f"{page['unlisted']:,} jobs never split off: the run ended" in text and "yet" not in text, text
+    assert f"{page['unlisted']:,} jobs not done: the run ended" in text and "yet" not in text, text
     browser.get(web.http.dashboard_url)
     card = "return !!document.querySelector(`.project[data-id='${arguments[0]}'] .name`)"
     wait_for(lambda: js(browser, card, run), 30, "the run's card")
     js(browser, "document.querySelector(`.project[data-id='${arguments[0]}'] .name`).click()", run)
-    wait_for(lambda: f"{page['unlisted']:,} more never run: the run ended"
+    wait_for(lambda: f"{page['unlisted']:,} more not done: the run ended"
              in js(browser, "return document.getElementById('jobs').textContent"), 30, "the page saying so")
     assert console_errors(browser) == []

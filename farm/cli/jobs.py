@@ -64,7 +64,7 @@ def jobs_text(page: dict[str, Any], state: str | None = None) -> str:
             + (f" --limit {page['limit']}" if page["limit"] != DEFAULT_LIMIT else "")
         lines.append(f"{page['total'] - last:,} more: farm jobs {page['project']}{more} --offset {last}")
     if page.get("unlisted"):
-        why = "never split off: the run ended" if page.get("ended") else "not split off yet"
+        why = "not done: the run ended" if page.get("ended") else "not split off yet"
         lines.append(f"{counted(page['unlisted'], 'job')} {why} (not listed)")
     return "\n".join(lines)
 

@@ -211,7 +211,8 @@ class ControlSide:
         known = (run.done + len(run.failures) + len(run.leases) + len(run.collating) + len(run.ready)
                  + len(run.unmet))
         unlisted = max(0, run.total - known) if run.total is not None and not run.exhausted else 0
-        # `ended`: the run is over, so its unlisted jobs never will be split off (or run)
+        # `ended`: the run is over, so its unlisted jobs (never split off, or queued or running when
+        # it was cancelled: no list holds them then) never will be done
         return {"project": run.id, "total": total, "offset": offset, "limit": limit, "unlisted": unlisted,
                 "ended": run.state in ("done", "failed", "cancelled"), "jobs": page}
 

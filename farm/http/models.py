@@ -66,7 +66,7 @@ class JobsPage(_Open):
     offset: int
     limit: int
     unlisted: int = Field(0, description="Jobs the media type has not split off yet.")
-    ended: bool = Field(False, description="The run is over: its unlisted jobs never will be split off.")
+    ended: bool = Field(False, description="The run is over: its unlisted jobs never will be done.")
     jobs: list[Job]
 
 

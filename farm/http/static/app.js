@@ -169,8 +169,8 @@
     jobsTotal = typeof data.total === "number" ? data.total : null;
     // jobs the media type has not split off yet are queued, without a key: counted, not listed
     const unlisted = (state === "" || state === "queued") && data.unlisted ? data.unlisted : 0;
-    // an ended run's never will be: cancelled or failed before the split was over
-    const more = !unlisted ? "" : data.ended ? `${fmtCount(unlisted)} more never run: the run ended`
+    // an ended run's never will be done: not split off, or queued or running when it was cancelled
+    const more = !unlisted ? "" : data.ended ? `${fmtCount(unlisted)} more not done: the run ended`
       : `${fmtCount(unlisted)} more not yet split`;
     const body = $("jobs");
     body.replaceChildren(...jobs.map(jobRow));
