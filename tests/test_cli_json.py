@@ -162,3 +162,15 @@ def test_listing_commands_print_one_object(tmp_path, args):
     assert isinstance(listing, dict), done.stdout
     (rows,) = listing.values()  # the one list, named
     assert isinstance(rows, list)
+
+
+def test_a_client_with_no_controller_is_told_the_join_that_exists(tmp_path):
+    """`farm status` said "join one with --join", an option only `farm submit` (and agents) take."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("FARM_KEYS", "FARM_CONTROLLER", "FARM_JOIN")}
+    clean |= {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+              "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    done = subprocess.run([*FARM, "status", "--json"], capture_output=True, text=True, timeout=120, env=clean)
+    answer = json.loads(done.stdout)
+    assert done.returncode == 1 and answer["code"] == "unreachable", answer
+    assert "`farm submit --join URL#KEY.TOKEN`" in answer["error"], answer
+    assert "`farm keys invite --client`" in answer["error"], answer

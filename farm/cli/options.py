@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # --controller auto: find one on the local network
 LOCAL_DEFAULT = "tcp://127.0.0.1:5555"  # `farm controller`'s default address
-NAME_ONE = ("name one with --controller tcp://HOST:5555 (or set FARM_CONTROLLER), join one with "
-            "--join URL#KEY.TOKEN (`farm keys invite` on the controller prints it), or pass "
-            "--controller auto to find one announcing itself on the local network")
+#: how a client joins a controller: only `farm submit` takes --join; later commands find it by its key
+JOIN_ONE = ("join one once with `farm submit --join URL#KEY.TOKEN` (`farm keys invite --client` on the "
+            "controller prints it)")
+NAME_ONE = ("name one with --controller tcp://HOST:5555 (or set FARM_CONTROLLER), " + JOIN_ONE
+            + ", or pass --controller auto to find one announcing itself on the local network")
 
 
 def checked_address(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
@@ -145,8 +147,7 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         else:
             raise ConnectionLost("found no controller with a key we know on the local network (none "
                                  "announced itself, or none whose key is in our keys folder): name one with "
-                                 "--controller tcp://HOST:5555 (or set FARM_CONTROLLER), or join one with "
-                                 "--join URL#KEY.TOKEN (`farm keys invite` on the controller prints it)")
+                                 f"--controller tcp://HOST:5555 (or set FARM_CONTROLLER), or {JOIN_ONE}")
     return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
 
 
