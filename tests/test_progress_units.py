@@ -271,3 +271,18 @@ def test_an_unchanged_run_is_announced_only_as_a_keepalive(controller, synthetic
     # snapshots go out every 0.2 s; an unchanged one became an event only after the keep-alive
     assert all(b.time - a.time >= 0.55 for a, b in same), [(a.time, b.time) for a, b in same]
     end(controller, run, progress[0].run)
+
+
+def test_a_cancelled_run_keeps_no_partial_progress(controller, agents, synthetic):
+    """A cancelled map kept its running jobs' partial tiles in `partial` (a fresh user saw 640)."""
+    agents(controller.url, 1)
+    with Client(controller.url) as client:
+        run_id = client.submit(load_project(synthetic(jobs=4, sleep=30, units_per_job=[10])))
+        wait_for(lambda: client.project(run_id)["running"] == 1, 60, "a job running")
+        run = controller.runs[run_id]
+        (key,) = run.leases
+        run.progress[key] = 0.5  # as the agent's PROGRESS for it would say
+        assert client.project(run_id)["units"]["partial"] == 5
+        client.cancel(run_id)
+        snap = client.project(run_id)
+    assert snap["state"] == "cancelled" and snap["partial"] == 0 and snap["units"]["partial"] == 0, snap

@@ -459,6 +459,7 @@ class ProjectRun(RunReport):
         self.finished_mono = time.monotonic()
         leases = list(self.leases.values())
         self.leases.clear()
+        self.progress.clear()  # their partial frames or tiles never will be done: no part of the count
         self.collating.clear()  # what comes back is dropped; what has not started is skipped
         return leases
 
