@@ -30,6 +30,7 @@ from farm.controller.clients import CLIENT_MESSAGES, ClientSide
 from farm.controller.collator import Collator
 from farm.controller.control import ControlSide
 from farm.controller.events import EventBus, Stats, Subscribers
+from farm.controller.finishing import FinishSide
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
 from farm.controller.joblogstore import JobLogStore, open_beside
@@ -58,7 +59,7 @@ LEASE_CHECK_EVERY_S = 1.0
 JOURNAL_FILE = "journal.sqlite"
 
 
-class Controller(AgentSide, ClientSide, ControlSide):
+class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
     #: for a farm whose agents are all known (the embedded one): their exit codes, None while running;
     #: None for an open farm, where an agent may join at any time
     local_agents: Callable[[], list[int | None]] | None = None
@@ -467,33 +468,3 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.scheduler.abort_stuck(now, local)
         for lease in self.scheduler.expired(now):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
-
-    def _check_finalizing(self, *, stopping: bool = False) -> None:
-        """Start the finalizes due and journal those that ended; ``stopping``: start none, wait for the rest."""
-        if stopping:
-            concurrent.futures.wait(list(self.finalizing.values()))
-        for run in () if stopping else self.runs.values():
-            if run.active and run.all_in():
-                run.start_finalizing()
-                self.finalizing[run.id] = self._executor.submit(run.finalize)
-        for run_id, future in list(self.finalizing.items()):
-            if future.done():
-                del self.finalizing[run_id]
-                run = self.runs[run_id]
-                try:
-                    run.finished(future.result(), None)
-                except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
-                    log.error("%s: finalize failed: %s", run_id, exc)
-                    run.finished([], f"finalize failed: {exc}")
-                except Exception as exc:  # a bug in the plugin: keep the traceback for its author
-                    log.exception("%s: finalize failed", run_id)
-                    run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
-                log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
-                if run.uploaded:  # the submitter is elsewhere: let it download the outputs
-                    run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
-                self.assets.unpublish(run.id)
-                self.journal.finish_project(run.id, run.state, run.summary())
-                if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
-                    run.ctx.state.clear()
-                self._notify_finished(run)
-                self._prune()
