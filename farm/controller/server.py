@@ -355,25 +355,41 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
         now = time.monotonic()
         self.backlog = True  # until the socket is found empty: messages wait unread
         for item in self._deferred.take():  # read last turn past their sender's budget: first in line now
-            self._take(*item, now)
+            self._read_fenced(item[0], self._take, *item, now)
         for _ in range(peers.PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
                 self.backlog = False
                 return
-            key = joining = None
-            if secured:
-                assert self.security is not None
-                key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
-                local = key is None and listen.in_process(frames[0])
-                frames = [f.bytes for f in frames]
-                joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
-                if joining is None and not local and not self.security.allows(key):
-                    self._bad(frames[0], "its key is not (or no longer) allowed")
-                    continue
-            identity, *rest = frames
-            self._take(identity, rest, key, joining, now)
+            self._read_fenced(frames[0], self._read, frames, secured, now)
+
+    def _read(self, frames: list[Any], secured: bool, now: float) -> None:
+        """One message off the socket: whose it is (with keys: the key it proved), then `_take`."""
+        key = joining = None
+        if secured:
+            assert self.security is not None
+            key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
+            local = key is None and listen.in_process(frames[0])
+            frames = [f.bytes for f in frames]
+            joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
+            if joining is None and not local and not self.security.allows(key):
+                self._bad(frames[0], "its key is not (or no longer) allowed")
+                return
+        identity, *rest = frames
+        self._take(identity, rest, key, joining, now)
+
+    def _read_fenced(self, identity: Any, read: Any, *args: Any) -> None:
+        """Read one message: what escapes (a bug in reading or in a fence) drops that message, the
+        loop goes on (an escape once ended the controller, and left the rest of the turn unread)."""
+        try:
+            read(*args)
+        except Exception:
+            self.health["handler_errors"] += 1
+            raw = identity if isinstance(identity, bytes) else getattr(identity, "bytes", b"?")
+            agent = self.registry.get(raw)
+            log.exception("reading a message from %s failed; dropped it",
+                          f"agent {agent.id}" if agent is not None else repr(raw[:32]))
 
     def _take(self, identity: bytes, rest: list[bytes], key: str | None, joining: str | None,
               now: float) -> None:
