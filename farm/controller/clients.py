@@ -209,8 +209,8 @@ class ClientSide:
         done and the media type's finalize, in a thread, cannot be stopped halfway without leaving
         partial outputs; it ends as done or failed, and its followers hear FINISHED then. A remote
         submitter's run serves what was collated for download, as a finished run does, once a
-        collate still running in the collate thread has returned (`_publish_cancelled`; the
-        answers wait for it, the loop does not).
+        collate still running in the collate thread has returned, off the loop (`_publish_outputs`;
+        the answers wait for it, the loop does not).
         """
         named = [r for r in self.runs.values() if r.project.name == ref]
         run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
@@ -246,20 +246,7 @@ class ClientSide:
         # The submitter is elsewhere: let it download what was collated, once a collate still
         # running (in the collate thread) has finished writing into the output folder.
         self.publishing[run.id] = [(identity, False)]
-        self.collator.after_collate(run, lambda: self._publish_cancelled(run))
-
-    def _publish_cancelled(self, run: ProjectRun) -> None:
-        """A cancelled remote run's outputs no longer change: serve them, answer who cancelled it."""
-        try:
-            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
-        except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
-            log.warning("%s: cannot serve its outputs for download: %s", run.id, exc)
-        summary = run.summary()
-        if run.download:
-            self.journal.finish_project(run.id, "cancelled", summary)  # `farm cancel` after a restart
-        for identity, already in self.publishing.pop(run.id, ()):
-            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
-        self._notify_finished(run)
+        self.collator.after_collate(run, lambda: self._publish_outputs(run))  # farm.controller.finishing
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:
         """Cancel of a run that finished before this start: its journaled summary, outputs served again."""
@@ -325,7 +312,7 @@ class ClientSide:
             self._send(identity, T.FINISHED, {"summary": summary})
 
     def _prune(self) -> None:
-        finished = [r for r in self.runs.values() if r.state in ENDED]
+        finished = [r for r in self.runs.values() if r.state in ENDED and r.id not in self.publishing]
         for run in finished[:-KEEP_FINISHED_RUNS]:
             del self.runs[run.id]
             self.followers.pop(run.id, None)
