@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import h11
@@ -87,21 +86,21 @@ class _Bounded(H11Protocol):
             oldest.drop()
         self._await_headers()
 
-    def _arm(self, seconds: float, late: Callable[[], None]) -> None:
+    def _arm(self, seconds: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, late)
+        self._timer = self.loop.call_later(seconds, self._late)
 
     def _await_headers(self) -> None:
         self.waiting[self] = None
         self._sending_body = False
-        self._arm(self.header_timeout, self._headers_late)
+        self._arm(self.header_timeout)
 
     def _await_body(self) -> None:
         # it keeps its place among the waiting: a body sent a byte at a time is not busy, it is slow
         self.waiting[self] = None
         self._sending_body = True
-        self._arm(self.body_timeout, self._body_late)
+        self._arm(self.body_timeout)
 
     def _request_in(self) -> None:
         self.waiting.pop(self, None)
@@ -110,18 +109,12 @@ class _Bounded(H11Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _headers_late(self) -> None:
+    def _late(self) -> None:
         self._timer = None
         if self in self.waiting:
-            log.debug("HTTP: closing a connection that sent no request headers in %.0f s",
-                      self.header_timeout)
-            self.drop()
-
-    def _body_late(self) -> None:
-        self._timer = None
-        if self in self.waiting:
-            log.debug("HTTP: closing a connection that did not send its request body in %.0f s",
-                      self.body_timeout)
+            body = self._sending_body
+            what, limit = ("body", self.body_timeout) if body else ("headers", self.header_timeout)
+            log.debug("HTTP: closing a connection that did not send its request %s in %.0f s", what, limit)
             self.drop()
 
     def drop(self) -> None:
