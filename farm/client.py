@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -26,6 +26,7 @@ from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
@@ -251,6 +252,40 @@ class Client:
             if on_wait:
                 on_wait("")
             return msg
+
+    def patiently(self, call: Callable[[], R], run_id: str, *, reconnect_s: float,
+                  on_wait: Callable[[str], None] | None = None) -> R:
+        """`call()` (a request about run `run_id`), waiting up to `reconnect_s` seconds for a controller
+        that is not there (yet) or silent, as `follow` waits out a restart, with the same `on_wait`
+        words; asked again each `REFOLLOW_S` once it connects (before, the request waits in the
+        socket's queue). `RunLost` when it gives up; a refused handshake is not waited for."""
+        try:
+            return call()
+        except RunLost:  # given up already (the call waited itself)
+            raise
+        except ConnectionLost as exc:
+            watcher = self.watcher
+            if reconnect_s <= 0 or watcher.auth_refused or watcher.mismatch or watcher.no_detail:
+                raise
+            why = str(exc)
+        if on_wait:
+            on_wait(f"{why}; the controller may be restarting: waiting up to {_minutes(reconnect_s)} for it")
+        deadline = time.monotonic() + reconnect_s
+        while (left := deadline - time.monotonic()) > 0:
+            answered = self.sock.poll(min(REFOLLOW_S, left) * 1000)
+            self.watcher.check()  # its connection events: connected yet?
+            if not answered and not self.watcher.connected and self.watcher.monitor is not None:
+                continue
+            try:
+                found = call()
+            except RunLost:
+                raise
+            except ConnectionLost:
+                continue
+            if on_wait:
+                on_wait("")
+            return found
+        raise RunLost(f"{why}, and it did not come back within {_minutes(reconnect_s)}", run_id)
 
     def download(self, summary: Summary, dest: Project | Path, *, reconnect_s: float = 0.0,
                  on_wait: Callable[[str], None] | None = None) -> Summary:
