@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -20,12 +20,13 @@ from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, NoAnswer, Store, TransferError
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
-from farm.outputrecord import replace_earlier
+from farm.outputrecord import cancelled_note, replace_earlier
 from farm.paths import unwritable
 from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
@@ -252,6 +253,38 @@ class Client:
                 on_wait("")
             return msg
 
+    def patiently(self, call: Callable[[], R], run_id: str, *, reconnect_s: float,
+                  on_wait: Callable[[str], None] | None = None) -> R:
+        """`call()` (a request about run `run_id`), waiting up to `reconnect_s` for a controller not there
+        (yet) or silent as `follow` does, with its `on_wait` words; asked again each `REFOLLOW_S` once
+        connected. `RunLost` when it gives up; a refused handshake is not waited for."""
+        why, deadline = "", time.monotonic() + reconnect_s
+        while True:
+            try:
+                found = call()
+            except RunLost:  # given up already (the call waits itself)
+                raise
+            except ConnectionLost as exc:
+                watcher = self.watcher
+                if reconnect_s <= 0 or watcher.auth_refused or watcher.mismatch or watcher.no_detail:
+                    raise
+                if not why and on_wait:
+                    on_wait(f"{exc}; the controller may be restarting: waiting up to {_minutes(reconnect_s)} "
+                            "for it")
+                why = why or str(exc)
+            else:
+                if why and on_wait:
+                    on_wait("")
+                return found
+            # until an answer (to the request queued before) comes, or it connects: then ask again
+            watcher, poll = self.watcher, self.sock.poll
+            while (left := deadline - time.monotonic()) > 0 and not poll(min(REFOLLOW_S, left) * 1000):
+                watcher.check()
+                if watcher.connected or watcher.monitor is None:
+                    break
+            if left <= 0:
+                raise RunLost(f"{why}, and it did not come back within {_minutes(reconnect_s)}", run_id)
+
     def download(self, summary: Summary, dest: Project | Path, *, reconnect_s: float = 0.0,
                  on_wait: Callable[[str], None] | None = None) -> Summary:
         """Bring a remote run's outputs (a finished run's, or what a cancelled one collated) into the
@@ -288,6 +321,8 @@ class Client:
                 log.warning("downloading the outputs of %s: %s; asking the controller again", summary.id, exc)
             summary = self._ended_again(summary, deadline, on_wait)
         summary.downloaded = [entry.path for entry in manifest.entries]
+        if summary.state == "cancelled" and not isinstance(dest, Project):  # submit() notes it after its own
+            summary.notes += cancelled_note(folder, summary.downloaded)
         remote = summary.output_dir.rstrip("/") + "/"
         local = str(folder) + "/"
         summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
@@ -464,6 +499,8 @@ def submit(url: str, project: Project, *, priority: int = 0,
             summary = client.download(summary, project, reconnect_s=reconnect_s, on_wait=on_wait)
         # an earlier run's final outputs must not pass for these
         replace_earlier(project, summary.outputs, summary.downloaded or [])
+        if summary.download and summary.state == "cancelled":  # which files there are not its own
+            summary.notes += cancelled_note(project.output_dir, summary.downloaded or [])
         return summary
 
 

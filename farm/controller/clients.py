@@ -20,6 +20,7 @@ from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
+from farm.journalschema import JournalError
 from farm.notify import finished_details
 from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
@@ -78,7 +79,7 @@ class ClientSide:
         submitter waited out a restart), also one that finished before this controller started."""
         run = self.runs.get(run_id)
         if run is None:
-            record = self.finished_before().find(run_id)
+            record = self._ended_record(run_id)
             if record is None or record.project_id != run_id:
                 self._send(identity, T.ERROR, {"message": f"no project {run_id[:200]!r} on this controller "
                                                           "(farm status lists its projects)",
@@ -250,12 +251,26 @@ class ClientSide:
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:
         """Cancel of a run that finished before this start: its journaled summary, outputs served again."""
-        record = self.finished_before().find(ref)
+        record = self._ended_record(ref)
         if record is None:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
                                                       "(farm status lists its projects)", "code": "not_found"})
             return
         self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record), "already": True})
+
+    def _ended_record(self, ref: str) -> ProjectRecord | None:
+        """A finished run no longer in memory, from the journal: one that finished before this start
+        (by id or name), or one pruned from memory since (`_prune`; by id)."""
+        record = self.finished_before().find(ref)
+        if record is not None or ref in self.runs:
+            return record
+        try:
+            found = self.journal.project_record(ref)
+        except JournalError as exc:
+            log.warning("cannot look up project %r in the journal: %s", ref[:200], exc)
+            return None
+        ended = found is not None and found.status in ENDED and isinstance(found.summary, dict)
+        return found if ended else None
 
     def _journaled_summary(self, record: ProjectRecord) -> dict[str, Any]:
         """A run's summary from the journal; a remote submitter's outputs served for download again
