@@ -62,10 +62,10 @@ def _answered_while_held(controller, gate: Gate, run_id: str, state: str,
 
 
 def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
+    for proc in procs:  # a submit that ended by itself (cancelled) still has its pipes to close
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.communicate()
 
 
 def test_a_cancelled_remote_run_is_published_off_the_loop(controller, agents, synthetic, tmp_path,
