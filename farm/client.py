@@ -66,6 +66,8 @@ class Summary:
     error: str | None = None
     id: str = ""
     download: str | None = None  # the controller serves the outputs as this tree (remote submits)
+    download_parts: list[str] = field(default_factory=list)  # all its trees, when the outputs are in parts
+    download_error: str | None = None  # why the controller does not serve the outputs
     already: bool = False  # a cancel found the run finished already: nothing was cancelled
     notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
     downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
@@ -81,7 +83,14 @@ class Summary:
                    total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
                    elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
                    failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
-                   download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()])
+                   download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()],
+                   download_parts=_parts(data.get("download_parts")),
+                   download_error=str(data["download_error"]) if data.get("download_error") else None)
+
+    def parts(self) -> list[str]:
+        """The trees the outputs are served as, fetched in turn (one unless there are too many files
+        for one manifest: each part is checked within the file service's limits)."""
+        return self.download_parts or ([self.download] if self.download else [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +104,17 @@ class Summary:
             "error": self.error,
             "notes": self.notes,
         }
+
+
+MAX_PARTS = 10_000  # trees one run's outputs may be served as (each within the file service's limits)
+
+
+def _parts(value: Any) -> list[str]:
+    if not value:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_PARTS or not all(isinstance(t, str) for t in value):
+        raise ProtocolError(f"a summary's download_parts must be a list of at most {MAX_PARTS} tree names")
+    return value
 
 
 class Client:
@@ -300,13 +320,17 @@ class Client:
             return summary
         folder = dest.output_dir if isinstance(dest, Project) else Path(dest).absolute()
         store = Store()  # one cache for every try: what one fetched, the next has
+        fetched: list[str] = []  # the files of the parts brought whole (another try goes on from the next)
+        parts_done = 0
         deadline = 0.0  # of the wait for the controller: from the first failure since the fetch progressed
         refused = 0
         while True:
             files = None
             try:
                 with self.files(store) as files:
-                    manifest = files.sync(summary.download, folder, copy=True)
+                    for tree in summary.parts()[parts_done:]:
+                        fetched += [entry.path for entry in files.sync(tree, folder, copy=True).entries]
+                        parts_done += 1
                 break
             except (ConnectionLost, TransferError) as exc:
                 if reconnect_s <= 0 or not summary.id:
@@ -320,7 +344,7 @@ class Client:
                                        summary.id) from None
                 log.warning("downloading the outputs of %s: %s; asking the controller again", summary.id, exc)
             summary = self._ended_again(summary, deadline, on_wait)
-        summary.downloaded = [entry.path for entry in manifest.entries]
+        summary.downloaded = fetched
         if summary.state == "cancelled" and not isinstance(dest, Project):  # submit() notes it after its own
             summary.notes += cancelled_note(folder, summary.downloaded)
         remote = summary.output_dir.rstrip("/") + "/"
@@ -493,7 +517,9 @@ def submit(url: str, project: Project, *, priority: int = 0,
         summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
         if not upload:
             return summary
-        if not summary.download:  # its output folder is on the controller's disk, and holds nothing
+        if summary.download_error:  # outputs it cannot serve: never a silent empty download
+            summary.error = "; ".join(filter(None, [summary.error, summary.download_error]))
+        elif not summary.download:  # its output folder is on the controller's disk, and holds nothing
             summary.output_dir = ""
         else:
             summary = client.download(summary, project, reconnect_s=reconnect_s, on_wait=on_wait)

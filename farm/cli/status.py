@@ -137,6 +137,7 @@ def cancel(
         if download is not None:
             if not summary.download:
                 where = f": they are in {summary.output_dir} on its disk" if summary.output_dir else ""
+                where += f" ({summary.download_error})" if summary.download_error else ""
                 raise FarmError(f"the controller offers no outputs of {summary.id or project} "
                                 f"for download{where}")
             summary = _lasting(client, summary.id, lambda: client.download(
@@ -179,8 +180,9 @@ def download(
         finally:
             bar.close()
         if not summary.download:
-            where = (f"the controller read the project in place: they are in {summary.output_dir} on its disk"
-                     if summary.output_dir and summary.outputs else "it collated none")
+            where = summary.download_error or (
+                f"the controller read the project in place: they are in {summary.output_dir} on its disk"
+                if summary.output_dir and summary.outputs else "it collated none")
             raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}"
                             + ("" if summary.ok else f" (the run {summary.state})"))
         summary = _lasting(client, run_id, lambda: client.download(summary, folder, reconnect_s=RECONNECT_S,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm.controller import history
+from farm.controller.finishing import served
 from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
@@ -85,7 +86,7 @@ class ClientSide:
                                                           "(farm status lists its projects)",
                                                "code": "not_found"})
             else:  # its outputs served again, for `farm download` or a submitter that waited out a restart
-                self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record)})
+                self._answer_journaled(identity, record, {})
             return
         if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
             self.followers.setdefault(run.id, set()).add(identity)
@@ -256,7 +257,7 @@ class ClientSide:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
                                                       "(farm status lists its projects)", "code": "not_found"})
             return
-        self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record), "already": True})
+        self._answer_journaled(identity, record, {"already": True})
 
     def _ended_record(self, ref: str) -> ProjectRecord | None:
         """A finished run no longer in memory, from the journal: one that finished before this start
@@ -272,18 +273,22 @@ class ClientSide:
         ended = found is not None and found.status in ENDED and isinstance(found.summary, dict)
         return found if ended else None
 
-    def _journaled_summary(self, record: ProjectRecord) -> dict[str, Any]:
-        """A run's summary from the journal; a remote submitter's outputs served for download again
-        while its output folder is there (its ``download`` None when they cannot be)."""
+    def _answer_journaled(self, identity: bytes, record: ProjectRecord, extra: dict[str, Any]) -> None:
+        """FINISHED with a run's summary from the journal; a remote submitter's outputs served for
+        download again first while its output folder is there, off the loop (`OutputPublisher`:
+        hashing a zoom-10 map's tiles held the loop for seconds), its ``download`` None if they cannot be."""
         summary = dict(record.summary)
         tree, folder = summary.get("download"), summary.get("output_dir")
-        if tree and folder and self.assets.kinds.get(tree) != "outputs":  # not served yet since this start
-            try:
-                summary["download"] = self.assets.publish_outputs(tree, Path(folder))
-            except (SyncError, OSError) as exc:
-                log.warning("%s: cannot serve its outputs for download: %s", record.project_id, exc)
-                summary["download"] = None
-        return summary
+        if not tree or not folder or self.assets.kinds.get(tree) == "outputs":  # served since this start
+            if tree in self.assets.output_parts:
+                summary.update(served(self.assets.output_parts[tree], None))
+            self._send(identity, T.FINISHED, {"summary": summary, **extra})
+            return
+
+        def answer(trees: list[str] | None, error: str | None) -> None:
+            self._send(identity, T.FINISHED, {"summary": {**summary, **served(trees, error)}, **extra})
+
+        self._output_publisher().publish(record.project_id, tree, Path(folder), answer)  # finishing.py
 
     def _cancel_upload(self, identity: bytes, token: str) -> None:
         """Cancel a project that is still being uploaded: its submitter hears so, nothing ran."""

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from farm.errors import FarmError
 from farm.filesync import SyncError
@@ -27,39 +27,61 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+Then = Callable[[list[str] | None, str | None], None]
+
+
 class OutputPublisher:
     """Output folders published (listed, hashed, served) one at a time in a thread of their own;
-    `finished` hands each one's callback and tree (None: nothing to serve) back to the loop."""
+    `finished` hands each one's callbacks its trees (None: nothing to serve) and the error that
+    kept them from being served, back on the loop. A folder asked for again while its publish is
+    pending is published once (a follower of a journaled run asks again every few seconds)."""
 
     def __init__(self, assets: AssetService) -> None:
         self.assets = assets
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-publish")
-        self._pending: list[tuple[concurrent.futures.Future[str | None], Callable[[str | None], None]]] = []
+        self._pending: list[tuple[str, concurrent.futures.Future[tuple[list[str] | None, str | None]],
+                                  list[Then]]] = []
 
-    def publish(self, run_id: str, tree: str, folder: Path, then: Callable[[str | None], None]) -> None:
-        self._pending.append((self._pool.submit(self._publish, run_id, tree, folder), then))
+    def publish(self, run_id: str, tree: str, folder: Path, then: Then) -> None:
+        same = next((thens for name, future, thens in self._pending if name == tree and not future.done()),
+                    None)
+        if same is not None:
+            same.append(then)
+        else:
+            self._pending.append((tree, self._pool.submit(self._publish, run_id, tree, folder), [then]))
 
-    def _publish(self, run_id: str, tree: str, folder: Path) -> str | None:
+    def _publish(self, run_id: str, tree: str, folder: Path) -> tuple[list[str] | None, str | None]:
         try:
-            return self.assets.publish_outputs(tree, folder)
+            return self.assets.publish_outputs(tree, folder), None
         except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
             log.warning("%s: cannot serve its outputs for download: %s", run_id, exc)
-            return None
+            return None, f"the controller cannot serve its outputs for download: {exc}"
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def finished(self) -> list[tuple[Callable[[str | None], None], str | None]]:
+    def finished(self) -> list[tuple[Then, list[str] | None, str | None]]:
         """The publishes that returned, in the order they were asked for (on the loop)."""
         done = []
-        while self._pending and self._pending[0][0].done():
-            future, then = self._pending.pop(0)
-            done.append((then, future.result()))
+        while self._pending and self._pending[0][1].done():
+            _, future, thens = self._pending.pop(0)
+            done.extend((then, *future.result()) for then in thens)
         return done
 
     def close(self) -> None:
         """Publish nothing more; wait for the one under way (the file service closes after it)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def served(trees: list[str] | None, error: str | None) -> dict[str, Any]:
+    """A summary's fields for its outputs served as ``trees`` (``download_parts`` when several), or
+    not served for ``error``: `farm.client.Client.download` fetches every part, or says why not."""
+    fields: dict[str, Any] = {"download": trees[0] if trees else None}
+    if trees and len(trees) > 1:
+        fields["download_parts"] = trees
+    if error:
+        fields["download_error"] = error
+    return fields
 
 
 class FinishSide:
@@ -75,8 +97,8 @@ class FinishSide:
             if self._publisher is not None:
                 self._publisher.close()
         elif self._publisher is not None:
-            for then, tree in self._publisher.finished():
-                then(tree)
+            for then, trees, error in self._publisher.finished():
+                then(trees, error)
         for run in () if stopping else self.runs.values():
             if run.active and run.all_in():
                 run.start_finalizing()
@@ -113,17 +135,21 @@ class FinishSide:
         tree = f"{run.id}.output"
         self.publishing.setdefault(run.id, [])
         # journaled now with the tree it will be served as: a controller that stops meanwhile
-        # serves it again from the output folder after its restart (`_journaled_summary`)
+        # serves it again from the output folder after its restart (`ClientSide._answer_journaled`)
         self.journal.finish_project(run.id, run.state, {**run.summary(), "download": tree})
+        self._output_publisher().publish(run.id, tree, run.project.output_dir,
+                                         lambda trees, error: self._published(run, trees, error))
+
+    def _output_publisher(self) -> OutputPublisher:
         if self._publisher is None:
             self._publisher = OutputPublisher(self.assets)
-        self._publisher.publish(run.id, tree, run.project.output_dir,
-                                lambda served: self._published(run, served))
+        return self._publisher
 
-    def _published(self, run: ProjectRun, tree: str | None) -> None:
-        run.download = tree
+    def _published(self, run: ProjectRun, trees: list[str] | None, error: str | None) -> None:
+        run.served = served(trees, error)
+        run.download = run.served["download"]
         summary = run.summary()
-        if tree is None:  # nothing to serve after all
+        if trees is None:  # nothing to serve after all
             self.journal.finish_project(run.id, run.state, summary)
         for identity, already in self.publishing.pop(run.id, ()):
             self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
