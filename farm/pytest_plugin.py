@@ -85,7 +85,7 @@ def farm_embedded(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """A factory: ``farm_embedded(agents=2)`` starts an `farm.embedded.EmbeddedFarm` (a
     controller in this process, ``agents`` local agent processes; its state in ``tmp_path``)
     and returns it; ``.submit(project)`` renders a loaded `farm.project.Project` and returns
-    its `farm.client.Summary`. Every farm started is stopped, and its agents ended, at teardown."""
+    its `farm.summary.Summary`. Every farm started is stopped, and its agents ended, at teardown."""
     from farm.embedded import EmbeddedFarm  # imported late: only tests that use it pay for it
 
     started: list[EmbeddedFarm] = []
