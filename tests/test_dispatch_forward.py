@@ -10,15 +10,16 @@ from __future__ import annotations
 import collections
 import gc
 import sqlite3
+import threading
 
 import pytest
 import zmq
 from conftest import wait_for
 
+from farm import gcpolicy
 from farm.agent.agent import Agent
 from farm.agent.outbox import Forwarded
 from farm.client import submit
-from farm.controller import gcpolicy
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.joblogstore import JobLogStore
 from farm.controller.server import JOURNAL_FILE, Controller
@@ -163,6 +164,19 @@ def test_the_collectors_thresholds_are_raised_only_while_a_loop_runs(tmp_path):
         first.stop()
         second.stop()
     assert gc.get_threshold() == before
+
+
+def test_an_agents_loop_raises_the_thresholds_while_it_runs(tmp_path):
+    before = gc.get_threshold()
+    agent = Agent("tcp://127.0.0.1:9", slots=1, scratch=tmp_path / "scratch")  # nobody there: it retries
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: gc.get_threshold()[0] == max(before[0], gcpolicy.YOUNG), 60, "the agent's loop")
+    finally:
+        agent.stop()
+        thread.join(60)
+    assert not thread.is_alive() and gc.get_threshold() == before
 
 
 def test_a_run_settles_every_job_once_with_its_rows_events_and_logs(tmp_path, agents, synthetic):

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from farm import __version__
+from farm import __version__, gcpolicy
 from farm.agent.capabilities import detect
 from farm.agent.outbox import Forwarded, Outgoing, checked, flush
 from farm.agent.pool import EarlyWorkers, Pool
@@ -126,10 +126,12 @@ class Agent:
         self.pool.start()
         self._connect()
         log.info("agent %s: %d slots, capabilities %s", self.id, self.nslots, ", ".join(self.caps) or "none")
+        gcpolicy.loop_started()  # jobs in flight here too: young collections far apart (farm.gcpolicy)
         try:
             self._loop()
         finally:
             self._close()
+            gcpolicy.loop_ended()
 
     def stop(self) -> None:
         self.stopping = True

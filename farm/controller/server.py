@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from farm import join
-from farm.controller import gcpolicy, listen, peers, roles
+from farm import gcpolicy, join
+from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
