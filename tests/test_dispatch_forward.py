@@ -25,6 +25,7 @@ from farm.controller.joblogstore import JobLogStore
 from farm.controller.server import JOURNAL_FILE, Controller
 from farm.filesync import build_manifest
 from farm.filesync.localview import LocalView, local_hint
+from farm.journal import Journal
 from farm.project import load_project
 from farm.protocol import PROTOCOL_VERSION, JobResult, JobSpec, T, pack, unpack
 
@@ -150,6 +151,35 @@ def test_job_logs_are_pushed_in_order_with_the_other_writes(tmp_path):
         assert [key for key, _ in store.load("r")] == ["a", *(f"k{i}" for i in range(600))]
     finally:
         store.close()
+
+
+def test_a_batch_grown_while_the_writer_is_behind_goes_to_the_writer_not_into_the_loop(tmp_path):
+    """At four full batches waiting the loop waits for the writer's commit, then hands it the batch
+    (before, it wrote the batch itself); each job's row is committed once."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, background=True, max_batch=10, clock=lambda: 0.0)
+    journal.add_project("p", {"name": "p"}, 0, 1.0)
+    lock = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the writer's first commit waits for this
+
+    def release() -> None:
+        wait_for(lambda: journal._unflushed >= 40, 60, "four batches behind the writer")
+        lock.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        for i in range(50):  # 10 go to the writer, which waits; at 40 more the loop waits for it
+            journal.job_done("p", f"j{i:02d}", None)
+        assert journal.unflushed == 40 and journal._writing is not None  # in the writer's hands
+    finally:
+        releaser.join(60)
+        lock.close()
+    journal.flush()
+    journal.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, state FROM jobs WHERE project_id = 'p'").fetchall()
+    assert sorted(rows) == [(f"j{i:02d}", "done") for i in range(50)]
 
 
 def test_the_collectors_thresholds_are_raised_only_while_a_loop_runs(tmp_path):
