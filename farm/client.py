@@ -9,9 +9,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -20,80 +19,20 @@ from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, NoAnswer, Store, TransferError
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
-from farm.outputrecord import replace_earlier
+from farm.outputrecord import cancelled_note, replace_earlier
 from farm.paths import unwritable
 from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
+from farm.summary import DownloadLost, RunLost, Summary  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # The controller sends updates every 0.2 s while a project runs; silence this long means it is gone.
 SILENCE_LIMIT_S = float(os.environ.get("FARM_CLIENT_TIMEOUT", "15"))
 # How long a follower waits for a controller that went silent (restarting) to come back.
 RECONNECT_S = float(os.environ.get("FARM_CLIENT_RECONNECT", "600"))
 REFOLLOW_S = 2.0  # while it waits, it asks to follow the run again this often
-
-
-class RunLost(ConnectionLost):
-    """Following run `run_id` was given up: the controller did not come back in time, or forgot the run."""
-
-    def __init__(self, message: str, run_id: str) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-
-
-class DownloadLost(RunLost):
-    """Run `run_id` ended, but fetching its outputs was given up: its controller did not come back
-    in time, forgot the run, or no longer serves them."""
-
-
-@dataclass
-class Summary:
-    """The end of a run, as `farm submit --json` prints it."""
-
-    project: str
-    media_type: str
-    state: str
-    total: int
-    done: int
-    failed: int
-    reused: int
-    elapsed_s: float
-    outputs: list[str]
-    output_dir: str
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    id: str = ""
-    download: str | None = None  # the controller serves the outputs as this tree (remote submits)
-    already: bool = False  # a cancel found the run finished already: nothing was cancelled
-    notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
-    downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "done" and not self.failed and not self.error
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Summary:
-        jobs = data["jobs"]
-        return cls(project=data["project"], media_type=data["media_type"], state=data["state"],
-                   total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
-                   elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
-                   failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
-                   download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "project": self.project,
-            "media_type": self.media_type,
-            "state": self.state,
-            "jobs": {"total": self.total, "done": self.done, "failed": self.failed, "reused": self.reused},
-            "elapsed_s": self.elapsed_s,
-            "outputs": self.outputs,
-            "failures": self.failures,
-            "error": self.error,
-            "notes": self.notes,
-        }
 
 
 class Client:
@@ -252,6 +191,38 @@ class Client:
                 on_wait("")
             return msg
 
+    def patiently(self, call: Callable[[], R], run_id: str, *, reconnect_s: float,
+                  on_wait: Callable[[str], None] | None = None) -> R:
+        """`call()` (a request about run `run_id`), waiting up to `reconnect_s` for a controller not there
+        (yet) or silent as `follow` does, with its `on_wait` words; asked again each `REFOLLOW_S` once
+        connected. `RunLost` when it gives up; a refused handshake is not waited for."""
+        why, deadline = "", time.monotonic() + reconnect_s
+        while True:
+            try:
+                found = call()
+            except RunLost:  # given up already (the call waits itself)
+                raise
+            except ConnectionLost as exc:
+                watcher = self.watcher
+                if reconnect_s <= 0 or watcher.auth_refused or watcher.mismatch or watcher.no_detail:
+                    raise
+                if not why and on_wait:
+                    on_wait(f"{exc}; the controller may be restarting: waiting up to {_minutes(reconnect_s)} "
+                            "for it")
+                why = why or str(exc)
+            else:
+                if why and on_wait:
+                    on_wait("")
+                return found
+            # until an answer (to the request queued before) comes, or it connects: then ask again
+            watcher, poll = self.watcher, self.sock.poll
+            while (left := deadline - time.monotonic()) > 0 and not poll(min(REFOLLOW_S, left) * 1000):
+                watcher.check()
+                if watcher.connected or watcher.monitor is None:
+                    break
+            if left <= 0:
+                raise RunLost(f"{why}, and it did not come back within {_minutes(reconnect_s)}", run_id)
+
     def download(self, summary: Summary, dest: Project | Path, *, reconnect_s: float = 0.0,
                  on_wait: Callable[[str], None] | None = None) -> Summary:
         """Bring a remote run's outputs (a finished run's, or what a cancelled one collated) into the
@@ -267,13 +238,17 @@ class Client:
             return summary
         folder = dest.output_dir if isinstance(dest, Project) else Path(dest).absolute()
         store = Store()  # one cache for every try: what one fetched, the next has
+        fetched: list[str] = []  # the files of the parts brought whole (another try goes on from the next)
+        parts_done = 0
         deadline = 0.0  # of the wait for the controller: from the first failure since the fetch progressed
         refused = 0
         while True:
             files = None
             try:
                 with self.files(store) as files:
-                    manifest = files.sync(summary.download, folder, copy=True)
+                    for tree in summary.parts()[parts_done:]:
+                        fetched += [entry.path for entry in files.sync(tree, folder, copy=True).entries]
+                        parts_done += 1
                 break
             except (ConnectionLost, TransferError) as exc:
                 if reconnect_s <= 0 or not summary.id:
@@ -287,7 +262,9 @@ class Client:
                                        summary.id) from None
                 log.warning("downloading the outputs of %s: %s; asking the controller again", summary.id, exc)
             summary = self._ended_again(summary, deadline, on_wait)
-        summary.downloaded = [entry.path for entry in manifest.entries]
+        summary.downloaded = fetched
+        if summary.state == "cancelled" and not isinstance(dest, Project):  # submit() notes it after its own
+            summary.notes += cancelled_note(folder, summary.downloaded)
         remote = summary.output_dir.rstrip("/") + "/"
         local = str(folder) + "/"
         summary.outputs = [local + o[len(remote):] if o.startswith(remote) else o for o in summary.outputs]
@@ -458,12 +435,16 @@ def submit(url: str, project: Project, *, priority: int = 0,
         summary = client.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
         if not upload:
             return summary
-        if not summary.download:  # its output folder is on the controller's disk, and holds nothing
+        if summary.download_error:  # outputs it cannot serve: never a silent empty download
+            summary.error = "; ".join(filter(None, [summary.error, summary.download_error]))
+        elif not summary.download:  # its output folder is on the controller's disk, and holds nothing
             summary.output_dir = ""
         else:
             summary = client.download(summary, project, reconnect_s=reconnect_s, on_wait=on_wait)
         # an earlier run's final outputs must not pass for these
         replace_earlier(project, summary.outputs, summary.downloaded or [])
+        if summary.download and summary.state == "cancelled":  # which files there are not its own
+            summary.notes += cancelled_note(project.output_dir, summary.downloaded or [])
         return summary
 
 

@@ -217,9 +217,11 @@ class Journal(BatchedJobs):
         blob = pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
-    def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int) -> None:
-        """A job failed for good, after `attempts` tries."""
-        self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts))
+    def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int,
+                   duration: float | None = None) -> None:
+        """A job failed for good, after `attempts` tries; `duration`: its last attempt's, seconds."""
+        self._job(project_id, key, "failed", None, None, None, None, error, log, int(attempts),
+                  duration=None if duration is None else float(duration))
 
     # -- writes and reads (after the writer thread's commit) ---------------------------
 
@@ -280,11 +282,12 @@ class Journal(BatchedJobs):
     def failed_jobs(self, project_id: str) -> list[FailedJob]:
         """The project's permanently failed jobs, by key."""
         rows = self._read_jobs(
-            "SELECT key, error, log, attempts FROM jobs WHERE project_id = ? AND state = 'failed' "
-            "ORDER BY key",
+            "SELECT key, error, log, attempts, duration, agent FROM jobs "
+            "WHERE project_id = ? AND state = 'failed' ORDER BY key",
             (project_id,),
         )
-        return [FailedJob(key, error or "", log or "", attempts or 0) for key, error, log, attempts in rows]
+        return [FailedJob(key, error or "", log or "", attempts or 0, duration, agent)
+                for key, error, log, attempts, duration, agent in rows]
 
     def counts(self, project_id: str) -> dict[str, int]:
         """{"done": n, "failed": n, "reused": n} for the project (done includes reused)."""

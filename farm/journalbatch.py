@@ -45,7 +45,7 @@ class BatchedJobs:
 
     def _job(self, project_id: str, key: str, state: str, lease: str | None, agent: str | None,
              result: bytes | None, cache_key: str | None, error: str | None, log: str | None,
-             attempts: int | None, reused: bool = False) -> None:
+             attempts: int | None, reused: bool = False, duration: float | None = None) -> None:
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         if self._unflushed == 0:
@@ -58,7 +58,7 @@ class BatchedJobs:
             attempts = prev[ROW_ATTEMPTS]
         pending[project_id, key] = (
             project_id, key, state, lease, agent, result, cache_key, error, log, attempts, time.time(),
-            int(reused),
+            int(reused), duration,
         )
         if state == "running" and self._writer is not None:
             self._young.append((project_id, key))

@@ -45,6 +45,7 @@ CREATE TABLE jobs (
     attempts   INTEGER,
     updated_at REAL NOT NULL,
     reused     INTEGER NOT NULL DEFAULT 0,  -- done from the job cache, not rendered
+    duration   REAL,                -- failed jobs: their last attempt's run time, seconds
     PRIMARY KEY (project_id, key)
 ) WITHOUT ROWID;
 -- No index on state: it would cost ~40 % of write speed, and done_keys reads one project's range.
@@ -59,18 +60,18 @@ _CONTROLS = """CREATE TABLE IF NOT EXISTS controls (
 # states that do not carry them, so a done row still says who rendered it.
 UPSERT = """
 INSERT INTO jobs (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
-    reused)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    reused, duration)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
     lease = coalesce(excluded.lease, lease), agent = coalesce(excluded.agent, agent),
     result = excluded.result, cache_key = excluded.cache_key, error = excluded.error,
     log = excluded.log, attempts = coalesce(excluded.attempts, attempts), updated_at = excluded.updated_at,
-    reused = excluded.reused
+    reused = excluded.reused, duration = excluded.duration
 """
 ROW_STATE, ROW_LEASE, ROW_AGENT, ROW_RESULT, ROW_ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
 Row = tuple[
     str, str, str, str | None, str | None, bytes | None, str | None, str | None, str | None, int | None,
-    float, int,
+    float, int, float | None,
 ]
 #: a run's job keys by outcome (`Journal.keys`); done includes reused
 OUTCOMES = {
@@ -105,6 +106,8 @@ class FailedJob:
     error: str
     log: str
     attempts: int
+    duration: float | None = None  # its last attempt's, seconds (None: none ran, or an older journal)
+    agent: str | None = None  # where it last ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +155,11 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(_CONTROLS)
     # added beside schema 1 (an older farm still opens the file): a journal from before it knew no reuse
-    if "reused" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "reused" not in columns:
         db.execute("ALTER TABLE jobs ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
+    if "duration" not in columns:  # likewise: a journal from before it kept failed jobs' times
+        db.execute("ALTER TABLE jobs ADD COLUMN duration REAL")
 
 
 def _create(db: sqlite3.Connection, path: Path) -> None:

@@ -13,7 +13,8 @@ and `farm_audio` keep a record of their own in the same way (`replace_recorded`)
 successful run removes the recorded outputs it did not write again (another codec's video, a
 dropped format: `replace_outputs`) and a failed run removes them all (`remove_recorded`),
 never a file the record does not name or that changed since; `farm_maptiles` removes tiles
-outside the run's zooms and bounds.
+outside the run's zooms and bounds. A cancelled remote run's download removes no per-job
+output: its summary names the files in the folder it did not bring (`cancelled_note`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from farm.errors import FarmError
 from farm.linkcheck import refuse_links
 from farm.paths import UnsafePath, safe_relpath
 from farm.project import STATE_DIR, Project
+from farm.words import counted
 
 if TYPE_CHECKING:
     from farm.mediatype import CollateContext
@@ -136,6 +138,27 @@ def removal_note(removed: list[str], kept: list[str], lead: str = ",") -> str:
                  f"{'them' if len(kept) > 1 else 'it'}, or {'they' if len(kept) > 1 else 'it'} "
                  "changed since")
     return note
+
+
+def cancelled_note(folder: Path, downloaded: Iterable[str]) -> list[str]:
+    """A cancelled remote run's download brings the per-job outputs it made, beside what is in
+    ``folder`` already: the files there it did not bring (``downloaded``: relative to ``folder``)
+    are an earlier run's or the user's, and would pass for this run's. The note that names them
+    (hidden ones left out, as the download leaves them out), or none when there are none. Nothing is
+    removed: a cancel keeps what is there, and says which is which."""
+    brought = set(downloaded)
+    older = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if not name.startswith(".") and rel not in brought:
+                older.append(rel)
+    if not older:
+        return []
+    return [f"the run was cancelled: its download brought {counted(len(brought), 'file')}; "
+            f"{name_some(older)} in {folder} {'are' if len(older) > 1 else 'is'} not this run's (an "
+            f"earlier run's, or yours), {len(older)} in all"]
 
 
 def name_some(names: list[str]) -> str:

@@ -109,6 +109,6 @@ def test_hidden_scratch_in_an_output_folder_is_not_offered_for_download(controll
     for rel in ("song.flac", "sheets/contact.png", ".song.join.s16", "sheets/.partial.png", ".cache/block"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(b"x" * 10)
-    tree = controller.assets.publish_outputs("run-1.output", out)
+    [tree] = controller.assets.publish_outputs("run-1.output", out)
     manifest = controller.assets.server.published(tree)
     assert sorted(entry.path for entry in manifest.entries) == ["sheets/contact.png", "song.flac"]

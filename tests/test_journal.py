@@ -136,7 +136,7 @@ def test_a_later_state_replaces_an_earlier_one(journal: Journal, db_path: Path, 
     step()
     journal.job_failed("p", "k", "boom", "log", 1)
     step()
-    assert journal.failed_jobs("p") == [FailedJob("k", "boom", "log", 1)]
+    assert journal.failed_jobs("p") == [FailedJob("k", "boom", "log", 1, None, "agent-a")]  # where it ran
     journal.job_done("p", "k", 7, cache_key="c")
     step()
     assert journal.failed_jobs("p") == [] and journal.is_done("p", "k") and journal.result("p", "k") == 7

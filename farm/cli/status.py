@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -12,9 +13,11 @@ from farm.cli.errors import reported
 from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, summary_text
-from farm.client import Client
+from farm.client import RECONNECT_S, Client, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
+
+R = TypeVar("R")
 
 
 def connect(controller: str | None, keys_dir: Path | None, key: str, server_key: str, insecure: bool) -> Client:
@@ -118,9 +121,15 @@ def cancel(
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
     so far stay (a remote submitter's `farm submit` downloads them). A run that is finalizing (its jobs
-    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing)."""
+    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing).
+    With --download, a controller restart is waited out as `farm download` does."""
+    from farm.cli.submit import say_waiting
+
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
-        summary = client.cancel(project)
+        if download is None:
+            summary = client.cancel(project)
+        else:  # a fetch: it rides out a controller restart, as `farm download`'s
+            summary = _lasting(client, project, lambda: client.cancel(project))
         if summary.already and not as_json:
             typer.echo(f"project {summary.id} had finished already ({summary.state}): nothing to cancel",
                        err=True)
@@ -128,9 +137,11 @@ def cancel(
         if download is not None:
             if not summary.download:
                 where = f": they are in {summary.output_dir} on its disk" if summary.output_dir else ""
+                where += f" ({summary.download_error})" if summary.download_error else ""
                 raise FarmError(f"the controller offers no outputs of {summary.id or project} "
                                 f"for download{where}")
-            client.download(summary, download)
+            summary = _lasting(client, summary.id, lambda: client.download(
+                summary, download, reconnect_s=RECONNECT_S, on_wait=say_waiting))
     if as_json:
         typer.echo(json.dumps({"id": summary.id, **summary.to_json(), "already": summary.already,
                                "downloaded_to": str(download) if download is not None else None}))
@@ -158,25 +169,24 @@ def download(
     Exits as `farm submit` would for the run: 0 only if every job succeeded; 1 for a failed or
     cancelled run (its outputs collated so far are fetched all the same)."""
     from farm.cli.progress import ProgressBar
-    from farm.cli.submit import fetch_later, say_waiting
-    from farm.client import RECONNECT_S, DownloadLost
+    from farm.cli.submit import say_waiting
 
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
-        run_id = client.project(project)["id"]
+        run_id = _lasting(client, project, lambda: client.project(project)["id"])  # it may not be up yet
         bar = ProgressBar(enabled=False if as_json else None)
         try:
-            summary = client.attach(run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+            summary = _lasting(client, run_id, lambda: client.attach(
+                run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting))
         finally:
             bar.close()
         if not summary.download:
-            where = (f"the controller read the project in place: they are in {summary.output_dir} on its disk"
-                     if summary.output_dir and summary.outputs else "it collated none")
+            where = summary.download_error or (
+                f"the controller read the project in place: they are in {summary.output_dir} on its disk"
+                if summary.output_dir and summary.outputs else "it collated none")
             raise FarmError(f"the controller offers no outputs of {run_id} for download: {where}"
                             + ("" if summary.ok else f" (the run {summary.state})"))
-        try:
-            client.download(summary, folder, reconnect_s=RECONNECT_S, on_wait=say_waiting)
-        except DownloadLost as exc:
-            raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, client.url, ended=True)}") from None
+        summary = _lasting(client, run_id, lambda: client.download(summary, folder, reconnect_s=RECONNECT_S,
+                                                                   on_wait=say_waiting))
     if as_json:
         report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve())}
         typer.echo(json.dumps(report))
@@ -184,3 +194,15 @@ def download(
         typer.echo(summary_text(summary))
     if not summary.ok:  # as `farm submit`: `farm download RUN DIR && publish` publishes only a whole run
         raise typer.Exit(1)
+
+
+def _lasting(client: Client, run: str, call: Callable[[], R]) -> R:
+    """`call()`, a request of a command that fetches a run's outputs: a controller not there (yet), or
+    restarting, is waited for (`$FARM_CLIENT_RECONNECT`) and said so; giving up says how to fetch later."""
+    from farm.cli.submit import fetch_later, say_waiting
+
+    try:
+        return client.patiently(call, run, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+    except RunLost as exc:
+        ended = isinstance(exc, DownloadLost)
+        raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, client.url, ended=ended)}") from None

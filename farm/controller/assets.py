@@ -14,8 +14,9 @@ from typing import Any
 
 from farm.controller.fileroles import FileRoles, members
 from farm.endpoints import files_bind
-from farm.filesync import HashCache, Manifest, UploadResult, build_manifest
+from farm.filesync import DEFAULT_LIMITS, HashCache, Manifest, UploadResult, build_manifest
 from farm.filesync.localview import local_hint
+from farm.filesync.parts import build_parts
 from farm.filesync.scan import walk_files
 from farm.filesync.tracker import SwarmFileServer
 from farm.project import Project
@@ -23,12 +24,16 @@ from farm.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
+#: bounds on one part of a run's published outputs (read at each publish; tests lower them)
+OUTPUT_LIMITS = DEFAULT_LIMITS
+
 
 class AssetService:
     def __init__(self, job_bind: str, state_dir: Path, security: ServerSecurity | None = None,
                  files_port: int | None = None) -> None:
         # CURVE applies here too; ZAP runs per ZeroMQ context, so use the authenticator's
         self.kinds: dict[str, str] = {}  # published tree -> "assets" or "outputs", for key roles
+        self.output_parts: dict[str, list[str]] = {}  # an output folder's first tree -> its parts' trees
         self.server = SwarmFileServer(files_bind(job_bind, files_port),
                                       context=security.context if security else None,
                                       socket_setup=security.socket_setup if security else None,
@@ -55,16 +60,27 @@ class AssetService:
         return {"tree": tree, "manifest": manifest.id, "files": len(manifest.entries),
                 "bytes": manifest.total_size, "local": local_hint(project.root)}, manifest
 
-    def publish_outputs(self, tree: str, folder: Path) -> str | None:
+    def publish_outputs(self, tree: str, folder: Path) -> list[str] | None:
         """Serve a finished run's output folder, for a remote submitter to download: all but
         hidden files and folders (a name starting with ``.``), which are a media type's scratch
-        (an audio run's joins, GBs of PCM, stay there when the run is cancelled or failed)."""
+        (an audio run's joins, GBs of PCM, stay there when the run is cancelled or failed).
+
+        Returns the trees it is served as: ``tree``, then ``tree.2``, ``tree.3``... when it holds
+        more than one manifest may (`OUTPUT_LIMITS`; a zoom-10 map's 1.4 million tiles are 7)."""
         if not folder.is_dir():
             return None
         shown = [rel for rel in walk_files(folder) if not any(part.startswith(".") for part in rel.split("/"))]
-        self.server.publish(tree, folder, build_manifest(folder, shown, hash_cache=self.hashes))
-        self.kinds[tree] = "outputs"
-        return tree
+        parts = build_parts(folder, shown, hash_cache=self.hashes, limits=OUTPUT_LIMITS)
+        trees = [tree if i == 0 else f"{tree}.{i + 1}" for i in range(len(parts))]
+        for name, manifest in zip(trees, parts, strict=True):
+            self.server.publish(name, folder, manifest)
+            self.kinds[name] = "outputs"
+        for stale in self.output_parts.get(tree, [])[len(trees):]:  # published before with more parts
+            self.unpublish(stale)
+        self.output_parts[tree] = trees
+        if len(trees) > 1:
+            log.info("%s: %d files served as %d parts", tree, len(shown), len(trees))
+        return trees
 
     def unpublish(self, tree: str) -> None:
         self.server.unpublish(tree)

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm.controller import history
+from farm.controller.finishing import served
 from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
+from farm.journalschema import JournalError
 from farm.notify import finished_details
 from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
@@ -78,13 +80,13 @@ class ClientSide:
         submitter waited out a restart), also one that finished before this controller started."""
         run = self.runs.get(run_id)
         if run is None:
-            record = self.finished_before().find(run_id)
+            record = self._ended_record(run_id)
             if record is None or record.project_id != run_id:
                 self._send(identity, T.ERROR, {"message": f"no project {run_id[:200]!r} on this controller "
                                                           "(farm status lists its projects)",
                                                "code": "not_found"})
             else:  # its outputs served again, for `farm download` or a submitter that waited out a restart
-                self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record)})
+                self._answer_journaled(identity, record, {})
             return
         if run.id in self.publishing:  # cancelled: FINISHED once its outputs are served
             self.followers.setdefault(run.id, set()).add(identity)
@@ -209,8 +211,8 @@ class ClientSide:
         done and the media type's finalize, in a thread, cannot be stopped halfway without leaving
         partial outputs; it ends as done or failed, and its followers hear FINISHED then. A remote
         submitter's run serves what was collated for download, as a finished run does, once a
-        collate still running in the collate thread has returned (`_publish_cancelled`; the
-        answers wait for it, the loop does not).
+        collate still running in the collate thread has returned, off the loop (`_publish_outputs`;
+        the answers wait for it, the loop does not).
         """
         named = [r for r in self.runs.values() if r.project.name == ref]
         run = self.runs.get(ref) or next((r for r in reversed(named) if r.active), None)
@@ -246,42 +248,47 @@ class ClientSide:
         # The submitter is elsewhere: let it download what was collated, once a collate still
         # running (in the collate thread) has finished writing into the output folder.
         self.publishing[run.id] = [(identity, False)]
-        self.collator.after_collate(run, lambda: self._publish_cancelled(run))
-
-    def _publish_cancelled(self, run: ProjectRun) -> None:
-        """A cancelled remote run's outputs no longer change: serve them, answer who cancelled it."""
-        try:
-            run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
-        except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
-            log.warning("%s: cannot serve its outputs for download: %s", run.id, exc)
-        summary = run.summary()
-        if run.download:
-            self.journal.finish_project(run.id, "cancelled", summary)  # `farm cancel` after a restart
-        for identity, already in self.publishing.pop(run.id, ()):
-            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
-        self._notify_finished(run)
+        self.collator.after_collate(run, lambda: self._publish_outputs(run))  # farm.controller.finishing
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:
         """Cancel of a run that finished before this start: its journaled summary, outputs served again."""
-        record = self.finished_before().find(ref)
+        record = self._ended_record(ref)
         if record is None:
             self._send(identity, T.ERROR, {"message": f"no project {ref!r} on this controller "
                                                       "(farm status lists its projects)", "code": "not_found"})
             return
-        self._send(identity, T.FINISHED, {"summary": self._journaled_summary(record), "already": True})
+        self._answer_journaled(identity, record, {"already": True})
 
-    def _journaled_summary(self, record: ProjectRecord) -> dict[str, Any]:
-        """A run's summary from the journal; a remote submitter's outputs served for download again
-        while its output folder is there (its ``download`` None when they cannot be)."""
+    def _ended_record(self, ref: str) -> ProjectRecord | None:
+        """A finished run no longer in memory, from the journal: one that finished before this start
+        (by id or name), or one pruned from memory since (`_prune`; by id)."""
+        record = self.finished_before().find(ref)
+        if record is not None or ref in self.runs:
+            return record
+        try:
+            found = self.journal.project_record(ref)
+        except JournalError as exc:
+            log.warning("cannot look up project %r in the journal: %s", ref[:200], exc)
+            return None
+        ended = found is not None and found.status in ENDED and isinstance(found.summary, dict)
+        return found if ended else None
+
+    def _answer_journaled(self, identity: bytes, record: ProjectRecord, extra: dict[str, Any]) -> None:
+        """FINISHED with a run's summary from the journal; a remote submitter's outputs served for
+        download again first while its output folder is there, off the loop (`OutputPublisher`:
+        hashing a zoom-10 map's tiles held the loop for seconds), its ``download`` None if they cannot be."""
         summary = dict(record.summary)
         tree, folder = summary.get("download"), summary.get("output_dir")
-        if tree and folder and self.assets.kinds.get(tree) != "outputs":  # not served yet since this start
-            try:
-                summary["download"] = self.assets.publish_outputs(tree, Path(folder))
-            except (SyncError, OSError) as exc:
-                log.warning("%s: cannot serve its outputs for download: %s", record.project_id, exc)
-                summary["download"] = None
-        return summary
+        if not tree or not folder or self.assets.kinds.get(tree) == "outputs":  # served since this start
+            if tree in self.assets.output_parts:
+                summary.update(served(self.assets.output_parts[tree], None))
+            self._send(identity, T.FINISHED, {"summary": summary, **extra})
+            return
+
+        def answer(trees: list[str] | None, error: str | None) -> None:
+            self._send(identity, T.FINISHED, {"summary": {**summary, **served(trees, error)}, **extra})
+
+        self._output_publisher().publish(record.project_id, tree, Path(folder), answer)  # finishing.py
 
     def _cancel_upload(self, identity: bytes, token: str) -> None:
         """Cancel a project that is still being uploaded: its submitter hears so, nothing ran."""
@@ -325,7 +332,7 @@ class ClientSide:
             self._send(identity, T.FINISHED, {"summary": summary})
 
     def _prune(self) -> None:
-        finished = [r for r in self.runs.values() if r.state in ENDED]
+        finished = [r for r in self.runs.values() if r.state in ENDED and r.id not in self.publishing]
         for run in finished[:-KEEP_FINISHED_RUNS]:
             del self.runs[run.id]
             self.followers.pop(run.id, None)

@@ -254,11 +254,12 @@ class ControlSide:
         return run
 
     def _find_run_or_record(self, ref: str) -> ProjectRun | ProjectRecord:
-        """A run in memory, else the journal's record of one that finished before this start."""
+        """A run in memory, else the journal's record of one that finished before this start or was
+        pruned from memory since."""
         try:
             return self._find_run(ref)
         except Refused:
-            record = self.finished_before().find(ref)
+            record = self._ended_record(ref)  # farm.controller.clients
             if record is None:
                 raise
             return record

@@ -104,8 +104,9 @@ def jobs_page(journal: Journal, record: ProjectRecord, state: str | None, offset
     """A page of a journaled run's jobs: failed ones first, then done ones, by key (as for live runs)."""
     listed: list[dict[str, Any]] = []
     if state in (None, "failed"):
-        listed = [{"key": f.key, "state": "failed", "attempts": f.attempts, "agent": None, "duration_s": None,
-                   "error": f.error} for f in journal.failed_jobs(record.project_id)]
+        listed = [{"key": f.key, "state": "failed", "attempts": f.attempts, "agent": f.agent,
+                   "duration_s": None if f.duration is None else round(f.duration, 3), "error": f.error}
+                  for f in journal.failed_jobs(record.project_id)]
     page = listed[offset:offset + limit]
     done_total = 0
     if state in (None, "done", "reused"):

@@ -120,6 +120,11 @@ class JobLogs:
         held = self._jobs.get(key)
         return dict(zip(FIELDS, held[-1], strict=True)) if held is not None and len(held) > 1 else None
 
+    def duration(self, key: str) -> float | None:
+        """The run time of the job's newest kept attempt (seconds), if any."""
+        last = self.last(key)
+        return None if last is None else last["duration_s"]
+
     def _forget(self, key: str, attempt: Attempt, *, queued: bool = True) -> None:
         """Let an attempt go; `queued`: it still waits in _order (its text goes when compacted)."""
         if self._store is not None:

@@ -23,6 +23,8 @@ class RunReport:
     #: the run's controller ends with the command that submitted it (the embedded farm's): nothing
     #: can ask it for a job's log afterwards (`farm logs`), so `logs_at` names what that command prints
     ends_with_submitter = False
+    #: how its outputs are served beyond ``download``: its parts, or why not (`finishing.served`)
+    served: dict[str, Any] = {}
 
     def logs_at(self, key: str) -> str:
         """Where a person reads job ``key``'s whole error and its log tail once it failed."""
@@ -95,6 +97,7 @@ class RunReport:
                          for f in self.failures.values()],
             "error": self.error,
             "download": self.download,
+            **{k: v for k, v in self.served.items() if k != "download"},
             "notes": self.collate_log.summary(),
         }
 

@@ -388,7 +388,7 @@ class ProjectRun(RunReport):
                     self.retried_before.get(key, 0) + self.attempts[key] + self.lost[key])
         self.failures[key] = Failure(key, error, log_text, tries, job, agent)
         self.units.job_failed(key)
-        self.journal.job_failed(self.id, key, error, log_text, tries)
+        self.journal.job_failed(self.id, key, error, log_text, tries, self.logs.duration(key))
         self.outcomes["failed"].add(key)
         log.warning("%s: job %s failed for good: %s", self.project.name, key,
                     first_line(error, self.logs_at(key)))

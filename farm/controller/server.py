@@ -30,6 +30,7 @@ from farm.controller.clients import CLIENT_MESSAGES, ClientSide
 from farm.controller.collator import Collator
 from farm.controller.control import ControlSide
 from farm.controller.events import EventBus, Stats, Subscribers
+from farm.controller.finishing import FinishSide
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
 from farm.controller.joblogstore import JobLogStore, open_beside
@@ -58,7 +59,7 @@ LEASE_CHECK_EVERY_S = 1.0
 JOURNAL_FILE = "journal.sqlite"
 
 
-class Controller(AgentSide, ClientSide, ControlSide):
+class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
     #: for a farm whose agents are all known (the embedded one): their exit codes, None while running;
     #: None for an open farm, where an agent may join at any time
     local_agents: Callable[[], list[int | None]] | None = None
@@ -358,25 +359,41 @@ class Controller(AgentSide, ClientSide, ControlSide):
         now = time.monotonic()
         self.backlog = True  # until the socket is found empty: messages wait unread
         for item in self._deferred.take():  # read last turn past their sender's budget: first in line now
-            self._take(*item, now)
+            self._read_fenced(item[0], self._take, *item, now)
         for _ in range(peers.PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not secured)
             except zmq.Again:
                 self.backlog = False
                 return
-            key = joining = None
-            if secured:
-                assert self.security is not None
-                key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
-                local = key is None and listen.in_process(frames[0])
-                frames = [f.bytes for f in frames]
-                joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
-                if joining is None and not local and not self.security.allows(key):
-                    self._bad(frames[0], "its key is not (or no longer) allowed")
-                    continue
-            identity, *rest = frames
-            self._take(identity, rest, key, joining, now)
+            self._read_fenced(frames[0], self._read, frames, secured, now)
+
+    def _read(self, frames: list[Any], secured: bool, now: float) -> None:
+        """One message off the socket: whose it is (with keys: the key it proved), then `_take`."""
+        key = joining = None
+        if secured:
+            assert self.security is not None
+            key = authenticated_id(frames[0])  # who the peer proved to be, not who it says it is
+            local = key is None and listen.in_process(frames[0])
+            frames = [f.bytes for f in frames]
+            joining = None if local else self.security.joining(key)  # proved a join token: JOIN only
+            if joining is None and not local and not self.security.allows(key):
+                self._bad(frames[0], "its key is not (or no longer) allowed")
+                return
+        identity, *rest = frames
+        self._take(identity, rest, key, joining, now)
+
+    def _read_fenced(self, identity: Any, read: Any, *args: Any) -> None:
+        """Read one message: what escapes (a bug in reading or in a fence) drops that message, the
+        loop goes on (an escape once ended the controller, and left the rest of the turn unread)."""
+        try:
+            read(*args)
+        except Exception:
+            self.health["handler_errors"] += 1
+            raw = identity if isinstance(identity, bytes) else getattr(identity, "bytes", b"?")
+            agent = self.registry.get(raw)
+            log.exception("reading a message from %s failed; dropped it",
+                          f"agent {agent.id}" if agent is not None else repr(raw[:32]))
 
     def _take(self, identity: bytes, rest: list[bytes], key: str | None, joining: str | None,
               now: float) -> None:
@@ -456,33 +473,3 @@ class Controller(AgentSide, ClientSide, ControlSide):
         self.scheduler.abort_stuck(now, local)
         for lease in self.scheduler.expired(now):
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
-
-    def _check_finalizing(self, *, stopping: bool = False) -> None:
-        """Start the finalizes due and journal those that ended; ``stopping``: start none, wait for the rest."""
-        if stopping:
-            concurrent.futures.wait(list(self.finalizing.values()))
-        for run in () if stopping else self.runs.values():
-            if run.active and run.all_in():
-                run.start_finalizing()
-                self.finalizing[run.id] = self._executor.submit(run.finalize)
-        for run_id, future in list(self.finalizing.items()):
-            if future.done():
-                del self.finalizing[run_id]
-                run = self.runs[run_id]
-                try:
-                    run.finished(future.result(), None)
-                except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
-                    log.error("%s: finalize failed: %s", run_id, exc)
-                    run.finished([], f"finalize failed: {exc}")
-                except Exception as exc:  # a bug in the plugin: keep the traceback for its author
-                    log.exception("%s: finalize failed", run_id)
-                    run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
-                log.info("project %s %s in %.1fs", run_id, run.state, run.elapsed())
-                if run.uploaded:  # the submitter is elsewhere: let it download the outputs
-                    run.download = self.assets.publish_outputs(f"{run.id}.output", run.project.output_dir)
-                self.assets.unpublish(run.id)
-                self.journal.finish_project(run.id, run.state, run.summary())
-                if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
-                    run.ctx.state.clear()
-                self._notify_finished(run)
-                self._prune()

@@ -1,0 +1,157 @@
+"""Runs ending on the controller: finalizes journaled when their thread returns, and a remote
+submitter's outputs published for download off the loop.
+
+A mixin of `farm.controller.server.Controller` (the loop thread alone runs it). Publishing an
+output folder lists and hashes every file in it: a zoom-10 map's 127,000 tiles took the loop
+15-25 s with the disk busy, so heartbeats went unanswered and `farm cancel` timed out. So the
+folder is published in a thread of its own (`OutputPublisher`); meanwhile the run is in
+``publishing``, and its followers and cancellers hear FINISHED once its outputs are served.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from farm.errors import FarmError
+from farm.filesync import SyncError
+from farm.protocol import T
+
+if TYPE_CHECKING:
+    from farm.controller.assets import AssetService
+    from farm.controller.run import ProjectRun
+
+log = logging.getLogger(__name__)
+
+
+Then = Callable[[list[str] | None, str | None], None]
+
+
+class OutputPublisher:
+    """Output folders published (listed, hashed, served) one at a time in a thread of their own;
+    `finished` hands each one's callbacks its trees (None: nothing to serve) and the error that
+    kept them from being served, back on the loop. A folder asked for again while its publish is
+    pending is published once (a follower of a journaled run asks again every few seconds)."""
+
+    def __init__(self, assets: AssetService) -> None:
+        self.assets = assets
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-publish")
+        self._pending: list[tuple[str, concurrent.futures.Future[tuple[list[str] | None, str | None]],
+                                  list[Then]]] = []
+
+    def publish(self, run_id: str, tree: str, folder: Path, then: Then) -> None:
+        same = next((thens for name, future, thens in self._pending if name == tree and not future.done()),
+                    None)
+        if same is not None:
+            same.append(then)
+        else:
+            self._pending.append((tree, self._pool.submit(self._publish, run_id, tree, folder), [then]))
+
+    def _publish(self, run_id: str, tree: str, folder: Path) -> tuple[list[str] | None, str | None]:
+        try:
+            return self.assets.publish_outputs(tree, folder), None
+        except (SyncError, OSError) as exc:  # e.g. a link an output folder must not hold: nothing to fetch
+            log.warning("%s: cannot serve its outputs for download: %s", run_id, exc)
+            return None, f"the controller cannot serve its outputs for download: {exc}"
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def finished(self) -> list[tuple[Then, list[str] | None, str | None]]:
+        """The publishes that returned, in the order they were asked for (on the loop)."""
+        done = []
+        while self._pending and self._pending[0][1].done():
+            _, future, thens = self._pending.pop(0)
+            done.extend((then, *future.result()) for then in thens)
+        return done
+
+    def close(self) -> None:
+        """Publish nothing more; wait for the one under way (the file service closes after it)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def served(trees: list[str] | None, error: str | None) -> dict[str, Any]:
+    """A summary's fields for its outputs served as ``trees`` (``download_parts`` when several), or
+    not served for ``error``: `farm.client.Client.download` fetches every part, or says why not."""
+    fields: dict[str, Any] = {"download": trees[0] if trees else None}
+    if trees and len(trees) > 1:
+        fields["download_parts"] = trees
+    if error:
+        fields["download_error"] = error
+    return fields
+
+
+class FinishSide:
+    """Finalizes and output publishing; needs the controller's runs, journal, assets and senders."""
+
+    _publisher: OutputPublisher | None = None
+
+    def _check_finalizing(self, *, stopping: bool = False) -> None:
+        """Start the finalizes due, journal those that ended, answer for the outputs published;
+        ``stopping``: start none, wait for the finalizes under way."""
+        if stopping:
+            concurrent.futures.wait(list(self.finalizing.values()))
+            if self._publisher is not None:
+                self._publisher.close()
+        elif self._publisher is not None:
+            for then, trees, error in self._publisher.finished():
+                then(trees, error)
+        for run in () if stopping else self.runs.values():
+            if run.active and run.all_in():
+                run.start_finalizing()
+                self.finalizing[run.id] = self._executor.submit(run.finalize)
+        for run_id, future in list(self.finalizing.items()):
+            if future.done():
+                del self.finalizing[run_id]
+                self._finalized(self.runs[run_id], future)
+
+    def _finalized(self, run: ProjectRun, future: concurrent.futures.Future[list[str]]) -> None:
+        try:
+            run.finished(future.result(), None)
+        except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
+            log.error("%s: finalize failed: %s", run.id, exc)
+            run.finished([], f"finalize failed: {exc}")
+        except Exception as exc:  # a bug in the plugin: keep the traceback for its author
+            log.exception("%s: finalize failed", run.id)
+            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+        log.info("project %s %s in %.1fs", run.id, run.state, run.elapsed())
+        self.assets.unpublish(run.id)
+        if run.uploaded:  # the submitter is elsewhere: let it download the outputs
+            self._publish_outputs(run)
+        else:
+            self.journal.finish_project(run.id, run.state, run.summary())
+        if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
+            run.ctx.state.clear()
+        if not run.uploaded:
+            self._notify_finished(run)
+            self._prune()
+
+    def _publish_outputs(self, run: ProjectRun) -> None:
+        """Serve an ended remote run's output folder for download, off the loop; its followers and
+        cancellers (``publishing``) hear FINISHED once it is served (`_published`)."""
+        tree = f"{run.id}.output"
+        self.publishing.setdefault(run.id, [])
+        # journaled now with the tree it will be served as: a controller that stops meanwhile
+        # serves it again from the output folder after its restart (`ClientSide._answer_journaled`)
+        self.journal.finish_project(run.id, run.state, {**run.summary(), "download": tree})
+        self._output_publisher().publish(run.id, tree, run.project.output_dir,
+                                         lambda trees, error: self._published(run, trees, error))
+
+    def _output_publisher(self) -> OutputPublisher:
+        if self._publisher is None:
+            self._publisher = OutputPublisher(self.assets)
+        return self._publisher
+
+    def _published(self, run: ProjectRun, trees: list[str] | None, error: str | None) -> None:
+        run.served = served(trees, error)
+        run.download = run.served["download"]
+        summary = run.summary()
+        if trees is None:  # nothing to serve after all
+            self.journal.finish_project(run.id, run.state, summary)
+        for identity, already in self.publishing.pop(run.id, ()):
+            self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
+        self._notify_finished(run)
+        self._prune()
