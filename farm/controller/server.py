@@ -252,7 +252,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
         poller.register(self.collator.wake, zmq.POLLIN)
         quiet = zmq.Poller()  # the monitor alone, while a flood is being paced
         quiet.register(monitor, zmq.POLLIN)
-        gcpolicy.loop_started()  # young collections far apart while jobs fly (farm.controller.gcpolicy)
+        gcpolicy.loop_started()  # young collections far apart while jobs fly (farm.gcpolicy)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
