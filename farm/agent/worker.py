@@ -193,11 +193,13 @@ class Worker:
             result = media.render(job, ctx)
             files = self.out.files()
             self.out_dirty = bool(files)
-            _check_size(files, project.max_output)  # before reading them in
-            payloads = [p.read_bytes() for p in files]
-            # name, size and digest: the controller verifies every file before the job counts as done
-            names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
-                     for p, data in zip(files, payloads, strict=True)]
+            payloads, names = [], []
+            if files:  # none: the common no-output job skips the size check and reads
+                _check_size(files, project.max_output)  # before reading them in
+                payloads = [p.read_bytes() for p in files]
+                # name, size and digest: the controller verifies every file before the job counts as done
+                names = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
+                         for p, data in zip(files, payloads, strict=True)]
             # its log tail travels with success too: every job's log is readable (farm logs)
             reply = JobResult(lease, True, result, names, log="\n".join(self.tail.lines)[-16000:] or None)
         except BaseException as exc:  # any failure fails this job only

@@ -24,7 +24,7 @@ from farm.controller.versions import read_versions, skew
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_name
 from farm.join import shared_key
-from farm.protocol import JobResult, Message, T, pack
+from farm.protocol import JobResult, Message, T, job_wire, pack
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,21 @@ class AgentSide:
             lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
             return
         lease.run.succeeded(lease, result.result, outputs, agent=agent, staging=staging)
+
+    def _dispatch(self, now: float) -> None:
+        """Send the scheduler's decisions: each agent its new jobs (and the projects it has not seen)."""
+        for agent, leases in self.scheduler.dispatch(now):
+            projects = {}
+            jobs = []
+            known = agent.known_projects
+            for lease in leases:
+                run, job = lease.run, lease.job
+                if run.id not in known:
+                    projects[run.id] = {**run.project.to_wire(), "assets": run.assets}
+                    known.add(run.id)
+                jobs.append(job_wire(lease.id, job.key, run.id, job.params, run.deps_for(job), run.timeout))
+            if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
+                self._drop_agent(agent, "unreachable")
 
     def _collates_stopped(self, run: ProjectRun) -> None:
         """The controller cannot write a run's outputs (`farm.controller.collator.settle` failed it):

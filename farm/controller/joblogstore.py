@@ -9,7 +9,8 @@ holds what memory holds, within the same bounds (attempts per job, bytes per run
 whose logs stay: the journal's unfinished runs and the last `KEEP_RUNS` finished ones (what
 the controller still answers for); the others' are deleted whenever a run begins.
 
-Writes go through a queue to a writer thread of the store's own, which commits what
+Writes go through a queue to a writer thread of the store's own (the records `put` in one
+loop turn as one piece, `push`, so a job costs no queue hand-off of its own), which commits what
 collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
 its job writes, so a crash loses at most that moment's attempts), at once when a full
 `BATCH_OPS` waits; the loop never waits for them. The text the queue holds is bounded
@@ -40,7 +41,8 @@ FILE = "joblogs.sqlite"
 KEEP_RUNS = 50  # finished runs whose logs stay (as many as farm.controller.history lists)
 APPLICATION_ID = 0x464C4F47  # "FLOG": marks the file as farm's job logs
 SCHEMA_VERSION = 1
-BATCH_OPS = 2000  # writes per transaction at most, so a burst never holds the file long
+BATCH_OPS = 2000  # writes per transaction (at most one piece more), so a burst never holds the file long
+PUSH_AT = 256  # records `put` collects before they go to the writer in one piece (else at `push`)
 COMMIT_INTERVAL_S = 0.05  # writes collect this long into one transaction (a crash loses at most these)
 BACKLOG_BYTES = 16 * 1024 * 1024  # log and error text (characters) waiting for the writer, at most
 DROPPED_TEXT = "(log not kept on disk: the job-log writer was behind)"
@@ -75,6 +77,7 @@ class JobLogStore:
         self.backlog_bytes = backlog_bytes
         # text queued (counted by `put`, the loop) and written (by the writer): one writer each, no lock
         self._queued_text = self._written_text = 0
+        self._queued_rows = self._taken_rows = 0  # records pushed (the loop) and taken (the writer), alike
         self.dropped = 0  # records written without their log text, the writer being behind
         self._dropped_logged = 0  # `dropped` when last logged
         self._drop_logged_at = float("-inf")
@@ -88,6 +91,8 @@ class JobLogStore:
             raise
         self.failed: str | None = None  # the writer's error, once it gave up
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`
+        self._puts: list[tuple[Any, ...]] = []
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -107,7 +112,18 @@ class JobLogStore:
             size = len(text) + len(error or "")
             self._dropped()
         self._queued_text += size
-        self._queue.put(("sql", _PUT, (run, key, number, agent, state, error, duration_s, text)))
+        puts = self._puts
+        puts.append((run, key, number, agent, state, error, duration_s, text))
+        if len(puts) >= PUSH_AT:
+            self.push()
+
+    def push(self) -> None:
+        """Queue the records put since the last push, in one piece: the controller's loop calls it
+        every turn, and every other write calls it first (the writer applies all in order)."""
+        if self._puts:
+            rows, self._puts = self._puts, []
+            self._queued_rows += len(rows)
+            self._queue.put(("rows", _PUT, rows))
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -119,16 +135,19 @@ class JobLogStore:
 
     def drop(self, run: str, key: str, attempt: int) -> None:
         """Forget one attempt (`JobLogs` let it go)."""
+        self.push()
         self._queue.put(("sql", "DELETE FROM job_logs WHERE run = ? AND key = ? AND attempt = ?",
                          (run, key, attempt)))
 
     def begin(self, run: str) -> None:
         """A run begins (new or resumed): delete the logs of runs no longer answered for."""
+        self.push()
         self._queue.put(("prune", run, None))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed; False if it was not in time."""
         done = threading.Event()
+        self.push()
         self._queue.put(("wake", done.set, None))
         self._urgent.set()
         return done.wait(timeout)
@@ -136,6 +155,7 @@ class JobLogStore:
     def close(self) -> None:
         """Commit what is queued and close the file; closing twice is harmless."""
         if self._thread.is_alive():
+            self.push()
             self._queue.put(_STOP)
             self._urgent.set()
             self._thread.join(30)
@@ -167,19 +187,23 @@ class JobLogStore:
         stop = False
         while not stop:
             batch = [self._queue.get()]
+            writes = _writes(batch[0])
             # what else comes meanwhile joins its transaction, unwoken per write; not when a full batch waits
-            if batch[0][0] == "sql" and self._queue.qsize() < BATCH_OPS - 1:
+            if (batch[0][0] in ("sql", "rows")
+                    and self._queued_rows - self._taken_rows + self._queue.qsize() < BATCH_OPS):
                 self._urgent.wait(COMMIT_INTERVAL_S)  # a flush or close cuts it short
             self._urgent.clear()
-            while len(batch) < BATCH_OPS:
+            while writes < BATCH_OPS:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+                writes += _writes(batch[-1])
+            self._taken_rows += sum(len(op[2]) for op in batch if op[0] == "rows")
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
-            self._written_text += sum(len(args[7]) + len(args[5] or "")
-                                      for _, sql, args in batch if sql is _PUT)
+            self._written_text += sum(len(row[7]) + len(row[5] or "")  # records go in pieces (`push`)
+                                      for kind, _, rows in batch if kind == "rows" for row in rows)
         self._db.close()
 
     def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:
@@ -192,9 +216,15 @@ class JobLogStore:
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
+                    if kind == "rows" and what == sql:
+                        rows.extend(args)
+                        continue
                     if rows:
                         db.executemany(sql, rows)
-                    sql, rows = (what, [args]) if kind == "sql" else (None, [])
+                    if kind == "rows":
+                        sql, rows = what, list(args)
+                    else:
+                        sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
                         self._prune(what)
                 if rows:
@@ -221,6 +251,11 @@ class JobLogStore:
         self._db.executemany("DELETE FROM job_logs WHERE run = ?", ((run,) for run in gone))
         if gone:
             log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
+
+
+def _writes(op: tuple[str, Any, Any]) -> int:
+    """Rows one queued operation writes (a pushed piece of records counts each)."""
+    return len(op[2]) if op[0] == "rows" else 1
 
 
 def open_beside(journal: Path) -> JobLogStore | None:

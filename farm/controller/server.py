@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from farm import join
+from farm import gcpolicy, join
 from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
@@ -46,7 +46,7 @@ from farm.notify import Notifier
 from farm.plugins import event_observer, get_media_type
 from farm.preview import RunFacts
 from farm.project import load_project
-from farm.protocol import Message, T, job_wire, pack, unpack
+from farm.protocol import Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
 
 if TYPE_CHECKING:
@@ -252,6 +252,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
         poller.register(self.collator.wake, zmq.POLLIN)
         quiet = zmq.Poller()  # the monitor alone, while a flood is being paced
         quiet.register(monitor, zmq.POLLIN)
+        gcpolicy.loop_started()  # young collections far apart while jobs fly (farm.gcpolicy)
         try:
             while not self._stop.is_set():
                 due = self.journal.flush_due_in()
@@ -273,6 +274,8 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
                     self._probes.pop(0)
                     self._probe_agents()
                 self.journal.tick(now)
+                if self.joblog_store is not None:  # the job logs of this turn to their writer, in one piece
+                    self.joblog_store.push()
                 for upload in self.assets.finished_uploads():
                     self._fenced(upload.token.encode(), self._uploaded, upload)
                 for intake in self.intake.finished():
@@ -314,6 +317,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
             self.events.stop()
             self.notifier.close()
             lock.close()
+            gcpolicy.loop_ended()
 
     def _resume(self) -> None:
         """Take up the projects a previous incarnation left unfinished (after a crash or kill)."""
@@ -463,21 +467,6 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
         return True
 
     # -- scheduling ------------------------------------------------------------------
-
-    def _dispatch(self, now: float) -> None:
-        """Send the scheduler's decisions: each agent its new jobs (and the projects it has not seen)."""
-        for agent, leases in self.scheduler.dispatch(now):
-            projects = {}
-            jobs = []
-            known = agent.known_projects
-            for lease in leases:
-                run, job = lease.run, lease.job
-                if run.id not in known:
-                    projects[run.id] = {**run.project.to_wire(), "assets": run.assets}
-                    known.add(run.id)
-                jobs.append(job_wire(lease.id, job.key, run.id, job.params, run.deps_for(job), run.timeout))
-            if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
-                self._drop_agent(agent, "unreachable")
 
     def _check_leases(self, now: float) -> None:
         local = self.local_agents() if self.local_agents is not None else None

@@ -1,0 +1,92 @@
+"""The agent's results on their way to the controller: checked, batched into RESULTS messages, sent.
+
+A worker's W_RESULTS message without output files, all of whose leases its slot still ran, goes
+on as the body of one RESULTS message byte for byte (a `Forwarded`): the agent has decoded and
+checked it (`farm.protocol.unpack`) and read its leases to free its slots, and has nothing to
+change in it, so it neither builds a `JobResult` per job nor encodes the maps again (the two
+bodies have the same shape). Anything else, and any result of a placed project whose files
+changed while it ran (`Agent._check_placed`), travels as `JobResult`s, batched as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, T, pack, pack_body
+
+MAX_RESULTS_PER_MESSAGE = 512
+MAX_PAYLOAD_PER_MESSAGE = MAX_MESSAGE  # what the controller takes in one message
+
+
+class Forwarded(NamedTuple):
+    """A worker's results message, sent on unchanged (no output files)."""
+
+    body: bytes  # its msgpack body: {"results": [RESULT map, ...]}
+    results: list[dict[str, Any]]  # the same, decoded and checked by `farm.protocol.unpack`
+    projects: list[str]  # each result's project (run id)
+
+
+#: what waits to go: a result and its output bytes, or a forwarded message (no files)
+Outgoing = tuple[JobResult | Forwarded, list[bytes]]
+
+
+def checked(unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]],
+            changed: Callable[[str], str | None]) -> tuple[list[Outgoing], dict[str, str | None]]:
+    """Results of placed projects, in order, each failed if its project's files changed while it ran
+    (`changed(project)`: why, or None; asked once per project); and what each project answered."""
+    projects: set[str] = set()
+    for item, _, project in unchecked:
+        projects.update(item.projects) if item.__class__ is Forwarded else projects.add(project)
+    moved = {project: changed(project) for project in projects}
+    out: list[Outgoing] = []
+    for item, files, project in unchecked:
+        if item.__class__ is Forwarded:
+            if not any(moved[p] for p in item.projects):
+                out.append((item, []))
+                continue
+            pairs = [(JobResult.from_wire(wire), [], p)
+                     for wire, p in zip(item.results, item.projects, strict=True)]
+        else:
+            pairs = [(item, files, project)]
+        for result, result_files, result_project in pairs:
+            why = moved[result_project]
+            if why is not None:  # the result may be wrong
+                result, result_files = JobResult(result.lease, False, error=why, log=result.log,
+                                                 duration=result.duration), []
+            out.append((result, result_files))
+    return out, moved
+
+
+def flush(outgoing: list[Outgoing], send: Callable[[list[bytes]], bool]) -> None:
+    """Send what waits, in order, as RESULTS messages (`send(frames)`: False if it could not go:
+    what is left stays in `outgoing` for the next try)."""
+    while outgoing:
+        first = outgoing[0][0]
+        if first.__class__ is Forwarded:
+            if not send(pack_body(T.RESULTS, first.body)):
+                return
+            outgoing.pop(0)
+            continue
+        batch, payloads, size = [], [], 0
+        while outgoing and len(batch) < MAX_RESULTS_PER_MESSAGE and outgoing[0][0].__class__ is not Forwarded:
+            result, files = outgoing[0]
+            if batch and (size + sum(map(len, files)) > MAX_PAYLOAD_PER_MESSAGE
+                          or len(payloads) + len(files) > MAX_FRAMES - 4):
+                break
+            outgoing.pop(0)
+            batch.append(result)
+            payloads.extend(files)
+            size += sum(map(len, files))
+        if not send(pack(T.RESULTS, {"results": [r.to_wire() for r in batch]}, payloads)):
+            outgoing[:0] = list(zip(batch, _split_payloads(batch, payloads), strict=True))
+            return
+
+
+def _split_payloads(results: list[JobResult], payloads: list[bytes]) -> list[list[bytes]]:
+    out, offset = [], 0
+    for result in results:
+        n = len(result.files)
+        out.append(payloads[offset:offset + n])
+        offset += n
+    return out
