@@ -80,10 +80,10 @@ def test_status_shows_counts_and_rates_with_thousands_separators_as_submit_does(
     run = {"id": "world-1", "media_type": "maptiles", "state": "running", "total": 1368, "done": 1200,
            "failed": 0, "running": 4, "rate": 1234.5, "eta_s": 3.0,
            "units": {"name": "tiles", "done": 22000, "total": 87552, "rate": 12345.67, "eta_s": 5.0}}
-    line = status_text({"controller": "tcp://127.0.0.1:5555", "agents": [], "projects": [run]}).splitlines()[-1]
-    assert "1,200/1,368 done" in line and "tiles 22,000/87,552" in line and "12,345.7 tiles/s" in line, line
-    jobs = {**run, "units": {}}
-    line = status_text({"controller": "tcp://127.0.0.1:5555", "agents": [], "projects": [jobs]}).splitlines()[-1]
-    assert "1,234.5 jobs/s" in line, line
-    assert "12,345.7 tiles/s" in progress_text({**run, "state": "done", "units": {**run["units"], "done": 87552}},
-                                               None)  # farm submit's words for the same rate
+    def line(project: dict) -> str:
+        return status_text({"controller": "tcp://127.0.0.1:5555", "agents": [], "projects": [project]})
+
+    assert "1,200/1,368 done" in line(run) and "tiles 22,000/87,552" in line(run), line(run)
+    assert "12,345.7 tiles/s" in line(run) and "1,234.5 jobs/s" in line({**run, "units": {}})
+    ended = {**run, "state": "done", "units": {**run["units"], "done": 87552}}
+    assert "12,345.7 tiles/s" in progress_text(ended, None)  # farm submit's words for the same rate
