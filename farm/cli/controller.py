@@ -100,7 +100,7 @@ def controller(
                            err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
             _say_openable(ctl.url, "nodes dial it as")
-            # beyond loopback, nodes elsewhere dial both ports; on loopback or ipc:// no firewall stands between
+            # nodes elsewhere dial both ports; on loopback or ipc:// no firewall stands between
             beyond = requires_security(bind)
             typer.echo(f"file service on {ctl.assets.endpoint}"
                        + (" (a firewall must let both ports in)" if beyond else ""), err=True)
