@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str = "WARNING",
-                       extra: list[str] | None = None, first: int = 1,
-                       local_assets: bool = True) -> list[subprocess.Popen[bytes]]:
+                       extra: list[str] | None = None, first: int = 1, local_assets: bool = True,
+                       own_session: bool = False) -> list[subprocess.Popen[bytes]]:
     """Start agent processes named local-<first>, ... that exit when this process does.
 
     With ``local_assets`` they use the project's files in place (``--local-assets``), without
@@ -56,7 +56,10 @@ def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str =
     and a controller there asks for none; they start through `farm.agent.local`, which skips the
     command line's start-up. ``extra``: more options of that (or, elsewhere, of `farm agent`).
     Their standard output goes to our standard error: what a render prints (a plugin, a program it
-    starts) is said there, and never lands in `farm submit --json`'s one object."""
+    starts) is said there, and never lands in `farm submit --json`'s one object. With ``own_session``
+    they run in a session of their own: a terminal's Ctrl-C reaches only this process, which stops
+    them (the embedded farm's deliberate shutdown), rather than each of them leaving on its own,
+    mid-job, which the controller would report as a fault."""
     env = None
     # -P: a folder named `farm` in the current folder must not shadow the installed package
     if url.partition("://")[0].lower() == "ipc":
@@ -67,7 +70,8 @@ def start_local_agents(url: str, count: int, *, slots: int = 1, log_level: str =
     cmd += ["--slots", str(slots), "--parent-pid", str(os.getpid()),
             *(["--local-assets"] if local_assets else []), *(extra or [])]
     # stdout: our file descriptor 2, which sys.stderr may not expose (a test's capture)
-    return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"], env=env, stdout=2) for i in range(count)]
+    return [subprocess.Popen([*cmd, "--id", f"local-{first + i}"], env=env, stdout=2,
+                             start_new_session=own_session) for i in range(count)]
 
 
 def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
@@ -114,7 +118,8 @@ class LocalAgents:
         if not self.procs:
             level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
             offer = [arg for name in self.media_types or () for arg in ("--media-type", name)]
-            self.procs = start_local_agents(self.url, self.count, log_level=level, extra=offer)
+            self.procs = start_local_agents(self.url, self.count, log_level=level, extra=offer,
+                                            own_session=True)
             mark("embedded: agents started")
         return self
 

@@ -128,3 +128,19 @@ def test_a_map_finished_before_a_restart_is_shown_without_console_errors(tmp_pat
         assert console_errors(browser) == []
     finally:
         second.controller.stop(shutdown_agents=True)
+
+
+def test_a_cancelled_maps_caption_promises_no_more_tiles(tmp_path, http_controller, browser):  # noqa: F811
+    api = Api.of(http_controller.http)
+    project = load_project(small_world(tmp_path, zoom="0-1"))
+    runner = threading.Thread(target=lambda: submit(http_controller.url, project), daemon=True)
+    runner.start()  # no agent: the run waits until it is cancelled
+    run = wait_for(lambda: [p["id"] for p in api.get("/api/v1/projects")["projects"]], 30, "the run")[0]
+    api.post(f"/api/v1/projects/{run}/cancel")
+    wait_for(lambda: api.project(run)["state"] == "cancelled", 30, "the run to be cancelled")
+    open_project(browser, http_controller.http.dashboard_url, run)
+    caption = "return (document.querySelector('#preview .caption') || {}).textContent || ''"
+    said = wait_for(lambda: "cancelled" in js(browser, caption) and js(browser, caption), 30, "the caption")
+    assert "tiles appear" not in said and "collated before it ended" in said, said
+    runner.join(60)
+    assert console_errors(browser) == []

@@ -49,7 +49,8 @@ def test_discovery_finds_the_controller_rejects_an_impostor_and_syncs_through_a_
 
         # The real one: found, its key checked, its two ports printed at start-up.
         proc, _, _ = farm.controller("--bind", "tcp://0.0.0.0:5555", prefix=ctl_host.prefix, keys="ctl")
-        assert "file service on tcp://0.0.0.0:5556" in proc.wait_line("file service on")
+        said = proc.wait_line("file service on")
+        assert "file service on tcp://0.0.0.0:5556 (a firewall must let both ports in)" in said
         agent = farm.agent("n1", "--keys-dir", node, prefix=node_host.prefix)
         assert f"found controller tcp://{ctl_host.ip}:5555" in agent.wait_line("found controller")
         agent.wait_line(f"connected to tcp://{ctl_host.ip}:5555 as n1")

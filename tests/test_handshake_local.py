@@ -71,3 +71,19 @@ def test_status_names_the_address_dialled_for_a_controller_on_every_interface(tm
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[0] == \
         f"controller tcp://127.0.0.1:{port} (listening on tcp://0.0.0.0:{port})", shown.stdout
+
+
+def test_status_shows_counts_and_rates_with_thousands_separators_as_submit_does():
+    from farm.cli.progress import progress_text
+    from farm.cli.status import status_text
+
+    run = {"id": "world-1", "media_type": "maptiles", "state": "running", "total": 1368, "done": 1200,
+           "failed": 0, "running": 4, "rate": 1234.5, "eta_s": 3.0,
+           "units": {"name": "tiles", "done": 22000, "total": 87552, "rate": 12345.67, "eta_s": 5.0}}
+    def line(project: dict) -> str:
+        return status_text({"controller": "tcp://127.0.0.1:5555", "agents": [], "projects": [project]})
+
+    assert "1,200/1,368 done" in line(run) and "tiles 22,000/87,552" in line(run), line(run)
+    assert "12,345.7 tiles/s" in line(run) and "1,234.5 jobs/s" in line({**run, "units": {}})
+    ended = {**run, "state": "done", "units": {**run["units"], "done": 87552}}
+    assert "12,345.7 tiles/s" in progress_text(ended, None)  # farm submit's words for the same rate

@@ -38,6 +38,7 @@ from farm.ids import check_name
 from farm.keycheck import plain_job
 from farm.plugins import get_plugins
 from farm.protocol import MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
+from farm.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class Agent:
         self._install_signals()
         self.pool.start()
         self._connect()
-        log.info("agent %s: %d slots, capabilities %s", self.id, self.nslots, ", ".join(self.caps) or "none")
+        log.info("agent %s: %s, capabilities %s", self.id, counted(self.nslots, "slot"),
+                 ", ".join(self.caps) or "none")
         gcpolicy.loop_started()  # jobs in flight here too: young collections far apart (farm.gcpolicy)
         try:
             self._loop()

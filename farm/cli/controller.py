@@ -100,10 +100,13 @@ def controller(
                            err=True)
             typer.echo(f"controller listening on {ctl.url}", err=True)
             _say_openable(ctl.url, "nodes dial it as")
-            typer.echo(f"file service on {ctl.assets.endpoint} (a firewall must let both ports in)", err=True)
+            # nodes elsewhere dial both ports; on loopback or ipc:// no firewall stands between
+            beyond = requires_security(bind)
+            typer.echo(f"file service on {ctl.assets.endpoint}"
+                       + (" (a firewall must let both ports in)" if beyond else ""), err=True)
             if security:
                 announcer = _welcome_nodes(ctl.url, security, ctl.assets.endpoint, announce, invite_node,
-                                           beyond=requires_security(bind))
+                                           beyond=beyond)
             if web is not None:
                 _say_http(web)
             while ctl.wait(0.5):  # short waits, so Ctrl-C is noticed

@@ -54,6 +54,11 @@ def format_count(value: float | None) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
+def format_rate(rate: float) -> str:
+    """A rate as every command and the dashboard show it: 12345.67 -> "12,345.7"."""
+    return f"{rate:,.1f}"
+
+
 class RateMeter:
     """Units per second over a sliding window, so the ETA follows the current pace.
 
@@ -166,7 +171,7 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
     remaining = pos.remaining
     if rate is not None and rate < 0 or update.get("paused") and not ended:
         rate = None  # a caller's own sample (not RateMeter's); or paused: the last pace is not this one
-    shown = f"{rate:,.1f}" if rate is not None else "--"
+    shown = format_rate(rate) if rate is not None else "--"
     # a rate that shows as 0.0 gives no ETA worth saying (hours from a trickle)
     eta = remaining / rate if rate and shown != "0.0" and remaining is not None else None
     if update.get("paused") or ended:  # no pace to go on: what is left waits on a resume, or never comes

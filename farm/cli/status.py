@@ -12,7 +12,7 @@ import typer
 from farm.cli.errors import reported
 from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
-from farm.cli.progress import format_count, format_duration, summary_text
+from farm.cli.progress import format_count, format_duration, format_rate, summary_text
 from farm.client import RECONNECT_S, Client, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
@@ -80,21 +80,21 @@ def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
             lines.append(f"  {'?':<24} {'?':<16} REFUSED at the handshake: key {key} is not allowed")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
-        total = p["total"] if p["total"] is not None else "?"
+        total = format_count(p["total"])  # "?" while unknown
         if p.get("total_estimated"):  # adaptive chunks: it follows the sizes chosen until the split is over
             total = f"~{total}"
         state = "paused" if p.get("paused") and p["state"] == "running" else p["state"]
-        line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {p['done']}/{total} done"
-                f"  {p['failed']} failed  {p['running']} running")
+        line = (f"  {p['id']:<28} {p['media_type']:<10} {state:<10} {format_count(p['done'])}/{total} done"
+                f"  {format_count(p['failed'])} failed  {format_count(p['running'])} running")
         if p.get("collating"):  # rendered, outputs being written: neither running nor done
-            line += f"  {p['collating']} collating"
+            line += f"  {format_count(p['collating'])} collating"
         units = p.get("units") or {}
         pace = p  # rate and ETA in jobs, unless the media counts its own units (a steady total)
         if units.get("name", "jobs") != "jobs":  # the media's own count: tiles, frames, seconds
             line += f"  {units['name']} {format_count(units['done'])}/{format_count(units['total'])}"
             pace = units
         if pace.get("rate"):
-            line += f"  {pace['rate']:.1f} {units.get('name') or 'jobs'}/s"
+            line += f"  {format_rate(pace['rate'])} {units.get('name') or 'jobs'}/s"
         if pace.get("eta_s") is not None:
             line += f"  ETA {format_duration(pace['eta_s'])}"
         lines.append(line)

@@ -71,7 +71,8 @@ def submit(
         "--shared-fs", help="The controller reads the project from this same path: skip the upload.")] = False,
     ui: Annotated[bool, typer.Option(
         "--ui", help="Serve the dashboard of the embedded farm on 127.0.0.1 and print its address; "
-                     "it stays up after the run until Ctrl-C.")] = False,
+                     "it stays up after the run until Ctrl-C, which then exits with the run's "
+                     "status.")] = False,
 ) -> None:
     """Render a project and wait for it to finish; exit 0 only if every job succeeded."""
     with reported(as_json=as_json):
@@ -97,14 +98,19 @@ def submit(
         if controller or join:  # a running controller: found, joined or named
             controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
         if not watch_project:
+            summary: Summary | None = None
             try:  # the farm stops (its state kept in .farm/) before the interruption is said
                 with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
                     summary = _round(render, project, as_json, logged=not controller)
                     if ui:
-                        _serve_until_stopped()
+                        _serve_until_stopped(render.ui_url)
             except Interrupted as stop:
                 say_interrupted(stop, project_dir, controller, as_json)
                 raise typer.Exit(128 + signal.SIGINT) from None
+            except KeyboardInterrupt:  # a second Ctrl-C while the farm stopped, after the run
+                if summary is None:
+                    raise
+            # the run's own status, however the serving after it ended: `farm submit --ui P && publish`
             if not summary.ok:
                 raise typer.Exit(1)
             return
@@ -133,7 +139,16 @@ def submit(
                 pass
 
 
-Render = Callable[[Project, Callable[[dict], None]], Summary]
+class Render:
+    """How to render a round (``render(project, on_update)``), and the embedded farm's dashboard
+    address (`ui_url`, with ``--ui``)."""
+
+    def __init__(self, render: Callable[[Project, Callable[[dict], None]], Summary],
+                 ui_url: str | None = None) -> None:
+        self.render, self.ui_url = render, ui_url
+
+    def __call__(self, project: Project, update: Callable[[dict], None]) -> Summary:
+        return self.render(project, update)
 
 
 @contextlib.contextmanager
@@ -150,12 +165,12 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
                 ended = isinstance(exc, DownloadLost)
                 raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
 
-        yield remote
+        yield Render(remote)
         return
     with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui, local=local) as farm:
         if farm.ui_url:
             typer.echo(f"dashboard: {farm.ui_url}", err=True)
-        yield lambda proj, update: farm.submit(proj, priority=priority, on_update=update)
+        yield Render(lambda proj, update: farm.submit(proj, priority=priority, on_update=update), farm.ui_url)
 
 
 def say_waiting(why: str) -> None:
@@ -176,9 +191,11 @@ def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
             "outputs (`farm status` shows how it is doing)")
 
 
-def _serve_until_stopped() -> None:
-    """Keep the dashboard up after the run, until Ctrl-C or SIGTERM."""
-    typer.echo("the dashboard stays up until Ctrl-C", err=True)
+def _serve_until_stopped(url: str | None) -> None:
+    """Keep the dashboard up after the run, until Ctrl-C or SIGTERM: the run is over, so either
+    ends the command with the run's status (not as an interruption)."""
+    typer.echo(f"the run has ended; the dashboard stays up at {url} (press Ctrl-C to stop serving)",
+               err=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -25,6 +25,7 @@ from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_name
 from farm.join import shared_key
 from farm.protocol import JobResult, Message, T, job_wire, pack
+from farm.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ class AgentSide:
         elif previous is None or previous.broken:
             self.events.publish("agent.joined", None, None, agent.id,
                                 {"host": agent.host, "slots": agent.slots, "capabilities": sorted(agent.caps)})
-            log.info("agent %s joined from %s with %d slots (%s)", agent.id, agent.host, agent.slots,
-                     ", ".join(sorted(agent.caps)) or "no capabilities")
+            log.info("agent %s joined from %s with %s (%s)", agent.id, agent.host,
+                     counted(agent.slots, "slot"), ", ".join(sorted(agent.caps)) or "no capabilities")
         welcome = {"heartbeat": self.heartbeat, "liveness": self.liveness, "files": self.assets.endpoint,
                    "agent": agent.id}
         shared = shared_key(self.registry, agent)  # loudly, on both sides
@@ -226,7 +227,7 @@ class AgentSide:
         for lease in leases:
             self._send(lease.agent, T.CANCEL, {"leases": [lease.id]})
         if leases:
-            log.info("%s: withdrew %d jobs in flight", run.id, len(leases))
+            log.info("%s: withdrew %s in flight", run.id, counted(len(leases), "job"))
 
     def _drop_agent(self, agent: AgentState, reason: str) -> None:
         lost = self.scheduler.leave(agent, reason)
@@ -236,7 +237,7 @@ class AgentSide:
         self.events.publish("agent.left", None, None, agent.id, {"reason": reason})
         # an agent that said goodbye holding nothing is no news; anything else is
         level = logging.INFO if reason == "agent left" and not lost else logging.WARNING
-        log.log(level, "agent %s removed (%s); %d jobs requeued", agent.id, reason, lost)
+        log.log(level, "agent %s removed (%s); %s requeued", agent.id, reason, counted(lost, "job"))
 
     def _claimed_ids(self) -> dict[bytes, str]:
         """Routing id -> the id each registered agent claimed in its HELLO: the one it names to the

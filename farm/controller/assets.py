@@ -21,6 +21,7 @@ from farm.filesync.scan import walk_files
 from farm.filesync.tracker import SwarmFileServer
 from farm.project import Project
 from farm.security import ServerSecurity
+from farm.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class AssetService:
             self.unpublish(stale)
         self.output_parts[tree] = trees
         if len(trees) > 1:
-            log.info("%s: %d files served as %d parts", tree, len(shown), len(trees))
+            log.info("%s: %s served as %d parts", tree, counted(len(shown), "file"), len(trees))
         return trees
 
     def unpublish(self, tree: str) -> None:

@@ -21,6 +21,7 @@ from farm.ids import BadIdentifier, check_key, check_name
 from farm.journal import ProjectRecord
 from farm.preview import RunFacts
 from farm.protocol import Message, T
+from farm.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ControlSide:
             run.reopen()
             self.journal.reopen_project(run.id)
             run.assets, _ = self.assets.publish_project(run.id, run.project, run.manifest)
-            log.info("project %s runs again to retry %d jobs", run.id, len(retried))
+            log.info("project %s runs again to retry %s", run.id, counted(len(retried), "job"))
         self._status = None
         return {"project": run.id, "retried": retried, "state": run.state}
 

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from farm.words import counted
+
 log = logging.getLogger(__name__)
 
 BUFFER_EVENTS = 100_000  # events kept for subscribers that resume from a sequence number
@@ -170,8 +172,8 @@ class EventBus:
                     except Exception:
                         self.observer_errors += 1
                         if self.observer_errors <= 20 or self.observer_errors % 1000 == 0:
-                            log.exception("event observer %r failed on %s (%d failures so far)",
-                                          observer, event.type, self.observer_errors)
+                            log.exception("event observer %r failed on %s (%s so far)", observer, event.type,
+                                          counted(self.observer_errors, "failure"))
             if stopping:
                 return
             self._stop.wait(OBSERVER_POLL_S)

@@ -70,8 +70,15 @@
     } else {
       view.layer.refreshPending();
     }
-    view.root.querySelector(".caption").textContent =
-      `zoom ${d.minzoom}–${d.maxzoom}; tiles appear as their jobs are collated`;
+    view.root.querySelector(".caption").textContent = `zoom ${d.minzoom}–${d.maxzoom}; ${tilesNote(d.state)}`;
+  }
+
+  // an ended run promises no more tiles: the map shows those collated before it stopped
+  function tilesNote(state) {
+    if (state === "cancelled" || state === "failed") {
+      return `the run ${state}: only the tiles collated before it ended are shown`;
+    }
+    return state === "done" ? "every tile rendered" : "tiles appear as their jobs are collated";
   }
 
   const clampLat = (lat) => Math.max(-85.0511, Math.min(85.0511, lat));
@@ -146,6 +153,7 @@
     const view = current;
     if (!view) return;
     const d = await api("GET", `${base(view.id)}/preview`);
+    if (d.kind === "tiles") d.state = (await api("GET", base(view.id))).state;  // the caption says an ended run
     if (view !== current) return;  // another project was chosen meanwhile
     if (view.kind !== d.kind) {  // first time, or the run's preview changed its kind
       if (view.map) { view.map.remove(); view.map = null; }
