@@ -139,22 +139,22 @@ class UnitCounter:
         return self.pending.get(key, 0.0)
 
     def snapshot(self, partial: Mapping[str, float], elapsed: float, *, exhausted: bool,
-                 active: bool) -> dict[str, Any]:
+                 active: bool, moving: bool = True) -> dict[str, Any]:
         """``{"name", "done", "failed", "partial", "total", "rate", "eta_s"}`` for the run's snapshot.
 
         `partial` maps running job keys to their reported fraction (0..1), and rendered ones being
         collated to 1. ``total`` is None while unknown (known once `split` is exhausted, if the
         media type cannot say it up front); ``rate`` is units per second over the run (None in
-        its first half second); ``eta_s`` is seconds left at that rate (None when unknown, or when
-        not `active`: finished or paused).
+        its first half second, with none done, or while not `moving`: nothing can run); ``eta_s``
+        is seconds left at that rate (None when unknown, or when not `active`: finished or paused).
         """
         part = sum(self.pending.get(key, 0.0) * fraction for key, fraction in partial.items())
         total = self.total
         if total is None and exhausted:
             waiting = sum(u for k, u in self.pending.items() if k not in self.failed_keys)
             total = self.done + self.failed + waiting
-        moved = self.done - self.resumed + self.failed + part
-        rate = moved / elapsed if elapsed > 0.5 and moved > 0 else None
+        moved = self.done - self.resumed + part  # failed units are no pace
+        rate = moved / elapsed if elapsed > 0.5 and moved > 0 and moving else None
         left = None if total is None else max(0.0, total - self.done - self.failed - part)
         return {
             "name": self.name,
