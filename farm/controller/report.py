@@ -47,7 +47,7 @@ class RunReport:
         elapsed = self.elapsed()
         # a pace from work done (failures are no throughput), and none while nothing can move: the run
         # waits for an agent (or a resume), and an ETA from the pace before would be a guess
-        moving = stalled is None
+        moving = stalled in (None, "paused")  # paused: its ETA goes, its pace so far stays
         rate = (self.done - self.resumed + running_fraction) / elapsed if elapsed > 0.5 and moving else None
         left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
         return {
