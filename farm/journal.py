@@ -289,6 +289,13 @@ class Journal(BatchedJobs):
         return [FailedJob(key, error or "", log or "", attempts or 0, duration, agent)
                 for key, error, log, attempts, duration, agent in rows]
 
+    def running_jobs(self, project_id: str) -> list[tuple[str, str | None, str | None]]:
+        """(key, lease, agent) of the project's jobs recorded as running: after a restart, the
+        attempts the controller's stop cut short."""
+        rows = self._read_jobs("SELECT key, lease, agent FROM jobs "
+                               "WHERE project_id = ? AND state = 'running' ORDER BY key", (project_id,))
+        return [(key, lease, agent) for key, lease, agent in rows]
+
     def counts(self, project_id: str) -> dict[str, int]:
         """{"done": n, "failed": n, "reused": n} for the project (done includes reused)."""
         row = self._read_jobs(

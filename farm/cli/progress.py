@@ -169,13 +169,13 @@ def progress_text(update: dict[str, Any], rate: float | None) -> str:
     if pos.shows_jobs:
         parts.append(pos.jobs_shown)
     remaining = pos.remaining
-    if rate is not None and rate < 0 or update.get("paused") and not ended:
-        rate = None  # a caller's own sample (not RateMeter's); or paused: the last pace is not this one
+    if rate is not None and rate < 0 or (update.get("paused") or update.get("stalled")) and not ended:
+        rate = None  # a caller's own sample (not RateMeter's); paused or waiting: the last pace is gone
     shown = format_rate(rate) if rate is not None else "--"
     # a rate that shows as 0.0 gives no ETA worth saying (hours from a trickle)
     eta = remaining / rate if rate and shown != "0.0" and remaining is not None else None
     if update.get("paused") or ended:  # no pace to go on: what is left waits on a resume, or never comes
-        eta = 0.0 if ended and remaining == 0 else None
+        eta = 0.0 if ended and remaining == 0 and pos.done else None  # none done: no ETA ever was
     parts.append(f"{shown} {pos.name}/s")
     parts.append(f"ETA {format_duration(eta)}")
     if update.get("failed"):

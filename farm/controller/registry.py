@@ -95,6 +95,8 @@ class Registry:
         self.version = 0
         # agent ids given no new jobs (live control: `farm drain`); by id, so it outlives a reconnect
         self.draining: set[str] = set()
+        self.left: set[str] = set()  # ids of agents that went and have not come back (`stalled` says so)
+        self.left_at: float | None = None  # when the last of them went (wall clock)
 
     def __iter__(self):
         return iter(list(self.agents.values()))
@@ -109,6 +111,7 @@ class Registry:
         """Register an agent under its routing id (a reconnect comes on a new one; see _identify)."""
         self.agents[agent.identity] = agent
         self.hungry[agent.identity] = agent
+        self.left.discard(agent.id)
         self.version += 1
 
     def wake(self, agent: AgentState) -> None:
@@ -134,7 +137,11 @@ class Registry:
     def remove(self, identity: bytes) -> AgentState | None:
         self.hungry.pop(identity, None)
         self.version += 1
-        return self.agents.pop(identity, None)
+        agent = self.agents.pop(identity, None)
+        if agent is not None and self.by_id(agent.id) is None:
+            self.left.add(agent.id)
+            self.left_at = time.time()
+        return agent
 
     @functools.cached_property
     def refused(self) -> collections.deque[tuple[float, dict[str, Any]]]:

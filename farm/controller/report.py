@@ -45,7 +45,10 @@ class RunReport:
                                         if pending.lease is not None}}
         running_fraction = sum(rendered.values())
         elapsed = self.elapsed()
-        rate = (self.done - self.resumed + len(self.failures) + running_fraction) / elapsed if elapsed > 0.5 else None
+        # a pace from work done (failures are no throughput), and none while nothing can move: the run
+        # waits for an agent (or a resume), and an ETA from the pace before would be a guess
+        moving = stalled in (None, "paused")  # paused: its ETA goes, its pace so far stays
+        rate = (self.done - self.resumed + running_fraction) / elapsed if elapsed > 0.5 and moving else None
         left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
         return {
             "id": self.id,
@@ -77,7 +80,7 @@ class RunReport:
             "stalled": stalled,
             "error": self.error,
             "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted,
-                                         active=self.active and not self.paused),
+                                         active=self.active and not self.paused, moving=moving),
         }
 
     def summary(self) -> dict[str, Any]:

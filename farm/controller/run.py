@@ -28,6 +28,7 @@ from farm.controller.outcome import JobKeys
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.controller.report import RunLog, RunReport, first_line
+from farm.controller.resume import resume
 from farm.controller.units import UnitCounter
 from farm.ids import BadIdentifier
 from farm.journal import Journal
@@ -127,13 +128,11 @@ class ProjectRun(RunReport):
         # a resumed run keeps what failed for good before the restart: failed, not run again
         self.failures = {f.key: Failure(f.key, f.error, f.log, f.attempts)
                          for f in (journal.failed_jobs(run_id) if before["failed"] else ())}
-        self.units.resume(self.done_keys, self.failures)  # counted now: a paused run shows them too
         # lease ids: unique across runs and controller restarts, cheap to make
         self._lease_prefix = uuid.uuid4().hex[:8]
         self._lease_numbers = itertools.count()
         self.progress: dict[str, float] = {}
-        self.done = len(self.done_keys)
-        self.resumed = self.done
+        self.done = self.resumed = len(self.done_keys)
         self.reused = before["reused"]
         self.outputs: list[str] = []
         self.assets: dict[str, Any] = {}  # where agents fetch the project's files (file synchroniser)
@@ -148,6 +147,7 @@ class ProjectRun(RunReport):
         self.output_made = False  # the output folder was made for this run's collates
         self.stopped: str | None = None  # why its collates stopped: the controller cannot write (collator)
         self.download: str | None = None
+        resume(self)  # what it did before a restart, counted now: a paused run shows it too
 
     # -- what to run next ---------------------------------------------------------------
 

@@ -13,6 +13,7 @@ Blame, blocklists and where a retried job goes are `farm.controller.policy`'s ru
 from __future__ import annotations
 
 import logging
+import time
 
 from farm.controller.policy import STUCK_GRACE_S, cannot_arrive
 from farm.controller.registry import AgentState, Registry
@@ -121,6 +122,10 @@ class Scheduler:
         if not run.active or run.paused or run.all_in() or run.leases or run.collating:
             return None
         if not len(self.registry):
+            left, at = self.registry.left, self.registry.left_at
+            if left and at is not None:  # not "yet": some came and went
+                since = time.strftime("%H:%M", time.localtime(at))
+                return f"no agents connected ({len(left)} left, the last at {since})"
             return "no agents connected yet"
         if any(run.eligible(a) for a in self.taking()):
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class UnitCounter:
         self.resumed = 0.0  # done before a controller restart: not part of this run's rate
         self.pending: dict[str, float] = {}  # job key -> units, from its pull until it is done
         self.failed_keys: set[str] = set()
-        self._counted_at_resume = False  # resumed done jobs were counted by `resume`, not when pulled
+        self._counted_at_resume: set[str] = set()  # done keys `resume` counted: not again when pulled
 
     def seen(self, job: Job) -> None:
         """A job came out of `split`: remember what it holds."""
@@ -67,47 +67,57 @@ class UnitCounter:
 
         self.pending[job.key] = self._checked(asked, f"units() of {job.key!r}") or 0.0
 
-    def resume(self, done_keys: Collection[str], failed_keys: Collection[str]) -> None:
+    def resume(self, done_keys: Collection[str], failed_keys: Collection[str],
+               jobs: Iterable[Job] | None = None) -> bool:
         """A run resumed after a restart: count the units of its jobs done (or failed for good)
         before it now, so a run that pulls nothing (paused, or stalled) shows them at once.
 
-        Walks a fresh `split` until every such key is seen (the run's own pulls come later and
-        do not count these again). A `split` that raises leaves them to be counted when pulled.
+        Walks `jobs` (a fresh `split`, made as the run makes its own: with a chunk advisor that
+        finds the jobs done at whatever sizes they had) until every such key is seen (the run's
+        own pulls come later and do not count these again). A `split` that raises leaves them to
+        be counted when pulled. True when the split ended with every job in it done or failed:
+        nothing is left to run.
         """
         if not done_keys and not failed_keys:
-            return
+            return False
         left = len(done_keys) + len(failed_keys)
-        done = failed = 0.0
+        done: dict[str, float] = {}
         failed_units: dict[str, float] = {}
+        only_known = True  # every job walked was done or failed before
         try:
-            for job in self.media.split(self.project):
+            walk = iter(self.media.split(self.project) if jobs is None else jobs)
+            for job in walk:
                 key = getattr(job, "key", None)
-                if key in done_keys or key in failed_keys:
-                    units = self._checked(lambda job=job: self.media.units(job, self.project),
-                                          f"units() of {key!r}") or 0.0
-                    if key in done_keys:
-                        done += units
-                    elif key not in failed_units:
-                        failed_units[key] = units
-                        failed += units
-                    left -= 1
-                    if left <= 0:
-                        break
+                if key not in done_keys and key not in failed_keys:
+                    only_known = False
+                    continue
+                units = self._checked(lambda job=job: self.media.units(job, self.project),
+                                      f"units() of {key!r}") or 0.0
+                if key in done_keys:
+                    done.setdefault(key, units)
+                elif key not in failed_units:
+                    failed_units[key] = units
+                left -= 1
+                if left <= 0:
+                    only_known = only_known and next(walk, None) is None
+                    break
         except Exception as exc:  # the run's own pulls meet (and report) it again
             log.info("%s: counting the units done before the restart: split() raised %r",
                      self.project.name, exc)
-            return
-        self.done += done
-        self.resumed += done
-        self.failed += failed
+            return False
+        self.done += sum(done.values())
+        self.resumed += sum(done.values())
+        self.failed += sum(failed_units.values())
         self.failed_keys |= set(failed_units)
         self.pending.update(failed_units)  # kept, so a retry by hand that succeeds moves them to done
-        self._counted_at_resume = True
+        self._counted_at_resume = set(done)
+        return only_known
 
     def resumed_done(self, key: str) -> None:
         """A job pulled again after a restart was done before it."""
         units = self.pending.pop(key, 0.0)
-        if self._counted_at_resume:  # `resume` counted it already
+        if key in self._counted_at_resume:  # `resume` counted it already
+            self._counted_at_resume.discard(key)
             return
         self.done += units
         self.resumed += units
@@ -129,22 +139,22 @@ class UnitCounter:
         return self.pending.get(key, 0.0)
 
     def snapshot(self, partial: Mapping[str, float], elapsed: float, *, exhausted: bool,
-                 active: bool) -> dict[str, Any]:
+                 active: bool, moving: bool = True) -> dict[str, Any]:
         """``{"name", "done", "failed", "partial", "total", "rate", "eta_s"}`` for the run's snapshot.
 
         `partial` maps running job keys to their reported fraction (0..1), and rendered ones being
         collated to 1. ``total`` is None while unknown (known once `split` is exhausted, if the
         media type cannot say it up front); ``rate`` is units per second over the run (None in
-        its first half second); ``eta_s`` is seconds left at that rate (None when unknown, or when
-        not `active`: finished or paused).
+        its first half second, with none done, or while not `moving`: nothing can run); ``eta_s``
+        is seconds left at that rate (None when unknown, or when not `active`: finished or paused).
         """
         part = sum(self.pending.get(key, 0.0) * fraction for key, fraction in partial.items())
         total = self.total
         if total is None and exhausted:
             waiting = sum(u for k, u in self.pending.items() if k not in self.failed_keys)
             total = self.done + self.failed + waiting
-        moved = self.done - self.resumed + self.failed + part
-        rate = moved / elapsed if elapsed > 0.5 and moved > 0 else None
+        moved = self.done - self.resumed + part  # failed units are no pace
+        rate = moved / elapsed if elapsed > 0.5 and moved > 0 and moving else None
         left = None if total is None else max(0.0, total - self.done - self.failed - part)
         return {
             "name": self.name,

@@ -1,0 +1,58 @@
+"""A run resumed after a controller restart: what it did before, counted and told at once.
+
+`resume` runs at the end of `farm.controller.run.ProjectRun.__init__`. It counts the units of
+the jobs done or failed before (`UnitCounter.resume`), walking a split made as the run makes
+its own: with a fresh chunk advisor that finds jobs done at whatever sizes were chosen then (a
+plain split of an adaptive media type names other jobs, and would count a fraction of them).
+A run with nothing left to run (a controller killed while it finalized) pulls its split to the
+end at once, so it finalizes without waiting for an agent and its totals are its jobs'. Each
+job the journal has as running when the controller died gets that attempt in its log, so
+`farm jobs`, the summary and `farm logs` count the try the restart cut short.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from farm.controller.chunking import AdaptiveChunks
+
+if TYPE_CHECKING:
+    from farm.controller.run import ProjectRun
+
+log = logging.getLogger(__name__)
+
+#: the error an interrupted attempt is logged with (its lease id says which one, so a second
+#: restart before the job is leased again does not log it twice)
+INTERRUPTED = "the controller stopped while it ran (lease {})"
+
+
+def resume(run: ProjectRun) -> None:
+    """Count and log what `run` did before a restart (nothing for a new run)."""
+    if not run.done_keys and not run.failures:
+        _interrupted(run)
+        return
+    jobs = None
+    if run.chunks is not None:
+        try:
+            jobs = run.media.split(run.project, AdaptiveChunks(run.project.target, run._known))
+        except Exception as exc:  # the run's own split met it already (`_fail_project`)
+            log.info("%s: counting the units done before the restart: split() raised %r",
+                     run.project.name, exc)
+            return
+    if run.units.resume(run.done_keys, run.failures, jobs) and not run.exhausted:
+        while not run.exhausted:  # each a job done or failed before: nothing leased, nothing run
+            job = run._pull()
+            if job is not None:  # the count's split and the run's disagree after all: it runs
+                run.ready.append(job)
+        if run.chunks is not None:  # the count as `take` would have said it, had an agent pulled
+            run.total = run.done + len(run.failures) + len(run.ready) + len(run.unmet)
+    _interrupted(run)
+
+
+def _interrupted(run: ProjectRun) -> None:
+    for key, lease, agent in run.journal.running_jobs(run.id):
+        error = INTERRUPTED.format(lease)
+        last = run.logs.last(key)
+        if last is None or last["error"] != error:
+            run.logs.note(key, agent, "lost", error, None, None)
