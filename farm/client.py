@@ -17,13 +17,14 @@ import zmq
 from farm.endpoints import reachable
 from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, NoAnswer, Store, TransferError
+from farm.filesync.materialize import FULL
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
 from farm.outputrecord import cancelled_note, replace_earlier
 from farm.paths import unwritable
 from farm.project import PROJECT_FILE, Project
 from farm.protocol import MAX_MESSAGE, Message, T, pack, unpack
-from farm.summary import DownloadLost, RunLost, Summary  # noqa: F401 (part of this module's API)
+from farm.summary import DiskFull, DownloadLost, RunLost, Summary  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -261,6 +262,10 @@ class Client:
                     raise DownloadLost(f"the outputs of {summary.id} were not downloaded: {exc}",
                                        summary.id) from None
                 log.warning("downloading the outputs of %s: %s; asking the controller again", summary.id, exc)
+            except OSError as exc:
+                if exc.errno not in FULL:
+                    raise
+                raise _disk_full(exc, summary.id, folder, store) from None
             summary = self._ended_again(summary, deadline, on_wait)
         summary.downloaded = fetched
         if summary.state == "cancelled" and not isinstance(dest, Project):  # submit() notes it after its own
@@ -446,6 +451,16 @@ def submit(url: str, project: Project, *, priority: int = 0,
         if summary.download and summary.state == "cancelled":  # which files there are not its own
             summary.notes += cancelled_note(project.output_dir, summary.downloaded or [])
         return summary
+
+
+def _disk_full(exc: OSError, run_id: str, folder: Path, store: Store) -> DiskFull:
+    """A download that found no room, naming where: the output folder, or the cache it fetches into."""
+    where = str(exc.filename2 if exc.filename2 is not None else exc.filename or "")
+    if where.startswith(str(store.root) + os.sep) and not where.startswith(str(folder) + os.sep):
+        return DiskFull(f"no space left on device filling the download cache {store.root} with the outputs "
+                        f"of {run_id}", run_id, str(store.root))
+    return DiskFull(f"no space left on device writing the outputs of {run_id} into {folder}", run_id,
+                    str(folder))
 
 
 def _minutes(seconds: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.errors import ConnectionLost, ProtocolError
+from farm.errors import ConnectionLost, FarmError, ProtocolError
 
 
 class RunLost(ConnectionLost):
@@ -19,6 +19,18 @@ class RunLost(ConnectionLost):
 class DownloadLost(RunLost):
     """Run `run_id` ended, but fetching its outputs was given up: its controller did not come back
     in time, forgot the run, or no longer serves them."""
+
+
+class DiskFull(FarmError):
+    """Run `run_id` ended, but its outputs did not fit: no space left on the device of `folder` (where
+    they go, or the download cache). What was written whole stays; nothing half-written does."""
+
+    code = "disk_full"
+
+    def __init__(self, message: str, run_id: str, folder: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.folder = folder
 
 
 @dataclass

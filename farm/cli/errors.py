@@ -14,6 +14,7 @@ import typer
 
 from farm.errors import ConnectionLost, ControlError, FarmError, ProjectError
 from farm.keys import SecurityError
+from farm.summary import DiskFull
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:
@@ -24,6 +25,7 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     what kind of error, for scripts: a refused steering request's own (not_found, bad_request,
     conflict, finalizing), else invalid (the project), unreachable (no answer from the
     controller, or none named or found), security (keys, tokens, a refused handshake), os_error (a file or folder),
+    disk_full (a download that found no room for the outputs),
     error (anything else farm refused); and from `farm.cli.main`, usage (a bad option or value)
     and interrupted (Ctrl-C).
     """
@@ -35,8 +37,8 @@ def error_json(exc: BaseException) -> dict[str, Any]:
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, ControlError):
         return exc.code
-    for kind, code in ((ProjectError, "invalid"), (ConnectionLost, "unreachable"), (SecurityError, "security"),
-                       (OSError, "os_error")):
+    for kind, code in ((ProjectError, "invalid"), (ConnectionLost, "unreachable"),
+                       (SecurityError, "security"), (DiskFull, "disk_full"), (OSError, "os_error")):
         if isinstance(exc, kind):
             return code
     return "error"

@@ -13,7 +13,7 @@ from farm.cli.errors import reported
 from farm.cli.invite import WILDCARDS
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey, controller_for
 from farm.cli.progress import format_count, format_duration, format_rate, summary_text
-from farm.client import RECONNECT_S, Client, DownloadLost, RunLost
+from farm.client import RECONNECT_S, Client, DiskFull, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
 
@@ -199,10 +199,12 @@ def download(
 def _lasting(client: Client, run: str, call: Callable[[], R]) -> R:
     """`call()`, a request of a command that fetches a run's outputs: a controller not there (yet), or
     restarting, is waited for (`$FARM_CLIENT_RECONNECT`) and said so; giving up says how to fetch later."""
-    from farm.cli.submit import fetch_later, say_waiting
+    from farm.cli.submit import fetch_later, make_room, say_waiting
 
     try:
         return client.patiently(call, run, reconnect_s=RECONNECT_S, on_wait=say_waiting)
+    except DiskFull as exc:
+        raise make_room(exc, client.url) from None
     except RunLost as exc:
         ended = isinstance(exc, DownloadLost)
         raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, client.url, ended=ended)}") from None

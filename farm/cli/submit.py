@@ -26,7 +26,7 @@ from farm.cli.options import (
     controller_for,
 )
 from farm.cli.progress import ProgressBar, summary_text
-from farm.client import RECONNECT_S, DownloadLost, RunLost, Summary
+from farm.client import RECONNECT_S, DiskFull, DownloadLost, RunLost, Summary
 from farm.client import submit as submit_remote
 from farm.embedded import EmbeddedFarm, LocalAgents, load_starting_agents
 from farm.errors import ConnectionLost, FarmError
@@ -164,6 +164,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
             except RunLost as exc:
                 ended = isinstance(exc, DownloadLost)
                 raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
+            except DiskFull as exc:
+                raise make_room(exc, controller) from None
 
         yield Render(remote)
         return
@@ -189,6 +191,12 @@ def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
         return f"the run has ended; {command} fetches its outputs once the controller answers again"
     return (f"the run goes on if the controller comes back: {command} waits for its end and fetches its "
             "outputs (`farm status` shows how it is doing)")
+
+
+def make_room(exc: DiskFull, controller: str) -> DiskFull:
+    """A download that filled the disk, saying how to fetch the rest once there is room."""
+    return DiskFull(f"{exc}: make room, then `farm download {exc.run_id} DIR --controller {controller}` "
+                    "fetches them (what came whole is not fetched again)", exc.run_id, exc.folder)
 
 
 def _serve_until_stopped(url: str | None) -> None:

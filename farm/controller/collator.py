@@ -47,6 +47,7 @@ import zmq
 
 from farm.causes import cause
 from farm.controller.jobcache import cache_key
+from farm.outputgone import removed_during_run
 
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
@@ -92,6 +93,7 @@ class Pending:
 def collate(pending: Pending) -> None:
     """Run one pending job's collate (in whichever thread calls it) and tidy its staging folder."""
     run = pending.run
+    made = False
     try:
         if run.state == "cancelled" or run.stopped is not None:
             pending.skipped = True
@@ -99,13 +101,16 @@ def collate(pending: Pending) -> None:
         if not run.output_made:  # the lifecycle's promise, every path; once per run, not per job
             run.ctx.output_dir.mkdir(parents=True, exist_ok=True)
         run.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
+        made = True
         run.media.collate(pending.job, pending.result, pending.outputs, run.ctx)
         run.output_made = True
     except Exception as exc:
-        pending.error = f"{type(exc).__name__}: {exc}"
+        # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
+        gone = removed_during_run(run.project.output_dir, exc) if made else None
+        pending.error = gone or f"{type(exc).__name__}: {exc}"
         own = own_fault(exc)
         if own is not None:  # the first: the run's collates after it are skipped
-            pending.fault = run.stopped = cannot_write(run.project.output_dir, pending.job.key, own)
+            pending.fault = run.stopped = cannot_write(run.project.output_dir, pending.job.key, own, gone)
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
@@ -124,8 +129,11 @@ def _own(exc: BaseException) -> bool:
     return code is not None and code & 0xFF in OWN_SQLITE  # an extended code's low byte is the primary
 
 
-def cannot_write(folder: Path, key: str, exc: BaseException) -> str:
-    """Why a run stopped at a collate that failed for the controller's own reason, as people read it."""
+def cannot_write(folder: Path, key: str, exc: BaseException, gone: str | None = None) -> str:
+    """Why a run stopped at a collate that failed for the controller's own reason, as people read it
+    (`gone`: the folder was removed meanwhile, `removed_during_run`)."""
+    if gone is not None:
+        return f"{gone}, collating job {key}; no job is to blame and none is rendered again: submit it again"
     if isinstance(exc, OSError):
         why = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
         if exc.filename is not None:  # a rename's is where from, its filename2 where to

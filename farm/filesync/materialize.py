@@ -7,9 +7,11 @@ share their inode with the cache); a job that must modify an asset copies it fir
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_TMP = re.compile(r"\..+\.farm-(\d+)\.tmp\Z", re.DOTALL)  # what `materialize` writes before renaming
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no room where the files go
 _NO_LINK = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP}
 
 
@@ -99,24 +103,63 @@ def materialize(
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as exc:
+                if exc.errno in FULL:  # the caller says how to go on once there is room
+                    raise
                 raise SyncError(f"{entry.path}: cannot create its folder in {dest}: {exc.strerror}") from None
             made.add(folder)
+            sweep_stale(folder)
         linkable = not copy and bool(src_st.st_mode & 0o111) == entry.executable
         if linkable and st is None and _link(src, target):  # a new link appears whole: no temp name
             stats.linked += 1
             continue
         tmp = f"{folder}/.{name}.farm-{os.getpid()}.tmp"
-        if linkable and _link(src, tmp):
-            stats.linked += 1
-        else:
-            shutil.copyfile(src, tmp)
-            os.chmod(tmp, entry.mode)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            stats.copied += 1
-        os.replace(tmp, target)
+        try:
+            if linkable and _link(src, tmp):
+                stats.linked += 1
+            else:
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, entry.mode)
+                os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+                stats.copied += 1
+            os.replace(tmp, target)
+        except BaseException:  # a full disk, Ctrl-C: no half-written temporary stays beside the outputs
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     if prune:
         stats.pruned = _prune(dest, {e.path for e in manifest})
     return stats
+
+
+def sweep_stale(folder: str) -> int:
+    """Remove the temporaries (``.NAME.farm-PID.tmp``) that processes now dead left in ``folder``;
+    returns how many. A live process's (another sync writing here now) are left alone."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        found = _TMP.match(name)
+        if found is None or _alive(int(found[1])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{folder}/{name}")
+            removed += 1
+            log.info("removed %s/%s, left by a process that ended while writing it", folder, name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's, alive
+        return True
+    return True
 
 
 def _link(src: str, dst: str) -> bool:

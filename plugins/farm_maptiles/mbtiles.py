@@ -6,12 +6,14 @@ re-run or a resumed run over an existing file just overwrites what it renders ag
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from farm.outputgone import OutputRemoved
 from farm_maptiles.tilemath import tms_row
 
 _SCHEMA = """
@@ -35,6 +37,7 @@ class MBTilesWriter:
         if path.is_symlink():  # SQLite would follow it (the run is refused before: farm.linkcheck)
             raise OSError(errno.ELOOP, "an MBTiles file that is a symlink is not written through", str(path))
         self.path = path
+        self.folder = path.parent.stat()  # to tell the folder removed (and made again) from the file
         self.lock = threading.Lock()
         self.db = sqlite3.connect(path, check_same_thread=False)
         # WAL while writing (cheap commits); switched back on close so the file is one plain file.
@@ -46,7 +49,7 @@ class MBTilesWriter:
     def add_tiles(self, tiles: Iterable[tuple[int, int, int, bytes]]) -> int:
         """Store XYZ tiles (z, x, y, data) in one transaction; returns how many."""
         rows = [(z, x, tms_row(z, y), sqlite3.Binary(data)) for z, x, y, data in tiles]
-        with self.lock, self.db:
+        with self.lock, self.named(), self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO tiles (zoom_level, tile_column, tile_row, tile_data)"
                 " VALUES (?, ?, ?, ?)",
@@ -55,13 +58,26 @@ class MBTilesWriter:
         return len(rows)
 
     def set_metadata(self, values: Mapping[str, str]) -> None:
-        with self.lock, self.db:
+        with self.lock, self.named(), self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO metadata (name, value) VALUES (?, ?)",
                 [(k, str(v)) for k, v in values.items()],
             )
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self.named():
             self.db.execute("PRAGMA journal_mode=DELETE")
             self.db.close()
+
+    @contextlib.contextmanager
+    def named(self) -> Iterator[None]:
+        """SQLite's error for a file deleted while open names no file and no cause ("attempt to write
+        a readonly database"): say which file, and that it (or its folder) was removed. The SQLite
+        error stays the cause (its code tells a full disk from a broken render)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            gone = OutputRemoved.check(self.path, self.path.parent, self.folder, str(exc))
+            if gone is None:
+                raise
+            raise gone from exc

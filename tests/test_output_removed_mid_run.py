@@ -1,0 +1,111 @@
+"""An output folder removed while a run writes there (`rm -rf wm/output` during `farm submit`) failed
+the run with `collating its outputs failed: FileNotFoundError: ... tiles/7/64/120.png` and, for the
+maptiles finalize, `attempt to write a readonly database`: the first named a tile, the second no
+file, and neither said the folder had gone. Now both say "the output folder ... was removed during
+the run", naming it, and the SQLite error of the MBTiles file deleted while open names the file.
+
+A real controller, a real agent process, real Mapnik renders and real SQLite; the folder is removed
+while the run is paused (after a job was collated), so jobs are still to be collated after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import Background, wait_for
+from control_helpers import EventLog
+
+from farm.client import Client
+
+pytest.importorskip("mapnik")
+
+WORLD_MAP = Path(__file__).resolve().parents[1] / "sample_projects" / "world_map"
+
+
+FIRST = "6/0/0+8"  # the first zoom-6 job (jobs go out in key order, a few ahead)
+
+
+def world_map(dest):
+    shutil.copytree(WORLD_MAP, dest, ignore=shutil.ignore_patterns("output", ".farm"))
+    toml = dest / "farm.toml"
+    toml.write_text(toml.read_text().replace('zoom = "0-5"', 'zoom = "0-6"'))  # 18 jobs, 8 at zoom 6
+    return dest
+
+
+def test_an_output_folder_removed_mid_run_is_said_for_the_collates_and_the_finalize(
+        tmp_path, controller, agents, caplog):
+    caplog.set_level(logging.WARNING, logger="farm")
+    project = world_map(tmp_path / "wm")
+    output = project / "output"
+    events = EventLog(controller)
+    run = Background(controller.url, project)
+    agents(controller.url, 1)
+    # every zoom-6 job writes into the same folders tiles/6/X: the next ones find them gone
+    wait_for(lambda: [e for e in events.of("job.done") if e.job == FIRST], 120, f"job {FIRST} collated")
+    run_id = events.of("job.done")[0].run
+    with Client(controller.url, timeout=10) as client:
+        client.pause(run_id)
+        started = {e.job for e in events.settled().of("job.started")}
+        assert not {f"6/0/{y}+8" for y in range(8, 64, 8)} <= started, started  # some are still to come
+        shutil.rmtree(output)
+        client.resume(run_id)
+    wait_for(run.done, 300, "the run")
+    assert run.error is None, run.error
+    summary = run.summary
+    assert summary.state == "failed" and summary.failures, summary
+    for failure in summary.failures:
+        # before: "collating its outputs failed: FileNotFoundError: [Errno 2] ...: '.../tiles/6/0/8.png'"
+        assert failure["error"].startswith(
+            f"collating its outputs failed: the output folder {output} was removed during the run ("), failure
+    said = [r.getMessage() for r in caplog.records if "finalize" in r.getMessage()]
+    # before: "world_map: finalize of a partial run failed: attempt to write a readonly database"
+    assert len(said) == 1 and f"the output folder {output} was removed during the run (world_map.mbtiles: " \
+        in said[0], said
+
+
+def test_the_mbtiles_file_deleted_while_open_is_named(tmp_path):
+    from farm_maptiles.mbtiles import MBTilesWriter
+
+    from farm.outputgone import OutputRemoved  # new
+
+    path = tmp_path / "out" / "wm.mbtiles"
+    writer = MBTilesWriter(path)
+    writer.add_tiles([(0, 0, 0, b"png")])
+    path.unlink()
+    writer.add_tiles([(1, 0, 0, b"png")])  # into its write-ahead log: SQLite finds out at the end
+    with pytest.raises(OutputRemoved) as gone:
+        writer.close()
+    # before: sqlite3.OperationalError "attempt to write a readonly database", no file named
+    said = str(gone.value)
+    assert said.startswith(f"{path} was removed during the run (attempt to write a readonly database"), said
+    assert isinstance(gone.value.__cause__, sqlite3.Error)  # its code still tells the collator what it is
+
+    writer = MBTilesWriter(path)
+    shutil.rmtree(path.parent)
+    path.parent.mkdir()  # removed and made again: the folder is named
+    with pytest.raises(OutputRemoved, match=f"^the output folder {path.parent} was removed during the run "
+                                            r"\(wm.mbtiles: attempt to write a readonly database"):
+        writer.close()
+
+
+def test_a_collate_of_any_media_type_that_found_the_folder_gone_says_so(tmp_path):
+    from farm.outputgone import removed_during_run  # new
+
+    output = tmp_path / "output"
+    (output / "frames").mkdir(parents=True)
+    other = RuntimeError("a bad render")
+    assert removed_during_run(output, other) is None
+    shutil.rmtree(output / "frames")
+    try:
+        (output / "frames" / "0001.png").write_bytes(b"")
+    except FileNotFoundError as exc:
+        lost = exc
+    assert removed_during_run(output, lost).startswith(
+        f"{output / 'frames'} was removed during the run (in the output folder {output}; FileNotFoundError: ")
+    shutil.rmtree(output)
+    assert removed_during_run(output, other) == \
+        f"the output folder {output} was removed during the run (RuntimeError: a bad render)"
