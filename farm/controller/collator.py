@@ -126,14 +126,26 @@ def _own(exc: BaseException) -> bool:
 
 def cannot_write(folder: Path, key: str, exc: BaseException) -> str:
     """Why a run stopped at a collate that failed for the controller's own reason, as people read it."""
+    return (f"cannot write the output folder {folder}: {described(exc)}, collating job {key}; no job is to "
+            "blame and none is rendered again: make room or make the folder writable, then submit the "
+            "project again")
+
+
+def state_unwritable(folder: Path, exc: BaseException, doing: str) -> str:
+    """Why runs stopped when the controller could not write its own state folder (the journal, the
+    staging of results), as people read it."""
+    return (f"the controller's state folder {folder} cannot be written ({described(exc)}), {doing}; no job "
+            "is to blame: make room or make the folder writable, then submit the project again")
+
+
+def described(exc: BaseException) -> str:
+    """An OS or SQLite error in a few words: what, its errno's name, and the path."""
     if isinstance(exc, OSError):
         why = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
         if exc.filename is not None:  # a rename's is where from, its filename2 where to
             why += f": {exc.filename if exc.filename2 is None else exc.filename2}"
-    else:
-        why = f"{type(exc).__name__}: {exc}"
-    return (f"cannot write the output folder {folder}: {why}, collating job {key}; no job is to blame and "
-            "none is rendered again: make room or make the folder writable, then submit the project again")
+        return why
+    return f"{type(exc).__name__}: {exc}"
 
 
 def reuse(run: ProjectRun, job: Job) -> bool:

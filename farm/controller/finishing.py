@@ -122,7 +122,7 @@ class FinishSide:
         if run.uploaded:  # the submitter is elsewhere: let it download the outputs
             self._publish_outputs(run)
         else:
-            self.journal.finish_project(run.id, run.state, run.summary())
+            self._journal_finish(run)
         if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
             run.ctx.state.clear()
         if not run.uploaded:
@@ -136,7 +136,7 @@ class FinishSide:
         self.publishing.setdefault(run.id, [])
         # journaled now with the tree it will be served as: a controller that stops meanwhile
         # serves it again from the output folder after its restart (`ClientSide._answer_journaled`)
-        self.journal.finish_project(run.id, run.state, {**run.summary(), "download": tree})
+        self._journal_finish(run, {**run.summary(), "download": tree})
         self._output_publisher().publish(run.id, tree, run.project.output_dir,
                                          lambda trees, error: self._published(run, trees, error))
 
@@ -146,11 +146,11 @@ class FinishSide:
         return self._publisher
 
     def _published(self, run: ProjectRun, trees: list[str] | None, error: str | None) -> None:
-        run.served = served(trees, error)
+        run.served = {**served(trees, error), **{k: v for k, v in run.served.items() if k == "code"}}
         run.download = run.served["download"]
         summary = run.summary()
         if trees is None:  # nothing to serve after all
-            self.journal.finish_project(run.id, run.state, summary)
+            self._journal_finish(run, summary)
         for identity, already in self.publishing.pop(run.id, ()):
             self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
         self._notify_finished(run)
