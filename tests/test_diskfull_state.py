@@ -9,9 +9,12 @@ once there is room renders the stopped jobs again. Real tmpfs mounts, real agent
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +26,9 @@ from farm_synthetic import job_key
 
 from farm.client import Client, submit
 from farm.controller.server import Controller
+from farm.embedded import EmbeddedFarm
+from farm.errors import FarmError
+from farm.journal import Journal, JournalError
 from farm.project import load_project
 
 SIZE = 96 * 1024  # a job's output: more than the staging mount below holds
@@ -135,3 +141,67 @@ def test_a_full_journal_disk_stops_the_runs_and_the_controller_goes_on(state, ag
         agent_tmp.close()
     assert ctl.crash is None, ctl.crash
     assert os.path.exists(state / "journal.sqlite")
+
+
+def test_a_tile_that_does_not_fit_leaves_no_empty_file(tmp_path):
+    """A map collate on a full disk left a 0-byte tile (opened, then its write refused)."""
+    pytest.importorskip("mapnik")
+    from farm_maptiles.mediatype import _write_tile
+
+    output = tmp_path / "output"
+    small_tmpfs(output, "64k")
+    try:
+        fill(output)
+        with pytest.raises(OSError) as refused:
+            _write_tile(output / "26.png", b"\x89PNG" * 4096)
+        assert refused.value.errno == errno.ENOSPC
+        assert not (output / "26.png").exists()
+    finally:
+        unmount(output)
+
+
+def farm_submit_json(project: Path) -> tuple[int, dict, str]:
+    done = subprocess.run([sys.executable, "-m", "farm", "submit", "--agents", "1", "--json", str(project)],
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def test_an_embedded_run_on_a_full_disk_says_why_and_a_resubmit_completes(tmp_path, synthetic):
+    """`farm submit --json` of a project on a full disk: the cause and its code, not "no answer"."""
+    jobs = 12  # their outputs: more than the disk holds
+    made = synthetic(jobs=jobs, output_bytes=SIZE)
+    project = tmp_path / "small"
+    small_tmpfs(project, "1m")
+    try:
+        shutil.copytree(made, project, dirs_exist_ok=True)
+        code, answer, stderr = farm_submit_json(project)
+        assert code != 0 and answer["state"] == "failed", answer
+        assert "no answer" not in answer["error"] and "crashed" not in stderr, (answer, stderr)
+        assert "cannot be written" in answer["error"] and "(ENOSPC)" in answer["error"], answer
+        assert answer["code"] == "controller_disk" and answer["failures"] == [], answer
+        assert not [p for p in (project / "output").rglob("*") if p.stat().st_size == 0]
+        subprocess.run(["mount", "-o", "remount,size=8m", str(project)], check=True)  # room, the same command
+        code, answer, stderr = farm_submit_json(project)
+        assert code == 0 and answer["state"] == "done" and answer["jobs"]["done"] == jobs, (answer, stderr)
+        assert answer["jobs"]["failed"] == 0, answer
+        assert outputs(project) == [f"{job_key(i)}.bin" for i in range(jobs)]
+    finally:
+        unmount(project)
+
+
+def test_an_embedded_controller_that_crashes_is_named_as_the_cause(tmp_path, synthetic, monkeypatch):
+    """Its submitter used to end with "no answer from the controller ... for 15s", the cause unsaid."""
+    project = load_project(synthetic(jobs=2))
+    tick = Journal.tick
+
+    def fails(journal, now=None):
+        if journal.path.parent == tmp_path / "state":
+            raise JournalError(f"journal {journal.path}: cannot commit: the file was replaced")
+        return tick(journal, now)
+
+    monkeypatch.setattr(Journal, "tick", fails)
+    with EmbeddedFarm(tmp_path / "state", agents=1) as farm:
+        with pytest.raises(FarmError) as stopped:
+            farm.submit(project)
+    assert "the embedded controller stopped" in str(stopped.value), stopped.value
+    assert "cannot commit: the file was replaced" in str(stopped.value), stopped.value
