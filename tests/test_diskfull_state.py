@@ -205,3 +205,22 @@ def test_an_embedded_controller_that_crashes_is_named_as_the_cause(tmp_path, syn
             farm.submit(project)
     assert "the embedded controller stopped" in str(stopped.value), stopped.value
     assert "cannot commit: the file was replaced" in str(stopped.value), stopped.value
+
+
+def test_a_finalize_on_a_full_output_disk_names_the_folder(controller, agents, synthetic):
+    """It said "finalize failed: OSError: [Errno 28] ...", as a plugin bug would, with a traceback."""
+    project = synthetic(jobs=2, report=True)  # finalize writes outcome.json; the jobs write nothing
+    output = project / "output"
+    small_tmpfs(output, "64k")
+    agent_tmp = AgentTmp()
+    try:
+        fill(output)
+        agents(controller.url, 1, env=agent_tmp.env)
+        summary = submit(controller.url, load_project(project))
+    finally:
+        unmount(output)
+        agent_tmp.close()
+    assert summary.state == "failed" and summary.done == 2 and summary.failures == [], summary
+    assert f"cannot write the output folder {output}" in summary.error, summary.error
+    assert "(ENOSPC)" in summary.error and "finalizing" in summary.error, summary.error
+    assert summary.code == "controller_disk", summary

@@ -63,6 +63,7 @@ FLUSH_AT = 256
 # What says the controller cannot write its own files, whatever job it collates: no render is to blame
 OWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                         errno.EIO})
+DISK_CODE = "controller_disk"  # a summary's `code` when the controller's own disk stopped the run
 OWN_SQLITE = frozenset({3, 8, 10, 13})  # SQLITE_PERM, _READONLY, _IOERR, _FULL (a media type's MBTiles)
 
 
@@ -105,7 +106,8 @@ def collate(pending: Pending) -> None:
         pending.error = f"{type(exc).__name__}: {exc}"
         own = own_fault(exc)
         if own is not None:  # the first: the run's collates after it are skipped
-            pending.fault = run.stopped = cannot_write(run.project.output_dir, pending.job.key, own)
+            pending.fault = run.stopped = cannot_write(run.project.output_dir, own,
+                                                       f"collating job {pending.job.key}")
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
@@ -124,11 +126,11 @@ def _own(exc: BaseException) -> bool:
     return code is not None and code & 0xFF in OWN_SQLITE  # an extended code's low byte is the primary
 
 
-def cannot_write(folder: Path, key: str, exc: BaseException) -> str:
-    """Why a run stopped at a collate that failed for the controller's own reason, as people read it."""
-    return (f"cannot write the output folder {folder}: {described(exc)}, collating job {key}; no job is to "
-            "blame and none is rendered again: make room or make the folder writable, then submit the "
-            "project again")
+def cannot_write(folder: Path, exc: BaseException, doing: str) -> str:
+    """Why a run stopped at a collate (or finalize) that failed for the controller's own reason, as
+    people read it."""
+    return (f"cannot write the output folder {folder}: {described(exc)}, {doing}; no job is to blame and "
+            "none is rendered again: make room or make the folder writable, then submit the project again")
 
 
 def state_unwritable(folder: Path, exc: BaseException, doing: str) -> str:
@@ -185,6 +187,7 @@ def settle(pending: Pending) -> bool:
     else:
         del run.collating[key]
     if pending.fault is not None:  # no attempt, no blame: the run fails, once, with why
+        run.served = {**run.served, "code": DISK_CODE}  # in its summary (`ProjectRun.summary`)
         run.abort(pending.fault if run.error is None else f"{run.error}; then {pending.fault}")
         return True
     if pending.skipped:  # its run stopped first: neither done nor failed

@@ -20,15 +20,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from farm.controller.clients import ENDED
-from farm.controller.collator import own_fault, state_unwritable
+from farm.controller.collator import DISK_CODE, own_fault, state_unwritable
 from farm.journal import JournalError
 
 if TYPE_CHECKING:
     from farm.controller.run import Lease, ProjectRun
 
 log = logging.getLogger(__name__)
-
-DISK_CODE = "controller_disk"  # a run's `code` when the controller's own disk stopped it
 
 
 class DiskSide:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farm.controller.collator import DISK_CODE, cannot_write, own_fault
 from farm.errors import FarmError
 from farm.filesync import SyncError
 from farm.protocol import T
@@ -111,12 +112,9 @@ class FinishSide:
     def _finalized(self, run: ProjectRun, future: concurrent.futures.Future[list[str]]) -> None:
         try:
             run.finished(future.result(), None)
-        except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
-            log.error("%s: finalize failed: %s", run.id, exc)
-            run.finished([], f"finalize failed: {exc}")
-        except Exception as exc:  # a bug in the plugin: keep the traceback for its author
-            log.exception("%s: finalize failed", run.id)
-            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if not self._finalize_own_fault(run, exc):
+                self._finalize_failed(run, exc)
         log.info("project %s %s in %.1fs", run.id, run.state, run.elapsed())
         self.assets.unpublish(run.id)
         if run.uploaded:  # the submitter is elsewhere: let it download the outputs
@@ -128,6 +126,28 @@ class FinishSide:
         if not run.uploaded:
             self._notify_finished(run)
             self._prune()
+
+    @staticmethod
+    def _finalize_failed(run: ProjectRun, exc: Exception) -> None:
+        if isinstance(exc, FarmError):  # an expected failure the plugin explains: one line, no traceback
+            log.error("%s: finalize failed: %s", run.id, exc)
+            run.finished([], f"finalize failed: {exc}")
+        else:  # a bug in the plugin: keep the traceback for its author
+            log.error("%s: finalize failed", run.id, exc_info=exc)
+            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _finalize_own_fault(run: ProjectRun, exc: Exception) -> bool:
+        """A finalize the controller's own disk failed (full, read-only): the run fails naming the
+        output folder and the OS error, with `code` "controller_disk"; no plugin bug to trace."""
+        own = own_fault(exc)
+        if own is None:
+            return False
+        why = cannot_write(run.project.output_dir, own, "finalizing")
+        log.error("%s: %s", run.id, why)
+        run.served = {**run.served, "code": DISK_CODE}
+        run.finished([], why)
+        return True
 
     def _publish_outputs(self, run: ProjectRun) -> None:
         """Serve an ended remote run's output folder for download, off the loop; its followers and
