@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from farm.client import Summary, submit
 from farm.controller.intake import Refusing, check_owned
 from farm.controller.server import Controller
-from farm.errors import ProjectError
+from farm.errors import ConnectionLost, FarmError, ProjectError
 from farm.linkcheck import refuse_links
 from farm.project import PROJECT_FILE, STATE_DIR, Project, load_project
 from farm.tomltext import parse_toml
@@ -191,7 +191,13 @@ class EmbeddedFarm:
     def submit(self, project: Project, *, priority: int = 0,
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
         assert self.controller.url is not None
-        return submit(self.controller.url, project, priority=priority, on_update=on_update)
+        try:
+            return submit(self.controller.url, project, priority=priority, on_update=on_update)
+        except ConnectionLost:
+            crash = self.controller.crash  # the real cause, not the silence it left
+            if crash is None:
+                raise
+            raise FarmError(f"the embedded controller stopped: {crash}") from crash
 
 
 def peek_media_type(project_dir: Path | str) -> str | None:

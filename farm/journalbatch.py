@@ -128,6 +128,28 @@ class BatchedJobs:
             raise self._error(exc, "record jobs") from None
         self._pending.clear()
 
+    def discard(self) -> int:
+        """After a write failed for the disk (full, read-only): drop what is not committed (the
+        batch, the writer's commit, an open transaction), so the next write starts clean; returns
+        how many job writes were dropped (those jobs count as not done after a restart)."""
+        dropped = self.unflushed
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            except JournalError:
+                pass
+        self._inflight, self._inflight_count = {}, 0
+        self._pending.clear()
+        self._young.clear()
+        self._unflushed = 0
+        if self._db is not None and self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # SQLite may have rolled it back itself
+                log.debug("journal %s: rollback: %s", self.path, exc)
+        return dropped
+
     # -- commits -------------------------------------------------------------------------
 
     @property

@@ -56,6 +56,7 @@ class Summary:
     already: bool = False  # a cancel found the run finished already: nothing was cancelled
     notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
     downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
+    code: str | None = None  # what kind of error stopped it, for scripts ("controller_disk": its own disk)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,8 @@ class Summary:
                    failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
                    download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()],
                    download_parts=_parts(data.get("download_parts")),
-                   download_error=str(data["download_error"]) if data.get("download_error") else None)
+                   download_error=str(data["download_error"]) if data.get("download_error") else None,
+                   code=str(data["code"]) if data.get("code") else None)
 
     def parts(self) -> list[str]:
         """The trees the outputs are served as, fetched in turn (one unless there are too many files
@@ -87,6 +89,7 @@ class Summary:
             "outputs": self.outputs,
             "failures": self.failures,
             "error": self.error,
+            **({"code": self.code} if self.code else {}),
             "notes": self.notes,
         }
 

@@ -200,6 +200,8 @@ class AgentSide:
         except Exception as exc:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            if self._staging_failed(lease, exc):  # the state folder's disk: the run stops, no attempt
+                return
             agent.failed += 1
             lease.run.failed(lease, f"collating its outputs failed: {type(exc).__name__}: {exc}", "")
             return

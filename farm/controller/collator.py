@@ -64,6 +64,7 @@ FLUSH_AT = 256
 # What says the controller cannot write its own files, whatever job it collates: no render is to blame
 OWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                         errno.EIO})
+DISK_CODE = "controller_disk"  # a summary's `code` when the controller's own disk stopped the run
 OWN_SQLITE = frozenset({3, 8, 10, 13})  # SQLITE_PERM, _READONLY, _IOERR, _FULL (a media type's MBTiles)
 
 
@@ -110,7 +111,8 @@ def collate(pending: Pending) -> None:
         pending.error = gone or f"{type(exc).__name__}: {exc}"
         own = own_fault(exc)
         if own is not None:  # the first: the run's collates after it are skipped
-            pending.fault = run.stopped = cannot_write(run.project.output_dir, pending.job.key, own, gone)
+            pending.fault = run.stopped = cannot_write(run.project.output_dir, own,
+                                                       f"collating job {pending.job.key}", gone)
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
@@ -129,19 +131,30 @@ def _own(exc: BaseException) -> bool:
     return code is not None and code & 0xFF in OWN_SQLITE  # an extended code's low byte is the primary
 
 
-def cannot_write(folder: Path, key: str, exc: BaseException, gone: str | None = None) -> str:
-    """Why a run stopped at a collate that failed for the controller's own reason, as people read it
-    (`gone`: the folder was removed meanwhile, `removed_during_run`)."""
+def cannot_write(folder: Path, exc: BaseException, doing: str, gone: str | None = None) -> str:
+    """Why a run stopped at a collate (or finalize) that failed for the controller's own reason, as
+    people read it (`gone`: the folder was removed meanwhile, `removed_during_run`)."""
     if gone is not None:
-        return f"{gone}, collating job {key}; no job is to blame and none is rendered again: submit it again"
+        return f"{gone}, {doing}; no job is to blame and none is rendered again: submit it again"
+    return (f"cannot write the output folder {folder}: {described(exc)}, {doing}; no job is to blame and "
+            "none is rendered again: make room or make the folder writable, then submit the project again")
+
+
+def state_unwritable(folder: Path, exc: BaseException, doing: str) -> str:
+    """Why runs stopped when the controller could not write its own state folder (the journal, the
+    staging of results), as people read it."""
+    return (f"the controller's state folder {folder} cannot be written ({described(exc)}), {doing}; no job "
+            "is to blame: make room or make the folder writable, then submit the project again")
+
+
+def described(exc: BaseException) -> str:
+    """An OS or SQLite error in a few words: what, its errno's name, and the path."""
     if isinstance(exc, OSError):
         why = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
         if exc.filename is not None:  # a rename's is where from, its filename2 where to
             why += f": {exc.filename if exc.filename2 is None else exc.filename2}"
-    else:
-        why = f"{type(exc).__name__}: {exc}"
-    return (f"cannot write the output folder {folder}: {why}, collating job {key}; no job is to blame and "
-            "none is rendered again: make room or make the folder writable, then submit the project again")
+        return why
+    return f"{type(exc).__name__}: {exc}"
 
 
 def reuse(run: ProjectRun, job: Job) -> bool:
@@ -181,6 +194,7 @@ def settle(pending: Pending) -> bool:
     else:
         del run.collating[key]
     if pending.fault is not None:  # no attempt, no blame: the run fails, once, with why
+        run.served = {**run.served, "code": DISK_CODE}  # in its summary (`ProjectRun.summary`)
         run.abort(pending.fault if run.error is None else f"{run.error}; then {pending.fault}")
         return True
     if pending.skipped:  # its run stopped first: neither done nor failed

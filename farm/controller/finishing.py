@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farm.controller.collator import DISK_CODE, cannot_write, own_fault
 from farm.errors import FarmError
 from farm.filesync import SyncError
 from farm.protocol import T
@@ -111,23 +112,42 @@ class FinishSide:
     def _finalized(self, run: ProjectRun, future: concurrent.futures.Future[list[str]]) -> None:
         try:
             run.finished(future.result(), None)
-        except FarmError as exc:  # an expected failure the plugin explains: one line, no traceback
-            log.error("%s: finalize failed: %s", run.id, exc)
-            run.finished([], f"finalize failed: {exc}")
-        except Exception as exc:  # a bug in the plugin: keep the traceback for its author
-            log.exception("%s: finalize failed", run.id)
-            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if not self._finalize_own_fault(run, exc):
+                self._finalize_failed(run, exc)
         log.info("project %s %s in %.1fs", run.id, run.state, run.elapsed())
         self.assets.unpublish(run.id)
         if run.uploaded:  # the submitter is elsewhere: let it download the outputs
             self._publish_outputs(run)
         else:
-            self.journal.finish_project(run.id, run.state, run.summary())
+            self._journal_finish(run)
         if run.state == "done":  # journaled: no collate or finalize needs its plugin's state
             run.ctx.state.clear()
         if not run.uploaded:
             self._notify_finished(run)
             self._prune()
+
+    @staticmethod
+    def _finalize_failed(run: ProjectRun, exc: Exception) -> None:
+        if isinstance(exc, FarmError):  # an expected failure the plugin explains: one line, no traceback
+            log.error("%s: finalize failed: %s", run.id, exc)
+            run.finished([], f"finalize failed: {exc}")
+        else:  # a bug in the plugin: keep the traceback for its author
+            log.error("%s: finalize failed", run.id, exc_info=exc)
+            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _finalize_own_fault(run: ProjectRun, exc: Exception) -> bool:
+        """A finalize the controller's own disk failed (full, read-only): the run fails naming the
+        output folder and the OS error, with `code` "controller_disk"; no plugin bug to trace."""
+        own = own_fault(exc)
+        if own is None:
+            return False
+        why = cannot_write(run.project.output_dir, own, "finalizing")
+        log.error("%s: %s", run.id, why)
+        run.served = {**run.served, "code": DISK_CODE}
+        run.finished([], why)
+        return True
 
     def _publish_outputs(self, run: ProjectRun) -> None:
         """Serve an ended remote run's output folder for download, off the loop; its followers and
@@ -136,7 +156,7 @@ class FinishSide:
         self.publishing.setdefault(run.id, [])
         # journaled now with the tree it will be served as: a controller that stops meanwhile
         # serves it again from the output folder after its restart (`ClientSide._answer_journaled`)
-        self.journal.finish_project(run.id, run.state, {**run.summary(), "download": tree})
+        self._journal_finish(run, {**run.summary(), "download": tree})
         self._output_publisher().publish(run.id, tree, run.project.output_dir,
                                          lambda trees, error: self._published(run, trees, error))
 
@@ -146,11 +166,11 @@ class FinishSide:
         return self._publisher
 
     def _published(self, run: ProjectRun, trees: list[str] | None, error: str | None) -> None:
-        run.served = served(trees, error)
+        run.served = {**served(trees, error), **{k: v for k, v in run.served.items() if k == "code"}}
         run.download = run.served["download"]
         summary = run.summary()
         if trees is None:  # nothing to serve after all
-            self.journal.finish_project(run.id, run.state, summary)
+            self._journal_finish(run, summary)
         for identity, already in self.publishing.pop(run.id, ()):
             self._send(identity, T.FINISHED, {"summary": summary, **({"already": True} if already else {})})
         self._notify_finished(run)

@@ -29,6 +29,7 @@ from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
 from farm.controller.collator import Collator
 from farm.controller.control import ControlSide
+from farm.controller.diskfault import DiskSide
 from farm.controller.events import EventBus, Stats, Subscribers
 from farm.controller.finishing import FinishSide
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
@@ -59,7 +60,7 @@ LEASE_CHECK_EVERY_S = 1.0
 JOURNAL_FILE = "journal.sqlite"
 
 
-class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
+class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
     #: for a farm whose agents are all known (the embedded one): their exit codes, None while running;
     #: None for an open farm, where an agent may join at any time
     local_agents: Callable[[], list[int | None]] | None = None
@@ -273,7 +274,6 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
                 if self._probes and now >= self._probes[0]:
                     self._probes.pop(0)
                     self._probe_agents()
-                self.journal.tick(now)
                 if self.joblog_store is not None:  # the job logs of this turn to their writer, in one piece
                     self.joblog_store.push()
                 for upload in self.assets.finished_uploads():
@@ -281,6 +281,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
                 for intake in self.intake.finished():
                     self._fenced(intake.identity, self._intake_done, intake)
                 try:  # a state a peer provoked must not end the loop either (the journal failing does)
+                    self.journal.tick(now)
                     self.collator.deliver()
                     self._dispatch(now)
                     self.collator.flush(time.monotonic())  # results and reuses, a batch at a time
@@ -293,8 +294,9 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
                         last_updates = now
                         self._send_updates()
                     self.subscribers.send(self._send)
-                except JournalError:
-                    raise
+                except JournalError as exc:
+                    if not self._journal_fault(exc):  # the controller's own disk stops runs, not the loop
+                        raise
                 except Exception as exc:  # tracebacks for the first ones; out of descriptors: a line a minute
                     self.loop_errors.note(exc)
         finally:
@@ -313,7 +315,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
             self.assets.close()
             if self.joblog_store is not None:
                 self.joblog_store.close()
-            self.journal.close()
+            self._close_journal()
             self.events.stop()
             self.notifier.close()
             lock.close()
@@ -431,6 +433,9 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide):
         except ProtocolError as exc:
             self._bad(identity, str(exc))
         except Exception as exc:
+            if isinstance(exc, JournalError) and self._journal_fault(exc):  # its disk: runs stopped, said why
+                self._send(identity, T.ERROR, {"message": self.disk_fault})
+                return
             self.health["handler_errors"] += 1
             log.exception("handling a message from %r failed", identity[:32])
             self._send(identity, T.ERROR, {"message": f"the controller could not handle that message: "

@@ -266,5 +266,8 @@ def _write_tile(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    finally:
+    except BaseException:  # a full disk: no empty or cut tile is left (its job is not done)
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
