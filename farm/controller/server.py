@@ -49,6 +49,7 @@ from farm.preview import RunFacts
 from farm.project import load_project
 from farm.protocol import Message, T, pack, unpack
 from farm.security import ServerSecurity, authenticated_id
+from farm.words import counted
 
 if TYPE_CHECKING:
     from farm.http.server import HttpServer
@@ -344,7 +345,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
             run.uploaded = bool(wire.get("uploaded"))
             self.scheduler.add(run)
             self._announce(run, resumed=True)
-            log.info("resumed project %s: %d jobs already done", run.id, run.done)
+            log.info("resumed project %s: %s already done", run.id, counted(run.done, "job"))
         self.restore_controls()
 
     def _prepare(self, run: ProjectRun, manifest: Any = None) -> None:
