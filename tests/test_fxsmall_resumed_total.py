@@ -1,6 +1,7 @@
 """A run with adaptive chunks resumed after a controller restart, before any agent pulls, counts
 the jobs left at the size its timing had chosen (the jobs done before have it), not at the
-type's default chunk: before, "3/~40 done" (400 frames at 10 a job) for a run of about 17 jobs, until an agent joined.
+type's default chunk: before, "3/~40 done" (400 frames at 10 a job) for a run of about 17
+jobs, until an agent joined.
 
 A real SQLite journal as a killed controller left it, a real controller read through a real client.
 """
