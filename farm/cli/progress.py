@@ -64,21 +64,25 @@ class RateMeter:
 
     `add` gives None while unknown: under 0.3 s of samples, or just after the done units went
     down (a restarted controller drops its jobs' partial progress): the window starts again
-    there, so a rate is never negative.
+    there, so a rate is never negative; and until some work is done after that start (agents
+    rejoining a resumed run: "--", not "0.0 tiles/s").
     """
 
     def __init__(self, window: float = RATE_WINDOW_S) -> None:
         self.window = window
         self.samples: list[tuple[float, float]] = []
+        self.moved = False  # done went up since the samples started
 
     def add(self, now: float, done: float) -> float | None:
         if self.samples and done < self.samples[-1][1]:
             self.samples.clear()
+            self.moved = False
+        self.moved = self.moved or bool(self.samples) and done > self.samples[0][1]
         self.samples.append((now, done))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.pop(0)
         (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
-        if t1 - t0 < 0.3:
+        if t1 - t0 < 0.3 or not self.moved:
             return None
         return (d1 - d0) / (t1 - t0)
 

@@ -178,7 +178,7 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
 def say_waiting(why: str) -> None:
     """A follower's wait for a restarting controller, said on stderr (above the bar)."""
     if why:
-        log.warning("controller restarting? %s...", why)
+        log.warning("%s...", why)  # the client's words say it may be restarting, and for how long
     else:
         log.warning("the controller is back; following the run again")
 

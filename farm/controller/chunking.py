@@ -136,6 +136,10 @@ class AdaptiveChunks(ChunkAdvisor):
         self.last_default = 1  # the type's chunk, as the last `next_job` gave it
         self._fixed: int | None = None  # the project's chunk, if it wrote one
         self._rest: Callable[[int, int], int] | None = None  # the last job's `rest`
+        # the largest job found done before (a resumed run): the size the timing chose then,
+        # so the job count is estimated at it until times come in, not at the type's default
+        self.before = 0
+        self._hit: str | None = None  # the key `known` last said yes to
 
     # -- what the run tells it ------------------------------------------------------------
 
@@ -177,7 +181,10 @@ class AdaptiveChunks(ChunkAdvisor):
         return size
 
     def known(self, job: Job) -> bool:
-        return self._known is not None and self._known(job)
+        hit = self._known is not None and self._known(job)
+        if hit:
+            self._hit = job.key
+        return hit
 
     def candidates(self, remaining: int, default: int) -> list[int]:
         if self._known is None:
@@ -190,6 +197,8 @@ class AdaptiveChunks(ChunkAdvisor):
                  limit: int | None = None, fixed: bool = False,
                  rest: Callable[[int, int], int] | None = None) -> Job:
         job = super().next_job(remaining, default, make, limit, fixed, rest)
+        if self._hit == job.key:
+            self.before = max(self.before, job.units)
         self.last = job.units
         self.left = remaining - job.units
         self.last_default = default
@@ -205,10 +214,13 @@ class AdaptiveChunks(ChunkAdvisor):
     def jobs_left(self) -> int:
         """How many jobs are still to be split off: exact for a fixed chunk (unless jobs done
         before at other sizes are found), else at the size the next job would get now (it
-        changes as times come in and the tail shrinks)."""
+        changes as times come in and the tail shrinks); before any time, at the size of the
+        jobs found done before a restart if larger."""
         if not self.left:
             return 0
         size = self._fixed or self.size(self.left, self.last_default)
+        if not self._fixed and self.before and self.estimate() is None:
+            size = max(size, min(self.before, self.left))
         if self._rest is not None:
             return max(0, int(self._rest(self.last, size)))
         return math.ceil(self.left / max(1, size))

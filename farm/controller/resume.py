@@ -13,9 +13,11 @@ job the journal has as running when the controller died gets that attempt in its
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from farm.controller.chunking import AdaptiveChunks
+from farm.mediatype import Job
 
 if TYPE_CHECKING:
     from farm.controller.run import ProjectRun
@@ -33,14 +35,21 @@ def resume(run: ProjectRun) -> None:
         _interrupted(run)
         return
     jobs = None
+    walked = [0]  # jobs the count's split yielded
     if run.chunks is not None:
+        counter = AdaptiveChunks(run.project.target, run._known)
         try:
-            jobs = run.media.split(run.project, AdaptiveChunks(run.project.target, run._known))
+            jobs = _counted(run.media.split(run.project, counter), walked)
         except Exception as exc:  # the run's own split met it already (`_fail_project`)
             log.info("%s: counting the units done before the restart: split() raised %r",
                      run.project.name, exc)
             return
-    if run.units.resume(run.done_keys, run.failures, jobs) and not run.exhausted:
+    if not run.units.resume(run.done_keys, run.failures, jobs):
+        if run.chunks is not None and counter.left is not None:
+            # until an agent pulls (`take` counts then): the jobs up to the last one done before,
+            # and the rest at the sizes chosen then, not the type's count at its default chunk
+            run.total = walked[0] + counter.jobs_left()
+    elif not run.exhausted:
         while not run.exhausted:  # each a job done or failed before: nothing leased, nothing run
             job = run._pull()
             if job is not None:  # the count's split and the run's disagree after all: it runs
@@ -48,6 +57,13 @@ def resume(run: ProjectRun) -> None:
         if run.chunks is not None:  # the count as `take` would have said it, had an agent pulled
             run.total = run.done + len(run.failures) + len(run.ready) + len(run.unmet)
     _interrupted(run)
+
+
+def _counted(jobs: Iterable[Job], walked: list[int]) -> Iterator[Job]:
+    """`jobs`, counted in ``walked[0]`` as they are walked."""
+    for job in jobs:
+        walked[0] += 1
+        yield job
 
 
 def _interrupted(run: ProjectRun) -> None:
