@@ -51,7 +51,6 @@ from farm.journalschema import (
     prepare,
     unpack_value,
 )
-from farm.natural import natural_compare
 from farm.paths import private_file
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,6 @@ class Journal(BatchedJobs):
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {self.path}: cannot open: {exc}") from None
         self._db: sqlite3.Connection | None = db
-        db.create_collation("natkey", natural_compare)  # job pages in natural order (farm.natural)
         try:
             prepare(db, self.path)
         except sqlite3.Error as exc:
@@ -285,7 +283,7 @@ class Journal(BatchedJobs):
         """The project's permanently failed jobs, by key."""
         rows = self._read_jobs(
             "SELECT key, error, log, attempts, duration, agent FROM jobs "
-            "WHERE project_id = ? AND state = 'failed' ORDER BY key COLLATE natkey",
+            "WHERE project_id = ? AND state = 'failed' ORDER BY key",
             (project_id,),
         )
         return [FailedJob(key, error or "", log or "", attempts or 0, duration, agent)
@@ -317,8 +315,7 @@ class Journal(BatchedJobs):
         where = "project_id = ? AND state = 'done'" + {None: "", True: " AND reused",
                                                           False: " AND NOT reused"}[reused]
         total = self._read_jobs(f"SELECT count(*) FROM jobs WHERE {where}", (project_id,)).fetchone()[0]
-        rows = self._read(f"SELECT key, agent FROM jobs WHERE {where} ORDER BY key COLLATE natkey "
-                          "LIMIT ? OFFSET ?",
+        rows = self._read(f"SELECT key, agent FROM jobs WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
                           (project_id, limit, offset)).fetchall()
         return total, rows
 

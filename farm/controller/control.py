@@ -19,7 +19,6 @@ from farm.controller.run import ProjectRun
 from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
 from farm.journal import ProjectRecord
-from farm.natural import natural_key
 from farm.preview import RunFacts
 from farm.protocol import Message, T
 from farm.words import counted
@@ -42,10 +41,6 @@ class Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _by_key(item: tuple[str, Any]) -> tuple[Any, ...]:
-    return natural_key(item[0])
 
 
 class ControlSide:
@@ -196,16 +191,15 @@ class ControlSide:
         listed: list[dict[str, Any]] = []
         if state in (None, "running"):
             listed += [_job(run, key, "running", lease.agent_id, now - lease.started, None)
-                       for key, lease in sorted(run.leases.items(), key=_by_key)]
+                       for key, lease in sorted(run.leases.items())]
         if state in (None, "collating"):
-            listed += [_collating(run, key, pending)
-                       for key, pending in sorted(run.collating.items(), key=_by_key)]
+            listed += [_collating(run, key, pending) for key, pending in sorted(run.collating.items())]
         if state in (None, "queued"):
-            queued = sorted({job.key for job in run.ready} | run.unmet.keys(), key=natural_key)
+            queued = sorted({job.key for job in run.ready} | run.unmet.keys())
             listed += [_job(run, key, "queued", None, None, None) for key in queued]
         if state in (None, "failed"):
             listed += [_job(run, key, "failed", f.agent, None, f.error)
-                       for key, f in sorted(run.failures.items(), key=_by_key)]
+                       for key, f in sorted(run.failures.items())]
         page = listed[offset:offset + limit]
         done_total = 0
         if state in (None, "done", "reused"):
