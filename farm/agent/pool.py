@@ -61,6 +61,7 @@ class Slot:
     greeted: bool = False  # it said W_READY once: a later exit is a crash, not a failure to start
     stderr: StderrTail | None = None
     restart_at: float = 0.0  # when a broken node starts this slot's worker again (proc is None meanwhile)
+    killed: bool = False  # this agent killed it (a cancel, a timeout): its exit is no fault to report
 
 
 class Pool:
@@ -107,7 +108,7 @@ class Pool:
         )
         assert slot.proc.stderr is not None
         slot.stderr = StderrTail(slot.proc.stderr)
-        slot.ready = slot.greeted = False
+        slot.ready = slot.greeted = slot.killed = False
         slot.running = []
         slot.projects = set()
 
@@ -118,6 +119,7 @@ class Pool:
             except ProcessLookupError:
                 pass
             slot.proc.wait()
+            slot.killed = True
         slot.ready = False
 
     def check(self, now: float, stopping: bool) -> None:
@@ -145,7 +147,9 @@ class Pool:
                                        duration=max(0.0, time.monotonic() - slot.head_since))
                     for job in rest:
                         self.outcomes.hand_back(job, "its worker died running another job")
-                if not slot.greeted and not stopping:
+                if slot.killed:  # to withdraw its jobs (a cancel) or for a timeout, said already
+                    log.debug("worker %d, stopped by this agent, restarts", slot.index)
+                elif not slot.greeted and not stopping:
                     self._died_at_start(slot, code)
                 elif slot.running or not stopping:
                     log.warning("worker %d exited with code %s; restarting it", slot.index, code)

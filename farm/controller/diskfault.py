@@ -33,6 +33,7 @@ class DiskSide:
     """Runs stopped by the controller's own disk; needs the controller's runs, journal and senders."""
 
     disk_fault: str | None = None  # the last such reason, for clients refused meanwhile
+    ends_with_submitter = False  # `ClientSide.ends_with_submitter`
 
     def _staging_failed(self, lease: Lease, exc: BaseException) -> bool:
         """A result's outputs could not be staged in the state folder: True if for the disk (the run
@@ -62,7 +63,9 @@ class DiskSide:
         dropped = self.journal.discard()
         why = state_unwritable(self.state_dir, own, "recording the runs in its journal")
         self.disk_fault = why
-        log.error("%s (%d job outcomes not recorded: those jobs render again)", why, dropped)
+        # the embedded farm's submitter hears it as its run's error: said there, once
+        log.log(logging.INFO if self.ends_with_submitter else logging.ERROR,
+                "%s (%d job outcomes not recorded: those jobs render again)", why, dropped)
         for run in list(self.runs.values()):
             # a finalize under way is journaled when it returns (`FinishSide._journal_finish`)
             if run.state in ENDED or run.id in self.finalizing:

@@ -478,16 +478,16 @@ class ProjectRun(RunReport):
     def finalize(self) -> list[str]:
         """Run the media type's finalize (in a thread of the controller: it may be slow).
 
-        A partial run finalizes too, so the outputs that did succeed are kept and readable;
-        there a failing finalize is only logged, the run has failed already.
-        """
+        A partial run finalizes too, so the outputs that did succeed are kept and readable; there a
+        failing finalize is only logged (quietly if the run stopped for the disk: said already)."""
         try:
             self.project.output_dir.mkdir(parents=True, exist_ok=True)  # also with no jobs, or all reused
             return [str(p) for p in self.media.finalize(self.ctx)]
         except Exception as exc:
             if not (self.error or self.failures):
                 raise
-            log.warning("%s: finalize of a partial run failed: %s", self.project.name, exc)
+            (log.debug if self.stopped else log.warning)(
+                "%s: finalize of a partial run failed: %s", self.project.name, exc)
             return []
 
     def finished(self, outputs: list[str], error: str | None) -> None:
