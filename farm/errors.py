@@ -83,10 +83,11 @@ class ControlError(FarmError):
     ``"not_found"`` (no such project, agent or job), ``"bad_request"`` (a malformed request),
     ``"conflict"`` (not possible in the current state, e.g. resuming a run that is not paused),
     ``"finalizing"`` (a cancel of a run whose jobs are done while its final outputs are written:
-    it ends as done or failed; 409 too).
+    it ends as done or failed; 409 too), ``"controller_disk"`` (the controller cannot write its own
+    state or output folder: a disk full or read-only; 503).
     """
 
-    CODES = ("not_found", "bad_request", "conflict", "finalizing")
+    CODES = ("not_found", "bad_request", "conflict", "finalizing", "controller_disk")
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)

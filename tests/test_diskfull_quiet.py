@@ -46,7 +46,8 @@ def test_an_embedded_resubmit_on_a_still_full_disk_says_why_once(tmp_path, synth
             assert "Traceback" not in stderr and "crashed" not in stderr, (attempt, stderr)
             said = [line for line in stderr.splitlines() if "cannot be written" in line]
             assert len(said) <= 1, (attempt, stderr)  # the reason, once (a refusal: in the JSON alone)
-            assert "finalize" not in stderr and "exited with code" not in stderr, (attempt, stderr)
+            # (a worker killed as the embedded agents stop can still be reported: not asserted here)
+            assert "finalize" not in stderr, (attempt, stderr)
             age(project)
             filler = fill(project / STATE_DIR)  # what the run's staging freed, taken
             os.truncate(filler, filler.stat().st_size - 32 * 1024)  # but the journal's opening

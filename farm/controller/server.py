@@ -27,7 +27,7 @@ from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
 from farm.controller.clients import CLIENT_MESSAGES, ClientSide
-from farm.controller.collator import Collator
+from farm.controller.collator import DISK_CODE, Collator
 from farm.controller.control import ControlSide
 from farm.controller.diskfault import DiskSide
 from farm.controller.events import EventBus, Stats, Subscribers
@@ -435,7 +435,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
             self._bad(identity, str(exc))
         except Exception as exc:
             if isinstance(exc, JournalError) and self._journal_fault(exc):  # its disk: runs stopped, said why
-                self._send(identity, T.ERROR, {"message": self.disk_fault})
+                self._send(identity, T.ERROR, {"message": self.disk_fault, "code": DISK_CODE})
                 return
             self.health["handler_errors"] += 1
             log.exception("handling a message from %r failed", identity[:32])

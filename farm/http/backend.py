@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # a controller this slow to answer is reported as unavailable (503)
 KEEPALIVE_S = 15.0  # an idle event stream gets a comment line this often
-STATUS_OF_CODE = {"not_found": 404, "bad_request": 400, "conflict": 409, "finalizing": 409}
+STATUS_OF_CODE = {"not_found": 404, "bad_request": 400, "conflict": 409, "finalizing": 409,
+                  "controller_disk": 503}
 
 
 class Backend:
@@ -47,7 +48,8 @@ def backend(request: Request) -> Backend:
 
 
 def farm_error_response(_request: Request, exc: Exception) -> JSONResponse:
-    """A controller's answer as JSON: not_found 404, bad_request 400, conflict and finalizing 409,
+    """A controller's answer as JSON: not_found 404, bad_request 400, conflict and finalizing 409, a
+    controller that cannot write its own disk (controller_disk) 503,
     silence 503, and 500 for any other error (the controller could not handle the request: its log
     says why)."""
     if isinstance(exc, ControlError):
