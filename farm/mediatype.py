@@ -273,6 +273,19 @@ class MediaType:
         """
         return []
 
+    def release(self, ctx: CollateContext) -> None:
+        """Let go of what ``ctx.state`` holds (open files, database connections), so the outputs
+        are whole on disk and this process keeps nothing of the run open.
+
+        Called once each time a run ends, in any state: after `finalize` for a run that ends done
+        or failed, after the last collate for one cancelled or stopped by the controller's own
+        disk; and for a run under way when the controller stops. It runs in a controller thread,
+        off its loop, never at the same time as `collate` or `finalize` of the run, and before the
+        outputs are published for download. Keep it idempotent (``state`` may hold nothing, or be
+        released already) and leave ``state`` holding nothing to release; an exception is only
+        logged. Default: nothing.
+        """
+
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
         """A live preview of the output so far, for the dashboard; None: this type has none.
 
