@@ -279,9 +279,9 @@ class MediaType:
 
         Called once each time a run ends, in any state: after `finalize` for a run that ends done
         or failed, after the last collate for one cancelled or stopped by the controller's own
-        disk; and for a run under way when the controller stops. It runs in a controller thread,
-        off its loop, never at the same time as `collate` or `finalize` of the run, and before the
-        outputs are published for download. Keep it idempotent (``state`` may hold nothing, or be
+        disk; and for a run under way when the controller stops. It runs off the controller's loop
+        (in a helper thread; as the controller stops, after its loop ended), never at the same time
+        as `collate` or `finalize` of the run, and before the outputs are published for download. Keep it idempotent (``state`` may hold nothing, or be
         released already) and leave ``state`` holding nothing to release; an exception is only
         logged. Default: nothing.
         """
