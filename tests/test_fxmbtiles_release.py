@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from conftest import wait_for
+from test_diskfull_state import fill, small_tmpfs, unmount
 
 from farm.client import Client
 from farm.controller.server import Controller
@@ -112,6 +113,40 @@ def test_a_cancelled_map_run_then_a_finished_one_download_a_whole_mbtiles(contro
     assert tiles == 5461  # zoom 0-6 of the whole world
     assert tile_count(output / "world_map.mbtiles") == tiles
     assert open_fds("world_map.mbtiles") == []
+
+
+def test_a_map_run_failed_for_a_full_state_disk_then_a_resubmit_downloads_a_whole_mbtiles(agents, tmp_path):
+    state = tmp_path / "state"
+    small_tmpfs(state, "64m")
+    project = world_map(tmp_path)
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=state, heartbeat=0.5, liveness=4).start()
+    try:
+        agents(ctl.url, 2)
+        first = subprocess.Popen([*FARM, "submit", "--json", "--controller", ctl.url, str(project)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: ctl.stats["collated"] >= 3, 240, "some metatiles to be collated")
+            filler = fill(state)
+            out, err = first.communicate(timeout=240)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+        failed = json.loads(out)
+        assert failed["state"] == "failed" and failed["code"] == "controller_disk", failed
+        # the failed run's file is closed (released off the loop once the run ended)
+        wait_for(lambda: open_fds(str(state / "uploads")) == [], 60, "the failed run's MBTiles closed")
+        filler.unlink()  # room again
+        again = subprocess.run([*FARM, "submit", "--json", "--controller", ctl.url, str(project)],
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["state"] == "done", again.stdout
+    finally:
+        ctl.stop(shutdown_agents=True)
+        unmount(state)
+    output = project / "output"
+    assert not [p.name for p in output.iterdir() if p.name.endswith(SIDES)]
+    assert tile_count(output / "world_map.mbtiles") == len(list((output / "tiles").rglob("*.png"))) == 5461
 
 
 def test_a_controller_that_stops_mid_run_leaves_its_mbtiles_closed(agents, tmp_path):
