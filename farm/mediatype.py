@@ -65,8 +65,8 @@ class CollateContext:
     :param state: the media type's own per-run state (open files, writers). It lives in this
         controller process only: after a controller restart it starts empty and the jobs done
         before are not collated again, so what must survive is derived from the outputs or
-        from ``done`` (see docs/plugins.md, "Per-run state"). Emptied once a run that finished
-        done is journaled (what it holds is dropped then: objects that clean up on release do).
+        from ``done`` (see docs/plugins.md, "Per-run state"). `MediaType.release` closes what it
+        holds at every run end; it is emptied once a run that finished done is journaled.
     :param log: the logger for this media type's collates; on a controller its warnings are also
         the run's ``notes`` in its summary (what a remote `farm submit` prints).
     :param done: keys of the run's jobs whose outputs were collated, by this process or by
