@@ -65,8 +65,8 @@ class CollateContext:
     :param state: the media type's own per-run state (open files, writers). It lives in this
         controller process only: after a controller restart it starts empty and the jobs done
         before are not collated again, so what must survive is derived from the outputs or
-        from ``done`` (see docs/plugins.md, "Per-run state"). Emptied once a run that finished
-        done is journaled (what it holds is dropped then: objects that clean up on release do).
+        from ``done`` (see docs/plugins.md, "Per-run state"). `MediaType.release` closes what it
+        holds at every run end; it is emptied once a run that finished done is journaled.
     :param log: the logger for this media type's collates; on a controller its warnings are also
         the run's ``notes`` in its summary (what a remote `farm submit` prints).
     :param done: keys of the run's jobs whose outputs were collated, by this process or by
@@ -272,6 +272,19 @@ class MediaType:
         succeed are kept; there an exception from here is only logged.
         """
         return []
+
+    def release(self, ctx: CollateContext) -> None:
+        """Let go of what ``ctx.state`` holds (open files, database connections), so the outputs
+        are whole on disk and this process keeps nothing of the run open.
+
+        Called once each time a run ends, in any state: after `finalize` for a run that ends done
+        or failed, after the last collate for one cancelled or stopped by the controller's own
+        disk; and for a run under way when the controller stops. It runs off the controller's loop
+        (in a helper thread; as the controller stops, after its loop ended), never at the same time
+        as `collate` or `finalize` of the run, and before the outputs are published for download. Keep it idempotent (``state`` may hold nothing, or be
+        released already) and leave ``state`` holding nothing to release; an exception is only
+        logged. Default: nothing.
+        """
 
     def preview(self, ctx: PreviewContext) -> Mapping[str, Any] | None:
         """A live preview of the output so far, for the dashboard; None: this type has none.

@@ -24,7 +24,8 @@ them, so that a plugin that passes here does not fail on a farm for a reason a t
 - halfway through the collates, the controller "restarts": a fresh instance of the media type
   and a fresh `CollateContext` whose ``state`` is empty, as after a real resume. Jobs collated
   before it are not collated again, but are in the fresh context's ``done``, and ``finalize``
-  runs on the fresh context.
+  runs on the fresh context;
+- ``release`` runs after ``finalize`` (also when it raised), on the same context.
 
 Use `farm.embedded.submit_embedded` (or the fixtures of `farm.pytest_plugin`) to run the same
 project on real agent processes.
@@ -136,7 +137,10 @@ def run_local(
             run.collated.append(job.key)
             done[job.key] = None
         project.output_dir.mkdir(parents=True, exist_ok=True)
-        run.outputs = media.finalize(ctx)
+        try:
+            run.outputs = media.finalize(ctx)
+        finally:  # as a controller does at every run end
+            media.release(ctx)
     run.preview = _preview(media, project)
     return run
 

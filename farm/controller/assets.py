@@ -18,6 +18,7 @@ from farm.filesync import DEFAULT_LIMITS, HashCache, Manifest, UploadResult, bui
 from farm.filesync.localview import local_hint
 from farm.filesync.parts import build_parts
 from farm.filesync.scan import walk_files
+from farm.filesync.sidefiles import side_files
 from farm.filesync.tracker import SwarmFileServer
 from farm.project import Project
 from farm.security import ServerSecurity
@@ -67,10 +68,17 @@ class AssetService:
         (an audio run's joins, GBs of PCM, stay there when the run is cancelled or failed).
 
         Returns the trees it is served as: ``tree``, then ``tree.2``, ``tree.3``... when it holds
-        more than one manifest may (`OUTPUT_LIMITS`; a zoom-10 map's 1.4 million tiles are 7)."""
+        more than one manifest may (`OUTPUT_LIMITS`; a zoom-10 map's 1.4 million tiles are 7).
+        An SQLite file's side files (``-wal``, ``-shm``: its media type left it open) are not served:
+        beside a copy of the file they would corrupt it (`farm.filesync.sidefiles`)."""
         if not folder.is_dir():
             return None
         shown = [rel for rel in walk_files(folder) if not any(part.startswith(".") for part in rel.split("/"))]
+        sides = side_files(shown)
+        if sides:
+            log.warning("%s: not serving %s (an SQLite file's side files, left open): %s", tree,
+                        counted(len(sides), "file"), ", ".join(sorted(sides)[:6]))
+            shown = [rel for rel in shown if rel not in sides]
         parts = build_parts(folder, shown, hash_cache=self.hashes, limits=OUTPUT_LIMITS)
         trees = [tree if i == 0 else f"{tree}.{i + 1}" for i in range(len(parts))]
         for name, manifest in zip(trees, parts, strict=True):

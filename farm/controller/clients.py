@@ -242,13 +242,15 @@ class ClientSide:
         self.assets.unpublish(run.id)
         self.journal.finish_project(run.id, "cancelled", run.summary())  # a restart does not resume it
         if not run.uploaded:
+            self._release(run)  # farm.controller.finishing: its open writers closed, off the loop
             self._send(identity, T.FINISHED, {"summary": run.summary()})
             self._notify_finished(run)
             return
         # The submitter is elsewhere: let it download what was collated, once a collate still
-        # running (in the collate thread) has finished writing into the output folder.
+        # running (in the collate thread) has finished writing into the output folder and the
+        # media type has closed what it holds open (an MBTiles file's WAL folded in).
         self.publishing[run.id] = [(identity, False)]
-        self.collator.after_collate(run, lambda: self._publish_outputs(run))  # farm.controller.finishing
+        self._release(run, lambda: self._publish_outputs(run))  # farm.controller.finishing
 
     def _answer_finished_before(self, identity: bytes, ref: str) -> None:
         """Cancel of a run that finished before this start: its journaled summary, outputs served again."""

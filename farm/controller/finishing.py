@@ -31,6 +31,24 @@ log = logging.getLogger(__name__)
 Then = Callable[[list[str] | None, str | None], None]
 
 
+def release_run(run: ProjectRun) -> None:
+    """The media type's `release` of an ended run (off the loop: closing an SQLite writer folds its
+    WAL in); an error is logged, naming the run."""
+    try:
+        run.media.release(run.ctx)
+    except Exception:
+        log.exception("%s: the %s media type could not release the run's state", run.id, run.media.name)
+
+
+def finalize_and_release(run: ProjectRun) -> list[str]:
+    """`ProjectRun.finalize`, then `release_run` whatever it did (a finalize that raised left its
+    writers open), both in the finalize thread, before the outputs are published."""
+    try:
+        return run.finalize()
+    finally:
+        release_run(run)
+
+
 class OutputPublisher:
     """Output folders published (listed, hashed, served) one at a time in a thread of their own;
     `finished` hands each one's callbacks its trees (None: nothing to serve) and the error that
@@ -89,6 +107,8 @@ class FinishSide:
     """Finalizes and output publishing; needs the controller's runs, journal, assets and senders."""
 
     _publisher: OutputPublisher | None = None
+    _released: dict[str, float | None] | None = None  # run id -> the end (`finished_mono`) released
+    _releasing: list[tuple[concurrent.futures.Future[None], Callable[[], None] | None]] | None = None
 
     def _check_finalizing(self, *, stopping: bool = False) -> None:
         """Start the finalizes due, journal those that ended, answer for the outputs published;
@@ -97,13 +117,16 @@ class FinishSide:
             concurrent.futures.wait(list(self.finalizing.values()))
             if self._publisher is not None:
                 self._publisher.close()
-        elif self._publisher is not None:
-            for then, trees, error in self._publisher.finished():
-                then(trees, error)
+            self._release_all()
+        else:
+            if self._publisher is not None:
+                for then, trees, error in self._publisher.finished():
+                    then(trees, error)
+            self._check_released()
         for run in () if stopping else self.runs.values():
             if run.active and run.all_in():
                 run.start_finalizing()
-                self.finalizing[run.id] = self._executor.submit(run.finalize)
+                self.finalizing[run.id] = self._executor.submit(finalize_and_release, run)
         for run_id, future in list(self.finalizing.items()):
             if future.done():
                 del self.finalizing[run_id]
@@ -115,6 +138,7 @@ class FinishSide:
         except Exception as exc:
             if not self._finalize_own_fault(run, exc):
                 self._finalize_failed(run, exc)
+        self._release_marks()[run.id] = run.finished_mono  # released in the finalize thread
         log.info("project %s %s in %.1fs", run.id, run.state, run.elapsed())
         self.assets.unpublish(run.id)
         if run.uploaded:  # the submitter is elsewhere: let it download the outputs
@@ -148,6 +172,52 @@ class FinishSide:
         run.served = {**run.served, "code": DISK_CODE}
         run.finished([], why)
         return True
+
+    def _release_marks(self) -> dict[str, float | None]:
+        if self._released is None:
+            self._released = {}
+        return self._released
+
+    def _release(self, run: ProjectRun, then: Callable[[], None] | None = None) -> None:
+        """Release an ended run's media-type state (`release_run`) in the finalize thread once no
+        collate of it is running; then ``then`` on the loop (publishing its outputs)."""
+        self._release_marks()[run.id] = run.finished_mono
+        if self._releasing is None:
+            self._releasing = []
+        pending = self._releasing
+        self.collator.after_collate(run, lambda: pending.append((self._executor.submit(release_run, run),
+                                                                 then)))
+
+    def _check_released(self) -> None:
+        """On the loop: continue the releases that returned; release the runs that ended otherwise
+        (the controller's disk stopped them) once each end."""
+        for future, then in [p for p in self._releasing or () if p[0].done()]:
+            self._releasing.remove((future, then))  # type: ignore[union-attr]
+            if then is not None:
+                then()
+        marks = self._release_marks()
+        for run in self.runs.values():
+            if (run.state in ("done", "failed", "cancelled") and run.id not in self.finalizing
+                    and marks.get(run.id, -1.0) != run.finished_mono):
+                self._release(run)
+        for gone in marks.keys() - self.runs.keys():
+            del marks[gone]
+
+    def _release_all(self) -> None:
+        """The controller stops: release every run's state not released yet (a run under way too,
+        so no SQLite writer is left open with its WAL), after the collate thread stopped."""
+        try:
+            self.collator.close()  # the collate running, if any, returns first; none starts after
+            concurrent.futures.wait([future for future, _ in self._releasing or ()])
+            marks = self._release_marks()
+            for run in self.runs.values():
+                ended = run.state in ("done", "failed", "cancelled")
+                if run.id in self.finalizing:  # released in the finalize thread
+                    continue
+                if not ended or marks.get(run.id, -1.0) != run.finished_mono:
+                    release_run(run)
+        except Exception:
+            log.exception("could not release the runs' state as the controller stopped")
 
     def _publish_outputs(self, run: ProjectRun) -> None:
         """Serve an ended remote run's output folder for download, off the loop; its followers and

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from farm.filesync.errors import SyncError
 from farm.filesync.manifest import Manifest
 from farm.filesync.resolve import Resolver
+from farm.filesync.sidefiles import SUFFIXES, is_sqlite, remove_stale
 
 if TYPE_CHECKING:
     from farm.filesync.store import Store
@@ -64,7 +65,9 @@ def materialize(
     nothing else); ``verify`` hashes every cached file in full before using it.
     ``sources`` is the result of a `Store.check_stat` just made, to skip making it twice.
     Raises `MissingFromCache` if the cache lacks a file, `UnsafeFile` if a target would
-    land outside ``dest`` (through a symlink already there).
+    land outside ``dest`` (through a symlink already there). An SQLite file written over one
+    there loses the old one's side files (``-wal``, ``-shm``, ``-journal``) unless the manifest
+    lists them: they would corrupt it (`farm.filesync.sidefiles`).
     """
     dest.mkdir(parents=True, exist_ok=True)
     unique = manifest.unique_files()
@@ -82,6 +85,8 @@ def materialize(
     stats = MaterializeStats()
     resolver = Resolver(dest)
     made: set[str] = set()
+    sides: set[str] = set()  # SQLite side files found in the folders written to
+    listed: set[str] | None = None
     for entry in manifest:
         src, src_st = sources[entry.digest]
         head, _, name = entry.path.rpartition("/")
@@ -107,8 +112,13 @@ def materialize(
                     raise
                 raise SyncError(f"{entry.path}: cannot create its folder in {dest}: {exc.strerror}") from None
             made.add(folder)
-            sweep_stale(folder)
+            sweep_stale(folder, sides)
         linkable = not copy and bool(src_st.st_mode & 0o111) == entry.executable
+        if any(target + suffix in sides for suffix in SUFFIXES) and is_sqlite(src):
+            if listed is None:
+                listed = {e.path for e in manifest}
+            # before the file: a reader never pairs the new file with them
+            remove_stale(target, [s for s in SUFFIXES if entry.path + s in listed])
         if linkable and st is None and _link(src, target):  # a new link appears whole: no temp name
             stats.linked += 1
             continue
@@ -131,15 +141,18 @@ def materialize(
     return stats
 
 
-def sweep_stale(folder: str) -> int:
+def sweep_stale(folder: str, sides: set[str] | None = None) -> int:
     """Remove the temporaries (``.NAME.farm-PID.tmp``) that processes now dead left in ``folder``;
-    returns how many. A live process's (another sync writing here now) are left alone."""
+    returns how many. A live process's (another sync writing here now) are left alone.
+    ``sides``: gets the paths of the names that may be SQLite side files (one listing for both)."""
     removed = 0
     try:
         names = os.listdir(folder)
     except OSError:
         return 0
     for name in names:
+        if sides is not None and name.endswith(SUFFIXES):
+            sides.add(f"{folder}/{name}")
         found = _TMP.match(name)
         if found is None or _alive(int(found[1])):
             continue

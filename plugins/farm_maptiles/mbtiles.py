@@ -40,6 +40,7 @@ class MBTilesWriter:
         self.folder = path.parent.stat()  # to tell the folder removed (and made again) from the file
         self.lock = threading.Lock()
         self.db = sqlite3.connect(path, check_same_thread=False)
+        self.closed = False
         # WAL while writing (cheap commits); switched back on close so the file is one plain file.
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -65,9 +66,16 @@ class MBTilesWriter:
             )
 
     def close(self) -> None:
+        """Fold the WAL into the file and close it (its ``-wal`` and ``-shm`` go). The connection is
+        closed also when that fails (a full disk): SQLite folds the WAL in on its last close if it can."""
         with self.lock, self.named():
-            self.db.execute("PRAGMA journal_mode=DELETE")
-            self.db.close()
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.db.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                self.db.close()
 
     @contextlib.contextmanager
     def named(self) -> Iterator[None]:

@@ -231,14 +231,21 @@ class MapTiles(MediaType):
             metadata["description"] = s["description"]
         _remove_leftovers(ctx, writer)
         writer.set_metadata(metadata)
-        writer.close()
-        del ctx.state[_STATE_KEY]
-        ctx.state.pop(_FOLDERS_KEY, None)
+        self.release(ctx)
         outputs = [writer.path]
         tiles = ctx.output_dir / "tiles"
         if tiles.is_dir():
             outputs.append(tiles)
         return outputs
+
+
+    def release(self, ctx: CollateContext) -> None:
+        """Close the run's MBTiles writer, whatever ended the run: a cancelled or failed run's
+        open file would keep its WAL beside it, and a download of the file alone lacks its tiles."""
+        ctx.state.pop(_FOLDERS_KEY, None)
+        writer = ctx.state.pop(_STATE_KEY, None)
+        if writer is not None:
+            writer.close()
 
 
 def _remove_leftovers(ctx: CollateContext, writer: MBTilesWriter) -> None:
