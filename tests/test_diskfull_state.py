@@ -83,7 +83,8 @@ def assert_stopped_for_the_state_folder(summary, folder, ctl):
     assert summary.code == "controller_disk", summary
     assert ctl.crash is None and ctl.wait(0), ctl.crash  # the controller goes on (still running)
     with Client(ctl.url) as client:  # and answers
-        assert any(r["id"] == summary.id for r in client.status()["projects"]), client.status()
+        shown = [r for r in client.status()["projects"] if r["id"] == summary.id]
+        assert shown and shown[0]["code"] == "controller_disk", client.status()  # farm status --json too
 
 
 def test_a_full_staging_disk_stops_the_run_once_and_a_resubmit_renders_it(state, agents, synthetic):

@@ -93,6 +93,7 @@ def snapshot(record: ProjectRecord) -> dict[str, Any]:
         "eta_s": None,
         "stalled": None,
         "error": summary.get("error"),
+        "code": summary.get("code"),
         "units": summary.get("units"),
         "skipped": [],
         "journaled": True,

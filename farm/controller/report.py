@@ -79,6 +79,7 @@ class RunReport:
                       else round(left / rate, 1) if rate else None),
             "stalled": stalled,
             "error": self.error,
+            "code": self.served.get("code"),  # why it stopped, for scripts: controller_disk
             "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted,
                                          active=self.active and not self.paused, moving=moving),
         }

@@ -40,6 +40,7 @@ class Project(_Open):
     eta_s: float | None = Field(description="Seconds left at the current rate.")
     stalled: str | None = Field(description="Why nothing runs, when nothing does.")
     error: str | None
+    code: str | None = Field(None, description="What stopped it, for scripts: controller_disk, or null.")
     progress: Progress
 
 
