@@ -54,6 +54,7 @@ def test_download_exits_as_submit_does_and_jobs_lists_the_run(controller, agents
     report = one_json(as_json.stdout)
     assert report["state"] == "failed" and report["jobs"]["failed"] == 1 and report["id"].startswith("synf-")
     assert report["downloaded_to"] == str(tmp_path / "again")
+    assert report["downloaded_files"] == 3, report  # what came, whatever the run's outputs list
     missing = farm("download", "-c", controller.url, "no-such-run", str(tmp_path / "x"), "--json")
     assert missing.returncode == 1 and one_json(missing.stdout)["code"] == "not_found"
     assert set(one_json(missing.stdout)) == {"error", "state", "code"}
@@ -190,8 +191,10 @@ def test_the_jobs_table_shows_a_failed_jobs_first_error_line_and_what_is_unliste
 
 def test_jobs_and_download_with_no_controller_are_one_json_error_and_listed_in_help(tmp_path):
     nobody = "tcp://127.0.0.1:47998"  # nothing listens here
+    # `farm download` waits $FARM_CLIENT_RECONNECT for a controller that may be restarting: 1 s here
+    quick = {**os.environ, "FARM_CLIENT_RECONNECT": "1"}
     for command in (("jobs", "run"), ("download", "run", str(tmp_path / "out"))):
-        done = farm(*command, "--json", "--controller", nobody)
+        done = farm(*command, "--json", "--controller", nobody, env=quick)
         error = one_json(done.stdout)
         assert done.returncode == 1 and set(error) == {"error", "state", "code"}
         assert error["code"] == "unreachable" and "error" not in done.stderr

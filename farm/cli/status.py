@@ -144,7 +144,8 @@ def cancel(
                 summary, download, reconnect_s=RECONNECT_S, on_wait=say_waiting))
     if as_json:
         typer.echo(json.dumps({"id": summary.id, **summary.to_json(), "already": summary.already,
-                               "downloaded_to": str(download) if download is not None else None}))
+                               "downloaded_to": str(download) if download is not None else None,
+                               "downloaded_files": _count(summary.downloaded)}))
         return
     typer.echo(summary_text(summary))
     if kept_there:
@@ -188,12 +189,18 @@ def download(
         summary = _lasting(client, run_id, lambda: client.download(summary, folder, reconnect_s=RECONNECT_S,
                                                                    on_wait=say_waiting))
     if as_json:
-        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve())}
+        report = {"id": summary.id or run_id, **summary.to_json(), "downloaded_to": str(folder.resolve()),
+                  "downloaded_files": _count(summary.downloaded)}
         typer.echo(json.dumps(report))
     else:
         typer.echo(summary_text(summary))
     if not summary.ok:  # as `farm submit`: `farm download RUN DIR && publish` publishes only a whole run
         raise typer.Exit(1)
+
+
+def _count(downloaded: list[str] | None) -> int | None:
+    """How many files a download brought (a cancelled run's `outputs` are empty: no finalize ran)."""
+    return None if downloaded is None else len(downloaded)
 
 
 def _lasting(client: Client, run: str, call: Callable[[], R]) -> R:
