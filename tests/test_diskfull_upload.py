@@ -1,0 +1,55 @@
+"""The controller's own disk full under what it is sent or opens: a remote submit whose upload finds
+no room in the controller's state folder ("internal error: OSError", a traceback, a partial upload
+left), a journal or a job-log store opened on a disk with no room at all ("is it a farm journal?
+Move it away"). Each now says the disk is full, names the folder, and (where it is an answer to a
+submitter) carries code "controller_disk". Real tmpfs mounts (skipped where none can be mounted),
+real ZeroMQ, real SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from test_diskfull_state import fill, small_tmpfs, unmount
+
+from farm.client import Client
+from farm.controller.server import Controller
+
+
+@pytest.fixture
+def state(tmp_path):
+    folder = tmp_path / "state"
+    yield folder
+    unmount(folder)
+
+
+def test_a_remote_submit_whose_upload_finds_the_state_disk_full_says_so(state, synthetic, caplog):
+    small_tmpfs(state, "1m")
+    project = synthetic(jobs=2)
+    (project / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))  # more than the state disk holds
+    with open(project / "farm.toml", "a") as toml:
+        toml.write('\n[assets]\ninclude = ["big.bin"]\n')
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=state, heartbeat=0.5, liveness=4).start()
+    try:
+        with caplog.at_level(logging.INFO):
+            done = subprocess.run([sys.executable, "-m", "farm", "submit", "--json", "--controller", ctl.url,
+                                   str(project)], capture_output=True, text=True, timeout=300)
+        answer = json.loads(done.stdout)
+        assert done.returncode == 1 and answer["state"] == "failed", (answer, done.stderr)
+        assert answer["code"] == "controller_disk", answer
+        assert f"the controller's state folder {state}" in answer["error"], answer
+        assert "ENOSPC" in answer["error"], answer
+        assert "Traceback" not in caplog.text, caplog.text
+        said = [r for r in caplog.records if "ENOSPC" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+        assert not list((state / "uploads").iterdir()), list((state / "uploads").rglob("*"))
+        assert ctl.crash is None and ctl.wait(0), ctl.crash
+        with Client(ctl.url) as client:
+            client.status()
+    finally:
+        ctl.stop()
