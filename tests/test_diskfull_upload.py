@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
-from test_diskfull_state import fill, small_tmpfs, unmount
+from test_diskfull_state import farm_submit_json, fill, small_tmpfs, unmount
 
+from farm.cli.errors import error_code
 from farm.client import Client
 from farm.controller.server import Controller
+from farm.journal import Journal, JournalError
+from farm.project import STATE_DIR
 
 
 @pytest.fixture
@@ -53,3 +57,33 @@ def test_a_remote_submit_whose_upload_finds_the_state_disk_full_says_so(state, s
             client.status()
     finally:
         ctl.stop()
+
+
+@pytest.mark.parametrize("there", [False, True], ids=["new", "existing"])  # SQLite: FULL, then IOERR
+def test_a_journal_opened_on_a_full_disk_says_the_disk_is_full(state, there):
+    small_tmpfs(state, "256k")
+    if there:
+        Journal(state / "journal.sqlite").close()
+    fill(state)
+    with pytest.raises(JournalError) as refused:
+        Journal(state / "journal.sqlite")
+    said = str(refused.value)
+    assert f"{state} is full" in said, said
+    assert "Move it away" not in said and "is it a farm journal" not in said, said
+    assert error_code(refused.value) == "controller_disk", said
+
+
+def test_an_embedded_submit_on_a_full_disk_says_the_disk_is_full(tmp_path, synthetic):
+    made = synthetic(jobs=2)
+    project = tmp_path / "small"
+    small_tmpfs(project, "1m")
+    try:
+        shutil.copytree(made, project, dirs_exist_ok=True)
+        fill(project)
+        code, answer, stderr = farm_submit_json(project)
+        assert code == 1 and answer["state"] == "failed", (answer, stderr)
+        assert answer["code"] == "controller_disk", answer
+        assert f"{project / STATE_DIR} is full" in answer["error"], answer
+        assert "Move it away" not in answer["error"] and "Traceback" not in stderr, (answer, stderr)
+    finally:
+        unmount(project)
