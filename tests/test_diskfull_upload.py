@@ -20,6 +20,7 @@ from test_diskfull_state import farm_submit_json, fill, small_tmpfs, unmount
 
 from farm.cli.errors import error_code
 from farm.client import Client
+from farm.controller.joblogstore import open_beside
 from farm.controller.server import Controller
 from farm.journal import Journal, JournalError
 from farm.project import STATE_DIR
@@ -87,3 +88,43 @@ def test_an_embedded_submit_on_a_full_disk_says_the_disk_is_full(tmp_path, synth
         assert "Move it away" not in answer["error"] and "Traceback" not in stderr, (answer, stderr)
     finally:
         unmount(project)
+
+
+def record(n: int) -> tuple:
+    return (n, "agent-0", "done", None, 0.1, "x" * 4096)
+
+
+def test_job_logs_whose_disk_fills_say_once_they_stay_in_memory(state, caplog):
+    small_tmpfs(state, "256k")
+    store = open_beside(state / "journal.sqlite")
+    assert store is not None
+    try:
+        fill(state)
+        with caplog.at_level(logging.INFO):
+            for n in range(1, 40):
+                store.put("run", f"job-{n}", record(n))
+                if n % 10 == 0:
+                    assert store.flush(60), "the job-log writer"
+        assert store.failed is not None  # it did meet the full disk
+        said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+        assert f"the disk of {state} is full" in said[0].getMessage(), caplog.text
+        assert "kept in memory" in said[0].getMessage(), caplog.text
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("there", [False, True], ids=["new", "existing"])
+def test_job_logs_opened_on_a_full_disk_say_the_disk_is_full(state, there, caplog):
+    small_tmpfs(state, "256k")
+    if there:
+        made = open_beside(state / "journal.sqlite")
+        assert made is not None
+        made.close()
+    fill(state)
+    with caplog.at_level(logging.INFO):
+        assert open_beside(state / "journal.sqlite") is None
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+    assert f"the disk of {state} is full" in said[0].getMessage(), caplog.text
+    assert "move the file away" not in caplog.text and "kept in memory" in caplog.text, caplog.text
