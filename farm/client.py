@@ -17,6 +17,7 @@ import zmq
 from farm.endpoints import reachable
 from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, NoAnswer, Store, TransferError
+from farm.filesync.errors import DiskRefused
 from farm.filesync.materialize import FULL
 from farm.handshake import HandshakeWatcher
 from farm.linkcheck import refuse_links
@@ -104,7 +105,11 @@ class Client:
             with FileClient(endpoint, socket_setup=self.socket_setup, timeout=self.timeout) as files:
                 # farm.toml always: the controller loads the project from it, whatever [assets] sends agents
                 paths = sorted({PROJECT_FILE, *project.assets()})
-                files.upload(reply.body["token"], project.root, paths=paths)
+                try:
+                    files.upload(reply.body["token"], project.root, paths=paths)
+                except DiskRefused:  # the controller's own disk: its words follow, code controller_disk
+                    self.receive()  # raises them (a ControlError)
+                    raise
                 log.info("uploaded %s: %d blocks sent", project.name, files.counters.blocks_sent)
             reply = self.receive()
         if reply.type is not T.ACCEPTED:

@@ -45,10 +45,13 @@ from farm.journalschema import (
     ROW_STATE,
     CacheHit,
     FailedJob,
+    JournalDiskFull,
     JournalError,
     ProjectRecord,
+    no_room,
     pack_value,
     prepare,
+    sqlite_disk_full,
     unpack_value,
 )
 from farm.paths import private_file
@@ -93,6 +96,10 @@ class Journal(BatchedJobs):
         except sqlite3.Error as exc:
             db.close()
             self._db = None
+            if sqlite_disk_full(exc, self.path.parent):  # not the file to blame: no advice to move it
+                why = no_room(self.path.parent, exc)
+                raise JournalDiskFull(f"journal {self.path}: cannot open it: {why}; make room there, then "
+                                      "start again") from None
             raise JournalError(
                 f"journal {self.path}: cannot use this file ({exc}); "
                 "is it a farm journal? Move it away to start afresh"

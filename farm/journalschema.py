@@ -7,6 +7,7 @@ the row layout of a job write, the records read back, and the msgpack encoding o
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from farm.errors import FarmError
+from farm.errors import ControlError, FarmError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,36 @@ OUTCOMES = {
 
 class JournalError(FarmError):
     """The journal file cannot be opened, is not a farm journal, or cannot be written."""
+
+
+class JournalDiskFull(JournalError, ControlError):
+    """The journal cannot be opened: its disk is full. Code "controller_disk", as a controller
+    refusing a submit for its own disk (`farm.cli.errors.error_code`)."""
+
+    def __init__(self, message: str) -> None:
+        ControlError.__init__(self, message, "controller_disk")
+
+
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+NO_ROOM_BYTES = 64 * 1024  # less free than this on the folder's disk: full, as far as SQLite goes
+
+
+def sqlite_disk_full(exc: sqlite3.Error, folder: Path) -> bool:
+    """SQLite failed because the disk under ``folder`` is full: its FULL, or an I/O error (what a disk
+    with no room at all gives, when not even a rollback journal can be made) where the OS says so."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # an extended code's low byte: the primary
+    if code not in (_SQLITE_IOERR, _SQLITE_FULL):
+        return False
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return code == _SQLITE_FULL
+    return code == _SQLITE_FULL or disk.f_bavail * disk.f_frsize < NO_ROOM_BYTES
+
+
+def no_room(folder: Path, exc: sqlite3.Error) -> str:
+    """A disk found full by `sqlite_disk_full`, as people read it: the folder named, not the file blamed."""
+    return f"the disk of {folder} is full ({exc})"
 
 
 @dataclass(frozen=True, slots=True)

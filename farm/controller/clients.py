@@ -6,6 +6,7 @@ submitted project happens off the loop (`farm.controller.intake`); `_accept` sta
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from farm.controller import history
+from farm.controller.collator import DISK_CODE, described
 from farm.controller.finishing import served
 from farm.controller.intake import Intake, Prepared, path_replaced
 from farm.controller.jobcache import assets_digest
@@ -158,6 +160,11 @@ class ClientSide:
             return
         identity, body, folder = found
         if not upload.ok:
+            shutil.rmtree(folder, ignore_errors=True)  # what came of it is never used
+            if upload.disk is not None:  # the controller's own disk: said once, by the file server
+                self._send(identity, T.ERROR, {"message": upload_refused(self.state_dir, upload.disk),
+                                               "code": DISK_CODE})
+                return
             error = path_replaced(str(upload.error), folder, "the controller's copy")  # not our state path
             self._send(identity, T.ERROR, {"message": f"project upload failed: {error}"})
             return
@@ -361,3 +368,10 @@ class ClientSide:
             "refused": self.registry.refusals(time.time()),  # cut off for their key
             "refused_keys": self.security.refused_keys() if self.security is not None else [],
         }
+
+
+def upload_refused(state_dir: Path, exc: OSError) -> str:
+    """Why a submitted project's upload failed for the controller's own disk, as its submitter reads it."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return (f"the controller's state folder {state_dir} {'has no room for' if full else 'cannot take'} the "
+            f"project's upload: {described(exc)}; make room there (or make it writable), then submit again")

@@ -20,11 +20,12 @@ disk) a record that would pass it is still written, with its log text replaced b
 minute. Only the newest texts go so; every row, drop and prune is still applied in order,
 so the file stays what memory holds but for those texts, and a later read finds the record. Reads (`load`, `attempts`) use a second connection, on the caller's thread. A file that
 cannot be used is reported once and the logs stay in memory only: they are for people to
-read, and never stop the controller.
+read, and never stop the controller (a full disk: a warning that names its folder as full).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import sqlite3
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
 
 log = logging.getLogger(__name__)
@@ -234,8 +236,12 @@ class JobLogStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 self.failed = str(exc)
-                log.error("job logs %s: cannot write (%s); job logs are kept in memory only from now on",
-                          self.path, exc)
+                if sqlite_disk_full(exc, self.path.parent):  # the disk's, not the file's: said as such
+                    log.warning("job logs %s: %s; job logs are kept in memory only from now on", self.path,
+                                no_room(self.path.parent, exc))
+                else:
+                    log.error("job logs %s: cannot write (%s); job logs are kept in memory only from now on",
+                              self.path, exc)
         # flush() callers: what they queued before is committed (or never will be)
         for kind, wake, _ in batch:
             if kind == "wake":
@@ -265,8 +271,14 @@ def open_beside(journal: Path) -> JobLogStore | None:
     try:
         return JobLogStore(path, journal)
     except (sqlite3.Error, OSError, ValueError) as exc:
-        log.error("job logs %s: cannot use this file (%s); job logs are kept in memory only "
-                  "(move the file away to start afresh)", path, exc)
+        if isinstance(exc, sqlite3.Error) and sqlite_disk_full(exc, path.parent):  # no file to move away
+            log.warning("job logs %s: %s; job logs are kept in memory only", path, no_room(path.parent, exc))
+        elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.warning("job logs %s: the disk of %s is full (%s); job logs are kept in memory only", path,
+                        path.parent, exc.strerror)
+        else:
+            log.error("job logs %s: cannot use this file (%s); job logs are kept in memory only "
+                      "(move the file away to start afresh)", path, exc)
         return None
 
 

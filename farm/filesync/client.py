@@ -24,7 +24,15 @@ import zmq
 from farm.errors import ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import Assembly, Outcome
-from farm.filesync.errors import ManifestError, NoAnswer, SyncError, TransferError, UnsafeFile, VerifyError
+from farm.filesync.errors import (
+    DiskRefused,
+    ManifestError,
+    NoAnswer,
+    SyncError,
+    TransferError,
+    UnsafeFile,
+    VerifyError,
+)
 from farm.filesync.hashcache import HashCache
 from farm.filesync.hashing import HASH_LEN
 from farm.filesync.limits import DEFAULT_LIMITS, Limits, MiB
@@ -313,7 +321,7 @@ class FileClient:
 
         try:
             self._pipeline(queue, make, on_reply)
-        except VerifyError:
+        except (VerifyError, DiskRefused):  # the upload failed there already: nothing to abort
             raise
         except SyncError as exc:
             self._abort(token, str(exc))
@@ -427,6 +435,7 @@ _ERRORS: dict[str, type[SyncError]] = {
     wire.VERIFY: VerifyError,
     wire.UNSAFE: UnsafeFile,
     wire.BAD_MANIFEST: ManifestError,
+    wire.DISK: DiskRefused,
 }
 
 

@@ -30,5 +30,10 @@ class TransferError(SyncError):
     """The other side refused a request, broke the protocol or stopped answering."""
 
 
+class DiskRefused(TransferError):
+    """The receiving side's own disk refused an upload (full, read-only, failing): no fault of the
+    sender's, nor worth sending again as it stands."""
+
+
 class NoAnswer(TransferError):
     """The file server did not answer in time (stopped, restarting, or gone): worth trying again."""

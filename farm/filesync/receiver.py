@@ -10,17 +10,19 @@ exceeded fails the upload, and the failure is reported through ``on_done``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.filesync.assembly import Assembly, BlockSource, Outcome
-from farm.filesync.errors import SyncError, UnsafeFile, VerifyError
+from farm.filesync.errors import DiskRefused, SyncError, UnsafeFile, VerifyError
 from farm.filesync.limits import Limits
 from farm.filesync.manifest import Manifest
 from farm.filesync.resolve import Resolver
@@ -29,17 +31,21 @@ from farm.filesync.wire import Frame, view
 log = logging.getLogger(__name__)
 
 MAX_BAD = 3
+#: the receiving disk's own failings (not the sender's): full, over quota, read-only, failing
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 @dataclass(frozen=True)
 class UploadResult:
-    """How an upload ended. ``ok`` False carries the reason in ``error``."""
+    """How an upload ended. ``ok`` False carries the reason in ``error``; ``disk``: the OS error when
+    the receiving disk refused it (`DISK_ERRNOS`)."""
 
     token: str
     ok: bool
     dest: Path
     manifest: Manifest | None = None
     error: str | None = None
+    disk: OSError | None = None
 
 
 OnDone = Callable[[UploadResult], None]
@@ -72,6 +78,7 @@ class Upload:
         self._assembly: Assembly | None = None
         self._ready: dict[bytes, Path] = {}
         self._bad: Counter[bytes] = Counter()
+        self._disk: OSError | None = None
 
     def offer(self, raw: Frame) -> bytes:
         """Take the sender's manifest; returns the concatenated hashes of the blocks to send."""
@@ -90,9 +97,10 @@ class Upload:
         self.close()
         self.manifest = manifest
         self._ready = {}
-        self.dest.mkdir(parents=True, exist_ok=True)
-        self._assembly = Assembly(manifest.unique_files(), self.work_dir, self.sources)
-        self._assembly.prepare()
+        with self._own_disk():
+            self.dest.mkdir(parents=True, exist_ok=True)
+            self._assembly = Assembly(manifest.unique_files(), self.work_dir, self.sources)
+            self._assembly.prepare()
         self._collect()
         return b"".join(h for h, _ in self._assembly.missing())
 
@@ -102,7 +110,9 @@ class Upload:
             raise SyncError("put before offer: offer a manifest first")
         bad = []
         for block_hash, offset, data in items:
-            if self._assembly.accept(block_hash, offset, view(data)) is Outcome.BAD:
+            with self._own_disk():
+                outcome = self._assembly.accept(block_hash, offset, view(data))
+            if outcome is Outcome.BAD:
                 self._bad[block_hash] += 1
                 if self._bad[block_hash] >= MAX_BAD:
                     where = self._assembly.describe(block_hash)
@@ -118,6 +128,11 @@ class Upload:
     def commit(self) -> UploadResult:
         """Move the complete files into ``dest`` (check `missing` is 0 first)."""
         assert self._assembly is not None and self.manifest is not None and self._assembly.complete
+        with self._own_disk():
+            return self._place()
+
+    def _place(self) -> UploadResult:
+        assert self._assembly is not None and self.manifest is not None
         self._assembly.close()
         placed: dict[bytes, str] = {}
         resolver = Resolver(self.dest)  # afresh: the folder may have changed since the offer
@@ -142,11 +157,23 @@ class Upload:
         self.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
         log.warning("upload %s into %s failed: %s", self.token, self.dest, error)
-        return self._finish(UploadResult(self.token, False, self.dest, self.manifest, error))
+        return self._finish(UploadResult(self.token, False, self.dest, self.manifest, error, self._disk))
 
     def close(self) -> None:
         if self._assembly is not None:
             self._assembly.close()
+
+    @contextlib.contextmanager
+    def _own_disk(self) -> Iterator[None]:
+        """An OS error of the receiving disk's own (`DISK_ERRNOS`) as a `DiskRefused` (`fail` names dest)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            self._disk = exc
+            raise DiskRefused(f"the receiving disk refused it: {exc.strerror} "
+                              f"({errno.errorcode.get(exc.errno, exc.errno)})") from None
 
     def _finish(self, result: UploadResult) -> UploadResult:
         self.result = result

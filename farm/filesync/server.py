@@ -27,7 +27,7 @@ import zmq
 from farm.errors import FarmError, ProtocolError
 from farm.filesync import wire
 from farm.filesync.assembly import BlockSource
-from farm.filesync.errors import ManifestError, SyncError, UnsafeFile, VerifyError
+from farm.filesync.errors import DiskRefused, ManifestError, SyncError, UnsafeFile, VerifyError
 from farm.filesync.fairqueue import FairQueue
 from farm.filesync.hashing import hash_block
 from farm.filesync.limits import DEFAULT_LIMITS, Limits
@@ -305,7 +305,9 @@ class FileServer:
             frames = self._handle(request)
         except (FarmError, UnsafePath) as exc:
             self.counters.errors += 1
-            log.info("file-sync %s refused: %s", request.op, exc)
+            # a disk's refusal was said as the upload failed (`Upload.fail`): once
+            log.log(logging.DEBUG if isinstance(exc, DiskRefused) else logging.INFO,
+                    "file-sync %s refused: %s", request.op, exc)
             frames = wire.error_frames(request.rid, str(exc), _code(exc))
         except Exception as exc:  # a bug must not take the controller's file service down
             self.counters.errors += 1
@@ -454,9 +456,10 @@ class FileServer:
         try:
             upload.commit()
         except (OSError, SyncError) as exc:
-            error = f"cannot place the files in {upload.dest}: {exc}"
+            disk = isinstance(exc, DiskRefused)  # it names the folder and the OS error already
+            error = str(exc) if disk else f"cannot place the files in {upload.dest}: {exc}"
             self._failed(upload, error)
-            raise SyncError(error) from None
+            raise (DiskRefused if disk else SyncError)(error) from None
         with self._lock:
             self._uploads.pop(upload.token, None)
         self.counters.uploads_done += 1
@@ -475,6 +478,8 @@ class FileServer:
 
 
 def _code(exc: BaseException) -> str:
+    if isinstance(exc, DiskRefused):
+        return wire.DISK
     if isinstance(exc, VerifyError):
         return wire.VERIFY
     if isinstance(exc, UnsafePath):

@@ -56,6 +56,7 @@ REPLY: dict[str, Any] = {"rid": int, "ok": bool, "error": opt(str), "code": opt(
 # error codes, so the sender raises the matching error
 VERIFY, UNSAFE, BAD_MANIFEST, REFUSED = "verify", "unsafe", "manifest", "refused"
 KEY_ROLE, BUSY = "key_role", "busy"  # the key's role does not cover the op; a peer serving all it may
+DISK = "disk"  # the receiver's own disk refused an upload (`farm.filesync.errors.DiskRefused`)
 REPLIES: dict[str, dict[str, Any]] = {
     MANIFEST: {**REPLY, "id": str, "same": bool},
     GET: {**REPLY, "missing": opt([int])},
