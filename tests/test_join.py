@@ -27,7 +27,7 @@ def test_a_node_joins_with_one_command_and_renders(tmp_path, synthetic):
         _, url, argument = farm.controller()
         assert argument.startswith(url + "#")
         node = farm.agent("n1", "--join", argument)
-        assert "as n1, 1 slots," in node.wait_line(f"connected to {url} as n1")
+        assert "as n1, 1 slot," in node.wait_line(f"connected to {url} as n1")
 
         # A client joins too, with a reusable token made by `farm keys invite`, and renders through n1.
         made = farm.run("keys", "invite", "--client", "--reusable", "--json", "--keys-dir", str(tmp_path / "ctl"))

@@ -183,7 +183,7 @@ def test_embedded_farm_worker_and_agents_load_only_the_projects_media_type(site:
     assert json.loads((project / "output" / "modules.json").read_text()) == ["farm_sniff_test"]
     # the agent offered sniff alone (no blender, frames, maptiles... in its capabilities)
     joined = [line for line in stderr.splitlines() if " joined from " in line]
-    assert len(joined) == 1 and joined[0].endswith("with 1 slots (sniff)"), joined
+    assert len(joined) == 1 and joined[0].endswith("with 1 slot (sniff)"), joined
     # no agent imported or probed the other plugin; only the submitter (its controller calls hooks
     # on every plugin) imported it, and nobody ran its renderer check
     assert all(what == "import" and pid == proc.pid for what, pid in log_lines(log)), log_lines(log)

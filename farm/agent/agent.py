@@ -348,7 +348,7 @@ class Agent:
             self.stopping = True
 
     def _joined(self, name: str) -> None:
-        line = (f"connected to {self.controller} as {name}, {self.nslots} slots, "
+        line = (f"connected to {self.controller} as {name}, {counted(self.nslots, 'slot')}, "
                 f"{' '.join(sorted(self.media_types)) or 'no media types'}")
         log.info("%s", line)
         if self.on_connect is not None:
