@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.client import Summary, submit
-from farm.controller.intake import Refusing, check_owned
+from farm.controller.intake import Refusing, check_output, check_owned
 from farm.controller.server import Controller
 from farm.errors import ConnectionLost, FarmError, ProjectError
 from farm.linkcheck import refuse_links
@@ -135,6 +135,10 @@ class LocalAgents:
 
 EMBEDDED = Refusing(user="you", refuser="farm submit", hint="copy the project into a folder of yours "
                     f"(the embedded farm keeps its state in {STATE_DIR}/ in the project folder)")
+# an output folder the controller would refuse: said here, with what this user can do about it
+EMBEDDED_OUTPUT = Refusing(user="you", refuser="farm submit", hint="make it a folder of yours that nobody "
+                           "else can write (chmod go-w; a mount point will do, a symlink will not), or name "
+                           "another in farm.toml's [output] directory")
 
 
 class EmbeddedFarm:
@@ -191,6 +195,7 @@ class EmbeddedFarm:
     def submit(self, project: Project, *, priority: int = 0,
                on_update: Callable[[dict[str, Any]], None] | None = None) -> Summary:
         assert self.controller.url is not None
+        check_output(project.root, project.output, EMBEDDED_OUTPUT)  # the controller's words say "upload it"
         try:
             return submit(self.controller.url, project, priority=priority, on_update=on_update)
         except ConnectionLost:

@@ -149,6 +149,8 @@ class Journal(BatchedJobs):
             "finish project",
         )
         found = cursor.rowcount > 0
+        # the output folder's identity (farm.controller.outputfolder) matters only while it runs
+        self._write("DELETE FROM controls WHERE scope = 'output' AND id = ?", (project_id,), "finish project")
         self.flush()
         if not found:
             raise KeyError(f"journal {self.path}: no project {project_id!r}")

@@ -56,7 +56,7 @@ class Summary:
     already: bool = False  # a cancel found the run finished already: nothing was cancelled
     notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
     downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
-    code: str | None = None  # what kind of error stopped it, for scripts ("controller_disk": its own disk)
+    code: str | None = None  # what stopped it, for scripts: "controller_disk", "output_removed"
 
     @property
     def ok(self) -> bool:

@@ -1,8 +1,9 @@
 """An output folder removed while a run writes there (`rm -rf wm/output` during `farm submit`) failed
 the run with `collating its outputs failed: FileNotFoundError: ... tiles/7/64/120.png` and, for the
 maptiles finalize, `attempt to write a readonly database`: the first named a tile, the second no
-file, and neither said the folder had gone. Now both say "the output folder ... was removed during
-the run", naming it, and the SQLite error of the MBTiles file deleted while open names the file.
+file, and neither said the folder had gone. Now the run stops once, saying "the output folder ... was
+removed or moved away during the run" (farm.controller.outputfolder; tests/test_output_folder_gone.py for
+any media type), and the SQLite error of the MBTiles file deleted while open names the file.
 
 A real controller, a real agent process, real Mapnik renders and real SQLite; the folder is removed
 while the run is paused (after a job was collated), so jobs are still to be collated after it.
@@ -36,7 +37,7 @@ def world_map(dest):
     return dest
 
 
-def test_an_output_folder_removed_mid_run_is_said_for_the_collates_and_the_finalize(
+def test_an_output_folder_removed_mid_run_is_said_once_naming_it(
         tmp_path, controller, agents, caplog):
     caplog.set_level(logging.WARNING, logger="farm")
     project = world_map(tmp_path / "wm")
@@ -56,15 +57,14 @@ def test_an_output_folder_removed_mid_run_is_said_for_the_collates_and_the_final
     wait_for(run.done, 300, "the run")
     assert run.error is None, run.error
     summary = run.summary
-    assert summary.state == "failed" and summary.failures, summary
-    for failure in summary.failures:
-        # before: "collating its outputs failed: FileNotFoundError: [Errno 2] ...: '.../tiles/6/0/8.png'"
-        assert failure["error"].startswith(
-            f"collating its outputs failed: the output folder {output} was removed during the run ("), failure
-    said = [r.getMessage() for r in caplog.records if "finalize" in r.getMessage()]
-    # before: "world_map: finalize of a partial run failed: attempt to write a readonly database"
-    assert len(said) == 1 and f"the output folder {output} was removed during the run (world_map.mbtiles: " \
-        in said[0], said
+    # before: each job after it failed "collating its outputs failed: FileNotFoundError: [Errno 2] ...:
+    # '.../tiles/6/0/8.png'", and the finalize "attempt to write a readonly database". Now the run
+    # stops at the first collate that finds the folder gone (farm.controller.outputfolder), no job blamed
+    assert summary.state == "failed" and not summary.failures and summary.code == "output_removed", summary
+    assert summary.error.startswith(f"the output folder {output} was removed or moved away during the run"), \
+        summary.error
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0].endswith("no job is to blame: submit the project again"), said  # once
 
 
 def test_the_mbtiles_file_deleted_while_open_is_named(tmp_path):

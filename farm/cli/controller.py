@@ -16,6 +16,7 @@ from farm.cli.options import Insecure, KeysDir, checked_bind
 from farm.cli.security import controller_security, is_file_guarded, remember_controller
 from farm.controller.server import Controller
 from farm.discovery import Announcer
+from farm.endpoints import files_bind
 from farm.errors import FarmError
 from farm.notify import BadWebhook, check_host, check_webhook
 from farm.security import KeyStore, ServerSecurity, requires_security
@@ -38,6 +39,23 @@ def _checked(check: Callable[[str], str], values: list[str] | None) -> list[str]
         return [check(value) for value in values or ()]
     except BadWebhook as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _refuse_own_port(bind: str, files_port: int | None, host: str, port: int) -> None:
+    """Refuse an --http port this controller listens on itself (its job port or its file service's,
+    bound before the HTTP server): else "Address already in use", as if another program held it."""
+    scheme, _, rest = bind.partition("://")
+    if scheme != "tcp" or port == 0:
+        return
+    bind_host = rest.rpartition(":")[0].strip("[]")
+    if not ({bind_host, host} & {"0.0.0.0", "::", "*"} or bind_host == host):
+        return
+    files = files_bind(bind, files_port).rpartition(":")[2]
+    owned = {rest.rpartition(":")[2]: "job port (--bind)",
+             files: "file service's port (the job port + 1, or --files-port)"}
+    if str(port) in owned:
+        raise typer.BadParameter(f"port {port} is this controller's own {owned[str(port)]}: choose another",
+                                 param_hint="--http")
 
 
 def controller(
@@ -86,6 +104,7 @@ def controller(
             from farm.http.server import HttpServer, parse_listen  # FastAPI loads only when asked for
 
             web = HttpServer(*parse_listen(http), keys_dir=keys_dir)
+            _refuse_own_port(bind, files_port, web.host, web.port)
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security, notify=notify or (),
                          notify_allow=notify_allow or (), http=web, files_port=files_port)

@@ -47,6 +47,7 @@ import zmq
 
 from farm.causes import cause
 from farm.controller.jobcache import cache_key
+from farm.controller.outputfolder import REMOVED_CODE, stopped_by
 from farm.outputgone import removed_during_run
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Pending:
     staging: Path | None = None
     error: str | None = None
     fault: str | None = None
+    code: str = DISK_CODE  # the summary's `code` for a fault: REMOVED_CODE for a folder gone
     skipped: bool = False
 
 
@@ -101,11 +103,16 @@ def collate(pending: Pending) -> None:
             return
         if not run.output_made:  # the lifecycle's promise, every path; once per run, not per job
             run.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            run.output_folder.made()
         run.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
         made = True
+        if _folder_gone(pending):
+            return
         run.media.collate(pending.job, pending.result, pending.outputs, run.ctx)
         run.output_made = True
     except Exception as exc:
+        if made and _folder_gone(pending):  # what the collate met: not the job's fault
+            return
         # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
         gone = removed_during_run(run.project.output_dir, exc) if made else None
         pending.error = gone or f"{type(exc).__name__}: {exc}"
@@ -116,6 +123,18 @@ def collate(pending: Pending) -> None:
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
+
+
+def _folder_gone(pending: Pending) -> bool:
+    """Stop the run when its output folder is not the one its collates wrote to (`OutputFolder`):
+    the outputs collated before went with it, so no job is to blame and the run cannot end whole."""
+    gone = pending.run.output_folder.gone()
+    if gone is None:
+        return False
+    pending.error = gone
+    pending.fault = pending.run.stopped = stopped_by(gone, f"collating job {pending.job.key}")
+    pending.code = REMOVED_CODE
+    return True
 
 
 def own_fault(exc: BaseException) -> BaseException | None:
@@ -194,11 +213,12 @@ def settle(pending: Pending) -> bool:
     else:
         del run.collating[key]
     if pending.fault is not None:  # no attempt, no blame: the run fails, once, with why
-        run.served = {**run.served, "code": DISK_CODE}  # in its summary (`ProjectRun.summary`)
+        run.served = {**run.served, "code": pending.code}  # in its summary (`ProjectRun.summary`)
         run.abort(pending.fault if run.error is None else f"{run.error}; then {pending.fault}")
         return True
     if pending.skipped:  # its run stopped first: neither done nor failed
         return False
+    run.output_folder.keep(run.journal, run.id)  # before its first job is journaled done
     if pending.agent is not None:
         if pending.error is None:
             pending.agent.done += 1

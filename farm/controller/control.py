@@ -118,6 +118,7 @@ class ControlSide:
         if retried and not run.active:
             run.reopen()
             self.journal.reopen_project(run.id)
+            run.output_folder.kept = False  # its identity left the journal as it finished: again at a collate
             run.assets, _ = self.assets.publish_project(run.id, run.project, run.manifest)
             log.info("project %s runs again to retry %s", run.id, counted(len(retried), "job"))
         self._status = None

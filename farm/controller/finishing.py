@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.controller.collator import DISK_CODE, cannot_write, own_fault
+from farm.controller.outputfolder import REMOVED_CODE, OutputFolderGone, stopped_by
 from farm.errors import FarmError
 from farm.filesync import SyncError
 from farm.protocol import T
@@ -36,7 +37,10 @@ def release_run(run: ProjectRun) -> None:
     WAL in); an error is logged, naming the run."""
     try:
         run.media.release(run.ctx)
-    except Exception:
+    except Exception as exc:
+        if run.output_folder.gone() is not None:  # its files went with the folder: said already
+            log.debug("%s: releasing the run's state: %r", run.id, exc)
+            return
         log.exception("%s: the %s media type could not release the run's state", run.id, run.media.name)
 
 
@@ -44,6 +48,9 @@ def finalize_and_release(run: ProjectRun) -> list[str]:
     """`ProjectRun.finalize`, then `release_run` whatever it did (a finalize that raised left its
     writers open), both in the finalize thread, before the outputs are published."""
     try:
+        gone = run.output_folder.gone()
+        if gone is not None:  # a finalize would make outputs of what is left, or blame the disk
+            raise OutputFolderGone(gone)
         return run.finalize()
     finally:
         release_run(run)
@@ -134,9 +141,12 @@ class FinishSide:
 
     def _finalized(self, run: ProjectRun, future: concurrent.futures.Future[list[str]]) -> None:
         try:
-            run.finished(future.result(), None)
+            outputs = future.result()
+            if (gone := run.output_folder.gone()) is not None:  # removed while it finalized
+                raise OutputFolderGone(gone)
+            run.finished(outputs, None)
         except Exception as exc:
-            if not self._finalize_own_fault(run, exc):
+            if not (self._finalize_folder_gone(run, exc) or self._finalize_own_fault(run, exc)):
                 self._finalize_failed(run, exc)
         self._release_marks()[run.id] = run.finished_mono  # released in the finalize thread
         log.info("project %s %s in %.1fs", run.id, run.state, run.elapsed())
@@ -159,6 +169,21 @@ class FinishSide:
         else:  # a bug in the plugin: keep the traceback for its author
             log.error("%s: finalize failed", run.id, exc_info=exc)
             run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _finalize_folder_gone(run: ProjectRun, exc: Exception) -> bool:
+        """A finalize that found (or failed because) the output folder was removed during the run:
+        the run fails naming it, with `code` "output_removed"; the disk and the plugin are not to blame."""
+        gone = str(exc) if isinstance(exc, OutputFolderGone) else run.output_folder.gone()
+        if gone is None:
+            return False
+        why = None
+        if run.error is None:  # else the run stopped for it (a collate found it first) or another reason
+            why = stopped_by(gone, "finalizing")
+            log.error("%s: %s", run.id, why)
+            run.served = {**run.served, "code": REMOVED_CODE}
+        run.finished([], why)
+        return True
 
     @staticmethod
     def _finalize_own_fault(run: ProjectRun, exc: Exception) -> bool:

@@ -256,9 +256,9 @@ def check_owned(root: str, who: Refusing = Refusing()) -> None:
     _check_trusted(real, st, uid, root, sticky_ok=False, mine=True, who=who)
 
 
-def check_output(root: Path, output: str) -> None:
+def check_output(root: Path, output: str, who: Refusing = Refusing()) -> None:
     """Refuse an output folder (relative to ``root``) of which an existing part is a symlink or not
-    ours, or which cannot be written."""
+    ours, or which cannot be written; ``who`` refuses, and says what to do instead."""
     uid = os.geteuid()
     current = str(root)
     for part in output.split("/"):
@@ -268,9 +268,9 @@ def check_output(root: Path, output: str) -> None:
         except (FileNotFoundError, NotADirectoryError):  # to be made (`unwritable` says if it can be)
             break
         if stat.S_ISLNK(st.st_mode):
-            raise IntakeError(f"the output folder {current} is a symlink: the controller will not write "
-                              f"through it; {UPLOAD_HINT}")
-        _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True)
+            raise IntakeError(f"the output folder {current} is a symlink: {who.refuser} will not write "
+                              f"through it; {who.hint}")
+        _check_trusted(current, st, uid, str(root), sticky_ok=False, mine=True, who=who)
     why = unwritable(root, output)  # found now, not when the first job's outputs are collated
     if why is not None:
         raise IntakeError(why)

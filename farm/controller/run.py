@@ -25,6 +25,7 @@ from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import JobLogStore
 from farm.controller.outcome import JobKeys
+from farm.controller.outputfolder import OutputFolder
 from farm.controller.policy import Conduct
 from farm.controller.registry import AgentState
 from farm.controller.report import RunLog, RunReport, first_line
@@ -145,6 +146,7 @@ class ProjectRun(RunReport):
         self.plugin_version: str | None = None
         self.uploaded = False  # the project came from a remote submitter, who downloads the outputs
         self.output_made = False  # the output folder was made for this run's collates
+        self.output_folder = OutputFolder(project.output_dir)  # which folder that is (outputfolder)
         self.stopped: str | None = None  # why its collates stopped: the controller cannot write (collator)
         self.download: str | None = None
         resume(self)  # what it did before a restart, counted now: a paused run shows it too

@@ -35,6 +35,7 @@ from farm.controller.finishing import FinishSide
 from farm.controller.intake import DEFAULT_INTAKE_LIMITS, IntakeLimits, IntakeQueue
 from farm.controller.jobcache import JobCache
 from farm.controller.joblogstore import JobLogStore, open_beside
+from farm.controller.outputfolder import REMOVED_CODE, not_resumable
 from farm.controller.registry import Registry
 from farm.controller.run import Lease, ProjectRun
 from farm.controller.scheduler import Scheduler
@@ -336,6 +337,12 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
                 continue
             run = self._new_run(record.project_id, project, media, record.priority)
             run.elapsed_before = max(0.0, time.time() - record.submitted_at)
+            if (gone := not_resumable(run, self.journal)) is not None:  # its outputs so far went with it
+                log.warning("project %s: %s", run.id, gone)
+                run.served = {**run.served, "code": REMOVED_CODE}
+                run.finished([], gone)
+                self.journal.finish_project(run.id, run.state, run.summary())
+                continue
             try:
                 self._prepare(run)
             except SyncError as exc:
