@@ -170,14 +170,14 @@ def download(
     Exits as `farm submit` would for the run: 0 only if every job succeeded; 1 for a failed or
     cancelled run (its outputs collated so far are fetched all the same)."""
     from farm.cli.progress import ProgressBar
-    from farm.cli.submit import say_waiting
+    from farm.cli.submit import say_waiting, waiting_shown
 
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         run_id = _lasting(client, project, lambda: client.project(project)["id"])  # it may not be up yet
         bar = ProgressBar(enabled=False if as_json else None)
         try:
             summary = _lasting(client, run_id, lambda: client.attach(
-                run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting))
+                run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=waiting_shown(bar)))
         finally:
             bar.close()
         if not summary.download:

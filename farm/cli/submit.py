@@ -139,16 +139,21 @@ def submit(
                 pass
 
 
-class Render:
-    """How to render a round (``render(project, on_update)``), and the embedded farm's dashboard
-    address (`ui_url`, with ``--ui``)."""
+Said = Callable[[str], None]
 
-    def __init__(self, render: Callable[[Project, Callable[[dict], None]], Summary],
+
+class Render:
+    """How to render a round (``render(project, on_update, on_wait)``; `on_wait`: a remote run's
+    controller stopped answering, `Client.follow`), and the embedded farm's dashboard address
+    (`ui_url`, with ``--ui``)."""
+
+    def __init__(self, render: Callable[[Project, Callable[[dict], None], Said], Summary],
                  ui_url: str | None = None) -> None:
         self.render, self.ui_url = render, ui_url
 
-    def __call__(self, project: Project, update: Callable[[dict], None]) -> Summary:
-        return self.render(project, update)
+    def __call__(self, project: Project, update: Callable[[dict], None],
+                 on_wait: Said = lambda why: None) -> Summary:
+        return self.render(project, update, on_wait)
 
 
 @contextlib.contextmanager
@@ -156,11 +161,11 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
           priority: int, ui: bool = False, local: LocalAgents | None = None) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
-        def remote(proj: Project, update: Callable[[dict], None]) -> Summary:
+        def remote(proj: Project, update: Callable[[dict], None], on_wait: Said) -> Summary:
             try:
                 return submit_remote(controller, proj, priority=priority, on_update=update,
                                      socket_setup=setup, upload=not shared, unreachable_after=NOTHING_LISTENS_AFTER_S,
-                                     reconnect_s=RECONNECT_S, on_wait=say_waiting)
+                                     reconnect_s=RECONNECT_S, on_wait=on_wait)
             except RunLost as exc:
                 ended = isinstance(exc, DownloadLost)
                 raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
@@ -172,7 +177,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
     with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui, local=local) as farm:
         if farm.ui_url:
             typer.echo(f"dashboard: {farm.ui_url}", err=True)
-        yield Render(lambda proj, update: farm.submit(proj, priority=priority, on_update=update), farm.ui_url)
+        yield Render(lambda proj, update, _wait: farm.submit(proj, priority=priority, on_update=update),
+                     farm.ui_url)
 
 
 def say_waiting(why: str) -> None:
@@ -181,6 +187,14 @@ def say_waiting(why: str) -> None:
         log.warning("%s...", why)  # the client's words say it may be restarting, and for how long
     else:
         log.warning("the controller is back; following the run again")
+
+
+def waiting_shown(bar: ProgressBar) -> Said:
+    """`say_waiting`, and `bar` shows the wait (no rate meanwhile: `ProgressBar.waiting`)."""
+    def said(why: str) -> None:
+        say_waiting(why)
+        bar.waiting(why)
+    return said
 
 
 def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
@@ -248,11 +262,12 @@ def _round(render: Render, project: Project, as_json: bool, *, logged: bool = Fa
         bar.update(snapshot)
 
     try:
-        summary = render(project, update)
+        summary = render(project, update, waiting_shown(bar))
     except KeyboardInterrupt:
         raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated"))) from None
     finally:
         bar.close()
-    typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary, notes=not logged))
+    typer.echo(json.dumps(summary.to_json()) if as_json
+               else summary_text(summary, notes=not logged))
     mark("submit: summary printed")
     return summary
