@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
@@ -329,8 +330,10 @@ class _RunProgress(Progress):
                 yield Padding(Text(stats), (0, 0, 0, 2))
 
 
-def summary_text(summary: Summary, *, notes: bool = True) -> str:
-    """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines."""
+def summary_text(summary: Summary, *, notes: bool = True, here: bool = True) -> str:
+    """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines.
+    `here`: its output folder is on this machine's disk (False: the controller's, perhaps another
+    machine's), so one that is not there is said to be gone rather than to hold its outputs."""
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
         " jobs done,"
@@ -346,6 +349,8 @@ def summary_text(summary: Summary, *, notes: bool = True) -> str:
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]
+    elif summary.output_dir and here and not Path(summary.output_dir).is_dir():
+        lines.append(f"no outputs: the output folder {summary.output_dir} is gone")  # removed, moved away
     elif summary.output_dir:
         lines.append(f"outputs in {summary.output_dir}")
     else:  # a remote run that collated nothing: there is no folder of ours to name

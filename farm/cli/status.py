@@ -147,7 +147,7 @@ def cancel(
                                "downloaded_to": str(download) if download is not None else None,
                                "downloaded_files": _count(summary.downloaded)}))
         return
-    typer.echo(summary_text(summary))
+    typer.echo(summary_text(summary, here=download is not None))  # else: on the controller's disk
     if kept_there:
         typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
                    f"them, or: farm cancel {summary.id} --download DIR", err=True)

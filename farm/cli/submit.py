@@ -97,11 +97,13 @@ def submit(
         setup: Setup = None
         if controller or join:  # a running controller: found, joined or named
             controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
+        # the output folder a summary names is ours (not an uploaded run's on the controller's disk)
+        here = not controller or shared
         if not watch_project:
             summary: Summary | None = None
             try:  # the farm stops (its state kept in .farm/) before the interruption is said
                 with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
-                    summary = _round(render, project, as_json, logged=not controller)
+                    summary = _round(render, project, as_json, logged=not controller, here=here)
                     if ui:
                         _serve_until_stopped(render.ui_url)
             except Interrupted as stop:
@@ -123,7 +125,7 @@ def submit(
             def round_() -> None:
                 try:
                     loaded = first.pop() if first else load_project(project_dir, output=output)
-                    _round(render, loaded, as_json, logged=not controller)
+                    _round(render, loaded, as_json, logged=not controller, here=here)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
                     say_error(exc, as_json)
                 if not as_json:
@@ -250,10 +252,11 @@ def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None
         typer.echo(message, err=True)
 
 
-def _round(render: Render, project: Project, as_json: bool, *, logged: bool = False) -> Summary:
+def _round(render: Render, project: Project, as_json: bool, *, logged: bool = False,
+           here: bool = True) -> Summary:
     """Render one round of a project loaded (and validated) once for it; `Interrupted` on Ctrl-C.
     `logged`: the run's notes went to stderr as they came (an embedded farm logs here), so the
-    text summary does not repeat them; ``--json`` carries them in any case."""
+    text summary does not repeat them; ``--json`` carries them in any case. `here`: as `summary_text`'s."""
     bar = ProgressBar(enabled=None if not as_json else False)
     last: dict = {}
 
@@ -268,6 +271,6 @@ def _round(render: Render, project: Project, as_json: bool, *, logged: bool = Fa
     finally:
         bar.close()
     typer.echo(json.dumps(summary.to_json()) if as_json
-               else summary_text(summary, notes=not logged))
+               else summary_text(summary, notes=not logged, here=here))
     mark("submit: summary printed")
     return summary
