@@ -16,6 +16,7 @@ from farm.cli.progress import format_count, format_duration, format_rate, summar
 from farm.client import RECONNECT_S, Client, DiskFull, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
+from farm.words import capabilities_shown
 
 R = TypeVar("R")
 
@@ -63,7 +64,8 @@ def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
         lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"
                      f"  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
-                     f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
+                     f"  {capabilities_shown(a['capabilities'])}"
+                     + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         elif a.get("state") in ("draining", "blocklisted"):
