@@ -74,6 +74,13 @@ class JobLogs:
         self._keep(key, attempt, numbered, persist=True)
         return attempt
 
+    def notes(self, state: str, entries: list[tuple[str, str | None, float | None, str | None]]) -> None:
+        """`note` for each (key, agent, duration s, log) of a message's jobs, in order, all in
+        `state` and without an error."""
+        note = self.note
+        for key, agent, duration_s, log in entries:
+            note(key, agent, state, None, duration_s, log)
+
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)
         if held is None:  # the common case: a job's first attempt
