@@ -55,8 +55,8 @@ def _answers(lease: dict[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
         {**ok, "lease": lease["j05"], "log": "j05 fine here"},  # its collate raises
         {**ok, "lease": lease["j06"], "duration": 1},
         {**ok, "lease": "0123abcd-nobody"},  # no such lease
-        {"lease": lease["j07"], "ok": False, "result": None, "files": [], "error": "bad scene", "duration": 0.03,
-         "retry": False},
+        {"lease": lease["j07"], "ok": False, "result": None, "files": [], "error": "bad scene",
+         "duration": 0.03, "retry": False},
         {**ok, "lease": lease["j08"], "duration": 0.25},
         {**ok, "lease": lease["j10"], "result": "ten"},
         {**ok, "lease": lease["j11"], "result": [11, 11.5]},
@@ -110,10 +110,9 @@ def _settle_mixed(tmp_path: Path) -> dict[str, Any]:
         ctl.stop()
         sock.close(linger=0)
     db = sqlite3.connect(tmp_path / "state" / JOURNAL_FILE)
-    rows = [(key, state, names.get(lease_id), agent_id, result, cache_key, error, log, tries, reused, duration)
-            for key, state, lease_id, agent_id, result, cache_key, error, log, tries, reused, duration in db.execute(
-                "SELECT key, state, lease, agent, result, cache_key, error, log, attempts, reused, duration "
-                "FROM jobs ORDER BY key")]
+    found = db.execute("SELECT key, state, lease, agent, result, cache_key, error, log, attempts, reused, "
+                       "duration FROM jobs ORDER BY key")
+    rows = [(key, state, names.get(lease_id), *rest) for key, state, lease_id, *rest in found]
     db.close()
     logs = sqlite3.connect(tmp_path / "state" / JOBLOGS_FILE)
     on_disk = logs.execute("SELECT key, attempt, agent, state, error, duration_s, log FROM job_logs "
