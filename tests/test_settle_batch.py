@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
@@ -159,3 +160,30 @@ def test_a_mixed_message_settles_as_one_by_one(tmp_path, monkeypatch):
                                            "duration_s": 0.5, "log": "rendered j01\n"}]
     assert batched["counters"][:2] == (7, 3)  # done; failed: j02, j05's collate, j07
     assert batched["counters"][3] == 2
+
+
+@pytest.mark.parametrize("per_run_bytes", [12_000, 400_000])  # the oldest evicted; compacted
+def test_job_logs_kept_a_message_at_a_time_as_one_by_one(per_run_bytes):
+    """`JobLogs.notes` keeps what `note` for each would, also past the run's bytes (the oldest go),
+    the per-job bound and the compaction of the attempts let go, with long logs and jobs seen before."""
+    import random
+
+    from farm.controller.joblogs import JobLogs
+
+    draw = random.Random(15)
+    messages = [[(f"k{draw.randrange(60) if draw.random() < 0.6 else f'{m}-{i}'}", f"a{i % 3}", i / 3,
+                  draw.choice([None, "", "x" * draw.randrange(1, 400), "y" * 1500]))
+                 for i in range(draw.randrange(1, 40))] for m in range(400)]
+    grouped, single = (JobLogs(per_job=1, log_bytes=1000, per_run_bytes=per_run_bytes) for _ in range(2))
+    compacted = 0
+    for entries in messages:
+        queued = len(grouped._order)
+        grouped.notes("done", entries)
+        for key, agent, duration, log in entries:
+            single.note(key, agent, "done", None, duration, log)
+        assert (grouped.bytes, grouped.live, grouped.evicted) == (single.bytes, single.live, single.evicted)
+        compacted += len(grouped._order) < queued + len(entries)
+        assert list(grouped._order) == list(single._order)
+    assert grouped.evicted > 0 if per_run_bytes < 100_000 else compacted > 0
+    keys = {key for entries in messages for key, *_ in entries}
+    assert {k: grouped.attempts(k) for k in keys} == {k: single.attempts(k) for k in keys}
