@@ -128,9 +128,9 @@ def test_a_mixed_message_settles_as_one_by_one(tmp_path, monkeypatch):
     grouped: list[list[str]] = []
     record_done = settling.record_done
 
-    def recorded(run, agent, group):
-        grouped.append([lease.job.key for lease, *_ in group])
-        record_done(run, agent, group)
+    def recorded(group):
+        grouped.append(list(group.keys))
+        record_done(group)
 
     monkeypatch.setattr(settling, "record_done", recorded)
     batched = _settle_mixed(tmp_path / "batched")

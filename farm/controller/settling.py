@@ -28,8 +28,25 @@ from farm.protocol import JobResult
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
 
-#: a job rendered and collated, waiting to be recorded: (lease, its result, duration s, log text)
-Done = tuple["Lease", Any, float, "str | None"]
+class Group:
+    """Jobs of one run rendered on one agent and collated, to be recorded done together; built as
+    the message is read, in the shapes their records take (`record_done`)."""
+
+    __slots__ = ("run", "agent", "keys", "done", "notes", "events")
+
+    def __init__(self, run: ProjectRun, agent: AgentState) -> None:
+        self.run, self.agent = run, agent
+        self.keys: list[str] = []
+        self.done: list[tuple[str, Any]] = []  # (key, result): the journal's rows
+        self.notes: list[tuple[str, str, float, str | None]] = []  # (key, agent, duration s, log): attempts
+        self.events: list[tuple[str, str]] = []  # (key, agent): job.done events
+
+    def add(self, key: str, result: Any, duration: float, log: str | None) -> None:
+        agent_id = self.agent.id
+        self.keys.append(key)
+        self.done.append((key, result))
+        self.notes.append((key, agent_id, duration, log))
+        self.events.append((key, agent_id))
 
 
 def check_durations(results: list[dict[str, Any]]) -> None:
@@ -48,8 +65,7 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
     scheduler, collator = side.scheduler, side.collator
     scheduler.answered(agent, [r["lease"] for r in results])
     current = scheduler.current
-    group: list[Done] = []
-    group_run: ProjectRun | None = None
+    group: Group | None = None
     offset = 0
     for r in results:
         names = r["files"]
@@ -58,29 +74,30 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         lease = current(agent, r["lease"])
         run = lease.run if lease is not None else None
         if run is None or not (r["ok"] and not names and plain(run, lease, collator)):
-            if group:
-                record_done(group_run, agent, group)
-                group = []
+            if group is not None:
+                record_done(group)
+                group = None
             side._result(agent, r, files, lease)
             continue
-        if run is not group_run and group:
-            record_done(group_run, agent, group)
-            group = []
-        group_run = run
+        if group is not None and group.run is not run:
+            record_done(group)
+            group = None
         agent.observe(float(r["duration"]))
         key = lease.job.key
         del run.leases[key]
         run.progress.pop(key, None)
         if collate_here(run, lease, agent, r):
-            group.append((lease, r["result"], r["duration"], r.get("log")))
+            if group is None:
+                group = Group(run, agent)
+            group.add(key, r["result"], r["duration"], r.get("log"))
             continue
-        if group:  # its collate raised: settled as the collate thread's outcome is, after the group
-            record_done(group_run, agent, group)
-            group = []
+        if group is not None:  # its collate raised: settled as the collate thread's outcome is, after them
+            record_done(group)
+            group = None
         if settle(run.collating[key]) and collator.stopped is not None:
             collator.stopped(run)
-    if group:
-        record_done(group_run, agent, group)
+    if group is not None:
+        record_done(group)
 
 
 def plain(run: ProjectRun, lease: Lease, collator: Any) -> bool:
@@ -110,21 +127,19 @@ def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, 
         return False
 
 
-def record_done(run: ProjectRun, agent: AgentState, group: list[Done]) -> None:
-    """The jobs of `group` (all `run`'s, rendered on `agent`, collated) are done: what settling and
-    `ProjectRun.collated` record for each, one kind at a time (attempts, journal rows, events)."""
-    agent.done += len(group)
-    agent_id = agent.id
-    keys = [lease.job.key for lease, _, _, _ in group]
-    run.logs.notes("done", [(key, agent_id, duration, log)
-                            for key, (_, _, duration, log) in zip(keys, group)])
-    if not run.conduct.succeeded_all(keys, agent_id):  # strikes, which may blocklist: events in between
-        for key, (_, result, _, _) in zip(keys, group):
-            for blocked in run.conduct.succeeded(key, agent_id):
+def record_done(group: Group) -> None:
+    """The jobs of `group` are done: what settling and `ProjectRun.collated` record for each, one
+    kind at a time (attempts, journal rows, events)."""
+    run, agent, keys = group.run, group.agent, group.keys
+    agent.done += len(keys)
+    run.logs.notes("done", group.notes)
+    if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
+        for key, result in group.done:
+            for blocked in run.conduct.succeeded(key, agent.id):
                 run._blocklisted(blocked, run.blocklist[blocked])
-            run._done(key, result, agent_id)
+            run._done(key, result, agent.id)
         return
-    run.journal.jobs_done(run.id, [(key, result) for key, (_, result, _, _) in zip(keys, group)])
+    run.journal.jobs_done(run.id, group.done)
     cache_keys = run.cache_keys
     if cache_keys:
         for key in keys:
@@ -136,7 +151,7 @@ def record_done(run: ProjectRun, agent: AgentState, group: list[Done]) -> None:
         failed.discard(key)
         job_done(key)
     run.done += len(keys)
-    run.emit_many("job.done", run.id, [(key, agent_id) for key in keys], _RENDERED)
+    run.emit_many("job.done", run.id, group.events, _RENDERED)
     if run.waiting:
         for key in keys:
             run.release(key)
