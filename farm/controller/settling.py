@@ -27,22 +27,26 @@ from farm.protocol import JobResult
 
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
+    from farm.mediatype import Job
+
 
 class Group:
     """Jobs of one run rendered on one agent and collated, to be recorded done together; built as
     the message is read, in the shapes their records take (`record_done`)."""
 
-    __slots__ = ("run", "agent", "keys", "done", "notes", "events")
+    __slots__ = ("run", "agent", "jobs", "keys", "done", "notes", "events")
 
     def __init__(self, run: ProjectRun, agent: AgentState) -> None:
         self.run, self.agent = run, agent
+        self.jobs: list[Job] = []
         self.keys: list[str] = []
         self.done: list[tuple[str, Any]] = []  # (key, result): the journal's rows
         self.notes: list[tuple[str, str, float, str | None]] = []  # (key, agent, duration s, log): attempts
         self.events: list[tuple[str, str]] = []  # (key, agent): job.done events
 
-    def add(self, key: str, result: Any, duration: float, log: str | None) -> None:
-        agent_id = self.agent.id
+    def add(self, job: Job, result: Any, duration: float, log: str | None) -> None:
+        agent_id, key = self.agent.id, job.key
+        self.jobs.append(job)
         self.keys.append(key)
         self.done.append((key, result))
         self.notes.append((key, agent_id, duration, log))
@@ -89,7 +93,7 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         if collate_here(run, lease, agent, r):
             if group is None:
                 group = Group(run, agent)
-            group.add(key, r["result"], r["duration"], r.get("log"))
+            group.add(lease.job, r["result"], r["duration"], r.get("log"))
             continue
         if group is not None:  # its collate raised: settled as the collate thread's outcome is, after them
             record_done(group)
@@ -129,17 +133,31 @@ def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, 
 
 def record_done(group: Group) -> None:
     """The jobs of `group` are done: what settling and `ProjectRun.collated` record for each, one
-    kind at a time (attempts, journal rows, events)."""
+    kind at a time (journal rows, attempts, events).
+
+    A journal that raises on the way (its disk: the controller stops the runs) sends the jobs not
+    yet recorded back to be run again, as a crash would have: none is left neither leased nor done.
+    """
     run, agent, keys = group.run, group.agent, group.keys
-    agent.done += len(keys)
-    run.logs.notes("done", group.notes)
     if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
-        for key, result in group.done:
+        for i, (key, result) in enumerate(group.done):
+            run.logs.notes("done", group.notes[i:i + 1])
+            agent.done += 1
             for blocked in run.conduct.succeeded(key, agent.id):
                 run._blocklisted(blocked, run.blocklist[blocked])
-            run._done(key, result, agent.id)
+            try:
+                run._done(key, result, agent.id)
+            except BaseException:
+                run.ready.extendleft(reversed(group.jobs[i:]))
+                raise
         return
-    run.journal.jobs_done(run.id, group.done)
+    try:
+        run.journal.jobs_done(run.id, group.done)
+    except BaseException:
+        run.ready.extendleft(reversed(group.jobs))
+        raise
+    agent.done += len(keys)
+    run.logs.notes("done", group.notes)
     cache_keys = run.cache_keys
     if cache_keys:
         for key in keys:
