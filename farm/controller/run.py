@@ -331,12 +331,11 @@ class ProjectRun(RunReport):
         self.done += 1
         self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, _REUSED if reused else _RENDERED)
-        if self.waiting:
-            self.release(key)
+        self.release(key)
 
     def release(self, key: str) -> None:
         """Job `key` is done: the jobs waiting on it are ready once nothing else they wait on is left."""
-        for job in self.waiting.pop(key, ()):
+        for job in self.waiting.pop(key, ()) if self.waiting else ():
             unmet = self.unmet[job.key]
             unmet.discard(key)
             if not unmet:
