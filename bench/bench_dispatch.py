@@ -81,7 +81,8 @@ def children(pid: int) -> list[int]:
 
 def cpu_by_part(agents: list[int]) -> dict[str, float]:
     """CPU seconds so far of the controller's loop thread, its journal writer, its event thread,
-    the rest of this process (the client), the agent processes and their workers."""
+    its job-log writer, the rest of this process (the client, ZeroMQ's I/O thread, the controller's
+    other threads), the agent processes and their workers."""
 
     threads = {t.name: t.native_id for t in threading.enumerate()}
     me = os.getpid()
@@ -89,8 +90,9 @@ def cpu_by_part(agents: list[int]) -> dict[str, float]:
     controller = part.get("farm-controller", 0.0)
     journal = sum(v for k, v in part.items() if k.startswith("farm-journal"))
     events = part.get("farm-events", 0.0)
-    return {"controller": controller, "journal": journal, "events": events,
-            "client": cpu_s(f"/proc/{me}/stat") - controller - journal - events,
+    joblogs = part.get("farm-joblogs", 0.0)
+    return {"controller": controller, "journal": journal, "events": events, "joblogs": joblogs,
+            "client": cpu_s(f"/proc/{me}/stat") - controller - journal - events - joblogs,
             "agent": sum(cpu_s(f"/proc/{a}/stat") for a in agents),
             "worker": sum(cpu_s(f"/proc/{w}/stat") for a in agents for w in children(a))}
 

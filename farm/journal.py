@@ -226,6 +226,12 @@ class Journal(BatchedJobs):
         blob = pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
+    def jobs_done(self, project_id: str, done: list[tuple[str, Any]]) -> None:
+        """`job_done` for each (key, result) in order, rendered and without a cache key: one call for a
+        message's results (the same rows and commits as one call each)."""
+        self._jobs_done(project_id, [(key, pack_value(result, f"job {project_id!r}/{key!r} result"))
+                                     for key, result in done])
+
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int,
                    duration: float | None = None) -> None:
         """A job failed for good, after `attempts` tries; `duration`: its last attempt's, seconds."""

@@ -64,12 +64,38 @@ class BatchedJobs:
             self._young.append((project_id, key))
         self._unflushed += 1
         if self._unflushed >= self.max_batch:
-            if self._writer is None:
-                self.flush()
-            elif self._writing is None:  # else the loop's next `tick` hands it over (no lock taken per write)
-                self._commit_in_background()
-            elif self._unflushed >= 4 * self.max_batch:  # the writer fell behind: wait for its commit, then
-                self._commit_in_background()  # hand it this one (SQLite's work stays off the loop)
+            self._filled()
+
+    def _jobs_done(self, project_id: str, done: list[tuple[str, bytes | None]]) -> None:
+        """`_job` for each (key, packed result) of jobs done (rendered, no cache key), in order, in
+        one call: the same rows, and the same commits when the batch fills on the way."""
+        if self._db is None:
+            raise JournalError(f"journal {self.path}: used after close()")
+        pending, max_batch, now = self._pending, self.max_batch, time.time()
+        for key, blob in done:
+            if self._unflushed == 0:
+                self._batch_started = self._clock()
+            job = (project_id, key)
+            prev = pending.get(job)
+            if prev is None:
+                pending[job] = (project_id, key, "done", None, None, blob, None, None, None, None, now, 0,
+                                None)
+            else:  # what the row in the database would keep
+                pending[job] = (project_id, key, "done", prev[ROW_LEASE], prev[ROW_AGENT], blob, None, None,
+                                None, prev[ROW_ATTEMPTS], now, 0, None)
+            self._unflushed += 1
+            if self._unflushed >= max_batch:
+                self._filled()
+                pending = self._pending  # a commit handed the batch over
+
+    def _filled(self) -> None:
+        """The batch holds `max_batch` writes: commit it (or hand it to the writer thread)."""
+        if self._writer is None:
+            self.flush()
+        elif self._writing is None:  # else the loop's next `tick` hands it over (no lock taken per write)
+            self._commit_in_background()
+        elif self._unflushed >= 4 * self.max_batch:  # the writer fell behind: wait for its commit, then
+            self._commit_in_background()  # hand it this one (SQLite's work stays off the loop)
 
     def _commit_in_background(self) -> None:
         """Hand the batch to the writer thread (the previous one done); the loop goes on."""

@@ -20,6 +20,7 @@ from farm.controller.agentcounts import DepartedCounts
 from farm.controller.registry import AgentState
 from farm.controller.restarts import Restarts, node_token
 from farm.controller.run import Lease, ProjectRun
+from farm.controller.settling import check_durations, settle_results
 from farm.controller.staging import oversize, stage
 from farm.controller.versions import read_versions, skew
 from farm.errors import ProtocolError
@@ -52,11 +53,9 @@ class AgentSide:
             raise ProtocolError(f"message for agent {agent.id} signed by another key")
         agent.last_seen = time.monotonic()
         if msg.type is T.RESULTS:
-            results = [JobResult.from_wire(r) for r in msg.body["results"]]
-            for result in results:  # a NaN job time would poison the agent's mean, and dispatch
-                if not 0.0 <= result.duration < math.inf:
-                    raise ProtocolError(f"RESULTS: duration {result.duration!r} is not a time in seconds")
-            self._results(agent, results, msg.payloads)
+            results = msg.body["results"]
+            check_durations(results)  # all before any is settled
+            settle_results(self, agent, results, msg.payloads)  # the plain ones in groups
         elif msg.type is T.PROGRESS:
             lease = self.scheduler.lease_of(agent, msg.body["lease"])
             if lease is not None:
@@ -168,32 +167,29 @@ class AgentSide:
             found = self._restart_memory = Restarts()
         return found
 
-    def _results(self, agent: AgentState, results: list[JobResult], payloads: list[bytes]) -> None:
-        offset = 0
-        settle = self.scheduler.settle
-        for result in results:
-            files = payloads[offset:offset + len(result.files)] if result.files else []
-            offset += len(result.files)
-            lease = settle(agent, result.lease)
-            if lease is None:
-                self.health["stale"] += 1
-                log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
-                continue
-            if result.ok:  # a failure's duration says how fast it failed, not how long jobs take
-                agent.observe(float(result.duration))
-            lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
-            too_big = None if not (result.files or files) else oversize(result.files, files,
-                                                                        lease.run.project.max_output)
-            if result.ok and too_big:
-                agent.failed += 1
-                lease.run.failed(lease, too_big, "")
-            elif result.ok:
-                self._collate(agent, lease, result, files)
-            elif result.requeue:
-                lease.run.handed_back(lease, result.error or "handed back")
-            else:
-                agent.failed += 1
-                lease.run.failed(lease, result.error or "failed", result.log or "", retry=result.retry)
+    def _result(self, agent: AgentState, r: dict[str, Any], files: list[bytes], lease: Lease | None) -> None:
+        """One result (a map of the RESULT shape) settled by itself (`farm.controller.settling` settles
+        the plain ones in groups); `lease`: its lease, settled already, None if it is not current."""
+        result = JobResult.from_wire(r)
+        if lease is None:
+            self.health["stale"] += 1
+            log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
+            return
+        if result.ok:  # a failure's duration says how fast it failed, not how long jobs take
+            agent.observe(float(result.duration))
+        lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
+        too_big = None if not (result.files or files) else oversize(result.files, files,
+                                                                    lease.run.project.max_output)
+        if result.ok and too_big:
+            agent.failed += 1
+            lease.run.failed(lease, too_big, "")
+        elif result.ok:
+            self._collate(agent, lease, result, files)
+        elif result.requeue:
+            lease.run.handed_back(lease, result.error or "handed back")
+        else:
+            agent.failed += 1
+            lease.run.failed(lease, result.error or "failed", result.log or "", retry=result.retry)
 
     def _collate(self, agent: AgentState, lease: Lease, result: JobResult, files: list[bytes]) -> None:
         """Stage a result's verified outputs for the collate thread (`farm.controller.collator`)."""

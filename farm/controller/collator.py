@@ -106,26 +106,20 @@ def collate(pending: Pending) -> None:
             run.output_folder.made()
         run.output_made = False  # until collate returns: a folder removed by hand is made again for a retry
         made = True
-        if _folder_gone(pending):
+        if folder_gone(pending):
             return
         run.media.collate(pending.job, pending.result, pending.outputs, run.ctx)
         run.output_made = True
     except Exception as exc:
-        if made and _folder_gone(pending):  # what the collate met: not the job's fault
+        if made and folder_gone(pending):  # what the collate met: not the job's fault
             return
-        # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
-        gone = removed_during_run(run.project.output_dir, exc) if made else None
-        pending.error = gone or f"{type(exc).__name__}: {exc}"
-        own = own_fault(exc)
-        if own is not None:  # the first: the run's collates after it are skipped
-            pending.fault = run.stopped = cannot_write(run.project.output_dir, own,
-                                                       f"collating job {pending.job.key}", gone)
+        collate_failed(pending, exc, made)
     finally:
         if pending.staging is not None:
             shutil.rmtree(pending.staging, ignore_errors=True)
 
 
-def _folder_gone(pending: Pending) -> bool:
+def folder_gone(pending: Pending) -> bool:
     """Stop the run when its output folder is not the one its collates wrote to (`OutputFolder`):
     the outputs collated before went with it, so no job is to blame and the run cannot end whole."""
     gone = pending.run.output_folder.gone()
@@ -135,6 +129,19 @@ def _folder_gone(pending: Pending) -> bool:
     pending.fault = pending.run.stopped = stopped_by(gone, f"collating job {pending.job.key}")
     pending.code = REMOVED_CODE
     return True
+
+
+def collate_failed(pending: Pending, exc: Exception, made: bool) -> None:
+    """What a collate raised, on its `Pending`: the error, and the fault if it is the controller's own
+    (the run's collates after it are skipped). `made`: the output folder was there when it began."""
+    run = pending.run
+    # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
+    gone = removed_during_run(run.project.output_dir, exc) if made else None
+    pending.error = gone or f"{type(exc).__name__}: {exc}"
+    own = own_fault(exc)
+    if own is not None:  # the first: the run's collates after it are skipped
+        pending.fault = run.stopped = cannot_write(run.project.output_dir, own,
+                                                   f"collating job {pending.job.key}", gone)
 
 
 def own_fault(exc: BaseException) -> BaseException | None:
@@ -281,13 +288,18 @@ class Collator:
         files to write, and a handoff would cost no-op jobs (thousands a second) more than the
         collate does; the order and one-at-a-time promises hold, the thread being idle.
         """
-        if not pending.outputs and not self._batch and not self.pending:
+        if not pending.outputs and self.idle:
             if collate_inline(pending) and self.stopped is not None:
                 self.stopped(pending.run)
             return
         if not self._batch:
             self._since = time.monotonic()
         self._batch.append(pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits for the thread or is under way there: a collate on the loop now keeps the order."""
+        return not self._batch and not self.pending
 
     def flush(self, now: float) -> None:
         """At the end of a loop turn: hand the accepted results to the thread in one piece, once

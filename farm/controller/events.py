@@ -122,6 +122,19 @@ class EventBus:
             self._pending.append(row)
         return seq
 
+    def publish_many(self, type: str, run: str | None, jobs: list[tuple[str | None, str | None]],
+                     data: Mapping[str, Any] = _NO_DATA) -> int:
+        """`publish` of one event per (job, agent), in order, all with this type, run and `data`:
+        the same events (numbered one by one) in one call. Returns the last seq. Loop thread only."""
+        items = tuple(data.items()) if data else ()
+        at, seq = _now(), self.last
+        rows = [(seq := seq + 1, at, type, run, job, agent, items) for job, agent in jobs]
+        self.last = seq
+        self._rows.extend(rows)
+        if self._observers:
+            self._pending.extend(rows)
+        return seq
+
     def since(self, seq: int, limit: int) -> tuple[list[Event], int]:
         """Up to `limit` buffered events after `seq`, and how many after `seq` are gone from the buffer."""
         buffer = self._rows

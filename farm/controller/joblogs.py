@@ -74,6 +74,30 @@ class JobLogs:
         self._keep(key, attempt, numbered, persist=True)
         return attempt
 
+    def notes(self, state: str, entries: list[tuple[str, str | None, float | None, str | None]]) -> None:
+        """`note` for each (key, agent, duration s, log) of a message's jobs, in order, all in
+        `state` and without an error: a job's first attempt with a log within `log_bytes` kept here
+        in one step (the same attempt, bounds and writes as `note`), any other through `note`."""
+        jobs, order, log_bytes, per_run_bytes = self._jobs, self._order, self.log_bytes, self.per_run_bytes
+        put = self._store.put if self._store is not None else None
+        run = self._run
+        for key, agent, duration_s, log in entries:
+            if key in jobs or (log and len(log) > log_bytes):
+                self.note(key, agent, state, None, duration_s, log)
+                order = self._order  # compacted, perhaps
+                continue
+            attempt = (1, agent, state, None, None if duration_s is None else round(duration_s, 3), log or "")
+            jobs[key] = (1, attempt)
+            if put is not None:
+                put(run, key, attempt)
+            order.append((key, attempt))
+            self.live += 1
+            self.bytes += OVERHEAD + len(attempt[5])
+            if (self.bytes > per_run_bytes or len(order) > 2 * self.live + 1024
+                    or self._gone_text > per_run_bytes // 2):
+                self._bound(attempt)
+                order = self._order  # compacted, perhaps
+
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)
         if held is None:  # the common case: a job's first attempt
@@ -86,10 +110,15 @@ class JobLogs:
             self._jobs[key] = (numbered, *kept, attempt)
         if persist and self._store is not None:
             self._store.put(self._run, key, attempt)
-        order = self._order
-        order.append((key, attempt))
+        self._order.append((key, attempt))
         self.live += 1
         self.bytes += OVERHEAD + len(attempt[5]) + len(attempt[3] or "")  # log and error text
+        self._bound(attempt)
+
+    def _bound(self, attempt: Attempt) -> None:
+        """After `attempt` was kept: the oldest attempts go while the run is over its bytes, and the
+        queue of attempts is compacted when those let go per job add up."""
+        order = self._order
         while self.bytes > self.per_run_bytes and order[0][1] is not attempt:
             old_key, old = order.popleft()
             held = self._jobs.get(old_key)

@@ -113,6 +113,17 @@ class Conduct:
                 blocked.append(other)
         return blocked
 
+    def succeeded_all(self, keys: list[str], agent: str) -> bool:
+        """`succeeded` for jobs done on `agent` that failed nowhere (no strikes): True when it recorded
+        them all; False, recording nothing, when one of them failed somewhere (call `succeeded` each)."""
+        if self.failed_on and not self.failed_on.keys().isdisjoint(keys):
+            return False
+        self.completed[agent] += len(keys)
+        if self.avoid:
+            for key in keys:
+                self.avoid.pop(key, None)
+        return True
+
     def failed_for_good(self, key: str) -> None:
         """The job failed everywhere it ran (or its plugin said so): nobody's strike."""
         self.failed_on.pop(key, None)

@@ -77,6 +77,7 @@ class ProjectRun(RunReport):
                  priority: int = 0, events: EventBus | None = None, logs: JobLogStore | None = None) -> None:
         self.id = run_id
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
+        self.emit_many = events.publish_many if events is not None else _unheard  # (type, run, jobs, data)
         self.journal = journal
         self.identity = project.identity()
         self.project = project
@@ -332,6 +333,10 @@ class ProjectRun(RunReport):
         self.done += 1
         self.units.job_done(key)
         self.emit("job.done", self.id, key, agent, _REUSED if reused else _RENDERED)
+        self.release(key)
+
+    def release(self, key: str) -> None:
+        """Job `key` is done: the jobs waiting on it are ready once nothing else they wait on is left."""
         for job in self.waiting.pop(key, ()) if self.waiting else ():
             unmet = self.unmet[job.key]
             unmet.discard(key)

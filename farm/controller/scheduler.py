@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from farm.controller.policy import STUCK_GRACE_S, cannot_arrive
 from farm.controller.registry import AgentState, Registry
@@ -163,8 +164,18 @@ class Scheduler:
 
     def settle(self, agent: AgentState, lease_id: str) -> Lease | None:
         """A result came for `lease_id` from `agent`: the lease, if it is the job's current one."""
-        agent.held.discard(lease_id)
+        self.answered(agent, (lease_id,))
+        return self.current(agent, lease_id)
+
+    def answered(self, agent: AgentState, lease_ids: Iterable[str]) -> None:
+        """Results came from `agent` for these leases (a RESULTS message's): it holds none of them any
+        more, whether or not they are current; settle each with `current`."""
+        agent.held.difference_update(lease_ids)
         self.registry.wake(agent)
+
+    def current(self, agent: AgentState, lease_id: str) -> Lease | None:
+        """The lease `lease_id`, out of the table, if it is its job's current lease and `agent`'s;
+        None (a stale result) otherwise."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.agent != agent.identity or not lease.run.is_current(lease):
             return None

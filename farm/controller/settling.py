@@ -1,0 +1,184 @@
+"""A RESULTS message settled in one pass: its plain successes recorded a run's group at a time.
+
+An agent sends its results in messages of tens to hundreds. Most are plain: the job rendered,
+no output files, its run collates on the loop (`farm.controller.collator`: nothing waits for the
+collate thread), no job sizes or cache to feed. For those the loop settles each lease and calls
+the media type's `collate` as before, one job at a time, in the message's order, and then records
+the group's outcome in one step per kind: the job logs' attempts, the journal's done rows (one
+call), the `job.done` events (one call, one event per job with the same fields), units and
+counters. Anything else (a failure, a hand-back, a stale lease, output files, a collate that
+raises) goes the one-by-one way (`AgentSide._result`), after the group before it is recorded,
+so journal rows, events and attempts come in the order one-by-one settlement gives them.
+
+The checks stay where the message enters: `farm.protocol.unpack` checks each result's shape,
+`check_durations` its time, and a lease counts only if it is the current lease of its job and
+held by the agent that answers (`settle_lease`), as `Scheduler.settle` says.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from farm.controller.collator import Pending, collate_failed, folder_gone, settle
+from farm.controller.run import _RENDERED, Lease, ProjectRun
+from farm.errors import ProtocolError
+from farm.protocol import JobResult
+
+if TYPE_CHECKING:
+    from farm.controller.registry import AgentState
+    from farm.mediatype import Job
+
+
+class Group:
+    """Jobs of one run rendered on one agent and collated, to be recorded done together; built as
+    the message is read, in the shapes their records take (`record_done`)."""
+
+    __slots__ = ("run", "agent", "jobs", "keys", "done", "notes", "events")
+
+    def __init__(self, run: ProjectRun, agent: AgentState) -> None:
+        self.run, self.agent = run, agent
+        self.jobs: list[Job] = []
+        self.keys: list[str] = []
+        self.done: list[tuple[str, Any]] = []  # (key, result): the journal's rows
+        self.notes: list[tuple[str, str, float, str | None]] = []  # (key, agent, duration s, log): attempts
+        self.events: list[tuple[str, str]] = []  # (key, agent): job.done events
+
+    def add(self, job: Job, result: Any, duration: float, log: str | None) -> None:
+        agent_id, key = self.agent.id, job.key
+        self.jobs.append(job)
+        self.keys.append(key)
+        self.done.append((key, result))
+        self.notes.append((key, agent_id, duration, log))
+        self.events.append((key, agent_id))
+
+
+def check_durations(results: list[dict[str, Any]]) -> None:
+    """Every result's run time is a time in seconds (before any is settled): a NaN would poison the
+    agent's mean, and dispatch. Raises `ProtocolError`."""
+    for r in results:
+        duration = r["duration"]
+        if not 0.0 <= duration < math.inf:
+            raise ProtocolError(f"RESULTS: duration {duration!r} is not a time in seconds")
+
+
+def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
+                   payloads: list[bytes]) -> None:
+    """Settle one RESULTS message's results (maps of the RESULT shape, checked) from `agent`, in
+    order; `side`: the controller (its scheduler, collator and `_result`, the one-by-one way)."""
+    scheduler, collator = side.scheduler, side.collator
+    scheduler.answered(agent, [r["lease"] for r in results])
+    current = scheduler.current
+    group: Group | None = None
+    offset = 0
+    for r in results:
+        names = r["files"]
+        files = payloads[offset:offset + len(names)] if names else []
+        offset += len(names)
+        lease = current(agent, r["lease"])
+        run = lease.run if lease is not None else None
+        if run is None or not (r["ok"] and not names and plain(run, lease, collator)):
+            if group is not None:
+                record_done(group)
+                group = None
+            side._result(agent, r, files, lease)
+            continue
+        if group is not None and group.run is not run:
+            record_done(group)
+            group = None
+        agent.observe(float(r["duration"]))
+        key = lease.job.key
+        del run.leases[key]
+        run.progress.pop(key, None)
+        if collate_here(run, lease, agent, r, group is None):
+            if group is None:
+                group = Group(run, agent)
+            group.add(lease.job, r["result"], r["duration"], r.get("log"))
+            continue
+        if group is not None:  # its collate raised: settled as the collate thread's outcome is, after them
+            record_done(group)
+            group = None
+        if settle(run.collating[key]) and collator.stopped is not None:
+            collator.stopped(run)
+    if group is not None:
+        record_done(group)
+
+
+def plain(run: ProjectRun, lease: Lease, collator: Any) -> bool:
+    """A success of this lease may be settled in a group: collated on the loop now (the collate
+    thread idle), nothing else to feed (job sizes, the job cache), its run still collating."""
+    return (collator.idle and run.handoff == collator.submit and run.chunks is None and run.stopped is None
+            and run.state != "cancelled" and lease.job.key not in run.cache_keys)
+
+
+def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, Any], first: bool) -> bool:
+    """Collate one plain result on the loop, as `farm.controller.collator.collate` does (no files);
+    False if it raised or the run's output folder went: then its `Pending`, with the error, waits
+    in ``run.collating`` for `settle`. `first`: the first of its group, where the folder is checked
+    (once a message: a folder gone later in it is found by the next message or the finalize)."""
+    made = False
+    pending = None
+    try:
+        if not run.output_made:  # once per run
+            run.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            run.output_folder.made()
+        run.output_made = False  # until collate returns: a folder removed by hand is made again
+        made = True
+        if first and run.output_folder.gone() is not None:
+            pending = Pending(run, lease.job, r["result"], {}, lease, agent)
+            folder_gone(pending)
+        else:
+            run.media.collate(lease.job, r["result"], {}, run.ctx)
+            run.output_made = True
+            return True
+    except Exception as exc:
+        pending = Pending(run, lease.job, r["result"], {}, lease, agent)
+        if not (made and folder_gone(pending)):
+            collate_failed(pending, exc, made)
+    lease.result = JobResult.from_wire(r)  # its log and duration, for the job's log
+    run.collating[lease.job.key] = pending
+    return False
+
+
+def record_done(group: Group) -> None:
+    """The jobs of `group` are done: what settling and `ProjectRun.collated` record for each, one
+    kind at a time (journal rows, attempts, events).
+
+    A journal that raises on the way (its disk: the controller stops the runs) sends the jobs not
+    yet recorded back to be run again, as a crash would have: none is left neither leased nor done.
+    """
+    run, agent, keys = group.run, group.agent, group.keys
+    if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
+        for i, (key, result) in enumerate(group.done):
+            run.logs.notes("done", group.notes[i:i + 1])
+            agent.done += 1
+            for blocked in run.conduct.succeeded(key, agent.id):
+                run._blocklisted(blocked, run.blocklist[blocked])
+            try:
+                run._done(key, result, agent.id)
+            except BaseException:
+                run.ready.extendleft(reversed(group.jobs[i:]))
+                raise
+        return
+    try:
+        run.journal.jobs_done(run.id, group.done)
+    except BaseException:
+        run.ready.extendleft(reversed(group.jobs))
+        raise
+    agent.done += len(keys)
+    run.logs.notes("done", group.notes)
+    cache_keys = run.cache_keys
+    if cache_keys:
+        for key in keys:
+            cache_keys.pop(key, None)
+    done, failed = run.outcomes["done"], run.outcomes["failed"]
+    job_done = run.units.job_done
+    for key in keys:
+        done.add(key)
+        failed.discard(key)
+        job_done(key)
+    run.done += len(keys)
+    run.emit_many("job.done", run.id, group.events, _RENDERED)
+    if run.waiting:
+        for key in keys:
+            run.release(key)
