@@ -120,15 +120,18 @@ class Client:
                reconnect_s: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Summary:
         """Receive updates until the run finishes; returns its summary.
 
-        With `reconnect_s` > 0, a controller that goes silent (a restart: it resumes its runs from
-        its journal) is asked to follow the run again after each `REFOLLOW_S` of silence, so a
-        controller back within seconds is followed at once; past the client's `timeout` of silence
-        it is waited for up to `reconnect_s` seconds, asking again every `REFOLLOW_S`; `on_wait(why)` hears when the wait starts and `on_wait("")` when it is back.
-        Raises `RunLost` (a `ConnectionLost`) when it gives up, `ConnectionLost` without `reconnect_s`.
+        With `reconnect_s` > 0, a controller that goes silent for `REFOLLOW_S` (it sends an update
+        every 0.2 s while a run goes on: it stopped, restarts, or the network is down) is waited for
+        up to `reconnect_s` seconds from then, asking to follow the run again every `REFOLLOW_S`
+        (a restarted controller resumes its runs from its journal), so one back within seconds is
+        followed at once. `on_wait(why)` hears at once when the wait starts (why it waits and for
+        how long) and `on_wait("")` when the controller answers again. Raises `RunLost` (a
+        `ConnectionLost`) when it gives up, `ConnectionLost` after the client's `timeout` of
+        silence without `reconnect_s`.
         """
-        heard = time.monotonic()
-        asked_again = False
         slice_s = min(REFOLLOW_S, self.timeout) if reconnect_s > 0 else None
+        silent: tuple[float, str] | None = None  # since when it has not answered, and why we think so
+        asked_again = False
         while True:
             start = time.monotonic()
             try:
@@ -136,19 +139,18 @@ class Client:
             except ConnectionLost as exc:
                 if reconnect_s <= 0:
                     raise
-                now = time.monotonic()
-                # Only silence (not a refused handshake) within the limit: ask again, no wait. A
-                # restarted controller forgot its followers; the request waits in the socket's
-                # queue while it is down and reaches it as it comes back.
-                if now - start >= slice_s and now - heard < self.timeout and self._refollow(run_id):
-                    asked_again = True
-                    continue
-                msg = self._wait_for_controller(run_id, str(exc), reconnect_s, on_wait)
+                silent = self._still_silent(run_id, silent or (time.monotonic(), str(exc)), reconnect_s,
+                                            on_wait, said=silent is not None, start=start)
+                asked_again = True
+                continue
             except FarmError as exc:
                 if asked_again:  # it is back, and does not know the run (any more)
                     raise RunLost(str(exc), run_id) from None
                 raise
-            heard = time.monotonic()
+            if silent is not None:
+                silent = None
+                if on_wait:
+                    on_wait("")
             if msg.type is T.UPDATE and msg.body.get("id") == run_id:
                 if on_update:
                     on_update(msg.body)
@@ -162,40 +164,25 @@ class Client:
         self.send(T.FOLLOW, {"project": run_id})
         return self.follow(run_id, on_update, reconnect_s=reconnect_s, on_wait=on_wait)
 
-    def _refollow(self, run_id: str) -> bool:
-        """Ask to follow `run_id` again (idempotent at the controller); False if it cannot be queued."""
-        try:
+    def _still_silent(self, run_id: str, silent: tuple[float, str], limit: float,
+                      on_wait: Callable[[str], None] | None, *, said: bool,
+                      start: float) -> tuple[float, str]:
+        """The controller did not answer a receive begun at `start`, again: the wait is said at its
+        start (unless `said`), given up `limit` seconds after it (`RunLost`), and the run asked for
+        again meanwhile, each `REFOLLOW_S`."""
+        since, why = silent
+        if not said and on_wait:
+            on_wait(f"{why}; the controller may be restarting: waiting up to {_minutes(limit)} for it")
+        if time.monotonic() - since >= limit:
+            raise RunLost(f"{why}, and it did not come back within {_minutes(limit)}", run_id)
+        try:  # queued while disconnected, sent once the socket reconnects (idempotent at the controller)
             self.sock.send_multipart(pack(T.FOLLOW, {"project": run_id}), zmq.NOBLOCK)
         except zmq.Again:
-            return False
-        return True
-
-    def _wait_for_controller(self, run_id: str, why: str, limit: float,
-                             on_wait: Callable[[str], None] | None) -> Message:
-        """Wait up to `limit` seconds for a silent controller to answer a FOLLOW of `run_id`; its first
-        message then."""
-        if on_wait:
-            on_wait(f"{why}; the controller may be restarting: waiting up to {_minutes(limit)} for it")
-        deadline = time.monotonic() + limit
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RunLost(f"{why}, and it did not come back within {_minutes(limit)}", run_id)
-            try:  # queued while disconnected, sent once the socket reconnects (at most a few)
-                self.sock.send_multipart(pack(T.FOLLOW, {"project": run_id}), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            asked = time.monotonic()
-            try:
-                msg = self.receive(min(REFOLLOW_S, left))
-            except ConnectionLost:
-                self.sock.poll(max(0.0, REFOLLOW_S - (time.monotonic() - asked)) * 1000)  # never a busy loop
-                continue
-            except FarmError as exc:  # it is back, and does not know the run (any more)
-                raise RunLost(str(exc), run_id) from None
-            if on_wait:
-                on_wait("")
-            return msg
+            pass
+        # a refused handshake is said at once, not after a silence: never a busy loop
+        now = time.monotonic()
+        self.sock.poll(max(0.0, min(REFOLLOW_S - (now - start), since + limit - now)) * 1000)
+        return silent
 
     def patiently(self, call: Callable[[], R], run_id: str, *, reconnect_s: float,
                   on_wait: Callable[[str], None] | None = None) -> R:

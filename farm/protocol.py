@@ -27,6 +27,9 @@ MAX_MESSAGE = 64 * 1024 * 1024
 # A listening socket drops a connection that has not completed its ZMTP (and CURVE) handshake in
 # this time (libzmq's default is 30 s): idle connections cannot hold a server's descriptors for long.
 HANDSHAKE_MS = 5000
+#: the states a QUERY of a run's jobs filters by, in its listing order; "collating": rendered, its
+#: outputs being written by the collator thread, not yet done (`farm.controller.control`)
+JOB_STATES = ("running", "collating", "queued", "failed", "done", "reused")
 
 
 class T(enum.IntEnum):

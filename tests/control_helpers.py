@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from conftest import wait_for
 from sched_helpers import install_plugin
 
 from farm.controller.events import Event
@@ -164,3 +165,18 @@ def jobs_all(client: Any, run: str, state: str | None = None, page: int = 2) -> 
         offset += page
         if offset >= reply["total"]:
             return jobs
+
+
+def remove_while_paused(url: str, run_id: str, folder: Path) -> None:
+    """Remove `folder` (a run's output folder) between two collates of run `run_id`: paused, once the
+    jobs it held are in, so jobs are still to come after the removal; then resumed."""
+    import shutil
+
+    from farm.client import Client
+
+    with Client(url, timeout=10) as client:
+        client.pause(run_id)
+        wait_for(lambda: not client.project(run_id)["running"], 60, "the jobs held to finish")
+        assert client.project(run_id)["done"] < client.project(run_id)["total"]
+        shutil.rmtree(folder)
+        client.resume(run_id)

@@ -83,7 +83,7 @@ def test_download_exits_as_submit_does_and_jobs_lists_the_run(controller, agents
     assert none.returncode == 0 and none.stdout.strip() == f"{report['id']}: no queued jobs"
 
     bad = farm("jobs", "-c", controller.url, "synf", "--state", "bogus", "--json")
-    assert bad.returncode == 1 and one_json(bad.stdout)["code"] == "bad_request"
+    assert bad.returncode == 2 and one_json(bad.stdout)["code"] == "usage"  # checked before asking
     assert "running, collating, queued, failed, done, reused" in one_json(bad.stdout)["error"]
     unknown = farm("jobs", "-c", controller.url, "nothing-here")
     assert unknown.returncode == 1 and "nothing-here" in unknown.stderr and "Traceback" not in unknown.stderr

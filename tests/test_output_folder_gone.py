@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 from conftest import Background, wait_for, write_project
-from control_helpers import EventLog
-
-from farm.client import Client
+from control_helpers import EventLog, remove_while_paused
 
 FARM = [sys.executable, "-m", "farm"]
 
@@ -36,12 +34,7 @@ def test_a_folder_removed_mid_run_stops_it_naming_the_folder_and_blaming_no_job(
     agents(controller.url, 1)
     wait_for(lambda: len(events.of("job.done")) >= 2, 120, "two jobs collated")
     run_id = events.of("job.done")[0].run
-    with Client(controller.url, timeout=10) as client:
-        client.pause(run_id)  # between two collates: jobs are still to come after the removal
-        wait_for(lambda: not client.project(run_id)["running"], 60, "the jobs held to finish")
-        assert client.project(run_id)["done"] < 8
-        shutil.rmtree(output)
-        client.resume(run_id)
+    remove_while_paused(controller.url, run_id, output)  # between two collates: jobs still to come
     wait_for(run.done, 120, "the run")
     assert run.error is None, run.error
     summary = run.summary

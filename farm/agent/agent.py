@@ -38,7 +38,7 @@ from farm.ids import check_name
 from farm.keycheck import plain_job
 from farm.plugins import get_plugins
 from farm.protocol import MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
-from farm.words import counted
+from farm.words import capabilities_shown, counted
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Agent:
         workers: EarlyWorkers | None = None,
         node: str | None = None,
     ) -> None:
-        """`on_connect(line)`: called with ``connected to URL as NAME, N slots, TYPES`` at each welcome.
+        """`on_connect(line)`: called with ``connected to URL as NAME, N slots, [CAPABILITIES]`` at each
+        welcome: the capabilities its HELLO offers, as `farm status` lists them (`capabilities_shown`).
         ``workers``: a pool started ahead of us (`EarlyWorkers`; its slots and scratch folder win).
         ``node``: this node's token for our id (`farm.agent.nodetoken`), proving a restart is us."""
         self.controller = controller
@@ -348,8 +349,10 @@ class Agent:
             self.stopping = True
 
     def _joined(self, name: str) -> None:
+        # what the controller knows it by, as `farm status` says it: a media type's renderer (blender
+        # for frames) and --tag values too, not only the media types (they differed)
         line = (f"connected to {self.controller} as {name}, {counted(self.nslots, 'slot')}, "
-                f"{' '.join(sorted(self.media_types)) or 'no media types'}")
+                f"{capabilities_shown(self.caps)}")
         log.info("%s", line)
         if self.on_connect is not None:
             self.on_connect(line)

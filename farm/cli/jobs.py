@@ -17,6 +17,7 @@ from farm.cli.errors import reported
 from farm.cli.options import ClientKey, ControllerUrl, Insecure, KeysDir, ServerKey
 from farm.cli.progress import format_duration
 from farm.cli.status import connect
+from farm.protocol import JOB_STATES
 from farm.words import counted
 
 ERROR_WIDTH = 100  # characters of a failed job's error shown in the table (the first line only)
@@ -24,11 +25,21 @@ DEFAULT_LIMIT = 100  # jobs a page lists unless asked (the API's default too)
 COLUMNS = ("KEY", "STATE", "ATTEMPTS", "AGENT", "TIME", "ERROR")
 
 
+def checked_state(value: str | None) -> str | None:
+    """A typer callback: `value` (a job state to filter by) unchanged, or a usage error (exit 2,
+    code ``usage``) naming the states there are, as any bad option value (the controller refuses
+    one too, ``bad_request``, to a client that did not check)."""
+    if value is not None and value not in JOB_STATES:
+        raise typer.BadParameter(f"{value!r} is not a job state (one of {', '.join(JOB_STATES)})")
+    return value
+
+
 def jobs(
     project: Project,
     state: Annotated[Optional[str], typer.Option(
-        "--state", help="Only jobs in this state: running, collating (rendered, outputs being written), "
-                        "queued, failed (for good), done or reused.")] = None,
+        "--state", callback=checked_state,
+        help="Only jobs in this state: running, collating (rendered, outputs being written), "
+             "queued, failed (for good), done or reused.")] = None,
     limit: Annotated[int, typer.Option(
         "--limit", min=1, max=1000, help="List at most this many jobs.")] = DEFAULT_LIMIT,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many jobs first (paging).")] = 0,
@@ -63,7 +74,7 @@ def jobs_text(page: dict[str, Any], state: str | None = None) -> str:
         more = (f" --state {state}" if state else "") \
             + (f" --limit {page['limit']}" if page["limit"] != DEFAULT_LIMIT else "")
         lines.append(f"{page['total'] - last:,} more: farm jobs {page['project']}{more} --offset {last}")
-    if page.get("unlisted"):
+    if page.get("unlisted") and state in (None, "queued"):  # they wait to be queued: in no other state
         why = "not done: the run ended" if page.get("ended") else "not split off yet"
         lines.append(f"{counted(page['unlisted'], 'job')} {why} (not listed)")
     return "\n".join(lines)

@@ -2,9 +2,11 @@
 
 A run's UPDATEs (the controller's snapshots, `farm.controller.run.ProjectRun.snapshot`) are
 drawn with ``rich.progress`` on a terminal: the media's own units beside jobs ("tiles
-1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds, failures,
-reuse, and why the run waits when it is stalled or paused (no rate or ETA then); a finished run's rate
-is its average over the run, as the controller measured it). The count and the percent never
+1,234/5,461 · jobs 20/85"), the rate and ETA over the last `RATE_WINDOW_S` seconds (measured
+afresh after the run was stalled or paused, or its controller silent), failures, reuse, and why
+the run waits when it is stalled or paused, or the controller does not answer (no rate or ETA
+then; `ProgressBar.waiting`); a finished run's rate is its average over the time it moved, as the
+controller measured it). The count and the percent never
 say a run is all there before its jobs are done: a job being collated counts whole in the
 controller's ``partial``, so a backlog of collates would read as 100 %. While the job count is
 an estimate (adaptive chunks: it follows the sizes chosen until the split is over) the jobs are
@@ -19,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
@@ -32,6 +35,7 @@ from farm.client import Summary
 ENDED = frozenset({"done", "failed", "cancelled"})
 
 RATE_WINDOW_S = 10.0
+CONTROLLER_SILENT = "the controller is not answering"  # the line's stall reason while a follower waits
 PLAIN_EVERY_S = 10.0
 SEP = " · "
 BAR_WIDTH = 28  # the bar's width where the line has room; never narrower than BAR_MIN
@@ -65,7 +69,8 @@ class RateMeter:
     `add` gives None while unknown: under 0.3 s of samples, or just after the done units went
     down (a restarted controller drops its jobs' partial progress): the window starts again
     there, so a rate is never negative; and until some work is done after that start (agents
-    rejoining a resumed run: "--", not "0.0 tiles/s").
+    rejoining a resumed run: "--", not "0.0 tiles/s"). `restart` starts it again where nothing
+    could move (paused, stalled): a window half over a pause read 0.1 items/s at 2 a second.
     """
 
     def __init__(self, window: float = RATE_WINDOW_S) -> None:
@@ -73,10 +78,13 @@ class RateMeter:
         self.samples: list[tuple[float, float]] = []
         self.moved = False  # done went up since the samples started
 
+    def restart(self) -> None:
+        self.samples.clear()
+        self.moved = False
+
     def add(self, now: float, done: float) -> float | None:
         if self.samples and done < self.samples[-1][1]:
-            self.samples.clear()
-            self.moved = False
+            self.restart()
         self.moved = self.moved or bool(self.samples) and done > self.samples[0][1]
         self.samples.append((now, done))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
@@ -213,11 +221,15 @@ class ProgressBar:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._plain_last: tuple[float, tuple[Any, ...]] | None = None
+        self._last: dict[str, Any] | None = None  # the last update drawn
         self._rerouted: list[tuple[logging.StreamHandler, Any]] = []  # (handler, its own stream)
 
     def line(self, update: dict[str, Any], now: float | None = None) -> str:
-        """The text for this update (and a rate sample taken from it)."""
+        """The text for this update (and a rate sample taken from it: the window starts again while
+        the run cannot move, so the pace after a pause or stall is the pace since)."""
         now = time.monotonic() if now is None else now
+        if update.get("paused") or update.get("stalled"):
+            self.meter.restart()
         return progress_text(update, self.meter.add(now, Position(update).value))
 
     def update(self, update: dict[str, Any], now: float | None = None) -> None:
@@ -225,11 +237,20 @@ class ProgressBar:
         if self.off:
             return
         now = time.monotonic() if now is None else now
+        self._last = update
         text = self.line(update, now)
         if self.live:
             self._draw(update, text)
         else:
             self._plain(update, text, now)
+
+    def waiting(self, why: str) -> None:
+        """The controller stopped answering (`why`; "" once it answers again): until its next
+        update the line says so (`CONTROLLER_SILENT`), with no rate or ETA, and the rate is
+        measured afresh after it."""
+        self.meter.restart()
+        if why and self._last is not None and not self.off:
+            self.update({**self._last, "stalled": CONTROLLER_SILENT})
 
     def _draw(self, update: dict[str, Any], text: str) -> None:
         pos = Position(update)
@@ -309,8 +330,10 @@ class _RunProgress(Progress):
                 yield Padding(Text(stats), (0, 0, 0, 2))
 
 
-def summary_text(summary: Summary, *, notes: bool = True) -> str:
-    """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines."""
+def summary_text(summary: Summary, *, notes: bool = True, here: bool = True) -> str:
+    """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines.
+    `here`: its output folder is on this machine's disk (False: the controller's, perhaps another
+    machine's), so one that is not there is said to be gone rather than to hold its outputs."""
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
         " jobs done,"
@@ -326,6 +349,8 @@ def summary_text(summary: Summary, *, notes: bool = True) -> str:
     if summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]
+    elif summary.output_dir and here and not Path(summary.output_dir).is_dir():
+        lines.append(f"no outputs: the output folder {summary.output_dir} is gone")  # removed, moved away
     elif summary.output_dir:
         lines.append(f"outputs in {summary.output_dir}")
     else:  # a remote run that collated nothing: there is no folder of ours to name

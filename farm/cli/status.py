@@ -16,6 +16,7 @@ from farm.cli.progress import format_count, format_duration, format_rate, summar
 from farm.client import RECONNECT_S, Client, DiskFull, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
+from farm.words import capabilities_shown
 
 R = TypeVar("R")
 
@@ -63,7 +64,8 @@ def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
         lines.append(f"  {a['id']:<24} {a['host']:<16} {state:<11} {a['jobs']:>3}/{a['slots']} busy"
                      f"  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
-                     f"  [{', '.join(a['capabilities'])}]" + (f"  key {a['key']}" if a.get("key") else ""))
+                     f"  {capabilities_shown(a['capabilities'])}"
+                     + (f"  key {a['key']}" if a.get("key") else ""))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         elif a.get("state") in ("draining", "blocklisted"):
@@ -147,7 +149,7 @@ def cancel(
                                "downloaded_to": str(download) if download is not None else None,
                                "downloaded_files": _count(summary.downloaded)}))
         return
-    typer.echo(summary_text(summary))
+    typer.echo(summary_text(summary, here=download is not None))  # else: on the controller's disk
     if kept_there:
         typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
                    f"them, or: farm cancel {summary.id} --download DIR", err=True)
@@ -170,14 +172,14 @@ def download(
     Exits as `farm submit` would for the run: 0 only if every job succeeded; 1 for a failed or
     cancelled run (its outputs collated so far are fetched all the same)."""
     from farm.cli.progress import ProgressBar
-    from farm.cli.submit import say_waiting
+    from farm.cli.submit import say_waiting, waiting_shown
 
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         run_id = _lasting(client, project, lambda: client.project(project)["id"])  # it may not be up yet
         bar = ProgressBar(enabled=False if as_json else None)
         try:
             summary = _lasting(client, run_id, lambda: client.attach(
-                run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=say_waiting))
+                run_id, bar.update, reconnect_s=RECONNECT_S, on_wait=waiting_shown(bar)))
         finally:
             bar.close()
         if not summary.download:

@@ -97,11 +97,13 @@ def submit(
         setup: Setup = None
         if controller or join:  # a running controller: found, joined or named
             controller, setup, _ = controller_for(controller, join, keys_dir, key, server_key, insecure, role="client")
+        # the output folder a summary names is ours (not an uploaded run's on the controller's disk)
+        here = not controller or shared
         if not watch_project:
             summary: Summary | None = None
             try:  # the farm stops (its state kept in .farm/) before the interruption is said
                 with _farm(project, controller, agents, setup, shared, priority, ui, local) as render:
-                    summary = _round(render, project, as_json, logged=not controller)
+                    summary = _round(render, project, as_json, logged=not controller, here=here)
                     if ui:
                         _serve_until_stopped(render.ui_url)
             except Interrupted as stop:
@@ -123,7 +125,7 @@ def submit(
             def round_() -> None:
                 try:
                     loaded = first.pop() if first else load_project(project_dir, output=output)
-                    _round(render, loaded, as_json, logged=not controller)
+                    _round(render, loaded, as_json, logged=not controller, here=here)
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
                     say_error(exc, as_json)
                 if not as_json:
@@ -139,16 +141,21 @@ def submit(
                 pass
 
 
-class Render:
-    """How to render a round (``render(project, on_update)``), and the embedded farm's dashboard
-    address (`ui_url`, with ``--ui``)."""
+Said = Callable[[str], None]
 
-    def __init__(self, render: Callable[[Project, Callable[[dict], None]], Summary],
+
+class Render:
+    """How to render a round (``render(project, on_update, on_wait)``; `on_wait`: a remote run's
+    controller stopped answering, `Client.follow`), and the embedded farm's dashboard address
+    (`ui_url`, with ``--ui``)."""
+
+    def __init__(self, render: Callable[[Project, Callable[[dict], None], Said], Summary],
                  ui_url: str | None = None) -> None:
         self.render, self.ui_url = render, ui_url
 
-    def __call__(self, project: Project, update: Callable[[dict], None]) -> Summary:
-        return self.render(project, update)
+    def __call__(self, project: Project, update: Callable[[dict], None],
+                 on_wait: Said = lambda why: None) -> Summary:
+        return self.render(project, update, on_wait)
 
 
 @contextlib.contextmanager
@@ -156,11 +163,11 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
           priority: int, ui: bool = False, local: LocalAgents | None = None) -> Iterator[Render]:
     """How to render a round: a running controller, or an embedded farm kept up between rounds."""
     if controller:
-        def remote(proj: Project, update: Callable[[dict], None]) -> Summary:
+        def remote(proj: Project, update: Callable[[dict], None], on_wait: Said) -> Summary:
             try:
                 return submit_remote(controller, proj, priority=priority, on_update=update,
                                      socket_setup=setup, upload=not shared, unreachable_after=NOTHING_LISTENS_AFTER_S,
-                                     reconnect_s=RECONNECT_S, on_wait=say_waiting)
+                                     reconnect_s=RECONNECT_S, on_wait=on_wait)
             except RunLost as exc:
                 ended = isinstance(exc, DownloadLost)
                 raise ConnectionLost(f"{exc}; {fetch_later(exc.run_id, controller, ended=ended)}") from None
@@ -172,7 +179,8 @@ def _farm(project: Project, controller: str | None, agents: int | None, setup: S
     with EmbeddedFarm(project.root / STATE_DIR, agents, ui=ui, local=local) as farm:
         if farm.ui_url:
             typer.echo(f"dashboard: {farm.ui_url}", err=True)
-        yield Render(lambda proj, update: farm.submit(proj, priority=priority, on_update=update), farm.ui_url)
+        yield Render(lambda proj, update, _wait: farm.submit(proj, priority=priority, on_update=update),
+                     farm.ui_url)
 
 
 def say_waiting(why: str) -> None:
@@ -181,6 +189,14 @@ def say_waiting(why: str) -> None:
         log.warning("%s...", why)  # the client's words say it may be restarting, and for how long
     else:
         log.warning("the controller is back; following the run again")
+
+
+def waiting_shown(bar: ProgressBar) -> Said:
+    """`say_waiting`, and `bar` shows the wait (no rate meanwhile: `ProgressBar.waiting`)."""
+    def said(why: str) -> None:
+        say_waiting(why)
+        bar.waiting(why)
+    return said
 
 
 def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
@@ -236,10 +252,11 @@ def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None
         typer.echo(message, err=True)
 
 
-def _round(render: Render, project: Project, as_json: bool, *, logged: bool = False) -> Summary:
+def _round(render: Render, project: Project, as_json: bool, *, logged: bool = False,
+           here: bool = True) -> Summary:
     """Render one round of a project loaded (and validated) once for it; `Interrupted` on Ctrl-C.
     `logged`: the run's notes went to stderr as they came (an embedded farm logs here), so the
-    text summary does not repeat them; ``--json`` carries them in any case."""
+    text summary does not repeat them; ``--json`` carries them in any case. `here`: as `summary_text`'s."""
     bar = ProgressBar(enabled=None if not as_json else False)
     last: dict = {}
 
@@ -248,11 +265,12 @@ def _round(render: Render, project: Project, as_json: bool, *, logged: bool = Fa
         bar.update(snapshot)
 
     try:
-        summary = render(project, update)
+        summary = render(project, update, waiting_shown(bar))
     except KeyboardInterrupt:
         raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated"))) from None
     finally:
         bar.close()
-    typer.echo(json.dumps(summary.to_json()) if as_json else summary_text(summary, notes=not logged))
+    typer.echo(json.dumps(summary.to_json()) if as_json
+               else summary_text(summary, notes=not logged, here=here))
     mark("submit: summary printed")
     return summary

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from farm.controller.agentcounts import DepartedCounts
 from farm.controller.registry import AgentState
 from farm.controller.restarts import Restarts, node_token
 from farm.controller.run import Lease, ProjectRun
@@ -105,6 +106,8 @@ class AgentSide:
         for why in agent.skew.values():
             log.warning("%s: it gets none of that media type's jobs", why)
         self.scheduler.join(agent, previous)
+        if previous is None:  # the same process back after it was dropped, or its node's next one
+            self._departed_counts().returned(agent, self._restarts().shared)
         claims = self._claimed_ids()
         if previous is not None:
             claims.pop(previous.identity, None)
@@ -231,6 +234,7 @@ class AgentSide:
         lost = self.scheduler.leave(agent, reason)
         if lost is None:
             return
+        self._departed_counts().left(agent)  # its done and failed jobs count on if it comes back
         self._forget_registrations(agent)
         self.events.publish("agent.left", None, None, agent.id, {"reason": reason})
         # an agent that said goodbye holding nothing is no news; anything else is
@@ -267,6 +271,13 @@ class AgentSide:
         session = self._departed().pop((key, claimed), None)
         if session is not None and session == agent.session:
             self.assets.server.tracker.restore_agent(key, claimed)
+
+    def _departed_counts(self) -> DepartedCounts:
+        """Done and failed counters of dropped agents, for their return (`farm.controller.agentcounts`)."""
+        found = getattr(self, "_counts_departed", None)
+        if found is None:
+            found = self._counts_departed = DepartedCounts()
+        return found
 
     def _departed(self) -> dict[tuple[str, str], str]:
         """(key, claimed id) -> session, of agents dropped with block server registrations (oldest first)."""

@@ -320,7 +320,9 @@ class ClientSide:
 
     def _send_updates(self) -> None:
         for run in self.runs.values():
-            if run.state in ("running", "finalizing"):
+            # an ended run whose outputs are being published goes on being heard of: its followers
+            # take a silence of seconds for a controller gone (`Client.follow`)
+            if run.state in ("running", "finalizing") or run.id in self.publishing:
                 self._send_update(run)
 
     def _announce(self, run: ProjectRun, *, resumed: bool) -> None:

@@ -20,7 +20,7 @@ from farm.errors import ProtocolError
 from farm.ids import BadIdentifier, check_key, check_name
 from farm.journal import ProjectRecord
 from farm.preview import RunFacts
-from farm.protocol import Message, T
+from farm.protocol import JOB_STATES, Message, T
 from farm.words import counted
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,6 @@ MAX_PRIORITY = 1_000_000  # as SUBMIT's, either way
 MAX_RETRY_KEYS = 10_000  # keys one retry may name
 MAX_PAGE = 1000  # jobs one QUERY returns
 MAX_OFFSET = 1_000_000_000
-# listing order too; "collating": rendered, its outputs being written by the collator thread
-# (`ProjectRun.collating`), not yet done
-JOB_STATES = ("running", "collating", "queued", "failed", "done", "reused")
 ACTIONS = ("pause", "resume", "retry", "priority", "drain", "undrain")
 
 

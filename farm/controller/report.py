@@ -16,6 +16,8 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
+from farm.controller.pace import MovingClock
+
 
 class RunReport:
     """`elapsed`, `snapshot` and `summary` of a `ProjectRun` (whose attributes they read)."""
@@ -36,6 +38,16 @@ class RunReport:
         end = self.finished_mono or time.monotonic()
         return end - self.started_mono
 
+    def moving(self, stalled: str | None) -> float:
+        """Seconds of `elapsed` the run could move: not those it spent paused with nothing running,
+        stalled, or ended before a retry (`farm.controller.pace`); `stalled` is its state now."""
+        clock = self.__dict__.get("_moving_clock")
+        if clock is None:  # one, whichever thread takes the first snapshot (setdefault is atomic)
+            clock = self.__dict__.setdefault("_moving_clock", MovingClock(self.started_mono))
+        idle = self.finished_mono is not None or (
+            stalled is not None and not self.leases and not self.collating)
+        return self.elapsed() - clock.idle_s(self.finished_mono or time.monotonic(), idle)
+
     def snapshot(self, stalled: str | None = None) -> dict[str, Any]:
         # a rendered job being collated counts whole, or the bar (and a client's rate) would go back
         # between its agent's last progress and its collate's end; one reused from the job cache
@@ -45,10 +57,11 @@ class RunReport:
                                         if pending.lease is not None}}
         running_fraction = sum(rendered.values())
         elapsed = self.elapsed()
-        # a pace from work done (failures are no throughput), and none while nothing can move: the run
-        # waits for an agent (or a resume), and an ETA from the pace before would be a guess
+        # a pace from work done (failures are no throughput) over the time it could move, and none
+        # while nothing can: the run waits for an agent (or a resume), and an ETA would be a guess
         moving = stalled in (None, "paused")  # paused: its ETA goes, its pace so far stays
-        rate = (self.done - self.resumed + running_fraction) / elapsed if elapsed > 0.5 and moving else None
+        moved_s = self.moving(stalled)
+        rate = (self.done - self.resumed + running_fraction) / moved_s if moved_s > 0.5 and moving else None
         left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
         return {
             "id": self.id,
@@ -80,7 +93,7 @@ class RunReport:
             "stalled": stalled,
             "error": self.error,
             "code": self.served.get("code"),  # why it stopped, for scripts: controller_disk
-            "units": self.units.snapshot(rendered, elapsed, exhausted=self.exhausted,
+            "units": self.units.snapshot(rendered, moved_s, exhausted=self.exhausted,
                                          active=self.active and not self.paused, moving=moving),
         }
 

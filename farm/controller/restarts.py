@@ -7,8 +7,8 @@ process; the live one can only be its dead predecessor (a live process would hol
 which the controller has not noticed yet (a power cut, a network that lost the connection's
 end). The controller then drops the predecessor the way a liveness timeout does (its leases
 requeued, ``agent.left``) and the new process takes its id: the node keeps its name, a
-`farm drain` of it, and its history. Anyone else claiming a live id is renamed, as before
-(`farm.controller.agents`).
+`farm drain` of it, and its history (its done and failed counts: `farm.controller.agentcounts`).
+Anyone else claiming a live id is renamed, as before (`farm.controller.agents`).
 
 A token copied to another machine (a cloned disk with the same host name and ``--id``) would
 make two live nodes displace each other. The first time a dropped predecessor speaks again

@@ -143,9 +143,10 @@ class UnitCounter:
         """``{"name", "done", "failed", "partial", "total", "rate", "eta_s"}`` for the run's snapshot.
 
         `partial` maps running job keys to their reported fraction (0..1), and rendered ones being
-        collated to 1. ``total`` is None while unknown (known once `split` is exhausted, if the
-        media type cannot say it up front); ``rate`` is units per second over the run (None in
-        its first half second, with none done, or while not `moving`: nothing can run); ``eta_s``
+        collated to 1; `elapsed`: the seconds the run could move (`RunReport.moving`). ``total`` is
+        None while unknown (known once `split` is exhausted, if the media type cannot say it up
+        front); ``rate`` is units per second over `elapsed` (None in its first half second, with
+        none done, or while not `moving`: nothing can run); ``eta_s``
         is seconds left at that rate (None when unknown, or when not `active`: finished or paused).
         """
         part = sum(self.pending.get(key, 0.0) * fraction for key, fraction in partial.items())

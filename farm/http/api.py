@@ -25,7 +25,7 @@ ProjectId = Annotated[str, Path(description="A run id (`name-1a2b3c4d`), or a pr
                                 min_length=1, max_length=200)]
 AgentId = Annotated[str, Path(description="An agent's id, as `GET /api/v1/agents` lists it.",
                               min_length=1, max_length=200)]
-# the controller's JOB_STATES (farm.controller.control), in its listing order
+# the controller's JOB_STATES (farm.protocol), in its listing order
 JobState = Literal["running", "collating", "queued", "failed", "done", "reused"]
 PRIORITY_LIMIT = 1_000_000  # the controller's own bound on priorities
 FAILURES_SHOWN = 20  # failed jobs a run's own page lists

@@ -96,6 +96,9 @@ class Agent(_Open):
     running: list[str] = Field(description="project/job keys it holds (a few of them).")
     jobs: int = Field(description="Jobs it holds.")
     load: float | None = Field(description="Jobs held per slot.")
+    done: int = Field(description="Jobs it rendered, over the controller's life: across its reconnects "
+                                  "and its node's restarts (the same --id).")
+    failed: int = Field(description="Jobs that failed on it, counted as `done`.")
     last_heartbeat_s: float = Field(description="Seconds since it was last heard from.")
 
 

@@ -231,12 +231,14 @@
         el("td", { text: a.slots ?? "" }),
         el("td", { text: running.length ? running.map((r) => (typeof r === "string" ? r : r.job || r.key)).join(", ")
           : (typeof a.running === "number" ? String(a.running) : "–") }),
+        el("td", { text: fmtCount(a.done ?? 0) }),  // as farm status: over the controller's life
+        el("td", { text: fmtCount(a.failed ?? 0) }),
         el("td", { text: a.load === undefined || a.load === null ? "" : String(a.load) }),
         el("td", { text: heartbeatText(heartbeat) }),
         el("td", {}, el("button", { type: "button", "data-action": draining ? "undrain" : "drain",
           text: draining ? "Undrain" : "Drain", onclick: () => agentControl(a.id, draining ? "undrain" : "drain") })));
     });
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "empty", text: "No agents connected." })));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "empty", text: "No agents connected." })));
     $("agents").replaceChildren(...rows);
   }
 
