@@ -10,7 +10,9 @@
    also multiprocessing.Pool(2).imap(chunksize=1) over the same count;
 2. 1,000 jobs of 10 ms on 2 agents: makespan vs the ideal (target: <= 3 % over).
 ``--json`` prints one object: farm_jobs_per_s, bare_jobs_per_s, ratio (and the rest: CPU per job
-by part, ``gc_s``: the cyclic garbage collector's seconds in the farm rounds, by generation).
+by part, ``loop_wall_pct``: where the controller's loop thread spent the last farm round, on a CPU,
+waiting for one, or asleep (its poll, the GIL), ``gc_s``: the cyclic garbage collector's seconds in
+the farm rounds, by generation).
 Times are measured by the submitting client: submit to summary, collation included.
 With ``--before DIR`` (a checkout of an earlier version), both versions run in turns, in
 subprocesses, ``--rounds`` times each, and the median no-op rate of each is printed: a
@@ -95,6 +97,26 @@ def cpu_by_part(agents: list[int]) -> dict[str, float]:
             "client": cpu_s(f"/proc/{me}/stat") - controller - journal - events - joblogs,
             "agent": sum(cpu_s(f"/proc/{a}/stat") for a in agents),
             "worker": sum(cpu_s(f"/proc/{w}/stat") for a in agents for w in children(a))}
+
+
+def loop_clock() -> tuple[float, float]:
+    """The controller's loop thread so far: seconds on a CPU and seconds runnable but waiting for one
+    (`/proc/.../schedstat`); (0, 0) if unreadable."""
+    tid = next((t.native_id for t in threading.enumerate() if t.name == "farm-controller"), None)
+    try:
+        with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as f:
+            on_cpu, runqueue = f.read().split()[:2]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(runqueue) / 1e9
+
+
+def loop_waits(before: tuple[float, float], after: tuple[float, float], wall: float) -> dict[str, float]:
+    """Where the loop thread's wall time of a round went, in %: on a CPU, waiting for a CPU, and
+    asleep (in its poll for messages, or for the GIL while another thread of the process holds it)."""
+    on_cpu, runqueue = after[0] - before[0], after[1] - before[1]
+    return {"on_cpu": round(on_cpu / wall * 100, 1), "runqueue": round(runqueue / wall * 100, 1),
+            "asleep": round((wall - on_cpu - runqueue) / wall * 100, 1)}
 
 
 class GcTimer:
@@ -205,11 +227,11 @@ def main() -> None:
             pids = [p.pid for p in procs]
             collector = GcTimer()  # in the farm rounds: the controller's threads and the client's
             for i in range(args.rounds):  # in turns, so a busy machine slows both alike
-                before = cpu_by_part(pids)
+                before, clock = cpu_by_part(pids), loop_clock()
                 collector.on = True
                 farm_s.append(farm_seconds(ctl.url, synthetic_project(Path(tmp, f"noop{i}"), args.jobs)))
                 collector.on = False
-                after = cpu_by_part(pids)
+                after, waits = cpu_by_part(pids), loop_waits(clock, loop_clock(), farm_s[-1])
                 bare_s.append(bare_seconds(args.jobs, args.agents))
             # the last round's
             us_per_job = {k: round((after[k] - before[k]) / args.jobs * 1e6, 1) for k in after}
@@ -227,13 +249,15 @@ def main() -> None:
                           "farm_jobs_per_s": round(farm_rate), "bare_jobs_per_s": round(bare_rate),
                           "ratio": round(farm_rate / bare_rate, 3),
                           "pool_jobs_per_s": round(args.jobs / pool_s), "sleep_makespan_s": round(sleep_s, 3),
-                          "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job,
+                          "sleep_ideal_s": ideal, "cpu_us_per_job": us_per_job, "loop_wall_pct": waits,
                           "gc_s": [round(v, 3) for v in collector.seconds]}))
         return
     print(f"# dispatch benchmark on {machine()}, medians of {args.rounds}")
     report("no-op dispatch vs bare loop", f"{farm_rate:,.0f} jobs/s", f"bare ZeroMQ {bare_rate:,.0f} jobs/s",
            ratio=farm_rate / bare_rate, target=">= 0.5x")
     print("  CPU per no-op job (last round, us): " + ", ".join(f"{k} {v}" for k, v in us_per_job.items()))
+    print("  the controller's loop thread (last round, % of its wall time): "
+          + ", ".join(f"{k} {v}" for k, v in waits.items()))
     print("  cyclic GC in the farm rounds (controller process, s, generations 0/1/2): "
           + " / ".join(f"{v:.3f}" for v in collector.seconds))
     report("no-op dispatch vs Pool", f"{farm_rate:,.0f} jobs/s", f"Pool(2) {args.jobs / pool_s:,.0f} jobs/s",
