@@ -176,7 +176,7 @@ class AgentSide:
             log.info("dropping a result for lease %s from %s: not the current lease", result.lease, agent.id)
             return
         if result.ok:  # a failure's duration says how fast it failed, not how long jobs take
-            agent.observe(float(result.duration))
+            agent.observe(float(result.duration), lease.run.id)
         lease.result = result  # its log and duration, for the job's log (farm.controller.joblogs)
         too_big = None if not (result.files or files) else oversize(result.files, files,
                                                                     lease.run.project.max_output)

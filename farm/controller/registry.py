@@ -35,6 +35,7 @@ class AgentState:
     last_sent: float = 0.0  # when we last sent it anything (a heartbeat is due a second later)
     joined: float = field(default_factory=time.time)
     avg_job_s: float | None = None
+    avg_run: str | None = None  # the run whose job times it measured last (`observe`)
     done: int = 0
     failed: int = 0
 
@@ -52,8 +53,15 @@ class AgentState:
     def free(self) -> int:
         return self.capacity() - len(self.held)
 
-    def observe(self, duration: float) -> None:
+    def observe(self, duration: float, run: str) -> None:
+        """A job of `run` took `duration` seconds on it."""
         self.avg_job_s = duration if self.avg_job_s is None else 0.8 * self.avg_job_s + 0.2 * duration
+        self.avg_run = run
+
+    def forget_times(self) -> None:
+        """Its job times measured runs that hand out no more jobs: say nothing of the next run's
+        (a mean of 1 ms no-op jobs would prefetch a slow run's jobs onto this agent alone)."""
+        self.avg_job_s = self.avg_run = None
 
     def can_run(self, media_type: str, requirements: tuple[str, ...]) -> bool:
         """It may get this media type's jobs now: able, not broken, with the controller's plugin version."""

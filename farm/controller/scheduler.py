@@ -62,6 +62,8 @@ class Scheduler:
         draining = registry.draining
         for agent in list(registry.hungry.values()):
             self.looked_at += 1
+            if agent.avg_run is not None and agent.avg_run not in eligible:
+                agent.forget_times()
             free = agent.free()
             if free <= 0 or agent.id in draining:
                 del registry.hungry[agent.identity]  # back when a lease of it ends
@@ -199,6 +201,7 @@ class Scheduler:
                       if lease not in self.leases or self.leases[lease].agent in mine}
         if previous is not None:
             agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
+            agent.avg_run = previous.avg_run
             self.registry.remove(previous.identity)
             for lease in [lease for lease in self.leases.values() if lease.agent == previous.identity]:
                 if lease.id in agent.held:

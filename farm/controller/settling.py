@@ -86,7 +86,7 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         if group is not None and group.run is not run:
             record_done(group)
             group = None
-        agent.observe(float(r["duration"]))
+        agent.observe(float(r["duration"]), run.id)
         key = lease.job.key
         del run.leases[key]
         run.progress.pop(key, None)
