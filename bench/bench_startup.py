@@ -167,16 +167,19 @@ LOGGED = {  # (logger, start of message) -> the step it marks
 
 #: marks made once per job or frame: the timeline shows each worker's first and last, and
 #: `handovers` sums up the gaps between them
-REPEATED = ("frames: job sent to Blender", "frames: job done", "frames: frame saved")
+REPEATED = ("frames: job sent to Blender", "frames: job done", "frames: frame saved",
+            "frames: Blender took the job", "frames: Blender finished the job")
 
 
 def handovers(marks: list[tuple[float, str, str]]) -> dict[str, float]:
     """Medians, in ms, over every worker's jobs: from a job's done line to the next job's
     arrival in Blender (the round trip through worker, agent and controller, and the plugin's
     work around Blender), from its arrival to its first frame saved, and from its last frame
-    saved to its done line."""
+    saved to its done line; and Blender's own idle time between jobs, from its word on when it
+    finished one and took the next (``blender_idle_ms``: a job sent ahead is taken at once).
+    A job sent ahead has no "sent" mark: the first two count only the others."""
     gaps: dict[str, list[float]] = {"done_to_next_sent_ms": [], "sent_to_first_saved_ms": [],
-                                    "last_saved_to_done_ms": []}
+                                    "last_saved_to_done_ms": [], "blender_idle_ms": []}
     by_pid: dict[str, list[tuple[float, str]]] = {}
     for at, pid, event in sorted(marks):
         by_pid.setdefault(pid, []).append((at, event))
@@ -190,6 +193,8 @@ def handovers(marks: list[tuple[float, str, str]]) -> dict[str, float]:
                 gaps["sent_to_first_saved_ms"].append(at - last["frames: job sent to Blender"])
             if event == "frames: job done" and "frames: frame saved" in last:
                 gaps["last_saved_to_done_ms"].append(at - last["frames: frame saved"])
+            if event == "frames: Blender took the job" and "frames: Blender finished the job" in last:
+                gaps["blender_idle_ms"].append(at - last["frames: Blender finished the job"])
             last[event] = at
     return {k: round(statistics.median(v) * 1000, 1) for k, v in gaps.items() if v}
 

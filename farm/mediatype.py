@@ -54,6 +54,10 @@ class RenderContext:
     deps: Mapping[str, Any]  # results of the jobs this one depends on
     progress: Callable[[float], None] = lambda fraction: None
     log: logging.Logger = logging.getLogger("farm.job")
+    #: the job this worker renders next, with this same context (project, settings, threads, cache),
+    #: once it has reached the worker; else None. Cheap: it may be asked often. `render` is still
+    #: called for that job next, unless the worker dies first (a cancel, a timeout: its children go too)
+    upcoming: Callable[[], Job | None] = lambda: None
 
 
 @dataclass

@@ -4,6 +4,9 @@ Started once per slot by the agent (``python -m farm.agent.worker ENDPOINT SLOT 
 and restarted if it dies, so no process is started per job and a crash or hang in a
 job only ever costs this process. Talks to its agent over a local ZeroMQ socket in the
 protocol's W_* messages (`farm.protocol`): jobs come as `JobSpec`, results go as `JobResult`.
+A job's `RenderContext.upcoming` tells its media type the job this worker runs next, where that is
+known already (the rest of its batch, or a batch waiting in the socket), so a renderer that stays
+up can be given it before the worker has reported this one.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from blake3 import blake3
 from farm.agent.capabilities import offered
 from farm.agent.emptydir import Folder, Watch
 from farm.agent.launch import THREADS_ENV
-from farm.errors import FarmError, JobFailedForGood, RenderError
+from farm.errors import FarmError, JobFailedForGood, ProtocolError, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
-from farm.protocol import JobResult, JobSpec, T, pack, unpack
+from farm.protocol import JobResult, JobSpec, Message, T, pack, unpack
 from farm.trace import mark, mark_process_start
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,9 @@ class Worker:
         self.watch = Watch()  # the folders' emptiness, answered without listing them (farm.agent.emptydir)
         self.out, self.work = Folder(self.out_dir, self.watch), Folder(self.work_dir, self.watch)
         self.threads = 1  # the CPU share of each slot, as the agent says
+        # a W_JOBS taken from the socket by `_upcoming`, which `serve` runs next; and it read (None: bad)
+        self.early: list[bytes] | None = None
+        self.early_msg: Message | None = None
         self.tail = _TailHandler()
         logging.getLogger().addHandler(self.tail)
         logging.getLogger().setLevel(logging.INFO)
@@ -89,18 +95,46 @@ class Worker:
     def serve(self) -> None:
         self.send(T.W_READY, {"pid": os.getpid()})
         while True:
-            if not self.sock.poll(1000):
-                self._exit_if_orphaned()
-                continue
-            msg = unpack(self.sock.recv_multipart())  # our parent's word: a bad one is a bug, and ends us
-            if msg.type is not T.W_JOBS:
-                raise RuntimeError(f"the agent sent {msg.type.name}, not W_JOBS")
+            frames, self.early = self.early, None
+            if frames is None:
+                if not self.sock.poll(1000):
+                    self._exit_if_orphaned()
+                    continue
+                frames = self.sock.recv_multipart()
+            msg = _jobs(frames)  # our parent's word: a bad one is a bug, and ends us
             for pid, wire in msg.body["projects"].items():
                 self.projects[pid] = wire
                 self.contexts.pop(pid, None)
             self.threads = msg.body["threads"]
             self.run_batch([JobSpec.from_wire(job) for job in msg.body["jobs"]])
             self._tidy()
+
+    def _upcoming(self, current: JobSpec, following: JobSpec | None) -> Job | None:
+        """The job this worker runs after ``current``, if it is known now and renders in the same
+        context: the same project, not described anew, the same threads, and no dependencies
+        (their results come with it). ``following``: the next of ``current``'s batch; else the
+        first of the batch after it, taken from the socket now if it is there (`serve` runs it next)."""
+        if following is not None:
+            nxt, threads, described = following, self.threads, False
+        else:
+            if self.early is None:
+                if not self.sock.poll(0):
+                    return None
+                self.early = self.sock.recv_multipart()
+                try:
+                    self.early_msg = _jobs(self.early)
+                except (ProtocolError, RuntimeError):  # not this job's fault: `serve` reads it again, ends
+                    self.early_msg = None
+            if self.early_msg is None:
+                return None
+            body = self.early_msg.body
+            if not body["jobs"]:
+                return None
+            nxt = JobSpec.from_wire(body["jobs"][0])
+            threads, described = body["threads"], nxt.project in body["projects"]
+        if nxt.project != current.project or described or threads != self.threads or nxt.deps:
+            return None
+        return Job(nxt.key, nxt.params)
 
     def _tidy(self) -> None:
         """Empty the job folders while the results travel and the next job comes back, so that
@@ -117,8 +151,8 @@ class Worker:
         pending: list[dict[str, Any]] = []
         payloads: list[bytes] = []
         last_flush = time.monotonic()
-        for spec in jobs:
-            result, files = self.run_one(spec)
+        for i, spec in enumerate(jobs):
+            result, files = self.run_one(spec, jobs[i + 1] if i + 1 < len(jobs) else None)
             pending.append(result.to_wire())
             payloads.extend(files)
             now = time.monotonic()
@@ -166,7 +200,7 @@ class Worker:
             found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 
-    def run_one(self, spec: JobSpec) -> tuple[JobResult, list[bytes]]:
+    def run_one(self, spec: JobSpec, following: JobSpec | None = None) -> tuple[JobResult, list[bytes]]:
         started = time.monotonic()
         lease = spec.lease
         out_dir, work_dir = self.out_dir, self.work_dir
@@ -189,6 +223,7 @@ class Worker:
             ctx.threads = self.threads
             ctx.deps = spec.deps
             ctx.progress = progress
+            ctx.upcoming = lambda: self._upcoming(spec, following)
             os.chdir(work_dir)
             result = media.render(job, ctx)
             files = self.out.files()
@@ -211,6 +246,14 @@ class Worker:
             payloads = []
         reply.duration = time.monotonic() - started
         return reply, payloads
+
+
+def _jobs(frames: list[bytes]) -> Message:
+    """The W_JOBS message in ``frames``; raises `ProtocolError` or RuntimeError for anything else."""
+    msg = unpack(frames)
+    if msg.type is not T.W_JOBS:
+        raise RuntimeError(f"the agent sent {msg.type.name}, not W_JOBS")
+    return msg
 
 
 def _check_size(files: list[Path], limit: int) -> None:

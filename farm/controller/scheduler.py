@@ -201,7 +201,7 @@ class Scheduler:
                       if lease not in self.leases or self.leases[lease].agent in mine}
         if previous is not None:
             agent.done, agent.failed, agent.avg_job_s = previous.done, previous.failed, previous.avg_job_s
-            agent.avg_run = previous.avg_run
+            agent.avg_run, agent.last_job_s = previous.avg_run, previous.last_job_s
             self.registry.remove(previous.identity)
             for lease in [lease for lease in self.leases.values() if lease.agent == previous.identity]:
                 if lease.id in agent.held:

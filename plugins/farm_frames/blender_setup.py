@@ -3,9 +3,11 @@ project's settings so every chunk renders the same scene the same way, and check
 every external file the scene reads is here and inside the project.
 
 With ``"serve": true`` in the settings it then stays up for a worker slot: it reads one
-job a line on stdin (JSON ``{"output": "/abs/frame_######", "runs": [[first, last], ...]}``),
-checks the files again, renders the runs as ``-s first -e last -a`` would, and prints
-``farm-warm: done {...}``. End of input ends Blender with code 0.
+job a line on stdin (JSON ``{"id": key, "output": "/abs/frame_######", "runs": [[first, last],
+...]}``), checks the files again, renders the runs as ``-s first -e last -a`` would, and prints
+``farm-warm: done {"id": key, "began": t, "ended": t}`` (unix times). A line that came while
+a job rendered (the next job, sent ahead) is read as soon as that job is done. End of input
+ends Blender with code 0.
 
 With ``"await": true`` instead it is a spare started before the project was known (see
 ``warm.py``): Blender was started as ``-b --factory-startup -t N --python`` this script, and the
@@ -26,6 +28,7 @@ import glob
 import json
 import os
 import sys
+import time
 import types
 
 import bpy
@@ -126,13 +129,15 @@ def serve(settings):
     _say(settings["ready"], {"version": bpy.app.version_string, "pid": os.getpid(), "files": files})
     scene = bpy.context.scene
     for line in sys.stdin:
+        began = time.time()  # Blender's own word on when it took the job, for the worker's trace
         job = json.loads(line)
         check_external_files(settings["project_dir"], settings["marker"])  # files gone since load
         scene.render.filepath = job["output"]
         for first, last in job["runs"]:
             scene.frame_start, scene.frame_end = first, last  # what -s/-e set before -a
             bpy.ops.render.render(animation=True)
-        _say(settings["done"], {"runs": job["runs"]})
+        _say(settings["done"], {"id": job.get("id"), "runs": job["runs"], "began": began,
+                                "ended": time.time()})
 
 
 def load(spare):

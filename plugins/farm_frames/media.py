@@ -200,11 +200,14 @@ class Frames(MediaType):
         try:
             done = SLOT.render(
                 key=key, cmd=cmd, env=env, scratch=scratch,
-                scene=scene, job={"output": output_pattern(frames_dir), "runs": runs},
+                scene=scene, job={"id": job.key, "output": output_pattern(frames_dir), "runs": runs},
                 log_file=ctx.work_dir / "blender.log", on_line=on_line, spare=spare,
+                upcoming=lambda folder: _next_line(ctx, folder),
             )
         except OSError as exc:  # Blender is there but cannot be started
             raise RenderError(f"cannot start Blender {blender}: {exc}") from None
+        if done.staged is not None and done.returncode is None:  # it was sent ahead: its frames come in
+            _take_staged(done.staged, frames_dir)
         seconds = time.monotonic() - started
         where = f"frames {format_runs(runs)}"
         refused = missing_from_log(done.tail)
@@ -223,10 +226,12 @@ class Frames(MediaType):
         ctx.progress(1.0)
         how = ("already running" if done.reused else "started before the job" if done.prewarmed
                else "started for this job")
+        how += ", given this job ahead" if done.staged is not None else ""
         ctx.log.info("rendered %s in %.2f s with Blender %s (pid %d, %s)", where, seconds, done.version,
                      done.pid, how)
         return {"frames": frame_count(runs), "seconds": round(seconds, 3), "blender": done.version,
-                "size": size, "blender_pid": done.pid, "warm": done.reused, "prewarmed": done.prewarmed}
+                "size": size, "blender_pid": done.pid, "warm": done.reused, "prewarmed": done.prewarmed,
+                "ahead": done.staged is not None}
 
     @staticmethod
     def _blender() -> str:
@@ -394,6 +399,28 @@ def _place(staged: Path, dest: Path) -> None:
         partial = dest.with_name(f".{dest.name}.partial")  # another file system: copy, then rename
         shutil.copyfile(staged, partial)
         os.replace(partial, dest)
+
+
+def _next_line(ctx: RenderContext, folder: Path) -> dict[str, Any] | None:
+    """The job line of the job this worker renders next (`RenderContext.upcoming`), writing its
+    frames into ``folder``; None while it is not known."""
+    nxt = ctx.upcoming()
+    runs = nxt.params.get("runs") if nxt is not None else None
+    if not isinstance(runs, list):
+        return None
+    return {"id": nxt.key, "output": output_pattern(folder), "runs": runs}
+
+
+def _take_staged(staged: Path, frames_dir: Path) -> None:
+    """Move what a job sent ahead wrote into its output folder (the same file system: renames);
+    the frame checks then run on them as on any job's."""
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        entries = list(staged.iterdir())
+    except FileNotFoundError:  # it wrote nothing: the checks name the missing frames
+        return
+    for entry in entries:
+        os.replace(entry, frames_dir / entry.name)
 
 
 def _blender_scratch(work_dir: Path) -> Path:

@@ -15,6 +15,13 @@ Blender, threads, folder and environment: its ``fits``) and the job's scene is a
 spare then runs the scene as the command line would (``blender_setup.py``). Any other job
 replaces it with a Blender started for that job: a spare is never used for other settings.
 
+While a job renders, the next one can be sent to the same Blender (*ahead*, `BlenderSlot.render`'s
+``upcoming``), so it goes from one job to the next as ``blender -a`` goes from frame to frame,
+while the worker checks and reports the first. Its frames go to a folder of the slot's own (two,
+used in turn), never to the output folder the worker is reading; its lines wait in the pipe for its
+own `render`, which checks that the job sent ahead is the one it renders and hands back that
+folder. A done line names its job, so a job's frames and log are never another's.
+
 It stays in the worker's process group, so the agent's kill of a timed-out worker's group
 takes it too, and on Linux it also gets SIGKILL when the worker dies.
 """
@@ -33,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from farm.trace import mark
+from farm.errors import RenderError
+from farm.trace import enabled, mark
 from farm_frames.blender import DONE_MARKER, READY_MARKER
 from farm_frames.process import TAIL_LINES, kill, start_child
 
@@ -55,6 +63,9 @@ class Rendered:
     #: a reused Blender's last lines before this job (its scene load, earlier jobs): a job it
     #: fails without a word (an os._exit in a handler) still has lines to show
     earlier: tuple[str, ...] = ()
+    #: the folder this job's frames were written to, when it was sent ahead (see the module
+    #: docstring); the caller moves them into place. None: its own output pattern's folder
+    staged: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,13 @@ class _Running:
     scratch: Path | None = None
     fits: tuple[Any, ...] = ()  # a spare's: see `Spare`
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))  # its jobs' lines
+    ahead: _Ahead | None = None  # the job it was sent while rendering the one before
+
+
+@dataclass
+class _Ahead:
+    line: dict[str, Any]  # as sent: its output is in ``folder``
+    folder: Path
 
 
 class _Exited(Exception):
@@ -109,17 +127,27 @@ class BlenderSlot:
         log_file: Path,
         on_line: Callable[[str], None],
         spare: Spare | None = None,
+        upcoming: Callable[[Path], dict[str, Any] | None] | None = None,
     ) -> Rendered:
-        """Render ``job`` (``{"output": pattern, "runs": [[first, last], ...]}``) in the
-        running Blender if it fits ``key`` and its files are unchanged, else in the spare if
+        """Render ``job`` (``{"id": str, "output": pattern, "runs": [[first, last], ...]}``) in
+        the running Blender if it fits ``key`` and its files are unchanged, else in the spare if
         ``spare`` says it fits, else in a new one started with ``cmd`` in ``scratch`` (its
-        current folder, kept across jobs).
+        current folder, kept across jobs). A job this Blender was sent ahead is not sent again:
+        `Rendered.staged` says where its frames are; one sent ahead that is not ``job`` stops it.
+
+        ``upcoming(folder)``: the next job's line with its output in ``folder``, or None while
+        it is not known; asked while ``job`` renders, it is sent ahead once known. The next
+        `render` must be that job's (anything else stops this Blender).
 
         Any exception while Blender works (a cancel, an interrupt) kills it first.
         """
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         with log_file.open("w", encoding="utf-8") as out:
             current = self._reusable(key, scene)
+            if current is not None and current.ahead is not None and not _same_job(current.ahead.line, job):
+                log.warning("Blender %d was sent job %s ahead, not %s; starting another", current.proc.pid,
+                            current.ahead.line.get("id"), job.get("id"))
+                current = None
             reused = current is not None
             earlier = tuple(current.recent) if current is not None else ()
             prewarmed = False
@@ -150,12 +178,24 @@ class BlenderSlot:
                     break
                 proc = current.proc
                 assert proc.stdin is not None
+                staged = None
                 try:
-                    mark("frames: job sent to Blender")
-                    proc.stdin.write(json.dumps(job) + "\n")
-                    proc.stdin.flush()
-                    _read_until(proc, DONE_MARKER, out, tail, on_line)
+                    if current.ahead is not None:  # it has been rendering this job since the last one ended
+                        staged, current.ahead = current.ahead.folder, None
+                        mark("frames: job was sent ahead")
+                    else:
+                        mark("frames: job sent to Blender")
+                        proc.stdin.write(json.dumps(job) + "\n")
+                        proc.stdin.flush()
+                    poll = None if upcoming is None else lambda: _send_ahead(current, upcoming, staged)
+                    said = _read_until(proc, DONE_MARKER, out, tail, on_line, poll)
                     mark("frames: job done")
+                    if enabled():  # when Blender itself took the job and finished it: its idle time
+                        mark("frames: Blender took the job", float(said.get("began") or 0) or None)
+                        mark("frames: Blender finished the job", float(said.get("ended") or 0) or None)
+                    if said.get("id") != job.get("id"):
+                        raise RenderError(f"Blender {proc.pid} reported job {said.get('id')} done, "
+                                          f"not {job.get('id')}: a bug in farm_frames")
                 except (_Exited, BrokenPipeError):
                     returncode = proc.wait()
                     self.stop()
@@ -165,7 +205,8 @@ class BlenderSlot:
                 self.stop()
                 raise
         current.recent.extend(tail)
-        return Rendered(tail, proc.pid, current.version, reused, prewarmed=prewarmed, earlier=earlier)
+        return Rendered(tail, proc.pid, current.version, reused, prewarmed=prewarmed, earlier=earlier,
+                        staged=staged)
 
     def _adopt(self, key: tuple[Any, ...], spare: Spare | None) -> _Running | None:
         """The spare, sent ``spare.load`` and now ``key``'s Blender, if it fits; else None."""
@@ -222,13 +263,46 @@ class BlenderSlot:
         return self.running
 
 
+def _same_job(sent: dict[str, Any], job: dict[str, Any]) -> bool:
+    return sent.get("id") == job.get("id") and sent.get("runs") == job.get("runs")
+
+
+def _send_ahead(
+    current: _Running, upcoming: Callable[[Path], dict[str, Any] | None], busy: Path | None
+) -> bool:
+    """Send ``current`` the next job, if ``upcoming`` knows it, into the staging folder that
+    ``busy`` (the folder of the job rendering now, if staged) is not; True once there is
+    nothing more to do (sent, or one was sent already)."""
+    if current.ahead is not None or current.scratch is None:
+        return True
+    folder = current.scratch / ("ahead1" if busy is not None and busy.name == "ahead0" else "ahead0")
+    line = upcoming(folder)
+    if line is None:
+        return False
+    shutil.rmtree(folder, ignore_errors=True)  # frames of a job sent ahead to an earlier Blender
+    folder.mkdir(parents=True)
+    assert current.proc.stdin is not None
+    try:
+        current.proc.stdin.write(json.dumps(line) + "\n")
+        current.proc.stdin.flush()
+    except OSError:  # it died: the read that asked us finds out
+        return True
+    current.ahead = _Ahead(line, folder)
+    mark("frames: next job sent ahead to Blender")
+    return True
+
+
 def _read_until(
-    proc: subprocess.Popen[str], marker: str, out: IO[str], tail: deque[str], on_line: Callable[[str], None]
+    proc: subprocess.Popen[str], marker: str, out: IO[str], tail: deque[str], on_line: Callable[[str], None],
+    poll: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Pass Blender's lines on until ``marker``; its JSON body is returned. Raises `_Exited`
-    at end of output, once Blender has exited."""
+    """Pass Blender's lines on until ``marker``; its JSON body is returned. ``poll`` is called
+    before the first line and after each until it returns True. Raises `_Exited` at end of
+    output, once Blender has exited."""
     assert proc.stdout is not None
     while True:
+        if poll is not None and poll():
+            poll = None
         raw = proc.stdout.readline()
         if not raw:
             raise _Exited(proc.wait())
