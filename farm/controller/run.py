@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +23,7 @@ from farm.controller.events import EventBus
 from farm.controller.jobcache import JobCache, cache_key
 from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import JobLogStore
+from farm.controller.lease import Failure, Lease
 from farm.controller.outcome import JobKeys
 from farm.controller.outputfolder import OutputFolder
 from farm.controller.policy import Conduct
@@ -48,28 +48,6 @@ _REUSED, _RENDERED = MappingProxyType({"reused": True}), MappingProxyType({"reus
 
 def _unheard(*args: Any) -> None:
     """Where a run without an event bus (a test's) announces things."""
-
-
-@dataclass(slots=True)
-class Lease:
-    id: str
-    run: ProjectRun
-    job: Job
-    agent: bytes
-    agent_id: str
-    started: float
-    deadline: float
-    result: Any = None  # the JobResult its agent sent, once one came (its log and duration)
-
-
-@dataclass
-class Failure:
-    key: str
-    error: str
-    log: str
-    attempts: int  # in all, as the job's log numbers them (`_fail_for_good`)
-    job: Job | None = None  # to run it again (a manual retry)
-    agent: str | None = None  # where its last attempt ran
 
 
 class ProjectRun(RunReport):
