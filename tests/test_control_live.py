@@ -43,7 +43,9 @@ def test_a_priority_change_reorders_dispatch_between_runs(controller, agents, sy
     log = EventLog(controller)
     agents(controller.url, 1)
     with Client(controller.url) as client:
-        first = client.submit(load_project(synthetic(jobs=12, sleep=0.2, name="first")))
+        # jobs longer than QUEUE_ONE_S: the agent holds only the one it runs, so at equal priorities
+        # no job of the second run is leased while the first has jobs (fewer in flight goes first)
+        first = client.submit(load_project(synthetic(jobs=12, sleep=0.6, name="first")))
         wait_for(lambda: log.of("job.done", first), 60, "the first run to start")
         second = client.submit(load_project(synthetic(jobs=4, sleep=0.2, name="second")))
         wait_for(lambda: client.project(second)["total"] == 4, 60, "the second run accepted")

@@ -61,7 +61,10 @@ class RunReport:
         # while nothing can: the run waits for an agent (or a resume), and an ETA would be a guess
         moving = stalled in (None, "paused")  # paused: its ETA goes, its pace so far stays
         moved_s = self.moving(stalled)
-        rate = (self.done - self.resumed + running_fraction) / moved_s if moved_s > 0.5 and moving else None
+        # the first half second's pace is noise, but a run whose work is over has its final pace
+        over = self.exhausted and not self.leases and not self.ready
+        rate = ((self.done - self.resumed + running_fraction) / moved_s
+                if moving and (moved_s > 0.5 or (over and moved_s > 0)) else None)
         left = None if self.total is None else self.total - self.done - len(self.failures) - running_fraction
         return {
             "id": self.id,
@@ -94,7 +97,7 @@ class RunReport:
             "error": self.error,
             "code": self.served.get("code"),  # why it stopped, for scripts: controller_disk
             "units": self.units.snapshot(rendered, moved_s, exhausted=self.exhausted,
-                                         active=self.active and not self.paused, moving=moving),
+                                         active=self.active and not self.paused, moving=moving, over=over),
         }
 
     def summary(self) -> dict[str, Any]:

@@ -139,14 +139,15 @@ class UnitCounter:
         return self.pending.get(key, 0.0)
 
     def snapshot(self, partial: Mapping[str, float], elapsed: float, *, exhausted: bool,
-                 active: bool, moving: bool = True) -> dict[str, Any]:
+                 active: bool, moving: bool = True, over: bool = False) -> dict[str, Any]:
         """``{"name", "done", "failed", "partial", "total", "rate", "eta_s"}`` for the run's snapshot.
 
         `partial` maps running job keys to their reported fraction (0..1), and rendered ones being
         collated to 1; `elapsed`: the seconds the run could move (`RunReport.moving`). ``total`` is
         None while unknown (known once `split` is exhausted, if the media type cannot say it up
         front); ``rate`` is units per second over `elapsed` (None in its first half second, with
-        none done, or while not `moving`: nothing can run); ``eta_s``
+        none done, or while not `moving`: nothing can run; `over`: its work is over, so even a run of
+        under half a second has its final pace); ``eta_s``
         is seconds left at that rate (None when unknown, or when not `active`: finished or paused).
         """
         part = sum(self.pending.get(key, 0.0) * fraction for key, fraction in partial.items())
@@ -155,7 +156,7 @@ class UnitCounter:
             waiting = sum(u for k, u in self.pending.items() if k not in self.failed_keys)
             total = self.done + self.failed + waiting
         moved = self.done - self.resumed + part  # failed units are no pace
-        rate = moved / elapsed if elapsed > 0.5 and moved > 0 and moving else None
+        rate = moved / elapsed if moved > 0 and moving and (elapsed > 0.5 or (over and elapsed > 0)) else None
         left = None if total is None else max(0.0, total - self.done - self.failed - part)
         return {
             "name": self.name,
