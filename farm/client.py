@@ -46,6 +46,7 @@ class Client:
         after `timeout`, for a client that may start before its controller)."""
         self.url = url
         self.timeout = timeout
+        self.answer_s: float | None = None  # while set (`patiently`): a reply's wait, shorter than `timeout`
         self.socket_setup = socket_setup
         self.zctx = zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.DEALER)
@@ -71,7 +72,7 @@ class Client:
         self.sock.send_multipart(pack(kind, body))
 
     def receive(self, timeout: float | None = None) -> Message:
-        limit = self.timeout if timeout is None else timeout
+        limit = (self.answer_s or self.timeout) if timeout is None else timeout
         while True:
             try:
                 msg = unpack(self.watcher.receive(limit))
@@ -188,7 +189,19 @@ class Client:
                   on_wait: Callable[[str], None] | None = None) -> R:
         """`call()` (a request about run `run_id`), waiting up to `reconnect_s` for a controller not there
         (yet) or silent as `follow` does, with its `on_wait` words; asked again each `REFOLLOW_S` once
-        connected. `RunLost` when it gives up; a refused handshake is not waited for."""
+        connected. `RunLost` when it gives up; a refused handshake is not waited for. A reply (not a
+        file transfer) that takes `REFOLLOW_S` means the controller does not answer, as for `follow`:
+        the wait is said then, not after `timeout`."""
+        answer_s = self.answer_s
+        if reconnect_s > 0:
+            self.answer_s = min(REFOLLOW_S, self.timeout)
+        try:
+            return self._patiently(call, run_id, reconnect_s, on_wait)
+        finally:
+            self.answer_s = answer_s
+
+    def _patiently(self, call: Callable[[], R], run_id: str, reconnect_s: float,
+                   on_wait: Callable[[str], None] | None) -> R:
         why, deadline = "", time.monotonic() + reconnect_s
         while True:
             try:

@@ -16,19 +16,20 @@ class OutputRemoved(FileNotFoundError, FarmError):
     """A file a media type kept open in the output folder was removed, or its folder was (`check`)."""
 
     @classmethod
-    def check(cls, path: Path, folder: Path, folder_st: os.stat_result, why: str) -> OutputRemoved | None:
+    def check(cls, path: Path, folder: Path, folder_st: os.stat_result, why: str | None,
+              file_st: os.stat_result | None = None, what: str = "") -> OutputRemoved | None:
         """The error to raise when `path` (under `folder`) is gone, or `folder` (whose stat, taken before
         the run wrote there, is `folder_st`) was removed, and perhaps made again since; `why`: the
-        error that showed it. None when neither is so."""
-        try:
-            now = folder.stat()
-            folder_gone = (now.st_dev, now.st_ino) != (folder_st.st_dev, folder_st.st_ino)
-        except OSError:
-            folder_gone = True
-        if folder_gone:
+        error that showed it (None: found before any). With `file_st` (the stat of the file the run
+        holds open, e.g. "the MBTiles file " as `what`), a file of that name that is another one now
+        is said too: SQLite goes on writing into the unlinked one. None when none of that is so."""
+        if moved(folder, folder_st):
             rel = os.path.relpath(path, folder)
-            said = f"the output folder {folder} was removed during the run ({rel}: {why})"
-        elif not path.exists():
+            said = f"the output folder {folder} was removed during the run ({rel}: {why or 'found'})"
+        elif file_st is not None and moved(path, file_st):
+            said = f"{what}{path} was removed or replaced while the run wrote it"
+            said += f" ({why})" if why else ""
+        elif file_st is None and not path.exists():
             said = f"{path} was removed during the run ({why})"
         else:
             return None
@@ -38,9 +39,23 @@ class OutputRemoved(FileNotFoundError, FarmError):
         return self.strerror
 
 
+def moved(path: Path, before: os.stat_result) -> bool:
+    """`path` is not the file (or folder) whose stat was `before`: removed, or replaced."""
+    try:
+        now = path.stat()
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino)
+
+
+def removed(exc: BaseException) -> OutputRemoved | None:
+    """The `OutputRemoved` in what `exc` came from (its causes and contexts), or None."""
+    return cause(exc, lambda e: isinstance(e, OutputRemoved))
+
+
 def removed_during_run(folder: Path, exc: BaseException) -> str | None:
     """Why ``exc`` happened, when it is because ``folder`` or a folder under it is gone; else None."""
-    said = cause(exc, lambda e: isinstance(e, OutputRemoved))
+    said = removed(exc)
     if said is not None:
         return str(said)
     how = f"{type(exc).__name__}: {exc}"

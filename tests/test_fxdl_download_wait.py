@@ -43,9 +43,10 @@ def _finished_run_then_down(controllers: Controllers, agents, synthetic) -> str:
     return summary.id
 
 
-def _started_before_the_controller(tmp_path, controllers: Controllers, *args: str) -> tuple[int, dict, str]:
+def _started_before_the_controller(tmp_path, controllers: Controllers, *args: str,
+                                   **env: str) -> tuple[int, dict, str]:
     """Run the CLI while the controller is down; start the controller once the CLI says it waits."""
-    proc = cli(tmp_path, *args, "--json", "--controller", controllers.url)
+    proc = cli(tmp_path, *args, "--json", "--controller", controllers.url, **env)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     reader.start()

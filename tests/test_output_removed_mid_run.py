@@ -76,13 +76,24 @@ def test_the_mbtiles_file_deleted_while_open_is_named(tmp_path):
     writer = MBTilesWriter(path)
     writer.add_tiles([(0, 0, 0, b"png")])
     path.unlink()
-    writer.add_tiles([(1, 0, 0, b"png")])  # into its write-ahead log: SQLite finds out at the end
+    # before: into the removed file's write-ahead log, without a word; SQLite found out only at the end
+    with pytest.raises(OutputRemoved, match=f"^the MBTiles file {path} was removed or replaced while the run "
+                                            "wrote it$"):
+        writer.add_tiles([(1, 0, 0, b"png")])
     with pytest.raises(OutputRemoved) as gone:
         writer.close()
     # before: sqlite3.OperationalError "attempt to write a readonly database", no file named
     said = str(gone.value)
-    assert said.startswith(f"{path} was removed during the run (attempt to write a readonly database"), said
-    assert isinstance(gone.value.__cause__, sqlite3.Error)  # its code still tells the collator what it is
+    assert said.startswith(f"the MBTiles file {path} was removed or replaced while the run wrote it (attempt "
+                           "to write a readonly database"), said
+    assert isinstance(gone.value.__cause__, sqlite3.Error)  # the SQLite error stays its cause
+
+    writer = MBTilesWriter(path)
+    path.unlink()
+    MBTilesWriter(path).close()  # another file of that name: replaced
+    with pytest.raises(OutputRemoved, match="^the MBTiles file .* was removed or replaced while the run"):
+        writer.add_tiles([(1, 0, 0, b"png")])
+    writer.db.close()
 
     writer = MBTilesWriter(path)
     shutil.rmtree(path.parent)

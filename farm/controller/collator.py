@@ -48,7 +48,7 @@ import zmq
 from farm.causes import cause
 from farm.controller.jobcache import cache_key
 from farm.controller.outputfolder import REMOVED_CODE, stopped_by
-from farm.outputgone import removed_during_run
+from farm.outputgone import removed, removed_during_run
 
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
@@ -135,6 +135,12 @@ def collate_failed(pending: Pending, exc: Exception, made: bool) -> None:
     """What a collate raised, on its `Pending`: the error, and the fault if it is the controller's own
     (the run's collates after it are skipped). `made`: the output folder was there when it began."""
     run = pending.run
+    if (file := removed(exc)) is not None:  # a file the run holds open (an MBTiles file) removed, or
+        # replaced: not the disk's fault (SQLite says "readonly"), nor the job's
+        pending.error = str(file)
+        pending.fault = run.stopped = stopped_by(str(file), f"collating job {pending.job.key}")
+        pending.code = REMOVED_CODE
+        return
     # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
     gone = removed_during_run(run.project.output_dir, exc) if made else None
     pending.error = gone or f"{type(exc).__name__}: {exc}"

@@ -20,6 +20,7 @@ from farm.controller.collator import DISK_CODE, cannot_write, own_fault
 from farm.controller.outputfolder import REMOVED_CODE, OutputFolderGone, stopped_by
 from farm.errors import FarmError
 from farm.filesync import SyncError
+from farm.outputgone import removed
 from farm.protocol import T
 
 if TYPE_CHECKING:
@@ -173,8 +174,11 @@ class FinishSide:
     @staticmethod
     def _finalize_folder_gone(run: ProjectRun, exc: Exception) -> bool:
         """A finalize that found (or failed because) the output folder was removed during the run:
-        the run fails naming it, with `code` "output_removed"; the disk and the plugin are not to blame."""
+        the run fails naming it, with `code` "output_removed"; the disk and the plugin are not to blame.
+        So does one that found a file it holds open removed or replaced (`farm.outputgone.OutputRemoved`)."""
         gone = str(exc) if isinstance(exc, OutputFolderGone) else run.output_folder.gone()
+        if gone is None and (file := removed(exc)) is not None:  # the MBTiles file removed or replaced:
+            gone = str(file)  # its SQLite error ("readonly") is no full disk
         if gone is None:
             return False
         why = None

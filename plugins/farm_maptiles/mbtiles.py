@@ -46,11 +46,17 @@ class MBTilesWriter:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.commit()
+        # the file written: one removed (or replaced) under the open connection is told from a full disk
+        self.file = path.stat()
 
     def add_tiles(self, tiles: Iterable[tuple[int, int, int, bytes]]) -> int:
         """Store XYZ tiles (z, x, y, data) in one transaction; returns how many."""
         rows = [(z, x, tms_row(z, y), sqlite3.Binary(data)) for z, x, y, data in tiles]
         with self.lock, self.named(), self.db:
+            # SQLite goes on committing into the WAL of a file removed under it, saying nothing till
+            # a checkpoint: so tiles collated after the removal would be lost without a word
+            if (gone := self.removed(None)) is not None:
+                raise gone
             self.db.executemany(
                 "INSERT OR REPLACE INTO tiles (zoom_level, tile_column, tile_row, tile_data)"
                 " VALUES (?, ?, ?, ?)",
@@ -77,15 +83,20 @@ class MBTilesWriter:
             finally:
                 self.db.close()
 
+    def removed(self, why: str | None) -> OutputRemoved | None:
+        """The error to raise when the file, or its folder, is not the one opened (removed, replaced)."""
+        return OutputRemoved.check(self.path, self.path.parent, self.folder, why, self.file,
+                                   "the MBTiles file ")
+
     @contextlib.contextmanager
     def named(self) -> Iterator[None]:
         """SQLite's error for a file deleted while open names no file and no cause ("attempt to write
-        a readonly database"): say which file, and that it (or its folder) was removed. The SQLite
-        error stays the cause (its code tells a full disk from a broken render)."""
+        a readonly database", which reads like a disk's fault): say which file, and that it (or its
+        folder) was removed or replaced. The SQLite error stays the cause."""
         try:
             yield
         except sqlite3.Error as exc:
-            gone = OutputRemoved.check(self.path, self.path.parent, self.folder, str(exc))
+            gone = self.removed(str(exc))
             if gone is None:
                 raise
             raise gone from exc
