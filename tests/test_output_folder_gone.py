@@ -75,3 +75,21 @@ def test_an_interrupted_run_whose_folder_went_is_not_resumed_but_rendered_whole(
     assert _outputs(project) == {f"job-{i:07d}.bin" for i in range(jobs)}, again.stderr
     assert f"the output folder {project / 'output'} was removed or moved away while the controller was " \
            "stopped" in again.stderr and "not resumed" in again.stderr, again.stderr
+
+
+def test_a_run_settled_in_groups_journals_its_folder_too(tmp_path, controller, agents, synthetic):
+    """Jobs without files settle a message's group at a time (`farm.controller.settling`): the run's
+    output folder is journaled there too (until the run ends), or a restart could not tell that it
+    went meanwhile."""
+    agents(controller.url, 1)
+    run = Background(controller.url, Path(synthetic(jobs=40, sleep=0.1)))
+    seen: dict = {}
+
+    def kept() -> bool:
+        seen.update(controller.journal.controls("output"))
+        return bool(seen) or run.done()
+
+    wait_for(kept, 120, "the folder journaled, or the run over")
+    assert len(seen) == 1 and len(next(iter(seen.values()))) == 2, seen  # [st_dev, st_ino]
+    wait_for(run.done, 120, "the run")
+    assert run.error is None and run.summary.ok and run.summary.id in seen, run.error or run.summary

@@ -148,6 +148,7 @@ def record_done(group: Group) -> None:
     yet recorded back to be run again, as a crash would have: none is left neither leased nor done.
     """
     run, agent, keys = group.run, group.agent, group.keys
+    run.output_folder.keep(run.journal, run.id)  # before its first job is journaled done (as `settle`)
     if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
         for i, (key, result) in enumerate(group.done):
             run.logs.notes("done", group.notes[i:i + 1])
