@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from farm.outputgone import OutputRemoved
+from farm.sqlitewal import switch_to_wal
 from farm_maptiles.tilemath import tms_row
 
 _SCHEMA = """
@@ -42,7 +43,7 @@ class MBTilesWriter:
         self.db = sqlite3.connect(path, check_same_thread=False)
         self.closed = False
         # WAL while writing (cheap commits); switched back on close so the file is one plain file.
-        self.db.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(self.db, path)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.commit()
