@@ -11,6 +11,8 @@ opening one fresh cache at the same moment hit exactly that, and a job failed.
 write lock with no lock held, so SQLite waits (up to the connection's timeout) for the
 connection converting the file, or creating its schema, to commit; then it tries again. A
 file already in WAL needs no write lock: its header says so, and the pragma returns at once.
+
+`leave_wal` goes back (an MBTiles file is handed over as one plain file), waiting for readers.
 """
 
 from __future__ import annotations
@@ -66,3 +68,35 @@ def _still_locked(path: Path | str, tries: int, started: float, exc: Exception) 
     return sqlite3.OperationalError(
         f"{path}: still locked by another connection after {tries} tries over "
         f"{time.monotonic() - started:.1f} s of switching it to WAL ({exc})")
+
+
+#: how long `leave_wal` waits for readers (a dashboard's tile preview reads in milliseconds)
+LEAVE_WAIT_S = 10.0
+
+
+def leave_wal(db: sqlite3.Connection, path: Path | str, wait_s: float = LEAVE_WAIT_S) -> None:
+    """Fold the WAL into ``path`` and switch it back to a rollback journal (``-wal``, ``-shm`` go).
+
+    That switch needs the file to itself, and SQLite refuses it at once, without its busy
+    handler, while any other connection has the file open (a dashboard's read of one tile):
+    then the WAL would stay beside the file, and the file alone (a download, a copy) would lack
+    the tiles in it. So a busy answer is tried again every 10 ms for up to ``wait_s`` seconds.
+    Raises `sqlite3.OperationalError` naming ``path`` if the file stays held that long.
+    """
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or db.in_transaction:
+                raise
+            if time.monotonic() - started >= wait_s:
+                raise sqlite3.OperationalError(
+                    f"{path}: another connection held it for {time.monotonic() - started:.1f} s "
+                    f"({tries} tries) while its WAL was to be folded in ({exc})") from exc
+            if tries == 1:
+                log.debug("%s: another connection reads it; its WAL is folded in when it is done", path)
+        time.sleep(0.01)  # a reader holds no lock SQLite lets us wait on here: poll, bounded

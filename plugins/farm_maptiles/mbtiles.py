@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from farm.outputgone import OutputRemoved
-from farm.sqlitewal import switch_to_wal
+from farm.sqlitewal import leave_wal, switch_to_wal
 from farm_maptiles.tilemath import tms_row
 
 _SCHEMA = """
@@ -73,14 +73,15 @@ class MBTilesWriter:
             )
 
     def close(self) -> None:
-        """Fold the WAL into the file and close it (its ``-wal`` and ``-shm`` go). The connection is
-        closed also when that fails (a full disk): SQLite folds the WAL in on its last close if it can."""
+        """Fold the WAL into the file and close it (its ``-wal`` and ``-shm`` go), waiting for a
+        reader that has it open (`farm.sqlitewal.leave_wal`). The connection is closed also when
+        that fails (a full disk): SQLite folds the WAL in on its last close if it can."""
         with self.lock, self.named():
             if self.closed:
                 return
             self.closed = True
             try:
-                self.db.execute("PRAGMA journal_mode=DELETE")
+                leave_wal(self.db, self.path)
             finally:
                 self.db.close()
 
