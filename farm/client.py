@@ -52,6 +52,9 @@ class Client:
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        # a controller that takes the connection and never greets (stopped, stuck) is told from one
+        # refusing us by that handshake's end: within our silence limit, as libzmq's 30 s at most
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, int(min(timeout, 30.0) * 1000))
         if socket_setup:
             socket_setup(self.sock)
         # a refused handshake or an absent controller is otherwise just silence: watch to say why

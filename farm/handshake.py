@@ -10,6 +10,12 @@ silence. A socket monitor tells them apart (libzmq 4.3's events, as seen on the 
 | we use keys, the controller does not (or the reverse) | HANDSHAKE_FAILED_PROTOCOL, ZMTP mechanism mismatch |
 | the controller does not allow our key | HANDSHAKE_FAILED_AUTH with the ZAP status 400 |
 | the key we hold for the controller is not its key | HANDSHAKE_FAILED_NO_DETAIL at every attempt (it cannot open our HELLO) |
+| the controller is up but stopped or stuck (SIGSTOP) | CONNECTED (kernel), then NO_DETAIL at our timeout |
+
+HANDSHAKE_FAILED_NO_DETAIL thus means a refusal or silence. The controller's greeting, asked for
+anew with one plain connect (`server_mechanism`), tells which: one that names CURVE to a client
+without keys requires keys; none at all is no answer, which waiting may mend, as for a
+controller not there yet.
 
 The monitor gives no errno, so when the connection never comes up one plain connect
 (`probe`: TCP, or the ``ipc://`` socket file) tells "connection refused" from "no answer".
@@ -106,6 +112,7 @@ class HandshakeWatcher:
         self.mismatch = False
         self.probed: str | None = None  # `probe`'s verdict, once asked
         self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
+        self.unanswered = False  # since the last handshake that succeeded, one went unanswered (no greeting)
         self.absent = False  # the last problem was nothing listening (or no answer): a later try may work
 
     @property
@@ -126,11 +133,11 @@ class HandshakeWatcher:
         """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet).
         `absent` tells whether that reason is nobody there (yet)."""
         problem = None
+        self.absent = False
         while self.monitor is not None and self.monitor.poll(0):
             event = parse_monitor_message(self.monitor.recv_multipart())
             found = self._judge(event["event"], event["value"])
             problem = problem or found
-        self.absent = False
         if problem is None and self.unreachable_after is not None and self._unreachable() \
                 and time.monotonic() - (self.refused_since or 0.0) >= self.unreachable_after:
             problem = self._nothing_listens()
@@ -173,6 +180,7 @@ class HandshakeWatcher:
                 self.refused_since = time.monotonic()
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.secured = True
+            self.unanswered = False
             if self.store is not None and self.server_key and self.our_key:
                 remember_accepted(self.store, self.server_key, self.our_key)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
@@ -184,20 +192,39 @@ class HandshakeWatcher:
             self.auth_refused = True
             return self._refused(value)
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one.
+            # A mechanism mismatch shows as this too, at some attempts; a wrong server key at every one;
+            # and a controller that took the connection and never greeted, at our handshake's timeout.
+            # Its greeting, asked for anew, tells them apart: no guessing from event counts
+            knowable = self.url.startswith("tcp://") or ipc_path(self.url) is not None
+            if knowable and self.unanswered:  # it greeted no one since it was asked: not asked at each retry
+                return self._silent_handshake()
+            mechanism = server_mechanism(self.url) if knowable else None
+            if knowable and mechanism is None:
+                return self._silent_handshake()
+            if self.our_key is None and mechanism == b"NULL":  # it greets in plain text as we do: the
+                return None  # handshake broke otherwise (a controller stopping), no keys wanted
             self.no_detail += 1
             if self.our_key is None:
+                self.mismatch = mechanism is not None
                 return self._mismatch()
             if self.mismatch:
                 return None
-            if self.url.startswith("tcp://") and server_mechanism(self.url) == b"NULL":
-                return self._mismatch()  # it said so in its greeting: no guessing from event counts
+            if mechanism == b"NULL":
+                return self._mismatch()  # it said so in its greeting
             if self.no_detail < 3:
                 return None
             return (f"the controller at {self.url} refused the secure handshake: it cannot read our hello, so "
                     f"the key we hold for it ({_show(self.server_key)}) is not its public key; compare it "
                     "with `farm keys show controller` on the controller's machine")
         return None
+
+    def _silent_handshake(self) -> None:
+        """The controller took the connection and sent no greeting (stopped, stuck): no answer, not a
+        refusal, so not a problem `check` reports; `receive` says it when its wait runs out."""
+        if not self.unanswered:
+            log.info("the controller at %s took the connection but did not answer the handshake; trying "
+                     "again", self.url)
+        self.unanswered = self.absent = True
 
     def _mismatch(self) -> str:
         if self.our_key is None:
@@ -243,8 +270,11 @@ class HandshakeWatcher:
                     if self.probed != "open":
                         raise ConnectionLost(self._nothing_listens() if self.probed == "refused"
                                              else self._no_answer(f"nothing in {timeout:.0f}s"))
-                raise ConnectionLost(f"no answer from the controller at {self.url} for {timeout:.0f}s"
-                                     + (f" (waiting for {what})" if what else ""))
+                silence = f"no answer from the controller at {self.url} for {timeout:.0f}s"
+                silence += f" (waiting for {what})" if what else ""
+                if self.unanswered:  # up, as far as the kernel goes; said so: not nobody there, nor keys
+                    silence += ": it takes the connection but answers no handshake (stopped, or stuck?)"
+                raise ConnectionLost(silence)
             events = dict(poller.poll(int(min(left, 0.25) * 1000) + 1))
             if events.get(self.sock):
                 return self.sock.recv_multipart()
@@ -264,21 +294,32 @@ def ipc_path(url: str) -> str | None:
     return url.removeprefix("ipc://") if url.startswith("ipc://") else None
 
 
+def _connect(url: str, timeout: float) -> socket.socket:
+    """A plain connection to a ``tcp://HOST:PORT``, or to the socket file of an ``ipc://PATH``
+    (`OSError`, `ValueError` for an address of neither kind)."""
+    path = ipc_path(url)
+    if path is None:
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        conn.connect(path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def probe(url: str, timeout: float = 2.0) -> str:
     """One plain connect to a ``tcp://HOST:PORT`` or to the socket file of an ``ipc://PATH``:
     "open", "refused" (RST, or a socket file nobody listens on: nothing listens), `MISSING`
     (no file at PATH), or why there was no answer ("timed out", "host unreachable", ...)."""
     path = ipc_path(url)
     try:
-        if path is not None:
-            if not os.path.lexists(path):
-                return MISSING
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(timeout)
-                conn.connect(path)
-            return "open"
-        host, _, port = url.removeprefix("tcp://").rpartition(":")
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        if path is not None and not os.path.lexists(path):
+            return MISSING
+        with _connect(url, timeout):
             return "open"
     except ConnectionRefusedError:
         return "refused"
@@ -289,11 +330,11 @@ def probe(url: str, timeout: float = 2.0) -> str:
 
 
 def server_mechanism(url: str, timeout: float = 2.0) -> bytes | None:
-    """The security mechanism a ZMTP 3 server at ``tcp://HOST:PORT`` names in its greeting
-    (b"NULL", b"CURVE", ...; RFC 23/ZMTP: 10 bytes signature, 2 version, 20 mechanism), or None."""
-    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    """The security mechanism a ZMTP 3 server at ``tcp://HOST:PORT`` or ``ipc://PATH`` names in its
+    greeting (b"NULL", b"CURVE", ...; RFC 23/ZMTP: 10 bytes signature, 2 version, 20 mechanism), or
+    None: no greeting within `timeout` seconds (a server stopped or stuck; or none there)."""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+        with _connect(url, timeout) as conn:
             conn.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00")  # our signature and version
             greeting = b""
             while len(greeting) < 32:

@@ -37,6 +37,7 @@ from farm.trace import mark
 log = logging.getLogger(__name__)
 
 
+INTERRUPT_CHECK_S = 0.5  # the longest a wait on the main thread lasts before signals are run
 AGENTS_PER_CORE = 8  # each local agent is two Python processes; past this they starve each other
 
 
@@ -223,9 +224,14 @@ def _serve_until_stopped(url: str | None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        # short waits: Python runs a signal's handler in this thread only, and the kernel may hand
+        # the signal to another one (the controller's, the dashboard's); an endless wait here would
+        # never wake to run it (`tests/test_fxhang_ctrl_c.py`)
+        while not stop.wait(INTERRUPT_CHECK_S):
+            pass
     except KeyboardInterrupt:
         pass
+    typer.echo("stopped serving the dashboard", err=True)
 
 
 class Interrupted(Exception):
