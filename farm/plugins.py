@@ -35,8 +35,9 @@ from typing import Any
 import pluggy
 
 from farm import hookspecs
-from farm.errors import PluginError, UnknownMediaType
+from farm.errors import FarmError, PluginError, UnknownMediaType
 from farm.mediatype import MediaType
+from farm.plugincode import describe_bug
 from farm.trace import mark
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,9 @@ class Plugins:
             plugin = ep.load()
             self.register(plugin, info)
         except Exception as exc:  # a broken plugin must not take farm down
-            info.error = f"{type(exc).__name__}: {exc}"
+            # farm's own refusals explain themselves; a bug in the plugin is shown where it is
+            own = isinstance(exc, FarmError)
+            info.error = f"{type(exc).__name__}: {exc}" if own else describe_bug(exc, ep.module)
             log.error("plugin %s failed to load: %s", ep.name, info.error)
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
@@ -254,6 +257,10 @@ class Plugins:
         try:
             return self.media_types[name]
         except KeyError:
+            broken = next((i for i in self._infos if i.name == name and i.error), None)
+            if broken is not None:  # its plugin is there but did not load: "unknown" would mislead
+                raise UnknownMediaType(f"media type {name!r} is not loaded: its plugin {describe(broken)} "
+                                       f"failed to load: {broken.error}") from None
             installed = ", ".join(sorted(self.media_types)) or "none"
             raise UnknownMediaType(f"unknown media type {name!r} (installed: {installed})") from None
 

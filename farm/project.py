@@ -19,6 +19,7 @@ from farm.ids import BadIdentifier, check_name
 from farm.notify import MAX_HOOKS, BadWebhook, check_webhook
 from farm.ownoutput import file_id, output_files
 from farm.paths import UnsafePath, safe_relpath
+from farm.plugincode import raised_at
 from farm.settings import STATE_DIR, SettingsReader, line_of  # noqa: F401  (STATE_DIR: imported from here)
 from farm.tomltext import parse_toml
 
@@ -307,8 +308,9 @@ def _configure(media: Any, reader: SettingsReader, file: Path) -> dict[str, Any]
     except FarmError:
         raise
     except Exception as exc:  # a crashing plugin is reported, not propagated as a traceback
-        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}",
-                           file=file) from exc
+        place = raised_at(exc, media)
+        raise ProjectError(f"media type {media.name!r} failed to read its settings: {exc!r}"
+                           + (f" (at {place})" if place else ""), file=file) from exc
 
 
 def _renderer_facts(media: Any, settings: dict[str, Any], file: Path) -> dict[str, Any]:

@@ -273,8 +273,11 @@ class Agent:
         if now - self.last_recv > self.heartbeat * self.liveness:
             if self.reconnect_at == 0.0:
                 self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)
-                log.warning("controller silent for %.1fs; reconnecting in %.1fs",
-                            now - self.last_recv, self.reconnect_at - now)
+                # once why the connection does not come up was said (a refused key, nobody there),
+                # its silence is no news: "controller silent" at every retry would mislead
+                level = logging.WARNING if self.refusal_logged is None else logging.DEBUG
+                log.log(level, "controller silent for %.1fs; reconnecting in %.1fs",
+                        now - self.last_recv, self.reconnect_at - now)
                 self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
             elif now >= self.reconnect_at:
                 self.reconnect_at = 0.0

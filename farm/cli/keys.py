@@ -13,6 +13,7 @@ from farm.cli.invite import invite as invite_token
 from farm.cli.invite import known_url
 from farm.cli.options import checked_address
 from farm.cli.security import joined_keys, move_joined_key
+from farm.keys import SecurityError
 from farm.security import KeyStore, allowed_roles
 from farm.tokens import TokenStore, format_expiry, parse_duration
 
@@ -122,13 +123,23 @@ def list_keys(
             typer.echo(f"{str(r['name']).ljust(width)}  {allowed:<17} {secret:<6} {r['public_key']}")
 
 
+def _checked_duration(value: str) -> str:
+    """A bad --expires is a usage error (exit 2, code ``usage``), as any bad value is."""
+    try:
+        parse_duration(value)
+    except SecurityError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 @app.command()
 def invite(
     keys_dir: KeysDir = None,
     url: Annotated[str | None, typer.Option(
         callback=checked_address,
         help="Where nodes reach the controller (default: what `farm controller` last recorded).")] = None,
-    expires: Annotated[str, typer.Option(help="How long the token lasts: 30m, 1h, 7d, never.")] = "24h",
+    expires: Annotated[str, typer.Option(callback=_checked_duration,
+                                         help="How long the token lasts: 30m, 1h, 7d, never.")] = "24h",
     single_use: Annotated[bool, typer.Option(
         "--single-use/--reusable", help="One node, or a fleet (revoke it when the fleet is in).")] = True,
     client: Annotated[bool, typer.Option("--client", help="A command for a submitting client, not a node.")] = False,

@@ -132,7 +132,8 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         if insecure or local is not None:
             controller = local or LOCAL_DEFAULT  # this user's controller on this machine
         else:
-            raise ConnectionLost(f"no controller named, and none of ours listens on this machine: {NAME_ONE}")
+            raise ConnectionLost(f"no controller named, and none of ours listens on this machine: "
+                                 f"{_name_joined(keys_dir) or NAME_ONE}")
     if controller is None or controller == AUTO:
         if insecure:
             raise FarmError("finding a controller on the network needs keys to check it by; "
@@ -149,6 +150,16 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
                                  "announced itself, or none whose key is in our keys folder): name one with "
                                  f"--controller tcp://HOST:5555 (or set FARM_CONTROLLER), or {JOIN_ONE}")
     return controller, socket_setup_for(controller, keys_dir, key, server_key, insecure), None
+
+
+def _name_joined(keys_dir: Path | None) -> str | None:
+    """How to name the controllers we joined (`--join` remembers them, by address), if any: "join one"
+    would send a user who did to ask for a token they do not need."""
+    joined = sorted(set(joined_keys(KeyStore(keys_dir)).values()))
+    if not joined:
+        return None
+    urls = " or ".join(f"--controller {url}" for url in joined[:5]) + (" or ..." if len(joined) > 5 else "")
+    return f"name the one you joined: {urls} (or set FARM_CONTROLLER)"
 
 
 def _discovered(keys_dir: Path | None, key: str) -> tuple[str, Setup] | None:

@@ -63,7 +63,8 @@ def submit(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON summary object at the end (with --watch: one per round).")] = False,
     watch_project: Annotated[bool, typer.Option(
-        "--watch", help="Stay up and render again when the project's files change (Ctrl-C ends).")] = False,
+        "--watch", help="Stay up and render again when the project's files change (Ctrl-C ends: the last "
+                        "round's status, 130 during a round).")] = False,
     keys_dir: KeysDir = None,
     key: ClientKey = "client",
     server_key: ServerKey = "controller",
@@ -122,11 +123,13 @@ def submit(
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
             first = [project]  # the first round renders the project as loaded above
+            ok = [False]  # the last round's outcome: the exit status, as a single run's is
 
             def round_() -> None:
+                ok[0] = False
                 try:
                     loaded = first.pop() if first else load_project(project_dir, output=output)
-                    _round(render, loaded, as_json, logged=not controller, here=here)
+                    ok[0] = _round(render, loaded, as_json, logged=not controller, here=here).ok
                 except FarmError as exc:  # a bad edit: say so and wait for the next one
                     say_error(exc, as_json)
                 if not as_json:
@@ -138,8 +141,13 @@ def submit(
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint,
                       rules=lambda: inputs.rules, stop=stop)
-            except (KeyboardInterrupt, Interrupted):  # Ctrl-C ends watching, in a round or between
+            except Interrupted as interrupted:  # Ctrl-C in a round: said as without --watch
+                say_interrupted(interrupted, project_dir, controller, as_json)
+                raise typer.Exit(128 + signal.SIGINT) from None
+            except KeyboardInterrupt:  # Ctrl-C between rounds ends watching
                 pass
+        if not ok[0]:  # the last round failed, or the project did not load: not a success
+            raise typer.Exit(1)
 
 
 Said = Callable[[str], None]

@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,9 +76,9 @@ class Pending:
 
     `lease`: the attempt that made them, None for outputs reused from the job cache;
     `staging`: a folder removed once the collate returned; `error`: what the collate
-    raised ("TypeName: message"), None if it returned; `fault`: why, when that was the
-    controller's own (`own_fault`), for people; `skipped`: its run was cancelled, or stopped
-    by such a fault, first.
+    raised ("TypeName: message"), None if it returned, and `trace` its traceback (the job's log);
+    `fault`: why, when that was the controller's own (`own_fault`), for people; `skipped`: its
+    run was cancelled, or stopped by such a fault, first.
     """
 
     run: ProjectRun
@@ -88,6 +89,7 @@ class Pending:
     agent: AgentState | None = None
     staging: Path | None = None
     error: str | None = None
+    trace: str = ""  # the traceback of what it raised: the job's log, as a render's is
     fault: str | None = None
     code: str = DISK_CODE  # the summary's `code` for a fault: REMOVED_CODE for a folder gone
     skipped: bool = False
@@ -144,6 +146,7 @@ def collate_failed(pending: Pending, exc: Exception, made: bool) -> None:
     # a folder removed under the collate: the OS error alone names a tile, or no file (SQLite)
     gone = removed_during_run(run.project.output_dir, exc) if made else None
     pending.error = gone or f"{type(exc).__name__}: {exc}"
+    pending.trace = "".join(traceback.format_exception(exc))  # `farm logs`, a summary's failures
     own = own_fault(exc)
     if own is not None:  # the first: the run's collates after it are skipped
         pending.fault = run.stopped = cannot_write(run.project.output_dir, own,
@@ -248,7 +251,7 @@ def settle(pending: Pending) -> bool:
         run.collated(lease, pending.result)
     else:
         run.leases[key] = lease  # what `failed` settles
-        run.failed(lease, f"collating its outputs failed: {pending.error}", "")
+        run.failed(lease, f"collating its outputs failed: {pending.error}", pending.trace)
     return False
 
 

@@ -21,6 +21,7 @@ from farm.controller.outputfolder import REMOVED_CODE, OutputFolderGone, stopped
 from farm.errors import FarmError
 from farm.filesync import SyncError
 from farm.outputgone import removed
+from farm.plugincode import describe_bug
 from farm.protocol import T
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class FinishSide:
             run.finished([], f"finalize failed: {exc}")
         else:  # a bug in the plugin: keep the traceback for its author
             log.error("%s: finalize failed", run.id, exc_info=exc)
-            run.finished([], f"finalize failed: {type(exc).__name__}: {exc}")
+            run.finished([], f"finalize failed: {describe_bug(exc, run.media)}")
 
     @staticmethod
     def _finalize_folder_gone(run: ProjectRun, exc: Exception) -> bool:
