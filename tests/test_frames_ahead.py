@@ -156,7 +156,7 @@ def test_a_worker_hands_blender_the_job_queued_behind_the_running_one(blender, t
         assert unpack(rest).type is T.W_READY
         for frame, projects in ((1, described), (2, {}), (3, described)):
             spec = JobSpec(f"lease{frame}", job(frame).key, "proj1", job(frame).params, {}, 600.0)
-            body = {"jobs": [spec.to_wire()], "projects": projects, "threads": 2}
+            body = {"jobs": [spec], "projects": projects, "threads": 2}
             sock.send_multipart([ident, *pack(T.W_JOBS, body)])
         while len(results) < 3:
             assert sock.poll(120_000), f"no result within 120 s; have {sorted(results)}"

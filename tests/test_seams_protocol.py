@@ -11,10 +11,11 @@ from farm.protocol import SHAPES, JobResult, JobSpec, T, pack, unpack
 
 def test_a_job_spec_travels_unchanged():
     spec = JobSpec("lease1", "tile-3", "run-1", {"z": 3}, {"tile-2": [1, 2]}, 30.0)
-    to_agent = {"jobs": [spec.to_wire()], "projects": {}}
-    to_worker = {**to_agent, "threads": 2}
-    for kind, body in ((T.JOBS, to_agent), (T.W_JOBS, to_worker)):
-        assert JobSpec.from_wire(unpack(pack(kind, body)).body["jobs"][0]) == spec
+    to_agent = unpack(pack(T.JOBS, {"jobs": [spec.to_wire()], "projects": {}})).body["jobs"]
+    assert JobSpec.from_wire(to_agent[0]) == spec and JobSpec.from_wires(to_agent) == [spec]
+    # to its worker the agent sends the named tuple itself, an array
+    to_worker = unpack(pack(T.W_JOBS, {"jobs": [spec], "projects": {}, "threads": 2})).body["jobs"]
+    assert to_worker == [list(spec)] and JobSpec.from_rows(to_worker) == [spec]
 
 
 def test_a_job_result_travels_unchanged_with_its_files():
@@ -31,6 +32,11 @@ def test_a_job_result_travels_unchanged_with_its_files():
 @pytest.mark.parametrize(("kind", "body"), [
     (T.W_JOBS, {"jobs": [{"lease": 1, "key": "k", "project": "p", "params": None, "deps": {}, "timeout": 1}],
                 "projects": {}, "threads": 1}),
+    (T.W_JOBS, {"jobs": [["l", "k", "p", None, {}, 1], [1, "k", "p", None, {}, 1]], "projects": {},
+                "threads": 1}),
+    (T.W_JOBS, {"jobs": [["l", "k", "p", None, {}, 1], ["l", "k", "p", None, {}]], "projects": {},
+                "threads": 1}),
+    (T.W_JOBS, {"jobs": [["l", "k", "p", None, {}, True]], "projects": {}, "threads": 1}),
     (T.W_JOBS, {"jobs": [], "projects": {}}),  # no threads
     (T.W_RESULTS, {"results": [{"lease": "l", "ok": "yes", "result": None, "files": [], "duration": 0}]}),
     (T.W_PROGRESS, {"lease": "l", "fraction": "half"}),

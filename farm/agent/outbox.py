@@ -39,10 +39,12 @@ def checked(unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]],
     for item, _, project in unchecked:
         projects.update(item.projects) if item.__class__ is Forwarded else projects.add(project)
     moved = {project: changed(project) for project in projects}
+    if not any(moved.values()):  # the common answer: every result goes as it is
+        return [(item, files) for item, files, _ in unchecked], moved
     out: list[Outgoing] = []
     for item, files, project in unchecked:
         if item.__class__ is Forwarded:
-            if not any(moved[p] for p in item.projects):
+            if not any(map(moved.__getitem__, item.projects)):
                 out.append((item, []))
                 continue
             pairs = [(JobResult.from_wire(wire), [], p)
