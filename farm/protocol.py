@@ -9,6 +9,7 @@ a bad message raises `ProtocolError`, which receivers log and drop.
 from __future__ import annotations
 
 import enum
+import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,12 +149,12 @@ class JobSpec(NamedTuple):
     @classmethod
     def from_wires(cls, jobs: list[dict[str, Any]]) -> list[JobSpec]:
         """`from_wire` of each of a JOBS message's maps, made in C loops (no Python call per job)."""
-        return list(map(cls._make, map(_JOB_FIELDS, jobs)))
+        return list(map(tuple.__new__, itertools.repeat(cls), map(_JOB_FIELDS, jobs)))
 
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> list[JobSpec]:
-        """The jobs of a W_JOBS message (`JOB_ROW` arrays, checked by `unpack`)."""
-        return list(map(cls._make, rows))
+        """The jobs of a W_JOBS message (`JOB_ROW` arrays: their length checked by `unpack`)."""
+        return list(map(tuple.__new__, itertools.repeat(cls), rows))
 
 
 #: one output file of a result: [relative name, size in bytes, BLAKE3 digest]; its bytes travel beside
@@ -250,7 +251,8 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.W_READY: {"pid": int},
     T.W_JOBS: {"jobs": [JOB_ROW], "projects": {}, "threads": int},  # projects: id -> description, new to it
     T.W_PROGRESS: {"lease": str, "fraction": NUM},
-    T.W_RESULTS: {"results": [RESULT]},
+    # each result's lease and duration, and the RESULTS body the agent sends on (farm.agent.wresults)
+    T.W_RESULTS: {"leases": [str], "durations": [NUM], "results": bytes},
 }
 
 
@@ -303,8 +305,10 @@ def unpack(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"undecodable {kind.name} body: {type(exc).__name__}: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
-    if kind is T.RESULTS or kind is T.W_RESULTS:
+    if kind is T.RESULTS:
         _check_results(body)  # the hot path: same rules as the RESULT shape, written out
+    elif kind is T.W_RESULTS:
+        _check_w_results(body)  # likewise
     elif kind is T.JOBS or kind is T.W_JOBS:
         _check_jobs(body, kind)  # likewise
     else:
@@ -332,6 +336,16 @@ def _check_results(body: dict[str, Any]) -> None:
                 v = r.get(k)
                 if v is not None and v.__class__ is not t:
                     _malformed(body)
+
+
+def _check_w_results(body: dict[str, Any]) -> None:
+    """The W_RESULTS shape, its lists checked in C loops; as many durations as leases."""
+    leases, durations = body.get("leases"), body.get("durations")
+    if not (leases.__class__ is list and durations.__class__ is list and len(leases) == len(durations)
+            and _STR.issuperset(map(type, leases)) and _NUMS.issuperset(map(type, durations))
+            and body.get("results").__class__ is bytes):
+        check_shape(body, SHAPES[T.W_RESULTS], "W_RESULTS")  # slow path: says what is wrong
+        raise ProtocolError("W_RESULTS: not as many durations as leases")
 
 
 _JOBS_REST = {T.JOBS: {k: v for k, v in SHAPES[T.JOBS].items() if k != "jobs"},

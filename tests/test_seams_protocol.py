@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 from blake3 import blake3
 
+from farm.agent.wresults import packed, read
 from farm.errors import ProtocolError
-from farm.protocol import SHAPES, JobResult, JobSpec, T, pack, unpack
+from farm.protocol import SHAPES, JobResult, JobSpec, T, pack, pack_body, unpack
 
 
 def test_a_job_spec_travels_unchanged():
@@ -23,10 +25,15 @@ def test_a_job_result_travels_unchanged_with_its_files():
     result = JobResult("lease1", True, {"n": 1}, [["t/0.png", len(data), blake3(data).digest()]], duration=0.5)
     failed = JobResult("lease2", False, error="RenderError: no", log="tail", retry=False)
     handed = JobResult("lease3", False, error="not started", requeue=True)
-    for kind in (T.RESULTS, T.W_RESULTS):
-        msg = unpack(pack(kind, {"results": [r.to_wire() for r in (result, failed, handed)]}, [data]))
-        assert [JobResult.from_wire(r) for r in msg.body["results"]] == [result, failed, handed]
-        assert msg.payloads == [data]
+    wires = [r.to_wire() for r in (result, failed, handed)]
+    msg = unpack(pack(T.RESULTS, {"results": wires}, [data]))
+    assert [JobResult.from_wire(r) for r in msg.body["results"]] == [result, failed, handed]
+    assert msg.payloads == [data]
+    # from a worker: the RESULTS body packed for its agent to send on, its leases and durations beside it
+    msg = unpack(pack_body(T.W_RESULTS, packed(wires), [data]))
+    assert msg.body["leases"] == ["lease1", "lease2", "lease3"] and msg.body["durations"] == [0.5, 0.0, 0.0]
+    assert [JobResult.from_wire(r) for r in read(msg.body)] == [result, failed, handed]
+    assert msg.payloads == [data]
 
 
 @pytest.mark.parametrize(("kind", "body"), [
@@ -38,13 +45,29 @@ def test_a_job_result_travels_unchanged_with_its_files():
                 "threads": 1}),
     (T.W_JOBS, {"jobs": [["l", "k", "p", None, {}, True]], "projects": {}, "threads": 1}),
     (T.W_JOBS, {"jobs": [], "projects": {}}),  # no threads
-    (T.W_RESULTS, {"results": [{"lease": "l", "ok": "yes", "result": None, "files": [], "duration": 0}]}),
+    (T.W_RESULTS, {"results": [{"lease": "l", "ok": True, "result": None, "files": [], "duration": 0}]}),
+    (T.W_RESULTS, {"leases": ["l"], "durations": [], "results": b"\x80"}),
+    (T.W_RESULTS, {"leases": [1], "durations": [0], "results": b"\x80"}),
+    (T.W_RESULTS, {"leases": ["l"], "durations": [True], "results": b"\x80"}),
+    (T.W_RESULTS, {"leases": ["l"], "durations": [0], "results": "\x80"}),
     (T.W_PROGRESS, {"lease": "l", "fraction": "half"}),
     (T.W_READY, {}),
 ])
 def test_agent_worker_messages_are_checked_like_network_ones(kind, body):
     with pytest.raises(ProtocolError):
         unpack(pack(kind, body))
+
+
+@pytest.mark.parametrize("inner", [
+    # checked as a RESULTS body; then, for the lease it lists
+    {"results": [{"lease": "l", "ok": "yes", "result": None, "files": [], "duration": 0}]},
+    {"results": [{"lease": "other", "ok": True, "result": None, "files": [], "duration": 0}]},
+])
+def test_the_results_a_worker_packed_are_checked_when_its_agent_reads_them(inner):
+    frames = pack(T.W_RESULTS, {"leases": ["l"], "durations": [0], "results": msgpack.packb(inner)})
+    body = unpack(frames).body
+    with pytest.raises(ProtocolError):
+        read(body)
 
 
 def test_every_message_type_has_a_shape_and_there_is_no_stop():

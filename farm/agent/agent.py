@@ -438,11 +438,11 @@ class Agent:
         else:
             self.outgoing.append((result, files))
 
-    def forward(self, body: bytes, results: list[dict[str, Any]], leases: list[str],
-                projects: list[str]) -> None:
-        """A worker's results message, all of whose leases were running: sent on as it came."""
+    def forward(self, body: bytes, leases: list[str], projects: list[str]) -> None:
+        """A worker's results (the RESULTS body, its leases), all of whose jobs were running here:
+        sent on as they came."""
         self.held.difference_update(leases)
-        item = Forwarded(body, results, projects)
+        item = Forwarded(body, leases, projects)
         if not self.sync.views.keys().isdisjoint(projects):
             self.unchecked.append((item, [], projects[0]))
         else:

@@ -2,7 +2,7 @@
 
 One long-lived child worker per slot (`farm.agent.worker`), on a local ROUTER socket, speaking
 the protocol's W_* messages: W_JOBS down (`JobSpec`s as arrays, and the projects new to it),
-W_READY, W_PROGRESS and W_RESULTS (`JobResult` maps, outputs as payload frames) up. Each is
+W_READY, W_PROGRESS and W_RESULTS (`farm.agent.wresults`, outputs as payload frames) up. Each is
 checked like a network message. A worker that dies or overruns its head job's timeout is killed
 with its process group and started again; that job fails, the jobs queued behind it are handed
 back unstarted. Workers that die before they are ready make the node *broken* (`StartWatch`).
@@ -27,6 +27,7 @@ import zmq
 from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
 from farm.agent.scratch import SOCKET
 from farm.agent.scratch import claim as claim_scratch
+from farm.agent.wresults import read as read_results
 from farm.errors import ProtocolError
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
 MAX_BATCH = 256
-_LEASE, _DURATION = operator.itemgetter("lease"), operator.itemgetter("duration")  # of a RESULT map
 _SPEC_LEASE, _PROJECT = operator.attrgetter("lease"), operator.attrgetter("project")  # of a JobSpec
 
 
@@ -44,8 +44,7 @@ class Outcomes(Protocol):
     def fail(self, job: JobSpec, error: str, *, duration: float = 0.0) -> None: ...  # seconds it ran
     def hand_back(self, job: JobSpec, why: str) -> None: ...
     def deliver(self, result: JobResult, files: list[bytes], project: str) -> None: ...
-    def forward(self, body: bytes, results: list[dict[str, Any]], leases: list[str],
-                projects: list[str]) -> None: ...
+    def forward(self, body: bytes, leases: list[str], projects: list[str]) -> None: ...
     def progress(self, lease: str, fraction: float) -> None: ...
     def report_state(self) -> None: ...  # the node became broken, or mended
 
@@ -231,24 +230,24 @@ class Pool:
         elif msg.type is T.W_PROGRESS:
             self.outcomes.progress(msg.body["lease"], msg.body["fraction"])
         elif msg.type is T.W_RESULTS:
-            results = msg.body["results"]
-            leases = list(map(_LEASE, results))
+            body = msg.body
+            leases = body["leases"]
             count, running = len(leases), slot.running
             if (not msg.payloads and leases == list(map(_SPEC_LEASE, running[:count]))
                     and len(set(leases)) == count):
-                # the common case: no files, the jobs it was given first, in order, each once: the
-                # message goes on as it came
+                # the common case: no files, the jobs it was given first, in order, each once: its
+                # results go on as they came, not even decoded here (farm.agent.wresults)
                 done, slot.running = running[:count], running[count:]
                 avg = self.avg_job_s
-                for duration in map(_DURATION, results):
+                for duration in body["durations"]:
                     avg = 0.8 * avg + 0.2 * duration
                 self.avg_job_s = avg
-                self.outcomes.forward(rest[1], results, leases, list(map(_PROJECT, done)))
+                self.outcomes.forward(body["results"], leases, list(map(_PROJECT, done)))
                 if slot.running and count:
                     slot.head_since = time.monotonic()  # the worker moved on to the next job
                 return
             by_lease = {j.lease: j for j in running}
-            self._deliver(results, msg.payloads, by_lease)
+            self._deliver(read_results(body), msg.payloads, by_lease)
             head = running[0].lease if running else None
             slot.running = [j for j in running if j.lease in by_lease]
             if slot.running and slot.running[0].lease != head:

@@ -26,12 +26,13 @@ from blake3 import blake3
 from farm.agent.capabilities import offered
 from farm.agent.emptydir import Folder, Watch
 from farm.agent.launch import THREADS_ENV
+from farm.agent.wresults import packed
 from farm.errors import FarmError, JobFailedForGood, ProtocolError, RenderError
 from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
-from farm.protocol import JobResult, JobSpec, Message, T, pack, unpack
+from farm.protocol import MAX_BODY, JobResult, JobSpec, Message, T, pack, pack_body, unpack
 from farm.trace import mark, mark_process_start
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ class Worker:
         logging.getLogger().setLevel(logging.INFO)
 
     def send(self, kind: T, body: dict[str, Any], payloads: list[bytes] | None = None) -> None:
-        frames = pack(kind, body, payloads or ())
+        self.send_frames(pack(kind, body, payloads or ()))
+
+    def send_frames(self, frames: list[bytes]) -> None:
         while True:  # a full queue to a dead agent would block for ever
             try:
                 self.sock.send_multipart(frames)
@@ -167,23 +170,23 @@ class Worker:
         """Send results; one a plugin's `render` made unsendable (a set, a `Path`, an object)
         fails its job, naming what is wrong, instead of ending this worker with a traceback."""
         try:
-            self.send(T.W_RESULTS, {"results": pending}, payloads)
+            self.send_frames(pack_body(T.W_RESULTS, packed(pending), payloads))
             return
-        except (TypeError, ValueError, OverflowError):  # msgpack's refusals: find whose, below
+        except (TypeError, ValueError, OverflowError):  # msgpack's refusals, or too big: find whose, below
             pass
         offset = 0
         for wire in pending:
             files = payloads[offset:offset + len(wire["files"])]
             offset += len(wire["files"])
             try:
-                self.send(T.W_RESULTS, {"results": [wire]}, files)
+                self.send_frames(pack_body(T.W_RESULTS, packed([wire]), files))
             except (TypeError, ValueError, OverflowError) as exc:
                 error = (f"PluginError: the result render returned cannot be sent to the controller "
                          f"({type(exc).__name__}: {exc}): return str, int, float, bool, None, and lists "
-                         f"and dicts (with str keys) of those")
+                         f"and dicts (with str keys) of those, under {MAX_BODY // 2**20} MiB")
                 failed = JobResult(wire["lease"], False, error=error, log=wire.get("log"), retry=False)
                 failed.duration = wire["duration"]
-                self.send(T.W_RESULTS, {"results": [failed.to_wire()]})
+                self.send_frames(pack_body(T.W_RESULTS, packed([failed.to_wire()])))
 
     def _context(self, project_id: str) -> tuple[Any, RenderContext, Project]:
         """The media type, a render context and the checked project, made once per worker."""
