@@ -69,6 +69,7 @@ class Worker:
         self.contexts: dict[str, tuple[Any, RenderContext, Project]] = {}
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
+        self.work_path = str(self.work_dir)  # chdir'd to before every job: no Path to convert each time
         self.out_dirty = True  # unknown until the first job has run
         self.watch = Watch()  # the folders' emptiness, answered without listing them (farm.agent.emptydir)
         self.out, self.work = Folder(self.out_dir, self.watch), Folder(self.work_dir, self.watch)
@@ -230,7 +231,7 @@ class Worker:
             ctx.deps = deps = {} if deps is None else deps  # a controller may send None for none
             ctx.progress = progress
             ctx.upcoming = lambda: self._upcoming(spec, following)
-            os.chdir(self.work_dir)
+            os.chdir(self.work_path)
             result = media.render(_job(spec.key, spec.params, tuple(deps)), ctx)
             files = self.out.files()
             self.out_dirty = bool(files)
