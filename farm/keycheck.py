@@ -10,6 +10,7 @@ that); any other key gets the full check, with its error message.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from farm.agent.trust import MAX_TIMEOUT_S
@@ -19,7 +20,10 @@ if TYPE_CHECKING:
     from farm.mediatype import Job
 
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # at most MAX_NAME characters
-_plain_key = re.compile(rf"{_NAME}(?:/{_NAME}){{0,15}}").fullmatch
+_KEY = rf"{_NAME}(?:/{_NAME}){{0,15}}"
+_plain_key = re.compile(_KEY).fullmatch
+_plain_keys = re.compile(rf"{_KEY}(?:\n{_KEY})*").fullmatch  # keys joined by newlines, which no name has
+_STR, _NUMS, _NO_DEPS = {str}, {int, float}, {type(None), dict}
 
 
 def check_job_keys(job: Job) -> None:
@@ -31,11 +35,21 @@ def check_job_keys(job: Job) -> None:
         check_key(dep)
 
 
-def plain_job(job: dict[str, Any]) -> bool:
-    """True if `farm.agent.trust.job_refusal` surely accepts this job map (its shape checked by
-    `farm.protocol`): a key of the common shape, no dependencies, a timeout within bounds. False
-    says nothing: the job then gets the full check."""
-    key, deps, timeout = job["key"], job["deps"], job["timeout"]
+def plain_job(key: Any, deps: Any, timeout: Any) -> bool:
+    """True if `farm.agent.trust.job_refusal` surely accepts this job: a key of the common shape, no
+    dependencies, a timeout within bounds. False says nothing: the job then gets the full check."""
     return ((deps is None or (deps.__class__ is dict and not deps)) and key.__class__ is str
             and len(key) <= MAX_KEY and _plain_key(key) is not None
             and timeout.__class__ in (int, float) and 0 < timeout <= MAX_TIMEOUT_S)
+
+
+def plain_jobs(keys: Sequence[Any], deps: Sequence[Any], timeouts: Sequence[Any]) -> bool:
+    """`plain_job` of every job of a message at once (its fields a column each, in the same order):
+    one match over all keys, C loops over the rest. False if any is not plain, or there are none."""
+    if not (keys and _STR.issuperset(map(type, keys)) and max(map(len, keys)) <= MAX_KEY
+            and _NO_DEPS.issuperset(map(type, deps)) and not any(deps)
+            and _NUMS.issuperset(map(type, timeouts)) and all(0 < t <= MAX_TIMEOUT_S for t in timeouts)):
+        return False
+    joined = "\n".join(keys)
+    # a newline inside a key would pass as two keys: as many as the joins, or none is plain
+    return joined.count("\n") == len(keys) - 1 and _plain_keys(joined) is not None

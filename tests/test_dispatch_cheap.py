@@ -42,8 +42,7 @@ def test_keys_of_every_bad_kind_miss_the_fast_match(key):
                                  "/".join(["a"] * 16)])
 def test_common_keys_take_the_fast_match(key):
     assert _plain_key(key) and _accepted(key)
-    assert plain_job({"key": key, "deps": {}, "timeout": 3600.0}) and plain_job({"key": key, "deps": None,
-                                                                                 "timeout": 1})
+    assert plain_job(key, {}, 3600.0) and plain_job(key, None, 1)
 
 
 def test_job_logs_keep_their_bounds_per_job_and_per_run():
@@ -82,5 +81,5 @@ def test_a_batch_filled_while_the_writer_is_busy_commits_at_the_next_tick(tmp_pa
     "timeout": st.one_of(st.floats(allow_nan=True), st.integers(-5, 10**7), st.booleans(), st.none()),
 }))
 def test_a_job_the_agent_waves_through_is_one_its_full_check_accepts(job):
-    if plain_job(job):
-        assert job_refusal(job) is None
+    if plain_job(**job):
+        assert job_refusal(**job) is None

@@ -19,6 +19,7 @@ from conftest import wait_for
 from farm import gcpolicy
 from farm.agent.agent import Agent
 from farm.agent.outbox import Forwarded
+from farm.agent.wresults import packed
 from farm.client import submit
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.joblogstore import JobLogStore
@@ -27,7 +28,7 @@ from farm.filesync import build_manifest
 from farm.filesync.localview import LocalView, local_hint
 from farm.journal import Journal
 from farm.project import load_project
-from farm.protocol import PROTOCOL_VERSION, JobResult, JobSpec, T, pack, unpack
+from farm.protocol import PROTOCOL_VERSION, JobResult, JobSpec, T, pack_body, unpack
 
 
 @pytest.fixture
@@ -52,8 +53,13 @@ def _running(agent: Agent, leases: list[str], project: str = "p1") -> None:
     agent.held |= set(leases)
 
 
-def _from_worker(results: list[JobResult]) -> list[bytes]:
-    return [b"w0", *pack(T.W_RESULTS, {"results": [r.to_wire() for r in results]})]
+def _from_worker(results: list[JobResult], files: list[bytes] = ()) -> list[bytes]:
+    return [b"w0", *pack_body(T.W_RESULTS, packed([r.to_wire() for r in results]), files)]
+
+
+def _inner(frames: list[bytes]) -> bytes:
+    """The RESULTS body a worker packed into its W_RESULTS message."""
+    return unpack(frames[1:]).body["results"]
 
 
 def _sent(router: zmq.Socket) -> list[bytes]:
@@ -71,7 +77,7 @@ def test_a_workers_results_go_on_byte_for_byte_when_all_their_jobs_are_the_agent
     assert [type(item) for item, _ in agent.outgoing] == [Forwarded]  # no JobResult made per job
     agent._flush_results()
     sent = _sent(router)
-    assert sent == [bytes((PROTOCOL_VERSION, T.RESULTS)), frames[2]]  # the worker's body, unchanged
+    assert sent == [bytes((PROTOCOL_VERSION, T.RESULTS)), _inner(frames)]  # the worker's bytes, unchanged
     assert [JobResult.from_wire(r) for r in unpack(sent).body["results"]] == [
         JobResult("l1", True, {"a": 1}, duration=0.01), JobResult("l2", False, error="no"),
         JobResult("l3", True, None, log="tail", duration=2)]
@@ -92,8 +98,7 @@ def test_results_with_files_are_not_forwarded(linked_agent):
     agent, router = linked_agent
     _running(agent, ["l1"])
     entry = ["a.bin", 3, b"d" * 32]
-    body = {"results": [JobResult("l1", True, None, [entry]).to_wire()]}
-    frames = [b"w0", *pack(T.W_RESULTS, body, [b"abc"])]
+    frames = _from_worker([JobResult("l1", True, None, [entry])], [b"abc"])
     agent.pool._on_worker(frames)
     agent._flush_results()
     sent = _sent(router)
@@ -134,7 +139,7 @@ def test_placed_results_go_on_unchanged_while_their_files_stay(tmp_path, linked_
     frames = _from_worker([JobResult("l1", True, 1)])
     agent.pool._on_worker(frames)
     agent._flush_results()
-    assert _sent(router)[1] == frames[2]
+    assert _sent(router)[1] == _inner(frames)
 
 
 def test_job_logs_are_pushed_in_order_with_the_other_writes(tmp_path):

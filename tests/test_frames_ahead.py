@@ -24,6 +24,7 @@ from test_frames import assert_same_pixels, blender, reference_render, write_pro
 from test_frames_warm import Worker
 
 from farm.agent.launch import worker_command, worker_env
+from farm.agent.wresults import read as read_results
 from farm.errors import RenderError
 from farm.mediatype import Job
 from farm.project import load_project
@@ -156,7 +157,7 @@ def test_a_worker_hands_blender_the_job_queued_behind_the_running_one(blender, t
         assert unpack(rest).type is T.W_READY
         for frame, projects in ((1, described), (2, {}), (3, described)):
             spec = JobSpec(f"lease{frame}", job(frame).key, "proj1", job(frame).params, {}, 600.0)
-            body = {"jobs": [spec.to_wire()], "projects": projects, "threads": 2}
+            body = {"jobs": [spec], "projects": projects, "threads": 2}
             sock.send_multipart([ident, *pack(T.W_JOBS, body)])
         while len(results) < 3:
             assert sock.poll(120_000), f"no result within 120 s; have {sorted(results)}"
@@ -164,7 +165,7 @@ def test_a_worker_hands_blender_the_job_queued_behind_the_running_one(blender, t
             if msg.type is not T.W_RESULTS:
                 continue
             payloads = iter(msg.payloads)
-            for wire in msg.body["results"]:
+            for wire in read_results(msg.body):
                 results[wire["lease"]] = wire
                 outputs[wire["lease"]] = {name: next(payloads) for name, _, _ in wire["files"]}
     finally:

@@ -9,8 +9,10 @@ backoff when they stop, so it outlives controller restarts.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
+import operator
 import os
 import random
 import signal
@@ -25,17 +27,17 @@ import zmq
 
 from farm import __version__, gcpolicy
 from farm.agent.capabilities import detect
+from farm.agent.intake import screen
 from farm.agent.outbox import Forwarded, Outgoing, checked, flush
 from farm.agent.pool import EarlyWorkers, Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
-from farm.agent.trust import job_refusal, project_refusal
+from farm.agent.trust import project_refusal
 from farm.controller.policy import NODE_FAULT
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
 from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
-from farm.keycheck import plain_job
 from farm.plugins import get_plugins
 from farm.protocol import MAX_MESSAGE, JobResult, JobSpec, T, pack, unpack
 from farm.words import capabilities_shown, counted
@@ -46,6 +48,7 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
 BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
+_LEASE, _PROJECT = operator.attrgetter("lease"), operator.attrgetter("project")  # of a JobSpec
 
 
 class Agent:
@@ -326,18 +329,7 @@ class Agent:
             projects = msg.body["projects"]
             for project_id, description in (projects.items() if isinstance(projects, dict) else ()):
                 self._describe(project_id, description)
-            for wire in msg.body["jobs"]:
-                job = JobSpec.from_wire(wire)
-                why = self.refused.get(job.project) or (None if plain_job(wire) else job_refusal(wire))
-                if why is None and job.project not in self.projects:
-                    why = "controller sent a job for a project it never described"
-                if why is not None:
-                    log.warning("refusing job %r of project %r: %s", job.key[:80], job.project[:80], why)
-                    self.fail(job, f"refused by the agent: {why}")
-                    continue
-                self.queue.append(job)
-                self.held.add(job.lease)
-                self._fetch_assets(job.project)
+            self._queue_jobs(JobSpec.from_wires(msg.body["jobs"]))
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
         elif msg.type is T.ERROR and msg.body.get("code") == "key_role":  # not a key that may serve: stop
@@ -350,6 +342,18 @@ class Agent:
             log.info("controller asked us to shut down")
             self.connected = False  # no BYE needed
             self.stopping = True
+
+    def _queue_jobs(self, jobs: list[JobSpec]) -> None:
+        """Queue a JOBS message's jobs, in order, failing each this agent refuses with why."""
+        taken, refusals = screen(jobs, self.projects, self.refused)
+        for job, why in refusals:
+            log.warning("refusing job %r of project %r: %s", job.key[:80], job.project[:80], why)
+            self.fail(job, f"refused by the agent: {why}")
+        if taken:
+            self.queue.extend(taken)
+            self.held.update(map(_LEASE, taken))
+            for project in dict.fromkeys(map(_PROJECT, taken)):  # in the order they came
+                self._fetch_assets(project)
 
     def _joined(self, name: str) -> None:
         # what the controller knows it by, as `farm status` says it: a media type's renderer (blender
@@ -437,11 +441,12 @@ class Agent:
         else:
             self.outgoing.append((result, files))
 
-    def forward(self, body: bytes, results: list[dict[str, Any]], projects: list[str]) -> None:
-        """A worker's results message, all of whose leases were running: sent on as it came."""
-        self.held.difference_update([r["lease"] for r in results])
-        item = Forwarded(body, results, projects)
-        if any(p in self.sync.views for p in projects):
+    def forward(self, body: bytes, leases: list[str], projects: list[str]) -> None:
+        """A worker's results (the RESULTS body, its leases), all of whose jobs were running here:
+        sent on as they came."""
+        self.held.difference_update(leases)
+        item = Forwarded(body, leases, projects)
+        if not self.sync.views.keys().isdisjoint(projects):
             self.unchecked.append((item, [], projects[0]))
         else:
             self.outgoing.append((item, []))
@@ -477,6 +482,15 @@ class Agent:
 
     def _take(self, count: int) -> list[JobSpec]:
         """Up to `count` queued jobs whose project's files are here, in order."""
+        queue = self.queue
+        batch = list(itertools.islice(queue, count))
+        if self.ready.issuperset(map(_PROJECT, batch)):  # the common case: the first `count` may all go
+            if len(batch) == len(queue):
+                queue.clear()
+            else:
+                for _ in batch:
+                    queue.popleft()
+            return batch
         batch, waiting = [], []
         while self.queue and len(batch) < count:
             job = self.queue.popleft()

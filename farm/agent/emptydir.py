@@ -19,6 +19,7 @@ import os
 import select
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ class Watch:
     def __init__(self) -> None:
         self.fd = -1
         self.folders: dict[int, Folder] = {}  # watch descriptor -> its folder
-        self._ready: select.poll | None = None  # whether events are queued, asked without a read
+        #: ``queued(0)``: whether events are queued ([] if not), asked without a read; only asked
+        #: of a folder known empty, which needs a working watch
+        self.queued: Callable[[int], list[tuple[int, int]]] = lambda timeout: []
         found = _libc_inotify()
         if found is not None:
             self._add = found[1]
@@ -60,6 +63,10 @@ class Watch:
             if self.fd < 0:
                 log.debug("no inotify (%s): scratch folders are listed after every job",
                           os.strerror(ctypes.get_errno()))
+            else:
+                ready = select.poll()
+                ready.register(self.fd, select.POLLIN)
+                self.queued = ready.poll
 
     def add(self, folder: Folder) -> bool:
         """Watch the folder now at ``folder.path``; False if it cannot be watched."""
@@ -73,11 +80,7 @@ class Watch:
 
     def poll(self) -> None:
         """Read the queued events: each folder something happened in is no longer known empty."""
-        ready = self._ready
-        if ready is None:
-            ready = self._ready = select.poll()
-            ready.register(self.fd, select.POLLIN)
-        if not ready.poll(0):  # nothing queued, the common answer: one call that raises nothing
+        if not self.queued(0):  # nothing queued, the common answer: one call that raises nothing
             return
         while True:
             try:
@@ -101,7 +104,9 @@ class Watch:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            self.fd, self._ready = -1, None
+            self.fd = -1
+            for folder in self.folders.values():  # nothing answers for them now
+                folder.known_empty = False
 
 
 class Folder:
@@ -115,6 +120,8 @@ class Folder:
 
     def is_empty(self) -> bool:
         if self.known_empty:
+            if not self.watch.queued(0):  # the common answer, asked twice a job: one call
+                return True
             self.watch.poll()
             if self.known_empty:
                 return True

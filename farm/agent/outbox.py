@@ -1,18 +1,21 @@
 """The agent's results on their way to the controller: checked, batched into RESULTS messages, sent.
 
-A worker's W_RESULTS message without output files, all of whose leases its slot still ran, goes
-on as the body of one RESULTS message byte for byte (a `Forwarded`): the agent has decoded and
-checked it (`farm.protocol.unpack`) and read its leases to free its slots, and has nothing to
-change in it, so it neither builds a `JobResult` per job nor encodes the maps again (the two
-bodies have the same shape). Anything else, and any result of a placed project whose files
-changed while it ran (`Agent._check_placed`), travels as `JobResult`s, batched as before.
+A worker's W_RESULTS message without output files, whose leases are the first its slot was
+running, goes on as one RESULTS message whose body is the bytes the worker packed for it (a
+`Forwarded`, `farm.agent.wresults`): the agent reads only the leases listed beside them, to free
+its slots, and neither decodes the results nor builds a `JobResult` per job nor encodes them again;
+the controller checks them as it checks every RESULTS message. Anything else, and any result of a
+placed project whose files changed while it ran (`Agent._check_placed`: those bytes are decoded
+and checked then), travels as `JobResult`s, batched as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from farm.agent.wresults import read
+from farm.errors import ProtocolError
 from farm.protocol import MAX_FRAMES, MAX_MESSAGE, JobResult, T, pack, pack_body
 
 MAX_RESULTS_PER_MESSAGE = 512
@@ -22,8 +25,8 @@ MAX_PAYLOAD_PER_MESSAGE = MAX_MESSAGE  # what the controller takes in one messag
 class Forwarded(NamedTuple):
     """A worker's results message, sent on unchanged (no output files)."""
 
-    body: bytes  # its msgpack body: {"results": [RESULT map, ...]}
-    results: list[dict[str, Any]]  # the same, decoded and checked by `farm.protocol.unpack`
+    body: bytes  # the RESULTS body the worker packed: {"results": [RESULT map, ...]}, not decoded here
+    leases: list[str]  # each result's lease, as the worker listed them beside it
     projects: list[str]  # each result's project (run id)
 
 
@@ -39,14 +42,15 @@ def checked(unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]],
     for item, _, project in unchecked:
         projects.update(item.projects) if item.__class__ is Forwarded else projects.add(project)
     moved = {project: changed(project) for project in projects}
+    if not any(moved.values()):  # the common answer: every result goes as it is
+        return [(item, files) for item, files, _ in unchecked], moved
     out: list[Outgoing] = []
     for item, files, project in unchecked:
         if item.__class__ is Forwarded:
-            if not any(moved[p] for p in item.projects):
+            if not any(map(moved.__getitem__, item.projects)):
                 out.append((item, []))
                 continue
-            pairs = [(JobResult.from_wire(wire), [], p)
-                     for wire, p in zip(item.results, item.projects, strict=True)]
+            pairs = _decoded(item)
         else:
             pairs = [(item, files, project)]
         for result, result_files, result_project in pairs:
@@ -56,6 +60,17 @@ def checked(unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]],
                                                  duration=result.duration), []
             out.append((result, result_files))
     return out, moved
+
+
+def _decoded(item: Forwarded) -> list[tuple[JobResult, list[bytes], str]]:
+    """A forwarded message's results, decoded and checked now; a worker's message that is not what it
+    says fails each of its jobs, saying why (the controller would have dropped it)."""
+    try:
+        wires = read({"results": item.body, "leases": item.leases})
+    except ProtocolError as exc:
+        return [(JobResult(lease, False, error=f"its worker's results could not be read: {exc}"), [], p)
+                for lease, p in zip(item.leases, item.projects, strict=True)]
+    return [(JobResult.from_wire(wire), [], p) for wire, p in zip(wires, item.projects, strict=True)]
 
 
 def flush(outgoing: list[Outgoing], send: Callable[[list[bytes]], bool]) -> None:

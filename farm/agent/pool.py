@@ -1,8 +1,8 @@
 """An agent's worker processes: start, feed, kill, restart, and notice a node that cannot start them.
 
 One long-lived child worker per slot (`farm.agent.worker`), on a local ROUTER socket, speaking
-the protocol's W_* messages: W_JOBS down (`JobSpec` maps, and the projects new to that worker),
-W_READY, W_PROGRESS and W_RESULTS (`JobResult` maps, outputs as payload frames) up. Each is
+the protocol's W_* messages: W_JOBS down (`JobSpec`s as arrays, and the projects new to it),
+W_READY, W_PROGRESS and W_RESULTS (`farm.agent.wresults`, outputs as payload frames) up. Each is
 checked like a network message. A worker that dies or overruns its head job's timeout is killed
 with its process group and started again; that job fails, the jobs queued behind it are handed
 back unstarted. Workers that die before they are ready make the node *broken* (`StartWatch`).
@@ -12,6 +12,7 @@ What becomes of a job is the agent's business: the pool calls its `Outcomes`.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import zmq
 from farm.agent.launch import StartWatch, StderrTail, worker_command, worker_env
 from farm.agent.scratch import SOCKET
 from farm.agent.scratch import claim as claim_scratch
+from farm.agent.wresults import read as read_results
 from farm.errors import ProtocolError
 from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
 MAX_BATCH = 256
+_SPEC_LEASE, _PROJECT = operator.attrgetter("lease"), operator.attrgetter("project")  # of a JobSpec
 
 
 class Outcomes(Protocol):
@@ -41,7 +44,7 @@ class Outcomes(Protocol):
     def fail(self, job: JobSpec, error: str, *, duration: float = 0.0) -> None: ...  # seconds it ran
     def hand_back(self, job: JobSpec, why: str) -> None: ...
     def deliver(self, result: JobResult, files: list[bytes], project: str) -> None: ...
-    def forward(self, body: bytes, results: list[dict[str, Any]], projects: list[str]) -> None: ...
+    def forward(self, body: bytes, leases: list[str], projects: list[str]) -> None: ...
     def progress(self, lease: str, fraction: float) -> None: ...
     def report_state(self) -> None: ...  # the node became broken, or mended
 
@@ -175,9 +178,9 @@ class Pool:
             batch = take(size)
             if not batch:
                 return
-            new = {p for p in {j.project for j in batch} if p not in slot.projects}
-            body = {"jobs": [j.to_wire() for j in batch], "projects": {p: describe(p) for p in new},
-                    "threads": self.threads}
+            new = set(map(_PROJECT, batch)) - slot.projects
+            # the jobs as arrays (`JOB_ROW`): a named tuple packs as one, with no map made per job
+            body = {"jobs": batch, "projects": {p: describe(p) for p in new}, "threads": self.threads}
             slot.projects |= new
             if not slot.running:
                 slot.head_since = now
@@ -227,19 +230,26 @@ class Pool:
         elif msg.type is T.W_PROGRESS:
             self.outcomes.progress(msg.body["lease"], msg.body["fraction"])
         elif msg.type is T.W_RESULTS:
-            by_lease = {j.lease: j for j in slot.running}
-            results = msg.body["results"]
-            leases = [r["lease"] for r in results]
-            if not msg.payloads and len(set(leases)) == len(leases) and all(x in by_lease for x in leases):
-                # the common case: no files, every job still ours: the message goes on as it came
-                projects = [by_lease.pop(lease).project for lease in leases]
-                for wire in results:
-                    self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * wire["duration"]
-                self.outcomes.forward(rest[1], results, projects)
-            else:
-                self._deliver(results, msg.payloads, by_lease)
-            head = slot.running[0].lease if slot.running else None
-            slot.running = [j for j in slot.running if j.lease in by_lease]
+            body = msg.body
+            leases = body["leases"]
+            count, running = len(leases), slot.running
+            if (not msg.payloads and leases == list(map(_SPEC_LEASE, running[:count]))
+                    and len(set(leases)) == count):
+                # the common case: no files, the jobs it was given first, in order, each once: its
+                # results go on as they came, not even decoded here (farm.agent.wresults)
+                done, slot.running = running[:count], running[count:]
+                avg = self.avg_job_s
+                for duration in body["durations"]:
+                    avg = 0.8 * avg + 0.2 * duration
+                self.avg_job_s = avg
+                self.outcomes.forward(body["results"], leases, list(map(_PROJECT, done)))
+                if slot.running and count:
+                    slot.head_since = time.monotonic()  # the worker moved on to the next job
+                return
+            by_lease = {j.lease: j for j in running}
+            self._deliver(read_results(body), msg.payloads, by_lease)
+            head = running[0].lease if running else None
+            slot.running = [j for j in running if j.lease in by_lease]
             if slot.running and slot.running[0].lease != head:
                 slot.head_since = time.monotonic()  # the worker moved on to the next job
         else:

@@ -40,20 +40,19 @@ def project_refusal(project_id: Any, description: Any, media_types: Collection[s
     return None
 
 
-def job_refusal(job: dict[str, Any]) -> str | None:
-    """Why a job (shape already checked by `farm.protocol`) cannot run here, or None."""
+def job_refusal(key: Any, deps: Any, timeout: Any) -> str | None:
+    """Why a job (its key, its dependencies' results, its timeout; shape already checked by
+    `farm.protocol`) cannot run here, or None."""
     try:
-        check_key(job["key"])
-        deps = job["deps"]
+        check_key(key)
         if deps is not None and not isinstance(deps, dict):
-            return f"job {job['key']!r}: its dependencies' results must be a map, got {type(deps).__name__}"
+            return f"job {key!r}: its dependencies' results must be a map, got {type(deps).__name__}"
         for dep in deps or ():
             check_key(dep, "dependency key")
     except BadIdentifier as exc:
         return str(exc)
-    timeout = job["timeout"]
     if isinstance(timeout, bool) or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT_S:
-        return f"job {job['key']!r}: timeout {timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
+        return f"job {key!r}: timeout {timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
     return None
 
 
