@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from farm.journalschema import ROW_AGENT, ROW_ATTEMPTS, ROW_LEASE, ROW_STATE, UPSERT, JournalError, Row
+from farm.journalrows import write_rows
+from farm.journalschema import ROW_AGENT, ROW_ATTEMPTS, ROW_LEASE, ROW_STATE, JournalError, Row
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class BatchedJobs:
         db = self._conn
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, rows)
+            write_rows(db, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -149,7 +150,7 @@ class BatchedJobs:
         try:
             if not db.in_transaction:
                 db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, self._pending.values())
+            write_rows(db, list(self._pending.values()))
         except sqlite3.Error as exc:
             raise self._error(exc, "record jobs") from None
         self._pending.clear()
