@@ -1,8 +1,9 @@
-"""The journal's job rows written in multi-row statements with literal NULLs (`farm.journalrows`)
-leave exactly what `executemany(UPSERT, rows)` leaves, row by row: over rows of every shape (each
-column that may be NULL NULL or not), in batches whose sizes use every statement size, on top of
-rows already in the table (so the ON CONFLICT update runs: lease, agent and attempts kept where the
-new row has none). Real SQLite, the journal's own schema; and a real `Journal` end to end."""
+"""The journal's job rows written in multi-row statements with literal NULLs (`farm.journalrows`,
+`farm.sqlrows`) leave exactly what `executemany(UPSERT, rows)` leaves, row by row: over rows of
+every shape (each column that may be NULL NULL or not), in batches whose sizes use every statement
+size, on top of rows already in the table (so the ON CONFLICT update runs: lease, agent and
+attempts kept where the new row has none). Real SQLite, the journal's own schema; and a real
+`Journal` end to end."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm.journal import Journal
-from farm.journalrows import ROWS_PER_STATEMENT, write_rows
+from farm.journalrows import write_rows
 from farm.journalschema import UPSERT, prepare
+from farm.sqlrows import SIZES
 
 
 def _table(tmp: Path, name: str, before: list[tuple], batches: list[list[tuple]],
@@ -67,17 +69,17 @@ def test_any_rows_written_grouped_are_those_written_one_by_one(tmp_path_factory,
 
 def test_a_batch_of_every_statement_size_and_shape(tmp_path):
     """The common shapes in numbers that use each statement size (64, 16, 4, 1) and leave a rest."""
-    many = 2 * ROWS_PER_STATEMENT[0] + ROWS_PER_STATEMENT[1] + 2 * ROWS_PER_STATEMENT[2] + 3
+    many = 2 * SIZES[0] + SIZES[1] + 2 * SIZES[2] + 3
     before = [_row("p", f"j{i:04d}", "running", f"L{i}", "a1", None, None, None, None, None, 1.0, 0, None)
               for i in range(0, many, 3)]  # every third job has a committed running row
     batch = [_row("p", f"j{i:04d}", "done", None if i % 2 else f"L{i}", None if i % 2 else "a2",
                   None if i % 5 else b"\x81\xa1r\x01", "ck" if i % 7 == 0 else None, None, None,
                   None if i % 11 else 2, 2.0 + i, int(i % 13 == 0), None) for i in range(many)]
     batch += [_row("p", f"f{i:04d}", "failed", None, None, None, None, f"boom {i}", "trace", 3, 3.0, 0, 0.5)
-              for i in range(ROWS_PER_STATEMENT[1] + 1)]
+              for i in range(SIZES[1] + 1)]
     grouped = _table(tmp_path, "grouped", before, [batch], True)
     assert grouped == _table(tmp_path, "single", before, [batch], False)
-    assert len(grouped) == many + ROWS_PER_STATEMENT[1] + 1
+    assert len(grouped) == many + SIZES[1] + 1
     kept = {key: (lease, agent) for _, key, _, lease, agent, *_ in grouped}
     assert kept["j0003"] == ("L3", "a1")  # a done row without a lease keeps the running row's
 

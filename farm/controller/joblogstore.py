@@ -36,6 +36,7 @@ from typing import Any
 
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
+from farm.sqlrows import RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
 _PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL
+_PUTS = RowWriter(_PUT.split("VALUES")[0], "", 8, (3, 5, 6),
+                  lambda r: (r[3] is None, r[5] is None, r[6] is None))
 _COLUMNS = "key, attempt, agent, state, error, duration_s, log"
 _STOP = ("stop", None, None)
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
@@ -79,6 +83,7 @@ class JobLogStore:
         self.backlog_bytes = backlog_bytes
         # text queued (counted by `put`, the loop) and written (by the writer): one writer each, no lock
         self._queued_text = self._written_text = 0
+        self._pushed_text = 0  # of `_queued_text`, what went to the writer already (`push`)
         self._queued_rows = self._taken_rows = 0  # records pushed (the loop) and taken (the writer), alike
         self.dropped = 0  # records written without their log text, the writer being behind
         self._dropped_logged = 0  # `dropped` when last logged
@@ -125,7 +130,8 @@ class JobLogStore:
         if self._puts:
             rows, self._puts = self._puts, []
             self._queued_rows += len(rows)
-            self._queue.put(("rows", _PUT, rows))
+            text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
+            self._queue.put(("rows", text, rows))  # with its text, for the writer's count of it
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -204,8 +210,7 @@ class JobLogStore:
             self._taken_rows += sum(len(op[2]) for op in batch if op[0] == "rows")
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
-            self._written_text += sum(len(row[7]) + len(row[5] or "")  # records go in pieces (`push`)
-                                      for kind, _, rows in batch if kind == "rows" for row in rows)
+            self._written_text += sum(op[1] for op in batch if op[0] == "rows")  # records go in pieces
         self._db.close()
 
     def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:
@@ -218,19 +223,19 @@ class JobLogStore:
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
-                    if kind == "rows" and what == sql:
+                    if kind == "rows" and sql is _PUT:
                         rows.extend(args)
                         continue
                     if rows:
-                        db.executemany(sql, rows)
+                        _run(db, sql, rows)
                     if kind == "rows":
-                        sql, rows = what, list(args)
+                        sql, rows = _PUT, list(args)
                     else:
                         sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
                         self._prune(what)
                 if rows:
-                    db.executemany(sql, rows)
+                    _run(db, sql, rows)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -257,6 +262,14 @@ class JobLogStore:
         self._db.executemany("DELETE FROM job_logs WHERE run = ?", ((run,) for run in gone))
         if gone:
             log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
+
+
+def _run(db: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
+    """One statement over rows, in order: the records many a statement (`_PUTS`), the rest one each."""
+    if sql is _PUT:
+        _PUTS.write(db, rows, ordered=True)
+    else:
+        db.executemany(sql, rows)
 
 
 def _writes(op: tuple[str, Any, Any]) -> int:
