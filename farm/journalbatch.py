@@ -67,6 +67,27 @@ class BatchedJobs:
         if self._unflushed >= self.max_batch:
             self._filled()
 
+    def _jobs_started(self, project_id: str, started: list[tuple[str, str]], agent: str) -> None:
+        """`_job` for each (key, lease) of jobs leased to `agent`, in order, in one call: the same
+        running rows, and the same commits when the batch fills on the way."""
+        if self._db is None:
+            raise JournalError(f"journal {self.path}: used after close()")
+        pending, max_batch, now = self._pending, self.max_batch, time.time()
+        young = self._young if self._writer is not None else None
+        for key, lease in started:
+            if self._unflushed == 0:
+                self._batch_started = self._clock()
+            job = (project_id, key)
+            prev = pending.get(job)
+            pending[job] = (project_id, key, "running", lease, agent, None, None, None, None,
+                            None if prev is None else prev[ROW_ATTEMPTS], now, 0, None)
+            if young is not None:
+                young.append(job)
+            self._unflushed += 1
+            if self._unflushed >= max_batch:
+                self._filled()
+                pending, young = self._pending, self._young if young is not None else None  # handed over
+
     def _jobs_done(self, project_id: str, done: list[tuple[str, bytes | None]]) -> None:
         """`_job` for each (key, packed result) of jobs done (rendered, no cache key), in order, in
         one call: the same rows, and the same commits when the batch fills on the way."""

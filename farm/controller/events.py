@@ -135,6 +135,19 @@ class EventBus:
             self._pending.extend(rows)
         return seq
 
+    def publish_each(self, type: str, run: str | None, agent: str | None,
+                     jobs: list[tuple[str | None, tuple[tuple[str, Any], ...]]]) -> int:
+        """`publish` of one event per (job, data as a tuple of (field, value) items), in order, all with
+        this type, run and agent: the same events (numbered one by one) in one call. Returns the last
+        seq. Loop thread only."""
+        at, seq = _now(), self.last
+        rows = [(seq := seq + 1, at, type, run, job, agent, items) for job, items in jobs]
+        self.last = seq
+        self._rows.extend(rows)
+        if self._observers:
+            self._pending.extend(rows)
+        return seq
+
     def since(self, seq: int, limit: int) -> tuple[list[Event], int]:
         """Up to `limit` buffered events after `seq`, and how many after `seq` are gone from the buffer."""
         buffer = self._rows
