@@ -2,17 +2,20 @@
 leaves exactly what one `INSERT OR REPLACE` per record leaves: the same rows in the same order
 (rowids: `JobLogStore.load` reads a run's attempts back in that order), a record that names an
 attempt again replacing the earlier one, over records of every shape. Real SQLite, the store's own
-schema; and a real `JobLogStore` end to end, its writer thread and all."""
+schema; and a real `JobLogStore` end to end, its writer thread and all, fed by `JobLogs` a message at a
+time (`notes`) and one attempt at a time (`note`) alike."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm.controller import joblogstore
+from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import _PUT, _PUTS, JobLogStore, _prepare
 from farm.sqlrows import SIZES
 
@@ -83,3 +86,54 @@ def test_the_store_reads_back_what_was_put_in_order(tmp_path):
         assert store.load("run") == expected
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("per_run_bytes", [12_000, 400_000])  # the oldest evicted; compacted
+def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_bytes):
+    """`JobLogs.notes` with a store: the same records and deletes, in the same order (rowids), and the
+    same attempts read back, as `note` for each; past the run's bytes and the per-job bound too."""
+    import random
+
+    draw = random.Random(3)
+    messages = [[(f"k{draw.randrange(40) if draw.random() < 0.5 else f'{m}-{i}'}", f"a{i % 3}", i / 7,
+                  draw.choice([None, "", "x" * draw.randrange(1, 300), "y" * 1200]))
+                 for i in range(draw.randrange(1, 30))] for m in range(150)]
+    found = {}
+    for name in ("grouped", "single"):
+        store = JobLogStore(tmp_path / f"{name}.sqlite")
+        try:
+            logs = JobLogs(per_job=1, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
+            for entries in messages:
+                if name == "grouped":
+                    logs.notes("done", entries)
+                else:
+                    for key, agent, duration, log in entries:
+                        logs.note(key, agent, "done", None, duration, log)
+                store.push()
+            assert store.flush() and store.failed is None
+            keys = sorted({key for entries in messages for key, *_ in entries})
+            found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
+                "SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall(),
+                {key: logs.attempts(key) for key in keys}, {key: logs.numbered(key) for key in keys},
+                logs.bytes, logs.live, logs.evicted, list(logs._order), list(logs._order_keys))
+        finally:
+            store.close()
+    assert found["grouped"] == found["single"]
+    noted = sum(len(entries) for entries in messages)
+    assert found["grouped"][5] > 0 if per_run_bytes < 100_000 else len(found["grouped"][0]) < noted
+
+
+def test_a_jobs_attempts_read_back_in_every_form():
+    """A first attempt kept as itself and a job's later ones, read through every reader."""
+    logs = JobLogs(per_job=2, per_run_bytes=10**6)
+    logs.notes("done", [("a", "x", 0.5, "log a")])
+    logs.note("b", "y", "failed", "boom", 0.25, "trace")
+    logs.note("b", "y", "done", None, 0.125, "")
+    logs.note("b", "z", "done", None, 1.0, "again")
+    assert logs.attempts("a") == [{"attempt": 1, "agent": "x", "state": "done", "error": None,
+                                   "duration_s": 0.5, "log": "log a"}]
+    assert (logs.numbered("a"), logs.numbered("b"), logs.numbered("c")) == (1, 3, 0)
+    assert [a["attempt"] for a in logs.attempts("b")] == [2, 3]
+    assert logs.last("a")["log"] == "log a" and logs.last("b")["agent"] == "z" and logs.last("c") is None
+    assert logs.duration("a") == 0.5 and logs.duration("b") == 1.0 and logs.duration("c") is None
+    assert logs.live == 3 and list(logs._order_keys) == ["a", "b", "b", "b"]

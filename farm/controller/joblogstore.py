@@ -98,8 +98,11 @@ class JobLogStore:
             raise
         self.failed: str | None = None  # the writer's error, once it gave up
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`
-        self._puts: list[tuple[Any, ...]] = []
+        # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`;
+        # each as its run, key and attempt tuple, side by side
+        self._put_runs: list[str] = []
+        self._put_keys: list[str] = []
+        self._put_attempts: list[tuple[Any, ...]] = []
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -112,26 +115,41 @@ class JobLogStore:
         `backlog_bytes` of text already."""
         if attempt.__class__ is dict:
             attempt = tuple(attempt[f] for f in FIELDS)
-        number, agent, state, error, duration_s, text = attempt
-        size = len(text) + len(error or "")
-        if self._queued_text - self._written_text + size > self.backlog_bytes:
-            text, error = DROPPED_TEXT, error and error[:ERROR_KEPT]
-            size = len(text) + len(error or "")
-            self._dropped()
-        self._queued_text += size
-        puts = self._puts
-        puts.append((run, key, number, agent, state, error, duration_s, text))
-        if len(puts) >= PUSH_AT:
-            self.push()
+        self.put_many(run, [key], [attempt])  # type: ignore[list-item]
+
+    def put_many(self, run: str, keys: list[str], attempts: list[tuple[Any, ...]]) -> None:
+        """`put` of each attempt (a tuple of `FIELDS`) of ``run``'s job of the same place in ``keys``,
+        in order, in one call (a message's jobs). The attempts are queued as they are (no row made
+        per record on the loop: the writer makes them)."""
+        backlog, queued = self.backlog_bytes, self._queued_text
+        runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
+        for key, attempt in zip(keys, attempts, strict=True):
+            error = attempt[3]
+            size = len(attempt[5]) + (len(error) if error else 0)
+            if queued - self._written_text + size > backlog:  # (the writer's count moves meanwhile)
+                error = error and error[:ERROR_KEPT]
+                attempt = (*attempt[:3], error, attempt[4], DROPPED_TEXT)
+                size = len(DROPPED_TEXT) + len(error or "")
+                self._dropped()
+            queued += size
+            runs.append(run)
+            put_keys.append(key)
+            put_attempts.append(attempt)
+            if len(put_keys) >= PUSH_AT:
+                self._queued_text = queued
+                self.push()
+                runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
+        self._queued_text = queued
 
     def push(self) -> None:
         """Queue the records put since the last push, in one piece: the controller's loop calls it
         every turn, and every other write calls it first (the writer applies all in order)."""
-        if self._puts:
-            rows, self._puts = self._puts, []
-            self._queued_rows += len(rows)
+        if self._put_keys:
+            piece = (self._put_runs, self._put_keys, self._put_attempts)
+            self._put_runs, self._put_keys, self._put_attempts = [], [], []
+            self._queued_rows += len(piece[1])
             text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
-            self._queue.put(("rows", text, rows))  # with its text, for the writer's count of it
+            self._queue.put(("rows", text, piece))  # with its text, for the writer's count of it
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -207,7 +225,7 @@ class JobLogStore:
                 except queue.Empty:
                     break
                 writes += _writes(batch[-1])
-            self._taken_rows += sum(len(op[2]) for op in batch if op[0] == "rows")
+            self._taken_rows += sum(len(op[2][1]) for op in batch if op[0] == "rows")
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
             self._written_text += sum(op[1] for op in batch if op[0] == "rows")  # records go in pieces
@@ -224,12 +242,12 @@ class JobLogStore:
                         rows.append(args)
                         continue
                     if kind == "rows" and sql is _PUT:
-                        rows.extend(args)
+                        rows += _records(args)
                         continue
                     if rows:
                         _run(db, sql, rows)
                     if kind == "rows":
-                        sql, rows = _PUT, list(args)
+                        sql, rows = _PUT, _records(args)
                     else:
                         sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
@@ -272,9 +290,14 @@ def _run(db: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
         db.executemany(sql, rows)
 
 
+def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """A pushed piece's rows for `_PUT`: (run, key, *attempt) each."""
+    return [(run, key, *attempt) for run, key, attempt in zip(*piece, strict=True)]
+
+
 def _writes(op: tuple[str, Any, Any]) -> int:
     """Rows one queued operation writes (a pushed piece of records counts each)."""
-    return len(op[2]) if op[0] == "rows" else 1
+    return len(op[2][1]) if op[0] == "rows" else 1
 
 
 def open_beside(journal: Path) -> JobLogStore | None:
