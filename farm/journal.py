@@ -219,10 +219,11 @@ class Journal(BatchedJobs):
         """A job was leased to an agent. Until it is done it counts as pending after a restart."""
         self._job(project_id, key, "running", lease, agent, None, None, None, None, None)
 
-    def jobs_started(self, project_id: str, started: list[tuple[str, str]], agent: str) -> None:
-        """`job_started` for each (key, lease) in order, all leased to `agent`: one call for a dispatch
-        turn's leases (the same rows and commits as one call each)."""
-        self._jobs_started(project_id, started, agent)
+    def jobs_started(self, project_id: str, keys: list[str], leases: list[str], agent: str) -> None:
+        """`job_started` for each job of `keys` with the lease of the same place in `leases`, in order,
+        all leased to `agent`: one call for a dispatch turn's leases (the same rows and commits as one
+        call each)."""
+        self._jobs_started(project_id, keys, leases, agent)
 
     def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None, *,
                  reused: bool = False) -> None:

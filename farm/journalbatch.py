@@ -67,14 +67,14 @@ class BatchedJobs:
         if self._unflushed >= self.max_batch:
             self._filled()
 
-    def _jobs_started(self, project_id: str, started: list[tuple[str, str]], agent: str) -> None:
-        """`_job` for each (key, lease) of jobs leased to `agent`, in order, in one call: the same
-        running rows, and the same commits when the batch fills on the way."""
+    def _jobs_started(self, project_id: str, keys: list[str], leases: list[str], agent: str) -> None:
+        """`_job` for each job (key and lease at the same place) leased to `agent`, in order, in one
+        call: the same running rows, and the same commits when the batch fills on the way."""
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         pending, max_batch, now = self._pending, self.max_batch, time.time()
         young = self._young if self._writer is not None else None
-        for key, lease in started:
+        for key, lease in zip(keys, leases, strict=True):
             if self._unflushed == 0:
                 self._batch_started = self._clock()
             job = (project_id, key)

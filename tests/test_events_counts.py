@@ -18,11 +18,12 @@ def _publish(bus: EventBus) -> None:
     """A stream of every kind: one by one, many at a time, each with its own data."""
     bus.publish("run.submitted", "r1")
     bus.publish("run.started", "r1")
-    bus.publish_each("job.started", "r1", "a1", [(f"k{i}", (("lease", f"L{i}"),)) for i in range(5)])
+    bus.publish_each("job.started", "r1", "a1", "lease", [f"k{i}" for i in range(5)],
+                     [f"L{i}" for i in range(5)])
     bus.publish_many("job.done", "r1", [("k0", "a1"), ("k1", "a1")], RENDERED)
     bus.publish("job.reused", "r1", "k9")
     bus.publish("job.done", "r1", "k9", None, REUSED)
-    bus.publish("job.retried", "r1", "k2", "a1", {"reason": "boom", "counted": True})
+    bus.publish("job.retried", "r1", "k2", "a1", {"reason": "boom", "counted": True, "attempt": 2})
     bus.publish("job.failed", "r1", "k3", "a1", {"error": "boom", "attempts": 3})
     bus.publish_many("job.done", "r1", [("k4", "a1")], RENDERED)
     bus.publish("agent.joined", None, None, "a2")
@@ -49,6 +50,9 @@ def test_counts_from_rows_are_those_from_events_and_typed_observers_see_their_ty
     assert some == [e for e in everything if e.type in ("run.submitted", "run.finished", "job.failed")]
     assert [e.type for e in some] == ["run.submitted", "job.failed", "run.finished"]
     assert everything[2].data == {"lease": "L0"} and everything[-1].data == {"state": "failed"}
+    retried = next(e for e in everything if e.type == "job.retried")
+    assert retried.data == {"reason": "boom", "counted": True, "attempt": 2}
+    assert [e.data for e in everything if e.type == "job.done"] == [RENDERED, RENDERED, REUSED, RENDERED]
     assert bus.observer_errors == 0
 
 

@@ -155,7 +155,8 @@ def test_running_rows_journaled_together_as_one_by_one(tmp_path, background):
     try:
         for turn in range(6):
             started = [(f"k{turn}-{i:02d}", f"L{turn}.{i}") for i in range(turn * 3 + 1)]
-            journals[0].jobs_started("p", started, f"a{turn % 2}")
+            journals[0].jobs_started("p", [key for key, _ in started], [lease for _, lease in started],
+                                     f"a{turn % 2}")
             for key, lease in started:
                 journals[1].job_started("p", key, lease, f"a{turn % 2}")
             assert _state(journals[0]) == _state(journals[1])

@@ -14,7 +14,8 @@ append to two bounded deques and never blocks:
   observer never delays dispatch or heartbeats. An observer that falls more than
   `PENDING_EVENTS` behind misses the oldest (counted in `EventBus.dropped`).
 
-Both hold an event as a plain tuple (its data as a tuple of items), made into an `Event` only
+Both hold an event as a plain tuple (its data as one flat tuple: field, value, field, value...;
+one tuple per event, not one per field and one more), made into an `Event` only
 when read: a tuple of plain values is one the cyclic garbage collector stops tracking, so the
 hundred thousand buffered events cost a full collection nothing (as `Event` objects, which stay
 tracked, they cost every one of them a walk over the whole buffer: milliseconds, in the loop).
@@ -68,13 +69,19 @@ class Event(NamedTuple):
 Observer = Callable[[Event], None]
 _NO_DATA: Mapping[str, Any] = MappingProxyType({})
 _now = time.time
-#: an event as the bus keeps it: (seq, time, type, run, job, agent, data as a tuple of items)
-Row = tuple[int, float, str, "str | None", "str | None", "str | None", tuple[tuple[str, Any], ...]]
+#: an event as the bus keeps it: (seq, time, type, run, job, agent, data as (field, value, field, value...))
+Row = tuple[int, float, str, "str | None", "str | None", "str | None", tuple[Any, ...]]
 
 
 def _event(row: Row, _new: Any = tuple.__new__) -> Event:
-    seq, at, kind, run, job, agent, items = row  # made as `Event._make` does: half the cost of Event(...)
-    return _new(Event, (seq, at, kind, run, job, agent, dict(items) if items else _NO_DATA))
+    seq, at, kind, run, job, agent, flat = row  # made as `Event._make` does: half the cost of Event(...)
+    data = dict(zip(flat[::2], flat[1::2])) if flat else _NO_DATA
+    return _new(Event, (seq, at, kind, run, job, agent, data))
+
+
+def _flat(data: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Event data as a row keeps it: field, value, field, value..."""
+    return tuple(itertools.chain.from_iterable(data.items())) if data else ()
 
 
 class _Buffered:
@@ -130,7 +137,7 @@ class EventBus:
         """Announce one event (a type of `EVENT_TYPES`; `data` is copied); returns its seq. On the
         loop's thread only."""
         self.last = seq = self.last + 1
-        row = (seq, _now(), type, run, job, agent, tuple(data.items()) if data else ())
+        row = (seq, _now(), type, run, job, agent, _flat(data))
         self._rows.append(row)
         if self._watched:
             self._pending.append(row)
@@ -140,7 +147,7 @@ class EventBus:
                      data: Mapping[str, Any] = _NO_DATA) -> int:
         """`publish` of one event per (job, agent), in order, all with this type, run and `data`:
         the same events (numbered one by one) in one call. Returns the last seq. Loop thread only."""
-        items = tuple(data.items()) if data else ()
+        items = _flat(data)
         at, seq = _now(), self.last
         rows = [(seq := seq + 1, at, type, run, job, agent, items) for job, agent in jobs]
         self.last = seq
@@ -149,13 +156,14 @@ class EventBus:
             self._pending.extend(rows)
         return seq
 
-    def publish_each(self, type: str, run: str | None, agent: str | None,
-                     jobs: list[tuple[str | None, tuple[tuple[str, Any], ...]]]) -> int:
-        """`publish` of one event per (job, data as a tuple of (field, value) items), in order, all with
-        this type, run and agent: the same events (numbered one by one) in one call. Returns the last
-        seq. Loop thread only."""
+    def publish_each(self, type: str, run: str | None, agent: str | None, field: str, jobs: list[str | None],
+                     values: list[Any]) -> int:
+        """`publish` of one event per job of `jobs`, in order, all with this type, run and agent, and
+        data ``{field: value}`` with the value of the same place in `values`: the same events
+        (numbered one by one) in one call. Returns the last seq. Loop thread only."""
         at, seq = _now(), self.last
-        rows = [(seq := seq + 1, at, type, run, job, agent, items) for job, items in jobs]
+        rows = [(seq := seq + 1, at, type, run, job, agent, (field, value))
+                for job, value in zip(jobs, values, strict=True)]
         self.last = seq
         self._rows.extend(rows)
         if self._watched:
@@ -259,8 +267,9 @@ class Stats:
         if name is None:
             return
         if name == "collated":
-            for field, value in row[6]:
-                if field == "reused" and value:
+            flat = row[6]
+            for i in range(0, len(flat), 2):
+                if flat[i] == "reused" and flat[i + 1]:
                     return
         self.counts[name] += 1
 

@@ -57,9 +57,9 @@ class Starting:
         if run.first_dispatch_s is None:  # `now` may predate a resumed run's start
             run.first_dispatch_s = max(0.0, self.now - run.started_mono)
             run.emit("run.started", run.id)
-        run.emit_each("job.started", run.id, agent_id, [(lease.job.key, (("lease", lease.id),))
-                                                        for lease in fresh])
-        run.journal.jobs_started(run.id, [(lease.job.key, lease.id) for lease in fresh], agent_id)
+        keys, ids = [lease.job.key for lease in fresh], [lease.id for lease in fresh]
+        run.emit_each("job.started", run.id, agent_id, "lease", keys, ids)
+        run.journal.jobs_started(run.id, keys, ids, agent_id)
 
 
 def take_new(run: ProjectRun, agent: AgentState, n: int, now: float) -> list[Lease]:
