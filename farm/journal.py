@@ -229,14 +229,16 @@ class Journal(BatchedJobs):
                  reused: bool = False) -> None:
         """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
         `reused`: its outputs came from the job cache."""
-        blob = pack_value(result, f"job {project_id!r}/{key!r} result")
+        blob = None if result is None else pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
-    def jobs_done(self, project_id: str, done: list[tuple[str, Any]]) -> None:
-        """`job_done` for each (key, result) in order, rendered and without a cache key: one call for a
-        message's results (the same rows and commits as one call each)."""
-        self._jobs_done(project_id, [(key, pack_value(result, f"job {project_id!r}/{key!r} result"))
-                                     for key, result in done])
+    def jobs_done(self, project_id: str, keys: list[str], results: list[Any]) -> None:
+        """`job_done` for each job of `keys` with the result of the same place in `results`, in order,
+        rendered and without a cache key: one call for a message's results (the same rows and commits
+        as one call each)."""
+        self._jobs_done(project_id, keys, [None if result is None else
+                                           pack_value(result, f"job {project_id!r}/{key!r} result")
+                                           for key, result in zip(keys, results, strict=True)])
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int,
                    duration: float | None = None) -> None:

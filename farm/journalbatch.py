@@ -88,13 +88,13 @@ class BatchedJobs:
                 self._filled()
                 pending, young = self._pending, self._young if young is not None else None  # handed over
 
-    def _jobs_done(self, project_id: str, done: list[tuple[str, bytes | None]]) -> None:
-        """`_job` for each (key, packed result) of jobs done (rendered, no cache key), in order, in
-        one call: the same rows, and the same commits when the batch fills on the way."""
+    def _jobs_done(self, project_id: str, keys: list[str], blobs: list[bytes | None]) -> None:
+        """`_job` for each job done (rendered, no cache key; key and packed result at the same place),
+        in order, in one call: the same rows, and the same commits when the batch fills on the way."""
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         pending, max_batch, now = self._pending, self.max_batch, time.time()
-        for key, blob in done:
+        for key, blob in zip(keys, blobs, strict=True):
             if self._unflushed == 0:
                 self._batch_started = self._clock()
             job = (project_id, key)

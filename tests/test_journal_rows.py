@@ -94,7 +94,7 @@ def test_a_journal_reads_back_what_it_wrote(tmp_path):
         if i % 40 == 0:
             journal.tick(float("inf"))
     journal.job_failed("p", "k299", "boom", "log", 3, 0.25)
-    journal.jobs_done("p", [("k298", "last")])
+    journal.jobs_done("p", ["k298"], ["last"])
     journal.flush()
     assert journal.counts("p") == {"done": 299, "failed": 1, "reused": 0}
     assert journal.result("p", "k298") == "last" and journal.result("p", "k005") == {"i": 5}

@@ -162,7 +162,7 @@ def test_running_rows_journaled_together_as_one_by_one(tmp_path, background):
             assert _state(journals[0]) == _state(journals[1])
             done = [(key, turn) for key, _ in started[::2]]
             for journal in journals:
-                journal.jobs_done("p", done)
+                journal.jobs_done("p", [key for key, _ in done], [result for _, result in done])
                 journal.tick(float("inf"))
             assert _state(journals[0]) == _state(journals[1])
         for journal in journals:

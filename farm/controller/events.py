@@ -29,7 +29,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -143,7 +143,7 @@ class EventBus:
             self._pending.append(row)
         return seq
 
-    def publish_many(self, type: str, run: str | None, jobs: list[tuple[str | None, str | None]],
+    def publish_many(self, type: str, run: str | None, jobs: Iterable[tuple[str | None, str | None]],
                      data: Mapping[str, Any] = _NO_DATA) -> int:
         """`publish` of one event per (job, agent), in order, all with this type, run and `data`:
         the same events (numbered one by one) in one call. Returns the last seq. Loop thread only."""

@@ -17,6 +17,7 @@ answers for runs that finished before it started (`finished_attempts`).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from typing import Any
 
 from farm.controller.joblogstore import FIELDS, JobLogStore
@@ -79,7 +80,7 @@ class JobLogs:
         self._keep(key, attempt, numbered, persist=True)
         return attempt
 
-    def notes(self, state: str, entries: list[tuple[str, str | None, float | None, str | None]]) -> None:
+    def notes(self, state: str, entries: Iterable[tuple[str, str | None, float | None, str | None]]) -> None:
         """`note` for each (key, agent, duration s, log) of a message's jobs, in order, all in
         `state` and without an error: a job's first attempt with a log within `log_bytes` kept here
         in one step (the same attempt, bounds and writes as `note`), any other through `note`."""
