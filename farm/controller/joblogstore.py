@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -292,7 +293,8 @@ def _run(db: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
 
 def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
     """A pushed piece's rows for `_PUT`: (run, key, *attempt) each."""
-    return [(run, key, *attempt) for run, key, attempt in zip(*piece, strict=True)]
+    runs, keys, attempts = piece
+    return list(map(operator.add, zip(runs, keys, strict=True), attempts))  # (run, key) + attempt, in C
 
 
 def _writes(op: tuple[str, Any, Any]) -> int:
