@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from farm.errors import ControlError, FarmError
+from farm.sqlitewal import switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
         )
     elif version < SCHEMA_VERSION:  # no older schema exists yet; migrations go here
         raise JournalError(f"journal {path}: schema version {version} is not supported")
-    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    mode = switch_to_wal(db, path)
     if str(mode).lower() != "wal":
         raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode!r})")
     db.execute("PRAGMA synchronous=NORMAL")

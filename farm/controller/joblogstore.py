@@ -37,6 +37,7 @@ from typing import Any
 
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
+from farm.sqlitewal import switch_to_wal
 from farm.sqlrows import RowWriter
 
 log = logging.getLogger(__name__)
@@ -348,7 +349,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise ValueError("an SQLite database, but not farm's job logs")
     elif version != SCHEMA_VERSION:
         raise ValueError(f"schema version {version}, this farm reads {SCHEMA_VERSION}")
-    if str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower() != "wal":
+    if switch_to_wal(db, path).lower() != "wal":
         raise ValueError("cannot switch to WAL mode")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(_SCHEMA)

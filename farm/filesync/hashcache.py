@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from farm.paths import private_file
+from farm.sqlitewal import switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class HashCache:
             private_file(path)  # it names every file hashed, so it stays its owner's
         db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(db, path)  # two agents sharing a cache folder may open it at once
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
         except BaseException:

@@ -39,6 +39,7 @@ from farm.filesync.materialize import MaterializeStats, materialize
 from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
 from farm.paths import cache_dir
+from farm.sqlitewal import switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,8 @@ class Store(PartialSessions):
                 os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             except FileExistsError:
                 os.chmod(index, 0o600)  # also one an older farm made 0644
-            conn = sqlite3.connect(
-                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(index, timeout=60, isolation_level=None, check_same_thread=False)
+            switch_to_wal(conn, index)  # agents on one host open it at once
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             with self._lock:

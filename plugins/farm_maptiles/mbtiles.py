@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from farm.outputgone import OutputRemoved
+from farm.sqlitewal import leave_wal, switch_to_wal
 from farm_maptiles.tilemath import tms_row
 
 _SCHEMA = """
@@ -42,7 +43,7 @@ class MBTilesWriter:
         self.db = sqlite3.connect(path, check_same_thread=False)
         self.closed = False
         # WAL while writing (cheap commits); switched back on close so the file is one plain file.
-        self.db.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(self.db, path)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.commit()
@@ -72,14 +73,15 @@ class MBTilesWriter:
             )
 
     def close(self) -> None:
-        """Fold the WAL into the file and close it (its ``-wal`` and ``-shm`` go). The connection is
-        closed also when that fails (a full disk): SQLite folds the WAL in on its last close if it can."""
+        """Fold the WAL into the file and close it (its ``-wal`` and ``-shm`` go), waiting for a
+        reader that has it open (`farm.sqlitewal.leave_wal`). The connection is closed also when
+        that fails (a full disk): SQLite folds the WAL in on its last close if it can."""
         with self.lock, self.named():
             if self.closed:
                 return
             self.closed = True
             try:
-                self.db.execute("PRAGMA journal_mode=DELETE")
+                leave_wal(self.db, self.path)
             finally:
                 self.db.close()
 
