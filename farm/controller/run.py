@@ -58,7 +58,7 @@ class ProjectRun(RunReport):
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
         self.emit_many = events.publish_many if events is not None else _unheard  # (type, run, jobs, data)
         self.emit_each = events.publish_each if events is not None else _unheard  # (type, run, agent, jobs)
-        self.starting: leasing.Starting | None = None  # leases `take_new` made, not recorded yet (see `_pull`)
+        self.starting: leasing.Starting | None = None  # leases `take_new` made, not recorded (`_pull`)
         self.journal = journal
         self.identity = project.identity()
         self.project = project
