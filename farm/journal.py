@@ -219,18 +219,26 @@ class Journal(BatchedJobs):
         """A job was leased to an agent. Until it is done it counts as pending after a restart."""
         self._job(project_id, key, "running", lease, agent, None, None, None, None, None)
 
+    def jobs_started(self, project_id: str, keys: list[str], leases: list[str], agent: str) -> None:
+        """`job_started` for each job of `keys` with the lease of the same place in `leases`, in order,
+        all leased to `agent`: one call for a dispatch turn's leases (the same rows and commits as one
+        call each)."""
+        self._jobs_started(project_id, keys, leases, agent)
+
     def job_done(self, project_id: str, key: str, result: Any, cache_key: str | None = None, *,
                  reused: bool = False) -> None:
         """A job finished; `result` is msgpack-able or None. `cache_key` makes it reusable;
         `reused`: its outputs came from the job cache."""
-        blob = pack_value(result, f"job {project_id!r}/{key!r} result")
+        blob = None if result is None else pack_value(result, f"job {project_id!r}/{key!r} result")
         self._job(project_id, key, "done", None, None, blob, cache_key, None, None, None, reused)
 
-    def jobs_done(self, project_id: str, done: list[tuple[str, Any]]) -> None:
-        """`job_done` for each (key, result) in order, rendered and without a cache key: one call for a
-        message's results (the same rows and commits as one call each)."""
-        self._jobs_done(project_id, [(key, pack_value(result, f"job {project_id!r}/{key!r} result"))
-                                     for key, result in done])
+    def jobs_done(self, project_id: str, keys: list[str], results: list[Any]) -> None:
+        """`job_done` for each job of `keys` with the result of the same place in `results`, in order,
+        rendered and without a cache key: one call for a message's results (the same rows and commits
+        as one call each)."""
+        self._jobs_done(project_id, keys, [None if result is None else
+                                           pack_value(result, f"job {project_id!r}/{key!r} result")
+                                           for key, result in zip(keys, results, strict=True)])
 
     def job_failed(self, project_id: str, key: str, error: str, log: str, attempts: int,
                    duration: float | None = None) -> None:

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from farm.journalschema import ROW_AGENT, ROW_ATTEMPTS, ROW_LEASE, ROW_STATE, UPSERT, JournalError, Row
+from farm.journalrows import write_rows
+from farm.journalschema import ROW_AGENT, ROW_ATTEMPTS, ROW_LEASE, ROW_STATE, JournalError, Row
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,34 @@ class BatchedJobs:
         if self._unflushed >= self.max_batch:
             self._filled()
 
-    def _jobs_done(self, project_id: str, done: list[tuple[str, bytes | None]]) -> None:
-        """`_job` for each (key, packed result) of jobs done (rendered, no cache key), in order, in
-        one call: the same rows, and the same commits when the batch fills on the way."""
+    def _jobs_started(self, project_id: str, keys: list[str], leases: list[str], agent: str) -> None:
+        """`_job` for each job (key and lease at the same place) leased to `agent`, in order, in one
+        call: the same running rows, and the same commits when the batch fills on the way."""
         if self._db is None:
             raise JournalError(f"journal {self.path}: used after close()")
         pending, max_batch, now = self._pending, self.max_batch, time.time()
-        for key, blob in done:
+        young = self._young if self._writer is not None else None
+        for key, lease in zip(keys, leases, strict=True):
+            if self._unflushed == 0:
+                self._batch_started = self._clock()
+            job = (project_id, key)
+            prev = pending.get(job)
+            pending[job] = (project_id, key, "running", lease, agent, None, None, None, None,
+                            None if prev is None else prev[ROW_ATTEMPTS], now, 0, None)
+            if young is not None:
+                young.append(job)
+            self._unflushed += 1
+            if self._unflushed >= max_batch:
+                self._filled()
+                pending, young = self._pending, self._young if young is not None else None  # handed over
+
+    def _jobs_done(self, project_id: str, keys: list[str], blobs: list[bytes | None]) -> None:
+        """`_job` for each job done (rendered, no cache key; key and packed result at the same place),
+        in order, in one call: the same rows, and the same commits when the batch fills on the way."""
+        if self._db is None:
+            raise JournalError(f"journal {self.path}: used after close()")
+        pending, max_batch, now = self._pending, self.max_batch, time.time()
+        for key, blob in zip(keys, blobs, strict=True):
             if self._unflushed == 0:
                 self._batch_started = self._clock()
             job = (project_id, key)
@@ -123,7 +145,7 @@ class BatchedJobs:
         db = self._conn
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, rows)
+            write_rows(db, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -149,7 +171,7 @@ class BatchedJobs:
         try:
             if not db.in_transaction:
                 db.execute("BEGIN IMMEDIATE")
-            db.executemany(UPSERT, self._pending.values())
+            write_rows(db, list(self._pending.values()))
         except sqlite3.Error as exc:
             raise self._error(exc, "record jobs") from None
         self._pending.clear()

@@ -198,6 +198,9 @@ class Notifier:
 
     # -- the observer (the event thread) -------------------------------------------------
 
+    #: the events it acts on (`EventBus.observe`'s types: it is handed no others)
+    EVENT_TYPES = frozenset({"run.submitted", "run.finished"})
+
     def __call__(self, event: Any) -> None:
         if event.type == "run.submitted":
             self._runs[event.run] = self._admitted(event.run)

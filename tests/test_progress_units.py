@@ -287,3 +287,23 @@ def test_a_cancelled_run_keeps_no_partial_progress(controller, agents, synthetic
         client.cancel(run_id)
         snap = client.project(run_id)
     assert snap["state"] == "cancelled" and snap["partial"] == 0 and snap["units"]["partial"] == 0, snap
+
+
+def test_units_of_jobs_done_together_are_those_of_each_done_by_itself():
+    """`UnitCounter.jobs_done` (a RESULTS message's group) leaves the sums `job_done` for each leaves,
+    a job failed for good and done after a retry by hand among them, and one never seen."""
+    media = get_media_type("synthetic")
+    project = project_with("synthetic", {"jobs": 9, "units_per_job": [0.1, 0.7, 2.5],
+                                         "depend_on_first": False, "inputs": ""})
+    counters = [UnitCounter(media, project) for _ in range(2)]
+    for counter in counters:
+        for job in media.split(project):
+            counter.seen(job)
+        counter.job_failed("job-0000004")
+    keys = ["job-0000003", "job-0000004", "job-0000000", "never", "job-0000008", "job-0000001"]
+    counters[0].jobs_done(keys)
+    for key in keys:
+        counters[1].job_done(key)
+    together, alone = ((c.done, c.failed, c.pending, c.failed_keys) for c in counters)
+    assert together == alone
+    assert together[1] == 0 and together[0] == alone[0] > 0

@@ -17,6 +17,7 @@ answers for runs that finished before it started (`finished_attempts`).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from typing import Any
 
 from farm.controller.joblogstore import FIELDS, JobLogStore
@@ -36,6 +37,8 @@ class JobLogs:
     Attempts are kept as tuples of plain values (`FIELDS`), in tuples per job: containers the
     cyclic garbage collector stops tracking, so a run's hundred thousand kept attempts cost no
     full collection anything (dicts in lists did: milliseconds per collection, microseconds per job).
+    A job's first attempt is kept as itself, and the queue of attempts keeps keys and attempts side
+    by side: no tuple made per job beyond the attempt (each is walked by a young collection once).
     """
 
     def __init__(self, *, per_job: int = PER_JOB, log_bytes: int = LOG_BYTES,
@@ -46,14 +49,17 @@ class JobLogs:
         self.bytes = 0
         self.evicted = 0  # attempts dropped to keep the run within per_run_bytes
         self.live = 0  # attempts kept
-        self._jobs: dict[str, tuple[Any, ...]] = {}  # key -> (attempts numbered so far, *the attempts kept)
-        self._order: collections.deque[tuple[str, Attempt]] = collections.deque()  # oldest first
+        # key -> its attempt numbered 1 when that is all there is (the common case), else (attempts
+        # numbered so far, *the attempts kept): tell them apart with `_kept`
+        self._jobs: dict[str, tuple[Any, ...]] = {}
+        self._order: collections.deque[Attempt] = collections.deque()  # oldest first
+        self._order_keys: collections.deque[str] = collections.deque()  # their keys, in step
         self._gone_text = 0  # text of attempts let go that still wait in _order (compacted away)
         self._store, self._run = store, run  # where the kept attempts are mirrored on disk, if anywhere
         if store is not None:
             for key, entry in store.load(run):  # a resumed run: what its last controller kept
                 attempt = tuple(entry[f] for f in FIELDS)
-                self._keep(key, attempt, max(self._jobs.get(key, (0,))[0], attempt[0]), persist=False)
+                self._keep(key, attempt, max(self.numbered(key), attempt[0]), persist=False)
             store.begin(run)
 
     def record(self, key: str, *, agent: str | None, state: str, error: str | None, duration_s: float | None,
@@ -68,49 +74,62 @@ class JobLogs:
             log = log[-self.log_bytes:]  # the tail says what went wrong last
         if error and len(error) > self.log_bytes:
             error = error[:self.log_bytes]
-        numbered = self._jobs.get(key, (0,))[0] + 1
+        numbered = self.numbered(key) + 1
         duration_s = None if duration_s is None else round(duration_s, 3)
         attempt = (numbered, agent, state, error, duration_s, log or "")
         self._keep(key, attempt, numbered, persist=True)
         return attempt
 
-    def notes(self, state: str, entries: list[tuple[str, str | None, float | None, str | None]]) -> None:
+    def notes(self, state: str, entries: Iterable[tuple[str, str | None, float | None, str | None]]) -> None:
         """`note` for each (key, agent, duration s, log) of a message's jobs, in order, all in
         `state` and without an error: a job's first attempt with a log within `log_bytes` kept here
         in one step (the same attempt, bounds and writes as `note`), any other through `note`."""
-        jobs, order, log_bytes, per_run_bytes = self._jobs, self._order, self.log_bytes, self.per_run_bytes
-        put = self._store.put if self._store is not None else None
-        run = self._run
+        jobs, order, keys = self._jobs, self._order, self._order_keys
+        log_bytes, per_run_bytes = self.log_bytes, self.per_run_bytes
+        store, run = self._store, self._run
+        put_keys: list[str] = []  # attempts for the store, in one call (before any other write of it)
+        put_attempts: list[Attempt] = []
         for key, agent, duration_s, log in entries:
             if key in jobs or (log and len(log) > log_bytes):
+                if put_keys:
+                    store.put_many(run, put_keys, put_attempts)  # type: ignore[union-attr]
+                    put_keys, put_attempts = [], []
                 self.note(key, agent, state, None, duration_s, log)
-                order = self._order  # compacted, perhaps
+                order, keys = self._order, self._order_keys  # compacted, perhaps
                 continue
             attempt = (1, agent, state, None, None if duration_s is None else round(duration_s, 3), log or "")
-            jobs[key] = (1, attempt)
-            if put is not None:
-                put(run, key, attempt)
-            order.append((key, attempt))
+            jobs[key] = attempt
+            if store is not None:
+                put_keys.append(key)
+                put_attempts.append(attempt)
+            order.append(attempt)
+            keys.append(key)
             self.live += 1
             self.bytes += OVERHEAD + len(attempt[5])
             if (self.bytes > per_run_bytes or len(order) > 2 * self.live + 1024
                     or self._gone_text > per_run_bytes // 2):
+                if put_keys:  # its writes (drops) come after these
+                    store.put_many(run, put_keys, put_attempts)  # type: ignore[union-attr]
+                    put_keys, put_attempts = [], []
                 self._bound(attempt)
-                order = self._order  # compacted, perhaps
+                order, keys = self._order, self._order_keys  # compacted, perhaps
+        if put_keys:
+            store.put_many(run, put_keys, put_attempts)  # type: ignore[union-attr]
 
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)
         if held is None:  # the common case: a job's first attempt
-            self._jobs[key] = (numbered, attempt)
+            self._jobs[key] = attempt if numbered == attempt[0] == 1 else (numbered, attempt)
         else:
-            kept = held[1:]
+            kept = _kept(held)
             if len(kept) >= self.per_job:
                 self._forget(key, kept[0])
                 kept = kept[1:]
             self._jobs[key] = (numbered, *kept, attempt)
         if persist and self._store is not None:
             self._store.put(self._run, key, attempt)
-        self._order.append((key, attempt))
+        self._order.append(attempt)
+        self._order_keys.append(key)
         self.live += 1
         self.bytes += OVERHEAD + len(attempt[5]) + len(attempt[3] or "")  # log and error text
         self._bound(attempt)
@@ -118,36 +137,41 @@ class JobLogs:
     def _bound(self, attempt: Attempt) -> None:
         """After `attempt` was kept: the oldest attempts go while the run is over its bytes, and the
         queue of attempts is compacted when those let go per job add up."""
-        order = self._order
-        while self.bytes > self.per_run_bytes and order[0][1] is not attempt:
-            old_key, old = order.popleft()
+        order, keys = self._order, self._order_keys
+        while self.bytes > self.per_run_bytes and order[0] is not attempt:
+            old, old_key = order.popleft(), keys.popleft()
             held = self._jobs.get(old_key)
-            if held is None or len(held) < 2 or held[1] is not old:  # let go already (per_job)
+            kept = _kept(held) if held is not None else ()
+            if not kept or kept[0] is not old:  # let go already (per_job)
                 self._gone_text -= len(old[5]) + len(old[3] or "")
                 continue
             self._forget(old_key, old, queued=False)
             self.evicted += 1
-            if len(held) > 2:
-                self._jobs[old_key] = (held[0], *held[2:])
+            if len(kept) > 1:
+                self._jobs[old_key] = (held[0], *kept[1:])  # type: ignore[index]
             else:
                 del self._jobs[old_key]
         # attempts let go per job still queue in _order, with their text: compact when they add up
         if len(order) > 2 * self.live + 1024 or self._gone_text > self.per_run_bytes // 2:
-            self._order = collections.deque(item for item in order if _held(self._jobs.get(item[0]), item[1]))
+            live = [(key, a) for key, a in zip(keys, order, strict=True) if _held(self._jobs.get(key), a)]
+            self._order = collections.deque(a for _, a in live)
+            self._order_keys = collections.deque(key for key, _ in live)
             self._gone_text = 0
 
     def attempts(self, key: str) -> list[dict[str, Any]]:
         """The job's kept attempts, oldest first (copies)."""
-        return [dict(zip(FIELDS, a, strict=True)) for a in self._jobs.get(key, (0,))[1:]]
+        held = self._jobs.get(key)
+        return [] if held is None else [dict(zip(FIELDS, a, strict=True)) for a in _kept(held)]
 
     def numbered(self, key: str) -> int:
         """The job's attempts numbered so far (its newest one's number): 0 if none is kept."""
-        return self._jobs.get(key, (0,))[0]
+        held = self._jobs.get(key)
+        return 0 if held is None else held[0]  # an attempt's own number, or the count before the kept
 
     def last(self, key: str) -> dict[str, Any] | None:
         """The job's newest kept attempt, if any."""
         held = self._jobs.get(key)
-        return dict(zip(FIELDS, held[-1], strict=True)) if held is not None and len(held) > 1 else None
+        return None if held is None else dict(zip(FIELDS, _kept(held)[-1], strict=True))
 
     def duration(self, key: str) -> float | None:
         """The run time of the job's newest kept attempt (seconds), if any."""
@@ -165,9 +189,15 @@ class JobLogs:
             self._gone_text += text
 
 
+def _kept(held: tuple[Any, ...]) -> tuple[Attempt, ...]:
+    """A job's kept attempts from its entry in ``JobLogs._jobs``: an attempt kept as itself (its
+    second field an agent id or None), or (numbered, *attempts)."""
+    return held[1:] if held[1].__class__ is tuple else (held,)  # type: ignore[return-value]
+
+
 def _held(held: tuple[Any, ...] | None, attempt: Attempt) -> bool:
     """Whether this attempt is one of the job's kept ones (by identity)."""
-    return held is not None and any(a is attempt for a in held[1:])
+    return held is not None and any(a is attempt for a in _kept(held))
 
 
 def finished_attempts(store: JobLogStore | None, run: str, key: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -37,6 +38,7 @@ from typing import Any
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
 from farm.sqlitewal import switch_to_wal
+from farm.sqlrows import RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
 _PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL
+_PUTS = RowWriter(_PUT.split("VALUES")[0], "", 8, (3, 5, 6),
+                  lambda r: (r[3] is None, r[5] is None, r[6] is None))
 _COLUMNS = "key, attempt, agent, state, error, duration_s, log"
 _STOP = ("stop", None, None)
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
@@ -80,6 +85,7 @@ class JobLogStore:
         self.backlog_bytes = backlog_bytes
         # text queued (counted by `put`, the loop) and written (by the writer): one writer each, no lock
         self._queued_text = self._written_text = 0
+        self._pushed_text = 0  # of `_queued_text`, what went to the writer already (`push`)
         self._queued_rows = self._taken_rows = 0  # records pushed (the loop) and taken (the writer), alike
         self.dropped = 0  # records written without their log text, the writer being behind
         self._dropped_logged = 0  # `dropped` when last logged
@@ -94,8 +100,11 @@ class JobLogStore:
             raise
         self.failed: str | None = None  # the writer's error, once it gave up
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`
-        self._puts: list[tuple[Any, ...]] = []
+        # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`;
+        # each as its run, key and attempt tuple, side by side
+        self._put_runs: list[str] = []
+        self._put_keys: list[str] = []
+        self._put_attempts: list[tuple[Any, ...]] = []
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -108,25 +117,41 @@ class JobLogStore:
         `backlog_bytes` of text already."""
         if attempt.__class__ is dict:
             attempt = tuple(attempt[f] for f in FIELDS)
-        number, agent, state, error, duration_s, text = attempt
-        size = len(text) + len(error or "")
-        if self._queued_text - self._written_text + size > self.backlog_bytes:
-            text, error = DROPPED_TEXT, error and error[:ERROR_KEPT]
-            size = len(text) + len(error or "")
-            self._dropped()
-        self._queued_text += size
-        puts = self._puts
-        puts.append((run, key, number, agent, state, error, duration_s, text))
-        if len(puts) >= PUSH_AT:
-            self.push()
+        self.put_many(run, [key], [attempt])  # type: ignore[list-item]
+
+    def put_many(self, run: str, keys: list[str], attempts: list[tuple[Any, ...]]) -> None:
+        """`put` of each attempt (a tuple of `FIELDS`) of ``run``'s job of the same place in ``keys``,
+        in order, in one call (a message's jobs). The attempts are queued as they are (no row made
+        per record on the loop: the writer makes them)."""
+        backlog, queued = self.backlog_bytes, self._queued_text
+        runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
+        for key, attempt in zip(keys, attempts, strict=True):
+            error = attempt[3]
+            size = len(attempt[5]) + (len(error) if error else 0)
+            if queued - self._written_text + size > backlog:  # (the writer's count moves meanwhile)
+                error = error and error[:ERROR_KEPT]
+                attempt = (*attempt[:3], error, attempt[4], DROPPED_TEXT)
+                size = len(DROPPED_TEXT) + len(error or "")
+                self._dropped()
+            queued += size
+            runs.append(run)
+            put_keys.append(key)
+            put_attempts.append(attempt)
+            if len(put_keys) >= PUSH_AT:
+                self._queued_text = queued
+                self.push()
+                runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
+        self._queued_text = queued
 
     def push(self) -> None:
         """Queue the records put since the last push, in one piece: the controller's loop calls it
         every turn, and every other write calls it first (the writer applies all in order)."""
-        if self._puts:
-            rows, self._puts = self._puts, []
-            self._queued_rows += len(rows)
-            self._queue.put(("rows", _PUT, rows))
+        if self._put_keys:
+            piece = (self._put_runs, self._put_keys, self._put_attempts)
+            self._put_runs, self._put_keys, self._put_attempts = [], [], []
+            self._queued_rows += len(piece[1])
+            text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
+            self._queue.put(("rows", text, piece))  # with its text, for the writer's count of it
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -202,11 +227,10 @@ class JobLogStore:
                 except queue.Empty:
                     break
                 writes += _writes(batch[-1])
-            self._taken_rows += sum(len(op[2]) for op in batch if op[0] == "rows")
+            self._taken_rows += sum(len(op[2][1]) for op in batch if op[0] == "rows")
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
-            self._written_text += sum(len(row[7]) + len(row[5] or "")  # records go in pieces (`push`)
-                                      for kind, _, rows in batch if kind == "rows" for row in rows)
+            self._written_text += sum(op[1] for op in batch if op[0] == "rows")  # records go in pieces
         self._db.close()
 
     def _apply(self, batch: list[tuple[str, Any, Any]]) -> None:
@@ -219,19 +243,19 @@ class JobLogStore:
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
-                    if kind == "rows" and what == sql:
-                        rows.extend(args)
+                    if kind == "rows" and sql is _PUT:
+                        rows += _records(args)
                         continue
                     if rows:
-                        db.executemany(sql, rows)
+                        _run(db, sql, rows)
                     if kind == "rows":
-                        sql, rows = what, list(args)
+                        sql, rows = _PUT, _records(args)
                     else:
                         sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
                         self._prune(what)
                 if rows:
-                    db.executemany(sql, rows)
+                    _run(db, sql, rows)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -260,9 +284,23 @@ class JobLogStore:
             log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
 
 
+def _run(db: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
+    """One statement over rows, in order: the records many a statement (`_PUTS`), the rest one each."""
+    if sql is _PUT:
+        _PUTS.write(db, rows, ordered=True)
+    else:
+        db.executemany(sql, rows)
+
+
+def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """A pushed piece's rows for `_PUT`: (run, key, *attempt) each."""
+    runs, keys, attempts = piece
+    return list(map(operator.add, zip(runs, keys, strict=True), attempts))  # (run, key) + attempt, in C
+
+
 def _writes(op: tuple[str, Any, Any]) -> int:
     """Rows one queued operation writes (a pushed piece of records counts each)."""
-    return len(op[2]) if op[0] == "rows" else 1
+    return len(op[2][1]) if op[0] == "rows" else 1
 
 
 def open_beside(journal: Path) -> JobLogStore | None:

@@ -54,6 +54,16 @@ class JobKeys(AbstractSet[str]):
         if self._keys is not None:
             self._keys.discard(key)
 
+    def add_all(self, keys: list[str]) -> None:
+        """`add` of each."""
+        if self._keys is not None:
+            self._keys.update(keys)
+
+    def discard_all(self, keys: list[str]) -> None:
+        """`discard` of each."""
+        if self._keys is not None:
+            self._keys.difference_update(keys)
+
     def _read(self) -> set[str]:
         keys = self._keys
         if keys is None:

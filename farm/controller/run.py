@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from farm.controller import leasing
 from farm.controller.chunking import AdaptiveChunks
 from farm.controller.collator import Pending, collate_inline, reuse
 from farm.controller.events import EventBus
@@ -56,6 +57,8 @@ class ProjectRun(RunReport):
         self.id = run_id
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
         self.emit_many = events.publish_many if events is not None else _unheard  # (type, run, jobs, data)
+        self.emit_each = events.publish_each if events is not None else _unheard  # (type, run, agent, jobs)
+        self.starting: leasing.Starting | None = None  # leases `take_new` made, not recorded (`_pull`)
         self.journal = journal
         self.identity = project.identity()
         self.project = project
@@ -181,6 +184,8 @@ class ProjectRun(RunReport):
                     jobs.append(self.lease(job, agent, now))
             self.ready.extendleft(reversed(skipped))
         reused = 0
+        if not waits and leasing.groupable(self):  # nothing to reuse or size between pulls: a group at a time
+            jobs += leasing.take_new(self, agent, n - len(jobs), now)
         while not waits and len(jobs) < n and not self.exhausted and self.active and reused < MAX_REUSE_PER_TURN:
             job = self._pull()
             if job is None:
@@ -230,6 +235,10 @@ class ProjectRun(RunReport):
                 self.failures[job.key].job = job
             self.units.job_failed(job.key)
             return None
+        if not job.deps:
+            return job
+        if self.starting is not None:  # what failing it announces comes after the jobs leased before it
+            self.starting.record()
         unmet = set()
         for dep in job.deps:
             if dep in self.failures:

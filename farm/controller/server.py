@@ -109,12 +109,12 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
         self.loop_errors = LoopErrors(log, self.health)
         self.events = EventBus(hook=event_observer())
         self._counts = Stats()
-        self.events.observe(self._counts)
+        self.events.count(self._counts.row)
         self.subscribers = Subscribers(self.events)
         self.progress_gate = ProgressGate()  # `progress` events only when a run's snapshot changed
         self.notifier = Notifier(notify, notify_allow, project_hooks=self._project_hooks)
         self.joblog_store: JobLogStore | None = None  # opened by `run`, beside the journal
-        self.events.observe(self.notifier)
+        self.events.observe(self.notifier, Notifier.EVENT_TYPES)
         self._stop = threading.Event()
         self._shutdown_agents = False
         self._probes: list[float] = []

@@ -18,6 +18,7 @@ held by the agent that answers (`settle_lease`), as `Scheduler.settle` says.
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from farm.controller.collator import Pending, collate_failed, folder_gone, settle
@@ -32,25 +33,24 @@ if TYPE_CHECKING:
 
 class Group:
     """Jobs of one run rendered on one agent and collated, to be recorded done together; built as
-    the message is read, in the shapes their records take (`record_done`)."""
+    the message is read, side by side (`record_done`: no tuple made per job)."""
 
-    __slots__ = ("run", "agent", "jobs", "keys", "done", "notes", "events")
+    __slots__ = ("run", "agent", "jobs", "keys", "results", "durations", "logs")
 
     def __init__(self, run: ProjectRun, agent: AgentState) -> None:
         self.run, self.agent = run, agent
         self.jobs: list[Job] = []
         self.keys: list[str] = []
-        self.done: list[tuple[str, Any]] = []  # (key, result): the journal's rows
-        self.notes: list[tuple[str, str, float, str | None]] = []  # (key, agent, duration s, log): attempts
-        self.events: list[tuple[str, str]] = []  # (key, agent): job.done events
+        self.results: list[Any] = []  # for the journal's rows
+        self.durations: list[float] = []  # seconds, and the logs: for the attempts
+        self.logs: list[str | None] = []
 
     def add(self, job: Job, result: Any, duration: float, log: str | None) -> None:
-        agent_id, key = self.agent.id, job.key
         self.jobs.append(job)
-        self.keys.append(key)
-        self.done.append((key, result))
-        self.notes.append((key, agent_id, duration, log))
-        self.events.append((key, agent_id))
+        self.keys.append(job.key)
+        self.results.append(result)
+        self.durations.append(duration)
+        self.logs.append(log)
 
 
 def check_durations(results: list[dict[str, Any]]) -> None:
@@ -150,8 +150,8 @@ def record_done(group: Group) -> None:
     run, agent, keys = group.run, group.agent, group.keys
     run.output_folder.keep(run.journal, run.id)  # before its first job is journaled done (as `settle`)
     if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
-        for i, (key, result) in enumerate(group.done):
-            run.logs.notes("done", group.notes[i:i + 1])
+        for i, (key, result) in enumerate(zip(keys, group.results, strict=True)):
+            run.logs.notes("done", [(key, agent.id, group.durations[i], group.logs[i])])
             agent.done += 1
             for blocked in run.conduct.succeeded(key, agent.id):
                 run._blocklisted(blocked, run.blocklist[blocked])
@@ -162,24 +162,22 @@ def record_done(group: Group) -> None:
                 raise
         return
     try:
-        run.journal.jobs_done(run.id, group.done)
+        run.journal.jobs_done(run.id, keys, group.results)
     except BaseException:
         run.ready.extendleft(reversed(group.jobs))
         raise
     agent.done += len(keys)
-    run.logs.notes("done", group.notes)
+    agent_id = agent.id
+    run.logs.notes("done", zip(keys, repeat(agent_id), group.durations, group.logs))
     cache_keys = run.cache_keys
     if cache_keys:
         for key in keys:
             cache_keys.pop(key, None)
-    done, failed = run.outcomes["done"], run.outcomes["failed"]
-    job_done = run.units.job_done
-    for key in keys:
-        done.add(key)
-        failed.discard(key)
-        job_done(key)
+    run.outcomes["done"].add_all(keys)
+    run.outcomes["failed"].discard_all(keys)
+    run.units.jobs_done(keys)
     run.done += len(keys)
-    run.emit_many("job.done", run.id, group.events, _RENDERED)
+    run.emit_many("job.done", run.id, zip(keys, repeat(agent_id)), _RENDERED)
     if run.waiting:
         for key in keys:
             run.release(key)

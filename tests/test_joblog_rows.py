@@ -1,0 +1,139 @@
+"""The job-log store writes its records many a statement, their NULLs literal (`farm.sqlrows`), and
+leaves exactly what one `INSERT OR REPLACE` per record leaves: the same rows in the same order
+(rowids: `JobLogStore.load` reads a run's attempts back in that order), a record that names an
+attempt again replacing the earlier one, over records of every shape. Real SQLite, the store's own
+schema; and a real `JobLogStore` end to end, its writer thread and all, fed by `JobLogs` a message at a
+time (`notes`) and one attempt at a time (`note`) alike."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm.controller import joblogstore
+from farm.controller.joblogs import JobLogs
+from farm.controller.joblogstore import _PUT, _PUTS, JobLogStore, _prepare
+from farm.sqlrows import SIZES
+
+
+def _table(tmp: Path, name: str, batches: list[list[tuple]], grouped: bool) -> list[tuple]:
+    path = tmp / f"{name}.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    _prepare(db, path)
+    for rows in batches:
+        db.execute("BEGIN IMMEDIATE")
+        if grouped:
+            _PUTS.write(db, rows, ordered=True)
+        else:
+            db.executemany(_PUT, rows)
+        db.execute("COMMIT")
+    found = db.execute("SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall()
+    db.close()
+    path.unlink()
+    return found
+
+
+def _maybe(values):
+    return st.one_of(st.none(), values)
+
+
+_RECORDS = st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["k1", "k2", "k3", "k4"]),
+                     st.integers(1, 3), _maybe(st.sampled_from(["a1", "a2"])),
+                     st.sampled_from(["done", "failed", "lost"]),
+                     _maybe(st.text(max_size=6)), _maybe(st.floats(0, 10)), st.text(max_size=6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(st.lists(_RECORDS, max_size=120), min_size=1, max_size=3))
+def test_any_records_written_grouped_are_those_written_one_by_one(tmp_path_factory, batches):
+    tmp = tmp_path_factory.mktemp("records")
+    assert _table(tmp, "grouped", batches, True) == _table(tmp, "single", batches, False)
+
+
+def test_runs_of_every_size_in_order(tmp_path):
+    """Long runs of one shape (every statement size) broken by records of others, in order."""
+    rows = []
+    for i in range(2 * SIZES[0] + SIZES[1] + 3 * SIZES[2] + 2):
+        rows.append(("r", f"k{i:04d}", 1, "a1", "done", None, 0.001 * i, ""))
+        if i % 50 == 7:
+            rows.append(("r", f"k{i:04d}", 2, None, "failed", "boom", None, "trace"))
+        if i % 90 == 8:
+            rows.append(("r", f"k{i - 1:04d}", 1, "a2", "done", None, 0.5, "again"))  # replaces one
+    grouped = _table(tmp_path, "grouped", [rows], True)
+    assert grouped == _table(tmp_path, "single", [rows], False)
+    assert len(grouped) == len({row[:3] for row in rows}) < len(rows)
+
+
+def test_the_store_reads_back_what_was_put_in_order(tmp_path):
+    store = JobLogStore(tmp_path / joblogstore.FILE)
+    try:
+        expected = []
+        for i in range(700):
+            attempt = (1, f"a{i % 2}" if i % 9 else None, "done", None if i % 5 else f"err {i}",
+                       None if i % 7 == 0 else round(0.01 * i, 3), "" if i % 3 else f"log {i}")
+            store.put("run", f"k{i:04d}", attempt)
+            expected.append((f"k{i:04d}", dict(zip(joblogstore.FIELDS, attempt, strict=True))))
+            if i % 100 == 99:
+                store.push()
+        store.drop("run", "k0010", 1)
+        expected = [e for e in expected if e[0] != "k0010"]
+        assert store.flush()
+        assert store.failed is None
+        assert store.load("run") == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("per_run_bytes", [12_000, 400_000])  # the oldest evicted; compacted
+def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_bytes):
+    """`JobLogs.notes` with a store: the same records and deletes, in the same order (rowids), and the
+    same attempts read back, as `note` for each; past the run's bytes and the per-job bound too."""
+    import random
+
+    draw = random.Random(3)
+    messages = [[(f"k{draw.randrange(40) if draw.random() < 0.5 else f'{m}-{i}'}", f"a{i % 3}", i / 7,
+                  draw.choice([None, "", "x" * draw.randrange(1, 300), "y" * 1200]))
+                 for i in range(draw.randrange(1, 30))] for m in range(150)]
+    found = {}
+    for name in ("grouped", "single"):
+        store = JobLogStore(tmp_path / f"{name}.sqlite")
+        try:
+            logs = JobLogs(per_job=1, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
+            for entries in messages:
+                if name == "grouped":
+                    logs.notes("done", entries)
+                else:
+                    for key, agent, duration, log in entries:
+                        logs.note(key, agent, "done", None, duration, log)
+                store.push()
+            assert store.flush() and store.failed is None
+            keys = sorted({key for entries in messages for key, *_ in entries})
+            found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
+                "SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall(),
+                {key: logs.attempts(key) for key in keys}, {key: logs.numbered(key) for key in keys},
+                logs.bytes, logs.live, logs.evicted, list(logs._order), list(logs._order_keys))
+        finally:
+            store.close()
+    assert found["grouped"] == found["single"]
+    noted = sum(len(entries) for entries in messages)
+    assert found["grouped"][5] > 0 if per_run_bytes < 100_000 else len(found["grouped"][0]) < noted
+
+
+def test_a_jobs_attempts_read_back_in_every_form():
+    """A first attempt kept as itself and a job's later ones, read through every reader."""
+    logs = JobLogs(per_job=2, per_run_bytes=10**6)
+    logs.notes("done", [("a", "x", 0.5, "log a")])
+    logs.note("b", "y", "failed", "boom", 0.25, "trace")
+    logs.note("b", "y", "done", None, 0.125, "")
+    logs.note("b", "z", "done", None, 1.0, "again")
+    assert logs.attempts("a") == [{"attempt": 1, "agent": "x", "state": "done", "error": None,
+                                   "duration_s": 0.5, "log": "log a"}]
+    assert (logs.numbered("a"), logs.numbered("b"), logs.numbered("c")) == (1, 3, 0)
+    assert [a["attempt"] for a in logs.attempts("b")] == [2, 3]
+    assert logs.last("a")["log"] == "log a" and logs.last("b")["agent"] == "z" and logs.last("c") is None
+    assert logs.duration("a") == 0.5 and logs.duration("b") == 1.0 and logs.duration("c") is None
+    assert logs.live == 3 and list(logs._order_keys) == ["a", "b", "b", "b"]
