@@ -25,7 +25,7 @@ BUGGY = """
         name = "buggy"
 
         def configure(self, settings):
-            fault = settings.choice("fault", ["configure", "collate", "finalize"])
+            fault = settings.choice("fault", ["configure", "split", "collate", "finalize"])
             settings.finish()
             if fault == "configure":
                 {}["colour"]  # FAULT configure
@@ -38,6 +38,8 @@ BUGGY = """
             return 2
 
         def split(self, project):
+            if project.settings["fault"] == "split":
+                int("two")  # FAULT split
             for i in range(2):
                 yield Job(f"j{i}", {}, inputs=())
 
@@ -136,3 +138,9 @@ def test_a_finalize_bug_names_its_line(tmp_path: Path):
     site, summary = failed_run(tmp_path, "finalize")
     assert summary["error"] == "finalize failed: KeyError: 'fin' (at " \
         f"{place(site, 'farm_buggy', BUGGY, 'FAULT finalize', 'finalize')})", summary
+
+
+def test_a_split_bug_names_its_line(tmp_path: Path):
+    site, summary = failed_run(tmp_path, "split")
+    assert summary["error"] == "split() failed: ValueError: invalid literal for int() with base 10: 'two' " \
+        f"(at {place(site, 'farm_buggy', BUGGY, 'FAULT split', 'split')})", summary

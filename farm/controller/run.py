@@ -36,6 +36,7 @@ from farm.ids import BadIdentifier
 from farm.journal import Journal
 from farm.keycheck import check_job_keys
 from farm.mediatype import CollateContext, Job, MediaType
+from farm.plugincode import describe_bug
 from farm.preview import RunFacts
 from farm.project import Project
 
@@ -92,7 +93,7 @@ class ProjectRun(RunReport):
         try:
             self._jobs = iter(media.split(project, self.chunks) if self.chunks else media.split(project))
         except Exception as exc:
-            self._fail_project(f"split() failed: {type(exc).__name__}: {exc}")
+            self._fail_project(f"split() failed: {describe_bug(exc, media)}")
         self.exhausted = False
         self.ready: collections.deque[Job] = collections.deque()
         self.waiting: dict[str, list[Job]] = {}  # dependency key -> jobs waiting on it
@@ -216,7 +217,7 @@ class ProjectRun(RunReport):
             self.exhausted = True
             return None
         except Exception as exc:
-            self._fail_project(f"split() failed: {type(exc).__name__}: {exc}")
+            self._fail_project(f"split() failed: {describe_bug(exc, self.media)}")
             return None
         if not isinstance(job, Job):
             self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
