@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "farm.plugins"
 #: comma-separated plugin names to load (others are skipped); unset loads all
 LOAD_PLUGINS_ENV = "FARM_LOAD_PLUGINS"
+#: a media type's name: written in farm.toml, listed comma-separated in $FARM_MEDIA_TYPES, sent to agents
+MEDIA_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
 #: the distribution farm's built-in plugins ship in: they implement `farm_register_media_types` only
 BUILTIN_DIST = "farm"
 
@@ -220,6 +224,10 @@ class Plugins:
         def register_media_type(cls: type[MediaType]) -> None:
             if not (isinstance(cls, type) and issubclass(cls, MediaType)) or not cls.name:
                 raise PluginError(f"plugin {info.name} registered {cls!r}, which is not a named MediaType")
+            if not isinstance(cls.name, str) or not MEDIA_TYPE_NAME.fullmatch(cls.name):
+                raise PluginError(f"plugin {info.name} registered a media type named {cls.name!r}: a name "
+                                  "is a letter, then up to 63 letters, digits, '_', '-' or '.' (it is "
+                                  "written in farm.toml, listed in $FARM_MEDIA_TYPES with commas)")
             other = self._other_provider(cls.name, info)
             if other is not None:
                 raise PluginError(f"media type {cls.name!r} belongs to {other}; {describe(info)} registers "
