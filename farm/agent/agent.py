@@ -36,6 +36,7 @@ from farm.agent.trust import project_refusal
 from farm.controller.policy import NODE_FAULT
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
+from farm.filesync.errors import SOURCE_CHANGED
 from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
 from farm.plugins import get_plugins
@@ -404,8 +405,9 @@ class Agent:
         for job in self.queue:  # the controller will try these again, here or elsewhere
             if job.project == project and node_fault:  # this node's want, not the job's: no attempt spent
                 self.hand_back(job, f"{NODE_FAULT}{error}")
-            elif job.project == project:
-                self.fail(job, f"cannot fetch the project's files: {error}")
+            elif job.project == project:  # a source edited since: no other attempt fetches it either
+                self.fail(job, f"cannot fetch the project's files: {error}",
+                          retry=SOURCE_CHANGED not in error)
             else:
                 kept.append(job)
         self.queue = kept
@@ -424,11 +426,11 @@ class Agent:
     # -- what the pool tells us (farm.agent.pool.Outcomes) -------------------------------
 
     def fail(self, job: JobSpec, error: str, log_text: str = "", *, requeue: bool = False,
-             duration: float = 0.0) -> None:
+             duration: float = 0.0, retry: bool = True) -> None:
         """`duration`: seconds the job ran before it failed (a timeout, a crash); 0: it never started."""
         self.held.discard(job.lease)
         self.outgoing.append((JobResult(job.lease, False, error=error, log=log_text, requeue=requeue,
-                                        duration=duration), []))
+                                        duration=duration, retry=retry), []))
 
     def hand_back(self, job: JobSpec, why: str) -> None:
         """A job that never started here: the controller runs it again without counting an attempt."""

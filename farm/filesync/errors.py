@@ -5,6 +5,12 @@ from __future__ import annotations
 from farm.errors import FarmError, ProtocolError
 from farm.paths import UnsafePath
 
+#: the file server's words for a published file edited since: every fetch of it fails the same way,
+#: so an agent that reads them fails its jobs for good, not once an attempt (farm.agent.agent)
+SOURCE_CHANGED = "changed since it was published"
+EDITED = ("edited after its run was submitted? Submit the project again "
+          "(farm submit --watch re-renders on edits)")
+
 
 class SyncError(FarmError):
     """A tree could not be scanned, stored, sent or received."""

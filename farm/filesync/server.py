@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from farm.errors import FarmError, ProtocolError
-from farm.filesync import wire
+from farm.filesync import errors, wire
 from farm.filesync.assembly import BlockSource
 from farm.filesync.errors import DiskRefused, ManifestError, SyncError, UnsafeFile, VerifyError
 from farm.filesync.fairqueue import FairQueue
@@ -375,7 +375,7 @@ class FileServer:
             fd = self._open(place)
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns) != expected:
-                raise SyncError(f"{place.entry.path} changed since it was published; publish the tree again")
+                raise SyncError(f"{place.entry.path} {errors.SOURCE_CHANGED}: {errors.EDITED}")
         verified = self._verified.setdefault(place.key, set())
         block_hash = place.entry.block_hash(place.index)
         if block_hash not in verified:
@@ -384,8 +384,8 @@ class FileServer:
                 raise SyncError(f"{place.entry.path} is shorter than published")
             if hash_block(block) != block_hash:
                 self._close(place.key)
-                raise SyncError(f"{place.entry.path} no longer holds what was published (block {place.index} "
-                                "does not match its manifest); publish the tree again")
+                raise SyncError(f"{place.entry.path} no longer holds what was published, "
+                                f"{errors.SOURCE_CHANGED} (block {place.index} differs): {errors.EDITED}")
             verified.add(block_hash)
             return block if offset == 0 and length == len(block) else block[offset:offset + length]
         data = os.pread(fd, length, place.offset + offset)
