@@ -17,12 +17,11 @@ import pytest
 import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
+from peer_helpers import peer_run
 
-from farm.client import Client
 from farm.controller import leasing
-from farm.controller.server import JOURNAL_FILE, Controller
+from farm.controller.server import JOURNAL_FILE
 from farm.journal import Journal
-from farm.project import load_project
 from farm.protocol import T, pack, unpack
 
 #: j05 waits for j01 (which fails for good first), j06 for j04 (leased in the same turn), j08 for j00
@@ -54,19 +53,7 @@ def _jobs(sock: zmq.Socket, count: int) -> list[dict[str, Any]]:
 def _lease_mixed(tmp_path: Path) -> dict[str, Any]:
     """Run the mixed project through a fresh controller and a peer of 4 slots; what it left, lease
     ids and the run id named by their job and the run (they are random)."""
-    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=60.0).start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(ctl.url)
-        sock.send_multipart(pack(T.HELLO, {"agent": "peer", "host": "elsewhere", "pid": 1, "slots": 4,
-                                           "prefetch": 0, "caps": ["leasemix"], "held": [], "version": "0"}))
-        assert sock.poll(30_000) and unpack(sock.recv_multipart()).type is T.WELCOME
-        folder = tmp_path / "mixed"
-        folder.mkdir()
-        (folder / "farm.toml").write_text('[project]\nname = "mixed"\nmedia_type = "leasemix"\n[leasemix]\n')
-        with Client(ctl.url) as client:
-            run_id = client.submit(load_project(folder))
+    with peer_run(tmp_path, "leasemix", "mixed", 4) as (ctl, sock, run_id):
         run = ctl.runs[run_id]
         turns = [_jobs(sock, 4)]  # j00..j03
         lease = {job["key"]: job["lease"] for job in turns[-1]}
@@ -90,9 +77,6 @@ def _lease_mixed(tmp_path: Path) -> dict[str, Any]:
                     if e.type != "run.finished" or k in ("state", "done", "failed", "total", "failures")})
                   for e in ctl.events.buffer if e.type != "progress"]  # (a summary's times and paths differ)
         first = run.first_dispatch_s is not None
-    finally:
-        ctl.stop()
-        sock.close(linger=0)
     db = sqlite3.connect(tmp_path / "state" / JOURNAL_FILE)
     found = db.execute("SELECT key, state, lease, agent, result, cache_key, error, log, attempts, reused, "
                        "duration FROM jobs ORDER BY key")

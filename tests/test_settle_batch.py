@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
+from peer_helpers import peer_run
 
-from farm.client import Client
 from farm.controller import settling
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
-from farm.controller.server import JOURNAL_FILE, Controller
-from farm.project import load_project
+from farm.controller.server import JOURNAL_FILE
 from farm.protocol import T, pack, unpack
 
 #: j09 waits for j03; the collate of j05 raises (an attempt of j05, retried); no job cache (a job
@@ -68,20 +66,7 @@ def _answers(lease: dict[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
 def _settle_mixed(tmp_path: Path) -> dict[str, Any]:
     """Run the mixed message through a fresh controller; what it left, lease ids and run ids named
     by their job and the run (they are random)."""
-    # the peer sends no heartbeats: a silence of minutes, not seconds, drops it (a loaded machine)
-    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=60.0).start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(ctl.url)
-        sock.send_multipart(pack(T.HELLO, {"agent": "peer", "host": "elsewhere", "pid": 1, "slots": 16,
-                                           "prefetch": 0, "caps": ["batchmix"], "held": [], "version": "0"}))
-        assert sock.poll(30_000) and unpack(sock.recv_multipart()).type is T.WELCOME
-        folder = tmp_path / "mixed"
-        folder.mkdir()
-        (folder / "farm.toml").write_text('[project]\nname = "mixed"\nmedia_type = "batchmix"\n[batchmix]\n')
-        with Client(ctl.url) as client:
-            run_id = client.submit(load_project(folder))
+    with peer_run(tmp_path, "batchmix", "mixed", 16) as (ctl, sock, run_id):
         lease: dict[str, str] = {}
         while len(lease) < 11:  # all but j09, which waits for j03
             assert sock.poll(30_000), f"only {sorted(lease)} came"
@@ -108,9 +93,6 @@ def _settle_mixed(tmp_path: Path) -> dict[str, Any]:
         events = [(e.seq, e.type, names.get(e.run, e.run), e.job, e.agent,
                    {k: names.get(v, v) if isinstance(v, str) else v for k, v in e.data.items()})
                   for e in ctl.events.buffer]
-    finally:
-        ctl.stop()
-        sock.close(linger=0)
     db = sqlite3.connect(tmp_path / "state" / JOURNAL_FILE)
     found = db.execute("SELECT key, state, lease, agent, result, cache_key, error, log, attempts, reused, "
                        "duration FROM jobs ORDER BY key")

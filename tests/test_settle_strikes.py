@@ -13,12 +13,11 @@ from typing import Any
 import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
+from peer_helpers import peer_run
 
-from farm.client import Client
 from farm.controller import settling
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
-from farm.controller.server import JOURNAL_FILE, Controller
-from farm.project import load_project
+from farm.controller.server import JOURNAL_FILE
 from farm.protocol import T, pack, unpack
 
 FLAKY = media_type_source("strikemix", "[f'j{i:02d}' for i in range(6)]", """
@@ -40,20 +39,7 @@ def _jobs(sock: zmq.Socket, count: int) -> dict[str, str]:
 
 
 def _settle(tmp_path: Path) -> dict[str, Any]:
-    ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state", heartbeat=60.0).start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(ctl.url)
-        sock.send_multipart(pack(T.HELLO, {"agent": "peer", "host": "elsewhere", "pid": 1, "slots": 8,
-                                           "prefetch": 0, "caps": ["strikemix"], "held": [], "version": "0"}))
-        assert sock.poll(30_000) and unpack(sock.recv_multipart()).type is T.WELCOME
-        folder = tmp_path / "flaky"
-        folder.mkdir()
-        (folder / "farm.toml").write_text('[project]\nname = "flaky"\nmedia_type = "strikemix"\n'
-                                          '[strikemix]\n')
-        with Client(ctl.url) as client:
-            run_id = client.submit(load_project(folder))
+    with peer_run(tmp_path, "strikemix", "flaky", 8) as (ctl, sock, run_id):
         run = ctl.runs[run_id]
         first = _jobs(sock, 6)
         sock.send_multipart(pack(T.RESULTS, {"results": [
@@ -75,9 +61,6 @@ def _settle(tmp_path: Path) -> dict[str, Any]:
                   for e in ctl.events.buffer if e.type not in ("progress", "run.finished")]
         assert ctl.events.drain(30)  # the counts are the events thread's
         stats = ctl.stats
-    finally:
-        ctl.stop()
-        sock.close(linger=0)
     db = sqlite3.connect(tmp_path / "state" / JOURNAL_FILE)
     rows = [(key, state, names.get(lease), *rest) for key, state, lease, *rest in db.execute(
         "SELECT key, state, lease, agent, result, error, log, attempts, reused FROM jobs ORDER BY key")]

@@ -277,8 +277,7 @@ class Agent:
         if now - self.last_recv > self.heartbeat * self.liveness:
             if self.reconnect_at == 0.0:
                 self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)
-                # once why the connection does not come up was said (a refused key, nobody there),
-                # its silence is no news: "controller silent" at every retry would mislead
+                # silence after its cause was said (a refused key, nobody there) is no news at each retry
                 level = logging.WARNING if self.refusal_logged is None else logging.DEBUG
                 log.log(level, "controller silent for %.1fs; reconnecting in %.1fs",
                         now - self.last_recv, self.reconnect_at - now)
@@ -401,13 +400,12 @@ class Agent:
             self.ready.add(project)
             return
         error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
-        kept = collections.deque()
+        retry, kept = SOURCE_CHANGED not in error, collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
             if job.project == project and node_fault:  # this node's want, not the job's: no attempt spent
                 self.hand_back(job, f"{NODE_FAULT}{error}")
-            elif job.project == project:  # a source edited since: no other attempt fetches it either
-                self.fail(job, f"cannot fetch the project's files: {error}",
-                          retry=SOURCE_CHANGED not in error)
+            elif job.project == project:  # a source edited since: no attempt anywhere can fetch it
+                self.fail(job, f"cannot fetch the project's files: {error}", retry=retry)
             else:
                 kept.append(job)
         self.queue = kept
@@ -444,8 +442,7 @@ class Agent:
             self.outgoing.append((result, files))
 
     def forward(self, body: bytes, leases: list[str], projects: list[str]) -> None:
-        """A worker's results (the RESULTS body, its leases), all of whose jobs were running here:
-        sent on as they came."""
+        """A worker's results (its RESULTS body, their leases), all of whose jobs ran here: sent on."""
         self.held.difference_update(leases)
         item = Forwarded(body, leases, projects)
         if not self.sync.views.keys().isdisjoint(projects):
