@@ -48,8 +48,10 @@ def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(
     assert dict(controls) == {"pause": True, "resume": True, "cancel": True, "retry": True, "priority": True,
                               "input": True}
     facts = _facts(browser, summary.id)
-    rates = re.findall(r"([\d,.]+) (?:jobs|items)/s", facts)
-    assert rates and all(re.fullmatch(r"[\d,]+\.\d", r) for r in rates), facts
+    rates = re.findall(r"([\d,.]+) (jobs|items)/s", facts)
+    assert rates and all(re.fullmatch(r"[\d,]+\.\d", r) for r, _ in rates), facts
+    # one rate, in the media's own units (items here), not again in jobs/s
+    assert [unit for _, unit in rates] == ["items"], facts
     assert console_errors(browser) == []
 
 

@@ -110,7 +110,8 @@
     if (units) facts.push(units);
     if (p.failed) facts.push(`${fmtCount(p.failed)} failed`);
     if (p.running) facts.push(`${fmtCount(p.running)} running`);
-    if (p.rate) facts.push(`${fmtRate(p.rate)} jobs/s`);
+    // one rate: in the media's units where the snapshot counts them (a second, in jobs, said it twice)
+    if (p.rate && !(u && typeof u === "object" && u.rate)) facts.push(`${fmtRate(p.rate)} jobs/s`);
     if (p.eta_s !== null && p.eta_s !== undefined) facts.push(`ETA ${fmtDuration(p.eta_s)}`);
     facts.push(`elapsed ${fmtDuration(p.elapsed_s)}`);
     if (p.stalled && p.stalled !== "paused") facts.push(`stalled: ${p.stalled}`);
