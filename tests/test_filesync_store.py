@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,6 @@ from farm.filesync.assembly import Assembly, Outcome
 from farm.filesync.fairqueue import FairQueue
 from farm.filesync.hashing import MIN_BLOCK, block_size_for, hash_block
 from farm.filesync.store import default_cache_dir
-
 
 
 def entry_for(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
@@ -319,3 +319,28 @@ def test_mode_for_sets_mode_and_mtime_through_the_open_file(store: Store) -> Non
     target = store.add(done, path, st)
     assert os.stat(target).st_ino == st.st_ino
     assert store.check([entry.digest]) == {entry.digest: Path(target)}  # the recorded stat matches
+
+
+def test_a_dead_sessions_folder_removed_by_another_store_meanwhile_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two local agents starting on one cache both clean up dead sessions' partial folders: one may
+    remove a folder between the other's open of its lock file and its lock. That raised
+    FileNotFoundError (listing the folder) out of the fetch, and the job failed."""
+    cache = tmp_path / "cache"
+    with Store(cache) as first:
+        first.session_dir()  # our own folder, passed over
+        folder = cache / "partial" / "4242-deadbeef"  # a session whose agent died, its lock let go
+        folder.mkdir()
+        (folder / ".lock").touch()
+        real_open = os.open
+
+        def open_then_the_other_store_cleans(path, *args, **kwargs):
+            fd = real_open(path, *args, **kwargs)
+            if Path(path) == folder / ".lock":  # the other Store takes the lock, removes the folder, lets go
+                shutil.rmtree(folder)
+            return fd
+
+        monkeypatch.setattr(os, "open", open_then_the_other_store_cleans)
+        assert first.adopt_partials([entry_for("f", b"data").digest]) == 0
+        monkeypatch.setattr(os, "open", real_open)
+        assert not folder.exists()

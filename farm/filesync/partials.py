@@ -78,7 +78,16 @@ class PartialSessions:
             except BlockingIOError:  # a live session owns it
                 yield []
                 return
-            yield os.listdir(folder)
+            # another Store cleaning up at the same time may have removed the folder between our open
+            # and our lock (its lock file is then unlinked): nothing is left to adopt or remove
+            try:
+                names = [] if os.fstat(fd).st_nlink == 0 else os.listdir(folder)
+            except FileNotFoundError:
+                names = []
+            if not names:
+                yield []
+                return
+            yield names
             if not any(name.endswith(".part") for name in os.listdir(folder)):
                 shutil.rmtree(folder, ignore_errors=True)
         finally:
