@@ -36,7 +36,7 @@ from farm.agent.trust import project_refusal
 from farm.controller.policy import NODE_FAULT
 from farm.endpoints import reachable
 from farm.errors import ProtocolError
-from farm.filesync.errors import SOURCE_CHANGED
+from farm.filesync.errors import source_edited
 from farm.handshake import NOTHING_LISTENS_AFTER_S, HandshakeWatcher
 from farm.ids import check_name
 from farm.plugins import get_plugins
@@ -400,7 +400,7 @@ class Agent:
             self.ready.add(project)
             return
         error = error or self.refused.get(project, "the controller withdrew the project meanwhile")
-        retry, kept = SOURCE_CHANGED not in error, collections.deque()
+        retry, kept = not source_edited(error), collections.deque()
         for job in self.queue:  # the controller will try these again, here or elsewhere
             if job.project == project and node_fault:  # this node's want, not the job's: no attempt spent
                 self.hand_back(job, f"{NODE_FAULT}{error}")

@@ -32,6 +32,7 @@ from farm.controller.registry import AgentState
 from farm.controller.report import RunLog, RunReport, first_line
 from farm.controller.resume import resume
 from farm.controller.units import UnitCounter
+from farm.filesync.errors import source_edited
 from farm.ids import BadIdentifier
 from farm.journal import Journal
 from farm.keycheck import check_job_keys
@@ -342,6 +343,8 @@ class ProjectRun(RunReport):
         self.conduct.failed(key, lease.agent_id)
         if not retry or self.attempts[key] >= self.project.max_attempts:
             self._fail_for_good(key, error, log_text, lease.agent_id, lease.job)
+            if not retry and self.error is None and source_edited(error):
+                self.abort(error)  # no agent can fetch that file: the run stops, its other jobs unleased
         else:
             log.info("%s: job %s failed (attempt %d of %d): %s", self.project.name, key,
                      self.attempts[key], self.project.max_attempts, error)

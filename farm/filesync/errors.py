@@ -12,6 +12,11 @@ EDITED = ("edited after its run was submitted? Submit the project again "
           "(farm submit --watch re-renders on edits)")
 
 
+def source_edited(error: str) -> bool:
+    """A fetch's error says a published file was edited since (the file server's `SOURCE_CHANGED`)."""
+    return SOURCE_CHANGED in error
+
+
 class SyncError(FarmError):
     """A tree could not be scanned, stored, sent or received."""
 
