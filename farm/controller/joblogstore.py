@@ -32,6 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,27 @@ class JobLogStore:
                 self.push()
                 runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
         self._queued_text = queued
+
+    def put_fresh(self, run: str, keys: list[str], attempts: list[tuple[Any, ...]], text: int) -> None:
+        """`put_many` of attempts without an error whose logs add up to ``text`` characters: when the
+        queue has room for all that text, they are queued in C loops, in the same pieces."""
+        if self._queued_text - self._written_text + text > self.backlog_bytes:  # some go without their text
+            self.put_many(run, keys, attempts)
+            return
+        at, count = 0, len(keys)
+        while at < count:
+            room = PUSH_AT - len(self._put_keys)
+            piece = keys[at:at + room]
+            self._put_runs.extend(repeat(run, len(piece)))
+            self._put_keys.extend(piece)
+            self._put_attempts.extend(attempts[at:at + room])
+            if at == 0 and len(piece) == count:
+                self._queued_text += text
+            else:
+                self._queued_text += sum(len(attempt[5]) for attempt in attempts[at:at + room])
+            at += len(piece)
+            if len(self._put_keys) >= PUSH_AT:
+                self.push()
 
     def push(self) -> None:
         """Queue the records put since the last push, in one piece: the controller's loop calls it

@@ -168,7 +168,7 @@ def record_done(group: Group) -> None:
         raise
     agent.done += len(keys)
     agent_id = agent.id
-    run.logs.notes("done", zip(keys, repeat(agent_id), group.durations, group.logs))
+    run.logs.notes_from("done", agent_id, keys, group.durations, group.logs)
     cache_keys = run.cache_keys
     if cache_keys:
         for key in keys:
