@@ -70,19 +70,23 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
     scheduler.answered(agent, [r["lease"] for r in results])
     current = scheduler.current
     group: Group | None = None
+    grouping = None  # the run whose successes `plain` said may be grouped (its state is the same until
+    # a result is settled another way: then asked again)
     offset = 0
     for r in results:
         names = r["files"]
-        files = payloads[offset:offset + len(names)] if names else []
-        offset += len(names)
         lease = current(agent, r["lease"])
         run = lease.run if lease is not None else None
-        if run is None or not (r["ok"] and not names and plain(run, lease, collator)):
+        if run is None or names or not r["ok"] or not (run is grouping or plain(run, collator)) \
+                or lease.job.key in run.cache_keys:
             if group is not None:
                 record_done(group)
                 group = None
-            side._result(agent, r, files, lease)
+            grouping = None
+            side._result(agent, r, payloads[offset:offset + len(names)] if names else [], lease)
+            offset += len(names)
             continue
+        grouping = run
         if group is not None and group.run is not run:
             record_done(group)
             group = None
@@ -98,17 +102,18 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         if group is not None:  # its collate raised: settled as the collate thread's outcome is, after them
             record_done(group)
             group = None
+        grouping = None
         if settle(run.collating[key]) and collator.stopped is not None:
             collator.stopped(run)
     if group is not None:
         record_done(group)
 
 
-def plain(run: ProjectRun, lease: Lease, collator: Any) -> bool:
-    """A success of this lease may be settled in a group: collated on the loop now (the collate
-    thread idle), nothing else to feed (job sizes, the job cache), its run still collating."""
+def plain(run: ProjectRun, collator: Any) -> bool:
+    """A success of this run (of a job without a job cache key) may be settled in a group: collated
+    on the loop now (the collate thread idle), nothing else to feed (job sizes), the run collating."""
     return (collator.idle and run.handoff == collator.submit and run.chunks is None and run.stopped is None
-            and run.state != "cancelled" and lease.job.key not in run.cache_keys)
+            and run.state != "cancelled")
 
 
 def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, Any], first: bool) -> bool:
