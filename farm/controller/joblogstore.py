@@ -39,7 +39,7 @@ from typing import Any
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
 from farm.sqlitewal import switch_to_wal
-from farm.sqlrows import RowWriter
+from farm.sqlrows import BOUND, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,14 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
 _PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL
+_STATES = frozenset({"done", "failed", "requeued", "lost"})  # an attempt's states (`JobLogs.note`)
+#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL;
+#: a first attempt's number, its state and an empty log are written into the statement
 _PUTS = RowWriter(_PUT.split("VALUES")[0], "", 8, (3, 5, 6),
-                  lambda r: (r[3] is None, r[5] is None, r[6] is None))
+                  lambda r: (r[3] is None, r[5] is None, r[6] is None,
+                             1 if r[2] == 1 and r[2].__class__ is int else BOUND,
+                             r[4] if r[4] in _STATES else BOUND, "" if r[7] == "" else BOUND),
+                  literal=(2, 4, 7))
 _COLUMNS = "key, attempt, agent, state, error, duration_s, log"
 _STOP = ("stop", None, None)
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
