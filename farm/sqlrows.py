@@ -43,11 +43,14 @@ class RowWriter:
         self._values: dict[Shape, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
         self._statements: dict[tuple[Shape, int], str] = {}
 
-    def write(self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]], *, ordered: bool) -> None:
+    def write(self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]], *, ordered: bool,
+              shapes: Sequence[Shape] | None = None) -> None:
         """Insert ``rows`` in the open transaction. ``ordered``: in their order (runs of one shape
         at a time); else by shape (rows that name distinct records: their order changes nothing).
-        Raises `sqlite3.Error`."""
-        shapes = list(map(self.shape, rows))
+        ``shapes``: each row's ``shape(row)``, where the caller knows them already. Raises
+        `sqlite3.Error`."""
+        if shapes is None:
+            shapes = list(map(self.shape, rows))
         if ordered:
             at = 0
             for shape, run in itertools.groupby(shapes):

@@ -144,7 +144,9 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
     """`JobLogs.notes_from` (a RESULTS group's attempts, made and queued in C loops when nothing is to
     bound) with a store: the same records in the same order (rowids), the same pieces' text counts, the
     same attempts, counts and queue as `note` for each. Messages of new jobs, some repeating a job (or
-    a job twice), with long logs, past the run's bytes and the store's backlog; more than a piece."""
+    a job twice), with long logs, past the run's bytes and the store's backlog; more than a piece, and
+    pieces of several messages kept either way (each piece of records without log text goes with its
+    one shape: the rows say if that shape is wrong)."""
     import random
 
     draw = random.Random(7)
@@ -165,7 +167,7 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
         store.push = lambda: (pieces.append((len(store._put_keys), store._queued_text)), push())  # type: ignore
         try:
             logs = JobLogs(per_job=2, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
-            for agent, keys, durations, texts in messages:
+            for m, (agent, keys, durations, texts) in enumerate(messages):
                 if name == "grouped":
                     queued = len(logs._order)
                     logs.notes = None  # type: ignore[assignment,method-assign]  # the C loops, or else
@@ -179,7 +181,8 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
                 else:
                     for key, duration, text in zip(keys, durations, texts, strict=True):
                         logs.note(key, agent, "done", None, duration, text)
-                store.push()
+                if m % 4 == 3:  # a turn's messages in one piece, as the loop's
+                    store.push()
             assert store.flush() and store.failed is None
             keys = sorted({key for _, keys, _, _ in messages for key in keys})
             found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
