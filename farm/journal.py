@@ -236,6 +236,9 @@ class Journal(BatchedJobs):
         """`job_done` for each job of `keys` with the result of the same place in `results`, in order,
         rendered and without a cache key: one call for a message's results (the same rows and commits
         as one call each)."""
+        if results.count(None) == len(results) == len(keys):  # no result to pack (most media types')
+            self._jobs_done(project_id, keys, results)
+            return
         self._jobs_done(project_id, keys, [None if result is None else
                                            pack_value(result, f"job {project_id!r}/{key!r} result")
                                            for key, result in zip(keys, results, strict=True)])

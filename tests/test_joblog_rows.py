@@ -137,3 +137,61 @@ def test_a_jobs_attempts_read_back_in_every_form():
     assert logs.last("a")["log"] == "log a" and logs.last("b")["agent"] == "z" and logs.last("c") is None
     assert logs.duration("a") == 0.5 and logs.duration("b") == 1.0 and logs.duration("c") is None
     assert logs.live == 3 and list(logs._order_keys) == ["a", "b", "b", "b"]
+
+
+@pytest.mark.parametrize("per_run_bytes, backlog", [(12_000, 10**9), (10**7, 10**9), (10**7, 3_000)])
+def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_path, per_run_bytes, backlog):
+    """`JobLogs.notes_from` (a RESULTS group's attempts, made and queued in C loops when nothing is to
+    bound) with a store: the same records in the same order (rowids), the same pieces' text counts, the
+    same attempts, counts and queue as `note` for each. Messages of new jobs, some repeating a job (or
+    a job twice), with long logs, past the run's bytes and the store's backlog; more than a piece, and
+    pieces of several messages kept either way (each piece of records without log text goes with its
+    one shape: the rows say if that shape is wrong)."""
+    import random
+
+    draw = random.Random(7)
+    messages = []
+    for m in range(120):
+        size = draw.choice([1, 3, 40, 300]) if m % 5 else 600
+        keys = [f"{m}-{i}" for i in range(size)]
+        if m % 9 == 4:  # one seen before, or twice in the message
+            keys[draw.randrange(size)] = draw.choice(["0-0", keys[0]])
+        texts = [None, "", "x" * draw.randrange(1, 90)] + (["y" * 1200] if m % 2 else [])  # one too long
+        logs = [None] * size if m % 3 else [draw.choice(texts) for _ in range(size)]
+        messages.append((f"a{m % 3}", keys, [draw.random() * 10 for _ in range(size)], logs))
+    found, fast = {}, 0
+    for name in ("grouped", "single"):
+        store = JobLogStore(tmp_path / f"{name}.sqlite", backlog_bytes=backlog)
+        pieces: list[tuple[int, int]] = []
+        push = store.push
+        store.push = lambda: (pieces.append((len(store._put_keys), store._queued_text)), push())  # type: ignore
+        try:
+            logs = JobLogs(per_job=2, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
+            for m, (agent, keys, durations, texts) in enumerate(messages):
+                if name == "grouped":
+                    queued = len(logs._order)
+                    logs.notes = None  # type: ignore[assignment,method-assign]  # the C loops, or else
+                    try:
+                        logs.notes_from("done", agent, keys, durations, texts)
+                        fast += 1
+                    except TypeError:  # it fell back to `notes`: by design, before anything was kept
+                        assert len(logs._order) == queued
+                        del logs.notes
+                        logs.notes_from("done", agent, keys, durations, texts)
+                else:
+                    for key, duration, text in zip(keys, durations, texts, strict=True):
+                        logs.note(key, agent, "done", None, duration, text)
+                if m % 4 == 3:  # a turn's messages in one piece, as the loop's
+                    store.push()
+            assert store.flush() and store.failed is None
+            keys = sorted({key for _, keys, _, _ in messages for key in keys})
+            found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
+                "SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall(),
+                {key: logs.attempts(key) for key in keys}, logs.bytes, logs.live, logs.evicted,
+                list(logs._order), list(logs._order_keys), pieces, store.dropped)
+        finally:
+            store.close()
+    assert found["grouped"] == found["single"]
+    assert fast > (0 if per_run_bytes < 100_000 else 60)  # the C loops were taken
+    assert found["grouped"][4] > 0 if per_run_bytes < 100_000 else found["grouped"][4] == 0
+    assert found["grouped"][8] > 0 if backlog < 10**6 else found["grouped"][8] == 0

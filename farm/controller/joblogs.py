@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any
 
 from farm.controller.joblogstore import FIELDS, JobLogStore
@@ -115,6 +116,46 @@ class JobLogs:
                 order, keys = self._order, self._order_keys  # compacted, perhaps
         if put_keys:
             store.put_many(run, put_keys, put_attempts)  # type: ignore[union-attr]
+
+    def notes_from(self, state: str, agent: str, keys: list[str], durations: list[float],
+                   logs: list[str | None]) -> None:
+        """`notes` of (key, `agent`, duration s, log) at each place of the lists: one agent's message.
+        When every job is new here (distinct, no attempt kept), every log within `log_bytes` and the
+        run within its bytes after them all, the attempts are made and kept in C loops (the same
+        tuples, order, counts and store writes as `note` for each: nothing is bounded or compacted on
+        the way); else `notes`."""
+        count = len(keys)
+        if not count:
+            return
+        jobs, log_bytes = self._jobs, self.log_bytes
+        plain_logs = logs.count(None) == count  # the common case: no log text at all
+        if plain_logs:
+            texts: Any = repeat("", count)
+            text = 0
+        else:
+            texts = [log or "" for log in logs]
+            text = sum(map(len, texts))
+        fresh = set(keys)
+        attempts = None
+        if (len(fresh) == count and jobs.keys().isdisjoint(fresh)
+                and (plain_logs or max(map(len, texts)) <= log_bytes)
+                and self.bytes + count * OVERHEAD + text <= self.per_run_bytes
+                and self._gone_text <= self.per_run_bytes // 2):
+            try:
+                attempts = list(zip(repeat(1), repeat(agent), repeat(state), repeat(None),
+                                    map(round, durations, repeat(3)), texts))
+            except TypeError:  # a duration of None: `note` keeps it as None
+                pass
+        if attempts is None:
+            self.notes(state, zip(keys, repeat(agent), durations, logs))
+            return
+        jobs.update(zip(keys, attempts))
+        self._order.extend(attempts)
+        self._order_keys.extend(keys)
+        self.live += count
+        self.bytes += count * OVERHEAD + text
+        if self._store is not None:
+            self._store.put_fresh(self._run, keys, attempts, text)
 
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)

@@ -32,13 +32,14 @@ import queue
 import sqlite3
 import threading
 import time
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
 from farm.sqlitewal import switch_to_wal
-from farm.sqlrows import RowWriter
+from farm.sqlrows import BOUND, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,17 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
 _PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL
+_STATES = frozenset({"done", "failed", "requeued", "lost"})  # an attempt's states (`JobLogs.note`)
+#: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL;
+#: a first attempt's number, its state and an empty log are written into the statement
 _PUTS = RowWriter(_PUT.split("VALUES")[0], "", 8, (3, 5, 6),
-                  lambda r: (r[3] is None, r[5] is None, r[6] is None))
+                  lambda r: (r[3] is None, r[5] is None, r[6] is None,
+                             1 if r[2] == 1 and r[2].__class__ is int else BOUND,
+                             r[4] if r[4] in _STATES else BOUND, "" if r[7] == "" else BOUND),
+                  literal=(2, 4, 7))
+#: the shape of every record `put_fresh` queues without log text, by its state: a piece of only those
+#: goes to the writer with it (no shape computed a row there)
+_FRESH = {state: (False, True, False, 1, state, "") for state in _STATES}
 _COLUMNS = "key, attempt, agent, state, error, duration_s, log"
 _STOP = ("stop", None, None)
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
@@ -105,6 +114,7 @@ class JobLogStore:
         self._put_runs: list[str] = []
         self._put_keys: list[str] = []
         self._put_attempts: list[tuple[Any, ...]] = []
+        self._put_shape: tuple[Any, ...] | None = None  # the one shape of every record put so far, if known
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -125,6 +135,7 @@ class JobLogStore:
         per record on the loop: the writer makes them)."""
         backlog, queued = self.backlog_bytes, self._queued_text
         runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
+        self._put_shape = None  # these records' shapes are the writer's to find (and the next piece's: push)
         for key, attempt in zip(keys, attempts, strict=True):
             error = attempt[3]
             size = len(attempt[5]) + (len(error) if error else 0)
@@ -143,12 +154,38 @@ class JobLogStore:
                 runs, put_keys, put_attempts = self._put_runs, self._put_keys, self._put_attempts
         self._queued_text = queued
 
+    def put_fresh(self, run: str, keys: list[str], attempts: list[tuple[Any, ...]], text: int) -> None:
+        """`put_many` of attempts without an error whose logs add up to ``text`` characters: when the
+        queue has room for all that text, they are queued in C loops, in the same pieces."""
+        if self._queued_text - self._written_text + text > self.backlog_bytes:  # some go without their text
+            self.put_many(run, keys, attempts)
+            return
+        at, count = 0, len(keys)
+        fresh = _FRESH.get(attempts[0][2]) if text == 0 and count and attempts[0][1] is not None else None
+        while at < count:
+            room = PUSH_AT - len(self._put_keys)
+            if not self._put_keys:  # a piece begins
+                self._put_shape = fresh
+            elif self._put_shape is not fresh:
+                self._put_shape = None
+            piece = keys[at:at + room]
+            self._put_runs.extend(repeat(run, len(piece)))
+            self._put_keys.extend(piece)
+            self._put_attempts.extend(attempts[at:at + room])
+            if at == 0 and len(piece) == count:
+                self._queued_text += text
+            else:
+                self._queued_text += sum(len(attempt[5]) for attempt in attempts[at:at + room])
+            at += len(piece)
+            if len(self._put_keys) >= PUSH_AT:
+                self.push()
+
     def push(self) -> None:
         """Queue the records put since the last push, in one piece: the controller's loop calls it
         every turn, and every other write calls it first (the writer applies all in order)."""
         if self._put_keys:
-            piece = (self._put_runs, self._put_keys, self._put_attempts)
-            self._put_runs, self._put_keys, self._put_attempts = [], [], []
+            piece = (self._put_runs, self._put_keys, self._put_attempts, self._put_shape)
+            self._put_runs, self._put_keys, self._put_attempts, self._put_shape = [], [], [], None
             self._queued_rows += len(piece[1])
             text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
             self._queue.put(("rows", text, piece))  # with its text, for the writer's count of it
@@ -239,23 +276,25 @@ class JobLogStore:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 sql, rows = None, []  # runs of one statement go in one executemany, in order
+                shapes: list[Any] = []  # of the records in rows
                 for kind, what, args in batch:
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
                     if kind == "rows" and sql is _PUT:
-                        rows += _records(args)
+                        rows += _records(args, shapes)
                         continue
                     if rows:
-                        _run(db, sql, rows)
+                        _run(db, sql, rows, shapes)
                     if kind == "rows":
-                        sql, rows = _PUT, _records(args)
+                        shapes = []
+                        sql, rows = _PUT, _records(args, shapes)
                     else:
                         sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
                         self._prune(what)
                 if rows:
-                    _run(db, sql, rows)
+                    _run(db, sql, rows, shapes)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -284,18 +323,21 @@ class JobLogStore:
             log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
 
 
-def _run(db: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
-    """One statement over rows, in order: the records many a statement (`_PUTS`), the rest one each."""
+def _run(db: sqlite3.Connection, sql: str, rows: list[Any], shapes: list[Any]) -> None:
+    """One statement over rows, in order: the records many a statement (`_PUTS`, with their shapes),
+    the rest one each."""
     if sql is _PUT:
-        _PUTS.write(db, rows, ordered=True)
+        _PUTS.write(db, rows, ordered=True, shapes=shapes)
     else:
         db.executemany(sql, rows)
 
 
-def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
-    """A pushed piece's rows for `_PUT`: (run, key, *attempt) each."""
-    runs, keys, attempts = piece
-    return list(map(operator.add, zip(runs, keys, strict=True), attempts))  # (run, key) + attempt, in C
+def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]], Any], shapes: list[Any]) -> list[Any]:
+    """A pushed piece's rows for `_PUT`: (run, key, *attempt) each; their shapes added to `shapes`."""
+    runs, keys, attempts, shape = piece
+    rows = list(map(operator.add, zip(runs, keys, strict=True), attempts))  # (run, key) + attempt, in C
+    shapes += repeat(shape, len(rows)) if shape is not None else map(_PUTS.shape, rows)
+    return rows
 
 
 def _writes(op: tuple[str, Any, Any]) -> int:

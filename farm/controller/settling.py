@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from farm.controller.collator import Pending, collate_failed, folder_gone, settle
@@ -32,25 +33,37 @@ if TYPE_CHECKING:
 
 
 class Group:
-    """Jobs of one run rendered on one agent and collated, to be recorded done together; built as
-    the message is read, side by side (`record_done`: no tuple made per job)."""
+    """Jobs of one run rendered on one agent and collated, to be recorded done together: the jobs and
+    their results' maps, side by side as the message is read; what `record_done` needs of them is
+    taken out in C loops (no tuple made per job)."""
 
-    __slots__ = ("run", "agent", "jobs", "keys", "results", "durations", "logs")
+    __slots__ = ("run", "agent", "jobs", "wire")
 
     def __init__(self, run: ProjectRun, agent: AgentState) -> None:
         self.run, self.agent = run, agent
         self.jobs: list[Job] = []
-        self.keys: list[str] = []
-        self.results: list[Any] = []  # for the journal's rows
-        self.durations: list[float] = []  # seconds, and the logs: for the attempts
-        self.logs: list[str | None] = []
+        self.wire: list[dict[str, Any]] = []  # each job's result as it came (the RESULT shape)
 
-    def add(self, job: Job, result: Any, duration: float, log: str | None) -> None:
-        self.jobs.append(job)
-        self.keys.append(job.key)
-        self.results.append(result)
-        self.durations.append(duration)
-        self.logs.append(log)
+    @property
+    def keys(self) -> list[str]:
+        return list(map(_KEY, self.jobs))
+
+    @property
+    def results(self) -> list[Any]:
+        """For the journal's rows."""
+        return list(map(_RESULT, self.wire))
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds, for the attempts (and `logs`: each its log, or None)."""
+        return list(map(_DURATION, self.wire))
+
+    @property
+    def logs(self) -> list[str | None]:
+        return list(map(dict.get, self.wire, repeat("log")))
+
+
+_KEY, _RESULT, _DURATION = attrgetter("key"), itemgetter("result"), itemgetter("duration")
 
 
 def check_durations(results: list[dict[str, Any]]) -> None:
@@ -70,19 +83,23 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
     scheduler.answered(agent, [r["lease"] for r in results])
     current = scheduler.current
     group: Group | None = None
+    grouping = None  # the run whose successes `plain` said may be grouped (its state is the same until
+    # a result is settled another way: then asked again)
     offset = 0
     for r in results:
         names = r["files"]
-        files = payloads[offset:offset + len(names)] if names else []
-        offset += len(names)
         lease = current(agent, r["lease"])
         run = lease.run if lease is not None else None
-        if run is None or not (r["ok"] and not names and plain(run, lease, collator)):
+        if run is None or names or not r["ok"] or not (run is grouping or plain(run, collator)) \
+                or lease.job.key in run.cache_keys:
             if group is not None:
                 record_done(group)
                 group = None
-            side._result(agent, r, files, lease)
+            grouping = None
+            side._result(agent, r, payloads[offset:offset + len(names)] if names else [], lease)
+            offset += len(names)
             continue
+        grouping = run
         if group is not None and group.run is not run:
             record_done(group)
             group = None
@@ -93,22 +110,25 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         if collate_here(run, lease, agent, r, group is None):
             if group is None:
                 group = Group(run, agent)
-            group.add(lease.job, r["result"], r["duration"], r.get("log"))
+                jobs, wire = group.jobs, group.wire
+            jobs.append(lease.job)
+            wire.append(r)
             continue
         if group is not None:  # its collate raised: settled as the collate thread's outcome is, after them
             record_done(group)
             group = None
+        grouping = None
         if settle(run.collating[key]) and collator.stopped is not None:
             collator.stopped(run)
     if group is not None:
         record_done(group)
 
 
-def plain(run: ProjectRun, lease: Lease, collator: Any) -> bool:
-    """A success of this lease may be settled in a group: collated on the loop now (the collate
-    thread idle), nothing else to feed (job sizes, the job cache), its run still collating."""
+def plain(run: ProjectRun, collator: Any) -> bool:
+    """A success of this run (of a job without a job cache key) may be settled in a group: collated
+    on the loop now (the collate thread idle), nothing else to feed (job sizes), the run collating."""
     return (collator.idle and run.handoff == collator.submit and run.chunks is None and run.stopped is None
-            and run.state != "cancelled" and lease.job.key not in run.cache_keys)
+            and run.state != "cancelled")
 
 
 def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, Any], first: bool) -> bool:
@@ -147,11 +167,12 @@ def record_done(group: Group) -> None:
     A journal that raises on the way (its disk: the controller stops the runs) sends the jobs not
     yet recorded back to be run again, as a crash would have: none is left neither leased nor done.
     """
-    run, agent, keys = group.run, group.agent, group.keys
+    run, agent, keys, results = group.run, group.agent, group.keys, group.results
     run.output_folder.keep(run.journal, run.id)  # before its first job is journaled done (as `settle`)
     if not run.conduct.succeeded_all(keys, agent.id):  # strikes, which may blocklist: events in between
-        for i, (key, result) in enumerate(zip(keys, group.results, strict=True)):
-            run.logs.notes("done", [(key, agent.id, group.durations[i], group.logs[i])])
+        durations, logs = group.durations, group.logs
+        for i, (key, result) in enumerate(zip(keys, results, strict=True)):
+            run.logs.notes("done", [(key, agent.id, durations[i], logs[i])])
             agent.done += 1
             for blocked in run.conduct.succeeded(key, agent.id):
                 run._blocklisted(blocked, run.blocklist[blocked])
@@ -162,13 +183,13 @@ def record_done(group: Group) -> None:
                 raise
         return
     try:
-        run.journal.jobs_done(run.id, keys, group.results)
+        run.journal.jobs_done(run.id, keys, results)
     except BaseException:
         run.ready.extendleft(reversed(group.jobs))
         raise
     agent.done += len(keys)
     agent_id = agent.id
-    run.logs.notes("done", zip(keys, repeat(agent_id), group.durations, group.logs))
+    run.logs.notes_from("done", agent_id, keys, group.durations, group.logs)
     cache_keys = run.cache_keys
     if cache_keys:
         for key in keys:
