@@ -58,3 +58,13 @@ def test_the_workers_job_is_the_one_job_makes():
     for key, params, deps in (("k", {"i": 1}, ()), ("7/12/40", None, ("a", "b"))):
         made, fast = Job(key, params, deps=deps), _job(key, params, deps)
         assert fast == made and vars(fast) == vars(made) and type(fast) is Job
+
+
+def test_timeouts_checked_once_per_distinct_value_keep_their_own_types():
+    """The agent checks each distinct timeout of a message once: True equals 1, and is refused all the
+    same; NaNs, equal to nothing, are each refused."""
+    for timeouts, good in (([1, True, 1.0], [0, 2]), ([2.0, float("nan"), float("nan"), 2], [0, 3])):
+        jobs = [JobSpec(f"l{i}", f"k{i}", "p1", None, None, t) for i, t in enumerate(timeouts)]
+        taken, refusals = screen(jobs, {"p1"}, {})
+        assert taken == [jobs[i] for i in good], timeouts
+        assert [job for job, _ in refusals] == [job for i, job in enumerate(jobs) if i not in good], timeouts

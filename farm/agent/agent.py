@@ -27,6 +27,7 @@ import zmq
 
 from farm import __version__, gcpolicy
 from farm.agent.capabilities import detect
+from farm.agent.drain import drain
 from farm.agent.intake import screen
 from farm.agent.outbox import Forwarded, Outgoing, checked, flush
 from farm.agent.pool import EarlyWorkers, Pool
@@ -49,6 +50,7 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
 BAD_MESSAGES_LOGGED = 20  # then one line per 1000
 MAX_REFUSED_PROJECTS = 1024  # remembered refusals; a controller cycling ids cannot grow memory
+REFUSAL_CHECK_S = 0.05  # the connection's handshake events read this often, not every turn (~5 us each)
 _LEASE, _PROJECT = operator.attrgetter("lease"), operator.attrgetter("project")  # of a JobSpec
 
 
@@ -113,7 +115,7 @@ class Agent:
         self.stopping = False
         self.last_recv = self.last_send = 0.0
         self.backoff = BACKOFF_START_S
-        self.reconnect_at = 0.0
+        self.reconnect_at = self.refusal_check_at = 0.0
         self.bad_messages = 0
         self.reintroduce = False
         self.watcher: HandshakeWatcher | None = None
@@ -163,7 +165,7 @@ class Agent:
                 registered = self.ctrl
             events = dict(poller.poll(20 if self.sync.busy else 100))
             if self.ctrl is not None and events.get(self.ctrl):
-                self._drain(self.ctrl, self._on_controller)
+                drain(self.ctrl, self._on_controller)  # bounded, so the controller cannot starve the workers
             if self.reintroduce:
                 self.reintroduce = False
                 self._connect()
@@ -191,15 +193,6 @@ class Agent:
         self._close_ctrl(linger=500)
         self.zctx.term()
         self.scratch_hold.release()
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:
-        for _ in range(10000):  # bounded, so the controller cannot starve the workers
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            handle(frames)
 
     # -- controller side -------------------------------------------------------------
 
@@ -273,7 +266,9 @@ class Agent:
             self.refused_role, self.connected, self.stopping = problem, False, True
 
     def _check_controller(self, now: float) -> None:
-        self._check_refusal()
+        if now >= self.refusal_check_at:
+            self.refusal_check_at = now + REFUSAL_CHECK_S
+            self._check_refusal()
         if now - self.last_recv > self.heartbeat * self.liveness:
             if self.reconnect_at == 0.0:
                 self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)

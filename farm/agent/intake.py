@@ -15,6 +15,7 @@ from farm.keycheck import plain_job, plain_jobs
 from farm.protocol import JobSpec
 
 NEVER_DESCRIBED = "controller sent a job for a project it never described"
+_NUMS = {int, float}
 
 
 def screen(jobs: list[JobSpec], described: Container[str],
@@ -25,6 +26,8 @@ def screen(jobs: list[JobSpec], described: Container[str],
         return [], []
     _, keys, projects, _, deps, timeouts = zip(*jobs)
     runs = set(projects)
+    if _NUMS.issuperset(map(type, timeouts)):  # each distinct one checked once (a bool, equal to 1, is not)
+        timeouts = tuple(set(timeouts))
     if (plain_jobs(keys, deps, timeouts) and all(map(described.__contains__, runs))
             and runs.isdisjoint(refused)):
         return jobs, []

@@ -138,6 +138,8 @@ class AssetSync:
             self.peers.close()
 
     def finished(self) -> list[Synced]:
+        if not self.busy:  # nothing fetching: nothing can have finished (asked every turn of the loop)
+            return []
         out = []
         while True:
             try:

@@ -12,6 +12,7 @@ up can be given it before the worker has reported this one.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from blake3 import blake3
 from farm.agent.capabilities import offered
 from farm.agent.emptydir import Folder, Watch
 from farm.agent.launch import THREADS_ENV
+from farm.agent.workdir import CurrentFolder, count_chdirs
 from farm.agent.wresults import packed
 from farm.errors import FarmError, JobFailedForGood, ProtocolError, RenderError
 from farm.mediatype import Job, RenderContext
@@ -69,10 +71,20 @@ class Worker:
         self.contexts: dict[str, tuple[Any, RenderContext, Project]] = {}
         self.projects: dict[str, dict[str, Any]] = {}  # as the agent passed them on: checked per job
         self.out_dir, self.work_dir = scratch / "out", scratch / "work"
-        self.work_path = str(self.work_dir)  # chdir'd to before every job: no Path to convert each time
         self.out_dirty = True  # unknown until the first job has run
+        # the last job's last look at the output folder found its work folder unchanged too: the next
+        # job of the batch starts without another (one inotify queue for both: farm.agent.emptydir)
+        self.work_settled = False
         self.watch = Watch()  # the folders' emptiness, answered without listing them (farm.agent.emptydir)
         self.out, self.work = Folder(self.out_dir, self.watch), Folder(self.work_dir, self.watch)
+        self.cwd = CurrentFolder(self.work)  # each job's current folder (farm.agent.workdir)
+        # the batch being run and the index in it of the job rendering now (`_progress`, `_next_job`)
+        self.batch: list[JobSpec] = []
+        self.index = 0
+        self.progress_of: JobSpec | None = None  # the job whose progress was sent last, and when
+        self.progress_at = 0.0
+        # bound once: a job's context gets these, not a closure made per job
+        self.report_progress, self.next_job = self._progress, self._next_job
         self.threads = 1  # the CPU share of each slot, as the agent says
         # a W_JOBS taken from the socket by `_upcoming`, which `serve` runs next; and it read (None: bad)
         self.early: list[bytes] | None = None
@@ -97,6 +109,12 @@ class Worker:
             raise SystemExit(0)
 
     def serve(self) -> None:
+        # what this process holds before its first job (farm, pyzmq, a prewarmed renderer's plugin)
+        # lives as long as it does: out of the collector's full walks (~0.35 us of a no-op job's
+        # CPU: ~23,000 objects walked at each); the young collections, what a job's garbage needs,
+        # run as ever
+        gc.collect()
+        gc.freeze()
         self.send(T.W_READY, {"pid": os.getpid()})
         while True:
             frames, self.early = self.early, None
@@ -112,6 +130,19 @@ class Worker:
             self.threads = msg.body["threads"]
             self.run_batch(JobSpec.from_rows(msg.body["jobs"]))
             self._tidy()
+
+    def _progress(self, fraction: float) -> None:
+        """`RenderContext.progress` of the job rendering now: sent at most every `PROGRESS_EVERY_S`,
+        its first call at once."""
+        spec, now = self.batch[self.index], time.monotonic()
+        if spec is not self.progress_of or now - self.progress_at >= PROGRESS_EVERY_S:
+            self.progress_of, self.progress_at = spec, now
+            self.send(T.W_PROGRESS, {"lease": spec.lease, "fraction": float(fraction)})
+
+    def _next_job(self) -> Job | None:
+        """`RenderContext.upcoming` of the job rendering now (`_upcoming`)."""
+        batch, following = self.batch, self.index + 1
+        return self._upcoming(batch[following - 1], batch[following] if following < len(batch) else None)
 
     def _upcoming(self, current: JobSpec, following: JobSpec | None) -> Job | None:
         """The job this worker runs after ``current``, if it is known now and renders in the same
@@ -152,18 +183,30 @@ class Worker:
         self.work.is_empty()
 
     def run_batch(self, jobs: list[JobSpec]) -> None:
+        """Run the jobs in order, sending their results in batches (at least every `FLUSH_EVERY_S`,
+        and at once after a job with files)."""
         pending: list[dict[str, Any]] = []
         payloads: list[bytes] = []
-        last_flush = time.monotonic()
+        self.index, self.batch = 0, jobs
+        monotonic = time.monotonic
+        # one clock reading per job: a job ends when the next starts (the worker's own few
+        # microseconds between them count in its duration)
+        last_flush = started = monotonic()
+        self.work_settled = False  # looked at again after any pause: its first job's look is its own
         for i, spec in enumerate(jobs):
-            result, files = self.run_one(spec, jobs[i + 1] if i + 1 < len(jobs) else None)
+            self.index = i
+            result, files = self.run_one(spec)
             pending.append(result)
+            now = monotonic()
+            result["duration"] = now - started
+            started = now
             if files:
                 payloads.extend(files)
-            now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY_S or payloads:
                 self._send_results(pending, payloads)
-                pending, payloads, last_flush = [], [], now
+                pending, payloads = [], []
+                last_flush = started = monotonic()
+                self.work_settled = False
         if pending:
             self._send_results(pending, payloads)
 
@@ -205,45 +248,44 @@ class Worker:
             found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 
-    def run_one(self, spec: JobSpec, following: JobSpec | None = None) -> tuple[dict[str, Any], list[bytes]]:
-        """Run one job: its result as a map of the RESULT shape (`JobResult.to_wire`'s, made without a
-        `JobResult`: this runs for every job) and its output files' bytes, in the order it names them."""
-        started = time.monotonic()
+    def run_one(self, spec: JobSpec) -> tuple[dict[str, Any], list[bytes]]:
+        """Run one job (``self.batch[self.index]``): its result as a map of the RESULT shape
+        (`JobResult.to_wire`'s, made without a `JobResult`: this runs for every job; its duration
+        is the caller's to set) and its output files' bytes, in the order it names them."""
         lease = spec.lease
         if self.out_dirty:
             self.out.clear()
-        self.work.clear()
+        if self.work_settled:
+            self.work_settled = False
+        else:
+            self.work.clear()
         self.out_dirty = True
         lines = self.tail.lines
-        lines.clear()
-        last_progress = [0.0]
-
-        def progress(fraction: float) -> None:
-            now = time.monotonic()
-            if now - last_progress[0] >= PROGRESS_EVERY_S:
-                last_progress[0] = now
-                self.send(T.W_PROGRESS, {"lease": lease, "fraction": float(fraction)})
-
+        if lines:
+            lines.clear()
         try:
-            media, ctx, project = self._context(spec.project)
+            found = self.contexts.get(spec.project)
+            media, ctx, project = found if found is not None else self._context(spec.project)
             ctx.threads = self.threads
             deps = spec.deps
             ctx.deps = deps = {} if deps is None else deps  # a controller may send None for none
-            ctx.progress = progress
-            ctx.upcoming = lambda: self._upcoming(spec, following)
-            os.chdir(self.work_path)
-            result = media.render(_job(spec.key, spec.params, tuple(deps)), ctx)
+            ctx.progress, ctx.upcoming = self.report_progress, self.next_job
+            self.cwd.enter()
+            result = media.render(_job(spec.key, spec.params, tuple(deps) if deps else ()), ctx)
             files = self.out.files()
-            self.out_dirty = bool(files)
-            reply = {"lease": lease, "ok": True, "result": result, "files": [], "duration": 0.0}
             payloads = []
             if files:  # none: the common no-output job skips the size check and reads
                 _check_size(files, project.max_output)  # before reading them in
                 payloads = [p.read_bytes() for p in files]
                 # name, size and digest: the controller verifies every file before the job counts as done
                 out_dir = self.out_dir
-                reply["files"] = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
-                                  for p, data in zip(files, payloads, strict=True)]
+                entries = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
+                           for p, data in zip(files, payloads, strict=True)]
+                reply = {"lease": lease, "ok": True, "result": result, "files": entries, "duration": 0.0}
+            else:
+                # that look read the queue of both folders' events: none came for the work folder
+                self.out_dirty, self.work_settled = False, self.work.known_empty
+                reply = {"lease": lease, "ok": True, "result": result, "files": [], "duration": 0.0}
             if lines:  # its log tail travels with success too: every job's log is readable (farm logs)
                 text = "\n".join(lines)[-16000:]
                 if text:
@@ -255,7 +297,6 @@ class Worker:
             reply = JobResult(lease, False, error=f"{type(exc).__name__}: {exc}", log=log[-16000:],
                               retry=not isinstance(exc, JobFailedForGood)).to_wire()
             payloads = []
-        reply["duration"] = time.monotonic() - started
         return reply, payloads
 
 
@@ -313,6 +354,7 @@ def main(argv: list[str]) -> None:
     # SIGKILL when the agent dies, however it dies; our renderers follow us the same way
     die_with_parent(parent_from_env())
     scratch.mkdir(parents=True, exist_ok=True)
+    count_chdirs()  # before any plugin is imported (farm.agent.workdir)
     os.chdir(scratch)
     prewarm(scratch / "work")
     Worker(endpoint, slot, scratch).serve()
