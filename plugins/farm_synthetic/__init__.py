@@ -30,7 +30,10 @@ __version__ = "1.0.0"
 
 
 def job_key(index: int) -> str:
-    return f"job-{index:07d}"
+    return _KEY % index
+
+
+_KEY = "job-%07d"  # printf-style: cheaper than an f-string's format spec, on the path of every job
 
 
 def payload(key: str, size: int) -> bytes:
@@ -88,10 +91,10 @@ class Synthetic(MediaType):
     def split(self, project: Project) -> Iterator[Job]:
         first = (job_key(0),) if project.settings["depend_on_first"] else ()
         folder = project.settings["inputs"]
+        # lean: farm's dispatch benchmark measures farm, not this loop (no call or keyword per job)
         for i in range(project.settings["jobs"]):
-            key = job_key(i)
-            inputs = (f"{folder}/{key}.txt",) if folder else None
-            yield Job(key, {"i": i}, inputs=inputs, deps=first if i else ())
+            key = _KEY % i
+            yield Job(key, {"i": i}, (f"{folder}/{key}.txt",) if folder else None, first if i else ())
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         settings = ctx.settings
