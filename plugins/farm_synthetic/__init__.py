@@ -34,6 +34,7 @@ def job_key(index: int) -> str:
 
 
 _KEY = "job-%07d"  # printf-style: cheaper than an f-string's format spec, on the path of every job
+_ONE_UNIT = (1.0,)  # each job's units when the settings name none
 
 
 def payload(key: str, size: int) -> bytes:
@@ -80,7 +81,7 @@ class Synthetic(MediaType):
         return project.settings["jobs"]
 
     def units(self, job: Job, project: Project) -> float:
-        weights = project.settings.get("units_per_job", [1.0])
+        weights = project.settings.get("units_per_job", _ONE_UNIT)  # asked for every job: no list made
         return weights[job.params["i"] % len(weights)]
 
     def total_units(self, project: Project) -> float:
