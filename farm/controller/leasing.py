@@ -36,7 +36,9 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from farm.controller.lease import Lease
-from farm.keycheck import plain_split
+from farm.ids import BadIdentifier
+from farm.keycheck import check_job_keys, plain_split
+from farm.mediatype import Job
 from farm.plugincode import describe_bug
 
 if TYPE_CHECKING:
@@ -116,6 +118,19 @@ def take_new(run: ProjectRun, agent: AgentState, n: int, now: float) -> list[Lea
         run.starting = None
         starting.record()
     return leases
+
+
+def well_made(run: ProjectRun, job: Any) -> bool:
+    """What the run's `split` yielded is a `Job` whose keys are safe; else the run fails, saying why."""
+    if not isinstance(job, Job):
+        run._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
+        return False
+    try:  # keys travel to agents, which may name files after them
+        check_job_keys(job)
+    except BadIdentifier as exc:
+        run._fail_project(f"split() yielded a bad job: {exc}")
+        return False
+    return True
 
 
 def split_failed(run: ProjectRun, exc: Exception) -> None:

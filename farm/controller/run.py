@@ -32,9 +32,7 @@ from farm.controller.registry import AgentState
 from farm.controller.report import RunLog, RunReport, first_line
 from farm.controller.resume import resume
 from farm.controller.units import UnitCounter
-from farm.ids import BadIdentifier
 from farm.journal import Journal
-from farm.keycheck import check_job_keys
 from farm.mediatype import CollateContext, Job, MediaType
 from farm.preview import RunFacts
 from farm.project import Project
@@ -222,15 +220,8 @@ class ProjectRun(RunReport):
 
     def admit(self, job: Any, checked: bool = False) -> Job | None:
         """What `split` yielded, to lease now, or None. `checked`: a `Job`, keys good (`plain_split`)."""
-        if not checked:
-            if not isinstance(job, Job):
-                self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
-                return None
-            try:  # keys travel to agents, which may name files after them
-                check_job_keys(job)
-            except BadIdentifier as exc:
-                self._fail_project(f"split() yielded a bad job: {exc}")
-                return None
+        if not (checked or leasing.well_made(self, job)):
+            return None
         self.units.seen(job)
         if job.key in self.done_keys:
             self.units.resumed_done(job.key)
