@@ -20,7 +20,17 @@ if TYPE_CHECKING:
     from farm.settings import SettingsReader
 
 
-@dataclass(frozen=True)
+class _NewDict:
+    """`Job`'s default for ``params``: a new empty dict each time (shown as dataclasses show a factory)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_NEW_DICT: Any = _NewDict()
+
+
+@dataclass(frozen=True, init=False)
 class Job:
     """One unit of work.
 
@@ -39,6 +49,14 @@ class Job:
     inputs: tuple[str, ...] | None = None
     deps: tuple[str, ...] = ()
     units: int = 1
+
+    def __init__(self, key: str, params: dict[str, Any] = _NEW_DICT, inputs: tuple[str, ...] | None = None,
+                 deps: tuple[str, ...] = (), units: int = 1) -> None:
+        # the frozen dataclass's own __init__ sets each field through `object.__setattr__` (~0.55 us,
+        # on the controller's dispatch path of every job); the instance's dict takes the same fields
+        # in one update at ~0.3 (`tests/test_dispatch_lean.py` holds it to the dataclass's)
+        self.__dict__.update(key=key, params={} if params is _NEW_DICT else params, inputs=inputs, deps=deps,
+                             units=units)
 
 
 @dataclass

@@ -33,11 +33,8 @@ from farm.controller.report import RunLog, RunReport, first_line
 from farm.controller.resume import resume
 from farm.controller.units import UnitCounter
 from farm.filesync.errors import source_edited
-from farm.ids import BadIdentifier
 from farm.journal import Journal
-from farm.keycheck import check_job_keys
 from farm.mediatype import CollateContext, Job, MediaType
-from farm.plugincode import describe_bug
 from farm.preview import RunFacts
 from farm.project import Project
 
@@ -94,7 +91,7 @@ class ProjectRun(RunReport):
         try:
             self._jobs = iter(media.split(project, self.chunks) if self.chunks else media.split(project))
         except Exception as exc:
-            self._fail_project(f"split() failed: {describe_bug(exc, media)}")
+            leasing.split_failed(self, exc)
         self.exhausted = False
         self.ready: collections.deque[Job] = collections.deque()
         self.waiting: dict[str, list[Job]] = {}  # dependency key -> jobs waiting on it
@@ -218,15 +215,13 @@ class ProjectRun(RunReport):
             self.exhausted = True
             return None
         except Exception as exc:
-            self._fail_project(f"split() failed: {describe_bug(exc, self.media)}")
+            leasing.split_failed(self, exc)
             return None
-        if not isinstance(job, Job):
-            self._fail_project(f"split() yielded {job!r}, not a farm.mediatype.Job")
-            return None
-        try:  # keys travel to agents, which may name files after them
-            check_job_keys(job)
-        except BadIdentifier as exc:
-            self._fail_project(f"split() yielded a bad job: {exc}")
+        return self.admit(job)
+
+    def admit(self, job: Any, checked: bool = False) -> Job | None:
+        """What `split` yielded, to lease now, or None. `checked`: a `Job`, keys good (`plain_split`)."""
+        if not (checked or leasing.well_made(self, job)):
             return None
         self.units.seen(job)
         if job.key in self.done_keys:

@@ -13,6 +13,7 @@ Blame, blocklists and where a retried job goes are `farm.controller.policy`'s ru
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Iterable
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 EXPIRY_GRACE_S = 10.0  # past its deadline a lease is withdrawn only after max(this, half its timeout)
 RESCAN_EVERY_S = 0.5  # a dispatch turn looks at every agent this often; else only at the hungry ones
+_lease_id = operator.attrgetter("id")
 
 
 class Scheduler:
@@ -75,9 +77,9 @@ class Scheduler:
                 if run.eligible(agent):
                     leases += run.take(agent, free - len(leases), eligible[run.id], now)
             if leases:
-                for lease in leases:
-                    self.leases[lease.id] = lease
-                    agent.held.add(lease.id)
+                ids = list(map(_lease_id, leases))
+                self.leases.update(zip(ids, leases))
+                agent.held.update(ids)
                 self.max_held = max(self.max_held, len(agent.held))
                 decisions.append((agent, leases))
                 if len(leases) >= free:

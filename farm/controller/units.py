@@ -59,13 +59,33 @@ class UnitCounter:
         if (units.__class__ is int or units.__class__ is float) and 0 <= units <= MAX_UNITS:
             self.pending[job.key] = float(units)
             return
+        self._seen_odd(job.key, units)
 
-        def asked() -> Any:  # anything else through the full check, which says what is wrong (once)
+    def seen_all(self, jobs: Iterable[Job]) -> None:
+        """`seen` of each of `jobs`, in order, in one call (a dispatch turn's, `farm.controller.leasing`)."""
+        pending, units_of, project = self.pending, self.media.units, self.project
+        for job in jobs:
+            key = job.key
+            if key in pending:
+                continue
+            try:
+                units = units_of(job, project)
+            except Exception as exc:
+                units = exc
+            if (units.__class__ is int or units.__class__ is float) and 0 <= units <= MAX_UNITS:
+                pending[key] = float(units)
+            else:
+                self._seen_odd(key, units)
+
+    def _seen_odd(self, key: str, units: Any) -> None:
+        """What `units` gave for job `key` was not a plain number in range (or it raised)."""
+
+        def asked() -> Any:  # through the full check, which says what is wrong (once)
             if isinstance(units, Exception):
                 raise units
             return units
 
-        self.pending[job.key] = self._checked(asked, f"units() of {job.key!r}") or 0.0
+        self.pending[key] = self._checked(asked, f"units() of {key!r}") or 0.0
 
     def resume(self, done_keys: Collection[str], failed_keys: Collection[str],
                jobs: Iterable[Job] | None = None) -> bool:

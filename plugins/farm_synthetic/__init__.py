@@ -30,7 +30,11 @@ __version__ = "1.0.0"
 
 
 def job_key(index: int) -> str:
-    return f"job-{index:07d}"
+    return _KEY % index
+
+
+_KEY = "job-%07d"  # printf-style: cheaper than an f-string's format spec, on the path of every job
+_ONE_UNIT = (1.0,)  # each job's units when the settings name none
 
 
 def payload(key: str, size: int) -> bytes:
@@ -77,7 +81,7 @@ class Synthetic(MediaType):
         return project.settings["jobs"]
 
     def units(self, job: Job, project: Project) -> float:
-        weights = project.settings.get("units_per_job", [1.0])
+        weights = project.settings.get("units_per_job", _ONE_UNIT)  # asked for every job: no list made
         return weights[job.params["i"] % len(weights)]
 
     def total_units(self, project: Project) -> float:
@@ -88,10 +92,10 @@ class Synthetic(MediaType):
     def split(self, project: Project) -> Iterator[Job]:
         first = (job_key(0),) if project.settings["depend_on_first"] else ()
         folder = project.settings["inputs"]
+        # lean: farm's dispatch benchmark measures farm, not this loop (no call or keyword per job)
         for i in range(project.settings["jobs"]):
-            key = job_key(i)
-            inputs = (f"{folder}/{key}.txt",) if folder else None
-            yield Job(key, {"i": i}, inputs=inputs, deps=first if i else ())
+            key = _KEY % i
+            yield Job(key, {"i": i}, (f"{folder}/{key}.txt",) if folder else None, first if i else ())
 
     def render(self, job: Job, ctx: RenderContext) -> Mapping[str, Any] | None:
         settings = ctx.settings
