@@ -131,3 +131,30 @@ def test_agent_fails_a_job_whose_linked_asset_changed(synthetic, tmp_path, contr
     summary = run.summary
     assert summary is not None and summary.failed == 1, summary
     assert "modified while the job ran" in str(summary.failures), summary.failures
+
+
+def test_jobs_a_worker_held_when_an_edit_was_found_fail_too(synthetic, tmp_path, controller, agents):
+    """The first result checked after an in-place edit fails, and the project is placed afresh; but the
+    job its worker already held (queued behind the running one: short jobs) runs on the edited files
+    too. The agent forgot the project's view at the first finding, so that job's result went unchecked
+    and came back done with the edited bytes: a mix of old and new outputs, exit 0."""
+    jobs = 20
+    root = synthetic(jobs=jobs, sleep=0.3, inputs="in", extra="[jobs]\nmax_attempts = 1")
+    (root / "in").mkdir()
+    for i in range(jobs):
+        (root / "in" / f"job-{i:07d}.txt").write_bytes(b"as submitted")
+    tmp = start_agent(agents, controller.url, tmp_path, local=True)
+    run = Background(controller.url, root)
+    placed = wait_for(lambda: list(tmp.glob("farm-agent-*/projects/*/in/job-0000001.txt")), what="the view")
+    if placed[0].stat().st_ino != (root / "in" / "job-0000001.txt").stat().st_ino:
+        pytest.skip("this filesystem reflinks: an edit of the source never reaches the job")
+    wait_for(lambda: (root / "output" / "job-0000002.txt").exists(), 120, "three jobs done")
+    for i in range(3, jobs):  # in place (the hard links share the inode), the same size
+        with open(root / "in" / f"job-{i:07d}.txt", "r+b") as f:
+            f.write(b"EDITED here!")
+    wait_for(run.done, 120, "the run")
+    summary = run.summary
+    assert summary is not None, run.error
+    assert any("modified while the job ran" in f["error"] for f in summary.failures), summary
+    edited = sorted(p.name for p in (root / "output").glob("*.txt") if p.read_bytes() != b"as submitted")
+    assert not edited, f"outputs made from files edited after the submit, counted done: {edited}"

@@ -29,7 +29,7 @@ from farm import __version__, gcpolicy
 from farm.agent.capabilities import detect
 from farm.agent.drain import drain
 from farm.agent.intake import screen
-from farm.agent.outbox import Forwarded, Outgoing, checked, flush
+from farm.agent.outbox import Forwarded, Outgoing, checked, flush, stale_leases
 from farm.agent.pool import EarlyWorkers, Pool
 from farm.agent.scratch import claim as claim_scratch
 from farm.agent.sync import AssetSync
@@ -109,8 +109,10 @@ class Agent:
                               peers=peers, agent=self.id)
         self.held: set[str] = set()
         self.outgoing: list[Outgoing] = []  # farm.agent.outbox
-        # results of projects placed from the controller's folder, checked once per turn before they go
+        # results of projects placed from the controller's folder, checked once per turn before they go;
+        # leases that were running on placed files found edited -> why (farm.agent.outbox.checked)
         self.unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]] = []
+        self.stale: dict[str, str] = {}
         self.connected = False
         self.stopping = False
         self.last_recv = self.last_send = 0.0
@@ -431,7 +433,7 @@ class Agent:
 
     def deliver(self, result: JobResult, files: list[bytes], project: str) -> None:
         self.held.discard(result.lease)
-        if project in self.sync.views:
+        if project in self.sync.views or self.stale:
             self.unchecked.append((result, files, project))
         else:
             self.outgoing.append((result, files))
@@ -440,7 +442,7 @@ class Agent:
         """A worker's results (its RESULTS body, their leases), all of whose jobs ran here: sent on."""
         self.held.difference_update(leases)
         item = Forwarded(body, leases, projects)
-        if not self.sync.views.keys().isdisjoint(projects):
+        if not self.sync.views.keys().isdisjoint(projects) or self.stale:
             self.unchecked.append((item, [], projects[0]))
         else:
             self.outgoing.append((item, []))
@@ -449,11 +451,13 @@ class Agent:
         """Fail the results of jobs whose project files were edited in place while they ran (one
         look per project and turn, however many results came), and place those files afresh."""
         # one look per project: only the first reports a change (`changed` forgets a view it found changed)
-        results, moved = checked(self.unchecked, self.sync.changed)
+        results, moved = checked(self.unchecked, self.sync.changed, self.stale)
         self.outgoing.extend(results)
         self.unchecked.clear()
         for project, why in moved.items():
-            if why is not None:
+            if why is not None:  # its workers' jobs read those files too; they load it afresh after
+                self.stale.update(stale_leases(self.pool.slots, project, why))
+                self.pool.forget_project(project)
                 self.ready.discard(project)
                 if project in self.projects:
                     self._fetch_assets(project)

@@ -11,8 +11,8 @@ and checked then), travels as `JobResult`s, batched as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from farm.agent.wresults import read
 from farm.errors import ProtocolError
@@ -35,31 +35,42 @@ Outgoing = tuple[JobResult | Forwarded, list[bytes]]
 
 
 def checked(unchecked: list[tuple[JobResult | Forwarded, list[bytes], str]],
-            changed: Callable[[str], str | None]) -> tuple[list[Outgoing], dict[str, str | None]]:
+            changed: Callable[[str], str | None],
+            stale: dict[str, str] | None = None) -> tuple[list[Outgoing], dict[str, str | None]]:
     """Results of placed projects, in order, each failed if its project's files changed while it ran
-    (`changed(project)`: why, or None; asked once per project); and what each project answered."""
+    (`changed(project)`: why, or None; asked once per project) or if its lease is in `stale` (lease ->
+    why: it was running on files found edited before; taken out of `stale` as it comes); and what
+    each project answered."""
     projects: set[str] = set()
     for item, _, project in unchecked:
         projects.update(item.projects) if item.__class__ is Forwarded else projects.add(project)
     moved = {project: changed(project) for project in projects}
-    if not any(moved.values()):  # the common answer: every result goes as it is
+    if not any(moved.values()) and not stale:  # the common answer: every result goes as it is
         return [(item, files) for item, files, _ in unchecked], moved
+    stale = {} if stale is None else stale
     out: list[Outgoing] = []
     for item, files, project in unchecked:
         if item.__class__ is Forwarded:
-            if not any(map(moved.__getitem__, item.projects)):
+            if not any(map(moved.__getitem__, item.projects)) and stale.keys().isdisjoint(item.leases):
                 out.append((item, []))
                 continue
             pairs = _decoded(item)
         else:
             pairs = [(item, files, project)]
         for result, result_files, result_project in pairs:
-            why = moved[result_project]
+            why = stale.pop(result.lease, None) or moved[result_project]
             if why is not None:  # the result may be wrong
                 result, result_files = JobResult(result.lease, False, error=why, log=result.log,
                                                  duration=result.duration), []
             out.append((result, result_files))
     return out, moved
+
+
+def stale_leases(slots: Iterable[Any], project: str, why: str) -> dict[str, str]:
+    """The leases of ``project``'s jobs in these worker slots (running, or waiting in the worker's
+    socket) when its placed files were found edited: they may read the edited files, whenever their
+    results come (the project's view is gone by then), so they fail with ``why`` (`checked`)."""
+    return {job.lease: why for slot in slots for job in slot.running if job.project == project}
 
 
 def _decoded(item: Forwarded) -> list[tuple[JobResult, list[bytes], str]]:

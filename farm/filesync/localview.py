@@ -11,8 +11,8 @@ files as
 - **hard links**: the source's own inode, so a save-by-rename (what most editors and Blender
   do) leaves the job its old file, but an in-place write shows through. `LocalView.changed`
   re-stats every linked file; the agent calls it before it reports results (once per turn for
-  all that came in it) and fails the jobs whose files moved, so a changed asset never yields a
-  silent wrong output.
+  all that came in it) and fails the jobs whose files moved, and the jobs its workers held then
+  (they read the edited files too), so a changed asset never yields a silent wrong output.
 
 Anything else (another filesystem, a symlink, a file that moved since it was hashed) makes
 `LocalView.make` return None and the agent fetches through the synchroniser as a remote one.

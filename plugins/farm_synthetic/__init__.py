@@ -110,11 +110,14 @@ class Synthetic(MediaType):
             _append_line(ctx.project_dir, settings["render_log"], job.key)
         if job.deps and ctx.deps.get(job.deps[0]) != {"token": job.deps[0]}:
             raise RenderError(f"{job.key} ran without its dependency's result: {dict(ctx.deps)!r}")
+        data = None
+        if settings["inputs"]:  # read first, as a renderer reads its inputs before it works
+            source = resolve_inside(ctx.project_dir, f"{settings['inputs']}/{job.key}.txt")
+            data = source.read_bytes() if source.exists() else b""
         if settings["sleep"]:
             time.sleep(settings["sleep"])
-        if settings["inputs"]:
-            source = resolve_inside(ctx.project_dir, f"{settings['inputs']}/{job.key}.txt")
-            (ctx.output_dir / f"{job.key}.txt").write_bytes(source.read_bytes() if source.exists() else b"")
+        if data is not None:
+            (ctx.output_dir / f"{job.key}.txt").write_bytes(data)
         if settings["output_bytes"]:
             (ctx.output_dir / f"{job.key}.bin").write_bytes(payload(job.key, settings["output_bytes"]))
         return {"token": job.key} if settings["depend_on_first"] and not job.deps else None
