@@ -157,6 +157,8 @@ def test_metatiles_cover_the_bbox_tiles_once(west, width, south, height, z, meta
         ('style = "farm.toml"', "style", ".xml"),
         ('style = "broken.xml"', "style", "not well-formed XML"),
         ('style = "nodata.xml"', "style", "does not exist"),
+        ('style = "nodbf.xml"', "style", "data/no_dbf.dbf does not exist (Mapnik reads a shapefile's"),
+        ('style = "noshx.xml"', "style", "data/no_shx.shx does not exist (Mapnik reads a shapefile's"),
         ('style = "world.xml"\nbbox = [10, 0, 5, 5]', "bbox", "west < east"),
         ('style = "world.xml"\nbbox = [0, 0, 10]', "bbox", "[west, south, east, north]"),
         ('style = "world.xml"\nbbox = [-200, 0, 10, 10]', "bbox", "-180"),
@@ -178,6 +180,12 @@ def test_bad_settings_name_the_key(tmp_path: Path, table: str, key: str, words: 
     (folder / "nodata.xml").write_text(
         (SAMPLE / "world.xml").read_text().replace("data/naturalearth_cities", "data/nowhere")
     )
+    for missing in ("dbf", "shx"):  # a shapefile whose .dbf or .shx was left behind
+        for ext in {"shp", "shx", "dbf"} - {missing}:
+            data = folder / "data"
+            shutil.copy(data / f"naturalearth_cities.{ext}", data / f"no_{missing}.{ext}")
+        (folder / f"no{missing}.xml").write_text(
+            (SAMPLE / "world.xml").read_text().replace("data/naturalearth_cities", f"data/no_{missing}"))
     with pytest.raises(ProjectError) as caught:
         load_project(folder)
     assert caught.value.key == f"[maptiles] {key}"

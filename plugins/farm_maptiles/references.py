@@ -229,3 +229,8 @@ def _check(ds: Datasource, allowed: frozenset[str], style_dir: Path, root: Path,
     if not main.is_file():
         raise BadReference(f"{ds.describe()}: the file does not exist (looked for {main.relative_to(root)})",
                            ds.line)
+    if ds.type == "shape":  # Mapnik's own error for these quotes nothing farm may show: say which part
+        for part in (Path(f"{stem}.shx"), Path(f"{stem}.dbf")):
+            if not part.is_file():
+                raise BadReference(f"{ds.describe()}: {part.relative_to(root)} does not exist (Mapnik reads "
+                                   "a shapefile's .shp, .shx and .dbf together)", ds.line)
