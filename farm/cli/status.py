@@ -122,8 +122,9 @@ def cancel(
         "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
-    so far stay (a remote submitter's `farm submit` downloads them). A run that is finalizing (its jobs
-    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing).
+    so far stay (a remote submitter's `farm submit` downloads them; `farm download RUN DIR` fetches
+    them). A run that is finalizing (its jobs done, its final outputs being written) cannot be
+    cancelled: refused, exit 1 (--json: code finalizing).
     With --download, a controller restart is waited out as `farm download` does."""
     from farm.cli.submit import download_command, say_waiting
 
