@@ -179,12 +179,17 @@ def test_the_jobs_table_shows_a_failed_jobs_first_error_line_and_what_is_unliste
          "error": "Traceback (most recent call last):\n  File x\nValueError: boom"},
     ]}
     lines = jobs_text(page).splitlines()
-    assert lines[0] == "p-1: jobs 1-3 of 3"
+    assert lines[0] == "p-1: jobs 1-3 of 43 (40 not split off yet)"  # the run's count, not the listed
     assert lines[2].split() == ["k-running", "running", "2", "a1", "01:15"]
     assert lines[3].split() == ["k-queued", "queued", "-", "-", "-"]
     assert lines[4].split()[:5] == ["k-failed", "failed", "3", "a2", "-"]
     assert lines[4].endswith("Traceback (most recent call last): ...")  # its first line, marked as cut
     assert lines[-1] == "40 jobs not split off yet (not listed)"
+    ended = jobs_text({**page, "ended": True}).splitlines()
+    assert ended[0] == "p-1: jobs 1-3 of 43 (40 not done: the run ended)", ended
+    assert jobs_text(page, "failed").splitlines()[0] == "p-1: failed jobs 1-3 of 3"  # unsplit: none failed
+    none_yet = jobs_text({**page, "total": 0, "jobs": []}).splitlines()
+    assert none_yet[0] == "p-1: no jobs listed (40 not split off yet)", none_yet
     long = {**page, "unlisted": 0, "jobs": [{**page["jobs"][2], "error": "x" * 500}]}
     assert len(jobs_text(long).splitlines()[-1]) < 200
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,11 @@ def test_farm_jobs_states_checked_here_and_unsplit_jobs_said_only_where_they_bel
 
         every = farm_jobs(run)
         assert every.returncode == 0 and "not split off yet (not listed)" in every.stdout, every
+        # the header counts the run's jobs, not only the listed ones (it said "jobs 1-100 of 102")
+        header = every.stdout.splitlines()[0]
+        assert re.fullmatch(rf"{run}: jobs 1-\d+ of 1,500 \([\d,]+ not split off yet\)", header), header
+        page = json.loads(farm_jobs(run, "--json").stdout)  # --json: the API's page, both counts
+        assert page["total"] + page["unlisted"] == 1500 and page["unlisted"] > 0, page
         failed = farm_jobs(run, "--state", "failed")
         assert failed.returncode == 0, failed
         assert "job-0000000" in failed.stdout and "not split off yet" not in failed.stdout, failed.stdout

@@ -2,7 +2,8 @@
 
 Thin: one `farm.client.Client.jobs` call, the listing the HTTP API serves
 (``GET /api/v1/projects/{id}/jobs``), with its filter and paging. With ``--json`` standard
-output gets exactly one JSON object: the page, or the error (``{"error", "state", "code"}``).
+output gets exactly one JSON object: the page (``total`` the listed jobs, ``unlisted`` those not
+split off yet, which the text's header adds to its count), or the error (``{"error", "state", "code"}``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ def jobs_text(page: dict[str, Any], state: str | None = None) -> str:
     which = f"{state} jobs" if state else "jobs"
     first = page["offset"] + 1
     last = page["offset"] + len(rows)
-    lines = [f"{page['project']}: {which} {first}-{last} of {page['total']:,}" if rows
-             else f"{page['project']}: no {which}" + (f" past {page['offset']:,}" if page["offset"] else "")]
+    # jobs not split off yet (or never to be: the run ended) are no rows, but part of the run's count
+    unlisted = page.get("unlisted", 0) if state in (None, "queued") else 0
+    why = "not done: the run ended" if page.get("ended") else "not split off yet"
+    aside = f" ({unlisted:,} {why})" if unlisted else ""
+    if rows:
+        header = f"{which} {first}-{last} of {page['total'] + unlisted:,}{aside}"
+    else:
+        header = f"no {which}" + (" listed" if unlisted else "") \
+            + (f" past {page['offset']:,}" if page["offset"] else "") + aside
+    lines = [f"{page['project']}: {header}"]
     if rows:
         widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS) - 1)]
         for r in [COLUMNS, *rows]:
@@ -74,9 +83,8 @@ def jobs_text(page: dict[str, Any], state: str | None = None) -> str:
         more = (f" --state {state}" if state else "") \
             + (f" --limit {page['limit']}" if page["limit"] != DEFAULT_LIMIT else "")
         lines.append(f"{page['total'] - last:,} more: farm jobs {page['project']}{more} --offset {last}")
-    if page.get("unlisted") and state in (None, "queued"):  # they wait to be queued: in no other state
-        why = "not done: the run ended" if page.get("ended") else "not split off yet"
-        lines.append(f"{counted(page['unlisted'], 'job')} {why} (not listed)")
+    if unlisted:  # they wait to be queued: in no other state
+        lines.append(f"{counted(unlisted, 'job')} {why} (not listed)")
     return "\n".join(lines)
 
 

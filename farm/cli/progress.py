@@ -330,10 +330,12 @@ class _RunProgress(Progress):
                 yield Padding(Text(stats), (0, 0, 0, 2))
 
 
-def summary_text(summary: Summary, *, notes: bool = True, here: bool = True) -> str:
+def summary_text(summary: Summary, *, notes: bool = True, here: bool = True, fetch: str = "") -> str:
     """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines.
     `here`: its output folder is on this machine's disk (False: the controller's, perhaps another
-    machine's), so one that is not there is said to be gone rather than to hold its outputs."""
+    machine's), so one that is not there is said to be gone rather than to hold its outputs.
+    `fetch`: how to get outputs that the controller keeps (its paths mean nothing here), said instead
+    of them."""
     lines = [
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
         " jobs done,"
@@ -346,7 +348,9 @@ def summary_text(summary: Summary, *, notes: bool = True, here: bool = True) -> 
     for failure in summary.failures:
         lines.append(f"  failed {failure['job']}: {failure['error']}")
     lines += [f"warning: {note}" for note in summary.notes if notes]  # the controller's log has them too
-    if summary.outputs:
+    if fetch and (summary.outputs or summary.output_dir):
+        lines.append(f"outputs: on the controller's disk; {fetch}")
+    elif summary.outputs:
         lines.append("outputs:")
         lines += [f"  {path}" for path in summary.outputs]
     elif summary.output_dir and here and not Path(summary.output_dir).is_dir():

@@ -122,10 +122,11 @@ def cancel(
         "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
-    so far stay (a remote submitter's `farm submit` downloads them). A run that is finalizing (its jobs
-    done, its final outputs being written) cannot be cancelled: refused, exit 1 (--json: code finalizing).
+    so far stay (a remote submitter's `farm submit` downloads them; `farm download RUN DIR` fetches
+    them). A run that is finalizing (its jobs done, its final outputs being written) cannot be
+    cancelled: refused, exit 1 (--json: code finalizing).
     With --download, a controller restart is waited out as `farm download` does."""
-    from farm.cli.submit import say_waiting
+    from farm.cli.submit import download_command, say_waiting
 
     with reported(as_json=as_json), connect(controller, keys_dir, key, server_key, insecure) as client:
         if download is None:
@@ -149,10 +150,10 @@ def cancel(
                                "downloaded_to": str(download) if download is not None else None,
                                "downloaded_files": _count(summary.downloaded)}))
         return
-    typer.echo(summary_text(summary, here=download is not None))  # else: on the controller's disk
-    if kept_there:
-        typer.echo(f"these stay on the controller's disk; the farm submit that sent the project downloads "
-                   f"them, or: farm cancel {summary.id} --download DIR", err=True)
+    # outputs kept by the controller: their paths there mean nothing here, so how to fetch them instead
+    fetch = (f"{download_command(summary.id, client.url)} fetches them (the `farm submit` that sent the "
+             "project downloads them too)") if kept_there else ""
+    typer.echo(summary_text(summary, here=download is not None, fetch=fetch))
 
 
 def download(

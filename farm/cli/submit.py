@@ -109,7 +109,7 @@ def submit(
                     if ui:
                         _serve_until_stopped(render.ui_url)
             except Interrupted as stop:
-                say_interrupted(stop, project_dir, controller, as_json)
+                say_interrupted(stop, project_dir, controller, as_json, shared)
                 raise typer.Exit(128 + signal.SIGINT) from None
             except KeyboardInterrupt:  # a second Ctrl-C while the farm stopped, after the run
                 if summary is None:
@@ -140,9 +140,10 @@ def submit(
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint,
-                      rules=lambda: inputs.rules, stop=stop)
+                      rules=lambda: inputs.rules, stop=stop,
+                      say=None if as_json else lambda line: typer.echo(line, err=True))
             except Interrupted as interrupted:  # Ctrl-C in a round: said as without --watch
-                say_interrupted(interrupted, project_dir, controller, as_json)
+                say_interrupted(interrupted, project_dir, controller, as_json, shared)
                 raise typer.Exit(128 + signal.SIGINT) from None
             except KeyboardInterrupt:  # Ctrl-C between rounds ends watching
                 pass
@@ -208,10 +209,15 @@ def waiting_shown(bar: ProgressBar) -> Said:
     return said
 
 
+def download_command(run_id: str, controller: str) -> str:
+    """`farm download` for a remote run, quoted: it follows the run to its end, then fetches its outputs."""
+    return f"`farm download {run_id} DIR --controller {controller}`"
+
+
 def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
     """How to get a run's outputs once this command has stopped following it (`ended`: the run had
     ended, its outputs were being downloaded)."""
-    command = f"`farm download {run_id} DIR --controller {controller}`"
+    command = download_command(run_id, controller)
     if ended:
         return f"the run has ended; {command} fetches its outputs once the controller answers again"
     return (f"the run goes on if the controller comes back: {command} waits for its end and fetches its "
@@ -220,7 +226,7 @@ def fetch_later(run_id: str, controller: str, *, ended: bool = False) -> str:
 
 def make_room(exc: DiskFull, controller: str) -> DiskFull:
     """A download that filled the disk, saying how to fetch the rest once there is room."""
-    return DiskFull(f"{exc}: make room, then `farm download {exc.run_id} DIR --controller {controller}` "
+    return DiskFull(f"{exc}: make room, then {download_command(exc.run_id, controller)} "
                     "fetches them (what came whole is not fetched again)", exc.run_id, exc.folder)
 
 
@@ -244,24 +250,32 @@ def _serve_until_stopped(url: str | None) -> None:
 
 class Interrupted(Exception):
     """Ctrl-C during a round: `done` of `total` jobs were done by the last UPDATE (None: none came);
-    `estimated`: that total was an estimate (adaptive chunks, the split not over)."""
+    `estimated`: that total was an estimate (adaptive chunks, the split not over); `run`: what names
+    the run to later commands (its id from an UPDATE, else the project's name: its newest run)."""
 
-    def __init__(self, done: int, total: int | None, estimated: bool = False) -> None:
+    def __init__(self, done: int, total: int | None, estimated: bool = False, run: str = "") -> None:
         shown = "?" if total is None else f"~{total}" if estimated else total
         super().__init__(f"{done} of {shown} jobs done")
-        self.done, self.total = done, total
+        self.done, self.total, self.run = done, total, run
 
 
-def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None, as_json: bool) -> None:
-    """One line (or one JSON object): how far the run got, and how it goes on."""
+def say_interrupted(stop: Interrupted, project_dir: Path, controller: str | None, as_json: bool,
+                    shared: bool = False) -> None:
+    """One line (or one JSON object): how far the run got, and how it goes on: for a remote run, the
+    commands that follow it, fetch its outputs (`shared`: none to fetch, they come into the project
+    in place) and cancel it."""
     if controller:  # the controller keeps the run: leaving does not cancel it
-        after = f"the run goes on at the controller (`farm status --controller {controller}` shows it)"
+        at = f"--controller {controller}"
+        follow = (f"`farm status {at}` shows it (its outputs come into the project's output folder)" if shared
+                  else f"{download_command(stop.run, controller)} follows it and fetches its outputs")
+        after = f"the run goes on at the controller: {follow}; `farm cancel {stop.run} {at}` cancels it"
     else:
         after = f"`farm submit {project_dir}` again resumes from them (kept in {STATE_DIR}/)"
     message = f"interrupted: {stop}; {after}"
     if as_json:
         typer.echo(json.dumps({"error": message, "state": "interrupted", "code": "interrupted",
-                               "done": stop.done, "total": stop.total}))
+                               "done": stop.done, "total": stop.total,
+                               **({"run": stop.run} if controller else {})}))
     else:
         typer.echo(message, err=True)
 
@@ -281,7 +295,8 @@ def _round(render: Render, project: Project, as_json: bool, *, logged: bool = Fa
     try:
         summary = render(project, update, waiting_shown(bar))
     except KeyboardInterrupt:
-        raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated"))) from None
+        raise Interrupted(int(last.get("done") or 0), last.get("total"), bool(last.get("total_estimated")),
+                          str(last.get("id") or project.name)) from None
     finally:
         bar.close()
     typer.echo(json.dumps(summary.to_json()) if as_json

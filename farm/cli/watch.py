@@ -241,9 +241,36 @@ def _observer(handler: _Wake, root: Path) -> _Folders:
     return _Folders(observer, handler, root)
 
 
+NAMED = 3  # changed files a line names; the rest are counted
+
+
+def what_changed(before: Hashable, after: Hashable) -> str:
+    """What starts a round, in a person's words: ``change in world.xml``, ``changes in a.png (new),
+    b.png, c.png and 4 more files``, for two `ProjectInputs.fingerprint` values; a project that
+    stopped (or started) loading, or fingerprints of another shape, are said without files."""
+    try:
+        (was_kind, was), (now_kind, now) = before, after  # type: ignore[misc]
+        if was_kind != "ok" or now_kind != "ok":
+            return "the project loads again" if now_kind == "ok" else "the project changed"
+        was, now = dict(was), dict(now)
+    except (TypeError, ValueError):
+        return "the project changed"
+    changed = sorted(rel for rel in was.keys() | now.keys() if was.get(rel) != now.get(rel))
+    if not changed:
+        return "the project changed"
+    named = [rel + (" (new)" if rel not in was else " (removed)" if rel not in now else "")
+             for rel in changed[:NAMED]]
+    if len(changed) == 1:
+        return f"change in {named[0]}"
+    rest = len(changed) - len(named)
+    listed = ", ".join(named[:-1]) + (f", {named[-1]} and {rest} more files" if rest else f" and {named[-1]}")
+    return f"changes in {listed}"
+
+
 def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint: Callable[[], Hashable],
           rules: Callable[[], AssetRules | None] | None = None, stop: threading.Event | None = None,
-          debounce: float = DEBOUNCE_S, settle_limit: float = SETTLE_LIMIT_S) -> int:
+          debounce: float = DEBOUNCE_S, settle_limit: float = SETTLE_LIMIT_S,
+          say: Callable[[str], None] | None = None) -> int:
     """Call `run_round` now, then again whenever `fingerprint()` changes, until `stop` is set.
 
     File-system events in the folders that can hold an asset (the project folder and those that
@@ -253,7 +280,9 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
     `fingerprint()` with the value taken before the last round (waiting at most `settle_limit`
     seconds for a file that is written without pause) and starts a round only if they differ.
     Folders that cannot be watched (inotify's limits) are logged once as a warning and checked
-    every `POLL_S` seconds instead. Returns the number of rounds run.
+    every `POLL_S` seconds instead. Before each round after the first, `say` (default: the log, at
+    info) gets a line naming what changed (`what_changed`): ``change in world.xml: rendering again``.
+    Returns the number of rounds run.
     """
     stop = stop or threading.Event()
     rules = rules or (lambda: AssetRules(output=output.strip("/")))
@@ -263,12 +292,13 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
         # than it walks it (`mkdir -p a/b/c`) and warns, listing the whole watch group: the same
         # callback replaces itself, nothing is lost (the run's own trees are not watched at all)
         warnings.filterwarnings("ignore", r"Callback with id .* already exists", RuntimeWarning)
-        return _watch(root, wake, run_round, fingerprint, rules, stop, debounce, settle_limit)
+        return _watch(root, wake, run_round, fingerprint, rules, stop, debounce, settle_limit,
+                      say or log.info)
 
 
 def _watch(root: Path, wake: _Wake, run_round: Callable[[], None], fingerprint: Callable[[], Hashable],
            rules: Callable[[], AssetRules | None], stop: threading.Event, debounce: float,
-           settle_limit: float) -> int:
+           settle_limit: float, say: Callable[[str], None]) -> int:
     folders = _observer(wake, root.resolve())
 
     def check() -> Hashable:
@@ -300,8 +330,8 @@ def _watch(root: Path, wake: _Wake, run_round: Callable[[], None], fingerprint: 
                     break
                 now = check()
                 if now != last:
+                    say(f"{what_changed(last, now)}: rendering again")
                     last = now
-                    log.info("project changed; rendering again")
                     break
                 log.debug("files changed, but nothing a job reads: no round")
     finally:
