@@ -43,7 +43,7 @@ from farm.client import Client, submit
 from farm.controller.server import Controller
 from farm.keys import KeyStore
 from farm.project import load_project
-from farm.protocol import T, pack, unpack
+from farm.protocol import JobResult, T, pack, unpack
 from farm.security import ClientSecurity, ServerSecurity
 
 HEARTBEAT_S = 1.0
@@ -114,10 +114,7 @@ def simulate(url: str, names: list[str], keys: str | None, stop: Any, out: Any) 
                     max_gap[sock] = max(max_gap.get(sock, 0.0), now - last_recv[sock])
                 last_recv[sock] = now
                 if msg.type is T.JOBS:
-                    results = [
-                        {"lease": j["lease"], "ok": True, "result": None, "files": [], "duration": 0.0}
-                        for j in msg.body["jobs"]
-                    ]
+                    results = [JobResult(j[0], True).to_wire() for j in msg.body["jobs"]]
                     jobs += len(results)
                     sock.send_multipart(pack(T.RESULTS, {"results": results}))
                     last_sent[sock] = now

@@ -1,7 +1,9 @@
 """Wire format shared by the controller, agents, clients and the file synchroniser.
 
-A message is a list of ZeroMQ frames: ``[version, type][msgpack body][raw payload ...]``.
-File bytes travel as raw payload frames, never through msgpack. Everything from the
+A message is a list of ZeroMQ frames: ``[version, type][msgpack body][raw payload ...]``; a message
+of another protocol version is refused before its body is read. File bytes travel as raw payload
+frames, never through msgpack. A job (JOBS, W_JOBS) and a job's result (RESULTS) each travel as a
+fixed-order array (`JOB_ROW`, `RESULT_ROW`), not a map: a third of the decode time. Everything from the
 network is unpacked with limits and checked against the type's shape before use;
 a bad message raises `ProtocolError`, which receivers log and drop.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
@@ -19,7 +20,8 @@ import msgpack
 
 from farm.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: JOBS carries each job, RESULTS each result, as a fixed-order array (1: a map each)
+PROTOCOL_VERSION = 2
 MAX_BODY = 4 * 1024 * 1024  # a msgpack body; file bytes go in payload frames
 MAX_FRAMES = 4096
 # The largest message a controller or agent socket takes (ZMQ_MAXMSGSIZE): a peer that starts
@@ -90,19 +92,6 @@ def opt(spec: Any) -> tuple[str, Any]:
     return ("optional", spec)
 
 
-JOB = {"lease": str, "key": str, "project": str, "params": ANY, "deps": ANY, "timeout": NUM}
-RESULT = {
-    "lease": str,
-    "ok": bool,
-    "result": ANY,
-    "files": [[ANY]],
-    "error": opt(str),
-    "log": opt(str),
-    "duration": NUM,
-    "requeue": opt(bool),  # the job never started: run it again without counting an attempt
-    "retry": opt(bool),  # False: the plugin failed the job for good (farm.errors.JobFailedForGood)
-}
-
 class Row:
     """Shape marker: a fixed-length array whose items have these shapes, in this order (a named tuple
     on the wire: a third of the decode time of the same fields as a map)."""
@@ -111,16 +100,16 @@ class Row:
         self.items = items
 
 
-#: a job as an agent hands it to its worker (W_JOBS): a `JobSpec`, its fields in order
+#: a job as the controller sends it (JOBS) and an agent hands it to its worker (W_JOBS): a `JobSpec`,
+#: its fields in order
 JOB_ROW = Row(lease=str, key=str, project=str, params=ANY, deps=ANY, timeout=NUM)
-_JOB_FIELDS = operator.itemgetter(*JOB)  # a JOB map's values in `JobSpec`'s order
-
-
-def job_wire(lease: str, key: str, project: str, params: Any, deps: dict[str, Any],
-             timeout: float) -> dict[str, Any]:
-    """A job's map on the wire (the JOB shape), made without a `JobSpec` (the controller's hot path)."""
-    return {"lease": lease, "key": key, "project": project, "params": params, "deps": deps,
-            "timeout": timeout}
+_OPT_STR = (str, type(None))
+#: a job's outcome as a worker sends it (W_RESULTS) and an agent sends it on (RESULTS): a `JobResult`,
+#: its fields in order (error and log: None for none)
+RESULT_ROW = Row(lease=str, ok=bool, result=ANY, files=[[ANY]], error=_OPT_STR, log=_OPT_STR, duration=NUM,
+                 requeue=bool, retry=bool)
+#: positions in a `RESULT_ROW`
+R_LEASE, R_OK, R_RESULT, R_FILES, R_ERROR, R_LOG, R_DURATION = range(7)
 
 
 class JobSpec(NamedTuple):
@@ -128,7 +117,7 @@ class JobSpec(NamedTuple):
 
     ``deps`` maps each dependency's key to its result (None, as a controller may send it: none);
     ``timeout`` is in seconds. Immutable (a named tuple: cheap to make, on the dispatch path of
-    every job). A JOBS message carries it as a map (`to_wire`), a W_JOBS message as itself (`JOB_ROW`).
+    every job). JOBS and W_JOBS messages carry it as itself, an array (`JOB_ROW`).
     """
 
     lease: str
@@ -138,22 +127,10 @@ class JobSpec(NamedTuple):
     deps: dict[str, Any] | None
     timeout: float
 
-    def to_wire(self) -> dict[str, Any]:
-        return job_wire(*self)
-
-    @classmethod
-    def from_wire(cls, job: dict[str, Any]) -> JobSpec:
-        """From a map of the JOB shape (checked by `unpack`); what it means is checked by its receiver."""
-        return cls._make(_JOB_FIELDS(job))
-
-    @classmethod
-    def from_wires(cls, jobs: list[dict[str, Any]]) -> list[JobSpec]:
-        """`from_wire` of each of a JOBS message's maps, made in C loops (no Python call per job)."""
-        return list(map(tuple.__new__, itertools.repeat(cls), map(_JOB_FIELDS, jobs)))
-
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> list[JobSpec]:
-        """The jobs of a W_JOBS message (`JOB_ROW` arrays: their length checked by `unpack`)."""
+        """The jobs of a JOBS or W_JOBS message (`JOB_ROW` arrays, checked by `unpack`); what they mean
+        is checked by their receiver."""
         return list(map(tuple.__new__, itertools.repeat(cls), rows))
 
 
@@ -180,24 +157,15 @@ class JobResult:
     requeue: bool = False
     retry: bool = True
 
-    def to_wire(self) -> dict[str, Any]:
-        wire = {"lease": self.lease, "ok": self.ok, "result": self.result, "files": self.files,
-                "duration": self.duration}
-        if self.error is not None:
-            wire["error"] = self.error
-        if self.log is not None:
-            wire["log"] = self.log
-        if self.requeue:
-            wire["requeue"] = True
-        if not self.retry:
-            wire["retry"] = False
-        return wire
+    def to_wire(self) -> list[Any]:
+        """Its `RESULT_ROW` array."""
+        return [self.lease, self.ok, self.result, self.files, self.error, self.log, self.duration,
+                self.requeue, self.retry]
 
     @classmethod
-    def from_wire(cls, r: dict[str, Any]) -> JobResult:
-        """From a map of the RESULT shape (checked by `unpack`)."""
-        return cls(r["lease"], r["ok"], r["result"], r["files"], r.get("error"), r.get("log"), r["duration"],
-                   bool(r.get("requeue")), r.get("retry") is not False)
+    def from_wire(cls, row: list[Any]) -> JobResult:
+        """From a `RESULT_ROW` array (checked by `unpack`)."""
+        return cls(*row)
 
 
 SHAPES: dict[T, dict[str, Any]] = {
@@ -216,7 +184,7 @@ SHAPES: dict[T, dict[str, Any]] = {
         "broken": opt(str),  # why this agent cannot run anything (its workers die at start)
         "plugins": opt(ANY),  # {media type: plugin version}; checked by farm.controller.versions
     },
-    T.RESULTS: {"results": [RESULT]},
+    T.RESULTS: {"results": [RESULT_ROW]},
     T.PROGRESS: {"lease": str, "fraction": NUM},
     T.BYE: {},
     T.JOIN: {"key": str, "name": str, "role": str},  # our own public key, the name we would like
@@ -224,7 +192,7 @@ SHAPES: dict[T, dict[str, Any]] = {
     T.WELCOME: {"heartbeat": NUM, "liveness": int, "files": opt(str),
                 "agent": opt(str),  # the id the controller knows the agent by
                 "warning": opt(str)},  # e.g. another node presents our key (farm.join.shared_key)
-    T.JOBS: {"jobs": [JOB], "projects": ANY},
+    T.JOBS: {"jobs": [JOB_ROW], "projects": ANY},
     T.CANCEL: {"leases": [str]},
     T.SHUTDOWN: {},
     T.HEARTBEAT: {},
@@ -306,7 +274,7 @@ def unpack(frames: Sequence[bytes]) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind.name} body must be a map, got {type(body).__name__}")
     if kind is T.RESULTS:
-        _check_results(body)  # the hot path: same rules as the RESULT shape, written out
+        _check_results(body)  # the hot path: same rules as the RESULT_ROW shape, written out
     elif kind is T.W_RESULTS:
         _check_w_results(body)  # likewise
     elif kind is T.JOBS or kind is T.W_JOBS:
@@ -316,26 +284,25 @@ def unpack(frames: Sequence[bytes]) -> Message:
     return Message(kind, body, [bytes(f) for f in frames[2:]])
 
 
-_RESULT_OPTIONAL = {"error": str, "log": str, "requeue": bool, "retry": bool}
-
-
 def _check_results(body: dict[str, Any]) -> None:
+    """The `RESULT_ROW` shape of each result, checked a field at a time over all of them (C loops, no
+    Python call per result); anything off gets the generic check's message."""
     results = body.get("results")
-    if results.__class__ is not list:
-        check_shape(body, SHAPES[T.RESULTS], "RESULTS")  # for its error message
-    for r in results:
-        if (r.__class__ is not dict or r.get("lease").__class__ is not str
-                or r.get("ok").__class__ is not bool or r.get("files").__class__ is not list
-                or r.get("duration").__class__ not in (int, float) or "result" not in r):
-            _malformed(body)
-        for f in r["files"]:
-            if f.__class__ is not list:
+    if not (results.__class__ is list and _LIST.issuperset(map(type, results))
+            and _RESULT_LENGTH.issuperset(map(len, results))):
+        _malformed(body)
+    if not results:
+        return
+    leases, oks, _, files, errors, logs, durations, requeues, retries = zip(*results)
+    if not (_STR.issuperset(map(type, leases)) and _BOOL.issuperset(map(type, oks))
+            and _LIST.issuperset(map(type, files)) and _NUMS.issuperset(map(type, durations))
+            and _OPT_STRS.issuperset(map(type, errors)) and _OPT_STRS.issuperset(map(type, logs))
+            and _BOOL.issuperset(map(type, requeues)) and _BOOL.issuperset(map(type, retries))):
+        _malformed(body)
+    if any(files):  # each output entry an array (what it holds: `farm.controller.staging`)
+        for entries in filter(None, files):
+            if not _LIST.issuperset(map(type, entries)):
                 _malformed(body)
-        if len(r) > 5:  # optional fields present (no generator per result: this runs for every job)
-            for k, t in _RESULT_OPTIONAL.items():
-                v = r.get(k)
-                if v is not None and v.__class__ is not t:
-                    _malformed(body)
 
 
 def _check_w_results(body: dict[str, Any]) -> None:
@@ -350,24 +317,16 @@ def _check_w_results(body: dict[str, Any]) -> None:
 
 _JOBS_REST = {T.JOBS: {k: v for k, v in SHAPES[T.JOBS].items() if k != "jobs"},
               T.W_JOBS: {k: v for k, v in SHAPES[T.W_JOBS].items() if k != "jobs"}}
-_DICT, _LIST, _STR, _NUMS, _ROW_LENGTH = {dict}, {list}, {str}, {int, float}, {len(JOB_ROW.items)}
+_LIST, _STR, _NUMS, _BOOL, _OPT_STRS = {list}, {str}, {int, float}, {bool}, set(_OPT_STR)
+_ROW_LENGTH, _RESULT_LENGTH = {len(JOB_ROW.items)}, {len(RESULT_ROW.items)}
 
 
 def _check_jobs(body: dict[str, Any], kind: T) -> None:
-    """The JOB shape (JOBS) or `JOB_ROW` shape (W_JOBS) of each job, checked a field at a time over
-    all of them (C loops, no Python call per job); anything off gets the generic check's message."""
+    """The `JOB_ROW` shape of each job (JOBS, W_JOBS), checked a field at a time over all of them (C
+    loops, no Python call per job); anything off gets the generic check's message."""
     jobs = body.get("jobs")
-    rows: Any = None
-    if jobs.__class__ is list:
-        if kind is T.W_JOBS:
-            if _LIST.issuperset(map(type, jobs)) and _ROW_LENGTH.issuperset(map(len, jobs)):
-                rows = jobs
-        elif _DICT.issuperset(map(type, jobs)):
-            try:
-                rows = list(map(_JOB_FIELDS, jobs))
-            except KeyError:
-                pass
-    if rows is None or (rows and not _good_fields(rows)):
+    if not (jobs.__class__ is list and _LIST.issuperset(map(type, jobs))
+            and _ROW_LENGTH.issuperset(map(len, jobs))) or (jobs and not _good_fields(jobs)):
         check_shape(body, SHAPES[kind], kind.name)  # slow path: says what is wrong
         raise ProtocolError(f"{kind.name}: malformed job")  # a shape the generic check allows, we do not
     check_shape(body, _JOBS_REST[kind], kind.name)

@@ -47,7 +47,7 @@ from farm.mediatype import CollateContext, Job, MediaType, RenderContext
 from farm.plugins import get_media_type
 from farm.preview import BadPreview, PreviewContext, check_description
 from farm.project import Project, load_project
-from farm.protocol import T, pack, unpack
+from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,9 @@ def run_local(
             work_dir.mkdir(parents=True)
             ctx = RenderContext(project_dir=project.root, output_dir=out_dir, work_dir=work_dir,
                                 settings=agent_project.settings, threads=threads, cache=cache,
-                                deps=sent["deps"])
+                                deps=sent.deps)
             with contextlib.chdir(work_dir):  # a worker's current folder is its work_dir
-                result = media.render(Job(job.key, sent["params"], job.inputs, job.deps), ctx)
+                result = media.render(Job(job.key, sent.params, job.inputs, job.deps), ctx)
             run.results[job.key] = _wire_result(job, result)
             staged[job.key] = {p.relative_to(out_dir).as_posix(): p
                                for p in sorted(out_dir.rglob("*")) if p.is_file()}
@@ -205,18 +205,17 @@ def _wire_project(project: Project) -> dict[str, Any]:
     return got["projects"]["p"]
 
 
-def _wire_job(job: Job, deps: dict[str, Any]) -> dict[str, Any]:
-    body = {"lease": "local", "key": job.key, "project": "p", "params": job.params, "deps": deps,
-            "timeout": 1.0}
+def _wire_job(job: Job, deps: dict[str, Any]) -> JobSpec:
+    body = JobSpec("local", job.key, "p", job.params, deps, 1.0)
     got = _round_trip(T.JOBS, {"jobs": [body], "projects": {}},
                       f"job {job.key!r} (its params or its deps' results)")
-    return got["jobs"][0]
+    return JobSpec.from_rows(got["jobs"])[0]
 
 
 def _wire_result(job: Job, result: Any) -> Any:
-    body = {"lease": "local", "ok": True, "result": result, "files": [], "duration": 0.0}
+    body = JobResult("local", True, result).to_wire()
     got = _round_trip(T.RESULTS, {"results": [body]}, f"the result of job {job.key!r}")
-    return got["results"][0]["result"]
+    return JobResult.from_wire(got["results"][0]).result
 
 
 def _controller_project(path: Path | str, output: str | None, wire: dict[str, Any]) -> Project:

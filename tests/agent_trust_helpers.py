@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 from conftest import wait_for
+from wire_helpers import result_map
 
 from farm.embedded import stop_agents
 from farm.filesync import FileServer, build_manifest
@@ -92,7 +93,7 @@ class RogueController:
                 self.send(T.WELCOME, {"heartbeat": 0.5, "liveness": 20, "files": self.files.endpoint})
             elif msg.type is T.RESULTS:
                 offset = 0
-                for result in msg.body["results"]:
+                for result in map(result_map, msg.body["results"]):
                     count = len(result["files"])
                     result["payloads"] = msg.payloads[offset:offset + count]
                     offset += count
@@ -121,7 +122,8 @@ class RogueController:
                 "timeout": timeout}
 
     def send_jobs(self, jobs: list[dict[str, Any]], projects: dict[str, Any] | None = None) -> None:
-        self.send(T.JOBS, {"jobs": jobs, "projects": projects or {}})
+        """Jobs given by field name (as `job` makes them), sent as the arrays a controller sends."""
+        self.send(T.JOBS, {"jobs": [list(job.values()) for job in jobs], "projects": projects or {}})
 
     def result(self, lease: str, timeout: float = 60.0) -> dict[str, Any]:
         def arrived() -> dict[str, Any] | None:

@@ -92,9 +92,9 @@ def answer_jobs_as_agent(url: str, files: dict[str, bytes], timeout: float = 30.
             if msg.type is not T.JOBS:
                 continue
             for job in msg.body["jobs"]:
-                agent.send(T.RESULTS, {"results": [{"lease": job["lease"], "ok": True, "result": None,
-                                                    "files": [output_frame(n, d) for n, d in files.items()],
-                                                    "duration": duration}]}, list(files.values()))
+                outputs = [output_frame(n, d) for n, d in files.items()]  # job[0]: its lease
+                row = [job[0], True, None, outputs, None, None, duration, False, True]  # a RESULT_ROW
+                agent.send(T.RESULTS, {"results": [row]}, list(files.values()))
                 answered += 1
         return answered
     finally:

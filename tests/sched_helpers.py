@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 from blake3 import blake3
+from wire_helpers import job_map, result_row
 
 from farm.protocol import T, pack, unpack
 
@@ -101,17 +102,17 @@ class HandWrittenAgent:
                     self.welcome = msg.body
                     # answer the jobs it says it still has
                     answers = [self.answer({"lease": lease}) for lease in self.hello["held"]]
-                    results = [a[0] for a in answers if a is not None]
+                    results = [result_row(a[0]) for a in answers if a is not None]
                     if results:
                         self.sock.send_multipart(pack(T.RESULTS, {"results": results}))
                 elif msg.type is T.JOBS:
                     results, payloads = [], []
-                    for job in msg.body["jobs"]:
+                    for job in map(job_map, msg.body["jobs"]):
                         self.jobs += 1
                         self.leases.append(job["lease"])
                         answered = self.answer(job)
                         if answered is not None:
-                            results.append(answered[0])
+                            results.append(result_row(answered[0]))
                             payloads += answered[1]
                     if results:
                         self.sock.send_multipart(pack(T.RESULTS, {"results": results}, payloads))

@@ -90,7 +90,7 @@ def hostile_jobs(rng: random.Random, description: dict[str, Any]) -> dict[str, A
             for _ in range(rng.randrange(1, 4))]
     projects = rng.choice([{project: mutated}, {project: mutated}, {project: description},
                            {project: value(rng)}, value(rng), {}])
-    return {"jobs": jobs, "projects": projects}
+    return {"jobs": [list(job.values()) for job in jobs], "projects": projects}  # JobSpec's order
 
 
 def message(rng: random.Random, description: dict[str, Any]) -> list[bytes]:

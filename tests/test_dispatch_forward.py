@@ -102,7 +102,7 @@ def test_results_with_files_are_not_forwarded(linked_agent):
     agent.pool._on_worker(frames)
     agent._flush_results()
     sent = _sent(router)
-    assert sent[2:] == [b"abc"] and unpack(sent).body["results"][0]["files"] == [entry]
+    assert sent[2:] == [b"abc"] and JobResult.from_wire(unpack(sent).body["results"][0]).files == [entry]
 
 
 def _place(agent: Agent, tmp_path) -> tuple[LocalView, object]:

@@ -2,7 +2,7 @@
 dataclass made, a turn's keys checked at once get the per-job verdicts, and a turn's new jobs pulled
 and leased a group at a time (`farm.controller.leasing`) leave what pulling and leasing each by
 itself leaves, when `split` yields plain jobs, raises, yields a bad key or no `Job` part-way, or
-repeats a key: the same JOBS (each job's map the one `job_wire` makes), events, journal rows, units
+repeats a key: the same JOBS (each job a `JobSpec` array), events, journal rows, units
 and error. A real controller, a peer speaking the agent protocol on a real socket, real SQLite."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from farm.controller.server import JOURNAL_FILE
 from farm.ids import MAX_KEY, BadIdentifier
 from farm.keycheck import _plain_key, check_job_keys, plain_split
 from farm.mediatype import Job
-from farm.protocol import T, job_wire, pack, unpack
+from farm.protocol import JobResult, JobSpec, T, pack, unpack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +128,8 @@ SCRIPTS = {
     "dependent": PLAIN[:2] + [Job("d00", deps=("j00",))] + PLAIN[2:],
     "failed, repeated": ["f00"] + PLAIN[:5] + ["f00"] + PLAIN[5:],  # f00 fails for good, then comes again
 }
-OK = {"ok": True, "result": None, "files": [], "duration": 0.01}
-FAILED = {"ok": False, "result": None, "files": [], "error": "bad", "duration": 0.0, "retry": False}
+OK = {"ok": True, "duration": 0.01}
+FAILED = {"ok": False, "error": "bad", "retry": False}
 ENDED = ("done", "failed")
 
 
@@ -137,7 +137,7 @@ def _drive(tmp_path: Path, script: list[Any]) -> dict[str, Any]:
     """Run `script` through a fresh controller and a peer of 4 slots that answers every job at once;
     what it left, lease ids and the run id named by their job and the run (they are random)."""
     sys.modules["farm_leanscript_test"].Plugin.SCRIPT = script
-    turns: list[list[dict[str, Any]]] = []
+    turns: list[list[JobSpec]] = []
     with peer_run(tmp_path, "leanscript", "scripted", 4) as (ctl, sock, run_id):
         run = ctl.runs[run_id]
 
@@ -147,8 +147,8 @@ def _drive(tmp_path: Path, script: list[Any]) -> dict[str, Any]:
             while sock.poll(0):
                 msg = unpack(sock.recv_multipart())
                 if msg.type is T.JOBS:
-                    turns.append(msg.body["jobs"])
-                    results = [{**(FAILED if j["key"].startswith("f") else OK), "lease": j["lease"]}
+                    turns.append(JobSpec.from_rows(msg.body["jobs"]))
+                    results = [JobResult(j.lease, **(FAILED if j.key.startswith("f") else OK)).to_wire()
                                for j in turns[-1]]
                     sock.send_multipart(pack(T.RESULTS, {"results": results}))
             return run.state in ENDED and not sock.poll(0)
@@ -156,10 +156,9 @@ def _drive(tmp_path: Path, script: list[Any]) -> dict[str, Any]:
         wait_for(answered, what="the run's end")
         names = {run_id: "RUN"}
         for turn in turns:
-            for job in turn:  # each job's map is `job_wire`'s, its fields in that order
-                assert list(job.items()) == list(job_wire(job["lease"], job["key"], run_id, job["params"],
-                                                          job["deps"], run.timeout).items())
-                names[job["lease"]] = names.get(job["lease"], job["key"] + "#")
+            for job in turn:  # each job's array is a `JobSpec`'s fields, in that order
+                assert (job.project, job.timeout) == (run_id, run.timeout)
+                names[job.lease] = names.get(job.lease, job.key + "#")
         events = [(e.type, names.get(e.run, e.run), e.job, e.agent,
                    {k: names.get(v, v) if isinstance(v, str) else v for k, v in e.data.items()
                     if e.type != "run.finished" or k in ("state", "done", "failed", "total")})
@@ -170,7 +169,7 @@ def _drive(tmp_path: Path, script: list[Any]) -> dict[str, Any]:
     rows = [(key, state, names.get(lease), *rest) for key, state, lease, *rest in db.execute(
         "SELECT key, state, lease, agent, result, error, attempts, reused FROM jobs ORDER BY key")]
     db.close()
-    sent = [[(job["key"], names[job["lease"]], job["params"], job["deps"]) for job in turn] for turn in turns]
+    sent = [[(job.key, names[job.lease], job.params, job.deps) for job in turn] for turn in turns]
     return {"sent": sent, "events": events, "rows": rows, "outcome": outcome}
 
 

@@ -22,6 +22,7 @@ from farm_frames.media import Frames, job_key
 from farm_frames.warm import SLOT
 from test_frames import assert_same_pixels, blender, reference_render, write_project  # noqa: F401
 from test_frames_warm import Worker
+from wire_helpers import result_map
 
 from farm.agent.launch import worker_command, worker_env
 from farm.agent.wresults import read as read_results
@@ -165,7 +166,7 @@ def test_a_worker_hands_blender_the_job_queued_behind_the_running_one(blender, t
             if msg.type is not T.W_RESULTS:
                 continue
             payloads = iter(msg.payloads)
-            for wire in read_results(msg.body):
+            for wire in map(result_map, read_results(msg.body)):
                 results[wire["lease"]] = wire
                 outputs[wire["lease"]] = {name: next(payloads) for name, _, _ in wire["files"]}
     finally:

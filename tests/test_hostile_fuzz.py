@@ -21,6 +21,7 @@ from blake3 import blake3
 from conftest import Background, wait_for
 from farm_synthetic import job_key, payload
 from hostile_helpers import Raw, status_round_trip
+from wire_helpers import result_row
 
 from farm.client import submit
 from farm.controller.scheduler import Scheduler
@@ -195,12 +196,27 @@ def test_an_error_in_a_loop_turn_is_logged_and_the_loop_goes_on(tmp_path, agents
         ctl.stop(shutdown_agents=True)
 
 
-def broken_result(lease: str, rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
-    """A result for a real lease that the controller must refuse, in one of many ways."""
+def broken_result(lease: str, rng: random.Random) -> tuple[Any, list[bytes]]:
+    """A result for a real lease that the controller must refuse, in one of many ways (its array, or
+    something that is not one: too short, too long, a field of the wrong type, protocol 1's map)."""
+    way = rng.randrange(14)
+    if way >= 10:
+        row = result_row({"lease": lease, "ok": True, "duration": 0.01})
+        if way == 10:
+            return row[:-1], []
+        if way == 11:
+            return [*row, None], []
+        if way == 12:
+            return [row[0], "yes", *row[2:]], []
+        return {"lease": lease, "ok": True, "result": None, "files": [], "duration": 0.01}, []
+    fields, payloads = _broken_fields(lease, rng, way)
+    return result_row(fields), payloads
+
+
+def _broken_fields(lease: str, rng: random.Random, way: int) -> tuple[dict[str, Any], list[bytes]]:
     data = rng.randbytes(16)
     digest = blake3(data).digest()
     ok = {"lease": lease, "ok": True, "result": None, "duration": 0.01}
-    way = rng.randrange(10)
     if way == 0:
         return {**ok, "files": [["../escape.bin", 16, digest]]}, [data]
     if way == 1:
@@ -248,7 +264,7 @@ def test_rogue_agents_answering_real_jobs_with_broken_results_change_nothing(con
                     continue
                 msg = unpack(rogue.sock.recv_multipart())
                 for job in msg.body["jobs"] if msg.type is T.JOBS else ():
-                    body, payloads = broken_result(job["lease"], rng)
+                    body, payloads = broken_result(job[0], rng)  # its lease
                     rogue.send(T.RESULTS, {"results": [body]}, payloads)
                     answered += 1
         wait_for(honest.done, 120, "the honest project to finish")

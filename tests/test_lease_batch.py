@@ -18,6 +18,7 @@ import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
 from peer_helpers import peer_run
+from wire_helpers import job_map, result_row
 
 from farm.controller import leasing
 from farm.controller.server import JOURNAL_FILE
@@ -45,7 +46,7 @@ def _jobs(sock: zmq.Socket, count: int) -> list[dict[str, Any]]:
         assert sock.poll(30_000), f"only {[j['key'] for j in jobs]} came"
         msg = unpack(sock.recv_multipart())
         if msg.type is T.JOBS:
-            jobs += msg.body["jobs"]
+            jobs += map(job_map, msg.body["jobs"])
     assert len(jobs) == count, [j["key"] for j in jobs]
     return jobs
 
@@ -57,15 +58,17 @@ def _lease_mixed(tmp_path: Path) -> dict[str, Any]:
         run = ctl.runs[run_id]
         turns = [_jobs(sock, 4)]  # j00..j03
         lease = {job["key"]: job["lease"] for job in turns[-1]}
-        sock.send_multipart(pack(T.RESULTS, {"results": [
+        sock.send_multipart(pack(T.RESULTS, {"results": [result_row(r) for r in [
             {**OK, "lease": lease["j00"]},
             {"lease": lease["j01"], "ok": False, "result": None, "files": [], "error": "bad", "duration": 0.0,
              "retry": False},
-            {**OK, "lease": lease["j02"]}, {**OK, "lease": lease["j03"]}]}))
+            {**OK, "lease": lease["j02"]}, {**OK, "lease": lease["j03"]}]]}))
         turns.append(_jobs(sock, 4))  # j04, j07, j08, j09 (j05 failed at its pull, j06 waits)
-        sock.send_multipart(pack(T.RESULTS, {"results": [{**OK, "lease": j["lease"]} for j in turns[-1]]}))
+        sock.send_multipart(pack(T.RESULTS, {"results": [result_row({**OK, "lease": j["lease"]})
+                                                         for j in turns[-1]]}))
         turns.append(_jobs(sock, 3))  # j06 (freed), j10, j11
-        sock.send_multipart(pack(T.RESULTS, {"results": [{**OK, "lease": j["lease"]} for j in turns[-1]]}))
+        sock.send_multipart(pack(T.RESULTS, {"results": [result_row({**OK, "lease": j["lease"]})
+                                                         for j in turns[-1]]}))
         wait_for(lambda: run.state in ("done", "failed"), what="the run's end")
         names = {run_id: "RUN"}  # each lease as its job (each job is leased once here)
         for turn in turns:

@@ -15,10 +15,10 @@ HELLO = {"agent": "a", "host": "h", "pid": 1, "slots": 2, "prefetch": 3, "caps":
 
 
 def test_round_trip_keeps_body_and_payloads():
-    msg = unpack(pack(T.RESULTS, {"results": [{"lease": "l", "ok": True, "result": None, "files": [["a.png", 3]],
-                                               "duration": 0.1}]}, [b"abc"]))
+    row = ["l", True, None, [["a.png", 3]], None, None, 0.1, False, True]
+    msg = unpack(pack(T.RESULTS, {"results": [row]}, [b"abc"]))
     assert msg.type is T.RESULTS and msg.payloads == [b"abc"]
-    assert msg.body["results"][0]["files"] == [["a.png", 3]]
+    assert msg.body["results"][0][3] == [["a.png", 3]]
 
 
 @pytest.mark.parametrize(

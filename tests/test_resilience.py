@@ -150,8 +150,8 @@ def garbage(rng: random.Random, count: int) -> list[list[bytes]]:
             out.append([valid[0], bytes(body)])
         else:
             out.append([bytes((PROTOCOL_VERSION, T.RESULTS)),
-                        msgpack.packb({"results": [{"lease": "nope", "ok": True, "result": None, "files": [["../x", 1]],
-                                                    "duration": 0.0}]}), b"x"])
+                        msgpack.packb({"results": [["nope", True, None, [["../x", 1]], None, None, 0.0, False,
+                                                    True]]}), b"x"])
     return out
 
 

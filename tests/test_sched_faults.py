@@ -18,6 +18,7 @@ import zmq
 from conftest import Background, wait_for
 from farm_synthetic import payload
 from sched_helpers import HandWrittenAgent, failing_interpreter, farm_cli, install_plugin, oversized, requeue
+from wire_helpers import result_row
 
 from farm.cli.status import status_text
 from farm.client import submit
@@ -375,7 +376,7 @@ def test_a_hand_written_agent_cannot_answer_for_a_lease_it_does_not_hold(control
         lease = next(iter(controller.leases))
         liar.send_multipart(pack(T.HELLO, {"agent": "liar", "host": "x", "pid": 1, "slots": 1, "prefetch": 0,
                                            "caps": [], "held": [lease], "version": "0"}))
-        liar.send_multipart(pack(T.RESULTS, {"results": [requeue({"lease": lease})[0]]}))
+        liar.send_multipart(pack(T.RESULTS, {"results": [result_row(requeue({"lease": lease})[0])]}))
         wait_for(run.done, 120, "the run")
         assert run.summary.ok and run.summary.done == 20
     finally:

@@ -13,9 +13,9 @@ from farm.protocol import SHAPES, JobResult, JobSpec, T, pack, pack_body, unpack
 
 def test_a_job_spec_travels_unchanged():
     spec = JobSpec("lease1", "tile-3", "run-1", {"z": 3}, {"tile-2": [1, 2]}, 30.0)
-    to_agent = unpack(pack(T.JOBS, {"jobs": [spec.to_wire()], "projects": {}})).body["jobs"]
-    assert JobSpec.from_wire(to_agent[0]) == spec and JobSpec.from_wires(to_agent) == [spec]
-    # to its worker the agent sends the named tuple itself, an array
+    # to an agent the controller sends the named tuple's fields, an array; and so does the agent to its worker
+    to_agent = unpack(pack(T.JOBS, {"jobs": [tuple(spec)], "projects": {}})).body["jobs"]
+    assert to_agent == [list(spec)] and JobSpec.from_rows(to_agent) == [spec]
     to_worker = unpack(pack(T.W_JOBS, {"jobs": [spec], "projects": {}, "threads": 2})).body["jobs"]
     assert to_worker == [list(spec)] and JobSpec.from_rows(to_worker) == [spec]
 
@@ -45,7 +45,7 @@ def test_a_job_result_travels_unchanged_with_its_files():
                 "threads": 1}),
     (T.W_JOBS, {"jobs": [["l", "k", "p", None, {}, True]], "projects": {}, "threads": 1}),
     (T.W_JOBS, {"jobs": [], "projects": {}}),  # no threads
-    (T.W_RESULTS, {"results": [{"lease": "l", "ok": True, "result": None, "files": [], "duration": 0}]}),
+    (T.W_RESULTS, {"results": [["l", True, None, [], None, None, 0, False, True]]}),
     (T.W_RESULTS, {"leases": ["l"], "durations": [], "results": b"\x80"}),
     (T.W_RESULTS, {"leases": [1], "durations": [0], "results": b"\x80"}),
     (T.W_RESULTS, {"leases": ["l"], "durations": [True], "results": b"\x80"}),
@@ -60,8 +60,9 @@ def test_agent_worker_messages_are_checked_like_network_ones(kind, body):
 
 @pytest.mark.parametrize("inner", [
     # checked as a RESULTS body; then, for the lease it lists
-    {"results": [{"lease": "l", "ok": "yes", "result": None, "files": [], "duration": 0}]},
-    {"results": [{"lease": "other", "ok": True, "result": None, "files": [], "duration": 0}]},
+    {"results": [["l", "yes", None, [], None, None, 0, False, True]]},
+    {"results": [["other", True, None, [], None, None, 0, False, True]]},
+    {"results": [{"lease": "l", "ok": True, "result": None, "files": [], "duration": 0}]},  # protocol 1's map
 ])
 def test_the_results_a_worker_packed_are_checked_when_its_agent_reads_them(inner):
     frames = pack(T.W_RESULTS, {"leases": ["l"], "durations": [0], "results": msgpack.packb(inner)})

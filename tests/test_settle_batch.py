@@ -17,6 +17,7 @@ import pytest
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
 from peer_helpers import peer_run
+from wire_helpers import job_map, result_row
 
 from farm.controller import settling
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
@@ -72,9 +73,9 @@ def _settle_mixed(tmp_path: Path) -> dict[str, Any]:
             assert sock.poll(30_000), f"only {sorted(lease)} came"
             msg = unpack(sock.recv_multipart())
             if msg.type is T.JOBS:
-                lease.update({job["key"]: job["lease"] for job in msg.body["jobs"]})
+                lease.update({job["key"]: job["lease"] for job in map(job_map, msg.body["jobs"])})
         results, done = _answers(lease)
-        sock.send_multipart(pack(T.RESULTS, {"results": results}))
+        sock.send_multipart(pack(T.RESULTS, {"results": list(map(result_row, results))}))
         run = ctl.runs[run_id]
         wait_for(lambda: run.done == len(done) and ctl.health["stale"] == 2, what="the message settled")
         again: set[str] = set()
@@ -82,7 +83,7 @@ def _settle_mixed(tmp_path: Path) -> dict[str, Any]:
             assert sock.poll(30_000), f"only {sorted(again)} came again"
             msg = unpack(sock.recv_multipart())
             if msg.type is T.JOBS:
-                again |= {job["key"] for job in msg.body["jobs"]}
+                again |= {job["key"] for job in map(job_map, msg.body["jobs"])}
         agent = ctl.registry.by_id("peer")
         counters = (agent.done, agent.failed, agent.avg_job_s, ctl.health["stale"])
         attempts = {key: run.logs.attempts(key) for key in sorted(lease)}

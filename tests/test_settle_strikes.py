@@ -14,6 +14,7 @@ import zmq
 from conftest import wait_for
 from control_helpers import installed_plugin, media_type_source
 from peer_helpers import peer_run
+from wire_helpers import job_map, result_row
 
 from farm.controller import settling
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
@@ -34,7 +35,7 @@ def _jobs(sock: zmq.Socket, count: int) -> dict[str, str]:
         assert sock.poll(30_000), f"only {sorted(lease)} came"
         msg = unpack(sock.recv_multipart())
         if msg.type is T.JOBS:
-            lease.update({job["key"]: job["lease"] for job in msg.body["jobs"]})
+            lease.update({job["key"]: job["lease"] for job in map(job_map, msg.body["jobs"])})
     return lease
 
 
@@ -42,15 +43,15 @@ def _settle(tmp_path: Path) -> dict[str, Any]:
     with peer_run(tmp_path, "strikemix", "flaky", 8) as (ctl, sock, run_id):
         run = ctl.runs[run_id]
         first = _jobs(sock, 6)
-        sock.send_multipart(pack(T.RESULTS, {"results": [
+        sock.send_multipart(pack(T.RESULTS, {"results": [result_row(r) for r in [
             {**OK, "lease": first["j00"], "log": "zero\n"},
             {"lease": first["j01"], "ok": False, "result": None, "files": [], "error": "flaky", "log": "t",
-             "duration": 0.02}]}))
+             "duration": 0.02}]]}))
         again = _jobs(sock, 1)  # j01, retried
-        sock.send_multipart(pack(T.RESULTS, {"results": [
+        sock.send_multipart(pack(T.RESULTS, {"results": [result_row(r) for r in [
             {**OK, "lease": first["j02"], "result": 2}, {**OK, "lease": again["j01"], "log": "one\n"},
             {**OK, "lease": first["j03"], "duration": 0.5}, {**OK, "lease": first["j04"]},
-            {**OK, "lease": first["j05"], "result": [5]}]}))
+            {**OK, "lease": first["j05"], "result": [5]}]]}))
         wait_for(lambda: run.done == 6, what="every job done")
         agent = ctl.registry.by_id("peer")
         counters = (agent.done, agent.failed, agent.avg_job_s)

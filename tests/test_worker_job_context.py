@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import zmq
 from sched_helpers import install_plugin
+from wire_helpers import result_map
 
 from farm.agent.launch import worker_command, worker_env
 from farm.agent.wresults import read as read_results
@@ -144,7 +145,7 @@ def run(worker: Any, batches: list[list[JobSpec]]) -> Seen:
             continue
         assert msg.type is T.W_RESULTS
         payloads = iter(msg.payloads)
-        for wire_result in read_results(msg.body):
+        for wire_result in map(result_map, read_results(msg.body)):
             results[wire_result["lease"]] = wire_result
             files[wire_result["lease"]] = [(name, next(payloads)) for name, _, _ in wire_result["files"]]
     return results, files, progress

@@ -326,7 +326,7 @@ class Agent:
             projects = msg.body["projects"]
             for project_id, description in (projects.items() if isinstance(projects, dict) else ()):
                 self._describe(project_id, description)
-            self._queue_jobs(JobSpec.from_wires(msg.body["jobs"]))
+            self._queue_jobs(JobSpec.from_rows(msg.body["jobs"]))
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
         elif msg.type is T.ERROR and msg.body.get("code") == "key_role":  # not a key that may serve: stop

@@ -25,7 +25,7 @@ MAX_PAYLOAD_PER_MESSAGE = MAX_MESSAGE  # what the controller takes in one messag
 class Forwarded(NamedTuple):
     """A worker's results message, sent on unchanged (no output files)."""
 
-    body: bytes  # the RESULTS body the worker packed: {"results": [RESULT map, ...]}, not decoded here
+    body: bytes  # the RESULTS body the worker packed: {"results": [RESULT_ROW array, ...]}, not decoded here
     leases: list[str]  # each result's lease, as the worker listed them beside it
     projects: list[str]  # each result's project (run id)
 

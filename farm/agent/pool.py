@@ -251,7 +251,7 @@ class Pool:
         else:
             raise ProtocolError(f"{msg.type.name} is not a message a worker sends")
 
-    def _deliver(self, results: list[dict[str, Any]], payloads: list[bytes],
+    def _deliver(self, results: list[list[Any]], payloads: list[bytes],
                  by_lease: dict[str, JobSpec]) -> None:
         """Hand the agent each result of a job still running here, with its files (`by_lease`: what
         ran, less each job delivered)."""

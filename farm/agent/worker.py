@@ -34,7 +34,20 @@ from farm.mediatype import Job, RenderContext
 from farm.plugins import get_media_type
 from farm.proc import die_with_parent, parent_from_env
 from farm.project import Project
-from farm.protocol import MAX_BODY, JobResult, JobSpec, Message, T, pack, pack_body, unpack
+from farm.protocol import (
+    MAX_BODY,
+    R_DURATION,
+    R_FILES,
+    R_LEASE,
+    R_LOG,
+    JobResult,
+    JobSpec,
+    Message,
+    T,
+    pack,
+    pack_body,
+    unpack,
+)
 from farm.trace import mark, mark_process_start
 
 log = logging.getLogger(__name__)
@@ -185,7 +198,7 @@ class Worker:
     def run_batch(self, jobs: list[JobSpec]) -> None:
         """Run the jobs in order, sending their results in batches (at least every `FLUSH_EVERY_S`,
         and at once after a job with files)."""
-        pending: list[dict[str, Any]] = []
+        pending: list[list[Any]] = []
         payloads: list[bytes] = []
         self.index, self.batch = 0, jobs
         monotonic = time.monotonic
@@ -198,7 +211,7 @@ class Worker:
             result, files = self.run_one(spec)
             pending.append(result)
             now = monotonic()
-            result["duration"] = now - started
+            result[R_DURATION] = now - started
             started = now
             if files:
                 payloads.extend(files)
@@ -210,7 +223,7 @@ class Worker:
         if pending:
             self._send_results(pending, payloads)
 
-    def _send_results(self, pending: list[dict[str, Any]], payloads: list[bytes]) -> None:
+    def _send_results(self, pending: list[list[Any]], payloads: list[bytes]) -> None:
         """Send results; one a plugin's `render` made unsendable (a set, a `Path`, an object)
         fails its job, naming what is wrong, instead of ending this worker with a traceback."""
         try:
@@ -220,16 +233,16 @@ class Worker:
             pass
         offset = 0
         for wire in pending:
-            files = payloads[offset:offset + len(wire["files"])]
-            offset += len(wire["files"])
+            files = payloads[offset:offset + len(wire[R_FILES])]
+            offset += len(files)
             try:
                 self.send_frames(pack_body(T.W_RESULTS, packed([wire]), files))
             except (TypeError, ValueError, OverflowError) as exc:
                 error = (f"PluginError: the result render returned cannot be sent to the controller "
                          f"({type(exc).__name__}: {exc}): return str, int, float, bool, None, and lists "
                          f"and dicts (with str keys) of those, under {MAX_BODY // 2**20} MiB")
-                failed = JobResult(wire["lease"], False, error=error, log=wire.get("log"), retry=False)
-                failed.duration = wire["duration"]
+                failed = JobResult(wire[R_LEASE], False, error=error, log=wire[R_LOG], retry=False)
+                failed.duration = wire[R_DURATION]
                 self.send_frames(pack_body(T.W_RESULTS, packed([failed.to_wire()])))
 
     def _context(self, project_id: str) -> tuple[Any, RenderContext, Project]:
@@ -248,8 +261,8 @@ class Worker:
             found = self.contexts[project_id] = (get_media_type(project.media_type), ctx, project)
         return found
 
-    def run_one(self, spec: JobSpec) -> tuple[dict[str, Any], list[bytes]]:
-        """Run one job (``self.batch[self.index]``): its result as a map of the RESULT shape
+    def run_one(self, spec: JobSpec) -> tuple[list[Any], list[bytes]]:
+        """Run one job (``self.batch[self.index]``): its result as a `RESULT_ROW` array
         (`JobResult.to_wire`'s, made without a `JobResult`: this runs for every job; its duration
         is the caller's to set) and its output files' bytes, in the order it names them."""
         lease = spec.lease
@@ -281,15 +294,15 @@ class Worker:
                 out_dir = self.out_dir
                 entries = [[p.relative_to(out_dir).as_posix(), len(data), blake3(data).digest()]
                            for p, data in zip(files, payloads, strict=True)]
-                reply = {"lease": lease, "ok": True, "result": result, "files": entries, "duration": 0.0}
+                reply = [lease, True, result, entries, None, None, 0.0, False, True]
             else:
                 # that look read the queue of both folders' events: none came for the work folder
                 self.out_dirty, self.work_settled = False, self.work.known_empty
-                reply = {"lease": lease, "ok": True, "result": result, "files": [], "duration": 0.0}
+                reply = [lease, True, result, [], None, None, 0.0, False, True]
             if lines:  # its log tail travels with success too: every job's log is readable (farm logs)
                 text = "\n".join(lines)[-16000:]
                 if text:
-                    reply["log"] = text
+                    reply[R_LOG] = text
         except BaseException as exc:  # any failure fails this job only
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise

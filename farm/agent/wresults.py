@@ -1,6 +1,6 @@
 """A worker's results message (W_RESULTS): the RESULTS body its agent sends on, packed once.
 
-The worker packs its results (RESULT maps, as `JobResult.to_wire` makes them) as the body of the
+The worker packs its results (`RESULT_ROW` arrays, as `JobResult.to_wire` makes them) as the body of the
 RESULTS message the controller is to get, and sends those bytes with each result's lease and
 duration beside them. The agent frees its slots from those two lists, and, when the message has
 no files and its jobs are the first its slot was running, sends the bytes on without decoding
@@ -16,13 +16,13 @@ from typing import Any
 import msgpack
 
 from farm.errors import ProtocolError
-from farm.protocol import MAX_BODY, T, pack_body, unpack
+from farm.protocol import MAX_BODY, R_DURATION, R_LEASE, T, pack_body, unpack
 
-_LEASE, _DURATION = operator.itemgetter("lease"), operator.itemgetter("duration")
+_LEASE, _DURATION = operator.itemgetter(R_LEASE), operator.itemgetter(R_DURATION)
 
 
-def packed(results: list[dict[str, Any]]) -> bytes:
-    """The W_RESULTS body for these RESULT maps. Raises msgpack's TypeError, ValueError or
+def packed(results: list[list[Any]]) -> bytes:
+    """The W_RESULTS body for these `RESULT_ROW` arrays. Raises msgpack's TypeError, ValueError or
     OverflowError for a value it cannot carry, and ValueError for a body over `MAX_BODY` bytes."""
     inner = msgpack.packb({"results": results}, use_bin_type=True)
     body = msgpack.packb({"leases": list(map(_LEASE, results)), "durations": list(map(_DURATION, results)),
@@ -32,8 +32,8 @@ def packed(results: list[dict[str, Any]]) -> bytes:
     return body
 
 
-def read(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The RESULT maps inside a W_RESULTS body (its shape checked by `farm.protocol.unpack`), decoded
+def read(body: dict[str, Any]) -> list[list[Any]]:
+    """The `RESULT_ROW` arrays inside a W_RESULTS body (its shape checked by `farm.protocol.unpack`), decoded
     and checked as a RESULTS message's are; raises `ProtocolError`, also when their leases are not
     the ones the body lists beside them."""
     results = unpack(pack_body(T.RESULTS, body["results"])).body["results"]

@@ -167,9 +167,9 @@ class AgentSide:
             found = self._restart_memory = Restarts()
         return found
 
-    def _result(self, agent: AgentState, r: dict[str, Any], files: list[bytes], lease: Lease | None) -> None:
-        """One result (a map of the RESULT shape) settled by itself (`farm.controller.settling` settles
-        the plain ones in groups); `lease`: its lease, settled already, None if it is not current."""
+    def _result(self, agent: AgentState, r: list[Any], files: list[bytes], lease: Lease | None) -> None:
+        """One result (a `farm.protocol.RESULT_ROW` array) settled by itself (`farm.controller.settling`
+        settles the plain ones in groups); `lease`: its lease, settled already, None if it is not current."""
         result = JobResult.from_wire(r)
         if lease is None:
             self.health["stale"] += 1
@@ -220,9 +220,10 @@ class AgentSide:
                     if run_id not in known:
                         projects[run_id] = {**run.project.to_wire(), "assets": run.assets}
                         known.add(run_id)
-                # `job_wire`'s map, made here: no two calls per job (`tests/test_dispatch_lean.py`)
-                jobs.append({"lease": lease.id, "key": job.key, "project": run_id, "params": job.params,
-                             "deps": run.deps_for(job) if job.deps else {}, "timeout": timeout})
+                # a `JobSpec`'s fields in order (`farm.protocol.JOB_ROW`), made here: no two calls per
+                # job (`tests/test_dispatch_lean.py`)
+                jobs.append((lease.id, job.key, run_id, job.params, run.deps_for(job) if job.deps else {},
+                             timeout))
             if not self._send(agent.identity, T.JOBS, {"jobs": jobs, "projects": projects}):
                 self._drop_agent(agent, "unreachable")
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from farm.controller.collator import Pending, collate_failed, folder_gone, settle
 from farm.controller.run import _RENDERED, Lease, ProjectRun
 from farm.errors import ProtocolError
-from farm.protocol import JobResult
+from farm.protocol import R_DURATION, R_LEASE, R_LOG, R_RESULT, JobResult
 
 if TYPE_CHECKING:
     from farm.controller.registry import AgentState
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 class Group:
     """Jobs of one run rendered on one agent and collated, to be recorded done together: the jobs and
-    their results' maps, side by side as the message is read; what `record_done` needs of them is
+    their results' arrays, side by side as the message is read; what `record_done` needs of them is
     taken out in C loops (no tuple made per job)."""
 
     __slots__ = ("run", "agent", "jobs", "wire")
@@ -42,7 +42,7 @@ class Group:
     def __init__(self, run: ProjectRun, agent: AgentState) -> None:
         self.run, self.agent = run, agent
         self.jobs: list[Job] = []
-        self.wire: list[dict[str, Any]] = []  # each job's result as it came (the RESULT shape)
+        self.wire: list[list[Any]] = []  # each job's result as it came (`farm.protocol.RESULT_ROW`)
 
     @property
     def keys(self) -> list[str]:
@@ -60,37 +60,37 @@ class Group:
 
     @property
     def logs(self) -> list[str | None]:
-        return list(map(dict.get, self.wire, repeat("log")))
+        return list(map(_LOG, self.wire))
 
 
-_KEY, _RESULT, _DURATION = attrgetter("key"), itemgetter("result"), itemgetter("duration")
+_KEY, _LEASE, _RESULT = attrgetter("key"), itemgetter(R_LEASE), itemgetter(R_RESULT)
+_DURATION, _LOG = itemgetter(R_DURATION), itemgetter(R_LOG)
 
 
-def check_durations(results: list[dict[str, Any]]) -> None:
+def check_durations(results: list[list[Any]]) -> None:
     """Every result's run time is a time in seconds (before any is settled): a NaN would poison the
     agent's mean, and dispatch. Raises `ProtocolError`."""
-    for r in results:
-        duration = r["duration"]
+    for duration in map(_DURATION, results):
         if not 0.0 <= duration < math.inf:
             raise ProtocolError(f"RESULTS: duration {duration!r} is not a time in seconds")
 
 
-def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
+def settle_results(side: Any, agent: AgentState, results: list[list[Any]],
                    payloads: list[bytes]) -> None:
-    """Settle one RESULTS message's results (maps of the RESULT shape, checked) from `agent`, in
-    order; `side`: the controller (its scheduler, collator and `_result`, the one-by-one way)."""
+    """Settle one RESULTS message's results (`farm.protocol.RESULT_ROW` arrays, checked) from `agent`,
+    in order; `side`: the controller (its scheduler, collator and `_result`, the one-by-one way)."""
     scheduler, collator = side.scheduler, side.collator
-    scheduler.answered(agent, [r["lease"] for r in results])
+    scheduler.answered(agent, list(map(_LEASE, results)))
     current = scheduler.current
     group: Group | None = None
     grouping = None  # the run whose successes `plain` said may be grouped (its state is the same until
     # a result is settled another way: then asked again)
     offset = 0
     for r in results:
-        names = r["files"]
-        lease = current(agent, r["lease"])
+        lease_id, ok, _, names, _, _, duration, _, _ = r
+        lease = current(agent, lease_id)
         run = lease.run if lease is not None else None
-        if run is None or names or not r["ok"] or not (run is grouping or plain(run, collator)) \
+        if run is None or names or not ok or not (run is grouping or plain(run, collator)) \
                 or lease.job.key in run.cache_keys:
             if group is not None:
                 record_done(group)
@@ -103,7 +103,7 @@ def settle_results(side: Any, agent: AgentState, results: list[dict[str, Any]],
         if group is not None and group.run is not run:
             record_done(group)
             group = None
-        agent.observe(float(r["duration"]), run.id)
+        agent.observe(float(duration), run.id)
         key = lease.job.key
         del run.leases[key]
         run.progress.pop(key, None)
@@ -131,7 +131,7 @@ def plain(run: ProjectRun, collator: Any) -> bool:
             and run.state != "cancelled")
 
 
-def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, Any], first: bool) -> bool:
+def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: list[Any], first: bool) -> bool:
     """Collate one plain result on the loop, as `farm.controller.collator.collate` does (no files);
     False if it raised or the run's output folder went: then its `Pending`, with the error, waits
     in ``run.collating`` for `settle`. `first`: the first of its group, where the folder is checked
@@ -145,14 +145,14 @@ def collate_here(run: ProjectRun, lease: Lease, agent: AgentState, r: dict[str, 
         run.output_made = False  # until collate returns: a folder removed by hand is made again
         made = True
         if first and run.output_folder.gone() is not None:
-            pending = Pending(run, lease.job, r["result"], {}, lease, agent)
+            pending = Pending(run, lease.job, r[R_RESULT], {}, lease, agent)
             folder_gone(pending)
         else:
-            run.media.collate(lease.job, r["result"], {}, run.ctx)
+            run.media.collate(lease.job, r[R_RESULT], {}, run.ctx)
             run.output_made = True
             return True
     except Exception as exc:
-        pending = Pending(run, lease.job, r["result"], {}, lease, agent)
+        pending = Pending(run, lease.job, r[R_RESULT], {}, lease, agent)
         if not (made and folder_gone(pending)):
             collate_failed(pending, exc, made)
     lease.result = JobResult.from_wire(r)  # its log and duration, for the job's log
