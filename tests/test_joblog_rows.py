@@ -8,6 +8,7 @@ time (`notes`) and one attempt at a time (`note`) alike."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,8 @@ def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_
     found = {}
     for name in ("grouped", "single"):
         store = JobLogStore(tmp_path / f"{name}.sqlite")
+        stalled = threading.Event()  # the writer held until all is kept, as below
+        store._queue.put(("wake", stalled.wait, None))
         try:
             logs = JobLogs(per_job=1, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
             for entries in messages:
@@ -110,6 +113,7 @@ def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_
                     for key, agent, duration, log in entries:
                         logs.note(key, agent, "done", None, duration, log)
                 store.push()
+            stalled.set()
             assert store.flush() and store.failed is None
             keys = sorted({key for entries in messages for key, *_ in entries})
             found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
@@ -117,6 +121,7 @@ def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_
                 {key: logs.attempts(key) for key in keys}, {key: logs.numbered(key) for key in keys},
                 logs.bytes, logs.live, logs.evicted, list(logs._order), list(logs._order_keys))
         finally:
+            stalled.set()
             store.close()
     assert found["grouped"] == found["single"]
     noted = sum(len(entries) for entries in messages)
@@ -162,6 +167,10 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
     found, fast = {}, 0
     for name in ("grouped", "single"):
         store = JobLogStore(tmp_path / f"{name}.sqlite", backlog_bytes=backlog)
+        # the writer stalled (a stalled disk) until all is kept, so which texts pass the backlog is
+        # the same both ways, however busy the machine (a writer keeping up sometimes made them differ)
+        stalled = threading.Event()
+        store._queue.put(("wake", stalled.wait, None))
         pieces: list[tuple[int, int]] = []
         push = store.push
         store.push = lambda: (pieces.append((len(store._put_keys), store._queued_text)), push())  # type: ignore
@@ -183,6 +192,7 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
                         logs.note(key, agent, "done", None, duration, text)
                 if m % 4 == 3:  # a turn's messages in one piece, as the loop's
                     store.push()
+            stalled.set()
             assert store.flush() and store.failed is None
             keys = sorted({key for _, keys, _, _ in messages for key in keys})
             found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
@@ -190,6 +200,7 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
                 {key: logs.attempts(key) for key in keys}, logs.bytes, logs.live, logs.evicted,
                 list(logs._order), list(logs._order_keys), pieces, store.dropped)
         finally:
+            stalled.set()
             store.close()
     assert found["grouped"] == found["single"]
     assert fast > (0 if per_run_bytes < 100_000 else 60)  # the C loops were taken
