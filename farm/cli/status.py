@@ -16,6 +16,7 @@ from farm.cli.progress import format_count, format_duration, format_rate, summar
 from farm.client import RECONNECT_S, Client, DiskFull, DownloadLost, RunLost
 from farm.errors import ConnectionLost, FarmError
 from farm.handshake import NOTHING_LISTENS_AFTER_S
+from farm.security import DEFAULT_SERVER_NAME
 from farm.words import capabilities_shown
 
 R = TypeVar("R")
@@ -52,6 +53,16 @@ def controller_line(bound: str, dialled: str | None) -> str:
     return f"controller {bound}"
 
 
+def _key_shown(key: str | None) -> str:
+    """The key an agent proved, by its name in the controller's allowed/ folder; the controller's own
+    (an agent on its machine, reading its keys folder) said so, not read as the controller itself."""
+    if not key:
+        return ""
+    if key == DEFAULT_SERVER_NAME:
+        return "  key: the controller's own (an agent on its machine)"
+    return f"  key {key}"
+
+
 def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
     """`farm status`'s text for a controller's status report; `dialled`: the URL this client used."""
     refused = report.get("refused") or []
@@ -65,7 +76,7 @@ def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
                      f"  done {a['done']:<6}"
                      f" failed {a['failed']:<4} heartbeat {a['last_heartbeat_s']:.1f}s ago"
                      f"  {capabilities_shown(a['capabilities'])}"
-                     + (f"  key {a['key']}" if a.get("key") else ""))
+                     + _key_shown(a.get("key")))
         if a.get("broken"):
             lines.append(f"    broken, takes no jobs: {a['broken']}")
         elif a.get("state") in ("draining", "blocklisted"):
