@@ -31,17 +31,18 @@ def job_limit(metatile: int, z: int) -> int:
     return max(1, MAX_JOB_TILES // metatile_size(metatile, z) ** 2)
 
 
-def make_job(metas: list[Metatile]) -> Job:
-    """The job of consecutive metatiles ``metas`` (one zoom); units: how many."""
+def make_job(metas: list[Metatile], inputs: tuple[str, ...] | None = None) -> Job:
+    """The job of consecutive metatiles ``metas`` (one zoom) reading the project files ``inputs``
+    (None: all); units: how many."""
     first = metas[0]
     w = first.wanted
     if len(metas) == 1:
         params: dict[str, Any] = {"z": first.z, "x": first.x, "y": first.y, "size": first.size,
                                   "tiles": [w.x0, w.y0, w.x1, w.y1]}
-        return Job(first.key, params)
+        return Job(first.key, params, inputs)
     params = {"z": first.z, "size": first.size,
               "metatiles": [[m.x, m.y, m.wanted.x0, m.wanted.y0, m.wanted.x1, m.wanted.y1] for m in metas]}
-    return Job(f"{first.key}+{len(metas)}", params, units=len(metas))
+    return Job(f"{first.key}+{len(metas)}", params, inputs, units=len(metas))
 
 
 def job_metatiles(params: Mapping[str, Any]) -> list[tuple[int, int, TileRange]]:
@@ -82,6 +83,8 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
     advisor: ``chunk`` metatiles per job, 1 by default."""
     fixed = chunks is None or settings.get("chunk_fixed", True)
     chunk = settings.get("chunk", 1)
+    # every job reads the whole style (`MapTiles.configure`); a project read before it was found: all
+    inputs = None if settings.get("inputs") is None else tuple(settings["inputs"])
     left = metatile_total(settings)
     for z in range(settings["minzoom"], settings["maxzoom"] + 1):
         limit = job_limit(settings["metatile"], z)
@@ -91,7 +94,7 @@ def split_jobs(settings: Mapping[str, Any], chunks: ChunkAdvisor | None) -> Iter
             i = 0
             while i < len(row):
                 def make(n: int, start: int = i, row: list[Metatile] = row) -> Job:
-                    return make_job(row[start:start + n])
+                    return make_job(row[start:start + n], inputs)
 
                 if chunks is None:
                     job = make(min(chunk, len(row) - i))

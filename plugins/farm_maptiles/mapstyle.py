@@ -11,6 +11,7 @@ each agent before it renders. Mapnik is imported inside the functions, so the pl
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,17 +52,29 @@ class Style:
     def name(self) -> str:
         return self.path.relative_to(self.root).as_posix()
 
+    def inputs(self) -> list[str] | None:
+        """The project files rendering reads (sorted relative POSIX paths): the style, its data
+        and images, the fonts of its font-directory. None when a datasource type outside
+        `references.FILE_DATASOURCES` is used (an operator-allowed type can read files it does
+        not name), so its jobs count every asset as read."""
+        if any(ds.type not in references.FILE_DATASOURCES for ds in self.datasources):
+            return None
+        fonts_read = references.font_files(self.font_dir) if self.font_dir is not None else []
+        root = Path(os.path.normpath(self.root))
+        return sorted({Path(os.path.normpath(f)).relative_to(root).as_posix()
+                       for f in (self.path, *self.files, *fonts_read)})
+
     def error(self, message: str, line: int | None) -> StyleError:
         return StyleError(f"{self.name}:{line}: {message}" if line else f"{self.name}: {message}")
 
 
-def read_style(path: Path, root: Path, rules: AssetRules | None = None) -> Style:
+def read_style(path: Path, root: Path, rules: AssetRules | None = None, *, faces: bool = True) -> Style:
     """Parse the style at ``path`` (inside project ``root``) and check everything it refers to.
 
     Raises `StyleError` for XML farm cannot check, a path leaving the project, a missing file,
     a file ``rules`` (the project's ``[assets]``, at load) keep from the agents, a datasource
-    type not allowed here, or a ``face-name`` Mapnik cannot open (with ``rules``: on the agents,
-    from the font files they get).
+    type not allowed here, or (``faces``: needs Mapnik) a ``face-name`` Mapnik cannot open
+    (with ``rules``: on the agents, from the font files they get).
     """
     name = path.relative_to(root).as_posix()
     try:
@@ -79,7 +92,8 @@ def read_style(path: Path, root: Path, rules: AssetRules | None = None) -> Style
         style.files = references.symbolizer_files(tree, folder, root, rules)
         style.datasources = references.datasources(tree, folder, root, rules)
         style.files += [f for ds in style.datasources for f in ds.files]
-        fonts.check_fonts(tree, style.font_dir, root, rules)
+        if faces:
+            fonts.check_fonts(tree, style.font_dir, root, rules)
     except StyleProblem as exc:
         raise style.error(str(exc), exc.line) from None
     return style
@@ -152,11 +166,13 @@ def choose_buffer(style: Style, m: Any, setting: int | None) -> int:
     return chosen
 
 
-def check_style(path: Path, root: Path, buffer: int | None = None, rules: AssetRules | None = None) -> int:
-    """Check the style fully (`read_style`, then Mapnik loads it with its data); returns the buffer to use."""
+def check_style(path: Path, root: Path, buffer: int | None = None,
+                rules: AssetRules | None = None) -> tuple[int, Style]:
+    """Check the style fully (`read_style`, then Mapnik loads it with its data); returns the
+    buffer to use and the checked style."""
     register_fonts()
     style = read_style(path, root, rules)
-    return choose_buffer(style, load_map(style), buffer)
+    return choose_buffer(style, load_map(style), buffer), style
 
 
 def register_fonts() -> None:

@@ -83,15 +83,19 @@ class MapTiles(MediaType):
 
     def configure(self, settings: SettingsReader) -> dict[str, Any]:
         values = config.read_settings(settings)
+        style = settings.root / values["style"]
         if not settings.renderer_checks:  # a controller: Mapnik's checks ran where it was submitted
             values["buffer"] = config.submitted_buffer(settings, values["buffer"])
-        elif mapnik_missing() is None:
-            style = settings.root / values["style"]
-            try:
-                values["buffer"] = mapstyle.check_style(style, settings.root, values["buffer"],
-                                                        settings.asset_rules())
-            except mapstyle.StyleError as exc:
-                raise settings.error("style", f"cannot use style {values['style']!r}: {exc}") from None
+        try:
+            if settings.renderer_checks and mapnik_missing() is None:
+                values["buffer"], checked = mapstyle.check_style(style, settings.root, values["buffer"],
+                                                                 settings.asset_rules())
+            else:  # the files it reads, found here without Mapnik (never taken from a submitter)
+                checked = mapstyle.read_style(style, settings.root, settings.asset_rules(), faces=False)
+        except mapstyle.StyleError as exc:
+            raise settings.error("style", f"cannot use style {values['style']!r}: {exc}") from None
+        # each job's inputs (`split`): a file no job reads does not enter its cache key; None: all
+        values["inputs"] = checked.inputs()
         return values
 
     def renderer_facts(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
