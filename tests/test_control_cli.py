@@ -13,7 +13,7 @@ from conftest import wait_for
 from farm.client import Client, submit
 from farm.errors import ControlError
 from farm.project import load_project
-from farm.protocol import T, pack
+from farm.protocol import PROTOCOL_VERSION, T, pack
 
 FARM = [sys.executable, "-m", "farm"]
 
@@ -97,7 +97,7 @@ def test_malformed_and_impossible_requests_get_an_error_with_a_code(controller, 
             assert error.code == "conflict" and "done" in str(error)
         late = _answer(client, T.CONTROL, {"action": "priority", "project": run, "priority": 3})
         assert late.code == "conflict"
-        client.sock.send_multipart([bytes((1, T.CONTROL)), b"\x92\x01\x02"])  # a list, not a map
+        client.sock.send_multipart([bytes((PROTOCOL_VERSION, T.CONTROL)), b"\x92\x01\x02"])  # a list, not a map
         with pytest.raises(ControlError, match="must be a map"):
             client.receive()
         client.sock.send_multipart(pack(T.CONTROL, {"action": "pause", "project": run})[:1])  # no body frame

@@ -28,7 +28,7 @@ from farm.filesync import (
 )
 from farm.filesync.hashing import MIN_BLOCK, hash_block
 from farm.filesync.published import Place
-from farm.protocol import T, pack
+from farm.protocol import PROTOCOL_VERSION, T, pack
 
 BIG = 40 * MIN_BLOCK  # 5 MiB: 40 blocks of 128 KiB
 
@@ -331,7 +331,7 @@ def test_garbled_frames_leave_the_server_serving(
     hostile = context.socket(zmq.DEALER)
     hostile.linger = 0
     hostile.connect(server.endpoint)
-    head = bytes((1, T.FS_REQUEST))
+    head = bytes((PROTOCOL_VERSION, T.FS_REQUEST))
 
     def request(body: object, *payloads: bytes) -> list[bytes]:
         return [head, msgpack.packb(body, use_bin_type=True), *payloads]
@@ -340,8 +340,8 @@ def test_garbled_frames_leave_the_server_serving(
         [b"x"],
         [b"", b""],
         [bytes((9, T.FS_REQUEST)), b"\x80"],  # wrong protocol version
-        [bytes((1, 250)), b"\x80"],  # unknown type
-        [bytes((1, T.HELLO)), b"\x80"],  # a job-socket message
+        [bytes((PROTOCOL_VERSION, 250)), b"\x80"],  # unknown type
+        [bytes((PROTOCOL_VERSION, T.HELLO)), b"\x80"],  # a job-socket message
         [head, b"\xc1\xc1"],  # not msgpack
         [head, msgpack.packb([1, 2])],  # not a map
         request({"op": "nope", "rid": 1}),

@@ -28,7 +28,7 @@ from farm.protocol import MAX_MESSAGE
 FLOODER = textwrap.dedent("""
     import os, random, sys, time
     import zmq
-    from farm.protocol import T, pack
+    from farm.protocol import PROTOCOL_VERSION, T, pack
     url, kind, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     rng = random.Random(7)
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -37,7 +37,7 @@ FLOODER = textwrap.dedent("""
     sock.connect(url)
     status = pack(T.STATUS)
     garbage = [[rng.randbytes(rng.randrange(1, 64))] for _ in range(64)] + [
-        [bytes((1, rng.randrange(256))), rng.randbytes(32)] for _ in range(64)] + [
+        [bytes((PROTOCOL_VERSION, rng.randrange(256))), rng.randbytes(32)] for _ in range(64)] + [
         pack(T.RESULTS, {"results": []}), pack(T.FOLLOW, {"project": "nope"}),  # well formed, each answered
         pack(T.PROGRESS, {"lease": "x", "fraction": 0.5}), pack(T.CANCEL_PROJECT, {"project": "nope"})] * 32
     end = time.monotonic() + seconds
