@@ -454,6 +454,8 @@ class Agent:
         results, moved = checked(self.unchecked, self.sync.changed, self.stale)
         self.outgoing.extend(results)
         self.unchecked.clear()
+        if self.stale:  # leases that ended otherwise (cancelled, their worker died) are looked for no more
+            self.stale = {lease: why for lease, why in self.stale.items() if lease in self.held}
         for project, why in moved.items():
             if why is not None:  # its workers' jobs read those files too; they load it afresh after
                 self.stale.update(stale_leases(self.pool.slots, project, why))
