@@ -3,6 +3,7 @@ after the run exits with the run's status; during the run, 130, and the agents s
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,24 @@ def test_ctrl_c_during_the_run_is_130_and_stops_the_agents_quietly(tmp_path: Pat
     assert "interrupted: 0 of " in err  # the total, if an UPDATE told it before the Ctrl-C
     # the farm stopping its own agents is no fault to report ("agent local-1 removed ...; 1 job requeued")
     assert "removed" not in err and "WARNING" not in err, err
+
+
+def test_a_ctrl_c_as_soon_as_the_serving_is_said_still_ends_it(monkeypatch):
+    """The user (or a script) reads "press Ctrl-C to stop serving" and presses it at once: the
+    KeyboardInterrupt may land before the wait starts (CI saw the command end silently)."""
+    from farm.cli import submit
+
+    said: list[str] = []
+
+    def echo(text: str, err: bool = False) -> None:
+        said.append(text)
+        if "stays up" in text:
+            raise KeyboardInterrupt  # the Ctrl-C, delivered just after the line went out
+
+    monkeypatch.setattr(submit.typer, "echo", echo)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        submit._serve_until_stopped("http://127.0.0.1:1/")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert said[-1] == "stopped serving the dashboard", said

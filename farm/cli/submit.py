@@ -233,11 +233,11 @@ def make_room(exc: DiskFull, controller: str) -> DiskFull:
 def _serve_until_stopped(url: str | None) -> None:
     """Keep the dashboard up after the run, until Ctrl-C or SIGTERM: the run is over, so either
     ends the command with the run's status (not as an interruption)."""
-    typer.echo(f"the run has ended; the dashboard stays up at {url} (press Ctrl-C to stop serving)",
-               err=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    try:  # the echo inside: a Ctrl-C right after it is read (before the wait) still ends the serving
+        typer.echo(f"the run has ended; the dashboard stays up at {url} (press Ctrl-C to stop serving)",
+                   err=True)
         # short waits: Python runs a signal's handler in this thread only, and the kernel may hand
         # the signal to another one (the controller's, the dashboard's); an endless wait here would
         # never wake to run it (`tests/test_fxhang_ctrl_c.py`)
