@@ -55,6 +55,31 @@ def known_url(store: KeyStore) -> str:
                         "once with these keys, or give --url tcp://HOST:PORT)") from None
 
 
+PROBE_S = 1.0  # how long `listening` waits for a TCP connection
+
+
+def listening(url: str) -> bool:
+    """Whether something accepts TCP connections at `url` (``tcp://HOST:PORT``) within `PROBE_S`.
+    A plain connect, closed at once: a ZeroMQ socket drops it as a peer that never greeted."""
+    import socket
+
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def recorded_warning(url: str) -> str | None:
+    """Why the address `farm controller` last recorded may not be the one to invite to (nothing listens
+    there now: that controller stopped, or another with these keys recorded it last), or None."""
+    if listening(url):
+        return None
+    return (f"nothing answers at {url}, the address `farm controller` last recorded with these keys (that "
+            "controller may have stopped): a node joins once it runs there again; give --url to name another")
+
+
 def invite(store: KeyStore, server_name: str, url: str, *, expires_s: float | None, single_use: bool,
            role: str = "agent") -> tuple[str, str, str]:
     """A new token of kind `role` ("agent", "client"): (token id, join argument, ready command line)."""

@@ -10,7 +10,7 @@ import typer
 
 from farm.cli.errors import reported
 from farm.cli.invite import invite as invite_token
-from farm.cli.invite import known_url
+from farm.cli.invite import known_url, recorded_warning
 from farm.cli.options import checked_address
 from farm.cli.security import joined_keys, move_joined_key
 from farm.keys import SecurityError
@@ -149,15 +149,19 @@ def invite(
     """Make a join token and print the one command a new node runs (farm agent --join ...)."""
     with reported(as_json=as_json):
         store = KeyStore(keys_dir)
+        warning = None if url else recorded_warning(url := known_url(store))
         token_id, argument, command = invite_token(
-            store, server, url or known_url(store), expires_s=parse_duration(expires), single_use=single_use,
+            store, server, url, expires_s=parse_duration(expires), single_use=single_use,
             role="client" if client else "agent")
         if as_json:  # the same fields and forms as `farm keys invites --json`
             token = TokenStore(store).load(token_id)
             typer.echo(json.dumps({"id": token_id, "join": argument, "command": command, "kind": token.kind,
                                    "single_use": single_use, "expires": token.expires,
-                                   "expires_at": format_expiry(token.expires)}))
+                                   "expires_at": format_expiry(token.expires),
+                                   **({"warning": warning} if warning else {})}))
             return
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         typer.echo(f"token {token_id} ({'single-use' if single_use else 'reusable'}, expires in {expires}); run:",
                    err=True)
         typer.echo(command)
