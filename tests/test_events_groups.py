@@ -3,7 +3,8 @@ same events as when published one by one: through `since` (every start and limit
 view, a remote subscriber's batches (`Subscribers.send`) and the observer thread (observers of all
 and of some types, counters), with the same seqs, data and counts, and both bounds (the buffer's, the
 observers' queue) applied at the same event even where they fall inside a group. Real buses, their
-real observer threads; the subscriber's socket is the list its batches are sent to. The observer
+real observer threads; the subscriber's socket is the list its batches are sent to; the HTTP API's
+metrics taking groups together (`Metrics.observe_published`) count what they count one by one. The observer
 thread starts after the whole stream is published (its queue meets its bound), or at once and is held
 by an observer at the stream's first `job.retried` (what it took counts against the bound no more)."""
 
@@ -15,6 +16,7 @@ from types import MappingProxyType
 import pytest
 
 from farm.controller.events import EventBus, Stats, Subscribers
+from farm.http.metrics import Metrics
 from farm.notify import Notifier
 
 RENDERED, REUSED = MappingProxyType({"reused": False}), MappingProxyType({"reused": True})
@@ -93,6 +95,8 @@ class Watched:
         self.bus.observe(self.everything.append)
         self.bus.observe(self.some.append, Notifier.EVENT_TYPES | {"job.done"})
         self.bus.observe(self._hold, ["job.retried"])
+        self.together: list = []  # what an observer of events published together expands them to
+        self.bus.observe(lambda published: self.together.extend(published.events()), together=True)
         self.held, self.release = threading.Event(), threading.Event()
         self.subscribers = Subscribers(self.bus)
         self.subscribers.subscribe(b"reader", 0)
@@ -156,6 +160,7 @@ def test_grouped_events_read_back_as_one_by_one(bounds, held, send_every):
         side.deliver(held)
     assert _seen(grouped.everything) == _seen(single.everything)
     assert _seen(grouped.some) == _seen(single.some)
+    assert _seen(grouped.together) == _seen(single.together) == _seen(single.everything)
     assert grouped.bus.dropped == single.bus.dropped == total - len(single.everything)
     taken = HELD_AT if held else 0  # (then the queue held only what came after)
     kept = min(total - taken, bounds.get("pending", total))
@@ -173,3 +178,37 @@ def test_each_values_must_match_the_jobs():
     with pytest.raises(ValueError, match="3 jobs but 2 values"):
         bus.publish_each("job.started", "r1", "a1", "lease", ["k0", "k1", "k2"], ["L0", "L1"])
     assert bus.last == 0 and not list(bus.buffer)
+
+
+def _samples(metrics: Metrics) -> list[tuple]:
+    return sorted((s.name, tuple(sorted(s.labels.items())), s.value) for family in metrics.registry.collect()
+                  for s in family.samples if not s.name.endswith("_created"))
+
+
+def test_http_metrics_count_groups_as_events_one_by_one():
+    """The HTTP API's metrics taking a message's events together count what they count one by one:
+    jobs done, reused, failed, retried, and every rendered job's duration from its dispatch."""
+    bus = EventBus()
+    one_by_one, together = Metrics(), Metrics()
+    bus.observe(one_by_one.observe)
+    bus.observe(together.observe_published, together=True)
+    bus.start()
+    try:
+        for step in STREAM:
+            _publish(bus, step, grouped=True)
+        bus.publish("run.submitted", "r2", None, None, {"media_type": "audio"})
+        bus.publish_each("job.started", "r2", "a1", "lease", _jobs("p", 6), _jobs("P", 6))
+        bus.publish_jobs("job.done", "r2", "a1", _jobs("p", 2), RENDERED)
+        bus.publish_jobs("job.done", "r2", "a1", _jobs("p", 4)[2:], REUSED)
+        bus.publish_jobs("job.done", "r2", "a1", _jobs("p", 6)[4:], {"duration_s": 1.5})
+        bus.publish_jobs("job.done", "r2", "a1", ["p9"], RENDERED)
+        assert bus.drain(30)
+    finally:
+        bus.stop()
+    assert bus.observer_errors == 0
+    samples = _samples(together)
+    assert samples == _samples(one_by_one)
+    done = {labels: value for name, labels, value in samples if name == "farm_jobs_done_total"}
+    assert done == {(("media_type", "synthetic"),): 51, (("media_type", "audio"),): 7}
+    timed = {labels: value for name, labels, value in samples if name == "farm_job_duration_seconds_count"}
+    assert timed == {(("media_type", "synthetic"),): 49, (("media_type", "audio"),): 4}

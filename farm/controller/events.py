@@ -73,6 +73,31 @@ class Event(NamedTuple):
                 "job": self.job, "agent": self.agent}
 
 
+class Published(NamedTuple):
+    """Events of one type published together (`EventBus.observe(..., together=True)`): one event, or
+    a message's group. Event i is about job ``jobs[i]``, its seq ``seq + i``, its data ``data`` and,
+    where ``field`` is not None, ``{field: values[i]}`` besides."""
+
+    seq: int
+    time: float
+    type: str
+    run: str | None
+    agent: str | None
+    jobs: tuple[str | None, ...]
+    data: Mapping[str, Any]
+    field: str | None = None
+    values: tuple[Any, ...] | None = None
+
+    def events(self) -> list[Event]:
+        """The same, one `Event` each."""
+        if self.field is None:
+            return [Event(seq, self.time, self.type, self.run, job, self.agent, self.data)
+                    for seq, job in zip(itertools.count(self.seq), self.jobs)]
+        assert self.values is not None
+        return [Event(seq, self.time, self.type, self.run, job, self.agent, {**self.data, self.field: value})
+                for seq, job, value in zip(itertools.count(self.seq), self.jobs, self.values)]
+
+
 Observer = Callable[[Event], None]
 #: a counter (`EventBus.count`): (type, how many events, the data they all share: field, value...)
 Counter = Callable[[str, int, tuple[Any, ...]], None]
@@ -97,6 +122,15 @@ def _event(row: Row, _new: Any = tuple.__new__) -> Event:
 def _flat(data: Mapping[str, Any]) -> tuple[Any, ...]:
     """Event data as a row keeps it: field, value, field, value..."""
     return tuple(itertools.chain.from_iterable(data.items())) if data else ()
+
+
+def _published(kept: Row | Group) -> Published:
+    if len(kept) == 7:
+        seq, at, kind, run, job, agent, flat = kept
+        kept = (seq, at, kind, run, (job,), agent, flat, None, None)
+    first, at, kind, run, jobs, agent, flat, field, values = kept
+    data = MappingProxyType(dict(zip(flat[::2], flat[1::2]))) if flat else _NO_DATA  # (shared by its events)
+    return Published(first, at, kind, run, agent, jobs, data, field, values)
 
 
 def _size(kept: Row | Group) -> int:
@@ -162,10 +196,14 @@ class EventBus:
         # events put in pending (loop thread), cut off it for its bound (loop), taken (observer thread)
         self._queued = self._cut = self._taken = 0
         self._pending_lock = threading.Lock()  # a cut and a take of pending's oldest, one at a time
-        # observers, each with the event types it wants (None: all); counters, which take counts
-        self._observers: list[tuple[Observer, frozenset[str] | None]] = [] if hook is None else [(hook, None)]
+        # observers, each with the event types it wants (None: all) and whether it takes them together;
+        # counters, which take counts
+        self._observers: list[tuple[Any, frozenset[str] | None, bool]] = []
+        if hook is not None:
+            self._observers.append((hook, None, False))
         self._counters: list[Counter] = []
-        self._for_type: dict[str, list[Observer]] = {}  # event type -> its observers (made when first asked)
+        # event type -> its observers of each event, and of events together (made when first asked)
+        self._for_type: dict[str, tuple[list[Observer], list[Callable[[Published], None]]]] = {}
         self._watched = bool(self._observers)  # events go to the observer thread
         self._handed = 0  # the newest seq handed to observers
         self.dropped = 0  # events observers never saw (they fell too far behind)
@@ -173,10 +211,12 @@ class EventBus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def observe(self, observer: Observer, types: Collection[str] | None = None) -> None:
+    def observe(self, observer: Callable[[Any], None], types: Collection[str] | None = None, *,
+                together: bool = False) -> None:
         """Call `observer(event)` for every event from now on (every one of `types`, if given), in the
-        observer thread."""
-        self._observers.append((observer, None if types is None else frozenset(types)))
+        observer thread; with `together`, `observer(published)` once for the events published
+        together (a `Published`: one event, or a message's group), so it may count a group at once."""
+        self._observers.append((observer, None if types is None else frozenset(types), together))
         self._for_type = {}
         self._watched = True
 
@@ -296,10 +336,13 @@ class EventBus:
                     except Exception:
                         self._failed(counter, kind)
                 for_type = self._for_type  # (`observe` puts a new one in place: never one made before it)
-                observers = for_type.get(kind)
-                if observers is None:
-                    observers = for_type[kind] = [o for o, types in self._observers
-                                                  if types is None or kind in types]
+                wanted = for_type.get(kind)
+                if wanted is None:
+                    mine = [(o, joint) for o, types, joint in self._observers
+                            if types is None or kind in types]
+                    wanted = for_type[kind] = ([o for o, joint in mine if not joint],
+                                               [o for o, joint in mine if joint])
+                observers, together = wanted
                 if observers:
                     for row in _rows(kept):
                         event = _event(row)
@@ -308,6 +351,13 @@ class EventBus:
                                 observer(event)
                             except Exception:
                                 self._failed(observer, kind)
+                if together:
+                    published = _published(kept)
+                    for observer in together:
+                        try:
+                            observer(published)
+                        except Exception:
+                            self._failed(observer, kind)
                 self._handed = seq + size - 1
             if stopping:
                 return
