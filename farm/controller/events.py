@@ -5,7 +5,7 @@ controller counts again from 1, so seqs are only comparable within one ``epoch``
 of this controller's run, sent with every batch), a wall-clock
 ``time`` (seconds since the epoch), a ``type`` (one of `EVENT_TYPES`) and the run, job and
 agent it concerns (None where it concerns none). The loop thread publishes; publishing is an
-append to two bounded deques and never blocks:
+append to two bounded deques and never waits on an observer:
 
 - the *buffer* keeps the last `BUFFER_EVENTS` events, for remote subscribers that resume
   from a sequence number (``farm events --since SEQ``);
@@ -22,8 +22,9 @@ tracked, they cost every one of them a walk over the whole buffer: milliseconds,
 A message's jobs (`publish_jobs`, `publish_each`: one event per job, numbered one by one) are kept
 as ONE tuple, a *group* (`Group`), and made into one event per job only where a reader asks for
 them (`since`, the buffer's view, an observer of their type); counters take a group's count
-(`EventBus.count`), so the loop and the observer thread pay per message, not per job. Both bounds
-count events, not tuples: the oldest group is cut where the bound falls.
+(`EventBus.count`) and an observer may take it whole (`observe(..., together=True)`), so the loop
+and the observer thread pay per message, not per job. Both bounds count events, not tuples: the
+oldest group is cut where the bound falls.
 """
 
 from __future__ import annotations
