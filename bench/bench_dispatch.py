@@ -1,7 +1,7 @@
 """Dispatch throughput and overhead: the embedded farm against a bare ZeroMQ loop and multiprocessing.Pool.
 
     python bench/bench_dispatch.py [--jobs 50000] [--agents 2] [--rounds 3] [--json] [--before DIR]
-                                   [--prefetch N]
+                                   [--prefetch N] [--http]
 
 1. no-op jobs through a real controller (journal on) and 2 local agent processes vs a bare
    pyzmq ROUTER/DEALER credit loop with msgpack and 2 worker processes (`bare_seconds`: no
@@ -210,12 +210,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--prefetch", type=int, help="the agents' --prefetch (default: the agent's own)")
+    parser.add_argument("--http", action="store_true",
+                        help="serve the HTTP API beside the controller (its metrics observe every event)")
     args = parser.parse_args()
     if args.before is not None:
         compare(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        ctl = Controller("tcp://127.0.0.1:0", state_dir=Path(tmp, "state"))
+        http = None
+        if args.http:
+            from farm.http.server import HttpServer
+
+            http = HttpServer("127.0.0.1", 0)
+        ctl = Controller("tcp://127.0.0.1:0", state_dir=Path(tmp, "state"), http=http)
         ctl.start()
         extra = ["--prefetch", str(args.prefetch)] if args.prefetch is not None else None
         procs = start_local_agents(ctl.url, args.agents, extra=extra)

@@ -1,5 +1,5 @@
-"""The event bus hands its observer thread's cheap paths the same stream: a counter that takes the
-bus's rows (`EventBus.count`, the controller's `Stats.row`) counts what `Stats` counts from the
+"""The event bus hands its observer thread's cheap paths the same stream: a counter that takes
+counts (`EventBus.count`, the controller's `Stats.add`) counts what `Stats` counts from the
 `Event`s, and an observer that names its event types (`EventBus.observe(..., types)`, the
 notifier's) gets exactly those events of the stream, in order, equal to what an observer of all
 gets. Real bus, its real observer thread."""
@@ -20,12 +20,12 @@ def _publish(bus: EventBus) -> None:
     bus.publish("run.started", "r1")
     bus.publish_each("job.started", "r1", "a1", "lease", [f"k{i}" for i in range(5)],
                      [f"L{i}" for i in range(5)])
-    bus.publish_many("job.done", "r1", [("k0", "a1"), ("k1", "a1")], RENDERED)
+    bus.publish_jobs("job.done", "r1", "a1", ["k0", "k1"], RENDERED)
     bus.publish("job.reused", "r1", "k9")
     bus.publish("job.done", "r1", "k9", None, REUSED)
     bus.publish("job.retried", "r1", "k2", "a1", {"reason": "boom", "counted": True, "attempt": 2})
     bus.publish("job.failed", "r1", "k3", "a1", {"error": "boom", "attempts": 3})
-    bus.publish_many("job.done", "r1", [("k4", "a1")], RENDERED)
+    bus.publish_jobs("job.done", "r1", "a1", ["k4"], RENDERED)
     bus.publish("agent.joined", None, None, "a2")
     bus.publish("run.finished", "r1", None, None, {"state": "failed"})
 
@@ -34,7 +34,7 @@ def test_counts_from_rows_are_those_from_events_and_typed_observers_see_their_ty
     bus = EventBus()
     from_rows, from_events = Stats(), Stats()
     everything, some = [], []
-    bus.count(from_rows.row)
+    bus.count(from_rows.add)
     bus.observe(from_events)
     bus.observe(everything.append)
     bus.observe(some.append, Notifier.EVENT_TYPES | {"job.failed"})
@@ -60,7 +60,7 @@ def test_a_failing_counter_is_counted_and_the_others_go_on():
     bus = EventBus()
     seen = []
 
-    def broken(row):
+    def broken(type, n, data):
         raise ValueError("a bug in a counter")
 
     bus.count(broken)

@@ -5,7 +5,7 @@ controller counts again from 1, so seqs are only comparable within one ``epoch``
 of this controller's run, sent with every batch), a wall-clock
 ``time`` (seconds since the epoch), a ``type`` (one of `EVENT_TYPES`) and the run, job and
 agent it concerns (None where it concerns none). The loop thread publishes; publishing is an
-append to two bounded deques and never blocks:
+append to two bounded deques and never waits on an observer:
 
 - the *buffer* keeps the last `BUFFER_EVENTS` events, for remote subscribers that resume
   from a sequence number (``farm events --since SEQ``);
@@ -19,10 +19,17 @@ one tuple per event, not one per field and one more), made into an `Event` only
 when read: a tuple of plain values is one the cyclic garbage collector stops tracking, so the
 hundred thousand buffered events cost a full collection nothing (as `Event` objects, which stay
 tracked, they cost every one of them a walk over the whole buffer: milliseconds, in the loop).
+A message's jobs (`publish_jobs`, `publish_each`: one event per job, numbered one by one) are kept
+as ONE tuple, a *group* (`Group`), and made into one event per job only where a reader asks for
+them (`since`, the buffer's view, an observer of their type); counters take a group's count
+(`EventBus.count`) and an observer may take it whole (`observe(..., together=True)`), so the loop
+and the observer thread pay per message, not per job. Both bounds count events, not tuples: the
+oldest group is cut where the bound falls.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import logging
@@ -30,6 +37,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -66,11 +74,44 @@ class Event(NamedTuple):
                 "job": self.job, "agent": self.agent}
 
 
+class Published(NamedTuple):
+    """Events of one type published together (`EventBus.observe(..., together=True)`): one event, or
+    a message's group. Event i is about job ``jobs[i]``, its seq ``seq + i``, its data ``data`` and,
+    where ``field`` is not None, ``{field: values[i]}`` besides."""
+
+    seq: int
+    time: float
+    type: str
+    run: str | None
+    agent: str | None
+    jobs: tuple[str | None, ...]
+    data: Mapping[str, Any]
+    field: str | None = None
+    values: tuple[Any, ...] | None = None
+
+    def events(self) -> list[Event]:
+        """The same, one `Event` each."""
+        if self.field is None:
+            return [Event(seq, self.time, self.type, self.run, job, self.agent, self.data)
+                    for seq, job in zip(itertools.count(self.seq), self.jobs)]
+        assert self.values is not None
+        return [Event(seq, self.time, self.type, self.run, job, self.agent, {**self.data, self.field: value})
+                for seq, job, value in zip(itertools.count(self.seq), self.jobs, self.values)]
+
+
 Observer = Callable[[Event], None]
+#: a counter (`EventBus.count`): (type, how many events, the data they all share: field, value...)
+Counter = Callable[[str, int, tuple[Any, ...]], None]
 _NO_DATA: Mapping[str, Any] = MappingProxyType({})
 _now = time.time
 #: an event as the bus keeps it: (seq, time, type, run, job, agent, data as (field, value, field, value...))
 Row = tuple[int, float, str, "str | None", "str | None", "str | None", tuple[Any, ...]]
+#: a message's events as the bus keeps them, one per job of ``jobs`` (event i: seq ``first + i``,
+#: job ``jobs[i]``): (first, time, type, run, jobs, agent, the data they share, the field each has a
+#: value of its own for or None, those values in the jobs' order or None)
+Group = tuple[int, float, str, "str | None", tuple[Any, ...], "str | None", tuple[Any, ...], "str | None",
+              "tuple[Any, ...] | None"]
+_SEQ = itemgetter(0)
 
 
 def _event(row: Row, _new: Any = tuple.__new__) -> Event:
@@ -84,33 +125,86 @@ def _flat(data: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(itertools.chain.from_iterable(data.items())) if data else ()
 
 
+def _published(kept: Row | Group) -> Published:
+    if len(kept) == 7:
+        seq, at, kind, run, job, agent, flat = kept
+        kept = (seq, at, kind, run, (job,), agent, flat, None, None)
+    first, at, kind, run, jobs, agent, flat, field, values = kept
+    data = MappingProxyType(dict(zip(flat[::2], flat[1::2]))) if flat else _NO_DATA  # (shared by its events)
+    return Published(first, at, kind, run, agent, jobs, data, field, values)
+
+
+def _size(kept: Row | Group) -> int:
+    """How many events a kept tuple holds."""
+    return 1 if len(kept) == 7 else len(kept[4])
+
+
+def _rows(kept: Row | Group, start: int = 0, stop: int | None = None) -> list[Row]:
+    """Events `start` to `stop` (its own places, from 0) of a kept tuple, as `Row`s."""
+    if len(kept) == 7:
+        return [kept] if start == 0 and stop != 0 else []
+    first, at, kind, run, jobs, agent, flat, field, values = kept
+    seqs = itertools.count(first + start)
+    if field is None:
+        return [(seq, at, kind, run, job, agent, flat) for seq, job in zip(seqs, jobs[start:stop])]
+    return [(seq, at, kind, run, job, agent, (*flat, field, value))
+            for seq, job, value in zip(seqs, jobs[start:stop], values[start:stop])]
+
+
+def _trim(kept: collections.deque[Any], excess: int) -> int:
+    """Cut the oldest `excess` events off `kept` (a group where the cut falls loses its first ones)."""
+    cut = 0
+    while cut < excess and kept:
+        oldest = kept[0]
+        size = _size(oldest)
+        if cut + size <= excess:
+            kept.popleft()
+            cut += size
+            continue
+        first, at, kind, run, jobs, agent, flat, field, values = oldest
+        k = excess - cut
+        kept[0] = (first + k, at, kind, run, jobs[k:], agent, flat, field,
+                   None if values is None else values[k:])
+        cut = excess
+    return cut
+
+
 class _Buffered:
     """The buffered events as `Event`s, oldest first (a read-only view, for tests and tools)."""
 
-    def __init__(self, rows: collections.deque[Row]) -> None:
-        self._rows = rows
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
 
     def __iter__(self) -> Iterator[Event]:
-        return map(_event, list(self._rows))
+        return map(_event, itertools.chain.from_iterable(map(_rows, list(self._bus._rows))))
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._bus._buffered
 
 
 class EventBus:
-    """Numbers, buffers and hands out events. `publish` is for the loop thread only."""
+    """Numbers, buffers and hands out events. The ``publish`` methods are for the loop thread only."""
 
     def __init__(self, *, buffer: int = BUFFER_EVENTS, pending: int = PENDING_EVENTS,
                  hook: Observer | None = None) -> None:
         self.last = 0  # the newest event's seq (events are numbered from 1)
         self.epoch = secrets.token_hex(4)  # names this run of the controller: seqs restart with it
-        self._rows: collections.deque[Row] = collections.deque(maxlen=buffer)
-        self.buffer = _Buffered(self._rows)
-        self._pending: collections.deque[Row] = collections.deque(maxlen=pending)
-        # observers, each with the event types it wants (None: all); counters, which take rows
-        self._observers: list[tuple[Observer, frozenset[str] | None]] = [] if hook is None else [(hook, None)]
-        self._counters: list[Callable[[Row], None]] = []
-        self._for_type: dict[str, list[Observer]] = {}  # event type -> its observers (made when first asked)
+        self._rows: collections.deque[Row | Group] = collections.deque()
+        self._bound, self._buffered = buffer, 0  # events kept at most, and kept now
+        self.buffer = _Buffered(self)
+        self._pending: collections.deque[Row | Group] = collections.deque()
+        self._pending_bound = pending
+        # events put in pending (loop thread), cut off it for its bound (loop), taken (observer thread)
+        self._queued = self._cut = self._taken = 0
+        self._pending_lock = threading.Lock()  # a cut and a take of pending's oldest, one at a time
+        # observers, each with the event types it wants (None: all) and whether it takes them together;
+        # counters, which take counts
+        self._observers: list[tuple[Any, frozenset[str] | None, bool]] = []
+        if hook is not None:
+            self._observers.append((hook, None, False))
+        self._counters: list[Counter] = []
+        # event type -> its observers of each event, and of events together (made when first asked)
+        self._for_type: dict[str, tuple[list[Observer], list[Callable[[Published], None]]]] = {}
         self._watched = bool(self._observers)  # events go to the observer thread
         self._handed = 0  # the newest seq handed to observers
         self.dropped = 0  # events observers never saw (they fell too far behind)
@@ -118,71 +212,91 @@ class EventBus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def observe(self, observer: Observer, types: Collection[str] | None = None) -> None:
+    def observe(self, observer: Callable[[Any], None], types: Collection[str] | None = None, *,
+                together: bool = False) -> None:
         """Call `observer(event)` for every event from now on (every one of `types`, if given), in the
-        observer thread."""
-        self._observers.append((observer, None if types is None else frozenset(types)))
+        observer thread; with `together`, `observer(published)` once for the events published
+        together (a `Published`: one event, or a message's group), so it may count a group at once."""
+        self._observers.append((observer, None if types is None else frozenset(types), together))
         self._for_type = {}
         self._watched = True
 
-    def count(self, counter: Callable[[Row], None]) -> None:
-        """Call `counter(row)` for every event from now on, as the bus keeps it (a `Row`), in the
-        observer thread before the observers: for the controller's own counts, which need no `Event`
-        made (a no-op job's two events cost the thread ~0.2 us each so, not ~0.7)."""
+    def count(self, counter: Counter) -> None:
+        """Call `counter(type, n, data)` for every event from now on, in the observer thread before the
+        observers: `n` events (1, or a message's group) of `type` whose data all hold `data` (field,
+        value, field, value...; a field each event has a value of its own for, `publish_each`'s, is not
+        in it). For the controller's own counts: no `Event` is made for them, nor a call per job."""
         self._counters.append(counter)
         self._watched = True
+
+    def _keep(self, kept: Row | Group, size: int) -> None:
+        """Buffer `kept` (`size` events) and queue it for the observers, each within its bound."""
+        self._rows.append(kept)
+        self._buffered += size
+        if self._buffered > self._bound:
+            self._buffered -= _trim(self._rows, self._buffered - self._bound)
+        if self._watched:
+            self._pending.append(kept)
+            self._queued += size
+            if self._queued - self._cut - self._taken > self._pending_bound:
+                with self._pending_lock:
+                    excess = self._queued - self._cut - self._taken - self._pending_bound
+                    self._cut += _trim(self._pending, excess)
 
     def publish(self, type: str, run: str | None = None, job: str | None = None, agent: str | None = None,
                 data: Mapping[str, Any] = _NO_DATA) -> int:
         """Announce one event (a type of `EVENT_TYPES`; `data` is copied); returns its seq. On the
         loop's thread only."""
         self.last = seq = self.last + 1
-        row = (seq, _now(), type, run, job, agent, _flat(data))
-        self._rows.append(row)
-        if self._watched:
-            self._pending.append(row)
+        self._keep((seq, _now(), type, run, job, agent, _flat(data)), 1)
         return seq
 
-    def publish_many(self, type: str, run: str | None, jobs: Iterable[tuple[str | None, str | None]],
+    def publish_jobs(self, type: str, run: str | None, agent: str | None, jobs: Iterable[str | None],
                      data: Mapping[str, Any] = _NO_DATA) -> int:
-        """`publish` of one event per (job, agent), in order, all with this type, run and `data`:
-        the same events (numbered one by one) in one call. Returns the last seq. Loop thread only."""
-        items = _flat(data)
-        at, seq = _now(), self.last
-        rows = [(seq := seq + 1, at, type, run, job, agent, items) for job, agent in jobs]
-        self.last = seq
-        self._rows.extend(rows)
-        if self._watched:
-            self._pending.extend(rows)
-        return seq
+        """`publish` of one event per job of `jobs`, in order, all with this type, run, agent and `data`:
+        the same events (numbered one by one, one time) kept as one group. Returns the last seq. Loop
+        thread only."""
+        jobs = tuple(jobs)
+        if jobs:
+            first, self.last = self.last + 1, self.last + len(jobs)
+            self._keep((first, _now(), type, run, jobs, agent, _flat(data), None, None), len(jobs))
+        return self.last
 
-    def publish_each(self, type: str, run: str | None, agent: str | None, field: str, jobs: list[str | None],
-                     values: list[Any]) -> int:
+    def publish_each(self, type: str, run: str | None, agent: str | None, field: str,
+                     jobs: Iterable[str | None], values: Iterable[Any]) -> int:
         """`publish` of one event per job of `jobs`, in order, all with this type, run and agent, and
-        data ``{field: value}`` with the value of the same place in `values`: the same events
-        (numbered one by one) in one call. Returns the last seq. Loop thread only."""
-        at, seq = _now(), self.last
-        rows = [(seq := seq + 1, at, type, run, job, agent, (field, value))
-                for job, value in zip(jobs, values, strict=True)]
-        self.last = seq
-        self._rows.extend(rows)
-        if self._watched:
-            self._pending.extend(rows)
-        return seq
+        data ``{field: value}`` with the value of the same place in `values` (as many: ValueError
+        otherwise): the same events (numbered one by one, one time) kept as one group. Returns the
+        last seq. Loop thread only."""
+        jobs, values = tuple(jobs), tuple(values)
+        if len(jobs) != len(values):
+            raise ValueError(f"{len(jobs)} jobs but {len(values)} values of {field!r}")
+        if jobs:
+            first, self.last = self.last + 1, self.last + len(jobs)
+            self._keep((first, _now(), type, run, jobs, agent, (), field, values), len(jobs))
+        return self.last
 
     def since(self, seq: int, limit: int) -> tuple[list[Event], int]:
         """Up to `limit` buffered events after `seq`, and how many after `seq` are gone from the buffer."""
-        buffer = self._rows
-        if not buffer or seq >= self.last:
+        kept = self._rows
+        if not kept or seq >= self.last or limit <= 0:
             return [], 0
-        first = buffer[0][0]
+        first = kept[0][0]
         missed = max(0, first - seq - 1)
-        start = max(seq + 1, first) - first
-        after = len(buffer) - start
-        if after <= start:  # a subscriber near the head: walk from the newest end (deques index from an end)
-            rows = list(itertools.islice(reversed(buffer), after))[::-1][:limit]
+        want = max(seq + 1, first)
+        # the tuple holding `want`: each holds one event or more, so it is no further back than this
+        lo = max(0, len(kept) - (self.last - want + 1))
+        at = bisect.bisect_right(kept, want, lo, key=_SEQ) - 1
+        if at >= len(kept) // 2:  # deques walk from an end: from the newest, for a reader near the head
+            tail: Iterable[Row | Group] = list(itertools.islice(reversed(kept), len(kept) - at))[::-1]
         else:
-            rows = list(itertools.islice(buffer, start, start + limit))
+            tail = itertools.islice(kept, at, None)
+        rows: list[Row] = []
+        for one in tail:
+            start = want - one[0] if not rows else 0
+            rows += _rows(one, start, start + limit - len(rows))
+            if len(rows) >= limit:
+                break
         return [_event(row) for row in rows], missed
 
     # -- the observer thread ------------------------------------------------------------
@@ -206,33 +320,46 @@ class EventBus:
         return not self._watched or self._handed >= target
 
     def _deliver(self) -> None:
-        pending = self._pending
+        pending, lock = self._pending, self._pending_lock
         while True:
             stopping = self._stop.is_set()
             while pending:
-                row = pending.popleft()
-                seq = row[0]
+                with lock:  # (a cut for the bound may be under way)
+                    kept = pending.popleft()
+                    size = 1 if len(kept) == 7 else len(kept[4])
+                    self._taken += size
+                seq, kind = kept[0], kept[2]
                 if seq > self._handed + 1:
                     self.dropped += seq - self._handed - 1
-                self._handed = seq
                 for counter in self._counters:
                     try:
-                        counter(row)
+                        counter(kind, size, kept[6])
                     except Exception:
-                        self._failed(counter, row[2])
+                        self._failed(counter, kind)
                 for_type = self._for_type  # (`observe` puts a new one in place: never one made before it)
-                observers = for_type.get(row[2])
-                if observers is None:
-                    observers = for_type[row[2]] = [o for o, types in self._observers
-                                                    if types is None or row[2] in types]
-                if not observers:
-                    continue
-                event = _event(row)
-                for observer in observers:
-                    try:
-                        observer(event)
-                    except Exception:
-                        self._failed(observer, row[2])
+                wanted = for_type.get(kind)
+                if wanted is None:
+                    mine = [(o, joint) for o, types, joint in self._observers
+                            if types is None or kind in types]
+                    wanted = for_type[kind] = ([o for o, joint in mine if not joint],
+                                               [o for o, joint in mine if joint])
+                observers, together = wanted
+                if observers:
+                    for row in _rows(kept):
+                        event = _event(row)
+                        for observer in observers:
+                            try:
+                                observer(event)
+                            except Exception:
+                                self._failed(observer, kind)
+                if together:
+                    published = _published(kept)
+                    for observer in together:
+                        try:
+                            observer(published)
+                        except Exception:
+                            self._failed(observer, kind)
+                self._handed = seq + size - 1
             if stopping:
                 return
             self._stop.wait(OBSERVER_POLL_S)
@@ -261,17 +388,17 @@ class Stats:
         if name is not None:
             self.counts[name] += 1
 
-    def row(self, row: Row) -> None:
-        """The same count from an event as the bus keeps it (`EventBus.count`): no `Event` made."""
-        name = COUNTED.get(row[2])
+    def add(self, type: str, n: int, data: tuple[Any, ...]) -> None:
+        """The same count from `n` events of `type` whose data all hold `data` (an `EventBus.count`
+        counter: no `Event` made)."""
+        name = COUNTED.get(type)
         if name is None:
             return
         if name == "collated":
-            flat = row[6]
-            for i in range(0, len(flat), 2):
-                if flat[i] == "reused" and flat[i + 1]:
+            for i in range(0, len(data), 2):
+                if data[i] == "reused" and data[i + 1]:
                     return
-        self.counts[name] += 1
+        self.counts[name] += n
 
 
 MAX_SUBSCRIBERS = 64  # remote `farm events` connections at once

@@ -55,7 +55,7 @@ class ProjectRun(RunReport):
                  priority: int = 0, events: EventBus | None = None, logs: JobLogStore | None = None) -> None:
         self.id = run_id
         self.emit = events.publish if events is not None else _unheard  # (type, run, job, agent, data)
-        self.emit_many = events.publish_many if events is not None else _unheard  # (type, run, jobs, data)
+        self.emit_many = events.publish_jobs if events is not None else _unheard  # (type, run, agent, jobs)
         self.emit_each = events.publish_each if events is not None else _unheard  # (type, run, agent, jobs)
         self.starting: leasing.Starting | None = None  # leases `take_new` made, not recorded (`_pull`)
         self.journal = journal

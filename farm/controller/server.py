@@ -109,7 +109,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
         self.loop_errors = LoopErrors(log, self.health)
         self.events = EventBus(hook=event_observer())
         self._counts = Stats()
-        self.events.count(self._counts.row)
+        self.events.count(self._counts.add)
         self.subscribers = Subscribers(self.events)
         self.progress_gate = ProgressGate()  # `progress` events only when a run's snapshot changed
         self.notifier = Notifier(notify, notify_allow, project_hooks=self._project_hooks)

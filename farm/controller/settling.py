@@ -18,7 +18,6 @@ held by the agent that answers (`settle_lease`), as `Scheduler.settle` says.
 from __future__ import annotations
 
 import math
-from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -198,7 +197,7 @@ def record_done(group: Group) -> None:
     run.outcomes["failed"].discard_all(keys)
     run.units.jobs_done(keys)
     run.done += len(keys)
-    run.emit_many("job.done", run.id, zip(keys, repeat(agent_id)), _RENDERED)
+    run.emit_many("job.done", run.id, agent_id, keys, _RENDERED)
     if run.waiting:
         for key in keys:
             run.release(key)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from farm.controller.events import Event
+from farm.controller.events import Event, Published
 from farm.http.api import agent_state
 from farm.http.backend import Backend
 
@@ -88,6 +88,30 @@ class Metrics:
         elif kind == "run.finished":
             for key in [k for k in self._started if k[0] == event.run]:
                 del self._started[key]
+
+    def observe_published(self, published: Published) -> None:
+        """Count events published together (an `EventBus.observe(..., together=True)` observer; its
+        thread only): a message's plain `job.started` or `job.done` group at once, as `observe` counts
+        them one by one; anything else one by one."""
+        kind, jobs, data = published.type, published.jobs, published.data
+        if kind == "job.started" and len(jobs) > 1:  # (its data is not counted)
+            started, run, at = self._started, published.run, published.time
+            for job in jobs:
+                if len(started) >= MAX_TRACKED:
+                    started.pop(next(iter(started)))
+                started[(run, job)] = at
+        elif (kind == "job.done" and len(jobs) > 1 and published.field is None and not data.get("reused")
+              and "duration_s" not in data):
+            media, run, at = self._media.get(published.run or "", "unknown"), published.run, published.time
+            self.done.labels(media).inc(len(jobs))
+            duration, pop = self.duration.labels(media), self._started.pop
+            for job in jobs:
+                started = pop((run, job), None)
+                if started is not None:
+                    duration.observe(max(0.0, at - started))
+        else:
+            for event in published.events():
+                self.observe(event)
 
     def collect_from(self, backend: Backend, files: Callable[[], Mapping[str, int]] | None = None) -> None:
         """Add the scrape-time gauges: the controller's status, and the file service's byte counters."""

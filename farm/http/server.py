@@ -118,7 +118,7 @@ class HttpServer:
 
     def attach(self, controller: Controller) -> None:
         """Count the controller's events into the metrics (call before its loop starts)."""
-        controller.events.observe(self.metrics.observe)
+        controller.events.observe(self.metrics.observe_published, together=True)
 
     def start(self, controller: Controller) -> None:
         """Listen and serve in the ``farm-http`` thread; returns once it answers. `FarmError` if it cannot."""
