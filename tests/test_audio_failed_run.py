@@ -17,6 +17,7 @@ from audio_helpers import Rendered, render_jobs, whole_file, write_project
 from farm_audio import ffmpeg
 from farm_audio.render import ANALYSIS_KEY
 
+from farm.cli.progress import summary_text
 from farm.embedded import submit_embedded
 from farm.mediatype import CollateContext
 from farm.plugins import get_plugins
@@ -146,6 +147,8 @@ def test_embedded_farm_a_failed_segment_removes_the_earlier_outputs_and_a_fixed_
     assert line == ("t: nothing encoded: the audio at 1-1.5 s (samples 48000-72000) failed (1 of 8 jobs), "
                     "removed the earlier run's t.flac, t.mp3"), line
     assert second.notes == [line], second.notes  # the summary says it too: a remote submitter sees it
+    said = summary_text(second).splitlines()[-1]  # not "outputs in DIR", as if they were there
+    assert said == f"no finished outputs (jobs failed); what was collated is in {output}", said
 
     monkeypatch.delenv(ffmpeg.FFMPEG_ENV)
     third = submit_embedded(root, agents=2)  # the same settings: the 7 segments that rendered are reused

@@ -355,6 +355,8 @@ def summary_text(summary: Summary, *, notes: bool = True, here: bool = True, fet
         lines += [f"  {path}" for path in summary.outputs]
     elif summary.output_dir and here and not Path(summary.output_dir).is_dir():
         lines.append(f"no outputs: the output folder {summary.output_dir} is gone")  # removed, moved away
+    elif summary.output_dir and summary.failed:  # the media type finished none (audio encodes nothing)
+        lines.append(f"no finished outputs (jobs failed); what was collated is in {summary.output_dir}")
     elif summary.output_dir:
         lines.append(f"outputs in {summary.output_dir}")
     else:  # a remote run that collated nothing: there is no folder of ours to name
