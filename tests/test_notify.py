@@ -207,6 +207,9 @@ def test_project_hooks_go_only_to_hosts_the_controller_allows(notifying, hook, a
     assert refused.ok
     assert ctl.events.drain(10)
     assert ctl.notifier.skipped == [(refused.id, "127.0.0.1")]
+    # the submitter is told, not only the controller's log (it would wait for a notification)
+    assert refused.notes == ["not sending the project's webhook to 127.0.0.1: this controller does not allow "
+                             "that host (farm controller --notify-allow 127.0.0.1)"], refused.notes
     ctl.notifier.close(0)  # nothing was queued: nothing is sent
     assert receiver.requests == []
 
@@ -215,6 +218,7 @@ def test_project_hooks_go_only_to_hosts_the_controller_allows(notifying, hook, a
     allowed = submit(allowing.url, load_project(project))
     wait_for(lambda: receiver.requests, 30, "the project's webhook")
     assert receiver.requests[0]["body"]["run"] == allowed.id and allowing.notifier.skipped == []
+    assert allowed.notes == [], allowed.notes
 
 
 def test_the_embedded_farm_sends_the_projects_webhook_before_it_exits(hook, synthetic):

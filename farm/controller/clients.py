@@ -24,7 +24,7 @@ from farm.controller.jobcache import assets_digest
 from farm.controller.run import ProjectRun
 from farm.filesync import Manifest, SyncError, UploadResult
 from farm.journalschema import JournalError
-from farm.notify import finished_details
+from farm.notify import finished_details, webhook_host
 from farm.plugins import get_plugins
 from farm.protocol import Message, T, pack
 
@@ -326,6 +326,11 @@ class ClientSide:
                 self._send_update(run)
 
     def _announce(self, run: ProjectRun, *, resumed: bool) -> None:
+        for url in run.project.notify:  # the submitter hears it in the summary's notes, not only our log
+            if not self.notifier.allows(url):
+                host = webhook_host(url)
+                run.collate_log.warning("not sending the project's webhook to %s: this controller does not "
+                                        "allow that host (farm controller --notify-allow %s)", host, host)
         self.events.publish("run.submitted", run.id, None, None,
                             {"project": run.project.name, "media_type": run.media.name, "total": run.total,
                              "priority": run.priority, "resumed": resumed})
