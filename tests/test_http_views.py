@@ -106,3 +106,16 @@ def test_unknown_routes_are_404_and_wrong_methods_405_in_json(web):
             assert response.status_code == status, (method, path, headers, response.text)
             assert response.headers["content-type"] == "application/json"
             assert said in response.json()["error"], (method, path, response.json())
+
+
+def test_every_route_the_api_serves_is_in_the_docs_table(web):
+    """The OpenAPI document lists the routes served; docs/api-http.md's table names each (method and
+    path, any parameter names): a new route is not left to be found only in /openapi.json."""
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]*\}", "{}", path.split("?")[0])
+
+    table = {(m, shape(p)) for m, p in re.findall(r"^\| `([A-Z]+) (/[^`]*)`", DOC.read_text(), re.M)}
+    paths = web.get("/api/v1/openapi.json").json()["paths"]
+    served = {(method.upper(), shape(path)) for path, methods in paths.items()
+              for method in methods if path.startswith("/api/")}
+    assert served and not served - table, f"routes missing from docs/api-http.md: {sorted(served - table)}"
