@@ -35,3 +35,13 @@ def test_events_reach_the_users_controller_on_its_own_port(tmp_path: Path) -> No
             agent.wait(30)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["seq"] >= 1
+
+
+def test_controller_auto_falls_back_to_the_users_own_controller(tmp_path: Path) -> None:
+    """`--controller auto` looks on the local network and, finding none there (a loopback controller
+    announces nothing), takes this user's own controller, as `farm agent` does, not "found none"."""
+    with cli_controller(tmp_path) as ctl:
+        done = farm(ctl.env, "status", "--controller", "auto", "--json", timeout=120)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert "projects" in json.loads(done.stdout), done.stdout
+        assert f"using this user's controller on {ctl.url}" in done.stderr, done.stderr

@@ -142,8 +142,8 @@ def controller_for(controller: str | None, join_arg: str | None, keys_dir: Path 
         if found is not None:
             return (*found, None)
         local = local_controller(KeyStore(keys_dir), LOCAL_DEFAULT)
-        if controller is None and local is not None:
-            typer.echo(f"using this user's controller on {local}", err=True)
+        if local is not None:  # `auto` as the agent's default: on the network, else our own
+            typer.echo(f"none on the local network; using this user's controller on {local}", err=True)
             controller = local
         else:
             raise ConnectionLost("found no controller with a key we know on the local network (none "
