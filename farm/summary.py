@@ -57,6 +57,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)  # its collates' and finalize's warnings (controller.report)
     downloaded: list[str] | None = None  # files `download` brought, relative to output_dir (not on the wire)
     code: str | None = None  # what stopped it, for scripts: "controller_disk", "output_removed"
+    resumed: int = 0  # of `done`: done before a controller restart or an interrupted embedded run
 
     @property
     def ok(self) -> bool:
@@ -67,6 +68,7 @@ class Summary:
         jobs = data["jobs"]
         return cls(project=data["project"], media_type=data["media_type"], state=data["state"],
                    total=jobs["total"], done=jobs["done"], failed=jobs["failed"], reused=jobs.get("reused", 0),
+                   resumed=int(jobs.get("resumed") or 0),
                    elapsed_s=data["elapsed_s"], outputs=list(data["outputs"]), output_dir=data["output_dir"],
                    failures=list(data.get("failures") or []), error=data.get("error"), id=data.get("id", ""),
                    download=data.get("download"), notes=[str(n) for n in data.get("notes") or ()],
@@ -84,7 +86,8 @@ class Summary:
             "project": self.project,
             "media_type": self.media_type,
             "state": self.state,
-            "jobs": {"total": self.total, "done": self.done, "failed": self.failed, "reused": self.reused},
+            "jobs": {"total": self.total, "done": self.done, "failed": self.failed, "reused": self.reused,
+                     "resumed": self.resumed},
             "elapsed_s": self.elapsed_s,
             "outputs": self.outputs,
             "failures": self.failures,

@@ -33,7 +33,7 @@ def test_submit_json_summary_and_exit_code(synthetic):
     done = farm("submit", str(project), "--agents", "2", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["jobs"] == {"total": 40, "done": 40, "failed": 0, "reused": 0}
+    assert summary["jobs"] == {"total": 40, "done": 40, "failed": 0, "reused": 0, "resumed": 0}
     assert summary["project"] == "synth" and summary["media_type"] == "synthetic"
     assert summary["elapsed_s"] > 0
 

@@ -73,7 +73,7 @@ def test_watch_renders_exactly_the_jobs_an_edit_touched(synthetic, agent_tmp):
         before = Counter(agent_tmp.lines("renders.log"))
         (project / "in" / "job-0000002.txt").write_text("changed")
         second = json.loads(proc.stdout.readline())
-        assert second["jobs"] == {"total": 8, "done": 8, "failed": 0, "reused": 7}
+        assert second["jobs"] == {"total": 8, "done": 8, "failed": 0, "reused": 7, "resumed": 0}
         assert list((Counter(agent_tmp.lines("renders.log")) - before).elements()) == ["job-0000002"]
         assert (project / "output" / "job-0000002.txt").read_text() == "changed"
     finally:

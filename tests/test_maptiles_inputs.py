@@ -92,10 +92,10 @@ def test_a_watch_round_started_by_a_file_no_job_reads_renders_nothing(tmp_path: 
         total = first["jobs"]["total"]
         (project / "notes.txt").write_text("more\n")
         second = json.loads(proc.stdout.readline())
-        assert second["jobs"] == {"total": total, "done": total, "failed": 0, "reused": total}
+        assert second["jobs"] == {"total": total, "done": total, "failed": 0, "reused": total, "resumed": 0}
         (project / "style/points.csv").write_text('wkt,name\n"POINT(0 0)",origin\n')
         third = json.loads(proc.stdout.readline())
-        assert third["jobs"] == {"total": total, "done": total, "failed": 0, "reused": 0}
+        assert third["jobs"] == {"total": total, "done": total, "failed": 0, "reused": 0, "resumed": 0}
     finally:
         proc.terminate()
         proc.wait()

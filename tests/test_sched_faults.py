@@ -147,7 +147,7 @@ def test_jobs_that_fail_everywhere_fail_for_good_and_the_rest_finish(tmp_path, a
     failing = sorted(bad.split("=", 1)[1].strip(' []').replace('"', "").split(", "))
     rc, summary, err = farm_cli("submit", str(project), "--agents", str(agents_n), "--json", cwd=tmp_path)
     assert rc == 1, err
-    assert summary["jobs"] == {"total": 12, "done": 12 - len(failing), "failed": len(failing), "reused": 0}
+    assert summary["jobs"] == {"total": 12, "done": 12 - len(failing), "failed": len(failing), "reused": 0, "resumed": 0}
     assert sorted(f["job"] for f in summary["failures"]) == failing
     assert all(f["attempts"] == 3 for f in summary["failures"])
     assert "blocklist" not in err

@@ -330,6 +330,15 @@ class _RunProgress(Progress):
                 yield Padding(Text(stats), (0, 0, 0, 2))
 
 
+def _rendered(summary: Summary) -> str:
+    """`` (11 rendered, 9 resumed)``: what this sitting rendered, beside the jobs it took as done
+    (reused from the job cache; resumed: done before a restart or an interrupted run), or ""."""
+    if not (summary.reused or summary.resumed):
+        return ""
+    taken = [f"{n} {word}" for n, word in ((summary.reused, "reused"), (summary.resumed, "resumed")) if n]
+    return f" ({', '.join([f'{summary.done - summary.reused - summary.resumed} rendered', *taken])})"
+
+
 def summary_text(summary: Summary, *, notes: bool = True, here: bool = True, fetch: str = "") -> str:
     """A run's summary as `farm submit` prints it; `notes`: with its notes as ``warning:`` lines.
     `here`: its output folder is on this machine's disk (False: the controller's, perhaps another
@@ -340,7 +349,7 @@ def summary_text(summary: Summary, *, notes: bool = True, here: bool = True, fet
         f"{summary.project} ({summary.media_type}): {summary.state}: {summary.done}/{summary.total}"
         " jobs done,"
         f" {summary.failed} failed"
-        + (f" ({summary.done - summary.reused} rendered, {summary.reused} reused)" if summary.reused else "")
+        + _rendered(summary)
         + f" in {format_duration(summary.elapsed_s)} ({summary.elapsed_s:.1f}s)",
     ]
     if summary.error:

@@ -1,0 +1,38 @@
+"""A resumed run's summary says how many of its done jobs were done before (a controller restart,
+or an embedded run interrupted and submitted again): "5/5 jobs done (3 rendered, 2 resumed)", and
+``jobs.resumed`` in JSON. Before, a resumed run looked as if this sitting had rendered them all.
+
+A real SQLite journal as a stopped controller left it, a real controller and agent, a real client.
+"""
+
+from __future__ import annotations
+
+from farm.cli.progress import summary_text
+from farm.client import Client
+from farm.controller.server import JOURNAL_FILE, Controller
+from farm.journal import Journal
+from farm.project import load_project
+from farm.protocol import T
+
+
+def test_a_resumed_runs_summary_counts_the_jobs_done_before(tmp_path, synthetic, agents):
+    project = load_project(synthetic(jobs=5))
+    state = tmp_path / "state"
+    state.mkdir()
+    with Journal(state / JOURNAL_FILE) as journal:  # the run as a stopped controller left it
+        journal.add_project("run-1", project.to_wire(), 0, 0.0)
+        for key in ("job-0000000", "job-0000003"):
+            journal.job_done("run-1", key, None)
+        journal.flush()
+    url = f"ipc://{tmp_path}/ctl.sock"
+    controller = Controller(url, state_dir=state, heartbeat=0.5, liveness=4).start()
+    try:
+        agents(url, 1)
+        with Client(url, timeout=60) as client:
+            client.send(T.FOLLOW, {"project": "run-1"})
+            summary = client.follow("run-1")
+    finally:
+        controller.stop(shutdown_agents=True)
+    assert summary.ok and (summary.done, summary.resumed, summary.reused) == (5, 2, 0), summary
+    assert summary.to_json()["jobs"] == {"total": 5, "done": 5, "failed": 0, "reused": 0, "resumed": 2}
+    assert "5/5 jobs done, 0 failed (3 rendered, 2 resumed) in " in summary_text(summary), summary_text(summary)
