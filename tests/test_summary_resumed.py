@@ -35,4 +35,5 @@ def test_a_resumed_runs_summary_counts_the_jobs_done_before(tmp_path, synthetic,
         controller.stop(shutdown_agents=True)
     assert summary.ok and (summary.done, summary.resumed, summary.reused) == (5, 2, 0), summary
     assert summary.to_json()["jobs"] == {"total": 5, "done": 5, "failed": 0, "reused": 0, "resumed": 2}
-    assert "5/5 jobs done, 0 failed (3 rendered, 2 resumed) in " in summary_text(summary), summary_text(summary)
+    said = summary_text(summary)
+    assert "5/5 jobs done, 0 failed (3 rendered, 2 resumed) in " in said, said
