@@ -255,10 +255,14 @@ class JobLogStore:
 
     def _rows(self, run: str, key: str | None = None) -> list[tuple[Any, ...]]:
         try:
+            self._reader.execute("BEGIN")  # rows and packs from one snapshot (the writer commits meanwhile)
             return attempts_of(self._reader, run, key)
         except sqlite3.Error as exc:  # logs are for people: a damaged file never stops a run
             log.warning("job logs %s: cannot read (%s); showing none from it", self.path, exc)
             return []
+        finally:
+            if self._reader.in_transaction:  # a read: nothing to keep
+                self._reader.execute("ROLLBACK")
 
     # -- the writer thread ---------------------------------------------------------------------
 
