@@ -58,6 +58,42 @@ def test_any_records_written_grouped_are_those_written_one_by_one(tmp_path_facto
     assert _table(tmp, "grouped", batches, True) == _table(tmp, "single", batches, False)
 
 
+_DROPS = st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["k1", "k2", "k3", "k4"]),
+                   st.integers(1, 3))  # (run, key, attempt) let go
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.one_of(_RECORDS.map(lambda r: ("put", r)), _DROPS.map(lambda d: ("drop", d))),
+                    max_size=150))
+def test_puts_and_drops_in_one_piece_leave_what_one_statement_each_leaves(tmp_path_factory, ops):
+    """Records put and attempts let go (`drop`) in one piece (`JobLogStore._settle`: each attempt's
+    last write, deletes then rows) leave the rows, rowids and all, of one statement each in order."""
+    tmp = tmp_path_factory.mktemp("piece")
+    db = sqlite3.connect(tmp / "single.db", isolation_level=None)
+    _prepare(db, tmp / "single.db")
+    numbered = iter(range(1, 10**6))
+    for what, op in ops:
+        if what == "put":
+            db.execute(_PUT, (next(numbered), *op))
+        else:
+            db.execute(joblogstore._DROP, op)
+    single = db.execute("SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall()
+    db.close()
+    store = JobLogStore(tmp / "piece.db")
+    try:
+        for what, op in ops:
+            if what == "put":
+                store.put(op[0], op[1], op[2:])
+            else:
+                store.drop(*op)
+        assert store.flush() and store.failed is None
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp / "piece.db")
+    assert db.execute("SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall() == single
+    db.close()
+
+
 def test_runs_of_every_size_in_order(tmp_path):
     """Long runs of one shape (every statement size) broken by records of others, in order."""
     rows = []

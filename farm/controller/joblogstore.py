@@ -11,7 +11,8 @@ whose logs stay: the journal's unfinished runs and the last `KEEP_RUNS` finished
 the controller still answers for); the others' are deleted whenever a run begins.
 
 Writes go through a queue to a writer thread of the store's own (the records `put` in one
-loop turn as one piece, `push`, so a job costs no queue hand-off of its own), which commits what
+loop turn as one piece, `push`, so a job costs no queue hand-off of its own; the attempts let go,
+`drop`, go in it too, and the writer applies each attempt's last write of a piece), which commits what
 collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
 its job writes, so a crash loses at most that moment's attempts), at once when a full
 `BATCH_OPS` waits; the loop never waits for them. The text the queue holds is bounded
@@ -77,6 +78,7 @@ _PUTS = RowWriter(_PUT.split("VALUES")[0], "", 9, (4, 6, 7),
 _FRESH = {state: (False, True, False, 1, state, "") for state in _STATES}
 _STOP = ("stop", None, None)
 _DROP = "DELETE FROM job_logs WHERE run = ? AND key = ? AND attempt = ?"
+_DROPS = object()  # a pushed piece's shape when it holds attempts let go (`drop`)
 _PUTS_OPS = ("rows", "pack")  # the queued operations that `_queued_rows` counts
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
     (SELECT project_id FROM projects WHERE status IS NOT NULL ORDER BY finished_at DESC LIMIT ?)"""
@@ -121,6 +123,7 @@ class JobLogStore:
         self._put_keys: list[str] = []
         self._put_attempts: list[tuple[Any, ...]] = []
         self._put_shape: tuple[Any, ...] | None = None  # the one shape of every record put so far, if known
+        self._put_drops = False  # whether attempts let go (`drop`) are among them
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -190,8 +193,10 @@ class JobLogStore:
         """Queue the records put since the last push, in one piece: the controller's loop calls it
         every turn, and every other write calls it first (the writer applies all in order)."""
         if self._put_keys:
-            piece = (self._put_runs, self._put_keys, self._put_attempts, self._put_shape)
+            piece = (self._put_runs, self._put_keys, self._put_attempts,
+                     _DROPS if self._put_drops else self._put_shape)
             self._put_runs, self._put_keys, self._put_attempts, self._put_shape = [], [], [], None
+            self._put_drops = False
             self._queued_rows += len(piece[1])
             text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
             self._queue.put(("rows", text, piece))  # with its text, for the writer's count of it
@@ -217,9 +222,15 @@ class JobLogStore:
             self._drop_logged_at, self._dropped_logged = now, self.dropped
 
     def drop(self, run: str, key: str, attempt: int) -> None:
-        """Forget one attempt (`JobLogs` let it go)."""
-        self.push()
-        self._queue.put(("sql", _DROP, (run, key, attempt)))
+        """Forget one attempt (`JobLogs` let it go): it goes with the records put, in their piece (as
+        the 1-tuple of its number), so a run past its bytes hands the writer a piece a turn, not a
+        piece and a delete per job."""
+        self._put_runs.append(run)
+        self._put_keys.append(key)
+        self._put_attempts.append((attempt,))
+        self._put_drops = True
+        if len(self._put_keys) >= PUSH_AT:
+            self.push()
 
     def begin(self, run: str) -> None:
         """A run begins (new or resumed): delete the logs of runs no longer answered for."""
@@ -297,8 +308,6 @@ class JobLogStore:
                 sql, rows = None, []  # runs of one statement go in one executemany, in order
                 shapes: list[Any] = []  # of the records in rows
                 for kind, what, args in batch:
-                    if kind == "sql" and what is _DROP and args[2] == 1:
-                        self._members.forget(db, args[0], args[1])  # out of its pack too, if packed
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
@@ -306,12 +315,15 @@ class JobLogStore:
                         joined = packable(args[3], durations := [a[4] for a in args[4]])
                         if joined is None or args[1].__class__ is not str:  # a row each, then
                             kind, args = "rows", ([args[0]] * len(args[3]), args[3], args[4], None)
-                    if kind == "rows" and sql is _PUT:
+                    if kind == "rows" and sql is _PUT and args[3] is not _DROPS:
                         rows += self._records(args, shapes)
                         continue
                     if rows:
                         _run(db, sql, rows, shapes)
-                    if kind == "rows":
+                    if kind == "rows" and args[3] is _DROPS:
+                        self._settle(db, args)
+                        sql, rows = None, []
+                    elif kind == "rows":
                         shapes = []
                         sql, rows = _PUT, self._records(args, shapes)
                     elif kind == "pack":
@@ -351,6 +363,31 @@ class JobLogStore:
         rows = list(map(operator.add, zip(range(seq, self._seq), runs, keys, strict=True), attempts))  # in C
         shapes += repeat(shape, len(rows)) if shape is not None else map(_PUTS.shape, rows)
         return rows
+
+    def _settle(self, db: sqlite3.Connection,
+                piece: tuple[list[str], list[str], list[tuple[Any, ...]], Any]) -> None:
+        """A piece with attempts let go among those put: what each attempt's last write in it leaves
+        (a put's row, or none), its deletes in one statement and its rows many a statement: a put and
+        a delete of one attempt, in whichever order, no longer meet. Each put is numbered as in
+        order (`_records`)."""
+        runs, keys, attempts, _ = piece
+        names = list(zip(runs, keys, map(operator.itemgetter(0), attempts), strict=True))
+        last = dict(zip(names, range(len(names))))  # each attempt's last write here
+        puts, gone = [], []
+        seq = self._seq
+        for at, (name, attempt) in enumerate(zip(names, attempts, strict=True)):
+            if len(attempt) == 1:  # let go
+                if name[2] == 1:
+                    self._members.forget(db, name[0], name[1])  # out of its pack too, if packed
+                if last[name] == at:
+                    gone.append(name)
+            else:
+                if last[name] == at:
+                    puts.append((seq, name[0], name[1], *attempt))
+                seq += 1
+        self._seq = seq
+        db.executemany(_DROP, gone)
+        _PUTS.write(db, puts, ordered=True)
 
     def _prune(self, beginning: str) -> None:  # in the writer thread, inside its transaction
         answered = _answered_runs(self.journal) if self.journal is not None else None
