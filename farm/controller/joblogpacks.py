@@ -131,8 +131,10 @@ class Members:
 
     def prune(self, db: sqlite3.Connection, gone: Iterable[str]) -> None:
         """Delete the packs of runs no longer answered for; keep the index of runs written lately."""
+        gone = set(gone)
         db.executemany("DELETE FROM job_log_packs WHERE run = ?", ((run,) for run in gone))
-        self._runs = {run: members for run, members in self._runs.items() if run in self._touched}
+        self._runs = {run: members for run, members in self._runs.items()
+                      if run in self._touched and run not in gone}
         self._touched = set()
 
 
