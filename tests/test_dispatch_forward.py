@@ -21,6 +21,7 @@ from farm.agent.agent import Agent
 from farm.agent.outbox import Forwarded
 from farm.agent.wresults import packed
 from farm.client import submit
+from farm.controller.joblogpacks import attempts_of
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.joblogstore import JobLogStore
 from farm.controller.server import JOURNAL_FILE, Controller
@@ -230,8 +231,8 @@ def test_a_run_settles_every_job_once_with_its_rows_events_and_logs(tmp_path, ag
 
         def logged() -> list[tuple]:
             with sqlite3.connect(path) as db:  # no flush or close: the loop pushes them every turn
-                return db.execute("SELECT key, attempt, state, error, log FROM job_logs WHERE run = ?",
-                                  (run,)).fetchall()
+                return [(key, attempt, state, error, text)
+                        for key, attempt, _, state, error, _, text in attempts_of(db, run)]
 
         wait_for(lambda: len(logged()) >= count, 60, "every job's attempt in the job-log file")
         rows = logged()

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm.controller import joblogstore
+from farm.controller.joblogpacks import attempts_of
 from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import _PUT, _PUTS, JobLogStore, _prepare
 from farm.sqlrows import SIZES
@@ -25,7 +26,9 @@ def _table(tmp: Path, name: str, batches: list[list[tuple]], grouped: bool) -> l
     path = tmp / f"{name}.db"
     db = sqlite3.connect(path, isolation_level=None)
     _prepare(db, path)
-    for rows in batches:
+    numbered = iter(range(1, 10**6))  # the writer numbers its rows (with the packs: `next_seq`)
+    for records in batches:
+        rows = [(next(numbered), *record) for record in records]
         db.execute("BEGIN IMMEDIATE")
         if grouped:
             _PUTS.write(db, rows, ordered=True)
@@ -53,6 +56,42 @@ _RECORDS = st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["k1", "k2",
 def test_any_records_written_grouped_are_those_written_one_by_one(tmp_path_factory, batches):
     tmp = tmp_path_factory.mktemp("records")
     assert _table(tmp, "grouped", batches, True) == _table(tmp, "single", batches, False)
+
+
+_DROPS = st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["k1", "k2", "k3", "k4"]),
+                   st.integers(1, 3))  # (run, key, attempt) let go
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.one_of(_RECORDS.map(lambda r: ("put", r)), _DROPS.map(lambda d: ("drop", d))),
+                    max_size=150))
+def test_puts_and_drops_in_one_piece_leave_what_one_statement_each_leaves(tmp_path_factory, ops):
+    """Records put and attempts let go (`drop`) in one piece (`JobLogStore._settle`: each attempt's
+    last write, deletes then rows) leave the rows, rowids and all, of one statement each in order."""
+    tmp = tmp_path_factory.mktemp("piece")
+    db = sqlite3.connect(tmp / "single.db", isolation_level=None)
+    _prepare(db, tmp / "single.db")
+    numbered = iter(range(1, 10**6))
+    for what, op in ops:
+        if what == "put":
+            db.execute(_PUT, (next(numbered), *op))
+        else:
+            db.execute(joblogstore._DROP, op)
+    single = db.execute("SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall()
+    db.close()
+    store = JobLogStore(tmp / "piece.db")
+    try:
+        for what, op in ops:
+            if what == "put":
+                store.put(op[0], op[1], op[2:])
+            else:
+                store.drop(*op)
+        assert store.flush() and store.failed is None
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp / "piece.db")
+    assert db.execute("SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall() == single
+    db.close()
 
 
 def test_runs_of_every_size_in_order(tmp_path):
@@ -116,8 +155,7 @@ def test_a_message_kept_at_once_writes_what_one_by_one_writes(tmp_path, per_run_
             stalled.set()
             assert store.flush() and store.failed is None
             keys = sorted({key for entries in messages for key, *_ in entries})
-            found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
-                "SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall(),
+            found[name] = (_stored(tmp_path / f"{name}.sqlite"),
                 {key: logs.attempts(key) for key in keys}, {key: logs.numbered(key) for key in keys},
                 logs.bytes, logs.live, logs.evicted, list(logs._order), list(logs._order_keys))
         finally:
@@ -147,11 +185,12 @@ def test_a_jobs_attempts_read_back_in_every_form():
 @pytest.mark.parametrize("per_run_bytes, backlog", [(12_000, 10**9), (10**7, 10**9), (10**7, 3_000)])
 def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_path, per_run_bytes, backlog):
     """`JobLogs.notes_from` (a RESULTS group's attempts, made and queued in C loops when nothing is to
-    bound) with a store: the same records in the same order (rowids), the same pieces' text counts, the
-    same attempts, counts and queue as `note` for each. Messages of new jobs, some repeating a job (or
-    a job twice), with long logs, past the run's bytes and the store's backlog; more than a piece, and
-    pieces of several messages kept either way (each piece of records without log text goes with its
-    one shape: the rows say if that shape is wrong)."""
+    bound) with a store: the same records in the same order, the same text queued, the same attempts,
+    counts and queue as `note` for each. Messages of new jobs, some repeating a job (or a job twice),
+    with long logs, past the run's bytes and the store's backlog; more than a piece, and pieces of
+    several messages kept either way (each piece of records without log text goes with its one shape:
+    the rows say if that shape is wrong). Its plain messages go as packs (one row each), the rest as
+    rows: the attempts read back in order, and by a restarted controller, are the same."""
     import random
 
     draw = random.Random(7)
@@ -171,9 +210,6 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
         # the same both ways, however busy the machine (a writer keeping up sometimes made them differ)
         stalled = threading.Event()
         store._queue.put(("wake", stalled.wait, None))
-        pieces: list[tuple[int, int]] = []
-        push = store.push
-        store.push = lambda: (pieces.append((len(store._put_keys), store._queued_text)), push())  # type: ignore
         try:
             logs = JobLogs(per_job=2, log_bytes=1000, per_run_bytes=per_run_bytes, store=store, run="run")
             for m, (agent, keys, durations, texts) in enumerate(messages):
@@ -195,14 +231,37 @@ def test_one_agents_message_kept_in_c_loops_writes_what_one_by_one_writes(tmp_pa
             stalled.set()
             assert store.flush() and store.failed is None
             keys = sorted({key for _, keys, _, _ in messages for key in keys})
-            found[name] = (sqlite3.connect(tmp_path / f"{name}.sqlite").execute(
-                "SELECT rowid, * FROM job_logs ORDER BY rowid").fetchall(),
+            found[name] = (_stored(tmp_path / f"{name}.sqlite"),
                 {key: logs.attempts(key) for key in keys}, logs.bytes, logs.live, logs.evicted,
-                list(logs._order), list(logs._order_keys), pieces, store.dropped)
+                list(logs._order), list(logs._order_keys), store._queued_text, store.dropped)
         finally:
             stalled.set()
             store.close()
+        # a restarted controller reads back what memory held, through every reader
+        found[name] += (_read_back(tmp_path / f"{name}.sqlite", keys, per_job=2, log_bytes=1000,
+                                   per_run_bytes=per_run_bytes),)
     assert found["grouped"] == found["single"]
     assert fast > (0 if per_run_bytes < 100_000 else 60)  # the C loops were taken
     assert found["grouped"][4] > 0 if per_run_bytes < 100_000 else found["grouped"][4] == 0
     assert found["grouped"][8] > 0 if backlog < 10**6 else found["grouped"][8] == 0
+
+
+def _stored(path: Path) -> list[tuple]:
+    """The file's attempts, its rows and packs read as rows, in the order they were recorded."""
+    db = sqlite3.connect(path)
+    try:
+        return attempts_of(db, "run")
+    finally:
+        db.close()
+
+
+def _read_back(path: Path, keys: list[str], **bounds) -> tuple:
+    """What a restarted controller holds of the run: its store's readers and its `JobLogs` as loaded."""
+    store = JobLogStore(path)
+    try:
+        again = JobLogs(store=store, run="run", **bounds)
+        return (store.load("run"), {key: store.attempts("run", key) for key in keys},
+                {key: again.attempts(key) for key in keys}, {key: again.numbered(key) for key in keys},
+                again.bytes, again.live, list(again._order_keys))
+    finally:
+        store.close()

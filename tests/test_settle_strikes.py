@@ -17,6 +17,7 @@ from peer_helpers import peer_run
 from wire_helpers import job_map, result_row
 
 from farm.controller import settling
+from farm.controller.joblogpacks import attempts_of
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.server import JOURNAL_FILE
 from farm.protocol import T, pack, unpack
@@ -67,8 +68,7 @@ def _settle(tmp_path: Path) -> dict[str, Any]:
         "SELECT key, state, lease, agent, result, error, log, attempts, reused FROM jobs ORDER BY key")]
     db.close()
     logs = sqlite3.connect(tmp_path / "state" / JOBLOGS_FILE)
-    on_disk = logs.execute("SELECT key, attempt, agent, state, error, duration_s, log FROM job_logs "
-                           "ORDER BY rowid").fetchall()
+    on_disk = attempts_of(logs, run_id)  # its rows and packs, in the order recorded
     logs.close()
     return {"events": events, "rows": rows, "attempts": attempts, "on_disk": on_disk, "counters": counters,
             "stats": {k: stats[k] for k in ("dispatched", "collated", "retried", "failed")}}

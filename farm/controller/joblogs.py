@@ -154,7 +154,11 @@ class JobLogs:
         self._order_keys.extend(keys)
         self.live += count
         self.bytes += count * OVERHEAD + text
-        if self._store is not None:
+        if self._store is None:
+            pass
+        elif text == 0:  # the common case: one row for them all
+            self._store.put_pack(self._run, agent, state, keys, attempts)
+        else:
             self._store.put_fresh(self._run, keys, attempts, text)
 
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:

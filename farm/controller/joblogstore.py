@@ -3,14 +3,16 @@
 One SQLite file beside the journal (`FILE` in the controller's private state folder), a
 table of its own rather than the journal's: log text is bulky, and in the journal's file it
 would lengthen the journal's commits and checkpoints, which the loop waits for. A row per
-kept attempt; the file mirrors each run's `farm.controller.joblogs.JobLogs`, which asks for
+kept attempt (an agent's message of plain first attempts, `put_pack`: one row for them all,
+`farm.controller.joblogpacks`); the file mirrors each run's `farm.controller.joblogs.JobLogs`, which asks for
 every attempt it keeps to be written and every one it lets go to be deleted, so the file
 holds what memory holds, within the same bounds (attempts per job, bytes per run). Runs
 whose logs stay: the journal's unfinished runs and the last `KEEP_RUNS` finished ones (what
 the controller still answers for); the others' are deleted whenever a run begins.
 
 Writes go through a queue to a writer thread of the store's own (the records `put` in one
-loop turn as one piece, `push`, so a job costs no queue hand-off of its own), which commits what
+loop turn as one piece, `push`, so a job costs no queue hand-off of its own; the attempts let go,
+`drop`, go in it too, and the writer applies each attempt's last write of a piece), which commits what
 collects within `COMMIT_INTERVAL_S` of the first as one transaction (as the journal batches
 its job writes, so a crash loses at most that moment's attempts), at once when a full
 `BATCH_OPS` waits; the loop never waits for them. The text the queue holds is bounded
@@ -36,6 +38,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+from farm.controller import joblogpacks
+from farm.controller.joblogpacks import Members, attempts_of, next_seq, packable
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
 from farm.sqlitewal import switch_to_wal
@@ -46,7 +50,7 @@ log = logging.getLogger(__name__)
 FILE = "joblogs.sqlite"
 KEEP_RUNS = 50  # finished runs whose logs stay (as many as farm.controller.history lists)
 APPLICATION_ID = 0x464C4F47  # "FLOG": marks the file as farm's job logs
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `job_log_packs` beside `job_logs` (a file of 1 gains it when opened)
 BATCH_OPS = 2000  # writes per transaction (at most one piece more), so a burst never holds the file long
 PUSH_AT = 256  # records `put` collects before they go to the writer in one piece (else at `push`)
 COMMIT_INTERVAL_S = 0.05  # writes collect this long into one transaction (a crash loses at most these)
@@ -59,21 +63,23 @@ FIELDS = ("attempt", "agent", "state", "error", "duration_s", "log")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS job_logs (
     run TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, agent TEXT, state TEXT NOT NULL,
     error TEXT, duration_s REAL, log TEXT NOT NULL, PRIMARY KEY (run, key, attempt))"""
-_PUT = ("INSERT OR REPLACE INTO job_logs (run, key, attempt, agent, state, error, duration_s, log) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_PUT = ("INSERT OR REPLACE INTO job_logs (rowid, run, key, attempt, agent, state, error, duration_s, log) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")  # rowid: numbered with the packs (`joblogpacks.next_seq`)
 _STATES = frozenset({"done", "failed", "requeued", "lost"})  # an attempt's states (`JobLogs.note`)
 #: `_PUT` for many records a statement, in order (`farm.sqlrows`): agent, error, duration may be NULL;
 #: a first attempt's number, its state and an empty log are written into the statement
-_PUTS = RowWriter(_PUT.split("VALUES")[0], "", 8, (3, 5, 6),
-                  lambda r: (r[3] is None, r[5] is None, r[6] is None,
-                             1 if r[2] == 1 and r[2].__class__ is int else BOUND,
-                             r[4] if r[4] in _STATES else BOUND, "" if r[7] == "" else BOUND),
-                  literal=(2, 4, 7))
+_PUTS = RowWriter(_PUT.split("VALUES")[0], "", 9, (4, 6, 7),
+                  lambda r: (r[4] is None, r[6] is None, r[7] is None,
+                             1 if r[3] == 1 and r[3].__class__ is int else BOUND,
+                             r[5] if r[5] in _STATES else BOUND, "" if r[8] == "" else BOUND),
+                  literal=(3, 5, 8))
 #: the shape of every record `put_fresh` queues without log text, by its state: a piece of only those
 #: goes to the writer with it (no shape computed a row there)
 _FRESH = {state: (False, True, False, 1, state, "") for state in _STATES}
-_COLUMNS = "key, attempt, agent, state, error, duration_s, log"
 _STOP = ("stop", None, None)
+_DROP = "DELETE FROM job_logs WHERE run = ? AND key = ? AND attempt = ?"
+_DROPS = object()  # a pushed piece's shape when it holds attempts let go (`drop`)
+_PUTS_OPS = ("rows", "pack")  # the queued operations that `_queued_rows` counts
 _ANSWERED = """SELECT project_id FROM projects WHERE status IS NULL UNION ALL SELECT project_id FROM
     (SELECT project_id FROM projects WHERE status IS NOT NULL ORDER BY finished_at DESC LIMIT ?)"""
 
@@ -103,11 +109,13 @@ class JobLogStore:
         self._db = _connect(path, check_same_thread=False)  # the writer thread's
         try:
             _prepare(self._db, path)
+            self._seq = next_seq(self._db)  # the writer's: the next row's or pack's number (their order)
             self._reader = _connect(path)  # the caller's (the controller's loop)
         except BaseException:
             self._db.close()
             raise
         self.failed: str | None = None  # the writer's error, once it gave up
+        self._members = Members()  # the writer's index of packed attempts
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # records put and not queued yet: they go in one piece (one hand-off, not one per job) at `push`;
         # each as its run, key and attempt tuple, side by side
@@ -115,6 +123,7 @@ class JobLogStore:
         self._put_keys: list[str] = []
         self._put_attempts: list[tuple[Any, ...]] = []
         self._put_shape: tuple[Any, ...] | None = None  # the one shape of every record put so far, if known
+        self._put_drops = False  # whether attempts let go (`drop`) are among them
         self._urgent = threading.Event()  # commit what is queued now, not at the interval's end
         self._thread = threading.Thread(target=self._write, name="farm-joblogs", daemon=True)
         self._thread.start()
@@ -184,11 +193,25 @@ class JobLogStore:
         """Queue the records put since the last push, in one piece: the controller's loop calls it
         every turn, and every other write calls it first (the writer applies all in order)."""
         if self._put_keys:
-            piece = (self._put_runs, self._put_keys, self._put_attempts, self._put_shape)
+            piece = (self._put_runs, self._put_keys, self._put_attempts,
+                     _DROPS if self._put_drops else self._put_shape)
             self._put_runs, self._put_keys, self._put_attempts, self._put_shape = [], [], [], None
+            self._put_drops = False
             self._queued_rows += len(piece[1])
             text, self._pushed_text = self._queued_text - self._pushed_text, self._queued_text
             self._queue.put(("rows", text, piece))  # with its text, for the writer's count of it
+
+    def put_pack(self, run: str, agent: str, state: str, keys: list[str],
+                 attempts: list[tuple[Any, ...]]) -> None:
+        """`put_many` of one message's first attempts (``keys`` distinct), each done by ``agent`` in
+        ``state`` without an error or log text: queued as one pack (`farm.controller.joblogpacks`),
+        written as one row where the writer can (else a row each)."""
+        if self._queued_text - self._written_text > self.backlog_bytes:  # as `put_many` would: text dropped
+            self.put_many(run, keys, attempts)
+            return
+        self.push()
+        self._queued_rows += 1
+        self._queue.put(("pack", 0, (run, agent, state, keys, attempts)))
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -199,10 +222,15 @@ class JobLogStore:
             self._drop_logged_at, self._dropped_logged = now, self.dropped
 
     def drop(self, run: str, key: str, attempt: int) -> None:
-        """Forget one attempt (`JobLogs` let it go)."""
-        self.push()
-        self._queue.put(("sql", "DELETE FROM job_logs WHERE run = ? AND key = ? AND attempt = ?",
-                         (run, key, attempt)))
+        """Forget one attempt (`JobLogs` let it go): it goes with the records put, in their piece (as
+        the 1-tuple of its number), so a run past its bytes hands the writer a piece a turn, not a
+        piece and a delete per job."""
+        self._put_runs.append(run)
+        self._put_keys.append(key)
+        self._put_attempts.append((attempt,))
+        self._put_drops = True
+        if len(self._put_keys) >= PUSH_AT:
+            self.push()
 
     def begin(self, run: str) -> None:
         """A run begins (new or resumed): delete the logs of runs no longer answered for."""
@@ -230,21 +258,22 @@ class JobLogStore:
 
     def load(self, run: str) -> list[tuple[str, dict[str, Any]]]:
         """A run's kept attempts as (key, record), in the order they were recorded."""
-        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? ORDER BY rowid", (run,))
-        return [(row[0], _entry(row)) for row in rows]
+        return [(row[0], _entry(row)) for row in self._rows(run)]
 
     def attempts(self, run: str, key: str) -> list[dict[str, Any]]:
         """One job's kept attempts, oldest first."""
-        rows = self._rows(f"SELECT {_COLUMNS} FROM job_logs WHERE run = ? AND key = ? ORDER BY attempt",
-                          (run, key))
-        return [_entry(row) for row in rows]
+        return [_entry(row) for row in sorted(self._rows(run, key), key=operator.itemgetter(1))]
 
-    def _rows(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    def _rows(self, run: str, key: str | None = None) -> list[tuple[Any, ...]]:
         try:
-            return self._reader.execute(sql, args).fetchall()
+            self._reader.execute("BEGIN")  # rows and packs from one snapshot (the writer commits meanwhile)
+            return attempts_of(self._reader, run, key)
         except sqlite3.Error as exc:  # logs are for people: a damaged file never stops a run
             log.warning("job logs %s: cannot read (%s); showing none from it", self.path, exc)
             return []
+        finally:
+            if self._reader.in_transaction:  # a read: nothing to keep
+                self._reader.execute("ROLLBACK")
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -254,7 +283,7 @@ class JobLogStore:
             batch = [self._queue.get()]
             writes = _writes(batch[0])
             # what else comes meanwhile joins its transaction, unwoken per write; not when a full batch waits
-            if (batch[0][0] in ("sql", "rows")
+            if (batch[0][0] in ("sql", "rows", "pack")
                     and self._queued_rows - self._taken_rows + self._queue.qsize() < BATCH_OPS):
                 self._urgent.wait(COMMIT_INTERVAL_S)  # a flush or close cuts it short
             self._urgent.clear()
@@ -264,7 +293,8 @@ class JobLogStore:
                 except queue.Empty:
                     break
                 writes += _writes(batch[-1])
-            self._taken_rows += sum(len(op[2][1]) for op in batch if op[0] == "rows")
+            self._taken_rows += sum(len(op[2][1]) if op[0] == "rows" else 1
+                                    for op in batch if op[0] in _PUTS_OPS)
             stop = any(op is _STOP for op in batch)
             self._apply([op for op in batch if op is not _STOP])
             self._written_text += sum(op[1] for op in batch if op[0] == "rows")  # records go in pieces
@@ -281,24 +311,37 @@ class JobLogStore:
                     if kind == "sql" and what == sql:
                         rows.append(args)
                         continue
-                    if kind == "rows" and sql is _PUT:
-                        rows += _records(args, shapes)
+                    if kind == "pack":
+                        joined = packable(args[3], durations := [a[4] for a in args[4]])
+                        if joined is None or args[1].__class__ is not str:  # a row each, then
+                            kind, args = "rows", ([args[0]] * len(args[3]), args[3], args[4], None)
+                    if kind == "rows" and sql is _PUT and args[3] is not _DROPS:
+                        rows += self._records(args, shapes)
                         continue
                     if rows:
                         _run(db, sql, rows, shapes)
-                    if kind == "rows":
+                    if kind == "rows" and args[3] is _DROPS:
+                        self._settle(db, args)
+                        sql, rows = None, []
+                    elif kind == "rows":
                         shapes = []
-                        sql, rows = _PUT, _records(args, shapes)
+                        sql, rows = _PUT, self._records(args, shapes)
+                    elif kind == "pack":
+                        self._members.add(db, self._seq, *args[:4], joined, durations)
+                        self._seq += 1
+                        sql, rows = None, []
                     else:
                         sql, rows = (what, [args]) if kind == "sql" else (None, [])
                     if kind == "prune":
                         self._prune(what)
                 if rows:
                     _run(db, sql, rows, shapes)
+                self._members.rewrite(db)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                self._members.rolled_back()
                 self.failed = str(exc)
                 if sqlite_disk_full(exc, self.path.parent):  # the disk's, not the file's: said as such
                     log.warning("job logs %s: %s; job logs are kept in memory only from now on", self.path,
@@ -311,14 +354,49 @@ class JobLogStore:
             if kind == "wake":
                 wake()
 
+    def _records(self, piece: tuple[list[str], list[str], list[tuple[Any, ...]], Any],
+                 shapes: list[Any]) -> list[Any]:
+        """A pushed piece's rows for `_PUT`: (rowid, run, key, *attempt) each, numbered on; their
+        shapes added to `shapes`."""
+        runs, keys, attempts, shape = piece
+        seq, self._seq = self._seq, self._seq + len(keys)
+        rows = list(map(operator.add, zip(range(seq, self._seq), runs, keys, strict=True), attempts))  # in C
+        shapes += repeat(shape, len(rows)) if shape is not None else map(_PUTS.shape, rows)
+        return rows
+
+    def _settle(self, db: sqlite3.Connection,
+                piece: tuple[list[str], list[str], list[tuple[Any, ...]], Any]) -> None:
+        """A piece with attempts let go among those put: what each attempt's last write in it leaves
+        (a put's row, or none), its deletes in one statement and its rows many a statement: a put and
+        a delete of one attempt, in whichever order, no longer meet. Each put is numbered as in
+        order (`_records`)."""
+        runs, keys, attempts, _ = piece
+        names = list(zip(runs, keys, map(operator.itemgetter(0), attempts), strict=True))
+        last = dict(zip(names, range(len(names))))  # each attempt's last write here
+        puts, gone = [], []
+        seq = self._seq
+        for at, (name, attempt) in enumerate(zip(names, attempts, strict=True)):
+            if len(attempt) == 1:  # let go
+                if name[2] == 1:
+                    self._members.forget(db, name[0], name[1])  # out of its pack too, if packed
+                if last[name] == at:
+                    gone.append(name)
+            else:
+                if last[name] == at:
+                    puts.append((seq, name[0], name[1], *attempt))
+                seq += 1
+        self._seq = seq
+        db.executemany(_DROP, gone)
+        _PUTS.write(db, puts, ordered=True)
+
     def _prune(self, beginning: str) -> None:  # in the writer thread, inside its transaction
         answered = _answered_runs(self.journal) if self.journal is not None else None
         if answered is None:
             return
         keep = {beginning, *answered}
-        stored = [run for (run,) in self._db.execute("SELECT DISTINCT run FROM job_logs")]
-        gone = [run for run in stored if run not in keep]
+        gone = [run for run in joblogpacks.stored_runs(self._db) if run not in keep]
         self._db.executemany("DELETE FROM job_logs WHERE run = ?", ((run,) for run in gone))
+        self._members.prune(self._db, gone)
         if gone:
             log.debug("job logs %s: deleted the logs of %d runs no longer listed", self.path, len(gone))
 
@@ -332,17 +410,9 @@ def _run(db: sqlite3.Connection, sql: str, rows: list[Any], shapes: list[Any]) -
         db.executemany(sql, rows)
 
 
-def _records(piece: tuple[list[str], list[str], list[tuple[Any, ...]], Any], shapes: list[Any]) -> list[Any]:
-    """A pushed piece's rows for `_PUT`: (run, key, *attempt) each; their shapes added to `shapes`."""
-    runs, keys, attempts, shape = piece
-    rows = list(map(operator.add, zip(runs, keys, strict=True), attempts))  # (run, key) + attempt, in C
-    shapes += repeat(shape, len(rows)) if shape is not None else map(_PUTS.shape, rows)
-    return rows
-
-
 def _writes(op: tuple[str, Any, Any]) -> int:
     """Rows one queued operation writes (a pushed piece of records counts each)."""
-    return len(op[2][1]) if op[0] == "rows" else 1
+    return len(op[2][1]) if op[0] == "rows" else 1  # a pack is one row
 
 
 def open_beside(journal: Path) -> JobLogStore | None:
@@ -389,12 +459,20 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     elif app_id != APPLICATION_ID:
         raise ValueError("an SQLite database, but not farm's job logs")
-    elif version != SCHEMA_VERSION:
+    elif version not in (1, SCHEMA_VERSION):  # 1: its rows are 2's; the packs' table is added below
         raise ValueError(f"schema version {version}, this farm reads {SCHEMA_VERSION}")
     if switch_to_wal(db, path).lower() != "wal":
         raise ValueError("cannot switch to WAL mode")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(_SCHEMA)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in (_SCHEMA, *joblogpacks.SCHEMA.split(";")):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
