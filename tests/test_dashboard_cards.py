@@ -47,6 +47,9 @@ def test_a_finished_run_offers_no_controls_and_rates_have_one_decimal(
                            ".map(e => [e.dataset.action || 'input', e.disabled])", summary.id)
     assert dict(controls) == {"pause": True, "resume": True, "cancel": True, "retry": True, "priority": True,
                               "input": True}
+    # the run's id tells it from other runs of the project (a resubmit is a run of the same name)
+    assert js(browser, "return document.querySelector(`.project[data-id='${arguments[0]}'] .run`).textContent",
+              summary.id) == summary.id
     facts = _facts(browser, summary.id)
     rates = re.findall(r"([\d,.]+) (jobs|items)/s", facts)
     assert rates and all(re.fullmatch(r"[\d,]+\.\d", r) for r, _ in rates), facts

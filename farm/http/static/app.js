@@ -63,7 +63,9 @@
       "aria-label": "priority", onclick: (e) => e.stopPropagation() });
     const card = el("article", { class: "project", "data-id": p.id, onclick: () => select(p.id) },
       el("div", { class: "top" },
-        el("span", { class: "name" }), el("span", { class: "media" }), el("span", { class: "state" })),
+        el("span", { class: "name" }), el("span", { class: "media" }), el("span", { class: "state" }),
+        // runs of one project look alike but for their id (and a submit again is a new run)
+        el("span", { class: "run", title: "run id (farm status, farm jobs RUN)" })),
       el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" },
         el("div", { class: "done" }), el("div", { class: "partial" }), el("div", { class: "failed" })),
       el("div", { class: "facts" }),
@@ -89,6 +91,7 @@
     card.classList.toggle("selected", p.id === selected);
     card.querySelector(".name").textContent = p.project;
     card.querySelector(".media").textContent = p.media_type;
+    card.querySelector(".run").textContent = p.id;
     const shown = p.paused && (p.state === "running" || p.state === "finalizing") ? "paused" : p.state;
     const state = card.querySelector(".state");
     state.textContent = shown;
