@@ -21,7 +21,10 @@ of the journal's own, so the loop goes on dispatching while SQLite writes; any o
 of the database (a read, a project write, `flush`) first waits for that commit, and a
 failed one raises `JournalError` at the loop's next call. A crash then loses at most the
 batch being written and the one collecting. There a job's *running* row waits one commit
-longer, so a job that ends meanwhile is written once (`farm.journalbatch`).
+longer, so a job that ends meanwhile is written once, and a `jobs_done` call's plain
+successes are written as one row of their keys (`farm.journalbatch`); a read of a
+project's jobs folds its groups into its rows first. Other connections read the ``jobs``
+view, which shows each job's row as schema 1's table held it.
 
 Plain data in and out: project definitions, results and summaries are msgpack-able
 values (tuples come back as lists). Called from one thread, like the controller's loop.
@@ -39,7 +42,7 @@ from typing import Any
 
 from farm.journalbatch import BatchedJobs
 from farm.journalschema import (
-    OUTCOMES,
+    OUTCOMES,  # noqa: F401 (farm.controller.outcome reads it here)
     OWN_OUTCOMES,
     PROJECT_STATUSES,
     ROW_RESULT,
@@ -236,8 +239,9 @@ class Journal(BatchedJobs):
 
     def jobs_done(self, project_id: str, keys: list[str], results: list[Any]) -> None:
         """`job_done` for each job of `keys` with the result of the same place in `results`, in order,
-        rendered and without a cache key: one call for a message's results (the same rows and commits
-        as one call each)."""
+        rendered and without a cache key: one call for a message's results (the same jobs' states and
+        commits as one call each; without results, those started in the batch are written as one
+        group row, `farm.journalbatch`)."""
         if results.count(None) == len(results) == len(keys):  # no result to pack (most media types')
             self._jobs_done(project_id, keys, results)
             return

@@ -134,7 +134,7 @@ class BatchedJobs:
                 self._filled()
                 pending = self._pending  # a commit handed the batch over
         if grouped and start < len(keys):
-            self._done.append((project_id, now, keys[start:] if start else keys))
+            self._done.append((project_id, now, keys[start:]))  # a copy: the writer thread reads it
 
     def _filled(self) -> None:
         """The batch holds `max_batch` writes: commit it (or hand it to the writer thread)."""
@@ -235,11 +235,13 @@ class BatchedJobs:
         """The projects with groups in the file, and the newest group's time (at opening, after a
         rollback)."""
         try:
-            self._unfolded.update(p for (p,) in self._conn.execute("SELECT DISTINCT project_id FROM done_groups"))
+            found = self._conn.execute("SELECT DISTINCT project_id FROM done_groups")
+            self._unfolded.update(project_id for (project_id,) in found)
             newest = self._conn.execute("SELECT max(updated_at) FROM done_groups").fetchone()[0]
             self._last_time = max(self._last_time, newest or 0.0)
         except sqlite3.Error as exc:
-            log.warning("journal %s: cannot list its grouped jobs (%s); reads fold every project", self.path, exc)
+            log.warning("journal %s: cannot list its grouped jobs (%s); reads fold every project", self.path,
+                        exc)
             self._unfolded.add("")  # see `_fold`: every project then
 
     def _fold(self, project_id: str) -> None:

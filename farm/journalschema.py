@@ -82,8 +82,8 @@ SELECT r.project_id, r.key, r.state, r.lease, r.agent, r.result, r.cache_key, r.
     FROM job_rows r LEFT JOIN latest d ON d.project_id = r.project_id AND d.key = r.key
     WHERE d.key IS NULL OR d.updated_at < r.updated_at
 UNION ALL
-SELECT d.project_id, d.key, 'done', d.lease, d.agent, NULL, NULL, NULL, NULL, r.attempts, d.updated_at, 0, NULL
-    FROM latest d LEFT JOIN job_rows r ON r.project_id = d.project_id AND r.key = d.key
+SELECT d.project_id, d.key, 'done', d.lease, d.agent, NULL, NULL, NULL, NULL, r.attempts, d.updated_at, 0,
+    NULL FROM latest d LEFT JOIN job_rows r ON r.project_id = d.project_id AND r.key = d.key
     WHERE r.key IS NULL OR r.updated_at < d.updated_at"""
 _SCHEMA = (_PROJECTS, _JOB_ROWS, _CACHE_INDEX, _DONE_GROUPS, _GROUPS_INDEX, _VIEW)
 # Live control (a paused run, a draining agent): added beside schema 1, so older journals gain it
@@ -100,8 +100,8 @@ ON CONFLICT (project_id, key) DO UPDATE SET state = excluded.state,
     reused = excluded.reused, duration = excluded.duration
 """
 UPSERT = """
-INSERT INTO job_rows (project_id, key, state, lease, agent, result, cache_key, error, log, attempts, updated_at,
-    reused, duration)
+INSERT INTO job_rows (project_id, key, state, lease, agent, result, cache_key, error, log, attempts,
+    updated_at, reused, duration)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""" + _CONFLICT
 #: a group row (`done_groups`): project_id, agent, updated_at, the JSON of its [key, lease] pairs
 GROUP_INSERT = "INSERT INTO done_groups (project_id, agent, updated_at, jobs) VALUES (?, ?, ?, ?)"

@@ -115,7 +115,8 @@ def _reads(journal: Journal) -> dict:
         found[p, "failed_jobs"] = journal.failed_jobs(p)
         found[p, "running"] = journal.running_jobs(p)
         for reused in (None, True, False):
-            found[p, "page", reused] = [journal.done_page(p, reused, offset, 25) for offset in range(0, 150, 25)]
+            found[p, "page", reused] = [journal.done_page(p, reused, offset, 25)
+                                        for offset in range(0, 150, 25)]
         for i in range(120):
             key = f"job-{i:03d}"
             found[p, key] = journal.is_done(p, key)
@@ -176,8 +177,9 @@ def test_a_job_started_again_after_its_group_is_not_done(tmp_path: Path) -> None
     _commit(journal)
     assert read_keys(journal, "p", "done") == {"b"} and read_keys(journal, "p", "failed") == set()
     db = sqlite3.connect(tmp_path / "j.db")
-    assert db.execute("SELECT key, state, lease, agent FROM jobs WHERE project_id = 'p' ORDER BY key").fetchall() == [
-        ("a", "running", "L3", "agent-2"), ("b", "done", "L2", "agent")]
+    rows = db.execute("SELECT key, state, lease, agent FROM jobs WHERE project_id = 'p' ORDER BY key")
+    rows = rows.fetchall()
+    assert rows == [("a", "running", "L3", "agent-2"), ("b", "done", "L2", "agent")]
     db.close()
     assert not journal.is_done("p", "a") and journal.is_done("p", "b")
     assert journal.running_jobs("p") == [("a", "L3", "agent-2")]
