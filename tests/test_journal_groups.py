@@ -5,7 +5,8 @@ grouped calls (`jobs_started`, `jobs_done`) and one fed the same writes one job 
 is a restart's resume), through the journal and through another connection (the ``jobs`` view,
 `farm.controller.outcome.read_keys`), over seeded random histories: jobs started and done in one
 batch or across commits, failed and retried, restarted after they were done, done with results,
-batches that fill in the middle of a call. Real SQLite files; and a schema 1 journal brought to 2.
+batches that fill in the middle of a call. Real SQLite files; a schema 1 journal brought to 2; and
+a real controller's run listed by `farm jobs` after a restart.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from farm.client import Client, submit
 from farm.controller.outcome import read_keys
+from farm.controller.server import JOURNAL_FILE, Controller
+from farm.embedded import start_local_agents, stop_agents
 from farm.journal import Journal
 from farm.journalschema import SCHEMA_VERSION
+from farm.project import load_project
 
 PROJECTS = ("p1", "p2")
 
@@ -222,3 +227,41 @@ def test_a_schema_1_journal_is_brought_to_2_and_resumes(tmp_path: Path) -> None:
     db.close()
     with Journal(path) as again:
         assert again.counts("p") == {"done": 3, "failed": 1, "reused": 0}
+
+
+def test_a_real_runs_grouped_jobs_list_as_they_were_done_after_a_restart(tmp_path: Path) -> None:
+    """A real controller and 2 agents render a synthetic run (its plain successes grouped: enough jobs
+    for the writer thread to commit batches of the run, more than the end's flush); after a
+    restart, `farm jobs` (the client's page of done jobs) lists each job with the agent its
+    `job.done` event named, and the journal reopened holds every job done, as one row a job would."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "farm.toml").write_text('[project]\nname = "grp"\nmedia_type = "synthetic"\n'
+                                      "[synthetic]\njobs = 5000\n")
+    state = tmp_path / "state"
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=state).start()
+    try:
+        procs = start_local_agents(ctl.url, 2)
+        try:
+            summary = submit(ctl.url, load_project(folder))
+        finally:
+            stop_agents(procs)
+        done_by = {e.job: e.agent for e in ctl.events.buffer if e.type == "job.done" and e.run == summary.id}
+    finally:
+        ctl.stop()
+    assert len(done_by) == 5000 and set(done_by.values()) <= {"local-1", "local-2"}
+    assert _groups(state / JOURNAL_FILE) > 0, "nothing was grouped: this test would hold nothing"
+    ctl = Controller("tcp://127.0.0.1:0", state_dir=state).start()
+    try:
+        with Client(ctl.url) as client:
+            listed = [job for offset in range(0, 5000, 1000)
+                      for job in client.jobs(summary.id, state="done", offset=offset, limit=1000)["jobs"]]
+            assert client.jobs(summary.id, state="done")["total"] == 5000
+    finally:
+        ctl.stop()
+    assert [(job["key"], job["state"], job["agent"]) for job in listed] == [
+        (key, "done", agent) for key, agent in sorted(done_by.items())]
+    with Journal(state / JOURNAL_FILE) as journal:
+        assert journal.done_keys(summary.id) == set(done_by)
+        assert journal.counts(summary.id) == {"done": 5000, "failed": 0, "reused": 0}
+        assert journal.running_jobs(summary.id) == [] and journal.failed_jobs(summary.id) == []
