@@ -105,10 +105,12 @@ INSERT INTO job_rows (project_id, key, state, lease, agent, result, cache_key, e
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""" + _CONFLICT
 #: a group row (`done_groups`): project_id, agent, updated_at, the JSON of its [key, lease] pairs
 GROUP_INSERT = "INSERT INTO done_groups (project_id, agent, updated_at, jobs) VALUES (?, ?, ?, ?)"
-#: a project's groups into job_rows, oldest first, each where it is newer than the job's row; then gone
-FOLD = (f"""INSERT INTO job_rows (project_id, key, state, lease, agent, updated_at, reused)
-SELECT project_id, key, 'done', lease, agent, updated_at, 0 FROM ({_GROUPED}) WHERE project_id = ?
-ORDER BY updated_at""" + _CONFLICT + "WHERE excluded.updated_at > job_rows.updated_at",
+#: a project's groups into job_rows, oldest first (rowid order: a project's groups are inserted in time
+#: order, and a new rowid is above every one there), each where it is newer than the job's row; then gone
+FOLD = ("""INSERT INTO job_rows (project_id, key, state, lease, agent, updated_at, reused)
+SELECT g.project_id, json_extract(j.value, '$[0]'), 'done', json_extract(j.value, '$[1]'), g.agent,
+    g.updated_at, 0 FROM done_groups g, json_each(g.jobs) j WHERE g.project_id = ? ORDER BY g.rowid"""
+        + _CONFLICT + "WHERE excluded.updated_at > job_rows.updated_at",
         "DELETE FROM done_groups WHERE project_id = ?")
 ROW_STATE, ROW_LEASE, ROW_AGENT, ROW_RESULT, ROW_ATTEMPTS = 2, 3, 4, 5, 9  # positions in a row tuple
 Row = tuple[
