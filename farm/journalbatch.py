@@ -127,8 +127,8 @@ class BatchedJobs:
                 pending[job] = (project_id, key, "done", prev[ROW_LEASE], prev[ROW_AGENT], blob, None, None,
                                 None, prev[ROW_ATTEMPTS], now, 0, None)
             self._unflushed += 1
-            if self._unflushed >= max_batch:
-                if grouped:
+            if self._unflushed >= max_batch and (self._writing is None or self._unflushed >= 4 * max_batch):
+                if grouped:  # `_filled` hands the batch over: this call's jobs so far go with it
                     self._done.append((project_id, now, keys[start:at + 1]))
                     start = at + 1
                 self._filled()

@@ -191,6 +191,30 @@ def test_a_job_started_again_after_its_group_is_not_done(tmp_path: Path) -> None
     journal.close()
 
 
+
+def test_a_message_is_one_group_while_the_writer_is_busy(tmp_path: Path) -> None:
+    """A batch that fills while the writer thread still commits the last one is handed over later:
+    the message's jobs stay one group (not a group a job from the fill on)."""
+    path = tmp_path / "j.db"
+    journal = Journal(path, background=True, max_batch=10, commit_interval=0.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the writer's commit waits for this lock: busy
+    try:
+        first = [f"a{i}" for i in range(5)]
+        journal.jobs_started("p", first, [f"L{k}" for k in first], "agent")
+        journal.jobs_done("p", first, [None] * 5)  # the 10th write fills the batch: handed over
+        assert journal._writing is not None
+        second = [f"b{i}" for i in range(10)]
+        journal.jobs_started("p", second, [f"L{k}" for k in second], "agent")
+        journal.jobs_done("p", second, [None] * 10)  # full all along, the writer busy
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    _commit(journal)
+    assert _groups(path) == 2
+    assert journal.done_keys("p") == set(first) | set(second)
+    journal.close()
+
 _SCHEMA_1 = """
 CREATE TABLE projects (project_id TEXT PRIMARY KEY, wire BLOB NOT NULL, priority INTEGER NOT NULL,
     submitted_at REAL NOT NULL, status TEXT, finished_at REAL, summary BLOB);
