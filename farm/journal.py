@@ -21,7 +21,10 @@ of the journal's own, so the loop goes on dispatching while SQLite writes; any o
 of the database (a read, a project write, `flush`) first waits for that commit, and a
 failed one raises `JournalError` at the loop's next call. A crash then loses at most the
 batch being written and the one collecting. There a job's *running* row waits one commit
-longer, so a job that ends meanwhile is written once (`farm.journalbatch`).
+longer, so a job that ends meanwhile is written once, and a `jobs_done` call's plain
+successes are written as one row of their keys (`farm.journalbatch`); a read of a
+project's jobs folds its groups into its rows first. Other connections read the ``jobs``
+view, which shows each job's row as schema 1's table held it.
 
 Plain data in and out: project definitions, results and summaries are msgpack-able
 values (tuples come back as lists). Called from one thread, like the controller's loop.
@@ -39,7 +42,8 @@ from typing import Any
 
 from farm.journalbatch import BatchedJobs
 from farm.journalschema import (
-    OUTCOMES,
+    OUTCOMES,  # noqa: F401 (farm.controller.outcome reads it here)
+    OWN_OUTCOMES,
     PROJECT_STATUSES,
     ROW_RESULT,
     ROW_STATE,
@@ -108,6 +112,7 @@ class Journal(BatchedJobs):
             db.close()
             self._db = None
             raise
+        self._find_unfolded()
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -234,8 +239,9 @@ class Journal(BatchedJobs):
 
     def jobs_done(self, project_id: str, keys: list[str], results: list[Any]) -> None:
         """`job_done` for each job of `keys` with the result of the same place in `results`, in order,
-        rendered and without a cache key: one call for a message's results (the same rows and commits
-        as one call each)."""
+        rendered and without a cache key: one call for a message's results (the same jobs' states and
+        commits as one call each; without results, those started in the batch are written as one
+        group row, `farm.journalbatch`)."""
         if results.count(None) == len(results) == len(keys):  # no result to pack (most media types')
             self._jobs_done(project_id, keys, results)
             return
@@ -271,17 +277,22 @@ class Journal(BatchedJobs):
             raise self._error(exc, "read") from None
 
     def _read_jobs(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """A read of the jobs of the project ``params[0]``: the batch and its groups in its rows first."""
         self._spill()
+        self._fold(params[0])
         return self._read(sql, params)
 
     def is_done(self, project_id: str, key: str) -> bool:
         row = self._batched(project_id, key)
         if row is not None:
             return row[ROW_STATE] == "done"
-        found = self._read(
-            "SELECT 1 FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'", (project_id, key)
-        ).fetchone()
-        return found is not None
+        sql = "SELECT 1 FROM job_rows WHERE project_id = ? AND key = ? AND state = 'done'"
+        if self._read(sql, (project_id, key)).fetchone() is not None:
+            return True  # a newer group would say done too
+        if project_id not in self._unfolded and "" not in self._unfolded:
+            return False
+        self._fold(project_id)
+        return self._read(sql, (project_id, key)).fetchone() is not None
 
     def done_keys(self, project_id: str) -> set[str]:
         """Keys of the project's done jobs: the ones a resumed run skips."""
@@ -289,7 +300,7 @@ class Journal(BatchedJobs):
 
     def keys(self, project_id: str, outcome: str) -> set[str]:
         """Keys of the project's jobs with this outcome: "done", "failed" or "reused" (see `OUTCOMES`)."""
-        return {key for (key,) in self._read_jobs(OUTCOMES[outcome], (project_id,))}
+        return {key for (key,) in self._read_jobs(OWN_OUTCOMES[outcome], (project_id,))}
 
     def result(self, project_id: str, key: str) -> Any:
         """A done job's result; KeyError if the job is not done."""
@@ -297,8 +308,9 @@ class Journal(BatchedJobs):
         if pending is not None:
             row = (pending[ROW_RESULT],) if pending[ROW_STATE] == "done" else None
         else:
+            self._fold(project_id)  # a newer group of the job would say done without a result
             row = self._read(
-                "SELECT result FROM jobs WHERE project_id = ? AND key = ? AND state = 'done'",
+                "SELECT result FROM job_rows WHERE project_id = ? AND key = ? AND state = 'done'",
                 (project_id, key),
             ).fetchone()
         if row is None:
@@ -308,7 +320,7 @@ class Journal(BatchedJobs):
     def failed_jobs(self, project_id: str) -> list[FailedJob]:
         """The project's permanently failed jobs, by key."""
         rows = self._read_jobs(
-            "SELECT key, error, log, attempts, duration, agent FROM jobs "
+            "SELECT key, error, log, attempts, duration, agent FROM job_rows "
             "WHERE project_id = ? AND state = 'failed' ORDER BY key",
             (project_id,),
         )
@@ -318,7 +330,7 @@ class Journal(BatchedJobs):
     def running_jobs(self, project_id: str) -> list[tuple[str, str | None, str | None]]:
         """(key, lease, agent) of the project's jobs recorded as running: after a restart, the
         attempts the controller's stop cut short."""
-        rows = self._read_jobs("SELECT key, lease, agent FROM jobs "
+        rows = self._read_jobs("SELECT key, lease, agent FROM job_rows "
                                "WHERE project_id = ? AND state = 'running' ORDER BY key", (project_id,))
         return [(key, lease, agent) for key, lease, agent in rows]
 
@@ -326,7 +338,7 @@ class Journal(BatchedJobs):
         """{"done": n, "failed": n, "reused": n} for the project (done includes reused)."""
         row = self._read_jobs(
             "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'), "
-            "count(*) FILTER (WHERE state = 'done' AND reused) FROM jobs WHERE project_id = ?",
+            "count(*) FILTER (WHERE state = 'done' AND reused) FROM job_rows WHERE project_id = ?",
             (project_id,),
         ).fetchone()
         return {"done": row[0], "failed": row[1], "reused": row[2]}
@@ -340,18 +352,20 @@ class Journal(BatchedJobs):
         """
         where = "project_id = ? AND state = 'done'" + {None: "", True: " AND reused",
                                                           False: " AND NOT reused"}[reused]
-        total = self._read_jobs(f"SELECT count(*) FROM jobs WHERE {where}", (project_id,)).fetchone()[0]
-        rows = self._read(f"SELECT key, agent FROM jobs WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
+        total = self._read_jobs(f"SELECT count(*) FROM job_rows WHERE {where}", (project_id,)).fetchone()[0]
+        rows = self._read(f"SELECT key, agent FROM job_rows WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
                           (project_id, limit, offset)).fetchall()
         return total, rows
 
     def lookup_cache(self, cache_key: str) -> CacheHit | None:
         """The most recent done job, in any project, recorded with this cache key."""
-        row = self._read_jobs(
-            "SELECT project_id, key, result FROM jobs WHERE cache_key = ? AND state = 'done' "
-            "ORDER BY updated_at DESC LIMIT 1",
-            (cache_key,),
-        ).fetchone()
+        sql = ("SELECT project_id, key, result FROM job_rows WHERE cache_key = ? AND state = 'done' "
+               "ORDER BY updated_at DESC LIMIT 1")
+        self._spill()
+        row = self._read(sql, (cache_key,)).fetchone()
+        if row is not None and (row[0] in self._unfolded or "" in self._unfolded):
+            self._fold(row[0])  # a newer group of that job says done without it
+            row = self._read(sql, (cache_key,)).fetchone()
         return None if row is None else CacheHit(row[0], row[1], unpack_value(row[2]))
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 
+from journal_helpers import to_schema_1
+
 from farm.client import Client, submit
 from farm.controller.server import JOURNAL_FILE, Controller
 from farm.journal import Journal
@@ -56,7 +58,8 @@ def test_a_journal_without_the_duration_column_keeps_working(tmp_path):
     journal.add_project("run-1", {"name": "old"}, 0, 0.0)
     journal.job_failed("run-1", "job-a", "boom", "log", 3)
     journal.close()
-    with sqlite3.connect(path) as db:  # as a journal written before the column was added
+    with sqlite3.connect(path) as db:  # as a (schema 1) journal written before the column was added
+        to_schema_1(db)
         db.execute("ALTER TABLE jobs DROP COLUMN duration")
     journal = Journal(path)
     try:

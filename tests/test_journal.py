@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from farm.errors import FarmError
 from farm.journal import CacheHit, FailedJob, Journal, JournalError, ProjectRecord
+from farm.journalschema import SCHEMA_VERSION
 
 
 class FakeClock:
@@ -196,7 +197,7 @@ def test_result_that_is_not_msgpackable_is_refused_at_the_call(journal: Journal)
 def test_wal_mode_and_schema_identity(journal: Journal, db_path: Path) -> None:
     assert committed(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert committed(db_path, "PRAGMA application_id") == [(0x4641524D,)]
-    assert committed(db_path, "PRAGMA user_version") == [(1,)]
+    assert committed(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_writes_are_invisible_to_others_until_the_interval_passes(

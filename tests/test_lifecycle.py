@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from journal_helpers import to_schema_1
 
 import farm.plugins
 from farm.client import Client, submit
@@ -96,6 +97,7 @@ def test_the_journal_keeps_which_jobs_were_reused_and_an_older_file_gains_the_co
         assert journal.keys("p", "failed") == {"c"}
         assert journal.counts("p") == {"done": 2, "failed": 1, "reused": 1}
     with sqlite3.connect(path) as db:  # the file as a farm before the reused column wrote it
+        to_schema_1(db)
         db.execute("ALTER TABLE jobs DROP COLUMN reused")
     with Journal(path) as journal:
         assert journal.keys("p", "done") == {"a", "b"} and journal.keys("p", "reused") == set()
