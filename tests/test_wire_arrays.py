@@ -80,7 +80,7 @@ def test_good_arrays_come_out_as_they_went_in():
 
 
 def test_a_peer_of_protocol_1_is_refused_at_its_hello(tmp_path, caplog):
-    """Its HELLO is dropped as a bad message saying both versions; it is no agent here. A peer on the
+    """Its HELLO is refused as a bad message saying both versions; it is no agent here. A peer on the
     same socket speaking protocol 2 is welcomed."""
     caplog.set_level(logging.WARNING)
     with peer_run(tmp_path, "synthetic", "p", 1) as (ctl, sock, _):
@@ -95,8 +95,9 @@ def test_a_peer_of_protocol_1_is_refused_at_its_hello(tmp_path, caplog):
             wait_for(lambda: ctl.health["bad_messages"] > before, 30, "the old HELLO refused")
             assert ctl.registry.by_id("old") is None
             said = [r.getMessage() for r in caplog.records]
-            assert any(f"protocol version 1 is not supported (this side speaks {PROTOCOL_VERSION})" in line
-                       for line in said), said
+            assert any(f"it speaks farm protocol 1, this controller {PROTOCOL_VERSION}" in line
+                       for line in said), said  # and it is told so (tests/test_wire_version.py)
+            assert other.poll(30_000) and other.recv_multipart()[0] == bytes((1, T.ERROR))
             other.send_multipart(pack(T.HELLO, hello))
             assert other.poll(30_000) and unpack(other.recv_multipart()).type is T.WELCOME
         finally:

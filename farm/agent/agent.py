@@ -9,7 +9,6 @@ backoff when they stop, so it outlives controller restarts.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import math
 import operator
@@ -25,10 +24,10 @@ from typing import Any
 
 import zmq
 
-from farm import __version__, gcpolicy
+from farm import __version__, gcpolicy, wireversion
 from farm.agent.capabilities import detect
 from farm.agent.drain import drain
-from farm.agent.intake import screen
+from farm.agent.intake import screen, take_ready
 from farm.agent.outbox import Forwarded, Outgoing, checked, flush, stale_leases
 from farm.agent.pool import EarlyWorkers, Pool
 from farm.agent.scratch import claim as claim_scratch
@@ -276,8 +275,8 @@ class Agent:
                 self.reconnect_at = now + self.backoff * random.uniform(0.5, 1.0)
                 # silence after its cause was said (a refused key, nobody there) is no news at each retry
                 level = logging.WARNING if self.refusal_logged is None else logging.DEBUG
-                log.log(level, "controller silent for %.1fs; reconnecting in %.1fs",
-                        now - self.last_recv, self.reconnect_at - now)
+                log.log(level, "controller silent for %.1fs; reconnecting in %.1fs%s", now - self.last_recv,
+                        self.reconnect_at - now, wireversion.silence_hint(self.connected))
                 self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
             elif now >= self.reconnect_at:
                 self.reconnect_at = 0.0
@@ -291,7 +290,12 @@ class Agent:
             self.last_recv = time.monotonic()
             self._on_message(msg)
         except ProtocolError as exc:
-            self._bad_message(str(exc))
+            refused = wireversion.heard(frames, self.controller)  # refused for our protocol version: stop
+            if refused is not None:
+                log.error("%s", refused)
+                self.refused_role, self.connected, self.stopping = refused, False, True
+            else:
+                self._bad_message(str(exc))
         except Exception as exc:  # whatever a controller sends, the agent stays up
             self._bad_message(f"could not be handled: {type(exc).__name__}: {exc}", exc)
 
@@ -482,19 +486,4 @@ class Agent:
 
     def _take(self, count: int) -> list[JobSpec]:
         """Up to `count` queued jobs whose project's files are here, in order."""
-        queue = self.queue
-        batch = list(itertools.islice(queue, count))
-        if self.ready.issuperset(map(_PROJECT, batch)):  # the common case: the first `count` may all go
-            if len(batch) == len(queue):
-                queue.clear()
-            else:
-                for _ in batch:
-                    queue.popleft()
-            return batch
-        batch, waiting = [], []
-        while self.queue and len(batch) < count:
-            job = self.queue.popleft()
-            (batch if job.project in self.ready else waiting).append(job)
-        self.queue.extendleft(reversed(waiting))
-        return batch
-
+        return take_ready(self.queue, self.ready, count)

@@ -8,7 +8,10 @@ every project described and not refused) is checked a field at a time over all i
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+import itertools
+import operator
+from collections import deque
+from collections.abc import Container, Mapping, Set
 
 from farm.agent.trust import job_refusal
 from farm.keycheck import plain_job, plain_jobs
@@ -16,6 +19,7 @@ from farm.protocol import JobSpec
 
 NEVER_DESCRIBED = "controller sent a job for a project it never described"
 _NUMS = {int, float}
+_PROJECT = operator.attrgetter("project")
 
 
 def screen(jobs: list[JobSpec], described: Container[str],
@@ -43,3 +47,22 @@ def screen(jobs: list[JobSpec], described: Container[str],
         else:
             refusals.append((job, why))
     return taken, refusals
+
+
+def take_ready(queue: deque[JobSpec], ready: Set[str], count: int) -> list[JobSpec]:
+    """Up to ``count`` jobs taken off ``queue`` whose project is in ``ready`` (its files are here), in
+    order; the others keep their places."""
+    batch = list(itertools.islice(queue, count))
+    if ready.issuperset(map(_PROJECT, batch)):  # the common case: the first `count` may all go
+        if len(batch) == len(queue):
+            queue.clear()
+        else:
+            for _ in batch:
+                queue.popleft()
+        return batch
+    batch, waiting = [], []
+    while queue and len(batch) < count:
+        job = queue.popleft()
+        (batch if job.project in ready else waiting).append(job)
+    queue.extendleft(reversed(waiting))
+    return batch

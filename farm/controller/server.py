@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from farm import gcpolicy, join
+from farm import gcpolicy, join, wireversion
 from farm.controller import listen, peers, roles
 from farm.controller.agents import AgentSide
 from farm.controller.assets import AssetService
@@ -417,8 +417,9 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
         try:
             msg = unpack(rest)
         except ProtocolError as exc:
-            self._bad(identity, str(exc))
-            self._refuse_malformed(identity, rest, exc)
+            if not wireversion.refuse(self, identity, rest, key):  # another version: told which, not dropped
+                self._bad(identity, str(exc))
+                self._refuse_malformed(identity, rest, exc)
             return
         if joining is not None:
             assert self.security is not None
