@@ -130,7 +130,8 @@ def cancel(
     download: Annotated[Optional[Path], typer.Option(
         "--download", help="Download the outputs collated so far into this folder.")] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object: the summary (with id, already), or the error.")] = False,
+        "--json", help="Print one JSON object: the summary (with id, already, download_command: how to "
+        "fetch outputs the controller keeps), or the error.")] = False,
 ) -> None:
     """Cancel a project, running or still uploading: its jobs are withdrawn from agents; outputs collated
     so far stay (a remote submitter's `farm submit` downloads them; `farm download RUN DIR` fetches
@@ -156,14 +157,16 @@ def cancel(
                                 f"for download{where}")
             summary = _lasting(client, summary.id, lambda: client.download(
                 summary, download, reconnect_s=RECONNECT_S, on_wait=say_waiting))
+    # outputs kept by the controller: their paths there mean nothing here, so how to fetch them instead
+    command = download_command(summary.id, client.url) if kept_there else None
     if as_json:
         typer.echo(json.dumps({"id": summary.id, **summary.to_json(), "already": summary.already,
                                "downloaded_to": str(download) if download is not None else None,
-                               "downloaded_files": _count(summary.downloaded)}))
+                               "downloaded_files": _count(summary.downloaded),
+                               "download_command": command.strip("`") if command else None}))
         return
-    # outputs kept by the controller: their paths there mean nothing here, so how to fetch them instead
-    fetch = (f"{download_command(summary.id, client.url)} fetches them (the `farm submit` that sent the "
-             "project downloads them too)") if kept_there else ""
+    fetch = (f"{command} fetches them (the `farm submit` that sent the project downloads them too)"
+             if command else "")
     typer.echo(summary_text(summary, here=download is not None, fetch=fetch))
 
 
