@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> Path:
+    """The controller's state folder without --state-dir: ``$XDG_DATA_HOME/farm``, else
+    ``~/.local/share/farm``."""
     import os
 
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "farm"
 
 
@@ -62,7 +64,9 @@ def controller(
     bind: Annotated[str, typer.Option(
         callback=checked_bind, help="Where agents and clients connect: tcp://HOST:PORT (PORT 0: a free one) "
                                     "or ipc://PATH.")] = "tcp://127.0.0.1:5555",
-    state_dir: Annotated[Optional[Path], typer.Option(help="Where the controller keeps its state.")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(
+        help="Where the controller keeps its state ($XDG_DATA_HOME/farm, else ~/.local/share/farm).",
+        show_default=str(default_state_dir()))] = None,  # the folder it will use, as this user runs it
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before an agent is declared dead.")] = 5,
     keys_dir: KeysDir = None,
