@@ -28,13 +28,72 @@ def parse_toml(text: str, file: Path | str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"line (\d+)", str(exc))
-        raise ProjectError(f"invalid TOML: {exc}", file=file, line=int(found.group(1)) if found else None) from None
+        line = int(found.group(1)) if found else None
+        if str(exc).startswith("Unclosed array"):  # tomllib points at what came next, maybe lines below
+            opened = unclosed_array(text, line)
+            if opened is not None:
+                key, line = opened
+                raise ProjectError("invalid TOML: the array that opens on this line is never closed with ']' "
+                                   f"(tomllib: {exc})", file=file, key=key, line=line) from None
+        raise ProjectError(f"invalid TOML: {exc}", file=file, line=line) from None
     except RecursionError:
         raise _too_deep(text, file, None) from None
     path = too_deep_path(data)
     if path is not None:
         raise _too_deep(text, file, path)
     return data
+
+
+_STRING = re.compile(r'"""(?:\\.|[^\\])*?"""|\'\'\'.*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'[^\'\n]*\'', re.S)
+
+
+def unclosed_array(text: str, before_line: int | None) -> tuple[str | None, int] | None:
+    """Where the innermost array still open before line ``before_line`` (None: the end) opened, as
+    (its key, ``[table] key`` or ``key``; its line), or None if no array is open there.
+
+    `tomllib` reports an unclosed array where it met what came next, after blank lines and comments:
+    a line or more past the array the user left open.
+    """
+    lines = text.splitlines()
+    end = len(text) if before_line is None else sum(len(x) + 1 for x in lines[:before_line - 1])
+    table, key, opened = None, None, []  # opened: the line of each array open at this point
+    pos, number, line_start = 0, 1, True
+    while pos < min(end, len(text)):
+        char = text[pos]
+        if char == "\n":
+            number, line_start, pos = number + 1, True, pos + 1
+            continue
+        if char in " \t\r":
+            pos += 1
+            continue
+        if char == "#":
+            pos = text.find("\n", pos) if "\n" in text[pos:] else len(text)
+            continue
+        string = _STRING.match(text, pos) if char in "\"'" else None
+        if string:
+            number += string.group().count("\n")
+            pos, line_start = string.end(), False
+            continue
+        if line_start and not opened:
+            if char == "[":  # a table header, [name] or [[name]]
+                close = text.find("]", pos)
+                table = text[pos:close + 1].strip("[] ") if close > 0 else table
+                pos = text.find("\n", pos) if "\n" in text[pos:] else len(text)
+                continue
+            equals = text.find("=", pos)
+            if equals > 0 and "\n" not in text[pos:equals]:
+                key = text[pos:equals].strip()
+                pos, line_start = equals + 1, False
+                continue
+        line_start = False
+        if char == "[":
+            opened.append(number)
+        elif char == "]" and opened:
+            opened.pop()
+        pos += 1
+    if not opened:
+        return None
+    return (f"[{table}] {key}" if table and key else key), opened[-1]
 
 
 def too_deep_path(data: Any, limit: int = MAX_DEPTH) -> list[str] | None:
