@@ -112,12 +112,37 @@ def test_a_missing_data_file_is_named_with_where_it_was_looked_for(tmp_path: Pat
 
 
 def test_mapnik_errors_about_data_never_quote_it(tmp_path: Path) -> None:
-    """A CSV inside the project that Mapnik cannot read: its first line stays out of the error."""
+    """A CSV inside the project that Mapnik cannot read: Mapnik's reason is given, the line of the file
+    it quotes after it stays out of the error."""
     style = layer_style(csv_source("bad.csv"))
     project = write_project(tmp_path / "p", style, {"bad.csv": f"{SECRET},x\n1,2\n"})
     message = refused(project)
-    assert "layer 'places' (datasource type 'csv', file 'bad.csv'): Mapnik cannot read it as 'csv'" in message
-    assert "withheld" in message
+    assert ("layer 'places' (datasource type 'csv', file 'bad.csv'): Mapnik cannot read it as 'csv' data: "
+            "CSV Plugin: could not detect column(s) with the name(s) of wkt, geojson, x/y, or "
+            "latitude/longitude in: (Mapnik's next lines, which can quote the file, are left out)"
+            ) in message, message
+
+
+def test_mapnik_s_reason_names_project_files_relative_to_the_project(tmp_path: Path) -> None:
+    """Mapnik names the file by its absolute path on this machine: the user reads it from the project."""
+    style = layer_style('<Datasource><Parameter name="type">geojson</Parameter>'
+                        '<Parameter name="file">../data/bad.geojson</Parameter></Datasource>')
+    bad = '{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": TOPSECRET}]}'
+    project = write_project(tmp_path / "p", style, {"data/bad.geojson": bad},
+                            table='style = "maps/style.xml"\nzoom = "0-1"')
+    message = refused(project)
+    assert ("Mapnik cannot read it as 'geojson' data: geojson_datasource: Failed to parse GeoJSON file "
+            "'data/bad.geojson'") in message, message
+    assert str(tmp_path) not in message and "encountered during parsing" not in message, message
+
+
+def test_paths_outside_the_project_are_redacted_from_mapnik_s_words(tmp_path: Path) -> None:
+    from farm_maptiles.mapnikerror import OUTSIDE, reason
+
+    root = tmp_path / "work" / "p"
+    said = reason(f"cannot open '{root}/a b/x.tif' nor /etc/farm/secret.conf, nor x/y\nTOPSECRET", root)
+    assert said == (f"cannot open 'a b/x.tif' nor {OUTSIDE}, nor x/y (Mapnik's next lines, which can quote "
+                    "the file, are left out)"), said
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.assetrules import AssetRules
-from farm_maptiles import fonts, labels, references
+from farm_maptiles import fonts, labels, mapnikerror, references
 from farm_maptiles.stylexml import Element, StyleProblem, parse_style
 
 log = logging.getLogger(__name__)
@@ -100,18 +100,18 @@ def read_style(path: Path, root: Path, rules: AssetRules | None = None, *, faces
 
 
 def _mapnik_error(style: Style, exc: RuntimeError) -> StyleError:
-    """Mapnik's error, unless it comes from a datasource: those can quote the data file, so they
-    are replaced by one naming the layer and the file only."""
+    """Mapnik's error in its own words (`mapnikerror.reason`: its first line, paths outside the
+    project redacted); one from a datasource names the layer and its file first."""
     text = str(exc).strip()
+    said = mapnikerror.reason(text, style.root) or "no reason given"
     found = _LAYER.search(text)
     if found is None and "layer" not in text.lower():
-        return style.error(f"Mapnik cannot load the style: {text}", None)
+        return style.error(f"Mapnik cannot load the style: {said}", None)
     ds = next((d for d in style.datasources if found and d.layer == found.group(1)), None)
     if ds is None:
-        return style.error("Mapnik cannot open a layer's datasource (its message is withheld: it can quote "
-                           "the data)", None)
-    return style.error(f"{ds.describe(with_file=True)}: Mapnik cannot read it as {ds.type!r} data "
-                       "(its message is withheld: it can quote the file)", ds.line)
+        return style.error(f"Mapnik cannot open a layer's datasource: {said}", None)
+    return style.error(f"{ds.describe(with_file=True)}: Mapnik cannot read it as {ds.type!r} data: {said}",
+                       ds.line)
 
 
 def load_map(style: Style, size: int = 256, buffer: int | None = None) -> Any:

@@ -25,7 +25,7 @@ from farm.paths import UnsafePath, resolve_inside
 from farm.preview import PreviewContext
 from farm.project import Project
 from farm.settings import SettingsReader
-from farm_maptiles import config, grouping, leftovers, mapstyle, preview
+from farm_maptiles import config, grouping, leftovers, mapnikerror, mapstyle, preview
 from farm_maptiles.bundle import BundleError, bundle_name, read_bundle, write_bundle
 from farm_maptiles.mbtiles import MBTilesWriter
 from farm_maptiles.metatile import render_metatile, tile_name
@@ -134,8 +134,8 @@ class MapTiles(MediaType):
             try:
                 tiles += render_metatile(m, z, x, y, p["size"], wanted, s["tile_size"], s["format"], solid)
             except RuntimeError as exc:  # Mapnik raises RuntimeError for render-time failures
-                # only the first line: what follows can be a quoted line of a data file
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                # its first line, paths outside the project redacted: what follows can quote a data file
+                reason = mapnikerror.reason(str(exc), ctx.project_dir) or type(exc).__name__
                 raise RenderError(f"Mapnik failed to render metatile {z}/{x}/{y}: {reason}") from None
             if len(metas) > 1:
                 ctx.progress((i + 1) / len(metas))
