@@ -3,13 +3,11 @@ why). Real processes: an embedded farm, real edits, real inotify."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from conftest import wait_for, write_project
+from watch_helpers import watching
 
 from farm.cli.watch import what_changed
 
@@ -22,13 +20,7 @@ def test_a_round_is_said_to_start_because_of_the_files_that_changed(tmp_path: Pa
         (project / "data").mkdir(exist_ok=True)
         (project / "data" / f"{name}.txt").write_text(name)
     err = tmp_path / "err"
-    with open(err, "w") as stderr:
-        proc = subprocess.Popen([*FARM, "submit", "--watch", "-n", "1", str(project)],
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        def said(text: str, times: int = 1) -> bool:
-            return err.read_text().count(text) >= times
-
+    with watching(project, err) as said:
         wait_for(lambda: said("watching for changes"), 180, "the first round")
         (project / "data" / "a.txt").write_text("edited")
         wait_for(lambda: said("change in data/a.txt: rendering again"), 180, "the edit said")
@@ -41,9 +33,6 @@ def test_a_round_is_said_to_start_because_of_the_files_that_changed(tmp_path: Pa
         staged.rename(project / "data")
         many = "changes in data/b.txt, data/c.txt, data/d.txt and 3 more files: rendering again"
         wait_for(lambda: said(many), 180, "the edits said, a few named and the rest counted")
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(120)
     lines = [line for line in err.read_text().splitlines() if line.endswith(": rendering again")]
     assert lines == ["change in data/a.txt: rendering again", many], lines
 

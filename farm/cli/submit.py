@@ -140,7 +140,7 @@ def submit(
             inputs = ProjectInputs(project_dir, output)  # our own log is no asset (farm.ownoutput)
             try:
                 watch(project.root, project.output, round_, fingerprint=inputs.fingerprint,
-                      rules=lambda: inputs.rules, stop=stop,
+                      rules=lambda: inputs.rules, stop=stop, read_by_jobs=inputs.read_by_jobs,
                       say=None if as_json else lambda line: typer.echo(line, err=True))
             except Interrupted as interrupted:  # Ctrl-C in a round: said as without --watch
                 say_interrupted(interrupted, project_dir, controller, as_json, shared)

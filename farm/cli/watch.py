@@ -39,7 +39,8 @@ from watchdog.observers.api import ObservedWatch
 from farm.assetrules import AssetRules
 from farm.errors import FarmError
 from farm.ownoutput import FileId
-from farm.project import PROJECT_FILE, STATE_DIR, load_project
+from farm.plugins import get_media_type
+from farm.project import PROJECT_FILE, STATE_DIR, Project, load_project
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ SETTLE_LIMIT_S = 3.0  # a file written without pause (a log) must not hold the c
 _CHUNK = 1 << 20
 POLL_S = 2.0  # how often a watcher missing some folders' watches checks anyway
 _LIMITS = (errno.ENOSPC, errno.EMFILE)  # inotify's watch and instance limits (watchdog's errors)
+MAX_JOBS_LOOKED_AT = 1_000_000  # jobs whose inputs are looked at before a change is taken as read
 
 
 class ProjectInputs:
@@ -67,14 +69,15 @@ class ProjectInputs:
         self.skip = skip or set()
         self._digests: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}
         self.rules: AssetRules | None = None  # the asset rules of the last fingerprint(); None: invalid
+        self.project: Project | None = None  # the project the last fingerprint() loaded; None: invalid
 
     def fingerprint(self) -> Hashable:
         try:
             project = load_project(self.root, output=self.output)
         except FarmError as exc:
-            self.rules = None
+            self.rules, self.project = None, None
             return ("invalid", str(exc))
-        self.rules = project.rules
+        self.rules, self.project = project.rules, project
         files = {PROJECT_FILE, *project.assets()}
         state = []
         for rel in sorted(files):
@@ -83,6 +86,30 @@ class ProjectInputs:
                 state.append((rel, digest))
         self._digests = {rel: self._digests[rel] for rel, _ in state if rel in self._digests}
         return ("ok", tuple(state))
+
+    def read_by_jobs(self, changed: set[str]) -> bool:
+        """Whether a job of the project the last `fingerprint()` loaded reads one of ``changed``
+        (relative paths), by the `Job.inputs` its media type's ``split`` gives. True also for
+        ``farm.toml`` (the settings), a project that did not load, a job with ``inputs`` None (it
+        reads every asset), a split that fails (the round says why) or has more than
+        `MAX_JOBS_LOOKED_AT` jobs (a round is then cheaper to start than the answer)."""
+        project = self.project
+        if project is None or PROJECT_FILE in changed:
+            return True
+        seen: set[int] = set()  # jobs of most media types share one inputs tuple: looked at once
+        try:
+            for count, job in enumerate(get_media_type(project.media_type).split(project)):
+                inputs = job.inputs
+                if inputs is None or count >= MAX_JOBS_LOOKED_AT:
+                    return True
+                if id(inputs) not in seen:
+                    seen.add(id(inputs))
+                    if not changed.isdisjoint(inputs):
+                        return True
+        except Exception as exc:  # a plugin's split: the round reports it as a run would
+            log.debug("cannot list the jobs' inputs: %s: %s", type(exc).__name__, exc)
+            return True
+        return False
 
     def _digest(self, rel: str) -> bytes | None:
         path = self.root / rel
@@ -244,33 +271,58 @@ def _observer(handler: _Wake, root: Path) -> _Folders:
 NAMED = 3  # changed files a line names; the rest are counted
 
 
+def changed_files(before: Hashable, after: Hashable) -> list[str] | None:
+    """The files (relative paths, sorted) whose digests differ between two `ProjectInputs.fingerprint`
+    values; None when either is not a loaded project's (or of another shape)."""
+    try:
+        (was_kind, was), (now_kind, now) = before, after  # type: ignore[misc]
+        if was_kind != "ok" or now_kind != "ok":
+            return None
+        was, now = dict(was), dict(now)
+    except (TypeError, ValueError):
+        return None
+    return sorted(rel for rel in was.keys() | now.keys() if was.get(rel) != now.get(rel))
+
+
 def what_changed(before: Hashable, after: Hashable) -> str:
     """What starts a round, in a person's words: ``change in world.xml``, ``changes in a.png (new),
     b.png, c.png and 4 more files``, for two `ProjectInputs.fingerprint` values; a project that
     stopped (or started) loading, or fingerprints of another shape, are said without files."""
-    try:
-        (was_kind, was), (now_kind, now) = before, after  # type: ignore[misc]
-        if was_kind != "ok" or now_kind != "ok":
-            return "the project loads again" if now_kind == "ok" else "the project changed"
-        was, now = dict(was), dict(now)
-    except (TypeError, ValueError):
-        return "the project changed"
-    changed = sorted(rel for rel in was.keys() | now.keys() if was.get(rel) != now.get(rel))
+    changed = changed_files(before, after)
+    if changed is None:  # not both loaded: says whether it loads now
+        loads = isinstance(after, tuple) and after[:1] == ("ok",) and isinstance(before, tuple)
+        return "the project loads again" if loads else "the project changed"
     if not changed:
         return "the project changed"
+    listed = _listed(changed, dict(before[1]), dict(after[1]))  # type: ignore[index]
+    return f"change{'s' if len(changed) > 1 else ''} in {listed}"
+
+
+def _listed(changed: list[str], was: dict[str, bytes], now: dict[str, bytes]) -> str:
+    """``a.png (new), b.png, c.png and 4 more files``: a few of ``changed`` named, the rest counted."""
     named = [rel + (" (new)" if rel not in was else " (removed)" if rel not in now else "")
              for rel in changed[:NAMED]]
     if len(changed) == 1:
-        return f"change in {named[0]}"
+        return named[0]
     rest = len(changed) - len(named)
-    listed = ", ".join(named[:-1]) + (f", {named[-1]} and {rest} more files" if rest else f" and {named[-1]}")
-    return f"changes in {listed}"
+    return ", ".join(named[:-1]) + (f", {named[-1]} and {rest} more files" if rest else f" and {named[-1]}")
+
+
+def unread_change(before: Hashable, after: Hashable, read_by_jobs: Callable[[set[str]], bool]) -> str | None:
+    """``notes.txt changed; no job reads it: nothing to render`` when every file that changed between
+    two fingerprints is one no job reads (``read_by_jobs``: `ProjectInputs.read_by_jobs`); else None."""
+    changed = changed_files(before, after)
+    if not changed or read_by_jobs(set(changed)):
+        return None
+    listed = _listed(changed, dict(before[1]), dict(after[1]))  # type: ignore[index]
+    return f"{listed} changed; no job reads {'it' if len(changed) == 1 else 'them'}: nothing to render"
 
 
 def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint: Callable[[], Hashable],
           rules: Callable[[], AssetRules | None] | None = None, stop: threading.Event | None = None,
           debounce: float = DEBOUNCE_S, settle_limit: float = SETTLE_LIMIT_S,
-          say: Callable[[str], None] | None = None) -> int:
+          say: Callable[[str], None] | None = None,
+          read_by_jobs: Callable[[set[str]], bool] | None = None) -> int:
     """Call `run_round` now, then again whenever `fingerprint()` changes, until `stop` is set.
 
     File-system events in the folders that can hold an asset (the project folder and those that
@@ -282,6 +334,8 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
     Folders that cannot be watched (inotify's limits) are logged once as a warning and checked
     every `POLL_S` seconds instead. Before each round after the first, `say` (default: the log, at
     info) gets a line naming what changed (`what_changed`): ``change in world.xml: rendering again``.
+    With `read_by_jobs` (`ProjectInputs.read_by_jobs`), a change only to files no job reads starts
+    no round (it would render nothing) and is said so (`unread_change`).
     Returns the number of rounds run.
     """
     stop = stop or threading.Event()
@@ -293,12 +347,12 @@ def watch(root: Path, output: str, run_round: Callable[[], None], *, fingerprint
         # callback replaces itself, nothing is lost (the run's own trees are not watched at all)
         warnings.filterwarnings("ignore", r"Callback with id .* already exists", RuntimeWarning)
         return _watch(root, wake, run_round, fingerprint, rules, stop, debounce, settle_limit,
-                      say or log.info)
+                      say or log.info, read_by_jobs or (lambda changed: True))
 
 
 def _watch(root: Path, wake: _Wake, run_round: Callable[[], None], fingerprint: Callable[[], Hashable],
            rules: Callable[[], AssetRules | None], stop: threading.Event, debounce: float,
-           settle_limit: float, say: Callable[[str], None]) -> int:
+           settle_limit: float, say: Callable[[str], None], read_by_jobs: Callable[[set[str]], bool]) -> int:
     folders = _observer(wake, root.resolve())
 
     def check() -> Hashable:
@@ -330,9 +384,12 @@ def _watch(root: Path, wake: _Wake, run_round: Callable[[], None], fingerprint: 
                     break
                 now = check()
                 if now != last:
-                    say(f"{what_changed(last, now)}: rendering again")
+                    unread = unread_change(last, now, read_by_jobs)
+                    say(unread or f"{what_changed(last, now)}: rendering again")
                     last = now
-                    break
+                    if unread is None:
+                        break
+                    continue
                 log.debug("files changed, but nothing a job reads: no round")
     finally:
         folders.close()
