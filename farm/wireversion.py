@@ -75,11 +75,11 @@ def refuse(ctl: Any, identity: bytes, frames: list[bytes], key: str | None) -> b
     if count >= BAD_BEFORE_IGNORING:
         return True  # ignored for a while now, as any peer sending bad messages
     said = _body(frames) if bytes(frames[0])[1] == T.HELLO else {}
-    who = ", ".join(part for part in (
-        f"agent {_text(said.get('agent'))!r}" if _text(said.get("agent")) else None,
-        f"on host {_text(said.get('host'))}" if _text(said.get("host")) else None,
-        f"farm {_text(said.get('version'), 20)}" if _text(said.get("version"), 20) else None,
-        f"key {key}" if key else None) if part) or f"peer {identity[:32]!r}"
+    agent, host, version = (_text(said.get(name), 80) for name in ("agent", "host", "version"))
+    who = ", ".join(part for part in (  # quoted: a peer's words, which may hold anything
+        f"agent {agent!r}" if agent else None, f"on host {host!r}" if host else None,
+        f"farm {version!r}" if version else None, f"key {key}" if key else None) if part) \
+        or f"peer {identity[:32]!r}"
     log.log(logging.WARNING if count == 1 else logging.DEBUG,
             "refused %s: it speaks farm protocol %d, this controller %d (farm %s); told it to upgrade %s",
             who, theirs, PROTOCOL_VERSION, __version__,

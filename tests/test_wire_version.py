@@ -55,7 +55,7 @@ def test_a_protocol_1_peer_is_answered_in_protocol_1_naming_both_versions(tmp_pa
         assert "this program protocol 1: upgrade farm on this machine" in said["message"]
         assert ctl.registry.by_id("oldnode") is None
         lines = [r.getMessage() for r in caplog.records if r.name == "farm.wireversion"]
-        assert any("agent 'oldnode', on host render-7, farm 0.0.9: it speaks farm protocol 1, this "
+        assert any("agent 'oldnode', on host 'render-7', farm '0.0.9': it speaks farm protocol 1, this "
                    f"controller {PROTOCOL_VERSION}" in line for line in lines), lines
     finally:
         sock.close(linger=0)
