@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import msgpack
@@ -62,9 +63,8 @@ def test_a_protocol_1_peer_is_answered_in_protocol_1_naming_both_versions(tmp_pa
         ctl.stop()
 
 
-def test_a_real_protocol_1_agent_stops_saying_to_upgrade(tmp_path):
-    """`farm agent` of the last protocol-1 commit (taken from this repository's history) against this
-    controller: it prints the controller's reason and exits 78, where it once waited in silence."""
+def _protocol_1(tmp_path: Path) -> Path:
+    """farm and its plugins as of the last protocol-1 commit, from this repository's history."""
     try:
         tree = subprocess.run(["git", "-C", str(ROOT), "archive", PROTOCOL_1, "farm", "plugins"],
                               capture_output=True, check=True, timeout=120).stdout
@@ -73,6 +73,13 @@ def test_a_real_protocol_1_agent_stops_saying_to_upgrade(tmp_path):
     old = tmp_path / "farm-protocol-1"
     with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
         archive.extractall(old, filter="data")
+    return old
+
+
+def test_a_real_protocol_1_agent_stops_saying_to_upgrade(tmp_path):
+    """`farm agent` of the last protocol-1 commit (taken from this repository's history) against this
+    controller: it prints the controller's reason and exits 78, where it once waited in silence."""
+    old = _protocol_1(tmp_path)
     ctl = Controller("tcp://127.0.0.1:0", state_dir=tmp_path / "state").start()
     try:
         done = _agent(ctl.url, old)
@@ -117,3 +124,33 @@ def test_silence_hint_names_an_older_controller_only_before_a_welcome():
     """A protocol-1 controller answers nothing: an agent it never welcomed says why that may be."""
     assert silence_hint(True) == ""
     assert f"protocol version {PROTOCOL_VERSION} is not supported" in silence_hint(False)
+
+
+def test_an_agent_a_real_protocol_1_controller_never_answers_says_why_that_may_be(tmp_path):
+    """A protocol-1 controller drops this agent's HELLO unanswered (it cannot be changed now): the
+    agent's 'controller silent' warning says an older controller may be why, and which to upgrade."""
+    old = _protocol_1(tmp_path)
+    env = {**os.environ, "PYTHONPATH": f"{old}{os.pathsep}{old / 'plugins'}"}
+    controller = subprocess.Popen([sys.executable, "-P", "-m", "farm", "controller", "--bind", "tcp://127.0.0.1:0",
+                                   "--state-dir", str(tmp_path / "state"), "--insecure"], env=env,
+                                  stderr=subprocess.PIPE, text=True)
+    agent = None
+    try:
+        assert controller.stderr is not None
+        url = next(line.split("listening on ")[1].strip() for line in controller.stderr
+                   if "listening on" in line)
+        agent = subprocess.Popen([sys.executable, "-m", "farm", "agent", "--controller", url, "--insecure"],
+                                 stderr=subprocess.PIPE, text=True)
+        assert agent.stderr is not None
+        deadline = threading.Timer(180, agent.kill)  # its stderr then ends: the test fails, not hangs
+        deadline.start()
+        hint = next((line for line in agent.stderr if "controller silent" in line), "")
+        deadline.cancel()
+    finally:
+        for proc in (agent, controller):
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+    assert (f"no answer to this agent's HELLO: a controller of an older farm, speaking a protocol before "
+            f"{PROTOCOL_VERSION}, drops it unanswered" in hint), hint
+    assert "upgrade farm on the controller's machine" in hint, hint
