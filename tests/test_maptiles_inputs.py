@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mapnik
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from farm_maptiles import mapstyle, references
 from maptiles_helpers import copy_case, style_xml, write_project, write_renamed_font
 
@@ -81,21 +81,26 @@ def test_a_style_in_a_subfolder_renders_again_with_each_file_it_reads(controller
     assert is_blue(world, 64, 128 + 38) and not is_blue(world, 64, 60), "the agent rendered an old points.csv"
 
 
-def test_a_watch_round_started_by_a_file_no_job_reads_renders_nothing(tmp_path: Path) -> None:
+def test_a_file_no_job_reads_starts_no_watch_round(tmp_path: Path) -> None:
+    """An edit of notes.txt would start a round that reuses every tile: none starts, and it is said
+    why; an edit of the style's data then renders every job again."""
     project = copy_case("maptiles-style-in-subfolder", tmp_path / "p")
-    proc = subprocess.Popen([sys.executable, "-m", "farm", "submit", "--watch", "--json", "--agents", "1",
-                             str(project)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    err = tmp_path / "err"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "farm", "--log-level", "info", "submit", "--watch",
+                                 "--json", "--agents", "1", str(project)], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, env=dict(os.environ))
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first["jobs"]["done"] == first["jobs"]["total"] > 0 and first["jobs"]["reused"] == 0
         total = first["jobs"]["total"]
         (project / "notes.txt").write_text("more\n")
-        second = json.loads(proc.stdout.readline())
-        assert second["jobs"] == {"total": total, "done": total, "failed": 0, "reused": total, "resumed": 0}
+        said = "notes.txt (new) changed; no job reads it: nothing to render"
+        wait_for(lambda: said in err.read_text(), 180, "the unread edit said")
         (project / "style/points.csv").write_text('wkt,name\n"POINT(0 0)",origin\n')
-        third = json.loads(proc.stdout.readline())
-        assert third["jobs"] == {"total": total, "done": total, "failed": 0, "reused": 0, "resumed": 0}
+        second = json.loads(proc.stdout.readline())  # the next round: the data's edit, not notes.txt's
+        assert second["jobs"] == {"total": total, "done": total, "failed": 0, "reused": 0, "resumed": 0}
     finally:
         proc.terminate()
         proc.wait()
