@@ -17,7 +17,7 @@ answers for runs that finished before it started (`finished_attempts`).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from itertools import repeat
 from typing import Any
 
@@ -222,6 +222,24 @@ class JobLogs:
         """The run time of the job's newest kept attempt (seconds), if any."""
         last = self.last(key)
         return None if last is None else last["duration_s"]
+
+    def unjournaled(self, done: Collection[str], error: str) -> int:
+        """Mark `lost` with `error` each newest kept attempt that says done of a job `done` (the
+        journal's done jobs) lacks: a result this log kept that a controller killed before its
+        journal's commit never recorded; the job runs again, and its log must not say done twice.
+        The attempt keeps its number, agent, time and log. Returns how many were marked."""
+        found = [(key, held) for key, held in self._jobs.items()
+                 if _kept(held)[-1][2] == "done" and key not in done]
+        for key, held in found:
+            kept, numbered = _kept(held), self.numbered(key)
+            last = kept[-1]
+            self._forget(key, last)
+            if len(kept) > 1:
+                self._jobs[key] = (numbered, *kept[:-1])
+            else:
+                del self._jobs[key]
+            self._keep(key, (last[0], last[1], "lost", error, last[4], last[5]), numbered, persist=True)
+        return len(found)
 
     def _forget(self, key: str, attempt: Attempt, *, queued: bool = True) -> None:
         """Let an attempt go; `queued`: it still waits in _order (its text goes when compacted)."""

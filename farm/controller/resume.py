@@ -7,7 +7,9 @@ plain split of an adaptive media type names other jobs, and would count a fracti
 A run with nothing left to run (a controller killed while it finalized) pulls its split to the
 end at once, so it finalizes without waiting for an agent and its totals are its jobs'. Each
 job the journal has as running when the controller died gets that attempt in its log, so
-`farm jobs`, the summary and `farm logs` count the try the restart cut short.
+`farm jobs`, the summary and `farm logs` count the try the restart cut short; an attempt the
+job log kept as done (its writer commits apart from the journal's) of a job the journal never
+recorded done is marked lost, as the job runs again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 #: the error an interrupted attempt is logged with (its lease id says which one, so a second
 #: restart before the job is leased again does not log it twice)
 INTERRUPTED = "the controller stopped while it ran (lease {})"
+#: the error of an attempt the job log kept as done but the journal never recorded (it runs again)
+UNJOURNALED = "the controller stopped before it recorded this result: the job runs again"
 
 
 def resume(run: ProjectRun) -> None:
@@ -67,6 +71,7 @@ def _counted(jobs: Iterable[Job], walked: list[int]) -> Iterator[Job]:
 
 
 def _interrupted(run: ProjectRun) -> None:
+    run.logs.unjournaled(run.done_keys, UNJOURNALED)
     for key, lease, agent in run.journal.running_jobs(run.id):
         error = INTERRUPTED.format(lease)
         last = run.logs.last(key)
