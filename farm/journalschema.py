@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from farm.errors import ControlError, FarmError
+from farm.paths import private_file
 from farm.sqlitewal import switch_to_wal
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,19 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
     """Schema 1 to 2, in one transaction: its ``jobs`` table becomes ``job_rows`` (the columns added
     beside schema 1 added first), ``done_groups`` and the view ``jobs`` are made. A farm before
-    schema 2 then refuses the file as newer than itself."""
+    schema 2 then refuses the file as newer than itself, so the schema 1 file is first copied
+    beside it (`kept_schema_1`): stopped, an older farm reads that copy moved back in its place."""
+    kept = kept_schema_1(path)
+    if not kept.exists():  # a copy an earlier try made is the file as it was
+        private_file(kept)
+        target = sqlite3.connect(kept)
+        try:
+            db.backup(target)  # SQLite's online backup: the committed file, its WAL included
+        finally:
+            target.close()
+        log.warning("journal %s: brought to schema %d; the schema 1 file is kept as %s (for an older "
+                    "farm: move it back while the controller is stopped; runs after this are not in it)",
+                    path, SCHEMA_VERSION, kept)
     db.execute("BEGIN IMMEDIATE")
     try:
         if db.execute("PRAGMA user_version").fetchone()[0] == 1:  # re-read under the write lock
@@ -260,7 +273,11 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    log.info("journal %s: brought from schema 1 to %d", path, SCHEMA_VERSION)
+
+
+def kept_schema_1(path: Path) -> Path:
+    """Where a schema 1 journal at `path` is copied before it is brought to schema 2."""
+    return path.with_name(path.name + ".schema1")
 
 
 def _create(db: sqlite3.Connection, path: Path) -> None:

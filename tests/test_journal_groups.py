@@ -22,7 +22,7 @@ from farm.controller.outcome import read_keys
 from farm.controller.server import JOURNAL_FILE, Controller
 from farm.embedded import start_local_agents, stop_agents
 from farm.journal import Journal
-from farm.journalschema import SCHEMA_VERSION
+from farm.journalschema import SCHEMA_VERSION, kept_schema_1
 from farm.project import load_project
 
 PROJECTS = ("p1", "p2")
@@ -236,8 +236,14 @@ def test_a_schema_1_journal_is_brought_to_2_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(_SCHEMA_1)
+    before = db.execute("SELECT * FROM jobs ORDER BY key").fetchall()
     db.close()
     journal = Journal(path, background=True, commit_interval=0.0)
+    kept = sqlite3.connect(kept_schema_1(path))  # for an older farm, as it was: the way back
+    assert kept.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert kept.execute("SELECT * FROM jobs ORDER BY key").fetchall() == before
+    kept.close()
+    assert oct(kept_schema_1(path).stat().st_mode & 0o777) == "0o600"
     assert journal.done_keys("p") == {"a"} and journal.keys("p", "failed") == {"b"}
     assert journal.running_jobs("p") == [("c", "L3", "agent")]
     assert [f.key for f in journal.failed_jobs("p")] == ["b"] and journal.failed_jobs("p")[0].duration is None
