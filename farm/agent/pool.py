@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 WORKER_BATCH_S = 0.002  # fast jobs go to a worker in batches of about this much work
 MAX_BATCH = 256
+# A batch takes up to a quarter more than its size rather than leave a tail that small to a batch of
+# its own: an agent holds its prefetch plus a job per slot (256 + 1), and the 257th job went alone,
+# with a W_JOBS, W_RESULTS, RESULTS and JOBS message (and a turn of each process) of its own per window.
+BATCH_SLACK = 4
 _SPEC_LEASE, _PROJECT = operator.attrgetter("lease"), operator.attrgetter("project")  # of a JobSpec
 
 
@@ -171,12 +175,13 @@ class Pool:
 
     def feed(self, now: float, take: Callable[[int], list[JobSpec]],
              describe: Callable[[str], dict[str, Any]]) -> None:
-        """Give each ready worker a batch (about `WORKER_BATCH_S` of work) from `take(count)`."""
+        """Give each ready worker a batch (about `WORKER_BATCH_S` of work, at most a quarter more) from
+        `take(count)`."""
         for slot in self.slots:
             size = max(1, min(MAX_BATCH, int(WORKER_BATCH_S / max(self.avg_job_s, 1e-6))))
             if not slot.ready or len(slot.running) > size:
                 continue  # it has a batch queued behind the one it is running: enough
-            batch = take(size)
+            batch = take(size + size // BATCH_SLACK)
             if not batch:
                 return
             new = set(map(_PROJECT, batch)) - slot.projects
