@@ -60,3 +60,18 @@ def test_maptiles_jobs_read_the_style_and_its_data_not_notes(tmp_path: Path) -> 
     assert inputs.read_by_jobs({"notes.txt", "world.xml"})
     assert inputs.read_by_jobs({"data/naturalearth_cities.dbf"})
     assert inputs.read_by_jobs({"farm.toml"})
+
+
+def test_each_jobs_own_input_is_read_whichever_job_it_is(tmp_path: Path) -> None:
+    """Synthetic jobs each read their own file (a tuple of its own per job): an edit of any one is a
+    file a job reads. The jobs' tuples were told apart by id only, and a freed tuple's id went to the
+    next job's, which was skipped: the edit of data/job-0000002.txt started no round (CI hung)."""
+    project = write_project(tmp_path / "p", "synthetic", 'jobs = 8\ninputs = "data"\n', name="p")
+    (project / "data").mkdir()
+    keys = [f"job-{i:07d}" for i in range(8)]
+    for key in keys:
+        (project / "data" / f"{key}.txt").write_text(key)
+    inputs = ProjectInputs(project)
+    assert inputs.fingerprint()[0] == "ok"
+    assert [key for key in keys if not inputs.read_by_jobs({f"data/{key}.txt"})] == []
+    assert not inputs.read_by_jobs({"data/job-0000008.txt"})  # no such job

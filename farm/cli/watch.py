@@ -96,14 +96,16 @@ class ProjectInputs:
         project = self.project
         if project is None or PROJECT_FILE in changed:
             return True
-        seen: set[int] = set()  # jobs of most media types share one inputs tuple: looked at once
+        # jobs of most media types share one inputs tuple: looked at once. Held, not only its id: a
+        # job's own tuple freed after its turn leaves its id to the next job's, which was then skipped
+        seen: dict[int, object] = {}
         try:
             for count, job in enumerate(get_media_type(project.media_type).split(project)):
                 inputs = job.inputs
                 if inputs is None or count >= MAX_JOBS_LOOKED_AT:
                     return True
                 if id(inputs) not in seen:
-                    seen.add(id(inputs))
+                    seen[id(inputs)] = inputs
                     if not changed.isdisjoint(inputs):
                         return True
         except Exception as exc:  # a plugin's split: the round reports it as a run would
