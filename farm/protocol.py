@@ -362,14 +362,15 @@ class _ShapeError(Exception):
         self.path: list[str] = []
 
 
-_CACHE: dict[int, Any] = {}
+# id(spec) -> (spec, its checker): the spec held, so no other spec made later takes its id
+_CACHE: dict[int, tuple[Any, Any]] = {}
 
 
 def _compiled(spec: Any) -> Any:
-    checker = _CACHE.get(id(spec))
-    if checker is None:
-        checker = _CACHE[id(spec)] = _compile(spec)
-    return checker
+    entry = _CACHE.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        entry = _CACHE[id(spec)] = (spec, _compile(spec))
+    return entry[1]
 
 
 def _compile(spec: Any) -> Any:

@@ -75,3 +75,20 @@ def test_mutated_valid_messages_are_accepted_or_rejected_cleanly(noise, position
         unpack([frames[0], bytes(body) + noise[1:]])
     except ProtocolError:
         pass
+
+
+def test_a_shape_made_later_is_checked_as_itself_not_as_one_freed_before():
+    """`check_shape` caches each spec's checker by the spec's id: a spec freed after its check left
+    its id (and checker) to the next spec made, which was then checked as the freed one."""
+    from farm.errors import ProtocolError
+    from farm.protocol import check_shape
+
+    for n in range(200):
+        if n % 2:
+            check_shape({"size": 7}, {"size": int}, "int")  # a fresh spec each turn, freed after it
+            with pytest.raises(ProtocolError, match="size"):
+                check_shape({"size": "seven"}, {"size": int}, "int")
+        else:
+            check_shape({"name": "a"}, {"name": str}, "str")
+            with pytest.raises(ProtocolError, match="name"):
+                check_shape({"name": 7}, {"name": str}, "str")
