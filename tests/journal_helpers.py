@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Any
 
 
 def to_schema_1(db: sqlite3.Connection) -> None:
@@ -14,3 +16,18 @@ def to_schema_1(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE done_groups")
     db.execute("ALTER TABLE job_rows RENAME TO jobs")
     db.execute("PRAGMA user_version = 1")
+
+
+def stopped_run(state: Path, project: Any, done: list[str], run_id: str = "run-1") -> Path:
+    """A state folder's journal as a controller stopped mid-run left it: `project`'s run `run_id`
+    unfinished, the jobs of `done` done (no result). Returns `state`."""
+    from farm.controller.server import JOURNAL_FILE
+    from farm.journal import Journal
+
+    state.mkdir(parents=True, exist_ok=True)
+    with Journal(state / JOURNAL_FILE) as journal:
+        journal.add_project(run_id, project.to_wire(), 0, 0.0)
+        for key in done:
+            journal.job_done(run_id, key, None)
+        journal.flush()
+    return state

@@ -9,13 +9,14 @@ agent and client.
 
 from __future__ import annotations
 
+from journal_helpers import stopped_run
+
 from farm.client import Client
 from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.joblogstore import JobLogStore
 from farm.controller.resume import UNJOURNALED
 from farm.controller.server import JOURNAL_FILE, Controller
-from farm.journal import Journal
 from farm.project import load_project
 from farm.protocol import T
 
@@ -23,12 +24,7 @@ from farm.protocol import T
 def test_an_attempt_logged_done_that_the_journal_lacks_reads_lost_and_the_job_runs_again(
         tmp_path, synthetic, agents):
     project = load_project(synthetic(jobs=4))
-    state = tmp_path / "state"
-    state.mkdir()
-    with Journal(state / JOURNAL_FILE) as journal:
-        journal.add_project("run-1", project.to_wire(), 0, 0.0)
-        journal.job_done("run-1", "job-0000000", None)  # journaled; job-0000001's done was not
-        journal.flush()
+    state = stopped_run(tmp_path / "state", project, ["job-0000000"])  # job-0000001's done was not journaled
     store = JobLogStore(state / JOBLOGS_FILE, state / JOURNAL_FILE)
     logs = JobLogs(store=store, run="run-1")
     logs.notes_from("done", "old-agent", ["job-0000000", "job-0000001"], [0.25, 0.5], [None, None])  # a pack

@@ -7,23 +7,18 @@ A real SQLite journal as a stopped controller left it, a real controller and age
 
 from __future__ import annotations
 
+from journal_helpers import stopped_run
+
 from farm.cli.progress import summary_text
 from farm.client import Client
-from farm.controller.server import JOURNAL_FILE, Controller
-from farm.journal import Journal
+from farm.controller.server import Controller
 from farm.project import load_project
 from farm.protocol import T
 
 
 def test_a_resumed_runs_summary_counts_the_jobs_done_before(tmp_path, synthetic, agents):
     project = load_project(synthetic(jobs=5))
-    state = tmp_path / "state"
-    state.mkdir()
-    with Journal(state / JOURNAL_FILE) as journal:  # the run as a stopped controller left it
-        journal.add_project("run-1", project.to_wire(), 0, 0.0)
-        for key in ("job-0000000", "job-0000003"):
-            journal.job_done("run-1", key, None)
-        journal.flush()
+    state = stopped_run(tmp_path / "state", project, ["job-0000000", "job-0000003"])
     url = f"ipc://{tmp_path}/ctl.sock"
     controller = Controller(url, state_dir=state, heartbeat=0.5, liveness=4).start()
     try:
