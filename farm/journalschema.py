@@ -17,7 +17,7 @@ import msgpack
 
 from farm.errors import ControlError, FarmError
 from farm.paths import private_file
-from farm.sqlitewal import switch_to_wal
+from farm.sqlitewal import immediate, switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,7 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
         log.warning("journal %s: brought to schema %d; the schema 1 file is kept as %s (for an older "
                     "farm: move it back while the controller is stopped; runs after this are not in it)",
                     path, SCHEMA_VERSION, kept)
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         if db.execute("PRAGMA user_version").fetchone()[0] == 1:  # re-read under the write lock
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             if "reused" not in columns:  # a journal from before it knew reuse
@@ -269,10 +268,6 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
             for statement in (_DONE_GROUPS, _GROUPS_INDEX, _VIEW):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def kept_schema_1(path: Path) -> Path:
@@ -281,11 +276,9 @@ def kept_schema_1(path: Path) -> Path:
 
 
 def _create(db: sqlite3.Connection, path: Path) -> None:
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         # Re-read under the write lock: another process may have created it meanwhile.
         if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
-            db.execute("COMMIT")
             return
         if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
             raise JournalError(f"journal {path}: an SQLite database, but not a farm journal")
@@ -293,8 +286,4 @@ def _create(db: sqlite3.Connection, path: Path) -> None:
             db.execute(statement)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     log.debug("journal %s: created (schema %d)", path, SCHEMA_VERSION)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -100,3 +102,16 @@ def leave_wal(db: sqlite3.Connection, path: Path | str, wait_s: float = LEAVE_WA
             if tries == 1:
                 log.debug("%s: another connection reads it; its WAL is folded in when it is done", path)
         time.sleep(0.01)  # a reader holds no lock SQLite lets us wait on here: poll, bounded
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction begun with the write lock (``BEGIN IMMEDIATE``: no upgrade from a read
+    lock to fail on, as above), committed when the block ends, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +33,21 @@ def stopped_run(state: Path, project: Any, done: list[str], run_id: str = "run-1
             journal.job_done(run_id, key, None)
         journal.flush()
     return state
+
+
+@contextmanager
+def resumed(state: Path, url: str, agents: Any, run_id: str = "run-1") -> Iterator[Any]:
+    """A controller started on `state` at `url` (it resumes `run_id`) with one agent (the `agents`
+    fixture); yields a client following the run; the controller and agent stop after."""
+    from farm.client import Client
+    from farm.controller.server import Controller
+    from farm.protocol import T
+
+    controller = Controller(url, state_dir=state, heartbeat=0.5, liveness=4).start()
+    try:
+        agents(url, 1)
+        with Client(url, timeout=60) as client:
+            client.send(T.FOLLOW, {"project": run_id})
+            yield client
+    finally:
+        controller.stop(shutdown_agents=True)

@@ -9,16 +9,14 @@ agent and client.
 
 from __future__ import annotations
 
-from journal_helpers import stopped_run
+from journal_helpers import resumed, stopped_run
 
-from farm.client import Client
 from farm.controller.joblogs import JobLogs
 from farm.controller.joblogstore import FILE as JOBLOGS_FILE
 from farm.controller.joblogstore import JobLogStore
 from farm.controller.resume import UNJOURNALED
-from farm.controller.server import JOURNAL_FILE, Controller
+from farm.controller.server import JOURNAL_FILE
 from farm.project import load_project
-from farm.protocol import T
 
 
 def test_an_attempt_logged_done_that_the_journal_lacks_reads_lost_and_the_job_runs_again(
@@ -32,17 +30,10 @@ def test_an_attempt_logged_done_that_the_journal_lacks_reads_lost_and_the_job_ru
     assert store.flush()
     store.close()
 
-    url = f"ipc://{tmp_path}/ctl.sock"
-    controller = Controller(url, state_dir=state, heartbeat=0.5, liveness=4).start()
-    try:
-        agents(url, 1)
-        with Client(url, timeout=60) as client:
-            client.send(T.FOLLOW, {"project": "run-1"})
-            summary = client.follow("run-1")
-            unrecorded = client.job_log("run-1", "job-0000001")["attempts"]
-            recorded = client.job_log("run-1", "job-0000000")["attempts"]
-    finally:
-        controller.stop(shutdown_agents=True)
+    with resumed(state, f"ipc://{tmp_path}/ctl.sock", agents) as client:
+        summary = client.follow("run-1")
+        unrecorded = client.job_log("run-1", "job-0000001")["attempts"]
+        recorded = client.job_log("run-1", "job-0000000")["attempts"]
     assert summary.ok and (summary.done, summary.resumed) == (4, 1), summary
     assert [(a["attempt"], a["agent"], a["state"], a["error"]) for a in unrecorded] == [
         (1, "old-agent", "lost", UNJOURNALED), (2, "agent-0", "done", None)], unrecorded

@@ -7,27 +7,17 @@ A real SQLite journal as a stopped controller left it, a real controller and age
 
 from __future__ import annotations
 
-from journal_helpers import stopped_run
+from journal_helpers import resumed, stopped_run
 
 from farm.cli.progress import summary_text
-from farm.client import Client
-from farm.controller.server import Controller
 from farm.project import load_project
-from farm.protocol import T
 
 
 def test_a_resumed_runs_summary_counts_the_jobs_done_before(tmp_path, synthetic, agents):
     project = load_project(synthetic(jobs=5))
     state = stopped_run(tmp_path / "state", project, ["job-0000000", "job-0000003"])
-    url = f"ipc://{tmp_path}/ctl.sock"
-    controller = Controller(url, state_dir=state, heartbeat=0.5, liveness=4).start()
-    try:
-        agents(url, 1)
-        with Client(url, timeout=60) as client:
-            client.send(T.FOLLOW, {"project": "run-1"})
-            summary = client.follow("run-1")
-    finally:
-        controller.stop(shutdown_agents=True)
+    with resumed(state, f"ipc://{tmp_path}/ctl.sock", agents) as client:
+        summary = client.follow("run-1")
     assert summary.ok and (summary.done, summary.resumed, summary.reused) == (5, 2, 0), summary
     assert summary.to_json()["jobs"] == {"total": 5, "done": 5, "failed": 0, "reused": 0, "resumed": 2}
     said = summary_text(summary)

@@ -42,7 +42,7 @@ from farm.controller import joblogpacks
 from farm.controller.joblogpacks import Members, attempts_of, next_seq, packable
 from farm.journalschema import no_room, sqlite_disk_full
 from farm.paths import private_file
-from farm.sqlitewal import switch_to_wal
+from farm.sqlitewal import immediate, switch_to_wal
 from farm.sqlrows import BOUND, RowWriter
 
 log = logging.getLogger(__name__)
@@ -464,15 +464,10 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
     if switch_to_wal(db, path).lower() != "wal":
         raise ValueError("cannot switch to WAL mode")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         for statement in (_SCHEMA, *joblogpacks.SCHEMA.split(";")):
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _entry(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from farm.filesync.materialize import MaterializeStats, materialize
 from farm.filesync.partials import PartialSessions
 from farm.filesync.placement import spread_subfolders
 from farm.paths import cache_dir
-from farm.sqlitewal import switch_to_wal
+from farm.sqlitewal import immediate, switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +180,8 @@ class Store(PartialSessions):
                 self._conns.append(conn)
         return conn
 
-    @contextlib.contextmanager
-    def _txn(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _txn(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db())
 
     # -- files ----------------------------------------------------------------------
 
