@@ -154,12 +154,11 @@ class JobLogs:
         self._order_keys.extend(keys)
         self.live += count
         self.bytes += count * OVERHEAD + text
-        if self._store is None:
-            pass
-        elif text == 0:  # the common case: one row for them all
-            self._store.put_pack(self._run, agent, state, keys, attempts)
-        else:
-            self._store.put_fresh(self._run, keys, attempts, text)
+        store = self._store
+        if store is not None and text == 0:  # the common case: one row for them all
+            store.put_pack(self._run, agent, state, keys, attempts)
+        elif store is not None:
+            store.put_fresh(self._run, keys, attempts, text)
 
     def _keep(self, key: str, attempt: Attempt, numbered: int, *, persist: bool) -> None:
         held = self._jobs.get(key)
