@@ -19,6 +19,11 @@ from farm.filesync.hashing import MIN_BLOCK, block_size_for, hash_block
 from farm.filesync.store import default_cache_dir
 
 
+def flipped(byte: int) -> bytes:
+    """One byte that is surely not ``byte``: random data can already hold any constant (1 in 256)."""
+    return bytes([byte ^ 0xFF])
+
+
 def entry_for(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
     size = len(data)
     block = block_size_for(size)
@@ -66,7 +71,7 @@ def test_stored_files_are_content_addressed_and_shared(store: Store) -> None:
 
 def test_blocks_of_stored_files_are_reused_not_fetched(store: Store) -> None:
     old = os.urandom(8 * MIN_BLOCK)
-    new = old[: 3 * MIN_BLOCK] + b"!" + old[3 * MIN_BLOCK + 1 :]
+    new = old[: 3 * MIN_BLOCK] + flipped(old[3 * MIN_BLOCK]) + old[3 * MIN_BLOCK + 1 :]
     first = entry_for("f", old)
     assemble(store, [first], {"f": old})
     second = entry_for("f", new)
@@ -84,7 +89,7 @@ def test_a_corrupt_source_block_is_not_reused(store: Store) -> None:
     cached = store.file_path(entry.digest)
     os.chmod(cached, 0o644)
     with open(cached, "r+b") as f:
-        f.write(b"rot")
+        f.write(flipped(data[0]))
     other = entry_for("g", data + b"tail")  # shares the first three blocks... one of them now rotten
     assembly = store.assembly([other])
     assembly.prepare()
@@ -99,7 +104,7 @@ def test_assembly_rejects_bad_and_out_of_order_chunks(store: Store) -> None:
     with Assembly([entry], store.session_dir()) as assembly:
         assembly.prepare()
         block = entry.block_hash(0)
-        assert assembly.accept(block, 0, b"x" + data[1:]) is Outcome.BAD
+        assert assembly.accept(block, 0, flipped(data[0]) + data[1:]) is Outcome.BAD
         assert assembly.accept(block, 100, data[100:]) is Outcome.BAD  # no chunk at 0 first
         assert assembly.accept(block, 0, data[:100]) is Outcome.PARTIAL
         assert assembly.accept(block, 100, data[100:] + b"extra") is Outcome.BAD  # longer than the block
