@@ -25,6 +25,7 @@ JSON ``{"error": "..."}`` with 400, 401, 403, 411, 413 or 415.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -122,6 +123,9 @@ class Guard:
             await _json(send, status, {"error": message},
                         [(b"www-authenticate", b'Bearer realm="farm"')] if status == 401 else [])
             return
+        token = _token(headers)
+        if token is not None:  # a response that lasts (the event stream) asks again while it goes on
+            scope.setdefault("state", {})["token_valid"] = functools.partial(self.access.valid, token)
         await self.app(scope, receive, send)
 
     def _judge(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:

@@ -18,11 +18,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -35,6 +35,7 @@ router = APIRouter(prefix="/api/v1")
 RENEW_S = 10.0  # the controller drops a subscription not renewed for 30 s
 MAX_STREAMS = 16  # each holds a pool thread and one of the controller's 64 subscriptions
 RECONNECT_MS = 2000
+REVOKED = "the API token of this stream was revoked (farm keys api-token revoke): it ends here"
 MAX_SEQ = 2**63 - 1  # the largest seq a client may name (the wire's integers are 64-bit)
 _ID = re.compile(r"(?:[0-9a-f]{1,32}:)?[0-9]{1,19}")  # EPOCH:SEQ (or a bare SEQ)
 
@@ -46,6 +47,7 @@ _streams = threading.BoundedSemaphore(MAX_STREAMS)
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`id: SEQ` / `data: {event JSON}` messages, forever"}})
 def events(
+    request: Request,
     farm: Annotated[Backend, Depends(backend)],
     since: Annotated[int | None, Query(ge=0, le=MAX_SEQ,
                                        description="Events after this seq (default: now).")] = None,
@@ -57,7 +59,9 @@ def events(
         epoch, since = _parse_id(last_event_id)
     if not _streams.acquire(blocking=False):
         raise HTTPException(503, f"{MAX_STREAMS} event streams are open already; try again later")
-    return _EventStream(_stream(farm, since, epoch))
+    # the token this stream was let in with, asked again as it goes on: a revoke ends it (`farm.http.guard`)
+    allowed = getattr(request.state, "token_valid", None)
+    return _EventStream(_stream(farm, since, epoch, allowed))
 
 
 def _parse_id(value: str) -> tuple[str | None, int]:
@@ -100,9 +104,11 @@ class _EventStream(StreamingResponse):
                 await anyio.to_thread.run_sync(self._close)
 
 
-def _stream(farm: Backend, since: int | None, epoch: str | None) -> Iterator[str]:
+def _stream(farm: Backend, since: int | None, epoch: str | None,
+            allowed: Callable[[], bool] | None = None) -> Iterator[str]:
     """SSE text for every event after `since` (of controller run `epoch`); ends (the client
-    reconnects) if the controller goes quiet."""
+    reconnects) if the controller goes quiet, and with an ``error`` event once `allowed()` turns
+    false (its API token was revoked: a reconnect is then refused, 401)."""
     keepalive = farm.keepalive_s
     with farm.client() as client:
         yield f"retry: {RECONNECT_MS}\n\n"
@@ -110,6 +116,9 @@ def _stream(farm: Backend, since: int | None, epoch: str | None) -> Iterator[str
         client.send(T.EVENTS, {"since": since, "epoch": epoch})
         renewed = quiet_since = time.monotonic()
         while not farm.closing.is_set():
+            if allowed is not None and not allowed():
+                yield f"event: error\ndata: {json.dumps({'error': REVOKED})}\n\n"
+                return
             now = time.monotonic()
             if now - renewed > RENEW_S:
                 client.send(T.EVENTS, {"since": last, "epoch": epoch})
