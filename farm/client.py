@@ -20,6 +20,7 @@ from farm.filesync import FileClient, NoAnswer, Store, TransferError
 from farm.filesync.errors import DiskRefused
 from farm.filesync.materialize import FULL
 from farm.handshake import HandshakeWatcher
+from farm.keys import SecurityError
 from farm.linkcheck import refuse_links
 from farm.outputrecord import cancelled_note, replace_earlier
 from farm.paths import unwritable
@@ -85,6 +86,8 @@ class Client:
             if msg.type is T.ERROR:
                 if msg.body.get("code") in ControlError.CODES:
                     raise ControlError(f"controller: {msg.body['message']}", msg.body["code"])
+                if msg.body.get("code") == "revoked":  # our key: nothing we may ask will be answered now
+                    raise SecurityError(f"controller: {msg.body['message']}")
                 raise FarmError(f"controller: {msg.body['message']}")
             return msg
 
@@ -143,10 +146,14 @@ class Client:
             except ConnectionLost as exc:
                 if reconnect_s <= 0:
                     raise
+                if self.watcher.hopeless:  # back, and refusing us (a revoked key): waiting won't help
+                    raise RunLost(str(exc), run_id) from None
                 silent = self._still_silent(run_id, silent or (time.monotonic(), str(exc)), reconnect_s,
                                             on_wait, said=silent is not None, start=start)
                 asked_again = True
                 continue
+            except SecurityError:
+                raise
             except FarmError as exc:
                 if asked_again:  # it is back, and does not know the run (any more)
                     raise RunLost(str(exc), run_id) from None
@@ -213,7 +220,7 @@ class Client:
                 raise
             except ConnectionLost as exc:
                 watcher = self.watcher
-                if reconnect_s <= 0 or watcher.auth_refused or watcher.mismatch or watcher.no_detail:
+                if reconnect_s <= 0 or watcher.hopeless:
                     raise
                 if not why and on_wait:
                     on_wait(f"{exc}; the controller may be restarting: waiting up to {_minutes(reconnect_s)} "

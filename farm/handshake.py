@@ -120,6 +120,13 @@ class HandshakeWatcher:
         """The controller requires keys and we dial it in plain text: waiting cannot change that."""
         return self.our_key is None and (self.mismatch or self.no_detail > 0)
 
+    @property
+    def hopeless(self) -> bool:
+        """The controller is there and refuses us in a way that waiting cannot change: our key (or
+        token) refused, keys on one side only, or a wrong key for it (three hellos it could not read;
+        one alone may be a controller stopping mid-handshake)."""
+        return self.auth_refused or self.mismatch or self.lacks_keys or self.no_detail >= 3
+
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
                   unreachable_after: float | None = None) -> HandshakeWatcher:

@@ -312,6 +312,7 @@ class AgentSide:
             return
         self._agents_checked = now
         self._drop_revoked()
+        self._drop_revoked_clients()
         # An overloaded loop has not read the heartbeats that wait in its socket yet: judge
         # silence more leniently then (twice the time), not never (a flood must not hide deaths).
         timeout = self.heartbeat * self.liveness * (2 if self.backlog else 1)

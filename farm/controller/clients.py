@@ -59,7 +59,9 @@ class ClientSide:
         run.ends_with_submitter = self.ends_with_submitter
         return run
 
-    def _handle_client(self, identity: bytes, msg: Message) -> None:
+    def _handle_client(self, identity: bytes, msg: Message, key: str | None = None) -> None:
+        if key is not None and self.security is not None:
+            self.client_keys[identity] = key  # what we push it stops if its key is revoked
         if msg.type is T.SUBMIT:
             self._submit(identity, msg.body)
         elif msg.type is T.FOLLOW:
@@ -103,6 +105,36 @@ class ClientSide:
             return
         followers.add(identity)
         self._send_update(run)
+
+    def _drop_revoked_clients(self) -> int:
+        """Cut off the clients whose key is no longer allowed (`farm keys revoke`): a revoke refuses
+        new handshakes and `_read` their requests, but a connected follower or event subscriber
+        would go on hearing of runs. Each is told why, once; returns how many."""
+        keys = self.client_keys
+        if not keys:
+            return 0
+        awaiting = {identity for waiting in self.publishing.values() for identity, _ in waiting}
+        awaiting.update(identity for identity, _, _ in self.uploads.values())  # submitters, not yet following
+        listening = awaiting.union(self.intake.reading_for(), self.subscribers.cursors,
+                                   *self.followers.values())
+        for identity in [i for i in keys if i not in listening]:  # one-off requests: nothing to cut off
+            del keys[identity]
+        revoked = [identity for identity, key in keys.items() if not self.security.allows(key)]
+        for identity in revoked:
+            del keys[identity]
+            for followers in self.followers.values():
+                followers.discard(identity)
+            for run_id, waiting in self.publishing.items():
+                self.publishing[run_id] = [w for w in waiting if w[0] != identity]
+            self.subscribers.cursors.pop(identity, None)
+            for token in [t for t, (i, _, _) in self.uploads.items() if i == identity]:
+                self._give_up_upload(token, "its submitter's key was revoked")
+            self._send(identity, T.ERROR, {"code": "revoked", "message": (
+                "the key this client proved was revoked here (`farm keys revoke`): it hears no more of its "
+                "runs; ask the controller's owner for a new join token (`farm keys invite`)")})
+        if revoked:
+            log.info("cut off %d client(s) whose key was revoked", len(revoked))
+        return len(revoked)
 
     def _send_status(self, identity: bytes) -> None:
         """Answer STATUS from a snapshot at most `STATUS_SNAPSHOT_S` old: a flood costs one send each."""

@@ -121,6 +121,10 @@ class IntakeQueue:
 
         self._pool.submit(work)
 
+    def reading_for(self) -> set[bytes]:
+        """The peers whose submits are being read (each told the outcome once `finished`)."""
+        return set(self._pending)
+
     def finished(self) -> list[Intake]:
         """Submits read since the last call (their `result` or `error` set), on the loop's thread."""
         out = []

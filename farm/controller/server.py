@@ -97,6 +97,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
         self.url: str | None = None
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.followers: dict[str, set[bytes]] = {}
+        self.client_keys: dict[bytes, str] = {}  # with keys: the key each client proved (to cut off)
         self.publishing: dict[str, list[tuple[bytes, bool]]] = {}  # cancelled run -> who awaits its outputs
         self.finalizing: dict[str, concurrent.futures.Future[list[str]]] = {}
         self.budgets = peers.PeerBudgets()
@@ -431,7 +432,7 @@ class Controller(AgentSide, ClientSide, ControlSide, FinishSide, DiskSide):
         if roles.refused(self, identity, msg.type, key):  # a node's key may not steer, a client's not serve
             return
         if msg.type in CLIENT_MESSAGES:
-            self._handle_client(identity, msg)
+            self._handle_client(identity, msg, key)
         else:
             self._handle_agent(identity, msg, key)
 

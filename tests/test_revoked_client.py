@@ -1,0 +1,142 @@
+"""A revoked client key cuts the client off, and says so at once.
+
+A revoke refuses new handshakes and a connected peer's requests, but a follower or an event
+subscriber sends nothing while it listens: the controller went on pushing it a run's updates
+for as long as the run lasted. And a follower whose restarted controller refused its key waited
+out its whole reconnect window (ten minutes) "for the controller".
+
+Real secured controller (CURVE keys, ZAP), real client sockets; waits on conditions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from farm.client import Client, RunLost
+from farm.controller.server import Controller
+from farm.keys import SecurityError
+from farm.project import load_project
+from farm.security import ClientSecurity, KeyStore, ServerSecurity
+
+ENDS_WITHIN_S = 60  # generous on a loaded machine; without the fix the client never ends
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyStore:
+    store = KeyStore(tmp_path / "keys")
+    for name in ("controller", "alice", "bob"):
+        store.create(name)
+    store.allow("alice")
+    store.allow("bob")
+    return store
+
+
+class SecuredController:
+    """An in-process controller with keys, stopped and started again on the same address."""
+
+    def __init__(self, keys: KeyStore, state: Path) -> None:
+        self.keys, self.state = keys, state
+        self.url = "tcp://127.0.0.1:0"
+        self.security: ServerSecurity | None = None
+        self.controller: Controller | None = None
+
+    def start(self) -> Controller:
+        self.security = ServerSecurity(self.keys.root)
+        self.controller = Controller(self.url, state_dir=self.state, heartbeat=0.5, liveness=4,
+                                     security=self.security).start()
+        assert self.controller.url is not None
+        self.url = self.controller.url
+        return self.controller
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+        if self.security is not None:
+            self.security.stop()
+        self.controller = self.security = None
+
+
+@pytest.fixture
+def secured(keys: KeyStore, tmp_path: Path) -> Iterator[SecuredController]:
+    farm = SecuredController(keys, tmp_path / "state")
+    farm.start()
+    yield farm
+    farm.stop()
+
+
+def client_as(farm: SecuredController, name: str) -> Client:
+    return Client(farm.url, socket_setup=ClientSecurity(farm.keys.root, name, "controller").socket_setup,
+                  timeout=30)
+
+
+def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # read by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_follower_whose_key_is_revoked_is_cut_off_and_told_why(secured, keys, synthetic):
+    project = synthetic(jobs=5, sleep=0.1)  # no agents: the run goes on, its followers hear of it
+    updates: list[dict] = []
+    with client_as(secured, "alice") as alice, client_as(secured, "bob") as bob:
+        run_id = alice.submit(load_project(project))
+        thread, outcome = in_thread(lambda: alice.follow(run_id, updates.append))
+        bob_heard: list[dict] = []
+        bob_thread, _ = in_thread(lambda: bob.attach(run_id, bob_heard.append))
+        wait_for(lambda: updates and bob_heard, 30, "both followers hearing of the run")
+        keys.revoke("alice")
+        thread.join(ENDS_WITHIN_S)
+        assert not thread.is_alive(), "the revoked follower went on hearing of the run"
+        error = outcome.get("error")
+        assert isinstance(error, SecurityError), outcome
+        assert "the key this client proved was revoked here" in str(error)
+        controller = secured.controller
+        assert all(len(f) == 1 for f in controller.followers.values())  # bob only
+        heard = len(bob_heard)
+        wait_for(lambda: len(bob_heard) > heard, 30, "the follower whose key stands hearing on")
+        assert bob_thread.is_alive()
+
+
+def test_an_event_subscriber_whose_key_is_revoked_is_cut_off(secured, keys, synthetic):
+    with client_as(secured, "alice") as alice, client_as(secured, "bob") as bob:
+        events: list[dict] = []
+        thread, outcome = in_thread(lambda: [events.append(e) for e in alice.events(since=0)])
+        bob.submit(load_project(synthetic(jobs=3)))
+        wait_for(lambda: any(e["type"] == "run.submitted" for e in events), 30, "the subscriber's event")
+        keys.revoke("alice")
+        thread.join(ENDS_WITHIN_S)
+        assert not thread.is_alive(), "the revoked subscriber went on getting events"
+        assert isinstance(outcome.get("error"), SecurityError), outcome
+        assert secured.controller.subscribers.cursors == {}
+
+
+def test_a_follower_refused_by_its_restarted_controller_gives_up_at_once(secured, keys, synthetic):
+    waits: list[str] = []
+    with client_as(secured, "alice") as alice:
+        run_id = alice.submit(load_project(synthetic(jobs=5, sleep=0.1)))
+        updates: list[dict] = []
+        thread, outcome = in_thread(lambda: alice.follow(run_id, updates.append, reconnect_s=3600,
+                                                         on_wait=waits.append))
+        wait_for(lambda: updates, 30, "the follower hearing of the run")
+        secured.stop()
+        keys.revoke("alice")
+        secured.start()  # the same address and state: the run resumes, alice's key is refused
+        thread.join(ENDS_WITHIN_S)
+        assert not thread.is_alive(), "the refused follower waited for a controller that refuses it"
+        error = outcome.get("error")
+        assert isinstance(error, RunLost), outcome
+        assert "revoked" in str(error) and "did not come back" not in str(error)
