@@ -19,7 +19,7 @@ from farm.errors import ConnectionLost, ControlError, FarmError, ProtocolError
 from farm.filesync import FileClient, NoAnswer, Store, TransferError
 from farm.filesync.errors import DiskRefused
 from farm.filesync.materialize import FULL
-from farm.handshake import HandshakeWatcher
+from farm.handshake import CLIENT_INVITE, HandshakeWatcher
 from farm.keys import SecurityError
 from farm.linkcheck import refuse_links
 from farm.outputrecord import cancelled_note, replace_earlier
@@ -59,7 +59,8 @@ class Client:
         if socket_setup:
             socket_setup(self.sock)
         # a refused handshake or an absent controller is otherwise just silence: watch to say why
-        self.watcher = HandshakeWatcher.for_setup(self.sock, url, socket_setup, unreachable_after)
+        self.watcher = HandshakeWatcher.for_setup(self.sock, url, socket_setup, unreachable_after,
+                                                  invite=CLIENT_INVITE)
         self.sock.connect(url)
 
     def close(self) -> None:
@@ -147,7 +148,7 @@ class Client:
                 if reconnect_s <= 0:
                     raise
                 if self.watcher.hopeless:  # back, and refusing us (a revoked key): waiting won't help
-                    raise RunLost(str(exc), run_id) from None
+                    raise
                 silent = self._still_silent(run_id, silent or (time.monotonic(), str(exc)), reconnect_s,
                                             on_wait, said=silent is not None, start=start)
                 asked_again = True

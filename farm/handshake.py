@@ -40,11 +40,18 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from farm.errors import ConnectionLost
-from farm.keys import KeyStore
+from farm.keys import KeyStore, SecurityError
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"
+NODE_INVITE = "farm keys invite"  # what a render node asks the controller's owner for
+CLIENT_INVITE = "farm keys invite --client"  # and a submitting client
+
+
+class HandshakeRefused(ConnectionLost, SecurityError):
+    """The controller is there and refuses us (our key, keys on one side only, a wrong key for it):
+    a `ConnectionLost` that waiting cannot mend, and a `SecurityError` (the CLI's code ``security``)."""
 NOTHING_LISTENS_AFTER_S = 1.0  # connection refused this long (and twice at least): nobody is there
 EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
           | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -90,13 +97,15 @@ class HandshakeWatcher:
     to tell a revoked key from one never allowed; `token`: the id of the join token whose key
     pair we use; `unreachable_after`: seconds of refused connections after which `check` says
     nothing listens (None: only `receive`'s timeout says so, for a client that may start before
-    its controller). Create it before `connect`.
+    its controller); `invite`: the command whose token a refused peer of our kind asks for
+    (`NODE_INVITE`, `CLIENT_INVITE`). Create it before `connect`.
     """
 
     def __init__(self, sock: zmq.Socket, url: str, *, our_key: bytes | None = None,
                  server_key: bytes | None = None, store: KeyStore | None = None, token: str | None = None,
-                 unreachable_after: float | None = None) -> None:
+                 unreachable_after: float | None = None, invite: str = NODE_INVITE) -> None:
         self.sock = sock
+        self.invite = invite
         self.url = url
         self.our_key = our_key
         self.server_key = server_key
@@ -112,6 +121,7 @@ class HandshakeWatcher:
         self.mismatch = False
         self.probed: str | None = None  # `probe`'s verdict, once asked
         self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
+        self.revoked = False  # ... to our key, which it accepted before: revoked there
         self.unanswered = False  # since the last handshake that succeeded, one went unanswered (no greeting)
         self.absent = False  # the last problem was nothing listening (or no answer): a later try may work
 
@@ -129,12 +139,12 @@ class HandshakeWatcher:
 
     @classmethod
     def for_setup(cls, sock: zmq.Socket, url: str, socket_setup: object,
-                  unreachable_after: float | None = None) -> HandshakeWatcher:
+                  unreachable_after: float | None = None, invite: str = NODE_INVITE) -> HandshakeWatcher:
         """A watcher that reads the keys from `socket_setup` when it is a `ClientSecurity`'s."""
         security = getattr(socket_setup, "__self__", None)
         keys = getattr(security, "keys", None)
         return cls(sock, url, our_key=getattr(keys, "public", None), server_key=getattr(security, "server_key", None),
-                   store=getattr(security, "store", None), unreachable_after=unreachable_after)
+                   store=getattr(security, "store", None), unreachable_after=unreachable_after, invite=invite)
 
     def check(self) -> str | None:
         """Read the events so far; the reason the connection cannot work, or None (fine, or not known yet).
@@ -235,9 +245,10 @@ class HandshakeWatcher:
 
     def _mismatch(self) -> str:
         if self.our_key is None:
-            return (f"the controller at {self.url} requires keys and we have none (we run --insecure, or hold no "
-                    "key for it): join it with a token (`farm keys invite` on the controller), or give --keys-dir "
-                    "(or $FARM_KEYS) with the controller's public key and ours (see docs/security.md)")
+            return (f"the controller at {self.url} requires keys and we have none (we run --insecure, or "
+                    f"hold no key for it): join it with a token (`{self.invite}` on the controller), or "
+                    "give --keys-dir (or $FARM_KEYS) with the controller's public key and ours (see "
+                    "docs/security.md)")
         return (f"the controller at {self.url} runs without keys (--insecure) and we use CURVE keys: "
                 "start it with keys, or pass --insecure here too (plain text, anyone on the network "
                 "can then read and submit)")
@@ -250,12 +261,13 @@ class HandshakeWatcher:
                     "one (`farm keys invite`)")
         if self.store is not None and self.server_key and self.our_key \
                 and accepted_before(self.store, self.server_key, self.our_key):
+            self.revoked = True
             return (f"the controller at {self.url} refused the secure handshake: it accepted our key {ours} "
                     "before and refuses it now, so it was revoked there (`farm keys revoke`); ask for a new "
-                    "join token (`farm keys invite`)")
+                    f"join token (`{self.invite}`)")
         return (f"the controller at {self.url} refused the secure handshake (ZAP status {status}): our key "
                 f"{ours} is not in its allowed list; on the controller run `farm keys allow --name NAME -- "
-                f"'{ours}'`, or join with a token (`farm keys invite`)")
+                f"'{ours}'`, or join with a token (`{self.invite}`)")
 
     def receive(self, timeout: float, *, what: str | None = None) -> list[bytes]:
         """The next message on the socket; `ConnectionLost` saying why if the connection cannot work."""
@@ -267,7 +279,7 @@ class HandshakeWatcher:
         while True:
             problem = self.check()
             if problem is not None:
-                raise ConnectionLost(problem)
+                raise HandshakeRefused(problem) if self.hopeless else ConnectionLost(problem)
             left = deadline - time.monotonic()
             if left <= 0:
                 if self._unreachable():

@@ -1,15 +1,19 @@
-"""A revoked client key cuts the client off, and says so at once.
+"""A revoked key cuts its holder off, and says so at once.
 
 A revoke refuses new handshakes and a connected peer's requests, but a follower or an event
 subscriber sends nothing while it listens: the controller went on pushing it a run's updates
-for as long as the run lasted. And a follower whose restarted controller refused its key waited
-out its whole reconnect window (ten minutes) "for the controller".
+for as long as the run lasted. A follower whose restarted controller refused its key waited
+out its whole reconnect window (ten minutes) "for the controller". A revoked agent was dropped
+without a word, learnt it seconds later from a refused reconnect, and then idled for ever.
 
-Real secured controller (CURVE keys, ZAP), real client sockets; waits on conditions.
+Real secured controller (CURVE keys, ZAP), real client sockets, real agent processes; waits on
+conditions.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +22,10 @@ from typing import Any
 import pytest
 from conftest import wait_for
 
-from farm.client import Client, RunLost
+from farm.cli.agent import JOIN_REFUSED_EXIT
+from farm.client import Client
 from farm.controller.server import Controller
+from farm.errors import ConnectionLost
 from farm.keys import SecurityError
 from farm.project import load_project
 from farm.security import ClientSecurity, KeyStore, ServerSecurity
@@ -30,10 +36,11 @@ ENDS_WITHIN_S = 60  # generous on a loaded machine; without the fix the client n
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyStore:
     store = KeyStore(tmp_path / "keys")
-    for name in ("controller", "alice", "bob"):
+    for name in ("controller", "alice", "bob", "node"):
         store.create(name)
     store.allow("alice")
     store.allow("bob")
+    store.allow("node", role="agent")
     return store
 
 
@@ -138,5 +145,45 @@ def test_a_follower_refused_by_its_restarted_controller_gives_up_at_once(secured
         thread.join(ENDS_WITHIN_S)
         assert not thread.is_alive(), "the refused follower waited for a controller that refuses it"
         error = outcome.get("error")
-        assert isinstance(error, RunLost), outcome
-        assert "revoked" in str(error) and "did not come back" not in str(error)
+        # a refusal, not a controller gone: the CLI's --json code says security, not unreachable
+        assert isinstance(error, SecurityError) and isinstance(error, ConnectionLost), outcome
+        assert "revoked there" in str(error) and "did not come back" not in str(error)
+        assert "`farm keys invite --client`" in str(error)  # a client's token, not a node's
+
+
+def agent_process(farm: SecuredController) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "farm", "agent", "--controller", farm.url, "--keys-dir",
+                             str(farm.keys.root), "--id", "render-07", "--slots", "1"],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_joined(farm: SecuredController) -> None:
+    wait_for(lambda: [a["id"] for a in farm.controller.status()["agents"]] == ["render-07"], 60,
+             "the agent to join")
+
+
+def test_an_agent_whose_key_is_revoked_is_told_and_stops(secured, keys):
+    agent = agent_process(secured)
+    try:
+        wait_joined(secured)
+        keys.revoke("node")
+        _, err = agent.communicate(timeout=ENDS_WITHIN_S)
+    finally:
+        agent.kill()
+    # a service manager does not restart it (RestartPreventExitStatus=78): it would only be refused again
+    assert agent.returncode == JOIN_REFUSED_EXIT, err
+    assert "key node was revoked here" in err and "farm keys invite" in err, err
+
+
+def test_an_agent_refused_as_revoked_by_its_restarted_controller_stops(secured, keys):
+    agent = agent_process(secured)
+    try:
+        wait_joined(secured)
+        secured.stop()
+        keys.revoke("node")
+        secured.start()
+        _, err = agent.communicate(timeout=ENDS_WITHIN_S)
+    finally:
+        agent.kill()
+    assert agent.returncode == JOIN_REFUSED_EXIT, err
+    assert "so it was revoked there" in err, err

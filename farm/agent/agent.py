@@ -263,7 +263,8 @@ class Agent:
                 log.log(self.absent_level, "%s (still trying)", problem)
             else:
                 log.error("%s", problem)
-        if problem is not None and self.watcher is not None and self.watcher.lacks_keys:  # fixcli: stop
+        watcher = self.watcher  # no keys for a controller that wants them, or ours revoked there: stop
+        if problem is not None and watcher is not None and (watcher.lacks_keys or watcher.revoked):
             self.refused_role, self.connected, self.stopping = problem, False, True
 
     def _check_controller(self, now: float) -> None:
@@ -333,7 +334,7 @@ class Agent:
             self._queue_jobs(JobSpec.from_rows(msg.body["jobs"]))
         elif msg.type is T.CANCEL:
             self._cancel(set(msg.body["leases"]))
-        elif msg.type is T.ERROR and msg.body.get("code") == "key_role":  # not a key that may serve: stop
+        elif msg.type is T.ERROR and msg.body.get("code") in ("key_role", "revoked"):  # may not serve: stop
             log.error("the controller refuses us as an agent: %s", msg.body["message"])
             self.refused_role, self.connected, self.stopping = str(msg.body["message"]), False, True
         elif msg.type is T.ERROR:  # the controller does not know us (it restarted): introduce ourselves

@@ -37,8 +37,8 @@ def error_json(exc: BaseException) -> dict[str, Any]:
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, ControlError):
         return exc.code
-    for kind, code in ((ProjectError, "invalid"), (ConnectionLost, "unreachable"),
-                       (SecurityError, "security"), (DiskFull, "disk_full"), (OSError, "os_error")):
+    for kind, code in ((ProjectError, "invalid"), (SecurityError, "security"),  # a refused handshake is both
+                       (ConnectionLost, "unreachable"), (DiskFull, "disk_full"), (OSError, "os_error")):
         if isinstance(exc, kind):
             return code
     return "error"

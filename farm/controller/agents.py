@@ -301,6 +301,9 @@ class AgentSide:
         for agent in revoked:
             if agent.held:  # stop its workers: whatever it sends now is refused unread
                 self._send(agent.identity, T.CANCEL, {"leases": sorted(agent.held)})
+            self._send(agent.identity, T.ERROR, {"code": "revoked", "message": (
+                f"this agent's key {agent.key_name} was revoked here (`farm keys revoke`): it is cut off, "
+                "its jobs go to other agents; to serve again, join with a new token (`farm keys invite`)")})
             self.registry.refuse(agent, f"key {agent.key_name} revoked")
             self._drop_agent(agent, f"its key {agent.key_name} was revoked")
         return len(revoked)

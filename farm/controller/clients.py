@@ -131,7 +131,7 @@ class ClientSide:
                 self._give_up_upload(token, "its submitter's key was revoked")
             self._send(identity, T.ERROR, {"code": "revoked", "message": (
                 "the key this client proved was revoked here (`farm keys revoke`): it hears no more of its "
-                "runs; ask the controller's owner for a new join token (`farm keys invite`)")})
+                "runs; ask the controller's owner for a new join token (`farm keys invite --client`)")})
         if revoked:
             log.info("cut off %d client(s) whose key was revoked", len(revoked))
         return len(revoked)
