@@ -308,6 +308,11 @@ class ServerSecurity:
         """The public keys refused at the handshake since allowed/ last changed (at most 1000)."""
         return sorted(key.decode() for key in tuple(self._allow.refused))  # a copy: the ZAP thread adds
 
+    def revoked_names(self, keys: list[str]) -> dict[str, str]:
+        """Of these public keys, those revoked here (`farm keys revoke`): key -> the name it had."""
+        revoked = self._allow.revoked
+        return {key: revoked[key.encode()] for key in keys if key.encode() in revoked}
+
     def allows(self, user_id: str | None) -> bool:
         """Whether an authenticated key is still allowed (allowed/ is re-read at most once a second).
 

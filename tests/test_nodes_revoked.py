@@ -13,7 +13,7 @@ from conftest import Background, wait_for
 
 from farm.client import Client, submit
 from farm.controller.server import Controller
-from farm.keys import KeyStore
+from farm.keys import KeyStore, SecurityError
 from farm.project import load_project
 from farm.security import ClientSecurity, ServerSecurity
 
@@ -102,3 +102,23 @@ def test_an_agent_with_an_unlisted_key_is_shown_refused(secured, store, agents):
     assert _status(secured.url, store)["agents"] == []
     text = _status(secured.url, store, text=True)
     assert f"REFUSED at the handshake: key {stranger} is not allowed" in text
+
+
+def test_a_revoked_key_refused_at_the_handshake_is_named(secured, store):
+    """A client (or node) that dials in again after its key was revoked is listed by the name its key
+    had, not as an unknown key."""
+    store.create("laptop")
+    store.allow("laptop", role="client")
+    laptop = ClientSecurity(store.root, "laptop", "controller")
+    with Client(secured.url, socket_setup=laptop.socket_setup) as allowed:
+        allowed.status()
+    store.revoke("laptop")
+    key = store.load("laptop").public.decode()
+    with Client(secured.url, socket_setup=laptop.socket_setup, timeout=30) as refused:
+        with pytest.raises(SecurityError, match="revoked there"):  # the CLI's --json code: security
+            refused.status()
+    # (STATUS is answered from a snapshot up to 0.25 s old: the one taken before the revoke, at first)
+    report = wait_for(lambda: (r := _status(secured.url, store))["refused_keys"] and r, 30, "the refusal")
+    assert report["revoked_keys"] == {key: "laptop"} and report["refused_keys"] == [key]
+    text = _status(secured.url, store, text=True)
+    assert f"REFUSED at the handshake: key laptop was revoked ({key})" in text

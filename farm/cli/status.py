@@ -88,9 +88,11 @@ def status_text(report: dict[str, Any], dialled: str | None = None) -> str:
     for r in report.get("refused") or ():  # cut off for their key: not rendering any more
         lines.append(f"  {r['id']:<24} {r['host']:<16} REFUSED: {r['reason']} ({r['seconds_ago']:.0f}s ago)")
     cut_off = {r["public_key"] for r in report.get("refused") or ()}
-    for key in report.get("refused_keys") or ():  # never got past the handshake
+    revoked = report.get("revoked_keys") or {}  # (from a controller before it: none named)
+    for key in report.get("refused_keys") or ():  # never got past the handshake (an agent's, or a client's)
         if key not in cut_off:
-            lines.append(f"  {'?':<24} {'?':<16} REFUSED at the handshake: key {key} is not allowed")
+            why = f"key {revoked[key]} was revoked ({key})" if key in revoked else f"key {key} is not allowed"
+            lines.append(f"  {'?':<24} {'?':<16} REFUSED at the handshake: {why}")
     lines.append(f"projects ({len(report['projects'])}):")
     for p in report["projects"]:
         total = format_count(p["total"])  # "?" while unknown

@@ -405,7 +405,8 @@ class ClientSide:
                          *(self.scheduler.describe(r) for r in self.runs.values())],
             "stats": dict(self.stats),
             "refused": self.registry.refusals(time.time()),  # cut off for their key
-            "refused_keys": self.security.refused_keys() if self.security is not None else [],
+            "refused_keys": (refused := self.security.refused_keys() if self.security is not None else []),
+            "revoked_keys": self.security.revoked_names(refused) if self.security is not None else {},
         }
 
 
