@@ -121,6 +121,7 @@ class HandshakeWatcher:
         self.mismatch = False
         self.probed: str | None = None  # `probe`'s verdict, once asked
         self.auth_refused = False  # the controller's ZAP handler said no (our key, or the token's)
+        self.said: str | None = None  # the last problem `check` found (a hopeless one stays true)
         self.revoked = False  # ... to our key, which it accepted before: revoked there
         self.unanswered = False  # since the last handshake that succeeded, one went unanswered (no greeting)
         self.absent = False  # the last problem was nothing listening (or no answer): a later try may work
@@ -155,6 +156,7 @@ class HandshakeWatcher:
             event = parse_monitor_message(self.monitor.recv_multipart())
             found = self._judge(event["event"], event["value"])
             problem = problem or found
+        self.said = problem or self.said
         if problem is None and self.unreachable_after is not None and self._unreachable() \
                 and time.monotonic() - (self.refused_since or 0.0) >= self.unreachable_after:
             problem = self._nothing_listens()
@@ -269,6 +271,10 @@ class HandshakeWatcher:
                 f"{ours} is not in its allowed list; on the controller run `farm keys allow --name NAME -- "
                 f"'{ours}'`, or join with a token (`{self.invite}`)")
 
+    def lost(self, problem: str) -> ConnectionLost:
+        """The error to raise for `problem` (what `check` said): `HandshakeRefused` if hopeless."""
+        return HandshakeRefused(problem) if self.hopeless else ConnectionLost(problem)
+
     def receive(self, timeout: float, *, what: str | None = None) -> list[bytes]:
         """The next message on the socket; `ConnectionLost` saying why if the connection cannot work."""
         deadline = time.monotonic() + timeout
@@ -279,7 +285,7 @@ class HandshakeWatcher:
         while True:
             problem = self.check()
             if problem is not None:
-                raise HandshakeRefused(problem) if self.hopeless else ConnectionLost(problem)
+                raise self.lost(problem)
             left = deadline - time.monotonic()
             if left <= 0:
                 if self._unreachable():

@@ -26,6 +26,7 @@ from farm.cli.agent import JOIN_REFUSED_EXIT
 from farm.client import Client
 from farm.controller.server import Controller
 from farm.errors import ConnectionLost
+from farm.handshake import HandshakeRefused
 from farm.keys import SecurityError
 from farm.project import load_project
 from farm.security import ClientSecurity, KeyStore, ServerSecurity
@@ -187,3 +188,21 @@ def test_an_agent_refused_as_revoked_by_its_restarted_controller_stops(secured, 
         agent.kill()
     assert agent.returncode == JOIN_REFUSED_EXIT, err
     assert "so it was revoked there" in err, err
+
+
+def test_a_client_refused_before_its_first_request_is_told_why(secured, keys):
+    """A DEALER whose handshake failed holds no connection to queue a message on (libzmq drops it
+    and does not dial again): its send blocked for ever, and `farm status` with it."""
+    with client_as(secured, "alice") as alice:
+        alice.status()  # accepted once: a later refusal reads as a revoke
+    keys.revoke("alice")
+    for attempt in range(5):  # the connection is gone a moment after the refusal: most tries catch it
+        refusals = secured.security.refusals
+        refused = client_as(secured, "alice")
+        wait_for(lambda: secured.security.refusals > refusals, 30, "the handshake refused")
+        thread, outcome = in_thread(refused.status)
+        thread.join(ENDS_WITHIN_S)
+        assert not thread.is_alive(), f"try {attempt}: the request blocked on a refused connection"
+        refused.close()  # (not while another thread may still use it)
+        error = outcome.get("error")
+        assert isinstance(error, HandshakeRefused) and "revoked there" in str(error), outcome
