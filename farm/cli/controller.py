@@ -112,7 +112,13 @@ def controller(
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security, notify=notify or (),
                          notify_allow=notify_allow or (), http=web, files_port=files_port)
-        signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
+        why = ["stopped"]  # what ended it, said last: a service log otherwise just ends
+
+        def on_sigterm(*_: object) -> None:
+            why[0] = "stopped (SIGTERM)"
+            ctl.stop()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
             ctl.start()
             assert ctl.url is not None
@@ -137,13 +143,15 @@ def controller(
             if ctl.crash is not None:
                 raise FarmError(f"the controller stopped: {ctl.crash!r}")
         except KeyboardInterrupt:
-            pass
+            why[0] = "stopped (Ctrl-C)"
         finally:
             if announcer is not None:
                 announcer.close()
             ctl.stop()
             if security:
                 security.stop()  # after the sockets it authenticates for
+            if ctl.crash is None:
+                typer.echo(f"controller {why[0]}", err=True)
 
 
 def _say_openable(url: str, how: str) -> None:
