@@ -37,7 +37,7 @@ def test_a_stream_ends_with_an_error_when_its_token_is_revoked(tmp_path):
         rest = list(itertools.islice(messages, ENDS_WITHIN))
         assert len(rest) < ENDS_WITHIN, "the stream went on after its token was revoked"
         assert rest and rest[-1].event == "error", rest[-3:]
-        assert "revoked" in rest[-1].json()["error"]
+        assert "revoked" in rest[-1].json()["error"] and rest[-1].json()["code"] == "token_revoked"
         assert open_stream(ops).status_code == 401  # and a reconnect is refused
         assert next(m for m in kept_messages if m.comment or m.data)  # the other token's stream goes on
         kept.close()

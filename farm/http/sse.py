@@ -117,7 +117,7 @@ def _stream(farm: Backend, since: int | None, epoch: str | None,
         renewed = quiet_since = time.monotonic()
         while not farm.closing.is_set():
             if allowed is not None and not allowed():
-                yield f"event: error\ndata: {json.dumps({'error': REVOKED})}\n\n"
+                yield f"event: error\ndata: {json.dumps({'error': REVOKED, 'code': 'token_revoked'})}\n\n"
                 return
             now = time.monotonic()
             if now - renewed > RENEW_S:
