@@ -74,27 +74,8 @@ class Client:
         self.close()
 
     def send(self, kind: T, body: dict[str, Any] | None = None) -> None:
-        """Queue a message for the controller. `ConnectionLost` (`HandshakeRefused`: the controller refuses
-        us) if it cannot be queued within our wait: a DEALER whose handshakes fail holds no connection to
-        queue on, and a plain send would block for ever."""
-        frames, limit = pack(kind, body), self.answer_s or self.timeout
-        deadline = None
-        while True:
-            try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
-            now = time.monotonic()
-            deadline = deadline or now + limit
-            watcher = self.watcher  # (a refusal read before, by an earlier request, still holds)
-            problem = watcher.check() or (watcher.said if watcher.hopeless else None)
-            if problem is not None:
-                raise watcher.lost(problem)
-            if now >= deadline:
-                raise ConnectionLost(f"cannot reach the controller at {self.url}: no connection to send on "
-                                     f"for {limit:.0f}s")
-            self.sock.poll(250, zmq.POLLOUT)
+        """Queue a message for the controller; `ConnectionLost` if it cannot be (`HandshakeWatcher.send`)."""
+        self.watcher.send(pack(kind, body), self.answer_s or self.timeout)
 
     def receive(self, timeout: float | None = None) -> Message:
         limit = (self.answer_s or self.timeout) if timeout is None else timeout

@@ -275,6 +275,25 @@ class HandshakeWatcher:
         """The error to raise for `problem` (what `check` said): `HandshakeRefused` if hopeless."""
         return HandshakeRefused(problem) if self.hopeless else ConnectionLost(problem)
 
+    def send(self, frames: list[bytes], timeout: float) -> None:
+        """Queue a message on the socket; `ConnectionLost` (`HandshakeRefused`: the controller refuses
+        us) if it cannot be queued within `timeout` seconds: libzmq drops a DEALER's connection after a
+        failed handshake and does not dial again, so a plain send would then block for ever."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            problem = self.check() or (self.said if self.hopeless else None)  # (read by an earlier request)
+            if problem is not None:
+                raise self.lost(problem)
+            if time.monotonic() >= deadline:
+                raise ConnectionLost(f"cannot reach the controller at {self.url}: no connection to send on "
+                                     f"for {timeout:.0f}s")
+            self.sock.poll(250, zmq.POLLOUT)
+
     def receive(self, timeout: float, *, what: str | None = None) -> list[bytes]:
         """The next message on the socket; `ConnectionLost` saying why if the connection cannot work."""
         deadline = time.monotonic() + timeout

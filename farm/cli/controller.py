@@ -112,10 +112,11 @@ def controller(
         ctl = Controller(bind, state_dir=state_dir or default_state_dir(), heartbeat=heartbeat,
                          liveness=liveness, security=security, notify=notify or (),
                          notify_allow=notify_allow or (), http=web, files_port=files_port)
-        why = ["stopped"]  # what ended it, said last: a service log otherwise just ends
+        why = "stopped"  # what ended it, said last: a service log otherwise just ends
 
         def on_sigterm(*_: object) -> None:
-            why[0] = "stopped (SIGTERM)"
+            nonlocal why
+            why = "stopped (SIGTERM)"
             ctl.stop()
 
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -143,7 +144,7 @@ def controller(
             if ctl.crash is not None:
                 raise FarmError(f"the controller stopped: {ctl.crash!r}")
         except KeyboardInterrupt:
-            why[0] = "stopped (Ctrl-C)"
+            why = "stopped (Ctrl-C)"
         finally:
             if announcer is not None:
                 announcer.close()
@@ -151,7 +152,7 @@ def controller(
             if security:
                 security.stop()  # after the sockets it authenticates for
             if ctl.crash is None:
-                typer.echo(f"controller {why[0]}", err=True)
+                typer.echo(f"controller {why}", err=True)
 
 
 def _say_openable(url: str, how: str) -> None:

@@ -396,6 +396,7 @@ class ClientSide:
     def status(self) -> dict[str, Any]:
         """A snapshot for `farm status` (also read by tests from another thread: copies only)."""
         now = time.monotonic()
+        refused = self.security.refused_keys() if self.security is not None else []
         return {
             "controller": self.url,
             "files": self.assets.endpoint,
@@ -405,7 +406,7 @@ class ClientSide:
                          *(self.scheduler.describe(r) for r in self.runs.values())],
             "stats": dict(self.stats),
             "refused": self.registry.refusals(time.time()),  # cut off for their key
-            "refused_keys": (refused := self.security.refused_keys() if self.security is not None else []),
+            "refused_keys": refused,
             "revoked_keys": self.security.revoked_names(refused) if self.security is not None else {},
         }
 
